@@ -1,0 +1,1 @@
+"""Data: ScanNet I/O, synthetic ScanNet-format scenes and preprocessing."""

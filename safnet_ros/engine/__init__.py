@@ -1,0 +1,1 @@
+"""Engine: training, evaluation and inference over chunks and whole scenes."""

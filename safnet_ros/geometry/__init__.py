@@ -1,0 +1,1 @@
+"""Geometry: cameras, back-projection, neighbour search, chunks and view selection (numpy/torch, no ROS)."""

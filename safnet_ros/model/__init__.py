@@ -1,0 +1,1 @@
+"""SAFNet model: 2D branch, 3D branch, similarity modules, fusion head and losses."""

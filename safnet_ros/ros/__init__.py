@@ -1,0 +1,1 @@
+"""ROS 2 integration. The only sub-package that imports rclpy."""

@@ -1,0 +1,1 @@
+"""Tools: rosbag2 conversion and replay, the demo and benchmarks."""

@@ -1,0 +1,253 @@
+"""From posed RGB-D views and a chunk of points to the model's :class:`ChunkBatch`.
+
+One code path for the trainer, the evaluator, the ROS node and the demo:
+
+1. :func:`prepare_view` resizes a frame to the network resolution (160 x 120 by
+   default): colour bilinear, depth and label images nearest-neighbour, and the
+   intrinsics scaled to match (SPEC §2 preprocessing).
+2. :func:`build_chunk_sample` back-projects every valid pixel of the chosen views
+   into Q (keeping each point's pixel index into the stacked ``(V*H*W)`` grid),
+   keeps the Q points near the chunk, and moves P and Q into chunk-local
+   coordinates (xy centred on the chunk centre, z unchanged).
+3. :func:`collate` pads Q to the longest sample of the batch and returns torch
+   tensors in a :class:`~safnet_ros.model.batch.ChunkBatch`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from safnet_ros.errors import ConfigError
+from safnet_ros.geometry.camera import backproject, resize_nearest, scale_intrinsics
+
+#: The network's image size (width, height), as the paper and MVPNet.
+NET_IMAGE_WH: tuple[int, int] = (160, 120)
+
+#: ImageNet normalisation, which the ResNet encoder was pretrained with.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+#: Q points farther than this outside the chunk's xy box are dropped (metres);
+#: they cannot be a neighbour of any chunk point at the radii the model uses.
+DEFAULT_Q_MARGIN = 0.3
+
+
+@dataclass
+class PosedView:
+    """One RGB-D view at network resolution, registered colour and depth.
+
+    color: (H, W, 3) uint8 RGB; depth: (H, W) float32 metres, 0 = invalid;
+    K: (3, 3) intrinsics at this resolution; camera_to_world: (4, 4) pose
+    (optical frame: z forward, x right, y down); labels: optional (H, W) class
+    indices (IGNORE_INDEX where unknown) for the 2D loss.
+    """
+
+    color: np.ndarray
+    depth: np.ndarray
+    K: np.ndarray
+    camera_to_world: np.ndarray
+    labels: Optional[np.ndarray] = None
+    stamp: float = 0.0
+
+    @property
+    def wh(self) -> tuple[int, int]:
+        return int(self.depth.shape[1]), int(self.depth.shape[0])
+
+
+def _resize_color(color: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
+    if (color.shape[1], color.shape[0]) == tuple(wh):
+        return np.ascontiguousarray(color)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(color).resize(wh, Image.BILINEAR))
+
+
+def prepare_view(
+    color: np.ndarray,
+    depth: np.ndarray,
+    K_depth: np.ndarray,
+    camera_to_world: np.ndarray,
+    wh: tuple[int, int] = NET_IMAGE_WH,
+    labels: Optional[np.ndarray] = None,
+    stamp: float = 0.0,
+) -> PosedView:
+    """Resize a registered colour/depth pair to ``wh`` and scale the depth intrinsics.
+
+    color: (Hc, Wc, 3) uint8 RGB; depth: (Hd, Wd) float32 metres; K_depth: (3, 3)
+    intrinsics of the depth image; labels (optional) at the colour or depth size.
+    Colour and depth may differ in size (ScanNet: 1296x968 and 640x480) because
+    they are registered: both cover the same field of view.
+    """
+    if color.ndim != 3 or color.shape[2] != 3:
+        raise ConfigError(f"colour image must be (H, W, 3), got {color.shape}")
+    if depth.ndim != 2:
+        raise ConfigError(f"depth image must be (H, W), got {depth.shape}")
+    depth_wh = (depth.shape[1], depth.shape[0])
+    K = scale_intrinsics(np.asarray(K_depth, dtype=np.float64)[:3, :3], depth_wh, wh)
+    out_labels = None
+    if labels is not None:
+        out_labels = resize_nearest(np.asarray(labels), wh).astype(np.int64)
+    return PosedView(
+        color=_resize_color(np.asarray(color, dtype=np.uint8), wh),
+        depth=resize_nearest(np.asarray(depth, dtype=np.float32), wh),
+        K=K,
+        camera_to_world=np.asarray(camera_to_world, dtype=np.float64),
+        labels=out_labels,
+        stamp=stamp,
+    )
+
+
+def normalize_images(colors: np.ndarray) -> np.ndarray:
+    """(V, H, W, 3) uint8 RGB -> (V, 3, H, W) float32, ImageNet mean/std."""
+    x = colors.astype(np.float32) / 255.0
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+@dataclass
+class ChunkSample:
+    """One chunk ready for collation (numpy, chunk-local metres).
+
+    points (N, 3); labels (N,) int64 or None; images (V, 3, H, W) float32
+    normalised; q_points (M, 3); q_pixel (M,) int64 into the (V*H*W) grid;
+    image_labels (V, H, W) int64 or None; shift (3,) world = local + shift.
+    """
+
+    points: np.ndarray
+    images: np.ndarray
+    q_points: np.ndarray
+    q_pixel: np.ndarray
+    shift: np.ndarray
+    labels: Optional[np.ndarray] = None
+    image_labels: Optional[np.ndarray] = None
+
+
+def backproject_views(views: Sequence[PosedView], max_depth: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """Back-project every valid pixel of ``views`` into world points.
+
+    Returns (points (M, 3) float32 world metres, pixel (M,) int64 index into the
+    stacked (V*H*W) grid of the views, all views at one size).
+    """
+    pts, pix = [], []
+    offset = 0
+    for view in views:
+        p, idx = backproject(view.depth, view.K, view.camera_to_world, max_depth=max_depth)
+        pts.append(p.astype(np.float32, copy=False))
+        pix.append(idx.astype(np.int64, copy=False) + offset)
+        offset += view.depth.size
+    if not pts:
+        return np.zeros((0, 3), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(pts), np.concatenate(pix)
+
+
+def build_chunk_sample(
+    points: np.ndarray,
+    views: Sequence[PosedView],
+    labels: Optional[np.ndarray] = None,
+    center_xy: Optional[np.ndarray] = None,
+    q_margin: float = DEFAULT_Q_MARGIN,
+    image_wh: tuple[int, int] = NET_IMAGE_WH,
+) -> ChunkSample:
+    """Assemble one chunk: P, the views' back-projection Q, and the images.
+
+    points: (N, 3) world metres; views: zero or more :class:`PosedView` at
+    ``image_wh``; labels: (N,) class indices or None; center_xy: the chunk centre
+    (default: the xy centre of the points' bounding box). With no views the
+    sample has zero images and an empty Q (the model then runs 3D-only).
+    """
+    points = np.asarray(points, dtype=np.float32)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ConfigError(f"points must be (N, 3), got {points.shape}")
+    w, h = image_wh
+    for view in views:
+        if view.wh != (w, h):
+            raise ConfigError(f"view of size {view.wh} in a batch of {image_wh} images")
+    finite = np.isfinite(points).all(axis=1)
+    if center_xy is None:
+        if finite.any():
+            lo, hi = points[finite, :2].min(axis=0), points[finite, :2].max(axis=0)
+            center_xy = (lo + hi) / 2.0
+        else:
+            center_xy = np.zeros(2, np.float32)
+    shift = np.array([center_xy[0], center_xy[1], 0.0], dtype=np.float32)
+
+    q_points, q_pixel = backproject_views(views)
+    if len(q_points) and finite.any():
+        lo = points[finite].min(axis=0) - q_margin
+        hi = points[finite].max(axis=0) + q_margin
+        near = np.all((q_points >= lo) & (q_points <= hi), axis=1)
+        q_points, q_pixel = q_points[near], q_pixel[near]
+    elif not finite.any():
+        q_points, q_pixel = q_points[:0], q_pixel[:0]
+
+    if views:
+        images = normalize_images(np.stack([v.color for v in views]))
+        if all(v.labels is not None for v in views):
+            image_labels = np.stack([v.labels for v in views]).astype(np.int64)
+        else:
+            image_labels = None
+    else:
+        images = np.zeros((0, 3, h, w), np.float32)
+        image_labels = None
+
+    return ChunkSample(
+        points=points - shift,
+        images=images,
+        q_points=(q_points - shift).astype(np.float32),
+        q_pixel=q_pixel,
+        shift=shift,
+        labels=None if labels is None else np.asarray(labels, dtype=np.int64),
+        image_labels=image_labels,
+    )
+
+
+def collate(samples: Sequence[ChunkSample], device: str = "cpu"):
+    """Stack samples into a :class:`~safnet_ros.model.batch.ChunkBatch`.
+
+    All samples must have the same number of points N and of views V (the
+    trainer samples a fixed N per chunk; the node batches one cloud at a time).
+    Q is padded to the largest M with ``q_mask`` False; padding coordinates are
+    far away (1e4 m) so they can never be a neighbour even without the mask.
+    """
+    import torch
+
+    from safnet_ros.model.batch import ChunkBatch
+
+    if not samples:
+        raise ConfigError("collate needs at least one sample")
+    n = {s.points.shape[0] for s in samples}
+    v = {s.images.shape[0] for s in samples}
+    if len(n) != 1 or len(v) != 1:
+        raise ConfigError(f"samples differ in points {sorted(n)} or views {sorted(v)}")
+    bsz = len(samples)
+    m = max(1, max(s.q_points.shape[0] for s in samples))
+    q_points = np.full((bsz, m, 3), 1e4, dtype=np.float32)
+    q_pixel = np.zeros((bsz, m), dtype=np.int64)
+    q_mask = np.zeros((bsz, m), dtype=bool)
+    for i, s in enumerate(samples):
+        k = s.q_points.shape[0]
+        q_points[i, :k] = s.q_points
+        q_pixel[i, :k] = s.q_pixel
+        q_mask[i, :k] = True
+
+    def t(x):
+        return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+    labels = None
+    if all(s.labels is not None for s in samples):
+        labels = t(np.stack([s.labels for s in samples]))
+    image_labels = None
+    if all(s.image_labels is not None for s in samples):
+        image_labels = t(np.stack([s.image_labels for s in samples]))
+    return ChunkBatch(
+        points=t(np.stack([s.points for s in samples])),
+        images=t(np.stack([s.images for s in samples])),
+        q_points=t(q_points),
+        q_mask=t(q_mask),
+        q_pixel=t(q_pixel),
+        labels=labels,
+        image_labels=image_labels,
+    )
+

@@ -1,0 +1,192 @@
+"""3D branch of SAFNet: PointNet++ single-scale grouping (SSG) for segmentation.
+
+The MVPNet / PointNet++ ScanNet setting: four set-abstraction (SA) levels with
+2048/512/128/32 centroids, radii 0.1/0.2/0.4/0.8 m and 32 neighbours, then four
+feature-propagation (FP) levels back to the input points, 128-d output per point.
+
+* SA: farthest point sampling picks the centroids, :func:`ball_query` groups up to
+  ``nsample`` nearest points within the radius (sorted by distance, see
+  :mod:`safnet_ros.geometry.neighbors`), each neighbour gets its xyz relative to the
+  centroid (+ its features), a shared MLP (1x1 Conv2d + BN + ReLU) and a max pool
+  over the neighbourhood.
+* FP: inverse-distance 3-NN interpolation from the coarser level, concatenation
+  with the finer level's features (skip link), shared MLP (1x1 Conv1d + BN + ReLU).
+
+Small clouds: a level never asks for more centroids than the points it receives
+(``min(npoint, N)``), so any N >= 1 works, N = 1 included.
+
+Batch norm with a single value per channel (e.g. one point at a level, batch 1)
+cannot compute batch statistics; :class:`_SafeBatchNorm` then normalises with
+its running statistics instead of raising deep inside torch.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from safnet_ros.errors import ConfigError
+from safnet_ros.geometry.neighbors import ball_query, farthest_point_sample, gather, three_nn_interpolate
+
+__all__ = ["PointNet2SSG", "SetAbstraction", "FeaturePropagation"]
+
+
+class _SafeBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm for (B, C, ...) that falls back to running stats when B * ... == 1."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected (B, C, ...) input, got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() // max(x.shape[1], 1) <= 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
+
+def _shared_mlp(in_channels: int, widths: Sequence[int], dims: int) -> nn.Sequential:
+    """1x1 conv (``dims`` = 1 or 2) + BN + ReLU per width."""
+    conv = nn.Conv2d if dims == 2 else nn.Conv1d
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [conv(in_channels, width, 1, bias=False), _SafeBatchNorm(width), nn.ReLU(inplace=True)]
+        in_channels = width
+    return nn.Sequential(*layers)
+
+
+class SetAbstraction(nn.Module):
+    """One SA level: FPS centroids, ball-query grouping, shared MLP, max pool.
+
+    ``forward(xyz (B, N, 3) metres, features (B, C, N) | None)`` ->
+    ``(centroids (B, m, 3), features (B, mlp[-1], m))`` with ``m = min(npoint, N)``.
+    """
+
+    def __init__(self, npoint: int, radius: float, nsample: int, in_channels: int, mlp: Sequence[int]):
+        super().__init__()
+        self.npoint = int(npoint)
+        self.radius = float(radius)
+        self.nsample = int(nsample)
+        self.in_channels = int(in_channels)
+        self.out_channels = int(mlp[-1])
+        self.mlp = _shared_mlp(in_channels + 3, mlp, dims=2)
+
+    def forward(
+        self, xyz: torch.Tensor, features: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        m = min(self.npoint, xyz.shape[1])
+        centre_idx = farthest_point_sample(xyz, m)  # (B, m)
+        centroids = gather(xyz, centre_idx.unsqueeze(-1)).squeeze(2)  # (B, m, 3)
+        idx, _ = ball_query(centroids, xyz, self.radius, self.nsample)  # (B, m, k)
+        # Invalid slots repeat the nearest valid neighbour: harmless under max pooling.
+        grouped = gather(xyz, idx) - centroids.unsqueeze(2)  # (B, m, k, 3)
+        if features is not None:
+            grouped = torch.cat([grouped, gather(features.transpose(1, 2), idx)], dim=-1)
+        grouped = grouped.permute(0, 3, 1, 2)  # (B, 3 + C, m, k)
+        pooled = self.mlp(grouped).amax(dim=-1)  # (B, C', m)
+        return centroids, pooled
+
+
+class FeaturePropagation(nn.Module):
+    """One FP level: 3-NN inverse-distance interpolation + skip concat + shared MLP.
+
+    ``forward(fine_xyz (B, n, 3), coarse_xyz (B, m, 3), fine_feats (B, C1, n) | None,
+    coarse_feats (B, C2, m))`` -> ``(B, mlp[-1], n)``.
+    """
+
+    def __init__(self, in_channels: int, mlp: Sequence[int]):
+        super().__init__()
+        self.out_channels = int(mlp[-1])
+        self.mlp = _shared_mlp(in_channels, mlp, dims=1)
+
+    def forward(
+        self,
+        fine_xyz: torch.Tensor,
+        coarse_xyz: torch.Tensor,
+        fine_feats: Optional[torch.Tensor],
+        coarse_feats: torch.Tensor,
+    ) -> torch.Tensor:
+        interpolated = three_nn_interpolate(fine_xyz, coarse_xyz, coarse_feats)
+        if fine_feats is not None:
+            interpolated = torch.cat([interpolated, fine_feats], dim=1)
+        return self.mlp(interpolated)
+
+
+class PointNet2SSG(nn.Module):
+    """PointNet++ SSG segmentation backbone: per-point features for every input point.
+
+    Args:
+        in_channels: per-point features besides xyz (64 from the CSM, 0 for xyz only).
+        npoints, radii (metres), nsample, mlps: the four SA levels.
+        fp_mlps: the four FP levels, coarsest first.
+        out_channels: must equal ``fp_mlps[-1][-1]`` (checked).
+
+    ``forward(xyz (B, N, 3) metres, features (B, in_channels, N) | None)`` ->
+    ``(B, out_channels, N)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 0,
+        npoints: Sequence[int] = (2048, 512, 128, 32),
+        radii: Sequence[float] = (0.1, 0.2, 0.4, 0.8),
+        nsample: int = 32,
+        mlps: Sequence[Sequence[int]] = ((32, 32, 64), (64, 64, 128), (128, 128, 256), (256, 256, 512)),
+        fp_mlps: Sequence[Sequence[int]] = ((256, 256), (256, 256), (256, 128), (128, 128, 128)),
+        out_channels: int = 128,
+    ):
+        super().__init__()
+        levels = len(npoints)
+        if not (len(radii) == len(mlps) == len(fp_mlps) == levels) or levels == 0:
+            raise ConfigError(
+                "PointNet2SSG needs as many radii, mlps and fp_mlps as npoints,"
+                f" got {len(npoints)}, {len(radii)}, {len(mlps)}, {len(fp_mlps)}"
+            )
+        if in_channels < 0 or nsample < 1 or min(npoints) < 1 or min(radii) <= 0:
+            raise ConfigError(
+                f"bad PointNet2SSG setting: in_channels={in_channels}, nsample={nsample},"
+                f" npoints={tuple(npoints)}, radii={tuple(radii)}"
+            )
+        if any(len(w) == 0 for w in list(mlps) + list(fp_mlps)):
+            raise ConfigError("every SA/FP MLP needs at least one layer")
+        if fp_mlps[-1][-1] != out_channels:
+            raise ConfigError(f"out_channels={out_channels} but the last FP MLP ends with {fp_mlps[-1][-1]}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.sa = nn.ModuleList()
+        level_channels = [in_channels]
+        for npoint, radius, widths in zip(npoints, radii, mlps):
+            self.sa.append(SetAbstraction(npoint, radius, nsample, level_channels[-1], widths))
+            level_channels.append(int(widths[-1]))
+        self.fp = nn.ModuleList()
+        deep = level_channels[-1]
+        for i, widths in enumerate(fp_mlps):
+            skip = level_channels[levels - 1 - i]  # features of the finer level
+            self.fp.append(FeaturePropagation(deep + skip, widths))
+            deep = int(widths[-1])
+
+    def forward(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if xyz.dim() != 3 or xyz.shape[-1] != 3 or xyz.shape[1] < 1:
+            raise ValueError(f"xyz must be (B, N>=1, 3), got {tuple(xyz.shape)}")
+        if self.in_channels == 0:
+            if features is not None and features.shape[1] != 0:
+                raise ValueError(f"this PointNet2SSG takes no features, got {tuple(features.shape)}")
+            features = None
+        elif features is None or tuple(features.shape) != (xyz.shape[0], self.in_channels, xyz.shape[1]):
+            got = None if features is None else tuple(features.shape)
+            raise ValueError(f"features must be {(xyz.shape[0], self.in_channels, xyz.shape[1])}, got {got}")
+        xyz = xyz.contiguous()
+        level_xyz, level_feats = [xyz], [features]
+        for sa in self.sa:
+            new_xyz, new_feats = sa(level_xyz[-1], level_feats[-1])
+            level_xyz.append(new_xyz)
+            level_feats.append(new_feats)
+        deep = level_feats[-1]
+        levels = len(self.sa)
+        for i, fp in enumerate(self.fp):
+            fine = levels - 1 - i
+            deep = fp(level_xyz[fine], level_xyz[fine + 1], level_feats[fine], deep)
+        return deep

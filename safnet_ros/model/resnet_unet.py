@@ -1,0 +1,267 @@
+"""2D branch of SAFNet: a ResNet encoder with a UNet decoder giving per-pixel features.
+
+The encoder is a plain-torch ResNet (BasicBlock; depth 18 or 34) whose parameter
+names are exactly torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``,
+``layer2.0.downsample.0`` ...), so :func:`load_torchvision_resnet` loads a
+torchvision ``resnet18``/``resnet34`` ImageNet ``state_dict`` file without
+torchvision being installed. The classifier ``fc`` of such files is not used.
+
+The decoder follows MVPNet's ResNet34-UNet: at every stage the deeper map is
+upsampled x2 by a transposed convolution, concatenated with the encoder map of the
+same size, and fused by a 3x3 conv + BN + ReLU. The output is a ``feat_dim``-d
+feature map at the INPUT resolution plus a 1x1 classifier to ``num_classes``.
+
+``stem_stride=1`` (the paper's / reference setting) runs the 7x7 stem at full
+resolution, so the last decoder stage is full-size. ``stem_stride=2`` is
+torchvision's stem (4x fewer pixels in every stage); the half-resolution decoder
+output is then bilinearly upsampled to the input size (cheaper; the lite preset).
+
+Images whose size is not a multiple of the total stride (``16 * stem_stride``),
+e.g. 120x160, are zero-padded at the bottom/right (zero = the ImageNet mean after
+normalisation) and the outputs cropped back.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from safnet_ros.errors import ConfigError, ModelLoadError
+
+__all__ = [
+    "BasicBlock",
+    "ResNetEncoder",
+    "ResNetUNet",
+    "LoadReport",
+    "load_torchvision_resnet",
+    "RESNET_LAYERS",
+]
+
+# Blocks per stage for the BasicBlock ResNets (torchvision's resnet18 / resnet34).
+RESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+_STAGE_CHANNELS = (64, 128, 256, 512)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual connection (torchvision's ``BasicBlock`` names)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet-18/34 trunk without the classifier; returns the maps of every stage.
+
+    Parameter names equal torchvision's ``resnet{18,34}`` minus ``fc``.
+    """
+
+    def __init__(self, depth: int = 34, stem_stride: int = 2):
+        super().__init__()
+        if depth not in RESNET_LAYERS:
+            raise ConfigError(f"ResNet depth must be one of {sorted(RESNET_LAYERS)}, got {depth}")
+        if stem_stride not in (1, 2):
+            raise ConfigError(f"stem_stride must be 1 or 2, got {stem_stride}")
+        self.depth = depth
+        self.stem_stride = stem_stride
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=stem_stride, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_ch = 64
+        for stage, (blocks, out_ch) in enumerate(zip(RESNET_LAYERS[depth], _STAGE_CHANNELS), 1):
+            stride = 1 if stage == 1 else 2
+            layers = [BasicBlock(in_ch, out_ch, stride)]
+            layers += [BasicBlock(out_ch, out_ch) for _ in range(blocks - 1)]
+            setattr(self, f"layer{stage}", nn.Sequential(*layers))
+            in_ch = out_ch
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x (B, 3, H, W)`` -> [stem (64, H/s), layer1 (64, H/2s), layer2 (128, H/4s),
+        layer3 (256, H/8s), layer4 (512, H/16s)] with s = ``stem_stride``."""
+        stem = self.relu(self.bn1(self.conv1(x)))
+        l1 = self.layer1(self.maxpool(stem))
+        l2 = self.layer2(l1)
+        l3 = self.layer3(l2)
+        l4 = self.layer4(l3)
+        return [stem, l1, l2, l3, l4]
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _UpStage(nn.Module):
+    """x2 transposed-conv upsampling, concat with the skip map, 3x3 conv + BN + ReLU."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, skip_channels, 2, stride=2)
+        self.fuse = _conv_bn_relu(2 * skip_channels, out_channels)
+
+    def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([self.up(deep), skip], dim=1))
+
+
+class ResNetUNet(nn.Module):
+    """ResNet encoder + UNet decoder: per-pixel features and 2D class logits.
+
+    Args:
+        depth: 18 or 34 (BasicBlock ResNets).
+        feat_dim: channels of the output feature map (64 in the paper).
+        num_classes: classes of the 1x1 classifier (20 for ScanNet).
+        stem_stride: 1 (full-resolution stem, paper) or 2 (torchvision stem + final
+            bilinear upsampling, cheaper).
+
+    ``forward(images (B, 3, H, W) normalised)`` -> ``(features (B, feat_dim, H, W),
+    logits (B, num_classes, H, W))`` for any H, W >= 1.
+    """
+
+    def __init__(self, depth: int = 34, feat_dim: int = 64, num_classes: int = 20, stem_stride: int = 1):
+        super().__init__()
+        if feat_dim < 1 or num_classes < 1:
+            raise ConfigError(f"feat_dim and num_classes must be >= 1, got {feat_dim}, {num_classes}")
+        self.feat_dim = feat_dim
+        self.num_classes = num_classes
+        self.stem_stride = stem_stride
+        self.encoder = ResNetEncoder(depth, stem_stride)
+        self.up4 = _UpStage(512, 256, 256)  # H/16s -> H/8s
+        self.up3 = _UpStage(256, 128, 128)  # -> H/4s
+        self.up2 = _UpStage(128, 64, 64)  # -> H/2s
+        self.up1 = _UpStage(64, 64, feat_dim)  # -> H/s (stem resolution)
+        self.classifier = nn.Conv2d(feat_dim, num_classes, 1)
+
+    @property
+    def total_stride(self) -> int:
+        """Input sizes are padded to a multiple of this (16 * stem_stride)."""
+        return 16 * self.stem_stride
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        step = self.total_stride
+        pad_h, pad_w = (-height) % step, (-width) % step
+        x = F.pad(images, (0, pad_w, 0, pad_h)) if (pad_h or pad_w) else images
+        stem, l1, l2, l3, l4 = self.encoder(x)
+        y = self.up4(l4, l3)
+        y = self.up3(y, l2)
+        y = self.up2(y, l1)
+        y = self.up1(y, stem)
+        if self.stem_stride != 1:
+            y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        features = y[..., :height, :width]
+        logits = self.classifier(features)
+        return features, logits
+
+
+# --------------------------------------------------------------------------- loading
+@dataclass
+class LoadReport:
+    """What :func:`load_torchvision_resnet` did: counts and the keys it skipped."""
+
+    loaded: int
+    ignored: list[str] = field(default_factory=list)  # fc.* (classifier of the file)
+
+    def __str__(self) -> str:
+        return f"loaded {self.loaded} tensors, ignored {len(self.ignored)} ({', '.join(self.ignored) or '-'})"
+
+
+def _read_state_dict(path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> tuple[dict, str]:
+    if isinstance(path_or_state_dict, Mapping):
+        return dict(path_or_state_dict), "<state_dict>"
+    path = os.fspath(path_or_state_dict)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{path}: torchvision ResNet weight file is missing")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise ModelLoadError(f"{path}: cannot read as a torch state_dict ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"{path}: not a state_dict of tensors (got {type(obj).__name__})")
+    return dict(obj), path
+
+
+def load_torchvision_resnet(
+    model: Union[ResNetUNet, ResNetEncoder],
+    path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
+) -> LoadReport:
+    """Copy a torchvision ``resnet18``/``resnet34`` ``state_dict`` into the encoder.
+
+    Accepts a file written by ``torch.save(torchvision_model.state_dict(), path)``
+    (optionally nested under ``"state_dict"`` and/or with ``module.`` prefixes) or
+    the mapping itself. ``fc.*`` is ignored. With ``stem_stride=1`` the 7x7 stem
+    weights are loaded as they are (only the stride differs, as in MVPNet).
+
+    Raises:
+        ModelLoadError: the file is missing or corrupt, or its keys/shapes do not
+            match this encoder (message lists missing and unexpected keys, e.g. a
+            resnet18 file for a depth-34 model).
+    """
+    encoder = model.encoder if isinstance(model, ResNetUNet) else model
+    source, where = _read_state_dict(path_or_state_dict)
+    state = {}
+    for key, value in source.items():
+        state[key[len("module."):] if key.startswith("module.") else key] = value
+    ignored = sorted(k for k in state if k.startswith("fc."))
+    for key in ignored:
+        del state[key]
+    expected = encoder.state_dict()
+    # ImageNet files saved by old torch versions have no BN step counters: keep ours.
+    for key in set(expected) - set(state):
+        if key.endswith("num_batches_tracked"):
+            state[key] = expected[key]
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shape = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or bad_shape:
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:8]) + (f" ... (+{len(items) - 8})" if len(items) > 8 else "") if items else "-"
+
+        raise ModelLoadError(
+            f"{where}: not a torchvision resnet{encoder.depth} state_dict:"
+            f" {len(missing)} missing keys [{show(missing)}];"
+            f" {len(unexpected)} unexpected keys [{show(unexpected)}];"
+            f" {len(bad_shape)} shape mismatches [{show(bad_shape)}]"
+        )
+    encoder.load_state_dict(state, strict=True)
+    return LoadReport(loaded=len(state), ignored=ignored)

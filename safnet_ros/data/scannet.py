@@ -1,0 +1,540 @@
+"""ScanNet scene folders: mesh, labels, axis alignment, RGB-D frames, label map, splits.
+
+A scene folder ``sceneXXXX_YY/`` holds ``sceneXXXX_YY.sens`` (the RGB-D
+recording), ``sceneXXXX_YY_vh_clean_2.ply`` (mesh, +Z up),
+``sceneXXXX_YY_vh_clean_2.labels.ply`` (per-vertex nyu40 ``label``),
+``sceneXXXX_YY.txt`` (``axisAlignment = 16 floats``, row-major, p' = M [x y z 1]^T)
+and optionally ``.aggregation.json`` and ``_vh_clean_2.0.010000.segs.json``.
+
+Frames come from the ``.sens`` file when it exists, else from the common
+exported layout in the scene folder (``color/{i}.jpg``, ``depth/{i}.png``
+uint16 millimetres, ``pose/{i}.txt`` 4x4 camera-to-world,
+``intrinsic/{intrinsic,extrinsic}_{color,depth}.txt`` 4x4), which
+:func:`export_frames` writes. Both are a :class:`FrameSource`: frame ids,
+valid ids (finite pose), intrinsics and lazily decoded :class:`Frame` objects.
+Poses are in the mesh's original (not axis-aligned) frame, as ScanNet stores them.
+"""
+from __future__ import annotations
+
+import abc
+import csv
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS
+from safnet_ros.data.ply import read_mesh, read_vertex_labels
+from safnet_ros.data.sens import COLOR_JPEG, SensReader, decode_color
+from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+
+#: Folder names of ScanNet scenes, e.g. ``scene0000_00``.
+SCENE_NAME = re.compile(r"^scene\d{4}_\d{2}$")
+#: Column names of ``scannetv2-labels.combined.tsv`` in file order.
+LABEL_MAP_COLUMNS: tuple[str, ...] = (
+    "id", "raw_category", "category", "count", "nyu40id", "eigen13id", "nyu40class",
+    "mpcat40index", "mpcat40", "wnsynsetid", "wnsynsetkey",
+)
+
+
+@dataclass
+class Frame:
+    """One decoded RGB-D frame.
+
+    color (Hc, Wc, 3) uint8 RGB; depth (Hd, Wd) float32 metres (0 = no
+    measurement); camera_to_world (4, 4) float64 (OpenCV optical frame);
+    timestamp_us the colour timestamp in microseconds (0 when unknown).
+    """
+
+    index: int
+    color: np.ndarray
+    depth: np.ndarray
+    camera_to_world: np.ndarray
+    timestamp_us: int = 0
+
+
+class FrameSource(abc.ABC):
+    """RGB-D frames of one scene, decoded one at a time.
+
+    Frame ids (:attr:`indices`) are the ``.sens`` frame numbers (or the file
+    numbers of the exported layout); :meth:`get` takes such an id.
+    ``color_size`` / ``depth_size`` are (w, h) pixels, intrinsics (3, 3) float64.
+    """
+
+    color_size: tuple[int, int]
+    depth_size: tuple[int, int]
+    intrinsic_color: np.ndarray
+    intrinsic_depth: np.ndarray
+    extrinsic_color: np.ndarray
+    extrinsic_depth: np.ndarray
+    depth_shift: float
+
+    @property
+    @abc.abstractmethod
+    def indices(self) -> list[int]:
+        """Every frame id, ascending."""
+
+    @property
+    @abc.abstractmethod
+    def valid_indices(self) -> list[int]:
+        """Ids of the frames whose pose is finite (tracking not lost)."""
+
+    @abc.abstractmethod
+    def camera_to_world(self, i: int) -> np.ndarray:
+        """(4, 4) float64 pose of frame ``i`` without decoding its images."""
+
+    @abc.abstractmethod
+    def get(self, i: int) -> Frame:
+        """Decode frame ``i``."""
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def num_invalid(self) -> int:
+        """How many frames have a non-finite pose (they are left out of ``valid_indices``)."""
+        return len(self.indices) - len(self.valid_indices)
+
+    def __iter__(self) -> Iterator[Frame]:
+        """Yield the valid frames in order, one decoded frame at a time."""
+        for i in self.valid_indices:
+            yield self.get(i)
+
+    def close(self) -> None:
+        """Release open files (no-op by default)."""
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SensFrames(FrameSource):
+    """Frames of a ``.sens`` file (see :class:`~safnet_ros.data.sens.SensReader`)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.reader = SensReader(path)
+        h = self.reader.header
+        self.header = h
+        self.color_size = h.color_size
+        self.depth_size = h.depth_size
+        self.intrinsic_color = h.intrinsic_color[:3, :3].astype(np.float64)
+        self.intrinsic_depth = h.intrinsic_depth[:3, :3].astype(np.float64)
+        self.extrinsic_color = h.extrinsic_color.astype(np.float64)
+        self.extrinsic_depth = h.extrinsic_depth.astype(np.float64)
+        self.depth_shift = float(h.depth_shift)
+        if not self.depth_shift > 0:
+            raise DataFormatError(self.path, f"depth shift is {self.depth_shift}; must be positive")
+        self._valid = self.reader.valid_indices
+
+    @property
+    def indices(self) -> list[int]:
+        return list(range(len(self.reader)))
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    @property
+    def valid_indices(self) -> list[int]:
+        return list(self._valid)
+
+    @property
+    def num_invalid(self) -> int:
+        return self.reader.num_invalid_poses
+
+    def camera_to_world(self, i: int) -> np.ndarray:
+        return self.reader.poses[i].astype(np.float64)
+
+    def get(self, i: int) -> Frame:
+        f = self.reader.frame(i)
+        depth = f.decode_depth().astype(np.float32) / np.float32(self.depth_shift)
+        return Frame(index=f.index, color=f.decode_color(), depth=depth,
+                     camera_to_world=f.camera_to_world.astype(np.float64), timestamp_us=f.color_timestamp)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _read_matrix(path: Path, what: str = "matrix file", shape: tuple[int, int] = (4, 4)) -> np.ndarray:
+    """Whitespace-separated matrix text file -> float64 array (``-inf`` / ``nan`` allowed)."""
+    if not path.is_file():
+        raise MissingDataError(path, what)
+    try:
+        values = [float(v) for v in path.read_text().split()]
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataFormatError(path, f"not a matrix of numbers: {exc}") from exc
+    if len(values) != shape[0] * shape[1]:
+        raise DataFormatError(path, f"holds {len(values)} numbers, expected {shape[0]}x{shape[1]}")
+    return np.array(values, dtype=np.float64).reshape(shape)
+
+
+def _write_matrix(path: Path, m: np.ndarray) -> None:
+    """Write a matrix as text rows, shortest exact float64 digits (``-inf`` kept)."""
+    rows = [" ".join(repr(float(v)) for v in row) for row in np.asarray(m, dtype=np.float64)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataFormatError(path, f"unreadable image: {exc}") from exc
+
+
+class ExportedFrames(FrameSource):
+    """Frames of the exported layout: ``color/{i}.jpg``, ``depth/{i}.png`` (uint16 mm),
+    ``pose/{i}.txt`` and ``intrinsic/*.txt`` under ``root``.
+
+    Every id present in ``color/`` needs a pose and a depth file (MissingDataError
+    naming the file otherwise). A pose with non-finite entries makes that frame
+    invalid (counted in :attr:`num_invalid`). Depth PNGs hold raw values with
+    metres = raw / ``depth_shift`` (1000: millimetres).
+    """
+
+    def __init__(self, root: str | os.PathLike, depth_shift: float = 1000.0):
+        self.root = Path(root)
+        color_dir = self.root / "color"
+        if not color_dir.is_dir():
+            raise MissingDataError(color_dir, "exported colour folder")
+        self._stems: dict[int, str] = {}
+        for p in color_dir.iterdir():
+            if p.suffix == ".jpg" and p.stem.isdigit():
+                if int(p.stem) in self._stems:
+                    raise DataFormatError(p, f"frame {int(p.stem)} has two colour images "
+                                             f"({self._stems[int(p.stem)]}.jpg and {p.name})")
+                self._stems[int(p.stem)] = p.stem
+        ids = sorted(self._stems)
+        if not ids:
+            raise DataFormatError(color_dir, "no colour images named {i}.jpg")
+        self._ids = ids
+        depth_names = set(os.listdir(self.root / "depth")) if (self.root / "depth").is_dir() else set()
+        for i in ids:
+            if f"{self._stems[i]}.png" not in depth_names:
+                raise MissingDataError(self.depth_path(i), f"depth image of frame {i}")
+        self._poses = {i: _read_matrix(self.root / "pose" / f"{self._stems[i]}.txt", f"pose of frame {i}")
+                       for i in ids}
+        self._valid = [i for i in ids if np.isfinite(self._poses[i]).all()]
+        intr = self.root / "intrinsic"
+        self.intrinsic_color = _read_matrix(intr / "intrinsic_color.txt", "colour intrinsics")[:3, :3]
+        self.intrinsic_depth = _read_matrix(intr / "intrinsic_depth.txt", "depth intrinsics")[:3, :3]
+        ext_c, ext_d = intr / "extrinsic_color.txt", intr / "extrinsic_depth.txt"
+        self.extrinsic_color = _read_matrix(ext_c) if ext_c.is_file() else np.eye(4)
+        self.extrinsic_depth = _read_matrix(ext_d) if ext_d.is_file() else np.eye(4)
+        self.depth_shift = float(depth_shift)
+        self.color_size = _image_size(self.color_path(ids[0]))
+        self.depth_size = _image_size(self.depth_path(ids[0]))
+
+    def color_path(self, i: int) -> Path:
+        return self.root / "color" / f"{self._stems.get(int(i), str(i))}.jpg"
+
+    def depth_path(self, i: int) -> Path:
+        return self.root / "depth" / f"{self._stems.get(int(i), str(i))}.png"
+
+    @property
+    def indices(self) -> list[int]:
+        return list(self._ids)
+
+    @property
+    def valid_indices(self) -> list[int]:
+        return list(self._valid)
+
+    def camera_to_world(self, i: int) -> np.ndarray:
+        try:
+            return self._poses[int(i)].copy()
+        except KeyError:
+            raise IndexError(f"{self.root}: no frame {i}") from None
+
+    def get(self, i: int) -> Frame:
+        pose = self.camera_to_world(i)
+        from PIL import Image, UnidentifiedImageError
+
+        cpath, dpath = self.color_path(i), self.depth_path(i)
+        try:
+            with Image.open(cpath) as img:
+                color = np.asarray(img.convert("RGB"))
+        except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+            raise DataFormatError(cpath, f"unreadable colour image: {exc}") from exc
+        try:
+            with Image.open(dpath) as img:
+                raw = np.asarray(img)
+        except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+            raise DataFormatError(dpath, f"unreadable depth image: {exc}") from exc
+        if raw.ndim != 2 or raw.dtype.kind not in "ui":
+            raise DataFormatError(dpath, f"depth must be single-channel 16-bit, got {raw.dtype} {raw.shape}")
+        if (color.shape[1], color.shape[0]) != self.color_size:
+            raise DataFormatError(cpath, f"image is {color.shape[1]}x{color.shape[0]}, other frames are "
+                                         f"{self.color_size[0]}x{self.color_size[1]}")
+        if (raw.shape[1], raw.shape[0]) != self.depth_size:
+            raise DataFormatError(dpath, f"image is {raw.shape[1]}x{raw.shape[0]}, other frames are "
+                                         f"{self.depth_size[0]}x{self.depth_size[1]}")
+        depth = raw.astype(np.float32) / np.float32(self.depth_shift)
+        return Frame(index=int(i), color=color, depth=depth, camera_to_world=pose, timestamp_us=0)
+
+
+def read_axis_alignment(path: str | os.PathLike) -> np.ndarray:
+    """(4, 4) float64 ``axisAlignment`` of a scene ``.txt``; identity when the file or key is absent."""
+    path = Path(path)
+    if not path.is_file():
+        return np.eye(4)
+    meta = read_scene_meta(path)
+    if "axisAlignment" not in meta:
+        return np.eye(4)
+    try:
+        values = [float(v) for v in meta["axisAlignment"].split()]
+    except ValueError as exc:
+        raise DataFormatError(path, f"axisAlignment is not 16 numbers: {exc}") from exc
+    if len(values) != 16 or not all(math.isfinite(v) for v in values):
+        raise DataFormatError(path, f"axisAlignment must be 16 finite numbers, got {len(values)}")
+    return np.array(values, dtype=np.float64).reshape(4, 4)
+
+
+def read_scene_meta(path: str | os.PathLike) -> dict[str, str]:
+    """``key = value`` lines of a scene ``.txt`` as strings (e.g. axisAlignment, numColorFrames)."""
+    meta: dict[str, str] = {}
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(path, f"not a text file: {exc}") from exc
+    for line in text.splitlines():
+        if "=" in line:
+            key, value = line.split("=", 1)
+            meta[key.strip()] = value.strip()
+    return meta
+
+
+def transform_points(matrix: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """Apply a (4, 4) transform to (N, 3) points: p' = M [x y z 1]^T. Keeps xyz's float dtype."""
+    m = np.asarray(matrix, dtype=np.float64)
+    out = np.asarray(xyz, dtype=np.float64) @ m[:3, :3].T + m[:3, 3]
+    return out.astype(xyz.dtype if np.asarray(xyz).dtype.kind == "f" else np.float64)
+
+
+class ScanNetScene:
+    """One ScanNet scene folder (``sceneXXXX_YY/``); files are read on demand.
+
+    Raises MissingDataError when the folder does not exist; the individual
+    loaders raise MissingDataError naming the file they need.
+    """
+
+    def __init__(self, scene_dir: str | os.PathLike):
+        self.dir = Path(scene_dir)
+        if not self.dir.is_dir():
+            raise MissingDataError(self.dir, "scene folder")
+        self.name = self.dir.resolve().name
+        n = self.name
+        self.sens_path = self.dir / f"{n}.sens"
+        self.mesh_path = self.dir / f"{n}_vh_clean_2.ply"
+        self.labels_path = self.dir / f"{n}_vh_clean_2.labels.ply"
+        self.meta_path = self.dir / f"{n}.txt"
+        self.aggregation_path = self.dir / f"{n}.aggregation.json"
+        self.segs_path = self.dir / f"{n}_vh_clean_2.0.010000.segs.json"
+        self._frames: FrameSource | None = None
+        self._axis_alignment: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return f"ScanNetScene({str(self.dir)!r})"
+
+    @property
+    def axis_alignment(self) -> np.ndarray:
+        """(4, 4) float64 alignment from the scene ``.txt`` (identity when absent)."""
+        if self._axis_alignment is None:
+            self._axis_alignment = read_axis_alignment(self.meta_path)
+        return self._axis_alignment.copy()
+
+    @property
+    def has_axis_alignment(self) -> bool:
+        """True when the scene ``.txt`` declares an ``axisAlignment``."""
+        return self.meta_path.is_file() and "axisAlignment" in read_scene_meta(self.meta_path)
+
+    @property
+    def has_exported_frames(self) -> bool:
+        return (self.dir / "color").is_dir()
+
+    @property
+    def has_frames(self) -> bool:
+        return self.sens_path.is_file() or self.has_exported_frames
+
+    def load_points(self, aligned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Mesh vertices: xyz (N, 3) float32 metres (axis-aligned when ``aligned``), rgb (N, 3) uint8."""
+        if not self.mesh_path.is_file():
+            raise MissingDataError(self.mesh_path, "scene mesh (_vh_clean_2.ply)")
+        xyz, rgb, _ = read_mesh(self.mesh_path)
+        if aligned:
+            xyz = transform_points(self.axis_alignment, xyz)
+        return xyz, rgb
+
+    def load_mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """xyz (N, 3) float32, rgb (N, 3) uint8, faces (F, 3) int32 of the scene mesh."""
+        if not self.mesh_path.is_file():
+            raise MissingDataError(self.mesh_path, "scene mesh (_vh_clean_2.ply)")
+        return read_mesh(self.mesh_path)
+
+    def load_nyu40(self) -> np.ndarray:
+        """(N,) uint16 nyu40 id per mesh vertex from the ``.labels.ply``."""
+        if not self.labels_path.is_file():
+            raise MissingDataError(self.labels_path, "vertex labels (_vh_clean_2.labels.ply)")
+        return read_vertex_labels(self.labels_path)
+
+    @property
+    def frames(self) -> FrameSource:
+        """RGB-D frames: the ``.sens`` when present, else the exported layout in the folder."""
+        if self._frames is None:
+            if self.sens_path.is_file():
+                self._frames = SensFrames(self.sens_path)
+            elif self.has_exported_frames:
+                self._frames = ExportedFrames(self.dir)
+            else:
+                raise MissingDataError(self.sens_path, "RGB-D frames (.sens or exported color/ depth/ pose/)")
+        return self._frames
+
+    def close(self) -> None:
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
+
+    def __enter__(self) -> ScanNetScene:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir: str | os.PathLike,
+                  every: int = 1) -> int:
+    """Write every ``every``-th frame in the exported layout under ``out_dir``; returns the frame count.
+
+    Colour JPEGs from a ``.sens`` are copied byte for byte; depth is written as
+    uint16 millimetre PNG; poses (``-inf`` kept, so invalid frames stay invalid)
+    and intrinsics/extrinsics as 4x4 text.
+    """
+    from PIL import Image
+
+    if every < 1:
+        raise ConfigError(f"every must be >= 1, got {every}")
+    if isinstance(scene, FrameSource):
+        source = scene
+    else:
+        source = (scene if isinstance(scene, ScanNetScene) else ScanNetScene(scene)).frames
+    out = Path(out_dir)
+    for sub in ("color", "depth", "pose", "intrinsic"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for name, k in (("intrinsic_color", source.intrinsic_color), ("intrinsic_depth", source.intrinsic_depth)):
+        m = np.eye(4)
+        m[:3, :3] = k
+        _write_matrix(out / "intrinsic" / f"{name}.txt", m)
+    _write_matrix(out / "intrinsic" / "extrinsic_color.txt", source.extrinsic_color)
+    _write_matrix(out / "intrinsic" / "extrinsic_depth.txt", source.extrinsic_depth)
+    count = 0
+    for i in source.indices[::every]:
+        if isinstance(source, SensFrames) and source.header.color_compression == COLOR_JPEG:
+            f = source.reader.frame(i)
+            decode_color(f.color_bytes, COLOR_JPEG, None, path=source.path, index=i)  # validate first
+            (out / "color" / f"{i}.jpg").write_bytes(f.color_bytes)
+            raw = f.decode_depth()
+            pose = f.camera_to_world
+            shift = source.depth_shift
+        else:
+            frame = source.get(i)
+            Image.fromarray(frame.color).save(out / "color" / f"{i}.jpg", quality=95)
+            raw = frame.depth * np.float32(source.depth_shift)
+            pose = frame.camera_to_world
+            shift = source.depth_shift
+        if shift != 1000.0:
+            raw = np.round(np.asarray(raw, np.float64) * (1000.0 / shift))
+        mm = np.clip(np.round(raw), 0, 65535).astype(np.uint16)
+        Image.fromarray(mm).save(out / "depth" / f"{i}.png")
+        _write_matrix(out / "pose" / f"{i}.txt", pose)
+        count += 1
+    return count
+
+
+def read_label_map(tsv: str | os.PathLike) -> dict[str, int]:
+    """``scannetv2-labels.combined.tsv`` -> {raw_category: nyu40id}.
+
+    Columns are found by header name (``raw_category``, ``nyu40id``), falling
+    back to columns 2 and 5 (1-based). Raises DataFormatError naming the file and
+    line for a row whose nyu40id is not an integer.
+    """
+    path = Path(tsv)
+    if not path.is_file():
+        raise MissingDataError(path, "label map (scannetv2-labels.combined.tsv)")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    if not rows:
+        raise DataFormatError(path, "empty label map")
+    header = [h.strip() for h in rows[0]]
+    raw_col = header.index("raw_category") if "raw_category" in header else 1
+    nyu_col = header.index("nyu40id") if "nyu40id" in header else 4
+    mapping: dict[str, int] = {}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) <= max(raw_col, nyu_col):
+            raise DataFormatError(path, f"line {lineno} has {len(row)} columns, needs {max(raw_col, nyu_col) + 1}")
+        try:
+            nyu = int(row[nyu_col].strip())
+        except ValueError:
+            raise DataFormatError(path, f"line {lineno}: nyu40id {row[nyu_col]!r} is not an integer") from None
+        if not 0 <= nyu <= 40:
+            raise DataFormatError(path, f"line {lineno}: nyu40id {nyu} is outside 0..40")
+        mapping.setdefault(row[raw_col].strip(), nyu)
+    return mapping
+
+
+def write_label_map(tsv: str | os.PathLike, mapping: Mapping[str, int]) -> None:
+    """Write {raw_category: nyu40id} as a ``scannetv2-labels.combined.tsv`` with ScanNet's 11 columns."""
+    names = dict(zip(NYU40_IDS, CLASS_NAMES))
+    path = Path(tsv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(LABEL_MAP_COLUMNS)
+        for k, (raw, nyu) in enumerate(mapping.items(), start=1):
+            if "\t" in raw or "\n" in raw:
+                raise DataFormatError(path, f"category {raw!r} contains a tab or newline")
+            w.writerow([k, raw, raw, 1, int(nyu), "", names.get(int(nyu), ""), "", "", "", ""])
+
+
+def read_split(path: str | os.PathLike) -> list[str]:
+    """Scene names of a split list (``scannetv2_train.txt``): one per line, blanks and ``#`` comments ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise MissingDataError(p, "split list")
+    names = []
+    for line in p.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    return names
+
+
+def _is_scene_dir(p: Path) -> bool:
+    return p.is_dir() and (SCENE_NAME.match(p.name) is not None
+                           or (p / f"{p.name}.sens").is_file()
+                           or (p / f"{p.name}_vh_clean_2.ply").is_file())
+
+
+def find_scenes(root: str | os.PathLike) -> list[Path]:
+    """Scene folders under a ScanNet root (``root/scans/*``) or directly under ``root``, sorted by name.
+
+    A folder counts as a scene when it is named ``sceneXXXX_YY`` or holds
+    ``<name>.sens`` / ``<name>_vh_clean_2.ply``. ``root`` itself may be a scene.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise MissingDataError(base, "ScanNet root folder")
+    if (base / "scans").is_dir():
+        base = base / "scans"
+    scenes = sorted((p for p in base.iterdir() if _is_scene_dir(p)), key=lambda p: p.name)
+    if not scenes and _is_scene_dir(base):
+        return [base]
+    return scenes

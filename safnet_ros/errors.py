@@ -36,6 +36,10 @@ class MessageDecodeError(SafnetError, ValueError):
     """A ROS message (PointCloud2, Image, CameraInfo) cannot be decoded as it stands."""
 
 
+class MessageEncodeError(SafnetError, ValueError):
+    """An array cannot be encoded as the requested ROS message (wrong shape, dtype, encoding)."""
+
+
 class ModelLoadError(SafnetError, RuntimeError):
     """A model file is missing, corrupt, or was saved for another configuration."""
 

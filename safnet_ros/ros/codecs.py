@@ -1,0 +1,660 @@
+"""numpy views over ROS 2 sensor messages: PointCloud2, Image, CameraInfo.
+
+Decoding never loops over points or pixels in Python: a structured dtype is
+built from the message's fields (offsets, ``point_step``, ``is_bigendian``) and
+``np.frombuffer`` / ``np.ndarray(buffer=...)`` lays it over ``msg.data``; row
+padding (``row_step`` / ``step``) becomes an array stride.  Encoding fills one
+structured array and hands its bytes to the message in one copy.
+
+Conventions (SPEC §3):
+
+* Output clouds are little endian, ``height == 1``; the node's labelled cloud
+  has x, y, z (float32), ``rgb`` (float32 holding packed ``0x00RRGGBB``),
+  ``label`` (uint16), ``confidence`` and ``similarity`` (float32).
+* Colour: :func:`image_to_array` returns pixels in the message's own channel
+  order ("passthrough", like cv_bridge); :func:`image_to_rgb` converts
+  bgr8 / rgba8 / bgra8 / mono8 (and the 16-bit colour encodings) to RGB uint8,
+  which is what the node wants.
+* Depth: ``16UC1`` / ``mono16`` are millimetres, ``32FC1`` metres;
+  :func:`depth_to_metres` returns float32 metres with 0 marking invalid pixels.
+
+Every malformed message raises :class:`~safnet_ros.errors.MessageDecodeError`
+with a message that says which field is wrong and why; bad arrays handed to the
+encoders raise :class:`MessageEncodeError`.  Arrays returned by the decoders may
+be read-only views over ``msg.data``: copy them before writing.
+"""
+from __future__ import annotations
+
+import array
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from builtin_interfaces.msg import Time as TimeMsg
+from sensor_msgs.msg import Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from safnet_ros.errors import MessageDecodeError, MessageEncodeError, SafnetError
+
+__all__ = [
+    "MessageDecodeError",
+    "MessageEncodeError",
+    "DecodedXYZ",
+    "POINTFIELD_DTYPES",
+    "LABELED_CLOUD_DTYPE",
+    "pointcloud_dtype",
+    "pointcloud2_to_array",
+    "pointcloud2_to_xyz",
+    "array_to_pointcloud2",
+    "fields_from_dtype",
+    "make_labeled_cloud",
+    "pack_rgb",
+    "unpack_rgb",
+    "image_encoding_info",
+    "image_to_array",
+    "image_to_rgb",
+    "depth_to_metres",
+    "array_to_image",
+    "camera_info_to_K",
+    "stamp_to_ns",
+    "ns_to_stamp",
+    "make_header",
+]
+
+
+# PointField.datatype -> numpy type code (without byte order).
+POINTFIELD_DTYPES: dict[int, str] = {
+    PointField.INT8: "i1",
+    PointField.UINT8: "u1",
+    PointField.INT16: "i2",
+    PointField.UINT16: "u2",
+    PointField.INT32: "i4",
+    PointField.UINT32: "u4",
+    PointField.FLOAT32: "f4",
+    PointField.FLOAT64: "f8",
+}
+_DTYPE_TO_POINTFIELD: dict[str, int] = {code: dt for dt, code in POINTFIELD_DTYPES.items()}
+
+# The node's output cloud (SPEC §3): 28 bytes a point, label padded to 4 bytes.
+LABELED_CLOUD_DTYPE = np.dtype(
+    {
+        "names": ["x", "y", "z", "rgb", "label", "confidence", "similarity"],
+        "formats": ["<f4", "<f4", "<f4", "<f4", "<u2", "<f4", "<f4"],
+        "offsets": [0, 4, 8, 12, 16, 20, 24],
+        "itemsize": 28,
+    }
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _data_bytes(data: Any, what: str) -> np.ndarray:
+    """``msg.data`` (array.array('B'), bytes, memoryview, uint8 ndarray or list) as a flat uint8 array."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise MessageDecodeError(f"{what}: data must be uint8 bytes, got dtype {data.dtype}")
+        return data.reshape(-1)
+    if isinstance(data, (bytes, bytearray, memoryview, array.array)):
+        try:
+            return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        except (TypeError, ValueError) as exc:
+            raise MessageDecodeError(f"{what}: data is not a byte buffer ({exc})") from None
+    try:
+        out = np.asarray(data)
+        if out.size and (out.dtype.kind not in "ui" or out.min() < 0 or out.max() > 255):
+            raise ValueError("values outside 0..255")
+        return out.astype(np.uint8).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MessageDecodeError(f"{what}: data is not a sequence of bytes ({exc})") from None
+
+
+def _to_byte_array(arr: np.ndarray) -> array.array:
+    """One copy of a contiguous array's bytes into the ``array('B')`` that rclpy messages hold."""
+    out = array.array("B")
+    out.frombytes(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    return out
+
+
+def _as_int(value: Any, name: str, what: str) -> int:
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise MessageDecodeError(f"{what}: {name} is not an integer ({value!r})") from None
+    if out < 0:
+        raise MessageDecodeError(f"{what}: {name} is negative ({out})")
+    return out
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """Nanoseconds from a builtin_interfaces/Time, an rclpy Time, an int (ns) or a float (seconds)."""
+    if stamp is None:
+        return 0
+    if hasattr(stamp, "nanosec") and hasattr(stamp, "sec"):
+        return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    if hasattr(stamp, "nanoseconds"):
+        return int(stamp.nanoseconds)
+    if isinstance(stamp, (int, np.integer)):
+        return int(stamp)
+    if isinstance(stamp, (float, np.floating)):
+        return int(round(float(stamp) * 1e9))
+    raise TypeError(f"cannot read a time stamp from {type(stamp).__name__}")
+
+
+def ns_to_stamp(ns: int) -> TimeMsg:
+    """builtin_interfaces/Time from nanoseconds (non-negative)."""
+    sec, nanosec = divmod(int(ns), 1_000_000_000)
+    return TimeMsg(sec=sec, nanosec=nanosec)
+
+
+def make_header(header: Header | None = None, *, frame_id: str | None = None, stamp: Any = None) -> Header:
+    """A std_msgs/Header: a copy of ``header`` with ``frame_id`` / ``stamp`` overridden where given."""
+    out = Header()
+    if header is not None:
+        out.frame_id = header.frame_id
+        out.stamp = TimeMsg(sec=header.stamp.sec, nanosec=header.stamp.nanosec)
+    if frame_id is not None:
+        out.frame_id = frame_id
+    if stamp is not None:
+        out.stamp = stamp if isinstance(stamp, TimeMsg) else ns_to_stamp(stamp_to_ns(stamp))
+    return out
+
+
+# ----------------------------------------------------------------------------- PointCloud2
+
+
+def pointcloud_dtype(fields: Sequence[Any], point_step: int, is_bigendian: bool) -> np.dtype:
+    """Structured dtype (itemsize ``point_step``) for a PointCloud2's ``fields``.
+
+    Fields with ``count > 1`` become sub-arrays of shape ``(count,)``.  Raises
+    MessageDecodeError on empty or duplicate names, unknown datatypes, a count
+    below 1 and fields that end past ``point_step``.
+    """
+    what = "PointCloud2"
+    point_step = _as_int(point_step, "point_step", what)
+    order = ">" if is_bigendian else "<"
+    names: list[str] = []
+    formats: list[Any] = []
+    offsets: list[int] = []
+    for field in fields:
+        name = str(field.name)
+        if not name:
+            raise MessageDecodeError(f"{what}: a field has an empty name")
+        if name in names:
+            raise MessageDecodeError(f"{what}: field {name!r} appears twice")
+        code = POINTFIELD_DTYPES.get(int(field.datatype))
+        if code is None:
+            raise MessageDecodeError(
+                f"{what}: field {name!r} has unsupported datatype {int(field.datatype)} "
+                f"(PointField types are 1..8)"
+            )
+        offset = _as_int(field.offset, f"field {name!r} offset", what)
+        count = _as_int(field.count, f"field {name!r} count", what)
+        if count < 1:
+            raise MessageDecodeError(f"{what}: field {name!r} has count 0")
+        base = np.dtype(order + code)
+        end = offset + base.itemsize * count
+        if end > point_step:
+            raise MessageDecodeError(
+                f"{what}: field {name!r} (offset {offset}, {base.itemsize * count} bytes) ends at byte "
+                f"{end}, past point_step {point_step}"
+            )
+        names.append(name)
+        formats.append(base if count == 1 else (base, (count,)))
+        offsets.append(offset)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
+
+
+def _cloud_view(msg: Any, dtype: np.dtype) -> np.ndarray:
+    """(height*width,) array of ``dtype`` (itemsize == point_step) over ``msg.data``, rows in order.
+
+    A read-only view when rows are contiguous, else a (row-major) copy.
+    """
+    what = "PointCloud2"
+    height = _as_int(msg.height, "height", what)
+    width = _as_int(msg.width, "width", what)
+    point_step = _as_int(msg.point_step, "point_step", what)
+    row_step = _as_int(msg.row_step, "row_step", what)
+    buf = _data_bytes(msg.data, what)
+    n = height * width
+    row_bytes = width * point_step
+    if height and row_step < row_bytes:
+        raise MessageDecodeError(
+            f"{what}: row_step {row_step} is smaller than width×point_step = {width}×{point_step} = {row_bytes}"
+        )
+    need_min = (height - 1) * row_step + row_bytes if height else 0
+    need_max = height * row_step
+    if not need_min <= buf.size <= need_max:
+        raise MessageDecodeError(
+            f"{what}: data holds {buf.size} bytes but width×height = {width}×{height} points with "
+            f"point_step {point_step} and row_step {row_step} need {need_max} bytes"
+        )
+    if n == 0:
+        return np.empty(0, dtype=dtype)
+    if point_step == 0:
+        raise MessageDecodeError(f"{what}: point_step is 0 for {n} points")
+    if height == 1 or row_step == row_bytes:
+        out = np.ndarray(shape=(n,), dtype=dtype, buffer=buf, strides=(point_step,))
+        out.flags.writeable = False
+        return out
+    grid = np.ndarray(shape=(height, width), dtype=dtype, buffer=buf, strides=(row_step, point_step))
+    return grid.reshape(n)  # rows are not evenly spaced: one copy
+
+
+def pointcloud2_to_array(msg: Any) -> np.ndarray:
+    """All points of a PointCloud2 as a structured array ``(height*width,)``, row-major.
+
+    Field names, types and offsets are the message's; big-endian clouds give
+    big-endian fields (numpy reads them correctly).  Row padding
+    (``row_step > width*point_step``) is skipped.  May be a read-only view.
+    """
+    dtype = pointcloud_dtype(msg.fields, msg.point_step, bool(msg.is_bigendian))
+    return _cloud_view(msg, dtype)
+
+
+class DecodedXYZ(tuple):
+    """``(xyz (M,3) float32 metres, index (M,) int64)`` from :func:`pointcloud2_to_xyz`.
+
+    Unpacks as a 2-tuple; ``index`` maps the kept points back to the cloud's
+    ``height*width`` points (row-major).  ``num_points`` is the cloud's point
+    count and ``num_dropped`` how many NaN/inf points were left out.
+    """
+
+    num_points: int
+
+    def __new__(cls, xyz: np.ndarray, index: np.ndarray, num_points: int) -> "DecodedXYZ":
+        self = super().__new__(cls, (xyz, index))
+        self.num_points = int(num_points)
+        return self
+
+    @property
+    def xyz(self) -> np.ndarray:
+        return self[0]
+
+    @property
+    def index(self) -> np.ndarray:
+        return self[1]
+
+    @property
+    def num_dropped(self) -> int:
+        return self.num_points - int(self[1].shape[0])
+
+
+def pointcloud2_to_xyz(msg: Any, skip_nans: bool = True) -> DecodedXYZ:
+    """Coordinates of a PointCloud2 as ``(xyz (M,3) float32, index (M,) int64)``.
+
+    Needs scalar fields x, y, z (any numeric PointField type).  With
+    ``skip_nans`` points with any non-finite coordinate are dropped (and counted:
+    ``result.num_dropped``); otherwise M = height*width and ``index`` is
+    ``arange(M)``.
+    """
+    what = "PointCloud2"
+    full = pointcloud_dtype(msg.fields, msg.point_step, bool(msg.is_bigendian))
+    names = full.names or ()
+    missing = [c for c in "xyz" if c not in names]
+    if missing:
+        raise MessageDecodeError(f"{what}: no {'/'.join(missing)} field (fields: {list(names)})")
+    parts = [full.fields[c] for c in "xyz"]  # (dtype, offset)
+    for c, (dt, _) in zip("xyz", parts):
+        if dt.shape != ():
+            raise MessageDecodeError(f"{what}: field {c!r} has count {dt.shape[0]}, expected 1")
+    base = parts[0][0]
+    step = base.itemsize
+    contiguous = all(p[0] == base for p in parts) and [p[1] for p in parts] == [
+        parts[0][1], parts[0][1] + step, parts[0][1] + 2 * step
+    ]
+    if contiguous:
+        xyz_dtype = np.dtype(
+            {"names": ["xyz"], "formats": [(base, (3,))], "offsets": [parts[0][1]], "itemsize": full.itemsize}
+        )
+        xyz = _cloud_view(msg, xyz_dtype)["xyz"].astype(np.float32)
+    else:
+        xyz_dtype = np.dtype(
+            {"names": ["x", "y", "z"], "formats": [p[0] for p in parts],
+             "offsets": [p[1] for p in parts], "itemsize": full.itemsize}
+        )
+        view = _cloud_view(msg, xyz_dtype)
+        xyz = np.empty((view.shape[0], 3), dtype=np.float32)
+        for i, c in enumerate("xyz"):
+            xyz[:, i] = view[c]
+    n = xyz.shape[0]
+    if not skip_nans:
+        return DecodedXYZ(xyz, np.arange(n, dtype=np.int64), n)
+    finite = np.isfinite(xyz).all(axis=1)
+    if finite.all():
+        return DecodedXYZ(xyz, np.arange(n, dtype=np.int64), n)
+    index = np.flatnonzero(finite).astype(np.int64)
+    return DecodedXYZ(xyz[index], index, n)
+
+
+def fields_from_dtype(dtype: np.dtype) -> list[PointField]:
+    """PointFields (offsets, datatypes, counts) describing a structured dtype."""
+    out = []
+    for name in dtype.names or ():
+        dt, offset = dtype.fields[name][:2]
+        base, shape = (dt.base, dt.shape) if dt.shape else (dt, ())
+        if len(shape) > 1:
+            raise MessageEncodeError(f"field {name!r} has shape {shape}; only (count,) sub-arrays are allowed")
+        code = _DTYPE_TO_POINTFIELD.get(base.str[1:])
+        if code is None or base.kind not in "uif":
+            raise MessageEncodeError(f"field {name!r} has dtype {base} which no PointField datatype holds")
+        out.append(PointField(name=name, offset=offset, datatype=code, count=int(shape[0]) if shape else 1))
+    return out
+
+
+def _packed_le(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A packed little-endian structured array holding the given equal-length columns."""
+    names, formats = [], []
+    n = None
+    for name, col in columns.items():
+        col = np.asarray(col)
+        if col.ndim not in (1, 2):
+            raise MessageEncodeError(f"column {name!r} must be (N,) or (N, k), got shape {col.shape}")
+        if n is None:
+            n = col.shape[0]
+        elif col.shape[0] != n:
+            raise MessageEncodeError(f"column {name!r} has {col.shape[0]} rows, expected {n}")
+        if col.dtype.kind not in "uif" or col.dtype.str[1:] not in _DTYPE_TO_POINTFIELD:
+            raise MessageEncodeError(f"column {name!r} has dtype {col.dtype} which no PointField datatype holds")
+        base = col.dtype.newbyteorder("<")
+        names.append(str(name))
+        formats.append(base if col.ndim == 1 else (base, (col.shape[1],)))
+    out = np.zeros(n or 0, dtype=np.dtype({"names": names, "formats": formats}))
+    for name, col in columns.items():
+        out[str(name)] = col
+    return out
+
+
+def array_to_pointcloud2(
+    points: np.ndarray | Mapping[str, Any],
+    header: Header | None = None,
+    *,
+    frame_id: str | None = None,
+    stamp: Any = None,
+) -> PointCloud2:
+    """PointCloud2 (little endian, height 1, packed fields) from a structured array or a dict of columns.
+
+    Columns are ``(N,)`` (count 1) or ``(N, k)`` (count k) of int8..uint32,
+    float32 or float64.  ``is_dense`` is True unless x/y/z hold NaN/inf.
+    """
+    if isinstance(points, np.ndarray):
+        if points.dtype.names is None:
+            raise MessageEncodeError(f"points must be a structured array or a dict of columns, got {points.dtype}")
+        fields_from_dtype(points.dtype)  # validates the field types
+        packed = _packed_le({name: points[name] for name in points.dtype.names})
+    elif isinstance(points, Mapping):
+        packed = _packed_le(points)
+    else:
+        raise MessageEncodeError(f"points must be a structured array or a dict of columns, got {type(points).__name__}")
+    msg = PointCloud2()
+    msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
+    msg.height = 1
+    msg.width = int(packed.shape[0])
+    msg.fields = fields_from_dtype(packed.dtype)
+    msg.is_bigendian = False
+    msg.point_step = int(packed.dtype.itemsize)
+    msg.row_step = msg.point_step * msg.width
+    dense = True
+    names = packed.dtype.names or ()
+    for c in "xyz":
+        if c in names and packed.dtype.fields[c][0].kind == "f" and packed.size:
+            dense = dense and bool(np.isfinite(packed[c]).all())
+    msg.is_dense = dense
+    msg.data = _to_byte_array(packed)
+    return msg
+
+
+def pack_rgb(colors: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 RGB -> (N,) float32 whose bits are ``0x00RRGGBB`` (PCL / RViz ``rgb``)."""
+    colors = np.asarray(colors)
+    if colors.ndim < 1 or colors.shape[-1] != 3:
+        raise MessageEncodeError(f"colours must be (N, 3), got shape {colors.shape}")
+    if colors.dtype != np.uint8:
+        if colors.dtype.kind not in "ui" or (colors.size and (colors.min() < 0 or colors.max() > 255)):
+            raise MessageEncodeError(f"colours must be uint8 0..255, got dtype {colors.dtype}")
+    c = colors.astype(np.uint32)
+    packed = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+    return packed.view(np.float32)
+
+
+def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(N,) packed ``rgb`` (float32 bits, any byte order, or uint32) -> (N, 3) uint8 RGB."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype.kind == "f":
+        bits = rgb.astype("<f4").view("<u4")
+    elif rgb.dtype.kind in "ui":
+        bits = rgb.astype("<u4")
+    else:
+        raise MessageDecodeError(f"rgb must be float32 or uint32, got dtype {rgb.dtype}")
+    out = np.empty(bits.shape + (3,), dtype=np.uint8)
+    out[..., 0] = (bits >> 16) & 0xFF
+    out[..., 1] = (bits >> 8) & 0xFF
+    out[..., 2] = bits & 0xFF
+    return out
+
+
+_LABELED_FIELDS = fields_from_dtype(LABELED_CLOUD_DTYPE)
+
+
+def make_labeled_cloud(
+    xyz: np.ndarray,
+    labels: np.ndarray,
+    colors: np.ndarray,
+    confidence: np.ndarray,
+    similarity: np.ndarray,
+    header: Header | None = None,
+    *,
+    frame_id: str | None = None,
+    stamp: Any = None,
+) -> PointCloud2:
+    """The node's output PointCloud2 (SPEC §3), :data:`LABELED_CLOUD_DTYPE` layout, 28 bytes a point.
+
+    xyz (N,3) metres; labels (N,) ints 0..65535 (stored uint16); colors either
+    (N,3) uint8 RGB or (N,) packed rgb (float32 bits or uint32 ``0x00RRGGBB``);
+    confidence, similarity (N,) floats.
+    """
+    xyz = np.asarray(xyz)
+    if xyz.ndim != 2 or xyz.shape[1] != 3:
+        raise MessageEncodeError(f"xyz must be (N, 3), got shape {xyz.shape}")
+    n = xyz.shape[0]
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise MessageEncodeError(f"labels must be ({n},), got shape {labels.shape}")
+    if labels.dtype.kind not in "ui" or (n and (labels.min() < 0 or labels.max() > 0xFFFF)):
+        raise MessageEncodeError(f"labels must be integers in 0..65535 (got dtype {labels.dtype})")
+    colors = np.asarray(colors)
+    if colors.ndim == 2:
+        rgb = pack_rgb(colors)
+    elif colors.ndim == 1 and colors.dtype.kind == "f":
+        rgb = colors.astype(np.float32)
+    elif colors.ndim == 1 and colors.dtype.kind in "ui":
+        rgb = colors.astype(np.uint32).view(np.float32)
+    else:
+        raise MessageEncodeError(f"colors must be (N,3) uint8 or (N,) packed rgb, got {colors.dtype} {colors.shape}")
+    for name, col in (("colors", rgb), ("confidence", confidence), ("similarity", similarity)):
+        if np.shape(col) != (n,):
+            raise MessageEncodeError(f"{name} must have {n} entries, got shape {np.shape(col)}")
+    cloud = np.zeros(n, dtype=LABELED_CLOUD_DTYPE)
+    cloud["x"] = xyz[:, 0]
+    cloud["y"] = xyz[:, 1]
+    cloud["z"] = xyz[:, 2]
+    cloud["rgb"] = rgb
+    cloud["label"] = labels
+    cloud["confidence"] = confidence
+    cloud["similarity"] = similarity
+    msg = PointCloud2()
+    msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
+    msg.height = 1
+    msg.width = n
+    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in _LABELED_FIELDS]
+    msg.is_bigendian = False
+    msg.point_step = LABELED_CLOUD_DTYPE.itemsize
+    msg.row_step = msg.point_step * n
+    msg.is_dense = bool(np.isfinite(xyz).all()) if n else True
+    msg.data = _to_byte_array(cloud)
+    return msg
+
+
+# ----------------------------------------------------------------------------- Image
+
+# encoding -> (numpy type code, channels); OpenCV-style "16UC1" names are parsed.
+_NAMED_ENCODINGS: dict[str, tuple[str, int]] = {
+    "rgb8": ("u1", 3), "bgr8": ("u1", 3), "rgba8": ("u1", 4), "bgra8": ("u1", 4),
+    "mono8": ("u1", 1), "mono16": ("u2", 1),
+    "rgb16": ("u2", 3), "bgr16": ("u2", 3), "rgba16": ("u2", 4), "bgra16": ("u2", 4),
+}
+_CV_ENCODING = re.compile(r"^(8|16|32|64)(U|S|F)C([1-4])$")
+_CV_CODES = {("8", "U"): "u1", ("8", "S"): "i1", ("16", "U"): "u2", ("16", "S"): "i2",
+             ("32", "S"): "i4", ("32", "F"): "f4", ("64", "F"): "f8"}
+# colour encodings -> channel index of R, G, B (alpha ignored)
+_RGB_ORDER = {"rgb8": (0, 1, 2), "rgba8": (0, 1, 2), "bgr8": (2, 1, 0), "bgra8": (2, 1, 0),
+              "rgb16": (0, 1, 2), "rgba16": (0, 1, 2), "bgr16": (2, 1, 0), "bgra16": (2, 1, 0)}
+
+
+def image_encoding_info(encoding: str) -> tuple[np.dtype, int]:
+    """``(little-endian element dtype, channels)`` of a sensor_msgs/Image encoding."""
+    info = _NAMED_ENCODINGS.get(encoding)
+    if info is None:
+        m = _CV_ENCODING.match(encoding or "")
+        code = _CV_CODES.get((m.group(1), m.group(2))) if m else None
+        if code is None:
+            raise MessageDecodeError(f"Image: unknown image encoding {encoding!r}")
+        info = (code, int(m.group(3)))
+    return np.dtype("<" + info[0]), info[1]
+
+
+def image_to_array(msg: Any) -> np.ndarray:
+    """Pixels of a sensor_msgs/Image as ``(H, W)`` (one channel) or ``(H, W, C)``, native byte order.
+
+    Channels stay in the encoding's order (bgr8 stays BGR: use
+    :func:`image_to_rgb` for RGB).  Row padding (``step``) and
+    ``is_bigendian`` are honoured; a read-only view unless a byte swap was needed.
+    """
+    what = "Image"
+    base, channels = image_encoding_info(str(msg.encoding))
+    height = _as_int(msg.height, "height", what)
+    width = _as_int(msg.width, "width", what)
+    step = _as_int(msg.step, "step", what)
+    buf = _data_bytes(msg.data, what)
+    pixel = base.itemsize * channels
+    row = width * pixel
+    if height and step < row:
+        raise MessageDecodeError(
+            f"{what}: step {step} is smaller than width×channels×bytes = {width}×{channels}×{base.itemsize} = {row}"
+        )
+    need_min = (height - 1) * step + row if height and width else 0
+    need_max = height * step
+    if not need_min <= buf.size <= max(need_max, need_min):
+        raise MessageDecodeError(
+            f"{what}: data holds {buf.size} bytes but {msg.encoding} {width}×{height} with step {step} "
+            f"needs {need_max} bytes"
+        )
+    dtype = base.newbyteorder(">") if msg.is_bigendian else base
+    if height == 0 or width == 0:
+        out = np.zeros((height, width, channels), dtype=base)
+    else:
+        out = np.ndarray(shape=(height, width, channels), dtype=dtype, buffer=buf,
+                         strides=(step, pixel, base.itemsize))
+        if dtype.byteorder == ">" and base.itemsize > 1:
+            out = out.astype(base)  # native copy
+        else:
+            out.flags.writeable = False
+    return out[:, :, 0] if channels == 1 else out
+
+
+def image_to_rgb(msg: Any) -> np.ndarray:
+    """A colour Image as C-contiguous ``(H, W, 3)`` uint8 RGB.
+
+    rgb8 / bgr8 / rgba8 / bgra8 reorder channels (alpha dropped); mono8 is
+    repeated into three channels; the 16-bit colour encodings keep their high
+    byte.  Other encodings raise MessageDecodeError.
+    """
+    enc = str(msg.encoding)
+    arr = image_to_array(msg)
+    if enc == "mono8":
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    order = _RGB_ORDER.get(enc)
+    if order is None:
+        raise MessageDecodeError(f"Image: encoding {enc!r} is not a colour encoding (rgb8, bgr8, rgba8, bgra8, mono8)")
+    rgb = arr[:, :, list(order)] if order != (0, 1, 2) or arr.shape[2] != 3 else arr
+    if rgb.dtype != np.uint8:
+        rgb = (rgb >> 8).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def depth_to_metres(msg: Any) -> np.ndarray:
+    """A depth Image as ``(H, W)`` float32 metres; 0 marks invalid pixels.
+
+    ``16UC1`` / ``mono16`` are millimetres (0 = no return); ``32FC1`` is
+    metres (NaN, ±inf, 0 and negative values become 0).
+    """
+    enc = str(msg.encoding)
+    if enc not in ("16UC1", "mono16", "32FC1"):
+        raise MessageDecodeError(f"Image: depth encoding must be 16UC1 (mm) or 32FC1 (m), got {enc!r}")
+    raw = image_to_array(msg)
+    if enc == "32FC1":
+        depth = raw.astype(np.float32)
+        depth[~(np.isfinite(depth) & (depth > 0))] = 0.0
+        return depth
+    return raw.astype(np.float32) * np.float32(0.001)
+
+
+def array_to_image(
+    arr: np.ndarray,
+    encoding: str,
+    header: Header | None = None,
+    *,
+    frame_id: str | None = None,
+    stamp: Any = None,
+) -> Image:
+    """sensor_msgs/Image (little endian, no row padding) from ``(H, W)`` / ``(H, W, C)`` pixels.
+
+    The array's dtype must match the encoding (uint8 for rgb8, uint16 for
+    16UC1, float32 for 32FC1, ...); channels are written as given.
+    """
+    try:
+        base, channels = image_encoding_info(encoding)
+    except MessageDecodeError as exc:
+        raise MessageEncodeError(str(exc)) from None
+    arr = np.asarray(arr)
+    if arr.ndim == 2 and channels == 1:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] != channels:
+        shape = "(H, W)" if channels == 1 else f"(H, W, {channels})"
+        raise MessageEncodeError(f"{encoding} needs shape {shape}, got {arr.shape}")
+    if arr.dtype.kind != base.kind or arr.dtype.itemsize != base.itemsize:
+        raise MessageEncodeError(f"{encoding} needs dtype {base.name}, got {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=base)
+    msg = Image()
+    msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(arr.shape[1] * channels * base.itemsize)
+    msg.data = _to_byte_array(arr)
+    return msg
+
+
+def camera_info_to_K(msg: Any) -> np.ndarray:
+    """The (3,3) float64 intrinsic matrix of a CameraInfo (fx, fy, cx, cy in pixels).
+
+    Raises MessageDecodeError for a K that is not 9 finite numbers, is all zero
+    (uncalibrated camera), has fx or fy <= 0, or whose last row is not (0, 0, 1).
+    """
+    try:
+        k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise MessageDecodeError(f"CameraInfo: K is not numeric ({exc})") from None
+    if k.size != 9:
+        raise MessageDecodeError(f"CameraInfo: K has {k.size} values, expected 9")
+    if not np.isfinite(k).all():
+        raise MessageDecodeError("CameraInfo: K holds NaN or inf")
+    if not k.any():
+        raise MessageDecodeError("CameraInfo: K is all zero (the camera is not calibrated)")
+    K = k.reshape(3, 3)
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise MessageDecodeError(f"CameraInfo: focal lengths must be positive, got fx={K[0, 0]}, fy={K[1, 1]}")
+    if not np.allclose(K[2], (0.0, 0.0, 1.0)):
+        raise MessageDecodeError(f"CameraInfo: last row of K must be (0, 0, 1), got {tuple(K[2])}")
+    return K

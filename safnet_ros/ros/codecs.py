@@ -35,7 +35,7 @@ from builtin_interfaces.msg import Time as TimeMsg
 from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from safnet_ros.errors import MessageDecodeError, MessageEncodeError, SafnetError
+from safnet_ros.errors import MessageDecodeError, MessageEncodeError
 
 __all__ = [
     "MessageDecodeError",

@@ -1,0 +1,194 @@
+"""Which camera frames see which points, and greedy view selection per chunk.
+
+SPEC §2 (after MVPNet): a point is *covered* by a frame when a pixel of that frame
+back-projects within ``tol`` = 0.1 m of it; per chunk, up to k frames are chosen
+greedily, each time the frame covering the most not-yet-covered base points
+(MVPNet samples 2000 base points per chunk).
+
+Two ways to compute coverage (:func:`coverage_matrix`, ``method=``):
+
+* ``"projection"`` (default, fast): the depth test of
+  :func:`safnet_ros.geometry.camera.visible`: project the point, read the depth of
+  its nearest pixel, accept when ``|depth - z| <= tol``. The nearest pixel's
+  back-projected point lies on the point's own viewing ray up to half a pixel
+  (``0.5 z / f`` metres sideways: 1 cm at 3 m for 160x120 images), and its distance
+  along the ray is ``|depth - z|`` (times ``|ray|`` >= 1), so on smooth surfaces the
+  two criteria agree. They differ only near the tolerance boundary and at depth
+  discontinuities/grazing surfaces and just outside the image border, where a
+  *neighbouring* pixel may back-project within tol while the nearest one does not
+  or does not exist (the depth test says no), or the sideways offset pushes the true
+  distance just over tol (the depth test says yes). On the ray-cast room of
+  test/test_geometry_views.py the two agree on ~98% of (view, point) pairs and
+  every disagreement is a point the depth test rejects.
+* ``"kdtree"`` (exact, slower): back-project every valid pixel and ask a KD-tree
+  (scipy cKDTree) for the nearest one within ``tol``. Used by the tests to check
+  the approximation.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from safnet_ros.errors import ConfigError, DataFormatError
+from safnet_ros.geometry.camera import backproject, visible
+
+__all__ = [
+    "coverage_matrix",
+    "greedy_select",
+    "brute_force_select",
+    "covered_count",
+    "coverage_fraction",
+    "select_views",
+]
+
+
+def _unpack_view(view: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(depth, K, camera_to_world) from a tuple or an object with those attributes (PosedView)."""
+    if hasattr(view, "depth") and hasattr(view, "K") and hasattr(view, "camera_to_world"):
+        return view.depth, view.K, view.camera_to_world
+    try:
+        depth, K, pose = view
+    except (TypeError, ValueError):
+        raise ConfigError("a view must be (depth (H, W), K (3, 3), camera_to_world (4, 4))") from None
+    return depth, K, pose
+
+
+def coverage_matrix(
+    points,
+    views: Sequence[Any],
+    tol: float = 0.1,
+    method: str = "projection",
+    min_depth: float = 0.1,
+    max_depth: float = 10.0,
+) -> np.ndarray:
+    """(V, N) bool: ``[v, i]`` is True when view v covers point i (see the module docstring).
+
+    points (N, 3) world metres; views: sequence of ``(depth (H, W) metres, K (3, 3),
+    camera_to_world (4, 4))`` (or objects with ``.depth``, ``.K``, ``.camera_to_world``);
+    ``tol`` metres; ``method`` "projection" (depth test) or "kdtree" (exact);
+    depths outside ``[min_depth, max_depth]`` count as missing, as in back-projection.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise DataFormatError(None, f"points must be (N, 3), got shape {pts.shape}")
+    if not tol >= 0:
+        raise ConfigError(f"tol must be >= 0, got {tol}")
+    if method not in ("projection", "kdtree"):
+        raise ConfigError(f"coverage method must be 'projection' or 'kdtree', got {method!r}")
+    views = list(views)
+    out = np.zeros((len(views), len(pts)), dtype=bool)
+    if len(pts) == 0:
+        return out
+    for v, view in enumerate(views):
+        depth, K, pose = _unpack_view(view)
+        if method == "projection":
+            out[v] = visible(pts, depth, K, pose, tol=tol, min_depth=min_depth, max_depth=max_depth)
+        else:
+            from scipy.spatial import cKDTree
+
+            q, _ = backproject(depth, K, pose, min_depth=min_depth, max_depth=max_depth)
+            if len(q) == 0:
+                continue
+            dist, _ = cKDTree(q.astype(np.float64)).query(pts, k=1, distance_upper_bound=tol * (1 + 1e-9) + 1e-12)
+            # float32 storage of q moves points by ~1e-7 m: accept that slack at the boundary.
+            out[v] = dist <= tol + 1e-6
+    return out
+
+
+def _check_coverage(coverage) -> np.ndarray:
+    cov = np.asarray(coverage)
+    if cov.ndim != 2:
+        raise ConfigError(f"coverage must be a (V, N) matrix, got shape {cov.shape}")
+    return cov.astype(bool, copy=False)
+
+
+def greedy_select(coverage, k: int) -> list[int]:
+    """Greedy view selection: up to ``k`` view indices into ``coverage`` (V, N) bool.
+
+    Each step takes the view covering the most not-yet-covered points (ties -> the
+    lower index); stops early, returning fewer than k, when no view adds a new point
+    (so a view that covers nothing is never chosen). The first pick is the best
+    single view, and the union is at least (1 - 1/e) of the best k-view union.
+    """
+    cov = _check_coverage(coverage)
+    V, N = cov.shape
+    chosen: list[int] = []
+    if V == 0 or N == 0 or k <= 0:
+        return chosen
+    remaining = np.ones(N, dtype=bool)
+    for _ in range(min(int(k), V)):
+        gains = np.count_nonzero(cov & remaining, axis=1)
+        best = int(np.argmax(gains))
+        if gains[best] == 0:
+            break
+        chosen.append(best)
+        remaining &= ~cov[best]
+    return chosen
+
+
+def covered_count(coverage, selection: Optional[Sequence[int]] = None) -> int:
+    """Number of points (columns) covered by at least one of ``selection`` (all views when None)."""
+    cov = _check_coverage(coverage)
+    rows = cov if selection is None else cov[np.asarray(list(selection), dtype=np.int64)]
+    return int(np.count_nonzero(rows.any(axis=0))) if len(rows) else 0
+
+
+def coverage_fraction(coverage, selection: Optional[Sequence[int]] = None) -> float:
+    """Fraction in [0, 1] of the N points covered by ``selection`` (all views when None).
+
+    1.0 for N = 0 (nothing is left uncovered).
+    """
+    cov = _check_coverage(coverage)
+    n = cov.shape[1]
+    return 1.0 if n == 0 else covered_count(cov, selection) / n
+
+
+def brute_force_select(coverage, k: int, max_combinations: int = 200_000) -> list[int]:
+    """The optimal ``min(k, V)`` views (largest union; ties -> lexicographically first set).
+
+    Exhaustive over all combinations, for tests and small cases only: raises
+    ConfigError when there would be more than ``max_combinations`` of them.
+    """
+    cov = _check_coverage(coverage)
+    V = cov.shape[0]
+    m = min(int(k), V)
+    if m <= 0:
+        return []
+    from math import comb
+
+    if comb(V, m) > max_combinations:
+        raise ConfigError(f"brute force over C({V}, {m}) = {comb(V, m)} view sets is too many")
+    best, best_count = None, -1
+    for combo in itertools.combinations(range(V), m):
+        c = int(np.count_nonzero(cov[list(combo)].any(axis=0)))
+        if c > best_count:
+            best, best_count = list(combo), c
+    return best
+
+
+def select_views(
+    points,
+    views: Sequence[Any],
+    k: int,
+    num_base_points: int = 2000,
+    rng: Optional[np.random.Generator] = None,
+    tol: float = 0.1,
+    method: str = "projection",
+) -> list[int]:
+    """MVPNet's view selection for one chunk: up to ``k`` indices into ``views``.
+
+    Samples ``num_base_points`` of ``points`` (N, 3) without replacement (all when N is
+    smaller; ``rng`` default ``np.random.default_rng(0)``), computes their coverage
+    (:func:`coverage_matrix`) and selects greedily (:func:`greedy_select`).
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise DataFormatError(None, f"points must be (N, 3), got shape {pts.shape}")
+    if num_base_points < 1:
+        raise ConfigError(f"num_base_points must be >= 1, got {num_base_points}")
+    if len(pts) > num_base_points:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        pts = pts[rng.choice(len(pts), num_base_points, replace=False)]
+    return greedy_select(coverage_matrix(pts, views, tol=tol, method=method), k)

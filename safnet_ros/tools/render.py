@@ -1,0 +1,110 @@
+"""Render labelled point clouds to PNG: a top view and a perspective view.
+
+Rows are the two views; columns are the predicted classes (ScanNet colours),
+the ground truth when given, and a similarity heat map (S in [0, 1+]: where the
+image features were trusted). Points are splatted far-to-near so nearer points
+cover farther ones, which is what a viewer expects of a 3D scene.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from safnet_ros.data.labels import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES, class_colors
+
+
+def _perspective(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project (N, 3) z-up metres from a virtual camera at a high corner.
+
+    Returns (uv (N, 2) image-plane coordinates, depth (N,) along the view axis).
+    """
+    lo, hi = xyz.min(axis=0), xyz.max(axis=0)
+    center = (lo + hi) / 2.0
+    extent = float(np.linalg.norm(hi - lo)) or 1.0
+    eye = center + np.array([-0.55, -0.75, 0.75]) * extent
+    forward = center - eye
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    rel = xyz - eye
+    depth = rel @ forward
+    depth = np.maximum(depth, 1e-3)
+    uv = np.stack([rel @ right / depth, rel @ up / depth], axis=1)
+    return uv, depth
+
+
+def render_cloud_png(
+    path: str | Path,
+    xyz: np.ndarray,
+    labels: np.ndarray,
+    similarity: Optional[np.ndarray] = None,
+    truth: Optional[np.ndarray] = None,
+    title: str = "",
+    max_points: int = 120_000,
+    seed: int = 0,
+) -> Path:
+    """Write a PNG with top and perspective views of a labelled cloud.
+
+    xyz (N, 3) metres, z up; labels (N,) class indices (others drawn black);
+    similarity (N,) float, NaN where unknown; truth (N,) class indices.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    xyz = np.asarray(xyz, dtype=np.float64)
+    keep = np.isfinite(xyz).all(axis=1)
+    idx = np.flatnonzero(keep)
+    if len(idx) > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
+    xyz = xyz[idx]
+    columns: list[tuple[str, np.ndarray]] = [("prediction", class_colors(np.asarray(labels)[idx]) / 255.0)]
+    if truth is not None:
+        columns.append(("ground truth", class_colors(np.asarray(truth)[idx]) / 255.0))
+    if similarity is not None:
+        sim = np.asarray(similarity, dtype=np.float64)[idx]
+        cmap = plt.get_cmap("inferno")
+        finite = np.isfinite(sim)
+        norm = np.clip(np.where(finite, sim, 0.0), 0.0, 1.0)
+        rgba = cmap(norm)
+        rgba[~finite] = (0.6, 0.6, 0.6, 1.0)
+        columns.append(("similarity S (2D weight)", rgba[:, :3]))
+
+    uv, depth = _perspective(xyz)
+    views = [
+        ("top view", xyz[:, :2], np.argsort(xyz[:, 2])),  # low first: high points on top
+        ("perspective", uv, np.argsort(-depth)),  # far first
+    ]
+    fig, axes = plt.subplots(2, len(columns), figsize=(5.2 * len(columns), 9.5), squeeze=False)
+    size = float(np.clip(40000.0 / max(len(xyz), 1), 0.3, 6.0))
+    for r, (vname, coords, order) in enumerate(views):
+        for c, (cname, colors) in enumerate(columns):
+            ax = axes[r, c]
+            ax.scatter(coords[order, 0], coords[order, 1], c=colors[order], s=size, marker="s",
+                       linewidths=0, rasterized=True)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{cname} — {vname}", fontsize=10)
+    present = np.unique(np.asarray(labels)[idx])
+    if truth is not None:
+        present = np.union1d(present, np.unique(np.asarray(truth)[idx]))
+    handles = [Patch(color=CLASS_COLORS[k] / 255.0, label=CLASS_NAMES[k]) for k in present if 0 <= k < NUM_CLASSES]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(10, len(handles)), fontsize=8, frameon=False)
+    if similarity is not None:
+        sm = plt.cm.ScalarMappable(cmap="inferno", norm=plt.Normalize(0.0, 1.0))
+        fig.colorbar(sm, ax=axes[:, -1].tolist(), fraction=0.04, pad=0.02, label="S")
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.subplots_adjust(bottom=0.08, top=0.93, wspace=0.05, hspace=0.08)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,122 @@
+"""Segmenter: whole-cloud inference behaviours the node, bag tools and demo rely on."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from safnet_ros.data.labels import IGNORE_INDEX
+from safnet_ros.engine.batching import PosedView, build_chunk_sample, collate
+from safnet_ros.engine.inference import Segmenter, voxel_downsample
+from safnet_ros.errors import ModelLoadError
+
+
+def _lite_segmenter(**kwargs) -> Segmenter:
+    from safnet_ros.model.config import SafnetConfig
+    from safnet_ros.model.safnet import build_model
+
+    torch.manual_seed(0)
+    config = SafnetConfig.preset("lite")
+    return Segmenter(build_model(config), config, "cpu", **kwargs)
+
+
+def _room(n: int = 3000, seed: int = 0) -> np.ndarray:
+    """Floor (z=0) 3 x 2 m and a wall (x=0): (n, 3) metres."""
+    rng = np.random.default_rng(seed)
+    floor = np.c_[rng.uniform(0, 3, n // 2), rng.uniform(0, 2, n // 2), np.zeros(n // 2)]
+    wall = np.c_[np.zeros(n - n // 2), rng.uniform(0, 2, n - n // 2), rng.uniform(0, 2, n - n // 2)]
+    return np.concatenate([floor, wall]).astype(np.float32)
+
+
+def _floor_view(center_x: float, wh=(160, 120)) -> PosedView:
+    """A camera 1.5 m above the floor looking straight down at x=center_x, y=1."""
+    w, h = wh
+    K = np.array([[100.0, 0, (w - 1) / 2], [0, 100.0, (h - 1) / 2], [0, 0, 1]])
+    # optical z points down (-Z world), x right (+X world), y down the image (-Y world)
+    R = np.array([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]])
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = [center_x, 1.0, 1.5]
+    depth = np.full((h, w), 1.5, np.float32)
+    color = np.full((h, w, 3), 128, np.uint8)
+    return PosedView(color=color, depth=depth, K=K, camera_to_world=T)
+
+
+def test_backprojected_floor_view_lies_on_the_floor():
+    view = _floor_view(1.0)
+    sample = build_chunk_sample(_room(), [view])
+    world_q = sample.q_points + sample.shift
+    assert len(world_q) > 1000
+    assert np.abs(world_q[:, 2]).max() < 1e-4  # the floor is z = 0
+    batch = collate([sample])
+    assert batch.q_mask.all() and batch.images.shape == (1, 1, 3, 120, 160)
+
+
+def test_no_views_segments_everything_3d_only():
+    seg = _lite_segmenter(chunk_stride=1.5)
+    result = seg.segment(_room(), [])
+    assert result.segmented.all()
+    assert ((result.labels >= 0) & (result.labels < 20)).all()
+    assert result.views_used == []
+
+
+def test_crop_to_what_the_views_cover():
+    seg = _lite_segmenter(chunk_stride=1.5, crop_margin=0.1)
+    pts = _room()
+    far = np.c_[np.full(50, 30.0), np.zeros(50), np.zeros(50)].astype(np.float32)  # 30 m away
+    result = seg.segment(np.concatenate([pts, far]), [_floor_view(1.0)])
+    assert not result.segmented[-50:].any()
+    assert (result.labels[-50:] == IGNORE_INDEX).all()
+    assert result.segmented[:1000].sum() > 0
+    assert result.views_used == [0]
+    # similarity is defined exactly where points were segmented
+    assert np.isfinite(result.s[result.segmented]).all()
+    assert np.isnan(result.s[~result.segmented]).all()
+
+
+def test_non_finite_points_are_reported_not_labelled():
+    seg = _lite_segmenter(chunk_stride=1.5)
+    pts = _room(500)
+    pts[:7] = np.nan
+    result = seg.segment(pts, [])
+    assert (result.labels[:7] == IGNORE_INDEX).all() and not result.segmented[:7].any()
+    assert result.segmented[7:].all()
+    assert any("7 non-finite" in w for w in result.warnings)
+
+
+def test_max_points_downsamples_and_copies_back():
+    seg = _lite_segmenter(chunk_stride=1.5, max_points=800, voxel_size=0.01)
+    pts = _room(4000)
+    result = seg.segment(pts, [])
+    assert result.segmented.all()
+    assert any("max_points" in w for w in result.warnings)
+    keep, inverse, voxel = voxel_downsample(pts, 0.01, 800)
+    assert len(keep) <= 800 and voxel > 0.01
+    # points sharing a voxel share a label
+    for rep in range(0, len(keep), 97):
+        members = np.flatnonzero(inverse == rep)
+        assert len(set(result.labels[members].tolist())) == 1
+
+
+def test_labels_equal_a_direct_forward_on_a_single_chunk():
+    """One chunk, no overlap: the vote must return the model's own argmax."""
+    seg = _lite_segmenter(chunk_size=10.0, chunk_stride=10.0)
+    pts = _room(1500)
+    view = _floor_view(1.0)
+    result = seg.segment(pts, [view])
+    with torch.no_grad():
+        batch = collate([build_chunk_sample(pts[result.segmented], [view],
+                                            center_xy=None)])
+        direct = seg.model(batch).logits[0].argmax(-1).numpy()
+    # center_xy differs only by a translation in xy; the model sees local coordinates
+    agree = (direct == result.labels[result.segmented]).mean()
+    assert agree > 0.99
+
+
+def test_missing_or_corrupt_model_file_is_named(tmp_path):
+    with pytest.raises(ModelLoadError, match="nope.pt"):
+        Segmenter.from_checkpoint(tmp_path / "nope.pt", device="cpu")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelLoadError, match="corrupt.pt"):
+        Segmenter.from_checkpoint(bad, device="cpu")

@@ -195,3 +195,15 @@ def test_any_scalar_types_round_trip_in_both_byte_orders(tmp_path_factory, codes
     assert back.dtype.names == v.dtype.names
     for name in v.dtype.names:
         np.testing.assert_array_equal(back[name], v[name])
+
+
+def test_mesh_with_zero_faces_round_trips(tmp_path):
+    from safnet_ros.data.ply import read_mesh, write_scannet_mesh
+
+    xyz = np.random.default_rng(0).random((5, 3)).astype(np.float32)
+    rgb = np.full((5, 3), 7, np.uint8)
+    path = tmp_path / "nofaces.ply"
+    write_scannet_mesh(path, xyz, rgb, np.empty((0, 3), np.int32))
+    out_xyz, out_rgb, faces = read_mesh(path)
+    np.testing.assert_array_equal(out_xyz, xyz)
+    assert faces.shape == (0, 3)

@@ -330,6 +330,8 @@ def _faces_from(face: np.ndarray | None, path: str) -> np.ndarray | None:
     if name is None:
         raise DataFormatError(path, "face element has no 'vertex_indices' list property")
     col = face[name]
+    if len(face) == 0:  # a mesh with an empty face element (point cloud as PLY)
+        return np.empty((0, 3), np.int32)
     if col.dtype != object:  # uniform lists, (F, L)
         if col.ndim == 1:
             col = col[:, None]

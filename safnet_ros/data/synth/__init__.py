@@ -1,0 +1,14 @@
+"""Synthetic ScanNet scenes: procedural furnished rooms rendered to RGB-D, written in ScanNet's format.
+
+Modules, one job each: :mod:`.rooms` (layout of parts and objects),
+:mod:`.meshes` (parts -> triangle meshes), :mod:`.appearance` (procedural
+textures and lighting), :mod:`.render` (open3d ray casting -> RGB-D),
+:mod:`.trajectory` (handheld camera path), :mod:`.perturb` (noise, pose errors,
+moved objects, lost tracking), :mod:`.writer` (scene files), :mod:`.generate`
+(the pipeline) and :mod:`.command` (``safnet data synth``).
+"""
+from __future__ import annotations
+
+from safnet_ros.data.synth.generate import SynthConfig, generate_dataset, generate_scene, scene_name
+
+__all__ = ["SynthConfig", "generate_dataset", "generate_scene", "scene_name"]

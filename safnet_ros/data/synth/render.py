@@ -1,0 +1,151 @@
+"""RGB-D rendering of a scene mesh by CPU ray casting (open3d ``RaycastingScene``).
+
+Cameras follow the OpenCV optical convention (z forward, x right, y down) and
+poses are camera-to-world (4, 4), as ScanNet stores them. A pixel (u, v) looks
+along ``K^-1 [u, v, 1]`` (pixel centres at integer coordinates, the convention
+our back-projection uses). Because that direction has camera z = 1, open3d's
+hit distance (in units of the direction length) *is* the z-depth.
+
+Colour = procedural albedo at the hit point (:func:`appearance.albedo`) times
+Lambert lighting (:func:`appearance.shade`), with mild vignetting and sensor
+noise; everything is vectorised over the frame's pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from safnet_ros.data.synth.appearance import Lighting, MaterialTable, albedo, shade
+from safnet_ros.data.synth.meshes import SceneMesh
+
+
+def pinhole(width: int, height: int, hfov_deg: float = 58.0) -> np.ndarray:
+    """A (3, 3) intrinsic matrix with the given horizontal field of view, square pixels, centred."""
+    fx = (width / 2.0) / np.tan(np.radians(hfov_deg) / 2.0)
+    return np.array([[fx, 0.0, width / 2.0], [0.0, fx, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def camera_rays(K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Per-pixel ray directions in the camera frame, z = 1: (H*W, 3) float64, row-major."""
+    w, h = size
+    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    x = (u - K[0, 2]) / K[0, 0]
+    y = (v - K[1, 2]) / K[1, 1]
+    return np.stack([x.ravel(), y.ravel(), np.ones(w * h)], axis=1).astype(np.float32)
+
+
+@dataclass
+class DepthRender:
+    """z-depth (H, W) float32 metres (0 where no surface) and |cos| of the incidence angle (H, W)."""
+
+    depth: np.ndarray
+    incidence: np.ndarray
+
+
+class Renderer:
+    """Ray-casts one scene mesh; build once per scene state (moved objects need their own).
+
+    ``mesh`` is usually the coarse render mesh (``build_scene_mesh(..., None)``),
+    ``table`` its per-part materials and frames, ``lighting`` in world metres.
+    """
+
+    def __init__(self, mesh: SceneMesh, table: MaterialTable, lighting: Lighting, nthreads: int = 0):
+        import open3d as o3d
+
+        self._o3d = o3d
+        self.table = table
+        self.lighting = lighting
+        self.face_part = mesh.face_part
+        self.nthreads = nthreads
+        self.scene = o3d.t.geometry.RaycastingScene()
+        tmesh = o3d.t.geometry.TriangleMesh()
+        tmesh.vertex.positions = o3d.core.Tensor(mesh.vertices.astype(np.float32))
+        tmesh.triangle.indices = o3d.core.Tensor(mesh.faces.astype(np.int32))
+        self.scene.add_triangles(tmesh)
+        self._ray_cache: dict[tuple, np.ndarray] = {}
+
+    def _cast(self, camera_to_world: np.ndarray, K: np.ndarray, size: tuple[int, int]):
+        key = (tuple(np.round(K.ravel(), 9)), tuple(size))
+        dirs_cam = self._ray_cache.get(key)
+        if dirs_cam is None:
+            dirs_cam = self._ray_cache[key] = camera_rays(K, size)
+        R = camera_to_world[:3, :3].astype(np.float32)
+        rays = np.empty((len(dirs_cam), 6), dtype=np.float32)
+        rays[:, :3] = camera_to_world[:3, 3]
+        # Rotate without BLAS: a (N,3)@(3,3) matmul wakes BLAS threads that fight open3d's for 2 cores.
+        dirs = rays[:, 3:]
+        np.multiply(dirs_cam[:, 0:1], R[:, 0], out=dirs)
+        dirs += dirs_cam[:, 1:2] * R[:, 1]
+        dirs += dirs_cam[:, 2:3] * R[:, 2]
+        out = self.scene.cast_rays(self._o3d.core.Tensor(rays), nthreads=self.nthreads)
+        t_hit = out["t_hit"].numpy()
+        prim = out["primitive_ids"].numpy()
+        normals = out["primitive_normals"].numpy()
+        return dirs, t_hit, prim, normals
+
+    @staticmethod
+    def _depth_from_cast(size, dirs, t_hit, normals) -> DepthRender:
+        w, h = size
+        hit = np.isfinite(t_hit)
+        depth = np.where(hit, t_hit, np.float32(0.0)).astype(np.float32)
+        dot = dirs[:, 0] * normals[:, 0] + dirs[:, 1] * normals[:, 1] + dirs[:, 2] * normals[:, 2]
+        cos = np.abs(dot) / np.sqrt(dirs[:, 0] ** 2 + dirs[:, 1] ** 2 + dirs[:, 2] ** 2)
+        inc = np.where(hit, np.nan_to_num(cos), np.float32(0.0)).astype(np.float32)
+        return DepthRender(depth.reshape(h, w), inc.reshape(h, w))
+
+    def render_depth(self, camera_to_world: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> DepthRender:
+        """z-depth image for a camera-to-world pose, intrinsics K (3, 3) and size (w, h)."""
+        dirs, t_hit, prim, normals = self._cast(camera_to_world, K, size)
+        return self._depth_from_cast(size, dirs, t_hit, normals)
+
+    def render_color(self, camera_to_world: np.ndarray, K: np.ndarray, size: tuple[int, int],
+                     noise: np.ndarray | None = None, vignetting: float = 0.22) -> np.ndarray:
+        """(H, W, 3) float32 RGB in 0..1; ``noise`` (H, W, 3) is added before clipping (sensor noise)."""
+        return self._color_from_cast(camera_to_world, size, *self._cast(camera_to_world, K, size),
+                                     noise=noise, vignetting=vignetting)
+
+    def render_rgbd(self, camera_to_world: np.ndarray, K_color: np.ndarray, color_size: tuple[int, int],
+                    K_depth: np.ndarray, depth_size: tuple[int, int], noise: np.ndarray | None = None,
+                    ) -> tuple[np.ndarray, DepthRender]:
+        """Colour (as :meth:`render_color`) and depth (as :meth:`render_depth`); one ray cast when the
+        depth camera equals the colour camera (same intrinsics and size)."""
+        cast = self._cast(camera_to_world, K_color, color_size)
+        color = self._color_from_cast(camera_to_world, color_size, *cast, noise=noise)
+        if tuple(color_size) == tuple(depth_size) and np.allclose(K_color, K_depth):
+            depth_cast = cast
+        else:
+            depth_cast = self._cast(camera_to_world, K_depth, depth_size)
+        return color, self._depth_from_cast(depth_size, depth_cast[0], depth_cast[1], depth_cast[3])
+
+    def _vignette(self, size: tuple[int, int], strength: float) -> np.ndarray:
+        key = ("vignette", tuple(size), strength)
+        v = self._ray_cache.get(key)
+        if v is None:
+            w, h = size
+            u = (np.arange(w) - w / 2.0) / (w / 2.0)
+            y = (np.arange(h) - h / 2.0) / (w / 2.0)
+            r2 = y[:, None] ** 2 + u[None, :] ** 2
+            v = self._ray_cache[key] = (1.0 - strength * r2 / 2.0).astype(np.float32)[:, :, None]
+        return v
+
+    def _color_from_cast(self, camera_to_world, size, dirs, t_hit, prim, normals, noise=None,
+                         vignetting: float = 0.22) -> np.ndarray:
+        w, h = size
+        hit = np.isfinite(t_hit)
+        all_hit = bool(hit.all())
+        rgb = np.zeros((len(t_hit), 3), dtype=np.float32)
+        if all_hit or hit.any():
+            sel = slice(None) if all_hit else np.flatnonzero(hit)
+            hit_dirs = dirs if all_hit else np.take(dirs, sel, axis=0)
+            pts = camera_to_world[:3, 3].astype(np.float32) + hit_dirs * t_hit[sel, None]
+            part = self.face_part[prim[sel]]
+            nrm = normals if all_hit else np.take(normals, sel, axis=0)
+            base = albedo(self.table, part, pts, nrm)
+            rgb[sel] = shade(base, self.table.emissive[part], pts, nrm, self.lighting)
+        rgb = rgb.reshape(h, w, 3)
+        if vignetting:
+            rgb *= self._vignette(size, vignetting)
+        if noise is not None:
+            rgb += noise
+        return np.clip(rgb, 0.0, 1.0, out=rgb)

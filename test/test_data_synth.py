@@ -1,0 +1,313 @@
+"""Synthetic ScanNet scenes: contents, geometry of the rendered frames, knobs, determinism, CLI.
+
+Scenes are small (tens of frames at 80x60) but go through the real writers and
+are read back with the real ScanNet readers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from safnet_ros.data.labels import NYU40_IDS
+from safnet_ros.data.ply import read_mesh, read_vertex_labels
+from safnet_ros.data.scannet import ScanNetScene, read_label_map, read_split
+from safnet_ros.data.sens import SensReader
+from safnet_ros.data.synth import SynthConfig, generate_dataset, scene_name
+from safnet_ros.data.synth.perturb import invalid_frames, noisy_depth, recorded_poses
+from safnet_ros.data.synth.trajectory import handheld_trajectory
+
+CLEAN = dict(depth_noise=0.0, depth_dropout=0.0, pose_noise=0.0, pose_noise_deg=0.0, pose_drift=0.0,
+             color_noise=0.0, progress=False)
+
+
+def small(**kw) -> SynthConfig:
+    base = dict(frames=20, color_size=(80, 60), depth_size=(80, 60), vertex_spacing=0.08, progress=False)
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def clean_scene(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean")
+    generate_dataset(out, 1, 5, small(**CLEAN))
+    return out / scene_name(5, 0)
+
+
+@pytest.fixture(scope="module")
+def moved_scene(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("moved")
+    generate_dataset(out, 1, 5, small(moved_objects=100, **CLEAN))  # count, capped: all movable
+    return out / scene_name(5, 0)
+
+
+def _mesh_distance_fn(mesh_path: Path):
+    import open3d as o3d
+
+    xyz, _, faces = read_mesh(mesh_path)
+    scene = o3d.t.geometry.RaycastingScene()
+    m = o3d.t.geometry.TriangleMesh()
+    m.vertex.positions = o3d.core.Tensor(xyz.astype(np.float32))
+    m.triangle.indices = o3d.core.Tensor(faces.astype(np.int32))
+    scene.add_triangles(m)
+    return lambda pts: scene.compute_distance(o3d.core.Tensor(pts.astype(np.float32))).numpy()
+
+
+def _backproject(depth_m: np.ndarray, K: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    h, w = depth_m.shape
+    v, u = np.nonzero(depth_m > 0)
+    z = depth_m[v, u]
+    cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], 1)
+    return cam @ pose[:3, :3].T + pose[:3, 3]
+
+
+def _frame_distances(scene_dir: Path, frames=None) -> list[np.ndarray]:
+    """Distance of every back-projected depth pixel to the scanned mesh, per frame."""
+    dist = _mesh_distance_fn(scene_dir / f"{scene_dir.name}_vh_clean_2.ply")
+    out = []
+    with SensReader(scene_dir / f"{scene_dir.name}.sens") as r:
+        K = r.header.intrinsic_depth[:3, :3].astype(np.float64)
+        for i in (frames if frames is not None else r.valid_indices):
+            f = r.frame(i)
+            depth = f.decode_depth().astype(np.float64) / r.header.depth_shift
+            out.append(dist(_backproject(depth, K, f.camera_to_world.astype(np.float64))))
+    return out
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ scene contents
+
+
+def test_every_benchmark_class_is_in_the_labels_ply(clean_scene: Path):
+    labels = read_vertex_labels(clean_scene / f"{clean_scene.name}_vh_clean_2.labels.ply")
+    present = set(np.unique(labels).tolist())
+    missing = set(NYU40_IDS) - present
+    assert not missing, f"classes missing from the mesh: {sorted(missing)}"
+    # some ignored categories too (pillow 18, lamp 35, box 29); the ceiling is never scanned
+    assert {18, 35, 29} <= present and 22 not in present
+    counts = {k: int((labels == k).sum()) for k in NYU40_IDS}
+    assert min(counts.values()) >= 20, counts
+
+
+def test_scannet_scene_reads_labels_mesh_and_alignment(clean_scene: Path):
+    scene = ScanNetScene(clean_scene)
+    nyu = scene.load_nyu40()
+    xyz, rgb = scene.load_points()
+    assert nyu.shape == (len(xyz),) and rgb.dtype == np.uint8
+    assert np.array_equal(np.sort(np.unique(nyu)), np.unique(read_vertex_labels(scene.labels_path)))
+    # The mesh colours are the lit procedural appearance, not one flat colour.
+    assert len(np.unique(rgb, axis=0)) > 1000
+    # axisAlignment maps the rotated, shifted room back onto [0, W] x [0, D] x [0, H].
+    meta = json.loads((clean_scene / f"{clean_scene.name}.synth.json").read_text())
+    W, D, H = meta["room_size_m"]
+    aligned = xyz.astype(np.float64) @ scene.axis_alignment[:3, :3].T + scene.axis_alignment[:3, 3]
+    np.testing.assert_allclose(aligned.min(0), [0, 0, 0], atol=2e-3)
+    np.testing.assert_allclose(aligned.max(0), [W, D, H], atol=2e-3)
+    assert not np.allclose(scene.axis_alignment, np.eye(4))  # a real rotation was applied
+    # Frames through the shared FrameSource: metres, RGB, the render pose (no pose noise here).
+    frame = scene.frames.get(7)
+    true = np.load(clean_scene / f"{clean_scene.name}.synth_true_poses.npy")
+    assert frame.color.shape == (60, 80, 3) and frame.depth.dtype == np.float32
+    assert 0.3 < np.median(frame.depth[frame.depth > 0]) < 8.0
+    np.testing.assert_allclose(frame.camera_to_world, true[7], atol=1e-5)
+    scene.close()
+
+
+def test_segments_and_aggregation_agree_with_vertex_labels(clean_scene: Path):
+    name = clean_scene.name
+    segs = json.loads((clean_scene / f"{name}_vh_clean_2.0.010000.segs.json").read_text())
+    agg = json.loads((clean_scene / f"{name}.aggregation.json").read_text())
+    labels = read_vertex_labels(clean_scene / f"{name}_vh_clean_2.labels.ply")
+    seg_idx = np.asarray(segs["segIndices"])
+    assert seg_idx.shape == labels.shape
+    mapping = read_label_map(clean_scene.parent / "scannetv2-labels.combined.tsv")
+    seg_label = {}
+    for g in agg["segGroups"]:
+        assert g["id"] == g["objectId"]
+        for s in g["segments"]:
+            assert s not in seg_label, "a segment belongs to two objects"
+            seg_label[s] = mapping[g["label"]]
+    lut = np.array([seg_label[s] for s in seg_idx], dtype=np.uint16)
+    assert np.array_equal(lut, labels)
+    assert len(agg["segGroups"]) > 30 and len(np.unique(seg_idx)) > 100
+
+
+def test_depth_agrees_with_the_mesh_when_noise_is_off(clean_scene: Path):
+    with SensReader(clean_scene / f"{clean_scene.name}.sens") as r:
+        assert r.num_invalid_poses == 0 and len(r) == 20
+        poses = np.stack([r.frame(i).camera_to_world for i in range(len(r))])
+        assert r.frame(3).color_timestamp == 100000  # 30 Hz in microseconds
+    true = np.load(clean_scene / f"{clean_scene.name}.synth_true_poses.npy")
+    np.testing.assert_allclose(poses, true, atol=1e-5)
+    d = np.concatenate(_frame_distances(clean_scene))
+    assert len(d) > 20 * 80 * 60 * 0.95  # almost every pixel has depth
+    assert np.median(d) < 0.002
+    assert np.quantile(d, 0.999) < 0.01, np.quantile(d, [0.5, 0.99, 0.999, 1.0])
+
+
+def test_trajectory_is_handheld_like():
+    rng = np.random.default_rng(0)
+    poses = handheld_trajectory(rng, 7.0, 5.5, 300)
+    pos = poses[:, :3, 3]
+    assert pos[:, 2].min() > 1.2 and pos[:, 2].max() < 1.72
+    assert (pos[:, 0] > 1.3).all() and (pos[:, 0] < 5.7).all() and (pos[:, 1] > 1.3).all()
+    forward = poses[:, :3, 2]
+    assert (forward[:, 2] < -0.05).mean() > 0.9  # mostly pitched down
+    np.testing.assert_allclose(np.linalg.det(poses[:, :3, :3]), 1.0, atol=1e-9)
+    step = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+    assert step.max() < 0.12  # smooth: one loop of ~12 m over 300 frames
+    # --overlap sets the speed: less overlap, faster motion
+    fast = handheld_trajectory(np.random.default_rng(0), 7.0, 5.5, 300, overlap=0.9)
+    assert np.linalg.norm(np.diff(fast[:, :3, 3], axis=0), axis=1).mean() > 2 * step.mean()
+
+
+# ------------------------------------------------------------------ knobs
+
+
+def test_moved_objects_really_move(clean_scene: Path, moved_scene: Path):
+    meta = json.loads((moved_scene / f"{moved_scene.name}.synth.json").read_text())
+    moved = meta["moved_objects"]
+    assert len(moved) >= 3
+    assert all(0.29 < np.hypot(m["dx"], m["dy"]) < 0.81 for m in moved)
+    # Same mesh in both scenes (the mesh keeps the original placement) ...
+    assert (moved_scene / f"{moved_scene.name}_vh_clean_2.ply").read_bytes() == \
+           (clean_scene / f"{clean_scene.name}_vh_clean_2.ply").read_bytes()
+    # ... but the frames show the objects elsewhere: depth points far from the mesh appear.
+    far_clean = np.mean(np.concatenate(_frame_distances(clean_scene)) > 0.05)
+    far_moved = np.mean(np.concatenate(_frame_distances(moved_scene)) > 0.05)
+    assert far_clean < 1e-4
+    assert far_moved > 0.003, far_moved
+
+
+def test_invalid_poses_are_minus_inf_in_the_sens(tmp_path: Path):
+    generate_dataset(tmp_path, 1, 2, small(frames=20, color_size=(40, 30), depth_size=(40, 30),
+                                           invalid_poses=0.2))
+    name = scene_name(2, 0)
+    meta = json.loads((tmp_path / name / f"{name}.synth.json").read_text())
+    with SensReader(tmp_path / name / f"{name}.sens") as r:
+        assert r.num_invalid_poses == 4
+        bad = [i for i in range(len(r)) if not r.frame(i).pose_valid]
+        assert bad == meta["invalid_frames"]
+        assert all(np.isneginf(r.frame(i).camera_to_world).all() for i in bad)
+        assert r.valid_indices == [i for i in range(20) if i not in bad]
+    with ScanNetScene(tmp_path / name) as scene:
+        assert scene.frames.num_invalid == 4
+
+
+def test_invalid_frames_count_and_bursts():
+    m = invalid_frames(np.random.default_rng(1), 1000, 0.05)
+    assert m.sum() == 50 and not m[0]
+    assert invalid_frames(np.random.default_rng(1), 10, 0.0).sum() == 0
+    assert invalid_frames(np.random.default_rng(1), 10, 0.01).sum() == 1
+
+
+def test_depth_noise_grows_with_depth_and_dropout_makes_holes():
+    rng = np.random.default_rng(0)
+    depth = np.full((240, 320), 2.0, np.float32)
+    depth[:, 160:] = 4.0
+    inc = np.ones_like(depth)
+    noisy = noisy_depth(rng, depth, inc, 0.01, 0.0)
+    s_near = (noisy[:, :160] - 2.0).std()
+    s_far = (noisy[:, 160:] - 4.0).std()
+    assert 0.018 < s_near < 0.022 and 0.045 < s_far < 0.055  # 0.01 * (1 + (z/2)^2)
+    inc[:10] = 0.05  # grazing rows
+    holes = noisy_depth(rng, depth, inc, 0.0, 0.05) == 0
+    assert holes[:10].all()
+    frac = holes[10:].mean()
+    assert 0.02 < frac < 0.1
+    assert np.array_equal(noisy_depth(rng, depth, inc, 0.0, 0.0), depth)
+
+
+def test_recorded_poses_jitter_and_drift():
+    true = np.tile(np.eye(4), (4000, 1, 1))
+    jit = recorded_poses(np.random.default_rng(0), true, 0.01, 0.5, 0.0)
+    assert abs(jit[:, :3, 3].std() - 0.01) < 0.001
+    ang = np.degrees(np.arccos(np.clip((np.trace(jit[:, :3, :3], axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    assert 0.5 < np.median(ang) < 1.0  # |rotvec| with 0.5 deg per axis: median ~0.77 deg
+    drift = recorded_poses(np.random.default_rng(0), true, 0.0, 0.0, 0.1)
+    steps = np.linalg.norm(np.diff(drift[:, :3, 3], axis=0), axis=1)
+    assert steps.max() < 0.01  # drift is local: consecutive frames nearly agree
+    assert np.abs(drift[-1, :3, 3]).max() > 0.01  # ... but it accumulates
+    assert np.array_equal(recorded_poses(np.random.default_rng(0), true[:5], 0, 0, 0), true[:5])
+
+
+# ------------------------------------------------------------------ determinism and CLI
+
+
+def test_same_seed_same_bytes_different_seed_different_bytes(tmp_path: Path):
+    cfg = small(frames=4, color_size=(48, 36), depth_size=(24, 18), moved_objects=0.5, invalid_poses=0.25)
+    for sub, seed in (("a", 11), ("b", 11), ("c", 12)):
+        generate_dataset(tmp_path / sub, 1, seed, cfg)
+    a, b, c = (_tree_digest(tmp_path / s) for s in "abc")
+    assert a == b
+    assert set(a) != set(c)  # different scene names
+    name_a, name_c = scene_name(11, 0), scene_name(12, 0)
+    assert a[f"{name_a}/{name_a}.sens"] != c[f"{name_c}/{name_c}.sens"]
+    assert a[f"{name_a}/{name_a}_vh_clean_2.ply"] != c[f"{name_c}/{name_c}_vh_clean_2.ply"]
+
+
+def test_cli_end_to_end(tmp_path: Path, capsys):
+    from safnet_ros.cli import main
+
+    out = tmp_path / "synth"
+    args = ["data", "synth", str(out), "--scenes", "2", "--seed", "7", "--frames", "4",
+            "--color-size", "64x48", "--depth-size", "32x24", "--vertex-spacing", "0.1", "--quiet"]
+    assert main(args) == 0
+    names = ["scene0700_00", "scene0701_00"]
+    for n in names:
+        d = out / n
+        for suffix in (".sens", "_vh_clean_2.ply", "_vh_clean_2.labels.ply", ".aggregation.json",
+                       "_vh_clean_2.0.010000.segs.json", ".txt"):
+            assert (d / f"{n}{suffix}").is_file(), suffix
+        with SensReader(d / f"{n}.sens") as r:
+            assert r.header.color_size == (64, 48) and r.header.depth_size == (32, 24)
+            np.testing.assert_allclose(r.header.intrinsic_depth[:2, :3] * 2, r.header.intrinsic_color[:2, :3],
+                                       rtol=1e-6)
+            assert r.frame(0).decode_color().shape == (48, 64, 3)
+    assert read_split(out / "scannetv2_train.txt") == names and read_split(out / "scannetv2_val.txt") == []
+    mapping = read_label_map(out / "scannetv2-labels.combined.tsv")
+    assert mapping["shower curtain"] == 28 and mapping["lamp"] == 35 and mapping["pillow"] == 18
+    assert "scene0700_00" in capsys.readouterr().out
+
+    # An existing scene is not silently replaced ...
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    # ... unless asked; --split puts every scene into one list.
+    assert main(args + ["--overwrite", "--split", "test"]) == 0
+    assert read_split(out / "scannetv2_test.txt") == names
+    assert read_split(out / "scannetv2_train.txt") == []
+    # bad values are one error line
+    assert main(["data", "synth", str(out), "--overlap", "1.5", "--quiet"]) == 2
+
+
+def test_split_lists_accumulate_over_seeds(tmp_path: Path):
+    cfg = small(frames=2, color_size=(16, 12), depth_size=(16, 12), vertex_spacing=0.2)
+    generate_dataset(tmp_path, 5, 1, cfg)
+    assert read_split(tmp_path / "scannetv2_val.txt") == ["scene0104_00"]
+    generate_dataset(tmp_path, 1, 2, cfg)
+    train = read_split(tmp_path / "scannetv2_train.txt")
+    assert train == ["scene0100_00", "scene0101_00", "scene0102_00", "scene0103_00", "scene0200_00"]
+    assert read_split(tmp_path / "scannetv2_val.txt") == ["scene0104_00"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_layout_has_all_classes_inside_the_room(seed: int):
+    from safnet_ros.data.synth.rooms import footprint, generate_room
+
+    room = generate_room(np.random.default_rng(seed))
+    assert set(NYU40_IDS) <= {o.nyu40 for o in room.objects}
+    assert 2.5 <= room.height <= 3.0
+    for o in room.objects:
+        fp = footprint(o)
+        assert fp[0] > -1e-6 and fp[1] > -1e-6 and fp[2] < room.width + 1e-6 and fp[3] < room.depth + 1e-6, o.category
+    # the placement in the world is a rotation about z plus a shift (floor stays at z = 0)
+    m = room.world_from_aligned
+    np.testing.assert_allclose(m[2], [0, 0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-12)

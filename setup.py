@@ -51,6 +51,7 @@ setup(
     entry_points={
         "console_scripts": [
             "safnet = safnet_ros.cli:main",
+            "segment_node = safnet_ros.ros.segment_node:main",
         ],
     },
 )

@@ -19,6 +19,10 @@ from safnet_ros.errors import SafnetError
 #: Modules that register subcommands, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
     "safnet_ros.data.commands",
+    "safnet_ros.tools.commands",
+    "safnet_ros.engine.commands",
+    "safnet_ros.tools.bag_commands",
+    "safnet_ros.tools.demo",
 )
 
 

@@ -120,3 +120,23 @@ def test_missing_or_corrupt_model_file_is_named(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelLoadError, match="corrupt.pt"):
         Segmenter.from_checkpoint(bad, device="cpu")
+
+
+def test_cached_view_features_equal_running_the_2d_net_and_are_reused():
+    seg = _lite_segmenter(chunk_size=10.0, chunk_stride=10.0)
+    pts = _room(1500)
+    views = [_floor_view(1.0), _floor_view(2.0)]
+    views[1].color[:, :80] = 30  # two different images
+    calls = []
+    seg.model.net2d.register_forward_hook(lambda *_: calls.append(1))
+    batch = collate([build_chunk_sample(pts, views)])
+    with torch.no_grad():
+        direct = seg.model(batch)
+        batch.pixel_features, batch.pixel_logits = seg._view_features(views)
+        cached = seg.model(batch)
+    torch.testing.assert_close(cached.logits, direct.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cached.s, direct.s)
+    n_before = len(calls)
+    seg.segment(pts, views)
+    seg.segment(pts, views)
+    assert len(calls) == n_before  # both views already encoded: no more 2D passes

@@ -12,6 +12,7 @@ import importlib
 DATA_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("synth", "safnet_ros.data.synth.command", "generate synthetic rooms in ScanNet's raw on-disk format"),
     ("info", "safnet_ros.data.info", "summarise one ScanNet-format scene folder"),
+    ("preprocess", "safnet_ros.data.preprocess", "resize frames, label images and the coverage table for training"),
 )
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from safnet_ros.data.labels import IGNORE_INDEX, NUM_CLASSES
-from safnet_ros.engine.batching import PosedView, build_chunk_sample, collate
+from safnet_ros.engine.batching import PosedView, build_chunk_sample, collate, normalize_images
 from safnet_ros.errors import ConfigError, ModelLoadError
 from safnet_ros.geometry.chunks import VoteAccumulator, chunk_grid
 from safnet_ros.geometry.views import coverage_matrix, greedy_select
@@ -152,6 +154,10 @@ class Segmenter:
         self.coverage_tol = float(coverage_tol)
         self.seed = int(seed)
         self.untrained = False
+        # 2D features per view (the 2D net is frozen at inference): a view used by
+        # several chunks, or kept in the node's buffer across clouds, is encoded once.
+        self.feature_cache_size = 64
+        self._features: OrderedDict[int, tuple] = OrderedDict()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -193,11 +199,39 @@ class Segmenter:
         return cls(model, config, dev, **kwargs)
 
     # ---------------------------------------------------------------- inference
+    def _view_features(self, views: Sequence[PosedView]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Cached 2D features of ``views``: ((1, V*H*W, C), (1, V, K, H, W)) or (None, None)."""
+        if not views or not hasattr(self.model, "encode_views"):
+            return None, None
+        missing = [v for v in views if id(v) not in self._features]
+        if missing:
+            images = torch.from_numpy(normalize_images(np.stack([v.color for v in missing]))).to(self.device)
+            feats, logits = self.model.encode_views(images)
+            if feats is None:
+                return None, None
+            for i, view in enumerate(missing):
+                key = id(view)
+                self._features[key] = (feats[i], logits[i])
+                weakref.finalize(view, self._features.pop, key, None)
+            while len(self._features) > self.feature_cache_size:
+                self._features.popitem(last=False)
+        cached = [self._features[id(v)] for v in views]
+        for v in views:
+            self._features.move_to_end(id(v))
+        feats = torch.cat([f for f, _ in cached]).unsqueeze(0)
+        logits = torch.stack([lg for _, lg in cached]).unsqueeze(0)
+        return feats, logits
+
+    def clear_cache(self) -> None:
+        """Forget cached 2D features (e.g. after the model changed)."""
+        self._features.clear()
+
     @torch.no_grad()
     def _run_chunk(self, points: np.ndarray, views: Sequence[PosedView], center_xy: np.ndarray):
         """Forward one chunk part. Returns probs (n, C), s, s_geo, s_con (n,) numpy."""
         sample = build_chunk_sample(points, views, center_xy=center_xy)
         batch = collate([sample], device=str(self.device))
+        batch.pixel_features, batch.pixel_logits = self._view_features(views)
         out = self.model(batch)
         probs = torch.softmax(out.logits[0].float(), dim=-1).cpu().numpy()
         sims = [getattr(out, name)[0].float().cpu().numpy() for name in ("s", "s_geo", "s_con")]

@@ -1,0 +1,507 @@
+"""Preprocess ScanNet-format scenes into compact arrays for training and evaluation.
+
+``safnet data preprocess ROOT OUT`` reads every scene under ROOT (a ScanNet root
+with ``scans/``, or scene folders directly under ROOT as ``safnet data synth``
+writes them) and writes, per scene, a folder ``OUT/<scene>/``:
+
+* ``points.npy`` (N, 3) float32 metres, axis-aligned (scene.txt's axisAlignment M);
+  ``colors.npy`` (N, 3) uint8; ``labels.npy`` (N,) uint8 class index 0..19, 255 ignored;
+* ``color.npy`` (F, 120, 160, 3) uint8 RGB (bilinear); ``depth.npy`` (F, 120, 160)
+  uint16 millimetres (nearest); ``label2d.npy`` (F, 120, 160) uint8 class indices
+  (ScanNet's label-filt images when present, else ray-cast from the labelled mesh);
+  ``poses.npy`` (F, 4, 4) float32 camera-to-world, axis-aligned (M @ pose);
+  ``frame_ids.npy`` (F,) int32 original frame numbers;
+* ``coverage_bits.npy`` (F, ceil(Nb / 8)) uint8, np.packbits of the (F, Nb) table
+  "frame f sees base point b" (a pixel back-projects within 0.1 m of it, the test
+  of :func:`safnet_ros.geometry.views.coverage_matrix`), ``coverage_index.npy`` (Nb,)
+  int64 indices of the base points into ``points`` (all points, or a random subset
+  when the scene has more than ``--coverage-points``);
+* ``meta.json`` (written last): intrinsics K (3, 3) at 160 x 120, counts, sources.
+
+Only frames with a finite pose are kept (the others are counted). A scene is
+built in a hidden temporary folder and renamed into place when complete, so a
+killed run leaves nothing that looks complete; a rerun skips finished scenes and
+redoes the rest. Scenes with no usable frame are written with F = 0 (3D-only)
+and reported. The split lists and label map of ROOT are copied to OUT, and
+``OUT/preprocess_summary.json`` records what was done, skipped and failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+#: Version of the on-disk layout written here (stored in meta.json).
+FORMAT_VERSION = 1
+#: Network image size (width, height), as the paper.
+IMAGE_WH: tuple[int, int] = (160, 120)
+#: Coverage tolerance: a pixel covers a point when it back-projects within this distance (metres).
+COVERAGE_TOL = 0.1
+#: Prefix of temporary scene folders (never read as scenes).
+TMP_PREFIX = ".tmp-"
+SPLIT_FILES = ("scannetv2_train.txt", "scannetv2_val.txt", "scannetv2_test.txt")
+LABEL_MAP_FILE = "scannetv2-labels.combined.tsv"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", metavar="ROOT", help="ScanNet root (with scans/) or a folder of scene folders")
+    parser.add_argument("out", metavar="OUT", help="output folder (one sub-folder per scene)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    parser.add_argument("--split", default=None,
+                        help="only the scenes of this split list (a name such as 'train' -> "
+                             "ROOT/scannetv2_train.txt, or a path)")
+    parser.add_argument("--scenes", nargs="*", default=None, help="only these scene names")
+    parser.add_argument("--frame-step", type=int, default=1,
+                        help="keep every k-th frame (ScanNet records 30 Hz; 20 is a common choice)")
+    parser.add_argument("--max-frames", type=int, default=0, help="at most this many frames per scene (0 = all)")
+    parser.add_argument("--coverage-points", type=int, default=100000,
+                        help="at most this many base points in the coverage table (random subset beyond)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the base-point subset")
+    parser.add_argument("--overwrite", action="store_true", help="redo scenes that are already complete")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# --------------------------------------------------------------------------- helpers
+def scene_is_complete(scene_out: Path) -> bool:
+    """True when ``scene_out`` holds a finished scene (meta.json with ``complete`` true)."""
+    meta = scene_out / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        return bool(json.loads(meta.read_text()).get("complete"))
+    except (ValueError, OSError):
+        return False
+
+
+def read_scannet_id_map(tsv: Path) -> dict[int, int]:
+    """ScanNet label id (column ``id``) -> nyu40 id, for the label-filt images. Empty when absent."""
+    import csv
+
+    if not tsv.is_file():
+        return {}
+    with open(tsv, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    if not rows:
+        return {}
+    header = [h.strip() for h in rows[0]]
+    id_col = header.index("id") if "id" in header else 0
+    nyu_col = header.index("nyu40id") if "nyu40id" in header else 4
+    out: dict[int, int] = {}
+    for row in rows[1:]:
+        try:
+            out[int(row[id_col])] = int(row[nyu_col])
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+def _label_filt_source(scene_dir: Path, name: str):
+    """A callable frame_id -> (H, W) uint16 ScanNet label ids, or None when the scene has no label images."""
+    folder = scene_dir / "label-filt"
+    if folder.is_dir():
+        def from_folder(i: int):
+            import numpy as np
+            from PIL import Image
+
+            p = folder / f"{i}.png"
+            return None if not p.is_file() else np.asarray(Image.open(p))
+        return from_folder, None
+    zpath = scene_dir / f"{name}_2d-label-filt.zip"
+    if zpath.is_file():
+        import zipfile
+
+        zf = zipfile.ZipFile(zpath)
+        names = set(zf.namelist())
+
+        def from_zip(i: int):
+            import io
+
+            import numpy as np
+            from PIL import Image
+
+            member = f"label-filt/{i}.png"
+            if member not in names:
+                return None
+            return np.asarray(Image.open(io.BytesIO(zf.read(member))))
+        return from_zip, zf
+    return None, None
+
+
+class MeshLabelRenderer:
+    """Label images by ray casting against the labelled mesh (open3d RaycastingScene).
+
+    Each pixel takes the class of the hit triangle's vertex nearest to the hit
+    (largest barycentric weight); rays that hit nothing get IGNORE_INDEX.
+    """
+
+    def __init__(self, xyz, faces, vertex_classes):
+        import numpy as np
+        import open3d as o3d
+
+        self.np = np
+        self.faces = np.asarray(faces, dtype=np.int64)
+        self.vertex_classes = np.asarray(vertex_classes, dtype=np.uint8)
+        self.scene = o3d.t.geometry.RaycastingScene()
+        self.scene.add_triangles(o3d.core.Tensor(np.ascontiguousarray(xyz, dtype=np.float32)),
+                                 o3d.core.Tensor(np.ascontiguousarray(self.faces, dtype=np.uint32)))
+        self.o3d = o3d
+
+    def render(self, K, camera_to_world, wh: tuple[int, int]):
+        """(H, W) uint8 class image for pose ``camera_to_world`` (4, 4) and intrinsics K (3, 3) at ``wh``."""
+        np = self.np
+        from safnet_ros.data.labels import IGNORE_INDEX
+
+        w, h = wh
+        u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+        d_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
+        R, t = camera_to_world[:3, :3], camera_to_world[:3, 3]
+        rays = np.empty((h * w, 6), np.float32)
+        rays[:, :3] = t
+        rays[:, 3:] = d_cam @ R.T
+        ans = self.scene.cast_rays(self.o3d.core.Tensor(rays))
+        prim = ans["primitive_ids"].numpy().astype(np.int64)
+        uvs = ans["primitive_uvs"].numpy()
+        hit = prim != self.o3d.t.geometry.RaycastingScene.INVALID_ID
+        out = np.full(h * w, IGNORE_INDEX, np.uint8)
+        if hit.any():
+            tri = self.faces[prim[hit]]  # (n, 3)
+            bary = np.stack([1.0 - uvs[hit, 0] - uvs[hit, 1], uvs[hit, 0], uvs[hit, 1]], -1)
+            corner = np.argmax(bary, axis=1)
+            out[hit] = self.vertex_classes[tri[np.arange(len(tri)), corner]]
+        return out.reshape(h, w)
+
+
+# --------------------------------------------------------------------------- one scene
+def preprocess_scene(scene_dir: str, out_dir: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Preprocess one scene into ``out_dir/<name>``; returns a result record (never raises).
+
+    The record has ``scene``, ``status`` ("done", "skipped" or "failed"),
+    ``reason`` (failed), ``frames``, ``invalid_frames``, ``points`` and ``seconds``.
+    """
+    from safnet_ros.errors import SafnetError
+
+    start = time.perf_counter()
+    scene_dir_p = Path(scene_dir)
+    name = scene_dir_p.name
+    final = Path(out_dir) / name
+    record: dict[str, Any] = {"scene": name, "status": "done"}
+    if scene_is_complete(final) and not options.get("overwrite"):
+        record["status"] = "skipped"
+        record["reason"] = "already complete"
+        return record
+    tmp = Path(out_dir) / f"{TMP_PREFIX}{name}-{os.getpid()}"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        record.update(_write_scene(scene_dir_p, tmp, options))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except Exception as exc:  # one bad scene must not end a multi-hour run: report it, go on
+        record["status"] = "failed"
+        kind = "" if isinstance(exc, SafnetError) else " (unexpected; please report)"
+        record["reason"] = f"{type(exc).__name__}{kind}: {exc}"
+        shutil.rmtree(tmp, ignore_errors=True)
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    return record
+
+
+def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """Write every array of one scene into ``tmp`` (meta.json last); returns counts for the summary."""
+    import numpy as np
+
+    from safnet_ros.data.labels import IGNORE_INDEX, nyu40_to_class
+    from safnet_ros.data.scannet import ScanNetScene, transform_points
+    from safnet_ros.engine.batching import prepare_view
+    from safnet_ros.errors import DataFormatError, SafnetError
+
+    wh = IMAGE_WH
+    w, h = wh
+    with ScanNetScene(scene_dir) as scene:
+        M = scene.axis_alignment
+        xyz, rgb, faces = scene.load_mesh()
+        xyz = transform_points(M, xyz).astype(np.float32)
+        has_labels = scene.labels_path.is_file()
+        if has_labels:
+            nyu40 = scene.load_nyu40()
+            if len(nyu40) != len(xyz):
+                raise DataFormatError(scene.labels_path, f"has {len(nyu40)} vertices, the mesh has {len(xyz)}")
+            labels = nyu40_to_class(nyu40)
+        else:
+            labels = np.full(len(xyz), IGNORE_INDEX, np.uint8)
+        np.save(tmp / "points.npy", xyz)
+        np.save(tmp / "colors.npy", np.asarray(rgb, np.uint8))
+        np.save(tmp / "labels.npy", labels)
+
+        # ---- frames
+        counts = {"invalid_frames": 0, "unreadable_frames": 0, "empty_depth_frames": 0}
+        K_net = np.eye(3)
+        label_source = "none"
+        frame_ids: list[int] = []
+        colors, depths, poses, label_imgs = [], [], [], []
+        no_frames_reason = None
+        frames_in_source = 0
+        source = None
+        if not scene.has_frames:
+            no_frames_reason = "no RGB-D frames (.sens or exported layout)"
+        else:
+            try:
+                source = scene.frames
+            except SafnetError as exc:  # a corrupt .sens: the scene stays usable for 3D-only
+                no_frames_reason = f"unreadable frames: {exc}"
+        if source is not None:
+            frames_in_source = len(source)
+            counts["invalid_frames"] = int(source.num_invalid)
+            valid = list(source.valid_indices)[:: max(1, int(options.get("frame_step", 1)))]
+            if options.get("max_frames"):
+                valid = valid[: int(options["max_frames"])]
+            filt, zf = _label_filt_source(scene_dir, scene.name)
+            id_map = read_scannet_id_map(Path(options["label_map"])) if filt is not None and options.get(
+                "label_map") else {}
+            if filt is not None and id_map:
+                label_source = "label-filt"
+                lut = np.zeros(max(id_map) + 1, np.int64)
+                for k, v in id_map.items():
+                    lut[k] = v
+            elif has_labels and len(faces):
+                label_source = "mesh-raycast"
+            renderer = MeshLabelRenderer(xyz, faces, labels) if label_source == "mesh-raycast" else None
+            try:
+                for i in valid:
+                    try:
+                        frame = source.get(i)
+                    except SafnetError:
+                        counts["unreadable_frames"] += 1
+                        continue
+                    pose = M @ np.asarray(frame.camera_to_world, np.float64)
+                    raw_labels = None
+                    if label_source == "label-filt":
+                        ids = filt(i)
+                        if ids is not None:
+                            ids = np.asarray(ids).astype(np.int64)
+                            ids = np.where((ids >= 0) & (ids < len(lut)), lut[np.clip(ids, 0, len(lut) - 1)], 0)
+                            raw_labels = nyu40_to_class(ids)
+                    view = prepare_view(frame.color, frame.depth, source.intrinsic_depth, pose, wh=wh,
+                                        labels=raw_labels)
+                    if not (view.depth > 0).any():
+                        counts["empty_depth_frames"] += 1
+                    K_net = view.K
+                    if renderer is not None:
+                        lab = renderer.render(view.K, pose, wh)
+                    elif view.labels is not None:
+                        lab = view.labels.astype(np.uint8)
+                    else:
+                        lab = np.full((h, w), IGNORE_INDEX, np.uint8)
+                    frame_ids.append(int(i))
+                    colors.append(view.color)
+                    depths.append(np.clip(np.round(view.depth * 1000.0), 0, 65535).astype(np.uint16))
+                    poses.append(pose.astype(np.float32))
+                    label_imgs.append(lab)
+            finally:
+                if zf is not None:
+                    zf.close()
+            if not frame_ids:
+                no_frames_reason = "no frame with a valid pose and readable images"
+            else:
+                K_net = np.asarray(K_net, np.float64)
+
+        F = len(frame_ids)
+        color_a = np.stack(colors) if F else np.zeros((0, h, w, 3), np.uint8)
+        depth_a = np.stack(depths) if F else np.zeros((0, h, w), np.uint16)
+        pose_a = np.stack(poses) if F else np.zeros((0, 4, 4), np.float32)
+        label_a = np.stack(label_imgs) if F else np.zeros((0, h, w), np.uint8)
+        np.save(tmp / "color.npy", color_a)
+        np.save(tmp / "depth.npy", depth_a)
+        np.save(tmp / "poses.npy", pose_a)
+        np.save(tmp / "label2d.npy", label_a)
+        np.save(tmp / "frame_ids.npy", np.asarray(frame_ids, np.int32))
+        del colors, depths, label_imgs
+
+        # ---- coverage table
+        rng = np.random.default_rng(int(options.get("seed", 0)))
+        max_base = int(options.get("coverage_points", 0))
+        if max_base and len(xyz) > max_base:
+            base = np.sort(rng.choice(len(xyz), max_base, replace=False)).astype(np.int64)
+        else:
+            base = np.arange(len(xyz), dtype=np.int64)
+        bits = coverage_bits(xyz[base], depth_a, K_net, pose_a)
+        np.save(tmp / "coverage_index.npy", base)
+        np.save(tmp / "coverage_bits.npy", bits)
+
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "scene": scene.name,
+            "source": str(scene_dir),
+            "image_wh": list(wh),
+            "K": np.asarray(K_net, np.float64).tolist(),
+            "axis_alignment": np.asarray(M, np.float64).tolist(),
+            "num_points": int(len(xyz)),
+            "num_faces": int(len(faces)),
+            "has_labels": bool(has_labels),
+            "labelled_points": int((labels != IGNORE_INDEX).sum()),
+            "num_frames": F,
+            "frames_in_source": int(frames_in_source),
+            "label_images": label_source,
+            "coverage_points": int(len(base)),
+            "coverage_tol": COVERAGE_TOL,
+            "no_frames_reason": no_frames_reason,
+            **counts,
+            "complete": True,
+        }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    return {"frames": F, "points": int(len(xyz)), "no_frames_reason": no_frames_reason, **counts}
+
+
+def coverage_bits(base_xyz, depth_mm, K, poses, tol: float = COVERAGE_TOL, block: int = 16):
+    """Packed coverage table: (F, ceil(Nb / 8)) uint8, np.packbits over base points of
+    :func:`safnet_ros.geometry.views.coverage_matrix` (a pixel of frame f back-projects
+    within ``tol`` metres of base point b). ``base_xyz`` (Nb, 3) metres, ``depth_mm``
+    (F, H, W) uint16, K (3, 3), ``poses`` (F, 4, 4) camera-to-world.
+    """
+    import numpy as np
+
+    from safnet_ros.geometry.views import coverage_matrix
+
+    F = len(depth_mm)
+    nb = len(base_xyz)
+    out = np.zeros((F, (nb + 7) // 8), np.uint8)
+    for s in range(0, F, block):
+        views = [(depth_mm[f].astype(np.float32) / 1000.0, np.asarray(K, np.float64), np.asarray(poses[f], np.float64))
+                 for f in range(s, min(F, s + block))]
+        cov = np.asarray(coverage_matrix(base_xyz, views, tol=tol), dtype=bool)
+        out[s:s + len(views)] = np.packbits(cov, axis=1)
+    return out
+
+
+def unpack_coverage(bits, columns, num_base: Optional[int] = None):
+    """(F, len(columns)) bool: the coverage of the base points ``columns`` (indices into the base set)."""
+    import numpy as np
+
+    cols = np.asarray(columns, dtype=np.int64)
+    if num_base is not None and len(cols) and (cols.min() < 0 or cols.max() >= num_base):
+        raise IndexError("coverage column out of range")
+    byte = np.asarray(bits)[:, cols >> 3]
+    return ((byte >> (7 - (cols & 7)).astype(np.uint8)) & 1).astype(bool)
+
+
+# --------------------------------------------------------------------------- the command
+def select_scenes(root: Path, split: Optional[str], names: Optional[Sequence[str]]) -> tuple[list[Path], list[str]]:
+    """Scene folders to process and the names asked for but not found."""
+    from safnet_ros.data.scannet import find_scenes, read_split
+
+    scenes = find_scenes(root)
+    wanted: Optional[list[str]] = None
+    if split:
+        p = Path(split)
+        if not p.is_file():
+            p = root / f"scannetv2_{split}.txt"
+        wanted = read_split(p)
+    if names:
+        wanted = list(names) if wanted is None else [n for n in wanted if n in set(names)]
+    if wanted is None:
+        return scenes, []
+    by_name = {s.name: s for s in scenes}
+    return [by_name[n] for n in wanted if n in by_name], [n for n in wanted if n not in by_name]
+
+
+def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = None,
+               scenes: Optional[Sequence[str]] = None, frame_step: int = 1, max_frames: int = 0,
+               coverage_points: int = 100000, seed: int = 0, overwrite: bool = False,
+               progress: bool = True) -> dict[str, Any]:
+    """Preprocess the scenes of ``root`` into ``out``; returns the summary dict (also written to
+    ``out/preprocess_summary.json``).
+
+    Raises MissingDataError when ``root`` does not exist, ConfigError on bad options.
+    """
+    from safnet_ros.errors import ConfigError
+
+    if workers < 1 or frame_step < 1 or max_frames < 0 or coverage_points < 0:
+        raise ConfigError("--workers and --frame-step must be >= 1, --max-frames and --coverage-points >= 0")
+    root_p, out_p = Path(root), Path(out)
+    todo, missing = select_scenes(root_p, split, scenes)
+    scene_parents = {s.parent.resolve() for s in todo} | {root_p.resolve()}
+    if out_p.resolve() in scene_parents:
+        raise ConfigError(f"OUT ({out_p}) must not be the folder that holds the raw scenes: "
+                          "preprocessing would replace them")
+    out_p.mkdir(parents=True, exist_ok=True)
+    for stale in out_p.glob(f"{TMP_PREFIX}*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    base = root_p / "scans" if (root_p / "scans").is_dir() else root_p
+    label_map = next((p for p in (root_p / LABEL_MAP_FILE, base / LABEL_MAP_FILE) if p.is_file()), None)
+    for name in SPLIT_FILES + (LABEL_MAP_FILE,):
+        src = root_p / name
+        if src.is_file():
+            shutil.copyfile(src, out_p / name)
+    options = {"frame_step": frame_step, "max_frames": max_frames, "coverage_points": coverage_points,
+               "seed": seed, "overwrite": overwrite, "label_map": str(label_map) if label_map else None}
+    start = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    args = [(str(s), str(out_p), options) for s in todo]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(args), desc="preprocess", unit="scene", file=sys.stderr)
+    if workers == 1 or len(args) <= 1:
+        for a in args:
+            results.append(preprocess_scene(*a))
+            if bar:
+                bar.update(1)
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for r in pool.imap_unordered(_star_preprocess, args):
+                results.append(r)
+                if bar:
+                    bar.update(1)
+    if bar:
+        bar.close()
+    results.sort(key=lambda r: r["scene"])
+    summary = {
+        "root": str(root_p),
+        "out": str(out_p),
+        "scenes": len(results),
+        "done": sum(r["status"] == "done" for r in results),
+        "skipped": sum(r["status"] == "skipped" for r in results),
+        "failed": {r["scene"]: r["reason"] for r in results if r["status"] == "failed"},
+        "not_found": missing,
+        "no_frames": {r["scene"]: r["no_frames_reason"] for r in results if r.get("no_frames_reason")},
+        "invalid_frames": sum(r.get("invalid_frames", 0) for r in results),
+        "unreadable_frames": sum(r.get("unreadable_frames", 0) for r in results),
+        "empty_depth_frames": sum(r.get("empty_depth_frames", 0) for r in results),
+        "frames": sum(r.get("frames", 0) for r in results),
+        "seconds": round(time.perf_counter() - start, 2),
+        "per_scene": results,
+    }
+    (out_p / "preprocess_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _star_preprocess(a: tuple) -> dict[str, Any]:
+    return preprocess_scene(*a)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = preprocess(args.root, args.out, workers=args.workers, split=args.split, scenes=args.scenes,
+                         frame_step=args.frame_step, max_frames=args.max_frames,
+                         coverage_points=args.coverage_points, seed=args.seed, overwrite=args.overwrite,
+                         progress=not args.no_progress)
+    print(f"scenes: {summary['scenes']}  done: {summary['done']}  skipped (complete): {summary['skipped']}  "
+          f"failed: {len(summary['failed'])}  not found: {len(summary['not_found'])}")
+    print(f"frames kept: {summary['frames']}  invalid poses skipped: {summary['invalid_frames']}  "
+          f"unreadable: {summary['unreadable_frames']}  empty depth: {summary['empty_depth_frames']}")
+    for name, reason in summary["no_frames"].items():
+        print(f"no frames (3D-only): {name}: {reason}")
+    for name, reason in summary["failed"].items():
+        print(f"failed: {name}: {reason}")
+    for name in summary["not_found"]:
+        print(f"not found: {name}")
+    print(f"summary: {Path(args.out) / 'preprocess_summary.json'}  ({summary['seconds']} s)")
+    return 1 if summary["failed"] else 0

@@ -1,0 +1,244 @@
+"""SAFNet configuration: one dataclass, two presets, the Table III switches.
+
+* ``paper``: the numbers of SPEC §1 (ResNet34 stride-1 stem, K = 64, PointNet++
+  2048/512/128/32 centroids, CSM MLP (64, 64, 64) + linear 64, FC (192, 192, 192, 20),
+  lambda = 0.2 / 0.8 / 0.8, the authors' a/b initial values).
+* ``lite``: a smaller model for real time on a CPU (docs/model.md lists every
+  difference and why).
+
+``variant`` selects the model built by :func:`safnet_ros.model.safnet.build_model`:
+``"safnet"`` (the full model, subject to the switches), ``"pointnet2"`` (3D only),
+``"project2d"`` (2D only: the 2D logits of the nearest back-projected pixel) and
+``"concat"`` (eq. 1: late fusion by concatenation, no similarity, no reweighting).
+
+A config survives ``to_dict`` / ``from_dict`` (tuples become lists in JSON and
+are turned back); :meth:`SafnetConfig.validate` raises :class:`ConfigError` for
+any out-of-range or inconsistent value.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from safnet_ros.errors import ConfigError
+
+__all__ = ["SafnetConfig", "PRESETS", "VARIANTS"]
+
+VARIANTS: tuple[str, ...] = ("safnet", "pointnet2", "project2d", "concat")
+PRESETS: tuple[str, ...] = ("paper", "lite")
+
+
+@dataclass
+class SafnetConfig:
+    """Every hyper-parameter of SAFNet. Lengths in metres.
+
+    Build one with :meth:`preset`; direct construction gives the ``paper`` values.
+    """
+
+    preset_name: str = "paper"  # which preset this config started from
+    variant: str = "safnet"
+    num_classes: int = 20
+
+    # 2D branch (ResNet-UNet); images 160x120 in the paper.
+    resnet_depth: int = 34
+    stem_stride: int = 1
+    feat_2d: int = 64
+    freeze_2d: bool = False  # frozen: no L_2D, 2D net in eval mode and without gradients
+
+    # 2D -> 3D aggregation (MVPNet): k nearest Q points per input point.
+    agg_k: int = 3
+    agg_mlp: tuple[int, ...] = (64, 64, 64)
+
+    # Neighbourhoods N_P(i), N_Q(i): up to k points within radius.
+    k: int = 64
+    radius: float = 0.15
+
+    # GSM (eqs. 3-5): initial values of the learnable scalars.
+    a1: float = 0.25
+    a2: float = 0.25
+    b1: float = 0.0
+    b2: float = 0.0
+    a3: float = 1.0
+    a4: float = 0.1
+    b3: float = 0.0
+    gsm_forward: bool = True
+    gsm_backward: bool = True
+    gsm_block: int = 4096  # points per block for the backward (N, Kq, Kp) distances
+
+    # CSM (eqs. 6-8).
+    csm: bool = True
+    csm_point_width: int = 64  # width of the per-neighbour sigma(W [x_i, f_c]) of eq. 7
+    csm_oe_width: int = 64  # channels of each orientation-encoding convolution
+    csm_mlp: tuple[int, ...] = (64, 64, 64)
+    csm_out: int = 64  # the linear layer giving the contextual feature f
+
+    # 3D branch (PointNet++ SSG).
+    pn_npoints: tuple[int, ...] = (2048, 512, 128, 32)
+    pn_radii: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
+    pn_nsample: int = 32
+    pn_mlps: tuple[tuple[int, ...], ...] = ((32, 32, 64), (64, 64, 128), (128, 128, 256), (256, 256, 512))
+    pn_fp_mlps: tuple[tuple[int, ...], ...] = ((256, 256), (256, 256), (256, 128), (128, 128, 128))
+    feat_3d: int = 128
+
+    # Fusion head.
+    channel_attention: bool = True
+    se_reduction: int = 4
+    head_mlp: tuple[int, ...] = (192, 192, 192)
+    dropout: float = 0.5
+
+    # Losses (eq. 11).
+    aux_losses: bool = True
+    unproj_loss: bool = True
+    w_2d: float = 0.2
+    w_3d: float = 0.8
+    w_unproj: float = 0.8
+    unproj_radius: float = 0.05  # r': a Q point takes the label of the nearest P point within r'
+
+    extra: dict = field(default_factory=dict)  # free-form notes kept with checkpoints
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, name: str = "paper", **overrides: Any) -> "SafnetConfig":
+        """The named preset with ``overrides`` applied, validated.
+
+        Raises:
+            ConfigError: unknown preset, unknown field or invalid value.
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"unknown SAFNet preset {name!r}; choose one of {PRESETS}")
+        values: dict[str, Any] = {"preset_name": name}
+        if name == "lite":
+            values.update(_LITE)
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown SAFNet config field(s): {', '.join(unknown)}")
+        values.update(overrides)
+        config = cls(**values)
+        config.normalise()
+        config.validate()
+        return config
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples as lists)."""
+        return json_ready(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SafnetConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a SAFNet config must be a mapping, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown SAFNet config field(s): {', '.join(unknown)}")
+        try:
+            config = cls(**dict(data))
+        except TypeError as exc:
+            raise ConfigError(f"bad SAFNet config: {exc}") from exc
+        config.normalise()
+        config.validate()
+        return config
+
+    def normalise(self) -> None:
+        """Lists (from JSON/YAML) back to tuples, numbers to their types.
+
+        Raises:
+            ConfigError: a value that is not a (nested) list of numbers where one is needed.
+        """
+        try:
+            for name in ("agg_mlp", "csm_mlp", "head_mlp", "pn_npoints"):
+                setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+            self.pn_radii = tuple(float(v) for v in self.pn_radii)
+            self.pn_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_mlps)
+            self.pn_fp_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_fp_mlps)
+            for name in ("num_classes", "resnet_depth", "stem_stride", "feat_2d", "agg_k", "k", "gsm_block",
+                         "csm_point_width", "csm_oe_width", "csm_out", "pn_nsample", "feat_3d", "se_reduction"):
+                setattr(self, name, int(getattr(self, name)))
+            for name in ("radius", "a1", "a2", "b1", "b2", "a3", "a4", "b3", "dropout", "w_2d", "w_3d",
+                         "w_unproj", "unproj_radius"):
+                setattr(self, name, float(getattr(self, name)))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"SAFNet config ({self.preset_name}): a size or number field is malformed: {exc}") from exc
+
+    # ------------------------------------------------------------------ checks
+    @property
+    def uses_2d(self) -> bool:
+        return self.variant != "pointnet2"
+
+    @property
+    def uses_3d(self) -> bool:
+        return self.variant != "project2d"
+
+    @property
+    def pn_in_channels(self) -> int:
+        """Per-point attributes fed to PointNet++ besides xyz (the CSM output, or 0)."""
+        return self.csm_mlp[-1] if (self.variant == "safnet" and self.csm) else 0
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad value."""
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"SAFNet config ({self.preset_name}): {what}")
+
+        need(self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        need(self.preset_name in PRESETS, f"preset_name must be one of {PRESETS}, got {self.preset_name!r}")
+        need(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
+        need(self.resnet_depth in (18, 34), f"resnet_depth must be 18 or 34, got {self.resnet_depth}")
+        need(self.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {self.stem_stride}")
+        need(self.feat_2d >= 1 and self.feat_3d >= 1, "feat_2d and feat_3d must be >= 1")
+        need(self.agg_k >= 1, f"agg_k must be >= 1, got {self.agg_k}")
+        need(self.k >= 1, f"k (neighbourhood size) must be >= 1, got {self.k}")
+        need(0 < self.radius <= 5.0, f"radius must be in (0, 5] metres, got {self.radius}")
+        need(0 < self.unproj_radius <= 5.0, f"unproj_radius must be in (0, 5] metres, got {self.unproj_radius}")
+        need(self.a1 != 0 and self.a2 != 0, "a1 and a2 must be non-zero (they divide distances)")
+        need(self.gsm_block >= 1, "gsm_block must be >= 1")
+        for name in ("agg_mlp", "csm_mlp", "head_mlp"):
+            widths = getattr(self, name)
+            need(len(widths) >= 1 and min(widths) >= 1, f"{name} needs >= 1 positive widths, got {widths}")
+        need(min(self.csm_point_width, self.csm_oe_width, self.csm_out) >= 1, "CSM widths must be >= 1")
+        levels = len(self.pn_npoints)
+        need(levels >= 1 and len(self.pn_radii) == len(self.pn_mlps) == len(self.pn_fp_mlps) == levels,
+             "pn_npoints, pn_radii, pn_mlps and pn_fp_mlps must have the same length >= 1")
+        need(min(self.pn_npoints) >= 1 and min(self.pn_radii) > 0 and self.pn_nsample >= 1,
+             "PointNet++ centroids, radii and nsample must be positive")
+        need(self.pn_fp_mlps[-1][-1] == self.feat_3d,
+             f"the last FP MLP must end with feat_3d={self.feat_3d}, got {self.pn_fp_mlps[-1]}")
+        need(self.se_reduction >= 1, "se_reduction must be >= 1")
+        need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        need(min(self.w_2d, self.w_3d, self.w_unproj) >= 0, "loss weights must be >= 0")
+
+
+# What the lite preset changes (docs/model.md explains each).
+_LITE: dict[str, Any] = {
+    "resnet_depth": 18,
+    "stem_stride": 2,
+    "agg_mlp": (32, 64),
+    "k": 8,
+    "radius": 0.15,
+    "csm_point_width": 16,
+    "csm_oe_width": 32,
+    "csm_mlp": (32, 32, 32),
+    "csm_out": 32,
+    "pn_npoints": (512, 128, 32, 8),
+    "pn_nsample": 16,
+    "pn_mlps": ((32, 32, 64), (64, 64, 128), (128, 128, 256), (256, 256, 256)),
+    "pn_fp_mlps": ((256, 256), (256, 128), (128, 128), (128,)),
+    "head_mlp": (128, 128, 128),
+}
+
+
+def json_ready(value: Any) -> Any:
+    """Plain Python types, recursively: tuples -> lists, numpy/torch scalars and arrays
+    -> numbers and lists (for JSON and for ``torch.load(weights_only=True)``)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "tolist"):  # numpy / torch values
+        return json_ready(value.tolist())
+    return str(value)

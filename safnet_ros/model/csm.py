@@ -1,0 +1,159 @@
+"""Contextual similarity module (CSM, eqs. 6-8): the mapping M, f_P, f_Q and S_con.
+
+The mapping M turns a neighbourhood N(i) (points x_j around a centre x_i) into a
+per-centre vector. Both parts the paper names are there, side by side:
+
+1. **Enrichment** (eq. 6 and "(B,C,N,K) to (B,K(C+4),N)"): every neighbour x_j
+   becomes ``e_ij = [x_i, x_j - x_i, |x_j - x_i|]`` (7 channels).
+2. **Per-neighbour sum** (eq. 7): ``sum_j sigma(W [x_i, f_c(x_i, x_j)] + b)`` over the
+   valid neighbours, with one shared linear layer W (7 -> ``point_width``) and
+   ReLU as sigma, literally as eq. 7 (no BN inside; the MLP after it has BN).
+   W is applied as ``W_c x_i + W_r [x_j - x_i, |x_j - x_i|]`` so the centre part is
+   computed once per centre. The sum is divided by the constant K so its scale
+   does not depend on K (a constant factor: still a sum, which keeps the density
+   information that a mean would drop).
+3. **Orientation-encoding convolution** (PointSIFT): for each of the 8 octants
+   around x_i, the nearest neighbour of N(i) in that octant (an empty octant
+   takes the centre itself, i.e. ``[x_i, 0, 0]``); their enriched vectors form a
+   2x2x2 cube that is convolved with kernel 2 along x, then y, then z (three
+   convolutions, BN + ReLU after each) down to one ``oe_width`` vector.
+4. The concatenation [sum, OE] goes through the shared MLP (64, 64, 64) with BN +
+   ReLU: this 64-d output is M(N(i)), the per-point attribute fed to PointNet++
+   (3 + 64 = 67 input channels) when computed on N_P(i).
+5. A linear layer (64 -> 64) gives the contextual feature f.
+
+The same M and linear are applied to N_P(i) and N_Q(i), both centred on p_i, in
+ONE pass (the two sets are stacked along the point axis), so batch normalisation
+sees the same statistics for both and identical neighbourhoods give identical
+features: S_con = cosine(f_P, f_Q) is then exactly 1. ``S_con = 0`` where N_Q(i)
+is empty (nothing to compare with).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from safnet_ros.model.aggregate import PointMLP, take_rows
+
+__all__ = ["ContextualSimilarity", "octant_neighbours"]
+
+
+def octant_neighbours(rel: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nearest neighbour slot in each of the 8 octants around the centre.
+
+    Args:
+        rel: ``(B, N, K, 3)`` neighbour minus centre, slots sorted by distance.
+        valid: ``(B, N, K)`` bool.
+
+    Returns:
+        ``slot (B, N, 8)`` long (the first, i.e. nearest, valid slot of that octant,
+        0 when none) and ``present (B, N, 8)`` bool. Octant index
+        ``4 * [dx >= 0] + 2 * [dy >= 0] + [dz >= 0]``, so x is the slowest axis.
+    """
+    k = rel.shape[2]
+    octant = (rel[..., 0] >= 0).long() * 4 + (rel[..., 1] >= 0).long() * 2 + (rel[..., 2] >= 0).long()
+    slots = torch.arange(k, device=rel.device).expand_as(octant)
+    key = torch.where(valid, slots, torch.full_like(slots, k))  # invalid slots never win
+    first = torch.full((*rel.shape[:2], 8), k, dtype=torch.long, device=rel.device)
+    first = first.scatter_reduce(2, octant, key, reduce="amin", include_self=True)
+    present = first < k
+    return first.clamp_max(k - 1), present
+
+
+class _AxisConv(nn.Module):
+    """Kernel-2 convolution (+ BN + ReLU) along the slowest remaining cube axis,
+    channels last: ``(B, N, 2R, C)`` -> ``(B, N, R, C')``. The two cells that the
+    kernel covers are concatenated and mapped by one linear layer."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = PointMLP(2 * in_channels, (out_channels,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, n, cells, channels = x.shape
+        x = x.reshape(batch, n, 2, cells // 2, channels).transpose(2, 3)
+        return self.conv(x.reshape(batch, n, cells // 2, 2 * channels))
+
+
+class ContextualSimilarity(nn.Module):
+    """CSM: the mapping M, the contextual features and S_con.
+
+    Args:
+        point_width: width of the per-neighbour layer of eq. 7.
+        oe_width: channels of each orientation-encoding convolution.
+        mlp: widths of the shared MLP (64, 64, 64); ``mlp[-1]`` is the attribute
+            size fed to PointNet++.
+        out_channels: the linear layer's output (64): the contextual feature f.
+    """
+
+    in_channels = 7  # [x_i (3), x_j - x_i (3), |x_j - x_i| (1)]
+
+    def __init__(
+        self, point_width: int = 64, oe_width: int = 64, mlp: Sequence[int] = (64, 64, 64), out_channels: int = 64
+    ):
+        super().__init__()
+        self.attr_channels = int(mlp[-1])
+        self.point_centre = nn.Linear(3, point_width)  # W_c and b of eq. 7
+        self.point_rel = nn.Linear(4, point_width, bias=False)  # W_r of eq. 7
+        self.oe = nn.Sequential(
+            _AxisConv(self.in_channels, oe_width), _AxisConv(oe_width, oe_width), _AxisConv(oe_width, oe_width)
+        )
+        self.mlp = PointMLP(point_width + oe_width, mlp)
+        self.linear = nn.Linear(self.attr_channels, out_channels)
+
+    def mapping(self, centres: torch.Tensor, cloud: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """M(N(i)): ``centres (B,N,3)``, neighbours ``cloud`` at ``idx (B,N,K)`` with
+        ``valid (B,N,K)`` -> ``(B, N, mlp[-1])`` (channels last)."""
+        k = idx.shape[-1]
+        rel = take_rows(cloud, idx) - centres.unsqueeze(2)  # (B, N, K, 3)
+        rel = rel.masked_fill(~valid.unsqueeze(-1), 0.0)
+        rel4 = torch.cat([rel, torch.linalg.vector_norm(rel, dim=-1, keepdim=True)], dim=-1)  # (B, N, K, 4)
+
+        # Eq. 7: W [x_i, x_j - x_i, |x_j - x_i|] + b, split as W_c x_i (once per centre)
+        # + W_r [x_j - x_i, |x_j - x_i|] (per neighbour); channels-last matmuls.
+        per_neighbour = self.point_rel(rel4)  # (B, N, K, W)
+        per_neighbour = torch.relu_(per_neighbour.add_(self.point_centre(centres).unsqueeze(2)))
+        summed = torch.einsum("bnkw,bnk->bnw", per_neighbour, valid.to(per_neighbour.dtype)) / k
+
+        slot, present = octant_neighbours(rel, valid)  # (B, N, 8)
+        cells = take_rows(rel4.flatten(0, 1), slot.flatten(0, 1))  # (B*N, 8, 4)
+        cells = cells.view(*slot.shape, 4) * present.unsqueeze(-1).to(rel4.dtype)  # empty octant: the centre
+        cube = torch.cat([centres.unsqueeze(2).expand(-1, -1, 8, -1), cells], dim=-1)  # (B, N, 8, 7)
+        oriented = self.oe(cube).squeeze(2)  # (B, N, oe)
+
+        return self.mlp(torch.cat([summed, oriented], dim=-1))
+
+    def forward(
+        self,
+        points: torch.Tensor,
+        q_points: torch.Tensor,
+        p_idx: torch.Tensor,
+        p_valid: torch.Tensor,
+        q_idx: torch.Tensor,
+        q_valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            points: ``(B, N, 3)`` P (the centres), ``q_points (B, M, 3)`` Q.
+            p_idx, p_valid: N_P(i) ``(B, N, K)``; q_idx, q_valid: N_Q(i) ``(B, N, K)``.
+
+        Returns:
+            ``attr (B, N, mlp[-1])`` = M(N_P(i)) for PointNet++ (channels last), and
+            ``s_con (B, N)`` in [-1, 1] (0 where N_Q(i) is empty).
+        """
+        n = points.shape[1]
+        # N_P and N_Q through M in one pass: points stacked along N, neighbour
+        # indices into [P; Q] (Q's shifted by |P|).
+        cloud = torch.cat([points, q_points], dim=1)
+        centres = torch.cat([points, points], dim=1)
+        idx = torch.cat([p_idx, q_idx + n], dim=1)
+        valid = torch.cat([p_valid, q_valid], dim=1)
+        attr_both = self.mapping(centres, cloud, idx, valid)  # (B, 2N, A)
+        f = self.linear(attr_both)
+        f_p, f_q = f[:, :n], f[:, n:]
+        s_con = F.cosine_similarity(f_p, f_q, dim=-1, eps=1e-8).clamp(-1.0, 1.0)
+        s_con = s_con * q_valid.any(dim=-1).to(s_con.dtype)
+        return attr_both[:, :n], s_con

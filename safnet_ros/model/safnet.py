@@ -1,0 +1,312 @@
+"""The assembled SAFNet model, its baselines, and checkpoint files.
+
+:func:`build_model` turns a :class:`SafnetConfig` into a :class:`SafnetModel`; the
+``variant`` picks the full model or a baseline, all through the same
+``forward(batch: ChunkBatch) -> SafnetOutput``:
+
+* ``safnet``: 2D net -> 3-NN aggregation (F2D); GSM and CSM -> ``S = S_geo * S_con``;
+  PointNet++ on [xyz, M(N_P)] (F3D); ``F2D' = S * F2D``; channel attention on each
+  modality; concat -> FC head. Each Table III switch removes exactly its part.
+* ``pointnet2``: PointNet++ on xyz -> the same head (3D only).
+* ``project2d``: the 2D net's logits at the pixel of the nearest Q point (2D only).
+* ``concat``: eq. 1 late fusion, [F2D, F3D] -> head, no similarity, no reweighting.
+
+Bad input (docs/model.md "Defined behaviour on bad input"):
+
+* points with a non-finite coordinate are excluded from every neighbourhood,
+  replaced by a valid point of the same chunk for PointNet++ (a duplicate changes
+  no sampling), and get all-zero logits (uniform) and S = 0; the loss ignores them;
+* Q points with a non-finite coordinate or a ``q_pixel`` outside ``[0, V*H*W)``
+  count as padding; a chunk without any valid Q point (M = 0, V = 0 or all masked)
+  runs with F2D = 0 and S = 0, i.e. the 3D path alone decides.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from safnet_ros.errors import ConfigError, ModelLoadError
+from safnet_ros.geometry.neighbors import gather
+from safnet_ros.model.aggregate import Aggregate2D, take_rows
+from safnet_ros.model.batch import ChunkBatch, SafnetOutput
+from safnet_ros.model.config import SafnetConfig
+from safnet_ros.model.csm import ContextualSimilarity
+from safnet_ros.model.fusion import ChannelAttention, FusionHead
+from safnet_ros.model.gsm import GeometricSimilarity, find_neighbourhoods
+from safnet_ros.model.pointnet2 import PointNet2SSG
+from safnet_ros.model.resnet_unet import ResNetUNet
+
+__all__ = ["SafnetModel", "build_model", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT",
+           "CHECKPOINT_VERSION"]
+
+CHECKPOINT_FORMAT = "safnet_ros.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class _Sanitised:
+    """The batch with non-finite coordinates and bad pixel indices made harmless."""
+
+    def __init__(self, batch: ChunkBatch):
+        points = batch.points
+        if points.dim() != 3 or points.shape[-1] != 3 or points.shape[1] < 1:
+            raise ConfigError(f"points must be (B, N>=1, 3), got {tuple(points.shape)}")
+        b, n = points.shape[:2]
+        self.point_valid = torch.isfinite(points).all(dim=-1)  # (B, N)
+        # Stand-in for invalid points: the first valid point of the chunk (origin if none).
+        first = torch.argmax(self.point_valid.to(torch.uint8), dim=1)  # (B,)
+        stand_in = torch.nan_to_num(points[torch.arange(b, device=points.device), first], 0.0, 0.0, 0.0)
+        self.points = torch.where(self.point_valid.unsqueeze(-1), points, stand_in.unsqueeze(1)).contiguous()
+
+        images = batch.images
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ConfigError(f"images must be (B, V, 3, H, W), got {tuple(images.shape)}")
+        self.num_views = int(images.shape[1])
+        pixels = self.num_views * int(images.shape[3]) * int(images.shape[4])
+        q, q_mask, q_pixel = batch.q_points, batch.q_mask, batch.q_pixel
+        if q.dim() != 3 or q.shape[-1] != 3 or q.shape[0] != b:
+            raise ConfigError(f"q_points must be (B, M, 3) with B={b}, got {tuple(q.shape)}")
+        if q.shape[1] == 0:  # one padding point keeps every gather well defined
+            q = points.new_zeros(b, 1, 3)
+            q_mask = torch.zeros(b, 1, dtype=torch.bool, device=points.device)
+            q_pixel = torch.zeros(b, 1, dtype=torch.long, device=points.device)
+        q_mask = q_mask.bool() & torch.isfinite(q).all(dim=-1) & (q_pixel >= 0) & (q_pixel < pixels)
+        self.q_points = torch.where(q_mask.unsqueeze(-1), q, torch.zeros_like(q)).contiguous()
+        self.q_mask = q_mask
+        self.q_pixel = torch.where(q_mask, q_pixel, torch.zeros_like(q_pixel))
+
+
+class SafnetModel(nn.Module):
+    """SAFNet or one of its baselines, as ``config.variant`` says (see module doc)."""
+
+    def __init__(self, config: SafnetConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        c = config
+        variant = c.variant
+        self.net2d = ResNetUNet(c.resnet_depth, c.feat_2d, c.num_classes, c.stem_stride) if c.uses_2d else None
+        fuse = variant in ("safnet", "concat")
+        self.aggregate = Aggregate2D(c.feat_2d, c.agg_mlp, c.agg_k) if fuse else None
+        self.unproj_head = nn.Linear(c.feat_2d, c.num_classes) if (fuse and c.unproj_loss) else None
+        self.net3d = None
+        if c.uses_3d:
+            self.net3d = PointNet2SSG(c.pn_in_channels, c.pn_npoints, c.pn_radii, c.pn_nsample, c.pn_mlps,
+                                      c.pn_fp_mlps, c.feat_3d)
+        self.aux3d = nn.Linear(c.feat_3d, c.num_classes) if fuse else None
+        is_safnet = variant == "safnet"
+        self.gsm = None
+        if is_safnet and (c.gsm_forward or c.gsm_backward):
+            self.gsm = GeometricSimilarity(c.a1, c.a2, c.b1, c.b2, c.a3, c.a4, c.b3, c.gsm_forward,
+                                           c.gsm_backward, c.gsm_block)
+        self.csm = ContextualSimilarity(c.csm_point_width, c.csm_oe_width, c.csm_mlp, c.csm_out) \
+            if (is_safnet and c.csm) else None
+        use_se = is_safnet and c.channel_attention
+        self.se_2d = ChannelAttention(c.agg_mlp[-1], c.se_reduction) if use_se else None
+        self.se_3d = ChannelAttention(c.feat_3d, c.se_reduction) if use_se else None
+        head_in = {"safnet": c.agg_mlp[-1] + c.feat_3d, "concat": c.agg_mlp[-1] + c.feat_3d,
+                   "pointnet2": c.feat_3d}.get(variant)
+        self.head = FusionHead(head_in, c.head_mlp, c.num_classes, c.dropout) if head_in else None
+
+    # ------------------------------------------------------------------ 2D side
+    def train(self, mode: bool = True) -> "SafnetModel":
+        super().train(mode)
+        if self.net2d is not None and self.config.freeze_2d:
+            self.net2d.eval()  # frozen: BN keeps its statistics
+        return self
+
+    def _run_2d(self, images: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """``images (B, V, 3, H, W)`` -> (pixel features (B, V*H*W, C), logits (B, V, K, H, W))."""
+        b, v, _, h, w = images.shape
+        if v == 0:
+            return None, None
+        flat = images.flatten(0, 1)
+        if self.config.freeze_2d:
+            with torch.no_grad():
+                feats, logits = self.net2d(flat)
+        else:
+            feats, logits = self.net2d(flat)
+        pixel_feats = feats.view(b, v, -1, h, w).permute(0, 1, 3, 4, 2).reshape(b, v * h * w, -1)
+        return pixel_feats, logits.view(b, v, -1, h, w)
+
+    @torch.no_grad()
+    def encode_views(self, images: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Run the 2D net once on ``images (V, 3, H, W)`` for later chunks.
+
+        Returns (features (V, H*W, C), logits (V, K, H, W)), or (None, None) for a
+        model without a 2D branch. Pass slices of them to a batch as
+        ``pixel_features`` / ``pixel_logits`` (inference only: no gradient).
+        """
+        if self.net2d is None:
+            return None, None
+        feats, logits = self._run_2d(images.unsqueeze(0))
+        v = images.shape[0]
+        return feats.view(v, -1, feats.shape[-1]), logits[0]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: ChunkBatch) -> SafnetOutput:
+        c = self.config
+        data = _Sanitised(batch)
+        points, valid = data.points, data.point_valid
+        b, n = points.shape[:2]
+
+        pixel_feats, logits_2d = (None, None)
+        if batch.pixel_features is not None and batch.pixel_features.shape[1] > 0:
+            pixel_feats, logits_2d = batch.pixel_features, batch.pixel_logits
+        elif self.net2d is not None:
+            pixel_feats, logits_2d = self._run_2d(batch.images)
+        q_mask = data.q_mask
+        if pixel_feats is None:  # no views: one zero feature row for every Q point
+            pixel_feats = points.new_zeros(b, 1, c.feat_2d)
+            q_pixel = torch.zeros_like(data.q_pixel)
+            q_mask = torch.zeros_like(q_mask)
+        else:
+            q_pixel = data.q_pixel
+
+        ones = points.new_ones(b, n)
+        s_geo, s_con = ones, ones
+        if c.variant == "project2d":
+            logits = self._project2d(points, data, q_mask, logits_2d)
+            out = SafnetOutput(logits, s_geo, s_con, ones.clone(), logits_2d=self._aux_2d(logits_2d))
+            return self._finish(out, valid)
+        if c.variant == "pointnet2":
+            f3d = self.net3d(points, None).transpose(1, 2)  # (B, N, C3)
+            logits = self.head(f3d)
+            zeros = points.new_zeros(b, n)
+            return self._finish(SafnetOutput(logits, zeros, zeros, zeros.clone()), valid)
+
+        nb = find_neighbourhoods(points, data.q_points, valid, q_mask, c.k, c.radius, c.agg_k,
+                                 with_balls=c.variant == "safnet")
+        f2d = self.aggregate(points, data.q_points, pixel_feats, q_mask, (nb.q_knn_dist, nb.q_knn_idx), q_pixel)
+        attr = None
+        if self.gsm is not None:
+            s_geo, _ = self.gsm(points, data.q_points, nb)
+        if self.csm is not None:
+            attr, s_con = self.csm(points, data.q_points, nb.p_idx, nb.p_valid, nb.q_idx, nb.q_valid)
+        has_q = nb.has_q.unsqueeze(1).to(points.dtype)
+        if c.variant == "safnet":
+            s = s_geo * s_con * has_q
+        else:  # concat: no similarity
+            s = ones * has_q
+        f3d = self.net3d(points, None if attr is None else attr.transpose(1, 2)).transpose(1, 2)  # (B, N, C3)
+        f2d_weighted = f2d * s.unsqueeze(-1)  # (B, N, C2): only the 2D feature is reweighted
+        if self.se_2d is not None:
+            f2d_weighted = self.se_2d(f2d_weighted, valid)
+            f3d_fused = self.se_3d(f3d, valid)
+        else:
+            f3d_fused = f3d
+        logits = self.head(torch.cat([f2d_weighted, f3d_fused], dim=-1))
+        out = SafnetOutput(
+            logits, s_geo, s_con, s,
+            logits_3d=self.aux3d(f3d),
+            logits_2d=self._aux_2d(logits_2d),
+            logits_unproj=self._unproj(pixel_feats, q_pixel) if batch.q_points.shape[1] > 0 else None,
+        )
+        if batch.q_points.shape[1] > 0:
+            out.q_valid = q_mask
+        return self._finish(out, valid)
+
+    def _project2d(self, points: torch.Tensor, data: _Sanitised, q_mask: torch.Tensor,
+                   logits_2d: Optional[torch.Tensor]) -> torch.Tensor:
+        b, n = points.shape[:2]
+        if logits_2d is None:
+            return points.new_zeros(b, n, self.config.num_classes)
+        nb = find_neighbourhoods(points, data.q_points, None, q_mask, 1, self.config.radius, 1, with_balls=False)
+        pixel = gather(data.q_pixel.unsqueeze(-1), nb.q_knn_idx[..., :1]).view(b, n)
+        flat = logits_2d.permute(0, 1, 3, 4, 2).reshape(b, -1, logits_2d.shape[2])  # (B, V*H*W, K)
+        logits = gather(flat, pixel.unsqueeze(-1)).squeeze(2)
+        return logits * torch.isfinite(nb.nearest_q_dist).unsqueeze(-1).to(logits.dtype)
+
+    def _aux_2d(self, logits_2d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if (self.config.freeze_2d or not self.training) else logits_2d
+
+    def _unproj(self, pixel_feats: torch.Tensor, q_pixel: torch.Tensor) -> Optional[torch.Tensor]:
+        """Logits ``(B, M, K)`` of the unprojected classifier on each Q point's 2D feature."""
+        if self.unproj_head is None or not self.training:
+            return None
+        return self.unproj_head(take_rows(pixel_feats, q_pixel))
+
+    @staticmethod
+    def _finish(out: SafnetOutput, valid: torch.Tensor) -> SafnetOutput:
+        """Invalid (non-finite) points: logits 0 (uniform), similarities 0."""
+        keep = valid.to(out.logits.dtype)
+        out.logits = out.logits * keep.unsqueeze(-1)
+        if out.logits_3d is not None:
+            out.logits_3d = out.logits_3d * keep.unsqueeze(-1)
+        out.s_geo, out.s_con, out.s = out.s_geo * keep, out.s_con * keep, out.s * keep
+        out.point_valid = valid
+        return out
+
+
+def build_model(config: SafnetConfig) -> SafnetModel:
+    """The model for ``config`` (full SAFNet or a baseline, see :class:`SafnetModel`)."""
+    return SafnetModel(config)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Union[str, os.PathLike], model: SafnetModel, config: Optional[SafnetConfig] = None,
+                    extra: Optional[dict[str, Any]] = None) -> None:
+    """Write weights + config dict + ``extra`` (JSON-like: numbers, strings, lists, dicts).
+
+    The file is a torch pickle restricted to plain types (loadable with
+    ``weights_only=True``) with ``format`` and ``version`` keys.
+    """
+    from safnet_ros.model.config import json_ready
+
+    config = config or model.config
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": json_ready(dict(extra or {})),
+    }
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu",
+                    expected_preset: Optional[str] = None) -> tuple[SafnetModel, SafnetConfig, dict[str, Any]]:
+    """Read a file written by :func:`save_checkpoint`; the model is in eval mode.
+
+    Raises:
+        ModelLoadError: missing file, not a torch file / not ours / corrupt,
+            unsupported version, invalid config, weights that do not fit the
+            config, or a preset other than ``expected_preset``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{path}: checkpoint file is missing")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types on a corrupt file
+        raise ModelLoadError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelLoadError(f"{path}: not a safnet_ros checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ModelLoadError(f"{path}: checkpoint format version {payload.get('version')!r} is not supported"
+                             f" (this code reads version {CHECKPOINT_VERSION})")
+    try:
+        config = SafnetConfig.from_dict(payload.get("config"))
+    except ConfigError as exc:
+        raise ModelLoadError(f"{path}: the stored config is invalid: {exc}") from exc
+    if expected_preset is not None and config.preset_name != expected_preset:
+        raise ModelLoadError(f"{path}: checkpoint was trained with preset {config.preset_name!r},"
+                             f" but preset {expected_preset!r} was expected")
+    model = build_model(config)
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path}: checkpoint has no state_dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path}: weights do not fit the stored {config.preset_name!r} config: "
+                             f"{' '.join(str(exc).split())[:400]}") from exc
+    model.to(map_location)
+    model.eval()
+    extra = payload.get("extra") or {}
+    return model, config, extra

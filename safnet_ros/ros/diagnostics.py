@@ -1,0 +1,173 @@
+"""The node's health on ``/diagnostics`` (diagnostic_msgs/DiagnosticArray).
+
+:class:`NodeStats` gathers counters and latencies from the node's threads
+(executor callbacks and the inference worker) under one lock;
+:func:`stats_to_diagnostics` turns a snapshot into one DiagnosticStatus, so
+``rqt_runtime_monitor`` / ``ros2 topic echo /diagnostics`` show:
+
+latency (last / mean / max over the window, cloud received to labeled cloud
+published, seconds), rate (labeled clouds per second over the window), drops
+(clouds replaced in the latest-wins mailbox), buffer size (views, MiB), device,
+decode errors, TF failures, views offered/kept, time jumps, worker errors.
+
+Level: OK; WARN when, since the previous report, messages were undecodable,
+transforms were missing or clouds were dropped; ERROR when the worker raised.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+#: Counters the node increments (name -> meaning, shown in the docs and on /diagnostics).
+COUNTERS: dict[str, str] = {
+    "clouds_received": "PointCloud2 messages received",
+    "clouds_segmented": "labeled clouds published",
+    "clouds_dropped": "clouds replaced in the latest-wins mailbox before inference took them",
+    "frames_synced": "matched (rgb, depth, camera_info) sets",
+    "views_kept": "views added to the buffer",
+    "views_not_keyframe": "views refused by the keyframe policy",
+    "decode_errors": "messages that could not be decoded (skipped)",
+    "tf_failures": "clouds or views skipped for a missing transform",
+    "time_jumps": "times the message time went backwards (buffers cleared)",
+    "worker_errors": "unexpected errors in the inference worker (cloud skipped)",
+    "clouds_3d_only": "clouds segmented with no view covering them",
+    "downsampled": "clouds voxel-downsampled beyond max_points",
+}
+
+
+@dataclass
+class StatsSnapshot:
+    """A consistent copy of :class:`NodeStats` at one moment."""
+
+    counters: dict[str, int]
+    latency_last: float
+    latency_mean: float
+    latency_max: float
+    rate_hz: float
+    buffer_views: int
+    buffer_mib: float
+    device: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class NodeStats:
+    """Thread-safe counters and a sliding window of latencies (seconds) for the node."""
+
+    def __init__(self, window_s: float = 10.0, clock: Any = time.monotonic):
+        self.window_s = float(window_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.counters: dict[str, int] = {name: 0 for name in COUNTERS}
+        self._latencies: deque[tuple[float, float]] = deque()  # (when, seconds)
+        self._last_latency = float("nan")
+        self._reported: dict[str, int] = dict(self.counters)
+        self._ever_error = False
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + int(n)
+
+    def get(self, name: str) -> int:
+        with self._lock:
+            return self.counters.get(name, 0)
+
+    def add_latency(self, seconds: float) -> None:
+        """One labeled cloud published ``seconds`` after its cloud arrived."""
+        now = self._clock()
+        with self._lock:
+            self._latencies.append((now, float(seconds)))
+            self._last_latency = float(seconds)
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._latencies and self._latencies[0][0] < now - self.window_s:
+            self._latencies.popleft()
+
+    def snapshot(self, buffer_views: int, buffer_bytes: int, device: str, extra: Optional[dict] = None) -> StatsSnapshot:
+        now = self._clock()
+        with self._lock:
+            self._trim(now)
+            lat = [s for _, s in self._latencies]
+            if len(self._latencies) >= 2:
+                span = max(self._latencies[-1][0] - self._latencies[0][0], 1e-9)
+                rate = (len(self._latencies) - 1) / span
+            else:
+                rate = 0.0
+            return StatsSnapshot(
+                counters=dict(self.counters),
+                latency_last=self._last_latency,
+                latency_mean=sum(lat) / len(lat) if lat else float("nan"),
+                latency_max=max(lat) if lat else float("nan"),
+                rate_hz=rate,
+                buffer_views=int(buffer_views),
+                buffer_mib=buffer_bytes / (1024.0 * 1024.0),
+                device=str(device),
+                extra={k: str(v) for k, v in (extra or {}).items()},
+            )
+
+    def new_since_last_report(self, names: tuple[str, ...]) -> dict[str, int]:
+        """How much each counter grew since the previous call (for the WARN level)."""
+        with self._lock:
+            grown = {n: self.counters.get(n, 0) - self._reported.get(n, 0) for n in names}
+            self._reported = dict(self.counters)
+            return grown
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "nan" if value != value else f"{value:.{digits}f}"
+
+
+def stats_to_diagnostics(snap: StatsSnapshot, grown: dict[str, int], stamp: Any, name: str,
+                         hardware_id: str) -> DiagnosticArray:
+    """One DiagnosticArray with a single status ``name`` describing ``snap``.
+
+    grown: counter increments since the last report (decides WARN / ERROR).
+    stamp: builtin_interfaces/Time for the header.
+    """
+    status = DiagnosticStatus()
+    status.name = name
+    status.hardware_id = hardware_id
+    problems = []
+    if grown.get("worker_errors", 0):
+        status.level = DiagnosticStatus.ERROR
+        problems.append(f"{grown['worker_errors']} worker errors")
+    else:
+        status.level = DiagnosticStatus.OK
+    for key, what in (("decode_errors", "undecodable messages"), ("tf_failures", "missing transforms"),
+                      ("clouds_dropped", "dropped clouds")):
+        if grown.get(key, 0):
+            problems.append(f"{grown[key]} {what}")
+            if status.level == DiagnosticStatus.OK:
+                status.level = DiagnosticStatus.WARN
+    status.message = "; ".join(problems) if problems else "segmenting"
+    values = [
+        ("latency_last_s", _fmt(snap.latency_last)),
+        ("latency_mean_s", _fmt(snap.latency_mean)),
+        ("latency_max_s", _fmt(snap.latency_max)),
+        ("rate_hz", _fmt(snap.rate_hz, 3)),
+        ("buffer_views", str(snap.buffer_views)),
+        ("buffer_mib", _fmt(snap.buffer_mib, 2)),
+        ("device", snap.device),
+    ]
+    values += [(key, str(value)) for key, value in snap.counters.items()]
+    values += list(snap.extra.items())
+    status.values = [KeyValue(key=k, value=v) for k, v in values]
+    msg = DiagnosticArray()
+    msg.header.stamp = stamp
+    msg.status = [status]
+    return msg
+
+
+def diagnostics_values(msg: DiagnosticArray) -> dict[str, str]:
+    """key -> value of the first status of a DiagnosticArray (tests and tools)."""
+    if not msg.status:
+        return {}
+    return {kv.key: kv.value for kv in msg.status[0].values}
+
+
+__all__ = ["COUNTERS", "NodeStats", "StatsSnapshot", "stats_to_diagnostics", "diagnostics_values"]

@@ -1,0 +1,141 @@
+"""RViz markers for the node: similarity-coloured points and camera frustums.
+
+``similarity_markers(...)`` returns one visualization_msgs/MarkerArray:
+
+* ``DELETEALL`` first (so frustums of views no longer used disappear);
+* namespace ``similarity``, id 0: a POINTS marker with every ``stride``-th
+  segmented point, coloured by S, S_geo or S_con through a blue-cyan-green-
+  yellow-red ramp over a fixed range per source (:data:`SIMILARITY_RANGES`), so
+  colours mean the same thing from cloud to cloud; points with no value (not
+  segmented) are left out;
+* namespace ``frustums``, id i: a LINE_LIST pyramid per view used (camera
+  centre to the four image corners at ``frustum_depth`` metres, plus the
+  far rectangle).
+
+Marker messages hold one geometry_msgs/Point per point, so building them costs
+a Python object per point: ``stride`` (parameter ``marker_stride``) and
+``max_points`` keep that bounded, and the node skips the markers when nobody
+subscribes.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from geometry_msgs.msg import Point
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+#: Colour range per similarity source: values are clipped to [lo, hi] then ramped.
+#: S_con is a cosine in [-1, 1]; S_geo starts near 1 for well-matched points
+#: (a3 * exp(.) + a4 * exp(.), initial a3 = 1, a4 = 0.1); S = S_geo * S_con.
+SIMILARITY_RANGES: dict[str, tuple[float, float]] = {
+    "s": (-1.0, 1.1),
+    "s_geo": (0.0, 1.1),
+    "s_con": (-1.0, 1.0),
+}
+
+_RAMP_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+_RAMP_RGB = np.array(
+    [[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+)
+
+
+def ramp_colors(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(N,) values -> (N, 3) float32 RGB in 0..1: blue at ``lo``, red at ``hi`` (clipped)."""
+    t = (np.asarray(values, dtype=np.float64) - lo) / max(hi - lo, 1e-12)
+    t = np.clip(np.nan_to_num(t, nan=0.0), 0.0, 1.0)
+    return np.stack([np.interp(t, _RAMP_STOPS, _RAMP_RGB[:, c]) for c in range(3)], axis=1).astype(np.float32)
+
+
+def frustum_lines(K: np.ndarray, camera_to_world: np.ndarray, wh: tuple[int, int], depth: float) -> np.ndarray:
+    """(16, 3) float64 world points: 8 segments (4 edges from the centre, 4 of the far rectangle).
+
+    K (3, 3) intrinsics for an image of size ``wh`` (width, height) pixels;
+    camera_to_world (4, 4) optical-frame pose; depth: metres along z.
+    """
+    w, h = wh
+    corners_px = np.array([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]])
+    K = np.asarray(K, dtype=np.float64)
+    x = (corners_px[:, 0] - K[0, 2]) / K[0, 0] * depth
+    y = (corners_px[:, 1] - K[1, 2]) / K[1, 1] * depth
+    corners_cam = np.stack([x, y, np.full(4, depth)], axis=1)
+    T = np.asarray(camera_to_world, dtype=np.float64)
+    corners = corners_cam @ T[:3, :3].T + T[:3, 3]
+    centre = T[:3, 3]
+    segments = []
+    for i in range(4):
+        segments += [centre, corners[i]]
+    for i in range(4):
+        segments += [corners[i], corners[(i + 1) % 4]]
+    return np.asarray(segments)
+
+
+def _points(xyz: np.ndarray) -> list[Point]:
+    return [Point(x=x, y=y, z=z) for x, y, z in np.asarray(xyz, dtype=np.float64).tolist()]
+
+
+def _colors(rgb: np.ndarray, alpha: float = 1.0) -> list[ColorRGBA]:
+    return [ColorRGBA(r=r, g=g, b=b, a=alpha) for r, g, b in np.asarray(rgb, dtype=np.float64).tolist()]
+
+
+def similarity_markers(
+    header: Header,
+    points: np.ndarray,
+    similarity: np.ndarray,
+    source: str = "s",
+    stride: int = 4,
+    max_points: int = 20000,
+    point_size: float = 0.02,
+    views: Sequence[Any] = (),
+    frustum_depth: float = 0.4,
+) -> MarkerArray:
+    """The MarkerArray described in the module docstring.
+
+    header: frame and stamp for every marker (``points`` and the views' poses
+    must be in that frame); points (N, 3) metres; similarity (N,) values of
+    ``source`` (NaN = not segmented); views: objects with ``K``,
+    ``camera_to_world`` and ``wh`` (e.g. PosedView).
+    """
+    if source not in SIMILARITY_RANGES:
+        raise ValueError(f"similarity source must be one of {sorted(SIMILARITY_RANGES)}, got {source!r}")
+    out = MarkerArray()
+    clear = Marker()
+    clear.header = header
+    clear.action = Marker.DELETEALL
+    out.markers.append(clear)
+
+    pts = Marker()
+    pts.header = header
+    pts.ns = "similarity"
+    pts.id = 0
+    pts.type = Marker.POINTS
+    pts.action = Marker.ADD
+    pts.pose.orientation.w = 1.0
+    pts.scale.x = pts.scale.y = float(point_size)
+    pts.color.a = 1.0
+    sim = np.asarray(similarity, dtype=np.float64)
+    keep = np.flatnonzero(np.isfinite(sim))[:: max(1, int(stride))]
+    if len(keep) > max_points:
+        keep = keep[np.linspace(0, len(keep) - 1, max_points).astype(np.int64)]
+    lo, hi = SIMILARITY_RANGES[source]
+    pts.points = _points(np.asarray(points)[keep])
+    pts.colors = _colors(ramp_colors(sim[keep], lo, hi))
+    out.markers.append(pts)
+
+    for i, view in enumerate(views):
+        m = Marker()
+        m.header = header
+        m.ns = "frustums"
+        m.id = i
+        m.type = Marker.LINE_LIST
+        m.action = Marker.ADD
+        m.pose.orientation.w = 1.0
+        m.scale.x = 0.01
+        m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 0.6, 0.0, 1.0
+        m.points = _points(frustum_lines(view.K, view.camera_to_world, view.wh, frustum_depth))
+        out.markers.append(m)
+    return out
+
+
+__all__ = ["SIMILARITY_RANGES", "ramp_colors", "frustum_lines", "similarity_markers"]

@@ -1,0 +1,99 @@
+"""``safnet bag convert|play`` and ``safnet segment-bag``: the rosbag2 tools (docs/bags.md).
+
+Only argparse here; rosbags, rclpy and torch are imported inside the handlers so
+``safnet --help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bag = sub.add_parser("bag", help="rosbag2 tools: convert a ScanNet scene, replay a bag without ROS tools")
+    bsub = bag.add_subparsers(dest="bag_command", metavar="BAG_COMMAND")
+    bsub.required = True
+
+    conv = bsub.add_parser(
+        "convert", help="ScanNet scene folder -> rosbag2 (images, depth, camera_info, tf, LiDAR-like /points)",
+        description="Convert a ScanNet-format scene folder into a rosbag2 with rosbags (no ROS install needed). "
+                    "Frame 'map' is the scene's axis-aligned frame; see docs/bags.md.",
+    )
+    conv.add_argument("scene_dir", help="scene folder (sceneXXXX_YY/ with .sens or exported frames, and the mesh)")
+    conv.add_argument("out", help="output bag folder (must not exist unless --overwrite)")
+    conv.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="storage plugin (default mcap)")
+    conv.add_argument("--rate", type=float, default=None, metavar="HZ",
+                      help="synthesise stamps at this frame rate instead of the recorded timestamps")
+    conv.add_argument("--skip", type=int, default=1, metavar="N", help="keep every N-th frame (default 1: all)")
+    conv.add_argument("--resize", default=None, metavar="WxH", help="image size in the bag (default: colour size)")
+    conv.add_argument("--cloud-rate", type=float, default=2.0, metavar="HZ",
+                      help="rate of the /points cloud (default 2; 0 writes no cloud and needs no mesh)")
+    conv.add_argument("--max-range", type=float, default=5.0, metavar="M",
+                      help="farthest camera depth of a /points vertex (default 5 m)")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    conv.add_argument("--quiet", action="store_true", help="no progress bar")
+    conv.set_defaults(func=run_convert)
+
+    play = bsub.add_parser(
+        "play", help="publish a bag through rclpy with its timing and /clock (transforms via the fallback topics)",
+        description="Replay a rosbag2 through rclpy. Where tf2_msgs is absent, /tf and /tf_static go out as "
+                    "geometry_msgs/TransformStamped on /safnet/transforms and /safnet/transforms_static "
+                    "(transient local). On a ROS 2 install `ros2 bag play` does the same job.",
+    )
+    play.add_argument("bag", help="bag folder")
+    play.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
+    play.add_argument("--loop", action="store_true", help="start again at the end")
+    play.add_argument("--topics", nargs="+", default=None, help="publish only these topics")
+    play.add_argument("--no-clock", action="store_true", help="do not publish /clock")
+    play.add_argument("--wait-subscribers", type=float, default=2.0, metavar="SEC",
+                      help="wait up to SEC seconds for subscribers before the first message (default 2)")
+    play.set_defaults(func=run_play)
+
+    seg = sub.add_parser(
+        "segment-bag", help="run the node's pipeline offline over a bag and write labelled clouds into a new bag",
+        description="Read colour, depth, camera_info, /tf and /points from BAG, segment every cloud with the "
+                    "posed views seen so far, and write /safnet/labeled_cloud and /safnet/similarity_markers "
+                    "into OUT_BAG.",
+    )
+    seg.add_argument("bag", help="input bag folder (e.g. from `safnet bag convert`)")
+    seg.add_argument("out_bag", help="output bag folder (must not exist unless --overwrite)")
+    seg.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    seg.add_argument("--device", default="auto", help="torch device (default auto)")
+    seg.add_argument("--num-views", type=int, default=3, help="views per chunk (default 3)")
+    seg.add_argument("--max-views", type=int, default=30,
+                     help="keyframes kept in the view buffer (default 30, as the node)")
+    seg.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage plugin")
+    seg.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    seg.set_defaults(func=run_segment_bag)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from safnet_ros.tools.bag_convert import convert_scene, parse_size
+
+    summary = convert_scene(
+        args.scene_dir, args.out, storage=args.storage, rate=args.rate, skip=args.skip,
+        resize=parse_size(args.resize) if args.resize else None, cloud_rate=args.cloud_rate,
+        max_range=args.max_range, overwrite=args.overwrite, progress=not args.quiet and sys.stderr.isatty(),
+    )
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def run_play(args: argparse.Namespace) -> int:
+    from safnet_ros.tools.bag_play import play_main
+
+    return play_main(args.bag, rate=args.rate, loop=args.loop, topics=args.topics, clock=not args.no_clock,
+                     wait_for_subscribers=args.wait_subscribers)
+
+
+def run_segment_bag(args: argparse.Namespace) -> int:
+    from safnet_ros.tools.segment_bag import segment_bag
+
+    summary = segment_bag(
+        args.bag, args.out_bag, model=args.model, device=args.device, num_views=args.num_views,
+        max_views=args.max_views, storage=args.storage, overwrite=args.overwrite,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    print("\n".join(summary.lines()))
+    return 0

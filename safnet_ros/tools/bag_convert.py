@@ -1,0 +1,327 @@
+"""ScanNet scene folder -> rosbag2 (mcap or sqlite3), written with rosbags: no ROS install needed.
+
+What the bag holds (docs/bags.md has the full table):
+
+======================================  ===========================  =====================================
+topic                                   type                         content
+======================================  ===========================  =====================================
+``/camera/color/image_raw``             sensor_msgs/Image            rgb8, frame ``camera_color_optical_frame``
+``/camera/depth/image_rect_raw``        sensor_msgs/Image            16UC1 millimetres, registered to colour
+``/camera/color/camera_info``           sensor_msgs/CameraInfo       size of the images above, K of the depth
+``/tf``                                 tf2_msgs/TFMessage           ``map`` -> ``camera_link`` per frame
+``/tf_static``                          tf2_msgs/TFMessage           ``camera_link`` -> optical (transient local)
+``/points``                             sensor_msgs/PointCloud2      mesh vertices in the camera's frustum
+======================================  ===========================  =====================================
+
+Decisions:
+
+* **Frame ``map`` is the axis-aligned scene frame**: the poses and the mesh
+  vertices both get the scene's ``axisAlignment`` (identity when the scene has
+  none), so the floor is z = 0 and walls follow the axes in RViz, and points and
+  poses stay consistent.  The matrix is stored in the bag's custom data
+  (``safnet.axis_alignment``) so ground truth can be matched.
+* **Registration**: colour and depth cover the same field of view (ScanNet's
+  registered streams), so depth is resampled to the output size by nearest
+  neighbour (no depth is ever interpolated); the output size is the colour
+  size, or ``resize``.  CameraInfo's K is the depth intrinsics scaled to the
+  output size (what the 3D back-projection uses, as the engine does).
+* **Stamps**: the recorded colour timestamps (relative to the first written
+  frame, starting at :data:`START_NS`); a frame whose timestamp does not
+  increase gets the previous stamp plus its frame-id gap at 30 Hz (counted in
+  ``stamps_synthesised``).  With ``rate`` every stamp is synthesised: frame id /
+  rate.
+* Frames whose pose is not finite (ScanNet's -inf: tracking lost) are skipped
+  and counted; ``skip=N`` keeps every N-th frame id.
+* Memory: one decoded frame at a time, plus the mesh vertices for ``/points``.
+* The bag is written into a hidden ``.NAME.partial-PID`` folder beside the
+  output and renamed when complete, so a killed run never leaves a
+  complete-looking bag.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from safnet_ros.errors import ConfigError, MissingDataError
+from safnet_ros.geometry.camera import project, resize_nearest, scale_intrinsics
+from safnet_ros.tools import bag_io as bio
+
+#: Stamp of the first written frame (1 s: a zero stamp means "latest" to TF lookups).
+START_NS = 1_000_000_000
+#: Frame rate assumed where recorded timestamps do not increase.
+FALLBACK_RATE_HZ = 30.0
+#: Closest depth a cloud point may have in the camera (metres).
+MIN_RANGE_M = 0.1
+
+
+@dataclass
+class ConvertSummary:
+    """What :func:`convert_scene` wrote."""
+
+    out: str
+    storage: str
+    frames_written: int = 0
+    frames_invalid_pose: int = 0
+    frames_skipped_by_skip: int = 0
+    clouds_written: int = 0
+    cloud_points_mean: float = 0.0
+    stamps_synthesised: int = 0
+    image_size: tuple[int, int] = (0, 0)
+    duration_s: float = 0.0
+    elapsed_s: float = 0.0
+    size_bytes: int = 0
+    axis_alignment: list[float] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [
+            f"wrote {self.out} ({self.storage}, {self.size_bytes / 1e6:.1f} MB) in {self.elapsed_s:.1f} s",
+            f"  frames: {self.frames_written} written, {self.frames_invalid_pose} skipped (invalid pose), "
+            f"{self.frames_skipped_by_skip} left out by --skip; images {self.image_size[0]}x{self.image_size[1]}",
+            f"  clouds: {self.clouds_written} on {bio.POINTS_TOPIC}, {self.cloud_points_mean:.0f} points on average",
+            f"  bag duration {self.duration_s:.2f} s; {self.stamps_synthesised} stamps synthesised",
+        ]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WxH"`` -> (w, h); ConfigError when malformed or not positive."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size must look like 640x480, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise ConfigError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def resize_color(color: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 RGB resized to ``wh`` bilinearly (PIL); unchanged at equal sizes."""
+    if (color.shape[1], color.shape[0]) == tuple(wh):
+        return np.ascontiguousarray(color)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(color).resize(tuple(wh), Image.BILINEAR))
+
+
+def depth_to_mm(depth_m: np.ndarray) -> np.ndarray:
+    """(H, W) float32 metres -> uint16 millimetres (rounded; 0 stays 0; beyond 65.535 m clipped)."""
+    d = np.nan_to_num(np.asarray(depth_m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)
+
+
+def registered_frame(color: np.ndarray, depth_m: np.ndarray, out_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The images a bag stores for one frame: (rgb (H,W,3) uint8, depth (H,W) uint16 mm) at ``out_wh``."""
+    return resize_color(color, out_wh), depth_to_mm(resize_nearest(depth_m, out_wh))
+
+
+def frustum_mask(xyz: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray, wh: tuple[int, int],
+                 max_range: float, min_range: float = MIN_RANGE_M) -> np.ndarray:
+    """(N,) bool: points (N, 3) world metres that project into the image with min_range < z <= max_range."""
+    _, z, in_image = project(xyz, K, camera_to_world, wh)
+    return in_image & (z > min_range) & (z <= max_range)
+
+
+def open_scene(scene_dir: str | os.PathLike, need_mesh: bool):
+    """The ScanNetScene of ``scene_dir`` after checking every part the conversion needs.
+
+    Raises one MissingDataError naming every missing part (frames, mesh).
+    """
+    from safnet_ros.data.scannet import ScanNetScene
+
+    path = Path(scene_dir)
+    if not path.is_dir():
+        raise MissingDataError(path, "scene folder")
+    scene = ScanNetScene(path)
+    missing = []
+    if not scene.has_frames:
+        missing.append(f"RGB-D frames ({scene.sens_path.name} or exported color/ depth/ pose/ intrinsic/)")
+    if need_mesh and not scene.mesh_path.is_file():
+        missing.append(f"mesh {scene.mesh_path.name} (needed for {bio.POINTS_TOPIC}; --cloud-rate 0 skips it)")
+    if missing:
+        raise MissingDataError(path, "scene parts: " + "; ".join(missing))
+    return scene
+
+
+def convert_scene(
+    scene_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    storage: str = "mcap",
+    rate: Optional[float] = None,
+    skip: int = 1,
+    resize: Optional[tuple[int, int]] = None,
+    cloud_rate: float = 2.0,
+    max_range: float = 5.0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ConvertSummary:
+    """Write the scene's frames, poses and a LiDAR-like cloud into a rosbag2 at ``out``.
+
+    storage ``"mcap"`` or ``"sqlite3"``; rate (Hz) synthesises stamps instead of
+    the recorded ones; skip keeps every ``skip``-th frame id; resize (w, h) sets
+    the image size (default: the colour size); cloud_rate (Hz, 0 = no cloud)
+    and max_range (metres) shape ``/points``.  An existing ``out`` raises
+    ConfigError unless ``overwrite``; missing scene parts raise one
+    MissingDataError naming them.
+    """
+    from rosbags.rosbag2 import Writer
+
+    started = time.perf_counter()
+    plugin = bio.bag_storage_plugin(storage)
+    if skip < 1:
+        raise ConfigError(f"skip must be >= 1, got {skip}")
+    if rate is not None and not rate > 0:
+        raise ConfigError(f"rate must be positive, got {rate}")
+    if cloud_rate < 0 or not max_range > MIN_RANGE_M:
+        raise ConfigError(f"cloud rate must be >= 0 and max range > {MIN_RANGE_M} m, got {cloud_rate}, {max_range}")
+    out = bio.check_output(out, overwrite)
+    scene = open_scene(scene_dir, need_mesh=cloud_rate > 0)
+    source = scene.frames
+    out_wh = tuple(resize) if resize is not None else tuple(source.color_size)
+    K = scale_intrinsics(source.intrinsic_depth, source.depth_size, out_wh)
+    align = scene.axis_alignment
+    cloud_xyz = cloud_rgb = None
+    if cloud_rate > 0:
+        xyz, rgb = scene.load_points(aligned=True)
+        cloud_xyz, cloud_rgb = np.asarray(xyz, dtype=np.float64), bio.pack_rgb(rgb)
+
+    summary = ConvertSummary(out=str(out), storage=storage, image_size=out_wh,
+                             axis_alignment=[float(v) for v in align.reshape(-1)])
+    try:
+        with bio.staged_output(out, overwrite) as tmp, Writer(tmp, version=9, storage_plugin=plugin) as writer:
+            conns = _add_connections(writer, with_points=cloud_rate > 0)
+            _write_frames(writer, conns, source, _FrameSettings(align, K, out_wh, rate, skip, cloud_rate, max_range),
+                          cloud_xyz, cloud_rgb, summary, progress)
+            writer.set_custom_data("safnet.source_scene", scene.name)
+            writer.set_custom_data("safnet.axis_alignment", " ".join(repr(v) for v in summary.axis_alignment))
+            writer.set_custom_data("safnet.summary", json.dumps(
+                {k: v for k, v in asdict(summary).items() if k not in ("out", "axis_alignment")}))
+    finally:
+        scene.close()
+    summary.size_bytes = bio.bag_size(out)
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def _add_connections(writer: Any, with_points: bool) -> dict[str, Any]:
+    """The bag's connections by topic, with the QoS profiles they offer (``/tf_static`` transient local)."""
+    topics = [
+        (bio.COLOR_TOPIC, bio.IMAGE, bio.DEFAULT_QOS),
+        (bio.DEPTH_TOPIC, bio.IMAGE, bio.DEFAULT_QOS),
+        (bio.CAMERA_INFO_TOPIC, bio.CAMERA_INFO, bio.DEFAULT_QOS),
+        (bio.TF_TOPIC, bio.TF_MESSAGE, bio.make_qos(100)),
+        (bio.TF_STATIC_TOPIC, bio.TF_MESSAGE, bio.STATIC_QOS),
+    ]
+    if with_points:
+        topics.append((bio.POINTS_TOPIC, bio.POINTCLOUD2, bio.DEFAULT_QOS))
+    return {topic: writer.add_connection(topic, msgtype, typestore=bio.TYPESTORE, offered_qos_profiles=[qos])
+            for topic, msgtype, qos in topics}
+
+
+@dataclass(frozen=True)
+class _FrameSettings:
+    """What every frame of a conversion shares: alignment (4,4), K (3,3) at out_wh, stamp and cloud options."""
+
+    align: np.ndarray
+    K: np.ndarray
+    out_wh: tuple[int, int]
+    rate: Optional[float]
+    skip: int
+    cloud_rate: float
+    max_range: float
+
+
+class FrameStamper:
+    """Bag stamps (int ns) for frames in id order (see the module docstring).
+
+    ``rate`` given: ``START_NS + (id - first id) / rate``. Otherwise the
+    recorded timestamps relative to the first frame's; a stamp that would not
+    increase becomes the previous one plus the id gap at 30 Hz (counted in
+    ``synthesised``).
+    """
+
+    def __init__(self, rate: Optional[float] = None):
+        self.rate = rate
+        self.first: Optional[tuple[int, int]] = None  # (frame id, timestamp us)
+        self.prev: Optional[tuple[int, int]] = None  # (frame id, stamp ns)
+        self.synthesised = 0
+
+    def __call__(self, frame_id: int, timestamp_us: int) -> int:
+        if self.first is None:
+            self.first = (frame_id, int(timestamp_us))
+            ns = START_NS
+        elif self.rate is not None:
+            ns = START_NS + int(round((frame_id - self.first[0]) * 1e9 / self.rate))
+        else:
+            ns = START_NS + (int(timestamp_us) - self.first[1]) * 1000
+            if ns <= self.prev[1]:
+                ns = self.prev[1] + int(round((frame_id - self.prev[0]) * 1e9 / FALLBACK_RATE_HZ))
+                self.synthesised += 1
+        self.prev = (frame_id, ns)
+        return ns
+
+
+def frustum_cloud(xyz: np.ndarray, packed_rgb: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray,
+                  wh: tuple[int, int], max_range: float) -> np.ndarray:
+    """(M,) :data:`bag_io.XYZRGB_DTYPE` points of ``xyz`` (N, 3) world metres inside the camera's frustum."""
+    inside = frustum_mask(xyz, K, camera_to_world, wh, max_range)
+    pts = np.zeros(int(inside.sum()), dtype=bio.XYZRGB_DTYPE)
+    sel = xyz[inside].astype(np.float32)
+    pts["x"], pts["y"], pts["z"] = sel[:, 0], sel[:, 1], sel[:, 2]
+    pts["rgb"] = packed_rgb[inside]
+    return pts
+
+
+def _write_frames(writer: Any, conns: dict[str, Any], source: Any, cfg: _FrameSettings,
+                  cloud_xyz: Optional[np.ndarray], cloud_rgb: Optional[np.ndarray],
+                  summary: ConvertSummary, progress: bool) -> None:
+    """The frame loop of :func:`convert_scene`: one decoded frame in memory at a time."""
+    from tqdm import tqdm
+
+    valid = set(source.valid_indices)
+    ids = source.indices
+    kept = ids[:: cfg.skip]
+    summary.frames_skipped_by_skip = len(ids) - len(kept)
+    optical_to_link = np.linalg.inv(bio.LINK_TO_OPTICAL)
+    stamper = FrameStamper(cfg.rate)
+    cloud_period = int(round(1e9 / cfg.cloud_rate)) if cfg.cloud_rate > 0 else 0
+    last_cloud_ns: Optional[int] = None
+    points_total = 0
+    write = writer.write
+    for i in tqdm(kept, desc="converting", unit="frame", disable=not progress, leave=False):
+        if i not in valid:
+            summary.frames_invalid_pose += 1
+            continue
+        frame = source.get(i)
+        ns = stamper(i, frame.timestamp_us)
+        if summary.frames_written == 0:
+            static = bio.transform_stamped(bio.LINK_TO_OPTICAL, bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME, ns)
+            write(conns[bio.TF_STATIC_TOPIC], ns, bio.serialize(bio.tf_message([static])))
+        pose = cfg.align @ frame.camera_to_world
+        pose[:3, :3] = bio.orthonormalize(pose[:3, :3])  # float32 poses are not exactly rigid; TF needs a rotation
+        write(conns[bio.TF_TOPIC], ns, bio.serialize(bio.tf_message(
+            [bio.transform_stamped(pose @ optical_to_link, bio.MAP_FRAME, bio.CAMERA_LINK_FRAME, ns)])))
+        rgb, mm = registered_frame(frame.color, frame.depth, cfg.out_wh)
+        del frame
+        write(conns[bio.COLOR_TOPIC], ns, bio.serialize(bio.image_message(rgb, "rgb8", ns, bio.OPTICAL_FRAME)))
+        write(conns[bio.DEPTH_TOPIC], ns, bio.serialize(bio.image_message(mm, "16UC1", ns, bio.OPTICAL_FRAME)))
+        write(conns[bio.CAMERA_INFO_TOPIC], ns,
+              bio.serialize(bio.camera_info_message(cfg.K, cfg.out_wh, ns, bio.OPTICAL_FRAME)))
+        if cloud_xyz is not None and (last_cloud_ns is None or ns - last_cloud_ns >= cloud_period - 1000):
+            pts = frustum_cloud(cloud_xyz, cloud_rgb, cfg.K, pose, cfg.out_wh, cfg.max_range)
+            write(conns[bio.POINTS_TOPIC], ns, bio.serialize(bio.pointcloud_message(pts, ns, bio.MAP_FRAME)))
+            summary.clouds_written += 1
+            points_total += pts.shape[0]
+            last_cloud_ns = ns
+        summary.frames_written += 1
+    if summary.frames_written == 0:
+        raise MissingDataError(getattr(source, "path", getattr(source, "root", "scene")),
+                               f"frames with a valid pose (all {summary.frames_invalid_pose} considered are invalid)")
+    summary.stamps_synthesised = stamper.synthesised
+    summary.duration_s = (stamper.prev[1] - START_NS) / 1e9
+    summary.cloud_points_mean = points_total / max(summary.clouds_written, 1)

@@ -1,0 +1,273 @@
+"""Replay a rosbag2 through rclpy with its recorded timing and /clock: ``ros2 bag play`` for pip installs.
+
+The bag is read with rosbags; each message's raw CDR bytes go straight into
+``rclpy.serialization.deserialize_message`` with the rclpy message class of the
+connection's type, so no field is copied by hand.
+
+``/tf`` and ``/tf_static`` hold ``tf2_msgs/TFMessage``, which has no Python
+wheel here.  Where ``tf2_msgs`` does not import (or ``tf_fallback=True``) every
+transform of a TFMessage is published as a ``geometry_msgs/TransformStamped``
+on the fallback topics that :mod:`safnet_ros.ros.compat`'s drop-in listener
+reads (``/safnet/transforms``; static ones on ``/safnet/transforms_static``,
+reliable and transient local), so the node gets its poses on a machine without
+tf2.  On a ROS 2 install ``ros2 bag play BAG --clock`` does the same job.
+
+Timing: message ``k`` goes out at ``(t_k - t_0) / rate`` seconds after the
+start (bag receive times); ``/clock`` carries the bag time before every message
+and every ``clock_period`` seconds while waiting.  With ``loop`` the bag starts
+again at its end (time jumps back, as ``ros2 bag play --loop`` does).
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import TransformStamped
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from rosgraph_msgs.msg import Clock
+
+from safnet_ros.errors import ConfigError, MissingDataError
+from safnet_ros.ros.compat import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
+from safnet_ros.tools import bag_io as bio
+
+_TF_TOPICS = (bio.TF_TOPIC, bio.TF_STATIC_TOPIC)
+
+
+def tf2_msgs_available() -> bool:
+    """True when the ``tf2_msgs`` Python messages import (a ROS 2 install)."""
+    try:
+        importlib.import_module("tf2_msgs.msg")
+    except ImportError:
+        return False
+    return True
+
+
+def rclpy_message_class(msgtype: str) -> Any:
+    """The rclpy message class of ``pkg/msg/Name``; ImportError when its package is not installed."""
+    pkg, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+
+
+def qos(depth: int, transient_local: bool) -> QoSProfile:
+    """Reliable keep-last QoS, transient local for latched topics (reliable works with best-effort readers)."""
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if transient_local else DurabilityPolicy.VOLATILE)
+
+
+@dataclass
+class PlaySummary:
+    """What a :meth:`BagPlayer.run` published."""
+
+    published: dict[str, int] = field(default_factory=dict)
+    skipped_topics: dict[str, str] = field(default_factory=dict)
+    loops: int = 0
+    clock_messages: int = 0
+    elapsed_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"played {self.loops} time(s) in {self.elapsed_s:.1f} s; /clock {self.clock_messages} messages"]
+        out += [f"  {topic}: {n}" for topic, n in sorted(self.published.items())]
+        out += [f"  skipped {topic}: {why}" for topic, why in sorted(self.skipped_topics.items())]
+        return out
+
+
+class _Route:
+    """Where one bag connection's messages go: a publisher of its own type, or the TF fallback."""
+
+    def __init__(self, publisher: Any, msg_class: Any, out_topic: str, split_tf: bool, latched: bool):
+        self.publisher = publisher
+        self.msg_class = msg_class
+        self.out_topic = out_topic
+        self.split_tf = split_tf
+        self.latched = latched
+
+
+class BagPlayer:
+    """Publish a bag's messages from ``node`` with the recorded timing.
+
+    node: an rclpy Node (publishers are created on it); bag_path: rosbag2
+    folder; rate: speed factor (> 0); loop: start again at the end; topics:
+    only these bag topics (default all); clock: publish rosgraph_msgs/Clock on
+    ``/clock``; tf_fallback: None = only when tf2_msgs is missing;
+    wait_for_subscribers: seconds to wait, before the first message, until
+    every publisher of a volatile topic has a subscriber (discovery takes a
+    moment; 0 = no wait; latched topics reach late subscribers anyway).
+    """
+
+    def __init__(
+        self,
+        node: Any,
+        bag_path: str | Path,
+        rate: float = 1.0,
+        loop: bool = False,
+        topics: Optional[Sequence[str]] = None,
+        clock: bool = True,
+        tf_fallback: Optional[bool] = None,
+        fallback_topic: str = DEFAULT_TF_TOPIC,
+        fallback_static_topic: str = DEFAULT_TF_STATIC_TOPIC,
+        wait_for_subscribers: float = 0.0,
+        clock_period: float = 0.05,
+    ) -> None:
+        if not rate > 0:
+            raise ConfigError(f"rate must be positive, got {rate}")
+        self.node = node
+        self.bag_path = Path(bag_path)
+        if not bio.is_bag(self.bag_path):
+            raise MissingDataError(self.bag_path, "rosbag2 folder (metadata.yaml)")
+        self.rate = float(rate)
+        self.loop = loop
+        self.topics = set(topics) if topics else None
+        self.clock = clock
+        self.tf_fallback = (not tf2_msgs_available()) if tf_fallback is None else tf_fallback
+        self.fallback_topic = fallback_topic
+        self.fallback_static_topic = fallback_static_topic
+        self.wait_for_subscribers = wait_for_subscribers
+        self.clock_period = clock_period
+        self.summary = PlaySummary()
+        self._routes: dict[int, _Route] = {}
+        self._clock_pub = None
+        self._last_clock_wall = 0.0
+
+    # ------------------------------------------------------------------ setup
+
+    def _make_routes(self, connections: Sequence[Any]) -> list[Any]:
+        """Publishers for the selected connections; returns the connections to read."""
+        by_topic: dict[tuple[str, bool], Any] = {}
+        wanted = []
+        known = {c.topic for c in connections}
+        if self.topics:
+            missing = sorted(self.topics - known)
+            if missing:
+                raise MissingDataError(self.bag_path, f"topics {missing} (the bag has {sorted(known)})")
+        for conn in connections:
+            if self.topics and conn.topic not in self.topics:
+                continue
+            latched = bio.is_transient_local(conn.ext.offered_qos_profiles)
+            if conn.msgtype == bio.TF_MESSAGE and self.tf_fallback:
+                static = conn.topic == bio.TF_STATIC_TOPIC or latched
+                out_topic = self.fallback_static_topic if static else self.fallback_topic
+                key = (out_topic, static)
+                if key not in by_topic:
+                    by_topic[key] = self.node.create_publisher(
+                        TransformStamped, out_topic, qos(1000 if static else 100, static))
+                self._routes[conn.id] = _Route(by_topic[key], TransformStamped, out_topic, True, static)
+                wanted.append(conn)
+                continue
+            try:
+                cls = rclpy_message_class(conn.msgtype)
+            except (ImportError, AttributeError, ValueError):
+                self.summary.skipped_topics[conn.topic] = f"no Python messages for {conn.msgtype} here"
+                continue
+            key = (conn.topic, latched)
+            if key not in by_topic:
+                depth = 1000 if latched else (100 if conn.topic in _TF_TOPICS else 10)
+                by_topic[key] = self.node.create_publisher(cls, conn.topic, qos(depth, latched))
+            self._routes[conn.id] = _Route(by_topic[key], cls, conn.topic, False, latched)
+            wanted.append(conn)
+        if self.clock:
+            self._clock_pub = self.node.create_publisher(Clock, "/clock", qos(10, False))
+        return wanted
+
+    def _wait_for_subscribers(self, stop: threading.Event) -> None:
+        if self.wait_for_subscribers <= 0:
+            return
+        # latched (transient local) topics reach late subscribers anyway: wait for the others only
+        pubs = {id(r.publisher): r.publisher for r in self._routes.values() if not r.latched}.values()
+        deadline = time.monotonic() + self.wait_for_subscribers
+        while time.monotonic() < deadline and not stop.is_set():
+            if all(p.get_subscription_count() > 0 for p in pubs):
+                return
+            stop.wait(0.02)
+
+    # ------------------------------------------------------------------ publishing
+
+    def _publish_clock(self, bag_ns: int) -> None:
+        if self._clock_pub is None:
+            return
+        sec, nanosec = divmod(int(bag_ns), 1_000_000_000)
+        self._clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nanosec)))
+        self.summary.clock_messages += 1
+        self._last_clock_wall = time.monotonic()
+
+    def _publish(self, route: _Route, raw: bytes, topic: str, msgtype: str) -> None:
+        if route.split_tf:
+            tf = bio.deserialize(raw, msgtype, what=f"{self.bag_path}:{topic}")
+            for t in tf.transforms:
+                route.publisher.publish(deserialize_message(bio.serialize(t), route.msg_class))
+                self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
+            return
+        route.publisher.publish(deserialize_message(raw, route.msg_class))
+        self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
+
+    def _wait_until(self, wall_target: float, wall_start: float, first_ns: int, stop: threading.Event) -> None:
+        """Sleep until ``wall_target`` (monotonic seconds), keeping /clock moving every clock_period."""
+        while not stop.is_set():
+            now = time.monotonic()
+            remaining = wall_target - now
+            if remaining <= 0:
+                return
+            if self._clock_pub is not None and now - self._last_clock_wall >= self.clock_period:
+                self._publish_clock(first_ns + int((now - wall_start) * self.rate * 1e9))
+            stop.wait(min(remaining, self.clock_period))
+
+    def run(self, stop_event: Optional[threading.Event] = None) -> PlaySummary:
+        """Publish the bag (again and again with ``loop``) until its end or ``stop_event`` is set."""
+        from rosbags.rosbag2 import Reader
+
+        stop = stop_event or threading.Event()
+        started = time.monotonic()
+        with Reader(self.bag_path) as reader:
+            wanted = self._make_routes(reader.connections)
+            if not wanted:
+                raise MissingDataError(self.bag_path, "topics that can be published here")
+            self._wait_for_subscribers(stop)
+            while not stop.is_set():
+                wall_start = time.monotonic()
+                first_ns = None
+                for conn, bag_ns, raw in reader.messages(connections=wanted):
+                    if stop.is_set():
+                        break
+                    if first_ns is None:
+                        first_ns = bag_ns
+                    self._wait_until(wall_start + (bag_ns - first_ns) / 1e9 / self.rate, wall_start, first_ns, stop)
+                    if stop.is_set():
+                        break
+                    self._publish_clock(bag_ns)
+                    self._publish(self._routes[conn.id], bytes(raw), conn.topic, conn.msgtype)
+                self.summary.loops += 1
+                if not self.loop:
+                    break
+        self.summary.elapsed_s = time.monotonic() - started
+        return self.summary
+
+
+def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Sequence[str]] = None,
+              clock: bool = True, wait_for_subscribers: float = 2.0) -> int:
+    """The ``safnet bag play`` command: an rclpy node that plays the bag until its end or Ctrl-C."""
+    import rclpy
+
+    rclpy.init()
+    node = rclpy.create_node("safnet_bag_player")
+    stop = threading.Event()
+    try:
+        player = BagPlayer(node, bag, rate=rate, loop=loop, topics=topics, clock=clock,
+                           wait_for_subscribers=wait_for_subscribers)
+        mode = "TransformStamped on the fallback topics" if player.tf_fallback else "tf2_msgs/TFMessage"
+        node.get_logger().info(f"playing {bag} at {rate}x; transforms as {mode}")
+        try:
+            summary = player.run(stop)
+        except KeyboardInterrupt:
+            stop.set()
+            summary = player.summary
+        print("\n".join(summary.lines()))
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

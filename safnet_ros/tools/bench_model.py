@@ -1,0 +1,263 @@
+"""``safnet bench model``: forward latency and peak memory of SAFNet vs PointNet++.
+
+For every preset x number of points x number of views it times the full model's
+forward pass (eval mode, ``torch.inference_mode``) on a synthetic chunk whose
+views are ``W x H`` (160 x 120) and fully valid (M = V * H * W back-projected
+pixels), and the PointNet++ baseline of the same preset on the same points.
+
+* Latency: the median of ``--repeats`` runs after ``--warmup`` runs, milliseconds
+  (on CUDA each run is synchronised). Also the median process CPU time per run
+  (``time.process_time``): with ``--threads 1`` it is the latency the run would
+  have on an idle core, which matters on a shared machine where other processes
+  inflate wall times (the load average is printed with the table).
+* Peak memory, over the warm-up and timed runs (activations and workspace; the
+  weights and the input are allocated before): on CUDA
+  ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` minus
+  the memory allocated before. On the CPU the growth of the process's peak
+  resident set: freed heap memory is first returned to the OS (glibc
+  ``malloc_trim``), then Linux ``VmHWM`` (``/proc/self/status``) is reset by
+  writing ``5`` to ``/proc/self/clear_refs`` and read after the runs, minus the
+  resident set at that moment; where that is unavailable, ``resource.getrusage``'s
+  ``ru_maxrss`` (lifetime peak, so later rows may read 0).
+
+The chunk: P sampled on a floor, two walls and a box inside a 1.5 x 1.5 m chunk,
+Q sampled on the same surfaces with 5 mm noise; labels are irrelevant here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from safnet_ros.errors import ConfigError
+
+__all__ = ["add_arguments", "run", "benchmark", "synthetic_bench_batch"]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--presets", type=_name_list, default=["paper", "lite"], help="comma-separated presets")
+    parser.add_argument("--points", type=_int_list, default=[8000, 25000], help="points per chunk, comma-separated")
+    parser.add_argument("--views", type=_int_list, default=[1, 3, 5], help="views per chunk, comma-separated")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--height", type=int, default=120)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+# ---------------------------------------------------------------------- input
+def synthetic_bench_batch(num_points: int, num_views: int, height: int, width: int, device: Any, seed: int = 0):
+    """A :class:`ChunkBatch` (B = 1) of ``num_points`` points and ``num_views`` views."""
+    import torch
+
+    from safnet_ros.model.batch import ChunkBatch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def on_surfaces(n: int) -> "torch.Tensor":
+        u = torch.rand(n, 3, generator=g)
+        which = torch.randint(0, 4, (n,), generator=g)
+        pts = torch.empty(n, 3)
+        pts[:, 0] = u[:, 0] * 1.5 - 0.75
+        pts[:, 1] = u[:, 1] * 1.5 - 0.75
+        pts[:, 2] = u[:, 2] * 2.5
+        pts[which == 0, 2] = 0.0  # floor
+        pts[which == 1, 0] = -0.75  # wall x
+        pts[which == 2, 1] = -0.75  # wall y
+        box = which == 3  # box top at 0.5 m over [-0.2, 0.3]^2
+        pts[box, 0] = u[box, 0] * 0.5 - 0.2
+        pts[box, 1] = u[box, 1] * 0.5 - 0.2
+        pts[box, 2] = 0.5
+        return pts
+
+    m = num_views * height * width
+    points = on_surfaces(num_points)
+    q = on_surfaces(m) + 0.005 * torch.randn(m, 3, generator=g)
+    batch = ChunkBatch(
+        points=points[None],
+        images=torch.randn(1, num_views, 3, height, width, generator=g),
+        q_points=q[None],
+        q_mask=torch.ones(1, m, dtype=torch.bool),
+        q_pixel=torch.randperm(m, generator=g)[None],
+    )
+    return batch.to(device)
+
+
+# ---------------------------------------------------------------------- measuring
+class _CpuPeak:
+    """Peak RSS growth (bytes) of this process around a block of work."""
+
+    def __init__(self) -> None:
+        self.proc = os.path.exists("/proc/self/clear_refs") and os.path.exists("/proc/self/status")
+
+    @staticmethod
+    def _status_kb(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        return 0
+
+    @staticmethod
+    def _trim() -> None:
+        """Give memory freed by earlier rows back to the OS (glibc), so it is not
+        counted as this row's floor or reused invisibly."""
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+    def start(self) -> None:
+        self._trim()
+        if self.proc:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS
+            except OSError:
+                self.proc = False
+        if self.proc:
+            self.base = self._status_kb("VmRSS") * 1024
+        else:
+            import resource
+
+            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def stop(self) -> int:
+        if self.proc:
+            return max(0, self._status_kb("VmHWM") * 1024 - self.base)
+        import resource
+
+        return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base)
+
+
+def _measure(fn: Callable[[], Any], device: Any, repeats: int, warmup: int) -> tuple[float, int, float]:
+    """(median wall ms, peak bytes, median process CPU ms) of ``fn``."""
+    import torch
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        peak = _CpuPeak()
+        peak.start()
+    for _ in range(warmup):
+        fn()
+    times, cpu_times = [], []
+    for _ in range(repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000.0)
+        cpu_times.append((time.process_time() - c0) * 1000.0)
+    used = (torch.cuda.max_memory_allocated() - before) if cuda else peak.stop()
+    return statistics.median(times), int(used), statistics.median(cpu_times)
+
+
+def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int], device: str = "auto",
+              repeats: int = 5, warmup: int = 1, height: int = 120, width: int = 160,
+              threads: int = 2) -> dict[str, Any]:
+    """Run the grid; returns ``{"machine": {...}, "rows": [...]}`` (one row per preset x points x views)."""
+    import torch
+
+    from safnet_ros.model.config import SafnetConfig
+    from safnet_ros.model.safnet import build_model
+
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but torch sees no CUDA device")
+    dev = torch.device(device)
+    torch.set_num_threads(max(1, threads))
+    configs = {name: SafnetConfig.preset(name) for name in presets}  # ConfigError on a bad name
+    rows: list[dict[str, Any]] = []
+    for name, cfg in configs.items():
+        model = build_model(cfg).to(dev).eval()
+        baseline = build_model(SafnetConfig.preset(name, variant="pointnet2")).to(dev).eval()
+        for n in points:
+            pn_ms = pn_mem = pn_cpu = None
+            for v in views:
+                batch = synthetic_bench_batch(n, v, height, width, dev)
+                with torch.inference_mode():
+                    if pn_ms is None:
+                        pn_ms, pn_mem, pn_cpu = _measure(lambda: baseline(batch), dev, repeats, warmup)
+                    ms, mem, cpu = _measure(lambda: model(batch), dev, repeats, warmup)
+                rows.append({
+                    "preset": name, "points": n, "views": v, "q_points": v * height * width,
+                    "safnet_ms": round(ms, 1), "pointnet2_ms": round(pn_ms, 1),
+                    "ratio": round(ms / pn_ms, 2) if pn_ms else None,
+                    "safnet_peak_mb": round(mem / 2**20, 1), "pointnet2_peak_mb": round(pn_mem / 2**20, 1),
+                    "safnet_cpu_ms": round(cpu, 1), "pointnet2_cpu_ms": round(pn_cpu, 1),
+                })
+                del batch
+        del model, baseline
+    machine = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine()),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "python": platform.python_version(), "image_size": [width, height], "repeats": repeats, "warmup": warmup,
+        "memory": "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS growth (VmHWM)",
+        "load_average": _load_average(),
+    }
+    return {"machine": machine, "rows": rows}
+
+
+def _load_average() -> list[float] | None:
+    """1/5/15-minute load averages (others' work on a shared machine inflates wall times)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def format_table(result: dict[str, Any]) -> str:
+    header = ("preset", "points", "views", "SAFNet ms", "PN++ ms", "ratio", "SAFNet MB", "PN++ MB",
+              "SAFNet CPU ms", "PN++ CPU ms")
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for r in result["rows"]:
+        lines.append(" | ".join(str(x) for x in (r["preset"], r["points"], r["views"], r["safnet_ms"],
+                                                  r["pointnet2_ms"], r["ratio"], r["safnet_peak_mb"],
+                                                  r["pointnet2_peak_mb"], r["safnet_cpu_ms"],
+                                                  r["pointnet2_cpu_ms"])))
+    m = result["machine"]
+    lines.append(f"\n{m['device']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+                 f"images {m['image_size'][0]}x{m['image_size'][1]}, median of {m['repeats']} after "
+                 f"{m['warmup']} warm-up; memory: {m['memory']}; load average {m['load_average']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = benchmark(args.presets, args.points, args.views, args.device, args.repeats, args.warmup,
+                       args.height, args.width, args.threads)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(result))
+    return 0

@@ -1,0 +1,267 @@
+"""The datasets over preprocessed scenes and ``safnet train`` (stages 2d and 3d, resume, DDP on gloo)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from safnet_ros.data.labels import IGNORE_INDEX
+from safnet_ros.errors import ConfigError, MissingDataError
+
+TINY_MODEL = {"preset": "lite", "overrides": {"pn_npoints": [128, 32, 16, 8], "pn_nsample": 8, "k": 8}}
+
+
+@pytest.fixture(scope="module")
+def pre_root(tmp_path_factory) -> Path:
+    from safnet_ros.data.preprocess import preprocess
+    from safnet_ros.data.synth import SynthConfig, generate_dataset
+
+    raw = tmp_path_factory.mktemp("raw")
+    generate_dataset(raw, 2, 5, SynthConfig(frames=8, color_size=(160, 120), depth_size=(160, 120),
+                                            vertex_spacing=0.1, progress=False), split="train")
+    out = tmp_path_factory.mktemp("pre")
+    summary = preprocess(str(raw), str(out), progress=False)
+    assert summary["done"] == 2
+    return out
+
+
+def _cfg(pre_root: Path, stage: str, **train) -> dict:
+    cfg = {
+        "stage": stage,
+        "device": "cpu",
+        "data": {"root": str(pre_root), "train_split": "train"},
+        "model": TINY_MODEL,
+        "train": {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 1, "lr_step_epochs": 1, **train},
+        "images": {"crop_wh": [64, 48]},
+        "chunks": {"num_points": 256, "views": 1, "chunks_per_scene": 1, "min_points": 50},
+    }
+    return cfg
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- datasets
+def test_chunk_dataset_views_and_augmentation_are_consistent(pre_root):
+    """Q (back-projected pixels of the chosen views, after augmentation) lies on P, and the
+    views are what greedy selection on the coverage table gives."""
+    from scipy.spatial import cKDTree
+
+    from safnet_ros.data.dataset import ChunkDataset, list_scenes
+    from safnet_ros.geometry.views import greedy_select
+
+    scenes = list_scenes(pre_root, "train")
+    plain = ChunkDataset(scenes, num_points=2048, num_views=3, chunks_per_scene=4, seed=3, train=False)
+    aug = ChunkDataset(scenes, num_points=2048, num_views=3, chunks_per_scene=4, seed=3, train=True)
+    near = total = 0
+    rotations = []
+    for i in range(len(plain)):
+        sample, info = plain[i]
+        a_sample, a_info = aug[i]
+        assert sample.points.shape == (2048, 3) and sample.images.shape == (3, 3, 120, 160)
+        assert sample.labels.shape == (2048,)
+        assert np.abs(sample.points[:, :2]).max() <= 0.75 + 1e-4  # chunk-local 1.5 m box
+        assert set(np.unique(sample.labels)) <= set(range(20)) | {IGNORE_INDEX}
+        assert info["frames"] == a_info["frames"]  # same draw, augmentation comes last
+        np.testing.assert_array_equal(sample.labels, a_sample.labels)
+        np.testing.assert_allclose(sample.points[:, 2], a_sample.points[:, 2], atol=1e-5)
+        # The augmentation is one rigid xy map (rotation, maybe a mirror) of P ...
+        X = np.c_[sample.points[:, :2], np.ones(2048)]
+        A, *_ = np.linalg.lstsq(X, a_sample.points[:, :2], rcond=None)
+        np.testing.assert_allclose(X @ A, a_sample.points[:, :2], atol=1e-4)
+        np.testing.assert_allclose(np.abs(np.linalg.det(A[:2])), 1.0, atol=1e-4)
+        rotations.append(np.degrees(np.arctan2(A[0, 1], A[0, 0])))
+        if info["views"] == 0:
+            assert len(sample.q_points) == 0
+            continue
+        # ... and the same map moves Q: the views' poses were transformed with the points.
+        common, ia, ib = np.intersect1d(sample.q_pixel, a_sample.q_pixel, return_indices=True)
+        assert len(common) > 100
+        q = np.c_[sample.q_points[ia, :2], np.ones(len(ia))] @ A
+        np.testing.assert_allclose(q, a_sample.q_points[ib, :2], atol=2e-3)
+        d, _ = cKDTree(sample.points).query(sample.q_points)
+        near += int((d < 0.1).sum())
+        total += len(d)
+        assert sample.q_pixel.max() < info["views"] * 120 * 160
+        assert len(info["frames"]) == len(set(info["frames"]))
+    assert total > 0 and near / total > 0.5, "Q does not lie on P"
+    assert np.ptp(rotations) > 10
+    # Without subsampling, selection equals greedy_select on the chunk's coverage columns.
+    scene = scenes[0]
+    idx = np.flatnonzero(np.abs(scene.points[:, 0] - np.median(scene.points[:, 0])) < 0.75)
+    expect = greedy_select(scene.coverage(idx), 3)
+    assert scene.select_views(idx, 3, max_base=10**9) == expect
+
+
+def test_chunks_centred_on_covered_points_always_get_a_view(pre_root):
+    from safnet_ros.data.dataset import ChunkDataset, list_scenes
+    from safnet_ros.data.preprocess import unpack_coverage
+
+    scenes = list_scenes(pre_root, "train")
+    s = scenes[0]
+    covered = s.covered_points()
+    table = unpack_coverage(s.coverage_bits, np.arange(len(s.coverage_index)))
+    np.testing.assert_array_equal(covered, s.coverage_index[table.any(axis=0)])
+    assert 0 < len(covered) < len(s.points)
+    ds = ChunkDataset(scenes, num_points=256, num_views=3, chunks_per_scene=10, centre_on_covered=True, seed=2)
+    assert all(ds[i][1]["views"] >= 1 for i in range(len(ds)))
+
+
+def test_chunk_dataset_blank_views_for_scene_without_frames(pre_root, tmp_path):
+    import shutil
+
+    from safnet_ros.data.dataset import ChunkDataset, PreprocessedScene
+    from safnet_ros.engine.batching import collate
+
+    src = next(p for p in pre_root.iterdir() if p.name.startswith("scene"))
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst)
+    # Same scene, zero frames (as preprocess writes a scene without a usable frame).
+    for name, shape, dtype in (("color", (0, 120, 160, 3), np.uint8), ("depth", (0, 120, 160), np.uint16),
+                               ("label2d", (0, 120, 160), np.uint8), ("poses", (0, 4, 4), np.float32),
+                               ("coverage_bits", (0, (len(np.load(src / "points.npy")) + 7) // 8), np.uint8)):
+        np.save(dst / f"{name}.npy", np.zeros(shape, dtype))
+    meta = (dst / "meta.json").read_text().replace('"num_frames": 8', '"num_frames": 0')
+    (dst / "meta.json").write_text(meta)
+    ds = ChunkDataset([PreprocessedScene(dst)], num_points=128, num_views=3, chunks_per_scene=2)
+    batch = collate([ds[0][0], ds[1][0]])
+    assert ds[0][1]["views"] == 0
+    assert batch.images.shape == (2, 3, 3, 120, 160)
+    assert not batch.q_mask.any()
+
+
+def test_image_dataset_crop_and_flip_keep_labels_aligned(pre_root):
+    from safnet_ros.data.dataset import ImageDataset, list_scenes
+    from safnet_ros.engine.batching import normalize_images
+
+    scenes = list_scenes(pre_root, "train")
+    plain = ImageDataset(scenes, train=False)
+    img, lab = plain[3]
+    s, f = plain.items[3]
+    np.testing.assert_array_equal(lab.numpy(), scenes[s].label2d[f])
+    aug = ImageDataset(scenes, train=True, crop_wh=(64, 48), flip=True, seed=1)
+    flips = 0
+    for i in range(len(aug)):
+        a_img, a_lab = aug[i]
+        assert a_img.shape == (3, 48, 64) and a_lab.shape == (48, 64)
+        s, f = aug.items[i]
+        full = normalize_images(np.asarray(scenes[s].color[f])[None])[0]
+        full_lab = np.asarray(scenes[s].label2d[f])
+        found = False
+        for flipped in (False, True):
+            ref = np.ascontiguousarray(full[:, :, ::-1] if flipped else full)
+            ref_lab = full_lab[:, ::-1] if flipped else full_lab
+            rows = np.lib.stride_tricks.sliding_window_view(ref[0], 64, axis=1)  # (120, 97, 64)
+            cand = np.argwhere(np.isclose(rows, a_img.numpy()[0, 0]).all(axis=-1))
+            for y, x in cand:
+                if y + 48 <= 120 and np.allclose(ref[:, y:y + 48, x:x + 64], a_img.numpy()) and \
+                        np.array_equal(ref_lab[y:y + 48, x:x + 64], a_lab.numpy()):
+                    found, flips = True, flips + flipped
+                    break
+            if found:
+                break
+        assert found, f"item {i}: the crop is not a crop of its frame with its labels"
+    assert 0 < flips < len(aug)
+
+
+# --------------------------------------------------------------------------- trainer
+@pytest.mark.slow
+def test_train_2d_then_3d_frozen_and_resume(pre_root, tmp_path):
+    from safnet_ros.engine.train import train
+    from safnet_ros.model.safnet import load_checkpoint
+
+    out2d = tmp_path / "run2d"
+    r2 = train(_cfg(pre_root, "2d"), out2d, progress=False)
+    assert r2.epochs_run == [0]
+    rows = _csv(out2d / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["0"] and rows[0]["stage"] == "2d"
+    assert float(rows[0]["lr"]) == pytest.approx(0.005) and np.isfinite(float(rows[0]["train_loss"]))
+    assert float(rows[0]["train_loss"]) > 0.1
+    m2, c2, extra = load_checkpoint(out2d / "checkpoints" / "epoch_000.pt")
+    assert extra["stage"] == "2d" and extra["epoch"] == 0
+    assert list((out2d / "tensorboard").glob("events.out.tfevents.*"))
+
+    cfg3 = _cfg(pre_root, "3d")
+    cfg3["init_2d"] = str(out2d / "model_last.pt")
+    out3d = tmp_path / "run3d"
+    train(cfg3, out3d, progress=False)
+    m3, c3, _ = load_checkpoint(out3d / "checkpoints" / "epoch_000.pt")
+    assert c3.freeze_2d
+    for (k, v2), (_, v3) in zip(m2.net2d.state_dict().items(), m3.net2d.state_dict().items()):
+        assert torch.equal(v2, v3), f"frozen 2D net changed: {k}"
+    fresh = m3.head.state_dict()
+    trained_any = any(not torch.equal(a, b) for a, b in zip(fresh.values(), m2.head.state_dict().values()))
+    assert trained_any, "the fusion head did not train"
+
+    # Resume: one more epoch continues from the checkpoint epoch, with the schedule.
+    cfg3["train"]["epochs"] = 2
+    r = train(cfg3, out3d, resume=True, progress=False)
+    assert r.epochs_run == [1]
+    rows = _csv(out3d / "metrics.csv")
+    assert [int(x["epoch"]) for x in rows] == [0, 1]
+    lrs = [float(x["lr"]) for x in rows]
+    np.testing.assert_allclose(lrs, [1e-3, 1e-4], rtol=1e-6)  # /10 every lr_step_epochs = 1 epoch
+    state = torch.load(out3d / "checkpoints" / "train_state.pt", weights_only=False)
+    assert state["epoch"] == 1 and (out3d / "checkpoints" / "epoch_001.pt").is_file()
+    m_resumed, _, extra = load_checkpoint(out3d / "model_last.pt")
+    assert extra["epoch"] == 1
+    for (k, v2), (_, v3) in zip(m2.net2d.state_dict().items(), m_resumed.net2d.state_dict().items()):
+        assert torch.equal(v2, v3), f"frozen 2D net changed after resume: {k}"
+    # Nothing left to do.
+    assert train(cfg3, out3d, resume=True, progress=False).epochs_run == []
+
+
+def test_resume_without_state_and_bad_config(pre_root, tmp_path):
+    from safnet_ros.cli import main
+    from safnet_ros.engine.train import load_config, train
+
+    with pytest.raises(MissingDataError):
+        train(_cfg(pre_root, "2d"), tmp_path / "none", resume=True, progress=False)
+    bad = _cfg(pre_root, "3d")
+    bad["train"]["lrr"] = 1
+    with pytest.raises(ConfigError, match="lrr"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="stage"):
+        load_config({**_cfg(pre_root, "3d"), "stage": "4d"})
+    with pytest.raises(ConfigError):
+        load_config({**_cfg(pre_root, "3d"), "model": {"preset": "huge"}})
+    y = tmp_path / "bad.yaml"
+    y.write_text("stage: 3d\ndata: {root: /nonexistent}\ntrain: {epochs: 0}\n")
+    assert main(["train", str(y)]) == 2
+
+
+def test_shipped_configs_load():
+    from safnet_ros.engine.train import load_config
+
+    root = Path(__file__).resolve().parents[1] / "config"
+    c2 = load_config(root / "train_synth_2d.yaml")
+    c3 = load_config(root / "train_synth_3d.yaml")
+    assert c2["stage"] == "2d" and c2["train"]["optimizer"] == "sgd" and c2["train"]["lr"] == 0.005
+    assert c3["stage"] == "3d" and c3["train"]["optimizer"] == "adam" and c3["train"]["lr"] == 0.001
+    assert c3["chunks"]["num_points"] == 8192
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(pre_root, tmp_path):
+    """Two CPU processes, gloo, file:// rendezvous: one synchronised step of stage 3d."""
+    import torch.multiprocessing as mp
+
+    from safnet_ros.engine.train import spawn_worker
+
+    cfg = _cfg(pre_root, "3d")
+    cfg["chunks"]["chunks_per_scene"] = 2
+    cfg["train"]["batch_size"] = 1
+    init = f"file://{tmp_path / 'rendezvous'}"
+    out = tmp_path / "ddp"
+    mp.spawn(spawn_worker, args=(2, init, cfg, str(out), False), nprocs=2, join=True)
+    rows = _csv(out / "metrics.csv")
+    assert len(rows) == 1
+    assert int(rows[0]["samples"]) == 2  # one chunk per rank, summed over both ranks
+    from safnet_ros.model.safnet import load_checkpoint
+
+    load_checkpoint(out / "checkpoints" / "epoch_000.pt")

@@ -1,135 +1,621 @@
-"""``safnet demo``: the whole offline chain on a synthetic ScanNet scene, no ROS needed.
+"""``safnet demo`` (``make demo``): a synthetic scene through a rosbag2 and the real ROS 2 node.
 
-synthetic scene in ScanNet's raw format -> ScanNet readers (.sens, PLY) ->
-posed views at 160x120 -> chunks with greedy view selection -> back-projection
--> SAFNet -> vote -> a labelled PLY, PNG renders (top and perspective views,
-class colours beside the ground truth and a similarity heat map) and the mIoU
-against the scene's ground truth with the mean latency.
+Default chain (6 stages, one ``[demo] k/6`` line each)::
+
+    synthetic ScanNet scene ─▶ rosbag2 (mcap, safnet bag convert) ─▶ BagPlayer ──rclpy/DDS (loopback)──▶
+    SegmentNode (shipped model) ─▶ ~/labeled_cloud ─▶ votes per mesh vertex ─▶ labelled PLY, PNG, mIoU
+
+* Transport is real: the player, the node and a listener are three rclpy nodes
+  of one process talking over DDS restricted to this machine
+  (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and a private ``ROS_DOMAIN_ID``
+  are set when unset, before rclpy starts).  Transforms reach the node through
+  the tf2 fallback topics when tf2 is not installed (see bag_play).
+* The bag's ``/points`` are mesh vertices in the camera's frustum, in ``map``
+  (the axis-aligned scene frame).  Each labelled point is matched back to its
+  scene vertex by nearest neighbour within :data:`MATCH_TOLERANCE_M`; a vertex
+  takes the majority of the labels it received.  Points farther than that, and
+  clouds not in ``map``, are counted and left out (never silently).
+* Scoring is over the vertices that received a label (coverage = those / all).
+* Latency is measured from the moment the listener receives a ``/points``
+  cloud to the moment it receives the labelled cloud with the same stamp (DDS
+  both ways, queueing and inference included); the node's own diagnostics
+  window mean is reported beside it.
+* The bag is played slower than real time (``--rate``, default 0.25) so that a
+  2-core CPU segments every cloud; clouds the node still drops are counted.
+  The model runs once on a few vertices before the replay (torch's first call
+  costs seconds), and the node's ``tf_timeout`` is 1 s instead of 0.1 s: on a
+  loaded machine DDS may deliver a transform after the cloud stamped with it.
+  The Segmenter has the node's default settings (:data:`NODE_SEGMENTER_SETTINGS`).
+
+``--offline`` runs the same scene and scoring without bag or node: the
+Segmenter over the whole mesh with every 5th frame as a candidate view.
 
 With no ``--model`` the shipped default model is used; when none is shipped an
-untrained model runs and its labels are meaningless (said loudly).
+untrained model runs, its labels are meaningless and every output says so.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+#: A labelled point is the scene vertex nearest to it within this distance (metres).
+MATCH_TOLERANCE_M = 1e-3
+#: Scene settings of ``--fast`` (the CI test): few frames, small images, a coarse mesh.
+FAST = {"frames": 24, "color_size": (80, 60), "depth_size": (80, 60), "vertex_spacing": 0.15}
+STAGES = 6
+#: The Segmenter settings of the node's defaults (config/segment.yaml): no chunk overlap, for latency.
+NODE_SEGMENTER_SETTINGS = {"num_views": 3, "chunk_size": 1.5, "chunk_stride": 1.5, "max_points": 100000,
+                           "voxel_size": 0.02, "crop_margin": 0.3}
+#: The node's ``tf_timeout`` in the demo (seconds; the node's default is 0.1 s for live sensors).
+TF_TIMEOUT_S = 1.0
+UNTRAINED_NOTE = "UNTRAINED model (none shipped): labels and mIoU are meaningless until one is trained (safnet train)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic scene (default 7)")
-    parser.add_argument("--frames", type=int, default=150, help="frames of the synthetic scene (default 150)")
-    parser.add_argument("--view-every", type=int, default=5,
-                        help="keep every N-th frame as a candidate view (default 5)")
-    parser.add_argument("--num-views", type=int, default=3, help="views per chunk (default 3)")
-    parser.add_argument("--chunk-stride", type=float, default=1.5,
-                        help="chunk stride in metres (default 1.5: no overlap, fast; 0.5 as the paper)")
+    parser.add_argument("--frames", type=int, default=None, help="frames of the synthetic scene (default 300)")
+    parser.add_argument("--fast", action="store_true",
+                        help="tiny scene (24 frames, 80x60 images, 15 cm vertex spacing) for CI")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="bag playback speed factor (default 0.25, 0.5 with --fast: slow enough for 2 CPU cores)")
+    parser.add_argument("--cloud-rate", type=float, default=None,
+                        help="/points rate in the bag, Hz (default 2, 4 with --fast)")
+    parser.add_argument("--offline", action="store_true",
+                        help="no bag, no node: the Segmenter over the whole scene (same scoring)")
     parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="run the whole chain on a synthetic scene (no ROS needed)",
+    parser = sub.add_parser("demo", help="synthetic scene -> bag -> the ROS 2 node -> labelled PLY, PNG, mIoU",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     parser.set_defaults(func=run)
 
 
+def _stage(k: int, text: str) -> None:
+    print(f"[demo] {k}/{STAGES} {text}", flush=True)
+
+
+# ----------------------------------------------------------------------------- votes per vertex
+
+
+@dataclass
+class VertexVotes:
+    """Labels voted per scene vertex from labelled clouds whose points are (copies of) those vertices.
+
+    vertices (N, 3) metres in the clouds' frame; num_classes C.  Vertices at
+    the same position (a mesh's seams) share their votes: a cloud point matches
+    a position, not one of its copies.  ``counts`` (P, C) int64 votes per
+    distinct position; ``similarity_sum``/``similarity_n`` (P,) for the mean S.
+    """
+
+    vertices: np.ndarray
+    num_classes: int
+    tolerance: float = MATCH_TOLERANCE_M
+    counts: np.ndarray = field(init=False)
+    similarity_sum: np.ndarray = field(init=False)
+    similarity_n: np.ndarray = field(init=False)
+    points_matched: int = 0
+    points_unmatched: int = 0
+    points_not_segmented: int = 0
+
+    def __post_init__(self) -> None:
+        from scipy.spatial import cKDTree
+
+        self.vertices = np.asarray(self.vertices, dtype=np.float64).reshape(-1, 3)
+        positions, inverse = np.unique(self.vertices, axis=0, return_inverse=True)
+        self._position_of_vertex = inverse.reshape(-1)  # (N,) index into positions
+        self._tree = cKDTree(positions)
+        p = len(positions)
+        self.counts = np.zeros((p, self.num_classes), dtype=np.int64)
+        self.similarity_sum = np.zeros(p, dtype=np.float64)
+        self.similarity_n = np.zeros(p, dtype=np.int64)
+
+    def add(self, xyz: np.ndarray, labels: np.ndarray, similarity: Optional[np.ndarray] = None) -> None:
+        """One cloud: xyz (M, 3) metres, labels (M,) class indices (>= C: not segmented), similarity (M,)."""
+        xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        p, k = self.counts.shape
+        finite = np.isfinite(xyz).all(axis=1)
+        dist = np.full(len(xyz), np.inf)
+        idx = np.full(len(xyz), p)
+        if finite.any():
+            dist[finite], idx[finite] = self._tree.query(xyz[finite], distance_upper_bound=self.tolerance)
+        matched = np.isfinite(dist)
+        self.points_unmatched += int((~matched).sum())
+        self.points_matched += int(matched.sum())
+        segmented = matched & (labels >= 0) & (labels < self.num_classes)
+        self.points_not_segmented += int((matched & ~segmented).sum())
+        v, c = idx[segmented], labels[segmented]
+        self.counts += np.bincount(v * k + c, minlength=p * k).reshape(p, k)
+        if similarity is not None:
+            s = np.asarray(similarity, dtype=np.float64).reshape(-1)[segmented]
+            ok = np.isfinite(s)
+            self.similarity_sum += np.bincount(v[ok], weights=s[ok], minlength=p)
+            self.similarity_n += np.bincount(v[ok], minlength=p)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """(N,) bool: vertices that received at least one label."""
+        return (self.counts.sum(axis=1) > 0)[self._position_of_vertex]
+
+    def labels(self) -> np.ndarray:
+        """(N,) int64 majority class per vertex (ties: the lower index); -1 where none was received."""
+        per_position = np.where(self.counts.sum(axis=1) > 0, self.counts.argmax(axis=1), -1)
+        return per_position[self._position_of_vertex]
+
+    def similarity(self) -> np.ndarray:
+        """(N,) mean similarity S per vertex; NaN where none was received."""
+        n = self.similarity_n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_position = np.where(n > 0, self.similarity_sum / np.maximum(n, 1), np.nan)
+        return per_position[self._position_of_vertex]
+
+
+# ----------------------------------------------------------------------------- the scene
+
+
+@dataclass
+class DemoScene:
+    """The synthetic scene as the demo scores it: vertices in map (N, 3) m, faces, truth (N,) class ids."""
+
+    name: str
+    path: Path
+    xyz: np.ndarray
+    faces: np.ndarray
+    truth: np.ndarray
+    frames: int
+    invalid_frames: int
+    generated_s: float
+
+
+def make_scene(out: Path, seed: int, frames: int, fast: bool, progress: bool) -> DemoScene:
+    """Generate (or reuse, when the same settings made it) the synthetic scene under ``out/data``."""
+    from safnet_ros.data.labels import nyu40_to_class
+    from safnet_ros.data.scannet import ScanNetScene
+    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset, scene_name
+
+    settings = {"seed": seed, "frames": frames, **(FAST if fast else {})}
+    cfg = SynthConfig(progress=progress, **{k: v for k, v in settings.items() if k != "seed"})
+    data_root = out / "data"
+    name = scene_name(seed, 0)
+    scene_dir = data_root / name
+    stamp = data_root / "demo_settings.json"
+    t0 = time.perf_counter()
+    wanted = json.dumps(settings, sort_keys=True, default=list)
+    if (scene_dir / f"{name}.sens").is_file() and stamp.is_file() and stamp.read_text() == wanted:
+        _stage(1, f"reusing synthetic scene {scene_dir}")
+    else:
+        _stage(1, f"generating synthetic scene {name} ({frames} frames, {cfg.color_size[0]}x{cfg.color_size[1]}) "
+                  f"in {data_root}")
+        generate_dataset(data_root, 1, seed, cfg, overwrite=True)
+        stamp.write_text(wanted)
+    with ScanNetScene(scene_dir) as scene:
+        xyz, _rgb = scene.load_points(aligned=True)
+        _xyz, _rgb2, faces = scene.load_mesh()
+        truth = nyu40_to_class(scene.load_nyu40()).astype(np.int64)
+        n_frames, n_invalid = len(scene.frames), scene.frames.num_invalid
+    return DemoScene(name, scene_dir, np.asarray(xyz, dtype=np.float64), faces, truth, n_frames, n_invalid,
+                     time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- replay through the node
+
+
+@dataclass
+class ReplayResult:
+    """What came back from the node: the labelled clouds' arrays and the counts that explain them."""
+
+    clouds: list = field(default_factory=list)  # (stamp ns, frame_id, structured array)
+    latencies_s: list = field(default_factory=list)
+    node_counters: dict = field(default_factory=dict)
+    node_latency_mean_s: float = float("nan")
+    node_last_timings: dict = field(default_factory=dict)
+    published: dict = field(default_factory=dict)
+    play_s: float = 0.0
+    backends: str = ""
+
+
+def ros_environment() -> dict[str, str]:
+    """Keep DDS on loopback with a private domain (set only when unset); returns what is in effect."""
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(101 + os.getpid() % 100))
+    return {k: os.environ[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
+
+
+def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds: int, progress: bool,
+                        settle_s: float = 5.0, timeout_s: float = 300.0) -> ReplayResult:
+    """Play ``bag`` into a :class:`SegmentNode` over rclpy/DDS and collect its ``~/labeled_cloud``.
+
+    Returns once every published cloud is accounted for (segmented or dropped)
+    and received, or nothing changed for ``settle_s`` after the bag ended.
+    """
+    ros_environment()
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import PointCloud2
+    from tqdm import tqdm
+
+    from safnet_ros.ros import codecs, compat
+    from safnet_ros.ros.segment_node import SegmentNode
+    from safnet_ros.tools import bag_io as bio
+    from safnet_ros.tools.bag_play import BagPlayer, qos
+
+    result = ReplayResult(backends=compat.backends())
+    lock = threading.Lock()
+    points_seen: dict[int, float] = {}
+    bar = tqdm(total=expected_clouds, desc="labelled clouds", unit="cloud", disable=not progress, leave=False)
+
+    def on_points(msg: PointCloud2) -> None:
+        with lock:
+            points_seen.setdefault(codecs.stamp_to_ns(msg.header.stamp), time.monotonic())
+
+    def on_labeled(msg: PointCloud2) -> None:
+        now = time.monotonic()
+        stamp = codecs.stamp_to_ns(msg.header.stamp)
+        arr = np.array(codecs.pointcloud2_to_array(msg))  # a copy: the message buffer is not ours
+        with lock:
+            result.clouds.append((stamp, msg.header.frame_id, arr))
+            if stamp in points_seen:
+                result.latencies_s.append(now - points_seen[stamp])
+        bar.update(1)
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
+    nodes: list = []
+    try:
+        node = SegmentNode(segmenter=segmenter, context=ctx, parameter_overrides=[
+            Parameter("rgb_topic", value=bio.COLOR_TOPIC), Parameter("depth_topic", value=bio.DEPTH_TOPIC),
+            Parameter("camera_info_topic", value=bio.CAMERA_INFO_TOPIC),
+            Parameter("cloud_topic", value=bio.POINTS_TOPIC), Parameter("use_sim_time", value=True),
+            # DDS on a loaded 2-core machine can deliver a transform after its cloud: wait longer than live
+            Parameter("tf_timeout", value=TF_TIMEOUT_S)])
+        nodes.append(node)
+        listener = rclpy.create_node("safnet_demo_listener", context=ctx)
+        nodes.append(listener)
+        listener.create_subscription(PointCloud2, f"/{node.get_name()}/labeled_cloud", on_labeled, qos(50, False))
+        listener.create_subscription(PointCloud2, bio.POINTS_TOPIC, on_points, qos(50, False))
+        executor.add_node(node)
+        executor.add_node(listener)
+        spinner = threading.Thread(target=executor.spin, name="safnet_demo_executor", daemon=True)
+        spinner.start()
+        player_node = rclpy.create_node("safnet_demo_player", context=ctx)
+        nodes.append(player_node)
+        player = BagPlayer(player_node, bag, rate=rate, wait_for_subscribers=10.0)
+        t0 = time.monotonic()
+        summary = player.run()
+        result.play_s = time.monotonic() - t0
+        result.published = dict(summary.published)
+        _wait_until_settled(node, result, lock, summary.published.get(bio.POINTS_TOPIC, 0), settle_s, timeout_s)
+        snap = node.stats.snapshot(len(node.buffer), node.buffer.nbytes, node.device)
+        result.node_counters = dict(snap.counters)
+        result.node_latency_mean_s = float(snap.latency_mean)
+        result.node_last_timings = dict(node.last_timings)
+    finally:
+        bar.close()
+        executor.shutdown(timeout_sec=2.0)
+        for n in reversed(nodes):
+            n.destroy_node()
+        rclpy.shutdown(context=ctx)
+    return result
+
+
+def _wait_until_settled(node: Any, result: ReplayResult, lock: threading.Lock, published: int,
+                        settle_s: float, timeout_s: float) -> None:
+    """Block until every published cloud is segmented or dropped and every labelled cloud received.
+
+    A cloud the node took but has not finished keeps the wait going (up to
+    ``timeout_s``); otherwise ``settle_s`` without any change ends it (clouds
+    lost on the way, or skipped for a missing transform, are then counted).
+    """
+    deadline = time.monotonic() + timeout_s
+    last_change, last_state = time.monotonic(), None
+    while time.monotonic() < deadline:
+        c = node.stats.snapshot(0, 0, "").counters
+        with lock:
+            got = len(result.clouds)
+        received, segmented = c.get("clouds_received", 0), c.get("clouds_segmented", 0)
+        handled = segmented + c.get("clouds_dropped", 0) + c.get("worker_errors", 0) + c.get("decode_errors", 0)
+        if received >= published and handled >= published and got >= segmented:
+            return
+        state = (received, handled, c.get("tf_failures", 0), got)
+        in_progress = received - handled - c.get("tf_failures", 0) > 0 or got < segmented
+        if state != last_state or in_progress:
+            last_state, last_change = state, time.monotonic()
+        elif time.monotonic() - last_change > settle_s:
+            return
+        time.sleep(0.05)
+
+
+def accumulate(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map") -> tuple[VertexVotes, int]:
+    """Votes per scene vertex from the labelled clouds; returns (votes, clouds left out for their frame)."""
+    from safnet_ros.data.labels import NUM_CLASSES
+
+    votes = VertexVotes(scene.xyz, NUM_CLASSES)
+    wrong_frame = 0
+    for _stamp, frame_id, arr in sorted(replay.clouds, key=lambda c: c[0]):
+        if frame_id.lstrip("/") != fixed_frame:
+            wrong_frame += 1  # the listener has no TF: such a cloud cannot be placed in the scene
+            continue
+        xyz = np.stack([arr["x"], arr["y"], arr["z"]], axis=1)
+        votes.add(xyz, arr["label"], arr["similarity"] if "similarity" in arr.dtype.names else None)
+    return votes, wrong_frame
+
+
+# ----------------------------------------------------------------------------- scoring and outputs
+
+
+def score(truth: np.ndarray, labels: np.ndarray) -> dict:
+    """mIoU / OA over the vertices with a label (labels >= 0); (N,) class indices each."""
+    from safnet_ros.engine.metrics import ConfusionMatrix
+
+    has = labels >= 0
+    cm = ConfusionMatrix()
+    cm.add(truth[has], labels[has])
+    out = cm.summary()
+    out["labelled_vertices"] = int(has.sum())
+    out["coverage"] = float(has.mean()) if len(has) else 0.0
+    return out
+
+
+def write_outputs(out: Path, scene: DemoScene, labels: np.ndarray, similarity: np.ndarray,
+                  title: str) -> tuple[Path, Path]:
+    """The labelled PLY (unlabelled vertices grey, nyu40 0) and the PNG renders; returns their paths."""
+    from safnet_ros.data.labels import class_colors, class_to_nyu40
+    from safnet_ros.data.ply import write_scannet_mesh
+    from safnet_ros.tools.render import render_cloud_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    ply_path = out / f"{scene.name}_labeled.ply"
+    write_scannet_mesh(ply_path, scene.xyz.astype(np.float32), class_colors(labels), scene.faces,
+                       labels=class_to_nyu40(labels))
+    png_path = render_cloud_png(out / f"{scene.name}_labeled.png", scene.xyz, labels, similarity=similarity,
+                                truth=scene.truth, title=title)
+    return ply_path, png_path
+
+
+def _title(scene: DemoScene, summary: dict, untrained: bool, how: str) -> str:
+    return (f"{scene.name} via {how}: mIoU {100 * summary['miou']:.1f}% over "
+            f"{100 * summary['coverage']:.0f}% of the vertices" + ("  (UNTRAINED model)" if untrained else ""))
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    import numpy as np
-
-    from safnet_ros.data.labels import class_colors, class_to_nyu40, nyu40_to_class
-    from safnet_ros.data.ply import write_scannet_mesh
-    from safnet_ros.data.scannet import ScanNetScene
-    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset, scene_name
-    from safnet_ros.engine.batching import prepare_view
-    from safnet_ros.engine.inference import Segmenter
-    from safnet_ros.engine.metrics import ConfusionMatrix
-    from safnet_ros.tools.render import render_cloud_png
-
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    frames = args.frames if args.frames is not None else (FAST["frames"] if args.fast else 300)
+    if args.rate is None:
+        args.rate = 0.5 if args.fast else 0.25
+    if args.cloud_rate is None:
+        args.cloud_rate = 4.0 if args.fast else 2.0
+    check_arguments(frames, args.rate, args.cloud_rate)
+    progress = not args.no_progress
     out = Path(args.out)
-    data_root = out / "data"
-    name = scene_name(args.seed, 0)
-    scene_dir = data_root / name
-    t0 = time.perf_counter()
-    if not (scene_dir / f"{name}.sens").is_file():
-        print(f"[demo] 1/5 generating synthetic scene {name} ({args.frames} frames) in {data_root}")
-        generate_dataset(data_root, 1, args.seed, SynthConfig(frames=args.frames), overwrite=True)
+    started = time.perf_counter()
+    scene = make_scene(out, args.seed, frames, args.fast, progress)
+    report = run_offline(args, out, scene) if args.offline else run_with_node(args, out, scene, progress)
+    report["total_s"] = time.perf_counter() - started
+    (out / "summary.json").write_text(json.dumps(json_safe(report), indent=2))
+    if args.json:
+        print(json.dumps(json_safe(report)))
     else:
-        print(f"[demo] 1/5 reusing synthetic scene {scene_dir}")
-    t_synth = time.perf_counter() - t0
+        print_summary(report)
+    return 0
 
-    print("[demo] 2/5 reading it back with the ScanNet readers")
-    with ScanNetScene(scene_dir) as scene:
-        xyz, _rgb, faces = scene.load_mesh()
-        truth = nyu40_to_class(scene.load_nyu40()).astype(np.int64)
-        frames = scene.frames
-        K_depth = frames.intrinsic_depth
-        views = []
-        for i in frames.valid_indices[:: max(1, args.view_every)]:
+
+def check_arguments(frames: int, rate: float, cloud_rate: float) -> None:
+    """ConfigError before any work for a frame count < 1 or rates that are not positive."""
+    from safnet_ros.errors import ConfigError
+
+    if frames < 1:
+        raise ConfigError(f"--frames must be >= 1, got {frames}")
+    if not (np.isfinite(rate) and rate > 0):
+        raise ConfigError(f"--rate must be a positive speed factor, got {rate}")
+    if not (np.isfinite(cloud_rate) and cloud_rate > 0):
+        raise ConfigError(f"--cloud-rate must be positive (the demo needs /points), got {cloud_rate}")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN / inf floats as None (strict JSON) and numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _load_segmenter(args: argparse.Namespace, stage: int) -> Any:
+    from safnet_ros.engine.inference import Segmenter
+
+    _stage(stage, f"loading the model ({args.model or 'shipped default'})")
+    seg = Segmenter.from_checkpoint(args.model, device=args.device, **NODE_SEGMENTER_SETTINGS)
+    if seg.untrained:
+        print(f"[demo]     !! {UNTRAINED_NOTE}", flush=True)
+    return seg
+
+
+def warm_up(seg: Any, scene: DemoScene, points: int = 2000) -> float:
+    """Segment a few vertices with the scene's first view once (torch's first call is slow); returns seconds."""
+    from safnet_ros.data.scannet import ScanNetScene
+    from safnet_ros.engine.batching import prepare_view
+
+    t0 = time.perf_counter()
+    with ScanNetScene(scene.path) as s:
+        frames = s.frames
+        f = frames.get(frames.valid_indices[0])
+        view = prepare_view(f.color, f.depth, frames.intrinsic_depth, s.axis_alignment @ f.camera_to_world,
+                            stamp=f.timestamp_us * 1e-6)
+    pick = np.random.default_rng(0).choice(len(scene.xyz), min(points, len(scene.xyz)), replace=False)
+    seg.segment(scene.xyz[pick], [view])
+    return time.perf_counter() - t0
+
+
+def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progress: bool) -> dict:
+    from safnet_ros.tools.bag_convert import convert_scene
+
+    bag = out / f"{scene.name}.mcap_bag"
+    _stage(2, f"converting it to a rosbag2 (mcap, /points at {args.cloud_rate} Hz): {bag}")
+    conv = convert_scene(scene.path, bag, storage="mcap", cloud_rate=args.cloud_rate, overwrite=True,
+                         progress=progress)
+    seg = _load_segmenter(args, 3)
+    warmup_s = warm_up(seg, scene)
+    print(f"[demo]     model warmed up in {warmup_s:.1f} s (first-call overhead kept out of the latency)", flush=True)
+    env = ros_environment()
+    _stage(4, f"replaying {conv.clouds_written} clouds, {conv.frames_written} frames at {args.rate}x through "
+              f"the safnet_segment node over rclpy/DDS (domain {env['ROS_DOMAIN_ID']}, loopback)")
+    replay = replay_through_node(bag, seg, args.rate, conv.clouds_written, progress)
+    _stage(5, f"accumulating {len(replay.clouds)} labelled clouds on {len(scene.xyz)} scene vertices and scoring")
+    votes, wrong_frame = accumulate(scene, replay)
+    labels = votes.labels()
+    summary = score(scene.truth, labels)
+    _stage(6, "writing the labelled PLY and rendering the PNG")
+    ply_path, png_path = write_outputs(out, scene, labels, votes.similarity(),
+                                       _title(scene, summary, seg.untrained, "bag + ROS 2 node"))
+    c = replay.node_counters
+    lat = np.asarray(replay.latencies_s, dtype=np.float64)
+    return {
+        "mode": "bag+node",
+        "scene": scene.name,
+        "vertices": int(len(scene.xyz)),
+        "frames": scene.frames,
+        "invalid_frames": scene.invalid_frames,
+        "bag": str(bag),
+        "bag_frames": conv.frames_written,
+        "bag_clouds": conv.clouds_written,
+        "bag_duration_s": conv.duration_s,
+        "playback_rate": args.rate,
+        "play_s": replay.play_s,
+        "published": replay.published,
+        "transport": f"rclpy over DDS ({os.environ.get('RMW_IMPLEMENTATION', 'default rmw')}, "
+                     f"{os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE']}, domain {os.environ['ROS_DOMAIN_ID']})",
+        "tf_backend": replay.backends,
+        "labeled_clouds_received": len(replay.clouds),
+        "clouds_not_in_map": wrong_frame,
+        "node_counters": c,
+        "points_matched": votes.points_matched,
+        "points_unmatched": votes.points_unmatched,
+        "points_not_segmented": votes.points_not_segmented,
+        "device": str(seg.device),
+        "untrained_model": bool(seg.untrained),
+        "miou": summary["miou"],
+        "oa": summary["oa"],
+        "per_class": summary["per_class"],
+        "labelled_vertices": summary["labelled_vertices"],
+        "coverage": summary["coverage"],
+        "latency_mean_s": float(lat.mean()) if lat.size else float("nan"),
+        "latency_max_s": float(lat.max()) if lat.size else float("nan"),
+        "latency_clouds": int(lat.size),
+        "node_latency_window_mean_s": replay.node_latency_mean_s,
+        "node_last_timings_s": replay.node_last_timings,
+        "synth_s": scene.generated_s,
+        "convert_s": conv.elapsed_s,
+        "warmup_s": warmup_s,
+        "ply": str(ply_path),
+        "png": str(png_path),
+    }
+
+
+def run_offline(args: argparse.Namespace, out: Path, scene: DemoScene) -> dict:
+    from safnet_ros.data.scannet import ScanNetScene
+    from safnet_ros.engine.batching import prepare_view
+
+    _stage(2, "no bag, no node (--offline): reading the frames back with the ScanNet readers")
+    views = []
+    with ScanNetScene(scene.path) as s:
+        align = s.axis_alignment
+        frames = s.frames
+        for i in frames.valid_indices[::5]:
             f = frames.get(i)
-            views.append(prepare_view(f.color, f.depth, K_depth, f.camera_to_world,
+            views.append(prepare_view(f.color, f.depth, frames.intrinsic_depth, align @ f.camera_to_world,
                                       stamp=f.timestamp_us * 1e-6))
-        num_frames, num_invalid = len(frames), frames.num_invalid
-
-    print(f"[demo] 3/5 loading the model ({args.model or 'shipped default'})")
-    seg = Segmenter.from_checkpoint(args.model, device=args.device, num_views=args.num_views,
-                                    chunk_stride=args.chunk_stride)
-    print(f"[demo] 4/5 segmenting {len(xyz)} points with {len(views)} candidate views on {seg.device}")
-    result = seg.segment(xyz, views)
-
-    print("[demo] 5/5 scoring and rendering")
-    cm = ConfusionMatrix()
-    cm.add(truth, result.labels)
-    summary = cm.summary()
-    out.mkdir(parents=True, exist_ok=True)
-    ply_path = out / f"{name}_labeled.ply"
-    write_scannet_mesh(ply_path, xyz, class_colors(result.labels), faces, labels=class_to_nyu40(result.labels))
-    png_path = render_cloud_png(
-        out / f"{name}_labeled.png", xyz, result.labels, similarity=result.s, truth=truth,
-        title=f"{name}: mIoU {100 * summary['miou']:.1f}%"
-              + (" (UNTRAINED model)" if seg.untrained else ""),
-    )
-    report = {
-        "scene": name,
-        "points": int(len(xyz)),
-        "frames": int(num_frames),
-        "invalid_frames": int(num_invalid),
+    seg = _load_segmenter(args, 3)
+    _stage(4, f"segmenting {len(scene.xyz)} vertices with {len(views)} candidate views on {seg.device}")
+    result = seg.segment(scene.xyz, views)
+    _stage(5, "scoring")
+    labels = np.asarray(result.labels).astype(np.int64)
+    summary = score(scene.truth, labels)
+    _stage(6, "writing the labelled PLY and rendering the PNG")
+    ply_path, png_path = write_outputs(out, scene, labels, result.s,
+                                       _title(scene, summary, seg.untrained, "offline Segmenter"))
+    return {
+        "mode": "offline",
+        "scene": scene.name,
+        "vertices": int(len(scene.xyz)),
+        "frames": scene.frames,
+        "invalid_frames": scene.invalid_frames,
         "candidate_views": len(views),
         "views_used": len(result.views_used),
         "chunks": result.num_chunks,
         "device": str(seg.device),
-        "untrained_model": seg.untrained,
+        "untrained_model": bool(seg.untrained),
         "miou": summary["miou"],
         "oa": summary["oa"],
         "per_class": summary["per_class"],
-        "latency_s": result.timings,
-        "mean_latency_per_chunk_s": result.timings["model"] / max(1, result.num_chunks),
-        "synth_s": t_synth,
+        "labelled_vertices": summary["labelled_vertices"],
+        "coverage": summary["coverage"],
+        "latency_mean_s": float(result.timings["total"]),
+        "segment_timings_s": result.timings,
+        "synth_s": scene.generated_s,
         "ply": str(ply_path),
         "png": str(png_path),
-        "warnings": result.warnings,
+        "warnings": list(result.warnings),
     }
-    (out / "summary.json").write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    print()
-    print(f"  scene            {name}: {len(xyz)} points, {num_frames} frames ({num_invalid} invalid)")
-    print(f"  views            {len(views)} candidates, {len(result.views_used)} used by {result.num_chunks} chunks")
-    print(f"  device           {seg.device}")
-    print(f"  mIoU / OA        {100 * summary['miou']:.1f} % / {100 * summary['oa']:.1f} %"
-          + ("   <- UNTRAINED model: meaningless until a model is trained (safnet train)" if seg.untrained else ""))
-    print(f"  latency          {result.timings['total']:.2f} s for the whole scene, "
-          f"{1000 * report['mean_latency_per_chunk_s']:.0f} ms per chunk")
-    for w in result.warnings:
-        print(f"  warning          {w}")
-    print(f"  labelled PLY     {ply_path}")
-    print(f"  rendering        {png_path}")
-    return 0
+
+
+def print_summary(r: dict) -> None:
+    """The final summary block."""
+    w = sys.stdout.write
+    w("\n== safnet demo " + "=" * 60 + "\n")
+    w(f"  scene            {r['scene']}: {r['vertices']} vertices, {r['frames']} frames "
+      f"({r['invalid_frames']} invalid)\n")
+    if r["mode"] == "bag+node":
+        c = r["node_counters"]
+        w(f"  bag              {r['bag']}: {r['bag_frames']} frames, {r['bag_clouds']} clouds, "
+          f"{r['bag_duration_s']:.1f} s, played at {r['playback_rate']}x in {r['play_s']:.1f} s\n")
+        w(f"  transport        {r['transport']}\n")
+        w(f"  ROS shims        {r['tf_backend']}\n")
+        w(f"  node             {c.get('frames_synced', 0)} frames synced, {c.get('views_kept', 0)} views kept, "
+          f"{c.get('clouds_received', 0)} clouds in, {c.get('clouds_segmented', 0)} segmented, "
+          f"{c.get('clouds_dropped', 0)} dropped, {c.get('tf_failures', 0)} TF failures\n")
+        w(f"  labelled clouds  {r['labeled_clouds_received']} received on ~/labeled_cloud"
+          + (f", {r['clouds_not_in_map']} not in map (left out)" if r["clouds_not_in_map"] else "") + "\n")
+        w(f"  points           {r['points_matched']} matched to scene vertices, {r['points_unmatched']} unmatched, "
+          f"{r['points_not_segmented']} not segmented (label 255)\n")
+    else:
+        w(f"  offline          {r['candidate_views']} candidate views, {r['views_used']} used by "
+          f"{r['chunks']} chunks (no bag, no node)\n")
+    w(f"  device           {r['device']}\n")
+    w(f"  coverage         {r['labelled_vertices']} / {r['vertices']} vertices labelled "
+      f"({100 * r['coverage']:.1f} %)\n")
+    w(f"  mIoU / OA        {100 * r['miou']:.1f} % / {100 * r['oa']:.1f} % over the labelled vertices\n")
+    if r["untrained_model"]:
+        w(f"  !! model         {UNTRAINED_NOTE}\n")
+    if r["mode"] == "bag+node":
+        w(f"  latency          {1000 * r['latency_mean_s']:.0f} ms mean, {1000 * r['latency_max_s']:.0f} ms max "
+          f"(cloud in -> labelled cloud out, over DDS, {r['latency_clouds']} clouds); node diagnostics window "
+          f"mean {1000 * r['node_latency_window_mean_s']:.0f} ms\n")
+    else:
+        w(f"  latency          {r['latency_mean_s']:.2f} s for the whole scene\n")
+    w(f"  labelled PLY     {r['ply']}\n")
+    w(f"  rendering        {r['png']}\n")
+    w(f"  summary          {Path(r['ply']).parent / 'summary.json'}   ({r['total_s']:.0f} s in all)\n")
+    sys.stdout.flush()

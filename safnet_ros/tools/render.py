@@ -2,7 +2,8 @@
 
 Rows are the two views; columns are the predicted classes (ScanNet colours),
 the ground truth when given, and a similarity heat map (S in [0, 1+]: where the
-image features were trusted). Points are splatted far-to-near so nearer points
+image features were trusted). Points without a prediction (a negative label,
+e.g. never seen by the node) are drawn light grey, and so is an unknown S. Points are splatted far-to-near so nearer points
 cover farther ones, which is what a viewer expects of a 3D scene.
 """
 from __future__ import annotations
@@ -13,6 +14,17 @@ from typing import Optional
 import numpy as np
 
 from safnet_ros.data.labels import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES, class_colors
+
+#: Colour of points without a prediction (RGB 0..1).
+UNLABELLED_COLOR = (0.82, 0.82, 0.82)
+
+
+def label_colors(labels: np.ndarray) -> np.ndarray:
+    """(N,) class indices -> (N, 3) RGB in [0, 1]: ScanNet colours, negatives (no label) light grey."""
+    labels = np.asarray(labels).astype(np.int64)
+    colors = class_colors(np.clip(labels, 0, None)) / 255.0
+    colors[labels < 0] = UNLABELLED_COLOR
+    return colors
 
 
 def _perspective(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,16 +75,16 @@ def render_cloud_png(
     if len(idx) > max_points:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
     xyz = xyz[idx]
-    columns: list[tuple[str, np.ndarray]] = [("prediction", class_colors(np.asarray(labels)[idx]) / 255.0)]
+    columns: list[tuple[str, np.ndarray]] = [("prediction", label_colors(np.asarray(labels)[idx]))]
     if truth is not None:
-        columns.append(("ground truth", class_colors(np.asarray(truth)[idx]) / 255.0))
+        columns.append(("ground truth", label_colors(np.asarray(truth)[idx])))
     if similarity is not None:
         sim = np.asarray(similarity, dtype=np.float64)[idx]
         cmap = plt.get_cmap("inferno")
         finite = np.isfinite(sim)
         norm = np.clip(np.where(finite, sim, 0.0), 0.0, 1.0)
         rgba = cmap(norm)
-        rgba[~finite] = (0.6, 0.6, 0.6, 1.0)
+        rgba[~finite] = (*UNLABELLED_COLOR, 1.0)
         columns.append(("similarity S (2D weight)", rgba[:, :3]))
 
     uv, depth = _perspective(xyz)
@@ -80,7 +92,12 @@ def render_cloud_png(
         ("top view", xyz[:, :2], np.argsort(xyz[:, 2])),  # low first: high points on top
         ("perspective", uv, np.argsort(-depth)),  # far first
     ]
-    fig, axes = plt.subplots(2, len(columns), figsize=(5.2 * len(columns), 9.5), squeeze=False)
+    # rows as tall as their views are (equal aspect), so no band of white between them
+    aspects = [float(np.clip(np.ptp(c[:, 1]) / max(np.ptp(c[:, 0]), 1e-9), 0.3, 1.5)) if len(c) else 0.75
+               for _n, c, _o in views]
+    panel_w = 4.6
+    fig, axes = plt.subplots(2, len(columns), figsize=(5.2 * len(columns), panel_w * sum(aspects) + 2.2),
+                             squeeze=False, gridspec_kw={"height_ratios": aspects})
     size = float(np.clip(40000.0 / max(len(xyz), 1), 0.3, 6.0))
     for r, (vname, coords, order) in enumerate(views):
         for c, (cname, colors) in enumerate(columns):
@@ -95,6 +112,8 @@ def render_cloud_png(
     if truth is not None:
         present = np.union1d(present, np.unique(np.asarray(truth)[idx]))
     handles = [Patch(color=CLASS_COLORS[k] / 255.0, label=CLASS_NAMES[k]) for k in present if 0 <= k < NUM_CLASSES]
+    if (np.asarray(labels)[idx] < 0).any():
+        handles.append(Patch(color=UNLABELLED_COLOR, label="no label received"))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(10, len(handles)), fontsize=8, frameon=False)
     if similarity is not None:
@@ -102,7 +121,8 @@ def render_cloud_png(
         fig.colorbar(sm, ax=axes[:, -1].tolist(), fraction=0.04, pad=0.02, label="S")
     if title:
         fig.suptitle(title, fontsize=12)
-    fig.subplots_adjust(bottom=0.08, top=0.93, wspace=0.05, hspace=0.08)
+    height = fig.get_figheight()
+    fig.subplots_adjust(bottom=1.0 / height, top=1.0 - 0.75 / height, wspace=0.05, hspace=0.12)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

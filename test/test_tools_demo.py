@@ -1,0 +1,159 @@
+"""``safnet demo``: votes per vertex, rendering, and the whole chain end to end (slow).
+
+The end-to-end test runs the real chain on a tiny synthetic scene (``--fast``:
+24 frames, 80x60 images, 15 cm vertex spacing): ScanNet files -> rosbag2 (mcap)
+-> BagPlayer -> SegmentNode over rclpy/DDS (loopback, the conftest's private
+domain) -> labelled clouds -> PLY, PNG, summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+from safnet_ros.data.labels import NUM_CLASSES, class_to_nyu40
+from safnet_ros.data.ply import read_mesh, read_vertex_labels
+from safnet_ros.tools.demo import VertexVotes, add_arguments, json_safe, run, score
+from safnet_ros.tools.render import UNLABELLED_COLOR, label_colors, render_cloud_png
+
+
+def _grid(n: int = 5, step: float = 0.1) -> np.ndarray:
+    g = np.arange(n) * step
+    gx, gy = np.meshgrid(g, g)
+    return np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], axis=1)
+
+
+# ----------------------------------------------------------------------------- VertexVotes
+
+
+def test_votes_take_the_majority_per_vertex_and_leave_unseen_vertices_unlabelled():
+    xyz = _grid()
+    votes = VertexVotes(xyz, NUM_CLASSES)
+    votes.add(xyz[:10], np.full(10, 3), np.full(10, 0.2))
+    votes.add(xyz[:10] + 2e-4, np.full(10, 5), np.full(10, 0.6))  # within 1 mm: the same vertices
+    votes.add(xyz[:4], np.full(4, 5), np.full(4, 1.0))
+    labels = votes.labels()
+    assert labels[:4].tolist() == [5] * 4  # 2 votes for 5, 1 for 3
+    assert labels[4:10].tolist() == [3] * 6  # a 1-1 tie goes to the lower class
+    assert (labels[10:] == -1).all() and votes.labelled.sum() == 10
+    assert np.allclose(votes.similarity()[:4], (0.2 + 0.6 + 1.0) / 3)
+    assert np.allclose(votes.similarity()[4:10], 0.4)
+    assert np.isnan(votes.similarity()[10:]).all()
+    assert votes.points_matched == 24 and votes.points_unmatched == 0
+
+
+def test_votes_count_points_off_the_mesh_and_unsegmented_labels():
+    xyz = _grid()
+    votes = VertexVotes(xyz, NUM_CLASSES)
+    far = xyz[:3] + np.array([0.0, 0.0, 0.002])  # 2 mm off: no vertex
+    nan = np.full((1, 3), np.nan)
+    votes.add(np.concatenate([far, nan, xyz[3:5]]), np.array([1, 1, 1, 1, 255, 7]))
+    assert votes.points_unmatched == 4 and votes.points_matched == 2 and votes.points_not_segmented == 1
+    assert votes.labels()[4] == 7 and votes.labelled.sum() == 1
+
+
+def test_votes_are_shared_by_vertices_at_the_same_position():
+    """Mesh seams duplicate vertices; a cloud point labels every copy, not one at random."""
+    xyz = np.concatenate([_grid(), _grid()[:5]])
+    votes = VertexVotes(xyz, NUM_CLASSES)
+    votes.add(xyz[:5], np.arange(5))
+    labels = votes.labels()
+    assert labels[:5].tolist() == list(range(5)) and labels[-5:].tolist() == list(range(5))
+
+
+def test_score_is_over_labelled_vertices_only():
+    truth = np.array([0, 0, 1, 1, 2, 2])
+    labels = np.array([0, 0, 1, -1, -1, -1])
+    s = score(truth, labels)
+    assert s["labelled_vertices"] == 3 and math.isclose(s["coverage"], 0.5)
+    assert math.isclose(s["miou"], 1.0) and math.isclose(s["oa"], 1.0)
+
+
+def test_summary_json_is_strict_json():
+    value = json_safe({"miou": float("nan"), "n": np.int64(3), "per_class": {"wall": np.float32(0.5)},
+                       "l": [float("inf"), 1.0]})
+    text = json.dumps(value, allow_nan=False)  # raises on NaN / inf
+    assert json.loads(text) == {"miou": None, "n": 3, "per_class": {"wall": 0.5}, "l": [None, 1.0]}
+
+
+# ----------------------------------------------------------------------------- render
+
+
+def test_label_colors_draw_unlabelled_points_grey():
+    colors = label_colors(np.array([-1, 0, 1]))
+    assert np.allclose(colors[0], UNLABELLED_COLOR)
+    assert not np.allclose(colors[1], colors[2]) and (colors <= 1.0).all()
+
+
+def test_render_writes_a_png_with_both_views(tmp_path):
+    from PIL import Image
+
+    xyz = np.random.default_rng(0).uniform(0, 3, (500, 3))
+    labels = np.repeat(np.arange(5), 100) - 1  # includes unlabelled points
+    path = render_cloud_png(tmp_path / "r.png", xyz, labels, similarity=np.linspace(0, 1, 500),
+                            truth=np.repeat(np.arange(5), 100), title="t")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > im.height  # 3 columns beside each other, 2 rows
+        px = np.asarray(im.convert("RGB"))
+    assert len(np.unique(px.reshape(-1, 3), axis=0)) > 20  # not a blank canvas
+
+
+@pytest.mark.parametrize("argv", [("--rate", "0"), ("--cloud-rate", "-1"), ("--frames", "0"), ("--rate", "nan")])
+def test_bad_arguments_fail_before_any_work(tmp_path, argv):
+    from safnet_ros.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=argv[0]):
+        run(_demo_args("--out", str(tmp_path / "d"), *argv))
+    assert not (tmp_path / "d").exists()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _demo_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.slow
+def test_fast_demo_runs_the_whole_chain_through_the_node(tmp_path, capsys):
+    from PIL import Image
+
+    from safnet_ros.engine.inference import default_model_path
+
+    out = tmp_path / "demo"
+    assert run(_demo_args("--fast", "--out", str(out), "--no-progress")) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "bag+node"
+    # the labelled clouds came through the node over DDS
+    c = summary["node_counters"]
+    assert summary["labeled_clouds_received"] > 0
+    assert c["clouds_segmented"] == summary["labeled_clouds_received"]
+    assert c["frames_synced"] > 0 and c["views_kept"] > 0 and c["worker_errors"] == 0
+    assert summary["published"]["/points"] == summary["bag_clouds"] > 0
+    assert summary["points_matched"] > 0 and summary["points_unmatched"] == 0  # /points are mesh vertices
+    assert summary["clouds_not_in_map"] == 0
+    # scored over > 0 labelled vertices
+    assert 0 < summary["labelled_vertices"] < summary["vertices"]
+    assert math.isclose(summary["coverage"], summary["labelled_vertices"] / summary["vertices"])
+    assert 0.0 <= summary["miou"] <= 1.0
+    assert summary["latency_clouds"] > 0 and 0 < summary["latency_mean_s"] < 60
+    # PLY: every scene vertex, labelled ones with a nyu40 id, the rest 0
+    xyz, rgb, faces = read_mesh(summary["ply"])
+    nyu = read_vertex_labels(summary["ply"])
+    assert len(xyz) == summary["vertices"] and len(faces) > 0
+    assert (nyu > 0).sum() == summary["labelled_vertices"]
+    assert set(np.unique(nyu[nyu > 0])) <= set(class_to_nyu40(np.arange(NUM_CLASSES)).tolist())
+    with Image.open(summary["png"]) as im:
+        im.verify()
+        assert im.format == "PNG" and im.width > 500
+    # the untrained model is reported when none is shipped
+    shipped = default_model_path() is not None
+    assert summary["untrained_model"] is (not shipped)
+    assert ("UNTRAINED" in printed) is (not shipped)
+    assert "[demo] 6/6" in printed and "mIoU" in printed

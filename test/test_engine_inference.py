@@ -58,6 +58,7 @@ def test_no_views_segments_everything_3d_only():
     assert result.segmented.all()
     assert ((result.labels >= 0) & (result.labels < 20)).all()
     assert result.views_used == []
+    assert result.num_chunks > 0 and result.chunks_without_views == result.num_chunks
 
 
 def test_crop_to_what_the_views_cover():

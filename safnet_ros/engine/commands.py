@@ -33,3 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
     parser.set_defaults(func=run_train)
+    register_eval(sub)
+
+
+def register_eval(sub: argparse._SubParsersAction) -> None:
+    """``safnet eval``: whole-scene evaluation (safnet_ros.engine.evaluate, docs/evaluation.md)."""
+    from safnet_ros.engine import evaluate
+
+    parser = sub.add_parser("eval", help="evaluate checkpoints on preprocessed scenes (Table I, Table III, Fig. 5)",
+                            description=evaluate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_eval_arguments(parser)
+    parser.set_defaults(func=evaluate.run_eval)

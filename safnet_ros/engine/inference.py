@@ -13,7 +13,10 @@ segmentation, the evaluator and the demo:
 4. the kept points are cut into ``chunk_size`` squares in xy at ``chunk_stride``
    (SPEC §2: 1.5 m, stride 0.5 m offline); each chunk gets up to ``num_views``
    views chosen greedily by coverage, and chunks of more than
-   ``max_chunk_points`` are split into random disjoint parts;
+   ``max_chunk_points`` are split into random disjoint parts; a part whose
+   forward runs out of (GPU) memory is split in two and retried, and
+   ``max_chunk_points`` is halved for the rest of the run (down to
+   ``min_oom_chunk_points``, below which a SafnetError is raised);
 5. per-point class probabilities are averaged over overlapping chunks (the
    vote), and so are the similarities S, S_geo and S_con.
 """
@@ -32,7 +35,7 @@ import torch
 
 from safnet_ros.data.labels import IGNORE_INDEX, NUM_CLASSES
 from safnet_ros.engine.batching import PosedView, build_chunk_sample, collate, normalize_images
-from safnet_ros.errors import ConfigError, ModelLoadError
+from safnet_ros.errors import ConfigError, ModelLoadError, SafnetError
 from safnet_ros.geometry.chunks import VoteAccumulator, chunk_grid
 from safnet_ros.geometry.views import coverage_matrix, greedy_select
 
@@ -84,7 +87,8 @@ class SegmentResult:
 
     labels (N,) int64 class indices (IGNORE_INDEX where not segmented);
     confidence (N,) float32 mean probability of the winning class (0 where not
-    segmented); s, s_geo, s_con (N,) float32 similarities averaged over chunks
+    segmented); chunks_without_views counts chunks that ran 3D-only;
+    s, s_geo, s_con (N,) float32 similarities averaged over chunks
     (NaN where not segmented); segmented (N,) bool; views_used: indices into
     the ``views`` argument; timings in seconds.
     """
@@ -97,8 +101,19 @@ class SegmentResult:
     segmented: np.ndarray
     views_used: list[int] = field(default_factory=list)
     num_chunks: int = 0
+    chunks_without_views: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: chunk parts re-run in smaller pieces after running out of memory
+    oom_retries: int = 0
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's CUDA out-of-memory error and RuntimeErrors that report running out of memory."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None) or getattr(torch, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def voxel_downsample(points: np.ndarray, voxel: float, max_points: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -133,6 +148,7 @@ class Segmenter:
         crop_margin: float = 0.3,
         max_chunk_points: int = 30000,
         min_chunk_points: int = 32,
+        min_oom_chunk_points: int = 512,
         coverage_tol: float = 0.1,
         seed: int = 0,
     ):
@@ -151,6 +167,7 @@ class Segmenter:
         self.crop_margin = float(crop_margin)
         self.max_chunk_points = int(max_chunk_points)
         self.min_chunk_points = int(min_chunk_points)
+        self.min_oom_chunk_points = max(1, int(min_oom_chunk_points))
         self.coverage_tol = float(coverage_tol)
         self.seed = int(seed)
         self.untrained = False
@@ -236,6 +253,30 @@ class Segmenter:
         probs = torch.softmax(out.logits[0].float(), dim=-1).cpu().numpy()
         sims = [getattr(out, name)[0].float().cpu().numpy() for name in ("s", "s_geo", "s_con")]
         return probs, sims[0], sims[1], sims[2]
+
+    def _split_after_oom(self, pidx: np.ndarray, rng: np.random.Generator, result: SegmentResult,
+                         exc: BaseException) -> list[np.ndarray]:
+        """Halve ``max_chunk_points`` after an out-of-memory forward of ``pidx``; returns its smaller parts.
+
+        Raises SafnetError when the part is already at ``min_oom_chunk_points``.
+        """
+        smaller = len(pidx) // 2
+        if smaller < self.min_oom_chunk_points:
+            raise SafnetError(
+                f"out of memory on {self.device} even for a chunk of {len(pidx)} points "
+                f"(floor min_oom_chunk_points={self.min_oom_chunk_points}): {exc}"
+            ) from exc
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.max_chunk_points = min(self.max_chunk_points, smaller)
+        result.oom_retries += 1
+        message = (f"out of memory on {self.device} for a chunk of {len(pidx)} points: retrying in parts of "
+                   f"<= {self.max_chunk_points} (max_chunk_points lowered for the following clouds)")
+        LOG.warning(message)
+        result.warnings.append(message)
+        pieces = int(np.ceil(len(pidx) / self.max_chunk_points))
+        shuffled = pidx[rng.permutation(len(pidx))]
+        return list(np.array_split(shuffled, pieces))
 
     def segment(
         self,
@@ -323,12 +364,20 @@ class Segmenter:
                     chunk_cov = chunk_cov[:, base]
                 chosen = greedy_select(chunk_cov, self.num_views)
             used.update(chosen)
+            result.chunks_without_views += not chosen
             chunk_views = [views[i] for i in chosen]
             parts = max(1, int(np.ceil(len(idx) / self.max_chunk_points)))
             order = rng.permutation(len(idx)) if parts > 1 else np.arange(len(idx))
-            for part in np.array_split(order, parts):
-                pidx = idx[part]
-                probs, s, s_geo, s_con = self._run_chunk(work[pidx], chunk_views, chunk.center)
+            pending = [idx[part] for part in np.array_split(order, parts)]
+            while pending:
+                pidx = pending.pop()
+                try:
+                    probs, s, s_geo, s_con = self._run_chunk(work[pidx], chunk_views, chunk.center)
+                except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                    if not is_out_of_memory(exc):
+                        raise
+                    pending.extend(self._split_after_oom(pidx, rng, result, exc))
+                    continue
                 votes.add(pidx, probs)
                 sim_sum[:, pidx] += np.stack([s, s_geo, s_con])
                 sim_cnt[pidx] += 1

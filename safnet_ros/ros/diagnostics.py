@@ -37,6 +37,8 @@ COUNTERS: dict[str, str] = {
     "worker_errors": "unexpected errors in the inference worker (cloud skipped)",
     "clouds_3d_only": "clouds segmented with no view covering them",
     "downsampled": "clouds voxel-downsampled beyond max_points",
+    "clouds_empty": "clouds with no finite point (skipped)",
+    "oom_retries": "chunk forwards retried in smaller parts after running out of memory",
 }
 
 

@@ -371,7 +371,8 @@ class SegmentNode(Node):
             self._pending.clear()
         if hasattr(self.tf_buffer, "clear"):
             self.tf_buffer.clear()
-        self._mailbox.clear()
+        if self._mailbox.clear():  # a cloud of the old timeline not taken yet: dropped, and counted
+            self.stats.count("clouds_dropped")
         self.get_logger().info(
             f"time jumped back from {newest:.3f} s to {stamp_s:.3f} s (bag loop?): "
             "view buffer, TF buffer and pending frames cleared"
@@ -400,6 +401,8 @@ class SegmentNode(Node):
             if not frame_id:
                 raise MessageDecodeError("depth Image and CameraInfo have no header.frame_id: camera frame unknown")
             dh, dw = depth_m.shape
+            if not np.any(depth_m > 0):  # np.any is False for NaN too: a view with no depth covers nothing
+                raise MessageDecodeError(f"depth Image ({dw}x{dh}) has no valid (> 0) pixel")
             if info.width and info.height and (info.width, info.height) != (dw, dh):
                 from safnet_ros.geometry.camera import scale_intrinsics
 
@@ -415,7 +418,9 @@ class SegmentNode(Node):
         """True when the frame is settled (kept, refused or skipped); False when it should be retried."""
         try:
             pose = self._lookup_pose(frame.frame_id, frame.stamp_msg, 0.0)
-        except compat.ExtrapolationException as exc:
+        except (compat.ExtrapolationException, compat.LookupException) as exc:
+            # not arrived yet (also a frame unknown until its first transform, e.g. right after a
+            # bag loop cleared the TF buffer): retried for tf_timeout seconds, then skipped and counted
             if time.monotonic() - frame.first_try < float(self._param("tf_timeout")):
                 with self._pending_lock:
                     self._pending.append(frame)
@@ -492,6 +497,12 @@ class SegmentNode(Node):
             self.stats.count("decode_errors")
             self.get_logger().warning(f"skipping a PointCloud2: {exc}", throttle_duration_sec=WARN_PERIOD_S)
             return None
+        if len(decoded.xyz) == 0:
+            self.stats.count("clouds_empty")
+            self.get_logger().warning(
+                f"skipping a PointCloud2 with no finite point ({decoded.num_points} points, "
+                f"{decoded.num_dropped} NaN/inf)", throttle_duration_sec=WARN_PERIOD_S)
+            return None
         frame_id = msg.header.frame_id
         try:
             if not frame_id:
@@ -529,6 +540,8 @@ class SegmentNode(Node):
         return out
 
     def _note_result(self, result: Any, views: list) -> None:
+        if getattr(result, "oom_retries", 0):
+            self.stats.count("oom_retries", int(result.oom_retries))
         for warning in getattr(result, "warnings", []):
             if "max_points" in warning:
                 self.stats.count("downsampled")

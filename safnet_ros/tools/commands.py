@@ -11,6 +11,7 @@ import importlib
 #: (subcommand, module, one-line help)
 BENCH_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("model", "safnet_ros.tools.bench_model", "forward latency and peak memory of SAFNet vs PointNet++"),
+    ("soak", "safnet_ros.tools.soak", "loop a bag through the node: RSS over time, latency percentiles, drops"),
 )
 
 

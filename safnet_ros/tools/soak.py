@@ -1,0 +1,295 @@
+"""``safnet bench soak``: loop a bag through the real segmentation node and watch memory, latency and drops.
+
+The soak proves the node can run for a long time on a robot: a rosbag2 (by
+default a small synthetic scene converted once, frames and clouds at
+``--rate`` Hz) is replayed in a loop by :class:`~safnet_ros.tools.bag_play.BagPlayer`
+and fed, over real DDS in this process, to a
+:class:`~safnet_ros.ros.segment_node.SegmentNode`. Every loop makes time jump
+back, so the node must clear its buffers and carry on.
+
+Measured:
+
+* RSS (``VmRSS`` of ``/proc/self/status``, MiB) every ``--sample-period``
+  seconds; the slope (MiB per minute) is a least-squares line over the second
+  half of the run (the first half includes warm-up: allocator pools, caches);
+* latency (cloud received to labeled cloud published, seconds) of every
+  labeled cloud, from the node's ``last_timings``: p50 / p90 / p99;
+* the node's counters: clouds received, segmented, dropped (newest wins),
+  decode errors, TF failures, time jumps, worker errors.
+
+It prints a table (or JSON with ``--json``) and writes ``soak.json`` and
+``soak_rss.png`` (RSS over time) into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["add_arguments", "run", "soak", "SoakReport", "read_rss_mib", "rss_slope_mib_per_min",
+           "make_synthetic_bag"]
+
+#: Node counters the report carries.
+REPORTED_COUNTERS = ("clouds_received", "clouds_segmented", "clouds_dropped", "decode_errors", "tf_failures",
+                     "time_jumps", "worker_errors", "frames_synced", "views_kept", "clouds_3d_only")
+
+
+def read_rss_mib() -> float:
+    """This process's resident set size, MiB (``VmRSS`` from /proc/self/status; NaN where unavailable)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return float("nan")
+
+
+def rss_slope_mib_per_min(times_s: list[float], rss_mib: list[float]) -> float:
+    """Least-squares slope (MiB/min) of RSS over the second half of the run (NaN with < 2 samples)."""
+    import numpy as np
+
+    t = np.asarray(times_s, np.float64)
+    r = np.asarray(rss_mib, np.float64)
+    if len(t) == 0:
+        return float("nan")
+    half = t >= t[-1] / 2.0
+    t, r = t[half], r[half]
+    if len(t) < 2 or np.ptp(t) <= 0:
+        return float("nan")
+    slope_per_s = np.polyfit(t, r, 1)[0]
+    return float(slope_per_s * 60.0)
+
+
+@dataclass
+class SoakReport:
+    """What a soak run measured (times in seconds, memory in MiB)."""
+
+    minutes: float
+    bag: str
+    rate_hz: float
+    device: str
+    duration_s: float = 0.0
+    bag_loops: int = 0
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, RSS MiB)
+    rss_start_mib: float = float("nan")
+    rss_end_mib: float = float("nan")
+    rss_max_mib: float = float("nan")
+    rss_slope_mib_per_min: float = float("nan")
+    latency_p50_s: float = float("nan")
+    latency_p90_s: float = float("nan")
+    latency_p99_s: float = float("nan")
+    latency_count: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A human-readable summary and the RSS samples (about 12 rows)."""
+        c = self.counters
+        lines = [
+            f"soak: {self.duration_s:.0f} s, bag {self.bag} looped {self.bag_loops} times at {self.rate_hz:g} Hz, "
+            f"device {self.device}",
+            f"clouds: received {c.get('clouds_received', 0)}, segmented {c.get('clouds_segmented', 0)}, "
+            f"dropped {c.get('clouds_dropped', 0)}",
+            f"errors: decode {c.get('decode_errors', 0)}, tf {c.get('tf_failures', 0)}, "
+            f"worker {c.get('worker_errors', 0)}; time jumps {c.get('time_jumps', 0)}",
+            f"latency (n={self.latency_count}): p50 {self.latency_p50_s:.3f} s, p90 {self.latency_p90_s:.3f} s, "
+            f"p99 {self.latency_p99_s:.3f} s",
+            f"RSS: start {self.rss_start_mib:.1f} MiB, end {self.rss_end_mib:.1f} MiB, max {self.rss_max_mib:.1f} MiB, "
+            f"slope over the second half {self.rss_slope_mib_per_min:+.2f} MiB/min",
+            "",
+            f"{'t (s)':>8}  {'RSS (MiB)':>10}",
+        ]
+        step = max(1, len(self.samples) // 12)
+        shown = self.samples[::step]
+        if self.samples and shown[-1] is not self.samples[-1]:
+            shown.append(self.samples[-1])
+        lines += [f"{t:8.1f}  {r:10.1f}" for t, r in shown]
+        return "\n".join(lines)
+
+
+def make_synthetic_bag(out: Path, rate_hz: float = 10.0, frames: int = 40, seed: int = 7) -> Path:
+    """Generate one small synthetic scene and convert it to a rosbag2 at ``out`` (frames and clouds at ``rate_hz``)."""
+    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
+    from safnet_ros.tools.bag_convert import convert_scene
+
+    scenes = Path(out).parent / (Path(out).name + "_scene")
+    cfg = SynthConfig(frames=frames, color_size=(160, 120), depth_size=(160, 120), vertex_spacing=0.08,
+                      progress=False)
+    (summary,) = generate_dataset(scenes, scenes=1, seed=seed, cfg=cfg)
+    convert_scene(scenes / summary["name"], out, rate=rate_hz, cloud_rate=rate_hz, progress=False, overwrite=True)
+    return Path(out)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def soak(
+    minutes: float,
+    rate: float = 10.0,
+    bag: Optional[str | Path] = None,
+    model: Optional[str] = None,
+    device: str = "cpu",
+    sample_period: float = 2.0,
+    max_points: int = 8000,
+    log: Any = None,
+) -> SoakReport:
+    """Loop ``bag`` (default: a synthetic bag at ``rate`` Hz) through a SegmentNode for ``minutes``.
+
+    model: checkpoint (None = the shipped default / an untrained lite model);
+    log: a callable taking one progress line (None = silent).
+    Returns the :class:`SoakReport`. Raises SafnetError subclasses for a bad
+    bag or model.
+    """
+    import rclpy
+    import torch
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from safnet_ros.engine.inference import Segmenter
+    from safnet_ros.errors import ConfigError
+    from safnet_ros.ros.segment_node import SegmentNode
+    from safnet_ros.tools import bag_io as bio
+    from safnet_ros.tools.bag_play import BagPlayer
+
+    if not minutes > 0:
+        raise ConfigError(f"minutes must be positive, got {minutes}")
+    if not rate > 0:
+        raise ConfigError(f"rate must be positive, got {rate}")
+    torch.set_num_threads(2)
+    say = log or (lambda line: None)
+    tmp = None
+    try:
+        if bag is None:
+            tmp = Path(tempfile.mkdtemp(prefix="safnet_soak_"))
+            say(f"converting a synthetic scene to a bag at {rate:g} Hz in {tmp}")
+            bag = make_synthetic_bag(tmp / "bag", rate_hz=rate)
+        segmenter = Segmenter.from_checkpoint(model or None, device=device, num_views=3, chunk_stride=1.5,
+                                              max_points=max_points)
+        report = SoakReport(minutes=float(minutes), bag=str(bag), rate_hz=float(rate), device=str(segmenter.device))
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx)
+        executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+        stop = threading.Event()
+        node = player_node = None
+        player_thread = None
+        try:
+            node = SegmentNode(segmenter=segmenter, context=ctx, parameter_overrides=[
+                Parameter("rgb_topic", value=bio.COLOR_TOPIC), Parameter("depth_topic", value=bio.DEPTH_TOPIC),
+                Parameter("camera_info_topic", value=bio.CAMERA_INFO_TOPIC),
+                Parameter("cloud_topic", value=bio.POINTS_TOPIC), Parameter("use_sim_time", value=True),
+                Parameter("publish_markers", value=False)])
+            player_node = rclpy.create_node("safnet_soak_player", context=ctx)
+            executor.add_node(node)
+            executor.add_node(player_node)
+            spin = threading.Thread(target=executor.spin, name="soak_executor", daemon=True)
+            spin.start()
+            player = BagPlayer(player_node, bag, rate=1.0, loop=True, wait_for_subscribers=5.0)
+            player_thread = threading.Thread(target=player.run, args=(stop,), name="soak_player", daemon=True)
+
+            latencies: list[float] = []
+            seen = node.last_timings
+            start = time.monotonic()
+            end = start + minutes * 60.0
+            next_sample = start
+            player_thread.start()
+            while True:
+                now = time.monotonic()
+                timings = node.last_timings  # a new dict per labeled cloud
+                if timings is not seen and "total_s" in timings:
+                    latencies.append(float(timings["total_s"]))
+                    seen = timings
+                if now >= next_sample:
+                    rss = read_rss_mib()
+                    report.samples.append((now - start, rss))
+                    next_sample += sample_period
+                    if len(report.samples) % max(1, int(30 / sample_period)) == 1:
+                        c = node.stats.snapshot(0, 0, "").counters
+                        say(f"{now - start:6.0f} s  RSS {rss:7.1f} MiB  segmented {c['clouds_segmented']}  "
+                            f"dropped {c['clouds_dropped']}  jumps {c['time_jumps']}")
+                if now >= end:
+                    break
+                time.sleep(0.01)
+            report.duration_s = time.monotonic() - start
+            stop.set()
+            player_thread.join(timeout=10.0)
+            report.bag_loops = player.summary.loops
+            report.counters = {k: int(node.stats.snapshot(0, 0, "").counters.get(k, 0)) for k in REPORTED_COUNTERS}
+        finally:
+            stop.set()
+            executor.shutdown(timeout_sec=2.0)
+            if node is not None:
+                node.destroy_node()
+            if player_node is not None:
+                player_node.destroy_node()
+            rclpy.try_shutdown(context=ctx)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    rss = [r for _, r in report.samples]
+    if rss:
+        report.rss_start_mib, report.rss_end_mib, report.rss_max_mib = rss[0], rss[-1], max(rss)
+    report.rss_slope_mib_per_min = rss_slope_mib_per_min([t for t, _ in report.samples], rss)
+    report.latency_count = len(latencies)
+    report.latency_p50_s = _percentile(latencies, 50)
+    report.latency_p90_s = _percentile(latencies, 90)
+    report.latency_p99_s = _percentile(latencies, 99)
+    return report
+
+
+def plot_rss(report: SoakReport, path: Path) -> Path:
+    """PNG of RSS (MiB) over time (minutes) with the second-half slope in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s / 60.0 for s, _ in report.samples]
+    r = [m for _, m in report.samples]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(t, r, marker=".", lw=1)
+    ax.set_xlabel("time (min)")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_title(f"safnet soak: {report.counters.get('clouds_segmented', 0)} clouds, "
+                 f"slope {report.rss_slope_mib_per_min:+.2f} MiB/min (2nd half)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
+    parser.add_argument("--rate", type=float, default=10.0,
+                        help="frame and cloud rate of the synthetic bag, Hz "
+                             "(a given --bag plays at its recorded timing)")
+    parser.add_argument("--bag", default=None, help="rosbag2 to loop (default: a synthetic scene converted once)")
+    parser.add_argument("--model", default=None, help="checkpoint (default: the shipped / untrained lite model)")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N] (default cpu)")
+    parser.add_argument("--sample-period", type=float, default=2.0, help="seconds between RSS samples")
+    parser.add_argument("--out", default="soak_results", help="folder for soak.json and soak_rss.png")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = soak(args.minutes, rate=args.rate, bag=args.bag, model=args.model, device=args.device,
+                  sample_period=args.sample_period, log=lambda line: print(line, file=sys.stderr, flush=True))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = asdict(report)
+    (out / "soak.json").write_text(json.dumps(data, indent=2))
+    plot_rss(report, out / "soak_rss.png")
+    print(json.dumps(data, indent=2) if args.json else report.table())
+    return 0

@@ -1,0 +1,237 @@
+"""``safnet eval`` on a tiny preprocessed synthetic scene with untrained lite models.
+
+The fixture adds, next to the real scene, a copy without any frame (and with
+labels outside the 20 classes) and a copy whose preprocessing never finished,
+as ``safnet data preprocess`` leaves them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from safnet_ros.cli import main
+from safnet_ros.data.labels import TABLE_ORDER
+from safnet_ros.engine.metrics import ConfusionMatrix
+
+STRIDE = 1.5  # one pass of non-overlapping chunks: fast
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny forwards on a shared 2-core machine: one thread is many times faster than two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_config(variant: str = "safnet"):
+    from safnet_ros.model.config import SafnetConfig
+
+    return SafnetConfig.preset("lite", variant=variant, pn_npoints=(128, 32, 16, 8))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from safnet_ros.data.preprocess import preprocess
+    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
+
+    raw = tmp_path_factory.mktemp("raw")
+    generate_dataset(raw, 1, 5, SynthConfig(frames=12, color_size=(80, 60), depth_size=(80, 60),
+                                            vertex_spacing=0.2, progress=False), split="val")
+    out = tmp_path_factory.mktemp("pre")
+    preprocess(str(raw), str(out), progress=False)
+    real = next(p for p in out.iterdir() if p.is_dir())
+    # A scene without any frame (F = 0, as preprocess writes it), with labels outside the 20 classes.
+    empty = out / "scene9998_00"
+    shutil.copytree(real, empty)
+    h, w = np.load(real / "depth.npy").shape[1:]
+    np.save(empty / "color.npy", np.zeros((0, h, w, 3), np.uint8))
+    np.save(empty / "depth.npy", np.zeros((0, h, w), np.uint16))
+    np.save(empty / "label2d.npy", np.zeros((0, h, w), np.uint8))
+    np.save(empty / "poses.npy", np.zeros((0, 4, 4), np.float32))
+    np.save(empty / "frame_ids.npy", np.zeros(0, np.int32))
+    nb = len(np.load(real / "coverage_index.npy"))
+    np.save(empty / "coverage_bits.npy", np.zeros((0, (nb + 7) // 8), np.uint8))
+    labels = np.load(empty / "labels.npy")
+    labels[:7] = 40  # not a class index: must be ignored and counted
+    np.save(empty / "labels.npy", labels)
+    meta = json.loads((empty / "meta.json").read_text())
+    meta.update(scene="scene9998_00", num_frames=0, no_frames_reason="test: no frame")
+    (empty / "meta.json").write_text(json.dumps(meta))
+    # A scene whose preprocessing was killed: no meta.json.
+    broken = out / "scene9999_00"
+    shutil.copytree(real, broken)
+    (broken / "meta.json").unlink()
+    (out / "scannetv2_val.txt").write_text(f"{real.name}\nscene9998_00\nscene9999_00\n")
+    (out / "scannetv2_one.txt").write_text(f"{real.name}\n")
+    (out / "scannetv2_nothing.txt").write_text("scene9999_00\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    import torch
+
+    from safnet_ros.model.safnet import build_model, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("models")
+    paths = {}
+    for variant in ("safnet", "pointnet2"):
+        torch.manual_seed(0)
+        config = _tiny_config(variant)
+        paths[variant] = folder / f"{variant}.pt"
+        save_checkpoint(paths[variant], build_model(config), config)
+    return paths
+
+
+def _run_json(capsys, argv: list[str]) -> dict:
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    return json.loads(out)  # exactly one JSON object on stdout
+
+
+def test_json_by_views_matches_hand_built_confusion(data, models, tmp_path, capsys):
+    from safnet_ros.data.dataset import PreprocessedScene
+    from safnet_ros.data.preprocess import unpack_coverage
+    from safnet_ros.engine.inference import Segmenter
+
+    report = _run_json(capsys, ["eval", "--model", str(models["safnet"]), "--data", str(data), "--split", "one",
+                                "--views", "1,3", "--json", "--stride", str(STRIDE), "--device", "cpu",
+                                "--out", str(tmp_path / "out"), "--no-progress"])
+    for key in ("miou", "oa", "per_class", "by_views"):
+        assert key in report
+    assert set(report["by_views"]) == {"1", "3"}
+    assert list(report["per_class"]) == [name for name, _ in TABLE_ORDER]
+    assert report["views"] == 3
+
+    # The same scene through Segmenter and a ConfusionMatrix by hand.
+    scene_dir = data / (data / "scannetv2_one.txt").read_text().split()[0]
+    scene = PreprocessedScene(scene_dir)
+    n = len(scene.points)
+    assert len(scene.coverage_index) == n, "the tiny scene keeps every point as a base point"
+    coverage = unpack_coverage(np.load(scene_dir / "coverage_bits.npy"), np.arange(n))
+    views = [scene.view(f) for f in range(scene.num_frames)]
+    seg = Segmenter.from_checkpoint(models["safnet"], device="cpu", chunk_stride=STRIDE, max_points=None,
+                                    crop_margin=float("inf"))
+    for k in (1, 3):
+        seg.num_views = k
+        result = seg.segment(np.asarray(scene.points), views, coverage=coverage)
+        cm = ConfusionMatrix()
+        cm.add(np.asarray(scene.labels), result.labels)
+        assert report["by_views"][str(k)] == pytest.approx(cm.miou(), abs=1e-6)
+        if k == 3:
+            assert report["oa"] == pytest.approx(cm.overall_accuracy(), abs=1e-6)
+            for name, iou in cm.per_class().items():
+                got = report["per_class"][name]
+                assert (got is None and np.isnan(iou)) or got == pytest.approx(iou, abs=1e-6)
+        assert result.segmented.all(), "whole-scene evaluation segments every point"
+    assert report["points"] == n and report["chunks"] > 0 and report["unsegmented_points"] == 0
+
+
+@pytest.fixture(scope="module")
+def two_models_run(data, models, tmp_path_factory):
+    """One CLI run comparing two models on the val split (with its bad scenes), tables printed."""
+    out = tmp_path_factory.mktemp("two")
+    argv = ["eval", "--model", str(models["safnet"]), "--model", str(models["pointnet2"]), "--data", str(data),
+            "--split", "val", "--views", "1", "--ablation", "--stride", str(STRIDE), "--device", "cpu",
+            "--out", str(out), "--no-progress"]
+    return argv, out
+
+
+def test_bad_scenes_counted_outputs_written(two_models_run, models, capsys):
+    argv, out = two_models_run
+    capsys.readouterr()
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report["models"]) == {str(models["safnet"]), str(models["pointnet2"])}
+    assert report["skipped_scenes"].keys() == {"scene9999_00"}
+    assert "incomplete" in report["skipped_scenes"]["scene9999_00"]
+    fused = report["models"][str(models["safnet"])]
+    assert fused["scenes_without_frames"] == ["scene9998_00"]
+    assert fused["ignored_points"] >= 7
+    assert fused["chunks_without_views"] >= 1  # every chunk of the frameless scene
+    assert report["models"][str(models["pointnet2"])]["label"] == "pointnet2/lite"
+    # Valid images: PNG signature and a decodable size.
+    from PIL import Image
+
+    pngs = [Path(report["outputs"]["views_sweep"])]
+    pngs += [Path(p) for per_model in report["outputs"]["confusion"].values() for p in per_model.values()]
+    assert len(pngs) == 1 + 2
+    for p in pngs:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+        with Image.open(p) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+    rows = (out / "per_class.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 and rows[0].split(",")[5] == TABLE_ORDER[0][0]
+
+    # The printed tables: Table I's column order, Table III's switches, the counts.
+    header = next(line for line in text.splitlines() if line.startswith("model") and "mIoU" in line)
+    positions = [header.index(f" {short}") for _, short in TABLE_ORDER]
+    assert positions == sorted(positions), "classes must follow Table I's order"
+    assert "Table III" in text and "GSM-FS" in text and "\u2713" in text
+    assert "skipped scene9999_00" in text and "(segmented 3D-only): scene9998_00" in text
+
+
+def test_missing_model_named(data, tmp_path, capsys):
+    missing = tmp_path / "nope_model.pt"
+    assert main(["eval", "--model", str(missing), "--data", str(data), "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "nope_model.pt" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    from safnet_ros.engine.evaluate import evaluate
+    from safnet_ros.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="corrupt.pt"):
+        evaluate([corrupt], data, "one", progress=False)
+
+
+def test_empty_split_is_clear_error(data, models, tmp_path, capsys):
+    from safnet_ros.engine.evaluate import evaluate
+    from safnet_ros.errors import MissingDataError
+
+    with pytest.raises(MissingDataError, match="scene9999_00"):
+        evaluate([models["safnet"]], data, "nothing", progress=False)
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["eval", "--model", str(models["safnet"]), "--data", str(data), "--split",
+                 str(tmp_path / "empty.txt"), "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_scene_coverage_extends_base_subset(data):
+    """With a base subset, base points keep their stored column and others copy their nearest base point."""
+    from scipy.spatial import cKDTree
+
+    from safnet_ros.data.dataset import PreprocessedScene
+    from safnet_ros.data.preprocess import coverage_bits, unpack_coverage
+    from safnet_ros.engine.evaluate import scene_coverage
+
+    src = data / (data / "scannetv2_one.txt").read_text().split()[0]
+    scene = PreprocessedScene(src)
+    points = np.asarray(scene.points)
+    full = scene_coverage(scene)
+    assert full.shape == (scene.num_frames, len(points)) and full.any()
+    base = np.arange(0, len(points), 3)
+    sub = src.parent / "subset_scene"
+    shutil.copytree(src, sub)
+    np.save(sub / "coverage_index.npy", base)
+    bits = coverage_bits(points[base], np.asarray(scene.depth), scene.K, np.asarray(scene.poses))
+    np.save(sub / "coverage_bits.npy", bits)
+    try:
+        got = scene_coverage(PreprocessedScene(sub))
+        np.testing.assert_array_equal(got[:, base], unpack_coverage(bits, np.arange(len(base))))
+        _, nearest = cKDTree(points[base]).query(points, k=1)
+        np.testing.assert_array_equal(got, got[:, base[nearest]])
+        assert (got == full).mean() > 0.9
+    finally:
+        shutil.rmtree(sub)

@@ -1,0 +1,252 @@
+"""Reliability of the safnet_segment node under bad input, over real rclpy + DDS (issue 7, items 1-4).
+
+One rclpy Context for the module (test_ros_node's Harness: the node under test,
+a scene publisher, collectors of /diagnostics and labeled clouds), destroyed at
+the end so nothing hangs. Each fault is sent alone and the test waits for its
+counter, so a newer message cannot replace it in the latest-wins mailbox. After
+the faults a good cloud must still come back labeled. docs/reliability.md maps
+every behaviour to the test that guards it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
+
+from safnet_ros.engine.batching import NET_IMAGE_WH  # noqa: E402
+from safnet_ros.geometry.camera import scale_intrinsics  # noqa: E402
+from safnet_ros.ros import codecs, compat  # noqa: E402
+from safnet_ros.ros.diagnostics import diagnostics_values  # noqa: E402
+from safnet_ros.ros.segment_node import main  # noqa: E402
+from test_ros_node import (  # noqa: E402
+    CAMERA_EYES, IMAGE_WH, K_CAM, LOOK_AT, NODE_PARAMS, Harness, frame_messages, lidar_cloud, look_at, stamp,
+    tiny_checkpoint, wait_until,
+)
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny_lite.pt")
+
+
+@pytest.fixture(scope="module")
+def harness(model_path):
+    # zero motion thresholds: every frame past keyframe_min_interval is a keyframe, whatever the test order
+    h = Harness(model_path, params={**NODE_PARAMS, "keyframe_min_translation": 0.0,
+                                    "keyframe_min_rotation_deg": 0.0})
+    yield h
+    h.close()
+
+
+def counter(h: Harness, name: str) -> int:
+    return h.node.stats.get(name)
+
+
+def send_and_wait(h: Harness, publish, name: str, timeout: float = 10.0) -> None:
+    """Publish (a callable) and wait until counter ``name`` grew by one."""
+    before = counter(h, name)
+    publish()
+    assert wait_until(lambda: counter(h, name) >= before + 1, timeout), (name, dict(h.node.stats.counters))
+
+
+def raw_cloud(fields: list[tuple[str, int, int]], point_step: int, n: int, data: bytes, *, stamp_s: float,
+              bigendian: bool = False, width: int | None = None) -> PointCloud2:
+    """A PointCloud2 built field by field, so that it can be wrong: fields (name, offset, datatype)."""
+    msg = PointCloud2()
+    msg.header = codecs.make_header(frame_id="lidar", stamp=stamp(stamp_s))
+    msg.height, msg.width = 1, n if width is None else width
+    msg.fields = [PointField(name=name, offset=off, datatype=dt, count=1) for name, off, dt in fields]
+    msg.is_bigendian = bigendian
+    msg.point_step = point_step
+    msg.row_step = point_step * msg.width
+    msg.data = data
+    msg.is_dense = False
+    return msg
+
+
+F32 = PointField.FLOAT32
+XYZ = [("x", 0, F32), ("y", 4, F32), ("z", 8, F32)]
+
+
+def cloud_columns(local: np.ndarray, order: str) -> bytes:
+    """x y z intensity float32 bytes in byte ``order`` ('<' or '>')."""
+    dt = np.dtype({"names": ["x", "y", "z", "i"], "formats": [order + "f4"] * 4, "offsets": [0, 4, 8, 12],
+                   "itemsize": 16})
+    arr = np.zeros(len(local), dt)
+    for i, c in enumerate("xyz"):
+        arr[c] = local[:, i]
+    arr["i"] = np.linspace(0, 1, len(local))
+    return arr.tobytes()
+
+
+# ----------------------------------------------------------------------------- 1. PointCloud2 faults
+def test_broken_clouds_are_skipped_counted_on_diagnostics_and_the_node_goes_on(harness, capfd):
+    h = harness
+    base = h.base_stamp()
+    _, local = lidar_cloud(0.5, base, nan_rows=0)
+    n = len(local)
+    good_bytes = cloud_columns(local, "<")
+    intensity = ("intensity", 12, F32)
+    faults = {
+        "missing z": raw_cloud(XYZ[:2] + [intensity], 16, n, good_bytes, stamp_s=base + 0.1),
+        "unsupported datatype": raw_cloud(XYZ[:2] + [("z", 8, 42), intensity], 16, n, good_bytes,
+                                          stamp_s=base + 0.2),
+        "point_step smaller than its fields": raw_cloud(XYZ + [intensity], 12, n, good_bytes[: 12 * n],
+                                                        stamp_s=base + 0.3),
+        "width x height not matching the data": raw_cloud(XYZ + [intensity], 16, n, good_bytes, stamp_s=base + 0.4,
+                                                          width=n + 10),
+    }
+    decode_before = counter(h, "decode_errors")
+    capfd.readouterr()
+    for what, msg in faults.items():
+        send_and_wait(h, lambda: h.pub_cloud.publish(msg), "decode_errors")
+    assert counter(h, "decode_errors") == decode_before + len(faults)
+    # empty clouds (no points at all, or only NaN / inf): skipped and counted apart
+    empty_before = counter(h, "clouds_empty")
+    send_and_wait(h, lambda: h.pub_cloud.publish(raw_cloud(XYZ, 12, 0, b"", stamp_s=base + 0.5)), "clouds_empty")
+    all_nan = np.full((50, 3), np.nan, np.float32)
+    all_nan[::2, 0] = np.inf
+    send_and_wait(h, lambda: h.pub_cloud.publish(raw_cloud(XYZ + [intensity], 16, 50, cloud_columns(all_nan, "<"),
+                                                           stamp_s=base + 0.6)), "clouds_empty")
+    assert counter(h, "clouds_empty") == empty_before + 2
+    # the counts reach /diagnostics with a WARN
+    want = decode_before + len(faults)
+    diag = h.diagnostics.wait_for(lambda m: int(diagnostics_values(m).get("decode_errors", 0)) >= want
+                                  and int(diagnostics_values(m).get("clouds_empty", 0)) >= empty_before + 2, 5.0)
+    assert diag is not None
+    values = diagnostics_values(diag)
+    assert int(values["decode_errors"]) == want and int(values["worker_errors"]) == 0
+    # throttled: one warning line for the burst of decode errors (period 5 s), not one per message
+    err = capfd.readouterr().err
+    assert 1 <= err.count("skipping a PointCloud2:") < len(faults), err
+    # the node keeps going: a good cloud (with NaN and inf points) is labeled, non-finite points dropped
+    msg, local = lidar_cloud(0.5, base + 1.0, nan_rows=4)
+    xyz = codecs.pointcloud2_to_array(msg)
+    assert not np.isfinite(np.stack([xyz["x"], xyz["y"], xyz["z"]], 1)[:4]).any()
+    h.pub_cloud.publish(msg)
+    out = h.wait_cloud(base + 1.0)
+    assert out is not None and out.width == len(local) == msg.width - 4
+    got = codecs.pointcloud2_to_xyz(out).xyz
+    np.testing.assert_array_equal(got, local)
+    assert counter(h, "worker_errors") == 0
+
+
+def test_big_endian_cloud_is_decoded_and_labeled_like_little_endian(harness):
+    h = harness
+    base = h.base_stamp()
+    _, local = lidar_cloud(0.5, base, nan_rows=0)
+    fields = XYZ + [("intensity", 12, F32)]
+    little = raw_cloud(fields, 16, len(local), cloud_columns(local, "<"), stamp_s=base + 0.1)
+    big = raw_cloud(fields, 16, len(local), cloud_columns(local, ">"), stamp_s=base + 0.2, bigendian=True)
+    assert bytes(little.data) != bytes(big.data)
+    h.pub_cloud.publish(little)
+    out_le = h.wait_cloud(base + 0.1)
+    h.pub_cloud.publish(big)
+    out_be = h.wait_cloud(base + 0.2)
+    assert out_le is not None and out_be is not None
+    a, b = codecs.pointcloud2_to_array(out_le), codecs.pointcloud2_to_array(out_be)
+    np.testing.assert_array_equal(codecs.pointcloud2_to_xyz(out_be).xyz, local)
+    np.testing.assert_array_equal(a["label"], b["label"])  # same buffered views, deterministic segmentation
+
+
+# ----------------------------------------------------------------------------- 2. image faults
+def send_frame(h: Harness, rgb, depth, info, T: np.ndarray, stamp_s: float, frame_id: str = "camera_optical"):
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", frame_id, stamp=stamp(stamp_s)))
+    h.pub_rgb.publish(rgb)
+    h.pub_depth.publish(depth)
+    h.pub_info.publish(info)
+
+
+def test_broken_images_are_skipped_and_counted(harness):
+    h = harness
+    base = h.base_stamp()
+    T = look_at(CAMERA_EYES[0], LOOK_AT)
+    kept = counter(h, "views_kept")
+
+    def broken(t: float, change) -> None:
+        rgb, depth, info = frame_messages(T, t)
+        change(rgb, depth, info)
+        send_and_wait(h, lambda: send_frame(h, rgb, depth, info, T, t), "decode_errors")
+
+    broken(base + 0.0, lambda rgb, depth, info: setattr(rgb, "encoding", "yuv_unknown"))
+    broken(base + 0.5, lambda rgb, depth, info: setattr(rgb, "step", IMAGE_WH[0] * 3 - 1))  # step < width x 3
+    broken(base + 1.0, lambda rgb, depth, info: setattr(depth, "data", bytes(len(depth.data))))  # all-zero depth
+    broken(base + 1.5, lambda rgb, depth, info: setattr(info, "k", [0.0] * 9))  # uncalibrated camera
+    assert counter(h, "views_kept") == kept
+    # and a good frame right after is kept
+    rgb, depth, info = frame_messages(T, base + 2.0)
+    send_and_wait(h, lambda: send_frame(h, rgb, depth, info, T, base + 2.0), "views_kept")
+
+
+def test_camera_info_of_another_size_rescales_k(harness):
+    """CameraInfo at 640x480 for 320x240 images: K is rescaled to the image (documented in docs/ros_node.md)."""
+    h = harness
+    base = h.base_stamp()
+    T = look_at(CAMERA_EYES[1], LOOK_AT)
+    rgb, depth, info = frame_messages(T, base)
+    big_wh = (IMAGE_WH[0] * 2, IMAGE_WH[1] * 2)
+    info.width, info.height = big_wh
+    info.k = [float(v) for v in scale_intrinsics(K_CAM, IMAGE_WH, big_wh).ravel()]
+    send_and_wait(h, lambda: send_frame(h, rgb, depth, info, T, base), "views_kept")
+    view = h.node.buffer.views()[-1]
+    assert view.stamp == pytest.approx(base)
+    np.testing.assert_allclose(view.K, scale_intrinsics(K_CAM, IMAGE_WH, NET_IMAGE_WH), rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- 3. sync and TF
+def test_missing_camera_transform_skips_the_view(harness):
+    h = harness
+    base = h.base_stamp()
+    rgb, depth, info = frame_messages(look_at(CAMERA_EYES[2], LOOK_AT), base)
+    for msg in (rgb, depth, info):
+        msg.header.frame_id = "camera_without_tf"
+    kept = counter(h, "views_kept")
+    send_and_wait(h, lambda: (h.pub_rgb.publish(rgb), h.pub_depth.publish(depth), h.pub_info.publish(info)),
+                  "tf_failures")
+    assert counter(h, "views_kept") == kept
+
+
+def test_out_of_order_stamps_camera_stop_and_time_jump(harness, capfd):
+    h = harness
+    base = h.base_stamp()
+    jumps = counter(h, "time_jumps")
+    h.publish_views(base)
+    assert wait_until(lambda: len(h.node.buffer) >= 3, 10.0)
+    # the camera stream stops; clouds arrive later, a little out of order (within time_jump_tolerance)
+    three_d_only = counter(h, "clouds_3d_only")
+    for t in (base + 5.0, base + 4.6):
+        msg, local = lidar_cloud(0.5, t)
+        h.pub_cloud.publish(msg)
+        out = h.wait_cloud(t)
+        assert out is not None and out.width == len(local)
+        assert h.node.last_timings["views"] >= 3  # segmented with the buffered views
+    assert counter(h, "clouds_3d_only") == three_d_only and counter(h, "time_jumps") == jumps
+    # time jumps back (a bag loop): buffers cleared, one log line, the cloud still labeled (3D only)
+    capfd.readouterr()
+    msg, local = lidar_cloud(0.5, base - 30.0)
+    h.pub_cloud.publish(msg)
+    assert h.wait_cloud(base - 30.0) is not None
+    assert counter(h, "time_jumps") == jumps + 1 and len(h.node.buffer) == 0
+    assert counter(h, "clouds_3d_only") == three_d_only + 1
+    assert "time jumped back" in capfd.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 4. model at start-up
+def test_start_up_with_a_corrupt_or_wrong_preset_model_fails_naming_the_file(model_path, tmp_path, capfd):
+    corrupt = tmp_path / "corrupt_model.pt"
+    corrupt.write_bytes(b"\x80\x02 definitely not a checkpoint")
+    assert main(["segment_node", "--ros-args", "-p", f"model:={corrupt}", "-p", "device:=cpu"]) == 1
+    err = capfd.readouterr().err
+    assert "cannot start" in err and str(corrupt) in err
+    missing = tmp_path / "missing_model.pt"
+    assert main(["segment_node", "--ros-args", "-p", f"model:={missing}", "-p", "device:=cpu"]) == 1
+    assert str(missing) in capfd.readouterr().err
+    assert main(["segment_node", "--ros-args", "-p", f"model:={model_path}", "-p", "device:=cpu",
+                 "-p", "preset:=paper"]) == 1
+    err = capfd.readouterr().err
+    assert str(model_path) in err and "'paper'" in err and "'lite'" in err

@@ -26,6 +26,28 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def register_group(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    commands: Sequence[tuple[str, str, str]],
+) -> None:
+    """Add ``safnet NAME SUBCOMMAND``: one subcommand per (subcommand, module, help).
+
+    Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``; its
+    docstring becomes the subcommand's description.
+    """
+    group = sub.add_parser(name, help=help_text)
+    gsub = group.add_subparsers(dest=f"{name}_command", metavar=f"{name.upper()}_COMMAND")
+    gsub.required = True
+    for command, module_name, command_help in commands:
+        module = importlib.import_module(module_name)
+        parser = gsub.add_parser(command, help=command_help, description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(parser)
+        parser.set_defaults(func=module.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="safnet",

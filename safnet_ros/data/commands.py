@@ -6,7 +6,8 @@ Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from safnet_ros.cli import register_group
 
 #: (subcommand, module, one-line help)
 DATA_COMMANDS: tuple[tuple[str, str, str], ...] = (
@@ -17,12 +18,4 @@ DATA_COMMANDS: tuple[tuple[str, str, str], ...] = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="ScanNet data: synthetic scenes, scene info, preprocessing")
-    dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    dsub.required = True
-    for name, module_name, help_text in DATA_COMMANDS:
-        module = importlib.import_module(module_name)
-        parser = dsub.add_parser(name, help=help_text, description=module.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(parser)
-        parser.set_defaults(func=module.run)
+    register_group(sub, "data", "ScanNet data: synthetic scenes, scene info, preprocessing", DATA_COMMANDS)

@@ -6,7 +6,8 @@ and keeps heavy imports (torch) inside ``run``.
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from safnet_ros.cli import register_group
 
 #: (subcommand, module, one-line help)
 BENCH_COMMANDS: tuple[tuple[str, str, str], ...] = (
@@ -16,12 +17,4 @@ BENCH_COMMANDS: tuple[tuple[str, str, str], ...] = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: model latency and memory")
-    bsub = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND")
-    bsub.required = True
-    for name, module_name, help_text in BENCH_COMMANDS:
-        module = importlib.import_module(module_name)
-        parser = bsub.add_parser(name, help=help_text, description=module.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(parser)
-        parser.set_defaults(func=module.run)
+    register_group(sub, "bench", "benchmarks: model latency and memory, node soak", BENCH_COMMANDS)

@@ -10,7 +10,9 @@ from safnet_ros.geometry.neighbors import (
     farthest_point_sample,
     gather,
     knn,
+    interpolate_rows,
     three_nn_interpolate,
+    three_nn_weights,
 )
 
 BACKENDS = ("kdtree", "torch")
@@ -230,3 +232,39 @@ def test_bad_arguments_raise_documented_errors():
         knn(q, q, 1, backend="gpu-magic")
     with pytest.raises(ValueError):
         knn(q[..., :2], q, 1)
+
+
+def test_gather_equals_torch_gather_with_batches_and_gradient():
+    """The index_select route gives torch.gather's values and gradients (B > 1, repeats)."""
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(3, 50, 7, generator=g, requires_grad=True)
+    idx = torch.randint(0, 50, (3, 20, 4), generator=g)
+    out = gather(values, idx)
+    ref = torch.gather(values, 1, idx.reshape(3, 80, 1).expand(-1, -1, 7)).reshape(3, 20, 4, 7)
+    assert torch.equal(out, ref)
+    weights = torch.randn(3, 20, 4, 7, generator=g)
+    (grad,) = torch.autograd.grad((out * weights).sum(), values)
+    (grad_ref,) = torch.autograd.grad((ref * weights).sum(), values)
+    torch.testing.assert_close(grad, grad_ref)
+    # non-contiguous values (a transposed channels-first tensor)
+    feats = torch.randn(2, 5, 30, generator=g)
+    out = gather(feats.transpose(1, 2), idx[:2, :, :3] % 30)
+    assert torch.equal(out[1, 4, 2], feats[1, :, int(idx[1, 4, 2]) % 30])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_three_nn_weights_and_interpolate_rows(backend):
+    """Channels-last interpolation: inverse-distance weights summing to 1, and the
+    same values as the channels-first :func:`three_nn_interpolate`."""
+    unknown, known = _cloud(5, 2, 40, 2.0), _cloud(6, 2, 12, 2.0)
+    idx, weight = three_nn_weights(unknown, known, backend=backend)
+    d = torch.cdist(unknown, known)
+    nearest = torch.topk(d, 3, largest=False).indices
+    assert torch.equal(torch.sort(idx, dim=-1).values, torch.sort(nearest, dim=-1).values)
+    inv = 1.0 / (torch.gather(d, 2, idx) + 1e-8)
+    torch.testing.assert_close(weight, inv / inv.sum(-1, keepdim=True))
+    feats = torch.randn(2, 9, 12, generator=torch.Generator().manual_seed(2))
+    rows = interpolate_rows(feats.transpose(1, 2), idx, weight)
+    torch.testing.assert_close(rows.transpose(1, 2), three_nn_interpolate(unknown, known, feats, backend=backend))
+    manual = sum(weight[1, 7, j] * feats[1, :, idx[1, 7, j]] for j in range(3))
+    torch.testing.assert_close(rows[1, 7], manual)

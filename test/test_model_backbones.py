@@ -260,3 +260,82 @@ def test_pointnet2_overfits_plane_vs_sphere():
         accuracy = float((head(net(xyz)).argmax(1) == labels).float().mean())
     assert accuracy >= 0.95, accuracy
     assert not math.isnan(loss.item())
+
+
+def _randomise_batch_norms(net: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            c = mod.num_features
+            mod.running_mean.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
+            mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            mod.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            mod.bias.data.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
+
+
+def _conv_reference_forward(net: PointNet2SSG, xyz: torch.Tensor, feats) -> torch.Tensor:
+    """PointNet++ as the textbook code computes it: channels first, the 1x1 Conv2d /
+    Conv1d + BN + ReLU modules called directly, concatenations built."""
+    from safnet_ros.geometry.neighbors import ball_query, farthest_point_sample, gather, three_nn_interpolate
+
+    level_xyz, level_feats = [xyz], [feats]
+    for sa in net.sa:
+        pts, f = level_xyz[-1], level_feats[-1]
+        m = min(sa.npoint, pts.shape[1])
+        centroids = gather(pts, farthest_point_sample(pts, m).unsqueeze(-1)).squeeze(2)
+        idx, _ = ball_query(centroids, pts, sa.radius, sa.nsample)
+        grouped = gather(pts, idx) - centroids.unsqueeze(2)
+        if f is not None:
+            grouped = torch.cat([grouped, gather(f.transpose(1, 2), idx)], dim=-1)
+        level_xyz.append(centroids)
+        level_feats.append(sa.mlp(grouped.permute(0, 3, 1, 2)).amax(dim=-1))
+    deep = level_feats[-1]
+    for i, fp in enumerate(net.fp):
+        fine = len(net.sa) - 1 - i
+        x = three_nn_interpolate(level_xyz[fine], level_xyz[fine + 1], deep)
+        if level_feats[fine] is not None:
+            x = torch.cat([x, level_feats[fine]], dim=1)
+        deep = fp.mlp(x)
+    return deep
+
+
+@pytest.mark.parametrize("in_channels", [0, 5])
+def test_pointnet2_channels_last_equals_conv_reference(in_channels):
+    """The channels-last F.linear route (FP first layer applied before the
+    interpolation) computes what the conv modules compute, in eval and train mode,
+    forward and gradient."""
+    torch.manual_seed(1)
+    net = PointNet2SSG(in_channels=in_channels, **SMALL)
+    _randomise_batch_norms(net, 2)
+    xyz = torch.rand(2, 300, 3)
+    feats = torch.randn(2, in_channels, 300) if in_channels else None
+    net.eval()
+    with torch.no_grad():
+        out, ref = net(xyz, feats), _conv_reference_forward(net, xyz, feats)
+    assert float(ref.std()) > 0.1
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    net.train()
+    out = net(xyz, feats)
+    grad = torch.autograd.grad(out.square().mean(), net.sa[0].mlp[0].weight)[0]
+    ref = _conv_reference_forward(net, xyz, feats)
+    grad_ref = torch.autograd.grad(ref.square().mean(), net.sa[0].mlp[0].weight)[0]
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-4)
+    # single levels keep their channels-first interface
+    with torch.no_grad():
+        centroids, pooled = net.eval().sa[0](xyz, feats)
+    assert pooled.shape == (2, SMALL["mlps"][0][-1], SMALL["npoints"][0]) and centroids.shape == (2, 64, 3)
+
+
+def test_pointnet2_state_dict_keeps_conv_layout():
+    """Checkpoints written before the channels-last change load: same keys, conv-shaped weights."""
+    net = PointNet2SSG(in_channels=4, **SMALL)
+    state = net.state_dict()
+    assert tuple(state["sa.0.mlp.0.weight"].shape) == (16, 7, 1, 1)  # Conv2d, 3 + 4 inputs
+    assert tuple(state["fp.3.mlp.0.weight"].shape) == (32, 32 + 4, 1)  # Conv1d, deep + skip
+    assert "fp.3.mlp.1.running_var" in state and "sa.3.mlp.7.num_batches_tracked" in state
+    other = PointNet2SSG(in_channels=4, **SMALL)
+    other.load_state_dict(state, strict=True)
+    xyz, feats = torch.rand(1, 80, 3), torch.randn(1, 4, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(other.eval()(xyz, feats), net.eval()(xyz, feats))

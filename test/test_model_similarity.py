@@ -170,6 +170,55 @@ def test_octant_neighbours_pick_the_nearest_valid_slot_per_octant():
     assert slot[0, 0, 3].item() == 2 and slot[0, 0, 5].item() == 4
 
 
+def _reference_mapping(csm: ContextualSimilarity, centres, cloud, idx, valid) -> torch.Tensor:
+    """M(N(i)) written plainly: eq. 7 on the full 7-channel enriched vectors, a masked
+    sum over K, and the OE convolutions on the explicit (B, N, 8, 7) cube."""
+    k = idx.shape[-1]
+    rel = torch.stack([cloud[b][idx[b]] for b in range(cloud.shape[0])]) - centres.unsqueeze(2)
+    rel = rel.masked_fill(~valid.unsqueeze(-1), 0.0)
+    rel4 = torch.cat([rel, rel.norm(dim=-1, keepdim=True)], dim=-1)
+    enriched = torch.cat([centres.unsqueeze(2).expand(-1, -1, k, -1), rel4], dim=-1)  # (B, N, K, 7)
+    w = torch.cat([csm.point_centre.weight, csm.point_rel.weight], dim=1)
+    per_neighbour = torch.relu(enriched @ w.t() + csm.point_centre.bias)
+    summed = (per_neighbour * valid.unsqueeze(-1)).sum(2) / k
+    slot, present = octant_neighbours(rel, valid)
+    cells = torch.gather(rel4, 2, slot.unsqueeze(-1).expand(-1, -1, -1, 4)) * present.unsqueeze(-1)
+    cube = torch.cat([centres.unsqueeze(2).expand(-1, -1, 8, -1), cells], dim=-1)
+    oriented = csm.oe(cube).squeeze(2)
+    return csm.mlp(torch.cat([summed, oriented], dim=-1))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_csm_mapping_equals_the_plain_formulation(train):
+    """The split linear maps (per-centre part once, OE first layer without the cube)
+    compute what the plain formulation computes."""
+    torch.manual_seed(4)
+    csm = ContextualSimilarity(point_width=16, oe_width=24, mlp=(32, 32), out_channels=32)
+    g = torch.Generator().manual_seed(5)
+    for mod in csm.modules():
+        if isinstance(mod, torch.nn.BatchNorm1d):
+            c = mod.num_features
+            mod.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+            mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    csm.train(train)
+    p, q = _cloud(200, 21), _cloud(500, 22)
+    nb = find_neighbourhoods(p, q, None, None, 8, R, 3)
+    cloud = torch.cat([p, q], dim=1)
+    centres = torch.cat([p, p], dim=1)
+    idx = torch.cat([nb.p_idx, nb.q_idx + 200], dim=1)
+    valid = torch.cat([nb.p_valid, nb.q_valid], dim=1)
+    assert 0 < float(valid.float().mean()) < 1  # some empty slots and some empty octants
+    with torch.no_grad():  # inference route (in-place masking)
+        out = csm.mapping(centres, cloud, idx, valid)
+        ref = _reference_mapping(csm, centres, cloud, idx, valid)
+    assert float(ref.std()) > 0.05
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    out = csm.mapping(centres, cloud, idx, valid)  # autograd route
+    (grad,) = torch.autograd.grad(out.square().sum(), csm.point_rel.weight)
+    assert float(grad.abs().sum()) > 0
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- aggregation
 def test_aggregation_excludes_padding_and_zeroes_points_without_q():
     torch.manual_seed(0)

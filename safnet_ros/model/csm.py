@@ -116,15 +116,36 @@ class ContextualSimilarity(nn.Module):
         # + W_r [x_j - x_i, |x_j - x_i|] (per neighbour); channels-last matmuls.
         per_neighbour = self.point_rel(rel4)  # (B, N, K, W)
         per_neighbour = torch.relu_(per_neighbour.add_(self.point_centre(centres).unsqueeze(2)))
-        summed = torch.einsum("bnkw,bnk->bnw", per_neighbour, valid.to(per_neighbour.dtype)) / k
+        if per_neighbour.requires_grad:  # autograd keeps the ReLU output: no in-place masking
+            summed = torch.einsum("bnkw,bnk->bnw", per_neighbour, valid.to(per_neighbour.dtype)) / k
+        else:  # inference: mask in place + sum, 2x faster on a CPU than the einsum's bmm, no extra copy
+            summed = per_neighbour.mul_(valid.unsqueeze(-1).to(per_neighbour.dtype)).sum(dim=2) / k
 
         slot, present = octant_neighbours(rel, valid)  # (B, N, 8)
         cells = take_rows(rel4.flatten(0, 1), slot.flatten(0, 1))  # (B*N, 8, 4)
         cells = cells.view(*slot.shape, 4) * present.unsqueeze(-1).to(rel4.dtype)  # empty octant: the centre
-        cube = torch.cat([centres.unsqueeze(2).expand(-1, -1, 8, -1), cells], dim=-1)  # (B, N, 8, 7)
-        oriented = self.oe(cube).squeeze(2)  # (B, N, oe)
+        oriented = self._orientation_encoding(centres, cells)  # (B, N, oe)
 
         return self.mlp(torch.cat([summed, oriented], dim=-1))
+
+    def _orientation_encoding(self, centres: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The three OE convolutions on the cube whose 8 cells are ``[x_i, cell]``:
+        ``centres (B, N, 3)``, ``cells (B, N, 8, 4)`` -> ``(B, N, oe_width)``.
+
+        The first convolution sees ``[x_i, c_a, x_i, c_b]`` for each pair of cells
+        along x; its linear map is computed as ``(W_1 + W_3) x_i`` once per centre
+        plus ``[W_2, W_4] [c_a, c_b]`` per pair (the same sum, without building the
+        (B, N, 8, 7) cube and with 8 instead of 14 inputs per pair).
+        """
+        batch, n = cells.shape[:2]
+        first = self.oe[0].conv
+        weight = first.linears[0].weight  # (oe, 14) = [W_1 (3), W_2 (4), W_3 (3), W_4 (4)]
+        centre_w = weight[:, 0:3] + weight[:, 7:10]
+        cell_w = torch.cat([weight[:, 3:7], weight[:, 10:14]], dim=1)  # (oe, 8)
+        pairs = cells.reshape(batch, n, 2, 4, 4).transpose(2, 3).reshape(batch, n, 4, 8)  # along x
+        pre = torch.nn.functional.linear(pairs, cell_w) + torch.nn.functional.linear(centres, centre_w).unsqueeze(2)
+        x = first.from_first_linear(pre)  # (B, N, 4, oe)
+        return self.oe[2](self.oe[1](x)).squeeze(2)
 
     def forward(
         self,

@@ -9,6 +9,9 @@ feature-propagation (FP) levels back to the input points, 128-d output per point
   :mod:`safnet_ros.geometry.neighbors`), each neighbour gets its xyz relative to the
   centroid (+ its features), a shared MLP (1x1 Conv2d + BN + ReLU) and a max pool
   over the neighbourhood.
+* Inside, features are kept channels last (``(B, N, C)`` rows) and the 1x1
+  convolutions run as ``F.linear`` on their own weights (same parameters and
+  state_dict as the conv modules, about 2x faster on a CPU).
 * FP: inverse-distance 3-NN interpolation from the coarser level, concatenation
   with the finer level's features (skip link), shared MLP (1x1 Conv1d + BN + ReLU).
 
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from safnet_ros.errors import ConfigError
-from safnet_ros.geometry.neighbors import ball_query, farthest_point_sample, gather, three_nn_interpolate
+from safnet_ros.geometry.neighbors import ball_query, farthest_point_sample, gather, interpolate_rows, three_nn_weights
 
 __all__ = ["PointNet2SSG", "SetAbstraction", "FeaturePropagation"]
 
@@ -49,7 +52,11 @@ class _SafeBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def _shared_mlp(in_channels: int, widths: Sequence[int], dims: int) -> nn.Sequential:
-    """1x1 conv (``dims`` = 1 or 2) + BN + ReLU per width."""
+    """1x1 conv (``dims`` = 1 or 2) + BN + ReLU per width.
+
+    The modules (and so the state_dict keys and shapes) are those of the usual
+    PointNet++ code; :func:`_run_rows` evaluates them channels last.
+    """
     conv = nn.Conv2d if dims == 2 else nn.Conv1d
     layers: list[nn.Module] = []
     for width in widths:
@@ -58,11 +65,35 @@ def _shared_mlp(in_channels: int, widths: Sequence[int], dims: int) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
+def _conv_matrix(conv: nn.Module) -> torch.Tensor:
+    """The ``(out, in)`` matrix of a kernel-1 Conv1d/Conv2d (a view of its weight)."""
+    return conv.weight.view(conv.weight.shape[0], conv.weight.shape[1])
+
+
+def _run_rows(mlp: nn.Sequential, x: torch.Tensor, first_done: bool = False) -> torch.Tensor:
+    """A :func:`_shared_mlp` on channels-last rows ``x (R, C_in)`` -> ``(R, C_out)``.
+
+    The same maths as the 1x1 convolutions on ``(B, C, ...)``: a kernel-1 conv is a
+    matrix product per position, and BN over all positions of a channel is BN over
+    the rows. Channels-last ``F.linear`` is about 2x faster than ``conv1d`` /
+    ``_slow_conv2d_forward`` with kernel 1 on a CPU. ``first_done``: ``x`` already
+    is the first layer's matrix product (``(R, widths[0])``), as
+    :class:`FeaturePropagation` computes it piecewise.
+    """
+    for i in range(0, len(mlp), 3):
+        conv, norm = mlp[i], mlp[i + 1]
+        if not (first_done and i == 0):
+            x = F.linear(x, _conv_matrix(conv))
+        x = torch.relu_(norm(x))
+    return x
+
+
 class SetAbstraction(nn.Module):
     """One SA level: FPS centroids, ball-query grouping, shared MLP, max pool.
 
     ``forward(xyz (B, N, 3) metres, features (B, C, N) | None)`` ->
-    ``(centroids (B, m, 3), features (B, mlp[-1], m))`` with ``m = min(npoint, N)``.
+    ``(centroids (B, m, 3), features (B, mlp[-1], m))`` with ``m = min(npoint, N)``;
+    :meth:`forward_rows` is the same with channels-last features ``(B, N, C)``.
     """
 
     def __init__(self, npoint: int, radius: float, nsample: int, in_channels: int, mlp: Sequence[int]):
@@ -77,6 +108,14 @@ class SetAbstraction(nn.Module):
     def forward(
         self, xyz: torch.Tensor, features: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        centroids, pooled = self.forward_rows(xyz, None if features is None else features.transpose(1, 2))
+        return centroids, pooled.transpose(1, 2)
+
+    def forward_rows(
+        self, xyz: torch.Tensor, features: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``xyz (B, N, 3)``, ``features (B, N, C) | None`` -> ``(centroids (B, m, 3),
+        features (B, m, mlp[-1]))``, channels last."""
         m = min(self.npoint, xyz.shape[1])
         centre_idx = farthest_point_sample(xyz, m)  # (B, m)
         centroids = gather(xyz, centre_idx.unsqueeze(-1)).squeeze(2)  # (B, m, 3)
@@ -84,9 +123,10 @@ class SetAbstraction(nn.Module):
         # Invalid slots repeat the nearest valid neighbour: harmless under max pooling.
         grouped = gather(xyz, idx) - centroids.unsqueeze(2)  # (B, m, k, 3)
         if features is not None:
-            grouped = torch.cat([grouped, gather(features.transpose(1, 2), idx)], dim=-1)
-        grouped = grouped.permute(0, 3, 1, 2)  # (B, 3 + C, m, k)
-        pooled = self.mlp(grouped).amax(dim=-1)  # (B, C', m)
+            grouped = torch.cat([grouped, gather(features, idx)], dim=-1)  # (B, m, k, 3 + C)
+        batch, _, k, channels = grouped.shape
+        out = _run_rows(self.mlp, grouped.reshape(-1, channels))  # (B*m*k, C')
+        pooled = out.view(batch, m, k, -1).amax(dim=2)  # (B, m, C')
         return centroids, pooled
 
 
@@ -94,11 +134,18 @@ class FeaturePropagation(nn.Module):
     """One FP level: 3-NN inverse-distance interpolation + skip concat + shared MLP.
 
     ``forward(fine_xyz (B, n, 3), coarse_xyz (B, m, 3), fine_feats (B, C1, n) | None,
-    coarse_feats (B, C2, m))`` -> ``(B, mlp[-1], n)``.
+    coarse_feats (B, C2, m))`` -> ``(B, mlp[-1], n)``; :meth:`forward_rows` is the
+    same with channels-last features.
+
+    The first layer ``W [interp(F2), F1]`` is computed as ``interp(W_2 F2) + W_1 F1``:
+    interpolation is linear, so ``W_2`` is applied to the m coarse rows before the
+    interpolation instead of to the n interpolated rows (n >> m), and the
+    concatenation is never built.
     """
 
     def __init__(self, in_channels: int, mlp: Sequence[int]):
         super().__init__()
+        self.in_channels = int(in_channels)
         self.out_channels = int(mlp[-1])
         self.mlp = _shared_mlp(in_channels, mlp, dims=1)
 
@@ -109,10 +156,29 @@ class FeaturePropagation(nn.Module):
         fine_feats: Optional[torch.Tensor],
         coarse_feats: torch.Tensor,
     ) -> torch.Tensor:
-        interpolated = three_nn_interpolate(fine_xyz, coarse_xyz, coarse_feats)
+        out = self.forward_rows(fine_xyz, coarse_xyz, None if fine_feats is None else fine_feats.transpose(1, 2),
+                                coarse_feats.transpose(1, 2))
+        return out.transpose(1, 2)
+
+    def forward_rows(
+        self,
+        fine_xyz: torch.Tensor,
+        coarse_xyz: torch.Tensor,
+        fine_feats: Optional[torch.Tensor],
+        coarse_feats: torch.Tensor,
+    ) -> torch.Tensor:
+        """``fine_feats (B, n, C1) | None``, ``coarse_feats (B, m, C2)`` -> ``(B, n, mlp[-1])``."""
+        coarse_channels = coarse_feats.shape[-1]
+        fine_channels = 0 if fine_feats is None else fine_feats.shape[-1]
+        if coarse_channels + fine_channels != self.in_channels:
+            raise ValueError(f"FP level takes {self.in_channels} channels, got {coarse_channels} + {fine_channels}")
+        weight = _conv_matrix(self.mlp[0])  # (W0, C2 + C1)
+        idx, w = three_nn_weights(fine_xyz, coarse_xyz)  # (B, n, 3)
+        pre = interpolate_rows(F.linear(coarse_feats, weight[:, :coarse_channels]), idx, w)  # (B, n, W0)
         if fine_feats is not None:
-            interpolated = torch.cat([interpolated, fine_feats], dim=1)
-        return self.mlp(interpolated)
+            pre = pre + F.linear(fine_feats, weight[:, coarse_channels:])
+        batch, n, width = pre.shape
+        return _run_rows(self.mlp, pre.reshape(batch * n, width), first_done=True).view(batch, n, -1)
 
 
 class PointNet2SSG(nn.Module):
@@ -179,14 +245,15 @@ class PointNet2SSG(nn.Module):
             got = None if features is None else tuple(features.shape)
             raise ValueError(f"features must be {(xyz.shape[0], self.in_channels, xyz.shape[1])}, got {got}")
         xyz = xyz.contiguous()
-        level_xyz, level_feats = [xyz], [features]
+        # Channels last inside (rows of (B, N, C)); the interface stays (B, C, N).
+        level_xyz, level_feats = [xyz], [None if features is None else features.transpose(1, 2)]
         for sa in self.sa:
-            new_xyz, new_feats = sa(level_xyz[-1], level_feats[-1])
+            new_xyz, new_feats = sa.forward_rows(level_xyz[-1], level_feats[-1])
             level_xyz.append(new_xyz)
             level_feats.append(new_feats)
         deep = level_feats[-1]
         levels = len(self.sa)
         for i, fp in enumerate(self.fp):
             fine = levels - 1 - i
-            deep = fp(level_xyz[fine], level_xyz[fine + 1], level_feats[fine], deep)
-        return deep
+            deep = fp.forward_rows(level_xyz[fine], level_xyz[fine + 1], level_feats[fine], deep)
+        return deep.transpose(1, 2)  # (B, C, N): a view of the channels-last rows

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from sensor_msgs.msg import Image, PointCloud2, PointField
 
 from safnet_ros.errors import MessageDecodeError
+from test_ros_codecs import slow_decode_cloud  # the struct-per-point reference decoder
 from safnet_ros.ros.codecs import (
     camera_info_to_K,
     depth_to_metres,
@@ -21,7 +22,6 @@ from safnet_ros.ros.codecs import (
 )
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-STRUCT = {1: "b", 2: "B", 3: "h", 4: "H", 5: "i", 6: "I", 7: "f", 8: "d"}
 SIZE = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 8: 8}
 
 
@@ -38,20 +38,6 @@ def data_length(draw, exact: int) -> int:
     return draw(st.integers(0, 2000))
 
 
-def slow_cloud(msg):
-    """{name: list of values}, struct per point and field (only called on clouds we decoded)."""
-    order = ">" if msg.is_bigendian else "<"
-    data = bytes(msg.data)
-    out = {f.name: [] for f in msg.fields}
-    for v in range(msg.height):
-        for u in range(msg.width):
-            base = v * msg.row_step + u * msg.point_step
-            for f in msg.fields:
-                vals = struct.unpack_from(order + STRUCT[f.datatype] * f.count, data, base + f.offset)
-                out[f.name].append(vals if f.count > 1 else vals[0])
-    return out
-
-
 def check_cloud(msg):
     """Decode; on success compare every field with the struct reference."""
     try:
@@ -61,7 +47,7 @@ def check_cloud(msg):
         return None
     event("cloud decoded")
     assert arr.shape == (msg.width * msg.height,)
-    ref = slow_cloud(msg)
+    ref = slow_decode_cloud(msg)
     for name, values in ref.items():
         expected = np.array(values, dtype=arr.dtype.fields[name][0].base.newbyteorder("=")).reshape(arr[name].shape)
         np.testing.assert_array_equal(arr[name], expected)

@@ -493,11 +493,7 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
     c = replay.node_counters
     lat = np.asarray(replay.latencies_s, dtype=np.float64)
     return {
-        "mode": "bag+node",
-        "scene": scene.name,
-        "vertices": int(len(scene.xyz)),
-        "frames": scene.frames,
-        "invalid_frames": scene.invalid_frames,
+        **_scene_fields("bag+node", scene),
         "bag": str(bag),
         "bag_frames": conv.frames_written,
         "bag_clouds": conv.clouds_written,
@@ -514,13 +510,7 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
         "points_matched": votes.points_matched,
         "points_unmatched": votes.points_unmatched,
         "points_not_segmented": votes.points_not_segmented,
-        "device": str(seg.device),
-        "untrained_model": bool(seg.untrained),
-        "miou": summary["miou"],
-        "oa": summary["oa"],
-        "per_class": summary["per_class"],
-        "labelled_vertices": summary["labelled_vertices"],
-        "coverage": summary["coverage"],
+        **_result_fields(seg, summary),
         "latency_mean_s": float(lat.mean()) if lat.size else float("nan"),
         "latency_max_s": float(lat.max()) if lat.size else float("nan"),
         "latency_clouds": int(lat.size),
@@ -532,6 +522,18 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
         "ply": str(ply_path),
         "png": str(png_path),
     }
+
+
+def _scene_fields(mode: str, scene: DemoScene) -> dict:
+    """Summary keys both modes share about the scene."""
+    return {"mode": mode, "scene": scene.name, "vertices": int(len(scene.xyz)),
+            "frames": scene.frames, "invalid_frames": scene.invalid_frames}
+
+
+def _result_fields(seg, summary: dict) -> dict:
+    """Summary keys both modes share about the model and the score."""
+    keys = ("miou", "oa", "per_class", "labelled_vertices", "coverage")
+    return {"device": str(seg.device), "untrained_model": bool(seg.untrained), **{k: summary[k] for k in keys}}
 
 
 def run_offline(args: argparse.Namespace, out: Path, scene: DemoScene) -> dict:
@@ -557,21 +559,11 @@ def run_offline(args: argparse.Namespace, out: Path, scene: DemoScene) -> dict:
     ply_path, png_path = write_outputs(out, scene, labels, result.s,
                                        _title(scene, summary, seg.untrained, "offline Segmenter"))
     return {
-        "mode": "offline",
-        "scene": scene.name,
-        "vertices": int(len(scene.xyz)),
-        "frames": scene.frames,
-        "invalid_frames": scene.invalid_frames,
+        **_scene_fields("offline", scene),
         "candidate_views": len(views),
         "views_used": len(result.views_used),
         "chunks": result.num_chunks,
-        "device": str(seg.device),
-        "untrained_model": bool(seg.untrained),
-        "miou": summary["miou"],
-        "oa": summary["oa"],
-        "per_class": summary["per_class"],
-        "labelled_vertices": summary["labelled_vertices"],
-        "coverage": summary["coverage"],
+        **_result_fields(seg, summary),
         "latency_mean_s": float(result.timings["total"]),
         "segment_timings_s": result.timings,
         "synth_s": scene.generated_s,

@@ -411,31 +411,16 @@ def one_thread():
 
 
 @pytest.mark.slow
-def test_full_model_overfits_one_synthetic_chunk(one_thread):
+def test_full_model_overfits_one_synthetic_chunk(one_thread, overfit):
     torch.manual_seed(0)
     batch = _synthetic_chunk()
     cfg = SafnetConfig.preset("lite", pn_npoints=(512, 128, 32, 8))
-    model = build_model(cfg).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model = build_model(cfg)
     start = time.perf_counter()
-    accuracy = 0.0
-    for step in range(300):
-        out = model(batch)
-        total, _ = safnet_loss(out, batch, cfg)
-        optimiser.zero_grad()
-        total.backward()
-        optimiser.step()
-        if step % 25 == 24:
-            model.eval()
-            with torch.no_grad():
-                pred = model(batch).logits.argmax(-1)
-            model.train()
-            accuracy = float((pred == batch.labels).float().mean())
-            if accuracy >= 0.97:
-                break
+    accuracy, pred, steps = overfit(model, batch, cfg, steps=300)
     elapsed = time.perf_counter() - start
-    assert accuracy >= 0.95, f"accuracy {accuracy:.3f} after {step + 1} steps ({elapsed:.1f} s)"
-    print(f"overfit: accuracy {accuracy:.3f} after {step + 1} steps in {elapsed:.1f} s")
+    assert accuracy >= 0.95, f"accuracy {accuracy:.3f} after {steps} steps ({elapsed:.1f} s)"
+    print(f"overfit: accuracy {accuracy:.3f} after {steps} steps in {elapsed:.1f} s")
     # the picture (same geometry as the wall) is told apart: the 2D path is used
     picture = batch.labels[0] == CLASS["picture"]
     assert float((pred[0, picture] == CLASS["picture"]).float().mean()) > 0.8

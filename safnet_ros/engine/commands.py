@@ -13,13 +13,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue after the last finished epoch in OUT/checkpoints/train_state.pt")
     parser.add_argument("--out", default=None, help="output folder (default: the config's `out`)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one config value, parsed as YAML; repeatable "
+                             "(e.g. --set model.variant=concat --set out=runs/synth_concat)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_train(args: argparse.Namespace) -> int:
     from safnet_ros.engine.train import train
 
-    result = train(args.config, args.out, resume=args.resume, progress=not args.no_progress)
+    result = train(args.config, args.out, resume=args.resume, progress=not args.no_progress, sets=args.sets)
     if result.last_checkpoint is not None:
         print(f"trained epochs {result.epochs_run[0] + 1}..{result.epochs_run[-1] + 1}; "
               f"last checkpoint {result.last_checkpoint}; metrics {result.out / 'metrics.csv'}")

@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from safnet_ros.errors import ConfigError, MissingDataError
 
@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "lr_step_epochs": 40,
         "lr_gamma": 0.1,
         "max_steps_per_epoch": 0,  # 0 = the whole epoch
+        "max_minutes": 0,  # wall-clock budget: stop after the epoch that passes it (0 = none)
         "val_every": 1,
         "max_val_batches": 0,
         "find_unused_parameters": True,
@@ -89,8 +90,39 @@ def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], path: str
     return out
 
 
-def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """The full training config: DEFAULTS overridden by a YAML file (or a dict), checked."""
+def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
+    """``["model.variant=concat", "train.epochs=5"]`` -> nested override dict.
+
+    Values are parsed as YAML (``5`` int, ``0.1`` float, ``true`` bool, ``[1, 2]``
+    list, anything else a string), as they would be in the config file.
+
+    Raises:
+        ConfigError: an item without ``=`` or with an empty key.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set wants KEY.PATH=VALUE (e.g. model.variant=concat), got {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from exc
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} conflicts with an earlier --set of {part!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any], sets: Sequence[str] = ()) -> dict[str, Any]:
+    """The full training config: DEFAULTS overridden by a YAML file (or a dict), then by
+    ``sets`` (``KEY.PATH=VALUE`` strings, the CLI's ``--set``), checked."""
     if isinstance(path_or_dict, Mapping):
         raw = dict(path_or_dict)
         base_dir = Path.cwd()
@@ -107,7 +139,7 @@ def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{p}: a training config must be a mapping")
         base_dir = p.parent
-    cfg = merge_config(DEFAULTS, raw)
+    cfg = merge_config(merge_config(DEFAULTS, raw), parse_sets(sets))
     cfg["_base_dir"] = str(base_dir)
     stage = cfg["stage"]
     if stage not in ("2d", "3d"):
@@ -124,6 +156,8 @@ def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str
             raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
     if not float(t["lr"]) > 0:
         raise ConfigError(f"train.lr must be > 0, got {t['lr']}")
+    if not float(t["max_minutes"]) >= 0:
+        raise ConfigError(f"train.max_minutes must be >= 0 (0 = no budget), got {t['max_minutes']}")
     if cfg["chunks"]["views"] not in (0, 1, 2, 3, 4, 5):
         raise ConfigError(f"chunks.views must be 0..5, got {cfg['chunks']['views']}")
     crop = cfg["images"]["crop_wh"]
@@ -361,24 +395,26 @@ class TrainResult:
     epochs_run: list[int] = field(default_factory=list)
     last_checkpoint: Optional[Path] = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by_time: bool = False  # train.max_minutes ended the run before train.epochs
 
 
 def train(config: str | os.PathLike | Mapping[str, Any], out: Optional[str | os.PathLike] = None,
           resume: bool = False, *, rank: Optional[int] = None, world_size: Optional[int] = None,
-          init_method: Optional[str] = None, progress: bool = True) -> TrainResult:
+          init_method: Optional[str] = None, progress: bool = True, sets: Sequence[str] = ()) -> TrainResult:
     """Run the training described by ``config`` (YAML path or dict) into ``out``.
 
     ``resume``: continue after the last finished epoch recorded in
     ``out/checkpoints/train_state.pt`` (MissingDataError when there is none).
     ``rank``/``world_size``/``init_method`` join a process group explicitly (tests,
-    mp.spawn); under torchrun they come from the environment.
+    mp.spawn); under torchrun they come from the environment. ``sets``: config
+    overrides as ``KEY.PATH=VALUE`` strings (see :func:`parse_sets`).
     """
     import numpy as np
     import torch
 
     from safnet_ros.model.safnet import build_model, save_checkpoint
 
-    cfg = load_config(config)
+    cfg = load_config(config, sets)
     out_dir = Path(out) if out is not None else Path(cfg["out"])  # relative to the current directory
     dist_info = setup_distributed(cfg["device"], init_method, rank, world_size)
     stage = cfg["stage"]
@@ -453,6 +489,8 @@ def train(config: str | os.PathLike | Mapping[str, Any], out: Optional[str | os.
         result = TrainResult(out=out_dir)
         epochs = int(t["epochs"])
         global_step = int(resume_state["global_step"]) if resume_state else 0
+        budget_s = float(t["max_minutes"]) * 60.0
+        run_start = time.perf_counter()
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             train_set.set_epoch(epoch)
@@ -530,6 +568,16 @@ def train(config: str | os.PathLike | Mapping[str, Any], out: Optional[str | os.
                 import torch.distributed as dist
 
                 dist.barrier()
+            if budget_s > 0 and epoch + 1 < epochs:
+                # Every rank must stop at the same epoch: any rank over budget stops all.
+                over = torch.tensor([float(time.perf_counter() - run_start > budget_s)], dtype=torch.float64,
+                                    device=dist_info.device)
+                if float(all_reduce_sum(over, dist_info)[0]) > 0:
+                    result.stopped_by_time = True
+                    if dist_info.is_main:
+                        print(f"stopping after epoch {epoch + 1}/{epochs}: train.max_minutes "
+                              f"({t['max_minutes']}) reached", file=sys.stderr)
+                    break
         if writer is not None:
             writer.close()
         return result

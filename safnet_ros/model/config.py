@@ -43,6 +43,7 @@ class SafnetConfig:
     # 2D branch (ResNet-UNet); images 160x120 in the paper.
     resnet_depth: int = 34
     stem_stride: int = 1
+    resnet_width: int = 64  # base width of the ResNet (64 = torchvision, loads ImageNet weights)
     feat_2d: int = 64
     freeze_2d: bool = False  # frozen: no L_2D, 2D net in eval mode and without gradients
 
@@ -153,7 +154,7 @@ class SafnetConfig:
             self.pn_radii = tuple(float(v) for v in self.pn_radii)
             self.pn_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_mlps)
             self.pn_fp_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_fp_mlps)
-            for name in ("num_classes", "resnet_depth", "stem_stride", "feat_2d", "agg_k", "k", "gsm_block",
+            for name in ("num_classes", "resnet_depth", "stem_stride", "resnet_width", "feat_2d", "agg_k", "k", "gsm_block",
                          "csm_point_width", "csm_oe_width", "csm_out", "pn_nsample", "feat_3d", "se_reduction"):
                 setattr(self, name, int(getattr(self, name)))
             for name in ("radius", "a1", "a2", "b1", "b2", "a3", "a4", "b3", "dropout", "w_2d", "w_3d",
@@ -188,6 +189,7 @@ class SafnetConfig:
         need(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
         need(self.resnet_depth in (18, 34), f"resnet_depth must be 18 or 34, got {self.resnet_depth}")
         need(self.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {self.stem_stride}")
+        need(self.resnet_width >= 8, f"resnet_width must be >= 8, got {self.resnet_width}")
         need(self.feat_2d >= 1 and self.feat_3d >= 1, "feat_2d and feat_3d must be >= 1")
         need(self.agg_k >= 1, f"agg_k must be >= 1, got {self.agg_k}")
         need(self.k >= 1, f"k (neighbourhood size) must be >= 1, got {self.k}")
@@ -215,6 +217,7 @@ class SafnetConfig:
 _LITE: dict[str, Any] = {
     "resnet_depth": 18,
     "stem_stride": 2,
+    "resnet_width": 32,
     "agg_mlp": (32, 64),
     "k": 8,
     "radius": 0.15,

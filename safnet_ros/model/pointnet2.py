@@ -116,16 +116,24 @@ class SetAbstraction(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``xyz (B, N, 3)``, ``features (B, N, C) | None`` -> ``(centroids (B, m, 3),
         features (B, m, mlp[-1]))``, channels last."""
+        given = 0 if features is None else features.shape[-1]
+        if given != self.in_channels:
+            raise ValueError(f"SA level takes {self.in_channels} feature channels, got {given}")
         m = min(self.npoint, xyz.shape[1])
         centre_idx = farthest_point_sample(xyz, m)  # (B, m)
         centroids = gather(xyz, centre_idx.unsqueeze(-1)).squeeze(2)  # (B, m, 3)
         idx, _ = ball_query(centroids, xyz, self.radius, self.nsample)  # (B, m, k)
         # Invalid slots repeat the nearest valid neighbour: harmless under max pooling.
-        grouped = gather(xyz, idx) - centroids.unsqueeze(2)  # (B, m, k, 3)
+        # The first layer W [x_j - c, f_j] = W_x (x_j - c) + W_f f_j: the feature part
+        # runs once per point and is looked up for the (B, m, k) rows (N is smaller than
+        # m * k at every level but the first), and the grouped concatenation is never
+        # built. The offsets x_j - c stay explicit: W_x x_j - W_x c would cancel.
+        weight = _conv_matrix(self.mlp[0])  # (W0, 3 + C)
+        pre = F.linear(gather(xyz, idx) - centroids.unsqueeze(2), weight[:, :3])  # (B, m, k, W0)
         if features is not None:
-            grouped = torch.cat([grouped, gather(features, idx)], dim=-1)  # (B, m, k, 3 + C)
-        batch, _, k, channels = grouped.shape
-        out = _run_rows(self.mlp, grouped.reshape(-1, channels))  # (B*m*k, C')
+            pre = pre + gather(F.linear(features, weight[:, 3:]), idx)
+        batch, _, k, width = pre.shape
+        out = _run_rows(self.mlp, pre.reshape(-1, width), first_done=True)  # (B*m*k, C')
         pooled = out.view(batch, m, k, -1).amax(dim=2)  # (B, m, C')
         return centroids, pooled
 

@@ -43,7 +43,12 @@ __all__ = [
 
 # Blocks per stage for the BasicBlock ResNets (torchvision's resnet18 / resnet34).
 RESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-_STAGE_CHANNELS = (64, 128, 256, 512)
+_STAGE_CHANNELS = (64, 128, 256, 512)  # torchvision's widths (base width 64)
+
+
+def stage_channels(width: int = 64) -> tuple[int, int, int, int]:
+    """Channels of the four ResNet stages for base ``width`` (64 = torchvision)."""
+    return (width, 2 * width, 4 * width, 8 * width)
 
 
 class BasicBlock(nn.Module):
@@ -73,23 +78,30 @@ class BasicBlock(nn.Module):
 class ResNetEncoder(nn.Module):
     """ResNet-18/34 trunk without the classifier; returns the maps of every stage.
 
-    Parameter names equal torchvision's ``resnet{18,34}`` minus ``fc``.
+    Parameter names equal torchvision's ``resnet{18,34}`` minus ``fc``. ``width``
+    is the base width (stage channels ``w, 2w, 4w, 8w``); only the torchvision
+    width 64 can load ImageNet weights, a narrower one (the lite preset's 32, 4x
+    fewer weights and multiply-adds) trains from scratch.
     """
 
-    def __init__(self, depth: int = 34, stem_stride: int = 2):
+    def __init__(self, depth: int = 34, stem_stride: int = 2, width: int = 64):
         super().__init__()
         if depth not in RESNET_LAYERS:
             raise ConfigError(f"ResNet depth must be one of {sorted(RESNET_LAYERS)}, got {depth}")
         if stem_stride not in (1, 2):
             raise ConfigError(f"stem_stride must be 1 or 2, got {stem_stride}")
+        if width < 8:
+            raise ConfigError(f"ResNet base width must be >= 8, got {width}")
         self.depth = depth
         self.stem_stride = stem_stride
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=stem_stride, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.width = width
+        self.channels = stage_channels(width)
+        self.conv1 = nn.Conv2d(3, width, 7, stride=stem_stride, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        in_ch = 64
-        for stage, (blocks, out_ch) in enumerate(zip(RESNET_LAYERS[depth], _STAGE_CHANNELS), 1):
+        in_ch = width
+        for stage, (blocks, out_ch) in enumerate(zip(RESNET_LAYERS[depth], self.channels), 1):
             stride = 1 if stage == 1 else 2
             layers = [BasicBlock(in_ch, out_ch, stride)]
             layers += [BasicBlock(out_ch, out_ch) for _ in range(blocks - 1)]
@@ -106,8 +118,8 @@ class ResNetEncoder(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``x (B, 3, H, W)`` -> [stem (64, H/s), layer1 (64, H/2s), layer2 (128, H/4s),
-        layer3 (256, H/8s), layer4 (512, H/16s)] with s = ``stem_stride``."""
+        """``x (B, 3, H, W)`` -> [stem (w, H/s), layer1 (w, H/2s), layer2 (2w, H/4s),
+        layer3 (4w, H/8s), layer4 (8w, H/16s)] with s = ``stem_stride``, w = ``width``."""
         stem = self.relu(self.bn1(self.conv1(x)))
         l1 = self.layer1(self.maxpool(stem))
         l2 = self.layer2(l1)
@@ -145,23 +157,26 @@ class ResNetUNet(nn.Module):
         num_classes: classes of the 1x1 classifier (20 for ScanNet).
         stem_stride: 1 (full-resolution stem, paper) or 2 (torchvision stem + final
             bilinear upsampling, cheaper).
+        width: base width of the encoder (64 = torchvision; the decoder scales with it).
 
     ``forward(images (B, 3, H, W) normalised)`` -> ``(features (B, feat_dim, H, W),
     logits (B, num_classes, H, W))`` for any H, W >= 1.
     """
 
-    def __init__(self, depth: int = 34, feat_dim: int = 64, num_classes: int = 20, stem_stride: int = 1):
+    def __init__(self, depth: int = 34, feat_dim: int = 64, num_classes: int = 20, stem_stride: int = 1,
+                 width: int = 64):
         super().__init__()
         if feat_dim < 1 or num_classes < 1:
             raise ConfigError(f"feat_dim and num_classes must be >= 1, got {feat_dim}, {num_classes}")
         self.feat_dim = feat_dim
         self.num_classes = num_classes
         self.stem_stride = stem_stride
-        self.encoder = ResNetEncoder(depth, stem_stride)
-        self.up4 = _UpStage(512, 256, 256)  # H/16s -> H/8s
-        self.up3 = _UpStage(256, 128, 128)  # -> H/4s
-        self.up2 = _UpStage(128, 64, 64)  # -> H/2s
-        self.up1 = _UpStage(64, 64, feat_dim)  # -> H/s (stem resolution)
+        self.encoder = ResNetEncoder(depth, stem_stride, width)
+        c1, c2, c3, c4 = self.encoder.channels
+        self.up4 = _UpStage(c4, c3, c3)  # H/16s -> H/8s
+        self.up3 = _UpStage(c3, c2, c2)  # -> H/4s
+        self.up2 = _UpStage(c2, c1, c1)  # -> H/2s
+        self.up1 = _UpStage(c1, c1, feat_dim)  # -> H/s (stem resolution)
         self.classifier = nn.Conv2d(feat_dim, num_classes, 1)
 
     @property
@@ -234,6 +249,9 @@ def load_torchvision_resnet(
             resnet18 file for a depth-34 model).
     """
     encoder = model.encoder if isinstance(model, ResNetUNet) else model
+    if encoder.width != 64:
+        raise ModelLoadError(f"ImageNet ResNet weights need the torchvision width 64; this encoder has width "
+                             f"{encoder.width} (the lite preset trains its 2D net from scratch)")
     source, where = _read_state_dict(path_or_state_dict)
     state = {}
     for key, value in source.items():

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Train the shipped default model (models/safnet_lite_synth.pt) and the two
+# baselines it is compared with, then evaluate all three on held-out scenes.
+#
+#   scripts/train_default_model.sh [PRE] [RUNS]
+#
+# PRE   preprocessed synthetic scenes (default data/synth_pre; made here when absent:
+#       16 training scenes from seed 1, 4 validation scenes from seed 7, so the
+#       validation rooms come from a seed never used in training)
+# RUNS  output folder (default runs/default_model)
+#
+# Environment:
+#   SAFNET        how to run the CLI (default: `safnet`; e.g. "python3 -m safnet_ros.cli")
+#   MINUTES_2D    wall-clock budget of stage 2d (default 0 = the config's epochs)
+#   MINUTES_3D    wall-clock budget of each stage-3d run (default 0 = the config's epochs)
+#   TRAIN_SETS    extra `--set KEY=VALUE` arguments for every training run
+#   EVAL_VIEWS    test views of the evaluation (default 1,3,5)
+#   EVAL_ARGS     extra `safnet eval` arguments (e.g. "--scenes 1 --device cpu")
+#   STAGE         all (default) | train | eval
+#
+# The three stage-3d runs (safnet, concat late fusion, 3D-only pointnet2) run in
+# parallel; on one GPU they share it. docs/model_card.md records a run of this script.
+set -euo pipefail
+
+PRE=${1:-data/synth_pre}
+RUNS=${2:-runs/default_model}
+SAFNET=${SAFNET:-safnet}
+MINUTES_2D=${MINUTES_2D:-0}
+MINUTES_3D=${MINUTES_3D:-0}
+TRAIN_SETS=${TRAIN_SETS:-}
+EVAL_VIEWS=${EVAL_VIEWS:-1,3,5}
+EVAL_ARGS=${EVAL_ARGS:-}
+STAGE=${STAGE:-all}
+mkdir -p "$RUNS"
+
+if [ ! -f "$PRE/preprocess_summary.json" ]; then
+    RAW=${PRE%/}_raw
+    $SAFNET data synth "$RAW" --scenes 16 --seed 1 --frames 120 --split train --quiet
+    $SAFNET data synth "$RAW" --scenes 4 --seed 7 --frames 120 --split val --quiet
+    $SAFNET data preprocess "$RAW" "$PRE" --workers 2 --frame-step 2
+fi
+
+if [ "$STAGE" != eval ]; then
+    # 3D-only baseline first: it needs no 2D net, so it runs beside stage 2d.
+    # shellcheck disable=SC2086
+    $SAFNET train config/train_synth_3d.yaml --no-progress --set data.root="$PRE" --set out="$RUNS/pointnet2" \
+        --set model.variant=pointnet2 --set train.max_minutes="$MINUTES_3D" $TRAIN_SETS \
+        >"$RUNS/pointnet2.log" 2>&1 &
+    PN2=$!
+    # shellcheck disable=SC2086
+    $SAFNET train config/train_synth_2d.yaml --no-progress --set data.root="$PRE" --set out="$RUNS/synth_2d" \
+        --set train.max_minutes="$MINUTES_2D" $TRAIN_SETS 2>&1 | tee "$RUNS/synth_2d.log"
+    INIT_2D="$(cd "$RUNS/synth_2d" && pwd)/model_last.pt"
+    PIDS=("$PN2")
+    for variant in safnet concat; do
+        # shellcheck disable=SC2086
+        $SAFNET train config/train_synth_3d.yaml --no-progress --set data.root="$PRE" --set out="$RUNS/$variant" \
+            --set model.variant=$variant --set init_2d="$INIT_2D" \
+            --set train.max_minutes="$MINUTES_3D" $TRAIN_SETS >"$RUNS/$variant.log" 2>&1 &
+        PIDS+=("$!")
+    done
+    status=0
+    for pid in "${PIDS[@]}"; do wait "$pid" || status=1; done
+    tail -n 3 "$RUNS"/pointnet2.log "$RUNS"/safnet.log "$RUNS"/concat.log
+    [ "$status" = 0 ] || { echo "a stage-3d run failed (logs in $RUNS)" >&2; exit 1; }
+fi
+
+if [ "$STAGE" != train ]; then
+    # shellcheck disable=SC2086
+    $SAFNET eval --model "$RUNS/safnet/model_last.pt" --model "$RUNS/concat/model_last.pt" \
+        --model "$RUNS/pointnet2/model_last.pt" --data "$PRE" --split val --views "$EVAL_VIEWS" \
+        --no-progress --out "$RUNS/eval" --json $EVAL_ARGS >"$RUNS/eval.json"
+    python3 - "$RUNS/eval.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(json.dumps({k: d[k] for k in d if k not in ("per_scene",)}, indent=1)[:6000])
+EOF
+fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train the shipped default model (models/safnet_lite_synth.pt) and the two
-# baselines it is compared with, then evaluate all three on held-out scenes.
+# Train the shipped default model (models/safnet_lite_synth.pt = RUNS/safnet_no_csm/model_last.pt),
+# the full SAFNet and the two baselines it is compared with, then evaluate all four on held-out scenes.
 #
 #   scripts/train_default_model.sh [PRE] [RUNS]
 #
@@ -18,8 +18,8 @@
 #   EVAL_ARGS     extra `safnet eval` arguments (e.g. "--scenes 1 --device cpu")
 #   STAGE         all (default) | train | eval
 #
-# The three stage-3d runs (safnet, concat late fusion, 3D-only pointnet2) run in
-# parallel; on one GPU they share it. docs/model_card.md records a run of this script.
+# The stage-3d runs (safnet, safnet_no_csm, concat late fusion, 3D-only pointnet2)
+# run in parallel; on one GPU they share it. docs/model_card.md records a run of this script.
 set -euo pipefail
 
 PRE=${1:-data/synth_pre}
@@ -52,22 +52,26 @@ if [ "$STAGE" != eval ]; then
         --set train.max_minutes="$MINUTES_2D" $TRAIN_SETS 2>&1 | tee "$RUNS/synth_2d.log"
     INIT_2D="$(cd "$RUNS/synth_2d" && pwd)/model_last.pt"
     PIDS=("$PN2")
-    for variant in safnet concat; do
+    # safnet_no_csm (Table III's "w/o CSM" row) is the model that ships: docs/model_card.md says why.
+    for run in safnet:safnet safnet_no_csm:safnet concat:concat; do
+        name=${run%%:*}; variant=${run##*:}
+        overrides="{}"; [ "$name" = safnet_no_csm ] && overrides="{csm: false}"
         # shellcheck disable=SC2086
-        $SAFNET train config/train_synth_3d.yaml --no-progress --set data.root="$PRE" --set out="$RUNS/$variant" \
-            --set model.variant=$variant --set init_2d="$INIT_2D" \
-            --set train.max_minutes="$MINUTES_3D" $TRAIN_SETS >"$RUNS/$variant.log" 2>&1 &
+        $SAFNET train config/train_synth_3d.yaml --no-progress --set data.root="$PRE" --set out="$RUNS/$name" \
+            --set model.variant=$variant --set "model.overrides=$overrides" --set init_2d="$INIT_2D" \
+            --set train.max_minutes="$MINUTES_3D" $TRAIN_SETS >"$RUNS/$name.log" 2>&1 &
         PIDS+=("$!")
     done
     status=0
     for pid in "${PIDS[@]}"; do wait "$pid" || status=1; done
-    tail -n 3 "$RUNS"/pointnet2.log "$RUNS"/safnet.log "$RUNS"/concat.log
+    tail -n 3 "$RUNS"/pointnet2.log "$RUNS"/safnet.log "$RUNS"/safnet_no_csm.log "$RUNS"/concat.log
     [ "$status" = 0 ] || { echo "a stage-3d run failed (logs in $RUNS)" >&2; exit 1; }
 fi
 
 if [ "$STAGE" != train ]; then
     # shellcheck disable=SC2086
-    $SAFNET eval --model "$RUNS/safnet/model_last.pt" --model "$RUNS/concat/model_last.pt" \
+    $SAFNET eval --model "$RUNS/safnet/model_last.pt" --model "$RUNS/safnet_no_csm/model_last.pt" \
+        --model "$RUNS/concat/model_last.pt" \
         --model "$RUNS/pointnet2/model_last.pt" --data "$PRE" --split val --views "$EVAL_VIEWS" \
         --no-progress --out "$RUNS/eval" --json $EVAL_ARGS >"$RUNS/eval.json"
     python3 - "$RUNS/eval.json" <<'EOF'

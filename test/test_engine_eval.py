@@ -235,3 +235,27 @@ def test_scene_coverage_extends_base_subset(data):
         assert (got == full).mean() > 0.9
     finally:
         shutil.rmtree(sub)
+
+
+def test_three_d_only_model_is_segmented_once_for_all_views(data, models):
+    """pointnet2 ignores the views: one segmentation serves every k >= 1, with the
+    result a fresh segmentation at each k gives."""
+    from safnet_ros.data.dataset import PreprocessedScene
+    from safnet_ros.engine.evaluate import evaluate_scene, load_segmenter
+
+    scene = PreprocessedScene(data / (data / "scannetv2_one.txt").read_text().split()[0])
+    seg = load_segmenter(str(models["pointnet2"]), "cpu", STRIDE)
+    calls = []
+    original = seg.segment
+    seg.segment = lambda *a, **k: calls.append(seg.num_views) or original(*a, **k)
+    cms = {k: ConfusionMatrix() for k in (0, 1, 3, 5)}
+    stats = evaluate_scene(seg, scene, [0, 1, 3, 5], cms)
+    assert calls == [0, 1]
+    assert [s.views for s in stats] == [0, 1, 3, 5]
+    for k in (3, 5):
+        np.testing.assert_array_equal(cms[k].matrix, cms[1].matrix)
+    seg.num_views = 5
+    fresh = ConfusionMatrix()
+    fresh.add(np.asarray(scene.labels), original(np.asarray(scene.points, np.float32),
+                                                 [scene.view(f) for f in range(scene.num_frames)]).labels)
+    np.testing.assert_array_equal(fresh.matrix, cms[5].matrix)

@@ -273,11 +273,17 @@ def evaluate_scene(segmenter, scene, views_list: Sequence[int], cms: dict[int, C
     ignored = int(np.count_nonzero((truth < 0) | (truth >= NUM_CLASSES)))
     valid_truth = (truth >= 0) & (truth < NUM_CLASSES)
     stats = []
+    # A 3D-only model ignores the views it is given (only the crop to the covered
+    # region uses them, the same for every k >= 1): segment once for all k >= 1.
+    reuse = not getattr(segmenter.config, "uses_2d", True)
+    result, result_k, seconds = None, None, 0.0
     for k in views_list:
         segmenter.num_views = int(k)
-        t0 = time.perf_counter()
-        result = segmenter.segment(points, views, coverage=coverage)
-        seconds = time.perf_counter() - t0
+        if result is None or not reuse or k == 0 or result_k == 0:
+            result_k = k
+            t0 = time.perf_counter()
+            result = segmenter.segment(points, views, coverage=coverage)
+            seconds = time.perf_counter() - t0
         cms[k].add(truth, result.labels)
         stats.append(SceneStats(
             scene=scene.name, views=int(k), points=len(points), frames=scene.num_frames,

@@ -75,8 +75,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "16UC1 millimetres or 32FC1 metres; its frame_id is the camera optical frame."),
     ParamSpec("camera_info_topic", "~/camera_info", "sensor_msgs/CameraInfo of the depth image (K is rescaled "
               "when its width/height differ from the depth image's)."),
-    ParamSpec("model", "", "Model checkpoint file; '' = the shipped default model (an untrained lite model, "
-              "with a loud warning, until one is shipped)."),
+    ParamSpec("model", "", "Model checkpoint file; '' = the shipped default model models/safnet_lite_synth.pt "
+              "(docs/model_card.md; an untrained lite model with a loud warning where it is missing)."),
     ParamSpec("device", "auto", "auto | cpu | cuda[:N]. auto = CUDA when present, else the CPU (one log line); "
               "cuda requested but absent = the CPU with a warning."),
     ParamSpec("preset", "", "Expected model preset (lite | paper); '' = whatever the checkpoint holds. "

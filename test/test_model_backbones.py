@@ -123,6 +123,22 @@ def test_resnet_unet_shapes_and_gradient(depth, stem_stride, size):
     assert float(images.grad[:, :, 5, 7].abs().sum()) > 0
 
 
+def test_resnet_unet_width_scales_every_stage_and_refuses_imagenet_weights():
+    """lite's half-width 2D net: channels w, 2w, 4w, 8w; same output shapes; ImageNet
+    (torchvision, width 64) weights cannot load into it."""
+    half = ResNetUNet(18, feat_dim=64, num_classes=20, stem_stride=2, width=32)
+    full = ResNetUNet(18, feat_dim=64, num_classes=20, stem_stride=2)
+    assert half.encoder.channels == (32, 64, 128, 256) and full.encoder.channels == (64, 128, 256, 512)
+    assert half.encoder.layer4[0].conv1.weight.shape[0] == 256
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(half) < 0.3 * count(full)
+    features, logits = half(torch.randn(1, 3, 120, 160))
+    assert features.shape == (1, 64, 120, 160) and logits.shape == (1, 20, 120, 160)
+    with pytest.raises(ModelLoadError, match="width 64"):
+        load_torchvision_resnet(half, _fake_torchvision_state((2, 2, 2, 2)))
+    assert load_torchvision_resnet(full, _fake_torchvision_state((2, 2, 2, 2))).loaded > 50
+
+
 def test_resnet_unet_bad_config():
     with pytest.raises(ConfigError):
         ResNetUNet(50)

@@ -181,6 +181,25 @@ def test_unprojected_labels_take_the_nearest_point_within_r_prime():
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def test_checkpoint_from_before_resnet_width_loads_as_width_64(tmp_path):
+    """Checkpoints written before the field existed hold no ``resnet_width``: their 2D
+    net is the torchvision-width one, and they load as such."""
+    torch.manual_seed(0)
+    cfg = _small(resnet_width=64)
+    model = build_model(cfg).eval()
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model, cfg)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["resnet_width"]
+    torch.save(payload, path)
+    loaded, cfg2, _ = load_checkpoint(path)
+    assert cfg2.resnet_width == 64 and loaded.net2d.encoder.channels == (64, 128, 256, 512)
+    batch = _random_batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(batch).logits, model(batch).logits)
+    assert SafnetConfig.preset("lite").resnet_width == 32 and SafnetConfig.preset("paper").resnet_width == 64
+
+
 def test_checkpoint_round_trip_and_errors(tmp_path):
     torch.manual_seed(0)
     batch = _random_batch()

@@ -154,8 +154,9 @@ class SafnetConfig:
             self.pn_radii = tuple(float(v) for v in self.pn_radii)
             self.pn_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_mlps)
             self.pn_fp_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_fp_mlps)
-            for name in ("num_classes", "resnet_depth", "stem_stride", "resnet_width", "feat_2d", "agg_k", "k", "gsm_block",
-                         "csm_point_width", "csm_oe_width", "csm_out", "pn_nsample", "feat_3d", "se_reduction"):
+            for name in ("num_classes", "resnet_depth", "stem_stride", "resnet_width", "feat_2d", "agg_k", "k",
+                         "gsm_block", "csm_point_width", "csm_oe_width", "csm_out", "pn_nsample", "feat_3d",
+                         "se_reduction"):
                 setattr(self, name, int(getattr(self, name)))
             for name in ("radius", "a1", "a2", "b1", "b2", "a3", "a4", "b3", "dropout", "w_2d", "w_3d",
                          "w_unproj", "unproj_radius"):

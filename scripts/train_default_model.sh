@@ -69,14 +69,10 @@ if [ "$STAGE" != eval ]; then
 fi
 
 if [ "$STAGE" != train ]; then
+    # Table I rows on stdout (and RUNS/eval.txt); RUNS/eval/ holds eval.json, per_class.csv and the plots.
     # shellcheck disable=SC2086
     $SAFNET eval --model "$RUNS/safnet/model_last.pt" --model "$RUNS/safnet_no_csm/model_last.pt" \
-        --model "$RUNS/concat/model_last.pt" \
-        --model "$RUNS/pointnet2/model_last.pt" --data "$PRE" --split val --views "$EVAL_VIEWS" \
-        --no-progress --out "$RUNS/eval" --json $EVAL_ARGS >"$RUNS/eval.json"
-    python3 - "$RUNS/eval.json" <<'EOF'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(json.dumps({k: d[k] for k in d if k not in ("per_scene",)}, indent=1)[:6000])
-EOF
+        --model "$RUNS/concat/model_last.pt" --model "$RUNS/pointnet2/model_last.pt" \
+        --data "$PRE" --split val --views "$EVAL_VIEWS" --no-progress --out "$RUNS/eval" $EVAL_ARGS \
+        | tee "$RUNS/eval.txt"
 fi

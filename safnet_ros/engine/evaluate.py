@@ -276,14 +276,14 @@ def evaluate_scene(segmenter, scene, views_list: Sequence[int], cms: dict[int, C
     # A 3D-only model ignores the views it is given (only the crop to the covered
     # region uses them, the same for every k >= 1): segment once for all k >= 1.
     reuse = not getattr(segmenter.config, "uses_2d", True)
-    result, result_k, seconds = None, None, 0.0
+    done: dict = {}  # (k, or "has views" for a 3D-only model) -> (result, seconds)
     for k in views_list:
-        segmenter.num_views = int(k)
-        if result is None or not reuse or k == 0 or result_k == 0:
-            result_k = k
+        key = k > 0 if reuse else k
+        if key not in done:
+            segmenter.num_views = int(k)
             t0 = time.perf_counter()
-            result = segmenter.segment(points, views, coverage=coverage)
-            seconds = time.perf_counter() - t0
+            done[key] = (segmenter.segment(points, views, coverage=coverage), time.perf_counter() - t0)
+        result, seconds = done[key]
         cms[k].add(truth, result.labels)
         stats.append(SceneStats(
             scene=scene.name, views=int(k), points=len(points), frames=scene.num_frames,

@@ -43,7 +43,6 @@ __all__ = [
 
 # Blocks per stage for the BasicBlock ResNets (torchvision's resnet18 / resnet34).
 RESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-_STAGE_CHANNELS = (64, 128, 256, 512)  # torchvision's widths (base width 64)
 
 
 def stage_channels(width: int = 64) -> tuple[int, int, int, int]:

@@ -87,7 +87,8 @@ class SafnetModel(nn.Module):
         self.config = config
         c = config
         variant = c.variant
-        self.net2d = ResNetUNet(c.resnet_depth, c.feat_2d, c.num_classes, c.stem_stride, c.resnet_width) if c.uses_2d else None
+        self.net2d = (ResNetUNet(c.resnet_depth, c.feat_2d, c.num_classes, c.stem_stride, c.resnet_width)
+                      if c.uses_2d else None)
         fuse = variant in ("safnet", "concat")
         self.aggregate = Aggregate2D(c.feat_2d, c.agg_mlp, c.agg_k) if fuse else None
         self.unproj_head = nn.Linear(c.feat_2d, c.num_classes) if (fuse and c.unproj_loss) else None

@@ -259,3 +259,22 @@ def test_three_d_only_model_is_segmented_once_for_all_views(data, models):
     fresh.add(np.asarray(scene.labels), original(np.asarray(scene.points, np.float32),
                                                  [scene.view(f) for f in range(scene.num_frames)]).labels)
     np.testing.assert_array_equal(fresh.matrix, cms[5].matrix)
+
+
+def test_labels_name_ablations_and_tell_same_named_checkpoints_apart():
+    """Two `model_last.pt` of one variant/preset (a full model and a Table III row, or two
+    runs) must not share a legend, a table row or a confusion-PNG name."""
+    from safnet_ros.engine.evaluate import distinct_labels, model_label
+    from safnet_ros.model.config import SafnetConfig
+
+    full = SafnetConfig.preset("lite")
+    no_csm = SafnetConfig.preset("lite", csm=False)
+    assert model_label(full) == "safnet/lite"
+    assert model_label(no_csm) == "safnet/lite w/o CSM"
+    assert model_label(SafnetConfig.preset("lite", variant="concat", aux_losses=False)) == "concat/lite w/o Aux sup"
+    assert model_label(SafnetConfig.preset("lite", variant="pointnet2", csm=False)) == "pointnet2/lite"
+    labels = distinct_labels(["safnet/lite", "safnet/lite", "safnet/lite", "concat/lite"],
+                             ["runs/a/model_last.pt", "runs/b/model_last.pt", "runs/c/epoch_003.pt", "x.pt"])
+    assert labels == ["safnet/lite (a/model_last)", "safnet/lite (b/model_last)", "safnet/lite (epoch_003)",
+                      "concat/lite"]
+    assert len(set(labels)) == len(labels)

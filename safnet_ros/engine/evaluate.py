@@ -254,8 +254,25 @@ def load_segmenter(path: str | Path, device: str = "auto", stride: float = 0.5, 
 
 
 def model_label(config) -> str:
-    """Legend / row name of a checkpoint: ``variant/preset``."""
-    return f"{config.variant}/{config.preset_name}"
+    """Legend / row name of a checkpoint: ``variant/preset``, plus the Table III parts it
+    was trained without (``safnet/lite w/o CSM``)."""
+    off = [title for key, title, variants in ABLATION_SWITCHES
+           if config.variant in variants and not getattr(config, key, True)]
+    return f"{config.variant}/{config.preset_name}" + (f" w/o {', '.join(off)}" if off else "")
+
+
+def distinct_labels(labels: Sequence[str], paths: Sequence[str | Path]) -> list[str]:
+    """``labels`` with the checkpoint named where two share one: its file stem, or its
+    folder and stem when the stems coincide too (``runs/a/model_last.pt``, ``runs/b/model_last.pt``)."""
+    out = []
+    for lab, path in zip(labels, paths):
+        if labels.count(lab) == 1:
+            out.append(lab)
+            continue
+        p = Path(path)
+        same_stem = sum(Path(q).stem == p.stem for q, other in zip(paths, labels) if other == lab) > 1
+        out.append(f"{lab} ({p.parent.name}/{p.stem})" if same_stem else f"{lab} ({p.stem})")
+    return out
 
 
 def evaluate_scene(segmenter, scene, views_list: Sequence[int], cms: dict[int, ConfusionMatrix],
@@ -314,10 +331,7 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
         raise ConfigError(f"--stride must be > 0, got {stride}")
     segmenters = [load_segmenter(m, device, stride) for m in models]
     found = find_eval_scenes(root, split, max_scenes)
-    labels = [model_label(s.config) for s in segmenters]
-    for i, lab in enumerate(labels):  # distinct legends when two checkpoints share variant/preset
-        if labels.count(lab) > 1:
-            labels[i] = f"{lab} ({Path(models[i]).stem})"
+    labels = distinct_labels([model_label(s.config) for s in segmenters], models)
     results = [ModelResult(path=str(m), label=lab, config=s.config.to_dict(), views=views_list,
                            matrices={k: ConfusionMatrix() for k in views_list})
                for m, lab, s in zip(models, labels, segmenters)]

@@ -34,6 +34,7 @@ setup(
         "setuptools",
         "numpy",
         "scipy",
+        "pykdtree",  # faster CPU neighbour search; optional at run time (scipy fallback)
         "torch",
         "pyyaml",
         "pillow",

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from safnet_ros import __version__
+from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
 from safnet_ros.errors import SafnetError
 
 #: Modules that register subcommands, in help order.
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_cpu_allocator()  # freed tensor memory stays for reuse (safnet_ros.engine.cpu_allocator)
     try:
         return int(args.func(args) or 0)
     except SafnetError as exc:

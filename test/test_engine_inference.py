@@ -141,3 +141,13 @@ def test_cached_view_features_equal_running_the_2d_net_and_are_reused():
     seg.segment(pts, views)
     seg.segment(pts, views)
     assert len(calls) == n_before  # both views already encoded: no more 2D passes
+
+
+def test_warm_up_runs_the_whole_path_once_and_leaves_no_cached_view():
+    seg = _lite_segmenter(num_views=3)
+    calls = []
+    seg.model.net2d.register_forward_hook(lambda *_: calls.append(1))
+    seconds = seg.warm_up(points=500)
+    assert seconds > 0 and calls == [1]  # the 2D net ran on the warm-up view
+    assert len(seg._features) == 0
+    assert seg.segment(_room(800), [_floor_view(1.0)]).segmented.any()  # unaffected afterwards

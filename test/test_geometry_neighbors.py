@@ -1,10 +1,15 @@
-"""Neighbour search: KD-tree path and torch (cdist) path against a brute-force reference."""
+"""Neighbour search: KD-tree path and torch (cdist) path against a brute-force reference.
+
+Every test runs once with each CPU KD-tree library (pykdtree and scipy's cKDTree):
+a ROS install without pykdtree takes the scipy path.
+"""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from safnet_ros.errors import ConfigError
+from safnet_ros.geometry import neighbors
 from safnet_ros.geometry.neighbors import (
     ball_query,
     farthest_point_sample,
@@ -16,6 +21,14 @@ from safnet_ros.geometry.neighbors import (
 )
 
 BACKENDS = ("kdtree", "torch")
+
+
+@pytest.fixture(autouse=True, params=["pykdtree", "scipy"])
+def kdtree_library(request, monkeypatch):
+    if request.param == "pykdtree":
+        pytest.importorskip("pykdtree")
+    monkeypatch.setattr(neighbors, "KDTREE_LIBRARY", request.param)
+    return request.param
 
 
 def _cloud(seed: int, b: int, n: int, scale: float = 1.0) -> torch.Tensor:
@@ -268,3 +281,28 @@ def test_three_nn_weights_and_interpolate_rows(backend):
     torch.testing.assert_close(rows.transpose(1, 2), three_nn_interpolate(unknown, known, feats, backend=backend))
     manual = sum(weight[1, 7, j] * feats[1, :, idx[1, 7, j]] for j in range(3))
     torch.testing.assert_close(rows[1, 7], manual)
+
+
+def test_both_kdtree_libraries_give_the_same_neighbours(monkeypatch):
+    pytest.importorskip("pykdtree")
+    query, ref = _cloud(31, 2, 3000), _cloud(32, 2, 7000)
+    mask = torch.rand(2, 7000, generator=torch.Generator().manual_seed(33)) > 0.2
+    out = {}
+    for library in ("pykdtree", "scipy"):
+        monkeypatch.setattr(neighbors, "KDTREE_LIBRARY", library)
+        out[library] = (knn(query, ref, 8, mask, backend="kdtree"),
+                        ball_query(query, ref, 0.05, 16, mask, backend="kdtree"),
+                        knn(query, ref[:, :5], 8, backend="kdtree"))  # k > references
+    (d1, i1), (b1, v1), (f1, j1) = out["pykdtree"]
+    (d2, i2), (b2, v2), (f2, j2) = out["scipy"]
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)
+    assert torch.equal(b1, b2) and torch.equal(v1, v2) and 0 < float(v1.float().mean()) < 1
+    assert torch.equal(j1, j2) and torch.equal(f1, f2) and torch.isinf(f1[..., 5:]).all()
+
+
+def test_kdtree_library_choice_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SAFNET_KDTREE", "scipy")
+    assert neighbors._kdtree_library() == "scipy"
+    monkeypatch.setenv("SAFNET_KDTREE", "flann")
+    with pytest.raises(ConfigError, match="SAFNET_KDTREE"):
+        neighbors._kdtree_library()

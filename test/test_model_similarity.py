@@ -164,10 +164,10 @@ def test_octant_neighbours_pick_the_nearest_valid_slot_per_octant():
     rel = torch.tensor([[[[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [-0.1, 0.1, 0.1], [-0.1, -0.1, -0.1], [0.05, -0.1, 0.1]]]])
     valid = torch.tensor([[[True, True, True, False, True]]])
     slot, present = octant_neighbours(rel, valid)
-    # octant = 4*[x>=0] + 2*[y>=0] + [z>=0]
-    assert present[0, 0].tolist() == [False, False, False, True, False, True, False, True]
+    # octant = [x>=0] + 2*[y>=0] + 4*[z>=0]: (+,+,+) = 7, (-,+,+) = 6, (+,-,+) = 5
+    assert present[0, 0].tolist() == [False, False, False, False, False, True, True, True]
     assert slot[0, 0, 7].item() == 0  # nearest of the two in (+,+,+)
-    assert slot[0, 0, 3].item() == 2 and slot[0, 0, 5].item() == 4
+    assert slot[0, 0, 6].item() == 2 and slot[0, 0, 5].item() == 4
 
 
 def _reference_mapping(csm: ContextualSimilarity, centres, cloud, idx, valid) -> torch.Tensor:

@@ -5,9 +5,14 @@ One interface, two implementations picked by the tensor's device:
 * ``"torch"`` (default for CUDA tensors): blocks of queries against all references
   with :func:`torch.cdist` + :func:`torch.topk`, so memory stays bounded
   (``block_rows x M <= _MAX_BLOCK_ELEMENTS`` distances at a time).
-* ``"kdtree"`` (default for CPU tensors): :class:`scipy.spatial.cKDTree` per batch
-  element, queried with all cores. A dense ``N x M`` distance matrix on the CPU is
-  far too slow for scene-sized clouds (8.8 s for 25k x 100k points against 0.05 s).
+* ``"kdtree"`` (default for CPU tensors): a KD-tree per batch element, queried with
+  all cores. A dense ``N x M`` distance matrix on the CPU is far too slow for
+  scene-sized clouds (8.8 s for 25k x 100k points against 0.05 s). The tree is
+  pykdtree's where it is installed (a requirement of the pip install; about twice
+  as fast as scipy here: 25k queries, k = 8, into 57.6k points, build included,
+  18 ms against 37 ms on 2 cores) and :class:`scipy.spatial.cKDTree` otherwise
+  (a ROS install without pykdtree). Both search exactly, in float64, so they
+  return the same neighbours (tested).
   Farthest point sampling has no tree; under this backend it runs the same loop
   as the torch path in numpy (same arithmetic, same indices, 10x less overhead).
 
@@ -47,9 +52,33 @@ __all__ = [
     "interpolate_rows",
     "gather",
     "BACKENDS",
+    "KDTREE_LIBRARY",
 ]
 
 BACKENDS = ("auto", "torch", "kdtree")
+
+
+_ENV_KDTREE = "SAFNET_KDTREE"
+
+
+def _kdtree_library() -> str:
+    """``$SAFNET_KDTREE`` (``pykdtree`` | ``scipy``) if set, else pykdtree when installed."""
+    wanted = os.environ.get(_ENV_KDTREE, "auto").strip().lower()
+    if wanted not in ("auto", "pykdtree", "scipy"):
+        raise ConfigError(f"${_ENV_KDTREE} must be auto, pykdtree or scipy, got {wanted!r}")
+    if wanted == "scipy":
+        return "scipy"
+    try:
+        import pykdtree.kdtree  # noqa: F401
+    except ImportError:
+        if wanted == "pykdtree":
+            raise ConfigError(f"${_ENV_KDTREE}=pykdtree but pykdtree is not installed (pip install pykdtree)")
+        return "scipy"
+    return "pykdtree"
+
+
+# The CPU KD-tree: "pykdtree" when installed, else "scipy" (module docstring).
+KDTREE_LIBRARY = _kdtree_library()
 _ENV_BACKEND = "SAFNET_NEIGHBORS_BACKEND"
 # Most distances held at once by the torch path (64M float32 = 256 MiB).
 _MAX_BLOCK_ELEMENTS = 64 * 1024 * 1024
@@ -153,12 +182,10 @@ def _search_kdtree(
     ref_mask: Optional[torch.Tensor],
     upper_bound: float = float("inf"),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """k nearest valid refs (closer than ``upper_bound``) with a cKDTree per batch element.
+    """k nearest valid refs (closer than ``upper_bound``) with a KD-tree per batch element.
 
     Same return convention as :func:`_search_torch`.
     """
-    from scipy.spatial import cKDTree
-
     batch, n, _ = query.shape
     q_np = query.detach().to("cpu", torch.float64).numpy()
     r_np = ref.detach().to("cpu", torch.float64).numpy()
@@ -169,20 +196,39 @@ def _search_kdtree(
         valid_ids = np.arange(r_np.shape[1]) if m_np is None else np.flatnonzero(m_np[b])
         if valid_ids.size == 0 or n == 0:
             continue
-        # Unbalanced, non-compact nodes: about 2x faster to build and 15-25 % faster
-        # to query on scan-like clouds (scipy's sliding-midpoint rule); the search is
-        # exact either way, so the neighbours are the same.
-        tree = cKDTree(r_np[b, valid_ids], balanced_tree=False, compact_nodes=False)
-        dist, local = tree.query(
-            q_np[b], k=k, distance_upper_bound=upper_bound, workers=-1
-        )
-        dist = dist.reshape(n, k)
-        local = local.reshape(n, k)
-        hit = np.isfinite(dist)
+        hit, local = _tree_query(np.ascontiguousarray(r_np[b, valid_ids]), np.ascontiguousarray(q_np[b]), k,
+                                 upper_bound)
         found[b] = hit
         idx[b] = np.where(hit, valid_ids[np.minimum(local, valid_ids.size - 1)], 0)
     device = query.device
     return torch.from_numpy(found).to(device), torch.from_numpy(idx).to(device)
+
+
+def _tree_query(ref: np.ndarray, query: np.ndarray, k: int, upper_bound: float) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest rows of ``ref (M, 3)`` (float64, M >= 1) for every row of ``query
+    (n, 3)`` closer than ``upper_bound``, ascending: ``(hit (n, k) bool, local (n, k)
+    int64)``; ``local`` is meaningless where ``hit`` is False. Exact search with
+    :data:`KDTREE_LIBRARY`'s tree."""
+    n, m = query.shape[0], ref.shape[0]
+    if KDTREE_LIBRARY == "pykdtree":
+        from pykdtree.kdtree import KDTree
+
+        bound = None if upper_bound == float("inf") else upper_bound
+        dist, local = KDTree(ref).query(query, k=k, distance_upper_bound=bound)
+        # pykdtree marks a missing neighbour with index M (beyond the bound) or
+        # 2**32 - 1 (k > M): any index >= M is a miss.
+        local = local.astype(np.int64).reshape(n, k)
+        hit = local < m
+        return hit, np.where(hit, local, 0)
+    from scipy.spatial import cKDTree
+
+    # Unbalanced, non-compact nodes: about 2x faster to build and 15-25 % faster
+    # to query on scan-like clouds (scipy's sliding-midpoint rule); the search is
+    # exact either way, so the neighbours are the same.
+    tree = cKDTree(ref, balanced_tree=False, compact_nodes=False)
+    dist, local = tree.query(query, k=k, distance_upper_bound=upper_bound, workers=-1)
+    hit = np.isfinite(dist.reshape(n, k))
+    return hit, np.where(hit, local.reshape(n, k), 0)
 
 
 # --------------------------------------------------------------------------- public API

@@ -16,7 +16,9 @@ per-centre vector. Both parts the paper names are there, side by side:
    around x_i, the nearest neighbour of N(i) in that octant (an empty octant
    takes the centre itself, i.e. ``[x_i, 0, 0]``); their enriched vectors form a
    2x2x2 cube that is convolved with kernel 2 along x, then y, then z (three
-   convolutions, BN + ReLU after each) down to one ``oe_width`` vector.
+   convolutions, BN + ReLU after each) down to one ``oe_width`` vector. The cube's
+   cells are stored with x the fastest axis (then y, then z), so the two cells each
+   convolution pairs are adjacent in memory and every step is a reshape view.
 4. The concatenation [sum, OE] goes through the shared MLP (64, 64, 64) with BN +
    ReLU: this 64-d output is M(N(i)), the per-point attribute fed to PointNet++
    (3 + 64 = 67 input channels) when computed on N_P(i).
@@ -51,10 +53,10 @@ def octant_neighbours(rel: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Ten
     Returns:
         ``slot (B, N, 8)`` long (the first, i.e. nearest, valid slot of that octant,
         0 when none) and ``present (B, N, 8)`` bool. Octant index
-        ``4 * [dx >= 0] + 2 * [dy >= 0] + [dz >= 0]``, so x is the slowest axis.
+        ``[dx >= 0] + 2 * [dy >= 0] + 4 * [dz >= 0]``, so x is the fastest axis.
     """
     k = rel.shape[2]
-    octant = (rel[..., 0] >= 0).long() * 4 + (rel[..., 1] >= 0).long() * 2 + (rel[..., 2] >= 0).long()
+    octant = (rel[..., 0] >= 0).long() + (rel[..., 1] >= 0).long() * 2 + (rel[..., 2] >= 0).long() * 4
     slots = torch.arange(k, device=rel.device).expand_as(octant)
     key = torch.where(valid, slots, torch.full_like(slots, k))  # invalid slots never win
     first = torch.full((*rel.shape[:2], 8), k, dtype=torch.long, device=rel.device)
@@ -64,9 +66,11 @@ def octant_neighbours(rel: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Ten
 
 
 class _AxisConv(nn.Module):
-    """Kernel-2 convolution (+ BN + ReLU) along the slowest remaining cube axis,
+    """Kernel-2 convolution (+ BN + ReLU) along the fastest remaining cube axis,
     channels last: ``(B, N, 2R, C)`` -> ``(B, N, R, C')``. The two cells that the
-    kernel covers are concatenated and mapped by one linear layer."""
+    kernel covers (adjacent: cells ``2r`` and ``2r + 1``) are concatenated, which is
+    a reshape view, and mapped by one linear layer; the output keeps the remaining
+    axes in order, so the next convolution's pairs are adjacent again."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -74,7 +78,6 @@ class _AxisConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, n, cells, channels = x.shape
-        x = x.reshape(batch, n, 2, cells // 2, channels).transpose(2, 3)
         return self.conv(x.reshape(batch, n, cells // 2, 2 * channels))
 
 
@@ -142,7 +145,7 @@ class ContextualSimilarity(nn.Module):
         weight = first.linears[0].weight  # (oe, 14) = [W_1 (3), W_2 (4), W_3 (3), W_4 (4)]
         centre_w = weight[:, 0:3] + weight[:, 7:10]
         cell_w = torch.cat([weight[:, 3:7], weight[:, 10:14]], dim=1)  # (oe, 8)
-        pairs = cells.reshape(batch, n, 2, 4, 4).transpose(2, 3).reshape(batch, n, 4, 8)  # along x
+        pairs = cells.reshape(batch, n, 4, 8)  # the 4 pairs along x: cells (2r, 2r + 1)
         pre = torch.nn.functional.linear(pairs, cell_w) + torch.nn.functional.linear(centres, centre_w).unsqueeze(2)
         x = first.from_first_linear(pre)  # (B, N, 4, oe)
         return self.oe[2](self.oe[1](x)).squeeze(2)

@@ -32,6 +32,7 @@ from torch import nn
 
 from safnet_ros.errors import ConfigError
 from safnet_ros.geometry.neighbors import ball_query, farthest_point_sample, gather, interpolate_rows, three_nn_weights
+from safnet_ros.model.folded_norm import bn_relu, linear_bn_relu
 
 __all__ = ["PointNet2SSG", "SetAbstraction", "FeaturePropagation"]
 
@@ -78,13 +79,15 @@ def _run_rows(mlp: nn.Sequential, x: torch.Tensor, first_done: bool = False) -> 
     the rows. Channels-last ``F.linear`` is about 2x faster than ``conv1d`` /
     ``_slow_conv2d_forward`` with kernel 1 on a CPU. ``first_done``: ``x`` already
     is the first layer's matrix product (``(R, widths[0])``), as
-    :class:`FeaturePropagation` computes it piecewise.
+    :class:`FeaturePropagation` computes it piecewise. In eval mode each BN is
+    folded into its matrix product (:mod:`safnet_ros.model.folded_norm`).
     """
     for i in range(0, len(mlp), 3):
         conv, norm = mlp[i], mlp[i + 1]
-        if not (first_done and i == 0):
-            x = F.linear(x, _conv_matrix(conv))
-        x = torch.relu_(norm(x))
+        if first_done and i == 0:
+            x = bn_relu(x, norm)
+        else:
+            x = linear_bn_relu(x, _conv_matrix(conv), norm)
     return x
 
 

@@ -41,6 +41,9 @@ __all__ = [
     "RESNET_LAYERS",
 ]
 
+# Inference on the CPU runs the convolutions channels-last (see ResNetUNet.forward).
+CPU_CHANNELS_LAST = True
+
 # Blocks per stage for the BasicBlock ResNets (torchvision's resnet18 / resnet34).
 RESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
@@ -190,6 +193,12 @@ class ResNetUNet(nn.Module):
         step = self.total_stride
         pad_h, pad_w = (-height) % step, (-width) % step
         x = F.pad(images, (0, pad_w, 0, pad_h)) if (pad_h or pad_w) else images
+        if CPU_CHANNELS_LAST and x.device.type == "cpu" and not self.training:
+            # Channels-last (NHWC) is oneDNN's native layout: every convolution then
+            # skips two layout reorders (measured: 3 views of 160 x 120, lite, one
+            # thread, 66 -> 39 ms). The output equals the NCHW one to float rounding.
+            # Training is left in NCHW (forward + backward measured 3 % slower in NHWC).
+            x = x.contiguous(memory_format=torch.channels_last)
         stem, l1, l2, l3, l4 = self.encoder(x)
         y = self.up4(l4, l3)
         y = self.up3(y, l2)

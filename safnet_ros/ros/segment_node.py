@@ -127,6 +127,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               float_range=(0.01, 100.0)),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages (steady clock).",
               float_range=(0.05, 3600.0)),
+    ParamSpec("warm_up", True, "Segment a small synthetic scene once at start-up, before subscribing, so the "
+              "first cloud does not pay one-time initialisation (kernel selection, lazy imports) while sensor "
+              "frames queue up."),
 )
 
 _SPECS = {spec.name: spec for spec in PARAMETERS}
@@ -244,6 +247,9 @@ class SegmentNode(Node):
         self._pending_lock = threading.Lock()
         self.segmenter = segmenter if segmenter is not None else self._load_segmenter()
         self.device = str(getattr(self.segmenter, "device", "cpu"))
+        if p("warm_up") and callable(getattr(self.segmenter, "warm_up", None)):
+            seconds = self.segmenter.warm_up()
+            self.get_logger().info(f"model warmed up in {seconds:.2f} s")
 
         # TF: the real tf2_ros where installed, else the drop-in fed by TransformStamped topics.
         self.tf_buffer = compat.Buffer(cache_time=Duration(seconds=30.0))

@@ -182,7 +182,7 @@ def soak(
         executor = MultiThreadedExecutor(num_threads=2, context=ctx)
         stop = threading.Event()
         node = player_node = None
-        player_thread = None
+        player_thread = spin = None
         try:
             node = SegmentNode(segmenter=segmenter, context=ctx, parameter_overrides=[
                 Parameter("rgb_topic", value=bio.COLOR_TOPIC), Parameter("depth_topic", value=bio.DEPTH_TOPIC),
@@ -228,6 +228,10 @@ def soak(
         finally:
             stop.set()
             executor.shutdown(timeout_sec=2.0)
+            if spin is not None:  # no callback may still run when the nodes are destroyed
+                spin.join(timeout=10.0)
+            if player_thread is not None:
+                player_thread.join(timeout=10.0)
             if node is not None:
                 node.destroy_node()
             if player_node is not None:

@@ -185,9 +185,12 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
     """Run the grid; returns ``{"machine": {...}, "rows": [...]}`` (one row per preset x points x views)."""
     import torch
 
+    from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
+    from safnet_ros.geometry.neighbors import KDTREE_LIBRARY
     from safnet_ros.model.config import SafnetConfig
     from safnet_ros.model.safnet import build_model
 
+    tune_cpu_allocator()  # what the CLI, the node and Segmenter run with
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     if device == "auto":
@@ -224,6 +227,8 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
         "python": platform.python_version(), "image_size": [width, height], "repeats": repeats, "warmup": warmup,
         "memory": "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS growth (VmHWM)",
         "load_average": _load_average(),
+        "kdtree": KDTREE_LIBRARY if dev.type == "cpu" else "torch (cdist + topk)",
+        "malloc_tuned": tune_cpu_allocator(),
     }
     return {"machine": machine, "rows": rows}
 
@@ -248,7 +253,8 @@ def format_table(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines.append(f"\n{m['device']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
                  f"images {m['image_size'][0]}x{m['image_size'][1]}, median of {m['repeats']} after "
-                 f"{m['warmup']} warm-up; memory: {m['memory']}; load average {m['load_average']}")
+                 f"{m['warmup']} warm-up; memory: {m['memory']}; load average {m['load_average']}; "
+                 f"neighbour search: {m.get('kdtree', '?')}; malloc tuned: {'yes' if m.get('malloc_tuned') else 'no'}")
     return "\n".join(lines)
 
 

@@ -444,6 +444,13 @@ def test_parameters_have_descriptions_and_runtime_ones_can_change(harness):
                          Parameter("similarity_marker_source", value="s")])
 
 
+def test_node_sets_the_gil_switch_interval_of_its_process(harness):
+    """The worker must win the GIL back after every torch op: the node shortens CPython's
+    switch interval (gil_switch_interval, 0.5 ms) so busy callback threads cannot stall it."""
+    assert harness.node.get_parameter("gil_switch_interval").value == 0.0005
+    assert sys.getswitchinterval() == pytest.approx(0.0005)
+
+
 def test_node_runs_as_a_separate_process(harness, model_path, tmp_path):
     """``python -m safnet_ros.ros.segment_node --ros-args ...`` labels a cloud sent over DDS."""
     h = harness

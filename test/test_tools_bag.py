@@ -333,6 +333,7 @@ def test_bag_play_publishes_images_clock_and_fallback_transforms(mcap_bag):
     rclpy.init(context=ctx)
     executor = SingleThreadedExecutor(context=ctx)
     got: dict[str, list] = {"image": [], "tf": [], "static": [], "clock": []}
+    spinner = None
     try:
         listener = rclpy.create_node("bag_listener", context=ctx)
         player_node = rclpy.create_node("bag_player", context=ctx)
@@ -356,6 +357,8 @@ def test_bag_play_publishes_images_clock_and_fallback_transforms(mcap_bag):
             time.sleep(0.02)
     finally:
         executor.shutdown(timeout_sec=1.0)
+        if spinner is not None:
+            spinner.join(timeout=10.0)
         rclpy.shutdown(context=ctx)
     assert summary.published == {bio.COLOR_TOPIC: n, DEFAULT_TF_TOPIC: n, DEFAULT_TF_STATIC_TOPIC: 1}
     # recorded span ~0.63 s at 4x -> ~0.16 s of playback (plus discovery wait)
@@ -568,6 +571,7 @@ def test_bag_play_feeds_the_segment_node_through_the_fallback_tf(mcap_bag, segme
     rclpy.init(context=ctx)
     executor = MultiThreadedExecutor(context=ctx)
     got: list = []
+    spin = None
     try:
         node = SegmentNode(segmenter=segmenter, context=ctx, parameter_overrides=[
             Parameter("rgb_topic", value=bio.COLOR_TOPIC), Parameter("depth_topic", value=bio.DEPTH_TOPIC),
@@ -577,7 +581,8 @@ def test_bag_play_feeds_the_segment_node_through_the_fallback_tf(mcap_bag, segme
         listener.create_subscription(PointCloud2, "/safnet_segment/labeled_cloud", got.append, qos(10, False))
         executor.add_node(node)
         executor.add_node(listener)
-        threading.Thread(target=executor.spin, daemon=True).start()
+        spin = threading.Thread(target=executor.spin, daemon=True)
+        spin.start()
         player = BagPlayer(rclpy.create_node("player_for_node", context=ctx), mcap_bag, rate=1.0,
                            wait_for_subscribers=5.0)
         player.run()
@@ -590,6 +595,8 @@ def test_bag_play_feeds_the_segment_node_through_the_fallback_tf(mcap_bag, segme
         counters = node.stats.snapshot(0, 0, "cpu").counters
     finally:
         executor.shutdown(timeout_sec=2.0)
+        if spin is not None:
+            spin.join(timeout=10.0)  # no callback may run once the context is shut down
         rclpy.shutdown(context=ctx)
     # Sensor-data QoS is best effort, keep last 5: on a starved 2-core machine a
     # frame can be lost in transport, which is the QoS's contract, not a node bug.

@@ -409,183 +409,200 @@ def train(config: str | os.PathLike | Mapping[str, Any], out: Optional[str | os.
     mp.spawn); under torchrun they come from the environment. ``sets``: config
     overrides as ``KEY.PATH=VALUE`` strings (see :func:`parse_sets`).
     """
+    cfg = load_config(config, sets)
+    out_dir = Path(out) if out is not None else Path(cfg["out"])  # relative to the current directory
+    dist_info = setup_distributed(cfg["device"], init_method, rank, world_size)
+    try:
+        return _run_training(cfg, out_dir, resume, dist_info, progress)
+    finally:
+        if dist_info.initialised_here:
+            import gc
+
+            import torch.distributed as dist
+
+            # _run_training has returned, so the DDP wrapper and everything else that
+            # holds the group is released before the group goes (a rank whose DDP
+            # reducer outlived the group could abort at exit).
+            gc.collect()
+            dist.destroy_process_group()
+
+
+def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, progress: bool) -> TrainResult:
+    """The body of :func:`train` inside an initialised process group (if any)."""
     import numpy as np
     import torch
 
     from safnet_ros.model.safnet import build_model, save_checkpoint
 
-    cfg = load_config(config, sets)
-    out_dir = Path(out) if out is not None else Path(cfg["out"])  # relative to the current directory
-    dist_info = setup_distributed(cfg["device"], init_method, rank, world_size)
     stage = cfg["stage"]
     t = cfg["train"]
-    try:
-        seed = int(cfg["seed"])
-        torch.manual_seed(seed + dist_info.rank)
-        np.random.seed((seed + dist_info.rank) % 2**32)
-        mconfig = model_config(cfg)
-        model = build_model(mconfig)
-        if stage == "3d" and mconfig.uses_2d:
-            init = resolve(cfg, cfg["init_2d"])
-            if init is not None:
-                _load_2d_into(model, init)
-            else:
-                for p in model.net2d.parameters():
-                    p.requires_grad_(False)
-                if dist_info.is_main:
-                    print("warning: stage 3d without init_2d: the frozen 2D net keeps its random weights",
-                          file=sys.stderr)
-        ckpt_dir = out_dir / "checkpoints"
-        state_path = ckpt_dir / "train_state.pt"
-        start_epoch = 0
-        resume_state = None
-        if resume:
-            if not state_path.is_file():
-                raise MissingDataError(state_path, "training state to resume from")
-            resume_state = torch.load(state_path, map_location="cpu", weights_only=False)
-            if resume_state.get("stage") != stage:
-                raise ConfigError(f"{state_path} is from stage {resume_state.get('stage')!r}, the config is stage "
-                                  f"{stage!r}: use another --out")
-            from safnet_ros.model.safnet import load_checkpoint
-
-            resumed, _, _ = load_checkpoint(out_dir / resume_state["checkpoint"])
-            model.load_state_dict(resumed.state_dict())
-            start_epoch = int(resume_state["epoch"]) + 1
-        model.to(dist_info.device)
-        module = _make_stage_module(stage, model, mconfig).to(dist_info.device)
-        params = [p for p in module.parameters() if p.requires_grad]
-        if not params:
-            hint = " (the 2D-only baseline uses the stage-2d checkpoint as it is)" if mconfig.variant == "project2d" \
-                else ""
-            raise ConfigError(f"stage {stage} with variant {mconfig.variant!r} has nothing to train{hint}")
-        if t["optimizer"] == "sgd":
-            opt = torch.optim.SGD(params, lr=float(t["lr"]), momentum=float(t["momentum"]),
-                                  weight_decay=float(t["weight_decay"]))
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed + dist_info.rank)
+    np.random.seed((seed + dist_info.rank) % 2**32)
+    mconfig = model_config(cfg)
+    model = build_model(mconfig)
+    if stage == "3d" and mconfig.uses_2d:
+        init = resolve(cfg, cfg["init_2d"])
+        if init is not None:
+            _load_2d_into(model, init)
         else:
-            opt = torch.optim.Adam(params, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(t["lr_step_epochs"]), gamma=float(t["lr_gamma"]))
-        if resume_state is not None:
-            opt.load_state_dict(resume_state["optimizer"])
-            sched.load_state_dict(resume_state["scheduler"])
-        runner = module
-        if dist_info.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-            runner = DDP(module, device_ids=ids, find_unused_parameters=bool(t["find_unused_parameters"]))
-
-        train_set, val_set = _datasets(cfg)
-        train_loader, train_sampler = _loader(train_set, cfg, dist_info, shuffle=True)
-        val_loader = _loader(val_set, cfg, dist_info, shuffle=False)[0] if val_set is not None else None
-
-        writer = None
-        if dist_info.is_main:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_epoch)
-            _write_used_config(out_dir, cfg)
-            _trim_csv(out_dir / "metrics.csv", start_epoch)
-        result = TrainResult(out=out_dir)
-        epochs = int(t["epochs"])
-        global_step = int(resume_state["global_step"]) if resume_state else 0
-        budget_s = float(t["max_minutes"]) * 60.0
-        run_start = time.perf_counter()
-        for epoch in range(start_epoch, epochs):
-            t0 = time.perf_counter()
-            train_set.set_epoch(epoch)
-            if train_sampler is not None:
-                train_sampler.set_epoch(epoch)
-            runner.train()
-            model.train()
-            conf = Confusion(mconfig.num_classes, dist_info.device)
-            loss_sum = torch.zeros(3, dtype=torch.float64, device=dist_info.device)  # loss*n, n, no-view chunks
-            max_steps = int(t["max_steps_per_epoch"]) or math.inf
-            total = min(len(train_loader), max_steps)
-            bar = None
-            if progress and dist_info.is_main:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total, desc=f"{stage} epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stderr,
-                           leave=False)
-            lr = opt.param_groups[0]["lr"]
-            for step, batch in enumerate(train_loader):
-                if step >= max_steps:
-                    break
-                inputs, infos = _to_device(batch, dist_info.device, stage)
-                loss, logits, labels = runner(*inputs)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
-                loss_sum[0] += float(loss.detach()) * n
-                loss_sum[1] += n
-                if infos is not None:
-                    loss_sum[2] += sum(1 for i in infos if i["views"] == 0 and cfg["chunks"]["views"] > 0)
-                conf.add(logits, labels)
-                global_step += 1
-                if writer is not None:
-                    writer.add_scalar(f"{stage}/loss_step", float(loss.detach()), global_step)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-                    bar.update(1)
-            if bar is not None:
-                bar.close()
-            sched.step()
-            all_reduce_sum(loss_sum, dist_info)
-            all_reduce_sum(conf.m, dist_info)
-            acc, miou = conf.summary()
-            row = {"epoch": epoch, "stage": stage, "lr": lr,
-                   "train_loss": float(loss_sum[0] / max(1.0, float(loss_sum[1]))),
-                   "train_acc": acc, "train_miou": miou, "val_loss": "", "val_acc": "", "val_miou": "",
-                   "steps": min(total, len(train_loader)), "samples": int(loss_sum[1]),
-                   "chunks_without_views": int(loss_sum[2])}
-            if val_loader is not None and (epoch + 1) % int(t["val_every"]) == 0:
-                row.update(_validate(runner, model, val_loader, mconfig, dist_info, stage, int(t["max_val_batches"])))
-            row["seconds"] = round(time.perf_counter() - t0, 3)
+            for p in model.net2d.parameters():
+                p.requires_grad_(False)
             if dist_info.is_main:
-                ckpt = ckpt_dir / f"epoch_{epoch:03d}.pt"
-                extra = {"stage": stage, "epoch": epoch, "global_step": global_step,
-                         "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))}}
-                save_checkpoint(ckpt, model, mconfig, extra=extra)
-                save_checkpoint(out_dir / "model_last.pt", model, mconfig, extra=extra)
-                _append_csv(out_dir / "metrics.csv", row)
-                tmp = state_path.with_suffix(".tmp")
-                torch.save({"epoch": epoch, "global_step": global_step, "checkpoint": f"checkpoints/{ckpt.name}",
-                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "stage": stage}, tmp)
-                os.replace(tmp, state_path)
-                for k, v in row.items():
-                    if isinstance(v, float) and math.isfinite(v):
-                        writer.add_scalar(f"{stage}/{k}", v, epoch)
-                writer.flush()
-                print(f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f} acc {acc:.3f} miou {miou:.3f}"
-                      + (f" val_miou {row['val_miou']:.3f}" if row["val_miou"] != "" else "")
-                      + f" ({row['seconds']:.1f} s)", file=sys.stderr)
-                result.last_checkpoint = ckpt
-            result.epochs_run.append(epoch)
-            result.metrics.append(row)
-            if dist_info.world_size > 1:
-                import torch.distributed as dist
+                print("warning: stage 3d without init_2d: the frozen 2D net keeps its random weights",
+                      file=sys.stderr)
+    ckpt_dir = out_dir / "checkpoints"
+    state_path = ckpt_dir / "train_state.pt"
+    start_epoch = 0
+    resume_state = None
+    if resume:
+        if not state_path.is_file():
+            raise MissingDataError(state_path, "training state to resume from")
+        resume_state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if resume_state.get("stage") != stage:
+            raise ConfigError(f"{state_path} is from stage {resume_state.get('stage')!r}, the config is stage "
+                              f"{stage!r}: use another --out")
+        from safnet_ros.model.safnet import load_checkpoint
 
-                dist.barrier()
-            if budget_s > 0 and epoch + 1 < epochs:
-                # Every rank must stop at the same epoch: any rank over budget stops all.
-                over = torch.tensor([float(time.perf_counter() - run_start > budget_s)], dtype=torch.float64,
-                                    device=dist_info.device)
-                if float(all_reduce_sum(over, dist_info)[0]) > 0:
-                    result.stopped_by_time = True
-                    if dist_info.is_main:
-                        print(f"stopping after epoch {epoch + 1}/{epochs}: train.max_minutes "
-                              f"({t['max_minutes']}) reached", file=sys.stderr)
-                    break
-        if writer is not None:
-            writer.close()
-        return result
-    finally:
-        if dist_info.initialised_here:
+        resumed, _, _ = load_checkpoint(out_dir / resume_state["checkpoint"])
+        model.load_state_dict(resumed.state_dict())
+        start_epoch = int(resume_state["epoch"]) + 1
+    model.to(dist_info.device)
+    module = _make_stage_module(stage, model, mconfig).to(dist_info.device)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        hint = " (the 2D-only baseline uses the stage-2d checkpoint as it is)" if mconfig.variant == "project2d" \
+            else ""
+        raise ConfigError(f"stage {stage} with variant {mconfig.variant!r} has nothing to train{hint}")
+    if t["optimizer"] == "sgd":
+        opt = torch.optim.SGD(params, lr=float(t["lr"]), momentum=float(t["momentum"]),
+                              weight_decay=float(t["weight_decay"]))
+    else:
+        opt = torch.optim.Adam(params, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(t["lr_step_epochs"]), gamma=float(t["lr_gamma"]))
+    if resume_state is not None:
+        opt.load_state_dict(resume_state["optimizer"])
+        sched.load_state_dict(resume_state["scheduler"])
+    runner = module
+    if dist_info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+        runner = DDP(module, device_ids=ids, find_unused_parameters=bool(t["find_unused_parameters"]))
+
+    train_set, val_set = _datasets(cfg)
+    train_loader, train_sampler = _loader(train_set, cfg, dist_info, shuffle=True)
+    val_loader = _loader(val_set, cfg, dist_info, shuffle=False)[0] if val_set is not None else None
+
+    writer = None
+    if dist_info.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_epoch)
+        _write_used_config(out_dir, cfg)
+        _trim_csv(out_dir / "metrics.csv", start_epoch)
+    result = TrainResult(out=out_dir)
+    epochs = int(t["epochs"])
+    global_step = int(resume_state["global_step"]) if resume_state else 0
+    budget_s = float(t["max_minutes"]) * 60.0
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        train_set.set_epoch(epoch)
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
+        runner.train()
+        model.train()
+        conf = Confusion(mconfig.num_classes, dist_info.device)
+        loss_sum = torch.zeros(3, dtype=torch.float64, device=dist_info.device)  # loss*n, n, no-view chunks
+        max_steps = int(t["max_steps_per_epoch"]) or math.inf
+        total = min(len(train_loader), max_steps)
+        bar = None
+        if progress and dist_info.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=f"{stage} epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stderr,
+                       leave=False)
+        lr = opt.param_groups[0]["lr"]
+        for step, batch in enumerate(train_loader):
+            if step >= max_steps:
+                break
+            inputs, infos = _to_device(batch, dist_info.device, stage)
+            loss, logits, labels = runner(*inputs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
+            loss_sum[0] += float(loss.detach()) * n
+            loss_sum[1] += n
+            if infos is not None:
+                loss_sum[2] += sum(1 for i in infos if i["views"] == 0 and cfg["chunks"]["views"] > 0)
+            conf.add(logits, labels)
+            global_step += 1
+            if writer is not None:
+                writer.add_scalar(f"{stage}/loss_step", float(loss.detach()), global_step)
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        sched.step()
+        all_reduce_sum(loss_sum, dist_info)
+        all_reduce_sum(conf.m, dist_info)
+        acc, miou = conf.summary()
+        row = {"epoch": epoch, "stage": stage, "lr": lr,
+               "train_loss": float(loss_sum[0] / max(1.0, float(loss_sum[1]))),
+               "train_acc": acc, "train_miou": miou, "val_loss": "", "val_acc": "", "val_miou": "",
+               "steps": min(total, len(train_loader)), "samples": int(loss_sum[1]),
+               "chunks_without_views": int(loss_sum[2])}
+        if val_loader is not None and (epoch + 1) % int(t["val_every"]) == 0:
+            row.update(_validate(runner, model, val_loader, mconfig, dist_info, stage, int(t["max_val_batches"])))
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        if dist_info.is_main:
+            ckpt = ckpt_dir / f"epoch_{epoch:03d}.pt"
+            extra = {"stage": stage, "epoch": epoch, "global_step": global_step,
+                     "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))}}
+            save_checkpoint(ckpt, model, mconfig, extra=extra)
+            save_checkpoint(out_dir / "model_last.pt", model, mconfig, extra=extra)
+            _append_csv(out_dir / "metrics.csv", row)
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"epoch": epoch, "global_step": global_step, "checkpoint": f"checkpoints/{ckpt.name}",
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "stage": stage}, tmp)
+            os.replace(tmp, state_path)
+            for k, v in row.items():
+                if isinstance(v, float) and math.isfinite(v):
+                    writer.add_scalar(f"{stage}/{k}", v, epoch)
+            writer.flush()
+            print(f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f} acc {acc:.3f} miou {miou:.3f}"
+                  + (f" val_miou {row['val_miou']:.3f}" if row["val_miou"] != "" else "")
+                  + f" ({row['seconds']:.1f} s)", file=sys.stderr)
+            result.last_checkpoint = ckpt
+        result.epochs_run.append(epoch)
+        result.metrics.append(row)
+        if dist_info.world_size > 1:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
+            dist.barrier()
+        if budget_s > 0 and epoch + 1 < epochs:
+            # Every rank must stop at the same epoch: any rank over budget stops all.
+            over = torch.tensor([float(time.perf_counter() - run_start > budget_s)], dtype=torch.float64,
+                                device=dist_info.device)
+            if float(all_reduce_sum(over, dist_info)[0]) > 0:
+                result.stopped_by_time = True
+                if dist_info.is_main:
+                    print(f"stopping after epoch {epoch + 1}/{epochs}: train.max_minutes "
+                          f"({t['max_minutes']}) reached", file=sys.stderr)
+                break
+    if writer is not None:
+        writer.close()
+    if dist_info.initialised_here and dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        # Every rank finishes its last collective before any tears the group down: a rank
+        # that destroyed gloo while its peer was still talking aborted the peer (1 run in 14).
+        dist.barrier()
+    return result
 
 
 def _validate(runner, model, loader, mconfig, dist_info: DistInfo, stage: str, max_batches: int) -> dict[str, Any]:

@@ -127,6 +127,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               float_range=(0.01, 100.0)),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages (steady clock).",
               float_range=(0.05, 3600.0)),
+    ParamSpec("gil_switch_interval", 0.0005, "CPython's thread switch interval for this process, seconds "
+              "(sys.setswitchinterval; 0 = leave Python's 0.005). The inference worker gives up the GIL in every "
+              "torch op and must win it back from the callback threads each time: at 0.005 s that wait, hundreds "
+              "of times per cloud, stalled clouds for 1-9 s in make demo; at 0.0005 s the slowest cloud took 0.45 s.",
+              float_range=(0.0, 0.1)),
     ParamSpec("warm_up", True, "Segment a small synthetic scene once at start-up, before subscribing, so the "
               "first cloud does not pay one-time initialisation (kernel selection, lazy imports) while sensor "
               "frames queue up."),
@@ -245,6 +250,8 @@ class SegmentNode(Node):
         self._jumps = TimeJumpDetector(p("time_jump_tolerance"))
         self._pending: deque[_Frame] = deque(maxlen=16)  # frames waiting for TF (tf_timeout at most)
         self._pending_lock = threading.Lock()
+        if p("gil_switch_interval") > 0:
+            sys.setswitchinterval(float(p("gil_switch_interval")))
         self.segmenter = segmenter if segmenter is not None else self._load_segmenter()
         self.device = str(getattr(self.segmenter, "device", "cpu"))
         if p("warm_up") and callable(getattr(self.segmenter, "warm_up", None)):

@@ -278,6 +278,7 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
     rclpy.init(context=ctx)
     executor = MultiThreadedExecutor(num_threads=4, context=ctx)
     nodes: list = []
+    spinner = None
     try:
         node = SegmentNode(segmenter=segmenter, context=ctx, parameter_overrides=[
             Parameter("rgb_topic", value=bio.COLOR_TOPIC), Parameter("depth_topic", value=bio.DEPTH_TOPIC),
@@ -309,6 +310,8 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
     finally:
         bar.close()
         executor.shutdown(timeout_sec=2.0)
+        if spinner is not None:  # no callback may still run when the nodes are destroyed
+            spinner.join(timeout=10.0)
         for n in reversed(nodes):
             n.destroy_node()
         rclpy.shutdown(context=ctx)
@@ -514,6 +517,8 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
         "latency_mean_s": float(lat.mean()) if lat.size else float("nan"),
         "latency_max_s": float(lat.max()) if lat.size else float("nan"),
         "latency_clouds": int(lat.size),
+        "latency_median_s": float(np.median(lat)) if lat.size else float("nan"),
+        "latencies_s": [round(float(v), 4) for v in lat],  # per labelled cloud, in arrival order
         "node_latency_window_mean_s": replay.node_latency_mean_s,
         "node_last_timings_s": replay.node_last_timings,
         "synth_s": scene.generated_s,
@@ -602,7 +607,8 @@ def print_summary(r: dict) -> None:
     if r["untrained_model"]:
         w(f"  !! model         {UNTRAINED_NOTE}\n")
     if r["mode"] == "bag+node":
-        w(f"  latency          {1000 * r['latency_mean_s']:.0f} ms mean, {1000 * r['latency_max_s']:.0f} ms max "
+        w(f"  latency          {1000 * r['latency_mean_s']:.0f} ms mean, "
+          f"{1000 * r.get('latency_median_s', float('nan')):.0f} ms median, {1000 * r['latency_max_s']:.0f} ms max "
           f"(cloud in -> labelled cloud out, over DDS, {r['latency_clouds']} clouds); node diagnostics window "
           f"mean {1000 * r['node_latency_window_mean_s']:.0f} ms\n")
     else:

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
-import threading
 
 __all__ = ["tune_cpu_allocator", "MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "ENV_SWITCH"]
 
@@ -38,16 +38,11 @@ _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 _USER_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
-_lock = threading.Lock()
-_state: dict[str, bool] = {}
 
-
+@functools.lru_cache(maxsize=None)
 def tune_cpu_allocator() -> bool:
     """Apply the malloc settings above once per process; True when they are in effect."""
-    with _lock:
-        if "applied" not in _state:
-            _state["applied"] = _apply()
-        return _state["applied"]
+    return _apply()
 
 
 def _apply() -> bool:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from safnet_ros.data.labels import IGNORE_INDEX, NUM_CLASSES
-from safnet_ros.engine.batching import NET_IMAGE_WH, PosedView, build_chunk_sample, collate, normalize_images, prepare_view
+from safnet_ros.engine.batching import (NET_IMAGE_WH, PosedView, build_chunk_sample, collate, normalize_images,
+                                        prepare_view)
 from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
 from safnet_ros.errors import ConfigError, ModelLoadError, SafnetError
 from safnet_ros.geometry.chunks import VoteAccumulator, chunk_grid
@@ -255,6 +256,8 @@ class Segmenter:
         stalled first cloud would also starve the executor and lose sensor frames.
         The scene: ``points`` points on a wall 2 m in front of one 160 x 120 view.
         """
+        from safnet_ros.geometry.camera import backproject
+
         t0 = time.perf_counter()
         w, h = NET_IMAGE_WH
         K = np.array([[100.0, 0.0, w / 2.0], [0.0, 100.0, h / 2.0], [0.0, 0.0, 1.0]])
@@ -262,10 +265,9 @@ class Segmenter:
         color = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         depth = np.full((h, w), 2.0, np.float32)
         view = prepare_view(color, depth, K, np.eye(4), stamp=0.0)
-        uv = rng.uniform([0.0, 0.0], [w, h], (max(1, int(points)), 2))
-        xyz = np.column_stack([(uv[:, 0] - K[0, 2]) / K[0, 0] * 2.0, (uv[:, 1] - K[1, 2]) / K[1, 1] * 2.0,
-                               np.full(len(uv), 2.0)])
-        self.segment(xyz.astype(np.float32), [view] if self.num_views > 0 else [])
+        wall, _ = backproject(depth, K, np.eye(4))  # (h * w, 3): the wall the view sees
+        pick = rng.choice(len(wall), min(max(1, int(points)), len(wall)), replace=False)
+        self.segment(wall[pick].astype(np.float32), [view] if self.num_views > 0 else [])
         self._features.pop(id(view), None)
         return time.perf_counter() - t0
 

@@ -215,7 +215,7 @@ def _tree_query(ref: np.ndarray, query: np.ndarray, k: int, upper_bound: float) 
         from pykdtree.kdtree import KDTree
 
         bound = None if upper_bound == float("inf") else upper_bound
-        dist, local = KDTree(ref).query(query, k=k, distance_upper_bound=bound)
+        _, local = KDTree(ref).query(query, k=k, distance_upper_bound=bound)
         # pykdtree marks a missing neighbour with index M (beyond the bound) or
         # 2**32 - 1 (k > M): any index >= M is a miss.
         local = local.astype(np.int64).reshape(n, k)

@@ -190,7 +190,7 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
     from safnet_ros.model.config import SafnetConfig
     from safnet_ros.model.safnet import build_model
 
-    tune_cpu_allocator()  # what the CLI, the node and Segmenter run with
+    malloc_tuned = tune_cpu_allocator()  # what the CLI, the node and Segmenter run with
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     if device == "auto":
@@ -228,7 +228,7 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
         "memory": "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS growth (VmHWM)",
         "load_average": _load_average(),
         "kdtree": KDTREE_LIBRARY if dev.type == "cpu" else "torch (cdist + topk)",
-        "malloc_tuned": tune_cpu_allocator(),
+        "malloc_tuned": malloc_tuned,
     }
     return {"machine": machine, "rows": rows}
 

@@ -285,7 +285,7 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
             Parameter("camera_info_topic", value=bio.CAMERA_INFO_TOPIC),
             Parameter("cloud_topic", value=bio.POINTS_TOPIC), Parameter("use_sim_time", value=True),
             # DDS on a loaded 2-core machine can deliver a transform after its cloud: wait longer than live
-            Parameter("tf_timeout", value=TF_TIMEOUT_S)])
+            Parameter("tf_timeout", value=TF_TIMEOUT_S), Parameter("warm_up", value=False)])
         nodes.append(node)
         listener = rclpy.create_node("safnet_demo_listener", context=ctx)
         nodes.append(listener)
@@ -456,22 +456,6 @@ def _load_segmenter(args: argparse.Namespace, stage: int) -> Any:
     return seg
 
 
-def warm_up(seg: Any, scene: DemoScene, points: int = 2000) -> float:
-    """Segment a few vertices with the scene's first view once (torch's first call is slow); returns seconds."""
-    from safnet_ros.data.scannet import ScanNetScene
-    from safnet_ros.engine.batching import prepare_view
-
-    t0 = time.perf_counter()
-    with ScanNetScene(scene.path) as s:
-        frames = s.frames
-        f = frames.get(frames.valid_indices[0])
-        view = prepare_view(f.color, f.depth, frames.intrinsic_depth, s.axis_alignment @ f.camera_to_world,
-                            stamp=f.timestamp_us * 1e-6)
-    pick = np.random.default_rng(0).choice(len(scene.xyz), min(points, len(scene.xyz)), replace=False)
-    seg.segment(scene.xyz[pick], [view])
-    return time.perf_counter() - t0
-
-
 def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progress: bool) -> dict:
     from safnet_ros.tools.bag_convert import convert_scene
 
@@ -480,7 +464,7 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
     conv = convert_scene(scene.path, bag, storage="mcap", cloud_rate=args.cloud_rate, overwrite=True,
                          progress=progress)
     seg = _load_segmenter(args, 3)
-    warmup_s = warm_up(seg, scene)
+    warmup_s = seg.warm_up()  # the node is told not to repeat it (warm_up False below)
     print(f"[demo]     model warmed up in {warmup_s:.1f} s (first-call overhead kept out of the latency)", flush=True)
     env = ros_environment()
     _stage(4, f"replaying {conv.clouds_written} clouds, {conv.frames_written} frames at {args.rate}x through "

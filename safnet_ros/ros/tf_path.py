@@ -1,0 +1,112 @@
+"""Which way transforms travel in this process: the one test the node and every tool share.
+
+Three paths, best first:
+
+==============  ============================  ====================================================
+name            when                          what carries the transforms
+==============  ============================  ====================================================
+``tf2_ros``     ``import tf2_ros`` works      the real ``tf2_ros`` Buffer and TransformListener on
+                (a full ROS 2 install)        ``/tf`` and ``/tf_static`` (``tf2_msgs/TFMessage``)
+``tf2_msgs``    no tf2_ros, but               the drop-in buffer, listening like tf2_ros on ``/tf``
+                ``tf2_msgs.msg.TFMessage``    and ``/tf_static`` (transient local): a minimal ROS
+                imports                       install, or this machine after scripts/setup_env.sh
+                                              generated TFMessage (scripts/build_tf2_msgs.sh)
+``fallback``    neither (last resort)         one ``geometry_msgs/TransformStamped`` per message on
+                                              ``/safnet/transforms`` and
+                                              ``/safnet/transforms_static`` (node parameters
+                                              ``tf_fallback_topic``, ``tf_fallback_static_topic``)
+==============  ============================  ====================================================
+
+The node (:func:`safnet_ros.ros.compat.make_transform_listener`), ``safnet bag
+play`` (:class:`~safnet_ros.tools.bag_play.BagPlayer`), ``safnet segment-bag``,
+the demo and the soak all call :func:`active_tf_path`, so a publisher and a
+listener in one install always agree.  ``SAFNET_FORCE_ROS_FALLBACK=1`` (the
+library drop-ins even where tf2_ros exists) leaves the ``tf2_msgs`` path when
+TFMessage imports; ``SAFNET_TF_PATH=fallback`` forces the last resort (tests).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+TF_TOPIC = "/tf"
+TF_STATIC_TOPIC = "/tf_static"
+#: The type hash (RIHS01) of ROS 2's tf2_msgs/msg/TFMessage (Jazzy, Kilted): the generated type must equal it.
+TFMESSAGE_TYPE_HASH = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
+
+TF2_ROS = "tf2_ros"
+TF2_MSGS = "tf2_msgs"
+FALLBACK = "fallback"
+
+
+@dataclass(frozen=True)
+class TfPath:
+    """The active TF path: its name, whether /tf carries TFMessage, and the TFMessage class (or None)."""
+
+    name: str
+    tf_message: Any = None
+
+    @property
+    def uses_tf_topics(self) -> bool:
+        """True when transforms travel on /tf and /tf_static as tf2_msgs/TFMessage."""
+        return self.name in (TF2_ROS, TF2_MSGS)
+
+    def describe(self, fallback_topic: str = "/safnet/transforms") -> str:
+        """One line for logs and reports."""
+        if self.name == TF2_ROS:
+            return "tf2_ros on /tf, /tf_static"
+        if self.name == TF2_MSGS:
+            return "safnet drop-in buffer on /tf, /tf_static (tf2_msgs/TFMessage; no tf2_ros)"
+        return f"safnet drop-in buffer on {fallback_topic} (geometry_msgs/TransformStamped; no tf2_msgs)"
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def tf_message_class() -> Optional[Any]:
+    """``tf2_msgs.msg.TFMessage`` where it imports, else None."""
+    try:
+        return importlib.import_module("tf2_msgs.msg").TFMessage
+    except (ImportError, AttributeError):
+        return None
+
+
+def ros_distro_sourced() -> bool:
+    """True when a ROS 2 install is sourced (ROS_DISTRO or AMENT_PREFIX_PATH set)."""
+    return bool(os.environ.get("ROS_DISTRO") or os.environ.get("AMENT_PREFIX_PATH"))
+
+
+@functools.lru_cache(maxsize=1)
+def active_tf_path() -> TfPath:
+    """The TF path of this process (see the module docstring); decided once."""
+    forced = os.environ.get("SAFNET_TF_PATH", "").strip().lower()
+    force_dropins = os.environ.get("SAFNET_FORCE_ROS_FALLBACK", "").strip().lower() in ("1", "true", "yes")
+    tf_message = tf_message_class()
+    if forced == FALLBACK or tf_message is None:
+        return TfPath(FALLBACK)
+    if forced != TF2_MSGS and not force_dropins and _importable("tf2_ros"):
+        return TfPath(TF2_ROS, tf_message)
+    return TfPath(TF2_MSGS, tf_message)
+
+
+def missing_tf2_ros_warning() -> Optional[str]:
+    """The WARN line for a sourced ROS 2 install without tf2_ros's Python package, else None."""
+    if not ros_distro_sourced() or _importable("tf2_ros"):
+        return None
+    path = active_tf_path()
+    return (
+        "a ROS 2 install is sourced but 'import tf2_ros' fails: install the Python tf2 package "
+        f"tf2_ros_py (apt: ros-$ROS_DISTRO-tf2-ros-py; rosdep key tf2_ros_py). Using the {path.describe()}"
+    )
+
+
+__all__ = ["TfPath", "active_tf_path", "tf_message_class", "ros_distro_sourced", "missing_tf2_ros_warning",
+           "TF_TOPIC", "TF_STATIC_TOPIC", "TFMESSAGE_TYPE_HASH", "TF2_ROS", "TF2_MSGS", "FALLBACK"]

@@ -1,0 +1,213 @@
+"""Drop-ins for ``tf2_ros``' TransformListener and broadcasters: the topics that feed a buffer.
+
+Two wire formats, chosen by :func:`safnet_ros.ros.tf_path.active_tf_path`:
+
+* ``tf2_msgs/TFMessage`` on ``/tf`` and ``/tf_static`` (transient local), as
+  tf2_ros does, wherever the TFMessage type imports (a ROS 2 install, or the
+  one generated at setup by scripts/build_tf2_msgs.sh);
+* the last resort without it: one ``geometry_msgs/TransformStamped`` per
+  message on ``/safnet/transforms`` and ``/safnet/transforms_static``.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import rclpy
+from geometry_msgs.msg import TransformStamped
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+DEFAULT_TF_TOPIC = "/safnet/transforms"
+DEFAULT_TF_STATIC_TOPIC = "/safnet/transforms_static"
+
+
+def _tf_qos() -> QoSProfile:
+    """Dynamic transforms: reliable, volatile, deep queue (like /tf)."""
+    return QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def _tf_static_qos() -> QoSProfile:
+    """Static TransformStamped: reliable, transient local; one message per transform so keep many."""
+    return QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def tf_static_qos() -> QoSProfile:
+    """``/tf_static`` as tf2_ros has it: reliable, transient local, keep last 1 (one TFMessage holds them all)."""
+    return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def tf_listener_static_qos() -> QoSProfile:
+    """tf2_ros' StaticListenerQoS: reliable, transient local, keep last 100."""
+    return QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _default_tf_message() -> Any:
+    """TFMessage when the active TF path carries it (see safnet_ros.ros.tf_path), else None."""
+    from safnet_ros.ros.tf_path import active_tf_path
+
+    path = active_tf_path()
+    return path.tf_message if path.uses_tf_topics else None
+
+
+_USE_ACTIVE = object()  # default of ``tf_message``: decide by the active TF path
+
+
+class FallbackTransformListener:
+    """tf2_ros.TransformListener drop-in: feeds a buffer from the transform topics.
+
+    With ``tf_message`` (the ``tf2_msgs.msg.TFMessage`` class; by default the
+    one of the active TF path, :mod:`safnet_ros.ros.tf_path`) it listens like
+    tf2_ros: ``TFMessage`` on ``/tf`` (reliable, volatile, depth 100) and on
+    ``/tf_static`` (reliable, transient local, depth 100), ``topic`` and
+    ``static_topic`` unused.  Without it (``tf_message=None``: the last resort)
+    dynamic transforms come one geometry_msgs/TransformStamped per message on
+    ``topic`` (default ``/safnet/transforms``) and static ones on
+    ``static_topic`` (default ``/safnet/transforms_static``, transient local so
+    late joiners get them).  With ``spin_thread=True`` the subscriptions live
+    on an internal node spun by a daemon thread; otherwise the caller's
+    executor spins ``node``.
+    """
+
+    def __init__(
+        self,
+        buffer: Any,
+        node: Any,
+        *,
+        spin_thread: bool = False,
+        qos: QoSProfile | None = None,
+        static_qos: QoSProfile | None = None,
+        topic: str = DEFAULT_TF_TOPIC,
+        static_topic: str = DEFAULT_TF_STATIC_TOPIC,
+        tf_message: Any = _USE_ACTIVE,
+    ) -> None:
+        self.buffer = buffer
+        self.tf_message = _default_tf_message() if tf_message is _USE_ACTIVE else tf_message
+        if self.tf_message is not None:
+            topic, static_topic = "/tf", "/tf_static"
+        self.topic = topic
+        self.static_topic = static_topic
+        self._own_node = None
+        self._executor = None
+        self._thread = None
+        if spin_thread:
+            self._own_node = rclpy.create_node(
+                f"safnet_tf_listener_{os.getpid()}_{id(self):x}", context=node.context,
+                start_parameter_services=False,
+            )
+            node = self._own_node
+        self.node = node
+        if self.tf_message is not None:
+            self.tf_sub = node.create_subscription(self.tf_message, topic, self.tf_callback, qos or _tf_qos())
+            self.tf_static_sub = node.create_subscription(
+                self.tf_message, static_topic, self.tf_static_callback, static_qos or tf_listener_static_qos())
+        else:
+            self.tf_sub = node.create_subscription(TransformStamped, topic, self.callback, qos or _tf_qos())
+            self.tf_static_sub = node.create_subscription(
+                TransformStamped, static_topic, self.static_callback, static_qos or _tf_static_qos()
+            )
+        if spin_thread:
+            from rclpy.executors import SingleThreadedExecutor
+
+            self._executor = SingleThreadedExecutor(context=node.context)
+            self._executor.add_node(node)
+            self._thread = threading.Thread(target=self._spin, daemon=True)
+            self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self._executor.spin()
+        except Exception:  # context shut down under us: the thread just ends
+            pass
+
+    def callback(self, msg: TransformStamped) -> None:
+        self.buffer.set_transform(msg, "default_authority")
+
+    def static_callback(self, msg: TransformStamped) -> None:
+        self.buffer.set_transform_static(msg, "default_authority")
+
+    def tf_callback(self, msg: Any) -> None:
+        """A TFMessage on /tf: every transform it holds."""
+        for transform in msg.transforms:
+            self.buffer.set_transform(transform, "default_authority")
+
+    def tf_static_callback(self, msg: Any) -> None:
+        for transform in msg.transforms:
+            self.buffer.set_transform_static(transform, "default_authority")
+
+    def unregister(self) -> None:
+        """Destroy the subscriptions (and the internal node and thread); idempotent."""
+        if self.tf_sub is not None:
+            self.node.destroy_subscription(self.tf_sub)
+            self.node.destroy_subscription(self.tf_static_sub)
+            self.tf_sub = self.tf_static_sub = None
+        if self._executor is not None:
+            self._executor.shutdown(timeout_sec=1.0)
+            self._executor = None
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        if self._own_node is not None:
+            self._own_node.destroy_node()
+            self._own_node = None
+
+
+class FallbackTransformBroadcaster:
+    """tf2_ros.TransformBroadcaster drop-in.
+
+    ``TFMessage`` on ``/tf`` where the active TF path carries it (or
+    ``tf_message`` is given), else one TransformStamped per message on
+    ``topic`` (``/safnet/transforms``).
+    """
+
+    def __init__(self, node: Any, qos: QoSProfile | None = None, topic: str = DEFAULT_TF_TOPIC,
+                 tf_message: Any = _USE_ACTIVE) -> None:
+        self.node = node
+        self.tf_message = _default_tf_message() if tf_message is _USE_ACTIVE else tf_message
+        if self.tf_message is not None:
+            self.pub_tf = node.create_publisher(self.tf_message, "/tf", qos or _tf_qos())
+        else:
+            self.pub_tf = node.create_publisher(TransformStamped, topic, qos or _tf_qos())
+
+    def sendTransform(self, transform: TransformStamped | Iterable[TransformStamped]) -> None:  # noqa: N802
+        items = [transform] if isinstance(transform, TransformStamped) else list(transform)
+        if self.tf_message is not None:
+            self.pub_tf.publish(self.tf_message(transforms=items))
+            return
+        for item in items:
+            self.pub_tf.publish(item)
+
+
+class FallbackStaticTransformBroadcaster:
+    """tf2_ros.StaticTransformBroadcaster drop-in.
+
+    ``TFMessage`` on ``/tf_static`` (transient local, keep last 1) holding every
+    static transform sent so far, one per child frame, as tf2_ros does; on the
+    last-resort path one TransformStamped per message on the transient-local
+    ``topic`` (``/safnet/transforms_static``).
+    """
+
+    def __init__(self, node: Any, qos: QoSProfile | None = None, topic: str = DEFAULT_TF_STATIC_TOPIC,
+                 tf_message: Any = _USE_ACTIVE) -> None:
+        self.node = node
+        self.tf_message = _default_tf_message() if tf_message is _USE_ACTIVE else tf_message
+        self._latched: dict[str, TransformStamped] = {}
+        if self.tf_message is not None:
+            self.pub_tf = node.create_publisher(self.tf_message, "/tf_static", qos or tf_static_qos())
+        else:
+            self.pub_tf = node.create_publisher(TransformStamped, topic, qos or _tf_static_qos())
+
+    def sendTransform(self, transform: TransformStamped | Iterable[TransformStamped]) -> None:  # noqa: N802
+        items = [transform] if isinstance(transform, TransformStamped) else list(transform)
+        if self.tf_message is not None:
+            for item in items:
+                self._latched[item.child_frame_id] = item
+            self.pub_tf.publish(self.tf_message(transforms=list(self._latched.values())))
+            return
+        for item in items:
+            self.pub_tf.publish(item)

@@ -64,28 +64,30 @@ class FallbackSubscriber(FallbackSimpleFilter):
 class FallbackApproximateTimeSynchronizer(FallbackSimpleFilter):
     """message_filters.ApproximateTimeSynchronizer: match messages whose stamps lie within ``slop``.
 
-    Policy (greedy, like rclpy's own message_filters: a set is emitted as soon
-    as one exists):
+    The policy of ROS 2's Python ``message_filters`` (Jazzy, Kilted), so a set
+    is emitted here exactly when the real filter would emit it:
 
-    * one queue per input, sorted by stamp, at most ``queue_size`` messages
-      (the oldest is dropped); a second message with the same stamp on one
+    * one queue per input keyed by stamp, at most ``queue_size`` messages (the
+      oldest stamp is dropped); a second message with the same stamp on one
       input replaces the first;
-    * a candidate set takes an anchor message and, from every other input,
-      the first message at or after the anchor's stamp; it is feasible when
-      ``max - min <= slop`` (this is the smallest spread for that anchor);
-    * among the feasible sets whose anchor lies within ``slop`` of the oldest
-      feasible anchor, the one with the smallest spread wins (ties: older);
-    * the set is emitted (callback ``cb(msg_0, ..., msg_{n-1}, *args)`` in
-      input order) and, in every queue, its member and everything older are
-      removed.
+    * only the message that just arrived anchors a search: from every other
+      input the messages within ``slop`` of it (``|dt| <= slop``) are ordered
+      by their distance to it (ties: the one that arrived first), and the
+      combinations are tried in that order (input order, the first input
+      varying slowest);
+    * the first combination whose spread is **strictly** below ``slop``
+      (``max - min < slop``) is emitted (callback ``cb(msg_0, ...,
+      msg_{n-1}, *args)`` in input order) and its members leave their queues;
+      **older unmatched messages stay** (until the queue bound pushes them
+      out), so a late partner can still match them. ``slop`` 0 never matches.
 
-    Dropped messages are counted in ``num_dropped``, emitted sets in
-    ``num_emitted``.  Thread safe: ``add`` runs under ``self.lock`` and so do
-    the callbacks (SPEC §3: callbacks must only enqueue work and return).
-    Headerless messages are stamped with the wall clock when
-    ``allow_headerless`` is True, else dropped and counted in
-    ``num_headerless``.  ``reset=True`` clears the queues when an input's time
-    jumps back (a bag looping).
+    Dropped messages (queue bound, replaced stamps, headerless) are counted in
+    ``num_dropped``, emitted sets in ``num_emitted``.  Thread safe: ``add``
+    runs under ``self.lock`` and so do the callbacks (SPEC §3: callbacks must
+    only enqueue work and return).  Headerless messages are stamped with the
+    wall clock when ``allow_headerless`` is True, else dropped and counted in
+    ``num_headerless``.  ``reset=True`` (a safnet extra; off like the real
+    filter) clears the queues when an input's time jumps back (a bag looping).
     """
 
     def __init__(
@@ -110,7 +112,10 @@ class FallbackApproximateTimeSynchronizer(FallbackSimpleFilter):
         self.num_emitted = 0
         self.num_headerless = 0
         self.num_resets = 0
+        #: per input: (stamp ns, message) sorted by stamp
         self.queues: list[list[tuple[int, Any]]] = []
+        self._arrival: list[dict[int, int]] = []  # per input: stamp -> arrival number (tie order)
+        self._next_arrival = itertools.count()
         self._latest: list[int | None] = []
         self.input_connections: list[int] = []
         self.connectInput(fs)
@@ -119,80 +124,97 @@ class FallbackApproximateTimeSynchronizer(FallbackSimpleFilter):
         """Listen to the filters ``fs`` (one queue each, in order)."""
         with self.lock:
             self.queues = [[] for _ in fs]
+            self._arrival = [{} for _ in fs]
             self._latest = [None for _ in fs]
             self.input_connections = [f.registerCallback(self.add, i) for i, f in enumerate(fs)]
 
-    def add(self, msg: Any, queue_index: int) -> None:
-        """Put ``msg`` into input ``queue_index`` and emit every set that is now complete."""
+    def _stamp(self, msg: Any) -> int | None:
         header = getattr(msg, "header", None)
-        with self.lock:
-            if header is None or not hasattr(header, "stamp"):
-                if not self.allow_headerless:
-                    self.num_headerless += 1
-                    self.num_dropped += 1
-                    return
-                stamp = time.time_ns()
-            else:
-                stamp = stamp_to_ns(header.stamp)
-            latest = self._latest[queue_index]
-            if self.reset and latest is not None and stamp < latest:
-                self.num_dropped += sum(len(q) for q in self.queues)
-                self.num_resets += 1
-                for q in self.queues:
-                    q.clear()
-                self._latest = [None for _ in self.queues]
-            self._latest[queue_index] = stamp if latest is None else max(latest, stamp)
-            queue = self.queues[queue_index]
-            stamps = [s for s, _ in queue]
-            pos = bisect.bisect_left(stamps, stamp)
-            if pos < len(queue) and queue[pos][0] == stamp:
-                queue[pos] = (stamp, msg)
+        if header is None or not hasattr(header, "stamp"):
+            if not self.allow_headerless:
+                self.num_headerless += 1
                 self.num_dropped += 1
-            else:
-                queue.insert(pos, (stamp, msg))
-            while len(queue) > self.queue_size:
-                queue.pop(0)
-                self.num_dropped += 1
-            while self._emit_best():
-                pass
+                return None
+            return time.time_ns()
+        return stamp_to_ns(header.stamp)
 
-    def _emit_best(self) -> bool:
-        """Emit the best feasible set (see the class docstring); False when there is none."""
-        if not self.queues or any(not q for q in self.queues):
-            return False
-        stamps = [[s for s, _ in q] for q in self.queues]
-        candidates: list[tuple[int, int, list[int]]] = []  # (anchor stamp, spread, member index per queue)
-        for a, anchor_stamps in enumerate(stamps):
-            for ia, t in enumerate(anchor_stamps):
-                members: list[int] = []
-                top = t
-                for j, sj in enumerate(stamps):
-                    if j == a:
-                        members.append(ia)
-                        continue
-                    k = bisect.bisect_left(sj, t)
-                    if k == len(sj) or sj[k] - t > self.slop_ns:
-                        break
-                    members.append(k)
-                    top = max(top, sj[k])
-                else:
-                    candidates.append((t, top - t, members))
-        if not candidates:
-            return False
-        oldest = min(c[0] for c in candidates)
-        near = [c for c in candidates if c[0] <= oldest + self.slop_ns]
-        _, _, members = min(near, key=lambda c: (c[1], c[0]))
-        msgs = [self.queues[j][k][1] for j, k in enumerate(members)]
-        for j, k in enumerate(members):
-            self.num_dropped += k  # older, never matched
-            del self.queues[j][: k + 1]
-        self.num_emitted += 1
-        self.signalMessage(*msgs)
-        return True
+    def _insert(self, msg: Any, queue_index: int) -> int | None:
+        """Queue ``msg``; its stamp, or None when it was refused or pushed out at once."""
+        stamp = self._stamp(msg)
+        if stamp is None:
+            return None
+        latest = self._latest[queue_index]
+        if self.reset and latest is not None and stamp < latest:
+            self.num_dropped += sum(len(q) for q in self.queues)
+            self.num_resets += 1
+            for q, arrival in zip(self.queues, self._arrival):
+                q.clear()
+                arrival.clear()
+            self._latest = [None for _ in self.queues]
+        self._latest[queue_index] = stamp if latest is None else max(latest, stamp)
+        queue, arrival = self.queues[queue_index], self._arrival[queue_index]
+        pos = bisect.bisect_left([s for s, _ in queue], stamp)
+        if pos < len(queue) and queue[pos][0] == stamp:
+            queue[pos] = (stamp, msg)  # same stamp: replaced, keeps its place in the arrival order
+            self.num_dropped += 1
+        else:
+            queue.insert(pos, (stamp, msg))
+            arrival[stamp] = next(self._next_arrival)
+        while len(queue) > self.queue_size:
+            old, _ = queue.pop(0)
+            del arrival[old]
+            self.num_dropped += 1
+        return stamp if stamp in arrival else None
+
+    def add(self, msg: Any, queue_index: int) -> None:
+        """Put ``msg`` into input ``queue_index`` and emit the set it completes, if any."""
+        with self.lock:
+            stamp = self._insert(msg, queue_index)
+            if stamp is not None:
+                self._match(stamp, queue_index)
+
+    def _match(self, stamp: int, anchor: int) -> None:
+        """Emit the first set around the new message ``stamp`` of input ``anchor`` (class docstring)."""
+        choices: list[list[int]] = []  # per other input: positions in its queue, nearest first
+        for j, queue in enumerate(self.queues):
+            if j == anchor:
+                continue
+            near = [k for k, (s, _) in enumerate(queue) if abs(s - stamp) <= self.slop_ns]
+            if not near:
+                return
+            arrival = self._arrival[j]
+            near.sort(key=lambda k: (abs(queue[k][0] - stamp), arrival[queue[k][0]]))
+            choices.append(near)
+        for combo in itertools.product(*choices):
+            members = list(combo)
+            stamps = [self.queues[j][k][0] for j, k in zip((j for j in range(len(self.queues)) if j != anchor),
+                                                          members)]
+            if max(stamps + [stamp]) - min(stamps + [stamp]) >= self.slop_ns:
+                continue
+            anchor_pos = next(k for k, (s, _) in enumerate(self.queues[anchor]) if s == stamp)
+            members.insert(anchor, anchor_pos)
+            msgs = [self.queues[j][k][1] for j, k in enumerate(members)]
+            for j, k in enumerate(members):
+                s, _ = self.queues[j].pop(k)
+                del self._arrival[j][s]
+            self.num_emitted += 1
+            self.signalMessage(*msgs)
+            return
 
 
 class FallbackTimeSynchronizer(FallbackApproximateTimeSynchronizer):
-    """message_filters.TimeSynchronizer: sets whose stamps are all exactly equal."""
+    """message_filters.TimeSynchronizer: sets whose stamps are all exactly equal (every common stamp, oldest first)."""
 
     def __init__(self, fs: Sequence[Any], queue_size: int, reset: bool = False) -> None:
         super().__init__(fs, queue_size, 0.0, allow_headerless=False, reset=reset)
+
+    def _match(self, stamp: int, anchor: int) -> None:
+        common = set(self._arrival[0]).intersection(*self._arrival[1:])
+        for s in sorted(common):
+            msgs = []
+            for j, queue in enumerate(self.queues):
+                k = next(k for k, (q, _) in enumerate(queue) if q == s)
+                msgs.append(queue.pop(k)[1])
+                del self._arrival[j][s]
+            self.num_emitted += 1
+            self.signalMessage(*msgs)

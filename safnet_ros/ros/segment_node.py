@@ -15,8 +15,17 @@ transform has not arrived yet waits in a short pending list retried by a
 timer for ``tf_timeout`` seconds. Only the worker thread may wait (up to
 ``tf_timeout``) for the cloud's transform. Undecodable messages, missing
 transforms and replaced clouds are skipped with a throttled warning and counted
-on /diagnostics; time going backwards (a looping bag) clears the view buffer,
-the TF buffer and the pending frames.
+on /diagnostics. Time going back is judged per input (frames, clouds: each
+against its own newest stamp) and on the ROS clock under sim time
+(:mod:`safnet_ros.ros.time_jumps`): it clears the view buffer and the pending
+frames; the TF buffer clears itself when the clock that feeds it jumps back.
+
+A lifecycle node (rclpy.lifecycle): the constructor declares and checks the
+parameters; ``configure`` loads the model, warms it up and makes the TF
+buffer; ``activate`` creates the subscriptions, publishers, timers and the
+worker; ``deactivate`` releases them again and ``cleanup`` drops the model and
+the TF buffer. With ``autostart`` (the default) the constructor drives the node
+to active itself, so ``ros2 run`` and the launch file work without a manager.
 """
 from __future__ import annotations
 
@@ -32,9 +41,11 @@ import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
-from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
 from diagnostic_msgs.msg import DiagnosticArray
@@ -42,11 +53,13 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from safnet_ros.data.labels import class_colors
-from safnet_ros.engine.view_buffer import KeyframePolicy, TimeJumpDetector, ViewBuffer
+from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, SafnetError
 from safnet_ros.ros import codecs, compat
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import SIMILARITY_RANGES, similarity_markers
+from safnet_ros.ros.tf_path import missing_tf2_ros_warning
+from safnet_ros.ros.time_jumps import StreamTimeJumps, watch_clock_jumps
 
 NODE_NAME = "safnet_segment"
 #: Throttle period of repeated warnings (seconds).
@@ -94,8 +107,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "points beyond are published with label 255 (not segmented).", float_range=(0.0, 100.0)),
     ParamSpec("sync_queue_size", 10, "Queue size of the approximate time synchronizer (rgb, depth, camera_info).",
               int_range=(1, 1000)),
-    ParamSpec("sync_slop", 0.05, "Largest stamp spread of a matched (rgb, depth, camera_info) set, seconds.",
-              float_range=(0.0, 10.0)),
+    ParamSpec("sync_slop", 0.05, "A (rgb, depth, camera_info) set is matched when its stamps spread less than "
+              "this, seconds (message_filters: max - min < slop, so 0 would never match and is refused).",
+              float_range=(0.0001, 10.0)),
     ParamSpec("keyframe_min_translation", 0.05, "A view is buffered only if the camera moved at least this far "
               "(metres) or turned keyframe_min_rotation_deg since the last kept view (0 = criterion off).",
               runtime=True, float_range=(0.0, 100.0)),
@@ -107,16 +121,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               int_range=(1, 10000)),
     ParamSpec("buffer_max_mb", 256.0, "Memory bound of the buffered views' arrays, MiB (network-size views of "
               "160x120 take ~0.13 MiB each).", runtime=True, float_range=(0.1, 100000.0)),
-    ParamSpec("time_jump_tolerance", 1.0, "A message stamped this many seconds before the newest one seen means "
-              "time went back (bag loop): view buffer, TF buffer and pending frames are cleared.",
+    ParamSpec("time_jump_tolerance", 1.0, "Time went back (bag loop) when a frame or cloud is stamped this many "
+              "seconds before the newest one of the same input, or the ROS clock (/clock under use_sim_time) "
+              "jumps back this far: the view buffer and pending frames are cleared (the TF buffer clears itself "
+              "on a clock jump). Inputs lagging each other are not jumps.",
               runtime=True, float_range=(0.0, 3600.0)),
     ParamSpec("tf_timeout", 0.1, "How long the worker waits for a cloud's transform, and how long a frame "
               "whose transform has not arrived yet is retried, seconds (callbacks never wait).",
               runtime=True, float_range=(0.0, 10.0)),
-    ParamSpec("tf_fallback_topic", compat.DEFAULT_TF_TOPIC, "Without tf2_ros only: geometry_msgs/TransformStamped "
-              "topic feeding the drop-in TF buffer (dynamic transforms)."),
-    ParamSpec("tf_fallback_static_topic", compat.DEFAULT_TF_STATIC_TOPIC, "Without tf2_ros only: transient-local "
-              "TransformStamped topic of static transforms."),
+    ParamSpec("tf_fallback_topic", compat.DEFAULT_TF_TOPIC, "Last resort without tf2_ros and tf2_msgs only: "
+              "geometry_msgs/TransformStamped topic feeding the drop-in TF buffer (dynamic transforms)."),
+    ParamSpec("tf_fallback_static_topic", compat.DEFAULT_TF_STATIC_TOPIC, "Last resort without tf2_ros and "
+              "tf2_msgs only: transient-local TransformStamped topic of static transforms."),
     ParamSpec("publish_markers", True, "Publish ~/similarity_markers (skipped anyway while nobody subscribes).",
               runtime=True),
     ParamSpec("similarity_marker_source", "s", "Which similarity colours the marker points: s | s_geo | s_con.",
@@ -135,9 +151,32 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("warm_up", True, "Segment a small synthetic scene once at start-up, before subscribing, so the "
               "first cloud does not pay one-time initialisation (kernel selection, lazy imports) while sensor "
               "frames queue up."),
+    ParamSpec("autostart", True, "Configure and activate the lifecycle node by itself at start-up (ros2 run, the "
+              "launch file); false = wait in 'unconfigured' for a lifecycle manager (ros2 lifecycle set)."),
 )
 
 _SPECS = {spec.name: spec for spec in PARAMETERS}
+
+_TYPE_NAMES = {bool: "a bool (true/false)", int: "an integer", float: "a double (write 2.0, not 2)",
+               str: "a string"}
+_PARAM_TYPES = {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
+                str: Parameter.Type.STRING}
+
+
+class ParameterError(ConfigError):
+    """A node parameter has a value of the wrong type or out of its range (``main`` exits with status 2)."""
+
+
+def check_parameter(spec: ParamSpec, param: Parameter) -> None:
+    """Raise ParameterError naming the parameter, its value and the allowed type or range."""
+    want = type(spec.default)
+    value = param.value
+    if param.type_ != _PARAM_TYPES[want]:
+        got = param.type_.name if hasattr(param.type_, "name") else str(param.type_)
+        raise ParameterError(f"parameter '{spec.name}' = {value!r} is of type {got}; it must be {_TYPE_NAMES[want]}")
+    lo_hi = spec.int_range or spec.float_range
+    if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
+        raise ParameterError(f"parameter '{spec.name}' = {value!r} is out of range: allowed {lo_hi[0]}..{lo_hi[1]}")
 
 
 def transform_points(T: np.ndarray, xyz: np.ndarray) -> np.ndarray:
@@ -216,61 +255,154 @@ class _Frame:
     first_try: float  # time.monotonic()
 
 
-class SegmentNode(Node):
-    """The ``safnet_segment`` node (see the module docstring).
+class SegmentNode(LifecycleNode):
+    """The ``safnet_segment`` lifecycle node (see the module docstring).
 
     segmenter: an already built :class:`~safnet_ros.engine.inference.Segmenter`
     (tests, tools); None = built from the ``model``/``device``/``preset``
-    parameters. Raises SafnetError subclasses (ConfigError, ModelLoadError)
-    for bad parameters or an unloadable model.
+    parameters at ``configure``. With ``autostart`` (default) the constructor
+    configures and activates the node and raises the SafnetError subclass
+    (ParameterError, ConfigError, ModelLoadError) that stopped it; a bad
+    parameter raises ParameterError whatever ``autostart`` says.
     """
 
     def __init__(self, *, segmenter: Any = None, node_name: str = NODE_NAME, **node_kwargs: Any):
         super().__init__(node_name, **node_kwargs)
+        self._given_segmenter = segmenter
+        self.segmenter: Any = None
+        self.tf_buffer: Any = None
+        self.tf_listener: Any = None
+        self._clock_jumps: Any = None
+        self._worker: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._mailbox = LatestMailbox()
+        self._transition_error: Optional[BaseException] = None
+        #: Stage timings (seconds) of the last labeled cloud; also on /diagnostics.
+        self.last_timings: dict[str, float] = {}
+        self.device = "cpu"
         try:
-            self._setup(segmenter)
+            self._setup()
+            if self._param("autostart"):
+                self._autostart()
         except BaseException:
             self.destroy_node()
             raise
 
-    def _setup(self, segmenter: Any) -> None:
+    def _setup(self) -> None:
+        """Parameters, counters and the view buffer (no ROS entity besides the lifecycle services)."""
         self._declare_parameters()
         p = self._param
         self.fixed_frame = str(p("fixed_frame")).lstrip("/")
         if not self.fixed_frame:
-            raise ConfigError("fixed_frame must not be empty")
+            raise ParameterError("parameter 'fixed_frame' = '' must not be empty")
         self._check_marker_source(p("similarity_marker_source"))
         self.stats = NodeStats()
         self.buffer = ViewBuffer(
             max_views=p("buffer_max_views"),
             max_mb=p("buffer_max_mb"),
             policy=self._policy_from_params(),
-            jump_tolerance=float("inf"),  # the node detects jumps itself, over all inputs
+            jump_tolerance=float("inf"),  # the node judges jumps itself, per input stream
         )
-        self._jumps = TimeJumpDetector(p("time_jump_tolerance"))
+        self._jumps = StreamTimeJumps(("frames", "clouds"), p("time_jump_tolerance"))
         self._pending: deque[_Frame] = deque(maxlen=16)  # frames waiting for TF (tf_timeout at most)
         self._pending_lock = threading.Lock()
         if p("gil_switch_interval") > 0:
             sys.setswitchinterval(float(p("gil_switch_interval")))
-        self.segmenter = segmenter if segmenter is not None else self._load_segmenter()
-        self.device = str(getattr(self.segmenter, "device", "cpu"))
-        if p("warm_up") and callable(getattr(self.segmenter, "warm_up", None)):
-            seconds = self.segmenter.warm_up()
-            self.get_logger().info(f"model warmed up in {seconds:.2f} s")
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        # TF: the real tf2_ros where installed, else the drop-in fed by TransformStamped topics.
-        self.tf_buffer = compat.Buffer(cache_time=Duration(seconds=30.0))
-        self.tf_listener = compat.make_transform_listener(
-            self.tf_buffer, self,
-            fallback_topic=p("tf_fallback_topic"), fallback_static_topic=p("tf_fallback_static_topic"),
+    def _autostart(self) -> None:
+        """configure + activate, raising what made a transition fail."""
+        for name, trigger in (("configure", self.trigger_configure), ("activate", self.trigger_activate)):
+            result = trigger()
+            if result != TransitionCallbackReturn.SUCCESS:
+                error = self._transition_error
+                self._transition_error = None
+                if isinstance(error, BaseException):
+                    raise error
+                raise ConfigError(f"lifecycle transition '{name}' failed")
+
+    # ------------------------------------------------------------------ lifecycle
+    def _guarded(self, step: Any) -> TransitionCallbackReturn:
+        """Run a transition step; a failure is logged, kept for _autostart and turns into FAILURE."""
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - a transition must answer, not raise
+            self._transition_error = exc
+            self.get_logger().error(f"{exc}")
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model, warm it up and make the TF buffer (watching the node's clock, like tf2_ros)."""
+        return self._guarded(self._configure)
+
+    def _configure(self) -> None:
+        warning = missing_tf2_ros_warning()
+        if warning:
+            self.get_logger().warning(warning)
+        segmenter = self._given_segmenter if self._given_segmenter is not None else self._load_segmenter()
+        self.segmenter = segmenter
+        self.device = str(getattr(segmenter, "device", "cpu"))
+        if self._param("warm_up") and callable(getattr(segmenter, "warm_up", None)):
+            seconds = segmenter.warm_up()
+            self.get_logger().info(f"model warmed up in {seconds:.2f} s")
+        # TF: the real tf2_ros where installed, else the drop-in (given node=, both clear on a clock jump back)
+        self.tf_buffer = compat.Buffer(cache_time=Duration(seconds=30.0), node=self)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Create subscriptions, publishers, timers and the worker thread."""
+        return self._guarded(self._activate)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the worker (finishing the cloud in hand) and release what activate created."""
+        return self._guarded(self._deactivate)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Drop the model, the TF buffer and the buffered views (back to unconfigured)."""
+        return self._guarded(self._cleanup)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded(self._release_all)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_all()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _activate(self) -> None:
+        p = self._param
+        self._jumps.reset()  # a new activation: each stream starts a new timeline
+        self._create_interfaces()
+        # Timers on the steady clock: they must tick with use_sim_time and no /clock too.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._retry_timer = self.create_timer(0.02, self._retry_pending, clock=steady)
+        self._diag_timer = self.create_timer(p("diagnostics_period"), self._publish_diagnostics, clock=steady)
+        # under use_sim_time, /clock jumping back is a time jump of its own
+        self._clock_jumps = watch_clock_jumps(self, p("time_jump_tolerance"), self._on_clock_jump)
+        self._mailbox = LatestMailbox()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="safnet_segment_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"safnet_segment active: device {self.device}, fixed frame '{self.fixed_frame}', "
+            f"cloud '{self.sub_cloud.topic_name}', {compat.backends()}"
         )
 
+    def _create_interfaces(self) -> None:
+        """Publishers, the TF listener and the input subscriptions (in that order: outputs exist first).
+
+        Components that live only while the node is active are created here
+        and released in :meth:`_destroy_interfaces`.
+        """
+        p = self._param
         # Outputs: reliable.
         out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.pub_cloud = self.create_publisher(PointCloud2, "~/labeled_cloud", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "~/similarity_markers", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
+        self.tf_listener = compat.make_transform_listener(
+            self.tf_buffer, self,
+            fallback_topic=p("tf_fallback_topic"), fallback_static_topic=p("tf_fallback_static_topic"),
+        )
         # Inputs: sensor-data QoS (best effort, keep last 5), passed explicitly to the filters.
         sensor_qos = qos_profile_sensor_data
         self.sub_rgb = compat.Subscriber(self, Image, p("rgb_topic"), qos_profile=sensor_qos)
@@ -282,26 +414,78 @@ class SegmentNode(Node):
         self.sync.registerCallback(self._on_frames)
         self.sub_cloud = self.create_subscription(PointCloud2, p("cloud_topic"), self._on_cloud, sensor_qos)
 
-        # Timers on the steady clock: they must tick with use_sim_time and no /clock too.
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self._retry_timer = self.create_timer(0.02, self._retry_pending, clock=steady)
-        self._diag_timer = self.create_timer(p("diagnostics_period"), self._publish_diagnostics, clock=steady)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+    def _destroy_interfaces(self) -> None:
+        """Undo :meth:`_create_interfaces` (inputs first, so no callback feeds a released output)."""
+        for sub in (getattr(self, name, None) for name in ("sub_rgb", "sub_depth", "sub_info")):
+            if sub is not None:
+                self._unsubscribe(sub)
+        self.sub_rgb = self.sub_depth = self.sub_info = self.sync = None
+        if getattr(self, "sub_cloud", None) is not None:
+            self.destroy_subscription(self.sub_cloud)
+            self.sub_cloud = None
+        unregister = getattr(self.tf_listener, "unregister", None)
+        if callable(unregister):
+            unregister()
+        self.tf_listener = None
+        for name in ("pub_cloud", "pub_markers", "pub_diag"):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_publisher(pub)
+                setattr(self, name, None)
 
-        #: Stage timings (seconds) of the last labeled cloud; also on /diagnostics.
-        self.last_timings: dict[str, float] = {}
-        self._mailbox = LatestMailbox()
-        self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._work, name="safnet_segment_worker", daemon=True)
-        self._worker.start()
-        self.get_logger().info(
-            f"safnet_segment ready: device {self.device}, fixed frame '{self.fixed_frame}', "
-            f"cloud '{self.sub_cloud.topic_name}', {compat.backends()}"
-        )
+    def _unsubscribe(self, sub: Any) -> None:
+        """Destroy a message_filters (or drop-in) Subscriber's subscription."""
+        unregister = getattr(sub, "unregister", None)
+        if callable(unregister):
+            unregister()
+        elif getattr(sub, "sub", None) is not None:
+            self.destroy_subscription(sub.sub)
+
+    def _stop_worker(self) -> None:
+        self._stop.set()
+        self._mailbox.close()
+        worker = self._worker
+        if worker is not None and worker.is_alive() and threading.current_thread() is not worker:
+            worker.join(timeout=10.0)
+        self._worker = None
+
+    def _deactivate(self) -> None:
+        self._stop_worker()
+        for name in ("_retry_timer", "_diag_timer"):
+            timer = getattr(self, name, None)
+            if timer is not None:
+                self.destroy_timer(timer)
+                setattr(self, name, None)
+        if self._clock_jumps is not None:
+            self._clock_jumps.unregister()
+            self._clock_jumps = None
+        self._destroy_interfaces()
+        with self._pending_lock:
+            self._pending.clear()
+
+    def _cleanup(self) -> None:
+        self.buffer.clear()
+        close = getattr(self.tf_buffer, "close", None)
+        if callable(close):
+            close()
+        self.tf_buffer = None
+        self.segmenter = None
+
+    def _release_all(self) -> None:
+        """Whatever state the node is in: release everything (shutdown, errors, destroy_node)."""
+        if getattr(self, "_pending_lock", None) is None:  # the constructor failed before _setup finished
+            self._stop_worker()
+            return
+        self._deactivate()
+        self._cleanup()
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
+        """Declare every parameter; a given value of the wrong type or range raises ParameterError."""
+        overrides = getattr(self, "_parameter_overrides", {})
         for spec in PARAMETERS:
+            if spec.name in overrides:
+                check_parameter(spec, overrides[spec.name])
             desc = ParameterDescriptor(description=spec.description, read_only=not spec.runtime)
             if spec.int_range is not None:
                 desc.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)]
@@ -309,7 +493,10 @@ class SegmentNode(Node):
                 desc.floating_point_range = [
                     FloatingPointRange(from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)
                 ]
-            self.declare_parameter(spec.name, spec.default, desc)
+            try:
+                self.declare_parameter(spec.name, spec.default, desc)
+            except ParameterException as exc:  # anything check_parameter did not foresee: still one line
+                raise ParameterError(f"parameter '{spec.name}': {exc}") from None
 
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
@@ -325,7 +512,8 @@ class SegmentNode(Node):
     @staticmethod
     def _check_marker_source(source: str) -> None:
         if source not in SIMILARITY_RANGES:
-            raise ConfigError(f"similarity_marker_source must be one of {sorted(SIMILARITY_RANGES)}, got {source!r}")
+            raise ParameterError(f"parameter 'similarity_marker_source' = {source!r} is not allowed: "
+                                 f"one of {sorted(SIMILARITY_RANGES)}")
 
     def _on_set_parameters(self, params: Sequence[Any]) -> SetParametersResult:
         """Validate and apply run-time parameters (read-only ones are refused by rclpy itself)."""
@@ -348,7 +536,10 @@ class SegmentNode(Node):
 
         from safnet_ros.engine.inference import Segmenter
 
-        device, note = resolve_node_device(self._param("device"), torch.cuda.is_available())
+        try:
+            device, note = resolve_node_device(self._param("device"), torch.cuda.is_available())
+        except ConfigError as exc:
+            raise ParameterError(f"parameter 'device' = {self._param('device')!r}: {exc}") from None
         if note and self._param("device").strip().lower() == "auto":
             self.get_logger().info(note)
         elif note:
@@ -373,29 +564,38 @@ class SegmentNode(Node):
         return segmenter
 
     # ------------------------------------------------------------------ time
-    def _note_stamp(self, stamp_s: float) -> None:
-        """Clear everything time-dependent when ``stamp_s`` shows time went back."""
-        newest = self._jumps.newest
-        if not self._jumps.check(stamp_s):
-            return
+    def _note_stamp(self, stream: str, stamp_s: float) -> None:
+        """Judge ``stamp_s`` against the newest stamp of the same input (``frames`` or ``clouds``)."""
+        newest = self._jumps.check(stream, stamp_s)
+        if newest is not None:
+            self._time_went_back(f"{stream} stamped {newest - stamp_s:.3f} s before the newest {stream}")
+
+    def _on_clock_jump(self, seconds_back: float) -> None:
+        """The ROS clock (/clock under sim time) jumped back; tf2's Buffer clears itself on the same jump."""
+        self._jumps.reset()
+        self._time_went_back(f"the ROS clock jumped back {seconds_back:.3f} s")
+
+    def _time_went_back(self, why: str) -> None:
+        """Views and pending frames of the old timeline go; a queued cloud of it is dropped (counted)."""
         self.stats.count("time_jumps")
         self.buffer.clear()
         with self._pending_lock:
             self._pending.clear()
-        if hasattr(self.tf_buffer, "clear"):
-            self.tf_buffer.clear()
-        if self._mailbox.clear():  # a cloud of the old timeline not taken yet: dropped, and counted
+        if self._mailbox.clear():
             self.stats.count("clouds_dropped")
         self.get_logger().info(
-            f"time jumped back from {newest:.3f} s to {stamp_s:.3f} s (bag loop?): "
-            "view buffer, TF buffer and pending frames cleared"
+            f"time jumped back ({why}; bag loop?): view buffer and pending frames cleared",
+            throttle_duration_sec=WARN_PERIOD_S,
         )
 
     def _lookup_pose(self, frame_id: str, stamp_msg: Any, timeout_s: float) -> np.ndarray:
         """(4, 4) T_fixed_frame at the stamp; raises compat.TransformException subclasses."""
         if frame_id.lstrip("/") == self.fixed_frame:
             return np.eye(4)
-        tf = self.tf_buffer.lookup_transform(
+        tf_buffer = self.tf_buffer
+        if tf_buffer is None:
+            raise compat.LookupException("the node is not configured: no TF buffer")
+        tf = tf_buffer.lookup_transform(
             self.fixed_frame, frame_id, Time.from_msg(stamp_msg), timeout=Duration(seconds=timeout_s)
         )
         return compat.transform_to_matrix(tf)
@@ -405,7 +605,7 @@ class SegmentNode(Node):
         """Synchronized set: decode, find the camera pose, offer a view. Runs under the filter's lock."""
         self.stats.count("frames_synced")
         stamp_s = codecs.stamp_to_ns(depth.header.stamp) / 1e9
-        self._note_stamp(stamp_s)
+        self._note_stamp("frames", stamp_s)
         try:
             color = codecs.image_to_rgb(rgb)
             depth_m = codecs.depth_to_metres(depth)
@@ -476,7 +676,7 @@ class SegmentNode(Node):
     def _on_cloud(self, msg: PointCloud2) -> None:
         """Hand the newest cloud to the worker; a cloud it had not taken yet is dropped (counted)."""
         self.stats.count("clouds_received")
-        self._note_stamp(codecs.stamp_to_ns(msg.header.stamp) / 1e9)
+        self._note_stamp("clouds", codecs.stamp_to_ns(msg.header.stamp) / 1e9)
         if self._mailbox.put((msg, time.monotonic())):
             self.stats.count("clouds_dropped")
             self.get_logger().warning(
@@ -589,27 +789,26 @@ class SegmentNode(Node):
     def destroy_node(self) -> None:
         """Stop the worker (finishing the cloud in hand), then release the ROS entities.
 
-        Safe on a node whose constructor failed half-way.
+        Safe on a node whose constructor failed half-way, and in any lifecycle state.
         """
-        stop = getattr(self, "_stop", None)
-        if stop is not None:
-            stop.set()
-            self._mailbox.close()
-            if self._worker.is_alive() and threading.current_thread() is not self._worker:
-                self._worker.join(timeout=10.0)
-        unregister = getattr(getattr(self, "tf_listener", None), "unregister", None)
-        if callable(unregister):
-            unregister()
-            self.tf_listener = None
+        self._release_all()
         super().destroy_node()
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """Entry point of ``ros2 run safnet_ros segment_node`` / ``python -m safnet_ros.ros.segment_node``."""
+    """Entry point of ``ros2 run safnet_ros segment_node`` / ``python -m safnet_ros.ros.segment_node``.
+
+    Exit status 2 for a bad parameter (one fatal line naming it, its value and
+    what is allowed), 1 for any other start-up failure (an unloadable model).
+    """
     rclpy.init(args=args)
     node = None
     try:
         node = SegmentNode()
+    except (ParameterError, ParameterException) as exc:
+        get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 2
     except SafnetError as exc:
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()

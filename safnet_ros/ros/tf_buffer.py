@@ -149,7 +149,9 @@ class FallbackBuffer:
     the child's history).  Dynamic links keep ``cache_time`` (default 10 s)
     behind their newest stamp; data older than that is rejected (counted in
     ``num_rejected``, like tf2's TF_OLD_DATA), so when a bag loops the caller
-    must :meth:`clear` (SPEC §3).  ``lookup_transform(target, source, time)``
+    must :meth:`clear` (SPEC §3); given ``node=``, the buffer does that itself
+    when the node's ROS clock (``/clock`` under sim time) jumps back, as
+    tf2_ros' Buffer does.  ``lookup_transform(target, source, time)``
     returns T_target_source (maps points in ``source`` into ``target``),
     interpolating each link between its two bracketing stamps (linear
     translation, quaternion slerp) and chaining links through the common
@@ -164,6 +166,28 @@ class FallbackBuffer:
         self._cond = threading.Condition(threading.RLock())
         self._links: dict[str, _Link] = {}
         self.num_rejected = 0
+        self.num_clock_jumps = 0
+        self._jump_handle = None
+        if node is not None:  # as tf2_ros.Buffer(node=...): clear when the node's ROS clock jumps back
+            from rclpy.clock import JumpThreshold
+            from rclpy.duration import Duration
+
+            self._jump_handle = node.get_clock().create_jump_callback(
+                JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1.0), on_clock_change=True),
+                post_callback=self._on_clock_jump,
+            )
+
+    def _on_clock_jump(self, jump: Any) -> None:
+        """The node's clock jumped back at least 1 s, or switched to/from ROS time: forget dynamic data."""
+        if jump.delta.nanoseconds < 0 or "ACTIVATED" in str(jump.clock_change):
+            self.num_clock_jumps += 1
+            self.clear()
+
+    def close(self) -> None:
+        """Stop watching the node's clock (idempotent)."""
+        if self._jump_handle is not None:
+            self._jump_handle.unregister()
+            self._jump_handle = None
 
     # ---------------------------------------------------------------- writing
     def set_transform(self, transform: TransformStamped, authority: str) -> bool:

@@ -277,6 +277,7 @@ class SegmentNode(LifecycleNode):
         self._stop = threading.Event()
         self._mailbox = LatestMailbox()
         self._transition_error: Optional[BaseException] = None
+        self._autostarting = False  # transitions raise (main logs one line) instead of logging
         #: Stage timings (seconds) of the last labeled cloud; also on /diagnostics.
         self.last_timings: dict[str, float] = {}
         self.device = "cpu"
@@ -296,6 +297,10 @@ class SegmentNode(LifecycleNode):
         if not self.fixed_frame:
             raise ParameterError("parameter 'fixed_frame' = '' must not be empty")
         self._check_marker_source(p("similarity_marker_source"))
+        try:
+            resolve_node_device(p("device"), False)  # its spelling, before any model is loaded
+        except ConfigError as exc:
+            raise ParameterError(f"parameter 'device' = {p('device')!r}: {exc}") from None
         self.stats = NodeStats()
         self.buffer = ViewBuffer(
             max_views=p("buffer_max_views"),
@@ -312,6 +317,13 @@ class SegmentNode(LifecycleNode):
 
     def _autostart(self) -> None:
         """configure + activate, raising what made a transition fail."""
+        self._autostarting = True
+        try:
+            self._autostart_transitions()
+        finally:
+            self._autostarting = False
+
+    def _autostart_transitions(self) -> None:
         for name, trigger in (("configure", self.trigger_configure), ("activate", self.trigger_activate)):
             result = trigger()
             if result != TransitionCallbackReturn.SUCCESS:
@@ -328,7 +340,8 @@ class SegmentNode(LifecycleNode):
             step()
         except Exception as exc:  # noqa: BLE001 - a transition must answer, not raise
             self._transition_error = exc
-            self.get_logger().error(f"{exc}")
+            if not self._autostarting:
+                self.get_logger().error(f"{exc}")
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
 

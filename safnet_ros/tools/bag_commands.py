@@ -35,10 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.set_defaults(func=run_convert)
 
     play = bsub.add_parser(
-        "play", help="publish a bag through rclpy with its timing and /clock (transforms via the fallback topics)",
-        description="Replay a rosbag2 through rclpy. Where tf2_msgs is absent, /tf and /tf_static go out as "
-                    "geometry_msgs/TransformStamped on /safnet/transforms and /safnet/transforms_static "
-                    "(transient local). On a ROS 2 install `ros2 bag play` does the same job.",
+        "play", help="publish a bag through rclpy with its timing and /clock (/tf as recorded)",
+        description="Replay a rosbag2 through rclpy. /tf and /tf_static go out as recorded "
+                    "(tf2_msgs/TFMessage; make venv generates that type where no ROS 2 install has it). "
+                    "Only where TFMessage is missing they go out as geometry_msgs/TransformStamped on "
+                    "/safnet/transforms and /safnet/transforms_static (transient local), the node's last "
+                    "resort. On a ROS 2 install `ros2 bag play --clock` does the same job.",
     )
     play.add_argument("bag", help="bag folder")
     play.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")

@@ -4,13 +4,16 @@ The bag is read with rosbags; each message's raw CDR bytes go straight into
 ``rclpy.serialization.deserialize_message`` with the rclpy message class of the
 connection's type, so no field is copied by hand.
 
-``/tf`` and ``/tf_static`` hold ``tf2_msgs/TFMessage``, which has no Python
-wheel here.  Where ``tf2_msgs`` does not import (or ``tf_fallback=True``) every
-transform of a TFMessage is published as a ``geometry_msgs/TransformStamped``
-on the fallback topics that :mod:`safnet_ros.ros.compat`'s drop-in listener
-reads (``/safnet/transforms``; static ones on ``/safnet/transforms_static``,
-reliable and transient local), so the node gets its poses on a machine without
-tf2.  On a ROS 2 install ``ros2 bag play BAG --clock`` does the same job.
+``/tf`` and ``/tf_static`` hold ``tf2_msgs/TFMessage``.  Whether they go out as
+recorded is decided by the one test the node uses too,
+:func:`safnet_ros.ros.tf_path.active_tf_path`: where TFMessage imports (a ROS 2
+install, or this machine after ``make venv`` generated it) they are published
+as they are, on ``/tf`` and ``/tf_static`` (transient local).  Only on the last
+resort path (no TFMessage, or ``tf_fallback=True``) every transform of a
+TFMessage is published as a ``geometry_msgs/TransformStamped`` on the fallback
+topics the drop-in listener then reads (``/safnet/transforms``; static ones
+on ``/safnet/transforms_static``, reliable and transient local).  On a ROS 2
+install ``ros2 bag play BAG --clock`` does the same job.
 
 Timing: message ``k`` goes out at ``(t_k - t_0) / rate`` seconds after the
 start (bag receive times); ``/clock`` carries the bag time before every message
@@ -33,19 +36,16 @@ from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
 
 from safnet_ros.errors import ConfigError, MissingDataError
-from safnet_ros.ros.compat import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
+from safnet_ros.ros.tf_path import active_tf_path
+from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
 from safnet_ros.tools import bag_io as bio
 
 _TF_TOPICS = (bio.TF_TOPIC, bio.TF_STATIC_TOPIC)
 
 
 def tf2_msgs_available() -> bool:
-    """True when the ``tf2_msgs`` Python messages import (a ROS 2 install)."""
-    try:
-        importlib.import_module("tf2_msgs.msg")
-    except ImportError:
-        return False
-    return True
+    """True when the active TF path carries tf2_msgs/TFMessage on /tf (:mod:`safnet_ros.ros.tf_path`)."""
+    return active_tf_path().uses_tf_topics
 
 
 def rclpy_message_class(msgtype: str) -> Any:
@@ -94,7 +94,8 @@ class BagPlayer:
     node: an rclpy Node (publishers are created on it); bag_path: rosbag2
     folder; rate: speed factor (> 0); loop: start again at the end; topics:
     only these bag topics (default all); clock: publish rosgraph_msgs/Clock on
-    ``/clock``; tf_fallback: None = only when tf2_msgs is missing;
+    ``/clock``; tf_fallback: None = as the active TF path says (only when
+    tf2_msgs/TFMessage is missing);
     wait_for_subscribers: seconds to wait, before the first message, until
     every publisher of a volatile topic has a subscriber (discovery takes a
     moment; 0 = no wait; latched topics reach late subscribers anyway), then
@@ -266,7 +267,8 @@ def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[
     try:
         player = BagPlayer(node, bag, rate=rate, loop=loop, topics=topics, clock=clock,
                            wait_for_subscribers=wait_for_subscribers)
-        mode = "TransformStamped on the fallback topics" if player.tf_fallback else "tf2_msgs/TFMessage"
+        mode = ("TransformStamped on the fallback topics (no tf2_msgs here)" if player.tf_fallback
+                else "tf2_msgs/TFMessage on /tf, /tf_static")
         node.get_logger().info(f"playing {bag} at {rate}x; transforms as {mode}")
         try:
             summary = player.run(stop)

@@ -8,8 +8,10 @@ Default chain (6 stages, one ``[demo] k/6`` line each)::
 * Transport is real: the player, the node and a listener are three rclpy nodes
   of one process talking over DDS restricted to this machine
   (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and a private ``ROS_DOMAIN_ID``
-  are set when unset, before rclpy starts).  Transforms reach the node through
-  the tf2 fallback topics when tf2 is not installed (see bag_play).
+  are set when unset, before rclpy starts).  Transforms reach the node on
+  ``/tf`` and ``/tf_static`` (tf2_msgs/TFMessage, generated at setup where no
+  ROS 2 install has it); the player and the node pick that path by one shared
+  test (:mod:`safnet_ros.ros.tf_path`), reported in the summary.
 * The bag's ``/points`` are mesh vertices in the camera's frustum, in ``map``
   (the axis-aligned scene frame).  Each labelled point is matched back to its
   scene vertex by nearest neighbour within :data:`MATCH_TOLERANCE_M`; a vertex

@@ -89,6 +89,8 @@ class SoakReport:
     latency_p99_s: float = float("nan")
     latency_count: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    #: how transforms reached the node (safnet_ros.ros.tf_path.active_tf_path, shared with the player)
+    transforms: str = ""
 
     def table(self) -> str:
         """A human-readable summary and the RSS samples (about 12 rows)."""
@@ -96,6 +98,7 @@ class SoakReport:
         lines = [
             f"soak: {self.duration_s:.0f} s, bag {self.bag} looped {self.bag_loops} times at {self.rate_hz:g} Hz, "
             f"device {self.device}",
+            f"transforms: {self.transforms}",
             f"clouds: received {c.get('clouds_received', 0)}, segmented {c.get('clouds_segmented', 0)}, "
             f"dropped {c.get('clouds_dropped', 0)}",
             f"errors: decode {c.get('decode_errors', 0)}, tf {c.get('tf_failures', 0)}, "
@@ -176,7 +179,10 @@ def soak(
             bag = make_synthetic_bag(tmp / "bag", rate_hz=rate)
         segmenter = Segmenter.from_checkpoint(model or None, device=device, num_views=3, chunk_stride=1.5,
                                               max_points=max_points)
-        report = SoakReport(minutes=float(minutes), bag=str(bag), rate_hz=float(rate), device=str(segmenter.device))
+        from safnet_ros.ros.tf_path import active_tf_path
+
+        report = SoakReport(minutes=float(minutes), bag=str(bag), rate_hz=float(rate), device=str(segmenter.device),
+                            transforms=active_tf_path().describe())
         ctx = rclpy.Context()
         rclpy.init(context=ctx)
         executor = MultiThreadedExecutor(num_threads=2, context=ctx)

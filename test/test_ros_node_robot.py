@@ -306,7 +306,27 @@ def test_drop_in_listener_on_tf_and_tf_static_with_tfmessage():
         assert wait_until(lambda: {"lidar", "lidar_mount", "camera"} <= set(buffer.all_frames()), 5.0)
         got = compat.transform_to_matrix(buffer.lookup_transform("map", "lidar_mount", 0))
         np.testing.assert_allclose(got, T_MAP_LIDAR, atol=1e-9)
-        np.testing.assert_allclose(compat.transform_to_matrix(buffer.lookup_transform("map", "camera", 5.5e9)), T)
+        np.testing.assert_allclose(compat.transform_to_matrix(buffer.lookup_transform("map", "camera", 5_500_000_000)), T)
         listener.unregister()
     finally:
         ros.close()
+
+
+# ----------------------------------------------------------------------------- the target, end to end
+@pytest.mark.slow
+def test_independent_client_replays_a_bag_into_the_node_under_robot1_with_clouds_late(model_path, tmp_path):
+    """scripts/robot_replay.py: the node as its own process under /robot1 with the shipped YAML, a client of
+    its own replaying a converted synthetic scene with every cloud 1.5 s behind the frames."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import robot_replay
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    bag = robot_replay.make_bag(tmp_path / "bag", frames=30)
+    report = robot_replay.replay(bag, model=str(model_path), namespace="/robot1", cloud_delay=1.5,
+                                 extra_params=("warm_up:=false",), log=lambda *_: None)
+    assert report.clouds_sent >= 5
+    assert report.labelled_fraction >= 0.6, report.table()
+    assert report.time_jumps == 0, report.table()

@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Replay a converted bag into the node as a robot would run it, from an independent rclpy client.
+
+    python scripts/robot_replay.py                        # a synthetic scene, clouds 1.5 s behind the frames
+    python scripts/robot_replay.py --bag BAG --cloud-delay 1.5 --namespace /robot1 --model models/x.pt
+
+The node runs as its own process, started like ``ros2 run``:
+``python -m safnet_ros.ros.segment_node --ros-args -r __ns:=NAMESPACE
+--params-file config/segment.yaml -p use_sim_time:=true`` (the shipped YAML
+as it is: its topics are the node's ``~/points``, ``~/rgb/image``, ...).  This
+client is not the project's bag player: it reads the bag with rosbags and
+publishes each message from the recorded CDR bytes at its recorded time, the
+camera topics, ``/tf`` and ``/tf_static`` on time, every cloud
+``--cloud-delay`` seconds late (its stamp unchanged: a slower upstream), and
+``/clock`` following the camera.  Transforms go out as recorded on ``/tf``
+where tf2_msgs/TFMessage imports (else, the node's last resort, as
+TransformStamped on /safnet/transforms).  It then counts the labelled clouds
+that come back, those whose labelled points carry image evidence (a non-zero
+``similarity``: 2D features were fused), and the node's time jumps on
+/diagnostics.  Prints a table; ``--json`` writes the numbers.  Exit status 0
+when at least ``--min-labelled`` of the clouds came back with image evidence
+and no time jump was counted, else 1.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ReplayReport:
+    """What came back from the node (counts of clouds; seconds)."""
+
+    clouds_sent: int = 0
+    clouds_labelled: int = 0
+    clouds_with_image_evidence: int = 0
+    evidence_fraction: float = 0.0
+    time_jumps: int = -1
+    diagnostics: dict[str, str] = field(default_factory=dict)
+    cloud_delay_s: float = 0.0
+    namespace: str = ""
+    transforms: str = ""
+    replay_s: float = 0.0
+
+    @property
+    def labelled_fraction(self) -> float:
+        return self.clouds_with_image_evidence / self.clouds_sent if self.clouds_sent else 0.0
+
+    def table(self) -> str:
+        return "\n".join([
+            f"node {self.namespace}/safnet_segment, clouds {self.cloud_delay_s:g} s behind the frames, "
+            f"transforms: {self.transforms}",
+            f"clouds sent {self.clouds_sent}, labelled back {self.clouds_labelled}, with image evidence "
+            f"{self.clouds_with_image_evidence} ({100 * self.labelled_fraction:.0f} %)",
+            f"labelled points with image evidence: {100 * self.evidence_fraction:.0f} %",
+            f"node diagnostics: time_jumps {self.time_jumps}, frames_synced {self.diagnostics.get('frames_synced')}, "
+            f"views_kept {self.diagnostics.get('views_kept')}, tf_failures {self.diagnostics.get('tf_failures')}, "
+            f"clouds_dropped {self.diagnostics.get('clouds_dropped')}, clouds_3d_only "
+            f"{self.diagnostics.get('clouds_3d_only')}",
+        ])
+
+
+def make_bag(out: Path, frames: int = 40, frame_rate: float = 5.0, cloud_rate: float = 1.0, seed: int = 11) -> Path:
+    """A synthetic ScanNet-format scene converted to a rosbag2 (frames at ``frame_rate``, clouds at ``cloud_rate``)."""
+    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
+    from safnet_ros.tools.bag_convert import convert_scene
+
+    scenes = out.parent / (out.name + "_scene")
+    cfg = SynthConfig(frames=frames, color_size=(160, 120), depth_size=(160, 120), vertex_spacing=0.08,
+                      progress=False)
+    (summary,) = generate_dataset(scenes, scenes=1, seed=seed, cfg=cfg, overwrite=True)
+    convert_scene(scenes / summary["name"], out, rate=frame_rate, cloud_rate=cloud_rate, progress=False,
+                  overwrite=True)
+    return out
+
+
+def _msg_class(msgtype: str) -> Any:
+    pkg, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+
+
+def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", cloud_delay: float = 1.5,
+           params_file: Path = REPO / "config" / "segment.yaml", extra_params: tuple[str, ...] = (),
+           drain_s: float = 20.0, start_timeout_s: float = 120.0, log: Any = print) -> ReplayReport:
+    """Start the node process, replay ``bag`` into it and count what comes back (see the module docstring)."""
+    import numpy as np
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from rclpy.serialization import deserialize_message
+    from rosbags.rosbag2 import Reader
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import PointCloud2
+
+    from safnet_ros.ros import codecs
+    from safnet_ros.ros.diagnostics import diagnostics_values
+    from safnet_ros.ros.tf_path import active_tf_path
+    from safnet_ros.tools import bag_io as bio
+
+    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    node_ns = f"{ns}/safnet_segment"
+    report = ReplayReport(cloud_delay_s=cloud_delay, namespace=ns, transforms=active_tf_path().describe())
+    args = [sys.executable, "-m", "safnet_ros.ros.segment_node", "--ros-args", "-r", f"__ns:={ns or '/'}",
+            "--params-file", str(params_file), "-p", "use_sim_time:=true", "-p", "device:=cpu"]
+    if model:
+        args += ["-p", f"model:={model}"]
+    for p in extra_params:
+        args += ["-p", p]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    node_log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=node_log, stderr=subprocess.STDOUT, text=True)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    client = rclpy.create_node("robot_replay_client", context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(client)
+    lock = threading.Lock()
+    labelled: dict[int, Any] = {}
+    diagnostics: list[dict[str, str]] = []
+
+    def on_labelled(msg: PointCloud2) -> None:
+        arr = np.array(codecs.pointcloud2_to_array(msg))
+        with lock:
+            labelled[codecs.stamp_to_ns(msg.header.stamp)] = arr
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        if msg.status and msg.status[0].name.startswith(f"{'safnet_segment'}"):
+            with lock:
+                diagnostics.append(diagnostics_values(msg))
+
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    client.create_subscription(PointCloud2, f"{node_ns}/labeled_cloud", on_labelled, reliable)
+    client.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 50)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        path = active_tf_path()
+        topic_for = {bio.COLOR_TOPIC: f"{node_ns}/rgb/image", bio.DEPTH_TOPIC: f"{node_ns}/depth/image",
+                     bio.CAMERA_INFO_TOPIC: f"{node_ns}/camera_info", bio.POINTS_TOPIC: f"{node_ns}/points"}
+        with Reader(bag) as reader:
+            pubs: dict[str, Any] = {}
+            for conn in reader.connections:
+                if conn.topic in topic_for:
+                    pubs[conn.topic] = client.create_publisher(_msg_class(conn.msgtype), topic_for[conn.topic],
+                                                               qos_profile_sensor_data)
+                elif conn.topic in (bio.TF_TOPIC, bio.TF_STATIC_TOPIC):
+                    static = conn.topic == bio.TF_STATIC_TOPIC
+                    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                     durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE)
+                    if path.uses_tf_topics:
+                        pubs[conn.topic] = client.create_publisher(path.tf_message, conn.topic, qos)
+                    else:
+                        from geometry_msgs.msg import TransformStamped
+
+                        from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
+
+                        pubs[conn.topic] = client.create_publisher(
+                            TransformStamped, DEFAULT_TF_STATIC_TOPIC if static else DEFAULT_TF_TOPIC, qos)
+            clock_pub = client.create_publisher(Clock, "/clock", 10)
+            # the node is up once it listens on the YAML's topics (model loaded, warmed up, activated)
+            deadline = time.monotonic() + start_timeout_s
+            while time.monotonic() < deadline and proc.poll() is None and not all(
+                    pubs[t].get_subscription_count() > 0 for t in topic_for if t in pubs):
+                time.sleep(0.1)
+            if proc.poll() is not None or time.monotonic() >= deadline:
+                node_log.seek(0)
+                raise RuntimeError(f"the node did not start:\n{node_log.read()}")
+            time.sleep(1.0)  # the subscribers' side of discovery
+            events = []  # (send offset s, bag ns, topic, msgtype, raw)
+            first = None
+            for conn, t_ns, raw in reader.messages():
+                if conn.topic not in pubs:
+                    continue
+                first = t_ns if first is None else first
+                delay = cloud_delay if conn.topic == bio.POINTS_TOPIC else 0.0
+                events.append(((t_ns - first) / 1e9 + delay, t_ns, conn.topic, conn.msgtype, bytes(raw)))
+        events.sort(key=lambda e: e[0])
+        start = time.monotonic()
+        last_clock = 0.0
+        for offset, t_ns, topic, msgtype, raw in events:
+            while True:
+                now = time.monotonic() - start
+                if now - last_clock >= 0.05:  # /clock follows the camera's time
+                    clock_pub.publish(Clock(clock=codecs.ns_to_stamp(first + int(now * 1e9))))
+                    last_clock = now
+                if now >= offset:
+                    break
+                time.sleep(min(0.01, offset - now))
+            msg = deserialize_message(raw, _msg_class(msgtype))
+            if topic in (bio.TF_TOPIC, bio.TF_STATIC_TOPIC) and not path.uses_tf_topics:
+                for transform in msg.transforms:
+                    pubs[topic].publish(transform)
+            else:
+                pubs[topic].publish(msg)
+            if topic == bio.POINTS_TOPIC:
+                report.clouds_sent += 1
+        report.replay_s = time.monotonic() - start
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline:
+            with lock:
+                done = len(labelled) >= report.clouds_sent
+            if done:
+                break
+            clock_pub.publish(Clock(clock=codecs.ns_to_stamp(first + int((time.monotonic() - start) * 1e9))))
+            time.sleep(0.05)
+        time.sleep(1.5)  # one more diagnostics period
+        with lock:
+            clouds = list(labelled.values())
+            report.diagnostics = dict(diagnostics[-1]) if diagnostics else {}
+        fractions = []
+        for arr in clouds:
+            seg = arr["label"] != 255
+            if seg.any():
+                report.clouds_labelled += 1
+                evidence = float((arr["similarity"][seg] != 0).mean())
+                fractions.append(evidence)
+                if evidence >= 0.5:
+                    report.clouds_with_image_evidence += 1
+        report.evidence_fraction = float(np.mean(fractions)) if fractions else 0.0
+        report.time_jumps = int(report.diagnostics.get("time_jumps", -1))
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        spinner.join(timeout=10.0)
+        client.destroy_node()
+        rclpy.shutdown(context=ctx)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        node_log.close()
+    return report
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bag", help="converted rosbag2 (default: a synthetic scene, 40 frames at 5 Hz, "
+                                      "clouds at 1 Hz)")
+    parser.add_argument("--model", help="checkpoint (default: the node's default, the shipped model)")
+    parser.add_argument("--namespace", default="/robot1", help="the node's namespace (default /robot1)")
+    parser.add_argument("--cloud-delay", type=float, default=1.5, help="seconds each cloud is sent late (1.5)")
+    parser.add_argument("--min-labelled", type=float, default=0.6,
+                        help="fraction of clouds that must come back labelled with image evidence (0.6)")
+    parser.add_argument("--json", help="also write the report as JSON to this file")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(101 + os.getpid() % 100))
+    with tempfile.TemporaryDirectory(prefix="safnet_robot_replay_") as tmp:
+        bag = Path(args.bag) if args.bag else make_bag(Path(tmp) / "bag")
+        report = replay(bag, model=args.model, namespace=args.namespace, cloud_delay=args.cloud_delay)
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps({**asdict(report), "labelled_fraction": report.labelled_fraction},
+                                              indent=2))
+    ok = report.labelled_fraction >= args.min_labelled and report.time_jumps == 0
+    print("target met" if ok else "target MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,17 +1,24 @@
 """Launch the safnet_segment node (and optionally RViz) with the package's parameter file.
 
     ros2 launch safnet_ros segment.launch.py
-    ros2 launch safnet_ros segment.launch.py model:=/path/to/model.pt device:=cuda use_sim_time:=true rviz:=true
+    ros2 launch safnet_ros segment.launch.py namespace:=robot1 model:=/path/to/model.pt device:=cuda \
+        use_sim_time:=true rviz:=true
     ros2 launch safnet_ros segment.launch.py params_file:=/path/to/my_segment.yaml
 
 Arguments given here override the same keys of ``params_file`` (model and
-device are only applied when not empty). Remap the inputs at the node's
-``~/points``, ``~/rgb/image``, ``~/depth/image`` and ``~/camera_info`` (or set the
-*_topic parameters in the YAML file).
+device are only applied when not empty; ``params_file`` is keyed ``/**``, so it
+reaches the node under any namespace). ``namespace`` puts the node (and RViz,
+whose display topics are rewritten to follow) under that namespace; an
+including launch file's ``PushRosNamespace`` works the same way. Remap the
+inputs at the node's ``~/points``, ``~/rgb/image``, ``~/depth/image`` and
+``~/camera_info`` (or set the *_topic parameters in the YAML file). The node is
+a lifecycle node; ``autostart:=false`` leaves it unconfigured for a lifecycle
+manager.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
@@ -19,14 +26,28 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = "safnet_ros"
 
 
+def _namespace(context) -> str:
+    """The ``namespace`` argument, relative ('' for none); launch_ros puts it under a pushed namespace."""
+    return LaunchConfiguration("namespace").perform(context).strip().strip("/")
+
+
+def _full_namespace(context) -> str:
+    """The namespace the nodes end up in: an including file's PushRosNamespace, then ``namespace`` ('/a/b')."""
+    pushed = str(context.launch_configurations.get("ros_namespace", "") or "").strip("/")
+    parts = [part for part in (pushed, _namespace(context)) if part]
+    return "/" + "/".join(parts) if parts else ""
+
+
 def _segment_node(context, *args, **kwargs):
     """The node with params_file plus the non-empty overrides (evaluated at launch time)."""
-    overrides = {"use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")}
+    overrides = {
+        "use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1"),
+        "autostart": LaunchConfiguration("autostart").perform(context).lower() in ("true", "1"),
+    }
     for name in ("model", "device"):
         value = LaunchConfiguration(name).perform(context)
         if value:
@@ -36,9 +57,42 @@ def _segment_node(context, *args, **kwargs):
             package=PACKAGE,
             executable="segment_node",
             name="safnet_segment",
+            namespace=_namespace(context),
             output="screen",
             emulate_tty=True,
             parameters=[LaunchConfiguration("params_file").perform(context), overrides],
+        )
+    ]
+
+
+def rviz_config_for_namespace(text: str, namespace: str) -> str:
+    """config/safnet.rviz with its /safnet_segment/... display topics moved under ``namespace`` ('/robot1')."""
+    if not namespace:
+        return text
+    return text.replace("Value: /safnet_segment/", f"Value: {namespace}/safnet_segment/")
+
+
+def _rviz(context, *args, **kwargs):
+    """RViz with config/safnet.rviz, its topics following ``namespace`` (a rewritten copy in a temp file)."""
+    share = get_package_share_directory(PACKAGE)
+    config = os.path.join(share, "config", "safnet.rviz")
+    namespace = _full_namespace(context)
+    if namespace:
+        with open(config, encoding="utf-8") as fh:
+            text = rviz_config_for_namespace(fh.read(), namespace)
+        fd, config = tempfile.mkstemp(prefix="safnet_", suffix=".rviz")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    sim = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")
+    return [
+        Node(
+            package="rviz2",
+            executable="rviz2",
+            name="safnet_rviz",
+            namespace=_namespace(context),
+            arguments=["-d", config],
+            parameters=[{"use_sim_time": sim}],
+            output="log",
         )
     ]
 
@@ -48,7 +102,15 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([
         DeclareLaunchArgument(
             "params_file", default_value=os.path.join(share, "config", "segment.yaml"),
-            description="YAML file with 'safnet_segment: ros__parameters:'",
+            description="YAML file with '/**: ros__parameters:' (or keyed by the node's full name)",
+        ),
+        DeclareLaunchArgument(
+            "namespace", default_value="",
+            description="Namespace of the node and RViz (e.g. robot1); empty = none (or the including file's)",
+        ),
+        DeclareLaunchArgument(
+            "autostart", default_value="true",
+            description="Configure and activate the lifecycle node by itself; false = wait for a lifecycle manager",
         ),
         DeclareLaunchArgument(
             "model", default_value="",
@@ -63,13 +125,5 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument("rviz", default_value="false", description="Also start RViz with config/safnet.rviz"),
         OpaqueFunction(function=_segment_node),
-        Node(
-            package="rviz2",
-            executable="rviz2",
-            name="safnet_rviz",
-            arguments=["-d", os.path.join(share, "config", "safnet.rviz")],
-            parameters=[{"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}],
-            condition=IfCondition(LaunchConfiguration("rviz")),
-            output="log",
-        ),
+        OpaqueFunction(function=_rviz, condition=IfCondition(LaunchConfiguration("rviz"))),
     ])

@@ -593,7 +593,7 @@ def test_launch_file_is_valid_python_and_imports_where_launch_exists():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     names = {a.name for a in module.generate_launch_description().get_launch_arguments()}
-    assert {"params_file", "model", "device", "use_sim_time", "rviz"} <= names
+    assert {"params_file", "namespace", "autostart", "model", "device", "use_sim_time", "rviz"} <= names
 
 
 @pytest.mark.slow

@@ -94,8 +94,13 @@ def _msg_class(msgtype: str) -> Any:
 
 def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", cloud_delay: float = 1.5,
            params_file: Path = REPO / "config" / "segment.yaml", extra_params: tuple[str, ...] = (),
-           drain_s: float = 20.0, start_timeout_s: float = 120.0, log: Any = print) -> ReplayReport:
-    """Start the node process, replay ``bag`` into it and count what comes back (see the module docstring)."""
+           drain_s: float = 20.0, start_timeout_s: float = 120.0, domain_id: Optional[int] = None,
+           log: Any = print) -> ReplayReport:
+    """Start the node process, replay ``bag`` into it and count what comes back (see the module docstring).
+
+    domain_id: the DDS domain of the node and the client (default: one of 200..229 picked by process id,
+    so no other node on this machine answers on /diagnostics).
+    """
     import numpy as np
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -120,11 +125,13 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
         args += ["-p", f"model:={model}"]
     for p in extra_params:
         args += ["-p", p]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    domain_id = 200 + os.getpid() % 30 if domain_id is None else int(domain_id)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               ROS_DOMAIN_ID=str(domain_id))
     node_log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=node_log, stderr=subprocess.STDOUT, text=True)
     ctx = rclpy.Context()
-    rclpy.init(context=ctx)
+    rclpy.init(context=ctx, domain_id=domain_id)
     client = rclpy.create_node("robot_replay_client", context=ctx)
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(client)
@@ -138,7 +145,7 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
             labelled[codecs.stamp_to_ns(msg.header.stamp)] = arr
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
-        if msg.status and msg.status[0].name.startswith(f"{'safnet_segment'}"):
+        if msg.status and msg.status[0].name.startswith("safnet_segment"):
             with lock:
                 diagnostics.append(diagnostics_values(msg))
 
@@ -261,7 +268,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", help="also write the report as JSON to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(101 + os.getpid() % 100))
     with tempfile.TemporaryDirectory(prefix="safnet_robot_replay_") as tmp:
         bag = Path(args.bag) if args.bag else make_bag(Path(tmp) / "bag")
         report = replay(bag, model=args.model, namespace=args.namespace, cloud_delay=args.cloud_delay)

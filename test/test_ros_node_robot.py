@@ -276,7 +276,7 @@ def test_active_tf_path_is_shared_and_tfmessage_has_the_standard_type_hash():
     try:
         node = ros.add(rclpy.create_node("tf_hash_probe", context=ros.context))
         compat.FallbackTransformBroadcaster(node, tf_message=cls)
-        (info,) = node.get_publishers_info_by_topic("/tf")
+        (info,) = [i for i in node.get_publishers_info_by_topic("/tf") if i.node_name == "tf_hash_probe"]
         assert info.topic_type == "tf2_msgs/msg/TFMessage"
         assert str(info.topic_type_hash) == TFMESSAGE_TYPE_HASH
     finally:

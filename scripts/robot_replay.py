@@ -207,12 +207,13 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
                 if now >= offset:
                     break
                 time.sleep(min(0.01, offset - now))
-            msg = deserialize_message(raw, _msg_class(msgtype))
             if topic in (bio.TF_TOPIC, bio.TF_STATIC_TOPIC) and not path.uses_tf_topics:
-                for transform in msg.transforms:
-                    pubs[topic].publish(transform)
+                from geometry_msgs.msg import TransformStamped  # no TFMessage class here: split with rosbags
+
+                for transform in bio.deserialize(raw, msgtype, what=f"{bag}:{topic}").transforms:
+                    pubs[topic].publish(deserialize_message(bio.serialize(transform), TransformStamped))
             else:
-                pubs[topic].publish(msg)
+                pubs[topic].publish(deserialize_message(raw, _msg_class(msgtype)))
             if topic == bio.POINTS_TOPIC:
                 report.clouds_sent += 1
         report.replay_s = time.monotonic() - start

@@ -330,3 +330,21 @@ def test_independent_client_replays_a_bag_into_the_node_under_robot1_with_clouds
     assert report.clouds_sent >= 5
     assert report.labelled_fraction >= 0.6, report.table()
     assert report.time_jumps == 0, report.table()
+
+
+def test_launch_file_moves_the_rviz_topics_under_the_namespace():
+    """launch/segment.launch.py's rewrite of config/safnet.rviz (run here without launch_ros installed)."""
+    import ast
+
+    source = (REPO / "launch" / "segment.launch.py").read_text()
+    func = next(n for n in ast.parse(source).body
+                if isinstance(n, ast.FunctionDef) and n.name == "rviz_config_for_namespace")
+    scope: dict = {}
+    exec(compile(ast.Module(body=[func], type_ignores=[]), "segment.launch.py", "exec"), scope)
+    rviz = (REPO / "config" / "safnet.rviz").read_text()
+    topics = [line.split("Value:")[1].strip() for line in rviz.splitlines() if "Value: /" in line]
+    assert topics == ["/safnet_segment/labeled_cloud", "/safnet_segment/similarity_markers"]
+    moved = scope["rviz_config_for_namespace"](rviz, "/robot1")
+    assert [line.split("Value:")[1].strip() for line in moved.splitlines() if "Value: /" in line] == [
+        "/robot1/safnet_segment/labeled_cloud", "/robot1/safnet_segment/similarity_markers"]
+    assert scope["rviz_config_for_namespace"](rviz, "") == rviz

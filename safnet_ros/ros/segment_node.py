@@ -540,6 +540,10 @@ class SegmentNode(LifecycleNode):
             )
             if "time_jump_tolerance" in changes:
                 self._jumps.tolerance = float(changes["time_jump_tolerance"])
+                if self._clock_jumps is not None:  # active: watch the clock with the new threshold
+                    self._clock_jumps.unregister()
+                    self._clock_jumps = watch_clock_jumps(self, float(changes["time_jump_tolerance"]),
+                                                          self._on_clock_jump)
         except (ConfigError, TypeError, ValueError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)

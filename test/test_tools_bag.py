@@ -557,7 +557,8 @@ def test_bag_play_loops_until_stopped_and_keeps_the_rate(mcap_bag):
 @pytest.mark.ros
 @pytest.mark.slow
 def test_bag_play_feeds_the_segment_node_through_the_fallback_tf(mcap_bag, segmenter):
-    """Replay on a machine without tf2: the real node gets frames, poses and clouds and publishes labels."""
+    """Replay through the TF path player and node share (/tf with TFMessage, else the fallback topics):
+    the real node gets frames, poses and clouds and publishes labels."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter

@@ -170,16 +170,21 @@ class SemanticVoxelMap:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the map's arrays (capacity included)."""
-        return int(self._keys.nbytes + self._scores.nbytes + self._obs.nbytes
-                   + self._sorted_keys.nbytes + self._sorted_rows.nbytes)
+        """Bytes of the map's arrays in use (the reserved max_voxels rows are only touched as they fill)."""
+        row = self._keys.itemsize + self._scores.itemsize * self.num_classes + self._obs.itemsize
+        return int(self._n * row + self._sorted_keys.nbytes + self._sorted_rows.nbytes)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes reserved for max_voxels rows (an upper bound of the map's memory)."""
+        return int(self._keys.nbytes + self._scores.nbytes + self._obs.nbytes + 2 * 8 * self.max_voxels)
 
     def _reserve(self, rows: int) -> None:
-        """Room for ``rows`` rows (grown by 1.5x, never beyond what max_voxels needs)."""
+        """Room for ``rows`` rows: max_voxels rows at once (np.empty: pages are only touched as rows fill)."""
         cap = len(self._keys)
         if rows <= cap:
             return
-        new_cap = max(rows, min(int(cap * 1.5) + 1024, self.max_voxels))
+        new_cap = max(rows, self.max_voxels)
         keys = np.empty(new_cap, np.int64)
         scores = np.empty((new_cap, self.num_classes), np.float32)
         obs = np.empty(new_cap, np.int64)
@@ -209,9 +214,11 @@ class SemanticVoxelMap:
             raise ConfigError(f"map probabilities must be ({len(points)}, {self.num_classes}), "
                               f"got {probabilities.shape}")
         scaled = points.astype(np.float64) / self.voxel_size
-        ok = np.isfinite(scaled).all(axis=1) & np.isfinite(probabilities).all(axis=1)
-        ok &= (probabilities > 0).any(axis=1) & (probabilities >= 0).all(axis=1)
-        ok &= (np.abs(scaled) < MAX_GRID_COORD).all(axis=1)
+        # (C, N): the per-class passes below run along contiguous memory
+        w = np.ascontiguousarray(probabilities.T, dtype=np.float32)
+        row_sum = w.sum(axis=0)
+        ok = np.isfinite(row_sum) & (row_sum > 0) & (w.min(axis=0) >= 0)  # NaN fails every comparison
+        ok &= (np.abs(scaled) < MAX_GRID_COORD).all(axis=1)  # False for NaN/inf coordinates too
         stats.points_rejected = int(len(points) - ok.sum())
         self.points_rejected += stats.points_rejected
         if sensor_origin is not None:
@@ -221,21 +228,28 @@ class SemanticVoxelMap:
         if not ok.any():
             stats.seconds = time.perf_counter() - t0
             return stats
-        idx = np.flatnonzero(ok) if not ok.all() else None
-        ijk = np.floor(scaled if idx is None else scaled[idx]).astype(np.int64)
-        probs = probabilities if idx is None else probabilities[idx]
+        if not ok.all():
+            scaled, w = scaled[ok], w[:, ok]
+        ijk = np.floor(scaled).astype(np.int64)
         if sensor_origin is None or self.last_sensor_origin is None:
-            self.last_sensor_origin = ((ijk.mean(axis=0) + 0.5) * self.voxel_size)
+            self.last_sensor_origin = (ijk.mean(axis=0) + 0.5) * self.voxel_size
         keys = pack_keys(ijk)
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys)
         sorted_keys = keys[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        ukeys = sorted_keys[starts]
-        counts = np.diff(np.r_[starts, len(sorted_keys)])
-        w = probs[order].astype(np.float32, copy=False)
+        first = np.empty(len(keys), bool)
+        first[0] = True
+        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
+        ukeys = sorted_keys[first]
+        inv_sorted = np.cumsum(first) - 1
+        inv = np.empty(len(keys), np.int64)
+        inv[order] = inv_sorted  # voxel of each point, in the points' order
+        u = len(ukeys)
+        counts = np.bincount(inv_sorted, minlength=u)
         if self.fusion == "log":
             w = np.log(np.maximum(w, np.float32(LOG_FLOOR)))
-        contrib = np.add.reduceat(w, starts, axis=0)  # (U, C)
+        contrib = np.empty((u, self.num_classes), np.float32)  # (U, C) sums per voxel: one bincount per class
+        for c in range(self.num_classes):
+            contrib[:, c] = np.bincount(inv, weights=w[c], minlength=u)
         stats.points_used = int(len(keys))
 
         # existing voxels
@@ -256,10 +270,12 @@ class SemanticVoxelMap:
                 centres = (unpack_keys(ukeys[new]) + 0.5) * self.voxel_size
                 d = np.linalg.norm(centres - self.last_sensor_origin, axis=1)
                 new = np.sort(new[np.argpartition(d, self.max_voxels - 1)[: self.max_voxels]])
+            at = pos[new]  # insertion points in the sorted index, valid unless voxels are evicted first
             if self._n + len(new) > self.max_voxels:
                 target = min(self.max_voxels - len(new), int(self.max_voxels * (1.0 - self.evict_fraction)))
                 stats.voxels_evicted = self._evict(self._n - max(target, 0), protect=rows)
-            self._insert(ukeys[new], contrib[new], counts[new])
+                at = None
+            self._insert(ukeys[new], contrib[new], counts[new], at)
             stats.voxels_new = int(len(new))
         self.updates += 1
         self.version += 1
@@ -275,8 +291,9 @@ class SemanticVoxelMap:
         np.maximum(s, np.float32(LOG_CLAMP), out=s)
         self._scores[rows] = s
 
-    def _insert(self, keys: np.ndarray, contrib: np.ndarray, counts: np.ndarray) -> None:
-        """Append rows for new (sorted, absent) keys and merge them into the sorted index."""
+    def _insert(self, keys: np.ndarray, contrib: np.ndarray, counts: np.ndarray,
+                at: Optional[np.ndarray] = None) -> None:
+        """Append rows for new (sorted, absent) keys and merge them into the sorted index (at: their positions)."""
         k = len(keys)
         self._reserve(self._n + k)
         rows = np.arange(self._n, self._n + k)
@@ -286,7 +303,8 @@ class SemanticVoxelMap:
         self._n += k
         if self.fusion == "log":
             self._normalise_log(rows)
-        at = np.searchsorted(self._sorted_keys, keys)
+        if at is None:
+            at = np.searchsorted(self._sorted_keys, keys)
         self._sorted_keys = np.insert(self._sorted_keys, at, keys)
         self._sorted_rows = np.insert(self._sorted_rows, at, rows)
 

@@ -12,6 +12,7 @@ from safnet_ros.cli import register_group
 #: (subcommand, module, one-line help)
 BENCH_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("model", "safnet_ros.tools.bench_model", "forward latency and peak memory of SAFNet vs PointNet++"),
+    ("map", "safnet_ros.mapping.bench", "semantic map update time per cloud and memory (target <= 15 ms / 25k points)"),
     ("soak", "safnet_ros.tools.soak", "loop a bag through the node: RSS over time, latency percentiles, drops"),
 )
 

@@ -72,7 +72,7 @@ def check_settings(voxel_size: float, max_voxels: int, fusion: str, evict_fracti
     except (TypeError, ValueError):
         raise ConfigError(f"map voxel size must be a number of metres, got {voxel_size!r}") from None
     if not (np.isfinite(vs) and 0.0 < vs <= MAX_VOXEL_SIZE):
-        raise ConfigError(f"map voxel size must be in (0, {MAX_VOXEL_SIZE}] metres, got {voxel_size}")
+        raise ConfigError(f"map voxel size must be in (0, {MAX_VOXEL_SIZE:g}] metres, got {voxel_size}")
     if isinstance(max_voxels, bool) or not isinstance(max_voxels, (int, np.integer)) or int(max_voxels) < 1:
         raise ConfigError(f"map max_voxels must be an integer >= 1, got {max_voxels!r}")
     if fusion not in FUSION_RULES:

@@ -47,6 +47,7 @@ from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, 
 from safnet_ros.ros import codecs, compat
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import SIMILARITY_RANGES, similarity_markers
+from safnet_ros.ros.semantic_map_component import MAP_PARAMETER_SPECS, SemanticMapComponent, check_probability_mode
 
 NODE_NAME = "safnet_segment"
 #: Throttle period of repeated warnings (seconds).
@@ -136,6 +137,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "first cloud does not pay one-time initialisation (kernel selection, lazy imports) while sensor "
               "frames queue up."),
 )
+
+# the semantic map's and the labelled cloud's probability fields (ros/semantic_map_component.py)
+PARAMETERS += tuple(ParamSpec(**spec) for spec in MAP_PARAMETER_SPECS)
 
 _SPECS = {spec.name: spec for spec in PARAMETERS}
 
@@ -240,6 +244,8 @@ class SegmentNode(Node):
         if not self.fixed_frame:
             raise ConfigError("fixed_frame must not be empty")
         self._check_marker_source(p("similarity_marker_source"))
+        self._probabilities = check_probability_mode(p("probabilities"))
+        self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)  # ConfigError: bad map_*
         self.stats = NodeStats()
         self.buffer = ViewBuffer(
             max_views=p("buffer_max_views"),
@@ -270,6 +276,7 @@ class SegmentNode(Node):
         self.pub_cloud = self.create_publisher(PointCloud2, "~/labeled_cloud", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "~/similarity_markers", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.semantic_map.create(self)  # ~/semantic_map, ~/save_map, ~/clear_map
 
         # Inputs: sensor-data QoS (best effort, keep last 5), passed explicitly to the filters.
         sensor_qos = qos_profile_sensor_data
@@ -386,9 +393,10 @@ class SegmentNode(Node):
             self.tf_buffer.clear()
         if self._mailbox.clear():  # a cloud of the old timeline not taken yet: dropped, and counted
             self.stats.count("clouds_dropped")
+        self.semantic_map.clear()
         self.get_logger().info(
             f"time jumped back from {newest:.3f} s to {stamp_s:.3f} s (bag loop?): "
-            "view buffer, TF buffer and pending frames cleared"
+            "view buffer, TF buffer, pending frames and the semantic map cleared"
         )
 
     def _lookup_pose(self, frame_id: str, stamp_msg: Any, timeout_s: float) -> np.ndarray:
@@ -534,9 +542,11 @@ class SegmentNode(Node):
         self._note_result(result, views)
 
         labels = result.labels
+        mode = self._probabilities if getattr(result, "probs", None) is not None else "none"
         out = codecs.make_labeled_cloud(
             xyz, labels.astype(np.uint16), class_colors(labels), result.confidence,
-            np.nan_to_num(result.s, nan=0.0).astype(np.float32), header=msg.header,
+            np.nan_to_num(result.s, nan=0.0).astype(np.float32), header=msg.header, probabilities=mode,
+            extra=codecs.probability_columns(result.probs, result.segmented, mode) if mode != "none" else None,
         )
         self.pub_cloud.publish(out)
         done = time.monotonic()
@@ -550,6 +560,7 @@ class SegmentNode(Node):
         }
         if self._param("publish_markers") and self.pub_markers.get_subscription_count() > 0:
             self._publish_markers(msg, world, result, views)
+        self.semantic_map.integrate(world, result, T[:3, 3], msg.header.stamp)  # after publishing: no latency
         return out
 
     def _note_result(self, result: Any, views: list) -> None:
@@ -578,6 +589,7 @@ class SegmentNode(Node):
     def _publish_diagnostics(self) -> None:
         snap = self.stats.snapshot(len(self.buffer), self.buffer.nbytes, self.device,
                                    extra={"fixed_frame": self.fixed_frame, "backends": compat.backends(),
+                                          **self.semantic_map.diagnostics(),
                                           **{f"last_{k}": f"{v:.4f}" for k, v in self.last_timings.items()}})
         grown = self.stats.new_since_last_report(("worker_errors", "decode_errors", "tf_failures", "clouds_dropped"))
         self.pub_diag.publish(stats_to_diagnostics(
@@ -597,6 +609,8 @@ class SegmentNode(Node):
             self._mailbox.close()
             if self._worker.is_alive() and threading.current_thread() is not self._worker:
                 self._worker.join(timeout=10.0)
+        if getattr(self, "semantic_map", None) is not None:
+            self.semantic_map.destroy()
         unregister = getattr(getattr(self, "tf_listener", None), "unregister", None)
         if callable(unregister):
             unregister()

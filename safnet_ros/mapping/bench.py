@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=int, default=25_000, help="points per cloud (default 25000)")
     parser.add_argument("--clouds", type=int, default=60, help="clouds fused per row (default 60)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed clouds first (default 3)")
-    parser.add_argument("--voxel-size", type=float, default=0.05, help="voxel edge, metres (default 0.05)")
+    parser.add_argument("--voxel-size", type=float, default=0.04, help="voxel edge, metres (default 0.04)")
     parser.add_argument("--max-voxels", type=int, default=500_000, help="max_voxels of the normal rows")
     parser.add_argument("--evict-max-voxels", type=int, default=60_000,
                         help="max_voxels of the eviction row (default 60000: every cloud evicts)")

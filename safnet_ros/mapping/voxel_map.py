@@ -138,7 +138,7 @@ class SemanticVoxelMap:
     Raises ConfigError for bad settings.
     """
 
-    def __init__(self, voxel_size: float = 0.05, max_voxels: int = 500_000, fusion: str = "count",
+    def __init__(self, voxel_size: float = 0.04, max_voxels: int = 500_000, fusion: str = "count",
                  num_classes: int = NUM_CLASSES, evict_fraction: float = 0.05):
         check_settings(voxel_size, max_voxels, fusion, evict_fraction)
         if int(num_classes) < 1:
@@ -151,6 +151,8 @@ class SemanticVoxelMap:
         self.points_rejected = 0
         self.voxels_evicted = 0
         self.updates = 0
+        #: most voxels the map ever held after an update (never above max_voxels)
+        self.peak_voxels = 0
         self.clear()
 
     # ------------------------------------------------------------------ storage
@@ -279,6 +281,7 @@ class SemanticVoxelMap:
             stats.voxels_new = int(len(new))
         self.updates += 1
         self.version += 1
+        self.peak_voxels = max(self.peak_voxels, self._n)
         stats.seconds = time.perf_counter() - t0
         return stats
 

@@ -53,7 +53,7 @@ MAP_PARAMETER_SPECS: tuple[dict, ...] = (
     dict(name="map_enable", default=True, description="Fuse every labelled cloud's per-point class "
          "probabilities into a semantic voxel map in fixed_frame, published on ~/semantic_map, with the "
          "~/save_map and ~/clear_map services."),
-    dict(name="map_voxel_size", default=0.05, description="Voxel edge of the semantic map, metres "
+    dict(name="map_voxel_size", default=0.04, description="Voxel edge of the semantic map, metres "
          "(> 0 and <= 10; refused at start otherwise)."),
     dict(name="map_max_voxels", default=500000, description="Most voxels the map keeps (>= 1); beyond it the "
          "voxels farthest from the latest cloud's sensor position are evicted (down to 95 %). About 100 bytes "
@@ -76,7 +76,7 @@ class MapSettings:
     """The map parameters, checked (ConfigError names the parameter)."""
 
     enable: bool = True
-    voxel_size: float = 0.05
+    voxel_size: float = 0.04
     max_voxels: int = 500_000
     fusion: str = "count"
     publish_rate: float = 1.0
@@ -274,10 +274,11 @@ class SemanticMapComponent:
         with self._lock:
             times = list(self._update_s)
             voxels, mib = len(self.map), self.map.nbytes / 2 ** 20
-            rejected, evicted = self.map.points_rejected, self.map.voxels_evicted
+            rejected, evicted, peak = self.map.points_rejected, self.map.voxels_evicted, self.map.peak_voxels
         return {
             "map_voxels": str(voxels),
             "map_max_voxels": str(self.settings.max_voxels),
+            "map_peak_voxels": str(peak),
             "map_mib": f"{mib:.2f}",
             "map_update_ms_last": f"{1000 * times[-1]:.2f}" if times else "nan",
             "map_update_ms_mean": f"{1000 * float(np.mean(times)):.2f}" if times else "nan",

@@ -67,8 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--map", default=None, metavar="MAP.ply",
                      help="also fuse every labelled cloud into a semantic voxel map and save it as this PLY "
                           "(`safnet map score MAP.ply SCENE_DIR` scores it)")
-    seg.add_argument("--map-voxel-size", type=float, default=0.05, metavar="M",
-                     help="map voxel edge, metres (default 0.05, as the node's map_voxel_size)")
+    seg.add_argument("--map-voxel-size", type=float, default=0.04, metavar="M",
+                     help="map voxel edge, metres (default 0.04, as the node's map_voxel_size)")
     seg.add_argument("--map-max-voxels", type=int, default=500_000, metavar="N",
                      help="most voxels kept; the farthest from the sensor are evicted (default 500000)")
     seg.add_argument("--map-fusion", choices=("count", "log"), default="count",

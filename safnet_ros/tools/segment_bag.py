@@ -293,7 +293,7 @@ def segment_bag(
     overwrite: bool = False,
     progress: bool = True,
     map_path: Optional[str | os.PathLike] = None,
-    map_voxel_size: float = 0.05,
+    map_voxel_size: float = 0.04,
     map_max_voxels: int = 500_000,
     map_fusion: str = "count",
 ) -> SegmentBagSummary:

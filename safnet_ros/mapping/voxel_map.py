@@ -27,8 +27,8 @@ coordinates ``floor(p / voxel_size)``) keeps
 
 Bounded memory: at most ``max_voxels`` voxels. When an update would exceed it,
 the voxels farthest from the latest sensor position are evicted first (down to
-``(1 - evict_fraction) * max_voxels`` so that a full map does not pay a
-partial sort on every cloud); the voxels of the cloud being fused are never
+``(1 - evict_fraction) * max_voxels``, 90 % by default, so that a full map
+does not pay the partial sort on every cloud; evicted rows are reused, never moved); the voxels of the cloud being fused are never
 evicted by their own update (a cloud with more voxels than ``max_voxels``
 keeps those nearest to the sensor).
 
@@ -61,11 +61,13 @@ _OFFSET = 1 << (_BITS - 1)
 _MASK = (1 << _BITS) - 1
 #: Largest |grid coordinate| a key can hold (about +-52 km at 5 cm voxels).
 MAX_GRID_COORD = _OFFSET - 1
+#: Most keys in the index's small (delta) level before it is merged into the main one.
+DELTA_MAX = 100_000
 #: Largest accepted voxel edge, metres.
 MAX_VOXEL_SIZE = 10.0
 
 
-def check_settings(voxel_size: float, max_voxels: int, fusion: str, evict_fraction: float = 0.05) -> None:
+def check_settings(voxel_size: float, max_voxels: int, fusion: str, evict_fraction: float = 0.1) -> None:
     """ConfigError naming the setting for a voxel size outside (0, 10] m, max_voxels < 1 or an unknown rule."""
     try:
         vs = float(voxel_size)
@@ -139,7 +141,7 @@ class SemanticVoxelMap:
     """
 
     def __init__(self, voxel_size: float = 0.04, max_voxels: int = 500_000, fusion: str = "count",
-                 num_classes: int = NUM_CLASSES, evict_fraction: float = 0.05):
+                 num_classes: int = NUM_CLASSES, evict_fraction: float = 0.1):
         check_settings(voxel_size, max_voxels, fusion, evict_fraction)
         if int(num_classes) < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
@@ -158,12 +160,18 @@ class SemanticVoxelMap:
     # ------------------------------------------------------------------ storage
     def clear(self) -> None:
         """Forget every voxel (the settings and the lifetime counters stay)."""
-        self._n = 0
+        self._n = 0  # live voxels
+        self._hi = 0  # rows ever handed out (live + free)
+        self._free = np.empty(0, np.int64)  # rows of evicted voxels, reused first
         self._keys = np.empty(0, np.int64)  # (cap,) key of each row
         self._scores = np.empty((0, self.num_classes), np.float32)  # (cap, C)
         self._obs = np.empty(0, np.int64)  # (cap,)
-        self._sorted_keys = np.empty(0, np.int64)  # (V,) ascending
-        self._sorted_rows = np.empty(0, np.int64)  # (V,) row of each sorted key
+        # the index: key -> row, as two sorted levels (a big main one and a small delta that new
+        # voxels go into, merged into main when it grows past DELTA_MAX or before a read)
+        self._main_keys = np.empty(0, np.int64)  # ascending
+        self._main_rows = np.empty(0, np.int64)  # row of each key
+        self._delta_keys = np.empty(0, np.int64)
+        self._delta_rows = np.empty(0, np.int64)
         self.last_sensor_origin: Optional[np.ndarray] = None
         self.version = getattr(self, "version", 0) + 1
 
@@ -174,7 +182,7 @@ class SemanticVoxelMap:
     def nbytes(self) -> int:
         """Bytes of the map's arrays in use (the reserved max_voxels rows are only touched as they fill)."""
         row = self._keys.itemsize + self._scores.itemsize * self.num_classes + self._obs.itemsize
-        return int(self._n * row + self._sorted_keys.nbytes + self._sorted_rows.nbytes)
+        return int(self._n * (row + 16))
 
     @property
     def reserved_bytes(self) -> int:
@@ -190,9 +198,9 @@ class SemanticVoxelMap:
         keys = np.empty(new_cap, np.int64)
         scores = np.empty((new_cap, self.num_classes), np.float32)
         obs = np.empty(new_cap, np.int64)
-        keys[: self._n] = self._keys[: self._n]
-        scores[: self._n] = self._scores[: self._n]
-        obs[: self._n] = self._obs[: self._n]
+        keys[: self._hi] = self._keys[: self._hi]
+        scores[: self._hi] = self._scores[: self._hi]
+        obs[: self._hi] = self._obs[: self._hi]
         self._keys, self._scores, self._obs = keys, scores, obs
 
     # ------------------------------------------------------------------ fusion
@@ -255,10 +263,19 @@ class SemanticVoxelMap:
         stats.points_used = int(len(keys))
 
         # existing voxels
-        pos = np.searchsorted(self._sorted_keys, ukeys)
-        found = pos < self._n
-        found[found] = self._sorted_keys[pos[found]] == ukeys[found]
-        rows = self._sorted_rows[pos[found]]
+        pos = np.searchsorted(self._main_keys, ukeys)
+        found = pos < len(self._main_keys)
+        found[found] = self._main_keys[pos[found]] == ukeys[found]
+        all_rows = np.empty(u, np.int64)
+        all_rows[found] = self._main_rows[pos[found]]
+        if len(self._delta_keys):
+            rest = np.flatnonzero(~found)
+            dpos = np.searchsorted(self._delta_keys, ukeys[rest])
+            hit = dpos < len(self._delta_keys)
+            hit[hit] = self._delta_keys[dpos[hit]] == ukeys[rest][hit]
+            found[rest[hit]] = True
+            all_rows[rest[hit]] = self._delta_rows[dpos[hit]]
+        rows = all_rows[found]
         self._scores[rows] += contrib[found]
         self._obs[rows] += counts[found]
         if self.fusion == "log":
@@ -272,12 +289,10 @@ class SemanticVoxelMap:
                 centres = (unpack_keys(ukeys[new]) + 0.5) * self.voxel_size
                 d = np.linalg.norm(centres - self.last_sensor_origin, axis=1)
                 new = np.sort(new[np.argpartition(d, self.max_voxels - 1)[: self.max_voxels]])
-            at = pos[new]  # insertion points in the sorted index, valid unless voxels are evicted first
             if self._n + len(new) > self.max_voxels:
                 target = min(self.max_voxels - len(new), int(self.max_voxels * (1.0 - self.evict_fraction)))
                 stats.voxels_evicted = self._evict(self._n - max(target, 0), protect=rows)
-                at = None
-            self._insert(ukeys[new], contrib[new], counts[new], at)
+            self._insert(ukeys[new], contrib[new], counts[new])
             stats.voxels_new = int(len(new))
         self.updates += 1
         self.version += 1
@@ -294,73 +309,103 @@ class SemanticVoxelMap:
         np.maximum(s, np.float32(LOG_CLAMP), out=s)
         self._scores[rows] = s
 
-    def _insert(self, keys: np.ndarray, contrib: np.ndarray, counts: np.ndarray,
-                at: Optional[np.ndarray] = None) -> None:
-        """Append rows for new (sorted, absent) keys and merge them into the sorted index (at: their positions)."""
+    def _insert(self, keys: np.ndarray, contrib: np.ndarray, counts: np.ndarray) -> None:
+        """Rows for new (sorted, absent) keys, indexed in the delta level."""
         k = len(keys)
-        self._reserve(self._n + k)
-        rows = np.arange(self._n, self._n + k)
+        reuse = min(k, len(self._free))
+        fresh = k - reuse
+        self._reserve(self._hi + fresh)
+        rows = np.concatenate([self._free[len(self._free) - reuse:], np.arange(self._hi, self._hi + fresh)])
+        self._free = self._free[: len(self._free) - reuse]
+        self._hi += fresh
         self._keys[rows] = keys
         self._scores[rows] = contrib
         self._obs[rows] = counts
         self._n += k
         if self.fusion == "log":
             self._normalise_log(rows)
-        if at is None:
-            at = np.searchsorted(self._sorted_keys, keys)
-        self._sorted_keys = np.insert(self._sorted_keys, at, keys)
-        self._sorted_rows = np.insert(self._sorted_rows, at, rows)
+        at = np.searchsorted(self._delta_keys, keys)
+        self._delta_keys = np.insert(self._delta_keys, at, keys)
+        self._delta_rows = np.insert(self._delta_rows, at, rows)
+        if len(self._delta_keys) > DELTA_MAX:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Move the delta level into the main one (one O(V) pass)."""
+        if len(self._delta_keys) == 0:
+            return
+        at = np.searchsorted(self._main_keys, self._delta_keys)
+        self._main_keys = np.insert(self._main_keys, at, self._delta_keys)
+        self._main_rows = np.insert(self._main_rows, at, self._delta_rows)
+        self._delta_keys = self._delta_keys[:0]
+        self._delta_rows = self._delta_rows[:0]
+
+    @property
+    def _sorted_keys(self) -> np.ndarray:
+        """(V,) every live key, ascending (merges the index's levels)."""
+        self._merge()
+        return self._main_keys
+
+    @property
+    def _sorted_rows(self) -> np.ndarray:
+        """(V,) the row of each key of :attr:`_sorted_keys`."""
+        self._merge()
+        return self._main_rows
 
     def _evict(self, count: int, protect: np.ndarray) -> int:
-        """Drop the ``count`` voxels farthest from the last sensor origin (rows in ``protect`` last)."""
+        """Drop the ``count`` voxels farthest from the last sensor origin (rows in ``protect`` last).
+
+        Rows are not moved: evicted rows go to a free list that the next inserts reuse,
+        so an eviction costs O(V) index work, not a copy of every voxel's scores.
+        """
         n = self._n
         count = min(int(count), n)
         if count <= 0:
             return 0
-        centres = (unpack_keys(self._keys[:n]) + 0.5) * self.voxel_size
-        d = np.linalg.norm(centres - self.last_sensor_origin, axis=1)
-        d[protect] = -1.0  # this cloud's voxels go last
+        rows = self._sorted_rows
+        centres = (unpack_keys(self._sorted_keys) + 0.5) * self.voxel_size - self.last_sensor_origin
+        d = np.einsum("ij,ij->i", centres, centres)  # squared distances: the same order
+        if len(protect):
+            protected = np.zeros(len(self._keys), bool)
+            protected[protect] = True
+            d[protected[rows]] = -1.0  # this cloud's voxels go last
         drop = np.argpartition(-d, count - 1)[:count] if count < n else np.arange(n)
         keep = np.ones(n, bool)
         keep[drop] = False
-        kept = int(keep.sum())
-        new_row = np.cumsum(keep) - 1
-        self._keys[:kept] = self._keys[:n][keep]
-        self._scores[:kept] = self._scores[:n][keep]
-        self._obs[:kept] = self._obs[:n][keep]
-        in_index = keep[self._sorted_rows]
-        self._sorted_keys = self._sorted_keys[in_index]
-        self._sorted_rows = new_row[self._sorted_rows[in_index]]
-        self._n = kept
+        self._free = np.concatenate([self._free, rows[drop]])
+        self._main_keys = self._main_keys[keep]
+        self._main_rows = rows[keep]
+        self._n = n - count
         self.voxels_evicted += count
         return count
 
     # ------------------------------------------------------------------ reading
     def centres(self) -> np.ndarray:
         """(V, 3) float32 voxel centres, metres."""
-        return ((unpack_keys(self._keys[: self._n]) + 0.5) * self.voxel_size).astype(np.float32)
+        return ((unpack_keys(self._sorted_keys) + 0.5) * self.voxel_size).astype(np.float32)
 
     def labels(self) -> np.ndarray:
         """(V,) int64 class index per voxel (argmax of the fused evidence; ties: the lower index)."""
-        return np.argmax(self._scores[: self._n], axis=1).astype(np.int64)
+        return np.argmax(self._scores[self._sorted_rows], axis=1).astype(np.int64)
 
     def observations(self) -> np.ndarray:
         """(V,) int64 points fused into each voxel."""
-        return self._obs[: self._n].copy()
+        return self._obs[self._sorted_rows]
 
     def confidence(self, labels: Optional[np.ndarray] = None) -> np.ndarray:
         """(V,) float32 in [0, 1]: count rule the winner's mean probability, log rule its posterior."""
-        s = self._scores[: self._n]
+        rows = self._sorted_rows
         lab = self.labels() if labels is None else labels
         if self.fusion == "count":
-            best = s[np.arange(len(lab)), lab]
-            return (best / np.maximum(self._obs[: self._n], 1)).astype(np.float32)
+            best = self._scores[rows, lab]
+            return (best / np.maximum(self._obs[rows], 1)).astype(np.float32)
+        s = self._scores[rows]
         shifted = s - s.max(axis=1, keepdims=True)
         return (1.0 / np.exp(shifted).sum(axis=1)).astype(np.float32)
 
     def probabilities(self) -> np.ndarray:
         """(V, C) float32 fused class distribution per voxel (rows sum to 1)."""
-        s = self._scores[: self._n].astype(np.float64)
+        s = self._scores[self._sorted_rows].astype(np.float64)
         if self.fusion == "count":
             p = s / np.maximum(s.sum(axis=1, keepdims=True), 1e-12)
         else:
@@ -374,7 +419,7 @@ class SemanticVoxelMap:
         return MapSnapshot(
             centres=self.centres(), labels=labels, confidence=self.confidence(labels),
             observations=self.observations(), voxel_size=self.voxel_size, fusion=self.fusion,
-            scores=self._scores[: self._n].copy() if with_scores else None,
+            scores=self._scores[self._sorted_rows] if with_scores else None,
         )
 
     # ------------------------------------------------------------------ restoring

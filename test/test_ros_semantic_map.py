@@ -80,6 +80,12 @@ def test_map_is_published_latched_saved_and_cleared(map_harness, tmp_path):
              for rgb, depth, info, T in sent]
     world = transform_points(through_tf(T_MAP_LIDAR), local)
     ref = offline_segmenter(h.model_path, h.node).segment(world, views)
+    # SegmentResult.probs: the chunk-averaged class probabilities behind labels and confidence
+    segd = ref.segmented
+    np.testing.assert_allclose(ref.probs[segd].sum(axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_array_equal(ref.probs[segd].argmax(axis=1), ref.labels[segd])
+    np.testing.assert_allclose(ref.probs[segd].max(axis=1), ref.confidence[segd], rtol=1e-5)
+    assert (ref.probs[~segd] == 0).all()
     ref_map = SemanticVoxelMap(voxel_size=0.1)
     ref_map.integrate(world[ref.segmented], ref.probs[ref.segmented])
 

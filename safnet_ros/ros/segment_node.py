@@ -9,6 +9,8 @@ Data flow (docs/ros_node.md has topics, QoS and every parameter)::
            decode ─ TF(stamp) into fixed_frame ─ Segmenter.segment(points, buffered views)
                                   ▼
        ~/labeled_cloud (cloud's frame and stamp), ~/similarity_markers, /diagnostics
+                                  ▼ (after publishing)
+           semantic map (ros/semantic_map_component.py): ~/semantic_map, ~/save_map, ~/clear_map
 
 Callbacks never block: TF lookups inside them use a zero timeout; a frame whose
 transform has not arrived yet waits in a short pending list retried by a

@@ -158,12 +158,14 @@ def soak(
     max_points: int = 8000,
     log: Any = None,
     map_max_voxels: Optional[int] = None,
+    map_enable: bool = True,
 ) -> SoakReport:
     """Loop ``bag`` (default: a synthetic bag at ``rate`` Hz) through a SegmentNode for ``minutes``.
 
     model: checkpoint (None = the shipped default / an untrained lite model);
     log: a callable taking one progress line (None = silent); map_max_voxels:
-    the node's map_max_voxels (None = its default).
+    the node's map_max_voxels (None = its default); map_enable: the node's
+    map_enable (False: the same run without the semantic map, for A/B).
     Returns the :class:`SoakReport`. Raises SafnetError subclasses for a bad
     bag or model.
     """
@@ -205,7 +207,8 @@ def soak(
                 Parameter("camera_info_topic", value=bio.CAMERA_INFO_TOPIC),
                 Parameter("cloud_topic", value=bio.POINTS_TOPIC), Parameter("use_sim_time", value=True),
                 Parameter("publish_markers", value=False)]
-                + ([Parameter("map_max_voxels", value=int(map_max_voxels))] if map_max_voxels else []))
+                + ([Parameter("map_max_voxels", value=int(map_max_voxels))] if map_max_voxels else [])
+                + [Parameter("map_enable", value=bool(map_enable))])
             player_node = rclpy.create_node("safnet_soak_player", context=ctx)
             executor.add_node(node)
             executor.add_node(player_node)
@@ -312,12 +315,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="soak_results", help="folder for soak.json and soak_rss.png")
     parser.add_argument("--map-max-voxels", type=int, default=None, metavar="N",
                         help="the node's map_max_voxels (default: the node's 500000; small values exercise eviction)")
+    parser.add_argument("--no-map", action="store_true", help="the node without its semantic map (map_enable false)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
     report = soak(args.minutes, rate=args.rate, bag=args.bag, model=args.model, device=args.device,
-                  sample_period=args.sample_period, map_max_voxels=args.map_max_voxels, log=lambda line: print(line, file=sys.stderr, flush=True))
+                  sample_period=args.sample_period, map_max_voxels=args.map_max_voxels, map_enable=not args.no_map,
+                  log=lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = asdict(report)

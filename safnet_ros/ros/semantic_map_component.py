@@ -56,8 +56,8 @@ MAP_PARAMETER_SPECS: tuple[dict, ...] = (
     dict(name="map_voxel_size", default=0.04, description="Voxel edge of the semantic map, metres "
          "(> 0 and <= 10; refused at start otherwise)."),
     dict(name="map_max_voxels", default=500000, description="Most voxels the map keeps (>= 1); beyond it the "
-         "voxels farthest from the latest cloud's sensor position are evicted (down to 95 %). About 100 bytes "
-         "a voxel: 500000 voxels ~ 48 MiB."),
+         "voxels farthest from the latest cloud's sensor position are evicted (down to 90 %). About 104 bytes "
+         "a voxel: 500000 voxels ~ 50 MiB."),
     dict(name="map_fusion", default="count", description="How a voxel fuses the probabilities of its points: "
          "count (probability sums: label = argmax, confidence = mean probability of the winner) | log "
          "(log-probability sums, clamped: confidence = posterior of the winner). docs/ros_node.md compares them."),

@@ -181,3 +181,29 @@ def test_bad_map_settings_are_refused_at_start_with_one_line(param, value, words
     lines = [line for line in err.splitlines() if "cannot start" in line]
     assert len(lines) == 1 and words in lines[0], err
     assert "Traceback" not in err
+
+
+@needs_std_srvs
+def test_component_can_be_destroyed_and_created_again_as_a_lifecycle_node_does(map_harness):
+    """deactivate -> destroy(): topic and services gone, the map kept; activate -> create(): back."""
+    h = map_harness
+    sm = h.node.semantic_map
+    segmented_cloud(h, h.base_stamp())
+    voxels = len(sm)
+    assert voxels > 0
+    sm.destroy()
+    sm.destroy()  # idempotent
+    assert sm.pub_map is None and sm.srv_save is None
+    assert wait_until(lambda: not h.node.count_publishers("/safnet_segment/semantic_map"), 5.0)
+    assert len(sm) == voxels
+    sm.create(h.node)
+    sm.create(h.node)  # idempotent
+    assert h.node.count_publishers("/safnet_segment/semantic_map") == 1
+    got = Collector()
+    sub = h.pub.create_subscription(PointCloud2, "/safnet_segment/semantic_map", got, h.latched)
+    try:
+        assert got.wait_for(lambda m: m.width == voxels, 10.0) is not None
+    finally:
+        h.pub.destroy_subscription(sub)
+    res = call(h, "clear_map")
+    assert res.success and res.message == f"cleared {voxels} voxels"

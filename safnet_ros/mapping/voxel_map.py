@@ -228,7 +228,9 @@ class SemanticVoxelMap:
         w = np.ascontiguousarray(probabilities.T, dtype=np.float32)
         row_sum = w.sum(axis=0)
         ok = np.isfinite(row_sum) & (row_sum > 0) & (w.min(axis=0) >= 0)  # NaN fails every comparison
-        ok &= (np.abs(scaled) < MAX_GRID_COORD).all(axis=1)  # False for NaN/inf coordinates too
+        lo, hi = (scaled.min(), scaled.max()) if len(scaled) else (0.0, 0.0)
+        if not (-MAX_GRID_COORD < lo and hi < MAX_GRID_COORD):  # some coordinate is NaN, inf or out of range
+            ok &= (np.abs(scaled) < MAX_GRID_COORD).all(axis=1)  # False for NaN/inf coordinates too
         stats.points_rejected = int(len(points) - ok.sum())
         self.points_rejected += stats.points_rejected
         if sensor_origin is not None:

@@ -110,10 +110,8 @@ def run(args: argparse.Namespace) -> int:
         bench_row("log", "log", args.voxel_size, args.max_voxels, clouds, args.warmup),
         bench_row("count, evicting", "count", args.voxel_size, args.evict_max_voxels, clouds, args.warmup),
     ]
-    import torch  # only for the version string of the table
-
     info = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(), "numpy": np.__version__, "torch": torch.__version__}
+            "load_average": os.getloadavg(), "numpy": np.__version__}
     if args.json:
         print(json.dumps({"rows": rows, **info}))
         return 0

@@ -1,4 +1,4 @@
-"""``safnet bench ...`` subcommands (``model``: SAFNet latency and memory).
+"""``safnet bench ...`` subcommands (``model``: SAFNet latency and memory; ``map``: map update; ``soak``).
 
 Each subcommand's module exposes ``add_arguments(parser)`` and ``run(args) -> int``
 and keeps heavy imports (torch) inside ``run``.
@@ -18,4 +18,4 @@ BENCH_COMMANDS: tuple[tuple[str, str, str], ...] = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    register_group(sub, "bench", "benchmarks: model latency and memory, node soak", BENCH_COMMANDS)
+    register_group(sub, "bench", "benchmarks: model latency and memory, semantic map update, node soak", BENCH_COMMANDS)

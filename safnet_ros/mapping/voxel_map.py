@@ -28,13 +28,14 @@ coordinates ``floor(p / voxel_size)``) keeps
 Bounded memory: at most ``max_voxels`` voxels. When an update would exceed it,
 the voxels farthest from the latest sensor position are evicted first (down to
 ``(1 - evict_fraction) * max_voxels``, 90 % by default, so that a full map
-does not pay the partial sort on every cloud; evicted rows are reused, never moved); the voxels of the cloud being fused are never
-evicted by their own update (a cloud with more voxels than ``max_voxels``
-keeps those nearest to the sensor).
+does not pay the partial sort on every cloud; evicted rows are reused, never
+moved); the voxels of the cloud being fused go last (a cloud with more voxels
+than ``max_voxels`` keeps those nearest to the sensor).
 
-Everything is vectorised: one sort of the cloud's voxel keys, ``np.add.reduceat``
-per voxel, ``np.searchsorted`` into the map's sorted keys; no per-point Python
-loop. Points with a non-finite coordinate or a non-finite / all-zero
+Everything is vectorised: one sort of the cloud's voxel keys, one
+``np.bincount`` per class, ``np.searchsorted`` into the map's two-level sorted
+key index (a small delta level for new keys, merged into the main one past
+:data:`DELTA_MAX` keys or before a read); no per-point Python loop. Points with a non-finite coordinate or a non-finite / all-zero
 probability row never enter the map (counted in ``points_rejected``). Not
 thread safe: the node's map component guards it with a lock.
 """

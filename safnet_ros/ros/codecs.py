@@ -495,7 +495,8 @@ def probability_columns(probs: np.ndarray, segmented: np.ndarray, probabilities:
         top, p_top = np.take_along_axis(top, order, axis=1), np.take_along_axis(p_top, order, axis=1)
         out = {}
         for i in range(3):
-            out[f"p_label{i + 1}"] = np.where(seg, top[:, i], IGNORE_INDEX) if i < k else np.full(len(seg), IGNORE_INDEX)
+            none = np.full(len(seg), IGNORE_INDEX)
+            out[f"p_label{i + 1}"] = np.where(seg, top[:, i], IGNORE_INDEX) if i < k else none
             out[f"p{i + 1}"] = np.where(seg, p_top[:, i], 0.0) if i < k else np.zeros(len(seg))
         return out
     raise MessageEncodeError(f"probabilities must be none, top3 or all, got {probabilities!r}")

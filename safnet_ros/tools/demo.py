@@ -697,7 +697,8 @@ def print_summary(r: dict) -> None:
       + (" (majority vote per vertex)" if "map" in r else "") + "\n")
     if "map" in r:
         m = r["map"]
-        w(f"  semantic map     {m['voxels']} voxels of {m['voxel_size']} m ({m['fusion']}): mIoU {100 * m['miou']:.1f} %, "
+        w(f"  semantic map     {m['voxels']} voxels of {m['voxel_size']} m ({m['fusion']}): "
+          f"mIoU {100 * m['miou']:.1f} %, "
           f"OA {100 * m['oa']:.1f} %, coverage {100 * m['coverage']:.1f} %, {m['update_ms_mean']:.1f} ms per update; "
           f"single clouds: mean mIoU {100 * m['single_cloud_miou_mean']:.1f} % over {m['single_clouds_scored']}\n")
         w(f"  map PLY          {m['ply']} (saved via {m['saved_via']})\n")

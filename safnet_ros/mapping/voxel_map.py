@@ -35,8 +35,9 @@ than ``max_voxels`` keeps those nearest to the sensor).
 Everything is vectorised: one sort of the cloud's voxel keys, one
 ``np.bincount`` per class, ``np.searchsorted`` into the map's two-level sorted
 key index (a small delta level for new keys, merged into the main one past
-:data:`DELTA_MAX` keys or before a read); no per-point Python loop. Points with a non-finite coordinate or a non-finite / all-zero
-probability row never enter the map (counted in ``points_rejected``). Not
+:data:`DELTA_MAX` keys or before a read); no per-point Python loop. Points
+with a non-finite coordinate or a non-finite / all-zero probability row never
+enter the map (counted in ``points_rejected``). Not
 thread safe: the node's map component guards it with a lock.
 """
 from __future__ import annotations

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "safnet_ros.tools.commands",
     "safnet_ros.engine.commands",
     "safnet_ros.tools.bag_commands",
+    "safnet_ros.mapping.commands",
     "safnet_ros.tools.demo",
 )
 

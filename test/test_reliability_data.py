@@ -176,7 +176,7 @@ def test_one_minute_soak_loops_the_bag_with_flat_memory(tmp_path):
     pytest.importorskip("rclpy")
     proc = subprocess.run(
         [sys.executable, "-m", "safnet_ros.cli", "bench", "soak", "--minutes", "1", "--sample-period", "1",
-         "--json", "--out", str(tmp_path)],
+         "--json", "--out", str(tmp_path), "--map-max-voxels", "3000"],
         capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -188,6 +188,10 @@ def test_one_minute_soak_loops_the_bag_with_flat_memory(tmp_path):
     assert c["clouds_segmented"] + c["clouds_dropped"] <= c["clouds_received"]
     assert c["clouds_received"] <= c["clouds_segmented"] + c["clouds_dropped"] + c["tf_failures"] + 2
     assert report["latency_count"] > 0 and 0 < report["latency_p50_s"] <= report["latency_p99_s"]
+    # the semantic map is on: every segmented cloud fused, bounded by max_voxels, cleared at each loop
+    assert report["map_clouds_integrated"] >= c["clouds_segmented"] - 1 and report["map_max_voxels"] == 3000
+    assert 0 < report["map_peak_voxels"] <= 3000 and report["map_voxels_sampled_max"] <= 3000
+    assert report["map_clears"] >= c["time_jumps"] >= 1
     samples = report["samples"]
     assert len(samples) >= 50
     # 60 s is too short for a slope: allocator warm-up comes in steps of tens of

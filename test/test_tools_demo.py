@@ -152,6 +152,15 @@ def test_fast_demo_runs_the_whole_chain_through_the_node(tmp_path, capsys):
     with Image.open(summary["png"]) as im:
         im.verify()
         assert im.format == "PNG" and im.width > 500
+    # the node's semantic map: saved through ~/save_map, scored on the same vertices
+    m = summary["map"]
+    assert m["voxels"] > 0 and 0.0 <= m["miou"] <= 1.0 and 0.0 <= m["oa"] <= 1.0
+    assert m["coverage"] >= summary["coverage"] - 0.02  # voxels cover what the clouds covered
+    assert m["update_ms_mean"] > 0 and m["single_clouds_scored"] > 0
+    from safnet_ros.mapping.map_ply import load_map
+
+    assert len(load_map(m["ply"])) == m["voxels"]
+    assert "semantic map" in printed
     # the untrained model is reported when none is shipped
     shipped = default_model_path() is not None
     assert summary["untrained_model"] is (not shipped)

@@ -108,6 +108,9 @@ class SegmentResult:
     warnings: list[str] = field(default_factory=list)
     #: chunk parts re-run in smaller pieces after running out of memory
     oom_retries: int = 0
+    #: (N, C) float32 class probabilities averaged over the chunks that voted (zeros where not
+    #: segmented): what the semantic map fuses and ~/labeled_cloud's optional probability fields carry
+    probs: Optional[np.ndarray] = None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -417,6 +420,7 @@ class Segmenter:
         voted = sim_cnt > 0
         work_labels = votes.labels()
         work_conf = votes.confidence().astype(np.float32)
+        work_probs = votes.probabilities()
         with np.errstate(invalid="ignore", divide="ignore"):
             work_sims = (sim_sum / np.maximum(sim_cnt, 1)).astype(np.float32)
         work_sims[:, ~voted] = np.nan
@@ -426,5 +430,7 @@ class Segmenter:
         result.confidence[target] = np.where(voted[src], work_conf[src], 0.0)
         result.s[target], result.s_geo[target], result.s_con[target] = work_sims[:, src]
         result.segmented[target] = voted[src]
+        result.probs = np.zeros((n, NUM_CLASSES), np.float32)
+        result.probs[target] = np.where(voted[src, None], work_probs[src], np.float32(0.0))
         result.timings["total"] = time.perf_counter() - t0
         return result

@@ -49,6 +49,9 @@ __all__ = [
     "array_to_pointcloud2",
     "fields_from_dtype",
     "make_labeled_cloud",
+    "labeled_cloud_dtype",
+    "probability_columns",
+    "structured_to_pointcloud2",
     "pack_rgb",
     "unpack_rgb",
     "image_encoding_info",
@@ -435,6 +438,94 @@ def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
 
 
 _LABELED_FIELDS = fields_from_dtype(LABELED_CLOUD_DTYPE)
+def _class_field_names() -> tuple[str, ...]:
+    from safnet_ros.data.labels import CLASS_NAMES
+
+    return tuple("p_" + name.replace(" ", "_") for name in CLASS_NAMES)
+
+
+def labeled_cloud_dtype(probabilities: str = "none") -> np.dtype:
+    """The labelled cloud's point layout for a ``probabilities`` mode (docs/ros_node.md).
+
+    none: :data:`LABELED_CLOUD_DTYPE` (28 bytes). top3: + ``p_label1 p_label2
+    p_label3`` uint16 (offsets 28, 30, 32; 255 = not segmented) and ``p1 p2 p3``
+    float32 (36, 40, 44): the three most probable classes, most probable first,
+    and their probabilities; 48 bytes. all: + one float32 per class
+    (``p_wall`` at 28 ... ``p_otherfurniture`` at 104, class-index order); 108 bytes.
+    """
+    base = LABELED_CLOUD_DTYPE
+    names, formats, offsets = list(base.names), [base.fields[n][0] for n in base.names], \
+        [base.fields[n][1] for n in base.names]
+    if probabilities == "none":
+        return base
+    if probabilities == "top3":
+        names += ["p_label1", "p_label2", "p_label3", "p1", "p2", "p3"]
+        formats += ["<u2"] * 3 + ["<f4"] * 3
+        offsets += [28, 30, 32, 36, 40, 44]
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": 48})
+    if probabilities == "all":
+        per_class = _class_field_names()
+        names += list(per_class)
+        formats += ["<f4"] * len(per_class)
+        offsets += [28 + 4 * k for k in range(len(per_class))]
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": 28 + 4 * len(per_class)})
+    raise MessageEncodeError(f"probabilities must be none, top3 or all, got {probabilities!r}")
+
+
+def probability_columns(probs: np.ndarray, segmented: np.ndarray, probabilities: str) -> dict[str, np.ndarray]:
+    """The extra columns of :func:`labeled_cloud_dtype` from (N, C) probabilities; zeros / 255 where not segmented."""
+    from safnet_ros.data.labels import IGNORE_INDEX
+
+    probs = np.asarray(probs, np.float32)
+    seg = np.asarray(segmented, bool)
+    if probs.ndim != 2 or probs.shape[0] != seg.shape[0]:
+        raise MessageEncodeError(f"probabilities must be (N, C) for N = {seg.shape[0]} points, got {probs.shape}")
+    if probabilities == "none":
+        return {}
+    if probabilities == "all":
+        names = _class_field_names()
+        if probs.shape[1] != len(names):
+            raise MessageEncodeError(f"probabilities must have {len(names)} classes, got {probs.shape[1]}")
+        return {name: np.where(seg, probs[:, k], 0.0) for k, name in enumerate(names)}
+    if probabilities == "top3":
+        k = min(3, probs.shape[1])
+        top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+        p_top = np.take_along_axis(probs, top, axis=1)
+        order = np.argsort(-p_top, axis=1, kind="stable")
+        top, p_top = np.take_along_axis(top, order, axis=1), np.take_along_axis(p_top, order, axis=1)
+        out = {}
+        for i in range(3):
+            none = np.full(len(seg), IGNORE_INDEX)
+            out[f"p_label{i + 1}"] = np.where(seg, top[:, i], IGNORE_INDEX) if i < k else none
+            out[f"p{i + 1}"] = np.where(seg, p_top[:, i], 0.0) if i < k else np.zeros(len(seg))
+        return out
+    raise MessageEncodeError(f"probabilities must be none, top3 or all, got {probabilities!r}")
+
+
+def structured_to_pointcloud2(points: np.ndarray, header: Header | None = None, *, frame_id: str | None = None,
+                              stamp: Any = None) -> PointCloud2:
+    """PointCloud2 (height 1) whose layout is ``points``' structured dtype as it is (offsets and padding kept).
+
+    The dtype must be little endian with scalar or (count,) fields of PointField types.
+    """
+    points = np.ascontiguousarray(points)
+    if points.dtype.names is None:
+        raise MessageEncodeError(f"points must be a structured array, got {points.dtype}")
+    for name in points.dtype.names:
+        if points.dtype.fields[name][0].base.byteorder == ">":
+            raise MessageEncodeError(f"field {name!r} is big endian; the output clouds are little endian")
+    msg = PointCloud2()
+    msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
+    msg.height = 1
+    msg.width = int(points.shape[0])
+    msg.fields = fields_from_dtype(points.dtype)
+    msg.is_bigendian = False
+    msg.point_step = int(points.dtype.itemsize)
+    msg.row_step = msg.point_step * msg.width
+    names = points.dtype.names
+    msg.is_dense = all(bool(np.isfinite(points[c]).all()) for c in "xyz" if c in names) if len(points) else True
+    msg.data = _to_byte_array(points)
+    return msg
 
 
 def make_labeled_cloud(
@@ -447,12 +538,15 @@ def make_labeled_cloud(
     *,
     frame_id: str | None = None,
     stamp: Any = None,
+    extra: Mapping[str, np.ndarray] | None = None,
+    probabilities: str = "none",
 ) -> PointCloud2:
     """The node's output PointCloud2 (SPEC §3), :data:`LABELED_CLOUD_DTYPE` layout, 28 bytes a point.
 
     xyz (N,3) metres; labels (N,) ints 0..65535 (stored uint16); colors either
     (N,3) uint8 RGB or (N,) packed rgb (float32 bits or uint32 ``0x00RRGGBB``);
-    confidence, similarity (N,) floats.
+    confidence, similarity (N,) floats.  ``probabilities`` top3 / all with
+    ``extra`` = :func:`probability_columns`: the layout of :func:`labeled_cloud_dtype`.
     """
     xyz = np.asarray(xyz)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
@@ -475,7 +569,17 @@ def make_labeled_cloud(
     for name, col in (("colors", rgb), ("confidence", confidence), ("similarity", similarity)):
         if np.shape(col) != (n,):
             raise MessageEncodeError(f"{name} must have {n} entries, got shape {np.shape(col)}")
-    cloud = np.zeros(n, dtype=LABELED_CLOUD_DTYPE)
+    dtype = labeled_cloud_dtype(probabilities)
+    cloud = np.zeros(n, dtype=dtype)
+    extra_names = [name for name in dtype.names if name not in LABELED_CLOUD_DTYPE.names]
+    if sorted(extra or {}) != sorted(extra_names):
+        raise MessageEncodeError(f"probabilities {probabilities!r} needs the columns {extra_names}, "
+                                 f"got {sorted(extra or {})}")
+    for name in extra_names:
+        col = np.asarray(extra[name])
+        if col.shape != (n,):
+            raise MessageEncodeError(f"{name} must have {n} entries, got shape {col.shape}")
+        cloud[name] = col
     cloud["x"] = xyz[:, 0]
     cloud["y"] = xyz[:, 1]
     cloud["z"] = xyz[:, 2]
@@ -487,9 +591,10 @@ def make_labeled_cloud(
     msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
     msg.height = 1
     msg.width = n
-    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in _LABELED_FIELDS]
+    fields = _LABELED_FIELDS if dtype is LABELED_CLOUD_DTYPE else fields_from_dtype(dtype)
+    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields]
     msg.is_bigendian = False
-    msg.point_step = LABELED_CLOUD_DTYPE.itemsize
+    msg.point_step = dtype.itemsize
     msg.row_step = msg.point_step * n
     msg.is_dense = bool(np.isfinite(xyz).all()) if n else True
     msg.data = _to_byte_array(cloud)

@@ -9,6 +9,8 @@ Data flow (docs/ros_node.md has topics, QoS and every parameter)::
            decode ─ TF(stamp) into fixed_frame ─ Segmenter.segment(points, buffered views)
                                   ▼
        ~/labeled_cloud (cloud's frame and stamp), ~/similarity_markers, /diagnostics
+                                  ▼ (after publishing)
+           semantic map (ros/semantic_map_component.py): ~/semantic_map, ~/save_map, ~/clear_map
 
 Callbacks never block: TF lookups inside them use a zero timeout; a frame whose
 transform has not arrived yet waits in a short pending list retried by a
@@ -60,6 +62,7 @@ from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import SIMILARITY_RANGES, similarity_markers
 from safnet_ros.ros.tf_path import missing_tf2_ros_warning
 from safnet_ros.ros.time_jumps import StreamTimeJumps, watch_clock_jumps
+from safnet_ros.ros.semantic_map_component import MAP_PARAMETER_SPECS, SemanticMapComponent, check_probability_mode
 
 NODE_NAME = "safnet_segment"
 #: Throttle period of repeated warnings (seconds).
@@ -154,6 +157,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("autostart", True, "Configure and activate the lifecycle node by itself at start-up (ros2 run, the "
               "launch file); false = wait in 'unconfigured' for a lifecycle manager (ros2 lifecycle set)."),
 )
+
+# the semantic map's and the labelled cloud's probability fields (ros/semantic_map_component.py)
+PARAMETERS += tuple(ParamSpec(**spec) for spec in MAP_PARAMETER_SPECS)
 
 _SPECS = {spec.name: spec for spec in PARAMETERS}
 
@@ -301,6 +307,13 @@ class SegmentNode(LifecycleNode):
             resolve_node_device(p("device"), False)  # its spelling, before any model is loaded
         except ConfigError as exc:
             raise ParameterError(f"parameter 'device' = {p('device')!r}: {exc}") from None
+        try:  # ConfigError for bad map_* / probabilities values: a parameter error (exit 2)
+            self._probabilities = check_probability_mode(p("probabilities"))
+            self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)
+        except ParameterError:
+            raise
+        except ConfigError as exc:
+            raise ParameterError(str(exc)) from None
         self.stats = NodeStats()
         self.buffer = ViewBuffer(
             max_views=p("buffer_max_views"),
@@ -416,6 +429,7 @@ class SegmentNode(LifecycleNode):
             self.tf_buffer, self,
             fallback_topic=p("tf_fallback_topic"), fallback_static_topic=p("tf_fallback_static_topic"),
         )
+        self.semantic_map.create(self)  # ~/semantic_map, ~/save_map, ~/clear_map
         # Inputs: sensor-data QoS (best effort, keep last 5), passed explicitly to the filters.
         sensor_qos = qos_profile_sensor_data
         self.sub_rgb = compat.Subscriber(self, Image, p("rgb_topic"), qos_profile=sensor_qos)
@@ -440,6 +454,8 @@ class SegmentNode(LifecycleNode):
         if callable(unregister):
             unregister()
         self.tf_listener = None
+        if getattr(self, "semantic_map", None) is not None:
+            self.semantic_map.destroy()
         for name in ("pub_cloud", "pub_markers", "pub_diag"):
             pub = getattr(self, name, None)
             if pub is not None:
@@ -600,8 +616,9 @@ class SegmentNode(LifecycleNode):
             self._pending.clear()
         if self._mailbox.clear():
             self.stats.count("clouds_dropped")
+        self.semantic_map.clear()
         self.get_logger().info(
-            f"time jumped back ({why}; bag loop?): view buffer and pending frames cleared",
+            f"time jumped back ({why}; bag loop?): view buffer, pending frames and the semantic map cleared",
             throttle_duration_sec=WARN_PERIOD_S,
         )
 
@@ -751,9 +768,11 @@ class SegmentNode(LifecycleNode):
         self._note_result(result, views)
 
         labels = result.labels
+        mode = self._probabilities if getattr(result, "probs", None) is not None else "none"
         out = codecs.make_labeled_cloud(
             xyz, labels.astype(np.uint16), class_colors(labels), result.confidence,
-            np.nan_to_num(result.s, nan=0.0).astype(np.float32), header=msg.header,
+            np.nan_to_num(result.s, nan=0.0).astype(np.float32), header=msg.header, probabilities=mode,
+            extra=codecs.probability_columns(result.probs, result.segmented, mode) if mode != "none" else None,
         )
         self.pub_cloud.publish(out)
         done = time.monotonic()
@@ -767,6 +786,7 @@ class SegmentNode(LifecycleNode):
         }
         if self._param("publish_markers") and self.pub_markers.get_subscription_count() > 0:
             self._publish_markers(msg, world, result, views)
+        self.semantic_map.integrate(world, result, T[:3, 3], msg.header.stamp)  # after publishing: no latency
         return out
 
     def _note_result(self, result: Any, views: list) -> None:
@@ -795,6 +815,7 @@ class SegmentNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         snap = self.stats.snapshot(len(self.buffer), self.buffer.nbytes, self.device,
                                    extra={"fixed_frame": self.fixed_frame, "backends": compat.backends(),
+                                          **self.semantic_map.diagnostics(),
                                           **{f"last_{k}": f"{v:.4f}" for k, v in self.last_timings.items()}})
         grown = self.stats.new_since_last_report(("worker_errors", "decode_errors", "tf_failures", "clouds_dropped"))
         self.pub_diag.publish(stats_to_diagnostics(

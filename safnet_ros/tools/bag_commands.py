@@ -66,6 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="keyframes kept in the view buffer (default 30, as the node)")
     seg.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage plugin")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    seg.add_argument("--map", default=None, metavar="MAP.ply",
+                     help="also fuse every labelled cloud into a semantic voxel map and save it as this PLY "
+                          "(`safnet map score MAP.ply SCENE_DIR` scores it)")
+    seg.add_argument("--map-voxel-size", type=float, default=0.04, metavar="M",
+                     help="map voxel edge, metres (default 0.04, as the node's map_voxel_size)")
+    seg.add_argument("--map-max-voxels", type=int, default=500_000, metavar="N",
+                     help="most voxels kept; the farthest from the sensor are evicted (default 500000)")
+    seg.add_argument("--map-fusion", choices=("count", "log"), default="count",
+                     help="how voxels fuse class probabilities: count (sums, default) or log (log-probability sums)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=run_segment_bag)
 
@@ -95,7 +104,8 @@ def run_segment_bag(args: argparse.Namespace) -> int:
     summary = segment_bag(
         args.bag, args.out_bag, model=args.model, device=args.device, num_views=args.num_views,
         max_views=args.max_views, storage=args.storage, overwrite=args.overwrite,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=not args.quiet and sys.stderr.isatty(), map_path=args.map, map_voxel_size=args.map_voxel_size,
+        map_max_voxels=args.map_max_voxels, map_fusion=args.map_fusion,
     )
     print("\n".join(summary.lines()))
     return 0

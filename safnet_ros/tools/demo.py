@@ -18,6 +18,13 @@ Default chain (6 stages, one ``[demo] k/6`` line each)::
   takes the majority of the labels it received.  Points farther than that, and
   clouds not in ``map``, are counted and left out (never silently).
 * Scoring is over the vertices that received a label (coverage = those / all).
+* The semantic map: the node fuses every labelled cloud into its voxel map
+  (docs/ros_node.md); after the replay the demo saves it through the node's
+  real ``~/save_map`` service (``<scene>_map.ply``), transfers its labels to the
+  scene vertices (nearest voxel within one voxel edge) and scores them the
+  same way: ``summary.json`` → ``"map"``, beside the mean single-cloud mIoU
+  (each labelled cloud scored alone on the vertices it labelled) and the
+  per-vertex majority vote above. The PNG has a "semantic map" column.
 * Latency is measured from the moment the listener receives a ``/points``
   cloud to the moment it receives the labelled cloud with the same stamp (DDS
   both ways, queueing and inference included); the node's own diagnostics
@@ -229,6 +236,12 @@ class ReplayResult:
     published: dict = field(default_factory=dict)
     play_s: float = 0.0
     backends: str = ""
+    map_ply: Optional[str] = None
+    map_saved_via: str = ""
+    map_voxels: int = 0
+    map_update_ms_mean: float = float("nan")
+    map_fusion: str = ""
+    map_voxel_size: float = float("nan")
 
 
 def ros_environment() -> dict[str, str]:
@@ -239,11 +252,13 @@ def ros_environment() -> dict[str, str]:
 
 
 def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds: int, progress: bool,
-                        settle_s: float = 5.0, timeout_s: float = 300.0) -> ReplayResult:
+                        settle_s: float = 5.0, timeout_s: float = 300.0,
+                        map_path: Optional[Path] = None) -> ReplayResult:
     """Play ``bag`` into a :class:`SegmentNode` over rclpy/DDS and collect its ``~/labeled_cloud``.
 
     Returns once every published cloud is accounted for (segmented or dropped)
     and received, or nothing changed for ``settle_s`` after the bag ended.
+    map_path: save the node's semantic map there (its ``~/save_map`` service).
     """
     ros_environment()
     import rclpy
@@ -309,6 +324,8 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
         result.node_counters = dict(snap.counters)
         result.node_latency_mean_s = float(snap.latency_mean)
         result.node_last_timings = dict(node.last_timings)
+        if map_path is not None:
+            _save_node_map(node, listener, Path(map_path), result)
     finally:
         bar.close()
         executor.shutdown(timeout_sec=2.0)
@@ -318,6 +335,87 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
             n.destroy_node()
         rclpy.shutdown(context=ctx)
     return result
+
+
+def _save_node_map(node: Any, client_node: Any, path: Path, result: ReplayResult, timeout_s: float = 30.0) -> None:
+    """Save the node's semantic map to ``path`` with a real ``~/save_map`` call (the component where std_srvs
+    is missing); waits until every segmented cloud is in the map first."""
+    from rclpy.parameter import Parameter
+
+    sm = node.semantic_map
+    deadline = time.monotonic() + timeout_s
+    while sm.clouds_integrated < node.stats.get("clouds_segmented") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    node.set_parameters([Parameter("map_save_path", value=str(path))])
+    try:
+        from std_srvs.srv import Trigger
+    except Exception:  # noqa: BLE001 - the wheel (or its type support) is missing
+        Trigger = None
+    if Trigger is not None:
+        client = client_node.create_client(Trigger, f"/{node.get_name()}/save_map")
+        try:
+            if not client.wait_for_service(timeout_sec=10.0):
+                raise RuntimeError("the node offers no ~/save_map service")
+            future = client.call_async(Trigger.Request())
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            response = future.result() if future.done() else None
+        finally:
+            client_node.destroy_client(client)
+        if response is None or not response.success:
+            from safnet_ros.errors import SafnetError
+
+            raise SafnetError(f"~/save_map failed: {response.message if response else 'no answer'}")
+        result.map_saved_via = "~/save_map service"
+    else:
+        sm.save(path)
+        result.map_saved_via = "the node's map component (std_srvs not installed)"
+    result.map_ply = str(path)
+    result.map_voxels = len(sm)
+    result.map_update_ms_mean = sm.update_ms_mean()
+    result.map_fusion = sm.settings.fusion
+    result.map_voxel_size = sm.settings.voxel_size
+
+
+def single_cloud_scores(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map") -> list[float]:
+    """mIoU of each labelled cloud alone, over the scene vertices it labelled (the clouds' own points)."""
+    from safnet_ros.data.labels import NUM_CLASSES
+
+    votes = VertexVotes(scene.xyz, NUM_CLASSES)  # its KD-tree over distinct vertex positions is reused
+    out = []
+    for _stamp, frame_id, arr in sorted(replay.clouds, key=lambda c: c[0]):
+        if frame_id.lstrip("/") != fixed_frame:
+            continue
+        xyz = np.stack([arr["x"], arr["y"], arr["z"]], axis=1).astype(np.float64)
+        labels = arr["label"].astype(np.int64)
+        finite = np.isfinite(xyz).all(axis=1)
+        dist, idx = votes._tree.query(xyz[finite], distance_upper_bound=votes.tolerance)
+        ok = np.isfinite(dist) & (labels[finite] < NUM_CLASSES)
+        per_position = np.full(len(votes.counts), -1, np.int64)
+        per_position[idx[ok]] = labels[finite][ok]
+        vertex_labels = per_position[votes._position_of_vertex]
+        if (vertex_labels >= 0).any():
+            out.append(float(score(scene.truth, vertex_labels)["miou"]))
+    return out
+
+
+def score_map(scene: DemoScene, replay: ReplayResult, single: list[float]) -> tuple[dict, np.ndarray]:
+    """The ``"map"`` block of the summary and the map's label per scene vertex (-1: no voxel near)."""
+    from safnet_ros.mapping.map_ply import load_map
+    from safnet_ros.mapping.score import score_labels, transfer_labels
+
+    snap = load_map(replay.map_ply).snapshot()
+    labels = transfer_labels(snap, scene.xyz)
+    s = score_labels(scene.truth, labels)
+    block = {
+        "miou": s["miou"], "oa": s["oa"], "coverage": s["coverage"], "voxels": len(snap),
+        "update_ms_mean": replay.map_update_ms_mean, "miou_all_vertices": s["miou_all_vertices"],
+        "labelled_vertices": s["labelled_vertices"], "per_class": s["per_class"], "fusion": replay.map_fusion,
+        "voxel_size": replay.map_voxel_size, "ply": replay.map_ply, "saved_via": replay.map_saved_via,
+        "single_cloud_miou_mean": float(np.mean(single)) if single else float("nan"),
+        "single_clouds_scored": len(single),
+    }
+    return block, labels
 
 
 def _wait_until_settled(node: Any, result: ReplayResult, lock: threading.Lock, published: int,
@@ -379,7 +477,7 @@ def score(truth: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def write_outputs(out: Path, scene: DemoScene, labels: np.ndarray, similarity: np.ndarray,
-                  title: str) -> tuple[Path, Path]:
+                  title: str, map_labels: Optional[np.ndarray] = None) -> tuple[Path, Path]:
     """The labelled PLY (unlabelled vertices grey, nyu40 0) and the PNG renders; returns their paths."""
     from safnet_ros.data.labels import class_colors, class_to_nyu40
     from safnet_ros.data.ply import write_scannet_mesh
@@ -390,7 +488,8 @@ def write_outputs(out: Path, scene: DemoScene, labels: np.ndarray, similarity: n
     write_scannet_mesh(ply_path, scene.xyz.astype(np.float32), class_colors(labels), scene.faces,
                        labels=class_to_nyu40(labels))
     png_path = render_cloud_png(out / f"{scene.name}_labeled.png", scene.xyz, labels, similarity=similarity,
-                                truth=scene.truth, title=title)
+                                truth=scene.truth, title=title,
+                                extra_labels=[("semantic map", map_labels)] if map_labels is not None else None)
     return ply_path, png_path
 
 
@@ -471,14 +570,19 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
     env = ros_environment()
     _stage(4, f"replaying {conv.clouds_written} clouds, {conv.frames_written} frames at {args.rate}x through "
               f"the safnet_segment node over rclpy/DDS (domain {env['ROS_DOMAIN_ID']}, loopback)")
-    replay = replay_through_node(bag, seg, args.rate, conv.clouds_written, progress)
-    _stage(5, f"accumulating {len(replay.clouds)} labelled clouds on {len(scene.xyz)} scene vertices and scoring")
+    replay = replay_through_node(bag, seg, args.rate, conv.clouds_written, progress,
+                                 map_path=(out / f"{scene.name}_map.ply").resolve())
+    _stage(5, f"accumulating {len(replay.clouds)} labelled clouds on {len(scene.xyz)} scene vertices and scoring "
+              f"them and the node's semantic map ({replay.map_voxels} voxels)")
     votes, wrong_frame = accumulate(scene, replay)
     labels = votes.labels()
     summary = score(scene.truth, labels)
+    map_block, map_labels = score_map(scene, replay, single_cloud_scores(scene, replay))
     _stage(6, "writing the labelled PLY and rendering the PNG")
     ply_path, png_path = write_outputs(out, scene, labels, votes.similarity(),
-                                       _title(scene, summary, seg.untrained, "bag + ROS 2 node"))
+                                       _title(scene, summary, seg.untrained, "bag + ROS 2 node")
+                                       + f"; semantic map {100 * map_block['miou']:.1f}%",
+                                       map_labels=map_labels)
     c = replay.node_counters
     lat = np.asarray(replay.latencies_s, dtype=np.float64)
     return {
@@ -500,6 +604,8 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
         "points_unmatched": votes.points_unmatched,
         "points_not_segmented": votes.points_not_segmented,
         **_result_fields(seg, summary),
+        "single_cloud_miou_mean": map_block["single_cloud_miou_mean"],
+        "map": map_block,
         "latency_mean_s": float(lat.mean()) if lat.size else float("nan"),
         "latency_max_s": float(lat.max()) if lat.size else float("nan"),
         "latency_clouds": int(lat.size),
@@ -589,7 +695,15 @@ def print_summary(r: dict) -> None:
     w(f"  device           {r['device']}\n")
     w(f"  coverage         {r['labelled_vertices']} / {r['vertices']} vertices labelled "
       f"({100 * r['coverage']:.1f} %)\n")
-    w(f"  mIoU / OA        {100 * r['miou']:.1f} % / {100 * r['oa']:.1f} % over the labelled vertices\n")
+    w(f"  mIoU / OA        {100 * r['miou']:.1f} % / {100 * r['oa']:.1f} % over the labelled vertices"
+      + (" (majority vote per vertex)" if "map" in r else "") + "\n")
+    if "map" in r:
+        m = r["map"]
+        w(f"  semantic map     {m['voxels']} voxels of {m['voxel_size']} m ({m['fusion']}): "
+          f"mIoU {100 * m['miou']:.1f} %, "
+          f"OA {100 * m['oa']:.1f} %, coverage {100 * m['coverage']:.1f} %, {m['update_ms_mean']:.1f} ms per update; "
+          f"single clouds: mean mIoU {100 * m['single_cloud_miou_mean']:.1f} % over {m['single_clouds_scored']}\n")
+        w(f"  map PLY          {m['ply']} (saved via {m['saved_via']})\n")
     if r["untrained_model"]:
         w(f"  !! model         {UNTRAINED_NOTE}\n")
     if r["mode"] == "bag+node":

@@ -57,11 +57,13 @@ def render_cloud_png(
     title: str = "",
     max_points: int = 120_000,
     seed: int = 0,
+    extra_labels: Optional[list[tuple[str, np.ndarray]]] = None,
 ) -> Path:
     """Write a PNG with top and perspective views of a labelled cloud.
 
     xyz (N, 3) metres, z up; labels (N,) class indices (others drawn black);
-    similarity (N,) float, NaN where unknown; truth (N,) class indices.
+    similarity (N,) float, NaN where unknown; truth (N,) class indices;
+    extra_labels: more (column title, (N,) class indices) columns, e.g. the semantic map's.
     """
     import matplotlib
 
@@ -76,6 +78,8 @@ def render_cloud_png(
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
     xyz = xyz[idx]
     columns: list[tuple[str, np.ndarray]] = [("prediction", label_colors(np.asarray(labels)[idx]))]
+    for name, extra in extra_labels or ():
+        columns.append((name, label_colors(np.asarray(extra)[idx])))
     if truth is not None:
         columns.append(("ground truth", label_colors(np.asarray(truth)[idx])))
     if similarity is not None:

@@ -17,7 +17,11 @@ rclpy or DDS, deterministic and as fast as the model allows:
    so far; ``/safnet/labeled_cloud`` (the node's layout: x, y, z, rgb = class
    colour, label uint16 (255 = not segmented), confidence, similarity S; in the
    cloud's own frame and stamp) and ``/safnet/similarity_markers`` (in the
-   fixed frame) are written into the output bag at the cloud's stamp.
+   fixed frame) are written into the output bag at the cloud's stamp;
+4. with ``map_path`` (``--map MAP.ply``) every segmented cloud's per-point
+   class probabilities are fused into a
+   :class:`~safnet_ros.mapping.SemanticVoxelMap` (the node's map, same rule
+   and settings), saved to the PLY at the end (docs/ros_node.md).
 
 Latency per cloud is the wall time from the decoded cloud to its encoded
 output (mostly the model).  Frames and clouds that cannot be used (no pose at
@@ -199,6 +203,9 @@ class SegmentBagSummary:
     latencies_s: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     untrained_model: bool = False
+    map_path: Optional[str] = None
+    map_voxels: int = 0
+    map_update_s: list[float] = field(default_factory=list)
 
     @property
     def mean_latency_s(self) -> float:
@@ -213,6 +220,9 @@ class SegmentBagSummary:
             f"  clouds: {self.clouds_no_pose} skipped without a pose, {self.clouds_3d_only} segmented 3D-only; "
             f"{self.decode_errors} undecodable messages",
         ]
+        if self.map_path:
+            mean_ms = 1000 * float(np.mean(self.map_update_s)) if self.map_update_s else 0.0
+            out.append(f"  map: {self.map_path}: {self.map_voxels} voxels, {mean_ms:.1f} ms per map update")
         if self.untrained_model:
             out.append("  WARNING: an UNTRAINED model was used (no model given or shipped): labels are meaningless")
         return out
@@ -282,6 +292,10 @@ def segment_bag(
     storage: str = "mcap",
     overwrite: bool = False,
     progress: bool = True,
+    map_path: Optional[str | os.PathLike] = None,
+    map_voxel_size: float = 0.04,
+    map_max_voxels: int = 500_000,
+    map_fusion: str = "count",
 ) -> SegmentBagSummary:
     """Segment every cloud of ``bag`` with the views seen so far; write the results into ``out_bag``.
 
@@ -291,7 +305,9 @@ def segment_bag(
     buffer_max_views); chunk_stride, max_points: as the node's parameters;
     slop: seconds between a paired colour and depth stamp.  A bag without the
     required topics raises one MissingDataError listing them; an existing
-    ``out_bag`` raises ConfigError unless ``overwrite``.
+    ``out_bag`` raises ConfigError unless ``overwrite``.  map_path: also fuse
+    every cloud into a semantic voxel map (``map_voxel_size`` m,
+    ``map_max_voxels``, ``map_fusion``) saved there at the end.
     """
     from rosbags.rosbag2 import Reader, Writer
 
@@ -307,6 +323,13 @@ def segment_bag(
     if os.path.abspath(out_bag) == os.path.abspath(bag):
         raise ConfigError("the output bag must differ from the input bag")
     summary = SegmentBagSummary(out=str(out_bag))
+    vmap = None
+    if map_path is not None:
+        from safnet_ros.mapping import SemanticVoxelMap
+
+        vmap = SemanticVoxelMap(voxel_size=map_voxel_size, max_voxels=map_max_voxels, fusion=map_fusion)
+        if os.path.isdir(map_path):
+            raise ConfigError(f"--map {map_path}: is a folder; give a .ply file name")
     with Reader(bag) as reader:
         check_topics(reader.connections, topics, bag)
         if segmenter is None:
@@ -384,6 +407,15 @@ def segment_bag(
                     bio.similarity_markers(cloud_ns, fixed_frame, world, result.s, views=used)))
                 summary.clouds += 1
                 summary.points += int(xyz.shape[0])
+                if vmap is not None and result.probs is not None:
+                    seg = result.segmented
+                    summary.map_update_s.append(
+                        vmap.integrate(world[seg], result.probs[seg], sensor_origin=T[:3, 3]).seconds)
+    if vmap is not None:
+        from safnet_ros.mapping.map_ply import save_map
+
+        summary.map_path = str(save_map(map_path, vmap.snapshot(with_scores=True), frame_id=fixed_frame))
+        summary.map_voxels = len(vmap)
     summary.frames_unpaired = pairer.unpaired
     summary.frames_no_camera_info += len(waiting_for_info)
     summary.views_kept = buffer.stats.kept

@@ -15,7 +15,11 @@ Measured:
 * latency (cloud received to labeled cloud published, seconds) of every
   labeled cloud, from the node's ``last_timings``: p50 / p90 / p99;
 * the node's counters: clouds received, segmented, dropped (newest wins),
-  decode errors, TF failures, time jumps, worker errors.
+  decode errors, TF failures, time jumps, worker errors;
+* the node's semantic map (on by default): voxels at every sample, the most it
+  ever held after an update (``map_peak_voxels``, never above
+  ``--map-max-voxels``), voxels evicted, clears (one per bag loop: time jumps
+  back) and the mean update time.
 
 It prints a table (or JSON with ``--json``) and writes ``soak.json`` and
 ``soak_rss.png`` (RSS over time) into ``--out``.
@@ -91,6 +95,13 @@ class SoakReport:
     counters: dict[str, int] = field(default_factory=dict)
     #: how transforms reached the node (safnet_ros.ros.tf_path.active_tf_path, shared with the player)
     transforms: str = ""
+    map_max_voxels: int = 0
+    map_peak_voxels: int = 0
+    map_voxels_sampled_max: int = 0
+    map_voxels_evicted: int = 0
+    map_clears: int = 0
+    map_clouds_integrated: int = 0
+    map_update_ms_mean: float = float("nan")
 
     def table(self) -> str:
         """A human-readable summary and the RSS samples (about 12 rows)."""
@@ -107,6 +118,9 @@ class SoakReport:
             f"p99 {self.latency_p99_s:.3f} s",
             f"RSS: start {self.rss_start_mib:.1f} MiB, end {self.rss_end_mib:.1f} MiB, max {self.rss_max_mib:.1f} MiB, "
             f"slope over the second half {self.rss_slope_mib_per_min:+.2f} MiB/min",
+            f"semantic map: {self.map_clouds_integrated} clouds fused, peak {self.map_peak_voxels} voxels "
+            f"(max_voxels {self.map_max_voxels}), {self.map_voxels_evicted} evicted, {self.map_clears} clears, "
+            f"{self.map_update_ms_mean:.1f} ms per update",
             "",
             f"{'t (s)':>8}  {'RSS (MiB)':>10}",
         ]
@@ -146,11 +160,15 @@ def soak(
     sample_period: float = 2.0,
     max_points: int = 8000,
     log: Any = None,
+    map_max_voxels: Optional[int] = None,
+    map_enable: bool = True,
 ) -> SoakReport:
     """Loop ``bag`` (default: a synthetic bag at ``rate`` Hz) through a SegmentNode for ``minutes``.
 
     model: checkpoint (None = the shipped default / an untrained lite model);
-    log: a callable taking one progress line (None = silent).
+    log: a callable taking one progress line (None = silent); map_max_voxels:
+    the node's map_max_voxels (None = its default); map_enable: the node's
+    map_enable (False: the same run without the semantic map, for A/B).
     Returns the :class:`SoakReport`. Raises SafnetError subclasses for a bad
     bag or model.
     """
@@ -194,7 +212,9 @@ def soak(
                 Parameter("rgb_topic", value=bio.COLOR_TOPIC), Parameter("depth_topic", value=bio.DEPTH_TOPIC),
                 Parameter("camera_info_topic", value=bio.CAMERA_INFO_TOPIC),
                 Parameter("cloud_topic", value=bio.POINTS_TOPIC), Parameter("use_sim_time", value=True),
-                Parameter("publish_markers", value=False)])
+                Parameter("publish_markers", value=False)]
+                + ([Parameter("map_max_voxels", value=int(map_max_voxels))] if map_max_voxels else [])
+                + [Parameter("map_enable", value=bool(map_enable))])
             player_node = rclpy.create_node("safnet_soak_player", context=ctx)
             executor.add_node(node)
             executor.add_node(player_node)
@@ -218,11 +238,13 @@ def soak(
                 if now >= next_sample:
                     rss = read_rss_mib()
                     report.samples.append((now - start, rss))
+                    report.map_voxels_sampled_max = max(report.map_voxels_sampled_max, len(node.semantic_map))
                     next_sample += sample_period
                     if len(report.samples) % max(1, int(30 / sample_period)) == 1:
                         c = node.stats.snapshot(0, 0, "").counters
                         say(f"{now - start:6.0f} s  RSS {rss:7.1f} MiB  segmented {c['clouds_segmented']}  "
-                            f"dropped {c['clouds_dropped']}  jumps {c['time_jumps']}")
+                            f"dropped {c['clouds_dropped']}  jumps {c['time_jumps']}  "
+                            f"map {len(node.semantic_map)} voxels")
                 if now >= end:
                     break
                 time.sleep(0.01)
@@ -231,6 +253,13 @@ def soak(
             player_thread.join(timeout=10.0)
             report.bag_loops = player.summary.loops
             report.counters = {k: int(node.stats.snapshot(0, 0, "").counters.get(k, 0)) for k in REPORTED_COUNTERS}
+            sm = node.semantic_map
+            report.map_max_voxels = sm.settings.max_voxels
+            report.map_peak_voxels = sm.map.peak_voxels
+            report.map_voxels_evicted = sm.map.voxels_evicted
+            report.map_clears = sm.clears
+            report.map_clouds_integrated = sm.clouds_integrated
+            report.map_update_ms_mean = sm.update_ms_mean()
         finally:
             stop.set()
             executor.shutdown(timeout_sec=2.0)
@@ -290,12 +319,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N] (default cpu)")
     parser.add_argument("--sample-period", type=float, default=2.0, help="seconds between RSS samples")
     parser.add_argument("--out", default="soak_results", help="folder for soak.json and soak_rss.png")
+    parser.add_argument("--map-max-voxels", type=int, default=None, metavar="N",
+                        help="the node's map_max_voxels (default: the node's 500000; small values exercise eviction)")
+    parser.add_argument("--no-map", action="store_true", help="the node without its semantic map (map_enable false)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
     report = soak(args.minutes, rate=args.rate, bag=args.bag, model=args.model, device=args.device,
-                  sample_period=args.sample_period, log=lambda line: print(line, file=sys.stderr, flush=True))
+                  sample_period=args.sample_period, map_max_voxels=args.map_max_voxels, map_enable=not args.no_map,
+                  log=lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = asdict(report)

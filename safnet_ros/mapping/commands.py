@@ -1,0 +1,61 @@
+"""``safnet map score``: how good a saved semantic map is, on the scene it maps.
+
+Only argparse here; numpy/scipy work happens in :mod:`safnet_ros.mapping.score`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("map", help="semantic voxel maps: score a saved map against a scene's labelled mesh")
+    msub = group.add_subparsers(dest="map_command", metavar="MAP_COMMAND")
+    msub.required = True
+    score = msub.add_parser(
+        "score", help="transfer a map's labels to a scene's mesh vertices and print mIoU, OA and coverage",
+        description="Each mesh vertex of SCENE_DIR (a ScanNet scene folder; its axis-aligned frame is the bags' "
+                    "'map' frame) takes the label of the nearest voxel of MAP.ply within --max-distance; mIoU and "
+                    "OA are computed over the covered vertices with the metrics of `safnet eval` (also mIoU with "
+                    "uncovered vertices counted as misses); coverage = covered / all vertices.",
+    )
+    score.add_argument("map", metavar="MAP.ply", help="semantic map PLY (node ~/save_map, segment-bag --map)")
+    score.add_argument("scene_dir", metavar="SCENE_DIR", help="ScanNet scene folder with the labelled mesh")
+    score.add_argument("--max-distance", type=float, default=None, metavar="M",
+                       help="largest vertex-to-voxel-centre distance, metres (default: the map's voxel size)")
+    score.add_argument("--json", action="store_true", help="print one JSON object")
+    score.set_defaults(func=run_score)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from safnet_ros.data.labels import TABLE_ORDER
+    from safnet_ros.errors import MissingDataError
+    from safnet_ros.mapping.map_ply import load_map
+    from safnet_ros.mapping.score import score_map_on_scene
+    from pathlib import Path
+
+    if not Path(args.scene_dir).is_dir():
+        raise MissingDataError(args.scene_dir, "scene folder")
+    vmap = load_map(args.map)
+    result = score_map_on_scene(vmap.snapshot(), args.scene_dir, args.max_distance)
+    result["map"] = str(args.map)
+    result["scene"] = str(args.scene_dir)
+    if args.json:
+        from safnet_ros.tools.demo import json_safe
+
+        print(json.dumps(json_safe(result)))
+        return 0
+    w = sys.stdout.write
+    w(f"map {args.map}: {result['voxels']} voxels of {result['voxel_size']:.3f} m ({result['fusion']} fusion)\n")
+    w(f"scene {args.scene_dir}: {result['vertices']} vertices, {result['labelled_vertices']} within "
+      f"{result['max_distance']:.3f} m of a voxel\n")
+    w(f"  coverage            {100 * result['coverage']:.1f} %\n")
+    w(f"  mIoU                {100 * result['miou']:.1f} %   (covered vertices)\n")
+    w(f"  OA                  {100 * result['oa']:.1f} %\n")
+    w(f"  mIoU, all vertices  {100 * result['miou_all_vertices']:.1f} %   (uncovered = missed)\n")
+    per = result["per_class"]
+    w("  " + " ".join(f"{short:>6}" for _name, short in TABLE_ORDER) + "\n")
+    w("  " + " ".join("   n/a" if per[name] != per[name] else f"{100 * per[name]:6.1f}"
+                      for name, _short in TABLE_ORDER) + "\n")
+    return 0

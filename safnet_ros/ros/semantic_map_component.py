@@ -1,0 +1,320 @@
+"""The segment node's semantic map: every labelled cloud fused into one voxel map, published, saved, cleared.
+
+:class:`SemanticMapComponent` owns a :class:`~safnet_ros.mapping.SemanticVoxelMap`
+(no rclpy in there) and the ROS side of it; the node only
+
+* reads its settings at start (:meth:`SemanticMapComponent.from_node`, which
+  refuses bad values with one ConfigError line),
+* calls :meth:`create` / :meth:`destroy` where it creates and destroys its
+  publishers (a lifecycle node: activate / deactivate),
+* hands it every segmented cloud (:meth:`integrate`, worker thread, after the
+  labelled cloud is out: the map never adds latency to ``~/labeled_cloud``),
+* clears it when time jumps back (:meth:`clear`) and adds
+  :meth:`diagnostics` to ``/diagnostics``.
+
+ROS interface (names relative to the node):
+
+* ``~/semantic_map`` sensor_msgs/PointCloud2 in ``fixed_frame``, one point per
+  voxel centre: x y z float32, rgb float32 (packed class colour), label uint16
+  (class index 0..19), confidence float32, observations uint32 (28 bytes a
+  point, little endian); reliable, transient local, depth 1 (a late RViz gets
+  the latest map); published at ``map_publish_rate`` Hz when the map changed.
+* ``~/save_map`` (std_srvs/Trigger): writes the map PLY to ``map_save_path``
+  (run-time parameter); ``success`` false with the reason (unwritable folder,
+  a path that is a folder, ...) and the node keeps running.
+* ``~/clear_map`` (std_srvs/Trigger): forgets every voxel.
+
+Threads: the worker integrates, the executor publishes and serves; one lock
+guards the map, and the (costly) message is built from a snapshot outside it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from safnet_ros.data.labels import class_colors
+from safnet_ros.errors import ConfigError, SafnetError
+from safnet_ros.mapping import FUSION_RULES, MapSnapshot, SemanticVoxelMap
+from safnet_ros.mapping.voxel_map import check_settings
+
+#: Highest accepted map_publish_rate, Hz (a whole map per message: more is a mistake).
+MAX_PUBLISH_RATE_HZ = 50.0
+#: Values of the ``probabilities`` parameter (fields added to ~/labeled_cloud; docs/ros_node.md).
+PROBABILITY_MODES = ("none", "top3", "all")
+
+#: The map's and the labelled cloud's parameters, as keyword arguments of the node's ParamSpec.
+MAP_PARAMETER_SPECS: tuple[dict, ...] = (
+    dict(name="map_enable", default=True, description="Fuse every labelled cloud's per-point class "
+         "probabilities into a semantic voxel map in fixed_frame, published on ~/semantic_map, with the "
+         "~/save_map and ~/clear_map services."),
+    dict(name="map_voxel_size", default=0.04, description="Voxel edge of the semantic map, metres "
+         "(> 0 and <= 10; refused at start otherwise)."),
+    dict(name="map_max_voxels", default=500000, description="Most voxels the map keeps (>= 1); beyond it the "
+         "voxels farthest from the latest cloud's sensor position are evicted (down to 90 %). About 104 bytes "
+         "a voxel: 500000 voxels ~ 50 MiB."),
+    dict(name="map_fusion", default="count", description="How a voxel fuses the probabilities of its points: "
+         "count (probability sums: label = argmax, confidence = mean probability of the winner) | log "
+         "(log-probability sums, clamped: confidence = posterior of the winner). docs/ros_node.md compares them."),
+    dict(name="map_publish_rate", default=1.0, description="Hz at which ~/semantic_map is published when the "
+         "map changed (0 = never; at most 50; transient local, so a late subscriber gets the latest)."),
+    dict(name="map_save_path", default="safnet_map.ply", runtime=True, description="PLY file ~/save_map "
+         "writes (relative paths: from the node's working directory; written atomically)."),
+    dict(name="probabilities", default="none", description="Per-point class probabilities added to "
+         "~/labeled_cloud: none | top3 (p_label1..3 uint16 + p1..3 float32) | all (one float32 field per "
+         "class, p_wall .. p_otherfurniture). Layout in docs/ros_node.md."),
+)
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """The map parameters, checked (ConfigError names the parameter)."""
+
+    enable: bool = True
+    voxel_size: float = 0.04
+    max_voxels: int = 500_000
+    fusion: str = "count"
+    publish_rate: float = 1.0
+    save_path: str = "safnet_map.ply"
+
+    def __post_init__(self) -> None:
+        try:
+            check_settings(self.voxel_size, self.max_voxels, self.fusion)
+        except ConfigError as exc:
+            text = str(exc).replace("map voxel size", "map_voxel_size").replace("map max_voxels", "map_max_voxels")
+            raise ConfigError(text.replace("map fusion rule", "map_fusion")) from None
+        rate = float(self.publish_rate)
+        if not (np.isfinite(rate) and 0.0 <= rate <= MAX_PUBLISH_RATE_HZ):
+            raise ConfigError(f"map_publish_rate must be in [0, {MAX_PUBLISH_RATE_HZ:g}] Hz (0 = never), got "
+                              f"{self.publish_rate}")
+
+
+def check_probability_mode(mode: str) -> str:
+    """The ``probabilities`` parameter value, or ConfigError."""
+    if mode not in PROBABILITY_MODES:
+        raise ConfigError(f"probabilities must be one of {' | '.join(PROBABILITY_MODES)}, got {mode!r}")
+    return mode
+
+
+def _trigger_type() -> Any:
+    """std_srvs/Trigger, or None where the std_srvs wheel is not installed."""
+    try:
+        from std_srvs.srv import Trigger
+    except Exception:  # noqa: BLE001 - ImportError, or its type support library missing
+        return None
+    return Trigger
+
+
+class SemanticMapComponent:
+    """The node's semantic map (see the module docstring); ROS entities exist between create() and destroy()."""
+
+    def __init__(self, settings: MapSettings, fixed_frame: str, logger: Any = None):
+        self.settings = settings
+        self.fixed_frame = fixed_frame
+        self.map = SemanticVoxelMap(voxel_size=settings.voxel_size, max_voxels=settings.max_voxels,
+                                    fusion=settings.fusion)
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._update_s: deque[float] = deque(maxlen=200)
+        self.clouds_integrated = 0
+        self.clears = 0
+        self.saves = 0
+        self.save_failures = 0
+        self._published_version = -1
+        self._last_stamp: Any = None
+        self._node: Any = None
+        self.pub_map: Any = None
+        self.srv_save: Any = None
+        self.srv_clear: Any = None
+        self._timer: Any = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_node(cls, node: Any, fixed_frame: str) -> "SemanticMapComponent":
+        """Settings from the node's (declared) map parameters; ConfigError for bad values."""
+        p = lambda name: node.get_parameter(name).value  # noqa: E731
+        settings = MapSettings(enable=bool(p("map_enable")), voxel_size=p("map_voxel_size"),
+                               max_voxels=p("map_max_voxels"), fusion=str(p("map_fusion")),
+                               publish_rate=p("map_publish_rate"), save_path=str(p("map_save_path")))
+        return cls(settings, fixed_frame, node.get_logger())
+
+    def create(self, node: Any) -> None:
+        """Create the publisher, the services and the publish timer on ``node`` (idempotent)."""
+        if self._node is not None or not self.settings.enable:
+            return
+        from rclpy.clock import Clock, ClockType
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import PointCloud2
+
+        self._node = node
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pub_map = node.create_publisher(PointCloud2, "~/semantic_map", latched)
+        trigger = _trigger_type()
+        if trigger is None:
+            node.get_logger().warning("std_srvs is not installed (pip install ros-std-srvs): ~/save_map and "
+                                      "~/clear_map are not offered; the map is still published")
+        else:
+            self.srv_save = node.create_service(trigger, "~/save_map", self._on_save)
+            self.srv_clear = node.create_service(trigger, "~/clear_map", self._on_clear)
+        if self.settings.publish_rate > 0:
+            steady = Clock(clock_type=ClockType.STEADY_TIME)
+            self._published_version = -1
+            self._timer = node.create_timer(1.0 / self.settings.publish_rate, self.publish, clock=steady)
+
+    def destroy(self) -> None:
+        """Destroy what :meth:`create` made (the map itself is kept: a reactivated node goes on with it)."""
+        node, self._node = self._node, None
+        if node is None:
+            return
+        if self._timer is not None:
+            node.destroy_timer(self._timer)
+        for srv in (self.srv_save, self.srv_clear):
+            if srv is not None:
+                node.destroy_service(srv)
+        if self.pub_map is not None:
+            node.destroy_publisher(self.pub_map)
+        self._timer = self.srv_save = self.srv_clear = self.pub_map = None
+
+    # ------------------------------------------------------------------ data
+    def integrate(self, world: np.ndarray, result: Any, sensor_origin: Optional[np.ndarray], stamp: Any = None) -> None:
+        """Fuse one segmented cloud: world (N, 3) fixed-frame metres, ``result`` a SegmentResult (probs, segmented)."""
+        if not self.settings.enable:
+            return
+        probs = getattr(result, "probs", None)
+        if probs is None:
+            return
+        seg = np.asarray(result.segmented, bool)
+        with self._lock:
+            stats = self.map.integrate(world[seg], probs[seg], sensor_origin=sensor_origin)
+            self._update_s.append(stats.seconds)
+            self.clouds_integrated += 1
+            if stamp is not None:
+                self._last_stamp = stamp
+
+    def clear(self, reason: str = "") -> int:
+        """Forget every voxel; returns how many there were."""
+        with self._lock:
+            n = len(self.map)
+            self.map.clear()
+            self.clears += 1
+        if reason and self._logger is not None:
+            self._logger.info(f"semantic map cleared ({n} voxels): {reason}")
+        return n
+
+    def snapshot(self, with_scores: bool = False) -> MapSnapshot:
+        with self._lock:
+            return self.map.snapshot(with_scores=with_scores)
+
+    def __len__(self) -> int:
+        return len(self.map)
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the map PLY; returns the path written. SafnetError (MapSaveError) with the reason."""
+        from safnet_ros.mapping.map_ply import save_map
+
+        snap = self.snapshot(with_scores=True)
+        try:
+            out = save_map(path, snap, frame_id=self.fixed_frame)
+        except SafnetError:
+            self.save_failures += 1
+            raise
+        self.saves += 1
+        return str(out)
+
+    # ------------------------------------------------------------------ ROS callbacks
+    def publish(self, force: bool = False) -> bool:
+        """Publish ~/semantic_map when the map changed since the last time (or ``force``); True when sent."""
+        pub = self.pub_map
+        if pub is None:
+            return False
+        with self._lock:
+            version = self.map.version
+            if version == self._published_version and not force:
+                return False
+            snap = self.map.snapshot()
+            stamp = self._last_stamp
+        if stamp is None and self._node is not None:
+            stamp = self._node.get_clock().now().to_msg()
+        pub.publish(semantic_map_cloud(snap, self.fixed_frame, stamp))
+        self._published_version = version
+        return True
+
+    def _on_save(self, request: Any, response: Any) -> Any:
+        path = str(self._node.get_parameter("map_save_path").value) if self._node is not None else \
+            self.settings.save_path
+        try:
+            written = self.save(path)
+        except SafnetError as exc:
+            response.success = False
+            response.message = str(exc)
+            if self._logger is not None:
+                self._logger.warning(f"~/save_map failed: {exc}")
+            return response
+        response.success = True
+        response.message = f"saved {len(self.map)} voxels to {written}"
+        return response
+
+    def _on_clear(self, request: Any, response: Any) -> Any:
+        n = self.clear("~/clear_map called")
+        response.success = True
+        response.message = f"cleared {n} voxels"
+        return response
+
+    # ------------------------------------------------------------------ health
+    def diagnostics(self) -> dict[str, str]:
+        """Key/values for /diagnostics: voxels, memory, update time, counters."""
+        if not self.settings.enable:
+            return {"map_enabled": "false"}
+        with self._lock:
+            times = list(self._update_s)
+            voxels, mib = len(self.map), self.map.nbytes / 2 ** 20
+            rejected, evicted, peak = self.map.points_rejected, self.map.voxels_evicted, self.map.peak_voxels
+        return {
+            "map_voxels": str(voxels),
+            "map_max_voxels": str(self.settings.max_voxels),
+            "map_peak_voxels": str(peak),
+            "map_mib": f"{mib:.2f}",
+            "map_update_ms_last": f"{1000 * times[-1]:.2f}" if times else "nan",
+            "map_update_ms_mean": f"{1000 * float(np.mean(times)):.2f}" if times else "nan",
+            "map_clouds_integrated": str(self.clouds_integrated),
+            "map_points_rejected": str(rejected),
+            "map_voxels_evicted": str(evicted),
+            "map_clears": str(self.clears),
+            "map_save_failures": str(self.save_failures),
+        }
+
+    def update_ms_mean(self) -> float:
+        with self._lock:
+            return 1000 * float(np.mean(self._update_s)) if self._update_s else float("nan")
+
+
+#: ~/semantic_map's point layout: 28 bytes, little endian, label padded to 4 bytes.
+SEMANTIC_MAP_DTYPE = np.dtype({
+    "names": ["x", "y", "z", "rgb", "label", "confidence", "observations"],
+    "formats": ["<f4", "<f4", "<f4", "<f4", "<u2", "<f4", "<u4"],
+    "offsets": [0, 4, 8, 12, 16, 20, 24],
+    "itemsize": 28,
+})
+
+
+def semantic_map_cloud(snap: MapSnapshot, frame_id: str, stamp: Any = None) -> Any:
+    """The ~/semantic_map PointCloud2 of a snapshot (:data:`SEMANTIC_MAP_DTYPE`, one point per voxel)."""
+    from safnet_ros.ros import codecs
+
+    arr = np.zeros(len(snap), SEMANTIC_MAP_DTYPE)
+    arr["x"], arr["y"], arr["z"] = snap.centres[:, 0], snap.centres[:, 1], snap.centres[:, 2]
+    arr["rgb"] = codecs.pack_rgb(class_colors(snap.labels))
+    arr["label"] = snap.labels
+    arr["confidence"] = snap.confidence
+    arr["observations"] = np.minimum(snap.observations, np.iinfo(np.uint32).max)
+    return codecs.structured_to_pointcloud2(arr, frame_id=frame_id, stamp=stamp)
+
+
+__all__ = ["MAP_PARAMETER_SPECS", "MapSettings", "PROBABILITY_MODES", "SEMANTIC_MAP_DTYPE",
+           "SemanticMapComponent", "check_probability_mode", "semantic_map_cloud", "FUSION_RULES"]

@@ -1,0 +1,209 @@
+"""The node's semantic map over real rclpy + DDS: ~/semantic_map (transient local), the real
+~/save_map and ~/clear_map service calls, time jumps, diagnostics, probability fields on
+~/labeled_cloud, and bad map settings refused at start."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
+
+from safnet_ros.data.labels import IGNORE_INDEX  # noqa: E402
+from safnet_ros.engine.batching import prepare_view  # noqa: E402
+from safnet_ros.mapping import SemanticVoxelMap  # noqa: E402
+from safnet_ros.mapping.map_ply import load_map  # noqa: E402
+from safnet_ros.ros import codecs  # noqa: E402
+from safnet_ros.ros.diagnostics import diagnostics_values  # noqa: E402
+from safnet_ros.ros.segment_node import transform_points  # noqa: E402
+from test_ros_node import (NODE_PARAMS, T_MAP_LIDAR, Collector, Harness, lidar_cloud,  # noqa: E402
+                           offline_segmenter, through_tf, tiny_checkpoint, wait_until)
+
+pytestmark = pytest.mark.ros
+
+try:
+    from std_srvs.srv import Trigger
+except Exception:  # noqa: BLE001 - not installed, or its type support library missing
+    Trigger = None
+needs_std_srvs = pytest.mark.skipif(Trigger is None, reason="std_srvs (pip: ros-std-srvs) is not installed")
+
+MAP_PARAMS = {**NODE_PARAMS, "probabilities": "top3", "map_voxel_size": 0.1, "map_publish_rate": 20.0}
+
+
+@pytest.fixture(scope="module")
+def map_harness(tmp_path_factory):
+    model = tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny_lite.pt")
+    h = Harness(model, MAP_PARAMS)
+    h.maps = Collector()
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    h.latched = latched
+    yield h
+    h.close()
+
+
+def call(h, name: str):
+    client = h.pub.create_client(Trigger, f"/safnet_segment/{name}")
+    try:
+        assert client.wait_for_service(timeout_sec=30.0), f"no {name} service"
+        future = client.call_async(Trigger.Request())
+        assert wait_until(future.done, 60.0), f"{name} did not answer"
+        return future.result()
+    finally:
+        h.pub.destroy_client(client)
+
+
+def segmented_cloud(h, base: float, spacing: float = 0.2):
+    h.node.buffer.clear()
+    sent = h.publish_views(base)
+    if not wait_until(lambda: len(h.node.buffer) == 3, 30.0):
+        sent = h.publish_views(base)
+    assert wait_until(lambda: len(h.node.buffer) == 3, 30.0), h.node.stats.counters
+    before = h.node.semantic_map.clouds_integrated
+    msg, local = lidar_cloud(spacing, base + 1.2)
+    h.pub_cloud.publish(msg)
+    out = h.wait_cloud(base + 1.2)
+    assert out is not None, h.node.stats.counters
+    assert wait_until(lambda: h.node.semantic_map.clouds_integrated > before, 30.0)
+    return sent, local, out
+
+
+def test_map_is_published_latched_saved_and_cleared(map_harness, tmp_path):
+    h = map_harness
+    h.node.semantic_map.clear()
+    sent, local, out = segmented_cloud(h, h.base_stamp())
+    # the offline reference: the same messages, the same model, fused into a map of the same settings
+    views = [prepare_view(codecs.image_to_rgb(rgb), codecs.depth_to_metres(depth), codecs.camera_info_to_K(info),
+                          through_tf(T), stamp=codecs.stamp_to_ns(depth.header.stamp) / 1e9)
+             for rgb, depth, info, T in sent]
+    world = transform_points(through_tf(T_MAP_LIDAR), local)
+    ref = offline_segmenter(h.model_path, h.node).segment(world, views)
+    # SegmentResult.probs: the chunk-averaged class probabilities behind labels and confidence
+    segd = ref.segmented
+    np.testing.assert_allclose(ref.probs[segd].sum(axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_array_equal(ref.probs[segd].argmax(axis=1), ref.labels[segd])
+    np.testing.assert_allclose(ref.probs[segd].max(axis=1), ref.confidence[segd], rtol=1e-5)
+    assert (ref.probs[~segd] == 0).all()
+    ref_map = SemanticVoxelMap(voxel_size=0.1)
+    ref_map.integrate(world[ref.segmented], ref.probs[ref.segmented])
+
+    # top3 probability fields on the labelled cloud
+    names = [f.name for f in out.fields]
+    assert names[7:] == ["p_label1", "p_label2", "p_label3", "p1", "p2", "p3"] and out.point_step == 48
+    arr = codecs.pointcloud2_to_array(out)
+    seg = arr["label"] != IGNORE_INDEX
+    assert seg.any() and (~seg).any()
+    np.testing.assert_array_equal(arr["p_label1"][seg], arr["label"][seg])
+    np.testing.assert_allclose(arr["p1"][seg], arr["confidence"][seg], rtol=1e-5)
+    assert (arr["p1"] >= arr["p2"]).all() and (arr["p2"] >= arr["p3"]).all()
+    assert (arr["p_label1"][~seg] == IGNORE_INDEX).all() and (arr["p1"][~seg] == 0).all()
+
+    # a late subscriber gets the map (transient local), in the fixed frame, as the offline map
+    sm = h.node.semantic_map
+    assert wait_until(lambda: sm._published_version == sm.map.version, 30.0)
+    got = Collector()
+    sub = h.pub.create_subscription(PointCloud2, "/safnet_segment/semantic_map", got, h.latched)
+    try:
+        msg = got.wait_for(lambda m: m.width > 0, 30.0)
+    finally:
+        h.pub.destroy_subscription(sub)
+    assert msg is not None and msg.header.frame_id == "map"
+    assert [(f.name, f.datatype) for f in msg.fields] == [
+        ("x", PointField.FLOAT32), ("y", PointField.FLOAT32), ("z", PointField.FLOAT32), ("rgb", PointField.FLOAT32),
+        ("label", PointField.UINT16), ("confidence", PointField.FLOAT32), ("observations", PointField.UINT32)]
+    cloud = codecs.pointcloud2_to_array(msg)
+    assert len(cloud) == len(ref_map) and cloud["observations"].sum() == ref.segmented.sum()
+    mine = np.lexsort((cloud["z"], cloud["y"], cloud["x"]))
+    c = ref_map.centres()
+    theirs = np.lexsort((c[:, 2], c[:, 1], c[:, 0]))
+    np.testing.assert_allclose(np.stack([cloud["x"], cloud["y"], cloud["z"]], 1)[mine], c[theirs], atol=1e-4)
+    same = (cloud["label"][mine] == ref_map.labels()[theirs]).mean()
+    assert same > 0.98, same  # float sums in another order may flip an exact tie
+
+    # ~/save_map writes a PLY that loads back; a bad path is a failed response with the reason
+    if Trigger is not None:
+        path = tmp_path / "maps" / "room.ply"
+        h.node.set_parameters([Parameter("map_save_path", value=str(path))])
+        res = call(h, "save_map")
+        assert res.success, res.message
+        assert len(load_map(path)) == len(ref_map)
+        (tmp_path / "a_file").write_text("x")
+        h.node.set_parameters([Parameter("map_save_path", value=str(tmp_path / "a_file" / "map.ply"))])
+        res = call(h, "save_map")
+        assert not res.success and "cannot save the map" in res.message and "a_file" in res.message
+        res = call(h, "clear_map")
+        assert res.success and f"cleared {len(ref_map)} voxels" == res.message
+        assert len(sm) == 0
+        assert wait_until(lambda: sm._published_version == sm.map.version, 30.0)  # the empty map went out
+
+
+@needs_std_srvs
+def test_node_keeps_running_after_a_failed_save_and_time_jump_clears_the_map(map_harness, tmp_path):
+    h = map_harness
+    base = h.base_stamp()
+    h.node.set_parameters([Parameter("map_save_path", value=str(tmp_path))])  # a folder: refused
+    res = call(h, "save_map")
+    assert not res.success and "folder" in res.message
+    segmented_cloud(h, base)
+    sm = h.node.semantic_map
+    assert len(sm) > 0
+    clears = sm.clears
+    past = base - 50.0  # the bag looped: the map of the old timeline is gone, the new cloud starts a new one
+    before = sm.clouds_integrated
+    msg, _ = lidar_cloud(0.4, past)
+    h.pub_cloud.publish(msg)
+    assert h.wait_cloud(past) is not None
+    assert wait_until(lambda: sm.clouds_integrated > before, 30.0)
+    assert sm.clears == clears + 1 and sm.map.updates >= 1
+    diag = h.diagnostics.wait_for(lambda m: "map_voxels" in diagnostics_values(m)
+                                  and int(diagnostics_values(m)["map_clouds_integrated"]) > before, 30.0)
+    assert diag is not None
+    values = diagnostics_values(diag)
+    assert int(values["map_voxels"]) > 0 and float(values["map_mib"]) > 0
+    assert float(values["map_update_ms_mean"]) > 0 and values["map_save_failures"] != "0"
+    assert h.node.stats.get("worker_errors") == 0
+
+
+@pytest.mark.parametrize("param, value, words", [
+    ("map_max_voxels", 0, "map_max_voxels must be an integer >= 1"),
+    ("map_voxel_size", -0.05, "map_voxel_size must be in (0, 10]"),
+    ("map_publish_rate", 1000.0, "map_publish_rate must be in [0, 50] Hz"),
+    ("probabilities", "top5", "probabilities must be one of none | top3 | all"),
+])
+def test_bad_map_settings_are_refused_at_start_with_one_line(param, value, words, capfd):
+    from safnet_ros.ros.segment_node import main
+
+    assert main(["segment_node", "--ros-args", "-p", f"{param}:={value}", "-p", "device:=cpu",
+                 "-p", "warm_up:=false"]) == 1
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and words in lines[0], err
+    assert "Traceback" not in err
+
+
+@needs_std_srvs
+def test_component_can_be_destroyed_and_created_again_as_a_lifecycle_node_does(map_harness):
+    """deactivate -> destroy(): topic and services gone, the map kept; activate -> create(): back."""
+    h = map_harness
+    sm = h.node.semantic_map
+    segmented_cloud(h, h.base_stamp())
+    voxels = len(sm)
+    assert voxels > 0
+    sm.destroy()
+    sm.destroy()  # idempotent
+    assert sm.pub_map is None and sm.srv_save is None
+    assert wait_until(lambda: not h.node.count_publishers("/safnet_segment/semantic_map"), 15.0)
+    assert len(sm) == voxels
+    sm.create(h.node)
+    sm.create(h.node)  # idempotent
+    assert h.node.count_publishers("/safnet_segment/semantic_map") == 1
+    got = Collector()
+    sub = h.pub.create_subscription(PointCloud2, "/safnet_segment/semantic_map", got, h.latched)
+    try:
+        assert got.wait_for(lambda m: m.width == voxels, 30.0) is not None
+    finally:
+        h.pub.destroy_subscription(sub)
+    res = call(h, "clear_map")
+    assert res.success and res.message == f"cleared {voxels} voxels"

@@ -343,8 +343,9 @@ def test_launch_file_moves_the_rviz_topics_under_the_namespace():
     exec(compile(ast.Module(body=[func], type_ignores=[]), "segment.launch.py", "exec"), scope)
     rviz = (REPO / "config" / "safnet.rviz").read_text()
     topics = [line.split("Value:")[1].strip() for line in rviz.splitlines() if "Value: /" in line]
-    assert topics == ["/safnet_segment/labeled_cloud", "/safnet_segment/similarity_markers"]
+    names = ["labeled_cloud", "semantic_map", "similarity_markers"]
+    assert sorted(topics) == [f"/safnet_segment/{name}" for name in names]
     moved = scope["rviz_config_for_namespace"](rviz, "/robot1")
-    assert [line.split("Value:")[1].strip() for line in moved.splitlines() if "Value: /" in line] == [
-        "/robot1/safnet_segment/labeled_cloud", "/robot1/safnet_segment/similarity_markers"]
+    assert sorted(line.split("Value:")[1].strip() for line in moved.splitlines() if "Value: /" in line) == [
+        f"/robot1/safnet_segment/{name}" for name in names]
     assert scope["rviz_config_for_namespace"](rviz, "") == rviz

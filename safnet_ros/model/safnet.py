@@ -279,13 +279,16 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torc
             unsupported version, invalid config, weights that do not fit the
             config, or a preset other than ``expected_preset``.
     """
+    from safnet_ros.io_boundary import load_torch_file
+    from safnet_ros.validation import path_kind
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    kind = path_kind(path)
+    if kind is None:
         raise ModelLoadError(f"{path}: checkpoint file is missing")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types on a corrupt file
-        raise ModelLoadError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if kind != "a regular file":
+        raise ModelLoadError(f"{path}: a checkpoint must be a regular file, but this is {kind}")
+    payload = load_torch_file(path, map_location, what="safnet checkpoint", error=ModelLoadError)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelLoadError(f"{path}: not a safnet_ros checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
     if payload.get("version") != CHECKPOINT_VERSION:

@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy._rclpy_pybind11 import RMWError
 from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
 
@@ -69,11 +70,13 @@ class PlaySummary:
     loops: int = 0
     clock_messages: int = 0
     elapsed_s: float = 0.0
+    undecodable: dict[str, int] = field(default_factory=dict)  # topic -> messages that did not deserialise
 
     def lines(self) -> list[str]:
         out = [f"played {self.loops} time(s) in {self.elapsed_s:.1f} s; /clock {self.clock_messages} messages"]
         out += [f"  {topic}: {n}" for topic, n in sorted(self.published.items())]
         out += [f"  skipped {topic}: {why}" for topic, why in sorted(self.skipped_topics.items())]
+        out += [f"  undecodable {topic}: {n} message(s) skipped" for topic, n in sorted(self.undecodable.items())]
         return out
 
 
@@ -210,7 +213,16 @@ class BagPlayer:
                 route.publisher.publish(deserialize_message(bio.serialize(t), route.msg_class))
                 self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
             return
-        route.publisher.publish(deserialize_message(raw, route.msg_class))
+        try:
+            msg = deserialize_message(raw, route.msg_class)
+        except RMWError as exc:  # one broken message must not end the replay: count it, warn once per topic
+            n = self.summary.undecodable.get(topic, 0)
+            self.summary.undecodable[topic] = n + 1
+            if n == 0:
+                self.node.get_logger().warning(f"{self.bag_path}: a {msgtype} message on {topic} does not "
+                                               f"deserialise ({' '.join(str(exc).split())[:120]}); skipped")
+            return
+        route.publisher.publish(msg)
         self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
 
     def _wait_until(self, wall_target: float, wall_start: float, first_ns: int, stop: threading.Event) -> None:
@@ -226,11 +238,9 @@ class BagPlayer:
 
     def run(self, stop_event: Optional[threading.Event] = None) -> PlaySummary:
         """Publish the bag (again and again with ``loop``) until its end or ``stop_event`` is set."""
-        from rosbags.rosbag2 import Reader
-
         stop = stop_event or threading.Event()
         started = time.monotonic()
-        with Reader(self.bag_path) as reader:
+        with bio.bag_reader(self.bag_path) as reader:
             wanted = self._make_routes(reader.connections)
             if not wanted:
                 raise MissingDataError(self.bag_path, "topics that can be published here")
@@ -238,7 +248,7 @@ class BagPlayer:
             while not stop.is_set():
                 wall_start = time.monotonic()
                 first_ns = None
-                for conn, bag_ns, raw in reader.messages(connections=wanted):
+                for conn, bag_ns, raw in bio.bag_messages(reader, self.bag_path, wanted):
                     if stop.is_set():
                         break
                     if first_ns is None:
@@ -258,11 +268,18 @@ class BagPlayer:
 def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Sequence[str]] = None,
               clock: bool = True, wait_for_subscribers: float = 2.0) -> int:
     """The ``safnet bag play`` command: an rclpy node that plays the bag until its end or Ctrl-C."""
-    import rclpy
+    import signal
 
-    rclpy.init()
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    # Our own SIGTERM handling: rclpy's would shut the context down under the publishing
+    # loop (an RCLError traceback); here SIGTERM stops the replay like Ctrl-C.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("safnet_bag_player")
     stop = threading.Event()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main_thread else None
     try:
         player = BagPlayer(node, bag, rate=rate, loop=loop, topics=topics, clock=clock,
                            wait_for_subscribers=wait_for_subscribers)
@@ -275,6 +292,8 @@ def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[
             summary = player.summary
         print("\n".join(summary.lines()))
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

@@ -293,7 +293,7 @@ def segment_bag(
     required topics raises one MissingDataError listing them; an existing
     ``out_bag`` raises ConfigError unless ``overwrite``.
     """
-    from rosbags.rosbag2 import Reader, Writer
+    from rosbags.rosbag2 import Writer
 
     from safnet_ros.data.labels import class_colors
     from safnet_ros.engine.batching import prepare_view
@@ -307,7 +307,7 @@ def segment_bag(
     if os.path.abspath(out_bag) == os.path.abspath(bag):
         raise ConfigError("the output bag must differ from the input bag")
     summary = SegmentBagSummary(out=str(out_bag))
-    with Reader(bag) as reader:
+    with bio.bag_reader(bag) as reader:
         check_topics(reader.connections, topics, bag)
         if segmenter is None:
             from safnet_ros.engine.inference import Segmenter
@@ -330,7 +330,7 @@ def segment_bag(
                                                offered_qos_profiles=[bio.DEFAULT_QOS])
             conn_markers = writer.add_connection(bio.MARKERS_TOPIC, bio.MARKER_ARRAY, typestore=bio.TYPESTORE,
                                                  offered_qos_profiles=[bio.DEFAULT_QOS])
-            for conn, ns, raw in tqdm(reader.messages(connections=wanted), total=total, desc="segmenting",
+            for conn, ns, raw in tqdm(bio.bag_messages(reader, bag, wanted), total=total, desc="segmenting",
                                       unit="msg", disable=not progress, leave=False):
                 try:
                     msg = bio.deserialize(raw, conn.msgtype, what=f"{bag}:{conn.topic}")
@@ -395,7 +395,7 @@ def read_tf(reader: Any, topics: BagTopics, bag: str | os.PathLike) -> TfTimelin
     """Every transform of the bag's TF topics in a :class:`TfTimeline`."""
     tf = TfTimeline()
     conns = [c for c in reader.connections if c.topic in (topics.tf, topics.tf_static)]
-    for conn, _, raw in reader.messages(connections=conns):
+    for conn, _, raw in bio.bag_messages(reader, bag, conns):
         static = conn.topic == topics.tf_static or bio.is_transient_local(conn.ext.offered_qos_profiles)
         for t in bio.deserialize(raw, conn.msgtype, what=f"{bag}:{conn.topic}").transforms:
             tf.add(t, static)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import sqlite3
 import struct
 import sys
@@ -126,7 +127,10 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused an object: not ours, maybe hostile
-        fail(f"not a {what}: it holds objects other than tensors and plain data ({first_line(exc, 120)})", exc)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        which = f" ({found.group(1)})" if found else ""
+        fail(f"not a {what}: it holds Python objects{which} besides tensors and plain data; "
+             "refused without running them", exc)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, struct.error, OSError) as exc:
         # torch reports a truncated or corrupt archive as RuntimeError("PytorchStreamReader failed ...")
         fail(f"not a {what}, or truncated/corrupt ({type(exc).__name__}: {first_line(exc, 120)})", exc)

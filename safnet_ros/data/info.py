@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 
@@ -32,7 +33,7 @@ def scene_info(scene_dir: str) -> dict[str, Any]:
 
     scene = ScanNetScene(scene_dir)
     missing = []
-    if not scene.mesh_path.is_file():
+    if not os.path.lexists(scene.mesh_path):  # a folder or FIFO there is named by load_mesh
         missing.append(f"mesh {scene.mesh_path.name}")
     if not scene.has_frames:
         missing.append(f"RGB-D frames ({scene.sens_path.name} or color/, depth/, pose/)")

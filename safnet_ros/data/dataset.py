@@ -184,9 +184,9 @@ def list_scenes(root: str | os.PathLike, split: Optional[str] = None) -> list[Pr
     """
     from safnet_ros.data.preprocess import scene_is_complete
 
-    base = Path(root)
-    if not base.is_dir():
-        raise MissingDataError(base, "preprocessed data folder")
+    from safnet_ros.validation import require_dir
+
+    base = require_dir(root, "preprocessed data folder")
     available = {p.name: p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
                  and scene_is_complete(p)}
     if split:

@@ -34,7 +34,7 @@ from safnet_ros.data.sens import (
     valid_pose_mask,
 )
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
-from safnet_ros.validation import require_file
+from safnet_ros.validation import require_dir, require_file
 
 #: Folder names of ScanNet scenes, e.g. ``scene0000_00``.
 SCENE_NAME = re.compile(r"^scene\d{4}_\d{2}$")
@@ -567,9 +567,7 @@ def find_scenes(root: str | os.PathLike) -> list[Path]:
     A folder counts as a scene when it is named ``sceneXXXX_YY`` or holds
     ``<name>.sens`` / ``<name>_vh_clean_2.ply``. ``root`` itself may be a scene.
     """
-    base = Path(root)
-    if not base.is_dir():
-        raise MissingDataError(base, "ScanNet root folder")
+    base = require_dir(root, "ScanNet root folder")
     if (base / "scans").is_dir():
         base = base / "scans"
     scenes = sorted((p for p in base.iterdir() if _is_scene_dir(p)), key=lambda p: p.name)

@@ -80,9 +80,9 @@ def find_eval_scenes(root: str | Path, split: Optional[str], max_scenes: Optiona
     from safnet_ros.data.scannet import read_split
     from safnet_ros.errors import SafnetError
 
-    base = Path(root)
-    if not base.is_dir():
-        raise MissingDataError(base, "preprocessed data folder (run `safnet data preprocess`)")
+    from safnet_ros.validation import require_dir
+
+    base = require_dir(root, "preprocessed data folder (run `safnet data preprocess`)")
     if split:
         split_path = Path(split)
         if not split_path.is_file():

@@ -480,6 +480,16 @@ def bag_messages(reader: Any, path: str | os.PathLike, connections: Sequence[Any
         yield item
 
 
+def require_bag(path: str | os.PathLike) -> Path:
+    """``path`` when it is a rosbag2 folder; MissingDataError when absent, DataFormatError naming
+    what it is instead (a regular file, a FIFO) or when its metadata.yaml is not a regular file."""
+    from safnet_ros.validation import require_dir, require_file
+
+    p = require_dir(path, "rosbag2 folder (with metadata.yaml)")
+    require_file(p / "metadata.yaml", "rosbag2 metadata.yaml")
+    return p
+
+
 def is_bag(path: str | os.PathLike) -> bool:
     """True when ``path`` is a rosbag2 folder (has metadata.yaml)."""
     return os.path.isfile(os.path.join(os.fspath(path), "metadata.yaml"))

@@ -127,8 +127,7 @@ class BagPlayer:
             raise ConfigError(f"rate must be positive, got {rate}")
         self.node = node
         self.bag_path = Path(bag_path)
-        if not bio.is_bag(self.bag_path):
-            raise MissingDataError(self.bag_path, "rosbag2 folder (metadata.yaml)")
+        bio.require_bag(self.bag_path)
         self.rate = float(rate)
         self.loop = loop
         self.topics = set(topics) if topics else None

@@ -301,8 +301,7 @@ def segment_bag(
 
     started = time.perf_counter()
     plugin = bio.bag_storage_plugin(storage)
-    if not bio.is_bag(bag):
-        raise MissingDataError(bag, "rosbag2 folder (metadata.yaml)")
+    bio.require_bag(bag)
     out_bag = bio.check_output(out_bag, overwrite)
     if os.path.abspath(out_bag) == os.path.abspath(bag):
         raise ConfigError("the output bag must differ from the input bag")

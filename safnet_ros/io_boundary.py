@@ -22,6 +22,7 @@ import re
 import sqlite3
 import struct
 import sys
+import warnings
 import zipfile
 from typing import Any, Iterator, Optional
 
@@ -104,6 +105,13 @@ def load_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
 _TORCH_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
+#: What torch.load raises on a malformed file (besides UnpicklingError, handled apart).
+_TORCH_LOAD_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError, EOFError, zipfile.BadZipFile, ValueError, struct.error, OSError, KeyError, IndexError,
+    TypeError, AttributeError, OverflowError, UnicodeDecodeError, AssertionError,
+)
+
+
 def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "safnet checkpoint",
                     error: Optional[type[SafnetError]] = None) -> Any:
     """``torch.load(path, weights_only=True)``: tensors, numbers, strings, lists and dicts
@@ -125,12 +133,16 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
     if not any(head.startswith(m[: len(head)]) and len(head) >= 2 for m in _TORCH_MAGICS):
         fail(f"not a {what} (not a file written by torch.save)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's "unusual pickle protocol, please file an issue" on garbage
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused an object: not ours, maybe hostile
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         which = f" ({found.group(1)})" if found else ""
         fail(f"not a {what}: it holds Python objects{which} besides tensors and plain data; "
              "refused without running them", exc)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, struct.error, OSError) as exc:
-        # torch reports a truncated or corrupt archive as RuntimeError("PytorchStreamReader failed ...")
+    except _TORCH_LOAD_ERRORS as exc:
+        # torch reports a truncated or corrupt archive as RuntimeError("PytorchStreamReader failed ...");
+        # its legacy-format unpickler raises assorted types on garbage. Only torch.load runs in this
+        # try block, so these are all "the file is malformed", never a bug of ours.
         fail(f"not a {what}, or truncated/corrupt ({type(exc).__name__}: {first_line(exc, 120)})", exc)

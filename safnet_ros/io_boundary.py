@@ -72,10 +72,16 @@ def reading(path: str | os.PathLike, what: str = "file", *extra: type[BaseExcept
     except SafnetError:
         raise
     except OSError as exc:
-        problem = exc.strerror or first_line(exc)
-        raise DataFormatError(path, f"{what} cannot be read: {problem}") from exc
+        raise as_data_error(path, what, exc) from exc
     except reader_errors(*extra) as exc:
-        raise DataFormatError(path, f"{what} is not readable: {type(exc).__name__}: {first_line(exc)}") from exc
+        raise as_data_error(path, what, exc) from exc
+
+
+def as_data_error(path: str | os.PathLike, what: str, exc: BaseException) -> DataFormatError:
+    """The one-line DataFormatError for a reader's ``exc`` on ``path`` (see :func:`reading`)."""
+    if isinstance(exc, OSError):
+        return DataFormatError(path, f"{what} cannot be read: {exc.strerror or first_line(exc)}")
+    return DataFormatError(path, f"{what} is not readable: {type(exc).__name__}: {first_line(exc)}")
 
 
 def read_text(path: str | os.PathLike, what: str = "text file") -> str:

@@ -467,16 +467,20 @@ def bag_messages(reader: Any, path: str | os.PathLike, connections: Sequence[Any
     """``reader.messages(connections=...)`` with the reader's errors on a damaged bag (a chunk
     that does not decompress, a truncated file) turned into one DataFormatError naming ``path``.
     Errors raised by the caller's loop body are not touched."""
-    from safnet_ros.io_boundary import reading
+    from safnet_ros.io_boundary import as_data_error, reader_errors
 
-    with reading(path, "rosbag2 bag", *_BAG_PARSE_ERRORS):
+    errors = (OSError,) + reader_errors(*_BAG_PARSE_ERRORS)  # built once: this loop is per message
+    try:
         it = iter(reader.messages(connections=connections))
+    except errors as exc:
+        raise as_data_error(path, "rosbag2 bag", exc) from exc
     while True:
-        with reading(path, "rosbag2 bag", *_BAG_PARSE_ERRORS):
-            try:
-                item = next(it)
-            except StopIteration:
-                return
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except errors as exc:
+            raise as_data_error(path, "rosbag2 bag", exc) from exc
         yield item
 
 

@@ -727,3 +727,18 @@ def test_a_reader_error_outside_the_boundary_is_not_disguised(monkeypatch, capsy
     monkeypatch.setattr(info, "run", broken)
     assert main(["data", "info", "anywhere"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_synth_failing_mid_scene_leaves_no_half_written_scene(tmp_path, monkeypatch, capsys):
+    from safnet_ros.data.synth import render
+
+    class OutOfMemory:
+        def __init__(self, *a, **k):
+            raise MemoryError
+
+    monkeypatch.setattr(render, "Renderer", OutOfMemory)
+    rc = main(["data", "synth", str(tmp_path / "s"), "--frames", "3", "--color-size", "16x12", "--depth-size",
+               "16x12", "--vertex-spacing", "0.3", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "out of memory" in err and "Traceback" not in err
+    assert [p.name for p in (tmp_path / "s").iterdir()] == []  # the mesh written before the failure is gone

@@ -136,7 +136,7 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     if kind is None:
         raise MissingDataError(p, what)
     if kind != "a regular file":
-        raise DataFormatError(p, f"{what} must be a regular file, but this is {kind}")
+        raise DataFormatError(p, f"expected the {what} (a regular file) here, but this is {kind}")
     return p
 
 
@@ -147,7 +147,7 @@ def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     if kind is None:
         raise MissingDataError(p, what)
     if kind != "a folder":
-        raise DataFormatError(p, f"{what} must be a folder, but this is {kind}")
+        raise DataFormatError(p, f"expected the {what} here, but this is {kind}")
     return p
 
 

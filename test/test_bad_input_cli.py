@@ -702,7 +702,14 @@ def test_a_file_where_a_folder_is_expected_is_named_as_such(good, tmp_path, caps
     run_bad(capsys, ["eval", "--model", good["model"], "--data", blocker, "--out", tmp_path / "eval"],
             blocker, "regular file")
     run_bad(capsys, ["data", "preprocess", blocker, tmp_path / "pre"], blocker, "regular file")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    run_bad(capsys, ["data", "info", blocker], blocker, "regular file")
+    run_bad(capsys, ["bag", "convert", blocker, tmp_path / "bag"], blocker, "regular file")
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    run_bad(capsys, ["data", "preprocess", good["raw"], tmp_path / "pre", "--split", folder], folder, "folder")
+    run_bad(capsys, ["eval", "--model", folder, "--data", good["pre"], "--out", tmp_path / "eval"], folder, "folder")
+    run_bad(capsys, ["bench", "model", "--presets", ",,"], "--presets")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"]
 
 
 def test_an_internal_error_keeps_its_traceback_and_asks_for_a_report(monkeypatch, capsys):

@@ -193,9 +193,9 @@ def list_scenes(root: str | os.PathLike, split: Optional[str] = None) -> list[Pr
         from safnet_ros.data.scannet import read_split
 
         p = Path(split)
-        if not p.is_file():
+        if not (p.is_file() or os.sep in split or split.endswith(".txt")):  # a name: ROOT/scannetv2_<name>.txt
             p = base / f"scannetv2_{split}.txt"
-        names = read_split(p)
+        names = read_split(p)  # a folder or FIFO given as the list is named as such
         missing = [n for n in names if n not in available]
         if missing:
             raise MissingDataError(base / missing[0], f"{len(missing)} scene(s) of split {split!r} not "

@@ -408,9 +408,9 @@ def select_scenes(root: Path, split: Optional[str], names: Optional[Sequence[str
     wanted: Optional[list[str]] = None
     if split:
         p = Path(split)
-        if not p.is_file():
+        if not (p.is_file() or os.sep in split or split.endswith(".txt")):  # a name: ROOT/scannetv2_<name>.txt
             p = root / f"scannetv2_{split}.txt"
-        wanted = read_split(p)
+        wanted = read_split(p)  # a folder or FIFO given as the list is named as such
     if names:
         wanted = list(names) if wanted is None else [n for n in wanted if n in set(names)]
     if wanted is None:
@@ -443,8 +443,12 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
         raise MissingDataError(root_p / unknown[0], f"scene named by --scenes ({len(unknown)} unknown: "
                                                     f"{', '.join(unknown[:5])})")
     if not todo:
-        what = f"scene of split {split!r} ({len(missing)} listed, none found)" if split else "scene folder"
-        raise MissingDataError(root_p, f"any {what}; nothing to preprocess")
+        from safnet_ros.errors import DataFormatError
+
+        what = (f"none of the {len(missing)} scene(s) of split {split!r} is here "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" if split
+                else "no scene folders here (sceneXXXX_YY/, or folders with <name>.sens or <name>_vh_clean_2.ply)")
+        raise DataFormatError(root_p, f"nothing to preprocess: {what}")
     scene_parents = {s.parent.resolve() for s in todo} | {root_p.resolve()}
     if out_p.resolve() in scene_parents:
         raise ConfigError(f"OUT ({out_p}) must not be the folder that holds the raw scenes: "

@@ -364,9 +364,7 @@ class ScanNetScene:
     """
 
     def __init__(self, scene_dir: str | os.PathLike):
-        self.dir = Path(scene_dir)
-        if not self.dir.is_dir():
-            raise MissingDataError(self.dir, "scene folder")
+        self.dir = require_dir(scene_dir, "scene folder")
         self.name = self.dir.resolve().name
         n = self.name
         self.sens_path = self.dir / f"{n}.sens"

@@ -85,9 +85,9 @@ def find_eval_scenes(root: str | Path, split: Optional[str], max_scenes: Optiona
     base = require_dir(root, "preprocessed data folder (run `safnet data preprocess`)")
     if split:
         split_path = Path(split)
-        if not split_path.is_file():
+        if not (split_path.is_file() or os.sep in split or split.endswith(".txt")):  # a name: ROOT/scannetv2_<name>.txt
             split_path = base / f"scannetv2_{split}.txt"
-        if not split_path.is_file():
+        if not os.path.lexists(split_path):
             raise MissingDataError(split_path, f"split list of {split!r}")
         names = read_split(split_path)
     else:

@@ -137,9 +137,7 @@ def open_scene(scene_dir: str | os.PathLike, need_mesh: bool):
     from safnet_ros.data.scannet import ScanNetScene
 
     path = Path(scene_dir)
-    if not path.is_dir():
-        raise MissingDataError(path, "scene folder")
-    scene = ScanNetScene(path)
+    scene = ScanNetScene(path)  # a missing path, or a file there, is named by ScanNetScene
     missing = []
     if not scene.has_frames:
         missing.append(f"RGB-D frames ({scene.sens_path.name} or exported color/ depth/ pose/ intrinsic/)")

@@ -426,22 +426,26 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
     """Preprocess the scenes of ``root`` into ``out``; returns the summary dict (also written to
     ``out/preprocess_summary.json``).
 
-    Raises MissingDataError when ``root`` does not exist, ConfigError on bad options.
+    Raises MissingDataError when ``root`` does not exist, ConfigError on bad options (an
+    unknown ``--scenes`` name, OUT a regular file), DataFormatError when nothing is left to
+    preprocess (an empty root, a split naming only absent scenes), and SafnetError naming
+    the first failure when every selected scene failed (the summary is written first).
     """
     from safnet_ros.errors import ConfigError
 
     if workers < 1 or frame_step < 1 or max_frames < 0 or coverage_points < 0:
         raise ConfigError("--workers and --frame-step must be >= 1, --max-frames and --coverage-points >= 0")
-    from safnet_ros.errors import MissingDataError
     from safnet_ros.validation import check_output_dir, require_dir
 
     root_p, out_p = require_dir(root, "ScanNet root folder"), Path(out)
     check_output_dir(out_p, "preprocessing output folder")  # a regular file there: refused before any work
     todo, missing = select_scenes(root_p, split, scenes)
-    unknown = [n for n in (scenes or ()) if n not in {s.name for s in todo} and n in missing]
+    unknown = [n for n in (scenes or ()) if n not in {s.name for s in todo}]
     if unknown:  # a typo in --scenes must not shrink the run silently
-        raise MissingDataError(root_p / unknown[0], f"scene named by --scenes ({len(unknown)} unknown: "
-                                                    f"{', '.join(unknown[:5])})")
+        from safnet_ros.errors import ConfigError
+
+        raise ConfigError(f"--scenes {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: no such scene "
+                          f"under {root_p}{f' in split {split!r}' if split else ''}")
     if not todo:
         from safnet_ros.errors import DataFormatError
 

@@ -33,7 +33,7 @@ from rclpy._rclpy_pybind11 import RMWError
 from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
 
-from safnet_ros.errors import ConfigError, MissingDataError
+from safnet_ros.errors import ConfigError, MessageDecodeError, MissingDataError
 from safnet_ros.ros.compat import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
 from safnet_ros.tools import bag_io as bio
 
@@ -207,22 +207,30 @@ class BagPlayer:
 
     def _publish(self, route: _Route, raw: bytes, topic: str, msgtype: str) -> None:
         if route.split_tf:
-            tf = bio.deserialize(raw, msgtype, what=f"{self.bag_path}:{topic}")
+            try:
+                tf = bio.deserialize(raw, msgtype, what=f"{self.bag_path}:{topic}")
+            except MessageDecodeError as exc:
+                self._undecodable(topic, msgtype, exc)
+                return
             for t in tf.transforms:
                 route.publisher.publish(deserialize_message(bio.serialize(t), route.msg_class))
                 self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
             return
         try:
             msg = deserialize_message(raw, route.msg_class)
-        except RMWError as exc:  # one broken message must not end the replay: count it, warn once per topic
-            n = self.summary.undecodable.get(topic, 0)
-            self.summary.undecodable[topic] = n + 1
-            if n == 0:
-                self.node.get_logger().warning(f"{self.bag_path}: a {msgtype} message on {topic} does not "
-                                               f"deserialise ({' '.join(str(exc).split())[:120]}); skipped")
+        except RMWError as exc:
+            self._undecodable(topic, msgtype, exc)
             return
         route.publisher.publish(msg)
         self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
+
+    def _undecodable(self, topic: str, msgtype: str, exc: Exception) -> None:
+        """One broken message must not end the replay: count it, warn once per topic."""
+        n = self.summary.undecodable.get(topic, 0)
+        self.summary.undecodable[topic] = n + 1
+        if n == 0:
+            self.node.get_logger().warning(f"{self.bag_path}: a {msgtype} message on {topic} does not "
+                                           f"deserialise ({' '.join(str(exc).split())[:120]}); skipped")
 
     def _wait_until(self, wall_target: float, wall_start: float, first_ns: int, stop: threading.Event) -> None:
         """Sleep until ``wall_target`` (monotonic seconds), keeping /clock moving every clock_period."""

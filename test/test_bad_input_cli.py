@@ -527,6 +527,19 @@ def test_exported_layout_with_zero_intrinsics_names_the_file(good, tmp_path, cap
     run_bad(capsys, ["data", "info", scene], intr, "intrinsics")
 
 
+def test_exported_pose_that_is_a_folder_is_named_as_such(good, tmp_path, capsys):
+    from safnet_ros.data.scannet import ScanNetScene, export_frames
+
+    scene = tmp_path / "exp" / NAME
+    shutil.copytree(good["scene"], scene)
+    export_frames(ScanNetScene(scene), scene)
+    (scene / f"{NAME}.sens").unlink()
+    pose = scene / "pose" / "2.txt"
+    pose.unlink()
+    pose.mkdir()
+    run_bad(capsys, ["data", "info", scene], pose, "folder")
+
+
 def test_non_utf8_split_list_is_named(good, tmp_path, capsys):
     root = copy_scene(good, tmp_path)
     split = root / "scannetv2_train.txt"
@@ -709,6 +722,7 @@ def test_a_file_where_a_folder_is_expected_is_named_as_such(good, tmp_path, caps
     run_bad(capsys, ["data", "preprocess", good["raw"], tmp_path / "pre", "--split", folder], folder, "folder")
     run_bad(capsys, ["eval", "--model", folder, "--data", good["pre"], "--out", tmp_path / "eval"], folder, "folder")
     run_bad(capsys, ["bench", "model", "--presets", ",,"], "--presets")
+    run_bad(capsys, ["demo", "--model", folder, "--out", tmp_path / "demo"], folder, "folder")  # before the scene
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"]
 
 

@@ -84,9 +84,11 @@ def read_scannet_id_map(tsv: Path) -> dict[int, int]:
     """ScanNet label id (column ``id``) -> nyu40 id, for the label-filt images. Empty when absent."""
     import csv
 
+    from safnet_ros.io_boundary import reading
+
     if not tsv.is_file():
         return {}
-    with open(tsv, newline="", encoding="utf-8") as f:
+    with reading(tsv, "label map"), open(tsv, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     if not rows:
         return {}

@@ -192,11 +192,12 @@ class SensFrames(FrameSource):
 
 def _read_matrix(path: Path, what: str = "matrix file", shape: tuple[int, int] = (4, 4)) -> np.ndarray:
     """Whitespace-separated matrix text file -> float64 array (``-inf`` / ``nan`` allowed)."""
-    if not path.is_file():
-        raise MissingDataError(path, what)
+    from safnet_ros.io_boundary import read_text
+
+    text = read_text(require_file(path, what), what)  # a folder or FIFO there is named as such
     try:
-        values = [float(v) for v in path.read_text().split()]
-    except (ValueError, UnicodeDecodeError) as exc:
+        values = [float(v) for v in text.split()]
+    except ValueError as exc:
         raise DataFormatError(path, f"not a matrix of numbers: {exc}") from exc
     if len(values) != shape[0] * shape[1]:
         raise DataFormatError(path, f"holds {len(values)} numbers, expected {shape[0]}x{shape[1]}")
@@ -500,10 +501,10 @@ def read_label_map(tsv: str | os.PathLike) -> dict[str, int]:
     back to columns 2 and 5 (1-based). Raises DataFormatError naming the file and
     line for a row whose nyu40id is not an integer.
     """
-    path = Path(tsv)
-    if not path.is_file():
-        raise MissingDataError(path, "label map (scannetv2-labels.combined.tsv)")
-    with open(path, newline="", encoding="utf-8") as f:
+    from safnet_ros.io_boundary import reading
+
+    path = require_file(tsv, "label map (scannetv2-labels.combined.tsv)")
+    with reading(path, "label map"), open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     if not rows:
         raise DataFormatError(path, "empty label map")

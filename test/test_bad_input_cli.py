@@ -643,6 +643,20 @@ def test_broken_bags_are_named_by_bag_play(kind, good, tmp_path, capsys):
     run_bad(capsys, ["bag", "play", bag, "--wait-subscribers", "0"], bag)
 
 
+def test_soak_names_a_broken_bag_before_starting(good, tmp_path, capsys):
+    bag = _break_bag(Path(shutil.copytree(good["bag"], tmp_path / "bag")), "garbage")
+    t0 = time.perf_counter()
+    run_bad(capsys, ["bench", "soak", "--bag", bag, "--minutes", "0.5", "--out", tmp_path / "soak"], bag)
+    assert time.perf_counter() - t0 < 20  # not after half a minute of looping nothing
+    assert not (tmp_path / "soak").exists()
+
+
+def test_empty_training_config_is_named(tmp_path, capsys):
+    cfg = tmp_path / "empty.yaml"
+    cfg.write_text("")
+    run_bad(capsys, ["train", cfg, "--out", tmp_path / "run"], cfg, "data.root")
+
+
 def test_corrupt_sqlite_bag_is_named(good, tmp_path, capsys):
     from safnet_ros.tools.bag_convert import convert_scene
 

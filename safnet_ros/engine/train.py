@@ -144,6 +144,9 @@ def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any], sets: Seque
     try:  # one schema (engine/config_schema.py): types, ranges, allowed values, before any work
         cfg = merge_config(merge_config(DEFAULTS, raw), parse_sets(sets))
         check_config(cfg, DEFAULTS)
+        if not cfg["data"]["root"]:
+            raise ConfigError("data.root (the output of `safnet data preprocess`) is required")
+        model_config(cfg)  # validates preset / variant / overrides
     except ConfigError as exc:
         raise ConfigError(f"{source}{' and --set' if sets else ''}: {exc}") from exc
     cfg["_base_dir"] = str(base_dir)
@@ -153,9 +156,6 @@ def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any], sets: Seque
         t["optimizer"] = "sgd" if stage == "2d" else "adam"
     if t["lr"] is None:
         t["lr"] = 0.005 if stage == "2d" else 0.001
-    if not cfg["data"]["root"]:
-        raise ConfigError("data.root (the output of `safnet data preprocess`) is required")
-    model_config(cfg)  # validates preset / variant / overrides
     return cfg
 
 

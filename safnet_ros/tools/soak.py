@@ -166,6 +166,9 @@ def soak(
         raise ConfigError(f"minutes must be positive, got {minutes}")
     if not rate > 0:
         raise ConfigError(f"rate must be positive, got {rate}")
+    if bag is not None:  # a broken bag is named now, not found by the player thread after the run
+        with bio.bag_reader(bio.require_bag(bag)):
+            pass
     torch.set_num_threads(2)
     say = log or (lambda line: None)
     tmp = None

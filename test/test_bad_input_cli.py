@@ -777,3 +777,59 @@ def test_synth_failing_mid_scene_leaves_no_half_written_scene(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert rc == 2 and "out of memory" in err and "Traceback" not in err
     assert [p.name for p in (tmp_path / "s").iterdir()] == []  # the mesh written before the failure is gone
+
+
+# ----------------------------------------------------------------------------- every path argument x wrong kinds
+PATH_ARGS = {
+    "data info SCENE": lambda g, w, x: ["data", "info", x],
+    "data preprocess ROOT": lambda g, w, x: ["data", "preprocess", x, w / "out", "--no-progress"],
+    "data preprocess --split": lambda g, w, x: ["data", "preprocess", g["raw"], w / "out", "--split", x],
+    "bag convert SCENE": lambda g, w, x: ["bag", "convert", x, w / "out", "--quiet"],
+    "bag play BAG": lambda g, w, x: ["bag", "play", x, "--wait-subscribers", "0"],
+    "segment-bag BAG": lambda g, w, x: ["segment-bag", x, w / "out", "--model", g["model"], "--quiet"],
+    "segment-bag --model": lambda g, w, x: ["segment-bag", g["bag"], w / "out", "--model", x, "--quiet"],
+    "train CONFIG": lambda g, w, x: ["train", x, "--out", w / "out"],
+    "eval --model": lambda g, w, x: ["eval", "--model", x, "--data", g["pre"], "--out", w / "out"],
+    "eval --data": lambda g, w, x: ["eval", "--model", g["model"], "--data", x, "--out", w / "out"],
+    "eval --split": lambda g, w, x: ["eval", "--model", g["model"], "--data", g["pre"], "--split", x,
+                                     "--out", w / "out"],
+    "demo --model": lambda g, w, x: ["demo", "--model", x, "--out", w / "out"],
+    "bench soak --bag": lambda g, w, x: ["bench", "soak", "--bag", x, "--minutes", "0.05", "--out", w / "out"],
+}
+WRONG_KINDS = ("missing", "empty-folder", "text", "random-bytes", "empty-file", "fifo")
+
+
+def _wrong(path: Path, kind: str) -> Path:
+    if kind == "empty-folder":
+        path.mkdir()
+    elif kind == "text":
+        path.write_text("hello\nworld\n")
+    elif kind == "random-bytes":
+        path.write_bytes(np.random.default_rng(5).bytes(3000))
+    elif kind == "empty-file":
+        path.write_bytes(b"")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    return path
+
+
+class _Hang(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", WRONG_KINDS)
+@pytest.mark.parametrize("command", sorted(PATH_ARGS))
+def test_every_path_argument_refuses_a_wrong_path_in_one_line(command, kind, good, tmp_path, capsys):
+    """78 cases: no traceback, no hang (a FIFO is never opened), the path named, nothing written."""
+    x = _wrong(tmp_path / "x", kind)
+
+    def hang(*_):
+        raise _Hang(f"{command} with {kind} did not return within 60 s")
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(60)
+    try:
+        run_bad(capsys, PATH_ARGS[command](good, tmp_path, x), x)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not (tmp_path / "out").exists()

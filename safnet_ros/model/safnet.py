@@ -270,14 +270,14 @@ def save_checkpoint(path: Union[str, os.PathLike], model: SafnetModel, config: O
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu",
-                    expected_preset: Optional[str] = None) -> tuple[SafnetModel, SafnetConfig, dict[str, Any]]:
-    """Read a file written by :func:`save_checkpoint`; the model is in eval mode.
+def read_checkpoint_payload(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu"
+                            ) -> dict[str, Any]:
+    """The checked payload dict of a file written by :func:`save_checkpoint`, without building the model
+    (a cheap up-front check for commands that load the model later).
 
     Raises:
-        ModelLoadError: missing file, not a torch file / not ours / corrupt,
-            unsupported version, invalid config, weights that do not fit the
-            config, or a preset other than ``expected_preset``.
+        ModelLoadError: missing, not a regular file, not a torch file / not ours / corrupt, or an
+            unsupported version (loaded with ``weights_only=True``: the file cannot run code).
     """
     from safnet_ros.io_boundary import load_torch_file
     from safnet_ros.validation import path_kind
@@ -294,6 +294,20 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torc
     if payload.get("version") != CHECKPOINT_VERSION:
         raise ModelLoadError(f"{path}: checkpoint format version {payload.get('version')!r} is not supported"
                              f" (this code reads version {CHECKPOINT_VERSION})")
+    return payload
+
+
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu",
+                    expected_preset: Optional[str] = None) -> tuple[SafnetModel, SafnetConfig, dict[str, Any]]:
+    """Read a file written by :func:`save_checkpoint`; the model is in eval mode.
+
+    Raises:
+        ModelLoadError: missing file, not a torch file / not ours / corrupt,
+            unsupported version, invalid config, weights that do not fit the
+            config, or a preset other than ``expected_preset``.
+    """
+    path = os.fspath(path)
+    payload = read_checkpoint_payload(path, map_location)
     try:
         config = SafnetConfig.from_dict(payload.get("config"))
     except ConfigError as exc:

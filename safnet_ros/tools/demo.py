@@ -415,10 +415,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = check_output_dir(args.out, "demo output folder")  # a regular file there: refused before any work
     check_output_dir(out / "data", "demo data folder")
-    if args.model:  # loaded after the scene is generated: its path is checked now
-        from safnet_ros.validation import require_file
+    if args.model:  # loaded after the scene is generated: the file is checked now
+        from safnet_ros.model.safnet import read_checkpoint_payload
 
-        require_file(args.model, "model checkpoint")
+        read_checkpoint_payload(args.model)
     started = time.perf_counter()
     scene = make_scene(out, args.seed, frames, args.fast, progress)
     report = run_offline(args, out, scene) if args.offline else run_with_node(args, out, scene, progress)

@@ -35,7 +35,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
-from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+from safnet_ros.errors import ConfigError, DataFormatError
 
 #: The only ``.sens`` version ScanNet writes and we read.
 SENS_VERSION = 4

@@ -5,8 +5,9 @@
 overridden by the YAML file and ``--set``) before any work starts, and returns
 it with numbers normalised (``lr: 1e-3``, which YAML reads as a string, becomes
 a float; ``epochs: 3.0`` becomes 3). Wrong types, out-of-range numbers,
-unknown choices and unknown keys raise one :class:`ConfigError` naming the key,
-the file and the accepted values (for an unknown key: the known keys).
+unknown choices raise one :class:`ConfigError` naming the key, the file and the
+accepted values (an unknown key is refused by ``train.merge_config``, which names
+the known keys at its level).
 
 Adding a config key is one line: its default in ``engine/train.py``'s
 ``DEFAULTS`` and, for a range or allowed values, its rule here. A key with a
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, MutableMapping, Optional, Sequence
 
 from safnet_ros.errors import ConfigError
+from safnet_ros.model.config import PRESETS, VARIANTS  # the model's own lists: one source of truth
 
 #: Network frame size the preprocessed data has (images.crop_wh must fit inside).
 FRAME_WH = (160, 120)
@@ -72,8 +74,8 @@ SCHEMA: dict[str, Rule] = {
     "data.train_split": TEXT,
     "data.val_split": PATH,
     "model": Rule("mapping"),
-    "model.preset": one_of("lite", "paper"),
-    "model.variant": one_of("safnet", "concat", "pointnet2", "project2d"),
+    "model.preset": one_of(*PRESETS),
+    "model.variant": one_of(*VARIANTS),
     "model.overrides": Rule("mapping"),  # SafnetConfig fields, checked by SafnetConfig.preset
     "init_2d": PATH,
     "train": Rule("mapping"),
@@ -204,22 +206,6 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
     if below or (rule.hi is not None and value > rule.hi):
         raise bad(("an integer " if kind == "int" else "") + _range_text(rule))
     return value
-
-
-def check_keys(defaults: Mapping[str, Any], given: Mapping[str, Any], path: str = "") -> None:
-    """ConfigError for the first key of ``given`` that ``defaults`` does not have, naming
-    it and listing the known keys at that level (nested mappings recursively)."""
-    for key, value in given.items():
-        where = f"{path}{key}"
-        if key not in defaults:
-            known = ", ".join(sorted(str(k) for k in defaults if not str(k).startswith("_")))
-            raise ConfigError(f"unknown training config key {where!r}; known keys"
-                              f"{' under ' + path[:-1] if path else ''}: {known}")
-        rule = SCHEMA.get(where) or rule_from_default(defaults[key])
-        if isinstance(defaults[key], Mapping) and rule.kind == "mapping" and where not in FREE_MAPPINGS:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"training config key {where!r} must be a mapping, got {value!r}")
-            check_keys(defaults[key], value, where + ".")
 
 
 #: Mappings whose keys are not listed in the defaults (checked by their consumer).

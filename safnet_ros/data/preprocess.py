@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", nargs="*", default=None, help="only these scene names")
     parser.add_argument("--frame-step", type=int_range(1, MAX_COUNT), default=1,
                         help="keep every k-th frame (ScanNet records 30 Hz; 20 is a common choice)")
-    parser.add_argument("--max-frames", type=int_range(0, MAX_COUNT), default=0, help="at most this many frames per scene (0 = all)")
+    parser.add_argument("--max-frames", type=int_range(0, MAX_COUNT), default=0,
+                        help="at most this many frames per scene (0 = all)")
     parser.add_argument("--coverage-points", type=int_range(0, MAX_COUNT), default=100000,
                         help="at most this many base points in the coverage table (random subset beyond)")
     parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="seed of the base-point subset")
@@ -444,8 +445,6 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
     todo, missing = select_scenes(root_p, split, scenes)
     unknown = [n for n in (scenes or ()) if n not in {s.name for s in todo}]
     if unknown:  # a typo in --scenes must not shrink the run silently
-        from safnet_ros.errors import ConfigError
-
         raise ConfigError(f"--scenes {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: no such scene "
                           f"under {root_p}{f' in split {split!r}' if split else ''}")
     if not todo:

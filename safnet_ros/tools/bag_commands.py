@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="storage plugin (default mcap)")
     conv.add_argument("--rate", type=float_range(0.01, 10_000.0), default=None, metavar="HZ",
                       help="synthesise stamps at this frame rate instead of the recorded timestamps")
-    conv.add_argument("--skip", type=int_range(1, MAX_COUNT), default=1, metavar="N", help="keep every N-th frame (default 1: all)")
-    conv.add_argument("--resize", type=size_wh, default=None, metavar="WxH", help="image size in the bag (default: colour size)")
+    conv.add_argument("--skip", type=int_range(1, MAX_COUNT), default=1, metavar="N",
+                      help="keep every N-th frame (default 1: all)")
+    conv.add_argument("--resize", type=size_wh, default=None, metavar="WxH",
+                      help="image size in the bag (default: colour size)")
     conv.add_argument("--cloud-rate", type=float_range(0.0, 1000.0), default=2.0, metavar="HZ",
                       help="rate of the /points cloud (default 2; 0 writes no cloud and needs no mesh)")
     conv.add_argument("--max-range", type=float_range(0.1, 1000.0, lo_open=True), default=5.0, metavar="M",

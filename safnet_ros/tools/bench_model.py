@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from safnet_ros.validation import int_list, int_range
 
     parser.add_argument("--presets", type=_name_list, default=["paper", "lite"], help="comma-separated presets")
-    parser.add_argument("--points", type=int_list(1, 2_000_000), default=[8000, 25000], help="points per chunk, comma-separated")
+    parser.add_argument("--points", type=int_list(1, 2_000_000), default=[8000, 25000],
+                        help="points per chunk, comma-separated")
     parser.add_argument("--views", type=int_list(1, 64), default=[1, 3, 5], help="views per chunk, comma-separated")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--repeats", type=int_range(1, 10_000), default=5, help="timed runs per row (median reported)")

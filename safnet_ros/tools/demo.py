@@ -64,8 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from safnet_ros.validation import device_name, float_range, int_range
 
     parser.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=7, help="seed of the synthetic scene (default 7)")
-    parser.add_argument("--frames", type=int_range(1, 100_000), default=None, help="frames of the synthetic scene (default 300)")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=7,
+                        help="seed of the synthetic scene (default 7)")
+    parser.add_argument("--frames", type=int_range(1, 100_000), default=None,
+                        help="frames of the synthetic scene (default 300)")
     parser.add_argument("--fast", action="store_true",
                         help="tiny scene (24 frames, 80x60 images, 15 cm vertex spacing) for CI")
     parser.add_argument("--rate", type=float_range(0.001, 1000.0), default=None,

@@ -280,14 +280,16 @@ def plot_rss(report: SoakReport, path: Path) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from safnet_ros.validation import device_name, float_range
 
-    parser.add_argument("--minutes", type=float_range(0.0, 100_000.0, lo_open=True), default=10.0, help="how long to run (default 10)")
+    parser.add_argument("--minutes", type=float_range(0.0, 100_000.0, lo_open=True), default=10.0,
+                        help="how long to run (default 10)")
     parser.add_argument("--rate", type=float_range(0.1, 1000.0), default=10.0,
                         help="frame and cloud rate of the synthetic bag, Hz "
                              "(a given --bag plays at its recorded timing)")
     parser.add_argument("--bag", default=None, help="rosbag2 to loop (default: a synthetic scene converted once)")
     parser.add_argument("--model", default=None, help="checkpoint (default: the shipped / untrained lite model)")
     parser.add_argument("--device", type=device_name, default="cpu", help="auto | cpu | cuda[:N] (default cpu)")
-    parser.add_argument("--sample-period", type=float_range(0.01, 3600.0), default=2.0, help="seconds between RSS samples")
+    parser.add_argument("--sample-period", type=float_range(0.01, 3600.0), default=2.0,
+                        help="seconds between RSS samples")
     parser.add_argument("--out", default="soak_results", help="folder for soak.json and soak_rss.png")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("out", metavar="OUT", help="output folder; scene folders are created directly under it")
     parser.add_argument("--scenes", type=int_range(1, 100), default=1, help="number of scenes (1..100, default 1)")
-    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="random seed (default 0); also sets the scene names")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0,
+                        help="random seed (default 0); also sets the scene names")
     parser.add_argument("--frames", type=int_range(1, 100_000), default=300, help="frames per scene (default 300)")
     parser.add_argument("--color-size", type=size_wh, default=(320, 240), metavar="WxH",
                         help="colour image size (default 320x240; ScanNet: 1296x968)")

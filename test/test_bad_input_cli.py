@@ -607,6 +607,7 @@ def test_broken_preprocessed_scene_is_named_before_work(kind, good, tmp_path, ca
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"stage: 2d\ndata: {{root: {pre}, train_split: train}}\n")
     run_bad(capsys, ["train", cfg, "--out", tmp_path / "run", "--no-progress"], scene)
+    assert not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------- bags
@@ -833,3 +834,23 @@ def test_every_path_argument_refuses_a_wrong_path_in_one_line(command, kind, goo
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert not (tmp_path / "out").exists()
+
+
+def test_binary_demo_settings_stamp_means_regenerate_not_a_crash(tmp_path, monkeypatch):
+    """A ``demo_settings.json`` that is not ours (binary) does not match: the scene is regenerated."""
+    from safnet_ros.data.synth import generate
+    from safnet_ros.tools import demo
+
+    name = generate.scene_name(7, 0)
+    (tmp_path / "data" / name).mkdir(parents=True)
+    (tmp_path / "data" / name / f"{name}.sens").write_bytes(b"x")
+    (tmp_path / "data" / "demo_settings.json").write_bytes(b"\xff\xfe\x80 not json")
+
+    class Regenerating(Exception):
+        pass
+
+    def regenerate(*_a, **_k):
+        raise Regenerating
+    monkeypatch.setattr(generate, "generate_dataset", regenerate)
+    with pytest.raises(Regenerating):
+        demo.make_scene(tmp_path, 7, 24, True, False)

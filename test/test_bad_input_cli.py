@@ -704,18 +704,29 @@ def test_bag_play_skips_an_undeserialisable_message_and_goes_on(good, tmp_path, 
 
 @pytest.mark.ros
 def test_sigterm_during_bag_play_loop_stops_cleanly(good, tmp_path):
+    import threading
+
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "safnet_ros.cli", "bag", "play", str(good["bag"]), "--loop",
                              "--wait-subscribers", "0", "--rate", "5"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
+    err_lines: list[str] = []
+    reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
-        time.sleep(3.0)  # start-up and a few messages of the loop
-        assert proc.poll() is None, proc.communicate()[1]
+        deadline = time.monotonic() + 60
+        while not any("playing" in ln for ln in err_lines):  # the player is up (SIGTERM handler installed)
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(err_lines)
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few messages into the loop
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        out = proc.stdout.read()
+        proc.wait(timeout=30)
+        reader.join(timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
+    err = "".join(err_lines)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "RCLError" not in err
     assert out.startswith("played ")

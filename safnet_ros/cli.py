@@ -4,7 +4,11 @@ Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)`` that add
 its commands with ``parser.set_defaults(func=handler)``; a handler takes the parsed
 ``argparse.Namespace`` and returns an exit code. Heavy imports (torch, open3d) stay
 inside handlers so ``safnet --help`` is instant. A :class:`~safnet_ros.errors.SafnetError`
-becomes one ``error: ...`` line and exit status 2, never a traceback.
+becomes one ``error: ...`` line and exit status 2, never a traceback; so does an
+argparse range error (safnet_ros.validation), an operating-system refusal naming a
+file (permission, no space, a file where a folder is needed) and running out of
+memory. Any other exception is a bug of ours: its traceback is kept and a line
+asks for a report (exit status 1).
 """
 from __future__ import annotations
 
@@ -63,18 +67,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status of an internal error (a bug), as opposed to 2 for bad input.
+BUG_EXIT_STATUS = 1
+BUG_REPORT_LINE = ("error: internal error ({name}): this is a bug in safnet_ros, not a problem with your "
+                   "input; please report it with the command line and the traceback above")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version (0) or argparse's one error line (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     tune_cpu_allocator()  # freed tensor memory stays for reuse (safnet_ros.engine.cpu_allocator)
     try:
         return int(args.func(args) or 0)
     except SafnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory: the input or the options ask for more memory than this machine has",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path we were given: treat as a bug
+            return _report_bug(exc)
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: keep the traceback, ask for a report
+        return _report_bug(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of a SafnetError on one line (a wrapped third-party message may hold newlines)."""
+    return " ".join(str(exc).split())
+
+
+def _report_bug(exc: BaseException) -> int:
+    import traceback
+
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(BUG_REPORT_LINE.format(name=type(exc).__name__), file=sys.stderr)
+    return BUG_EXIT_STATUS
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -102,11 +102,16 @@ def test_render_writes_a_png_with_both_views(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [("--rate", "0"), ("--cloud-rate", "-1"), ("--frames", "0"), ("--rate", "nan")])
-def test_bad_arguments_fail_before_any_work(tmp_path, argv):
+def test_bad_arguments_fail_before_any_work(tmp_path, argv, capsys):
     from safnet_ros.errors import ConfigError
 
+    with pytest.raises(SystemExit) as exit_info:  # the argparse ranges (safnet_ros.validation)
+        _demo_args("--out", str(tmp_path / "d"), *argv)
+    assert exit_info.value.code == 2 and f"argument {argv[0]}" in capsys.readouterr().err
+    args = _demo_args("--out", str(tmp_path / "d"))  # and run() itself, called from Python
+    setattr(args, argv[0][2:].replace("-", "_"), int(argv[1]) if argv[0] == "--frames" else float(argv[1]))
     with pytest.raises(ConfigError, match=argv[0]):
-        run(_demo_args("--out", str(tmp_path / "d"), *argv))
+        run(args)
     assert not (tmp_path / "d").exists()
 
 

@@ -29,6 +29,25 @@ from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
 SELECTION_BASE_POINTS = 2000
 
 
+def _check_meta(path: Path, meta: dict[str, Any]) -> tuple[str, np.ndarray]:
+    """(scene name, K (3, 3)) of a preprocessed scene's meta.json; DataFormatError naming the key otherwise."""
+    for key in ("scene", "K", "num_points", "num_frames"):
+        if key not in meta:
+            raise DataFormatError(path, f"has no {key!r} (not written by `safnet data preprocess`?)")
+    if not isinstance(meta["scene"], str) or not meta["scene"]:
+        raise DataFormatError(path, f"'scene' must be a scene name, got {meta['scene']!r}")
+    for key in ("num_points", "num_frames"):
+        if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0:
+            raise DataFormatError(path, f"{key!r} must be an integer >= 0, got {meta[key]!r}")
+    try:
+        K = np.asarray(meta["K"], dtype=np.float64)
+    except (TypeError, ValueError):
+        K = np.zeros(0)
+    if K.shape != (3, 3) or not np.isfinite(K).all() or not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise DataFormatError(path, f"'K' must be a 3x3 intrinsic matrix with fx, fy > 0, got {meta['K']!r}")
+    return meta["scene"], K
+
+
 class PreprocessedScene:
     """One scene written by :mod:`safnet_ros.data.preprocess` (arrays memory-mapped, read lazily).
 
@@ -43,17 +62,32 @@ class PreprocessedScene:
         meta_path = self.dir / "meta.json"
         if not meta_path.is_file():
             raise MissingDataError(meta_path, "preprocessed scene (meta.json; run `safnet data preprocess`)")
-        try:
-            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        except ValueError as exc:
-            raise DataFormatError(meta_path, f"not JSON: {exc}") from exc
-        if not self.meta.get("complete"):
+        from safnet_ros.io_boundary import load_json
+
+        self.meta: dict[str, Any] = load_json(meta_path, "preprocessed scene meta.json")
+        if not isinstance(self.meta, dict) or not self.meta.get("complete"):
             raise DataFormatError(meta_path, "scene is not complete")
-        self.name: str = self.meta["scene"]
-        self.K = np.asarray(self.meta["K"], dtype=np.float64)
+        self.name, self.K = _check_meta(meta_path, self.meta)
         self._arrays: dict[str, np.ndarray] = {}
         # Position of each point in the base set (-1 = not a base point), built on first use.
         self._base_pos: Optional[np.ndarray] = None
+        self.check_shapes()
+
+    def check_shapes(self) -> None:
+        """DataFormatError naming the file when an array's shape disagrees with meta.json or the
+        other arrays (a labels.npy of another length, say): found before any work, not after.
+        Only the .npy headers are read (memory-mapped)."""
+        n, f = int(self.meta["num_points"]), int(self.meta["num_frames"])
+        want = {"points": (n, 3), "colors": (n, 3), "labels": (n,), "poses": (f, 4, 4), "color": (f, None, None, 3),
+                "depth": (f, None, None), "label2d": (f, None, None)}
+        for name, shape in want.items():
+            got = self._load(name).shape
+            if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape)):
+                expect = "x".join("*" if w is None else str(w) for w in shape)
+                raise DataFormatError(self.dir / f"{name}.npy", f"shape {'x'.join(map(str, got))} does not fit "
+                                                                 f"meta.json ({expect})")
+        if self._load("coverage_bits").shape[0] != f or self._load("coverage_index").ndim != 1:
+            raise DataFormatError(self.dir / "coverage_bits.npy", f"does not have one row per frame ({f})")
 
     def _load(self, name: str) -> np.ndarray:
         if name not in self._arrays:
@@ -62,7 +96,7 @@ class PreprocessedScene:
                 raise MissingDataError(path, "preprocessed array")
             try:
                 self._arrays[name] = np.load(path, mmap_mode="r")
-            except ValueError as exc:
+            except (ValueError, OSError, EOFError) as exc:
                 raise DataFormatError(path, f"not a .npy array: {exc}") from exc
         return self._arrays[name]
 
@@ -150,18 +184,18 @@ def list_scenes(root: str | os.PathLike, split: Optional[str] = None) -> list[Pr
     """
     from safnet_ros.data.preprocess import scene_is_complete
 
-    base = Path(root)
-    if not base.is_dir():
-        raise MissingDataError(base, "preprocessed data folder")
+    from safnet_ros.validation import require_dir
+
+    base = require_dir(root, "preprocessed data folder")
     available = {p.name: p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
                  and scene_is_complete(p)}
     if split:
         from safnet_ros.data.scannet import read_split
 
         p = Path(split)
-        if not p.is_file():
+        if not (p.is_file() or os.sep in split or split.endswith(".txt")):  # a name: ROOT/scannetv2_<name>.txt
             p = base / f"scannetv2_{split}.txt"
-        names = read_split(p)
+        names = read_split(p)  # a folder or FIFO given as the list is named as such
         missing = [n for n in names if n not in available]
         if missing:
             raise MissingDataError(base / missing[0], f"{len(missing)} scene(s) of split {split!r} not "

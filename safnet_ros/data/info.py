@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 
@@ -32,7 +33,7 @@ def scene_info(scene_dir: str) -> dict[str, Any]:
 
     scene = ScanNetScene(scene_dir)
     missing = []
-    if not scene.mesh_path.is_file():
+    if not os.path.lexists(scene.mesh_path):  # a folder or FIFO there is named by load_mesh
         missing.append(f"mesh {scene.mesh_path.name}")
     if not scene.has_frames:
         missing.append(f"RGB-D frames ({scene.sens_path.name} or color/, depth/, pose/)")
@@ -55,7 +56,7 @@ def scene_info(scene_dir: str) -> dict[str, Any]:
             "depth_shift": float(frames.depth_shift),
             "intrinsic_color": _intrinsics(frames.intrinsic_color),
             "intrinsic_depth": _intrinsics(frames.intrinsic_depth),
-            "axis_aligned": scene.has_axis_alignment,
+            "axis_aligned": scene.has_axis_alignment and scene.axis_alignment is not None,  # reads and checks M
             "bbox_min": [round(float(v), 4) for v in xyz.min(axis=0)] if len(xyz) else None,
             "bbox_max": [round(float(v), 4) for v in xyz.max(axis=0)] if len(xyz) else None,
             "label_file": scene.labels_path.is_file(),
@@ -74,6 +75,19 @@ def scene_info(scene_dir: str) -> dict[str, Any]:
         info["nyu40_hist"] = hist
         info["nyu40_names"] = {str(i): n for i, n in zip(NYU40_IDS, CLASS_NAMES) if str(i) in hist}
     return info
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _intrinsics(k: Any) -> dict[str, float]:
@@ -106,7 +120,7 @@ def format_table(info: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     info = scene_info(args.scene_dir)
     if args.json:
-        print(json.dumps(info, sort_keys=False))
+        print(json.dumps(_finite(info), sort_keys=False, allow_nan=False))  # strict JSON: no NaN tokens
     else:
         print(format_table(info))
     return 0

@@ -110,6 +110,8 @@ def _parse_header(data: bytes, path: str) -> tuple[str, list[PlyElement], list[s
                 count = int(words[2])
                 if count < 0:
                     raise ValueError("negative count")
+                if any(e.name == words[1] for e in elements):
+                    raise DataFormatError(path, f"PLY header line {lineno}: element {words[1]!r} is declared twice")
                 elements.append(PlyElement(words[1], count))
             elif key == "property":
                 if not elements:
@@ -118,6 +120,9 @@ def _parse_header(data: bytes, path: str) -> tuple[str, list[PlyElement], list[s
                     prop = PlyProperty(words[4], _ply_type(words[3], path, lineno), _ply_type(words[2], path, lineno))
                 else:
                     prop = PlyProperty(words[2], _ply_type(words[1], path, lineno))
+                if any(p.name == prop.name for p in elements[-1].properties):
+                    raise DataFormatError(path, f"PLY header line {lineno}: element {elements[-1].name!r} has "
+                                                f"property {prop.name!r} twice")
                 elements[-1].properties.append(prop)
             else:
                 raise DataFormatError(path, f"PLY header line {lineno}: unknown keyword {key!r}")

@@ -51,17 +51,20 @@ LABEL_MAP_FILE = "scannetv2-labels.combined.tsv"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", metavar="ROOT", help="ScanNet root (with scans/) or a folder of scene folders")
     parser.add_argument("out", metavar="OUT", help="output folder (one sub-folder per scene)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    from safnet_ros.validation import MAX_COUNT, int_range
+
+    parser.add_argument("--workers", type=int_range(1, 256), default=1, help="parallel worker processes (default 1)")
     parser.add_argument("--split", default=None,
                         help="only the scenes of this split list (a name such as 'train' -> "
                              "ROOT/scannetv2_train.txt, or a path)")
     parser.add_argument("--scenes", nargs="*", default=None, help="only these scene names")
-    parser.add_argument("--frame-step", type=int, default=1,
+    parser.add_argument("--frame-step", type=int_range(1, MAX_COUNT), default=1,
                         help="keep every k-th frame (ScanNet records 30 Hz; 20 is a common choice)")
-    parser.add_argument("--max-frames", type=int, default=0, help="at most this many frames per scene (0 = all)")
-    parser.add_argument("--coverage-points", type=int, default=100000,
+    parser.add_argument("--max-frames", type=int_range(0, MAX_COUNT), default=0,
+                        help="at most this many frames per scene (0 = all)")
+    parser.add_argument("--coverage-points", type=int_range(0, MAX_COUNT), default=100000,
                         help="at most this many base points in the coverage table (random subset beyond)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the base-point subset")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="seed of the base-point subset")
     parser.add_argument("--overwrite", action="store_true", help="redo scenes that are already complete")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -82,9 +85,11 @@ def read_scannet_id_map(tsv: Path) -> dict[int, int]:
     """ScanNet label id (column ``id``) -> nyu40 id, for the label-filt images. Empty when absent."""
     import csv
 
+    from safnet_ros.io_boundary import reading
+
     if not tsv.is_file():
         return {}
-    with open(tsv, newline="", encoding="utf-8") as f:
+    with reading(tsv, "label map"), open(tsv, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     if not rows:
         return {}
@@ -157,6 +162,13 @@ class MeshLabelRenderer:
         from safnet_ros.data.labels import IGNORE_INDEX
 
         w, h = wh
+        R = np.asarray(camera_to_world, np.float64)[:3, :3]
+        if not (np.isfinite(camera_to_world).all() and np.isfinite(K).all() and abs(np.linalg.det(R)) > 1e-6
+                and K[0, 0] > 0 and K[1, 1] > 0):  # zero-direction rays would never finish in open3d
+            from safnet_ros.errors import DataFormatError
+
+            raise DataFormatError(None, "degenerate camera (singular rotation or zero/NaN intrinsics): "
+                                        "refusing to ray cast")
         u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
         d_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
         R, t = camera_to_world[:3, :3], camera_to_world[:3, 3]
@@ -399,9 +411,9 @@ def select_scenes(root: Path, split: Optional[str], names: Optional[Sequence[str
     wanted: Optional[list[str]] = None
     if split:
         p = Path(split)
-        if not p.is_file():
+        if not (p.is_file() or os.sep in split or split.endswith(".txt")):  # a name: ROOT/scannetv2_<name>.txt
             p = root / f"scannetv2_{split}.txt"
-        wanted = read_split(p)
+        wanted = read_split(p)  # a folder or FIFO given as the list is named as such
     if names:
         wanted = list(names) if wanted is None else [n for n in wanted if n in set(names)]
     if wanted is None:
@@ -417,14 +429,31 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
     """Preprocess the scenes of ``root`` into ``out``; returns the summary dict (also written to
     ``out/preprocess_summary.json``).
 
-    Raises MissingDataError when ``root`` does not exist, ConfigError on bad options.
+    Raises MissingDataError when ``root`` does not exist, ConfigError on bad options (an
+    unknown ``--scenes`` name, OUT a regular file), DataFormatError when nothing is left to
+    preprocess (an empty root, a split naming only absent scenes), and SafnetError naming
+    the first failure when every selected scene failed (the summary is written first).
     """
     from safnet_ros.errors import ConfigError
 
     if workers < 1 or frame_step < 1 or max_frames < 0 or coverage_points < 0:
         raise ConfigError("--workers and --frame-step must be >= 1, --max-frames and --coverage-points >= 0")
-    root_p, out_p = Path(root), Path(out)
+    from safnet_ros.validation import check_output_dir, require_dir
+
+    root_p, out_p = require_dir(root, "ScanNet root folder"), Path(out)
+    check_output_dir(out_p, "preprocessing output folder")  # a regular file there: refused before any work
     todo, missing = select_scenes(root_p, split, scenes)
+    unknown = [n for n in (scenes or ()) if n not in {s.name for s in todo}]
+    if unknown:  # a typo in --scenes must not shrink the run silently
+        raise ConfigError(f"--scenes {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: no such scene "
+                          f"under {root_p}{f' in split {split!r}' if split else ''}")
+    if not todo:
+        from safnet_ros.errors import DataFormatError
+
+        what = (f"none of the {len(missing)} scene(s) of split {split!r} is here "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" if split
+                else "no scene folders here (sceneXXXX_YY/, or folders with <name>.sens or <name>_vh_clean_2.ply)")
+        raise DataFormatError(root_p, f"nothing to preprocess: {what}")
     scene_parents = {s.parent.resolve() for s in todo} | {root_p.resolve()}
     if out_p.resolve() in scene_parents:
         raise ConfigError(f"OUT ({out_p}) must not be the folder that holds the raw scenes: "
@@ -481,6 +510,13 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
         "per_scene": results,
     }
     (out_p / "preprocess_summary.json").write_text(json.dumps(summary, indent=1))
+    if summary["failed"] and not summary["done"] and not summary["skipped"]:
+        from safnet_ros.errors import SafnetError
+
+        name, reason = next(iter(summary["failed"].items()))
+        more = f" (and {len(summary['failed']) - 1} more scene(s); see {out_p / 'preprocess_summary.json'})" \
+            if len(summary["failed"]) > 1 else ""
+        raise SafnetError(f"no scene could be preprocessed: {name}: {reason}{more}")
     return summary
 
 

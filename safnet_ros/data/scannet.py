@@ -29,8 +29,12 @@ import numpy as np
 
 from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS
 from safnet_ros.data.ply import read_mesh, read_vertex_labels
-from safnet_ros.data.sens import COLOR_JPEG, SensReader, decode_color
+from safnet_ros.data.sens import (
+    COLOR_JPEG, COLOR_PNG, COLOR_RAW, DEPTH_RAW_USHORT, DEPTH_ZLIB_USHORT, SensReader, decode_color,
+    valid_pose_mask,
+)
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+from safnet_ros.validation import require_dir, require_file
 
 #: Folder names of ScanNet scenes, e.g. ``scene0000_00``.
 SCENE_NAME = re.compile(r"^scene\d{4}_\d{2}$")
@@ -114,6 +118,23 @@ class FrameSource(abc.ABC):
         self.close()
 
 
+#: Largest image side accepted from a scene's header (ScanNet colour is 1296 x 968).
+MAX_IMAGE_SIDE = 16384
+
+
+def check_camera(path: str | os.PathLike, K: np.ndarray, size: tuple[int, int], what: str) -> None:
+    """Refuse, naming ``path``, intrinsics that cannot project (fx, fy not finite and > 0, a
+    non-finite centre) and an image size outside 1..MAX_IMAGE_SIDE pixels."""
+    w, h = (int(v) for v in size)
+    if not (1 <= w <= MAX_IMAGE_SIDE and 1 <= h <= MAX_IMAGE_SIDE):
+        raise DataFormatError(path, f"{what} image size is {w}x{h}; each side must be 1..{MAX_IMAGE_SIDE} pixels")
+    k = np.asarray(K, dtype=np.float64)
+    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+    if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0):
+        raise DataFormatError(path, f"{what} intrinsics are unusable (fx {fx:g}, fy {fy:g}, cx {cx:g}, cy {cy:g}): "
+                                    "fx and fy must be finite and > 0, cx and cy finite")
+
+
 class SensFrames(FrameSource):
     """Frames of a ``.sens`` file (see :class:`~safnet_ros.data.sens.SensReader`)."""
 
@@ -129,8 +150,16 @@ class SensFrames(FrameSource):
         self.extrinsic_color = h.extrinsic_color.astype(np.float64)
         self.extrinsic_depth = h.extrinsic_depth.astype(np.float64)
         self.depth_shift = float(h.depth_shift)
-        if not self.depth_shift > 0:
+        if not (self.depth_shift > 0 and math.isfinite(self.depth_shift)):
             raise DataFormatError(self.path, f"depth shift is {self.depth_shift}; must be positive")
+        if h.color_compression not in (COLOR_JPEG, COLOR_PNG, COLOR_RAW):
+            raise DataFormatError(self.path, f"colour compression {h.color_compression} is unknown "
+                                             "(supported: 0 raw, 1 png, 2 jpeg)")
+        if h.depth_compression not in (DEPTH_RAW_USHORT, DEPTH_ZLIB_USHORT):
+            raise DataFormatError(self.path, f"depth compression {h.depth_compression} is not supported "
+                                             "(supported: 0 raw_ushort, 1 zlib_ushort)")
+        check_camera(self.path, self.intrinsic_color, self.color_size, "colour")
+        check_camera(self.path, self.intrinsic_depth, self.depth_size, "depth")
         self._valid = self.reader.valid_indices
 
     @property
@@ -163,11 +192,12 @@ class SensFrames(FrameSource):
 
 def _read_matrix(path: Path, what: str = "matrix file", shape: tuple[int, int] = (4, 4)) -> np.ndarray:
     """Whitespace-separated matrix text file -> float64 array (``-inf`` / ``nan`` allowed)."""
-    if not path.is_file():
-        raise MissingDataError(path, what)
+    from safnet_ros.io_boundary import read_text
+
+    text = read_text(require_file(path, what), what)  # a folder or FIFO there is named as such
     try:
-        values = [float(v) for v in path.read_text().split()]
-    except (ValueError, UnicodeDecodeError) as exc:
+        values = [float(v) for v in text.split()]
+    except ValueError as exc:
         raise DataFormatError(path, f"not a matrix of numbers: {exc}") from exc
     if len(values) != shape[0] * shape[1]:
         raise DataFormatError(path, f"holds {len(values)} numbers, expected {shape[0]}x{shape[1]}")
@@ -222,7 +252,8 @@ class ExportedFrames(FrameSource):
                 raise MissingDataError(self.depth_path(i), f"depth image of frame {i}")
         self._poses = {i: _read_matrix(self.root / "pose" / f"{self._stems[i]}.txt", f"pose of frame {i}")
                        for i in ids}
-        self._valid = [i for i in ids if np.isfinite(self._poses[i]).all()]
+        ok = valid_pose_mask(np.stack([self._poses[i] for i in ids]))
+        self._valid = [i for i, good in zip(ids, ok) if good]
         intr = self.root / "intrinsic"
         self.intrinsic_color = _read_matrix(intr / "intrinsic_color.txt", "colour intrinsics")[:3, :3]
         self.intrinsic_depth = _read_matrix(intr / "intrinsic_depth.txt", "depth intrinsics")[:3, :3]
@@ -232,6 +263,8 @@ class ExportedFrames(FrameSource):
         self.depth_shift = float(depth_shift)
         self.color_size = _image_size(self.color_path(ids[0]))
         self.depth_size = _image_size(self.depth_path(ids[0]))
+        check_camera(intr / "intrinsic_color.txt", self.intrinsic_color, self.color_size, "colour")
+        check_camera(intr / "intrinsic_depth.txt", self.intrinsic_depth, self.depth_size, "depth")
 
     def color_path(self, i: int) -> Path:
         return self.root / "color" / f"{self._stems.get(int(i), str(i))}.jpg"
@@ -294,16 +327,22 @@ def read_axis_alignment(path: str | os.PathLike) -> np.ndarray:
         raise DataFormatError(path, f"axisAlignment is not 16 numbers: {exc}") from exc
     if len(values) != 16 or not all(math.isfinite(v) for v in values):
         raise DataFormatError(path, f"axisAlignment must be 16 finite numbers, got {len(values)}")
-    return np.array(values, dtype=np.float64).reshape(4, 4)
+    m = np.array(values, dtype=np.float64).reshape(4, 4)
+    # A singular alignment (all zeros, say) maps the whole scene to one point: ray casting
+    # against it never ends and poses lose their rotation. ScanNet's are rigid (det 1).
+    det = float(np.linalg.det(m[:3, :3]))
+    if not abs(det) > 1e-6 or not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
+        raise DataFormatError(path, f"axisAlignment is not a rigid transform (rotation determinant {det:g}, "
+                                    f"last row {m[3].tolist()}); expected a rotation and a translation")
+    return m
 
 
 def read_scene_meta(path: str | os.PathLike) -> dict[str, str]:
     """``key = value`` lines of a scene ``.txt`` as strings (e.g. axisAlignment, numColorFrames)."""
+    from safnet_ros.io_boundary import read_text
+
     meta: dict[str, str] = {}
-    try:
-        text = Path(path).read_text()
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(path, f"not a text file: {exc}") from exc
+    text = read_text(path, "scene .txt")
     for line in text.splitlines():
         if "=" in line:
             key, value = line.split("=", 1)
@@ -326,9 +365,7 @@ class ScanNetScene:
     """
 
     def __init__(self, scene_dir: str | os.PathLike):
-        self.dir = Path(scene_dir)
-        if not self.dir.is_dir():
-            raise MissingDataError(self.dir, "scene folder")
+        self.dir = require_dir(scene_dir, "scene folder")
         self.name = self.dir.resolve().name
         n = self.name
         self.sens_path = self.dir / f"{n}.sens"
@@ -361,34 +398,34 @@ class ScanNetScene:
 
     @property
     def has_frames(self) -> bool:
-        return self.sens_path.is_file() or self.has_exported_frames
+        return os.path.lexists(self.sens_path) or self.has_exported_frames
 
     def load_points(self, aligned: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Mesh vertices: xyz (N, 3) float32 metres (axis-aligned when ``aligned``), rgb (N, 3) uint8."""
-        if not self.mesh_path.is_file():
-            raise MissingDataError(self.mesh_path, "scene mesh (_vh_clean_2.ply)")
-        xyz, rgb, _ = read_mesh(self.mesh_path)
+        xyz, rgb, _ = self.load_mesh()
         if aligned:
             xyz = transform_points(self.axis_alignment, xyz)
         return xyz, rgb
 
     def load_mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """xyz (N, 3) float32, rgb (N, 3) uint8, faces (F, 3) int32 of the scene mesh."""
-        if not self.mesh_path.is_file():
-            raise MissingDataError(self.mesh_path, "scene mesh (_vh_clean_2.ply)")
-        return read_mesh(self.mesh_path)
+        require_file(self.mesh_path, "scene mesh (_vh_clean_2.ply)")
+        xyz, rgb, faces = read_mesh(self.mesh_path)
+        if len(xyz) and not np.isfinite(xyz).all():
+            bad = int((~np.isfinite(xyz).all(axis=1)).sum())
+            raise DataFormatError(self.mesh_path, f"{bad} of {len(xyz)} vertices are not finite (NaN or inf)")
+        return xyz, rgb, faces
 
     def load_nyu40(self) -> np.ndarray:
         """(N,) uint16 nyu40 id per mesh vertex from the ``.labels.ply``."""
-        if not self.labels_path.is_file():
-            raise MissingDataError(self.labels_path, "vertex labels (_vh_clean_2.labels.ply)")
+        require_file(self.labels_path, "vertex labels (_vh_clean_2.labels.ply)")
         return read_vertex_labels(self.labels_path)
 
     @property
     def frames(self) -> FrameSource:
         """RGB-D frames: the ``.sens`` when present, else the exported layout in the folder."""
         if self._frames is None:
-            if self.sens_path.is_file():
+            if os.path.lexists(self.sens_path):  # a folder or FIFO there is named by SensReader
                 self._frames = SensFrames(self.sens_path)
             elif self.has_exported_frames:
                 self._frames = ExportedFrames(self.dir)
@@ -464,10 +501,10 @@ def read_label_map(tsv: str | os.PathLike) -> dict[str, int]:
     back to columns 2 and 5 (1-based). Raises DataFormatError naming the file and
     line for a row whose nyu40id is not an integer.
     """
-    path = Path(tsv)
-    if not path.is_file():
-        raise MissingDataError(path, "label map (scannetv2-labels.combined.tsv)")
-    with open(path, newline="", encoding="utf-8") as f:
+    from safnet_ros.io_boundary import reading
+
+    path = require_file(tsv, "label map (scannetv2-labels.combined.tsv)")
+    with reading(path, "label map"), open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     if not rows:
         raise DataFormatError(path, "empty label map")
@@ -506,11 +543,11 @@ def write_label_map(tsv: str | os.PathLike, mapping: Mapping[str, int]) -> None:
 
 def read_split(path: str | os.PathLike) -> list[str]:
     """Scene names of a split list (``scannetv2_train.txt``): one per line, blanks and ``#`` comments ignored."""
-    p = Path(path)
-    if not p.is_file():
-        raise MissingDataError(p, "split list")
+    from safnet_ros.io_boundary import read_text
+
+    p = require_file(path, "split list")
     names = []
-    for line in p.read_text().splitlines():
+    for line in read_text(p, "split list").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             names.append(line)
@@ -529,9 +566,7 @@ def find_scenes(root: str | os.PathLike) -> list[Path]:
     A folder counts as a scene when it is named ``sceneXXXX_YY`` or holds
     ``<name>.sens`` / ``<name>_vh_clean_2.ply``. ``root`` itself may be a scene.
     """
-    base = Path(root)
-    if not base.is_dir():
-        raise MissingDataError(base, "ScanNet root folder")
+    base = require_dir(root, "ScanNet root folder")
     if (base / "scans").is_dir():
         base = base / "scans"
     scenes = sorted((p for p in base.iterdir() if _is_scene_dir(p)), key=lambda p: p.name)

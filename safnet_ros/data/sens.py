@@ -35,7 +35,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
-from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+from safnet_ros.errors import ConfigError, DataFormatError
 
 #: The only ``.sens`` version ScanNet writes and we read.
 SENS_VERSION = 4
@@ -59,6 +59,26 @@ _COUNT = struct.Struct("<Q")
 FRAME_HEADER = struct.Struct("<16f4Q")
 # A sensor name longer than this is a corrupt length field, not a name.
 _MAX_NAME_LEN = 1 << 16
+
+
+#: Largest deviation of R^T R from the identity for a pose to count as a rotation (float32 poses
+#: of ScanNet are orthonormal to ~1e-6; a zero or scaled rotation is a corrupt pose, not a pose).
+POSE_ORTHONORMAL_TOL = 1e-2
+
+
+def valid_pose_mask(poses: np.ndarray) -> np.ndarray:
+    """(F,) bool for (F, 4, 4) camera-to-world poses: finite, with an orthonormal right-handed rotation.
+
+    ScanNet marks lost tracking with ``-inf``; a finite pose whose rotation is zero,
+    scaled or a reflection is just as unusable (it would silently project every point
+    to one pixel), so it counts as invalid too and is reported with the others.
+    """
+    p = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
+    finite = np.isfinite(p).all(axis=(1, 2))
+    r = np.where(finite[:, None, None], p[:, :3, :3], 0.0)
+    gram = np.einsum("fji,fjk->fik", r, r)
+    ortho = np.abs(gram - np.eye(3)).max(axis=(1, 2)) <= POSE_ORTHONORMAL_TOL
+    return finite & ortho & (np.linalg.det(r) > 0)
 
 
 @dataclass
@@ -118,8 +138,8 @@ class SensFrame:
 
     @property
     def pose_valid(self) -> bool:
-        """True when every pose entry is finite (tracking was not lost)."""
-        return bool(np.isfinite(self.camera_to_world).all())
+        """True when the pose is finite (tracking was not lost) and its rotation a rotation."""
+        return bool(valid_pose_mask(self.camera_to_world)[0])
 
     def decode_color(self) -> np.ndarray:
         """Decode the colour payload to (Hc, Wc, 3) uint8 RGB."""
@@ -234,9 +254,9 @@ class SensReader:
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
-            raise MissingDataError(self.path, ".sens file")
+        from safnet_ros.validation import require_file
+
+        self.path = os.fspath(require_file(path, ".sens file"))
         self._file: BinaryIO | None = open(self.path, "rb")
         try:
             self.header = read_header(self._file, self.path)
@@ -287,7 +307,7 @@ class SensReader:
         self._poses = poses.reshape(n, 4, 4)
         self._meta = meta
         self._offsets = offsets
-        self._valid = np.isfinite(self._poses).all(axis=(1, 2))
+        self._valid = valid_pose_mask(self._poses)
 
     @staticmethod
     def _count_frames_from(f: BinaryIO, pos: int, file_size: int) -> int:

@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -79,14 +80,14 @@ def find_eval_scenes(root: str | Path, split: Optional[str], max_scenes: Optiona
     from safnet_ros.data.scannet import read_split
     from safnet_ros.errors import SafnetError
 
-    base = Path(root)
-    if not base.is_dir():
-        raise MissingDataError(base, "preprocessed data folder (run `safnet data preprocess`)")
+    from safnet_ros.validation import require_dir
+
+    base = require_dir(root, "preprocessed data folder (run `safnet data preprocess`)")
     if split:
         split_path = Path(split)
-        if not split_path.is_file():
+        if not (split_path.is_file() or os.sep in split or split.endswith(".txt")):  # a name: ROOT/scannetv2_<name>.txt
             split_path = base / f"scannetv2_{split}.txt"
-        if not split_path.is_file():
+        if not os.path.lexists(split_path):
             raise MissingDataError(split_path, f"split list of {split!r}")
         names = read_split(split_path)
     else:
@@ -331,6 +332,10 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
         raise ConfigError(f"--stride must be > 0, got {stride}")
     segmenters = [load_segmenter(m, device, stride) for m in models]
     found = find_eval_scenes(root, split, max_scenes)
+    most_frames = max(s.num_frames for s in found.scenes)
+    if most_frames and max(views_list) > most_frames:  # the rows would claim views no chunk can get
+        raise ConfigError(f"--views {max(views_list)}: the scenes of {root} have at most {most_frames} frames; "
+                          f"ask for at most {most_frames} views")
     labels = distinct_labels([model_label(s.config) for s in segmenters], models)
     results = [ModelResult(path=str(m), label=lab, config=s.config.to_dict(), views=views_list,
                            matrices={k: ConfusionMatrix() for k in views_list})
@@ -512,12 +517,18 @@ def parse_views(text: str) -> list[int]:
         values = [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--views takes comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"--views takes integers >= 0, got {text!r}")
+    if not values or min(values) < 0 or max(values) > MAX_VIEWS:
+        raise argparse.ArgumentTypeError(f"--views takes integers 0..{MAX_VIEWS}, got {text!r}")
     return values
 
 
+#: Most test views per chunk that --views accepts (the paper sweeps 1..5).
+MAX_VIEWS = 64
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range
+
     parser.add_argument("--model", action="append", required=True, metavar="CHECKPOINT",
                         help="checkpoint to evaluate; repeat to compare models (e.g. safnet, concat, "
                              "pointnet2) in one table and one views-sweep plot")
@@ -534,10 +545,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="eval_out", metavar="DIR",
                         help="folder for per_class.csv, the confusion-matrix and views-sweep PNGs and "
                              "eval.json (default ./eval_out)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--scenes", type=int, default=None, metavar="N", help="only the first N scenes")
-    parser.add_argument("--stride", type=float, default=0.5, help="sliding-window stride in metres (default 0.5)")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--scenes", type=int_range(1, MAX_COUNT), default=None, metavar="N",
+                        help="only the first N scenes")
+    parser.add_argument("--stride", type=float_range(0.0, 100.0, lo_open=True), default=0.5,
+                        help="sliding-window stride in metres (default 0.5)")
+    parser.add_argument("--threads", type=int_range(0, 1024), default=0,
                         help="CPU threads for torch (default 0: torch's default, one per core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -549,12 +563,17 @@ def run_eval(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from safnet_ros.validation import check_output_dir
+
+    check_output_dir(args.out, "--out folder")  # before the evaluation, not after it
     results, found = evaluate(args.model, args.data, args.split, args.views, stride=args.stride,
                               device=args.device, max_scenes=args.scenes, progress=not args.no_progress)
     out = Path(args.out)
     files = write_outputs(results, out)
     report = report_json(results, found, args.split, args.stride, files)
-    (out / "eval.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    tmp = out / ".eval.json.tmp"  # eval.json last and whole: its presence means the outputs are complete
+    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    os.replace(tmp, out / "eval.json")
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return 0

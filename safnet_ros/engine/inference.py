@@ -216,7 +216,7 @@ class Segmenter:
                 seg.untrained = True
                 return seg
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():  # a folder or FIFO there is named by load_checkpoint
             raise ModelLoadError(f"{path}: model file not found")
         model, config, _extra = load_checkpoint(path, map_location=dev, expected_preset=preset)
         return cls(model, config, dev, **kwargs)

@@ -80,10 +80,12 @@ def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], path: str
     for key, value in override.items():
         where = f"{path}{key}"
         if key not in base:
-            raise ConfigError(f"unknown training config key {where!r}")
+            known = ", ".join(sorted(k for k in base if not k.startswith("_")))
+            raise ConfigError(f"unknown training config key {where!r}; known keys"
+                              f"{' under ' + path[:-1] if path else ''}: {known}")
         if isinstance(base[key], dict) and key != "overrides":
             if not isinstance(value, Mapping):
-                raise ConfigError(f"training config key {where!r} must be a mapping")
+                raise ConfigError(f"training config key {where!r} must be a mapping, got {value!r}")
             out[key] = merge_config(base[key], value, where + ".")
         else:
             out[key] = value
@@ -123,51 +125,37 @@ def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
 def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any], sets: Sequence[str] = ()) -> dict[str, Any]:
     """The full training config: DEFAULTS overridden by a YAML file (or a dict), then by
     ``sets`` (``KEY.PATH=VALUE`` strings, the CLI's ``--set``), checked."""
+    from safnet_ros.engine.config_schema import check_config
+
     if isinstance(path_or_dict, Mapping):
         raw = dict(path_or_dict)
         base_dir = Path.cwd()
+        source = "training config"
     else:
-        import yaml
+        from safnet_ros.io_boundary import load_yaml
+        from safnet_ros.validation import require_file
 
-        p = Path(path_or_dict)
-        if not p.is_file():
-            raise MissingDataError(p, "training config")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        p = require_file(path_or_dict, "training config")
+        raw = load_yaml(p, "training config") or {}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{p}: a training config must be a mapping")
         base_dir = p.parent
-    cfg = merge_config(merge_config(DEFAULTS, raw), parse_sets(sets))
+        source = str(p)
+    try:  # one schema (engine/config_schema.py): types, ranges, allowed values, before any work
+        cfg = merge_config(merge_config(DEFAULTS, raw), parse_sets(sets))
+        check_config(cfg, DEFAULTS)
+        if not cfg["data"]["root"]:
+            raise ConfigError("data.root (the output of `safnet data preprocess`) is required")
+        model_config(cfg)  # validates preset / variant / overrides
+    except ConfigError as exc:
+        raise ConfigError(f"{source}{' and --set' if sets else ''}: {exc}") from exc
     cfg["_base_dir"] = str(base_dir)
-    stage = cfg["stage"]
-    if stage not in ("2d", "3d"):
-        raise ConfigError(f"stage must be '2d' or '3d', got {stage!r}")
+    stage = cfg["stage"]  # types and ranges were checked by check_config; here only what depends on the stage
     t = cfg["train"]
     if t["optimizer"] is None:
         t["optimizer"] = "sgd" if stage == "2d" else "adam"
     if t["lr"] is None:
         t["lr"] = 0.005 if stage == "2d" else 0.001
-    if t["optimizer"] not in ("sgd", "adam"):
-        raise ConfigError(f"train.optimizer must be sgd or adam, got {t['optimizer']!r}")
-    for key in ("epochs", "batch_size", "lr_step_epochs"):
-        if int(t[key]) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
-    if not float(t["lr"]) > 0:
-        raise ConfigError(f"train.lr must be > 0, got {t['lr']}")
-    if not float(t["max_minutes"]) >= 0:
-        raise ConfigError(f"train.max_minutes must be >= 0 (0 = no budget), got {t['max_minutes']}")
-    if cfg["chunks"]["views"] not in (0, 1, 2, 3, 4, 5):
-        raise ConfigError(f"chunks.views must be 0..5, got {cfg['chunks']['views']}")
-    crop = cfg["images"]["crop_wh"]
-    if crop is not None and (len(crop) != 2 or not (1 <= int(crop[0]) <= 160 and 1 <= int(crop[1]) <= 120)):
-        raise ConfigError(f"images.crop_wh must be (w, h) within the 160x120 frames, got {crop}")
-    if int(cfg["chunks"]["num_points"]) < 1 or not float(cfg["chunks"]["size"]) > 0:
-        raise ConfigError("chunks.num_points must be >= 1 and chunks.size > 0")
-    if not cfg["data"]["root"]:
-        raise ConfigError("data.root (the output of `safnet data preprocess`) is required")
-    model_config(cfg)  # validates preset / variant / overrides
     return cfg
 
 
@@ -409,8 +397,12 @@ def train(config: str | os.PathLike | Mapping[str, Any], out: Optional[str | os.
     mp.spawn); under torchrun they come from the environment. ``sets``: config
     overrides as ``KEY.PATH=VALUE`` strings (see :func:`parse_sets`).
     """
+    from safnet_ros.validation import check_output_dir
+
     cfg = load_config(config, sets)
     out_dir = Path(out) if out is not None else Path(cfg["out"])  # relative to the current directory
+    check_output_dir(out_dir, "training output folder")  # a regular file there: refused before any work
+    check_output_dir(out_dir / "checkpoints", "checkpoint folder")
     dist_info = setup_distributed(cfg["device"], init_method, rank, world_size)
     try:
         return _run_training(cfg, out_dir, resume, dist_info, progress)
@@ -458,7 +450,14 @@ def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, p
     if resume:
         if not state_path.is_file():
             raise MissingDataError(state_path, "training state to resume from")
-        resume_state = torch.load(state_path, map_location="cpu", weights_only=False)
+        from safnet_ros.io_boundary import load_torch_file
+
+        # weights_only: the state holds tensors, numbers and dicts only, and a hostile file cannot run code
+        resume_state = load_torch_file(state_path, what="safnet training state")
+        if not isinstance(resume_state, dict) or not {"epoch", "checkpoint", "optimizer", "scheduler"} <= set(
+                resume_state):
+            raise ConfigError(f"{state_path}: not a safnet training state (keys epoch, checkpoint, optimizer, "
+                              "scheduler are missing)")
         if resume_state.get("stage") != stage:
             raise ConfigError(f"{state_path} is from stage {resume_state.get('stage')!r}, the config is stage "
                               f"{stage!r}: use another --out")

@@ -270,6 +270,33 @@ def save_checkpoint(path: Union[str, os.PathLike], model: SafnetModel, config: O
     os.replace(tmp, path)
 
 
+def read_checkpoint_payload(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu"
+                            ) -> dict[str, Any]:
+    """The checked payload dict of a file written by :func:`save_checkpoint`, without building the model
+    (a cheap up-front check for commands that load the model later).
+
+    Raises:
+        ModelLoadError: missing, not a regular file, not a torch file / not ours / corrupt, or an
+            unsupported version (loaded with ``weights_only=True``: the file cannot run code).
+    """
+    from safnet_ros.io_boundary import load_torch_file
+    from safnet_ros.validation import path_kind
+
+    path = os.fspath(path)
+    kind = path_kind(path)
+    if kind is None:
+        raise ModelLoadError(f"{path}: checkpoint file is missing")
+    if kind != "a regular file":
+        raise ModelLoadError(f"{path}: a checkpoint must be a regular file, but this is {kind}")
+    payload = load_torch_file(path, map_location, what="safnet checkpoint", error=ModelLoadError)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelLoadError(f"{path}: not a safnet_ros checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ModelLoadError(f"{path}: checkpoint format version {payload.get('version')!r} is not supported"
+                             f" (this code reads version {CHECKPOINT_VERSION})")
+    return payload
+
+
 def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu",
                     expected_preset: Optional[str] = None) -> tuple[SafnetModel, SafnetConfig, dict[str, Any]]:
     """Read a file written by :func:`save_checkpoint`; the model is in eval mode.
@@ -280,17 +307,7 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torc
             config, or a preset other than ``expected_preset``.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelLoadError(f"{path}: checkpoint file is missing")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types on a corrupt file
-        raise ModelLoadError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ModelLoadError(f"{path}: not a safnet_ros checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise ModelLoadError(f"{path}: checkpoint format version {payload.get('version')!r} is not supported"
-                             f" (this code reads version {CHECKPOINT_VERSION})")
+    payload = read_checkpoint_payload(path, map_location)
     try:
         config = SafnetConfig.from_dict(payload.get("config"))
     except ConfigError as exc:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range, size_wh
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     bag = sub.add_parser("bag", help="rosbag2 tools: convert a ScanNet scene, replay a bag without ROS tools")
@@ -22,13 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("scene_dir", help="scene folder (sceneXXXX_YY/ with .sens or exported frames, and the mesh)")
     conv.add_argument("out", help="output bag folder (must not exist unless --overwrite)")
     conv.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="storage plugin (default mcap)")
-    conv.add_argument("--rate", type=float, default=None, metavar="HZ",
+    conv.add_argument("--rate", type=float_range(0.01, 10_000.0), default=None, metavar="HZ",
                       help="synthesise stamps at this frame rate instead of the recorded timestamps")
-    conv.add_argument("--skip", type=int, default=1, metavar="N", help="keep every N-th frame (default 1: all)")
-    conv.add_argument("--resize", default=None, metavar="WxH", help="image size in the bag (default: colour size)")
-    conv.add_argument("--cloud-rate", type=float, default=2.0, metavar="HZ",
+    conv.add_argument("--skip", type=int_range(1, MAX_COUNT), default=1, metavar="N",
+                      help="keep every N-th frame (default 1: all)")
+    conv.add_argument("--resize", type=size_wh, default=None, metavar="WxH",
+                      help="image size in the bag (default: colour size)")
+    conv.add_argument("--cloud-rate", type=float_range(0.0, 1000.0), default=2.0, metavar="HZ",
                       help="rate of the /points cloud (default 2; 0 writes no cloud and needs no mesh)")
-    conv.add_argument("--max-range", type=float, default=5.0, metavar="M",
+    conv.add_argument("--max-range", type=float_range(0.1, 1000.0, lo_open=True), default=5.0, metavar="M",
                       help="farthest camera depth of a /points vertex (default 5 m)")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     conv.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -43,11 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "resort. On a ROS 2 install `ros2 bag play --clock` does the same job.",
     )
     play.add_argument("bag", help="bag folder")
-    play.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
+    play.add_argument("--rate", type=float_range(0.001, 1000.0), default=1.0,
+                      help="playback speed factor, 0.001..1000 (default 1.0)")
     play.add_argument("--loop", action="store_true", help="start again at the end")
     play.add_argument("--topics", nargs="+", default=None, help="publish only these topics")
     play.add_argument("--no-clock", action="store_true", help="do not publish /clock")
-    play.add_argument("--wait-subscribers", type=float, default=2.0, metavar="SEC",
+    play.add_argument("--wait-subscribers", type=float_range(0.0, 3600.0), default=2.0, metavar="SEC",
                       help="wait up to SEC seconds for subscribers before the first message (default 2)")
     play.set_defaults(func=run_play)
 
@@ -60,9 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("bag", help="input bag folder (e.g. from `safnet bag convert`)")
     seg.add_argument("out_bag", help="output bag folder (must not exist unless --overwrite)")
     seg.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
-    seg.add_argument("--device", default="auto", help="torch device (default auto)")
-    seg.add_argument("--num-views", type=int, default=3, help="views per chunk (default 3)")
-    seg.add_argument("--max-views", type=int, default=30,
+    seg.add_argument("--device", type=device_name, default="auto", help="torch device (default auto)")
+    seg.add_argument("--num-views", type=int_range(0, 64), default=3, help="views per chunk (default 3)")
+    seg.add_argument("--max-views", type=int_range(1, 100_000), default=30,
                      help="keyframes kept in the view buffer (default 30, as the node)")
     seg.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage plugin")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
@@ -80,11 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from safnet_ros.tools.bag_convert import convert_scene, parse_size
+    from safnet_ros.tools.bag_convert import convert_scene
 
     summary = convert_scene(
         args.scene_dir, args.out, storage=args.storage, rate=args.rate, skip=args.skip,
-        resize=parse_size(args.resize) if args.resize else None, cloud_rate=args.cloud_rate,
+        resize=args.resize, cloud_rate=args.cloud_rate,
         max_range=args.max_range, overwrite=args.overwrite, progress=not args.quiet and sys.stderr.isatty(),
     )
     print("\n".join(summary.lines()))

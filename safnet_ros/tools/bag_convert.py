@@ -58,6 +58,9 @@ START_NS = 1_000_000_000
 FALLBACK_RATE_HZ = 30.0
 #: Closest depth a cloud point may have in the camera (metres).
 MIN_RANGE_M = 0.1
+#: Largest gap between consecutive recorded frame stamps taken as real (1 hour); beyond it the
+#: stamp is corrupt and synthesised like a repeated one.
+MAX_STAMP_GAP_NS = 3600 * 10**9
 
 
 @dataclass
@@ -134,13 +137,11 @@ def open_scene(scene_dir: str | os.PathLike, need_mesh: bool):
     from safnet_ros.data.scannet import ScanNetScene
 
     path = Path(scene_dir)
-    if not path.is_dir():
-        raise MissingDataError(path, "scene folder")
-    scene = ScanNetScene(path)
+    scene = ScanNetScene(path)  # a missing path, or a file there, is named by ScanNetScene
     missing = []
     if not scene.has_frames:
         missing.append(f"RGB-D frames ({scene.sens_path.name} or exported color/ depth/ pose/ intrinsic/)")
-    if need_mesh and not scene.mesh_path.is_file():
+    if need_mesh and not os.path.lexists(scene.mesh_path):  # a folder or FIFO there: named when read
         missing.append(f"mesh {scene.mesh_path.name} (needed for {bio.POINTS_TOPIC}; --cloud-rate 0 skips it)")
     if missing:
         raise MissingDataError(path, "scene parts: " + "; ".join(missing))
@@ -259,7 +260,9 @@ class FrameStamper:
             ns = START_NS + int(round((frame_id - self.first[0]) * 1e9 / self.rate))
         else:
             ns = START_NS + (int(timestamp_us) - self.first[1]) * 1000
-            if ns <= self.prev[1]:
+            # not increasing, or an implausible jump (a corrupt 2^64-1 stamp would overflow the
+            # message's int32 seconds): synthesise it and count it, as for a repeated stamp
+            if ns <= self.prev[1] or ns - self.prev[1] > MAX_STAMP_GAP_NS:
                 ns = self.prev[1] + int(round((frame_id - self.prev[0]) * 1e9 / FALLBACK_RATE_HZ))
                 self.synthesised += 1
         self.prev = (frame_id, ns)

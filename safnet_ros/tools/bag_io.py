@@ -440,6 +440,60 @@ def bag_storage_plugin(storage: str) -> Any:
     return plugins[storage]
 
 
+#: Errors rosbags raises from its own parsing of a malformed bag (metadata fields of the wrong
+#: type, an mcap index with absurd offsets) besides its ReaderError.
+_BAG_PARSE_ERRORS: tuple[type[BaseException], ...] = (OverflowError, KeyError, TypeError, ValueError, IndexError)
+
+
+@contextlib.contextmanager
+def bag_reader(path: str | os.PathLike) -> Iterator[Any]:
+    """An opened rosbags ``Reader`` of ``path``; a broken bag (truncated, empty or garbage
+    mcap/db3, a metadata.yaml that is not YAML or not UTF-8) is one DataFormatError naming
+    it. Only the opening is guarded here: read messages through :func:`bag_messages`."""
+    from rosbags.rosbag2 import Reader
+
+    from safnet_ros.io_boundary import reading
+
+    with reading(path, "rosbag2 bag", *_BAG_PARSE_ERRORS):
+        reader = Reader(path)
+        reader.open()
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def bag_messages(reader: Any, path: str | os.PathLike, connections: Sequence[Any] = ()) -> Iterator[tuple]:
+    """``reader.messages(connections=...)`` with the reader's errors on a damaged bag (a chunk
+    that does not decompress, a truncated file) turned into one DataFormatError naming ``path``.
+    Errors raised by the caller's loop body are not touched."""
+    from safnet_ros.io_boundary import as_data_error, reader_errors
+
+    errors = (OSError,) + reader_errors(*_BAG_PARSE_ERRORS)  # built once: this loop is per message
+    try:
+        it = iter(reader.messages(connections=connections))
+    except errors as exc:
+        raise as_data_error(path, "rosbag2 bag", exc) from exc
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except errors as exc:
+            raise as_data_error(path, "rosbag2 bag", exc) from exc
+        yield item
+
+
+def require_bag(path: str | os.PathLike) -> Path:
+    """``path`` when it is a rosbag2 folder; MissingDataError when absent, DataFormatError naming
+    what it is instead (a regular file, a FIFO) or when its metadata.yaml is not a regular file."""
+    from safnet_ros.validation import require_dir, require_file
+
+    p = require_dir(path, "rosbag2 folder (with metadata.yaml)")
+    require_file(p / "metadata.yaml", "rosbag2 metadata.yaml")
+    return p
+
+
 def is_bag(path: str | os.PathLike) -> bool:
     """True when ``path`` is a rosbag2 folder (has metadata.yaml)."""
     return os.path.isfile(os.path.join(os.fspath(path), "metadata.yaml"))
@@ -447,13 +501,16 @@ def is_bag(path: str | os.PathLike) -> bool:
 
 def bag_custom_data(path: str | os.PathLike) -> dict[str, str]:
     """The ``custom_data`` of a rosbag2's metadata.yaml (empty when none), e.g. ``safnet.axis_alignment``."""
-    import yaml
+    from safnet_ros.errors import DataFormatError
+    from safnet_ros.io_boundary import load_yaml
 
     meta_path = os.path.join(os.fspath(path), "metadata.yaml")
-    with open(meta_path, encoding="utf-8") as f:
-        meta = yaml.safe_load(f) or {}
-    info = meta.get("rosbag2_bagfile_information", {})
-    return dict(info.get("custom_data") or {})
+    meta = load_yaml(meta_path, "rosbag2 metadata.yaml") or {}
+    info = meta.get("rosbag2_bagfile_information", {}) if isinstance(meta, dict) else None
+    custom = info.get("custom_data") if isinstance(info, dict) else None
+    if info is None or not isinstance(custom or {}, dict):
+        raise DataFormatError(meta_path, "not a rosbag2 metadata.yaml (no rosbag2_bagfile_information mapping)")
+    return {str(k): str(v) for k, v in (custom or {}).items()}
 
 
 def check_output(out: str | os.PathLike, overwrite: bool) -> Path:

@@ -32,10 +32,11 @@ from typing import Any, Optional, Sequence
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy._rclpy_pybind11 import RMWError
 from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
 
-from safnet_ros.errors import ConfigError, MissingDataError
+from safnet_ros.errors import ConfigError, MessageDecodeError, MissingDataError
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
 from safnet_ros.tools import bag_io as bio
@@ -69,11 +70,13 @@ class PlaySummary:
     loops: int = 0
     clock_messages: int = 0
     elapsed_s: float = 0.0
+    undecodable: dict[str, int] = field(default_factory=dict)  # topic -> messages that did not deserialise
 
     def lines(self) -> list[str]:
         out = [f"played {self.loops} time(s) in {self.elapsed_s:.1f} s; /clock {self.clock_messages} messages"]
         out += [f"  {topic}: {n}" for topic, n in sorted(self.published.items())]
         out += [f"  skipped {topic}: {why}" for topic, why in sorted(self.skipped_topics.items())]
+        out += [f"  undecodable {topic}: {n} message(s) skipped" for topic, n in sorted(self.undecodable.items())]
         return out
 
 
@@ -125,8 +128,7 @@ class BagPlayer:
             raise ConfigError(f"rate must be positive, got {rate}")
         self.node = node
         self.bag_path = Path(bag_path)
-        if not bio.is_bag(self.bag_path):
-            raise MissingDataError(self.bag_path, "rosbag2 folder (metadata.yaml)")
+        bio.require_bag(self.bag_path)
         self.rate = float(rate)
         self.loop = loop
         self.topics = set(topics) if topics else None
@@ -206,13 +208,30 @@ class BagPlayer:
 
     def _publish(self, route: _Route, raw: bytes, topic: str, msgtype: str) -> None:
         if route.split_tf:
-            tf = bio.deserialize(raw, msgtype, what=f"{self.bag_path}:{topic}")
+            try:
+                tf = bio.deserialize(raw, msgtype, what=f"{self.bag_path}:{topic}")
+            except MessageDecodeError as exc:
+                self._undecodable(topic, msgtype, exc)
+                return
             for t in tf.transforms:
                 route.publisher.publish(deserialize_message(bio.serialize(t), route.msg_class))
                 self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
             return
-        route.publisher.publish(deserialize_message(raw, route.msg_class))
+        try:
+            msg = deserialize_message(raw, route.msg_class)
+        except RMWError as exc:
+            self._undecodable(topic, msgtype, exc)
+            return
+        route.publisher.publish(msg)
         self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
+
+    def _undecodable(self, topic: str, msgtype: str, exc: Exception) -> None:
+        """One broken message must not end the replay: count it, warn once per topic."""
+        n = self.summary.undecodable.get(topic, 0)
+        self.summary.undecodable[topic] = n + 1
+        if n == 0:
+            self.node.get_logger().warning(f"{self.bag_path}: a {msgtype} message on {topic} does not "
+                                           f"deserialise ({' '.join(str(exc).split())[:120]}); skipped")
 
     def _wait_until(self, wall_target: float, wall_start: float, first_ns: int, stop: threading.Event) -> None:
         """Sleep until ``wall_target`` (monotonic seconds), keeping /clock moving every clock_period."""
@@ -227,11 +246,9 @@ class BagPlayer:
 
     def run(self, stop_event: Optional[threading.Event] = None) -> PlaySummary:
         """Publish the bag (again and again with ``loop``) until its end or ``stop_event`` is set."""
-        from rosbags.rosbag2 import Reader
-
         stop = stop_event or threading.Event()
         started = time.monotonic()
-        with Reader(self.bag_path) as reader:
+        with bio.bag_reader(self.bag_path) as reader:
             wanted = self._make_routes(reader.connections)
             if not wanted:
                 raise MissingDataError(self.bag_path, "topics that can be published here")
@@ -239,7 +256,7 @@ class BagPlayer:
             while not stop.is_set():
                 wall_start = time.monotonic()
                 first_ns = None
-                for conn, bag_ns, raw in reader.messages(connections=wanted):
+                for conn, bag_ns, raw in bio.bag_messages(reader, self.bag_path, wanted):
                     if stop.is_set():
                         break
                     if first_ns is None:
@@ -259,11 +276,18 @@ class BagPlayer:
 def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Sequence[str]] = None,
               clock: bool = True, wait_for_subscribers: float = 2.0) -> int:
     """The ``safnet bag play`` command: an rclpy node that plays the bag until its end or Ctrl-C."""
-    import rclpy
+    import signal
 
-    rclpy.init()
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    # Our own SIGTERM handling: rclpy's would shut the context down under the publishing
+    # loop (an RCLError traceback); here SIGTERM stops the replay like Ctrl-C.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("safnet_bag_player")
     stop = threading.Event()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main_thread else None
     try:
         player = BagPlayer(node, bag, rate=rate, loop=loop, topics=topics, clock=clock,
                            wait_for_subscribers=wait_for_subscribers)
@@ -277,6 +301,8 @@ def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[
             summary = player.summary
         print("\n".join(summary.lines()))
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

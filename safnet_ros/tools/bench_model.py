@@ -39,30 +39,26 @@ from safnet_ros.errors import ConfigError
 __all__ = ["add_arguments", "run", "benchmark", "synthetic_bench_batch"]
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _name_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from safnet_ros.validation import int_list, int_range
+
     parser.add_argument("--presets", type=_name_list, default=["paper", "lite"], help="comma-separated presets")
-    parser.add_argument("--points", type=_int_list, default=[8000, 25000], help="points per chunk, comma-separated")
-    parser.add_argument("--views", type=_int_list, default=[1, 3, 5], help="views per chunk, comma-separated")
+    parser.add_argument("--points", type=int_list(1, 2_000_000), default=[8000, 25000],
+                        help="points per chunk, comma-separated")
+    parser.add_argument("--views", type=int_list(1, 64), default=[1, 3, 5], help="views per chunk, comma-separated")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--height", type=int, default=120)
+    parser.add_argument("--repeats", type=int_range(1, 10_000), default=5, help="timed runs per row (median reported)")
+    parser.add_argument("--warmup", type=int_range(0, 10_000), default=1, help="untimed runs before timing")
+    parser.add_argument("--threads", type=int_range(1, 1024), default=2, help="torch CPU threads")
+    parser.add_argument("--width", type=int_range(16, 4096), default=160, help="image width (16..4096)")
+    parser.add_argument("--height", type=int_range(16, 4096), default=120, help="image height (16..4096)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -70,19 +70,23 @@ UNTRAINED_NOTE = "UNTRAINED model (none shipped): labels and mIoU are meaningles
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from safnet_ros.validation import device_name, float_range, int_range
+
     parser.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic scene (default 7)")
-    parser.add_argument("--frames", type=int, default=None, help="frames of the synthetic scene (default 300)")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=7,
+                        help="seed of the synthetic scene (default 7)")
+    parser.add_argument("--frames", type=int_range(1, 100_000), default=None,
+                        help="frames of the synthetic scene (default 300)")
     parser.add_argument("--fast", action="store_true",
                         help="tiny scene (24 frames, 80x60 images, 15 cm vertex spacing) for CI")
-    parser.add_argument("--rate", type=float, default=None,
+    parser.add_argument("--rate", type=float_range(0.001, 1000.0), default=None,
                         help="bag playback speed factor (default 0.25, 0.5 with --fast: slow enough for 2 CPU cores)")
-    parser.add_argument("--cloud-rate", type=float, default=None,
+    parser.add_argument("--cloud-rate", type=float_range(0.01, 1000.0), default=None,
                         help="/points rate in the bag, Hz (default 2, 4 with --fast)")
     parser.add_argument("--offline", action="store_true",
                         help="no bag, no node: the Segmenter over the whole scene (same scoring)")
     parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -205,7 +209,8 @@ def make_scene(out: Path, seed: int, frames: int, fast: bool, progress: bool) ->
     stamp = data_root / "demo_settings.json"
     t0 = time.perf_counter()
     wanted = json.dumps(settings, sort_keys=True, default=list)
-    if (scene_dir / f"{name}.sens").is_file() and stamp.is_file() and stamp.read_text() == wanted:
+    # bytes, not text: a stamp that is not ours (binary, another encoding) just does not match
+    if (scene_dir / f"{name}.sens").is_file() and stamp.is_file() and stamp.read_bytes() == wanted.encode():
         _stage(1, f"reusing synthetic scene {scene_dir}")
     else:
         _stage(1, f"generating synthetic scene {name} ({frames} frames, {cfg.color_size[0]}x{cfg.color_size[1]}) "
@@ -509,7 +514,14 @@ def run(args: argparse.Namespace) -> int:
         args.cloud_rate = 4.0 if args.fast else 2.0
     check_arguments(frames, args.rate, args.cloud_rate)
     progress = not args.no_progress
-    out = Path(args.out)
+    from safnet_ros.validation import check_output_dir
+
+    out = check_output_dir(args.out, "demo output folder")  # a regular file there: refused before any work
+    check_output_dir(out / "data", "demo data folder")
+    if args.model:  # loaded after the scene is generated: the file is checked now
+        from safnet_ros.model.safnet import read_checkpoint_payload
+
+        read_checkpoint_payload(args.model)
     started = time.perf_counter()
     scene = make_scene(out, args.seed, frames, args.fast, progress)
     report = run_offline(args, out, scene) if args.offline else run_with_node(args, out, scene, progress)

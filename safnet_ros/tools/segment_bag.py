@@ -309,7 +309,7 @@ def segment_bag(
     every cloud into a semantic voxel map (``map_voxel_size`` m,
     ``map_max_voxels``, ``map_fusion``) saved there at the end.
     """
-    from rosbags.rosbag2 import Reader, Writer
+    from rosbags.rosbag2 import Writer
 
     from safnet_ros.data.labels import class_colors
     from safnet_ros.engine.batching import prepare_view
@@ -317,8 +317,7 @@ def segment_bag(
 
     started = time.perf_counter()
     plugin = bio.bag_storage_plugin(storage)
-    if not bio.is_bag(bag):
-        raise MissingDataError(bag, "rosbag2 folder (metadata.yaml)")
+    bio.require_bag(bag)
     out_bag = bio.check_output(out_bag, overwrite)
     if os.path.abspath(out_bag) == os.path.abspath(bag):
         raise ConfigError("the output bag must differ from the input bag")
@@ -330,7 +329,7 @@ def segment_bag(
         vmap = SemanticVoxelMap(voxel_size=map_voxel_size, max_voxels=map_max_voxels, fusion=map_fusion)
         if os.path.isdir(map_path):
             raise ConfigError(f"--map {map_path}: is a folder; give a .ply file name")
-    with Reader(bag) as reader:
+    with bio.bag_reader(bag) as reader:
         check_topics(reader.connections, topics, bag)
         if segmenter is None:
             from safnet_ros.engine.inference import Segmenter
@@ -353,7 +352,7 @@ def segment_bag(
                                                offered_qos_profiles=[bio.DEFAULT_QOS])
             conn_markers = writer.add_connection(bio.MARKERS_TOPIC, bio.MARKER_ARRAY, typestore=bio.TYPESTORE,
                                                  offered_qos_profiles=[bio.DEFAULT_QOS])
-            for conn, ns, raw in tqdm(reader.messages(connections=wanted), total=total, desc="segmenting",
+            for conn, ns, raw in tqdm(bio.bag_messages(reader, bag, wanted), total=total, desc="segmenting",
                                       unit="msg", disable=not progress, leave=False):
                 try:
                     msg = bio.deserialize(raw, conn.msgtype, what=f"{bag}:{conn.topic}")
@@ -427,7 +426,7 @@ def read_tf(reader: Any, topics: BagTopics, bag: str | os.PathLike) -> TfTimelin
     """Every transform of the bag's TF topics in a :class:`TfTimeline`."""
     tf = TfTimeline()
     conns = [c for c in reader.connections if c.topic in (topics.tf, topics.tf_static)]
-    for conn, _, raw in reader.messages(connections=conns):
+    for conn, _, raw in bio.bag_messages(reader, bag, conns):
         static = conn.topic == topics.tf_static or bio.is_transient_local(conn.ext.offered_qos_profiles)
         for t in bio.deserialize(raw, conn.msgtype, what=f"{bag}:{conn.topic}").transforms:
             tf.add(t, static)

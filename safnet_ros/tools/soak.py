@@ -187,6 +187,9 @@ def soak(
         raise ConfigError(f"minutes must be positive, got {minutes}")
     if not rate > 0:
         raise ConfigError(f"rate must be positive, got {rate}")
+    if bag is not None:  # a broken bag is named now, not found by the player thread after the run
+        with bio.bag_reader(bio.require_bag(bag)):
+            pass
     torch.set_num_threads(2)
     say = log or (lambda line: None)
     tmp = None
@@ -310,14 +313,18 @@ def plot_rss(report: SoakReport, path: Path) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
-    parser.add_argument("--rate", type=float, default=10.0,
+    from safnet_ros.validation import device_name, float_range
+
+    parser.add_argument("--minutes", type=float_range(0.0, 100_000.0, lo_open=True), default=10.0,
+                        help="how long to run (default 10)")
+    parser.add_argument("--rate", type=float_range(0.1, 1000.0), default=10.0,
                         help="frame and cloud rate of the synthetic bag, Hz "
                              "(a given --bag plays at its recorded timing)")
     parser.add_argument("--bag", default=None, help="rosbag2 to loop (default: a synthetic scene converted once)")
     parser.add_argument("--model", default=None, help="checkpoint (default: the shipped / untrained lite model)")
-    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N] (default cpu)")
-    parser.add_argument("--sample-period", type=float, default=2.0, help="seconds between RSS samples")
+    parser.add_argument("--device", type=device_name, default="cpu", help="auto | cpu | cuda[:N] (default cpu)")
+    parser.add_argument("--sample-period", type=float_range(0.01, 3600.0), default=2.0,
+                        help="seconds between RSS samples")
     parser.add_argument("--out", default="soak_results", help="folder for soak.json and soak_rss.png")
     parser.add_argument("--map-max-voxels", type=int, default=None, metavar="N",
                         help="the node's map_max_voxels (default: the node's 500000; small values exercise eviction)")
@@ -326,6 +333,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from safnet_ros.validation import check_output_dir
+
+    check_output_dir(args.out, "--out folder")  # before the soak, not after it
     report = soak(args.minutes, rate=args.rate, bag=args.bag, model=args.model, device=args.device,
                   sample_period=args.sample_period, map_max_voxels=args.map_max_voxels, map_enable=not args.no_map,
                   log=lambda line: print(line, file=sys.stderr, flush=True))

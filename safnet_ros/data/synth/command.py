@@ -36,45 +36,40 @@ import argparse
 from safnet_ros.errors import ConfigError
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = text.lower().split("x")
-        return int(w), int(h)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 320x240), got {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from safnet_ros.validation import float_range, int_range, size_wh
+
     parser.add_argument("out", metavar="OUT", help="output folder; scene folders are created directly under it")
-    parser.add_argument("--scenes", type=int, default=1, help="number of scenes (1..100, default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); also sets the scene names")
-    parser.add_argument("--frames", type=int, default=300, help="frames per scene (default 300)")
-    parser.add_argument("--color-size", type=_size, default=(320, 240), metavar="WxH",
+    parser.add_argument("--scenes", type=int_range(1, 100), default=1, help="number of scenes (1..100, default 1)")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0,
+                        help="random seed (default 0); also sets the scene names")
+    parser.add_argument("--frames", type=int_range(1, 100_000), default=300, help="frames per scene (default 300)")
+    parser.add_argument("--color-size", type=size_wh, default=(320, 240), metavar="WxH",
                         help="colour image size (default 320x240; ScanNet: 1296x968)")
-    parser.add_argument("--depth-size", type=_size, default=(320, 240), metavar="WxH",
+    parser.add_argument("--depth-size", type=size_wh, default=(320, 240), metavar="WxH",
                         help="depth image size, registered to colour (default 320x240; ScanNet: 640x480)")
-    parser.add_argument("--vertex-spacing", type=float, default=0.045, metavar="M",
+    parser.add_argument("--vertex-spacing", type=float_range(0.005, 1.0), default=0.045, metavar="M",
                         help="mesh vertex spacing in metres (default 0.045: ~110k vertices per room)")
-    parser.add_argument("--overlap", type=float, default=None,
+    parser.add_argument("--overlap", type=float_range(0.0, 0.999, lo_open=True), default=None,
                         help="view overlap of consecutive frames in (0, 1): the view turns (1 - overlap) of the "
                              "field of view per frame (default: the frames cover exactly one loop of the room)")
-    parser.add_argument("--depth-noise", type=float, default=0.005, metavar="M",
+    parser.add_argument("--depth-noise", type=float_range(0.0, 1.0), default=0.005, metavar="M",
                         help="depth noise std at 0 m, growing as (1 + (z/2m)^2) (default 0.005)")
-    parser.add_argument("--depth-dropout", type=float, default=0.01, metavar="FRAC",
+    parser.add_argument("--depth-dropout", type=float_range(0.0, 0.5), default=0.01, metavar="FRAC",
                         help="fraction of depth pixels lost in holes, plus grazing angles (default 0.01)")
-    parser.add_argument("--pose-noise", type=float, default=0.005, metavar="M",
+    parser.add_argument("--pose-noise", type=float_range(0.0, 1.0), default=0.005, metavar="M",
                         help="per-frame translation jitter std of recorded poses (default 0.005)")
-    parser.add_argument("--pose-noise-deg", type=float, default=0.3, metavar="DEG",
+    parser.add_argument("--pose-noise-deg", type=float_range(0.0, 180.0), default=0.3, metavar="DEG",
                         help="per-frame rotation jitter std of recorded poses (default 0.3)")
-    parser.add_argument("--pose-drift", type=float, default=0.02, metavar="M",
+    parser.add_argument("--pose-drift", type=float_range(0.0, 10.0), default=0.02, metavar="M",
                         help="accumulated random-walk drift std at the end of the trajectory (default 0.02 m, "
                              "plus 5 deg/m of yaw)")
-    parser.add_argument("--moved-objects", type=float, default=0.0, metavar="N",
+    parser.add_argument("--moved-objects", type=float_range(0.0, 1000.0), default=0.0, metavar="N",
                         help="movable objects displaced in the frames vs the mesh: a fraction if < 1, else a "
                              "count (default 0)")
-    parser.add_argument("--invalid-poses", type=float, default=0.0, metavar="FRAC",
+    parser.add_argument("--invalid-poses", type=float_range(0.0, 0.99), default=0.0, metavar="FRAC",
                         help="fraction of frames written with -inf poses (lost tracking; default 0)")
-    parser.add_argument("--max-rotation", type=float, default=15.0, metavar="DEG",
+    parser.add_argument("--max-rotation", type=float_range(0.0, 180.0), default=15.0, metavar="DEG",
                         help="largest random yaw of the room in the mesh frame (0: aligned; default 15)")
     parser.add_argument("--split", default=None, metavar="NAME",
                         help="put every scene into scannetv2_NAME.txt instead of an 80/20 train/val split")

@@ -232,7 +232,13 @@ def generate_dataset(out: str | Path, scenes: int, seed: int, cfg: SynthConfig, 
             if p.exists() and (not p.is_dir() or any(p.iterdir())):
                 raise ConfigError(f"{p} already exists and is not empty (pass --overwrite to replace it)")
     root.mkdir(parents=True, exist_ok=True)
-    summaries = [generate_scene(root, seed, i, cfg, overwrite) for i in range(scenes)]
+    summaries = []
+    for i in range(scenes):
+        try:
+            summaries.append(generate_scene(root, seed, i, cfg, overwrite))
+        except BaseException:  # incl. Ctrl-C and MemoryError: leave no half-written scene behind
+            shutil.rmtree(root / names[i], ignore_errors=True)
+            raise
     writer.write_label_map_file(root, dict(CATEGORY_NYU40))
     writer.write_splits(root, names, split)
     return summaries

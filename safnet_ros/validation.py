@@ -1,0 +1,184 @@
+"""Checks at the boundary: argparse types with ranges, and path checks before long work.
+
+Every ``safnet`` argument that takes a number uses one of the types here, so an
+absurd value (``--width 0``, ``--rate 1e-300``, ``--frames 10**12``, ``nan``)
+ends in argparse's one ``error:`` line and exit status 2 before any work starts.
+The path checks tell a folder from a regular file, a FIFO or a device, so
+"missing" is only said of what is really missing, and an output folder that is a
+regular file is refused up front, not after an hour of work.
+
+Nothing here imports torch, numpy or open3d: ``safnet --help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Callable, Optional
+
+from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+
+#: Upper bound for counts that size memory (frames, points, scenes): larger is a typo, not a request.
+MAX_COUNT = 10_000_000
+#: Largest image side in pixels accepted anywhere (ScanNet's colour is 1296 x 968).
+MAX_IMAGE_SIDE = 8192
+
+
+# --------------------------------------------------------------------------- argparse types
+def _bounds_text(lo: Optional[float], hi: Optional[float], lo_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    return f"<= {hi:g}"
+
+
+def int_range(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[str], int]:
+    """argparse type: an integer in [lo, hi] (either bound optional)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be an integer {_bounds_text(lo, hi, False)}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_range(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False,
+                allow_inf: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite float in [lo, hi] (``(lo, hi]`` when ``lo_open``); NaN is always refused."""
+    def parse(text: str) -> float:
+        try:
+            value = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if math.isnan(value) or (math.isinf(value) and not allow_inf):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        below = lo is not None and (value <= lo if lo_open else value < lo)
+        if below or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {_bounds_text(lo, hi, lo_open)}, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def size_wh(text: str, max_side: int = MAX_IMAGE_SIDE) -> tuple[int, int]:
+    """argparse type: ``WxH`` -> (w, h), both in 1..max_side pixels."""
+    w, sep, h = str(text).lower().strip().partition("x")
+    try:
+        if not sep:
+            raise ValueError
+        wh = (int(w), int(h))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WxH (e.g. 160x120), got {text!r}") from None
+    if not all(1 <= v <= max_side for v in wh):
+        raise argparse.ArgumentTypeError(f"size sides must be 1..{max_side} pixels, got {text!r}")
+    return wh
+
+
+def int_list(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[str], list[int]]:
+    """argparse type: comma-separated integers, each in [lo, hi]; at least one."""
+    one = int_range(lo, hi)
+
+    def parse(text: str) -> list[int]:
+        items = [v for v in str(text).replace(" ", "").split(",") if v != ""]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        return [one(v) for v in items]
+    parse.__name__ = "integer list"
+    return parse
+
+
+#: Device names accepted by ``--device`` (``cuda:N`` too).
+def device_name(text: str) -> str:
+    """argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    t = str(text).strip().lower()
+    if t in ("auto", "cpu", "cuda") or (t.startswith("cuda:") and t[5:].isdigit()):
+        return t
+    raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+# --------------------------------------------------------------------------- paths
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def path_kind(path: str | os.PathLike) -> Optional[str]:
+    """What ``path`` is ("a folder", "a regular file", "a FIFO (named pipe)", ...), None when absent."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+    except OSError as exc:
+        raise DataFormatError(path, f"cannot be examined: {exc.strerror or exc}") from exc
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` as a Path when it is a regular file: MissingDataError when absent,
+    DataFormatError saying what it is instead (a folder, a FIFO) otherwise."""
+    p = Path(path)
+    kind = path_kind(p)
+    if kind is None:
+        raise MissingDataError(p, what)
+    if kind != "a regular file":
+        raise DataFormatError(p, f"expected the {what} (a regular file) here, but this is {kind}")
+    return p
+
+
+def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+    """``path`` as a Path when it is a folder: MissingDataError when absent, DataFormatError otherwise."""
+    p = Path(path)
+    kind = path_kind(p)
+    if kind is None:
+        raise MissingDataError(p, what)
+    if kind != "a folder":
+        raise DataFormatError(p, f"expected the {what} here, but this is {kind}")
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Refuse, before any work, an output folder that cannot be created: the path (or a
+    parent) is a regular file, or the nearest existing parent is not writable.
+
+    Creates nothing; returns ``path`` as a Path.
+    """
+    p = Path(path)
+    kind = path_kind(p)
+    if kind is not None and kind != "a folder":
+        raise ConfigError(f"{p}: the {what} is {kind}, not a folder")
+    probe = p if kind == "a folder" else p.parent
+    for parent in [probe, *probe.parents]:
+        pk = path_kind(parent) if str(parent) else "a folder"
+        if pk is None:
+            continue
+        if pk != "a folder":
+            raise ConfigError(f"{p}: the {what} cannot be created: {parent} is {pk}, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{p}: the {what} cannot be written: no write permission in {parent}")
+        break
+    return p
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Refuse an output file path that is a folder (or whose folder cannot be created)."""
+    p = Path(path)
+    kind = path_kind(p)
+    if kind == "a folder":
+        raise ConfigError(f"{p}: the {what} is a folder")
+    check_output_dir(p.parent if str(p.parent) else ".", f"folder of the {what}")
+    return p

@@ -98,6 +98,7 @@ def clean_and_decimate(mesh, spacing: float | None, min_piece: int = 60) -> Fuse
 
     if len(mesh.triangles) == 0:
         raise ValueError("the TSDF holds no surface (no valid depth was integrated)")
+    mesh = canonical_order(mesh)
     clusters, counts, _ = mesh.cluster_connected_triangles()
     clusters, counts = np.asarray(clusters), np.asarray(counts)
     small = counts[clusters] < min(min_piece, max(counts.max() // 10, 1))
@@ -122,6 +123,31 @@ def clean_and_decimate(mesh, spacing: float | None, min_piece: int = 60) -> Fuse
     del o3d
     return FusedMesh(np.asarray(mesh.vertices, dtype=np.float64), rgb, np.asarray(mesh.triangles, dtype=np.int32),
                      np.asarray(mesh.vertex_normals, dtype=np.float64))
+
+
+def canonical_order(mesh):
+    """The same mesh with vertices sorted by position and faces sorted (orientation kept).
+
+    The voxel-block hash map is filled in parallel, so marching cubes emits the
+    same surface in a varying order; sorting makes everything after it (and the
+    written bytes) deterministic.
+    """
+    import open3d as o3d
+
+    v = np.asarray(mesh.vertices)
+    f = np.asarray(mesh.triangles).astype(np.int64)
+    col = np.asarray(mesh.vertex_colors)
+    order = np.lexsort((v[:, 2], v[:, 1], v[:, 0]))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    f = rank[f]
+    roll = np.argmin(f, axis=1)  # rotate each face so its smallest index comes first
+    f = np.stack([f[np.arange(len(f)), (roll + k) % 3] for k in range(3)], 1)
+    f = f[np.lexsort((f[:, 2], f[:, 1], f[:, 0]))]
+    out = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(v[order]), o3d.utility.Vector3iVector(f.astype(np.int32)))
+    if len(col) == len(v):
+        out.vertex_colors = o3d.utility.Vector3dVector(col[order])
+    return out
 
 
 def _closest_object(scene_mesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

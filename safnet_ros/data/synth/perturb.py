@@ -222,7 +222,9 @@ def structured_light_depth(rng: np.random.Generator, depth: np.ndarray, incidenc
         holes |= (incidence < 0.35) & (u > 0.5 + (incidence - 0.2) / 0.3)
         # Depth edges: the pixel on the far side of a jump is in the projector's shadow.
         d = np.where(valid, depth, np.float32(0.0))
-        jump = 0.04 + 0.02 * d
+        # A jump is a depth step larger than a smooth surface makes between neighbouring pixels at 320 px
+        # width (coarser images step further on the same surface).
+        jump = (0.04 + 0.03 * d) * np.float32(max(1.0, 320.0 / w))
         edge = np.zeros((h, w), dtype=bool)
         edge[:, 1:] |= (d[:, 1:] - d[:, :-1]) > jump[:, 1:]
         edge[:, :-1] |= (d[:, :-1] - d[:, 1:]) > jump[:, :-1]

@@ -419,7 +419,7 @@ def generate_room(rng: np.random.Generator, max_rotation_deg: float = 15.0,
     L.on_wall("W", desk_y, pic2_w, 1.3, pic2_h, 0.025, "picture",
               [_box(0, 0, 1.3, pic2_w, 0.025, pic2_h, picture_material(rng), ("+x", "-x", "+y", "+z", "-z"))], zone="office")
     L.add("trash can", [_cyl(0, 0, 0, 0.28, 0.28, 0.36, mats["plastic"])],
-          0.25, desk_y + desk_w / 2 + 0.3, 0.0, movable=True, zone="trash")
+          0.25, min(desk_y + desk_w / 2 + 0.3, D - 0.62), 0.0, movable=True, zone="trash")
 
     # --- middle: dining table with chairs ----------------------------------------
     t_w, t_d = float(rng.uniform(1.2, 1.5)), float(rng.uniform(0.8, 0.9))

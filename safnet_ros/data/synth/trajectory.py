@@ -110,8 +110,14 @@ class _FreeSpace:
     """Projects points (N, 2) onto the nearest free cell of a :func:`free_space` grid."""
 
     def __init__(self, free: np.ndarray, xs: np.ndarray, ys: np.ndarray, cell: float):
-        from scipy.ndimage import distance_transform_edt
+        from scipy.ndimage import distance_transform_edt, label
 
+        # Keep the largest connected free region: pockets cut off by furniture are never walked into.
+        lab, n = label(free, structure=np.ones((3, 3)))
+        if n > 1:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            free = lab == int(np.argmax(sizes))
         self.free, self.xs, self.ys, self.cell = free, xs, ys, cell
         _, idx = distance_transform_edt(~free, return_indices=True)
         self.nearest = idx  # (2, nx, ny) indices of the nearest free cell
@@ -124,6 +130,47 @@ class _FreeSpace:
     def is_free(self, p: np.ndarray) -> np.ndarray:
         ix, iy = self.cells(p)
         return self.free[ix, iy]
+
+    def _graph(self):
+        """8-connected graph of the free cells (scipy sparse, edge weights in metres), built once."""
+        if getattr(self, "_g", None) is None:
+            from scipy.sparse import coo_matrix
+
+            nx, ny = self.free.shape
+            ids = np.arange(nx * ny).reshape(nx, ny)
+            rows, cols, w = [], [], []
+            for dx, dy in ((1, 0), (0, 1), (1, 1), (1, -1)):
+                a = self.free[max(0, -dx):nx - max(0, dx), max(0, -dy):ny - max(0, dy)]
+                b = self.free[max(0, dx):nx - max(0, -dx) or None, max(0, dy):ny - max(0, -dy) or None]
+                both = a & b
+                ia = ids[max(0, -dx):nx - max(0, dx), max(0, -dy):ny - max(0, dy)][both]
+                ib = ids[max(0, dx):nx - max(0, -dx) or None, max(0, dy):ny - max(0, -dy) or None][both]
+                rows += [ia, ib]
+                cols += [ib, ia]
+                w += [np.full(2 * len(ia), self.cell * math.hypot(dx, dy))]
+            self._g = coo_matrix((np.concatenate(w[::1]) if w else np.zeros(0),
+                                  (np.concatenate(rows), np.concatenate(cols))), shape=(nx * ny, nx * ny)).tocsr()
+        return self._g
+
+    def connect(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cell centres (K, 2) of a shortest free-space walk from free point ``a`` (2,) to ``b`` (2,), ends excluded;
+        empty when they are not connected."""
+        from scipy.sparse.csgraph import dijkstra
+
+        ny = self.free.shape[1]
+        (ia,), (ja,) = self.cells(a[None])
+        (ib,), (jb,) = self.cells(b[None])
+        src, dst = ia * ny + ja, ib * ny + jb
+        dist, pred = dijkstra(self._graph(), indices=src, return_predecessors=True)
+        if not np.isfinite(dist[dst]):
+            return np.zeros((0, 2))
+        path = []
+        k = pred[dst]
+        while k >= 0 and k != src:
+            path.append(k)
+            k = pred[k]
+        path = np.array(path[::-1], dtype=np.int64)
+        return np.stack([self.xs[path // ny], self.ys[path % ny]], 1) if len(path) else np.zeros((0, 2))
 
     def project(self, p: np.ndarray) -> np.ndarray:
         """Points in obstacles move to the nearest free cell centre; free points stay."""
@@ -179,27 +226,60 @@ def scan_trajectory(rng: np.random.Generator, width: float, depth: float, height
     loops = max(1.0, frames / float(frames_per_loop))
     ph = rng.uniform(0, 2 * math.pi, size=16)
     direction = 1.0 if rng.uniform() < 0.5 else -1.0
-    # Dense control path: 96 points per loop, smoothed in free space, then resampled by arc length.
-    n_ctrl = int(96 * loops)
+    # Control path: 96 points per loop on rays from the room centre through a rounded rectangle; on each
+    # ray the camera stands at the wanted distance from the wall, or further in where furniture is there
+    # (the inset widened smoothly before and after it), so the walk goes around furniture without jumps.
+    from scipy.ndimage import gaussian_filter1d, maximum_filter1d
+
+    n_ctrl = int(math.ceil(96 * loops))
     s = np.arange(n_ctrl) / 96.0  # loop parameter (1 = one loop)
     phi = ph[0] + direction * 2 * math.pi * s
     half = min(width, depth) / 2
-    inset = 1.3 + 0.55 * np.sin(2 * math.pi * s * 1.37 + ph[1]) + 0.3 * np.sin(2 * math.pi * s * 3.1 + ph[2])
-    inset = np.clip(inset, 0.6, max(0.6, min(2.2, half - 0.35)))
+    max_inset = max(0.45, half - 0.3)
+    want = 1.3 + 0.55 * np.sin(2 * math.pi * s * 1.37 + ph[1]) + 0.3 * np.sin(2 * math.pi * s * 3.1 + ph[2])
+    want = np.clip(want, 0.6, max(0.6, min(2.2, max_inset)))
     k = 1.8
     c, sn = np.tanh(k * np.cos(phi)) / math.tanh(k), np.tanh(k * np.sin(phi)) / math.tanh(k)
-    p = np.stack([width / 2 + c * (width / 2 - inset), depth / 2 + sn * (depth / 2 - inset)], 1)
-    from scipy.ndimage import gaussian_filter1d
 
-    for _ in range(3):
-        p = fs.project(p)
-        p = gaussian_filter1d(p, 1.5, axis=0, mode="nearest")
-    p = fs.project(p)
+    def at(inset: np.ndarray, rows=slice(None)) -> np.ndarray:
+        return np.stack([width / 2 + c[rows] * (width / 2 - inset), depth / 2 + sn[rows] * (depth / 2 - inset)], -1)
+
+    cand = np.arange(0.4, max_inset + 1e-9, GRID_CELL)
+    pts = np.stack([width / 2 + c[:, None] * (width / 2 - cand[None, :]),
+                    depth / 2 + sn[:, None] * (depth / 2 - cand[None, :])], -1)  # (n_ctrl, n_cand, 2)
+    ok = fs.is_free(pts.reshape(-1, 2)).reshape(len(c), len(cand))
+    inward_ok = ok & (cand[None, :] >= want[:, None] - 1e-9)
+    first_in = np.where(inward_ok.any(1), cand[np.argmax(inward_ok, 1)], np.nan)
+    # No free spot further in: the free spot nearest to the wanted distance.
+    nearest = cand[np.argmin(np.where(ok, np.abs(cand[None, :] - want[:, None]), np.inf), 1)]
+    need = np.where(np.isnan(first_in), nearest, first_in)
+    mode = "wrap" if abs(loops - round(loops)) < 1e-9 else "nearest"
+    inset = gaussian_filter1d(maximum_filter1d(need, size=7, mode=mode), 2.0, mode=mode)
+    inset = np.maximum(inset, need)
+    p = fs.project(at(inset))
+    # Where the free space forces a detour, walk around the obstacle on the grid instead of jumping.
+    for smooth_after in (True, False):
+        hops = np.linalg.norm(np.diff(p, axis=0), axis=1)
+        if not (hops > 0.25).any():
+            break
+        pieces = [p[:1]]
+        for i in range(1, len(p)):
+            if hops[i - 1] > 0.25:
+                pieces.append(fs.connect(p[i - 1], p[i]))
+            pieces.append(p[i:i + 1])
+        p = np.concatenate(pieces)
+        if smooth_after:
+            p = fs.project(gaussian_filter1d(p, 1.0, axis=0, mode="nearest"))
+    keep = np.concatenate([[True], np.linalg.norm(np.diff(p, axis=0), axis=1) > 1e-6])
+    p, s = p[keep], np.interp(np.flatnonzero(keep), np.arange(len(keep)),
+                              np.interp(np.arange(len(keep)), np.linspace(0, len(keep) - 1, len(s)), s))
     seg = np.linalg.norm(np.diff(p, axis=0), axis=1)
     arc = np.concatenate([[0.0], np.cumsum(seg)])
     t = np.linspace(0.0, arc[-1], frames) if frames > 1 else np.zeros(1)
     pos = np.stack([np.interp(t, arc, p[:, 0]), np.interp(t, arc, p[:, 1])], 1)
-    pos = fs.project(pos + 0.03 * _smooth_noise(rng, frames, 8.0, 2))
+    wob = 0.03 * _smooth_noise(rng, frames, 8.0, 2)
+    pos = np.where(fs.is_free(pos + wob)[:, None], pos + wob, pos)
+    pos = fs.project(pos)
     u = np.interp(t, arc, s)  # loop parameter per frame
 
     centre = np.array([width / 2, depth / 2])
@@ -225,15 +305,23 @@ def scan_trajectory(rng: np.random.Generator, width: float, depth: float, height
         to_f /= np.maximum(np.linalg.norm(to_f, axis=1, keepdims=True), 1e-6)
         cam_z = 1.45
         pitch_f = np.arctan2(cam_z - tg[j, 2], np.maximum(dmin, 0.3))
-    look = yaw_dir * (1 - w_in)[:, None] + inward * w_in[:, None]
+    from scipy.ndimage import gaussian_filter1d as smooth
+
+    sigma = 2.5 if frames >= 30 else 1e-3
+    w_f = smooth(w_f, sigma, mode="nearest")
+    to_f = smooth(to_f, sigma, axis=0, mode="nearest")
+    pitch_f = smooth(pitch_f, sigma, mode="nearest")
+    # Turning between outward and inward views goes through the side the sway points to.
+    side = np.stack([-yaw_dir[:, 1], yaw_dir[:, 0]], 1) * np.sign(np.sin(sway) + 1e-9)[:, None]
+    look = yaw_dir * (1 - w_in)[:, None] + inward * w_in[:, None] + side * (4 * w_in * (1 - w_in))[:, None]
     look = look * (1 - w_f)[:, None] + to_f * w_f[:, None]
-    # Where the blend cancels (turning through 180 degrees), fall back to the sway direction.
-    weak = np.linalg.norm(look, axis=1) < 0.2
-    look[weak] = yaw_dir[weak] + 0.5 * np.stack([-yaw_dir[weak, 1], yaw_dir[weak, 0]], 1)
-    yaw = np.unwrap(np.arctan2(look[:, 1], look[:, 0]))
-    # Vertical sweeps: up to the upper walls and down to the floor by the walls.
-    sweep = np.sin(2 * math.pi * u * 9.0 + ph[7]) + 0.25 * np.sin(2 * math.pi * u * 23.0 + ph[8])
-    pitch = np.radians(12.0 + 40.0 * sweep)  # -35 .. +60 degrees (positive looks down)
+    look = smooth(look, sigma, axis=0, mode="nearest")
+    weak = np.linalg.norm(look, axis=1) < 1e-3
+    look[weak] = yaw_dir[weak]
+    yaw = smooth(np.unwrap(np.arctan2(look[:, 1], look[:, 0])), sigma / 2, mode="nearest")
+    # Vertical sweeps: up to the upper walls and the ceiling edge, down to the floor by the walls.
+    sweep = (np.sin(2 * math.pi * u * 9.0 + ph[7]) + 0.25 * np.sin(2 * math.pi * u * 23.0 + ph[8])) / 1.25
+    pitch = np.radians(6.0 + 50.0 * sweep)  # -44 .. +56 degrees (positive looks down)
     pitch = pitch * (1 - w_in) + np.radians(28.0) * w_in
     pitch = pitch * (1 - w_f) + pitch_f * w_f
     z = 1.45 + 0.15 * np.sin(2 * math.pi * u * 1.9 + ph[9]) + 0.05 * _smooth_noise(rng, frames, 10.0)[:, 0]

@@ -80,9 +80,10 @@ class TSDFFusion:
     def extract(self):
         """The marching-cubes mesh as an open3d legacy TriangleMesh with vertex colours (0..1).
 
-        Voxels seen by fewer than two frames are left out (one-off outliers), unless only a few frames were fused.
+        Voxels seen by fewer than two frames are left out (one-off outliers) when 150 or more frames were fused;
+        sparser scans keep what one frame saw.
         """
-        threshold = 1.5 if self.frames >= 10 else 0.5
+        threshold = 1.5 if self.frames >= 150 else 0.5
         mesh = self.grid.extract_triangle_mesh(weight_threshold=threshold)
         return mesh.to_legacy()
 

@@ -266,6 +266,28 @@ def test_realistic_labels_follow_the_exact_scene(realistic_scene: Path, clean_sc
     assert np.abs(z(floor)).max() < 0.08 and np.abs(z(ceiling) - H).max() < 0.08
 
 
+def test_stats_cli_prints_the_realism_table_and_s_on_moved_objects(realistic_scene: Path, tmp_path: Path, capsys):
+    from safnet_ros.cli import main
+
+    assert main(["data", "stats", str(realistic_scene)]) == 0
+    table = capsys.readouterr().out
+    for row in ("wall density CV", "best 1 / 3 / 5 views", "vertices > 2 m seen", "depth to mesh", "ceiling"):
+        assert row in table
+    png = tmp_path / "s.png"
+    assert main(["data", "stats", str(realistic_scene), "--json", "--model", "default", "--view-step", "6",
+                 "--png", str(png)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    ms = stats["moved_similarity"]
+    assert ms["moved"]["vertices"] > 0 and ms["static"]["vertices"] > 10 * ms["moved"]["vertices"]
+    assert np.isfinite(ms["moved"]["s_mean"]) and np.isfinite(ms["static"]["s_mean"])
+    assert png.is_file() and png.stat().st_size > 10_000
+    assert 0 < stats["chunks"]["best1_over_all"] <= stats["chunks"]["best3_over_all"] <= 1.0
+    # A folder that is no scene is one error line.
+    assert main(["data", "stats", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+
+
 def test_bad_knob_values_are_one_error_line(tmp_path: Path, capsys):
     from safnet_ros.cli import main
 

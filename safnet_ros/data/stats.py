@@ -22,7 +22,9 @@ vertex):
 - labels: the share of each nyu40 id, of unannotated (0) and of all ignored
   vertices (outside the 20 benchmark classes), the ceiling (22);
 - moved: vertices on objects that moved during the scan (from the generator's
-  ``<name>.synth_vertex_moved.npy`` sidecar, when present).
+  ``<name>.synth_vertex_moved.npy`` sidecar, when present); with ``--model``,
+  the similarity S of that model on moved against static vertices (the
+  mismatch GSM/CSM exist to detect: S should be lower on moved objects).
 """
 from __future__ import annotations
 
@@ -46,6 +48,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-step", type=int, default=1, metavar="N",
                         help="use every N-th frame (default 1: all; the greedy views come from these)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the base-point sampling (default 0)")
+    parser.add_argument("--model", default=None, metavar="CKPT",
+                        help="also segment the scene with this checkpoint ('default': the shipped model) and report "
+                             "the similarity S on vertices of objects that moved during the scan (the generator's "
+                             "<name>.synth_vertex_moved.npy) against static ones")
+    parser.add_argument("--view-step", type=int, default=5, metavar="N",
+                        help="with --model: every N-th valid frame is a candidate view (default 5)")
+    parser.add_argument("--device", default="cpu", help="with --model: auto, cpu or cuda (default cpu)")
+    parser.add_argument("--chunk-stride", type=float, default=1.5, metavar="M",
+                        help="with --model: chunk stride in metres (default 1.5: no overlap, as the node runs; "
+                             "0.5 is the evaluator's, 9x slower)")
+    parser.add_argument("--png", default=None, metavar="PATH",
+                        help="with --model: draw labels, S and the truth to this PNG")
 
 
 def _edge_lengths(xyz: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -203,6 +217,64 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
     return out
 
 
+def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 5, device: str = "cpu",
+                     png: str | Path | None = None, chunk_stride: float = 1.5) -> dict[str, Any]:
+    """Segment the scene's mesh with a checkpoint and compare S on moved and static annotated vertices.
+
+    The views are every ``view_step``-th valid frame (the model picks its views
+    per chunk). Returns mean/median S (and its geometric and contextual parts)
+    over segmented annotated vertices that lie on moved objects (the
+    generator's sidecar) and over the others, with their counts.
+    """
+    from safnet_ros.data.labels import nyu40_to_class
+    from safnet_ros.data.scannet import ScanNetScene, transform_points
+    from safnet_ros.engine.batching import prepare_view
+    from safnet_ros.engine.inference import Segmenter
+    from safnet_ros.errors import ConfigError, MissingDataError
+
+    scene_dir = Path(scene_dir)
+    sidecar = scene_dir / f"{scene_dir.name}.synth_vertex_moved.npy"
+    if not sidecar.is_file():
+        raise MissingDataError(sidecar, "moved-vertex sidecar (written by safnet data synth)")
+    if view_step < 1:
+        raise ConfigError(f"--view-step must be >= 1, got {view_step}")
+    with ScanNetScene(scene_dir) as scene:
+        align = scene.axis_alignment
+        xyz, _ = scene.load_points(aligned=True)
+        truth = nyu40_to_class(scene.load_nyu40()).astype(np.int64)
+        frames = scene.frames
+        views = [prepare_view(f.color, f.depth, frames.intrinsic_depth, align @ f.camera_to_world)
+                 for f in (frames.get(i) for i in frames.valid_indices[::view_step])]
+    moved = np.load(sidecar).astype(bool)
+    if len(moved) != len(xyz):
+        raise ConfigError(f"{sidecar}: {len(moved)} entries for {len(xyz)} vertices")
+    if not (math.isfinite(chunk_stride) and 0.1 <= chunk_stride <= 3.0):
+        raise ConfigError(f"--chunk-stride must be in [0.1, 3] m, got {chunk_stride}")
+    seg = Segmenter.from_checkpoint(None if model in (None, "", "default") else model, device=device,
+                                    chunk_stride=chunk_stride)
+    result = seg.segment(np.asarray(xyz, dtype=np.float32), views)
+    from safnet_ros.data.labels import IGNORE_INDEX
+
+    ok = result.segmented & (truth != IGNORE_INDEX) & np.isfinite(result.s)
+    out: dict[str, Any] = {"model": str(model or "default"), "views": len(views), "untrained": bool(seg.untrained)}
+    for name, mask in (("moved", ok & moved), ("static", ok & ~moved)):
+        row = {"vertices": int(mask.sum())}
+        for key, arr in (("s", result.s), ("s_geo", result.s_geo), ("s_con", result.s_con)):
+            vals = np.asarray(arr)[mask]
+            row[f"{key}_mean"] = float(np.nanmean(vals)) if len(vals) else float("nan")
+        row["s_median"] = float(np.nanmedian(np.asarray(result.s)[mask])) if mask.any() else float("nan")
+        out[name] = row
+    if png is not None:
+        from safnet_ros.tools.render import render_cloud_png
+
+        title = (f"{scene_dir.name}: S moved {out['moved']['s_mean']:.3f} ({out['moved']['vertices']} vertices) "
+                 f"vs static {out['static']['s_mean']:.3f}")
+        s_draw = np.asarray(result.s, dtype=np.float32).copy()
+        out["png"] = str(render_cloud_png(png, np.asarray(xyz), np.asarray(result.labels), similarity=s_draw,
+                                          truth=truth, title=title))
+    return out
+
+
 def format_table(s: dict[str, Any]) -> str:
     """The figures as an aligned two-column table."""
     pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
@@ -229,12 +301,22 @@ def format_table(s: dict[str, Any]) -> str:
     ]
     if s.get("moved_vertices") is not None:
         rows.append(("vertices on moved objects", str(s["moved_vertices"])))
+    ms = s.get("moved_similarity")
+    if ms:
+        for key in ("moved", "static"):
+            r = ms[key]
+            rows.append((f"S on {key} vertices (mean/median)",
+                         f"{r['s_mean']:.3f} / {r['s_median']:.3f} over {r['vertices']} "
+                         f"(S_geo {r['s_geo_mean']:.3f}, S_con {r['s_con_mean']:.3f})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"scene {s['scene']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
 def run(args: argparse.Namespace) -> int:
     stats = scene_stats(args.scene, frame_step=args.frame_step, seed=args.seed)
+    if args.model is not None:
+        stats["moved_similarity"] = moved_similarity(args.scene, args.model, args.view_step, args.device, args.png,
+                                                     args.chunk_stride)
     if args.json:
         print(json.dumps(stats, indent=1))
     else:

@@ -178,7 +178,7 @@ def albedo(table: MaterialTable, part: np.ndarray, world: np.ndarray, normal: np
     # Fine grain (1.5 cm cells: plaster, fabric, scuffs) so images have real-scene gradients.
     cell = np.floor(w * np.float32(1.0 / 0.015))
     grain = _hash(cell[:, 0] * 7.0 + cell[:, 1] * 13.0 + cell[:, 2] * 3.0, prm[:, 3]) - 0.5
-    sorted_out *= (1.0 + np.float32(0.16) * mottle + np.float32(0.16) * grain)[:, None]
+    sorted_out *= (1.0 + np.float32(0.2) * mottle + np.float32(0.22) * grain)[:, None]
     np.clip(sorted_out, 0.0, 1.0, out=sorted_out)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(n)

@@ -1,4 +1,16 @@
-"""Generate synthetic ScanNet scenes: layout -> meshes -> trajectory -> rendered frames -> files.
+"""Generate synthetic ScanNet scenes: layout -> scan trajectory -> rendered frames -> fused mesh -> files.
+
+A scene is made the way a ScanNet scan is: a furnished room of a drawn type
+(:mod:`.rooms`) is scanned along a handheld path in free space
+(:mod:`.trajectory`); each frame is rendered from its true pose in the scene
+state of that moment (objects move partway through), with a structured-light
+depth model, colour-depth misregistration, exposure changes and colour noise
+(:mod:`.perturb`), and written with its *recorded* pose (correlated error,
+drift, lost-tracking bursts as -inf). The valid frames are fused at the recorded
+poses into a TSDF (:mod:`.fusion`, open3d), whose mesh is extracted, cleaned,
+decimated and labelled from the exact scene: that is ``_vh_clean_2.ply``.
+``mesh="exact"`` instead writes the exact scene as a regular grid (tests).
+A scene is written into ``OUT/.<name>.partial`` and renamed when complete.
 
 Randomness: scene ``i`` of seed ``s`` draws from ``SeedSequence([s, i])`` spawned
 into independent streams (layout, moved objects, trajectory, pose errors, lost
@@ -146,7 +158,7 @@ def depth_intrinsics(K_color: np.ndarray, color_size: tuple[int, int], depth_siz
 def _write_exact_mesh(scene_dir: Path, name: str, mesh_objects: list, cfg: SynthConfig, lighting) -> tuple:
     """``--mesh exact``: the dense grid mesh of the exact scene with lit vertex colours -> PLYs, segs, aggregation.
 
-    Returns (vertices (V, 3), per-vertex nyu40 ids (V,)).
+    Returns (vertices (V, 3), per-vertex nyu40 ids (V,), per-vertex object index (V,), faces count).
     """
     from safnet_ros.data.synth import writer
     from safnet_ros.data.synth.appearance import albedo, shade, to_uint8
@@ -160,14 +172,14 @@ def _write_exact_mesh(scene_dir: Path, name: str, mesh_objects: list, cfg: Synth
     writer.write_meshes(scene_dir, name, dense.vertices.astype(np.float32), rgb, dense.faces, nyu40)
     writer.write_segmentation(scene_dir, name, dense.vertex_segment, dense.vertex_object,
                               [o.category for o in mesh_objects])
-    return dense.vertices, nyu40, dense.vertex_object
+    return dense.vertices, nyu40, dense.vertex_object, len(dense.faces)
 
 
-def _write_fused_mesh(scene_dir: Path, name: str, fusion, objects: list, state_meshes: list, cfg: SynthConfig,
-                      moved_ids: set[int]) -> tuple:
+def _write_fused_mesh(scene_dir: Path, name: str, fusion, objects: list, state_meshes: list,
+                      cfg: SynthConfig) -> tuple:
     """``--mesh tsdf``: the TSDF mesh, cleaned and decimated, labelled from the exact scene -> PLYs, segs, aggregation.
 
-    Returns (vertices (V, 3), per-vertex nyu40 ids (V,), per-vertex object index (V,), -1 unannotated).
+    Returns (vertices (V, 3), per-vertex nyu40 ids (V,), per-vertex object index (V,), -1 unannotated, faces count).
     """
     from safnet_ros.data.synth import writer
     from safnet_ros.data.synth.fusion import clean_and_decimate, segment_ids, transfer_labels
@@ -184,7 +196,7 @@ def _write_fused_mesh(scene_dir: Path, name: str, fusion, objects: list, state_m
     writer.write_meshes(scene_dir, name, fused.vertices.astype(np.float32), fused.colors, fused.faces, nyu40)
     writer.write_segmentation(scene_dir, name, segment_ids(fused.vertices, fused.normals, vobj), vobj,
                               [o.category for o in objects])
-    return fused.vertices, nyu40, vobj
+    return fused.vertices, nyu40, vobj, len(fused.faces)
 
 
 def _color_at_depth(color: np.ndarray, depth_size: tuple[int, int]) -> np.ndarray:
@@ -317,14 +329,6 @@ def generate_scene(out: Path, seed: int, index: int, cfg: SynthConfig, overwrite
     The scene is written into a hidden temporary folder and renamed at the
     end, so a failure (e.g. a TSDF without surface) leaves no half-written scene.
     """
-    from safnet_ros.data.synth import writer
-    from safnet_ros.data.synth.appearance import Lighting
-    from safnet_ros.data.synth.fusion import TSDFFusion, near_objects
-    from safnet_ros.data.synth.meshes import build_scene_mesh, material_table
-    from safnet_ros.data.synth.perturb import exposure_gains, invalid_frames, move_objects, recorded_poses
-    from safnet_ros.data.synth.render import Renderer
-    from safnet_ros.data.synth.rooms import to_world
-
     name = scene_name(seed, index)
     final_dir = Path(out) / name
     existed = final_dir.exists()
@@ -346,6 +350,7 @@ def generate_scene(out: Path, seed: int, index: int, cfg: SynthConfig, overwrite
 
 
 def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: SynthConfig) -> dict:
+    """Generate scene ``name`` into ``scene_dir`` (see the module docstring); returns its summary."""
     from safnet_ros.data.synth import writer
     from safnet_ros.data.synth.appearance import Lighting
     from safnet_ros.data.synth.fusion import TSDFFusion, near_objects
@@ -393,9 +398,9 @@ def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: Synth
     objects = states[0]
     moved_ids = {int(m["objectId"]) for m in moved}
     if cfg.mesh == "tsdf":
-        vertices, nyu40, vobj = _write_fused_mesh(scene_dir, name, fusion, objects, state_meshes, cfg, moved_ids)
+        vertices, nyu40, vobj, n_faces = _write_fused_mesh(scene_dir, name, fusion, objects, state_meshes, cfg)
     else:
-        vertices, nyu40, vobj = _write_exact_mesh(scene_dir, name, objects, cfg, lighting)
+        vertices, nyu40, vobj, n_faces = _write_exact_mesh(scene_dir, name, objects, cfg, lighting)
     vertex_moved = near_objects(vertices, state_meshes, moved_ids)
 
     writer.write_scene_txt(scene_dir, name, room.axis_alignment, K_color, K_depth, cfg.color_size,
@@ -405,7 +410,7 @@ def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: Synth
         "name": name, "seed": int(seed), "index": int(index), "room_type": room.room_type,
         "room_size_m": [room.width, room.depth, room.height],
         "world_from_aligned": world.tolist(),
-        "num_vertices": int(len(vertices)), "num_faces": None,
+        "num_vertices": int(len(vertices)), "num_faces": int(n_faces),
         "vertices_per_nyu40": {int(k): int(c) for k, c in zip(ids, counts)},
         "moved_objects": moved,
         "moved_vertices": int(vertex_moved.sum()),

@@ -1,25 +1,30 @@
-"""Procedural room layouts: one furnished box room holding all 20 benchmark classes.
+"""Procedural room layouts: furnished box rooms of a type (bedroom, office, living, kitchen, bathroom, studio).
 
 A room is an axis-aligned box ``[0, W] x [0, D] x [0, H]`` (metres, +z up,
 floor at z = 0) in its *aligned* frame. Objects are built from boxes and
-cylinders (:class:`Part`) and placed along the walls in a fixed plan with
-random sizes and positions:
+cylinders (:class:`Part`) and placed along the walls in a fixed plan of zones
+with random sizes and positions:
 
 - south wall (y = 0): bathroom corner (bathtub, shower curtain, toilet), a
-  counter with a sink on a base cabinet, an upper cabinet, a refrigerator, a box;
-- east wall (x = W): bed with pillows, a window with curtains above it;
+  counter with a sink on a base cabinet (vanity), an upper cabinet and a
+  refrigerator (kitchen), a box;
+- east wall (x = W): bed with pillows, night stand and clothes; a window with
+  curtains above it;
 - north wall (y = D): door, sofa with a cushion, picture, coffee table,
-  ottoman, bookshelf;
-- west wall (x = 0): cabinet, desk with chair, lamp and picture, trash can;
+  ottoman (living); bookshelf; a bag by the door;
+- west wall (x = 0): cabinet (with a television in living rooms), desk with
+  chair, lamp, books, props, picture and whiteboard (office), trash can, towel;
 - middle: dining table with chairs.
 
-Every benchmark class therefore appears in every room (wall 1, floor 2, cabinet
-3, bed 4, chair 5, sofa 6, table 7, door 8, window 9, bookshelf 10, picture 11,
-counter 12, desk 14, curtain 16, refrigerator 24, shower curtain 28, toilet 33,
-sink 34, bathtub 36, otherfurniture 39), plus a few ignored ones (ceiling 22,
-pillow 18, lamp 35, box 29) so the ignore path is exercised. The ceiling
-(nyu40 22, last object) closes the room for rendering but is not part of the
-scanned mesh: a handheld scan pitched down never sees it.
+The room type (:data:`ROOM_ZONES`) picks the zones, so rooms have class mixes
+like real ones; a "studio" has every zone and so all 20 benchmark classes
+(wall 1, floor 2, cabinet 3, bed 4, chair 5, sofa 6, table 7, door 8, window
+9, bookshelf 10, picture 11, counter 12, desk 14, curtain 16, refrigerator 24,
+shower curtain 28, toilet 33, sink 34, bathtub 36, otherfurniture 39). Every
+room also holds classes the benchmark ignores (ceiling 22, pillow 18, lamp 35,
+box 29, night stand 32, clothes 21, books 23, television 25, towel 27, bag 37,
+whiteboard 30, other props 40). The ceiling is the last object and, as in a
+real scan, part of the scanned mesh where the camera saw it.
 
 The scanned room is then placed in the world by a rotation about z and a
 translation (:attr:`Room.world_from_aligned`), like a raw ScanNet scan; the

@@ -63,10 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-size", type=_size, default=(320, 240), metavar="WxH",
                         help="depth image size, registered to colour (default 320x240; ScanNet: 640x480)")
     parser.add_argument("--vertex-spacing", type=float, default=0.045, metavar="M",
-                        help="mesh vertex spacing in metres (default 0.045: ~110k vertices per room)")
+                        help="mean vertex spacing of the decimated mesh in metres (default 0.045: 40k-70k vertices "
+                             "per fused room; with --mesh exact the grid spacing, ~110k vertices)")
     parser.add_argument("--overlap", type=float, default=None,
-                        help="view overlap of consecutive frames in (0, 1): the view turns (1 - overlap) of the "
-                             "field of view per frame (default: the frames cover exactly one loop of the room)")
+                        help="view overlap of consecutive frames in (0, 1), i.e. the walking speed: a scan loop "
+                             "takes 6 / (1 - overlap) frames ('loop' trajectory: the view turns (1 - overlap) of the "
+                             "field of view per frame) (default: one loop per 300 frames, at least one loop)")
     parser.add_argument("--mesh", choices=("tsdf", "exact"), default="tsdf",
                         help="the labelled mesh: 'tsdf' (default) fuses the noisy depth of the valid frames at the "
                              "recorded poses (open3d TSDF), extracts and decimates it, as ScanNet's is made; "

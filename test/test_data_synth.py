@@ -374,6 +374,34 @@ def test_depth_noise_grows_with_depth_and_dropout_makes_holes():
     assert np.array_equal(noisy_depth(rng, depth, inc, 0.0, 0.0), depth)
 
 
+def test_structured_light_depth_model():
+    from safnet_ros.data.synth.perturb import structured_light_depth
+
+    rng = np.random.default_rng(0)
+    h, w = 240, 320
+    depth = np.full((h, w), 1.5, np.float32)
+    depth[:, 160:] = 3.5  # a depth edge at column 160
+    inc = np.ones_like(depth)
+    lum = np.full((h, w), 0.5, np.float32)
+    noisy = structured_light_depth(rng, depth, inc, lum, 0.01, 0.0)
+    err_near = (noisy[:, :150] - 1.5).std()
+    err_far = (noisy[:, 170:] - 3.5).std()
+    assert err_far > 2.5 * err_near  # error grows with range
+    assert (noisy > 0).all()  # no holes without dropout
+    lum[:100, :40] = 0.01  # dark patch
+    inc[200:, :40] = 0.1  # grazing
+    glass = np.zeros((h, w), bool)
+    glass[:100, 60:120] = True
+    holes = structured_light_depth(rng, depth, inc, lum, 0.0, 0.01, glass=glass) == 0
+    # the far side of the edge is in the projector's shadow: one pixel, half of the time two
+    assert holes[:, 160].all() and 0.3 < holes[:, 161].mean() < 0.7 and holes[:, 150:158].mean() < 0.1
+    assert holes[:100, :40].mean() > 0.6 and holes[200:, :40].all() and holes[:100, 60:120].mean() > 0.8
+    assert holes[110:190, 60:150].mean() < 0.05
+    # out of range: nothing nearer than 0.4 m or beyond max_depth
+    assert (structured_light_depth(rng, np.full((8, 8), 0.3, np.float32), np.ones((8, 8)), None, 0.0, 0.0) == 0).all()
+    assert (structured_light_depth(rng, np.full((8, 8), 5.0, np.float32), np.ones((8, 8)), None, 0.0, 0.0) == 0).all()
+
+
 def test_recorded_poses_jitter_and_drift():
     true = np.tile(np.eye(4), (4000, 1, 1))
     jit = recorded_poses(np.random.default_rng(0), true, 0.01, 0.5, 0.0)
@@ -385,6 +413,12 @@ def test_recorded_poses_jitter_and_drift():
     assert steps.max() < 0.01  # drift is local: consecutive frames nearly agree
     assert np.abs(drift[-1, :3, 3]).max() > 0.01  # ... but it accumulates
     assert np.array_equal(recorded_poses(np.random.default_rng(0), true[:5], 0, 0, 0), true[:5])
+    # correlated error: consecutive frames err alike, the spread stays the same
+    cor = recorded_poses(np.random.default_rng(0), true, 0.01, 0.0, 0.0, corr_frames=15)
+    t = cor[:, :3, 3]
+    assert abs(t.std() - 0.01) < 0.002
+    lag1 = np.mean([np.corrcoef(t[:-1, k], t[1:, k])[0, 1] for k in range(3)])
+    assert lag1 > 0.85 and np.corrcoef(jit[:-1, 0, 3], jit[1:, 0, 3])[0, 1] < 0.1
 
 
 # ------------------------------------------------------------------ determinism and CLI

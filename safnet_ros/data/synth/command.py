@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{', '.join(ROOM_TYPES)} (default: all); 'studio' holds all 20 benchmark classes")
     parser.add_argument("--depth-model", choices=("structured-light", "gaussian"), default="structured-light",
                         help="'structured-light' (default): noise growing with range, part spatially smooth, holes at "
-                             "depth edges, dark and grazing surfaces, range %(default)s; 'gaussian': per-pixel noise "
+                             "depth edges, dark and grazing surfaces and beyond --max-depth; 'gaussian': per-pixel noise "
                              "and random holes only")
     parser.add_argument("--depth-noise", type=float, default=0.005, metavar="M",
                         help="depth noise std at 0 m, growing as (1 + (z/2m)^2) (default 0.005; 0: off)")

@@ -243,7 +243,7 @@ def _write_frames(path: Path, renderers: list, state_of_frame: np.ndarray, true_
             if cfg.depth_model == "structured-light":
                 lum = _color_at_depth(color, cfg.depth_size).mean(axis=2)
                 depth = structured_light_depth(rng, d.depth, d.incidence, lum, cfg.depth_noise, cfg.depth_dropout,
-                                               max_depth=cfg.max_depth)
+                                               max_depth=cfg.max_depth, glass=d.glass)
             else:
                 depth = noisy_depth(rng, d.depth, d.incidence, cfg.depth_noise, cfg.depth_dropout)
             color = color * gains[i]

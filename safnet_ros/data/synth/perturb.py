@@ -186,7 +186,8 @@ def move_objects(rng: np.random.Generator, room: Room, amount: float) -> tuple[l
 
 def structured_light_depth(rng: np.random.Generator, depth: np.ndarray, incidence: np.ndarray,
                            luminance: np.ndarray | None, noise: float, dropout: float,
-                           max_depth: float = 4.5, min_depth: float = 0.4) -> np.ndarray:
+                           max_depth: float = 4.5, min_depth: float = 0.4, glass: np.ndarray | None = None
+                           ) -> np.ndarray:
     """Depth (H, W) float32 metres as a structured-light sensor (Structure sensor, Kinect v1) returns it.
 
     From a clean z-depth image (0 = no return):
@@ -195,7 +196,8 @@ def structured_light_depth(rng: np.random.Generator, depth: np.ndarray, incidenc
       and half per pixel;
     - holes at depth edges (the projector's shadow beside a depth jump), on
       dark surfaces (``luminance`` (H, W) in 0..1 below 0.12) and at grazing
-      angles (|cos| < 0.2, partly below 0.35), plus ``dropout`` of the pixels
+      angles (|cos| < 0.2, partly below 0.35), on window glass (``glass`` (H, W)
+      bool, most of it), plus ``dropout`` of the pixels
       in random blobs and speckle (as :func:`noisy_depth`);
     - nothing nearer than ``min_depth`` or farther than ``max_depth`` (returns
       thin out from 80 % of ``max_depth``).
@@ -233,6 +235,9 @@ def structured_light_depth(rng: np.random.Generator, depth: np.ndarray, incidenc
         grow = edge.copy()  # one more pixel, on about half of the edge
         grow[:, 1:] |= edge[:, :-1] & (u[:, 1:] < 0.5)
         holes |= grow
+        # Glass lets the pattern through: almost no return.
+        if glass is not None:
+            holes |= glass & (u < 0.9)
         # Dark surfaces absorb the projected pattern.
         if luminance is not None:
             holes |= u < np.clip((0.12 - luminance) / 0.12, 0.0, 1.0) * 0.8

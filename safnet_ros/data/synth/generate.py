@@ -299,15 +299,19 @@ def _scene_states(room, frame_objects_final: list, moved: list[dict], frames: in
     return states, state_of_frame
 
 
-def _trajectory(rng: np.random.Generator, room, cfg: SynthConfig) -> np.ndarray:
-    """(F, 4, 4) camera-to-world poses in the aligned frame (``--trajectory``)."""
+def _trajectory(rng: np.random.Generator, room, cfg: SynthConfig, also_there: list | None = None) -> np.ndarray:
+    """(F, 4, 4) camera-to-world poses in the aligned frame (``--trajectory``).
+
+    ``also_there``: objects (aligned frame) that stand somewhere else for part of the scan (moved
+    objects at their new place); the camera keeps clear of both places.
+    """
     from safnet_ros.data.synth.rooms import SHELL_CATEGORIES, WALL_HUNG, footprint
     from safnet_ros.data.synth.trajectory import handheld_trajectory, scan_trajectory
 
     if cfg.trajectory == "loop":
         return handheld_trajectory(rng, room.width, room.depth, cfg.frames, cfg.overlap, cfg.hfov_deg)
     furniture = [o for o in room.objects if o.category not in SHELL_CATEGORIES]
-    fps = np.array([footprint(o) for o in furniture]).reshape(-1, 4)
+    fps = np.array([footprint(o) for o in furniture + list(also_there or [])]).reshape(-1, 4)
     targets = []
     for o in furniture:
         if o.category in WALL_HUNG:
@@ -377,7 +381,7 @@ def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: Synth
     state_meshes = [build_scene_mesh(objs, None) for objs in states]
     renderers = [Renderer(sm, material_table(objs), lighting) for sm, objs in zip(state_meshes, states)]
 
-    traj = _trajectory(rng["trajectory"], room, cfg)
+    traj = _trajectory(rng["trajectory"], room, cfg, [final_aligned[int(m["objectId"])] for m in moved])
     true_poses = np.einsum("ij,fjk->fik", world, traj)
     recorded = recorded_poses(rng["poses"], true_poses, cfg.pose_noise, cfg.pose_noise_deg, cfg.pose_drift,
                               corr_frames=cfg.pose_noise_corr)

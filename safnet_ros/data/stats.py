@@ -112,24 +112,33 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
         height = aligned[:, 2] - aligned[:, 2].min()
         src = scene.frames
         indices = src.valid_indices[::frame_step]
-        frames = [src.get(i) for i in indices]
         n_total, n_invalid = len(src), src.num_invalid
+        K = np.asarray(src.intrinsic_depth, dtype=np.float64)[:3, :3]
+        if not indices:
+            raise ConfigError(f"{scene_dir}: no frame with a valid pose")
+        # One pass over the frames (streamed: a real scan has thousands): visibility of every vertex
+        # (packed bits), distance of back-projected depth to the mesh, image statistics.
+        rs = o3d.t.geometry.RaycastingScene()
+        rs.add_triangles(o3d.core.Tensor(xyz.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
+        packed, dists, valid, grads, stds = [], [], [], [], []
+        for i in indices:
+            f = src.get(i)
+            packed.append(np.packbits(visible(xyz, f.depth, K, f.camera_to_world, tol=COVER_TOL)))
+            valid.append(float((f.depth > 0).mean()))
+            pts, _ = backproject(f.depth, K, f.camera_to_world, stride=4)
+            if len(pts):
+                dists.append(rs.compute_distance(o3d.core.Tensor(np.asarray(pts, dtype=np.float32))).numpy())
+            g, sd = image_stats(f.color)
+            grads.append(g)
+            stds.append(sd)
     finally:
         scene.close()
-    if not frames:
-        raise ConfigError(f"{scene_dir}: no frame with a valid pose")
-    h, w = frames[0].depth.shape
-    from safnet_ros.data.sens import SensReader
+    bits = np.stack(packed)  # (F, ceil(N / 8)) uint8
 
-    K = None
-    sens = Path(scene_dir) / f"{Path(scene_dir).name}.sens"
-    if sens.is_file():
-        with SensReader(sens) as r:
-            K = np.asarray(r.header.intrinsic_depth[:3, :3], dtype=np.float64)
-    if K is None:
-        from safnet_ros.data.scannet import _read_matrix
-
-        K = _read_matrix(Path(scene_dir) / "intrinsic" / "intrinsic_depth.txt")[:3, :3]
+    def seen_by(columns: np.ndarray) -> np.ndarray:
+        """(F, len(columns)) bool visibility of the vertices ``columns``."""
+        byte = bits[:, columns >> 3]
+        return ((byte >> (7 - (columns & 7)).astype(np.uint8)) & 1).astype(bool)
 
     # ---- mesh
     edges = _edge_lengths(xyz, faces)
@@ -139,18 +148,14 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
     out["wall_density_cv"] = density_cv(wall)
 
     # ---- what the frames see
-    seen_any = np.zeros(len(xyz), dtype=bool)
-    per_frame = []
-    for f in frames:
-        vis = visible(xyz, f.depth, K, f.camera_to_world, tol=COVER_TOL)
-        seen_any |= vis
-        per_frame.append(vis)
+    seen_any = np.unpackbits(np.bitwise_or.reduce(bits, axis=0))[: len(xyz)].astype(bool)
     annotated = nyu > 0
     high = height > 2.0
+    ann_idx = np.flatnonzero(annotated)
+    per_frame = seen_by(ann_idx).mean(axis=1) if len(ann_idx) else np.zeros(0)
     out["seen"] = {
         "annotated_any_frame": float(seen_any[annotated].mean()) if annotated.any() else float("nan"),
-        "annotated_per_frame_mean": float(np.mean([v[annotated].mean() for v in per_frame])) if annotated.any()
-        else float("nan"),
+        "annotated_per_frame_mean": float(per_frame.mean()) if len(per_frame) else float("nan"),
         "above_2m_any_frame": float(seen_any[high].mean()) if high.any() else float("nan"),
         "vertices_above_2m": int(high.sum()),
     }
@@ -160,15 +165,14 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
     cxy = np.floor((aligned[:, :2] - aligned[:, :2].min(0)) / CHUNK).astype(np.int64)
     keys, inv = np.unique(cxy, axis=0, return_inverse=True)
     inv = inv.ravel()
-    vis_all = np.stack(per_frame)  # (F, N) bool
     ratios: dict[int, list[float]] = {1: [], 3: [], 5: []}
     cover_all = []
     for c in range(len(keys)):
         idx = np.flatnonzero(inv == c)
         if len(idx) < 200:
             continue
-        base = rng.choice(idx, size=min(BASE_POINTS, len(idx)), replace=False)
-        cov = vis_all[:, base]
+        base = np.sort(rng.choice(idx, size=min(BASE_POINTS, len(idx)), replace=False))
+        cov = seen_by(base)
         total = cov.any(axis=0).sum()
         cover_all.append(total / len(base))
         if total == 0:
@@ -179,21 +183,10 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
     out["chunks"] = {"count": len(cover_all), "covered_by_all_frames": float(np.mean(cover_all)) if cover_all else 0.0,
                      **{f"best{k}_over_all": float(np.mean(v)) if v else float("nan") for k, v in ratios.items()}}
 
-    # ---- frames: depth validity, distance of depth to the mesh, image statistics
-    rs = o3d.t.geometry.RaycastingScene()
-    rs.add_triangles(o3d.core.Tensor(xyz.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
-    dists, valid, grads, stds = [], [], [], []
-    for f in frames:
-        valid.append(float((f.depth > 0).mean()))
-        pts, _ = backproject(f.depth, K, f.camera_to_world, stride=4)
-        if len(pts):
-            dists.append(rs.compute_distance(o3d.core.Tensor(np.asarray(pts, dtype=np.float32))).numpy())
-        g, s = image_stats(f.color)
-        grads.append(g)
-        stds.append(s)
+    # ---- frames
     d = np.concatenate(dists) if dists else np.zeros(0)
     out["frames"] = {
-        "total": int(n_total), "invalid_poses": int(n_invalid), "used": len(frames),
+        "total": int(n_total), "invalid_poses": int(n_invalid), "used": len(indices),
         "valid_depth": float(np.mean(valid)),
         "depth_to_mesh_mean_cm": float(d.mean() * 100) if len(d) else float("nan"),
         "depth_to_mesh_median_cm": float(np.median(d) * 100) if len(d) else float("nan"),

@@ -1,8 +1,15 @@
-"""A handheld-scanner-like camera path through a room.
+"""Camera paths through a room: a handheld scan in free space, and the older outward loop.
 
-The camera walks a rounded-rectangle loop at least 1.3 m inside the walls (28 % of
-the room's size from each wall), at
-1.2-1.7 m height, looking outwards at the walls and the furniture along them
+:func:`scan_trajectory` (the default, ``--trajectory scan``) is how a person
+scans a furnished room for ScanNet: it walks the free floor (a grid of cells
+clear of walls and furniture footprints; detours around furniture are shortest
+paths on it) on loops at varying distance from the walls, with vertical
+sweeps, sideways sway, inward views and close passes of furniture; see its
+docstring.
+
+:func:`handheld_trajectory` (``--trajectory loop``): the camera walks a
+rounded-rectangle loop at least 1.3 m inside the walls (28 % of the room's
+size from each wall), at 1.2-1.7 m height, looking outwards at the walls and the furniture along them
 with a slow sideways sway (so it also glances along the walls and into the
 middle of the room), pitched down 13-37 degrees, with a little roll and hand
 jitter. All motion is smooth (sums of low-frequency sinusoids of the loop

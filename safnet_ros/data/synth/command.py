@@ -1,39 +1,48 @@
-"""Generate synthetic furnished rooms in ScanNet's raw on-disk format.
+"""Generate synthetic furnished rooms in ScanNet's raw on-disk format, made the way ScanNet scans are.
 
 Each scene OUT/sceneXXXX_00/ (XXXX = (seed*100 + i) mod 10000) holds what a
-ScanNet scan holds: sceneXXXX_00.sens (JPEG colour + zlib depth in mm, poses
-camera-to-world, 30 Hz timestamps), _vh_clean_2.ply (binary, xyz + RGBA +
-faces; ~110k vertices at the default --vertex-spacing 0.045, ScanNet has
-100k-150k), _vh_clean_2.labels.ply
-(per-vertex nyu40 label), .aggregation.json, _vh_clean_2.0.010000.segs.json and
-sceneXXXX_00.txt, whose axisAlignment maps the mesh (the room turned by up to
---max-rotation degrees about z and shifted) back to the axis-aligned room.
+ScanNet scan holds: sceneXXXX_00.sens (JPEG colour + zlib depth in mm, recorded
+poses camera-to-world, -inf where tracking was lost, 30 Hz timestamps),
+_vh_clean_2.ply (binary, xyz + RGBA + faces), _vh_clean_2.labels.ply (per-vertex
+nyu40 label, 0 = unannotated), .aggregation.json, _vh_clean_2.0.010000.segs.json
+and sceneXXXX_00.txt, whose axisAlignment maps the mesh (the room turned by up
+to --max-rotation degrees about z and shifted) back to the axis-aligned room.
 OUT also gets scannetv2-labels.combined.tsv and scannetv2_train.txt /
 scannetv2_val.txt (every 5th scene to val; --split NAME puts all in one list).
-Our own ground truth sits beside: sceneXXXX_00.synth.json (settings, moved
-objects, lost frames) and sceneXXXX_00.synth_true_poses.npy (render poses).
 
-Every room contains all 20 benchmark classes (a bathroom corner with bathtub,
-shower curtain, toilet and sink; counter, cabinets, fridge; bed, window with
-curtains; door, sofa, pictures, tables, chairs, bookshelf, desk; trash can and
-ottoman as otherfurniture) plus a few ignored ones (pillow, lamp, box). The
-ceiling is rendered but, as in a real scan, not part of the mesh.
+How a scene is made (defaults): a room of a type drawn from --room-types
+(bedroom, office, living, kitchen, bathroom: real class mixes; studio: all 20
+benchmark classes), with ceiling (nyu40 22) and objects outside the benchmark
+(night stand, clothes, books, props, television, towel, bag, whiteboard), lit
+by --lights ceiling lights, is scanned along a handheld path in free space
+(--trajectory scan: loops at varying distance from the walls, vertical sweeps
+to the upper walls and the floor by the walls, inward views, close passes of
+furniture). --moved-objects objects move partway through the scan. Frames get
+structured-light depth (--depth-model), a colour-depth shift (--color-shift),
+auto-exposure (--exposure) and noise; poses get correlated error, drift and
+lost-tracking bursts. The labelled mesh is fused from the valid frames' depth
+at the recorded poses (--mesh tsdf, open3d TSDF), decimated to --vertex-spacing
+and labelled from the exact scene (ambiguous or unexplained vertices: 0), so
+every vertex was seen by some frame and frames disagree with the mesh locally.
+Every mismatch knob turns off with 0 (or --mesh exact, --trajectory loop,
+--depth-model gaussian) for tests that need exactness.
 
-The 2D-3D mismatch knobs (deterministic given --seed): --depth-noise,
---depth-dropout, --pose-noise/--pose-noise-deg (per-frame jitter of the recorded
-pose vs the rendered one), --pose-drift (accumulated), --moved-objects (objects
-displaced in the frames but not in the mesh), --invalid-poses (-inf poses, as
-ScanNet's lost tracking; off by default). Same seed and settings -> same bytes.
-
-Defaults render 320x240 colour and depth (ScanNet: 1296x968 / 640x480; the
-paper trains on 160x120): 1,000 frames take about 40 s of CPU time on a
-2-core machine (open3d ray casting, numpy shading; 640x480 colour costs ~3x).
+Our own ground truth sits beside: sceneXXXX_00.synth.json (settings, room
+type, moved objects with their frame, lost frames, colour shift),
+sceneXXXX_00.synth_true_poses.npy (render poses) and
+sceneXXXX_00.synth_vertex_moved.npy (1 per mesh vertex on a moved object).
+Same seed and settings -> same bytes. `safnet data stats SCENE` prints how
+ScanNet-like a scene is. A default room (300 frames, 320x240) takes about 30 s
+of CPU time.
 """
 from __future__ import annotations
 
 import argparse
 
 from safnet_ros.errors import ConfigError
+
+#: Room types of ``--room-types`` (kept here so ``--help`` needs no heavy import).
+ROOM_TYPES = ("bedroom", "office", "living", "kitchen", "bathroom", "studio")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,26 +58,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-size", type=size_wh, default=(320, 240), metavar="WxH",
                         help="depth image size, registered to colour (default 320x240; ScanNet: 640x480)")
     parser.add_argument("--vertex-spacing", type=float_range(0.005, 1.0), default=0.045, metavar="M",
-                        help="mesh vertex spacing in metres (default 0.045: ~110k vertices per room)")
+                        help="mean vertex spacing of the decimated mesh in metres (default 0.045: 40k-70k vertices "
+                             "per fused room; with --mesh exact the grid spacing, ~110k vertices)")
     parser.add_argument("--overlap", type=float_range(0.0, 0.999, lo_open=True), default=None,
-                        help="view overlap of consecutive frames in (0, 1): the view turns (1 - overlap) of the "
-                             "field of view per frame (default: the frames cover exactly one loop of the room)")
+                        help="view overlap of consecutive frames in (0, 1), i.e. the walking speed: a scan loop "
+                             "takes 6 / (1 - overlap) frames ('loop' trajectory: the view turns (1 - overlap) of the "
+                             "field of view per frame) (default: one loop per 300 frames, at least one loop)")
+    parser.add_argument("--mesh", choices=("tsdf", "exact"), default="tsdf",
+                        help="the labelled mesh: 'tsdf' (default) fuses the noisy depth of the valid frames at the "
+                             "recorded poses (open3d TSDF), extracts and decimates it, as ScanNet's is made; "
+                             "'exact' writes the exact scene as a regular grid (for tests that need exactness)")
+    parser.add_argument("--voxel-size", type=float_range(0.005, 0.2), default=None, metavar="M",
+                        help="TSDF voxel size (default: half the vertex spacing, within 0.01-0.1 m)")
+    parser.add_argument("--trajectory", choices=("scan", "loop"), default="scan",
+                        help="'scan' (default): a handheld scan in free space with loops at varying distance, "
+                             "vertical sweeps, inward views and close passes of furniture; 'loop': one outward "
+                             "loop pitched down (the old path)")
+    parser.add_argument("--room-types", default=",".join(ROOM_TYPES), metavar="LIST",
+                        help="comma-separated room types the scenes draw from (class mixes): "
+                             f"{', '.join(ROOM_TYPES)} (default: all); 'studio' holds all 20 benchmark classes")
+    parser.add_argument("--depth-model", choices=("structured-light", "gaussian"), default="structured-light",
+                        help="'structured-light' (default): noise growing with range, part spatially smooth, holes "
+                             "at depth edges, dark and grazing surfaces and beyond --max-depth; 'gaussian': per-pixel "
+                             "noise and random holes only")
     parser.add_argument("--depth-noise", type=float_range(0.0, 1.0), default=0.005, metavar="M",
-                        help="depth noise std at 0 m, growing as (1 + (z/2m)^2) (default 0.005)")
+                        help="depth noise std at 0 m, growing as (1 + (z/2m)^2) (default 0.005; 0: off)")
     parser.add_argument("--depth-dropout", type=float_range(0.0, 0.5), default=0.01, metavar="FRAC",
-                        help="fraction of depth pixels lost in holes, plus grazing angles (default 0.01)")
+                        help="fraction of depth pixels lost in random holes; with it come the structured-light holes "
+                             "(edges, dark, grazing, far) (default 0.01; 0: no holes at all)")
+    parser.add_argument("--max-depth", type=float_range(1.0, 20.0), default=4.5, metavar="M",
+                        help="range of the depth sensor in metres (default 4.5)")
     parser.add_argument("--pose-noise", type=float_range(0.0, 1.0), default=0.005, metavar="M",
-                        help="per-frame translation jitter std of recorded poses (default 0.005)")
+                        help="translation error std of recorded poses (default 0.005; 0: off)")
     parser.add_argument("--pose-noise-deg", type=float_range(0.0, 180.0), default=0.3, metavar="DEG",
-                        help="per-frame rotation jitter std of recorded poses (default 0.3)")
+                        help="rotation error std of recorded poses (default 0.3; 0: off)")
+    parser.add_argument("--pose-noise-corr", type=float_range(0.0, 10000.0), default=15.0, metavar="FRAMES",
+                        help="correlation time of the pose error in frames (default 15; 0: independent per frame)")
     parser.add_argument("--pose-drift", type=float_range(0.0, 10.0), default=0.02, metavar="M",
                         help="accumulated random-walk drift std at the end of the trajectory (default 0.02 m, "
-                             "plus 5 deg/m of yaw)")
-    parser.add_argument("--moved-objects", type=float_range(0.0, 1000.0), default=0.0, metavar="N",
-                        help="movable objects displaced in the frames vs the mesh: a fraction if < 1, else a "
-                             "count (default 0)")
-    parser.add_argument("--invalid-poses", type=float_range(0.0, 0.99), default=0.0, metavar="FRAC",
-                        help="fraction of frames written with -inf poses (lost tracking; default 0)")
+                             "plus 5 deg/m of yaw; 0: off)")
+    parser.add_argument("--moved-objects", type=float_range(0.0, 1000.0), default=2, metavar="N",
+                        help="movable objects that move partway through the scan (the mesh fuses both places): "
+                             "a fraction of them if < 1, else a count (default 2; 0: off; more than the room's "
+                             "movable objects is an error)")
+    parser.add_argument("--invalid-poses", type=float_range(0.0, 0.99), default=0.03, metavar="FRAC",
+                        help="fraction of frames written with -inf poses, in bursts (lost tracking; default 0.03; "
+                             "0: off)")
+    parser.add_argument("--color-shift", type=float_range(0.0, 8.0), default=1.0, metavar="PX",
+                        help="colour-depth misregistration: the colour image is shifted by this many pixels (at "
+                             "320 px width, scaled with the colour size) in a random direction (default 1; 0: off)")
+    parser.add_argument("--exposure", type=float_range(0.0, 1.0), default=0.15, metavar="STD",
+                        help="auto-exposure variation: std of the slowly varying log gain per frame, plus a "
+                             "white-balance tint (default 0.15; 0: off)")
+    parser.add_argument("--color-noise", type=float_range(0.0, 1.0), default=0.01, metavar="STD",
+                        help="colour sensor noise std in 0..1 units (default 0.01; 0: off)")
+    parser.add_argument("--lights", type=int_range(1, 8), default=3, metavar="N",
+                        help="ceiling lights per room (1..8, default 3)")
     parser.add_argument("--max-rotation", type=float_range(0.0, 180.0), default=15.0, metavar="DEG",
                         help="largest random yaw of the room in the mesh frame (0: aligned; default 15)")
     parser.add_argument("--split", default=None, metavar="NAME",
@@ -91,11 +136,14 @@ def run(args: argparse.Namespace) -> int:
         vertex_spacing=args.vertex_spacing, overlap=args.overlap, depth_noise=args.depth_noise,
         depth_dropout=args.depth_dropout, pose_noise=args.pose_noise, pose_noise_deg=args.pose_noise_deg,
         pose_drift=args.pose_drift, moved_objects=args.moved_objects, invalid_poses=args.invalid_poses,
-        max_rotation_deg=args.max_rotation, progress=not args.quiet,
+        max_rotation_deg=args.max_rotation, progress=not args.quiet, mesh=args.mesh, voxel_size=args.voxel_size,
+        trajectory=args.trajectory, room_types=tuple(t.strip() for t in args.room_types.split(",") if t.strip()),
+        depth_model=args.depth_model, max_depth=args.max_depth, pose_noise_corr=args.pose_noise_corr,
+        color_shift=args.color_shift, exposure=args.exposure, color_noise=args.color_noise, lights=args.lights,
     )
     summaries = generate_dataset(args.out, args.scenes, args.seed, cfg, split=args.split, overwrite=args.overwrite)
     for s in summaries:
         moved = f", {len(s['moved_objects'])} objects moved" if s["moved_objects"] else ""
         lost = f", {len(s['invalid_frames'])} lost poses" if s["invalid_frames"] else ""
-        print(f"{s['name']}: {s['num_vertices']} vertices, {cfg.frames} frames{moved}{lost}")
+        print(f"{s['name']} ({s['room_type']}): {s['num_vertices']} vertices, {cfg.frames} frames{moved}{lost}")
     return 0

@@ -37,10 +37,12 @@ def camera_rays(K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class DepthRender:
-    """z-depth (H, W) float32 metres (0 where no surface) and |cos| of the incidence angle (H, W)."""
+    """z-depth (H, W) float32 metres (0 where no surface), |cos| of the incidence angle (H, W), and
+    ``glass`` (H, W) bool where the surface is a window pane (no structured-light return), when known."""
 
     depth: np.ndarray
     incidence: np.ndarray
+    glass: np.ndarray | None = None
 
 
 class Renderer:
@@ -116,7 +118,14 @@ class Renderer:
             depth_cast = cast
         else:
             depth_cast = self._cast(camera_to_world, K_depth, depth_size)
-        return color, self._depth_from_cast(depth_size, depth_cast[0], depth_cast[1], depth_cast[3])
+        d = self._depth_from_cast(depth_size, depth_cast[0], depth_cast[1], depth_cast[3])
+        prim = depth_cast[2]
+        hit = np.isfinite(depth_cast[1])
+        glass = np.zeros(len(prim), dtype=bool)
+        if hit.any():
+            glass[hit] = self.table.emissive[self.face_part[prim[hit]]]
+        d.glass = glass.reshape(depth_size[1], depth_size[0])
+        return color, d
 
     def _vignette(self, size: tuple[int, int], strength: float) -> np.ndarray:
         key = ("vignette", tuple(size), strength)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +128,9 @@ def test_chunk_dataset_blank_views_for_scene_without_frames(pre_root, tmp_path):
                                ("label2d", (0, 120, 160), np.uint8), ("poses", (0, 4, 4), np.float32),
                                ("coverage_bits", (0, (len(np.load(src / "points.npy")) + 7) // 8), np.uint8)):
         np.save(dst / f"{name}.npy", np.zeros(shape, dtype))
-    meta = (dst / "meta.json").read_text().replace('"num_frames": 8', '"num_frames": 0')
-    (dst / "meta.json").write_text(meta)
+    meta = json.loads((dst / "meta.json").read_text())
+    meta["num_frames"] = 0  # however many valid frames the generated scene had
+    (dst / "meta.json").write_text(json.dumps(meta))
     ds = ChunkDataset([PreprocessedScene(dst)], num_points=128, num_views=3, chunks_per_scene=2)
     batch = collate([ds[0][0], ds[1][0]])
     assert ds[0][1]["views"] == 0

@@ -344,3 +344,14 @@ def test_full_model_overfits_a_chunk_from_the_generator(pre_root, overfit):
         assert accuracy >= 0.95, f"accuracy {accuracy:.3f} after {steps} steps"
     finally:
         torch.set_num_threads(before)
+
+
+def test_stage_defaults_do_not_leak_between_configs(tmp_path):
+    """A config without a ``train`` section gets the stage's lr filled in without changing DEFAULTS: a later
+    stage-3d config still gets Adam's 1e-3 (this leaked once and made a whole test session's 3d runs use 0.005)."""
+    from safnet_ros.engine.train import DEFAULTS, load_config
+
+    c2 = load_config({"stage": "2d", "data": {"root": str(tmp_path)}})
+    c3 = load_config({"stage": "3d", "data": {"root": str(tmp_path)}})
+    assert (c2["train"]["lr"], c3["train"]["lr"]) == (0.005, 0.001)
+    assert DEFAULTS["train"]["lr"] is None and DEFAULTS["train"]["optimizer"] is None

@@ -27,6 +27,7 @@ The YAML config (docs/training.md lists every key)::
 """
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -75,8 +76,10 @@ CSV_FIELDS = ("epoch", "stage", "lr", "train_loss", "train_acc", "train_miou", "
 
 # --------------------------------------------------------------------------- config
 def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], path: str = "") -> dict[str, Any]:
-    """Deep merge ``override`` into ``base``; unknown keys raise ConfigError (typos must not be silent)."""
-    out = dict(base)
+    """Deep merge ``override`` into a deep copy of ``base``; unknown keys raise ConfigError (typos must not be
+    silent).  The result shares no mutable value with ``base``, so filling a stage default into it never
+    changes DEFAULTS for the next config."""
+    out = copy.deepcopy(dict(base))
     for key, value in override.items():
         where = f"{path}{key}"
         if key not in base:

@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
         "lr_gamma": 0.1,
         "max_steps_per_epoch": 0,  # 0 = the whole epoch
         "max_minutes": 0,  # wall-clock budget: stop after the epoch that passes it (0 = none)
+        "class_weights": False,  # weight every cross-entropy by 1 / ln(1.2 + class frequency) of the train split
+        "lr_2d_scale": 0.1,  # stage 3d: lr factor of the 2D tail that L_2Dunp fine-tunes (unproj_finetune_2d)
         "val_every": 1,
         "max_val_batches": 0,
         "find_unused_parameters": True,
@@ -158,6 +160,10 @@ def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any], sets: Seque
         raise ConfigError(f"train.lr must be > 0, got {t['lr']}")
     if not float(t["max_minutes"]) >= 0:
         raise ConfigError(f"train.max_minutes must be >= 0 (0 = no budget), got {t['max_minutes']}")
+    if not float(t["lr_2d_scale"]) >= 0:
+        raise ConfigError(f"train.lr_2d_scale must be >= 0, got {t['lr_2d_scale']}")
+    if not isinstance(t["class_weights"], bool):
+        raise ConfigError(f"train.class_weights must be true or false, got {t['class_weights']!r}")
     if cfg["chunks"]["views"] not in (0, 1, 2, 3, 4, 5):
         raise ConfigError(f"chunks.views must be 0..5, got {cfg['chunks']['views']}")
     crop = cfg["images"]["crop_wh"]
@@ -280,7 +286,7 @@ class Confusion:
 
 
 # --------------------------------------------------------------------------- the model wrapper
-def _make_stage_module(stage: str, model, mconfig):
+def _make_stage_module(stage: str, model, mconfig, class_weights=None):
     """A module whose forward returns (loss, logits (n, K) detached, labels (n,)) for one batch.
 
     Stage 2d wraps only the 2D net (so DDP synchronises only what trains);
@@ -297,7 +303,7 @@ def _make_stage_module(stage: str, model, mconfig):
 
         def forward(self, images, labels):
             _, logits = self.net2d(images)
-            loss = masked_cross_entropy(logits.movedim(1, -1), labels)
+            loss = masked_cross_entropy(logits.movedim(1, -1), labels, class_weights)
             return loss, logits.detach().movedim(1, -1).reshape(-1, logits.shape[1]), labels.reshape(-1)
 
     class ThreeD(nn.Module):
@@ -307,7 +313,7 @@ def _make_stage_module(stage: str, model, mconfig):
 
         def forward(self, batch):
             out = self.model(batch)
-            loss, parts = safnet_loss(out, batch, mconfig)
+            loss, parts = safnet_loss(out, batch, mconfig, class_weights)
             logits = out.logits.detach()
             return loss, logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1)
 
@@ -467,18 +473,36 @@ def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, p
         resumed, _, _ = load_checkpoint(out_dir / resume_state["checkpoint"])
         model.load_state_dict(resumed.state_dict())
         start_epoch = int(resume_state["epoch"]) + 1
+    tail_2d = []
+    if stage == "3d" and getattr(model, "finetunes_2d_tail", False):
+        tail_2d = model.tail_2d_parameters()  # L_2Dunp fine-tunes them at lr * train.lr_2d_scale
+        for p in tail_2d:
+            p.requires_grad_(True)
     model.to(dist_info.device)
-    module = _make_stage_module(stage, model, mconfig).to(dist_info.device)
-    params = [p for p in module.parameters() if p.requires_grad]
+    class_weights = None
+    if t["class_weights"]:
+        from safnet_ros.data.class_weights import load_class_weights
+
+        weights, source = load_class_weights(resolve(cfg, cfg["data"]["root"]), cfg["data"]["train_split"],
+                                             mconfig.num_classes)
+        class_weights = torch.from_numpy(weights).to(dist_info.device)
+        if dist_info.is_main:
+            print(f"class weights ({source}): min {weights.min():.2f} max {weights.max():.2f}", file=sys.stderr)
+    module = _make_stage_module(stage, model, mconfig, class_weights).to(dist_info.device)
+    tail_ids = {id(p) for p in tail_2d}
+    params = [p for p in module.parameters() if p.requires_grad and id(p) not in tail_ids]
     if not params:
         hint = " (the 2D-only baseline uses the stage-2d checkpoint as it is)" if mconfig.variant == "project2d" \
             else ""
         raise ConfigError(f"stage {stage} with variant {mconfig.variant!r} has nothing to train{hint}")
+    groups = [{"params": params}]
+    if tail_2d:
+        groups.append({"params": tail_2d, "lr": float(t["lr"]) * float(t["lr_2d_scale"])})
     if t["optimizer"] == "sgd":
-        opt = torch.optim.SGD(params, lr=float(t["lr"]), momentum=float(t["momentum"]),
+        opt = torch.optim.SGD(groups, lr=float(t["lr"]), momentum=float(t["momentum"]),
                               weight_decay=float(t["weight_decay"]))
     else:
-        opt = torch.optim.Adam(params, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+        opt = torch.optim.Adam(groups, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(t["lr_step_epochs"]), gamma=float(t["lr_gamma"]))
     if resume_state is not None:
         opt.load_state_dict(resume_state["optimizer"])

@@ -214,3 +214,22 @@ def test_shipped_model_still_loads():
         pytest.skip("no shipped model")
     _, cfg, _ = load_checkpoint(path)
     assert cfg.preset_name == "lite"
+
+
+def test_init_from_a_csm_off_checkpoint_starts_the_full_model_at_its_3d_path(tmp_path):
+    """train's ``init_from``: the full model started from a CSM-off checkpoint has that
+    checkpoint's 3D path (F3D through the auxiliary head) at step 0."""
+    from safnet_ros.engine.train import init_from_checkpoint
+
+    torch.manual_seed(1)
+    off_cfg = _small(csm=False, freeze_2d=True)
+    off = build_model(off_cfg).eval()
+    path = tmp_path / "off.pt"
+    save_checkpoint(path, off, off_cfg)
+    torch.manual_seed(2)
+    full = build_model(_small(freeze_2d=True)).eval()
+    counts = init_from_checkpoint(full, path)
+    assert counts["widened"] == 2 and counts["fresh"] > 0 and counts["copied"] > 0
+    batch = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(full(batch).logits_3d, off(batch).logits_3d, atol=1e-5, rtol=1e-5)

@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {"root": None, "train_split": "train", "val_split": None},
     "model": {"preset": "lite", "variant": "safnet", "overrides": {}},
     "init_2d": None,  # stage 3d: checkpoint whose 2D net is loaded and frozen
+    "init_from": None,  # stage 3d: checkpoint whose matching weights start the run (see init_from_checkpoint)
     "train": {
         "epochs": 150,
         "batch_size": 32,
@@ -394,6 +395,45 @@ def _load_2d_into(model, path: Path) -> None:
     del src
 
 
+def init_from_checkpoint(model, path: Path) -> dict[str, int]:
+    """Start ``model`` from the weights of checkpoint ``path`` wherever they fit.
+
+    Every tensor with the same name and shape is copied. Two are widened: the first
+    layers of PointNet++'s SA1 (``[xyz, attributes]`` inputs) and of its last FP level
+    (``[coarse, attribute skip]``) take the source's leading columns when the source
+    had no CSM attributes; the new attribute columns keep their initialisation (they
+    are multiplied by ``attr_gain`` = 0 at the start, so the 3D path starts as the
+    source's). Anything else (CSM, a head of another input size) starts fresh.
+
+    Returns counts ``{"copied", "widened", "fresh"}`` of the model's tensors.
+    """
+    import torch
+
+    from safnet_ros.model.safnet import load_checkpoint
+
+    src, _, _ = load_checkpoint(path)
+    source = src.state_dict()
+    target = model.state_dict()
+    widen = set()
+    if getattr(model, "attr_gain", None) is not None and model.net3d is not None:
+        widen = {"net3d.sa.0.mlp.0.weight", f"net3d.fp.{len(model.net3d.fp) - 1}.mlp.0.weight"}
+    counts = {"copied": 0, "widened": 0, "fresh": 0}
+    with torch.no_grad():
+        for name, value in target.items():
+            old = source.get(name)
+            if old is not None and old.shape == value.shape:
+                value.copy_(old)
+                counts["copied"] += 1
+            elif (old is not None and name in widen and old.dim() == value.dim() and old.shape[0] == value.shape[0]
+                  and old.shape[1] < value.shape[1] and old.shape[2:] == value.shape[2:]):
+                value[:, : old.shape[1]].copy_(old)
+                counts["widened"] += 1
+            else:
+                counts["fresh"] += 1
+    del src
+    return counts
+
+
 # --------------------------------------------------------------------------- main loop
 @dataclass
 class TrainResult:
@@ -447,6 +487,12 @@ def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, p
     np.random.seed((seed + dist_info.rank) % 2**32)
     mconfig = model_config(cfg)
     model = build_model(mconfig)
+    init_from = resolve(cfg, cfg["init_from"]) if stage == "3d" else None
+    if init_from is not None:
+        counts = init_from_checkpoint(model, init_from)
+        if dist_info.is_main:
+            print(f"init_from {init_from}: {counts['copied']} tensors copied, {counts['widened']} widened, "
+                  f"{counts['fresh']} fresh", file=sys.stderr)
     if stage == "3d" and mconfig.uses_2d:
         init = resolve(cfg, cfg["init_2d"])
         if init is not None:
@@ -454,7 +500,7 @@ def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, p
         else:
             for p in model.net2d.parameters():
                 p.requires_grad_(False)
-            if dist_info.is_main:
+            if dist_info.is_main and init_from is None:
                 print("warning: stage 3d without init_2d: the frozen 2D net keeps its random weights",
                       file=sys.stderr)
     ckpt_dir = out_dir / "checkpoints"

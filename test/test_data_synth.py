@@ -1,7 +1,11 @@
 """Synthetic ScanNet scenes: contents, geometry of the rendered frames, knobs, determinism, CLI.
 
 Scenes are small (tens of frames at 80x60) but go through the real writers and
-are read back with the real ScanNet readers.
+are read back with the real ScanNet readers. The ``clean`` and ``moved`` scenes
+switch the mismatch knobs off and write the exact mesh (``mesh="exact"``) where a
+test needs exactness; the ``realistic`` scene keeps the defaults (TSDF-fused
+mesh, handheld scan, moved objects, pose error, invalid poses, structured-light
+depth, colour shift, exposure) at a small size.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from safnet_ros.data.synth.perturb import invalid_frames, noisy_depth, recorded_
 from safnet_ros.data.synth.trajectory import handheld_trajectory
 
 CLEAN = dict(depth_noise=0.0, depth_dropout=0.0, pose_noise=0.0, pose_noise_deg=0.0, pose_drift=0.0,
-             color_noise=0.0, progress=False)
+             color_noise=0.0, progress=False, mesh="exact", moved_objects=0, invalid_poses=0.0, color_shift=0.0,
+             exposure=0.0, room_types=("studio",), max_depth=20.0)
 
 
 def small(**kw) -> SynthConfig:
@@ -40,8 +45,16 @@ def clean_scene(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def moved_scene(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("moved")
-    generate_dataset(out, 1, 5, small(moved_objects=100, **CLEAN))  # count, capped: all movable
+    generate_dataset(out, 1, 5, small(**{**CLEAN, "moved_objects": 4}))
     return out / scene_name(5, 0)
+
+
+@pytest.fixture(scope="module")
+def realistic_scene(tmp_path_factory) -> Path:
+    """The defaults (TSDF mesh, scan trajectory, every mismatch knob on) at a small size, in a studio."""
+    out = tmp_path_factory.mktemp("realistic")
+    generate_dataset(out, 1, 3, small(frames=60, room_types=("studio",)))
+    return out / scene_name(3, 0)
 
 
 def _mesh_distance_fn(mesh_path: Path):
@@ -90,8 +103,8 @@ def test_every_benchmark_class_is_in_the_labels_ply(clean_scene: Path):
     present = set(np.unique(labels).tolist())
     missing = set(NYU40_IDS) - present
     assert not missing, f"classes missing from the mesh: {sorted(missing)}"
-    # some ignored categories too (pillow 18, lamp 35, box 29); the ceiling is never scanned
-    assert {18, 35, 29} <= present and 22 not in present
+    # some ignored categories too (pillow 18, lamp 35, box 29, the ceiling 22, other props 40)
+    assert {18, 35, 29, 22, 40} <= present
     counts = {k: int((labels == k).sum()) for k in NYU40_IDS}
     assert min(counts.values()) >= 20, counts
 
@@ -109,7 +122,7 @@ def test_scannet_scene_reads_labels_mesh_and_alignment(clean_scene: Path):
     W, D, H = meta["room_size_m"]
     aligned = xyz.astype(np.float64) @ scene.axis_alignment[:3, :3].T + scene.axis_alignment[:3, 3]
     np.testing.assert_allclose(aligned.min(0), [0, 0, 0], atol=2e-3)
-    np.testing.assert_allclose(aligned.max(0), [W, D, H], atol=2e-3)
+    np.testing.assert_allclose(aligned.max(0), [W, D, H], atol=2e-3)  # the ceiling is part of the scan
     assert not np.allclose(scene.axis_alignment, np.eye(4))  # a real rotation was applied
     # Frames through the shared FrameSource: metres, RGB, the render pose (no pose noise here).
     frame = scene.frames.get(7)
@@ -134,7 +147,7 @@ def test_segments_and_aggregation_agree_with_vertex_labels(clean_scene: Path):
         for s in g["segments"]:
             assert s not in seg_label, "a segment belongs to two objects"
             seg_label[s] = mapping[g["label"]]
-    lut = np.array([seg_label[s] for s in seg_idx], dtype=np.uint16)
+    lut = np.array([seg_label.get(s, 0) for s in seg_idx], dtype=np.uint16)
     assert np.array_equal(lut, labels)
     assert len(agg["segGroups"]) > 30 and len(np.unique(seg_idx)) > 100
 
@@ -168,22 +181,136 @@ def test_trajectory_is_handheld_like():
     assert np.linalg.norm(np.diff(fast[:, :3, 3], axis=0), axis=1).mean() > 2 * step.mean()
 
 
+def test_scan_trajectory_stays_in_free_space_and_looks_everywhere():
+    from safnet_ros.data.synth.generate import SynthConfig, _streams, _trajectory, draw_room
+    from safnet_ros.data.synth.rooms import SHELL_CATEGORIES, WALL_HUNG, footprint
+
+    for seed in (1, 2):
+        room = draw_room(seed, 0, SynthConfig(room_types=("studio",)))
+        poses = _trajectory(_streams(seed, 0)["trajectory"], room, SynthConfig(frames=300))
+        pos = poses[:, :3, 3]
+        furniture = np.array([footprint(o) for o in room.objects if o.category not in SHELL_CATEGORIES])
+        x, y = pos[:, 0:1], pos[:, 1:2]
+        inside = (x > furniture[:, 0]) & (x < furniture[:, 2]) & (y > furniture[:, 1]) & (y < furniture[:, 3])
+        assert not inside.any(), "the camera is inside or over furniture"
+        assert (pos[:, 0] > 0.35).all() and (pos[:, 0] < room.width - 0.35).all()
+        assert (pos[:, 1] > 0.35).all() and (pos[:, 1] < room.depth - 0.35).all()
+        assert 1.15 < pos[:, 2].min() and pos[:, 2].max() < 1.8
+        forward = poses[:, :3, 2]
+        pitch = np.degrees(np.arcsin(-forward[:, 2]))
+        assert pitch.min() < -25 and pitch.max() > 45  # up to the upper walls, down to the floor by the walls
+        # distance from the nearest wall varies (loops at several distances)
+        wall_d = np.minimum.reduce([pos[:, 0], room.width - pos[:, 0], pos[:, 1], room.depth - pos[:, 1]])
+        assert wall_d.max() - wall_d.min() > 0.8
+        # inward views: the view points at the room's middle half the room away
+        centre = np.array([room.width / 2, room.depth / 2])
+        to_c = centre - pos[:, :2]
+        cos_in = (forward[:, :2] * to_c).sum(1) / (np.linalg.norm(forward[:, :2], axis=1) * np.linalg.norm(to_c, axis=1))
+        assert (cos_in > 0.8).mean() > 0.1 and (cos_in < -0.5).mean() > 0.2
+        # close passes: furniture (not wall-hung) within 0.5-1.5 m while the view turns to it
+        near = [footprint(o) for o in room.objects if o.category not in SHELL_CATEGORIES | WALL_HUNG]
+        gap = np.min([np.hypot(np.maximum(0, np.maximum(f[0] - x, x - f[2])), np.maximum(0, np.maximum(f[1] - y, y - f[3])))
+                      for f in near], axis=0)[:, 0]
+        assert ((gap > 0.3) & (gap < 1.5)).mean() > 0.2
+        # handheld motion: small steps, no jumps
+        step = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+        assert step.max() < 0.2 and np.median(step) < 0.08
+        turn = np.degrees(np.arccos(np.clip((forward[1:] * forward[:-1]).sum(1), -1, 1)))
+        assert turn.max() < 60 and np.median(turn) < 8
+        np.testing.assert_allclose(np.linalg.det(poses[:, :3, :3]), 1.0, atol=1e-9)
+
+
+# ------------------------------------------------------------------ the realistic defaults
+
+
+def test_realistic_scene_mesh_is_fused_from_the_frames(realistic_scene: Path):
+    from safnet_ros.data.stats import scene_stats
+
+    name = realistic_scene.name
+    meta = json.loads((realistic_scene / f"{name}.synth.json").read_text())
+    assert meta["config"]["mesh"] == "tsdf" and meta["config"]["trajectory"] == "scan"
+    assert len(meta["moved_objects"]) == 2 and all(0 < m["frame"] < 60 for m in meta["moved_objects"])
+    assert len(meta["invalid_frames"]) == 2  # 3 % of 60
+    moved = np.load(realistic_scene / f"{name}.synth_vertex_moved.npy")
+    labels = read_vertex_labels(realistic_scene / f"{name}_vh_clean_2.labels.ply")
+    assert moved.shape == labels.shape and 0 < moved.sum() < 0.2 * len(moved)
+    xyz, rgb, faces = read_mesh(realistic_scene / f"{name}_vh_clean_2.ply")
+    # Not a grid: vertex spacing varies, no duplicated vertices.
+    assert len(np.unique(xyz, axis=0)) == len(xyz)
+    stats = scene_stats(realistic_scene)
+    assert stats["spacing_cm"]["p90"] > 1.8 * stats["spacing_cm"]["p10"]
+    assert stats["wall_density_cv"] > 0.2
+    # Every vertex was seen (the mesh comes from the frames), some unannotated where labels are ambiguous.
+    assert stats["seen"]["annotated_any_frame"] > 0.9
+    assert stats["labels"]["ignored"] > 0.02 and stats["labels"]["unannotated"] < 0.1
+    # The frames disagree with the mesh, but only locally.
+    assert 0.3 < stats["frames"]["depth_to_mesh_median_cm"] < 5.0
+    assert stats["frames"]["valid_depth"] < 0.99
+    assert stats["chunks"]["best1_over_all"] < 0.95
+
+
+def test_realistic_labels_follow_the_exact_scene(realistic_scene: Path, clean_scene: Path):
+    """Labelled vertices lie on a surface of their class in the exact scene; pose error and fusion keep them close."""
+    name = realistic_scene.name
+    xyz, _, _ = read_mesh(realistic_scene / f"{name}_vh_clean_2.ply")
+    labels = read_vertex_labels(realistic_scene / f"{name}_vh_clean_2.labels.ply")
+    assert (labels > 0).mean() > 0.9
+    walls = xyz[labels == 1]
+    floor = xyz[labels == 2]
+    ceiling = xyz[labels == 22]
+    assert len(walls) and len(floor) and len(ceiling)
+    meta = json.loads((realistic_scene / f"{name}.synth.json").read_text())
+    world = np.array(meta["world_from_aligned"])
+    z = lambda p: (p - world[:3, 3]) @ world[:3, :3][:, 2]  # noqa: E731
+    H = meta["room_size_m"][2]
+    assert np.abs(z(floor)).max() < 0.08 and np.abs(z(ceiling) - H).max() < 0.08
+
+
+def test_bad_knob_values_are_one_error_line(tmp_path: Path, capsys):
+    from safnet_ros.cli import main
+
+    out = tmp_path / "bad"
+    for args, text in ((["--depth-noise", "-0.1"], "depth-noise"), (["--overlap", "1"], "overlap"),
+                       (["--moved-objects", "50"], "movable"), (["--room-types", "garage"], "room type"),
+                       (["--color-shift", "20"], "color-shift"), (["--voxel-size", "0"], "voxel size")):
+        assert main(["data", "synth", str(out), "--frames", "4", "--quiet", *args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and text in err[0], (args, err)
+        assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_scene_without_surface_is_reported_and_not_written(tmp_path: Path, monkeypatch):
+    from safnet_ros.data.synth import fusion
+    from safnet_ros.errors import DataFormatError
+
+    monkeypatch.setattr(fusion.TSDFFusion, "integrate", lambda self, *a: None)  # no frame reaches the volume
+    with pytest.raises(DataFormatError, match="no surface|nothing to fuse"):
+        generate_dataset(tmp_path, 1, 4, small(frames=4, color_size=(32, 24), depth_size=(32, 24)))
+    assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------ knobs
 
 
 def test_moved_objects_really_move(clean_scene: Path, moved_scene: Path):
     meta = json.loads((moved_scene / f"{moved_scene.name}.synth.json").read_text())
     moved = meta["moved_objects"]
-    assert len(moved) >= 3
+    assert len(moved) == 4
     assert all(0.29 < np.hypot(m["dx"], m["dy"]) < 0.81 for m in moved)
-    # Same mesh in both scenes (the mesh keeps the original placement) ...
+    first = min(m["frame"] for m in moved)
+    assert 5 <= first < 15  # partway through the 20 frames
+    # Same mesh in both scenes (the exact mesh keeps the original placement) ...
     assert (moved_scene / f"{moved_scene.name}_vh_clean_2.ply").read_bytes() == \
            (clean_scene / f"{clean_scene.name}_vh_clean_2.ply").read_bytes()
-    # ... but the frames show the objects elsewhere: depth points far from the mesh appear.
+    # ... but after the move the frames show the objects elsewhere: depth points far from the mesh appear.
     far_clean = np.mean(np.concatenate(_frame_distances(clean_scene)) > 0.05)
-    far_moved = np.mean(np.concatenate(_frame_distances(moved_scene)) > 0.05)
-    assert far_clean < 1e-4
-    assert far_moved > 0.003, far_moved
+    far_before = np.mean(np.concatenate(_frame_distances(moved_scene, range(first))) > 0.05)
+    far_after = np.mean(np.concatenate(_frame_distances(moved_scene, range(first, 20))) > 0.05)
+    assert far_clean < 1e-4 and far_before < 1e-4
+    assert far_after > 0.003, far_after
+    # The sidecar marks the mesh vertices on moved objects.
+    mv = np.load(moved_scene / f"{moved_scene.name}.synth_vertex_moved.npy")
+    assert 0 < mv.sum() == meta["moved_vertices"]
 
 
 def test_invalid_poses_are_minus_inf_in_the_sens(tmp_path: Path):
@@ -242,7 +369,7 @@ def test_recorded_poses_jitter_and_drift():
 
 
 def test_same_seed_same_bytes_different_seed_different_bytes(tmp_path: Path):
-    cfg = small(frames=4, color_size=(48, 36), depth_size=(24, 18), moved_objects=0.5, invalid_poses=0.25)
+    cfg = small(frames=4, color_size=(48, 36), depth_size=(24, 18), moved_objects=0.5, invalid_poses=0.25)  # defaults: TSDF
     for sub, seed in (("a", 11), ("b", 11), ("c", 12)):
         generate_dataset(tmp_path / sub, 1, seed, cfg)
     a, b, c = (_tree_digest(tmp_path / s) for s in "abc")
@@ -301,8 +428,21 @@ def test_split_lists_accumulate_over_seeds(tmp_path: Path):
 def test_every_layout_has_all_classes_inside_the_room(seed: int):
     from safnet_ros.data.synth.rooms import footprint, generate_room
 
-    room = generate_room(np.random.default_rng(seed))
+    from safnet_ros.data.synth.rooms import ROOM_ZONES
+
+    room = generate_room(np.random.default_rng(seed), room_types=("studio",))
     assert set(NYU40_IDS) <= {o.nyu40 for o in room.objects}
+    assert {22, 40, 18} <= {o.nyu40 for o in room.objects}  # ceiling, props, pillows: outside the 20 classes
+    # The other room types hold their own class mix (fewer classes), plus the shell and non-benchmark things.
+    for kind in ROOM_ZONES:
+        other = generate_room(np.random.default_rng(seed), room_types=(kind,))
+        ids = {o.nyu40 for o in other.objects}
+        assert {1, 2, 8, 9, 22} <= ids and other.room_type == kind
+        if kind != "studio":
+            assert len(ids & set(NYU40_IDS)) < 20
+        for o in other.objects:
+            fp = footprint(o)
+            assert fp[0] > -1e-6 and fp[1] > -1e-6 and fp[2] < other.width + 1e-6 and fp[3] < other.depth + 1e-6
     assert 2.5 <= room.height <= 3.0
     for o in room.objects:
         fp = footprint(o)

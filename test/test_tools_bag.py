@@ -513,7 +513,8 @@ def test_synthetic_room_clouds_agree_with_depth_and_poses(synth_scene, tmp_path)
         assert xyz.shape[0] > 100 and seen.mean() > 0.3, seen.mean()
         # the same cloud seen from the pose without the alignment does not fit the depth
         raw_pose = np.linalg.inv(scene.axis_alignment) @ pose
-        assert visible(xyz, depth, K, raw_pose, tol=0.1).mean() < 0.25
+        # (floor points stay on the floor plane under the turn about z, so some fit by chance)
+        assert visible(xyz, depth, K, raw_pose, tol=0.1).mean() < min(0.35, 0.6 * seen.mean())
         fractions.append(seen.mean())
     assert np.mean(fractions) > 0.5
 

@@ -13,6 +13,7 @@ from safnet_ros.cli import register_group
 DATA_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("synth", "safnet_ros.data.synth.command", "generate synthetic rooms in ScanNet's raw on-disk format"),
     ("info", "safnet_ros.data.info", "summarise one ScanNet-format scene folder"),
+    ("stats", "safnet_ros.data.stats", "realism table of a scene: mesh spacing, what the frames see, chunk coverage"),
     ("preprocess", "safnet_ros.data.preprocess", "resize frames, label images and the coverage table for training"),
 )
 

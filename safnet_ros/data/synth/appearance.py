@@ -175,7 +175,10 @@ def albedo(table: MaterialTable, part: np.ndarray, world: np.ndarray, normal: np
             sl = slice(a, b)
             sorted_out[sl] = _KIND_FUNCS[k](c1[sl], c2[sl], scale[sl], prm[sl], s[sl], t[sl], su[sl], tv[sl],
                                            local[sl])
-    sorted_out *= (1.0 + np.float32(0.06) * mottle)[:, None]
+    # Fine grain (1.5 cm cells: plaster, fabric, scuffs) so images have real-scene gradients.
+    cell = np.floor(w * np.float32(1.0 / 0.015))
+    grain = _hash(cell[:, 0] * 7.0 + cell[:, 1] * 13.0 + cell[:, 2] * 3.0, prm[:, 3]) - 0.5
+    sorted_out *= (1.0 + np.float32(0.16) * mottle + np.float32(0.16) * grain)[:, None]
     np.clip(sorted_out, 0.0, 1.0, out=sorted_out)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(n)
@@ -290,12 +293,26 @@ _KIND_FUNCS = (_plain, _wood, _fabric, _picture, _window, _door, _tile, _planks,
 
 @dataclass
 class Lighting:
-    """Ambient + one point light under the ceiling (world metres), plus mild vignetting in images."""
+    """Ambient + point lights under the ceiling (world metres), plus mild vignetting in images.
+
+    ``light_position`` is (3,) for one light or (L, 3); ``intensity`` (L,) scales
+    each light's diffuse term (default 1 each).
+    """
 
     light_position: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 2.5]))
     ambient: float = 0.42
     diffuse: float = 0.7
     falloff: float = 0.04  # 1 / (1 + falloff * d^2)
+    intensity: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.positions = np.asarray(self.light_position, dtype=np.float32).reshape(-1, 3)
+        if self.intensity is None or len(np.asarray(self.intensity).ravel()) == 0:
+            self.intensities = np.ones(len(self.positions), dtype=np.float32)
+        else:
+            self.intensities = np.asarray(self.intensity, dtype=np.float32).ravel()
+            # several lights: less ambient, more contrast (shadows are not modelled, falloff is)
+            self.ambient = min(self.ambient, 0.3)
 
 
 def shade(albedo_rgb: np.ndarray, emissive: np.ndarray, world: np.ndarray, normal: np.ndarray,
@@ -305,12 +322,14 @@ def shade(albedo_rgb: np.ndarray, emissive: np.ndarray, world: np.ndarray, norma
     Two-sided (|n . l|) so triangle winding does not matter; ``emissive`` (N,)
     points keep their albedo (window panes glow).
     """
-    to_light = lighting.light_position.astype(np.float32)[None, :] - world.astype(np.float32)
-    lx, ly, lz = to_light[:, 0], to_light[:, 1], to_light[:, 2]
-    d2 = lx * lx + ly * ly + lz * lz
+    w32 = world.astype(np.float32)
     n = normal.astype(np.float32, copy=False)
-    ndotl = np.abs(lx * n[:, 0] + ly * n[:, 1] + lz * n[:, 2]) / np.sqrt(np.maximum(d2, 1e-9))
-    intensity = lighting.ambient + lighting.diffuse * ndotl / (1.0 + lighting.falloff * d2)
+    intensity = np.full(len(w32), np.float32(lighting.ambient), dtype=np.float32)
+    for pos, power in zip(lighting.positions, lighting.intensities):
+        lx, ly, lz = pos[0] - w32[:, 0], pos[1] - w32[:, 1], pos[2] - w32[:, 2]
+        d2 = lx * lx + ly * ly + lz * lz
+        ndotl = np.abs(lx * n[:, 0] + ly * n[:, 1] + lz * n[:, 2]) / np.sqrt(np.maximum(d2, 1e-9))
+        intensity += np.float32(lighting.diffuse * power) * ndotl / (1.0 + np.float32(lighting.falloff) * d2)
     lit = albedo_rgb * intensity[:, None].astype(np.float32)
     lit = np.where(emissive[:, None], albedo_rgb, lit)
     return np.clip(lit, 0.0, 1.0)

@@ -17,10 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from safnet_ros.errors import ConfigError
+from safnet_ros.errors import ConfigError, DataFormatError
 
 #: Upper bound of --scenes per call (scene names are seed * 100 + i).
 MAX_SCENES = 100
+
+
+#: Room types (class mixes) a scene can draw from; "studio" holds all 20 benchmark classes.
+ROOM_TYPES: tuple[str, ...] = ("bedroom", "office", "living", "kitchen", "bathroom", "studio")
 
 
 @dataclass
@@ -37,13 +41,30 @@ class SynthConfig:
     pose_noise: float = 0.005
     pose_noise_deg: float = 0.3
     pose_drift: float = 0.02
-    moved_objects: float = 0.0
-    invalid_poses: float = 0.0
+    moved_objects: float = 2.0
+    invalid_poses: float = 0.03
     max_rotation_deg: float = 15.0
     color_noise: float = 0.01
     hfov_deg: float = 58.0
     jpeg_quality: int = 90
     progress: bool = True
+    mesh: str = "tsdf"
+    trajectory: str = "scan"
+    voxel_size: float | None = None
+    depth_model: str = "structured-light"
+    max_depth: float = 4.5
+    pose_noise_corr: float = 15.0
+    color_shift: float = 1.0
+    exposure: float = 0.15
+    lights: int = 3
+    room_types: tuple[str, ...] = ROOM_TYPES
+
+    @property
+    def tsdf_voxel(self) -> float:
+        """TSDF voxel size in metres (``voxel_size``, or half the vertex spacing within 1-10 cm)."""
+        if self.voxel_size is not None:
+            return float(self.voxel_size)
+        return float(min(max(self.vertex_spacing / 2.0, 0.01), 0.1))
 
     def validate(self) -> None:
         """Raise ConfigError for values out of range."""
@@ -53,12 +74,13 @@ class SynthConfig:
             w, h = getattr(self, name)
             if w < 8 or h < 8:
                 raise ConfigError(f"{name} must be at least 8x8, got {w}x{h}")
-        if not 0.005 <= self.vertex_spacing <= 1.0:
+        if not (math.isfinite(self.vertex_spacing) and 0.005 <= self.vertex_spacing <= 1.0):
             raise ConfigError(f"vertex spacing must be in [0.005, 1] m, got {self.vertex_spacing}")
         if self.overlap is not None and not 0.0 < self.overlap < 1.0:
             raise ConfigError(f"overlap must be in (0, 1), got {self.overlap}")
         for name in ("depth_noise", "depth_dropout", "pose_noise", "pose_noise_deg", "pose_drift",
-                     "moved_objects", "invalid_poses", "max_rotation_deg", "color_noise"):
+                     "moved_objects", "invalid_poses", "max_rotation_deg", "color_noise", "pose_noise_corr",
+                     "color_shift", "exposure"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{name.replace('_', '-')} must be a finite number >= 0, got {v}")
@@ -66,6 +88,29 @@ class SynthConfig:
             raise ConfigError(f"depth dropout must be < 0.5, got {self.depth_dropout}")
         if self.invalid_poses >= 1.0:
             raise ConfigError(f"invalid-poses must be a fraction < 1, got {self.invalid_poses}")
+        if self.moved_objects >= 1 and self.moved_objects != math.floor(self.moved_objects):
+            raise ConfigError(f"moved-objects must be a fraction < 1 or a whole count, got {self.moved_objects}")
+        if self.mesh not in ("tsdf", "exact"):
+            raise ConfigError(f"mesh must be 'tsdf' or 'exact', got {self.mesh!r}")
+        if self.trajectory not in ("scan", "loop"):
+            raise ConfigError(f"trajectory must be 'scan' or 'loop', got {self.trajectory!r}")
+        if self.depth_model not in ("structured-light", "gaussian"):
+            raise ConfigError(f"depth model must be 'structured-light' or 'gaussian', got {self.depth_model!r}")
+        if self.voxel_size is not None and not (math.isfinite(self.voxel_size) and 0.005 <= self.voxel_size <= 0.2):
+            raise ConfigError(f"voxel size must be in [0.005, 0.2] m, got {self.voxel_size}")
+        if not (math.isfinite(self.max_depth) and 1.0 <= self.max_depth <= 20.0):
+            raise ConfigError(f"max depth must be in [1, 20] m, got {self.max_depth}")
+        if self.color_shift > 8:
+            raise ConfigError(f"color-shift must be at most 8 px, got {self.color_shift}")
+        if self.exposure > 1:
+            raise ConfigError(f"exposure must be at most 1 (log-gain std), got {self.exposure}")
+        if not 1 <= int(self.lights) <= 8:
+            raise ConfigError(f"lights must be in 1..8, got {self.lights}")
+        if not self.room_types:
+            raise ConfigError("room types must name at least one type")
+        bad = [t for t in self.room_types if t not in ROOM_TYPES]
+        if bad:
+            raise ConfigError(f"unknown room type(s) {', '.join(bad)}; choose from {', '.join(ROOM_TYPES)}")
 
 
 def scene_name(seed: int, index: int) -> str:
@@ -74,7 +119,7 @@ def scene_name(seed: int, index: int) -> str:
 
 
 def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
-    names = ("layout", "moves", "trajectory", "poses", "invalid", "frames")
+    names = ("layout", "moves", "trajectory", "poses", "invalid", "frames", "sensor")
     children = np.random.SeedSequence([int(seed), int(index)]).spawn(len(names))
     return {n: np.random.Generator(np.random.PCG64(c)) for n, c in zip(names, children)}
 
@@ -98,10 +143,10 @@ def depth_intrinsics(K_color: np.ndarray, color_size: tuple[int, int], depth_siz
     return K
 
 
-def _write_scanned_mesh(scene_dir: Path, name: str, mesh_objects: list, cfg: SynthConfig, lighting) -> tuple:
-    """Dense mesh of the scanned room with lit vertex colours -> PLYs, segs, aggregation.
+def _write_exact_mesh(scene_dir: Path, name: str, mesh_objects: list, cfg: SynthConfig, lighting) -> tuple:
+    """``--mesh exact``: the dense grid mesh of the exact scene with lit vertex colours -> PLYs, segs, aggregation.
 
-    Returns (mesh, per-vertex nyu40 ids).
+    Returns (vertices (V, 3), per-vertex nyu40 ids (V,)).
     """
     from safnet_ros.data.synth import writer
     from safnet_ros.data.synth.appearance import albedo, shade, to_uint8
@@ -115,18 +160,56 @@ def _write_scanned_mesh(scene_dir: Path, name: str, mesh_objects: list, cfg: Syn
     writer.write_meshes(scene_dir, name, dense.vertices.astype(np.float32), rgb, dense.faces, nyu40)
     writer.write_segmentation(scene_dir, name, dense.vertex_segment, dense.vertex_object,
                               [o.category for o in mesh_objects])
-    return dense, nyu40
+    return dense.vertices, nyu40, dense.vertex_object
 
 
-def _write_frames(path: Path, renderer, true_poses: np.ndarray, recorded: np.ndarray, cfg: SynthConfig,
-                  rng: np.random.Generator, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """Render every frame from its true pose and append it with its recorded pose to the ``.sens``.
+def _write_fused_mesh(scene_dir: Path, name: str, fusion, objects: list, state_meshes: list, cfg: SynthConfig,
+                      moved_ids: set[int]) -> tuple:
+    """``--mesh tsdf``: the TSDF mesh, cleaned and decimated, labelled from the exact scene -> PLYs, segs, aggregation.
 
+    Returns (vertices (V, 3), per-vertex nyu40 ids (V,), per-vertex object index (V,), -1 unannotated).
+    """
+    from safnet_ros.data.synth import writer
+    from safnet_ros.data.synth.fusion import clean_and_decimate, segment_ids, transfer_labels
+
+    if fusion.frames == 0:
+        raise DataFormatError(scene_dir, "no frame has a valid pose: nothing to fuse into a mesh")
+    try:
+        fused = clean_and_decimate(fusion.extract(), cfg.vertex_spacing)
+    except ValueError as exc:
+        raise DataFormatError(scene_dir, f"TSDF fusion of {fusion.frames} frames yields no surface ({exc})") from None
+    vobj = transfer_labels(fused.vertices, state_meshes)
+    nyu_of_object = np.array([o.nyu40 for o in objects] + [0], dtype=np.uint16)
+    nyu40 = nyu_of_object[vobj]  # -1 -> the trailing 0
+    writer.write_meshes(scene_dir, name, fused.vertices.astype(np.float32), fused.colors, fused.faces, nyu40)
+    writer.write_segmentation(scene_dir, name, segment_ids(fused.vertices, fused.normals, vobj), vobj,
+                              [o.category for o in objects])
+    return fused.vertices, nyu40, vobj
+
+
+def _color_at_depth(color: np.ndarray, depth_size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) colour resampled (nearest) to the depth size (w, h)."""
+    h, w = color.shape[:2]
+    dw, dh = depth_size
+    if (w, h) == (dw, dh):
+        return color
+    ys = np.minimum(((np.arange(dh) + 0.5) * h / dh).astype(np.int64), h - 1)
+    xs = np.minimum(((np.arange(dw) + 0.5) * w / dw).astype(np.int64), w - 1)
+    return color[ys][:, xs]
+
+
+def _write_frames(path: Path, renderers: list, state_of_frame: np.ndarray, true_poses: np.ndarray,
+                  recorded: np.ndarray, cfg: SynthConfig, rng: np.random.Generator, sensor: dict, desc: str,
+                  fusion=None) -> tuple[np.ndarray, np.ndarray]:
+    """Render every frame from its true pose (in its scene state) and append it with its recorded pose to the
+    ``.sens``; integrate it into ``fusion`` (when given) at the recorded pose, as a reconstruction would.
+
+    ``sensor``: ``gains`` (F, 3) exposure/white balance, ``shift`` (dx, dy) colour pixels.
     Returns (K_color, K_depth), both (3, 3).
     """
     from safnet_ros.data.sens import SensWriter
     from safnet_ros.data.synth.appearance import to_uint8
-    from safnet_ros.data.synth.perturb import noisy_depth
+    from safnet_ros.data.synth.perturb import noisy_depth, shift_image, structured_light_depth
     from safnet_ros.data.synth.render import pinhole
 
     K_color = pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg)
@@ -137,73 +220,201 @@ def _write_frames(path: Path, renderer, true_poses: np.ndarray, recorded: np.nda
         from tqdm import tqdm
 
         frames = tqdm(frames, desc=desc, unit="frame", leave=False)
+    gains = sensor["gains"].astype(np.float32)
+    dx, dy = sensor["shift"]
     with SensWriter(path, intrinsic_color=K_color, intrinsic_depth=K_depth, color_size=cfg.color_size,
                     depth_size=cfg.depth_size, depth_shift=1000.0, sensor_name="StructureSensor (safnet synth)",
                     jpeg_quality=cfg.jpeg_quality) as sens:
         for i in frames:
-            noise = None
+            renderer = renderers[int(state_of_frame[i])]
+            color, d = renderer.render_rgbd(true_poses[i], K_color, cfg.color_size, K_depth, cfg.depth_size)
+            if cfg.depth_model == "structured-light":
+                lum = _color_at_depth(color, cfg.depth_size).mean(axis=2)
+                depth = structured_light_depth(rng, d.depth, d.incidence, lum, cfg.depth_noise, cfg.depth_dropout,
+                                               max_depth=cfg.max_depth)
+            else:
+                depth = noisy_depth(rng, d.depth, d.incidence, cfg.depth_noise, cfg.depth_dropout)
+            color = color * gains[i]
+            if dx or dy:
+                color = shift_image(color, dx, dy)
             if cfg.color_noise > 0:
-                noise = rng.standard_normal((ch, cw, 3), dtype=np.float32) * np.float32(cfg.color_noise)
-            color, d = renderer.render_rgbd(true_poses[i], K_color, cfg.color_size, K_depth, cfg.depth_size,
-                                            noise=noise)
-            depth = noisy_depth(rng, d.depth, d.incidence, cfg.depth_noise, cfg.depth_dropout)
+                color += rng.standard_normal((ch, cw, 3), dtype=np.float32) * np.float32(cfg.color_noise)
+            color8 = to_uint8(np.clip(color, 0.0, 1.0))
             depth_mm = np.clip(np.rint(depth * 1000.0), 0, 65535).astype(np.uint16)
             stamp = int(round(i * 1e6 / 30.0))  # 30 Hz, microseconds
-            sens.write_frame(recorded[i], to_uint8(color), depth_mm, stamp, stamp)
+            sens.write_frame(recorded[i], color8, depth_mm, stamp, stamp)
+            if fusion is not None:
+                fusion.integrate(_color_at_depth(color8, cfg.depth_size), depth_mm, recorded[i])
     return K_color, K_depth
 
 
+def draw_room(seed: int, index: int, cfg: SynthConfig):
+    """The room of scene ``index`` of ``seed`` (deterministic; the same as :func:`generate_scene` lays out)."""
+    from safnet_ros.data.synth.rooms import generate_room
+
+    rng = _streams(seed, index)
+    return generate_room(rng["layout"], cfg.max_rotation_deg, room_types=cfg.room_types, lights=cfg.lights)
+
+
+def moved_count(room, amount: float) -> int:
+    """How many objects ``--moved-objects`` moves in ``room`` (fraction of the movable ones, or a count)."""
+    movable = sum(1 for o in room.objects if o.movable)
+    if amount <= 0 or movable == 0:
+        return 0
+    return int(math.floor(amount)) if amount >= 1 else max(1, int(round(amount * movable)))
+
+
+def _scene_states(room, frame_objects_final: list, moved: list[dict], frames: int, rng) -> tuple[list, np.ndarray]:
+    """Object lists (aligned frame) of each scene state and the state index of every frame.
+
+    State 0 is the original layout; moved object k (in order of its move
+    frame) takes its new place from ``moved[k]['frame']`` on.
+    """
+    from safnet_ros.data.synth.perturb import move_times
+
+    times = move_times(rng, frames, len(moved))
+    order = np.argsort([m["objectId"] for m in moved], kind="stable")
+    states = [list(room.objects)]
+    for k, t in zip(order, times):
+        m = moved[int(k)]
+        m["frame"] = int(t)
+        nxt = list(states[-1])
+        nxt[m["objectId"]] = frame_objects_final[m["objectId"]]
+        states.append(nxt)
+    state_of_frame = np.zeros(frames, dtype=np.int64)
+    for s, t in enumerate(times, start=1):
+        state_of_frame[t:] = s
+    return states, state_of_frame
+
+
+def _trajectory(rng: np.random.Generator, room, cfg: SynthConfig) -> np.ndarray:
+    """(F, 4, 4) camera-to-world poses in the aligned frame (``--trajectory``)."""
+    from safnet_ros.data.synth.rooms import SHELL_CATEGORIES, WALL_HUNG, footprint
+    from safnet_ros.data.synth.trajectory import handheld_trajectory, scan_trajectory
+
+    if cfg.trajectory == "loop":
+        return handheld_trajectory(rng, room.width, room.depth, cfg.frames, cfg.overlap, cfg.hfov_deg)
+    furniture = [o for o in room.objects if o.category not in SHELL_CATEGORIES]
+    fps = np.array([footprint(o) for o in furniture]).reshape(-1, 4)
+    targets = []
+    for o in furniture:
+        if o.category in WALL_HUNG:
+            continue
+        fp = footprint(o)
+        top = max(float(p.center[2] + p.size[2] / 2) for p in o.parts)
+        targets.append([(fp[0] + fp[2]) / 2, (fp[1] + fp[3]) / 2, 0.6 * top])
+    per_loop = 300 if cfg.overlap is None else max(30, int(round(6.0 / (1.0 - cfg.overlap))))
+    try:
+        return scan_trajectory(rng, room.width, room.depth, room.height, cfg.frames, fps, np.array(targets),
+                               cfg.hfov_deg, frames_per_loop=per_loop)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def generate_scene(out: Path, seed: int, index: int, cfg: SynthConfig, overwrite: bool = False) -> dict:
-    """Write one scene folder ``out/<name>/``; returns a summary (name, vertex and class counts, moved objects)."""
+    """Write one scene folder ``out/<name>/``; returns a summary (name, vertex and class counts, moved objects).
+
+    The scene is written into a hidden temporary folder and renamed at the
+    end, so a failure (e.g. a TSDF without surface) leaves no half-written scene.
+    """
     from safnet_ros.data.synth import writer
     from safnet_ros.data.synth.appearance import Lighting
+    from safnet_ros.data.synth.fusion import TSDFFusion, near_objects
     from safnet_ros.data.synth.meshes import build_scene_mesh, material_table
-    from safnet_ros.data.synth.perturb import invalid_frames, move_objects, recorded_poses
+    from safnet_ros.data.synth.perturb import exposure_gains, invalid_frames, move_objects, recorded_poses
     from safnet_ros.data.synth.render import Renderer
-    from safnet_ros.data.synth.rooms import generate_room, to_world
-    from safnet_ros.data.synth.trajectory import handheld_trajectory
+    from safnet_ros.data.synth.rooms import to_world
 
     name = scene_name(seed, index)
-    scene_dir = Path(out) / name
-    prepare_scene_dir(scene_dir, overwrite)
+    final_dir = Path(out) / name
+    existed = final_dir.exists()
+    prepare_scene_dir(final_dir, overwrite)
+    scene_dir = Path(out) / f".{name}.partial"
+    if scene_dir.exists():
+        shutil.rmtree(scene_dir)
+    scene_dir.mkdir(parents=True)
+    try:
+        summary = _generate_into(scene_dir, name, seed, index, cfg)
+    except BaseException:
+        shutil.rmtree(scene_dir, ignore_errors=True)
+        if not existed:
+            shutil.rmtree(final_dir, ignore_errors=True)
+        raise
+    final_dir.rmdir()
+    scene_dir.rename(final_dir)
+    return summary
+
+
+def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: SynthConfig) -> dict:
+    from safnet_ros.data.synth import writer
+    from safnet_ros.data.synth.appearance import Lighting
+    from safnet_ros.data.synth.fusion import TSDFFusion, near_objects
+    from safnet_ros.data.synth.meshes import build_scene_mesh, material_table
+    from safnet_ros.data.synth.perturb import exposure_gains, invalid_frames, move_objects, recorded_poses
+    from safnet_ros.data.synth.render import Renderer, pinhole
+    from safnet_ros.data.synth.rooms import generate_room, to_world
+
     rng = _streams(seed, index)
-
-    room = generate_room(rng["layout"], cfg.max_rotation_deg)
+    room = generate_room(rng["layout"], cfg.max_rotation_deg, room_types=cfg.room_types, lights=cfg.lights)
     world = room.world_from_aligned
-    lighting = Lighting(light_position=world[:3, :3] @ room.light + world[:3, 3])
+    lighting = Lighting(light_position=room.lights @ world[:3, :3].T + world[:3, 3],
+                        intensity=room.light_intensity)
+    n_moved = moved_count(room, cfg.moved_objects)
+    movable = sum(1 for o in room.objects if o.movable)
+    if n_moved > movable:
+        raise ConfigError(f"--moved-objects {cfg.moved_objects:g}: the {room.room_type} room of {name} has only "
+                          f"{movable} movable objects")
 
-    # The scanned mesh keeps the original placement. The ceiling (last object) is
-    # rendered but never scanned, so it is left out of the mesh.
-    mesh_objects = [o for o in to_world(room, room.objects) if o.category != "ceiling"]
-    dense, nyu40 = _write_scanned_mesh(scene_dir, name, mesh_objects, cfg, lighting)
+    # The scene states the camera sees: objects move partway through the scan.
+    final_aligned, moved = move_objects(rng["moves"], room, n_moved)
+    states_aligned, state_of_frame = _scene_states(room, final_aligned, moved, cfg.frames, rng["moves"])
+    states = [to_world(room, objs) for objs in states_aligned]
+    state_meshes = [build_scene_mesh(objs, None) for objs in states]
+    renderers = [Renderer(sm, material_table(objs), lighting) for sm, objs in zip(state_meshes, states)]
 
-    # What the camera sees: possibly moved objects, coarse mesh (same surfaces).
-    frame_objects_aligned, moved = move_objects(rng["moves"], room, cfg.moved_objects)
-    frame_objects = to_world(room, frame_objects_aligned)
-    renderer = Renderer(build_scene_mesh(frame_objects, None), material_table(frame_objects), lighting)
-
-    traj = handheld_trajectory(rng["trajectory"], room.width, room.depth, cfg.frames, cfg.overlap, cfg.hfov_deg)
+    traj = _trajectory(rng["trajectory"], room, cfg)
     true_poses = np.einsum("ij,fjk->fik", world, traj)
-    recorded = recorded_poses(rng["poses"], true_poses, cfg.pose_noise, cfg.pose_noise_deg, cfg.pose_drift)
+    recorded = recorded_poses(rng["poses"], true_poses, cfg.pose_noise, cfg.pose_noise_deg, cfg.pose_drift,
+                              corr_frames=cfg.pose_noise_corr)
     lost = invalid_frames(rng["invalid"], cfg.frames, cfg.invalid_poses)
     recorded[lost] = -np.inf
-    K_color, K_depth = _write_frames(scene_dir / f"{name}.sens", renderer, true_poses, recorded, cfg,
-                                     rng["frames"], name)
+    srng = rng["sensor"]
+    angle = float(srng.uniform(0, 2 * math.pi))
+    shift_px = cfg.color_shift * cfg.color_size[0] / 320.0
+    sensor = {"gains": exposure_gains(srng, cfg.frames, cfg.exposure),
+              "shift": (shift_px * math.cos(angle), shift_px * math.sin(angle))}
+    fusion = None
+    if cfg.mesh == "tsdf":
+        K_depth = depth_intrinsics(pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg), cfg.color_size, cfg.depth_size)
+        fusion = TSDFFusion(cfg.tsdf_voxel, K_depth, cfg.depth_size, max_depth=cfg.max_depth + 0.5)
+    K_color, K_depth = _write_frames(scene_dir / f"{name}.sens", renderers, state_of_frame, true_poses, recorded,
+                                     cfg, rng["frames"], sensor, name, fusion)
+
+    objects = states[0]
+    moved_ids = {int(m["objectId"]) for m in moved}
+    if cfg.mesh == "tsdf":
+        vertices, nyu40, vobj = _write_fused_mesh(scene_dir, name, fusion, objects, state_meshes, cfg, moved_ids)
+    else:
+        vertices, nyu40, vobj = _write_exact_mesh(scene_dir, name, objects, cfg, lighting)
+    vertex_moved = near_objects(vertices, state_meshes, moved_ids)
 
     writer.write_scene_txt(scene_dir, name, room.axis_alignment, K_color, K_depth, cfg.color_size,
                            cfg.depth_size, cfg.frames)
     ids, counts = np.unique(nyu40, return_counts=True)
     summary = {
-        "name": name, "seed": int(seed), "index": int(index),
+        "name": name, "seed": int(seed), "index": int(index), "room_type": room.room_type,
         "room_size_m": [room.width, room.depth, room.height],
         "world_from_aligned": world.tolist(),
-        "num_vertices": int(len(dense.vertices)), "num_faces": int(len(dense.faces)),
+        "num_vertices": int(len(vertices)), "num_faces": None,
         "vertices_per_nyu40": {int(k): int(c) for k, c in zip(ids, counts)},
         "moved_objects": moved,
+        "moved_vertices": int(vertex_moved.sum()),
         "invalid_frames": [int(i) for i in np.flatnonzero(lost)],
+        "color_shift_px": list(sensor["shift"]),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "progress"},
     }
     writer.write_synth_meta(scene_dir, name, summary, true_poses)
+    np.save(scene_dir / f"{name}.synth_vertex_moved.npy", vertex_moved.astype(np.uint8))
     return summary
 
 
@@ -231,6 +442,12 @@ def generate_dataset(out: str | Path, scenes: int, seed: int, cfg: SynthConfig, 
             p = root / n
             if p.exists() and (not p.is_dir() or any(p.iterdir())):
                 raise ConfigError(f"{p} already exists and is not empty (pass --overwrite to replace it)")
+    for i, n in enumerate(names):
+        room = draw_room(seed, i, cfg)
+        movable = sum(1 for o in room.objects if o.movable)
+        if moved_count(room, cfg.moved_objects) > movable:
+            raise ConfigError(f"--moved-objects {cfg.moved_objects:g} is more than the {movable} movable objects of "
+                              f"{n} (a {room.room_type})")
     root.mkdir(parents=True, exist_ok=True)
     summaries = [generate_scene(root, seed, i, cfg, overwrite) for i in range(scenes)]
     writer.write_label_map_file(root, dict(CATEGORY_NYU40))

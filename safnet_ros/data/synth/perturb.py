@@ -76,12 +76,28 @@ def _rotvec_to_matrix(rv: np.ndarray) -> np.ndarray:
     return Rotation.from_rotvec(rv).as_matrix()
 
 
+def correlated_noise(rng: np.random.Generator, n: int, dims: int, corr_frames: float) -> np.ndarray:
+    """(n, dims) unit-variance noise; an AR(1) process with correlation time ``corr_frames`` (0: white)."""
+    white = rng.standard_normal((n, dims))
+    if corr_frames <= 0 or n < 2:
+        return white
+    from scipy.signal import lfilter
+
+    a = math.exp(-1.0 / corr_frames)
+    out = np.empty_like(white)
+    out[0] = white[0]  # start in the stationary distribution
+    out[1:] = lfilter([math.sqrt(1 - a * a)], [1.0, -a], white[1:], axis=0, zi=a * white[0:1])[0]
+    return out
+
+
 def recorded_poses(rng: np.random.Generator, poses: np.ndarray, noise_m: float, noise_deg: float,
-                   drift_m: float) -> np.ndarray:
+                   drift_m: float, corr_frames: float = 0.0) -> np.ndarray:
     """Recorded camera-to-world poses (F, 4, 4) from the true ones.
 
     Per frame, a random rotation (std ``noise_deg`` per axis) and translation
-    (std ``noise_m`` per axis) applied in the camera frame; plus drift: a random
+    (std ``noise_m`` per axis) applied in the camera frame, temporally
+    correlated over ``corr_frames`` frames (AR(1); 0: independent per frame, as
+    the error of a tracker is not); plus drift: a random
     walk whose end-point std is ``drift_m`` metres per axis in the world (and
     ``drift_m * YAW_DRIFT_DEG_PER_M`` degrees of yaw about the camera centre).
     """
@@ -90,8 +106,9 @@ def recorded_poses(rng: np.random.Generator, poses: np.ndarray, noise_m: float, 
     if f == 0:
         return out
     if noise_m > 0 or noise_deg > 0:
-        rv = rng.standard_normal((f, 3)) * math.radians(noise_deg)
-        dt = rng.standard_normal((f, 3)) * noise_m
+        n6 = correlated_noise(rng, f, 6, corr_frames)
+        rv = n6[:, :3] * math.radians(noise_deg)
+        dt = n6[:, 3:] * noise_m
         jitter = np.tile(np.eye(4), (f, 1, 1))
         jitter[:, :3, :3] = _rotvec_to_matrix(rv)
         jitter[:, :3, 3] = dt
@@ -165,3 +182,98 @@ def move_objects(rng: np.random.Generator, room: Room, amount: float) -> tuple[l
                           "dx": dist * math.cos(ang), "dy": dist * math.sin(ang), "dyaw": dyaw})
             break
     return objects, moved
+
+
+def structured_light_depth(rng: np.random.Generator, depth: np.ndarray, incidence: np.ndarray,
+                           luminance: np.ndarray | None, noise: float, dropout: float,
+                           max_depth: float = 4.5, min_depth: float = 0.4) -> np.ndarray:
+    """Depth (H, W) float32 metres as a structured-light sensor (Structure sensor, Kinect v1) returns it.
+
+    From a clean z-depth image (0 = no return):
+    - error growing with range, ``sigma(z) = noise * (1 + (z / 2 m)^2)``, half of
+      it spatially smooth (a wavy surface, as a real sensor's calibration residual)
+      and half per pixel;
+    - holes at depth edges (the projector's shadow beside a depth jump), on
+      dark surfaces (``luminance`` (H, W) in 0..1 below 0.12) and at grazing
+      angles (|cos| < 0.2, partly below 0.35), plus ``dropout`` of the pixels
+      in random blobs and speckle (as :func:`noisy_depth`);
+    - nothing nearer than ``min_depth`` or farther than ``max_depth`` (returns
+      thin out from 80 % of ``max_depth``).
+    ``noise`` 0 and ``dropout`` 0 give the clean depth inside the range.
+    """
+    out = depth.astype(np.float32, copy=True)
+    h, w = out.shape
+    valid = depth > 0
+    if noise > 0:
+        sigma = (noise * (1.0 + (out / 2.0) ** 2)).astype(np.float32)
+        gh, gw = max(2, h // 16), max(2, w // 16)
+        smooth = _upsample_bilinear(rng.standard_normal((gh, gw)).astype(np.float32), h, w)
+        smooth /= max(float(smooth.std()), 1e-6)
+        white = rng.standard_normal((h, w), dtype=np.float32)
+        out += sigma * np.float32(math.sqrt(0.5)) * (smooth + white)
+    holes = (depth < min_depth) | (depth > max_depth)
+    if dropout > 0:
+        # Range: returns thin out beyond 80 % of the maximum range.
+        far = np.clip((depth - 0.8 * max_depth) / (0.2 * max_depth), 0.0, 1.0)
+        u = rng.uniform(size=(h, w)).astype(np.float32)
+        holes |= u < far
+        # Grazing angles.
+        holes |= incidence < 0.2
+        holes |= (incidence < 0.35) & (u > 0.5 + (incidence - 0.2) / 0.3)
+        # Depth edges: the pixel on the far side of a jump is in the projector's shadow.
+        d = np.where(valid, depth, np.float32(0.0))
+        # A jump is a depth step larger than a smooth surface makes between neighbouring pixels at 320 px
+        # width (coarser images step further on the same surface).
+        jump = (0.04 + 0.03 * d) * np.float32(max(1.0, 320.0 / w))
+        edge = np.zeros((h, w), dtype=bool)
+        edge[:, 1:] |= (d[:, 1:] - d[:, :-1]) > jump[:, 1:]
+        edge[:, :-1] |= (d[:, :-1] - d[:, 1:]) > jump[:, :-1]
+        edge[1:, :] |= (d[1:, :] - d[:-1, :]) > jump[1:, :]
+        edge[:-1, :] |= (d[:-1, :] - d[1:, :]) > jump[:-1, :]
+        grow = edge.copy()  # one more pixel, on about half of the edge
+        grow[:, 1:] |= edge[:, :-1] & (u[:, 1:] < 0.5)
+        holes |= grow
+        # Dark surfaces absorb the projected pattern.
+        if luminance is not None:
+            holes |= u < np.clip((0.12 - luminance) / 0.12, 0.0, 1.0) * 0.8
+        # Random blobs and speckle.
+        gh, gw = max(2, h // 12), max(2, w // 12)
+        field = rng.standard_normal((gh, gw)).astype(np.float32)
+        big = _upsample_bilinear(field, h, w) + 0.35 * rng.standard_normal((h, w), dtype=np.float32)
+        from scipy.special import ndtri
+
+        holes |= big > float(ndtri(1.0 - 0.75 * dropout)) * math.sqrt(1.0 + 0.35 ** 2)
+        holes |= rng.uniform(size=(h, w)) < 0.25 * dropout
+    out[holes | ~valid | (out <= 0)] = 0.0
+    return out
+
+
+def shift_image(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """(H, W, C) image moved by (dx, dy) pixels (bilinear, edges repeated): colour-depth misregistration."""
+    if dx == 0 and dy == 0:
+        return image
+    h, w = image.shape[:2]
+    x = np.clip(np.arange(w, dtype=np.float32) - dx, 0, w - 1)
+    y = np.clip(np.arange(h, dtype=np.float32) - dy, 0, h - 1)
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx = (x - x0)[None, :, None]
+    fy = (y - y0)[:, None, None]
+    rows = image[y0] * (1 - fy) + image[y1] * fy
+    return (rows[:, x0] * (1 - fx) + rows[:, x1] * fx).astype(image.dtype, copy=False)
+
+
+def exposure_gains(rng: np.random.Generator, frames: int, variation: float) -> np.ndarray:
+    """(frames, 3) per-frame colour gains: auto-exposure (slow, ``variation`` std in log) and white balance."""
+    if variation <= 0 or frames == 0:
+        return np.ones((frames, 3))
+    slow = correlated_noise(rng, frames, 1, 30.0)[:, 0] * variation
+    balance = 1.0 + 0.3 * variation * (rng.uniform(-1, 1, 3))
+    return np.exp(slow)[:, None] * balance[None, :]
+
+
+def move_times(rng: np.random.Generator, frames: int, count: int) -> list[int]:
+    """Frame indices (sorted) at which ``count`` objects move: each in the middle half of the scan."""
+    lo, hi = max(1, frames // 4), max(2, (3 * frames) // 4)
+    return sorted(int(v) for v in rng.integers(lo, hi, size=count)) if frames > 1 else [0] * count

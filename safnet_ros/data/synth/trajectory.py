@@ -75,3 +75,263 @@ def handheld_trajectory(rng: np.random.Generator, width: float, depth: float, fr
     pos = np.stack([x, y, z], 1) + jitter
     yaw = yaw + np.radians(0.3) * np.sin(0.29 * t + ph[2])
     return np.stack([look_at_pose(pos[i], yaw[i], pitch[i], roll[i]) for i in range(frames)])
+
+
+# ------------------------------------------------------------------ handheld scan of a furnished room
+
+#: Clearance (metres) the scan path keeps from walls and from furniture footprints.
+WALL_CLEARANCE = 0.4
+FURNITURE_CLEARANCE = 0.3
+#: Cell size (metres) of the free-space grid the path is planned on.
+GRID_CELL = 0.04
+
+
+def free_space(width: float, depth: float, footprints: np.ndarray, cell: float = GRID_CELL,
+               wall_clearance: float = WALL_CLEARANCE, furniture_clearance: float = FURNITURE_CLEARANCE):
+    """Free-space grid of a room for the camera holder: (free (nx, ny) bool, cell centres x (nx,), y (ny,)).
+
+    A cell is free when it lies ``wall_clearance`` inside the walls and
+    ``furniture_clearance`` outside every footprint ``[xmin, ymin, xmax, ymax]``
+    (K, 4) metres (aligned frame): the camera is never inside or over furniture.
+    """
+    xs = np.arange(cell / 2, width, cell)
+    ys = np.arange(cell / 2, depth, cell)
+    free = ((xs[:, None] > wall_clearance) & (xs[:, None] < width - wall_clearance)
+            & (ys[None, :] > wall_clearance) & (ys[None, :] < depth - wall_clearance))
+    c = furniture_clearance
+    for x0, y0, x1, y1 in np.asarray(footprints, dtype=np.float64).reshape(-1, 4):
+        ix = (xs > x0 - c) & (xs < x1 + c)
+        iy = (ys > y0 - c) & (ys < y1 + c)
+        free[np.ix_(ix, iy)] = False
+    return free, xs, ys
+
+
+class _FreeSpace:
+    """Projects points (N, 2) onto the nearest free cell of a :func:`free_space` grid."""
+
+    def __init__(self, free: np.ndarray, xs: np.ndarray, ys: np.ndarray, cell: float):
+        from scipy.ndimage import distance_transform_edt, label
+
+        # Keep the largest connected free region: pockets cut off by furniture are never walked into.
+        lab, n = label(free, structure=np.ones((3, 3)))
+        if n > 1:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            free = lab == int(np.argmax(sizes))
+        self.free, self.xs, self.ys, self.cell = free, xs, ys, cell
+        _, idx = distance_transform_edt(~free, return_indices=True)
+        self.nearest = idx  # (2, nx, ny) indices of the nearest free cell
+
+    def cells(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ix = np.clip(np.floor(p[:, 0] / self.cell).astype(np.int64), 0, len(self.xs) - 1)
+        iy = np.clip(np.floor(p[:, 1] / self.cell).astype(np.int64), 0, len(self.ys) - 1)
+        return ix, iy
+
+    def is_free(self, p: np.ndarray) -> np.ndarray:
+        ix, iy = self.cells(p)
+        return self.free[ix, iy]
+
+    def _graph(self):
+        """8-connected graph of the free cells (scipy sparse, edge weights in metres), built once."""
+        if getattr(self, "_g", None) is None:
+            from scipy.sparse import coo_matrix
+
+            nx, ny = self.free.shape
+            ids = np.arange(nx * ny).reshape(nx, ny)
+            rows, cols, w = [], [], []
+            for dx, dy in ((1, 0), (0, 1), (1, 1), (1, -1)):
+                a = self.free[max(0, -dx):nx - max(0, dx), max(0, -dy):ny - max(0, dy)]
+                b = self.free[max(0, dx):nx - max(0, -dx) or None, max(0, dy):ny - max(0, -dy) or None]
+                both = a & b
+                ia = ids[max(0, -dx):nx - max(0, dx), max(0, -dy):ny - max(0, dy)][both]
+                ib = ids[max(0, dx):nx - max(0, -dx) or None, max(0, dy):ny - max(0, -dy) or None][both]
+                rows += [ia, ib]
+                cols += [ib, ia]
+                w += [np.full(2 * len(ia), self.cell * math.hypot(dx, dy))]
+            self._g = coo_matrix((np.concatenate(w[::1]) if w else np.zeros(0),
+                                  (np.concatenate(rows), np.concatenate(cols))), shape=(nx * ny, nx * ny)).tocsr()
+        return self._g
+
+    def connect(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cell centres (K, 2) of a shortest free-space walk from free point ``a`` (2,) to ``b`` (2,), ends excluded;
+        empty when they are not connected."""
+        from scipy.sparse.csgraph import dijkstra
+
+        ny = self.free.shape[1]
+        (ia,), (ja,) = self.cells(a[None])
+        (ib,), (jb,) = self.cells(b[None])
+        src, dst = ia * ny + ja, ib * ny + jb
+        dist, pred = dijkstra(self._graph(), indices=src, return_predecessors=True)
+        if not np.isfinite(dist[dst]):
+            return np.zeros((0, 2))
+        path = []
+        k = pred[dst]
+        while k >= 0 and k != src:
+            path.append(k)
+            k = pred[k]
+        path = np.array(path[::-1], dtype=np.int64)
+        return np.stack([self.xs[path // ny], self.ys[path % ny]], 1) if len(path) else np.zeros((0, 2))
+
+    def project(self, p: np.ndarray) -> np.ndarray:
+        """Points in obstacles move to the nearest free cell centre; free points stay."""
+        ix, iy = self.cells(p)
+        out = p.copy()
+        bad = ~self.free[ix, iy]
+        if bad.any():
+            jx, jy = self.nearest[0][ix[bad], iy[bad]], self.nearest[1][ix[bad], iy[bad]]
+            out[bad, 0], out[bad, 1] = self.xs[jx], self.ys[jy]
+        return out
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, corr: float, dims: int = 1) -> np.ndarray:
+    """(n, dims) zero-mean, unit-std noise, smooth over ``corr`` samples (Gaussian-filtered white noise)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    white = rng.standard_normal((n + int(6 * corr) + 2, dims))
+    sm = gaussian_filter1d(white, max(corr, 1e-3), axis=0, mode="wrap")[: n]
+    return sm / max(float(sm.std()), 1e-9) if n > 1 else sm * 0.0
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def scan_trajectory(rng: np.random.Generator, width: float, depth: float, height: float, frames: int,
+                    footprints: np.ndarray, targets: np.ndarray, hfov_deg: float = 58.0,
+                    frames_per_loop: int = 300) -> np.ndarray:
+    """(frames, 4, 4) camera-to-world poses of a handheld scan of a furnished room (aligned frame).
+
+    The way a person scans a room for ScanNet: the camera is carried around the
+    room in free space (:func:`free_space`: never inside or over furniture) on
+    loops whose distance from the walls varies (0.6-2.2 m; one loop per
+    ``frames_per_loop`` frames, later loops on other distances), with
+    - vertical sweeps (pitch from 35 degrees up to 60 down) that see the upper
+      walls, the ceiling edge and the floor near the walls,
+    - sideways sway, so it looks along the walls as well as at them,
+    - inward-facing episodes that look across the room at its middle,
+    - close passes: where the path passes within 1.5 m of a piece of furniture
+      (``targets`` (K, 3): its centre, aligned frame), the view turns to it,
+    - hand motion: height 1.2-1.7 m, roll of a few degrees, smooth positional
+      and angular jitter.
+    ``footprints`` (K', 4) are the obstacles ``[xmin, ymin, xmax, ymax]``.
+    Raises ValueError when the room has no free space for the walk.
+    """
+    if frames <= 0:
+        return np.zeros((0, 4, 4))
+    free, xs, ys = free_space(width, depth, footprints)
+    if free.sum() < 20:
+        raise ValueError(f"the room ({width:.2f} x {depth:.2f} m) has no free floor for a scan trajectory")
+    fs = _FreeSpace(free, xs, ys, GRID_CELL)
+    loops = max(1.0, frames / float(frames_per_loop))
+    ph = rng.uniform(0, 2 * math.pi, size=16)
+    direction = 1.0 if rng.uniform() < 0.5 else -1.0
+    # Control path: 96 points per loop on rays from the room centre through a rounded rectangle; on each
+    # ray the camera stands at the wanted distance from the wall, or further in where furniture is there
+    # (the inset widened smoothly before and after it), so the walk goes around furniture without jumps.
+    from scipy.ndimage import gaussian_filter1d, maximum_filter1d
+
+    n_ctrl = int(math.ceil(96 * loops))
+    s = np.arange(n_ctrl) / 96.0  # loop parameter (1 = one loop)
+    phi = ph[0] + direction * 2 * math.pi * s
+    half = min(width, depth) / 2
+    max_inset = max(0.45, half - 0.3)
+    want = 1.3 + 0.55 * np.sin(2 * math.pi * s * 1.37 + ph[1]) + 0.3 * np.sin(2 * math.pi * s * 3.1 + ph[2])
+    want = np.clip(want, 0.6, max(0.6, min(2.2, max_inset)))
+    k = 1.8
+    c, sn = np.tanh(k * np.cos(phi)) / math.tanh(k), np.tanh(k * np.sin(phi)) / math.tanh(k)
+
+    def at(inset: np.ndarray, rows=slice(None)) -> np.ndarray:
+        return np.stack([width / 2 + c[rows] * (width / 2 - inset), depth / 2 + sn[rows] * (depth / 2 - inset)], -1)
+
+    cand = np.arange(0.4, max_inset + 1e-9, GRID_CELL)
+    pts = np.stack([width / 2 + c[:, None] * (width / 2 - cand[None, :]),
+                    depth / 2 + sn[:, None] * (depth / 2 - cand[None, :])], -1)  # (n_ctrl, n_cand, 2)
+    ok = fs.is_free(pts.reshape(-1, 2)).reshape(len(c), len(cand))
+    inward_ok = ok & (cand[None, :] >= want[:, None] - 1e-9)
+    first_in = np.where(inward_ok.any(1), cand[np.argmax(inward_ok, 1)], np.nan)
+    # No free spot further in: the free spot nearest to the wanted distance.
+    nearest = cand[np.argmin(np.where(ok, np.abs(cand[None, :] - want[:, None]), np.inf), 1)]
+    need = np.where(np.isnan(first_in), nearest, first_in)
+    mode = "wrap" if abs(loops - round(loops)) < 1e-9 else "nearest"
+    inset = gaussian_filter1d(maximum_filter1d(need, size=7, mode=mode), 2.0, mode=mode)
+    inset = np.maximum(inset, need)
+    p = fs.project(at(inset))
+    # Where the free space forces a detour, walk around the obstacle on the grid instead of jumping.
+    for smooth_after in (True, False):
+        hops = np.linalg.norm(np.diff(p, axis=0), axis=1)
+        if not (hops > 0.25).any():
+            break
+        pieces = [p[:1]]
+        for i in range(1, len(p)):
+            if hops[i - 1] > 0.25:
+                pieces.append(fs.connect(p[i - 1], p[i]))
+            pieces.append(p[i:i + 1])
+        p = np.concatenate(pieces)
+        if smooth_after:
+            p = fs.project(gaussian_filter1d(p, 1.0, axis=0, mode="nearest"))
+    keep = np.concatenate([[True], np.linalg.norm(np.diff(p, axis=0), axis=1) > 1e-6])
+    p, s = p[keep], np.interp(np.flatnonzero(keep), np.arange(len(keep)),
+                              np.interp(np.arange(len(keep)), np.linspace(0, len(keep) - 1, len(s)), s))
+    seg = np.linalg.norm(np.diff(p, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    t = np.linspace(0.0, arc[-1], frames) if frames > 1 else np.zeros(1)
+    pos = np.stack([np.interp(t, arc, p[:, 0]), np.interp(t, arc, p[:, 1])], 1)
+    wob = 0.03 * _smooth_noise(rng, frames, 8.0, 2)
+    pos = np.where(fs.is_free(pos + wob)[:, None], pos + wob, pos)
+    pos = fs.project(pos)
+    u = np.interp(t, arc, s)  # loop parameter per frame
+
+    centre = np.array([width / 2, depth / 2])
+    rel = (pos - centre) / np.array([width, depth])
+    outward = np.arctan2(rel[:, 1], rel[:, 0])
+    sway = 0.75 * np.sin(2 * math.pi * u * 3.3 + ph[3]) + 0.3 * np.sin(2 * math.pi * u * 7.7 + ph[4])
+    yaw_dir = np.stack([np.cos(outward + sway), np.sin(outward + sway)], 1)
+    # Inward episodes: a few per loop, the view turns to the middle of the room.
+    w_in = _smoothstep((np.sin(2 * math.pi * u * 2.3 + ph[5]) - 0.55) / 0.3)
+    inward = centre + 0.6 * _smooth_noise(rng, frames, 20.0, 2) - pos
+    inward /= np.maximum(np.linalg.norm(inward, axis=1, keepdims=True), 1e-6)
+    # Close passes: turn to furniture within 1.5 m.
+    tg = np.asarray(targets, dtype=np.float64).reshape(-1, 3)
+    w_f = np.zeros(frames)
+    to_f = yaw_dir.copy()
+    pitch_f = np.zeros(frames)
+    if len(tg):
+        d = np.linalg.norm(pos[:, None, :] - tg[None, :, :2], axis=2)
+        j = np.argmin(d, axis=1)
+        dmin = d[np.arange(frames), j]
+        w_f = 0.8 * _smoothstep((1.5 - dmin) / 0.6) * _smoothstep(np.sin(2 * math.pi * u * 4.1 + ph[6]) + 0.3)
+        to_f = tg[j, :2] - pos
+        to_f /= np.maximum(np.linalg.norm(to_f, axis=1, keepdims=True), 1e-6)
+        cam_z = 1.45
+        pitch_f = np.arctan2(cam_z - tg[j, 2], np.maximum(dmin, 0.3))
+    from scipy.ndimage import gaussian_filter1d as smooth
+
+    sigma = 2.5 if frames >= 30 else 1e-3
+    w_f = smooth(w_f, sigma, mode="nearest")
+    to_f = smooth(to_f, sigma, axis=0, mode="nearest")
+    pitch_f = smooth(pitch_f, sigma, mode="nearest")
+    # Turning between outward and inward views goes through the side the sway points to.
+    side = np.stack([-yaw_dir[:, 1], yaw_dir[:, 0]], 1) * np.sign(np.sin(sway) + 1e-9)[:, None]
+    look = yaw_dir * (1 - w_in)[:, None] + inward * w_in[:, None] + side * (4 * w_in * (1 - w_in))[:, None]
+    look = look * (1 - w_f)[:, None] + to_f * w_f[:, None]
+    look = smooth(look, sigma, axis=0, mode="nearest")
+    weak = np.linalg.norm(look, axis=1) < 1e-3
+    look[weak] = yaw_dir[weak]
+    yaw = smooth(np.unwrap(np.arctan2(look[:, 1], look[:, 0])), sigma / 2, mode="nearest")
+    # Vertical sweeps: up to the upper walls and the ceiling edge, down to the floor by the walls.
+    sweep = (np.sin(2 * math.pi * u * 9.0 + ph[7]) + 0.25 * np.sin(2 * math.pi * u * 23.0 + ph[8])) / 1.25
+    pitch = np.radians(6.0 + 50.0 * sweep)  # -44 .. +56 degrees (positive looks down)
+    pitch = pitch * (1 - w_in) + np.radians(28.0) * w_in
+    pitch = pitch * (1 - w_f) + pitch_f * w_f
+    z = 1.45 + 0.15 * np.sin(2 * math.pi * u * 1.9 + ph[9]) + 0.05 * _smooth_noise(rng, frames, 10.0)[:, 0]
+    z = np.clip(z, 1.2, min(1.75, height - 0.4))
+    roll = np.radians(3.0) * _smooth_noise(rng, frames, 15.0)[:, 0]
+    # Hand jitter: a few mm and a fraction of a degree, correlated over a few frames.
+    jit = _smooth_noise(rng, frames, 3.0, 5)
+    yaw = yaw + np.radians(0.8) * jit[:, 0]
+    pitch = pitch + np.radians(0.8) * jit[:, 1]
+    xyz = np.concatenate([pos, z[:, None]], 1)
+    xyz[:, :2] += 0.004 * jit[:, 2:4]
+    xyz[:, 2] += 0.004 * jit[:, 4]
+    return np.stack([look_at_pose(xyz[i], yaw[i], pitch[i], roll[i]) for i in range(frames)])

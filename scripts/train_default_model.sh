@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Train the shipped default model (models/safnet_lite_synth.pt = RUNS/safnet_no_csm/model_last.pt),
-# the full SAFNet and the two baselines it is compared with, then evaluate all four on held-out scenes.
+# Train the full SAFNet (the candidate for models/safnet_lite_synth.pt; docs/model_card.md says which
+# model ships and why), its "w/o CSM" ablation and the two baselines it is compared with (Table III),
+# then evaluate all four on held-out scenes.
 #
 #   scripts/train_default_model.sh [PRE] [RUNS]
 #
@@ -17,6 +18,9 @@
 #   EVAL_VIEWS    test views of the evaluation (default 1,3,5)
 #   EVAL_ARGS     extra `safnet eval` arguments (e.g. "--scenes 1 --device cpu")
 #   STAGE         all (default) | train | eval
+#   INIT_2D       a checkpoint whose 2D net the stage-3d runs take (skips stage 2d; e.g. the shipped model)
+#   INIT_FROM     a checkpoint every stage-3d run starts from where the weights fit (train's init_from)
+#   PARALLEL      stage-3d runs at a time (default 4; 2 on a 2-core CPU with OMP_NUM_THREADS=1)
 #
 # The stage-3d runs (safnet, safnet_no_csm, concat late fusion, 3D-only pointnet2)
 # run in parallel; on one GPU they share it. docs/model_card.md records a run of this script.
@@ -31,6 +35,9 @@ TRAIN_SETS=${TRAIN_SETS:-}
 EVAL_VIEWS=${EVAL_VIEWS:-1,3,5}
 EVAL_ARGS=${EVAL_ARGS:-}
 STAGE=${STAGE:-all}
+INIT_2D=${INIT_2D:-}
+INIT_FROM=${INIT_FROM:-}
+PARALLEL=${PARALLEL:-4}
 mkdir -p "$RUNS"
 
 if [ ! -f "$PRE/preprocess_summary.json" ]; then
@@ -41,30 +48,31 @@ if [ ! -f "$PRE/preprocess_summary.json" ]; then
 fi
 
 if [ "$STAGE" != eval ]; then
-    # 3D-only baseline first: it needs no 2D net, so it runs beside stage 2d.
-    # shellcheck disable=SC2086
-    $SAFNET train config/train_synth_3d.yaml --no-progress --set data.root="$PRE" --set out="$RUNS/pointnet2" \
-        --set model.variant=pointnet2 --set train.max_minutes="$MINUTES_3D" $TRAIN_SETS \
-        >"$RUNS/pointnet2.log" 2>&1 &
-    PN2=$!
-    # shellcheck disable=SC2086
-    $SAFNET train config/train_synth_2d.yaml --no-progress --set data.root="$PRE" --set out="$RUNS/synth_2d" \
-        --set train.max_minutes="$MINUTES_2D" $TRAIN_SETS 2>&1 | tee "$RUNS/synth_2d.log"
-    INIT_2D="$(cd "$RUNS/synth_2d" && pwd)/model_last.pt"
-    PIDS=("$PN2")
-    # safnet_no_csm (Table III's "w/o CSM" row) is the model that ships: docs/model_card.md says why.
-    for run in safnet:safnet safnet_no_csm:safnet concat:concat; do
+    if [ -z "$INIT_2D" ]; then
+        # shellcheck disable=SC2086
+        $SAFNET train config/train_synth_2d.yaml --no-progress --set data.root="$PRE" --set out="$RUNS/synth_2d" \
+            --set train.max_minutes="$MINUTES_2D" $TRAIN_SETS 2>&1 | tee "$RUNS/synth_2d.log"
+        INIT_2D="$(cd "$RUNS/synth_2d" && pwd)/model_last.pt"
+    fi
+    FROM_SET=""; [ -n "$INIT_FROM" ] && FROM_SET="--set init_from=$INIT_FROM"
+    PIDS=()
+    status=0
+    # Table III rows: the full SAFNet, w/o CSM, concat late fusion (eq. 1), PointNet++ alone.
+    for run in safnet:safnet safnet_no_csm:safnet concat:concat pointnet2:pointnet2; do
         name=${run%%:*}; variant=${run##*:}
         overrides="{}"; [ "$name" = safnet_no_csm ] && overrides="{csm: false}"
         # shellcheck disable=SC2086
         $SAFNET train config/train_synth_3d.yaml --no-progress --set data.root="$PRE" --set out="$RUNS/$name" \
-            --set model.variant=$variant --set "model.overrides=$overrides" --set init_2d="$INIT_2D" \
+            --set model.variant=$variant --set "model.overrides=$overrides" --set init_2d="$INIT_2D" $FROM_SET \
             --set train.max_minutes="$MINUTES_3D" $TRAIN_SETS >"$RUNS/$name.log" 2>&1 &
         PIDS+=("$!")
+        if [ "${#PIDS[@]}" -ge "$PARALLEL" ]; then
+            for pid in "${PIDS[@]}"; do wait "$pid" || status=1; done
+            PIDS=()
+        fi
     done
-    status=0
     for pid in "${PIDS[@]}"; do wait "$pid" || status=1; done
-    tail -n 3 "$RUNS"/pointnet2.log "$RUNS"/safnet.log "$RUNS"/safnet_no_csm.log "$RUNS"/concat.log
+    tail -n 3 "$RUNS"/safnet.log "$RUNS"/safnet_no_csm.log "$RUNS"/concat.log "$RUNS"/pointnet2.log
     [ "$status" = 0 ] || { echo "a stage-3d run failed (logs in $RUNS)" >&2; exit 1; }
 fi
 

@@ -278,3 +278,48 @@ def test_labels_name_ablations_and_tell_same_named_checkpoints_apart():
     assert labels == ["safnet/lite (a/model_last)", "safnet/lite (b/model_last)", "safnet/lite (epoch_003)",
                       "concat/lite"]
     assert len(set(labels)) == len(labels)
+
+
+def test_scene_with_more_frames_than_the_feature_cache_holds(data, models):
+    """Issue 14: the 2D-feature cache (LRU) evicted views needed by the same call
+    (KeyError in Segmenter._view_features) on any scene with more frames than it
+    holds. With a cache of 2 views and 5 views per chunk, the evaluation must run
+    and give the labels of a cache that never evicts."""
+    from safnet_ros.data.dataset import PreprocessedScene
+    from safnet_ros.engine.evaluate import evaluate_scene, load_segmenter
+
+    scene = PreprocessedScene(data / (data / "scannetv2_one.txt").read_text().split()[0])
+    assert scene.num_frames > 2
+    results = {}
+    for size in (2, 10_000):
+        seg = load_segmenter(str(models["safnet"]), "cpu", STRIDE)
+        seg.feature_cache_size = size
+        cms = {k: ConfusionMatrix() for k in (1, 5)}
+        evaluate_scene(seg, scene, [1, 5], cms)
+        assert len(seg._features) <= size
+        results[size] = cms
+    for k in (1, 5):
+        np.testing.assert_array_equal(results[2][k].matrix, results[10_000][k].matrix)
+
+
+def test_preprocess_class_weights_are_log_frequency_of_the_split(data):
+    """class_weights.json: 1 / ln(1.2 + f_c) from the split's labels.npy files; the
+    trainer's loader reads it back for that split."""
+    from safnet_ros.data.class_weights import load_class_weights, write_class_weights
+
+    path = write_class_weights(data, "one")
+    labels = np.load(data / (data / "scannetv2_one.txt").read_text().split()[0] / "labels.npy").astype(np.int64)
+    counts = np.bincount(labels[labels < 20], minlength=20)
+    expected = 1.0 / np.log(1.2 + counts / counts.sum())
+    stored = json.loads(path.read_text())
+    assert stored["split"] == "one" and stored["counts"] == counts.tolist()
+    np.testing.assert_allclose(stored["weights"], expected, rtol=1e-5)
+    weights, source = load_class_weights(data, "one", 20)
+    assert source == str(path)
+    np.testing.assert_allclose(weights, expected, rtol=1e-5)
+    (data / "scannetv2_other.txt").write_text((data / "scannetv2_one.txt").read_text())
+    weights_other, source_other = load_class_weights(data, "other", 20)  # another split: computed, not the file
+    assert source_other.startswith("computed")
+    np.testing.assert_allclose(weights_other, expected, rtol=1e-5)
+    path.unlink()
+    (data / "scannetv2_other.txt").unlink()

@@ -82,7 +82,7 @@ def test_orientation_encoding_convolves_along_x_then_y_then_z():
     _randomise_norms(csm, seed=4)
     csm.eval()
     n = 20
-    centres = torch.randn(1, n, 3)
+    centres = torch.randn(1, n, csm.centre_channels)  # the centre term c(x_i) (height only by default)
     cells = torch.randn(1, n, 8, 4)  # cell at octant x + 2y + 4z
 
     def conv(layer, a, b):  # kernel-2 convolution of the cells a, b (a has the lower coordinate)

@@ -171,19 +171,21 @@ def test_octant_neighbours_pick_the_nearest_valid_slot_per_octant():
 
 
 def _reference_mapping(csm: ContextualSimilarity, centres, cloud, idx, valid) -> torch.Tensor:
-    """M(N(i)) written plainly: eq. 7 on the full 7-channel enriched vectors, a masked
-    sum over K, and the OE convolutions on the explicit (B, N, 8, 7) cube."""
+    """M(N(i)) written plainly: eq. 7 on the full enriched vectors [c(x_i), (x_j - x_i) / r,
+    |x_j - x_i| / r] (c: the height term (z - 1.5) / 1.5), a masked sum over K, and the
+    OE convolutions on the explicit (B, N, 8, 5) cube."""
     k = idx.shape[-1]
-    rel = torch.stack([cloud[b][idx[b]] for b in range(cloud.shape[0])]) - centres.unsqueeze(2)
+    rel = (torch.stack([cloud[b][idx[b]] for b in range(cloud.shape[0])]) - centres.unsqueeze(2)) / R
     rel = rel.masked_fill(~valid.unsqueeze(-1), 0.0)
     rel4 = torch.cat([rel, rel.norm(dim=-1, keepdim=True)], dim=-1)
-    enriched = torch.cat([centres.unsqueeze(2).expand(-1, -1, k, -1), rel4], dim=-1)  # (B, N, K, 7)
+    height = (centres[..., 2:3] - 1.5) / 1.5
+    enriched = torch.cat([height.unsqueeze(2).expand(-1, -1, k, -1), rel4], dim=-1)  # (B, N, K, 5)
     w = torch.cat([csm.point_centre.weight, csm.point_rel.weight], dim=1)
     per_neighbour = torch.relu(enriched @ w.t() + csm.point_centre.bias)
     summed = (per_neighbour * valid.unsqueeze(-1)).sum(2) / k
     slot, present = octant_neighbours(rel, valid)
     cells = torch.gather(rel4, 2, slot.unsqueeze(-1).expand(-1, -1, -1, 4)) * present.unsqueeze(-1)
-    cube = torch.cat([centres.unsqueeze(2).expand(-1, -1, 8, -1), cells], dim=-1)
+    cube = torch.cat([height.unsqueeze(2).expand(-1, -1, 8, -1), cells], dim=-1)
     oriented = csm.oe(cube).squeeze(2)
     return csm.mlp(torch.cat([summed, oriented], dim=-1))
 
@@ -193,7 +195,7 @@ def test_csm_mapping_equals_the_plain_formulation(train):
     """The split linear maps (per-centre part once, OE first layer without the cube)
     compute what the plain formulation computes."""
     torch.manual_seed(4)
-    csm = ContextualSimilarity(point_width=16, oe_width=24, mlp=(32, 32), out_channels=32)
+    csm = ContextualSimilarity(point_width=16, oe_width=24, mlp=(32, 32), out_channels=32, radius=R)
     g = torch.Generator().manual_seed(5)
     for mod in csm.modules():
         if isinstance(mod, torch.nn.BatchNorm1d):

@@ -509,6 +509,13 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
         "seconds": round(time.perf_counter() - start, 2),
         "per_scene": results,
     }
+    from safnet_ros.data.class_weights import write_class_weights
+
+    try:  # the cross-entropy's class weights (train.class_weights): from the training split
+        weights_file = write_class_weights(out_p, "train")
+        summary["class_weights"] = str(weights_file) if weights_file else None
+    except (OSError, ValueError) as exc:  # e.g. a train-split scene that failed: the trainer recomputes
+        summary["class_weights"] = f"not written: {exc}"
     (out_p / "preprocess_summary.json").write_text(json.dumps(summary, indent=1))
     if summary["failed"] and not summary["done"] and not summary["skipped"]:
         from safnet_ros.errors import SafnetError

@@ -78,6 +78,7 @@ SCHEMA: dict[str, Rule] = {
     "model.variant": one_of(*VARIANTS),
     "model.overrides": Rule("mapping"),  # SafnetConfig fields, checked by SafnetConfig.preset
     "init_2d": PATH,
+    "init_from": PATH,
     "train": Rule("mapping"),
     "train.epochs": i(1, 100_000),
     "train.batch_size": i(1, 65_536),
@@ -93,6 +94,8 @@ SCHEMA: dict[str, Rule] = {
     "train.val_every": i(1, 100_000),
     "train.max_val_batches": i(0, BIG),
     "train.find_unused_parameters": BOOL,
+    "train.class_weights": BOOL,
+    "train.lr_2d_scale": f(0.0, 10.0),
     "images": Rule("mapping"),
     "images.crop_wh": Rule("size", 1, None, nullable=True),
     "images.flip": BOOL,

@@ -223,10 +223,17 @@ class Segmenter:
 
     # ---------------------------------------------------------------- inference
     def _view_features(self, views: Sequence[PosedView]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Cached 2D features of ``views``: ((1, V*H*W, C), (1, V, K, H, W)) or (None, None)."""
+        """Cached 2D features of ``views``: ((1, V*H*W, C), (1, V, K, H, W)) or (None, None).
+
+        The cache holds at most ``feature_cache_size`` views (least recently used
+        first out); eviction runs after this call has collected every view it
+        needs, so a call never loses its own views (a whole ScanNet scene has
+        thousands of frames: issue 14).
+        """
         if not views or not hasattr(self.model, "encode_views"):
             return None, None
-        missing = [v for v in views if id(v) not in self._features]
+        found = {id(v): self._features[id(v)] for v in views if id(v) in self._features}
+        missing = list({id(v): v for v in views if id(v) not in found}.values())
         if missing:
             images = torch.from_numpy(normalize_images(np.stack([v.color for v in missing]))).to(self.device)
             feats, logits = self.model.encode_views(images)
@@ -234,13 +241,13 @@ class Segmenter:
                 return None, None
             for i, view in enumerate(missing):
                 key = id(view)
-                self._features[key] = (feats[i], logits[i])
+                found[key] = self._features[key] = (feats[i], logits[i])
                 weakref.finalize(view, self._features.pop, key, None)
-            while len(self._features) > self.feature_cache_size:
-                self._features.popitem(last=False)
-        cached = [self._features[id(v)] for v in views]
+        cached = [found[id(v)] for v in views]
         for v in views:
             self._features.move_to_end(id(v))
+        while len(self._features) > self.feature_cache_size:
+            self._features.popitem(last=False)
         feats = torch.cat([f for f, _ in cached]).unsqueeze(0)
         logits = torch.stack([lg for _, lg in cached]).unsqueeze(0)
         return feats, logits

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {"root": None, "train_split": "train", "val_split": None},
     "model": {"preset": "lite", "variant": "safnet", "overrides": {}},
     "init_2d": None,  # stage 3d: checkpoint whose 2D net is loaded and frozen
+    "init_from": None,  # stage 3d: checkpoint whose matching weights start the run (see init_from_checkpoint)
     "train": {
         "epochs": 150,
         "batch_size": 32,
@@ -60,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
         "lr_gamma": 0.1,
         "max_steps_per_epoch": 0,  # 0 = the whole epoch
         "max_minutes": 0,  # wall-clock budget: stop after the epoch that passes it (0 = none)
+        "class_weights": False,  # weight every cross-entropy by 1 / ln(1.2 + class frequency) of the train split
+        "lr_2d_scale": 0.1,  # stage 3d: lr factor of the 2D tail that L_2Dunp fine-tunes (unproj_finetune_2d)
         "val_every": 1,
         "max_val_batches": 0,
         "find_unused_parameters": True,
@@ -271,7 +274,7 @@ class Confusion:
 
 
 # --------------------------------------------------------------------------- the model wrapper
-def _make_stage_module(stage: str, model, mconfig):
+def _make_stage_module(stage: str, model, mconfig, class_weights=None):
     """A module whose forward returns (loss, logits (n, K) detached, labels (n,)) for one batch.
 
     Stage 2d wraps only the 2D net (so DDP synchronises only what trains);
@@ -288,7 +291,7 @@ def _make_stage_module(stage: str, model, mconfig):
 
         def forward(self, images, labels):
             _, logits = self.net2d(images)
-            loss = masked_cross_entropy(logits.movedim(1, -1), labels)
+            loss = masked_cross_entropy(logits.movedim(1, -1), labels, class_weights)
             return loss, logits.detach().movedim(1, -1).reshape(-1, logits.shape[1]), labels.reshape(-1)
 
     class ThreeD(nn.Module):
@@ -298,7 +301,7 @@ def _make_stage_module(stage: str, model, mconfig):
 
         def forward(self, batch):
             out = self.model(batch)
-            loss, parts = safnet_loss(out, batch, mconfig)
+            loss, parts = safnet_loss(out, batch, mconfig, class_weights)
             logits = out.logits.detach()
             return loss, logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1)
 
@@ -379,6 +382,45 @@ def _load_2d_into(model, path: Path) -> None:
     del src
 
 
+def init_from_checkpoint(model, path: Path) -> dict[str, int]:
+    """Start ``model`` from the weights of checkpoint ``path`` wherever they fit.
+
+    Every tensor with the same name and shape is copied. Two are widened: the first
+    layers of PointNet++'s SA1 (``[xyz, attributes]`` inputs) and of its last FP level
+    (``[coarse, attribute skip]``) take the source's leading columns when the source
+    had no CSM attributes; the new attribute columns keep their initialisation (they
+    are multiplied by ``attr_gain`` = 0 at the start, so the 3D path starts as the
+    source's). Anything else (CSM, a head of another input size) starts fresh.
+
+    Returns counts ``{"copied", "widened", "fresh"}`` of the model's tensors.
+    """
+    import torch
+
+    from safnet_ros.model.safnet import load_checkpoint
+
+    src, _, _ = load_checkpoint(path)
+    source = src.state_dict()
+    target = model.state_dict()
+    widen = set()
+    if getattr(model, "attr_gain", None) is not None and model.net3d is not None:
+        widen = {"net3d.sa.0.mlp.0.weight", f"net3d.fp.{len(model.net3d.fp) - 1}.mlp.0.weight"}
+    counts = {"copied": 0, "widened": 0, "fresh": 0}
+    with torch.no_grad():
+        for name, value in target.items():
+            old = source.get(name)
+            if old is not None and old.shape == value.shape:
+                value.copy_(old)
+                counts["copied"] += 1
+            elif (old is not None and name in widen and old.dim() == value.dim() and old.shape[0] == value.shape[0]
+                  and old.shape[1] < value.shape[1] and old.shape[2:] == value.shape[2:]):
+                value[:, : old.shape[1]].copy_(old)
+                counts["widened"] += 1
+            else:
+                counts["fresh"] += 1
+    del src
+    return counts
+
+
 # --------------------------------------------------------------------------- main loop
 @dataclass
 class TrainResult:
@@ -436,6 +478,12 @@ def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, p
     np.random.seed((seed + dist_info.rank) % 2**32)
     mconfig = model_config(cfg)
     model = build_model(mconfig)
+    init_from = resolve(cfg, cfg["init_from"]) if stage == "3d" else None
+    if init_from is not None:
+        counts = init_from_checkpoint(model, init_from)
+        if dist_info.is_main:
+            print(f"init_from {init_from}: {counts['copied']} tensors copied, {counts['widened']} widened, "
+                  f"{counts['fresh']} fresh", file=sys.stderr)
     if stage == "3d" and mconfig.uses_2d:
         init = resolve(cfg, cfg["init_2d"])
         if init is not None:
@@ -443,7 +491,7 @@ def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, p
         else:
             for p in model.net2d.parameters():
                 p.requires_grad_(False)
-            if dist_info.is_main:
+            if dist_info.is_main and init_from is None:
                 print("warning: stage 3d without init_2d: the frozen 2D net keeps its random weights",
                       file=sys.stderr)
     ckpt_dir = out_dir / "checkpoints"
@@ -469,18 +517,36 @@ def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, p
         resumed, _, _ = load_checkpoint(out_dir / resume_state["checkpoint"])
         model.load_state_dict(resumed.state_dict())
         start_epoch = int(resume_state["epoch"]) + 1
+    tail_2d = []
+    if stage == "3d" and getattr(model, "finetunes_2d_tail", False):
+        tail_2d = model.tail_2d_parameters()  # L_2Dunp fine-tunes them at lr * train.lr_2d_scale
+        for p in tail_2d:
+            p.requires_grad_(True)
     model.to(dist_info.device)
-    module = _make_stage_module(stage, model, mconfig).to(dist_info.device)
-    params = [p for p in module.parameters() if p.requires_grad]
+    class_weights = None
+    if t["class_weights"]:
+        from safnet_ros.data.class_weights import load_class_weights
+
+        weights, source = load_class_weights(resolve(cfg, cfg["data"]["root"]), cfg["data"]["train_split"],
+                                             mconfig.num_classes)
+        class_weights = torch.from_numpy(weights).to(dist_info.device)
+        if dist_info.is_main:
+            print(f"class weights ({source}): min {weights.min():.2f} max {weights.max():.2f}", file=sys.stderr)
+    module = _make_stage_module(stage, model, mconfig, class_weights).to(dist_info.device)
+    tail_ids = {id(p) for p in tail_2d}
+    params = [p for p in module.parameters() if p.requires_grad and id(p) not in tail_ids]
     if not params:
         hint = " (the 2D-only baseline uses the stage-2d checkpoint as it is)" if mconfig.variant == "project2d" \
             else ""
         raise ConfigError(f"stage {stage} with variant {mconfig.variant!r} has nothing to train{hint}")
+    groups = [{"params": params}]
+    if tail_2d:
+        groups.append({"params": tail_2d, "lr": float(t["lr"]) * float(t["lr_2d_scale"])})
     if t["optimizer"] == "sgd":
-        opt = torch.optim.SGD(params, lr=float(t["lr"]), momentum=float(t["momentum"]),
+        opt = torch.optim.SGD(groups, lr=float(t["lr"]), momentum=float(t["momentum"]),
                               weight_decay=float(t["weight_decay"]))
     else:
-        opt = torch.optim.Adam(params, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+        opt = torch.optim.Adam(groups, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(t["lr_step_epochs"]), gamma=float(t["lr_gamma"]))
     if resume_state is not None:
         opt.load_state_dict(resume_state["optimizer"])

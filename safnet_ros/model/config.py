@@ -23,10 +23,23 @@ from typing import Any, Mapping
 
 from safnet_ros.errors import ConfigError
 
-__all__ = ["SafnetConfig", "PRESETS", "VARIANTS"]
+__all__ = ["SafnetConfig", "PRESETS", "VARIANTS", "LAYOUT", "LEGACY_LAYOUT", "NQ_MODES", "CSM_CENTRES"]
 
 VARIANTS: tuple[str, ...] = ("safnet", "pointnet2", "project2d", "concat")
 PRESETS: tuple[str, ...] = ("paper", "lite")
+NQ_MODES: tuple[str, ...] = ("knn", "ball")
+CSM_CENTRES: tuple[str, ...] = ("height", "xyz")
+
+#: The model layout this code builds. Layout 1 (checkpoints before issue 14, no
+#: ``layout`` key): CSM fed x_i in chunk metres and unscaled offsets, its
+#: attributes entered PointNet++ without a gain, N_Q was a radius ball, and
+#: L_2Dunp trained a separate ``unproj_head`` that no prediction used.
+LAYOUT = 2
+#: The values of the new keys that reproduce a layout-1 model without CSM
+#: (:func:`safnet_ros.model.safnet.load_checkpoint` converts such checkpoints; a
+#: layout-1 model WITH CSM cannot be converted and is refused).
+LEGACY_LAYOUT: dict[str, Any] = {"layout": 2, "nq_mode": "ball", "csm_attr_gain": False,
+                                 "unproj_finetune_2d": False}
 
 
 @dataclass
@@ -37,6 +50,7 @@ class SafnetConfig:
     """
 
     preset_name: str = "paper"  # which preset this config started from
+    layout: int = 2  # model layout version (checkpoints of layout 1 lack the key; see LEGACY_LAYOUT)
     variant: str = "safnet"
     num_classes: int = 20
 
@@ -51,9 +65,13 @@ class SafnetConfig:
     agg_k: int = 3
     agg_mlp: tuple[int, ...] = (64, 64, 64)
 
-    # Neighbourhoods N_P(i), N_Q(i): up to k points within radius.
+    # Neighbourhoods N_P(i): up to k points within radius. N_Q(i): nq_mode "knn" = the k
+    # nearest Q points, no radius (the authors'; never empty while the chunk has Q);
+    # "ball" = up to k Q points within radius (empty for uncovered points: S_con then
+    # compares with the single nearest Q point).
     k: int = 64
     radius: float = 0.15
+    nq_mode: str = "knn"
 
     # GSM (eqs. 3-5): initial values of the learnable scalars.
     a1: float = 0.25
@@ -73,6 +91,8 @@ class SafnetConfig:
     csm_oe_width: int = 64  # channels of each orientation-encoding convolution
     csm_mlp: tuple[int, ...] = (64, 64, 64)
     csm_out: int = 64  # the linear layer giving the contextual feature f
+    csm_centre: str = "height"  # centre term of the enrichment: "height" | "xyz" (model/csm.py)
+    csm_attr_gain: bool = True  # M(N_P) enters PointNet++ times a learnable per-channel gain, 0 at init
 
     # 3D branch (PointNet++ SSG).
     pn_npoints: tuple[int, ...] = (2048, 512, 128, 32)
@@ -95,6 +115,10 @@ class SafnetConfig:
     w_3d: float = 0.8
     w_unproj: float = 0.8
     unproj_radius: float = 0.05  # r': a Q point takes the label of the nearest P point within r'
+    # L_2Dunp on the 2D net's own logits at the Q pixels; with the 2D net frozen
+    # (stage 3d) its last decoder stage (up1) and classifier are fine-tuned by it
+    # (train.lr_2d_scale x the lr), so the 2D features the fusion uses change.
+    unproj_finetune_2d: bool = True
 
     extra: dict = field(default_factory=dict)  # free-form notes kept with checkpoints
 
@@ -154,7 +178,7 @@ class SafnetConfig:
             self.pn_radii = tuple(float(v) for v in self.pn_radii)
             self.pn_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_mlps)
             self.pn_fp_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_fp_mlps)
-            for name in ("num_classes", "resnet_depth", "stem_stride", "resnet_width", "feat_2d", "agg_k", "k",
+            for name in ("layout", "num_classes", "resnet_depth", "stem_stride", "resnet_width", "feat_2d", "agg_k", "k",
                          "gsm_block", "csm_point_width", "csm_oe_width", "csm_out", "pn_nsample", "feat_3d",
                          "se_reduction"):
                 setattr(self, name, int(getattr(self, name)))
@@ -185,6 +209,9 @@ class SafnetConfig:
             if not ok:
                 raise ConfigError(f"SAFNet config ({self.preset_name}): {what}")
 
+        need(self.layout == LAYOUT, f"layout must be {LAYOUT} (this code's model layout), got {self.layout}")
+        need(self.nq_mode in NQ_MODES, f"nq_mode must be one of {NQ_MODES}, got {self.nq_mode!r}")
+        need(self.csm_centre in CSM_CENTRES, f"csm_centre must be one of {CSM_CENTRES}, got {self.csm_centre!r}")
         need(self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}")
         need(self.preset_name in PRESETS, f"preset_name must be one of {PRESETS}, got {self.preset_name!r}")
         need(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")

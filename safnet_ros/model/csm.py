@@ -4,7 +4,12 @@ The mapping M turns a neighbourhood N(i) (points x_j around a centre x_i) into a
 per-centre vector. Both parts the paper names are there, side by side:
 
 1. **Enrichment** (eq. 6 and "(B,C,N,K) to (B,K(C+4),N)"): every neighbour x_j
-   becomes ``e_ij = [x_i, x_j - x_i, |x_j - x_i|]`` (7 channels).
+   becomes ``e_ij = [c(x_i), (x_j - x_i) / r, |x_j - x_i| / r]``. Offsets and
+   distances are divided by the neighbourhood radius r, so they are O(1); the
+   centre term c(x_i) carries no absolute position (layout 2, see "Centre term"):
+   ``centre="height"`` (default) gives the height alone, ``(z - 1.5 m) / 1.5 m``
+   (1 channel); ``centre="xyz"`` gives ``(x / 0.75 m, y / 0.75 m, (z - 1.5 m) / 1.5 m)``
+   in chunk coordinates (3 channels).
 2. **Per-neighbour sum** (eq. 7): ``sum_j sigma(W [x_i, f_c(x_i, x_j)] + b)`` over the
    valid neighbours, with one shared linear layer W (7 -> ``point_width``) and
    ReLU as sigma, literally as eq. 7 (no BN inside; the MLP after it has BN).
@@ -28,7 +33,15 @@ The same M and linear are applied to N_P(i) and N_Q(i), both centred on p_i, in
 ONE pass (the two sets are stacked along the point axis), so batch normalisation
 sees the same statistics for both and identical neighbourhoods give identical
 features: S_con = cosine(f_P, f_Q) is then exactly 1. ``S_con = 0`` where N_Q(i)
-is empty (nothing to compare with).
+is empty (nothing to compare with; with ``nq_mode="knn"``, the default, N_Q(i) is
+never empty while the chunk has Q points).
+
+Centre term (why layout 2): layout 1 fed x_i in chunk metres (xy +-0.75 m, z 0-3 m)
+beside offsets of ~0.035 m, so at initialisation the x_i term had ~300x the
+variance of the offset term and M(N_P) mostly encoded where the point sat in a
+randomly rotated chunk (issue 14). With height only, M(N_P) is invariant to
+translating the chunk in xy (tested); the offsets keep their orientation (the
+PointSIFT octants are orientation-dependent by design).
 """
 from __future__ import annotations
 
@@ -40,7 +53,22 @@ from torch import nn
 
 from safnet_ros.model.aggregate import PointMLP, take_rows
 
-__all__ = ["ContextualSimilarity", "octant_neighbours"]
+__all__ = ["ContextualSimilarity", "octant_neighbours", "CENTRE_MODES", "centre_features"]
+
+#: The centre terms c(x_i) of the enrichment; the value is its channel count.
+CENTRE_MODES: dict[str, int] = {"height": 1, "xyz": 3}
+HEIGHT_MID, HEIGHT_SCALE = 1.5, 1.5  # metres: a room's 0-3 m height -> [-1, 1]
+XY_SCALE = 0.75  # metres: half the 1.5 m training chunk
+
+
+def centre_features(centres: torch.Tensor, mode: str) -> torch.Tensor:
+    """c(x_i): ``centres (B, N, 3)`` chunk metres (xy centred on the chunk, z up from
+    the floor) -> ``(B, N, CENTRE_MODES[mode])``, O(1) values, no absolute xy for
+    ``"height"``."""
+    height = (centres[..., 2:3] - HEIGHT_MID) / HEIGHT_SCALE
+    if mode == "height":
+        return height
+    return torch.cat([centres[..., :2] / XY_SCALE, height], dim=-1)
 
 
 def octant_neighbours(rel: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,16 +118,25 @@ class ContextualSimilarity(nn.Module):
         mlp: widths of the shared MLP (64, 64, 64); ``mlp[-1]`` is the attribute
             size fed to PointNet++.
         out_channels: the linear layer's output (64): the contextual feature f.
+        radius: r (metres): offsets and distances are divided by it.
+        centre: the centre term, ``"height"`` or ``"xyz"`` (see :func:`centre_features`).
     """
 
-    in_channels = 7  # [x_i (3), x_j - x_i (3), |x_j - x_i| (1)]
-
     def __init__(
-        self, point_width: int = 64, oe_width: int = 64, mlp: Sequence[int] = (64, 64, 64), out_channels: int = 64
+        self, point_width: int = 64, oe_width: int = 64, mlp: Sequence[int] = (64, 64, 64), out_channels: int = 64,
+        radius: float = 0.15, centre: str = "height",
     ):
         super().__init__()
+        if centre not in CENTRE_MODES:
+            raise ValueError(f"CSM centre must be one of {tuple(CENTRE_MODES)}, got {centre!r}")
+        if not radius > 0:
+            raise ValueError(f"CSM radius must be > 0, got {radius}")
+        self.centre = centre
+        self.inv_radius = 1.0 / float(radius)
+        self.centre_channels = CENTRE_MODES[centre]
+        self.in_channels = self.centre_channels + 4  # [c(x_i), (x_j - x_i) / r, |x_j - x_i| / r]
         self.attr_channels = int(mlp[-1])
-        self.point_centre = nn.Linear(3, point_width)  # W_c and b of eq. 7
+        self.point_centre = nn.Linear(self.centre_channels, point_width)  # W_c and b of eq. 7
         self.point_rel = nn.Linear(4, point_width, bias=False)  # W_r of eq. 7
         self.oe = nn.Sequential(
             _AxisConv(self.in_channels, oe_width), _AxisConv(oe_width, oe_width), _AxisConv(oe_width, oe_width)
@@ -111,14 +148,15 @@ class ContextualSimilarity(nn.Module):
         """M(N(i)): ``centres (B,N,3)``, neighbours ``cloud`` at ``idx (B,N,K)`` with
         ``valid (B,N,K)`` -> ``(B, N, mlp[-1])`` (channels last)."""
         k = idx.shape[-1]
-        rel = take_rows(cloud, idx) - centres.unsqueeze(2)  # (B, N, K, 3)
+        rel = (take_rows(cloud, idx) - centres.unsqueeze(2)) * self.inv_radius  # (B, N, K, 3), units of r
         rel = rel.masked_fill(~valid.unsqueeze(-1), 0.0)
         rel4 = torch.cat([rel, torch.linalg.vector_norm(rel, dim=-1, keepdim=True)], dim=-1)  # (B, N, K, 4)
 
         # Eq. 7: W [x_i, x_j - x_i, |x_j - x_i|] + b, split as W_c x_i (once per centre)
         # + W_r [x_j - x_i, |x_j - x_i|] (per neighbour); channels-last matmuls.
         per_neighbour = self.point_rel(rel4)  # (B, N, K, W)
-        per_neighbour = torch.relu_(per_neighbour.add_(self.point_centre(centres).unsqueeze(2)))
+        centre = centre_features(centres, self.centre)  # (B, N, Cc)
+        per_neighbour = torch.relu_(per_neighbour.add_(self.point_centre(centre).unsqueeze(2)))
         if per_neighbour.requires_grad:  # autograd keeps the ReLU output: no in-place masking
             summed = torch.einsum("bnkw,bnk->bnw", per_neighbour, valid.to(per_neighbour.dtype)) / k
         else:  # inference: mask in place + sum, 2x faster on a CPU than the einsum's bmm, no extra copy
@@ -127,24 +165,25 @@ class ContextualSimilarity(nn.Module):
         slot, present = octant_neighbours(rel, valid)  # (B, N, 8)
         cells = take_rows(rel4.flatten(0, 1), slot.flatten(0, 1))  # (B*N, 8, 4)
         cells = cells.view(*slot.shape, 4) * present.unsqueeze(-1).to(rel4.dtype)  # empty octant: the centre
-        oriented = self._orientation_encoding(centres, cells)  # (B, N, oe)
+        oriented = self._orientation_encoding(centre, cells)  # (B, N, oe)
 
         return self.mlp(torch.cat([summed, oriented], dim=-1))
 
     def _orientation_encoding(self, centres: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """The three OE convolutions on the cube whose 8 cells are ``[x_i, cell]``:
-        ``centres (B, N, 3)``, ``cells (B, N, 8, 4)`` -> ``(B, N, oe_width)``.
+        """The three OE convolutions on the cube whose 8 cells are ``[c(x_i), cell]``:
+        ``centres (B, N, Cc)`` (the centre term), ``cells (B, N, 8, 4)`` -> ``(B, N, oe_width)``.
 
-        The first convolution sees ``[x_i, c_a, x_i, c_b]`` for each pair of cells
-        along x; its linear map is computed as ``(W_1 + W_3) x_i`` once per centre
+        The first convolution sees ``[c, c_a, c, c_b]`` for each pair of cells
+        along x; its linear map is computed as ``(W_1 + W_3) c`` once per centre
         plus ``[W_2, W_4] [c_a, c_b]`` per pair (the same sum, without building the
-        (B, N, 8, 7) cube and with 8 instead of 14 inputs per pair).
+        (B, N, 8, Cc + 4) cube and with 8 instead of 2 (Cc + 4) inputs per pair).
         """
         batch, n = cells.shape[:2]
         first = self.oe[0].conv
-        weight = first.linears[0].weight  # (oe, 14) = [W_1 (3), W_2 (4), W_3 (3), W_4 (4)]
-        centre_w = weight[:, 0:3] + weight[:, 7:10]
-        cell_w = torch.cat([weight[:, 3:7], weight[:, 10:14]], dim=1)  # (oe, 8)
+        cc, ci = self.centre_channels, self.in_channels
+        weight = first.linears[0].weight  # (oe, 2 ci) = [W_1 (cc), W_2 (4), W_3 (cc), W_4 (4)]
+        centre_w = weight[:, 0:cc] + weight[:, ci:ci + cc]
+        cell_w = torch.cat([weight[:, cc:ci], weight[:, ci + cc:2 * ci]], dim=1)  # (oe, 8)
         pairs = cells.reshape(batch, n, 4, 8)  # the 4 pairs along x: cells (2r, 2r + 1)
         pre = torch.nn.functional.linear(pairs, cell_w) + torch.nn.functional.linear(centres, centre_w).unsqueeze(2)
         x = first.from_first_linear(pre)  # (B, N, 4, oe)

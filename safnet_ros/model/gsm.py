@@ -76,6 +76,7 @@ def find_neighbourhoods(
     radius: float,
     knn_k: int = 3,
     with_balls: bool = True,
+    nq_mode: str = "ball",
 ) -> Neighbourhoods:
     """One KD-tree query P -> Q (``max(k, knn_k)`` nearest) gives the aggregation's
     3-NN, every point's nearest Q point and N_Q(i) (the slots closer than ``radius``);
@@ -85,6 +86,9 @@ def find_neighbourhoods(
     Args:
         points: ``(B, N, 3)`` metres (finite); ``point_mask (B, N)`` False = excluded.
         q_points: ``(B, M, 3)`` metres, M >= 1; ``q_mask (B, M)`` False = padding.
+        nq_mode: ``"ball"``: N_Q(i) = the k nearest Q points closer than ``radius``
+            (empty for a point no view sees); ``"knn"``: the k nearest valid Q points,
+            no radius (the authors' N_Q; empty only when the chunk has no Q point).
     """
     kk = max(int(k), int(knn_k)) if with_balls else int(knn_k)
     q_dist, q_knn_idx = knn(points, q_points, kk, q_mask)
@@ -93,7 +97,7 @@ def find_neighbourhoods(
     if not with_balls:
         return Neighbourhoods(None, None, None, None, q_dist, q_knn_idx, has_q)
     p_idx, p_valid = ball_query(points, points, radius, k, point_mask)
-    q_valid = q_dist[..., :k] < radius
+    q_valid = torch.isfinite(q_dist[..., :k]) if nq_mode == "knn" else q_dist[..., :k] < radius
     q_idx = torch.where(q_valid, q_knn_idx[..., :k], q_knn_idx[..., :1].expand(-1, -1, k))
     return Neighbourhoods(p_idx, p_valid, q_idx, q_valid, q_dist, q_knn_idx, has_q)
 

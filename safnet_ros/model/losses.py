@@ -4,13 +4,18 @@
 * L_3D: the auxiliary classifier on F3D (switch ``aux_losses``).
 * L_2D: the 2D net's logits on its images, only while the 2D net is trained
   (``freeze_2d`` False) and the batch has ``image_labels`` (switch ``aux_losses``).
-* L_2Dunp: the classifier on the back-projected 2D features of Q, each Q point
-  labelled with the nearest input point within r' (``unproj_radius``); Q points
-  without such a point, padding, Q points the model did not use
+* L_2Dunp: the 2D net's own logits at the pixels of the back-projected points Q,
+  each Q point labelled with the nearest input point within r' (``unproj_radius``);
+  Q points without such a point, padding, Q points the model did not use
   (``output.q_valid``) and invalid input points are ignored (switch ``unproj_loss``).
+  In stage 3d it trains the 2D net's last decoder stage and classifier
+  (``unproj_finetune_2d``), so it changes the 2D features the fusion uses.
 
-Every term is a cross-entropy with ``ignore_index = IGNORE_INDEX`` (255); a term
-with no labelled element is an exact 0 that still keeps the graph (never NaN).
+Every term is a cross-entropy with ``ignore_index = IGNORE_INDEX`` (255), weighted
+per class when ``class_weights`` (``(C,)``, e.g. log-frequency weights from
+:mod:`safnet_ros.data.class_weights`) is given (then the weighted mean: sum of
+w_label * CE over sum of w_label); a term with no labelled element is an exact 0
+that still keeps the graph (never NaN).
 """
 from __future__ import annotations
 
@@ -27,11 +32,13 @@ from safnet_ros.model.config import SafnetConfig
 __all__ = ["safnet_loss", "masked_cross_entropy", "unprojected_labels"]
 
 
-def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over labelled elements.
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         class_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(Class-weighted) mean cross-entropy over labelled elements.
 
     ``logits (..., C)`` with ``labels (...)`` long; IGNORE_INDEX (and any label
-    outside ``[0, C)``) is skipped; 0 when nothing is labelled.
+    outside ``[0, C)``) is skipped; 0 when nothing is labelled. ``class_weights``
+    ``(C,)``: the weighted mean of torch's ``cross_entropy(weight=...)``.
     """
     num_classes = logits.shape[-1]
     flat_logits = logits.reshape(-1, num_classes)
@@ -39,7 +46,8 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     keep = (flat_labels >= 0) & (flat_labels < num_classes)
     if not bool(keep.any()):
         return flat_logits.sum() * 0.0
-    return F.cross_entropy(flat_logits[keep], flat_labels[keep])
+    weight = None if class_weights is None else class_weights.to(device=flat_logits.device, dtype=flat_logits.dtype)
+    return F.cross_entropy(flat_logits[keep], flat_labels[keep], weight=weight)
 
 
 def unprojected_labels(batch: ChunkBatch, radius: float, point_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -65,10 +73,11 @@ def unprojected_labels(batch: ChunkBatch, radius: float, point_valid: Optional[t
 
 
 def safnet_loss(
-    output: SafnetOutput, batch: ChunkBatch, config: SafnetConfig
+    output: SafnetOutput, batch: ChunkBatch, config: SafnetConfig, class_weights: Optional[torch.Tensor] = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its parts (``fusion``, ``3d``, ``2d``, ``unproj`` when present;
-    each part unweighted, the total weighted by ``w_2d``, ``w_3d``, ``w_unproj``).
+    each part without its lambda, the total weighted by ``w_2d``, ``w_3d``, ``w_unproj``);
+    every cross-entropy class-weighted by ``class_weights (C,)`` when given.
 
     Raises:
         ValueError: the batch has no ``labels``.
@@ -78,18 +87,18 @@ def safnet_loss(
     labels = batch.labels.long()
     if output.point_valid is not None:
         labels = torch.where(output.point_valid, labels, torch.full_like(labels, IGNORE_INDEX))
-    parts: dict[str, torch.Tensor] = {"fusion": masked_cross_entropy(output.logits, labels)}
+    parts: dict[str, torch.Tensor] = {"fusion": masked_cross_entropy(output.logits, labels, class_weights)}
     total = parts["fusion"]
     if config.aux_losses and output.logits_3d is not None:
-        parts["3d"] = masked_cross_entropy(output.logits_3d, labels)
+        parts["3d"] = masked_cross_entropy(output.logits_3d, labels, class_weights)
         total = total + config.w_3d * parts["3d"]
     if config.aux_losses and output.logits_2d is not None and batch.image_labels is not None and not config.freeze_2d:
-        parts["2d"] = masked_cross_entropy(output.logits_2d.movedim(2, -1), batch.image_labels)
+        parts["2d"] = masked_cross_entropy(output.logits_2d.movedim(2, -1), batch.image_labels, class_weights)
         total = total + config.w_2d * parts["2d"]
     if config.unproj_loss and output.logits_unproj is not None:
         target = unprojected_labels(batch, config.unproj_radius, output.point_valid)
         if output.q_valid is not None:
             target = torch.where(output.q_valid, target, torch.full_like(target, IGNORE_INDEX))
-        parts["unproj"] = masked_cross_entropy(output.logits_unproj, target)
+        parts["unproj"] = masked_cross_entropy(output.logits_unproj, target, class_weights)
         total = total + config.w_unproj * parts["unproj"]
     return total, parts

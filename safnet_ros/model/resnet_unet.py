@@ -186,7 +186,13 @@ class ResNetUNet(nn.Module):
         """Input sizes are padded to a multiple of this (16 * stem_stride)."""
         return 16 * self.stem_stride
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    #: The parameters :meth:`forward` with ``tail_only_grad`` lets train (name prefixes).
+    TAIL_PREFIXES: tuple[str, ...] = ("up1.", "classifier.")
+
+    def forward(self, images: torch.Tensor, tail_only_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tail_only_grad``: the encoder and the deeper decoder stages run without
+        autograd; only the last decoder stage (``up1``) and the classifier build a
+        graph (SAFNet's stage-3d fine-tuning of the 2D side by L_2Dunp)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         height, width = images.shape[-2:]
@@ -199,10 +205,11 @@ class ResNetUNet(nn.Module):
             # thread, 66 -> 39 ms). The output equals the NCHW one to float rounding.
             # Training is left in NCHW (forward + backward measured 3 % slower in NHWC).
             x = x.contiguous(memory_format=torch.channels_last)
-        stem, l1, l2, l3, l4 = self.encoder(x)
-        y = self.up4(l4, l3)
-        y = self.up3(y, l2)
-        y = self.up2(y, l1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not tail_only_grad):
+            stem, l1, l2, l3, l4 = self.encoder(x)
+            y = self.up4(l4, l3)
+            y = self.up3(y, l2)
+            y = self.up2(y, l1)
         y = self.up1(y, stem)
         if self.stem_stride != 1:
             y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -91,7 +91,6 @@ class SafnetModel(nn.Module):
                       if c.uses_2d else None)
         fuse = variant in ("safnet", "concat")
         self.aggregate = Aggregate2D(c.feat_2d, c.agg_mlp, c.agg_k) if fuse else None
-        self.unproj_head = nn.Linear(c.feat_2d, c.num_classes) if (fuse and c.unproj_loss) else None
         self.net3d = None
         if c.uses_3d:
             self.net3d = PointNet2SSG(c.pn_in_channels, c.pn_npoints, c.pn_radii, c.pn_nsample, c.pn_mlps,
@@ -102,8 +101,12 @@ class SafnetModel(nn.Module):
         if is_safnet and (c.gsm_forward or c.gsm_backward):
             self.gsm = GeometricSimilarity(c.a1, c.a2, c.b1, c.b2, c.a3, c.a4, c.b3, c.gsm_forward,
                                            c.gsm_backward, c.gsm_block)
-        self.csm = ContextualSimilarity(c.csm_point_width, c.csm_oe_width, c.csm_mlp, c.csm_out) \
-            if (is_safnet and c.csm) else None
+        self.csm = ContextualSimilarity(c.csm_point_width, c.csm_oe_width, c.csm_mlp, c.csm_out, c.radius,
+                                        c.csm_centre) if (is_safnet and c.csm) else None
+        # M(N_P) joins PointNet++'s xyz times this per-channel gain, 0 at init: the 3D
+        # path starts as the CSM-off model's and lets the attributes in as they help.
+        self.attr_gain = nn.Parameter(torch.zeros(c.csm_mlp[-1])) \
+            if (self.csm is not None and c.csm_attr_gain) else None
         use_se = is_safnet and c.channel_attention
         self.se_2d = ChannelAttention(c.agg_mlp[-1], c.se_reduction) if use_se else None
         self.se_3d = ChannelAttention(c.feat_3d, c.se_reduction) if use_se else None
@@ -118,13 +121,28 @@ class SafnetModel(nn.Module):
             self.net2d.eval()  # frozen: BN keeps its statistics
         return self
 
+    @property
+    def finetunes_2d_tail(self) -> bool:
+        """Stage 3d fine-tunes the 2D net's last decoder stage and classifier by L_2Dunp."""
+        c = self.config
+        return (c.freeze_2d and c.unproj_loss and c.unproj_finetune_2d and self.net2d is not None
+                and c.variant in ("safnet", "concat"))
+
+    def tail_2d_parameters(self) -> list[nn.Parameter]:
+        """The 2D parameters :attr:`finetunes_2d_tail` trains (``up1`` and the classifier)."""
+        if self.net2d is None:
+            return []
+        return [p for name, p in self.net2d.named_parameters() if name.startswith(ResNetUNet.TAIL_PREFIXES)]
+
     def _run_2d(self, images: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """``images (B, V, 3, H, W)`` -> (pixel features (B, V*H*W, C), logits (B, V, K, H, W))."""
         b, v, _, h, w = images.shape
         if v == 0:
             return None, None
         flat = images.flatten(0, 1)
-        if self.config.freeze_2d:
+        if self.config.freeze_2d and self.training and self.finetunes_2d_tail:
+            feats, logits = self.net2d(flat, tail_only_grad=True)  # BN stays frozen (eval mode)
+        elif self.config.freeze_2d:
             with torch.no_grad():
                 feats, logits = self.net2d(flat)
         else:
@@ -179,13 +197,21 @@ class SafnetModel(nn.Module):
             return self._finish(SafnetOutput(logits, zeros, zeros, zeros.clone()), valid)
 
         nb = find_neighbourhoods(points, data.q_points, valid, q_mask, c.k, c.radius, c.agg_k,
-                                 with_balls=c.variant == "safnet")
+                                 with_balls=c.variant == "safnet", nq_mode=c.nq_mode)
         f2d = self.aggregate(points, data.q_points, pixel_feats, q_mask, (nb.q_knn_dist, nb.q_knn_idx), q_pixel)
         attr = None
         if self.gsm is not None:
             s_geo, _ = self.gsm(points, data.q_points, nb)
         if self.csm is not None:
-            attr, s_con = self.csm(points, data.q_points, nb.p_idx, nb.p_valid, nb.q_idx, nb.q_valid)
+            q_valid = nb.q_valid
+            if c.nq_mode == "ball":  # an empty ball: compare with the nearest Q point alone
+                empty = ~q_valid.any(dim=-1, keepdim=True)
+                nearest = torch.zeros_like(q_valid)
+                nearest[..., 0] = True
+                q_valid = q_valid | (empty & nearest & torch.isfinite(nb.q_knn_dist[..., :1]))
+            attr, s_con = self.csm(points, data.q_points, nb.p_idx, nb.p_valid, nb.q_idx, q_valid)
+            if self.attr_gain is not None:
+                attr = attr * self.attr_gain
         has_q = nb.has_q.unsqueeze(1).to(points.dtype)
         if c.variant == "safnet":
             s = s_geo * s_con * has_q
@@ -203,7 +229,7 @@ class SafnetModel(nn.Module):
             logits, s_geo, s_con, s,
             logits_3d=self.aux3d(f3d),
             logits_2d=self._aux_2d(logits_2d),
-            logits_unproj=self._unproj(pixel_feats, q_pixel) if batch.q_points.shape[1] > 0 else None,
+            logits_unproj=self._unproj(logits_2d, q_pixel) if batch.q_points.shape[1] > 0 else None,
         )
         if batch.q_points.shape[1] > 0:
             out.q_valid = q_mask
@@ -223,11 +249,14 @@ class SafnetModel(nn.Module):
     def _aux_2d(self, logits_2d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if (self.config.freeze_2d or not self.training) else logits_2d
 
-    def _unproj(self, pixel_feats: torch.Tensor, q_pixel: torch.Tensor) -> Optional[torch.Tensor]:
-        """Logits ``(B, M, K)`` of the unprojected classifier on each Q point's 2D feature."""
-        if self.unproj_head is None or not self.training:
+    def _unproj(self, logits_2d: Optional[torch.Tensor], q_pixel: torch.Tensor) -> Optional[torch.Tensor]:
+        """The 2D net's own logits ``(B, M, K)`` at each Q point's pixel (L_2Dunp's input,
+        training only). They carry a gradient when the 2D net trains, or when stage 3d
+        fine-tunes its tail (:attr:`finetunes_2d_tail`); otherwise the term is skipped."""
+        if not self.training or not self.config.unproj_loss or logits_2d is None or not logits_2d.requires_grad:
             return None
-        return self.unproj_head(take_rows(pixel_feats, q_pixel))
+        flat = logits_2d.permute(0, 1, 3, 4, 2).reshape(logits_2d.shape[0], -1, logits_2d.shape[2])
+        return take_rows(flat, q_pixel)
 
     @staticmethod
     def _finish(out: SafnetOutput, valid: torch.Tensor) -> SafnetOutput:
@@ -297,6 +326,35 @@ def read_checkpoint_payload(path: Union[str, os.PathLike], map_location: Union[s
     return payload
 
 
+def _convert_layout1(path: str, stored: dict, state: Any) -> tuple[dict, Any]:
+    """A layout-1 checkpoint (written before issue 14; no ``layout`` key) as layout 2.
+
+    Without CSM the conversion is exact: the new keys take their layout-1 meaning
+    (:data:`~safnet_ros.model.config.LEGACY_LAYOUT`: N_Q a radius ball, no attribute
+    gain, no 2D fine-tuning) and the weights of the old separate L_2Dunp classifier
+    (``unproj_head.*``), which no prediction used, are dropped. With CSM it cannot
+    be: layout 1 fed the CSM x_i in chunk metres with unscaled offsets and PointNet++
+    took the attributes without a gain, so the weights would be silently mis-read.
+
+    Raises:
+        ModelLoadError: a layout-1 checkpoint of the full SAFNet (CSM on).
+    """
+    from safnet_ros.model.config import LEGACY_LAYOUT
+
+    if stored.get("variant", "safnet") == "safnet" and stored.get("csm", True):
+        raise ModelLoadError(
+            f"{path}: checkpoint of the old CSM layout (layout 1, written before issue 14): its CSM took x_i in "
+            "chunk metres and offsets unscaled (now: height only and offsets / radius), its attributes entered "
+            "PointNet++ without the zero-initialised gain, and N_Q was a radius ball (now the k nearest Q points); "
+            "these weights cannot be converted: retrain it (docs/training.md)")
+    converted = dict(stored)
+    for key, value in LEGACY_LAYOUT.items():
+        converted.setdefault(key, value)
+    if isinstance(state, dict):
+        state = {k: v for k, v in state.items() if not k.startswith("unproj_head.")}
+    return converted, state
+
+
 def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu",
                     expected_preset: Optional[str] = None) -> tuple[SafnetModel, SafnetConfig, dict[str, Any]]:
     """Read a file written by :func:`save_checkpoint`; the model is in eval mode.
@@ -308,15 +366,18 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torc
     """
     path = os.fspath(path)
     payload = read_checkpoint_payload(path, map_location)
+    stored = payload.get("config")
+    state = payload.get("state_dict")
+    if isinstance(stored, dict) and "layout" not in stored:
+        stored, state = _convert_layout1(path, stored, state)
     try:
-        config = SafnetConfig.from_dict(payload.get("config"))
+        config = SafnetConfig.from_dict(stored)
     except ConfigError as exc:
         raise ModelLoadError(f"{path}: the stored config is invalid: {exc}") from exc
     if expected_preset is not None and config.preset_name != expected_preset:
         raise ModelLoadError(f"{path}: checkpoint was trained with preset {config.preset_name!r},"
                              f" but preset {expected_preset!r} was expected")
     model = build_model(config)
-    state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise ModelLoadError(f"{path}: checkpoint has no state_dict")
     try:

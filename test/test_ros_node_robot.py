@@ -208,7 +208,9 @@ def test_lifecycle_transitions_over_the_real_services(model_path, monkeypatch, c
         if not compat.HAVE_TF2:
             err = capfd.readouterr().err
             assert "[WARN]" in err and "tf2_ros_py" in err, err
-        assert subscribers(client, points) == 0 and client.count_publishers("/safnet_lc/labeled_cloud") == 0
+        # inactive (Nav2's pattern): the outputs exist from configure on, the inputs only while active
+        assert subscribers(client, points) == 0
+        assert wait_until(lambda: client.count_publishers("/safnet_lc/labeled_cloud") == 1, 5.0)
 
         assert transition(Transition.TRANSITION_ACTIVATE)
         assert state() == State.PRIMARY_STATE_ACTIVE
@@ -230,12 +232,25 @@ def test_lifecycle_transitions_over_the_real_services(model_path, monkeypatch, c
         assert transition(Transition.TRANSITION_DEACTIVATE)
         assert state() == State.PRIMARY_STATE_INACTIVE
         assert wait_until(lambda: subscribers(client, points) == 0, 5.0)
-        assert wait_until(lambda: client.count_publishers("/safnet_lc/labeled_cloud") == 0, 5.0)
+        assert client.count_publishers("/safnet_lc/labeled_cloud") == 1  # kept: never recreated on reactivation
         assert node.segmenter is not None and node._worker is None
+
+        # deactivate -> activate: the same publisher delivers again (nothing was destroyed and recreated)
+        assert transition(Transition.TRANSITION_ACTIVATE)
+        assert wait_until(lambda: subscribers(client, points) == 1, 5.0)
+        msg, local = lidar_cloud(0.5, 20.0)
+        out = None
+        deadline = time.monotonic() + 30.0
+        while out is None and time.monotonic() < deadline:
+            pub.publish(msg)
+            out = got.wait_for(lambda m: m.header.stamp.sec == 20, 1.0)
+        assert out is not None and out.width == len(local)
+        assert transition(Transition.TRANSITION_DEACTIVATE)
 
         assert transition(Transition.TRANSITION_CLEANUP)
         assert state() == State.PRIMARY_STATE_UNCONFIGURED
         assert node.segmenter is None and node.tf_buffer is None
+        assert wait_until(lambda: client.count_publishers("/safnet_lc/labeled_cloud") == 0, 5.0)
 
         assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
         assert wait_until(lambda: subscribers(client, points) == 1, 5.0)

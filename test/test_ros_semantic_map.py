@@ -8,6 +8,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
@@ -189,27 +190,57 @@ def test_bad_map_settings_are_refused_at_start_with_one_line(param, value, words
 
 
 @needs_std_srvs
-def test_component_can_be_destroyed_and_created_again_as_a_lifecycle_node_does(map_harness):
-    """deactivate -> destroy(): topic and services gone, the map kept; activate -> create(): back."""
+def test_map_outlives_a_deactivate_activate_cycle_and_keeps_serving(map_harness, tmp_path):
+    """deactivate -> activate keeps the map, its publisher and its services (Nav2's pattern: outputs live from
+    configure to cleanup), so nothing is recreated under the same names and every reply still arrives."""
     h = map_harness
     sm = h.node.semantic_map
     segmented_cloud(h, h.base_stamp())
     voxels = len(sm)
     assert voxels > 0
-    sm.destroy()
-    sm.destroy()  # idempotent
-    assert sm.pub_map is None and sm.srv_save is None
-    assert wait_until(lambda: not h.node.count_publishers("/safnet_segment/semantic_map"), 15.0)
-    assert len(sm) == voxels
-    sm.create(h.node)
-    sm.create(h.node)  # idempotent
-    # the entities exist again on the node (what reaches a subscriber over DDS is tested on the first-created
-    # ones above: messages and calls to entities recreated under the same names in one process were not
-    # always delivered by Fast DDS here, see docs/ros_node.md)
-    assert h.node.count_publishers("/safnet_segment/semantic_map") == 1
-    names = {name for name, _ in h.node.get_service_names_and_types()}
-    assert {"/safnet_segment/save_map", "/safnet_segment/clear_map"} <= names
-    assert sm.srv_save is not None and sm.srv_clear is not None and sm.pub_map is not None
-    assert len(sm) == voxels
-    sm.clear()
-    assert len(sm) == 0
+    pub, save, clear = sm.pub_map, sm.srv_save, sm.srv_clear
+    assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    try:
+        assert sm.pub_map is pub and sm.srv_save is save and sm._timer is None  # kept; no publishing
+        assert len(sm) == voxels
+        path = tmp_path / "inactive.ply"
+        h.node.set_parameters([Parameter("map_save_path", value=str(path))])
+        res = call(h, "save_map")  # an inactive node still saves its map
+        assert res.success, res.message
+        assert len(load_map(path)) == voxels
+    finally:
+        assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert sm.pub_map is pub and sm.srv_save is save and sm.srv_clear is clear and sm._timer is not None
+    segmented_cloud(h, h.base_stamp())  # the reactivated node segments and maps again
+    assert len(sm) >= voxels
+    assert wait_until(lambda: sm._published_version == sm.map.version, 30.0)
+    got = Collector()
+    sub = h.pub.create_subscription(PointCloud2, "/safnet_segment/semantic_map", got, h.latched)
+    try:
+        msg = got.wait_for(lambda m: m.width > 0, 30.0)  # latched, from the publisher of the first activation
+    finally:
+        h.pub.destroy_subscription(sub)
+    assert msg is not None and msg.width == len(sm)
+    res = call(h, "clear_map")
+    assert res.success and len(sm) == 0
+
+
+def test_component_destroy_and_create_are_idempotent(map_harness):
+    """cleanup -> destroy() (twice is harmless): topic and services gone, the map kept; configure -> create()."""
+    from safnet_ros.ros.semantic_map_component import SemanticMapComponent
+
+    h = map_harness
+    sm = SemanticMapComponent(h.node.semantic_map.settings, "map")
+    sm.map.integrate(np.zeros((4, 3)), np.full((4, 20), 0.05, np.float32))
+    sm.create(h.pub)  # another node: the harness node's own map entities stay alone under their names
+    sm.create(h.pub)  # idempotent
+    try:
+        assert sm.pub_map is not None and sm._timer is None
+        sm.start_publishing()
+        sm.start_publishing()
+        assert sm._timer is not None
+    finally:
+        sm.destroy()
+        sm.destroy()
+    assert sm.pub_map is None and sm.srv_save is None and sm._timer is None
+    assert len(sm) == 1

@@ -162,6 +162,7 @@ def test_fast_demo_runs_the_whole_chain_through_the_node(tmp_path, capsys):
     assert m["voxels"] > 0 and 0.0 <= m["miou"] <= 1.0 and 0.0 <= m["oa"] <= 1.0
     assert m["coverage"] >= summary["coverage"] - 0.02  # voxels cover what the clouds covered
     assert m["update_ms_mean"] > 0 and m["single_clouds_scored"] > 0
+    assert 0.0 <= m["map_on_cloud_vertices_miou_mean"] <= 1.0
     from safnet_ros.mapping.map_ply import load_map
 
     assert len(load_map(m["ply"])) == m["voxels"]
@@ -171,3 +172,37 @@ def test_fast_demo_runs_the_whole_chain_through_the_node(tmp_path, capsys):
     assert summary["untrained_model"] is (not shipped)
     assert ("UNTRAINED" in printed) is (not shipped)
     assert "[demo] 6/6" in printed and "mIoU" in printed
+
+
+def test_score_map_compares_the_map_with_each_cloud_on_that_cloud_s_vertices(tmp_path):
+    """The like-for-like figure: the map scored on exactly the vertices each cloud labelled.
+
+    Two clouds each see half of a two-class strip and get a quarter of their
+    points wrong; the map (the truth here) is right everywhere, so it scores 1.0
+    on each cloud's vertices while each cloud alone scores below it.
+    """
+    from types import SimpleNamespace
+
+    from safnet_ros.mapping import SemanticVoxelMap
+    from safnet_ros.mapping.map_ply import save_map
+    from safnet_ros.tools.demo import score_map
+
+    xyz = np.stack([np.arange(40) * 0.1 + 0.05, np.full(40, 0.05), np.full(40, 0.05)], axis=1)
+    truth = (np.arange(40) % 4 < 2).astype(np.int64)  # classes 0 and 1 alternate in pairs
+    vmap = SemanticVoxelMap(voxel_size=0.1)
+    vmap.integrate(xyz, np.eye(NUM_CLASSES, dtype=np.float32)[truth])
+    ply = save_map(tmp_path / "map.ply", vmap.snapshot(with_scores=True))
+    clouds = []
+    for half in (slice(0, 20), slice(20, 40)):
+        labels = np.full(40, -1, np.int64)
+        labels[half] = truth[half]
+        wrong = np.arange(40)[half][::4]
+        labels[wrong] = 1 - truth[wrong]
+        clouds.append(labels)
+    block, map_labels = score_map(SimpleNamespace(xyz=xyz, truth=truth),
+                                  SimpleNamespace(map_ply=str(ply), map_update_ms_mean=1.0, map_fusion="count",
+                                                  map_voxel_size=0.1, map_saved_via="test"), clouds)
+    np.testing.assert_array_equal(map_labels, truth)
+    assert block["map_on_cloud_vertices_miou_mean"] == pytest.approx(1.0)
+    assert block["single_cloud_miou_mean"] < 0.8
+    assert block["single_clouds_scored"] == 2

@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {"root": None, "train_split": "train", "val_split": None},
     "model": {"preset": "lite", "variant": "safnet", "overrides": {}},
     "init_2d": None,  # stage 3d: checkpoint whose 2D net is loaded and frozen
-    "init_from": None,  # stage 3d: checkpoint whose matching weights start the run (see init_from_checkpoint)
+    "init_from": None,  # checkpoint whose matching weights start the run, either stage (see init_from_checkpoint)
     "train": {
         "epochs": 150,
         "batch_size": 32,
@@ -478,7 +478,7 @@ def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, p
     np.random.seed((seed + dist_info.rank) % 2**32)
     mconfig = model_config(cfg)
     model = build_model(mconfig)
-    init_from = resolve(cfg, cfg["init_from"]) if stage == "3d" else None
+    init_from = resolve(cfg, cfg["init_from"])  # stage 2d too: fine-tune a 2D net on new data
     if init_from is not None:
         counts = init_from_checkpoint(model, init_from)
         if dist_info.is_main:

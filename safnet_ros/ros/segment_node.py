@@ -374,17 +374,18 @@ class SegmentNode(LifecycleNode):
             self.get_logger().info(f"model warmed up in {seconds:.2f} s")
         # TF: the real tf2_ros where installed, else the drop-in (given node=, both clear on a clock jump back)
         self.tf_buffer = compat.Buffer(cache_time=Duration(seconds=30.0), node=self)
+        self._create_outputs()
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Create subscriptions, publishers, timers and the worker thread."""
+        """Create subscriptions, the TF listener, timers and the worker thread."""
         return self._guarded(self._activate)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop the worker (finishing the cloud in hand) and release what activate created."""
+        """Stop the worker (finishing the cloud in hand) and release what activate created (publishers stay)."""
         return self._guarded(self._deactivate)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Drop the model, the TF buffer and the buffered views (back to unconfigured)."""
+        """Drop the publishers, the map's services, the model, the TF buffer and the buffered views."""
         return self._guarded(self._cleanup)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -397,7 +398,8 @@ class SegmentNode(LifecycleNode):
     def _activate(self) -> None:
         p = self._param
         self._jumps.reset()  # a new activation: each stream starts a new timeline
-        self._create_interfaces()
+        self._create_inputs()
+        self.semantic_map.start_publishing()
         # Timers on the steady clock: they must tick with use_sim_time and no /clock too.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._retry_timer = self.create_timer(0.02, self._retry_pending, clock=steady)
@@ -413,23 +415,38 @@ class SegmentNode(LifecycleNode):
             f"cloud '{self.sub_cloud.topic_name}', {compat.backends()}"
         )
 
-    def _create_interfaces(self) -> None:
-        """Publishers, the TF listener and the input subscriptions (in that order: outputs exist first).
+    def _create_outputs(self) -> None:
+        """Publishers and the map's services, at configure; released at cleanup (:meth:`_destroy_outputs`).
 
-        Components that live only while the node is active are created here
-        and released in :meth:`_destroy_interfaces`.
+        As in Nav2's lifecycle nodes, outputs live from configure to cleanup
+        and only publish while the node is active (the worker and the timers
+        that publish run only then). So a deactivate -> activate cycle never
+        destroys and recreates DDS entities under the same names, which Fast DDS
+        does not always match again within one process (rclcpp#1175).
         """
-        p = self._param
-        # Outputs: reliable.
-        out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)  # outputs: reliable
         self.pub_cloud = self.create_publisher(PointCloud2, "~/labeled_cloud", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "~/similarity_markers", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.semantic_map.create(self)  # ~/semantic_map, ~/save_map, ~/clear_map
+
+    def _destroy_outputs(self) -> None:
+        """Undo :meth:`_create_outputs`."""
+        if getattr(self, "semantic_map", None) is not None:
+            self.semantic_map.destroy()
+        for name in ("pub_cloud", "pub_markers", "pub_diag"):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_publisher(pub)
+                setattr(self, name, None)
+
+    def _create_inputs(self) -> None:
+        """The TF listener and the input subscriptions, at activate; released at deactivate."""
+        p = self._param
         self.tf_listener = compat.make_transform_listener(
             self.tf_buffer, self,
             fallback_topic=p("tf_fallback_topic"), fallback_static_topic=p("tf_fallback_static_topic"),
         )
-        self.semantic_map.create(self)  # ~/semantic_map, ~/save_map, ~/clear_map
         # Inputs: sensor-data QoS (best effort, keep last 5), passed explicitly to the filters.
         sensor_qos = qos_profile_sensor_data
         self.sub_rgb = compat.Subscriber(self, Image, p("rgb_topic"), qos_profile=sensor_qos)
@@ -441,8 +458,8 @@ class SegmentNode(LifecycleNode):
         self.sync.registerCallback(self._on_frames)
         self.sub_cloud = self.create_subscription(PointCloud2, p("cloud_topic"), self._on_cloud, sensor_qos)
 
-    def _destroy_interfaces(self) -> None:
-        """Undo :meth:`_create_interfaces` (inputs first, so no callback feeds a released output)."""
+    def _destroy_inputs(self) -> None:
+        """Undo :meth:`_create_inputs`."""
         for sub in (getattr(self, name, None) for name in ("sub_rgb", "sub_depth", "sub_info")):
             if sub is not None:
                 self._unsubscribe(sub)
@@ -454,13 +471,6 @@ class SegmentNode(LifecycleNode):
         if callable(unregister):
             unregister()
         self.tf_listener = None
-        if getattr(self, "semantic_map", None) is not None:
-            self.semantic_map.destroy()
-        for name in ("pub_cloud", "pub_markers", "pub_diag"):
-            pub = getattr(self, name, None)
-            if pub is not None:
-                self.destroy_publisher(pub)
-                setattr(self, name, None)
 
     def _unsubscribe(self, sub: Any) -> None:
         """Destroy a message_filters (or drop-in) Subscriber's subscription."""
@@ -488,11 +498,14 @@ class SegmentNode(LifecycleNode):
         if self._clock_jumps is not None:
             self._clock_jumps.unregister()
             self._clock_jumps = None
-        self._destroy_interfaces()
+        self._destroy_inputs()
+        if getattr(self, "semantic_map", None) is not None:
+            self.semantic_map.stop_publishing()
         with self._pending_lock:
             self._pending.clear()
 
     def _cleanup(self) -> None:
+        self._destroy_outputs()
         self.buffer.clear()
         close = getattr(self.tf_buffer, "close", None)
         if callable(close):

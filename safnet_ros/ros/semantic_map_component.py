@@ -6,7 +6,10 @@
 * reads its settings at start (:meth:`SemanticMapComponent.from_node`, which
   refuses bad values with one ConfigError line),
 * calls :meth:`create` / :meth:`destroy` where it creates and destroys its
-  publishers (a lifecycle node: activate / deactivate),
+  publishers (a lifecycle node: configure / cleanup), and
+  :meth:`start_publishing` / :meth:`stop_publishing` at activate / deactivate
+  (the services answer in every configured state: a deactivated node can
+  still save or clear its map),
 * hands it every segmented cloud (:meth:`integrate`, worker thread, after the
   labelled cloud is out: the map never adds latency to ``~/labeled_cloud``),
 * clears it when time jumps back (:meth:`clear`) and adds
@@ -144,10 +147,9 @@ class SemanticMapComponent:
         return cls(settings, fixed_frame, node.get_logger())
 
     def create(self, node: Any) -> None:
-        """Create the publisher, the services and the publish timer on ``node`` (idempotent)."""
+        """Create the publisher and the services on ``node`` (idempotent); publishing starts with start_publishing()."""
         if self._node is not None or not self.settings.enable:
             return
-        from rclpy.clock import Clock, ClockType
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import PointCloud2
 
@@ -162,24 +164,35 @@ class SemanticMapComponent:
         else:
             self.srv_save = node.create_service(trigger, "~/save_map", self._on_save)
             self.srv_clear = node.create_service(trigger, "~/clear_map", self._on_clear)
-        if self.settings.publish_rate > 0:
-            steady = Clock(clock_type=ClockType.STEADY_TIME)
-            self._published_version = -1
-            self._timer = node.create_timer(1.0 / self.settings.publish_rate, self.publish, clock=steady)
+
+    def start_publishing(self) -> None:
+        """Start the ``map_publish_rate`` timer (an active node; idempotent, a no-op before create())."""
+        if self._node is None or self._timer is not None or self.settings.publish_rate <= 0:
+            return
+        from rclpy.clock import Clock, ClockType
+
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._published_version = -1  # the first tick republishes the map
+        self._timer = self._node.create_timer(1.0 / self.settings.publish_rate, self.publish, clock=steady)
+
+    def stop_publishing(self) -> None:
+        """Stop the publish timer (the publisher and services stay)."""
+        if self._timer is not None and self._node is not None:
+            self._node.destroy_timer(self._timer)
+        self._timer = None
 
     def destroy(self) -> None:
-        """Destroy what :meth:`create` made (the map itself is kept: a reactivated node goes on with it)."""
+        """Destroy what :meth:`create` made (the map itself is kept: a reconfigured node goes on with it)."""
+        self.stop_publishing()
         node, self._node = self._node, None
         if node is None:
             return
-        if self._timer is not None:
-            node.destroy_timer(self._timer)
         for srv in (self.srv_save, self.srv_clear):
             if srv is not None:
                 node.destroy_service(srv)
         if self.pub_map is not None:
             node.destroy_publisher(self.pub_map)
-        self._timer = self.srv_save = self.srv_clear = self.pub_map = None
+        self.srv_save = self.srv_clear = self.pub_map = None
 
     # ------------------------------------------------------------------ data
     def integrate(self, world: np.ndarray, result: Any, sensor_origin: Optional[np.ndarray], stamp: Any = None) -> None:

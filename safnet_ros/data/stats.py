@@ -210,6 +210,40 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
     return out
 
 
+def view_depth_disagreement(xyz: np.ndarray, views: list, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """How often the views see through each vertex: (seen (N,), disagree (N,)) int64 counts.
+
+    A vertex (N, 3) metres, aligned frame, is seen by a view when it projects
+    inside the image in front of the camera onto valid depth; the view
+    disagrees when that depth lies more than ``tolerance`` metres *beyond*
+    the vertex: the camera saw free space where the mesh has a surface (the
+    object moved away, or the pose is off). A nearer depth is left out: it is
+    mostly plain occlusion. This is the 2D-3D mismatch that S is meant to
+    detect, measured directly.
+    """
+    xyz = np.asarray(xyz, np.float64)
+    seen = np.zeros(len(xyz), np.int64)
+    disagree = np.zeros(len(xyz), np.int64)
+    for v in views:
+        w2c = np.linalg.inv(v.camera_to_world)
+        cam = xyz @ w2c[:3, :3].T + w2c[:3, 3]
+        z = cam[:, 2]
+        front = z > 0.1
+        u = np.full(len(xyz), -1, np.int64)
+        r = np.full(len(xyz), -1, np.int64)
+        u[front] = np.floor(v.K[0, 0] * cam[front, 0] / z[front] + v.K[0, 2]).astype(np.int64)
+        r[front] = np.floor(v.K[1, 1] * cam[front, 1] / z[front] + v.K[1, 2]).astype(np.int64)
+        h, w = v.depth.shape
+        inside = front & (u >= 0) & (u < w) & (r >= 0) & (r < h)
+        idx = np.flatnonzero(inside)
+        d = v.depth[r[idx], u[idx]]
+        valid = np.isfinite(d) & (d > 0)
+        idx, d = idx[valid], d[valid]
+        seen[idx] += 1
+        disagree[idx[d - z[idx] > tolerance]] += 1
+    return seen, disagree
+
+
 def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 5, device: str = "cpu",
                      png: str | Path | None = None, chunk_stride: float = 1.5) -> dict[str, Any]:
     """Segment the scene's mesh with a checkpoint and compare S on moved and static annotated vertices.
@@ -250,8 +284,11 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
 
     ok = result.segmented & (truth != IGNORE_INDEX) & np.isfinite(result.s)
     out: dict[str, Any] = {"model": str(model or "default"), "views": len(views), "untrained": bool(seg.untrained)}
+    seen, disagree = view_depth_disagreement(xyz, views)
     for name, mask in (("moved", ok & moved), ("static", ok & ~moved)):
         row = {"vertices": int(mask.sum())}
+        # the mismatch itself: share of (vertex, view) sightings that see > 10 cm beyond the vertex
+        row["view_disagreement"] = float(disagree[mask].sum() / max(seen[mask].sum(), 1))
         for key, arr in (("s", result.s), ("s_geo", result.s_geo), ("s_con", result.s_con)):
             vals = np.asarray(arr)[mask]
             row[f"{key}_mean"] = float(np.nanmean(vals)) if len(vals) else float("nan")
@@ -301,6 +338,9 @@ def format_table(s: dict[str, Any]) -> str:
             rows.append((f"S on {key} vertices (mean/median)",
                          f"{r['s_mean']:.3f} / {r['s_median']:.3f} over {r['vertices']} "
                          f"(S_geo {r['s_geo_mean']:.3f}, S_con {r['s_con_mean']:.3f})"))
+        for key in ("moved", "static"):
+            if "view_disagreement" in ms[key]:
+                rows.append((f"views seeing > 10 cm beyond, {key}", pct(ms[key]["view_disagreement"])))
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"scene {s['scene']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
 

@@ -285,7 +285,10 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
     ok = result.segmented & (truth != IGNORE_INDEX) & np.isfinite(result.s)
     out: dict[str, Any] = {"model": str(model or "default"), "views": len(views), "untrained": bool(seg.untrained)}
     seen, disagree = view_depth_disagreement(xyz, views)
-    for name, mask in (("moved", ok & moved), ("static", ok & ~moved)):
+    # S pools the back-projected points of all of a chunk's views: one view that still sees the object in
+    # place gives a moved vertex its neighbours. "moved_unseen": moved vertices that most views see through.
+    mostly = disagree * 2 > seen
+    for name, mask in (("moved", ok & moved), ("static", ok & ~moved), ("moved_unseen", ok & moved & mostly)):
         row = {"vertices": int(mask.sum())}
         # the mismatch itself: share of (vertex, view) sightings that see > 10 cm beyond the vertex
         row["view_disagreement"] = float(disagree[mask].sum() / max(seen[mask].sum(), 1))
@@ -333,13 +336,16 @@ def format_table(s: dict[str, Any]) -> str:
         rows.append(("vertices on moved objects", str(s["moved_vertices"])))
     ms = s.get("moved_similarity")
     if ms:
-        for key in ("moved", "static"):
+        for key in ("moved", "static", "moved_unseen"):
+            if key not in ms:
+                continue
             r = ms[key]
-            rows.append((f"S on {key} vertices (mean/median)",
+            what = {"moved_unseen": "moved vertices most views see through"}.get(key, f"{key} vertices")
+            rows.append((f"S on {what} (mean/median)",
                          f"{r['s_mean']:.3f} / {r['s_median']:.3f} over {r['vertices']} "
                          f"(S_geo {r['s_geo_mean']:.3f}, S_con {r['s_con_mean']:.3f})"))
         for key in ("moved", "static"):
-            if "view_disagreement" in ms[key]:
+            if "view_disagreement" in ms.get(key, {}):
                 rows.append((f"views seeing > 10 cm beyond, {key}", pct(ms[key]["view_disagreement"])))
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"scene {s['scene']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])

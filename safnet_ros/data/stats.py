@@ -288,6 +288,7 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
     # S pools the back-projected points of all of a chunk's views: one view that still sees the object in
     # place gives a moved vertex its neighbours. "moved_unseen": moved vertices that most views see through.
     mostly = disagree * 2 > seen
+    ok &= seen > 0  # compare vertices that some view sees (a chunk without views has S = 0 by definition)
     for name, mask in (("moved", ok & moved), ("static", ok & ~moved), ("moved_unseen", ok & moved & mostly)):
         row = {"vertices": int(mask.sum())}
         # the mismatch itself: share of (vertex, view) sightings that see > 10 cm beyond the vertex

@@ -34,6 +34,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from safnet_ros.data.labels import IGNORE_INDEX, class_colors  # noqa: E402
 from safnet_ros.engine.batching import prepare_view  # noqa: E402
+from safnet_ros.ros.spin import spin_resilient  # noqa: E402
 from safnet_ros.ros import codecs, compat  # noqa: E402
 from safnet_ros.ros.diagnostics import diagnostics_values  # noqa: E402
 from safnet_ros.ros.segment_node import PARAMETERS, SegmentNode, transform_points  # noqa: E402
@@ -259,7 +260,7 @@ class Harness:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.pub)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread = threading.Thread(target=spin_resilient, args=(self.executor, self.context), daemon=True)
         self.thread.start()
         self.tf_static.sendTransform(compat.matrix_to_transform(T_MAP_LIDAR, "map", "lidar"))
         assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in

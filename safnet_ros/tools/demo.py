@@ -274,6 +274,7 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
 
     from safnet_ros.ros import codecs, compat
     from safnet_ros.ros.segment_node import SegmentNode
+    from safnet_ros.ros.spin import spin_resilient
     from safnet_ros.tools import bag_io as bio
     from safnet_ros.tools.bag_play import BagPlayer, qos
 
@@ -315,7 +316,8 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
         listener.create_subscription(PointCloud2, bio.POINTS_TOPIC, on_points, qos(50, False))
         executor.add_node(node)
         executor.add_node(listener)
-        spinner = threading.Thread(target=executor.spin, name="safnet_demo_executor", daemon=True)
+        spinner = threading.Thread(target=spin_resilient, args=(executor, ctx), name="safnet_demo_executor",
+                                   daemon=True)
         spinner.start()
         player_node = rclpy.create_node("safnet_demo_player", context=ctx)
         nodes.append(player_node)

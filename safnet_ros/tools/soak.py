@@ -180,6 +180,7 @@ def soak(
     from safnet_ros.engine.inference import Segmenter
     from safnet_ros.errors import ConfigError
     from safnet_ros.ros.segment_node import SegmentNode
+    from safnet_ros.ros.spin import spin_resilient
     from safnet_ros.tools import bag_io as bio
     from safnet_ros.tools.bag_play import BagPlayer
 
@@ -221,7 +222,7 @@ def soak(
             player_node = rclpy.create_node("safnet_soak_player", context=ctx)
             executor.add_node(node)
             executor.add_node(player_node)
-            spin = threading.Thread(target=executor.spin, name="soak_executor", daemon=True)
+            spin = threading.Thread(target=spin_resilient, args=(executor, ctx), name="soak_executor", daemon=True)
             spin.start()
             player = BagPlayer(player_node, bag, rate=1.0, loop=True, wait_for_subscribers=5.0)
             player_thread = threading.Thread(target=player.run, args=(stop,), name="soak_player", daemon=True)

@@ -221,22 +221,16 @@ def view_depth_disagreement(xyz: np.ndarray, views: list, tolerance: float = 0.1
     mostly plain occlusion. This is the 2D-3D mismatch that S is meant to
     detect, measured directly.
     """
+    from safnet_ros.geometry.camera import nearest_pixel, project
+
     xyz = np.asarray(xyz, np.float64)
     seen = np.zeros(len(xyz), np.int64)
     disagree = np.zeros(len(xyz), np.int64)
     for v in views:
-        w2c = np.linalg.inv(v.camera_to_world)
-        cam = xyz @ w2c[:3, :3].T + w2c[:3, 3]
-        z = cam[:, 2]
-        front = z > 0.1
-        u = np.full(len(xyz), -1, np.int64)
-        r = np.full(len(xyz), -1, np.int64)
-        u[front] = np.floor(v.K[0, 0] * cam[front, 0] / z[front] + v.K[0, 2]).astype(np.int64)
-        r[front] = np.floor(v.K[1, 1] * cam[front, 1] / z[front] + v.K[1, 2]).astype(np.int64)
         h, w = v.depth.shape
-        inside = front & (u >= 0) & (u < w) & (r >= 0) & (r < h)
-        idx = np.flatnonzero(inside)
-        d = v.depth[r[idx], u[idx]]
+        uv, z, in_image = project(xyz, v.K, v.camera_to_world, (w, h))
+        idx = np.flatnonzero(in_image)
+        d = v.depth.reshape(-1)[nearest_pixel(uv, in_image, (w, h))[idx]]
         valid = np.isfinite(d) & (d > 0)
         idx, d = idx[valid], d[valid]
         seen[idx] += 1

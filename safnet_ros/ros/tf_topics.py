@@ -120,8 +120,10 @@ class FallbackTransformListener:
             self._thread.start()
 
     def _spin(self) -> None:
+        from safnet_ros.ros.spin import spin_resilient
+
         try:
-            self._executor.spin()
+            spin_resilient(self._executor, self._executor.context)
         except Exception:  # context shut down under us: the thread just ends
             pass
 

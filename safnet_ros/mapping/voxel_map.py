@@ -34,7 +34,7 @@ moved); the voxels of the cloud being fused go last (a cloud with more voxels
 than ``max_voxels`` keeps those nearest to the sensor).
 
 Everything is vectorised: one sort of the cloud's voxel keys, one
-``np.add.reduceat`` of the sorted probability rows, and lookups and inserts in
+sparse (voxels x points) membership matrix times the probability rows, and lookups and inserts in
 a hash index of the keys (:class:`~safnet_ros.mapping.key_index.KeyIndex`:
 O(cloud) work per update, whatever the map's size); no per-point Python loop.
 Readers get the voxels in key order (sorted once per map version). Points

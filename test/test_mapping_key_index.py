@@ -45,10 +45,11 @@ def test_a_table_sized_for_its_capacity_never_rebuilds_while_filling():
     index = KeyIndex(capacity=50_000)
     size = index.table_size
     keys = np.random.default_rng(1).choice(2**40, 50_000, replace=False)
-    for part in np.array_split(keys, 10):
-        index.insert(part, part)
+    rows = np.arange(len(keys))
+    for part, part_rows in zip(np.array_split(keys, 10), np.array_split(rows, 10)):
+        index.insert(part, part_rows)
     assert index.table_size == size
-    np.testing.assert_array_equal(index.lookup(keys), keys)
+    np.testing.assert_array_equal(index.lookup(keys), rows)
     assert (index.lookup(keys + 2**41) == -1).all()
 
 
@@ -66,3 +67,55 @@ def test_table_size_is_a_power_of_two_with_room(capacity):
     size = index.table_size
     assert size & (size - 1) == 0
     assert capacity <= MAX_LOAD * size
+
+
+def test_hinted_inserts_and_removal_by_row_match_a_dict():
+    """The map's path: lookup with hints, remove some keys by their rows, insert the absent keys at the hints."""
+    rng = np.random.default_rng(2)
+    index = KeyIndex(capacity=512)
+    reference: dict[int, int] = {}
+    next_row = 0
+    free_rows: list[int] = []
+    for _ in range(150):
+        keys = np.unique(rng.integers(0, 4000, 400))
+        rows, hints = index.lookup_with_hints(keys)
+        np.testing.assert_array_equal(rows, [reference.get(int(k), -1) for k in keys])
+        # remove a third of the live keys that this batch does not hold, by row (as an eviction does)
+        mine = set(keys.tolist())
+        others = [k for k in reference if k not in mine]
+        gone = rng.choice(others, len(others) // 3, replace=False) if others else np.empty(0, np.int64)
+        gone_rows = np.array([reference[int(k)] for k in gone], np.int64)
+        assert index.remove_rows(gone_rows) == len(gone)
+        for k, r in zip(gone.tolist(), gone_rows.tolist()):
+            del reference[k]
+            free_rows.append(r)
+        new = np.flatnonzero(rows < 0)
+        new_rows = []
+        for _ in new:
+            new_rows.append(free_rows.pop() if free_rows else next_row)
+            if not free_rows and new_rows[-1] == next_row:
+                next_row += 1
+        index.insert(keys[new], np.array(new_rows, np.int64), *hints.select(new))
+        reference.update(zip(keys[new].tolist(), new_rows))
+        assert len(index) == len(reference)
+    keys, rows = index.items()
+    assert dict(zip(keys.tolist(), rows.tolist())) == reference
+    # a row that no key holds (any more) is skipped
+    assert index.remove_rows(np.array([10**6, -1], np.int64)) == 0
+
+
+def test_hints_from_before_a_rebuild_are_not_used():
+    """A rebuild (or clear) between lookup and insert moves every slot: the stale hints are ignored."""
+    index = KeyIndex(capacity=16)
+    keys = np.arange(100, 140, dtype=np.int64)
+    index.insert(keys[:8], np.arange(8))
+    rows, hints = index.lookup_with_hints(keys[8:])
+    assert (rows == -1).all()
+    index.insert(np.arange(1000, 1300, dtype=np.int64), np.arange(100, 400))  # forces a grow + rebuild
+    index.insert(keys[8:], np.arange(8, 40), *hints.select(np.arange(32)))
+    np.testing.assert_array_equal(index.lookup(keys), np.arange(40))
+
+
+def test_negative_rows_are_refused():
+    with pytest.raises(ValueError, match="rows must be >= 0"):
+        KeyIndex().insert(np.array([1]), np.array([-3]))

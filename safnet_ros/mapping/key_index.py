@@ -5,19 +5,30 @@ to ``max_voxels`` keys once per cloud. A sorted index pays O(V) work whenever
 new keys join it (the previous design merged a 100k-key delta level into the
 main array every few clouds: 30-50 ms spikes at 476k voxels); this table does
 O(cloud) work per lookup, insert and removal, with numpy operations over the
-whole batch of keys in each probing round and no per-key Python loop.
+whole batch of keys and no per-key Python loop.
 
 Layout: ``table_keys`` (S,) int64 and ``table_rows`` (S,) int64, S a power of
 two kept at least twice the number of occupied slots. Keys must be >= 0 (the
 map's packed keys are); :data:`EMPTY` (-1) marks a free slot and
 :data:`TOMBSTONE` (-2) a removed key, which lookups probe past and inserts
 reuse. When live keys plus tombstones pass :data:`MAX_LOAD` of the table it is
-rebuilt (grown when the live keys alone need it).
+rebuilt (grown when the live keys alone need it). Rows are small non-negative
+integers (the map's row numbers): the index remembers the slot of each row, so
+that :meth:`KeyIndex.remove_rows` frees slots without probing.
 
 Hash: Fibonacci hashing (the key times 2^64 / phi, top bits), which spreads
 the map's spatially coherent keys evenly over the table.
+
+Every probing round handles all the keys still probing with a few numpy
+calls. A lookup also returns, for each absent key, the first free slot of its probe
+sequence (a tombstone, else the empty slot that ended it), where
+:meth:`KeyIndex.insert` can put it without probing again (only a key of the
+same batch that took that slot first sends it on); reusing tombstones keeps
+rebuilds rare when a full map evicts and inserts every cloud.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -42,6 +53,7 @@ class KeyIndex:
 
     def __init__(self, capacity: int = 1024):
         self._bits = _bits_for(int(capacity))
+        self._slot_of_row = np.full(max(int(capacity), 16), EMPTY, np.int64)
         self.clear()
 
     # ------------------------------------------------------------------ state
@@ -50,8 +62,10 @@ class KeyIndex:
         size = 1 << self._bits
         self._keys = np.full(size, EMPTY, np.int64)
         self._rows = np.full(size, EMPTY, np.int64)
+        self._slot_of_row.fill(EMPTY)
         self._live = 0
         self._tombs = 0
+        self._generation = getattr(self, "_generation", 0) + 1  # free-slot hints are valid within one
 
     def __len__(self) -> int:
         return self._live
@@ -63,42 +77,59 @@ class KeyIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the table's two arrays."""
-        return int(self._keys.nbytes + self._rows.nbytes)
+        """Bytes of the table's arrays and the row -> slot array."""
+        return int(self._keys.nbytes + self._rows.nbytes + self._slot_of_row.nbytes)
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
         """(N,) int64 home slots of non-negative int64 keys."""
         h = keys.astype(np.uint64) * _GOLDEN  # wraps mod 2^64, as Fibonacci hashing wants
         return (h >> np.uint64(64 - self._bits)).astype(np.int64)
 
-    def _find_slots(self, keys: np.ndarray) -> np.ndarray:
-        """(N,) the slot holding each key, -1 where the key is absent."""
+    def _probe(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found (N,), free (N,)): the slot holding each key or -1; for an absent key the first free
+        slot of its probe sequence (a tombstone before the empty slot that ended it, else that empty
+        slot), where it can be inserted; -1 for present keys."""
         n = len(keys)
         found = np.full(n, -1, np.int64)
-        if n == 0 or self._live == 0:
-            return found
+        free = np.full(n, -1, np.int64)
+        if n == 0:
+            return found, free
         mask = self.table_size - 1
         slots = self._slots(keys)
         pending = np.arange(n)
+        pending_keys = keys
+        first_tomb = np.full(n, -1, np.int64)  # per pending key: the first tombstone met so far
         while len(pending):
-            s = slots[pending]
-            tk = self._keys[s]
-            hit = tk == keys[pending]
-            found[pending[hit]] = s[hit]
-            go_on = ~hit & (tk != EMPTY)  # tombstones and other keys: probe the next slot
-            pending = pending[go_on]
-            slots[pending] = (s[go_on] + 1) & mask
-        return found
+            tk = np.take(self._keys, slots)
+            got = tk == pending_keys
+            empty = tk == EMPTY
+            found[pending[got]] = slots[got]
+            free[pending[empty]] = np.where(first_tomb[empty] >= 0, first_tomb[empty], slots[empty])
+            if self._tombs:
+                tomb = (tk == TOMBSTONE) & (first_tomb < 0)
+                first_tomb[tomb] = slots[tomb]
+            go_on = ~(got | empty)  # tombstones and other keys: probe the next slot
+            pending = np.compress(go_on, pending)
+            pending_keys = np.compress(go_on, pending_keys)
+            first_tomb = np.compress(go_on, first_tomb)
+            slots = (np.compress(go_on, slots) + 1) & mask
+        return found, free
 
     # ------------------------------------------------------------------ queries
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """(N,) int64 row of each key, -1 where absent. keys: (N,) int64 >= 0."""
+        return self.lookup_with_hints(keys)[0]
+
+    def lookup_with_hints(self, keys: np.ndarray) -> tuple[np.ndarray, "InsertHints"]:
+        """(rows (N,) int64, -1 where absent; hints for inserting the absent ones with :meth:`insert`)."""
         keys = np.asarray(keys, np.int64)
-        slots = self._find_slots(keys)
+        if self._live == 0 and self._tombs == 0:
+            return np.full(len(keys), -1, np.int64), InsertHints(self._generation, self._slots(keys))
+        slots, free = self._probe(keys)
         rows = np.full(len(keys), -1, np.int64)
-        ok = slots >= 0
-        rows[ok] = self._rows[slots[ok]]
-        return rows
+        ok = np.flatnonzero(slots >= 0)
+        rows[ok] = np.take(self._rows, slots[ok])
+        return rows, InsertHints(self._generation, free)
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys (V,), rows (V,)) of every live key, in table order."""
@@ -106,41 +137,83 @@ class KeyIndex:
         return self._keys[occupied], self._rows[occupied]
 
     # ------------------------------------------------------------------ updates
-    def insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
-        """Add keys (N,) int64 >= 0 with their rows (N,) int64. The keys must be distinct and absent."""
+    def insert(self, keys: np.ndarray, rows: np.ndarray, hints: Optional[np.ndarray] = None,
+               generation: Optional[int] = None) -> None:
+        """Add keys (N,) int64 >= 0 with their rows (N,) int64 >= 0. The keys must be distinct and absent.
+
+        hints (N,): where each key's probe may start (the first free slot of the
+        key's probe in :meth:`lookup_with_hints`, taken from ``InsertHints.select``); they are
+        used only if the table was not rebuilt or cleared since (``generation``).
+        Removals in between do not invalidate them: they only add tombstones.
+        """
         keys = np.asarray(keys, np.int64)
         rows = np.asarray(rows, np.int64)
         if len(keys) == 0:
             return
+        if rows.min() < 0:
+            raise ValueError("KeyIndex rows must be >= 0")
         if (self._live + self._tombs + len(keys)) > MAX_LOAD * self.table_size:
             self._rebuild(self._live + len(keys))
+        if hints is None or generation != self._generation:
+            slots = self._slots(keys)
+        else:
+            slots = np.array(hints, np.int64)
+        self._ensure_rows(int(rows.max()) + 1)  # rows are row numbers: the row -> slot array is as long as the largest
         mask = self.table_size - 1
-        slots = self._slots(keys)
         pending = np.arange(len(keys))
         while len(pending):
             s = slots[pending]
-            tk = self._keys[s]
-            free = tk < 0  # empty or a tombstone: the keys are known absent, so either can take them
+            tk = np.take(self._keys, s)
+            free = np.flatnonzero(tk < 0)  # empty or a tombstone: the keys are known absent, so either can take them
             cand, cs = pending[free], s[free]
             self._keys[cs] = keys[cand]  # keys that share a free slot: one of them lands there ...
-            won = self._keys[cs] == keys[cand]  # ... and reading back tells which
-            self._rows[cs[won]] = rows[cand[won]]
-            self._tombs -= int((tk[free][won] == TOMBSTONE).sum())
+            won = np.take(self._keys, cs) == keys[cand]  # ... and reading back tells which
+            won_slots, won_keys = cs[won], cand[won]
+            self._rows[won_slots] = rows[won_keys]
+            self._slot_of_row[rows[won_keys]] = won_slots
+            self._tombs -= int(np.count_nonzero(tk[free[won]] == TOMBSTONE))
             placed = np.zeros(len(pending), bool)
-            placed[np.flatnonzero(free)[won]] = True
-            pending = pending[~placed]
-            slots[pending] = (s[~placed] + 1) & mask
+            placed[free[won]] = True
+            left = ~placed
+            pending = np.compress(left, pending)
+            slots[pending] = (np.compress(left, s) + 1) & mask
         self._live += len(keys)
 
     def remove(self, keys: np.ndarray) -> int:
         """Remove the keys that are present (N,) int64; returns how many were."""
-        slots = self._find_slots(np.asarray(keys, np.int64))
-        slots = slots[slots >= 0]
+        if self._live == 0:
+            return 0
+        slots, _ = self._probe(np.asarray(keys, np.int64))
+        return self._free_slots(np.unique(slots[slots >= 0]))  # a key given twice is removed once
+
+    def remove_rows(self, rows: np.ndarray) -> int:
+        """Remove the keys stored with these distinct rows (N,) int64, by the remembered slot of each row: no probing.
+
+        Rows that no live key has are skipped; returns how many keys were removed.
+        """
+        rows = np.asarray(rows, np.int64)
+        rows = rows[(rows >= 0) & (rows < len(self._slot_of_row))]
+        slots = np.take(self._slot_of_row, rows)
+        ok = slots >= 0
+        slots, rows = slots[ok], rows[ok]
+        slots = slots[np.take(self._rows, slots) == rows]  # the slot still holds that row
+        return self._free_slots(slots)
+
+    def _free_slots(self, slots: np.ndarray) -> int:
+        """Turn the given distinct occupied slots into tombstones."""
+        self._slot_of_row[np.take(self._rows, slots)] = EMPTY
         self._keys[slots] = TOMBSTONE
         self._rows[slots] = EMPTY
         self._live -= len(slots)
         self._tombs += len(slots)
         return int(len(slots))
+
+    def _ensure_rows(self, rows: int) -> None:
+        """Room in the row -> slot array for rows 0..rows-1."""
+        if rows > len(self._slot_of_row):
+            grown = np.full(max(rows, 2 * len(self._slot_of_row)), EMPTY, np.int64)
+            grown[: len(self._slot_of_row)] = self._slot_of_row
+            self._slot_of_row = grown
 
     def _rebuild(self, need: int) -> None:
         """Re-insert the live keys into a fresh table with room for ``need`` keys (drops tombstones)."""
@@ -149,3 +222,15 @@ class KeyIndex:
         self.clear()
         if len(keys):
             self.insert(keys, rows)
+
+
+class InsertHints:
+    """The first free slot of each looked-up key's probe sequence, valid for one table generation."""
+
+    def __init__(self, generation: int, slots: np.ndarray):
+        self.generation = generation
+        self.slots = slots  # (N,) int64, -1 for keys that were present
+
+    def select(self, which: np.ndarray) -> tuple[np.ndarray, int]:
+        """(hints of the keys at positions ``which``, generation) for :meth:`KeyIndex.insert`."""
+        return np.take(self.slots, which), self.generation

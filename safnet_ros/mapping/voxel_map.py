@@ -168,6 +168,7 @@ class SemanticVoxelMap:
         self._hi = 0  # rows ever handed out (live + free)
         self._free = np.empty(0, np.int64)  # rows of evicted voxels, reused first
         self._keys = np.empty(0, np.int64)  # (cap,) key of each row
+        self._centres = np.empty((0, 3), np.float32)  # (cap, 3) voxel centre of each row, metres (for eviction)
         self._scores = np.empty((0, self.num_classes), np.float32)  # (cap, C)
         self._obs = np.empty(0, np.int64)  # (cap,)
         self._alive = np.zeros(0, bool)  # (cap,) row holds a live voxel
@@ -184,13 +185,13 @@ class SemanticVoxelMap:
     @property
     def nbytes(self) -> int:
         """Bytes of the map's arrays in use (the reserved max_voxels rows are only touched as they fill)."""
-        row = self._keys.itemsize + self._scores.itemsize * self.num_classes + self._obs.itemsize + 1
+        row = self._keys.itemsize + self._scores.itemsize * self.num_classes + self._obs.itemsize + 12 + 1
         return int(self._n * row + self._index.nbytes)
 
     @property
     def reserved_bytes(self) -> int:
         """Bytes reserved for max_voxels rows (an upper bound of the map's memory)."""
-        per_row = 8 + 4 * self.num_classes + 8 + 1
+        per_row = 8 + 4 * self.num_classes + 8 + 12 + 1
         return int(per_row * max(self.max_voxels, len(self._keys)) + self._index.nbytes)
 
     def _reserve(self, rows: int) -> None:
@@ -200,14 +201,16 @@ class SemanticVoxelMap:
             return
         new_cap = max(rows, self.max_voxels)
         keys = np.empty(new_cap, np.int64)
+        centres = np.empty((new_cap, 3), np.float32)
         scores = np.empty((new_cap, self.num_classes), np.float32)
         obs = np.empty(new_cap, np.int64)
         alive = np.zeros(new_cap, bool)
         keys[: self._hi] = self._keys[: self._hi]
+        centres[: self._hi] = self._centres[: self._hi]
         scores[: self._hi] = self._scores[: self._hi]
         obs[: self._hi] = self._obs[: self._hi]
         alive[: self._hi] = self._alive[: self._hi]
-        self._keys, self._scores, self._obs, self._alive = keys, scores, obs, alive
+        self._keys, self._centres, self._scores, self._obs, self._alive = keys, centres, scores, obs, alive
 
     # ------------------------------------------------------------------ fusion
     def integrate(self, points: np.ndarray, probabilities: np.ndarray,
@@ -272,15 +275,16 @@ class SemanticVoxelMap:
         contrib = np.asarray(membership @ w, dtype=np.float32)
         stats.points_used = int(len(keys))
 
-        # existing voxels
-        all_rows = self._index.lookup(ukeys)
+        # existing voxels (np.take: numpy's fancy-index gathers cost 2-4x more here)
+        all_rows, hints = self._index.lookup_with_hints(ukeys)
         found = all_rows >= 0
-        rows = all_rows[found]
-        self._scores[rows] += contrib[found]
-        self._obs[rows] += counts[found]
+        seen = np.flatnonzero(found)
+        rows = np.take(all_rows, seen)
+        self._scores[rows] = np.take(self._scores, rows, axis=0) + np.take(contrib, seen, axis=0)
+        self._obs[rows] += np.take(counts, seen)
         if self.fusion == "log":
             self._normalise_log(rows)
-        stats.voxels_updated = int(found.sum())
+        stats.voxels_updated = int(len(seen))
 
         # new voxels: make room (evicting far voxels, never this cloud's), then insert
         new = np.flatnonzero(~found)
@@ -292,7 +296,8 @@ class SemanticVoxelMap:
             if self._n + len(new) > self.max_voxels:
                 target = min(self.max_voxels - len(new), int(self.max_voxels * (1.0 - self.evict_fraction)))
                 stats.voxels_evicted = self._evict(self._n - max(target, 0), protect=rows)
-            self._insert(ukeys[new], contrib[new], counts[new])
+            self._insert(np.take(ukeys, new), np.take(contrib, new, axis=0), np.take(counts, new),
+                         hints.select(new))
             stats.voxels_new = int(len(new))
         self.updates += 1
         self.version += 1
@@ -309,8 +314,9 @@ class SemanticVoxelMap:
         np.maximum(s, np.float32(LOG_CLAMP), out=s)
         self._scores[rows] = s
 
-    def _insert(self, keys: np.ndarray, contrib: np.ndarray, counts: np.ndarray) -> None:
-        """Rows for new (distinct, absent) keys, added to the index."""
+    def _insert(self, keys: np.ndarray, contrib: np.ndarray, counts: np.ndarray,
+                hints: Optional[tuple[np.ndarray, int]] = None) -> None:
+        """Rows for new (distinct, absent) keys, added to the index (hints: the index's free-slot hints)."""
         k = len(keys)
         reuse = min(k, len(self._free))
         fresh = k - reuse
@@ -319,13 +325,17 @@ class SemanticVoxelMap:
         self._free = self._free[: len(self._free) - reuse]
         self._hi += fresh
         self._keys[rows] = keys
+        self._centres[rows] = (unpack_keys(keys) + 0.5) * self.voxel_size
         self._scores[rows] = contrib
         self._obs[rows] = counts
         self._alive[rows] = True
         self._n += k
         if self.fusion == "log":
             self._normalise_log(rows)
-        self._index.insert(keys, rows)
+        if hints is None:
+            self._index.insert(keys, rows)
+        else:
+            self._index.insert(keys, rows, *hints)
 
     def _sort_for_reading(self) -> None:
         """Sort the live voxels by key once per map version (readers see a stable, ordered map)."""
@@ -353,21 +363,21 @@ class SemanticVoxelMap:
         """Drop the ``count`` voxels farthest from the last sensor origin (rows in ``protect`` last).
 
         Rows are not moved: evicted rows go to a free list that the next inserts reuse,
-        so an eviction costs one O(V) distance pass, not a copy of every voxel's scores.
+        so an eviction costs one O(V) distance pass over the stored float32 centres, not a
+        copy of every voxel's scores; the index frees their slots by row, without probing.
         """
         n = self._n
         count = min(int(count), n)
         if count <= 0:
             return 0
-        rows = np.flatnonzero(self._alive[: self._hi])
-        centres = (unpack_keys(self._keys[rows]) + 0.5) * self.voxel_size - self.last_sensor_origin
-        d = np.einsum("ij,ij->i", centres, centres)  # squared distances: the same order
+        hi = self._hi
+        offsets = self._centres[:hi] - self.last_sensor_origin.astype(np.float32)  # every row, no gather
+        d = np.einsum("ij,ij->i", offsets, offsets)  # squared distances: the same order
         if len(protect):
-            protected = np.zeros(len(self._keys), bool)
-            protected[protect] = True
-            d[protected[rows]] = -1.0  # this cloud's voxels go last
-        drop = rows[np.argpartition(-d, count - 1)[:count]] if count < n else rows
-        self._index.remove(self._keys[drop])
+            d[protect] = -1.0  # this cloud's voxels go last
+        d[~self._alive[:hi]] = -2.0  # free rows never: count <= live voxels, which all rank above them
+        drop = np.argpartition(d, hi - count)[hi - count:] if count < n else np.flatnonzero(self._alive[:hi])
+        self._index.remove_rows(drop)
         self._alive[drop] = False
         self._free = np.concatenate([self._free, drop])
         self._n = n - count

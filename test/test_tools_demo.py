@@ -45,6 +45,23 @@ def test_votes_take_the_majority_per_vertex_and_leave_unseen_vertices_unlabelled
     assert votes.points_matched == 24 and votes.points_unmatched == 0
 
 
+def test_vote_ties_are_reported_and_can_be_broken_at_random():
+    xyz = _grid()
+    votes = VertexVotes(xyz, NUM_CLASSES)
+    votes.add(xyz[:10], np.full(10, 3))
+    votes.add(xyz[:10], np.full(10, 5))  # 1-1 ties on vertices 0..9
+    votes.add(xyz[:4], np.full(4, 5))  # ... except 0..3, where 5 wins
+    assert votes.tied().tolist() == [False] * 4 + [True] * 6 + [False] * 15
+    assert (votes.labels(ties="lowest")[4:10] == 3).all()
+    picks = np.stack([votes.labels(ties="random", seed=s) for s in range(20)])
+    assert (picks[:, :4] == 5).all()  # no tie: the majority, whatever the seed
+    assert set(np.unique(picks[:, 4:10])) == {3, 5}  # a tie: either tied class, never another
+    assert (picks[:, 10:] == -1).all()
+    np.testing.assert_array_equal(votes.labels(ties="random", seed=7), votes.labels(ties="random", seed=7))
+    with pytest.raises(ValueError, match="ties must be"):
+        votes.labels(ties="highest")
+
+
 def test_votes_count_points_off_the_mesh_and_unsegmented_labels():
     xyz = _grid()
     votes = VertexVotes(xyz, NUM_CLASSES)
@@ -147,6 +164,8 @@ def test_fast_demo_runs_the_whole_chain_through_the_node(tmp_path, capsys):
     assert 0 < summary["labelled_vertices"] < summary["vertices"]
     assert math.isclose(summary["coverage"], summary["labelled_vertices"] / summary["vertices"])
     assert 0.0 <= summary["miou"] <= 1.0
+    assert 0.0 <= summary["miou_random_ties"] <= 1.0
+    assert 0 <= summary["vote_tied_vertices"] <= summary["labelled_vertices"]
     assert summary["latency_clouds"] > 0 and 0 < summary["latency_mean_s"] < 60
     # PLY: every scene vertex, labelled ones with a nyu40 id, the rest 0
     xyz, rgb, faces = read_mesh(summary["ply"])

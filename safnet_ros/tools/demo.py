@@ -165,9 +165,26 @@ class VertexVotes:
         """(N,) bool: vertices that received at least one label."""
         return (self.counts.sum(axis=1) > 0)[self._position_of_vertex]
 
-    def labels(self) -> np.ndarray:
-        """(N,) int64 majority class per vertex (ties: the lower index); -1 where none was received."""
-        per_position = np.where(self.counts.sum(axis=1) > 0, self.counts.argmax(axis=1), -1)
+    def labels(self, ties: str = "lowest", seed: int = 0) -> np.ndarray:
+        """(N,) int64 majority class per vertex; -1 where none was received.
+
+        ties: how a vertex whose top count is shared by several classes is
+        decided: "lowest" (the lower class index, numpy's argmax; the demo's
+        ``miou``) or "random" (uniformly among the tied classes, seeded).
+        """
+        counts = self.counts
+        if ties == "random":
+            top = counts == counts.max(axis=1, keepdims=True)
+            counts = counts + top * np.random.default_rng(seed).random(counts.shape) * 0.5
+        elif ties != "lowest":
+            raise ValueError(f"ties must be 'lowest' or 'random', got {ties!r}")
+        per_position = np.where(self.counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
+        return per_position[self._position_of_vertex]
+
+    def tied(self) -> np.ndarray:
+        """(N,) bool: labelled vertices whose top vote count is shared by two or more classes."""
+        top = self.counts == self.counts.max(axis=1, keepdims=True)
+        per_position = (self.counts.sum(axis=1) > 0) & (top.sum(axis=1) > 1)
         return per_position[self._position_of_vertex]
 
     def similarity(self) -> np.ndarray:
@@ -606,6 +623,10 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
     votes, wrong_frame = accumulate(scene, replay)
     labels = votes.labels()
     summary = score(scene.truth, labels)
+    # the vote's ties go to the lower class index (wall, floor, cabinet, bed, chair ...): how much that decides
+    random_ties = [score(scene.truth, votes.labels(ties="random", seed=s))["miou"] for s in range(5)]
+    summary["vote_tied_vertices"] = int(votes.tied().sum())
+    summary["miou_random_ties"] = float(np.mean(random_ties))
     map_block, map_labels = score_map(scene, replay, single_cloud_vertex_labels(scene, replay))
     _stage(6, "writing the labelled PLY and rendering the PNG")
     ply_path, png_path = write_outputs(out, scene, labels, votes.similarity(),
@@ -633,6 +654,8 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
         "points_unmatched": votes.points_unmatched,
         "points_not_segmented": votes.points_not_segmented,
         **_result_fields(seg, summary),
+        "vote_tied_vertices": summary["vote_tied_vertices"],
+        "miou_random_ties": summary["miou_random_ties"],
         "single_cloud_miou_mean": map_block["single_cloud_miou_mean"],
         "map": map_block,
         "latency_mean_s": float(lat.mean()) if lat.size else float("nan"),
@@ -726,6 +749,9 @@ def print_summary(r: dict) -> None:
       f"({100 * r['coverage']:.1f} %)\n")
     w(f"  mIoU / OA        {100 * r['miou']:.1f} % / {100 * r['oa']:.1f} % over the labelled vertices"
       + (" (majority vote per vertex)" if "map" in r else "") + "\n")
+    if "vote_tied_vertices" in r:
+        w(f"  vote ties        {r['vote_tied_vertices']} vertices tied (they go to the lower class index); "
+          f"with ties broken at random the vote is {100 * r['miou_random_ties']:.1f} % mIoU\n")
     if "map" in r:
         m = r["map"]
         w(f"  semantic map     {m['voxels']} voxels of {m['voxel_size']} m ({m['fusion']}): "

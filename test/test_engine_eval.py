@@ -128,6 +128,18 @@ def test_json_by_views_matches_hand_built_confusion(data, models, tmp_path, caps
         cm = ConfusionMatrix()
         cm.add(np.asarray(scene.labels), result.labels)
         assert report["by_views"][str(k)] == pytest.approx(cm.miou(), abs=1e-6)
+        # accuracy by distance to the nearest view pixel: the same points, binned by result.view_distance
+        bins = report["accuracy_by_view_distance"][str(k)]
+        truth = np.asarray(scene.labels).astype(np.int64)
+        scored = (truth >= 0) & (truth < 20)
+        assert [b["bin"] for b in bins] == ["< 5 cm", "5-10 cm", "10-20 cm", "20-50 cm", ">= 50 cm", "no view"]
+        assert sum(b["points"] for b in bins) == scored.sum()
+        near = scored & (result.view_distance < 0.05)
+        assert bins[0]["points"] == near.sum()
+        if near.any():
+            assert bins[0]["accuracy"] == pytest.approx((result.labels[near] == truth[near]).mean(), abs=1e-6)
+        correct = sum(b["accuracy"] * b["points"] for b in bins if b["points"])
+        assert correct / scored.sum() == pytest.approx(cm.overall_accuracy(), abs=1e-6)
         if k == 3:
             assert report["oa"] == pytest.approx(cm.overall_accuracy(), abs=1e-6)
             for name, iou in cm.per_class().items():
@@ -161,6 +173,11 @@ def test_bad_scenes_counted_outputs_written(two_models_run, models, capsys):
     assert fused["ignored_points"] >= 7
     assert fused["chunks_without_views"] >= 1  # every chunk of the frameless scene
     assert report["models"][str(models["pointnet2"])]["label"] == "pointnet2/lite"
+    # a 3D-only model never had a view pixel near: every scored point is in the "no view" bin
+    pn2_bins = report["models"][str(models["pointnet2"])]["accuracy_by_view_distance"]["1"]
+    assert pn2_bins[-1]["points"] > 0 and all(b["points"] == 0 for b in pn2_bins[:-1])
+    # the frameless scene's points are "no view" for the fused model too
+    assert fused["accuracy_by_view_distance"]["1"][-1]["points"] > 0
     # Valid images: PNG signature and a decodable size.
     from PIL import Image
 
@@ -235,6 +252,19 @@ def test_scene_coverage_extends_base_subset(data):
         assert (got == full).mean() > 0.9
     finally:
         shutil.rmtree(sub)
+
+
+def test_view_distance_counts_bin_points_and_leave_out_what_is_not_scored():
+    from safnet_ros.engine.evaluate import view_distance_counts
+
+    truth = np.array([0, 0, 1, 1, 2, 2, -100, 3])
+    labels = np.array([0, 1, 1, 1, 2, 0, 0, -100])
+    dist = np.array([0.01, 0.07, 0.15, 0.3, 2.0, np.inf, 0.01, 0.01], np.float32)
+    counts = view_distance_counts(truth, labels, dist)
+    assert counts.tolist() == [[1, 1], [0, 1], [1, 1], [1, 1], [1, 1], [0, 1]]  # ignored truth, unlabelled: out
+    dist[0] = np.nan  # not segmented
+    assert view_distance_counts(truth, labels, dist)[0].tolist() == [0, 0]
+    assert view_distance_counts(truth, labels, None).sum() == 0
 
 
 def test_three_d_only_model_is_segmented_once_for_all_views(data, models):

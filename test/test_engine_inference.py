@@ -75,6 +75,23 @@ def test_crop_to_what_the_views_cover():
     assert np.isnan(result.s[~result.segmented]).all()
 
 
+def test_view_distance_says_how_near_the_views_pixels_came():
+    """Floor points under the camera have a back-projected pixel within millimetres; the wall (x = 0,
+    which the downward view never sees) is farther; without views every point is inf; NaN where not segmented."""
+    seg = _lite_segmenter(chunk_stride=1.5, crop_margin=5.0)
+    pts = _room(2000)
+    result = seg.segment(pts, [_floor_view(1.0)])
+    d = result.view_distance
+    assert d.shape == (len(pts),) and d.dtype == np.float32
+    under = result.segmented & (pts[:, 2] == 0) & (np.abs(pts[:, 0] - 1.0) < 0.3) & (np.abs(pts[:, 1] - 1.0) < 0.3)
+    assert under.sum() > 50 and np.nanmax(d[under]) < 0.02
+    high_wall = result.segmented & (pts[:, 0] == 0) & (pts[:, 2] > 1.0)
+    assert high_wall.sum() > 50 and np.nanmin(d[high_wall]) > 0.5
+    assert np.isnan(d[~result.segmented]).all()
+    no_views = seg.segment(pts, [])
+    assert np.isinf(no_views.view_distance).all()
+
+
 def test_non_finite_points_are_reported_not_labelled():
     seg = _lite_segmenter(chunk_stride=1.5)
     pts = _room(500)

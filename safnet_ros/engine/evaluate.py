@@ -15,6 +15,10 @@ line per model) and ``eval.json`` (what ``--json`` prints). ``--ablation``
 prints the models as the rows of Table III (the switches each checkpoint was
 trained with, from its config, and mIoU); it only tabulates the checkpoints it
 is given: Table III needs one separately trained model per row.
+``eval.json`` also has ``accuracy_by_view_distance``: per number of views, the
+accuracy of points binned by how far the nearest back-projected pixel of their
+chunks' views was (< 5 cm ... >= 50 cm, "no view"): where 2D evidence helps,
+and how a model copes where it is missing (Fig. 5's question, per point).
 
 Bad input is counted and reported, never silently dropped: scenes that are not
 complete (a killed ``safnet data preprocess``) or not preprocessed at all are
@@ -152,6 +156,28 @@ def scene_coverage(scene) -> Optional[np.ndarray]:
 
 
 # --------------------------------------------------------------------------- results
+#: Upper edges (metres) of the distance bins of ``accuracy_by_view_distance``: how far a point
+#: was from the nearest back-projected pixel of its chunks' views (then ">= 0.5 m" and "no view").
+VIEW_DISTANCE_EDGES: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5)
+VIEW_DISTANCE_BINS: tuple[str, ...] = ("< 5 cm", "5-10 cm", "10-20 cm", "20-50 cm", ">= 50 cm", "no view")
+
+
+def view_distance_counts(truth: np.ndarray, labels: np.ndarray, distance: Optional[np.ndarray]) -> np.ndarray:
+    """(bins, 2) int64 [correct, points] per VIEW_DISTANCE_BINS over points with a benchmark truth
+    and a prediction; ``distance`` (N,) metres (inf: no view reached the point; NaN: not segmented)."""
+    out = np.zeros((len(VIEW_DISTANCE_BINS), 2), np.int64)
+    if distance is None:
+        return out
+    truth = np.asarray(truth).astype(np.int64)
+    labels = np.asarray(labels).astype(np.int64)
+    d = np.asarray(distance, np.float64)
+    ok = (truth >= 0) & (truth < NUM_CLASSES) & (labels >= 0) & (labels < NUM_CLASSES) & ~np.isnan(d)
+    bins = np.where(np.isinf(d[ok]), len(VIEW_DISTANCE_BINS) - 1, np.digitize(d[ok], VIEW_DISTANCE_EDGES))
+    out[:, 0] = np.bincount(bins, weights=labels[ok] == truth[ok], minlength=len(out)).astype(np.int64)
+    out[:, 1] = np.bincount(bins, minlength=len(out))
+    return out
+
+
 @dataclass
 class SceneStats:
     """What happened to one scene for one model and number of views."""
@@ -166,6 +192,8 @@ class SceneStats:
     unsegmented_points: int  # valid truth but no prediction: false negatives
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    #: (bins, 2) [correct, points] by distance to the nearest view pixel (view_distance_counts)
+    by_view_distance: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -206,6 +234,16 @@ class ModelResult:
             "segment_seconds": round(sum(s.seconds for s in rows), 3),
         }
 
+    def accuracy_by_view_distance(self, views: int) -> list[dict[str, Any]]:
+        """Accuracy over all scenes at ``views`` test views, per VIEW_DISTANCE_BINS: where 2D evidence
+        was near, far or missing (3D-only models: every point is "no view")."""
+        total = np.zeros((len(VIEW_DISTANCE_BINS), 2), np.int64)
+        for s in self.scenes:
+            if s.views == views and s.by_view_distance is not None:
+                total += s.by_view_distance
+        return [{"bin": name, "points": int(n), "accuracy": _num(c / n) if n else None}
+                for name, (c, n) in zip(VIEW_DISTANCE_BINS, total)]
+
     def to_json(self) -> dict[str, Any]:
         head = self.matrices[self.headline_views]
         out: dict[str, Any] = {
@@ -226,6 +264,7 @@ class ModelResult:
             out["oa_by_views"] = {str(k): _num(self.matrices[k].overall_accuracy()) for k in self.views}
             out["per_class_by_views"] = {str(k): {c: _num(v) for c, v in self.matrices[k].per_class().items()}
                                          for k in self.views}
+        out["accuracy_by_view_distance"] = {str(k): self.accuracy_by_view_distance(k) for k in self.views}
         return out
 
 
@@ -310,6 +349,7 @@ def evaluate_scene(segmenter, scene, views_list: Sequence[int], cms: dict[int, C
             ignored_points=ignored,
             unsegmented_points=int(np.count_nonzero(valid_truth & ~result.segmented)),
             seconds=seconds, warnings=list(result.warnings),
+            by_view_distance=view_distance_counts(truth, result.labels, result.view_distance),
         ))
     return stats
 

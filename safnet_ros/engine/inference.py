@@ -111,6 +111,10 @@ class SegmentResult:
     #: (N, C) float32 class probabilities averaged over the chunks that voted (zeros where not
     #: segmented): what the semantic map fuses and ~/labeled_cloud's optional probability fields carry
     probs: Optional[np.ndarray] = None
+    #: (N,) float32 metres from each point to the nearest back-projected pixel of the views its
+    #: chunks used (the minimum over those chunks): how near 2D evidence came. inf where no chunk
+    #: of the point had a view (or the model has no 2D branch), NaN where not segmented
+    view_distance: Optional[np.ndarray] = None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -283,14 +287,17 @@ class Segmenter:
 
     @torch.no_grad()
     def _run_chunk(self, points: np.ndarray, views: Sequence[PosedView], center_xy: np.ndarray):
-        """Forward one chunk part. Returns probs (n, C), s, s_geo, s_con (n,) numpy."""
+        """Forward one chunk part. Returns probs (n, C), s, s_geo, s_con, view_distance (n,) numpy."""
         sample = build_chunk_sample(points, views, center_xy=center_xy)
         batch = collate([sample], device=str(self.device))
         batch.pixel_features, batch.pixel_logits = self._view_features(views)
         out = self.model(batch)
         probs = torch.softmax(out.logits[0].float(), dim=-1).cpu().numpy()
         sims = [getattr(out, name)[0].float().cpu().numpy() for name in ("s", "s_geo", "s_con")]
-        return probs, sims[0], sims[1], sims[2]
+        n = len(probs)
+        view_distance = (np.full(n, np.inf, np.float32) if out.nearest_q_dist is None
+                         else out.nearest_q_dist[0].float().cpu().numpy())
+        return probs, sims[0], sims[1], sims[2], view_distance
 
     def _split_after_oom(self, pidx: np.ndarray, rng: np.random.Generator, result: SegmentResult,
                          exc: BaseException) -> list[np.ndarray]:
@@ -388,6 +395,7 @@ class Segmenter:
         votes = VoteAccumulator(len(work), NUM_CLASSES)
         sim_sum = np.zeros((3, len(work)), np.float64)
         sim_cnt = np.zeros(len(work), np.int64)
+        nearest_view = np.full(len(work), np.inf, np.float32)
         rng = np.random.default_rng(self.seed)
         used: set[int] = set()
         chunks = chunk_grid(work[kept], size=self.chunk_size, stride=self.chunk_stride,
@@ -410,7 +418,7 @@ class Segmenter:
             while pending:
                 pidx = pending.pop()
                 try:
-                    probs, s, s_geo, s_con = self._run_chunk(work[pidx], chunk_views, chunk.center)
+                    probs, s, s_geo, s_con, view_dist = self._run_chunk(work[pidx], chunk_views, chunk.center)
                 except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
                     if not is_out_of_memory(exc):
                         raise
@@ -419,6 +427,7 @@ class Segmenter:
                 votes.add(pidx, probs)
                 sim_sum[:, pidx] += np.stack([s, s_geo, s_con])
                 sim_cnt[pidx] += 1
+                nearest_view[pidx] = np.minimum(nearest_view[pidx], view_dist)
         result.num_chunks = len(chunks)
         result.views_used = sorted(used)
         result.timings["model"] = time.perf_counter() - t2
@@ -437,6 +446,8 @@ class Segmenter:
         result.confidence[target] = np.where(voted[src], work_conf[src], 0.0)
         result.s[target], result.s_geo[target], result.s_con[target] = work_sims[:, src]
         result.segmented[target] = voted[src]
+        result.view_distance = np.full(n, np.nan, np.float32)
+        result.view_distance[target] = np.where(voted[src], nearest_view[src], np.float32(np.nan))
         result.probs = np.zeros((n, NUM_CLASSES), np.float32)
         result.probs[target] = np.where(voted[src, None], work_probs[src], np.float32(0.0))
         result.timings["total"] = time.perf_counter() - t0

@@ -78,6 +78,9 @@ class SafnetOutput:
         q_valid: ``(B, M)`` bool, the Q points the model used (False for padding,
             non-finite xyz, a ``q_pixel`` outside the views, or a chunk without views);
             the unprojected loss ignores the others.
+        nearest_q_dist: ``(B, N)`` metres from each point to its nearest valid Q point
+            (the nearest back-projected pixel of the chunk's views; inf where there is
+            none), as the fusion's neighbour search found it; None for 3D-only models.
     """
 
     logits: torch.Tensor
@@ -89,3 +92,4 @@ class SafnetOutput:
     logits_unproj: Optional[torch.Tensor] = None
     point_valid: Optional[torch.Tensor] = None
     q_valid: Optional[torch.Tensor] = None
+    nearest_q_dist: Optional[torch.Tensor] = None

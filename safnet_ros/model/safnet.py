@@ -187,8 +187,9 @@ class SafnetModel(nn.Module):
         ones = points.new_ones(b, n)
         s_geo, s_con = ones, ones
         if c.variant == "project2d":
-            logits = self._project2d(points, data, q_mask, logits_2d)
-            out = SafnetOutput(logits, s_geo, s_con, ones.clone(), logits_2d=self._aux_2d(logits_2d))
+            logits, nearest = self._project2d(points, data, q_mask, logits_2d)
+            out = SafnetOutput(logits, s_geo, s_con, ones.clone(), logits_2d=self._aux_2d(logits_2d),
+                               nearest_q_dist=nearest)
             return self._finish(out, valid)
         if c.variant == "pointnet2":
             f3d = self.net3d(points, None).transpose(1, 2)  # (B, N, C3)
@@ -233,18 +234,20 @@ class SafnetModel(nn.Module):
         )
         if batch.q_points.shape[1] > 0:
             out.q_valid = q_mask
+        out.nearest_q_dist = nb.nearest_q_dist
         return self._finish(out, valid)
 
     def _project2d(self, points: torch.Tensor, data: _Sanitised, q_mask: torch.Tensor,
-                   logits_2d: Optional[torch.Tensor]) -> torch.Tensor:
+                   logits_2d: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, N, K) of the pixel of each point's nearest Q point, that distance (B, N) m)."""
         b, n = points.shape[:2]
         if logits_2d is None:
-            return points.new_zeros(b, n, self.config.num_classes)
+            return points.new_zeros(b, n, self.config.num_classes), points.new_full((b, n), float("inf"))
         nb = find_neighbourhoods(points, data.q_points, None, q_mask, 1, self.config.radius, 1, with_balls=False)
         pixel = gather(data.q_pixel.unsqueeze(-1), nb.q_knn_idx[..., :1]).view(b, n)
         flat = logits_2d.permute(0, 1, 3, 4, 2).reshape(b, -1, logits_2d.shape[2])  # (B, V*H*W, K)
         logits = gather(flat, pixel.unsqueeze(-1)).squeeze(2)
-        return logits * torch.isfinite(nb.nearest_q_dist).unsqueeze(-1).to(logits.dtype)
+        return logits * torch.isfinite(nb.nearest_q_dist).unsqueeze(-1).to(logits.dtype), nb.nearest_q_dist
 
     def _aux_2d(self, logits_2d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if (self.config.freeze_2d or not self.training) else logits_2d
@@ -266,6 +269,8 @@ class SafnetModel(nn.Module):
         if out.logits_3d is not None:
             out.logits_3d = out.logits_3d * keep.unsqueeze(-1)
         out.s_geo, out.s_con, out.s = out.s_geo * keep, out.s_con * keep, out.s * keep
+        if out.nearest_q_dist is not None:
+            out.nearest_q_dist = out.nearest_q_dist.masked_fill(~valid, float("inf"))
         out.point_valid = valid
         return out
 

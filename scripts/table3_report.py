@@ -12,7 +12,8 @@ Each JSON is what `safnet eval --model ONE.pt --views 1,3,5 --json` prints
 Prints a Markdown table: mIoU at each number of test views (the mean over
 the row's seeds, and each seed's value), OA at 3 views, and the 1-view minus
 5-view difference (Fig. 5's shape: a model that uses several views loses
-mIoU with one). ``--per-class K`` adds per-class IoU at K views. ``--png``
+mIoU with one). ``--per-class K`` adds per-class IoU at K views;
+``--by-view-distance 1,5`` adds accuracy by distance to the nearest view pixel. ``--png``
 draws Fig. 5: mean mIoU against test views, one line per row, the seeds as
 dots.
 """
@@ -49,11 +50,37 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def print_by_view_distance(rows: list[tuple[str, list[dict]]], views: list[str]) -> None:
+    """Accuracy % (share of the scored points) per distance bin, each row's seeds pooled, one line per k."""
+    first = next((r for _, runs in rows for r in runs if "accuracy_by_view_distance" in r), None)
+    if first is None:
+        raise SystemExit("error: no eval JSON has accuracy_by_view_distance (made by an older safnet eval)")
+    bins = [b["bin"] for b in next(iter(first["accuracy_by_view_distance"].values()))]
+    print()
+    print("Accuracy % by distance to the nearest view pixel (seeds pooled; share of the scored points):")
+    print()
+    print("| model | views | " + " | ".join(bins) + " |")
+    print("|---|---|" + "---|" * len(bins))
+    for name, runs in rows:
+        for k in views:
+            lists = [r["accuracy_by_view_distance"][k] for r in runs if k in r.get("accuracy_by_view_distance", {})]
+            if not lists:
+                continue
+            points = [sum(lst[i]["points"] for lst in lists) for i in range(len(bins))]
+            correct = [sum((lst[i]["accuracy"] or 0.0) * lst[i]["points"] for lst in lists) for i in range(len(bins))]
+            total = sum(points)
+            cells = [f"{100 * c / n:.1f} ({100 * n / total:.0f} %)" if n else "–" for c, n in zip(correct, points)]
+            print(f"| {name} | {k} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--row", action="append", required=True, help="NAME=FILE[,FILE...] (one file per seed)")
     ap.add_argument("--png", help="write Fig. 5 here")
     ap.add_argument("--per-class", type=int, default=0, metavar="K", help="also per-class IoU at K views")
+    ap.add_argument("--by-view-distance", default="", metavar="K,K",
+                    help="also accuracy by distance to the nearest view pixel at these numbers of views "
+                         "(the eval JSONs' accuracy_by_view_distance, seeds pooled)")
     args = ap.parse_args(argv)
     rows = [load_row(r) for r in args.row]
     views = sorted({int(k) for _, runs in rows for r in runs for k in r["by_views"]})
@@ -72,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         drop = [100 * (r["by_views"]["1"] - r["by_views"]["5"]) for r in runs
                 if "1" in r["by_views"] and "5" in r["by_views"]]
         print(f"| {name} | {len(runs)} | " + " | ".join(cells)
-              + f" | {mean(oa):.1f} | " + (f"{mean(drop):+.1f}" if drop else "–") + " |")
+              + " | " + (f"{mean(oa):.1f}" if oa else "–") + " | " + (f"{mean(drop):+.1f}" if drop else "–") + " |")
 
     if args.per_class:
         k = str(args.per_class)
@@ -89,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                 v = [x for x in v if x is not None and x == x]
                 vals.append(f"{100 * mean(v):.1f}" if v else "–")
             print(f"| {c} | " + " | ".join(vals) + " |")
+
+    if args.by_view_distance:
+        print_by_view_distance(rows, [k.strip() for k in args.by_view_distance.split(",") if k.strip()])
 
     if args.png:
         import matplotlib

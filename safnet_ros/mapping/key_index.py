@@ -36,6 +36,10 @@ EMPTY = -1
 TOMBSTONE = -2
 #: Largest share of the table's slots that live keys and tombstones may fill before a rebuild.
 MAX_LOAD = 0.5
+#: A rebuild forced by tombstones within this many inserts of the previous one doubles the table ...
+CHURN_INSERTS = 8
+#: ... at most this many times beyond the size its capacity asked for.
+CHURN_GROWTH = 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIN_BITS = 10
 
@@ -53,6 +57,7 @@ class KeyIndex:
 
     def __init__(self, capacity: int = 1024):
         self._bits = _bits_for(int(capacity))
+        self._base_bits = self._bits
         self._slot_of_row = np.full(max(int(capacity), 16), EMPTY, np.int64)
         self.clear()
 
@@ -65,6 +70,7 @@ class KeyIndex:
         self._slot_of_row.fill(EMPTY)
         self._live = 0
         self._tombs = 0
+        self._inserts_since_rebuild = 0
         self._generation = getattr(self, "_generation", 0) + 1  # free-slot hints are valid within one
 
     def __len__(self) -> int:
@@ -101,14 +107,16 @@ class KeyIndex:
         first_tomb = np.full(n, -1, np.int64)  # per pending key: the first tombstone met so far
         while len(pending):
             tk = np.take(self._keys, slots)
-            got = tk == pending_keys
-            empty = tk == EMPTY
-            found[pending[got]] = slots[got]
-            free[pending[empty]] = np.where(first_tomb[empty] >= 0, first_tomb[empty], slots[empty])
+            got = np.flatnonzero(tk == pending_keys)  # (index arrays: boolean-mask indexing costs 3-4x more)
+            found[np.take(pending, got)] = np.take(slots, got)
+            empty = np.flatnonzero(tk == EMPTY)
+            if len(empty):
+                tomb_before = np.take(first_tomb, empty)
+                free[np.take(pending, empty)] = np.where(tomb_before >= 0, tomb_before, np.take(slots, empty))
             if self._tombs:
-                tomb = (tk == TOMBSTONE) & (first_tomb < 0)
-                first_tomb[tomb] = slots[tomb]
-            go_on = ~(got | empty)  # tombstones and other keys: probe the next slot
+                tomb = np.flatnonzero((tk == TOMBSTONE) & (first_tomb < 0))
+                first_tomb[tomb] = np.take(slots, tomb)
+            go_on = (tk != pending_keys) & (tk != EMPTY)  # tombstones and other keys: probe the next slot
             pending = np.compress(go_on, pending)
             pending_keys = np.compress(go_on, pending_keys)
             first_tomb = np.compress(go_on, first_tomb)
@@ -154,6 +162,7 @@ class KeyIndex:
             raise ValueError("KeyIndex rows must be >= 0")
         if (self._live + self._tombs + len(keys)) > MAX_LOAD * self.table_size:
             self._rebuild(self._live + len(keys))
+        self._inserts_since_rebuild += 1
         if hints is None or generation != self._generation:
             slots = self._slots(keys)
         else:
@@ -162,19 +171,21 @@ class KeyIndex:
         mask = self.table_size - 1
         pending = np.arange(len(keys))
         while len(pending):
-            s = slots[pending]
+            s = np.take(slots, pending)
             tk = np.take(self._keys, s)
             free = np.flatnonzero(tk < 0)  # empty or a tombstone: the keys are known absent, so either can take them
-            cand, cs = pending[free], s[free]
-            self._keys[cs] = keys[cand]  # keys that share a free slot: one of them lands there ...
-            won = np.take(self._keys, cs) == keys[cand]  # ... and reading back tells which
-            won_slots, won_keys = cs[won], cand[won]
-            self._rows[won_slots] = rows[won_keys]
-            self._slot_of_row[rows[won_keys]] = won_slots
-            self._tombs -= int(np.count_nonzero(tk[free[won]] == TOMBSTONE))
-            placed = np.zeros(len(pending), bool)
-            placed[free[won]] = True
-            left = ~placed
+            cand, cs = np.take(pending, free), np.take(s, free)
+            cand_keys = np.take(keys, cand)
+            self._keys[cs] = cand_keys  # keys that share a free slot: one of them lands there ...
+            won = np.flatnonzero(np.take(self._keys, cs) == cand_keys)  # ... and reading back tells which
+            won_slots, won_rows = np.take(cs, won), np.take(rows, np.take(cand, won))
+            self._rows[won_slots] = won_rows
+            self._slot_of_row[won_rows] = won_slots
+            placed_at = np.take(free, won)  # positions in pending
+            if self._tombs:
+                self._tombs -= int(np.count_nonzero(np.take(tk, placed_at) == TOMBSTONE))
+            left = np.ones(len(pending), bool)
+            left[placed_at] = False
             pending = np.compress(left, pending)
             slots[pending] = (np.compress(left, s) + 1) & mask
         self._live += len(keys)
@@ -216,9 +227,18 @@ class KeyIndex:
             self._slot_of_row = grown
 
     def _rebuild(self, need: int) -> None:
-        """Re-insert the live keys into a fresh table with room for ``need`` keys (drops tombstones)."""
+        """Re-insert the live keys into a fresh table with room for ``need`` keys (drops tombstones).
+
+        A table that filled with tombstones within CHURN_INSERTS inserts of its last rebuild
+        (a full map evicting and inserting a large share every cloud) is doubled, at most
+        CHURN_GROWTH times beyond its capacity's size, so that rebuilds stay rare there too.
+        """
         keys, rows = self.items()
-        self._bits = max(self._bits, _bits_for(need))
+        bits = max(self._bits, _bits_for(need))
+        if (self._inserts_since_rebuild < CHURN_INSERTS and bits == self._bits
+                and bits < self._base_bits + CHURN_GROWTH):
+            bits += 1
+        self._bits = bits
         self.clear()
         if len(keys):
             self.insert(keys, rows)

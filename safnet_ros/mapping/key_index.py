@@ -12,7 +12,10 @@ two kept at least twice the number of occupied slots. Keys must be >= 0 (the
 map's packed keys are); :data:`EMPTY` (-1) marks a free slot and
 :data:`TOMBSTONE` (-2) a removed key, which lookups probe past and inserts
 reuse. When live keys plus tombstones pass :data:`MAX_LOAD` of the table it is
-rebuilt (grown when the live keys alone need it). Rows are small non-negative
+rebuilt (grown when the live keys alone need it, and doubled once when
+tombstones filled it within :data:`CHURN_INSERTS` inserts: a full map that
+evicts and inserts 40 % of itself every cloud would otherwise rebuild every
+few clouds). Rows are small non-negative
 integers (the map's row numbers): the index remembers the slot of each row, so
 that :meth:`KeyIndex.remove_rows` frees slots without probing.
 

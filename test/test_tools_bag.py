@@ -326,7 +326,7 @@ def test_bag_play_publishes_images_clock_and_fallback_transforms(mcap_bag):
     from sensor_msgs.msg import Image
 
     from safnet_ros.ros.compat import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
-    from safnet_ros.tools.bag_play import BagPlayer, qos
+    from safnet_ros.ros.bag_player import BagPlayer, qos
 
     topics = read_bag(mcap_bag)
     ctx = rclpy.Context()
@@ -381,7 +381,7 @@ def test_bag_play_publishes_images_clock_and_fallback_transforms(mcap_bag):
 def test_bag_play_rejects_unknown_topics_and_non_bags(mcap_bag, tmp_path):
     import rclpy
 
-    from safnet_ros.tools.bag_play import BagPlayer
+    from safnet_ros.ros.bag_player import BagPlayer
 
     with pytest.raises(MissingDataError, match="metadata.yaml"):
         BagPlayer(None, tmp_path)
@@ -533,7 +533,7 @@ def test_cli_segment_bag_reports_missing_topics(scene_dir, tmp_path, capsys):
 def test_bag_play_loops_until_stopped_and_keeps_the_rate(mcap_bag):
     import rclpy
 
-    from safnet_ros.tools.bag_play import BagPlayer
+    from safnet_ros.ros.bag_player import BagPlayer
 
     topics = read_bag(mcap_bag)
     span = (topics[bio.CAMERA_INFO_TOPIC][-1][0] - topics[bio.CAMERA_INFO_TOPIC][0][0]) / 1e9
@@ -566,7 +566,7 @@ def test_bag_play_feeds_the_segment_node_through_the_fallback_tf(mcap_bag, segme
     from sensor_msgs.msg import PointCloud2
 
     from safnet_ros.ros.segment_node import SegmentNode
-    from safnet_ros.tools.bag_play import BagPlayer, qos
+    from safnet_ros.ros.bag_player import BagPlayer, qos
 
     topics = read_bag(mcap_bag)
     ctx = rclpy.Context()

@@ -18,7 +18,7 @@ name            when                          what carries the transforms
 ==============  ============================  ====================================================
 
 The node (:func:`safnet_ros.ros.compat.make_transform_listener`), ``safnet bag
-play`` (:class:`~safnet_ros.tools.bag_play.BagPlayer`), ``safnet segment-bag``,
+play`` (:class:`~safnet_ros.ros.bag_player.BagPlayer`), ``safnet segment-bag``,
 the demo and the soak all call :func:`active_tf_path`, so a publisher and a
 listener in one install always agree.  ``SAFNET_FORCE_ROS_FALLBACK=1`` (the
 library drop-ins even where tf2_ros exists) leaves the ``tf2_msgs`` path when

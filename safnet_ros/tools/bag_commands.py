@@ -97,7 +97,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_play(args: argparse.Namespace) -> int:
-    from safnet_ros.tools.bag_play import play_main
+    from safnet_ros.ros.bag_player import play_main
 
     return play_main(args.bag, rate=args.rate, loop=args.loop, topics=args.topics, clock=not args.no_clock,
                      wait_for_subscribers=args.wait_subscribers)

@@ -281,30 +281,26 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
     Returns once every published cloud is accounted for (segmented or dropped)
     and received, or nothing changed for ``settle_s`` after the bag ended.
     map_path: save the node's semantic map there (its ``~/save_map`` service).
+    The node, the listener and the player live in a
+    :class:`~safnet_ros.ros.bag_session.BagSession` (only ``ros/`` imports rclpy).
     """
     ros_environment()
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.parameter import Parameter
-    from sensor_msgs.msg import PointCloud2
     from tqdm import tqdm
 
     from safnet_ros.ros import codecs, compat
-    from safnet_ros.ros.segment_node import SegmentNode
-    from safnet_ros.ros.spin import spin_resilient
+    from safnet_ros.ros.bag_session import BagSession
     from safnet_ros.tools import bag_io as bio
-    from safnet_ros.tools.bag_play import BagPlayer, qos
 
     result = ReplayResult(backends=compat.backends())
     lock = threading.Lock()
     points_seen: dict[int, float] = {}
     bar = tqdm(total=expected_clouds, desc="labelled clouds", unit="cloud", disable=not progress, leave=False)
 
-    def on_points(msg: PointCloud2) -> None:
+    def on_points(msg: Any) -> None:
         with lock:
             points_seen.setdefault(codecs.stamp_to_ns(msg.header.stamp), time.monotonic())
 
-    def on_labeled(msg: PointCloud2) -> None:
+    def on_labeled(msg: Any) -> None:
         now = time.monotonic()
         stamp = codecs.stamp_to_ns(msg.header.stamp)
         arr = np.array(codecs.pointcloud2_to_array(msg))  # a copy: the message buffer is not ours
@@ -314,91 +310,35 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
                 result.latencies_s.append(now - points_seen[stamp])
         bar.update(1)
 
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
-    nodes: list = []
-    spinner = None
+    # DDS on a loaded 2-core machine can deliver a transform after its cloud: wait longer than live
+    parameters = {"tf_timeout": TF_TIMEOUT_S, "warm_up": False}
     try:
-        node = SegmentNode(segmenter=segmenter, context=ctx, parameter_overrides=[
-            Parameter("rgb_topic", value=bio.COLOR_TOPIC), Parameter("depth_topic", value=bio.DEPTH_TOPIC),
-            Parameter("camera_info_topic", value=bio.CAMERA_INFO_TOPIC),
-            Parameter("cloud_topic", value=bio.POINTS_TOPIC), Parameter("use_sim_time", value=True),
-            # DDS on a loaded 2-core machine can deliver a transform after its cloud: wait longer than live
-            Parameter("tf_timeout", value=TF_TIMEOUT_S), Parameter("warm_up", value=False)])
-        nodes.append(node)
-        listener = rclpy.create_node("safnet_demo_listener", context=ctx)
-        nodes.append(listener)
-        listener.create_subscription(PointCloud2, f"/{node.get_name()}/labeled_cloud", on_labeled, qos(50, False))
-        listener.create_subscription(PointCloud2, bio.POINTS_TOPIC, on_points, qos(50, False))
-        executor.add_node(node)
-        executor.add_node(listener)
-        spinner = threading.Thread(target=spin_resilient, args=(executor, ctx), name="safnet_demo_executor",
-                                   daemon=True)
-        spinner.start()
-        player_node = rclpy.create_node("safnet_demo_player", context=ctx)
-        nodes.append(player_node)
-        player = BagPlayer(player_node, bag, rate=rate, wait_for_subscribers=10.0)
-        t0 = time.monotonic()
-        summary = player.run()
-        result.play_s = time.monotonic() - t0
-        result.published = dict(summary.published)
-        _wait_until_settled(node, result, lock, summary.published.get(bio.POINTS_TOPIC, 0), settle_s, timeout_s)
-        snap = node.stats.snapshot(len(node.buffer), node.buffer.nbytes, node.device)
-        result.node_counters = dict(snap.counters)
-        result.node_latency_mean_s = float(snap.latency_mean)
-        result.node_last_timings = dict(node.last_timings)
-        if map_path is not None:
-            _save_node_map(node, listener, Path(map_path), result)
+        with BagSession(segmenter, parameters, executor_threads=4, name="safnet_demo") as session:
+            node = session.node
+            listener = session.helper_node("listener")
+            session.subscribe_clouds(listener, f"/{node.get_name()}/labeled_cloud", on_labeled)
+            session.subscribe_clouds(listener, bio.POINTS_TOPIC, on_points)
+            player = session.player(bag, rate=rate, wait_for_subscribers=10.0)
+            t0 = time.monotonic()
+            summary = player.run()
+            result.play_s = time.monotonic() - t0
+            result.published = dict(summary.published)
+            _wait_until_settled(node, result, lock, summary.published.get(bio.POINTS_TOPIC, 0), settle_s, timeout_s)
+            snap = node.stats.snapshot(len(node.buffer), node.buffer.nbytes, node.device)
+            result.node_counters = dict(snap.counters)
+            result.node_latency_mean_s = float(snap.latency_mean)
+            result.node_last_timings = dict(node.last_timings)
+            if map_path is not None:
+                result.map_saved_via = session.save_map(Path(map_path))
+                sm = node.semantic_map
+                result.map_ply = str(map_path)
+                result.map_voxels = len(sm)
+                result.map_update_ms_mean = sm.update_ms_mean()
+                result.map_fusion = sm.settings.fusion
+                result.map_voxel_size = sm.settings.voxel_size
     finally:
         bar.close()
-        executor.shutdown(timeout_sec=2.0)
-        if spinner is not None:  # no callback may still run when the nodes are destroyed
-            spinner.join(timeout=10.0)
-        for n in reversed(nodes):
-            n.destroy_node()
-        rclpy.shutdown(context=ctx)
     return result
-
-
-def _save_node_map(node: Any, client_node: Any, path: Path, result: ReplayResult, timeout_s: float = 30.0) -> None:
-    """Save the node's semantic map to ``path`` with a real ``~/save_map`` call (the component where std_srvs
-    is missing); waits until every segmented cloud is in the map first."""
-    from rclpy.parameter import Parameter
-
-    sm = node.semantic_map
-    deadline = time.monotonic() + timeout_s
-    while sm.clouds_integrated < node.stats.get("clouds_segmented") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    node.set_parameters([Parameter("map_save_path", value=str(path))])
-    try:
-        from std_srvs.srv import Trigger
-    except Exception:  # noqa: BLE001 - the wheel (or its type support) is missing
-        Trigger = None
-    if Trigger is not None:
-        client = client_node.create_client(Trigger, f"/{node.get_name()}/save_map")
-        try:
-            if not client.wait_for_service(timeout_sec=10.0):
-                raise RuntimeError("the node offers no ~/save_map service")
-            future = client.call_async(Trigger.Request())
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            response = future.result() if future.done() else None
-        finally:
-            client_node.destroy_client(client)
-        if response is None or not response.success:
-            from safnet_ros.errors import SafnetError
-
-            raise SafnetError(f"~/save_map failed: {response.message if response else 'no answer'}")
-        result.map_saved_via = "~/save_map service"
-    else:
-        sm.save(path)
-        result.map_saved_via = "the node's map component (std_srvs not installed)"
-    result.map_ply = str(path)
-    result.map_voxels = len(sm)
-    result.map_update_ms_mean = sm.update_ms_mean()
-    result.map_fusion = sm.settings.fusion
-    result.map_voxel_size = sm.settings.voxel_size
 
 
 def single_cloud_vertex_labels(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map") -> list[np.ndarray]:

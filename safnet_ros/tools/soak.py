@@ -2,7 +2,7 @@
 
 The soak proves the node can run for a long time on a robot: a rosbag2 (by
 default a small synthetic scene converted once, frames and clouds at
-``--rate`` Hz) is replayed in a loop by :class:`~safnet_ros.tools.bag_play.BagPlayer`
+``--rate`` Hz) is replayed in a loop by :class:`~safnet_ros.ros.bag_player.BagPlayer`
 and fed, over real DDS in this process, to a
 :class:`~safnet_ros.ros.segment_node.SegmentNode`. Every loop makes time jump
 back, so the node must clear its buffers and carry on.
@@ -172,17 +172,12 @@ def soak(
     Returns the :class:`SoakReport`. Raises SafnetError subclasses for a bad
     bag or model.
     """
-    import rclpy
     import torch
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.parameter import Parameter
 
     from safnet_ros.engine.inference import Segmenter
     from safnet_ros.errors import ConfigError
-    from safnet_ros.ros.segment_node import SegmentNode
-    from safnet_ros.ros.spin import spin_resilient
+    from safnet_ros.ros.bag_session import BagSession
     from safnet_ros.tools import bag_io as bio
-    from safnet_ros.tools.bag_play import BagPlayer
 
     if not minutes > 0:
         raise ConfigError(f"minutes must be positive, got {minutes}")
@@ -205,77 +200,59 @@ def soak(
 
         report = SoakReport(minutes=float(minutes), bag=str(bag), rate_hz=float(rate), device=str(segmenter.device),
                             transforms=active_tf_path().describe())
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx)
-        executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+        parameters: dict[str, Any] = {"publish_markers": False, "map_enable": bool(map_enable)}
+        if map_max_voxels:
+            parameters["map_max_voxels"] = int(map_max_voxels)
         stop = threading.Event()
-        node = player_node = None
-        player_thread = spin = None
-        try:
-            node = SegmentNode(segmenter=segmenter, context=ctx, parameter_overrides=[
-                Parameter("rgb_topic", value=bio.COLOR_TOPIC), Parameter("depth_topic", value=bio.DEPTH_TOPIC),
-                Parameter("camera_info_topic", value=bio.CAMERA_INFO_TOPIC),
-                Parameter("cloud_topic", value=bio.POINTS_TOPIC), Parameter("use_sim_time", value=True),
-                Parameter("publish_markers", value=False)]
-                + ([Parameter("map_max_voxels", value=int(map_max_voxels))] if map_max_voxels else [])
-                + [Parameter("map_enable", value=bool(map_enable))])
-            player_node = rclpy.create_node("safnet_soak_player", context=ctx)
-            executor.add_node(node)
-            executor.add_node(player_node)
-            spin = threading.Thread(target=spin_resilient, args=(executor, ctx), name="soak_executor", daemon=True)
-            spin.start()
-            player = BagPlayer(player_node, bag, rate=1.0, loop=True, wait_for_subscribers=5.0)
-            player_thread = threading.Thread(target=player.run, args=(stop,), name="soak_player", daemon=True)
+        player_thread = None
+        with BagSession(segmenter, parameters, executor_threads=2, name="safnet_soak") as session:
+            node = session.node
+            try:
+                player = session.player(bag, rate=1.0, loop=True, wait_for_subscribers=5.0)
+                player_thread = threading.Thread(target=player.run, args=(stop,), name="soak_player", daemon=True)
 
-            latencies: list[float] = []
-            seen = node.last_timings
-            start = time.monotonic()
-            end = start + minutes * 60.0
-            next_sample = start
-            player_thread.start()
-            while True:
-                now = time.monotonic()
-                timings = node.last_timings  # a new dict per labeled cloud
-                if timings is not seen and "total_s" in timings:
-                    latencies.append(float(timings["total_s"]))
-                    seen = timings
-                if now >= next_sample:
-                    rss = read_rss_mib()
-                    report.samples.append((now - start, rss))
-                    report.map_voxels_sampled_max = max(report.map_voxels_sampled_max, len(node.semantic_map))
-                    next_sample += sample_period
-                    if len(report.samples) % max(1, int(30 / sample_period)) == 1:
-                        c = node.stats.snapshot(0, 0, "").counters
-                        say(f"{now - start:6.0f} s  RSS {rss:7.1f} MiB  segmented {c['clouds_segmented']}  "
-                            f"dropped {c['clouds_dropped']}  jumps {c['time_jumps']}  "
-                            f"map {len(node.semantic_map)} voxels")
-                if now >= end:
-                    break
-                time.sleep(0.01)
-            report.duration_s = time.monotonic() - start
-            stop.set()
-            player_thread.join(timeout=10.0)
-            report.bag_loops = player.summary.loops
-            report.counters = {k: int(node.stats.snapshot(0, 0, "").counters.get(k, 0)) for k in REPORTED_COUNTERS}
-            sm = node.semantic_map
-            report.map_max_voxels = sm.settings.max_voxels
-            report.map_peak_voxels = sm.map.peak_voxels
-            report.map_voxels_evicted = sm.map.voxels_evicted
-            report.map_clears = sm.clears
-            report.map_clouds_integrated = sm.clouds_integrated
-            report.map_update_ms_mean = sm.update_ms_mean()
-        finally:
-            stop.set()
-            executor.shutdown(timeout_sec=2.0)
-            if spin is not None:  # no callback may still run when the nodes are destroyed
-                spin.join(timeout=10.0)
-            if player_thread is not None:
+                latencies: list[float] = []
+                seen = node.last_timings
+                start = time.monotonic()
+                end = start + minutes * 60.0
+                next_sample = start
+                player_thread.start()
+                while True:
+                    now = time.monotonic()
+                    timings = node.last_timings  # a new dict per labeled cloud
+                    if timings is not seen and "total_s" in timings:
+                        latencies.append(float(timings["total_s"]))
+                        seen = timings
+                    if now >= next_sample:
+                        rss = read_rss_mib()
+                        report.samples.append((now - start, rss))
+                        report.map_voxels_sampled_max = max(report.map_voxels_sampled_max, len(node.semantic_map))
+                        next_sample += sample_period
+                        if len(report.samples) % max(1, int(30 / sample_period)) == 1:
+                            c = node.stats.snapshot(0, 0, "").counters
+                            say(f"{now - start:6.0f} s  RSS {rss:7.1f} MiB  segmented {c['clouds_segmented']}  "
+                                f"dropped {c['clouds_dropped']}  jumps {c['time_jumps']}  "
+                                f"map {len(node.semantic_map)} voxels")
+                    if now >= end:
+                        break
+                    time.sleep(0.01)
+                report.duration_s = time.monotonic() - start
+                stop.set()
                 player_thread.join(timeout=10.0)
-            if node is not None:
-                node.destroy_node()
-            if player_node is not None:
-                player_node.destroy_node()
-            rclpy.try_shutdown(context=ctx)
+                report.bag_loops = player.summary.loops
+                report.counters = {k: int(node.stats.snapshot(0, 0, "").counters.get(k, 0))
+                                   for k in REPORTED_COUNTERS}
+                sm = node.semantic_map
+                report.map_max_voxels = sm.settings.max_voxels
+                report.map_peak_voxels = sm.map.peak_voxels
+                report.map_voxels_evicted = sm.map.voxels_evicted
+                report.map_clears = sm.clears
+                report.map_clouds_integrated = sm.clouds_integrated
+                report.map_update_ms_mean = sm.update_ms_mean()
+            finally:
+                stop.set()  # the player stops publishing before the session destroys its node
+                if player_thread is not None:
+                    player_thread.join(timeout=10.0)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,7 +14,8 @@ Default chain (6 stages, one ``[demo] k/6`` line each)::
   test (:mod:`safnet_ros.ros.tf_path`), reported in the summary.
 * The bag's ``/points`` are mesh vertices in the camera's frustum, in ``map``
   (the axis-aligned scene frame).  Each labelled point is matched back to its
-  scene vertex by nearest neighbour within :data:`MATCH_TOLERANCE_M`; a vertex
+  scene vertex by nearest neighbour within 1 mm
+  (:mod:`safnet_ros.tools.vertex_votes`); a vertex
   takes the majority of the labels it received.  Points farther than that, and
   clouds not in ``map``, are counted and left out (never silently).
 * Scoring is over the vertices that received a label (coverage = those / all).
@@ -56,8 +57,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-#: A labelled point is the scene vertex nearest to it within this distance (metres).
-MATCH_TOLERANCE_M = 1e-3
+from safnet_ros.tools.vertex_votes import VertexVotes, score
+
 #: Scene settings of ``--fast`` (the CI test): few frames, small images, a coarse mesh.
 FAST = {"frames": 24, "color_size": (80, 60), "depth_size": (80, 60), "vertex_spacing": 0.15}
 STAGES = 6
@@ -100,99 +101,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _stage(k: int, text: str) -> None:
     print(f"[demo] {k}/{STAGES} {text}", flush=True)
-
-
-# ----------------------------------------------------------------------------- votes per vertex
-
-
-@dataclass
-class VertexVotes:
-    """Labels voted per scene vertex from labelled clouds whose points are (copies of) those vertices.
-
-    vertices (N, 3) metres in the clouds' frame; num_classes C.  Vertices at
-    the same position (a mesh's seams) share their votes: a cloud point matches
-    a position, not one of its copies.  ``counts`` (P, C) int64 votes per
-    distinct position; ``similarity_sum``/``similarity_n`` (P,) for the mean S.
-    """
-
-    vertices: np.ndarray
-    num_classes: int
-    tolerance: float = MATCH_TOLERANCE_M
-    counts: np.ndarray = field(init=False)
-    similarity_sum: np.ndarray = field(init=False)
-    similarity_n: np.ndarray = field(init=False)
-    points_matched: int = 0
-    points_unmatched: int = 0
-    points_not_segmented: int = 0
-
-    def __post_init__(self) -> None:
-        from scipy.spatial import cKDTree
-
-        self.vertices = np.asarray(self.vertices, dtype=np.float64).reshape(-1, 3)
-        positions, inverse = np.unique(self.vertices, axis=0, return_inverse=True)
-        self._position_of_vertex = inverse.reshape(-1)  # (N,) index into positions
-        self._tree = cKDTree(positions)
-        p = len(positions)
-        self.counts = np.zeros((p, self.num_classes), dtype=np.int64)
-        self.similarity_sum = np.zeros(p, dtype=np.float64)
-        self.similarity_n = np.zeros(p, dtype=np.int64)
-
-    def add(self, xyz: np.ndarray, labels: np.ndarray, similarity: Optional[np.ndarray] = None) -> None:
-        """One cloud: xyz (M, 3) metres, labels (M,) class indices (>= C: not segmented), similarity (M,)."""
-        xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-        labels = np.asarray(labels).astype(np.int64).reshape(-1)
-        p, k = self.counts.shape
-        finite = np.isfinite(xyz).all(axis=1)
-        dist = np.full(len(xyz), np.inf)
-        idx = np.full(len(xyz), p)
-        if finite.any():
-            dist[finite], idx[finite] = self._tree.query(xyz[finite], distance_upper_bound=self.tolerance)
-        matched = np.isfinite(dist)
-        self.points_unmatched += int((~matched).sum())
-        self.points_matched += int(matched.sum())
-        segmented = matched & (labels >= 0) & (labels < self.num_classes)
-        self.points_not_segmented += int((matched & ~segmented).sum())
-        v, c = idx[segmented], labels[segmented]
-        self.counts += np.bincount(v * k + c, minlength=p * k).reshape(p, k)
-        if similarity is not None:
-            s = np.asarray(similarity, dtype=np.float64).reshape(-1)[segmented]
-            ok = np.isfinite(s)
-            self.similarity_sum += np.bincount(v[ok], weights=s[ok], minlength=p)
-            self.similarity_n += np.bincount(v[ok], minlength=p)
-
-    @property
-    def labelled(self) -> np.ndarray:
-        """(N,) bool: vertices that received at least one label."""
-        return (self.counts.sum(axis=1) > 0)[self._position_of_vertex]
-
-    def labels(self, ties: str = "lowest", seed: int = 0) -> np.ndarray:
-        """(N,) int64 majority class per vertex; -1 where none was received.
-
-        ties: how a vertex whose top count is shared by several classes is
-        decided: "lowest" (the lower class index, numpy's argmax; the demo's
-        ``miou``) or "random" (uniformly among the tied classes, seeded).
-        """
-        counts = self.counts
-        if ties == "random":
-            top = counts == counts.max(axis=1, keepdims=True)
-            counts = counts + top * np.random.default_rng(seed).random(counts.shape) * 0.5
-        elif ties != "lowest":
-            raise ValueError(f"ties must be 'lowest' or 'random', got {ties!r}")
-        per_position = np.where(self.counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
-        return per_position[self._position_of_vertex]
-
-    def tied(self) -> np.ndarray:
-        """(N,) bool: labelled vertices whose top vote count is shared by two or more classes."""
-        top = self.counts == self.counts.max(axis=1, keepdims=True)
-        per_position = (self.counts.sum(axis=1) > 0) & (top.sum(axis=1) > 1)
-        return per_position[self._position_of_vertex]
-
-    def similarity(self) -> np.ndarray:
-        """(N,) mean similarity S per vertex; NaN where none was received."""
-        n = self.similarity_n
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_position = np.where(n > 0, self.similarity_sum / np.maximum(n, 1), np.nan)
-        return per_position[self._position_of_vertex]
 
 
 # ----------------------------------------------------------------------------- the scene
@@ -440,19 +348,6 @@ def accumulate(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map")
 
 
 # ----------------------------------------------------------------------------- scoring and outputs
-
-
-def score(truth: np.ndarray, labels: np.ndarray) -> dict:
-    """mIoU / OA over the vertices with a label (labels >= 0); (N,) class indices each."""
-    from safnet_ros.engine.metrics import ConfusionMatrix
-
-    has = labels >= 0
-    cm = ConfusionMatrix()
-    cm.add(truth[has], labels[has])
-    out = cm.summary()
-    out["labelled_vertices"] = int(has.sum())
-    out["coverage"] = float(has.mean()) if len(has) else 0.0
-    return out
 
 
 def write_outputs(out: Path, scene: DemoScene, labels: np.ndarray, similarity: np.ndarray,

@@ -60,6 +60,7 @@ from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, 
 from safnet_ros.ros import codecs, compat
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import SIMILARITY_RANGES, similarity_markers
+from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_path import missing_tf2_ros_warning
 from safnet_ros.ros.time_jumps import StreamTimeJumps, watch_clock_jumps
 from safnet_ros.ros.semantic_map_component import MAP_PARAMETER_SPECS, SemanticMapComponent, check_probability_mode
@@ -867,7 +868,9 @@ def main(args: Optional[list[str]] = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
+        # rclpy's spin() can raise RCLError when SIGINT shuts the context down as it builds its wait
+        # set (exit 1 with a traceback on Ctrl-C); spin_resilient ends quietly there (ros/spin.py)
+        spin_resilient(executor, node.context)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

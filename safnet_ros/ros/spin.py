@@ -7,6 +7,12 @@ entity's QoS event handlers without guarding them; seen in our tests, which
 create and destroy subscriptions beside a spinning executor). A dead spin
 thread answers no service and delivers no message again. This loop spins
 once at a time and simply rebuilds the wait set after such a race.
+
+It also ends quietly when the context is shut down (Ctrl-C, SIGINT) while the
+executor builds its wait set: ``Executor.spin()`` raises ``RCLError: failed
+to initialize wait set: the given context is not valid`` there (seen once in a
+fresh clone's test of the node as a separate process: exit status 1 and a
+traceback on Ctrl-C). The node's own ``main()`` spins with this loop too.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ def spin_resilient(executor: Any, context: Any = None, period_s: float = 0.1) ->
     import rclpy
     from rclpy.exceptions import InvalidHandle
     from rclpy.executors import ExternalShutdownException, ShutdownException
+    from rclpy._rclpy_pybind11 import RCLError
 
     while rclpy.ok(context=context) and not getattr(executor, "_is_shutdown", False):
         try:
@@ -25,4 +32,10 @@ def spin_resilient(executor: Any, context: Any = None, period_s: float = 0.1) ->
         except InvalidHandle:
             continue  # an entity was destroyed while the wait set was built: the next round leaves it out
         except (ExternalShutdownException, ShutdownException, KeyboardInterrupt):
+            return
+        except RCLError:
+            # SIGINT shut the context down while the executor built its wait set ("the given context is
+            # not valid"): a normal shutdown. With the context still valid it is a real error.
+            if rclpy.ok(context=context):
+                raise
             return

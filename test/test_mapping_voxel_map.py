@@ -90,6 +90,28 @@ def test_max_voxels_bounds_the_map_and_evicts_farthest_from_the_sensor():
     assert len(m) == 50 and m.centres()[:, 0].max() < 50
 
 
+def test_eviction_far_from_the_origin_keeps_every_row_distinct():
+    """70 km from the map origin, squared distances computed as |c|^2 - 2c.o + |o|^2 lose metres^2 to
+    rounding; eviction must still never pick a free row (a row handed out twice) nor the current cloud's."""
+    m = SemanticVoxelMap(voxel_size=0.1, max_voxels=3000, evict_fraction=0.1)
+    rng = np.random.default_rng(4)
+    far = np.array([60000.0, -40000.0, 1.0])
+    for step in range(40):
+        origin = far + np.array([0.3 * step, 0.0, 0.0])
+        pts = origin + rng.uniform(-1.5, 1.5, (1500, 3))
+        m.integrate(pts, one_hot(np.full(1500, step % NUM_CLASSES)), sensor_origin=origin)
+        assert len(m) <= 3000
+        live = np.flatnonzero(m._alive[: m._hi])
+        assert len(live) == len(m) and len(np.unique(m._keys[live])) == len(m)
+        assert len(np.intersect1d(live, m._free)) == 0  # no row is both live and free
+        keys, rows = m._index.items()
+        assert sorted(rows.tolist()) == live.tolist()
+        # the survivors are the voxels nearest the sensor: none farther than the farthest evicted one was
+        d = np.linalg.norm(m._centres[live] - origin, axis=1)
+        assert d.max() < 4.5  # this cloud reaches 2.6 m; the map keeps ~2 clouds' worth around the sensor
+    assert m.voxels_evicted > 0
+
+
 def test_settings_are_checked_with_one_clear_line():
     for kwargs, what in (({"max_voxels": 0}, "max_voxels"), ({"voxel_size": -0.1}, "voxel size"),
                          ({"voxel_size": float("nan")}, "voxel size"), ({"fusion": "max"}, "fusion")):

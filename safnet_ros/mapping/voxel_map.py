@@ -168,7 +168,7 @@ class SemanticVoxelMap:
         self._hi = 0  # rows ever handed out (live + free)
         self._free = np.empty(0, np.int64)  # rows of evicted voxels, reused first
         self._keys = np.empty(0, np.int64)  # (cap,) key of each row
-        self._centres = np.empty((0, 3), np.float32)  # (cap, 3) voxel centre of each row, metres (for eviction)
+        self._centres = np.empty((0, 3), np.float64)  # (cap, 3) voxel centre of each row, metres (for eviction)
         self._centre_sq = np.empty(0, np.float64)  # (cap,) |centre|^2 of each row, m^2 (for eviction)
         self._scores = np.empty((0, self.num_classes), np.float32)  # (cap, C)
         self._obs = np.empty(0, np.int64)  # (cap,)
@@ -186,13 +186,13 @@ class SemanticVoxelMap:
     @property
     def nbytes(self) -> int:
         """Bytes of the map's arrays in use (the reserved max_voxels rows are only touched as they fill)."""
-        row = self._keys.itemsize + self._scores.itemsize * self.num_classes + self._obs.itemsize + 12 + 8 + 1
+        row = self._keys.itemsize + self._scores.itemsize * self.num_classes + self._obs.itemsize + 24 + 8 + 1
         return int(self._n * row + self._index.nbytes)
 
     @property
     def reserved_bytes(self) -> int:
         """Bytes reserved for max_voxels rows (an upper bound of the map's memory)."""
-        per_row = 8 + 4 * self.num_classes + 8 + 12 + 8 + 1
+        per_row = 8 + 4 * self.num_classes + 8 + 24 + 8 + 1
         return int(per_row * max(self.max_voxels, len(self._keys)) + self._index.nbytes)
 
     def _reserve(self, rows: int) -> None:
@@ -202,7 +202,7 @@ class SemanticVoxelMap:
             return
         new_cap = max(rows, self.max_voxels)
         keys = np.empty(new_cap, np.int64)
-        centres = np.empty((new_cap, 3), np.float32)
+        centres = np.empty((new_cap, 3), np.float64)
         centre_sq = np.empty(new_cap, np.float64)
         scores = np.empty((new_cap, self.num_classes), np.float32)
         obs = np.empty(new_cap, np.int64)
@@ -331,9 +331,9 @@ class SemanticVoxelMap:
         self._free = self._free[: len(self._free) - reuse]
         self._hi += fresh
         self._keys[rows] = keys
-        centres = (((unpack_keys(keys) if grid is None else grid) + 0.5) * self.voxel_size).astype(np.float32)
+        centres = ((unpack_keys(keys) if grid is None else grid) + 0.5) * self.voxel_size
         self._centres[rows] = centres
-        self._centre_sq[rows] = np.einsum("ij,ij->i", centres, centres, dtype=np.float64)
+        self._centre_sq[rows] = np.einsum("ij,ij->i", centres, centres)
         self._scores[rows] = contrib
         self._obs[rows] = counts
         self._alive[rows] = True
@@ -371,7 +371,7 @@ class SemanticVoxelMap:
         """Drop the ``count`` voxels farthest from the last sensor origin (rows in ``protect`` last).
 
         Rows are not moved: evicted rows go to a free list that the next inserts reuse,
-        so an eviction costs one O(V) distance pass over the stored float32 centres, not a
+        so an eviction costs one O(V) distance pass over the stored centres, not a
         copy of every voxel's scores; the index frees their slots by row, without probing.
         """
         n = self._n
@@ -379,10 +379,12 @@ class SemanticVoxelMap:
         if count <= 0:
             return 0
         hi = self._hi
-        origin = self.last_sensor_origin.astype(np.float32)
-        # squared distances of every row (no gather) as |c|^2 - 2 c.o + |o|^2: one float32 matrix-vector
-        # product over the stored centres instead of an (hi, 3) difference (4-8x less time)
+        origin = np.asarray(self.last_sensor_origin, np.float64)
+        # squared distances of every row (no gather) as |c|^2 - 2 c.o + |o|^2: one float64 matrix-vector
+        # product over the stored centres instead of an (hi, 3) difference and einsum (~4x less time).
+        # float64: at 50 km from the origin float32 would round this by hundreds of m^2
         d = self._centre_sq[:hi] - 2.0 * (self._centres[:hi] @ origin) + float(origin @ origin)
+        np.maximum(d, 0.0, out=d)  # rounding can still dip a hair below 0: keep the markers below every row
         if len(protect):
             d[protect] = -1.0  # this cloud's voxels go last
         d[~self._alive[:hi]] = -2.0  # free rows never: count <= live voxels, which all rank above them

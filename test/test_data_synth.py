@@ -296,6 +296,12 @@ def test_stats_cli_prints_the_realism_table_and_s_on_moved_objects(realistic_sce
     # the mismatch measured directly (default rooms of seeds 24 and 25: views see free space through moved objects
     # in 22-25 % of their sightings, through static surfaces in 1.2-1.3 %; this small 60-frame room may see none)
     assert 0.0 <= ms["moved"]["view_disagreement"] <= 1.0 and 0.0 < ms["static"]["view_disagreement"] < 0.1
+    # moved vertices split by the views the model chose for their chunks: every one of them sees through
+    # the vertex, or at least one sees it in place; each vertex is in at most one of the two groups
+    split = ms["moved_chosen_through"]["vertices"] + ms["moved_chosen_sees"]["vertices"]
+    assert 0 <= split <= ms["moved"]["vertices"]
+    assert ms["moved_chosen_through"]["view_disagreement"] >= ms["moved_chosen_sees"]["view_disagreement"] or \
+        ms["moved_chosen_through"]["vertices"] == 0
     assert "views seeing > 10 cm beyond, moved" in main_table(realistic_scene)
     assert png.is_file() and png.stat().st_size > 10_000
     assert 0 < stats["chunks"]["best1_over_all"] <= stats["chunks"]["best3_over_all"] <= 1.0

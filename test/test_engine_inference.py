@@ -92,6 +92,22 @@ def test_view_distance_says_how_near_the_views_pixels_came():
     assert np.isinf(no_views.view_distance).all()
 
 
+def test_record_views_lists_the_views_each_points_chunks_used():
+    seg = _lite_segmenter(chunk_stride=0.5, crop_margin=5.0)
+    pts = _room(1500)
+    pts[:3] = np.nan
+    views = [_floor_view(0.8), _floor_view(2.2)]
+    result = seg.segment(pts, views, record_views=True)
+    pv = result.point_views
+    assert pv.shape == (len(pts), 9 * seg.num_views) and pv.dtype == np.int32  # 1.5 m chunks, 0.5 m stride
+    assert (pv[:3] == -1).all()  # not segmented: no view
+    used = set(np.unique(pv[pv >= 0]).tolist())
+    assert used == set(result.views_used) and used <= {0, 1}
+    # every segmented point got the views of its chunks; a point's list holds each of its chunks' picks
+    assert ((pv >= 0).any(axis=1) == result.segmented).all()
+    assert seg.segment(pts, views).point_views is None  # only when asked
+
+
 def test_non_finite_points_are_reported_not_labelled():
     seg = _lite_segmenter(chunk_stride=1.5)
     pts = _room(500)

@@ -211,7 +211,8 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
 
 
 def view_depth_disagreement(xyz: np.ndarray, views: list, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """How often the views see through each vertex: (seen (N,), disagree (N,)) int64 counts.
+    """How often the views see through each vertex: (seen (N,), disagree (N,)) int64 counts
+    (the column sums of :func:`view_sightings`).
 
     A vertex (N, 3) metres, aligned frame, is seen by a view when it projects
     inside the image in front of the camera onto valid depth; the view
@@ -221,21 +222,28 @@ def view_depth_disagreement(xyz: np.ndarray, views: list, tolerance: float = 0.1
     mostly plain occlusion. This is the 2D-3D mismatch that S is meant to
     detect, measured directly.
     """
+    seen, through = view_sightings(xyz, views, tolerance)
+    return seen.sum(axis=0, dtype=np.int64), through.sum(axis=0, dtype=np.int64)
+
+
+def view_sightings(xyz: np.ndarray, views: list, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """(seen (V, N) bool, sees_through (V, N) bool): which view sees which vertex (N, 3) metres, and which
+    of those sightings find depth more than ``tolerance`` metres beyond it (see view_depth_disagreement)."""
     from safnet_ros.geometry.camera import nearest_pixel, project
 
     xyz = np.asarray(xyz, np.float64)
-    seen = np.zeros(len(xyz), np.int64)
-    disagree = np.zeros(len(xyz), np.int64)
-    for v in views:
+    seen = np.zeros((len(views), len(xyz)), bool)
+    through = np.zeros((len(views), len(xyz)), bool)
+    for k, v in enumerate(views):
         h, w = v.depth.shape
         uv, z, in_image = project(xyz, v.K, v.camera_to_world, (w, h))
         idx = np.flatnonzero(in_image)
         d = v.depth.reshape(-1)[nearest_pixel(uv, in_image, (w, h))[idx]]
         valid = np.isfinite(d) & (d > 0)
         idx, d = idx[valid], d[valid]
-        seen[idx] += 1
-        disagree[idx[d - z[idx] > tolerance]] += 1
-    return seen, disagree
+        seen[k, idx] = True
+        through[k, idx[d - z[idx] > tolerance]] = True
+    return seen, through
 
 
 def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 5, device: str = "cpu",
@@ -273,17 +281,28 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
         raise ConfigError(f"--chunk-stride must be in [0.1, 3] m, got {chunk_stride}")
     seg = Segmenter.from_checkpoint(None if model in (None, "", "default") else model, device=device,
                                     chunk_stride=chunk_stride)
-    result = seg.segment(np.asarray(xyz, dtype=np.float32), views)
+    result = seg.segment(np.asarray(xyz, dtype=np.float32), views, record_views=True)
     from safnet_ros.data.labels import IGNORE_INDEX
 
     ok = result.segmented & (truth != IGNORE_INDEX) & np.isfinite(result.s)
     out: dict[str, Any] = {"model": str(model or "default"), "views": len(views), "untrained": bool(seg.untrained)}
-    seen, disagree = view_depth_disagreement(xyz, views)
+    sees, sees_through = view_sightings(xyz, views)
+    seen, disagree = sees.sum(axis=0), sees_through.sum(axis=0)
     # S pools the back-projected points of all of a chunk's views: one view that still sees the object in
-    # place gives a moved vertex its neighbours. "moved_unseen": moved vertices that most views see through.
+    # place gives a moved vertex its neighbours. "moved_unseen": moved vertices that most views see through;
+    # "moved_chosen_through": moved vertices that every view the model chose (and that sees them) sees
+    # through; "moved_chosen_sees": moved vertices that at least one chosen view sees in place.
     mostly = disagree * 2 > seen
+    pv = result.point_views  # (N, K) the views each vertex's chunks used, -1 padded
+    cols = np.arange(len(xyz))[:, None]
+    chosen_sees = (sees[pv.clip(0), cols] & (pv >= 0)).sum(axis=1)
+    chosen_through = (sees_through[pv.clip(0), cols] & (pv >= 0)).sum(axis=1)
+    all_chosen_through = (chosen_sees > 0) & (chosen_through == chosen_sees)
+    some_chosen_sees = chosen_through < chosen_sees
     ok &= seen > 0  # compare vertices that some view sees (a chunk without views has S = 0 by definition)
-    for name, mask in (("moved", ok & moved), ("static", ok & ~moved), ("moved_unseen", ok & moved & mostly)):
+    for name, mask in (("moved", ok & moved), ("static", ok & ~moved), ("moved_unseen", ok & moved & mostly),
+                       ("moved_chosen_through", ok & moved & all_chosen_through),
+                       ("moved_chosen_sees", ok & moved & some_chosen_sees)):
         row = {"vertices": int(mask.sum())}
         # the mismatch itself: share of (vertex, view) sightings that see > 10 cm beyond the vertex
         row["view_disagreement"] = float(disagree[mask].sum() / max(seen[mask].sum(), 1))
@@ -331,11 +350,13 @@ def format_table(s: dict[str, Any]) -> str:
         rows.append(("vertices on moved objects", str(s["moved_vertices"])))
     ms = s.get("moved_similarity")
     if ms:
-        for key in ("moved", "static", "moved_unseen"):
+        for key in ("moved", "static", "moved_unseen", "moved_chosen_through", "moved_chosen_sees"):
             if key not in ms:
                 continue
             r = ms[key]
-            what = {"moved_unseen": "moved vertices most views see through"}.get(key, f"{key} vertices")
+            what = {"moved_unseen": "moved vertices most views see through",
+                    "moved_chosen_through": "moved vertices every chosen view sees through",
+                    "moved_chosen_sees": "moved vertices a chosen view sees in place"}.get(key, f"{key} vertices")
             rows.append((f"S on {what} (mean/median)",
                          f"{r['s_mean']:.3f} / {r['s_median']:.3f} over {r['vertices']} "
                          f"(S_geo {r['s_geo_mean']:.3f}, S_con {r['s_con_mean']:.3f})"))

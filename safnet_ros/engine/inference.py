@@ -115,6 +115,9 @@ class SegmentResult:
     #: chunks used (the minimum over those chunks): how near 2D evidence came. inf where no chunk
     #: of the point had a view (or the model has no 2D branch), NaN where not segmented
     view_distance: Optional[np.ndarray] = None
+    #: (N, K) int32 indices into ``views`` of the views the chunks of each point used, -1 padded
+    #: (only with ``segment(..., record_views=True)``; K = views per chunk x chunks per point at most)
+    point_views: Optional[np.ndarray] = None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -328,11 +331,14 @@ class Segmenter:
         points: np.ndarray,
         views: Sequence[PosedView] = (),
         coverage: Optional[np.ndarray] = None,
+        record_views: bool = False,
     ) -> SegmentResult:
         """Label ``points`` (N, 3) world metres using ``views`` (see module docstring).
 
         coverage: optional precomputed (V, N) bool coverage of the points by the
-        views (the offline evaluator has it from preprocessing).
+        views (the offline evaluator has it from preprocessing). record_views:
+        also fill ``SegmentResult.point_views`` (which views each point's chunks
+        used; for analysis such as ``safnet data stats --model``).
         """
         t0 = time.perf_counter()
         points = np.asarray(points, dtype=np.float32)
@@ -396,6 +402,10 @@ class Segmenter:
         sim_sum = np.zeros((3, len(work)), np.float64)
         sim_cnt = np.zeros(len(work), np.int64)
         nearest_view = np.full(len(work), np.inf, np.float32)
+        if record_views:  # a point lies in at most ceil(size / stride)^2 chunks
+            per_point = int(np.ceil(self.chunk_size / self.chunk_stride - 1e-9)) ** 2 * max(self.num_views, 1)
+            work_views = np.full((len(work), per_point), -1, np.int32)
+            work_view_count = np.zeros(len(work), np.int64)
         rng = np.random.default_rng(self.seed)
         used: set[int] = set()
         chunks = chunk_grid(work[kept], size=self.chunk_size, stride=self.chunk_stride,
@@ -410,6 +420,11 @@ class Segmenter:
                     chunk_cov = chunk_cov[:, base]
                 chosen = greedy_select(chunk_cov, self.num_views)
             used.update(chosen)
+            if record_views and chosen:
+                slots = work_view_count[idx][:, None] + np.arange(len(chosen))
+                fits = slots[:, -1] < work_views.shape[1]
+                work_views[idx[fits, None], slots[fits]] = np.asarray(chosen, np.int32)
+                work_view_count[idx] += len(chosen)
             result.chunks_without_views += not chosen
             chunk_views = [views[i] for i in chosen]
             parts = max(1, int(np.ceil(len(idx) / self.max_chunk_points)))
@@ -448,6 +463,9 @@ class Segmenter:
         result.segmented[target] = voted[src]
         result.view_distance = np.full(n, np.nan, np.float32)
         result.view_distance[target] = np.where(voted[src], nearest_view[src], np.float32(np.nan))
+        if record_views:
+            result.point_views = np.full((n, work_views.shape[1]), -1, np.int32)
+            result.point_views[target] = work_views[src]
         result.probs = np.zeros((n, NUM_CLASSES), np.float32)
         result.probs[target] = np.where(voted[src, None], work_probs[src], np.float32(0.0))
         result.timings["total"] = time.perf_counter() - t0

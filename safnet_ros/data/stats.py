@@ -306,6 +306,8 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
         row = {"vertices": int(mask.sum())}
         # the mismatch itself: share of (vertex, view) sightings that see > 10 cm beyond the vertex
         row["view_disagreement"] = float(disagree[mask].sum() / max(seen[mask].sum(), 1))
+        # the same over the sightings of the views the model chose for the vertex's chunks
+        row["chosen_view_disagreement"] = float(chosen_through[mask].sum() / max(chosen_sees[mask].sum(), 1))
         for key, arr in (("s", result.s), ("s_geo", result.s_geo), ("s_con", result.s_con)):
             vals = np.asarray(arr)[mask]
             row[f"{key}_mean"] = float(np.nanmean(vals)) if len(vals) else float("nan")
@@ -362,7 +364,9 @@ def format_table(s: dict[str, Any]) -> str:
                          f"(S_geo {r['s_geo_mean']:.3f}, S_con {r['s_con_mean']:.3f})"))
         for key in ("moved", "static"):
             if "view_disagreement" in ms.get(key, {}):
-                rows.append((f"views seeing > 10 cm beyond, {key}", pct(ms[key]["view_disagreement"])))
+                rows.append((f"views seeing > 10 cm beyond, {key}", pct(ms[key]["view_disagreement"])
+                             + (f" (chosen views: {pct(ms[key]['chosen_view_disagreement'])})"
+                                if "chosen_view_disagreement" in ms[key] else "")))
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"scene {s['scene']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
 

@@ -256,7 +256,7 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
     generator's sidecar) and over the others, with their counts.
     """
     from safnet_ros.data.labels import nyu40_to_class
-    from safnet_ros.data.scannet import ScanNetScene, transform_points
+    from safnet_ros.data.scannet import ScanNetScene
     from safnet_ros.engine.batching import prepare_view
     from safnet_ros.engine.inference import Segmenter
     from safnet_ros.errors import ConfigError, MissingDataError

@@ -340,10 +340,7 @@ class SemanticVoxelMap:
         self._n += k
         if self.fusion == "log":
             self._normalise_log(rows)
-        if hints is None:
-            self._index.insert(keys, rows)
-        else:
-            self._index.insert(keys, rows, *hints)
+        self._index.insert(keys, rows, *(hints or ()))
 
     def _sort_for_reading(self) -> None:
         """Sort the live voxels by key once per map version (readers see a stable, ordered map)."""

@@ -80,15 +80,15 @@ class PlaySummary:
         return out
 
 
+@dataclass
 class _Route:
     """Where one bag connection's messages go: a publisher of its own type, or the TF fallback."""
 
-    def __init__(self, publisher: Any, msg_class: Any, out_topic: str, split_tf: bool, latched: bool):
-        self.publisher = publisher
-        self.msg_class = msg_class
-        self.out_topic = out_topic
-        self.split_tf = split_tf
-        self.latched = latched
+    publisher: Any
+    msg_class: Any
+    out_topic: str
+    split_tf: bool
+    latched: bool
 
 
 class BagPlayer:

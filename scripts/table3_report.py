@@ -16,6 +16,18 @@ mIoU with one). ``--per-class K`` adds per-class IoU at K views;
 ``--by-view-distance 1,5`` adds accuracy by distance to the nearest view pixel. ``--png``
 draws Fig. 5: mean mIoU against test views, one line per row, the seeds as
 dots.
+
+From the eval JSONs' ``per_scene_confusion`` (safnet eval since session 8):
+
+* ``--scenes A,B,...`` recomputes every figure over those rooms only (their
+  confusion rows pooled), e.g. to read an earlier, smaller test set from the
+  same files;
+* ``--bootstrap N --compare "ROW A,ROW B"`` resamples the rooms with
+  replacement N times (the same draw for both rows and all their seeds) and
+  prints, for A minus B, the mean and 95 % interval of Fig. 5's drop
+  (1 view minus 5 views) and of mIoU at 3 views, and how often A loses fewer
+  points than B. Rooms, not points, are the unit: points of one room are not
+  independent, and a class present in one room moves a room-level mIoU a lot.
 """
 from __future__ import annotations
 
@@ -50,6 +62,108 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def scene_matrices(run: dict, where: str = "") -> dict[str, dict[str, "np.ndarray"]]:
+    """views -> scene -> (C, C + 1) confusion matrix of one eval JSON (its per_scene_confusion)."""
+    import numpy as np
+
+    per = run.get("per_scene_confusion")
+    if not per:
+        raise SystemExit(f"error: {where or 'an eval JSON'} has no per_scene_confusion (made by an older "
+                         "safnet eval); --scenes and --bootstrap need it")
+    return {k: {name: np.asarray(m, dtype=np.int64) for name, m in scenes.items()} for k, scenes in per.items()}
+
+
+def pooled(matrices: dict[str, "np.ndarray"], scenes: list[str]):
+    """The ConfusionMatrix of ``scenes`` (names may repeat: a bootstrap draw) pooled."""
+    from safnet_ros.engine.metrics import ConfusionMatrix
+
+    cm = ConfusionMatrix()
+    for name in scenes:
+        cm.matrix += matrices[name]
+    return cm
+
+
+def restrict_to_scenes(rows: list[tuple[str, list[dict]]], scenes: list[str]) -> None:
+    """Recompute by_views, oa_by_views and per_class_by_views of every run over ``scenes`` only."""
+    for name, runs in rows:
+        for i, run in enumerate(runs):
+            mats = scene_matrices(run, f"row {name!r}, file {i + 1}")
+            for k, by_scene in mats.items():
+                missing = sorted(set(scenes) - set(by_scene))
+                if missing:
+                    raise SystemExit(f"error: row {name!r}, file {i + 1}: no scene {', '.join(missing)} at {k} views")
+                cm = pooled(by_scene, scenes)
+                run["by_views"][k] = cm.miou()
+                run.setdefault("oa_by_views", {})[k] = cm.overall_accuracy()
+                run.setdefault("per_class_by_views", {})[k] = cm.per_class()
+            run.pop("accuracy_by_view_distance", None)  # binned over all scenes: not restricted
+
+
+def bootstrap_compare(rows: list[tuple[str, list[dict]]], names: list[str], draws: int, seed: int = 0,
+                      only: list[str] | None = None) -> dict:
+    """A minus B over ``draws`` resamplings of the rooms: Fig. 5's drop (1 - 5 views) and mIoU at 3 views, points.
+
+    Each draw picks len(rooms) rooms with replacement; every seed of both rows is
+    scored on that same draw (a paired bootstrap), seeds averaged within a row.
+    """
+    import numpy as np
+
+    by_name = dict(rows)
+    for n in names:
+        if n not in by_name:
+            raise SystemExit(f"error: --compare names {n!r}, which is no --row (rows: {', '.join(by_name)})")
+    mats = {n: [scene_matrices(r, f"row {n!r}, file {i + 1}") for i, r in enumerate(by_name[n])] for n in names}
+    for n in names:
+        for m in mats[n]:
+            if not {"1", "3", "5"} <= set(m):
+                raise SystemExit(f"error: row {n!r} needs per-scene results at 1, 3 and 5 views")
+    rooms = sorted(set.intersection(*(set(m["5"]) for n in names for m in mats[n])))
+    if only:
+        rooms = [r for r in rooms if r in set(only)]
+    if len(rooms) < 2:
+        raise SystemExit(f"error: the rows share {len(rooms)} room(s); a bootstrap over rooms needs at least 2")
+    rng = np.random.default_rng(seed)
+
+    def scores(draw: list[str]) -> dict[str, tuple[float, float]]:
+        out = {}
+        for n in names:
+            drop = mean([100 * (pooled(m["1"], draw).miou() - pooled(m["5"], draw).miou()) for m in mats[n]])
+            at3 = mean([100 * pooled(m["3"], draw).miou() for m in mats[n]])
+            out[n] = (drop, at3)
+        return out
+
+    a, b = names
+    full = scores(rooms)
+    drops, gaps = [], []
+    for _ in range(draws):
+        s = scores(list(rng.choice(rooms, size=len(rooms), replace=True)))
+        drops.append(s[a][0] - s[b][0])
+        gaps.append(s[a][1] - s[b][1])
+    drops_a, gaps_a = np.asarray(drops), np.asarray(gaps)
+    return {"rooms": len(rooms), "draws": draws,
+            "drop": {n: full[n][0] for n in names}, "miou3": {n: full[n][1] for n in names},
+            "drop_diff": full[a][0] - full[b][0], "drop_diff_ci": np.percentile(drops_a, [2.5, 97.5]).tolist(),
+            "p_a_loses_less": float((drops_a > 0).mean()),  # drops are 1 - 5 views: negative = a loss
+            "miou3_diff": full[a][1] - full[b][1], "miou3_diff_ci": np.percentile(gaps_a, [2.5, 97.5]).tolist()}
+
+
+def print_bootstrap(res: dict, names: list[str]) -> None:
+    a, b = names
+    print()
+    print(f"Paired bootstrap over {res['rooms']} rooms ({res['draws']} draws), {a} minus {b}:")
+    print()
+    print("| figure | " + a + " | " + b + " | difference | 95 % interval |")
+    print("|---|---|---|---|---|")
+    lo, hi = res["drop_diff_ci"]
+    print(f"| 1 view − 5 views (mIoU points) | {res['drop'][a]:+.1f} | {res['drop'][b]:+.1f} | "
+          f"{res['drop_diff']:+.1f} | [{lo:+.1f}, {hi:+.1f}] |")
+    lo, hi = res["miou3_diff_ci"]
+    print(f"| mIoU 3 views | {res['miou3'][a]:.1f} | {res['miou3'][b]:.1f} | {res['miou3_diff']:+.1f} | "
+          f"[{lo:+.1f}, {hi:+.1f}] |")
+    print()
+    print(f"{a} loses fewer points from 5 to 1 views than {b} in {100 * res['p_a_loses_less']:.0f} % of the draws.")
+
+
 def print_by_view_distance(rows: list[tuple[str, list[dict]]], views: list[str]) -> None:
     """Accuracy % (share of the scored points) per distance bin, each row's seeds pooled, one line per k."""
     first = next((r for _, runs in rows for r in runs if "accuracy_by_view_distance" in r), None)
@@ -81,8 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--by-view-distance", default="", metavar="K,K",
                     help="also accuracy by distance to the nearest view pixel at these numbers of views "
                          "(the eval JSONs' accuracy_by_view_distance, seeds pooled)")
+    ap.add_argument("--scenes", default="", metavar="A,B",
+                    help="recompute every figure over these rooms only (the eval JSONs' per_scene_confusion)")
+    ap.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                    help="paired bootstrap over rooms with N draws for the two rows of --compare")
+    ap.add_argument("--compare", default="", metavar="ROW A,ROW B", help="the two row names --bootstrap compares")
     args = ap.parse_args(argv)
     rows = [load_row(r) for r in args.row]
+    compare = [n.strip() for n in args.compare.split(",") if n.strip()]
+    if args.bootstrap and len(compare) != 2:
+        raise SystemExit("error: --bootstrap needs --compare with two row names, e.g. --compare 'full,concat'")
+    if args.bootstrap < 0:
+        raise SystemExit(f"error: --bootstrap wants a number of draws >= 0, got {args.bootstrap}")
+    if args.scenes:
+        if args.by_view_distance:
+            raise SystemExit("error: --by-view-distance is binned over all scenes; it cannot be combined with --scenes")
+        restrict_to_scenes(rows, [n.strip() for n in args.scenes.split(",") if n.strip()])
     views = sorted({int(k) for _, runs in rows for r in runs for k in r["by_views"]})
 
     head = "| model | seeds | " + " | ".join(f"mIoU {k} view{'s' if k > 1 else ''}" for k in views)
@@ -119,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.by_view_distance:
         print_by_view_distance(rows, [k.strip() for k in args.by_view_distance.split(",") if k.strip()])
+
+    if args.bootstrap:
+        only = [n.strip() for n in args.scenes.split(",") if n.strip()] or None
+        print_bootstrap(bootstrap_compare(rows, compare, args.bootstrap, only=only), compare)
 
     if args.png:
         import matplotlib

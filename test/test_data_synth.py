@@ -302,8 +302,14 @@ def test_stats_cli_prints_the_realism_table_and_s_on_moved_objects(realistic_sce
     assert 0 <= split <= ms["moved"]["vertices"]
     assert ms["moved_chosen_through"]["view_disagreement"] >= ms["moved_chosen_sees"]["view_disagreement"] or \
         ms["moved_chosen_through"]["vertices"] == 0
-    assert "views seeing > 10 cm beyond, moved" in main_table(realistic_scene)
+    # the chosen views' nearest back-projected pixel: static surfaces are seen, so it is close (cm)
+    assert 0.0 <= ms["static"]["view_distance_median_cm"] < 10.0
+    assert 0.5 < ms["static"]["view_distance_under_5cm"] <= 1.0
+    table = main_table(realistic_scene)
+    assert "views seeing > 10 cm beyond, moved" in table and "nearest view pixel" in table
     assert png.is_file() and png.stat().st_size > 10_000
+    close_up = tmp_path / "s_moved.png"  # S around the moved objects and its histograms per group
+    assert stats["moved_similarity"]["png_moved"] == str(close_up) and close_up.stat().st_size > 10_000
     assert 0 < stats["chunks"]["best1_over_all"] <= stats["chunks"]["best3_over_all"] <= 1.0
     # A folder that is no scene is one error line.
     assert main(["data", "stats", str(tmp_path / "missing")]) == 2

@@ -128,6 +128,8 @@ def test_json_by_views_matches_hand_built_confusion(data, models, tmp_path, caps
         cm = ConfusionMatrix()
         cm.add(np.asarray(scene.labels), result.labels)
         assert report["by_views"][str(k)] == pytest.approx(cm.miou(), abs=1e-6)
+        # the scene's own confusion rows (one scene: the pooled matrix itself)
+        assert report["per_scene_confusion"][str(k)] == {scene_dir.name: cm.matrix.tolist()}
         # accuracy by distance to the nearest view pixel: the same points, binned by result.view_distance
         bins = report["accuracy_by_view_distance"][str(k)]
         truth = np.asarray(scene.labels).astype(np.int64)

@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --model: chunk stride in metres (default 1.5: no overlap, as the node runs; "
                              "0.5 is the evaluator's, 9x slower)")
     parser.add_argument("--png", default=None, metavar="PATH",
-                        help="with --model: draw labels, S and the truth to this PNG")
+                        help="with --model: draw labels, S and the truth to this PNG, and a close-up of S "
+                             "around the moved objects with S's histogram per group to PATH_moved.png")
 
 
 def _edge_lengths(xyz: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -312,6 +313,12 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
             vals = np.asarray(arr)[mask]
             row[f"{key}_mean"] = float(np.nanmean(vals)) if len(vals) else float("nan")
         row["s_median"] = float(np.nanmedian(np.asarray(result.s)[mask])) if mask.any() else float("nan")
+        # how far the chosen views' back-projected pixels come to these vertices (the model's own N_Q search):
+        # near pixels on another surface (the object in its other place, the floor under it) give S_geo support
+        near = np.asarray(result.view_distance)[mask] if result.view_distance is not None else np.empty(0)
+        near = near[np.isfinite(near)]
+        row["view_distance_median_cm"] = float(100 * np.median(near)) if len(near) else float("nan")
+        row["view_distance_under_5cm"] = float((near < 0.05).mean()) if len(near) else float("nan")
         out[name] = row
     if png is not None:
         from safnet_ros.tools.render import render_cloud_png
@@ -321,6 +328,16 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
         s_draw = np.asarray(result.s, dtype=np.float32).copy()
         out["png"] = str(render_cloud_png(png, np.asarray(xyz), np.asarray(result.labels), similarity=s_draw,
                                           truth=truth, title=title))
+        # the close-up: where the moved objects are, S there, and S's distribution per group
+        from safnet_ros.tools.render import render_moved_similarity_png
+
+        png = Path(png)
+        s_all = np.where(ok, s_draw, np.nan)  # the vertices the groups above count
+        out["png_moved"] = str(render_moved_similarity_png(
+            png.with_name(f"{png.stem}_moved{png.suffix or '.png'}"), np.asarray(xyz), s_all, moved & ok,
+            [("static", ok & ~moved), ("moved, a chosen view sees it in place", ok & moved & some_chosen_sees),
+             ("moved, every chosen view sees through it", ok & moved & all_chosen_through)],
+            title=f"{scene_dir.name}: S where the views and the mesh disagree"))
     return out
 
 
@@ -361,7 +378,9 @@ def format_table(s: dict[str, Any]) -> str:
                     "moved_chosen_sees": "moved vertices a chosen view sees in place"}.get(key, f"{key} vertices")
             rows.append((f"S on {what} (mean/median)",
                          f"{r['s_mean']:.3f} / {r['s_median']:.3f} over {r['vertices']} "
-                         f"(S_geo {r['s_geo_mean']:.3f}, S_con {r['s_con_mean']:.3f})"))
+                         f"(S_geo {r['s_geo_mean']:.3f}, S_con {r['s_con_mean']:.3f})"
+                         + (f"; nearest view pixel {r['view_distance_median_cm']:.1f} cm (median)"
+                            if math.isfinite(r.get("view_distance_median_cm", float("nan"))) else "")))
         for key in ("moved", "static"):
             if "view_disagreement" in ms.get(key, {}):
                 rows.append((f"views seeing > 10 cm beyond, {key}", pct(ms[key]["view_disagreement"])

@@ -194,6 +194,9 @@ class SceneStats:
     warnings: list[str] = field(default_factory=list)
     #: (bins, 2) [correct, points] by distance to the nearest view pixel (view_distance_counts)
     by_view_distance: Optional[np.ndarray] = None
+    #: (C, C + 1) int64 this scene's own confusion matrix (rows truth, last column unpredicted): lets a
+    #: report pool any subset of scenes or resample them (table3_report's bootstrap over rooms)
+    confusion: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -265,6 +268,9 @@ class ModelResult:
             out["per_class_by_views"] = {str(k): {c: _num(v) for c, v in self.matrices[k].per_class().items()}
                                          for k in self.views}
         out["accuracy_by_view_distance"] = {str(k): self.accuracy_by_view_distance(k) for k in self.views}
+        # views -> scene -> (C, C + 1) confusion rows: pooled they give the matrices above
+        out["per_scene_confusion"] = {str(k): {s.scene: s.confusion.tolist() for s in self.scenes
+                                               if s.views == k and s.confusion is not None} for k in self.views}
         return out
 
 
@@ -341,7 +347,9 @@ def evaluate_scene(segmenter, scene, views_list: Sequence[int], cms: dict[int, C
             t0 = time.perf_counter()
             done[key] = (segmenter.segment(points, views, coverage=coverage), time.perf_counter() - t0)
         result, seconds = done[key]
-        cms[k].add(truth, result.labels)
+        scene_cm = ConfusionMatrix()
+        scene_cm.add(truth, result.labels)
+        cms[k].matrix += scene_cm.matrix
         stats.append(SceneStats(
             scene=scene.name, views=int(k), points=len(points), frames=scene.num_frames,
             chunks=int(result.num_chunks),
@@ -350,6 +358,7 @@ def evaluate_scene(segmenter, scene, views_list: Sequence[int], cms: dict[int, C
             unsegmented_points=int(np.count_nonzero(valid_truth & ~result.segmented)),
             seconds=seconds, warnings=list(result.warnings),
             by_view_distance=view_distance_counts(truth, result.labels, result.view_distance),
+            confusion=scene_cm.matrix,
         ))
     return stats
 

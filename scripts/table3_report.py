@@ -36,6 +36,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def load_row(spec: str) -> tuple[str, list[dict]]:
     """'NAME=a.json,b.json' -> (NAME, [eval dicts])."""
@@ -62,10 +64,8 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def scene_matrices(run: dict, where: str = "") -> dict[str, dict[str, "np.ndarray"]]:
+def scene_matrices(run: dict, where: str = "") -> dict[str, dict[str, np.ndarray]]:
     """views -> scene -> (C, C + 1) confusion matrix of one eval JSON (its per_scene_confusion)."""
-    import numpy as np
-
     per = run.get("per_scene_confusion")
     if not per:
         raise SystemExit(f"error: {where or 'an eval JSON'} has no per_scene_confusion (made by an older "
@@ -73,7 +73,7 @@ def scene_matrices(run: dict, where: str = "") -> dict[str, dict[str, "np.ndarra
     return {k: {name: np.asarray(m, dtype=np.int64) for name, m in scenes.items()} for k, scenes in per.items()}
 
 
-def pooled(matrices: dict[str, "np.ndarray"], scenes: list[str]):
+def pooled(matrices: dict[str, np.ndarray], scenes: list[str]):
     """The ConfusionMatrix of ``scenes`` (names may repeat: a bootstrap draw) pooled."""
     from safnet_ros.engine.metrics import ConfusionMatrix
 
@@ -106,8 +106,6 @@ def bootstrap_compare(rows: list[tuple[str, list[dict]]], names: list[str], draw
     Each draw picks len(rooms) rooms with replacement; every seed of both rows is
     scored on that same draw (a paired bootstrap), seeds averaged within a row.
     """
-    import numpy as np
-
     by_name = dict(rows)
     for n in names:
         if n not in by_name:

@@ -114,6 +114,28 @@ def test_chunks_centred_on_covered_points_always_get_a_view(pre_root):
     assert all(ds[i][1]["views"] >= 1 for i in range(len(ds)))
 
 
+def test_min_views_mixes_the_view_count_of_training_chunks_only(pre_root):
+    from safnet_ros.data.dataset import ChunkDataset, list_scenes
+    from safnet_ros.errors import ConfigError
+
+    scenes = list_scenes(pre_root, "train")
+    mixed = ChunkDataset(scenes, num_points=128, num_views=3, min_views=1, chunks_per_scene=24, seed=4)
+    got = [mixed[i] for i in range(len(mixed))]
+    counts = {info["views"] for _s, info in got}
+    assert counts <= {1, 2, 3} and len(counts) >= 2  # drawn per chunk from 1..3 (select_views may give fewer)
+    assert {s.images.shape[0] for s, _ in got} == {3}  # always 3 slots: a batch keeps one V
+    assert any(info["views"] < 3 for _s, info in got)
+    # validation keeps the full count, and a fixed-view dataset draws exactly as before min_views existed
+    val = ChunkDataset(scenes, num_points=128, num_views=3, min_views=1, chunks_per_scene=4, train=False, seed=4)
+    fixed_val = ChunkDataset(scenes, num_points=128, num_views=3, chunks_per_scene=4, train=False, seed=4)
+    assert [val[i][1]["frames"] for i in range(4)] == [fixed_val[i][1]["frames"] for i in range(4)]
+    fixed = ChunkDataset(scenes, num_points=128, num_views=3, min_views=3, chunks_per_scene=4, seed=4)
+    plain = ChunkDataset(scenes, num_points=128, num_views=3, chunks_per_scene=4, seed=4)
+    assert [fixed[i][1]["frames"] for i in range(4)] == [plain[i][1]["frames"] for i in range(4)]
+    with pytest.raises(ConfigError, match="min_views"):
+        ChunkDataset(scenes, num_views=3, min_views=4)
+
+
 def test_chunk_dataset_blank_views_for_scene_without_frames(pre_root, tmp_path):
     import shutil
 

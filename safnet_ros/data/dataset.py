@@ -329,19 +329,27 @@ class ChunkDataset:
     ``len(scenes) * chunks_per_scene`` items. Randomness is a function of
     (seed, epoch, index) so DDP ranks and dataloader workers never repeat each
     other and a run is reproducible (call :meth:`set_epoch` each epoch).
+
+    ``min_views`` (training only; None = ``num_views``): each chunk draws how
+    many views it gets uniformly from ``min_views..num_views`` and the rest of
+    its ``num_views`` slots are blank, so one model sees well-matched chunks
+    and chunks whose points lie far from any view (Fig. 5's test cases).
     """
 
     def __init__(self, scenes: Sequence[PreprocessedScene], num_points: int = 8192, num_views: int = 3,
                  chunk_size: float = 1.5, chunks_per_scene: int = 8, train: bool = True, rotate: bool = True,
                  flip: bool = True, color_jitter: float = 0.2, min_points: int = 100, seed: int = 0,
-                 image_labels: bool = False, centre_on_covered: bool = True):
+                 image_labels: bool = False, centre_on_covered: bool = True, min_views: Optional[int] = None):
         if not scenes:
             raise ConfigError("ChunkDataset needs at least one scene")
+        if min_views is not None and not 0 <= int(min_views) <= int(num_views):
+            raise ConfigError(f"chunks.min_views must be between 0 and chunks.views ({num_views}), got {min_views}")
         if num_points < 1 or num_views < 0 or chunk_size <= 0 or chunks_per_scene < 1:
             raise ConfigError("num_points >= 1, num_views >= 0, chunk_size > 0, chunks_per_scene >= 1 required")
         self.scenes = list(scenes)
         self.num_points = int(num_points)
         self.num_views = int(num_views)
+        self.min_views = self.num_views if min_views is None else int(min_views)
         self.chunk_size = float(chunk_size)
         self.chunks_per_scene = int(chunks_per_scene)
         self.train = train
@@ -372,7 +380,10 @@ class ChunkDataset:
         centres = scene.covered_points() if (self.centre_on_covered and self.num_views > 0) else None
         idx, center = draw_chunk(points, labels, rng, self.chunk_size, self.min_points, centres)
         chosen = sample_points(idx, self.num_points, rng)
-        frames = scene.select_views(idx, self.num_views, rng)
+        k = self.num_views
+        if self.train and self.min_views < k:  # drawn only when mixed: fixed-view runs keep their random stream
+            k = int(rng.integers(self.min_views, k + 1))
+        frames = scene.select_views(idx, k, rng)
         views = [scene.view(f, with_labels=self.image_labels) for f in frames]
         pts = points[chosen].astype(np.float64)
         centre3 = np.array([center[0], center[1], 0.0])

@@ -103,6 +103,7 @@ SCHEMA: dict[str, Rule] = {
     "chunks": Rule("mapping"),
     "chunks.num_points": i(1, 10_000_000),
     "chunks.views": i(0, 5),
+    "chunks.min_views": i(0, 5, nullable=True),
     "chunks.size": f(0.0, 1000.0, lo_open=True),
     "chunks.chunks_per_scene": i(1, 1_000_000),
     "chunks.rotate": BOOL,

@@ -68,7 +68,9 @@ DEFAULTS: dict[str, Any] = {
         "find_unused_parameters": True,
     },
     "images": {"crop_wh": [144, 112], "flip": True, "color_jitter": 0.0},
-    "chunks": {"num_points": 8192, "views": 3, "size": 1.5, "chunks_per_scene": 8, "rotate": True,
+    # min_views: None = every training chunk gets `views` views (the paper); k < views = each training
+    # chunk draws its count uniformly from k..views (the rest blank), validation keeps `views`
+    "chunks": {"num_points": 8192, "views": 3, "min_views": None, "size": 1.5, "chunks_per_scene": 8, "rotate": True,
                "flip": True, "color_jitter": 0.2, "min_points": 100, "centre_on_covered": True,
                "val_chunks_per_scene": 4},
 }
@@ -330,7 +332,8 @@ def _datasets(cfg: Mapping[str, Any]):
     common = dict(num_points=ch["num_points"], num_views=ch["views"], chunk_size=ch["size"],
                   min_points=ch["min_points"], centre_on_covered=ch["centre_on_covered"])
     train = ChunkDataset(train_scenes, chunks_per_scene=ch["chunks_per_scene"], train=True, rotate=ch["rotate"],
-                         flip=ch["flip"], color_jitter=ch["color_jitter"], seed=seed, **common)
+                         flip=ch["flip"], color_jitter=ch["color_jitter"], seed=seed, min_views=ch.get("min_views"),
+                         **common)
     val = ChunkDataset(val_scenes, chunks_per_scene=ch["val_chunks_per_scene"], train=False, seed=seed + 1,
                        **common) if val_scenes else None
     return train, val

@@ -22,7 +22,7 @@ From the eval JSONs' ``per_scene_confusion`` (safnet eval since session 8):
 * ``--scenes A,B,...`` recomputes every figure over those rooms only (their
   confusion rows pooled), e.g. to read an earlier, smaller test set from the
   same files;
-* ``--bootstrap N --compare "ROW A,ROW B"`` resamples the rooms with
+* ``--bootstrap N --compare "ROW A" "ROW B"`` resamples the rooms with
   replacement N times (the same draw for both rows and all their seeds) and
   prints, for A minus B, the mean and 95 % interval of Fig. 5's drop
   (1 view minus 5 views) and of mIoU at 3 views, and how often A loses fewer
@@ -197,12 +197,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="recompute every figure over these rooms only (the eval JSONs' per_scene_confusion)")
     ap.add_argument("--bootstrap", type=int, default=0, metavar="N",
                     help="paired bootstrap over rooms with N draws for the two rows of --compare")
-    ap.add_argument("--compare", default="", metavar="ROW A,ROW B", help="the two row names --bootstrap compares")
+    ap.add_argument("--compare", nargs=2, action="append", default=[], metavar=("ROW_A", "ROW_B"),
+                    help="the names of two rows --bootstrap compares (A minus B); repeat for more pairs")
     args = ap.parse_args(argv)
     rows = [load_row(r) for r in args.row]
-    compare = [n.strip() for n in args.compare.split(",") if n.strip()]
-    if args.bootstrap and len(compare) != 2:
-        raise SystemExit("error: --bootstrap needs --compare with two row names, e.g. --compare 'full,concat'")
+    pairs = [[n.strip() for n in pair] for pair in args.compare]
+    if args.bootstrap and not pairs:
+        raise SystemExit("error: --bootstrap needs --compare with two row names, e.g. --compare full concat")
     if args.bootstrap < 0:
         raise SystemExit(f"error: --bootstrap wants a number of draws >= 0, got {args.bootstrap}")
     if args.scenes:
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.bootstrap:
         only = [n.strip() for n in args.scenes.split(",") if n.strip()] or None
-        print_bootstrap(bootstrap_compare(rows, compare, args.bootstrap, only=only), compare)
+        for pair in pairs:
+            print_bootstrap(bootstrap_compare(rows, pair, args.bootstrap, only=only), pair)
 
     if args.png:
         import matplotlib
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 4.5))
+        fig, ax = plt.subplots(figsize=(7, 5.2))
         for name, runs in rows:
             line = ax.plot(views, [mean([100 * r["by_views"][str(k)] for r in runs]) for k in views],
                            marker="o", label=f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")[0]
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_ylabel("mIoU (%)")
         ax.set_xticks(views)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
         ax.set_title("Fig. 5: mIoU vs test views (held-out realistic scans)")
         fig.tight_layout()
         fig.savefig(args.png, dpi=100)

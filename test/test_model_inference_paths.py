@@ -113,3 +113,46 @@ def test_channels_last_2d_inference_equals_nchw(monkeypatch):
     assert feats.shape == (2, 16, 40, 56) and logits.shape == (2, 20, 40, 56)
     torch.testing.assert_close(feats, feats_nchw, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logits, logits_nchw, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["safnet", "concat"])
+def test_blank_views_skip_the_2d_net_and_change_nothing(variant, monkeypatch):
+    """A view slot without back-projected pixels (padding: training chunks with fewer views than V) is not
+    run through the 2D net; every output equals the forward that runs all slots."""
+    from safnet_ros.model.safnet import SafnetModel
+
+    cfg = SafnetConfig.preset("lite", variant=variant, pn_npoints=(64, 32, 16, 8), pn_nsample=8)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.eval()
+    v, h, w, n = 3, 24, 32, 300
+    batch = _batch(n=n, v=v, h=h, w=w)
+    blank = (batch.q_pixel >= h * w) & (batch.q_pixel < 2 * h * w)  # view 1's pixels: none of them valid
+    batch.q_mask = batch.q_mask & ~blank
+    seen = []
+    model.net2d.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        skipped = model(batch)
+        monkeypatch.setattr(SafnetModel, "views_with_pixels",
+                            staticmethod(lambda q_mask, q_pixel, num_views, ppv: torch.ones(1, num_views, dtype=torch.bool)))
+        full = model(batch)
+    assert seen == [2, 3]  # two views with pixels, then every slot
+    torch.testing.assert_close(skipped.logits, full.logits)
+    torch.testing.assert_close(skipped.s, full.s)
+    monkeypatch.undo()
+    # training with the frozen 2D net's tail fine-tuned (L_2Dunp): gradients still reach the tail
+    model.train()
+    out = model(batch)
+    assert out.logits_unproj is not None
+    out.logits_unproj.float().sum().backward()
+    assert any(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+               for p in model.tail_2d_parameters())
+
+
+def test_views_with_pixels_marks_the_views_that_own_a_valid_q_point():
+    from safnet_ros.model.safnet import SafnetModel
+
+    q_pixel = torch.tensor([[0, 5, 12, 13, 0], [11, 0, 0, 0, 0]])  # 4 pixels per view, 4 views
+    q_mask = torch.tensor([[True, True, True, False, False], [True, False, False, False, False]])
+    used = SafnetModel.views_with_pixels(q_mask, q_pixel, 4, 4)
+    assert used.tolist() == [[True, True, False, True], [False, False, True, False]]

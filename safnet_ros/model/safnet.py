@@ -134,12 +134,28 @@ class SafnetModel(nn.Module):
             return []
         return [p for name, p in self.net2d.named_parameters() if name.startswith(ResNetUNet.TAIL_PREFIXES)]
 
-    def _run_2d(self, images: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """``images (B, V, 3, H, W)`` -> (pixel features (B, V*H*W, C), logits (B, V, K, H, W))."""
+    def _run_2d(self, images: torch.Tensor, used: Optional[torch.Tensor] = None
+                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """``images (B, V, 3, H, W)`` -> (pixel features (B, V*H*W, C), logits (B, V, K, H, W)).
+
+        ``used`` (B, V) bool: the views that have back-projected points. The 2D
+        net runs on those only and the others get zero features and logits (a
+        blank view, padding a chunk with fewer views than V, has no Q point that
+        could gather them, and its labels are all ignored), which saves the
+        2D forward of every blank slot when training mixes view counts.
+        """
         b, v, _, h, w = images.shape
         if v == 0:
             return None, None
         flat = images.flatten(0, 1)
+        keep = None
+        if used is not None and not bool(used.all()):
+            keep = torch.nonzero(used.reshape(-1), as_tuple=False).squeeze(1)
+            flat = flat.index_select(0, keep)
+        if flat.shape[0] == 0:  # no view of the batch has a pixel: nothing to run
+            c = self.config
+            return (images.new_zeros(b, v * h * w, c.feat_2d),
+                    images.new_zeros(b, v, c.num_classes, h, w))
         if self.config.freeze_2d and self.training and self.finetunes_2d_tail:
             feats, logits = self.net2d(flat, tail_only_grad=True)  # BN stays frozen (eval mode)
         elif self.config.freeze_2d:
@@ -147,8 +163,21 @@ class SafnetModel(nn.Module):
                 feats, logits = self.net2d(flat)
         else:
             feats, logits = self.net2d(flat)
+        if keep is not None:  # back into every slot, zeros for the blank ones (autograd-safe)
+            feats = feats.new_zeros((b * v,) + tuple(feats.shape[1:])).index_copy(0, keep, feats)
+            logits = logits.new_zeros((b * v,) + tuple(logits.shape[1:])).index_copy(0, keep, logits)
         pixel_feats = feats.view(b, v, -1, h, w).permute(0, 1, 3, 4, 2).reshape(b, v * h * w, -1)
         return pixel_feats, logits.view(b, v, -1, h, w)
+
+    @staticmethod
+    def views_with_pixels(q_mask: torch.Tensor, q_pixel: torch.Tensor, num_views: int, pixels_per_view: int
+                          ) -> torch.Tensor:
+        """(B, V) bool: which views own at least one valid Q point (q_mask (B, M), q_pixel (B, M) grid index)."""
+        b = q_mask.shape[0]
+        view = (q_pixel // max(pixels_per_view, 1)).clamp(0, max(num_views - 1, 0))
+        counts = torch.zeros(b, num_views, dtype=torch.long, device=q_mask.device)
+        counts.scatter_add_(1, view, q_mask.long())
+        return counts > 0
 
     @torch.no_grad()
     def encode_views(self, images: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -175,7 +204,11 @@ class SafnetModel(nn.Module):
         if batch.pixel_features is not None and batch.pixel_features.shape[1] > 0:
             pixel_feats, logits_2d = batch.pixel_features, batch.pixel_logits
         elif self.net2d is not None:
-            pixel_feats, logits_2d = self._run_2d(batch.images)
+            used = None
+            if batch.images.dim() == 5 and batch.images.shape[1] > 0 and data.q_mask.shape[1] > 0:
+                _b, v, _c, h, w = batch.images.shape
+                used = self.views_with_pixels(data.q_mask, data.q_pixel, v, h * w)
+            pixel_feats, logits_2d = self._run_2d(batch.images, used)
         q_mask = data.q_mask
         if pixel_feats is None:  # no views: one zero feature row for every Q point
             pixel_feats = points.new_zeros(b, 1, c.feat_2d)

@@ -148,9 +148,9 @@ def render_moved_similarity_png(
     xyz (N, 3) metres z up; similarity (N,) S, NaN where unknown; moved (N,)
     bool, the vertices of moved objects; groups: (legend name, (N,) bool mask)
     whose S histograms are drawn (e.g. static, moved and seen in place, moved
-    and seen through). Left: the top view of every vertex within ``margin``
-    metres of a moved one, coloured by S, the moved ones drawn larger with a
-    cyan rim so that the eye finds them. Right: the histograms, normalised per
+    and seen through). Left: the top view of the moved vertices' xy bounding
+    box widened by ``margin`` metres, every vertex in it coloured by S, the
+    moved ones drawn larger with a cyan rim so that the eye finds them. Right: the histograms, normalised per
     group, with each group's mean and count in the legend.
     """
     import matplotlib

@@ -305,6 +305,8 @@ def test_stats_cli_prints_the_realism_table_and_s_on_moved_objects(realistic_sce
     # the chosen views' nearest back-projected pixel: static surfaces are seen, so it is close (cm)
     assert 0.0 <= ms["static"]["view_distance_median_cm"] < 10.0
     assert 0.5 < ms["static"]["view_distance_under_5cm"] <= 1.0
+    same = ms["static_same_classes"]  # static vertices of the moved objects' classes, at their class mix
+    assert same["moved_vertices"] <= ms["moved"]["vertices"] and same["vertices"] <= ms["static"]["vertices"]
     table = main_table(realistic_scene)
     assert "views seeing > 10 cm beyond, moved" in table and "nearest view pixel" in table
     assert png.is_file() and png.stat().st_size > 10_000
@@ -552,3 +554,19 @@ def test_view_depth_disagreement_counts_views_that_see_beyond_a_vertex():
     seen, disagree = view_depth_disagreement(xyz, [view, view])
     np.testing.assert_array_equal(seen, [2, 2, 2, 0])
     np.testing.assert_array_equal(disagree, [0, 2, 0, 0])
+
+
+def test_class_matched_similarity_weights_static_vertices_by_the_moved_class_mix():
+    from safnet_ros.data.stats import class_matched_similarity
+
+    # class 0 (wall): static only, S 0.5; class 4 (chair): moved S 0.8, static S 1.0; class 6: moved only
+    classes = np.array([0, 0, 0, 4, 4, 4, 4, 6])
+    moved = np.array([False, False, False, True, True, False, False, True])
+    static = ~moved
+    s = np.array([0.5, 0.5, 0.5, 0.8, 0.8, 1.0, 1.0, 0.1])
+    row = class_matched_similarity(classes, moved, static, {"s": s})
+    assert row["classes"] == ["chair"] and row["moved_vertices"] == 2 and row["vertices"] == 2
+    assert row["s_mean"] == pytest.approx(1.0)  # the static chairs, not the walls
+    assert row["s_moved_mean"] == pytest.approx(0.8)  # class 6 has no static counterpart: left out
+    empty = class_matched_similarity(classes, moved & (classes == 6), static, {"s": s})
+    assert empty["moved_vertices"] == 0 and np.isnan(empty["s_mean"])

@@ -320,6 +320,9 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
         row["view_distance_median_cm"] = float(100 * np.median(near)) if len(near) else float("nan")
         row["view_distance_under_5cm"] = float((near < 0.05).mean()) if len(near) else float("nan")
         out[name] = row
+    out["static_same_classes"] = class_matched_similarity(truth, ok & moved, ok & ~moved,
+                                                          {"s": result.s, "s_geo": result.s_geo,
+                                                           "s_con": result.s_con})
     if png is not None:
         from safnet_ros.tools.render import render_cloud_png
 
@@ -339,6 +342,39 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
              ("moved, every chosen view sees through it", ok & moved & all_chosen_through)],
             title=f"{scene_dir.name}: S where the views and the mesh disagree"))
     return out
+
+
+def class_matched_similarity(classes: np.ndarray, moved: np.ndarray, static: np.ndarray,
+                             values: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Static vertices weighted to the class mix of the moved ones: a like-for-like baseline for S.
+
+    Moved objects are furniture (chairs, boxes, tables, ...), while most static
+    vertices are walls and floors, whose S differs by class. For every class c
+    that both groups hold, static vertices of c count with the share of the
+    moved vertices in c. Returns the moved vertices of those classes
+    (``moved_vertices``), the static vertices drawn on (``vertices``), the
+    class names, and per value name (``s``, ``s_geo``, ``s_con``) the moved
+    mean ``<name>_moved_mean`` and the matched static mean ``<name>_mean``
+    (NaN when no class is shared). classes (N,) class indices; moved / static
+    (N,) bool; values: name -> (N,) float.
+    """
+    from safnet_ros.data.labels import CLASS_NAMES
+
+    moved_classes, moved_counts = np.unique(classes[moved], return_counts=True)
+    shared = [(int(c), int(n)) for c, n in zip(moved_classes, moved_counts) if (static & (classes == c)).any()]
+    total = sum(n for _c, n in shared)
+    row: dict[str, Any] = {"classes": [CLASS_NAMES[c] if 0 <= c < len(CLASS_NAMES) else str(c) for c, _n in shared],
+                           "moved_vertices": total,
+                           "vertices": int(sum(int((static & (classes == c)).sum()) for c, _n in shared))}
+    in_shared = moved & np.isin(classes, [c for c, _n in shared])
+    for name, arr in values.items():
+        arr = np.asarray(arr, dtype=np.float64)
+        if not total:
+            row[f"{name}_mean"] = row[f"{name}_moved_mean"] = float("nan")
+            continue
+        row[f"{name}_mean"] = float(sum(n * np.nanmean(arr[static & (classes == c)]) for c, n in shared) / total)
+        row[f"{name}_moved_mean"] = float(np.nanmean(arr[in_shared]))
+    return row
 
 
 def format_table(s: dict[str, Any]) -> str:
@@ -381,6 +417,11 @@ def format_table(s: dict[str, Any]) -> str:
                          f"(S_geo {r['s_geo_mean']:.3f}, S_con {r['s_con_mean']:.3f})"
                          + (f"; nearest view pixel {r['view_distance_median_cm']:.1f} cm (median)"
                             if math.isfinite(r.get("view_distance_median_cm", float("nan"))) else "")))
+        sc = ms.get("static_same_classes")
+        if sc and sc.get("moved_vertices"):
+            rows.append(("S, moved vs static of the same classes",
+                         f"{sc['s_moved_mean']:.3f} vs {sc['s_mean']:.3f} (S_geo {sc['s_geo_moved_mean']:.3f} vs "
+                         f"{sc['s_geo_mean']:.3f}; {', '.join(sc['classes'])})"))
         for key in ("moved", "static"):
             if "view_disagreement" in ms.get(key, {}):
                 rows.append((f"views seeing > 10 cm beyond, {key}", pct(ms[key]["view_disagreement"])

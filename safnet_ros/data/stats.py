@@ -315,7 +315,7 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
         row["s_median"] = float(np.nanmedian(np.asarray(result.s)[mask])) if mask.any() else float("nan")
         # how far the chosen views' back-projected pixels come to these vertices (the model's own N_Q search):
         # near pixels on another surface (the object in its other place, the floor under it) give S_geo support
-        near = np.asarray(result.view_distance)[mask] if result.view_distance is not None else np.empty(0)
+        near = result.view_distance[mask]
         near = near[np.isfinite(near)]
         row["view_distance_median_cm"] = float(100 * np.median(near)) if len(near) else float("nan")
         row["view_distance_under_5cm"] = float((near < 0.05).mean()) if len(near) else float("nan")
@@ -361,18 +361,19 @@ def class_matched_similarity(classes: np.ndarray, moved: np.ndarray, static: np.
     from safnet_ros.data.labels import CLASS_NAMES
 
     moved_classes, moved_counts = np.unique(classes[moved], return_counts=True)
-    shared = [(int(c), int(n)) for c, n in zip(moved_classes, moved_counts) if (static & (classes == c)).any()]
+    static_of = {int(c): static & (classes == c) for c in moved_classes}  # each class's static vertices
+    shared = [(int(c), int(n)) for c, n in zip(moved_classes, moved_counts) if static_of[int(c)].any()]
     total = sum(n for _c, n in shared)
     row: dict[str, Any] = {"classes": [CLASS_NAMES[c] if 0 <= c < len(CLASS_NAMES) else str(c) for c, _n in shared],
                            "moved_vertices": total,
-                           "vertices": int(sum(int((static & (classes == c)).sum()) for c, _n in shared))}
+                           "vertices": int(sum(int(static_of[c].sum()) for c, _n in shared))}
     in_shared = moved & np.isin(classes, [c for c, _n in shared])
     for name, arr in values.items():
         arr = np.asarray(arr, dtype=np.float64)
         if not total:
             row[f"{name}_mean"] = row[f"{name}_moved_mean"] = float("nan")
             continue
-        row[f"{name}_mean"] = float(sum(n * np.nanmean(arr[static & (classes == c)]) for c, n in shared) / total)
+        row[f"{name}_mean"] = float(sum(n * np.nanmean(arr[static_of[c]]) for c, n in shared) / total)
         row[f"{name}_moved_mean"] = float(np.nanmean(arr[in_shared]))
     return row
 

@@ -18,7 +18,9 @@ is given: Table III needs one separately trained model per row.
 ``eval.json`` also has ``accuracy_by_view_distance``: per number of views, the
 accuracy of points binned by how far the nearest back-projected pixel of their
 chunks' views was (< 5 cm ... >= 50 cm, "no view"): where 2D evidence helps,
-and how a model copes where it is missing (Fig. 5's question, per point).
+and how a model copes where it is missing (Fig. 5's question, per point), and
+``per_scene_confusion``: each scene's own confusion matrix per number of views
+(pooled, the reported ones), so reports can score subsets of rooms or resample them.
 
 Bad input is counted and reported, never silently dropped: scenes that are not
 complete (a killed ``safnet data preprocess``) or not preprocessed at all are

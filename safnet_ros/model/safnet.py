@@ -204,10 +204,8 @@ class SafnetModel(nn.Module):
         if batch.pixel_features is not None and batch.pixel_features.shape[1] > 0:
             pixel_feats, logits_2d = batch.pixel_features, batch.pixel_logits
         elif self.net2d is not None:
-            used = None
-            if batch.images.dim() == 5 and batch.images.shape[1] > 0 and data.q_mask.shape[1] > 0:
-                _b, v, _c, h, w = batch.images.shape
-                used = self.views_with_pixels(data.q_mask, data.q_pixel, v, h * w)
+            _b, v, _c, h, w = batch.images.shape
+            used = self.views_with_pixels(data.q_mask, data.q_pixel, v, h * w) if v else None
             pixel_feats, logits_2d = self._run_2d(batch.images, used)
         q_mask = data.q_mask
         if pixel_feats is None:  # no views: one zero feature row for every Q point

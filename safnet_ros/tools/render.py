@@ -196,7 +196,8 @@ def render_moved_similarity_png(
     ax_hist.set_xlabel("S")
     ax_hist.set_ylabel("density (each group sums to 1)")
     ax_hist.set_title("S per group of vertices", fontsize=10)
-    ax_hist.legend(fontsize=8, loc="upper left")
+    if any(len(v) for v in values):
+        ax_hist.legend(fontsize=8, loc="upper left")
     ax_hist.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)

@@ -38,6 +38,7 @@ def test_segment_bag_writes_the_map_and_map_score_scores_it(scene_and_bag, tmp_p
     assert f"map: {map_path}" in printed and "ms per map update" in printed
     vmap = load_map(map_path)
     assert vmap.voxel_size == 0.1 and vmap.fusion == "count" and len(vmap) > 0
+    assert (vmap.smoothing, vmap.smoothing_cell) == (1.0, 0.16)  # the node's defaults
     # every segmented point of every labelled cloud in the output bag is in the map once
     segmented = 0
     with Reader(out) as reader:
@@ -55,16 +56,26 @@ def test_segment_bag_writes_the_map_and_map_score_scores_it(scene_and_bag, tmp_p
     assert main(["map", "score", str(map_path), str(scene), "--max-distance", "0.5"]) == 0
     table = capsys.readouterr().out
     assert "coverage" in table and "mIoU, all vertices" in table and "within 0.500 m" in table
+    assert "read with smoothing 1 over 0.16 m" in table
+    # the same map read voxel by voxel: what its labels are with smoothing 0
+    assert main(["map", "score", str(map_path), str(scene), "--smoothing", "0", "--json"]) == 0
+    raw = json.loads(capsys.readouterr().out)
+    assert raw["smoothing"] == 0.0 and raw["labelled_vertices"] == result["labelled_vertices"]
 
 
 @pytest.mark.parametrize("argv, words", [
     (["map", "score", "{tmp}/missing.ply", "{scene}"], "missing.ply: PLY file is missing"),
     (["map", "score", "{mesh}", "{scene}"], "not a semantic map PLY: vertex properties"),
     (["map", "score", "{mesh}", "{tmp}/no_scene"], "no_scene: scene folder is missing"),
+    (["map", "score", "{mesh}", "{scene}", "--smoothing", "-2"], "map smoothing weight must be in [0, 100]"),
     (["segment-bag", "{bag}", "{tmp}/o", "--map", "{tmp}/m.ply", "--map-voxel-size", "-1"],
      "map voxel size must be in (0, 10] metres"),
     (["segment-bag", "{bag}", "{tmp}/o", "--map", "{tmp}/m.ply", "--map-max-voxels", "0"],
      "map max_voxels must be an integer >= 1"),
+    (["segment-bag", "{bag}", "{tmp}/o", "--map", "{tmp}/m.ply", "--map-smoothing", "-1"],
+     "map smoothing weight must be in [0, 100] (0 = off)"),
+    (["segment-bag", "{bag}", "{tmp}/o", "--map", "{tmp}/m.ply", "--map-smoothing-cell", "nan"],
+     "map smoothing cell must be in (0, 100] metres"),
 ])
 def test_bad_input_is_one_error_line(scene_and_bag, tmp_path, capsys, argv, words):
     scene, bag = scene_and_bag

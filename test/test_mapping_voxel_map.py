@@ -18,7 +18,7 @@ def one_hot(labels, p=0.9):
 
 
 def test_points_of_one_voxel_fuse_into_it_and_its_label_is_the_evidence_winner():
-    m = SemanticVoxelMap(voxel_size=0.1, max_voxels=100)
+    m = SemanticVoxelMap(voxel_size=0.1, max_voxels=100, smoothing=0)  # fusion alone
     pts = np.array([[0.01, 0.02, 0.03], [0.05, 0.05, 0.05], [0.09, 0.01, 0.0], [0.15, 0.0, 0.0]])
     stats = m.integrate(pts, one_hot(np.array([3, 3, 5, 7])), sensor_origin=np.zeros(3))
     assert len(m) == 2 and stats.voxels_new == 2 and stats.points_used == 4
@@ -114,7 +114,10 @@ def test_eviction_far_from_the_origin_keeps_every_row_distinct():
 
 def test_settings_are_checked_with_one_clear_line():
     for kwargs, what in (({"max_voxels": 0}, "max_voxels"), ({"voxel_size": -0.1}, "voxel size"),
-                         ({"voxel_size": float("nan")}, "voxel size"), ({"fusion": "max"}, "fusion")):
+                         ({"voxel_size": float("nan")}, "voxel size"), ({"fusion": "max"}, "fusion"),
+                         ({"smoothing": -1}, "smoothing weight"), ({"smoothing": float("nan")}, "smoothing weight"),
+                         ({"smoothing": 101}, "smoothing weight"), ({"smoothing_cell": 0}, "smoothing cell"),
+                         ({"smoothing_cell": "wide"}, "smoothing cell")):
         with pytest.raises(ConfigError, match=what):
             SemanticVoxelMap(**kwargs)
 

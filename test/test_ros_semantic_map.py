@@ -176,6 +176,8 @@ def test_node_keeps_running_after_a_failed_save_and_time_jump_clears_the_map(map
     ("map_max_voxels", 0, "map_max_voxels must be an integer >= 1"),
     ("map_voxel_size", -0.05, "map_voxel_size must be in (0, 10]"),
     ("map_publish_rate", 1000.0, "map_publish_rate must be in [0, 50] Hz"),
+    ("map_smoothing", -1.0, "map_smoothing must be in [0, 100] (0 = off)"),
+    ("map_smoothing_cell", 0.0, "map_smoothing_cell must be in (0, 100] metres"),
     ("probabilities", "top5", "probabilities must be one of none | top3 | all"),
 ])
 def test_bad_map_settings_are_refused_at_start_with_one_line(param, value, words, capfd):

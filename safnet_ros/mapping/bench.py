@@ -10,7 +10,10 @@ cloud (mean, median, p95, max, ms; the first ``--warmup`` clouds are not
 timed), the voxels at the end and the map's arrays (MiB). One row per fusion
 rule, plus one with a ``max_voxels`` small enough that every cloud evicts
 (the bounded-memory regime of a long run). Target: <= 15 ms per 25k-point
-cloud on one CPU core.
+cloud on one CPU core. ``read ms`` is one full read-out of the final map (a
+snapshot: labels and confidence of every voxel, what each ~/semantic_map
+message and save costs) with the default neighbourhood smoothing, ``raw`` the
+same with smoothing 0.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-voxels", type=int, default=500_000, help="max_voxels of the normal rows")
     parser.add_argument("--evict-max-voxels", type=int, default=60_000,
                         help="max_voxels of the eviction row (default 60000: every cloud evicts)")
+    parser.add_argument("--smoothing", type=float, default=None,
+                        help="read-out smoothing weight (default: the map's, 1.0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -74,10 +79,24 @@ class SyntheticWalk:
         return pts, e / e.sum(axis=1, keepdims=True), origin
 
 
-def bench_row(name: str, fusion: str, voxel_size: float, max_voxels: int, clouds: list, warmup: int) -> dict:
+def read_ms(vmap, smoothing: float) -> float:
+    """Milliseconds of one full read-out (snapshot) of ``vmap`` with this smoothing weight (cache bypassed)."""
+    keep = vmap.smoothing
+    vmap.smoothing = smoothing
+    vmap._readout_version = -1  # time the computation, not the cache
+    t0 = time.perf_counter()
+    vmap.snapshot()
+    dt = (time.perf_counter() - t0) * 1000.0
+    vmap.smoothing = keep
+    return dt
+
+
+def bench_row(name: str, fusion: str, voxel_size: float, max_voxels: int, clouds: list, warmup: int,
+              smoothing: float | None = None) -> dict:
     from safnet_ros.mapping import SemanticVoxelMap
 
-    vmap = SemanticVoxelMap(voxel_size=voxel_size, max_voxels=max_voxels, fusion=fusion)
+    vmap = SemanticVoxelMap(voxel_size=voxel_size, max_voxels=max_voxels, fusion=fusion,
+                            **({} if smoothing is None else {"smoothing": smoothing}))
     times, cpu, peak = [], [], 0
     for i, (pts, probs, origin) in enumerate(clouds):
         c0 = time.process_time()
@@ -95,6 +114,7 @@ def bench_row(name: str, fusion: str, voxel_size: float, max_voxels: int, clouds
         "p95_ms": times_sorted[int(0.95 * (len(times_sorted) - 1))], "max_ms": times_sorted[-1],
         "cpu_mean_ms": statistics.fmean(cpu), "voxels": len(vmap), "peak_voxels": peak,
         "evicted": vmap.voxels_evicted, "map_mib": vmap.nbytes / 2 ** 20,
+        "smoothing": vmap.smoothing, "read_ms": read_ms(vmap, vmap.smoothing), "read_raw_ms": read_ms(vmap, 0.0),
     }
 
 
@@ -106,9 +126,10 @@ def run(args: argparse.Namespace) -> int:
     walk = SyntheticWalk(args.points, seed=args.seed)
     clouds = [walk.next() for _ in tqdm(range(args.clouds), desc="synthetic clouds", leave=False)]
     rows = [
-        bench_row("count", "count", args.voxel_size, args.max_voxels, clouds, args.warmup),
-        bench_row("log", "log", args.voxel_size, args.max_voxels, clouds, args.warmup),
-        bench_row("count, evicting", "count", args.voxel_size, args.evict_max_voxels, clouds, args.warmup),
+        bench_row("count", "count", args.voxel_size, args.max_voxels, clouds, args.warmup, args.smoothing),
+        bench_row("log", "log", args.voxel_size, args.max_voxels, clouds, args.warmup, args.smoothing),
+        bench_row("count, evicting", "count", args.voxel_size, args.evict_max_voxels, clouds, args.warmup,
+                  args.smoothing),
     ]
     info = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "load_average": os.getloadavg(), "numpy": np.__version__}
@@ -116,13 +137,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"rows": rows, **info}))
         return 0
     print(f"semantic map update, {args.points} points per cloud, {args.clouds - args.warmup} timed clouds, "
-          f"voxel {args.voxel_size} m; {info['cpus']} CPUs, load average "
+          f"voxel {args.voxel_size} m, read-out smoothing {rows[0]['smoothing']:g}; {info['cpus']} CPUs, load average "
           f"{', '.join(f'{v:.2f}' for v in info['load_average'])}, numpy {np.__version__}")
     head = f"{'row':<17} {'max_voxels':>10} {'mean ms':>8} {'median':>7} {'p95':>7} {'max':>7} {'cpu ms':>7} " \
-           f"{'voxels':>8} {'evicted':>8} {'MiB':>6}"
+           f"{'voxels':>8} {'evicted':>8} {'MiB':>6} {'read ms':>8} {'raw':>6}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['row']:<17} {r['max_voxels']:>10} {r['mean_ms']:>8.2f} {r['median_ms']:>7.2f} {r['p95_ms']:>7.2f} "
-              f"{r['max_ms']:>7.2f} {r['cpu_mean_ms']:>7.2f} {r['voxels']:>8} {r['evicted']:>8} {r['map_mib']:>6.1f}")
+              f"{r['max_ms']:>7.2f} {r['cpu_mean_ms']:>7.2f} {r['voxels']:>8} {r['evicted']:>8} {r['map_mib']:>6.1f} "
+              f"{r['read_ms']:>8.1f} {r['read_raw_ms']:>6.1f}")
     return 0

@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     score.add_argument("scene_dir", metavar="SCENE_DIR", help="ScanNet scene folder with the labelled mesh")
     score.add_argument("--max-distance", type=float, default=None, metavar="M",
                        help="largest vertex-to-voxel-centre distance, metres (default: the map's voxel size)")
+    score.add_argument("--smoothing", type=float, default=None, metavar="W",
+                       help="read the map with this neighbourhood weight instead of the one it was saved with "
+                            "(0 = each voxel alone; docs/ros_node.md)")
+    score.add_argument("--smoothing-cell", type=float, default=None, metavar="M",
+                       help="... and this neighbourhood cell, metres (default: the map's)")
     score.add_argument("--json", action="store_true", help="print one JSON object")
     score.set_defaults(func=run_score)
 
@@ -37,7 +42,12 @@ def run_score(args: argparse.Namespace) -> int:
 
     if not Path(args.scene_dir).is_dir():
         raise MissingDataError(args.scene_dir, "scene folder")
-    vmap = load_map(args.map)
+    if args.smoothing is not None or args.smoothing_cell is not None:  # a bad override is the user's, not the file's
+        from safnet_ros.mapping.voxel_map import check_settings
+
+        check_settings(1.0, 1, "count", smoothing=1.0 if args.smoothing is None else args.smoothing,
+                       smoothing_cell=0.16 if args.smoothing_cell is None else args.smoothing_cell)
+    vmap = load_map(args.map, smoothing=args.smoothing, smoothing_cell=args.smoothing_cell)
     result = score_map_on_scene(vmap.snapshot(), args.scene_dir, args.max_distance)
     result["map"] = str(args.map)
     result["scene"] = str(args.scene_dir)
@@ -47,7 +57,8 @@ def run_score(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(result)))
         return 0
     w = sys.stdout.write
-    w(f"map {args.map}: {result['voxels']} voxels of {result['voxel_size']:.3f} m ({result['fusion']} fusion)\n")
+    w(f"map {args.map}: {result['voxels']} voxels of {result['voxel_size']:.3f} m ({result['fusion']} fusion, "
+      f"read with smoothing {result['smoothing']:g} over {result['smoothing_cell']:g} m)\n")
     w(f"scene {args.scene_dir}: {result['vertices']} vertices, {result['labelled_vertices']} within "
       f"{result['max_distance']:.3f} m of a voxel\n")
     w(f"  coverage            {100 * result['coverage']:.1f} %\n")

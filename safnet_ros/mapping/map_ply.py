@@ -5,6 +5,8 @@ Layout (binary little endian, one ``vertex`` per voxel, no faces)::
     comment safnet_ros semantic voxel map
     comment voxel_size 0.05
     comment fusion count
+    comment smoothing 1.0              read-out neighbourhood weight (absent in older files: 0)
+    comment smoothing_cell 0.16        its coarse cell, metres
     comment frame map
     property float x, y, z             voxel centre, metres, in the map's fixed frame
     property uchar red, green, blue    ScanNet colour of the voxel's class
@@ -30,6 +32,7 @@ import numpy as np
 
 from safnet_ros.data.labels import NUM_CLASSES, class_colors, class_to_nyu40, nyu40_to_class, IGNORE_INDEX
 from safnet_ros.errors import ConfigError, DataFormatError, SafnetError
+from safnet_ros.mapping.smoothing import DEFAULT_CELL_M
 from safnet_ros.mapping.voxel_map import FUSION_RULES, LOG_CLAMP, LOG_FLOOR, MapSnapshot, SemanticVoxelMap
 
 MAGIC_COMMENT = "safnet_ros semantic voxel map"
@@ -73,6 +76,7 @@ def save_map(path: str | os.PathLike, snap: MapSnapshot, frame_id: str = "map") 
         raise MapSaveError(f"{path}: cannot save the map there: it is a folder, give a file name ending in .ply")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     comments = [MAGIC_COMMENT, f"voxel_size {snap.voxel_size!r}", f"fusion {snap.fusion}",
+                f"smoothing {snap.smoothing!r}", f"smoothing_cell {snap.smoothing_cell!r}",
                 f"frame {frame_id or 'map'}", f"voxels {len(snap)}"]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,11 +100,15 @@ def _comment_value(comments: list[str], key: str) -> Optional[str]:
 
 
 def load_map(path: str | os.PathLike, voxel_size: Optional[float] = None, max_voxels: Optional[int] = None,
-             fusion: Optional[str] = None) -> SemanticVoxelMap:
+             fusion: Optional[str] = None, smoothing: Optional[float] = None,
+             smoothing_cell: Optional[float] = None) -> SemanticVoxelMap:
     """A :class:`SemanticVoxelMap` from a map PLY (see the module docstring).
 
-    voxel_size / fusion: override (or supply, for PLYs without the comments)
-    the file's; max_voxels: default the file's voxel count (at least 1).
+    voxel_size / fusion / smoothing / smoothing_cell: override (or supply,
+    for PLYs without the comments) the file's; a file without a smoothing
+    comment (saved before read-out smoothing existed) is read with none, so
+    its labels stay those it was saved with; max_voxels: default the file's
+    voxel count (at least 1).
     Raises MissingDataError for a missing file and DataFormatError naming the
     file for a PLY that is not a map (missing properties, no voxel size,
     NaN values, labels outside the 20 classes).
@@ -128,6 +136,15 @@ def load_map(path: str | os.PathLike, voxel_size: Optional[float] = None, max_vo
     fusion = fusion or _comment_value(data.comments, "fusion") or "count"
     if fusion not in FUSION_RULES:
         raise DataFormatError(path, f"fusion rule {fusion!r} is not one of {', '.join(FUSION_RULES)}")
+    readout = {}
+    for key, given, default in (("smoothing", smoothing, 0.0), ("smoothing_cell", smoothing_cell, DEFAULT_CELL_M)):
+        if given is None:
+            text = _comment_value(data.comments, key)
+            try:
+                given = default if text is None else float(text)
+            except ValueError:
+                raise DataFormatError(path, f"{key} comment {text!r} is not a number") from None
+        readout[key] = given
     centres = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
     classes = nyu40_to_class(v["label"]).astype(np.int64)
     confidence = v["confidence"].astype(np.float64)
@@ -143,7 +160,8 @@ def load_map(path: str | os.PathLike, voxel_size: Optional[float] = None, max_vo
     else:
         scores = _scores_from_labels(classes, np.clip(confidence, 0.0, 1.0), observations, fusion)
     try:
-        vmap = SemanticVoxelMap(voxel_size=voxel_size, max_voxels=int(max_voxels or max(len(v), 1)), fusion=fusion)
+        vmap = SemanticVoxelMap(voxel_size=voxel_size, max_voxels=int(max_voxels or max(len(v), 1)), fusion=fusion,
+                                **readout)
         vmap.load_voxels(centres, scores, observations)
     except ConfigError as exc:
         raise DataFormatError(path, str(exc)) from None

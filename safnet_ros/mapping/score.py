@@ -70,6 +70,7 @@ def score_map_on_scene(snap: MapSnapshot, scene_dir: str | os.PathLike, max_dist
         truth = nyu40_to_class(scene.load_nyu40()).astype(np.int64)
     labels = transfer_labels(snap, xyz, max_distance)
     out = score_labels(truth, labels)
-    out.update(voxels=len(snap), voxel_size=snap.voxel_size, fusion=snap.fusion,
+    out.update(voxels=len(snap), voxel_size=snap.voxel_size, fusion=snap.fusion, smoothing=snap.smoothing,
+               smoothing_cell=snap.smoothing_cell,
                max_distance=snap.voxel_size if max_distance is None else float(max_distance))
     return out

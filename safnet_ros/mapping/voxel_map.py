@@ -26,6 +26,12 @@ coordinates ``floor(p / voxel_size)``) keeps
   voxel (at class boundaries) veto its right class.
 * ``observations`` (int64): how many points were fused into it.
 
+Reading (labels, confidence, probabilities) blends each voxel's distribution
+with the mean of its neighbourhood's (``smoothing`` weight, ``smoothing_cell``
+metres; :mod:`~safnet_ros.mapping.smoothing`), once per map version; the
+stored evidence is never changed by it, so a saved map restores exactly and
+can be read with any smoothing.
+
 Bounded memory: at most ``max_voxels`` voxels. When an update would exceed it,
 the voxels farthest from the latest sensor position are evicted first (down to
 ``(1 - evict_fraction) * max_voxels``, 90 % by default, so that a full map
@@ -54,6 +60,7 @@ import scipy.sparse
 from safnet_ros.data.labels import NUM_CLASSES
 from safnet_ros.errors import ConfigError
 from safnet_ros.mapping.key_index import KeyIndex
+from safnet_ros.mapping.smoothing import DEFAULT_CELL_M, DEFAULT_WEIGHT, MAX_WEIGHT, cell_voxels, neighbourhood_blend
 
 #: The documented fusion rules (see the module docstring).
 FUSION_RULES: tuple[str, ...] = ("count", "log")
@@ -71,8 +78,10 @@ MAX_GRID_COORD = _OFFSET - 1
 MAX_VOXEL_SIZE = 10.0
 
 
-def check_settings(voxel_size: float, max_voxels: int, fusion: str, evict_fraction: float = 0.1) -> None:
-    """ConfigError naming the setting for a voxel size outside (0, 10] m, max_voxels < 1 or an unknown rule."""
+def check_settings(voxel_size: float, max_voxels: int, fusion: str, evict_fraction: float = 0.1,
+                   smoothing: float = DEFAULT_WEIGHT, smoothing_cell: float = DEFAULT_CELL_M) -> None:
+    """ConfigError naming the setting for a voxel size outside (0, 10] m, max_voxels < 1, an unknown rule,
+    a smoothing weight outside [0, 100] or a smoothing cell outside (0, 100] m."""
     try:
         vs = float(voxel_size)
     except (TypeError, ValueError):
@@ -85,6 +94,15 @@ def check_settings(voxel_size: float, max_voxels: int, fusion: str, evict_fracti
         raise ConfigError(f"map fusion rule must be one of {', '.join(FUSION_RULES)}, got {fusion!r}")
     if not 0.0 <= float(evict_fraction) < 1.0:
         raise ConfigError(f"map evict_fraction must be in [0, 1), got {evict_fraction}")
+    for name, value, lo_open, hi in (("smoothing weight", smoothing, False, MAX_WEIGHT),
+                                     ("smoothing cell", smoothing_cell, True, 100.0)):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"map {name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not (np.isfinite(x) and (x > 0 if lo_open else x >= 0) and x <= hi):
+            interval = f"(0, {hi:g}] metres" if lo_open else f"[0, {hi:g}] (0 = off)"
+            raise ConfigError(f"map {name} must be in {interval}, got {value!r}")
 
 
 def pack_keys(ijk: np.ndarray) -> np.ndarray:
@@ -121,7 +139,8 @@ class MapSnapshot:
 
     centres (V, 3) float32 metres; labels (V,) int64 class indices 0..C-1;
     confidence (V,) float32 in [0, 1]; observations (V,) int64 points fused;
-    scores (V, C) float32 fused evidence (None unless asked for).
+    scores (V, C) float32 fused evidence (None unless asked for); smoothing and
+    smoothing_cell: the read-out settings that made labels and confidence.
     """
 
     centres: np.ndarray
@@ -131,6 +150,8 @@ class MapSnapshot:
     voxel_size: float
     fusion: str
     scores: Optional[np.ndarray] = None
+    smoothing: float = 0.0
+    smoothing_cell: float = DEFAULT_CELL_M
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -140,13 +161,17 @@ class SemanticVoxelMap:
     """Voxels in the fixed frame fusing class probabilities (see the module docstring).
 
     voxel_size: edge, metres, in (0, 10]; max_voxels >= 1; fusion: "count" or
-    "log"; evict_fraction: share of max_voxels freed by one eviction.
+    "log"; evict_fraction: share of max_voxels freed by one eviction;
+    smoothing: weight of the neighbourhood's mean distribution at read-out,
+    in [0, 100] (0 = each voxel alone); smoothing_cell: the neighbourhood's
+    coarse-cell edge, metres (at least 2 voxels are used).
     Raises ConfigError for bad settings.
     """
 
     def __init__(self, voxel_size: float = 0.04, max_voxels: int = 500_000, fusion: str = "count",
-                 num_classes: int = NUM_CLASSES, evict_fraction: float = 0.1):
-        check_settings(voxel_size, max_voxels, fusion, evict_fraction)
+                 num_classes: int = NUM_CLASSES, evict_fraction: float = 0.1,
+                 smoothing: float = DEFAULT_WEIGHT, smoothing_cell: float = DEFAULT_CELL_M):
+        check_settings(voxel_size, max_voxels, fusion, evict_fraction, smoothing, smoothing_cell)
         if int(num_classes) < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         self.voxel_size = float(voxel_size)
@@ -154,6 +179,8 @@ class SemanticVoxelMap:
         self.fusion = fusion
         self.num_classes = int(num_classes)
         self.evict_fraction = float(evict_fraction)
+        self.smoothing = float(smoothing)
+        self.smoothing_cell = float(smoothing_cell)
         self.points_rejected = 0
         self.voxels_evicted = 0
         self.updates = 0
@@ -177,6 +204,8 @@ class SemanticVoxelMap:
         self._order_version = -1  # map version that _order_rows/_order_keys were sorted for
         self._order_rows = np.empty(0, np.int64)
         self._order_keys = np.empty(0, np.int64)
+        self._readout_version = -1  # map version that _readout_dist was computed for
+        self._readout_dist = np.empty((0, self.num_classes), np.float32)
         self.last_sensor_origin: Optional[np.ndarray] = None
         self.version = getattr(self, "version", 0) + 1
 
@@ -398,34 +427,54 @@ class SemanticVoxelMap:
         """(V, 3) float32 voxel centres, metres."""
         return ((unpack_keys(self._sorted_keys) + 0.5) * self.voxel_size).astype(np.float32)
 
+    def _own_distributions(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), C) float32 each voxel's own fused class distribution (rows sum to 1)."""
+        s = np.take(self._scores, rows, axis=0)
+        if self.fusion == "count":
+            s /= np.maximum(s.sum(axis=1, keepdims=True), np.float32(1e-12))
+            return s
+        s -= s.max(axis=1, keepdims=True)  # log rule: a softmax of the (clamped) log sums
+        np.exp(s, out=s)
+        s /= s.sum(axis=1, keepdims=True)
+        return s
+
+    def _readout(self) -> np.ndarray:
+        """(V, C) float32 class distributions as read (smoothed when ``smoothing`` > 0), in key order.
+
+        Computed once per map version (and again when ``smoothing`` or
+        ``smoothing_cell`` is changed on the object).
+        """
+        state = (self.version, self.smoothing, self.smoothing_cell)
+        if self._readout_version != state:
+            dist = self._own_distributions(self._sorted_rows)
+            if self.smoothing > 0 and len(dist):
+                dist = neighbourhood_blend(unpack_keys(self._sorted_keys), dist,
+                                           cell_voxels(self.smoothing_cell, self.voxel_size), self.smoothing)
+            self._readout_dist, self._readout_version = dist, state
+        return self._readout_dist
+
     def labels(self) -> np.ndarray:
-        """(V,) int64 class index per voxel (argmax of the fused evidence; ties: the lower index)."""
-        return np.argmax(self._scores[self._sorted_rows], axis=1).astype(np.int64)
+        """(V,) int64 class index per voxel: argmax of :meth:`probabilities` (ties: the lower index)."""
+        return np.argmax(self._readout(), axis=1).astype(np.int64)
 
     def observations(self) -> np.ndarray:
         """(V,) int64 points fused into each voxel."""
         return self._obs[self._sorted_rows]
 
     def confidence(self, labels: Optional[np.ndarray] = None) -> np.ndarray:
-        """(V,) float32 in [0, 1]: count rule the winner's mean probability, log rule its posterior."""
-        rows = self._sorted_rows
+        """(V,) float32 in [0, 1]: the read distribution's value at the label.
+
+        Without smoothing that is, for the count rule, the winner's mean
+        probability over the voxel's points and, for the log rule, its posterior.
+        """
+        dist = self._readout()
         lab = self.labels() if labels is None else labels
-        if self.fusion == "count":
-            best = self._scores[rows, lab]
-            return (best / np.maximum(self._obs[rows], 1)).astype(np.float32)
-        s = self._scores[rows]
-        shifted = s - s.max(axis=1, keepdims=True)
-        return (1.0 / np.exp(shifted).sum(axis=1)).astype(np.float32)
+        return dist[np.arange(len(dist)), lab].astype(np.float32)
 
     def probabilities(self) -> np.ndarray:
-        """(V, C) float32 fused class distribution per voxel (rows sum to 1)."""
-        s = self._scores[self._sorted_rows].astype(np.float64)
-        if self.fusion == "count":
-            p = s / np.maximum(s.sum(axis=1, keepdims=True), 1e-12)
-        else:
-            e = np.exp(s - s.max(axis=1, keepdims=True))
-            p = e / e.sum(axis=1, keepdims=True)
-        return p.astype(np.float32)
+        """(V, C) float32 class distribution per voxel as read: its fused evidence normalised, blended
+        with its neighbourhood's when ``smoothing`` > 0 (rows sum to 1; labels are their argmax)."""
+        return self._readout().copy()
 
     def snapshot(self, with_scores: bool = False) -> MapSnapshot:
         """A consistent copy of the map (take it under the owner's lock)."""
@@ -434,6 +483,7 @@ class SemanticVoxelMap:
             centres=self.centres(), labels=labels, confidence=self.confidence(labels),
             observations=self.observations(), voxel_size=self.voxel_size, fusion=self.fusion,
             scores=self._scores[self._sorted_rows] if with_scores else None,
+            smoothing=self.smoothing, smoothing_cell=self.smoothing_cell,
         )
 
     # ------------------------------------------------------------------ restoring

@@ -64,6 +64,11 @@ MAP_PARAMETER_SPECS: tuple[dict, ...] = (
     dict(name="map_fusion", default="count", description="How a voxel fuses the probabilities of its points: "
          "count (probability sums: label = argmax, confidence = mean probability of the winner) | log "
          "(log-probability sums, clamped: confidence = posterior of the winner). docs/ros_node.md compares them."),
+    dict(name="map_smoothing", default=1.0, description="Weight of a voxel's neighbourhood at read-out: its "
+         "label and confidence come from its own distribution blended with the mean of the voxels within about "
+         "map_smoothing_cell (0 = each voxel alone; at most 100). docs/ros_node.md measures it."),
+    dict(name="map_smoothing_cell", default=0.16, description="Neighbourhood of map_smoothing: coarse-cell edge, "
+         "metres (> 0, at least 2 voxels are used)."),
     dict(name="map_publish_rate", default=1.0, description="Hz at which ~/semantic_map is published when the "
          "map changed (0 = never; at most 50; transient local, so a late subscriber gets the latest)."),
     dict(name="map_save_path", default="safnet_map.ply", runtime=True, description="PLY file ~/save_map "
@@ -82,15 +87,22 @@ class MapSettings:
     voxel_size: float = 0.04
     max_voxels: int = 500_000
     fusion: str = "count"
+    smoothing: float = 1.0
+    smoothing_cell: float = 0.16
     publish_rate: float = 1.0
     save_path: str = "safnet_map.ply"
 
     def __post_init__(self) -> None:
         try:
-            check_settings(self.voxel_size, self.max_voxels, self.fusion)
+            check_settings(self.voxel_size, self.max_voxels, self.fusion, smoothing=self.smoothing,
+                           smoothing_cell=self.smoothing_cell)
         except ConfigError as exc:
-            text = str(exc).replace("map voxel size", "map_voxel_size").replace("map max_voxels", "map_max_voxels")
-            raise ConfigError(text.replace("map fusion rule", "map_fusion")) from None
+            text = str(exc)
+            for words, name in (("map voxel size", "map_voxel_size"), ("map max_voxels", "map_max_voxels"),
+                                ("map fusion rule", "map_fusion"), ("map smoothing weight", "map_smoothing"),
+                                ("map smoothing cell", "map_smoothing_cell")):
+                text = text.replace(words, name)
+            raise ConfigError(text) from None
         rate = float(self.publish_rate)
         if not (np.isfinite(rate) and 0.0 <= rate <= MAX_PUBLISH_RATE_HZ):
             raise ConfigError(f"map_publish_rate must be in [0, {MAX_PUBLISH_RATE_HZ:g}] Hz (0 = never), got "
@@ -120,7 +132,8 @@ class SemanticMapComponent:
         self.settings = settings
         self.fixed_frame = fixed_frame
         self.map = SemanticVoxelMap(voxel_size=settings.voxel_size, max_voxels=settings.max_voxels,
-                                    fusion=settings.fusion)
+                                    fusion=settings.fusion, smoothing=settings.smoothing,
+                                    smoothing_cell=settings.smoothing_cell)
         self._logger = logger
         self._lock = threading.Lock()
         self._update_s: deque[float] = deque(maxlen=200)
@@ -143,6 +156,7 @@ class SemanticMapComponent:
         p = lambda name: node.get_parameter(name).value  # noqa: E731
         settings = MapSettings(enable=bool(p("map_enable")), voxel_size=p("map_voxel_size"),
                                max_voxels=p("map_max_voxels"), fusion=str(p("map_fusion")),
+                               smoothing=p("map_smoothing"), smoothing_cell=p("map_smoothing_cell"),
                                publish_rate=p("map_publish_rate"), save_path=str(p("map_save_path")))
         return cls(settings, fixed_frame, node.get_logger())
 

@@ -80,6 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="most voxels kept; the farthest from the sensor are evicted (default 500000)")
     seg.add_argument("--map-fusion", choices=("count", "log"), default="count",
                      help="how voxels fuse class probabilities: count (sums, default) or log (log-probability sums)")
+    seg.add_argument("--map-smoothing", type=float, default=1.0, metavar="W",
+                     help="read-out weight of a voxel's neighbourhood (default 1.0, as the node's map_smoothing; "
+                          "0 = each voxel alone)")
+    seg.add_argument("--map-smoothing-cell", type=float, default=0.16, metavar="M",
+                     help="the neighbourhood's coarse-cell edge, metres (default 0.16, as map_smoothing_cell)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=run_segment_bag)
 
@@ -110,7 +115,8 @@ def run_segment_bag(args: argparse.Namespace) -> int:
         args.bag, args.out_bag, model=args.model, device=args.device, num_views=args.num_views,
         max_views=args.max_views, storage=args.storage, overwrite=args.overwrite,
         progress=not args.quiet and sys.stderr.isatty(), map_path=args.map, map_voxel_size=args.map_voxel_size,
-        map_max_voxels=args.map_max_voxels, map_fusion=args.map_fusion,
+        map_max_voxels=args.map_max_voxels, map_fusion=args.map_fusion, map_smoothing=args.map_smoothing,
+        map_smoothing_cell=args.map_smoothing_cell,
     )
     print("\n".join(summary.lines()))
     return 0

@@ -285,9 +285,12 @@ def score_map(scene: DemoScene, replay: ReplayResult, clouds: list[np.ndarray]) 
     from safnet_ros.mapping.map_ply import load_map
     from safnet_ros.mapping.score import score_labels, transfer_labels
 
-    snap = load_map(replay.map_ply).snapshot()
+    loaded = load_map(replay.map_ply)
+    snap = loaded.snapshot()
     labels = transfer_labels(snap, scene.xyz)
     s = score_labels(scene.truth, labels)
+    loaded.smoothing = 0.0  # the same voxels read one by one: what the read-out smoothing adds
+    unsmoothed = score_labels(scene.truth, transfer_labels(loaded.snapshot(), scene.xyz))
     single, map_same = [], []
     for cloud_labels in clouds:
         single.append(float(score(scene.truth, cloud_labels)["miou"]))
@@ -298,6 +301,8 @@ def score_map(scene: DemoScene, replay: ReplayResult, clouds: list[np.ndarray]) 
         "update_ms_mean": replay.map_update_ms_mean, "miou_all_vertices": s["miou_all_vertices"],
         "labelled_vertices": s["labelled_vertices"], "per_class": s["per_class"], "fusion": replay.map_fusion,
         "voxel_size": replay.map_voxel_size, "ply": replay.map_ply, "saved_via": replay.map_saved_via,
+        "smoothing": snap.smoothing, "smoothing_cell": snap.smoothing_cell,
+        "miou_unsmoothed": unsmoothed["miou"], "oa_unsmoothed": unsmoothed["oa"],
         "single_cloud_miou_mean": float(np.mean(single)) if single else float("nan"),
         "map_on_cloud_vertices_miou_mean": float(np.nanmean(map_same)) if map_same else float("nan"),
         "single_clouds_scored": len(single),
@@ -589,8 +594,9 @@ def print_summary(r: dict) -> None:
           f"with ties broken at random the vote is {100 * r['miou_random_ties']:.1f} % mIoU\n")
     if "map" in r:
         m = r["map"]
-        w(f"  semantic map     {m['voxels']} voxels of {m['voxel_size']} m ({m['fusion']}): "
-          f"mIoU {100 * m['miou']:.1f} %, "
+        w(f"  semantic map     {m['voxels']} voxels of {m['voxel_size']} m ({m['fusion']}, smoothing "
+          f"{m.get('smoothing', 0):g}): mIoU {100 * m['miou']:.1f} % ({100 * m.get('miou_unsmoothed', m['miou']):.1f} % "
+          f"voxel by voxel), "
           f"OA {100 * m['oa']:.1f} %, coverage {100 * m['coverage']:.1f} %, {m['update_ms_mean']:.1f} ms per update; "
           f"single clouds: mean mIoU {100 * m['single_cloud_miou_mean']:.1f} % over {m['single_clouds_scored']}, "
           f"the map on the same vertices {100 * m['map_on_cloud_vertices_miou_mean']:.1f} %\n")

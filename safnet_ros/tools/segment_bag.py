@@ -296,6 +296,8 @@ def segment_bag(
     map_voxel_size: float = 0.04,
     map_max_voxels: int = 500_000,
     map_fusion: str = "count",
+    map_smoothing: float = 1.0,
+    map_smoothing_cell: float = 0.16,
 ) -> SegmentBagSummary:
     """Segment every cloud of ``bag`` with the views seen so far; write the results into ``out_bag``.
 
@@ -307,7 +309,8 @@ def segment_bag(
     required topics raises one MissingDataError listing them; an existing
     ``out_bag`` raises ConfigError unless ``overwrite``.  map_path: also fuse
     every cloud into a semantic voxel map (``map_voxel_size`` m,
-    ``map_max_voxels``, ``map_fusion``) saved there at the end.
+    ``map_max_voxels``, ``map_fusion``, read with ``map_smoothing`` over
+    ``map_smoothing_cell`` m) saved there at the end.
     """
     from rosbags.rosbag2 import Writer
 
@@ -326,7 +329,8 @@ def segment_bag(
     if map_path is not None:
         from safnet_ros.mapping import SemanticVoxelMap
 
-        vmap = SemanticVoxelMap(voxel_size=map_voxel_size, max_voxels=map_max_voxels, fusion=map_fusion)
+        vmap = SemanticVoxelMap(voxel_size=map_voxel_size, max_voxels=map_max_voxels, fusion=map_fusion,
+                                smoothing=map_smoothing, smoothing_cell=map_smoothing_cell)
         if os.path.isdir(map_path):
             raise ConfigError(f"--map {map_path}: is a folder; give a .ply file name")
     with bio.bag_reader(bag) as reader:

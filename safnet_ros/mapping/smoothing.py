@@ -1,0 +1,90 @@
+"""Neighbourhood smoothing of a voxel map's class distributions at read-out (``map_smoothing``).
+
+A voxel's label is read from its own fused distribution blended with the mean
+distribution of the voxels around it::
+
+    q_v = (p_v + weight * m_v) / (1 + weight)     (just p_v where v has no neighbour)
+    label_v = argmax q_v,   confidence_v = q_v[label_v]
+
+``m_v`` is the mean of ``p`` over the other voxels that share one of two
+coarse cells with v: cells of ``cell`` voxels per edge, and a second grid of
+the same cells shifted by half a cell on every axis, so that no voxel sits at
+the border of both (a voxel near a cell face of one grid is inside a cell of
+the other). It is a one-step, box-kernel version of the spatial smoothing term
+of a dense CRF (as SemanticFusion applies to its map): a voxel changes class
+only where the neighbourhood's margin for another class outweighs its own
+margin (with weight 1 the two count equally), so stray, uncertain voxels take
+the class around them, while a confident voxel in a mixed neighbourhood, a
+voxel alone, and every voxel at weight 0 keep their own.
+
+Why: most surface voxels of a map receive one or two points, and a
+network's per-point errors are scattered (a few desk points on a chair, a
+stray class on a wall). docs/ros_node.md ("Neighbourhood smoothing") measures
+it on held-out rooms: +2.4 / +1.1 mIoU and +0.6 / +0.7 OA points over the
+unsmoothed map on two sets of rooms.
+
+Cost: two sorts of the V coarse keys and two (V x C) bincounts per read-out,
+O(V log V), no per-voxel Python loop; the map caches the result per version.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Default weight of the neighbourhood mean against the voxel's own distribution (0 = no smoothing).
+DEFAULT_WEIGHT = 1.0
+#: Default coarse-cell edge, metres (4 voxels of the default 4 cm).
+DEFAULT_CELL_M = 0.16
+#: Largest accepted weight (beyond it the voxel's own evidence no longer matters: a mode filter).
+MAX_WEIGHT = 100.0
+
+
+def cell_voxels(cell_m: float, voxel_size: float) -> int:
+    """Coarse-cell edge in voxels for ``cell_m`` metres: the nearest whole number, at least 2."""
+    return max(2, int(round(float(cell_m) / float(voxel_size))))
+
+
+def _cell_sums(cells: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per voxel, the sum of ``dist`` (V, C) float32 over its coarse cell (``cells`` (V, 3) int64) and the
+    cell's voxel count: one sort of the cell keys and one sparse (cells x V) membership product."""
+    import scipy.sparse
+
+    # one int64 key per cell: cells are |c| < 2^20 (grid coordinates / cell size), 21 bits per axis
+    u = cells + (1 << 20)
+    keys = (u[:, 0] << 42) | (u[:, 1] << 21) | u[:, 2]
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    first = np.empty(len(keys), bool)
+    first[0] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    cell_of = np.empty(len(keys), np.int64)
+    cell_of[order] = np.cumsum(first) - 1
+    membership = scipy.sparse.csr_matrix((np.ones(len(order), np.float32), order, np.append(starts, len(order))),
+                                         shape=(len(starts), len(order)))
+    sums = np.asarray(membership @ dist, dtype=np.float32)
+    counts = np.diff(np.append(starts, len(order)))
+    return np.take(sums, cell_of, axis=0), np.take(counts, cell_of)
+
+
+def neighbourhood_blend(ijk: np.ndarray, dist: np.ndarray, cell: int, weight: float) -> np.ndarray:
+    """Blended distributions q (V, C) float32 (see the module docstring).
+
+    ijk (V, 3) int64 voxel grid coordinates (distinct); dist (V, C) each
+    voxel's own class distribution (rows sum to 1); cell >= 2 voxels; weight >= 0.
+    With weight 0 (or no voxels) ``dist`` is returned as float32.
+    """
+    dist = np.ascontiguousarray(dist, np.float32)
+    if weight <= 0 or len(dist) == 0:
+        return dist
+    ijk = np.asarray(ijk, np.int64)
+    sums, n_a = _cell_sums(np.floor_divide(ijk, cell), dist)
+    sums_b, n_b = _cell_sums(np.floor_divide(ijk + cell // 2, cell), dist)
+    sums += sums_b
+    del sums_b
+    sums -= 2.0 * dist  # the voxel itself is in both of its cells: neighbours only
+    others = (n_a - 1) + (n_b - 1)  # a neighbour sharing both cells counts twice, as in the mean over the two
+    scale = np.where(others > 0, np.float32(weight) / np.maximum(others, 1), 0.0).astype(np.float32)
+    sums *= scale[:, None]
+    sums += dist
+    sums *= (1.0 / (1.0 + np.where(others > 0, np.float32(weight), 0.0))).astype(np.float32)[:, None]
+    return sums

@@ -15,7 +15,9 @@ score``). Rooms are cached under OUT/seed<S>/ and reused.
 prints, per setting, the mean mIoU and OA over the rooms, the mean difference
 to the vote and in how many rooms the map is at least the vote (``--json``:
 every room's figures). ``--per-class W@C`` adds the per-class IoU pooled over
-the rooms (one confusion matrix) for the vote, the unsmoothed map and that setting.
+the rooms (one confusion matrix) for the vote, the unsmoothed map and that setting;
+``--png P`` draws the first room: the vote, the map read voxel by voxel, the
+map read with the last setting, and the ground truth.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
 
 
-def room(out: Path, seed: int, model: str | None) -> tuple[object, Path, Path]:
+def room(out: Path, seed: int, model: str | None, frames: int = 300, fast: bool = False) -> tuple[object, Path, Path]:
     """The demo scene of ``seed``, its segmented bag and raw map PLY (made when absent)."""
     from safnet_ros.tools import demo
     from safnet_ros.tools.bag_convert import convert_scene
@@ -56,11 +58,11 @@ def room(out: Path, seed: int, model: str | None) -> tuple[object, Path, Path]:
 
     folder = out / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    scene = demo.make_scene(folder, seed, 300, False, False)
+    scene = demo.make_scene(folder, seed, frames, fast, False)
     labelled, map_ply = folder / "labelled", folder / "map.ply"
     if not (map_ply.is_file() and labelled.is_dir()):
         bag = folder / "bag"
-        convert_scene(scene.path, bag, storage="mcap", cloud_rate=2.0, overwrite=True, progress=False)
+        convert_scene(scene.path, bag, storage="mcap", cloud_rate=4.0 if fast else 2.0, overwrite=True, progress=False)
         segment_bag(bag, labelled, model=model, overwrite=True, progress=False, map_path=map_ply, map_smoothing=0.0)
     return scene, labelled, map_ply
 
@@ -89,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=floats, default=[0.0, 1.0], help="smoothing weights (default 0,1)")
     parser.add_argument("--cells", type=floats, default=[0.16], help="smoothing cells, metres (default 0.16)")
     parser.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    parser.add_argument("--frames", type=int, default=300, help="frames per room (default 300, as the demo)")
+    parser.add_argument("--fast", action="store_true", help="the demo's tiny --fast rooms (for tests)")
     parser.add_argument("--per-class", default=None, metavar="W@C",
                         help="also print per-class IoU pooled over the rooms for the vote, 0 and this setting")
+    parser.add_argument("--png", type=Path, default=None, help="picture of the first room (see above)")
     parser.add_argument("--json", action="store_true", help="print every room's figures as JSON")
     args = parser.parse_args(argv)
 
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     rooms = []
     for seed in args.seeds:
         t0 = time.perf_counter()
-        scene, labelled, map_ply = room(args.out, seed, args.model)
+        scene, labelled, map_ply = room(args.out, seed, args.model, 24 if args.fast else args.frames, args.fast)
         voted = vote(scene, labelled)
         v = score_labels(scene.truth, voted)
         pooled["vote"].add(scene.truth[voted >= 0], voted[voted >= 0])
@@ -121,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
                 pooled[f"{w:g}@{c:g}"].add(scene.truth[labels >= 0], labels[labels >= 0])
             row["map"][f"{w:g}@{c:g}"] = {"miou": s["miou"], "oa": s["oa"], "coverage": s["coverage"]}
         rooms.append(row)
+        if args.png is not None and len(rooms) == 1:
+            from safnet_ros.tools.render import render_cloud_png
+
+            (w, c), (w0, c0) = settings[-1], settings[0]
+            raw = transfer_labels(load_map(map_ply, smoothing=w0, smoothing_cell=c0).snapshot(), scene.xyz)
+            smooth = transfer_labels(load_map(map_ply, smoothing=w, smoothing_cell=c).snapshot(), scene.xyz)
+            render_cloud_png(args.png, scene.xyz, voted, truth=scene.truth, labels_title="per-vertex vote",
+                             title=f"{scene.name}: the per-vertex vote (mIoU {100 * v['miou']:.1f} %) and the map "
+                                   f"read with smoothing {w0:g} ({100 * row['map'][f'{w0:g}@{c0:g}']['miou']:.1f} %) "
+                                   f"and {w:g} over {c:g} m ({100 * row['map'][f'{w:g}@{c:g}']['miou']:.1f} %)",
+                             extra_labels=[(f"map, smoothing {w0:g}", raw), (f"map, smoothing {w:g} @ {c:g} m", smooth)])
         print(f"seed {seed} ({scene.name}): vote {100 * v['miou']:.1f} %, map "
               + ", ".join(f"{k} {100 * m['miou']:.1f} %" for k, m in row["map"].items())
               + f"  [{time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)

@@ -58,12 +58,14 @@ def render_cloud_png(
     max_points: int = 120_000,
     seed: int = 0,
     extra_labels: Optional[list[tuple[str, np.ndarray]]] = None,
+    labels_title: str = "prediction",
 ) -> Path:
     """Write a PNG with top and perspective views of a labelled cloud.
 
     xyz (N, 3) metres, z up; labels (N,) class indices (others drawn black);
     similarity (N,) float, NaN where unknown; truth (N,) class indices;
-    extra_labels: more (column title, (N,) class indices) columns, e.g. the semantic map's.
+    extra_labels: more (column title, (N,) class indices) columns, e.g. the semantic map's;
+    labels_title: the first column's title.
     """
     import matplotlib
 
@@ -77,7 +79,7 @@ def render_cloud_png(
     if len(idx) > max_points:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
     xyz = xyz[idx]
-    columns: list[tuple[str, np.ndarray]] = [("prediction", label_colors(np.asarray(labels)[idx]))]
+    columns: list[tuple[str, np.ndarray]] = [(labels_title, label_colors(np.asarray(labels)[idx]))]
     for name, extra in extra_labels or ():
         columns.append((name, label_colors(np.asarray(extra)[idx])))
     if truth is not None:

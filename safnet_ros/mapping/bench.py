@@ -83,7 +83,7 @@ def read_ms(vmap, smoothing: float) -> float:
     """Milliseconds of one full read-out (snapshot) of ``vmap`` with this smoothing weight (cache bypassed)."""
     keep = vmap.smoothing
     vmap.smoothing = smoothing
-    vmap._readout_version = -1  # time the computation, not the cache
+    vmap.forget_readout()  # time the computation, not the cache
     t0 = time.perf_counter()
     vmap.snapshot()
     dt = (time.perf_counter() - t0) * 1000.0

@@ -204,7 +204,7 @@ class SemanticVoxelMap:
         self._order_version = -1  # map version that _order_rows/_order_keys were sorted for
         self._order_rows = np.empty(0, np.int64)
         self._order_keys = np.empty(0, np.int64)
-        self._readout_version = -1  # map version that _readout_dist was computed for
+        self._readout_state: Optional[tuple] = None  # (version, smoothing, cell) _readout_dist was computed for
         self._readout_dist = np.empty((0, self.num_classes), np.float32)
         self.last_sensor_origin: Optional[np.ndarray] = None
         self.version = getattr(self, "version", 0) + 1
@@ -445,13 +445,17 @@ class SemanticVoxelMap:
         ``smoothing_cell`` is changed on the object).
         """
         state = (self.version, self.smoothing, self.smoothing_cell)
-        if self._readout_version != state:
+        if self._readout_state != state:
             dist = self._own_distributions(self._sorted_rows)
             if self.smoothing > 0 and len(dist):
                 dist = neighbourhood_blend(unpack_keys(self._sorted_keys), dist,
                                            cell_voxels(self.smoothing_cell, self.voxel_size), self.smoothing)
-            self._readout_dist, self._readout_version = dist, state
+            self._readout_dist, self._readout_state = dist, state
         return self._readout_dist
+
+    def forget_readout(self) -> None:
+        """Drop the cached read-out, so that the next reader computes it again (for timing it)."""
+        self._readout_state = None
 
     def labels(self) -> np.ndarray:
         """(V,) int64 class index per voxel: argmax of :meth:`probabilities` (ties: the lower index)."""

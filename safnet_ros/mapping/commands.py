@@ -43,10 +43,10 @@ def run_score(args: argparse.Namespace) -> int:
     if not Path(args.scene_dir).is_dir():
         raise MissingDataError(args.scene_dir, "scene folder")
     if args.smoothing is not None or args.smoothing_cell is not None:  # a bad override is the user's, not the file's
-        from safnet_ros.mapping.voxel_map import check_settings
+        from safnet_ros.mapping.smoothing import DEFAULT_CELL_M, DEFAULT_WEIGHT, check_smoothing
 
-        check_settings(1.0, 1, "count", smoothing=1.0 if args.smoothing is None else args.smoothing,
-                       smoothing_cell=0.16 if args.smoothing_cell is None else args.smoothing_cell)
+        check_smoothing(DEFAULT_WEIGHT if args.smoothing is None else args.smoothing,
+                        DEFAULT_CELL_M if args.smoothing_cell is None else args.smoothing_cell)
     vmap = load_map(args.map, smoothing=args.smoothing, smoothing_cell=args.smoothing_cell)
     result = score_map_on_scene(vmap.snapshot(), args.scene_dir, args.max_distance)
     result["map"] = str(args.map)

@@ -19,16 +19,19 @@ voxel alone, and every voxel at weight 0 keep their own.
 
 Why: most surface voxels of a map receive one or two points, and a
 network's per-point errors are scattered (a few desk points on a chair, a
-stray class on a wall). docs/ros_node.md ("Neighbourhood smoothing") measures
+stray class on a wall). docs/ros_node.md ("Read-out smoothing, measured") measures
 it on held-out rooms: +2.4 / +1.1 mIoU and +0.6 / +0.7 OA points over the
 unsmoothed map on two sets of rooms.
 
-Cost: two sorts of the V coarse keys and two (V x C) bincounts per read-out,
-O(V log V), no per-voxel Python loop; the map caches the result per version.
+Cost: two sorts of the V coarse keys and two sparse (cells x V) products per
+read-out, O(V log V), no per-voxel Python loop; the map caches the result per version.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from safnet_ros.errors import ConfigError
+from safnet_ros.mapping.grid_keys import pack_keys, sum_by_key
 
 #: Default weight of the neighbourhood mean against the voxel's own distribution (0 = no smoothing).
 DEFAULT_WEIGHT = 1.0
@@ -38,6 +41,19 @@ DEFAULT_CELL_M = 0.16
 MAX_WEIGHT = 100.0
 
 
+def check_smoothing(weight: float, cell_m: float) -> None:
+    """ConfigError naming the setting for a weight outside [0, MAX_WEIGHT] or a cell outside (0, 100] metres."""
+    for name, value, lo_open, hi in (("smoothing weight", weight, False, MAX_WEIGHT),
+                                     ("smoothing cell", cell_m, True, 100.0)):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"map {name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not (np.isfinite(x) and (x > 0 if lo_open else x >= 0) and x <= hi):
+            interval = f"(0, {hi:g}] metres" if lo_open else f"[0, {hi:g}] (0 = off)"
+            raise ConfigError(f"map {name} must be in {interval}, got {value!r}")
+
+
 def cell_voxels(cell_m: float, voxel_size: float) -> int:
     """Coarse-cell edge in voxels for ``cell_m`` metres: the nearest whole number, at least 2."""
     return max(2, int(round(float(cell_m) / float(voxel_size))))
@@ -45,25 +61,11 @@ def cell_voxels(cell_m: float, voxel_size: float) -> int:
 
 def _cell_sums(cells: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per voxel, the sum of ``dist`` (V, C) float32 over its coarse cell (``cells`` (V, 3) int64) and the
-    cell's voxel count: one sort of the cell keys and one sparse (cells x V) membership product."""
-    import scipy.sparse
-
-    # one int64 key per cell: cells are |c| < 2^20 (grid coordinates / cell size), 21 bits per axis
-    u = cells + (1 << 20)
-    keys = (u[:, 0] << 42) | (u[:, 1] << 21) | u[:, 2]
-    order = np.argsort(keys)
-    sorted_keys = keys[order]
-    first = np.empty(len(keys), bool)
-    first[0] = True
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    cell_of = np.empty(len(keys), np.int64)
-    cell_of[order] = np.cumsum(first) - 1
-    membership = scipy.sparse.csr_matrix((np.ones(len(order), np.float32), order, np.append(starts, len(order))),
-                                         shape=(len(starts), len(order)))
-    sums = np.asarray(membership @ dist, dtype=np.float32)
-    counts = np.diff(np.append(starts, len(order)))
-    return np.take(sums, cell_of, axis=0), np.take(counts, cell_of)
+    cell's voxel count."""
+    grouped = sum_by_key(pack_keys(cells), dist)
+    cell_of = np.empty(len(cells), np.int64)  # each voxel's cell: the rank of its key among the distinct keys
+    cell_of[grouped.order] = np.repeat(np.arange(len(grouped.starts)), grouped.counts)
+    return np.take(grouped.sums, cell_of, axis=0), np.take(grouped.counts, cell_of)
 
 
 def neighbourhood_blend(ijk: np.ndarray, dist: np.ndarray, cell: int, weight: float) -> np.ndarray:

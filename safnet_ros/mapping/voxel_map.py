@@ -55,12 +55,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import scipy.sparse
 
 from safnet_ros.data.labels import NUM_CLASSES
 from safnet_ros.errors import ConfigError
+from safnet_ros.mapping.grid_keys import MAX_GRID_COORD, pack_keys, sum_by_key, unpack_keys
 from safnet_ros.mapping.key_index import KeyIndex
-from safnet_ros.mapping.smoothing import DEFAULT_CELL_M, DEFAULT_WEIGHT, MAX_WEIGHT, cell_voxels, neighbourhood_blend
+from safnet_ros.mapping.smoothing import (DEFAULT_CELL_M, DEFAULT_WEIGHT, cell_voxels, check_smoothing,
+                                          neighbourhood_blend)
 
 #: The documented fusion rules (see the module docstring).
 FUSION_RULES: tuple[str, ...] = ("count", "log")
@@ -68,12 +69,6 @@ FUSION_RULES: tuple[str, ...] = ("count", "log")
 LOG_FLOOR = 1e-4
 #: The log rule's scores are kept in [LOG_CLAMP, 0] (relative to the row's best class).
 LOG_CLAMP = -60.0
-#: Voxel grid coordinates are packed into one int64 key, 21 bits per axis.
-_BITS = 21
-_OFFSET = 1 << (_BITS - 1)
-_MASK = (1 << _BITS) - 1
-#: Largest |grid coordinate| a key can hold (about +-52 km at 5 cm voxels).
-MAX_GRID_COORD = _OFFSET - 1
 #: Largest accepted voxel edge, metres.
 MAX_VOXEL_SIZE = 10.0
 
@@ -94,31 +89,7 @@ def check_settings(voxel_size: float, max_voxels: int, fusion: str, evict_fracti
         raise ConfigError(f"map fusion rule must be one of {', '.join(FUSION_RULES)}, got {fusion!r}")
     if not 0.0 <= float(evict_fraction) < 1.0:
         raise ConfigError(f"map evict_fraction must be in [0, 1), got {evict_fraction}")
-    for name, value, lo_open, hi in (("smoothing weight", smoothing, False, MAX_WEIGHT),
-                                     ("smoothing cell", smoothing_cell, True, 100.0)):
-        try:
-            x = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"map {name} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not (np.isfinite(x) and (x > 0 if lo_open else x >= 0) and x <= hi):
-            interval = f"(0, {hi:g}] metres" if lo_open else f"[0, {hi:g}] (0 = off)"
-            raise ConfigError(f"map {name} must be in {interval}, got {value!r}")
-
-
-def pack_keys(ijk: np.ndarray) -> np.ndarray:
-    """(N, 3) int64 grid coordinates (|c| <= MAX_GRID_COORD) -> (N,) int64 keys (order: x, then y, then z)."""
-    u = ijk.astype(np.int64) + _OFFSET
-    return (u[:, 0] << (2 * _BITS)) | (u[:, 1] << _BITS) | u[:, 2]
-
-
-def unpack_keys(keys: np.ndarray) -> np.ndarray:
-    """(N,) int64 keys -> (N, 3) int64 grid coordinates."""
-    keys = np.asarray(keys, np.int64)
-    out = np.empty((len(keys), 3), np.int64)
-    out[:, 0] = (keys >> (2 * _BITS)) & _MASK
-    out[:, 1] = (keys >> _BITS) & _MASK
-    out[:, 2] = keys & _MASK
-    return out - _OFFSET
+    check_smoothing(smoothing, smoothing_cell)
 
 
 @dataclass
@@ -289,23 +260,9 @@ class SemanticVoxelMap:
         if sensor_origin is None or self.last_sensor_origin is None:
             self.last_sensor_origin = (ijk.mean(axis=0) + 0.5) * self.voxel_size
         keys = pack_keys(ijk)
-        order = np.argsort(keys)
-        sorted_keys = keys[order]
-        first = np.empty(len(keys), bool)
-        first[0] = True
-        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
-        ukeys = sorted_keys[first]
-        starts = np.flatnonzero(first)
-        u = len(ukeys)
-        counts = np.diff(np.append(starts, len(keys)))
         if self.fusion == "log":
             w = np.log(np.maximum(w, np.float32(LOG_FLOOR)))
-        # (U, C) sums per voxel: a sparse (U, N) voxel-membership matrix (row u holds ones at the
-        # points of voxel u, which `order` lists grouped) times the (N, C) rows. One pass in C;
-        # np.add.reduceat and per-class bincounts cost 5-15x more on 25k points.
-        membership = scipy.sparse.csr_matrix(
-            (np.ones(len(order), np.float32), order, np.append(starts, len(order))), shape=(u, len(order)))
-        contrib = np.asarray(membership @ w, dtype=np.float32)
+        ukeys, contrib, counts, order, starts = sum_by_key(keys, w)  # (U, C) sums per voxel
         stats.points_used = int(len(keys))
 
         # existing voxels (np.take: numpy's fancy-index gathers cost 2-4x more here)

@@ -105,3 +105,54 @@ def test_reading_is_cached_per_version_and_follows_updates(fusion):
     m.integrate(pts, probs(np.full(len(pts), 6), 0.99))
     m.integrate(pts, probs(np.full(len(pts), 6), 0.99))
     assert (m.labels() == 6).all() and not np.allclose(first, m.probabilities())
+
+
+def _mixed_map(fusion, smoothing=1.0, seed=0):
+    """A 12 x 12 floor patch of noisy labels 2 / 7 fused twice, read with ``smoothing``."""
+    rng = np.random.default_rng(seed)
+    pts = plane()
+    m = SemanticVoxelMap(voxel_size=0.04, fusion=fusion, smoothing=smoothing)
+    for _ in range(2):
+        m.integrate(pts, probs(np.where(rng.random(len(pts)) < 0.3, 7, 2), 0.7))
+    return m, pts
+
+
+@pytest.mark.parametrize("fusion", ["count", "log"])
+def test_a_snapshot_taken_outside_the_lock_equals_the_snapshot_under_it(fusion):
+    import threading
+
+    m, _ = _mixed_map(fusion)
+    inside = m.snapshot(with_scores=True)
+    m.forget_readout()
+    outside = m.snapshot_outside(threading.Lock(), with_scores=True)
+    for name in ("centres", "labels", "confidence", "observations", "scores"):
+        np.testing.assert_array_equal(getattr(outside, name), getattr(inside, name))
+    assert (outside.smoothing, outside.smoothing_cell, outside.fusion) == (1.0, m.smoothing_cell, fusion)
+    assert m._readout_state == m._read_state()  # the read-out went back into the map's cache
+
+
+def test_the_smoothing_runs_with_the_lock_released_and_a_stale_read_out_is_not_cached(monkeypatch):
+    import threading
+
+    import safnet_ros.mapping.voxel_map as voxel_map
+
+    m, pts = _mixed_map("count")
+    lock = threading.Lock()
+    before = m.snapshot()
+    m.forget_readout()
+    blend, seen = voxel_map.neighbourhood_blend, []
+
+    def blend_while_another_thread_fuses(*args, **kwargs):
+        seen.append(lock.locked())
+        with lock:  # what the node's worker does meanwhile: it must not wait for the read-out
+            m.integrate(pts, probs(np.full(len(pts), 11), 0.99))
+        return blend(*args, **kwargs)
+
+    monkeypatch.setattr(voxel_map, "neighbourhood_blend", blend_while_another_thread_fuses)
+    snap = m.snapshot_outside(lock)
+    assert seen == [False]
+    np.testing.assert_array_equal(snap.labels, before.labels)  # the copy's version, consistent in itself
+    assert m._readout_state != m._read_state()  # that read-out is of an older version: not cached
+    monkeypatch.setattr(voxel_map, "neighbourhood_blend", blend)
+    fresh = m.snapshot_outside(lock)  # the next read sees the newer cloud
+    assert (fresh.labels == m.labels()).all() and (fresh.labels == 11).any() and not (before.labels == 11).any()

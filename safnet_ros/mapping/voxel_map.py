@@ -51,8 +51,9 @@ thread safe: the node's map component guards it with a lock.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -126,6 +127,60 @@ class MapSnapshot:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+@dataclass(frozen=True)
+class MapEvidence:
+    """The stored evidence of a map at one version, in key order (V voxels), readable without the map.
+
+    keys (V,) int64 packed grid keys, ascending (:func:`~safnet_ros.mapping.grid_keys.pack_keys`);
+    scores (V, C) float32 fused evidence in the map's ``fusion`` rule;
+    observations (V,) int64 points fused; voxel_size metres; smoothing and
+    smoothing_cell: the read-out settings; version: the map version copied.
+    """
+
+    keys: np.ndarray
+    scores: np.ndarray
+    observations: np.ndarray
+    voxel_size: float
+    fusion: str
+    smoothing: float
+    smoothing_cell: float
+    version: int
+
+    @property
+    def state(self) -> tuple:
+        """(version, smoothing, smoothing_cell): what a read-out of this copy is valid for."""
+        return (self.version, self.smoothing, self.smoothing_cell)
+
+    def own_distributions(self) -> np.ndarray:
+        """(V, C) float32 each voxel's own fused class distribution (rows sum to 1)."""
+        s = self.scores.copy()
+        if self.fusion == "count":
+            s /= np.maximum(s.sum(axis=1, keepdims=True), np.float32(1e-12))
+            return s
+        s -= s.max(axis=1, keepdims=True)  # log rule: a softmax of the (clamped) log sums
+        np.exp(s, out=s)
+        s /= s.sum(axis=1, keepdims=True)
+        return s
+
+    def read(self) -> np.ndarray:
+        """(V, C) float32 class distributions as read: own distributions, smoothed when ``smoothing`` > 0."""
+        dist = self.own_distributions()
+        if self.smoothing > 0 and len(dist):
+            dist = neighbourhood_blend(unpack_keys(self.keys), dist,
+                                       cell_voxels(self.smoothing_cell, self.voxel_size), self.smoothing)
+        return dist
+
+    def snapshot(self, dist: Optional[np.ndarray] = None, with_scores: bool = False) -> MapSnapshot:
+        """The :class:`MapSnapshot` of this copy; ``dist`` (V, C) a read-out of it when already computed."""
+        dist = self.read() if dist is None else dist
+        labels = np.argmax(dist, axis=1).astype(np.int64)
+        return MapSnapshot(
+            centres=((unpack_keys(self.keys) + 0.5) * self.voxel_size).astype(np.float32), labels=labels,
+            confidence=dist[np.arange(len(dist)), labels].astype(np.float32), observations=self.observations,
+            voxel_size=self.voxel_size, fusion=self.fusion, scores=self.scores if with_scores else None,
+            smoothing=self.smoothing, smoothing_cell=self.smoothing_cell)
 
 
 class SemanticVoxelMap:
@@ -384,31 +439,52 @@ class SemanticVoxelMap:
         """(V, 3) float32 voxel centres, metres."""
         return ((unpack_keys(self._sorted_keys) + 0.5) * self.voxel_size).astype(np.float32)
 
-    def _own_distributions(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), C) float32 each voxel's own fused class distribution (rows sum to 1)."""
-        s = np.take(self._scores, rows, axis=0)
-        if self.fusion == "count":
-            s /= np.maximum(s.sum(axis=1, keepdims=True), np.float32(1e-12))
-            return s
-        s -= s.max(axis=1, keepdims=True)  # log rule: a softmax of the (clamped) log sums
-        np.exp(s, out=s)
-        s /= s.sum(axis=1, keepdims=True)
-        return s
-
     def _readout(self) -> np.ndarray:
         """(V, C) float32 class distributions as read (smoothed when ``smoothing`` > 0), in key order.
 
         Computed once per map version (and again when ``smoothing`` or
         ``smoothing_cell`` is changed on the object).
         """
-        state = (self.version, self.smoothing, self.smoothing_cell)
-        if self._readout_state != state:
-            dist = self._own_distributions(self._sorted_rows)
-            if self.smoothing > 0 and len(dist):
-                dist = neighbourhood_blend(unpack_keys(self._sorted_keys), dist,
-                                           cell_voxels(self.smoothing_cell, self.voxel_size), self.smoothing)
-            self._readout_dist, self._readout_state = dist, state
+        if self._readout_state != self._read_state():
+            evidence = self.evidence()
+            self._readout_dist, self._readout_state = evidence.read(), evidence.state
         return self._readout_dist
+
+    def _read_state(self) -> tuple:
+        """What the read-out depends on: (version, smoothing, smoothing_cell)."""
+        return (self.version, self.smoothing, self.smoothing_cell)
+
+    def evidence(self) -> "MapEvidence":
+        """A copy of the stored evidence in key order, to be read without this map (see :class:`MapEvidence`).
+
+        Costs a sort per map version and an O(V C) copy; the read-out itself
+        (normalising and smoothing, the costly part) is left to the copy.
+        """
+        rows = self._sorted_rows
+        return MapEvidence(keys=self._sorted_keys.copy(), scores=np.take(self._scores, rows, axis=0),
+                           observations=np.take(self._obs, rows), voxel_size=self.voxel_size,
+                           fusion=self.fusion, smoothing=self.smoothing, smoothing_cell=self.smoothing_cell,
+                           version=self.version)
+
+    def snapshot_outside(self, lock: "AbstractContextManager[Any]", with_scores: bool = False) -> MapSnapshot:
+        """:meth:`snapshot` for a map shared between threads, holding ``lock`` only to copy.
+
+        Under the lock: the cached read-out when it is current, else a copy of
+        the evidence (:meth:`evidence`). The read-out is then computed with the
+        lock released, so that the thread fusing clouds is not held up by the
+        smoothing of a large map (0.2-0.5 s at 360k voxels,
+        docs/benchmarks.md), and handed back to the map's cache when the map
+        has not changed meanwhile.
+        """
+        with lock:
+            if self._readout_state == self._read_state():
+                return self.snapshot(with_scores=with_scores)
+            evidence = self.evidence()
+        dist = evidence.read()
+        with lock:
+            if self._readout_state != evidence.state and self._read_state() == evidence.state:
+                self._readout_dist, self._readout_state = dist, evidence.state
+        return evidence.snapshot(dist, with_scores=with_scores)
 
     def forget_readout(self) -> None:
         """Drop the cached read-out, so that the next reader computes it again (for timing it)."""
@@ -438,14 +514,9 @@ class SemanticVoxelMap:
         return self._readout().copy()
 
     def snapshot(self, with_scores: bool = False) -> MapSnapshot:
-        """A consistent copy of the map (take it under the owner's lock)."""
-        labels = self.labels()
-        return MapSnapshot(
-            centres=self.centres(), labels=labels, confidence=self.confidence(labels),
-            observations=self.observations(), voxel_size=self.voxel_size, fusion=self.fusion,
-            scores=self._scores[self._sorted_rows] if with_scores else None,
-            smoothing=self.smoothing, smoothing_cell=self.smoothing_cell,
-        )
+        """A consistent copy of the map (take it under the owner's lock, or use :meth:`snapshot_outside`)."""
+        dist = self._readout()
+        return self.evidence().snapshot(dist, with_scores=with_scores)
 
     # ------------------------------------------------------------------ restoring
     def load_voxels(self, centres: np.ndarray, scores: np.ndarray, observations: np.ndarray) -> None:

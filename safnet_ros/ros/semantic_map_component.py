@@ -28,7 +28,8 @@ ROS interface (names relative to the node):
 * ``~/clear_map`` (std_srvs/Trigger): forgets every voxel.
 
 Threads: the worker integrates, the executor publishes and serves; one lock
-guards the map, and the (costly) message is built from a snapshot outside it.
+guards the map; it is held only to copy the map's evidence, and both the
+read-out (smoothing) and the (costly) message are computed outside it.
 """
 from __future__ import annotations
 
@@ -235,8 +236,8 @@ class SemanticMapComponent:
         return n
 
     def snapshot(self, with_scores: bool = False) -> MapSnapshot:
-        with self._lock:
-            return self.map.snapshot(with_scores=with_scores)
+        """A consistent copy of the map; the lock is held only to copy it (the read-out runs outside)."""
+        return self.map.snapshot_outside(self._lock, with_scores=with_scores)
 
     def __len__(self) -> int:
         return len(self.map)
@@ -264,8 +265,8 @@ class SemanticMapComponent:
             version = self.map.version
             if version == self._published_version and not force:
                 return False
-            snap = self.map.snapshot()
             stamp = self._last_stamp
+        snap = self.snapshot()  # a cloud fused meanwhile is in it too; the next tick then republishes
         if stamp is None and self._node is not None:
             stamp = self._node.get_clock().now().to_msg()
         pub.publish(semantic_map_cloud(snap, self.fixed_frame, stamp))

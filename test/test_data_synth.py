@@ -307,8 +307,16 @@ def test_stats_cli_prints_the_realism_table_and_s_on_moved_objects(realistic_sce
     assert 0.5 < ms["static"]["view_distance_under_5cm"] <= 1.0
     same = ms["static_same_classes"]  # static vertices of the moved objects' classes, at their class mix
     assert same["moved_vertices"] <= ms["moved"]["vertices"] and same["vertices"] <= ms["static"]["vertices"]
+    # S view by view: each sighting of a vertex, the model given that view alone
+    pv = ms["per_view"]
+    assert pv["static"]["sightings"] >= pv["static"]["vertices"] > 10 * pv["moved"]["vertices"] > 0
+    assert pv["moved"]["sightings"] == pv["moved_in_place"]["sightings"] + pv["moved_through"]["sightings"]
+    assert all(0.0 <= pv[k]["s_mean"] <= 2.0 for k in ("static", "moved"))
     table = main_table(realistic_scene)
     assert "views seeing > 10 cm beyond, moved" in table and "nearest view pixel" in table
+    assert "S view by view, moved" in table
+    per_view_png = tmp_path / "s_per_view.png"
+    assert stats["moved_similarity"]["png_per_view"] == str(per_view_png) and per_view_png.stat().st_size > 10_000
     assert png.is_file() and png.stat().st_size > 10_000
     close_up = tmp_path / "s_moved.png"  # S around the moved objects and its histograms per group
     assert stats["moved_similarity"]["png_moved"] == str(close_up) and close_up.stat().st_size > 10_000

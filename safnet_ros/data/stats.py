@@ -59,8 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --model: chunk stride in metres (default 1.5: no overlap, as the node runs; "
                              "0.5 is the evaluator's, 9x slower)")
     parser.add_argument("--png", default=None, metavar="PATH",
-                        help="with --model: draw labels, S and the truth to this PNG, and a close-up of S "
-                             "around the moved objects with S's histogram per group to PATH_moved.png")
+                        help="with --model: draw labels, S and the truth to this PNG, a close-up of S "
+                             "around the moved objects with S's histogram per group to PATH_moved.png, and the "
+                             "same for S view by view to PATH_per_view.png")
+    parser.add_argument("--no-per-view", dest="per_view", action="store_false",
+                        help="with --model: skip S view by view (the model run once per candidate view with "
+                             "that view alone: about a second per view on a CPU)")
 
 
 def _edge_lengths(xyz: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -248,13 +252,16 @@ def view_sightings(xyz: np.ndarray, views: list, tolerance: float = 0.1) -> tupl
 
 
 def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 5, device: str = "cpu",
-                     png: str | Path | None = None, chunk_stride: float = 1.5) -> dict[str, Any]:
+                     png: str | Path | None = None, chunk_stride: float = 1.5,
+                     per_view: bool = True) -> dict[str, Any]:
     """Segment the scene's mesh with a checkpoint and compare S on moved and static annotated vertices.
 
     The views are every ``view_step``-th valid frame (the model picks its views
     per chunk). Returns mean/median S (and its geometric and contextual parts)
     over segmented annotated vertices that lie on moved objects (the
-    generator's sidecar) and over the others, with their counts.
+    generator's sidecar) and over the others, with their counts. With
+    ``per_view``, also S view by view (``"per_view"``: the model given each
+    view alone, per sighting; :mod:`safnet_ros.data.view_similarity`).
     """
     from safnet_ros.data.labels import nyu40_to_class
     from safnet_ros.data.scannet import ScanNetScene
@@ -323,6 +330,12 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
     out["static_same_classes"] = class_matched_similarity(truth, ok & moved, ok & ~moved,
                                                           {"s": result.s, "s_geo": result.s_geo,
                                                            "s_con": result.s_con})
+    s_views = None
+    if per_view:  # S of each (vertex, view) sighting with that view alone: pooling cannot hide a mismatch
+        from safnet_ros.data.view_similarity import sighting_rows, similarity_per_view
+
+        s_views = similarity_per_view(seg, xyz, views, sees)
+        out["per_view"] = sighting_rows(s_views, sees_through, moved, truth != IGNORE_INDEX, truth)
     if png is not None:
         from safnet_ros.tools.render import render_cloud_png
 
@@ -341,6 +354,20 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
             [("static", ok & ~moved), ("moved, a chosen view sees it in place", ok & moved & some_chosen_sees),
              ("moved, every chosen view sees through it", ok & moved & all_chosen_through)],
             title=f"{scene_dir.name}: S where the views and the mesh disagree"))
+        if s_views is not None:
+            from safnet_ros.data.view_similarity import vertex_mean
+
+            counted = np.isfinite(s_views) & (truth != IGNORE_INDEX)[None, :]
+            pv = out["per_view"]
+            out["png_per_view"] = str(render_moved_similarity_png(
+                png.with_name(f"{png.stem}_per_view{png.suffix or '.png'}"), np.asarray(xyz),
+                np.where(truth != IGNORE_INDEX, vertex_mean(s_views), np.nan), moved, [],
+                histograms=[("static", s_views[counted & ~moved[None, :]]),
+                            ("moved, the view sees it in place", s_views[counted & moved[None, :] & ~sees_through]),
+                            ("moved, the view sees through it", s_views[counted & moved[None, :] & sees_through])],
+                unit="sightings", map_title="S view by view, each vertex's mean over the views that see it",
+                title=f"{scene_dir.name}: S with each view alone: moved {pv['moved']['s_mean']:.3f} "
+                      f"vs static {pv['static']['s_mean']:.3f} over the sightings"))
     return out
 
 
@@ -423,6 +450,17 @@ def format_table(s: dict[str, Any]) -> str:
             rows.append(("S, moved vs static of the same classes",
                          f"{sc['s_moved_mean']:.3f} vs {sc['s_mean']:.3f} (S_geo {sc['s_geo_moved_mean']:.3f} vs "
                          f"{sc['s_geo_mean']:.3f}; {', '.join(sc['classes'])})"))
+        pv = ms.get("per_view")
+        if pv:
+            for key, what in (("static", "static"), ("moved", "moved"), ("moved_in_place", "moved, seen in place"),
+                              ("moved_through", "moved, seen through")):
+                r = pv[key]
+                rows.append((f"S view by view, {what}", f"{r['s_mean']:.3f} over {r['sightings']} sightings "
+                                                         f"of {r['vertices']} vertices"))
+            sc = pv["static_same_classes"]
+            if sc["moved_sightings"]:
+                rows.append(("S view by view, moved vs static same classes",
+                             f"{sc['s_moved_mean']:.3f} vs {sc['s_mean']:.3f} ({', '.join(sc['classes'])})"))
         for key in ("moved", "static"):
             if "view_disagreement" in ms.get(key, {}):
                 rows.append((f"views seeing > 10 cm beyond, {key}", pct(ms[key]["view_disagreement"])
@@ -436,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
     stats = scene_stats(args.scene, frame_step=args.frame_step, seed=args.seed)
     if args.model is not None:
         stats["moved_similarity"] = moved_similarity(args.scene, args.model, args.view_step, args.device, args.png,
-                                                     args.chunk_stride)
+                                                     args.chunk_stride, per_view=args.per_view)
     if args.json:
         print(json.dumps(stats, indent=1))
     else:

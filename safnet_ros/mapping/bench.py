@@ -13,7 +13,9 @@ rule, plus one with a ``max_voxels`` small enough that every cloud evicts
 cloud on one CPU core. ``read ms`` is one full read-out of the final map (a
 snapshot: labels and confidence of every voxel, what each ~/semantic_map
 message and save costs) with the default neighbourhood smoothing, ``raw`` the
-same with smoothing 0.
+same with smoothing 0, and ``locked`` how long the node's map lock is held
+for one such read (:meth:`SemanticVoxelMap.snapshot_outside` copies the
+evidence under it and smooths outside it).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -91,6 +94,32 @@ def read_ms(vmap, smoothing: float) -> float:
     return dt
 
 
+class TimedLock:
+    """A lock that adds up how long it was held, seconds (``held``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.held = 0.0
+        self._t0 = 0.0
+
+    def __enter__(self) -> "TimedLock":
+        self._lock.acquire()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.held += time.perf_counter() - self._t0
+        self._lock.release()
+
+
+def locked_ms(vmap) -> float:
+    """Milliseconds the map's lock is held for one read-out by :meth:`snapshot_outside` (cache bypassed)."""
+    vmap.forget_readout()
+    lock = TimedLock()
+    vmap.snapshot_outside(lock)
+    return lock.held * 1000.0
+
+
 def bench_row(name: str, fusion: str, voxel_size: float, max_voxels: int, clouds: list, warmup: int,
               smoothing: float | None = None) -> dict:
     from safnet_ros.mapping import SemanticVoxelMap
@@ -115,6 +144,7 @@ def bench_row(name: str, fusion: str, voxel_size: float, max_voxels: int, clouds
         "cpu_mean_ms": statistics.fmean(cpu), "voxels": len(vmap), "peak_voxels": peak,
         "evicted": vmap.voxels_evicted, "map_mib": vmap.nbytes / 2 ** 20,
         "smoothing": vmap.smoothing, "read_ms": read_ms(vmap, vmap.smoothing), "read_raw_ms": read_ms(vmap, 0.0),
+        "locked_ms": locked_ms(vmap),
     }
 
 
@@ -140,11 +170,11 @@ def run(args: argparse.Namespace) -> int:
           f"voxel {args.voxel_size} m, read-out smoothing {rows[0]['smoothing']:g}; {info['cpus']} CPUs, load average "
           f"{', '.join(f'{v:.2f}' for v in info['load_average'])}, numpy {np.__version__}")
     head = f"{'row':<17} {'max_voxels':>10} {'mean ms':>8} {'median':>7} {'p95':>7} {'max':>7} {'cpu ms':>7} " \
-           f"{'voxels':>8} {'evicted':>8} {'MiB':>6} {'read ms':>8} {'raw':>6}"
+           f"{'voxels':>8} {'evicted':>8} {'MiB':>6} {'read ms':>8} {'raw':>6} {'locked':>7}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['row']:<17} {r['max_voxels']:>10} {r['mean_ms']:>8.2f} {r['median_ms']:>7.2f} {r['p95_ms']:>7.2f} "
               f"{r['max_ms']:>7.2f} {r['cpu_mean_ms']:>7.2f} {r['voxels']:>8} {r['evicted']:>8} {r['map_mib']:>6.1f} "
-              f"{r['read_ms']:>8.1f} {r['read_raw_ms']:>6.1f}")
+              f"{r['read_ms']:>8.1f} {r['read_raw_ms']:>6.1f} {r['locked_ms']:>7.1f}")
     return 0

@@ -144,6 +144,9 @@ def render_moved_similarity_png(
     groups: list[tuple[str, np.ndarray]],
     title: str = "",
     margin: float = 0.6,
+    histograms: Optional[list[tuple[str, np.ndarray]]] = None,
+    unit: str = "vertices",
+    map_title: str = "S around the moved objects (top view; moved vertices ringed cyan)",
 ) -> Path:
     """Close-up of S around moved objects, and S's distribution per group of vertices.
 
@@ -153,7 +156,8 @@ def render_moved_similarity_png(
     and seen through). Left: the top view of the moved vertices' xy bounding
     box widened by ``margin`` metres, every vertex in it coloured by S, the
     moved ones drawn larger with a cyan rim so that the eye finds them. Right: the histograms, normalised per
-    group, with each group's mean and count in the legend.
+    group, with each group's mean and count in the legend. ``histograms``: (legend name, values) drawn
+    instead of ``groups`` (e.g. S per view sighting, ``unit`` "sightings"); ``map_title`` names the left panel.
     """
     import matplotlib
 
@@ -185,19 +189,22 @@ def render_moved_similarity_png(
     else:
         ax_map.text(0.5, 0.5, "no moved vertex with an S", ha="center", va="center", transform=ax_map.transAxes)
     ax_map.set_aspect("equal")
-    ax_map.set_title("S around the moved objects (top view; moved vertices ringed cyan)", fontsize=10)
+    ax_map.set_title(map_title, fontsize=10)
     ax_map.set_xlabel("x (m)")
     ax_map.set_ylabel("y (m)")
-    values = [sim[m & np.isfinite(sim)] for _name, m in groups]
+    if histograms is None:
+        histograms = [(name, sim[m & np.isfinite(sim)]) for name, m in groups]
+    names = [name for name, _v in histograms]
+    values = [np.asarray(v, dtype=np.float64)[np.isfinite(np.asarray(v, dtype=np.float64))] for _n, v in histograms]
     top = max([float(np.max(v)) for v in values if len(v)] + [1.0])
     bins = np.linspace(0.0, max(1.2, top), 31)
-    for (name, _m), v in zip(groups, values):
+    for name, v in zip(names, values):
         if len(v):
             ax_hist.hist(v, bins=bins, density=True, histtype="step", linewidth=1.8,
-                         label=f"{name}: mean {v.mean():.2f} ({len(v):,} vertices)")
+                         label=f"{name}: mean {v.mean():.2f} ({len(v):,} {unit})")
     ax_hist.set_xlabel("S")
     ax_hist.set_ylabel("density (each group sums to 1)")
-    ax_hist.set_title("S per group of vertices", fontsize=10)
+    ax_hist.set_title(f"S per group of {unit}", fontsize=10)
     if any(len(v) for v in values):
         ax_hist.legend(fontsize=8, loc="upper left")
     ax_hist.grid(alpha=0.3)

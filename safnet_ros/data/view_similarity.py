@@ -1,0 +1,101 @@
+"""S view by view: the model's similarity for each (vertex, view) sighting, with that view alone.
+
+In use, S pools the back-projected points of all of a chunk's views: one view
+that still sees a moved object in place gives its vertices their neighbours
+back, so S over moved vertices stays high even where other views see through
+them (docs/synthetic_data.md, "Similarity on moved objects"). To see whether
+each frame's mismatch with the mesh is visible to the model, this module runs
+the Segmenter once per view, with that view as the only one (the Segmenter
+crops the cloud to what the view covers), and keeps S of every vertex the
+view sees: a (views, vertices) matrix of sightings. Used by
+``safnet data stats --model`` (:func:`safnet_ros.data.stats.moved_similarity`).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from safnet_ros.data.labels import CLASS_NAMES
+
+
+def similarity_per_view(segmenter: Any, xyz: np.ndarray, views: Sequence[Any], seen: np.ndarray) -> np.ndarray:
+    """(V, N) float32: S of vertex n when ``segmenter`` is given view v alone; NaN where v does not see n.
+
+    xyz (N, 3) metres in the views' world frame; views: V PosedViews; seen
+    (V, N) bool, which view sees which vertex (:func:`~safnet_ros.data.stats.view_sightings`).
+    A sighting the Segmenter leaves unsegmented or without a finite S stays NaN.
+    One whole segmentation per view (a loop over views, never over points).
+    """
+    xyz = np.asarray(xyz, dtype=np.float32)
+    seen = np.asarray(seen, dtype=bool)
+    if seen.shape != (len(views), len(xyz)):
+        raise ValueError(f"seen must be (views, vertices) = ({len(views)}, {len(xyz)}), got {seen.shape}")
+    s = np.full(seen.shape, np.nan, np.float32)
+    for k, view in enumerate(views):
+        if not seen[k].any():
+            continue
+        result = segmenter.segment(xyz, [view])
+        ok = seen[k] & result.segmented & np.isfinite(result.s)
+        s[k, ok] = result.s[ok]
+    return s
+
+
+def _row(values: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Sightings, vertices and mean S of the sightings in ``mask`` ((V, N) bool)."""
+    picked = values[mask]
+    return {"sightings": int(mask.sum()), "vertices": int(mask.any(axis=0).sum()),
+            "s_mean": float(picked.mean()) if len(picked) else float("nan")}
+
+
+def sighting_rows(s: np.ndarray, through: np.ndarray, moved: np.ndarray, counted: np.ndarray,
+                  classes: np.ndarray) -> dict[str, Any]:
+    """Mean S per group of sightings: the figures of ``safnet data stats --model`` under ``"per_view"``.
+
+    s (V, N) from :func:`similarity_per_view` (NaN: no sighting); through
+    (V, N) bool, sightings whose depth lies > 10 cm beyond the vertex (the view
+    sees free space where the mesh has a surface); moved (N,) bool, vertices
+    of moved objects; counted (N,) bool, vertices to count (annotated, in the
+    benchmark classes); classes (N,) class indices. Rows: ``static``,
+    ``moved``, ``moved_through`` / ``moved_in_place`` (moved sightings that
+    see through the vertex / that do not), ``static_through``, and
+    ``static_same_classes``: static sightings of the classes the moved
+    sightings have, weighted to their class mix (moved objects are furniture,
+    most static vertices walls and floors, and S differs by class).
+    """
+    s = np.asarray(s, dtype=np.float64)
+    has = np.isfinite(s)
+    through = np.asarray(through, dtype=bool) & has
+    moved = np.asarray(moved, dtype=bool)
+    counted = np.asarray(counted, dtype=bool)
+    static_v, moved_v = counted & ~moved, counted & moved
+    rows: dict[str, Any] = {
+        "static": _row(s, has & static_v),
+        "moved": _row(s, has & moved_v),
+        "moved_through": _row(s, through & moved_v),
+        "moved_in_place": _row(s, has & ~through & moved_v),
+        "static_through": _row(s, through & static_v),
+    }
+    # like for like: the static sightings of each class the moved sightings hold, at the moved class mix
+    per_vertex_moved = (has & moved_v).sum(axis=0)  # moved sightings per vertex
+    weight = {int(c): int(per_vertex_moved[moved_v & (classes == c)].sum()) for c in np.unique(classes[moved_v])}
+    shared = {c: n for c, n in weight.items() if n and (has & (static_v & (classes == c))).any()}
+    total = sum(shared.values())
+    same: dict[str, Any] = {"classes": [CLASS_NAMES[c] if 0 <= c < len(CLASS_NAMES) else str(c) for c in sorted(shared)],
+                            "moved_sightings": total}
+    if total:
+        same["s_mean"] = float(sum(n * s[has & (static_v & (classes == c))].mean() for c, n in shared.items()) / total)
+        same["s_moved_mean"] = float(s[has & (moved_v & np.isin(classes, list(shared)))].mean())
+    else:
+        same["s_mean"] = same["s_moved_mean"] = float("nan")
+    rows["static_same_classes"] = same
+    return rows
+
+
+def vertex_mean(s: np.ndarray) -> np.ndarray:
+    """(N,) float32 each vertex's mean S over the views that see it (NaN when none does): for pictures."""
+    s = np.asarray(s, dtype=np.float64)
+    count = np.isfinite(s).sum(axis=0)
+    total = np.where(np.isfinite(s), s, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)

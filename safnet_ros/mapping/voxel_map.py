@@ -515,8 +515,10 @@ class SemanticVoxelMap:
 
     def snapshot(self, with_scores: bool = False) -> MapSnapshot:
         """A consistent copy of the map (take it under the owner's lock, or use :meth:`snapshot_outside`)."""
-        dist = self._readout()
-        return self.evidence().snapshot(dist, with_scores=with_scores)
+        evidence = self.evidence()
+        if self._readout_state != evidence.state:
+            self._readout_dist, self._readout_state = evidence.read(), evidence.state
+        return evidence.snapshot(self._readout_dist, with_scores=with_scores)
 
     # ------------------------------------------------------------------ restoring
     def load_voxels(self, centres: np.ndarray, scores: np.ndarray, observations: np.ndarray) -> None:

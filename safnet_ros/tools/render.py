@@ -195,7 +195,8 @@ def render_moved_similarity_png(
     if histograms is None:
         histograms = [(name, sim[m & np.isfinite(sim)]) for name, m in groups]
     names = [name for name, _v in histograms]
-    values = [np.asarray(v, dtype=np.float64)[np.isfinite(np.asarray(v, dtype=np.float64))] for _n, v in histograms]
+    arrays = [np.asarray(v, dtype=np.float64) for _n, v in histograms]
+    values = [v[np.isfinite(v)] for v in arrays]
     top = max([float(np.max(v)) for v in values if len(v)] + [1.0])
     bins = np.linspace(0.0, max(1.2, top), 31)
     for name, v in zip(names, values):

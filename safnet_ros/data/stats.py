@@ -355,16 +355,16 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
              ("moved, every chosen view sees through it", ok & moved & all_chosen_through)],
             title=f"{scene_dir.name}: S where the views and the mesh disagree"))
         if s_views is not None:
-            from safnet_ros.data.view_similarity import vertex_mean
+            from safnet_ros.data.view_similarity import sighting_groups, vertex_mean
 
-            counted = np.isfinite(s_views) & (truth != IGNORE_INDEX)[None, :]
+            groups = sighting_groups(s_views, sees_through, moved, truth != IGNORE_INDEX)
             pv = out["per_view"]
             out["png_per_view"] = str(render_moved_similarity_png(
                 png.with_name(f"{png.stem}_per_view{png.suffix or '.png'}"), np.asarray(xyz),
                 np.where(truth != IGNORE_INDEX, vertex_mean(s_views), np.nan), moved, [],
-                histograms=[("static", s_views[counted & ~moved[None, :]]),
-                            ("moved, the view sees it in place", s_views[counted & moved[None, :] & ~sees_through]),
-                            ("moved, the view sees through it", s_views[counted & moved[None, :] & sees_through])],
+                histograms=[("static", s_views[groups["static"]]),
+                            ("moved, the view sees it in place", s_views[groups["moved_in_place"]]),
+                            ("moved, the view sees through it", s_views[groups["moved_through"]])],
                 unit="sightings", map_title="S view by view, each vertex's mean over the views that see it",
                 title=f"{scene_dir.name}: S with each view alone: moved {pv['moved']['s_mean']:.3f} "
                       f"vs static {pv['static']['s_mean']:.3f} over the sightings"))

@@ -16,7 +16,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from safnet_ros.data.labels import CLASS_NAMES
 
 
 def similarity_per_view(segmenter: Any, xyz: np.ndarray, views: Sequence[Any], seen: np.ndarray) -> np.ndarray:
@@ -48,6 +47,18 @@ def _row(values: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
             "s_mean": float(picked.mean()) if len(picked) else float("nan")}
 
 
+def sighting_groups(s: np.ndarray, through: np.ndarray, moved: np.ndarray,
+                    counted: np.ndarray) -> dict[str, np.ndarray]:
+    """The (V, N) bool masks of the sighting groups of :func:`sighting_rows` (same arguments), by row name."""
+    has = np.isfinite(np.asarray(s, dtype=np.float64))
+    through = np.asarray(through, dtype=bool) & has
+    moved = np.asarray(moved, dtype=bool)
+    counted = np.asarray(counted, dtype=bool)
+    static_v, moved_v = counted & ~moved, counted & moved
+    return {"static": has & static_v, "moved": has & moved_v, "moved_through": through & moved_v,
+            "moved_in_place": has & ~through & moved_v, "static_through": through & static_v}
+
+
 def sighting_rows(s: np.ndarray, through: np.ndarray, moved: np.ndarray, counted: np.ndarray,
                   classes: np.ndarray) -> dict[str, Any]:
     """Mean S per group of sightings: the figures of ``safnet data stats --model`` under ``"per_view"``.
@@ -61,34 +72,20 @@ def sighting_rows(s: np.ndarray, through: np.ndarray, moved: np.ndarray, counted
     see through the vertex / that do not), ``static_through``, and
     ``static_same_classes``: static sightings of the classes the moved
     sightings have, weighted to their class mix (moved objects are furniture,
-    most static vertices walls and floors, and S differs by class).
+    most static vertices walls and floors, and S differs by class; the
+    per-vertex rule of :func:`~safnet_ros.data.stats.class_matched_similarity`
+    applied to sightings).
     """
+    from safnet_ros.data.stats import class_matched_similarity
+
     s = np.asarray(s, dtype=np.float64)
-    has = np.isfinite(s)
-    through = np.asarray(through, dtype=bool) & has
-    moved = np.asarray(moved, dtype=bool)
-    counted = np.asarray(counted, dtype=bool)
-    static_v, moved_v = counted & ~moved, counted & moved
-    rows: dict[str, Any] = {
-        "static": _row(s, has & static_v),
-        "moved": _row(s, has & moved_v),
-        "moved_through": _row(s, through & moved_v),
-        "moved_in_place": _row(s, has & ~through & moved_v),
-        "static_through": _row(s, through & static_v),
-    }
-    # like for like: the static sightings of each class the moved sightings hold, at the moved class mix
-    per_vertex_moved = (has & moved_v).sum(axis=0)  # moved sightings per vertex
-    weight = {int(c): int(per_vertex_moved[moved_v & (classes == c)].sum()) for c in np.unique(classes[moved_v])}
-    shared = {c: n for c, n in weight.items() if n and (has & (static_v & (classes == c))).any()}
-    total = sum(shared.values())
-    same: dict[str, Any] = {"classes": [CLASS_NAMES[c] if 0 <= c < len(CLASS_NAMES) else str(c) for c in sorted(shared)],
-                            "moved_sightings": total}
-    if total:
-        same["s_mean"] = float(sum(n * s[has & (static_v & (classes == c))].mean() for c, n in shared.items()) / total)
-        same["s_moved_mean"] = float(s[has & (moved_v & np.isin(classes, list(shared)))].mean())
-    else:
-        same["s_mean"] = same["s_moved_mean"] = float("nan")
-    rows["static_same_classes"] = same
+    groups = sighting_groups(s, through, moved, counted)
+    rows: dict[str, Any] = {name: _row(s, mask) for name, mask in groups.items()}
+    seen = groups["static"] | groups["moved"]  # every counted sighting, flattened below: one entry each
+    same = class_matched_similarity(np.broadcast_to(np.asarray(classes), s.shape)[seen], groups["moved"][seen],
+                                    groups["static"][seen], {"s": s[seen]})
+    rows["static_same_classes"] = {"classes": same["classes"], "moved_sightings": same["moved_vertices"],
+                                   "s_mean": same["s_mean"], "s_moved_mean": same["s_moved_mean"]}
     return rows
 
 

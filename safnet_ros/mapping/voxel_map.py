@@ -129,6 +129,11 @@ class MapSnapshot:
         return len(self.labels)
 
 
+def key_centres(keys: np.ndarray, voxel_size: float) -> np.ndarray:
+    """(V, 3) float32 centres, metres, of the voxels with packed grid ``keys`` (V,)."""
+    return ((unpack_keys(keys) + 0.5) * voxel_size).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class MapEvidence:
     """The stored evidence of a map at one version, in key order (V voxels), readable without the map.
@@ -177,7 +182,7 @@ class MapEvidence:
         dist = self.read() if dist is None else dist
         labels = np.argmax(dist, axis=1).astype(np.int64)
         return MapSnapshot(
-            centres=((unpack_keys(self.keys) + 0.5) * self.voxel_size).astype(np.float32), labels=labels,
+            centres=key_centres(self.keys, self.voxel_size), labels=labels,
             confidence=dist[np.arange(len(dist)), labels].astype(np.float32), observations=self.observations,
             voxel_size=self.voxel_size, fusion=self.fusion, scores=self.scores if with_scores else None,
             smoothing=self.smoothing, smoothing_cell=self.smoothing_cell)
@@ -437,7 +442,7 @@ class SemanticVoxelMap:
     # ------------------------------------------------------------------ reading
     def centres(self) -> np.ndarray:
         """(V, 3) float32 voxel centres, metres."""
-        return ((unpack_keys(self._sorted_keys) + 0.5) * self.voxel_size).astype(np.float32)
+        return key_centres(self._sorted_keys, self.voxel_size)
 
     def _readout(self) -> np.ndarray:
         """(V, C) float32 class distributions as read (smoothed when ``smoothing`` > 0), in key order.
@@ -445,8 +450,11 @@ class SemanticVoxelMap:
         Computed once per map version (and again when ``smoothing`` or
         ``smoothing_cell`` is changed on the object).
         """
-        if self._readout_state != self._read_state():
-            evidence = self.evidence()
+        return self._readout_of(self.evidence() if self._readout_state != self._read_state() else None)
+
+    def _readout_of(self, evidence: Optional["MapEvidence"]) -> np.ndarray:
+        """The cached read-out, computed from ``evidence`` (this map's current copy) when the cache is stale."""
+        if evidence is not None and self._readout_state != evidence.state:
             self._readout_dist, self._readout_state = evidence.read(), evidence.state
         return self._readout_dist
 
@@ -469,21 +477,21 @@ class SemanticVoxelMap:
     def snapshot_outside(self, lock: "AbstractContextManager[Any]", with_scores: bool = False) -> MapSnapshot:
         """:meth:`snapshot` for a map shared between threads, holding ``lock`` only to copy.
 
-        Under the lock: the cached read-out when it is current, else a copy of
-        the evidence (:meth:`evidence`). The read-out is then computed with the
+        Under the lock: a copy of the evidence (:meth:`evidence`) and the
+        cached read-out when it is current. A stale read-out is computed with the
         lock released, so that the thread fusing clouds is not held up by the
         smoothing of a large map (0.2-0.5 s at 360k voxels,
         docs/benchmarks.md), and handed back to the map's cache when the map
         has not changed meanwhile.
         """
         with lock:
-            if self._readout_state == self._read_state():
-                return self.snapshot(with_scores=with_scores)
             evidence = self.evidence()
-        dist = evidence.read()
-        with lock:
-            if self._readout_state != evidence.state and self._read_state() == evidence.state:
-                self._readout_dist, self._readout_state = dist, evidence.state
+            dist = self._readout_dist if self._readout_state == evidence.state else None
+        if dist is None:
+            dist = evidence.read()
+            with lock:
+                if self._readout_state != evidence.state and self._read_state() == evidence.state:
+                    self._readout_dist, self._readout_state = dist, evidence.state
         return evidence.snapshot(dist, with_scores=with_scores)
 
     def forget_readout(self) -> None:
@@ -516,9 +524,7 @@ class SemanticVoxelMap:
     def snapshot(self, with_scores: bool = False) -> MapSnapshot:
         """A consistent copy of the map (take it under the owner's lock, or use :meth:`snapshot_outside`)."""
         evidence = self.evidence()
-        if self._readout_state != evidence.state:
-            self._readout_dist, self._readout_state = evidence.read(), evidence.state
-        return evidence.snapshot(self._readout_dist, with_scores=with_scores)
+        return evidence.snapshot(self._readout_of(evidence), with_scores=with_scores)
 
     # ------------------------------------------------------------------ restoring
     def load_voxels(self, centres: np.ndarray, scores: np.ndarray, observations: np.ndarray) -> None:

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.safnet-installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test lint venv clean bench
 
 $(STAMP): requirements.txt setup.py scripts/setup_env.sh scripts/build_tf2_msgs.sh $(wildcard interfaces/tf2_msgs/*) $(wildcard interfaces/tf2_msgs/msg/*)
 	VENV=$(VENV) bash scripts/setup_env.sh
@@ -18,7 +18,11 @@ demo: $(STAMP)
 	$(VENV)/bin/safnet demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(VENV)/bin/safnet bench model

@@ -6,8 +6,8 @@ under ``lib/safnet_ros`` (so ``ros2 run safnet_ros segment_node`` works).
 Elsewhere ``pip install .`` installs the same Python package and the ``safnet``
 command; see README.md.
 """
-from glob import glob
 import os
+from glob import glob
 
 from setuptools import find_packages, setup
 

@@ -53,10 +53,10 @@ def main() -> int:
     try:
         for _ in range(2):
             for name, fn in (("skip", skip), ("all slots", every)):
-                setattr(SafnetModel, "views_with_pixels", fn)
+                SafnetModel.views_with_pixels = fn
                 times[name].append(round_seconds())
     finally:
-        setattr(SafnetModel, "views_with_pixels", skip)
+        SafnetModel.views_with_pixels = skip
     print(f"{len(batches)} batches of 2 chunks x 8192 points, {args.views} slots, real views per chunk "
           f"{sum(real) / len(real):.1f} on average ({min(real)}-{max(real)}), torch threads {torch.get_num_threads()}")
     print("| 2D net on | s / step (two rounds) |")

@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print every room's figures as JSON")
     args = parser.parse_args(argv)
 
-    from safnet_ros.mapping.map_ply import load_map
     from safnet_ros.engine.metrics import ConfusionMatrix
+    from safnet_ros.mapping.map_ply import load_map
     from safnet_ros.mapping.score import score_labels, transfer_labels
 
     settings = [(w, c) for w in args.weights for c in (args.cells if w > 0 else args.cells[:1])]

@@ -198,7 +198,7 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
         events.sort(key=lambda e: e[0])
         start = time.monotonic()
         last_clock = 0.0
-        for offset, t_ns, topic, msgtype, raw in events:
+        for offset, _t_ns, topic, msgtype, raw in events:
             while True:
                 now = time.monotonic() - start
                 if now - last_clock >= 0.05:  # /clock follows the camera's time

@@ -7,8 +7,17 @@ from PIL import Image
 
 from safnet_ros.data.labels import IGNORE_INDEX, NYU40_IDS, nyu40_to_class
 from safnet_ros.data.ply import write_scannet_mesh
-from safnet_ros.data.scannet import (ExportedFrames, ScanNetScene, SensFrames, export_frames, find_scenes,
-                                     read_label_map, read_split, transform_points, write_label_map)
+from safnet_ros.data.scannet import (
+    ExportedFrames,
+    ScanNetScene,
+    SensFrames,
+    export_frames,
+    find_scenes,
+    read_label_map,
+    read_split,
+    transform_points,
+    write_label_map,
+)
 from safnet_ros.data.sens import SensWriter
 from safnet_ros.errors import DataFormatError, MissingDataError
 

@@ -521,9 +521,7 @@ def test_split_lists_accumulate_over_seeds(tmp_path: Path):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_every_layout_has_all_classes_inside_the_room(seed: int):
-    from safnet_ros.data.synth.rooms import footprint, generate_room
-
-    from safnet_ros.data.synth.rooms import ROOM_ZONES
+    from safnet_ros.data.synth.rooms import ROOM_ZONES, footprint, generate_room
 
     room = generate_room(np.random.default_rng(seed), room_types=("studio",))
     assert set(NYU40_IDS) <= {o.nyu40 for o in room.objects}

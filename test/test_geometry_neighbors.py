@@ -14,8 +14,8 @@ from safnet_ros.geometry.neighbors import (
     ball_query,
     farthest_point_sample,
     gather,
-    knn,
     interpolate_rows,
+    knn,
     three_nn_interpolate,
     three_nn_weights,
 )

@@ -15,16 +15,26 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
+from test_ros_node import (  # noqa: E402
+    CAMERA_EYES,
+    IMAGE_WH,
+    K_CAM,
+    LOOK_AT,
+    NODE_PARAMS,
+    Harness,
+    frame_messages,
+    lidar_cloud,
+    look_at,
+    stamp,
+    tiny_checkpoint,
+    wait_until,
+)
 
 from safnet_ros.engine.batching import NET_IMAGE_WH  # noqa: E402
 from safnet_ros.geometry.camera import scale_intrinsics  # noqa: E402
 from safnet_ros.ros import codecs, compat  # noqa: E402
 from safnet_ros.ros.diagnostics import diagnostics_values  # noqa: E402
 from safnet_ros.ros.segment_node import main  # noqa: E402
-from test_ros_node import (  # noqa: E402
-    CAMERA_EYES, IMAGE_WH, K_CAM, LOOK_AT, NODE_PARAMS, Harness, frame_messages, lidar_cloud, look_at, stamp,
-    tiny_checkpoint, wait_until,
-)
 
 pytestmark = pytest.mark.ros
 
@@ -103,7 +113,7 @@ def test_broken_clouds_are_skipped_counted_on_diagnostics_and_the_node_goes_on(h
     }
     decode_before = counter(h, "decode_errors")
     capfd.readouterr()
-    for what, msg in faults.items():
+    for _what, msg in faults.items():
         send_and_wait(h, lambda: h.pub_cloud.publish(msg), "decode_errors")
     assert counter(h, "decode_errors") == decode_before + len(faults)
     # empty clouds (no points at all, or only NaN / inf): skipped and counted apart

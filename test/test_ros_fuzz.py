@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import Image, PointCloud2, PointField
+from test_ros_codecs import slow_decode_cloud  # the struct-per-point reference decoder
 
 from safnet_ros.errors import MessageDecodeError
-from test_ros_codecs import slow_decode_cloud  # the struct-per-point reference decoder
 from safnet_ros.ros.codecs import (
     camera_info_to_K,
     depth_to_metres,

@@ -19,14 +19,21 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
+from test_ros_node import (  # noqa: E402
+    NODE_PARAMS,
+    T_MAP_LIDAR,
+    Collector,
+    Harness,
+    lidar_cloud,
+    stamp,
+    tiny_checkpoint,
+    wait_until,
+)
 
 from safnet_ros.data.labels import IGNORE_INDEX  # noqa: E402
 from safnet_ros.ros import codecs, compat  # noqa: E402
 from safnet_ros.ros.segment_node import SegmentNode, main  # noqa: E402
 from safnet_ros.ros.tf_path import TFMESSAGE_TYPE_HASH, active_tf_path, tf_message_class  # noqa: E402
-from test_ros_node import (  # noqa: E402
-    NODE_PARAMS, T_MAP_LIDAR, Collector, Harness, lidar_cloud, stamp, tiny_checkpoint, wait_until,
-)
 
 pytestmark = pytest.mark.ros
 

@@ -12,6 +12,17 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
+from test_ros_node import (  # noqa: E402
+    NODE_PARAMS,
+    T_MAP_LIDAR,
+    Collector,
+    Harness,
+    lidar_cloud,
+    offline_segmenter,
+    through_tf,
+    tiny_checkpoint,
+    wait_until,
+)
 
 from safnet_ros.data.labels import IGNORE_INDEX  # noqa: E402
 from safnet_ros.engine.batching import prepare_view  # noqa: E402
@@ -20,8 +31,6 @@ from safnet_ros.mapping.map_ply import load_map  # noqa: E402
 from safnet_ros.ros import codecs  # noqa: E402
 from safnet_ros.ros.diagnostics import diagnostics_values  # noqa: E402
 from safnet_ros.ros.segment_node import transform_points  # noqa: E402
-from test_ros_node import (NODE_PARAMS, T_MAP_LIDAR, Collector, Harness, lidar_cloud,  # noqa: E402
-                           offline_segmenter, through_tf, tiny_checkpoint, wait_until)
 
 pytestmark = pytest.mark.ros
 

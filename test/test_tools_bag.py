@@ -18,9 +18,9 @@ from safnet_ros.data.ply import write_scannet_mesh
 from safnet_ros.data.scannet import ScanNetScene
 from safnet_ros.data.sens import SensWriter
 from safnet_ros.errors import ConfigError, MissingDataError, SafnetError
-from safnet_ros.tools import bag_io as bio
 from safnet_ros.geometry.camera import scale_intrinsics
 from safnet_ros.geometry.transforms import quat_to_matrix
+from safnet_ros.tools import bag_io as bio
 from safnet_ros.tools.bag_convert import convert_scene, registered_frame
 
 NUM_FRAMES = 20
@@ -325,8 +325,8 @@ def test_bag_play_publishes_images_clock_and_fallback_transforms(mcap_bag):
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
 
-    from safnet_ros.ros.compat import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
     from safnet_ros.ros.bag_player import BagPlayer, qos
+    from safnet_ros.ros.compat import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
 
     topics = read_bag(mcap_bag)
     ctx = rclpy.Context()
@@ -565,8 +565,8 @@ def test_bag_play_feeds_the_segment_node_through_the_fallback_tf(mcap_bag, segme
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import PointCloud2
 
-    from safnet_ros.ros.segment_node import SegmentNode
     from safnet_ros.ros.bag_player import BagPlayer, qos
+    from safnet_ros.ros.segment_node import SegmentNode
 
     topics = read_bag(mcap_bag)
     ctx = rclpy.Context()
@@ -618,7 +618,7 @@ def test_exported_layout_converts_like_the_sens(scene_dir, tmp_path):
     assert summary.frames_written == NUM_FRAMES - len(INVALID) and summary.frames_invalid_pose == len(INVALID)
     topics = read_bag(tmp_path / "b")
     source = ScanNetScene(exported).frames
-    for (t, depth_msg), i in zip(topics[bio.DEPTH_TOPIC], source.valid_indices):
+    for (_t, depth_msg), i in zip(topics[bio.DEPTH_TOPIC], source.valid_indices):
         _, mm = registered_frame(source.get(i).color, source.get(i).depth, COLOR_WH)
         assert np.array_equal(bio.image_to_array(depth_msg), mm)
     # no timestamps in the exported layout: 30 Hz by frame id

@@ -17,8 +17,8 @@ import pytest
 from safnet_ros.data.labels import NUM_CLASSES, class_to_nyu40
 from safnet_ros.data.ply import read_mesh, read_vertex_labels
 from safnet_ros.tools.demo import add_arguments, json_safe, run
-from safnet_ros.tools.vertex_votes import VertexVotes, score
 from safnet_ros.tools.render import UNLABELLED_COLOR, label_colors, render_cloud_png
+from safnet_ros.tools.vertex_votes import VertexVotes, score
 
 
 def _grid(n: int = 5, step: float = 0.1) -> np.ndarray:

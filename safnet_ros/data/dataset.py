@@ -182,7 +182,6 @@ def list_scenes(root: str | os.PathLike, split: Optional[str] = None) -> list[Pr
     (a silently smaller training set would be a wrong result).
     """
     from safnet_ros.data.preprocess import scene_is_complete
-
     from safnet_ros.validation import require_dir
 
     base = require_dir(root, "preprocessed data folder")

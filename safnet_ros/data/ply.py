@@ -318,7 +318,7 @@ def _ascii_rows(rows: list[str], elem: PlyElement) -> np.ndarray:
     for p in elem.properties:
         if p.count_type is None:
             arr[p.name] = _ascii_column(np.array(columns[p.name]), p.type)
-        elif arr.dtype[p.name] == object:
+        elif arr.dtype[p.name] is np.dtype(object):
             col = np.empty(len(rows), dtype=object)
             col[:] = [_ascii_column(v, p.type) for v in columns[p.name]]
             arr[p.name] = col

@@ -30,7 +30,13 @@ import numpy as np
 from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS
 from safnet_ros.data.ply import read_mesh, read_vertex_labels
 from safnet_ros.data.sens import (
-    COLOR_JPEG, COLOR_PNG, COLOR_RAW, DEPTH_RAW_USHORT, DEPTH_ZLIB_USHORT, SensReader, decode_color,
+    COLOR_JPEG,
+    COLOR_PNG,
+    COLOR_RAW,
+    DEPTH_RAW_USHORT,
+    DEPTH_ZLIB_USHORT,
+    SensReader,
+    decode_color,
     valid_pose_mask,
 )
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
@@ -108,7 +114,7 @@ class FrameSource(abc.ABC):
         for i in self.valid_indices:
             yield self.get(i)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a source holds files
         """Release open files (no-op by default)."""
 
     def __enter__(self) -> FrameSource:

@@ -102,9 +102,9 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
 
     from safnet_ros.data.labels import NYU40_IDS
     from safnet_ros.data.scannet import ScanNetScene, transform_points
+    from safnet_ros.errors import ConfigError
     from safnet_ros.geometry.camera import backproject, visible
     from safnet_ros.geometry.views import greedy_select
-    from safnet_ros.errors import ConfigError
 
     if frame_step < 1:
         raise ConfigError(f"--frame-step must be >= 1, got {frame_step}")

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import numpy as np
 
 
-
 def similarity_per_view(segmenter: Any, xyz: np.ndarray, views: Sequence[Any], seen: np.ndarray) -> np.ndarray:
     """(V, N) float32: S of vertex n when ``segmenter`` is given view v alone; NaN where v does not see n.
 

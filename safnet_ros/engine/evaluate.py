@@ -85,7 +85,6 @@ def find_eval_scenes(root: str | Path, split: Optional[str], max_scenes: Optiona
     from safnet_ros.data.preprocess import TMP_PREFIX, scene_is_complete
     from safnet_ros.data.scannet import read_split
     from safnet_ros.errors import SafnetError
-
     from safnet_ros.validation import require_dir
 
     base = require_dir(root, "preprocessed data folder (run `safnet data preprocess`)")

@@ -34,8 +34,14 @@ import numpy as np
 import torch
 
 from safnet_ros.data.labels import IGNORE_INDEX, NUM_CLASSES
-from safnet_ros.engine.batching import (NET_IMAGE_WH, PosedView, build_chunk_sample, collate, normalize_images,
-                                        prepare_view)
+from safnet_ros.engine.batching import (
+    NET_IMAGE_WH,
+    PosedView,
+    build_chunk_sample,
+    collate,
+    normalize_images,
+    prepare_view,
+)
 from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
 from safnet_ros.errors import ConfigError, ModelLoadError, SafnetError
 from safnet_ros.geometry.chunks import VoteAccumulator, chunk_grid

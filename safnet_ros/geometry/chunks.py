@@ -129,7 +129,6 @@ def chunk_grid(
     key = ids_all.astype(np.uint16) if nx * ny <= np.iinfo(np.uint16).max else ids_all
     order = np.argsort(key, kind="stable")
     ids_all, pts_all = ids_all[order], pts_all[order]
-    point_ids = np.arange(N, dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, ids_all[1:] != ids_all[:-1]])
     cell_ids = ids_all[starts]
     counts = np.diff(np.r_[starts, len(ids_all)])

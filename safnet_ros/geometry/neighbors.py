@@ -71,9 +71,9 @@ def _kdtree_library() -> str:
         return "scipy"
     try:
         import pykdtree.kdtree  # noqa: F401
-    except ImportError:
+    except ImportError as exc:
         if wanted == "pykdtree":
-            raise ConfigError(f"${_ENV_KDTREE}=pykdtree but pykdtree is not installed (pip install pykdtree)")
+            raise ConfigError(f"${_ENV_KDTREE}=pykdtree but pykdtree is not installed (pip install pykdtree)") from exc
         return "scipy"
     return "pykdtree"
 

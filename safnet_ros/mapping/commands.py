@@ -34,11 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from safnet_ros.data.labels import TABLE_ORDER
     from safnet_ros.errors import MissingDataError
     from safnet_ros.mapping.map_ply import load_map
     from safnet_ros.mapping.score import score_map_on_scene
-    from pathlib import Path
 
     if not Path(args.scene_dir).is_dir():
         raise MissingDataError(args.scene_dir, "scene folder")

@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from safnet_ros.data.labels import NUM_CLASSES, class_colors, class_to_nyu40, nyu40_to_class, IGNORE_INDEX
+from safnet_ros.data.labels import IGNORE_INDEX, NUM_CLASSES, class_colors, class_to_nyu40, nyu40_to_class
 from safnet_ros.errors import ConfigError, DataFormatError, SafnetError
 from safnet_ros.mapping.smoothing import DEFAULT_CELL_M
 from safnet_ros.mapping.voxel_map import FUSION_RULES, LOG_CLAMP, LOG_FLOOR, MapSnapshot, SemanticVoxelMap

@@ -61,8 +61,13 @@ from safnet_ros.data.labels import NUM_CLASSES
 from safnet_ros.errors import ConfigError
 from safnet_ros.mapping.grid_keys import MAX_GRID_COORD, pack_keys, sum_by_key, unpack_keys
 from safnet_ros.mapping.key_index import KeyIndex
-from safnet_ros.mapping.smoothing import (DEFAULT_CELL_M, DEFAULT_WEIGHT, cell_voxels, check_smoothing,
-                                          neighbourhood_blend)
+from safnet_ros.mapping.smoothing import (
+    DEFAULT_CELL_M,
+    DEFAULT_WEIGHT,
+    cell_voxels,
+    check_smoothing,
+    neighbourhood_blend,
+)
 
 #: The documented fusion rules (see the module docstring).
 FUSION_RULES: tuple[str, ...] = ("count", "log")

@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from safnet_ros.errors import ConfigError
-from safnet_ros.geometry.neighbors import ball_query, farthest_point_sample, gather, interpolate_rows, three_nn_weights
+from safnet_ros.geometry.neighbors import (
+    ball_query,
+    farthest_point_sample,
+    gather,
+    interpolate_rows,
+    three_nn_weights,
+)
 from safnet_ros.model.folded_norm import bn_relu, linear_bn_relu
 
 __all__ = ["PointNet2SSG", "SetAbstraction", "FeaturePropagation"]

@@ -40,6 +40,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
@@ -50,7 +51,6 @@ from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
-from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
@@ -60,10 +60,14 @@ from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, 
 from safnet_ros.ros import codecs, compat
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import SIMILARITY_RANGES, similarity_markers
+from safnet_ros.ros.semantic_map_component import (
+    MAP_PARAMETER_SPECS,
+    SemanticMapComponent,
+    check_probability_mode,
+)
 from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_path import missing_tf2_ros_warning
 from safnet_ros.ros.time_jumps import StreamTimeJumps, watch_clock_jumps
-from safnet_ros.ros.semantic_map_component import MAP_PARAMETER_SPECS, SemanticMapComponent, check_probability_mode
 
 NODE_NAME = "safnet_segment"
 #: Throttle period of repeated warnings (seconds).
@@ -545,7 +549,9 @@ class SegmentNode(LifecycleNode):
         return self.get_parameter(name).value
 
     def _policy_from_params(self, overrides: Optional[dict] = None) -> KeyframePolicy:
-        get = (lambda n: overrides[n] if overrides and n in overrides else self._param(n))
+        def get(n: str) -> Any:
+            return overrides[n] if overrides and n in overrides else self._param(n)
+
         return KeyframePolicy(
             min_translation=float(get("keyframe_min_translation")),
             min_rotation_deg=float(get("keyframe_min_rotation_deg")),

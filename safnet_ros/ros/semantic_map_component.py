@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Optional

@@ -206,8 +206,8 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
                 batch = synthetic_bench_batch(n, v, height, width, dev)
                 with torch.inference_mode():
                     if pn_ms is None:
-                        pn_ms, pn_mem, pn_cpu = _measure(lambda: baseline(batch), dev, repeats, warmup)
-                    ms, mem, cpu = _measure(lambda: model(batch), dev, repeats, warmup)
+                        pn_ms, pn_mem, pn_cpu = _measure(lambda b=batch, m=baseline: m(b), dev, repeats, warmup)
+                    ms, mem, cpu = _measure(lambda b=batch, m=model: m(b), dev, repeats, warmup)
                 rows.append({
                     "preset": name, "points": n, "views": v, "q_points": v * height * width,
                     "safnet_ms": round(ms, 1), "pointnet2_ms": round(pn_ms, 1),

@@ -284,7 +284,7 @@ def segment_bag(
     num_views: int = 3,
     max_views: int = 30,
     segmenter: Any = None,
-    topics: BagTopics = BagTopics(),
+    topics: Optional[BagTopics] = None,
     fixed_frame: str = bio.MAP_FRAME,
     chunk_stride: float = 1.5,
     max_points: Optional[int] = 100_000,
@@ -312,6 +312,7 @@ def segment_bag(
     ``map_max_voxels``, ``map_fusion``, read with ``map_smoothing`` over
     ``map_smoothing_cell`` m) saved there at the end.
     """
+    topics = topics if topics is not None else BagTopics()
     from rosbags.rosbag2 import Writer
 
     from safnet_ros.data.labels import class_colors

@@ -504,7 +504,7 @@ def _extras(L: _Layout, mats: dict[str, Material], locals_: dict) -> None:
                   [_box(0, 0, 1.2, 0.9, 0.02, 0.6, Material(0, (0.93, 0.93, 0.94)), ("+x", "-x", "+y", "+z", "-z"))],
                   zone="shelf")
     if L.wants("vanity"):
-        for k in range(int(rng.integers(1, 4))):
+        for _ in range(int(rng.integers(1, 4))):
             off = float(rng.uniform(-0.45, 0.45)) * v["c_len"]
             if abs(off) < 0.3:
                 continue

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from safnet_ros.data.labels import nyu40_to_class, class_colors
+from safnet_ros.data.labels import class_colors, nyu40_to_class
 
 #: ScanNet's over-segmentation parameters as they appear in ``segs.json``.
 SEGS_PARAMS = {"kThresh": "0.0001", "segMinVerts": "20", "minPoints": "750", "maxPoints": "5000",

@@ -52,7 +52,7 @@ def write_sens(path, n: int = 4, invalid: tuple[int, ...] = ()) -> None:
 
 def handcrafted_sens(frames: list[tuple[np.ndarray, bytes, bytes, int, int]], *, version: int = 4,
                      name: bytes = b"StructureSensor", count: int | None = None) -> bytes:
-    """A .sens file built with ``struct`` straight from SPEC §2, independent of SensWriter."""
+    """A .sens file built with ``struct`` straight from docs/design.md §2.2, independent of SensWriter."""
     k_c, k_d = np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32)
     k_c[:3, :3], k_d[:3, :3] = K_COLOR, K_DEPTH
     out = [struct.pack("<I", version), struct.pack("<Q", len(name)), name]

@@ -589,7 +589,7 @@ def test_launch_file_is_valid_python_and_imports_where_launch_exists():
     path = REPO / "launch" / "segment.launch.py"
     compile(path.read_text(), str(path), "exec")
     if importlib.util.find_spec("launch_ros") is None:
-        pytest.skip("launch_ros is not installed here (SPEC §3); compiled only")
+        pytest.skip("launch_ros is not installed here (docs/design.md §3.10); compiled only")
     spec = importlib.util.spec_from_file_location("segment_launch", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,7 +4,7 @@ A ``.sens`` file is one RGB-D recording: a header (sensor name, colour/depth
 intrinsics and extrinsics, image sizes, compression types, depth shift, frame
 count) followed by frames, each a camera-to-world pose, two timestamps and the
 compressed colour (JPEG) and depth (zlib of little-endian uint16) payloads.
-Byte layout (little-endian, see SPEC §2)::
+Byte layout (little-endian, see docs/design.md §2.2)::
 
     uint32 version (= 4)
     uint64 name length, name bytes

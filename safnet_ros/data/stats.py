@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-#: Chunk size (metres) and base points per chunk, as training and evaluation use them (SPEC §2).
+#: Chunk size (metres) and base points per chunk, as training and evaluation use them (docs/design.md §2.5).
 CHUNK = 1.5
 BASE_POINTS = 2000
 COVER_TOL = 0.1

@@ -4,7 +4,7 @@ One code path for the trainer, the evaluator, the ROS node and the demo:
 
 1. :func:`prepare_view` resizes a frame to the network resolution (160 x 120 by
    default): colour bilinear, depth and label images nearest-neighbour, and the
-   intrinsics scaled to match (SPEC §2 preprocessing).
+   intrinsics scaled to match (docs/design.md §2.5).
 2. :func:`build_chunk_sample` back-projects every valid pixel of the chosen views
    into Q (keeping each point's pixel index into the stacked ``(V*H*W)`` grid),
    keeps the Q points near the chunk, and moves P and Q into chunk-local

@@ -11,7 +11,7 @@ segmentation, the evaluator and the demo:
    covers any point (a camera stream that stopped) the whole cloud is segmented
    3D-only;
 4. the kept points are cut into ``chunk_size`` squares in xy at ``chunk_stride``
-   (SPEC §2: 1.5 m, stride 0.5 m offline); each chunk gets up to ``num_views``
+   (docs/design.md §2.5: 1.5 m, stride 0.5 m offline); each chunk gets up to ``num_views``
    views chosen greedily by coverage, and chunks of more than
    ``max_chunk_points`` are split into random disjoint parts; a part whose
    forward runs out of (GPU) memory is split in two and retried, and

@@ -1,4 +1,4 @@
-"""Segmentation metrics as ScanNet's benchmark defines them (SPEC §2).
+"""Segmentation metrics as ScanNet's benchmark defines them (docs/design.md §2.6).
 
 IoU = TP / (TP + FP + FN) per class over all points of all scenes, from one
 accumulated confusion matrix; mIoU is the mean over the 20 classes. Points whose

@@ -5,7 +5,7 @@
 * stage ``3d``: the 3D branch, similarity modules and fusion head with the 2D net
   loaded from the stage-2d checkpoint and frozen (run under no_grad; its BN in
   eval mode). Adam lr 1e-3, divided by ``lr_gamma`` every ``lr_step_epochs``
-  epochs (SPEC §1: 10x every 40 epochs, 150 epochs), random ``num_points``-point
+  epochs (docs/design.md §1.10: 10x every 40 epochs, 150 epochs), random ``num_points``-point
   chunks with 1/3/5 greedily chosen views, augmentation.
 
 Every epoch writes ``OUT/checkpoints/epoch_XXX.pt`` (a model checkpoint that

@@ -1,6 +1,6 @@
 """Chunks of a scene (1.5 x 1.5 m columns in xy, all heights) and voting over them.
 
-SPEC §2 / the paper (after MVPNet): the network sees chunks of 1.5 x 1.5 m in xy
+docs/design.md §2.5 / the paper (after MVPNet): the network sees chunks of 1.5 x 1.5 m in xy
 with the full height of the room; at test time chunks overlap with a 0.5 m stride
 and each point's prediction is a vote over the chunks containing it.
 

@@ -1,6 +1,6 @@
 """Which camera frames see which points, and greedy view selection per chunk.
 
-SPEC §2 (after MVPNet): a point is *covered* by a frame when a pixel of that frame
+docs/design.md §2.5 (after MVPNet): a point is *covered* by a frame when a pixel of that frame
 back-projects within ``tol`` = 0.1 m of it; per chunk, up to k frames are chosen
 greedily, each time the frame covering the most not-yet-covered base points
 (MVPNet samples 2000 base points per chunk).

@@ -1,4 +1,4 @@
-"""2D features onto 3D points, as MVPNet does (SPEC §1 "2D features onto points").
+"""2D features onto 3D points, as MVPNet does (docs/design.md §1.3).
 
 For every input point p_i take its k = 3 nearest back-projected pixels q_j in Q,
 build ``[F(q_j), q_j - p_i, |q_j - p_i|^2]`` (C + 4 channels), run a shared MLP

@@ -1,6 +1,6 @@
 """Neighbourhoods N_P(i), N_Q(i) and the geometric similarity module (GSM, eqs. 3-5).
 
-For every input point p_i (SPEC §1):
+For every input point p_i (docs/design.md §1.5):
 
 * N_P(i): up to K nearest points of P within radius r (p_i itself included);
 * N_Q(i): up to K nearest points of Q within r, centred on p_i.

@@ -6,7 +6,7 @@ built from the message's fields (offsets, ``point_step``, ``is_bigendian``) and
 padding (``row_step`` / ``step``) becomes an array stride.  Encoding fills one
 structured array and hands its bytes to the message in one copy.
 
-Conventions (SPEC §3):
+Conventions (docs/design.md §3.3, §3.7):
 
 * Output clouds are little endian, ``height == 1``; the node's labelled cloud
   has x, y, z (float32), ``rgb`` (float32 holding packed ``0x00RRGGBB``),
@@ -79,7 +79,7 @@ POINTFIELD_DTYPES: dict[int, str] = {
 }
 _DTYPE_TO_POINTFIELD: dict[str, int] = {code: dt for dt, code in POINTFIELD_DTYPES.items()}
 
-# The node's output cloud (SPEC §3): 28 bytes a point, label padded to 4 bytes.
+# The node's output cloud (docs/design.md §3.7): 28 bytes a point, label padded to 4 bytes.
 LABELED_CLOUD_DTYPE = np.dtype(
     {
         "names": ["x", "y", "z", "rgb", "label", "confidence", "similarity"],
@@ -541,7 +541,7 @@ def make_labeled_cloud(
     extra: Mapping[str, np.ndarray] | None = None,
     probabilities: str = "none",
 ) -> PointCloud2:
-    """The node's output PointCloud2 (SPEC §3), :data:`LABELED_CLOUD_DTYPE` layout, 28 bytes a point.
+    """The node's output PointCloud2 (docs/design.md §3.7), :data:`LABELED_CLOUD_DTYPE` layout, 28 bytes a point.
 
     xyz (N,3) metres; labels (N,) ints 0..65535 (stored uint16); colors either
     (N,3) uint8 RGB or (N,) packed rgb (float32 bits or uint32 ``0x00RRGGBB``);

@@ -38,7 +38,7 @@ class FallbackSubscriber(FallbackSimpleFilter):
     """message_filters.Subscriber: an rclpy subscription that feeds its messages to filters.
 
     Pass the QoS explicitly (``rclpy.qos.qos_profile_sensor_data`` for sensor
-    topics, SPEC §3); the default (depth 10) is reliable.
+    topics, docs/design.md §3.4); the default (depth 10) is reliable.
     """
 
     def __init__(self, node: Any, msg_type: Any, topic: str, qos_profile: Any = 10, **kwargs: Any) -> None:
@@ -83,7 +83,7 @@ class FallbackApproximateTimeSynchronizer(FallbackSimpleFilter):
 
     Dropped messages (queue bound, replaced stamps, headerless) are counted in
     ``num_dropped``, emitted sets in ``num_emitted``.  Thread safe: ``add``
-    runs under ``self.lock`` and so do the callbacks (SPEC §3: callbacks must
+    runs under ``self.lock`` and so do the callbacks (docs/design.md §3.5: callbacks must
     only enqueue work and return).  Headerless messages are stamped with the
     wall clock when ``allow_headerless`` is True, else dropped and counted in
     ``num_headerless``.  ``reset=True`` (a safnet extra; off like the real

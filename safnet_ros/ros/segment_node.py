@@ -1,4 +1,4 @@
-"""``safnet_segment``: the ROS 2 node that labels point clouds with SAFNet (SPEC §3, issue 5).
+"""``safnet_segment``: the ROS 2 node that labels point clouds with SAFNet (docs/design.md §3, issue 5).
 
 Data flow (docs/ros_node.md has topics, QoS and every parameter)::
 

@@ -149,7 +149,7 @@ class FallbackBuffer:
     the child's history).  Dynamic links keep ``cache_time`` (default 10 s)
     behind their newest stamp; data older than that is rejected (counted in
     ``num_rejected``, like tf2's TF_OLD_DATA), so when a bag loops the caller
-    must :meth:`clear` (SPEC §3); given ``node=``, the buffer does that itself
+    must :meth:`clear` (docs/design.md §3.6); given ``node=``, the buffer does that itself
     when the node's ROS clock (``/clock`` under sim time) jumps back, as
     tf2_ros' Buffer does.  ``lookup_transform(target, source, time)``
     returns T_target_source (maps points in ``source`` into ``target``),
@@ -157,7 +157,7 @@ class FallbackBuffer:
     translation, quaternion slerp) and chaining links through the common
     ancestor; ``time`` zero means the latest time that every link has data.
     A positive ``timeout`` waits (wall clock) for data to arrive — never do
-    that inside an executor callback (SPEC §3).
+    that inside an executor callback (docs/design.md §3.5).
     """
 
     def __init__(self, cache_time: Any = None, node: Any = None) -> None:

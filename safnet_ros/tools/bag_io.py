@@ -5,7 +5,7 @@ Everything here works on rosbags' message dataclasses (from one typestore,
 on this machine byte for byte) and numpy arrays.  No rclpy import: the bag
 converter and the offline segmenter run on any Python with rosbags.
 
-Conventions (SPEC §3, docs/bags.md):
+Conventions (docs/design.md §3.7, docs/bags.md):
 
 * stamps are int nanoseconds; a ``builtin_interfaces/Time`` is built from them;
 * colour ``rgb8``, depth ``16UC1`` millimetres (0 = no return), little endian,
@@ -269,7 +269,7 @@ _CODE_FIELDS = {v: k for k, v in _FIELD_CODES.items()}
 #: /points of a converted scene: x, y, z and the mesh colour packed 0x00RRGGBB in a float32.
 XYZRGB_DTYPE = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4"] * 4, "offsets": [0, 4, 8, 12],
                          "itemsize": 16})
-#: The node's labelled cloud (SPEC §3; the same layout as safnet_ros.ros.codecs.LABELED_CLOUD_DTYPE).
+#: The node's labelled cloud (docs/design.md §3.7; the same layout as safnet_ros.ros.codecs.LABELED_CLOUD_DTYPE).
 LABELED_CLOUD_DTYPE = np.dtype({
     "names": ["x", "y", "z", "rgb", "label", "confidence", "similarity"],
     "formats": ["<f4", "<f4", "<f4", "<f4", "<u2", "<f4", "<f4"],

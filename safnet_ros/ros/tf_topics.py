@@ -17,10 +17,12 @@ from typing import Any
 
 import rclpy
 from geometry_msgs.msg import TransformStamped
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-DEFAULT_TF_TOPIC = "/safnet/transforms"
-DEFAULT_TF_STATIC_TOPIC = "/safnet/transforms_static"
+from safnet_ros.ros.params import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
+from safnet_ros.ros.spin import spin_resilient
+from safnet_ros.ros.tf_path import active_tf_path
 
 
 def _tf_qos() -> QoSProfile:
@@ -49,8 +51,6 @@ def tf_listener_static_qos() -> QoSProfile:
 
 def _default_tf_message() -> Any:
     """TFMessage when the active TF path carries it (see safnet_ros.ros.tf_path), else None."""
-    from safnet_ros.ros.tf_path import active_tf_path
-
     path = active_tf_path()
     return path.tf_message if path.uses_tf_topics else None
 
@@ -112,16 +112,12 @@ class FallbackTransformListener:
                 TransformStamped, static_topic, self.static_callback, static_qos or _tf_static_qos()
             )
         if spin_thread:
-            from rclpy.executors import SingleThreadedExecutor
-
             self._executor = SingleThreadedExecutor(context=node.context)
             self._executor.add_node(node)
             self._thread = threading.Thread(target=self._spin, daemon=True)
             self._thread.start()
 
     def _spin(self) -> None:
-        from safnet_ros.ros.spin import spin_resilient
-
         try:
             spin_resilient(self._executor, self._executor.context)
         except Exception:  # context shut down under us: the thread just ends

@@ -63,12 +63,8 @@ class Param:
             return " | ".join(self.choices)
         if self.low is None:
             return ""
-        lo, hi = _num(self.low), _num(self.high)
+        lo, hi = (str(int(v)) if self.type is int else f"{v:g}" for v in (self.low, self.high))
         return f"({lo}, {hi}]" if self.low_open else f"{lo}..{hi}"
-
-
-def _num(value: Optional[float]) -> str:
-    return "" if value is None else f"{value:g}"
 
 
 P = Param

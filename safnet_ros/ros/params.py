@@ -118,7 +118,8 @@ PARAMETERS: tuple[Param, ...] = (
       "Inputs lagging each other are not jumps.", runtime=True, low=0.0, high=3600.0),
     P("tf_timeout", 0.1, "How long the worker waits for a cloud's transform (wall clock), and how far the "
       "transforms may run past a frame's stamp (their stamps) before a frame still without its transform is "
-      "skipped, seconds (callbacks never wait).", runtime=True, low=0.0, high=10.0),
+      "skipped, seconds (callbacks never wait); a camera frame TF does not know at all is skipped after 10 x "
+      "tf_timeout (at least 1 s).", runtime=True, low=0.0, high=10.0),
     P("tf_fallback_topic", DEFAULT_TF_TOPIC, "Last resort without tf2_ros and tf2_msgs only: "
       "geometry_msgs/TransformStamped topic feeding the drop-in TF buffer (dynamic transforms)."),
     P("tf_fallback_static_topic", DEFAULT_TF_STATIC_TOPIC, "Last resort without tf2_ros and tf2_msgs only: "

@@ -87,6 +87,8 @@ NODE_NAME = "safnet_segment"
 WARN_PERIOD_S = 5.0
 #: Frames waiting for their transform at most (undecoded messages; the oldest gives way).
 MAX_PENDING_FRAMES = 16
+#: A frame whose camera frame TF does not know at all waits this many tf_timeout (wall time, >= 1 s).
+UNKNOWN_FRAME_WAITS = 10
 
 _PARAM_TYPES = {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
                 str: Parameter.Type.STRING}
@@ -172,6 +174,7 @@ class _PendingFrame:
     info: CameraInfo
     frame_id: str
     stamp_ns: int
+    first_try: float = 0.0  # time.monotonic() of the first pose lookup
     waiting: bool = False  # set aside once already (counted in frames_waiting_tf)
 
     @property
@@ -555,14 +558,16 @@ class SegmentNode(LifecycleNode):
         return compat.transform_to_matrix(tf)
 
     def _transforms_passed(self, frame: _PendingFrame) -> bool:
-        """Whether the transforms of the frame's chain have run ``tf_timeout`` past its stamp (their
-        stamps, not wall time): a frame still without its pose then never gets one."""
+        """Whether to give up on a frame without its pose: the transforms of its chain have run
+        ``tf_timeout`` past its stamp (their stamps, not wall time, so a late TF thread or a busy
+        executor never times a frame out); or, for a camera frame TF does not know at all (no stamps
+        to judge by), :data:`UNKNOWN_FRAME_WAITS` x ``tf_timeout`` (at least 1 s) of wall time."""
+        timeout_s = float(self._param("tf_timeout"))
         try:
             latest = self.tf_buffer.lookup_transform(self.fixed_frame, frame.frame_id, Time())
-        except compat.TransformException:
-            return False  # the chain is not there yet at all (e.g. right after a bag loop cleared TF): wait
-        timeout_ns = int(float(self._param("tf_timeout")) * 1e9)
-        return codecs.stamp_to_ns(latest.header.stamp) - frame.stamp_ns > timeout_ns
+        except compat.TransformException:  # not there yet at all (e.g. right after a bag loop cleared TF)
+            return time.monotonic() - frame.first_try > max(1.0, UNKNOWN_FRAME_WAITS * timeout_s)
+        return codecs.stamp_to_ns(latest.header.stamp) - frame.stamp_ns > int(timeout_s * 1e9)
 
     # ------------------------------------------------------------------ views (executor thread)
     def _on_frames(self, rgb: Image, depth: Image, info: CameraInfo) -> None:
@@ -586,7 +591,7 @@ class SegmentNode(LifecycleNode):
         except MessageDecodeError as exc:
             self._decode_failed(exc)
             return
-        self._try_add_view(_PendingFrame(rgb, depth, info, frame_id, stamp_ns))
+        self._try_add_view(_PendingFrame(rgb, depth, info, frame_id, stamp_ns, time.monotonic()))
 
     def _try_add_view(self, frame: _PendingFrame) -> None:
         """Offer a frame at its pose; a frame whose transform has not arrived yet is set aside for retries."""

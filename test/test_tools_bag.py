@@ -479,6 +479,60 @@ def test_segment_bag_writes_labeled_clouds_and_markers(mcap_bag, segmenter, tmp_
     assert all(m.ns == "frustums" for m in markers[2:])
 
 
+def test_node_and_segment_bag_give_the_same_labels(mcap_bag, segmenter, tmp_path):
+    """One pipeline: the bag's frames and clouds, fed in bag order to a real SegmentNode's own callbacks
+    (TF from the bag's /tf in its buffer), are labelled exactly as `segment-bag` labels them."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from rclpy.serialization import deserialize_message
+    from rosbags.rosbag2 import Reader
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from tf2_msgs.msg import TFMessage
+
+    from safnet_ros.ros.segment_node import SegmentNode
+    from safnet_ros.tools.segment_bag import segment_bag
+
+    out = tmp_path / "labeled"
+    summary = segment_bag(mcap_bag, out, segmenter=segmenter, max_views=3, progress=False)
+    offline = [codecs.pointcloud2_to_array(msg)["label"] for _, msg in read_bag(out)[bio.LABELED_CLOUD_TOPIC]]
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = None
+    try:
+        node = SegmentNode(segmenter=segmenter, context=ctx, parameter_overrides=[
+            Parameter("warm_up", value=False), Parameter("buffer_max_views", value=3),
+            Parameter("map_enable", value=False)])
+        types = {bio.COLOR_TOPIC: Image, bio.DEPTH_TOPIC: Image, bio.CAMERA_INFO_TOPIC: CameraInfo,
+                 bio.POINTS_TOPIC: PointCloud2, bio.TF_TOPIC: TFMessage, bio.TF_STATIC_TOPIC: TFMessage}
+        with Reader(mcap_bag) as reader:
+            messages = [(conn.topic, deserialize_message(bytes(raw), types[conn.topic]))
+                        for conn, _, raw in reader.messages() if conn.topic in types]
+        for topic, msg in messages:  # the whole recorded TF first, as segment-bag reads it
+            for t in msg.transforms if topic in (bio.TF_TOPIC, bio.TF_STATIC_TOPIC) else ():
+                (node.tf_buffer.set_transform_static if topic == bio.TF_STATIC_TOPIC
+                 else node.tf_buffer.set_transform)(t, "bag")
+        sets: dict[int, dict] = {}
+        online = []
+        for topic, msg in messages:
+            if topic == bio.POINTS_TOPIC:
+                online.append(codecs.pointcloud2_to_array(node.process_cloud(msg))["label"])
+            elif topic in (bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC):
+                group = sets.setdefault(codecs.stamp_to_ns(msg.header.stamp), {})
+                group[topic] = msg
+                if len(group) == 3:
+                    node._on_frames(group[bio.COLOR_TOPIC], group[bio.DEPTH_TOPIC], group[bio.CAMERA_INFO_TOPIC])
+        assert node.stats.get("views_kept") == summary.views_kept >= 2
+        assert node.stats.get("tf_failures") == 0 and node.stats.get("frames_waiting_tf") == 0
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)
+    assert len(online) == len(offline) == summary.clouds > 0
+    for a, b in zip(online, offline):
+        assert np.array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------- a synthetic room
 
 

@@ -587,6 +587,12 @@ def test_cli_segment_bag_reports_missing_topics(scene_dir, tmp_path, capsys):
     assert main(["segment-bag", str(bag), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "/points" in err and err.count("\n") == 1
+    # the input topics are options: a bag recorded from other drivers names its own
+    assert main(["segment-bag", str(bag), str(tmp_path / "out"), "--cloud-topic", "/lidar/points",
+                 "--rgb-topic", "/cam/rgb", "--depth-topic", bio.DEPTH_TOPIC]) == 2
+    err = capsys.readouterr().err
+    assert "/lidar/points (sensor_msgs/msg/PointCloud2)" in err and "/cam/rgb (sensor_msgs/msg/Image)" in err
+    assert bio.DEPTH_TOPIC + " " not in err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.ros

@@ -209,6 +209,42 @@ def test_camera_info_of_another_size_rescales_k(harness):
 
 
 # ----------------------------------------------------------------------------- 3. sync and TF
+def test_frames_too_soon_are_dropped_before_decoding(harness):
+    """The keyframe interval is judged on the stamp first: a broken frame sooner than keyframe_min_interval
+    after the last kept view is never decoded (no decode error), one later is (a decode error)."""
+    h = harness
+    base = h.base_stamp()
+    T = look_at(CAMERA_EYES[0], LOOK_AT)
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "camera_optical", stamp=stamp(base)))
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "camera_optical", stamp=stamp(base + 1.0)))
+    kept = counter(h, "views_kept")
+    send_and_wait(h, lambda: [p.publish(m) for p, m in zip((h.pub_rgb, h.pub_depth, h.pub_info),
+                                                            frame_messages(T, base))], "views_kept")
+    errors = counter(h, "decode_errors")
+    soon = NODE_PARAMS["keyframe_min_interval"] / 2
+    for t, grows in ((base + soon, "views_not_keyframe"), (base + 0.5, "decode_errors")):
+        rgb, depth, info = frame_messages(T, t)
+        rgb.data = rgb.data[:-7]  # broken: decoding it fails
+        send_and_wait(h, lambda: [p.publish(m) for p, m in zip((h.pub_rgb, h.pub_depth, h.pub_info),
+                                                                (rgb, depth, info))], grows)
+        if grows == "views_not_keyframe":
+            assert counter(h, "decode_errors") == errors  # dropped undecoded
+    assert counter(h, "decode_errors") == errors + 1 and counter(h, "views_kept") == kept + 1
+
+
+def test_diagnostics_report_the_frame_cost_and_views_kept_per_frame(harness):
+    h = harness
+    h.publish_views(h.base_stamp())
+    diag = h.diagnostics.wait_for(lambda m: diagnostics_values(m).get("frame_cost_p99_ms", "nan") != "nan"
+                                  and int(diagnostics_values(m).get("views_kept", 0)) > 0, 10.0)
+    assert diag is not None
+    values = diagnostics_values(diag)
+    p50, p99 = float(values["frame_cost_p50_ms"]), float(values["frame_cost_p99_ms"])
+    assert 0 <= p50 <= p99 < 5000 and p99 > 0  # frames dropped by their stamp cost microseconds
+    ratio = float(values["views_kept_per_frame"])
+    assert 0 < ratio <= 1 and abs(ratio - int(values["views_kept"]) / int(values["frames_synced"])) < 1e-3
+
+
 def test_missing_camera_transform_skips_the_view(harness):
     h = harness
     base = h.base_stamp()

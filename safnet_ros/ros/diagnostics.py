@@ -94,13 +94,12 @@ class NodeStats:
         with self._lock:
             self._frame_costs.append(float(seconds))
 
-    def frame_report(self) -> dict[str, str]:
+    def _frame_report_locked(self) -> dict[str, str]:
         """Per-frame callback cost p50 / p99 (ms, last 1000 frames) and views kept / frames synced."""
-        with self._lock:
-            costs = np.asarray(self._frame_costs, dtype=np.float64)
-            synced, kept = self.counters.get("frames_synced", 0), self.counters.get("views_kept", 0)
+        costs = np.asarray(self._frame_costs, dtype=np.float64)
+        synced, kept = self.counters.get("frames_synced", 0), self.counters.get("views_kept", 0)
         p50, p99 = (np.percentile(costs, (50, 99)) * 1000.0) if costs.size else (float("nan"),) * 2
-        return {"frame_cost_p50_ms": _fmt(p50, 2), "frame_cost_p99_ms": _fmt(p99, 2),
+        return {"frame_cost_p50_ms": _fmt(p50, 3), "frame_cost_p99_ms": _fmt(p99, 3),
                 "views_kept_per_frame": _fmt(kept / synced if synced else float("nan"), 3)}
 
     def _trim(self, now: float) -> None:
@@ -126,7 +125,7 @@ class NodeStats:
                 buffer_views=int(buffer_views),
                 buffer_mib=buffer_bytes / (1024.0 * 1024.0),
                 device=str(device),
-                extra={k: str(v) for k, v in (extra or {}).items()},
+                extra={**self._frame_report_locked(), **{k: str(v) for k, v in (extra or {}).items()}},
             )
 
     def new_since_last_report(self, names: tuple[str, ...]) -> dict[str, int]:

@@ -734,7 +734,7 @@ class SegmentNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         snap = self.stats.snapshot(len(self.buffer), self.buffer.nbytes, self.device,
                                    extra={"fixed_frame": self.fixed_frame, "backends": compat.backends(),
-                                          **self.stats.frame_report(), **self.semantic_map.diagnostics(),
+                                          **self.semantic_map.diagnostics(),
                                           **{f"last_{k}": f"{v:.4f}" for k, v in self.last_timings.items()}})
         grown = self.stats.new_since_last_report(("worker_errors", "decode_errors", "tf_failures", "clouds_dropped"))
         self.pub_diag.publish(stats_to_diagnostics(

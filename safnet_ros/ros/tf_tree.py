@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from safnet_ros.errors import SafnetError
+from safnet_ros.geometry.transforms import transform_from_quat
 
 
 class FallbackTransformException(SafnetError):
@@ -88,13 +89,7 @@ def invert(a: Pose) -> Pose:
 
 def pose_to_matrix(pose: Pose) -> np.ndarray:
     """(4, 4) float64 homogeneous matrix of (translation, unit quaternion)."""
-    (tx, ty, tz), (x, y, z, w) = pose
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w), tx],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w), ty],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y), tz],
-        [0.0, 0.0, 0.0, 1.0],
-    ])
+    return transform_from_quat(pose[0], pose[1])
 
 
 def strip_frame(frame_id: str) -> str:

@@ -208,7 +208,7 @@ def segment_bag(
         if segmenter is None:
             segmenter = Segmenter.from_checkpoint(model, device=device, num_views=num_views,
                                                   chunk_stride=chunk_stride, max_points=max_points)
-        summary.untrained_model = bool(getattr(segmenter, "untrained", False))
+        summary.untrained_model = bool(segmenter.untrained)
         tf = read_tf(reader, topics, bag)
         pipeline = SegmentationPipeline(segmenter, ViewBuffer(max_views=max_views, policy=KeyframePolicy()), vmap)
         pairer = _FramePairer(int(slop * 1e9))

@@ -400,22 +400,7 @@ def array_to_pointcloud2(
         packed = _packed_le(points)
     else:
         raise MessageEncodeError(f"points must be a structured array or a dict of columns, got {type(points).__name__}")
-    msg = PointCloud2()
-    msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
-    msg.height = 1
-    msg.width = int(packed.shape[0])
-    msg.fields = fields_from_dtype(packed.dtype)
-    msg.is_bigendian = False
-    msg.point_step = int(packed.dtype.itemsize)
-    msg.row_step = msg.point_step * msg.width
-    dense = True
-    names = packed.dtype.names or ()
-    for c in "xyz":
-        if c in names and packed.dtype.fields[c][0].kind == "f" and packed.size:
-            dense = dense and bool(np.isfinite(packed[c]).all())
-    msg.is_dense = dense
-    msg.data = _to_byte_array(packed)
-    return msg
+    return structured_to_pointcloud2(packed, header, frame_id=frame_id, stamp=stamp)
 
 
 def pack_rgb(colors: np.ndarray) -> np.ndarray:
@@ -447,7 +432,6 @@ def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-_LABELED_FIELDS = fields_from_dtype(LABELED_CLOUD_DTYPE)
 def _class_field_names() -> tuple[str, ...]:
     return tuple("p_" + name.replace(" ", "_") for name in CLASS_NAMES)
 
@@ -593,18 +577,7 @@ def make_labeled_cloud(
     cloud["label"] = labels
     cloud["confidence"] = confidence
     cloud["similarity"] = similarity
-    msg = PointCloud2()
-    msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
-    msg.height = 1
-    msg.width = n
-    fields = _LABELED_FIELDS if dtype is LABELED_CLOUD_DTYPE else fields_from_dtype(dtype)
-    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields]
-    msg.is_bigendian = False
-    msg.point_step = dtype.itemsize
-    msg.row_step = msg.point_step * n
-    msg.is_dense = bool(np.isfinite(xyz).all()) if n else True
-    msg.data = _to_byte_array(cloud)
-    return msg
+    return structured_to_pointcloud2(cloud, header, frame_id=frame_id, stamp=stamp)
 
 
 def labeled_cloud(xyz: np.ndarray, result: Any, header: Any, probabilities: str = "none") -> PointCloud2:

@@ -27,12 +27,15 @@ from typing import Any
 
 import numpy as np
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+from rosbags.rosbag2 import Reader, StoragePlugin
 from rosbags.typesys import Stores, get_typestore
 
-from safnet_ros.errors import ConfigError, MessageDecodeError
+from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError
+from safnet_ros.io_boundary import as_data_error, load_yaml, reader_errors, reading
 from safnet_ros.ros.codecs import array_to_image, pointcloud2_to_array, structured_to_pointcloud2
 from safnet_ros.ros.codecs import pack_rgb as pack_rgb  # bag_convert packs /points colours with it
 from safnet_ros.ros.transforms import matrix_to_transform
+from safnet_ros.validation import require_dir, require_file
 
 #: One typestore for every bag we write and read (ROS 2 Kilted, the wheels' distribution).
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
@@ -221,8 +224,6 @@ def pointcloud_to_array(msg: Any) -> np.ndarray:
 
 def bag_storage_plugin(storage: str) -> Any:
     """rosbags StoragePlugin for ``"mcap"`` or ``"sqlite3"``."""
-    from rosbags.rosbag2 import StoragePlugin
-
     plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
     if storage not in plugins:
         raise ConfigError(f"storage must be one of {sorted(plugins)}, got {storage!r}")
@@ -239,10 +240,6 @@ def bag_reader(path: str | os.PathLike) -> Iterator[Any]:
     """An opened rosbags ``Reader`` of ``path``; a broken bag (truncated, empty or garbage
     mcap/db3, a metadata.yaml that is not YAML or not UTF-8) is one DataFormatError naming
     it. Only the opening is guarded here: read messages through :func:`bag_messages`."""
-    from rosbags.rosbag2 import Reader
-
-    from safnet_ros.io_boundary import reading
-
     with reading(path, "rosbag2 bag", *_BAG_PARSE_ERRORS):
         reader = Reader(path)
         reader.open()
@@ -256,8 +253,6 @@ def bag_messages(reader: Any, path: str | os.PathLike, connections: Sequence[Any
     """``reader.messages(connections=...)`` with the reader's errors on a damaged bag (a chunk
     that does not decompress, a truncated file) turned into one DataFormatError naming ``path``.
     Errors raised by the caller's loop body are not touched."""
-    from safnet_ros.io_boundary import as_data_error, reader_errors
-
     errors = (OSError,) + reader_errors(*_BAG_PARSE_ERRORS)  # built once: this loop is per message
     try:
         it = iter(reader.messages(connections=connections))
@@ -276,8 +271,6 @@ def bag_messages(reader: Any, path: str | os.PathLike, connections: Sequence[Any
 def require_bag(path: str | os.PathLike) -> Path:
     """``path`` when it is a rosbag2 folder; MissingDataError when absent, DataFormatError naming
     what it is instead (a regular file, a FIFO) or when its metadata.yaml is not a regular file."""
-    from safnet_ros.validation import require_dir, require_file
-
     p = require_dir(path, "rosbag2 folder (with metadata.yaml)")
     require_file(p / "metadata.yaml", "rosbag2 metadata.yaml")
     return p
@@ -290,9 +283,6 @@ def is_bag(path: str | os.PathLike) -> bool:
 
 def bag_custom_data(path: str | os.PathLike) -> dict[str, str]:
     """The ``custom_data`` of a rosbag2's metadata.yaml (empty when none), e.g. ``safnet.axis_alignment``."""
-    from safnet_ros.errors import DataFormatError
-    from safnet_ros.io_boundary import load_yaml
-
     meta_path = os.path.join(os.fspath(path), "metadata.yaml")
     meta = load_yaml(meta_path, "rosbag2 metadata.yaml") or {}
     info = meta.get("rosbag2_bagfile_information", {}) if isinstance(meta, dict) else None

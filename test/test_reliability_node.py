@@ -296,3 +296,39 @@ def test_start_up_with_a_corrupt_or_wrong_preset_model_fails_naming_the_file(mod
                  "-p", "preset:=paper"]) == 1
     err = capfd.readouterr().err
     assert str(model_path) in err and "'paper'" in err and "'lite'" in err
+
+
+def test_transforms_arrive_while_the_executor_is_busy(model_path):
+    """TF is received on the listener's own thread: with nothing spinning the node's executor (as when
+    image work holds it), the node's TF buffer still fills, with the drop-in as with tf2_ros."""
+    import time
+
+    from rclpy.parameter import Parameter
+    from rclpy.time import Time
+
+    from safnet_ros.ros.segment_node import SegmentNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = pub = None
+    try:
+        overrides = [Parameter(k, value=v) for k, v in NODE_PARAMS.items()]
+        node = SegmentNode(context=ctx, parameter_overrides=overrides + [
+            Parameter("model", value=str(model_path)), Parameter("warm_up", value=False)])
+        pub = rclpy.create_node("busy_tf_publisher", context=ctx)
+        tf = compat.TransformBroadcaster(pub)
+        T = look_at(CAMERA_EYES[0], LOOK_AT)
+        deadline = time.monotonic() + 10.0
+        arrived = False
+        while not arrived and time.monotonic() < deadline:  # nobody spins `node` nor `pub`
+            tf.sendTransform(compat.matrix_to_transform(T, "map", "busy_camera", stamp=stamp(50.0)))
+            time.sleep(0.05)
+            arrived = node.tf_buffer.can_transform("map", "busy_camera", Time())
+        assert arrived
+        np.testing.assert_allclose(
+            compat.transform_to_matrix(node.tf_buffer.lookup_transform("map", "busy_camera", Time())), T, atol=1e-9)
+    finally:
+        for n in (node, pub):
+            if n is not None:
+                n.destroy_node()
+        rclpy.shutdown(context=ctx)

@@ -232,6 +232,40 @@ def test_frames_too_soon_are_dropped_before_decoding(harness):
     assert counter(h, "decode_errors") == errors + 1 and counter(h, "views_kept") == kept + 1
 
 
+def test_a_frame_waits_for_its_transform_by_the_transforms_stamps_not_wall_time(harness):
+    """A frame whose transform comes late (wall time well past tf_timeout) is still kept once it comes;
+    a frame the transforms have run tf_timeout past without covering it is skipped (a TF failure)."""
+    import time
+
+    from rclpy.time import Time
+
+    h = harness
+    base = h.base_stamp()
+    T = look_at(CAMERA_EYES[1], LOOK_AT)
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "late_camera", stamp=stamp(base - 1.0)))
+    rgb, depth, info = frame_messages(T, base)
+    for msg in (rgb, depth, info):
+        msg.header.frame_id = "late_camera"
+    kept, failures = counter(h, "views_kept"), counter(h, "tf_failures")
+    send_and_wait(h, lambda: (h.pub_rgb.publish(rgb), h.pub_depth.publish(depth), h.pub_info.publish(info)),
+                  "frames_waiting_tf")
+    time.sleep(3 * NODE_PARAMS["tf_timeout"])  # wall time passes; the transforms' stamps do not
+    assert counter(h, "views_kept") == kept and counter(h, "tf_failures") == failures
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "late_camera", stamp=stamp(base + 0.05)))
+    assert wait_until(lambda: counter(h, "views_kept") == kept + 1, 10.0), dict(h.node.stats.counters)
+    # a frame before the transforms' span, which they have run past: skipped
+    rgb, depth, info = frame_messages(T, base + 0.03)
+    for msg in (rgb, depth, info):
+        msg.header.frame_id = "fresh_camera"
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "fresh_camera", stamp=stamp(base + 2.0)))
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "fresh_camera", stamp=stamp(base + 2.1)))
+    assert wait_until(lambda: h.node.tf_buffer.can_transform("map", "fresh_camera", Time()), 10.0)
+    h.node.buffer.clear()  # the frame is due whatever the last kept view was
+    send_and_wait(h, lambda: (h.pub_rgb.publish(rgb), h.pub_depth.publish(depth), h.pub_info.publish(info)),
+                  "tf_failures")
+    assert counter(h, "tf_failures") == failures + 1 and counter(h, "views_kept") == kept + 1
+
+
 def test_diagnostics_report_the_frame_cost_and_views_kept_per_frame(harness):
     h = harness
     h.publish_views(h.base_stamp())

@@ -25,28 +25,30 @@ from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_path import active_tf_path
 
 
+def _reliable(depth: int, latched: bool) -> QoSProfile:
+    """Reliable keep-last ``depth``; ``latched``: transient local (late joiners get the last messages)."""
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+
+
 def _tf_qos() -> QoSProfile:
     """Dynamic transforms: reliable, volatile, deep queue (like /tf)."""
-    return QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
+    return _reliable(100, False)
 
 
 def _tf_static_qos() -> QoSProfile:
     """Static TransformStamped: reliable, transient local; one message per transform so keep many."""
-    return QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return _reliable(1000, True)
 
 
 def tf_static_qos() -> QoSProfile:
     """``/tf_static`` as tf2_ros has it: reliable, transient local, keep last 1 (one TFMessage holds them all)."""
-    return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return _reliable(1, True)
 
 
 def tf_listener_static_qos() -> QoSProfile:
     """tf2_ros' StaticListenerQoS: reliable, transient local, keep last 100."""
-    return QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return _reliable(100, True)
 
 
 def _default_tf_message() -> Any:

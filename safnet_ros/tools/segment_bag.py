@@ -41,7 +41,7 @@ from tqdm import tqdm
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.engine.pipeline import KEPT, SegmentationPipeline
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
-from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, MissingDataError, SafnetError
+from safnet_ros.errors import ConfigError, MessageDecodeError, MissingDataError, SafnetError
 from safnet_ros.mapping import SemanticVoxelMap
 from safnet_ros.mapping.map_ply import save_map
 from safnet_ros.ros import codecs
@@ -285,7 +285,7 @@ def _add_frame(pair: tuple[int, Any, Any], info: Any, tf: TfTree, fixed_frame: s
     try:
         if pipeline.offer_frame(stamp_s, pose, lambda: codecs.decode_rgbd(cmsg, dmsg, info)) != KEPT:
             pipeline.buffer.stats.not_keyframe += 1
-    except (SafnetError, DataFormatError):
+    except SafnetError:  # undecodable messages, unusable K or image shapes (as the node counts them)
         summary.decode_errors += 1
 
 

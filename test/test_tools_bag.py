@@ -401,6 +401,17 @@ def test_bag_play_rejects_unknown_topics_and_non_bags(mcap_bag, tmp_path):
 # ----------------------------------------------------------------------------- segment-bag
 
 
+def test_bag_tools_share_the_node_modules_without_importing_rclpy():
+    """segment-bag uses the node's codecs, TF tree and markers; none of them pulls rclpy in."""
+    import subprocess
+    import sys
+
+    code = ("import sys, safnet_ros.tools.segment_bag, safnet_ros.tools.bag_io; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rclpy'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_bag_tf_interpolates_chains_and_raises_extrapolation_at_the_ends():
     """segment-bag's TF is the node's tree: interpolated inside the recording, extrapolation outside (no clamping)."""
     from safnet_ros.ros.tf_tree import FallbackExtrapolationException, FallbackLookupException, TfTree

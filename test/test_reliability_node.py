@@ -209,6 +209,76 @@ def test_camera_info_of_another_size_rescales_k(harness):
 
 
 # ----------------------------------------------------------------------------- 3. sync and TF
+def test_frames_too_soon_are_dropped_before_decoding(harness):
+    """The keyframe interval is judged on the stamp first: a broken frame sooner than keyframe_min_interval
+    after the last kept view is never decoded (no decode error), one later is (a decode error)."""
+    h = harness
+    base = h.base_stamp()
+    T = look_at(CAMERA_EYES[0], LOOK_AT)
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "camera_optical", stamp=stamp(base)))
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "camera_optical", stamp=stamp(base + 1.0)))
+    kept = counter(h, "views_kept")
+    send_and_wait(h, lambda: [p.publish(m) for p, m in zip((h.pub_rgb, h.pub_depth, h.pub_info),
+                                                            frame_messages(T, base))], "views_kept")
+    errors = counter(h, "decode_errors")
+    soon = NODE_PARAMS["keyframe_min_interval"] / 2
+    for t, grows in ((base + soon, "views_not_keyframe"), (base + 0.5, "decode_errors")):
+        rgb, depth, info = frame_messages(T, t)
+        rgb.data = rgb.data[:-7]  # broken: decoding it fails
+        send_and_wait(h, lambda: [p.publish(m) for p, m in zip((h.pub_rgb, h.pub_depth, h.pub_info),
+                                                                (rgb, depth, info))], grows)
+        if grows == "views_not_keyframe":
+            assert counter(h, "decode_errors") == errors  # dropped undecoded
+    assert counter(h, "decode_errors") == errors + 1 and counter(h, "views_kept") == kept + 1
+
+
+def test_a_frame_waits_for_its_transform_by_the_transforms_stamps_not_wall_time(harness):
+    """A frame whose transform comes late (wall time well past tf_timeout) is still kept once it comes;
+    a frame the transforms have run tf_timeout past without covering it is skipped (a TF failure)."""
+    import time
+
+    from rclpy.time import Time
+
+    h = harness
+    base = h.base_stamp()
+    T = look_at(CAMERA_EYES[1], LOOK_AT)
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "late_camera", stamp=stamp(base - 1.0)))
+    rgb, depth, info = frame_messages(T, base)
+    for msg in (rgb, depth, info):
+        msg.header.frame_id = "late_camera"
+    kept, failures = counter(h, "views_kept"), counter(h, "tf_failures")
+    send_and_wait(h, lambda: (h.pub_rgb.publish(rgb), h.pub_depth.publish(depth), h.pub_info.publish(info)),
+                  "frames_waiting_tf")
+    time.sleep(3 * NODE_PARAMS["tf_timeout"])  # wall time passes; the transforms' stamps do not
+    assert counter(h, "views_kept") == kept and counter(h, "tf_failures") == failures
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "late_camera", stamp=stamp(base + 0.05)))
+    assert wait_until(lambda: counter(h, "views_kept") == kept + 1, 10.0), dict(h.node.stats.counters)
+    # a frame before the transforms' span, which they have run past: skipped
+    rgb, depth, info = frame_messages(T, base + 0.03)
+    for msg in (rgb, depth, info):
+        msg.header.frame_id = "fresh_camera"
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "fresh_camera", stamp=stamp(base + 2.0)))
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "fresh_camera", stamp=stamp(base + 2.1)))
+    assert wait_until(lambda: h.node.tf_buffer.can_transform("map", "fresh_camera", Time()), 10.0)
+    h.node.buffer.clear()  # the frame is due whatever the last kept view was
+    send_and_wait(h, lambda: (h.pub_rgb.publish(rgb), h.pub_depth.publish(depth), h.pub_info.publish(info)),
+                  "tf_failures")
+    assert counter(h, "tf_failures") == failures + 1 and counter(h, "views_kept") == kept + 1
+
+
+def test_diagnostics_report_the_frame_cost_and_views_kept_per_frame(harness):
+    h = harness
+    h.publish_views(h.base_stamp())
+    diag = h.diagnostics.wait_for(lambda m: diagnostics_values(m).get("frame_cost_p99_ms", "nan") != "nan"
+                                  and int(diagnostics_values(m).get("views_kept", 0)) > 0, 10.0)
+    assert diag is not None
+    values = diagnostics_values(diag)
+    p50, p99 = float(values["frame_cost_p50_ms"]), float(values["frame_cost_p99_ms"])
+    assert 0 <= p50 <= p99 < 5000 and p99 > 0  # frames dropped by their stamp cost microseconds
+    ratio = float(values["views_kept_per_frame"])
+    assert 0 < ratio <= 1 and abs(ratio - int(values["views_kept"]) / int(values["frames_synced"])) < 1e-3
+
+
 def test_missing_camera_transform_skips_the_view(harness):
     h = harness
     base = h.base_stamp()
@@ -260,3 +330,39 @@ def test_start_up_with_a_corrupt_or_wrong_preset_model_fails_naming_the_file(mod
                  "-p", "preset:=paper"]) == 1
     err = capfd.readouterr().err
     assert str(model_path) in err and "'paper'" in err and "'lite'" in err
+
+
+def test_transforms_arrive_while_the_executor_is_busy(model_path):
+    """TF is received on the listener's own thread: with nothing spinning the node's executor (as when
+    image work holds it), the node's TF buffer still fills, with the drop-in as with tf2_ros."""
+    import time
+
+    from rclpy.parameter import Parameter
+    from rclpy.time import Time
+
+    from safnet_ros.ros.segment_node import SegmentNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = pub = None
+    try:
+        overrides = [Parameter(k, value=v) for k, v in NODE_PARAMS.items()]
+        node = SegmentNode(context=ctx, parameter_overrides=overrides + [
+            Parameter("model", value=str(model_path)), Parameter("warm_up", value=False)])
+        pub = rclpy.create_node("busy_tf_publisher", context=ctx)
+        tf = compat.TransformBroadcaster(pub)
+        T = look_at(CAMERA_EYES[0], LOOK_AT)
+        deadline = time.monotonic() + 10.0
+        arrived = False
+        while not arrived and time.monotonic() < deadline:  # nobody spins `node` nor `pub`
+            tf.sendTransform(compat.matrix_to_transform(T, "map", "busy_camera", stamp=stamp(50.0)))
+            time.sleep(0.05)
+            arrived = node.tf_buffer.can_transform("map", "busy_camera", Time())
+        assert arrived
+        np.testing.assert_allclose(
+            compat.transform_to_matrix(node.tf_buffer.lookup_transform("map", "busy_camera", Time())), T, atol=1e-9)
+    finally:
+        for n in (node, pub):
+            if n is not None:
+                n.destroy_node()
+        rclpy.shutdown(context=ctx)

@@ -16,21 +16,17 @@ from scipy.spatial.transform import Rotation, Slerp
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from safnet_ros.errors import MessageDecodeError
 from safnet_ros.ros import codecs, compat
 from safnet_ros.ros.codecs import ns_to_stamp, stamp_to_ns
 from safnet_ros.ros.compat import (
     FallbackApproximateTimeSynchronizer,
     FallbackBuffer,
-    FallbackCvBridge,
-    FallbackCvBridgeError,
     FallbackSimpleFilter,
     FallbackStaticTransformBroadcaster,
     FallbackSubscriber,
     FallbackTimeSynchronizer,
     FallbackTransformBroadcaster,
     FallbackTransformListener,
-    fallback_point_cloud2,
     matrix_to_transform,
     transform_to_matrix,
 )
@@ -54,8 +50,6 @@ def secs(msgs):
 def test_bindings_and_flags():
     assert compat.HAVE_TF2 == (compat.Buffer is not FallbackBuffer)
     assert compat.HAVE_MESSAGE_FILTERS == (compat.ApproximateTimeSynchronizer is not FallbackApproximateTimeSynchronizer)
-    assert compat.HAVE_CV_BRIDGE == (compat.CvBridge is not FallbackCvBridge)
-    assert compat.HAVE_SENSOR_MSGS_PY == (compat.point_cloud2 is not fallback_point_cloud2)
     for name in ("LookupException", "ConnectivityException", "ExtrapolationException", "TransformException"):
         assert issubclass(getattr(compat, name), Exception)
     assert issubclass(compat.LookupException, compat.TransformException)
@@ -429,57 +423,6 @@ def test_matrix_transform_round_trip():
         np.testing.assert_allclose(transform_to_matrix(msg), m, atol=1e-12)
     with pytest.raises(codecs.MessageEncodeError):
         matrix_to_transform(np.diag([1.0, 1.0, -1.0, 1.0]))
-
-
-# ============================================================================ cv_bridge, point_cloud2 drop-ins
-
-
-def test_cv_bridge_drop_in():
-    bridge = FallbackCvBridge()
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
-    msg = bridge.cv2_to_imgmsg(rgb[:, :, ::-1], "bgr8")
-    out = bridge.imgmsg_to_cv2(msg)
-    np.testing.assert_array_equal(out, rgb[:, :, ::-1])
-    out[0, 0] = 0  # a writable copy
-    np.testing.assert_array_equal(bridge.imgmsg_to_cv2(msg, "rgb8"), rgb)
-    mono = bridge.imgmsg_to_cv2(msg, "mono8")
-    np.testing.assert_array_equal(mono, np.rint(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8))
-    rgba = bridge.imgmsg_to_cv2(msg, "rgba8")
-    assert rgba.shape == (4, 6, 4) and (rgba[:, :, 3] == 255).all()
-    depth = rng.random((3, 5)).astype(np.float32)
-    dmsg = bridge.cv2_to_imgmsg(depth)
-    assert dmsg.encoding == "32FC1"
-    np.testing.assert_array_equal(bridge.imgmsg_to_cv2(dmsg), depth)
-    assert bridge.cv2_to_imgmsg(rgb).encoding == "8UC3"
-    with pytest.raises(FallbackCvBridgeError):
-        bridge.imgmsg_to_cv2(dmsg, "bgr8")
-    with pytest.raises(MessageDecodeError):  # CvBridgeError is also our documented decode error
-        bridge.imgmsg_to_cv2(Image(height=2, width=2, encoding="rgb8", step=6))
-    with pytest.raises(FallbackCvBridgeError):
-        bridge.cv2_to_imgmsg(np.zeros((2, 2), bool))
-
-
-def test_point_cloud2_drop_in():
-    pc2 = fallback_point_cloud2
-    pts = np.array([[0, 1, 2], [np.nan, 4, 5], [6, 7, 8], [9, 10, 11]], dtype=np.float32)
-    cloud = pc2.create_cloud_xyz32(Header(frame_id="lidar"), pts)
-    assert (cloud.point_step, cloud.width, cloud.header.frame_id) == (12, 4, "lidar")
-    np.testing.assert_array_equal(pc2.read_points_numpy(cloud), pts)
-    np.testing.assert_array_equal(pc2.read_points_numpy(cloud, skip_nans=True), pts[[0, 2, 3]])
-    sel = pc2.read_points(cloud, field_names=("z", "x"), uvs=[(3, 0), (0, 0)])
-    assert sel["z"].tolist() == [11, 2] and sel["x"].tolist() == [9, 0]
-    fields = [PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1),
-              PointField(name="label", offset=6, datatype=PointField.UINT16, count=1)]
-    rows = [(1.5, 7), (2.5, 65535)]
-    cloud = pc2.create_cloud(Header(), fields, rows)
-    assert cloud.point_step == 8
-    assert [tuple(p) for p in pc2.read_points_list(cloud)] == rows
-    assert pc2.read_points_list(cloud)[1].label == 65535
-    with pytest.raises(MessageDecodeError):
-        pc2.read_points_numpy(cloud)  # mixed datatypes
-    with pytest.raises(MessageDecodeError, match="intensity"):
-        pc2.read_points(cloud, field_names=["intensity"])
 
 
 # ============================================================================ real rclpy + DDS

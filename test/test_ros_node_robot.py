@@ -267,9 +267,9 @@ def test_lifecycle_transitions_over_the_real_services(model_path, monkeypatch, c
 
 # ----------------------------------------------------------------------------- parameter errors
 @pytest.mark.parametrize("arg, words", [
-    ("chunk_size:=2", ["'chunk_size'", "2", "INTEGER", "double"]),
+    ("chunk_size:=2", ["'chunk_size'", "2", "type int", "double"]),
     ("num_views:=20", ["'num_views'", "20", "0..16"]),
-    ("sync_slop:=0.0", ["'sync_slop'", "0.0", "0.0001..10.0"]),
+    ("sync_slop:=0.0", ["'sync_slop'", "0.0", "0.0001..10"]),
     ("similarity_marker_source:=colour", ["'similarity_marker_source'", "'colour'", "s_con"]),
     ("device:=tpu", ["'device'", "'tpu'", "cuda"]),
 ])

@@ -182,12 +182,12 @@ def test_node_keeps_running_after_a_failed_save_and_time_jump_clears_the_map(map
 
 
 @pytest.mark.parametrize("param, value, words", [
-    ("map_max_voxels", 0, "map_max_voxels must be an integer >= 1"),
-    ("map_voxel_size", -0.05, "map_voxel_size must be in (0, 10]"),
-    ("map_publish_rate", 1000.0, "map_publish_rate must be in [0, 50] Hz"),
-    ("map_smoothing", -1.0, "map_smoothing must be in [0, 100] (0 = off)"),
-    ("map_smoothing_cell", 0.0, "map_smoothing_cell must be in (0, 100] metres"),
-    ("probabilities", "top5", "probabilities must be one of none | top3 | all"),
+    ("map_max_voxels", 0, "parameter 'map_max_voxels' = 0 is out of range: allowed 1..1000000000"),
+    ("map_voxel_size", -0.05, "parameter 'map_voxel_size' = -0.05 is out of range: allowed (0, 10]"),
+    ("map_publish_rate", 1000.0, "parameter 'map_publish_rate' = 1000.0 is out of range: allowed 0..50"),
+    ("map_smoothing", -1.0, "parameter 'map_smoothing' = -1.0 is out of range: allowed 0..100"),
+    ("map_smoothing_cell", 0.0, "parameter 'map_smoothing_cell' = 0.0 is out of range: allowed (0, 100]"),
+    ("probabilities", "top5", "parameter 'probabilities' = 'top5' is not allowed: one of none | top3 | all"),
 ])
 def test_bad_map_settings_are_refused_at_start_with_one_line(param, value, words, capfd):
     from safnet_ros.ros.segment_node import main

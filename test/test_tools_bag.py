@@ -20,6 +20,8 @@ from safnet_ros.data.sens import SensWriter
 from safnet_ros.errors import ConfigError, MissingDataError, SafnetError
 from safnet_ros.geometry.camera import scale_intrinsics
 from safnet_ros.geometry.transforms import quat_to_matrix
+from safnet_ros.ros import codecs
+from safnet_ros.ros.transforms import transform_to_matrix
 from safnet_ros.tools import bag_io as bio
 from safnet_ros.tools.bag_convert import convert_scene, registered_frame
 
@@ -109,7 +111,7 @@ def tf_chain_to_matrix(tf_msg, static_msg) -> np.ndarray:
     (optical,) = static_msg.transforms
     assert (link.header.frame_id, link.child_frame_id) == ("map", "camera_link")
     assert (optical.header.frame_id, optical.child_frame_id) == ("camera_link", "camera_color_optical_frame")
-    return bio.transform_to_matrix(link) @ bio.transform_to_matrix(optical)
+    return transform_to_matrix(link) @ transform_to_matrix(optical)
 
 
 # ----------------------------------------------------------------------------- bag_io
@@ -119,31 +121,32 @@ def test_bag_io_round_trips_messages_through_cdr():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
     msg = bio.deserialize(bio.serialize(bio.image_message(rgb, "rgb8", 42, "cam")), bio.IMAGE)
-    assert np.array_equal(bio.image_to_array(msg), rgb) and bio.stamp_ns(msg.header.stamp) == 42
+    assert np.array_equal(codecs.image_to_array(msg), rgb) and bio.stamp_ns(msg.header.stamp) == 42
     mm = rng.integers(0, 65535, (5, 7)).astype(np.uint16)
     msg = bio.deserialize(bio.serialize(bio.image_message(mm, "16UC1", 1, "cam")), bio.IMAGE)
-    assert np.allclose(bio.depth_to_metres(msg), mm * np.float32(0.001))
+    assert np.allclose(codecs.depth_to_metres(msg), mm * np.float32(0.001))
     for seed in range(20):
         q = np.random.default_rng(seed).normal(size=4)
         m = np.eye(4)
         m[:3, :3] = quat_to_matrix(q)
         m[:3, 3] = (1.0, -2.0, 3.5)
         tf = bio.deserialize(bio.serialize(bio.tf_message([bio.transform_stamped(m, "a", "b", 5)])), bio.TF_MESSAGE)
-        assert np.abs(bio.transform_to_matrix(tf.transforms[0]) - m).max() < 1e-12
+        assert np.abs(transform_to_matrix(tf.transforms[0]) - m).max() < 1e-12
     xyz = rng.normal(size=(9, 3)).astype(np.float32)
-    arr = bio.labeled_cloud_array(xyz, np.arange(9), rng.integers(0, 256, (9, 3), dtype=np.uint8),
-                                  np.linspace(0, 1, 9), np.linspace(1, 0, 9))
-    cloud = bio.deserialize(bio.serialize(bio.pointcloud_message(arr, 3, "map")), bio.POINTCLOUD2)
+    labeled = codecs.make_labeled_cloud(xyz, np.arange(9), rng.integers(0, 256, (9, 3), dtype=np.uint8),
+                                        np.linspace(0, 1, 9), np.linspace(1, 0, 9), frame_id="map", stamp=3)
+    cloud = bio.deserialize(bio.serialize(bio.to_bag_message(labeled)), bio.POINTCLOUD2)  # the node's message
     back = bio.pointcloud_to_array(cloud)
-    assert cloud.point_step == 28 and [f.name for f in cloud.fields] == list(bio.LABELED_CLOUD_DTYPE.names)
-    assert np.array_equal(bio.pointcloud_to_xyz(cloud), xyz) and np.array_equal(back["label"], np.arange(9))
+    assert cloud.point_step == 28 and [f.name for f in cloud.fields] == list(codecs.LABELED_CLOUD_DTYPE.names)
+    assert bio.stamp_ns(cloud.header.stamp) == 3 and cloud.header.frame_id == "map"
+    assert np.array_equal(codecs.pointcloud2_to_xyz(cloud).xyz, xyz) and np.array_equal(back["label"], np.arange(9))
 
 
 def test_bag_io_rejects_malformed_images():
     msg = bio.image_message(np.zeros((4, 4, 3), np.uint8), "rgb8", 0, "cam")
     msg.data = msg.data[:-5]
     with pytest.raises(SafnetError, match="bytes"):
-        bio.image_to_array(msg)
+        codecs.image_to_array(msg)
 
 
 # ----------------------------------------------------------------------------- convert
@@ -169,12 +172,12 @@ def test_converted_bag_equals_its_source(scene_dir, mcap_bag):
         _, info = topics[bio.CAMERA_INFO_TOPIC][k]
         _, tf = topics[bio.TF_TOPIC][k]
         assert color_msg.encoding == "rgb8" and depth_msg.encoding == "16UC1"
-        assert np.array_equal(bio.image_to_array(color_msg), frame.color)  # colour is stored at its own size
-        assert np.array_equal(bio.image_to_array(depth_msg), mm)
+        assert np.array_equal(codecs.image_to_array(color_msg), frame.color)  # colour is stored at its own size
+        assert np.array_equal(codecs.image_to_array(depth_msg), mm)
         # depth: exactly the source millimetres, nearest-resampled (40x30 -> 80x60 repeats each pixel 2x2)
         raw = np.round(frame.depth * 1000).astype(np.uint16)
-        assert np.array_equal(bio.image_to_array(depth_msg)[::2, ::2], raw)
-        assert (info.width, info.height) == COLOR_WH and np.allclose(bio.camera_info_to_K(info), K)
+        assert np.array_equal(codecs.image_to_array(depth_msg)[::2, ::2], raw)
+        assert (info.width, info.height) == COLOR_WH and np.allclose(codecs.camera_info_to_K(info), K)
         expected = ALIGN @ frame.camera_to_world
         assert np.abs(tf_chain_to_matrix(tf, static[1]) - expected).max() < 1e-6
         for m in (color_msg, depth_msg, info):
@@ -219,7 +222,7 @@ def test_points_are_the_mesh_vertices_in_the_camera_frustum(scene_dir, mcap_bag)
         assert 50 < arr.shape[0] == inside.sum()
         got = np.stack([arr["x"], arr["y"], arr["z"]], axis=1)
         assert np.allclose(got, xyz_all[inside], atol=1e-6)
-        assert np.array_equal(bio.unpack_rgb(arr["rgb"]), rgb_all[inside])
+        assert np.array_equal(codecs.unpack_rgb(arr["rgb"]), rgb_all[inside])
 
 
 def test_mcap_and_sqlite3_hold_the_same_messages(scene_dir, mcap_bag, tmp_path):
@@ -257,7 +260,7 @@ def test_rate_and_resize_options(scene_dir, tmp_path):
     _, depth = topics[bio.DEPTH_TOPIC][0]
     _, info = topics[bio.CAMERA_INFO_TOPIC][0]
     assert (depth.width, depth.height) == (20, 16) == (info.width, info.height) == summary.image_size
-    assert np.allclose(bio.camera_info_to_K(info), scale_intrinsics(_pinhole(DEPTH_WH), DEPTH_WH, (20, 16)))
+    assert np.allclose(codecs.camera_info_to_K(info), scale_intrinsics(_pinhole(DEPTH_WH), DEPTH_WH, (20, 16)))
 
 
 def test_timestamps_missing_fall_back_to_30hz(tmp_path):
@@ -370,7 +373,7 @@ def test_bag_play_publishes_images_clock_and_fallback_transforms(mcap_bag):
         assert np.array_equal(np.frombuffer(bytes(msg.data), np.uint8), np.asarray(ref.data))
     for msg, (t, ref) in zip(got["tf"], topics[bio.TF_TOPIC]):
         assert (msg.header.frame_id, msg.child_frame_id) == ("map", "camera_link")
-        assert np.abs(bio.transform_to_matrix(msg) - bio.transform_to_matrix(ref.transforms[0])).max() == 0
+        assert np.abs(transform_to_matrix(msg) - transform_to_matrix(ref.transforms[0])).max() == 0
     assert got["static"][0].child_frame_id == "camera_color_optical_frame"
     clock = [c.clock.sec * 10**9 + c.clock.nanosec for c in got["clock"]]
     assert len(clock) >= n and np.all(np.diff(clock) >= 0)
@@ -398,10 +401,22 @@ def test_bag_play_rejects_unknown_topics_and_non_bags(mcap_bag, tmp_path):
 # ----------------------------------------------------------------------------- segment-bag
 
 
-def test_tf_timeline_interpolates_and_chains():
-    from safnet_ros.tools.segment_bag import TfTimeline, TransformLookupError
+def test_bag_tools_share_the_node_modules_without_importing_rclpy():
+    """segment-bag uses the node's codecs, TF tree and markers; none of them pulls rclpy in."""
+    import subprocess
+    import sys
 
-    tf = TfTimeline(tolerance_ns=0)
+    code = ("import sys, safnet_ros.tools.segment_bag, safnet_ros.tools.bag_io; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rclpy'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_bag_tf_interpolates_chains_and_raises_extrapolation_at_the_ends():
+    """segment-bag's TF is the node's tree: interpolated inside the recording, extrapolation outside (no clamping)."""
+    from safnet_ros.ros.tf_tree import FallbackExtrapolationException, FallbackLookupException, TfTree
+
+    tf = TfTree(cache_ns=None)
     a = np.eye(4)
     b = np.eye(4)
     b[:3, :3] = quat_to_matrix([0.0, 0.0, np.sin(np.pi / 4), np.cos(np.pi / 4)])  # 90 deg about z
@@ -409,16 +424,18 @@ def test_tf_timeline_interpolates_and_chains():
     tf.add(bio.transform_stamped(a, "map", "camera_link", 1_000), static=False)
     tf.add(bio.transform_stamped(b, "map", "camera_link", 3_000), static=False)
     tf.add(bio.transform_stamped(bio.LINK_TO_OPTICAL, "camera_link", "optical", 0), static=True)
-    mid = tf.lookup("map", "camera_link", 2_000)
+    mid = tf.lookup_matrix("map", "camera_link", 2_000)
     assert np.allclose(mid[:3, 3], (1.0, 0.0, 0.0))
     expected = quat_to_matrix([0.0, 0.0, np.sin(np.pi / 8), np.cos(np.pi / 8)])  # 45 deg
     assert np.allclose(mid[:3, :3], expected, atol=1e-12)
-    assert np.allclose(tf.lookup("map", "optical", 3_000), b @ bio.LINK_TO_OPTICAL)
-    assert np.allclose(tf.lookup("optical", "map", 3_000), np.linalg.inv(b @ bio.LINK_TO_OPTICAL))
-    with pytest.raises(TransformLookupError, match="no data"):
-        tf.lookup("map", "optical", 5_000)
-    with pytest.raises(TransformLookupError, match="not in the recorded TF tree"):
-        tf.lookup("map", "base_link", 2_000)
+    assert np.allclose(tf.lookup_matrix("map", "optical", 3_000), b @ bio.LINK_TO_OPTICAL)
+    assert np.allclose(tf.lookup_matrix("optical", "map", 3_000), np.linalg.inv(b @ bio.LINK_TO_OPTICAL))
+    with pytest.raises(FallbackExtrapolationException, match="future"):
+        tf.lookup_matrix("map", "optical", 3_001)
+    with pytest.raises(FallbackExtrapolationException, match="past"):
+        tf.lookup_matrix("map", "optical", 999)
+    with pytest.raises(FallbackLookupException, match="does not exist"):
+        tf.lookup_matrix("map", "base_link", 2_000)
 
 
 def test_segment_bag_requires_the_topics(scene_dir, tmp_path):
@@ -461,16 +478,70 @@ def test_segment_bag_writes_labeled_clouds_and_markers(mcap_bag, segmenter, tmp_
             ("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("rgb", 12, 7), ("label", 16, 4), ("confidence", 20, 7),
             ("similarity", 24, 7)]
         arr = bio.pointcloud_to_array(cloud)
-        assert np.array_equal(bio.pointcloud_to_xyz(cloud), bio.pointcloud_to_xyz(src))
+        assert np.array_equal(codecs.pointcloud2_to_xyz(cloud).xyz, codecs.pointcloud2_to_xyz(src).xyz)
         labels = arr["label"].astype(np.int64)
         seg = labels != IGNORE_INDEX
         assert seg.any() and labels[seg].max() < 20
-        assert np.array_equal(bio.unpack_rgb(arr["rgb"]), class_colors(labels))
+        assert np.array_equal(codecs.unpack_rgb(arr["rgb"]), class_colors(labels))
         assert np.all((arr["confidence"][seg] > 0) & (arr["confidence"][seg] <= 1))
         assert np.all(np.isfinite(arr["similarity"]))
     markers = result[bio.MARKERS_TOPIC][-1][1].markers
     assert markers[0].action == 3 and markers[1].ns == "similarity" and len(markers[1].points) > 0
     assert all(m.ns == "frustums" for m in markers[2:])
+
+
+def test_node_and_segment_bag_give_the_same_labels(mcap_bag, segmenter, tmp_path):
+    """One pipeline: the bag's frames and clouds, fed in bag order to a real SegmentNode's own callbacks
+    (TF from the bag's /tf in its buffer), are labelled exactly as `segment-bag` labels them."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from rclpy.serialization import deserialize_message
+    from rosbags.rosbag2 import Reader
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from tf2_msgs.msg import TFMessage
+
+    from safnet_ros.ros.segment_node import SegmentNode
+    from safnet_ros.tools.segment_bag import segment_bag
+
+    out = tmp_path / "labeled"
+    summary = segment_bag(mcap_bag, out, segmenter=segmenter, max_views=3, progress=False)
+    offline = [codecs.pointcloud2_to_array(msg)["label"] for _, msg in read_bag(out)[bio.LABELED_CLOUD_TOPIC]]
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = None
+    try:
+        node = SegmentNode(segmenter=segmenter, context=ctx, parameter_overrides=[
+            Parameter("warm_up", value=False), Parameter("buffer_max_views", value=3),
+            Parameter("map_enable", value=False)])
+        types = {bio.COLOR_TOPIC: Image, bio.DEPTH_TOPIC: Image, bio.CAMERA_INFO_TOPIC: CameraInfo,
+                 bio.POINTS_TOPIC: PointCloud2, bio.TF_TOPIC: TFMessage, bio.TF_STATIC_TOPIC: TFMessage}
+        with Reader(mcap_bag) as reader:
+            messages = [(conn.topic, deserialize_message(bytes(raw), types[conn.topic]))
+                        for conn, _, raw in reader.messages() if conn.topic in types]
+        for topic, msg in messages:  # the whole recorded TF first, as segment-bag reads it
+            for t in msg.transforms if topic in (bio.TF_TOPIC, bio.TF_STATIC_TOPIC) else ():
+                (node.tf_buffer.set_transform_static if topic == bio.TF_STATIC_TOPIC
+                 else node.tf_buffer.set_transform)(t, "bag")
+        sets: dict[int, dict] = {}
+        online = []
+        for topic, msg in messages:
+            if topic == bio.POINTS_TOPIC:
+                online.append(codecs.pointcloud2_to_array(node.process_cloud(msg))["label"])
+            elif topic in (bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC):
+                group = sets.setdefault(codecs.stamp_to_ns(msg.header.stamp), {})
+                group[topic] = msg
+                if len(group) == 3:
+                    node._on_frames(group[bio.COLOR_TOPIC], group[bio.DEPTH_TOPIC], group[bio.CAMERA_INFO_TOPIC])
+        assert node.stats.get("views_kept") == summary.views_kept >= 2
+        assert node.stats.get("tf_failures") == 0 and node.stats.get("frames_waiting_tf") == 0
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)
+    assert len(online) == len(offline) == summary.clouds > 0
+    for a, b in zip(online, offline):
+        assert np.array_equal(a, b)
 
 
 # ----------------------------------------------------------------------------- a synthetic room
@@ -501,13 +572,13 @@ def test_synthetic_room_clouds_agree_with_depth_and_poses(synth_scene, tmp_path)
     (static,) = topics[bio.TF_STATIC_TOPIC]
     tf_by_stamp = {t: m for t, m in topics[bio.TF_TOPIC]}
     depth_by_stamp = {t: m for t, m in topics[bio.DEPTH_TOPIC]}
-    K = bio.camera_info_to_K(topics[bio.CAMERA_INFO_TOPIC][0][1])
+    K = codecs.camera_info_to_K(topics[bio.CAMERA_INFO_TOPIC][0][1])
     assert len(topics[bio.POINTS_TOPIC]) >= 4
     fractions = []
     for t, cloud in topics[bio.POINTS_TOPIC]:
         pose = tf_chain_to_matrix(tf_by_stamp[t], static[1])
-        depth = bio.depth_to_metres(depth_by_stamp[t])
-        xyz = bio.pointcloud_to_xyz(cloud)
+        depth = codecs.depth_to_metres(depth_by_stamp[t])
+        xyz = codecs.pointcloud2_to_xyz(cloud).xyz
         seen = visible(xyz, depth, K, pose, tol=0.1)
         # the frustum cloud has no occlusion test: furniture hides part of it from the camera
         assert xyz.shape[0] > 100 and seen.mean() > 0.3, seen.mean()
@@ -527,6 +598,12 @@ def test_cli_segment_bag_reports_missing_topics(scene_dir, tmp_path, capsys):
     assert main(["segment-bag", str(bag), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "/points" in err and err.count("\n") == 1
+    # the input topics are options: a bag recorded from other drivers names its own
+    assert main(["segment-bag", str(bag), str(tmp_path / "out"), "--cloud-topic", "/lidar/points",
+                 "--rgb-topic", "/cam/rgb", "--depth-topic", bio.DEPTH_TOPIC]) == 2
+    err = capsys.readouterr().err
+    assert "/lidar/points (sensor_msgs/msg/PointCloud2)" in err and "/cam/rgb (sensor_msgs/msg/Image)" in err
+    assert bio.DEPTH_TOPIC + " " not in err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.ros
@@ -606,7 +683,7 @@ def test_bag_play_feeds_the_segment_node_through_the_fallback_tf(mcap_bag, segme
     assert frames - 2 <= counters["frames_synced"] <= frames, (repr(counters), repr(player.summary))
     assert counters["tf_failures"] == 0 and counters["views_kept"] >= 1
     assert got and got[0].header.frame_id == "map"
-    assert [f.name for f in got[0].fields] == list(bio.LABELED_CLOUD_DTYPE.names)
+    assert [f.name for f in got[0].fields] == list(codecs.LABELED_CLOUD_DTYPE.names)
 
 
 def test_exported_layout_converts_like_the_sens(scene_dir, tmp_path):
@@ -620,7 +697,7 @@ def test_exported_layout_converts_like_the_sens(scene_dir, tmp_path):
     source = ScanNetScene(exported).frames
     for (_t, depth_msg), i in zip(topics[bio.DEPTH_TOPIC], source.valid_indices):
         _, mm = registered_frame(source.get(i).color, source.get(i).depth, COLOR_WH)
-        assert np.array_equal(bio.image_to_array(depth_msg), mm)
+        assert np.array_equal(codecs.image_to_array(depth_msg), mm)
     # no timestamps in the exported layout: 30 Hz by frame id
     stamps = np.array([t for t, _ in topics[bio.DEPTH_TOPIC]])
     assert np.allclose(np.diff(stamps), np.diff(source.valid_indices) * 1e9 / 30, atol=1)

@@ -18,7 +18,15 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import PointCloud2
+
 from safnet_ros.errors import SafnetError
+from safnet_ros.ros.bag_player import BagPlayer, qos
+from safnet_ros.ros.segment_node import SegmentNode
+from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.tools import bag_io as bio
 
 
@@ -49,13 +57,6 @@ class BagSession:
 
     # ------------------------------------------------------------------ lifetime
     def __enter__(self) -> "BagSession":
-        import rclpy
-        from rclpy.executors import MultiThreadedExecutor
-        from rclpy.parameter import Parameter
-
-        from safnet_ros.ros.segment_node import SegmentNode
-        from safnet_ros.ros.spin import spin_resilient
-
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         try:
@@ -72,8 +73,6 @@ class BagSession:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import rclpy
-
         if self.executor is not None:
             self.executor.shutdown(timeout_sec=2.0)
         if self._spinner is not None:  # no callback may still run when the nodes are destroyed
@@ -90,8 +89,6 @@ class BagSession:
     # ------------------------------------------------------------------ helpers
     def helper_node(self, suffix: str, spin: bool = True) -> Any:
         """A plain rclpy node ``<name>_<suffix>`` in the session's context (spun by its executor if ``spin``)."""
-        import rclpy
-
         node = rclpy.create_node(f"{self.name}_{suffix}", context=self.context)
         self._helpers.append(node)
         if spin:
@@ -100,18 +97,12 @@ class BagSession:
 
     def subscribe_clouds(self, helper: Any, topic: str, callback: Any, depth: int = 50) -> Any:
         """Subscribe ``helper`` to PointCloud2 on ``topic`` (reliable, volatile, keep last ``depth``)."""
-        from sensor_msgs.msg import PointCloud2
-
-        from safnet_ros.ros.bag_player import qos
-
         return helper.create_subscription(PointCloud2, topic, callback, qos(depth, False))
 
     def player(self, bag: str | Path, rate: float = 1.0, loop: bool = False,
                wait_for_subscribers: float = 5.0) -> Any:
         """A :class:`~safnet_ros.ros.bag_player.BagPlayer` for ``bag`` on its own helper node (spun like the
         rest: with it unspun, a looping player stopped at exit left rclpy tasks that failed unseen)."""
-        from safnet_ros.ros.bag_player import BagPlayer
-
         return BagPlayer(self.helper_node("player"), bag, rate=rate, loop=loop,
                          wait_for_subscribers=wait_for_subscribers)
 
@@ -122,8 +113,6 @@ class BagSession:
         (no Trigger type) the node's map component saves it directly. Raises
         SafnetError when the service is missing or answers with a failure.
         """
-        from rclpy.parameter import Parameter
-
         node = self.node
         sm = node.semantic_map
         deadline = time.monotonic() + timeout_s

@@ -18,6 +18,10 @@ Conventions (docs/design.md §3.3, §3.7):
 * Depth: ``16UC1`` / ``mono16`` are millimetres, ``32FC1`` metres;
   :func:`depth_to_metres` returns float32 metres with 0 marking invalid pixels.
 
+Decoders are duck-typed: they read rclpy messages and rosbags' deserialised
+ones alike (``safnet segment-bag`` decodes the bag with them), and this module
+imports no rclpy.
+
 Every malformed message raises :class:`~safnet_ros.errors.MessageDecodeError`
 with a message that says which field is wrong and why; bad arrays handed to the
 encoders raise :class:`MessageEncodeError`.  Arrays returned by the decoders may
@@ -28,14 +32,16 @@ from __future__ import annotations
 import array
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from builtin_interfaces.msg import Time as TimeMsg
 from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from safnet_ros.errors import MessageDecodeError, MessageEncodeError
+from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, class_colors
+from safnet_ros.errors import DataFormatError, MessageDecodeError, MessageEncodeError
+from safnet_ros.geometry.camera import scale_intrinsics
 
 __all__ = [
     "MessageDecodeError",
@@ -49,6 +55,7 @@ __all__ = [
     "array_to_pointcloud2",
     "fields_from_dtype",
     "make_labeled_cloud",
+    "labeled_cloud",
     "labeled_cloud_dtype",
     "probability_columns",
     "structured_to_pointcloud2",
@@ -60,6 +67,9 @@ __all__ = [
     "depth_to_metres",
     "array_to_image",
     "camera_info_to_K",
+    "RGBDFrame",
+    "camera_frame_id",
+    "decode_rgbd",
     "stamp_to_ns",
     "ns_to_stamp",
     "make_header",
@@ -390,22 +400,7 @@ def array_to_pointcloud2(
         packed = _packed_le(points)
     else:
         raise MessageEncodeError(f"points must be a structured array or a dict of columns, got {type(points).__name__}")
-    msg = PointCloud2()
-    msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
-    msg.height = 1
-    msg.width = int(packed.shape[0])
-    msg.fields = fields_from_dtype(packed.dtype)
-    msg.is_bigendian = False
-    msg.point_step = int(packed.dtype.itemsize)
-    msg.row_step = msg.point_step * msg.width
-    dense = True
-    names = packed.dtype.names or ()
-    for c in "xyz":
-        if c in names and packed.dtype.fields[c][0].kind == "f" and packed.size:
-            dense = dense and bool(np.isfinite(packed[c]).all())
-    msg.is_dense = dense
-    msg.data = _to_byte_array(packed)
-    return msg
+    return structured_to_pointcloud2(packed, header, frame_id=frame_id, stamp=stamp)
 
 
 def pack_rgb(colors: np.ndarray) -> np.ndarray:
@@ -437,10 +432,7 @@ def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-_LABELED_FIELDS = fields_from_dtype(LABELED_CLOUD_DTYPE)
 def _class_field_names() -> tuple[str, ...]:
-    from safnet_ros.data.labels import CLASS_NAMES
-
     return tuple("p_" + name.replace(" ", "_") for name in CLASS_NAMES)
 
 
@@ -474,8 +466,6 @@ def labeled_cloud_dtype(probabilities: str = "none") -> np.dtype:
 
 def probability_columns(probs: np.ndarray, segmented: np.ndarray, probabilities: str) -> dict[str, np.ndarray]:
     """The extra columns of :func:`labeled_cloud_dtype` from (N, C) probabilities; zeros / 255 where not segmented."""
-    from safnet_ros.data.labels import IGNORE_INDEX
-
     probs = np.asarray(probs, np.float32)
     seg = np.asarray(segmented, bool)
     if probs.ndim != 2 or probs.shape[0] != seg.shape[0]:
@@ -587,18 +577,23 @@ def make_labeled_cloud(
     cloud["label"] = labels
     cloud["confidence"] = confidence
     cloud["similarity"] = similarity
-    msg = PointCloud2()
-    msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
-    msg.height = 1
-    msg.width = n
-    fields = _LABELED_FIELDS if dtype is LABELED_CLOUD_DTYPE else fields_from_dtype(dtype)
-    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields]
-    msg.is_bigendian = False
-    msg.point_step = dtype.itemsize
-    msg.row_step = msg.point_step * n
-    msg.is_dense = bool(np.isfinite(xyz).all()) if n else True
-    msg.data = _to_byte_array(cloud)
-    return msg
+    return structured_to_pointcloud2(cloud, header, frame_id=frame_id, stamp=stamp)
+
+
+def labeled_cloud(xyz: np.ndarray, result: Any, header: Any, probabilities: str = "none") -> PointCloud2:
+    """The node's ``~/labeled_cloud`` of a segmented cloud (segment-bag writes the same message).
+
+    xyz (N, 3) metres in the cloud's own frame; result: a SegmentResult
+    (labels, confidence, s, and probs/segmented for ``probabilities`` top3 /
+    all); header: the input cloud's (frame and stamp are kept).
+    """
+    labels = np.asarray(result.labels)
+    mode = probabilities if result.probs is not None else "none"
+    return make_labeled_cloud(
+        xyz, labels.astype(np.uint16), class_colors(labels), result.confidence,
+        np.nan_to_num(result.s, nan=0.0).astype(np.float32), header=header, probabilities=mode,
+        extra=probability_columns(result.probs, result.segmented, mode) if mode != "none" else None,
+    )
 
 
 # ----------------------------------------------------------------------------- Image
@@ -763,3 +758,42 @@ def camera_info_to_K(msg: Any) -> np.ndarray:
     if not np.allclose(K[2], (0.0, 0.0, 1.0)):
         raise MessageDecodeError(f"CameraInfo: last row of K must be (0, 0, 1), got {tuple(K[2])}")
     return K
+
+
+class RGBDFrame(NamedTuple):
+    """A decoded (colour, depth, camera_info) set: what a view is made of (unpacks as a 3-tuple)."""
+
+    color: np.ndarray  # (Hc, Wc, 3) uint8 RGB
+    depth: np.ndarray  # (Hd, Wd) float32 metres, 0 = invalid
+    K: np.ndarray  # (3, 3) float64 intrinsics of the depth image
+
+
+def camera_frame_id(depth: Any, info: Any) -> str:
+    """The camera optical frame of a depth Image / CameraInfo pair (the depth's, else the info's)."""
+    frame_id = str(depth.header.frame_id or info.header.frame_id)
+    if not frame_id:
+        raise MessageDecodeError("depth Image and CameraInfo have no header.frame_id: camera frame unknown")
+    return frame_id
+
+
+def decode_rgbd(rgb: Any, depth: Any, info: Any) -> RGBDFrame:
+    """Decode a synchronised colour Image, depth Image and CameraInfo (the node's and segment-bag's one path).
+
+    Colour to RGB (any of :func:`image_to_rgb`'s encodings), depth to metres,
+    K from the CameraInfo, rescaled to the depth image when the CameraInfo's
+    width/height differ from it.  MessageDecodeError for a malformed message,
+    an unusable K, or a depth image without any valid (> 0) pixel (a view
+    with no depth covers nothing).
+    """
+    color = image_to_rgb(rgb)
+    depth_m = depth_to_metres(depth)
+    K = camera_info_to_K(info)
+    dh, dw = depth_m.shape
+    if not np.any(depth_m > 0):  # np.any is False for NaN too
+        raise MessageDecodeError(f"depth Image ({dw}x{dh}) has no valid (> 0) pixel")
+    if info.width and info.height and (int(info.width), int(info.height)) != (dw, dh):
+        try:
+            K = scale_intrinsics(K, (int(info.width), int(info.height)), (dw, dh))
+        except DataFormatError as exc:
+            raise MessageDecodeError(f"CameraInfo: {exc}") from None
+    return RGBDFrame(color, depth_m, K)

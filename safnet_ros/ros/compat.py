@@ -1,8 +1,8 @@
 """The ROS 2 Python libraries the node needs, real where installed, else small drop-ins.
 
 A full ROS 2 install has ``message_filters``, ``tf2_ros`` (from the
-``tf2_ros_py`` package), ``cv_bridge`` and ``sensor_msgs_py``; a pip-only
-machine (ours: rclpy and message wheels, docs/design.md §3.10) has none of them.  This
+``tf2_ros_py`` package); a pip-only
+machine (ours: rclpy and message wheels, SPEC §3) has none of them.  This
 module imports each real library where it can and otherwise binds the same
 public names to a drop-in with the same call shape.  It only binds; each
 drop-in lives in its own module:
@@ -15,20 +15,17 @@ ApproximateTime-
 Synchronizer,
 TimeSynchronizer
 Buffer                 ``tf2_ros``                                 :mod:`~safnet_ros.ros.tf_buffer`
-the tf2 exceptions     ``tf2_ros``                                 :mod:`~safnet_ros.ros.tf_errors`
+the tf2 exceptions     ``tf2_ros``                                 :mod:`~safnet_ros.ros.tf_tree`
 TransformListener,     ``tf2_ros`` (``/tf``, ``/tf_static``)       :mod:`~safnet_ros.ros.tf_topics`
 TransformBroadcaster,                                              (``/tf`` with tf2_msgs/TFMessage where
 StaticTransform-                                                   it imports, else TransformStamped on
 Broadcaster                                                        ``/safnet/transforms``:
                                                                    :mod:`~safnet_ros.ros.tf_path`)
-CvBridge, CvBridgeError ``cv_bridge``                              :mod:`~safnet_ros.ros.cv_bridge_dropin`
-point_cloud2           ``sensor_msgs_py.point_cloud2``             :mod:`~safnet_ros.ros.point_cloud2_dropin`
 transform_to_matrix,   (no ROS equivalent)                         :mod:`~safnet_ros.ros.transforms`
 matrix_to_transform
 =====================  ==========================================  ======================================
 
-``HAVE_TF2``, ``HAVE_MESSAGE_FILTERS``, ``HAVE_CV_BRIDGE`` and
-``HAVE_SENSOR_MSGS_PY`` say which path was taken (:func:`backends` gives one
+``HAVE_TF2`` and ``HAVE_MESSAGE_FILTERS`` say which path was taken (:func:`backends` gives one
 line for the node's log).  Setting ``SAFNET_FORCE_ROS_FALLBACK=1`` before the
 import uses the drop-ins even where the real libraries exist (for testing).
 The ``Fallback*`` classes are always importable from here too.  See
@@ -36,26 +33,16 @@ docs/ros_compat.md.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from safnet_ros.ros import tf_errors
-from safnet_ros.ros.cv_bridge_dropin import FallbackCvBridge, FallbackCvBridgeError
 from safnet_ros.ros.filters import (
     FallbackApproximateTimeSynchronizer,
     FallbackSimpleFilter,
     FallbackSubscriber,
     FallbackTimeSynchronizer,
 )
-from safnet_ros.ros.point_cloud2_dropin import fallback_point_cloud2
 from safnet_ros.ros.tf_buffer import FallbackBuffer
-from safnet_ros.ros.tf_errors import (
-    FallbackConnectivityException,
-    FallbackExtrapolationException,
-    FallbackInvalidArgumentException,
-    FallbackLookupException,
-    FallbackTimeoutException,
-    FallbackTransformException,
-)
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.ros.tf_topics import (
     DEFAULT_TF_STATIC_TOPIC,
@@ -64,14 +51,20 @@ from safnet_ros.ros.tf_topics import (
     FallbackTransformBroadcaster,
     FallbackTransformListener,
 )
+from safnet_ros.ros.tf_tree import (
+    FallbackConnectivityException,
+    FallbackExtrapolationException,
+    FallbackInvalidArgumentException,
+    FallbackLookupException,
+    FallbackTimeoutException,
+    FallbackTransformException,
+)
 from safnet_ros.ros.transforms import matrix_to_quaternion, matrix_to_transform, transform_to_matrix
 
-_FORCE_FALLBACK = tf_errors.FORCE_FALLBACK
+_FORCE_FALLBACK = os.environ.get("SAFNET_FORCE_ROS_FALLBACK", "").strip().lower() in ("1", "true", "yes")
 
 HAVE_MESSAGE_FILTERS = False
 HAVE_TF2 = False
-HAVE_CV_BRIDGE = False
-HAVE_SENSOR_MSGS_PY = False
 
 Subscriber: Any = FallbackSubscriber
 ApproximateTimeSynchronizer: Any = FallbackApproximateTimeSynchronizer
@@ -80,15 +73,12 @@ Buffer: Any = FallbackBuffer
 TransformListener: Any = FallbackTransformListener
 TransformBroadcaster: Any = FallbackTransformBroadcaster
 StaticTransformBroadcaster: Any = FallbackStaticTransformBroadcaster
-TransformException: Any = tf_errors.TransformException
-LookupException: Any = tf_errors.LookupException
-ConnectivityException: Any = tf_errors.ConnectivityException
-ExtrapolationException: Any = tf_errors.ExtrapolationException
-InvalidArgumentException: Any = tf_errors.InvalidArgumentException
-TimeoutException: Any = tf_errors.TimeoutException
-CvBridge: Any = FallbackCvBridge
-CvBridgeError: Any = FallbackCvBridgeError
-point_cloud2: Any = fallback_point_cloud2
+TransformException: Any = FallbackTransformException
+LookupException: Any = FallbackLookupException
+ConnectivityException: Any = FallbackConnectivityException
+ExtrapolationException: Any = FallbackExtrapolationException
+InvalidArgumentException: Any = FallbackInvalidArgumentException
+TimeoutException: Any = FallbackTimeoutException
 
 if not _FORCE_FALLBACK:
     try:
@@ -107,22 +97,13 @@ if not _FORCE_FALLBACK:
         TransformListener = _tf2_ros.TransformListener
         TransformBroadcaster = _tf2_ros.TransformBroadcaster
         StaticTransformBroadcaster = _tf2_ros.StaticTransformBroadcaster
+        TransformException = _tf2_ros.TransformException
+        LookupException = _tf2_ros.LookupException
+        ConnectivityException = _tf2_ros.ConnectivityException
+        ExtrapolationException = _tf2_ros.ExtrapolationException
+        InvalidArgumentException = _tf2_ros.InvalidArgumentException
+        TimeoutException = _tf2_ros.TimeoutException
         HAVE_TF2 = True
-    except ImportError:
-        pass
-    try:
-        import cv_bridge as _cv_bridge
-
-        CvBridge = _cv_bridge.CvBridge
-        CvBridgeError = _cv_bridge.CvBridgeError
-        HAVE_CV_BRIDGE = True
-    except ImportError:
-        pass
-    try:
-        from sensor_msgs_py import point_cloud2 as _point_cloud2
-
-        point_cloud2 = _point_cloud2
-        HAVE_SENSOR_MSGS_PY = True
     except ImportError:
         pass
 
@@ -153,28 +134,22 @@ def make_transform_listener(
 
 def backends() -> str:
     """One line for the node's log: which libraries are real and which are drop-ins, and the TF path."""
-    parts = [
-        ("message_filters", HAVE_MESSAGE_FILTERS),
-        ("tf2_ros", HAVE_TF2),
-        ("cv_bridge", HAVE_CV_BRIDGE),
-        ("sensor_msgs_py", HAVE_SENSOR_MSGS_PY),
-    ]
+    parts = [("message_filters", HAVE_MESSAGE_FILTERS), ("tf2_ros", HAVE_TF2)]
     line = ", ".join(f"{name}: {'ros' if real else 'safnet drop-in'}" for name, real in parts)
     return f"{line}; transforms: {active_tf_path().describe()}"
 
 
 __all__ = [
-    "HAVE_MESSAGE_FILTERS", "HAVE_TF2", "HAVE_CV_BRIDGE", "HAVE_SENSOR_MSGS_PY", "backends",
+    "HAVE_MESSAGE_FILTERS", "HAVE_TF2", "backends",
     "Subscriber", "ApproximateTimeSynchronizer", "TimeSynchronizer",
     "Buffer", "TransformListener", "TransformBroadcaster", "StaticTransformBroadcaster", "make_transform_listener",
     "TransformException", "LookupException", "ConnectivityException", "ExtrapolationException",
     "InvalidArgumentException", "TimeoutException",
     "transform_to_matrix", "matrix_to_transform", "matrix_to_quaternion",
-    "CvBridge", "CvBridgeError", "point_cloud2",
     "DEFAULT_TF_TOPIC", "DEFAULT_TF_STATIC_TOPIC",
     "FallbackSimpleFilter", "FallbackSubscriber", "FallbackApproximateTimeSynchronizer", "FallbackTimeSynchronizer",
     "FallbackBuffer", "FallbackTransformListener", "FallbackTransformBroadcaster",
     "FallbackStaticTransformBroadcaster", "FallbackTransformException", "FallbackLookupException",
     "FallbackConnectivityException", "FallbackExtrapolationException", "FallbackInvalidArgumentException",
-    "FallbackTimeoutException", "FallbackCvBridge", "FallbackCvBridgeError", "fallback_point_cloud2",
+    "FallbackTimeoutException",
 ]

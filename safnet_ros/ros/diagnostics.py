@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 #: Counters the node increments (name -> meaning, shown in the docs and on /diagnostics).
@@ -33,6 +34,7 @@ COUNTERS: dict[str, str] = {
     "views_not_keyframe": "views refused by the keyframe policy",
     "decode_errors": "messages that could not be decoded (skipped)",
     "tf_failures": "clouds or views skipped for a missing transform",
+    "frames_waiting_tf": "frames set aside until their transform arrives (retried by a timer)",
     "time_jumps": "times the message time went backwards (buffers cleared)",
     "worker_errors": "unexpected errors in the inference worker (cloud skipped)",
     "clouds_3d_only": "clouds segmented with no view covering them",
@@ -69,6 +71,7 @@ class NodeStats:
         self._last_latency = float("nan")
         self._reported: dict[str, int] = dict(self.counters)
         self._ever_error = False
+        self._frame_costs: deque[float] = deque(maxlen=1000)  # seconds per synchronised-frame callback
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -85,6 +88,19 @@ class NodeStats:
             self._latencies.append((now, float(seconds)))
             self._last_latency = float(seconds)
             self._trim(now)
+
+    def add_frame_cost(self, seconds: float) -> None:
+        """One synchronised (rgb, depth, camera_info) callback took ``seconds`` on the executor."""
+        with self._lock:
+            self._frame_costs.append(float(seconds))
+
+    def _frame_report_locked(self) -> dict[str, str]:
+        """Per-frame callback cost p50 / p99 (ms, last 1000 frames) and views kept / frames synced."""
+        costs = np.asarray(self._frame_costs, dtype=np.float64)
+        synced, kept = self.counters.get("frames_synced", 0), self.counters.get("views_kept", 0)
+        p50, p99 = (np.percentile(costs, (50, 99)) * 1000.0) if costs.size else (float("nan"),) * 2
+        return {"frame_cost_p50_ms": _fmt(p50, 3), "frame_cost_p99_ms": _fmt(p99, 3),
+                "views_kept_per_frame": _fmt(kept / synced if synced else float("nan"), 3)}
 
     def _trim(self, now: float) -> None:
         while self._latencies and self._latencies[0][0] < now - self.window_s:
@@ -109,7 +125,7 @@ class NodeStats:
                 buffer_views=int(buffer_views),
                 buffer_mib=buffer_bytes / (1024.0 * 1024.0),
                 device=str(device),
-                extra={k: str(v) for k, v in (extra or {}).items()},
+                extra={**self._frame_report_locked(), **{k: str(v) for k, v in (extra or {}).items()}},
             )
 
     def new_since_last_report(self, names: tuple[str, ...]) -> dict[str, int]:

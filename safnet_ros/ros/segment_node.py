@@ -1,8 +1,10 @@
-"""``safnet_segment``: the ROS 2 node that labels point clouds with SAFNet (docs/design.md §3, issue 5).
+"""``safnet_segment``: the ROS 2 node that labels point clouds with SAFNet (docs/ros_node.md).
 
-Data flow (docs/ros_node.md has topics, QoS and every parameter)::
+A thin ROS adapter over :class:`safnet_ros.engine.pipeline.SegmentationPipeline`
+(the pipeline ``safnet segment-bag`` runs offline too). Data flow::
 
-    rgb, depth, camera_info ──ApproximateTimeSynchronizer──▶ _on_frames ──TF(stamp)──▶ ViewBuffer (keyframes)
+    rgb, depth, camera_info ──ApproximateTimeSynchronizer──▶ _on_frames: stamp interval ─▶ TF(stamp) ─▶
+        (keyframes only) decode + resize once ─▶ ViewBuffer
     cloud ──▶ _on_cloud ──▶ LatestMailbox (one slot, newest wins, drops counted)
                                   │ worker thread (off the executor)
                                   ▼
@@ -12,22 +14,28 @@ Data flow (docs/ros_node.md has topics, QoS and every parameter)::
                                   ▼ (after publishing)
            semantic map (ros/semantic_map_component.py): ~/semantic_map, ~/save_map, ~/clear_map
 
-Callbacks never block: TF lookups inside them use a zero timeout; a frame whose
-transform has not arrived yet waits in a short pending list retried by a
-timer for ``tf_timeout`` seconds. Only the worker thread may wait (up to
-``tf_timeout``) for the cloud's transform. Undecodable messages, missing
+Callbacks never block: a synchronised frame is first judged by its stamp (too
+soon after the last kept view: dropped undecoded), then by its pose, looked up
+with a zero timeout; a frame whose transform has not arrived yet waits,
+undecoded, in a short pending list retried by a timer until the transforms'
+own stamps run ``tf_timeout`` past it.  Transforms are received on their own
+thread (the TF listener's ``spin_thread``, drop-in and tf2_ros alike), so image
+work on the executor never delays them.  Only the worker thread may wait (up
+to ``tf_timeout``) for a cloud's transform.  Undecodable messages, missing
 transforms and replaced clouds are skipped with a throttled warning and counted
 on /diagnostics. Time going back is judged per input (frames, clouds: each
 against its own newest stamp) and on the ROS clock under sim time
-(:mod:`safnet_ros.ros.time_jumps`): it clears the view buffer and the pending
-frames; the TF buffer clears itself when the clock that feeds it jumps back.
+(:mod:`safnet_ros.ros.time_jumps`): it clears the view buffer, the pending
+frames and the map; the TF buffer clears itself when the clock that feeds it
+jumps back.
 
 A lifecycle node (rclpy.lifecycle): the constructor declares and checks the
-parameters; ``configure`` loads the model, warms it up and makes the TF
-buffer; ``activate`` creates the subscriptions, publishers, timers and the
-worker; ``deactivate`` releases them again and ``cleanup`` drops the model and
-the TF buffer. With ``autostart`` (the default) the constructor drives the node
-to active itself, so ``ros2 run`` and the launch file work without a manager.
+parameters (:mod:`safnet_ros.ros.params`); ``configure`` loads the model,
+warms it up and makes the TF buffer and the publishers; ``activate`` creates
+the subscriptions, timers and the worker; ``deactivate`` releases them again
+and ``cleanup`` drops the model and the TF buffer. With ``autostart`` (the
+default) the constructor drives the node to active itself, so ``ros2 run`` and
+the launch file work without a manager.
 """
 from __future__ import annotations
 
@@ -40,6 +48,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
@@ -49,151 +58,54 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.subscription import Subscription
 from rclpy.time import Time
+from rclpy.timer import Timer
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
-from safnet_ros.data.labels import class_colors
+from safnet_ros.engine.inference import Segmenter
+from safnet_ros.engine.pipeline import KEPT, NOT_KEYFRAME, CloudOutput, SegmentationPipeline, transform_points
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
-from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, SafnetError
+from safnet_ros.errors import ConfigError, MessageDecodeError, SafnetError
 from safnet_ros.ros import codecs, compat
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
-from safnet_ros.ros.markers import SIMILARITY_RANGES, similarity_markers
-from safnet_ros.ros.semantic_map_component import (
-    MAP_PARAMETER_SPECS,
-    SemanticMapComponent,
-    check_probability_mode,
-)
+from safnet_ros.ros.markers import similarity_markers
+from safnet_ros.ros.params import PARAMETERS, SPECS, Param, ParameterError, check_value
+from safnet_ros.ros.semantic_map_component import SemanticMapComponent
 from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_path import missing_tf2_ros_warning
 from safnet_ros.ros.time_jumps import StreamTimeJumps, watch_clock_jumps
 
+__all__ = ["NODE_NAME", "PARAMETERS", "ParameterError", "SegmentNode", "LatestMailbox", "main",
+           "resolve_node_device", "transform_points"]
+
 NODE_NAME = "safnet_segment"
 #: Throttle period of repeated warnings (seconds).
 WARN_PERIOD_S = 5.0
+#: Frames waiting for their transform at most (undecoded messages; the oldest gives way).
+MAX_PENDING_FRAMES = 16
+#: A frame whose camera frame TF does not know at all waits this many tf_timeout (wall time, >= 1 s).
+UNKNOWN_FRAME_WAITS = 10
 
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One node parameter: name, default (fixes the type), description, whether it may change at run time."""
-
-    name: str
-    default: Any
-    description: str
-    runtime: bool = False
-    int_range: Optional[tuple[int, int]] = None
-    float_range: Optional[tuple[float, float]] = None
-
-
-#: Every parameter of the node (config/segment.yaml and docs/ros_node.md list the same).
-PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("fixed_frame", "map", "Frame the views and clouds are brought into (REP-105 'map'); "
-              "camera and cloud poses are looked up in TF at each message's stamp."),
-    ParamSpec("cloud_topic", "~/points", "Input sensor_msgs/PointCloud2 (any frame with a TF path to fixed_frame)."),
-    ParamSpec("rgb_topic", "~/rgb/image", "Input colour sensor_msgs/Image, rgb8 or bgr8 (also rgba8/bgra8/mono8)."),
-    ParamSpec("depth_topic", "~/depth/image", "Input depth sensor_msgs/Image registered to the colour image, "
-              "16UC1 millimetres or 32FC1 metres; its frame_id is the camera optical frame."),
-    ParamSpec("camera_info_topic", "~/camera_info", "sensor_msgs/CameraInfo of the depth image (K is rescaled "
-              "when its width/height differ from the depth image's)."),
-    ParamSpec("model", "", "Model checkpoint file; '' = the shipped default model models/safnet_lite_synth.pt "
-              "(docs/model_card.md; an untrained lite model with a loud warning where it is missing)."),
-    ParamSpec("device", "auto", "auto | cpu | cuda[:N]. auto = CUDA when present, else the CPU (one log line); "
-              "cuda requested but absent = the CPU with a warning."),
-    ParamSpec("preset", "", "Expected model preset (lite | paper); '' = whatever the checkpoint holds. "
-              "A checkpoint of another preset is refused."),
-    ParamSpec("num_views", 3, "Views chosen per chunk by greedy coverage from the buffer (0 = 3D only).",
-              int_range=(0, 16)),
-    ParamSpec("chunk_size", 1.5, "Chunk side in x and y, metres (SPEC §2: 1.5).", float_range=(0.2, 20.0)),
-    ParamSpec("chunk_stride", 1.5, "Chunk stride, metres. Offline evaluation uses 0.5 (each point voted ~9 times); "
-              "the node defaults to chunk_size (no overlap) for latency.", float_range=(0.1, 20.0)),
-    ParamSpec("max_points", 100000, "Clouds with more points are voxel-downsampled (voxel grown from voxel_size) "
-              "with a warning; labels are copied back to every point. 0 = no limit.", int_range=(0, 100000000)),
-    ParamSpec("voxel_size", 0.02, "Starting voxel edge for the max_points downsampling, metres.",
-              float_range=(0.001, 1.0)),
-    ParamSpec("crop_margin", 0.3, "Margin around the points the views cover that is still segmented, metres; "
-              "points beyond are published with label 255 (not segmented).", float_range=(0.0, 100.0)),
-    ParamSpec("sync_queue_size", 10, "Queue size of the approximate time synchronizer (rgb, depth, camera_info).",
-              int_range=(1, 1000)),
-    ParamSpec("sync_slop", 0.05, "A (rgb, depth, camera_info) set is matched when its stamps spread less than "
-              "this, seconds (message_filters: max - min < slop, so 0 would never match and is refused).",
-              float_range=(0.0001, 10.0)),
-    ParamSpec("keyframe_min_translation", 0.05, "A view is buffered only if the camera moved at least this far "
-              "(metres) or turned keyframe_min_rotation_deg since the last kept view (0 = criterion off).",
-              runtime=True, float_range=(0.0, 100.0)),
-    ParamSpec("keyframe_min_rotation_deg", 5.0, "Rotation (degrees) since the last kept view that makes a keyframe "
-              "(0 = criterion off).", runtime=True, float_range=(0.0, 180.0)),
-    ParamSpec("keyframe_min_interval", 0.2, "Minimum time between kept views, seconds (message stamps).",
-              runtime=True, float_range=(0.0, 3600.0)),
-    ParamSpec("buffer_max_views", 30, "Most views kept; the oldest is evicted first.", runtime=True,
-              int_range=(1, 10000)),
-    ParamSpec("buffer_max_mb", 256.0, "Memory bound of the buffered views' arrays, MiB (network-size views of "
-              "160x120 take ~0.13 MiB each).", runtime=True, float_range=(0.1, 100000.0)),
-    ParamSpec("time_jump_tolerance", 1.0, "Time went back (bag loop) when a frame or cloud is stamped this many "
-              "seconds before the newest one of the same input, or the ROS clock (/clock under use_sim_time) "
-              "jumps back this far: the view buffer and pending frames are cleared (the TF buffer clears itself "
-              "on a clock jump). Inputs lagging each other are not jumps.",
-              runtime=True, float_range=(0.0, 3600.0)),
-    ParamSpec("tf_timeout", 0.1, "How long the worker waits for a cloud's transform, and how long a frame "
-              "whose transform has not arrived yet is retried, seconds (callbacks never wait).",
-              runtime=True, float_range=(0.0, 10.0)),
-    ParamSpec("tf_fallback_topic", compat.DEFAULT_TF_TOPIC, "Last resort without tf2_ros and tf2_msgs only: "
-              "geometry_msgs/TransformStamped topic feeding the drop-in TF buffer (dynamic transforms)."),
-    ParamSpec("tf_fallback_static_topic", compat.DEFAULT_TF_STATIC_TOPIC, "Last resort without tf2_ros and "
-              "tf2_msgs only: transient-local TransformStamped topic of static transforms."),
-    ParamSpec("publish_markers", True, "Publish ~/similarity_markers (skipped anyway while nobody subscribes).",
-              runtime=True),
-    ParamSpec("similarity_marker_source", "s", "Which similarity colours the marker points: s | s_geo | s_con.",
-              runtime=True),
-    ParamSpec("marker_stride", 4, "Every n-th segmented point becomes a marker point.", runtime=True,
-              int_range=(1, 1000000)),
-    ParamSpec("frustum_depth", 0.4, "Depth of the drawn view frustums, metres.", runtime=True,
-              float_range=(0.01, 100.0)),
-    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages (steady clock).",
-              float_range=(0.05, 3600.0)),
-    ParamSpec("gil_switch_interval", 0.0005, "CPython's thread switch interval for this process, seconds "
-              "(sys.setswitchinterval; 0 = leave Python's 0.005). The inference worker gives up the GIL in every "
-              "torch op and must win it back from the callback threads each time: at 0.005 s that wait, hundreds "
-              "of times per cloud, stalled clouds for 1-9 s in make demo; at 0.0005 s the slowest cloud took 0.45 s.",
-              float_range=(0.0, 0.1)),
-    ParamSpec("warm_up", True, "Segment a small synthetic scene once at start-up, before subscribing, so the "
-              "first cloud does not pay one-time initialisation (kernel selection, lazy imports) while sensor "
-              "frames queue up."),
-    ParamSpec("autostart", True, "Configure and activate the lifecycle node by itself at start-up (ros2 run, the "
-              "launch file); false = wait in 'unconfigured' for a lifecycle manager (ros2 lifecycle set)."),
-)
-
-# the semantic map's and the labelled cloud's probability fields (ros/semantic_map_component.py)
-PARAMETERS += tuple(ParamSpec(**spec) for spec in MAP_PARAMETER_SPECS)
-
-_SPECS = {spec.name: spec for spec in PARAMETERS}
-
-_TYPE_NAMES = {bool: "a bool (true/false)", int: "an integer", float: "a double (write 2.0, not 2)",
-               str: "a string"}
 _PARAM_TYPES = {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
                 str: Parameter.Type.STRING}
 
 
-class ParameterError(ConfigError):
-    """A node parameter has a value of the wrong type or out of its range (``main`` exits with status 2)."""
-
-
-def check_parameter(spec: ParamSpec, param: Parameter) -> None:
-    """Raise ParameterError naming the parameter, its value and the allowed type or range."""
-    want = type(spec.default)
-    value = param.value
-    if param.type_ != _PARAM_TYPES[want]:
-        got = param.type_.name if hasattr(param.type_, "name") else str(param.type_)
-        raise ParameterError(f"parameter '{spec.name}' = {value!r} is of type {got}; it must be {_TYPE_NAMES[want]}")
-    lo_hi = spec.int_range or spec.float_range
-    if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
-        raise ParameterError(f"parameter '{spec.name}' = {value!r} is out of range: allowed {lo_hi[0]}..{lo_hi[1]}")
-
-
-def transform_points(T: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    """Apply a (4, 4) rigid transform to (N, 3) points; returns (N, 3) float32 metres."""
-    T = np.asarray(T, dtype=np.float64)
-    return (np.asarray(xyz, dtype=np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+def descriptor(spec: Param) -> ParameterDescriptor:
+    """The ROS ParameterDescriptor of a table entry (type, description, range, read-only)."""
+    desc = ParameterDescriptor(description=spec.description, read_only=not spec.runtime,
+                               type=_PARAM_TYPES[spec.type].value)
+    if spec.choices:
+        desc.additional_constraints = "one of " + spec.range_text()
+    if spec.low is not None and spec.type is int:
+        desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=0)]
+    elif spec.low is not None:
+        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high),
+                                                        step=0.0)]
+    return desc
 
 
 def resolve_node_device(requested: str, cuda_available: bool) -> tuple[str, Optional[str]]:
@@ -254,16 +166,23 @@ class LatestMailbox:
 
 
 @dataclass
-class _Frame:
-    """A decoded (rgb, depth, K) set waiting for its camera pose."""
+class _PendingFrame:
+    """A synchronised (rgb, depth, camera_info) set, still undecoded, waiting for its camera pose."""
 
-    color: np.ndarray  # (Hc, Wc, 3) uint8 RGB
-    depth: np.ndarray  # (Hd, Wd) float32 metres
-    K: np.ndarray  # (3, 3) depth intrinsics
+    rgb: Image
+    depth: Image
+    info: CameraInfo
     frame_id: str
-    stamp_msg: Any
-    stamp_s: float
-    first_try: float  # time.monotonic()
+    stamp_ns: int
+    first_try: float = 0.0  # time.monotonic() of the first pose lookup
+    waiting: bool = False  # set aside once already (counted in frames_waiting_tf)
+
+    @property
+    def stamp_s(self) -> float:
+        return self.stamp_ns / 1e9
+
+    def decode(self) -> codecs.RGBDFrame:
+        return codecs.decode_rgbd(self.rgb, self.depth, self.info)
 
 
 class SegmentNode(LifecycleNode):
@@ -280,13 +199,35 @@ class SegmentNode(LifecycleNode):
     def __init__(self, *, segmenter: Any = None, node_name: str = NODE_NAME, **node_kwargs: Any):
         super().__init__(node_name, **node_kwargs)
         self._given_segmenter = segmenter
+        # made by configure, dropped by cleanup
         self.segmenter: Any = None
-        self.tf_buffer: Any = None
-        self.tf_listener: Any = None
+        self.tf_buffer: Any = None  # tf2_ros.Buffer or the drop-in
+        self.pub_cloud: Optional[Publisher] = None
+        self.pub_markers: Optional[Publisher] = None
+        self.pub_diag: Optional[Publisher] = None
+        # made by activate, released by deactivate
+        self.tf_listener: Any = None  # tf2_ros.TransformListener or the drop-in, on its own thread
+        self.sub_rgb: Any = None  # message_filters.Subscriber or the drop-in
+        self.sub_depth: Any = None
+        self.sub_info: Any = None
+        self.sync: Any = None
+        self.sub_cloud: Optional[Subscription] = None
+        self._retry_timer: Optional[Timer] = None
+        self._diag_timer: Optional[Timer] = None
         self._clock_jumps: Any = None
         self._worker: Optional[threading.Thread] = None
+        # made by the constructor
+        self.fixed_frame = ""
+        self.semantic_map: Optional[SemanticMapComponent] = None
+        self.buffer: Optional[ViewBuffer] = None
+        self.pipeline: Optional[SegmentationPipeline] = None
+        self.stats = NodeStats()
         self._stop = threading.Event()
         self._mailbox = LatestMailbox()
+        self._pending: deque[_PendingFrame] = deque()  # frames waiting for TF (bounded: MAX_PENDING_FRAMES)
+        self._pending_lock = threading.Lock()
+        self._jumps: Optional[StreamTimeJumps] = None
+        self._probabilities = "none"
         self._transition_error: Optional[BaseException] = None
         self._autostarting = False  # transitions raise (main logs one line) instead of logging
         #: Stage timings (seconds) of the last labeled cloud; also on /diagnostics.
@@ -301,25 +242,18 @@ class SegmentNode(LifecycleNode):
             raise
 
     def _setup(self) -> None:
-        """Parameters, counters and the view buffer (no ROS entity besides the lifecycle services)."""
+        """Parameters, the view buffer and the map (no ROS entity besides the lifecycle services)."""
         self._declare_parameters()
         p = self._param
         self.fixed_frame = str(p("fixed_frame")).lstrip("/")
         if not self.fixed_frame:
             raise ParameterError("parameter 'fixed_frame' = '' must not be empty")
-        self._check_marker_source(p("similarity_marker_source"))
         try:
             resolve_node_device(p("device"), False)  # its spelling, before any model is loaded
         except ConfigError as exc:
             raise ParameterError(f"parameter 'device' = {p('device')!r}: {exc}") from None
-        try:  # ConfigError for bad map_* / probabilities values: a parameter error (exit 2)
-            self._probabilities = check_probability_mode(p("probabilities"))
-            self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)
-        except ParameterError:
-            raise
-        except ConfigError as exc:
-            raise ParameterError(str(exc)) from None
-        self.stats = NodeStats()
+        self._probabilities = p("probabilities")
+        self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)
         self.buffer = ViewBuffer(
             max_views=p("buffer_max_views"),
             max_mb=p("buffer_max_mb"),
@@ -327,8 +261,6 @@ class SegmentNode(LifecycleNode):
             jump_tolerance=float("inf"),  # the node judges jumps itself, per input stream
         )
         self._jumps = StreamTimeJumps(("frames", "clouds"), p("time_jump_tolerance"))
-        self._pending: deque[_Frame] = deque(maxlen=16)  # frames waiting for TF (tf_timeout at most)
-        self._pending_lock = threading.Lock()
         if p("gil_switch_interval") > 0:
             sys.setswitchinterval(float(p("gil_switch_interval")))
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -337,19 +269,14 @@ class SegmentNode(LifecycleNode):
         """configure + activate, raising what made a transition fail."""
         self._autostarting = True
         try:
-            self._autostart_transitions()
+            for name, trigger in (("configure", self.trigger_configure), ("activate", self.trigger_activate)):
+                if trigger() != TransitionCallbackReturn.SUCCESS:
+                    error, self._transition_error = self._transition_error, None
+                    if isinstance(error, BaseException):
+                        raise error
+                    raise ConfigError(f"lifecycle transition '{name}' failed")
         finally:
             self._autostarting = False
-
-    def _autostart_transitions(self) -> None:
-        for name, trigger in (("configure", self.trigger_configure), ("activate", self.trigger_activate)):
-            result = trigger()
-            if result != TransitionCallbackReturn.SUCCESS:
-                error = self._transition_error
-                self._transition_error = None
-                if isinstance(error, BaseException):
-                    raise error
-                raise ConfigError(f"lifecycle transition '{name}' failed")
 
     # ------------------------------------------------------------------ lifecycle
     def _guarded(self, step: Any) -> TransitionCallbackReturn:
@@ -364,22 +291,8 @@ class SegmentNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Load the model, warm it up and make the TF buffer (watching the node's clock, like tf2_ros)."""
+        """Load the model, warm it up, make the TF buffer (watching the node's clock, like tf2_ros) and outputs."""
         return self._guarded(self._configure)
-
-    def _configure(self) -> None:
-        warning = missing_tf2_ros_warning()
-        if warning:
-            self.get_logger().warning(warning)
-        segmenter = self._given_segmenter if self._given_segmenter is not None else self._load_segmenter()
-        self.segmenter = segmenter
-        self.device = str(getattr(segmenter, "device", "cpu"))
-        if self._param("warm_up") and callable(getattr(segmenter, "warm_up", None)):
-            seconds = segmenter.warm_up()
-            self.get_logger().info(f"model warmed up in {seconds:.2f} s")
-        # TF: the real tf2_ros where installed, else the drop-in (given node=, both clear on a clock jump back)
-        self.tf_buffer = compat.Buffer(cache_time=Duration(seconds=30.0), node=self)
-        self._create_outputs()
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Create subscriptions, the TF listener, timers and the worker thread."""
@@ -399,6 +312,20 @@ class SegmentNode(LifecycleNode):
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_all()
         return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        warning = missing_tf2_ros_warning()
+        if warning:
+            self.get_logger().warning(warning)
+        segmenter = self._given_segmenter if self._given_segmenter is not None else self._load_segmenter()
+        self.segmenter = segmenter
+        self.device = str(segmenter.device)
+        if self._param("warm_up"):
+            self.get_logger().info(f"model warmed up in {segmenter.warm_up():.2f} s")
+        self.pipeline = SegmentationPipeline(segmenter, self.buffer, self.semantic_map)
+        # TF: the real tf2_ros where installed, else the drop-in (given node=, both clear on a clock jump back)
+        self.tf_buffer = compat.Buffer(cache_time=Duration(seconds=30.0), node=self)
+        self._create_outputs()
 
     def _activate(self) -> None:
         p = self._param
@@ -437,19 +364,18 @@ class SegmentNode(LifecycleNode):
 
     def _destroy_outputs(self) -> None:
         """Undo :meth:`_create_outputs`."""
-        if getattr(self, "semantic_map", None) is not None:
+        if self.semantic_map is not None:
             self.semantic_map.destroy()
-        for name in ("pub_cloud", "pub_markers", "pub_diag"):
-            pub = getattr(self, name, None)
+        for pub in (self.pub_cloud, self.pub_markers, self.pub_diag):
             if pub is not None:
                 self.destroy_publisher(pub)
-                setattr(self, name, None)
+        self.pub_cloud = self.pub_markers = self.pub_diag = None
 
     def _create_inputs(self) -> None:
-        """The TF listener and the input subscriptions, at activate; released at deactivate."""
+        """The TF listener (its own thread) and the input subscriptions, at activate; released at deactivate."""
         p = self._param
         self.tf_listener = compat.make_transform_listener(
-            self.tf_buffer, self,
+            self.tf_buffer, self, spin_thread=True,
             fallback_topic=p("tf_fallback_topic"), fallback_static_topic=p("tf_fallback_static_topic"),
         )
         # Inputs: sensor-data QoS (best effort, keep last 5), passed explicitly to the filters.
@@ -465,25 +391,16 @@ class SegmentNode(LifecycleNode):
 
     def _destroy_inputs(self) -> None:
         """Undo :meth:`_create_inputs`."""
-        for sub in (getattr(self, name, None) for name in ("sub_rgb", "sub_depth", "sub_info")):
-            if sub is not None:
-                self._unsubscribe(sub)
+        for sub in (self.sub_rgb, self.sub_depth, self.sub_info):
+            if sub is not None:  # message_filters.Subscriber and the drop-in: destroy their subscription
+                self.destroy_subscription(sub.sub)
         self.sub_rgb = self.sub_depth = self.sub_info = self.sync = None
-        if getattr(self, "sub_cloud", None) is not None:
+        if self.sub_cloud is not None:
             self.destroy_subscription(self.sub_cloud)
             self.sub_cloud = None
-        unregister = getattr(self.tf_listener, "unregister", None)
-        if callable(unregister):
-            unregister()
-        self.tf_listener = None
-
-    def _unsubscribe(self, sub: Any) -> None:
-        """Destroy a message_filters (or drop-in) Subscriber's subscription."""
-        unregister = getattr(sub, "unregister", None)
-        if callable(unregister):
-            unregister()
-        elif getattr(sub, "sub", None) is not None:
-            self.destroy_subscription(sub.sub)
+        if self.tf_listener is not None:
+            self.tf_listener.unregister()
+            self.tf_listener = None
 
     def _stop_worker(self) -> None:
         self._stop.set()
@@ -495,54 +412,49 @@ class SegmentNode(LifecycleNode):
 
     def _deactivate(self) -> None:
         self._stop_worker()
-        for name in ("_retry_timer", "_diag_timer"):
-            timer = getattr(self, name, None)
+        for timer in (self._retry_timer, self._diag_timer):
             if timer is not None:
                 self.destroy_timer(timer)
-                setattr(self, name, None)
+        self._retry_timer = self._diag_timer = None
         if self._clock_jumps is not None:
             self._clock_jumps.unregister()
             self._clock_jumps = None
         self._destroy_inputs()
-        if getattr(self, "semantic_map", None) is not None:
+        if self.semantic_map is not None:
             self.semantic_map.stop_publishing()
         with self._pending_lock:
             self._pending.clear()
 
     def _cleanup(self) -> None:
         self._destroy_outputs()
-        self.buffer.clear()
-        close = getattr(self.tf_buffer, "close", None)
-        if callable(close):
-            close()
+        if self.buffer is not None:
+            self.buffer.clear()
+        if isinstance(self.tf_buffer, compat.FallbackBuffer):
+            self.tf_buffer.close()  # stop watching the clock (tf2_ros' Buffer has nothing to close)
         self.tf_buffer = None
-        self.segmenter = None
+        self.segmenter = self.pipeline = None
 
     def _release_all(self) -> None:
         """Whatever state the node is in: release everything (shutdown, errors, destroy_node)."""
-        if getattr(self, "_pending_lock", None) is None:  # the constructor failed before _setup finished
-            self._stop_worker()
-            return
         self._deactivate()
         self._cleanup()
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
-        """Declare every parameter; a given value of the wrong type or range raises ParameterError."""
-        overrides = getattr(self, "_parameter_overrides", {})
+        """Declare every parameter of :mod:`safnet_ros.ros.params`; a given value of the wrong type or out of
+        range raises ParameterError (one line naming it).
+
+        Each is declared with dynamic typing first, so that a value of any type given on the command line
+        or in a params file reaches :func:`~safnet_ros.ros.params.check_value`, then gets its real
+        descriptor (type, range, read-only) through the public ``set_descriptor``.
+        """
         for spec in PARAMETERS:
-            if spec.name in overrides:
-                check_parameter(spec, overrides[spec.name])
-            desc = ParameterDescriptor(description=spec.description, read_only=not spec.runtime)
-            if spec.int_range is not None:
-                desc.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)]
-            if spec.float_range is not None:
-                desc.floating_point_range = [
-                    FloatingPointRange(from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)
-                ]
             try:
-                self.declare_parameter(spec.name, spec.default, desc)
-            except ParameterException as exc:  # anything check_parameter did not foresee: still one line
+                value = self.declare_parameter(
+                    spec.name, spec.default, ParameterDescriptor(dynamic_typing=True)).value
+                check_value(spec, value)
+                self.set_descriptor(spec.name, descriptor(spec))
+            except ParameterException as exc:  # anything check_value did not foresee: still one line
                 raise ParameterError(f"parameter '{spec.name}': {exc}") from None
 
     def _param(self, name: str) -> Any:
@@ -558,18 +470,13 @@ class SegmentNode(LifecycleNode):
             min_interval=float(get("keyframe_min_interval")),
         )
 
-    @staticmethod
-    def _check_marker_source(source: str) -> None:
-        if source not in SIMILARITY_RANGES:
-            raise ParameterError(f"parameter 'similarity_marker_source' = {source!r} is not allowed: "
-                                 f"one of {sorted(SIMILARITY_RANGES)}")
-
     def _on_set_parameters(self, params: Sequence[Any]) -> SetParametersResult:
         """Validate and apply run-time parameters (read-only ones are refused by rclpy itself)."""
         changes = {prm.name: prm.value for prm in params}
         try:
-            if "similarity_marker_source" in changes:
-                self._check_marker_source(changes["similarity_marker_source"])
+            for name, value in changes.items():
+                if name in SPECS:
+                    check_value(SPECS[name], value)
             policy = self._policy_from_params(changes)
             self.buffer.set_limits(
                 max_views=changes.get("buffer_max_views"), max_mb=changes.get("buffer_max_mb"), policy=policy
@@ -584,11 +491,7 @@ class SegmentNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
-    def _load_segmenter(self) -> Any:
-        import torch
-
-        from safnet_ros.engine.inference import Segmenter
-
+    def _load_segmenter(self) -> Segmenter:
         try:
             device, note = resolve_node_device(self._param("device"), torch.cuda.is_available())
         except ConfigError as exc:
@@ -609,7 +512,7 @@ class SegmentNode(LifecycleNode):
             voxel_size=float(self._param("voxel_size")),
             crop_margin=float(self._param("crop_margin")),
         )
-        if getattr(segmenter, "untrained", False):
+        if segmenter.untrained:
             self.get_logger().warning(
                 "NO TRAINED MODEL: parameter 'model' is empty and no model is shipped; using an UNTRAINED "
                 "SAFNet — its labels are meaningless. Set 'model' to a checkpoint file."
@@ -654,63 +557,73 @@ class SegmentNode(LifecycleNode):
         )
         return compat.transform_to_matrix(tf)
 
+    def _transforms_passed(self, frame: _PendingFrame) -> bool:
+        """Whether to give up on a frame without its pose: the transforms of its chain have run
+        ``tf_timeout`` past its stamp (their stamps, not wall time, so a late TF thread or a busy
+        executor never times a frame out); or, for a camera frame TF does not know at all (no stamps
+        to judge by), :data:`UNKNOWN_FRAME_WAITS` x ``tf_timeout`` (at least 1 s) of wall time."""
+        timeout_s = float(self._param("tf_timeout"))
+        try:
+            latest = self.tf_buffer.lookup_transform(self.fixed_frame, frame.frame_id, Time())
+        except compat.TransformException:  # not there yet at all (e.g. right after a bag loop cleared TF)
+            return time.monotonic() - frame.first_try > max(1.0, UNKNOWN_FRAME_WAITS * timeout_s)
+        return codecs.stamp_to_ns(latest.header.stamp) - frame.stamp_ns > int(timeout_s * 1e9)
+
     # ------------------------------------------------------------------ views (executor thread)
     def _on_frames(self, rgb: Image, depth: Image, info: CameraInfo) -> None:
-        """Synchronized set: decode, find the camera pose, offer a view. Runs under the filter's lock."""
+        """A synchronised set (runs under the filter's lock): timed for /diagnostics' frame cost."""
+        start = time.perf_counter()
+        try:
+            self._take_frames(rgb, depth, info)
+        finally:
+            self.stats.add_frame_cost(time.perf_counter() - start)
+
+    def _take_frames(self, rgb: Image, depth: Image, info: CameraInfo) -> None:
+        """Stamp interval first (undecoded), then the pose, then (keyframes only) decode and buffer."""
         self.stats.count("frames_synced")
-        stamp_s = codecs.stamp_to_ns(depth.header.stamp) / 1e9
-        self._note_stamp("frames", stamp_s)
-        try:
-            color = codecs.image_to_rgb(rgb)
-            depth_m = codecs.depth_to_metres(depth)
-            K = codecs.camera_info_to_K(info)
-            frame_id = depth.header.frame_id or info.header.frame_id
-            if not frame_id:
-                raise MessageDecodeError("depth Image and CameraInfo have no header.frame_id: camera frame unknown")
-            dh, dw = depth_m.shape
-            if not np.any(depth_m > 0):  # np.any is False for NaN too: a view with no depth covers nothing
-                raise MessageDecodeError(f"depth Image ({dw}x{dh}) has no valid (> 0) pixel")
-            if info.width and info.height and (info.width, info.height) != (dw, dh):
-                from safnet_ros.geometry.camera import scale_intrinsics
-
-                K = scale_intrinsics(K, (int(info.width), int(info.height)), (dw, dh))
-        except (MessageDecodeError, DataFormatError) as exc:  # DataFormatError: K unusable for scaling
-            self.stats.count("decode_errors")
-            self.get_logger().warning(f"skipping an RGB-D frame: {exc}", throttle_duration_sec=WARN_PERIOD_S)
+        stamp_ns = codecs.stamp_to_ns(depth.header.stamp)
+        self._note_stamp("frames", stamp_ns / 1e9)
+        if not self.pipeline.frame_due(stamp_ns / 1e9):
+            self.stats.count("views_not_keyframe")
             return
-        frame = _Frame(color, depth_m, K, frame_id, depth.header.stamp, stamp_s, time.monotonic())
-        self._try_add_view(frame)
-
-    def _try_add_view(self, frame: _Frame) -> bool:
-        """True when the frame is settled (kept, refused or skipped); False when it should be retried."""
         try:
-            pose = self._lookup_pose(frame.frame_id, frame.stamp_msg, 0.0)
+            frame_id = codecs.camera_frame_id(depth, info)
+        except MessageDecodeError as exc:
+            self._decode_failed(exc)
+            return
+        self._try_add_view(_PendingFrame(rgb, depth, info, frame_id, stamp_ns, time.monotonic()))
+
+    def _try_add_view(self, frame: _PendingFrame) -> None:
+        """Offer a frame at its pose; a frame whose transform has not arrived yet is set aside for retries."""
+        try:
+            pose = self._lookup_pose(frame.frame_id, frame.depth.header.stamp, 0.0)
         except (compat.ExtrapolationException, compat.LookupException) as exc:
-            # not arrived yet (also a frame unknown until its first transform, e.g. right after a
-            # bag loop cleared the TF buffer): retried for tf_timeout seconds, then skipped and counted
-            if time.monotonic() - frame.first_try < float(self._param("tf_timeout")):
-                with self._pending_lock:
-                    self._pending.append(frame)
-                return False
-            self._tf_failed("an RGB-D frame", frame.frame_id, exc)
-            return True
+            if self._transforms_passed(frame):
+                self._tf_failed("an RGB-D frame", frame.frame_id, exc)
+                return
+            if not frame.waiting:
+                frame.waiting = True
+                self.stats.count("frames_waiting_tf")
+            with self._pending_lock:
+                self._pending.append(frame)
+                evicted = len(self._pending) > MAX_PENDING_FRAMES
+                if evicted:
+                    self._pending.popleft()
+            if evicted:
+                self._tf_failed("an RGB-D frame", frame.frame_id, exc)
+            return
         except compat.TransformException as exc:
             self._tf_failed("an RGB-D frame", frame.frame_id, exc)
-            return True
-        if not self.buffer.decide(frame.stamp_s, pose).keep:
-            self.stats.count("views_not_keyframe")
-            return True
-        from safnet_ros.engine.batching import prepare_view
-
+            return
         try:
-            view = prepare_view(frame.color, frame.depth, frame.K, pose, stamp=frame.stamp_s)
-        except SafnetError as exc:  # unusable image shapes or intrinsics
-            self.stats.count("decode_errors")
-            self.get_logger().warning(f"skipping an RGB-D frame: {exc}", throttle_duration_sec=WARN_PERIOD_S)
-            return True
-        if self.buffer.offer(view):
+            outcome = self.pipeline.offer_frame(frame.stamp_s, pose, frame.decode)
+        except SafnetError as exc:  # undecodable messages, unusable K or image shapes
+            self._decode_failed(exc)
+            return
+        if outcome == KEPT:
             self.stats.count("views_kept")
-        return True
+        elif outcome == NOT_KEYFRAME:
+            self.stats.count("views_not_keyframe")
 
     def _retry_pending(self) -> None:
         with self._pending_lock:
@@ -718,6 +631,10 @@ class SegmentNode(LifecycleNode):
             self._pending.clear()
         for frame in frames:
             self._try_add_view(frame)
+
+    def _decode_failed(self, exc: Exception) -> None:
+        self.stats.count("decode_errors")
+        self.get_logger().warning(f"skipping an RGB-D frame: {exc}", throttle_duration_sec=WARN_PERIOD_S)
 
     def _tf_failed(self, what: str, frame_id: str, exc: Exception) -> None:
         self.stats.count("tf_failures")
@@ -779,57 +696,39 @@ class SegmentNode(LifecycleNode):
             self._tf_failed("a PointCloud2", frame_id, exc)
             return None
         t_start = time.monotonic()
-        xyz = decoded.xyz
-        world = transform_points(T, xyz)
-        views = self.buffer.views()
-        t_seg = time.monotonic()
-        result = self.segmenter.segment(world, views)
+        out = self.pipeline.segment_cloud(decoded.xyz, T)
         t_enc = time.monotonic()
-        self._note_result(result, views)
-
-        labels = result.labels
-        mode = self._probabilities if getattr(result, "probs", None) is not None else "none"
-        out = codecs.make_labeled_cloud(
-            xyz, labels.astype(np.uint16), class_colors(labels), result.confidence,
-            np.nan_to_num(result.s, nan=0.0).astype(np.float32), header=msg.header, probabilities=mode,
-            extra=codecs.probability_columns(result.probs, result.segmented, mode) if mode != "none" else None,
-        )
-        self.pub_cloud.publish(out)
+        self._note_result(out)
+        cloud = codecs.labeled_cloud(out.xyz, out.result, msg.header, self._probabilities)
+        self.pub_cloud.publish(cloud)
         done = time.monotonic()
         self.stats.count("clouds_segmented")
         self.stats.add_latency(done - received)
         self.last_timings = {
-            "queued_s": t_start - received, "prepare_s": t_seg - t_start, "segment_s": t_enc - t_seg,
-            "encode_publish_s": done - t_enc, "total_s": done - received, "points": float(len(xyz)),
-            "views": float(len(views)), "chunks": float(getattr(result, "num_chunks", 0)),
-            **{f"segment_{k}_s": float(v) for k, v in getattr(result, "timings", {}).items()},
+            "queued_s": t_start - received, "prepare_s": t_enc - t_start - out.seconds, "segment_s": out.seconds,
+            "encode_publish_s": done - t_enc, "total_s": done - received, "points": float(len(out.xyz)),
+            "views": float(len(out.views)), "chunks": float(out.result.num_chunks),
+            **{f"segment_{k}_s": float(v) for k, v in out.result.timings.items()},
         }
         if self._param("publish_markers") and self.pub_markers.get_subscription_count() > 0:
-            self._publish_markers(msg, world, result, views)
-        self.semantic_map.integrate(world, result, T[:3, 3], msg.header.stamp)  # after publishing: no latency
-        return out
+            source = self._param("similarity_marker_source")
+            self.pub_markers.publish(similarity_markers(
+                codecs.make_header(frame_id=self.fixed_frame, stamp=msg.header.stamp), out.world,
+                getattr(out.result, source), source=source, stride=int(self._param("marker_stride")),
+                views=out.used_views, frustum_depth=float(self._param("frustum_depth")),
+            ))
+        self.pipeline.update_map(out, stamp=msg.header.stamp)  # after publishing: no latency
+        return cloud
 
-    def _note_result(self, result: Any, views: list) -> None:
-        if getattr(result, "oom_retries", 0):
-            self.stats.count("oom_retries", int(result.oom_retries))
-        for warning in getattr(result, "warnings", []):
+    def _note_result(self, out: CloudOutput) -> None:
+        if out.result.oom_retries:
+            self.stats.count("oom_retries", out.result.oom_retries)
+        for warning in out.result.warnings:
             if "max_points" in warning:
                 self.stats.count("downsampled")
             self.get_logger().warning(warning, throttle_duration_sec=WARN_PERIOD_S)
-        if not views or not getattr(result, "views_used", None):
+        if out.three_d_only:
             self.stats.count("clouds_3d_only")
-
-    def _publish_markers(self, msg: PointCloud2, world: np.ndarray, result: Any, views: list) -> None:
-        source = self._param("similarity_marker_source")
-        header = codecs.make_header(frame_id=self.fixed_frame, stamp=msg.header.stamp)
-        used = [views[i] for i in getattr(result, "views_used", []) if 0 <= i < len(views)]
-        self.pub_markers.publish(
-            similarity_markers(
-                header, world, getattr(result, source), source=source,
-                stride=int(self._param("marker_stride")), views=used,
-                frustum_depth=float(self._param("frustum_depth")),
-            )
-        )
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:

@@ -40,48 +40,21 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
+from rclpy.clock import Clock, ClockType
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
 
 from safnet_ros.data.labels import class_colors
-from safnet_ros.errors import ConfigError, SafnetError
+from safnet_ros.errors import SafnetError
 from safnet_ros.mapping import FUSION_RULES, MapSnapshot, SemanticVoxelMap
-from safnet_ros.mapping.voxel_map import check_settings
-
-#: Highest accepted map_publish_rate, Hz (a whole map per message: more is a mistake).
-MAX_PUBLISH_RATE_HZ = 50.0
-#: Values of the ``probabilities`` parameter (fields added to ~/labeled_cloud; docs/ros_node.md).
-PROBABILITY_MODES = ("none", "top3", "all")
-
-#: The map's and the labelled cloud's parameters, as keyword arguments of the node's ParamSpec.
-MAP_PARAMETER_SPECS: tuple[dict, ...] = (
-    dict(name="map_enable", default=True, description="Fuse every labelled cloud's per-point class "
-         "probabilities into a semantic voxel map in fixed_frame, published on ~/semantic_map, with the "
-         "~/save_map and ~/clear_map services."),
-    dict(name="map_voxel_size", default=0.04, description="Voxel edge of the semantic map, metres "
-         "(> 0 and <= 10; refused at start otherwise)."),
-    dict(name="map_max_voxels", default=500000, description="Most voxels the map keeps (>= 1); beyond it the "
-         "voxels farthest from the latest cloud's sensor position are evicted (down to 90 %). About 104 bytes "
-         "a voxel: 500000 voxels ~ 50 MiB."),
-    dict(name="map_fusion", default="count", description="How a voxel fuses the probabilities of its points: "
-         "count (probability sums: label = argmax, confidence = mean probability of the winner) | log "
-         "(log-probability sums, clamped: confidence = posterior of the winner). docs/ros_node.md compares them."),
-    dict(name="map_smoothing", default=1.0, description="Weight of a voxel's neighbourhood at read-out: its "
-         "label and confidence come from its own distribution blended with the mean of the voxels within about "
-         "map_smoothing_cell (0 = each voxel alone; at most 100). docs/ros_node.md measures it."),
-    dict(name="map_smoothing_cell", default=0.16, description="Neighbourhood of map_smoothing: coarse-cell edge, "
-         "metres (> 0, at least 2 voxels are used)."),
-    dict(name="map_publish_rate", default=1.0, description="Hz at which ~/semantic_map is published when the "
-         "map changed (0 = never; at most 50; transient local, so a late subscriber gets the latest)."),
-    dict(name="map_save_path", default="safnet_map.ply", runtime=True, description="PLY file ~/save_map "
-         "writes (relative paths: from the node's working directory; written atomically)."),
-    dict(name="probabilities", default="none", description="Per-point class probabilities added to "
-         "~/labeled_cloud: none | top3 (p_label1..3 uint16 + p1..3 float32) | all (one float32 field per "
-         "class, p_wall .. p_otherfurniture). Layout in docs/ros_node.md."),
-)
+from safnet_ros.mapping.map_ply import save_map
+from safnet_ros.mapping.voxel_map import IntegrateStats
+from safnet_ros.ros import codecs
 
 
 @dataclass(frozen=True)
 class MapSettings:
-    """The map parameters, checked (ConfigError names the parameter)."""
+    """The map parameters (each checked against the node's parameter table, :mod:`safnet_ros.ros.params`)."""
 
     enable: bool = True
     voxel_size: float = 0.04
@@ -91,29 +64,6 @@ class MapSettings:
     smoothing_cell: float = 0.16
     publish_rate: float = 1.0
     save_path: str = "safnet_map.ply"
-
-    def __post_init__(self) -> None:
-        try:
-            check_settings(self.voxel_size, self.max_voxels, self.fusion, smoothing=self.smoothing,
-                           smoothing_cell=self.smoothing_cell)
-        except ConfigError as exc:
-            text = str(exc)
-            for words, name in (("map voxel size", "map_voxel_size"), ("map max_voxels", "map_max_voxels"),
-                                ("map fusion rule", "map_fusion"), ("map smoothing weight", "map_smoothing"),
-                                ("map smoothing cell", "map_smoothing_cell")):
-                text = text.replace(words, name)
-            raise ConfigError(text) from None
-        rate = float(self.publish_rate)
-        if not (np.isfinite(rate) and 0.0 <= rate <= MAX_PUBLISH_RATE_HZ):
-            raise ConfigError(f"map_publish_rate must be in [0, {MAX_PUBLISH_RATE_HZ:g}] Hz (0 = never), got "
-                              f"{self.publish_rate}")
-
-
-def check_probability_mode(mode: str) -> str:
-    """The ``probabilities`` parameter value, or ConfigError."""
-    if mode not in PROBABILITY_MODES:
-        raise ConfigError(f"probabilities must be one of {' | '.join(PROBABILITY_MODES)}, got {mode!r}")
-    return mode
 
 
 def _trigger_type() -> Any:
@@ -153,7 +103,9 @@ class SemanticMapComponent:
     @classmethod
     def from_node(cls, node: Any, fixed_frame: str) -> "SemanticMapComponent":
         """Settings from the node's (declared) map parameters; ConfigError for bad values."""
-        p = lambda name: node.get_parameter(name).value  # noqa: E731
+        def p(name: str) -> Any:
+            return node.get_parameter(name).value
+
         settings = MapSettings(enable=bool(p("map_enable")), voxel_size=p("map_voxel_size"),
                                max_voxels=p("map_max_voxels"), fusion=str(p("map_fusion")),
                                smoothing=p("map_smoothing"), smoothing_cell=p("map_smoothing_cell"),
@@ -164,9 +116,6 @@ class SemanticMapComponent:
         """Create the publisher and the services on ``node`` (idempotent); publishing starts with start_publishing()."""
         if self._node is not None or not self.settings.enable:
             return
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import PointCloud2
-
         self._node = node
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -183,8 +132,6 @@ class SemanticMapComponent:
         """Start the ``map_publish_rate`` timer (an active node; idempotent, a no-op before create())."""
         if self._node is None or self._timer is not None or self.settings.publish_rate <= 0:
             return
-        from rclpy.clock import Clock, ClockType
-
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._published_version = -1  # the first tick republishes the map
         self._timer = self._node.create_timer(1.0 / self.settings.publish_rate, self.publish, clock=steady)
@@ -209,20 +156,19 @@ class SemanticMapComponent:
         self.srv_save = self.srv_clear = self.pub_map = None
 
     # ------------------------------------------------------------------ data
-    def integrate(self, world: np.ndarray, result: Any, sensor_origin: Optional[np.ndarray], stamp: Any = None) -> None:
-        """Fuse one segmented cloud: world (N, 3) fixed-frame metres, ``result`` a SegmentResult (probs, segmented)."""
+    def integrate(self, points: np.ndarray, probabilities: np.ndarray, sensor_origin: Optional[np.ndarray] = None,
+                  stamp: Any = None) -> Optional[IntegrateStats]:
+        """Fuse one segmented cloud (the pipeline's map update): points (N, 3) fixed-frame metres,
+        probabilities (N, C); ``stamp`` (builtin_interfaces/Time) stamps the next map message."""
         if not self.settings.enable:
-            return
-        probs = getattr(result, "probs", None)
-        if probs is None:
-            return
-        seg = np.asarray(result.segmented, bool)
+            return None
         with self._lock:
-            stats = self.map.integrate(world[seg], probs[seg], sensor_origin=sensor_origin)
+            stats = self.map.integrate(points, probabilities, sensor_origin=sensor_origin)
             self._update_s.append(stats.seconds)
             self.clouds_integrated += 1
             if stamp is not None:
                 self._last_stamp = stamp
+        return stats
 
     def clear(self, reason: str = "") -> int:
         """Forget every voxel; returns how many there were."""
@@ -243,8 +189,6 @@ class SemanticMapComponent:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the map PLY; returns the path written. SafnetError (MapSaveError) with the reason."""
-        from safnet_ros.mapping.map_ply import save_map
-
         snap = self.snapshot(with_scores=True)
         try:
             out = save_map(path, snap, frame_id=self.fixed_frame)
@@ -332,8 +276,6 @@ SEMANTIC_MAP_DTYPE = np.dtype({
 
 def semantic_map_cloud(snap: MapSnapshot, frame_id: str, stamp: Any = None) -> Any:
     """The ~/semantic_map PointCloud2 of a snapshot (:data:`SEMANTIC_MAP_DTYPE`, one point per voxel)."""
-    from safnet_ros.ros import codecs
-
     arr = np.zeros(len(snap), SEMANTIC_MAP_DTYPE)
     arr["x"], arr["y"], arr["z"] = snap.centres[:, 0], snap.centres[:, 1], snap.centres[:, 2]
     arr["rgb"] = codecs.pack_rgb(class_colors(snap.labels))
@@ -343,5 +285,4 @@ def semantic_map_cloud(snap: MapSnapshot, frame_id: str, stamp: Any = None) -> A
     return codecs.structured_to_pointcloud2(arr, frame_id=frame_id, stamp=stamp)
 
 
-__all__ = ["MAP_PARAMETER_SPECS", "MapSettings", "PROBABILITY_MODES", "SEMANTIC_MAP_DTYPE",
-           "SemanticMapComponent", "check_probability_mode", "semantic_map_cloud", "FUSION_RULES"]
+__all__ = ["MapSettings", "SEMANTIC_MAP_DTYPE", "SemanticMapComponent", "semantic_map_cloud", "FUSION_RULES"]

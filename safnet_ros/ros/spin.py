@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import rclpy
+from rclpy._rclpy_pybind11 import RCLError
+from rclpy.exceptions import InvalidHandle
+from rclpy.executors import ExternalShutdownException, ShutdownException
+
 
 def spin_resilient(executor: Any, context: Any = None, period_s: float = 0.1) -> None:
     """Spin ``executor`` until its context shuts down or the executor is shut down."""
-    import rclpy
-    from rclpy._rclpy_pybind11 import RCLError
-    from rclpy.exceptions import InvalidHandle
-    from rclpy.executors import ExternalShutdownException, ShutdownException
-
     while rclpy.ok(context=context) and not getattr(executor, "_is_shutdown", False):
         try:
             executor.spin_once(timeout_sec=period_s)

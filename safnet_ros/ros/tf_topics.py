@@ -17,40 +17,42 @@ from typing import Any
 
 import rclpy
 from geometry_msgs.msg import TransformStamped
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-DEFAULT_TF_TOPIC = "/safnet/transforms"
-DEFAULT_TF_STATIC_TOPIC = "/safnet/transforms_static"
+from safnet_ros.ros.params import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
+from safnet_ros.ros.spin import spin_resilient
+from safnet_ros.ros.tf_path import active_tf_path
+
+
+def _reliable(depth: int, latched: bool) -> QoSProfile:
+    """Reliable keep-last ``depth``; ``latched``: transient local (late joiners get the last messages)."""
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
 
 def _tf_qos() -> QoSProfile:
     """Dynamic transforms: reliable, volatile, deep queue (like /tf)."""
-    return QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
+    return _reliable(100, False)
 
 
 def _tf_static_qos() -> QoSProfile:
     """Static TransformStamped: reliable, transient local; one message per transform so keep many."""
-    return QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return _reliable(1000, True)
 
 
 def tf_static_qos() -> QoSProfile:
     """``/tf_static`` as tf2_ros has it: reliable, transient local, keep last 1 (one TFMessage holds them all)."""
-    return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return _reliable(1, True)
 
 
 def tf_listener_static_qos() -> QoSProfile:
     """tf2_ros' StaticListenerQoS: reliable, transient local, keep last 100."""
-    return QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return _reliable(100, True)
 
 
 def _default_tf_message() -> Any:
     """TFMessage when the active TF path carries it (see safnet_ros.ros.tf_path), else None."""
-    from safnet_ros.ros.tf_path import active_tf_path
-
     path = active_tf_path()
     return path.tf_message if path.uses_tf_topics else None
 
@@ -112,16 +114,12 @@ class FallbackTransformListener:
                 TransformStamped, static_topic, self.static_callback, static_qos or _tf_static_qos()
             )
         if spin_thread:
-            from rclpy.executors import SingleThreadedExecutor
-
             self._executor = SingleThreadedExecutor(context=node.context)
             self._executor.add_node(node)
             self._thread = threading.Thread(target=self._spin, daemon=True)
             self._thread.start()
 
     def _spin(self) -> None:
-        from safnet_ros.ros.spin import spin_resilient
-
         try:
             spin_resilient(self._executor, self._executor.context)
         except Exception:  # context shut down under us: the thread just ends

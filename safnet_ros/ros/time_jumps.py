@@ -13,6 +13,9 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
+from rclpy.clock import ClockChange, JumpThreshold
+from rclpy.duration import Duration
+
 from safnet_ros.engine.view_buffer import TimeJumpDetector
 
 
@@ -55,9 +58,6 @@ def watch_clock_jumps(node: Any, tolerance_s: float, on_jump_back: Callable[[flo
     Switching between system and ROS time is not a jump.  rclpy wants a
     non-zero backward threshold, so a tolerance of 0 means 1 ns.
     """
-    from rclpy.clock import ClockChange, JumpThreshold
-    from rclpy.duration import Duration
-
     threshold = JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-max(int(tolerance_s * 1e9), 1)),
                               on_clock_change=False)
 

@@ -58,9 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     seg = sub.add_parser(
         "segment-bag", help="run the node's pipeline offline over a bag and write labelled clouds into a new bag",
-        description="Read colour, depth, camera_info, /tf and /points from BAG, segment every cloud with the "
-                    "posed views seen so far, and write /safnet/labeled_cloud and /safnet/similarity_markers "
-                    "into OUT_BAG.",
+        description="Read colour, depth, camera_info, /tf and the clouds from BAG, segment every cloud with the "
+                    "posed views seen so far (the node's pipeline), and write the node's outputs "
+                    "/safnet_segment/labeled_cloud and /safnet_segment/similarity_markers into OUT_BAG "
+                    "(config/safnet.rviz shows them when OUT_BAG is played).",
     )
     seg.add_argument("bag", help="input bag folder (e.g. from `safnet bag convert`)")
     seg.add_argument("out_bag", help="output bag folder (must not exist unless --overwrite)")
@@ -69,6 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--num-views", type=int_range(0, 64), default=3, help="views per chunk (default 3)")
     seg.add_argument("--max-views", type=int_range(1, 100_000), default=30,
                      help="keyframes kept in the view buffer (default 30, as the node)")
+    seg.add_argument("--cloud-topic", default=None, metavar="TOPIC",
+                     help="input sensor_msgs/PointCloud2 (default /points, as `safnet bag convert` writes)")
+    seg.add_argument("--rgb-topic", default=None, metavar="TOPIC",
+                     help="input colour sensor_msgs/Image (default /camera/color/image_raw, as `safnet bag convert` writes)")
+    seg.add_argument("--depth-topic", default=None, metavar="TOPIC",
+                     help="input depth sensor_msgs/Image (default /camera/depth/image_rect_raw, as `safnet bag convert` writes)")
+    seg.add_argument("--camera-info-topic", default=None, metavar="TOPIC",
+                     help="input sensor_msgs/CameraInfo (default /camera/color/camera_info, as `safnet bag convert` writes)")
     seg.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output storage plugin")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     seg.add_argument("--map", default=None, metavar="MAP.ply",
@@ -109,10 +118,13 @@ def run_play(args: argparse.Namespace) -> int:
 
 
 def run_segment_bag(args: argparse.Namespace) -> int:
-    from safnet_ros.tools.segment_bag import segment_bag
+    from safnet_ros.tools.segment_bag import BagTopics, segment_bag
 
+    given = {"color": args.rgb_topic, "depth": args.depth_topic, "camera_info": args.camera_info_topic,
+             "points": args.cloud_topic}
+    topics = BagTopics(**{field: topic for field, topic in given.items() if topic is not None})
     summary = segment_bag(
-        args.bag, args.out_bag, model=args.model, device=args.device, num_views=args.num_views,
+        args.bag, args.out_bag, model=args.model, device=args.device, num_views=args.num_views, topics=topics,
         max_views=args.max_views, storage=args.storage, overwrite=args.overwrite,
         progress=not args.quiet and sys.stderr.isatty(), map_path=args.map, map_voxel_size=args.map_voxel_size,
         map_max_voxels=args.map_max_voxels, map_fusion=args.map_fusion, map_smoothing=args.map_smoothing,

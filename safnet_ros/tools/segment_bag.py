@@ -1,25 +1,24 @@
 """``safnet segment-bag``: the node's pipeline run offline over a whole rosbag2 (batch evaluation, CI).
 
-The same steps as :class:`safnet_ros.ros.segment_node.SegmentNode`, without
-rclpy or DDS, deterministic and as fast as the model allows:
+The node's own parts, without rclpy or DDS, deterministic and as fast as the
+model allows:
 
-1. ``/tf`` and ``/tf_static`` are read first into a :class:`TfTimeline`
-   (per link: the recorded stamps; a lookup interpolates between the two
-   bracketing samples — linear translation, quaternion slerp — and chains
-   links up to a common root, e.g. map -> camera_link -> optical frame);
+1. the bag's ``/tf`` and ``/tf_static`` are read first into the node's
+   :class:`~safnet_ros.ros.tf_tree.TfTree` (a lookup outside the recorded span
+   raises extrapolation, as the node's buffer does);
 2. colour, depth and camera_info are read in time order and paired by stamp
-   (nearest within ``slop``); each pair's camera pose is looked up at the depth
-   stamp, the keyframe policy of the node's :class:`~safnet_ros.engine.view_buffer.ViewBuffer`
-   decides whether to keep it, and kept frames become network-size
-   :class:`~safnet_ros.engine.batching.PosedView` s;
-3. every ``/points`` cloud is brought into the fixed frame and segmented by a
-   :class:`~safnet_ros.engine.inference.Segmenter` with the buffered views seen
-   so far; ``/safnet/labeled_cloud`` (the node's layout: x, y, z, rgb = class
-   colour, label uint16 (255 = not segmented), confidence, similarity S; in the
-   cloud's own frame and stamp) and ``/safnet/similarity_markers`` (in the
-   fixed frame) are written into the output bag at the cloud's stamp;
-4. with ``map_path`` (``--map MAP.ply``) every segmented cloud's per-point
-   class probabilities are fused into a
+   (nearest within ``slop``); each pair goes through the node's
+   :class:`~safnet_ros.engine.pipeline.SegmentationPipeline`: the stamp
+   interval is judged first, then the camera pose at the depth stamp, and a
+   keyframe only is decoded (:func:`safnet_ros.ros.codecs.decode_rgbd`) and
+   kept as a view;
+3. every cloud is brought into the fixed frame and segmented with the views
+   buffered so far; the node's ``~/labeled_cloud`` and ``~/similarity_markers``
+   messages are written at the cloud's receive time under the node's topic
+   names (:data:`~safnet_ros.tools.bag_io.LABELED_CLOUD_TOPIC`,
+   :data:`~safnet_ros.tools.bag_io.MARKERS_TOPIC`), so config/safnet.rviz shows
+   the output bag played back;
+4. with ``map_path`` (``--map MAP.ply``) every segmented cloud is fused into a
    :class:`~safnet_ros.mapping.SemanticVoxelMap` (the node's map, same rule
    and settings), saved to the PLY at the end (docs/ros_node.md).
 
@@ -29,7 +28,6 @@ their stamp, no matching image) are counted, never dropped silently.
 """
 from __future__ import annotations
 
-import bisect
 import os
 import time
 from collections import deque
@@ -37,145 +35,24 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+from rosbags.rosbag2 import Writer
+from tqdm import tqdm
 
+from safnet_ros.engine.inference import Segmenter
+from safnet_ros.engine.pipeline import KEPT, SegmentationPipeline
+from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, MessageDecodeError, MissingDataError, SafnetError
-from safnet_ros.geometry.transforms import matrix_to_quat, quat_to_matrix
+from safnet_ros.mapping import SemanticVoxelMap
+from safnet_ros.mapping.map_ply import save_map
+from safnet_ros.ros import codecs
+from safnet_ros.ros.markers import similarity_markers
+from safnet_ros.ros.tf_tree import FallbackTransformException, TfTree
 from safnet_ros.tools import bag_io as bio
-
-#: Largest extrapolation past a link's first/last sample that a lookup accepts (clamped), nanoseconds.
-DEFAULT_TF_TOLERANCE_NS = 50_000_000
-
-
-class TransformLookupError(SafnetError, LookupError):
-    """No transform between two frames at a time (unknown frame, two trees, or outside the recorded span)."""
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
-    """Spherical interpolation of unit quaternions (x, y, z, w) along the shorter arc, t in [0, 1]."""
-    q0 = np.asarray(q0, dtype=np.float64)
-    q1 = np.asarray(q1, dtype=np.float64)
-    dot = float(np.dot(q0, q1))
-    if dot < 0:
-        q1, dot = -q1, -dot
-    if dot > 0.9995:
-        q = q0 + t * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = np.arccos(min(dot, 1.0))
-    return (np.sin((1 - t) * theta) * q0 + np.sin(t * theta) * q1) / np.sin(theta)
-
-
-class _Link:
-    """Samples of one parent -> child link: stamps (T,) ns, translations (T, 3), quaternions (T, 4)."""
-
-    def __init__(self, parent: str, static: bool):
-        self.parent = parent
-        self.static = static
-        self.stamps: list[int] = []
-        self.t: list[np.ndarray] = []
-        self.q: list[np.ndarray] = []
-
-    def add(self, ns: int, matrix: np.ndarray) -> None:
-        t, q = matrix[:3, 3].copy(), matrix_to_quat(matrix[:3, :3])
-        if self.static:
-            self.stamps, self.t, self.q = [ns], [t], [q]
-            return
-        i = bisect.bisect_left(self.stamps, ns)
-        if i < len(self.stamps) and self.stamps[i] == ns:
-            self.t[i], self.q[i] = t, q
-            return
-        self.stamps.insert(i, ns)
-        self.t.insert(i, t)
-        self.q.insert(i, q)
-
-    def at(self, ns: int, tolerance_ns: int, child: str) -> np.ndarray:
-        """4x4 T_parent_child at ``ns`` (interpolated; clamped within ``tolerance_ns`` of the ends)."""
-        if self.static:
-            i0 = i1 = 0
-            w = 0.0
-        else:
-            st = self.stamps
-            if ns < st[0] - tolerance_ns or ns > st[-1] + tolerance_ns:
-                raise TransformLookupError(
-                    f"{self.parent} -> {child}: no data at {ns / 1e9:.3f} s "
-                    f"(recorded {st[0] / 1e9:.3f} .. {st[-1] / 1e9:.3f} s)"
-                )
-            i1 = min(max(bisect.bisect_left(st, ns), 0), len(st) - 1)
-            if st[i1] == ns or ns <= st[0]:
-                i0, w = i1, 0.0
-            elif ns > st[-1]:
-                i0 = i1 = len(st) - 1
-                w = 0.0
-            else:
-                i0 = i1 - 1
-                w = (ns - st[i0]) / (st[i1] - st[i0])
-        m = np.eye(4)
-        m[:3, :3] = quat_to_matrix(slerp(self.q[i0], self.q[i1], w) if w else self.q[i0])
-        m[:3, 3] = (1 - w) * self.t[i0] + w * self.t[i1]
-        return m
-
-
-class TfTimeline:
-    """The recorded TF tree of a bag, looked up at any stamp (numpy only).
-
-    Each child frame has one parent (a later message with another parent
-    replaces the link, as tf2 does).  ``lookup(target, source, ns)`` returns
-    T_target_source (maps points in ``source`` into ``target``).
-    """
-
-    def __init__(self, tolerance_ns: int = DEFAULT_TF_TOLERANCE_NS):
-        self.tolerance_ns = int(tolerance_ns)
-        self.links: dict[str, _Link] = {}
-        self.num_rejected = 0
-
-    def add(self, tf: Any, static: bool) -> bool:
-        """Store one geometry_msgs/TransformStamped; False (counted) for a malformed or self-parented one."""
-        parent = str(tf.header.frame_id).lstrip("/")
-        child = str(tf.child_frame_id).lstrip("/")
-        try:
-            matrix = bio.transform_to_matrix(tf)
-        except MessageDecodeError:
-            self.num_rejected += 1
-            return False
-        if not parent or not child or parent == child or not np.isfinite(matrix).all():
-            self.num_rejected += 1
-            return False
-        link = self.links.get(child)
-        if link is None or link.parent != parent or link.static != static:
-            link = self.links[child] = _Link(parent, static)
-        link.add(bio.stamp_ns(tf.header.stamp), matrix)
-        return True
-
-    def _to_root(self, frame: str, ns: int) -> tuple[str, np.ndarray]:
-        """(root frame, T_root_frame) following parents from ``frame``."""
-        T = np.eye(4)
-        seen = set()
-        while frame in self.links:
-            if frame in seen:
-                raise TransformLookupError(f"TF has a loop through {frame!r}")
-            seen.add(frame)
-            link = self.links[frame]
-            T = link.at(ns, self.tolerance_ns, frame) @ T
-            frame = link.parent
-        return frame, T
-
-    def lookup(self, target: str, source: str, ns: int) -> np.ndarray:
-        """4x4 T_target_source at ``ns`` nanoseconds; TransformLookupError when there is none."""
-        target, source = target.lstrip("/"), source.lstrip("/")
-        if target == source:
-            return np.eye(4)
-        for f in (target, source):
-            if f not in self.links and not any(link.parent == f for link in self.links.values()):
-                raise TransformLookupError(f"frame {f!r} is not in the recorded TF tree")
-        root_t, T_rt = self._to_root(target, ns)
-        root_s, T_rs = self._to_root(source, ns)
-        if root_t != root_s:
-            raise TransformLookupError(f"{target!r} and {source!r} are in two unconnected TF trees")
-        return np.linalg.inv(T_rt) @ T_rs
 
 
 @dataclass
 class BagTopics:
-    """Input topics of :func:`segment_bag` (the converter's defaults)."""
+    """Input topics of :func:`segment_bag` (the converter's defaults; ``--cloud-topic`` etc. override them)."""
 
     color: str = bio.COLOR_TOPIC
     depth: str = bio.DEPTH_TOPIC
@@ -313,12 +190,6 @@ def segment_bag(
     ``map_smoothing_cell`` m) saved there at the end.
     """
     topics = topics if topics is not None else BagTopics()
-    from rosbags.rosbag2 import Writer
-
-    from safnet_ros.data.labels import class_colors
-    from safnet_ros.engine.batching import prepare_view
-    from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
-
     started = time.perf_counter()
     plugin = bio.bag_storage_plugin(storage)
     bio.require_bag(bag)
@@ -328,8 +199,6 @@ def segment_bag(
     summary = SegmentBagSummary(out=str(out_bag))
     vmap = None
     if map_path is not None:
-        from safnet_ros.mapping import SemanticVoxelMap
-
         vmap = SemanticVoxelMap(voxel_size=map_voxel_size, max_voxels=map_max_voxels, fusion=map_fusion,
                                 smoothing=map_smoothing, smoothing_cell=map_smoothing_cell)
         if os.path.isdir(map_path):
@@ -337,20 +206,16 @@ def segment_bag(
     with bio.bag_reader(bag) as reader:
         check_topics(reader.connections, topics, bag)
         if segmenter is None:
-            from safnet_ros.engine.inference import Segmenter
-
             segmenter = Segmenter.from_checkpoint(model, device=device, num_views=num_views,
                                                   chunk_stride=chunk_stride, max_points=max_points)
-        summary.untrained_model = bool(getattr(segmenter, "untrained", False))
+        summary.untrained_model = bool(segmenter.untrained)
         tf = read_tf(reader, topics, bag)
-        buffer = ViewBuffer(max_views=max_views, policy=KeyframePolicy())
+        pipeline = SegmentationPipeline(segmenter, ViewBuffer(max_views=max_views, policy=KeyframePolicy()), vmap)
         pairer = _FramePairer(int(slop * 1e9))
         by_topic = {c.topic: c for c in reader.connections}
         wanted = [by_topic[t] for t in (topics.color, topics.depth, topics.camera_info, topics.points)]
-        K_info: Optional[tuple[np.ndarray, tuple[int, int]]] = None
+        info: Any = None
         waiting_for_info: deque[tuple[int, Any, Any]] = deque(maxlen=10)
-        from tqdm import tqdm
-
         total = sum(c.msgcount for c in wanted)
         with bio.staged_output(out_bag, overwrite) as tmp, Writer(tmp, version=9, storage_plugin=plugin) as writer:
             conn_cloud = writer.add_connection(bio.LABELED_CLOUD_TOPIC, bio.POINTCLOUD2, typestore=bio.TYPESTORE,
@@ -365,71 +230,33 @@ def segment_bag(
                     summary.decode_errors += 1
                     continue
                 if conn.topic == topics.camera_info:
-                    try:
-                        K_info = (bio.camera_info_to_K(msg), (int(msg.width), int(msg.height)))
-                    except MessageDecodeError:
-                        summary.decode_errors += 1
-                        continue
+                    info = msg
                     while waiting_for_info:  # pairs that came before the first camera_info
-                        _add_view(waiting_for_info.popleft(), K_info, tf, fixed_frame, buffer, prepare_view, summary)
-                    continue
-                if conn.topic in (topics.color, topics.depth):
+                        _add_frame(waiting_for_info.popleft(), info, tf, fixed_frame, pipeline, summary)
+                elif conn.topic in (topics.color, topics.depth):
                     pair = pairer.add("color" if conn.topic == topics.color else "depth",
                                       bio.stamp_ns(msg.header.stamp), msg)
-                    if pair is not None and K_info is None:
+                    if pair is not None and info is None:
                         if len(waiting_for_info) == waiting_for_info.maxlen:
                             summary.frames_no_camera_info += 1
                         waiting_for_info.append(pair)
                     elif pair is not None:
-                        _add_view(pair, K_info, tf, fixed_frame, buffer, prepare_view, summary)
-                    continue
-                # a cloud
-                t0 = time.perf_counter()
-                try:
-                    xyz = bio.pointcloud_to_xyz(msg, what=f"{bag}:{conn.topic}")
-                except MessageDecodeError:
-                    summary.decode_errors += 1
-                    continue
-                cloud_ns = bio.stamp_ns(msg.header.stamp)
-                try:
-                    T = tf.lookup(fixed_frame, msg.header.frame_id, cloud_ns)
-                except TransformLookupError:
-                    summary.clouds_no_pose += 1
-                    continue
-                world = (xyz.astype(np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
-                views = buffer.views()
-                result = segmenter.segment(world, views)
-                if not views or not result.views_used:
-                    summary.clouds_3d_only += 1
-                labels = result.labels
-                arr = bio.labeled_cloud_array(xyz, labels, class_colors(labels), result.confidence,
-                                              np.nan_to_num(result.s, nan=0.0))
-                writer.write(conn_cloud, ns, bio.serialize(bio.pointcloud_message(arr, cloud_ns, msg.header.frame_id)))
-                summary.latencies_s.append(time.perf_counter() - t0)
-                used = [views[i] for i in result.views_used if 0 <= i < len(views)]
-                writer.write(conn_markers, ns, bio.serialize(
-                    bio.similarity_markers(cloud_ns, fixed_frame, world, result.s, views=used)))
-                summary.clouds += 1
-                summary.points += int(xyz.shape[0])
-                if vmap is not None and result.probs is not None:
-                    seg = result.segmented
-                    summary.map_update_s.append(
-                        vmap.integrate(world[seg], result.probs[seg], sensor_origin=T[:3, 3]).seconds)
+                        _add_frame(pair, info, tf, fixed_frame, pipeline, summary)
+                else:
+                    _segment_cloud(msg, ns, tf, fixed_frame, pipeline, writer, (conn_cloud, conn_markers), summary)
     if vmap is not None:
-        from safnet_ros.mapping.map_ply import save_map
-
         summary.map_path = str(save_map(map_path, vmap.snapshot(with_scores=True), frame_id=fixed_frame))
         summary.map_voxels = len(vmap)
     summary.frames_unpaired = pairer.unpaired
     summary.frames_no_camera_info += len(waiting_for_info)
-    summary.views_kept = buffer.stats.kept
+    summary.views_kept = pipeline.buffer.stats.kept
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
 
-def read_tf(reader: Any, topics: BagTopics, bag: str | os.PathLike) -> TfTimeline:
-    """Every transform of the bag's TF topics in a :class:`TfTimeline`."""
-    tf = TfTimeline()
+def read_tf(reader: Any, topics: BagTopics, bag: str | os.PathLike) -> TfTree:
+    """Every transform of the bag's TF topics in a :class:`~safnet_ros.ros.tf_tree.TfTree` (the whole span kept)."""
+    tf = TfTree(cache_ns=None)
     conns = [c for c in reader.connections if c.topic in (topics.tf, topics.tf_static)]
     for conn, _, raw in bio.bag_messages(reader, bag, conns):
         static = conn.topic == topics.tf_static or bio.is_transient_local(conn.ext.offered_qos_profiles)
@@ -438,35 +265,53 @@ def read_tf(reader: Any, topics: BagTopics, bag: str | os.PathLike) -> TfTimelin
     return tf
 
 
-def _add_view(pair, K_info, tf: TfTimeline, fixed_frame: str, buffer, prepare_view, summary) -> None:
-    """Decode a paired colour/depth set, find its pose, and offer it to the view buffer as a keyframe."""
+def _add_frame(pair: tuple[int, Any, Any], info: Any, tf: TfTree, fixed_frame: str,
+               pipeline: SegmentationPipeline, summary: SegmentBagSummary) -> None:
+    """A paired colour/depth set through the node's frame path: stamp interval, pose, then decode if kept."""
     ns, cmsg, dmsg = pair
     summary.frames_paired += 1
-    try:
-        frame_id = dmsg.header.frame_id or cmsg.header.frame_id
-        pose = tf.lookup(fixed_frame, frame_id, ns)
-    except TransformLookupError:
-        summary.frames_no_pose += 1
-        return
     stamp_s = ns / 1e9
-    if not buffer.decide(stamp_s, pose).keep:
-        buffer.stats.not_keyframe += 1
+    if not pipeline.frame_due(stamp_s):
+        pipeline.buffer.stats.not_keyframe += 1
         return
     try:
-        color = bio.image_to_array(cmsg, "colour Image")
-        if cmsg.encoding in ("bgr8", "bgra8"):
-            color = color[:, :, 2::-1]
-        elif cmsg.encoding in ("mono8", "8UC1"):
-            color = np.repeat(color[:, :, None], 3, axis=2)
-        color = np.ascontiguousarray(color[:, :, :3])
-        depth = bio.depth_to_metres(dmsg)
+        pose = tf.lookup_matrix(fixed_frame, codecs.camera_frame_id(dmsg, info), ns)
     except MessageDecodeError:
         summary.decode_errors += 1
         return
-    K, info_wh = K_info
-    dh, dw = depth.shape
-    if info_wh != (dw, dh) and all(info_wh):
-        from safnet_ros.geometry.camera import scale_intrinsics
+    except FallbackTransformException:
+        summary.frames_no_pose += 1
+        return
+    try:
+        if pipeline.offer_frame(stamp_s, pose, lambda: codecs.decode_rgbd(cmsg, dmsg, info)) != KEPT:
+            pipeline.buffer.stats.not_keyframe += 1
+    except SafnetError:  # undecodable messages, unusable K or image shapes (as the node counts them)
+        summary.decode_errors += 1
 
-        K = scale_intrinsics(K, info_wh, (dw, dh))
-    buffer.offer(prepare_view(color, depth, K, pose, stamp=stamp_s))
+
+def _segment_cloud(msg: Any, ns: int, tf: TfTree, fixed_frame: str, pipeline: SegmentationPipeline,
+                   writer: Any, conns: tuple[Any, Any], summary: SegmentBagSummary) -> None:
+    """One cloud through the node's cloud path; its labelled cloud and markers written at ``ns``."""
+    t0 = time.perf_counter()
+    try:
+        xyz = codecs.pointcloud2_to_xyz(msg).xyz
+    except MessageDecodeError:
+        summary.decode_errors += 1
+        return
+    try:
+        T = tf.lookup_matrix(fixed_frame, msg.header.frame_id, bio.stamp_ns(msg.header.stamp))
+    except FallbackTransformException:
+        summary.clouds_no_pose += 1
+        return
+    out = pipeline.segment_cloud(xyz, T)
+    summary.clouds_3d_only += int(out.three_d_only)
+    writer.write(conns[0], ns, bio.serialize(bio.to_bag_message(codecs.labeled_cloud(out.xyz, out.result, msg.header))))
+    summary.latencies_s.append(time.perf_counter() - t0)
+    header = codecs.make_header(frame_id=fixed_frame, stamp=msg.header.stamp)
+    writer.write(conns[1], ns, bio.serialize(bio.to_bag_message(
+        similarity_markers(header, out.world, out.result.s, views=out.used_views))))
+    summary.clouds += 1
+    summary.points += int(xyz.shape[0])
+    stats = pipeline.update_map(out)
+    if stats is not None:
+        summary.map_update_s.append(stats.seconds)

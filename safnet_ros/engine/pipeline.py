@@ -1,0 +1,116 @@
+"""The segmentation pipeline the node and ``safnet segment-bag`` both drive (ROS-free).
+
+The caller decodes messages and looks up poses (the node from ``/tf``, the bag
+from its recorded ``/tf``, both through :mod:`safnet_ros.ros.tf_tree`); the
+pipeline owns what happens next, so the two cannot drift apart:
+
+* frames: the keyframe decision, in the cheap order — stamp interval first
+  (:meth:`SegmentationPipeline.frame_due`, before a frame is decoded or its
+  pose looked up), then the pose (:meth:`~SegmentationPipeline.offer_frame`) —
+  and only a frame that passes both is decoded and resized, once, into a
+  network-size :class:`~safnet_ros.engine.batching.PosedView` kept by the
+  :class:`~safnet_ros.engine.view_buffer.ViewBuffer`;
+* clouds: brought into the fixed frame and segmented by the
+  :class:`~safnet_ros.engine.inference.Segmenter` with the buffered views
+  (:meth:`~SegmentationPipeline.segment_cloud`);
+* the semantic map: each segmented cloud's per-point class probabilities
+  fused into it (:meth:`~SegmentationPipeline.update_map`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from safnet_ros.engine.batching import PosedView, prepare_view
+from safnet_ros.engine.view_buffer import ViewBuffer
+
+#: What :meth:`SegmentationPipeline.offer_frame` did with a frame.
+KEPT, NOT_KEYFRAME, REFUSED = "kept", "not_keyframe", "refused"
+
+
+def transform_points(T: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """Apply a (4, 4) rigid transform to (N, 3) points; returns (N, 3) float32 metres."""
+    T = np.asarray(T, dtype=np.float64)
+    return (np.asarray(xyz, dtype=np.float64) @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+
+
+@dataclass
+class CloudOutput:
+    """One segmented cloud: the inputs as the model saw them and its result."""
+
+    xyz: np.ndarray  # (N, 3) float32 metres, the cloud's own frame
+    world: np.ndarray  # (N, 3) float32 metres, the fixed frame
+    origin: np.ndarray  # (3,) sensor position in the fixed frame, metres
+    views: list[PosedView]  # the buffered views offered to the model
+    result: Any  # engine.inference.SegmentResult
+    seconds: float  # wall time of Segmenter.segment
+
+    @property
+    def used_views(self) -> list[PosedView]:
+        """The views the model used (drawn as frustums)."""
+        return [self.views[i] for i in self.result.views_used if 0 <= i < len(self.views)]
+
+    @property
+    def three_d_only(self) -> bool:
+        """No view covered the cloud: labelled from geometry alone."""
+        return not self.views or not self.result.views_used
+
+
+class SegmentationPipeline:
+    """Keyframes -> view buffer -> Segmenter -> semantic map (see the module docstring).
+
+    segmenter: anything with ``segment(points (N, 3), views) -> SegmentResult``;
+    buffer: the keyframe buffer; semantic_map: anything with
+    ``integrate(points, probabilities, sensor_origin=...)`` (a
+    :class:`~safnet_ros.mapping.SemanticVoxelMap`, or the node's map
+    component), None = no map.
+    """
+
+    def __init__(self, segmenter: Any, buffer: ViewBuffer, semantic_map: Any = None) -> None:
+        self.segmenter = segmenter
+        self.buffer = buffer
+        self.semantic_map = semantic_map
+
+    # ------------------------------------------------------------------ frames
+    def frame_due(self, stamp_s: float) -> bool:
+        """Whether a frame at ``stamp_s`` is far enough from the last kept view in time to become a
+        keyframe (the policy's ``min_interval``); False = drop it before decoding or looking up its pose."""
+        last = self.buffer.last()
+        return last is None or stamp_s - last.stamp >= self.buffer.policy.min_interval
+
+    def offer_frame(self, stamp_s: float, pose: np.ndarray,
+                    decode: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> str:
+        """Keep a frame as a view when the keyframe policy takes it at this pose: :data:`KEPT`,
+        :data:`NOT_KEYFRAME` (not decoded) or :data:`REFUSED` (by the buffer's bounds).
+
+        decode: returns (colour (H, W, 3) uint8 RGB, depth (H, W) float32 m, K (3, 3) of the depth
+        image); called only for a keyframe. Its errors (MessageDecodeError, ...) and prepare_view's
+        SafnetError for unusable shapes propagate to the caller, which counts them.
+        """
+        if not self.buffer.decide(stamp_s, pose).keep:
+            return NOT_KEYFRAME
+        color, depth, K = decode()
+        view = prepare_view(color, depth, K, pose, stamp=stamp_s)
+        return KEPT if self.buffer.offer(view) else REFUSED
+
+    # ------------------------------------------------------------------ clouds
+    def segment_cloud(self, xyz: np.ndarray, T_fixed_cloud: np.ndarray) -> CloudOutput:
+        """Segment one cloud: xyz (N, 3) metres in its frame, T_fixed_cloud (4, 4) its pose in the fixed frame."""
+        world = transform_points(T_fixed_cloud, xyz)
+        views = self.buffer.views()
+        start = time.perf_counter()
+        result = self.segmenter.segment(world, views)
+        return CloudOutput(xyz, world, np.asarray(T_fixed_cloud, dtype=np.float64)[:3, 3].copy(), views, result,
+                           time.perf_counter() - start)
+
+    def update_map(self, out: CloudOutput, **kwargs: Any) -> Optional[Any]:
+        """Fuse a segmented cloud's probabilities into the semantic map; returns what its integrate
+        returned (None without a map or probabilities). kwargs go to the map's integrate."""
+        probs = out.result.probs
+        if self.semantic_map is None or probs is None:
+            return None
+        seg = np.asarray(out.result.segmented, bool)
+        return self.semantic_map.integrate(out.world[seg], probs[seg], sensor_origin=out.origin, **kwargs)

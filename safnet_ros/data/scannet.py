@@ -553,10 +553,15 @@ def read_split(path: str | os.PathLike) -> list[str]:
 
     p = require_file(path, "split list")
     names = []
-    for line in read_text(p, "split list").splitlines():
+    text = read_text(p, "split list").lstrip("\ufeff")  # a BOM (Windows editors) is not part of the first name
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
-        if line:
-            names.append(line)
+        if not line:
+            continue
+        odd = [c for c in line if not c.isprintable() or c.isspace() or c in "/\\"]
+        if odd:
+            raise DataFormatError(p, f"line {number}: scene name {line!r} holds {odd[0]!r}; one plain name a line")
+        names.append(line)
     return names
 
 

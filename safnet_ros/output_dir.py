@@ -280,18 +280,22 @@ def swap_in(new: Path, out: Path, command: Optional[str], overwrite: bool = True
 @contextlib.contextmanager
 def staged_folder(out: str | os.PathLike, command: str, settings: Optional[dict[str, Any]] = None,
                   create: bool = True, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a hidden folder beside ``out`` to build the result in; on success mark it and swap it
-    in for ``out`` (:func:`swap_in`); on any exception or Ctrl-C delete it and leave ``out`` whole.
+    """Yield a folder beside ``out`` to build the result in; on success mark it and swap it in for
+    ``out`` (:func:`swap_in`); on any exception or Ctrl-C delete it and leave ``out`` whole.
 
-    ``create`` False yields a path that does not exist yet (for writers that create their folder,
-    such as rosbag2's). Call :func:`claim` first and hold :func:`output_lock` around it.
+    The yielded folder is ``.<name>.safnet-new-<pid>/<name>`` (hidden parent, same name as ``out``,
+    so writers that name files after their folder, like rosbag2, name them as for ``out``).
+    ``create`` False yields it not yet created (for writers that create their folder themselves).
+    Call :func:`claim` first and hold :func:`output_lock` around it.
     """
     out = Path(out)
-    new = staging_path(out, "new")
-    if new.exists():
-        shutil.rmtree(new)
+    holder = staging_path(out, "new")
+    if holder.exists():
+        shutil.rmtree(holder)
+    holder.mkdir(parents=True)
+    new = holder / Path(os.path.abspath(os.fspath(out))).name
     if create:
-        new.mkdir(parents=True)
+        new.mkdir()
     try:
         yield new
         if not new.is_dir():
@@ -299,5 +303,4 @@ def staged_folder(out: str | os.PathLike, command: str, settings: Optional[dict[
         write_mark(new, command, settings)
         swap_in(new, out, command, overwrite)
     finally:
-        if new.exists():
-            shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)

@@ -179,6 +179,10 @@ def _read_binary_element(data: bytes, offset: int, elem: PlyElement, order: str,
         return _native(arr), offset + need
     if elem.count == 0:
         return _native(np.empty(0, dtype=_fixed_dtype(elem, order, [0] * len(elem.properties)))), offset
+    least = elem.count * sum(np.dtype(p.count_type or p.type).itemsize for p in elem.properties)
+    if least > available:  # e.g. 10^12 faces declared in a small file: name it before allocating rows
+        raise DataFormatError(path, f"truncated PLY body: element '{elem.name}' declares {elem.count} rows, which "
+                                    f"need at least {least} bytes, found {max(available, 0)}")
     # Fast path: assume every row's lists are as long as the first row's.
     lengths = _first_row_list_lengths(data, offset, elem, order, path)
     dtype = _fixed_dtype(elem, order, lengths)
@@ -357,20 +361,6 @@ def _faces_from(face: np.ndarray | None, path: str) -> np.ndarray | None:
     return np.concatenate(tris).astype(np.int32) if tris else np.empty((0, 3), np.int32)
 
 
-def _check_counts_fit(fmt: str, elements: list[PlyElement], body_bytes: int, path: str) -> None:
-    """DataFormatError naming the file when the header declares more rows than the body can hold
-    (e.g. 10^12 faces in a small file), before any array is allocated for them."""
-    if fmt == "ascii":
-        least = sum(e.count for e in elements if e.properties) * 2  # a value and a line break per row at least
-    else:
-        least = sum(e.count * sum(np.dtype(p.count_type or p.type).itemsize for p in e.properties)
-                    for e in elements)
-    if least > body_bytes:
-        counts = ", ".join(f"{e.count} {e.name}" for e in elements)
-        raise DataFormatError(path, f"truncated or corrupt PLY: the header declares {counts}, which need at "
-                                    f"least {least} bytes; the body has {body_bytes}")
-
-
 def read_ply_comments(path: str | os.PathLike, limit: int = 65536) -> list[str]:
     """The header comments of a PLY file, reading at most ``limit`` bytes (DataFormatError when the
     file is not a PLY; MissingDataError when absent)."""
@@ -395,7 +385,6 @@ def read_ply(path: str | os.PathLike) -> PlyData:
         raise MissingDataError(path, "PLY file")
     data = Path(path).read_bytes()
     fmt, elements, comments, offset = _parse_header(data, path)
-    _check_counts_fit(fmt, elements, len(data) - offset, path)
     if fmt == "ascii":
         arrays = _read_ascii(data[offset:], elements, path)
     else:

@@ -119,10 +119,12 @@ def run_segment_bag(args: argparse.Namespace) -> int:
 
     require_bag(args.bag)
     if args.map is not None:  # checked before the run, not after it
+        from safnet_ros.mapping.map_store import check_overwritable
         from safnet_ros.validation import check_output_file
 
         check_output_file(args.map, "--map file")
         od.check_separate(args.map, [args.bag], "--map file")
+        check_overwritable(args.map, "--map file")  # never over a file that is not a safnet map
     with od.output_lock(args.out_bag, "output bag"):
         guarded_segment_bag(args, segment_bag)
     return 0

@@ -373,6 +373,17 @@ def read_ply_comments(path: str | os.PathLike, limit: int = 65536) -> list[str]:
     return comments
 
 
+def read_ply_counts(path: str | os.PathLike, limit: int = 65536) -> dict[str, int]:
+    """Element name -> declared count from the header of a PLY file (reads at most ``limit`` bytes)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingDataError(path, "PLY file")
+    with open(path, "rb") as f:
+        head = f.read(limit)
+    _fmt, elements, _comments, _offset = _parse_header(head, path)
+    return {e.name: e.count for e in elements}
+
+
 def read_ply(path: str | os.PathLike) -> PlyData:
     """Read a PLY file (binary LE/BE or ASCII) into structured arrays per element.
 

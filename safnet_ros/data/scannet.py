@@ -28,7 +28,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS
-from safnet_ros.data.ply import read_mesh, read_vertex_labels
+from safnet_ros.data.ply import read_mesh, read_ply_counts, read_vertex_labels
 from safnet_ros.data.sens import (
     COLOR_JPEG,
     COLOR_PNG,
@@ -461,7 +461,13 @@ class ScanNetScene:
     def load_nyu40(self) -> np.ndarray:
         """(N,) uint16 nyu40 id per mesh vertex from the ``.labels.ply``."""
         require_file(self.labels_path, "vertex labels (_vh_clean_2.labels.ply)")
-        return read_vertex_labels(self.labels_path)
+        labels = read_vertex_labels(self.labels_path)
+        if self.mesh_path.is_file():  # one label per mesh vertex, or every label lands on the wrong vertex
+            n_mesh = read_ply_counts(self.mesh_path).get("vertex")
+            if n_mesh is not None and n_mesh != len(labels):
+                raise DataFormatError(self.labels_path, f"has {len(labels)} vertex labels, the mesh "
+                                                        f"{self.mesh_path.name} has {n_mesh} vertices")
+        return labels
 
     @property
     def frames(self) -> FrameSource:

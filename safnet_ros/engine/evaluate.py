@@ -305,7 +305,12 @@ def load_segmenter(path: str | Path, device: str = "auto", stride: float = 0.5, 
     if not path:
         raise ModelLoadError("no model given: pass --model CHECKPOINT")
     kwargs.setdefault("crop_margin", math.inf)  # evaluate every point, not only what the views cover
-    return Segmenter.from_checkpoint(str(path), device=device, chunk_stride=stride, max_points=None, **kwargs)
+    segmenter = Segmenter.from_checkpoint(str(path), device=device, chunk_stride=stride, max_points=None, **kwargs)
+    classes = getattr(getattr(segmenter, "config", None), "num_classes", NUM_CLASSES)
+    if classes != NUM_CLASSES:  # the scores would not fit the benchmark's classes: name the file and setting
+        raise ModelLoadError(f"{path}: the checkpoint has num_classes {classes}; evaluation scores the "
+                             f"{NUM_CLASSES} ScanNet benchmark classes (train with model.num_classes {NUM_CLASSES})")
+    return segmenter
 
 
 def model_label(config) -> str:

@@ -208,6 +208,9 @@ def output_lock(out: str | os.PathLike, what: str = "output folder") -> Iterator
     The lock is an ``flock`` on the hidden file ``.<name>.safnet-lock`` beside ``out`` (so a
     swap of ``out`` itself does not move it); the kernel releases it when a process dies.
     """
+    from safnet_ros.validation import check_output_dir
+
+    check_output_dir(out, what)  # a regular file in the way is named before anything is created
     p = Path(os.path.abspath(os.fspath(out)))
     p.parent.mkdir(parents=True, exist_ok=True)
     lock = p.parent / f".{p.name}{STAGING_TAG}lock"

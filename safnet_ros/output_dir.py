@@ -115,6 +115,38 @@ def foreign_entries(folder: str | os.PathLike, mark: dict[str, Any]) -> list[str
     return [p for p in _listing(Path(folder)) if p not in listed and not p.endswith(f"{MARK_NAME}.tmp")]
 
 
+#: What each command wrote before outputs were marked: (file name patterns, text metadata.yaml must hold).
+_UNMARKED_LAYOUTS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
+    "bag convert": (("metadata.yaml", "*.mcap", "*.db3"), "safnet.source_scene"),
+    "segment-bag": (("metadata.yaml", "*.mcap", "*.db3"), "/safnet/labeled_cloud"),
+    "eval": (("eval.json", "per_class.csv", "views_sweep.png", "confusion_*.png"), None),
+    "bench soak": (("soak.json", "soak_rss.png"), None),
+}
+
+
+def written_before_marks(folder: Path, command: str) -> bool:
+    """True when ``folder`` (no mark) holds exactly what ``command`` wrote before outputs were marked:
+    only its file names (no sub-folders), and for bags a metadata.yaml naming our topics or data."""
+    import fnmatch
+
+    layout = _UNMARKED_LAYOUTS.get(command)
+    if layout is None:
+        return False
+    patterns, needle = layout
+    entries = list(folder.iterdir())
+    if not entries or any(e.is_symlink() or not e.is_file() for e in entries):
+        return False
+    if not all(any(fnmatch.fnmatch(e.name, pat) for pat in patterns) for e in entries):
+        return False
+    if needle is not None:
+        meta = folder / "metadata.yaml"
+        try:
+            return meta.is_file() and needle in meta.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    return True
+
+
 def is_empty(path: str | os.PathLike) -> bool:
     """True when ``path`` does not exist or is an empty real folder."""
     p = Path(path)
@@ -135,6 +167,8 @@ def check_replaceable(folder: str | os.PathLike, command: Optional[str], what: s
     if not p.is_dir():
         raise ConfigError(f"{p}: the {what} exists and is not a folder; safnet replaces only folders it wrote")
     mark = read_mark(p)
+    if mark is None and command is not None and written_before_marks(p, command):
+        return
     if mark is None:
         raise ConfigError(f"{p}: the {what} was not written by safnet (no {MARK_NAME}); safnet replaces "
                           "only the outputs it wrote itself; choose another output or remove it yourself")
@@ -194,7 +228,8 @@ def claim(out: str | os.PathLike, command: str, *, overwrite: bool, inputs: Iter
                               f"(no {MARK_NAME}); choose an empty or new folder")
         return p
     if not overwrite:
-        hint = "pass --overwrite to replace it" if mark is not None else \
+        ours = mark is not None or (p.is_dir() and written_before_marks(p, command))
+        hint = "pass --overwrite to replace it" if ours else \
             "it was not written by safnet, so it is never replaced; choose another output"
         raise ConfigError(f"{p}: the {what} exists and is not empty; {hint}")
     check_replaceable(p, command, what)

@@ -415,3 +415,25 @@ def test_struct_patch_helper_writes_where_the_header_says():
     from safnet_ros.data.sens import _FORMAT
 
     assert _FORMAT.format.endswith("f") and struct.calcsize(_FORMAT.format) == 28
+
+
+def test_outputs_written_before_marks_existed_are_still_replaceable(good, tmp_path, capsys):
+    """An eval folder or a bag from a version without marks holds only our file names: replaced; one
+    more file of the user's makes it theirs."""
+    out = tmp_path / "bag"
+    assert main(["bag", "convert", str(good["scene"]), str(out), "--quiet", "--cloud-rate", "0"]) == 0
+    (out / od.MARK_NAME).unlink()  # as an older version wrote it
+    assert main(["bag", "convert", str(good["scene"]), str(out), "--quiet", "--cloud-rate", "0", "--overwrite"]) == 0
+    assert od.read_mark(out)["command"] == "bag convert"
+    (out / od.MARK_NAME).unlink()
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    run_bad(capsys, ["bag", "convert", good["scene"], out, "--quiet", "--overwrite"], out, "not written by safnet")
+    assert (out / "notes.txt").read_text() == "mine"
+    old_eval = tmp_path / "eval_out"
+    old_eval.mkdir()
+    (old_eval / "eval.json").write_text("{}")
+    (old_eval / "per_class.csv").write_text("model\n")
+    assert od.written_before_marks(old_eval, "eval") and not od.written_before_marks(old_eval, "bench soak")
+    (old_eval / "thesis.tex").write_text("mine")
+    assert not od.written_before_marks(old_eval, "eval")

@@ -129,6 +129,8 @@ def written_before_marks(folder: Path, command: str) -> bool:
     only its file names (no sub-folders), and for bags a metadata.yaml naming our topics or data."""
     import fnmatch
 
+    if command in _UNMARKED_DATASETS:
+        return _dataset_before_marks(folder, command)
     layout = _UNMARKED_LAYOUTS.get(command)
     if layout is None:
         return False
@@ -143,6 +145,36 @@ def written_before_marks(folder: Path, command: str) -> bool:
         try:
             return meta.is_file() and needle in meta.read_text(encoding="utf-8", errors="replace")
         except OSError:
+            return False
+    return True
+
+
+#: Dataset folders written before marks: (the file that proves it, other top-level file patterns).
+_UNMARKED_DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "data preprocess": ("preprocess_summary.json", ("scannetv2_*.txt", "scannetv2-labels.combined.tsv",
+                                                    "class_weights.json")),
+    "data synth": ("scannetv2-labels.combined.tsv", ("scannetv2_*.txt",)),
+}
+
+
+def _dataset_before_marks(folder: Path, command: str) -> bool:
+    """An unmarked dataset folder of ``command``: its proof file, its own top-level files, and
+    sub-folders that are its scenes (a preprocessed scene's meta.json, or a synth scene's .synth.json)."""
+    import fnmatch
+
+    proof, patterns = _UNMARKED_DATASETS[command]
+    if not (folder / proof).is_file():
+        return False
+    for e in folder.iterdir():
+        if e.is_symlink():
+            return False
+        if e.is_dir():
+            hidden = e.name.startswith(".")  # our staging folders
+            mine = (e / "meta.json").is_file() if command == "data preprocess" else \
+                (e / f"{e.name}.synth.json").is_file()
+            if not (hidden or mine):
+                return False
+        elif e.name != proof and not any(fnmatch.fnmatch(e.name, pat) for pat in patterns):
             return False
     return True
 
@@ -223,6 +255,8 @@ def claim(out: str | os.PathLike, command: str, *, overwrite: bool, inputs: Iter
         check_replaceable(p, command, what)
     mark = read_mark(p)
     if incremental:
+        if mark is None and written_before_marks(p, command):
+            return p
         if mark is None or mark.get("command") != command:
             raise ConfigError(f"{p}: the {what} exists, is not empty and was not written by `safnet {command}` "
                               f"(no {MARK_NAME}); choose an empty or new folder")

@@ -437,3 +437,18 @@ def test_outputs_written_before_marks_existed_are_still_replaceable(good, tmp_pa
     assert od.written_before_marks(old_eval, "eval") and not od.written_before_marks(old_eval, "bench soak")
     (old_eval / "thesis.tex").write_text("mine")
     assert not od.written_before_marks(old_eval, "eval")
+
+
+def test_a_preprocessed_folder_from_before_marks_is_resumed_not_refused(good, tmp_path, capsys):
+    out = tmp_path / "pre"
+    shutil.copytree(good["pre"], out)
+    (out / od.MARK_NAME).unlink()  # as an older version wrote it
+    assert main(["data", "preprocess", str(good["raw"]), str(out), "--no-progress"]) == 0
+    assert od.read_mark(out)["command"] == "data preprocess"
+    # but a raw scene among its folders makes it not ours
+    (out / od.MARK_NAME).unlink()
+    shutil.copytree(good["scene"], out / "scene0002_00")
+    before = tree(out / "scene0002_00")
+    capsys.readouterr()
+    run_bad(capsys, ["data", "preprocess", good["raw"], out, "--no-progress"], out, "was not written by")
+    assert tree(out / "scene0002_00") == before

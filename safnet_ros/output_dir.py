@@ -283,6 +283,8 @@ def output_lock(out: str | os.PathLike, what: str = "output folder") -> Iterator
     p = Path(os.path.abspath(os.fspath(out)))
     p.parent.mkdir(parents=True, exist_ok=True)
     lock = p.parent / f".{p.name}{STAGING_TAG}lock"
+    if not os.access(p.parent, os.W_OK) and p.is_dir() and not p.is_symlink():
+        lock = p / f"{STAGING_TAG}lock"  # a read-only parent: the lock goes inside (commands adding to OUT)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:

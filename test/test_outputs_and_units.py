@@ -452,3 +452,16 @@ def test_a_preprocessed_folder_from_before_marks_is_resumed_not_refused(good, tm
     capsys.readouterr()
     run_bad(capsys, ["data", "preprocess", good["raw"], out, "--no-progress"], out, "was not written by")
     assert tree(out / "scene0002_00") == before
+
+
+def test_segment_bag_marks_its_bag_and_replaces_only_its_own(good, tmp_path, capsys):
+    out = tmp_path / "seg"
+    args = ["segment-bag", str(good["bag"]), str(out), "--model", str(good["model"]), "--device", "cpu", "--quiet",
+            "--map", str(tmp_path / "map.ply")]
+    assert main(args) == 0
+    assert od.read_mark(out)["command"] == "segment-bag" and (tmp_path / "map.ply").is_file()
+    capsys.readouterr()
+    run_bad(capsys, args, out, "--overwrite")  # exists: refused without --overwrite
+    assert main(args + ["--overwrite"]) == 0  # its own bag, and its own map file, replaced
+    assert od.read_mark(out)["command"] == "segment-bag"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.ply", "seg"]

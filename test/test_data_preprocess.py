@@ -240,7 +240,7 @@ def test_cli_and_bad_root(synth_root, tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     before = sorted(p.name for p in synth_root.iterdir())
     assert main(["data", "preprocess", str(synth_root), str(synth_root), "--no-progress"]) == 2
-    assert "must not be the folder" in capsys.readouterr().err
+    assert "output folder is the input" in capsys.readouterr().err
     assert sorted(p.name for p in synth_root.iterdir()) == before
 
 

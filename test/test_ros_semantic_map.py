@@ -46,7 +46,9 @@ MAP_PARAMS = {**NODE_PARAMS, "probabilities": "top3", "map_voxel_size": 0.1, "ma
 @pytest.fixture(scope="module")
 def map_harness(tmp_path_factory):
     model = tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny_lite.pt")
-    h = Harness(model, MAP_PARAMS)
+    maps = tmp_path_factory.mktemp("maps")  # map_directory: the only folder the node writes maps into
+    h = Harness(model, {**MAP_PARAMS, "map_directory": str(maps)})
+    h.map_dir = maps
     h.maps = Collector()
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     h.latched = latched
@@ -139,13 +141,13 @@ def test_map_is_published_latched_saved_and_cleared(map_harness, tmp_path):
 
     # ~/save_map writes a PLY that loads back; a bad path is a failed response with the reason
     if Trigger is not None:
-        path = tmp_path / "maps" / "room.ply"
+        path = h.map_dir / "maps" / "room.ply"
         h.node.set_parameters([Parameter("map_save_path", value=str(path))])
         res = call(h, "save_map")
         assert res.success, res.message
         assert len(load_map(path)) == len(ref_map)
-        (tmp_path / "a_file").write_text("x")
-        h.node.set_parameters([Parameter("map_save_path", value=str(tmp_path / "a_file" / "map.ply"))])
+        (h.map_dir / "a_file").write_text("x")
+        h.node.set_parameters([Parameter("map_save_path", value=str(h.map_dir / "a_file" / "map.ply"))])
         res = call(h, "save_map")
         assert not res.success and "cannot save the map" in res.message and "a_file" in res.message
         res = call(h, "clear_map")
@@ -158,7 +160,8 @@ def test_map_is_published_latched_saved_and_cleared(map_harness, tmp_path):
 def test_node_keeps_running_after_a_failed_save_and_time_jump_clears_the_map(map_harness, tmp_path):
     h = map_harness
     base = h.base_stamp()
-    h.node.set_parameters([Parameter("map_save_path", value=str(tmp_path))])  # a folder: refused
+    (h.map_dir / "folder.ply").mkdir(exist_ok=True)
+    h.node.set_parameters([Parameter("map_save_path", value="folder.ply")])  # a folder: refused
     res = call(h, "save_map")
     assert not res.success and "folder" in res.message
     segmented_cloud(h, base)
@@ -214,7 +217,7 @@ def test_map_outlives_a_deactivate_activate_cycle_and_keeps_serving(map_harness,
     try:
         assert sm.pub_map is pub and sm.srv_save is save and sm._timer is None  # kept; no publishing
         assert len(sm) == voxels
-        path = tmp_path / "inactive.ply"
+        path = h.map_dir / "inactive.ply"
         h.node.set_parameters([Parameter("map_save_path", value=str(path))])
         res = call(h, "save_map", attempts=3)  # an inactive node still saves its map (idempotent: retried)
         assert res.success, res.message

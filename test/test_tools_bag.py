@@ -278,9 +278,17 @@ def test_existing_output_is_an_error_unless_overwrite(scene_dir, tmp_path):
     with pytest.raises(ConfigError, match="exists"):
         convert_scene(scene_dir, out, progress=False, cloud_rate=0)
     assert (out / "keep.txt").exists()
-    convert_scene(scene_dir, out, progress=False, cloud_rate=0, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "metadata.yaml").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["bag"]  # no partial folders left behind
+    # --overwrite replaces only a bag safnet wrote: a folder holding a user's file is never deleted
+    with pytest.raises(ConfigError, match="not written by safnet"):
+        convert_scene(scene_dir, out, progress=False, cloud_rate=0, overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    convert_scene(scene_dir, out, progress=False, cloud_rate=0)
+    first = (out / "metadata.yaml").read_bytes()
+    convert_scene(scene_dir, out, progress=False, cloud_rate=0, overwrite=True, rate=5.0)
+    assert (out / "metadata.yaml").exists() and (out / "metadata.yaml").read_bytes() != first
+    assert [p.name for p in tmp_path.iterdir()] == ["bag"]  # no partial folders or locks left behind
 
 
 def test_missing_scene_parts_named_in_one_error(tmp_path):

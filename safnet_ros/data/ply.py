@@ -179,6 +179,10 @@ def _read_binary_element(data: bytes, offset: int, elem: PlyElement, order: str,
         return _native(arr), offset + need
     if elem.count == 0:
         return _native(np.empty(0, dtype=_fixed_dtype(elem, order, [0] * len(elem.properties)))), offset
+    least = elem.count * sum(np.dtype(p.count_type or p.type).itemsize for p in elem.properties)
+    if least > available:  # e.g. 10^12 faces declared in a small file: name it before allocating rows
+        raise DataFormatError(path, f"truncated PLY body: element '{elem.name}' declares {elem.count} rows, which "
+                                    f"need at least {least} bytes, found {max(available, 0)}")
     # Fast path: assume every row's lists are as long as the first row's.
     lengths = _first_row_list_lengths(data, offset, elem, order, path)
     dtype = _fixed_dtype(elem, order, lengths)
@@ -355,6 +359,29 @@ def _faces_from(face: np.ndarray | None, path: str) -> np.ndarray | None:
         k = np.arange(1, len(poly) - 1)
         tris.append(np.stack([np.full(len(k), poly[0]), poly[k], poly[k + 1]], axis=-1))
     return np.concatenate(tris).astype(np.int32) if tris else np.empty((0, 3), np.int32)
+
+
+def read_ply_comments(path: str | os.PathLike, limit: int = 65536) -> list[str]:
+    """The header comments of a PLY file, reading at most ``limit`` bytes (DataFormatError when the
+    file is not a PLY; MissingDataError when absent)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingDataError(path, "PLY file")
+    with open(path, "rb") as f:
+        head = f.read(limit)
+    _fmt, _elements, comments, _offset = _parse_header(head, path)
+    return comments
+
+
+def read_ply_counts(path: str | os.PathLike, limit: int = 65536) -> dict[str, int]:
+    """Element name -> declared count from the header of a PLY file (reads at most ``limit`` bytes)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingDataError(path, "PLY file")
+    with open(path, "rb") as f:
+        head = f.read(limit)
+    _fmt, elements, _comments, _offset = _parse_header(head, path)
+    return {e.name: e.count for e in elements}
 
 
 def read_ply(path: str | os.PathLike) -> PlyData:

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None,
                         help="only the scenes of this split list (a name such as 'train' -> "
                              "ROOT/scannetv2_train.txt, or a path)")
-    parser.add_argument("--scenes", nargs="*", default=None, help="only these scene names")
+    parser.add_argument("--scenes", nargs="+", default=None, help="only these scene names (at least one)")
     parser.add_argument("--frame-step", type=int_range(1, MAX_COUNT), default=1,
                         help="keep every k-th frame (ScanNet records 30 Hz; 20 is a common choice)")
     parser.add_argument("--max-frames", type=int_range(0, MAX_COUNT), default=0,
@@ -65,11 +65,82 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coverage-points", type=int_range(0, MAX_COUNT), default=100000,
                         help="at most this many base points in the coverage table (random subset beyond)")
     parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="seed of the base-point subset")
-    parser.add_argument("--overwrite", action="store_true", help="redo scenes that are already complete")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo scenes that are already complete (only scene folders this command wrote)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: Every name a preprocessed scene folder holds (a folder holding anything else is not replaced).
+SCENE_FILES = frozenset({"points.npy", "colors.npy", "labels.npy", "color.npy", "depth.npy", "label2d.npy",
+                         "poses.npy", "frame_ids.npy", "coverage_bits.npy", "coverage_index.npy", "meta.json"})
+#: The options that change what a scene's arrays hold: a complete scene made with others is redone.
+SETTING_KEYS = ("frame_step", "max_frames", "coverage_points", "seed")
+
+
 # --------------------------------------------------------------------------- helpers
+def scene_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings recorded in meta.json (and compared on a rerun): SETTING_KEYS, the image size, tolerance."""
+    out = {k: int(options.get(k, 0) or 0) for k in SETTING_KEYS}
+    out["frame_step"] = max(1, out["frame_step"])
+    out.update(image_wh=list(IMAGE_WH), coverage_tol=COVERAGE_TOL, format_version=FORMAT_VERSION)
+    return out
+
+
+def scene_folder_problem(scene_out: Path) -> Optional[str]:
+    """Why ``scene_out`` may not be replaced (None when it is absent or a scene folder this command
+    wrote: a real folder holding only SCENE_FILES, with a meta.json of ours)."""
+    if scene_out.is_symlink():
+        return "is a symbolic link"
+    if not scene_out.exists():
+        return None
+    if not scene_out.is_dir():
+        return "is not a folder"
+    names = {p.name for p in scene_out.iterdir()}
+    if not names:
+        return None
+    foreign = sorted(names - SCENE_FILES)
+    if foreign:
+        return f"holds files preprocessing does not write ({', '.join(foreign[:3])})"
+    if "meta.json" not in names:  # only our arrays, no meta.json yet: our own half-written scene
+        return None
+    try:
+        meta = json.loads((scene_out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "has a meta.json that is not ours (not readable JSON)"
+    if not isinstance(meta, dict) or "format_version" not in meta or "scene" not in meta:
+        return "has a meta.json preprocessing did not write"
+    return None
+
+
+def settings_change(scene_out: Path, settings: dict[str, Any]) -> Optional[str]:
+    """How the settings recorded in ``scene_out/meta.json`` differ from ``settings`` (None: same)."""
+    try:
+        meta = json.loads((scene_out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no readable meta.json"
+    old = meta.get("settings") if isinstance(meta, dict) else None
+    if not isinstance(old, dict):
+        return "made before settings were recorded"
+    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+    return ", ".join(diff) or None
+
+
+def _swap_scene(tmp: Path, final: Path) -> None:
+    """Put the finished ``tmp`` in place of ``final`` (checked replaceable): the old folder is moved
+    aside first and deleted last, so an interrupt leaves the old scene or the new one, whole."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def scene_is_complete(scene_out: Path) -> bool:
     """True when ``scene_out`` holds a finished scene (meta.json with ``complete`` true)."""
     meta = scene_out / "meta.json"
@@ -202,19 +273,30 @@ def preprocess_scene(scene_dir: str, out_dir: str, options: dict[str, Any]) -> d
     name = scene_dir_p.name
     final = Path(out_dir) / name
     record: dict[str, Any] = {"scene": name, "status": "done"}
-    if scene_is_complete(final) and not options.get("overwrite"):
-        record["status"] = "skipped"
-        record["reason"] = "already complete"
+    problem = scene_folder_problem(final)
+    if problem is not None:  # never replace what preprocessing did not write (a raw scene, a link, notes)
+        record["status"] = "failed"
+        record["reason"] = f"{final} {problem}: not replaced; move it away or choose another OUT"
         return record
+    settings = scene_settings(options)
+    if scene_is_complete(final):
+        change = settings_change(final, settings)
+        if change is None and not options.get("overwrite"):
+            record["status"] = "skipped"
+            record["reason"] = "already complete"
+            return record
+        if change is not None:
+            record["redone"] = f"settings changed: {change}"
     tmp = Path(out_dir) / f"{TMP_PREFIX}{name}-{os.getpid()}"
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        record.update(_write_scene(scene_dir_p, tmp, options))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        record.update(_write_scene(scene_dir_p, tmp, {**options, "settings": settings}))
+        problem = scene_folder_problem(final)  # again, just before: it may have changed meanwhile
+        if problem is not None:
+            raise SafnetError(f"{final} {problem}: not replaced")
+        _swap_scene(tmp, final)
     except Exception as exc:  # one bad scene must not end a multi-hour run: report it, go on
         record["status"] = "failed"
         kind = "" if isinstance(exc, SafnetError) else " (unexpected; please report)"
@@ -363,6 +445,7 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
             "coverage_points": int(len(base)),
             "coverage_tol": COVERAGE_TOL,
             "no_frames_reason": no_frames_reason,
+            "settings": options.get("settings") or scene_settings(options),
             **counts,
             "complete": True,
         }
@@ -438,10 +521,31 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
 
     if workers < 1 or frame_step < 1 or max_frames < 0 or coverage_points < 0:
         raise ConfigError("--workers and --frame-step must be >= 1, --max-frames and --coverage-points >= 0")
-    from safnet_ros.validation import check_output_dir, require_dir
+    from safnet_ros import output_dir as od
+    from safnet_ros.validation import require_dir
 
+    if scenes is not None and not [n for n in scenes if str(n).strip()]:
+        raise ConfigError("--scenes: no scene names given (leave it out to preprocess every scene)")
+    if split is not None and not str(split).strip():
+        raise ConfigError("--split: empty; give a split name such as train, or a split-list path")
     root_p, out_p = require_dir(root, "ScanNet root folder"), Path(out)
-    check_output_dir(out_p, "preprocessing output folder")  # a regular file there: refused before any work
+    with od.output_lock(out_p, "preprocessing output folder"):
+        return _preprocess_locked(root_p, out_p, workers=workers, split=split, scenes=scenes,
+                                  frame_step=frame_step, max_frames=max_frames, coverage_points=coverage_points,
+                                  seed=seed, overwrite=overwrite, progress=progress)
+
+
+def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Optional[str],
+                       scenes: Optional[Sequence[str]], frame_step: int, max_frames: int, coverage_points: int,
+                       seed: int, overwrite: bool, progress: bool) -> dict[str, Any]:
+    """:func:`preprocess` while holding the lock of OUT."""
+    from safnet_ros import output_dir as od
+    from safnet_ros.errors import ConfigError
+
+    # OUT: new, empty, or written by an earlier `safnet data preprocess` (scenes are added or redone);
+    # never the raw root, inside it, or holding it (symlinks resolved)
+    od.claim(out_p, "data preprocess", overwrite=overwrite, inputs=[root_p], incremental=True,
+             what="preprocessing output folder")
     todo, missing = select_scenes(root_p, split, scenes)
     unknown = [n for n in (scenes or ()) if n not in {s.name for s in todo}]
     if unknown:  # a typo in --scenes must not shrink the run silently
@@ -454,13 +558,13 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
                 f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" if split
                 else "no scene folders here (sceneXXXX_YY/, or folders with <name>.sens or <name>_vh_clean_2.ply)")
         raise DataFormatError(root_p, f"nothing to preprocess: {what}")
-    scene_parents = {s.parent.resolve() for s in todo} | {root_p.resolve()}
-    if out_p.resolve() in scene_parents:
-        raise ConfigError(f"OUT ({out_p}) must not be the folder that holds the raw scenes: "
-                          "preprocessing would replace them")
+    od.check_separate(out_p, [s.resolve() for s in todo], "preprocessing output folder")
     out_p.mkdir(parents=True, exist_ok=True)
-    for stale in out_p.glob(f"{TMP_PREFIX}*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    if od.read_mark(out_p) is None:
+        od.write_mark(out_p, "data preprocess", {"root": str(root_p.resolve())}, files=[])
+    for stale in out_p.glob(f"{TMP_PREFIX}*"):  # left by a killed run of ours (we hold OUT's lock)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     base = root_p / "scans" if (root_p / "scans").is_dir() else root_p
     label_map = next((p for p in (root_p / LABEL_MAP_FILE, base / LABEL_MAP_FILE) if p.is_file()), None)
     for name in SPLIT_FILES + (LABEL_MAP_FILE,):
@@ -502,6 +606,7 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
         "failed": {r["scene"]: r["reason"] for r in results if r["status"] == "failed"},
         "not_found": missing,
         "no_frames": {r["scene"]: r["no_frames_reason"] for r in results if r.get("no_frames_reason")},
+        "redone": {r["scene"]: r["redone"] for r in results if r.get("redone")},
         "invalid_frames": sum(r.get("invalid_frames", 0) for r in results),
         "unreadable_frames": sum(r.get("unreadable_frames", 0) for r in results),
         "empty_depth_frames": sum(r.get("empty_depth_frames", 0) for r in results),
@@ -542,6 +647,8 @@ def run(args: argparse.Namespace) -> int:
           f"unreadable: {summary['unreadable_frames']}  empty depth: {summary['empty_depth_frames']}")
     for name, reason in summary["no_frames"].items():
         print(f"no frames (3D-only): {name}: {reason}")
+    for name, reason in summary["redone"].items():
+        print(f"redone: {name}: {reason}")
     for name, reason in summary["failed"].items():
         print(f"failed: {name}: {reason}")
     for name in summary["not_found"]:

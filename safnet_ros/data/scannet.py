@@ -28,7 +28,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS
-from safnet_ros.data.ply import read_mesh, read_vertex_labels
+from safnet_ros.data.ply import read_mesh, read_ply_counts, read_vertex_labels
 from safnet_ros.data.sens import (
     COLOR_JPEG,
     COLOR_PNG,
@@ -226,6 +226,22 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise DataFormatError(path, f"unreadable image: {exc}") from exc
 
 
+def check_depth_png(path: Path) -> None:
+    """DataFormatError naming ``path`` unless it is a single-channel 16-bit PNG (ScanNet's exported depth
+    is uint16 millimetres; an 8-bit image, e.g. a depth visualisation, would read as 0-255 mm)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise DataFormatError(path, f"unreadable depth image: {exc}") from exc
+    if mode not in ("I;16", "I;16B", "I;16L", "I"):
+        raise DataFormatError(path, f"depth PNG is mode {mode!r} ({'8-bit' if mode in ('L', 'P', '1') else 'not 16-bit'}"
+                                    "); depth images must be single-channel 16-bit millimetres (an 8-bit depth "
+                                    "image is not millimetres)")
+
+
 class ExportedFrames(FrameSource):
     """Frames of the exported layout: ``color/{i}.jpg``, ``depth/{i}.png`` (uint16 mm),
     ``pose/{i}.txt`` and ``intrinsic/*.txt`` under ``root``.
@@ -269,6 +285,7 @@ class ExportedFrames(FrameSource):
         self.depth_shift = float(depth_shift)
         self.color_size = _image_size(self.color_path(ids[0]))
         self.depth_size = _image_size(self.depth_path(ids[0]))
+        check_depth_png(self.depth_path(ids[0]))  # once, at open: the file named, not every frame skipped
         check_camera(intr / "intrinsic_color.txt", self.intrinsic_color, self.color_size, "colour")
         check_camera(intr / "intrinsic_depth.txt", self.intrinsic_depth, self.depth_size, "depth")
 
@@ -307,8 +324,9 @@ class ExportedFrames(FrameSource):
                 raw = np.asarray(img)
         except (OSError, UnidentifiedImageError, SyntaxError) as exc:
             raise DataFormatError(dpath, f"unreadable depth image: {exc}") from exc
-        if raw.ndim != 2 or raw.dtype.kind not in "ui":
-            raise DataFormatError(dpath, f"depth must be single-channel 16-bit, got {raw.dtype} {raw.shape}")
+        if raw.ndim != 2 or raw.dtype.kind not in "ui" or raw.dtype.itemsize < 2:
+            raise DataFormatError(dpath, f"depth must be single-channel 16-bit millimetres, got {raw.dtype} "
+                                         f"{raw.shape} (an 8-bit depth PNG is not millimetres: export uint16)")
         if (color.shape[1], color.shape[0]) != self.color_size:
             raise DataFormatError(cpath, f"image is {color.shape[1]}x{color.shape[0]}, other frames are "
                                          f"{self.color_size[0]}x{self.color_size[1]}")
@@ -336,11 +354,29 @@ def read_axis_alignment(path: str | os.PathLike) -> np.ndarray:
     m = np.array(values, dtype=np.float64).reshape(4, 4)
     # A singular alignment (all zeros, say) maps the whole scene to one point: ray casting
     # against it never ends and poses lose their rotation. ScanNet's are rigid (det 1).
-    det = float(np.linalg.det(m[:3, :3]))
-    if not abs(det) > 1e-6 or not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
-        raise DataFormatError(path, f"axisAlignment is not a rigid transform (rotation determinant {det:g}, "
-                                    f"last row {m[3].tolist()}); expected a rotation and a translation")
+    check_rigid(m, path, "axisAlignment")
     return m
+
+
+#: Tolerance of :func:`check_rigid` on R^T R - I and det R - 1 (ScanNet's files carry 6-8 digits).
+RIGID_TOL = 1e-3
+
+
+def check_rigid(m: np.ndarray, path: str | os.PathLike, what: str) -> None:
+    """DataFormatError naming ``path`` unless the (4, 4) ``m`` is rigid: orthonormal rotation with
+    det +1 (no scale, shear or mirror) and last row 0 0 0 1. A scaled or mirrored alignment would
+    silently change every distance (voxel sizes, the coverage tolerance) or flip the scene."""
+    m = np.asarray(m, np.float64)
+    r = m[:3, :3]
+    det = float(np.linalg.det(r))
+    if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
+        raise DataFormatError(path, f"{what} is not a rigid transform: last row {m[3].tolist()}, expected 0 0 0 1")
+    err = float(np.abs(r.T @ r - np.eye(3)).max())
+    if not (err <= RIGID_TOL and abs(det - 1.0) <= RIGID_TOL):
+        kind = "a mirror" if det < 0 and err <= RIGID_TOL else "not orthonormal (scale or shear)"
+        raise DataFormatError(path, f"{what} is not a rigid transform: its rotation is {kind} (determinant "
+                                    f"{det:g}, |R^T R - I| {err:.3g}); expected a rotation (det +1) and a "
+                                    "translation")
 
 
 def read_scene_meta(path: str | os.PathLike) -> dict[str, str]:
@@ -425,7 +461,13 @@ class ScanNetScene:
     def load_nyu40(self) -> np.ndarray:
         """(N,) uint16 nyu40 id per mesh vertex from the ``.labels.ply``."""
         require_file(self.labels_path, "vertex labels (_vh_clean_2.labels.ply)")
-        return read_vertex_labels(self.labels_path)
+        labels = read_vertex_labels(self.labels_path)
+        if self.mesh_path.is_file():  # one label per mesh vertex, or every label lands on the wrong vertex
+            n_mesh = read_ply_counts(self.mesh_path).get("vertex")
+            if n_mesh is not None and n_mesh != len(labels):
+                raise DataFormatError(self.labels_path, f"has {len(labels)} vertex labels, the mesh "
+                                                        f"{self.mesh_path.name} has {n_mesh} vertices")
+        return labels
 
     @property
     def frames(self) -> FrameSource:
@@ -553,10 +595,15 @@ def read_split(path: str | os.PathLike) -> list[str]:
 
     p = require_file(path, "split list")
     names = []
-    for line in read_text(p, "split list").splitlines():
+    text = read_text(p, "split list").lstrip("\ufeff")  # a BOM (Windows editors) is not part of the first name
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
-        if line:
-            names.append(line)
+        if not line:
+            continue
+        odd = [c for c in line if not c.isprintable() or c.isspace() or c in "/\\"]
+        if odd:
+            raise DataFormatError(p, f"line {number}: scene name {line!r} holds {odd[0]!r}; one plain name a line")
+        names.append(line)
     return names
 
 

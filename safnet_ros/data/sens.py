@@ -26,6 +26,7 @@ and decodes one frame at a time on request. Poses of lost tracking are ``-inf``;
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import zlib
@@ -59,6 +60,8 @@ _COUNT = struct.Struct("<Q")
 FRAME_HEADER = struct.Struct("<16f4Q")
 # A sensor name longer than this is a corrupt length field, not a name.
 _MAX_NAME_LEN = 1 << 16
+#: Accepted depth shifts (raw units per metre): 1000 is millimetres (ScanNet), 5000 TUM's 0.2 mm.
+DEPTH_SHIFT_RANGE = (100.0, 100000.0)
 
 
 #: Largest deviation of R^T R from the identity for a pose to count as a rotation (float32 poses
@@ -232,6 +235,10 @@ def read_header(f: BinaryIO, path: str) -> SensHeader:
     ccomp, dcomp, cw, ch, dw, dh, shift = _FORMAT.unpack(
         _read_exact(f, _FORMAT.size, path, "header (image format)"))
     (count,) = _COUNT.unpack(_read_exact(f, _COUNT.size, path, "header (frame count)"))
+    if not (math.isfinite(shift) and DEPTH_SHIFT_RANGE[0] <= shift <= DEPTH_SHIFT_RANGE[1]):
+        raise DataFormatError(path, f"depth shift {shift:g} is implausible (raw depth units per metre; ScanNet "
+                                    f"writes 1000 = millimetres; accepted {DEPTH_SHIFT_RANGE[0]:g}.."
+                                    f"{DEPTH_SHIFT_RANGE[1]:g}): every depth would be off by that factor")
     return SensHeader(version=version, sensor_name=name,
                       intrinsic_color=mats[0].copy(), extrinsic_color=mats[1].copy(),
                       intrinsic_depth=mats[2].copy(), extrinsic_depth=mats[3].copy(),

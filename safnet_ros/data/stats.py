@@ -111,6 +111,11 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
     scene = ScanNetScene(scene_dir)
     try:
         xyz, _rgb, faces = scene.load_mesh()
+        if len(faces) == 0:
+            from safnet_ros.errors import DataFormatError
+
+            raise DataFormatError(scene.mesh_path, "the mesh has 0 faces: the realism table needs a triangle mesh "
+                                                   "(edge lengths, ray casting)")
         xyz = xyz.astype(np.float64)
         nyu = scene.load_nyu40().astype(np.int64)
         aligned = transform_points(scene.axis_alignment, xyz) if scene.has_axis_alignment else xyz
@@ -475,8 +480,23 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         stats["moved_similarity"] = moved_similarity(args.scene, args.model, args.view_step, args.device, args.png,
                                                      args.chunk_stride, per_view=args.per_view)
-    if args.json:
-        print(json.dumps(stats, indent=1))
+    if args.json:  # strict JSON: a figure without data is null, never a bare NaN
+        print(json.dumps(_finite_or_none(stats), indent=1, allow_nan=False))
     else:
         print(format_table(stats))
     return 0
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (numpy ones too) replaced by None, recursively."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _finite_or_none(obj.tolist())
+    return obj

@@ -47,7 +47,7 @@ import numpy as np
 
 from safnet_ros.data.labels import CLASS_NAMES, NUM_CLASSES, TABLE_ORDER
 from safnet_ros.engine.metrics import ConfusionMatrix
-from safnet_ros.errors import ConfigError, MissingDataError
+from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
 
 #: Table III's switch columns: (config field, column title, variants the switch exists in).
 ABLATION_SWITCHES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -139,10 +139,18 @@ def scene_coverage(scene) -> Optional[np.ndarray]:
     if F == 0:
         return None
     points = np.asarray(scene.points)
-    base = np.asarray(scene.coverage_index, np.int64)
+    base = np.asarray(scene.coverage_index).astype(np.int64, copy=False).reshape(-1)
     n, nb = len(points), len(base)
     if nb == 0:
         return np.zeros((F, n), bool)
+    folder = getattr(scene, "dir", None) or getattr(scene, "name", "")
+    if base.min() < 0 or base.max() >= n:  # a corrupt or foreign table: name the file, not an IndexError
+        raise DataFormatError(Path(str(folder)) / "coverage_index.npy",
+                              f"indices {int(base.min())}..{int(base.max())} lie outside the scene's {n} points")
+    bits = np.asarray(scene.coverage_bits)
+    if bits.ndim != 2 or bits.shape[0] != F or bits.shape[1] < (nb + 7) // 8:
+        raise DataFormatError(Path(str(folder)) / "coverage_bits.npy",
+                              f"shape {bits.shape}, expected ({F}, {(nb + 7) // 8}) for {F} frames x {nb} base points")
     if nb == n and np.array_equal(base, np.arange(n)):
         return unpack_coverage(scene.coverage_bits, np.arange(n))
     from scipy.spatial import cKDTree
@@ -297,7 +305,12 @@ def load_segmenter(path: str | Path, device: str = "auto", stride: float = 0.5, 
     if not path:
         raise ModelLoadError("no model given: pass --model CHECKPOINT")
     kwargs.setdefault("crop_margin", math.inf)  # evaluate every point, not only what the views cover
-    return Segmenter.from_checkpoint(str(path), device=device, chunk_stride=stride, max_points=None, **kwargs)
+    segmenter = Segmenter.from_checkpoint(str(path), device=device, chunk_stride=stride, max_points=None, **kwargs)
+    classes = getattr(getattr(segmenter, "config", None), "num_classes", NUM_CLASSES)
+    if classes != NUM_CLASSES:  # the scores would not fit the benchmark's classes: name the file and setting
+        raise ModelLoadError(f"{path}: the checkpoint has num_classes {classes}; evaluation scores the "
+                             f"{NUM_CLASSES} ScanNet benchmark classes (train with model.num_classes {NUM_CLASSES})")
+    return segmenter
 
 
 def model_label(config) -> str:
@@ -613,17 +626,25 @@ def run_eval(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from safnet_ros.validation import check_output_dir
+    from safnet_ros import output_dir as od
 
-    check_output_dir(args.out, "--out folder")  # before the evaluation, not after it
-    results, found = evaluate(args.model, args.data, args.split, args.views, stride=args.stride,
-                              device=args.device, max_scenes=args.scenes, progress=not args.no_progress)
+    if args.split is not None and not args.split.strip():  # '' must not mean "every scene"
+        raise ConfigError("--split: empty; give a split name such as val, or a split-list path")
     out = Path(args.out)
-    files = write_outputs(results, out)
-    report = report_json(results, found, args.split, args.stride, files)
-    tmp = out / ".eval.json.tmp"  # eval.json last and whole: its presence means the outputs are complete
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    os.replace(tmp, out / "eval.json")
+    with od.output_lock(out, "--out folder"):
+        # before the evaluation, not after it: --out is new, empty, or an earlier `safnet eval` output
+        # holding only what eval wrote (then replaced as a whole: never old eval.json beside new PNGs)
+        od.claim(out, "eval", overwrite=True, inputs=[args.data, *args.model], what="--out folder")
+        results, found = evaluate(args.model, args.data, args.split, args.views, stride=args.stride,
+                                  device=args.device, max_scenes=args.scenes, progress=not args.no_progress)
+        with od.staged_folder(out, "eval", {"models": [str(m) for m in args.model], "data": str(args.data),
+                                            "split": args.split, "views": list(args.views), "stride": args.stride},
+                              overwrite=True) as stage:
+            files = write_outputs(results, stage)
+            report = report_json(results, found, args.split, args.stride, files)
+            report = json.loads(json.dumps(report, ensure_ascii=False).replace(
+                json.dumps(str(stage))[1:-1], json.dumps(str(out))[1:-1]))  # paths as they will be after the swap
+            (stage / "eval.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return 0

@@ -33,16 +33,21 @@ from safnet_ros.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--points", type=int, default=25_000, help="points per cloud (default 25000)")
-    parser.add_argument("--clouds", type=int, default=60, help="clouds fused per row (default 60)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed clouds first (default 3)")
-    parser.add_argument("--voxel-size", type=float, default=0.04, help="voxel edge, metres (default 0.04)")
-    parser.add_argument("--max-voxels", type=int, default=500_000, help="max_voxels of the normal rows")
-    parser.add_argument("--evict-max-voxels", type=int, default=60_000,
+    from safnet_ros.validation import MAX_COUNT, float_range, int_range
+
+    parser.add_argument("--points", type=int_range(1, MAX_COUNT), default=25_000,
+                        help="points per cloud (default 25000)")
+    parser.add_argument("--clouds", type=int_range(1, MAX_COUNT), default=60, help="clouds fused per row (default 60)")
+    parser.add_argument("--warmup", type=int_range(0, MAX_COUNT), default=3, help="untimed clouds first (default 3)")
+    parser.add_argument("--voxel-size", type=float_range(0.001, 10.0), default=0.04,
+                        help="voxel edge, metres, 0.001..10 (default 0.04)")
+    parser.add_argument("--max-voxels", type=int_range(1, MAX_COUNT), default=500_000,
+                        help="max_voxels of the normal rows")
+    parser.add_argument("--evict-max-voxels", type=int_range(1, MAX_COUNT), default=60_000,
                         help="max_voxels of the eviction row (default 60000: every cloud evicts)")
-    parser.add_argument("--smoothing", type=float, default=None,
-                        help="read-out smoothing weight (default: the map's, 1.0)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoothing", type=float_range(0.0, 100.0), default=None,
+                        help="read-out smoothing weight, 0..100 (default: the map's, 1.0)")
+    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="random seed, 0..2^32-1 (default 0)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

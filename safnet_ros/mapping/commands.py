@@ -29,20 +29,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "(0 = each voxel alone; docs/ros_node.md)")
     score.add_argument("--smoothing-cell", type=float, default=None, metavar="M",
                        help="... and this neighbourhood cell, metres (default: the map's)")
+    score.add_argument("--frame", default="map", metavar="FRAME",
+                       help="the frame the scene's axis-aligned mesh is in (default map, as `bag convert` writes "
+                            "it); a map saved in another frame is refused: its voxels would be misplaced")
     score.add_argument("--json", action="store_true", help="print one JSON object")
     score.set_defaults(func=run_score)
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from safnet_ros.data.labels import TABLE_ORDER
-    from safnet_ros.errors import MissingDataError
+    from safnet_ros.errors import DataFormatError
     from safnet_ros.mapping.map_ply import load_map
+    from safnet_ros.mapping.map_store import map_frame
     from safnet_ros.mapping.score import score_map_on_scene
+    from safnet_ros.validation import require_dir, require_file
 
-    if not Path(args.scene_dir).is_dir():
-        raise MissingDataError(args.scene_dir, "scene folder")
+    require_file(args.map, "semantic map PLY")  # a folder or FIFO is named as what it is, not "missing"
+    require_dir(args.scene_dir, "scene folder")
+    saved_in = map_frame(args.map) or "map"
+    if saved_in != args.frame:
+        raise DataFormatError(args.map, f"the map was saved in frame {saved_in!r}, the scene's mesh is in "
+                                        f"{args.frame!r} (--frame): scoring it would compare misplaced voxels")
     if args.smoothing is not None or args.smoothing_cell is not None:  # a bad override is the user's, not the file's
         from safnet_ros.mapping.smoothing import DEFAULT_CELL_M, DEFAULT_WEIGHT, check_smoothing
 

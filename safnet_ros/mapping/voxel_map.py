@@ -553,9 +553,12 @@ class SemanticVoxelMap:
         self.clear()
         if v == 0:
             return
-        ijk = np.floor(centres / self.voxel_size).astype(np.int64)
-        if (np.abs(ijk) >= MAX_GRID_COORD).any():
-            raise ConfigError(f"map voxel centres lie outside the +-{MAX_GRID_COORD * self.voxel_size:.0f} m grid")
+        scaled = np.floor(centres / self.voxel_size)
+        if not (np.abs(scaled) < MAX_GRID_COORD).all():  # before the cast: 1e30 would wrap around int64
+            far = float(np.abs(centres).max())
+            raise ConfigError(f"map voxel centres lie outside the +-{MAX_GRID_COORD * self.voxel_size:.0f} m grid "
+                              f"(up to {far:g} m)")
+        ijk = scaled.astype(np.int64)
         keys = pack_keys(ijk)
         order = np.argsort(keys, kind="stable")
         sk = keys[order]

@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped
 from rclpy._rclpy_pybind11 import RMWError
+from rclpy.exceptions import InvalidTopicNameException
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
@@ -71,9 +72,12 @@ class PlaySummary:
     clock_messages: int = 0
     elapsed_s: float = 0.0
     undecodable: dict[str, int] = field(default_factory=dict)  # topic -> messages that did not deserialise
+    stopped: str = ""  # why the replay ended early ("Ctrl-C", "stopped"); "" when it ran to the end
 
     def lines(self) -> list[str]:
-        out = [f"played {self.loops} time(s) in {self.elapsed_s:.1f} s; /clock {self.clock_messages} messages"]
+        how = f"{self.stopped} after {self.elapsed_s:.1f} s ({self.loops} complete pass(es))" if self.stopped \
+            else f"played {self.loops} time(s) in {self.elapsed_s:.1f} s"
+        out = [f"{how}; /clock {self.clock_messages} messages"]
         out += [f"  {topic}: {n}" for topic, n in sorted(self.published.items())]
         out += [f"  skipped {topic}: {why}" for topic, why in sorted(self.skipped_topics.items())]
         out += [f"  undecodable {topic}: {n} message(s) skipped" for topic, n in sorted(self.undecodable.items())]
@@ -177,7 +181,11 @@ class BagPlayer:
             key = (conn.topic, latched)
             if key not in by_topic:
                 depth = 1000 if latched else (100 if conn.topic in _TF_TOPICS else 10)
-                by_topic[key] = self.node.create_publisher(cls, conn.topic, qos(depth, latched))
+                try:
+                    by_topic[key] = self.node.create_publisher(cls, conn.topic, qos(depth, latched))
+                except InvalidTopicNameException:  # a bag from another tool may hold any string as a name
+                    self.summary.skipped_topics[conn.topic] = "not a valid ROS 2 topic name"
+                    continue
             self._routes[conn.id] = _Route(by_topic[key], cls, conn.topic, False, latched)
             wanted.append(conn)
         if self.clock:
@@ -248,10 +256,21 @@ class BagPlayer:
         """Publish the bag (again and again with ``loop``) until its end or ``stop_event`` is set."""
         stop = stop_event or threading.Event()
         started = time.monotonic()
+        try:
+            return self._run(stop)
+        except KeyboardInterrupt:
+            self.summary.stopped = "stopped by Ctrl-C"
+            raise
+        finally:
+            self.summary.elapsed_s = time.monotonic() - started
+
+    def _run(self, stop: threading.Event) -> PlaySummary:
         with bio.bag_reader(self.bag_path) as reader:
             wanted = self._make_routes(reader.connections)
             if not wanted:
-                raise MissingDataError(self.bag_path, "topics that can be published here")
+                skipped = "; ".join(f"{t}: {why}" for t, why in sorted(self.summary.skipped_topics.items())[:3])
+                raise MissingDataError(self.bag_path, "topics that can be published here"
+                                                      + (f" (skipped {skipped})" if skipped else ""))
             self._wait_for_subscribers(stop)
             while not stop.is_set():
                 wall_start = time.monotonic()
@@ -266,10 +285,12 @@ class BagPlayer:
                         break
                     self._publish_clock(bag_ns)
                     self._publish(self._routes[conn.id], bytes(raw), conn.topic, conn.msgtype)
-                self.summary.loops += 1
+                if stop.is_set():
+                    self.summary.stopped = self.summary.stopped or "stopped"
+                    break
+                self.summary.loops += 1  # only complete passes count
                 if not self.loop:
                     break
-        self.summary.elapsed_s = time.monotonic() - started
         return self.summary
 
 
@@ -299,6 +320,9 @@ def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[
         except KeyboardInterrupt:
             stop.set()
             summary = player.summary
+            summary.stopped = "stopped by Ctrl-C"
+        if stop.is_set() and summary.stopped == "stopped":
+            summary.stopped = "stopped by a signal"
         print("\n".join(summary.lines()))
     finally:
         if main_thread:

@@ -156,8 +156,16 @@ PARAMETERS: tuple[Param, ...] = (
       "are used).", low=0.0, high=100.0, low_open=True),
     P("map_publish_rate", 1.0, "Hz at which ~/semantic_map is published when the map changed (0 = never; "
       "transient local, so a late subscriber gets the latest).", low=0.0, high=50.0),
-    P("map_save_path", "safnet_map.ply", "PLY file ~/save_map writes (relative paths: from the node's working "
-      "directory; written atomically).", runtime=True),
+    P("map_directory", "", "Folder of the node's map files, fixed at start ('' = $ROS_HOME/safnet_maps, else "
+      "~/.ros/safnet_maps; '~' expanded, made absolute). ~/save_map and ~/load_map read and write only inside "
+      "it (docs/reliability.md, Security)."),
+    P("map_save_path", "safnet_map.ply", "Map file ~/save_map writes and ~/load_map reads: a .ply name inside "
+      "map_directory (a path leading outside it is refused; an existing file is overwritten only when it is a "
+      "safnet map; written atomically).", runtime=True),
+    P("map_file", "", "A saved map PLY loaded at configure ('' = start empty; any path, '~' expanded); it must "
+      "have been saved in fixed_frame with map_voxel_size."),
+    P("map_save_on_shutdown", False, "Save the map to map_save_path when the node cleans up or shuts down "
+      "(Ctrl-C included), when it holds any voxel."),
     P("probabilities", "none", "Per-point class probabilities added to ~/labeled_cloud: none | top3 "
       "(p_label1..3 uint16 + p1..3 float32) | all (one float32 field per class, p_wall .. p_otherfurniture). "
       "Layout in docs/ros_node.md.", choices=PROBABILITY_MODES),

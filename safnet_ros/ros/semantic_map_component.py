@@ -23,8 +23,13 @@ ROS interface (names relative to the node):
   point, little endian); reliable, transient local, depth 1 (a late RViz gets
   the latest map); published at ``map_publish_rate`` Hz when the map changed.
 * ``~/save_map`` (std_srvs/Trigger): writes the map PLY to ``map_save_path``
-  (run-time parameter); ``success`` false with the reason (unwritable folder,
-  a path that is a folder, ...) and the node keeps running.
+  (run-time parameter: a file name inside ``map_directory``, which is fixed at
+  start; mapping/map_store.py); ``success`` false with the reason (a path
+  leading outside the directory, an existing file that is not a map, an
+  unwritable folder, ...) and the node keeps running.
+* ``~/load_map`` (std_srvs/Trigger): replaces the map by ``map_save_path``
+  (inside ``map_directory``); ``map_file`` loads a map at configure and
+  ``map_save_on_shutdown`` saves it at cleanup/shutdown.
 * ``~/clear_map`` (std_srvs/Trigger): forgets every voxel.
 
 Threads: the worker integrates, the executor publishes and serves; one lock
@@ -45,9 +50,10 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 
 from safnet_ros.data.labels import class_colors
-from safnet_ros.errors import SafnetError
+from safnet_ros.errors import ConfigError, SafnetError
 from safnet_ros.mapping import FUSION_RULES, MapSnapshot, SemanticVoxelMap
 from safnet_ros.mapping.map_ply import save_map
+from safnet_ros.mapping.map_store import MapStore
 from safnet_ros.mapping.voxel_map import IntegrateStats
 from safnet_ros.ros import codecs
 
@@ -64,6 +70,9 @@ class MapSettings:
     smoothing_cell: float = 0.16
     publish_rate: float = 1.0
     save_path: str = "safnet_map.ply"
+    directory: str = ""
+    load_file: str = ""
+    save_on_shutdown: bool = False
 
 
 def _trigger_type() -> Any:
@@ -98,6 +107,10 @@ class SemanticMapComponent:
         self.srv_save: Any = None
         self.srv_clear: Any = None
         self._timer: Any = None
+        self.srv_load: Any = None
+        #: the one folder the node's map files are read from and written to (fixed here, at start)
+        self.store = MapStore(settings.directory)
+        self._initial_map_loaded = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -109,13 +122,16 @@ class SemanticMapComponent:
         settings = MapSettings(enable=bool(p("map_enable")), voxel_size=p("map_voxel_size"),
                                max_voxels=p("map_max_voxels"), fusion=str(p("map_fusion")),
                                smoothing=p("map_smoothing"), smoothing_cell=p("map_smoothing_cell"),
-                               publish_rate=p("map_publish_rate"), save_path=str(p("map_save_path")))
+                               publish_rate=p("map_publish_rate"), save_path=str(p("map_save_path")),
+                               directory=str(p("map_directory")), load_file=str(p("map_file")),
+                               save_on_shutdown=bool(p("map_save_on_shutdown")))
         return cls(settings, fixed_frame, node.get_logger())
 
     def create(self, node: Any) -> None:
         """Create the publisher and the services on ``node`` (idempotent); publishing starts with start_publishing()."""
         if self._node is not None or not self.settings.enable:
             return
+        self._load_initial_map()
         self._node = node
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -127,6 +143,7 @@ class SemanticMapComponent:
         else:
             self.srv_save = node.create_service(trigger, "~/save_map", self._on_save)
             self.srv_clear = node.create_service(trigger, "~/clear_map", self._on_clear)
+            self.srv_load = node.create_service(trigger, "~/load_map", self._on_load)
 
     def start_publishing(self) -> None:
         """Start the ``map_publish_rate`` timer (an active node; idempotent, a no-op before create())."""
@@ -148,12 +165,13 @@ class SemanticMapComponent:
         node, self._node = self._node, None
         if node is None:
             return
-        for srv in (self.srv_save, self.srv_clear):
+        self._save_on_shutdown(node)
+        for srv in (self.srv_save, self.srv_clear, self.srv_load):
             if srv is not None:
                 node.destroy_service(srv)
         if self.pub_map is not None:
             node.destroy_publisher(self.pub_map)
-        self.srv_save = self.srv_clear = self.pub_map = None
+        self.srv_save = self.srv_clear = self.srv_load = self.pub_map = None
 
     # ------------------------------------------------------------------ data
     def integrate(self, points: np.ndarray, probabilities: np.ndarray, sensor_origin: Optional[np.ndarray] = None,
@@ -216,11 +234,79 @@ class SemanticMapComponent:
         self._published_version = version
         return True
 
-    def _on_save(self, request: Any, response: Any) -> Any:
-        path = str(self._node.get_parameter("map_save_path").value) if self._node is not None else \
-            self.settings.save_path
+    # ------------------------------------------------------------------ the map directory (mapping/map_store.py)
+    def _save_path_name(self) -> str:
+        node = self._node
+        return str(node.get_parameter("map_save_path").value) if node is not None else self.settings.save_path
+
+    def save_named(self, name: str) -> str:
+        """Save the map as ``name`` inside the map directory (MapStore rules); returns the path written."""
+        snap = self.snapshot(with_scores=True)
         try:
-            written = self.save(path)
+            out = self.store.save(snap, name, frame_id=self.fixed_frame)
+        except SafnetError:
+            self.save_failures += 1
+            raise
+        self.saves += 1
+        return str(out)
+
+    def load(self, name: str, anywhere: bool = False) -> int:
+        """Replace the map by the saved map ``name`` (inside the map directory unless ``anywhere``);
+        returns its voxel count. SafnetError (the current map kept) when it cannot be used."""
+        vmap = self.store.load(name, self.fixed_frame, voxel_size=self.settings.voxel_size,
+                               max_voxels=self.settings.max_voxels, anywhere=anywhere)
+        if vmap.fusion != self.settings.fusion:
+            raise ConfigError(f"{name}: the map fuses with {vmap.fusion!r}, the node's map_fusion is "
+                              f"{self.settings.fusion!r}")
+        vmap.smoothing, vmap.smoothing_cell = self.settings.smoothing, self.settings.smoothing_cell
+        with self._lock:
+            vmap.version = self.map.version + 1  # publishers see a change
+            self.map = vmap
+        return len(vmap)
+
+    def _load_initial_map(self) -> None:
+        """Load ``map_file`` once, at the first configure (ConfigError naming it: configure fails)."""
+        if self._initial_map_loaded or not self.settings.load_file.strip():
+            return
+        try:
+            n = self.load(self.settings.load_file, anywhere=True)
+        except SafnetError as exc:
+            raise ConfigError(f"parameter 'map_file': {exc}") from None
+        self._initial_map_loaded = True
+        if self._logger is not None:
+            self._logger.info(f"semantic map loaded from {self.settings.load_file}: {n} voxels")
+
+    def _save_on_shutdown(self, node: Any) -> None:
+        if not self.settings.save_on_shutdown or len(self.map) == 0:
+            return
+        try:
+            name = str(node.get_parameter("map_save_path").value)
+            written = self.save_named(name)
+        except Exception as exc:  # noqa: BLE001 - shutting down: report, never raise
+            if self._logger is not None:
+                self._logger.warning(f"map_save_on_shutdown: the map was not saved: {exc}")
+            return
+        if self._logger is not None:
+            self._logger.info(f"map_save_on_shutdown: saved {len(self.map)} voxels to {written}")
+
+    def _on_load(self, request: Any, response: Any) -> Any:
+        name = self._save_path_name()
+        try:
+            n = self.load(name)
+        except SafnetError as exc:
+            response.success = False
+            response.message = str(exc)
+            if self._logger is not None:
+                self._logger.warning(f"~/load_map failed: {exc}")
+            return response
+        response.success = True
+        response.message = f"loaded {n} voxels from {self.store.resolve(name)}"
+        return response
+
+    def _on_save(self, request: Any, response: Any) -> Any:
+        path = self._save_path_name()
+        try:
+            written = self.save_named(path)
         except SafnetError as exc:
             response.success = False
             response.message = str(exc)

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range, size_wh
+
+#: Smallest map voxel of ``segment-bag --map-voxel-size``: 2^20 voxels of 1 mm reach +-1 km.
+MIN_MAP_VOXEL_M = 0.001
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,9 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--map", default=None, metavar="MAP.ply",
                      help="also fuse every labelled cloud into a semantic voxel map and save it as this PLY "
                           "(`safnet map score MAP.ply SCENE_DIR` scores it)")
-    seg.add_argument("--map-voxel-size", type=float, default=0.04, metavar="M",
-                     help="map voxel edge, metres (default 0.04, as the node's map_voxel_size)")
-    seg.add_argument("--map-max-voxels", type=int, default=500_000, metavar="N",
+    seg.add_argument("--map-voxel-size", type=float_range(MIN_MAP_VOXEL_M, 10.0), default=0.04, metavar="M",
+                     help=f"map voxel edge, metres, {MIN_MAP_VOXEL_M:g}..10 (default 0.04, as the node's "
+                          "map_voxel_size; below it the map's key range would be under +-1 km)")
+    seg.add_argument("--map-max-voxels", type=int_range(1, MAX_COUNT), default=500_000, metavar="N",
                      help="most voxels kept; the farthest from the sensor are evicted (default 500000)")
     seg.add_argument("--map-fusion", choices=("count", "log"), default="count",
                      help="how voxels fuse class probabilities: count (sums, default) or log (log-probability sums)")
@@ -118,11 +123,34 @@ def run_play(args: argparse.Namespace) -> int:
 
 
 def run_segment_bag(args: argparse.Namespace) -> int:
+    from safnet_ros import output_dir as od
+    from safnet_ros.tools.bag_io import require_bag
     from safnet_ros.tools.segment_bag import BagTopics, segment_bag
 
+    require_bag(args.bag)
     given = {"color": args.rgb_topic, "depth": args.depth_topic, "camera_info": args.camera_info_topic,
              "points": args.cloud_topic}
     topics = BagTopics(**{field: topic for field, topic in given.items() if topic is not None})
+    if args.map is not None:  # checked before the run, not after it
+        from safnet_ros.mapping.map_store import check_overwritable
+        from safnet_ros.validation import check_output_file
+
+        check_output_file(args.map, "--map file")
+        od.check_separate(args.map, [args.bag], "--map file")
+        check_overwritable(args.map, "--map file")  # never over a file that is not a safnet map
+    with od.output_lock(args.out_bag, "output bag"):
+        guarded_segment_bag(args, segment_bag, topics)
+    return 0
+
+
+def guarded_segment_bag(args: argparse.Namespace, segment_bag: Any, topics: Any) -> None:
+    """Run ``segment_bag`` under the output-folder rules (docs/reliability.md): OUT_BAG separate from
+    BAG, replaced only with --overwrite and only when safnet wrote it; marked when written."""
+    import os
+
+    from safnet_ros import output_dir as od
+
+    od.claim(args.out_bag, "segment-bag", overwrite=args.overwrite, inputs=[args.bag], what="output bag")
     summary = segment_bag(
         args.bag, args.out_bag, model=args.model, device=args.device, num_views=args.num_views, topics=topics,
         max_views=args.max_views, storage=args.storage, overwrite=args.overwrite,
@@ -130,5 +158,7 @@ def run_segment_bag(args: argparse.Namespace) -> int:
         map_max_voxels=args.map_max_voxels, map_fusion=args.map_fusion, map_smoothing=args.map_smoothing,
         map_smoothing_cell=args.map_smoothing_cell,
     )
+    od.write_mark(args.out_bag, "segment-bag", {"bag": os.path.abspath(args.bag), "model": args.model,
+                                                "num_views": args.num_views, "max_views": args.max_views,
+                                                "storage": args.storage, "map": args.map})
     print("\n".join(summary.lines()))
-    return 0

@@ -48,6 +48,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from safnet_ros import output_dir as od
 from safnet_ros.errors import ConfigError, MissingDataError
 from safnet_ros.geometry.camera import project, resize_nearest, scale_intrinsics
 from safnet_ros.tools import bag_io as bio
@@ -180,7 +181,7 @@ def convert_scene(
         raise ConfigError(f"rate must be positive, got {rate}")
     if cloud_rate < 0 or not max_range > MIN_RANGE_M:
         raise ConfigError(f"cloud rate must be >= 0 and max range > {MIN_RANGE_M} m, got {cloud_rate}, {max_range}")
-    out = bio.check_output(out, overwrite)
+    out = od.claim(out, "bag convert", overwrite=overwrite, inputs=[scene_dir], what="output bag")
     scene = open_scene(scene_dir, need_mesh=cloud_rate > 0)
     source = scene.frames
     out_wh = tuple(resize) if resize is not None else tuple(source.color_size)
@@ -193,8 +194,13 @@ def convert_scene(
 
     summary = ConvertSummary(out=str(out), storage=storage, image_size=out_wh,
                              axis_alignment=[float(v) for v in align.reshape(-1)])
+    settings = {"scene_dir": os.path.abspath(scene_dir), "storage": storage, "rate": rate, "skip": skip,
+                "resize": resize, "cloud_rate": cloud_rate, "max_range": max_range}
     try:
-        with bio.staged_output(out, overwrite) as tmp, Writer(tmp, version=9, storage_plugin=plugin) as writer:
+        # built beside OUT and swapped in at the end (docs/reliability.md, "Output folders")
+        with od.output_lock(out, "output bag"), od.staged_folder(out, "bag convert", settings, create=False,
+                                                                          overwrite=overwrite) as tmp, \
+                Writer(tmp, version=9, storage_plugin=plugin) as writer:
             conns = _add_connections(writer, with_points=cloud_rate > 0)
             _write_frames(writer, conns, source, _FrameSettings(align, K, out_wh, rate, skip, cloud_rate, max_range),
                           cloud_xyz, cloud_rgb, summary, progress)

@@ -220,6 +220,8 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
 
     # DDS on a loaded 2-core machine can deliver a transform after its cloud: wait longer than live
     parameters = {"tf_timeout": TF_TIMEOUT_S, "warm_up": False}
+    if map_path is not None:  # the node writes maps only inside its map_directory, fixed at start
+        parameters["map_directory"] = str(Path(map_path).resolve().parent)
     try:
         with BagSession(segmenter, parameters, executor_threads=4, name="safnet_demo") as session:
             node = session.node

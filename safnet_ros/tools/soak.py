@@ -201,7 +201,7 @@ def soak(
         report = SoakReport(minutes=float(minutes), bag=str(bag), rate_hz=float(rate), device=str(segmenter.device),
                             transforms=active_tf_path().describe())
         parameters: dict[str, Any] = {"publish_markers": False, "map_enable": bool(map_enable)}
-        if map_max_voxels:
+        if map_max_voxels is not None:  # 0 or less is refused by the node, never silently the default
             parameters["map_max_voxels"] = int(map_max_voxels)
         stop = threading.Event()
         player_thread = None
@@ -291,7 +291,7 @@ def plot_rss(report: SoakReport, path: Path) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from safnet_ros.validation import device_name, float_range
+    from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range
 
     parser.add_argument("--minutes", type=float_range(0.0, 100_000.0, lo_open=True), default=10.0,
                         help="how long to run (default 10)")
@@ -304,23 +304,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-period", type=float_range(0.01, 3600.0), default=2.0,
                         help="seconds between RSS samples")
     parser.add_argument("--out", default="soak_results", help="folder for soak.json and soak_rss.png")
-    parser.add_argument("--map-max-voxels", type=int, default=None, metavar="N",
+    parser.add_argument("--map-max-voxels", type=int_range(1, MAX_COUNT), default=None, metavar="N",
                         help="the node's map_max_voxels (default: the node's 500000; small values exercise eviction)")
     parser.add_argument("--no-map", action="store_true", help="the node without its semantic map (map_enable false)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
-    from safnet_ros.validation import check_output_dir
+    from safnet_ros import output_dir as od
 
-    check_output_dir(args.out, "--out folder")  # before the soak, not after it
-    report = soak(args.minutes, rate=args.rate, bag=args.bag, model=args.model, device=args.device,
-                  sample_period=args.sample_period, map_max_voxels=args.map_max_voxels, map_enable=not args.no_map,
-                  log=lambda line: print(line, file=sys.stderr, flush=True))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = asdict(report)
-    (out / "soak.json").write_text(json.dumps(data, indent=2))
-    plot_rss(report, out / "soak_rss.png")
+    inputs = [p for p in (args.bag, args.model) if p]
+    with od.output_lock(args.out, "--out folder"):
+        # before the soak, not after it: --out is new, empty or an earlier soak's (replaced whole at the end)
+        od.claim(args.out, "bench soak", overwrite=True, inputs=inputs, what="--out folder")
+        report = soak(args.minutes, rate=args.rate, bag=args.bag, model=args.model, device=args.device,
+                      sample_period=args.sample_period, map_max_voxels=args.map_max_voxels,
+                      map_enable=not args.no_map, log=lambda line: print(line, file=sys.stderr, flush=True))
+        data = asdict(report)
+        with od.staged_folder(args.out, "bench soak", {"minutes": args.minutes, "rate": args.rate, "bag": args.bag},
+                              overwrite=True) as stage:
+            (stage / "soak.json").write_text(json.dumps(data, indent=2))
+            plot_rss(report, stage / "soak_rss.png")
     print(json.dumps(data, indent=2) if args.json else report.table())
     return 0

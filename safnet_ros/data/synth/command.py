@@ -38,6 +38,10 @@ of CPU time.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
 
 from safnet_ros.errors import ConfigError
 
@@ -118,7 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest random yaw of the room in the mesh frame (0: aligned; default 15)")
     parser.add_argument("--split", default=None, metavar="NAME",
                         help="put every scene into scannetv2_NAME.txt instead of an 80/20 train/val split")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing scene folders")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing scene folders of the same names (only those `data synth` wrote; "
+                             "the new scene is built beside the old one and swapped in when complete)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -141,9 +147,108 @@ def run(args: argparse.Namespace) -> int:
         depth_model=args.depth_model, max_depth=args.max_depth, pose_noise_corr=args.pose_noise_corr,
         color_shift=args.color_shift, exposure=args.exposure, color_noise=args.color_noise, lights=args.lights,
     )
-    summaries = generate_dataset(args.out, args.scenes, args.seed, cfg, split=args.split, overwrite=args.overwrite)
+    summaries = generate_guarded(args.out, args.scenes, args.seed, cfg, split=args.split, overwrite=args.overwrite,
+                                 generate_dataset=generate_dataset)
     for s in summaries:
         moved = f", {len(s['moved_objects'])} objects moved" if s["moved_objects"] else ""
         lost = f", {len(s['invalid_frames'])} lost poses" if s["invalid_frames"] else ""
         print(f"{s['name']} ({s['room_type']}): {s['num_vertices']} vertices, {cfg.frames} frames{moved}{lost}")
     return 0
+
+
+def _scene_owner_problem(folder: Path) -> Optional[str]:
+    """Why the scene folder ``folder`` may not be replaced (None: absent, empty, or written by ``data synth``:
+    our mark and nothing else, or, from before marks existed, only ``<name>*`` files with a ``.synth.json``)."""
+    from safnet_ros import output_dir as od
+
+    if folder.is_symlink():
+        return "is a symbolic link"
+    if od.is_empty(folder):
+        return None
+    if not folder.is_dir():
+        return "is not a folder"
+    mark = od.read_mark(folder)
+    if mark is not None:
+        if mark.get("command") != "data synth":
+            return f"was written by `safnet {mark.get('command')}`"
+        extra = od.foreign_entries(folder, mark)
+        return f"holds files safnet did not write ({', '.join(extra[:3])})" if extra else None
+    names = [p.name for p in folder.iterdir()]
+    if f"{folder.name}.synth.json" in names and all(n.startswith(folder.name) for n in names):
+        return None
+    return "was not written by `safnet data synth`"
+
+
+def generate_guarded(out: str | os.PathLike, scenes: int, seed: int, cfg, split: Optional[str], overwrite: bool,
+                     generate_dataset: Callable) -> list[dict]:
+    """``generate_dataset`` under the output-folder rules (docs/reliability.md, "Output folders").
+
+    OUT is new, empty, or an earlier ``data synth`` output (several seeds share one OUT); it is locked
+    for the run. Scenes are generated into a hidden folder inside OUT and each is swapped in for the
+    scene folder of the same name only when complete: an interrupt leaves the old scenes whole. An
+    existing scene folder is replaced only with ``overwrite`` and only when ``data synth`` wrote it.
+    """
+    from safnet_ros import output_dir as od
+    from safnet_ros.data.synth import writer
+    from safnet_ros.data.synth.generate import scene_name
+    from safnet_ros.data.synth.rooms import CATEGORY_NYU40
+
+    root = Path(out)
+    with od.output_lock(root, "synthetic-data folder"):
+        od.claim(root, "data synth", overwrite=overwrite, incremental=True, what="synthetic-data folder")
+        names = [scene_name(seed, i) for i in range(scenes)]
+        for n in names:  # all checked before anything is generated
+            target = root / n
+            if od.is_empty(target) and not target.is_symlink():
+                continue
+            problem = _scene_owner_problem(target)
+            if problem is not None:
+                raise ConfigError(f"{target} {problem}; it is never replaced (choose another OUT or --seed)")
+            if not overwrite:
+                raise ConfigError(f"{target} already exists and is not empty (pass --overwrite to replace it)")
+        created = not root.exists()
+        root.mkdir(parents=True, exist_ok=True)
+        stage = od.staging_path(root / "scenes", "new")  # inside OUT: same file system, hidden
+        if stage.exists():
+            shutil.rmtree(stage)
+        try:
+            try:
+                summaries = generate_dataset(stage, scenes, seed, cfg, split=split, overwrite=False)
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                if created and not any(root.iterdir()):
+                    root.rmdir()
+                raise
+            if od.read_mark(root) is None:
+                od.write_mark(root, "data synth", files=[])
+            settings = {"seed": seed, "scenes": scenes, **{k: v for k, v in vars(cfg).items() if k != "progress"}}
+            for n in names:
+                od.write_mark(stage / n, "data synth", {**settings, "scene": n})
+                problem = _scene_owner_problem(root / n)  # again, just before the swap
+                if problem is not None:
+                    raise ConfigError(f"{root / n} {problem}; not replaced")
+                _swap(stage / n, root / n)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        writer.write_label_map_file(root, dict(CATEGORY_NYU40))
+        writer.write_splits(root, names, split)
+    return summaries
+
+
+def _swap(new: Path, final: Path) -> None:
+    """``final`` replaced by the complete ``new``: old moved aside, new renamed in, old deleted."""
+    if not final.exists() and not final.is_symlink():
+        os.replace(new, final)
+        return
+    if final.is_dir() and not any(final.iterdir()):
+        final.rmdir()
+        os.replace(new, final)
+        return
+    old = final.parent / f".{final.name}.safnet-old-{os.getpid()}"
+    os.replace(final, old)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

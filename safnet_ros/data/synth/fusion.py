@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import open3d as o3d
 
 #: Vertices farther than this from every exact surface stay unannotated (metres).
 LABEL_TOLERANCE = 0.06
@@ -45,9 +46,6 @@ class TSDFFusion:
     """
 
     def __init__(self, voxel: float, K: np.ndarray, size: tuple[int, int], max_depth: float = 5.0):
-        import open3d as o3d
-
-        self._o3d = o3d
         c = o3d.core
         self.voxel = float(voxel)
         self.max_depth = float(max_depth)
@@ -66,7 +64,6 @@ class TSDFFusion:
         """
         if not np.isfinite(camera_to_world).all():
             return
-        o3d = self._o3d
         c = o3d.core
         depth = o3d.t.geometry.Image(c.Tensor(np.ascontiguousarray(depth_mm, dtype=np.uint16)))
         colour = o3d.t.geometry.Image(c.Tensor(np.ascontiguousarray(color, dtype=np.uint8)))
@@ -95,8 +92,6 @@ def clean_and_decimate(mesh, spacing: float | None, min_piece: int = 60) -> Fuse
     triangulation of the same area at ``spacing`` metres; ``None`` keeps the
     marching-cubes resolution. Raises ValueError when nothing is left.
     """
-    import open3d as o3d
-
     if len(mesh.triangles) == 0:
         raise ValueError("the TSDF holds no surface (no valid depth was integrated)")
     mesh = canonical_order(mesh)
@@ -121,7 +116,6 @@ def clean_and_decimate(mesh, spacing: float | None, min_piece: int = 60) -> Fuse
     colors = np.asarray(mesh.vertex_colors)
     rgb = np.clip(np.rint(colors * 255.0), 0, 255).astype(np.uint8) if len(colors) else \
         np.full((len(mesh.vertices), 3), 128, np.uint8)
-    del o3d
     return FusedMesh(np.asarray(mesh.vertices, dtype=np.float64), rgb, np.asarray(mesh.triangles, dtype=np.int32),
                      np.asarray(mesh.vertex_normals, dtype=np.float64))
 
@@ -133,8 +127,6 @@ def canonical_order(mesh):
     same surface in a varying order; sorting makes everything after it (and the
     written bytes) deterministic.
     """
-    import open3d as o3d
-
     v = np.asarray(mesh.vertices)
     f = np.asarray(mesh.triangles).astype(np.int64)
     col = np.asarray(mesh.vertex_colors)
@@ -153,8 +145,6 @@ def canonical_order(mesh):
 
 def _closest_object(scene_mesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distance (N,), object index (N,)) of the nearest surface of a :class:`SceneMesh` to ``points`` (N, 3)."""
-    import open3d as o3d
-
     rs = o3d.t.geometry.RaycastingScene()
     rs.add_triangles(o3d.core.Tensor(scene_mesh.vertices.astype(np.float32)),
                      o3d.core.Tensor(scene_mesh.faces.astype(np.uint32)))

@@ -34,7 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 #: Top-level commands that are one module each: (command, module, one-line help), after COMMAND_MODULES.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("demo", "safnet_ros.tools.demo", "synthetic scene -> bag -> the ROS 2 node -> labelled PLY, PNG, mIoU"),
+    ("demo", "safnet_ros.tools.demo_command", "synthetic scene -> bag -> the ROS 2 node -> labelled PLY, PNG, mIoU"),
 )
 
 

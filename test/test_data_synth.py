@@ -26,8 +26,15 @@ from safnet_ros.data.ply import read_mesh, read_vertex_labels
 from safnet_ros.data.scannet import ScanNetScene, read_label_map, read_split
 from safnet_ros.data.sens import SensReader
 from safnet_ros.data.stats import class_matched_similarity, scene_stats, view_depth_disagreement
-from safnet_ros.data.synth import SynthConfig, fusion, generate_dataset, scene_name
-from safnet_ros.data.synth.generate import _streams, _trajectory, draw_room
+from safnet_ros.data.synth import fusion
+from safnet_ros.data.synth.generate import (
+    SynthConfig,
+    _streams,
+    _trajectory,
+    draw_room,
+    generate_dataset,
+    scene_name,
+)
 from safnet_ros.data.synth.perturb import invalid_frames, noisy_depth, recorded_poses, structured_light_depth
 from safnet_ros.data.synth.rooms import ROOM_ZONES, SHELL_CATEGORIES, WALL_HUNG, footprint, generate_room
 from safnet_ros.data.synth.trajectory import handheld_trajectory

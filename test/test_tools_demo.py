@@ -22,7 +22,8 @@ from safnet_ros.engine.inference import default_model_path
 from safnet_ros.errors import ConfigError
 from safnet_ros.mapping import SemanticVoxelMap
 from safnet_ros.mapping.map_ply import load_map, save_map
-from safnet_ros.tools.demo import add_arguments, json_safe, run, score_map
+from safnet_ros.tools.demo import json_safe, score_map
+from safnet_ros.tools.demo_command import add_arguments, run
 from safnet_ros.tools.render import UNLABELLED_COLOR, label_colors, render_cloud_png
 from safnet_ros.tools.vertex_votes import VertexVotes, score
 

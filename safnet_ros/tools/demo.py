@@ -1,47 +1,12 @@
-"""``safnet demo`` (``make demo``): a synthetic scene through a rosbag2 and the real ROS 2 node.
+"""The chain of ``safnet demo``: synthetic scene -> rosbag2 -> the ROS 2 node -> votes, map, PLY, PNG, mIoU.
 
-Default chain (6 stages, one ``[demo] k/6`` line each)::
-
-    synthetic ScanNet scene ─▶ rosbag2 (mcap, safnet bag convert) ─▶ BagPlayer ──rclpy/DDS (loopback)──▶
-    SegmentNode (shipped model) ─▶ ~/labeled_cloud ─▶ votes per mesh vertex ─▶ labelled PLY, PNG, mIoU
-
-* Transport is real: the player, the node and a listener are three rclpy nodes
-  of one process talking over DDS restricted to this machine
-  (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and a private ``ROS_DOMAIN_ID``
-  are set when unset, before rclpy starts).  Transforms reach the node on
-  ``/tf`` and ``/tf_static`` (tf2_msgs/TFMessage, generated at setup where no
-  ROS 2 install has it); the player and the node pick that path by one shared
-  test (:mod:`safnet_ros.ros.tf_path`), reported in the summary.
-* The bag's ``/points`` are mesh vertices in the camera's frustum, in ``map``
-  (the axis-aligned scene frame).  Each labelled point is matched back to its
-  scene vertex by nearest neighbour within 1 mm
-  (:mod:`safnet_ros.tools.vertex_votes`); a vertex
-  takes the majority of the labels it received.  Points farther than that, and
-  clouds not in ``map``, are counted and left out (never silently).
-* Scoring is over the vertices that received a label (coverage = those / all).
-* The semantic map: the node fuses every labelled cloud into its voxel map
-  (docs/ros_node.md); after the replay the demo saves it through the node's
-  real ``~/save_map`` service (``<scene>_map.ply``), transfers its labels to the
-  scene vertices (nearest voxel within one voxel edge) and scores them the
-  same way: ``summary.json`` → ``"map"``, beside the mean single-cloud mIoU
-  (each labelled cloud scored alone on the vertices it labelled) and the
-  per-vertex majority vote above. The PNG has a "semantic map" column.
-* Latency is measured from the moment the listener receives a ``/points``
-  cloud to the moment it receives the labelled cloud with the same stamp (DDS
-  both ways, queueing and inference included); the node's own diagnostics
-  window mean is reported beside it.
-* The bag is played slower than real time (``--rate``, default 0.25) so that a
-  2-core CPU segments every cloud; clouds the node still drops are counted.
-  The model runs once on a few vertices before the replay (torch's first call
-  costs seconds), and the node's ``tf_timeout`` is 1 s instead of 0.1 s: on a
-  loaded machine DDS may deliver a transform after the cloud stamped with it.
-  The Segmenter has the node's default settings (:data:`NODE_SEGMENTER_SETTINGS`).
-
-``--offline`` runs the same scene and scoring without bag or node: the
-Segmenter over the whole mesh with every 5th frame as a candidate view.
-
-With no ``--model`` the shipped default model is used; when none is shipped an
-untrained model runs, its labels are meaningless and every output says so.
+:mod:`safnet_ros.tools.demo_command` is the command (its options, and the
+description of the stages, the transport, the scoring and ``--offline``); this
+module runs it: :func:`make_scene`, :func:`replay_through_node` (the bag played
+into a :class:`~safnet_ros.ros.segment_node.SegmentNode` over rclpy/DDS),
+:func:`accumulate` and :func:`score_map` (votes per mesh vertex, the node's
+semantic map), :func:`write_outputs` and :func:`print_summary`;
+:func:`run_offline` is ``--offline`` (the Segmenter over the whole mesh).
 """
 from __future__ import annotations
 
@@ -73,7 +38,7 @@ from safnet_ros.tools import bag_io as bio
 from safnet_ros.tools.bag_convert import convert_scene
 from safnet_ros.tools.render import render_cloud_png
 from safnet_ros.tools.vertex_votes import VertexVotes, score
-from safnet_ros.validation import check_output_dir, device_name, float_range, int_range
+from safnet_ros.validation import check_output_dir
 
 #: Scene settings of ``--fast`` (the CI test): few frames, small images, a coarse mesh.
 FAST = {"frames": 24, "color_size": (80, 60), "depth_size": (80, 60), "vertex_spacing": 0.15}
@@ -84,27 +49,6 @@ NODE_SEGMENTER_SETTINGS = {"num_views": 3, "chunk_size": 1.5, "chunk_stride": 1.
 #: The node's ``tf_timeout`` in the demo (seconds; the node's default is 0.1 s for live sensors).
 TF_TIMEOUT_S = 1.0
 UNTRAINED_NOTE = "UNTRAINED model (none shipped): labels and mIoU are meaningless until one is trained (safnet train)"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``safnet demo`` (the command is registered in safnet_ros.cli)."""
-    parser.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=7,
-                        help="seed of the synthetic scene (default 7)")
-    parser.add_argument("--frames", type=int_range(1, 100_000), default=None,
-                        help="frames of the synthetic scene (default 300)")
-    parser.add_argument("--fast", action="store_true",
-                        help="tiny scene (24 frames, 80x60 images, 15 cm vertex spacing) for CI")
-    parser.add_argument("--rate", type=float_range(0.001, 1000.0), default=None,
-                        help="bag playback speed factor (default 0.25, 0.5 with --fast: slow enough for 2 CPU cores)")
-    parser.add_argument("--cloud-rate", type=float_range(0.01, 1000.0), default=None,
-                        help="/points rate in the bag, Hz (default 2, 4 with --fast)")
-    parser.add_argument("--offline", action="store_true",
-                        help="no bag, no node: the Segmenter over the whole scene (same scoring)")
-    parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
-    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _stage(k: int, text: str) -> None:

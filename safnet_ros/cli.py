@@ -112,6 +112,7 @@ BUG_REPORT_LINE = ("error: internal error ({name}): this is a bug in safnet_ros,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``safnet ARGV`` (default ``sys.argv[1:]``); returns the exit status (module docstring)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -146,6 +147,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _report_bug(exc: BaseException) -> int:
+    """Print the traceback of a bug of ours and the line asking for a report; returns 1."""
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     print(BUG_REPORT_LINE.format(name=type(exc).__name__), file=sys.stderr)
     return BUG_EXIT_STATUS

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
+from safnet_ros.data.synth.meshes import SceneMesh
+
 #: Vertices farther than this from every exact surface stay unannotated (metres).
 LABEL_TOLERANCE = 0.06
 
@@ -74,7 +76,7 @@ class TSDFFusion:
                             trunc_voxel_multiplier=4.0)
         self.frames += 1
 
-    def extract(self):
+    def extract(self) -> o3d.geometry.TriangleMesh:
         """The marching-cubes mesh as an open3d legacy TriangleMesh with vertex colours (0..1).
 
         Voxels seen by fewer than two frames are left out (one-off outliers) when 150 or more frames were fused;
@@ -85,7 +87,7 @@ class TSDFFusion:
         return mesh.to_legacy()
 
 
-def clean_and_decimate(mesh, spacing: float | None, min_piece: int = 60) -> FusedMesh:
+def clean_and_decimate(mesh: o3d.geometry.TriangleMesh, spacing: float | None, min_piece: int = 60) -> FusedMesh:
     """Remove pieces of fewer than ``min_piece`` triangles, decimate to a mean vertex ``spacing``, tidy.
 
     Decimation (quadric edge collapse) targets the vertex count of a regular
@@ -120,7 +122,7 @@ def clean_and_decimate(mesh, spacing: float | None, min_piece: int = 60) -> Fuse
                      np.asarray(mesh.vertex_normals, dtype=np.float64))
 
 
-def canonical_order(mesh):
+def canonical_order(mesh: o3d.geometry.TriangleMesh) -> o3d.geometry.TriangleMesh:
     """The same mesh with vertices sorted by position and faces sorted (orientation kept).
 
     The voxel-block hash map is filled in parallel, so marching cubes emits the
@@ -143,7 +145,7 @@ def canonical_order(mesh):
     return out
 
 
-def _closest_object(scene_mesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _closest_object(scene_mesh: SceneMesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distance (N,), object index (N,)) of the nearest surface of a :class:`SceneMesh` to ``points`` (N, 3)."""
     rs = o3d.t.geometry.RaycastingScene()
     rs.add_triangles(o3d.core.Tensor(scene_mesh.vertices.astype(np.float32)),
@@ -156,7 +158,7 @@ def _closest_object(scene_mesh, points: np.ndarray) -> tuple[np.ndarray, np.ndar
     return dist, obj
 
 
-def transfer_labels(points: np.ndarray, state_meshes: list, tolerance: float = LABEL_TOLERANCE) -> np.ndarray:
+def transfer_labels(points: np.ndarray, state_meshes: list[SceneMesh], tolerance: float = LABEL_TOLERANCE) -> np.ndarray:
     """(N,) object index per fused vertex, -1 where unannotated.
 
     ``state_meshes``: the exact scene (a :class:`~safnet_ros.data.synth.meshes.SceneMesh`
@@ -178,7 +180,8 @@ def transfer_labels(points: np.ndarray, state_meshes: list, tolerance: float = L
     return label
 
 
-def near_objects(points: np.ndarray, state_meshes: list, objects: set[int], tolerance: float = 0.08) -> np.ndarray:
+def near_objects(points: np.ndarray, state_meshes: list[SceneMesh], objects: set[int],
+                 tolerance: float = 0.08) -> np.ndarray:
     """(N,) bool: points within ``tolerance`` of a surface of one of ``objects`` in any state (moved objects)."""
     out = np.zeros(len(points), dtype=bool)
     if not objects:

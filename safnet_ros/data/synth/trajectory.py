@@ -97,7 +97,8 @@ GRID_CELL = 0.04
 
 
 def free_space(width: float, depth: float, footprints: np.ndarray, cell: float = GRID_CELL,
-               wall_clearance: float = WALL_CLEARANCE, furniture_clearance: float = FURNITURE_CLEARANCE):
+               wall_clearance: float = WALL_CLEARANCE,
+               furniture_clearance: float = FURNITURE_CLEARANCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Free-space grid of a room for the camera holder: (free (nx, ny) bool, cell centres x (nx,), y (ny,)).
 
     A cell is free when it lies ``wall_clearance`` inside the walls and

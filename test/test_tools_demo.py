@@ -20,9 +20,10 @@ from safnet_ros.data.labels import NUM_CLASSES, class_to_nyu40
 from safnet_ros.data.ply import read_mesh, read_vertex_labels
 from safnet_ros.engine.inference import default_model_path
 from safnet_ros.errors import ConfigError
+from safnet_ros.json_out import json_safe
 from safnet_ros.mapping import SemanticVoxelMap
 from safnet_ros.mapping.map_ply import load_map, save_map
-from safnet_ros.tools.demo import json_safe, score_map
+from safnet_ros.tools.demo import score_map
 from safnet_ros.tools.demo_command import add_arguments, run
 from safnet_ros.tools.render import UNLABELLED_COLOR, label_colors, render_cloud_png
 from safnet_ros.tools.vertex_votes import VertexVotes, score

@@ -31,6 +31,7 @@ from safnet_ros.data.synth import generate
 from safnet_ros.engine.batching import prepare_view
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.errors import ConfigError
+from safnet_ros.json_out import json_safe
 from safnet_ros.mapping.map_ply import load_map
 from safnet_ros.mapping.score import score_labels, transfer_labels
 from safnet_ros.model.safnet import read_checkpoint_payload
@@ -350,19 +351,6 @@ def check_arguments(frames: int, rate: float, cloud_rate: float) -> None:
         raise ConfigError(f"--rate must be a positive speed factor, got {rate}")
     if not (np.isfinite(cloud_rate) and cloud_rate > 0):
         raise ConfigError(f"--cloud-rate must be positive (the demo needs /points), got {cloud_rate}")
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN / inf floats as None (strict JSON) and numpy scalars as Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def _load_segmenter(args: argparse.Namespace, stage: int) -> Segmenter:

@@ -35,6 +35,14 @@ def test_help_imports_no_heavy_module(argv):
     assert not [m for m in HEAVY if m in modules], sorted(m for m in HEAVY if m in modules)
 
 
+@pytest.mark.xfail(strict=True, reason="safnet_ros/data/synth/__init__.py imports .generate (open3d, scipy) for its "
+                   "re-exports; once it does not, this passes: drop the mark")
+def test_data_synth_help_imports_no_heavy_module():
+    rc, out, modules = _imported_by(["data", "synth", "--help"])
+    assert rc == 0 and "--frames" in out
+    assert "open3d" not in modules and "safnet_ros.data.synth.generate" not in modules
+
+
 def test_a_command_gets_its_module_s_description_and_options():
     rc, out, modules = _imported_by(["data", "info", "--help"])
     assert rc == 0 and "safnet_ros.data.info" in modules

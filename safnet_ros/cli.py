@@ -1,9 +1,11 @@
 """The ``safnet`` command: one entry point, subcommands registered per sub-package.
 
-Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)`` that adds
-its commands with ``parser.set_defaults(func=handler)``; a handler takes the parsed
-``argparse.Namespace`` and returns an exit code. Heavy imports (torch, open3d) stay
-inside handlers so ``safnet --help`` is instant. A :class:`~safnet_ros.errors.SafnetError`
+Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``. A
+command is a module with ``add_arguments(parser)`` and ``run(args) -> int``; it
+is registered by name (:meth:`LazyCommands.add_command`) and imported only when
+it is chosen, so ``safnet --help`` and ``safnet data --help`` import no command
+module (no numpy, torch or open3d) and the modules import what they need at the
+top. A :class:`~safnet_ros.errors.SafnetError`
 becomes one ``error: ...`` line and exit status 2, never a traceback; so does an
 argparse range error (safnet_ros.validation), an operating-system refusal naming a
 file (permission, no space, a file where a folder is needed) and running out of
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from typing import Sequence
 
 from safnet_ros import __version__
@@ -28,8 +31,43 @@ COMMAND_MODULES: tuple[str, ...] = (
     "safnet_ros.engine.commands",
     "safnet_ros.tools.bag_commands",
     "safnet_ros.mapping.commands",
-    "safnet_ros.tools.demo",
 )
+#: Top-level commands that are one module each: (command, module, one-line help), after COMMAND_MODULES.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("demo", "safnet_ros.tools.demo_command", "synthetic scene -> bag -> the ROS 2 node -> labelled PLY, PNG, mIoU"),
+)
+
+
+class LazyCommands(argparse._SubParsersAction):
+    """Subparsers whose command modules are imported when their command is chosen.
+
+    :meth:`add_command` adds a subcommand with its one-line help only; when
+    argparse reaches it, the module is imported, its docstring becomes the
+    description, ``add_arguments`` fills the parser and ``run`` becomes ``func``.
+    Used as ``parser.add_subparsers(action=LazyCommands, ...)``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: dict[str, tuple[argparse.ArgumentParser, str, str, str]] = {}
+
+    def add_command(self, name: str, module_name: str, help_text: str, add_arguments: str = "add_arguments",
+                    run: str = "run") -> argparse.ArgumentParser:
+        """Register ``name`` for ``module_name``; ``add_arguments`` / ``run``: the module's function names."""
+        parser = self.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        self._pending[name] = (parser, module_name, add_arguments, run)
+        return parser
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Sequence[str],
+                 option_string: str | None = None) -> None:
+        pending = self._pending.pop(values[0], None) if values else None
+        if pending is not None:
+            command_parser, module_name, add_arguments, run = pending
+            module = importlib.import_module(module_name)
+            command_parser.description = module.__doc__
+            getattr(module, add_arguments)(command_parser)
+            command_parser.set_defaults(func=getattr(module, run))
+        super().__call__(parser, namespace, values, option_string)
 
 
 def register_group(
@@ -41,29 +79,29 @@ def register_group(
     """Add ``safnet NAME SUBCOMMAND``: one subcommand per (subcommand, module, help).
 
     Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``; its
-    docstring becomes the subcommand's description.
+    docstring becomes the subcommand's description. A module is imported only
+    when its subcommand is chosen (:class:`LazyCommands`).
     """
     group = sub.add_parser(name, help=help_text)
-    gsub = group.add_subparsers(dest=f"{name}_command", metavar=f"{name.upper()}_COMMAND")
+    gsub = group.add_subparsers(dest=f"{name}_command", metavar=f"{name.upper()}_COMMAND", action=LazyCommands)
     gsub.required = True
     for command, module_name, command_help in commands:
-        module = importlib.import_module(module_name)
-        parser = gsub.add_parser(command, help=command_help, description=module.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(parser)
-        parser.set_defaults(func=module.run)
+        gsub.add_command(command, module_name, command_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole ``safnet`` parser; command modules are imported by :meth:`LazyCommands.add_command` on use."""
     parser = argparse.ArgumentParser(
         prog="safnet",
         description="SAFNet 2D-3D fusion segmentation: data, training, evaluation, bags and demo.",
     )
     parser.add_argument("--version", action="version", version=f"safnet_ros {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", action=LazyCommands)
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for command, module_name, command_help in COMMANDS:
+        sub.add_command(command, module_name, command_help)
     return parser
 
 
@@ -74,6 +112,7 @@ BUG_REPORT_LINE = ("error: internal error ({name}): this is a bug in safnet_ros,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``safnet ARGV`` (default ``sys.argv[1:]``); returns the exit status (module docstring)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -108,8 +147,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _report_bug(exc: BaseException) -> int:
-    import traceback
-
+    """Print the traceback of a bug of ours and the line asking for a report; returns 1."""
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     print(BUG_REPORT_LINE.format(name=type(exc).__name__), file=sys.stderr)
     return BUG_EXIT_STATUS

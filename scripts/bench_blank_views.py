@@ -18,6 +18,9 @@ import time
 
 import torch
 
+from safnet_ros.data.dataset import ChunkDataset, collate_chunks, list_scenes
+from safnet_ros.model.safnet import SafnetModel, load_checkpoint
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,9 +30,6 @@ def main() -> int:
     ap.add_argument("--min-views", type=int, default=1)
     ap.add_argument("--batches", type=int, default=6)
     args = ap.parse_args()
-
-    from safnet_ros.data.dataset import ChunkDataset, collate_chunks, list_scenes
-    from safnet_ros.model.safnet import SafnetModel, load_checkpoint
 
     scenes = list_scenes(args.data, "train")
     ds = ChunkDataset(scenes, num_points=8192, num_views=args.views, min_views=args.min_views,

@@ -28,6 +28,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rosbags.rosbag2 import Reader
+
+from safnet_ros.data.labels import NUM_CLASSES, TABLE_ORDER
+from safnet_ros.engine.metrics import ConfusionMatrix
+from safnet_ros.mapping.map_ply import load_map
+from safnet_ros.mapping.score import score_labels, transfer_labels
+from safnet_ros.tools import bag_io as bio
+from safnet_ros.tools import demo
+from safnet_ros.tools.bag_convert import convert_scene
+from safnet_ros.tools.render import render_cloud_png
+from safnet_ros.tools.segment_bag import segment_bag
+from safnet_ros.tools.vertex_votes import VertexVotes
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -50,12 +62,8 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
 
 
-def room(out: Path, seed: int, model: str | None, frames: int = 300, fast: bool = False) -> tuple[object, Path, Path]:
+def room(out: Path, seed: int, model: str | None, frames: int = 300, fast: bool = False) -> tuple[demo.DemoScene, Path, Path]:
     """The demo scene of ``seed``, its segmented bag and raw map PLY (made when absent)."""
-    from safnet_ros.tools import demo
-    from safnet_ros.tools.bag_convert import convert_scene
-    from safnet_ros.tools.segment_bag import segment_bag
-
     folder = out / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     scene = demo.make_scene(folder, seed, frames, fast, False)
@@ -67,14 +75,8 @@ def room(out: Path, seed: int, model: str | None, frames: int = 300, fast: bool 
     return scene, labelled, map_ply
 
 
-def vote(scene, labelled: Path) -> np.ndarray:
+def vote(scene: demo.DemoScene, labelled: Path) -> np.ndarray:
     """(N,) the demo's per-vertex majority vote over the labelled clouds of ``labelled`` (lower-index ties; -1: none)."""
-    from rosbags.rosbag2 import Reader
-
-    from safnet_ros.data.labels import NUM_CLASSES
-    from safnet_ros.tools import bag_io as bio
-    from safnet_ros.tools.vertex_votes import VertexVotes
-
     votes = VertexVotes(scene.xyz, NUM_CLASSES)
     with Reader(labelled) as reader:
         for conn, _t, raw in reader.messages():
@@ -98,10 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, default=None, help="picture of the first room (see above)")
     parser.add_argument("--json", action="store_true", help="print every room's figures as JSON")
     args = parser.parse_args(argv)
-
-    from safnet_ros.engine.metrics import ConfusionMatrix
-    from safnet_ros.mapping.map_ply import load_map
-    from safnet_ros.mapping.score import score_labels, transfer_labels
 
     settings = [(w, c) for w in args.weights for c in (args.cells if w > 0 else args.cells[:1])]
     pooled = {"vote": ConfusionMatrix()}
@@ -127,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
             row["map"][f"{w:g}@{c:g}"] = {"miou": s["miou"], "oa": s["oa"], "coverage": s["coverage"]}
         rooms.append(row)
         if args.png is not None and len(rooms) == 1:
-            from safnet_ros.tools.render import render_cloud_png
-
             (w, c), (w0, c0) = settings[-1], settings[0]
             raw = transfer_labels(load_map(map_ply, smoothing=w0, smoothing_cell=c0).snapshot(), scene.xyz)
             smooth = transfer_labels(load_map(map_ply, smoothing=w, smoothing_cell=c).snapshot(), scene.xyz)
@@ -153,8 +149,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(d >= 0 for d in dm):>4}/{len(rooms):<3} {100 * np.mean([r['map'][key]['oa'] for r in rooms]):7.2f} "
               f"{100 * np.mean(do):+7.2f} {sum(d >= 0 for d in do):>4}/{len(rooms):<3}")
     if args.per_class:
-        from safnet_ros.data.labels import TABLE_ORDER
-
         print("per-class IoU %, pooled over the rooms:")
         print(f"{'':>12} {'mIoU':>6} " + " ".join(f"{short:>6}" for _n, short in TABLE_ORDER))
         for key, cm in pooled.items():

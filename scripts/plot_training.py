@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 
 def read_run(folder: Path) -> dict[str, np.ndarray]:
@@ -51,12 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.smooth < 1:
         raise SystemExit(f"error: --smooth wants a number of epochs >= 1, got {args.smooth}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig = Figure(figsize=(12, 4.6))
+    ax_loss, ax_miou = fig.subplots(1, 2)
     for spec in args.runs:
         folder, _, label = spec.partition("=")
         run = read_run(Path(folder))
@@ -78,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=90)
-    plt.close(fig)
     print(f"training curves: {args.out}", file=sys.stderr)
     return 0
 

@@ -37,6 +37,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import TransformStamped
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import PointCloud2
+
+from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
+from safnet_ros.ros import codecs
+from safnet_ros.ros.diagnostics import diagnostics_values
+from safnet_ros.ros.tf_path import active_tf_path
+from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
+from safnet_ros.tools import bag_io as bio
+from safnet_ros.tools.bag_convert import convert_scene
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,9 +94,6 @@ class ReplayReport:
 
 def make_bag(out: Path, frames: int = 40, frame_rate: float = 5.0, cloud_rate: float = 1.0, seed: int = 11) -> Path:
     """A synthetic ScanNet-format scene converted to a rosbag2 (frames at ``frame_rate``, clouds at ``cloud_rate``)."""
-    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
-    from safnet_ros.tools.bag_convert import convert_scene
-
     scenes = out.parent / (out.name + "_scene")
     cfg = SynthConfig(frames=frames, color_size=(160, 120), depth_size=(160, 120), vertex_spacing=0.08,
                       progress=False)
@@ -101,21 +117,6 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
     domain_id: the DDS domain of the node and the client (default: one of 200..229 picked by process id,
     so no other node on this machine answers on /diagnostics).
     """
-    import numpy as np
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-    from rclpy.serialization import deserialize_message
-    from rosbags.rosbag2 import Reader
-    from rosgraph_msgs.msg import Clock
-    from sensor_msgs.msg import PointCloud2
-
-    from safnet_ros.ros import codecs
-    from safnet_ros.ros.diagnostics import diagnostics_values
-    from safnet_ros.ros.tf_path import active_tf_path
-    from safnet_ros.tools import bag_io as bio
-
     ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
     node_ns = f"{ns}/safnet_segment"
     report = ReplayReport(cloud_delay_s=cloud_delay, namespace=ns, transforms=active_tf_path().describe())
@@ -171,10 +172,6 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
                     if path.uses_tf_topics:
                         pubs[conn.topic] = client.create_publisher(path.tf_message, conn.topic, qos)
                     else:
-                        from geometry_msgs.msg import TransformStamped
-
-                        from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
-
                         pubs[conn.topic] = client.create_publisher(
                             TransformStamped, DEFAULT_TF_STATIC_TOPIC if static else DEFAULT_TF_TOPIC, qos)
             clock_pub = client.create_publisher(Clock, "/clock", 10)
@@ -208,8 +205,7 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
                     break
                 time.sleep(min(0.01, offset - now))
             if topic in (bio.TF_TOPIC, bio.TF_STATIC_TOPIC) and not path.uses_tf_topics:
-                from geometry_msgs.msg import TransformStamped  # no TFMessage class here: split with rosbags
-
+                # no TFMessage class here: split it with rosbags into TransformStamped messages
                 for transform in bio.deserialize(raw, msgtype, what=f"{bag}:{topic}").transforms:
                     pubs[topic].publish(deserialize_message(bio.serialize(transform), TransformStamped))
             else:

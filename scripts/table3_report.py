@@ -37,6 +37,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+
+from safnet_ros.engine.metrics import ConfusionMatrix
 
 
 def load_row(spec: str) -> tuple[str, list[dict]]:
@@ -73,10 +76,8 @@ def scene_matrices(run: dict, where: str = "") -> dict[str, dict[str, np.ndarray
     return {k: {name: np.asarray(m, dtype=np.int64) for name, m in scenes.items()} for k, scenes in per.items()}
 
 
-def pooled(matrices: dict[str, np.ndarray], scenes: list[str]):
+def pooled(matrices: dict[str, np.ndarray], scenes: list[str]) -> ConfusionMatrix:
     """The ConfusionMatrix of ``scenes`` (names may repeat: a bootstrap draw) pooled."""
-    from safnet_ros.engine.metrics import ConfusionMatrix
-
     cm = ConfusionMatrix()
     for name in scenes:
         cm.matrix += matrices[name]
@@ -253,12 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             print_bootstrap(bootstrap_compare(rows, pair, args.bootstrap, only=only), pair)
 
     if args.png:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 5.2))
+        fig = Figure(figsize=(7, 5.2))
+        ax = fig.subplots()
         for name, runs in rows:
             line = ax.plot(views, [mean([100 * r["by_views"][str(k)] for r in runs]) for k in views],
                            marker="o", label=f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")[0]
@@ -274,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_title("Fig. 5: mIoU vs test views (held-out realistic scans)")
         fig.tight_layout()
         fig.savefig(args.png, dpi=100)
-        plt.close(fig)
         print(f"\nFig. 5: {args.png}", file=sys.stderr)
     return 0
 

@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from safnet_ros.cli import main
 from safnet_ros.data import info as info_cmd
 from safnet_ros.data.ply import write_scannet_mesh
 from safnet_ros.data.sens import SensWriter
+from safnet_ros.errors import MissingDataError
 
 NAME = "scene0042_00"
 
@@ -38,27 +40,7 @@ def write_scene(root, n_frames=6, lost=(1, 4), labels=True, sens=True):
     return d
 
 
-@pytest.fixture()
-def main(monkeypatch):
-    """``safnet_ros.cli.main``; while ``data synth`` (written in parallel) is not there yet,
-    the ``data`` command registers only ``info`` so the real CLI path is still exercised."""
-    import importlib.util
-
-    from safnet_ros.data import commands
-
-    try:
-        present = importlib.util.find_spec("safnet_ros.data.synth.command") is not None
-    except ModuleNotFoundError:
-        present = False
-    if not present:
-        monkeypatch.setattr(commands, "DATA_COMMANDS",
-                            tuple(c for c in commands.DATA_COMMANDS if c[0] == "info"))
-    from safnet_ros.cli import main as cli_main
-
-    return cli_main
-
-
-def test_cli_json(tmp_path, capsys, main):
+def test_cli_json(tmp_path, capsys):
     d = write_scene(tmp_path)
     assert main(["data", "info", str(d), "--json"]) == 0
     out = capsys.readouterr().out
@@ -72,7 +54,7 @@ def test_cli_json(tmp_path, capsys, main):
     assert info["axis_aligned"] is True and info["label_file"] is True and info["frame_source"] == "sens"
 
 
-def test_cli_missing_parts_is_one_error(tmp_path, capsys, main):
+def test_cli_missing_parts_is_one_error(tmp_path, capsys):
     d = tmp_path / NAME
     d.mkdir()
     assert main(["data", "info", str(d)]) == 2
@@ -106,8 +88,6 @@ def test_run_table_histogram(tmp_path, capsys):
 
 
 def test_missing_mesh_and_frames_raise_one_missing_data_error(tmp_path):
-    from safnet_ros.errors import MissingDataError
-
     d = write_scene(tmp_path, sens=False)
     (d / f"{NAME}_vh_clean_2.ply").unlink()
     with pytest.raises(MissingDataError) as exc:

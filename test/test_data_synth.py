@@ -9,20 +9,36 @@ depth, colour shift, exposure) at a small size.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import open3d as o3d
 import pytest
 
+from safnet_ros.cli import main
 from safnet_ros.data.labels import NYU40_IDS
 from safnet_ros.data.ply import read_mesh, read_vertex_labels
 from safnet_ros.data.scannet import ScanNetScene, read_label_map, read_split
 from safnet_ros.data.sens import SensReader
-from safnet_ros.data.synth import SynthConfig, generate_dataset, scene_name
-from safnet_ros.data.synth.perturb import invalid_frames, noisy_depth, recorded_poses
+from safnet_ros.data.stats import class_matched_similarity, scene_stats, view_depth_disagreement
+from safnet_ros.data.synth import fusion
+from safnet_ros.data.synth.generate import (
+    SynthConfig,
+    _streams,
+    _trajectory,
+    draw_room,
+    generate_dataset,
+    scene_name,
+)
+from safnet_ros.data.synth.perturb import invalid_frames, noisy_depth, recorded_poses, structured_light_depth
+from safnet_ros.data.synth.rooms import ROOM_ZONES, SHELL_CATEGORIES, WALL_HUNG, footprint, generate_room
 from safnet_ros.data.synth.trajectory import handheld_trajectory
+from safnet_ros.errors import DataFormatError
 
 CLEAN = dict(depth_noise=0.0, depth_dropout=0.0, pose_noise=0.0, pose_noise_deg=0.0, pose_drift=0.0,
              color_noise=0.0, progress=False, mesh="exact", moved_objects=0, invalid_poses=0.0, color_shift=0.0,
@@ -58,8 +74,6 @@ def realistic_scene(tmp_path_factory) -> Path:
 
 
 def _mesh_distance_fn(mesh_path: Path):
-    import open3d as o3d
-
     xyz, _, faces = read_mesh(mesh_path)
     scene = o3d.t.geometry.RaycastingScene()
     m = o3d.t.geometry.TriangleMesh()
@@ -182,9 +196,6 @@ def test_trajectory_is_handheld_like():
 
 
 def test_scan_trajectory_stays_in_free_space_and_looks_everywhere():
-    from safnet_ros.data.synth.generate import SynthConfig, _streams, _trajectory, draw_room
-    from safnet_ros.data.synth.rooms import SHELL_CATEGORIES, WALL_HUNG, footprint
-
     for seed in (1, 2):
         room = draw_room(seed, 0, SynthConfig(room_types=("studio",)))
         poses = _trajectory(_streams(seed, 0)["trajectory"], room, SynthConfig(frames=300))
@@ -224,8 +235,6 @@ def test_scan_trajectory_stays_in_free_space_and_looks_everywhere():
 
 
 def test_realistic_scene_mesh_is_fused_from_the_frames(realistic_scene: Path):
-    from safnet_ros.data.stats import scene_stats
-
     name = realistic_scene.name
     meta = json.loads((realistic_scene / f"{name}.synth.json").read_text())
     assert meta["config"]["mesh"] == "tsdf" and meta["config"]["trajectory"] == "scan"
@@ -268,11 +277,6 @@ def test_realistic_labels_follow_the_exact_scene(realistic_scene: Path, clean_sc
 
 def main_table(scene: Path) -> str:
     """`safnet data stats SCENE --model default` as printed (the table, not JSON)."""
-    import contextlib
-    import io
-
-    from safnet_ros.cli import main
-
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(["data", "stats", str(scene), "--model", "default", "--view-step", "6"]) == 0
@@ -280,8 +284,6 @@ def main_table(scene: Path) -> str:
 
 
 def test_stats_cli_prints_the_realism_table_and_s_on_moved_objects(realistic_scene: Path, tmp_path: Path, capsys):
-    from safnet_ros.cli import main
-
     assert main(["data", "stats", str(realistic_scene)]) == 0
     table = capsys.readouterr().out
     for row in ("wall density CV", "best 1 / 3 / 5 views", "vertices > 2 m seen", "depth to mesh", "ceiling"):
@@ -328,8 +330,6 @@ def test_stats_cli_prints_the_realism_table_and_s_on_moved_objects(realistic_sce
 
 
 def test_bad_knob_values_are_one_error_line(tmp_path: Path, capsys):
-    from safnet_ros.cli import main
-
     out = tmp_path / "bad"
     for args, text in ((["--depth-noise", "-0.1"], "depth-noise"), (["--overlap", "1"], "overlap"),
                        (["--moved-objects", "50"], "movable"), (["--room-types", "garage"], "room type"),
@@ -341,9 +341,6 @@ def test_bad_knob_values_are_one_error_line(tmp_path: Path, capsys):
 
 
 def test_a_scene_without_surface_is_reported_and_not_written(tmp_path: Path, monkeypatch):
-    from safnet_ros.data.synth import fusion
-    from safnet_ros.errors import DataFormatError
-
     monkeypatch.setattr(fusion.TSDFFusion, "integrate", lambda self, *a: None)  # no frame reaches the volume
     with pytest.raises(DataFormatError, match="no surface|nothing to fuse"):
         generate_dataset(tmp_path, 1, 4, small(frames=4, color_size=(32, 24), depth_size=(32, 24)))
@@ -414,8 +411,6 @@ def test_depth_noise_grows_with_depth_and_dropout_makes_holes():
 
 
 def test_structured_light_depth_model():
-    from safnet_ros.data.synth.perturb import structured_light_depth
-
     rng = np.random.default_rng(0)
     h, w = 240, 320
     depth = np.full((h, w), 1.5, np.float32)
@@ -476,8 +471,6 @@ def test_same_seed_same_bytes_different_seed_different_bytes(tmp_path: Path):
 
 
 def test_cli_end_to_end(tmp_path: Path, capsys):
-    from safnet_ros.cli import main
-
     out = tmp_path / "synth"
     args = ["data", "synth", str(out), "--scenes", "2", "--seed", "7", "--frames", "4",
             "--color-size", "64x48", "--depth-size", "32x24", "--vertex-spacing", "0.1", "--quiet"]
@@ -521,8 +514,6 @@ def test_split_lists_accumulate_over_seeds(tmp_path: Path):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_every_layout_has_all_classes_inside_the_room(seed: int):
-    from safnet_ros.data.synth.rooms import ROOM_ZONES, footprint, generate_room
-
     room = generate_room(np.random.default_rng(seed), room_types=("studio",))
     assert set(NYU40_IDS) <= {o.nyu40 for o in room.objects}
     assert {22, 40, 18} <= {o.nyu40 for o in room.objects}  # ceiling, props, pillows: outside the 20 classes
@@ -550,10 +541,6 @@ def test_view_depth_disagreement_counts_views_that_see_beyond_a_vertex():
     """A camera at the origin looking down +z at a wall 2 m away: a vertex on the wall agrees, one floating at
     1.5 m (the wall seen 0.5 m beyond it: free space where the mesh has a surface) disagrees, one behind the wall
     (occluded: the depth is nearer) is seen but does not count as a disagreement, one outside the image is unseen."""
-    from types import SimpleNamespace
-
-    from safnet_ros.data.stats import view_depth_disagreement
-
     K = np.array([[50.0, 0, 40], [0, 50.0, 30], [0, 0, 1]])
     view = SimpleNamespace(camera_to_world=np.eye(4), K=K, depth=np.full((60, 80), 2.0, np.float32))
     xyz = np.array([[0.0, 0.0, 2.0], [0.1, 0.0, 1.5], [0.0, 0.1, 2.5], [10.0, 0.0, 1.0]])
@@ -563,8 +550,6 @@ def test_view_depth_disagreement_counts_views_that_see_beyond_a_vertex():
 
 
 def test_class_matched_similarity_weights_static_vertices_by_the_moved_class_mix():
-    from safnet_ros.data.stats import class_matched_similarity
-
     # class 0 (wall): static only, S 0.5; class 4 (chair): moved S 0.8, static S 1.0; class 6: moved only
     classes = np.array([0, 0, 0, 4, 4, 4, 4, 6])
     moved = np.array([False, False, False, True, True, False, False, True])

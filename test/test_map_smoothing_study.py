@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from safnet_ros.mapping.map_ply import load_map
+from safnet_ros.mapping.score import score_labels, transfer_labels
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "map_smoothing_study.py"
 
 
@@ -17,9 +20,6 @@ def _study():
 
 
 def test_the_study_scores_the_vote_and_each_read_out_of_one_fused_map(tmp_path, capsys):
-    from safnet_ros.mapping.map_ply import load_map
-    from safnet_ros.mapping.score import score_labels, transfer_labels
-
     study = _study()
     assert study.parse_seeds("3,5-6") == [3, 5, 6]
     out = tmp_path / "rooms"

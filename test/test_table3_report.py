@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "table3_report.py"
@@ -62,8 +63,6 @@ def test_bad_inputs_are_one_error_line(tmp_path):
 
 def _scene_json(path: Path, per_scene: dict[str, dict[str, tuple[int, int]]]) -> str:
     """An eval JSON whose rooms hold one class each: per_scene[views][room] = (right, wrong) wall points."""
-    import numpy as np
-
     conf, by_views = {}, {}
     for k, rooms in per_scene.items():
         conf[k] = {}

@@ -10,13 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from safnet_ros.data.labels import NUM_CLASSES, class_to_nyu40
 from safnet_ros.data.ply import read_mesh, read_vertex_labels
-from safnet_ros.tools.demo import add_arguments, json_safe, run
+from safnet_ros.engine.inference import default_model_path
+from safnet_ros.errors import ConfigError
+from safnet_ros.json_out import json_safe
+from safnet_ros.mapping import SemanticVoxelMap
+from safnet_ros.mapping.map_ply import load_map, save_map
+from safnet_ros.tools.demo import score_map
+from safnet_ros.tools.demo_command import add_arguments, run
 from safnet_ros.tools.render import UNLABELLED_COLOR, label_colors, render_cloud_png
 from safnet_ros.tools.vertex_votes import VertexVotes, score
 
@@ -107,8 +115,6 @@ def test_label_colors_draw_unlabelled_points_grey():
 
 
 def test_render_writes_a_png_with_both_views(tmp_path):
-    from PIL import Image
-
     xyz = np.random.default_rng(0).uniform(0, 3, (500, 3))
     labels = np.repeat(np.arange(5), 100) - 1  # includes unlabelled points
     path = render_cloud_png(tmp_path / "r.png", xyz, labels, similarity=np.linspace(0, 1, 500),
@@ -121,8 +127,6 @@ def test_render_writes_a_png_with_both_views(tmp_path):
 
 @pytest.mark.parametrize("argv", [("--rate", "0"), ("--cloud-rate", "-1"), ("--frames", "0"), ("--rate", "nan")])
 def test_bad_arguments_fail_before_any_work(tmp_path, argv, capsys):
-    from safnet_ros.errors import ConfigError
-
     with pytest.raises(SystemExit) as exit_info:  # the argparse ranges (safnet_ros.validation)
         _demo_args("--out", str(tmp_path / "d"), *argv)
     assert exit_info.value.code == 2 and f"argument {argv[0]}" in capsys.readouterr().err
@@ -144,10 +148,6 @@ def _demo_args(*argv: str) -> argparse.Namespace:
 
 @pytest.mark.slow
 def test_fast_demo_runs_the_whole_chain_through_the_node(tmp_path, capsys):
-    from PIL import Image
-
-    from safnet_ros.engine.inference import default_model_path
-
     out = tmp_path / "demo"
     assert run(_demo_args("--fast", "--out", str(out), "--no-progress")) == 0
     printed = capsys.readouterr().out
@@ -183,7 +183,6 @@ def test_fast_demo_runs_the_whole_chain_through_the_node(tmp_path, capsys):
     assert m["coverage"] >= summary["coverage"] - 0.02  # voxels cover what the clouds covered
     assert m["update_ms_mean"] > 0 and m["single_clouds_scored"] > 0
     assert 0.0 <= m["map_on_cloud_vertices_miou_mean"] <= 1.0
-    from safnet_ros.mapping.map_ply import load_map
 
     assert len(load_map(m["ply"])) == m["voxels"]
     assert "semantic map" in printed
@@ -201,12 +200,6 @@ def test_score_map_compares_the_map_with_each_cloud_on_that_cloud_s_vertices(tmp
     points wrong; the map (the truth here) is right everywhere, so it scores 1.0
     on each cloud's vertices while each cloud alone scores below it.
     """
-    from types import SimpleNamespace
-
-    from safnet_ros.mapping import SemanticVoxelMap
-    from safnet_ros.mapping.map_ply import save_map
-    from safnet_ros.tools.demo import score_map
-
     xyz = np.stack([np.arange(40) * 0.1 + 0.05, np.full(40, 0.05), np.full(40, 0.05)], axis=1)
     truth = (np.arange(40) % 4 < 2).astype(np.int64)  # classes 0 and 1 alternate in pairs
     vmap = SemanticVoxelMap(voxel_size=0.1)

@@ -6,6 +6,8 @@ import pytest
 
 from safnet_ros.data.labels import CLASS_NAMES
 from safnet_ros.data.view_similarity import sighting_rows, similarity_per_view, vertex_mean
+from safnet_ros.engine.batching import prepare_view
+from safnet_ros.engine.inference import Segmenter
 
 nan = np.nan
 
@@ -42,9 +44,6 @@ def test_no_shared_class_gives_nan_not_a_number_out_of_nothing():
 
 
 def test_similarity_per_view_keeps_only_the_sightings_of_each_view_and_checks_shapes():
-    from safnet_ros.engine.batching import prepare_view
-    from safnet_ros.engine.inference import Segmenter
-
     rng = np.random.default_rng(0)
     # a 2 x 2 m floor patch seen from 1.5 m above by two downward cameras, one over each half
     xyz = np.c_[rng.uniform(0, 2, 3000), rng.uniform(0, 2, 3000), np.zeros(3000)].astype(np.float32)

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from safnet_ros.data.dataset import list_scenes
 from safnet_ros.data.labels import IGNORE_INDEX
 
 __all__ = ["CLASS_WEIGHTS_FILE", "label_counts", "log_frequency_weights", "write_class_weights",
@@ -50,8 +51,7 @@ def log_frequency_weights(counts: np.ndarray) -> np.ndarray:
 
 
 def _scene_label_files(root: Path, split: str) -> list[Path]:
-    from safnet_ros.data.dataset import list_scenes
-
+    """The ``labels.npy`` of every preprocessed scene of ``split`` under ``root``."""
     return [scene.dir / "labels.npy" for scene in list_scenes(root, split)]
 
 

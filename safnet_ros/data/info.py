@@ -13,8 +13,16 @@ import json
 import os
 from typing import Any
 
+import numpy as np
+
+from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS
+from safnet_ros.data.scannet import ExportedFrames, ScanNetScene
+from safnet_ros.errors import DataFormatError, MissingDataError
+from safnet_ros.json_out import json_safe
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``safnet data info``."""
     parser.add_argument("scene_dir", metavar="SCENE_DIR", help="scene folder, e.g. scans/scene0000_00")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -25,12 +33,6 @@ def scene_info(scene_dir: str) -> dict[str, Any]:
     Raises MissingDataError naming every missing required part (mesh, frames) at
     once; DataFormatError when the labels do not match the mesh.
     """
-    import numpy as np
-
-    from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS
-    from safnet_ros.data.scannet import ExportedFrames, ScanNetScene
-    from safnet_ros.errors import DataFormatError, MissingDataError
-
     scene = ScanNetScene(scene_dir)
     missing = []
     if not os.path.lexists(scene.mesh_path):  # a folder or FIFO there is named by load_mesh
@@ -77,20 +79,8 @@ def scene_info(scene_dir: str) -> dict[str, Any]:
     return info
 
 
-def _finite(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
-    import math
-
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _intrinsics(k: Any) -> dict[str, float]:
+def _intrinsics(k: np.ndarray) -> dict[str, float]:
+    """fx, fy, cx, cy (pixels) of a (3, 3) or (4, 4) intrinsic matrix."""
     return {"fx": float(k[0, 0]), "fy": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2])}
 
 
@@ -118,9 +108,10 @@ def format_table(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``safnet data info``: the table (or ``--json`` object) of ``args.scene_dir``."""
     info = scene_info(args.scene_dir)
     if args.json:
-        print(json.dumps(_finite(info), sort_keys=False, allow_nan=False))  # strict JSON: no NaN tokens
+        print(json.dumps(json_safe(info), sort_keys=False, allow_nan=False))  # strict JSON: no NaN tokens
     else:
         print(format_table(info))
     return 0

@@ -75,7 +75,8 @@ def sighting_rows(s: np.ndarray, through: np.ndarray, moved: np.ndarray, counted
     per-vertex rule of :func:`~safnet_ros.data.stats.class_matched_similarity`
     applied to sightings).
     """
-    from safnet_ros.data.stats import class_matched_similarity
+    # data.stats imports this module (S per view for its table): at the top this would be an import cycle
+    from safnet_ros.data.stats import class_matched_similarity  # noqa: PLC0415
 
     s = np.asarray(s, dtype=np.float64)
     groups = sighting_groups(s, through, moved, counted)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 
+from safnet_ros.cli import LazyCommands
+
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``safnet train``."""
     parser.add_argument("config", metavar="CONFIG", help="training YAML (e.g. config/train_synth_3d.yaml)")
     parser.add_argument("--resume", action="store_true",
                         help="continue after the last finished epoch in OUT/checkpoints/train_state.pt")
@@ -20,6 +23,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train from ``args.config``; engine.train (torch) is imported here, not by ``safnet --help``."""
     from safnet_ros.engine.train import train
 
     result = train(args.config, args.out, resume=args.resume, progress=not args.no_progress, sets=args.sets)
@@ -31,7 +35,8 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: LazyCommands) -> None:
+    """Add ``safnet train`` and ``safnet eval`` to the top-level :class:`~safnet_ros.cli.LazyCommands`."""
     parser = sub.add_parser("train", help="train SAFNet (stage 2d or 3d) from a YAML config",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
@@ -39,11 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_eval(sub)
 
 
-def register_eval(sub: argparse._SubParsersAction) -> None:
-    """``safnet eval``: whole-scene evaluation (safnet_ros.engine.evaluate, docs/evaluation.md)."""
-    from safnet_ros.engine import evaluate
-
-    parser = sub.add_parser("eval", help="evaluate checkpoints on preprocessed scenes (Table I, Table III, Fig. 5)",
-                            description=evaluate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    evaluate.add_eval_arguments(parser)
-    parser.set_defaults(func=evaluate.run_eval)
+def register_eval(sub: LazyCommands) -> None:
+    """``safnet eval``: whole-scene evaluation (safnet_ros.engine.evaluate, docs/evaluation.md), imported on use."""
+    sub.add_command("eval", "safnet_ros.engine.evaluate",
+                    "evaluate checkpoints on preprocessed scenes (Table I, Table III, Fig. 5)",
+                    add_arguments="add_eval_arguments", run="run_eval")

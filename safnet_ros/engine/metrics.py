@@ -62,6 +62,7 @@ class ConfusionMatrix:
         return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
 
     def overall_accuracy(self) -> float:
+        """Fraction of the counted points whose prediction is their truth (NaN when none was counted)."""
         total = self.matrix.sum()
         return float(np.trace(self.square) / total) if total else float("nan")
 
@@ -71,5 +72,6 @@ class ConfusionMatrix:
         return {name: float(iou[name]) for name, _short in TABLE_ORDER}
 
     def summary(self) -> dict:
+        """``miou``, ``oa`` (fractions in [0, 1]), ``per_class`` (:meth:`per_class`) and ``points`` counted."""
         return {"miou": self.miou(), "oa": self.overall_accuracy(), "per_class": self.per_class(),
                 "points": int(self.matrix.sum())}

@@ -1,52 +1,18 @@
-"""``safnet demo`` (``make demo``): a synthetic scene through a rosbag2 and the real ROS 2 node.
+"""The chain of ``safnet demo``: synthetic scene -> rosbag2 -> the ROS 2 node -> votes, map, PLY, PNG, mIoU.
 
-Default chain (6 stages, one ``[demo] k/6`` line each)::
-
-    synthetic ScanNet scene ─▶ rosbag2 (mcap, safnet bag convert) ─▶ BagPlayer ──rclpy/DDS (loopback)──▶
-    SegmentNode (shipped model) ─▶ ~/labeled_cloud ─▶ votes per mesh vertex ─▶ labelled PLY, PNG, mIoU
-
-* Transport is real: the player, the node and a listener are three rclpy nodes
-  of one process talking over DDS restricted to this machine
-  (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and a private ``ROS_DOMAIN_ID``
-  are set when unset, before rclpy starts).  Transforms reach the node on
-  ``/tf`` and ``/tf_static`` (tf2_msgs/TFMessage, generated at setup where no
-  ROS 2 install has it); the player and the node pick that path by one shared
-  test (:mod:`safnet_ros.ros.tf_path`), reported in the summary.
-* The bag's ``/points`` are mesh vertices in the camera's frustum, in ``map``
-  (the axis-aligned scene frame).  Each labelled point is matched back to its
-  scene vertex by nearest neighbour within 1 mm
-  (:mod:`safnet_ros.tools.vertex_votes`); a vertex
-  takes the majority of the labels it received.  Points farther than that, and
-  clouds not in ``map``, are counted and left out (never silently).
-* Scoring is over the vertices that received a label (coverage = those / all).
-* The semantic map: the node fuses every labelled cloud into its voxel map
-  (docs/ros_node.md); after the replay the demo saves it through the node's
-  real ``~/save_map`` service (``<scene>_map.ply``), transfers its labels to the
-  scene vertices (nearest voxel within one voxel edge) and scores them the
-  same way: ``summary.json`` → ``"map"``, beside the mean single-cloud mIoU
-  (each labelled cloud scored alone on the vertices it labelled) and the
-  per-vertex majority vote above. The PNG has a "semantic map" column.
-* Latency is measured from the moment the listener receives a ``/points``
-  cloud to the moment it receives the labelled cloud with the same stamp (DDS
-  both ways, queueing and inference included); the node's own diagnostics
-  window mean is reported beside it.
-* The bag is played slower than real time (``--rate``, default 0.25) so that a
-  2-core CPU segments every cloud; clouds the node still drops are counted.
-  The model runs once on a few vertices before the replay (torch's first call
-  costs seconds), and the node's ``tf_timeout`` is 1 s instead of 0.1 s: on a
-  loaded machine DDS may deliver a transform after the cloud stamped with it.
-  The Segmenter has the node's default settings (:data:`NODE_SEGMENTER_SETTINGS`).
-
-``--offline`` runs the same scene and scoring without bag or node: the
-Segmenter over the whole mesh with every 5th frame as a candidate view.
-
-With no ``--model`` the shipped default model is used; when none is shipped an
-untrained model runs, its labels are meaningless and every output says so.
+:mod:`safnet_ros.tools.demo_command` is the command (its options, and the
+description of the stages, the transport, the scoring and ``--offline``); this
+module runs it: :func:`make_scene`, :func:`replay_through_node` (the bag played
+into a :class:`~safnet_ros.ros.segment_node.SegmentNode` over rclpy/DDS),
+:func:`accumulate` and :func:`score_map` (votes per mesh vertex, the node's
+semantic map), :func:`write_outputs` and :func:`print_summary`;
+:func:`run_offline` is ``--offline`` (the Segmenter over the whole mesh).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
@@ -56,8 +22,24 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from tqdm import tqdm
 
+from safnet_ros.data.labels import NUM_CLASSES, class_colors, class_to_nyu40, nyu40_to_class
+from safnet_ros.data.ply import write_scannet_mesh
+from safnet_ros.data.scannet import ScanNetScene
+from safnet_ros.data.synth import generate
+from safnet_ros.engine.batching import prepare_view
+from safnet_ros.engine.inference import Segmenter
+from safnet_ros.errors import ConfigError
+from safnet_ros.json_out import json_safe
+from safnet_ros.mapping.map_ply import load_map
+from safnet_ros.mapping.score import score_labels, transfer_labels
+from safnet_ros.model.safnet import read_checkpoint_payload
+from safnet_ros.tools import bag_io as bio
+from safnet_ros.tools.bag_convert import convert_scene
+from safnet_ros.tools.render import render_cloud_png
 from safnet_ros.tools.vertex_votes import VertexVotes, score
+from safnet_ros.validation import check_output_dir
 
 #: Scene settings of ``--fast`` (the CI test): few frames, small images, a coarse mesh.
 FAST = {"frames": 24, "color_size": (80, 60), "depth_size": (80, 60), "vertex_spacing": 0.15}
@@ -70,36 +52,8 @@ TF_TIMEOUT_S = 1.0
 UNTRAINED_NOTE = "UNTRAINED model (none shipped): labels and mIoU are meaningless until one is trained (safnet train)"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from safnet_ros.validation import device_name, float_range, int_range
-
-    parser.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=7,
-                        help="seed of the synthetic scene (default 7)")
-    parser.add_argument("--frames", type=int_range(1, 100_000), default=None,
-                        help="frames of the synthetic scene (default 300)")
-    parser.add_argument("--fast", action="store_true",
-                        help="tiny scene (24 frames, 80x60 images, 15 cm vertex spacing) for CI")
-    parser.add_argument("--rate", type=float_range(0.001, 1000.0), default=None,
-                        help="bag playback speed factor (default 0.25, 0.5 with --fast: slow enough for 2 CPU cores)")
-    parser.add_argument("--cloud-rate", type=float_range(0.01, 1000.0), default=None,
-                        help="/points rate in the bag, Hz (default 2, 4 with --fast)")
-    parser.add_argument("--offline", action="store_true",
-                        help="no bag, no node: the Segmenter over the whole scene (same scoring)")
-    parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
-    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("demo", help="synthetic scene -> bag -> the ROS 2 node -> labelled PLY, PNG, mIoU",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-
-
 def _stage(k: int, text: str) -> None:
+    """Print the ``[demo] k/6`` progress line of stage ``k``."""
     print(f"[demo] {k}/{STAGES} {text}", flush=True)
 
 
@@ -122,14 +76,10 @@ class DemoScene:
 
 def make_scene(out: Path, seed: int, frames: int, fast: bool, progress: bool) -> DemoScene:
     """Generate (or reuse, when the same settings made it) the synthetic scene under ``out/data``."""
-    from safnet_ros.data.labels import nyu40_to_class
-    from safnet_ros.data.scannet import ScanNetScene
-    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset, scene_name
-
     settings = {"seed": seed, "frames": frames, **(FAST if fast else {})}
-    cfg = SynthConfig(progress=progress, **{k: v for k, v in settings.items() if k != "seed"})
+    cfg = generate.SynthConfig(progress=progress, **{k: v for k, v in settings.items() if k != "seed"})
     data_root = out / "data"
-    name = scene_name(seed, 0)
+    name = generate.scene_name(seed, 0)
     scene_dir = data_root / name
     stamp = data_root / "demo_settings.json"
     t0 = time.perf_counter()
@@ -140,7 +90,7 @@ def make_scene(out: Path, seed: int, frames: int, fast: bool, progress: bool) ->
     else:
         _stage(1, f"generating synthetic scene {name} ({frames} frames, {cfg.color_size[0]}x{cfg.color_size[1]}) "
                   f"in {data_root}")
-        generate_dataset(data_root, 1, seed, cfg, overwrite=True)
+        generate.generate_dataset(data_root, 1, seed, cfg, overwrite=True)
         stamp.write_text(wanted)
     with ScanNetScene(scene_dir) as scene:
         xyz, _rgb = scene.load_points(aligned=True)
@@ -192,12 +142,10 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
     The node, the listener and the player live in a
     :class:`~safnet_ros.ros.bag_session.BagSession` (only ``ros/`` imports rclpy).
     """
-    ros_environment()
-    from tqdm import tqdm
-
-    from safnet_ros.ros import codecs, compat
-    from safnet_ros.ros.bag_session import BagSession
-    from safnet_ros.tools import bag_io as bio
+    ros_environment()  # before rclpy starts
+    # ROS 2 (rclpy, message packages) only for this mode: --offline runs where it is not installed
+    from safnet_ros.ros import codecs, compat  # noqa: PLC0415
+    from safnet_ros.ros.bag_session import BagSession  # noqa: PLC0415
 
     result = ReplayResult(backends=compat.backends())
     lock = threading.Lock()
@@ -253,21 +201,18 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
 
 def single_cloud_vertex_labels(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map") -> list[np.ndarray]:
     """Per labelled cloud (in stamp order), the label it gave each scene vertex: (V,) int64, -1 where it gave none."""
-    from safnet_ros.data.labels import NUM_CLASSES
-
     votes = VertexVotes(scene.xyz, NUM_CLASSES)  # its KD-tree over distinct vertex positions is reused
     out = []
     for _stamp, frame_id, arr in sorted(replay.clouds, key=lambda c: c[0]):
         if frame_id.lstrip("/") != fixed_frame:
             continue
-        xyz = np.stack([arr["x"], arr["y"], arr["z"]], axis=1).astype(np.float64)
+        xyz = np.stack([arr["x"], arr["y"], arr["z"]], axis=1)
         labels = arr["label"].astype(np.int64)
-        finite = np.isfinite(xyz).all(axis=1)
-        dist, idx = votes._tree.query(xyz[finite], distance_upper_bound=votes.tolerance)
-        ok = np.isfinite(dist) & (labels[finite] < NUM_CLASSES)
-        per_position = np.full(len(votes.counts), -1, np.int64)
-        per_position[idx[ok]] = labels[finite][ok]
-        vertex_labels = per_position[votes._position_of_vertex]
+        position = votes.positions_of(xyz)
+        ok = (position >= 0) & (labels < NUM_CLASSES)
+        per_position = np.full(votes.num_positions, -1, np.int64)
+        per_position[position[ok]] = labels[ok]
+        vertex_labels = votes.per_vertex(per_position)
         if (vertex_labels >= 0).any():
             out.append(vertex_labels)
     return out
@@ -284,9 +229,6 @@ def score_map(scene: DemoScene, replay: ReplayResult, clouds: list[np.ndarray]) 
     fewer (and larger) classes than a whole-scene one; the second figure is the
     like-for-like comparison of the map with the clouds it fused.
     """
-    from safnet_ros.mapping.map_ply import load_map
-    from safnet_ros.mapping.score import score_labels, transfer_labels
-
     loaded = load_map(replay.map_ply)
     snap = loaded.snapshot()
     labels = transfer_labels(snap, scene.xyz)
@@ -341,8 +283,6 @@ def _wait_until_settled(node: Any, result: ReplayResult, lock: threading.Lock, p
 
 def accumulate(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map") -> tuple[VertexVotes, int]:
     """Votes per scene vertex from the labelled clouds; returns (votes, clouds left out for their frame)."""
-    from safnet_ros.data.labels import NUM_CLASSES
-
     votes = VertexVotes(scene.xyz, NUM_CLASSES)
     wrong_frame = 0
     for _stamp, frame_id, arr in sorted(replay.clouds, key=lambda c: c[0]):
@@ -359,11 +299,10 @@ def accumulate(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map")
 
 def write_outputs(out: Path, scene: DemoScene, labels: np.ndarray, similarity: np.ndarray,
                   title: str, map_labels: Optional[np.ndarray] = None) -> tuple[Path, Path]:
-    """The labelled PLY (unlabelled vertices grey, nyu40 0) and the PNG renders; returns their paths."""
-    from safnet_ros.data.labels import class_colors, class_to_nyu40
-    from safnet_ros.data.ply import write_scannet_mesh
-    from safnet_ros.tools.render import render_cloud_png
+    """The labelled PLY (unlabelled vertices grey, nyu40 0) and the PNG renders; returns their paths.
 
+    labels (V,) class indices (-1: none), similarity (V,) S per vertex (NaN: none), map_labels (V,) or None.
+    """
     out.mkdir(parents=True, exist_ok=True)
     ply_path = out / f"{scene.name}_labeled.ply"
     write_scannet_mesh(ply_path, scene.xyz.astype(np.float32), class_colors(labels), scene.faces,
@@ -375,13 +314,13 @@ def write_outputs(out: Path, scene: DemoScene, labels: np.ndarray, similarity: n
 
 
 def _title(scene: DemoScene, summary: dict, untrained: bool, how: str) -> str:
+    """The PNG's title: scene, mode, mIoU and coverage."""
     return (f"{scene.name} via {how}: mIoU {100 * summary['miou']:.1f}% over "
             f"{100 * summary['coverage']:.0f}% of the vertices" + ("  (UNTRAINED model)" if untrained else ""))
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
+    """``safnet demo``: make the scene, run it through the node (or ``--offline``), score, write, summarise."""
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
     frames = args.frames if args.frames is not None else (FAST["frames"] if args.fast else 300)
     if args.rate is None:
@@ -390,13 +329,9 @@ def run(args: argparse.Namespace) -> int:
         args.cloud_rate = 4.0 if args.fast else 2.0
     check_arguments(frames, args.rate, args.cloud_rate)
     progress = not args.no_progress
-    from safnet_ros.validation import check_output_dir
-
     out = check_output_dir(args.out, "demo output folder")  # a regular file there: refused before any work
     check_output_dir(out / "data", "demo data folder")
     if args.model:  # loaded after the scene is generated: the file is checked now
-        from safnet_ros.model.safnet import read_checkpoint_payload
-
         read_checkpoint_payload(args.model)
     started = time.perf_counter()
     scene = make_scene(out, args.seed, frames, args.fast, progress)
@@ -412,8 +347,6 @@ def run(args: argparse.Namespace) -> int:
 
 def check_arguments(frames: int, rate: float, cloud_rate: float) -> None:
     """ConfigError before any work for a frame count < 1 or rates that are not positive."""
-    from safnet_ros.errors import ConfigError
-
     if frames < 1:
         raise ConfigError(f"--frames must be >= 1, got {frames}")
     if not (np.isfinite(rate) and rate > 0):
@@ -422,22 +355,8 @@ def check_arguments(frames: int, rate: float, cloud_rate: float) -> None:
         raise ConfigError(f"--cloud-rate must be positive (the demo needs /points), got {cloud_rate}")
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN / inf floats as None (strict JSON) and numpy scalars as Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def _load_segmenter(args: argparse.Namespace, stage: int) -> Any:
-    from safnet_ros.engine.inference import Segmenter
-
+def _load_segmenter(args: argparse.Namespace, stage: int) -> Segmenter:
+    """The Segmenter of ``--model`` (or the shipped one) with the node's settings; says so when untrained."""
     _stage(stage, f"loading the model ({args.model or 'shipped default'})")
     seg = Segmenter.from_checkpoint(args.model, device=args.device, **NODE_SEGMENTER_SETTINGS)
     if seg.untrained:
@@ -446,8 +365,7 @@ def _load_segmenter(args: argparse.Namespace, stage: int) -> Any:
 
 
 def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progress: bool) -> dict:
-    from safnet_ros.tools.bag_convert import convert_scene
-
+    """Stages 2-6 of the default chain (module docstring); returns the summary."""
     bag = out / f"{scene.name}.mcap_bag"
     _stage(2, f"converting it to a rosbag2 (mcap, /points at {args.cloud_rate} Hz): {bag}")
     conv = convert_scene(scene.path, bag, storage="mcap", cloud_rate=args.cloud_rate, overwrite=True,
@@ -521,16 +439,14 @@ def _scene_fields(mode: str, scene: DemoScene) -> dict:
             "frames": scene.frames, "invalid_frames": scene.invalid_frames}
 
 
-def _result_fields(seg, summary: dict) -> dict:
+def _result_fields(seg: Segmenter, summary: dict) -> dict:
     """Summary keys both modes share about the model and the score."""
     keys = ("miou", "oa", "per_class", "labelled_vertices", "coverage")
     return {"device": str(seg.device), "untrained_model": bool(seg.untrained), **{k: summary[k] for k in keys}}
 
 
 def run_offline(args: argparse.Namespace, out: Path, scene: DemoScene) -> dict:
-    from safnet_ros.data.scannet import ScanNetScene
-    from safnet_ros.engine.batching import prepare_view
-
+    """``--offline``: the Segmenter over the whole mesh, every 5th valid frame a candidate view; the summary."""
     _stage(2, "no bag, no node (--offline): reading the frames back with the ScanNet readers")
     views = []
     with ScanNetScene(scene.path) as s:

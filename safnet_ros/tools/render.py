@@ -5,6 +5,9 @@ the ground truth when given, and a similarity heat map (S in [0, 1+]: where the
 image features were trusted). Points without a prediction (a negative label,
 e.g. never seen by the node) are drawn light grey, and so is an unknown S. Points are splatted far-to-near so nearer points
 cover farther ones, which is what a viewer expects of a 3D scene.
+
+Figures are drawn with matplotlib's object API (``Figure``, Agg on save), not
+pyplot: no global backend switch, no figure registry to close.
 """
 from __future__ import annotations
 
@@ -12,6 +15,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from safnet_ros.data.labels import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES, class_colors
 
@@ -67,12 +75,6 @@ def render_cloud_png(
     extra_labels: more (column title, (N,) class indices) columns, e.g. the semantic map's;
     labels_title: the first column's title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
     xyz = np.asarray(xyz, dtype=np.float64)
     keep = np.isfinite(xyz).all(axis=1)
     idx = np.flatnonzero(keep)
@@ -86,7 +88,7 @@ def render_cloud_png(
         columns.append(("ground truth", label_colors(np.asarray(truth)[idx])))
     if similarity is not None:
         sim = np.asarray(similarity, dtype=np.float64)[idx]
-        cmap = plt.get_cmap("inferno")
+        cmap = colormaps["inferno"]
         finite = np.isfinite(sim)
         norm = np.clip(np.where(finite, sim, 0.0), 0.0, 1.0)
         rgba = cmap(norm)
@@ -102,8 +104,8 @@ def render_cloud_png(
     aspects = [float(np.clip(np.ptp(c[:, 1]) / max(np.ptp(c[:, 0]), 1e-9), 0.3, 1.5)) if len(c) else 0.75
                for _n, c, _o in views]
     panel_w = 4.6
-    fig, axes = plt.subplots(2, len(columns), figsize=(5.2 * len(columns), panel_w * sum(aspects) + 2.2),
-                             squeeze=False, gridspec_kw={"height_ratios": aspects})
+    fig = Figure(figsize=(5.2 * len(columns), panel_w * sum(aspects) + 2.2))
+    axes = fig.subplots(2, len(columns), squeeze=False, gridspec_kw={"height_ratios": aspects})
     size = float(np.clip(40000.0 / max(len(xyz), 1), 0.3, 6.0))
     for r, (vname, coords, order) in enumerate(views):
         for c, (cname, colors) in enumerate(columns):
@@ -123,7 +125,7 @@ def render_cloud_png(
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(10, len(handles)), fontsize=8, frameon=False)
     if similarity is not None:
-        sm = plt.cm.ScalarMappable(cmap="inferno", norm=plt.Normalize(0.0, 1.0))
+        sm = ScalarMappable(cmap="inferno", norm=Normalize(0.0, 1.0))
         fig.colorbar(sm, ax=axes[:, -1].tolist(), fraction=0.04, pad=0.02, label="S")
     if title:
         fig.suptitle(title, fontsize=12)
@@ -132,7 +134,6 @@ def render_cloud_png(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -159,16 +160,12 @@ def render_moved_similarity_png(
     group, with each group's mean and count in the legend. ``histograms``: (legend name, values) drawn
     instead of ``groups`` (e.g. S per view sighting, ``unit`` "sightings"); ``map_title`` names the left panel.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     xyz = np.asarray(xyz, dtype=np.float64)
     sim = np.asarray(similarity, dtype=np.float64)
     moved = np.asarray(moved, dtype=bool)
-    fig, (ax_map, ax_hist) = plt.subplots(1, 2, figsize=(12.5, 5.4), gridspec_kw={"width_ratios": [1.15, 1.0]})
-    cmap = plt.get_cmap("inferno")
+    fig = Figure(figsize=(12.5, 5.4))
+    ax_map, ax_hist = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1.0]})
+    cmap = colormaps["inferno"]
     finite = np.isfinite(xyz).all(axis=1) & np.isfinite(sim)
     show = finite & moved
     if show.any():
@@ -184,7 +181,7 @@ def render_moved_similarity_png(
                        edgecolors="cyan", linewidths=0.5, rasterized=True)
         ax_map.set_xlim(lo[0], hi[0])
         ax_map.set_ylim(lo[1], hi[1])
-        sm = plt.cm.ScalarMappable(cmap="inferno", norm=plt.Normalize(0.0, 1.0))
+        sm = ScalarMappable(cmap="inferno", norm=Normalize(0.0, 1.0))
         fig.colorbar(sm, ax=ax_map, fraction=0.046, pad=0.02, label="S (2D weight)")
     else:
         ax_map.text(0.5, 0.5, "no moved vertex with an S", ha="center", va="center", transform=ax_map.transAxes)
@@ -215,5 +212,4 @@ def render_moved_similarity_png(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path

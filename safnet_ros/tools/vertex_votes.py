@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+from scipy.spatial import cKDTree
+
+from safnet_ros.engine.metrics import ConfusionMatrix
 
 #: A labelled point is the scene vertex nearest to it within this distance (metres).
 MATCH_TOLERANCE_M = 1e-3
@@ -39,8 +42,6 @@ class VertexVotes:
     points_not_segmented: int = 0
 
     def __post_init__(self) -> None:
-        from scipy.spatial import cKDTree
-
         self.vertices = np.asarray(self.vertices, dtype=np.float64).reshape(-1, 3)
         positions, inverse = np.unique(self.vertices, axis=0, return_inverse=True)
         self._position_of_vertex = inverse.reshape(-1)  # (N,) index into positions
@@ -50,17 +51,32 @@ class VertexVotes:
         self.similarity_sum = np.zeros(p, dtype=np.float64)
         self.similarity_n = np.zeros(p, dtype=np.int64)
 
+    @property
+    def num_positions(self) -> int:
+        """P, the number of distinct vertex positions (rows of ``counts``)."""
+        return len(self.counts)
+
+    def positions_of(self, xyz: np.ndarray) -> np.ndarray:
+        """(M,) int64 index of the distinct position each point of ``xyz`` (M, 3) metres matches within
+        ``tolerance``; -1 for a point that matches none (or is not finite)."""
+        xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+        out = np.full(len(xyz), -1, dtype=np.int64)
+        finite = np.isfinite(xyz).all(axis=1)
+        if finite.any():
+            dist, idx = self._tree.query(xyz[finite], distance_upper_bound=self.tolerance)
+            out[finite] = np.where(np.isfinite(dist), idx, -1)
+        return out
+
+    def per_vertex(self, per_position: np.ndarray) -> np.ndarray:
+        """A (P, ...) array over distinct positions spread to the (N, ...) vertices."""
+        return np.asarray(per_position)[self._position_of_vertex]
+
     def add(self, xyz: np.ndarray, labels: np.ndarray, similarity: Optional[np.ndarray] = None) -> None:
         """One cloud: xyz (M, 3) metres, labels (M,) class indices (>= C: not segmented), similarity (M,)."""
-        xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
         labels = np.asarray(labels).astype(np.int64).reshape(-1)
         p, k = self.counts.shape
-        finite = np.isfinite(xyz).all(axis=1)
-        dist = np.full(len(xyz), np.inf)
-        idx = np.full(len(xyz), p)
-        if finite.any():
-            dist[finite], idx[finite] = self._tree.query(xyz[finite], distance_upper_bound=self.tolerance)
-        matched = np.isfinite(dist)
+        idx = self.positions_of(xyz)
+        matched = idx >= 0
         self.points_unmatched += int((~matched).sum())
         self.points_matched += int(matched.sum())
         segmented = matched & (labels >= 0) & (labels < self.num_classes)
@@ -76,7 +92,7 @@ class VertexVotes:
     @property
     def labelled(self) -> np.ndarray:
         """(N,) bool: vertices that received at least one label."""
-        return (self.counts.sum(axis=1) > 0)[self._position_of_vertex]
+        return self.per_vertex(self.counts.sum(axis=1) > 0)
 
     def labels(self, ties: str = "lowest", seed: int = 0) -> np.ndarray:
         """(N,) int64 majority class per vertex; -1 where none was received.
@@ -92,26 +108,28 @@ class VertexVotes:
         elif ties != "lowest":
             raise ValueError(f"ties must be 'lowest' or 'random', got {ties!r}")
         per_position = np.where(self.counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
-        return per_position[self._position_of_vertex]
+        return self.per_vertex(per_position)
 
     def tied(self) -> np.ndarray:
         """(N,) bool: labelled vertices whose top vote count is shared by two or more classes."""
         top = self.counts == self.counts.max(axis=1, keepdims=True)
         per_position = (self.counts.sum(axis=1) > 0) & (top.sum(axis=1) > 1)
-        return per_position[self._position_of_vertex]
+        return self.per_vertex(per_position)
 
     def similarity(self) -> np.ndarray:
         """(N,) mean similarity S per vertex; NaN where none was received."""
         n = self.similarity_n
         with np.errstate(invalid="ignore", divide="ignore"):
             per_position = np.where(n > 0, self.similarity_sum / np.maximum(n, 1), np.nan)
-        return per_position[self._position_of_vertex]
+        return self.per_vertex(per_position)
 
 
 def score(truth: np.ndarray, labels: np.ndarray) -> dict:
-    """mIoU / OA over the vertices with a label (labels >= 0); (N,) class indices each."""
-    from safnet_ros.engine.metrics import ConfusionMatrix
+    """mIoU / OA over the vertices with a label (labels >= 0); (N,) class indices each.
 
+    Returns :meth:`ConfusionMatrix.summary` (``miou``, ``oa``, ``per_class`` ...) with
+    ``labelled_vertices`` and ``coverage`` (the labelled fraction of all N vertices).
+    """
     has = labels >= 0
     cm = ConfusionMatrix()
     cm.add(truth[has], labels[has])

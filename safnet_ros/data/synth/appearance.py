@@ -21,8 +21,6 @@ import numpy as np
 
 # Material kinds (ints so per-point evaluation can group points with masks).
 PLAIN, WOOD, FABRIC, PICTURE, WINDOW, DOOR, TILE, PLANKS, CURTAIN, BOOKS, CABINET, STRIPES = range(12)
-KIND_NAMES = ("plain", "wood", "fabric", "picture", "window", "door", "tile", "planks",
-              "curtain", "books", "cabinet", "stripes")
 
 
 @dataclass
@@ -71,6 +69,7 @@ class MaterialTable:
     @classmethod
     def from_parts(cls, materials: list[Material], centers: np.ndarray, yaws: np.ndarray,
                    sizes: np.ndarray) -> MaterialTable:
+        """The table of P parts: ``materials`` (P), part ``centers`` (P, 3) m, ``yaws`` (P,) rad, ``sizes`` (P, 3) m."""
         return cls(
             kind=np.array([m.kind for m in materials], dtype=np.int32),
             color=np.array([m.color for m in materials], dtype=np.float32).reshape(-1, 3),

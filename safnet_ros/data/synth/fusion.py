@@ -20,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import open3d as o3d
+
+from safnet_ros.data.synth.meshes import SceneMesh
 
 #: Vertices farther than this from every exact surface stay unannotated (metres).
 LABEL_TOLERANCE = 0.06
@@ -45,9 +48,6 @@ class TSDFFusion:
     """
 
     def __init__(self, voxel: float, K: np.ndarray, size: tuple[int, int], max_depth: float = 5.0):
-        import open3d as o3d
-
-        self._o3d = o3d
         c = o3d.core
         self.voxel = float(voxel)
         self.max_depth = float(max_depth)
@@ -66,7 +66,6 @@ class TSDFFusion:
         """
         if not np.isfinite(camera_to_world).all():
             return
-        o3d = self._o3d
         c = o3d.core
         depth = o3d.t.geometry.Image(c.Tensor(np.ascontiguousarray(depth_mm, dtype=np.uint16)))
         colour = o3d.t.geometry.Image(c.Tensor(np.ascontiguousarray(color, dtype=np.uint8)))
@@ -77,7 +76,7 @@ class TSDFFusion:
                             trunc_voxel_multiplier=4.0)
         self.frames += 1
 
-    def extract(self):
+    def extract(self) -> o3d.geometry.TriangleMesh:
         """The marching-cubes mesh as an open3d legacy TriangleMesh with vertex colours (0..1).
 
         Voxels seen by fewer than two frames are left out (one-off outliers) when 150 or more frames were fused;
@@ -88,15 +87,13 @@ class TSDFFusion:
         return mesh.to_legacy()
 
 
-def clean_and_decimate(mesh, spacing: float | None, min_piece: int = 60) -> FusedMesh:
+def clean_and_decimate(mesh: o3d.geometry.TriangleMesh, spacing: float | None, min_piece: int = 60) -> FusedMesh:
     """Remove pieces of fewer than ``min_piece`` triangles, decimate to a mean vertex ``spacing``, tidy.
 
     Decimation (quadric edge collapse) targets the vertex count of a regular
     triangulation of the same area at ``spacing`` metres; ``None`` keeps the
     marching-cubes resolution. Raises ValueError when nothing is left.
     """
-    import open3d as o3d
-
     if len(mesh.triangles) == 0:
         raise ValueError("the TSDF holds no surface (no valid depth was integrated)")
     mesh = canonical_order(mesh)
@@ -121,20 +118,17 @@ def clean_and_decimate(mesh, spacing: float | None, min_piece: int = 60) -> Fuse
     colors = np.asarray(mesh.vertex_colors)
     rgb = np.clip(np.rint(colors * 255.0), 0, 255).astype(np.uint8) if len(colors) else \
         np.full((len(mesh.vertices), 3), 128, np.uint8)
-    del o3d
     return FusedMesh(np.asarray(mesh.vertices, dtype=np.float64), rgb, np.asarray(mesh.triangles, dtype=np.int32),
                      np.asarray(mesh.vertex_normals, dtype=np.float64))
 
 
-def canonical_order(mesh):
+def canonical_order(mesh: o3d.geometry.TriangleMesh) -> o3d.geometry.TriangleMesh:
     """The same mesh with vertices sorted by position and faces sorted (orientation kept).
 
     The voxel-block hash map is filled in parallel, so marching cubes emits the
     same surface in a varying order; sorting makes everything after it (and the
     written bytes) deterministic.
     """
-    import open3d as o3d
-
     v = np.asarray(mesh.vertices)
     f = np.asarray(mesh.triangles).astype(np.int64)
     col = np.asarray(mesh.vertex_colors)
@@ -151,10 +145,8 @@ def canonical_order(mesh):
     return out
 
 
-def _closest_object(scene_mesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _closest_object(scene_mesh: SceneMesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distance (N,), object index (N,)) of the nearest surface of a :class:`SceneMesh` to ``points`` (N, 3)."""
-    import open3d as o3d
-
     rs = o3d.t.geometry.RaycastingScene()
     rs.add_triangles(o3d.core.Tensor(scene_mesh.vertices.astype(np.float32)),
                      o3d.core.Tensor(scene_mesh.faces.astype(np.uint32)))
@@ -166,7 +158,7 @@ def _closest_object(scene_mesh, points: np.ndarray) -> tuple[np.ndarray, np.ndar
     return dist, obj
 
 
-def transfer_labels(points: np.ndarray, state_meshes: list, tolerance: float = LABEL_TOLERANCE) -> np.ndarray:
+def transfer_labels(points: np.ndarray, state_meshes: list[SceneMesh], tolerance: float = LABEL_TOLERANCE) -> np.ndarray:
     """(N,) object index per fused vertex, -1 where unannotated.
 
     ``state_meshes``: the exact scene (a :class:`~safnet_ros.data.synth.meshes.SceneMesh`
@@ -188,7 +180,8 @@ def transfer_labels(points: np.ndarray, state_meshes: list, tolerance: float = L
     return label
 
 
-def near_objects(points: np.ndarray, state_meshes: list, objects: set[int], tolerance: float = 0.08) -> np.ndarray:
+def near_objects(points: np.ndarray, state_meshes: list[SceneMesh], objects: set[int],
+                 tolerance: float = 0.08) -> np.ndarray:
     """(N,) bool: points within ``tolerance`` of a surface of one of ``objects`` in any state (moved objects)."""
     out = np.zeros(len(points), dtype=bool)
     if not objects:

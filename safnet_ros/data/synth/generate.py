@@ -28,7 +28,39 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from safnet_ros.data.sens import SensWriter
+from safnet_ros.data.synth import render, writer
+from safnet_ros.data.synth.appearance import Lighting, albedo, shade, to_uint8
+from safnet_ros.data.synth.fusion import (
+    TSDFFusion,
+    clean_and_decimate,
+    near_objects,
+    segment_ids,
+    transfer_labels,
+)
+from safnet_ros.data.synth.meshes import build_scene_mesh, material_table
+from safnet_ros.data.synth.perturb import (
+    exposure_gains,
+    invalid_frames,
+    move_objects,
+    move_times,
+    noisy_depth,
+    recorded_poses,
+    shift_image,
+    structured_light_depth,
+)
+from safnet_ros.data.synth.rooms import (
+    CATEGORY_NYU40,
+    SHELL_CATEGORIES,
+    WALL_HUNG,
+    Room,
+    footprint,
+    generate_room,
+    to_world,
+)
+from safnet_ros.data.synth.trajectory import handheld_trajectory, scan_trajectory
 from safnet_ros.errors import ConfigError, DataFormatError
 
 #: Upper bound of --scenes per call (scene names are seed * 100 + i).
@@ -131,6 +163,7 @@ def scene_name(seed: int, index: int) -> str:
 
 
 def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
+    """The independent random streams of scene ``index`` of ``seed`` (module docstring), by purpose."""
     names = ("layout", "moves", "trajectory", "poses", "invalid", "frames", "sensor")
     children = np.random.SeedSequence([int(seed), int(index)]).spawn(len(names))
     return {n: np.random.Generator(np.random.PCG64(c)) for n, c in zip(names, children)}
@@ -155,15 +188,11 @@ def depth_intrinsics(K_color: np.ndarray, color_size: tuple[int, int], depth_siz
     return K
 
 
-def _write_exact_mesh(scene_dir: Path, name: str, mesh_objects: list, cfg: SynthConfig, lighting) -> tuple:
+def _write_exact_mesh(scene_dir: Path, name: str, mesh_objects: list, cfg: SynthConfig, lighting: Lighting) -> tuple:
     """``--mesh exact``: the dense grid mesh of the exact scene with lit vertex colours -> PLYs, segs, aggregation.
 
     Returns (vertices (V, 3), per-vertex nyu40 ids (V,), per-vertex object index (V,), faces count).
     """
-    from safnet_ros.data.synth import writer
-    from safnet_ros.data.synth.appearance import albedo, shade, to_uint8
-    from safnet_ros.data.synth.meshes import build_scene_mesh, material_table
-
     dense = build_scene_mesh(mesh_objects, cfg.vertex_spacing)
     table = material_table(mesh_objects)
     base = albedo(table, dense.vertex_part, dense.vertices, dense.normals)
@@ -175,15 +204,12 @@ def _write_exact_mesh(scene_dir: Path, name: str, mesh_objects: list, cfg: Synth
     return dense.vertices, nyu40, dense.vertex_object, len(dense.faces)
 
 
-def _write_fused_mesh(scene_dir: Path, name: str, fusion, objects: list, state_meshes: list,
+def _write_fused_mesh(scene_dir: Path, name: str, fusion: TSDFFusion, objects: list, state_meshes: list,
                       cfg: SynthConfig) -> tuple:
     """``--mesh tsdf``: the TSDF mesh, cleaned and decimated, labelled from the exact scene -> PLYs, segs, aggregation.
 
     Returns (vertices (V, 3), per-vertex nyu40 ids (V,), per-vertex object index (V,), -1 unannotated, faces count).
     """
-    from safnet_ros.data.synth import writer
-    from safnet_ros.data.synth.fusion import clean_and_decimate, segment_ids, transfer_labels
-
     if fusion.frames == 0:
         raise DataFormatError(scene_dir, "no frame has a valid pose: nothing to fuse into a mesh")
     try:
@@ -212,25 +238,18 @@ def _color_at_depth(color: np.ndarray, depth_size: tuple[int, int]) -> np.ndarra
 
 def _write_frames(path: Path, renderers: list, state_of_frame: np.ndarray, true_poses: np.ndarray,
                   recorded: np.ndarray, cfg: SynthConfig, rng: np.random.Generator, sensor: dict, desc: str,
-                  fusion=None) -> tuple[np.ndarray, np.ndarray]:
+                  fusion: TSDFFusion | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Render every frame from its true pose (in its scene state) and append it with its recorded pose to the
     ``.sens``; integrate it into ``fusion`` (when given) at the recorded pose, as a reconstruction would.
 
     ``sensor``: ``gains`` (F, 3) exposure/white balance, ``shift`` (dx, dy) colour pixels.
     Returns (K_color, K_depth), both (3, 3).
     """
-    from safnet_ros.data.sens import SensWriter
-    from safnet_ros.data.synth.appearance import to_uint8
-    from safnet_ros.data.synth.perturb import noisy_depth, shift_image, structured_light_depth
-    from safnet_ros.data.synth.render import pinhole
-
-    K_color = pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg)
+    K_color = render.pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg)
     K_depth = depth_intrinsics(K_color, cfg.color_size, cfg.depth_size)
     cw, ch = cfg.color_size
     frames = range(len(true_poses))
     if cfg.progress:
-        from tqdm import tqdm
-
         frames = tqdm(frames, desc=desc, unit="frame", leave=False)
     gains = sensor["gains"].astype(np.float32)
     dx, dy = sensor["shift"]
@@ -260,15 +279,13 @@ def _write_frames(path: Path, renderers: list, state_of_frame: np.ndarray, true_
     return K_color, K_depth
 
 
-def draw_room(seed: int, index: int, cfg: SynthConfig):
+def draw_room(seed: int, index: int, cfg: SynthConfig) -> Room:
     """The room of scene ``index`` of ``seed`` (deterministic; the same as :func:`generate_scene` lays out)."""
-    from safnet_ros.data.synth.rooms import generate_room
-
     rng = _streams(seed, index)
     return generate_room(rng["layout"], cfg.max_rotation_deg, room_types=cfg.room_types, lights=cfg.lights)
 
 
-def moved_count(room, amount: float) -> int:
+def moved_count(room: Room, amount: float) -> int:
     """How many objects ``--moved-objects`` moves in ``room`` (fraction of the movable ones, or a count)."""
     movable = sum(1 for o in room.objects if o.movable)
     if amount <= 0 or movable == 0:
@@ -276,14 +293,13 @@ def moved_count(room, amount: float) -> int:
     return int(math.floor(amount)) if amount >= 1 else max(1, int(round(amount * movable)))
 
 
-def _scene_states(room, frame_objects_final: list, moved: list[dict], frames: int, rng) -> tuple[list, np.ndarray]:
+def _scene_states(room: Room, frame_objects_final: list, moved: list[dict], frames: int,
+                  rng: np.random.Generator) -> tuple[list, np.ndarray]:
     """Object lists (aligned frame) of each scene state and the state index of every frame.
 
     State 0 is the original layout; moved object k (in order of its move
     frame) takes its new place from ``moved[k]['frame']`` on.
     """
-    from safnet_ros.data.synth.perturb import move_times
-
     times = move_times(rng, frames, len(moved))
     order = np.argsort([m["objectId"] for m in moved], kind="stable")
     states = [list(room.objects)]
@@ -299,15 +315,12 @@ def _scene_states(room, frame_objects_final: list, moved: list[dict], frames: in
     return states, state_of_frame
 
 
-def _trajectory(rng: np.random.Generator, room, cfg: SynthConfig, also_there: list | None = None) -> np.ndarray:
+def _trajectory(rng: np.random.Generator, room: Room, cfg: SynthConfig, also_there: list | None = None) -> np.ndarray:
     """(F, 4, 4) camera-to-world poses in the aligned frame (``--trajectory``).
 
     ``also_there``: objects (aligned frame) that stand somewhere else for part of the scan (moved
     objects at their new place); the camera keeps clear of both places.
     """
-    from safnet_ros.data.synth.rooms import SHELL_CATEGORIES, WALL_HUNG, footprint
-    from safnet_ros.data.synth.trajectory import handheld_trajectory, scan_trajectory
-
     if cfg.trajectory == "loop":
         return handheld_trajectory(rng, room.width, room.depth, cfg.frames, cfg.overlap, cfg.hfov_deg)
     furniture = [o for o in room.objects if o.category not in SHELL_CATEGORIES]
@@ -355,14 +368,6 @@ def generate_scene(out: Path, seed: int, index: int, cfg: SynthConfig, overwrite
 
 def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: SynthConfig) -> dict:
     """Generate scene ``name`` into ``scene_dir`` (see the module docstring); returns its summary."""
-    from safnet_ros.data.synth import writer
-    from safnet_ros.data.synth.appearance import Lighting
-    from safnet_ros.data.synth.fusion import TSDFFusion, near_objects
-    from safnet_ros.data.synth.meshes import build_scene_mesh, material_table
-    from safnet_ros.data.synth.perturb import exposure_gains, invalid_frames, move_objects, recorded_poses
-    from safnet_ros.data.synth.render import Renderer, pinhole
-    from safnet_ros.data.synth.rooms import generate_room, to_world
-
     rng = _streams(seed, index)
     room = generate_room(rng["layout"], cfg.max_rotation_deg, room_types=cfg.room_types, lights=cfg.lights)
     world = room.world_from_aligned
@@ -379,7 +384,7 @@ def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: Synth
     states_aligned, state_of_frame = _scene_states(room, final_aligned, moved, cfg.frames, rng["moves"])
     states = [to_world(room, objs) for objs in states_aligned]
     state_meshes = [build_scene_mesh(objs, None) for objs in states]
-    renderers = [Renderer(sm, material_table(objs), lighting) for sm, objs in zip(state_meshes, states)]
+    renderers = [render.Renderer(sm, material_table(objs), lighting) for sm, objs in zip(state_meshes, states)]
 
     traj = _trajectory(rng["trajectory"], room, cfg, [final_aligned[int(m["objectId"])] for m in moved])
     true_poses = np.einsum("ij,fjk->fik", world, traj)
@@ -394,7 +399,7 @@ def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: Synth
               "shift": (shift_px * math.cos(angle), shift_px * math.sin(angle))}
     fusion = None
     if cfg.mesh == "tsdf":
-        K_depth = depth_intrinsics(pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg), cfg.color_size, cfg.depth_size)
+        K_depth = depth_intrinsics(render.pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg), cfg.color_size, cfg.depth_size)
         fusion = TSDFFusion(cfg.tsdf_voxel, K_depth, cfg.depth_size, max_depth=cfg.max_depth + 0.5)
     K_color, K_depth = _write_frames(scene_dir / f"{name}.sens", renderers, state_of_frame, true_poses, recorded,
                                      cfg, rng["frames"], sensor, name, fusion)
@@ -434,9 +439,6 @@ def generate_dataset(out: str | Path, scenes: int, seed: int, cfg: SynthConfig, 
     All scene folders are checked before anything is written, so an existing
     scene without ``overwrite`` fails fast.
     """
-    from safnet_ros.data.synth import writer
-    from safnet_ros.data.synth.rooms import CATEGORY_NYU40
-
     cfg.validate()
     if not 1 <= scenes <= MAX_SCENES:
         raise ConfigError(f"scenes must be in 1..{MAX_SCENES}, got {scenes}")

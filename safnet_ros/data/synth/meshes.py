@@ -54,7 +54,8 @@ def _grid_cells(lu: float, lv: float, spacing: float | None) -> tuple[np.ndarray
     return np.linspace(-lu / 2, lu / 2, nu + 1), np.linspace(-lv / 2, lv / 2, nv + 1)
 
 
-def _box_face(part: Part, face: str, spacing: float | None, face_index: int):
+def _box_face(part: Part, face: str, spacing: float | None,
+              face_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One box face as a grid: local vertices (n, 3), normals, triangles (m, 3), segment keys (n,)."""
     axis, sign = _FACE_AXIS[face]
     ua, va = _UV_AXES[axis]
@@ -141,7 +142,7 @@ def _cylinder(part: Part, spacing: float | None):
             np.concatenate(segs).astype(np.int64))
 
 
-def part_mesh(part: Part, spacing: float | None):
+def part_mesh(part: Part, spacing: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mesh of one part in its local frame: (verts (n,3), normals (n,3), tris (m,3), segment keys (n,)).
 
     Unused vertices (cut out by holes) are dropped.

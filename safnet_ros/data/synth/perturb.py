@@ -18,6 +18,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.signal import lfilter
+from scipy.spatial.transform import Rotation
+from scipy.special import ndtri
 
 from safnet_ros.data.synth.rooms import Room, SceneObject, footprint, move_object
 
@@ -33,8 +36,6 @@ def noisy_depth(rng: np.random.Generator, depth: np.ndarray, incidence: np.ndarr
     fraction of pixels lost in random blobs/speckle, with grazing-angle pixels
     (|cos| < 0.12) dropped as well whenever ``dropout > 0``.
     """
-    from scipy.special import ndtri
-
     out = depth.astype(np.float32, copy=True)
     h, w = out.shape
     if noise > 0:
@@ -71,8 +72,6 @@ def _upsample_bilinear(field: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def _rotvec_to_matrix(rv: np.ndarray) -> np.ndarray:
     """(N, 3) rotation vectors (radians) -> (N, 3, 3) rotation matrices."""
-    from scipy.spatial.transform import Rotation
-
     return Rotation.from_rotvec(rv).as_matrix()
 
 
@@ -81,8 +80,6 @@ def correlated_noise(rng: np.random.Generator, n: int, dims: int, corr_frames: f
     white = rng.standard_normal((n, dims))
     if corr_frames <= 0 or n < 2:
         return white
-    from scipy.signal import lfilter
-
     a = math.exp(-1.0 / corr_frames)
     out = np.empty_like(white)
     out[0] = white[0]  # start in the stationary distribution
@@ -245,8 +242,6 @@ def structured_light_depth(rng: np.random.Generator, depth: np.ndarray, incidenc
         gh, gw = max(2, h // 12), max(2, w // 12)
         field = rng.standard_normal((gh, gw)).astype(np.float32)
         big = _upsample_bilinear(field, h, w) + 0.35 * rng.standard_normal((h, w), dtype=np.float32)
-        from scipy.special import ndtri
-
         holes |= big > float(ndtri(1.0 - 0.75 * dropout)) * math.sqrt(1.0 + 0.35 ** 2)
         holes |= rng.uniform(size=(h, w)) < 0.25 * dropout
     out[holes | ~valid | (out <= 0)] = 0.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import open3d as o3d
 
 from safnet_ros.data.synth.appearance import Lighting, MaterialTable, albedo, shade
 from safnet_ros.data.synth.meshes import SceneMesh
@@ -53,9 +54,6 @@ class Renderer:
     """
 
     def __init__(self, mesh: SceneMesh, table: MaterialTable, lighting: Lighting, nthreads: int = 0):
-        import open3d as o3d
-
-        self._o3d = o3d
         self.table = table
         self.lighting = lighting
         self.face_part = mesh.face_part
@@ -80,7 +78,7 @@ class Renderer:
         np.multiply(dirs_cam[:, 0:1], R[:, 0], out=dirs)
         dirs += dirs_cam[:, 1:2] * R[:, 1]
         dirs += dirs_cam[:, 2:3] * R[:, 2]
-        out = self.scene.cast_rays(self._o3d.core.Tensor(rays), nthreads=self.nthreads)
+        out = self.scene.cast_rays(o3d.core.Tensor(rays), nthreads=self.nthreads)
         t_hit = out["t_hit"].numpy()
         prim = out["primitive_ids"].numpy()
         normals = out["primitive_normals"].numpy()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
@@ -108,6 +109,7 @@ class SceneObject:
 
     @property
     def nyu40(self) -> int:
+        """The object's nyu40 id (:data:`CATEGORY_NYU40`)."""
         return CATEGORY_NYU40[self.category]
 
 
@@ -138,6 +140,7 @@ class Room:
 
 
 def rot_z(yaw: float) -> np.ndarray:
+    """(3, 3) rotation by ``yaw`` radians about z."""
     c, s = math.cos(yaw), math.sin(yaw)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
@@ -182,7 +185,7 @@ _ON_FLOOR = ("+x", "-x", "+y", "-y", "+z")
 _ON_FLOOR_WALL = ("+x", "-x", "+y", "+z")  # back (-y) against a wall
 
 
-def chair_parts(j, mats: dict[str, Material]) -> list[Part]:
+def chair_parts(j: Callable[[], float], mats: dict[str, Material]) -> list[Part]:
     """Seat, backrest (at local -y) and four legs; front towards local +y. ``j()`` draws a size factor."""
     w, d, sh = 0.46 * j(), 0.46 * j(), 0.45 * j()
     leg = 0.035

@@ -26,6 +26,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
+from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse.csgraph import dijkstra
 
 
 def look_at_pose(position: np.ndarray, yaw: float, pitch: float, roll: float = 0.0) -> np.ndarray:
@@ -94,7 +97,8 @@ GRID_CELL = 0.04
 
 
 def free_space(width: float, depth: float, footprints: np.ndarray, cell: float = GRID_CELL,
-               wall_clearance: float = WALL_CLEARANCE, furniture_clearance: float = FURNITURE_CLEARANCE):
+               wall_clearance: float = WALL_CLEARANCE,
+               furniture_clearance: float = FURNITURE_CLEARANCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Free-space grid of a room for the camera holder: (free (nx, ny) bool, cell centres x (nx,), y (ny,)).
 
     A cell is free when it lies ``wall_clearance`` inside the walls and
@@ -117,32 +121,31 @@ class _FreeSpace:
     """Projects points (N, 2) onto the nearest free cell of a :func:`free_space` grid."""
 
     def __init__(self, free: np.ndarray, xs: np.ndarray, ys: np.ndarray, cell: float):
-        from scipy.ndimage import distance_transform_edt, label
-
         # Keep the largest connected free region: pockets cut off by furniture are never walked into.
-        lab, n = label(free, structure=np.ones((3, 3)))
+        lab, n = ndimage.label(free, structure=np.ones((3, 3)))
         if n > 1:
             sizes = np.bincount(lab.ravel())
             sizes[0] = 0
             free = lab == int(np.argmax(sizes))
         self.free, self.xs, self.ys, self.cell = free, xs, ys, cell
-        _, idx = distance_transform_edt(~free, return_indices=True)
+        _, idx = ndimage.distance_transform_edt(~free, return_indices=True)
         self.nearest = idx  # (2, nx, ny) indices of the nearest free cell
+        self._g: csr_matrix | None = None  # the cell graph, built on first use (_graph)
 
     def cells(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Grid indices (ix (N,), iy (N,)) of points ``p`` (N, 2) metres, clipped to the grid."""
         ix = np.clip(np.floor(p[:, 0] / self.cell).astype(np.int64), 0, len(self.xs) - 1)
         iy = np.clip(np.floor(p[:, 1] / self.cell).astype(np.int64), 0, len(self.ys) - 1)
         return ix, iy
 
     def is_free(self, p: np.ndarray) -> np.ndarray:
+        """(N,) bool: the cell of each point ``p`` (N, 2) is in the kept free region."""
         ix, iy = self.cells(p)
         return self.free[ix, iy]
 
-    def _graph(self):
+    def _graph(self) -> csr_matrix:
         """8-connected graph of the free cells (scipy sparse, edge weights in metres), built once."""
-        if getattr(self, "_g", None) is None:
-            from scipy.sparse import coo_matrix
-
+        if self._g is None:
             nx, ny = self.free.shape
             ids = np.arange(nx * ny).reshape(nx, ny)
             rows, cols, w = [], [], []
@@ -155,15 +158,13 @@ class _FreeSpace:
                 rows += [ia, ib]
                 cols += [ib, ia]
                 w += [np.full(2 * len(ia), self.cell * math.hypot(dx, dy))]
-            self._g = coo_matrix((np.concatenate(w[::1]) if w else np.zeros(0),
+            self._g = coo_matrix((np.concatenate(w) if w else np.zeros(0),
                                   (np.concatenate(rows), np.concatenate(cols))), shape=(nx * ny, nx * ny)).tocsr()
         return self._g
 
     def connect(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cell centres (K, 2) of a shortest free-space walk from free point ``a`` (2,) to ``b`` (2,), ends excluded;
         empty when they are not connected."""
-        from scipy.sparse.csgraph import dijkstra
-
         ny = self.free.shape[1]
         (ia,), (ja,) = self.cells(a[None])
         (ib,), (jb,) = self.cells(b[None])
@@ -192,10 +193,8 @@ class _FreeSpace:
 
 def _smooth_noise(rng: np.random.Generator, n: int, corr: float, dims: int = 1) -> np.ndarray:
     """(n, dims) zero-mean, unit-std noise, smooth over ``corr`` samples (Gaussian-filtered white noise)."""
-    from scipy.ndimage import gaussian_filter1d
-
     white = rng.standard_normal((n + int(6 * corr) + 2, dims))
-    sm = gaussian_filter1d(white, max(corr, 1e-3), axis=0, mode="wrap")[: n]
+    sm = ndimage.gaussian_filter1d(white, max(corr, 1e-3), axis=0, mode="wrap")[: n]
     return sm / max(float(sm.std()), 1e-9) if n > 1 else sm * 0.0
 
 
@@ -236,8 +235,6 @@ def scan_trajectory(rng: np.random.Generator, width: float, depth: float, height
     # Control path: 96 points per loop on rays from the room centre through a rounded rectangle; on each
     # ray the camera stands at the wanted distance from the wall, or further in where furniture is there
     # (the inset widened smoothly before and after it), so the walk goes around furniture without jumps.
-    from scipy.ndimage import gaussian_filter1d, maximum_filter1d
-
     n_ctrl = int(math.ceil(96 * loops))
     s = np.arange(n_ctrl) / 96.0  # loop parameter (1 = one loop)
     phi = ph[0] + direction * 2 * math.pi * s
@@ -261,7 +258,7 @@ def scan_trajectory(rng: np.random.Generator, width: float, depth: float, height
     nearest = cand[np.argmin(np.where(ok, np.abs(cand[None, :] - want[:, None]), np.inf), 1)]
     need = np.where(np.isnan(first_in), nearest, first_in)
     mode = "wrap" if abs(loops - round(loops)) < 1e-9 else "nearest"
-    inset = gaussian_filter1d(maximum_filter1d(need, size=7, mode=mode), 2.0, mode=mode)
+    inset = ndimage.gaussian_filter1d(ndimage.maximum_filter1d(need, size=7, mode=mode), 2.0, mode=mode)
     inset = np.maximum(inset, need)
     p = fs.project(at(inset))
     # Where the free space forces a detour, walk around the obstacle on the grid instead of jumping.
@@ -276,7 +273,7 @@ def scan_trajectory(rng: np.random.Generator, width: float, depth: float, height
             pieces.append(p[i:i + 1])
         p = np.concatenate(pieces)
         if smooth_after:
-            p = fs.project(gaussian_filter1d(p, 1.0, axis=0, mode="nearest"))
+            p = fs.project(ndimage.gaussian_filter1d(p, 1.0, axis=0, mode="nearest"))
     keep = np.concatenate([[True], np.linalg.norm(np.diff(p, axis=0), axis=1) > 1e-6])
     p, s = p[keep], np.interp(np.flatnonzero(keep), np.arange(len(keep)),
                               np.interp(np.arange(len(keep)), np.linspace(0, len(keep) - 1, len(s)), s))
@@ -312,20 +309,18 @@ def scan_trajectory(rng: np.random.Generator, width: float, depth: float, height
         to_f /= np.maximum(np.linalg.norm(to_f, axis=1, keepdims=True), 1e-6)
         cam_z = 1.45
         pitch_f = np.arctan2(cam_z - tg[j, 2], np.maximum(dmin, 0.3))
-    from scipy.ndimage import gaussian_filter1d as smooth
-
     sigma = 2.5 if frames >= 30 else 1e-3
-    w_f = smooth(w_f, sigma, mode="nearest")
-    to_f = smooth(to_f, sigma, axis=0, mode="nearest")
-    pitch_f = smooth(pitch_f, sigma, mode="nearest")
+    w_f = ndimage.gaussian_filter1d(w_f, sigma, mode="nearest")
+    to_f = ndimage.gaussian_filter1d(to_f, sigma, axis=0, mode="nearest")
+    pitch_f = ndimage.gaussian_filter1d(pitch_f, sigma, mode="nearest")
     # Turning between outward and inward views goes through the side the sway points to.
     side = np.stack([-yaw_dir[:, 1], yaw_dir[:, 0]], 1) * np.sign(np.sin(sway) + 1e-9)[:, None]
     look = yaw_dir * (1 - w_in)[:, None] + inward * w_in[:, None] + side * (4 * w_in * (1 - w_in))[:, None]
     look = look * (1 - w_f)[:, None] + to_f * w_f[:, None]
-    look = smooth(look, sigma, axis=0, mode="nearest")
+    look = ndimage.gaussian_filter1d(look, sigma, axis=0, mode="nearest")
     weak = np.linalg.norm(look, axis=1) < 1e-3
     look[weak] = yaw_dir[weak]
-    yaw = smooth(np.unwrap(np.arctan2(look[:, 1], look[:, 0])), sigma / 2, mode="nearest")
+    yaw = ndimage.gaussian_filter1d(np.unwrap(np.arctan2(look[:, 1], look[:, 0])), sigma / 2, mode="nearest")
     # Vertical sweeps: up to the upper walls and the ceiling edge, down to the floor by the walls.
     sweep = (np.sin(2 * math.pi * u * 9.0 + ph[7]) + 0.25 * np.sin(2 * math.pi * u * 23.0 + ph[8])) / 1.25
     pitch = np.radians(6.0 + 50.0 * sweep)  # -44 .. +56 degrees (positive looks down)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import json
 import os
 import shutil
@@ -30,7 +31,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
+from safnet_ros import __version__
 from safnet_ros.errors import ConfigError
+from safnet_ros.validation import check_output_dir
 
 #: The manifest a safnet command leaves in each output folder it writes.
 MARK_NAME = ".safnet-output.json"
@@ -39,7 +42,6 @@ STAGING_TAG = ".safnet-"
 
 
 def _version() -> str:
-    from safnet_ros import __version__
 
     return str(__version__)
 
@@ -127,7 +129,6 @@ _UNMARKED_LAYOUTS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
 def written_before_marks(folder: Path, command: str) -> bool:
     """True when ``folder`` (no mark) holds exactly what ``command`` wrote before outputs were marked:
     only its file names (no sub-folders), and for bags a metadata.yaml naming our topics or data."""
-    import fnmatch
 
     if command in _UNMARKED_DATASETS:
         return _dataset_before_marks(folder, command)
@@ -160,7 +161,6 @@ _UNMARKED_DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
 def _dataset_before_marks(folder: Path, command: str) -> bool:
     """An unmarked dataset folder of ``command``: its proof file, its own top-level files, and
     sub-folders that are its scenes (a preprocessed scene's meta.json, or a synth scene's .synth.json)."""
-    import fnmatch
 
     proof, patterns = _UNMARKED_DATASETS[command]
     if not (folder / proof).is_file():
@@ -245,7 +245,6 @@ def claim(out: str | os.PathLike, command: str, *, overwrite: bool, inputs: Iter
       ``incremental`` (the command then replaces only its own sub-folders).
     Creates nothing; returns ``out`` as a Path.
     """
-    from safnet_ros.validation import check_output_dir
 
     p = check_output_dir(out, what)
     check_separate(p, inputs, what)
@@ -277,7 +276,6 @@ def output_lock(out: str | os.PathLike, what: str = "output folder") -> Iterator
     The lock is an ``flock`` on the hidden file ``.<name>.safnet-lock`` beside ``out`` (so a
     swap of ``out`` itself does not move it); the kernel releases it when a process dies.
     """
-    from safnet_ros.validation import check_output_dir
 
     check_output_dir(out, what)  # a regular file in the way is named before anything is created
     p = Path(os.path.abspath(os.fspath(out)))

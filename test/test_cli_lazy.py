@@ -35,8 +35,6 @@ def test_help_imports_no_heavy_module(argv):
     assert not [m for m in HEAVY if m in modules], sorted(m for m in HEAVY if m in modules)
 
 
-@pytest.mark.xfail(strict=True, reason="safnet_ros/data/synth/__init__.py imports .generate (open3d, scipy) for its "
-                   "re-exports; once it does not, this passes: drop the mark")
 def test_data_synth_help_imports_no_heavy_module():
     rc, out, modules = _imported_by(["data", "synth", "--help"])
     assert rc == 0 and "--frames" in out

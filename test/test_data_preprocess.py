@@ -18,7 +18,7 @@ DEPTH_WH = (320, 240)  # twice the network size, so the depth intrinsics must be
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory) -> Path:
-    from safnet_ros.data.synth import SynthConfig, generate_dataset
+    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("synth")
     cfg = SynthConfig(frames=6, color_size=COLOR_WH, depth_size=DEPTH_WH, vertex_spacing=0.05,

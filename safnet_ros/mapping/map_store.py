@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from safnet_ros.data.ply import read_ply_comments
 from safnet_ros.errors import DataFormatError, SafnetError
 from safnet_ros.mapping.map_ply import MAGIC_COMMENT, MapSaveError, load_map, save_map
 from safnet_ros.mapping.voxel_map import MapSnapshot, SemanticVoxelMap
@@ -45,7 +46,6 @@ def default_map_directory() -> Path:
 
 def is_map_file(path: str | os.PathLike) -> bool:
     """True when ``path`` is a regular file whose PLY header says it is a safnet semantic voxel map."""
-    from safnet_ros.data.ply import read_ply_comments
 
     p = Path(path)
     if p.is_symlink() or not p.is_file():
@@ -58,7 +58,6 @@ def is_map_file(path: str | os.PathLike) -> bool:
 
 def map_frame(path: str | os.PathLike) -> Optional[str]:
     """The ``comment frame ...`` of a map PLY (None when the file has none)."""
-    from safnet_ros.data.ply import read_ply_comments
 
     for c in read_ply_comments(path):
         words = c.split()

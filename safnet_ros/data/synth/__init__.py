@@ -9,7 +9,3 @@ decimation and labels of the scanned mesh), :mod:`.writer` (scene files),
 :mod:`.generate` (the pipeline) and :mod:`.command` (``safnet data synth``).
 """
 from __future__ import annotations
-
-from safnet_ros.data.synth.generate import SynthConfig, generate_dataset, generate_scene, scene_name
-
-__all__ = ["SynthConfig", "generate_dataset", "generate_scene", "scene_name"]

@@ -37,22 +37,14 @@ needs_std_srvs = pytest.mark.skipif(Trigger is None, reason="std_srvs (pip: ros-
 NODE = "/safnet_segment"
 
 
-class FakeResult:
-    """What the node's worker hands the map: per-point class probabilities and the segmented mask."""
-
-    def __init__(self, probs: np.ndarray):
-        self.probs = probs
-        self.segmented = np.ones(len(probs), bool)
-
-
 def fill_map(node, seed: int = 0, n: int = 3000) -> None:
-    """Fuse one cloud of class probabilities into the node's map (as the worker does after segmenting)."""
+    """Fuse one cloud of class probabilities into the node's map (as the pipeline does after segmenting)."""
     rng = np.random.default_rng(seed)
     pts = rng.uniform(-2.0, 2.0, (n, 3))
     logits = rng.normal(size=(n, NUM_CLASSES)).astype(np.float32)
     logits[np.arange(n), (pts[:, 0] > 0).astype(int) * 3] += 4.0
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    node.semantic_map.integrate(pts, FakeResult(probs.astype(np.float32)), np.zeros(3))
+    node.semantic_map.integrate(pts, probs.astype(np.float32), np.zeros(3))
 
 
 class Peer:

@@ -57,7 +57,7 @@ from visualization_msgs.msg import MarkerArray
 from safnet_ros.data.labels import class_colors
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, SafnetError
-from safnet_ros.ros import codecs, compat
+from safnet_ros.ros import codecs, compat, shutdown
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import SIMILARITY_RANGES, similarity_markers
 from safnet_ros.ros.semantic_map_component import (
@@ -354,6 +354,10 @@ class SegmentNode(LifecycleNode):
     # ------------------------------------------------------------------ lifecycle
     def _guarded(self, step: Any) -> TransitionCallbackReturn:
         """Run a transition step; a failure is logged, kept for _autostart and turns into FAILURE."""
+        # [robot hook: lifecycle log] each transition is logged with its outcome (ros/shutdown.py)
+        return shutdown.log_transition(self, step, lambda: self._guarded_step(step))
+
+    def _guarded_step(self, step: Any) -> TransitionCallbackReturn:
         try:
             step()
         except Exception as exc:  # noqa: BLE001 - a transition must answer, not raise
@@ -859,10 +863,19 @@ def main(args: Optional[list[str]] = None) -> int:
     Exit status 2 for a bad parameter (one fatal line naming it, its value and
     what is allowed), 1 for any other start-up failure (an unloadable model).
     """
+    shutdown.install_sigterm()  # [robot hook: clean stop] SIGTERM stops start-up as SIGINT does
     rclpy.init(args=args)
     node = None
     try:
-        node = SegmentNode()
+        # [robot hook: clean stop] SIGINT/SIGTERM while starting: one line, exit 0 (ros/shutdown.py)
+        try:
+            node = SegmentNode()
+        except BaseException as exc:
+            if not shutdown.requested(exc=exc):
+                raise
+            shutdown.quietly(rclpy.try_shutdown)
+            return shutdown.exit_line(NODE_NAME, "starting")
+        # [end robot hook]
     except (ParameterError, ParameterException) as exc:
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
@@ -881,9 +894,9 @@ def main(args: Optional[list[str]] = None) -> int:
         pass
     finally:
         executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
+        shutdown.quietly(node.destroy_node)  # [robot hook: clean stop] the context may be gone already
         rclpy.try_shutdown()
-    return 0
+    return shutdown.exit_line(NODE_NAME, "running")  # [robot hook: clean stop]
 
 
 if __name__ == "__main__":

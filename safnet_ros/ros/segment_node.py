@@ -57,7 +57,7 @@ from visualization_msgs.msg import MarkerArray
 from safnet_ros.data.labels import class_colors
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, SafnetError
-from safnet_ros.ros import codecs, compat, shutdown
+from safnet_ros.ros import codecs, compat, input_watchdog, param_audit, shutdown
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import SIMILARITY_RANGES, similarity_markers
 from safnet_ros.ros.semantic_map_component import (
@@ -159,6 +159,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("warm_up", True, "Segment a small synthetic scene once at start-up, before subscribing, so the "
               "first cloud does not pay one-time initialisation (kernel selection, lazy imports) while sensor "
               "frames queue up."),
+    # [robot hook: params] issue 27 (ros/input_watchdog.py, ros/label_info.py)
+    ParamSpec("input_timeout", 5.0, "/diagnostics goes to WARN, naming the input, when no cloud, no synchronised "
+              "RGB-D set or no transform has arrived for this many seconds since activation or its last "
+              "arrival (0 = off).", float_range=(0.0, 3600.0)),
+    # [end robot hook: params]
     ParamSpec("autostart", True, "Configure and activate the lifecycle node by itself at start-up (ros2 run, the "
               "launch file); false = wait in 'unconfigured' for a lifecycle manager (ros2 lifecycle set)."),
 )
@@ -293,6 +298,8 @@ class SegmentNode(LifecycleNode):
         self.last_timings: dict[str, float] = {}
         self.device = "cpu"
         try:
+            # [robot hook: unknown parameters] a WARN per given but undeclared name (ros/param_audit.py)
+            param_audit.warn_undeclared(self, node_kwargs.get("cli_args"), [spec.name for spec in PARAMETERS])
             self._setup()
             if self._param("autostart"):
                 self._autostart()
@@ -419,6 +426,9 @@ class SegmentNode(LifecycleNode):
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="safnet_segment_worker", daemon=True)
         self._worker.start()
+        # [robot hook: input watchdog] silent inputs turn /diagnostics to WARN (ros/input_watchdog.py)
+        self.input_watchdog = input_watchdog.InputWatchdog(
+            p("input_timeout"), input_watchdog.describe_inputs(self, p, self.fixed_frame), dict(self.stats.counters))
         self.get_logger().info(
             f"safnet_segment active: device {self.device}, fixed frame '{self.fixed_frame}', "
             f"cloud '{self.sub_cloud.topic_name}', {compat.backends()}"
@@ -534,9 +544,14 @@ class SegmentNode(LifecycleNode):
     def _declare_parameters(self) -> None:
         """Declare every parameter; a given value of the wrong type or range raises ParameterError."""
         overrides = getattr(self, "_parameter_overrides", {})
+        errors = []  # [robot hook: all bad parameters in one go] collected, raised together below
         for spec in PARAMETERS:
             if spec.name in overrides:
-                check_parameter(spec, overrides[spec.name])
+                try:
+                    check_parameter(spec, overrides[spec.name])
+                except ParameterError as exc:
+                    errors.append(str(exc))
+                    continue
             desc = ParameterDescriptor(description=spec.description, read_only=not spec.runtime)
             if spec.int_range is not None:
                 desc.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)]
@@ -547,7 +562,9 @@ class SegmentNode(LifecycleNode):
             try:
                 self.declare_parameter(spec.name, spec.default, desc)
             except ParameterException as exc:  # anything check_parameter did not foresee: still one line
-                raise ParameterError(f"parameter '{spec.name}': {exc}") from None
+                errors.append(f"parameter '{spec.name}': {exc}")
+        if errors:  # [robot hook: all bad parameters in one go]
+            raise ParameterError("; ".join(errors))
 
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
@@ -842,10 +859,13 @@ class SegmentNode(LifecycleNode):
                                           **self.semantic_map.diagnostics(),
                                           **{f"last_{k}": f"{v:.4f}" for k, v in self.last_timings.items()}})
         grown = self.stats.new_since_last_report(("worker_errors", "decode_errors", "tf_failures", "clouds_dropped"))
-        self.pub_diag.publish(stats_to_diagnostics(
+        msg = stats_to_diagnostics(
             snap, grown, self.get_clock().now().to_msg(), name=f"{self.get_name()}: segmentation",
             hardware_id=self.device,
-        ))
+        )
+        # [robot hook: input watchdog] WARN naming the silent inputs (ros/input_watchdog.py)
+        input_watchdog.check(self, getattr(self, "input_watchdog", None), snap.counters, msg.status[0], WARN_PERIOD_S)
+        self.pub_diag.publish(msg)
 
     # ------------------------------------------------------------------ shutdown
     def destroy_node(self) -> None:
@@ -864,6 +884,7 @@ def main(args: Optional[list[str]] = None) -> int:
     what is allowed), 1 for any other start-up failure (an unloadable model).
     """
     shutdown.install_sigterm()  # [robot hook: clean stop] SIGTERM stops start-up as SIGINT does
+    param_audit.set_global_args(args)  # [robot hook: unknown parameters] what rclpy.init parses
     rclpy.init(args=args)
     node = None
     try:

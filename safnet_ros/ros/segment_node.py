@@ -57,7 +57,7 @@ from visualization_msgs.msg import MarkerArray
 from safnet_ros.data.labels import class_colors
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, SafnetError
-from safnet_ros.ros import codecs, compat, input_watchdog, param_audit, shutdown
+from safnet_ros.ros import codecs, compat, input_watchdog, label_info, param_audit, shutdown
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import SIMILARITY_RANGES, similarity_markers
 from safnet_ros.ros.semantic_map_component import (
@@ -163,6 +163,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("input_timeout", 5.0, "/diagnostics goes to WARN, naming the input, when no cloud, no synchronised "
               "RGB-D set or no transform has arrived for this many seconds since activation or its last "
               "arrival (0 = off).", float_range=(0.0, 3600.0)),
+    ParamSpec("label_ids", "index", "Id space of the labels on ~/labeled_cloud and in ~/label_info: index (class "
+              "indices 0..19, 255 = not labelled) | nyu40 (the classes' nyu40 ids, 0 = not labelled, as in the "
+              "saved PLY files)."),
     # [end robot hook: params]
     ParamSpec("autostart", True, "Configure and activate the lifecycle node by itself at start-up (ros2 run, the "
               "launch file); false = wait in 'unconfigured' for a lifecycle manager (ros2 lifecycle set)."),
@@ -315,6 +318,10 @@ class SegmentNode(LifecycleNode):
         if not self.fixed_frame:
             raise ParameterError("parameter 'fixed_frame' = '' must not be empty")
         self._check_marker_source(p("similarity_marker_source"))
+        try:  # [robot hook: label ids]
+            label_info.check_label_space(p("label_ids"))
+        except ConfigError as exc:
+            raise ParameterError(str(exc)) from None
         try:
             resolve_node_device(p("device"), False)  # its spelling, before any model is loaded
         except ConfigError as exc:
@@ -448,11 +455,16 @@ class SegmentNode(LifecycleNode):
         self.pub_markers = self.create_publisher(MarkerArray, "~/similarity_markers", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.semantic_map.create(self)  # ~/semantic_map, ~/save_map, ~/clear_map
+        # [robot hook: label info] latched ~/label_info (ros/label_info.py)
+        self.label_info = label_info.LabelInfoPublisher(self, self._param("label_ids"), self.fixed_frame)
 
     def _destroy_outputs(self) -> None:
         """Undo :meth:`_create_outputs`."""
         if getattr(self, "semantic_map", None) is not None:
             self.semantic_map.destroy()
+        if getattr(self, "label_info", None) is not None:  # [robot hook: label info]
+            self.label_info.destroy()
+            self.label_info = None
         for name in ("pub_cloud", "pub_markers", "pub_diag"):
             pub = getattr(self, name, None)
             if pub is not None:
@@ -811,7 +823,8 @@ class SegmentNode(LifecycleNode):
         labels = result.labels
         mode = self._probabilities if getattr(result, "probs", None) is not None else "none"
         out = codecs.make_labeled_cloud(
-            xyz, labels.astype(np.uint16), class_colors(labels), result.confidence,
+            # [robot hook: label ids] the ids in the label_ids space (ros/label_info.py)
+            xyz, label_info.encode(labels, self._param("label_ids")), class_colors(labels), result.confidence,
             np.nan_to_num(result.s, nan=0.0).astype(np.float32), header=msg.header, probabilities=mode,
             extra=codecs.probability_columns(result.probs, result.segmented, mode) if mode != "none" else None,
         )

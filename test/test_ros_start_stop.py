@@ -103,3 +103,21 @@ def test_each_lifecycle_transition_is_logged(tmp_path):
              "lifecycle: active after", "shutdown requested (SIGINT/SIGTERM) while running"]
     found = [next((i for i, line in enumerate(text.splitlines()) if word in line), -1) for word in order]
     assert -1 not in found and found == sorted(found), text
+
+
+def test_the_device_found_is_logged_and_cuda_without_a_gpu_is_one_warning(tmp_path):
+    import torch
+
+    node = NodeProcess(tmp_path, "warm_up:=false", "device:=cuda")
+    assert node.wait_for("lifecycle: active"), "\n".join(node.lines)
+    rc, text = node.stop(signal.SIGINT)
+    assert rc == 0, text
+    found = [line for line in text.splitlines() if "inference device:" in line]
+    assert len(found) == 1, text
+    if torch.cuda.is_available():
+        assert "inference device: cuda:0 = " in found[0] and " GiB " in found[0], found[0]
+        assert "[WARN]" not in text, text
+    else:
+        assert "inference device: cpu (" in found[0] and "no CUDA" in found[0], found[0]
+        warns = [line for line in text.splitlines() if "[WARN]" in line]
+        assert len(warns) == 1 and "CUDA is not available" in warns[0], text

@@ -57,7 +57,7 @@ from visualization_msgs.msg import MarkerArray
 from safnet_ros.data.labels import class_colors
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, SafnetError
-from safnet_ros.ros import codecs, compat, input_watchdog, label_info, param_audit, shutdown
+from safnet_ros.ros import codecs, compat, device_report, input_watchdog, label_info, param_audit, shutdown
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import SIMILARITY_RANGES, similarity_markers
 from safnet_ros.ros.semantic_map_component import (
@@ -392,6 +392,7 @@ class SegmentNode(LifecycleNode):
         segmenter = self._given_segmenter if self._given_segmenter is not None else self._load_segmenter()
         self.segmenter = segmenter
         self.device = str(getattr(segmenter, "device", "cpu"))
+        self.get_logger().info(device_report.describe(self.device))  # [robot hook: device found]
         if self._param("warm_up") and callable(getattr(segmenter, "warm_up", None)):
             seconds = segmenter.warm_up()
             self.get_logger().info(f"model warmed up in {seconds:.2f} s")
@@ -849,6 +850,11 @@ class SegmentNode(LifecycleNode):
         for warning in getattr(result, "warnings", []):
             if "max_points" in warning:
                 self.stats.count("downsampled")
+                # [robot hook: max_points warns once] max_points is read-only: one warning, then the counter
+                if getattr(self, "_max_points_warned", False):
+                    continue
+                self._max_points_warned = True
+                warning += " (warned once; clouds downsampled since: 'downsampled' on /diagnostics)"
             self.get_logger().warning(warning, throttle_duration_sec=WARN_PERIOD_S)
         if not views or not getattr(result, "views_used", None):
             self.stats.count("clouds_3d_only")

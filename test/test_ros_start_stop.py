@@ -94,6 +94,27 @@ def test_a_signal_at_any_point_of_start_up_exits_0_with_one_line(tmp_path, sig, 
     assert children.strip() == ""
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("delay", [0.35, 0.6])
+def test_a_signal_while_python_imports_exits_0_with_one_line(tmp_path, sig, delay):
+    """Before main() runs (numpy, rclpy, the package being imported): no traceback, no death by signal."""
+    node = NodeProcess(tmp_path)
+    time.sleep(delay)
+    rc, text = node.stop(sig)
+    assert rc == 0, f"exit {rc}\n{text}"
+    lines = [line for line in text.splitlines() if "shutdown requested" in line]
+    assert len(lines) == 1 and "Traceback" not in text, text
+
+
+def test_the_early_handler_is_only_for_the_node_program():
+    from safnet_ros.ros.early_signals import node_program
+
+    assert node_program(["python", "-m", "safnet_ros.ros.segment_node", "--ros-args"])
+    assert node_program(["/usr/bin/python3", "/ws/install/safnet_ros/lib/safnet_ros/segment_node"])
+    assert not node_program(["python", "-m", "pytest", "test/"])
+    assert not node_program(["python", "-m", "safnet_ros.cli", "bag", "play"])
+
+
 def test_each_lifecycle_transition_is_logged(tmp_path):
     node = NodeProcess(tmp_path, "warm_up:=false")
     assert node.wait_for("lifecycle: active"), "\n".join(node.lines)

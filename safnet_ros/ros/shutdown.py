@@ -25,6 +25,8 @@ from typing import Any, Callable, Optional
 import rclpy
 from rclpy.executors import ExternalShutdownException
 
+from safnet_ros.ros import early_signals
+
 #: What each transition step of the node does (by the step method's name), for the log.
 _STEP_WORDS: dict[str, tuple[str, str]] = {
     "_configure": ("configuring", "configured (inactive)"),
@@ -66,6 +68,8 @@ def install_sigterm() -> None:
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)
+        if signal.getsignal(signal.SIGINT) is early_signals.exit_early:  # back to Python's Ctrl-C
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

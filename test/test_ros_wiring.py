@@ -125,7 +125,8 @@ def test_misspelt_and_bad_parameters_are_all_reported_at_start(tmp_path, capfd):
     params.write_text("/**:\n  ros__parameters:\n    map_voxel_sise: 0.05\n    fixed_frame: odom\n"
                       "other_node:\n  ros__parameters:\n    nothing_of_ours: 1\n")
     status = main(["segment_node", "--ros-args", "-p", "cloud_topc:=/lidar/points", "-p", "num_view:=2",
-                   "-p", "chunk_size:=2", "-p", "num_views:=20", "-p", "warm_up:=false",
+                   "-p", "chunk_size:=2", "-p", "num_views:=20", "-p", "warm_up:=false", "-p", "device:=tpu",
+                   "-p", "label_ids:=names", "-p", "similarity_marker_source:=colour",
                    "--params-file", str(params)])
     assert status == 2
     err = capfd.readouterr().err
@@ -135,7 +136,10 @@ def test_misspelt_and_bad_parameters_are_all_reported_at_start(tmp_path, capfd):
     assert "'num_view'" in warns[1] and "did you mean 'num_views'" in warns[1]
     assert "'map_voxel_sise'" in warns[2] and "did you mean 'map_voxel_size'" in warns[2] and str(params) in warns[2]
     fatal = [line for line in err.splitlines() if "[FATAL]" in line]
-    assert len(fatal) == 1 and "'chunk_size'" in fatal[0] and "'num_views'" in fatal[0], err
+    assert len(fatal) == 1, err
+    for name in ("'chunk_size'", "'num_views'", "'device' = 'tpu'", "'label_ids' = 'names'",
+                 "'similarity_marker_source' = 'colour'"):
+        assert name in fatal[0], (name, fatal[0])
 
 
 def test_parameter_files_are_matched_to_the_node_as_rcl_does(tmp_path):

@@ -314,25 +314,24 @@ class SegmentNode(LifecycleNode):
         """Parameters, counters and the view buffer (no ROS entity besides the lifecycle services)."""
         self._declare_parameters()
         p = self._param
+        # [robot hook: all bad parameters in one go] each check noted, all raised together (ros/param_audit.py)
+        errors = param_audit.ParameterErrors(self._parameter_errors)
         self.fixed_frame = str(p("fixed_frame")).lstrip("/")
         if not self.fixed_frame:
-            raise ParameterError("parameter 'fixed_frame' = '' must not be empty")
-        self._check_marker_source(p("similarity_marker_source"))
-        try:  # [robot hook: label ids]
+            errors.errors.append("parameter 'fixed_frame' = '' must not be empty")
+            self.fixed_frame = "map"  # only so the other checks can run: the node does not start
+        with errors.check():
+            self._check_marker_source(p("similarity_marker_source"))
+        with errors.check():
             label_info.check_label_space(p("label_ids"))
-        except ConfigError as exc:
-            raise ParameterError(str(exc)) from None
-        try:
+        with errors.check(f"parameter 'device' = {p('device')!r}: "):
             resolve_node_device(p("device"), False)  # its spelling, before any model is loaded
-        except ConfigError as exc:
-            raise ParameterError(f"parameter 'device' = {p('device')!r}: {exc}") from None
-        try:  # ConfigError for bad map_* / probabilities values: a parameter error (exit 2)
+        with errors.check():  # ConfigError for bad map_* / probabilities values: a parameter error (exit 2)
             self._probabilities = check_probability_mode(p("probabilities"))
+        with errors.check():
             self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)
-        except ParameterError:
-            raise
-        except ConfigError as exc:
-            raise ParameterError(str(exc)) from None
+        errors.raise_if_any(ParameterError)
+        # [end robot hook]
         self.stats = NodeStats()
         self.buffer = ViewBuffer(
             max_views=p("buffer_max_views"),
@@ -564,6 +563,7 @@ class SegmentNode(LifecycleNode):
                     check_parameter(spec, overrides[spec.name])
                 except ParameterError as exc:
                     errors.append(str(exc))
+                    self.declare_parameter(spec.name, spec.default, ignore_override=True)  # so later checks run
                     continue
             desc = ParameterDescriptor(description=spec.description, read_only=not spec.runtime)
             if spec.int_range is not None:
@@ -576,8 +576,8 @@ class SegmentNode(LifecycleNode):
                 self.declare_parameter(spec.name, spec.default, desc)
             except ParameterException as exc:  # anything check_parameter did not foresee: still one line
                 errors.append(f"parameter '{spec.name}': {exc}")
-        if errors:  # [robot hook: all bad parameters in one go]
-            raise ParameterError("; ".join(errors))
+                self.declare_parameter(spec.name, spec.default, ignore_override=True)
+        self._parameter_errors = errors  # [robot hook: all bad parameters in one go] raised by _setup
 
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value

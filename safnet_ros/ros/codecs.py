@@ -39,7 +39,7 @@ from builtin_interfaces.msg import Time as TimeMsg
 from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, class_colors
+from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, class_colors, encode_label_ids
 from safnet_ros.errors import DataFormatError, MessageDecodeError, MessageEncodeError
 from safnet_ros.geometry.camera import scale_intrinsics
 
@@ -580,17 +580,20 @@ def make_labeled_cloud(
     return structured_to_pointcloud2(cloud, header, frame_id=frame_id, stamp=stamp)
 
 
-def labeled_cloud(xyz: np.ndarray, result: Any, header: Any, probabilities: str = "none") -> PointCloud2:
+def labeled_cloud(xyz: np.ndarray, result: Any, header: Any, probabilities: str = "none",
+                  label_ids: str = "index") -> PointCloud2:
     """The node's ``~/labeled_cloud`` of a segmented cloud (segment-bag writes the same message).
 
     xyz (N, 3) metres in the cloud's own frame; result: a SegmentResult
     (labels, confidence, s, and probs/segmented for ``probabilities`` top3 /
-    all); header: the input cloud's (frame and stamp are kept).
+    all); header: the input cloud's (frame and stamp are kept); label_ids: the
+    ``label`` field's id space, ``index`` (0..19, 255 = not labelled) or
+    ``nyu40`` (0 = not labelled, as in saved PLY files).
     """
     labels = np.asarray(result.labels)
     mode = probabilities if result.probs is not None else "none"
     return make_labeled_cloud(
-        xyz, labels.astype(np.uint16), class_colors(labels), result.confidence,
+        xyz, encode_label_ids(labels, label_ids), class_colors(labels), result.confidence,
         np.nan_to_num(result.s, nan=0.0).astype(np.float32), header=header, probabilities=mode,
         extra=probability_columns(result.probs, result.segmented, mode) if mode != "none" else None,
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from safnet_ros.data.labels import LABEL_SPACES
 from safnet_ros.errors import ConfigError
 
 DEFAULT_TF_TOPIC = "/safnet/transforms"
@@ -140,6 +141,12 @@ PARAMETERS: tuple[Param, ...] = (
     P("autostart", True, "Configure and activate the lifecycle node by itself at start-up (ros2 run, the launch "
       "file); false = wait in 'unconfigured' for a lifecycle manager (ros2 lifecycle set)."),
     # --- the semantic map (ros/semantic_map_component.py) and the labelled cloud's probability fields
+    P("input_timeout", 5.0, "/diagnostics goes to WARN, naming the input, when no cloud, no synchronised RGB-D "
+      "set or no transform has arrived for this many seconds since activation or its last arrival (0 = off).",
+      low=0.0, high=3600.0),
+    P("label_ids", "index", "Id space of the labels on ~/labeled_cloud and in ~/label_info: index (class "
+      "indices 0..19, 255 = not labelled) | nyu40 (the classes' nyu40 ids, 0 = not labelled, as in the saved "
+      "PLY files).", choices=LABEL_SPACES),
     P("map_enable", True, "Fuse every labelled cloud's per-point class probabilities into a semantic voxel map "
       "in fixed_frame, published on ~/semantic_map, with the ~/save_map and ~/clear_map services."),
     P("map_voxel_size", 0.04, "Voxel edge of the semantic map, metres.", low=0.0, high=10.0, low_open=True),

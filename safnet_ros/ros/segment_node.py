@@ -70,7 +70,7 @@ from safnet_ros.engine.inference import Segmenter
 from safnet_ros.engine.pipeline import KEPT, NOT_KEYFRAME, CloudOutput, SegmentationPipeline, transform_points
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, MessageDecodeError, SafnetError
-from safnet_ros.ros import codecs, compat
+from safnet_ros.ros import codecs, compat, device_report, input_watchdog, label_info, param_audit, shutdown
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import similarity_markers
 from safnet_ros.ros.params import PARAMETERS, SPECS, Param, ParameterError, check_value
@@ -206,6 +206,9 @@ class SegmentNode(LifecycleNode):
         self.pub_markers: Optional[Publisher] = None
         self.pub_diag: Optional[Publisher] = None
         # made by activate, released by deactivate
+        self.input_watchdog: Optional[input_watchdog.InputWatchdog] = None
+        self.label_info: Optional[label_info.LabelInfoPublisher] = None
+        self._max_points_warned = False
         self.tf_listener: Any = None  # tf2_ros.TransformListener or the drop-in, on its own thread
         self.sub_rgb: Any = None  # message_filters.Subscriber or the drop-in
         self.sub_depth: Any = None
@@ -234,6 +237,8 @@ class SegmentNode(LifecycleNode):
         self.last_timings: dict[str, float] = {}
         self.device = "cpu"
         try:
+            # a WARN per parameter given but not declared, naming the closest known one (ros/param_audit.py)
+            param_audit.warn_undeclared(self, node_kwargs.get("cli_args"), [spec.name for spec in PARAMETERS])
             self._setup()
             if self._param("autostart"):
                 self._autostart()
@@ -243,17 +248,21 @@ class SegmentNode(LifecycleNode):
 
     def _setup(self) -> None:
         """Parameters, the view buffer and the map (no ROS entity besides the lifecycle services)."""
-        self._declare_parameters()
+        # every bad parameter is noted and all are raised together, in one line (ros/param_audit.py)
+        errors = param_audit.ParameterErrors(self._declare_parameters())
         p = self._param
         self.fixed_frame = str(p("fixed_frame")).lstrip("/")
         if not self.fixed_frame:
-            raise ParameterError("parameter 'fixed_frame' = '' must not be empty")
-        try:
+            errors.errors.append("parameter 'fixed_frame' = '' must not be empty")
+            self.fixed_frame = "map"  # only so the other checks can run: the node does not start
+        with errors.check():
+            label_info.check_label_space(p("label_ids"))
+        with errors.check(f"parameter 'device' = {p('device')!r}: "):
             resolve_node_device(p("device"), False)  # its spelling, before any model is loaded
-        except ConfigError as exc:
-            raise ParameterError(f"parameter 'device' = {p('device')!r}: {exc}") from None
         self._probabilities = p("probabilities")
-        self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)
+        with errors.check():  # ConfigError for bad map_* values: a parameter error (exit 2)
+            self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)
+        errors.raise_if_any(ParameterError)
         self.buffer = ViewBuffer(
             max_views=p("buffer_max_views"),
             max_mb=p("buffer_max_mb"),
@@ -280,6 +289,10 @@ class SegmentNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def _guarded(self, step: Any) -> TransitionCallbackReturn:
+        """Run a transition step, logged with its outcome and duration (ros/shutdown.py)."""
+        return shutdown.log_transition(self, step, lambda: self._guarded_step(step))
+
+    def _guarded_step(self, step: Any) -> TransitionCallbackReturn:
         """Run a transition step; a failure is logged, kept for _autostart and turns into FAILURE."""
         try:
             step()
@@ -320,6 +333,7 @@ class SegmentNode(LifecycleNode):
         segmenter = self._given_segmenter if self._given_segmenter is not None else self._load_segmenter()
         self.segmenter = segmenter
         self.device = str(segmenter.device)
+        self.get_logger().info(device_report.describe(self.device))
         if self._param("warm_up"):
             self.get_logger().info(f"model warmed up in {segmenter.warm_up():.2f} s")
         self.pipeline = SegmentationPipeline(segmenter, self.buffer, self.semantic_map)
@@ -332,6 +346,9 @@ class SegmentNode(LifecycleNode):
         self._jumps.reset()  # a new activation: each stream starts a new timeline
         self._create_inputs()
         self.semantic_map.start_publishing()
+        # silent inputs turn /diagnostics to WARN (ros/input_watchdog.py)
+        self.input_watchdog = input_watchdog.InputWatchdog(
+            p("input_timeout"), input_watchdog.describe_inputs(self, p, self.fixed_frame), dict(self.stats.counters))
         # Timers on the steady clock: they must tick with use_sim_time and no /clock too.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._retry_timer = self.create_timer(0.02, self._retry_pending, clock=steady)
@@ -360,12 +377,16 @@ class SegmentNode(LifecycleNode):
         self.pub_cloud = self.create_publisher(PointCloud2, "~/labeled_cloud", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "~/similarity_markers", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.semantic_map.create(self)  # ~/semantic_map, ~/save_map, ~/clear_map
+        self.semantic_map.create(self)  # ~/semantic_map, ~/save_map, ~/clear_map, ~/load_map
+        self.label_info = label_info.LabelInfoPublisher(self, self._param("label_ids"), self.fixed_frame)
 
     def _destroy_outputs(self) -> None:
         """Undo :meth:`_create_outputs`."""
         if self.semantic_map is not None:
             self.semantic_map.destroy()
+        if self.label_info is not None:
+            self.label_info.destroy()
+            self.label_info = None
         for pub in (self.pub_cloud, self.pub_markers, self.pub_diag):
             if pub is not None:
                 self.destroy_publisher(pub)
@@ -440,22 +461,26 @@ class SegmentNode(LifecycleNode):
         self._cleanup()
 
     # ------------------------------------------------------------------ parameters
-    def _declare_parameters(self) -> None:
-        """Declare every parameter of :mod:`safnet_ros.ros.params`; a given value of the wrong type or out of
-        range raises ParameterError (one line naming it).
+    def _declare_parameters(self) -> list[str]:
+        """Declare every parameter of :mod:`safnet_ros.ros.params`; returns one line per given value of the
+        wrong type or out of range (``_setup`` raises them together as one ParameterError).
 
         Each is declared with dynamic typing first, so that a value of any type given on the command line
         or in a params file reaches :func:`~safnet_ros.ros.params.check_value`, then gets its real
         descriptor (type, range, read-only) through the public ``set_descriptor``.
         """
+        errors: list[str] = []
         for spec in PARAMETERS:
             try:
                 value = self.declare_parameter(
                     spec.name, spec.default, ParameterDescriptor(dynamic_typing=True)).value
                 check_value(spec, value)
                 self.set_descriptor(spec.name, descriptor(spec))
-            except ParameterException as exc:  # anything check_value did not foresee: still one line
-                raise ParameterError(f"parameter '{spec.name}': {exc}") from None
+            except (ParameterError, ParameterException) as exc:  # noted; all are raised together by _setup
+                errors.append(str(exc) if isinstance(exc, ParameterError) else f"parameter '{spec.name}': {exc}")
+                # back to the default, so that the later checks can run (the node does not start)
+                self.set_parameters([Parameter(spec.name, value=spec.default)])
+        return errors
 
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
@@ -699,7 +724,8 @@ class SegmentNode(LifecycleNode):
         out = self.pipeline.segment_cloud(decoded.xyz, T)
         t_enc = time.monotonic()
         self._note_result(out)
-        cloud = codecs.labeled_cloud(out.xyz, out.result, msg.header, self._probabilities)
+        cloud = codecs.labeled_cloud(out.xyz, out.result, msg.header, self._probabilities,
+                                     label_ids=self._param("label_ids"))
         self.pub_cloud.publish(cloud)
         done = time.monotonic()
         self.stats.count("clouds_segmented")
@@ -726,6 +752,11 @@ class SegmentNode(LifecycleNode):
         for warning in out.result.warnings:
             if "max_points" in warning:
                 self.stats.count("downsampled")
+                # max_points is read-only: one warning, then the 'downsampled' counter on /diagnostics
+                if self._max_points_warned:
+                    continue
+                self._max_points_warned = True
+                warning += " (warned once; clouds downsampled since: 'downsampled' on /diagnostics)"
             self.get_logger().warning(warning, throttle_duration_sec=WARN_PERIOD_S)
         if out.three_d_only:
             self.stats.count("clouds_3d_only")
@@ -737,10 +768,13 @@ class SegmentNode(LifecycleNode):
                                           **self.semantic_map.diagnostics(),
                                           **{f"last_{k}": f"{v:.4f}" for k, v in self.last_timings.items()}})
         grown = self.stats.new_since_last_report(("worker_errors", "decode_errors", "tf_failures", "clouds_dropped"))
-        self.pub_diag.publish(stats_to_diagnostics(
+        msg = stats_to_diagnostics(
             snap, grown, self.get_clock().now().to_msg(), name=f"{self.get_name()}: segmentation",
             hardware_id=self.device,
-        ))
+        )
+        # WARN naming the silent inputs (ros/input_watchdog.py)
+        input_watchdog.check(self, self.input_watchdog, snap.counters, msg.status[0], WARN_PERIOD_S)
+        self.pub_diag.publish(msg)
 
     # ------------------------------------------------------------------ shutdown
     def destroy_node(self) -> None:
@@ -758,10 +792,18 @@ def main(args: Optional[list[str]] = None) -> int:
     Exit status 2 for a bad parameter (one fatal line naming it, its value and
     what is allowed), 1 for any other start-up failure (an unloadable model).
     """
+    shutdown.install_sigterm()  # SIGTERM stops start-up as SIGINT does
+    param_audit.set_global_args(args)  # what rclpy.init parses, for the undeclared-parameter warning
     rclpy.init(args=args)
     node = None
     try:
-        node = SegmentNode()
+        try:
+            node = SegmentNode()
+        except BaseException as exc:  # SIGINT/SIGTERM while starting: one line, exit 0 (ros/shutdown.py)
+            if not shutdown.requested(exc=exc):
+                raise
+            shutdown.quietly(rclpy.try_shutdown)
+            return shutdown.exit_line(NODE_NAME, "starting")
     except (ParameterError, ParameterException) as exc:
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
@@ -780,9 +822,9 @@ def main(args: Optional[list[str]] = None) -> int:
         pass
     finally:
         executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
+        shutdown.quietly(node.destroy_node)  # the context may be gone already
         rclpy.try_shutdown()
-    return 0
+    return shutdown.exit_line(NODE_NAME, "running")
 
 
 if __name__ == "__main__":

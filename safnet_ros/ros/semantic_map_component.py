@@ -49,7 +49,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 
-from safnet_ros.data.labels import class_colors
+from safnet_ros.data.labels import class_colors, encode_label_ids
 from safnet_ros.errors import ConfigError, SafnetError
 from safnet_ros.mapping import FUSION_RULES, MapSnapshot, SemanticVoxelMap
 from safnet_ros.mapping.map_ply import save_map
@@ -73,6 +73,7 @@ class MapSettings:
     directory: str = ""
     load_file: str = ""
     save_on_shutdown: bool = False
+    label_ids: str = "index"
 
 
 def _trigger_type() -> Any:
@@ -124,7 +125,8 @@ class SemanticMapComponent:
                                smoothing=p("map_smoothing"), smoothing_cell=p("map_smoothing_cell"),
                                publish_rate=p("map_publish_rate"), save_path=str(p("map_save_path")),
                                directory=str(p("map_directory")), load_file=str(p("map_file")),
-                               save_on_shutdown=bool(p("map_save_on_shutdown")))
+                               save_on_shutdown=bool(p("map_save_on_shutdown")),
+                               label_ids=str(p("label_ids")))
         return cls(settings, fixed_frame, node.get_logger())
 
     def create(self, node: Any) -> None:
@@ -230,7 +232,7 @@ class SemanticMapComponent:
         snap = self.snapshot()  # a cloud fused meanwhile is in it too; the next tick then republishes
         if stamp is None and self._node is not None:
             stamp = self._node.get_clock().now().to_msg()
-        pub.publish(semantic_map_cloud(snap, self.fixed_frame, stamp))
+        pub.publish(semantic_map_cloud(snap, self.fixed_frame, stamp, self.settings.label_ids))
         self._published_version = version
         return True
 
@@ -360,12 +362,13 @@ SEMANTIC_MAP_DTYPE = np.dtype({
 })
 
 
-def semantic_map_cloud(snap: MapSnapshot, frame_id: str, stamp: Any = None) -> Any:
-    """The ~/semantic_map PointCloud2 of a snapshot (:data:`SEMANTIC_MAP_DTYPE`, one point per voxel)."""
+def semantic_map_cloud(snap: MapSnapshot, frame_id: str, stamp: Any = None, label_ids: str = "index") -> Any:
+    """The ~/semantic_map PointCloud2 of a snapshot (:data:`SEMANTIC_MAP_DTYPE`, one point per voxel), its
+    ``label`` field in the ``label_ids`` space (index | nyu40, as ~/labeled_cloud)."""
     arr = np.zeros(len(snap), SEMANTIC_MAP_DTYPE)
     arr["x"], arr["y"], arr["z"] = snap.centres[:, 0], snap.centres[:, 1], snap.centres[:, 2]
     arr["rgb"] = codecs.pack_rgb(class_colors(snap.labels))
-    arr["label"] = snap.labels
+    arr["label"] = encode_label_ids(snap.labels, label_ids)
     arr["confidence"] = snap.confidence
     arr["observations"] = np.minimum(snap.observations, np.iinfo(np.uint32).max)
     return codecs.structured_to_pointcloud2(arr, frame_id=frame_id, stamp=stamp)

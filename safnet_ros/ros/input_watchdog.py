@@ -1,0 +1,136 @@
+"""Silent inputs on /diagnostics: a mis-wired node must not look healthy.
+
+A node whose cloud topic is remapped to nowhere, whose camera never delivers
+a synchronised (rgb, depth, camera_info) set, or whose clouds never find a
+transform into ``fixed_frame`` publishes nothing and raises no error. This
+watchdog turns that silence into a WARN on /diagnostics (and a throttled
+warning in the log) naming the input, its topic and how long it has been
+silent, once ``input_timeout`` seconds passed without it.
+
+It reads the node's own counters (:class:`~safnet_ros.ros.diagnostics.NodeStats`),
+so it needs no hook in the callbacks:
+
+- ``cloud``: ``clouds_received`` grew;
+- ``rgbd``: ``frames_synced`` grew (a matched set, whatever happened next);
+- ``transform``: a cloud or view found its pose (``clouds_segmented``,
+  ``views_kept``, ``views_not_keyframe`` grew). Judged only while clouds or
+  sets arrive: without any input the missing input is the news.
+
+The clock starts at activation; ``input_timeout`` 0 turns the watchdog off.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+#: input -> the counters whose growth shows it arrived.
+EVIDENCE: dict[str, tuple[str, ...]] = {
+    "cloud": ("clouds_received",),
+    "rgbd": ("frames_synced",),
+    "transform": ("clouds_segmented", "views_kept", "views_not_keyframe"),
+}
+
+
+@dataclass(frozen=True)
+class Silence:
+    """One input that has been silent for ``seconds`` (since activation or its last arrival)."""
+
+    name: str
+    seconds: float
+    text: str
+
+
+class InputWatchdog:
+    """Tracks when each input last showed up; :meth:`silent` lists those quiet for ``timeout_s``.
+
+    describe: input name -> words naming it for the user (its topic, or the frames).
+    """
+
+    def __init__(self, timeout_s: float, describe: dict[str, str], counters: Optional[dict[str, int]] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.timeout_s = float(timeout_s)
+        self.describe = dict(describe)
+        self._clock = clock
+        now = clock()
+        self._last_seen: dict[str, float] = {name: now for name in EVIDENCE}
+        self._ever: dict[str, bool] = {name: False for name in EVIDENCE}
+        self._counts = self._totals(counters or {})  # at activation: what came before does not count
+
+    @staticmethod
+    def _totals(counters: dict[str, int]) -> dict[str, int]:
+        return {name: sum(int(counters.get(key, 0)) for key in keys) for name, keys in EVIDENCE.items()}
+
+    def observe(self, counters: dict[str, int]) -> None:
+        """Note which inputs arrived since the previous call, from the node's counters."""
+        now = self._clock()
+        totals = self._totals(counters)
+        for name, total in totals.items():
+            if total > self._counts[name]:
+                self._last_seen[name] = now
+                self._ever[name] = True
+        self._counts = totals
+
+    def silent(self) -> list[Silence]:
+        """The inputs silent for at least ``timeout_s`` seconds (empty when the watchdog is off)."""
+        if self.timeout_s <= 0:
+            return []
+        now = self._clock()
+        quiet = {name: now - seen for name, seen in self._last_seen.items() if now - seen >= self.timeout_s}
+        inputs_flow = "cloud" not in quiet or "rgbd" not in quiet
+        out = []
+        for name in ("cloud", "rgbd", "transform"):
+            if name not in quiet or (name == "transform" and not inputs_flow):
+                continue
+            seconds = quiet[name]
+            what = {"cloud": "no PointCloud2", "rgbd": "no synchronised RGB-D set",
+                    "transform": "no transform"}[name]
+            when = "since the last one" if self._ever[name] else "since activation"
+            out.append(Silence(name, seconds, f"{what} {self.describe.get(name, '')} for {seconds:.0f} s ({when})"
+                                              .replace("  ", " ")))
+        return out
+
+
+def mark_silent(status: DiagnosticStatus, silences: list[Silence]) -> None:
+    """Raise ``status`` to at least WARN and put the silent inputs first in its message."""
+    if not silences:
+        status.values = list(status.values) + [KeyValue(key="silent_inputs", value="")]
+        return
+    if status.level < DiagnosticStatus.WARN:
+        status.level = DiagnosticStatus.WARN
+        status.message = ""
+    words = "; ".join(s.text for s in silences)
+    status.message = f"{words}; {status.message}" if status.message else words
+    status.values = list(status.values) + [KeyValue(key="silent_inputs", value=",".join(s.name for s in silences))]
+
+
+def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str) -> dict[str, str]:
+    """Words naming each input of the node: its resolved topics and the transform's target frame."""
+    def topic(name: str) -> str:
+        try:
+            return node.resolve_topic_name(str(param(name)))
+        except Exception:  # noqa: BLE001 - an unresolvable name is shown as given
+            return str(param(name))
+
+    return {
+        "cloud": f"on {topic('cloud_topic')}",
+        "rgbd": f"on {topic('rgb_topic')}, {topic('depth_topic')}, {topic('camera_info_topic')}",
+        "transform": f"from the clouds' or camera's frame into '{fixed_frame}' (TF)",
+    }
+
+
+def check(node: Any, watchdog: Optional[InputWatchdog], counters: dict[str, int], status: DiagnosticStatus,
+          warn_period_s: float = 5.0) -> None:
+    """The node's hook: observe the counters, mark ``status`` and log the silent inputs (throttled)."""
+    if watchdog is None:
+        return
+    watchdog.observe(counters)
+    silences = watchdog.silent()
+    mark_silent(status, silences)
+    if silences:
+        node.get_logger().warning("; ".join(s.text for s in silences), throttle_duration_sec=warn_period_s)
+
+
+__all__ = ["EVIDENCE", "InputWatchdog", "Silence", "mark_silent", "describe_inputs", "check"]

@@ -1,0 +1,109 @@
+"""What the node's label ids mean: the latched ``~/label_info`` (vision_msgs/msg/LabelInfo) and ``label_ids``.
+
+``label_ids`` picks the id space of every label the node publishes (docs/ros_node.md, "Labels"):
+
+- ``index`` (default): class indices 0..19 of the 20 ScanNet classes in nyu40-id order (wall = 0 ...
+  otherfurniture = 19), 255 = not labelled. What the model outputs and the training labels use.
+- ``nyu40``: the classes' nyu40 ids (wall = 1 ... otherfurniture = 39), 0 = not labelled; the ids of
+  ScanNet's ``.labels.ply`` and of the PLY files ``~/save_map`` writes, so the topic, the map and the
+  saved files then carry the same numbers.
+
+``~/label_info`` is published once at configure with transient-local durability (a late subscriber gets
+it, like a latched topic): ``class_map`` lists every id the node writes, the unlabelled one included, and
+``threshold`` is 0.0 because the node applies none (every segmented point gets its most probable class;
+its confidence is a field of ``~/labeled_cloud``). The message type is ROS 2's vision_msgs, or the
+project's own copy generated at setup from interfaces/vision_msgs (scripts/build_tf2_msgs.sh), whose type
+hash equals ROS 2's; where neither imports the topic is left out with one log line.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Optional
+
+import numpy as np
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Header
+
+from safnet_ros.data.labels import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    LABEL_SPACES,
+    NUM_CLASSES,
+    NYU40_IDS,
+    encode_label_ids,
+)
+from safnet_ros.errors import ConfigError
+
+#: Id of a point that was not labelled, per label space.
+UNLABELLED_ID: dict[str, int] = {"index": IGNORE_INDEX, "nyu40": 0}
+#: Name given to the unlabelled id in ``class_map``.
+UNLABELLED_NAME = "unlabeled"
+#: The node applies no confidence threshold.
+THRESHOLD = 0.0
+
+
+def check_label_space(space: str) -> str:
+    """``space`` when it is one of :data:`LABEL_SPACES`; ConfigError naming the allowed values otherwise."""
+    if space not in LABEL_SPACES:
+        raise ConfigError(f"parameter 'label_ids' = {space!r} is not allowed: one of {list(LABEL_SPACES)}")
+    return space
+
+
+def class_map(space: str) -> list[tuple[int, str]]:
+    """(id, name) of every id written in ``space``: the 20 classes, then the unlabelled id."""
+    ids = range(NUM_CLASSES) if check_label_space(space) == "index" else NYU40_IDS
+    return [(int(i), name) for i, name in zip(ids, CLASS_NAMES)] + [(UNLABELLED_ID[space], UNLABELLED_NAME)]
+
+
+def encode(labels: np.ndarray, space: str) -> np.ndarray:
+    """(N,) class indices (255 = not labelled) -> (N,) uint16 ids of ``space``."""
+    return encode_label_ids(labels, space)
+
+
+def label_info_class() -> Optional[Any]:
+    """``vision_msgs.msg.LabelInfo`` where it imports (ROS 2's or the generated copy), else None."""
+    try:
+        return importlib.import_module("vision_msgs.msg").LabelInfo
+    except (ImportError, AttributeError):
+        return None
+
+
+def make_label_info(space: str, header: Any = None) -> Any:
+    """A LabelInfo message for ``space`` (requires vision_msgs)."""
+    msgs = importlib.import_module("vision_msgs.msg")
+    msg = msgs.LabelInfo()
+    if header is not None:
+        msg.header = header
+    msg.class_map = [msgs.VisionClass(class_id=i, class_name=name) for i, name in class_map(space)]
+    msg.threshold = float(THRESHOLD)
+    return msg
+
+
+#: Transient local and reliable: subscribers that come later still get the one message.
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class LabelInfoPublisher:
+    """Publishes ``~/label_info`` once (latched) for the node's ``label_ids``; a no-op without vision_msgs."""
+
+    def __init__(self, node: Any, space: str, frame_id: str = "") -> None:
+        self.node = node
+        self.space = check_label_space(space)
+        self.publisher: Any = None
+        cls = label_info_class()
+        if cls is None:
+            node.get_logger().info("no vision_msgs/msg/LabelInfo here (run `make venv`, which generates it): "
+                                   "~/label_info is not published")
+            return
+        self.publisher = node.create_publisher(cls, "~/label_info", LATCHED_QOS)
+        header = Header(stamp=node.get_clock().now().to_msg(), frame_id=frame_id)
+        self.publisher.publish(make_label_info(self.space, header))
+
+    def destroy(self) -> None:
+        if self.publisher is not None:
+            self.node.destroy_publisher(self.publisher)
+            self.publisher = None
+
+
+__all__ = ["LABEL_SPACES", "UNLABELLED_ID", "THRESHOLD", "check_label_space", "class_map", "encode",
+           "label_info_class", "make_label_info", "LATCHED_QOS", "LabelInfoPublisher"]

@@ -1,0 +1,166 @@
+"""Parameters given to the node that it does not declare: a WARN naming each and the closest known name.
+
+rclpy ignores an override for a parameter nobody declares, so ``-p cloud_topc:=/lidar/points`` (a typo)
+silently leaves the node on its default topic. This module reads what the user gave, from the command
+line's ``--ros-args`` sections (``-p``/``--param name:=value`` and ``--params-file FILE``, the way ``ros2
+run`` and launch_ros pass them), and compares the names with the node's declared parameters
+(``Node.list_parameters``, public API). Each unknown name draws one warning with the closest declared name
+(difflib); all of them are reported at once, at start-up, before the model loads.
+
+Which arguments: the node's own ``cli_args`` and the process's global arguments, which are ``sys.argv``
+unless :func:`set_global_args` recorded the list given to ``rclpy.init`` (the node's ``main`` does).
+Parameter files are read as rcl reads them: the top-level keys are node names or patterns (``/**``,
+``/*/name``, ``name``) matched against the node's full name, their ``ros__parameters`` flattened with dots.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import yaml
+
+from safnet_ros.errors import ConfigError
+
+_global_args: Optional[list[str]] = None
+
+#: Names rclpy or rcl declare or handle themselves; never reported.
+_IGNORED_PREFIXES = ("qos_overrides.",)
+
+
+def set_global_args(args: Optional[Sequence[str]]) -> None:
+    """Record the argument list given to ``rclpy.init`` (None = ``sys.argv``)."""
+    global _global_args
+    _global_args = None if args is None else list(args)
+
+
+def global_args() -> list[str]:
+    return list(sys.argv if _global_args is None else _global_args)
+
+
+def ros_args(argv: Iterable[str]) -> list[str]:
+    """The tokens inside ``--ros-args ... [--]`` sections of ``argv``, in order."""
+    out: list[str] = []
+    inside = False
+    for token in argv:
+        if token == "--ros-args":
+            inside = True
+        elif token == "--" and inside:
+            inside = False
+        elif inside:
+            out.append(token)
+    return out
+
+
+def node_pattern_matches(pattern: str, fqn: str) -> bool:
+    """rcl's node-name matching for parameter files: ``/**``, ``/*``, a plain or full node name."""
+    pattern = pattern.strip()
+    if not pattern.startswith("/"):
+        pattern = "/**/" + pattern if pattern not in ("**", "*") else "/" + pattern
+    regex = ""
+    for part in re.split(r"(\*\*|\*)", pattern):
+        regex += {"**": ".*", "*": "[^/]*"}.get(part, re.escape(part))
+    return re.fullmatch(regex.replace("/.*/", "(/.*)?/"), fqn) is not None
+
+
+def _flatten(values: dict, prefix: str = "") -> list[str]:
+    names = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            names += _flatten(value, name + ".")
+        else:
+            names.append(name)
+    return names
+
+
+def params_file_names(path: str, fqn: str) -> list[str]:
+    """Parameter names a ``--params-file`` gives to the node ``fqn`` ([] when unreadable: rcl reports that)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return []
+    names: list[str] = []
+    for key, section in (data or {}).items() if isinstance(data, dict) else ():
+        if isinstance(section, dict) and node_pattern_matches(str(key), fqn):
+            params = section.get("ros__parameters")
+            if isinstance(params, dict):
+                names += _flatten(params)
+    return names
+
+
+def given_parameters(argv: Iterable[str], fqn: str) -> dict[str, str]:
+    """name -> where it was given (``-p name:=...`` or the parameter file), for the node ``fqn``."""
+    tokens = ros_args(argv)
+    given: dict[str, str] = {}
+    node_name = fqn.rsplit("/", 1)[-1]
+    for i, token in enumerate(tokens):
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if token in ("-p", "--param") and ":=" in nxt:
+            name = nxt.split(":=", 1)[0]
+            if ":" in name:  # node_name:param:=value
+                target, name = name.split(":", 1)
+                if target not in (node_name, fqn):
+                    continue
+            given.setdefault(name, f"-p {nxt}")
+        elif token == "--params-file" and nxt:
+            for name in params_file_names(nxt, fqn):
+                given.setdefault(name, f"--params-file {nxt}")
+    return given
+
+
+def undeclared(given: dict[str, str], declared: Iterable[str]) -> list[tuple[str, str, Optional[str]]]:
+    """(name, where given, closest declared name or None) for each given name the node does not declare."""
+    known = sorted(set(declared))
+    out = []
+    for name, where in given.items():
+        if name in known or name.startswith(_IGNORED_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        out.append((name, where, close[0] if close else None))
+    return out
+
+
+def warn_undeclared(node: Any, cli_args: Optional[Sequence[str]] = None,
+                    will_declare: Iterable[str] = ()) -> list[str]:
+    """Warn once per parameter given to ``node`` that it does not declare; returns the warnings.
+
+    will_declare: names the node is about to declare (so the check can run before they are, and
+    undeclared names are reported even when a bad value stops the node right after).
+    """
+    declared = list(node.list_parameters([], 0).names) + list(will_declare)
+    argv = global_args() + list(cli_args or [])
+    lines = []
+    for name, where, close in undeclared(given_parameters(argv, node.get_fully_qualified_name()), declared):
+        hint = f"; did you mean '{close}'?" if close else ""
+        lines.append(f"parameter '{name}' ({where}) is not a parameter of this node and is ignored{hint}")
+    for line in lines:
+        node.get_logger().warning(line)
+    return lines
+
+
+class ParameterErrors:
+    """Collects every bad parameter of a start-up, so that all of them are reported in one line."""
+
+    def __init__(self, errors: Iterable[str] = ()) -> None:
+        self.errors = list(errors)
+
+    @contextmanager
+    def check(self, prefix: str = "") -> Iterator[None]:
+        """Run one check; a ConfigError (ParameterError included) is noted instead of raised."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.errors.append(f"{prefix}{exc}")
+
+    def raise_if_any(self, error_type: type) -> None:
+        """Raise ``error_type`` with every noted problem, joined by '; '."""
+        if self.errors:
+            raise error_type("; ".join(self.errors))
+
+
+__all__ = ["ParameterErrors", "set_global_args", "global_args", "ros_args", "node_pattern_matches", "params_file_names",
+           "given_parameters", "undeclared", "warn_undeclared"]

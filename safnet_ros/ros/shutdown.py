@@ -1,0 +1,111 @@
+"""Clean start and stop of the node: Ctrl-C or SIGTERM at any moment is one line and exit status 0.
+
+rclpy's signal handler (installed by ``rclpy.init``) answers SIGINT and SIGTERM
+by shutting the context down; for SIGINT it then raises Python's
+KeyboardInterrupt as well. A signal that arrives while the node is still being
+built (model loading, warm-up, creating publishers) therefore surfaces as
+whatever the constructor was doing when the context went away:
+KeyboardInterrupt, ``RCLError: ... context is invalid`` from the next
+``create_publisher``, or a failed lifecycle transition. None of them is an
+error the user should see: the user asked the node to stop.
+
+:func:`requested` tells that case apart (the context is no longer ok, or the
+exception is a KeyboardInterrupt), and :func:`exit_line` writes the one line.
+:func:`log_transition` logs each lifecycle transition with its outcome and
+duration (docs/ros_node.md, "Lifecycle").
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+
+from safnet_ros.ros import early_signals
+
+#: What each transition step of the node does (by the step method's name), for the log.
+_STEP_WORDS: dict[str, tuple[str, str]] = {
+    "_configure": ("configuring", "configured (inactive)"),
+    "_activate": ("activating", "active"),
+    "_deactivate": ("deactivating", "inactive"),
+    "_cleanup": ("cleaning up", "unconfigured"),
+    "_release_all": ("shutting down", "finalized"),
+}
+
+
+def requested(context: Any = None, exc: Optional[BaseException] = None) -> bool:
+    """True when a shutdown was asked for: the context is shut down, or ``exc`` is a Ctrl-C."""
+    if isinstance(exc, (KeyboardInterrupt, ExternalShutdownException)):
+        return True
+    try:
+        return not rclpy.ok(context=context)
+    except Exception:  # noqa: BLE001 - a context that cannot even answer is a shut-down one
+        return True
+
+
+def exit_line(node_name: str, stage: str) -> int:
+    """Write the one line of a requested shutdown during ``stage`` and return exit status 0.
+
+    Printed, not logged: the context is shut down, and a ROS logger of the
+    node's name would add rcl's "Failed to publish log message to rosout".
+    """
+    print(f"[INFO] [{node_name}]: shutdown requested (SIGINT/SIGTERM) while {stage}: exiting",
+          file=sys.stderr, flush=True)
+    return 0
+
+
+def install_sigterm() -> None:
+    """Make SIGTERM interrupt the main thread as SIGINT does (call before ``rclpy.init``).
+
+    rclpy's handler shuts the context down on either signal and then calls the
+    handler that was installed before it: Python's for SIGINT raises
+    KeyboardInterrupt, so a long model load or warm-up stops at once; for
+    SIGTERM there is none, and start-up would run on against a dead context.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        if signal.getsignal(signal.SIGINT) is early_signals.exit_early:  # back to Python's Ctrl-C
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def quietly(action: Callable[[], Any]) -> None:
+    """Run a release step after a requested shutdown; errors of an already invalid context are expected."""
+    try:
+        action()
+    except Exception:  # noqa: BLE001 - the context is gone: releasing may fail, nothing is left to leak
+        pass
+
+
+def log_transition(node: Any, step: Callable[[], Any], run: Callable[[], Any]) -> Any:
+    """Run one lifecycle step (``node._configure`` ...), logging its start, outcome and duration.
+
+    ``run`` performs the step and returns the TransitionCallbackReturn; a
+    FAILURE is logged as such (the reason is logged by the node itself).
+    """
+    name = getattr(step, "__name__", str(step))
+    doing, done = _STEP_WORDS.get(name, (name.strip("_"), name.strip("_") + " done"))
+    logger = node.get_logger()
+    logger.info(f"lifecycle: {doing}")
+    start = time.monotonic()
+    result = run()
+    label = getattr(result, "name", str(result))
+    if label != "SUCCESS" and requested(getattr(node, "context", None)):
+        # the step failed because the context went away (Ctrl-C, SIGTERM): not an error, stop starting
+        raise KeyboardInterrupt(f"shutdown requested while {doing}")
+    seconds = time.monotonic() - start
+    if label == "SUCCESS":
+        logger.info(f"lifecycle: {done} after {seconds:.2f} s")
+    else:
+        logger.warning(f"lifecycle: {doing} failed ({label}) after {seconds:.2f} s")
+    return result
+
+
+__all__ = ["requested", "exit_line", "install_sigterm", "quietly", "log_transition"]

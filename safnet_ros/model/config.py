@@ -182,20 +182,38 @@ class SafnetConfig:
         Raises:
             ConfigError: a value that is not a (nested) list of numbers where one is needed.
         """
-        try:
-            for name in ("agg_mlp", "csm_mlp", "head_mlp", "pn_npoints"):
-                setattr(self, name, tuple(int(v) for v in getattr(self, name)))
-            self.pn_radii = tuple(float(v) for v in self.pn_radii)
-            self.pn_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_mlps)
-            self.pn_fp_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_fp_mlps)
-            for name in ("layout", "num_classes", "resnet_depth", "stem_stride", "resnet_width", "feat_2d", "agg_k", "k",
-                         "gsm_block", "csm_point_width", "csm_oe_width", "csm_out", "pn_nsample", "feat_3d",
-                         "se_reduction"):
-                setattr(self, name, int(getattr(self, name)))
-            for name in FLOAT_FIELDS:
-                setattr(self, name, float(getattr(self, name)))
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ConfigError(f"SAFNet config ({self.preset_name}): a size or number field is malformed: {exc}") from exc
+        def number(name: str, v: Any, kind: type) -> Any:
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                raise ConfigError(f"SAFNet config ({self.preset_name}): {name} is malformed: must be "
+                                  f"{'an integer' if kind is int else 'a number'}, got {str(v)[:60]!r}")
+            try:
+                x = float(v)
+                if kind is int:
+                    if not (math.isfinite(x) and x.is_integer()):
+                        raise ValueError(v)
+                    return int(v) if isinstance(v, int) else int(x)
+                return x
+            except (TypeError, ValueError, OverflowError):
+                raise ConfigError(f"SAFNet config ({self.preset_name}): {name} is malformed: must be "
+                                  f"{'an integer' if kind is int else 'a number'}, got {str(v)[:60]!r}") from None
+
+        def seq(name: str, v: Any) -> tuple:
+            if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__"):
+                raise ConfigError(f"SAFNet config ({self.preset_name}): {name} is malformed: must be a list, got {str(v)[:60]!r}")
+            return tuple(v)
+
+        for name in ("agg_mlp", "csm_mlp", "head_mlp", "pn_npoints"):
+            setattr(self, name, tuple(number(name, v, int) for v in seq(name, getattr(self, name))))
+        self.pn_radii = tuple(number("pn_radii", v, float) for v in seq("pn_radii", self.pn_radii))
+        for name in ("pn_mlps", "pn_fp_mlps"):
+            setattr(self, name, tuple(tuple(number(name, v, int) for v in seq(name, m))
+                                      for m in seq(name, getattr(self, name))))
+        for name in ("layout", "num_classes", "resnet_depth", "stem_stride", "resnet_width", "feat_2d", "agg_k", "k",
+                     "gsm_block", "csm_point_width", "csm_oe_width", "csm_out", "pn_nsample", "feat_3d",
+                     "se_reduction"):
+            setattr(self, name, number(name, getattr(self, name), int))
+        for name in FLOAT_FIELDS:
+            setattr(self, name, number(name, getattr(self, name), float))
 
     # ------------------------------------------------------------------ checks
     @property

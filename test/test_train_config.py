@@ -28,7 +28,7 @@ def test_every_key_has_a_rule_and_a_default():
             for b in (v if isinstance(v, dict) and v else [None])]
     assert sorted(keys) == sorted(flat)  # DEFAULTS (a plain dict) is the same tree
     cfg = load_config(ROOT)
-    assert cfg.train.amp == "fp32" and cfg.chunks.views == 3 and cfg.camera.prob == 0.5
+    assert cfg.train.amp == "bf16" and cfg.chunks.views == 3 and cfg.camera.prob == 0.5
 
 
 def test_yaml_numbers_are_normalised():

@@ -100,7 +100,9 @@ class TrainSection:
     val_every: int = _f(1, "int", 1, 100_000)
     max_val_batches: int = _f(0, "int", 0, BIG)
     find_unused_parameters: bool = _f(True, "bool")
-    amp: str = _choice("fp32", *AMP_MODES)  # autocast precision; fp16 on CUDA only (with a GradScaler)
+    # autocast precision; fp16 on CUDA only (with a GradScaler). bf16 by default: 1.3-1.7x faster stage-3d steps
+    # on this CPU (AVX512-BF16), the same loss (docs/training.md); use fp32 on a CPU without native bf16.
+    amp: str = _choice("bf16", *AMP_MODES)
 
 
 @dataclass

@@ -781,8 +781,11 @@ def train(config: str | os.PathLike | Mapping[str, Any] | TrainConfig, out: Opti
     out_dir = Path(out) if out is not None else Path(cfg.out)  # relative to the current directory
     check_output_dir(out_dir, "training output folder")  # a regular file there: refused before any work
     check_output_dir(out_dir / "checkpoints", "checkpoint folder")
-    if cfg.train.amp == "fp16" and not (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())):
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.train.amp == "fp16" and not cuda:
         raise ConfigError("train.amp: fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+    if cfg.train.amp == "bf16" and cuda and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.amp: this GPU has no bf16; use fp16 or fp32")
     dist_info = setup_distributed(cfg.device, init_method, rank, world_size)
     try:
         prepare_output(out_dir, resume, overwrite, dist_info.is_main)

@@ -8,7 +8,7 @@
 * :class:`ChunkDataset` (stage ``3d``): random 1.5 x 1.5 m (full height) chunks
   of ``num_points`` points, augmented (rotation about z, mirror, colour jitter on
   the images), with up to ``num_views`` views chosen greedily from the coverage
-  table (most not-yet-covered base points first, SPEC §2). Yields
+  table (most not-yet-covered base points first, as MVPNet). Yields
   ``(ChunkSample, info)`` where ``info["views"]`` is how many real views the chunk
   got; missing views are blank (no pixels, so no Q points) so that every sample of
   a batch has the same V and a chunk without views is decided by the 3D path.

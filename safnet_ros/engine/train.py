@@ -6,7 +6,7 @@
 * stage ``3d``: the 3D branch, similarity modules and fusion head with the 2D net
   loaded from the stage-2d checkpoint and frozen (run under no_grad; its BN in
   eval mode). Adam lr 1e-3, divided by ``lr_gamma`` every ``lr_step_epochs``
-  epochs (the paper: 10x every 40 epochs, 150 epochs; docs/design.md), random
+  epochs (the paper: 10x every 40 epochs, 150 epochs), random
   ``num_points``-point chunks with 0-5 greedily chosen views, augmentation.
 
 The run is built and driven as torchvision's segmentation reference and

@@ -1,6 +1,6 @@
 """SAFNet configuration: one dataclass, two presets, the Table III switches.
 
-* ``paper``: the numbers of SPEC §1 (ResNet34 stride-1 stem, K = 64, PointNet++
+* ``paper``: the numbers of the paper (docs/design.md; ResNet34 stride-1 stem, K = 64, PointNet++
   2048/512/128/32 centroids, CSM MLP (64, 64, 64) + linear 64, FC (192, 192, 192, 20),
   lambda = 0.2 / 0.8 / 0.8, the authors' a/b initial values).
 * ``lite``: a smaller model for real time on a CPU (docs/model.md lists every

@@ -216,6 +216,8 @@ def test_camera_augmentation_reaches_the_views_colour_and_depth(pre_root):
         fewer += len(b.q_points) < len(a.q_points)  # depth holes: fewer back-projected pixels
         changed += not np.array_equal(a.images, b.images)
     assert fewer == changed == len(plain)
+    off = ChunkDataset(scenes, camera=CameraAugment(prob=0.0), **kw)  # off: the very items of a run without it
+    assert all(np.array_equal(plain[i][0].images, off[i][0].images) for i in range(len(plain)))
     img_plain = ImageDataset(scenes, train=True, crop_wh=None, flip=False, seed=0)[0][0]
     img_real = ImageDataset(scenes, train=True, crop_wh=None, flip=False, seed=0,
                             camera=CameraAugment(prob=1.0))[0][0]

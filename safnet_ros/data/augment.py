@@ -162,6 +162,8 @@ def camera_augment(color: np.ndarray, depth: Optional[np.ndarray], rng: np.rando
     The inputs are not modified. See the module docstring for the effects and their order.
     """
     s = settings
+    if s.prob <= 0:  # off: no random draw either, so the caller's stream is that of a run without it
+        return color, depth
     x = color.astype(np.float32) / 255.0
     if depth is not None:
         new_depth = depth.astype(np.float32, copy=True)

@@ -270,10 +270,11 @@ def test_shipped_configs_load():
     root = Path(__file__).resolve().parents[1] / "config"
     c2 = load_config(root / "train_synth_2d.yaml")
     c3 = load_config(root / "train_synth_3d.yaml")
-    assert c2["stage"] == "2d" and c2["train"]["optimizer"] == "sgd" and c2["train"]["lr"] == 0.005
-    assert c3["stage"] == "3d" and c3["train"]["optimizer"] == "adam" and c3["train"]["lr"] == 0.001
-    assert c3["chunks"]["num_points"] == 8192
-    assert c2["train"]["class_weights"] and c3["train"]["class_weights"]  # issue 14: on in the shipped recipes
+    assert c2.stage == "2d" and c2.train.optimizer == "sgd" and c2.train.lr == 0.005
+    assert c3.stage == "3d" and c3.train.optimizer == "adam" and c3.train.lr == 0.001
+    assert c3.chunks.num_points == 8192
+    assert c2.train.class_weights and c3.train.class_weights  # issue 14: on in the shipped recipes
+    assert (c3.chunks.min_views, c3.chunks.views) == (0, 5)  # issue 28: 0-5 views per training chunk
 
 
 @pytest.mark.slow
@@ -307,9 +308,9 @@ def test_set_overrides_parse_as_yaml_and_are_checked(pre_root, tmp_path):
         "images": {"crop_wh": [64, 48]}, "out": "runs/x"}
     cfg = load_config(_cfg(pre_root, "3d"), sets=["model.variant=pointnet2", "train.max_minutes=2.5",
                                                   "model.overrides={csm: false}"])
-    assert cfg["model"]["variant"] == "pointnet2" and cfg["train"]["max_minutes"] == 2.5
-    assert cfg["model"]["overrides"] == {"csm": False}
-    assert cfg["train"]["epochs"] == 1  # untouched keys keep the config's value
+    assert cfg.model.variant == "pointnet2" and cfg.train.max_minutes == 2.5
+    assert cfg.model.overrides == {**TINY_MODEL["overrides"], "csm": False}  # --set merges into the mapping
+    assert cfg.train.epochs == 1  # untouched keys keep the config's value
     for bad, match in (("train.epochs", "KEY.PATH=VALUE"), ("=3", "KEY.PATH=VALUE"), ("train..lr=1", "KEY"),
                        ("train.lrr=1", "lrr"), ("train.epochs=0", "epochs"), ("train.max_minutes=-1", "max_minutes"),
                        ("model.variant=[", "YAML")):
@@ -380,5 +381,5 @@ def test_stage_defaults_do_not_leak_between_configs(tmp_path):
 
     c2 = load_config({"stage": "2d", "data": {"root": str(tmp_path)}})
     c3 = load_config({"stage": "3d", "data": {"root": str(tmp_path)}})
-    assert (c2["train"]["lr"], c3["train"]["lr"]) == (0.005, 0.001)
+    assert (c2.train.lr, c3.train.lr) == (0.005, 0.001)
     assert DEFAULTS["train"]["lr"] is None and DEFAULTS["train"]["optimizer"] is None

@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from safnet_ros.data.augment import CameraAugment, camera_augment
 from safnet_ros.data.labels import IGNORE_INDEX
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
 
@@ -241,13 +242,14 @@ class ImageDataset:
     """Frames of the scenes for the 2D stage (torch map-style Dataset).
 
     crop_wh: random crop size (w, h) when training (None = full image);
-    flip: random horizontal flip when training. Yields torch tensors
+    flip: random horizontal flip when training; camera: real-camera appearance
+    (:mod:`safnet_ros.data.augment`) when training, None = off. Yields torch tensors
     ``(image (3, h, w) float32, labels (h, w) int64)``.
     """
 
     def __init__(self, scenes: Sequence[PreprocessedScene], train: bool = True,
                  crop_wh: Optional[Sequence[int]] = None, flip: bool = True, color_jitter: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, camera: Optional[CameraAugment] = None):
         self.scenes = list(scenes)
         self.items = [(s, f) for s, sc in enumerate(self.scenes) for f in range(sc.num_frames)]
         if not self.items:
@@ -256,6 +258,7 @@ class ImageDataset:
         self.crop_wh = tuple(int(v) for v in crop_wh) if crop_wh else None
         self.flip = flip
         self.jitter = float(color_jitter)
+        self.camera = camera
         self.seed = seed
         self.epoch = 0
 
@@ -289,6 +292,8 @@ class ImageDataset:
                 color = color[:, ::-1]
                 labels = labels[:, ::-1]
             color = color_jitter(np.ascontiguousarray(color), rng, self.jitter)
+            if self.camera is not None:
+                color, _ = camera_augment(color, None, rng, self.camera)
         image = normalize_images(np.ascontiguousarray(color)[None])[0]
         return torch.from_numpy(image), torch.from_numpy(np.ascontiguousarray(labels))
 
@@ -331,13 +336,18 @@ class ChunkDataset:
     ``min_views`` (training only; None = ``num_views``): each chunk draws how
     many views it gets uniformly from ``min_views..num_views`` and the rest of
     its ``num_views`` slots are blank, so one model sees well-matched chunks
-    and chunks whose points lie far from any view (Fig. 5's test cases).
+    and chunks whose points lie far from any view (Fig. 5's test cases); 0 trains
+    the 3D-only path as well.
+
+    ``camera`` (training only; None = off): real-camera appearance of each view's
+    colour and depth (:mod:`safnet_ros.data.augment`), after the rigid motion.
     """
 
     def __init__(self, scenes: Sequence[PreprocessedScene], num_points: int = 8192, num_views: int = 3,
                  chunk_size: float = 1.5, chunks_per_scene: int = 8, train: bool = True, rotate: bool = True,
                  flip: bool = True, color_jitter: float = 0.2, min_points: int = 100, seed: int = 0,
-                 image_labels: bool = False, centre_on_covered: bool = True, min_views: Optional[int] = None):
+                 image_labels: bool = False, centre_on_covered: bool = True, min_views: Optional[int] = None,
+                 camera: Optional[CameraAugment] = None):
         if not scenes:
             raise ConfigError("ChunkDataset needs at least one scene")
         if min_views is not None and not 0 <= int(min_views) <= int(num_views):
@@ -356,6 +366,7 @@ class ChunkDataset:
         self.seed = int(seed)
         self.image_labels = image_labels
         self.centre_on_covered = bool(centre_on_covered)
+        self.camera = camera
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -391,6 +402,8 @@ class ChunkDataset:
             for v in views:
                 v.camera_to_world = T @ v.camera_to_world
                 v.color = color_jitter(v.color, rng, self.jitter)
+                if self.camera is not None:
+                    v.color, v.depth = camera_augment(v.color, v.depth, rng, self.camera)
         w, h = NET_IMAGE_WH
         real = len(views)
         while len(views) < self.num_views:  # blank views: no valid depth, so no Q points

@@ -15,6 +15,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="training YAML (e.g. config/train_synth_3d.yaml)")
     parser.add_argument("--resume", action="store_true",
                         help="continue after the last finished epoch in OUT/checkpoints/train_state.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in OUT (only the files the trainer wrote are removed); without it "
+                             "or --resume, an OUT holding checkpoints is refused")
     parser.add_argument("--out", default=None, help="output folder (default: the config's `out`)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override one config value, parsed as YAML; repeatable "
@@ -26,7 +29,8 @@ def run_train(args: argparse.Namespace) -> int:
     """Train from ``args.config``; engine.train (torch) is imported here, not by ``safnet --help``."""
     from safnet_ros.engine.train import train
 
-    result = train(args.config, args.out, resume=args.resume, progress=not args.no_progress, sets=args.sets)
+    result = train(args.config, args.out, resume=args.resume, overwrite=args.overwrite,
+                   progress=not args.no_progress, sets=args.sets)
     if result.last_checkpoint is not None:
         print(f"trained epochs {result.epochs_run[0] + 1}..{result.epochs_run[-1] + 1}; "
               f"last checkpoint {result.last_checkpoint}; metrics {result.out / 'metrics.csv'}")

@@ -1,30 +1,39 @@
-"""The schema of training configs: type, range and allowed values of every key, in one place.
+"""The training config as a typed dataclass tree, loaded and checked in one pass.
 
-:data:`SCHEMA` maps each dotted key (``train.epochs``) to a :class:`Rule`.
-:func:`check_config` runs over a merged config (the trainer's ``DEFAULTS``
-overridden by the YAML file and ``--set``) before any work starts, and returns
-it with numbers normalised (``lr: 1e-3``, which YAML reads as a string, becomes
-a float; ``epochs: 3.0`` becomes 3). Wrong types, out-of-range numbers,
-unknown choices raise one :class:`ConfigError` naming the key, the file and the
-accepted values (an unknown key is refused by ``train.merge_config``, which names
-the known keys at its level).
+:class:`TrainConfig` holds one dataclass per YAML section (``data``, ``model``,
+``train``, ``images``, ``chunks``, ``camera``), as :class:`SafnetConfig` holds the
+model's. Each field carries its rule (type, range, allowed values) in its
+``metadata``; :func:`from_mapping` builds the tree from the YAML mapping and
+raises one :class:`ConfigError` line naming the dotted key for an unknown key
+(listing the known ones at its level) or a bad value (saying what is accepted).
+Every float must be finite. :func:`load_yaml_config` reads a file with
+``yaml.safe_load`` after refusing aliases (``*name``: an alias bomb of a few
+hundred bytes would otherwise expand into gigabytes) and files over 1 MiB.
 
-Adding a config key is one line: its default in ``engine/train.py``'s
-``DEFAULTS`` and, for a range or allowed values, its rule here. A key with a
-default but no rule is still type-checked against its default's type (int,
-float, bool, str, list, mapping), so a new key is never unchecked.
+Adding a key is one line in its section's dataclass; docs/training.md lists
+every key.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping, MutableMapping, Optional, Sequence
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
 
-from safnet_ros.errors import ConfigError
+import yaml
+
+from safnet_ros.errors import ConfigError, DataFormatError
+from safnet_ros.io_boundary import read_text
 from safnet_ros.model.config import PRESETS, VARIANTS  # the model's own lists: one source of truth
 
 #: Network frame size the preprocessed data has (images.crop_wh must fit inside).
 FRAME_WH = (160, 120)
+#: A training config is a few kB; anything far larger is not one.
+MAX_CONFIG_BYTES = 1 << 20
+BIG = 10**9
+AMP_MODES = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -32,9 +41,10 @@ class Rule:
     """What one config value may be.
 
     ``kind``: ``int`` | ``float`` | ``bool`` | ``str`` | ``choice`` | ``size`` (a
-    ``[w, h]`` pair) | ``list`` | ``mapping`` (free-form, checked elsewhere).
-    ``lo`` / ``hi``: inclusive bounds (``lo_open``: lo excluded); ``choices``: allowed
-    values; ``nullable``: ``null`` allowed (meaning "the default of the stage").
+    ``[w, h]`` pair within the frames) | ``views`` (an int or a ``[min, max]`` pair)
+    | ``mapping`` (free-form, checked by its consumer). ``lo`` / ``hi``: inclusive
+    bounds (``lo_open``: lo excluded); ``choices``: allowed values; ``nullable``:
+    ``null`` allowed (meaning "the default of the stage" or "none").
     """
 
     kind: str
@@ -43,95 +53,130 @@ class Rule:
     lo_open: bool = False
     choices: tuple[Any, ...] = ()
     nullable: bool = False
-    help: str = ""
 
 
-def i(lo: Optional[int] = None, hi: Optional[int] = None, **kw: Any) -> Rule:
-    return Rule("int", lo, hi, **kw)
+def _f(default: Any, kind: str, lo: Optional[float] = None, hi: Optional[float] = None, **kw: Any) -> Any:
+    """A dataclass field with its rule (mutable defaults copied per instance)."""
+    rule = Rule(kind, lo, hi, **kw)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
 
 
-def f(lo: Optional[float] = None, hi: Optional[float] = None, **kw: Any) -> Rule:
-    return Rule("float", lo, hi, **kw)
+def _choice(default: Any, *choices: Any, nullable: bool = False) -> Any:
+    return field(default=default, metadata={"rule": Rule("choice", choices=tuple(choices), nullable=nullable)})
 
 
-def one_of(*choices: Any, **kw: Any) -> Rule:
-    return Rule("choice", choices=tuple(choices), **kw)
+# --------------------------------------------------------------------------- sections
+@dataclass
+class DataSection:
+    root: Optional[str] = _f(None, "str", nullable=True)  # the output of `safnet data preprocess` (required)
+    train_split: str = _f("train", "str")
+    val_split: Optional[str] = _f(None, "str", nullable=True)
 
 
-BOOL = Rule("bool")
-TEXT = Rule("str")
-PATH = Rule("str", nullable=True)
-BIG = 10**9
-
-#: Every training-config key with its rule (docs/training.md explains what each does).
-SCHEMA: dict[str, Rule] = {
-    "stage": one_of("2d", "3d"),
-    "out": TEXT,
-    "device": one_of("auto", "cpu", "cuda"),
-    "seed": i(0, 2**32 - 1),
-    "data": Rule("mapping"),
-    "data.root": PATH,
-    "data.train_split": TEXT,
-    "data.val_split": PATH,
-    "model": Rule("mapping"),
-    "model.preset": one_of(*PRESETS),
-    "model.variant": one_of(*VARIANTS),
-    "model.overrides": Rule("mapping"),  # SafnetConfig fields, checked by SafnetConfig.preset
-    "init_2d": PATH,
-    "init_from": PATH,
-    "train": Rule("mapping"),
-    "train.epochs": i(1, 100_000),
-    "train.batch_size": i(1, 65_536),
-    "train.num_workers": i(0, 256),
-    "train.optimizer": one_of("sgd", "adam", nullable=True),
-    "train.lr": f(0.0, 10.0, lo_open=True, nullable=True),
-    "train.momentum": f(0.0, 1.0),
-    "train.weight_decay": f(0.0, 1.0),
-    "train.lr_step_epochs": i(1, 100_000),
-    "train.lr_gamma": f(0.0, 1.0, lo_open=True),
-    "train.max_steps_per_epoch": i(0, BIG),
-    "train.max_minutes": f(0.0, 10**7),
-    "train.val_every": i(1, 100_000),
-    "train.max_val_batches": i(0, BIG),
-    "train.find_unused_parameters": BOOL,
-    "train.class_weights": BOOL,
-    "train.lr_2d_scale": f(0.0, 10.0),
-    "images": Rule("mapping"),
-    "images.crop_wh": Rule("size", 1, None, nullable=True),
-    "images.flip": BOOL,
-    "images.color_jitter": f(0.0, 1.0),
-    "chunks": Rule("mapping"),
-    "chunks.num_points": i(1, 10_000_000),
-    "chunks.views": i(0, 5),
-    "chunks.min_views": i(0, 5, nullable=True),
-    "chunks.size": f(0.0, 1000.0, lo_open=True),
-    "chunks.chunks_per_scene": i(1, 1_000_000),
-    "chunks.rotate": BOOL,
-    "chunks.flip": BOOL,
-    "chunks.color_jitter": f(0.0, 1.0),
-    "chunks.min_points": i(0, 10_000_000),
-    "chunks.centre_on_covered": BOOL,
-    "chunks.val_chunks_per_scene": i(1, 1_000_000),
-}
+@dataclass
+class ModelSection:
+    preset: str = _choice("lite", *PRESETS)
+    variant: str = _choice("safnet", *VARIANTS)
+    overrides: dict = _f({}, "mapping")  # SafnetConfig fields, checked (ranges too) by SafnetConfig.preset
 
 
-def rule_from_default(default: Any) -> Rule:
-    """The rule of a key that has a default but no entry in :data:`SCHEMA`: its default's type."""
-    if default is None:
-        return Rule("any")
-    if isinstance(default, bool):
-        return BOOL
-    if isinstance(default, int):
-        return Rule("int")
-    if isinstance(default, float):
-        return Rule("float")
-    if isinstance(default, str):
-        return TEXT
-    if isinstance(default, (list, tuple)):
-        return Rule("list")
-    if isinstance(default, Mapping):
-        return Rule("mapping")
-    return Rule("any")
+@dataclass
+class TrainSection:
+    epochs: int = _f(150, "int", 1, 100_000)
+    batch_size: int = _f(32, "int", 1, 65_536)
+    num_workers: int = _f(0, "int", 0, 256)
+    optimizer: Optional[str] = _choice(None, "sgd", "adam", nullable=True)  # None: sgd (2d), adam (3d)
+    lr: Optional[float] = _f(None, "float", 0.0, 10.0, lo_open=True, nullable=True)  # None: 0.005 / 0.001
+    momentum: float = _f(0.9, "float", 0.0, 1.0)
+    weight_decay: float = _f(0.0001, "float", 0.0, 1.0)
+    lr_step_epochs: int = _f(40, "int", 1, 100_000)
+    lr_gamma: float = _f(0.1, "float", 0.0, 1.0, lo_open=True)
+    max_steps_per_epoch: int = _f(0, "int", 0, BIG)  # 0 = the whole epoch
+    max_minutes: float = _f(0.0, "float", 0.0, 10**7)  # stop after the epoch that passes it (0 = none)
+    class_weights: bool = _f(False, "bool")
+    lr_2d_scale: float = _f(0.1, "float", 0.0, 10.0)
+    val_every: int = _f(1, "int", 1, 100_000)
+    max_val_batches: int = _f(0, "int", 0, BIG)
+    find_unused_parameters: bool = _f(True, "bool")
+    # autocast precision; fp16 on CUDA only (with a GradScaler). bf16 by default: 1.3-1.7x faster stage-3d steps
+    # on this CPU (AVX512-BF16), the same loss (docs/training.md); use fp32 on a CPU without native bf16.
+    amp: str = _choice("bf16", *AMP_MODES)
+
+
+@dataclass
+class ImagesSection:  # stage 2d
+    crop_wh: Optional[list] = _f([144, 112], "size", 1, nullable=True)
+    flip: bool = _f(True, "bool")
+    color_jitter: float = _f(0.0, "float", 0.0, 1.0)
+
+
+@dataclass
+class ChunksSection:  # stage 3d
+    num_points: int = _f(8192, "int", 1, 10_000_000)
+    # An int k: every chunk gets k view slots; [lo, hi]: each training chunk draws its count from lo..hi
+    # (0 = 3D only), validation uses hi. Normalised to the int ``views`` (= hi) and ``min_views`` (= lo).
+    views: Any = _f(3, "views", 0, 5)
+    min_views: Optional[int] = _f(None, "int", 0, 5, nullable=True)
+    size: float = _f(1.5, "float", 0.0, 1000.0, lo_open=True)
+    chunks_per_scene: int = _f(8, "int", 1, 1_000_000)
+    rotate: bool = _f(True, "bool")
+    flip: bool = _f(True, "bool")
+    color_jitter: float = _f(0.2, "float", 0.0, 1.0)
+    min_points: int = _f(100, "int", 0, 10_000_000)
+    centre_on_covered: bool = _f(True, "bool")
+    val_chunks_per_scene: int = _f(4, "int", 1, 1_000_000)
+
+
+@dataclass
+class CameraSection:
+    """Real-camera appearance (data/augment.py), on stage-2d frames and stage-3d views (colour and depth).
+
+    Each effect is applied to a training image with probability ``prob``, at a strength drawn uniformly
+    up to its knob; a knob at 0 turns that effect off. docs/training.md explains each.
+    """
+
+    prob: float = _f(0.5, "float", 0.0, 1.0)
+    exposure: float = _f(0.5, "float", 0.0, 3.0)  # max |log2 gain| of the whole image
+    white_balance: float = _f(0.15, "float", 0.0, 1.0)  # max relative gain of red and blue against green
+    noise: float = _f(0.02, "float", 0.0, 0.5)  # max read-noise std (fraction of full scale); shot noise scales
+    motion_blur: int = _f(7, "int", 0, 63)  # max length in pixels of a straight motion-blur streak
+    defocus_blur: float = _f(1.5, "float", 0.0, 15.0)  # max radius in pixels of the defocus disc
+    jpeg_quality: int = _f(30, "int", 0, 100)  # lowest JPEG quality drawn (up to 95); 0 = no JPEG
+    vignetting: float = _f(0.4, "float", 0.0, 1.0)  # max darkening at the corners
+    depth_edge_holes: float = _f(0.1, "float", 0.0, 10.0)  # relative depth jump that drops the edge pixels
+    depth_dark_holes: float = _f(0.06, "float", 0.0, 1.0)  # luminance below which depth is dropped
+    depth_shiny_holes: float = _f(0.97, "float", 0.0, 1.0)  # luminance above which depth is dropped (1 = off)
+
+
+@dataclass
+class TrainConfig:
+    """A whole training config (docs/training.md). Build it with :func:`from_mapping` or ``load_config``."""
+
+    stage: str = _choice("3d", "2d", "3d")
+    out: str = _f("runs/train", "str")
+    device: str = _choice("auto", "auto", "cpu", "cuda")
+    seed: int = _f(0, "int", 0, 2**32 - 1)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    init_2d: Optional[str] = _f(None, "str", nullable=True)  # stage 3d: checkpoint whose 2D net is frozen
+    init_from: Optional[str] = _f(None, "str", nullable=True)  # either stage: matching weights start the run
+    train: TrainSection = field(default_factory=TrainSection)
+    images: ImagesSection = field(default_factory=ImagesSection)
+    chunks: ChunksSection = field(default_factory=ChunksSection)
+    camera: CameraSection = field(default_factory=CameraSection)
+    base_dir: str = field(default=".", metadata={"internal": True})  # relative paths: the YAML's folder
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of the user-visible keys (for config_used.yaml and the resume check)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "base_dir"}
+
+
+# --------------------------------------------------------------------------- checking
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _range_text(rule: Rule) -> str:
@@ -146,16 +191,14 @@ def _range_text(rule: Rule) -> str:
 def check_value(key: str, value: Any, rule: Rule) -> Any:
     """``value`` normalised for ``rule`` (ints, floats), or ConfigError naming ``key``."""
     if value is None:
-        if rule.nullable or rule.kind == "any":
+        if rule.nullable:
             return None
         raise ConfigError(f"{key} must not be null")
     kind = rule.kind
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{key} must be {expected}, got {value!r}")
+        return ConfigError(f"{key} must be {expected}, got {_short(value)}")
 
-    if kind == "any":
-        return value
     if kind == "bool":
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -165,17 +208,14 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
             raise bad("a string")
         return value
     if kind == "choice":
-        if value not in rule.choices or isinstance(value, bool) != any(isinstance(c, bool) for c in rule.choices):
-            raise bad("one of " + ", ".join(repr(c) for c in rule.choices) + (" or null" if rule.nullable else ""))
+        if isinstance(value, (bool, list, dict)) or value not in rule.choices:
+            raise bad("one of " + ", ".join(repr(c) for c in rule.choices if c is not None)
+                      + (" or null" if rule.nullable else ""))
         return value
     if kind == "mapping":
         if not isinstance(value, Mapping):
             raise bad("a mapping (key: value)")
-        return value
-    if kind == "list":
-        if not isinstance(value, (list, tuple)):
-            raise bad("a list")
-        return list(value)
+        return dict(value)
     if kind == "size":
         if (not isinstance(value, (list, tuple)) or len(value) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
@@ -184,6 +224,15 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
         if not (1 <= w <= FRAME_WH[0] and 1 <= h <= FRAME_WH[1]):
             raise bad(f"[width, height] within the {FRAME_WH[0]}x{FRAME_WH[1]} frames")
         return [int(w), int(h)]
+    if kind == "views":
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2:
+                raise bad("an integer or a [min, max] pair of view counts")
+            lo, hi = (check_value(key, v, Rule("int", rule.lo, rule.hi)) for v in value)
+            if lo > hi:
+                raise bad("[min, max] with min <= max")
+            return [lo, hi]
+        return check_value(key, value, Rule("int", rule.lo, rule.hi))
     if kind == "int":
         if isinstance(value, bool):
             raise bad("an integer (not true/false)")
@@ -204,7 +253,7 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise bad("a finite number")
-    else:  # pragma: no cover - a typo in SCHEMA
+    else:  # pragma: no cover - a typo in a field's rule
         raise AssertionError(f"unknown rule kind {kind!r} for {key}")
     below = rule.lo is not None and (value <= rule.lo if rule.lo_open else value < rule.lo)
     if below or (rule.hi is not None and value > rule.hi):
@@ -212,29 +261,112 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
     return value
 
 
-#: Mappings whose keys are not listed in the defaults (checked by their consumer).
-FREE_MAPPINGS: frozenset[str] = frozenset({"model.overrides"})
+def _user_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in fields(cls) if not f.metadata.get("internal")]
 
 
-def check_config(cfg: MutableMapping[str, Any], defaults: Mapping[str, Any], path: str = "") -> None:
-    """Check every value of the merged ``cfg`` against :data:`SCHEMA` (or its default's type) in place."""
-    for key, default in defaults.items():
-        if str(key).startswith("_") or key not in cfg:
+def from_mapping(cls: type, data: Any, path: str = "") -> Any:
+    """An instance of dataclass ``cls`` from ``data`` (a mapping), every value checked.
+
+    Raises:
+        ConfigError: one line naming the dotted key of the first unknown key or bad value.
+    """
+    where = path[:-1] if path else "the training config"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping (key: value), got {_short(data)}")
+    known = {f.name: f for f in _user_fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown training config key {path + str(key)!r}; known keys"
+                              f"{' under ' + path[:-1] if path else ''}: {', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    for name, f in known.items():
+        if name not in data:
             continue
-        where = f"{path}{key}"
-        rule = SCHEMA.get(where) or rule_from_default(default)
-        cfg[key] = check_value(where, cfg[key], rule)
-        if rule.kind == "mapping" and isinstance(default, Mapping) and where not in FREE_MAPPINGS:
-            check_config(cfg[key], default, where + ".")
-
-
-def known_keys(defaults: Mapping[str, Any], path: str = "") -> Sequence[str]:
-    """Every dotted leaf key of ``defaults`` (for docs and error messages)."""
-    out: list[str] = []
-    for key, value in defaults.items():
-        where = f"{path}{key}"
-        if isinstance(value, Mapping) and where not in FREE_MAPPINGS:
-            out.extend(known_keys(value, where + "."))
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            values[name] = from_mapping(f.default_factory, data[name], f"{path}{name}.")
         else:
-            out.append(where)
+            values[name] = check_value(f"{path}{name}", data[name], f.metadata["rule"])
+    return cls(**values)
+
+
+def known_keys(cls: type = TrainConfig, path: str = "") -> list[str]:
+    """Every dotted leaf key of the config tree (for docs and tests)."""
+    out: list[str] = []
+    for f in _user_fields(cls):
+        factory = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(factory):
+            out.extend(known_keys(factory, f"{path}{f.name}."))
+        else:
+            out.append(path + f.name)
+    return out
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge of two plain mappings (``--set`` over the YAML); ``model.overrides`` merges too."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- YAML
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors' aliases (``*name``) before building anything."""
+
+    def compose_node(self, parent, index):  # noqa: D401 - PyYAML hook
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                              "allowed in a training config")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml_text(text: str, what: str) -> Any:
+    """``yaml.safe_load`` of ``text`` without aliases; ConfigError naming ``what`` on malformed YAML."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+
+
+def load_yaml_config(path: str | os.PathLike) -> Any:
+    """The parsed YAML of a training config file (size-capped, no aliases)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError:
+        size = 0
+    if size > MAX_CONFIG_BYTES:
+        raise DataFormatError(p, f"is {size} bytes: a training config is a few kB (limit {MAX_CONFIG_BYTES})")
+    return parse_yaml_text(read_text(p, "training config"), str(p))
+
+
+def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
+    """``["model.variant=concat", "train.epochs=5"]`` -> nested override dict.
+
+    Values are parsed as YAML (``5`` int, ``0.1`` float, ``true`` bool, ``[1, 2]``
+    list, anything else a string), as they would be in the config file.
+
+    Raises:
+        ConfigError: an item without ``=`` or with an empty key, or a value that is not YAML.
+    """
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set wants KEY.PATH=VALUE (e.g. model.variant=concat), got {item!r}")
+        value = parse_yaml_text(text, f"--set {item!r}: the value") if text.strip() else ""
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} conflicts with an earlier --set of {part!r}")
+        node[parts[-1]] = value
     return out

@@ -1,34 +1,37 @@
 """Training of SAFNet in two stages, on one process or many (torch.distributed).
 
 * stage ``2d``: the ResNet-UNet alone on the preprocessed 160 x 120 frames
-  (SGD, lr 0.005, random crop + horizontal flip, cross-entropy with ignore).
+  (SGD, lr 0.005, random crop + horizontal flip + real-camera appearance,
+  cross-entropy with ignore).
 * stage ``3d``: the 3D branch, similarity modules and fusion head with the 2D net
   loaded from the stage-2d checkpoint and frozen (run under no_grad; its BN in
   eval mode). Adam lr 1e-3, divided by ``lr_gamma`` every ``lr_step_epochs``
-  epochs (docs/design.md §1.10: 10x every 40 epochs, 150 epochs), random ``num_points``-point
-  chunks with 1/3/5 greedily chosen views, augmentation.
+  epochs (docs/design.md §1.10: 10x every 40 epochs, 150 epochs), random
+  ``num_points``-point chunks with 0-5 greedily chosen views, augmentation.
+
+The run is built and driven as torchvision's segmentation reference and
+Pointcept's Trainer do it: :func:`build_data`, :func:`build_model`,
+:func:`build_optimizer`, then per epoch :func:`train_one_epoch`,
+:func:`validate` and :func:`save_state`.
 
 Every epoch writes ``OUT/checkpoints/epoch_XXX.pt`` (a model checkpoint that
 :func:`safnet_ros.model.safnet.load_checkpoint` reads), ``OUT/model_last.pt``,
-``OUT/checkpoints/train_state.pt`` (optimizer, scheduler, epoch: what
-``--resume`` needs), a row of ``OUT/metrics.csv`` and TensorBoard scalars under
-``OUT/tensorboard``. Under ``torchrun`` (WORLD_SIZE > 1) it runs DDP: nccl on
-GPUs, gloo on CPU; rank 0 writes the files and shows the tqdm bar.
+``OUT/checkpoints/train_state.pt`` (optimizer, scheduler, epoch, the config:
+what ``--resume`` needs and checks), a row of ``OUT/metrics.csv`` and
+TensorBoard scalars under ``OUT/tensorboard``. A run folder that holds
+checkpoints is refused without ``--resume`` or ``--overwrite``. Under
+``torchrun`` (WORLD_SIZE > 1) it runs DDP: nccl on GPUs, gloo on CPU; rank 0
+writes the files and shows the tqdm bar.
 
-The YAML config (docs/training.md lists every key)::
-
-    stage: 3d
-    out: runs/synth_3d
-    data: {root: data/synth_pre, train_split: train, val_split: val}
-    model: {preset: lite, variant: safnet, overrides: {}}
-    init_2d: runs/synth_2d/model_last.pt
-    train: {epochs: 150, batch_size: 32, lr: 0.001, lr_step_epochs: 40, lr_gamma: 0.1, ...}
-    chunks: {num_points: 8192, views: 3, size: 1.5, chunks_per_scene: 8, ...}
+The YAML config is :class:`~safnet_ros.engine.config_schema.TrainConfig`
+(docs/training.md lists every key).
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import csv
+import gc
+import json
 import math
 import os
 import sys
@@ -37,156 +40,136 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from safnet_ros.errors import ConfigError, MissingDataError
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
-#: Defaults of every config key; a YAML file overrides any subset.
-DEFAULTS: dict[str, Any] = {
-    "stage": "3d",
-    "out": "runs/train",
-    "device": "auto",  # auto | cpu | cuda
-    "seed": 0,
-    "data": {"root": None, "train_split": "train", "val_split": None},
-    "model": {"preset": "lite", "variant": "safnet", "overrides": {}},
-    "init_2d": None,  # stage 3d: checkpoint whose 2D net is loaded and frozen
-    "init_from": None,  # checkpoint whose matching weights start the run, either stage (see init_from_checkpoint)
-    "train": {
-        "epochs": 150,
-        "batch_size": 32,
-        "num_workers": 0,
-        "optimizer": None,  # None: sgd for 2d, adam for 3d
-        "lr": None,  # None: 0.005 (2d) / 0.001 (3d)
-        "momentum": 0.9,
-        "weight_decay": 0.0001,
-        "lr_step_epochs": 40,
-        "lr_gamma": 0.1,
-        "max_steps_per_epoch": 0,  # 0 = the whole epoch
-        "max_minutes": 0,  # wall-clock budget: stop after the epoch that passes it (0 = none)
-        "class_weights": False,  # weight every cross-entropy by 1 / ln(1.2 + class frequency) of the train split
-        "lr_2d_scale": 0.1,  # stage 3d: lr factor of the 2D tail that L_2Dunp fine-tunes (unproj_finetune_2d)
-        "val_every": 1,
-        "max_val_batches": 0,
-        "find_unused_parameters": True,
-    },
-    "images": {"crop_wh": [144, 112], "flip": True, "color_jitter": 0.0},
-    # min_views: None = every training chunk gets `views` views (the paper); k < views = each training
-    # chunk draws its count uniformly from k..views (the rest blank), validation keeps `views`
-    "chunks": {"num_points": 8192, "views": 3, "min_views": None, "size": 1.5, "chunks_per_scene": 8, "rotate": True,
-               "flip": True, "color_jitter": 0.2, "min_points": 100, "centre_on_covered": True,
-               "val_chunks_per_scene": 4},
-}
+from safnet_ros import __version__
+from safnet_ros.data.augment import CameraAugment
+from safnet_ros.data.class_weights import load_class_weights
+from safnet_ros.data.dataset import ChunkDataset, ImageDataset, collate_chunks, list_scenes
+from safnet_ros.engine.config_schema import TrainConfig, from_mapping, load_yaml_config, merge, parse_sets
+from safnet_ros.errors import ConfigError, MissingDataError, ModelLoadError, SafnetError
+from safnet_ros.io_boundary import load_torch_file
+from safnet_ros.model.config import SafnetConfig
+from safnet_ros.model.losses import masked_cross_entropy, safnet_loss
+from safnet_ros.model.safnet import build_model as build_safnet
+from safnet_ros.model.safnet import load_checkpoint, save_checkpoint
+from safnet_ros.validation import check_output_dir, require_file
+
+__all__ = ["TrainConfig", "load_config", "parse_sets", "train", "TrainResult", "TrainingDivergedError",
+           "build_data", "build_model", "build_optimizer", "train_one_epoch", "validate", "save_state",
+           "init_from_checkpoint", "spawn_worker", "DEFAULTS"]
+
+#: The default value of every key, as a plain nested dict (docs, tests).
+DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
 
 CSV_FIELDS = ("epoch", "stage", "lr", "train_loss", "train_acc", "train_miou", "val_loss", "val_acc", "val_miou",
               "steps", "samples", "chunks_without_views", "seconds")
 
+#: Keys that may change between a run and its ``--resume`` (budgets, paths, logging); any other
+#: difference from the config recorded in train_state.pt is refused, naming the keys.
+RESUMABLE_KEYS = frozenset({
+    "out", "device", "data.root", "data.val_split", "init_2d", "init_from", "train.epochs", "train.max_minutes",
+    "train.max_steps_per_epoch", "train.num_workers", "train.val_every", "train.max_val_batches",
+    "train.find_unused_parameters", "train.amp", "chunks.val_chunks_per_scene"})
+
+#: What the trainer writes in its output folder (``--overwrite`` removes these and nothing else).
+MANIFEST = ".safnet-output.json"
+RUN_FILES = ("model_last.pt", "model_last.pt.tmp", "metrics.csv", "config_used.yaml", MANIFEST)
+RUN_GLOBS = (("checkpoints", "epoch_[0-9][0-9][0-9]*.pt"), ("checkpoints", "epoch_[0-9][0-9][0-9]*.pt.tmp"),
+             ("checkpoints", "train_state.pt"), ("checkpoints", "train_state.tmp"),
+             ("tensorboard", "events.out.tfevents.*"))
+
+
+class TrainingDivergedError(SafnetError, RuntimeError):
+    """The loss or the weights became non-finite: the run stops and nothing non-finite is saved."""
+
 
 # --------------------------------------------------------------------------- config
-def merge_config(base: Mapping[str, Any], override: Mapping[str, Any], path: str = "") -> dict[str, Any]:
-    """Deep merge ``override`` into a deep copy of ``base``; unknown keys raise ConfigError (typos must not be
-    silent).  The result shares no mutable value with ``base``, so filling a stage default into it never
-    changes DEFAULTS for the next config."""
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        where = f"{path}{key}"
-        if key not in base:
-            known = ", ".join(sorted(k for k in base if not k.startswith("_")))
-            raise ConfigError(f"unknown training config key {where!r}; known keys"
-                              f"{' under ' + path[:-1] if path else ''}: {known}")
-        if isinstance(base[key], dict) and key != "overrides":
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"training config key {where!r} must be a mapping, got {value!r}")
-            out[key] = merge_config(base[key], value, where + ".")
-        else:
-            out[key] = value
-    return out
-
-
-def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
-    """``["model.variant=concat", "train.epochs=5"]`` -> nested override dict.
-
-    Values are parsed as YAML (``5`` int, ``0.1`` float, ``true`` bool, ``[1, 2]``
-    list, anything else a string), as they would be in the config file.
+def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any], sets: Sequence[str] = ()) -> TrainConfig:
+    """The full training config: defaults overridden by a YAML file (or a dict), then by
+    ``sets`` (``KEY.PATH=VALUE`` strings, the CLI's ``--set``), checked.
 
     Raises:
-        ConfigError: an item without ``=`` or with an empty key.
+        ConfigError: one line naming the file (or "training config") and the first bad key.
     """
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in sets:
-        key, sep, text = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise ConfigError(f"--set wants KEY.PATH=VALUE (e.g. model.variant=concat), got {item!r}")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from exc
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r} conflicts with an earlier --set of {part!r}")
-        node[parts[-1]] = value
-    return out
-
-
-def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any], sets: Sequence[str] = ()) -> dict[str, Any]:
-    """The full training config: DEFAULTS overridden by a YAML file (or a dict), then by
-    ``sets`` (``KEY.PATH=VALUE`` strings, the CLI's ``--set``), checked."""
-    from safnet_ros.engine.config_schema import check_config
-
     if isinstance(path_or_dict, Mapping):
-        raw = dict(path_or_dict)
+        raw: Any = dict(path_or_dict)
         base_dir = Path.cwd()
         source = "training config"
     else:
-        from safnet_ros.io_boundary import load_yaml
-        from safnet_ros.validation import require_file
-
         p = require_file(path_or_dict, "training config")
-        raw = load_yaml(p, "training config") or {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{p}: a training config must be a mapping")
+        try:
+            raw = load_yaml_config(p)
+        except ConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        raw = {} if raw is None else raw
         base_dir = p.parent
         source = str(p)
-    try:  # one schema (engine/config_schema.py): types, ranges, allowed values, before any work
-        cfg = merge_config(merge_config(DEFAULTS, raw), parse_sets(sets))
-        check_config(cfg, DEFAULTS)
-        if not cfg["data"]["root"]:
+    try:
+        overrides = parse_sets(sets)
+        if isinstance(raw, Mapping):
+            raw = merge(raw, overrides)
+        cfg = from_mapping(TrainConfig, raw)
+        if not cfg.data.root:
             raise ConfigError("data.root (the output of `safnet data preprocess`) is required")
-        model_config(cfg)  # validates preset / variant / overrides
+        _normalise_views(cfg)
+        model_config(cfg)  # validates preset / variant / overrides (ranges included)
     except ConfigError as exc:
-        raise ConfigError(f"{source}{' and --set' if sets else ''}: {exc}") from exc
-    cfg["_base_dir"] = str(base_dir)
-    stage = cfg["stage"]  # types and ranges were checked by check_config; here only what depends on the stage
-    t = cfg["train"]
-    if t["optimizer"] is None:
-        t["optimizer"] = "sgd" if stage == "2d" else "adam"
-    if t["lr"] is None:
-        t["lr"] = 0.005 if stage == "2d" else 0.001
+        raise ConfigError(f"{source}{' and --set' if sets else ''}: {exc}") from None
+    cfg.base_dir = str(base_dir)
+    if cfg.train.optimizer is None:
+        cfg.train.optimizer = "sgd" if cfg.stage == "2d" else "adam"
+    if cfg.train.lr is None:
+        cfg.train.lr = 0.005 if cfg.stage == "2d" else 0.001
     return cfg
 
 
-def resolve(cfg: Mapping[str, Any], path: Optional[str]) -> Optional[Path]:
+def _normalise_views(cfg: TrainConfig) -> None:
+    """``chunks.views: [lo, hi]`` -> ``views = hi``, ``min_views = lo``; checks min_views <= views."""
+    ch = cfg.chunks
+    if isinstance(ch.views, list):
+        lo, hi = ch.views
+        if ch.min_views is not None and ch.min_views != lo:
+            raise ConfigError(f"chunks.min_views ({ch.min_views}) contradicts chunks.views {ch.views}: give one")
+        ch.views, ch.min_views = hi, lo
+    if ch.min_views is not None and ch.min_views > ch.views:
+        raise ConfigError(f"chunks.min_views must be <= chunks.views ({ch.views}), got {ch.min_views}")
+
+
+def resolve(cfg: TrainConfig, path: Optional[str]) -> Optional[Path]:
     """A config path, relative to the current directory when it exists there, else to the YAML's folder."""
     if path is None:
         return None
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
-    return Path(cfg["_base_dir"]) / p
+    return Path(cfg.base_dir) / p
 
 
-def model_config(cfg: Mapping[str, Any]):
+def model_config(cfg: TrainConfig) -> SafnetConfig:
     """The :class:`SafnetConfig` of a training config (stage 3d freezes the 2D net)."""
-    from safnet_ros.model.config import SafnetConfig
-
-    m = cfg["model"]
-    overrides = dict(m.get("overrides") or {})
-    overrides.setdefault("variant", m.get("variant", "safnet"))
-    if cfg["stage"] == "3d":
+    overrides = dict(cfg.model.overrides)
+    overrides.setdefault("variant", cfg.model.variant)
+    if cfg.stage == "3d":
         overrides["freeze_2d"] = True
-    return SafnetConfig.preset(m.get("preset", "lite"), **overrides)
+    try:
+        return SafnetConfig.preset(cfg.model.preset, **overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"model.overrides: {exc}") from None
+
+
+def autocast(amp: str, device: torch.device):
+    """The autocast context of ``train.amp`` on ``device`` (fp32: none)."""
+    if amp == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -209,9 +192,6 @@ def setup_distributed(device_pref: str, init_method: Optional[str] = None, rank:
 
     Backend nccl on CUDA, gloo on CPU. Returns the rank and device of this process.
     """
-    import torch
-    import torch.distributed as dist
-
     ws = int(world_size if world_size is not None else os.environ.get("WORLD_SIZE", 1))
     rk = int(rank if rank is not None else os.environ.get("RANK", 0))
     local = int(os.environ.get("LOCAL_RANK", rk if world_size is not None else 0))
@@ -234,10 +214,8 @@ def setup_distributed(device_pref: str, init_method: Optional[str] = None, rank:
     return info
 
 
-def all_reduce_sum(values, dist_info: DistInfo):
+def all_reduce_sum(values: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
     """Sum a float64 tensor over the processes (no-op on one process)."""
-    import torch.distributed as dist
-
     if dist_info.world_size > 1:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
@@ -248,15 +226,11 @@ class Confusion:
     """Running confusion matrix over labelled points/pixels (torch, on the batch's device)."""
 
     def __init__(self, num_classes: int, device):
-        import torch
-
         self.k = num_classes
         self.m = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
 
-    def add(self, logits, labels) -> None:
-        """logits (..., K) or (B, K, H, W) handled by the caller; here (n, K) and (n,)."""
-        import torch
-
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """logits (n, K), labels (n,) (labels outside 0..K-1 are ignored)."""
         ok = (labels >= 0) & (labels < self.k)
         pred = logits.argmax(-1)[ok]
         gt = labels[ok]
@@ -275,90 +249,98 @@ class Confusion:
         return float(tp.sum()) / total, float(iou)
 
 
-# --------------------------------------------------------------------------- the model wrapper
-def _make_stage_module(stage: str, model, mconfig, class_weights=None):
-    """A module whose forward returns (loss, logits (n, K) detached, labels (n,)) for one batch.
+# --------------------------------------------------------------------------- the per-stage step modules
+class TwoDStep(nn.Module):
+    """Stage 2d: the 2D net alone (so DDP synchronises only what trains).
 
-    Stage 2d wraps only the 2D net (so DDP synchronises only what trains);
-    stage 3d wraps the whole model and :func:`safnet_loss`.
+    forward(images (B, 3, H, W), labels (B, H, W)) -> (loss, logits (n, K) detached, labels (n,)).
     """
-    from torch import nn
 
-    from safnet_ros.model.losses import masked_cross_entropy, safnet_loss
+    def __init__(self, net2d: nn.Module, class_weights: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.net2d = net2d
+        self.class_weights = class_weights
 
-    class TwoD(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net2d = model.net2d
-
-        def forward(self, images, labels):
-            _, logits = self.net2d(images)
-            loss = masked_cross_entropy(logits.movedim(1, -1), labels, class_weights)
-            return loss, logits.detach().movedim(1, -1).reshape(-1, logits.shape[1]), labels.reshape(-1)
-
-    class ThreeD(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, batch):
-            out = self.model(batch)
-            loss, parts = safnet_loss(out, batch, mconfig, class_weights)
-            logits = out.logits.detach()
-            return loss, logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1)
-
-    if stage == "2d":
-        if model.net2d is None:
-            raise ConfigError(f"variant {mconfig.variant!r} has no 2D net to train in stage 2d")
-        return TwoD()
-    return ThreeD()
+    def forward(self, images, labels):
+        _, logits = self.net2d(images)
+        logits = logits.float()
+        loss = masked_cross_entropy(logits.movedim(1, -1), labels, self.class_weights)
+        return loss, logits.detach().movedim(1, -1).reshape(-1, logits.shape[1]), labels.reshape(-1)
 
 
-# --------------------------------------------------------------------------- data
-def _datasets(cfg: Mapping[str, Any]):
-    from safnet_ros.data.dataset import ChunkDataset, ImageDataset, list_scenes
+class ThreeDStep(nn.Module):
+    """Stage 3d: the whole model and :func:`safnet_loss` (eq. 11) on a ChunkBatch.
 
-    root = resolve(cfg, cfg["data"]["root"])
-    train_scenes = list_scenes(root, cfg["data"]["train_split"])
-    val_scenes = list_scenes(root, cfg["data"]["val_split"]) if cfg["data"]["val_split"] else None
-    seed = int(cfg["seed"])
-    if cfg["stage"] == "2d":
-        im = cfg["images"]
-        train = ImageDataset(train_scenes, train=True, crop_wh=im["crop_wh"], flip=im["flip"],
-                             color_jitter=im["color_jitter"], seed=seed)
-        val = ImageDataset(val_scenes, train=False) if val_scenes else None
-        return train, val
-    ch = cfg["chunks"]
-    common = dict(num_points=ch["num_points"], num_views=ch["views"], chunk_size=ch["size"],
-                  min_points=ch["min_points"], centre_on_covered=ch["centre_on_covered"])
-    train = ChunkDataset(train_scenes, chunks_per_scene=ch["chunks_per_scene"], train=True, rotate=ch["rotate"],
-                         flip=ch["flip"], color_jitter=ch["color_jitter"], seed=seed, min_views=ch.get("min_views"),
-                         **common)
-    val = ChunkDataset(val_scenes, chunks_per_scene=ch["val_chunks_per_scene"], train=False, seed=seed + 1,
-                       **common) if val_scenes else None
-    return train, val
+    forward(batch) -> (loss, logits (n, K) detached, labels (n,)).
+    """
+
+    def __init__(self, model: nn.Module, mconfig: SafnetConfig, class_weights: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.model = model
+        self.mconfig = mconfig
+        self.class_weights = class_weights
+
+    def forward(self, batch):
+        out = self.model(batch)
+        loss, _parts = safnet_loss(out, batch, self.mconfig, self.class_weights)
+        logits = out.logits.detach()
+        return loss, logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1)
 
 
-def _loader(dataset, cfg, dist_info: DistInfo, shuffle: bool):
-    import torch
-    from torch.utils.data import DataLoader, DistributedSampler
+# --------------------------------------------------------------------------- build: data
+@dataclass
+class DataParts:
+    train_set: Any
+    train_loader: DataLoader
+    train_sampler: Optional[DistributedSampler]
+    val_loader: Optional[DataLoader]
 
-    from safnet_ros.data.dataset import collate_chunks
 
+def _datasets(cfg: TrainConfig):
+    root = resolve(cfg, cfg.data.root)
+    train_scenes = list_scenes(root, cfg.data.train_split)
+    val_scenes = list_scenes(root, cfg.data.val_split) if cfg.data.val_split else None
+    camera = CameraAugment.from_section(cfg.camera)
+    if cfg.stage == "2d":
+        im = cfg.images
+        train_set = ImageDataset(train_scenes, train=True, crop_wh=im.crop_wh, flip=im.flip,
+                                 color_jitter=im.color_jitter, seed=cfg.seed, camera=camera)
+        val_set = ImageDataset(val_scenes, train=False) if val_scenes else None
+        return train_set, val_set
+    ch = cfg.chunks
+    common = dict(num_points=ch.num_points, num_views=ch.views, chunk_size=ch.size, min_points=ch.min_points,
+                  centre_on_covered=ch.centre_on_covered)
+    train_set = ChunkDataset(train_scenes, chunks_per_scene=ch.chunks_per_scene, train=True, rotate=ch.rotate,
+                             flip=ch.flip, color_jitter=ch.color_jitter, seed=cfg.seed, min_views=ch.min_views,
+                             camera=camera, **common)
+    val_set = ChunkDataset(val_scenes, chunks_per_scene=ch.val_chunks_per_scene, train=False, seed=cfg.seed + 1,
+                           **common) if val_scenes else None
+    return train_set, val_set
+
+
+def _loader(dataset, cfg: TrainConfig, dist_info: DistInfo, shuffle: bool):
     sampler = None
     if dist_info.world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                     shuffle=shuffle, seed=int(cfg["seed"]), drop_last=False)
-    t = cfg["train"]
+                                     shuffle=shuffle, seed=cfg.seed, drop_last=False)
     gen = torch.Generator()
-    gen.manual_seed(int(cfg["seed"]) + dist_info.rank)
-    return DataLoader(dataset, batch_size=int(t["batch_size"]), shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=int(t["num_workers"]), generator=gen,
-                      collate_fn=collate_chunks if cfg["stage"] == "3d" else None,
-                      drop_last=False, persistent_workers=False), sampler
+    gen.manual_seed(cfg.seed + dist_info.rank)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
+                        sampler=sampler, num_workers=cfg.train.num_workers, generator=gen,
+                        collate_fn=collate_chunks if cfg.stage == "3d" else None, drop_last=False,
+                        persistent_workers=False)
+    return loader, sampler
 
 
-def _to_device(batch, device, stage):
+def build_data(cfg: TrainConfig, dist_info: DistInfo) -> DataParts:
+    """The training and validation datasets and loaders of the config's stage."""
+    train_set, val_set = _datasets(cfg)
+    train_loader, train_sampler = _loader(train_set, cfg, dist_info, shuffle=True)
+    val_loader = _loader(val_set, cfg, dist_info, shuffle=False)[0] if val_set is not None else None
+    return DataParts(train_set, train_loader, train_sampler, val_loader)
+
+
+def _to_device(batch, device: torch.device, stage: str):
     if stage == "2d":
         images, labels = batch
         return (images.to(device, non_blocking=True), labels.to(device, non_blocking=True)), None
@@ -366,12 +348,17 @@ def _to_device(batch, device, stage):
     return (chunk_batch.to(device),), infos
 
 
-# --------------------------------------------------------------------------- checkpoints
-def _load_2d_into(model, path: Path) -> None:
-    """Copy the ``net2d.*`` weights of a checkpoint into ``model`` (ModelLoadError when they do not fit)."""
-    from safnet_ros.errors import ModelLoadError
-    from safnet_ros.model.safnet import load_checkpoint
+# --------------------------------------------------------------------------- build: model
+@dataclass
+class ModelParts:
+    model: nn.Module  # the SafnetModel (what checkpoints hold)
+    mconfig: SafnetConfig
+    module: nn.Module  # the stage's step module (TwoDStep / ThreeDStep) on the device
+    tail_2d: list  # stage 3d: the 2D tail that L_2Dunp fine-tunes at lr * train.lr_2d_scale
 
+
+def _load_2d_into(model: nn.Module, path: Path) -> None:
+    """Copy the ``net2d.*`` weights of a checkpoint into ``model`` (ModelLoadError when they do not fit)."""
     src, _, _ = load_checkpoint(path)
     if src.net2d is None or model.net2d is None:
         raise ModelLoadError(f"{path}: no 2D net to take over")
@@ -385,7 +372,7 @@ def _load_2d_into(model, path: Path) -> None:
     del src
 
 
-def init_from_checkpoint(model, path: Path) -> dict[str, int]:
+def init_from_checkpoint(model: nn.Module, path: Path) -> dict[str, int]:
     """Start ``model`` from the weights of checkpoint ``path`` wherever they fit.
 
     Every tensor with the same name and shape is copied. Two are widened: the first
@@ -397,10 +384,6 @@ def init_from_checkpoint(model, path: Path) -> dict[str, int]:
 
     Returns counts ``{"copied", "widened", "fresh"}`` of the model's tensors.
     """
-    import torch
-
-    from safnet_ros.model.safnet import load_checkpoint
-
     src, _, _ = load_checkpoint(path)
     source = src.state_dict()
     target = model.state_dict()
@@ -424,7 +407,352 @@ def init_from_checkpoint(model, path: Path) -> dict[str, int]:
     return counts
 
 
-# --------------------------------------------------------------------------- main loop
+def build_model(cfg: TrainConfig, dist_info: DistInfo) -> ModelParts:
+    """The model of the config (init_from / init_2d loaded, 2D net frozen in stage 3d), on the device,
+    wrapped in the stage's step module (class weights included)."""
+    mconfig = model_config(cfg)
+    model = build_safnet(mconfig)
+    init_from = resolve(cfg, cfg.init_from)  # stage 2d too: fine-tune a 2D net on new data
+    if init_from is not None:
+        counts = init_from_checkpoint(model, init_from)
+        if dist_info.is_main:
+            print(f"init_from {init_from}: {counts['copied']} tensors copied, {counts['widened']} widened, "
+                  f"{counts['fresh']} fresh", file=sys.stderr)
+    if cfg.stage == "3d" and mconfig.uses_2d:
+        init = resolve(cfg, cfg.init_2d)
+        if init is not None:
+            _load_2d_into(model, init)
+        else:
+            for p in model.net2d.parameters():
+                p.requires_grad_(False)
+            if dist_info.is_main and init_from is None:
+                print("warning: stage 3d without init_2d: the frozen 2D net keeps its random weights",
+                      file=sys.stderr)
+    tail_2d: list = []
+    if cfg.stage == "3d" and getattr(model, "finetunes_2d_tail", False):
+        tail_2d = model.tail_2d_parameters()
+        for p in tail_2d:
+            p.requires_grad_(True)
+    model.to(dist_info.device)
+    class_weights = None
+    if cfg.train.class_weights:
+        weights, source = load_class_weights(resolve(cfg, cfg.data.root), cfg.data.train_split,
+                                             mconfig.num_classes)
+        class_weights = torch.from_numpy(weights).to(dist_info.device)
+        if dist_info.is_main:
+            print(f"class weights ({source}): min {weights.min():.2f} max {weights.max():.2f}", file=sys.stderr)
+    if cfg.stage == "2d":
+        if model.net2d is None:
+            raise ConfigError(f"variant {mconfig.variant!r} has no 2D net to train in stage 2d")
+        module: nn.Module = TwoDStep(model.net2d, class_weights)
+    else:
+        module = ThreeDStep(model, mconfig, class_weights)
+    return ModelParts(model, mconfig, module.to(dist_info.device), tail_2d)
+
+
+# --------------------------------------------------------------------------- build: optimizer
+def build_optimizer(cfg: TrainConfig, parts: ModelParts):
+    """(optimizer, StepLR scheduler) over the trainable parameters (the 2D tail in its own group)."""
+    t = cfg.train
+    tail_ids = {id(p) for p in parts.tail_2d}
+    params = [p for p in parts.module.parameters() if p.requires_grad and id(p) not in tail_ids]
+    if not params:
+        hint = " (the 2D-only baseline uses the stage-2d checkpoint as it is)" \
+            if parts.mconfig.variant == "project2d" else ""
+        raise ConfigError(f"stage {cfg.stage} with variant {parts.mconfig.variant!r} has nothing to train{hint}")
+    groups = [{"params": params}]
+    if parts.tail_2d:
+        groups.append({"params": parts.tail_2d, "lr": t.lr * t.lr_2d_scale})
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    else:
+        opt = torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t.lr_step_epochs, gamma=t.lr_gamma)
+    return opt, sched
+
+
+# --------------------------------------------------------------------------- the output folder
+def run_has_checkpoints(out_dir: Path) -> bool:
+    """True when ``out_dir`` holds a training run's checkpoints or state."""
+    ckpt = out_dir / "checkpoints"
+    return (out_dir / "model_last.pt").is_file() or (ckpt.is_dir() and (
+        (ckpt / "train_state.pt").is_file() or any(ckpt.glob("epoch_*.pt"))))
+
+
+def trainer_files(out_dir: Path) -> list[Path]:
+    """The files in ``out_dir`` that the trainer writes (by name; nothing else is ever removed)."""
+    found = [out_dir / name for name in RUN_FILES if (out_dir / name).is_file()]
+    for sub, pattern in RUN_GLOBS:
+        if (out_dir / sub).is_dir():
+            found.extend(p for p in sorted((out_dir / sub).glob(pattern)) if p.is_file() and not p.is_symlink())
+    return found
+
+
+def prepare_output(out_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Refuse to train over an existing run unless told how (``--resume`` or ``--overwrite``).
+
+    ``--overwrite`` removes only :func:`trainer_files` (and the trainer's sub-folders when that
+    leaves them empty); a user's notes or any other file in the folder stay.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    if resume or not run_has_checkpoints(out_dir):
+        return
+    if not overwrite:
+        raise ConfigError(f"{out_dir} holds a training run (checkpoints): continue it with --resume, replace it "
+                          "with --overwrite, or choose another --out")
+    if not is_main:
+        return
+    for p in trainer_files(out_dir):
+        p.unlink()
+    for sub in ("checkpoints", "tensorboard"):
+        d = out_dir / sub
+        if d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
+            d.rmdir()
+
+
+def _write_manifest(out_dir: Path) -> None:
+    (out_dir / MANIFEST).write_text(json.dumps({"command": "safnet train", "version": __version__}) + "\n")
+
+
+# --------------------------------------------------------------------------- resume
+def _flatten(d: Mapping[str, Any], path: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v and path + k != "model.overrides":
+            out.update(_flatten(v, f"{path}{k}."))
+        else:
+            out[path + k] = v
+    return out
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset = RESUMABLE_KEYS,
+                       prefix: str = "") -> list[str]:
+    """``key: run X, now Y`` for every flattened key whose value differs (``ignore``d keys aside)."""
+    a, b = _flatten(old), _flatten(new)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in ignore or key.startswith("_"):
+            continue
+        if a.get(key) != b.get(key):
+            diffs.append(f"{prefix}{key}: run {a.get(key)!r}, now {b.get(key)!r}")
+    return diffs
+
+
+def _check_state(state: Any, state_path: Path, stage: str) -> None:
+    """ConfigError (one line naming the file) for a training state that cannot be resumed from."""
+    if not isinstance(state, dict) or not {"epoch", "checkpoint", "optimizer", "scheduler"} <= set(state):
+        raise ConfigError(f"{state_path}: not a safnet training state (keys epoch, checkpoint, optimizer, "
+                          "scheduler are missing)")
+    if state.get("stage") != stage:
+        raise ConfigError(f"{state_path} is from stage {state.get('stage')!r}, the config is stage {stage!r}: "
+                          "use another --out")
+    for key in ("epoch", "global_step"):
+        v = state.get(key, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{state_path}: {key} must be an integer >= 0, got {v!r}")
+    if not isinstance(state["checkpoint"], str) or Path(state["checkpoint"]).is_absolute() \
+            or ".." in Path(state["checkpoint"]).parts:
+        raise ConfigError(f"{state_path}: checkpoint must be a path inside the run, got {state['checkpoint']!r}")
+    opt = state["optimizer"]
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) \
+            or not isinstance(opt.get("param_groups"), list) or not opt["param_groups"]:
+        raise ConfigError(f"{state_path}: the optimizer state is empty or malformed (no param_groups)")
+    if not isinstance(state["scheduler"], dict) or "last_epoch" not in state["scheduler"]:
+        raise ConfigError(f"{state_path}: the scheduler state is empty or malformed (no last_epoch)")
+
+
+def restore_state(cfg: TrainConfig, out_dir: Path, parts: ModelParts, opt, sched) -> tuple[int, int]:
+    """Load ``OUT/checkpoints/train_state.pt`` and its checkpoint into the model, optimizer and scheduler.
+
+    Returns (first epoch to run, global step). Refuses (ConfigError naming what differs) a config that
+    differs from the run's in anything but :data:`RESUMABLE_KEYS`, a model of another configuration,
+    and a malformed state (empty optimizer, non-integer epoch, ...).
+    """
+    state_path = out_dir / "checkpoints" / "train_state.pt"
+    if not state_path.is_file():
+        raise MissingDataError(state_path, "training state to resume from")
+    # weights_only: the state holds tensors, numbers and dicts only, and a hostile file cannot run code
+    state = load_torch_file(state_path, what="safnet training state")
+    _check_state(state, state_path, cfg.stage)
+    if isinstance(state.get("config"), dict):
+        diffs = config_differences(state["config"], cfg.to_dict())
+        if diffs:
+            raise ConfigError(f"--resume: the config differs from the run's ({state_path}): " + "; ".join(diffs)
+                              + ". Resume with the run's config (OUT/config_used.yaml) or train into another --out")
+    ckpt_path = out_dir / state["checkpoint"]
+    resumed, resumed_config, _ = load_checkpoint(ckpt_path)
+    diffs = config_differences({k: v for k, v in resumed_config.to_dict().items() if k != "extra"},
+                               {k: v for k, v in parts.mconfig.to_dict().items() if k != "extra"},
+                               ignore=frozenset(), prefix="model ")
+    if diffs:
+        raise ConfigError(f"--resume: {ckpt_path} was trained with another model: " + "; ".join(diffs)
+                          + ". Resume with the run's config or train into another --out")
+    parts.model.load_state_dict(resumed.state_dict())
+    del resumed
+    try:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        raise ConfigError(f"{state_path}: its optimizer or scheduler state does not fit this model: "
+                          f"{' '.join(str(exc).split())[:200]}") from None
+    return state["epoch"] + 1, int(state.get("global_step", 0))
+
+
+# --------------------------------------------------------------------------- one epoch
+@dataclass
+class Run:
+    """Everything one training run holds between epochs."""
+
+    cfg: TrainConfig
+    dist_info: DistInfo
+    out_dir: Path
+    parts: ModelParts
+    data: DataParts
+    runner: nn.Module  # parts.module, or its DDP wrapper
+    opt: Any
+    sched: Any
+    scaler: Any
+    writer: Any = None
+    global_step: int = 0
+
+    @property
+    def stage(self) -> str:
+        return self.cfg.stage
+
+
+def _all_finite(loss: torch.Tensor, dist_info: DistInfo) -> bool:
+    ok = torch.isfinite(loss.detach()).all().to(torch.float64).reshape(1)
+    if dist_info.world_size > 1:  # every rank stops at the same step
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
+
+
+def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
+    """One pass over the training loader (at most ``train.max_steps_per_epoch`` steps): the CSV row's
+    training columns. Raises TrainingDivergedError at the first non-finite loss, naming the step."""
+    cfg, dist_info, stage = run.cfg, run.dist_info, run.stage
+    device = dist_info.device
+    run.data.train_set.set_epoch(epoch)
+    if run.data.train_sampler is not None:
+        run.data.train_sampler.set_epoch(epoch)
+    run.runner.train()
+    run.parts.model.train()
+    conf = Confusion(run.parts.mconfig.num_classes, device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, n, no-view chunks
+    max_steps = cfg.train.max_steps_per_epoch or math.inf
+    loader = run.data.train_loader
+    total = min(len(loader), max_steps)
+    bar = None
+    if progress and dist_info.is_main:
+        bar = tqdm(total=total, desc=f"{stage} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+                   file=sys.stderr, leave=False)
+    lr = run.opt.param_groups[0]["lr"]
+    for step, batch in enumerate(loader):
+        if step >= max_steps:
+            break
+        inputs, infos = _to_device(batch, device, stage)
+        with autocast(cfg.train.amp, device):
+            loss, logits, labels = run.runner(*inputs)
+        if not _all_finite(loss, dist_info):
+            if bar is not None:
+                bar.close()
+            raise TrainingDivergedError(
+                f"training loss is {float(loss.detach())} at step {run.global_step + 1} (epoch {epoch + 1}, "
+                f"batch {step + 1}): stopped, nothing of this epoch was saved (lower train.lr, use train.amp: "
+                "fp32, or check model.overrides and the data)")
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
+        value = float(loss.detach())
+        sums[0] += value * n
+        sums[1] += n
+        if infos is not None and cfg.chunks.views > 0:
+            sums[2] += sum(1 for i in infos if i["views"] == 0)
+        conf.add(logits.float(), labels)
+        run.global_step += 1
+        if run.writer is not None:
+            run.writer.add_scalar(f"{stage}/loss_step", value, run.global_step)
+        if bar is not None:
+            bar.set_postfix(loss=f"{value:.3f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    run.sched.step()
+    all_reduce_sum(sums, dist_info)
+    all_reduce_sum(conf.m, dist_info)
+    acc, miou = conf.summary()
+    return {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": float(sums[0] / max(1.0, float(sums[1]))),
+            "train_acc": acc, "train_miou": miou, "val_loss": "", "val_acc": "", "val_miou": "",
+            "steps": min(total, len(loader)), "samples": int(sums[1]), "chunks_without_views": int(sums[2])}
+
+
+def validate(run: Run) -> dict[str, Any]:
+    """Loss, accuracy and mIoU on the validation loader (at most ``train.max_val_batches`` batches)."""
+    dist_info, stage = run.dist_info, run.stage
+    device = dist_info.device
+    run.runner.eval()
+    run.parts.model.eval()
+    conf = Confusion(run.parts.mconfig.num_classes, device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    module = run.parts.module  # not the DDP wrapper: no gradient sync in evaluation
+    max_batches = run.cfg.train.max_val_batches
+    with torch.no_grad():
+        for step, batch in enumerate(run.data.val_loader):
+            if max_batches and step >= max_batches:
+                break
+            inputs, _ = _to_device(batch, device, stage)
+            with autocast(run.cfg.train.amp, device):
+                loss, logits, labels = module(*inputs)
+            n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
+            sums[0] += float(loss) * n
+            sums[1] += n
+            conf.add(logits.float(), labels)
+    all_reduce_sum(sums, dist_info)
+    all_reduce_sum(conf.m, dist_info)
+    acc, miou = conf.summary()
+    return {"val_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_acc": acc, "val_miou": miou}
+
+
+def non_finite_weights(model: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``model`` that hold NaN or inf."""
+    return [name for name, v in model.state_dict().items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def save_state(run: Run, epoch: int, row: Mapping[str, Any]) -> Path:
+    """Write the epoch checkpoint, ``model_last.pt``, the CSV row and ``train_state.pt`` (rank 0 only).
+
+    Raises TrainingDivergedError, writing nothing, when a weight is non-finite.
+    """
+    bad = non_finite_weights(run.parts.model)
+    if bad:
+        raise TrainingDivergedError(f"{len(bad)} weight tensor(s) are non-finite after epoch {epoch + 1} "
+                                    f"(first: {bad[0]}): no checkpoint written")
+    ckpt_dir = run.out_dir / "checkpoints"
+    ckpt = ckpt_dir / f"epoch_{epoch:03d}.pt"
+    extra = {"stage": run.stage, "epoch": epoch, "global_step": run.global_step,
+             "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))}}
+    save_checkpoint(ckpt, run.parts.model, run.parts.mconfig, extra=extra)
+    save_checkpoint(run.out_dir / "model_last.pt", run.parts.model, run.parts.mconfig, extra=extra)
+    _append_csv(run.out_dir / "metrics.csv", row)
+    state_path = ckpt_dir / "train_state.pt"
+    tmp = state_path.with_suffix(".tmp")
+    torch.save({"epoch": epoch, "global_step": run.global_step, "checkpoint": f"checkpoints/{ckpt.name}",
+                "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "stage": run.stage,
+                "config": run.cfg.to_dict()}, tmp)
+    os.replace(tmp, state_path)
+    if run.writer is not None:
+        for k, v in row.items():
+            if isinstance(v, float) and math.isfinite(v):
+                run.writer.add_scalar(f"{run.stage}/{k}", v, epoch)
+        run.writer.flush()
+    return ckpt
+
+
+# --------------------------------------------------------------------------- the run
 @dataclass
 class TrainResult:
     out: Path
@@ -434,32 +762,36 @@ class TrainResult:
     stopped_by_time: bool = False  # train.max_minutes ended the run before train.epochs
 
 
-def train(config: str | os.PathLike | Mapping[str, Any], out: Optional[str | os.PathLike] = None,
-          resume: bool = False, *, rank: Optional[int] = None, world_size: Optional[int] = None,
-          init_method: Optional[str] = None, progress: bool = True, sets: Sequence[str] = ()) -> TrainResult:
-    """Run the training described by ``config`` (YAML path or dict) into ``out``.
+def train(config: str | os.PathLike | Mapping[str, Any] | TrainConfig, out: Optional[str | os.PathLike] = None,
+          resume: bool = False, *, overwrite: bool = False, rank: Optional[int] = None,
+          world_size: Optional[int] = None, init_method: Optional[str] = None, progress: bool = True,
+          sets: Sequence[str] = ()) -> TrainResult:
+    """Run the training described by ``config`` (YAML path, dict or TrainConfig) into ``out``.
 
     ``resume``: continue after the last finished epoch recorded in
-    ``out/checkpoints/train_state.pt`` (MissingDataError when there is none).
-    ``rank``/``world_size``/``init_method`` join a process group explicitly (tests,
-    mp.spawn); under torchrun they come from the environment. ``sets``: config
-    overrides as ``KEY.PATH=VALUE`` strings (see :func:`parse_sets`).
+    ``out/checkpoints/train_state.pt`` (MissingDataError when there is none; ConfigError
+    naming what differs when the config does not match the run's). ``overwrite``:
+    replace a run that ``out`` holds (only the trainer's files are removed); without
+    either, a folder holding checkpoints is refused. ``rank``/``world_size``/
+    ``init_method`` join a process group explicitly (tests, mp.spawn); under torchrun
+    they come from the environment. ``sets``: config overrides as ``KEY.PATH=VALUE``
+    strings (see :func:`parse_sets`).
     """
-    from safnet_ros.validation import check_output_dir
-
-    cfg = load_config(config, sets)
-    out_dir = Path(out) if out is not None else Path(cfg["out"])  # relative to the current directory
+    cfg = config if isinstance(config, TrainConfig) else load_config(config, sets)
+    out_dir = Path(out) if out is not None else Path(cfg.out)  # relative to the current directory
     check_output_dir(out_dir, "training output folder")  # a regular file there: refused before any work
     check_output_dir(out_dir / "checkpoints", "checkpoint folder")
-    dist_info = setup_distributed(cfg["device"], init_method, rank, world_size)
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.train.amp == "fp16" and not cuda:
+        raise ConfigError("train.amp: fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+    if cfg.train.amp == "bf16" and cuda and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.amp: this GPU has no bf16; use fp16 or fp32")
+    dist_info = setup_distributed(cfg.device, init_method, rank, world_size)
     try:
+        prepare_output(out_dir, resume, overwrite, dist_info.is_main)
         return _run_training(cfg, out_dir, resume, dist_info, progress)
     finally:
         if dist_info.initialised_here:
-            import gc
-
-            import torch.distributed as dist
-
             # _run_training has returned, so the DDP wrapper and everything else that
             # holds the group is released before the group goes (a rank whose DDP
             # reducer outlived the group could abort at exit).
@@ -467,193 +799,73 @@ def train(config: str | os.PathLike | Mapping[str, Any], out: Optional[str | os.
             dist.destroy_process_group()
 
 
-def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, progress: bool) -> TrainResult:
-    """The body of :func:`train` inside an initialised process group (if any)."""
-    import numpy as np
-    import torch
-
-    from safnet_ros.model.safnet import build_model, save_checkpoint
-
-    stage = cfg["stage"]
-    t = cfg["train"]
-    seed = int(cfg["seed"])
-    torch.manual_seed(seed + dist_info.rank)
-    np.random.seed((seed + dist_info.rank) % 2**32)
-    mconfig = model_config(cfg)
-    model = build_model(mconfig)
-    init_from = resolve(cfg, cfg["init_from"])  # stage 2d too: fine-tune a 2D net on new data
-    if init_from is not None:
-        counts = init_from_checkpoint(model, init_from)
-        if dist_info.is_main:
-            print(f"init_from {init_from}: {counts['copied']} tensors copied, {counts['widened']} widened, "
-                  f"{counts['fresh']} fresh", file=sys.stderr)
-    if stage == "3d" and mconfig.uses_2d:
-        init = resolve(cfg, cfg["init_2d"])
-        if init is not None:
-            _load_2d_into(model, init)
-        else:
-            for p in model.net2d.parameters():
-                p.requires_grad_(False)
-            if dist_info.is_main and init_from is None:
-                print("warning: stage 3d without init_2d: the frozen 2D net keeps its random weights",
-                      file=sys.stderr)
-    ckpt_dir = out_dir / "checkpoints"
-    state_path = ckpt_dir / "train_state.pt"
-    start_epoch = 0
-    resume_state = None
-    if resume:
-        if not state_path.is_file():
-            raise MissingDataError(state_path, "training state to resume from")
-        from safnet_ros.io_boundary import load_torch_file
-
-        # weights_only: the state holds tensors, numbers and dicts only, and a hostile file cannot run code
-        resume_state = load_torch_file(state_path, what="safnet training state")
-        if not isinstance(resume_state, dict) or not {"epoch", "checkpoint", "optimizer", "scheduler"} <= set(
-                resume_state):
-            raise ConfigError(f"{state_path}: not a safnet training state (keys epoch, checkpoint, optimizer, "
-                              "scheduler are missing)")
-        if resume_state.get("stage") != stage:
-            raise ConfigError(f"{state_path} is from stage {resume_state.get('stage')!r}, the config is stage "
-                              f"{stage!r}: use another --out")
-        from safnet_ros.model.safnet import load_checkpoint
-
-        resumed, _, _ = load_checkpoint(out_dir / resume_state["checkpoint"])
-        model.load_state_dict(resumed.state_dict())
-        start_epoch = int(resume_state["epoch"]) + 1
-    tail_2d = []
-    if stage == "3d" and getattr(model, "finetunes_2d_tail", False):
-        tail_2d = model.tail_2d_parameters()  # L_2Dunp fine-tunes them at lr * train.lr_2d_scale
-        for p in tail_2d:
-            p.requires_grad_(True)
-    model.to(dist_info.device)
-    class_weights = None
-    if t["class_weights"]:
-        from safnet_ros.data.class_weights import load_class_weights
-
-        weights, source = load_class_weights(resolve(cfg, cfg["data"]["root"]), cfg["data"]["train_split"],
-                                             mconfig.num_classes)
-        class_weights = torch.from_numpy(weights).to(dist_info.device)
-        if dist_info.is_main:
-            print(f"class weights ({source}): min {weights.min():.2f} max {weights.max():.2f}", file=sys.stderr)
-    module = _make_stage_module(stage, model, mconfig, class_weights).to(dist_info.device)
-    tail_ids = {id(p) for p in tail_2d}
-    params = [p for p in module.parameters() if p.requires_grad and id(p) not in tail_ids]
-    if not params:
-        hint = " (the 2D-only baseline uses the stage-2d checkpoint as it is)" if mconfig.variant == "project2d" \
-            else ""
-        raise ConfigError(f"stage {stage} with variant {mconfig.variant!r} has nothing to train{hint}")
-    groups = [{"params": params}]
-    if tail_2d:
-        groups.append({"params": tail_2d, "lr": float(t["lr"]) * float(t["lr_2d_scale"])})
-    if t["optimizer"] == "sgd":
-        opt = torch.optim.SGD(groups, lr=float(t["lr"]), momentum=float(t["momentum"]),
-                              weight_decay=float(t["weight_decay"]))
-    else:
-        opt = torch.optim.Adam(groups, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(t["lr_step_epochs"]), gamma=float(t["lr_gamma"]))
-    if resume_state is not None:
-        opt.load_state_dict(resume_state["optimizer"])
-        sched.load_state_dict(resume_state["scheduler"])
-    runner = module
-    if dist_info.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-        runner = DDP(module, device_ids=ids, find_unused_parameters=bool(t["find_unused_parameters"]))
-
-    train_set, val_set = _datasets(cfg)
-    train_loader, train_sampler = _loader(train_set, cfg, dist_info, shuffle=True)
-    val_loader = _loader(val_set, cfg, dist_info, shuffle=False)[0] if val_set is not None else None
-
-    writer = None
-    if dist_info.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+def _open_writer(out_dir: Path, start_epoch: int):
+    """TensorBoard writer (an optional dependency: None, with a warning, when it is missing)."""
+    try:
         from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("warning: tensorboard is not installed: no TensorBoard scalars (metrics.csv has them)",
+              file=sys.stderr)
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_epoch)
 
-        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_epoch)
+
+def _run_training(cfg: TrainConfig, out_dir: Path, resume: bool, dist_info: DistInfo, progress: bool
+                  ) -> TrainResult:
+    """The body of :func:`train` inside an initialised process group (if any)."""
+    torch.manual_seed(cfg.seed + dist_info.rank)
+    np.random.seed((cfg.seed + dist_info.rank) % 2**32)
+    parts = build_model(cfg, dist_info)
+    opt, sched = build_optimizer(cfg, parts)
+    start_epoch, global_step = restore_state(cfg, out_dir, parts, opt, sched) if resume else (0, 0)
+    runner = parts.module
+    if dist_info.world_size > 1:
+        ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+        runner = DistributedDataParallel(parts.module, device_ids=ids,
+                                         find_unused_parameters=cfg.train.find_unused_parameters)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
+    run = Run(cfg, dist_info, out_dir, parts, build_data(cfg, dist_info), runner, opt, sched, scaler,
+              global_step=global_step)
+    if dist_info.is_main:
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        _write_manifest(out_dir)
         _write_used_config(out_dir, cfg)
         _trim_csv(out_dir / "metrics.csv", start_epoch)
+        run.writer = _open_writer(out_dir, start_epoch)
     result = TrainResult(out=out_dir)
-    epochs = int(t["epochs"])
-    global_step = int(resume_state["global_step"]) if resume_state else 0
-    budget_s = float(t["max_minutes"]) * 60.0
+    try:
+        _fit(run, start_epoch, progress, result)
+    finally:
+        if run.writer is not None:
+            run.writer.close()
+    if dist_info.initialised_here and dist_info.world_size > 1:
+        # Every rank finishes its last collective before any tears the group down: a rank
+        # that destroyed gloo while its peer was still talking aborted the peer (1 run in 14).
+        dist.barrier()
+    return result
+
+
+def _fit(run: Run, start_epoch: int, progress: bool, result: TrainResult) -> None:
+    """The epoch loop: train, validate, save, and the wall-clock budget."""
+    cfg, dist_info = run.cfg, run.dist_info
+    epochs = cfg.train.epochs
+    budget_s = cfg.train.max_minutes * 60.0
     run_start = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        train_set.set_epoch(epoch)
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
-        runner.train()
-        model.train()
-        conf = Confusion(mconfig.num_classes, dist_info.device)
-        loss_sum = torch.zeros(3, dtype=torch.float64, device=dist_info.device)  # loss*n, n, no-view chunks
-        max_steps = int(t["max_steps_per_epoch"]) or math.inf
-        total = min(len(train_loader), max_steps)
-        bar = None
-        if progress and dist_info.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc=f"{stage} epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stderr,
-                       leave=False)
-        lr = opt.param_groups[0]["lr"]
-        for step, batch in enumerate(train_loader):
-            if step >= max_steps:
-                break
-            inputs, infos = _to_device(batch, dist_info.device, stage)
-            loss, logits, labels = runner(*inputs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
-            loss_sum[0] += float(loss.detach()) * n
-            loss_sum[1] += n
-            if infos is not None:
-                loss_sum[2] += sum(1 for i in infos if i["views"] == 0 and cfg["chunks"]["views"] > 0)
-            conf.add(logits, labels)
-            global_step += 1
-            if writer is not None:
-                writer.add_scalar(f"{stage}/loss_step", float(loss.detach()), global_step)
-            if bar is not None:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        sched.step()
-        all_reduce_sum(loss_sum, dist_info)
-        all_reduce_sum(conf.m, dist_info)
-        acc, miou = conf.summary()
-        row = {"epoch": epoch, "stage": stage, "lr": lr,
-               "train_loss": float(loss_sum[0] / max(1.0, float(loss_sum[1]))),
-               "train_acc": acc, "train_miou": miou, "val_loss": "", "val_acc": "", "val_miou": "",
-               "steps": min(total, len(train_loader)), "samples": int(loss_sum[1]),
-               "chunks_without_views": int(loss_sum[2])}
-        if val_loader is not None and (epoch + 1) % int(t["val_every"]) == 0:
-            row.update(_validate(runner, model, val_loader, mconfig, dist_info, stage, int(t["max_val_batches"])))
+        row = train_one_epoch(run, epoch, progress)
+        if run.data.val_loader is not None and (epoch + 1) % cfg.train.val_every == 0:
+            row.update(validate(run))
         row["seconds"] = round(time.perf_counter() - t0, 3)
         if dist_info.is_main:
-            ckpt = ckpt_dir / f"epoch_{epoch:03d}.pt"
-            extra = {"stage": stage, "epoch": epoch, "global_step": global_step,
-                     "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))}}
-            save_checkpoint(ckpt, model, mconfig, extra=extra)
-            save_checkpoint(out_dir / "model_last.pt", model, mconfig, extra=extra)
-            _append_csv(out_dir / "metrics.csv", row)
-            tmp = state_path.with_suffix(".tmp")
-            torch.save({"epoch": epoch, "global_step": global_step, "checkpoint": f"checkpoints/{ckpt.name}",
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "stage": stage}, tmp)
-            os.replace(tmp, state_path)
-            for k, v in row.items():
-                if isinstance(v, float) and math.isfinite(v):
-                    writer.add_scalar(f"{stage}/{k}", v, epoch)
-            writer.flush()
-            print(f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f} acc {acc:.3f} miou {miou:.3f}"
+            result.last_checkpoint = save_state(run, epoch, row)
+            print(f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} "
+                  f"miou {row['train_miou']:.3f}"
                   + (f" val_miou {row['val_miou']:.3f}" if row["val_miou"] != "" else "")
                   + f" ({row['seconds']:.1f} s)", file=sys.stderr)
-            result.last_checkpoint = ckpt
         result.epochs_run.append(epoch)
         result.metrics.append(row)
         if dist_info.world_size > 1:
-            import torch.distributed as dist
-
             dist.barrier()
         if budget_s > 0 and epoch + 1 < epochs:
             # Every rank must stop at the same epoch: any rank over budget stops all.
@@ -663,43 +875,11 @@ def _run_training(cfg: dict, out_dir: Path, resume: bool, dist_info: DistInfo, p
                 result.stopped_by_time = True
                 if dist_info.is_main:
                     print(f"stopping after epoch {epoch + 1}/{epochs}: train.max_minutes "
-                          f"({t['max_minutes']}) reached", file=sys.stderr)
+                          f"({cfg.train.max_minutes}) reached", file=sys.stderr)
                 break
-    if writer is not None:
-        writer.close()
-    if dist_info.initialised_here and dist_info.world_size > 1:
-        import torch.distributed as dist
-
-        # Every rank finishes its last collective before any tears the group down: a rank
-        # that destroyed gloo while its peer was still talking aborted the peer (1 run in 14).
-        dist.barrier()
-    return result
 
 
-def _validate(runner, model, loader, mconfig, dist_info: DistInfo, stage: str, max_batches: int) -> dict[str, Any]:
-    import torch
-
-    runner.eval()
-    model.eval()
-    conf = Confusion(mconfig.num_classes, dist_info.device)
-    sums = torch.zeros(2, dtype=torch.float64, device=dist_info.device)
-    module = runner.module if hasattr(runner, "module") else runner
-    with torch.no_grad():
-        for step, batch in enumerate(loader):
-            if max_batches and step >= max_batches:
-                break
-            inputs, _ = _to_device(batch, dist_info.device, stage)
-            loss, logits, labels = module(*inputs)
-            n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
-            sums[0] += float(loss) * n
-            sums[1] += n
-            conf.add(logits, labels)
-    all_reduce_sum(sums, dist_info)
-    all_reduce_sum(conf.m, dist_info)
-    acc, miou = conf.summary()
-    return {"val_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_acc": acc, "val_miou": miou}
-
-
+# --------------------------------------------------------------------------- files
 def _append_csv(path: Path, row: Mapping[str, Any]) -> None:
     new = not path.is_file()
     with open(path, "a", newline="") as f:
@@ -724,18 +904,13 @@ def _trim_csv(path: Path, first_epoch: int) -> None:
         w.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in keep)
 
 
-def _write_used_config(out_dir: Path, cfg: Mapping[str, Any]) -> None:
-    import yaml
-
+def _write_used_config(out_dir: Path, cfg: TrainConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    clean = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    (out_dir / "config_used.yaml").write_text(yaml.safe_dump(clean, sort_keys=False))
+    (out_dir / "config_used.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def spawn_worker(rank: int, world_size: int, init_method: str, config: Any, out: str, resume: bool) -> None:
     """``torch.multiprocessing.spawn`` target: process ``rank`` of a ``world_size`` DDP run of :func:`train`
     joining through ``init_method`` (e.g. ``file:///tmp/rdv``); the CPU test of the DDP path uses it."""
-    import torch
-
     torch.set_num_threads(1)
     train(config, out, resume, rank=rank, world_size=world_size, init_method=init_method, progress=False)

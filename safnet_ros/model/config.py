@@ -18,6 +18,7 @@ any out-of-range or inconsistent value.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -29,6 +30,15 @@ VARIANTS: tuple[str, ...] = ("safnet", "pointnet2", "project2d", "concat")
 PRESETS: tuple[str, ...] = ("paper", "lite")
 NQ_MODES: tuple[str, ...] = ("knn", "ball")
 CSM_CENTRES: tuple[str, ...] = ("height", "xyz")
+
+#: Upper bounds of the sizes (a typo such as resnet_width=1000000 is one error, not a 36 TB allocation).
+MAX_WIDTH = 4096
+MAX_CLASSES = 1000
+MAX_NEIGHBOURS = 1024
+MAX_POINTS = 1_000_000
+#: The float fields (each must be finite: a NaN initial value trains NaN weights).
+FLOAT_FIELDS: tuple[str, ...] = ("radius", "a1", "a2", "b1", "b2", "a3", "a4", "b3", "dropout", "w_2d", "w_3d",
+                                 "w_unproj", "unproj_radius")
 
 #: The model layout this code builds. Layout 1 (checkpoints before issue 14, no
 #: ``layout`` key): CSM fed x_i in chunk metres and unscaled offsets, its
@@ -172,21 +182,38 @@ class SafnetConfig:
         Raises:
             ConfigError: a value that is not a (nested) list of numbers where one is needed.
         """
-        try:
-            for name in ("agg_mlp", "csm_mlp", "head_mlp", "pn_npoints"):
-                setattr(self, name, tuple(int(v) for v in getattr(self, name)))
-            self.pn_radii = tuple(float(v) for v in self.pn_radii)
-            self.pn_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_mlps)
-            self.pn_fp_mlps = tuple(tuple(int(v) for v in m) for m in self.pn_fp_mlps)
-            for name in ("layout", "num_classes", "resnet_depth", "stem_stride", "resnet_width", "feat_2d", "agg_k", "k",
-                         "gsm_block", "csm_point_width", "csm_oe_width", "csm_out", "pn_nsample", "feat_3d",
-                         "se_reduction"):
-                setattr(self, name, int(getattr(self, name)))
-            for name in ("radius", "a1", "a2", "b1", "b2", "a3", "a4", "b3", "dropout", "w_2d", "w_3d",
-                         "w_unproj", "unproj_radius"):
-                setattr(self, name, float(getattr(self, name)))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"SAFNet config ({self.preset_name}): a size or number field is malformed: {exc}") from exc
+        def number(name: str, v: Any, kind: type) -> Any:
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                raise ConfigError(f"SAFNet config ({self.preset_name}): {name} is malformed: must be "
+                                  f"{'an integer' if kind is int else 'a number'}, got {str(v)[:60]!r}")
+            try:
+                x = float(v)
+                if kind is int:
+                    if not (math.isfinite(x) and x.is_integer()):
+                        raise ValueError(v)
+                    return int(v) if isinstance(v, int) else int(x)
+                return x
+            except (TypeError, ValueError, OverflowError):
+                raise ConfigError(f"SAFNet config ({self.preset_name}): {name} is malformed: must be "
+                                  f"{'an integer' if kind is int else 'a number'}, got {str(v)[:60]!r}") from None
+
+        def seq(name: str, v: Any) -> tuple:
+            if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__"):
+                raise ConfigError(f"SAFNet config ({self.preset_name}): {name} is malformed: must be a list, got {str(v)[:60]!r}")
+            return tuple(v)
+
+        for name in ("agg_mlp", "csm_mlp", "head_mlp", "pn_npoints"):
+            setattr(self, name, tuple(number(name, v, int) for v in seq(name, getattr(self, name))))
+        self.pn_radii = tuple(number("pn_radii", v, float) for v in seq("pn_radii", self.pn_radii))
+        for name in ("pn_mlps", "pn_fp_mlps"):
+            setattr(self, name, tuple(tuple(number(name, v, int) for v in seq(name, m))
+                                      for m in seq(name, getattr(self, name))))
+        for name in ("layout", "num_classes", "resnet_depth", "stem_stride", "resnet_width", "feat_2d", "agg_k", "k",
+                     "gsm_block", "csm_point_width", "csm_oe_width", "csm_out", "pn_nsample", "feat_3d",
+                     "se_reduction"):
+            setattr(self, name, number(name, getattr(self, name), int))
+        for name in FLOAT_FIELDS:
+            setattr(self, name, number(name, getattr(self, name), float))
 
     # ------------------------------------------------------------------ checks
     @property
@@ -217,10 +244,27 @@ class SafnetConfig:
         need(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
         need(self.resnet_depth in (18, 34), f"resnet_depth must be 18 or 34, got {self.resnet_depth}")
         need(self.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {self.stem_stride}")
-        need(self.resnet_width >= 8, f"resnet_width must be >= 8, got {self.resnet_width}")
-        need(self.feat_2d >= 1 and self.feat_3d >= 1, "feat_2d and feat_3d must be >= 1")
-        need(self.agg_k >= 1, f"agg_k must be >= 1, got {self.agg_k}")
-        need(self.k >= 1, f"k (neighbourhood size) must be >= 1, got {self.k}")
+        for name in FLOAT_FIELDS:
+            need(math.isfinite(getattr(self, name)), f"{name} must be a finite number, got {getattr(self, name)}")
+        need(all(math.isfinite(r) for r in self.pn_radii), f"pn_radii must be finite, got {self.pn_radii}")
+        need(self.num_classes <= MAX_CLASSES, f"num_classes must be <= {MAX_CLASSES}, got {self.num_classes}")
+        need(8 <= self.resnet_width <= MAX_WIDTH, f"resnet_width must be in [8, {MAX_WIDTH}], got {self.resnet_width}")
+        for name in ("feat_2d", "feat_3d", "csm_point_width", "csm_oe_width", "csm_out"):
+            need(1 <= getattr(self, name) <= MAX_WIDTH, f"{name} must be in [1, {MAX_WIDTH}], got {getattr(self, name)}")
+        need(1 <= self.agg_k <= MAX_NEIGHBOURS, f"agg_k must be in [1, {MAX_NEIGHBOURS}], got {self.agg_k}")
+        need(1 <= self.k <= MAX_NEIGHBOURS, f"k (neighbourhood size) must be in [1, {MAX_NEIGHBOURS}], got {self.k}")
+        need(1 <= self.pn_nsample <= MAX_NEIGHBOURS,
+             f"pn_nsample must be in [1, {MAX_NEIGHBOURS}], got {self.pn_nsample}")
+        need(self.gsm_block <= MAX_POINTS, f"gsm_block must be <= {MAX_POINTS}, got {self.gsm_block}")
+        need(len(self.pn_npoints) <= 8 and max(self.pn_npoints, default=1) <= MAX_POINTS,
+             f"pn_npoints: at most 8 levels of <= {MAX_POINTS} centroids, got {self.pn_npoints}")
+        for name in ("agg_mlp", "csm_mlp", "head_mlp"):
+            widths = getattr(self, name)
+            need(len(widths) <= 16 and max(widths, default=1) <= MAX_WIDTH,
+                 f"{name}: at most 16 layers of width <= {MAX_WIDTH}, got {widths}")
+        for name in ("pn_mlps", "pn_fp_mlps"):
+            need(all(len(m) <= 16 and max(m, default=1) <= MAX_WIDTH for m in getattr(self, name)),
+                 f"{name}: at most 16 layers of width <= {MAX_WIDTH} per level, got {getattr(self, name)}")
         need(0 < self.radius <= 5.0, f"radius must be in (0, 5] metres, got {self.radius}")
         need(0 < self.unproj_radius <= 5.0, f"unproj_radius must be in (0, 5] metres, got {self.unproj_radius}")
         need(self.a1 != 0 and self.a2 != 0, "a1 and a2 must be non-zero (they divide distances)")

@@ -2,7 +2,7 @@
 
 A full ROS 2 install has ``message_filters``, ``tf2_ros`` (from the
 ``tf2_ros_py`` package); a pip-only
-machine (ours: rclpy and message wheels, SPEC §3) has none of them.  This
+machine (ours: rclpy and message wheels, docs/design.md §3) has none of them.  This
 module imports each real library where it can and otherwise binds the same
 public names to a drop-in with the same call shape.  It only binds; each
 drop-in lives in its own module:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bad_input_cli import NAME, OFF_FORMAT, copy_scene, good, patch, run_bad  # noqa: F401
+from test_bad_input_cli import NAME, OFF_FORMAT, _config, copy_scene, good, patch, run_bad  # noqa: F401
 
 from safnet_ros import output_dir as od
 from safnet_ros.cli import main
@@ -153,6 +153,7 @@ def test_two_runs_into_one_output_are_refused_with_a_lock(good, tmp_path, capsys
         line = run_bad(capsys, ["data", "preprocess", good["raw"], out, "--no-progress"], out)
         assert "another safnet run" in line
         run_bad(capsys, ["bag", "convert", good["scene"], out, "--quiet"], "another safnet run")
+        run_bad(capsys, ["train", _config(tmp_path, good), "--out", out], "another safnet run")
     assert not out.exists()
     assert main(["data", "preprocess", str(good["raw"]), str(out), "--no-progress"]) == 0  # released
 

@@ -60,6 +60,7 @@ from safnet_ros.model.config import SafnetConfig
 from safnet_ros.model.losses import masked_cross_entropy, safnet_loss
 from safnet_ros.model.safnet import build_model as build_safnet
 from safnet_ros.model.safnet import load_checkpoint, save_checkpoint
+from safnet_ros.output_dir import output_lock
 from safnet_ros.validation import check_output_dir, require_file
 
 __all__ = ["TrainConfig", "load_config", "parse_sets", "train", "TrainResult", "TrainingDivergedError",
@@ -788,8 +789,10 @@ def train(config: str | os.PathLike | Mapping[str, Any] | TrainConfig, out: Opti
         raise ConfigError("train.amp: this GPU has no bf16; use fp16 or fp32")
     dist_info = setup_distributed(cfg.device, init_method, rank, world_size)
     try:
-        prepare_output(out_dir, resume, overwrite, dist_info.is_main)
-        return _run_training(cfg, out_dir, resume, dist_info, progress)
+        # one run per output folder: a second one is refused, not raced (the main rank holds the lock)
+        with output_lock(out_dir, "training run") if dist_info.is_main else contextlib.nullcontext():
+            prepare_output(out_dir, resume, overwrite, dist_info.is_main)
+            return _run_training(cfg, out_dir, resume, dist_info, progress)
     finally:
         if dist_info.initialised_here:
             # _run_training has returned, so the DDP wrapper and everything else that

@@ -29,7 +29,7 @@ TINY_MODEL = {"preset": "lite", "overrides": {"pn_npoints": [128, 32, 16, 8], "p
 @pytest.fixture(scope="module")
 def pre_root(tmp_path_factory) -> Path:
     from safnet_ros.data.preprocess import preprocess
-    from safnet_ros.data.synth import SynthConfig, generate_dataset
+    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
 
     raw = tmp_path_factory.mktemp("raw")
     generate_dataset(raw, 2, 5, SynthConfig(frames=8, color_size=(160, 120), depth_size=(160, 120),

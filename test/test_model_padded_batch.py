@@ -16,9 +16,10 @@ from safnet_ros.model.safnet import build_model
 H, W = 24, 32
 
 
-def _chunk(n: int, m: int, views: list[int], g: torch.Generator) -> dict:
-    """n points in a 1 m cube, m Q points near them from ``views`` (indices into a shared table)."""
-    points = torch.rand(n, 3, generator=g)
+def _chunk(n: int, m: int, views: list[int], g: torch.Generator, side: float = 1.0) -> dict:
+    """n points in a cube of ``side`` metres, m Q points near them from ``views`` (indices into a
+    shared table)."""
+    points = side * torch.rand(n, 3, generator=g)
     near = points[torch.randint(0, n, (m,), generator=g)] + 0.02 * torch.randn(m, 3, generator=g)
     slot = torch.tensor(views)[torch.randint(0, len(views), (m,), generator=g)]
     pixel = slot * H * W + torch.randint(0, H * W, (m,), generator=g)
@@ -34,8 +35,9 @@ def test_padded_batch_with_a_shared_view_table_equals_each_chunk_alone(variant):
     images = torch.randn(3, 3, H, W, generator=g)
     with torch.no_grad():
         feats, logits = model.encode_views(images) if model.net2d is not None else (None, None)
-    # sizes below and above the first level's 64 centroids; one chunk without Q (3D only)
-    chunks = [_chunk(300, 500, [0, 2], g), _chunk(40, 90, [1], g), _chunk(120, 0, [0], g)]
+    # sizes below and above the first level's 64 centroids, dense enough that the balls of
+    # PointNet++ (0.1 m) hold several points; one chunk without Q (3D only)
+    chunks = [_chunk(300, 500, [0, 2], g), _chunk(40, 90, [1], g, 0.15), _chunk(120, 0, [0], g, 0.3)]
     table = None if feats is None else (feats.reshape(1, -1, feats.shape[-1]), logits.unsqueeze(0))
 
     def run(parts: list[dict]):
@@ -63,7 +65,7 @@ def test_padded_batch_with_a_shared_view_table_equals_each_chunk_alone(variant):
     for i, chunk in enumerate(chunks):
         alone = run([chunk])
         n = len(chunk["points"])
-        torch.testing.assert_close(together.logits[i, :n], alone.logits[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(together.logits[i, :n], alone.logits[0], atol=1e-5, rtol=1e-5)
         for name in ("s", "s_geo", "s_con"):
             torch.testing.assert_close(getattr(together, name)[i, :n], getattr(alone, name)[0], atol=1e-5, rtol=1e-5)
         assert bool(together.point_valid[i, :n].all()) and not bool(together.point_valid[i, n:].any())

@@ -140,7 +140,8 @@ class SetAbstraction(nn.Module):
             centre_idx = farthest_point_sample(xyz, m, mask)  # (B, m)
         centroids = gather(xyz, centre_idx.unsqueeze(-1)).squeeze(2)  # (B, m, 3)
         with stage("neighbours"):
-            idx, _ = ball_query(centroids, xyz, self.radius, self.nsample, mask)  # (B, m, k)
+            idx, _ = ball_query(centroids, xyz, self.radius, self.nsample, mask,
+                                query_mask=self.centroid_mask(mask, m))  # (B, m, k)
         # Invalid slots repeat the nearest valid neighbour: harmless under max pooling.
         # The first layer W [x_j - c, f_j] = W_x (x_j - c) + W_f f_j: the feature part
         # runs once per point and is looked up for the (B, m, k) rows (N is smaller than
@@ -202,16 +203,18 @@ class FeaturePropagation(nn.Module):
         fine_feats: Optional[torch.Tensor],
         coarse_feats: torch.Tensor,
         coarse_mask: Optional[torch.Tensor] = None,
+        fine_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``fine_feats (B, n, C1) | None``, ``coarse_feats (B, m, C2)`` -> ``(B, n, mlp[-1])``;
-        ``coarse_mask (B, m)`` bool: the coarse rows that may be interpolated from (None: all)."""
+        ``coarse_mask (B, m)`` bool: the coarse rows that may be interpolated from (None: all);
+        ``fine_mask (B, n)``: the fine rows whose output matters (the others get no neighbours)."""
         coarse_channels = coarse_feats.shape[-1]
         fine_channels = 0 if fine_feats is None else fine_feats.shape[-1]
         if coarse_channels + fine_channels != self.in_channels:
             raise ValueError(f"FP level takes {self.in_channels} channels, got {coarse_channels} + {fine_channels}")
         weight = _conv_matrix(self.mlp[0])  # (W0, C2 + C1)
         with stage("neighbours"):
-            idx, w = three_nn_weights(fine_xyz, coarse_xyz, coarse_mask)  # (B, n, 3)
+            idx, w = three_nn_weights(fine_xyz, coarse_xyz, coarse_mask, query_mask=fine_mask)  # (B, n, 3)
         with stage("fp_mlp"):
             pre = interpolate_rows(F.linear(coarse_feats, weight[:, :coarse_channels]), idx, w)  # (B, n, W0)
             if fine_feats is not None:
@@ -305,5 +308,5 @@ class PointNet2SSG(nn.Module):
         for i, fp in enumerate(self.fp):
             fine = levels - 1 - i
             deep = fp.forward_rows(level_xyz[fine], level_xyz[fine + 1], level_feats[fine], deep,
-                                   level_mask[fine + 1])
+                                   level_mask[fine + 1], level_mask[fine])
         return deep.transpose(1, 2)  # (B, C, N): a view of the channels-last rows

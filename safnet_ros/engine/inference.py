@@ -447,6 +447,9 @@ class Segmenter:
         used = sorted({v for part in parts for v in part.views})
         slot = {v: i for i, v in enumerate(used)}
         w, h = NET_IMAGE_WH if not used else views[used[0]].wh
+        for v in used:
+            if views[v].wh != (w, h):
+                raise ConfigError(f"view of size {views[v].wh} in a batch of {(w, h)} images")
         pixels = w * h
         encoded = self._encoded([views[v] for v in used], [keys[v] for v in used]) if used else None
         n_max = max(len(p.index) for p in parts)

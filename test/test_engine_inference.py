@@ -62,7 +62,7 @@ def test_no_views_segments_everything_3d_only():
 
 
 def test_crop_to_what_the_views_cover():
-    seg = _lite_segmenter(chunk_stride=1.5, crop_margin=0.1)
+    seg = _lite_segmenter(chunk_stride=1.5, crop_margin=0.1, outside_views="ignore")
     pts = _room()
     far = np.c_[np.full(50, 30.0), np.zeros(50), np.zeros(50)].astype(np.float32)  # 30 m away
     result = seg.segment(np.concatenate([pts, far]), [_floor_view(1.0)])
@@ -184,3 +184,95 @@ def test_warm_up_runs_the_whole_path_once_and_leaves_no_cached_view():
     assert seconds > 0 and calls == [1]  # the 2D net ran on the warm-up view
     assert len(seg._features) == 0
     assert seg.segment(_room(800), [_floor_view(1.0)]).segmented.any()  # unaffected afterwards
+
+
+# ----------------------------------------------------------------------------- batched chunks
+def _two_rooms_views() -> tuple[np.ndarray, list[PosedView]]:
+    """A 3 x 2 m room (several 1.5 m chunks at 0.5 m stride) and two different floor views."""
+    views = [_floor_view(0.8), _floor_view(2.2)]
+    views[1].color[:, :80] = 30
+    return _room(3000, seed=3), views
+
+
+@pytest.mark.parametrize("batch_points", [60000, 2500])
+def test_batched_chunks_give_the_per_chunk_outputs(batch_points):
+    """All chunks in one padded forward (or several, by point budget) = one forward per chunk:
+    labels on >= 99.9 % of the points, probabilities and similarities within 1e-4. Chunks of
+    different sizes and with different views (and points beyond the views, 3D-only) share a batch."""
+    pts, views = _two_rooms_views()
+    far = np.c_[np.random.default_rng(1).uniform(6, 9, (400, 2)), np.zeros(400)].astype(np.float32)
+    pts = np.concatenate([pts, far])
+    ref_seg = _lite_segmenter(chunk_stride=0.5, crop_margin=0.2, batch_chunks=False)
+    seg = _lite_segmenter(chunk_stride=0.5, crop_margin=0.2, batch_points=batch_points)
+    batches = []
+    run_batch = seg._run_batch
+    seg._run_batch = lambda *a: batches.append(len(a[3])) or run_batch(*a)
+    ref, out = ref_seg.segment(pts, views), seg.segment(pts, views)
+    assert max(batches) > 1 and len(batches) < out.num_chunks  # parts batched
+    assert ref.num_chunks == out.num_chunks > 9 and ref.views_used == out.views_used == [0, 1]
+    assert 0 < ref.chunks_without_views == out.chunks_without_views < out.num_chunks
+    np.testing.assert_array_equal(out.segmented, ref.segmented)
+    assert (out.labels == ref.labels).mean() >= 0.999
+    np.testing.assert_allclose(out.probs, ref.probs, atol=1e-4)
+    for name in ("s", "s_geo", "s_con", "view_distance"):
+        np.testing.assert_allclose(getattr(out, name), getattr(ref, name), atol=1e-4, equal_nan=True)
+
+
+def test_views_are_cached_by_content_not_object():
+    """A view rebuilt with the same content (a new object) reuses the 2D features and
+    back-projection; a view whose pixels changed is encoded again."""
+    seg = _lite_segmenter(chunk_size=10.0, chunk_stride=10.0)
+    pts, views = _two_rooms_views()
+    calls = []
+    seg.model.net2d.register_forward_hook(lambda *_: calls.append(1))
+    first = seg.segment(pts, views)
+    assert len(calls) == 1 and len(seg._features) == 2 and len(seg._backprojected) == 2
+    copies = [PosedView(v.color.copy(), v.depth.copy(), v.K.copy(), v.camera_to_world.copy()) for v in views]
+    again = seg.segment(pts, copies)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(again.labels, first.labels)
+    copies[0].color[:10] = 0
+    seg.segment(pts, copies)
+    assert len(calls) == 2 and len(seg._features) == 3
+
+
+def test_precision_bf16_agrees_with_fp32_and_fp16_needs_cuda():
+    from safnet_ros.errors import ConfigError
+
+    pts, views = _two_rooms_views()
+    fp32 = _lite_segmenter(chunk_stride=1.5).segment(pts, views)
+    bf16 = _lite_segmenter(chunk_stride=1.5, precision="bf16").segment(pts, views)
+    assert bf16.segmented.all() == fp32.segmented.all()
+    assert (bf16.labels == fp32.labels).mean() >= 0.99
+    assert bf16.probs.dtype == np.float32 and np.abs(bf16.probs - fp32.probs).max() < 0.1
+    with pytest.raises(ConfigError, match="fp16.*CUDA"):
+        _lite_segmenter(precision="fp16")
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        _lite_segmenter(precision="int8")
+
+
+def test_points_beyond_the_views_are_labelled_3d_only_or_ignored():
+    """outside_views="3d" (default): a 360-degree scan's points far from every view get a label
+    from the 3D branch, S = 0, and outside_views True; the points near the views get what they
+    get with "ignore", which leaves the far ones unlabelled (today's behaviour)."""
+    pts = _room(2000)
+    ring = np.random.default_rng(2).uniform(-1, 1, (600, 2))
+    ring = 8.0 * ring / np.linalg.norm(ring, axis=1, keepdims=True)  # 8 m around
+    scan = np.concatenate([pts, np.c_[ring, np.random.default_rng(3).uniform(0, 2, 600)].astype(np.float32)])
+    views = [_floor_view(1.0)]
+    with pytest.raises(Exception, match="outside_views"):
+        _lite_segmenter(outside_views="drop")
+    ignored = _lite_segmenter(chunk_stride=1.5, crop_margin=0.2, outside_views="ignore").segment(scan, views)
+    labelled = _lite_segmenter(chunk_stride=1.5, crop_margin=0.2).segment(scan, views)
+    far = np.zeros(len(scan), bool)
+    far[len(pts):] = True
+    assert not ignored.segmented[far].any() and (ignored.labels[far] == IGNORE_INDEX).all()
+    assert not ignored.outside_views.any()
+    assert labelled.segmented.all() and (labelled.labels < 20).all()
+    assert labelled.outside_views[far].all()
+    assert (labelled.outside_views == ~ignored.segmented).all()
+    assert (labelled.s[labelled.outside_views] == 0).all() and np.isinf(labelled.view_distance[far]).all()
+    inside = ignored.segmented
+    np.testing.assert_array_equal(labelled.labels[inside], ignored.labels[inside])
+    np.testing.assert_allclose(labelled.probs[inside], ignored.probs[inside], atol=1e-5)
+    assert labelled.chunks_without_views > ignored.chunks_without_views

@@ -194,7 +194,8 @@ def offline_segmenter(model_path: Path, node: SegmentNode):
     return Segmenter.from_checkpoint(
         model_path, device="cpu", num_views=value("num_views"), chunk_size=value("chunk_size"),
         chunk_stride=value("chunk_stride"), max_points=value("max_points") or None,
-        voxel_size=value("voxel_size"), crop_margin=value("crop_margin"),
+        voxel_size=value("voxel_size"), crop_margin=value("crop_margin"), precision=value("precision"),
+        outside_views=value("outside_views"), batch_points=value("batch_points"),
     )
 
 

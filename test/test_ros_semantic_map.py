@@ -40,7 +40,9 @@ except Exception:  # noqa: BLE001 - not installed, or its type support library m
     Trigger = None
 needs_std_srvs = pytest.mark.skipif(Trigger is None, reason="std_srvs (pip: ros-std-srvs) is not installed")
 
-MAP_PARAMS = {**NODE_PARAMS, "probabilities": "top3", "map_voxel_size": 0.1, "map_publish_rate": 20.0}
+# outside_views ignore: points beyond the views stay unlabelled, so the fields of unlabelled points are checked too
+MAP_PARAMS = {**NODE_PARAMS, "probabilities": "top3", "map_voxel_size": 0.1, "map_publish_rate": 20.0,
+              "outside_views": "ignore"}
 
 
 @pytest.fixture(scope="module")

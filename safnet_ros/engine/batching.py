@@ -14,6 +14,7 @@ One code path for the trainer, the evaluator, the ROS node and the demo:
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -142,6 +143,30 @@ def backproject_views(views: Sequence[PosedView], max_depth: float = 10.0) -> tu
     return np.concatenate(pts), np.concatenate(pix)
 
 
+def view_key(view: PosedView) -> str:
+    """A stable key of a view's content (colour, depth, intrinsics, pose): equal views
+    share it, and it does not change while the view does not (unlike ``id()``, which
+    Python reuses for a new object once the old one is freed). Caches of per-view
+    work (2D features, back-projection) are keyed by it."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (view.color, view.depth, view.K, view.camera_to_world):
+        a = np.ascontiguousarray(array)
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()
+
+
+def near_chunk(q_points: np.ndarray, points: np.ndarray, q_margin: float = DEFAULT_Q_MARGIN) -> np.ndarray:
+    """(M,) bool: the Q points (M, 3) within ``q_margin`` metres of the bounding box of the
+    finite chunk points (N, 3), the only ones that can be a neighbour of a chunk point."""
+    finite = np.isfinite(points).all(axis=1)
+    if not finite.any():
+        return np.zeros(len(q_points), bool)
+    lo = points[finite].min(axis=0) - q_margin
+    hi = points[finite].max(axis=0) + q_margin
+    return np.all((q_points >= lo) & (q_points <= hi), axis=1)
+
+
 def build_chunk_sample(
     points: np.ndarray,
     views: Sequence[PosedView],
@@ -174,13 +199,8 @@ def build_chunk_sample(
     shift = np.array([center_xy[0], center_xy[1], 0.0], dtype=np.float32)
 
     q_points, q_pixel = backproject_views(views)
-    if len(q_points) and finite.any():
-        lo = points[finite].min(axis=0) - q_margin
-        hi = points[finite].max(axis=0) + q_margin
-        near = np.all((q_points >= lo) & (q_points <= hi), axis=1)
-        q_points, q_pixel = q_points[near], q_pixel[near]
-    elif not finite.any():
-        q_points, q_pixel = q_points[:0], q_pixel[:0]
+    near = near_chunk(q_points, points, q_margin)
+    q_points, q_pixel = q_points[near], q_pixel[near]
 
     if views:
         images = normalize_images(np.stack([v.color for v in views]))

@@ -379,12 +379,14 @@ def evaluate_scene(segmenter, scene, views_list: Sequence[int], cms: dict[int, C
 
 def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str] = "val",
              views: Sequence[int] = (3,), stride: float = 0.5, device: str = "auto",
-             max_scenes: Optional[int] = None, progress: bool = True) -> tuple[list[ModelResult], EvalScenes]:
+             max_scenes: Optional[int] = None, progress: bool = True,
+             precision: str = "fp32") -> tuple[list[ModelResult], EvalScenes]:
     """Evaluate every checkpoint of ``models`` on the scenes of ``split`` for each number of ``views``.
 
     All checkpoints are loaded first (a bad one fails before any work). Each
     scene's frames and coverage are read once and shared by all models.
     Returns the per-model results and the scene list (with skipped scenes).
+    ``precision``: ``fp32`` | ``bf16`` | ``fp16`` (CUDA only), the Segmenter's autocast.
     """
     if not models:
         raise ConfigError("at least one --model is needed")
@@ -393,7 +395,7 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
         raise ConfigError(f"--views must be numbers >= 0, got {list(views)}")
     if stride <= 0:
         raise ConfigError(f"--stride must be > 0, got {stride}")
-    segmenters = [load_segmenter(m, device, stride) for m in models]
+    segmenters = [load_segmenter(m, device, stride, precision=precision) for m in models]
     found = find_eval_scenes(root, split, max_scenes)
     most_frames = max(s.num_frames for s in found.scenes)
     if most_frames and max(views_list) > most_frames:  # the rows would claim views no chunk can get
@@ -614,6 +616,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the first N scenes")
     parser.add_argument("--stride", type=float_range(0.0, 100.0, lo_open=True), default=0.5,
                         help="sliding-window stride in metres (default 0.5)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="forward precision (torch.autocast): fp32 (default), bf16, or fp16 (CUDA only)")
     parser.add_argument("--threads", type=int_range(0, 1024), default=0,
                         help="CPU threads for torch (default 0: torch's default, one per core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -636,7 +640,8 @@ def run_eval(args: argparse.Namespace) -> int:
         # holding only what eval wrote (then replaced as a whole: never old eval.json beside new PNGs)
         od.claim(out, "eval", overwrite=True, inputs=[args.data, *args.model], what="--out folder")
         results, found = evaluate(args.model, args.data, args.split, args.views, stride=args.stride,
-                                  device=args.device, max_scenes=args.scenes, progress=not args.no_progress)
+                                  device=args.device, max_scenes=args.scenes, progress=not args.no_progress,
+                                  precision=args.precision)
         with od.staged_folder(out, "eval", {"models": [str(m) for m in args.model], "data": str(args.data),
                                             "split": args.split, "views": list(args.views), "stride": args.stride},
                               overwrite=True) as stage:

@@ -6,26 +6,34 @@ segmentation, the evaluator and the demo:
 1. non-finite points are set aside (label IGNORE_INDEX, confidence 0);
 2. beyond ``max_points`` the cloud is voxel-downsampled (voxel grown until it
    fits) and predictions are copied back to every point of a voxel;
-3. the cloud is cropped to what the views cover plus ``crop_margin`` (points
-   outside are not segmented: ``segmented`` is False there). When no view
+3. the cloud is cropped to what the views cover plus ``crop_margin``. Points
+   outside (a 360° LiDAR scan around a camera) are, with ``outside_views="3d"``
+   (default), chunked on their own and labelled by the 3D branch alone, as a
+   chunk without views is (S = 0, ``SegmentResult.outside_views`` True); with
+   ``"ignore"`` they are not segmented (``segmented`` False). When no view
    covers any point (a camera stream that stopped) the whole cloud is segmented
    3D-only;
 4. the kept points are cut into ``chunk_size`` squares in xy at ``chunk_stride``
-   (docs/design.md §2.5: 1.5 m, stride 0.5 m offline); each chunk gets up to ``num_views``
-   views chosen greedily by coverage, and chunks of more than
-   ``max_chunk_points`` are split into random disjoint parts; a part whose
-   forward runs out of (GPU) memory is split in two and retried, and
-   ``max_chunk_points`` is halved for the rest of the run (down to
-   ``min_oom_chunk_points``, below which a SafnetError is raised);
-5. per-point class probabilities are averaged over overlapping chunks (the
-   vote), and so are the similarities S, S_geo and S_con.
+   (docs/design.md §2.5: 1.5 m, stride 0.5 m offline); each chunk gets up to
+   ``num_views`` views chosen greedily by coverage, and chunks of more than
+   ``max_chunk_points`` are split into random disjoint parts;
+5. the parts go through the model in batches of at most ``batch_points``
+   points (padded to the batch's largest part; the padding is masked out, so a
+   part gets what it gets alone), each view back-projected and its 2D features
+   computed once per cloud and cached by a content key (:func:`view_key`). A
+   batch that runs out of (GPU) memory is split in two; a single part is split
+   in two and retried, and ``max_chunk_points`` is halved for the rest of the
+   run (down to ``min_oom_chunk_points``, below which a SafnetError is raised);
+6. per-point class probabilities are averaged over overlapping chunks (the
+   vote), and so are the similarities S, S_geo and S_con, and copied back to
+   every input point.
 """
 from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,10 +45,13 @@ from safnet_ros.data.labels import IGNORE_INDEX, NUM_CLASSES
 from safnet_ros.engine.batching import (
     NET_IMAGE_WH,
     PosedView,
+    backproject_views,
     build_chunk_sample,
     collate,
+    near_chunk,
     normalize_images,
     prepare_view,
+    view_key,
 )
 from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
 from safnet_ros.errors import ConfigError, ModelLoadError, SafnetError
@@ -124,6 +135,9 @@ class SegmentResult:
     #: (N, K) int32 indices into ``views`` of the views the chunks of each point used, -1 padded
     #: (only with ``segment(..., record_views=True)``; K = views per chunk x chunks per point at most)
     point_views: Optional[np.ndarray] = None
+    #: (N,) bool: labelled by the 3D branch alone because no view came near (beyond the views plus
+    #: ``crop_margin``, ``outside_views="3d"``); S is 0 there
+    outside_views: Optional[np.ndarray] = None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -150,8 +164,65 @@ def voxel_downsample(points: np.ndarray, voxel: float, max_points: int) -> tuple
         voxel *= 1.5
 
 
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+OUTSIDE_VIEWS: tuple[str, ...] = ("ignore", "3d")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    """``precision`` lower-cased if it can run on ``device``; ConfigError otherwise
+    (``fp16`` autocast is for CUDA only: the CPU runs ``bf16``)."""
+    value = str(precision).strip().lower()
+    if value not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if value == "fp16" and device.type != "cuda":
+        raise ConfigError(f"precision 'fp16' needs a CUDA device (this one is {device.type}): use bf16 or fp32")
+    return value
+
+
+@dataclass
+class _Part:
+    """One forward's worth of a chunk: ``index`` (n,) into the working points, the
+    chunk's chosen views (indices into the call's views) and its xy centre (metres)."""
+
+    index: np.ndarray
+    views: tuple[int, ...]
+    center: np.ndarray
+
+
+@dataclass
+class _Accumulator:
+    """Per working point: class-probability votes, similarity sums, vote counts, the
+    nearest view distance and (optionally) the views its chunks used."""
+
+    votes: VoteAccumulator
+    sim_sum: np.ndarray  # (3, n) float64: s, s_geo, s_con
+    sim_cnt: np.ndarray  # (n,) int64
+    nearest_view: np.ndarray  # (n,) float32 metres
+    views: Optional[np.ndarray] = None  # (n, K) int32, -1 padded
+    view_count: Optional[np.ndarray] = None  # (n,) int64
+
+    def add(self, pidx: np.ndarray, probs: np.ndarray, sims: np.ndarray, view_dist: np.ndarray) -> None:
+        """One forward's outputs for the points ``pidx``: probs (n, C), sims (3, n), view_dist (n,)."""
+        self.votes.add(pidx, probs)
+        self.sim_sum[:, pidx] += sims
+        self.sim_cnt[pidx] += 1
+        self.nearest_view[pidx] = np.minimum(self.nearest_view[pidx], view_dist)
+
+
 class Segmenter:
-    """Runs a SAFNet model over whole clouds with posed views (see module docstring)."""
+    """Runs a SAFNet model over whole clouds with posed views (see module docstring).
+
+    ``batch_chunks`` (default True): the chunks of a cloud go through the model
+    together, in batches of at most ``batch_points`` points (padded to the largest
+    chunk of the batch, the padding masked out), with each view back-projected and
+    encoded once per cloud; False runs one forward per chunk (the reference path,
+    same outputs). ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA
+    only) via :func:`torch.autocast`. ``outside_views``: ``3d`` (default) labels the
+    points beyond the views plus ``crop_margin`` from the 3D branch alone (as a
+    chunk without views; similarity 0, ``SegmentResult.outside_views`` True),
+    ``ignore`` leaves them unlabelled (IGNORE_INDEX, ``segmented`` False).
+    """
 
     def __init__(
         self,
@@ -169,13 +240,22 @@ class Segmenter:
         min_oom_chunk_points: int = 512,
         coverage_tol: float = 0.1,
         seed: int = 0,
+        batch_chunks: bool = True,
+        batch_points: int = 60000,
+        precision: str = "fp32",
+        outside_views: str = "3d",
     ):
         if num_views < 0:
             raise ConfigError(f"num_views must be >= 0, got {num_views}")
         if chunk_size <= 0 or chunk_stride <= 0:
             raise ConfigError("chunk_size and chunk_stride must be positive")
+        if str(outside_views) not in OUTSIDE_VIEWS:
+            raise ConfigError(f"outside_views must be one of {', '.join(OUTSIDE_VIEWS)}, got {outside_views!r}")
+        if int(batch_points) < 1:
+            raise ConfigError(f"batch_points must be >= 1, got {batch_points}")
         tune_cpu_allocator()  # a forward's large temporaries are reused, not page-faulted in again
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
+        self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.config = config
         self.num_views = int(num_views)
@@ -189,11 +269,16 @@ class Segmenter:
         self.min_oom_chunk_points = max(1, int(min_oom_chunk_points))
         self.coverage_tol = float(coverage_tol)
         self.seed = int(seed)
+        self.batch_chunks = bool(batch_chunks)
+        self.batch_points = int(batch_points)
+        self.outside_views = str(outside_views)
         self.untrained = False
-        # 2D features per view (the 2D net is frozen at inference): a view used by
-        # several chunks, or kept in the node's buffer across clouds, is encoded once.
+        # Per view (by view_key): its 2D features (the 2D net is frozen at inference) and
+        # back-projection, so a view used by several chunks, or kept in the node's buffer
+        # across clouds, is encoded and back-projected once.
         self.feature_cache_size = 64
-        self._features: OrderedDict[int, tuple] = OrderedDict()
+        self._features: OrderedDict[str, tuple] = OrderedDict()
+        self._backprojected: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -234,7 +319,38 @@ class Segmenter:
         model, config, _extra = load_checkpoint(path, map_location=dev, expected_preset=preset)
         return cls(model, config, dev, **kwargs)
 
-    # ---------------------------------------------------------------- inference
+    # ---------------------------------------------------------------- per-view caches
+    def _autocast(self):
+        """The forward's precision context (a no-op at fp32)."""
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+    def _evict(self) -> None:
+        """Least recently used views out, down to ``feature_cache_size`` (after a call
+        has collected every view it needs, so a call never loses its own views)."""
+        for cache in (self._features, self._backprojected):
+            while len(cache) > self.feature_cache_size:
+                cache.popitem(last=False)
+
+    def _encoded(self, views: Sequence[PosedView], keys: Sequence[str]) -> Optional[list[tuple]]:
+        """Cached (features (H*W, C), logits (K, H, W)) of each view, encoding the missing
+        ones in one 2D forward; None for a model without a 2D branch."""
+        if not hasattr(self.model, "encode_views"):
+            return None
+        missing = {k: v for k, v in zip(keys, views) if k not in self._features}
+        if missing:
+            images = torch.from_numpy(normalize_images(np.stack([v.color for v in missing.values()])))
+            with torch.no_grad(), self._autocast():
+                feats, logits = self.model.encode_views(images.to(self.device))
+            if feats is None:
+                return None
+            for i, key in enumerate(missing):
+                self._features[key] = (feats[i], logits[i])
+        for key in keys:
+            self._features.move_to_end(key)
+        return [self._features[k] for k in keys]
+
     def _view_features(self, views: Sequence[PosedView]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Cached 2D features of ``views``: ((1, V*H*W, C), (1, V, K, H, W)) or (None, None).
 
@@ -243,31 +359,28 @@ class Segmenter:
         needs, so a call never loses its own views (a whole ScanNet scene has
         thousands of frames: issue 14).
         """
-        if not views or not hasattr(self.model, "encode_views"):
+        if not views:
             return None, None
-        found = {id(v): self._features[id(v)] for v in views if id(v) in self._features}
-        missing = list({id(v): v for v in views if id(v) not in found}.values())
-        if missing:
-            images = torch.from_numpy(normalize_images(np.stack([v.color for v in missing]))).to(self.device)
-            feats, logits = self.model.encode_views(images)
-            if feats is None:
-                return None, None
-            for i, view in enumerate(missing):
-                key = id(view)
-                found[key] = self._features[key] = (feats[i], logits[i])
-                weakref.finalize(view, self._features.pop, key, None)
-        cached = [found[id(v)] for v in views]
-        for v in views:
-            self._features.move_to_end(id(v))
-        while len(self._features) > self.feature_cache_size:
-            self._features.popitem(last=False)
+        cached = self._encoded(views, [view_key(v) for v in views])
+        self._evict()
+        if cached is None:
+            return None, None
         feats = torch.cat([f for f, _ in cached]).unsqueeze(0)
         logits = torch.stack([lg for _, lg in cached]).unsqueeze(0)
         return feats, logits
 
+    def _backprojection(self, view: PosedView, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """The view's back-projected pixels: (points (M, 3) float32 world, pixel (M,) int64)."""
+        found = self._backprojected.get(key)
+        if found is None:
+            found = self._backprojected[key] = backproject_views([view])
+        self._backprojected.move_to_end(key)
+        return found
+
     def clear_cache(self) -> None:
-        """Forget cached 2D features (e.g. after the model changed)."""
+        """Forget cached 2D features and back-projections (e.g. after the model changed)."""
         self._features.clear()
+        self._backprojected.clear()
 
     def warm_up(self, points: int = 2000) -> float:
         """Segment a small synthetic scene once; returns the seconds it took.
@@ -291,22 +404,95 @@ class Segmenter:
         wall, _ = backproject(depth, K, np.eye(4))  # (h * w, 3): the wall the view sees
         pick = rng.choice(len(wall), min(max(1, int(points)), len(wall)), replace=False)
         self.segment(wall[pick].astype(np.float32), [view] if self.num_views > 0 else [])
-        self._features.pop(id(view), None)
+        key = view_key(view)
+        self._features.pop(key, None)
+        self._backprojected.pop(key, None)
         return time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- forwards
+    def _outputs(self, out, b: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample ``b``'s first ``n`` rows of a model output: probs (n, C), sims (3, n), view distance (n,)."""
+        probs = torch.softmax(out.logits[b, :n].float(), dim=-1).cpu().numpy()
+        sims = torch.stack([out.s[b, :n], out.s_geo[b, :n], out.s_con[b, :n]]).float().cpu().numpy()
+        view_dist = (np.full(n, np.inf, np.float32) if out.nearest_q_dist is None
+                     else out.nearest_q_dist[b, :n].float().cpu().numpy())
+        return probs, sims, view_dist
 
     @torch.no_grad()
     def _run_chunk(self, points: np.ndarray, views: Sequence[PosedView], center_xy: np.ndarray):
-        """Forward one chunk part. Returns probs (n, C), s, s_geo, s_con, view_distance (n,) numpy."""
+        """Forward one chunk part alone (the reference path, ``batch_chunks=False``).
+
+        Returns probs (n, C), sims (3, n) (s, s_geo, s_con), view_distance (n,) numpy.
+        """
         sample = build_chunk_sample(points, views, center_xy=center_xy)
         batch = collate([sample], device=str(self.device))
         batch.pixel_features, batch.pixel_logits = self._view_features(views)
-        out = self.model(batch)
-        probs = torch.softmax(out.logits[0].float(), dim=-1).cpu().numpy()
-        sims = [getattr(out, name)[0].float().cpu().numpy() for name in ("s", "s_geo", "s_con")]
-        n = len(probs)
-        view_distance = (np.full(n, np.inf, np.float32) if out.nearest_q_dist is None
-                         else out.nearest_q_dist[0].float().cpu().numpy())
-        return probs, sims[0], sims[1], sims[2], view_distance
+        with self._autocast():
+            out = self.model(batch)
+        return self._outputs(out, 0, len(points))
+
+    @torch.no_grad()
+    def _run_batch(self, work: np.ndarray, views: Sequence[PosedView], keys: Sequence[str],
+                   parts: Sequence[_Part]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Forward several chunk parts as one padded batch; outputs as :meth:`_run_chunk`'s, per part.
+
+        P is padded with non-finite rows (the model masks them out); Q is each
+        part's chosen views' back-projection near the part (as
+        :func:`build_chunk_sample` selects it, in the same order), padded with
+        ``q_mask`` False; the 2D features of the batch's views form one table
+        shared by all parts (``ChunkBatch.pixel_features`` of batch 1).
+        """
+        from safnet_ros.model.batch import ChunkBatch
+
+        used = sorted({v for part in parts for v in part.views})
+        slot = {v: i for i, v in enumerate(used)}
+        w, h = NET_IMAGE_WH if not used else views[used[0]].wh
+        for v in used:
+            if views[v].wh != (w, h):
+                raise ConfigError(f"view of size {views[v].wh} in a batch of {(w, h)} images")
+        pixels = w * h
+        encoded = self._encoded([views[v] for v in used], [keys[v] for v in used]) if used else None
+        n_max = max(len(p.index) for p in parts)
+        b = len(parts)
+        p_np = np.full((b, n_max, 3), np.nan, np.float32)
+        q_list, pix_list = [], []
+        for i, part in enumerate(parts):
+            pts = work[part.index]
+            shift = np.array([part.center[0], part.center[1], 0.0], dtype=np.float32)
+            p_np[i, :len(pts)] = pts - shift
+            qs, pix = [], []
+            for v in part.views:
+                q, local = self._backprojection(views[v], keys[v])
+                qs.append(q)
+                pix.append(local + slot[v] * pixels)
+            if qs:
+                q = np.concatenate(qs)
+                near = near_chunk(q, pts)
+                q_list.append((q[near] - shift).astype(np.float32))
+                pix_list.append(np.concatenate(pix)[near])
+            else:
+                q_list.append(np.zeros((0, 3), np.float32))
+                pix_list.append(np.zeros(0, np.int64))
+        m = max(1, max(len(q) for q in q_list))
+        q_np = np.full((b, m, 3), 1e4, np.float32)
+        pix_np = np.zeros((b, m), np.int64)
+        mask_np = np.zeros((b, m), bool)
+        for i, (q, pix) in enumerate(zip(q_list, pix_list)):
+            q_np[i, :len(q)], pix_np[i, :len(q)], mask_np[i, :len(q)] = q, pix, True
+        dev = self.device
+        batch = ChunkBatch(
+            points=torch.from_numpy(p_np).to(dev),
+            images=torch.zeros(b, 0, 3, h, w, device=dev),
+            q_points=torch.from_numpy(q_np).to(dev),
+            q_mask=torch.from_numpy(mask_np).to(dev),
+            q_pixel=torch.from_numpy(pix_np).to(dev),
+        )
+        if encoded is not None:
+            batch.pixel_features = torch.cat([f for f, _ in encoded]).unsqueeze(0)
+            batch.pixel_logits = torch.stack([lg for _, lg in encoded]).unsqueeze(0)
+        with self._autocast():
+            out = self.model(batch)
+        return [self._outputs(out, i, len(part.index)) for i, part in enumerate(parts)]
 
     def _split_after_oom(self, pidx: np.ndarray, rng: np.random.Generator, result: SegmentResult,
                          exc: BaseException) -> list[np.ndarray]:
@@ -331,6 +517,146 @@ class Segmenter:
         pieces = int(np.ceil(len(pidx) / self.max_chunk_points))
         shuffled = pidx[rng.permutation(len(pidx))]
         return list(np.array_split(shuffled, pieces))
+
+    # ---------------------------------------------------------------- the steps of segment()
+    def _downsample(self, points: np.ndarray, finite: np.ndarray, result: SegmentResult
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Step 2: (work_index (K,) into ``points``, inverse (len(finite),) into work_index)."""
+        if self.max_points is None or len(finite) <= self.max_points:
+            return finite, np.arange(len(finite))
+        keep, inverse, used = voxel_downsample(points[finite], self.voxel_size, self.max_points)
+        result.warnings.append(
+            f"{len(finite)} points > max_points {self.max_points}: voxel-downsampled at {used:.3f} m to {len(keep)}"
+        )
+        return finite[keep], inverse
+
+    def _crop(self, work: np.ndarray, work_index: np.ndarray, views: Sequence[PosedView],
+              coverage: Optional[np.ndarray], result: SegmentResult) -> tuple[np.ndarray, np.ndarray]:
+        """Step 3: (coverage (V, K) bool of the working points, inside (K,) bool: within
+        the covered points' box plus ``crop_margin``; all True when no view covers any)."""
+        if views:
+            if coverage is not None:
+                cov = np.asarray(coverage, bool)[:, work_index]
+            else:
+                cov = coverage_matrix(work, [(v.depth, v.K, v.camera_to_world) for v in views], tol=self.coverage_tol)
+        else:
+            cov = np.zeros((0, len(work)), bool)
+        covered = cov.any(axis=0) if len(views) else np.zeros(len(work), bool)
+        if not covered.any():
+            if views:
+                result.warnings.append("no view covers the cloud: segmented 3D-only")
+            return cov, np.ones(len(work), bool)
+        lo = work[covered].min(axis=0) - self.crop_margin
+        hi = work[covered].max(axis=0) + self.crop_margin
+        return cov, np.all((work >= lo) & (work <= hi), axis=1)
+
+    def _plan(self, work: np.ndarray, kept: np.ndarray, views: Sequence[PosedView], cov: np.ndarray,
+              rng: np.random.Generator, acc: _Accumulator, result: SegmentResult) -> list[_Part]:
+        """Step 4: the chunks of the points ``kept``, their views and their parts of at most
+        ``max_chunk_points`` (``views`` empty: 3D-only chunks)."""
+        if len(kept) == 0:
+            return []
+        chunks = chunk_grid(work[kept], size=self.chunk_size, stride=self.chunk_stride,
+                            min_points=self.min_chunk_points)
+        parts: list[_Part] = []
+        for chunk in chunks:
+            idx = kept[chunk.index]
+            chosen: list[int] = []
+            if views and self.num_views > 0:
+                chunk_cov = cov[:, idx]
+                if chunk_cov.shape[1] > 2000:  # MVPNet's 2000 base points
+                    base = rng.choice(chunk_cov.shape[1], 2000, replace=False)
+                    chunk_cov = chunk_cov[:, base]
+                chosen = greedy_select(chunk_cov, self.num_views)
+            result.views_used = sorted(set(result.views_used) | set(chosen))
+            if acc.views is not None and chosen:
+                slots = acc.view_count[idx][:, None] + np.arange(len(chosen))
+                fits = slots[:, -1] < acc.views.shape[1]
+                acc.views[idx[fits, None], slots[fits]] = np.asarray(chosen, np.int32)
+                acc.view_count[idx] += len(chosen)
+            result.chunks_without_views += not chosen
+            pieces = max(1, int(np.ceil(len(idx) / self.max_chunk_points)))
+            order = rng.permutation(len(idx)) if pieces > 1 else np.arange(len(idx))
+            parts += [_Part(idx[piece], tuple(chosen), chunk.center) for piece in np.array_split(order, pieces)]
+        result.num_chunks += len(chunks)
+        return parts
+
+    def _batches(self, parts: list[_Part]) -> list[list[_Part]]:
+        """Parts grouped for batched forwards: largest first; a batch holds at most
+        ``batch_points`` points once padded to its largest part (one part at least),
+        and only parts of at least half its largest (padding costs about as much as
+        points, so a small part waits for a batch of small parts)."""
+        if not self.batch_chunks:
+            return [[p] for p in parts]
+        ordered = sorted(parts, key=lambda p: -len(p.index))
+        batches: list[list[_Part]] = []
+        for part in ordered:
+            largest = len(batches[-1][0].index) if batches else 0
+            if (batches and (len(batches[-1]) + 1) * largest <= self.batch_points
+                    and 2 * len(part.index) >= largest):
+                batches[-1].append(part)
+            else:
+                batches.append([part])
+        return batches
+
+    def _forward(self, work: np.ndarray, views: Sequence[PosedView], parts: list[_Part],
+                 rng: np.random.Generator, acc: _Accumulator, result: SegmentResult) -> None:
+        """Step 5: run the model on every part and vote. A forward that runs out of
+        memory is retried with the batch split in two, or, for one part, with the
+        part split (:meth:`_split_after_oom`)."""
+        keys = [view_key(v) for v in views]
+        pending = self._batches(parts)
+        while pending:
+            batch = pending.pop()
+            try:
+                if self.batch_chunks:
+                    outputs = self._run_batch(work, views, keys, batch)
+                else:
+                    part = batch[0]
+                    outputs = [self._run_chunk(work[part.index], [views[v] for v in part.views], part.center)]
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                if not is_out_of_memory(exc):
+                    raise
+                if len(batch) > 1:
+                    self.batch_points = max(1, min(self.batch_points, sum(len(p.index) for p in batch) // 2))
+                    half = len(batch) // 2
+                    pending += [batch[:half], batch[half:]]
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                part = batch[0]
+                pending += [[_Part(p, part.views, part.center)]
+                            for p in self._split_after_oom(part.index, rng, result, exc)]
+                continue
+            for part, (probs, sims, view_dist) in zip(batch, outputs):
+                acc.add(part.index, probs, sims, view_dist)
+        self._evict()
+
+    def _copy_back(self, result: SegmentResult, acc: _Accumulator, finite: np.ndarray, inverse: np.ndarray,
+                   outside: np.ndarray) -> None:
+        """Step 6: the working points' votes to every input point through ``inverse``."""
+        n = len(result.labels)
+        voted = acc.sim_cnt > 0
+        work_labels = acc.votes.labels()
+        work_conf = acc.votes.confidence().astype(np.float32)
+        work_probs = acc.votes.probabilities()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            work_sims = (acc.sim_sum / np.maximum(acc.sim_cnt, 1)).astype(np.float32)
+        work_sims[:, ~voted] = np.nan
+        target, src = finite, inverse
+        result.labels[target] = np.where(voted[src], work_labels[src], IGNORE_INDEX)
+        result.confidence[target] = np.where(voted[src], work_conf[src], 0.0)
+        result.s[target], result.s_geo[target], result.s_con[target] = work_sims[:, src]
+        result.segmented[target] = voted[src]
+        result.outside_views = np.zeros(n, bool)
+        result.outside_views[target] = outside[src] & voted[src]
+        result.view_distance = np.full(n, np.nan, np.float32)
+        result.view_distance[target] = np.where(voted[src], acc.nearest_view[src], np.float32(np.nan))
+        if acc.views is not None:
+            result.point_views = np.full((n, acc.views.shape[1]), -1, np.int32)
+            result.point_views[target] = acc.views[src]
+        result.probs = np.zeros((n, NUM_CLASSES), np.float32)
+        result.probs[target] = np.where(voted[src, None], work_probs[src], np.float32(0.0))
 
     def segment(
         self,
@@ -358,6 +684,7 @@ class Segmenter:
             s_geo=np.full(n, np.nan, np.float32),
             s_con=np.full(n, np.nan, np.float32),
             segmented=np.zeros(n, bool),
+            outside_views=np.zeros(n, bool),
         )
         finite = np.flatnonzero(np.isfinite(points).all(axis=1))
         if len(finite) < n:
@@ -366,113 +693,29 @@ class Segmenter:
             result.timings["total"] = time.perf_counter() - t0
             return result
 
-        # 2. downsample: work on representatives, copy back through `inverse`.
-        work_index = finite
-        inverse = np.arange(len(finite))
-        if self.max_points is not None and len(finite) > self.max_points:
-            keep, inverse, used = voxel_downsample(points[finite], self.voxel_size, self.max_points)
-            work_index = finite[keep]
-            result.warnings.append(
-                f"{len(finite)} points > max_points {self.max_points}: voxel-downsampled "
-                f"at {used:.3f} m to {len(keep)}"
-            )
+        work_index, inverse = self._downsample(points, finite, result)
         work = points[work_index]
 
-        # 3. coverage and crop.
         t1 = time.perf_counter()
         views = list(views) if self.num_views > 0 else []
-        if views:
-            if coverage is not None:
-                cov = np.asarray(coverage, bool)[:, work_index]
-            else:
-                cov = coverage_matrix(
-                    work, [(v.depth, v.K, v.camera_to_world) for v in views], tol=self.coverage_tol
-                )
-        else:
-            cov = np.zeros((0, len(work)), bool)
-        covered = cov.any(axis=0) if len(views) else np.zeros(len(work), bool)
-        if covered.any():
-            lo = work[covered].min(axis=0) - self.crop_margin
-            hi = work[covered].max(axis=0) + self.crop_margin
-            inside = np.all((work >= lo) & (work <= hi), axis=1)
-        else:
-            inside = np.ones(len(work), bool)
-            if views:
-                result.warnings.append("no view covers the cloud: segmented 3D-only")
+        cov, inside = self._crop(work, work_index, views, coverage, result)
         result.timings["coverage"] = time.perf_counter() - t1
 
-        # 4. chunks, views per chunk, forward, vote.
         t2 = time.perf_counter()
-        kept = np.flatnonzero(inside)
-        votes = VoteAccumulator(len(work), NUM_CLASSES)
-        sim_sum = np.zeros((3, len(work)), np.float64)
-        sim_cnt = np.zeros(len(work), np.int64)
-        nearest_view = np.full(len(work), np.inf, np.float32)
+        acc = _Accumulator(VoteAccumulator(len(work), NUM_CLASSES), np.zeros((3, len(work)), np.float64),
+                           np.zeros(len(work), np.int64), np.full(len(work), np.inf, np.float32))
         if record_views:  # a point lies in at most ceil(size / stride)^2 chunks
             per_point = int(np.ceil(self.chunk_size / self.chunk_stride - 1e-9)) ** 2 * max(self.num_views, 1)
-            work_views = np.full((len(work), per_point), -1, np.int32)
-            work_view_count = np.zeros(len(work), np.int64)
+            acc.views = np.full((len(work), per_point), -1, np.int32)
+            acc.view_count = np.zeros(len(work), np.int64)
         rng = np.random.default_rng(self.seed)
-        used: set[int] = set()
-        chunks = chunk_grid(work[kept], size=self.chunk_size, stride=self.chunk_stride,
-                            min_points=self.min_chunk_points)
-        for chunk in chunks:
-            idx = kept[chunk.index]
-            chosen: list[int] = []
-            if views and self.num_views > 0:
-                chunk_cov = cov[:, idx]
-                if chunk_cov.shape[1] > 2000:  # MVPNet's 2000 base points
-                    base = rng.choice(chunk_cov.shape[1], 2000, replace=False)
-                    chunk_cov = chunk_cov[:, base]
-                chosen = greedy_select(chunk_cov, self.num_views)
-            used.update(chosen)
-            if record_views and chosen:
-                slots = work_view_count[idx][:, None] + np.arange(len(chosen))
-                fits = slots[:, -1] < work_views.shape[1]
-                work_views[idx[fits, None], slots[fits]] = np.asarray(chosen, np.int32)
-                work_view_count[idx] += len(chosen)
-            result.chunks_without_views += not chosen
-            chunk_views = [views[i] for i in chosen]
-            parts = max(1, int(np.ceil(len(idx) / self.max_chunk_points)))
-            order = rng.permutation(len(idx)) if parts > 1 else np.arange(len(idx))
-            pending = [idx[part] for part in np.array_split(order, parts)]
-            while pending:
-                pidx = pending.pop()
-                try:
-                    probs, s, s_geo, s_con, view_dist = self._run_chunk(work[pidx], chunk_views, chunk.center)
-                except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
-                    if not is_out_of_memory(exc):
-                        raise
-                    pending.extend(self._split_after_oom(pidx, rng, result, exc))
-                    continue
-                votes.add(pidx, probs)
-                sim_sum[:, pidx] += np.stack([s, s_geo, s_con])
-                sim_cnt[pidx] += 1
-                nearest_view[pidx] = np.minimum(nearest_view[pidx], view_dist)
-        result.num_chunks = len(chunks)
-        result.views_used = sorted(used)
+        parts = self._plan(work, np.flatnonzero(inside), views, cov, rng, acc, result)
+        outside = ~inside
+        if self.outside_views == "3d" and outside.any():  # beyond every view: 3D-only chunks
+            parts += self._plan(work, np.flatnonzero(outside), [], cov, rng, acc, result)
+        self._forward(work, views, parts, rng, acc, result)
         result.timings["model"] = time.perf_counter() - t2
 
-        # 5. copy back to all points.
-        voted = sim_cnt > 0
-        work_labels = votes.labels()
-        work_conf = votes.confidence().astype(np.float32)
-        work_probs = votes.probabilities()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            work_sims = (sim_sum / np.maximum(sim_cnt, 1)).astype(np.float32)
-        work_sims[:, ~voted] = np.nan
-        target = finite
-        src = inverse
-        result.labels[target] = np.where(voted[src], work_labels[src], IGNORE_INDEX)
-        result.confidence[target] = np.where(voted[src], work_conf[src], 0.0)
-        result.s[target], result.s_geo[target], result.s_con[target] = work_sims[:, src]
-        result.segmented[target] = voted[src]
-        result.view_distance = np.full(n, np.nan, np.float32)
-        result.view_distance[target] = np.where(voted[src], nearest_view[src], np.float32(np.nan))
-        if record_views:
-            result.point_views = np.full((n, work_views.shape[1]), -1, np.int32)
-            result.point_views[target] = work_views[src]
-        result.probs = np.zeros((n, NUM_CLASSES), np.float32)
-        result.probs[target] = np.where(voted[src, None], work_probs[src], np.float32(0.0))
+        self._copy_back(result, acc, finite, inverse, outside)
         result.timings["total"] = time.perf_counter() - t0
         return result

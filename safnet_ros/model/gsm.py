@@ -91,12 +91,14 @@ def find_neighbourhoods(
             no radius (the authors' N_Q; empty only when the chunk has no Q point).
     """
     kk = max(int(k), int(knn_k)) if with_balls else int(knn_k)
-    q_dist, q_knn_idx = knn(points, q_points, kk, q_mask)
+    # Excluded points (padding of a batch of chunks) need no neighbours: not searched.
+    rows = None if point_mask is None or bool(point_mask.all()) else point_mask
+    q_dist, q_knn_idx = knn(points, q_points, kk, q_mask, query_mask=rows)
     q_dist = q_dist.detach()
     has_q = torch.isfinite(q_dist[..., 0]).any(dim=1)
     if not with_balls:
         return Neighbourhoods(None, None, None, None, q_dist, q_knn_idx, has_q)
-    p_idx, p_valid = ball_query(points, points, radius, k, point_mask)
+    p_idx, p_valid = ball_query(points, points, radius, k, point_mask, query_mask=rows)
     q_valid = torch.isfinite(q_dist[..., :k]) if nq_mode == "knn" else q_dist[..., :k] < radius
     q_idx = torch.where(q_valid, q_knn_idx[..., :k], q_knn_idx[..., :1].expand(-1, -1, k))
     return Neighbourhoods(p_idx, p_valid, q_idx, q_valid, q_dist, q_knn_idx, has_q)

@@ -39,6 +39,7 @@ from safnet_ros.geometry.neighbors import (
     three_nn_weights,
 )
 from safnet_ros.model.folded_norm import bn_relu, linear_bn_relu
+from safnet_ros.model.stages import stage
 
 __all__ = ["PointNet2SSG", "SetAbstraction", "FeaturePropagation"]
 
@@ -121,17 +122,26 @@ class SetAbstraction(nn.Module):
         return centroids, pooled.transpose(1, 2)
 
     def forward_rows(
-        self, xyz: torch.Tensor, features: Optional[torch.Tensor]
+        self, xyz: torch.Tensor, features: Optional[torch.Tensor], mask: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``xyz (B, N, 3)``, ``features (B, N, C) | None`` -> ``(centroids (B, m, 3),
-        features (B, m, mlp[-1]))``, channels last."""
+        features (B, m, mlp[-1]))``, channels last.
+
+        ``mask (B, N)`` bool (None: all valid): False rows (padding of a batch of
+        chunks of different sizes) are never a centroid or a neighbour. A sample
+        with n valid rows gets its ``min(npoint, n)`` centroids first; the slots
+        after them repeat its first centroid (see :meth:`centroid_mask`).
+        """
         given = 0 if features is None else features.shape[-1]
         if given != self.in_channels:
             raise ValueError(f"SA level takes {self.in_channels} feature channels, got {given}")
         m = min(self.npoint, xyz.shape[1])
-        centre_idx = farthest_point_sample(xyz, m)  # (B, m)
+        with stage("fps"):
+            centre_idx = farthest_point_sample(xyz, m, mask)  # (B, m)
         centroids = gather(xyz, centre_idx.unsqueeze(-1)).squeeze(2)  # (B, m, 3)
-        idx, _ = ball_query(centroids, xyz, self.radius, self.nsample)  # (B, m, k)
+        with stage("neighbours"):
+            idx, _ = ball_query(centroids, xyz, self.radius, self.nsample, mask,
+                                query_mask=self.centroid_mask(mask, m))  # (B, m, k)
         # Invalid slots repeat the nearest valid neighbour: harmless under max pooling.
         # The first layer W [x_j - c, f_j] = W_x (x_j - c) + W_f f_j: the feature part
         # runs once per point and is looked up for the (B, m, k) rows (N is smaller than
@@ -142,9 +152,18 @@ class SetAbstraction(nn.Module):
         if features is not None:
             pre = pre + gather(F.linear(features, weight[:, 3:]), idx)
         batch, _, k, width = pre.shape
-        out = _run_rows(self.mlp, pre.reshape(-1, width), first_done=True)  # (B*m*k, C')
-        pooled = out.view(batch, m, k, -1).amax(dim=2)  # (B, m, C')
+        with stage("sa_mlp"):
+            out = _run_rows(self.mlp, pre.reshape(-1, width), first_done=True)  # (B*m*k, C')
+            pooled = out.view(batch, m, k, -1).amax(dim=2)  # (B, m, C')
         return centroids, pooled
+
+    def centroid_mask(self, mask: Optional[torch.Tensor], m: int) -> Optional[torch.Tensor]:
+        """``(B, m)`` bool: the centroid slots that hold a real centroid for an input
+        ``mask (B, N)`` (None stays None): the first ``min(npoint, n_valid)`` slots."""
+        if mask is None:
+            return None
+        n_valid = mask.sum(dim=1, keepdim=True)
+        return torch.arange(m, device=mask.device).unsqueeze(0) < n_valid
 
 
 class FeaturePropagation(nn.Module):
@@ -183,19 +202,25 @@ class FeaturePropagation(nn.Module):
         coarse_xyz: torch.Tensor,
         fine_feats: Optional[torch.Tensor],
         coarse_feats: torch.Tensor,
+        coarse_mask: Optional[torch.Tensor] = None,
+        fine_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """``fine_feats (B, n, C1) | None``, ``coarse_feats (B, m, C2)`` -> ``(B, n, mlp[-1])``."""
+        """``fine_feats (B, n, C1) | None``, ``coarse_feats (B, m, C2)`` -> ``(B, n, mlp[-1])``;
+        ``coarse_mask (B, m)`` bool: the coarse rows that may be interpolated from (None: all);
+        ``fine_mask (B, n)``: the fine rows whose output matters (the others get no neighbours)."""
         coarse_channels = coarse_feats.shape[-1]
         fine_channels = 0 if fine_feats is None else fine_feats.shape[-1]
         if coarse_channels + fine_channels != self.in_channels:
             raise ValueError(f"FP level takes {self.in_channels} channels, got {coarse_channels} + {fine_channels}")
         weight = _conv_matrix(self.mlp[0])  # (W0, C2 + C1)
-        idx, w = three_nn_weights(fine_xyz, coarse_xyz)  # (B, n, 3)
-        pre = interpolate_rows(F.linear(coarse_feats, weight[:, :coarse_channels]), idx, w)  # (B, n, W0)
-        if fine_feats is not None:
-            pre = pre + F.linear(fine_feats, weight[:, coarse_channels:])
-        batch, n, width = pre.shape
-        return _run_rows(self.mlp, pre.reshape(batch * n, width), first_done=True).view(batch, n, -1)
+        with stage("neighbours"):
+            idx, w = three_nn_weights(fine_xyz, coarse_xyz, coarse_mask, query_mask=fine_mask)  # (B, n, 3)
+        with stage("fp_mlp"):
+            pre = interpolate_rows(F.linear(coarse_feats, weight[:, :coarse_channels]), idx, w)  # (B, n, W0)
+            if fine_feats is not None:
+                pre = pre + F.linear(fine_feats, weight[:, coarse_channels:])
+            batch, n, width = pre.shape
+            return _run_rows(self.mlp, pre.reshape(batch * n, width), first_done=True).view(batch, n, -1)
 
 
 class PointNet2SSG(nn.Module):
@@ -251,7 +276,15 @@ class PointNet2SSG(nn.Module):
             self.fp.append(FeaturePropagation(deep + skip, widths))
             deep = int(widths[-1])
 
-    def forward(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``mask (B, N)`` bool (None: all valid): rows that take part. The others
+        (padding of a batch of chunks of different sizes, or non-finite points
+        replaced by a stand-in) are never sampled, grouped or interpolated from,
+        so a padded sample gives its valid rows what it gives them alone; their
+        own outputs are meaningless."""
+        if mask is not None and bool(mask.all()):
+            mask = None
         if xyz.dim() != 3 or xyz.shape[-1] != 3 or xyz.shape[1] < 1:
             raise ValueError(f"xyz must be (B, N>=1, 3), got {tuple(xyz.shape)}")
         if self.in_channels == 0:
@@ -264,13 +297,16 @@ class PointNet2SSG(nn.Module):
         xyz = xyz.contiguous()
         # Channels last inside (rows of (B, N, C)); the interface stays (B, C, N).
         level_xyz, level_feats = [xyz], [None if features is None else features.transpose(1, 2)]
+        level_mask = [mask]
         for sa in self.sa:
-            new_xyz, new_feats = sa.forward_rows(level_xyz[-1], level_feats[-1])
+            new_xyz, new_feats = sa.forward_rows(level_xyz[-1], level_feats[-1], level_mask[-1])
             level_xyz.append(new_xyz)
             level_feats.append(new_feats)
+            level_mask.append(sa.centroid_mask(level_mask[-1], new_xyz.shape[1]))
         deep = level_feats[-1]
         levels = len(self.sa)
         for i, fp in enumerate(self.fp):
             fine = levels - 1 - i
-            deep = fp.forward_rows(level_xyz[fine], level_xyz[fine + 1], level_feats[fine], deep)
+            deep = fp.forward_rows(level_xyz[fine], level_xyz[fine + 1], level_feats[fine], deep,
+                                   level_mask[fine + 1], level_mask[fine])
         return deep.transpose(1, 2)  # (B, C, N): a view of the channels-last rows

@@ -13,9 +13,12 @@
 
 Bad input (docs/model.md "Defined behaviour on bad input"):
 
-* points with a non-finite coordinate are excluded from every neighbourhood,
-  replaced by a valid point of the same chunk for PointNet++ (a duplicate changes
-  no sampling), and get all-zero logits (uniform) and S = 0; the loss ignores them;
+* points with a non-finite coordinate are excluded from every neighbourhood and
+  from PointNet++'s sampling, grouping and interpolation (a mask; their rows hold
+  a stand-in, a valid point of the same chunk), and get all-zero logits (uniform)
+  and S = 0; the loss ignores them. This is also how a batch of chunks of
+  different sizes is padded: with non-finite rows, each chunk's valid points get
+  what they get alone;
 * Q points with a non-finite coordinate or a ``q_pixel`` outside ``[0, V*H*W)``
   count as padding; a chunk without any valid Q point (M = 0, V = 0 or all masked)
   runs with F2D = 0 and S = 0, i.e. the 3D path alone decides.
@@ -38,6 +41,7 @@ from safnet_ros.model.fusion import ChannelAttention, FusionHead
 from safnet_ros.model.gsm import GeometricSimilarity, find_neighbourhoods
 from safnet_ros.model.pointnet2 import PointNet2SSG
 from safnet_ros.model.resnet_unet import ResNetUNet
+from safnet_ros.model.stages import stage
 
 __all__ = ["SafnetModel", "build_model", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT",
            "CHECKPOINT_VERSION"]
@@ -65,6 +69,8 @@ class _Sanitised:
             raise ConfigError(f"images must be (B, V, 3, H, W), got {tuple(images.shape)}")
         self.num_views = int(images.shape[1])
         pixels = self.num_views * int(images.shape[3]) * int(images.shape[4])
+        if batch.pixel_features is not None and batch.pixel_features.shape[1] > 0:
+            pixels = int(batch.pixel_features.shape[1])  # a table shared by the batch may hold more views
         q, q_mask, q_pixel = batch.q_points, batch.q_mask, batch.q_pixel
         if q.dim() != 3 or q.shape[-1] != 3 or q.shape[0] != b:
             raise ConfigError(f"q_points must be (B, M, 3) with B={b}, got {tuple(q.shape)}")
@@ -189,7 +195,8 @@ class SafnetModel(nn.Module):
         """
         if self.net2d is None:
             return None, None
-        feats, logits = self._run_2d(images.unsqueeze(0))
+        with stage("2d_net"):
+            feats, logits = self._run_2d(images.unsqueeze(0))
         v = images.shape[0]
         return feats.view(v, -1, feats.shape[-1]), logits[0]
 
@@ -206,7 +213,10 @@ class SafnetModel(nn.Module):
         elif self.net2d is not None:
             _b, v, _c, h, w = batch.images.shape
             used = self.views_with_pixels(data.q_mask, data.q_pixel, v, h * w) if v else None
-            pixel_feats, logits_2d = self._run_2d(batch.images, used)
+            with stage("2d_net"):
+                pixel_feats, logits_2d = self._run_2d(batch.images, used)
+        # A partly padded batch (chunks of different sizes): PointNet++ leaves the padding out.
+        pn_mask = None if bool(valid.all()) else valid
         q_mask = data.q_mask
         if pixel_feats is None:  # no views: one zero feature row for every Q point
             pixel_feats = points.new_zeros(b, 1, c.feat_2d)
@@ -223,17 +233,22 @@ class SafnetModel(nn.Module):
                                nearest_q_dist=nearest)
             return self._finish(out, valid)
         if c.variant == "pointnet2":
-            f3d = self.net3d(points, None).transpose(1, 2)  # (B, N, C3)
-            logits = self.head(f3d)
+            f3d = self.net3d(points, None, pn_mask).transpose(1, 2)  # (B, N, C3)
+            with stage("fusion"):
+                logits = self.head(f3d)
             zeros = points.new_zeros(b, n)
             return self._finish(SafnetOutput(logits, zeros, zeros, zeros.clone()), valid)
 
-        nb = find_neighbourhoods(points, data.q_points, valid, q_mask, c.k, c.radius, c.agg_k,
-                                 with_balls=c.variant == "safnet", nq_mode=c.nq_mode)
-        f2d = self.aggregate(points, data.q_points, pixel_feats, q_mask, (nb.q_knn_dist, nb.q_knn_idx), q_pixel)
+        with stage("neighbours"):
+            nb = find_neighbourhoods(points, data.q_points, valid, q_mask, c.k, c.radius, c.agg_k,
+                                     with_balls=c.variant == "safnet", nq_mode=c.nq_mode)
+        with stage("aggregate"):
+            f2d = self.aggregate(points, data.q_points, pixel_feats, q_mask, (nb.q_knn_dist, nb.q_knn_idx),
+                                 q_pixel)
         attr = None
         if self.gsm is not None:
-            s_geo, _ = self.gsm(points, data.q_points, nb)
+            with stage("gsm"):
+                s_geo, _ = self.gsm(points, data.q_points, nb)
         if self.csm is not None:
             q_valid = nb.q_valid
             if c.nq_mode == "ball":  # an empty ball: compare with the nearest Q point alone
@@ -241,22 +256,24 @@ class SafnetModel(nn.Module):
                 nearest = torch.zeros_like(q_valid)
                 nearest[..., 0] = True
                 q_valid = q_valid | (empty & nearest & torch.isfinite(nb.q_knn_dist[..., :1]))
-            attr, s_con = self.csm(points, data.q_points, nb.p_idx, nb.p_valid, nb.q_idx, q_valid)
-            if self.attr_gain is not None:
-                attr = attr * self.attr_gain
+            with stage("csm"):
+                attr, s_con = self.csm(points, data.q_points, nb.p_idx, nb.p_valid, nb.q_idx, q_valid)
+                if self.attr_gain is not None:
+                    attr = attr * self.attr_gain
         has_q = nb.has_q.unsqueeze(1).to(points.dtype)
         if c.variant == "safnet":
             s = s_geo * s_con * has_q
         else:  # concat: no similarity
             s = ones * has_q
-        f3d = self.net3d(points, None if attr is None else attr.transpose(1, 2)).transpose(1, 2)  # (B, N, C3)
-        f2d_weighted = f2d * s.unsqueeze(-1)  # (B, N, C2): only the 2D feature is reweighted
-        if self.se_2d is not None:
-            f2d_weighted = self.se_2d(f2d_weighted, valid)
-            f3d_fused = self.se_3d(f3d, valid)
-        else:
-            f3d_fused = f3d
-        logits = self.head(torch.cat([f2d_weighted, f3d_fused], dim=-1))
+        f3d = self.net3d(points, None if attr is None else attr.transpose(1, 2), pn_mask).transpose(1, 2)
+        with stage("fusion"):
+            f2d_weighted = f2d * s.unsqueeze(-1)  # (B, N, C2): only the 2D feature is reweighted
+            if self.se_2d is not None:
+                f2d_weighted = self.se_2d(f2d_weighted, valid)
+                f3d_fused = self.se_3d(f3d, valid)
+            else:
+                f3d_fused = f3d
+            logits = self.head(torch.cat([f2d_weighted, f3d_fused], dim=-1))
         out = SafnetOutput(
             logits, s_geo, s_con, s,
             logits_3d=self.aux3d(f3d),
@@ -276,8 +293,9 @@ class SafnetModel(nn.Module):
             return points.new_zeros(b, n, self.config.num_classes), points.new_full((b, n), float("inf"))
         nb = find_neighbourhoods(points, data.q_points, None, q_mask, 1, self.config.radius, 1, with_balls=False)
         pixel = gather(data.q_pixel.unsqueeze(-1), nb.q_knn_idx[..., :1]).view(b, n)
-        flat = logits_2d.permute(0, 1, 3, 4, 2).reshape(b, -1, logits_2d.shape[2])  # (B, V*H*W, K)
-        logits = gather(flat, pixel.unsqueeze(-1)).squeeze(2)
+        # (B or 1, V*H*W, K): a table of batch 1 is shared by every sample
+        flat = logits_2d.permute(0, 1, 3, 4, 2).reshape(logits_2d.shape[0], -1, logits_2d.shape[2])
+        logits = take_rows(flat, pixel)
         return logits * torch.isfinite(nb.nearest_q_dist).unsqueeze(-1).to(logits.dtype), nb.nearest_q_dist
 
     def _aux_2d(self, logits_2d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

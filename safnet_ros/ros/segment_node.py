@@ -536,6 +536,9 @@ class SegmentNode(LifecycleNode):
             max_points=max_points if max_points > 0 else None,
             voxel_size=float(self._param("voxel_size")),
             crop_margin=float(self._param("crop_margin")),
+            precision=str(self._param("precision")),
+            outside_views=str(self._param("outside_views")),
+            batch_points=int(self._param("batch_points")),
         )
         if segmenter.untrained:
             self.get_logger().warning(

@@ -74,6 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--num-views", type=int_range(0, 64), default=3, help="views per chunk (default 3)")
     seg.add_argument("--max-views", type=int_range(1, 100_000), default=30,
                      help="keyframes kept in the view buffer (default 30, as the node)")
+    seg.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                     help="inference precision, as the node's 'precision' (default fp32; fp16 on CUDA only)")
+    seg.add_argument("--outside-views", choices=("3d", "ignore"), default="3d",
+                     help="points no view covers: labelled by the 3D branch (3d, default, as the node) or left "
+                          "unlabelled (ignore)")
     seg.add_argument("--cloud-topic", default=None, metavar="TOPIC",
                      help="input sensor_msgs/PointCloud2 (default /points, as `safnet bag convert` writes)")
     seg.add_argument("--rgb-topic", default=None, metavar="TOPIC",
@@ -156,7 +161,7 @@ def guarded_segment_bag(args: argparse.Namespace, segment_bag: Any, topics: Any)
         max_views=args.max_views, storage=args.storage, overwrite=args.overwrite,
         progress=not args.quiet and sys.stderr.isatty(), map_path=args.map, map_voxel_size=args.map_voxel_size,
         map_max_voxels=args.map_max_voxels, map_fusion=args.map_fusion, map_smoothing=args.map_smoothing,
-        map_smoothing_cell=args.map_smoothing_cell,
+        map_smoothing_cell=args.map_smoothing_cell, precision=args.precision, outside_views=args.outside_views,
     )
     od.write_mark(args.out_bag, "segment-bag", {"bag": os.path.abspath(args.bag), "model": args.model,
                                                 "num_views": args.num_views, "max_views": args.max_views,

@@ -22,6 +22,11 @@ pixels), and the PointNet++ baseline of the same preset on the same points.
 
 The chunk: P sampled on a floor, two walls and a box inside a 1.5 x 1.5 m chunk,
 Q sampled on the same surfaces with 5 mm noise; labels are irrelevant here.
+
+``--profile`` adds, per row, the median time of each stage of the SAFNet forward
+(:mod:`safnet_ros.model.stages`: 2D net, FPS, neighbour search, SA MLPs, FP MLPs,
+2D->3D aggregation, GSM, CSM, fusion, and the rest), measured in separate runs
+after the timed ones, and of PointNet++'s.
 """
 from __future__ import annotations
 
@@ -60,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int_range(16, 4096), default=160, help="image width (16..4096)")
     parser.add_argument("--height", type=int_range(16, 4096), default=120, help="image height (16..4096)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the time per stage of each forward (2D net, FPS, neighbour search, "
+                             "SA MLPs, GSM, CSM, fusion, the rest)")
 
 
 # ---------------------------------------------------------------------- input
@@ -175,9 +183,34 @@ def _measure(fn: Callable[[], Any], device: Any, repeats: int, warmup: int) -> t
     return statistics.median(times), int(used), statistics.median(cpu_times)
 
 
+def _profile(fn: Callable[[], Any], device: Any, repeats: int) -> dict[str, float]:
+    """Median milliseconds per stage of ``fn`` over ``repeats`` runs (``rest``: what no stage
+    covers; ``total``: the whole run, synchronised on CUDA at every stage boundary)."""
+    import torch
+
+    from safnet_ros.model.stages import STAGES, record_stages
+
+    cuda = device.type == "cuda"
+    runs: list[dict[str, float]] = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        with record_stages(sync_cuda=cuda) as times:
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            total = time.perf_counter() - t0
+        row = {name: times.seconds.get(name, 0.0) for name in STAGES}
+        row["rest"] = total - sum(row.values())
+        row["total"] = total
+        runs.append(row)
+    return {name: round(1000.0 * statistics.median(r[name] for r in runs), 1) for name in runs[0]}
+
+
 def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int], device: str = "auto",
               repeats: int = 5, warmup: int = 1, height: int = 120, width: int = 160,
-              threads: int = 2) -> dict[str, Any]:
+              threads: int = 2, profile: bool = False) -> dict[str, Any]:
     """Run the grid; returns ``{"machine": {...}, "rows": [...]}`` (one row per preset x points x views)."""
     import torch
 
@@ -208,6 +241,9 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
                     if pn_ms is None:
                         pn_ms, pn_mem, pn_cpu = _measure(lambda b=batch, m=baseline: m(b), dev, repeats, warmup)
                     ms, mem, cpu = _measure(lambda b=batch, m=model: m(b), dev, repeats, warmup)
+                    if profile:
+                        stages = _profile(lambda b=batch, m=model: m(b), dev, repeats)
+                        pn_stages = _profile(lambda b=batch, m=baseline: m(b), dev, repeats)
                 rows.append({
                     "preset": name, "points": n, "views": v, "q_points": v * height * width,
                     "safnet_ms": round(ms, 1), "pointnet2_ms": round(pn_ms, 1),
@@ -215,6 +251,9 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
                     "safnet_peak_mb": round(mem / 2**20, 1), "pointnet2_peak_mb": round(pn_mem / 2**20, 1),
                     "safnet_cpu_ms": round(cpu, 1), "pointnet2_cpu_ms": round(pn_cpu, 1),
                 })
+                if profile:
+                    rows[-1]["safnet_stages_ms"] = stages
+                    rows[-1]["pointnet2_stages_ms"] = pn_stages
                 del batch
         del model, baseline
     machine = {
@@ -246,6 +285,14 @@ def format_table(result: dict[str, Any]) -> str:
                                                   r["pointnet2_ms"], r["ratio"], r["safnet_peak_mb"],
                                                   r["pointnet2_peak_mb"], r["safnet_cpu_ms"],
                                                   r["pointnet2_cpu_ms"])))
+    if any("safnet_stages_ms" in r for r in result["rows"]):
+        stages = list(result["rows"][0]["safnet_stages_ms"])
+        lines += ["", "time per stage, ms (median; SAFNet / PointNet++)",
+                  " | ".join(("preset", "points", "views") + tuple(stages)),
+                  " | ".join("---" for _ in range(3 + len(stages)))]
+        for r in result["rows"]:
+            cells = [f"{r['safnet_stages_ms'][k]} / {r['pointnet2_stages_ms'][k]}" for k in stages]
+            lines.append(" | ".join([str(r["preset"]), str(r["points"]), str(r["views"])] + cells))
     m = result["machine"]
     lines.append(f"\n{m['device']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
                  f"images {m['image_size'][0]}x{m['image_size'][1]}, median of {m['repeats']} after "
@@ -256,7 +303,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     result = benchmark(args.presets, args.points, args.views, args.device, args.repeats, args.warmup,
-                       args.height, args.width, args.threads)
+                       args.height, args.width, args.threads, profile=args.profile)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")

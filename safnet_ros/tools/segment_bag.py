@@ -165,6 +165,8 @@ def segment_bag(
     fixed_frame: str = bio.MAP_FRAME,
     chunk_stride: float = 1.5,
     max_points: Optional[int] = 100_000,
+    precision: str = "fp32",
+    outside_views: str = "3d",
     slop: float = 0.05,
     storage: str = "mcap",
     overwrite: bool = False,
@@ -181,7 +183,8 @@ def segment_bag(
     model: checkpoint (None = the shipped default, or an untrained lite model
     with a warning); segmenter: an already built Segmenter (overrides model,
     device, num_views); max_views: keyframes kept (the node's
-    buffer_max_views); chunk_stride, max_points: as the node's parameters;
+    buffer_max_views); chunk_stride, max_points, precision, outside_views: as
+    the node's parameters;
     slop: seconds between a paired colour and depth stamp.  A bag without the
     required topics raises one MissingDataError listing them; an existing
     ``out_bag`` raises ConfigError unless ``overwrite``.  map_path: also fuse
@@ -207,7 +210,8 @@ def segment_bag(
         check_topics(reader.connections, topics, bag)
         if segmenter is None:
             segmenter = Segmenter.from_checkpoint(model, device=device, num_views=num_views,
-                                                  chunk_stride=chunk_stride, max_points=max_points)
+                                                  chunk_stride=chunk_stride, max_points=max_points,
+                                                  precision=precision, outside_views=outside_views)
         summary.untrained_model = bool(segmenter.untrained)
         tf = read_tf(reader, topics, bag)
         pipeline = SegmentationPipeline(segmenter, ViewBuffer(max_views=max_views, policy=KeyframePolicy()), vmap)

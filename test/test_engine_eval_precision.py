@@ -23,7 +23,8 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def test_fp16_on_the_cpu_is_one_clear_error(checkpoint, tmp_path, capsys):
-    code = main(["eval", "--model", str(checkpoint), "--data", str(tmp_path), "--device", "cpu",
+    (tmp_path / "data").mkdir()
+    code = main(["eval", "--model", str(checkpoint), "--data", str(tmp_path / "data"), "--device", "cpu",
                  "--precision", "fp16", "--no-progress", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "fp16" in err and "CUDA" in err and "Traceback" not in err
@@ -37,8 +38,9 @@ def test_precision_reaches_the_segmenter(checkpoint, tmp_path, monkeypatch, prec
     built = []
     real = ev.load_segmenter
     monkeypatch.setattr(ev, "load_segmenter", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    (tmp_path / "data").mkdir()
     with pytest.raises(MissingDataError):  # no scenes here: the segmenters are built first
-        main_args = ["eval", "--model", str(checkpoint), "--data", str(tmp_path), "--device", "cpu",
+        main_args = ["eval", "--model", str(checkpoint), "--data", str(tmp_path / "data"), "--device", "cpu",
                      "--precision", precision, "--no-progress", "--out", str(tmp_path / "o")]
         ev.run_eval(_parse(main_args))
     assert [s.precision for s in built] == [precision]
@@ -47,8 +49,8 @@ def test_precision_reaches_the_segmenter(checkpoint, tmp_path, monkeypatch, prec
 def _parse(argv: list[str]):
     import argparse
 
-    from safnet_ros.engine.commands import register_eval
+    from safnet_ros.engine.evaluate import add_eval_arguments
 
     parser = argparse.ArgumentParser()
-    register_eval(parser.add_subparsers(dest="cmd"))
+    add_eval_arguments(parser.add_subparsers(dest="cmd").add_parser("eval"))
     return parser.parse_args(argv)

@@ -577,8 +577,7 @@ def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Option
         "seconds": round(time.perf_counter() - start, 2),
         "per_scene": results,
     }
-    # cycle: class_weights -> data.dataset -> this module (scene_is_complete, unpack_coverage)
-    from safnet_ros.data.class_weights import write_class_weights  # noqa: PLC0415 - import cycle, see above
+    from safnet_ros.data.class_weights import write_class_weights  # noqa: PLC0415 - cycle: class_weights -> dataset -> here
 
     try:  # the cross-entropy's class weights (train.class_weights): from the training split
         weights_file = write_class_weights(out_p, "train")

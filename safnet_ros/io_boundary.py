@@ -26,6 +26,8 @@ import warnings
 import zipfile
 from typing import Any, Iterator, Optional
 
+import yaml
+
 from safnet_ros.errors import DataFormatError, SafnetError
 
 #: Raised by the standard library's readers on malformed content.
@@ -100,8 +102,6 @@ def load_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 
 def load_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
     """``yaml.safe_load`` of ``path``; DataFormatError naming it when it is not UTF-8 YAML."""
-    import yaml
-
     text = read_text(path, what)
     with reading(path, what):
         return yaml.safe_load(text)
@@ -124,7 +124,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
     only, so a hostile file cannot execute code. A file that is not such a torch file
     raises ``error`` (default DataFormatError) with one line: "not a <what>".
     """
-    import torch
+    import torch  # noqa: PLC0415 - torch only for checkpoints: the ScanNet and bag readers that import this module stay torch-free
 
     def fail(problem: str, cause: Optional[BaseException] = None):
         p = os.fspath(path)

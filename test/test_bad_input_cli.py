@@ -15,6 +15,7 @@ successes and bad checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -617,6 +618,52 @@ def test_broken_bags_are_named_by_segment_bag(kind, good, tmp_path, capsys):
             bag)
     assert [p.name for p in tmp_path.iterdir()] == ["bag"]  # no output bag, no staging folder
 
+
+
+def _rewrite_bag(good, out: Path, *, retype: str = "", empty_image: str = "") -> Path:
+    """The good bag rewritten with rosbags: topic ``retype`` recorded as std_msgs/String instead, or the first
+    message of image topic ``empty_image`` ("topic:WxH") replaced by a valid Image of that size with no pixels."""
+    from rosbags.rosbag2 import Reader, Writer
+
+    from safnet_ros.tools import bag_io as bio
+
+    image_topic, _, size = empty_image.partition(":")
+    with Reader(good["bag"]) as reader, Writer(out, version=9) as writer:
+        conns = {c.id: writer.add_connection(c.topic, "std_msgs/msg/String" if c.topic == retype else c.msgtype,
+                                             typestore=bio.TYPESTORE, offered_qos_profiles=c.ext.offered_qos_profiles)
+                 for c in reader.connections}
+        for c, t, raw in reader.messages():
+            if c.topic == retype:
+                raw = bio.serialize(bio.TYPESTORE.types["std_msgs/msg/String"](data="not a transform"))
+            elif c.topic == image_topic:
+                msg = bio.deserialize(raw, c.msgtype)
+                w, h = (int(v) if v != "W" else int(msg.width) for v in size.split("x"))
+                raw = bio.serialize(dataclasses.replace(msg, width=w, height=h, step=msg.step if w else 0,
+                                                        data=np.zeros(0, np.uint8)))
+                image_topic = ""  # the first message only
+            writer.write(conns[c.id], t, raw)
+    return out
+
+
+@pytest.mark.parametrize("topic", ["/tf_static", "/tf"])
+def test_a_tf_topic_of_another_type_is_one_error_line(topic, good, tmp_path, capsys):
+    bag = _rewrite_bag(good, tmp_path / "bag", retype=topic)
+    line = run_bad(capsys, ["segment-bag", bag, tmp_path / "out", "--model", good["model"], "--device", "cpu",
+                            "--quiet"], bag, f"topic {topic} is std_msgs/msg/String", "tf2_msgs/msg/TFMessage")
+    assert "missing" not in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("image", ["/camera/color/image_raw:0x0", "/camera/color/image_raw:Wx0",
+                                   "/camera/color/image_raw:0x48", "/camera/depth/image_rect_raw:0x0"])
+def test_an_image_without_pixels_is_counted_and_skipped_by_segment_bag(image, good, tmp_path, capsys):
+    bag = _rewrite_bag(good, tmp_path / "bag", empty_image=image)
+    rc = main(["segment-bag", str(bag), str(tmp_path / "out"), "--model", str(good["model"]), "--device", "cpu",
+               "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "Traceback" not in err, err
+    assert "6 paired" in out and "; 1 undecodable messages" in out, out  # the run went on past the bad frame
+    assert "1 labelled clouds" in out
 
 @pytest.mark.ros
 @pytest.mark.parametrize("kind", ["garbage", "metadata-binary"])

@@ -20,10 +20,18 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
 from safnet_ros.data.augment import CameraAugment, camera_augment
 from safnet_ros.data.labels import IGNORE_INDEX
+from safnet_ros.data.preprocess import scene_is_complete, unpack_coverage
+from safnet_ros.data.scannet import read_split
+from safnet_ros.engine.batching import NET_IMAGE_WH, PosedView, build_chunk_sample, collate, normalize_images
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+from safnet_ros.geometry.chunks import random_chunk, sample_points
+from safnet_ros.geometry.views import greedy_select
+from safnet_ros.io_boundary import load_json
+from safnet_ros.validation import require_dir
 
 #: MVPNet samples this many base points of a chunk for the greedy view selection.
 SELECTION_BASE_POINTS = 2000
@@ -62,8 +70,6 @@ class PreprocessedScene:
         meta_path = self.dir / "meta.json"
         if not meta_path.is_file():
             raise MissingDataError(meta_path, "preprocessed scene (meta.json; run `safnet data preprocess`)")
-        from safnet_ros.io_boundary import load_json
-
         self.meta: dict[str, Any] = load_json(meta_path, "preprocessed scene meta.json")
         if not isinstance(self.meta, dict) or not self.meta.get("complete"):
             raise DataFormatError(meta_path, "scene is not complete")
@@ -116,8 +122,6 @@ class PreprocessedScene:
 
     def view(self, f: int, with_labels: bool = False):
         """Frame ``f`` as a :class:`~safnet_ros.engine.batching.PosedView` (depth in metres)."""
-        from safnet_ros.engine.batching import PosedView
-
         return PosedView(
             color=np.array(self.color[f]),
             depth=self.depth[f].astype(np.float32) / 1000.0,
@@ -148,8 +152,6 @@ class PreprocessedScene:
 
     def coverage(self, point_index: np.ndarray) -> np.ndarray:
         """(F, n) bool coverage of the base points among ``point_index``."""
-        from safnet_ros.data.preprocess import unpack_coverage
-
         return unpack_coverage(self.coverage_bits, self.base_positions(point_index))
 
     def select_views(self, point_index: np.ndarray, k: int, rng: Optional[np.random.Generator] = None,
@@ -159,8 +161,6 @@ class PreprocessedScene:
         At most ``max_base`` base points are used (a random subset, as MVPNet).
         Fewer than k frames when fewer frames see the chunk at all.
         """
-        from safnet_ros.geometry.views import greedy_select
-
         if self.num_frames == 0 or k <= 0:
             return []
         cols = self.base_positions(point_index)
@@ -169,8 +169,6 @@ class PreprocessedScene:
             cols = rng.choice(cols, max_base, replace=False)
         if len(cols) == 0:
             return []
-        from safnet_ros.data.preprocess import unpack_coverage
-
         cov = unpack_coverage(self.coverage_bits, cols)
         return [int(v) for v in greedy_select(cov, k)]
 
@@ -182,15 +180,10 @@ def list_scenes(root: str | os.PathLike, split: Optional[str] = None) -> list[Pr
     of the split list that were not preprocessed are a :class:`MissingDataError`
     (a silently smaller training set would be a wrong result).
     """
-    from safnet_ros.data.preprocess import scene_is_complete
-    from safnet_ros.validation import require_dir
-
     base = require_dir(root, "preprocessed data folder")
     available = {p.name: p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
                  and scene_is_complete(p)}
     if split:
-        from safnet_ros.data.scannet import read_split
-
         p = Path(split)
         if not (p.is_file() or os.sep in split or split.endswith(".txt")):  # a name: ROOT/scannetv2_<name>.txt
             p = base / f"scannetv2_{split}.txt"
@@ -269,10 +262,6 @@ class ImageDataset:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        import torch
-
-        from safnet_ros.engine.batching import normalize_images
-
         s, f = self.items[i]
         scene = self.scenes[s]
         color = np.array(scene.color[f])
@@ -308,8 +297,6 @@ def draw_chunk(points: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     ``min_points`` points are redrawn (geometry.chunks.random_chunk); when every
     try fails the restrictions are dropped rather than failing the item.
     """
-    from safnet_ros.geometry.chunks import random_chunk
-
     labelled = np.flatnonzero(labels != IGNORE_INDEX)
     pool = labelled
     if centres is not None and len(labelled):
@@ -376,9 +363,6 @@ class ChunkDataset:
         return len(self.scenes) * self.chunks_per_scene
 
     def __getitem__(self, i: int):
-        from safnet_ros.engine.batching import NET_IMAGE_WH, PosedView, build_chunk_sample
-        from safnet_ros.geometry.chunks import sample_points
-
         # Validation draws the same chunks every epoch.
         rng = np.random.default_rng((self.seed, self.epoch if self.train else 0, int(i)))
         scene = self.scenes[i % len(self.scenes)]
@@ -417,7 +401,5 @@ class ChunkDataset:
 
 def collate_chunks(items):
     """DataLoader collate for :class:`ChunkDataset`: ``(ChunkBatch, [info, ...])``."""
-    from safnet_ros.engine.batching import collate
-
     samples = [s for s, _ in items]
     return collate(samples), [info for _, info in items]

@@ -28,13 +28,30 @@ and reported. The split lists and label map of ROOT are copied to OUT, and
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
+import multiprocessing as mp
 import os
 import shutil
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from safnet_ros import output_dir as od
+from safnet_ros.data.labels import IGNORE_INDEX, nyu40_to_class
+from safnet_ros.data.scannet import ScanNetScene, find_scenes, read_split, transform_points
+from safnet_ros.engine.batching import prepare_view
+from safnet_ros.errors import ConfigError, DataFormatError, SafnetError
+from safnet_ros.geometry.views import coverage_matrix
+from safnet_ros.io_boundary import reading
+from safnet_ros.validation import MAX_COUNT, int_range, require_dir
 
 #: Version of the on-disk layout written here (stored in meta.json).
 FORMAT_VERSION = 1
@@ -51,8 +68,6 @@ LABEL_MAP_FILE = "scannetv2-labels.combined.tsv"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", metavar="ROOT", help="ScanNet root (with scans/) or a folder of scene folders")
     parser.add_argument("out", metavar="OUT", help="output folder (one sub-folder per scene)")
-    from safnet_ros.validation import MAX_COUNT, int_range
-
     parser.add_argument("--workers", type=int_range(1, 256), default=1, help="parallel worker processes (default 1)")
     parser.add_argument("--split", default=None,
                         help="only the scenes of this split list (a name such as 'train' -> "
@@ -154,10 +169,6 @@ def scene_is_complete(scene_out: Path) -> bool:
 
 def read_scannet_id_map(tsv: Path) -> dict[int, int]:
     """ScanNet label id (column ``id``) -> nyu40 id, for the label-filt images. Empty when absent."""
-    import csv
-
-    from safnet_ros.io_boundary import reading
-
     if not tsv.is_file():
         return {}
     with reading(tsv, "label map"), open(tsv, newline="", encoding="utf-8") as f:
@@ -181,25 +192,15 @@ def _label_filt_source(scene_dir: Path, name: str):
     folder = scene_dir / "label-filt"
     if folder.is_dir():
         def from_folder(i: int):
-            import numpy as np
-            from PIL import Image
-
             p = folder / f"{i}.png"
             return None if not p.is_file() else np.asarray(Image.open(p))
         return from_folder, None
     zpath = scene_dir / f"{name}_2d-label-filt.zip"
     if zpath.is_file():
-        import zipfile
-
         zf = zipfile.ZipFile(zpath)
         names = set(zf.namelist())
 
         def from_zip(i: int):
-            import io
-
-            import numpy as np
-            from PIL import Image
-
             member = f"label-filt/{i}.png"
             if member not in names:
                 return None
@@ -216,10 +217,8 @@ class MeshLabelRenderer:
     """
 
     def __init__(self, xyz, faces, vertex_classes):
-        import numpy as np
-        import open3d as o3d
+        import open3d as o3d  # noqa: PLC0415 - open3d is optional: only scenes without label images are ray cast
 
-        self.np = np
         self.faces = np.asarray(faces, dtype=np.int64)
         self.vertex_classes = np.asarray(vertex_classes, dtype=np.uint8)
         self.scene = o3d.t.geometry.RaycastingScene()
@@ -229,15 +228,10 @@ class MeshLabelRenderer:
 
     def render(self, K, camera_to_world, wh: tuple[int, int]):
         """(H, W) uint8 class image for pose ``camera_to_world`` (4, 4) and intrinsics K (3, 3) at ``wh``."""
-        np = self.np
-        from safnet_ros.data.labels import IGNORE_INDEX
-
         w, h = wh
         R = np.asarray(camera_to_world, np.float64)[:3, :3]
         if not (np.isfinite(camera_to_world).all() and np.isfinite(K).all() and abs(np.linalg.det(R)) > 1e-6
                 and K[0, 0] > 0 and K[1, 1] > 0):  # zero-direction rays would never finish in open3d
-            from safnet_ros.errors import DataFormatError
-
             raise DataFormatError(None, "degenerate camera (singular rotation or zero/NaN intrinsics): "
                                         "refusing to ray cast")
         u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
@@ -266,8 +260,6 @@ def preprocess_scene(scene_dir: str, out_dir: str, options: dict[str, Any]) -> d
     The record has ``scene``, ``status`` ("done", "skipped" or "failed"),
     ``reason`` (failed), ``frames``, ``invalid_frames``, ``points`` and ``seconds``.
     """
-    from safnet_ros.errors import SafnetError
-
     start = time.perf_counter()
     scene_dir_p = Path(scene_dir)
     name = scene_dir_p.name
@@ -308,13 +300,6 @@ def preprocess_scene(scene_dir: str, out_dir: str, options: dict[str, Any]) -> d
 
 def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[str, Any]:
     """Write every array of one scene into ``tmp`` (meta.json last); returns counts for the summary."""
-    import numpy as np
-
-    from safnet_ros.data.labels import IGNORE_INDEX, nyu40_to_class
-    from safnet_ros.data.scannet import ScanNetScene, transform_points
-    from safnet_ros.engine.batching import prepare_view
-    from safnet_ros.errors import DataFormatError, SafnetError
-
     wh = IMAGE_WH
     w, h = wh
     with ScanNetScene(scene_dir) as scene:
@@ -459,10 +444,6 @@ def coverage_bits(base_xyz, depth_mm, K, poses, tol: float = COVERAGE_TOL, block
     within ``tol`` metres of base point b). ``base_xyz`` (Nb, 3) metres, ``depth_mm``
     (F, H, W) uint16, K (3, 3), ``poses`` (F, 4, 4) camera-to-world.
     """
-    import numpy as np
-
-    from safnet_ros.geometry.views import coverage_matrix
-
     F = len(depth_mm)
     nb = len(base_xyz)
     out = np.zeros((F, (nb + 7) // 8), np.uint8)
@@ -476,8 +457,6 @@ def coverage_bits(base_xyz, depth_mm, K, poses, tol: float = COVERAGE_TOL, block
 
 def unpack_coverage(bits, columns, num_base: Optional[int] = None):
     """(F, len(columns)) bool: the coverage of the base points ``columns`` (indices into the base set)."""
-    import numpy as np
-
     cols = np.asarray(columns, dtype=np.int64)
     if num_base is not None and len(cols) and (cols.min() < 0 or cols.max() >= num_base):
         raise IndexError("coverage column out of range")
@@ -488,8 +467,6 @@ def unpack_coverage(bits, columns, num_base: Optional[int] = None):
 # --------------------------------------------------------------------------- the command
 def select_scenes(root: Path, split: Optional[str], names: Optional[Sequence[str]]) -> tuple[list[Path], list[str]]:
     """Scene folders to process and the names asked for but not found."""
-    from safnet_ros.data.scannet import find_scenes, read_split
-
     scenes = find_scenes(root)
     wanted: Optional[list[str]] = None
     if split:
@@ -517,13 +494,8 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
     preprocess (an empty root, a split naming only absent scenes), and SafnetError naming
     the first failure when every selected scene failed (the summary is written first).
     """
-    from safnet_ros.errors import ConfigError
-
     if workers < 1 or frame_step < 1 or max_frames < 0 or coverage_points < 0:
         raise ConfigError("--workers and --frame-step must be >= 1, --max-frames and --coverage-points >= 0")
-    from safnet_ros import output_dir as od
-    from safnet_ros.validation import require_dir
-
     if scenes is not None and not [n for n in scenes if str(n).strip()]:
         raise ConfigError("--scenes: no scene names given (leave it out to preprocess every scene)")
     if split is not None and not str(split).strip():
@@ -539,9 +511,6 @@ def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Option
                        scenes: Optional[Sequence[str]], frame_step: int, max_frames: int, coverage_points: int,
                        seed: int, overwrite: bool, progress: bool) -> dict[str, Any]:
     """:func:`preprocess` while holding the lock of OUT."""
-    from safnet_ros import output_dir as od
-    from safnet_ros.errors import ConfigError
-
     # OUT: new, empty, or written by an earlier `safnet data preprocess` (scenes are added or redone);
     # never the raw root, inside it, or holding it (symlinks resolved)
     od.claim(out_p, "data preprocess", overwrite=overwrite, inputs=[root_p], incremental=True,
@@ -552,8 +521,6 @@ def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Option
         raise ConfigError(f"--scenes {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: no such scene "
                           f"under {root_p}{f' in split {split!r}' if split else ''}")
     if not todo:
-        from safnet_ros.errors import DataFormatError
-
         what = (f"none of the {len(missing)} scene(s) of split {split!r} is here "
                 f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" if split
                 else "no scene folders here (sceneXXXX_YY/, or folders with <name>.sens or <name>_vh_clean_2.ply)")
@@ -578,8 +545,6 @@ def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Option
     args = [(str(s), str(out_p), options) for s in todo]
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(args), desc="preprocess", unit="scene", file=sys.stderr)
     if workers == 1 or len(args) <= 1:
         for a in args:
@@ -587,8 +552,6 @@ def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Option
             if bar:
                 bar.update(1)
     else:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(workers) as pool:
             for r in pool.imap_unordered(_star_preprocess, args):
                 results.append(r)
@@ -614,7 +577,7 @@ def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Option
         "seconds": round(time.perf_counter() - start, 2),
         "per_scene": results,
     }
-    from safnet_ros.data.class_weights import write_class_weights
+    from safnet_ros.data.class_weights import write_class_weights  # noqa: PLC0415 - cycle: class_weights -> dataset -> here
 
     try:  # the cross-entropy's class weights (train.class_weights): from the training split
         weights_file = write_class_weights(out_p, "train")
@@ -623,8 +586,6 @@ def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Option
         summary["class_weights"] = f"not written: {exc}"
     (out_p / "preprocess_summary.json").write_text(json.dumps(summary, indent=1))
     if summary["failed"] and not summary["done"] and not summary["skipped"]:
-        from safnet_ros.errors import SafnetError
-
         name, reason = next(iter(summary["failed"].items()))
         more = f" (and {len(summary['failed']) - 1} more scene(s); see {out_p / 'preprocess_summary.json'})" \
             if len(summary["failed"]) > 1 else ""

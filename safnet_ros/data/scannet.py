@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS
 from safnet_ros.data.ply import read_mesh, read_ply_counts, read_vertex_labels
@@ -40,6 +41,7 @@ from safnet_ros.data.sens import (
     valid_pose_mask,
 )
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+from safnet_ros.io_boundary import read_text, reading
 from safnet_ros.validation import require_dir, require_file
 
 #: Folder names of ScanNet scenes, e.g. ``scene0000_00``.
@@ -198,8 +200,6 @@ class SensFrames(FrameSource):
 
 def _read_matrix(path: Path, what: str = "matrix file", shape: tuple[int, int] = (4, 4)) -> np.ndarray:
     """Whitespace-separated matrix text file -> float64 array (``-inf`` / ``nan`` allowed)."""
-    from safnet_ros.io_boundary import read_text
-
     text = read_text(require_file(path, what), what)  # a folder or FIFO there is named as such
     try:
         values = [float(v) for v in text.split()]
@@ -217,8 +217,6 @@ def _write_matrix(path: Path, m: np.ndarray) -> None:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             return img.size
@@ -229,8 +227,6 @@ def _image_size(path: Path) -> tuple[int, int]:
 def check_depth_png(path: Path) -> None:
     """DataFormatError naming ``path`` unless it is a single-channel 16-bit PNG (ScanNet's exported depth
     is uint16 millimetres; an 8-bit image, e.g. a depth visualisation, would read as 0-255 mm)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             mode = img.mode
@@ -311,8 +307,6 @@ class ExportedFrames(FrameSource):
 
     def get(self, i: int) -> Frame:
         pose = self.camera_to_world(i)
-        from PIL import Image, UnidentifiedImageError
-
         cpath, dpath = self.color_path(i), self.depth_path(i)
         try:
             with Image.open(cpath) as img:
@@ -381,8 +375,6 @@ def check_rigid(m: np.ndarray, path: str | os.PathLike, what: str) -> None:
 
 def read_scene_meta(path: str | os.PathLike) -> dict[str, str]:
     """``key = value`` lines of a scene ``.txt`` as strings (e.g. axisAlignment, numColorFrames)."""
-    from safnet_ros.io_boundary import read_text
-
     meta: dict[str, str] = {}
     text = read_text(path, "scene .txt")
     for line in text.splitlines():
@@ -501,8 +493,6 @@ def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir
     uint16 millimetre PNG; poses (``-inf`` kept, so invalid frames stay invalid)
     and intrinsics/extrinsics as 4x4 text.
     """
-    from PIL import Image
-
     if every < 1:
         raise ConfigError(f"every must be >= 1, got {every}")
     if isinstance(scene, FrameSource):
@@ -549,8 +539,6 @@ def read_label_map(tsv: str | os.PathLike) -> dict[str, int]:
     back to columns 2 and 5 (1-based). Raises DataFormatError naming the file and
     line for a row whose nyu40id is not an integer.
     """
-    from safnet_ros.io_boundary import reading
-
     path = require_file(tsv, "label map (scannetv2-labels.combined.tsv)")
     with reading(path, "label map"), open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t"))
@@ -591,8 +579,6 @@ def write_label_map(tsv: str | os.PathLike, mapping: Mapping[str, int]) -> None:
 
 def read_split(path: str | os.PathLike) -> list[str]:
     """Scene names of a split list (``scannetv2_train.txt``): one per line, blanks and ``#`` comments ignored."""
-    from safnet_ros.io_boundary import read_text
-
     p = require_file(path, "split list")
     names = []
     text = read_text(p, "split list").lstrip("\ufeff")  # a BOM (Windows editors) is not part of the first name

@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from safnet_ros.errors import ConfigError, DataFormatError
+from safnet_ros.validation import require_file
 
 #: The only ``.sens`` version ScanNet writes and we read.
 SENS_VERSION = 4
@@ -177,8 +179,6 @@ def decode_color(data: bytes, compression: int, size: tuple[int, int] | None,
         name = _COLOR_NAMES.get(compression, str(compression))
         raise DataFormatError(path, f"colour compression {compression} ({name}) is not supported; "
                                     "only jpeg (2), png (1) and raw (0) are")
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as img:
             rgb = np.asarray(img.convert("RGB"))
@@ -261,8 +261,6 @@ class SensReader:
     """
 
     def __init__(self, path: str | os.PathLike):
-        from safnet_ros.validation import require_file
-
         self.path = os.fspath(require_file(path, ".sens file"))
         self._file: BinaryIO | None = open(self.path, "rb")
         try:
@@ -421,8 +419,6 @@ def _as_matrix(m: np.ndarray | Sequence[float] | None, name: str) -> np.ndarray:
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     """(H, W, 3) uint8 RGB -> JPEG bytes (Pillow; identical bytes for identical input)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="JPEG", quality=int(quality))
     return buf.getvalue()

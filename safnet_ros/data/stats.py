@@ -35,6 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from scipy.spatial import cKDTree
+
+from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, NYU40_IDS, nyu40_to_class
+from safnet_ros.data.scannet import ScanNetScene, transform_points
+from safnet_ros.data.view_similarity import sighting_groups, sighting_rows, similarity_per_view, vertex_mean
+from safnet_ros.engine.batching import prepare_view
+from safnet_ros.engine.inference import Segmenter
+from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+from safnet_ros.geometry.camera import backproject, nearest_pixel, project, visible
+from safnet_ros.geometry.views import greedy_select
+from safnet_ros.tools.render import render_cloud_png, render_moved_similarity_png
 
 #: Chunk size (metres) and base points per chunk, as training and evaluation use them (docs/design.md §2.5).
 CHUNK = 1.5
@@ -75,8 +87,6 @@ def _edge_lengths(xyz: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 def density_cv(points: np.ndarray, k: int = 6) -> float:
     """Coefficient of variation of the local density ``k / (pi r_k^2)`` over ``points`` (N, 3) metres."""
-    from scipy.spatial import cKDTree
-
     if len(points) <= k + 1:
         return float("nan")
     tree = cKDTree(points)
@@ -88,8 +98,6 @@ def density_cv(points: np.ndarray, k: int = 6) -> float:
 
 def image_stats(color: np.ndarray) -> tuple[float, float]:
     """(mean gradient magnitude, std) of the grey image of ``color`` (H, W, 3) uint8 resized to 160x120."""
-    from PIL import Image
-
     g = np.asarray(Image.fromarray(color).convert("L").resize((160, 120), Image.BILINEAR), dtype=np.float64)
     gx = np.diff(g, axis=1)[:-1]
     gy = np.diff(g, axis=0)[:, :-1]
@@ -98,13 +106,7 @@ def image_stats(color: np.ndarray) -> tuple[float, float]:
 
 def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> dict[str, Any]:
     """The realism figures of one scene (see the module docstring), as a dict."""
-    import open3d as o3d
-
-    from safnet_ros.data.labels import NYU40_IDS
-    from safnet_ros.data.scannet import ScanNetScene, transform_points
-    from safnet_ros.errors import ConfigError
-    from safnet_ros.geometry.camera import backproject, visible
-    from safnet_ros.geometry.views import greedy_select
+    import open3d as o3d  # noqa: PLC0415 - open3d (not a ROS dependency) only for the mesh table; the similarity functions here run without it
 
     if frame_step < 1:
         raise ConfigError(f"--frame-step must be >= 1, got {frame_step}")
@@ -112,8 +114,6 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
     try:
         xyz, _rgb, faces = scene.load_mesh()
         if len(faces) == 0:
-            from safnet_ros.errors import DataFormatError
-
             raise DataFormatError(scene.mesh_path, "the mesh has 0 faces: the realism table needs a triangle mesh "
                                                    "(edge lengths, ray casting)")
         xyz = xyz.astype(np.float64)
@@ -239,8 +239,6 @@ def view_depth_disagreement(xyz: np.ndarray, views: list, tolerance: float = 0.1
 def view_sightings(xyz: np.ndarray, views: list, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """(seen (V, N) bool, sees_through (V, N) bool): which view sees which vertex (N, 3) metres, and which
     of those sightings find depth more than ``tolerance`` metres beyond it (see view_depth_disagreement)."""
-    from safnet_ros.geometry.camera import nearest_pixel, project
-
     xyz = np.asarray(xyz, np.float64)
     seen = np.zeros((len(views), len(xyz)), bool)
     through = np.zeros((len(views), len(xyz)), bool)
@@ -268,12 +266,6 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
     ``per_view``, also S view by view (``"per_view"``: the model given each
     view alone, per sighting; :mod:`safnet_ros.data.view_similarity`).
     """
-    from safnet_ros.data.labels import nyu40_to_class
-    from safnet_ros.data.scannet import ScanNetScene
-    from safnet_ros.engine.batching import prepare_view
-    from safnet_ros.engine.inference import Segmenter
-    from safnet_ros.errors import ConfigError, MissingDataError
-
     scene_dir = Path(scene_dir)
     sidecar = scene_dir / f"{scene_dir.name}.synth_vertex_moved.npy"
     if not sidecar.is_file():
@@ -295,8 +287,6 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
     seg = Segmenter.from_checkpoint(None if model in (None, "", "default") else model, device=device,
                                     chunk_stride=chunk_stride)
     result = seg.segment(np.asarray(xyz, dtype=np.float32), views, record_views=True)
-    from safnet_ros.data.labels import IGNORE_INDEX
-
     ok = result.segmented & (truth != IGNORE_INDEX) & np.isfinite(result.s)
     out: dict[str, Any] = {"model": str(model or "default"), "views": len(views), "untrained": bool(seg.untrained)}
     sees, sees_through = view_sightings(xyz, views)
@@ -337,21 +327,15 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
                                                            "s_con": result.s_con})
     s_views = None
     if per_view:  # S of each (vertex, view) sighting with that view alone: pooling cannot hide a mismatch
-        from safnet_ros.data.view_similarity import sighting_rows, similarity_per_view
-
         s_views = similarity_per_view(seg, xyz, views, sees)
         out["per_view"] = sighting_rows(s_views, sees_through, moved, truth != IGNORE_INDEX, truth)
     if png is not None:
-        from safnet_ros.tools.render import render_cloud_png
-
         title = (f"{scene_dir.name}: S moved {out['moved']['s_mean']:.3f} ({out['moved']['vertices']} vertices) "
                  f"vs static {out['static']['s_mean']:.3f}")
         s_draw = np.asarray(result.s, dtype=np.float32).copy()
         out["png"] = str(render_cloud_png(png, np.asarray(xyz), np.asarray(result.labels), similarity=s_draw,
                                           truth=truth, title=title))
         # the close-up: where the moved objects are, S there, and S's distribution per group
-        from safnet_ros.tools.render import render_moved_similarity_png
-
         png = Path(png)
         s_all = np.where(ok, s_draw, np.nan)  # the vertices the groups above count
         out["png_moved"] = str(render_moved_similarity_png(
@@ -360,8 +344,6 @@ def moved_similarity(scene_dir: str | Path, model: str | None, view_step: int = 
              ("moved, every chosen view sees through it", ok & moved & all_chosen_through)],
             title=f"{scene_dir.name}: S where the views and the mesh disagree"))
         if s_views is not None:
-            from safnet_ros.data.view_similarity import sighting_groups, vertex_mean
-
             groups = sighting_groups(s_views, sees_through, moved, truth != IGNORE_INDEX)
             pv = out["per_view"]
             out["png_per_view"] = str(render_moved_similarity_png(
@@ -390,8 +372,6 @@ def class_matched_similarity(classes: np.ndarray, moved: np.ndarray, static: np.
     (NaN when no class is shared). classes (N,) class indices; moved / static
     (N,) bool; values: name -> (N,) float.
     """
-    from safnet_ros.data.labels import CLASS_NAMES
-
     moved_classes, moved_counts = np.unique(classes[moved], return_counts=True)
     static_of = {int(c): static & (classes == c) for c in moved_classes}  # each class's static vertices
     shared = [(int(c), int(n)) for c, n in zip(moved_classes, moved_counts) if static_of[int(c)].any()]

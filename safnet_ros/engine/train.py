@@ -805,7 +805,7 @@ def train(config: str | os.PathLike | Mapping[str, Any] | TrainConfig, out: Opti
 def _open_writer(out_dir: Path, start_epoch: int):
     """TensorBoard writer (an optional dependency: None, with a warning, when it is missing)."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - tensorboard is optional (None with a warning)
     except ImportError:
         print("warning: tensorboard is not installed: no TensorBoard scalars (metrics.csv has them)",
               file=sys.stderr)

@@ -28,13 +28,14 @@ import threading
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from safnet_ros.errors import ConfigError
+from safnet_ros.mapping import SemanticVoxelMap
+from safnet_ros.validation import MAX_COUNT, float_range, int_range
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from safnet_ros.validation import MAX_COUNT, float_range, int_range
-
     parser.add_argument("--points", type=int_range(1, MAX_COUNT), default=25_000,
                         help="points per cloud (default 25000)")
     parser.add_argument("--clouds", type=int_range(1, MAX_COUNT), default=60, help="clouds fused per row (default 60)")
@@ -127,8 +128,6 @@ def locked_ms(vmap) -> float:
 
 def bench_row(name: str, fusion: str, voxel_size: float, max_voxels: int, clouds: list, warmup: int,
               smoothing: float | None = None) -> dict:
-    from safnet_ros.mapping import SemanticVoxelMap
-
     vmap = SemanticVoxelMap(voxel_size=voxel_size, max_voxels=max_voxels, fusion=fusion,
                             **({} if smoothing is None else {"smoothing": smoothing}))
     times, cpu, peak = [], [], 0
@@ -154,8 +153,6 @@ def bench_row(name: str, fusion: str, voxel_size: float, max_voxels: int, clouds
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     if args.points < 1 or args.clouds < 1 or args.warmup < 0 or args.clouds <= args.warmup:
         raise ConfigError("--points and --clouds must be >= 1, --warmup >= 0 and below --clouds")
     walk = SyntheticWalk(args.points, seed=args.seed)

@@ -31,6 +31,7 @@ from typing import Optional
 import numpy as np
 
 from safnet_ros.data.labels import IGNORE_INDEX, NUM_CLASSES, class_colors, class_to_nyu40, nyu40_to_class
+from safnet_ros.data.ply import read_ply, write_ply
 from safnet_ros.errors import ConfigError, DataFormatError, SafnetError
 from safnet_ros.mapping.smoothing import DEFAULT_CELL_M
 from safnet_ros.mapping.voxel_map import FUSION_RULES, LOG_CLAMP, LOG_FLOOR, MapSnapshot, SemanticVoxelMap
@@ -69,8 +70,6 @@ def map_vertex_array(snap: MapSnapshot) -> np.ndarray:
 
 def save_map(path: str | os.PathLike, snap: MapSnapshot, frame_id: str = "map") -> Path:
     """Write ``snap`` to ``path`` (atomically); returns the path. MapSaveError with the reason on failure."""
-    from safnet_ros.data.ply import write_ply
-
     path = Path(os.fspath(path)).expanduser()
     if not str(path) or path.is_dir():
         raise MapSaveError(f"{path}: cannot save the map there: it is a folder, give a file name ending in .ply")
@@ -113,8 +112,6 @@ def load_map(path: str | os.PathLike, voxel_size: Optional[float] = None, max_vo
     file for a PLY that is not a map (missing properties, no voxel size,
     NaN values, labels outside the 20 classes).
     """
-    from safnet_ros.data.ply import read_ply
-
     path = os.fspath(path)
     data = read_ply(path)
     if "vertex" not in data.elements:

@@ -16,16 +16,17 @@ import os
 from typing import Optional
 
 import numpy as np
+from scipy.spatial import cKDTree
 
-from safnet_ros.data.labels import IGNORE_INDEX
+from safnet_ros.data.labels import IGNORE_INDEX, nyu40_to_class
+from safnet_ros.data.scannet import ScanNetScene
+from safnet_ros.engine.metrics import ConfusionMatrix
 from safnet_ros.errors import ConfigError
 from safnet_ros.mapping.voxel_map import MapSnapshot
 
 
 def transfer_labels(snap: MapSnapshot, vertices: np.ndarray, max_distance: Optional[float] = None) -> np.ndarray:
     """(N,) int64 class of the nearest voxel within ``max_distance`` m of each vertex (N, 3); -1 where none."""
-    from scipy.spatial import cKDTree
-
     vertices = np.asarray(vertices, np.float64).reshape(-1, 3)
     dist_max = snap.voxel_size if max_distance is None else float(max_distance)
     if not (np.isfinite(dist_max) and dist_max > 0):
@@ -43,8 +44,6 @@ def transfer_labels(snap: MapSnapshot, vertices: np.ndarray, max_distance: Optio
 
 def score_labels(truth: np.ndarray, labels: np.ndarray) -> dict:
     """mIoU / OA over the vertices with a label (labels >= 0), coverage and mIoU with misses; (N,) each."""
-    from safnet_ros.engine.metrics import ConfusionMatrix
-
     truth = np.asarray(truth).astype(np.int64)
     labels = np.asarray(labels).astype(np.int64)
     has = labels >= 0
@@ -62,9 +61,6 @@ def score_labels(truth: np.ndarray, labels: np.ndarray) -> dict:
 
 def score_map_on_scene(snap: MapSnapshot, scene_dir: str | os.PathLike, max_distance: Optional[float] = None) -> dict:
     """Score ``snap`` on the labelled mesh of a ScanNet scene folder (axis-aligned frame = the bags' ``map``)."""
-    from safnet_ros.data.labels import nyu40_to_class
-    from safnet_ros.data.scannet import ScanNetScene
-
     with ScanNetScene(scene_dir) as scene:
         xyz, _rgb = scene.load_points(aligned=True)
         truth = nyu40_to_class(scene.load_nyu40()).astype(np.int64)

@@ -23,18 +23,21 @@ again at its end (time jumps back, as ``ros2 bag play --loop`` does).
 from __future__ import annotations
 
 import importlib
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped
 from rclpy._rclpy_pybind11 import RMWError
 from rclpy.exceptions import InvalidTopicNameException
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
+from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 
 from safnet_ros.errors import ConfigError, MessageDecodeError, MissingDataError
@@ -297,11 +300,6 @@ class BagPlayer:
 def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Sequence[str]] = None,
               clock: bool = True, wait_for_subscribers: float = 2.0) -> int:
     """The ``safnet bag play`` command: an rclpy node that plays the bag until its end or Ctrl-C."""
-    import signal
-
-    import rclpy
-    from rclpy.signals import SignalHandlerOptions
-
     # Our own SIGTERM handling: rclpy's would shut the context down under the publishing
     # loop (an RCLError traceback); here SIGTERM stops the replay like Ctrl-C.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)

@@ -120,7 +120,7 @@ class BagSession:
             time.sleep(0.02)
         node.set_parameters([Parameter("map_save_path", value=str(path))])
         try:
-            from std_srvs.srv import Trigger
+            from std_srvs.srv import Trigger  # noqa: PLC0415 - std_srvs is optional (the except below)
         except Exception:  # noqa: BLE001 - the wheel (or its type support) is missing
             sm.save(path)
             return "the node's map component (std_srvs not installed)"

@@ -785,11 +785,14 @@ def decode_rgbd(rgb: Any, depth: Any, info: Any) -> RGBDFrame:
     Colour to RGB (any of :func:`image_to_rgb`'s encodings), depth to metres,
     K from the CameraInfo, rescaled to the depth image when the CameraInfo's
     width/height differ from it.  MessageDecodeError for a malformed message,
-    an unusable K, or a depth image without any valid (> 0) pixel (a view
-    with no depth covers nothing).
+    an image of width or height 0, an unusable K, or a depth image without any
+    valid (> 0) pixel (a view with no depth covers nothing).
     """
     color = image_to_rgb(rgb)
     depth_m = depth_to_metres(depth)
+    for name, pixels in (("colour", color), ("depth", depth_m)):
+        if pixels.shape[0] == 0 or pixels.shape[1] == 0:  # a valid message, but no view to keep
+            raise MessageDecodeError(f"{name} Image is {pixels.shape[1]}x{pixels.shape[0]} (no pixels)")
     K = camera_info_to_K(info)
     dh, dw = depth_m.shape
     if not np.any(depth_m > 0):  # np.any is False for NaN too

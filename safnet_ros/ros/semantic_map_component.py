@@ -79,7 +79,7 @@ class MapSettings:
 def _trigger_type() -> Any:
     """std_srvs/Trigger, or None where the std_srvs wheel is not installed."""
     try:
-        from std_srvs.srv import Trigger
+        from std_srvs.srv import Trigger  # noqa: PLC0415 - std_srvs is optional (the except below)
     except Exception:  # noqa: BLE001 - ImportError, or its type support library missing
         return None
     return Trigger

@@ -47,8 +47,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from PIL import Image
+from rosbags.rosbag2 import Writer
+from tqdm import tqdm
 
 from safnet_ros import output_dir as od
+from safnet_ros.data.scannet import ScanNetScene
 from safnet_ros.errors import ConfigError, MissingDataError
 from safnet_ros.geometry.camera import project, resize_nearest, scale_intrinsics
 from safnet_ros.tools import bag_io as bio
@@ -107,8 +111,6 @@ def resize_color(color: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) uint8 RGB resized to ``wh`` bilinearly (PIL); unchanged at equal sizes."""
     if (color.shape[1], color.shape[0]) == tuple(wh):
         return np.ascontiguousarray(color)
-    from PIL import Image
-
     return np.asarray(Image.fromarray(color).resize(tuple(wh), Image.BILINEAR))
 
 
@@ -135,8 +137,6 @@ def open_scene(scene_dir: str | os.PathLike, need_mesh: bool):
 
     Raises one MissingDataError naming every missing part (frames, mesh).
     """
-    from safnet_ros.data.scannet import ScanNetScene
-
     path = Path(scene_dir)
     scene = ScanNetScene(path)  # a missing path, or a file there, is named by ScanNetScene
     missing = []
@@ -171,8 +171,6 @@ def convert_scene(
     ConfigError unless ``overwrite``; missing scene parts raise one
     MissingDataError naming them.
     """
-    from rosbags.rosbag2 import Writer
-
     started = time.perf_counter()
     plugin = bio.bag_storage_plugin(storage)
     if skip < 1:
@@ -290,8 +288,6 @@ def _write_frames(writer: Any, conns: dict[str, Any], source: Any, cfg: _FrameSe
                   cloud_xyz: Optional[np.ndarray], cloud_rgb: Optional[np.ndarray],
                   summary: ConvertSummary, progress: bool) -> None:
     """The frame loop of :func:`convert_scene`: one decoded frame in memory at a time."""
-    from tqdm import tqdm
-
     valid = set(source.valid_indices)
     ids = source.indices
     kept = ids[:: cfg.skip]

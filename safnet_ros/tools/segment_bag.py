@@ -41,7 +41,7 @@ from tqdm import tqdm
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.engine.pipeline import KEPT, SegmentationPipeline
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
-from safnet_ros.errors import ConfigError, MessageDecodeError, MissingDataError, SafnetError
+from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, MissingDataError, SafnetError
 from safnet_ros.mapping import SemanticVoxelMap
 from safnet_ros.mapping.map_ply import save_map
 from safnet_ros.ros import codecs
@@ -106,18 +106,29 @@ class SegmentBagSummary:
 
 
 def check_topics(connections: list[Any], topics: BagTopics, bag: str | os.PathLike) -> None:
-    """One MissingDataError listing every required topic the bag lacks (tf_static is optional)."""
-    have = {c.topic: c.msgtype for c in connections}
+    """Refuse a bag whose topics cannot be used: one error line naming the topics.
+
+    DataFormatError for a topic recorded with another message type,
+    MissingDataError listing every required topic the bag lacks.
+
+    tf_static is optional, but when present it must be a TFMessage like ``/tf``
+    (a TF topic of another type is refused, not skipped: the poses would be
+    silently incomplete).
+    """
+    types: dict[str, set[str]] = {}
+    for c in connections:
+        types.setdefault(c.topic, set()).add(c.msgtype)
+    have = {topic: " and ".join(sorted(names)) for topic, names in types.items()}  # one topic, two types: both
     need = {topics.color: bio.IMAGE, topics.depth: bio.IMAGE, topics.camera_info: bio.CAMERA_INFO,
             topics.points: bio.POINTCLOUD2, topics.tf: bio.TF_MESSAGE}
-    problems = []
-    for topic, msgtype in need.items():
-        if topic not in have:
-            problems.append(f"{topic} ({msgtype})")
-        elif have[topic] != msgtype:
-            problems.append(f"{topic} is {have[topic]}, expected {msgtype}")
-    if problems:
-        raise MissingDataError(bag, f"topics {', '.join(problems)} (the bag has: {', '.join(sorted(have)) or 'none'})")
+    if topics.tf_static in have:
+        need[topics.tf_static] = bio.TF_MESSAGE
+    wrong = [f"topic {t} is {have[t]}, expected {m}" for t, m in need.items() if t in have and have[t] != m]
+    if wrong:
+        raise DataFormatError(bag, "; ".join(wrong))
+    missing = [f"{t} ({m})" for t, m in need.items() if t not in have]
+    if missing:
+        raise MissingDataError(bag, f"topics {', '.join(missing)} (the bag has: {', '.join(sorted(have)) or 'none'})")
 
 
 class _FramePairer:

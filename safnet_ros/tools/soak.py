@@ -37,6 +37,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from safnet_ros import output_dir as od
+from safnet_ros.engine.inference import Segmenter
+from safnet_ros.errors import ConfigError
+from safnet_ros.ros.tf_path import active_tf_path
+from safnet_ros.tools import bag_io as bio
+from safnet_ros.tools.bag_convert import convert_scene
+from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range
+
 __all__ = ["add_arguments", "run", "soak", "SoakReport", "read_rss_mib", "rss_slope_mib_per_min",
            "make_synthetic_bag"]
 
@@ -59,8 +71,6 @@ def read_rss_mib() -> float:
 
 def rss_slope_mib_per_min(times_s: list[float], rss_mib: list[float]) -> float:
     """Least-squares slope (MiB/min) of RSS over the second half of the run (NaN with < 2 samples)."""
-    import numpy as np
-
     t = np.asarray(times_s, np.float64)
     r = np.asarray(rss_mib, np.float64)
     if len(t) == 0:
@@ -134,9 +144,7 @@ class SoakReport:
 
 def make_synthetic_bag(out: Path, rate_hz: float = 10.0, frames: int = 40, seed: int = 7) -> Path:
     """Generate one small synthetic scene and convert it to a rosbag2 at ``out`` (frames and clouds at ``rate_hz``)."""
-    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
-    from safnet_ros.tools.bag_convert import convert_scene
-
+    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset  # noqa: PLC0415 - generate loads open3d, only for the synthetic bag (none with --bag)
     scenes = Path(out).parent / (Path(out).name + "_scene")
     cfg = SynthConfig(frames=frames, color_size=(160, 120), depth_size=(160, 120), vertex_spacing=0.08,
                       progress=False)
@@ -146,8 +154,6 @@ def make_synthetic_bag(out: Path, rate_hz: float = 10.0, frames: int = 40, seed:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    import numpy as np
-
     return float(np.percentile(values, q)) if values else float("nan")
 
 
@@ -172,13 +178,7 @@ def soak(
     Returns the :class:`SoakReport`. Raises SafnetError subclasses for a bad
     bag or model.
     """
-    import torch
-
-    from safnet_ros.engine.inference import Segmenter
-    from safnet_ros.errors import ConfigError
-    from safnet_ros.ros.bag_session import BagSession
-    from safnet_ros.tools import bag_io as bio
-
+    from safnet_ros.ros.bag_session import BagSession  # noqa: PLC0415 - rclpy outside ros/: loaded when a soak runs, not when tools import this module
     if not minutes > 0:
         raise ConfigError(f"minutes must be positive, got {minutes}")
     if not rate > 0:
@@ -196,7 +196,6 @@ def soak(
             bag = make_synthetic_bag(tmp / "bag", rate_hz=rate)
         segmenter = Segmenter.from_checkpoint(model or None, device=device, num_views=3, chunk_stride=1.5,
                                               max_points=max_points)
-        from safnet_ros.ros.tf_path import active_tf_path
 
         report = SoakReport(minutes=float(minutes), bag=str(bag), rate_hz=float(rate), device=str(segmenter.device),
                             transforms=active_tf_path().describe())
@@ -270,14 +269,10 @@ def soak(
 
 def plot_rss(report: SoakReport, path: Path) -> Path:
     """PNG of RSS (MiB) over time (minutes) with the second-half slope in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = [s / 60.0 for s, _ in report.samples]
     r = [m for _, m in report.samples]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))  # matplotlib's object API: no pyplot state, no backend to choose
+    ax = fig.add_subplot()
     ax.plot(t, r, marker=".", lw=1)
     ax.set_xlabel("time (min)")
     ax.set_ylabel("RSS (MiB)")
@@ -286,13 +281,10 @@ def plot_rss(report: SoakReport, path: Path) -> Path:
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range
-
     parser.add_argument("--minutes", type=float_range(0.0, 100_000.0, lo_open=True), default=10.0,
                         help="how long to run (default 10)")
     parser.add_argument("--rate", type=float_range(0.1, 1000.0), default=10.0,
@@ -311,8 +303,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safnet_ros import output_dir as od
-
     inputs = [p for p in (args.bag, args.model) if p]
     with od.output_lock(args.out, "--out folder"):
         # before the soak, not after it: --out is new, empty or an earlier soak's (replaced whole at the end)

@@ -43,15 +43,17 @@ import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
+from safnet_ros import output_dir as od
+from safnet_ros.data.synth import writer
+from safnet_ros.data.synth.rooms import CATEGORY_NYU40
 from safnet_ros.errors import ConfigError
+from safnet_ros.validation import float_range, int_range, size_wh
 
 #: Room types of ``--room-types`` (kept here so ``--help`` needs no heavy import).
 ROOM_TYPES = ("bedroom", "office", "living", "kitchen", "bathroom", "studio")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from safnet_ros.validation import float_range, int_range, size_wh
-
     parser.add_argument("out", metavar="OUT", help="output folder; scene folders are created directly under it")
     parser.add_argument("--scenes", type=int_range(1, 100), default=1, help="number of scenes (1..100, default 1)")
     parser.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0,
@@ -129,11 +131,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     # open3d's OpenMP threads otherwise spin and starve numpy on small machines.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
+    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset  # noqa: PLC0415 - generate loads open3d: safnet data synth --help stays light (test_cli_lazy)
 
     if args.split is not None and (not args.split or any(c in args.split for c in "/\\ \t")):
         raise ConfigError(f"--split must be a plain name, got {args.split!r}")
@@ -159,8 +159,6 @@ def run(args: argparse.Namespace) -> int:
 def _scene_owner_problem(folder: Path) -> Optional[str]:
     """Why the scene folder ``folder`` may not be replaced (None: absent, empty, or written by ``data synth``:
     our mark and nothing else, or, from before marks existed, only ``<name>*`` files with a ``.synth.json``)."""
-    from safnet_ros import output_dir as od
-
     if folder.is_symlink():
         return "is a symbolic link"
     if od.is_empty(folder):
@@ -188,11 +186,7 @@ def generate_guarded(out: str | os.PathLike, scenes: int, seed: int, cfg, split:
     scene folder of the same name only when complete: an interrupt leaves the old scenes whole. An
     existing scene folder is replaced only with ``overwrite`` and only when ``data synth`` wrote it.
     """
-    from safnet_ros import output_dir as od
-    from safnet_ros.data.synth import writer
-    from safnet_ros.data.synth.generate import scene_name
-    from safnet_ros.data.synth.rooms import CATEGORY_NYU40
-
+    from safnet_ros.data.synth.generate import scene_name  # noqa: PLC0415 - generate loads open3d: safnet data synth --help stays light (test_cli_lazy)
     root = Path(out)
     with od.output_lock(root, "synthetic-data folder"):
         od.claim(root, "data synth", overwrite=overwrite, incremental=True, what="synthetic-data folder")

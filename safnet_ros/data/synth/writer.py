@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from safnet_ros.data.labels import class_colors, nyu40_to_class
+from safnet_ros.data.ply import write_scannet_mesh
+from safnet_ros.data.scannet import write_label_map
 
 #: ScanNet's over-segmentation parameters as they appear in ``segs.json``.
 SEGS_PARAMS = {"kThresh": "0.0001", "segMinVerts": "20", "minPoints": "750", "maxPoints": "5000",
@@ -33,8 +35,6 @@ def label_colors(nyu40: np.ndarray) -> np.ndarray:
 def write_meshes(scene_dir: Path, name: str, xyz: np.ndarray, rgb: np.ndarray, faces: np.ndarray,
                  nyu40: np.ndarray) -> None:
     """``_vh_clean_2.ply`` (xyz, RGBA, faces) and ``_vh_clean_2.labels.ply`` (same geometry, label colours, label)."""
-    from safnet_ros.data.ply import write_scannet_mesh
-
     write_scannet_mesh(scene_dir / f"{name}_vh_clean_2.ply", xyz, rgb, faces)
     write_scannet_mesh(scene_dir / f"{name}_vh_clean_2.labels.ply", xyz, label_colors(nyu40), faces,
                        labels=nyu40.astype(np.uint16))
@@ -96,8 +96,6 @@ def write_synth_meta(scene_dir: Path, name: str, meta: dict, true_poses: np.ndar
 
 def write_label_map_file(out: Path, mapping: dict[str, int]) -> Path:
     """``OUT/scannetv2-labels.combined.tsv`` through the shared writer."""
-    from safnet_ros.data.scannet import write_label_map
-
     path = out / "scannetv2-labels.combined.tsv"
     write_label_map(path, mapping)
     return path

@@ -73,17 +73,6 @@ def write_mark(folder: str | os.PathLike, command: str, settings: Optional[dict[
     return folder / MARK_NAME
 
 
-def add_to_mark(folder: str | os.PathLike, names: Iterable[str]) -> None:
-    """Add ``names`` (relative paths we just wrote) to the file list of ``folder``'s mark."""
-    mark = read_mark(folder)
-    if mark is None:
-        return
-    mark["files"] = sorted(set(mark.get("files", [])) | set(names))
-    tmp = Path(folder) / f"{MARK_NAME}.tmp"
-    tmp.write_text(json.dumps(mark, indent=1))
-    os.replace(tmp, Path(folder) / MARK_NAME)
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -315,16 +304,6 @@ def staging_path(out: str | os.PathLike, kind: str = "new") -> Path:
     """A hidden path beside ``out`` for building (``new``) or retiring (``old``) a result."""
     p = Path(os.path.abspath(os.fspath(out)))
     return p.parent / f".{p.name}{STAGING_TAG}{kind}-{os.getpid()}"
-
-
-def remove_stale_staging(out: str | os.PathLike) -> None:
-    """Delete staging folders beside ``out`` left by killed runs (ours by name and mark; call under the lock)."""
-    p = Path(os.path.abspath(os.fspath(out)))
-    if not p.parent.is_dir():
-        return
-    for s in p.parent.glob(f".{p.name}{STAGING_TAG}new-*"):
-        if s.is_dir() and not s.is_symlink():
-            shutil.rmtree(s, ignore_errors=True)
 
 
 def swap_in(new: Path, out: Path, command: Optional[str], overwrite: bool = True) -> None:

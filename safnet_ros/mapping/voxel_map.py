@@ -254,12 +254,6 @@ class SemanticVoxelMap:
         row = self._keys.itemsize + self._scores.itemsize * self.num_classes + self._obs.itemsize + 24 + 8 + 1
         return int(self._n * row + self._index.nbytes)
 
-    @property
-    def reserved_bytes(self) -> int:
-        """Bytes reserved for max_voxels rows (an upper bound of the map's memory)."""
-        per_row = 8 + 4 * self.num_classes + 8 + 24 + 8 + 1
-        return int(per_row * max(self.max_voxels, len(self._keys)) + self._index.nbytes)
-
     def _reserve(self, rows: int) -> None:
         """Room for ``rows`` rows: max_voxels rows at once (np.empty: pages are only touched as rows fill)."""
         cap = len(self._keys)

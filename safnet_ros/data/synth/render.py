@@ -94,17 +94,6 @@ class Renderer:
         inc = np.where(hit, np.nan_to_num(cos), np.float32(0.0)).astype(np.float32)
         return DepthRender(depth.reshape(h, w), inc.reshape(h, w))
 
-    def render_depth(self, camera_to_world: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> DepthRender:
-        """z-depth image for a camera-to-world pose, intrinsics K (3, 3) and size (w, h)."""
-        dirs, t_hit, prim, normals = self._cast(camera_to_world, K, size)
-        return self._depth_from_cast(size, dirs, t_hit, normals)
-
-    def render_color(self, camera_to_world: np.ndarray, K: np.ndarray, size: tuple[int, int],
-                     noise: np.ndarray | None = None, vignetting: float = 0.22) -> np.ndarray:
-        """(H, W, 3) float32 RGB in 0..1; ``noise`` (H, W, 3) is added before clipping (sensor noise)."""
-        return self._color_from_cast(camera_to_world, size, *self._cast(camera_to_world, K, size),
-                                     noise=noise, vignetting=vignetting)
-
     def render_rgbd(self, camera_to_world: np.ndarray, K_color: np.ndarray, color_size: tuple[int, int],
                     K_depth: np.ndarray, depth_size: tuple[int, int], noise: np.ndarray | None = None,
                     ) -> tuple[np.ndarray, DepthRender]:

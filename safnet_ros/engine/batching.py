@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
 from safnet_ros.errors import ConfigError
 from safnet_ros.geometry.camera import backproject, resize_nearest, scale_intrinsics
@@ -60,8 +61,6 @@ class PosedView:
 def _resize_color(color: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
     if (color.shape[1], color.shape[0]) == tuple(wh):
         return np.ascontiguousarray(color)
-    from PIL import Image
-
     return np.asarray(Image.fromarray(color).resize(wh, Image.BILINEAR))
 
 
@@ -231,9 +230,9 @@ def collate(samples: Sequence[ChunkSample], device: str = "cpu"):
     Q is padded to the largest M with ``q_mask`` False; padding coordinates are
     far away (1e4 m) so they can never be a neighbour even without the mask.
     """
-    import torch
+    import torch  # noqa: PLC0415 - torch only for collation: preprocess's spawned workers import this module without it
 
-    from safnet_ros.model.batch import ChunkBatch
+    from safnet_ros.model.batch import ChunkBatch  # noqa: PLC0415 - imports torch (see above)
 
     if not samples:
         raise ConfigError("collate needs at least one sample")

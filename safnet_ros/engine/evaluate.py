@@ -44,10 +44,20 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
+from matplotlib.figure import Figure
+from scipy.spatial import cKDTree
+from tqdm import tqdm
 
+from safnet_ros import output_dir as od
+from safnet_ros.data.dataset import PreprocessedScene
 from safnet_ros.data.labels import CLASS_NAMES, NUM_CLASSES, TABLE_ORDER
+from safnet_ros.data.preprocess import TMP_PREFIX, scene_is_complete, unpack_coverage
+from safnet_ros.data.scannet import read_split
+from safnet_ros.engine.inference import Segmenter
 from safnet_ros.engine.metrics import ConfusionMatrix
-from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError, ModelLoadError, SafnetError
+from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range, require_dir
 
 #: Table III's switch columns: (config field, column title, variants the switch exists in).
 ABLATION_SWITCHES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -81,12 +91,6 @@ def find_eval_scenes(root: str | Path, split: Optional[str], max_scenes: Optiona
     Raises MissingDataError when ``root`` or the split list is missing, or when
     nothing is left to evaluate.
     """
-    from safnet_ros.data.dataset import PreprocessedScene
-    from safnet_ros.data.preprocess import TMP_PREFIX, scene_is_complete
-    from safnet_ros.data.scannet import read_split
-    from safnet_ros.errors import SafnetError
-    from safnet_ros.validation import require_dir
-
     base = require_dir(root, "preprocessed data folder (run `safnet data preprocess`)")
     if split:
         split_path = Path(split)
@@ -133,8 +137,6 @@ def scene_coverage(scene) -> Optional[np.ndarray]:
     frame when its neighbour 1-2 cm away is, at the 0.1 m coverage tolerance).
     None when the scene has no frame.
     """
-    from safnet_ros.data.preprocess import unpack_coverage
-
     F = scene.num_frames
     if F == 0:
         return None
@@ -153,8 +155,6 @@ def scene_coverage(scene) -> Optional[np.ndarray]:
                               f"shape {bits.shape}, expected ({F}, {(nb + 7) // 8}) for {F} frames x {nb} base points")
     if nb == n and np.array_equal(base, np.arange(n)):
         return unpack_coverage(scene.coverage_bits, np.arange(n))
-    from scipy.spatial import cKDTree
-
     column = np.full(n, -1, np.int64)
     column[base] = np.arange(nb)
     others = np.flatnonzero(column < 0)
@@ -299,9 +299,6 @@ def load_segmenter(path: str | Path, device: str = "auto", stride: float = 0.5, 
 
     Raises ModelLoadError naming the file when it is missing or corrupt.
     """
-    from safnet_ros.engine.inference import Segmenter
-    from safnet_ros.errors import ModelLoadError
-
     if not path:
         raise ModelLoadError("no model given: pass --model CHECKPOINT")
     kwargs.setdefault("crop_margin", math.inf)  # evaluate every point, not only what the views cover
@@ -407,8 +404,6 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
                for m, lab, s in zip(models, labels, segmenters)]
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(found.scenes), desc="eval", unit="scene", file=sys.stderr)
     for scene in found.scenes:
         frame_views = [scene.view(f) for f in range(scene.num_frames)]
@@ -479,18 +474,14 @@ def write_csv(results: Sequence[ModelResult], path: Path) -> Path:
 
 def plot_confusion(cm: ConfusionMatrix, path: Path, title: str) -> Path:
     """Row-normalised confusion matrix (truth rows, prediction columns, Table I order) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     order = [CLASS_NAMES.index(name) for name, _ in TABLE_ORDER]
     m = cm.square[np.ix_(order, order)].astype(np.float64)
     totals = cm.matrix[order].sum(axis=1, keepdims=True).astype(np.float64)  # incl. unsegmented
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(totals > 0, m / np.maximum(totals, 1), 0.0)
     names = [name for name, _ in TABLE_ORDER]
-    fig, ax = plt.subplots(figsize=(9, 8))
+    fig = Figure(figsize=(9, 8))  # matplotlib's object API: no pyplot state, no backend to choose (Agg on save)
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
@@ -500,18 +491,13 @@ def plot_confusion(cm: ConfusionMatrix, path: Path, title: str) -> Path:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the truth row")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def plot_views_sweep(results: Sequence[ModelResult], path: Path) -> Path:
     """Fig. 5: mIoU (%) against the number of test views, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     for r in results:
         ys = [100.0 * r.matrices[k].miou() for k in r.views]
         ax.plot(r.views, ys, marker="o", label=r.label)
@@ -523,7 +509,6 @@ def plot_views_sweep(results: Sequence[ModelResult], path: Path) -> Path:
     ax.set_title("mIoU vs test views")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -592,8 +577,6 @@ MAX_VIEWS = 64
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range
-
     parser.add_argument("--model", action="append", required=True, metavar="CHECKPOINT",
                         help="checkpoint to evaluate; repeat to compare models (e.g. safnet, concat, "
                              "pointnet2) in one table and one views-sweep plot")
@@ -627,11 +610,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
-    from safnet_ros import output_dir as od
-
     if args.split is not None and not args.split.strip():  # '' must not mean "every scene"
         raise ConfigError("--split: empty; give a split name such as val, or a split-list path")
     out = Path(args.out)

@@ -55,8 +55,12 @@ from safnet_ros.engine.batching import (
 )
 from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
 from safnet_ros.errors import ConfigError, ModelLoadError, SafnetError
+from safnet_ros.geometry.camera import backproject
 from safnet_ros.geometry.chunks import VoteAccumulator, chunk_grid
 from safnet_ros.geometry.views import coverage_matrix, greedy_select
+from safnet_ros.model.batch import ChunkBatch
+from safnet_ros.model.config import SafnetConfig
+from safnet_ros.model.safnet import build_model, load_checkpoint
 
 LOG = logging.getLogger("safnet_ros.inference")
 
@@ -73,7 +77,7 @@ def default_model_path() -> Optional[Path]:
     here = Path(__file__).resolve()
     candidates = [here.parents[2] / "models" / DEFAULT_MODEL_NAME]
     try:  # a colcon / ament install
-        from ament_index_python.packages import get_package_share_directory  # type: ignore
+        from ament_index_python.packages import get_package_share_directory  # type: ignore  # noqa: PLC0415 - optional: only in a ROS install
 
         candidates.append(Path(get_package_share_directory("safnet_ros")) / "models" / DEFAULT_MODEL_NAME)
     except Exception:  # noqa: BLE001 - ament_index is optional
@@ -296,9 +300,6 @@ class Segmenter:
         A missing or corrupt file, or one saved for another preset than
         ``preset``, raises :class:`ModelLoadError` naming the file.
         """
-        from safnet_ros.model.config import SafnetConfig
-        from safnet_ros.model.safnet import build_model, load_checkpoint
-
         dev = resolve_device(device)
         if path in (None, ""):
             path = default_model_path()
@@ -392,8 +393,6 @@ class Segmenter:
         stalled first cloud would also starve the executor and lose sensor frames.
         The scene: ``points`` points on a wall 2 m in front of one 160 x 120 view.
         """
-        from safnet_ros.geometry.camera import backproject
-
         t0 = time.perf_counter()
         w, h = NET_IMAGE_WH
         K = np.array([[100.0, 0.0, w / 2.0], [0.0, 100.0, h / 2.0], [0.0, 0.0, 1.0]])
@@ -442,8 +441,6 @@ class Segmenter:
         ``q_mask`` False; the 2D features of the batch's views form one table
         shared by all parts (``ChunkBatch.pixel_features`` of batch 1).
         """
-        from safnet_ros.model.batch import ChunkBatch
-
         used = sorted({v for part in parts for v in part.views})
         slot = {v: i for i, v in enumerate(used)}
         w, h = NET_IMAGE_WH if not used else views[used[0]].wh

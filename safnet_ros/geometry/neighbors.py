@@ -41,6 +41,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from safnet_ros.errors import ConfigError
 
@@ -70,7 +71,7 @@ def _kdtree_library() -> str:
     if wanted == "scipy":
         return "scipy"
     try:
-        import pykdtree.kdtree  # noqa: F401
+        import pykdtree.kdtree  # noqa: F401, PLC0415 - optional dependency (scipy is the fallback)
     except ImportError as exc:
         if wanted == "pykdtree":
             raise ConfigError(f"${_ENV_KDTREE}=pykdtree but pykdtree is not installed (pip install pykdtree)") from exc
@@ -216,7 +217,7 @@ def _tree_query(ref: np.ndarray, query: np.ndarray, k: int, upper_bound: float) 
     :data:`KDTREE_LIBRARY`'s tree."""
     n, m = query.shape[0], ref.shape[0]
     if KDTREE_LIBRARY == "pykdtree":
-        from pykdtree.kdtree import KDTree
+        from pykdtree.kdtree import KDTree  # noqa: PLC0415 - optional dependency, present when KDTREE_LIBRARY says so
 
         bound = None if upper_bound == float("inf") else upper_bound
         _, local = KDTree(ref).query(query, k=k, distance_upper_bound=bound)
@@ -225,8 +226,6 @@ def _tree_query(ref: np.ndarray, query: np.ndarray, k: int, upper_bound: float) 
         local = local.astype(np.int64).reshape(n, k)
         hit = local < m
         return hit, np.where(hit, local, 0)
-    from scipy.spatial import cKDTree
-
     # Unbalanced, non-compact nodes: about 2x faster to build and 15-25 % faster
     # to query on scan-like clouds (scipy's sliding-midpoint rule); the search is
     # exact either way, so the neighbours are the same.

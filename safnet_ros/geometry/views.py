@@ -27,9 +27,11 @@ Two ways to compute coverage (:func:`coverage_matrix`, ``method=``):
 from __future__ import annotations
 
 import itertools
+from math import comb
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from safnet_ros.errors import ConfigError, DataFormatError
 from safnet_ros.geometry.camera import backproject, visible
@@ -86,8 +88,6 @@ def coverage_matrix(
         if method == "projection":
             out[v] = visible(pts, depth, K, pose, tol=tol, min_depth=min_depth, max_depth=max_depth)
         else:
-            from scipy.spatial import cKDTree
-
             q, _ = backproject(depth, K, pose, min_depth=min_depth, max_depth=max_depth)
             if len(q) == 0:
                 continue
@@ -156,8 +156,6 @@ def brute_force_select(coverage, k: int, max_combinations: int = 200_000) -> lis
     m = min(int(k), V)
     if m <= 0:
         return []
-    from math import comb
-
     if comb(V, m) > max_combinations:
         raise ConfigError(f"brute force over C({V}, {m}) = {comb(V, m)} view sets is too many")
     best, best_count = None, -1

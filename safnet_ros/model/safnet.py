@@ -33,15 +33,17 @@ from torch import nn
 
 from safnet_ros.errors import ConfigError, ModelLoadError
 from safnet_ros.geometry.neighbors import gather
+from safnet_ros.io_boundary import load_torch_file
 from safnet_ros.model.aggregate import Aggregate2D, take_rows
 from safnet_ros.model.batch import ChunkBatch, SafnetOutput
-from safnet_ros.model.config import SafnetConfig
+from safnet_ros.model.config import LEGACY_LAYOUT, SafnetConfig, json_ready
 from safnet_ros.model.csm import ContextualSimilarity
 from safnet_ros.model.fusion import ChannelAttention, FusionHead
 from safnet_ros.model.gsm import GeometricSimilarity, find_neighbourhoods
 from safnet_ros.model.pointnet2 import PointNet2SSG
 from safnet_ros.model.resnet_unet import ResNetUNet
 from safnet_ros.model.stages import stage
+from safnet_ros.validation import path_kind
 
 __all__ = ["SafnetModel", "build_model", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT",
            "CHECKPOINT_VERSION"]
@@ -337,8 +339,6 @@ def save_checkpoint(path: Union[str, os.PathLike], model: SafnetModel, config: O
     The file is a torch pickle restricted to plain types (loadable with
     ``weights_only=True``) with ``format`` and ``version`` keys.
     """
-    from safnet_ros.model.config import json_ready
-
     config = config or model.config
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -362,9 +362,6 @@ def read_checkpoint_payload(path: Union[str, os.PathLike], map_location: Union[s
         ModelLoadError: missing, not a regular file, not a torch file / not ours / corrupt, or an
             unsupported version (loaded with ``weights_only=True``: the file cannot run code).
     """
-    from safnet_ros.io_boundary import load_torch_file
-    from safnet_ros.validation import path_kind
-
     path = os.fspath(path)
     kind = path_kind(path)
     if kind is None:
@@ -393,8 +390,6 @@ def _convert_layout1(path: str, stored: dict, state: Any) -> tuple[dict, Any]:
     Raises:
         ModelLoadError: a layout-1 checkpoint of the full SAFNet (CSM on).
     """
-    from safnet_ros.model.config import LEGACY_LAYOUT
-
     if stored.get("variant", "safnet") == "safnet" and stored.get("csm", True):
         raise ModelLoadError(
             f"{path}: checkpoint of the old CSM layout (layout 1, written before issue 14): its CSM took x_i in "

@@ -31,15 +31,26 @@ after the timed ones, and of PointNet++'s.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
 from typing import Any, Callable, Sequence
 
+import torch
+
+from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
 from safnet_ros.errors import ConfigError
+from safnet_ros.geometry import neighbors
+from safnet_ros.model.batch import ChunkBatch
+from safnet_ros.model.config import SafnetConfig
+from safnet_ros.model.safnet import build_model
+from safnet_ros.model.stages import STAGES, record_stages
+from safnet_ros.validation import int_list, int_range
 
 __all__ = ["add_arguments", "run", "benchmark", "synthetic_bench_batch"]
 
@@ -52,8 +63,6 @@ def _name_list(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from safnet_ros.validation import int_list, int_range
-
     parser.add_argument("--presets", type=_name_list, default=["paper", "lite"], help="comma-separated presets")
     parser.add_argument("--points", type=int_list(1, 2_000_000), default=[8000, 25000],
                         help="points per chunk, comma-separated")
@@ -73,10 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------- input
 def synthetic_bench_batch(num_points: int, num_views: int, height: int, width: int, device: Any, seed: int = 0):
     """A :class:`ChunkBatch` (B = 1) of ``num_points`` points and ``num_views`` views."""
-    import torch
-
-    from safnet_ros.model.batch import ChunkBatch
-
     g = torch.Generator().manual_seed(seed)
 
     def on_surfaces(n: int) -> "torch.Tensor":
@@ -128,8 +133,6 @@ class _CpuPeak:
         """Give memory freed by earlier rows back to the OS (glibc), so it is not
         counted as this row's floor or reused invisibly."""
         try:
-            import ctypes
-
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):
             pass
@@ -145,22 +148,16 @@ class _CpuPeak:
         if self.proc:
             self.base = self._status_kb("VmRSS") * 1024
         else:
-            import resource
-
             self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def stop(self) -> int:
         if self.proc:
             return max(0, self._status_kb("VmHWM") * 1024 - self.base)
-        import resource
-
         return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base)
 
 
 def _measure(fn: Callable[[], Any], device: Any, repeats: int, warmup: int) -> tuple[float, int, float]:
     """(median wall ms, peak bytes, median process CPU ms) of ``fn``."""
-    import torch
-
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -186,10 +183,6 @@ def _measure(fn: Callable[[], Any], device: Any, repeats: int, warmup: int) -> t
 def _profile(fn: Callable[[], Any], device: Any, repeats: int) -> dict[str, float]:
     """Median milliseconds per stage of ``fn`` over ``repeats`` runs (``rest``: what no stage
     covers; ``total``: the whole run, synchronised on CUDA at every stage boundary)."""
-    import torch
-
-    from safnet_ros.model.stages import STAGES, record_stages
-
     cuda = device.type == "cuda"
     runs: list[dict[str, float]] = []
     for _ in range(repeats):
@@ -212,13 +205,6 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
               repeats: int = 5, warmup: int = 1, height: int = 120, width: int = 160,
               threads: int = 2, profile: bool = False) -> dict[str, Any]:
     """Run the grid; returns ``{"machine": {...}, "rows": [...]}`` (one row per preset x points x views)."""
-    import torch
-
-    from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
-    from safnet_ros.geometry.neighbors import KDTREE_LIBRARY
-    from safnet_ros.model.config import SafnetConfig
-    from safnet_ros.model.safnet import build_model
-
     malloc_tuned = tune_cpu_allocator()  # what the CLI, the node and Segmenter run with
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
@@ -262,7 +248,7 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
         "python": platform.python_version(), "image_size": [width, height], "repeats": repeats, "warmup": warmup,
         "memory": "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS growth (VmHWM)",
         "load_average": _load_average(),
-        "kdtree": KDTREE_LIBRARY if dev.type == "cpu" else "torch (cdist + topk)",
+        "kdtree": neighbors.KDTREE_LIBRARY if dev.type == "cpu" else "torch (cdist + topk)",
         "malloc_tuned": malloc_tuned,
     }
     return {"machine": machine, "rows": rows}

@@ -72,6 +72,9 @@ from safnet_ros.tools import bag_io as bio
 from safnet_ros.tools.bag_convert import convert_scene
 
 REPO = Path(__file__).resolve().parents[1]
+#: Publisher QoS of the camera and cloud topics (``--sensor-qos``).
+SENSOR_QOS = {"reliable": QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
+              "best_effort": qos_profile_sensor_data}
 
 
 @dataclass
@@ -158,14 +161,17 @@ class ReplayReport:
         ])
 
 
-def make_bag(out: Path, frames: int = 40, frame_rate: float = 5.0, cloud_rate: float = 1.0, seed: int = 11) -> Path:
-    """A synthetic ScanNet-format scene converted to a rosbag2 (frames at ``frame_rate``, clouds at ``cloud_rate``)."""
+def make_bag(out: Path, frames: int = 40, frame_rate: Optional[float] = 5.0, cloud_rate: float = 1.0,
+             seed: int = 11, image_size: Optional[tuple[int, int]] = None) -> Path:
+    """A synthetic ScanNet-format scene (rendered at 160x120) converted to a rosbag2: frames at
+    ``frame_rate`` (None = the recorded 30 Hz stamps), clouds at ``cloud_rate``, images resized to
+    ``image_size`` (w, h; e.g. (1296, 968) for a real-size stream, colour bilinear and depth nearest)."""
     scenes = out.parent / (out.name + "_scene")
     cfg = SynthConfig(frames=frames, color_size=(160, 120), depth_size=(160, 120), vertex_spacing=0.08,
                       progress=False)
     (summary,) = generate_dataset(scenes, scenes=1, seed=seed, cfg=cfg, overwrite=True)
     convert_scene(scenes / summary["name"], out, rate=frame_rate, cloud_rate=cloud_rate, progress=False,
-                  overwrite=True)
+                  overwrite=True, resize=image_size)
     return out
 
 
@@ -177,13 +183,16 @@ def _msg_class(msgtype: str) -> Any:
 def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", cloud_delay: float = 1.5,
            params_file: Optional[Path] = None, extra_params: tuple[str, ...] = (),
            drain_s: float = 20.0, start_timeout_s: float = 120.0, domain_id: Optional[int] = None,
-           log: Any = print, node_repo: Path = REPO, node_log_path: Optional[Path] = None) -> ReplayReport:
+           log: Any = print, node_repo: Path = REPO, node_log_path: Optional[Path] = None,
+           sensor_qos: str = "reliable") -> ReplayReport:
     """Start the node process, replay ``bag`` into it and count what comes back (see the module docstring).
 
     domain_id: the DDS domain of the node and the client (default: one of 200..229 picked by process id,
     so no other node on this machine answers on /diagnostics). node_repo: the checkout the node runs
     from (its code first on PYTHONPATH, its working directory); params_file defaults to its
-    config/segment.yaml. node_log_path: keep the node's output there.
+    config/segment.yaml. node_log_path: keep the node's output there. sensor_qos: how the camera and
+    cloud topics are published (``reliable``: system defaults, as REP-2003 asks of sensor drivers;
+    ``best_effort``: sensor-data QoS). A best-effort subscription makes either a best-effort connection.
     """
     node_repo = Path(node_repo).resolve()
     params_file = node_repo / "config" / "segment.yaml" if params_file is None else params_file
@@ -240,7 +249,7 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
             for conn in reader.connections:
                 if conn.topic in topic_for:
                     pubs[conn.topic] = client.create_publisher(_msg_class(conn.msgtype), topic_for[conn.topic],
-                                                               qos_profile_sensor_data)
+                                                               SENSOR_QOS[sensor_qos])
                 elif conn.topic in (bio.TF_TOPIC, bio.TF_STATIC_TOPIC):
                     static = conn.topic == bio.TF_STATIC_TOPIC
                     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
@@ -413,6 +422,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--node-repo", default=str(REPO),
                         help="checkout the node runs from, with its config/segment.yaml (default: this one)")
     parser.add_argument("--node-log", help="keep the node's output of the last run in this file")
+    parser.add_argument("--sensor-qos", choices=tuple(SENSOR_QOS), default="reliable",
+                        help="publisher QoS of the camera and cloud topics (reliable: what REP-2003 asks of "
+                             "drivers; the node's sensor-data subscription makes it best effort either way)")
     parser.add_argument("-p", dest="params", action="append", default=[], metavar="NAME:=VALUE",
                         help="extra node parameter (repeatable)")
     args = parser.parse_args(argv)
@@ -428,6 +440,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             with BusyCores(args.busy_cores):
                 report = replay(bag, model=args.model, namespace=args.namespace, cloud_delay=args.cloud_delay,
                                 node_repo=Path(args.node_repo), extra_params=tuple(args.params),
+                                sensor_qos=args.sensor_qos,
                                 node_log_path=Path(args.node_log) if args.node_log else None)
             report.busy_cores = args.busy_cores
             reports.append(report)

@@ -155,20 +155,23 @@ class ReplayReport:
             f"latency (sent -> labelled back) p50 {self.latency_quantile(0.5):.2f} s, "
             f"p90 {self.latency_quantile(0.9):.2f} s; node backends: {self.diagnostics.get('backends', '?')}",
             f"node diagnostics: time_jumps {self.time_jumps}, frames_synced {self.diagnostics.get('frames_synced')}, "
-            f"views_kept {self.diagnostics.get('views_kept')}, tf_failures {self.diagnostics.get('tf_failures')}, "
+            f"views_kept {self.diagnostics.get('views_kept')}, views_not_keyframe "
+            f"{self.diagnostics.get('views_not_keyframe')}, frames_waiting_tf {self.diagnostics.get('frames_waiting_tf')}, "
+            f"clouds_received {self.diagnostics.get('clouds_received')}, tf_failures {self.diagnostics.get('tf_failures')}, "
             f"clouds_dropped {self.diagnostics.get('clouds_dropped')}, clouds_3d_only "
             f"{self.diagnostics.get('clouds_3d_only')}",
         ])
 
 
 def make_bag(out: Path, frames: int = 40, frame_rate: Optional[float] = 5.0, cloud_rate: float = 1.0,
-             seed: int = 11, image_size: Optional[tuple[int, int]] = None) -> Path:
+             seed: int = 11, image_size: Optional[tuple[int, int]] = None, overlap: Optional[float] = None) -> Path:
     """A synthetic ScanNet-format scene (rendered at 160x120) converted to a rosbag2: frames at
     ``frame_rate`` (None = the recorded 30 Hz stamps), clouds at ``cloud_rate``, images resized to
-    ``image_size`` (w, h; e.g. (1296, 968) for a real-size stream, colour bilinear and depth nearest)."""
+    ``image_size`` (w, h; e.g. (1296, 968) for a real-size stream, colour bilinear and depth nearest);
+    ``overlap``: the camera's speed (synth's ``--overlap``; None = one loop of the room in ``frames``)."""
     scenes = out.parent / (out.name + "_scene")
     cfg = SynthConfig(frames=frames, color_size=(160, 120), depth_size=(160, 120), vertex_spacing=0.08,
-                      progress=False)
+                      overlap=overlap, progress=False)
     (summary,) = generate_dataset(scenes, scenes=1, seed=seed, cfg=cfg, overwrite=True)
     convert_scene(scenes / summary["name"], out, rate=frame_rate, cloud_rate=cloud_rate, progress=False,
                   overwrite=True, resize=image_size)
@@ -262,8 +265,9 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
             clock_pub = client.create_publisher(Clock, "/clock", 10)
             # the node is up once it listens on the YAML's topics (model loaded, warmed up, activated)
             deadline = time.monotonic() + start_timeout_s
+            # (and its TF listener has matched /tf and /tf_static: a transform sent before is lost to it)
             while time.monotonic() < deadline and proc.poll() is None and not all(
-                    pubs[t].get_subscription_count() > 0 for t in topic_for if t in pubs):
+                    pub.get_subscription_count() > 0 for pub in pubs.values()):
                 time.sleep(0.1)
             if proc.poll() is not None or time.monotonic() >= deadline:
                 node_log.seek(0)

@@ -93,6 +93,7 @@ class ReplayReport:
     replay_s: float = 0.0
     node_repo: str = ""
     busy_cores: int = 0
+    points_returned: int = 0  # every point of the labelled clouds that came back, label 255 included
     points_labelled: int = 0
     points_with_image_evidence: int = 0
     latencies_s: list[float] = field(default_factory=list)  # cloud sent -> labelled cloud back, per cloud
@@ -101,6 +102,12 @@ class ReplayReport:
     def point_evidence_fraction(self) -> float:
         """Share of all labelled points (pooled over the clouds) that carry image evidence."""
         return self.points_with_image_evidence / self.points_labelled if self.points_labelled else 0.0
+
+    @property
+    def returned_evidence_fraction(self) -> float:
+        """Share of ALL points that came back (label 255 included) with image evidence: comparable
+        between code that leaves points outside the views unlabelled and code that labels them in 3D."""
+        return self.points_with_image_evidence / self.points_returned if self.points_returned else 0.0
 
     def counter(self, name: str) -> int:
         """A node counter from the last /diagnostics (-1 when absent)."""
@@ -129,6 +136,7 @@ class ReplayReport:
             "clouds_labelled": self.clouds_labelled, "clouds_sent": self.clouds_sent,
             "clouds_labelled_pct": round(100 * self.clouds_labelled / self.clouds_sent, 1) if self.clouds_sent else 0.0,
             "points_evidence_pct": round(100 * self.point_evidence_fraction, 1),
+            "all_points_evidence_pct": round(100 * self.returned_evidence_fraction, 1),
             "clouds_with_evidence": self.clouds_with_image_evidence,
             "tf_failures": c("tf_failures"), "frames_tf_skipped": self.frames_tf_skipped,
             "frames_waiting_tf": c("frames_waiting_tf"),
@@ -151,7 +159,8 @@ class ReplayReport:
             f"clouds sent {self.clouds_sent}, labelled back {self.clouds_labelled}, with image evidence "
             f"{self.clouds_with_image_evidence} ({100 * self.labelled_fraction:.0f} %)",
             f"labelled points with image evidence: {100 * self.point_evidence_fraction:.0f} % of all points "
-            f"({100 * self.evidence_fraction:.0f} % mean per cloud)",
+            f"({100 * self.evidence_fraction:.0f} % mean per cloud); of every point returned: "
+            f"{100 * self.returned_evidence_fraction:.0f} %",
             f"latency (sent -> labelled back) p50 {self.latency_quantile(0.5):.2f} s, "
             f"p90 {self.latency_quantile(0.9):.2f} s; node backends: {self.diagnostics.get('backends', '?')}",
             f"node diagnostics: time_jumps {self.time_jumps}, frames_synced {self.diagnostics.get('frames_synced')}, "
@@ -330,6 +339,7 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
             report.latencies_s = sorted(back_at[s] - sent_at[s] for s in back_at if s in sent_at)
         fractions = []
         for arr in clouds:
+            report.points_returned += len(arr)
             seg = arr["label"] != 255
             if seg.any():
                 report.clouds_labelled += 1
@@ -388,6 +398,7 @@ class BusyCores:
 
 #: Columns of the ``--repeat`` table: (heading, row key).
 TABLE_COLUMNS = (("run", "run"), ("clouds lab/sent", "clouds"), ("pts w/ img %", "points_evidence_pct"),
+                 ("all pts w/ img %", "all_points_evidence_pct"),
                  ("tf fail", "tf_failures"), ("frames tf skip", "frames_tf_skipped"), ("views/synced", "views"),
                  ("3d-only", "clouds_3d_only"), ("frame p50/p99 ms", "frame_cost"),
                  ("lat p50 s", "latency_p50_s"), ("lat p90 s", "latency_p90_s"))
@@ -396,6 +407,7 @@ TABLE_COLUMNS = (("run", "run"), ("clouds lab/sent", "clouds"), ("pts w/ img %",
 def runs_table(rows: list[dict[str, Any]]) -> str:
     """One line per run (see TABLE_COLUMNS), plus the spread of the point-evidence share."""
     cells = [[str(r["run"]), f"{r['clouds_labelled']}/{r['clouds_sent']}", f"{r['points_evidence_pct']:.1f}",
+              f"{r['all_points_evidence_pct']:.1f}",
               str(r["tf_failures"]), str(r["frames_tf_skipped"]), f"{r['views_kept']}/{r['frames_synced']}",
               str(r["clouds_3d_only"]), f"{r['frame_cost_p50_ms']}/{r['frame_cost_p99_ms']}",
               f"{r['latency_p50_s']:.2f}", f"{r['latency_p90_s']:.2f}"] for r in rows]

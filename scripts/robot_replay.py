@@ -196,15 +196,15 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
            params_file: Optional[Path] = None, extra_params: tuple[str, ...] = (),
            drain_s: float = 20.0, start_timeout_s: float = 120.0, domain_id: Optional[int] = None,
            log: Any = print, node_repo: Path = REPO, node_log_path: Optional[Path] = None,
-           sensor_qos: str = "reliable") -> ReplayReport:
+           sensor_qos: str = "best_effort") -> ReplayReport:
     """Start the node process, replay ``bag`` into it and count what comes back (see the module docstring).
 
     domain_id: the DDS domain of the node and the client (default: one of 200..229 picked by process id,
     so no other node on this machine answers on /diagnostics). node_repo: the checkout the node runs
     from (its code first on PYTHONPATH, its working directory); params_file defaults to its
     config/segment.yaml. node_log_path: keep the node's output there. sensor_qos: how the camera and
-    cloud topics are published (``reliable``: system defaults, as REP-2003 asks of sensor drivers;
-    ``best_effort``: sensor-data QoS). A best-effort subscription makes either a best-effort connection.
+    cloud topics are published (``best_effort``: sensor-data QoS; ``reliable``: system defaults, as
+    REP-2003 asks of sensor drivers). A best-effort subscription makes either a best-effort connection.
     """
     node_repo = Path(node_repo).resolve()
     params_file = node_repo / "config" / "segment.yaml" if params_file is None else params_file
@@ -438,9 +438,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--node-repo", default=str(REPO),
                         help="checkout the node runs from, with its config/segment.yaml (default: this one)")
     parser.add_argument("--node-log", help="keep the node's output of the last run in this file")
-    parser.add_argument("--sensor-qos", choices=tuple(SENSOR_QOS), default="reliable",
-                        help="publisher QoS of the camera and cloud topics (reliable: what REP-2003 asks of "
-                             "drivers; the node's sensor-data subscription makes it best effort either way)")
+    parser.add_argument("--sensor-qos", choices=tuple(SENSOR_QOS), default="best_effort",
+                        help="publisher QoS of the camera and cloud topics (best_effort, the default: sensor-data "
+                             "QoS; reliable: what REP-2003 asks of drivers; the node's sensor-data subscription "
+                             "makes the connection best effort either way)")
     parser.add_argument("-p", dest="params", action="append", default=[], metavar="NAME:=VALUE",
                         help="extra node parameter (repeatable)")
     args = parser.parse_args(argv)

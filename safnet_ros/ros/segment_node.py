@@ -24,8 +24,8 @@ thread (the TF listener's ``spin_thread``, drop-in and tf2_ros alike), so image
 work on the executor never delays them.  Only the worker thread may wait (up
 to ``tf_timeout``) for a cloud's transform.  Undecodable messages, missing
 transforms and replaced clouds are skipped with a throttled warning and counted
-on /diagnostics. Time going back is judged per input (frames, clouds: each
-against its own newest stamp) and on the ROS clock under sim time
+on /diagnostics. Time going back is judged per input (frames of each camera,
+clouds: each against its own newest stamp) and on the ROS clock under sim time
 (:mod:`safnet_ros.ros.time_jumps`): it clears the view buffer, the pending
 frames and the map; the TF buffer clears itself when the clock that feeds it
 jumps back.

@@ -262,6 +262,9 @@ def test_a_bad_cameras_value_stops_the_node_with_the_other_errors(segmenter):
                 Parameter("warm_up", value=False), Parameter("cameras", value=["front", "front"]),
                 Parameter("num_views", value=-1)])
         assert "names a camera twice" in str(err.value) and "num_views" in str(err.value)
+        with pytest.raises(ParameterError, match="'cameras'.*list of strings"):
+            SegmentNode(segmenter=segmenter, context=ctx, cli_args=["--ros-args", "-p", "cameras:=front"],
+                        parameter_overrides=[Parameter("warm_up", value=False)])
     finally:
         rclpy.shutdown(context=ctx)
 

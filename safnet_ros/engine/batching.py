@@ -43,7 +43,8 @@ class PosedView:
     color: (H, W, 3) uint8 RGB; depth: (H, W) float32 metres, 0 = invalid;
     K: (3, 3) intrinsics at this resolution; camera_to_world: (4, 4) pose
     (optical frame: z forward, x right, y down); labels: optional (H, W) class
-    indices (IGNORE_INDEX where unknown) for the 2D loss.
+    indices (IGNORE_INDEX where unknown) for the 2D loss; stamp: seconds;
+    camera: the name of the camera that took it ('' = the only one).
     """
 
     color: np.ndarray
@@ -52,6 +53,7 @@ class PosedView:
     camera_to_world: np.ndarray
     labels: Optional[np.ndarray] = None
     stamp: float = 0.0
+    camera: str = ""
 
     @property
     def wh(self) -> tuple[int, int]:

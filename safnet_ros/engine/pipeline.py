@@ -75,25 +75,29 @@ class SegmentationPipeline:
         self.semantic_map = semantic_map
 
     # ------------------------------------------------------------------ frames
-    def frame_due(self, stamp_s: float) -> bool:
-        """Whether a frame at ``stamp_s`` is far enough from the last kept view in time to become a
-        keyframe (the policy's ``min_interval``); False = drop it before decoding or looking up its pose."""
-        last = self.buffer.last()
+    def frame_due(self, stamp_s: float, camera: str = "") -> bool:
+        """Whether a frame of ``camera`` at ``stamp_s`` is far enough in time from that camera's last kept
+        view to become a keyframe (the policy's ``min_interval``); False = drop it before decoding or
+        looking up its pose. Each camera is judged on its own, so several cameras never suppress each
+        other's keyframes."""
+        last = self.buffer.last(camera)
         return last is None or stamp_s - last.stamp >= self.buffer.policy.min_interval
 
     def offer_frame(self, stamp_s: float, pose: np.ndarray,
-                    decode: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> str:
-        """Keep a frame as a view when the keyframe policy takes it at this pose: :data:`KEPT`,
+                    decode: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]], camera: str = "") -> str:
+        """Keep a frame of ``camera`` ('' = the only one) as a view when the keyframe policy takes it at
+        this pose (against that camera's last kept view): :data:`KEPT`,
         :data:`NOT_KEYFRAME` (not decoded) or :data:`REFUSED` (by the buffer's bounds).
 
         decode: returns (colour (H, W, 3) uint8 RGB, depth (H, W) float32 m, K (3, 3) of the depth
         image); called only for a keyframe. Its errors (MessageDecodeError, ...) and prepare_view's
         SafnetError for unusable shapes propagate to the caller, which counts them.
         """
-        if not self.buffer.decide(stamp_s, pose).keep:
+        if not self.buffer.decide(stamp_s, pose, camera).keep:
             return NOT_KEYFRAME
         color, depth, K = decode()
         view = prepare_view(color, depth, K, pose, stamp=stamp_s)
+        view.camera = camera
         return KEPT if self.buffer.offer(view) else REFUSED
 
     # ------------------------------------------------------------------ clouds

@@ -4,11 +4,14 @@ Views arrive far faster (30 Hz) than clouds are segmented, and consecutive
 frames see almost the same thing, so the buffer keeps *keyframes* only:
 
 * **keyframe policy** — a view is kept when at least ``min_interval`` seconds
-  have passed since the last kept view AND the camera has moved at least
-  ``min_translation`` metres OR turned at least ``min_rotation_deg`` degrees
-  from it. A motion threshold of 0 switches that criterion off; with both at
-  0 every view that passes the time test is kept. The first view is always
-  kept.
+  have passed since the last kept view of the same camera AND the camera has
+  moved at least ``min_translation`` metres OR turned at least
+  ``min_rotation_deg`` degrees from it. A motion threshold of 0 switches that
+  criterion off; with both at 0 every view that passes the time test is kept.
+  The first view of each camera is always kept. Views of several cameras
+  (:attr:`PosedView.camera`) share the buffer and its bounds, but each camera
+  is judged against its own last view, so that one camera's keyframes never
+  suppress another's.
 * **count bound** — at most ``max_views`` views; the oldest is evicted first.
 * **memory bound** — the views' arrays (colour, depth, labels, K, pose) take at
   most ``max_mb`` MiB; the oldest are evicted until the new view fits, and a
@@ -177,24 +180,30 @@ class ViewBuffer:
         with self._lock:
             return [v for v, _ in self._views]
 
-    def last(self) -> Optional[PosedView]:
-        """The newest kept view, or None."""
+    def last(self, camera: Optional[str] = None) -> Optional[PosedView]:
+        """The newest kept view (of ``camera``; None = of any camera), or None."""
         with self._lock:
-            return self._views[-1][0] if self._views else None
+            return self._last_locked(camera)
 
-    def decide(self, stamp: float, camera_to_world: np.ndarray) -> _Decision:
-        """Whether a view at ``stamp`` with this pose would pass the keyframe policy now.
+    def _last_locked(self, camera: Optional[str]) -> Optional[PosedView]:
+        for view, _ in reversed(self._views):
+            if camera is None or view.camera == camera:
+                return view
+        return None
+
+    def decide(self, stamp: float, camera_to_world: np.ndarray, camera: str = "") -> _Decision:
+        """Whether a view of ``camera`` at ``stamp`` with this pose would pass the keyframe policy now.
 
         Lets a caller skip the costly resize of frames the buffer would refuse.
         Does not count anything and does not look at time jumps.
         """
         with self._lock:
-            return self._decide_locked(stamp, camera_to_world)
+            return self._decide_locked(stamp, camera_to_world, camera)
 
-    def _decide_locked(self, stamp: float, camera_to_world: np.ndarray) -> _Decision:
-        if not self._views:
+    def _decide_locked(self, stamp: float, camera_to_world: np.ndarray, camera: str = "") -> _Decision:
+        last = self._last_locked(camera)
+        if last is None:
             return _Decision(True)
-        last = self._views[-1][0]
         dt = stamp - last.stamp
         if dt < self.policy.min_interval:
             return _Decision(False, f"{dt:.3f} s since the last kept view < {self.policy.min_interval} s")
@@ -223,7 +232,7 @@ class ViewBuffer:
             if self._jumps.check(stamp):
                 self.stats.time_jumps += 1
                 self._clear_locked()
-            if not self._decide_locked(stamp, pose).keep:
+            if not self._decide_locked(stamp, pose, view.camera).keep:
                 self.stats.not_keyframe += 1
                 return False
             size = view_nbytes(view)

@@ -12,6 +12,8 @@ so it needs no hook in the callbacks:
 
 - ``cloud``: ``clouds_received`` grew;
 - ``rgbd``: ``frames_synced`` grew (a matched set, whatever happened next);
+  with several cameras (the ``cameras`` parameter) one input ``rgbd.N`` per
+  camera N, judged by ``frames_synced.N``, so the silent camera is named;
 - ``transform``: a cloud or view found its pose (``clouds_segmented``,
   ``views_kept``, ``views_not_keyframe`` grew). Judged only while clouds or
   sets arrive: without any input the missing input is the news.
@@ -34,6 +36,14 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
 }
 
 
+def camera_evidence(cameras: list[str]) -> dict[str, tuple[str, ...]]:
+    """:data:`EVIDENCE` with one ``rgbd.N`` input per camera N (its ``frames_synced.N`` counter); [] = EVIDENCE."""
+    if not cameras:
+        return dict(EVIDENCE)
+    return {"cloud": EVIDENCE["cloud"], **{f"rgbd.{name}": (f"frames_synced.{name}",) for name in cameras},
+            "transform": EVIDENCE["transform"]}
+
+
 @dataclass(frozen=True)
 class Silence:
     """One input that has been silent for ``seconds`` (since activation or its last arrival)."""
@@ -46,22 +56,24 @@ class Silence:
 class InputWatchdog:
     """Tracks when each input last showed up; :meth:`silent` lists those quiet for ``timeout_s``.
 
-    describe: input name -> words naming it for the user (its topic, or the frames).
+    describe: input name -> words naming it for the user (its topic, or the frames);
+    evidence: input name -> counters (default :data:`EVIDENCE`; :func:`camera_evidence` for several cameras).
     """
 
     def __init__(self, timeout_s: float, describe: dict[str, str], counters: Optional[dict[str, int]] = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 evidence: Optional[dict[str, tuple[str, ...]]] = None):
         self.timeout_s = float(timeout_s)
         self.describe = dict(describe)
+        self.evidence = dict(evidence or EVIDENCE)
         self._clock = clock
         now = clock()
-        self._last_seen: dict[str, float] = {name: now for name in EVIDENCE}
-        self._ever: dict[str, bool] = {name: False for name in EVIDENCE}
+        self._last_seen: dict[str, float] = {name: now for name in self.evidence}
+        self._ever: dict[str, bool] = {name: False for name in self.evidence}
         self._counts = self._totals(counters or {})  # at activation: what came before does not count
 
-    @staticmethod
-    def _totals(counters: dict[str, int]) -> dict[str, int]:
-        return {name: sum(int(counters.get(key, 0)) for key in keys) for name, keys in EVIDENCE.items()}
+    def _totals(self, counters: dict[str, int]) -> dict[str, int]:
+        return {name: sum(int(counters.get(key, 0)) for key in keys) for name, keys in self.evidence.items()}
 
     def observe(self, counters: dict[str, int]) -> None:
         """Note which inputs arrived since the previous call, from the node's counters."""
@@ -79,14 +91,15 @@ class InputWatchdog:
             return []
         now = self._clock()
         quiet = {name: now - seen for name, seen in self._last_seen.items() if now - seen >= self.timeout_s}
-        inputs_flow = "cloud" not in quiet or "rgbd" not in quiet
+        inputs_flow = any(name not in quiet for name in self.evidence if name != "transform")
         out = []
-        for name in ("cloud", "rgbd", "transform"):
+        for name in self.evidence:
             if name not in quiet or (name == "transform" and not inputs_flow):
                 continue
             seconds = quiet[name]
+            kind, _, camera = name.partition(".")
             what = {"cloud": "no PointCloud2", "rgbd": "no synchronised RGB-D set",
-                    "transform": "no transform"}[name]
+                    "transform": "no transform"}[kind] + (f" from camera '{camera}'" if camera else "")
             when = "since the last one" if self._ever[name] else "since activation"
             out.append(Silence(name, seconds, f"{what} {self.describe.get(name, '')} for {seconds:.0f} s ({when})"
                                               .replace("  ", " ")))
@@ -106,19 +119,27 @@ def mark_silent(status: DiagnosticStatus, silences: list[Silence]) -> None:
     status.values = list(status.values) + [KeyValue(key="silent_inputs", value=",".join(s.name for s in silences))]
 
 
-def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str) -> dict[str, str]:
-    """Words naming each input of the node: its resolved topics and the transform's target frame."""
-    def topic(name: str) -> str:
-        try:
-            return node.resolve_topic_name(str(param(name)))
-        except Exception:  # noqa: BLE001 - an unresolvable name is shown as given
-            return str(param(name))
+def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str,
+                    camera_topics: Optional[dict[str, tuple[str, ...]]] = None) -> dict[str, str]:
+    """Words naming each input of the node: its resolved topics and the transform's target frame.
 
-    return {
-        "cloud": f"on {topic('cloud_topic')}",
-        "rgbd": f"on {topic('rgb_topic')}, {topic('depth_topic')}, {topic('camera_info_topic')}",
-        "transform": f"from the clouds' or camera's frame into '{fixed_frame}' (TF)",
-    }
+    camera_topics: camera name -> its (rgb, depth, camera_info) topics, as the node's ``camera_topics()``
+    gives them ({'': ...} or None = the single camera of the ``*_topic`` parameters: input ``rgbd``;
+    else one input ``rgbd.N`` per camera N).
+    """
+    def resolve(name: str) -> str:
+        try:
+            return node.resolve_topic_name(name)
+        except Exception:  # noqa: BLE001 - an unresolvable name is shown as given
+            return name
+
+    if camera_topics is None:
+        camera_topics = {"": (str(param("rgb_topic")), str(param("depth_topic")), str(param("camera_info_topic")))}
+    out = {"cloud": f"on {resolve(str(param('cloud_topic')))}"}
+    for camera, topics in camera_topics.items():
+        out[f"rgbd.{camera}" if camera else "rgbd"] = "on " + ", ".join(resolve(str(t)) for t in topics)
+    out["transform"] = f"from the clouds' or camera's frame into '{fixed_frame}' (TF)"
+    return out
 
 
 def check(node: Any, watchdog: Optional[InputWatchdog], counters: dict[str, int], status: DiagnosticStatus,
@@ -133,4 +154,4 @@ def check(node: Any, watchdog: Optional[InputWatchdog], counters: dict[str, int]
         node.get_logger().warning("; ".join(s.text for s in silences), throttle_duration_sec=warn_period_s)
 
 
-__all__ = ["EVIDENCE", "InputWatchdog", "Silence", "mark_silent", "describe_inputs", "check"]
+__all__ = ["EVIDENCE", "camera_evidence", "InputWatchdog", "Silence", "mark_silent", "describe_inputs", "check"]

@@ -73,6 +73,10 @@ P = Param
 PARAMETERS: tuple[Param, ...] = (
     P("fixed_frame", "map", "Frame the views and clouds are brought into (REP-105 'map'); camera and cloud poses "
       "are looked up in TF at each message's stamp."),
+    P("cameras", [], "Names of several RGB-D cameras feeding one view buffer ([] = the one camera of rgb_topic, "
+      "depth_topic and camera_info_topic). Each name N (letters, digits, _) gets its own synchroniser and the "
+      "parameters cameras.N.rgb_topic, cameras.N.depth_topic and cameras.N.camera_info_topic (defaults "
+      "~/N/rgb/image, ~/N/depth/image, ~/N/camera_info); see 'Several cameras' in docs/ros_node.md."),
     P("cloud_topic", "~/points", "Input sensor_msgs/PointCloud2 (any frame with a TF path to fixed_frame)."),
     P("rgb_topic", "~/rgb/image", "Input colour sensor_msgs/Image, rgb8 or bgr8 (also rgba8/bgra8/mono8)."),
     P("depth_topic", "~/depth/image", "Input depth sensor_msgs/Image registered to the colour image, 16UC1 "
@@ -187,7 +191,29 @@ del P
 SPECS: dict[str, Param] = {spec.name: spec for spec in PARAMETERS}
 
 _TYPE_NAMES = {bool: "a bool (true/false)", int: "an integer", float: "a double (write 2.0, not 2)",
-               str: "a string"}
+               str: "a string", list: "a list of strings (e.g. ['front', 'back'])"}
+#: A camera name of the ``cameras`` parameter: it becomes part of parameter names and topics.
+CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+#: The topic parameters each camera of ``cameras`` gets: suffix -> default topic (``{name}`` = its name).
+CAMERA_TOPICS: dict[str, str] = {"rgb_topic": "~/{name}/rgb/image", "depth_topic": "~/{name}/depth/image",
+                                 "camera_info_topic": "~/{name}/camera_info"}
+
+
+def camera_parameters(cameras: Sequence[str]) -> dict[str, str]:
+    """``cameras.N.<topic>`` parameter name -> default topic, for each camera name N of ``cameras``."""
+    return {f"cameras.{name}.{suffix}": default.format(name=name)
+            for name in cameras for suffix, default in CAMERA_TOPICS.items()}
+
+
+def _check_camera_names(spec: Param, value: list) -> None:
+    if not all(isinstance(name, str) for name in value):
+        raise ParameterError(f"parameter '{spec.name}' = {value!r}: {_TYPE_NAMES[list]}")
+    for name in value:
+        if not CAMERA_NAME.fullmatch(name):
+            raise ParameterError(f"parameter '{spec.name}': camera name {name!r} must start with a letter and hold "
+                                 "only letters, digits and _")
+    if len(set(value)) != len(value):
+        raise ParameterError(f"parameter '{spec.name}' = {value!r} names a camera twice")
 
 
 def check_value(spec: Param, value: Any) -> Any:
@@ -195,6 +221,8 @@ def check_value(spec: Param, value: Any) -> Any:
     if type(value) is not spec.type:  # bool is not an int here, nor an int a double
         raise ParameterError(f"parameter '{spec.name}' = {value!r} is of type {type(value).__name__}; it must be "
                              f"{_TYPE_NAMES[spec.type]}")
+    if spec.type is list:
+        _check_camera_names(spec, value)
     if spec.choices is not None and value not in spec.choices:
         raise ParameterError(f"parameter '{spec.name}' = {value!r} is not allowed: one of {spec.range_text()}")
     if spec.low is not None:
@@ -234,6 +262,8 @@ def _yaml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
     return repr(value)
 
 

@@ -5,6 +5,7 @@ A thin ROS adapter over :class:`safnet_ros.engine.pipeline.SegmentationPipeline`
 
     rgb, depth, camera_info ──ApproximateTimeSynchronizer──▶ _on_frames: stamp interval ─▶ TF(stamp) ─▶
         (keyframes only) decode + resize once ─▶ ViewBuffer
+    (one subscriber triple and synchroniser per camera of the ``cameras`` parameter, all into one buffer)
     cloud ──▶ _on_cloud ──▶ LatestMailbox (one slot, newest wins, drops counted)
                                   │ worker thread (off the executor)
                                   ▼
@@ -23,8 +24,8 @@ thread (the TF listener's ``spin_thread``, drop-in and tf2_ros alike), so image
 work on the executor never delays them.  Only the worker thread may wait (up
 to ``tf_timeout``) for a cloud's transform.  Undecodable messages, missing
 transforms and replaced clouds are skipped with a throttled warning and counted
-on /diagnostics. Time going back is judged per input (frames, clouds: each
-against its own newest stamp) and on the ROS clock under sim time
+on /diagnostics. Time going back is judged per input (frames of each camera,
+clouds: each against its own newest stamp) and on the ROS clock under sim time
 (:mod:`safnet_ros.ros.time_jumps`): it clears the view buffer, the pending
 frames and the map; the TF buffer clears itself when the clock that feeds it
 jumps back.
@@ -73,7 +74,7 @@ from safnet_ros.errors import ConfigError, MessageDecodeError, SafnetError
 from safnet_ros.ros import codecs, compat, device_report, input_watchdog, label_info, param_audit, shutdown
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import similarity_markers
-from safnet_ros.ros.params import PARAMETERS, SPECS, Param, ParameterError, check_value
+from safnet_ros.ros.params import PARAMETERS, SPECS, Param, ParameterError, camera_parameters, check_value
 from safnet_ros.ros.semantic_map_component import SemanticMapComponent
 from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_path import missing_tf2_ros_warning
@@ -91,7 +92,7 @@ MAX_PENDING_FRAMES = 16
 UNKNOWN_FRAME_WAITS = 10
 
 _PARAM_TYPES = {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
-                str: Parameter.Type.STRING}
+                str: Parameter.Type.STRING, list: Parameter.Type.STRING_ARRAY}
 
 
 def descriptor(spec: Param) -> ParameterDescriptor:
@@ -174,6 +175,7 @@ class _PendingFrame:
     info: CameraInfo
     frame_id: str
     stamp_ns: int
+    camera: str = ""  # the camera's name ('' = the single camera)
     first_try: float = 0.0  # time.monotonic() of the first pose lookup
     waiting: bool = False  # set aside once already (counted in frames_waiting_tf)
 
@@ -214,6 +216,10 @@ class SegmentNode(LifecycleNode):
         self.sub_depth: Any = None
         self.sub_info: Any = None
         self.sync: Any = None
+        #: (camera name, (rgb, depth, info) subscribers, synchroniser) per camera ('' = the single camera)
+        self.camera_inputs: list[tuple[str, tuple[Any, Any, Any], Any]] = []
+        self.cameras: list[str] = []  # the ``cameras`` parameter ([] = one camera on rgb_topic & co.)
+        self._camera_errors: list[str] = []
         self.sub_cloud: Optional[Subscription] = None
         self._retry_timer: Optional[Timer] = None
         self._diag_timer: Optional[Timer] = None
@@ -238,7 +244,9 @@ class SegmentNode(LifecycleNode):
         self.device = "cpu"
         try:
             # a WARN per parameter given but not declared, naming the closest known one (ros/param_audit.py)
-            param_audit.warn_undeclared(self, node_kwargs.get("cli_args"), [spec.name for spec in PARAMETERS])
+            self.cameras = self._declare_cameras()  # first: the per-camera parameters depend on it
+            param_audit.warn_undeclared(self, node_kwargs.get("cli_args"),
+                                        [spec.name for spec in PARAMETERS] + list(camera_parameters(self.cameras)))
             self._setup()
             if self._param("autostart"):
                 self._autostart()
@@ -269,7 +277,8 @@ class SegmentNode(LifecycleNode):
             policy=self._policy_from_params(),
             jump_tolerance=float("inf"),  # the node judges jumps itself, per input stream
         )
-        self._jumps = StreamTimeJumps(("frames", "clouds"), p("time_jump_tolerance"))
+        self._jumps = StreamTimeJumps(("frames", "clouds", *(f"frames.{c}" for c in self.cameras)),
+                                      p("time_jump_tolerance"))
         if p("gil_switch_interval") > 0:
             sys.setswitchinterval(float(p("gil_switch_interval")))
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -348,7 +357,8 @@ class SegmentNode(LifecycleNode):
         self.semantic_map.start_publishing()
         # silent inputs turn /diagnostics to WARN (ros/input_watchdog.py)
         self.input_watchdog = input_watchdog.InputWatchdog(
-            p("input_timeout"), input_watchdog.describe_inputs(self, p, self.fixed_frame), dict(self.stats.counters))
+            p("input_timeout"), input_watchdog.describe_inputs(self, p, self.fixed_frame, self.camera_topics()),
+            dict(self.stats.counters), evidence=input_watchdog.camera_evidence(self.cameras))
         # Timers on the steady clock: they must tick with use_sim_time and no /clock too.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._retry_timer = self.create_timer(0.02, self._retry_pending, clock=steady)
@@ -401,20 +411,24 @@ class SegmentNode(LifecycleNode):
         )
         # Inputs: sensor-data QoS (best effort, keep last 5), passed explicitly to the filters.
         sensor_qos = qos_profile_sensor_data
-        self.sub_rgb = compat.Subscriber(self, Image, p("rgb_topic"), qos_profile=sensor_qos)
-        self.sub_depth = compat.Subscriber(self, Image, p("depth_topic"), qos_profile=sensor_qos)
-        self.sub_info = compat.Subscriber(self, CameraInfo, p("camera_info_topic"), qos_profile=sensor_qos)
-        self.sync = compat.ApproximateTimeSynchronizer(
-            [self.sub_rgb, self.sub_depth, self.sub_info], p("sync_queue_size"), p("sync_slop")
-        )
-        self.sync.registerCallback(self._on_frames)
+        # one subscriber triple and synchroniser per camera, each calling _on_frames with its name
+        self.camera_inputs = []
+        for camera, (rgb_topic, depth_topic, info_topic) in self.camera_topics().items():
+            subs = (compat.Subscriber(self, Image, rgb_topic, qos_profile=sensor_qos),
+                    compat.Subscriber(self, Image, depth_topic, qos_profile=sensor_qos),
+                    compat.Subscriber(self, CameraInfo, info_topic, qos_profile=sensor_qos))
+            sync = compat.ApproximateTimeSynchronizer(list(subs), p("sync_queue_size"), p("sync_slop"))
+            sync.registerCallback(lambda rgb, depth, info, _camera=camera: self._on_frames(rgb, depth, info, _camera))
+            self.camera_inputs.append((camera, subs, sync))
+        _, (self.sub_rgb, self.sub_depth, self.sub_info), self.sync = self.camera_inputs[0]
         self.sub_cloud = self.create_subscription(PointCloud2, p("cloud_topic"), self._on_cloud, sensor_qos)
 
     def _destroy_inputs(self) -> None:
         """Undo :meth:`_create_inputs`."""
-        for sub in (self.sub_rgb, self.sub_depth, self.sub_info):
-            if sub is not None:  # message_filters.Subscriber and the drop-in: destroy their subscription
+        for _, subs, _ in self.camera_inputs:
+            for sub in subs:  # message_filters.Subscriber and the drop-in: destroy their subscription
                 self.destroy_subscription(sub.sub)
+        self.camera_inputs = []
         self.sub_rgb = self.sub_depth = self.sub_info = self.sync = None
         if self.sub_cloud is not None:
             self.destroy_subscription(self.sub_cloud)
@@ -461,6 +475,29 @@ class SegmentNode(LifecycleNode):
         self._cleanup()
 
     # ------------------------------------------------------------------ parameters
+    def camera_topics(self) -> dict[str, tuple[str, str, str]]:
+        """camera name -> (rgb, depth, camera_info) topic as given; {'': the *_topic parameters} without ``cameras``."""
+        p = self._param
+        if not self.cameras:
+            return {"": (p("rgb_topic"), p("depth_topic"), p("camera_info_topic"))}
+        return {name: tuple(p(f"cameras.{name}.{suffix}") for suffix in ("rgb_topic", "depth_topic",
+                                                                         "camera_info_topic"))
+                for name in self.cameras}
+
+    def _declare_cameras(self) -> list[str]:
+        """Declare the ``cameras`` string array (no default value: rclpy cannot type an empty list) and return
+        its names; a bad value is noted for :meth:`_declare_parameters` and counts as []."""
+        spec = SPECS["cameras"]
+        try:
+            value = self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, descriptor(spec)).value
+            return list(check_value(spec, [] if value is None else list(value)))
+        except ParameterError as exc:
+            self._camera_errors.append(str(exc))
+        except ParameterException as exc:  # a value of another type (-p cameras:=front)
+            self._camera_errors.append(f"parameter 'cameras': {exc}; it must be a list of strings, e.g. "
+                                       "\"cameras:=[front, back]\"")
+        return []
+
     def _declare_parameters(self) -> list[str]:
         """Declare every parameter of :mod:`safnet_ros.ros.params`; returns one line per given value of the
         wrong type or out of range (``_setup`` raises them together as one ParameterError).
@@ -469,8 +506,12 @@ class SegmentNode(LifecycleNode):
         or in a params file reaches :func:`~safnet_ros.ros.params.check_value`, then gets its real
         descriptor (type, range, read-only) through the public ``set_descriptor``.
         """
-        errors: list[str] = []
-        for spec in PARAMETERS:
+        errors: list[str] = list(self._camera_errors)
+        camera_specs = [Param(name, default, f"{name.rsplit('.', 1)[1]} of camera {name.split('.')[1]}")
+                        for name, default in camera_parameters(self.cameras).items()]
+        for spec in [*PARAMETERS, *camera_specs]:
+            if spec.type is list:  # declared by _declare_cameras
+                continue
             try:
                 value = self.declare_parameter(
                     spec.name, spec.default, ParameterDescriptor(dynamic_typing=True)).value
@@ -483,6 +524,8 @@ class SegmentNode(LifecycleNode):
         return errors
 
     def _param(self, name: str) -> Any:
+        if name == "cameras":  # declared without a value when none is given
+            return list(self.cameras)
         return self.get_parameter(name).value
 
     def _policy_from_params(self, overrides: Optional[dict] = None) -> KeyframePolicy:
@@ -598,20 +641,24 @@ class SegmentNode(LifecycleNode):
         return codecs.stamp_to_ns(latest.header.stamp) - frame.stamp_ns > int(timeout_s * 1e9)
 
     # ------------------------------------------------------------------ views (executor thread)
-    def _on_frames(self, rgb: Image, depth: Image, info: CameraInfo) -> None:
-        """A synchronised set (runs under the filter's lock): timed for /diagnostics' frame cost."""
+    def _on_frames(self, rgb: Image, depth: Image, info: CameraInfo, camera: str = "") -> None:
+        """A synchronised set of ``camera`` ('' = the single camera; runs under the filter's lock): timed
+        for /diagnostics' frame cost."""
         start = time.perf_counter()
         try:
-            self._take_frames(rgb, depth, info)
+            self._take_frames(rgb, depth, info, camera)
         finally:
             self.stats.add_frame_cost(time.perf_counter() - start)
 
-    def _take_frames(self, rgb: Image, depth: Image, info: CameraInfo) -> None:
-        """Stamp interval first (undecoded), then the pose, then (keyframes only) decode and buffer."""
+    def _take_frames(self, rgb: Image, depth: Image, info: CameraInfo, camera: str = "") -> None:
+        """Stamp interval first (undecoded), then the pose, then (keyframes only) decode and buffer; each
+        camera is judged against its own last kept view and its own newest stamp."""
         self.stats.count("frames_synced")
+        if camera:
+            self.stats.count(f"frames_synced.{camera}")
         stamp_ns = codecs.stamp_to_ns(depth.header.stamp)
-        self._note_stamp("frames", stamp_ns / 1e9)
-        if not self.pipeline.frame_due(stamp_ns / 1e9):
+        self._note_stamp(f"frames.{camera}" if camera else "frames", stamp_ns / 1e9)
+        if not self.pipeline.frame_due(stamp_ns / 1e9, camera):
             self.stats.count("views_not_keyframe")
             return
         try:
@@ -619,7 +666,7 @@ class SegmentNode(LifecycleNode):
         except MessageDecodeError as exc:
             self._decode_failed(exc)
             return
-        self._try_add_view(_PendingFrame(rgb, depth, info, frame_id, stamp_ns, time.monotonic()))
+        self._try_add_view(_PendingFrame(rgb, depth, info, frame_id, stamp_ns, camera, time.monotonic()))
 
     def _try_add_view(self, frame: _PendingFrame) -> None:
         """Offer a frame at its pose; a frame whose transform has not arrived yet is set aside for retries."""
@@ -644,12 +691,14 @@ class SegmentNode(LifecycleNode):
             self._tf_failed("an RGB-D frame", frame.frame_id, exc)
             return
         try:
-            outcome = self.pipeline.offer_frame(frame.stamp_s, pose, frame.decode)
+            outcome = self.pipeline.offer_frame(frame.stamp_s, pose, frame.decode, frame.camera)
         except SafnetError as exc:  # undecodable messages, unusable K or image shapes
             self._decode_failed(exc)
             return
         if outcome == KEPT:
             self.stats.count("views_kept")
+            if frame.camera:
+                self.stats.count(f"views_kept.{frame.camera}")
         elif outcome == NOT_KEYFRAME:
             self.stats.count("views_not_keyframe")
 

@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="rate of the /points cloud (default 2; 0 writes no cloud and needs no mesh)")
     conv.add_argument("--max-range", type=float_range(0.1, 1000.0, lo_open=True), default=5.0, metavar="M",
                       help="farthest camera depth of a /points vertex (default 5 m)")
+    conv.add_argument("--second-camera", type=float_range(0.01, 3600.0), nargs="?", const=3.0, default=None,
+                      metavar="SEC",
+                      help="also write a second camera of the same scene on /camera2/... (frames camera2_link, "
+                           "camera2_color_optical_frame): at each stamp the frame SEC seconds later (default 3, "
+                           "wrapping); /points then covers both cameras' frustums")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     conv.add_argument("--quiet", action="store_true", help="no progress bar")
     conv.set_defaults(func=run_convert)
@@ -115,6 +120,7 @@ def run_convert(args: argparse.Namespace) -> int:
         args.scene_dir, args.out, storage=args.storage, rate=args.rate, skip=args.skip,
         resize=args.resize, cloud_rate=args.cloud_rate,
         max_range=args.max_range, overwrite=args.overwrite, progress=not args.quiet and sys.stderr.isatty(),
+        second_camera=args.second_camera,
     )
     print("\n".join(summary.lines()))
     return 0

@@ -13,6 +13,16 @@ topic                                   type                         content
 ``/points``                             sensor_msgs/PointCloud2      mesh vertices in the camera's frustum
 ======================================  ===========================  =====================================
 
+With ``second_camera`` (``--second-camera SEC``) a second camera of the same
+scene is written too: at each stamp t it shows the frame written SEC seconds
+later (wrapping around at the end of the recording), on
+``/camera2/color/image_raw``, ``/camera2/depth/image_rect_raw`` and
+``/camera2/color/camera_info`` in frame ``camera2_color_optical_frame``, with
+its own ``map`` -> ``camera2_link`` on ``/tf`` and ``camera2_link`` -> optical
+on ``/tf_static``.  ``/points`` then holds the vertices in either camera's
+frustum (a LiDAR sees around), so the two cameras look at different parts of
+each cloud.
+
 Decisions:
 
 * **Frame ``map`` is the axis-aligned scene frame**: the poses and the mesh
@@ -77,6 +87,7 @@ class ConvertSummary:
     frames_written: int = 0
     frames_invalid_pose: int = 0
     frames_skipped_by_skip: int = 0
+    camera2_offset_frames: int = 0  # second camera: frames ahead of the first (0 = no second camera)
     clouds_written: int = 0
     cloud_points_mean: float = 0.0
     stamps_synthesised: int = 0
@@ -93,7 +104,8 @@ class ConvertSummary:
             f"{self.frames_skipped_by_skip} left out by --skip; images {self.image_size[0]}x{self.image_size[1]}",
             f"  clouds: {self.clouds_written} on {bio.POINTS_TOPIC}, {self.cloud_points_mean:.0f} points on average",
             f"  bag duration {self.duration_s:.2f} s; {self.stamps_synthesised} stamps synthesised",
-        ]
+        ] + ([f"  second camera on /camera2/...: each frame {self.camera2_offset_frames} frames ahead of "
+              f"{bio.COLOR_TOPIC} (wrapping)"] if self.camera2_offset_frames else [])
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -161,13 +173,16 @@ def convert_scene(
     max_range: float = 5.0,
     overwrite: bool = False,
     progress: bool = True,
+    second_camera: Optional[float] = None,
 ) -> ConvertSummary:
     """Write the scene's frames, poses and a LiDAR-like cloud into a rosbag2 at ``out``.
 
     storage ``"mcap"`` or ``"sqlite3"``; rate (Hz) synthesises stamps instead of
     the recorded ones; skip keeps every ``skip``-th frame id; resize (w, h) sets
     the image size (default: the colour size); cloud_rate (Hz, 0 = no cloud)
-    and max_range (metres) shape ``/points``.  An existing ``out`` raises
+    and max_range (metres) shape ``/points``; second_camera (seconds, > 0)
+    adds the second camera of the module docstring, that many seconds of
+    frames ahead of the first.  An existing ``out`` raises
     ConfigError unless ``overwrite``; missing scene parts raise one
     MissingDataError naming them.
     """
@@ -179,6 +194,8 @@ def convert_scene(
         raise ConfigError(f"rate must be positive, got {rate}")
     if cloud_rate < 0 or not max_range > MIN_RANGE_M:
         raise ConfigError(f"cloud rate must be >= 0 and max range > {MIN_RANGE_M} m, got {cloud_rate}, {max_range}")
+    if second_camera is not None and not (second_camera > 0 and np.isfinite(second_camera)):
+        raise ConfigError(f"second camera offset must be a positive number of seconds, got {second_camera}")
     out = od.claim(out, "bag convert", overwrite=overwrite, inputs=[scene_dir], what="output bag")
     scene = open_scene(scene_dir, need_mesh=cloud_rate > 0)
     source = scene.frames
@@ -193,14 +210,15 @@ def convert_scene(
     summary = ConvertSummary(out=str(out), storage=storage, image_size=out_wh,
                              axis_alignment=[float(v) for v in align.reshape(-1)])
     settings = {"scene_dir": os.path.abspath(scene_dir), "storage": storage, "rate": rate, "skip": skip,
-                "resize": resize, "cloud_rate": cloud_rate, "max_range": max_range}
+                "resize": resize, "cloud_rate": cloud_rate, "max_range": max_range, "second_camera": second_camera}
     try:
         # built beside OUT and swapped in at the end (docs/reliability.md, "Output folders")
         with od.output_lock(out, "output bag"), od.staged_folder(out, "bag convert", settings, create=False,
                                                                           overwrite=overwrite) as tmp, \
                 Writer(tmp, version=9, storage_plugin=plugin) as writer:
-            conns = _add_connections(writer, with_points=cloud_rate > 0)
-            _write_frames(writer, conns, source, _FrameSettings(align, K, out_wh, rate, skip, cloud_rate, max_range),
+            conns = _add_connections(writer, with_points=cloud_rate > 0, second_camera=second_camera is not None)
+            _write_frames(writer, conns, source, _FrameSettings(align, K, out_wh, rate, skip, cloud_rate, max_range,
+                                                                second_camera),
                           cloud_xyz, cloud_rgb, summary, progress)
             writer.set_custom_data("safnet.source_scene", scene.name)
             writer.set_custom_data("safnet.axis_alignment", " ".join(repr(v) for v in summary.axis_alignment))
@@ -213,7 +231,7 @@ def convert_scene(
     return summary
 
 
-def _add_connections(writer: Any, with_points: bool) -> dict[str, Any]:
+def _add_connections(writer: Any, with_points: bool, second_camera: bool = False) -> dict[str, Any]:
     """The bag's connections by topic, with the QoS profiles they offer (``/tf_static`` transient local)."""
     topics = [
         (bio.COLOR_TOPIC, bio.IMAGE, bio.DEFAULT_QOS),
@@ -222,6 +240,10 @@ def _add_connections(writer: Any, with_points: bool) -> dict[str, Any]:
         (bio.TF_TOPIC, bio.TF_MESSAGE, bio.make_qos(100)),
         (bio.TF_STATIC_TOPIC, bio.TF_MESSAGE, bio.STATIC_QOS),
     ]
+    if second_camera:
+        topics += [(bio.CAMERA2_COLOR_TOPIC, bio.IMAGE, bio.DEFAULT_QOS),
+                   (bio.CAMERA2_DEPTH_TOPIC, bio.IMAGE, bio.DEFAULT_QOS),
+                   (bio.CAMERA2_INFO_TOPIC, bio.CAMERA_INFO, bio.DEFAULT_QOS)]
     if with_points:
         topics.append((bio.POINTS_TOPIC, bio.POINTCLOUD2, bio.DEFAULT_QOS))
     return {topic: writer.add_connection(topic, msgtype, typestore=bio.TYPESTORE, offered_qos_profiles=[qos])
@@ -239,6 +261,7 @@ class _FrameSettings:
     skip: int
     cloud_rate: float
     max_range: float
+    second_camera: Optional[float] = None  # seconds ahead of the first camera; None = no second camera
 
 
 class FrameStamper:
@@ -276,12 +299,35 @@ class FrameStamper:
 def frustum_cloud(xyz: np.ndarray, packed_rgb: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray,
                   wh: tuple[int, int], max_range: float) -> np.ndarray:
     """(M,) :data:`bag_io.XYZRGB_DTYPE` points of ``xyz`` (N, 3) world metres inside the camera's frustum."""
-    inside = frustum_mask(xyz, K, camera_to_world, wh, max_range)
+    return frustum_cloud_any(xyz, packed_rgb, K, [camera_to_world], wh, max_range)
+
+
+def frustum_cloud_any(xyz: np.ndarray, packed_rgb: np.ndarray, K: np.ndarray, poses: list[np.ndarray],
+                      wh: tuple[int, int], max_range: float) -> np.ndarray:
+    """Like :func:`frustum_cloud`, for the points inside any of the cameras' frustums (each point once)."""
+    inside = np.zeros(len(xyz), dtype=bool)
+    for pose in poses:
+        inside |= frustum_mask(xyz, K, pose, wh, max_range)
     pts = np.zeros(int(inside.sum()), dtype=bio.XYZRGB_DTYPE)
     sel = xyz[inside].astype(np.float32)
     pts["x"], pts["y"], pts["z"] = sel[:, 0], sel[:, 1], sel[:, 2]
     pts["rgb"] = packed_rgb[inside]
     return pts
+
+
+def _write_camera(write: Any, conns: dict[str, Any], cfg: _FrameSettings, frame: Any, ns: int,
+                  topics: tuple[str, str, str], frames: tuple[str, str], optical_to_link: np.ndarray) -> np.ndarray:
+    """One camera's TF (map -> link), colour, depth and camera_info at ``ns``; returns its (4, 4) optical pose."""
+    link, optical = frames
+    pose = cfg.align @ frame.camera_to_world
+    pose[:3, :3] = bio.orthonormalize(pose[:3, :3])  # float32 poses are not exactly rigid; TF needs a rotation
+    write(conns[bio.TF_TOPIC], ns, bio.serialize(bio.tf_message(
+        [bio.transform_stamped(pose @ optical_to_link, bio.MAP_FRAME, link, ns)])))
+    rgb, mm = registered_frame(frame.color, frame.depth, cfg.out_wh)
+    write(conns[topics[0]], ns, bio.serialize(bio.image_message(rgb, "rgb8", ns, optical)))
+    write(conns[topics[1]], ns, bio.serialize(bio.image_message(mm, "16UC1", ns, optical)))
+    write(conns[topics[2]], ns, bio.serialize(bio.camera_info_message(cfg.K, cfg.out_wh, ns, optical)))
+    return pose
 
 
 def _write_frames(writer: Any, conns: dict[str, Any], source: Any, cfg: _FrameSettings,
@@ -292,6 +338,13 @@ def _write_frames(writer: Any, conns: dict[str, Any], source: Any, cfg: _FrameSe
     ids = source.indices
     kept = ids[:: cfg.skip]
     summary.frames_skipped_by_skip = len(ids) - len(kept)
+    written_ids = [i for i in kept if i in valid]
+    offset = 0
+    if cfg.second_camera is not None and written_ids:
+        frame_rate = (cfg.rate or FALLBACK_RATE_HZ) / cfg.skip
+        offset = max(1, int(round(cfg.second_camera * frame_rate))) % len(written_ids) or 1
+        summary.camera2_offset_frames = offset
+    camera2_of = {i: written_ids[(k + offset) % len(written_ids)] for k, i in enumerate(written_ids)} if offset else {}
     optical_to_link = np.linalg.inv(bio.LINK_TO_OPTICAL)
     stamper = FrameStamper(cfg.rate)
     cloud_period = int(round(1e9 / cfg.cloud_rate)) if cfg.cloud_rate > 0 else 0
@@ -305,20 +358,22 @@ def _write_frames(writer: Any, conns: dict[str, Any], source: Any, cfg: _FrameSe
         frame = source.get(i)
         ns = stamper(i, frame.timestamp_us)
         if summary.frames_written == 0:
-            static = bio.transform_stamped(bio.LINK_TO_OPTICAL, bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME, ns)
-            write(conns[bio.TF_STATIC_TOPIC], ns, bio.serialize(bio.tf_message([static])))
-        pose = cfg.align @ frame.camera_to_world
-        pose[:3, :3] = bio.orthonormalize(pose[:3, :3])  # float32 poses are not exactly rigid; TF needs a rotation
-        write(conns[bio.TF_TOPIC], ns, bio.serialize(bio.tf_message(
-            [bio.transform_stamped(pose @ optical_to_link, bio.MAP_FRAME, bio.CAMERA_LINK_FRAME, ns)])))
-        rgb, mm = registered_frame(frame.color, frame.depth, cfg.out_wh)
+            statics = [bio.transform_stamped(bio.LINK_TO_OPTICAL, bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME, ns)]
+            if camera2_of:
+                statics.append(bio.transform_stamped(bio.LINK_TO_OPTICAL, bio.CAMERA2_LINK_FRAME,
+                                                     bio.CAMERA2_OPTICAL_FRAME, ns))
+            write(conns[bio.TF_STATIC_TOPIC], ns, bio.serialize(bio.tf_message(statics)))
+        pose = _write_camera(write, conns, cfg, frame, ns, (bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC),
+                             (bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME), optical_to_link)
         del frame
-        write(conns[bio.COLOR_TOPIC], ns, bio.serialize(bio.image_message(rgb, "rgb8", ns, bio.OPTICAL_FRAME)))
-        write(conns[bio.DEPTH_TOPIC], ns, bio.serialize(bio.image_message(mm, "16UC1", ns, bio.OPTICAL_FRAME)))
-        write(conns[bio.CAMERA_INFO_TOPIC], ns,
-              bio.serialize(bio.camera_info_message(cfg.K, cfg.out_wh, ns, bio.OPTICAL_FRAME)))
+        poses = [pose]
+        if camera2_of:  # the frame `offset` ahead, published now as the second camera (decoded again)
+            poses.append(_write_camera(
+                write, conns, cfg, source.get(camera2_of[i]), ns,
+                (bio.CAMERA2_COLOR_TOPIC, bio.CAMERA2_DEPTH_TOPIC, bio.CAMERA2_INFO_TOPIC),
+                (bio.CAMERA2_LINK_FRAME, bio.CAMERA2_OPTICAL_FRAME), optical_to_link))
         if cloud_xyz is not None and (last_cloud_ns is None or ns - last_cloud_ns >= cloud_period - 1000):
-            pts = frustum_cloud(cloud_xyz, cloud_rgb, cfg.K, pose, cfg.out_wh, cfg.max_range)
+            pts = frustum_cloud_any(cloud_xyz, cloud_rgb, cfg.K, poses, cfg.out_wh, cfg.max_range)
             write(conns[bio.POINTS_TOPIC], ns, bio.serialize(bio.pointcloud_message(pts, ns, bio.MAP_FRAME)))
             summary.clouds_written += 1
             points_total += pts.shape[0]

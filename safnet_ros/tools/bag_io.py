@@ -62,6 +62,12 @@ MARKERS_TOPIC = "/safnet_segment/similarity_markers"
 MAP_FRAME = "map"
 CAMERA_LINK_FRAME = "camera_link"
 OPTICAL_FRAME = "camera_color_optical_frame"
+#: The second camera of ``safnet bag convert --second-camera``: its topics and frames.
+CAMERA2_COLOR_TOPIC = "/camera2/color/image_raw"
+CAMERA2_DEPTH_TOPIC = "/camera2/depth/image_rect_raw"
+CAMERA2_INFO_TOPIC = "/camera2/color/camera_info"
+CAMERA2_LINK_FRAME = "camera2_link"
+CAMERA2_OPTICAL_FRAME = "camera2_color_optical_frame"
 
 #: T_camera_link_optical of REP-103: optical z forward = link x, optical x right = -link y,
 #: optical y down = -link z.

@@ -193,6 +193,39 @@ def test_fast_demo_runs_the_whole_chain_through_the_node(tmp_path, capsys):
     assert "[demo] 6/6" in printed and "mIoU" in printed
 
 
+@pytest.mark.slow
+def test_fast_demo_with_a_second_camera_reports_the_evidence_it_adds(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = _demo_args("--fast", "--second-camera", "--out", str(out), "--no-progress")
+    assert args.second_camera == 3.0  # SEC defaults to 3 s
+    assert run(args) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    sc = summary["second_camera"]
+    one, two = sc["one_camera"], sc["two_cameras"]
+    assert sc["offset_s"] == 3.0 and sc["offset_frames"] >= 1
+    # the first run is the usual one (scored and rendered): its node saw the first camera only
+    assert one["views_kept"] == summary["node_counters"]["views_kept"] > 0
+    assert set(one["views_kept_per_camera"]) <= {""} and summary["published"].get("/camera2/color/image_raw") is None
+    # the second run kept views of both cameras
+    assert two["views_kept_per_camera"].keys() == {"camera", "camera2"}
+    assert min(two["views_kept_per_camera"].values()) > 0 and two["views_kept"] > one["views_kept"]
+    for run_ in (one, two):
+        assert run_["labelled_points"] > 0 and run_["labeled_clouds"] > 0
+        assert 0 < run_["evidence_share"] <= 1
+        assert run_["evidence_share"] == run_["points_with_evidence"] / run_["labelled_points"]
+    assert two["evidence_share"] >= one["evidence_share"]
+    assert sc["gain_points"] == two["points_with_evidence"] - one["points_with_evidence"]
+    assert (f"image evidence on {100 * one['evidence_share']:.1f} % of the labelled points with one camera, "
+            f"{100 * two['evidence_share']:.1f} % with two ({sc['gain_points']:+d} points)") in printed
+
+
+def test_second_camera_needs_the_node(tmp_path):
+    with pytest.raises(ConfigError, match="--second-camera"):
+        run(_demo_args("--fast", "--offline", "--second-camera", "2", "--out", str(tmp_path / "d")))
+    assert not (tmp_path / "d").exists()
+
+
 def test_score_map_compares_the_map_with_each_cloud_on_that_cloud_s_vertices(tmp_path):
     """The like-for-like figure: the map scored on exactly the vertices each cloud labelled.
 

@@ -133,18 +133,22 @@ def ros_environment() -> dict[str, str]:
 
 def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds: int, progress: bool,
                         settle_s: float = 5.0, timeout_s: float = 300.0,
-                        map_path: Optional[Path] = None) -> ReplayResult:
+                        map_path: Optional[Path] = None, parameters: Optional[dict[str, Any]] = None,
+                        topics: Optional[list[str]] = None) -> ReplayResult:
     """Play ``bag`` into a :class:`SegmentNode` over rclpy/DDS and collect its ``~/labeled_cloud``.
 
     Returns once every published cloud is accounted for (segmented or dropped)
     and received, or nothing changed for ``settle_s`` after the bag ended.
     map_path: save the node's semantic map there (its ``~/save_map`` service).
+    parameters: more node parameters (e.g. ``cameras``); topics: play only
+    these bag topics (default all).
     The node, the listener and the player live in a
     :class:`~safnet_ros.ros.bag_session.BagSession` (only ``ros/`` imports rclpy).
     """
     ros_environment()  # before rclpy starts
     # ROS 2 (rclpy, message packages) only for this mode: --offline runs where it is not installed
     from safnet_ros.ros import codecs, compat  # noqa: PLC0415
+    from safnet_ros.ros.bag_player import BagPlayer  # noqa: PLC0415
     from safnet_ros.ros.bag_session import BagSession  # noqa: PLC0415
 
     result = ReplayResult(backends=compat.backends())
@@ -167,7 +171,8 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
         bar.update(1)
 
     # DDS on a loaded 2-core machine can deliver a transform after its cloud: wait longer than live
-    parameters = {"tf_timeout": TF_TIMEOUT_S, "warm_up": False}
+    extra, parameters = parameters, {"tf_timeout": TF_TIMEOUT_S, "warm_up": False}
+    parameters.update(extra or {})
     if map_path is not None:  # the node writes maps only inside its map_directory, fixed at start
         parameters["map_directory"] = str(Path(map_path).resolve().parent)
     try:
@@ -176,7 +181,9 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
             listener = session.helper_node("listener")
             session.subscribe_clouds(listener, f"/{node.get_name()}/labeled_cloud", on_labeled)
             session.subscribe_clouds(listener, bio.POINTS_TOPIC, on_points)
-            player = session.player(bag, rate=rate, wait_for_subscribers=10.0)
+            player = (session.player(bag, rate=rate, wait_for_subscribers=10.0) if topics is None else
+                      BagPlayer(session.helper_node("player"), bag, rate=rate, wait_for_subscribers=10.0,
+                                topics=topics))
             t0 = time.monotonic()
             summary = player.run()
             result.play_s = time.monotonic() - t0
@@ -197,6 +204,47 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
     finally:
         bar.close()
     return result
+
+
+#: The node parameters of the two-camera replay: the bag's two cameras (bag convert --second-camera).
+TWO_CAMERAS = {
+    "cameras": ["camera", "camera2"],
+    "cameras.camera.rgb_topic": bio.COLOR_TOPIC, "cameras.camera.depth_topic": bio.DEPTH_TOPIC,
+    "cameras.camera.camera_info_topic": bio.CAMERA_INFO_TOPIC,
+    "cameras.camera2.rgb_topic": bio.CAMERA2_COLOR_TOPIC, "cameras.camera2.depth_topic": bio.CAMERA2_DEPTH_TOPIC,
+    "cameras.camera2.camera_info_topic": bio.CAMERA2_INFO_TOPIC,
+}
+CAMERA2_TOPICS = (bio.CAMERA2_COLOR_TOPIC, bio.CAMERA2_DEPTH_TOPIC, bio.CAMERA2_INFO_TOPIC)
+
+
+def image_evidence(replay: ReplayResult) -> dict:
+    """Of the labelled points (label < NUM_CLASSES) of every labelled cloud, those with image evidence.
+
+    Evidence = a non-zero, finite ``similarity`` (the node writes 0 where no
+    view saw the point). Also the node's views kept (in all and per camera)
+    and clouds segmented, which explain the share.
+    """
+    labelled = with_evidence = 0
+    for _stamp, _frame_id, arr in replay.clouds:
+        ok = arr["label"] < NUM_CLASSES
+        labelled += int(ok.sum())
+        if "similarity" in arr.dtype.names:
+            with_evidence += int((ok & (np.nan_to_num(arr["similarity"].astype(np.float64)) != 0)).sum())
+    c = replay.node_counters
+    return {"labelled_points": labelled, "points_with_evidence": with_evidence,
+            "evidence_share": with_evidence / labelled if labelled else float("nan"),
+            "labeled_clouds": len(replay.clouds), "clouds_segmented": int(c.get("clouds_segmented", 0)),
+            "views_kept": int(c.get("views_kept", 0)),
+            "views_kept_per_camera": {k.split(".", 1)[1]: int(v) for k, v in c.items()
+                                      if k.startswith("views_kept.")}}
+
+
+def second_camera_block(one: ReplayResult, two: ReplayResult, offset_s: float, offset_frames: int) -> dict:
+    """The ``"second_camera"`` block of the summary: image evidence with one camera, with two, and the gain."""
+    a, b = image_evidence(one), image_evidence(two)
+    return {"offset_s": offset_s, "offset_frames": offset_frames, "one_camera": a, "two_cameras": b,
+            "gain_points": b["points_with_evidence"] - a["points_with_evidence"],
+            "gain_share": b["evidence_share"] - a["evidence_share"]}
 
 
 def single_cloud_vertex_labels(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map") -> list[np.ndarray]:
@@ -328,6 +376,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cloud_rate is None:
         args.cloud_rate = 4.0 if args.fast else 2.0
     check_arguments(frames, args.rate, args.cloud_rate)
+    if args.offline and getattr(args, "second_camera", None) is not None:
+        raise ConfigError("--second-camera needs the bag and the node: it cannot be combined with --offline")
     progress = not args.no_progress
     out = check_output_dir(args.out, "demo output folder")  # a regular file there: refused before any work
     check_output_dir(out / "data", "demo data folder")
@@ -368,16 +418,28 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
     """Stages 2-6 of the default chain (module docstring); returns the summary."""
     bag = out / f"{scene.name}.mcap_bag"
     _stage(2, f"converting it to a rosbag2 (mcap, /points at {args.cloud_rate} Hz): {bag}")
+    second = getattr(args, "second_camera", None)
     conv = convert_scene(scene.path, bag, storage="mcap", cloud_rate=args.cloud_rate, overwrite=True,
-                         progress=progress)
+                         progress=progress, second_camera=second)
     seg = _load_segmenter(args, 3)
     warmup_s = seg.warm_up()  # the node is told not to repeat it (warm_up False below)
     print(f"[demo]     model warmed up in {warmup_s:.1f} s (first-call overhead kept out of the latency)", flush=True)
     env = ros_environment()
     _stage(4, f"replaying {conv.clouds_written} clouds, {conv.frames_written} frames at {args.rate}x through "
               f"the safnet_segment node over rclpy/DDS (domain {env['ROS_DOMAIN_ID']}, loopback)")
+    first_only = None
+    if second is not None:  # the first camera alone, as without a second one: its topics only
+        with bio.bag_reader(bag) as reader:
+            first_only = sorted({c.topic for c in reader.connections} - set(CAMERA2_TOPICS))
     replay = replay_through_node(bag, seg, args.rate, conv.clouds_written, progress,
-                                 map_path=(out / f"{scene.name}_map.ply").resolve())
+                                 map_path=(out / f"{scene.name}_map.ply").resolve(), topics=first_only)
+    two_cameras = None
+    if second is not None:
+        print(f"[demo]     replaying the bag again with both cameras (second camera {second:g} s = "
+              f"{conv.camera2_offset_frames} frames ahead, node parameter cameras: {TWO_CAMERAS['cameras']})",
+              flush=True)
+        replay2 = replay_through_node(bag, seg, args.rate, conv.clouds_written, progress, parameters=TWO_CAMERAS)
+        two_cameras = second_camera_block(replay, replay2, second, conv.camera2_offset_frames)
     _stage(5, f"accumulating {len(replay.clouds)} labelled clouds on {len(scene.xyz)} scene vertices and scoring "
               f"them and the node's semantic map ({replay.map_voxels} voxels)")
     votes, wrong_frame = accumulate(scene, replay)
@@ -430,6 +492,7 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
         "warmup_s": warmup_s,
         "ply": str(ply_path),
         "png": str(png_path),
+        **({"second_camera": two_cameras} if two_cameras is not None else {}),
     }
 
 
@@ -528,6 +591,15 @@ def print_summary(r: dict) -> None:
           f"mean {1000 * r['node_latency_window_mean_s']:.0f} ms\n")
     else:
         w(f"  latency          {r['latency_mean_s']:.2f} s for the whole scene\n")
+    if "second_camera" in r:
+        sc = r["second_camera"]
+        a, b = sc["one_camera"], sc["two_cameras"]
+        w(f"  second camera    {sc['offset_s']:g} s ({sc['offset_frames']} frames) ahead: image evidence on "
+          f"{100 * a['evidence_share']:.1f} % of the labelled points with one camera, "
+          f"{100 * b['evidence_share']:.1f} % with two ({sc['gain_points']:+d} points); views kept "
+          f"{a['views_kept']} / {b['views_kept']} "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(b['views_kept_per_camera'].items()))}); labelled points "
+          f"{a['labelled_points']} / {b['labelled_points']} in {a['labeled_clouds']} / {b['labeled_clouds']} clouds\n")
     w(f"  labelled PLY     {r['ply']}\n")
     w(f"  rendering        {r['png']}\n")
     w(f"  summary          {Path(r['ply']).parent / 'summary.json'}   ({r['total_s']:.0f} s in all)\n")

@@ -37,6 +37,14 @@ Default chain (6 stages, one ``[demo] k/6`` line each)::
   loaded machine DDS may deliver a transform after the cloud stamped with it.
   The Segmenter has the node's default settings (:data:`safnet_ros.tools.demo.NODE_SEGMENTER_SETTINGS`).
 
+``--second-camera [SEC]`` (default 3 s) converts the scene with a second camera
+(``safnet bag convert --second-camera``: the frame SEC ahead on ``/camera2/...``)
+and replays the bag twice: once with the first camera only (the run scored and
+rendered as above), once with both (node parameter ``cameras: [camera,
+camera2]``). The summary gives, for both runs, the share of the labelled points
+with image evidence (non-zero ``similarity`` on ``~/labeled_cloud``) and the
+views kept, and the gain (``summary.json`` -> ``"second_camera"``).
+
 ``--offline`` runs the same scene and scoring without bag or node: the
 Segmenter over the whole mesh with every 5th frame as a candidate view.
 
@@ -63,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bag playback speed factor (default 0.25, 0.5 with --fast: slow enough for 2 CPU cores)")
     parser.add_argument("--cloud-rate", type=float_range(0.01, 1000.0), default=None,
                         help="/points rate in the bag, Hz (default 2, 4 with --fast)")
+    parser.add_argument("--second-camera", type=float_range(0.0, 1e6, lo_open=True), nargs="?", const=3.0,
+                        default=None, metavar="SEC",
+                        help="convert with a second camera SEC seconds ahead (default 3) and replay twice, one "
+                             "camera then both: the image evidence gained")
     parser.add_argument("--offline", action="store_true",
                         help="no bag, no node: the Segmenter over the whole scene (same scoring)")
     parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")

@@ -43,7 +43,9 @@ and replays the bag twice: once with the first camera only (the run scored and
 rendered as above), once with both (node parameter ``cameras: [camera,
 camera2]``). The summary gives, for both runs, the share of the labelled points
 with image evidence (non-zero ``similarity`` on ``~/labeled_cloud``) and the
-views kept, and the gain (``summary.json`` -> ``"second_camera"``).
+views kept, and the gain (``summary.json`` -> ``"second_camera"``). The bag's
+``/points`` then hold the vertices in either camera's frustum, so the scored
+run's coverage and mIoU are not those of the plain demo (whose bag has one camera).
 
 ``--offline`` runs the same scene and scoring without bag or node: the
 Segmenter over the whole mesh with every 5th frame as a candidate view.

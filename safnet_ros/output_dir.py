@@ -306,6 +306,23 @@ def staging_path(out: str | os.PathLike, kind: str = "new") -> Path:
     return p.parent / f".{p.name}{STAGING_TAG}{kind}-{os.getpid()}"
 
 
+def replace_folder(new: Path, final: Path, old: Optional[Path] = None) -> None:
+    """Put the complete folder ``new`` in place of ``final``: the old one is renamed aside (to ``old``,
+    default :func:`staging_path` ``old``), ``new`` renamed in, the old one deleted last, so an interrupt
+    leaves the old result or the new one, whole (the caller has checked that ``final`` may go)."""
+    if not final.exists() and not final.is_symlink():
+        os.replace(new, final)
+        return
+    old = old if old is not None else staging_path(final, "old")
+    os.replace(final, old)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def swap_in(new: Path, out: Path, command: Optional[str], overwrite: bool = True) -> None:
     """Replace ``out`` by the complete folder ``new``: the old one (checked again, just before: it
     may only be replaced with ``overwrite`` and when ours) is renamed aside, ``new`` renamed in,
@@ -316,16 +333,7 @@ def swap_in(new: Path, out: Path, command: Optional[str], overwrite: bool = True
             if not overwrite:
                 raise ConfigError(f"{out}: appeared while this run was writing (another run?); not replaced")
             check_replaceable(out, command)
-        old = staging_path(out, "old")
-        os.replace(out, old)
-        try:
-            os.replace(new, out)
-        except BaseException:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, out)
+    replace_folder(new, out)
 
 
 @contextlib.contextmanager

@@ -143,17 +143,7 @@ def settings_change(scene_out: Path, settings: dict[str, Any]) -> Optional[str]:
 def _swap_scene(tmp: Path, final: Path) -> None:
     """Put the finished ``tmp`` in place of ``final`` (checked replaceable): the old folder is moved
     aside first and deleted last, so an interrupt leaves the old scene or the new one, whole."""
-    if not final.exists():
-        os.replace(tmp, final)
-        return
-    old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
-    os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        os.replace(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    od.replace_folder(tmp, final, old=final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}")
 
 
 def scene_is_complete(scene_out: Path) -> bool:

@@ -230,19 +230,7 @@ def generate_guarded(out: str | os.PathLike, scenes: int, seed: int, cfg, split:
 
 
 def _swap(new: Path, final: Path) -> None:
-    """``final`` replaced by the complete ``new``: old moved aside, new renamed in, old deleted."""
-    if not final.exists() and not final.is_symlink():
-        os.replace(new, final)
-        return
-    if final.is_dir() and not any(final.iterdir()):
+    """``final`` replaced by the complete ``new`` (an empty ``final`` folder is simply removed first)."""
+    if final.is_dir() and not final.is_symlink() and not any(final.iterdir()):
         final.rmdir()
-        os.replace(new, final)
-        return
-    old = final.parent / f".{final.name}.safnet-old-{os.getpid()}"
-    os.replace(final, old)
-    try:
-        os.replace(new, final)
-    except BaseException:
-        os.replace(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    od.replace_folder(new, final, old=final.parent / f".{final.name}.safnet-old-{os.getpid()}")

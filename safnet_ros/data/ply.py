@@ -361,27 +361,25 @@ def _faces_from(face: np.ndarray | None, path: str) -> np.ndarray | None:
     return np.concatenate(tris).astype(np.int32) if tris else np.empty((0, 3), np.int32)
 
 
-def read_ply_comments(path: str | os.PathLike, limit: int = 65536) -> list[str]:
-    """The header comments of a PLY file, reading at most ``limit`` bytes (DataFormatError when the
-    file is not a PLY; MissingDataError when absent)."""
+def _read_header(path: str | os.PathLike, limit: int) -> tuple:
+    """The parsed header of a PLY file, reading at most ``limit`` bytes (DataFormatError when the file
+    is not a PLY; MissingDataError when absent)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingDataError(path, "PLY file")
     with open(path, "rb") as f:
         head = f.read(limit)
-    _fmt, _elements, comments, _offset = _parse_header(head, path)
-    return comments
+    return _parse_header(head, path)
+
+
+def read_ply_comments(path: str | os.PathLike, limit: int = 65536) -> list[str]:
+    """The header comments of a PLY file, reading at most ``limit`` bytes."""
+    return _read_header(path, limit)[2]
 
 
 def read_ply_counts(path: str | os.PathLike, limit: int = 65536) -> dict[str, int]:
     """Element name -> declared count from the header of a PLY file (reads at most ``limit`` bytes)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MissingDataError(path, "PLY file")
-    with open(path, "rb") as f:
-        head = f.read(limit)
-    _fmt, elements, _comments, _offset = _parse_header(head, path)
-    return {e.name: e.count for e in elements}
+    return {e.name: e.count for e in _read_header(path, limit)[1]}
 
 
 def read_ply(path: str | os.PathLike) -> PlyData:

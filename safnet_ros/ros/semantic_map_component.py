@@ -291,33 +291,32 @@ class SemanticMapComponent:
         if self._logger is not None:
             self._logger.info(f"map_save_on_shutdown: saved {len(self.map)} voxels to {written}")
 
-    def _on_load(self, request: Any, response: Any) -> Any:
-        name = self._save_path_name()
+    def _answer(self, response: Any, service: str, action: Any) -> Any:
+        """Fill a Trigger ``response`` from ``action()`` (its success message), or from the SafnetError it
+        raised (success false, and a warning naming ``service``)."""
         try:
-            n = self.load(name)
+            response.message = action()
+            response.success = True
         except SafnetError as exc:
             response.success = False
             response.message = str(exc)
             if self._logger is not None:
-                self._logger.warning(f"~/load_map failed: {exc}")
-            return response
-        response.success = True
-        response.message = f"loaded {n} voxels from {self.store.resolve(name)}"
+                self._logger.warning(f"{service} failed: {exc}")
         return response
 
+    def _on_load(self, request: Any, response: Any) -> Any:
+        name = self._save_path_name()
+        return self._answer(response, "~/load_map",
+                            lambda: f"loaded {self.load(name)} voxels from {self.store.resolve(name)}")
+
     def _on_save(self, request: Any, response: Any) -> Any:
-        path = self._save_path_name()
-        try:
-            written = self.save_named(path)
-        except SafnetError as exc:
-            response.success = False
-            response.message = str(exc)
-            if self._logger is not None:
-                self._logger.warning(f"~/save_map failed: {exc}")
-            return response
-        response.success = True
-        response.message = f"saved {len(self.map)} voxels to {written}"
-        return response
+        name = self._save_path_name()
+
+        def save() -> str:
+            written = self.save_named(name)
+            return f"saved {len(self.map)} voxels to {written}"
+
+        return self._answer(response, "~/save_map", save)
 
     def _on_clear(self, request: Any, response: Any) -> Any:
         n = self.clear("~/clear_map called")

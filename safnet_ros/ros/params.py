@@ -232,13 +232,6 @@ def check_value(spec: Param, value: Any) -> Any:
     return value
 
 
-def check_values(values: dict[str, Any]) -> None:
-    """:func:`check_value` for each known name of ``values`` (others are ignored)."""
-    for name, value in values.items():
-        if name in SPECS:
-            check_value(SPECS[name], value)
-
-
 # ------------------------------------------------------------------ generated files
 
 YAML_HEADER = """\

@@ -108,17 +108,6 @@ class ConvertSummary:
               f"{bio.COLOR_TOPIC} (wrapping)"] if self.camera2_offset_frames else [])
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"WxH"`` -> (w, h); ConfigError when malformed or not positive."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"size must look like 640x480, got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise ConfigError(f"size must be positive, got {text!r}")
-    return w, h
-
-
 def resize_color(color: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) uint8 RGB resized to ``wh`` bilinearly (PIL); unchanged at equal sizes."""
     if (color.shape[1], color.shape[0]) == tuple(wh):

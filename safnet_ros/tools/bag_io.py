@@ -45,7 +45,6 @@ IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 TF_MESSAGE = "tf2_msgs/msg/TFMessage"
-TRANSFORM_STAMPED = "geometry_msgs/msg/TransformStamped"
 MARKER_ARRAY = "visualization_msgs/msg/MarkerArray"
 CLOCK = "rosgraph_msgs/msg/Clock"
 
@@ -78,7 +77,6 @@ LINK_TO_OPTICAL = np.array(
      [0.0, 0.0, 0.0, 1.0]]
 )
 
-_ZERO = QosTime(sec=0, nsec=0)
 _INFINITE = QosTime(sec=2147483647, nsec=4294967295)
 
 
@@ -116,11 +114,6 @@ def stamp(ns: int) -> Any:
     """builtin_interfaces/Time from int nanoseconds (>= 0)."""
     sec, nanosec = divmod(int(ns), 1_000_000_000)
     return _T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
-
-
-def stamp_ns(t: Any) -> int:
-    """Int nanoseconds of a builtin_interfaces/Time."""
-    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
 
 
 def header(ns: int, frame_id: str) -> Any:
@@ -280,11 +273,6 @@ def require_bag(path: str | os.PathLike) -> Path:
     p = require_dir(path, "rosbag2 folder (with metadata.yaml)")
     require_file(p / "metadata.yaml", "rosbag2 metadata.yaml")
     return p
-
-
-def is_bag(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a rosbag2 folder (has metadata.yaml)."""
-    return os.path.isfile(os.path.join(os.fspath(path), "metadata.yaml"))
 
 
 def bag_custom_data(path: str | os.PathLike) -> dict[str, str]:

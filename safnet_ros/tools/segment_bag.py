@@ -250,7 +250,7 @@ def segment_bag(
                         _add_frame(waiting_for_info.popleft(), info, tf, fixed_frame, pipeline, summary)
                 elif conn.topic in (topics.color, topics.depth):
                     pair = pairer.add("color" if conn.topic == topics.color else "depth",
-                                      bio.stamp_ns(msg.header.stamp), msg)
+                                      codecs.stamp_to_ns(msg.header.stamp), msg)
                     if pair is not None and info is None:
                         if len(waiting_for_info) == waiting_for_info.maxlen:
                             summary.frames_no_camera_info += 1
@@ -314,7 +314,7 @@ def _segment_cloud(msg: Any, ns: int, tf: TfTree, fixed_frame: str, pipeline: Se
         summary.decode_errors += 1
         return
     try:
-        T = tf.lookup_matrix(fixed_frame, msg.header.frame_id, bio.stamp_ns(msg.header.stamp))
+        T = tf.lookup_matrix(fixed_frame, msg.header.frame_id, codecs.stamp_to_ns(msg.header.stamp))
     except FallbackTransformException:
         summary.clouds_no_pose += 1
         return

@@ -336,8 +336,9 @@ def test_bag_play_publishes_images_clock_and_fallback_transforms(mcap_bag):
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
 
-    from safnet_ros.ros.bag_player import BagPlayer, qos
+    from safnet_ros.ros.bag_player import BagPlayer
     from safnet_ros.ros.compat import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
+    from safnet_ros.ros.tf_topics import reliable_qos as qos
 
     topics = read_bag(mcap_bag)
     ctx = rclpy.Context()
@@ -650,8 +651,9 @@ def test_bag_play_feeds_the_segment_node_through_the_fallback_tf(mcap_bag, segme
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import PointCloud2
 
-    from safnet_ros.ros.bag_player import BagPlayer, qos
+    from safnet_ros.ros.bag_player import BagPlayer
     from safnet_ros.ros.segment_node import SegmentNode
+    from safnet_ros.ros.tf_topics import reliable_qos as qos
 
     topics = read_bag(mcap_bag)
     ctx = rclpy.Context()

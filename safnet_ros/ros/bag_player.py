@@ -35,14 +35,13 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped
 from rclpy._rclpy_pybind11 import RMWError
 from rclpy.exceptions import InvalidTopicNameException
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 
 from safnet_ros.errors import ConfigError, MessageDecodeError, MissingDataError
 from safnet_ros.ros.tf_path import active_tf_path
-from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
+from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC, reliable_qos
 from safnet_ros.tools import bag_io as bio
 
 _TF_TOPICS = (bio.TF_TOPIC, bio.TF_STATIC_TOPIC)
@@ -57,12 +56,6 @@ def rclpy_message_class(msgtype: str) -> Any:
     """The rclpy message class of ``pkg/msg/Name``; ImportError when its package is not installed."""
     pkg, kind, name = msgtype.split("/")
     return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
-
-
-def qos(depth: int, transient_local: bool) -> QoSProfile:
-    """Reliable keep-last QoS, transient local for latched topics (reliable works with best-effort readers)."""
-    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL if transient_local else DurabilityPolicy.VOLATILE)
 
 
 @dataclass
@@ -172,7 +165,7 @@ class BagPlayer:
                 key = (out_topic, static)
                 if key not in by_topic:
                     by_topic[key] = self.node.create_publisher(
-                        TransformStamped, out_topic, qos(1000 if static else 100, static))
+                        TransformStamped, out_topic, reliable_qos(1000 if static else 100, static))
                 self._routes[conn.id] = _Route(by_topic[key], TransformStamped, out_topic, True, static)
                 wanted.append(conn)
                 continue
@@ -185,14 +178,14 @@ class BagPlayer:
             if key not in by_topic:
                 depth = 1000 if latched else (100 if conn.topic in _TF_TOPICS else 10)
                 try:
-                    by_topic[key] = self.node.create_publisher(cls, conn.topic, qos(depth, latched))
+                    by_topic[key] = self.node.create_publisher(cls, conn.topic, reliable_qos(depth, latched))
                 except InvalidTopicNameException:  # a bag from another tool may hold any string as a name
                     self.summary.skipped_topics[conn.topic] = "not a valid ROS 2 topic name"
                     continue
             self._routes[conn.id] = _Route(by_topic[key], cls, conn.topic, False, latched)
             wanted.append(conn)
         if self.clock:
-            self._clock_pub = self.node.create_publisher(Clock, "/clock", qos(10, False))
+            self._clock_pub = self.node.create_publisher(Clock, "/clock", reliable_qos(10, False))
         return wanted
 
     def _wait_for_subscribers(self, stop: threading.Event) -> None:

@@ -24,9 +24,10 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import PointCloud2
 
 from safnet_ros.errors import SafnetError
-from safnet_ros.ros.bag_player import BagPlayer, qos
+from safnet_ros.ros.bag_player import BagPlayer
 from safnet_ros.ros.segment_node import SegmentNode
 from safnet_ros.ros.spin import spin_resilient
+from safnet_ros.ros.tf_topics import reliable_qos
 from safnet_ros.tools import bag_io as bio
 
 
@@ -97,7 +98,7 @@ class BagSession:
 
     def subscribe_clouds(self, helper: Any, topic: str, callback: Any, depth: int = 50) -> Any:
         """Subscribe ``helper`` to PointCloud2 on ``topic`` (reliable, volatile, keep last ``depth``)."""
-        return helper.create_subscription(PointCloud2, topic, callback, qos(depth, False))
+        return helper.create_subscription(PointCloud2, topic, callback, reliable_qos(depth, False))
 
     def player(self, bag: str | Path, rate: float = 1.0, loop: bool = False,
                wait_for_subscribers: float = 5.0) -> Any:

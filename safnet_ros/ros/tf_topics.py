@@ -25,30 +25,15 @@ from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_path import active_tf_path
 
 
-def _reliable(depth: int, latched: bool) -> QoSProfile:
-    """Reliable keep-last ``depth``; ``latched``: transient local (late joiners get the last messages)."""
+def reliable_qos(depth: int, latched: bool) -> QoSProfile:
+    """Reliable keep-last ``depth``; ``latched``: transient local (late joiners get the last messages).
+
+    The depths used here: /tf 100 (volatile); tf2_ros' static listener 100 and
+    its ``/tf_static`` publisher 1 (one TFMessage holds every static
+    transform); the last-resort static topic 1000 (one message per transform).
+    """
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
-
-
-def _tf_qos() -> QoSProfile:
-    """Dynamic transforms: reliable, volatile, deep queue (like /tf)."""
-    return _reliable(100, False)
-
-
-def _tf_static_qos() -> QoSProfile:
-    """Static TransformStamped: reliable, transient local; one message per transform so keep many."""
-    return _reliable(1000, True)
-
-
-def tf_static_qos() -> QoSProfile:
-    """``/tf_static`` as tf2_ros has it: reliable, transient local, keep last 1 (one TFMessage holds them all)."""
-    return _reliable(1, True)
-
-
-def tf_listener_static_qos() -> QoSProfile:
-    """tf2_ros' StaticListenerQoS: reliable, transient local, keep last 100."""
-    return _reliable(100, True)
 
 
 def _default_tf_message() -> Any:
@@ -105,14 +90,15 @@ class FallbackTransformListener:
             node = self._own_node
         self.node = node
         if self.tf_message is not None:
-            self.tf_sub = node.create_subscription(self.tf_message, topic, self.tf_callback, qos or _tf_qos())
+            self.tf_sub = node.create_subscription(self.tf_message, topic, self.tf_callback,
+                                                   qos or reliable_qos(100, False))
             self.tf_static_sub = node.create_subscription(
-                self.tf_message, static_topic, self.tf_static_callback, static_qos or tf_listener_static_qos())
+                self.tf_message, static_topic, self.tf_static_callback, static_qos or reliable_qos(100, True))
         else:
-            self.tf_sub = node.create_subscription(TransformStamped, topic, self.callback, qos or _tf_qos())
+            self.tf_sub = node.create_subscription(TransformStamped, topic, self.callback,
+                                                   qos or reliable_qos(100, False))
             self.tf_static_sub = node.create_subscription(
-                TransformStamped, static_topic, self.static_callback, static_qos or _tf_static_qos()
-            )
+                TransformStamped, static_topic, self.static_callback, static_qos or reliable_qos(1000, True))
         if spin_thread:
             self._executor = SingleThreadedExecutor(context=node.context)
             self._executor.add_node(node)
@@ -165,25 +151,33 @@ class FallbackTransformBroadcaster:
     ``topic`` (``/safnet/transforms``).
     """
 
+    #: (tf2 topic, its QoS depth and latching, the last-resort topic's): the static broadcaster's differ.
+    _TF_TOPIC, _TF_QOS, _FALLBACK_QOS = "/tf", (100, False), (100, False)
+
     def __init__(self, node: Any, qos: QoSProfile | None = None, topic: str = DEFAULT_TF_TOPIC,
                  tf_message: Any = _USE_ACTIVE) -> None:
         self.node = node
         self.tf_message = _default_tf_message() if tf_message is _USE_ACTIVE else tf_message
+        self._latched: dict[str, TransformStamped] = {}
         if self.tf_message is not None:
-            self.pub_tf = node.create_publisher(self.tf_message, "/tf", qos or _tf_qos())
+            self.pub_tf = node.create_publisher(self.tf_message, self._TF_TOPIC, qos or reliable_qos(*self._TF_QOS))
         else:
-            self.pub_tf = node.create_publisher(TransformStamped, topic, qos or _tf_qos())
+            self.pub_tf = node.create_publisher(TransformStamped, topic, qos or reliable_qos(*self._FALLBACK_QOS))
+
+    def _tf_batch(self, items: list[TransformStamped]) -> list[TransformStamped]:
+        """The transforms of the next TFMessage."""
+        return items
 
     def sendTransform(self, transform: TransformStamped | Iterable[TransformStamped]) -> None:  # noqa: N802
         items = [transform] if isinstance(transform, TransformStamped) else list(transform)
         if self.tf_message is not None:
-            self.pub_tf.publish(self.tf_message(transforms=items))
+            self.pub_tf.publish(self.tf_message(transforms=self._tf_batch(items)))
             return
         for item in items:
             self.pub_tf.publish(item)
 
 
-class FallbackStaticTransformBroadcaster:
+class FallbackStaticTransformBroadcaster(FallbackTransformBroadcaster):
     """tf2_ros.StaticTransformBroadcaster drop-in.
 
     ``TFMessage`` on ``/tf_static`` (transient local, keep last 1) holding every
@@ -192,22 +186,13 @@ class FallbackStaticTransformBroadcaster:
     ``topic`` (``/safnet/transforms_static``).
     """
 
+    _TF_TOPIC, _TF_QOS, _FALLBACK_QOS = "/tf_static", (1, True), (1000, True)
+
     def __init__(self, node: Any, qos: QoSProfile | None = None, topic: str = DEFAULT_TF_STATIC_TOPIC,
                  tf_message: Any = _USE_ACTIVE) -> None:
-        self.node = node
-        self.tf_message = _default_tf_message() if tf_message is _USE_ACTIVE else tf_message
-        self._latched: dict[str, TransformStamped] = {}
-        if self.tf_message is not None:
-            self.pub_tf = node.create_publisher(self.tf_message, "/tf_static", qos or tf_static_qos())
-        else:
-            self.pub_tf = node.create_publisher(TransformStamped, topic, qos or _tf_static_qos())
+        super().__init__(node, qos, topic, tf_message)
 
-    def sendTransform(self, transform: TransformStamped | Iterable[TransformStamped]) -> None:  # noqa: N802
-        items = [transform] if isinstance(transform, TransformStamped) else list(transform)
-        if self.tf_message is not None:
-            for item in items:
-                self._latched[item.child_frame_id] = item
-            self.pub_tf.publish(self.tf_message(transforms=list(self._latched.values())))
-            return
+    def _tf_batch(self, items: list[TransformStamped]) -> list[TransformStamped]:
         for item in items:
-            self.pub_tf.publish(item)
+            self._latched[item.child_frame_id] = item
+        return list(self._latched.values())

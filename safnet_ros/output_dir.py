@@ -41,11 +41,6 @@ MARK_NAME = ".safnet-output.json"
 STAGING_TAG = ".safnet-"
 
 
-def _version() -> str:
-
-    return str(__version__)
-
-
 def _listing(folder: Path) -> list[str]:
     """Every file and folder under ``folder`` as sorted POSIX relative paths (the mark excluded)."""
     out: list[str] = []
@@ -64,7 +59,7 @@ def write_mark(folder: str | os.PathLike, command: str, settings: Optional[dict[
     (default: everything now under ``folder``). Call it when the content is complete."""
     folder = Path(folder)
     listed = sorted(set(files)) if files is not None else _listing(folder)
-    mark = {"written_by": "safnet_ros", "command": command, "version": _version(),
+    mark = {"written_by": "safnet_ros", "command": command, "version": str(__version__),
             "settings": _jsonable(settings or {}), "files": listed,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     tmp = folder / f"{MARK_NAME}.tmp"

@@ -120,35 +120,31 @@ def path_kind(path: str | os.PathLike) -> Optional[str]:
     """What ``path`` is ("a folder", "a regular file", "a FIFO (named pipe)", ...), None when absent."""
     try:
         return _kind(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         raise DataFormatError(path, f"cannot be examined: {exc.strerror or exc}") from exc
 
 
+def _require(path: str | os.PathLike, what: str, kind: str, shown: str) -> Path:
+    p = Path(path)
+    found = path_kind(p)
+    if found is None:
+        raise MissingDataError(p, what)
+    if found != kind:
+        raise DataFormatError(p, f"expected the {what}{shown} here, but this is {found}")
+    return p
+
+
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     """``path`` as a Path when it is a regular file: MissingDataError when absent,
     DataFormatError saying what it is instead (a folder, a FIFO) otherwise."""
-    p = Path(path)
-    kind = path_kind(p)
-    if kind is None:
-        raise MissingDataError(p, what)
-    if kind != "a regular file":
-        raise DataFormatError(p, f"expected the {what} (a regular file) here, but this is {kind}")
-    return p
+    return _require(path, what, "a regular file", " (a regular file)")
 
 
 def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     """``path`` as a Path when it is a folder: MissingDataError when absent, DataFormatError otherwise."""
-    p = Path(path)
-    kind = path_kind(p)
-    if kind is None:
-        raise MissingDataError(p, what)
-    if kind != "a folder":
-        raise DataFormatError(p, f"expected the {what} here, but this is {kind}")
-    return p
+    return _require(path, what, "a folder", "")
 
 
 def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:

@@ -28,11 +28,8 @@ PLY_TYPES: dict[str, str] = {
     "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
     "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
 }
-#: numpy type code -> the PLY type name ScanNet (VCGLIB) writes.
-_NUMPY_TO_PLY: dict[str, str] = {
-    "i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort",
-    "i4": "int", "u4": "uint", "f4": "float", "f8": "double",
-}
+#: numpy type code -> the PLY type name ScanNet (VCGLIB) writes (the names without a size digit).
+_NUMPY_TO_PLY: dict[str, str] = {code: name for name, code in PLY_TYPES.items() if not name[-1].isdigit()}
 _FORMATS = {"binary_little_endian": "<", "binary_big_endian": ">", "ascii": "ascii"}
 #: Names under which faces store their vertex list.
 FACE_LIST_NAMES = ("vertex_indices", "vertex_index")

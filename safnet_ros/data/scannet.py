@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -216,22 +216,19 @@ def _write_matrix(path: Path, m: np.ndarray) -> None:
     path.write_text("\n".join(rows) + "\n")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _open_image(path: Path, what: str, read: Callable[[Image.Image], Any]) -> Any:
+    """``read(img)`` of the image at ``path``; DataFormatError "unreadable <what>" when PIL cannot read it."""
     try:
         with Image.open(path) as img:
-            return img.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataFormatError(path, f"unreadable image: {exc}") from exc
+            return read(img)
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise DataFormatError(path, f"unreadable {what}: {exc}") from exc
 
 
 def check_depth_png(path: Path) -> None:
     """DataFormatError naming ``path`` unless it is a single-channel 16-bit PNG (ScanNet's exported depth
     is uint16 millimetres; an 8-bit image, e.g. a depth visualisation, would read as 0-255 mm)."""
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-        raise DataFormatError(path, f"unreadable depth image: {exc}") from exc
+    mode = _open_image(path, "depth image", lambda img: img.mode)
     if mode not in ("I;16", "I;16B", "I;16L", "I"):
         raise DataFormatError(path, f"depth PNG is mode {mode!r} ({'8-bit' if mode in ('L', 'P', '1') else 'not 16-bit'}"
                                     "); depth images must be single-channel 16-bit millimetres (an 8-bit depth "
@@ -279,8 +276,8 @@ class ExportedFrames(FrameSource):
         self.extrinsic_color = _read_matrix(ext_c) if ext_c.is_file() else np.eye(4)
         self.extrinsic_depth = _read_matrix(ext_d) if ext_d.is_file() else np.eye(4)
         self.depth_shift = float(depth_shift)
-        self.color_size = _image_size(self.color_path(ids[0]))
-        self.depth_size = _image_size(self.depth_path(ids[0]))
+        self.color_size = _open_image(self.color_path(ids[0]), "image", lambda img: img.size)
+        self.depth_size = _open_image(self.depth_path(ids[0]), "image", lambda img: img.size)
         check_depth_png(self.depth_path(ids[0]))  # once, at open: the file named, not every frame skipped
         check_camera(intr / "intrinsic_color.txt", self.intrinsic_color, self.color_size, "colour")
         check_camera(intr / "intrinsic_depth.txt", self.intrinsic_depth, self.depth_size, "depth")
@@ -308,25 +305,14 @@ class ExportedFrames(FrameSource):
     def get(self, i: int) -> Frame:
         pose = self.camera_to_world(i)
         cpath, dpath = self.color_path(i), self.depth_path(i)
-        try:
-            with Image.open(cpath) as img:
-                color = np.asarray(img.convert("RGB"))
-        except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-            raise DataFormatError(cpath, f"unreadable colour image: {exc}") from exc
-        try:
-            with Image.open(dpath) as img:
-                raw = np.asarray(img)
-        except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-            raise DataFormatError(dpath, f"unreadable depth image: {exc}") from exc
+        color = _open_image(cpath, "colour image", lambda img: np.asarray(img.convert("RGB")))
+        raw = _open_image(dpath, "depth image", np.asarray)
         if raw.ndim != 2 or raw.dtype.kind not in "ui" or raw.dtype.itemsize < 2:
             raise DataFormatError(dpath, f"depth must be single-channel 16-bit millimetres, got {raw.dtype} "
                                          f"{raw.shape} (an 8-bit depth PNG is not millimetres: export uint16)")
-        if (color.shape[1], color.shape[0]) != self.color_size:
-            raise DataFormatError(cpath, f"image is {color.shape[1]}x{color.shape[0]}, other frames are "
-                                         f"{self.color_size[0]}x{self.color_size[1]}")
-        if (raw.shape[1], raw.shape[0]) != self.depth_size:
-            raise DataFormatError(dpath, f"image is {raw.shape[1]}x{raw.shape[0]}, other frames are "
-                                         f"{self.depth_size[0]}x{self.depth_size[1]}")
+        for p, pixels, (w, h) in ((cpath, color, self.color_size), (dpath, raw, self.depth_size)):
+            if (pixels.shape[1], pixels.shape[0]) != (w, h):
+                raise DataFormatError(p, f"image is {pixels.shape[1]}x{pixels.shape[0]}, other frames are {w}x{h}")
         depth = raw.astype(np.float32) / np.float32(self.depth_shift)
         return Frame(index=int(i), color=color, depth=depth, camera_to_world=pose, timestamp_us=0)
 

@@ -57,7 +57,7 @@ from safnet_ros.data.scannet import read_split
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.engine.metrics import ConfusionMatrix
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError, ModelLoadError, SafnetError
-from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range, require_dir
+from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_list, int_range, require_dir
 
 #: Table III's switch columns: (config field, column title, variants the switch exists in).
 ABLATION_SWITCHES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -402,9 +402,7 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
     results = [ModelResult(path=str(m), label=lab, config=s.config.to_dict(), views=views_list,
                            matrices={k: ConfusionMatrix() for k in views_list})
                for m, lab, s in zip(models, labels, segmenters)]
-    bar = None
-    if progress:
-        bar = tqdm(total=len(found.scenes), desc="eval", unit="scene", file=sys.stderr)
+    bar = tqdm(total=len(found.scenes), desc="eval", unit="scene", file=sys.stderr, disable=not progress)
     for scene in found.scenes:
         frame_views = [scene.view(f) for f in range(scene.num_frames)]
         coverage = scene_coverage(scene)
@@ -413,10 +411,8 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
             res.scenes.extend(evaluate_scene(seg, scene, views_list, res.matrices, frame_views, coverage))
             res.seconds += time.perf_counter() - t0
             seg.clear_cache()
-        if bar:
-            bar.update(1)
-    if bar:
-        bar.close()
+        bar.update(1)
+    bar.close()
     return results, found
 
 
@@ -561,17 +557,6 @@ def format_counts(results: Sequence[ModelResult], found: EvalScenes) -> str:
 
 
 # --------------------------------------------------------------------------- the command
-def parse_views(text: str) -> list[int]:
-    """'1,3,5' -> [1, 3, 5] (argparse type)."""
-    try:
-        values = [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--views takes comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0 or max(values) > MAX_VIEWS:
-        raise argparse.ArgumentTypeError(f"--views takes integers 0..{MAX_VIEWS}, got {text!r}")
-    return values
-
-
 #: Most test views per chunk that --views accepts (the paper sweeps 1..5).
 MAX_VIEWS = 64
 
@@ -583,7 +568,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="ROOT", help="folder written by `safnet data preprocess`")
     parser.add_argument("--split", default="val",
                         help="split name (ROOT/scannetv2_<split>.txt) or a split-list path (default val)")
-    parser.add_argument("--views", type=parse_views, default=[3], metavar="K[,K...]",
+    parser.add_argument("--views", type=int_list(0, MAX_VIEWS), default=[3], metavar="K[,K...]",
                         help="numbers of test views per chunk, e.g. 1,3,5 (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument("--ablation", action="store_true",
@@ -607,8 +592,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    if args.threads < 0:
-        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.split is not None and not args.split.strip():  # '' must not mean "every scene"

@@ -25,7 +25,7 @@ import torch
 from safnet_ros.data.augment import CameraAugment, camera_augment
 from safnet_ros.data.labels import IGNORE_INDEX
 from safnet_ros.data.preprocess import scene_is_complete, unpack_coverage
-from safnet_ros.data.scannet import read_split
+from safnet_ros.data.scannet import read_split, split_list_path
 from safnet_ros.engine.batching import NET_IMAGE_WH, PosedView, build_chunk_sample, collate, normalize_images
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
 from safnet_ros.geometry.chunks import random_chunk, sample_points
@@ -184,10 +184,7 @@ def list_scenes(root: str | os.PathLike, split: Optional[str] = None) -> list[Pr
     available = {p.name: p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
                  and scene_is_complete(p)}
     if split:
-        p = Path(split)
-        if not (p.is_file() or os.sep in split or split.endswith(".txt")):  # a name: ROOT/scannetv2_<name>.txt
-            p = base / f"scannetv2_{split}.txt"
-        names = read_split(p)  # a folder or FIFO given as the list is named as such
+        names = read_split(split_list_path(base, split))  # a folder or FIFO given as the list is named as such
         missing = [n for n in names if n not in available]
         if missing:
             raise MissingDataError(base / missing[0], f"{len(missing)} scene(s) of split {split!r} not "

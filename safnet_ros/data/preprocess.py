@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from safnet_ros import output_dir as od
 from safnet_ros.data.labels import IGNORE_INDEX, nyu40_to_class
-from safnet_ros.data.scannet import ScanNetScene, find_scenes, read_split, transform_points
+from safnet_ros.data.scannet import ScanNetScene, find_scenes, read_split, split_list_path, transform_points
 from safnet_ros.engine.batching import prepare_view
 from safnet_ros.errors import ConfigError, DataFormatError, SafnetError
 from safnet_ros.geometry.views import coverage_matrix
@@ -460,10 +460,7 @@ def select_scenes(root: Path, split: Optional[str], names: Optional[Sequence[str
     scenes = find_scenes(root)
     wanted: Optional[list[str]] = None
     if split:
-        p = Path(split)
-        if not (p.is_file() or os.sep in split or split.endswith(".txt")):  # a name: ROOT/scannetv2_<name>.txt
-            p = root / f"scannetv2_{split}.txt"
-        wanted = read_split(p)  # a folder or FIFO given as the list is named as such
+        wanted = read_split(split_list_path(root, split))  # a folder or FIFO given as the list is named as such
     if names:
         wanted = list(names) if wanted is None else [n for n in wanted if n in set(names)]
     if wanted is None:
@@ -533,22 +530,17 @@ def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Option
     start = time.perf_counter()
     results: list[dict[str, Any]] = []
     args = [(str(s), str(out_p), options) for s in todo]
-    bar = None
-    if progress:
-        bar = tqdm(total=len(args), desc="preprocess", unit="scene", file=sys.stderr)
+    bar = tqdm(total=len(args), desc="preprocess", unit="scene", file=sys.stderr, disable=not progress)
     if workers == 1 or len(args) <= 1:
         for a in args:
             results.append(preprocess_scene(*a))
-            if bar:
-                bar.update(1)
+            bar.update(1)
     else:
         with mp.get_context("spawn").Pool(workers) as pool:
             for r in pool.imap_unordered(_star_preprocess, args):
                 results.append(r)
-                if bar:
-                    bar.update(1)
-    if bar:
-        bar.close()
+                bar.update(1)
+    bar.close()
     results.sort(key=lambda r: r["scene"])
     summary = {
         "root": str(root_p),

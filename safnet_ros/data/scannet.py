@@ -563,6 +563,12 @@ def write_label_map(tsv: str | os.PathLike, mapping: Mapping[str, int]) -> None:
             w.writerow([k, raw, raw, 1, int(nyu), "", names.get(int(nyu), ""), "", "", "", ""])
 
 
+def split_list_path(root: Path, split: str) -> Path:
+    """The split list ``split`` names: a path, or a name (``train`` -> ``root/scannetv2_train.txt``)."""
+    p = Path(split)
+    return p if p.is_file() or os.sep in split or split.endswith(".txt") else root / f"scannetv2_{split}.txt"
+
+
 def read_split(path: str | os.PathLike) -> list[str]:
     """Scene names of a split list (``scannetv2_train.txt``): one per line, blanks and ``#`` comments ignored."""
     p = require_file(path, "split list")

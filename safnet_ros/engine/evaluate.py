@@ -53,7 +53,7 @@ from safnet_ros import output_dir as od
 from safnet_ros.data.dataset import PreprocessedScene
 from safnet_ros.data.labels import CLASS_NAMES, NUM_CLASSES, TABLE_ORDER
 from safnet_ros.data.preprocess import TMP_PREFIX, scene_is_complete, unpack_coverage
-from safnet_ros.data.scannet import read_split
+from safnet_ros.data.scannet import read_split, split_list_path
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.engine.metrics import ConfusionMatrix
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError, ModelLoadError, SafnetError
@@ -93,9 +93,7 @@ def find_eval_scenes(root: str | Path, split: Optional[str], max_scenes: Optiona
     """
     base = require_dir(root, "preprocessed data folder (run `safnet data preprocess`)")
     if split:
-        split_path = Path(split)
-        if not (split_path.is_file() or os.sep in split or split.endswith(".txt")):  # a name: ROOT/scannetv2_<name>.txt
-            split_path = base / f"scannetv2_{split}.txt"
+        split_path = split_list_path(base, split)
         if not os.path.lexists(split_path):
             raise MissingDataError(split_path, f"split list of {split!r}")
         names = read_split(split_path)

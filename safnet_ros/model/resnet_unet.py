@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from safnet_ros.errors import ConfigError, ModelLoadError
+from safnet_ros.io_boundary import load_torch_file
 
 __all__ = [
     "BasicBlock",
@@ -236,10 +237,7 @@ def _read_state_dict(path_or_state_dict: Union[str, os.PathLike, Mapping[str, to
     path = os.fspath(path_or_state_dict)
     if not os.path.isfile(path):
         raise ModelLoadError(f"{path}: torchvision ResNet weight file is missing")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise ModelLoadError(f"{path}: cannot read as a torch state_dict ({type(exc).__name__}: {exc})") from exc
+    obj = load_torch_file(path, what="torch state_dict", error=ModelLoadError)
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -268,17 +266,12 @@ def load_torchvision_resnet(
         raise ModelLoadError(f"ImageNet ResNet weights need the torchvision width 64; this encoder has width "
                              f"{encoder.width} (the lite preset trains its 2D net from scratch)")
     source, where = _read_state_dict(path_or_state_dict)
-    state = {}
-    for key, value in source.items():
-        state[key[len("module."):] if key.startswith("module.") else key] = value
+    state = {key.removeprefix("module."): value for key, value in source.items()}
     ignored = sorted(k for k in state if k.startswith("fc."))
-    for key in ignored:
-        del state[key]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     expected = encoder.state_dict()
     # ImageNet files saved by old torch versions have no BN step counters: keep ours.
-    for key in set(expected) - set(state):
-        if key.endswith("num_batches_tracked"):
-            state[key] = expected[key]
+    state.update({k: expected[k] for k in set(expected) - set(state) if k.endswith("num_batches_tracked")})
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     bad_shape = sorted(

@@ -425,11 +425,7 @@ def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
         bits = rgb.astype("<u4")
     else:
         raise MessageDecodeError(f"rgb must be float32 or uint32, got dtype {rgb.dtype}")
-    out = np.empty(bits.shape + (3,), dtype=np.uint8)
-    out[..., 0] = (bits >> 16) & 0xFF
-    out[..., 1] = (bits >> 8) & 0xFF
-    out[..., 2] = bits & 0xFF
-    return out
+    return ((bits[..., None] >> np.array([16, 8, 0], dtype="<u4")) & 0xFF).astype(np.uint8)
 
 
 def _class_field_names() -> tuple[str, ...]:

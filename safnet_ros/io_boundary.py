@@ -88,9 +88,8 @@ def as_data_error(path: str | os.PathLike, what: str, exc: BaseException) -> Dat
 
 def read_text(path: str | os.PathLike, what: str = "text file") -> str:
     """UTF-8 text of ``path``; DataFormatError naming it when it is binary or unreadable."""
-    with reading(path, what):
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+    with reading(path, what), open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def load_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

@@ -323,11 +323,10 @@ def swap_in(new: Path, out: Path, command: Optional[str], overwrite: bool = True
     may only be replaced with ``overwrite`` and when ours) is renamed aside, ``new`` renamed in,
     then the old one deleted."""
     out = Path(out)
-    if out.exists() or out.is_symlink():
-        if not is_empty(out):
-            if not overwrite:
-                raise ConfigError(f"{out}: appeared while this run was writing (another run?); not replaced")
-            check_replaceable(out, command)
+    if (out.exists() or out.is_symlink()) and not is_empty(out):
+        if not overwrite:
+            raise ConfigError(f"{out}: appeared while this run was writing (another run?); not replaced")
+        check_replaceable(out, command)
     replace_folder(new, out)
 
 

@@ -444,9 +444,7 @@ def write_ply(path: str | os.PathLike, vertex: np.ndarray, faces: np.ndarray | N
     lines.append("end_header")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        f.write(("\n".join(lines) + "\n").encode("ascii"))
-        for b in body:
-            f.write(b)
+        f.writelines([("\n".join(lines) + "\n").encode("ascii"), *body])
 
 
 def scannet_vertex_array(xyz: np.ndarray, rgb: np.ndarray | None = None, labels: np.ndarray | None = None,

@@ -25,6 +25,7 @@ and decodes one frame at a time on request. Poses of lost tracking are ``-inf``;
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -397,10 +398,8 @@ class SensReader:
         self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
 
 def _as_matrix(m: np.ndarray | Sequence[float] | None, name: str) -> np.ndarray:

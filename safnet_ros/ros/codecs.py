@@ -408,9 +408,9 @@ def pack_rgb(colors: np.ndarray) -> np.ndarray:
     colors = np.asarray(colors)
     if colors.ndim < 1 or colors.shape[-1] != 3:
         raise MessageEncodeError(f"colours must be (N, 3), got shape {colors.shape}")
-    if colors.dtype != np.uint8:
-        if colors.dtype.kind not in "ui" or (colors.size and (colors.min() < 0 or colors.max() > 255)):
-            raise MessageEncodeError(f"colours must be uint8 0..255, got dtype {colors.dtype}")
+    if colors.dtype != np.uint8 and (colors.dtype.kind not in "ui"
+                                     or (colors.size and (colors.min() < 0 or colors.max() > 255))):
+        raise MessageEncodeError(f"colours must be uint8 0..255, got dtype {colors.dtype}")
     c = colors.astype(np.uint32)
     packed = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
     return packed.view(np.float32)

@@ -16,6 +16,7 @@ duration (docs/ros_node.md, "Lifecycle").
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -78,10 +79,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def quietly(action: Callable[[], Any]) -> None:
     """Run a release step after a requested shutdown; errors of an already invalid context are expected."""
-    try:
+    with contextlib.suppress(Exception):  # the context is gone: releasing may fail, nothing is left to leak
         action()
-    except Exception:  # noqa: BLE001 - the context is gone: releasing may fail, nothing is left to leak
-        pass
 
 
 def log_transition(node: Any, step: Callable[[], Any], run: Callable[[], Any]) -> Any:

@@ -10,6 +10,7 @@ Two wire formats, chosen by :func:`safnet_ros.ros.tf_path.active_tf_path`:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterable
@@ -106,10 +107,8 @@ class FallbackTransformListener:
             self._thread.start()
 
     def _spin(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # context shut down under us: the thread just ends
             spin_resilient(self._executor, self._executor.context)
-        except Exception:  # context shut down under us: the thread just ends
-            pass
 
     def callback(self, msg: TransformStamped) -> None:
         self.buffer.set_transform(msg, "default_authority")

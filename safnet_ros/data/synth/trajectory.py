@@ -58,10 +58,7 @@ def handheld_trajectory(rng: np.random.Generator, width: float, depth: float, fr
     """
     if frames <= 0:
         return np.zeros((0, 4, 4))
-    if overlap is None:
-        step = 2 * math.pi / frames
-    else:
-        step = (1.0 - float(overlap)) * math.radians(hfov_deg)
+    step = 2 * math.pi / frames if overlap is None else (1.0 - float(overlap)) * math.radians(hfov_deg)
     phi0 = float(rng.uniform(0, 2 * math.pi))
     direction = 1.0 if rng.uniform() < 0.5 else -1.0
     phi = phi0 + direction * step * np.arange(frames)

@@ -19,6 +19,7 @@ import argparse
 import math
 import re
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -260,17 +261,6 @@ def _yaml_value(value: Any) -> str:
     return repr(value)
 
 
-def _wrap(text: str, width: int, prefix: str) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(prefix) + len(line) + 1 + len(word) > width:
-            lines.append(prefix + line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    return lines + [prefix + line] if line else lines
-
-
 def _full_description(spec: Param) -> str:
     extra = []
     if spec.choices:
@@ -286,7 +276,8 @@ def to_yaml() -> str:
     """config/segment.yaml: every parameter with its default, a comment above each."""
     out = [YAML_HEADER.rstrip("\n")]
     for spec in PARAMETERS:
-        out += _wrap(_full_description(spec), 110, "    # ")
+        out += textwrap.wrap(" ".join(_full_description(spec).split()), 110, initial_indent="    # ",
+                             subsequent_indent="    # ", break_long_words=False, break_on_hyphens=False)
         out.append(f"    {spec.name}: {_yaml_value(spec.default)}")
     return "\n".join(out) + "\n"
 

@@ -18,6 +18,7 @@ Bad input (zero-length quaternions, non-finite values, wrong shapes) raises
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from safnet_ros.errors import ConfigError
 
@@ -48,55 +49,23 @@ def quat_to_matrix(q) -> np.ndarray:
     The quaternions are normalised first; a (near) zero-length one raises ConfigError.
     """
     q = _as_float(q, "quaternion", (4,))
-    norm = np.linalg.norm(q, axis=-1, keepdims=True)
-    if np.any(norm < 1e-12):
+    if np.any(np.linalg.norm(q, axis=-1) < 1e-12):
         raise ConfigError("quaternion of zero length has no rotation")
-    x, y, z, w = np.moveaxis(q / norm, -1, 0)
-    R = np.empty(q.shape[:-1] + (3, 3), dtype=np.float64)
-    R[..., 0, 0] = 1 - 2 * (y * y + z * z)
-    R[..., 0, 1] = 2 * (x * y - z * w)
-    R[..., 0, 2] = 2 * (x * z + y * w)
-    R[..., 1, 0] = 2 * (x * y + z * w)
-    R[..., 1, 1] = 1 - 2 * (x * x + z * z)
-    R[..., 1, 2] = 2 * (y * z - x * w)
-    R[..., 2, 0] = 2 * (x * z - y * w)
-    R[..., 2, 1] = 2 * (y * z + x * w)
-    R[..., 2, 2] = 1 - 2 * (x * x + y * y)
-    return R
+    return Rotation.from_quat(q.reshape(-1, 4)).as_matrix().reshape(q.shape[:-1] + (3, 3))
 
 
 def matrix_to_quat(R) -> np.ndarray:
     """Unit quaternions (..., 4) as (x, y, z, w), ``w >= 0``, of rotation matrices (..., 3, 3).
 
-    Accepts (..., 4, 4) transforms too (the rotation block is used). Uses the
-    numerically stable branch per matrix (largest of w, x, y, z is computed from the
-    trace-like sum, the others from off-diagonal terms), vectorised over the batch.
+    Accepts (..., 4, 4) transforms too (the rotation block is used). scipy's
+    ``Rotation.from_matrix`` takes the numerically stable branch per matrix
+    (the largest of w, x, y, z from the trace-like sum, the others from
+    off-diagonal terms); ``canonical`` gives ``w >= 0``.
     """
     tail = (4, 4) if np.shape(R)[-2:] == (4, 4) else (3, 3)
     R = _as_float(R, "rotation", tail)[..., :3, :3]
-    m00, m11, m22 = R[..., 0, 0], R[..., 1, 1], R[..., 2, 2]
-    # 4 * (w^2, x^2, y^2, z^2) from the diagonal.
-    cand = np.stack(
-        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], axis=-1
-    )
-    best = np.argmax(cand, axis=-1)
-    s = 2.0 * np.sqrt(np.maximum(np.take_along_axis(cand, best[..., None], -1)[..., 0], 1e-300))
-    d21, d12 = R[..., 2, 1], R[..., 1, 2]
-    d02, d20 = R[..., 0, 2], R[..., 2, 0]
-    d10, d01 = R[..., 1, 0], R[..., 0, 1]
-    # Each branch gives (x, y, z, w) from s = 4 * the dominant component.
-    branches = np.stack(
-        [
-            np.stack([(d21 - d12) / s, (d02 - d20) / s, (d10 - d01) / s, s / 4], -1),
-            np.stack([s / 4, (d01 + d10) / s, (d02 + d20) / s, (d21 - d12) / s], -1),
-            np.stack([(d01 + d10) / s, s / 4, (d12 + d21) / s, (d02 - d20) / s], -1),
-            np.stack([(d02 + d20) / s, (d12 + d21) / s, s / 4, (d10 - d01) / s], -1),
-        ],
-        axis=-2,
-    )
-    q = np.take_along_axis(branches, best[..., None, None], -2)[..., 0, :]
-    q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[..., 3:4] < 0, -q, q)
+    q = Rotation.from_matrix(R.reshape(-1, 3, 3)).as_quat(canonical=True)
+    return q.reshape(R.shape[:-2] + (4,))
 
 
 def make_transform(R, t) -> np.ndarray:

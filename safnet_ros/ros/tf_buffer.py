@@ -15,8 +15,9 @@ from geometry_msgs.msg import TransformStamped
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
 
+from safnet_ros.geometry.transforms import matrix_to_quat
 from safnet_ros.ros.codecs import ns_to_stamp, stamp_to_ns
-from safnet_ros.ros.tf_tree import FallbackTransformException, Pose, TfTree, strip_frame
+from safnet_ros.ros.tf_tree import FallbackTransformException, TfTree, strip_frame
 
 
 def _duration_ns(duration: Any) -> int:
@@ -110,7 +111,7 @@ class FallbackBuffer:
         with self._cond:
             return sorted(self._tree.frames())
 
-    def _wait_lookup(self, target: str, source: str, time_: Any, timeout: Any) -> tuple[int, Pose]:
+    def _wait_lookup(self, target: str, source: str, time_: Any, timeout: Any) -> tuple[int, np.ndarray]:
         stamp = stamp_to_ns(time_)
         deadline = time.monotonic() + _duration_ns(timeout) / 1e9
         with self._cond:
@@ -131,15 +132,14 @@ class FallbackBuffer:
         Raises LookupException, ConnectivityException, ExtrapolationException,
         InvalidArgumentException (the tf2 classes where tf2_ros is installed).
         """
-        stamp, (translation, rotation) = self._wait_lookup(target_frame, source_frame, time, timeout)
+        stamp, matrix = self._wait_lookup(target_frame, source_frame, time, timeout)
         out = TransformStamped()
         out.header.frame_id = strip_frame(target_frame)
         out.header.stamp = ns_to_stamp(stamp)
         out.child_frame_id = strip_frame(source_frame)
-        out.transform.translation.x, out.transform.translation.y, out.transform.translation.z = map(float, translation)
-        q = rotation / np.linalg.norm(rotation)
+        out.transform.translation.x, out.transform.translation.y, out.transform.translation.z = map(float, matrix[:3, 3])
         r = out.transform.rotation
-        r.x, r.y, r.z, r.w = map(float, q)
+        r.x, r.y, r.z, r.w = map(float, matrix_to_quat(matrix))
         return out
 
     def can_transform(

@@ -14,13 +14,13 @@ they map points in the child frame into the parent frame; quaternions are
 from __future__ import annotations
 
 import bisect
-import math
 from typing import Any, Optional
 
 import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
 
 from safnet_ros.errors import SafnetError
-from safnet_ros.geometry.transforms import transform_from_quat
+from safnet_ros.geometry.transforms import invert_transform, transform_from_quat
 
 
 class FallbackTransformException(SafnetError):
@@ -47,49 +47,9 @@ class FallbackTimeoutException(FallbackTransformException):
     """Reserved for API parity (tf2_ros raises it from async waits)."""
 
 
-Pose = tuple[np.ndarray, np.ndarray]  # (translation (3,) metres, unit quaternion (4,) x y z w)
-IDENTITY: Pose = (np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]))
-
-
-def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of quaternions (x, y, z, w)."""
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz])
-
-
-def quat_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Rotate vector ``v`` (3,) by unit quaternion ``q`` (x, y, z, w)."""
-    uv = np.cross(q[:3], v)
-    return v + 2.0 * (q[3] * uv + np.cross(q[:3], uv))
-
-
 def slerp(q0: np.ndarray, q1: np.ndarray, ratio: float) -> np.ndarray:
-    """Spherical interpolation between unit quaternions along the shorter arc, ratio in [0, 1]."""
-    dot = float(np.dot(q0, q1))
-    if dot < 0.0:
-        q1, dot = -q1, -dot
-    if dot > 0.9995:  # nearly equal: normalised lerp is accurate and stable
-        out = q0 + ratio * (q1 - q0)
-        return out / np.linalg.norm(out)
-    theta = math.acos(min(dot, 1.0))
-    return (math.sin((1.0 - ratio) * theta) * q0 + math.sin(ratio * theta) * q1) / math.sin(theta)
-
-
-def compose(a: Pose, b: Pose) -> Pose:
-    """``a ∘ b`` for rigid transforms as (translation, quaternion)."""
-    return a[0] + quat_rotate(a[1], b[0]), quat_mul(a[1], b[1])
-
-
-def invert(a: Pose) -> Pose:
-    qi = np.array([-a[1][0], -a[1][1], -a[1][2], a[1][3]])
-    return -quat_rotate(qi, a[0]), qi
-
-
-def pose_to_matrix(pose: Pose) -> np.ndarray:
-    """(4, 4) float64 homogeneous matrix of (translation, unit quaternion)."""
-    return transform_from_quat(pose[0], pose[1])
+    """Spherical interpolation between unit quaternions (x, y, z, w) along the shorter arc, ratio in [0, 1]."""
+    return Slerp([0.0, 1.0], Rotation.from_quat([q0, q1]))(ratio).as_quat()
 
 
 def strip_frame(frame_id: str) -> str:
@@ -125,10 +85,11 @@ class _Link:
             if cut:
                 del self.stamps[:cut], self.translations[:cut], self.rotations[:cut]
 
-    def at(self, stamp: int, child: str) -> Pose:
-        """T_parent_child at ``stamp`` (ns): linear translation, slerp rotation between the bracketing entries."""
+    def at(self, stamp: int, child: str) -> np.ndarray:
+        """(4, 4) T_parent_child at ``stamp`` (ns): linear translation, slerp rotation between the bracketing
+        entries."""
         if self.static:
-            return self.translations[0], self.rotations[0]
+            return transform_from_quat(self.translations[0], self.rotations[0])
         stamps = self.stamps
         if stamp > stamps[-1] or stamp < stamps[0]:
             direction = "future" if stamp > stamps[-1] else "past"
@@ -139,11 +100,11 @@ class _Link:
             )
         k = bisect.bisect_left(stamps, stamp)
         if stamps[k] == stamp:
-            return self.translations[k], self.rotations[k]
+            return transform_from_quat(self.translations[k], self.rotations[k])
         t0, t1 = stamps[k - 1], stamps[k]
         ratio = (stamp - t0) / (t1 - t0)
         translation = self.translations[k - 1] + ratio * (self.translations[k] - self.translations[k - 1])
-        return translation, slerp(self.rotations[k - 1], self.rotations[k], ratio)
+        return transform_from_quat(translation, slerp(self.rotations[k - 1], self.rotations[k], ratio))
 
 
 class TfTree:
@@ -197,14 +158,15 @@ class TfTree:
             seen.add(parent)
         return chain
 
-    def lookup(self, target: str, source: str, stamp: int) -> tuple[int, Pose]:
-        """(time used ns, T_target_source); ``stamp`` 0 = the latest time every link of the chain has data."""
+    def lookup(self, target: str, source: str, stamp: int) -> tuple[int, np.ndarray]:
+        """(time used ns, (4, 4) T_target_source); ``stamp`` 0 = the latest time every link of the chain has
+        data."""
         target, source = strip_frame(target), strip_frame(source)
         for name, frame in (("target_frame", target), ("source_frame", source)):
             if not frame:
                 raise FallbackInvalidArgumentException(f"{name} is empty: frame ids cannot be empty")
         if target == source:  # as tf2: identity, even for a frame it has not seen
-            return stamp, IDENTITY
+            return stamp, np.eye(4)
         known = self.frames()
         for name, frame in (("target_frame", target), ("source_frame", source)):
             if frame not in known:
@@ -222,14 +184,14 @@ class TfTree:
         if stamp == 0:
             dynamic = [self.links[c].stamps[-1] for c in source_links + target_links if not self.links[c].static]
             stamp = min(dynamic) if dynamic else 0
-        common_source = IDENTITY
-        for child in source_links:  # T_common_source = T_common_p ∘ ... ∘ T_p_source
-            common_source = compose(self.links[child].at(stamp, child), common_source)
-        common_target = IDENTITY
+        common_source = np.eye(4)
+        for child in source_links:  # T_common_source = T_common_p @ ... @ T_p_source
+            common_source = self.links[child].at(stamp, child) @ common_source
+        common_target = np.eye(4)
         for child in target_links:
-            common_target = compose(self.links[child].at(stamp, child), common_target)
-        return stamp, compose(invert(common_target), common_source)
+            common_target = self.links[child].at(stamp, child) @ common_target
+        return stamp, invert_transform(common_target) @ common_source
 
     def lookup_matrix(self, target: str, source: str, stamp: int) -> np.ndarray:
         """(4, 4) T_target_source at ``stamp`` ns (raises the Fallback* exceptions)."""
-        return pose_to_matrix(self.lookup(target, source, stamp)[1])
+        return self.lookup(target, source, stamp)[1]

@@ -39,6 +39,7 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, NYU40_IDS, nyu40_to_class
+from safnet_ros.data.preprocess import unpack_coverage
 from safnet_ros.data.scannet import ScanNetScene, transform_points
 from safnet_ros.data.view_similarity import sighting_groups, sighting_rows, similarity_per_view, vertex_mean
 from safnet_ros.engine.batching import prepare_view
@@ -143,12 +144,7 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
             stds.append(sd)
     finally:
         scene.close()
-    bits = np.stack(packed)  # (F, ceil(N / 8)) uint8
-
-    def seen_by(columns: np.ndarray) -> np.ndarray:
-        """(F, len(columns)) bool visibility of the vertices ``columns``."""
-        byte = bits[:, columns >> 3]
-        return ((byte >> (7 - (columns & 7)).astype(np.uint8)) & 1).astype(bool)
+    bits = np.stack(packed)  # (F, ceil(N / 8)) uint8: unpack_coverage(bits, columns) = who sees the columns
 
     # ---- mesh
     edges = _edge_lengths(xyz, faces)
@@ -162,7 +158,7 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
     annotated = nyu > 0
     high = height > 2.0
     ann_idx = np.flatnonzero(annotated)
-    per_frame = seen_by(ann_idx).mean(axis=1) if len(ann_idx) else np.zeros(0)
+    per_frame = unpack_coverage(bits, ann_idx).mean(axis=1) if len(ann_idx) else np.zeros(0)
     out["seen"] = {
         "annotated_any_frame": float(seen_any[annotated].mean()) if annotated.any() else float("nan"),
         "annotated_per_frame_mean": float(per_frame.mean()) if len(per_frame) else float("nan"),
@@ -182,7 +178,7 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
         if len(idx) < 200:
             continue
         base = np.sort(rng.choice(idx, size=min(BASE_POINTS, len(idx)), replace=False))
-        cov = seen_by(base)
+        cov = unpack_coverage(bits, base)
         total = cov.any(axis=0).sum()
         cover_all.append(total / len(base))
         if total == 0:

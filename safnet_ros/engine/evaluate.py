@@ -436,10 +436,9 @@ def format_ablation(results: Sequence[ModelResult]) -> str:
     head = f"{'model':<{name_w}} " + " ".join(f"{t:>{max(len(t), 3)}}" for t in titles) + f" {'views':>5} {'mIoU':>6}"
     lines = [head, "-" * len(head)]
     for r in results:
-        marks = []
-        for (key, title, _v) in ABLATION_SWITCHES:
-            on = r.switches()[key]
-            marks.append(f"{'-' if on is None else (CHECK if on else ''):>{max(len(title), 3)}}")
+        on = r.switches()
+        marks = [f"{'-' if on[key] is None else (CHECK if on[key] else ''):>{max(len(title), 3)}}"
+                 for key, title, _v in ABLATION_SWITCHES]
         k = r.headline_views
         lines.append(f"{r.label:<{name_w}} " + " ".join(marks) + f" {k:>5} {_pct(r.matrices[k].miou()):>6}")
     return "\n".join(lines)

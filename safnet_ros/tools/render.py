@@ -35,6 +35,14 @@ def label_colors(labels: np.ndarray) -> np.ndarray:
     return colors
 
 
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (its folder created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
+
+
 def _perspective(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Project (N, 3) z-up metres from a virtual camera at a high corner.
 
@@ -131,10 +139,7 @@ def render_cloud_png(
         fig.suptitle(title, fontsize=12)
     height = fig.get_figheight()
     fig.subplots_adjust(bottom=1.0 / height, top=1.0 - 0.75 / height, wspace=0.05, hspace=0.12)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    return path
+    return _save(fig, path)
 
 
 def render_moved_similarity_png(
@@ -209,7 +214,4 @@ def render_moved_similarity_png(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    return path
+    return _save(fig, path)

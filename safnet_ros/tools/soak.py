@@ -153,10 +153,6 @@ def make_synthetic_bag(out: Path, rate_hz: float = 10.0, frames: int = 40, seed:
     return Path(out)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
 def soak(
     minutes: float,
     rate: float = 10.0,
@@ -261,9 +257,8 @@ def soak(
         report.rss_start_mib, report.rss_end_mib, report.rss_max_mib = rss[0], rss[-1], max(rss)
     report.rss_slope_mib_per_min = rss_slope_mib_per_min([t for t, _ in report.samples], rss)
     report.latency_count = len(latencies)
-    report.latency_p50_s = _percentile(latencies, 50)
-    report.latency_p90_s = _percentile(latencies, 90)
-    report.latency_p99_s = _percentile(latencies, 99)
+    if latencies:
+        report.latency_p50_s, report.latency_p90_s, report.latency_p99_s = map(float, np.percentile(latencies, (50, 90, 99)))
     return report
 
 

@@ -62,13 +62,9 @@ def frustum_lines(K: np.ndarray, camera_to_world: np.ndarray, wh: tuple[int, int
     corners_cam = np.stack([x, y, np.full(4, depth)], axis=1)
     T = np.asarray(camera_to_world, dtype=np.float64)
     corners = corners_cam @ T[:3, :3].T + T[:3, 3]
-    centre = T[:3, 3]
-    segments = []
-    for i in range(4):
-        segments += [centre, corners[i]]
-    for i in range(4):
-        segments += [corners[i], corners[(i + 1) % 4]]
-    return np.asarray(segments)
+    edges = np.stack([np.broadcast_to(T[:3, 3], (4, 3)), corners], axis=1)  # centre -> each corner
+    rim = np.stack([corners, np.roll(corners, -1, axis=0)], axis=1)  # corner i -> corner i + 1
+    return np.concatenate([edges, rim]).reshape(16, 3)
 
 
 def _points(xyz: np.ndarray) -> list[Point]:
@@ -100,18 +96,10 @@ def similarity_markers(
     if source not in SIMILARITY_RANGES:
         raise ValueError(f"similarity source must be one of {sorted(SIMILARITY_RANGES)}, got {source!r}")
     out = MarkerArray()
-    clear = Marker()
-    clear.header = header
-    clear.action = Marker.DELETEALL
-    out.markers.append(clear)
+    out.markers.append(Marker(header=header, action=Marker.DELETEALL))
 
-    pts = Marker()
-    pts.header = header
-    pts.ns = "similarity"
-    pts.id = 0
-    pts.type = Marker.POINTS
-    pts.action = Marker.ADD
-    pts.pose.orientation.w = 1.0
+    # (a Marker's pose is the identity by default: geometry_msgs/Quaternion's w defaults to 1)
+    pts = Marker(header=header, ns="similarity", id=0, type=Marker.POINTS, action=Marker.ADD)
     pts.scale.x = pts.scale.y = float(point_size)
     pts.color.a = 1.0
     sim = np.asarray(similarity, dtype=np.float64)
@@ -124,15 +112,9 @@ def similarity_markers(
     out.markers.append(pts)
 
     for i, view in enumerate(views):
-        m = Marker()
-        m.header = header
-        m.ns = "frustums"
-        m.id = i
-        m.type = Marker.LINE_LIST
-        m.action = Marker.ADD
-        m.pose.orientation.w = 1.0
+        m = Marker(header=header, ns="frustums", id=i, type=Marker.LINE_LIST, action=Marker.ADD,
+                   color=ColorRGBA(r=1.0, g=0.6, b=0.0, a=1.0))
         m.scale.x = 0.01
-        m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 0.6, 0.0, 1.0
         m.points = _points(frustum_lines(view.K, view.camera_to_world, view.wh, frustum_depth))
         out.markers.append(m)
     return out

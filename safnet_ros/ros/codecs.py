@@ -500,18 +500,11 @@ def structured_to_pointcloud2(points: np.ndarray, header: Header | None = None, 
     for name in points.dtype.names:
         if points.dtype.fields[name][0].base.byteorder == ">":
             raise MessageEncodeError(f"field {name!r} is big endian; the output clouds are little endian")
-    msg = PointCloud2()
-    msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
-    msg.height = 1
-    msg.width = int(points.shape[0])
-    msg.fields = fields_from_dtype(points.dtype)
-    msg.is_bigendian = False
-    msg.point_step = int(points.dtype.itemsize)
-    msg.row_step = msg.point_step * msg.width
-    names = points.dtype.names
-    msg.is_dense = all(bool(np.isfinite(points[c]).all()) for c in "xyz" if c in names) if len(points) else True
-    msg.data = _to_byte_array(points)
-    return msg
+    n, step = int(points.shape[0]), int(points.dtype.itemsize)
+    dense = all(bool(np.isfinite(points[c]).all()) for c in "xyz" if c in points.dtype.names) if n else True
+    return PointCloud2(header=make_header(header, frame_id=frame_id, stamp=stamp), height=1, width=n,
+                       fields=fields_from_dtype(points.dtype), is_bigendian=False, point_step=step,
+                       row_step=step * n, is_dense=dense, data=_to_byte_array(points))
 
 
 def make_labeled_cloud(
@@ -725,14 +718,9 @@ def array_to_image(
     if arr.dtype.kind != base.kind or arr.dtype.itemsize != base.itemsize:
         raise MessageEncodeError(f"{encoding} needs dtype {base.name}, got {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=base)
-    msg = Image()
-    msg.header = make_header(header, frame_id=frame_id, stamp=stamp)
-    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = int(arr.shape[1] * channels * base.itemsize)
-    msg.data = _to_byte_array(arr)
-    return msg
+    return Image(header=make_header(header, frame_id=frame_id, stamp=stamp), height=int(arr.shape[0]),
+                 width=int(arr.shape[1]), encoding=encoding, is_bigendian=0,
+                 step=int(arr.shape[1] * channels * base.itemsize), data=_to_byte_array(arr))
 
 
 def camera_info_to_K(msg: Any) -> np.ndarray:

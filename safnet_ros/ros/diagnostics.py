@@ -147,15 +147,11 @@ def stats_to_diagnostics(snap: StatsSnapshot, grown: dict[str, int], stamp: Any,
     grown: counter increments since the last report (decides WARN / ERROR).
     stamp: builtin_interfaces/Time for the header.
     """
-    status = DiagnosticStatus()
-    status.name = name
-    status.hardware_id = hardware_id
+    status = DiagnosticStatus(name=name, hardware_id=hardware_id, level=DiagnosticStatus.OK)
     problems = []
     if grown.get("worker_errors", 0):
         status.level = DiagnosticStatus.ERROR
         problems.append(f"{grown['worker_errors']} worker errors")
-    else:
-        status.level = DiagnosticStatus.OK
     for key, what in (("decode_errors", "undecodable messages"), ("tf_failures", "missing transforms"),
                       ("clouds_dropped", "dropped clouds")):
         if grown.get(key, 0):
@@ -175,9 +171,8 @@ def stats_to_diagnostics(snap: StatsSnapshot, grown: dict[str, int], stamp: Any,
     values += [(key, str(value)) for key, value in snap.counters.items()]
     values += list(snap.extra.items())
     status.values = [KeyValue(key=k, value=v) for k, v in values]
-    msg = DiagnosticArray()
+    msg = DiagnosticArray(status=[status])
     msg.header.stamp = stamp
-    msg.status = [status]
     return msg
 
 

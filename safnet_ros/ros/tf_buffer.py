@@ -15,9 +15,9 @@ from geometry_msgs.msg import TransformStamped
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
 
-from safnet_ros.geometry.transforms import matrix_to_quat
-from safnet_ros.ros.codecs import ns_to_stamp, stamp_to_ns
+from safnet_ros.ros.codecs import stamp_to_ns
 from safnet_ros.ros.tf_tree import FallbackTransformException, TfTree, strip_frame
+from safnet_ros.ros.transforms import matrix_to_transform
 
 
 def _duration_ns(duration: Any) -> int:
@@ -133,14 +133,7 @@ class FallbackBuffer:
         InvalidArgumentException (the tf2 classes where tf2_ros is installed).
         """
         stamp, matrix = self._wait_lookup(target_frame, source_frame, time, timeout)
-        out = TransformStamped()
-        out.header.frame_id = strip_frame(target_frame)
-        out.header.stamp = ns_to_stamp(stamp)
-        out.child_frame_id = strip_frame(source_frame)
-        out.transform.translation.x, out.transform.translation.y, out.transform.translation.z = map(float, matrix[:3, 3])
-        r = out.transform.rotation
-        r.x, r.y, r.z, r.w = map(float, matrix_to_quat(matrix))
-        return out
+        return matrix_to_transform(matrix, strip_frame(target_frame), strip_frame(source_frame), stamp=stamp)
 
     def can_transform(
         self,

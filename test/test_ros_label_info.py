@@ -10,9 +10,9 @@ rclpy = pytest.importorskip("rclpy")
 
 from test_ros_node import NODE_PARAMS, Collector, Harness, lidar_cloud, tiny_checkpoint  # noqa: E402
 
-from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS  # noqa: E402
+from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS, encode_label_ids  # noqa: E402
 from safnet_ros.ros import codecs  # noqa: E402
-from safnet_ros.ros.label_info import LATCHED_QOS, class_map, encode, label_info_class  # noqa: E402
+from safnet_ros.ros.label_info import LATCHED_QOS, class_map, label_info_class  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -32,8 +32,8 @@ def test_class_maps_name_every_id_written():
     nyu = class_map("nyu40")
     assert [i for i, _ in nyu[:20]] == list(NYU40_IDS) and nyu[20] == (0, "unlabeled")
     labels = np.array([0, 4, 19, 255])
-    np.testing.assert_array_equal(encode(labels, "index"), labels)
-    np.testing.assert_array_equal(encode(labels, "nyu40"), [1, 5, 39, 0])
+    np.testing.assert_array_equal(encode_label_ids(labels, "index"), labels)
+    np.testing.assert_array_equal(encode_label_ids(labels, "nyu40"), [1, 5, 39, 0])
 
 
 @pytest.mark.parametrize("space", ["index", "nyu40"])

@@ -20,18 +20,10 @@ from __future__ import annotations
 import importlib
 from typing import Any, Optional
 
-import numpy as np
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
-from safnet_ros.data.labels import (
-    CLASS_NAMES,
-    IGNORE_INDEX,
-    LABEL_SPACES,
-    NUM_CLASSES,
-    NYU40_IDS,
-    encode_label_ids,
-)
+from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, LABEL_SPACES, NUM_CLASSES, NYU40_IDS
 from safnet_ros.errors import ConfigError
 
 #: Id of a point that was not labelled, per label space.
@@ -53,11 +45,6 @@ def class_map(space: str) -> list[tuple[int, str]]:
     """(id, name) of every id written in ``space``: the 20 classes, then the unlabelled id."""
     ids = range(NUM_CLASSES) if check_label_space(space) == "index" else NYU40_IDS
     return [(int(i), name) for i, name in zip(ids, CLASS_NAMES)] + [(UNLABELLED_ID[space], UNLABELLED_NAME)]
-
-
-def encode(labels: np.ndarray, space: str) -> np.ndarray:
-    """(N,) class indices (255 = not labelled) -> (N,) uint16 ids of ``space``."""
-    return encode_label_ids(labels, space)
 
 
 def label_info_class() -> Optional[Any]:
@@ -105,5 +92,5 @@ class LabelInfoPublisher:
             self.publisher = None
 
 
-__all__ = ["LABEL_SPACES", "UNLABELLED_ID", "THRESHOLD", "check_label_space", "class_map", "encode",
+__all__ = ["LABEL_SPACES", "UNLABELLED_ID", "THRESHOLD", "check_label_space", "class_map",
            "label_info_class", "make_label_info", "LATCHED_QOS", "LabelInfoPublisher"]

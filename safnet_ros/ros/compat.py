@@ -59,7 +59,7 @@ from safnet_ros.ros.tf_tree import (
     FallbackTimeoutException,
     FallbackTransformException,
 )
-from safnet_ros.ros.transforms import matrix_to_quaternion, matrix_to_transform, transform_to_matrix
+from safnet_ros.ros.transforms import matrix_to_transform, transform_to_matrix
 
 _FORCE_FALLBACK = os.environ.get("SAFNET_FORCE_ROS_FALLBACK", "").strip().lower() in ("1", "true", "yes")
 
@@ -145,7 +145,7 @@ __all__ = [
     "Buffer", "TransformListener", "TransformBroadcaster", "StaticTransformBroadcaster", "make_transform_listener",
     "TransformException", "LookupException", "ConnectivityException", "ExtrapolationException",
     "InvalidArgumentException", "TimeoutException",
-    "transform_to_matrix", "matrix_to_transform", "matrix_to_quaternion",
+    "transform_to_matrix", "matrix_to_transform",
     "DEFAULT_TF_TOPIC", "DEFAULT_TF_STATIC_TOPIC",
     "FallbackSimpleFilter", "FallbackSubscriber", "FallbackApproximateTimeSynchronizer", "FallbackTimeSynchronizer",
     "FallbackBuffer", "FallbackTransformListener", "FallbackTransformBroadcaster",

@@ -23,11 +23,6 @@ def transform_to_matrix(transform: Any) -> np.ndarray:
     return transform_from_quat([tf.translation.x, tf.translation.y, tf.translation.z], q)
 
 
-def matrix_to_quaternion(rotation: np.ndarray) -> np.ndarray:
-    """(4,) unit quaternion (x, y, z, w), w >= 0, of a (3,3) rotation matrix."""
-    return matrix_to_quat(np.asarray(rotation, dtype=np.float64))
-
-
 def matrix_to_transform(
     matrix: np.ndarray, frame_id: str = "", child_frame_id: str = "", stamp: Any = None
 ) -> TransformStamped:

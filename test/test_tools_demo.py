@@ -23,10 +23,11 @@ from safnet_ros.errors import ConfigError
 from safnet_ros.json_out import json_safe
 from safnet_ros.mapping import SemanticVoxelMap
 from safnet_ros.mapping.map_ply import load_map, save_map
+from safnet_ros.mapping.score import score_labels as score
 from safnet_ros.tools.demo import score_map
 from safnet_ros.tools.demo_command import add_arguments, run
 from safnet_ros.tools.render import UNLABELLED_COLOR, label_colors, render_cloud_png
-from safnet_ros.tools.vertex_votes import VertexVotes, score
+from safnet_ros.tools.vertex_votes import VertexVotes
 
 
 def _grid(n: int = 5, step: float = 0.1) -> np.ndarray:

@@ -38,7 +38,7 @@ from safnet_ros.model.safnet import read_checkpoint_payload
 from safnet_ros.tools import bag_io as bio
 from safnet_ros.tools.bag_convert import convert_scene
 from safnet_ros.tools.render import render_cloud_png
-from safnet_ros.tools.vertex_votes import VertexVotes, score
+from safnet_ros.tools.vertex_votes import VertexVotes
 from safnet_ros.validation import check_output_dir
 
 #: Scene settings of ``--fast`` (the CI test): few frames, small images, a coarse mesh.
@@ -285,9 +285,9 @@ def score_map(scene: DemoScene, replay: ReplayResult, clouds: list[np.ndarray]) 
     unsmoothed = score_labels(scene.truth, transfer_labels(loaded.snapshot(), scene.xyz))
     single, map_same = [], []
     for cloud_labels in clouds:
-        single.append(float(score(scene.truth, cloud_labels)["miou"]))
+        single.append(float(score_labels(scene.truth, cloud_labels)["miou"]))
         same = np.where(cloud_labels >= 0, labels, -1)  # the map, on the vertices this cloud labelled
-        map_same.append(float(score(scene.truth, same)["miou"]) if (same >= 0).any() else float("nan"))
+        map_same.append(float(score_labels(scene.truth, same)["miou"]) if (same >= 0).any() else float("nan"))
     block = {
         "miou": s["miou"], "oa": s["oa"], "coverage": s["coverage"], "voxels": len(snap),
         "update_ms_mean": replay.map_update_ms_mean, "miou_all_vertices": s["miou_all_vertices"],
@@ -444,9 +444,9 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
               f"them and the node's semantic map ({replay.map_voxels} voxels)")
     votes, wrong_frame = accumulate(scene, replay)
     labels = votes.labels()
-    summary = score(scene.truth, labels)
+    summary = score_labels(scene.truth, labels)
     # the vote's ties go to the lower class index (wall, floor, cabinet, bed, chair ...): how much that decides
-    random_ties = [score(scene.truth, votes.labels(ties="random", seed=s))["miou"] for s in range(5)]
+    random_ties = [score_labels(scene.truth, votes.labels(ties="random", seed=s))["miou"] for s in range(5)]
     summary["vote_tied_vertices"] = int(votes.tied().sum())
     summary["miou_random_ties"] = float(np.mean(random_ties))
     map_block, map_labels = score_map(scene, replay, single_cloud_vertex_labels(scene, replay))
@@ -524,7 +524,7 @@ def run_offline(args: argparse.Namespace, out: Path, scene: DemoScene) -> dict:
     result = seg.segment(scene.xyz, views)
     _stage(5, "scoring")
     labels = np.asarray(result.labels).astype(np.int64)
-    summary = score(scene.truth, labels)
+    summary = score_labels(scene.truth, labels)
     _stage(6, "writing the labelled PLY and rendering the PNG")
     ply_path, png_path = write_outputs(out, scene, labels, result.s,
                                        _title(scene, summary, seg.untrained, "offline Segmenter"))

@@ -15,8 +15,6 @@ from typing import Optional
 import numpy as np
 from scipy.spatial import cKDTree
 
-from safnet_ros.engine.metrics import ConfusionMatrix
-
 #: A labelled point is the scene vertex nearest to it within this distance (metres).
 MATCH_TOLERANCE_M = 1e-3
 
@@ -122,18 +120,3 @@ class VertexVotes:
         with np.errstate(invalid="ignore", divide="ignore"):
             per_position = np.where(n > 0, self.similarity_sum / np.maximum(n, 1), np.nan)
         return self.per_vertex(per_position)
-
-
-def score(truth: np.ndarray, labels: np.ndarray) -> dict:
-    """mIoU / OA over the vertices with a label (labels >= 0); (N,) class indices each.
-
-    Returns :meth:`ConfusionMatrix.summary` (``miou``, ``oa``, ``per_class`` ...) with
-    ``labelled_vertices`` and ``coverage`` (the labelled fraction of all N vertices).
-    """
-    has = labels >= 0
-    cm = ConfusionMatrix()
-    cm.add(truth[has], labels[has])
-    out = cm.summary()
-    out["labelled_vertices"] = int(has.sum())
-    out["coverage"] = float(has.mean()) if len(has) else 0.0
-    return out

@@ -60,22 +60,12 @@ def write_mark(folder: str | os.PathLike, command: str, settings: Optional[dict[
     folder = Path(folder)
     listed = sorted(set(files)) if files is not None else _listing(folder)
     mark = {"written_by": "safnet_ros", "command": command, "version": str(__version__),
-            "settings": _jsonable(settings or {}), "files": listed,
+            "settings": json.loads(json.dumps(settings or {}, default=str)), "files": listed,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     tmp = folder / f"{MARK_NAME}.tmp"
     tmp.write_text(json.dumps(mark, indent=1))
     os.replace(tmp, folder / MARK_NAME)
     return folder / MARK_NAME
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
 
 
 def read_mark(folder: str | os.PathLike) -> Optional[dict[str, Any]]:

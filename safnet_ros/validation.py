@@ -27,12 +27,12 @@ MAX_IMAGE_SIDE = 8192
 
 
 # --------------------------------------------------------------------------- argparse types
-def _bounds_text(lo: Optional[float], hi: Optional[float], lo_open: bool) -> str:
-    if lo is not None and hi is not None:
-        return f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo:g}"
-    return f"<= {hi:g}"
+def bounds_text(lo: Optional[float], hi: Optional[float], lo_open: bool = False) -> str:
+    """``>= lo and <= hi`` (``> lo`` when ``lo_open``; a missing bound left out; '' without bounds)."""
+    parts = [f"{'>' if lo_open else '>='} {lo:g}"] if lo is not None else []
+    if hi is not None:
+        parts.append(f"<= {hi:g}")
+    return " and ".join(parts)
 
 
 def int_range(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[str], int]:
@@ -43,7 +43,7 @@ def int_range(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[s
         except ValueError:
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"must be an integer {_bounds_text(lo, hi, False)}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be an integer {bounds_text(lo, hi, False)}, got {value}")
         return value
     parse.__name__ = "integer"
     return parse
@@ -61,7 +61,7 @@ def float_range(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_op
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         below = lo is not None and (value <= lo if lo_open else value < lo)
         if below or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"must be {_bounds_text(lo, hi, lo_open)}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {bounds_text(lo, hi, lo_open)}, got {text!r}")
         return value
     parse.__name__ = "number"
     return parse

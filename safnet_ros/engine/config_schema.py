@@ -27,6 +27,7 @@ import yaml
 from safnet_ros.errors import ConfigError, DataFormatError
 from safnet_ros.io_boundary import read_text
 from safnet_ros.model.config import PRESETS, VARIANTS  # the model's own lists: one source of truth
+from safnet_ros.validation import bounds_text
 
 #: Network frame size the preprocessed data has (images.crop_wh must fit inside).
 FRAME_WH = (160, 120)
@@ -179,15 +180,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _range_text(rule: Rule) -> str:
-    parts = []
-    if rule.lo is not None:
-        parts.append(f"{'>' if rule.lo_open else '>='} {rule.lo:g}")
-    if rule.hi is not None:
-        parts.append(f"<= {rule.hi:g}")
-    return " and ".join(parts)
-
-
 def check_value(key: str, value: Any, rule: Rule) -> Any:
     """``value`` normalised for ``rule`` (ints, floats), or ConfigError naming ``key``."""
     if value is None:
@@ -239,7 +231,7 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)
         if not isinstance(value, int):
-            raise bad("an integer" + (f" {_range_text(rule)}" if _range_text(rule) else ""))
+            raise bad(f"an integer {bounds_text(rule.lo, rule.hi, rule.lo_open)}".rstrip())
     elif kind == "float":
         if isinstance(value, bool):
             raise bad("a number (not true/false)")
@@ -257,7 +249,7 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
         raise AssertionError(f"unknown rule kind {kind!r} for {key}")
     below = rule.lo is not None and (value <= rule.lo if rule.lo_open else value < rule.lo)
     if below or (rule.hi is not None and value > rule.hi):
-        raise bad(("an integer " if kind == "int" else "") + _range_text(rule))
+        raise bad(("an integer " if kind == "int" else "") + bounds_text(rule.lo, rule.hi, rule.lo_open))
     return value
 
 

@@ -155,13 +155,7 @@ def run_segment_bag(args: argparse.Namespace) -> int:
 
 
 def guarded_segment_bag(args: argparse.Namespace, segment_bag: Any, topics: Any) -> None:
-    """Run ``segment_bag`` under the output-folder rules (docs/reliability.md): OUT_BAG separate from
-    BAG, replaced only with --overwrite and only when safnet wrote it; marked when written."""
-    import os
-
-    from safnet_ros import output_dir as od
-
-    od.claim(args.out_bag, "segment-bag", overwrite=args.overwrite, inputs=[args.bag], what="output bag")
+    """Run ``segment_bag`` (which keeps to the output-folder rules of docs/reliability.md and marks OUT_BAG)."""
     summary = segment_bag(
         args.bag, args.out_bag, model=args.model, device=args.device, num_views=args.num_views, topics=topics,
         max_views=args.max_views, storage=args.storage, overwrite=args.overwrite,
@@ -169,7 +163,4 @@ def guarded_segment_bag(args: argparse.Namespace, segment_bag: Any, topics: Any)
         map_max_voxels=args.map_max_voxels, map_fusion=args.map_fusion, map_smoothing=args.map_smoothing,
         map_smoothing_cell=args.map_smoothing_cell, precision=args.precision, outside_views=args.outside_views,
     )
-    od.write_mark(args.out_bag, "segment-bag", {"bag": os.path.abspath(args.bag), "model": args.model,
-                                                "num_views": args.num_views, "max_views": args.max_views,
-                                                "storage": args.storage, "map": args.map})
     print("\n".join(summary.lines()))

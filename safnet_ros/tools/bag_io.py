@@ -20,7 +20,6 @@ from __future__ import annotations
 import array
 import contextlib
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -284,48 +283,6 @@ def bag_custom_data(path: str | os.PathLike) -> dict[str, str]:
     if info is None or not isinstance(custom or {}, dict):
         raise DataFormatError(meta_path, "not a rosbag2 metadata.yaml (no rosbag2_bagfile_information mapping)")
     return {str(k): str(v) for k, v in (custom or {}).items()}
-
-
-def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
-    """``out`` as a Path; ConfigError when it exists and ``overwrite`` is False (checked before any work)."""
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise ConfigError(f"{out} exists already; pass --overwrite to replace it")
-    return out
-
-
-def remove_path(path: Path) -> None:
-    """Delete a file, link or folder tree (no error when absent)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-@contextlib.contextmanager
-def staged_output(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-    """Yield a path to write a bag into; on success it is renamed to ``out``.
-
-    The bag is written as ``.NAME.partial-PID/NAME`` beside ``out`` (same name,
-    so rosbag2's storage file is named as a finished bag's would be; hidden
-    staging folder, same file system for the rename).  On any exception (or
-    Ctrl-C) the staging folder is deleted and ``out`` is left untouched; a
-    killed process leaves only the hidden staging folder, never a
-    complete-looking bag at ``out``.
-    """
-    out = check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    remove_path(staging)
-    staging.mkdir()
-    try:
-        yield staging / out.name
-        if out.exists() or out.is_symlink():
-            check_output(out, overwrite)
-            remove_path(out)
-        os.replace(staging / out.name, out)
-    finally:
-        remove_path(staging)
 
 
 def bag_size(path: str | os.PathLike) -> int:

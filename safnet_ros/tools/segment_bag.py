@@ -38,6 +38,7 @@ import numpy as np
 from rosbags.rosbag2 import Writer
 from tqdm import tqdm
 
+from safnet_ros import output_dir as od
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.engine.pipeline import KEPT, SegmentationPipeline
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
@@ -207,9 +208,8 @@ def segment_bag(
     started = time.perf_counter()
     plugin = bio.bag_storage_plugin(storage)
     bio.require_bag(bag)
-    out_bag = bio.check_output(out_bag, overwrite)
-    if os.path.abspath(out_bag) == os.path.abspath(bag):
-        raise ConfigError("the output bag must differ from the input bag")
+    # OUT_BAG: separate from BAG, replaced only with overwrite and only when safnet wrote it (docs/reliability.md)
+    out_bag = od.claim(out_bag, "segment-bag", overwrite=overwrite, inputs=[bag], what="output bag")
     summary = SegmentBagSummary(out=str(out_bag))
     vmap = None
     if map_path is not None:
@@ -232,7 +232,10 @@ def segment_bag(
         info: Any = None
         waiting_for_info: deque[tuple[int, Any, Any]] = deque(maxlen=10)
         total = sum(c.msgcount for c in wanted)
-        with bio.staged_output(out_bag, overwrite) as tmp, Writer(tmp, version=9, storage_plugin=plugin) as writer:
+        settings = {"bag": os.path.abspath(bag), "model": model, "num_views": num_views, "max_views": max_views,
+                    "storage": storage, "map": None if map_path is None else str(map_path)}
+        with od.staged_folder(out_bag, "segment-bag", settings, create=False, overwrite=overwrite) as tmp, \
+                Writer(tmp, version=9, storage_plugin=plugin) as writer:
             conn_cloud = writer.add_connection(bio.LABELED_CLOUD_TOPIC, bio.POINTCLOUD2, typestore=bio.TYPESTORE,
                                                offered_qos_profiles=[bio.DEFAULT_QOS])
             conn_markers = writer.add_connection(bio.MARKERS_TOPIC, bio.MARKER_ARRAY, typestore=bio.TYPESTORE,

@@ -26,9 +26,7 @@ Two ways to compute coverage (:func:`coverage_matrix`, ``method=``):
 """
 from __future__ import annotations
 
-import itertools
-from math import comb
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -36,14 +34,7 @@ from scipy.spatial import cKDTree
 from safnet_ros.errors import ConfigError, DataFormatError
 from safnet_ros.geometry.camera import backproject, visible
 
-__all__ = [
-    "coverage_matrix",
-    "greedy_select",
-    "brute_force_select",
-    "covered_count",
-    "coverage_fraction",
-    "select_views",
-]
+__all__ = ["coverage_matrix", "greedy_select"]
 
 
 def _unpack_view(view: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,67 +117,3 @@ def greedy_select(coverage, k: int) -> list[int]:
         chosen.append(best)
         remaining &= ~cov[best]
     return chosen
-
-
-def covered_count(coverage, selection: Optional[Sequence[int]] = None) -> int:
-    """Number of points (columns) covered by at least one of ``selection`` (all views when None)."""
-    cov = _check_coverage(coverage)
-    rows = cov if selection is None else cov[np.asarray(list(selection), dtype=np.int64)]
-    return int(np.count_nonzero(rows.any(axis=0))) if len(rows) else 0
-
-
-def coverage_fraction(coverage, selection: Optional[Sequence[int]] = None) -> float:
-    """Fraction in [0, 1] of the N points covered by ``selection`` (all views when None).
-
-    1.0 for N = 0 (nothing is left uncovered).
-    """
-    cov = _check_coverage(coverage)
-    n = cov.shape[1]
-    return 1.0 if n == 0 else covered_count(cov, selection) / n
-
-
-def brute_force_select(coverage, k: int, max_combinations: int = 200_000) -> list[int]:
-    """The optimal ``min(k, V)`` views (largest union; ties -> lexicographically first set).
-
-    Exhaustive over all combinations, for tests and small cases only: raises
-    ConfigError when there would be more than ``max_combinations`` of them.
-    """
-    cov = _check_coverage(coverage)
-    V = cov.shape[0]
-    m = min(int(k), V)
-    if m <= 0:
-        return []
-    if comb(V, m) > max_combinations:
-        raise ConfigError(f"brute force over C({V}, {m}) = {comb(V, m)} view sets is too many")
-    best, best_count = None, -1
-    for combo in itertools.combinations(range(V), m):
-        c = int(np.count_nonzero(cov[list(combo)].any(axis=0)))
-        if c > best_count:
-            best, best_count = list(combo), c
-    return best
-
-
-def select_views(
-    points,
-    views: Sequence[Any],
-    k: int,
-    num_base_points: int = 2000,
-    rng: Optional[np.random.Generator] = None,
-    tol: float = 0.1,
-    method: str = "projection",
-) -> list[int]:
-    """MVPNet's view selection for one chunk: up to ``k`` indices into ``views``.
-
-    Samples ``num_base_points`` of ``points`` (N, 3) without replacement (all when N is
-    smaller; ``rng`` default ``np.random.default_rng(0)``), computes their coverage
-    (:func:`coverage_matrix`) and selects greedily (:func:`greedy_select`).
-    """
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise DataFormatError(None, f"points must be (N, 3), got shape {pts.shape}")
-    if num_base_points < 1:
-        raise ConfigError(f"num_base_points must be >= 1, got {num_base_points}")
-    if len(pts) > num_base_points:
-        rng = rng if rng is not None else np.random.default_rng(0)
-        pts = pts[rng.choice(len(pts), num_base_points, replace=False)]
-    return greedy_select(coverage_matrix(pts, views, tol=tol, method=method), k)

@@ -29,8 +29,6 @@ __all__ = [
     "invert_transform",
     "apply_transform",
     "transform_from_quat",
-    "transform_to_quat",
-    "is_rigid",
 ]
 
 
@@ -85,12 +83,6 @@ def transform_from_quat(t, q) -> np.ndarray:
     return make_transform(quat_to_matrix(q), t)
 
 
-def transform_to_quat(T) -> tuple[np.ndarray, np.ndarray]:
-    """Split (..., 4, 4) transforms into (translation (..., 3), quaternion (..., 4) xyzw, w >= 0)."""
-    T = _as_float(T, "transform", (4, 4))
-    return T[..., :3, 3].copy(), matrix_to_quat(T[..., :3, :3])
-
-
 def invert_transform(T) -> np.ndarray:
     """Inverse of rigid transforms (..., 4, 4): ``[R^T, -R^T t]`` (exact for rotations, no solve)."""
     T = _as_float(T, "transform", (4, 4))
@@ -117,16 +109,3 @@ def apply_transform(T, points) -> np.ndarray:
     p = pts.astype(np.float64, copy=False)
     out = np.einsum("...ij,...nj->...ni", T[..., :3, :3], p) + T[..., None, :3, 3]
     return out.astype(dtype, copy=False)
-
-
-def is_rigid(T, tol: float = 1e-5) -> bool:
-    """True when every (..., 4, 4) ``T`` is a proper rigid transform (R^T R = I, det R = +1, last row 0 0 0 1)."""
-    T = np.asarray(T, dtype=np.float64)
-    if T.shape[-2:] != (4, 4) or not np.all(np.isfinite(T)):
-        return False
-    R = T[..., :3, :3]
-    eye = np.einsum("...ji,...jk->...ik", R, R)
-    ok = np.abs(eye - np.eye(3)).max(axis=(-2, -1)) <= tol
-    ok &= np.abs(np.linalg.det(R) - 1.0) <= tol
-    ok &= np.abs(T[..., 3, :] - np.array([0.0, 0.0, 0.0, 1.0])).max(axis=-1) <= tol
-    return bool(np.all(ok))

@@ -285,15 +285,10 @@ class FrameStamper:
         return ns
 
 
-def frustum_cloud(xyz: np.ndarray, packed_rgb: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray,
-                  wh: tuple[int, int], max_range: float) -> np.ndarray:
-    """(M,) :data:`bag_io.XYZRGB_DTYPE` points of ``xyz`` (N, 3) world metres inside the camera's frustum."""
-    return frustum_cloud_any(xyz, packed_rgb, K, [camera_to_world], wh, max_range)
-
-
 def frustum_cloud_any(xyz: np.ndarray, packed_rgb: np.ndarray, K: np.ndarray, poses: list[np.ndarray],
                       wh: tuple[int, int], max_range: float) -> np.ndarray:
-    """Like :func:`frustum_cloud`, for the points inside any of the cameras' frustums (each point once)."""
+    """(M,) :data:`bag_io.XYZRGB_DTYPE` points of ``xyz`` (N, 3) world metres inside any of the cameras'
+    frustums (each point once)."""
     inside = np.zeros(len(xyz), dtype=bool)
     for pose in poses:
         inside |= frustum_mask(xyz, K, pose, wh, max_range)

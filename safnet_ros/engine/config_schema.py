@@ -282,18 +282,6 @@ def from_mapping(cls: type, data: Any, path: str = "") -> Any:
     return cls(**values)
 
 
-def known_keys(cls: type = TrainConfig, path: str = "") -> list[str]:
-    """Every dotted leaf key of the config tree (for docs and tests)."""
-    out: list[str] = []
-    for f in _user_fields(cls):
-        factory = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(factory):
-            out.extend(known_keys(factory, f"{path}{f.name}."))
-        else:
-            out.append(path + f.name)
-    return out
-
-
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Deep merge of two plain mappings (``--set`` over the YAML); ``model.overrides`` merges too."""
     out = dict(base)

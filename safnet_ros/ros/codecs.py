@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from builtin_interfaces.msg import Time as TimeMsg
+from numpy.lib.recfunctions import structured_to_unstructured
 from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
@@ -312,25 +313,10 @@ def pointcloud2_to_xyz(msg: Any, skip_nans: bool = True) -> DecodedXYZ:
     for c, (dt, _) in zip("xyz", parts):
         if dt.shape != ():
             raise MessageDecodeError(f"{what}: field {c!r} has count {dt.shape[0]}, expected 1")
-    base = parts[0][0]
-    step = base.itemsize
-    contiguous = all(p[0] == base for p in parts) and [p[1] for p in parts] == [
-        parts[0][1], parts[0][1] + step, parts[0][1] + 2 * step
-    ]
-    if contiguous:
-        xyz_dtype = np.dtype(
-            {"names": ["xyz"], "formats": [(base, (3,))], "offsets": [parts[0][1]], "itemsize": full.itemsize}
-        )
-        xyz = _cloud_view(msg, xyz_dtype)["xyz"].astype(np.float32)
-    else:
-        xyz_dtype = np.dtype(
-            {"names": ["x", "y", "z"], "formats": [p[0] for p in parts],
-             "offsets": [p[1] for p in parts], "itemsize": full.itemsize}
-        )
-        view = _cloud_view(msg, xyz_dtype)
-        xyz = np.empty((view.shape[0], 3), dtype=np.float32)
-        for i, c in enumerate("xyz"):
-            xyz[:, i] = view[c]
+    xyz_dtype = np.dtype({"names": ["x", "y", "z"], "formats": [p[0] for p in parts],
+                          "offsets": [p[1] for p in parts], "itemsize": full.itemsize})
+    # one strided copy when x, y, z are adjacent fields of one type, else one per field
+    xyz = np.array(structured_to_unstructured(_cloud_view(msg, xyz_dtype), dtype=np.float32))
     n = xyz.shape[0]
     if not skip_nans:
         return DecodedXYZ(xyz, np.arange(n, dtype=np.int64), n)

@@ -33,6 +33,7 @@ docs/ros_compat.md.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
@@ -63,49 +64,29 @@ from safnet_ros.ros.transforms import matrix_to_transform, transform_to_matrix
 
 _FORCE_FALLBACK = os.environ.get("SAFNET_FORCE_ROS_FALLBACK", "").strip().lower() in ("1", "true", "yes")
 
-HAVE_MESSAGE_FILTERS = False
-HAVE_TF2 = False
 
-Subscriber: Any = FallbackSubscriber
-ApproximateTimeSynchronizer: Any = FallbackApproximateTimeSynchronizer
-TimeSynchronizer: Any = FallbackTimeSynchronizer
-Buffer: Any = FallbackBuffer
-TransformListener: Any = FallbackTransformListener
-TransformBroadcaster: Any = FallbackTransformBroadcaster
-StaticTransformBroadcaster: Any = FallbackStaticTransformBroadcaster
-TransformException: Any = FallbackTransformException
-LookupException: Any = FallbackLookupException
-ConnectivityException: Any = FallbackConnectivityException
-ExtrapolationException: Any = FallbackExtrapolationException
-InvalidArgumentException: Any = FallbackInvalidArgumentException
-TimeoutException: Any = FallbackTimeoutException
+def _bind(library: str, dropins: tuple[Any, ...]) -> tuple[bool, tuple[Any, ...]]:
+    """(True, the library's classes of the drop-ins' names without ``Fallback``) where ``library`` imports
+    and fallbacks are not forced, else (False, ``dropins``)."""
+    if not _FORCE_FALLBACK:
+        try:
+            module = importlib.import_module(library)
+        except ImportError:
+            pass
+        else:
+            return True, tuple(getattr(module, d.__name__.removeprefix("Fallback")) for d in dropins)
+    return False, dropins
 
-if not _FORCE_FALLBACK:
-    try:
-        import message_filters as _message_filters
 
-        Subscriber = _message_filters.Subscriber
-        ApproximateTimeSynchronizer = _message_filters.ApproximateTimeSynchronizer
-        TimeSynchronizer = _message_filters.TimeSynchronizer
-        HAVE_MESSAGE_FILTERS = True
-    except ImportError:
-        pass
-    try:
-        import tf2_ros as _tf2_ros
-
-        Buffer = _tf2_ros.Buffer
-        TransformListener = _tf2_ros.TransformListener
-        TransformBroadcaster = _tf2_ros.TransformBroadcaster
-        StaticTransformBroadcaster = _tf2_ros.StaticTransformBroadcaster
-        TransformException = _tf2_ros.TransformException
-        LookupException = _tf2_ros.LookupException
-        ConnectivityException = _tf2_ros.ConnectivityException
-        ExtrapolationException = _tf2_ros.ExtrapolationException
-        InvalidArgumentException = _tf2_ros.InvalidArgumentException
-        TimeoutException = _tf2_ros.TimeoutException
-        HAVE_TF2 = True
-    except ImportError:
-        pass
+HAVE_MESSAGE_FILTERS, (Subscriber, ApproximateTimeSynchronizer, TimeSynchronizer) = _bind(
+    "message_filters", (FallbackSubscriber, FallbackApproximateTimeSynchronizer, FallbackTimeSynchronizer))
+HAVE_TF2, (Buffer, TransformListener, TransformBroadcaster, StaticTransformBroadcaster, TransformException,
+           LookupException, ConnectivityException, ExtrapolationException, InvalidArgumentException,
+           TimeoutException) = _bind("tf2_ros", (
+               FallbackBuffer, FallbackTransformListener, FallbackTransformBroadcaster,
+               FallbackStaticTransformBroadcaster, FallbackTransformException, FallbackLookupException,
+               FallbackConnectivityException, FallbackExtrapolationException, FallbackInvalidArgumentException,
+               FallbackTimeoutException))
 
 
 def make_transform_listener(

@@ -15,11 +15,11 @@ from safnet_ros.data.scannet import (
     find_scenes,
     read_label_map,
     read_split,
-    transform_points,
     write_label_map,
 )
 from safnet_ros.data.sens import SensWriter
 from safnet_ros.errors import DataFormatError, MissingDataError
+from safnet_ros.geometry.transforms import apply_transform
 
 CW, CH, DW, DH = 32, 24, 16, 12
 K_C = np.array([[30.0, 0, 15.5], [0, 30.0, 11.5], [0, 0, 1]])
@@ -84,10 +84,10 @@ def test_axis_alignment_absent_or_bad(tmp_path):
         ScanNetScene(scene.dir).axis_alignment
 
 
-def test_transform_points_matches_homogeneous_product():
+def test_axis_alignment_applies_as_the_homogeneous_product():
     pts = np.random.default_rng(0).normal(size=(10, 3))
     expect = (ALIGN @ np.c_[pts, np.ones(10)].T).T[:, :3]
-    np.testing.assert_allclose(transform_points(ALIGN, pts), expect)
+    np.testing.assert_allclose(apply_transform(ALIGN, pts), expect)
 
 
 def test_frames_from_sens(tmp_path):

@@ -46,9 +46,10 @@ from tqdm import tqdm
 
 from safnet_ros import output_dir as od
 from safnet_ros.data.labels import IGNORE_INDEX, nyu40_to_class
-from safnet_ros.data.scannet import ScanNetScene, find_scenes, read_split, split_list_path, transform_points
+from safnet_ros.data.scannet import ScanNetScene, find_scenes, read_split, split_list_path
 from safnet_ros.engine.batching import prepare_view
 from safnet_ros.errors import ConfigError, DataFormatError, SafnetError
+from safnet_ros.geometry.transforms import apply_transform
 from safnet_ros.geometry.views import coverage_matrix
 from safnet_ros.io_boundary import reading
 from safnet_ros.validation import MAX_COUNT, int_range, require_dir
@@ -295,7 +296,7 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
     with ScanNetScene(scene_dir) as scene:
         M = scene.axis_alignment
         xyz, rgb, faces = scene.load_mesh()
-        xyz = transform_points(M, xyz).astype(np.float32)
+        xyz = apply_transform(M, xyz).astype(np.float32)
         has_labels = scene.labels_path.is_file()
         if has_labels:
             nyu40 = scene.load_nyu40()

@@ -41,6 +41,7 @@ from safnet_ros.data.sens import (
     valid_pose_mask,
 )
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+from safnet_ros.geometry.transforms import apply_transform
 from safnet_ros.io_boundary import read_text, reading
 from safnet_ros.validation import require_dir, require_file
 
@@ -370,13 +371,6 @@ def read_scene_meta(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
-def transform_points(matrix: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    """Apply a (4, 4) transform to (N, 3) points: p' = M [x y z 1]^T. Keeps xyz's float dtype."""
-    m = np.asarray(matrix, dtype=np.float64)
-    out = np.asarray(xyz, dtype=np.float64) @ m[:3, :3].T + m[:3, 3]
-    return out.astype(xyz.dtype if np.asarray(xyz).dtype.kind == "f" else np.float64)
-
-
 class ScanNetScene:
     """One ScanNet scene folder (``sceneXXXX_YY/``); files are read on demand.
 
@@ -424,7 +418,7 @@ class ScanNetScene:
         """Mesh vertices: xyz (N, 3) float32 metres (axis-aligned when ``aligned``), rgb (N, 3) uint8."""
         xyz, rgb, _ = self.load_mesh()
         if aligned:
-            xyz = transform_points(self.axis_alignment, xyz)
+            xyz = apply_transform(self.axis_alignment, xyz)
         return xyz, rgb
 
     def load_mesh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -40,12 +40,13 @@ from scipy.spatial import cKDTree
 
 from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, NYU40_IDS, nyu40_to_class
 from safnet_ros.data.preprocess import unpack_coverage
-from safnet_ros.data.scannet import ScanNetScene, transform_points
+from safnet_ros.data.scannet import ScanNetScene
 from safnet_ros.data.view_similarity import sighting_groups, sighting_rows, similarity_per_view, vertex_mean
 from safnet_ros.engine.batching import prepare_view
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
 from safnet_ros.geometry.camera import backproject, nearest_pixel, project, visible
+from safnet_ros.geometry.transforms import apply_transform
 from safnet_ros.geometry.views import greedy_select
 from safnet_ros.tools.render import render_cloud_png, render_moved_similarity_png
 
@@ -119,7 +120,7 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
                                                    "(edge lengths, ray casting)")
         xyz = xyz.astype(np.float64)
         nyu = scene.load_nyu40().astype(np.int64)
-        aligned = transform_points(scene.axis_alignment, xyz) if scene.has_axis_alignment else xyz
+        aligned = apply_transform(scene.axis_alignment, xyz) if scene.has_axis_alignment else xyz
         height = aligned[:, 2] - aligned[:, 2].min()
         src = scene.frames
         indices = src.valid_indices[::frame_step]

@@ -14,6 +14,7 @@ they map points in the child frame into the parent frame; quaternions are
 from __future__ import annotations
 
 import bisect
+import functools
 from typing import Any, Optional
 
 import numpy as np
@@ -184,13 +185,10 @@ class TfTree:
         if stamp == 0:
             dynamic = [self.links[c].stamps[-1] for c in source_links + target_links if not self.links[c].static]
             stamp = min(dynamic) if dynamic else 0
-        common_source = np.eye(4)
-        for child in source_links:  # T_common_source = T_common_p @ ... @ T_p_source
-            common_source = self.links[child].at(stamp, child) @ common_source
-        common_target = np.eye(4)
-        for child in target_links:
-            common_target = self.links[child].at(stamp, child) @ common_target
-        return stamp, invert_transform(common_target) @ common_source
+        def from_common(chain: list[str]) -> np.ndarray:  # T_common_frame = T_common_p @ ... @ T_p_frame
+            return functools.reduce(lambda acc, child: self.links[child].at(stamp, child) @ acc, chain, np.eye(4))
+
+        return stamp, invert_transform(from_common(target_links)) @ from_common(source_links)
 
     def lookup_matrix(self, target: str, source: str, stamp: int) -> np.ndarray:
         """(4, 4) T_target_source at ``stamp`` ns (raises the Fallback* exceptions)."""

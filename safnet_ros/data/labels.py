@@ -7,6 +7,8 @@ otherfurniture=19); every other nyu40 id, and 0 (unannotated), maps to
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 #: Label value of points/pixels that are ignored in losses and metrics.
@@ -52,27 +54,26 @@ _NYU40_TO_CLASS = np.full(256, IGNORE_INDEX, dtype=np.uint8)
 _NYU40_TO_CLASS[list(NYU40_IDS)] = np.arange(NUM_CLASSES, dtype=np.uint8)
 
 
+def _lookup(table: np.ndarray, ids: np.ndarray, default: Any) -> np.ndarray:
+    """``table[ids]`` for ids in ``0..len(table) - 1``, ``default`` for any other id (shape: ids' + table rows')."""
+    ids = np.asarray(ids).astype(np.int64)
+    out = np.full(ids.shape + table.shape[1:], default, dtype=table.dtype)
+    ok = (ids >= 0) & (ids < len(table))
+    out[ok] = table[ids[ok]]
+    return out
+
+
 def nyu40_to_class(nyu40: np.ndarray) -> np.ndarray:
     """Map nyu40 ids (any int array) to class indices 0..19, others to IGNORE_INDEX.
 
     Ids outside 0..255 (corrupt files) are ignored too. Returns uint8, same shape.
     """
-    ids = np.asarray(nyu40)
-    out = np.full(ids.shape, IGNORE_INDEX, dtype=np.uint8)
-    ok = (ids >= 0) & (ids < 256)
-    out[ok] = _NYU40_TO_CLASS[ids[ok].astype(np.int64)]
-    return out
+    return _lookup(_NYU40_TO_CLASS, nyu40, IGNORE_INDEX)
 
 
 def class_to_nyu40(classes: np.ndarray) -> np.ndarray:
     """Map class indices 0..19 back to nyu40 ids; IGNORE_INDEX (or any other value) -> 0."""
-    c = np.asarray(classes).astype(np.int64)
-    lut = np.zeros(256, dtype=np.uint16)
-    lut[:NUM_CLASSES] = NYU40_IDS
-    out = np.zeros(c.shape, dtype=np.uint16)
-    ok = (c >= 0) & (c < 256)
-    out[ok] = lut[c[ok]]
-    return out
+    return _lookup(np.asarray(NYU40_IDS, dtype=np.uint16), classes, 0)
 
 
 #: Id spaces labels are written in: class indices (0..19, 255 = not labelled) or nyu40 ids (0 = not labelled).
@@ -90,11 +91,4 @@ def encode_label_ids(classes: np.ndarray, space: str = "index") -> np.ndarray:
 
 def class_colors(classes: np.ndarray) -> np.ndarray:
     """(N,) class indices -> (N, 3) uint8 RGB; ignored/unknown -> IGNORE_COLOR."""
-    c = np.asarray(classes).astype(np.int64)
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:NUM_CLASSES] = CLASS_COLORS
-    lut[NUM_CLASSES:] = IGNORE_COLOR
-    out = np.zeros(c.shape + (3,), dtype=np.uint8)
-    ok = (c >= 0) & (c < 256)
-    out[ok] = lut[c[ok]]
-    return out
+    return _lookup(CLASS_COLORS, classes, IGNORE_COLOR)

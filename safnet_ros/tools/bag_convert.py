@@ -43,9 +43,9 @@ Decisions:
 * Frames whose pose is not finite (ScanNet's -inf: tracking lost) are skipped
   and counted; ``skip=N`` keeps every N-th frame id.
 * Memory: one decoded frame at a time, plus the mesh vertices for ``/points``.
-* The bag is written into a hidden ``.NAME.partial-PID`` folder beside the
-  output and renamed when complete, so a killed run never leaves a
-  complete-looking bag.
+* The bag is written into a hidden ``.NAME.safnet-new-PID`` folder beside the
+  output and swapped in when complete (:func:`safnet_ros.output_dir.staged_folder`),
+  so a killed run never leaves a complete-looking bag.
 """
 from __future__ import annotations
 

@@ -213,7 +213,7 @@ class _Accumulator:
 
     def add(self, pidx: np.ndarray, probs: np.ndarray, sims: np.ndarray, view_dist: np.ndarray) -> None:
         """One forward's outputs for the points ``pidx``: probs (n, C), sims (3, n), view_dist (n,)."""
-        self.votes.add(pidx, probs)
+        self.votes.add(pidx, probs, kind="probs")  # softmax outputs: no need to test the rows
         self.sim_sum[:, pidx] += sims
         self.sim_cnt[pidx] += 1
         self.nearest_view[pidx] = np.minimum(self.nearest_view[pidx], view_dist)
@@ -468,15 +468,14 @@ class Segmenter:
             shift = np.array([part.center[0], part.center[1], 0.0], dtype=np.float32)
             p_np[i, :len(pts)] = pts - shift
             qs, pix = [], []
-            for v in part.views:
+            for v in part.views:  # each view's Q near the part, in view order (build_chunk_sample's order)
                 q, local = self._backprojection(views[v], keys[v])
-                qs.append(q)
-                pix.append(local + slot[v] * pixels)
-            if qs:
-                q = np.concatenate(qs)
                 near = near_chunk(q, pts)
-                q_list.append((q[near] - shift).astype(np.float32))
-                pix_list.append(np.concatenate(pix)[near])
+                qs.append(q[near])
+                pix.append(local[near] + slot[v] * pixels)
+            if qs:
+                q_list.append((np.concatenate(qs) - shift).astype(np.float32))
+                pix_list.append(np.concatenate(pix))
             else:
                 q_list.append(np.zeros((0, 3), np.float32))
                 pix_list.append(np.zeros(0, np.int64))

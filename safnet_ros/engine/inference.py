@@ -12,9 +12,11 @@ segmentation, the evaluator and the demo:
    chunk without views is (S = 0, ``SegmentResult.outside_views`` True); such a
    3D-only chunk of fewer than ``min_3d_chunk_points`` points (default: the
    model's first-level centroid count, ``pn_npoints[0]``) is merged into the
-   nearest larger one, because below that count PointNet++ takes every point as
-   a centroid and a chunk of a few hundred points costs as much as a full one
-   (the thin strips around the views' box were half the node's forward); with
+   chunk with the nearest centre that has that many (all into the fullest when
+   none has: :func:`~safnet_ros.geometry.chunks.chunk_grid`), because below that
+   count PointNet++ takes every point as a centroid and a chunk of a few hundred
+   points costs as much as a full one (the thin strips around the views' box
+   were a fifth of the node's forward); with
    ``"ignore"`` they are not segmented (``segmented`` False). When no view
    covers any point (a camera stream that stopped) the whole cloud is segmented
    3D-only;

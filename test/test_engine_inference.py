@@ -7,7 +7,7 @@ import torch
 
 from safnet_ros.data.labels import IGNORE_INDEX
 from safnet_ros.engine.batching import PosedView, build_chunk_sample, collate
-from safnet_ros.engine.inference import Segmenter, voxel_downsample
+from safnet_ros.engine.inference import Segmenter, _Part, voxel_downsample
 from safnet_ros.errors import ModelLoadError
 
 
@@ -276,3 +276,32 @@ def test_points_beyond_the_views_are_labelled_3d_only_or_ignored():
     np.testing.assert_array_equal(labelled.labels[inside], ignored.labels[inside])
     np.testing.assert_allclose(labelled.probs[inside], ignored.probs[inside], atol=1e-5)
     assert labelled.chunks_without_views > ignored.chunks_without_views
+
+
+def test_small_3d_only_chunks_are_merged_and_the_batches_keep_them_apart():
+    """Points beyond the views in 1.5 m chunks of a few hundred points are merged into chunks of at least
+    the model's first-level centroid count (lite: 512), in a forward of their own (never padded into a
+    batch with views); the points near the views get exactly what they got before."""
+    pts = _room(2000)
+    ring = np.random.default_rng(2).uniform(-1, 1, (2400, 2))
+    ring = 4.0 * ring / np.linalg.norm(ring, axis=1, keepdims=True)  # a ring 4 m around: ~15 small chunks
+    scan = np.concatenate([pts, np.c_[ring, np.random.default_rng(3).uniform(0, 2, 2400)].astype(np.float32)])
+    views = [_floor_view(1.0)]
+    small = _lite_segmenter(chunk_stride=1.5, crop_margin=0.2, min_3d_chunk_points=32)
+    merged = _lite_segmenter(chunk_stride=1.5, crop_margin=0.2)
+    assert merged.min_3d_chunk_points == merged.config.pn_npoints[0] == 512
+    forwards = []
+    original = merged._run_batch
+    merged._run_batch = lambda work, v, keys, parts: forwards.append([p.views for p in parts]) or original(
+        work, v, keys, parts)
+    a, b = small.segment(scan, views), merged.segment(scan, views)
+    assert a.chunks_without_views >= 8 and b.chunks_without_views < a.chunks_without_views / 4
+    assert all(all(v) or not any(v) for v in forwards)  # 3D-only parts never share a batch with viewed ones
+    centre = np.zeros(2)
+    parts = [_Part(np.arange(1000), (0,), centre), _Part(np.arange(900), (), centre),
+             _Part(np.arange(800), (0, 1), centre), _Part(np.arange(700), (), centre)]
+    assert [[len(p.index) for p in batch] for batch in merged._batches(parts)] == [[1000, 800], [900, 700]]
+    assert b.segmented.all() and (b.outside_views == a.outside_views).all()
+    near = ~a.outside_views
+    np.testing.assert_array_equal(b.labels[near], a.labels[near])
+    np.testing.assert_allclose(b.probs[near], a.probs[near], atol=1e-5)

@@ -9,7 +9,14 @@ segmentation, the evaluator and the demo:
 3. the cloud is cropped to what the views cover plus ``crop_margin``. Points
    outside (a 360° LiDAR scan around a camera) are, with ``outside_views="3d"``
    (default), chunked on their own and labelled by the 3D branch alone, as a
-   chunk without views is (S = 0, ``SegmentResult.outside_views`` True); with
+   chunk without views is (S = 0, ``SegmentResult.outside_views`` True); such a
+   3D-only chunk of fewer than ``min_3d_chunk_points`` points (default: the
+   model's first-level centroid count, ``pn_npoints[0]``) is merged into the
+   chunk with the nearest centre that has that many (all into the fullest when
+   none has: :func:`~safnet_ros.geometry.chunks.chunk_grid`), because below that
+   count PointNet++ takes every point as a centroid and a chunk of a few hundred
+   points costs as much as a full one (the thin strips around the views' box
+   were a fifth of the node's forward); with
    ``"ignore"`` they are not segmented (``segmented`` False). When no view
    covers any point (a camera stream that stopped) the whole cloud is segmented
    3D-only;
@@ -208,7 +215,7 @@ class _Accumulator:
 
     def add(self, pidx: np.ndarray, probs: np.ndarray, sims: np.ndarray, view_dist: np.ndarray) -> None:
         """One forward's outputs for the points ``pidx``: probs (n, C), sims (3, n), view_dist (n,)."""
-        self.votes.add(pidx, probs)
+        self.votes.add(pidx, probs, kind="probs")  # softmax outputs: no need to test the rows
         self.sim_sum[:, pidx] += sims
         self.sim_cnt[pidx] += 1
         self.nearest_view[pidx] = np.minimum(self.nearest_view[pidx], view_dist)
@@ -241,6 +248,7 @@ class Segmenter:
         crop_margin: float = 0.3,
         max_chunk_points: int = 30000,
         min_chunk_points: int = 32,
+        min_3d_chunk_points: Optional[int] = None,
         min_oom_chunk_points: int = 512,
         coverage_tol: float = 0.1,
         seed: int = 0,
@@ -270,6 +278,10 @@ class Segmenter:
         self.crop_margin = float(crop_margin)
         self.max_chunk_points = int(max_chunk_points)
         self.min_chunk_points = int(min_chunk_points)
+        if min_3d_chunk_points is None:  # the first SA level's centroids (models without PointNet++: no merging)
+            npoints = getattr(config, "pn_npoints", None) or (0,)
+            min_3d_chunk_points = int(npoints[0])
+        self.min_3d_chunk_points = max(self.min_chunk_points, int(min_3d_chunk_points))
         self.min_oom_chunk_points = max(1, int(min_oom_chunk_points))
         self.coverage_tol = float(coverage_tol)
         self.seed = int(seed)
@@ -458,15 +470,14 @@ class Segmenter:
             shift = np.array([part.center[0], part.center[1], 0.0], dtype=np.float32)
             p_np[i, :len(pts)] = pts - shift
             qs, pix = [], []
-            for v in part.views:
+            for v in part.views:  # each view's Q near the part, in view order (build_chunk_sample's order)
                 q, local = self._backprojection(views[v], keys[v])
-                qs.append(q)
-                pix.append(local + slot[v] * pixels)
-            if qs:
-                q = np.concatenate(qs)
                 near = near_chunk(q, pts)
-                q_list.append((q[near] - shift).astype(np.float32))
-                pix_list.append(np.concatenate(pix)[near])
+                qs.append(q[near])
+                pix.append(local[near] + slot[v] * pixels)
+            if qs:
+                q_list.append((np.concatenate(qs) - shift).astype(np.float32))
+                pix_list.append(np.concatenate(pix))
             else:
                 q_list.append(np.zeros((0, 3), np.float32))
                 pix_list.append(np.zeros(0, np.int64))
@@ -550,11 +561,11 @@ class Segmenter:
     def _plan(self, work: np.ndarray, kept: np.ndarray, views: Sequence[PosedView], cov: np.ndarray,
               rng: np.random.Generator, acc: _Accumulator, result: SegmentResult) -> list[_Part]:
         """Step 4: the chunks of the points ``kept``, their views and their parts of at most
-        ``max_chunk_points`` (``views`` empty: 3D-only chunks)."""
+        ``max_chunk_points`` (``views`` empty: 3D-only chunks, merged below ``min_3d_chunk_points``)."""
         if len(kept) == 0:
             return []
         chunks = chunk_grid(work[kept], size=self.chunk_size, stride=self.chunk_stride,
-                            min_points=self.min_chunk_points)
+                            min_points=self.min_chunk_points if views else self.min_3d_chunk_points)
         parts: list[_Part] = []
         for chunk in chunks:
             idx = kept[chunk.index]
@@ -582,18 +593,21 @@ class Segmenter:
         """Parts grouped for batched forwards: largest first; a batch holds at most
         ``batch_points`` points once padded to its largest part (one part at least),
         and only parts of at least half its largest (padding costs about as much as
-        points, so a small part waits for a batch of small parts)."""
+        points, so a small part waits for a batch of small parts). Parts with views
+        and 3D-only parts never share a batch: a 3D-only part in a batch with views
+        would pay for the batch's Q points (the CSM maps N_Q of every row)."""
         if not self.batch_chunks:
             return [[p] for p in parts]
-        ordered = sorted(parts, key=lambda p: -len(p.index))
         batches: list[list[_Part]] = []
-        for part in ordered:
-            largest = len(batches[-1][0].index) if batches else 0
-            if (batches and (len(batches[-1]) + 1) * largest <= self.batch_points
-                    and 2 * len(part.index) >= largest):
-                batches[-1].append(part)
-            else:
-                batches.append([part])
+        for group in ([p for p in parts if p.views], [p for p in parts if not p.views]):
+            start = len(batches)
+            for part in sorted(group, key=lambda p: -len(p.index)):
+                largest = len(batches[-1][0].index) if len(batches) > start else 0
+                if (len(batches) > start and (len(batches[-1]) + 1) * largest <= self.batch_points
+                        and 2 * len(part.index) >= largest):
+                    batches[-1].append(part)
+                else:
+                    batches.append([part])
         return batches
 
     def _forward(self, work: np.ndarray, views: Sequence[PosedView], parts: list[_Part],

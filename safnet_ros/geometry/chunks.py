@@ -259,8 +259,12 @@ class VoteAccumulator:
         if kind == "logits":
             e = np.exp(s - s.max(axis=1, keepdims=True))
             s = e / e.sum(axis=1, keepdims=True)
-        np.add.at(self.prob_sum, idx, s.astype(np.float32))
-        self.counts += np.bincount(idx, minlength=self.num_points)
+        added = np.bincount(idx, minlength=self.num_points)
+        if added.max() <= 1:  # no duplicates (a chunk's points): plain fancy indexing, ~10x np.add.at's speed
+            self.prob_sum[idx] += s.astype(np.float32)
+        else:
+            np.add.at(self.prob_sum, idx, s.astype(np.float32))
+        self.counts += added
         if self.hard is not None:
             np.add.at(self.hard, (idx, np.argmax(s, axis=1)), 1)
 

@@ -148,9 +148,10 @@ class SetAbstraction(nn.Module):
         # m * k at every level but the first), and the grouped concatenation is never
         # built. The offsets x_j - c stay explicit: W_x x_j - W_x c would cancel.
         weight = _conv_matrix(self.mlp[0])  # (W0, 3 + C)
-        pre = F.linear(gather(xyz, idx) - centroids.unsqueeze(2), weight[:, :3])  # (B, m, k, W0)
+        # in place on fresh tensors (the lookup, the matmul's output): no (B, m, k, .) temporaries
+        pre = F.linear(gather(xyz, idx).sub_(centroids.unsqueeze(2)), weight[:, :3])  # (B, m, k, W0)
         if features is not None:
-            pre = pre + gather(F.linear(features, weight[:, 3:]), idx)
+            pre = pre.add_(gather(F.linear(features, weight[:, 3:]), idx))
         batch, _, k, width = pre.shape
         with stage("sa_mlp"):
             out = _run_rows(self.mlp, pre.reshape(-1, width), first_done=True)  # (B*m*k, C')
@@ -218,7 +219,7 @@ class FeaturePropagation(nn.Module):
         with stage("fp_mlp"):
             pre = interpolate_rows(F.linear(coarse_feats, weight[:, :coarse_channels]), idx, w)  # (B, n, W0)
             if fine_feats is not None:
-                pre = pre + F.linear(fine_feats, weight[:, coarse_channels:])
+                pre = pre.add_(F.linear(fine_feats, weight[:, coarse_channels:]))  # in place: pre is fresh
             batch, n, width = pre.shape
             return _run_rows(self.mlp, pre.reshape(batch * n, width), first_done=True).view(batch, n, -1)
 

@@ -11,9 +11,10 @@ A thin ROS adapter over :class:`safnet_ros.engine.pipeline.SegmentationPipeline`
                                   ▼
            decode ─ TF(stamp) into fixed_frame ─ Segmenter.segment(points, buffered views)
                                   ▼
-       ~/labeled_cloud (cloud's frame and stamp), ~/similarity_markers, /diagnostics
+       ~/labeled_cloud (cloud's frame and stamp), /diagnostics
                                   ▼ (after publishing)
            semantic map (ros/semantic_map_component.py): ~/semantic_map, ~/save_map, ~/clear_map
+           marker thread (newest cloud wins): ~/similarity_markers
 
 Callbacks never block: a synchronised frame is first judged by its stamp (too
 soon after the last kept view: dropped undecoded), then by its pose, looked up
@@ -225,6 +226,7 @@ class SegmentNode(LifecycleNode):
         self._diag_timer: Optional[Timer] = None
         self._clock_jumps: Any = None
         self._worker: Optional[threading.Thread] = None
+        self._marker_thread: Optional[threading.Thread] = None
         # made by the constructor
         self.fixed_frame = ""
         self.semantic_map: Optional[SemanticMapComponent] = None
@@ -233,6 +235,7 @@ class SegmentNode(LifecycleNode):
         self.stats = NodeStats()
         self._stop = threading.Event()
         self._mailbox = LatestMailbox()
+        self._marker_box = LatestMailbox()  # the newest segmented cloud still to be drawn as markers
         self._pending: deque[_PendingFrame] = deque()  # frames waiting for TF (bounded: MAX_PENDING_FRAMES)
         self._pending_lock = threading.Lock()
         self._jumps: Optional[StreamTimeJumps] = None
@@ -366,9 +369,12 @@ class SegmentNode(LifecycleNode):
         # under use_sim_time, /clock jumping back is a time jump of its own
         self._clock_jumps = watch_clock_jumps(self, p("time_jump_tolerance"), self._on_clock_jump)
         self._mailbox = LatestMailbox()
+        self._marker_box = LatestMailbox()
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="safnet_segment_worker", daemon=True)
         self._worker.start()
+        self._marker_thread = threading.Thread(target=self._draw, name="safnet_segment_markers", daemon=True)
+        self._marker_thread.start()
         self.get_logger().info(
             f"safnet_segment active: device {self.device}, fixed frame '{self.fixed_frame}', "
             f"cloud '{self.sub_cloud.topic_name}', {compat.backends()}"
@@ -438,12 +444,14 @@ class SegmentNode(LifecycleNode):
             self.tf_listener = None
 
     def _stop_worker(self) -> None:
+        """Stop the worker and the marker thread (each finishing the item in hand)."""
         self._stop.set()
         self._mailbox.close()
-        worker = self._worker
-        if worker is not None and worker.is_alive() and threading.current_thread() is not worker:
-            worker.join(timeout=10.0)
-        self._worker = None
+        self._marker_box.close()
+        for thread in (self._worker, self._marker_thread):
+            if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
+                thread.join(timeout=10.0)
+        self._worker = self._marker_thread = None
 
     def _deactivate(self) -> None:
         self._stop_worker()
@@ -772,9 +780,9 @@ class SegmentNode(LifecycleNode):
         except compat.TransformException as exc:
             self._tf_failed("a PointCloud2", frame_id, exc)
             return None
-        t_start = time.monotonic()
+        t_start, cpu_start = time.monotonic(), time.thread_time()
         out = self.pipeline.segment_cloud(decoded.xyz, T)
-        t_enc = time.monotonic()
+        t_enc, segment_cpu = time.monotonic(), time.thread_time() - cpu_start
         self._note_result(out)
         cloud = codecs.labeled_cloud(out.xyz, out.result, msg.header, self._probabilities,
                                      label_ids=self._param("label_ids"))
@@ -784,19 +792,42 @@ class SegmentNode(LifecycleNode):
         self.stats.add_latency(done - received)
         self.last_timings = {
             "queued_s": t_start - received, "prepare_s": t_enc - t_start - out.seconds, "segment_s": out.seconds,
+            # the worker thread's CPU seconds: what the cloud costs whatever else shares the cores (torch
+            # intra-op pool threads beyond the first are not in it)
+            "segment_cpu_s": segment_cpu,
             "encode_publish_s": done - t_enc, "total_s": done - received, "points": float(len(out.xyz)),
             "views": float(len(out.views)), "chunks": float(out.result.num_chunks),
             **{f"segment_{k}_s": float(v) for k, v in out.result.timings.items()},
         }
         if self._param("publish_markers") and self.pub_markers.get_subscription_count() > 0:
-            source = self._param("similarity_marker_source")
-            self.pub_markers.publish(similarity_markers(
-                codecs.make_header(frame_id=self.fixed_frame, stamp=msg.header.stamp), out.world,
-                getattr(out.result, source), source=source, stride=int(self._param("marker_stride")),
-                views=out.used_views, frustum_depth=float(self._param("frustum_depth")),
-            ))
+            # drawn by the marker thread: building and serialising ~10^4 marker points holds the GIL
+            # for 0.05-0.2 s, which on this thread would delay the next cloud (it showed as queued_s)
+            self._marker_box.put((msg.header.stamp, out))
         self.pipeline.update_map(out, stamp=msg.header.stamp)  # after publishing: no latency
         return cloud
+
+    def _draw(self) -> None:
+        """The marker thread: ~/similarity_markers of the newest segmented cloud (an older one not drawn
+        yet is replaced: markers are for the eye, the labelled cloud is the output)."""
+        while not self._stop.is_set():
+            item = self._marker_box.take(timeout=0.1)
+            if item is None:
+                continue
+            stamp, out = item
+            try:
+                pub = self.pub_markers
+                if pub is None:
+                    continue
+                source = self._param("similarity_marker_source")
+                pub.publish(similarity_markers(
+                    codecs.make_header(frame_id=self.fixed_frame, stamp=stamp), out.world,
+                    getattr(out.result, source), source=source, stride=int(self._param("marker_stride")),
+                    views=out.used_views, frustum_depth=float(self._param("frustum_depth")),
+                ))
+            except Exception as exc:  # noqa: BLE001 - the marker thread must survive anything
+                self.stats.count("worker_errors")
+                self.get_logger().error(f"drawing the similarity markers failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=WARN_PERIOD_S)
 
     def _note_result(self, out: CloudOutput) -> None:
         if out.result.oom_retries:

@@ -4,6 +4,7 @@
     python scripts/robot_replay.py                        # a synthetic scene, clouds 1.5 s behind the frames
     python scripts/robot_replay.py --bag BAG --cloud-delay 1.5 --namespace /robot1 --model models/x.pt
     python scripts/robot_replay.py --bag BAG --busy-cores 1 --repeat 3 --json out/stream.json   # real-size stream
+    python scripts/robot_replay.py --compressed           # the synthetic scene as compressed image topics
     python scripts/robot_replay.py --bag BAG --node-repo /tmp/base    # the node from another checkout
 
 The node runs as its own process, started like ``ros2 run``:
@@ -23,9 +24,17 @@ that come back, those whose labelled points carry image evidence (a non-zero
 when at least ``--min-labelled`` of the clouds came back with image evidence
 and no time jump was counted, else 1.
 
+A bag of image_transport's compressed topics (``safnet bag convert
+--compressed``) is replayed as it is: its ``/compressed`` and
+``/compressedDepth`` topics go to the node's ``~/rgb/image/compressed`` and
+``~/depth/image/compressedDepth``, and the node gets ``-p
+image_transport:=compressed`` (unless ``-p image_transport:=...`` is given);
+``--compressed`` makes the default synthetic bag so.
+
 A real-size stream (``safnet data synth --color-size 1296x968 --depth-size
-640x480`` converted by ``safnet bag convert``: 1296x968 frames at the recorded
-30 Hz) is the benchmark of docs/benchmarks.md, "Real-size stream":
+640x480`` converted by ``safnet bag convert --compressed``, or without
+``--compressed`` for the raw path: 1296x968 frames at the recorded 30 Hz) is
+the benchmark of docs/benchmarks.md, "Real-size stream":
 ``--busy-cores N`` keeps N other processes spinning (a plain numpy loop each,
 as SLAM or drivers keep a robot's cores busy), ``--repeat K`` runs it K times
 (a fresh node each time) and prints one row per run: clouds labelled / sent,

@@ -385,6 +385,7 @@ def test_a_real_size_stream_at_its_recorded_rate_comes_back_labelled_with_image_
     finally:
         shutil.rmtree(bag, ignore_errors=True)
     table = report.table()
+    print(table)
     assert report.image_transport == "compressed", table
     assert report.clouds_sent >= 4, table
     assert "tf2_ros" in report.diagnostics.get("backends", ""), table  # which TF the node used: in the table
@@ -398,7 +399,7 @@ def test_a_real_size_stream_at_its_recorded_rate_comes_back_labelled_with_image_
     # late: the benchmark's 0-failure figure is on a machine without the suite running.
     assert report.counter("tf_failures") <= frames // 10, table
     assert report.counter("views_kept") >= 3, table
-    assert report.point_evidence_fraction >= 0.3, table
+    assert report.point_evidence_fraction >= 0.5, table  # the target of docs/benchmarks.md
 
 
 def test_launch_file_moves_the_rviz_topics_under_the_namespace():

@@ -326,3 +326,37 @@ def _transform(t):
     from rclpy.serialization import deserialize_message
 
     return deserialize_message(bio.serialize(t), TransformStamped)
+
+
+@pytest.mark.ros
+def test_every_camera_listens_on_its_compressed_topics():
+    """With ``cameras`` each camera's image subscriptions are its raw topics' /compressed and /compressedDepth."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CompressedImage
+
+    from safnet_ros.engine.inference import Segmenter
+    from safnet_ros.ros.segment_node import SegmentNode
+
+    segmenter = Segmenter.from_checkpoint(None, device="cpu", num_views=3, chunk_stride=1.5, max_points=3000)
+    ctx = Context()
+    rclpy.init(context=ctx)
+    node = None
+    try:
+        node = SegmentNode(segmenter=segmenter, context=ctx, namespace="/robot1", parameter_overrides=[
+            Parameter("warm_up", value=False), Parameter("map_enable", value=False),
+            Parameter("cameras", value=["front", "back"]), Parameter("image_transport", value="compressed"),
+            Parameter("cameras.back.rgb_topic", value="/back/color/image_raw")])
+        topics = {camera: [s.sub.topic_name for s in subs] for camera, subs, _ in node.camera_inputs}
+        prefix = "/robot1/safnet_segment"
+        assert topics == {
+            "front": [f"{prefix}/front/rgb/image/compressed", f"{prefix}/front/depth/image/compressedDepth",
+                      f"{prefix}/front/camera_info"],
+            "back": ["/back/color/image_raw/compressed", f"{prefix}/back/depth/image/compressedDepth",
+                     f"{prefix}/back/camera_info"]}
+        assert all(subs[0].sub.msg_type is CompressedImage for _, subs, _ in node.camera_inputs)
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)

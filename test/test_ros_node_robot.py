@@ -364,8 +364,8 @@ def _robot_replay():
 def test_a_real_size_stream_at_its_recorded_rate_comes_back_labelled_with_image_evidence(model_path, tmp_path):
     """A real-size stream played as recorded, as a robot's camera driver sends it: 150 frames of 1296x968
     colour and registered depth at the recorded 30 Hz (5 s), 5 clouds, converted with ``bag convert
-    --compressed`` (image_transport's ``/compressed`` JPEG and ``/compressedDepth`` PNG topics, ~0.3 MB a
-    frame instead of 6.3 MB raw), into the node as its own process under /robot1 with the shipped YAML and
+    --compressed`` (image_transport's ``/compressed`` JPEG and ``/compressedDepth`` PNG topics, ~0.14 MB a
+    frame of this upscaled rendering instead of 6.3 MB raw), into the node as its own process under /robot1 with the shipped YAML and
     ``image_transport:=compressed``, over DDS at rate 1.0 while another process keeps a core busy
     (scripts/robot_replay.py; the benchmark of docs/benchmarks.md, "Real-size stream", on a 300-frame
     scene). TF: tf2_ros where importable, else our drop-in, whichever the node reports.

@@ -4,6 +4,7 @@
     python scripts/robot_replay.py                        # a synthetic scene, clouds 1.5 s behind the frames
     python scripts/robot_replay.py --bag BAG --cloud-delay 1.5 --namespace /robot1 --model models/x.pt
     python scripts/robot_replay.py --bag BAG --busy-cores 1 --repeat 3 --json out/stream.json   # real-size stream
+    python scripts/robot_replay.py --compressed           # the synthetic scene as compressed image topics
     python scripts/robot_replay.py --bag BAG --node-repo /tmp/base    # the node from another checkout
 
 The node runs as its own process, started like ``ros2 run``:
@@ -23,9 +24,17 @@ that come back, those whose labelled points carry image evidence (a non-zero
 when at least ``--min-labelled`` of the clouds came back with image evidence
 and no time jump was counted, else 1.
 
+A bag of image_transport's compressed topics (``safnet bag convert
+--compressed``) is replayed as it is: its ``/compressed`` and
+``/compressedDepth`` topics go to the node's ``~/rgb/image/compressed`` and
+``~/depth/image/compressedDepth``, and the node gets ``-p
+image_transport:=compressed`` (unless ``-p image_transport:=...`` is given);
+``--compressed`` makes the default synthetic bag so.
+
 A real-size stream (``safnet data synth --color-size 1296x968 --depth-size
-640x480`` converted by ``safnet bag convert``: 1296x968 frames at the recorded
-30 Hz) is the benchmark of docs/benchmarks.md, "Real-size stream":
+640x480`` converted by ``safnet bag convert --compressed``, or without
+``--compressed`` for the raw path: 1296x968 frames at the recorded 30 Hz) is
+the benchmark of docs/benchmarks.md, "Real-size stream":
 ``--busy-cores N`` keeps N other processes spinning (a plain numpy loop each,
 as SLAM or drivers keep a robot's cores busy), ``--repeat K`` runs it K times
 (a fresh node each time) and prints one row per run: clouds labelled / sent,
@@ -65,6 +74,7 @@ from sensor_msgs.msg import PointCloud2
 
 from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
 from safnet_ros.ros import codecs
+from safnet_ros.ros.compressed import compressed_topics
 from safnet_ros.ros.diagnostics import diagnostics_values
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
@@ -97,6 +107,7 @@ class ReplayReport:
     points_labelled: int = 0
     points_with_image_evidence: int = 0
     latencies_s: list[float] = field(default_factory=list)  # cloud sent -> labelled cloud back, per cloud
+    image_transport: str = "raw"  # how the bag's images went to the node: raw | compressed
 
     @property
     def point_evidence_fraction(self) -> float:
@@ -155,7 +166,7 @@ class ReplayReport:
     def table(self) -> str:
         return "\n".join([
             f"node {self.namespace}/safnet_segment, clouds {self.cloud_delay_s:g} s behind the frames, "
-            f"transforms: {self.transforms}",
+            f"images {self.image_transport}, transforms: {self.transforms}",
             f"clouds sent {self.clouds_sent}, labelled back {self.clouds_labelled}, with image evidence "
             f"{self.clouds_with_image_evidence} ({100 * self.labelled_fraction:.0f} %)",
             f"labelled points with image evidence: {100 * self.point_evidence_fraction:.0f} % of all points "
@@ -173,18 +184,27 @@ class ReplayReport:
 
 
 def make_bag(out: Path, frames: int = 40, frame_rate: Optional[float] = 5.0, cloud_rate: float = 1.0,
-             seed: int = 11, image_size: Optional[tuple[int, int]] = None, overlap: Optional[float] = None) -> Path:
+             seed: int = 11, image_size: Optional[tuple[int, int]] = None, overlap: Optional[float] = None,
+             compressed: bool = False) -> Path:
     """A synthetic ScanNet-format scene (rendered at 160x120) converted to a rosbag2: frames at
     ``frame_rate`` (None = the recorded 30 Hz stamps), clouds at ``cloud_rate``, images resized to
     ``image_size`` (w, h; e.g. (1296, 968) for a real-size stream, colour bilinear and depth nearest);
-    ``overlap``: the camera's speed (synth's ``--overlap``; None = one loop of the room in ``frames``)."""
+    ``overlap``: the camera's speed (synth's ``--overlap``; None = one loop of the room in ``frames``);
+    ``compressed``: image_transport's compressed image topics (``bag convert --compressed``)."""
     scenes = out.parent / (out.name + "_scene")
     cfg = SynthConfig(frames=frames, color_size=(160, 120), depth_size=(160, 120), vertex_spacing=0.08,
                       overlap=overlap, progress=False)
     (summary,) = generate_dataset(scenes, scenes=1, seed=seed, cfg=cfg, overwrite=True)
     convert_scene(scenes / summary["name"], out, rate=frame_rate, cloud_rate=cloud_rate, progress=False,
-                  overwrite=True, resize=image_size)
+                  overwrite=True, resize=image_size, compressed=compressed)
     return out
+
+
+def bag_image_transport(bag: Path) -> str:
+    """``compressed`` when the bag's camera images are image_transport's compressed topics, else ``raw``."""
+    with Reader(bag) as reader:
+        topics = {c.topic for c in reader.connections}
+    return "compressed" if set(compressed_topics(bio.COLOR_TOPIC, bio.DEPTH_TOPIC)) <= topics else "raw"
 
 
 def _msg_class(msgtype: str) -> Any:
@@ -205,17 +225,21 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
     config/segment.yaml. node_log_path: keep the node's output there. sensor_qos: how the camera and
     cloud topics are published (``best_effort``: sensor-data QoS; ``reliable``: system defaults, as
     REP-2003 asks of sensor drivers). A best-effort subscription makes either a best-effort connection.
+    A bag of compressed image topics (``bag convert --compressed``) goes to the node's ``<rgb_topic>/compressed``
+    and ``<depth_topic>/compressedDepth``, the node started with ``image_transport:=compressed``.
     """
     node_repo = Path(node_repo).resolve()
     params_file = node_repo / "config" / "segment.yaml" if params_file is None else params_file
     ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
     node_ns = f"{ns}/safnet_segment"
     report = ReplayReport(cloud_delay_s=cloud_delay, namespace=ns, transforms=active_tf_path().describe(),
-                          node_repo=str(node_repo))
+                          node_repo=str(node_repo), image_transport=bag_image_transport(bag))
     args = [sys.executable, "-m", "safnet_ros.ros.segment_node", "--ros-args", "-r", f"__ns:={ns or '/'}",
             "--params-file", str(params_file), "-p", "use_sim_time:=true", "-p", "device:=cpu"]
     if model:
         args += ["-p", f"model:={model}"]
+    if report.image_transport == "compressed" and not any(p.startswith("image_transport:=") for p in extra_params):
+        args += ["-p", "image_transport:=compressed"]
     for p in extra_params:
         args += ["-p", p]
     domain_id = 200 + os.getpid() % 30 if domain_id is None else int(domain_id)
@@ -256,6 +280,9 @@ def replay(bag: Path, model: Optional[str] = None, namespace: str = "/robot1", c
         path = active_tf_path()
         topic_for = {bio.COLOR_TOPIC: f"{node_ns}/rgb/image", bio.DEPTH_TOPIC: f"{node_ns}/depth/image",
                      bio.CAMERA_INFO_TOPIC: f"{node_ns}/camera_info", bio.POINTS_TOPIC: f"{node_ns}/points"}
+        # image_transport's compressed topics of the bag -> the node's <rgb_topic>/compressed, <depth>/compressedDepth
+        topic_for.update(zip(compressed_topics(bio.COLOR_TOPIC, bio.DEPTH_TOPIC),
+                             compressed_topics(f"{node_ns}/rgb/image", f"{node_ns}/depth/image")))
         with Reader(bag) as reader:
             pubs: dict[str, Any] = {}
             for conn in reader.connections:
@@ -426,6 +453,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bag", help="converted rosbag2 (default: a synthetic scene, 40 frames at 5 Hz, "
                                       "clouds at 1 Hz)")
+    parser.add_argument("--compressed", action="store_true",
+                        help="the default synthetic bag with image_transport's compressed topics (a --bag is "
+                             "replayed as it is: compressed when it holds <colour>/compressed and <depth>/compressedDepth)")
     parser.add_argument("--model", help="checkpoint (default: the node's default, the shipped model)")
     parser.add_argument("--namespace", default="/robot1", help="the node's namespace (default /robot1)")
     parser.add_argument("--cloud-delay", type=float, default=1.5, help="seconds each cloud is sent late (1.5)")
@@ -452,7 +482,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     reports: list[ReplayReport] = []
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="safnet_robot_replay_") as tmp:
-        bag = Path(args.bag) if args.bag else make_bag(Path(tmp) / "bag")
+        bag = Path(args.bag) if args.bag else make_bag(Path(tmp) / "bag", compressed=args.compressed)
         for run in range(1, args.repeat + 1):
             with BusyCores(args.busy_cores):
                 report = replay(bag, model=args.model, namespace=args.namespace, cloud_delay=args.cloud_delay,
@@ -469,6 +499,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "bag": str(args.bag or "synthetic"), "busy_cores": args.busy_cores, "node_repo": args.node_repo,
+            "image_transport": reports[-1].image_transport,
             "transforms": reports[-1].transforms, "rows": rows,
             "runs": [{**asdict(r), "labelled_fraction": r.labelled_fraction} for r in reports]}, indent=2))
     ok = all(r.labelled_fraction >= args.min_labelled and r.time_jumps == 0 for r in reports)

@@ -362,41 +362,44 @@ def _robot_replay():
 
 @pytest.mark.slow
 def test_a_real_size_stream_at_its_recorded_rate_comes_back_labelled_with_image_evidence(model_path, tmp_path):
-    """A real-size stream played as recorded: 75 frames of 1296x968 colour and registered depth at the
-    recorded 30 Hz (2.5 s, 6.3 MB a frame), 4 clouds, into the node as its own process under /robot1
-    with the shipped YAML, over DDS at rate 1.0 (scripts/robot_replay.py; the benchmark of
-    docs/benchmarks.md, "Real-size stream", on a 300-frame scene). TF: tf2_ros where importable, else
-    our drop-in, whichever the node reports.
+    """A real-size stream played as recorded, as a robot's camera driver sends it: 150 frames of 1296x968
+    colour and registered depth at the recorded 30 Hz (5 s), 5 clouds, converted with ``bag convert
+    --compressed`` (image_transport's ``/compressed`` JPEG and ``/compressedDepth`` PNG topics, ~0.14 MB a
+    frame of this upscaled rendering instead of 6.3 MB raw), into the node as its own process under /robot1 with the shipped YAML and
+    ``image_transport:=compressed``, over DDS at rate 1.0 while another process keeps a core busy
+    (scripts/robot_replay.py; the benchmark of docs/benchmarks.md, "Real-size stream", on a 300-frame
+    scene). TF: tf2_ros where importable, else our drop-in, whichever the node reports.
 
-    Best-effort sensor QoS (REP-2003) over DDS loses most 6 MB frames on the way (frames_synced counts
-    what reached the node); the node needs a keyframe every ``keyframe_min_interval`` only.
+    Raw 6 MB frames are mostly lost by best-effort DDS on 2 cores (docs/benchmarks.md); compressed ones
+    arrive, so most synchronised frames reach the node and the clouds come back with image evidence.
     """
     robot_replay = _robot_replay()
     bag = robot_replay.make_bag(tmp_path / "bag", frames=150, frame_rate=None, cloud_rate=1.0,
-                                image_size=(1296, 968), overlap=0.98)  # the camera as fast as in the benchmark
+                                image_size=(1296, 968), overlap=0.98,  # the camera as fast as in the benchmark
+                                compressed=True)
+    assert robot_replay.bag_image_transport(bag) == "compressed"
     try:
-        report = robot_replay.replay(bag, model=str(model_path), namespace="/robot1", cloud_delay=1.5,
-                                     extra_params=("warm_up:=false",), drain_s=15.0, log=lambda *_: None)
+        with robot_replay.BusyCores(1):
+            report = robot_replay.replay(bag, model=str(model_path), namespace="/robot1", cloud_delay=1.5,
+                                         extra_params=("warm_up:=false",), drain_s=15.0, log=lambda *_: None)
     finally:
-        shutil.rmtree(bag, ignore_errors=True)  # ~0.9 GB: not left in pytest's kept tmp folders
+        shutil.rmtree(bag, ignore_errors=True)
     table = report.table()
-    assert report.clouds_sent >= 3, table
+    print(table)
+    assert report.image_transport == "compressed", table
+    assert report.clouds_sent >= 4, table
     assert "tf2_ros" in report.diagnostics.get("backends", ""), table  # which TF the node used: in the table
     assert report.clouds_labelled >= report.clouds_sent - 1, table
     assert report.time_jumps == 0, table
     frames = report.counter("frames_synced")
-    # Most synchronised frames must not be lost to TF timing (the code before the stamp-judged retry
-    # lost nearly all of them under load). A few can still be, while the whole suite loads both cores
-    # and /tf arrives late: the benchmark's 0-failure figure is on a machine without the suite running.
-    assert report.counter("tf_failures") <= frames // 2, table
-    if frames < 5:
-        # a known transport limit, not the node's: best-effort DDS loses most 6 MB frames on 2 cores
-        # (docs/benchmarks.md, "Real-size stream"); a node bug still fails below
-        pytest.xfail(f"best-effort DDS delivered {frames} synchronised frames of 150 to the node\n{table}")
-    # image evidence came back; not yet the >= 50 % of points of the 300-frame benchmark's target: too
-    # few of the frames survive the transport for that on a 5 s stream
-    assert report.counter("views_kept") > 0, table
-    assert report.points_with_image_evidence > 0, table
+    # the transport delivers: most of the 150 sets reach the synchroniser (raw frames: 5-44 of 291)
+    assert frames >= 100, table
+    assert report.counter("decode_errors") in (0, -1), table
+    # A few frames can still miss their transform while the whole suite loads both cores and /tf arrives
+    # late: the benchmark's 0-failure figure is on a machine without the suite running.
+    assert report.counter("tf_failures") <= frames // 10, table
+    assert report.counter("views_kept") >= 3, table
+    assert report.point_evidence_fraction >= 0.5, table  # the target of docs/benchmarks.md
 
 
 def test_launch_file_moves_the_rviz_topics_under_the_namespace():

@@ -43,6 +43,7 @@ from std_msgs.msg import Header
 from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, class_colors, encode_label_ids
 from safnet_ros.errors import DataFormatError, MessageDecodeError, MessageEncodeError
 from safnet_ros.geometry.camera import scale_intrinsics
+from safnet_ros.ros.compressed import compressed_depth_to_metres, compressed_to_rgb, is_compressed
 
 __all__ = [
     "MessageDecodeError",
@@ -752,14 +753,17 @@ def camera_frame_id(depth: Any, info: Any) -> str:
 def decode_rgbd(rgb: Any, depth: Any, info: Any) -> RGBDFrame:
     """Decode a synchronised colour Image, depth Image and CameraInfo (the node's and segment-bag's one path).
 
+    The images may be sensor_msgs/CompressedImage instead (colour JPEG/PNG, depth compressedDepth).
+
     Colour to RGB (any of :func:`image_to_rgb`'s encodings), depth to metres,
     K from the CameraInfo, rescaled to the depth image when the CameraInfo's
     width/height differ from it.  MessageDecodeError for a malformed message,
     an image of width or height 0, an unusable K, or a depth image without any
     valid (> 0) pixel (a view with no depth covers nothing).
     """
-    color = image_to_rgb(rgb)
-    depth_m = depth_to_metres(depth)
+    # sensor_msgs/CompressedImage too (image_transport's compressed / compressedDepth, ros/compressed.py)
+    color = compressed_to_rgb(rgb) if is_compressed(rgb) else image_to_rgb(rgb)
+    depth_m = compressed_depth_to_metres(depth) if is_compressed(depth) else depth_to_metres(depth)
     for name, pixels in (("colour", color), ("depth", depth_m)):
         if pixels.shape[0] == 0 or pixels.shape[1] == 0:  # a valid message, but no view to keep
             raise MessageDecodeError(f"{name} Image is {pixels.shape[1]}x{pixels.shape[0]} (no pixels)")

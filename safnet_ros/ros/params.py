@@ -84,6 +84,11 @@ PARAMETERS: tuple[Param, ...] = (
       "millimetres or 32FC1 metres; its frame_id is the camera optical frame."),
     P("camera_info_topic", "~/camera_info", "sensor_msgs/CameraInfo of the depth image (K is rescaled when its "
       "width/height differ from the depth image's)."),
+    P("image_transport", "raw", "How the images arrive (image_transport's names): raw = sensor_msgs/Image on "
+      "rgb_topic and depth_topic; compressed = sensor_msgs/CompressedImage on <rgb_topic>/compressed (JPEG or "
+      "PNG) and <depth_topic>/compressedDepth (16UC1/32FC1 PNG), decoded only for frames kept as views. For "
+      "every camera of 'cameras' alike. Full-size frames at 30 Hz need compressed (docs/ros_node.md).",
+      choices=("raw", "compressed")),
     P("model", "", "Model checkpoint file; '' = the shipped default model models/safnet_lite_synth.pt "
       "(docs/model_card.md; an untrained lite model with a loud warning where it is missing)."),
     P("device", "auto", "auto | cpu | cuda[:N]. auto = CUDA when present, else the CPU (one log line); cuda "

@@ -65,7 +65,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.subscription import Subscription
 from rclpy.time import Time
 from rclpy.timer import Timer
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from safnet_ros.engine.inference import Segmenter
@@ -73,6 +73,7 @@ from safnet_ros.engine.pipeline import KEPT, NOT_KEYFRAME, CloudOutput, Segmenta
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, MessageDecodeError, SafnetError
 from safnet_ros.ros import codecs, compat, device_report, input_watchdog, label_info, param_audit, shutdown
+from safnet_ros.ros.compressed import compressed_topics
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import similarity_markers
 from safnet_ros.ros.params import PARAMETERS, SPECS, Param, ParameterError, camera_parameters, check_value
@@ -419,9 +420,10 @@ class SegmentNode(LifecycleNode):
         sensor_qos = qos_profile_sensor_data
         # one subscriber triple and synchroniser per camera, each calling _on_frames with its name
         self.camera_inputs = []
+        image_type = CompressedImage if p("image_transport") == "compressed" else Image
         for camera, (rgb_topic, depth_topic, info_topic) in self.camera_topics().items():
-            subs = (compat.Subscriber(self, Image, rgb_topic, qos_profile=sensor_qos),
-                    compat.Subscriber(self, Image, depth_topic, qos_profile=sensor_qos),
+            subs = (compat.Subscriber(self, image_type, rgb_topic, qos_profile=sensor_qos),
+                    compat.Subscriber(self, image_type, depth_topic, qos_profile=sensor_qos),
                     compat.Subscriber(self, CameraInfo, info_topic, qos_profile=sensor_qos))
             sync = compat.ApproximateTimeSynchronizer(list(subs), p("sync_queue_size"), p("sync_slop"))
             sync.registerCallback(lambda rgb, depth, info, _camera=camera: self._on_frames(rgb, depth, info, _camera))
@@ -484,13 +486,18 @@ class SegmentNode(LifecycleNode):
 
     # ------------------------------------------------------------------ parameters
     def camera_topics(self) -> dict[str, tuple[str, str, str]]:
-        """camera name -> (rgb, depth, camera_info) topic as given; {'': the *_topic parameters} without ``cameras``."""
+        """camera name -> (rgb, depth, camera_info) topic as given; {'': the *_topic parameters} without ``cameras``.
+        With ``image_transport:=compressed`` the images' topics are ``<rgb>/compressed``, ``<depth>/compressedDepth``."""
         p = self._param
         if not self.cameras:
-            return {"": (p("rgb_topic"), p("depth_topic"), p("camera_info_topic"))}
-        return {name: tuple(p(f"cameras.{name}.{suffix}") for suffix in ("rgb_topic", "depth_topic",
-                                                                         "camera_info_topic"))
-                for name in self.cameras}
+            topics = {"": (p("rgb_topic"), p("depth_topic"), p("camera_info_topic"))}
+        else:
+            topics = {name: tuple(p(f"cameras.{name}.{suffix}") for suffix in ("rgb_topic", "depth_topic",
+                                                                               "camera_info_topic"))
+                      for name in self.cameras}
+        if p("image_transport") == "compressed":
+            topics = {name: (*compressed_topics(rgb, depth), info) for name, (rgb, depth, info) in topics.items()}
+        return topics
 
     def _declare_cameras(self) -> list[str]:
         """Declare the ``cameras`` string array (no default value: rclpy cannot type an empty list) and return

@@ -13,6 +13,17 @@ topic                                   type                         content
 ``/points``                             sensor_msgs/PointCloud2      mesh vertices in the camera's frustum
 ======================================  ===========================  =====================================
 
+With ``compressed`` (``--compressed``) the images go out as image_transport's
+compressed topics instead of the raw ones, as a driver's ``/compressed``
+topics are recorded: ``/camera/color/image_raw/compressed``
+(sensor_msgs/CompressedImage, the scene's own JPEG bytes as they are when the
+colour keeps its size, else encoded once at JPEG quality 90) and
+``/camera/depth/image_rect_raw/compressedDepth`` (``16UC1; compressedDepth
+png``: a 12-byte ConfigHeader then a 16-bit PNG of millimetres); layouts in
+safnet_ros/ros/compressed.py.  A 1296x968 frame is then ~0.5 MB instead of
+6.3 MB, which DDS delivers whole at 30 Hz (the node's
+``image_transport:=compressed``).
+
 With ``second_camera`` (``--second-camera SEC``) a second camera of the same
 scene is written too: at each stamp t it shows the frame written SEC seconds
 later (wrapping around at the end of the recording), on
@@ -63,8 +74,10 @@ from tqdm import tqdm
 
 from safnet_ros import output_dir as od
 from safnet_ros.data.scannet import ScanNetScene
+from safnet_ros.data.sens import COLOR_JPEG
 from safnet_ros.errors import ConfigError, MissingDataError
 from safnet_ros.geometry.camera import project, resize_nearest, scale_intrinsics
+from safnet_ros.ros.compressed import COLOR_JPEG_FORMAT, compressed_topics, encode_color, encode_depth_mm
 from safnet_ros.tools import bag_io as bio
 
 #: Stamp of the first written frame (1 s: a zero stamp means "latest" to TF lookups).
@@ -73,6 +86,8 @@ START_NS = 1_000_000_000
 FALLBACK_RATE_HZ = 30.0
 #: Closest depth a cloud point may have in the camera (metres).
 MIN_RANGE_M = 0.1
+#: JPEG quality of colour that has to be encoded (resized) for ``compressed`` bags.
+JPEG_QUALITY = 90
 #: Largest gap between consecutive recorded frame stamps taken as real (1 hour); beyond it the
 #: stamp is corrupt and synthesised like a repeated one.
 MAX_STAMP_GAP_NS = 3600 * 10**9
@@ -163,6 +178,7 @@ def convert_scene(
     overwrite: bool = False,
     progress: bool = True,
     second_camera: Optional[float] = None,
+    compressed: bool = False,
 ) -> ConvertSummary:
     """Write the scene's frames, poses and a LiDAR-like cloud into a rosbag2 at ``out``.
 
@@ -171,7 +187,8 @@ def convert_scene(
     the image size (default: the colour size); cloud_rate (Hz, 0 = no cloud)
     and max_range (metres) shape ``/points``; second_camera (seconds, > 0)
     adds the second camera of the module docstring, that many seconds of
-    frames ahead of the first.  An existing ``out`` raises
+    frames ahead of the first; compressed writes image_transport's compressed
+    image topics instead of the raw ones.  An existing ``out`` raises
     ConfigError unless ``overwrite``; missing scene parts raise one
     MissingDataError naming them.
     """
@@ -199,15 +216,17 @@ def convert_scene(
     summary = ConvertSummary(out=str(out), storage=storage, image_size=out_wh,
                              axis_alignment=[float(v) for v in align.reshape(-1)])
     settings = {"scene_dir": os.path.abspath(scene_dir), "storage": storage, "rate": rate, "skip": skip,
-                "resize": resize, "cloud_rate": cloud_rate, "max_range": max_range, "second_camera": second_camera}
+                "resize": resize, "cloud_rate": cloud_rate, "max_range": max_range, "second_camera": second_camera,
+                "compressed": compressed}
     try:
         # built beside OUT and swapped in at the end (docs/reliability.md, "Output folders")
         with od.output_lock(out, "output bag"), od.staged_folder(out, "bag convert", settings, create=False,
                                                                           overwrite=overwrite) as tmp, \
                 Writer(tmp, version=9, storage_plugin=plugin) as writer:
-            conns = _add_connections(writer, with_points=cloud_rate > 0, second_camera=second_camera is not None)
+            conns = _add_connections(writer, with_points=cloud_rate > 0, second_camera=second_camera is not None,
+                                     compressed=compressed)
             _write_frames(writer, conns, source, _FrameSettings(align, K, out_wh, rate, skip, cloud_rate, max_range,
-                                                                second_camera),
+                                                                second_camera, compressed),
                           cloud_xyz, cloud_rgb, summary, progress)
             writer.set_custom_data("safnet.source_scene", scene.name)
             writer.set_custom_data("safnet.axis_alignment", " ".join(repr(v) for v in summary.axis_alignment))
@@ -220,23 +239,32 @@ def convert_scene(
     return summary
 
 
-def _add_connections(writer: Any, with_points: bool, second_camera: bool = False) -> dict[str, Any]:
-    """The bag's connections by topic, with the QoS profiles they offer (``/tf_static`` transient local)."""
-    topics = [
-        (bio.COLOR_TOPIC, bio.IMAGE, bio.DEFAULT_QOS),
-        (bio.DEPTH_TOPIC, bio.IMAGE, bio.DEFAULT_QOS),
-        (bio.CAMERA_INFO_TOPIC, bio.CAMERA_INFO, bio.DEFAULT_QOS),
-        (bio.TF_TOPIC, bio.TF_MESSAGE, bio.make_qos(100)),
-        (bio.TF_STATIC_TOPIC, bio.TF_MESSAGE, bio.STATIC_QOS),
-    ]
+def image_topics(color_topic: str, depth_topic: str, compressed: bool) -> tuple[str, str]:
+    """The colour and depth topics a bag holds: the raw ones, or image_transport's compressed ones."""
+    return compressed_topics(color_topic, depth_topic) if compressed else (color_topic, depth_topic)
+
+
+def _add_connections(writer: Any, with_points: bool, second_camera: bool = False,
+                     compressed: bool = False) -> dict[str, Any]:
+    """The bag's connections by topic, with the QoS profiles they offer (``/tf_static`` transient local).
+
+    With ``compressed`` the image connections are image_transport's compressed topics, still keyed by
+    the raw topic names (what :func:`_write_camera` is given)."""
+    image = bio.COMPRESSED_IMAGE if compressed else bio.IMAGE
+    cameras = [(bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC)]
     if second_camera:
-        topics += [(bio.CAMERA2_COLOR_TOPIC, bio.IMAGE, bio.DEFAULT_QOS),
-                   (bio.CAMERA2_DEPTH_TOPIC, bio.IMAGE, bio.DEFAULT_QOS),
-                   (bio.CAMERA2_INFO_TOPIC, bio.CAMERA_INFO, bio.DEFAULT_QOS)]
+        cameras.append((bio.CAMERA2_COLOR_TOPIC, bio.CAMERA2_DEPTH_TOPIC, bio.CAMERA2_INFO_TOPIC))
+    topics = []  # (key, topic, type, qos)
+    for color, depth, info in cameras:
+        color_out, depth_out = image_topics(color, depth, compressed)
+        topics += [(color, color_out, image, bio.DEFAULT_QOS), (depth, depth_out, image, bio.DEFAULT_QOS),
+                   (info, info, bio.CAMERA_INFO, bio.DEFAULT_QOS)]
+    topics += [(t, t, bio.TF_MESSAGE, q) for t, q in ((bio.TF_TOPIC, bio.make_qos(100)),
+                                                       (bio.TF_STATIC_TOPIC, bio.STATIC_QOS))]
     if with_points:
-        topics.append((bio.POINTS_TOPIC, bio.POINTCLOUD2, bio.DEFAULT_QOS))
-    return {topic: writer.add_connection(topic, msgtype, typestore=bio.TYPESTORE, offered_qos_profiles=[qos])
-            for topic, msgtype, qos in topics}
+        topics.append((bio.POINTS_TOPIC, bio.POINTS_TOPIC, bio.POINTCLOUD2, bio.DEFAULT_QOS))
+    return {key: writer.add_connection(topic, msgtype, typestore=bio.TYPESTORE, offered_qos_profiles=[qos])
+            for key, topic, msgtype, qos in topics}
 
 
 @dataclass(frozen=True)
@@ -251,6 +279,7 @@ class _FrameSettings:
     cloud_rate: float
     max_range: float
     second_camera: Optional[float] = None  # seconds ahead of the first camera; None = no second camera
+    compressed: bool = False  # image_transport's compressed topics instead of raw images
 
 
 class FrameStamper:
@@ -299,17 +328,45 @@ def frustum_cloud_any(xyz: np.ndarray, packed_rgb: np.ndarray, K: np.ndarray, po
     return pts
 
 
+def stored_jpeg(source: Any, i: int) -> Optional[bytes]:
+    """Frame ``i``'s colour as the scene stores it when that is a JPEG (a .sens payload or an exported
+    .jpg), else None: a compressed bag passes these bytes on without re-encoding."""
+    reader = getattr(source, "reader", None)
+    if reader is not None:
+        f = reader.frame(i)
+        return bytes(f.color_bytes) if f.color_compression == COLOR_JPEG else None
+    color_path = getattr(source, "color_path", None)
+    if color_path is not None:
+        path = Path(color_path(i))
+        return path.read_bytes() if path.suffix.lower() in (".jpg", ".jpeg") else None
+    return None
+
+
+def _compressed_images(source: Any, frame: Any, cfg: _FrameSettings) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
+    """((format, data) colour, (format, data) depth) of a compressed bag's frame: the stored JPEG when
+    the colour keeps its size, else one JPEG encoding of the resized colour; depth as compressedDepth PNG."""
+    jpeg = stored_jpeg(source, frame.index) if tuple(cfg.out_wh) == (frame.color.shape[1], frame.color.shape[0]) else None
+    rgb, mm = registered_frame(frame.color, frame.depth, cfg.out_wh)
+    color = (COLOR_JPEG_FORMAT, jpeg) if jpeg is not None else encode_color(rgb, "jpeg", JPEG_QUALITY)
+    return color, encode_depth_mm(mm)
+
+
 def _write_camera(write: Any, conns: dict[str, Any], cfg: _FrameSettings, frame: Any, ns: int,
-                  topics: tuple[str, str, str], frames: tuple[str, str], optical_to_link: np.ndarray) -> np.ndarray:
+                  topics: tuple[str, str, str], frames: tuple[str, str], optical_to_link: np.ndarray,
+                  source: Any = None) -> np.ndarray:
     """One camera's TF (map -> link), colour, depth and camera_info at ``ns``; returns its (4, 4) optical pose."""
     link, optical = frames
     pose = cfg.align @ frame.camera_to_world
     pose[:3, :3] = bio.orthonormalize(pose[:3, :3])  # float32 poses are not exactly rigid; TF needs a rotation
     write(conns[bio.TF_TOPIC], ns, bio.serialize(bio.tf_message(
         [bio.transform_stamped(pose @ optical_to_link, bio.MAP_FRAME, link, ns)])))
-    rgb, mm = registered_frame(frame.color, frame.depth, cfg.out_wh)
-    write(conns[topics[0]], ns, bio.serialize(bio.image_message(rgb, "rgb8", ns, optical)))
-    write(conns[topics[1]], ns, bio.serialize(bio.image_message(mm, "16UC1", ns, optical)))
+    if cfg.compressed:
+        for conn, (fmt, data) in zip(topics[:2], _compressed_images(source, frame, cfg)):
+            write(conns[conn], ns, bio.serialize(bio.compressed_image_message(fmt, data, ns, optical)))
+    else:
+        rgb, mm = registered_frame(frame.color, frame.depth, cfg.out_wh)
+        write(conns[topics[0]], ns, bio.serialize(bio.image_message(rgb, "rgb8", ns, optical)))
+        write(conns[topics[1]], ns, bio.serialize(bio.image_message(mm, "16UC1", ns, optical)))
     write(conns[topics[2]], ns, bio.serialize(bio.camera_info_message(cfg.K, cfg.out_wh, ns, optical)))
     return pose
 
@@ -348,14 +405,14 @@ def _write_frames(writer: Any, conns: dict[str, Any], source: Any, cfg: _FrameSe
                                                      bio.CAMERA2_OPTICAL_FRAME, ns))
             write(conns[bio.TF_STATIC_TOPIC], ns, bio.serialize(bio.tf_message(statics)))
         pose = _write_camera(write, conns, cfg, frame, ns, (bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC),
-                             (bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME), optical_to_link)
+                             (bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME), optical_to_link, source)
         del frame
         poses = [pose]
         if camera2_of:  # the frame `offset` ahead, published now as the second camera (decoded again)
             poses.append(_write_camera(
                 write, conns, cfg, source.get(camera2_of[i]), ns,
                 (bio.CAMERA2_COLOR_TOPIC, bio.CAMERA2_DEPTH_TOPIC, bio.CAMERA2_INFO_TOPIC),
-                (bio.CAMERA2_LINK_FRAME, bio.CAMERA2_OPTICAL_FRAME), optical_to_link))
+                (bio.CAMERA2_LINK_FRAME, bio.CAMERA2_OPTICAL_FRAME), optical_to_link, source))
         if cloud_xyz is not None and (last_cloud_ns is None or ns - last_cloud_ns >= cloud_period - 1000):
             pts = frustum_cloud_any(cloud_xyz, cloud_rgb, cfg.K, poses, cfg.out_wh, cfg.max_range)
             write(conns[bio.POINTS_TOPIC], ns, bio.serialize(bio.pointcloud_message(pts, ns, bio.MAP_FRAME)))

@@ -41,6 +41,7 @@ TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 
 # Message type names (rosbags / rosbag2 spelling).
 IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 TF_MESSAGE = "tf2_msgs/msg/TFMessage"
@@ -190,6 +191,12 @@ def clock_message(ns: int) -> Any:
 def image_message(pixels: np.ndarray, encoding: str, ns: int, frame_id: str) -> Any:
     """sensor_msgs/Image (little endian, no row padding) from (H, W) or (H, W, C) pixels of ``encoding``."""
     return to_bag_message(array_to_image(pixels, encoding, frame_id=frame_id, stamp=int(ns)))
+
+
+def compressed_image_message(fmt: str, data: bytes, ns: int, frame_id: str) -> Any:
+    """sensor_msgs/CompressedImage with ``format`` and ``data`` as given (see safnet_ros/ros/compressed.py)."""
+    return _T[COMPRESSED_IMAGE](header=header(ns, frame_id), format=str(fmt),
+                                data=np.frombuffer(bytes(data), dtype=np.uint8))
 
 
 def camera_info_message(K: np.ndarray, wh: tuple[int, int], ns: int, frame_id: str) -> Any:

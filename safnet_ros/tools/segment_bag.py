@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -46,6 +46,7 @@ from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError, 
 from safnet_ros.mapping import SemanticVoxelMap
 from safnet_ros.mapping.map_ply import save_map
 from safnet_ros.ros import codecs
+from safnet_ros.ros.compressed import compressed_topics
 from safnet_ros.ros.markers import similarity_markers
 from safnet_ros.ros.tf_tree import FallbackTransformException, TfTree
 from safnet_ros.tools import bag_io as bio
@@ -106,6 +107,17 @@ class SegmentBagSummary:
         return out
 
 
+def with_compressed_images(connections: list[Any], topics: BagTopics) -> BagTopics:
+    """``topics`` with the colour / depth topic replaced by image_transport's ``<colour>/compressed`` /
+    ``<depth>/compressedDepth`` (sensor_msgs/CompressedImage) where the bag has that and not the raw one
+    (a ``safnet bag convert --compressed`` bag, or a robot's recording of its compressed topics)."""
+    have = {c.topic: c.msgtype for c in connections}
+    color, depth = compressed_topics(topics.color, topics.depth)
+    return replace(topics,
+                   color=color if topics.color not in have and have.get(color) == bio.COMPRESSED_IMAGE else topics.color,
+                   depth=depth if topics.depth not in have and have.get(depth) == bio.COMPRESSED_IMAGE else topics.depth)
+
+
 def check_topics(connections: list[Any], topics: BagTopics, bag: str | os.PathLike) -> None:
     """Refuse a bag whose topics cannot be used: one error line naming the topics.
 
@@ -120,7 +132,9 @@ def check_topics(connections: list[Any], topics: BagTopics, bag: str | os.PathLi
     for c in connections:
         types.setdefault(c.topic, set()).add(c.msgtype)
     have = {topic: " and ".join(sorted(names)) for topic, names in types.items()}  # one topic, two types: both
-    need = {topics.color: bio.IMAGE, topics.depth: bio.IMAGE, topics.camera_info: bio.CAMERA_INFO,
+    image = {t: bio.COMPRESSED_IMAGE if t.endswith(("/compressed", "/compressedDepth")) else bio.IMAGE
+             for t in (topics.color, topics.depth)}
+    need = {topics.color: image[topics.color], topics.depth: image[topics.depth], topics.camera_info: bio.CAMERA_INFO,
             topics.points: bio.POINTCLOUD2, topics.tf: bio.TF_MESSAGE}
     if topics.tf_static in have:
         need[topics.tf_static] = bio.TF_MESSAGE
@@ -218,6 +232,7 @@ def segment_bag(
         if os.path.isdir(map_path):
             raise ConfigError(f"--map {map_path}: is a folder; give a .ply file name")
     with bio.bag_reader(bag) as reader:
+        topics = with_compressed_images(reader.connections, topics)
         check_topics(reader.connections, topics, bag)
         if segmenter is None:
             segmenter = Segmenter.from_checkpoint(model, device=device, num_views=num_views,

@@ -1,0 +1,232 @@
+"""sensor_msgs/CompressedImage as image_transport sends it: JPEG / PNG colour and compressedDepth PNG depth.
+
+A real camera driver publishes its images three ways at once (image_transport):
+``<topic>`` (raw sensor_msgs/Image), ``<topic>/compressed`` (JPEG or PNG, the
+compressed_image_transport plugin) and, for depth, ``<topic>/compressedDepth``
+(the compressed_depth_image_transport plugin).  A 1296x968 RGB frame is 3.8 MB
+raw but ~300 KB as JPEG: over DDS at 30 Hz only the compressed topics arrive
+whole on a small machine (docs/benchmarks.md, "Real-size stream"), so the node
+can subscribe to them (``image_transport:=compressed``, docs/ros_node.md).
+
+Layouts, as the image_transport_plugins C++ code writes them:
+
+* **Colour** (``<topic>/compressed``): ``data`` is a complete JPEG or PNG file;
+  ``format`` is ``"jpeg"`` / ``"png"`` or image_transport's
+  ``"<encoding>; <jpeg|png> compressed <bgr8|mono8|...>"``.  The file itself is a
+  standard image (the plugin hands OpenCV BGR pixels, which OpenCV writes as a
+  normal colour file), so it decodes to RGB as it stands.
+* **Depth** (``<topic>/compressedDepth``): ``format`` is
+  ``"<16UC1|32FC1>; compressedDepth png"`` (older publishers: ``"...;
+  compressedDepth"``); ``data`` is a 12-byte ConfigHeader (int32 ``format``,
+  float32 ``depthParam[2]``, little endian) followed by a 16-bit single-channel
+  PNG.  16UC1: the PNG holds millimetres (0 = no return).  32FC1: the PNG holds
+  quantised inverse depth ``q``; metres = ``depthParam[0] / (q - depthParam[1])``,
+  ``q == 0`` = no return.  The ``rvl`` variant is not supported.
+
+Decoders return what :mod:`safnet_ros.ros.codecs` returns for raw images
+((H, W, 3) uint8 RGB; (H, W) float32 metres with 0 = invalid) and raise
+:class:`~safnet_ros.errors.MessageDecodeError` with one line saying what is
+wrong; encoders (for bags and tests) raise :class:`MessageEncodeError`.  They
+are duck-typed (rclpy and rosbags messages alike) and import no rclpy.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from safnet_ros.errors import MessageDecodeError, MessageEncodeError
+
+__all__ = [
+    "COMPRESSED_SUFFIX",
+    "COMPRESSED_DEPTH_SUFFIX",
+    "COLOR_JPEG_FORMAT",
+    "COLOR_PNG_FORMAT",
+    "DEPTH_PNG_FORMAT",
+    "CONFIG_HEADER",
+    "is_compressed",
+    "compressed_topics",
+    "compressed_to_rgb",
+    "compressed_depth_to_metres",
+    "encode_color",
+    "encode_depth_mm",
+]
+
+#: image_transport's topic suffixes: ``<base>/compressed`` and ``<base>/compressedDepth``.
+COMPRESSED_SUFFIX = "compressed"
+COMPRESSED_DEPTH_SUFFIX = "compressedDepth"
+#: ``format`` strings the image_transport plugins write for an rgb8 image and a 16UC1 depth image.
+COLOR_JPEG_FORMAT = "rgb8; jpeg compressed bgr8"
+COLOR_PNG_FORMAT = "rgb8; png compressed bgr8"
+DEPTH_PNG_FORMAT = "16UC1; compressedDepth png"
+#: compressed_depth_image_transport's ConfigHeader: int32 format (0 = INV_DEPTH), float32 depthParam[2].
+CONFIG_HEADER = struct.Struct("<iff")
+
+_JPEG_MAGIC = b"\xff\xd8"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: PIL modes a colour file may decode to; each becomes RGB (alpha and palette resolved by PIL).
+_COLOR_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"}
+
+
+def is_compressed(msg: Any) -> bool:
+    """True for a sensor_msgs/CompressedImage (it has ``format``; an Image has ``encoding``)."""
+    return hasattr(msg, "format") and not hasattr(msg, "encoding")
+
+
+def compressed_topics(rgb_topic: str, depth_topic: str) -> tuple[str, str]:
+    """The image_transport topics of a raw colour and depth topic: ``(<rgb>/compressed, <depth>/compressedDepth)``."""
+    return f"{rgb_topic.rstrip('/')}/{COMPRESSED_SUFFIX}", f"{depth_topic.rstrip('/')}/{COMPRESSED_DEPTH_SUFFIX}"
+
+
+def _payload(msg: Any, what: str) -> bytes:
+    """``msg.data`` (array.array, bytes, memoryview, uint8 ndarray or list of ints) as bytes."""
+    data = msg.data
+    try:
+        if isinstance(data, np.ndarray):
+            if data.dtype != np.uint8:
+                raise TypeError(f"dtype {data.dtype}")
+            return data.tobytes()
+        if isinstance(data, (bytes, bytearray, memoryview)) or hasattr(data, "tobytes"):
+            return bytes(memoryview(data).cast("B"))
+        return bytes(data)
+    except (TypeError, ValueError) as exc:
+        raise MessageDecodeError(f"{what}: data is not a byte buffer ({exc})") from None
+
+
+def _open_image(payload: bytes, what: str) -> Image.Image:
+    """The decoded PIL image of a complete JPEG / PNG file (pixels loaded)."""
+    try:
+        img = Image.open(io.BytesIO(payload))
+        img.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise MessageDecodeError(f"{what}: data is not a readable image ({exc})") from None
+    return img
+
+
+def _color_codec(fmt: str, what: str) -> str:
+    """``"jpeg"`` or ``"png"`` from a colour ``format`` string (plain or image_transport style)."""
+    text = fmt.lower()
+    if "compresseddepth" in text:
+        raise MessageDecodeError(f"{what}: format {fmt!r} is a compressedDepth image, not a colour image "
+                                 "(use the <topic>/compressed topic for colour)")
+    codec = text.split(";", 1)[1] if ";" in text else text
+    for name, aliases in (("jpeg", ("jpeg", "jpg")), ("png", ("png",))):
+        if any(alias in codec for alias in aliases):
+            return name
+    raise MessageDecodeError(f"{what}: format {fmt!r} names no supported codec (jpeg, png)")
+
+
+def compressed_to_rgb(msg: Any) -> np.ndarray:
+    """A colour sensor_msgs/CompressedImage as C-contiguous ``(H, W, 3)`` uint8 RGB.
+
+    JPEG or PNG as ``format`` says; the bytes must be of that kind.  Grey,
+    palette and alpha images become RGB; 16-bit colour PNGs keep the high byte.
+    """
+    what = "CompressedImage"
+    fmt = str(msg.format)
+    codec = _color_codec(fmt, what)
+    payload = _payload(msg, what)
+    magic = _JPEG_MAGIC if codec == "jpeg" else _PNG_MAGIC
+    if not payload.startswith(magic):
+        raise MessageDecodeError(f"{what}: format {fmt!r} but the {len(payload)} data bytes are not a "
+                                 f"{codec.upper()} file")
+    img = _open_image(payload, what)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey PNG
+        grey = (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if img.mode not in _COLOR_MODES:
+        raise MessageDecodeError(f"{what}: image mode {img.mode!r} is not a colour image")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    rgb = np.asarray(img)
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise MessageDecodeError(f"{what}: image is {rgb.shape[1]}x{rgb.shape[0]} (no pixels)")
+    return np.ascontiguousarray(rgb)
+
+
+def _depth_layout(fmt: str, what: str) -> str:
+    """The raw encoding (``16UC1`` / ``32FC1``) of a compressedDepth ``format``; only its png variant is read."""
+    if ";" not in fmt or "compresseddepth" not in fmt.lower():
+        raise MessageDecodeError(f"{what}: format {fmt!r} is not a compressedDepth image "
+                                 f"(expected e.g. {DEPTH_PNG_FORMAT!r})")
+    encoding, rest = (part.strip() for part in fmt.split(";", 1))
+    codec = rest[len("compressedDepth"):].strip().lower() if rest.lower().startswith("compresseddepth") else "?"
+    if codec not in ("", "png"):
+        raise MessageDecodeError(f"{what}: compressedDepth codec {codec!r} is not supported (png only)")
+    if encoding not in ("16UC1", "mono16", "32FC1"):
+        raise MessageDecodeError(f"{what}: compressedDepth of {encoding!r}; depth must be 16UC1 (mm) or 32FC1 (m)")
+    return encoding
+
+
+def compressed_depth_to_metres(msg: Any) -> np.ndarray:
+    """A compressedDepth sensor_msgs/CompressedImage as ``(H, W)`` float32 metres; 0 marks invalid pixels.
+
+    16UC1: the PNG's millimetres / 1000.  32FC1: inverse-depth dequantisation
+    with the header's depthParam (see the module docstring); non-finite or
+    non-positive depths become 0.
+    """
+    what = "CompressedImage (compressedDepth)"
+    encoding = _depth_layout(str(msg.format), what)
+    payload = _payload(msg, what)
+    if len(payload) <= CONFIG_HEADER.size:
+        raise MessageDecodeError(f"{what}: data holds {len(payload)} bytes; a {CONFIG_HEADER.size}-byte "
+                                 "ConfigHeader and a PNG are needed")
+    _, quant_a, quant_b = CONFIG_HEADER.unpack_from(payload)
+    png = payload[CONFIG_HEADER.size:]
+    if not png.startswith(_PNG_MAGIC):
+        raise MessageDecodeError(f"{what}: the data after the {CONFIG_HEADER.size}-byte ConfigHeader is not a PNG")
+    img = _open_image(png, what)
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        raise MessageDecodeError(f"{what}: the PNG is mode {img.mode!r}; compressedDepth needs a 16-bit "
+                                 "single-channel PNG")
+    raw = np.asarray(img)
+    if raw.shape[0] == 0 or raw.shape[1] == 0:
+        raise MessageDecodeError(f"{what}: image is {raw.shape[1]}x{raw.shape[0]} (no pixels)")
+    if encoding != "32FC1":
+        return raw.astype(np.float32) * np.float32(0.001)
+    q = raw.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.float32(quant_a) / (q - np.float32(quant_b))
+    depth[(q == 0) | ~np.isfinite(depth) | (depth <= 0)] = 0.0
+    return depth.astype(np.float32, copy=False)
+
+
+def encode_color(rgb: np.ndarray, codec: str = "jpeg", quality: int = 90) -> tuple[str, bytes]:
+    """``(format, data)`` of a colour CompressedImage from ``(H, W, 3)`` uint8 RGB, as the plugin writes an rgb8 image.
+
+    codec ``"jpeg"`` (``quality`` 1..100) or ``"png"``.
+    """
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or 0 in arr.shape[:2]:
+        raise MessageEncodeError(f"colour must be a non-empty (H, W, 3) uint8 array, got {arr.shape} {arr.dtype}")
+    if codec not in ("jpeg", "png"):
+        raise MessageEncodeError(f"colour codec must be jpeg or png, got {codec!r}")
+    if not 1 <= int(quality) <= 100:
+        raise MessageEncodeError(f"JPEG quality must be 1..100, got {quality}")
+    buf = io.BytesIO()
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    if codec == "jpeg":
+        img.save(buf, format="JPEG", quality=int(quality))
+        return COLOR_JPEG_FORMAT, buf.getvalue()
+    img.save(buf, format="PNG", compress_level=1)
+    return COLOR_PNG_FORMAT, buf.getvalue()
+
+
+def encode_depth_mm(mm: np.ndarray, png_level: int = 1) -> tuple[str, bytes]:
+    """``(format, data)`` of a compressedDepth CompressedImage from ``(H, W)`` uint16 millimetres.
+
+    The 16UC1 layout: a zeroed ConfigHeader (format 0, depthParam unused) then a
+    16-bit PNG at zlib level ``png_level`` (0..9; 1 is fast and decodes as fast).
+    """
+    arr = np.asarray(mm)
+    if arr.ndim != 2 or arr.dtype != np.uint16 or 0 in arr.shape:
+        raise MessageEncodeError(f"depth must be a non-empty (H, W) uint16 millimetre array, got {arr.shape} {arr.dtype}")
+    if not 0 <= int(png_level) <= 9:
+        raise MessageEncodeError(f"PNG level must be 0..9, got {png_level}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint16)).save(
+        buf, format="PNG", compress_level=int(png_level))
+    return DEPTH_PNG_FORMAT, CONFIG_HEADER.pack(0, 0.0, 0.0) + buf.getvalue()

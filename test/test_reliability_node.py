@@ -266,6 +266,46 @@ def test_a_frame_waits_for_its_transform_by_the_transforms_stamps_not_wall_time(
     assert counter(h, "tf_failures") == failures + 1 and counter(h, "views_kept") == kept + 1
 
 
+def test_a_30_hz_stream_whose_tf_lags_waits_one_frame_per_keyframe_interval(harness):
+    """While /tf lags, only one frame per keyframe interval waits for its pose (the interval's candidate);
+    the others are dropped undecoded as the interval would drop them, so a long lag never overflows the
+    pending list into TF failures (with every frame waiting, 24 frames at 30 Hz overflowed its 16 slots)."""
+    import time
+
+    from safnet_ros.ros.segment_node import MAX_PENDING_FRAMES
+
+    h = harness
+    base = h.base_stamp()
+    T = look_at(CAMERA_EYES[2], LOOK_AT)
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "lagging_camera", stamp=stamp(base - 1.0)))
+    h.node.buffer.clear()
+    interval = NODE_PARAMS["keyframe_min_interval"]
+    frames = MAX_PENDING_FRAMES + 8
+    kept, failures = counter(h, "views_kept"), counter(h, "tf_failures")
+    waiting, not_key = counter(h, "frames_waiting_tf"), counter(h, "views_not_keyframe")
+    for i in range(frames):  # 30 Hz stamps, sent at once: the transforms arrive after all of them
+        rgb, depth, info = frame_messages(T, base + i / 30.0)
+        for msg in (rgb, depth, info):
+            msg.header.frame_id = "lagging_camera"
+        for pub, msg in zip((h.pub_rgb, h.pub_depth, h.pub_info), (rgb, depth, info)):
+            pub.publish(msg)
+        time.sleep(0.01)
+    span = (frames - 1) / 30.0
+    candidates = int(span // interval) + 1
+    def judged() -> int:
+        return counter(h, "frames_waiting_tf") - waiting + counter(h, "views_not_keyframe") - not_key
+
+    assert wait_until(lambda: judged() >= frames - 2, 10.0), dict(h.node.stats.counters)  # DDS may lose one
+    time.sleep(0.5)
+    assert counter(h, "frames_waiting_tf") - waiting <= candidates
+    assert counter(h, "tf_failures") == failures
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "lagging_camera", stamp=stamp(base + span + 0.05)))
+    # every candidate gets its pose; those a stamp rounding puts a hair under the interval are not keyframes
+    assert wait_until(lambda: counter(h, "views_kept") - kept >= max(1, candidates // 2), 10.0), \
+        dict(h.node.stats.counters)
+    assert counter(h, "tf_failures") == failures
+
+
 def test_diagnostics_report_the_frame_cost_and_views_kept_per_frame(harness):
     h = harness
     h.publish_views(h.base_stamp())

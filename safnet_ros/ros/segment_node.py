@@ -673,7 +673,7 @@ class SegmentNode(LifecycleNode):
             self.stats.count(f"frames_synced.{camera}")
         stamp_ns = codecs.stamp_to_ns(depth.header.stamp)
         self._note_stamp(f"frames.{camera}" if camera else "frames", stamp_ns / 1e9)
-        if not self.pipeline.frame_due(stamp_ns / 1e9, camera):
+        if not self.pipeline.frame_due(stamp_ns / 1e9, camera) or self._pending_covers(stamp_ns, camera):
             self.stats.count("views_not_keyframe")
             return
         try:
@@ -682,6 +682,14 @@ class SegmentNode(LifecycleNode):
             self._decode_failed(exc)
             return
         self._try_add_view(_PendingFrame(rgb, depth, info, frame_id, stamp_ns, camera, time.monotonic()))
+
+    def _pending_covers(self, stamp_ns: int, camera: str) -> bool:
+        """Whether a frame of ``camera`` already waits for its transform less than the keyframe interval
+        before ``stamp_ns``: it is this interval's candidate, so a 30 Hz stream whose /tf lags does not
+        fill the pending list with frames the keyframe interval would drop anyway."""
+        interval_ns = int(self.pipeline.buffer.policy.min_interval * 1e9)
+        with self._pending_lock:
+            return any(f.camera == camera and 0 <= stamp_ns - f.stamp_ns < interval_ns for f in self._pending)
 
     def _try_add_view(self, frame: _PendingFrame) -> None:
         """Offer a frame at its pose; a frame whose transform has not arrived yet is set aside for retries."""

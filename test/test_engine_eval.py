@@ -355,3 +355,28 @@ def test_preprocess_class_weights_are_log_frequency_of_the_split(data):
     np.testing.assert_allclose(weights_other, expected, rtol=1e-5)
     path.unlink()
     (data / "scannetv2_other.txt").unlink()
+
+
+def test_real_camera_effects_score_the_same_degraded_views_every_run(data, models, tmp_path, capsys):
+    """`--camera-effects real`: the views are degraded (the scores move), and by one fixed draw
+    (two runs agree to the last digit, so models compared in separate runs saw the same views)."""
+    from safnet_ros.data.dataset import PreprocessedScene
+    from safnet_ros.engine.evaluate import degraded_view
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "safnet_lite_synth.pt"  # a model that uses its views
+    argv = ["eval", "--model", str(shipped), "--data", str(data), "--split", "one", "--views", "1,3",
+            "--json", "--stride", str(STRIDE), "--device", "cpu", "--no-progress"]
+    plain = _run_json(capsys, argv + ["--out", str(tmp_path / "plain")])
+    real_a = _run_json(capsys, argv + ["--out", str(tmp_path / "a"), "--camera-effects", "real"])
+    real_b = _run_json(capsys, argv + ["--out", str(tmp_path / "b"), "--camera-effects", "real"])
+    assert real_a["per_scene_confusion"] == real_b["per_scene_confusion"]
+    assert real_a["per_scene_confusion"] != plain["per_scene_confusion"]
+
+    scene_dir = data / (data / "scannetv2_one.txt").read_text().split()[0]
+    view = PreprocessedScene(scene_dir).view(0)
+    again = degraded_view(view, scene_dir.name, 0)
+    degraded = degraded_view(view, scene_dir.name, 0)
+    assert np.array_equal(again.color, degraded.color) and np.array_equal(again.depth, degraded.depth)
+    assert not np.array_equal(degraded.color, view.color)
+    assert (degraded.depth == 0).sum() >= (view.depth == 0).sum()  # holes are only added
+    assert np.array_equal(degraded.K, view.K) and np.array_equal(degraded.camera_to_world, view.camera_to_world)

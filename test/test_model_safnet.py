@@ -470,3 +470,54 @@ def test_single_point_chunk_trains():
     total, _ = safnet_loss(model(batch), batch, model.config)
     assert torch.isfinite(total)
     total.backward()
+
+
+# ----------------------------------------------------------------------------- confidence gate
+def test_confidence_gate_starts_near_identity_and_learns():
+    """The gate (our extension) begins at g = 0.98 for every point, so a model started from
+    gateless weights predicts what it predicted; its two scalars get a gradient."""
+    torch.manual_seed(0)
+    batch = _random_batch()
+    plain = build_model(_small()).eval()
+    gated = build_model(_small(confidence_gate=True)).eval()
+    missing, unexpected = gated.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["confidence_gate.bias", "confidence_gate.weight"] and not unexpected
+    with torch.no_grad():
+        a, b = plain(batch), gated(batch)
+    assert torch.equal(a.s, b.s)  # S stays the paper's S_geo * S_con
+    agree = (a.logits.argmax(-1) == b.logits.argmax(-1)).float().mean().item()
+    assert agree > 0.95, agree
+    gated.train()
+    total, _ = safnet_loss(gated(batch), batch, gated.config)
+    total.backward()
+    for p in (gated.confidence_gate.weight, gated.confidence_gate.bias):
+        assert p.grad is not None and p.grad.abs().item() > 0
+
+
+def test_a_steep_confidence_gate_closes_on_unsure_pixels_and_stays_open_on_sure_ones():
+    """The confidence is the largest softmax probability; a gate trained steep passes F2D
+    where the 2D net is sure and shuts it where its prediction is uniform."""
+    from safnet_ros.model.fusion import ConfidenceGate, pixel_confidence
+
+    gate = ConfidenceGate(weight=40.0, bias=-20.0)  # g = sigmoid(40 c - 20): 0 below c ~ 0.4, 1 above ~ 0.6
+    sure = torch.tensor([[10.0] + [0.0] * 19])  # softmax max ~ 0.9991
+    unsure = torch.zeros(1, 20)  # uniform: 1 / 20
+    c = pixel_confidence(torch.cat([sure, unsure]))
+    assert c[0] > 0.99 and abs(c[1].item() - 0.05) < 1e-6
+    g = gate(c)
+    assert g[0] > 0.99 and g[1] < 1e-6
+    with pytest.raises(ConfigError):
+        SafnetConfig.preset("lite", confidence_gate=True, variant="nonsense")
+
+
+def test_confidence_gate_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(1)
+    model = build_model(_small(confidence_gate=True)).eval()
+    with torch.no_grad():
+        model.confidence_gate.weight.fill_(0.2)
+    save_checkpoint(tmp_path / "g.pt", model)
+    loaded, config, _ = load_checkpoint(tmp_path / "g.pt")
+    assert config.confidence_gate and loaded.confidence_gate.weight.item() == pytest.approx(0.2)
+    batch = _random_batch(seed=3)
+    with torch.no_grad():
+        assert torch.allclose(model(batch).logits, loaded(batch).logits)

@@ -27,6 +27,7 @@ effect is whole-array numpy / scipy.ndimage work (no per-pixel Python).
 from __future__ import annotations
 
 import io
+import zlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,7 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["CameraAugment", "camera_augment", "exposure", "white_balance", "sensor_noise", "motion_blur",
+__all__ = ["CameraAugment", "REAL_CAMERA_TEST", "camera_augment", "degrade_view_arrays", "exposure", "white_balance", "sensor_noise", "motion_blur",
            "defocus_blur", "vignetting", "jpeg", "depth_edge_holes", "depth_appearance_holes", "luminance"]
 
 
@@ -58,6 +59,13 @@ class CameraAugment:
     def from_section(cls, section) -> "CameraAugment":
         """From the config's CameraSection (or any object with the same attributes)."""
         return cls(**{k: getattr(section, k) for k in cls.__dataclass_fields__})
+
+
+#: The test condition of ``safnet eval --camera-effects real``: every effect on every
+#: frame (prob 1), each up to a strength at or beyond the training defaults, so a
+#: model is scored on views that look as a real camera's might, not as our renderer's.
+REAL_CAMERA_TEST = CameraAugment(prob=1.0, exposure=0.8, white_balance=0.25, noise=0.03, motion_blur=9,
+                                 defocus_blur=2.0, jpeg_quality=25, vignetting=0.5)
 
 
 # --------------------------------------------------------------------------- photometric (float, 0..1)
@@ -195,3 +203,15 @@ def camera_augment(color: np.ndarray, depth: Optional[np.ndarray], rng: np.rando
     if apply(s.jpeg_quality):
         out = jpeg(out, int(rng.integers(min(s.jpeg_quality, 95), 96)))
     return out, depth
+
+
+def degrade_view_arrays(color: np.ndarray, depth: np.ndarray, key: str, frame: int,
+                        settings: CameraAugment = REAL_CAMERA_TEST) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`camera_augment` of one test frame, the same on every run and for every model.
+
+    The random stream is seeded by ``(crc32(key), frame)`` (``key``: the scene's name),
+    so two models, or two runs, see the very same degraded views.
+    """
+    rng = np.random.default_rng([zlib.crc32(key.encode()), int(frame)])
+    new_color, new_depth = camera_augment(color, depth, rng, settings)
+    return new_color, new_depth

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -50,10 +51,12 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from safnet_ros import output_dir as od
+from safnet_ros.data.augment import degrade_view_arrays
 from safnet_ros.data.dataset import PreprocessedScene
 from safnet_ros.data.labels import CLASS_NAMES, NUM_CLASSES, TABLE_ORDER
 from safnet_ros.data.preprocess import TMP_PREFIX, scene_is_complete, unpack_coverage
 from safnet_ros.data.scannet import read_split, split_list_path
+from safnet_ros.engine.batching import PosedView
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.engine.metrics import ConfusionMatrix
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError, ModelLoadError, SafnetError
@@ -68,6 +71,8 @@ ABLATION_SWITCHES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("unproj_loss", "2D unp. loss", ("safnet", "concat")),
     ("channel_attention", "Channel att", ("safnet",)),
 )
+#: ``safnet eval --camera-effects``: the test views as rendered, or degraded as a real camera might.
+CAMERA_EFFECTS: tuple[str, ...] = ("off", "real")
 CHECK = "\u2713"
 
 
@@ -375,14 +380,19 @@ def evaluate_scene(segmenter, scene, views_list: Sequence[int], cms: dict[int, C
 def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str] = "val",
              views: Sequence[int] = (3,), stride: float = 0.5, device: str = "auto",
              max_scenes: Optional[int] = None, progress: bool = True,
-             precision: str = "fp32") -> tuple[list[ModelResult], EvalScenes]:
+             precision: str = "fp32", camera_effects: str = "off") -> tuple[list[ModelResult], EvalScenes]:
     """Evaluate every checkpoint of ``models`` on the scenes of ``split`` for each number of ``views``.
 
     All checkpoints are loaded first (a bad one fails before any work). Each
     scene's frames and coverage are read once and shared by all models.
     Returns the per-model results and the scene list (with skipped scenes).
     ``precision``: ``fp32`` | ``bf16`` | ``fp16`` (CUDA only), the Segmenter's autocast.
+    ``camera_effects``: ``off``, or ``real``: every test view degraded as a real camera
+    might (:data:`~safnet_ros.data.augment.REAL_CAMERA_TEST`: exposure, white balance,
+    noise, blur, JPEG, vignetting, depth holes), the same draw for every model and run.
     """
+    if camera_effects not in CAMERA_EFFECTS:
+        raise ConfigError(f"--camera-effects must be one of {CAMERA_EFFECTS}, got {camera_effects!r}")
     if not models:
         raise ConfigError("at least one --model is needed")
     views_list = sorted({int(v) for v in views})
@@ -403,6 +413,8 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
     bar = tqdm(total=len(found.scenes), desc="eval", unit="scene", file=sys.stderr, disable=not progress)
     for scene in found.scenes:
         frame_views = [scene.view(f) for f in range(scene.num_frames)]
+        if camera_effects == "real":
+            frame_views = [degraded_view(v, scene.name, f) for f, v in enumerate(frame_views)]
         coverage = scene_coverage(scene)
         for seg, res in zip(segmenters, results):
             t0 = time.perf_counter()
@@ -412,6 +424,12 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
         bar.update(1)
     bar.close()
     return results, found
+
+
+def degraded_view(view: PosedView, scene_name: str, frame: int) -> PosedView:
+    """``view`` with :func:`~safnet_ros.data.augment.degrade_view_arrays` applied to its colour and depth."""
+    color, depth = degrade_view_arrays(view.color, view.depth, scene_name, frame)
+    return dataclasses.replace(view, color=color, depth=depth)
 
 
 # --------------------------------------------------------------------------- reports
@@ -583,6 +601,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sliding-window stride in metres (default 0.5)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="forward precision (torch.autocast): fp32 (default), bf16, or fp16 (CUDA only)")
+    parser.add_argument("--camera-effects", choices=CAMERA_EFFECTS, default="off",
+                        help="real: degrade every test view as a real camera might (exposure, white balance, noise, "
+                             "blur, JPEG, vignetting, depth holes; the same draw for every model), off (default)")
     parser.add_argument("--threads", type=int_range(0, 1024), default=0,
                         help="CPU threads for torch (default 0: torch's default, one per core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -600,9 +621,10 @@ def run_eval(args: argparse.Namespace) -> int:
         od.claim(out, "eval", overwrite=True, inputs=[args.data, *args.model], what="--out folder")
         results, found = evaluate(args.model, args.data, args.split, args.views, stride=args.stride,
                                   device=args.device, max_scenes=args.scenes, progress=not args.no_progress,
-                                  precision=args.precision)
+                                  precision=args.precision, camera_effects=args.camera_effects)
         with od.staged_folder(out, "eval", {"models": [str(m) for m in args.model], "data": str(args.data),
-                                            "split": args.split, "views": list(args.views), "stride": args.stride},
+                                            "split": args.split, "views": list(args.views), "stride": args.stride,
+                                            "camera_effects": args.camera_effects},
                               overwrite=True) as stage:
             files = write_outputs(results, stage)
             report = report_json(results, found, args.split, args.stride, files)

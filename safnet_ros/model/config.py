@@ -115,6 +115,9 @@ class SafnetConfig:
     # Fusion head.
     channel_attention: bool = True
     se_reduction: int = 4
+    # Our extension (docs/design.md §1.7): F2D is also weighted by a learnt gate of the 2D
+    # net's confidence (largest softmax probability) at the pixels each point gathers from.
+    confidence_gate: bool = False
     head_mlp: tuple[int, ...] = (192, 192, 192)
     dropout: float = 0.5
 

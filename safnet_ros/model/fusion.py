@@ -6,6 +6,9 @@
   weight per channel (excitation) that scales every point's features.
 * :class:`FusionHead` is the FC (192, 192, 192, 20) classifier: shared linear
   layers (channels last) with BN + ReLU after the first three layers and dropout (0.5) after the third.
+* :class:`ConfidenceGate` (our extension, ``confidence_gate``; docs/design.md §1.7):
+  a learnt, monotone weight of F2D from the 2D net's own confidence at the pixels a
+  point gathers from, so the fusion can lean on F3D where the image is unsure.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from torch import nn
 
 from safnet_ros.model.aggregate import PointMLP
 
-__all__ = ["ChannelAttention", "FusionHead"]
+__all__ = ["ChannelAttention", "ConfidenceGate", "FusionHead", "pixel_confidence"]
 
 
 class ChannelAttention(nn.Module):
@@ -53,3 +56,35 @@ class FusionHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.body(x)))
+
+
+def pixel_confidence(logits: torch.Tensor) -> torch.Tensor:
+    """The 2D net's confidence in each row of logits: ``(..., K)`` -> ``(...)`` in [1/K, 1].
+
+    The largest softmax probability, computed in float32 and without a gradient:
+    the gate reads how sure the 2D net is; it must not teach the 2D net to be sure.
+    """
+    return torch.softmax(logits.detach().float(), dim=-1).amax(dim=-1)
+
+
+class ConfidenceGate(nn.Module):
+    """``g = sigmoid(w * c + b)``: a weight in (0, 1) per point from its 2D confidence ``c``.
+
+    Two learnt scalars. At initialisation ``w = 0`` and ``b = 4`` (g = 0.98 for every
+    point), so a model started from weights trained without the gate begins where it
+    was; training moves ``w`` and ``b`` as far as the 2D net's confidence predicts
+    whether its features help. They are stored divided by :attr:`SCALE`: Adam moves a
+    parameter by about the learning rate per step (5e-4), which would leave a gate
+    that needs ``w`` of order 10 where it started; the scale is a learning-rate
+    multiplier that needs no optimiser change. ``forward(c (B, N)) -> g (B, N)``.
+    """
+
+    SCALE = 50.0
+
+    def __init__(self, weight: float = 0.0, bias: float = 4.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(float(weight) / self.SCALE))
+        self.bias = nn.Parameter(torch.tensor(float(bias) / self.SCALE))
+
+    def forward(self, confidence: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.SCALE * (self.weight * confidence + self.bias))

@@ -38,7 +38,7 @@ from safnet_ros.model.aggregate import Aggregate2D, take_rows
 from safnet_ros.model.batch import ChunkBatch, SafnetOutput
 from safnet_ros.model.config import LEGACY_LAYOUT, SafnetConfig, json_ready
 from safnet_ros.model.csm import ContextualSimilarity
-from safnet_ros.model.fusion import ChannelAttention, FusionHead
+from safnet_ros.model.fusion import ChannelAttention, ConfidenceGate, FusionHead, pixel_confidence
 from safnet_ros.model.gsm import GeometricSimilarity, find_neighbourhoods
 from safnet_ros.model.pointnet2 import PointNet2SSG
 from safnet_ros.model.resnet_unet import ResNetUNet
@@ -118,6 +118,7 @@ class SafnetModel(nn.Module):
         use_se = is_safnet and c.channel_attention
         self.se_2d = ChannelAttention(c.agg_mlp[-1], c.se_reduction) if use_se else None
         self.se_3d = ChannelAttention(c.feat_3d, c.se_reduction) if use_se else None
+        self.confidence_gate = ConfidenceGate() if (is_safnet and c.confidence_gate) else None
         head_in = {"safnet": c.agg_mlp[-1] + c.feat_3d, "concat": c.agg_mlp[-1] + c.feat_3d,
                    "pointnet2": c.feat_3d}.get(variant)
         self.head = FusionHead(head_in, c.head_mlp, c.num_classes, c.dropout) if head_in else None
@@ -269,7 +270,11 @@ class SafnetModel(nn.Module):
             s = ones * has_q
         f3d = self.net3d(points, None if attr is None else attr.transpose(1, 2), pn_mask).transpose(1, 2)
         with stage("fusion"):
-            f2d_weighted = f2d * s.unsqueeze(-1)  # (B, N, C2): only the 2D feature is reweighted
+            weight_2d = s
+            if self.confidence_gate is not None and logits_2d is not None:
+                weight_2d = s * self.confidence_gate(
+                    self._point_confidence(logits_2d, q_pixel, nb.q_knn_dist, nb.q_knn_idx).to(s.dtype))
+            f2d_weighted = f2d * weight_2d.unsqueeze(-1)  # (B, N, C2): only the 2D feature is reweighted
             if self.se_2d is not None:
                 f2d_weighted = self.se_2d(f2d_weighted, valid)
                 f3d_fused = self.se_3d(f3d, valid)
@@ -299,6 +304,21 @@ class SafnetModel(nn.Module):
         flat = logits_2d.permute(0, 1, 3, 4, 2).reshape(logits_2d.shape[0], -1, logits_2d.shape[2])
         logits = take_rows(flat, pixel)
         return logits * torch.isfinite(nb.nearest_q_dist).unsqueeze(-1).to(logits.dtype), nb.nearest_q_dist
+
+    def _point_confidence(self, logits_2d: torch.Tensor, q_pixel: torch.Tensor, q_dist: torch.Tensor,
+                          q_idx: torch.Tensor) -> torch.Tensor:
+        """``(B, N)``: the 2D net's mean confidence at the pixels of each point's ``agg_k``
+        nearest Q points (the ones F2D gathers from); 0 where a point has none.
+
+        ``logits_2d (B or 1, V, K, H, W)``, ``q_pixel (B, M)`` grid index of each Q point,
+        ``q_dist / q_idx (B, N, >= agg_k)`` the P -> Q search (inf distance: no neighbour).
+        """
+        k = self.config.agg_k
+        flat = logits_2d.permute(0, 1, 3, 4, 2).reshape(logits_2d.shape[0], -1, logits_2d.shape[2])
+        conf_q = pixel_confidence(take_rows(flat, q_pixel))  # (B, M)
+        found = torch.isfinite(q_dist[..., :k])
+        conf = take_rows(conf_q.unsqueeze(-1), q_idx[..., :k]).squeeze(-1) * found
+        return conf.sum(-1) / found.sum(-1).clamp_min(1)
 
     def _aux_2d(self, logits_2d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if (self.config.freeze_2d or not self.training) else logits_2d

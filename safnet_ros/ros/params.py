@@ -87,7 +87,8 @@ PARAMETERS: tuple[Param, ...] = (
     P("image_transport", "raw", "How the images arrive (image_transport's names): raw = sensor_msgs/Image on "
       "rgb_topic and depth_topic; compressed = sensor_msgs/CompressedImage on <rgb_topic>/compressed (JPEG or "
       "PNG) and <depth_topic>/compressedDepth (16UC1/32FC1 PNG), decoded only for frames kept as views. For "
-      "every camera of 'cameras' alike. Full-size frames at 30 Hz need compressed (docs/ros_node.md).",
+      "every camera of 'cameras' alike. Full-size frames at 30 Hz arrive far more reliably compressed "
+      "(docs/benchmarks.md, 'Real-size stream').",
       choices=("raw", "compressed")),
     P("model", "", "Model checkpoint file; '' = the shipped default model models/safnet_lite_synth.pt "
       "(docs/model_card.md; an untrained lite model with a loud warning where it is missing)."),

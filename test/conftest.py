@@ -51,3 +51,55 @@ def _overfit(model, batch, config, steps: int = 300, lr: float = 2e-3, stop_at: 
 def overfit():
     """The overfitting loop of the learning tests (see :func:`_overfit`)."""
     return _overfit
+
+
+@pytest.fixture(scope="session")
+def make_loop_scene(tmp_path_factory):
+    """``make(frames, seed) -> scene folder``: a synthetic room (.sens: 320x240 JPEG colour,
+    160x120 depth) scanned on a loop trajectory, every pose valid and nothing moved."""
+    from safnet_ros.data.synth.generate import SynthConfig, generate_scene
+
+    def make(frames: int, seed: int):
+        root = tmp_path_factory.mktemp("loop_scene")
+        cfg = SynthConfig(frames=frames, color_size=(320, 240), depth_size=(160, 120), vertex_spacing=0.1,
+                          invalid_poses=0.0, moved_objects=0.0, trajectory="loop", progress=False)
+        return root / generate_scene(root, seed=seed, index=0, cfg=cfg)["name"]
+
+    return make
+
+
+class RosSession:
+    """A private rclpy context and executor for one test (see the ``ros_session`` fixture)."""
+
+    def __init__(self):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self._nodes: list = []
+
+    def add(self, node):
+        """Spin ``node`` on the executor and destroy it at teardown; returns it."""
+        self._nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        for node in self._nodes:
+            node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture
+def ros_session():
+    """A private rclpy context with an executor; nodes given to ``add`` are destroyed at teardown,
+    then the context is shut down (whatever the test raised)."""
+    session = RosSession()
+    yield session
+    session.close()

@@ -159,14 +159,9 @@ def test_encoders_refuse_wrong_arrays():
 
 # ----------------------------------------------------------------------------- bags
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory) -> Path:
+def scene(make_loop_scene) -> Path:
     """20 frames of a synthetic room (.sens: 320x240 JPEG colour, 160x120 depth) on a loop."""
-    from safnet_ros.data.synth.generate import SynthConfig, generate_scene
-
-    root = tmp_path_factory.mktemp("scene")
-    cfg = SynthConfig(frames=20, color_size=(320, 240), depth_size=(160, 120), vertex_spacing=0.1,
-                      invalid_poses=0.0, moved_objects=0.0, trajectory="loop", progress=False)
-    return root / generate_scene(root, seed=5, index=0, cfg=cfg)["name"]
+    return make_loop_scene(frames=20, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -246,13 +241,11 @@ def test_segment_bag_on_the_compressed_bag_labels_like_the_raw_one(bags, tmp_pat
 
 # ----------------------------------------------------------------------------- the node, real pub/sub
 @pytest.mark.ros
-def test_node_with_compressed_image_transport_under_a_namespace_keeps_views_and_labels_with_them(bags, monkeypatch):
+def test_node_with_compressed_image_transport_under_a_namespace_keeps_views_and_labels_with_them(bags, monkeypatch, ros_session):
     """The node under /robot1 with image_transport:=compressed subscribes to <rgb>/compressed and
     <depth>/compressedDepth; frames published there over DDS are synchronised, only the keyframes are
     decoded, and a cloud comes back with image evidence."""
     rclpy = pytest.importorskip("rclpy")
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import qos_profile_sensor_data
     from rclpy.serialization import deserialize_message
@@ -267,57 +260,46 @@ def test_node_with_compressed_image_transport_under_a_namespace_keeps_views_and_
     _, msgs = _read(bags[1])
     color_t, depth_t = compressed_topics(bio.COLOR_TOPIC, bio.DEPTH_TOPIC)
     segmenter = Segmenter.from_checkpoint(None, device="cpu", num_views=3, chunk_stride=1.5, max_points=3000)
-    ctx = Context()
-    rclpy.init(context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    node = pub_node = None
-    try:
-        node = SegmentNode(segmenter=segmenter, context=ctx, namespace="/robot1", parameter_overrides=[
-            Parameter("warm_up", value=False), Parameter("map_enable", value=False),
-            Parameter("image_transport", value="compressed")])
-        prefix = "/robot1/safnet_segment"
-        assert [s.sub.topic_name for s in node.camera_inputs[0][1]] == [
-            f"{prefix}/rgb/image/compressed", f"{prefix}/depth/image/compressedDepth", f"{prefix}/camera_info"]
-        for topic in (bio.TF_STATIC_TOPIC, bio.TF_TOPIC):
-            for tf_msg in msgs[topic]:
-                for t in tf_msg.transforms:
-                    (node.tf_buffer.set_transform_static if topic == bio.TF_STATIC_TOPIC
-                     else node.tf_buffer.set_transform)(_transform(t), "bag")
-        pub_node = rclpy.create_node("camera", context=ctx)
-        pubs = [pub_node.create_publisher(CompressedImage, f"{prefix}/rgb/image/compressed", qos_profile_sensor_data),
-                pub_node.create_publisher(CompressedImage, f"{prefix}/depth/image/compressedDepth",
-                                          qos_profile_sensor_data),
-                pub_node.create_publisher(CameraInfo, f"{prefix}/camera_info", qos_profile_sensor_data)]
-        executor.add_node(node)
-        executor.add_node(pub_node)
-        deadline = time.monotonic() + 20.0
-        while time.monotonic() < deadline and not all(p.get_subscription_count() for p in pubs):
-            executor.spin_once(timeout_sec=0.05)
-        classes = (CompressedImage, CompressedImage, CameraInfo)
-        for c, d, info in zip(msgs[color_t], msgs[depth_t], msgs[bio.CAMERA_INFO_TOPIC]):
-            for pub, msg, cls in zip(pubs, (c, d, info), classes):
-                pub.publish(deserialize_message(bio.serialize(msg), cls))
-            end = time.monotonic() + 0.1
-            while time.monotonic() < end:
-                executor.spin_once(timeout_sec=0.01)
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and node.stats.get("frames_synced") < 15:
-            executor.spin_once(timeout_sec=0.05)
-        counters = dict(node.stats.counters)
-        assert counters["frames_synced"] >= 15, counters
-        assert counters.get("decode_errors", 0) == 0 and counters.get("tf_failures", 0) == 0, counters
-        assert 0 < counters["views_kept"] < counters["frames_synced"], counters
-        assert len(decoded) == counters["views_kept"]  # only the keyframes were decoded
-        cloud = deserialize_message(bio.serialize(msgs[bio.POINTS_TOPIC][-1]), PointCloud2)
-        out = codecs.pointcloud2_to_array(node.process_cloud(cloud))
-        seg = out["label"] != 255
-        assert seg.any() and (np.nan_to_num(out["similarity"][seg]) > 0).mean() > 0.3
-    finally:
-        executor.shutdown()
-        for n in (pub_node, node):
-            if n is not None:
-                n.destroy_node()
-        rclpy.shutdown(context=ctx)
+    ctx, executor = ros_session.context, ros_session.executor
+    node = SegmentNode(segmenter=segmenter, context=ctx, namespace="/robot1", parameter_overrides=[
+        Parameter("warm_up", value=False), Parameter("map_enable", value=False),
+        Parameter("image_transport", value="compressed")])
+    ros_session.add(node)
+    prefix = "/robot1/safnet_segment"
+    assert [s.sub.topic_name for s in node.camera_inputs[0][1]] == [
+        f"{prefix}/rgb/image/compressed", f"{prefix}/depth/image/compressedDepth", f"{prefix}/camera_info"]
+    for topic in (bio.TF_STATIC_TOPIC, bio.TF_TOPIC):
+        for tf_msg in msgs[topic]:
+            for t in tf_msg.transforms:
+                (node.tf_buffer.set_transform_static if topic == bio.TF_STATIC_TOPIC
+                 else node.tf_buffer.set_transform)(_transform(t), "bag")
+    pub_node = ros_session.add(rclpy.create_node("camera", context=ctx))
+    pubs = [pub_node.create_publisher(CompressedImage, f"{prefix}/rgb/image/compressed", qos_profile_sensor_data),
+            pub_node.create_publisher(CompressedImage, f"{prefix}/depth/image/compressedDepth",
+                                      qos_profile_sensor_data),
+            pub_node.create_publisher(CameraInfo, f"{prefix}/camera_info", qos_profile_sensor_data)]
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline and not all(p.get_subscription_count() for p in pubs):
+        executor.spin_once(timeout_sec=0.05)
+    classes = (CompressedImage, CompressedImage, CameraInfo)
+    for c, d, info in zip(msgs[color_t], msgs[depth_t], msgs[bio.CAMERA_INFO_TOPIC]):
+        for pub, msg, cls in zip(pubs, (c, d, info), classes):
+            pub.publish(deserialize_message(bio.serialize(msg), cls))
+        end = time.monotonic() + 0.1
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.01)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and node.stats.get("frames_synced") < 15:
+        executor.spin_once(timeout_sec=0.05)
+    counters = dict(node.stats.counters)
+    assert counters["frames_synced"] >= 15, counters
+    assert counters.get("decode_errors", 0) == 0 and counters.get("tf_failures", 0) == 0, counters
+    assert 0 < counters["views_kept"] < counters["frames_synced"], counters
+    assert len(decoded) == counters["views_kept"]  # only the keyframes were decoded
+    cloud = deserialize_message(bio.serialize(msgs[bio.POINTS_TOPIC][-1]), PointCloud2)
+    out = codecs.pointcloud2_to_array(node.process_cloud(cloud))
+    seg = out["label"] != 255
+    assert seg.any() and (np.nan_to_num(out["similarity"][seg]) > 0).mean() > 0.3
 
 
 def _transform(t):

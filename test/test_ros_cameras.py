@@ -14,7 +14,6 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
@@ -28,14 +27,9 @@ NAMESPACE = "/robot1"
 
 
 @pytest.fixture(scope="module")
-def loop_scene(tmp_path_factory) -> Path:
+def loop_scene(make_loop_scene) -> Path:
     """40 frames (320x240) of a synthetic room on a loop trajectory (the view turns round the room)."""
-    from safnet_ros.data.synth.generate import SynthConfig, generate_scene
-
-    root = tmp_path_factory.mktemp("cams")
-    cfg = SynthConfig(frames=40, color_size=(320, 240), depth_size=(160, 120), vertex_spacing=0.1,
-                      invalid_poses=0.0, moved_objects=0.0, trajectory="loop", progress=False)
-    return root / generate_scene(root, seed=3, index=0, cfg=cfg)["name"]
+    return make_loop_scene(frames=40, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -135,56 +129,45 @@ def test_two_cameras_give_evidence_on_more_of_each_cloud_than_either_alone(two_c
 
 @pytest.mark.ros
 @pytest.mark.slow
-def test_each_camera_has_its_own_synchroniser_and_a_silent_one_is_named(segmenter):
+def test_each_camera_has_its_own_synchroniser_and_a_silent_one_is_named(segmenter, ros_session):
     """Real pub/sub under a namespace: sets published on camera 'back''s default topics reach its own
     synchroniser; camera 'front' never publishes and /diagnostics' watchdog names it and its topics."""
     from safnet_ros.ros.segment_node import SegmentNode
 
-    ctx = Context()
-    rclpy.init(context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    node = pub_node = None
-    try:
-        node = SegmentNode(segmenter=segmenter, context=ctx, namespace=NAMESPACE, parameter_overrides=[
-            Parameter("warm_up", value=False), Parameter("map_enable", value=False),
-            Parameter("cameras", value=["front", "back"]), Parameter("input_timeout", value=1.0),
-            Parameter("diagnostics_period", value=0.2)])
-        prefix = f"{NAMESPACE}/safnet_segment"
-        assert node.camera_topics()["back"] == ("~/back/rgb/image", "~/back/depth/image", "~/back/camera_info")
-        pub_node = rclpy.create_node("camera_back", context=ctx)
-        pubs = [pub_node.create_publisher(Image, f"{prefix}/back/rgb/image", qos_profile_sensor_data),
-                pub_node.create_publisher(Image, f"{prefix}/back/depth/image", qos_profile_sensor_data),
-                pub_node.create_publisher(CameraInfo, f"{prefix}/back/camera_info", qos_profile_sensor_data)]
-        executor.add_node(node)
-        executor.add_node(pub_node)
-        K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
-        deadline = time.monotonic() + 20.0
-        ns = 10**9
-        while time.monotonic() < deadline and node.stats.get("frames_synced.back") < 3:
-            ns += 10**8
-            msgs = (bio.image_message(np.zeros((48, 64, 3), np.uint8), "rgb8", ns, "back_optical"),
-                    bio.image_message(np.full((48, 64), 1000, np.uint16), "16UC1", ns, "back_optical"),
-                    bio.camera_info_message(K, (64, 48), ns, "back_optical"))
-            for pub, msg in zip(pubs, msgs):
-                pub.publish(codecs_from_bag(msg, type(pub.msg_type())))
-            for _ in range(6):  # one callback per spin_once: the three messages and the timers
-                executor.spin_once(timeout_sec=0.02)
-        assert node.stats.get("frames_synced.back") >= 3 and node.stats.get("frames_synced.front") == 0
-        silent: list = []
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and not any(s.name == "rgbd.front" for s in silent):
-            executor.spin_once(timeout_sec=0.1)
-            node.input_watchdog.observe(node.stats.counters)
-            silent = node.input_watchdog.silent()
-        texts = {s.name: s.text for s in silent}
-        assert "rgbd.front" in texts and "rgbd.back" not in texts, texts
-        assert f"{prefix}/front/rgb/image" in texts["rgbd.front"] and "camera 'front'" in texts["rgbd.front"]
-    finally:
-        executor.shutdown()
-        for n in (pub_node, node):
-            if n is not None:
-                n.destroy_node()
-        rclpy.shutdown(context=ctx)
+    ctx, executor = ros_session.context, ros_session.executor
+    node = SegmentNode(segmenter=segmenter, context=ctx, namespace=NAMESPACE, parameter_overrides=[
+        Parameter("warm_up", value=False), Parameter("map_enable", value=False),
+        Parameter("cameras", value=["front", "back"]), Parameter("input_timeout", value=1.0),
+        Parameter("diagnostics_period", value=0.2)])
+    ros_session.add(node)
+    prefix = f"{NAMESPACE}/safnet_segment"
+    assert node.camera_topics()["back"] == ("~/back/rgb/image", "~/back/depth/image", "~/back/camera_info")
+    pub_node = ros_session.add(rclpy.create_node("camera_back", context=ctx))
+    pubs = [pub_node.create_publisher(Image, f"{prefix}/back/rgb/image", qos_profile_sensor_data),
+            pub_node.create_publisher(Image, f"{prefix}/back/depth/image", qos_profile_sensor_data),
+            pub_node.create_publisher(CameraInfo, f"{prefix}/back/camera_info", qos_profile_sensor_data)]
+    K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
+    deadline = time.monotonic() + 20.0
+    ns = 10**9
+    while time.monotonic() < deadline and node.stats.get("frames_synced.back") < 3:
+        ns += 10**8
+        msgs = (bio.image_message(np.zeros((48, 64, 3), np.uint8), "rgb8", ns, "back_optical"),
+                bio.image_message(np.full((48, 64), 1000, np.uint16), "16UC1", ns, "back_optical"),
+                bio.camera_info_message(K, (64, 48), ns, "back_optical"))
+        for pub, msg in zip(pubs, msgs):
+            pub.publish(codecs_from_bag(msg, type(pub.msg_type())))
+        for _ in range(6):  # one callback per spin_once: the three messages and the timers
+            executor.spin_once(timeout_sec=0.02)
+    assert node.stats.get("frames_synced.back") >= 3 and node.stats.get("frames_synced.front") == 0
+    silent: list = []
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and not any(s.name == "rgbd.front" for s in silent):
+        executor.spin_once(timeout_sec=0.1)
+        node.input_watchdog.observe(node.stats.counters)
+        silent = node.input_watchdog.silent()
+    texts = {s.name: s.text for s in silent}
+    assert "rgbd.front" in texts and "rgbd.back" not in texts, texts
+    assert f"{prefix}/front/rgb/image" in texts["rgbd.front"] and "camera 'front'" in texts["rgbd.front"]
 
 
 def codecs_from_bag(msg, cls):

@@ -213,5 +213,4 @@ def degrade_view_arrays(color: np.ndarray, depth: np.ndarray, key: str, frame: i
     so two models, or two runs, see the very same degraded views.
     """
     rng = np.random.default_rng([zlib.crc32(key.encode()), int(frame)])
-    new_color, new_depth = camera_augment(color, depth, rng, settings)
-    return new_color, new_depth
+    return camera_augment(color, depth, rng, settings)

@@ -86,6 +86,11 @@ class _Sanitised:
         self.q_pixel = torch.where(q_mask, q_pixel, torch.zeros_like(q_pixel))
 
 
+def pixel_rows(logits_2d: torch.Tensor) -> torch.Tensor:
+    """``(B, V, K, H, W)`` per-view logits as ``(B, V*H*W, K)`` rows, indexed by ``q_pixel``."""
+    return logits_2d.permute(0, 1, 3, 4, 2).reshape(logits_2d.shape[0], -1, logits_2d.shape[2])
+
+
 class SafnetModel(nn.Module):
     """SAFNet or one of its baselines, as ``config.variant`` says (see module doc)."""
 
@@ -301,7 +306,7 @@ class SafnetModel(nn.Module):
         nb = find_neighbourhoods(points, data.q_points, None, q_mask, 1, self.config.radius, 1, with_balls=False)
         pixel = gather(data.q_pixel.unsqueeze(-1), nb.q_knn_idx[..., :1]).view(b, n)
         # (B or 1, V*H*W, K): a table of batch 1 is shared by every sample
-        flat = logits_2d.permute(0, 1, 3, 4, 2).reshape(logits_2d.shape[0], -1, logits_2d.shape[2])
+        flat = pixel_rows(logits_2d)
         logits = take_rows(flat, pixel)
         return logits * torch.isfinite(nb.nearest_q_dist).unsqueeze(-1).to(logits.dtype), nb.nearest_q_dist
 
@@ -314,7 +319,7 @@ class SafnetModel(nn.Module):
         ``q_dist / q_idx (B, N, >= agg_k)`` the P -> Q search (inf distance: no neighbour).
         """
         k = self.config.agg_k
-        flat = logits_2d.permute(0, 1, 3, 4, 2).reshape(logits_2d.shape[0], -1, logits_2d.shape[2])
+        flat = pixel_rows(logits_2d)
         conf_q = pixel_confidence(take_rows(flat, q_pixel))  # (B, M)
         found = torch.isfinite(q_dist[..., :k])
         conf = take_rows(conf_q.unsqueeze(-1), q_idx[..., :k]).squeeze(-1) * found
@@ -329,7 +334,7 @@ class SafnetModel(nn.Module):
         fine-tunes its tail (:attr:`finetunes_2d_tail`); otherwise the term is skipped."""
         if not self.training or not self.config.unproj_loss or logits_2d is None or not logits_2d.requires_grad:
             return None
-        flat = logits_2d.permute(0, 1, 3, 4, 2).reshape(logits_2d.shape[0], -1, logits_2d.shape[2])
+        flat = pixel_rows(logits_2d)
         return take_rows(flat, q_pixel)
 
     @staticmethod

@@ -133,3 +133,23 @@ def test_camera_settings_follow_the_config_section():
 
     assert set(A.CameraAugment.__dataclass_fields__) == {f for f in CameraSection.__dataclass_fields__}
     assert A.CameraAugment.from_section(CameraSection()) == A.CameraAugment()
+
+
+def test_single_effect_test_conditions_turn_on_one_effect_only():
+    """`safnet eval --camera-effects NAME`: the named effect at the real-camera strength, every other one off."""
+    rng = np.random.default_rng(5)
+    color = rng.integers(60, 200, (48, 64, 3), dtype=np.uint8)
+    color[:8] = 3
+    depth = np.full((48, 64), 2.0, np.float32)
+    depth[:, 40:] = 4.0
+    for name in A.EFFECT_GROUPS:
+        settings = A.single_effect_test(name)
+        out, out_depth = A.camera_augment(color, depth, np.random.default_rng(6), settings)
+        if name == "depth_holes":
+            np.testing.assert_array_equal(out, color)
+            assert (out_depth == 0).any()
+        else:
+            assert not np.array_equal(out, color), name
+            np.testing.assert_array_equal(out_depth, depth)
+        assert all(getattr(settings, k) == getattr(A.REAL_CAMERA_TEST, k) for k in A.EFFECT_GROUPS[name])
+    assert A.single_effect_test("jpeg").exposure == 0 and A.single_effect_test("exposure").jpeg_quality == 0

@@ -371,6 +371,8 @@ def test_real_camera_effects_score_the_same_degraded_views_every_run(data, model
     real_b = _run_json(capsys, argv + ["--out", str(tmp_path / "b"), "--camera-effects", "real"])
     assert real_a["per_scene_confusion"] == real_b["per_scene_confusion"]
     assert real_a["per_scene_confusion"] != plain["per_scene_confusion"]
+    holes = _run_json(capsys, argv + ["--out", str(tmp_path / "holes"), "--camera-effects", "depth_holes"])
+    assert holes["per_scene_confusion"] not in (plain["per_scene_confusion"], real_a["per_scene_confusion"])
 
     scene_dir = data / (data / "scannetv2_one.txt").read_text().split()[0]
     view = PreprocessedScene(scene_dir).view(0)

@@ -26,6 +26,7 @@ effect is whole-array numpy / scipy.ndimage work (no per-pixel Python).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import zlib
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["CameraAugment", "REAL_CAMERA_TEST", "camera_augment", "degrade_view_arrays", "exposure", "white_balance", "sensor_noise", "motion_blur",
+__all__ = ["CameraAugment", "REAL_CAMERA_TEST", "EFFECT_GROUPS", "single_effect_test", "camera_augment", "degrade_view_arrays", "exposure", "white_balance", "sensor_noise", "motion_blur",
            "defocus_blur", "vignetting", "jpeg", "depth_edge_holes", "depth_appearance_holes", "luminance"]
 
 
@@ -66,6 +67,30 @@ class CameraAugment:
 #: model is scored on views that look as a real camera's might, not as our renderer's.
 REAL_CAMERA_TEST = CameraAugment(prob=1.0, exposure=0.8, white_balance=0.25, noise=0.03, motion_blur=9,
                                  defocus_blur=2.0, jpeg_quality=25, vignetting=0.5)
+
+#: Each knob's "off" value (camera_augment skips an effect at these).
+_KNOBS_OFF = dict(exposure=0.0, white_balance=0.0, noise=0.0, motion_blur=0, defocus_blur=0.0, jpeg_quality=0,
+                  vignetting=0.0, depth_edge_holes=0.0, depth_dark_holes=0.0, depth_shiny_holes=1.0)
+#: The effect groups that ``safnet eval --camera-effects NAME`` applies alone (the knobs of each group).
+EFFECT_GROUPS: dict[str, tuple[str, ...]] = {
+    "exposure": ("exposure",),
+    "white_balance": ("white_balance",),
+    "noise": ("noise",),
+    "motion_blur": ("motion_blur",),
+    "defocus_blur": ("defocus_blur",),
+    "jpeg": ("jpeg_quality",),
+    "vignetting": ("vignetting",),
+    "depth_holes": ("depth_edge_holes", "depth_dark_holes", "depth_shiny_holes"),
+}
+
+
+def single_effect_test(group: str) -> CameraAugment:
+    """:data:`REAL_CAMERA_TEST` with only the knobs of ``group`` (a key of :data:`EFFECT_GROUPS`) left on.
+
+    Scores what one effect alone does to a model's views, at the real-camera test strength.
+    """
+    keep = EFFECT_GROUPS[group]
+    return dataclasses.replace(REAL_CAMERA_TEST, **{k: v for k, v in _KNOBS_OFF.items() if k not in keep})
 
 
 # --------------------------------------------------------------------------- photometric (float, 0..1)

@@ -51,7 +51,13 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from safnet_ros import output_dir as od
-from safnet_ros.data.augment import degrade_view_arrays
+from safnet_ros.data.augment import (
+    EFFECT_GROUPS,
+    REAL_CAMERA_TEST,
+    CameraAugment,
+    degrade_view_arrays,
+    single_effect_test,
+)
 from safnet_ros.data.dataset import PreprocessedScene
 from safnet_ros.data.labels import CLASS_NAMES, NUM_CLASSES, TABLE_ORDER
 from safnet_ros.data.preprocess import TMP_PREFIX, scene_is_complete, unpack_coverage
@@ -71,8 +77,9 @@ ABLATION_SWITCHES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("unproj_loss", "2D unp. loss", ("safnet", "concat")),
     ("channel_attention", "Channel att", ("safnet",)),
 )
-#: ``safnet eval --camera-effects``: the test views as rendered, or degraded as a real camera might.
-CAMERA_EFFECTS: tuple[str, ...] = ("off", "real")
+#: ``safnet eval --camera-effects``: the test views as rendered (off), degraded as a real camera
+#: might (real: every effect), or by one effect alone at the same strength (to measure each knob).
+CAMERA_EFFECTS: tuple[str, ...] = ("off", "real", *EFFECT_GROUPS)
 CHECK = "\u2713"
 
 
@@ -387,9 +394,11 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
     scene's frames and coverage are read once and shared by all models.
     Returns the per-model results and the scene list (with skipped scenes).
     ``precision``: ``fp32`` | ``bf16`` | ``fp16`` (CUDA only), the Segmenter's autocast.
-    ``camera_effects``: ``off``, or ``real``: every test view degraded as a real camera
+    ``camera_effects``: ``off``; ``real``: every test view degraded as a real camera
     might (:data:`~safnet_ros.data.augment.REAL_CAMERA_TEST`: exposure, white balance,
-    noise, blur, JPEG, vignetting, depth holes), the same draw for every model and run.
+    noise, blur, JPEG, vignetting, depth holes); or one name of
+    :data:`~safnet_ros.data.augment.EFFECT_GROUPS`: that effect alone at the same
+    strength. The same draw for every model and run.
     """
     if camera_effects not in CAMERA_EFFECTS:
         raise ConfigError(f"--camera-effects must be one of {CAMERA_EFFECTS}, got {camera_effects!r}")
@@ -413,8 +422,9 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
     bar = tqdm(total=len(found.scenes), desc="eval", unit="scene", file=sys.stderr, disable=not progress)
     for scene in found.scenes:
         frame_views = [scene.view(f) for f in range(scene.num_frames)]
-        if camera_effects == "real":
-            frame_views = [degraded_view(v, scene.name, f) for f, v in enumerate(frame_views)]
+        if camera_effects != "off":
+            settings = REAL_CAMERA_TEST if camera_effects == "real" else single_effect_test(camera_effects)
+            frame_views = [degraded_view(v, scene.name, f, settings) for f, v in enumerate(frame_views)]
         coverage = scene_coverage(scene)
         for seg, res in zip(segmenters, results):
             t0 = time.perf_counter()
@@ -426,9 +436,10 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
     return results, found
 
 
-def degraded_view(view: PosedView, scene_name: str, frame: int) -> PosedView:
+def degraded_view(view: PosedView, scene_name: str, frame: int,
+                  settings: CameraAugment = REAL_CAMERA_TEST) -> PosedView:
     """``view`` with :func:`~safnet_ros.data.augment.degrade_view_arrays` applied to its colour and depth."""
-    color, depth = degrade_view_arrays(view.color, view.depth, scene_name, frame)
+    color, depth = degrade_view_arrays(view.color, view.depth, scene_name, frame, settings)
     return dataclasses.replace(view, color=color, depth=depth)
 
 
@@ -603,7 +614,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="forward precision (torch.autocast): fp32 (default), bf16, or fp16 (CUDA only)")
     parser.add_argument("--camera-effects", choices=CAMERA_EFFECTS, default="off",
                         help="real: degrade every test view as a real camera might (exposure, white balance, noise, "
-                             "blur, JPEG, vignetting, depth holes; the same draw for every model), off (default)")
+                             "blur, JPEG, vignetting, depth holes; the same draw for every model); one effect's "
+                             "name: that effect alone at the same strength; off (default)")
     parser.add_argument("--threads", type=int_range(0, 1024), default=0,
                         help="CPU threads for torch (default 0: torch's default, one per core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -601,9 +601,10 @@ def test_launch_file_is_valid_python_and_imports_where_launch_exists():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("SAFNET_BENCH"), reason="benchmark: set SAFNET_BENCH=1 (minutes on 2 cores)")
 def test_latency_25k_points_three_views_through_dds(tmp_path):
-    """Benchmark (issue 5 target, lite on CPU: <= 0.6 s): cloud published -> labeled cloud received,
+    """Benchmark (docs/benchmarks.md, "Node latency"): cloud published -> labeled cloud received,
     with the node's default model (the shipped one; an untrained full lite SAFNet when none ships,
-    or with SAFNET_BENCH_MODEL=untrained)."""
+    or with SAFNET_BENCH_MODEL=untrained) at the node's default precision (SAFNET_BENCH_PRECISION
+    to choose another)."""
     import torch
 
     from safnet_ros.engine.inference import default_model_path
@@ -619,6 +620,8 @@ def test_latency_25k_points_three_views_through_dds(tmp_path):
     print(f"\nmodel: {path}")
     # the node's default chunking (1.5 m, no overlap), not the tests' one-chunk setting
     params = {k: v for k, v in NODE_PARAMS.items() if k not in ("chunk_size", "chunk_stride")}
+    if os.environ.get("SAFNET_BENCH_PRECISION"):
+        params["precision"] = os.environ["SAFNET_BENCH_PRECISION"]
     h = Harness(path, params)
     try:
         base = h.base_stamp()
@@ -637,6 +640,6 @@ def test_latency_25k_points_three_views_through_dds(tmp_path):
                   f"(node stages: { {k: round(v, 3) for k, v in h.node.last_timings.items()} })")
         warm = sorted(latencies[1:])
         print(f"after warm-up: min {warm[0]:.3f} s, median {warm[len(warm) // 2]:.3f} s, max {warm[-1]:.3f} s "
-              f"over {len(warm)} clouds; load average {os.getloadavg()}")
+              f"over {len(warm)} clouds; precision {h.node.segmenter.precision}; load average {os.getloadavg()}")
     finally:
         h.close()

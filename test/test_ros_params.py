@@ -35,7 +35,7 @@ def test_every_default_passes_its_own_check_and_names_are_unique():
 
 
 def test_precision_and_outside_views_are_declared():
-    assert SPECS["precision"].default == "fp32" and SPECS["precision"].choices == ("fp32", "bf16", "fp16")
+    assert SPECS["precision"].default == "auto" and SPECS["precision"].choices == ("auto", "fp32", "bf16", "fp16")
     assert SPECS["outside_views"].default == "3d" and set(SPECS["outside_views"].choices) == {"ignore", "3d"}
     assert "debug" not in SPECS["gil_switch_interval"].description.lower()
 
@@ -46,7 +46,7 @@ def test_precision_and_outside_views_are_declared():
     ("num_views", 17, "is out of range: allowed 0..16"),
     ("map_voxel_size", 0.0, "is out of range: allowed (0, 10]"),
     ("sync_slop", float("nan"), "is out of range"),
-    ("precision", "fp8", "is not allowed: one of fp32 | bf16 | fp16"),
+    ("precision", "fp8", "is not allowed: one of auto | fp32 | bf16 | fp16"),
     ("fixed_frame", 3, "it must be a string"),
 ])
 def test_bad_values_are_one_line_naming_the_parameter(name, value, words):

@@ -222,3 +222,22 @@ def test_camera_augmentation_reaches_the_views_colour_and_depth(pre_root):
     img_real = ImageDataset(scenes, train=True, crop_wh=None, flip=False, seed=0,
                             camera=CameraAugment(prob=1.0))[0][0]
     assert img_plain.shape == img_real.shape and not torch.equal(img_plain, img_real)
+
+
+def test_train_profile_says_where_a_step_goes(pre_root, tmp_path, capsys):
+    """`train.profile: true`: a table on stderr and OUT/profile.json (data, forward per model stage, backward,
+    optimizer; chunks/s); each epoch line carries chunks/s in any case."""
+    import json
+
+    cfg = _cfg(pre_root, "3d", max_steps_per_epoch=2, profile=True)
+    cfg["chunks"]["chunks_per_scene"] = 2
+    run = tmp_path / "run"
+    assert main(["train", str(_yaml(tmp_path, cfg)), "--out", str(run), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "chunks/s)" in err and "step profile: 2 steps, 4 chunks" in err
+    prof = json.loads((run / "profile.json").read_text())
+    assert prof["steps"] == 2 and prof["chunks"] == 4 and prof["chunks_per_s"] > 0
+    assert all(prof["ms_per_step"][p] > 0 for p in ("data", "forward", "backward", "optimizer"))
+    stages = prof["forward_stages_ms_per_step"]
+    assert {"fps", "neighbours", "csm", "fusion"} <= set(stages) and all(v >= 0 for v in stages.values())
+    assert sum(stages.values()) == pytest.approx(prof["ms_per_step"]["forward"])

@@ -104,6 +104,9 @@ class TrainSection:
     # autocast precision; fp16 on CUDA only (with a GradScaler). bf16 by default: 1.3-1.7x faster stage-3d steps
     # on this CPU (AVX512-BF16), the same loss (docs/training.md); use fp32 on a CPU without native bf16.
     amp: str = _choice("bf16", *AMP_MODES)
+    # print and write (OUT/profile.json) where each step's time goes: data, forward per model stage, backward,
+    # optimizer, and chunks/s. On CUDA each boundary synchronises, so leave it off for real runs.
+    profile: bool = _f(False, "bool")
 
 
 @dataclass

@@ -54,6 +54,7 @@ from safnet_ros.data.augment import CameraAugment
 from safnet_ros.data.class_weights import load_class_weights
 from safnet_ros.data.dataset import ChunkDataset, ImageDataset, collate_chunks, list_scenes
 from safnet_ros.engine.config_schema import TrainConfig, from_mapping, load_yaml_config, merge, parse_sets
+from safnet_ros.engine.step_profile import StepProfile
 from safnet_ros.errors import ConfigError, MissingDataError, ModelLoadError, SafnetError
 from safnet_ros.io_boundary import load_torch_file
 from safnet_ros.model.config import SafnetConfig
@@ -78,11 +79,11 @@ CSV_FIELDS = ("epoch", "stage", "lr", "train_loss", "train_acc", "train_miou", "
 RESUMABLE_KEYS = frozenset({
     "out", "device", "data.root", "data.val_split", "init_2d", "init_from", "train.epochs", "train.max_minutes",
     "train.max_steps_per_epoch", "train.num_workers", "train.val_every", "train.max_val_batches",
-    "train.find_unused_parameters", "train.amp", "chunks.val_chunks_per_scene"})
+    "train.find_unused_parameters", "train.amp", "train.profile", "chunks.val_chunks_per_scene"})
 
 #: What the trainer writes in its output folder (``--overwrite`` removes these and nothing else).
 MANIFEST = ".safnet-output.json"
-RUN_FILES = ("model_last.pt", "model_last.pt.tmp", "metrics.csv", "config_used.yaml", MANIFEST)
+RUN_FILES = ("model_last.pt", "model_last.pt.tmp", "metrics.csv", "config_used.yaml", "profile.json", MANIFEST)
 RUN_GLOBS = (("checkpoints", "epoch_[0-9][0-9][0-9]*.pt"), ("checkpoints", "epoch_[0-9][0-9][0-9]*.pt.tmp"),
              ("checkpoints", "train_state.pt"), ("checkpoints", "train_state.tmp"),
              ("tensorboard", "events.out.tfevents.*"))
@@ -616,10 +617,25 @@ class Run:
     scaler: Any
     writer: Any = None
     global_step: int = 0
+    profile: Optional[StepProfile] = None  # train.profile: where each step's time goes
 
     @property
     def stage(self) -> str:
         return self.cfg.stage
+
+
+class _NoProfile:
+    """StepProfile's calls as no-ops (train.profile off)."""
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        yield
+
+    def end_step(self, chunks: int) -> None:
+        pass
+
+
+_NO_PROFILE = _NoProfile()
 
 
 def _all_finite(loss: torch.Tensor, dist_info: DistInfo) -> bool:
@@ -649,11 +665,15 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         bar = tqdm(total=total, desc=f"{stage} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
                    file=sys.stderr, leave=False)
     lr = run.opt.param_groups[0]["lr"]
-    for step, batch in enumerate(loader):
-        if step >= max_steps:
-            break
-        inputs, infos = _to_device(batch, device, stage)
-        with autocast(cfg.train.amp, device):
+    prof = run.profile if run.profile is not None else _NO_PROFILE
+    batches = iter(loader)
+    for step in range(total):
+        with prof.phase("data"):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            inputs, infos = _to_device(batch, device, stage)
+        with prof.phase("forward"), autocast(cfg.train.amp, device):
             loss, logits, labels = run.runner(*inputs)
         if not _all_finite(loss, dist_info):
             if bar is not None:
@@ -663,10 +683,13 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
                 f"batch {step + 1}): stopped, nothing of this epoch was saved (lower train.lr, use train.amp: "
                 "fp32, or check model.overrides and the data)")
         run.opt.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.opt)
-        run.scaler.update()
+        with prof.phase("backward"):
+            run.scaler.scale(loss).backward()
+        with prof.phase("optimizer"):
+            run.scaler.step(run.opt)
+            run.scaler.update()
         n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
+        prof.end_step(n)
         value = float(loss.detach())
         sums[0] += value * n
         sums[1] += n
@@ -828,7 +851,7 @@ def _run_training(cfg: TrainConfig, out_dir: Path, resume: bool, dist_info: Dist
                                          find_unused_parameters=cfg.train.find_unused_parameters)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
     run = Run(cfg, dist_info, out_dir, parts, build_data(cfg, dist_info), runner, opt, sched, scaler,
-              global_step=global_step)
+              global_step=global_step, profile=StepProfile(dist_info.device) if cfg.train.profile else None)
     if dist_info.is_main:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         _write_manifest(out_dir)
@@ -841,6 +864,9 @@ def _run_training(cfg: TrainConfig, out_dir: Path, resume: bool, dist_info: Dist
     finally:
         if run.writer is not None:
             run.writer.close()
+    if run.profile is not None and dist_info.is_main:
+        print(run.profile.table(), file=sys.stderr)
+        (out_dir / "profile.json").write_text(json.dumps(run.profile.to_dict(), indent=2))
     if dist_info.initialised_here and dist_info.world_size > 1:
         # Every rank finishes its last collective before any tears the group down: a rank
         # that destroyed gloo while its peer was still talking aborted the peer (1 run in 14).
@@ -865,7 +891,8 @@ def _fit(run: Run, start_epoch: int, progress: bool, result: TrainResult) -> Non
             print(f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} "
                   f"miou {row['train_miou']:.3f}"
                   + (f" val_miou {row['val_miou']:.3f}" if row["val_miou"] != "" else "")
-                  + f" ({row['seconds']:.1f} s)", file=sys.stderr)
+                  + f" ({row['seconds']:.1f} s, {row['samples'] / max(row['seconds'], 1e-9):.2f} "
+                  + ("chunks" if run.stage == "3d" else "crops") + "/s)", file=sys.stderr)
         result.epochs_run.append(epoch)
         result.metrics.append(row)
         if dist_info.world_size > 1:

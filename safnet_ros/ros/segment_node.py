@@ -346,7 +346,7 @@ class SegmentNode(LifecycleNode):
         segmenter = self._given_segmenter if self._given_segmenter is not None else self._load_segmenter()
         self.segmenter = segmenter
         self.device = str(segmenter.device)
-        self.get_logger().info(device_report.describe(self.device))
+        self.get_logger().info(f"{device_report.describe(self.device)}; precision {segmenter.precision}")
         if self._param("warm_up"):
             self.get_logger().info(f"model warmed up in {segmenter.warm_up():.2f} s")
         self.pipeline = SegmentationPipeline(segmenter, self.buffer, self.semantic_map)

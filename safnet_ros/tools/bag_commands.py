@@ -83,8 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--num-views", type=int_range(0, 64), default=3, help="views per chunk (default 3)")
     seg.add_argument("--max-views", type=int_range(1, 100_000), default=30,
                      help="keyframes kept in the view buffer (default 30, as the node)")
-    seg.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                     help="inference precision, as the node's 'precision' (default fp32; fp16 on CUDA only)")
+    seg.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                     help="inference precision, as the node's 'precision' (default auto: bf16 where it is faster, "
+                          "else fp32; fp16 on CUDA only)")
     seg.add_argument("--outside-views", choices=("3d", "ignore"), default="3d",
                      help="points no view covers: labelled by the 3D branch (3d, default, as the node) or left "
                           "unlabelled (ignore)")

@@ -191,7 +191,7 @@ def segment_bag(
     fixed_frame: str = bio.MAP_FRAME,
     chunk_stride: float = 1.5,
     max_points: Optional[int] = 100_000,
-    precision: str = "fp32",
+    precision: str = "auto",
     outside_views: str = "3d",
     slop: float = 0.05,
     storage: str = "mcap",

@@ -159,6 +159,7 @@ ABSURD = [
     (["bench", "model", "--views", "0"], "--views"),
     (["bench", "model", "--repeats", "0"], "--repeats"),
     (["bench", "model", "--threads", "0"], "--threads"),
+    (["bench", "model", "--precision", "fp32,fp8"], "--precision"),
     (["bench", "soak", "--minutes", "0"], "--minutes"),
     (["bench", "soak", "--rate", "nan"], "--rate"),
     (["bench", "soak", "--sample-period", "-1"], "--sample-period"),

@@ -451,16 +451,20 @@ def test_bench_model_command_prints_json_rows(capsys):
     from safnet_ros.cli import main
 
     code = main(["bench", "model", "--presets", "lite", "--points", "300", "--views", "1,2", "--repeats", "1",
-                 "--warmup", "0", "--width", "32", "--height", "24", "--device", "cpu", "--json"])
+                 "--warmup", "0", "--width", "32", "--height", "24", "--device", "cpu", "--json",
+                 "--precision", "fp32,bf16"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     rows = result["rows"]
-    assert [(r["preset"], r["points"], r["views"], r["q_points"]) for r in rows] == [
-        ("lite", 300, 1, 768), ("lite", 300, 2, 1536)]
+    assert [(r["preset"], r["points"], r["views"], r["precision"], r["q_points"]) for r in rows] == [
+        ("lite", 300, 1, "fp32", 768), ("lite", 300, 1, "bf16", 768),
+        ("lite", 300, 2, "fp32", 1536), ("lite", 300, 2, "bf16", 1536)]
     for r in rows:
         assert r["safnet_ms"] > 0 and r["pointnet2_ms"] > 0
         assert r["ratio"] == pytest.approx(r["safnet_ms"] / r["pointnet2_ms"], rel=0.05)
     assert main(["bench", "model", "--presets", "huge", "--points", "10", "--views", "1"]) == 2
+    assert main(["bench", "model", "--presets", "lite", "--points", "10", "--views", "1", "--device", "cpu",
+                 "--precision", "fp16"]) == 2  # fp16 autocast is CUDA only: one error line
 
 
 def test_single_point_chunk_trains():

@@ -220,6 +220,13 @@ def check_precision(precision: str, device: torch.device) -> str:
     return value
 
 
+def autocast_context(precision: str, device: torch.device):
+    """``torch.autocast`` at a resolved ``precision`` (bf16 | fp16) on ``device``; a no-op at fp32."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
 @dataclass
 class _Part:
     """One forward's worth of a chunk: ``index`` (n,) into the working points, the
@@ -365,9 +372,7 @@ class Segmenter:
     # ---------------------------------------------------------------- per-view caches
     def _autocast(self):
         """The forward's precision context (a no-op at fp32)."""
-        if self.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+        return autocast_context(self.precision, self.device)
 
     def _evict(self) -> None:
         """Least recently used views out, down to ``feature_cache_size`` (after a call

@@ -27,6 +27,9 @@ Q sampled on the same surfaces with 5 mm noise; labels are irrelevant here.
 (:mod:`safnet_ros.model.stages`: 2D net, FPS, neighbour search, SA MLPs, FP MLPs,
 2D->3D aggregation, GSM, CSM, fusion, and the rest), measured in separate runs
 after the timed ones, and of PointNet++'s.
+
+``--precision fp32,bf16`` times every row at each precision (both models under
+the same ``torch.autocast``; ``auto`` = what the node would pick on this machine).
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
+from safnet_ros.engine.inference import PRECISIONS, autocast_context, check_precision
 from safnet_ros.errors import ConfigError
 from safnet_ros.geometry import neighbors
 from safnet_ros.model.batch import ChunkBatch
@@ -62,6 +66,14 @@ def _name_list(text: str) -> list[str]:
     return names
 
 
+def _precision_list(text: str) -> list[str]:
+    names = [n.lower() for n in _name_list(text)]
+    bad = [n for n in names if n not in PRECISIONS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad)}: not one of {', '.join(PRECISIONS)}")
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presets", type=_name_list, default=["paper", "lite"], help="comma-separated presets")
     parser.add_argument("--points", type=int_list(1, 2_000_000), default=[8000, 25000],
@@ -74,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int_range(16, 4096), default=160, help="image width (16..4096)")
     parser.add_argument("--height", type=int_range(16, 4096), default=120, help="image height (16..4096)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--precision", type=_precision_list, default=["fp32"],
+                        help=f"comma-separated precisions to time every row at: {' | '.join(PRECISIONS)} "
+                             "(default fp32; fp16 on CUDA only)")
     parser.add_argument("--profile", action="store_true",
                         help="also print the time per stage of each forward (2D net, FPS, neighbour search, "
                              "SA MLPs, GSM, CSM, fusion, the rest)")
@@ -203,8 +218,9 @@ def _profile(fn: Callable[[], Any], device: Any, repeats: int) -> dict[str, floa
 
 def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int], device: str = "auto",
               repeats: int = 5, warmup: int = 1, height: int = 120, width: int = 160,
-              threads: int = 2, profile: bool = False) -> dict[str, Any]:
-    """Run the grid; returns ``{"machine": {...}, "rows": [...]}`` (one row per preset x points x views)."""
+              threads: int = 2, profile: bool = False, precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
+    """Run the grid; returns ``{"machine": {...}, "rows": [...]}`` (one row per preset x points x views x
+    precision)."""
     malloc_tuned = tune_cpu_allocator()  # what the CLI, the node and Segmenter run with
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
@@ -214,6 +230,7 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
         raise ConfigError("--device cuda but torch sees no CUDA device")
     dev = torch.device(device)
     torch.set_num_threads(max(1, threads))
+    resolved = list(dict.fromkeys(check_precision(p, dev) for p in precisions))  # ConfigError on a bad one
     configs = {name: SafnetConfig.preset(name) for name in presets}  # ConfigError on a bad name
     rows: list[dict[str, Any]] = []
     for name, cfg in configs.items():
@@ -221,17 +238,17 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
         baseline = build_model(SafnetConfig.preset(name, variant="pointnet2")).to(dev).eval()
         for n in points:
             pn_ms = pn_mem = pn_cpu = None
-            for v in views:
+            for v, precision in ((v, p) for v in views for p in resolved):
                 batch = synthetic_bench_batch(n, v, height, width, dev)
-                with torch.inference_mode():
-                    if pn_ms is None:
+                with torch.inference_mode(), autocast_context(precision, dev):
+                    if pn_ms is None or len(resolved) > 1:
                         pn_ms, pn_mem, pn_cpu = _measure(lambda b=batch, m=baseline: m(b), dev, repeats, warmup)
                     ms, mem, cpu = _measure(lambda b=batch, m=model: m(b), dev, repeats, warmup)
                     if profile:
                         stages = _profile(lambda b=batch, m=model: m(b), dev, repeats)
                         pn_stages = _profile(lambda b=batch, m=baseline: m(b), dev, repeats)
                 rows.append({
-                    "preset": name, "points": n, "views": v, "q_points": v * height * width,
+                    "preset": name, "points": n, "views": v, "precision": precision, "q_points": v * height * width,
                     "safnet_ms": round(ms, 1), "pointnet2_ms": round(pn_ms, 1),
                     "ratio": round(ms / pn_ms, 2) if pn_ms else None,
                     "safnet_peak_mb": round(mem / 2**20, 1), "pointnet2_peak_mb": round(pn_mem / 2**20, 1),
@@ -263,22 +280,22 @@ def _load_average() -> list[float] | None:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    header = ("preset", "points", "views", "SAFNet ms", "PN++ ms", "ratio", "SAFNet MB", "PN++ MB",
+    header = ("preset", "points", "views", "precision", "SAFNet ms", "PN++ ms", "ratio", "SAFNet MB", "PN++ MB",
               "SAFNet CPU ms", "PN++ CPU ms")
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     for r in result["rows"]:
-        lines.append(" | ".join(str(x) for x in (r["preset"], r["points"], r["views"], r["safnet_ms"],
+        lines.append(" | ".join(str(x) for x in (r["preset"], r["points"], r["views"], r["precision"], r["safnet_ms"],
                                                   r["pointnet2_ms"], r["ratio"], r["safnet_peak_mb"],
                                                   r["pointnet2_peak_mb"], r["safnet_cpu_ms"],
                                                   r["pointnet2_cpu_ms"])))
     if any("safnet_stages_ms" in r for r in result["rows"]):
         stages = list(result["rows"][0]["safnet_stages_ms"])
         lines += ["", "time per stage, ms (median; SAFNet / PointNet++)",
-                  " | ".join(("preset", "points", "views") + tuple(stages)),
-                  " | ".join("---" for _ in range(3 + len(stages)))]
+                  " | ".join(("preset", "points", "views", "precision") + tuple(stages)),
+                  " | ".join("---" for _ in range(4 + len(stages)))]
         for r in result["rows"]:
             cells = [f"{r['safnet_stages_ms'][k]} / {r['pointnet2_stages_ms'][k]}" for k in stages]
-            lines.append(" | ".join([str(r["preset"]), str(r["points"]), str(r["views"])] + cells))
+            lines.append(" | ".join([str(r["preset"]), str(r["points"]), str(r["views"]), r["precision"]] + cells))
     m = result["machine"]
     lines.append(f"\n{m['device']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
                  f"images {m['image_size'][0]}x{m['image_size'][1]}, median of {m['repeats']} after "
@@ -289,7 +306,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     result = benchmark(args.presets, args.points, args.views, args.device, args.repeats, args.warmup,
-                       args.height, args.width, args.threads, profile=args.profile)
+                       args.height, args.width, args.threads, profile=args.profile, precisions=args.precision)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -9,6 +9,7 @@ same (untrained, seeded) model.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -604,7 +605,7 @@ def test_latency_25k_points_three_views_through_dds(tmp_path):
     """Benchmark (docs/benchmarks.md, "Node latency"): cloud published -> labeled cloud received,
     with the node's default model (the shipped one; an untrained full lite SAFNet when none ships,
     or with SAFNET_BENCH_MODEL=untrained) at the node's default precision (SAFNET_BENCH_PRECISION
-    to choose another)."""
+    to choose another; SAFNET_BENCH_PARAMS: a JSON object of other node parameters)."""
     import torch
 
     from safnet_ros.engine.inference import default_model_path
@@ -618,10 +619,11 @@ def test_latency_25k_points_three_views_through_dds(tmp_path):
         path = tmp_path / "lite.pt"
         save_checkpoint(path, build_model(config).eval(), config)
     print(f"\nmodel: {path}")
-    # the node's default chunking (1.5 m, no overlap), not the tests' one-chunk setting
-    params = {k: v for k, v in NODE_PARAMS.items() if k not in ("chunk_size", "chunk_stride")}
+    # the node's defaults (chunking, marker density, diagnostics) but for the device and the TF wait
+    params = {k: v for k, v in NODE_PARAMS.items() if k in ("device", "num_views", "tf_timeout")}
     if os.environ.get("SAFNET_BENCH_PRECISION"):
         params["precision"] = os.environ["SAFNET_BENCH_PRECISION"]
+    params.update(json.loads(os.environ.get("SAFNET_BENCH_PARAMS", "{}")))  # e.g. '{"publish_markers": false}'
     h = Harness(path, params)
     try:
         base = h.base_stamp()

@@ -68,6 +68,7 @@ from rclpy.timer import Timer
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
+from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.engine.pipeline import KEPT, NOT_KEYFRAME, CloudOutput, SegmentationPipeline, transform_points
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
@@ -372,6 +373,7 @@ class SegmentNode(LifecycleNode):
         self._mailbox = LatestMailbox()
         self._marker_box = LatestMailbox()
         self._stop = threading.Event()
+        self._worker_idle = threading.Event()  # set while no cloud waits: when the markers may be drawn
         self._worker = threading.Thread(target=self._work, name="safnet_segment_worker", daemon=True)
         self._worker.start()
         self._marker_thread = threading.Thread(target=self._draw, name="safnet_segment_markers", daemon=True)
@@ -757,9 +759,13 @@ class SegmentNode(LifecycleNode):
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            item = self._mailbox.take(timeout=0.1)
+            item = self._mailbox.take(timeout=0.0)
             if item is None:
-                continue
+                self._worker_idle.set()
+                item = self._mailbox.take(timeout=0.1)
+                if item is None:
+                    continue
+            self._worker_idle.clear()
             msg, received = item
             try:
                 self.process_cloud(msg, received)
@@ -823,11 +829,17 @@ class SegmentNode(LifecycleNode):
 
     def _draw(self) -> None:
         """The marker thread: ~/similarity_markers of the newest segmented cloud (an older one not drawn
-        yet is replaced: markers are for the eye, the labelled cloud is the output)."""
+        yet is replaced: markers are for the eye, the labelled cloud is the output). It draws while the
+        worker is idle: building and serialising the markers holds the GIL for tens of milliseconds,
+        which would slow the next cloud's segmentation if it ran beside it."""
         while not self._stop.is_set():
             item = self._marker_box.take(timeout=0.1)
             if item is None:
                 continue
+            while not self._worker_idle.wait(timeout=0.05) and not self._stop.is_set():
+                item = self._marker_box.take(timeout=0.0) or item  # a newer cloud's markers replace these
+            if self._stop.is_set():
+                break
             stamp, out = item
             try:
                 pub = self.pub_markers
@@ -890,6 +902,7 @@ def main(args: Optional[list[str]] = None) -> int:
     Exit status 2 for a bad parameter (one fatal line naming it, its value and
     what is allowed), 1 for any other start-up failure (an unloadable model).
     """
+    tune_cpu_allocator()  # before rclpy's threads exist, so every thread shares the tuned arena
     shutdown.install_sigterm()  # SIGTERM stops start-up as SIGINT does
     param_audit.set_global_args(args)  # what rclpy.init parses, for the undeclared-parameter warning
     rclpy.init(args=args)

@@ -462,10 +462,10 @@ def probability_columns(probs: np.ndarray, segmented: np.ndarray, probabilities:
         return {name: np.where(seg, probs[:, k], 0.0) for k, name in enumerate(names)}
     if probabilities == "top3":
         k = min(3, probs.shape[1])
-        top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+        # a stable sort of all classes: among equal probabilities (bf16 logits tie often) the lowest
+        # class comes first, as argmax picks the label, so p_label1 is always the label
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         p_top = np.take_along_axis(probs, top, axis=1)
-        order = np.argsort(-p_top, axis=1, kind="stable")
-        top, p_top = np.take_along_axis(top, order, axis=1), np.take_along_axis(p_top, order, axis=1)
         out = {}
         for i in range(3):
             none = np.full(len(seg), IGNORE_INDEX)

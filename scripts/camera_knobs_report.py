@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         ax.bar(x + 0.2, [100 * r[2] for r in rows], 0.4, label=name_b)
         ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right")
         ax.set_ylabel(f"mIoU % at {args.views} views")
-        ax.set_ylim(min(100 * min(r[1], r[2]) for r in rows) - 5, 100 * max(max(r[1], r[2]) for r in rows) + 3)
+        ax.set_ylim(min(100 * min(r[1], r[2]) for r in rows) - 3, 100 * max(max(r[1], r[2]) for r in rows) + 4)
         ax.set_title("held-out rooms, each real-camera effect alone on every test view")
-        ax.legend(loc="lower left")
+        ax.legend(loc="upper right", ncol=2)
         fig.tight_layout()
         fig.savefig(args.png, dpi=110)
     return 0

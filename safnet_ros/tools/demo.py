@@ -35,6 +35,7 @@ from safnet_ros.json_out import json_safe
 from safnet_ros.mapping.map_ply import load_map
 from safnet_ros.mapping.score import score_labels, transfer_labels
 from safnet_ros.model.safnet import read_checkpoint_payload
+from safnet_ros.ros.params import SPECS  # the node's parameter table: plain data, no rclpy
 from safnet_ros.tools import bag_io as bio
 from safnet_ros.tools.bag_convert import convert_scene
 from safnet_ros.tools.render import render_cloud_png
@@ -44,9 +45,11 @@ from safnet_ros.validation import check_output_dir
 #: Scene settings of ``--fast`` (the CI test): few frames, small images, a coarse mesh.
 FAST = {"frames": 24, "color_size": (80, 60), "depth_size": (80, 60), "vertex_spacing": 0.15}
 STAGES = 6
-#: The Segmenter settings of the node's defaults (config/segment.yaml): no chunk overlap, for latency.
-NODE_SEGMENTER_SETTINGS = {"num_views": 3, "chunk_size": 1.5, "chunk_stride": 1.5, "max_points": 100000,
-                           "voxel_size": 0.02, "crop_margin": 0.3}
+#: The Segmenter settings of the node's defaults (ros/params.py, config/segment.yaml): no chunk overlap, for
+#: latency; the node's precision (auto: bf16 where it is faster).
+NODE_SEGMENTER_SETTINGS = {name: SPECS[name].default for name in (
+    "num_views", "chunk_size", "chunk_stride", "max_points", "voxel_size", "crop_margin", "precision",
+    "outside_views", "batch_points")}
 #: The node's ``tf_timeout`` in the demo (seconds; the node's default is 0.1 s for live sensors).
 TF_TIMEOUT_S = 1.0
 UNTRAINED_NOTE = "UNTRAINED model (none shipped): labels and mIoU are meaningless until one is trained (safnet train)"

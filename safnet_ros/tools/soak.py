@@ -44,6 +44,7 @@ from matplotlib.figure import Figure
 from safnet_ros import output_dir as od
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.errors import ConfigError
+from safnet_ros.ros.params import SPECS  # the node's parameter table: plain data, no rclpy
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.tools import bag_io as bio
 from safnet_ros.tools.bag_convert import convert_scene
@@ -214,7 +215,7 @@ def soak(
             say(f"converting a synthetic scene to a bag at {rate:g} Hz in {tmp}")
             bag = make_synthetic_bag(tmp / "bag", rate_hz=rate)
         segmenter = Segmenter.from_checkpoint(model or None, device=device, num_views=3, chunk_stride=1.5,
-                                              max_points=max_points)
+                                              max_points=max_points, precision=SPECS["precision"].default)
 
         report = SoakReport(minutes=float(minutes), bag=str(bag), rate_hz=float(rate), device=str(segmenter.device),
                             transforms=active_tf_path().describe())

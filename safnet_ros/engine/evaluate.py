@@ -612,7 +612,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sliding-window stride in metres (default 0.5)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
                         help="forward precision (torch.autocast): fp32 (default: scores that do not depend on the "
-                             "CPU), bf16, fp16 (CUDA only) or auto (bf16 where it is faster, as the node)")
+                             "CPU), bf16, fp16 (CUDA only) or auto (the node's: bf16 on CUDA, else fp32)")
     parser.add_argument("--camera-effects", choices=CAMERA_EFFECTS, default="off",
                         help="real: degrade every test view as a real camera might (exposure, white balance, noise, "
                              "blur, JPEG, vignetting, depth holes; the same draw for every model); one effect's "

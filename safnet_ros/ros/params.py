@@ -96,9 +96,10 @@ PARAMETERS: tuple[Param, ...] = (
       "requested but absent = the CPU with a warning."),
     P("preset", "", "Expected model preset (lite | paper); '' = whatever the checkpoint holds. A checkpoint of "
       "another preset is refused."),
-    P("precision", "auto", "Inference precision: auto = bf16 where it is faster (a CPU with native bf16: "
-      "AVX512-BF16, AMX or Arm BF16; a CUDA device with bf16), else fp32 | fp32 | bf16 (torch.autocast; labels "
-      "agree with fp32 on >= 99 % of points) | fp16 (CUDA only). The startup log names the one in use.",
+    P("precision", "auto", "Inference precision: auto = bf16 on a CUDA device with bf16, fp32 elsewhere (on a "
+      "CPU, even with AVX512-BF16, a live stream came back slower at bf16: docs/benchmarks.md) | fp32 | bf16 "
+      "(torch.autocast; labels agree with fp32 on >= 99 % of points) | fp16 (CUDA only). The startup log names "
+      "the one in use.",
       choices=("auto", "fp32", "bf16", "fp16")),
     P("outside_views", "3d", "Points no view covers (beyond the views plus crop_margin: a 360-degree LiDAR "
       "scan): 3d = labelled by the 3D branch alone, similarity 0 | ignore = published with label 255 (not "

@@ -84,8 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--max-views", type=int_range(1, 100_000), default=30,
                      help="keyframes kept in the view buffer (default 30, as the node)")
     seg.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                     help="inference precision, as the node's 'precision' (default auto: bf16 where it is faster, "
-                          "else fp32; fp16 on CUDA only)")
+                     help="inference precision, as the node's 'precision' (default auto: bf16 on a CUDA device "
+                          "with it, else fp32; fp16 on CUDA only)")
     seg.add_argument("--outside-views", choices=("3d", "ignore"), default="3d",
                      help="points no view covers: labelled by the 3D branch (3d, default, as the node) or left "
                           "unlabelled (ignore)")

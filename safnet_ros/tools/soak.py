@@ -50,7 +50,7 @@ from safnet_ros.tools import bag_io as bio
 from safnet_ros.tools.bag_convert import convert_scene
 from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range
 
-__all__ = ["add_arguments", "run", "soak", "SoakReport", "read_rss_mib", "rss_slope_mib_per_min", "steady_growth_mib",
+__all__ = ["add_arguments", "run", "soak", "SoakReport", "read_rss_mib", "rss_slope_mib_per_min", "growing_share",
            "make_synthetic_bag"]
 
 #: Node counters the report carries.
@@ -84,27 +84,22 @@ def rss_slope_mib_per_min(times_s: list[float], rss_mib: list[float]) -> float:
     return float(slope_per_s * 60.0)
 
 
-def steady_growth_mib(times_s: list[float], rss_mib: list[float], windows: int = 3) -> float:
-    """The smallest RSS growth (MiB) among ``windows`` equal time windows of the run's second half.
+def growing_share(times_s: list[float], rss_mib: list[float], step_mib: float = 0.25) -> float:
+    """The share of sampling intervals in the run's second half over which RSS grew by more than ``step_mib``.
 
-    A leak adds memory in every window; allocator warm-up adds it in steps (a
-    new arena, a larger block pool: tens of MiB at once) that land in one
-    window. The smallest window's growth therefore measures the steady part and
-    ignores a single step, which a short run's total growth cannot. NaN when a
-    window holds fewer than two samples.
+    A leak adds memory all the time, so nearly every interval grows; allocator
+    warm-up adds it in a few steps (a new block pool: 2-60 MiB at once), so few
+    intervals do. Unlike the second half's total growth, this tells the two apart
+    in a short run. NaN with fewer than two samples in the second half.
     """
     t = np.asarray(times_s, np.float64)
     r = np.asarray(rss_mib, np.float64)
-    if len(t) < 2:
+    if len(t) == 0:
         return float("nan")
-    edges = np.linspace(t[-1] / 2.0, t[-1], windows + 1)
-    growth = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (t >= lo) & (t <= hi)
-        if inside.sum() < 2:
-            return float("nan")
-        growth.append(r[inside][-1] - r[inside][0])
-    return float(min(growth))
+    r = r[t >= t[-1] / 2.0]
+    if len(r) < 2:
+        return float("nan")
+    return float(np.mean(np.diff(r) > step_mib))
 
 
 @dataclass

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["CameraAugment", "REAL_CAMERA_TEST", "EFFECT_GROUPS", "single_effect_test", "camera_augment", "degrade_view_arrays", "exposure", "white_balance", "sensor_noise", "motion_blur",
+__all__ = ["CameraAugment", "REAL_CAMERA_TEST", "EFFECT_GROUPS", "camera_test_settings", "single_effect_test", "camera_augment", "degrade_view_arrays", "exposure", "white_balance", "sensor_noise", "motion_blur",
            "defocus_blur", "vignetting", "jpeg", "depth_edge_holes", "depth_appearance_holes", "luminance"]
 
 
@@ -82,6 +82,14 @@ EFFECT_GROUPS: dict[str, tuple[str, ...]] = {
     "vignetting": ("vignetting",),
     "depth_holes": ("depth_edge_holes", "depth_dark_holes", "depth_shiny_holes"),
 }
+
+
+def camera_test_settings(condition: str) -> Optional[CameraAugment]:
+    """The settings of a ``safnet eval --camera-effects`` condition: None for ``off``,
+    :data:`REAL_CAMERA_TEST` for ``real``, :func:`single_effect_test` for an effect's name."""
+    if condition == "off":
+        return None
+    return REAL_CAMERA_TEST if condition == "real" else single_effect_test(condition)
 
 
 def single_effect_test(group: str) -> CameraAugment:

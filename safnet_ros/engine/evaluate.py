@@ -55,15 +55,15 @@ from safnet_ros.data.augment import (
     EFFECT_GROUPS,
     REAL_CAMERA_TEST,
     CameraAugment,
+    camera_test_settings,
     degrade_view_arrays,
-    single_effect_test,
 )
 from safnet_ros.data.dataset import PreprocessedScene
 from safnet_ros.data.labels import CLASS_NAMES, NUM_CLASSES, TABLE_ORDER
 from safnet_ros.data.preprocess import TMP_PREFIX, scene_is_complete, unpack_coverage
 from safnet_ros.data.scannet import read_split, split_list_path
 from safnet_ros.engine.batching import PosedView
-from safnet_ros.engine.inference import Segmenter
+from safnet_ros.engine.inference import PRECISIONS, Segmenter
 from safnet_ros.engine.metrics import ConfusionMatrix
 from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError, ModelLoadError, SafnetError
 from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_list, int_range, require_dir
@@ -419,11 +419,11 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
     results = [ModelResult(path=str(m), label=lab, config=s.config.to_dict(), views=views_list,
                            matrices={k: ConfusionMatrix() for k in views_list})
                for m, lab, s in zip(models, labels, segmenters)]
+    settings = camera_test_settings(camera_effects)
     bar = tqdm(total=len(found.scenes), desc="eval", unit="scene", file=sys.stderr, disable=not progress)
     for scene in found.scenes:
         frame_views = [scene.view(f) for f in range(scene.num_frames)]
-        if camera_effects != "off":
-            settings = REAL_CAMERA_TEST if camera_effects == "real" else single_effect_test(camera_effects)
+        if settings is not None:
             frame_views = [degraded_view(v, scene.name, f, settings) for f, v in enumerate(frame_views)]
         coverage = scene_coverage(scene)
         for seg, res in zip(segmenters, results):
@@ -610,7 +610,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the first N scenes")
     parser.add_argument("--stride", type=float_range(0.0, 100.0, lo_open=True), default=0.5,
                         help="sliding-window stride in metres (default 0.5)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="forward precision (torch.autocast): fp32 (default: scores that do not depend on the "
                              "CPU), bf16, fp16 (CUDA only) or auto (the node's: bf16 on CUDA, else fp32)")
     parser.add_argument("--camera-effects", choices=CAMERA_EFFECTS, default="off",

@@ -70,14 +70,19 @@ def read_rss_mib() -> float:
     return float("nan")
 
 
-def rss_slope_mib_per_min(times_s: list[float], rss_mib: list[float]) -> float:
-    """Least-squares slope (MiB/min) of RSS over the second half of the run (NaN with < 2 samples)."""
+def _second_half(times_s: list[float], rss_mib: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The samples (seconds, MiB) from half the run's length on: allocator warm-up is over by then."""
     t = np.asarray(times_s, np.float64)
     r = np.asarray(rss_mib, np.float64)
     if len(t) == 0:
-        return float("nan")
+        return t, r
     half = t >= t[-1] / 2.0
-    t, r = t[half], r[half]
+    return t[half], r[half]
+
+
+def rss_slope_mib_per_min(times_s: list[float], rss_mib: list[float]) -> float:
+    """Least-squares slope (MiB/min) of RSS over the second half of the run (NaN with < 2 samples)."""
+    t, r = _second_half(times_s, rss_mib)
     if len(t) < 2 or np.ptp(t) <= 0:
         return float("nan")
     slope_per_s = np.polyfit(t, r, 1)[0]
@@ -92,11 +97,7 @@ def growing_share(times_s: list[float], rss_mib: list[float], step_mib: float = 
     intervals do. Unlike the second half's total growth, this tells the two apart
     in a short run. NaN with fewer than two samples in the second half.
     """
-    t = np.asarray(times_s, np.float64)
-    r = np.asarray(rss_mib, np.float64)
-    if len(t) == 0:
-        return float("nan")
-    r = r[t >= t[-1] / 2.0]
+    _, r = _second_half(times_s, rss_mib)
     if len(r) < 2:
         return float("nan")
     return float(np.mean(np.diff(r) > step_mib))

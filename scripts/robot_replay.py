@@ -44,6 +44,10 @@ callback cost and the latency (cloud sent -> labelled cloud back, p50 / p90).
 ``--node-repo DIR`` runs the node from another checkout (its code and its
 config/segment.yaml), for a side-by-side ratio against older code.  The TF
 implementation in use (tf2_ros where importable, else our drop-in) is printed.
+``--dds-profile`` is this client's Fast DDS profile: ``shipped`` (default,
+config/fastdds_large_data.xml, as docs/ros_node.md asks of a camera driver that
+publishes full-size frames) or ``default`` (Fast DDS's own 512 KiB shared-memory
+segment, which loses full-size frames on a loaded machine).
 """
 from __future__ import annotations
 
@@ -75,6 +79,7 @@ from sensor_msgs.msg import PointCloud2
 from safnet_ros.data.synth.generate import SynthConfig, generate_dataset
 from safnet_ros.ros import codecs
 from safnet_ros.ros.compressed import compressed_topics
+from safnet_ros.ros.dds_profile import PROFILE_ENV, use_large_data_profile
 from safnet_ros.ros.diagnostics import diagnostics_values
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
@@ -472,6 +477,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="publisher QoS of the camera and cloud topics (best_effort, the default: sensor-data "
                              "QoS; reliable: what REP-2003 asks of drivers; the node's sensor-data subscription "
                              "makes the connection best effort either way)")
+    parser.add_argument("--dds-profile", choices=("shipped", "default"), default="shipped",
+                        help="Fast DDS profile of this client, the publisher of the large messages (shipped: "
+                             "config/fastdds_large_data.xml, as docs/ros_node.md asks of camera drivers; default: "
+                             "Fast DDS's own, a 512 KiB shared-memory segment). The node applies the shipped one "
+                             "to itself either way; a FASTDDS_DEFAULT_PROFILES_FILE already set is kept")
     parser.add_argument("-p", dest="params", action="append", default=[], metavar="NAME:=VALUE",
                         help="extra node parameter (repeatable)")
     args = parser.parse_args(argv)
@@ -479,6 +489,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("error: --repeat must be >= 1 and --busy-cores >= 0", file=sys.stderr)
         return 2
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # before this process creates its DDS participant (the first rclpy.init)
+    profile = use_large_data_profile() if args.dds_profile == "shipped" else os.environ.get(PROFILE_ENV)
+    print(f"publisher's Fast DDS profile: {profile or 'Fast DDS defaults'}")
     reports: list[ReplayReport] = []
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="safnet_robot_replay_") as tmp:
@@ -499,6 +512,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "bag": str(args.bag or "synthetic"), "busy_cores": args.busy_cores, "node_repo": args.node_repo,
+            "publisher_dds_profile": profile,
             "image_transport": reports[-1].image_transport,
             "transforms": reports[-1].transforms, "rows": rows,
             "runs": [{**asdict(r), "labelled_fraction": r.labelled_fraction} for r in reports]}, indent=2))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from safnet_ros.ros.dds_profile import PROFILE_ENV, large_data_profile, uses_fast_dds
+
 pytest.importorskip("rclpy")
 
 pytestmark = pytest.mark.ros
@@ -124,6 +126,8 @@ def test_each_lifecycle_transition_is_logged(tmp_path):
              "lifecycle: active after", "shutdown requested (SIGINT/SIGTERM) while running"]
     found = [next((i for i, line in enumerate(text.splitlines()) if word in line), -1) for word in order]
     assert -1 not in found and found == sorted(found), text
+    if uses_fast_dds(os.environ) and not os.environ.get(PROFILE_ENV):  # full-size frames need it (ros/dds_profile.py)
+        assert f"Fast DDS profile: {large_data_profile()}" in text, text
 
 
 def test_the_device_found_is_logged_and_cuda_without_a_gpu_is_one_warning(tmp_path):

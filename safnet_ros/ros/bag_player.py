@@ -40,6 +40,7 @@ from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 
 from safnet_ros.errors import ConfigError, MessageDecodeError, MissingDataError
+from safnet_ros.ros.dds_profile import use_large_data_profile
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC, reliable_qos
 from safnet_ros.tools import bag_io as bio
@@ -293,6 +294,8 @@ class BagPlayer:
 def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Sequence[str]] = None,
               clock: bool = True, wait_for_subscribers: float = 2.0) -> int:
     """The ``safnet bag play`` command: an rclpy node that plays the bag until its end or Ctrl-C."""
+    # Full-size frames need a larger Fast DDS shared-memory segment than the default (ros/dds_profile.py)
+    profile = use_large_data_profile()
     # Our own SIGTERM handling: rclpy's would shut the context down under the publishing
     # loop (an RCLError traceback); here SIGTERM stops the replay like Ctrl-C.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
@@ -305,7 +308,8 @@ def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[
                            wait_for_subscribers=wait_for_subscribers)
         mode = ("TransformStamped on the fallback topics (no tf2_msgs here)" if player.tf_fallback
                 else "tf2_msgs/TFMessage on /tf, /tf_static")
-        node.get_logger().info(f"playing {bag} at {rate}x; transforms as {mode}")
+        node.get_logger().info(f"playing {bag} at {rate}x; transforms as {mode}"
+                               + (f"; Fast DDS profile {profile}" if profile else ""))
         try:
             summary = player.run(stop)
         except KeyboardInterrupt:

@@ -4,9 +4,10 @@ A real camera driver publishes its images three ways at once (image_transport):
 ``<topic>`` (raw sensor_msgs/Image), ``<topic>/compressed`` (JPEG or PNG, the
 compressed_image_transport plugin) and, for depth, ``<topic>/compressedDepth``
 (the compressed_depth_image_transport plugin).  A 1296x968 RGB frame is 3.8 MB
-raw but ~300 KB as JPEG: over DDS at 30 Hz only the compressed topics arrive
-whole on a small machine (docs/benchmarks.md, "Real-size stream"), so the node
-can subscribe to them (``image_transport:=compressed``, docs/ros_node.md).
+raw but ~300 KB as JPEG: at 30 Hz the compressed topics cost a small machine
+far less to receive, which leaves the CPU to inference (docs/benchmarks.md,
+"Real-size stream"), so the node can subscribe to them
+(``image_transport:=compressed``, docs/ros_node.md).
 
 Layouts, as the image_transport_plugins C++ code writes them:
 

@@ -87,7 +87,7 @@ PARAMETERS: tuple[Param, ...] = (
     P("image_transport", "raw", "How the images arrive (image_transport's names): raw = sensor_msgs/Image on "
       "rgb_topic and depth_topic; compressed = sensor_msgs/CompressedImage on <rgb_topic>/compressed (JPEG or "
       "PNG) and <depth_topic>/compressedDepth (16UC1/32FC1 PNG), decoded only for frames kept as views. For "
-      "every camera of 'cameras' alike. Full-size frames at 30 Hz arrive far more reliably compressed "
+      "every camera of 'cameras' alike. Full-size frames at 30 Hz cost the node far less to receive compressed "
       "(docs/benchmarks.md, 'Real-size stream').",
       choices=("raw", "compressed")),
     P("model", "", "Model checkpoint file; '' = the shipped default model models/safnet_lite_synth.pt "
@@ -138,7 +138,7 @@ PARAMETERS: tuple[Param, ...] = (
     P("tf_timeout", 0.1, "How long the worker waits for a cloud's transform (wall clock), and how far the "
       "transforms may run past a frame's stamp (their stamps) before a frame still without its transform is "
       "skipped, seconds (callbacks never wait); a camera frame TF does not know at all is skipped after 10 x "
-      "tf_timeout (at least 1 s).", runtime=True, low=0.0, high=10.0),
+      "tf_timeout (at least 3 s, one Fast DDS heartbeat: a /tf sample lost in transport holds back later ones).", runtime=True, low=0.0, high=10.0),
     P("tf_fallback_topic", DEFAULT_TF_TOPIC, "Last resort without tf2_ros and tf2_msgs only: "
       "geometry_msgs/TransformStamped topic feeding the drop-in TF buffer (dynamic transforms)."),
     P("tf_fallback_static_topic", DEFAULT_TF_STATIC_TOPIC, "Last resort without tf2_ros and tf2_msgs only: "

@@ -75,6 +75,7 @@ from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, MessageDecodeError, SafnetError
 from safnet_ros.ros import codecs, compat, device_report, input_watchdog, label_info, param_audit, shutdown
 from safnet_ros.ros.compressed import compressed_topics
+from safnet_ros.ros.dds_profile import use_large_data_profile
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
 from safnet_ros.ros.markers import similarity_markers
 from safnet_ros.ros.params import PARAMETERS, SPECS, Param, ParameterError, camera_parameters, check_value
@@ -91,8 +92,11 @@ NODE_NAME = "safnet_segment"
 WARN_PERIOD_S = 5.0
 #: Frames waiting for their transform at most (undecoded messages; the oldest gives way).
 MAX_PENDING_FRAMES = 16
-#: A frame whose camera frame TF does not know at all waits this many tf_timeout (wall time, >= 1 s).
+#: A frame whose camera frame TF does not know at all waits this many tf_timeout (wall time) ...
 UNKNOWN_FRAME_WAITS = 10
+#: ... and at least this long, seconds: one heartbeat period of a Fast DDS writer (3 s), after which a
+#: reliable /tf sample lost in transport has been sent again (lost samples hold back every later one).
+UNKNOWN_FRAME_MIN_WAIT_S = 3.0
 
 _PARAM_TYPES = {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
                 str: Parameter.Type.STRING, list: Parameter.Type.STRING_ARRAY}
@@ -649,12 +653,13 @@ class SegmentNode(LifecycleNode):
         """Whether to give up on a frame without its pose: the transforms of its chain have run
         ``tf_timeout`` past its stamp (their stamps, not wall time, so a late TF thread or a busy
         executor never times a frame out); or, for a camera frame TF does not know at all (no stamps
-        to judge by), :data:`UNKNOWN_FRAME_WAITS` x ``tf_timeout`` (at least 1 s) of wall time."""
+        to judge by), :data:`UNKNOWN_FRAME_WAITS` x ``tf_timeout`` (at least :data:`UNKNOWN_FRAME_MIN_WAIT_S`)
+        of wall time."""
         timeout_s = float(self._param("tf_timeout"))
         try:
             latest = self.tf_buffer.lookup_transform(self.fixed_frame, frame.frame_id, Time())
         except compat.TransformException:  # not there yet at all (e.g. right after a bag loop cleared TF)
-            return time.monotonic() - frame.first_try > max(1.0, UNKNOWN_FRAME_WAITS * timeout_s)
+            return time.monotonic() - frame.first_try > max(UNKNOWN_FRAME_MIN_WAIT_S, UNKNOWN_FRAME_WAITS * timeout_s)
         return codecs.stamp_to_ns(latest.header.stamp) - frame.stamp_ns > int(timeout_s * 1e9)
 
     # ------------------------------------------------------------------ views (executor thread)
@@ -903,6 +908,7 @@ def main(args: Optional[list[str]] = None) -> int:
     what is allowed), 1 for any other start-up failure (an unloadable model).
     """
     tune_cpu_allocator()  # before rclpy's threads exist, so every thread shares the tuned arena
+    profile = use_large_data_profile()  # before rclpy.init creates the DDS participant
     shutdown.install_sigterm()  # SIGTERM stops start-up as SIGINT does
     param_audit.set_global_args(args)  # what rclpy.init parses, for the undeclared-parameter warning
     rclpy.init(args=args)
@@ -923,6 +929,8 @@ def main(args: Optional[list[str]] = None) -> int:
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1
+    if profile:
+        node.get_logger().info(f"Fast DDS profile: {profile}")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

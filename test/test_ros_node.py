@@ -237,13 +237,15 @@ def wait_until(pred: Callable[[], bool], timeout: float, period: float = 0.02) -
 class Harness:
     """One rclpy context: the node under test, a scene publisher node, collectors, a spinning executor."""
 
-    def __init__(self, model_path: Path, params: dict | None = None):
+    def __init__(self, model_path: Path, params: dict | None = None, in_process: bool = True):
+        """``in_process=False``: no node here; the caller has started it as a process (the harness waits
+        until it subscribes)."""
         self.model_path = model_path
         self.context = Context()
         rclpy.init(context=self.context)
         overrides = [Parameter(k, value=v) for k, v in (NODE_PARAMS if params is None else params).items()]
         overrides.append(Parameter("model", value=str(model_path)))
-        self.node = SegmentNode(context=self.context, parameter_overrides=overrides)
+        self.node = SegmentNode(context=self.context, parameter_overrides=overrides) if in_process else None
         self.pub = rclpy.create_node("scene_publisher", context=self.context)
         ns = "/safnet_segment"
         self.pub_rgb = self.pub.create_publisher(Image, f"{ns}/rgb/image", qos_profile_sensor_data)
@@ -260,14 +262,17 @@ class Harness:
         self.pub.create_subscription(MarkerArray, f"{ns}/similarity_markers", self.markers, reliable)
         self.pub.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics, 50)
         self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        if self.node is not None:
+            self.executor.add_node(self.node)
         self.executor.add_node(self.pub)
         self.thread = threading.Thread(target=spin_resilient, args=(self.executor, self.context), daemon=True)
         self.thread.start()
         self.tf_static.sendTransform(compat.matrix_to_transform(T_MAP_LIDAR, "map", "lidar"))
         assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in
-                                      (self.pub_rgb, self.pub_depth, self.pub_info, self.pub_cloud)), 10.0)
-        assert wait_until(lambda: "lidar" in self._known_frames(), 10.0)
+                                      (self.pub_rgb, self.pub_depth, self.pub_info, self.pub_cloud)),
+                          10.0 if in_process else 120.0)
+        if self.node is not None:
+            assert wait_until(lambda: "lidar" in self._known_frames(), 10.0)
         self._next_base = 1000.0
 
     def _known_frames(self) -> str:
@@ -300,7 +305,8 @@ class Harness:
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
+        if self.node is not None:
+            self.node.destroy_node()
         self.pub.destroy_node()
         rclpy.shutdown(context=self.context)
         self.thread.join(timeout=5.0)
@@ -599,13 +605,10 @@ def test_launch_file_is_valid_python_and_imports_where_launch_exists():
     assert {"params_file", "namespace", "autostart", "model", "device", "use_sim_time", "rviz"} <= names
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("SAFNET_BENCH"), reason="benchmark: set SAFNET_BENCH=1 (minutes on 2 cores)")
-def test_latency_25k_points_three_views_through_dds(tmp_path):
-    """Benchmark (docs/benchmarks.md, "Node latency"): cloud published -> labeled cloud received,
-    with the node's default model (the shipped one; an untrained full lite SAFNet when none ships,
-    or with SAFNET_BENCH_MODEL=untrained) at the node's default precision (SAFNET_BENCH_PRECISION
-    to choose another; SAFNET_BENCH_PARAMS: a JSON object of other node parameters)."""
+def _latency_model_and_params(tmp_path: Path) -> tuple[Path, dict]:
+    """The latency benches' model (the shipped one; an untrained full lite SAFNet when none ships, or with
+    SAFNET_BENCH_MODEL=untrained) and node parameters: the node's defaults but for the device and the TF wait,
+    SAFNET_BENCH_PRECISION for another precision, SAFNET_BENCH_PARAMS a JSON object of other parameters."""
     import torch
 
     from safnet_ros.engine.inference import default_model_path
@@ -619,29 +622,93 @@ def test_latency_25k_points_three_views_through_dds(tmp_path):
         path = tmp_path / "lite.pt"
         save_checkpoint(path, build_model(config).eval(), config)
     print(f"\nmodel: {path}")
-    # the node's defaults (chunking, marker density, diagnostics) but for the device and the TF wait
     params = {k: v for k, v in NODE_PARAMS.items() if k in ("device", "num_views", "tf_timeout")}
     if os.environ.get("SAFNET_BENCH_PRECISION"):
         params["precision"] = os.environ["SAFNET_BENCH_PRECISION"]
     params.update(json.loads(os.environ.get("SAFNET_BENCH_PARAMS", "{}")))  # e.g. '{"publish_markers": false}'
+    return path, params
+
+
+def _time_clouds(h: Harness, base: float, stages: Callable[[], str], after_first: Callable[[], None] = lambda: None
+                 ) -> list[float]:
+    """Seven 25k-point clouds published one after another; seconds from each publish to its labelled cloud.
+    ``after_first`` runs once the first (warm-up) cloud is back."""
+    latencies = []
+    for k in range(7):  # the first includes warm-up (2D features of the views); report each
+        if k == 1:
+            after_first()
+        t_cloud = base + 1.2 + k
+        msg, local = lidar_cloud(0.045, t_cloud, nan_rows=0)
+        t0 = time.monotonic()
+        h.pub_cloud.publish(msg)
+        out = h.wait_cloud(t_cloud, timeout=120.0)
+        latencies.append(time.monotonic() - t0)
+        assert out is not None and out.width == len(local) == 25025
+        print(f"\n{len(local)} points, 3 views, lite, CPU: cloud in -> labeled cloud out {latencies[-1]:.3f} s"
+              f"{stages()}")
+    warm = sorted(latencies[1:])
+    print(f"after warm-up: min {warm[0]:.3f} s, median {warm[len(warm) // 2]:.3f} s, max {warm[-1]:.3f} s "
+          f"over {len(warm)} clouds; load average {os.getloadavg()}")
+    return latencies
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SAFNET_BENCH"), reason="benchmark: set SAFNET_BENCH=1 (minutes on 2 cores)")
+def test_latency_25k_points_three_views_through_dds(tmp_path):
+    """Benchmark (docs/benchmarks.md, "Node latency"): cloud published -> labeled cloud received, the node
+    in this process (its stage times printed), with the default model at the node's default precision."""
+    path, params = _latency_model_and_params(tmp_path)
     h = Harness(path, params)
     try:
         base = h.base_stamp()
         h.publish_views(base)
         assert wait_until(lambda: len(h.node.buffer) == 3, 10.0)
-        latencies = []
-        for k in range(7):  # the first includes warm-up (2D features of the views); report each
-            t_cloud = base + 1.2 + k
-            msg, local = lidar_cloud(0.045, t_cloud, nan_rows=0)
-            t0 = time.monotonic()
-            h.pub_cloud.publish(msg)
-            out = h.wait_cloud(t_cloud, timeout=120.0)
-            latencies.append(time.monotonic() - t0)
-            assert out is not None and out.width == len(local) == 25025
-            print(f"\n{len(local)} points, 3 views, lite, CPU: cloud in -> labeled cloud out {latencies[-1]:.3f} s "
-                  f"(node stages: { {k: round(v, 3) for k, v in h.node.last_timings.items()} })")
-        warm = sorted(latencies[1:])
-        print(f"after warm-up: min {warm[0]:.3f} s, median {warm[len(warm) // 2]:.3f} s, max {warm[-1]:.3f} s "
-              f"over {len(warm)} clouds; precision {h.node.segmenter.precision}; load average {os.getloadavg()}")
+        _time_clouds(h, base, lambda: f" (node stages: { {k: round(v, 3) for k, v in h.node.last_timings.items()} })")
+        print(f"precision {h.node.segmenter.precision}")
     finally:
         h.close()
+
+
+def _process_counts(pid: int) -> tuple[int, float]:
+    """(minor page faults, CPU seconds) of process ``pid`` so far, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SAFNET_BENCH"), reason="benchmark: set SAFNET_BENCH=1 (minutes on 2 cores)")
+def test_latency_of_the_node_program_25k_points_three_views(tmp_path):
+    """Benchmark (docs/benchmarks.md, "Node latency"): the same clouds, but the node is its own process,
+    started as ``ros2 run`` starts it (``python -m safnet_ros.ros.segment_node``), as on a robot: nothing
+    else shares its interpreter. SAFNET_BENCH_NODE_REPO runs the node of another checkout (a ratio against
+    older code on the same machine)."""
+    path, params = _latency_model_and_params(tmp_path)
+    repo = Path(os.environ.get("SAFNET_BENCH_NODE_REPO", str(REPO)))
+    args = [sys.executable, "-m", "safnet_ros.ros.segment_node", "--ros-args", "-p", f"model:={path}"]
+    for name, value in params.items():
+        args += ["-p", f"{name}:={str(value).lower() if isinstance(value, bool) else value}"]
+    log = open(tmp_path / "node.log", "w+")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(args, cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), stdout=log,
+                            stderr=subprocess.STDOUT)
+    h = None
+    try:
+        h = Harness(path, params, in_process=False)
+        base = h.base_stamp()
+        h.publish_views(base)
+        assert h.diagnostics.wait_for(lambda m: int(diagnostics_values(m).get("views_kept", 0)) >= 3, 30.0), \
+            (tmp_path / "node.log").read_text()
+        counts = []
+        _time_clouds(h, base, lambda: "", after_first=lambda: counts.append(_process_counts(proc.pid)))
+        faults, cpu = (b - a for a, b in zip(counts[0], _process_counts(proc.pid)))
+        print(f"node process per cloud after warm-up: {faults / 6:.0f} minor page faults, {cpu / 6:.3f} s CPU; "
+              f"node from {repo}")
+    finally:
+        if h is not None:
+            h.close()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -14,6 +14,16 @@ thresholds above do not keep, and paid ~15k page faults and ~50 ms of system
 time per 25k-point cloud (0 with one arena; ``Segmenter.segment`` in a worker
 thread, alternated with the main thread in one process).
 
+**Tune before other threads exist.** ``M_ARENA_MAX`` only stops glibc from
+making new arenas: a thread then gets one of those that exist, round robin.
+Threads started before the tuning (numpy's and torch's pools start at import
+and at the first parallel op) have arenas of their own, so a worker started
+later can land on one of them and fault its temporaries in again: measured
+~3-8k page faults per 25k-point cloud and ~30 ms of system time, against 0
+when the tuning came first. The node program therefore tunes as the first
+thing ``import safnet_ros.ros`` does (before numpy, torch and rclpy), and the
+``safnet`` CLI before it imports a command.
+
 Measured on the 2-core development CPU, lite SAFNet, 25k points, 3 views, one
 thread, per forward (three processes each way): untuned 31k-44k page faults and
 69-81 ms of system time, tuned 20-725 page faults and 3-10 ms; user time is

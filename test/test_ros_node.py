@@ -575,6 +575,34 @@ def test_marker_colours_and_frustum_geometry():
         similarity_markers(header, np.zeros((5, 3)), sim, source="rgb")
 
 
+@pytest.mark.parametrize("n, stride, views", [(25025, 4, 3), (7, 1, 1), (1, 1, 0), (5, 9, 2), (0, 1, 1)])
+def test_serialised_markers_are_the_markers_message(n, stride, views):
+    """similarity_markers_cdr (what the node publishes) deserialises to the message similarity_markers
+    builds, for every size, stride and number of frustums; it serialises only a one-point template."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from safnet_ros.engine.batching import prepare_view
+    from safnet_ros.ros.markers import similarity_markers, similarity_markers_cdr
+
+    rng = np.random.default_rng(n)
+    points = rng.uniform(-3.0, 3.0, (n, 3)).astype(np.float32)
+    sim = rng.uniform(-1.0, 1.1, n)
+    sim[::5] = np.nan
+    posed = [prepare_view(*render(look_at(eye, LOOK_AT)), K_CAM, look_at(eye, LOOK_AT)) for eye in CAMERA_EYES[:views]]
+    header = codecs.make_header(frame_id="map", stamp=stamp(12.5))
+    serialised_sizes = []
+
+    def serialize(msg):
+        serialised_sizes.append(len(msg.markers[1].points))
+        return serialize_message(msg)
+
+    data = similarity_markers_cdr(serialize, header, points, sim, source="s", stride=stride, views=posed)
+    expected = serialize_message(similarity_markers(header, points, sim, source="s", stride=stride, views=posed))
+    assert deserialize_message(data, MarkerArray) == deserialize_message(expected, MarkerArray)
+    assert len(data) == len(expected)
+    assert serialised_sizes == [min(1, len(deserialize_message(expected, MarkerArray).markers[1].points))]
+
+
 def test_params_file_lists_every_parameter_with_a_comment_and_its_default():
     import yaml
 

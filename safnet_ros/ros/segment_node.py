@@ -62,6 +62,7 @@ from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.serialization import serialize_message
 from rclpy.subscription import Subscription
 from rclpy.time import Time
 from rclpy.timer import Timer
@@ -77,7 +78,7 @@ from safnet_ros.ros import codecs, compat, device_report, input_watchdog, label_
 from safnet_ros.ros.compressed import compressed_topics
 from safnet_ros.ros.dds_profile import use_large_data_profile
 from safnet_ros.ros.diagnostics import NodeStats, stats_to_diagnostics
-from safnet_ros.ros.markers import similarity_markers
+from safnet_ros.ros.markers import similarity_markers_cdr
 from safnet_ros.ros.params import PARAMETERS, SPECS, Param, ParameterError, camera_parameters, check_value
 from safnet_ros.ros.semantic_map_component import SemanticMapComponent
 from safnet_ros.ros.spin import spin_resilient
@@ -835,8 +836,8 @@ class SegmentNode(LifecycleNode):
     def _draw(self) -> None:
         """The marker thread: ~/similarity_markers of the newest segmented cloud (an older one not drawn
         yet is replaced: markers are for the eye, the labelled cloud is the output). It draws while the
-        worker is idle: building and serialising the markers holds the GIL for tens of milliseconds,
-        which would slow the next cloud's segmentation if it ran beside it."""
+        worker is idle, and publishes them serialised (ros/markers.py: ~2 ms for a 25k-point cloud
+        instead of ~75 ms of per-point message objects holding the GIL)."""
         while not self._stop.is_set():
             item = self._marker_box.take(timeout=0.1)
             if item is None:
@@ -851,8 +852,8 @@ class SegmentNode(LifecycleNode):
                 if pub is None:
                     continue
                 source = self._param("similarity_marker_source")
-                pub.publish(similarity_markers(
-                    codecs.make_header(frame_id=self.fixed_frame, stamp=stamp), out.world,
+                pub.publish(similarity_markers_cdr(
+                    serialize_message, codecs.make_header(frame_id=self.fixed_frame, stamp=stamp), out.world,
                     getattr(out.result, source), source=source, stride=int(self._param("marker_stride")),
                     views=out.used_views, frustum_depth=float(self._param("frustum_depth")),
                 ))

@@ -638,7 +638,8 @@ def test_launch_file_is_valid_python_and_imports_where_launch_exists():
 
 def _latency_model_and_params(tmp_path: Path) -> tuple[Path, dict]:
     """The latency benches' model (the shipped one; an untrained full lite SAFNet when none ships, or with
-    SAFNET_BENCH_MODEL=untrained) and node parameters: the node's defaults but for the device and the TF wait,
+    SAFNET_BENCH_MODEL=untrained; SAFNET_BENCH_MODEL=FILE for a checkpoint that older code reads too) and
+    node parameters: the node's defaults but for the device and the TF wait,
     SAFNET_BENCH_PRECISION for another precision, SAFNET_BENCH_PARAMS a JSON object of other parameters."""
     import torch
 
@@ -646,8 +647,9 @@ def _latency_model_and_params(tmp_path: Path) -> tuple[Path, dict]:
     from safnet_ros.model.config import SafnetConfig
     from safnet_ros.model.safnet import build_model, save_checkpoint
 
-    path = default_model_path()
-    if path is None or os.environ.get("SAFNET_BENCH_MODEL") == "untrained":
+    chosen = os.environ.get("SAFNET_BENCH_MODEL", "")
+    path = Path(chosen) if chosen not in ("", "untrained") else default_model_path()
+    if path is None or chosen == "untrained":
         torch.manual_seed(0)
         config = SafnetConfig.preset("lite")
         path = tmp_path / "lite.pt"

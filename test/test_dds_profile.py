@@ -20,7 +20,7 @@ from safnet_ros.ros.dds_profile import PROFILE_ENV, large_data_profile, use_larg
 REPO = Path(__file__).resolve().parents[1]
 
 #: A child process: optionally the shipped profile, then rclpy.init, one full-size image published; prints
-#: the size of each Fast DDS data segment it maps (its own: the one its participant writes through).
+#: the size of each Fast DDS data segment it maps (with discovery off, only its own: the one it writes through).
 PROBE = """
 import json, sys
 if sys.argv[1] == "shipped":
@@ -67,7 +67,9 @@ def test_fast_dds_maps_a_16_mib_segment_with_the_profile_and_its_own_512_kib_wit
     if not uses_fast_dds(os.environ) or not Path("/proc/self/maps").exists() or not Path("/dev/shm").is_dir():
         pytest.skip("needs Fast DDS and Linux shared memory")
     env = {k: v for k, v in os.environ.items() if k != PROFILE_ENV}
-    env.update(PYTHONPATH=str(REPO), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    # discovery off: a participant maps the segments of those it discovers too (another test's node may run
+    # with the profile), so only the probe's own segment is mapped
+    env.update(PYTHONPATH=str(REPO), ROS_AUTOMATIC_DISCOVERY_RANGE="OFF")
     largest = {}
     for mode in ("shipped", "default"):
         out = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True,

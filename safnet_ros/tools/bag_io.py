@@ -125,6 +125,12 @@ def serialize(msg: Any) -> bytes:
     return bytes(TYPESTORE.serialize_cdr(msg, msg.__msgtype__))
 
 
+def serialize_message(msg: Any) -> bytes:
+    """CDR bytes of a message of the ROS wheels' classes (what rclpy's ``serialize_message`` gives,
+    without rclpy): :func:`to_bag_message`, then :func:`serialize`."""
+    return serialize(to_bag_message(msg))
+
+
 def deserialize(data: bytes | memoryview, msgtype: str, what: str = "") -> Any:
     """A rosbags message from CDR bytes; MessageDecodeError (naming ``what``) when they do not parse."""
     try:

@@ -47,7 +47,7 @@ from safnet_ros.mapping import SemanticVoxelMap
 from safnet_ros.mapping.map_ply import save_map
 from safnet_ros.ros import codecs
 from safnet_ros.ros.compressed import compressed_topics
-from safnet_ros.ros.markers import similarity_markers
+from safnet_ros.ros.markers import similarity_markers_cdr
 from safnet_ros.ros.tf_tree import FallbackTransformException, TfTree
 from safnet_ros.tools import bag_io as bio
 
@@ -338,11 +338,12 @@ def _segment_cloud(msg: Any, ns: int, tf: TfTree, fixed_frame: str, pipeline: Se
         return
     out = pipeline.segment_cloud(xyz, T)
     summary.clouds_3d_only += int(out.three_d_only)
-    writer.write(conns[0], ns, bio.serialize(bio.to_bag_message(codecs.labeled_cloud(out.xyz, out.result, msg.header))))
+    writer.write(conns[0], ns, bio.serialize_message(codecs.labeled_cloud(out.xyz, out.result, msg.header)))
     summary.latencies_s.append(time.perf_counter() - t0)
     header = codecs.make_header(frame_id=fixed_frame, stamp=msg.header.stamp)
-    writer.write(conns[1], ns, bio.serialize(bio.to_bag_message(
-        similarity_markers(header, out.world, out.result.s, views=out.used_views))))
+    # serialised from arrays, as the node publishes them (~2 ms instead of ~140 ms per 25k-point cloud)
+    writer.write(conns[1], ns, similarity_markers_cdr(bio.serialize_message, header, out.world, out.result.s,
+                                                      views=out.used_views))
     summary.clouds += 1
     summary.points += int(xyz.shape[0])
     stats = pipeline.update_map(out)

@@ -908,7 +908,7 @@ def main(args: Optional[list[str]] = None) -> int:
     Exit status 2 for a bad parameter (one fatal line naming it, its value and
     what is allowed), 1 for any other start-up failure (an unloadable model).
     """
-    tune_cpu_allocator()  # before rclpy's threads exist, so every thread shares the tuned arena
+    tune_cpu_allocator()  # done on `import safnet_ros.ros` in the node program already (ros/__init__.py)
     profile = use_large_data_profile()  # before rclpy.init creates the DDS participant
     shutdown.install_sigterm()  # SIGTERM stops start-up as SIGINT does
     param_audit.set_global_args(args)  # what rclpy.init parses, for the undeclared-parameter warning

@@ -225,6 +225,17 @@ class Collector:
                 self.cond.wait(remaining)
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """Ctrl-C for a node process still running (as a user stops it), killed after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_until(pred: Callable[[], bool], timeout: float, period: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -498,13 +509,7 @@ def test_node_runs_as_a_separate_process(harness, model_path, tmp_path):
     finally:
         h.pub.destroy_subscription(sub)
         h.pub.destroy_publisher(pub)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=15)
     log = proc.stdout.read()
     assert "safnet_segment active" in log, log
     assert proc.returncode == 0, log
@@ -739,10 +744,5 @@ def test_latency_of_the_node_program_25k_points_three_views(tmp_path):
     finally:
         if h is not None:
             h.close()
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
         log.close()

@@ -25,7 +25,7 @@ markers when nobody subscribes.
 from __future__ import annotations
 
 import struct
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from geometry_msgs.msg import Point
@@ -166,9 +166,18 @@ def similarity_markers_cdr(
     when the template is not little-endian CDR or holds no point.
     """
     xyz, rgb = _marker_points(points, similarity, source, stride, max_points)
-    if len(xyz) == 0:
-        return serialize(_marker_array(header, xyz, rgb, point_size, views, frustum_depth))
-    template = serialize(_marker_array(header, _SENTINEL_XYZ, _SENTINEL_RGB, point_size, views, frustum_depth))
+    if len(xyz):
+        spliced = _splice_points(serialize(_marker_array(header, _SENTINEL_XYZ, _SENTINEL_RGB, point_size, views,
+                                                         frustum_depth)), xyz, rgb)
+        if spliced is not None:
+            return spliced
+    return serialize(_marker_array(header, xyz, rgb, point_size, views, frustum_depth))
+
+
+def _splice_points(template: bytes, xyz: np.ndarray, rgb: np.ndarray) -> Optional[bytes]:
+    """``template`` (a MarkerArray's CDR with the sentinel point and colour) with the points' and colours'
+    sequences replaced by ``xyz (M, 3)`` and ``rgb (M, 3)``; None when the template is not little-endian
+    CDR or the sentinels are not where a one-element sequence puts them."""
     at_xyz = template.find(_SENTINEL_XYZ.astype("<f8").tobytes())
     rgba_one = np.concatenate([_SENTINEL_RGB, np.ones((1, 1), np.float32)], axis=1)
     at_rgb = template.find(rgba_one.astype("<f4").tobytes())
@@ -178,7 +187,7 @@ def similarity_markers_cdr(
     len_rgb = at_rgb - 4
     if (template[:2] != _CDR_LE or at_xyz < 8 or at_rgb < at_xyz + 24 or template[len_xyz:len_xyz + 4] != one
             or template[len_rgb:at_rgb] != one):
-        return serialize(_marker_array(header, xyz, rgb, point_size, views, frustum_depth))
+        return None
     count = struct.pack("<I", len(xyz))
     rgba = np.concatenate([rgb, np.ones((len(rgb), 1), np.float32)], axis=1)
     return b"".join((template[:len_xyz], count, template[len_xyz + 4:at_xyz], xyz.astype("<f8").tobytes(),

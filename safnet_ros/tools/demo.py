@@ -46,7 +46,7 @@ from safnet_ros.validation import check_output_dir
 FAST = {"frames": 24, "color_size": (80, 60), "depth_size": (80, 60), "vertex_spacing": 0.15}
 STAGES = 6
 #: The Segmenter settings of the node's defaults (ros/params.py, config/segment.yaml): no chunk overlap, for
-#: latency; the node's precision (auto: bf16 where it is faster).
+#: latency; the node's precision (auto: bf16 on a CUDA device with bf16, else fp32).
 NODE_SEGMENTER_SETTINGS = {name: SPECS[name].default for name in (
     "num_views", "chunk_size", "chunk_stride", "max_points", "voxel_size", "crop_margin", "precision",
     "outside_views", "batch_points")}

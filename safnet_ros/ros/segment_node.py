@@ -699,14 +699,15 @@ class SegmentNode(LifecycleNode):
         with self._pending_lock:
             return any(f.camera == camera and 0 <= stamp_ns - f.stamp_ns < interval_ns for f in self._pending)
 
-    def _try_add_view(self, frame: _PendingFrame) -> None:
-        """Offer a frame at its pose; a frame whose transform has not arrived yet is set aside for retries."""
+    def _try_add_view(self, frame: _PendingFrame) -> bool:
+        """Offer a frame at its pose; a frame whose transform has not arrived yet is set aside for retries
+        (returns True then)."""
         try:
             pose = self._lookup_pose(frame.frame_id, frame.depth.header.stamp, 0.0)
         except (compat.ExtrapolationException, compat.LookupException) as exc:
             if self._transforms_passed(frame):
                 self._tf_failed("an RGB-D frame", frame.frame_id, exc)
-                return
+                return False
             if not frame.waiting:
                 frame.waiting = True
                 self.stats.count("frames_waiting_tf")
@@ -717,28 +718,38 @@ class SegmentNode(LifecycleNode):
                     self._pending.popleft()
             if evicted:
                 self._tf_failed("an RGB-D frame", frame.frame_id, exc)
-            return
+            return True
         except compat.TransformException as exc:
             self._tf_failed("an RGB-D frame", frame.frame_id, exc)
-            return
+            return False
         try:
             outcome = self.pipeline.offer_frame(frame.stamp_s, pose, frame.decode, frame.camera)
         except SafnetError as exc:  # undecodable messages, unusable K or image shapes
             self._decode_failed(exc)
-            return
+            return False
         if outcome == KEPT:
             self.stats.count("views_kept")
             if frame.camera:
                 self.stats.count(f"views_kept.{frame.camera}")
         elif outcome == NOT_KEYFRAME:
             self.stats.count("views_not_keyframe")
+        return False
 
     def _retry_pending(self) -> None:
+        """The frames waiting for their transforms, oldest first. A camera's frames are judged in stamp
+        order: behind one of its frames that still waits, its newer ones wait too. /tf is received on its
+        own thread, so transforms can arrive part-way through this loop; trying the newer frames then
+        would make one of them the keyframe and every older one too old to be a keyframe."""
         with self._pending_lock:
             frames = list(self._pending)
             self._pending.clear()
+        waiting: set[str] = set()  # cameras with a frame that still waits in this pass
         for frame in frames:
-            self._try_add_view(frame)
+            if frame.camera in waiting:
+                with self._pending_lock:
+                    self._pending.append(frame)
+            elif self._try_add_view(frame):
+                waiting.add(frame.camera)
 
     def _decode_failed(self, exc: Exception) -> None:
         self.stats.count("decode_errors")

@@ -60,6 +60,19 @@ def counter(h: Harness, name: str) -> int:
     return h.node.stats.get(name)
 
 
+def publish_frames(h: Harness, poses_and_stamps, frame_id: str, pause_s: float = 0.05) -> None:
+    """One (rgb, depth, camera_info) set per (camera pose, stamp seconds), in ``frame_id``, ``pause_s`` apart."""
+    import time
+
+    for T, t in poses_and_stamps:
+        rgb, depth, info = frame_messages(T, t)
+        for msg in (rgb, depth, info):
+            msg.header.frame_id = frame_id
+        for pub, msg in zip((h.pub_rgb, h.pub_depth, h.pub_info), (rgb, depth, info)):
+            pub.publish(msg)
+        time.sleep(pause_s)
+
+
 def send_and_wait(h: Harness, publish, name: str, timeout: float = 10.0) -> None:
     """Publish (a callable) and wait until counter ``name`` grew by one."""
     before = counter(h, name)
@@ -321,7 +334,6 @@ def test_waiting_frames_are_judged_in_stamp_order_when_transforms_arrive_part_wa
     that wait for them. A camera's frames are judged oldest first: behind one that still waits, its newer
     ones wait too. (Tried newest-first, the newer frames became keyframes and the oldest one came too late
     to be one: two views kept of three.)"""
-    import time
 
     h = harness
     base = h.base_stamp()
@@ -344,13 +356,7 @@ def test_waiting_frames_are_judged_in_stamp_order_when_transforms_arrive_part_wa
         return lookup(frame_id, stamp_msg, timeout_s)
 
     try:
-        for T, t in zip(poses, stamps):
-            rgb, depth, info = frame_messages(T, t)
-            for msg in (rgb, depth, info):
-                msg.header.frame_id = "midpass_camera"
-            for pub, msg in zip((h.pub_rgb, h.pub_depth, h.pub_info), (rgb, depth, info)):
-                pub.publish(msg)
-            time.sleep(0.05)
+        publish_frames(h, zip(poses, stamps), "midpass_camera")
         assert wait_until(lambda: counter(h, "frames_waiting_tf") - waiting >= len(poses), 10.0), \
             dict(h.node.stats.counters)
         h.node._lookup_pose = transforms_arrive_during_the_first_lookup
@@ -378,13 +384,7 @@ def test_frames_of_a_camera_tf_has_not_heard_of_yet_wait_out_a_tf_stall(harness)
     kept, failures = counter(h, "views_kept"), counter(h, "tf_failures")
     h.node.set_parameters([Parameter("tf_timeout", value=0.1)])
     try:
-        for T, t in zip(poses, stamps):
-            rgb, depth, info = frame_messages(T, t)
-            for msg in (rgb, depth, info):
-                msg.header.frame_id = "camera_of_a_stalled_tf"
-            for pub, msg in zip((h.pub_rgb, h.pub_depth, h.pub_info), (rgb, depth, info)):
-                pub.publish(msg)
-            time.sleep(0.05)
+        publish_frames(h, zip(poses, stamps), "camera_of_a_stalled_tf")
         time.sleep(1.5)
         assert counter(h, "tf_failures") == failures and counter(h, "views_kept") == kept
         for T, t in [*zip(poses, stamps), (poses[-1], stamps[-1] + 0.5)]:  # the held-back transforms, at once

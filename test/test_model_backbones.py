@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from safnet_ros.errors import ConfigError, ModelLoadError
+from safnet_ros.model.fusion import Dropout
 from safnet_ros.model.pointnet2 import PointNet2SSG
-from safnet_ros.model.resnet_unet import ResNetEncoder, ResNetUNet, load_torchvision_resnet
+from safnet_ros.model.resnet_unet import ResNetEncoder, ResNetUNet, load_torchvision_resnet, upsample_2x
 
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -137,6 +138,46 @@ def test_resnet_unet_width_scales_every_stage_and_refuses_imagenet_weights():
     with pytest.raises(ModelLoadError, match="width 64"):
         load_torchvision_resnet(half, _fake_torchvision_state((2, 2, 2, 2)))
     assert load_torchvision_resnet(full, _fake_torchvision_state((2, 2, 2, 2))).loaded > 50
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 1, 1), (1, 2, 64, 80)])
+def test_upsample_2x_is_torchs_bilinear_interpolation_forward_and_backward(shape):
+    """The lite 2D net's last upsampling: torch's values, and the gradient of torch's
+    ``upsample_bilinear2d`` from the faster filter (edges included), fp32 and bf16."""
+    x = torch.randn(*shape, requires_grad=True)
+    size = (2 * shape[-2], 2 * shape[-1])
+    grad_out = torch.randn(shape[0], shape[1], *size)
+    ours = upsample_2x(x)
+    (grad_ours,) = torch.autograd.grad(ours, x, grad_out)
+    theirs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    (grad_theirs,) = torch.autograd.grad(theirs, x, grad_out)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-5, atol=1e-5)
+    xb = x.detach().bfloat16().requires_grad_()
+    (grad_bf16,) = torch.autograd.grad(upsample_2x(xb), xb, grad_out.bfloat16())
+    assert grad_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(grad_bf16.float(), grad_theirs, rtol=2e-2, atol=5e-2)
+    double = torch.randn(1, 2, 3, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(upsample_2x, (double,))
+    with torch.no_grad():  # no graph: torch's own op
+        torch.testing.assert_close(upsample_2x(x), theirs.detach())
+
+
+def test_dropout_keeps_one_minus_p_of_the_activations_scaled_and_is_the_identity_in_eval():
+    drop = Dropout(0.3)
+    x = torch.randn(4, 5000, 16, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    assert abs(float(kept.float().mean()) - 0.7) < 0.01
+    torch.testing.assert_close(y[kept], x[kept] / 0.7)
+    y.sum().backward()  # the gradient flows through the kept elements only, scaled the same
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # seeded: reproducible
+    drop.eval()
+    assert drop(x) is x
+    assert Dropout(0.0).train()(x) is x
 
 
 def test_resnet_unet_bad_config():

@@ -19,7 +19,24 @@ from torch import nn
 
 from safnet_ros.model.aggregate import PointMLP
 
-__all__ = ["ChannelAttention", "ConfidenceGate", "FusionHead", "pixel_confidence"]
+__all__ = ["ChannelAttention", "ConfidenceGate", "Dropout", "FusionHead", "pixel_confidence"]
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask is drawn with ``torch.rand`` on a CPU.
+
+    The same function and distribution (each element kept with probability
+    ``1 - p``, kept ones scaled by ``1 / (1 - p)``), but CPU ``bernoulli_`` takes
+    about three times as long as ``rand`` and a compare: forward and backward of
+    the lite head's ``(2, 4096, 128)`` training activations take 6.7 ms here
+    against 15.6 ms for ``nn.Dropout``. Other devices use the fused kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class ChannelAttention(nn.Module):
@@ -51,7 +68,7 @@ class FusionHead(nn.Module):
                  dropout: float = 0.5):
         super().__init__()
         self.body = PointMLP(in_channels, widths)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(int(widths[-1]), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

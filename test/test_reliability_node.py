@@ -250,12 +250,15 @@ def test_frames_too_soon_are_dropped_before_decoding(harness):
 
 def test_a_frame_waits_for_its_transform_by_the_transforms_stamps_not_wall_time(harness):
     """A frame whose transform comes late (wall time well past tf_timeout) is still kept once it comes;
-    a frame the transforms have run tf_timeout past without covering it is skipped (a TF failure)."""
+    a frame the transforms have run tf_timeout past without covering it is skipped (a TF failure).
+    The retry timer runs only while a frame waits (always running, it woke an idle node 50 times a
+    second)."""
     import time
 
     from rclpy.time import Time
 
     h = harness
+    assert wait_until(lambda: h.node._retry_timer.is_canceled(), 5.0), "retry timer running with nothing to retry"
     base = h.base_stamp()
     T = look_at(CAMERA_EYES[1], LOOK_AT)
     h.tf.sendTransform(compat.matrix_to_transform(T, "map", "late_camera", stamp=stamp(base - 1.0)))
@@ -267,8 +270,10 @@ def test_a_frame_waits_for_its_transform_by_the_transforms_stamps_not_wall_time(
                   "frames_waiting_tf")
     time.sleep(3 * NODE_PARAMS["tf_timeout"])  # wall time passes; the transforms' stamps do not
     assert counter(h, "views_kept") == kept and counter(h, "tf_failures") == failures
+    assert not h.node._retry_timer.is_canceled()
     h.tf.sendTransform(compat.matrix_to_transform(T, "map", "late_camera", stamp=stamp(base + 0.05)))
     assert wait_until(lambda: counter(h, "views_kept") == kept + 1, 10.0), dict(h.node.stats.counters)
+    assert wait_until(lambda: h.node._retry_timer.is_canceled(), 5.0)  # none waits: the timer stops
     # a frame before the transforms' span, which they have run past: skipped
     rgb, depth, info = frame_messages(T, base + 0.03)
     for msg in (rgb, depth, info):
@@ -365,6 +370,39 @@ def test_waiting_frames_are_judged_in_stamp_order_when_transforms_arrive_part_wa
     finally:
         h.node._lookup_pose = lookup
     assert arrived.is_set()
+
+
+def test_a_frame_whose_transforms_arrive_far_ahead_just_after_its_lookup_failed_is_kept(harness):
+    """/tf, on its own thread, can bring a burst of transforms between a frame's failed lookup and the
+    check whether the transforms have run tf_timeout past it. They cover the frame now: it is looked up
+    once more and kept, not counted a TF failure."""
+    h = harness
+    base = h.base_stamp()
+    T = look_at(CAMERA_EYES[0], LOOK_AT)
+    h.tf.sendTransform(compat.matrix_to_transform(T, "map", "burst_camera", stamp=stamp(base - 1.0)))
+    assert wait_until(lambda: h.node.tf_buffer.can_transform("map", "burst_camera", Time()), 10.0)
+    h.node.buffer.clear()
+    kept, failures = counter(h, "views_kept"), counter(h, "tf_failures")
+    lookup = h.node._lookup_pose
+    arrived = threading.Event()
+
+    def burst_after_the_first_lookup(frame_id, stamp_msg, timeout_s):
+        if frame_id == "burst_camera" and not arrived.is_set():
+            arrived.set()
+            for t in (base, base + 1.0):  # the frame's pose, and a transform far past tf_timeout
+                h.node.tf_buffer.set_transform(compat.matrix_to_transform(T, "map", "burst_camera", stamp=stamp(t)),
+                                               "test")
+            raise compat.ExtrapolationException("the transforms are not there yet")
+        return lookup(frame_id, stamp_msg, timeout_s)
+
+    h.node._lookup_pose = burst_after_the_first_lookup
+    try:
+        publish_frames(h, [(T, base)], "burst_camera")
+        assert wait_until(lambda: counter(h, "views_kept") > kept or counter(h, "tf_failures") > failures, 10.0)
+    finally:
+        h.node._lookup_pose = lookup
+    assert arrived.is_set()
+    assert (counter(h, "views_kept"), counter(h, "tf_failures")) == (kept + 1, failures)
 
 
 def test_frames_of_a_camera_tf_has_not_heard_of_yet_wait_out_a_tf_stall(harness):

@@ -93,6 +93,9 @@ NODE_NAME = "safnet_segment"
 WARN_PERIOD_S = 5.0
 #: Frames waiting for their transform at most (undecoded messages; the oldest gives way).
 MAX_PENDING_FRAMES = 16
+#: Seconds between retries of the frames waiting for their transforms (steady clock). The timer runs
+#: only while a frame waits: always running, it woke an idle node's executor 50 times a second.
+RETRY_PERIOD_S = 0.02
 #: A frame whose camera frame TF does not know at all waits this many tf_timeout (wall time) ...
 UNKNOWN_FRAME_WAITS = 10
 #: ... and at least this long, seconds: one heartbeat period of a Fast DDS writer (3 s), after which a
@@ -371,7 +374,8 @@ class SegmentNode(LifecycleNode):
             dict(self.stats.counters), evidence=input_watchdog.camera_evidence(self.cameras))
         # Timers on the steady clock: they must tick with use_sim_time and no /clock too.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self._retry_timer = self.create_timer(0.02, self._retry_pending, clock=steady)
+        self._retry_timer = self.create_timer(RETRY_PERIOD_S, self._retry_pending, clock=steady)
+        self._retry_timer.cancel()  # started by _set_aside, stopped by _retry_pending when none waits
         self._diag_timer = self.create_timer(p("diagnostics_period"), self._publish_diagnostics, clock=steady)
         # under use_sim_time, /clock jumping back is a time jump of its own
         self._clock_jumps = watch_clock_jumps(self, p("time_jump_tolerance"), self._on_clock_jump)
@@ -705,20 +709,17 @@ class SegmentNode(LifecycleNode):
         try:
             pose = self._lookup_pose(frame.frame_id, frame.depth.header.stamp, 0.0)
         except (compat.ExtrapolationException, compat.LookupException) as exc:
-            if self._transforms_passed(frame):
+            if not self._transforms_passed(frame):
+                if not frame.waiting:
+                    frame.waiting = True
+                    self.stats.count("frames_waiting_tf")
+                self._set_aside(frame)
+                return True
+            try:  # once more: /tf (its own thread) may have brought them since the first lookup
+                pose = self._lookup_pose(frame.frame_id, frame.depth.header.stamp, 0.0)
+            except compat.TransformException:
                 self._tf_failed("an RGB-D frame", frame.frame_id, exc)
                 return False
-            if not frame.waiting:
-                frame.waiting = True
-                self.stats.count("frames_waiting_tf")
-            with self._pending_lock:
-                self._pending.append(frame)
-                evicted = len(self._pending) > MAX_PENDING_FRAMES
-                if evicted:
-                    self._pending.popleft()
-            if evicted:
-                self._tf_failed("an RGB-D frame", frame.frame_id, exc)
-            return True
         except compat.TransformException as exc:
             self._tf_failed("an RGB-D frame", frame.frame_id, exc)
             return False
@@ -746,10 +747,24 @@ class SegmentNode(LifecycleNode):
         waiting: set[str] = set()  # cameras with a frame that still waits in this pass
         for frame in frames:
             if frame.camera in waiting:
-                with self._pending_lock:
-                    self._pending.append(frame)
+                self._set_aside(frame)
             elif self._try_add_view(frame):
                 waiting.add(frame.camera)
+        with self._pending_lock:
+            if not self._pending and self._retry_timer is not None:
+                self._retry_timer.cancel()  # nothing waits: no more wake-ups until _set_aside
+
+    def _set_aside(self, frame: _PendingFrame) -> None:
+        """Queue a frame for :meth:`_retry_pending` and make sure the retry timer runs; beyond
+        :data:`MAX_PENDING_FRAMES` the oldest waiting frame gives way (a TF failure)."""
+        with self._pending_lock:
+            self._pending.append(frame)
+            evicted = self._pending.popleft() if len(self._pending) > MAX_PENDING_FRAMES else None
+            if self._retry_timer is not None and self._retry_timer.is_canceled():
+                self._retry_timer.reset()
+        if evicted is not None:
+            self._tf_failed("an RGB-D frame", evicted.frame_id,
+                            compat.LookupException(f"{MAX_PENDING_FRAMES} newer frames wait for their transforms"))
 
     def _decode_failed(self, exc: Exception) -> None:
         self.stats.count("decode_errors")

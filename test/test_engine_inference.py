@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from safnet_ros.data.labels import IGNORE_INDEX
-from safnet_ros.engine.batching import PosedView, build_chunk_sample, collate
+from safnet_ros.engine.batching import PosedView, build_chunk_sample, chunk_box, collate, in_box, near_chunk
 from safnet_ros.engine.inference import Segmenter, _Part, voxel_downsample
 from safnet_ros.errors import ModelLoadError
 
@@ -317,3 +317,23 @@ def test_small_3d_only_chunks_are_merged_and_the_batches_keep_them_apart():
     near = ~a.outside_views
     np.testing.assert_array_equal(b.labels[near], a.labels[near])
     np.testing.assert_allclose(b.probs[near], a.probs[near], atol=1e-5)
+
+
+def test_the_q_points_near_a_chunk_are_those_in_its_grown_bounding_box():
+    """in_box on coordinate rows is the row-wise box test: faces included, non-finite chunk points
+    ignored, nothing near a chunk without a finite point."""
+    rng = np.random.default_rng(3)
+    chunk = rng.uniform(0.0, 1.5, (500, 3)).astype(np.float32)
+    chunk[::50] = np.nan
+    q = rng.uniform(-1.0, 2.5, (20000, 3)).astype(np.float32)
+    box = chunk_box(chunk, 0.3)
+    q[:2] = box  # the box's corners are near
+    q[2:4] = box + np.float32([[-1e-3], [1e-3]])  # just outside
+    finite = chunk[np.isfinite(chunk).all(axis=1)]
+    expected = np.all((q >= finite.min(axis=0) - 0.3) & (q <= finite.max(axis=0) + 0.3), axis=1)
+    near = in_box(np.ascontiguousarray(q.T), box)
+    assert np.array_equal(near, expected) and near[:2].all() and not near[2:4].any()
+    assert 0 < near.sum() < len(q)
+    assert np.array_equal(near_chunk(q, chunk, 0.3), expected)
+    assert chunk_box(np.full((3, 3), np.nan, np.float32)) is None
+    assert not near_chunk(q, np.full((3, 3), np.nan, np.float32)).any()

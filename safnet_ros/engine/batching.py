@@ -157,15 +157,41 @@ def view_key(view: PosedView) -> str:
     return digest.hexdigest()
 
 
+def chunk_box(points: np.ndarray, q_margin: float = DEFAULT_Q_MARGIN) -> Optional[np.ndarray]:
+    """``(2, 3)`` float32: the low and high corners of the bounding box of the finite chunk
+    points ``(N, 3)`` grown by ``q_margin`` metres (None when no point is finite)."""
+    finite = np.isfinite(points)
+    if not finite.all():
+        points = points[finite.all(axis=1)]
+        if len(points) == 0:
+            return None
+    return np.stack([points.min(axis=0) - q_margin, points.max(axis=0) + q_margin])
+
+
+def in_box(q_rows: np.ndarray, box: Optional[np.ndarray]) -> np.ndarray:
+    """(M,) bool: the Q points inside ``box`` (:func:`chunk_box`; None: none is).
+
+    ``q_rows (3, M)``: the points as three contiguous coordinate rows. Six compares on
+    contiguous rows take ~15 us for 19,200 points against ~1 ms for the same test
+    on ``(M, 3)`` rows, and a cloud's batch makes one test per chunk and view.
+    """
+    if box is None:
+        return np.zeros(q_rows.shape[1], bool)
+    (x0, y0, z0), (x1, y1, z1) = box
+    x, y, z = q_rows
+    inside = x >= x0
+    inside &= x <= x1
+    inside &= y >= y0
+    inside &= y <= y1
+    inside &= z >= z0
+    inside &= z <= z1
+    return inside
+
+
 def near_chunk(q_points: np.ndarray, points: np.ndarray, q_margin: float = DEFAULT_Q_MARGIN) -> np.ndarray:
     """(M,) bool: the Q points (M, 3) within ``q_margin`` metres of the bounding box of the
     finite chunk points (N, 3), the only ones that can be a neighbour of a chunk point."""
-    finite = np.isfinite(points).all(axis=1)
-    if not finite.any():
-        return np.zeros(len(q_points), bool)
-    lo = points[finite].min(axis=0) - q_margin
-    hi = points[finite].max(axis=0) + q_margin
-    return np.all((q_points >= lo) & (q_points <= hi), axis=1)
+    return in_box(np.ascontiguousarray(q_points.T), chunk_box(points, q_margin))
 
 
 def build_chunk_sample(

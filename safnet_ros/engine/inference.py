@@ -54,8 +54,9 @@ from safnet_ros.engine.batching import (
     PosedView,
     backproject_views,
     build_chunk_sample,
+    chunk_box,
     collate,
-    near_chunk,
+    in_box,
     normalize_images,
     prepare_view,
     view_key,
@@ -310,7 +311,7 @@ class Segmenter:
         # across clouds, is encoded and back-projected once.
         self.feature_cache_size = 64
         self._features: OrderedDict[str, tuple] = OrderedDict()
-        self._backprojected: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._backprojected: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -396,11 +397,13 @@ class Segmenter:
         logits = torch.stack([lg for _, lg in cached]).unsqueeze(0)
         return feats, logits
 
-    def _backprojection(self, view: PosedView, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """The view's back-projected pixels: (points (M, 3) float32 world, pixel (M,) int64)."""
+    def _backprojection(self, view: PosedView, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The view's back-projected pixels: (points (M, 3) float32 world, pixel (M,) int64, the
+        points again as coordinate rows (3, M) for :func:`in_box`)."""
         found = self._backprojected.get(key)
         if found is None:
-            found = self._backprojected[key] = backproject_views([view])
+            q, pixel = backproject_views([view])
+            found = self._backprojected[key] = (q, pixel, np.ascontiguousarray(q.T))
         self._backprojected.move_to_end(key)
         return found
 
@@ -484,9 +487,10 @@ class Segmenter:
             shift = np.array([part.center[0], part.center[1], 0.0], dtype=np.float32)
             p_np[i, :len(pts)] = pts - shift
             qs, pix = [], []
+            box = chunk_box(pts)
             for v in part.views:  # each view's Q near the part, in view order (build_chunk_sample's order)
-                q, local = self._backprojection(views[v], keys[v])
-                near = near_chunk(q, pts)
+                q, local, q_rows = self._backprojection(views[v], keys[v])
+                near = in_box(q_rows, box)
                 qs.append(q[near])
                 pix.append(local[near] + slot[v] * pixels)
             if qs:

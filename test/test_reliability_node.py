@@ -9,6 +9,7 @@ every behaviour to the test that guards it.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -71,6 +72,29 @@ def publish_frames(h: Harness, poses_and_stamps, frame_id: str, pause_s: float =
         for pub, msg in zip((h.pub_rgb, h.pub_depth, h.pub_info), (rgb, depth, info)):
             pub.publish(msg)
         time.sleep(pause_s)
+
+
+@contextlib.contextmanager
+def transforms_arrive_after_the_first_lookup(h: Harness, frame_id: str, poses_and_stamps):
+    """Within the block, the node's first pose lookup for ``frame_id`` fails and, before it returns,
+    puts these transforms into its TF buffer, as when /tf (its own thread) brings them just after the
+    lookup. Yields an Event set once that happened."""
+    lookup = h.node._lookup_pose
+    arrived = threading.Event()
+
+    def lookup_then_transforms(frame, stamp_msg, timeout_s):
+        if frame == frame_id and not arrived.is_set():
+            arrived.set()
+            for T, t in poses_and_stamps:
+                h.node.tf_buffer.set_transform(compat.matrix_to_transform(T, "map", frame_id, stamp=stamp(t)), "test")
+            raise compat.ExtrapolationException("the transforms are not there yet")
+        return lookup(frame, stamp_msg, timeout_s)
+
+    h.node._lookup_pose = lookup_then_transforms
+    try:
+        yield arrived
+    finally:
+        h.node._lookup_pose = lookup
 
 
 def send_and_wait(h: Harness, publish, name: str, timeout: float = 10.0) -> None:
@@ -348,27 +372,14 @@ def test_waiting_frames_are_judged_in_stamp_order_when_transforms_arrive_part_wa
     assert wait_until(lambda: h.node.tf_buffer.can_transform("map", "midpass_camera", Time()), 10.0)
     h.node.buffer.clear()
     kept, waiting = counter(h, "views_kept"), counter(h, "frames_waiting_tf")
-    lookup = h.node._lookup_pose
-    arrived = threading.Event()
-
-    def transforms_arrive_during_the_first_lookup(frame_id, stamp_msg, timeout_s):
-        if frame_id == "midpass_camera" and not arrived.is_set():
-            arrived.set()  # the oldest frame's lookup fails, then the transforms are there
-            for T, t in zip(poses, stamps):  # up to the newest frame: within tf_timeout of the oldest one
-                h.node.tf_buffer.set_transform(
-                    compat.matrix_to_transform(T, "map", "midpass_camera", stamp=stamp(t)), "test")
-            raise compat.ExtrapolationException("the transforms are not there yet")
-        return lookup(frame_id, stamp_msg, timeout_s)
-
-    try:
-        publish_frames(h, zip(poses, stamps), "midpass_camera")
-        assert wait_until(lambda: counter(h, "frames_waiting_tf") - waiting >= len(poses), 10.0), \
-            dict(h.node.stats.counters)
-        h.node._lookup_pose = transforms_arrive_during_the_first_lookup
+    publish_frames(h, zip(poses, stamps), "midpass_camera")
+    assert wait_until(lambda: counter(h, "frames_waiting_tf") - waiting >= len(poses), 10.0), \
+        dict(h.node.stats.counters)
+    # the oldest frame's lookup fails, then the transforms up to the newest frame are there (within
+    # tf_timeout of the oldest one)
+    with transforms_arrive_after_the_first_lookup(h, "midpass_camera", zip(poses, stamps)) as arrived:
         assert wait_until(lambda: counter(h, "views_kept") - kept >= len(poses), 5.0), \
             (kept, waiting, {k: v for k, v in h.node.stats.counters.items() if "view" in k or "tf" in k})
-    finally:
-        h.node._lookup_pose = lookup
     assert arrived.is_set()
 
 
@@ -383,24 +394,10 @@ def test_a_frame_whose_transforms_arrive_far_ahead_just_after_its_lookup_failed_
     assert wait_until(lambda: h.node.tf_buffer.can_transform("map", "burst_camera", Time()), 10.0)
     h.node.buffer.clear()
     kept, failures = counter(h, "views_kept"), counter(h, "tf_failures")
-    lookup = h.node._lookup_pose
-    arrived = threading.Event()
-
-    def burst_after_the_first_lookup(frame_id, stamp_msg, timeout_s):
-        if frame_id == "burst_camera" and not arrived.is_set():
-            arrived.set()
-            for t in (base, base + 1.0):  # the frame's pose, and a transform far past tf_timeout
-                h.node.tf_buffer.set_transform(compat.matrix_to_transform(T, "map", "burst_camera", stamp=stamp(t)),
-                                               "test")
-            raise compat.ExtrapolationException("the transforms are not there yet")
-        return lookup(frame_id, stamp_msg, timeout_s)
-
-    h.node._lookup_pose = burst_after_the_first_lookup
-    try:
+    # the frame's pose, and a transform far past tf_timeout
+    with transforms_arrive_after_the_first_lookup(h, "burst_camera", [(T, base), (T, base + 1.0)]) as arrived:
         publish_frames(h, [(T, base)], "burst_camera")
         assert wait_until(lambda: counter(h, "views_kept") > kept or counter(h, "tf_failures") > failures, 10.0)
-    finally:
-        h.node._lookup_pose = lookup
     assert arrived.is_set()
     assert (counter(h, "views_kept"), counter(h, "tf_failures")) == (kept + 1, failures)
 

@@ -40,6 +40,7 @@ __all__ = [
     "LoadReport",
     "load_torchvision_resnet",
     "RESNET_LAYERS",
+    "upsample_2x",
 ]
 
 # Inference on the CPU runs the convolutions channels-last (see ResNetUNet.forward).

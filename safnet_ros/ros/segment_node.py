@@ -468,10 +468,12 @@ class SegmentNode(LifecycleNode):
 
     def _deactivate(self) -> None:
         self._stop_worker()
-        for timer in (self._retry_timer, self._diag_timer):
+        with self._pending_lock:  # frame callbacks start and stop the retry timer under this lock
+            timers = (self._retry_timer, self._diag_timer)
+            self._retry_timer = self._diag_timer = None
+        for timer in timers:
             if timer is not None:
                 self.destroy_timer(timer)
-        self._retry_timer = self._diag_timer = None
         if self._clock_jumps is not None:
             self._clock_jumps.unregister()
             self._clock_jumps = None

@@ -958,18 +958,20 @@ def main(args: Optional[list[str]] = None) -> int:
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1
-    if profile:
-        node.get_logger().info(f"Fast DDS profile: {profile}")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
+    executor: Optional[SingleThreadedExecutor] = None
+    try:  # from here on a signal means "running": one line, exit 0
+        if profile:
+            node.get_logger().info(f"Fast DDS profile: {profile}")
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
         # rclpy's spin() can raise RCLError when SIGINT shuts the context down as it builds its wait
         # set (exit 1 with a traceback on Ctrl-C); spin_resilient ends quietly there (ros/spin.py)
         spin_resilient(executor, node.context)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown(timeout_sec=1.0)
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
         shutdown.quietly(node.destroy_node)  # the context may be gone already
         rclpy.try_shutdown()
     return shutdown.exit_line(NODE_NAME, "running")

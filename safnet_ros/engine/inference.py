@@ -572,9 +572,7 @@ class Segmenter:
             if views:
                 result.warnings.append("no view covers the cloud: segmented 3D-only")
             return cov, np.ones(len(work), bool)
-        lo = work[covered].min(axis=0) - self.crop_margin
-        hi = work[covered].max(axis=0) + self.crop_margin
-        return cov, np.all((work >= lo) & (work <= hi), axis=1)
+        return cov, in_box(np.ascontiguousarray(work.T), chunk_box(work[covered], self.crop_margin))
 
     def _plan(self, work: np.ndarray, kept: np.ndarray, views: Sequence[PosedView], cov: np.ndarray,
               rng: np.random.Generator, acc: _Accumulator, result: SegmentResult) -> list[_Part]:

@@ -478,6 +478,26 @@ def test_node_sets_the_gil_switch_interval_of_its_process(harness):
     assert sys.getswitchinterval() == pytest.approx(0.0005)
 
 
+def test_the_worker_runs_torch_on_the_threads_asked_for(harness):
+    """``threads``: N = N torch threads for every cloud; 0 = the cores other processes left free, at
+    least 1 and at most torch's default (engine/cpu_share.py)."""
+    import torch
+
+    h = harness
+    base = h.base_stamp()
+    try:
+        for i, (threads, allowed) in enumerate([(1, {1.0}), (0, {float(n) for n in range(1, h.node._max_threads + 1)})]):
+            h.node.set_parameters([Parameter("threads", value=threads)])
+            t = base + 0.5 * (i + 1)
+            msg, _ = lidar_cloud(0.3, t)
+            h.pub_cloud.publish(msg)
+            assert h.wait_cloud(t) is not None, h.node.stats.counters
+            assert h.node.last_timings["threads"] in allowed, (threads, h.node.last_timings)
+    finally:
+        h.node.set_parameters([Parameter("threads", value=0)])
+    assert torch.get_num_threads() >= 1
+
+
 def test_node_runs_as_a_separate_process(harness, model_path, tmp_path):
     """``python -m safnet_ros.ros.segment_node --ros-args ...`` labels a cloud sent over DDS."""
     h = harness

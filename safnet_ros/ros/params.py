@@ -150,6 +150,10 @@ PARAMETERS: tuple[Param, ...] = (
     P("marker_stride", 4, "Every n-th segmented point becomes a marker point.", runtime=True, low=1, high=1000000),
     P("frustum_depth", 0.4, "Depth of the drawn view frustums, metres.", runtime=True, low=0.01, high=100.0),
     P("diagnostics_period", 1.0, "Seconds between /diagnostics messages (steady clock).", low=0.05, high=3600.0),
+    P("threads", 0, "torch threads of the inference worker: 0 = for each cloud, the cores that other processes "
+      "left idle since the previous one (1 at least, torch's default at most; Linux, elsewhere torch's default): "
+      "a team of threads waits at every barrier for the one the machine does not schedule | N = always N.",
+      runtime=True, low=0, high=1024),
     P("gil_switch_interval", 0.0005, "CPython's thread switch interval for this process, seconds "
       "(sys.setswitchinterval; 0 = leave Python's 0.005). Shorter lets the inference worker win the GIL back "
       "from the callback threads sooner after each torch op, which bounds a cloud's latency under load.",

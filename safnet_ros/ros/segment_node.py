@@ -70,6 +70,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
+from safnet_ros.engine.cpu_share import CoreShare, threads_for
 from safnet_ros.engine.inference import Segmenter
 from safnet_ros.engine.pipeline import KEPT, NOT_KEYFRAME, CloudOutput, SegmentationPipeline, transform_points
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
@@ -246,6 +247,8 @@ class SegmentNode(LifecycleNode):
         self._stop = threading.Event()
         self._mailbox = LatestMailbox()
         self._marker_box = LatestMailbox()  # the newest segmented cloud still to be drawn as markers
+        self._core_share = CoreShare()  # the cores other processes leave free (threads: 0)
+        self._max_threads = torch.get_num_threads()  # torch's own choice (OMP_NUM_THREADS, the cores)
         self._pending: deque[_PendingFrame] = deque()  # frames waiting for TF (bounded: MAX_PENDING_FRAMES)
         self._pending_lock = threading.Lock()
         self._jumps: Optional[StreamTimeJumps] = None
@@ -802,12 +805,20 @@ class SegmentNode(LifecycleNode):
             self._worker_idle.clear()
             msg, received = item
             try:
+                self._choose_threads()
                 self.process_cloud(msg, received)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
                 self.stats.count("worker_errors")
                 self.get_logger().error(
                     f"segmentation of a cloud failed: {type(exc).__name__}: {exc}", throttle_duration_sec=WARN_PERIOD_S
                 )
+
+    def _choose_threads(self) -> None:
+        """torch threads of this (the worker) thread for the next cloud: ``threads``, or with 0 the cores
+        other processes left free since the last cloud (engine/cpu_share.py; torch's default without /proc)."""
+        wanted = int(self._param("threads")) or threads_for(self._core_share.free_cores(), self._max_threads)
+        if wanted and wanted != torch.get_num_threads():
+            torch.set_num_threads(wanted)
 
     def process_cloud(self, msg: PointCloud2, received: Optional[float] = None) -> Optional[PointCloud2]:
         """Segment one cloud and publish the results; returns the labeled cloud (None when skipped).
@@ -852,6 +863,7 @@ class SegmentNode(LifecycleNode):
             "segment_cpu_s": segment_cpu,
             "encode_publish_s": done - t_enc, "total_s": done - received, "points": float(len(out.xyz)),
             "views": float(len(out.views)), "chunks": float(out.result.num_chunks),
+            "threads": float(torch.get_num_threads()),
             **{f"segment_{k}_s": float(v) for k, v in out.result.timings.items()},
         }
         if self._param("publish_markers") and self.pub_markers.get_subscription_count() > 0:

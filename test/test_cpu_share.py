@@ -60,6 +60,21 @@ def test_without_proc_there_is_no_answer_and_torch_keeps_its_default(tmp_path):
     assert threads_for(None, 2) is None
 
 
+def test_unreadable_or_garbled_proc_files_never_raise(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_share, "MIN_WINDOW_S", 0.0)
+    garbled = tmp_path / "garbled"
+    garbled.write_text("cpu  not numbers\n")
+    assert CoreShare(str(garbled), str(garbled)).free_cores() is None  # refused at the start
+    stat, self_stat = write_proc(tmp_path, busy=0, idle=0, mine=0)
+    share = CoreShare(stat, self_stat)
+    write_proc(tmp_path, busy=100, idle=100, mine=0)
+    answer = share.free_cores()
+    Path(self_stat).write_text("1234 (python3) S\n")  # truncated mid-run: the last answer stays
+    write_proc(tmp_path, busy=300, idle=100, mine=0)
+    Path(self_stat).write_text("1234 (python3) S\n")
+    assert share.free_cores() == answer
+
+
 @pytest.mark.parametrize("free, max_threads, want", [(0.0, 2, 1), (0.6, 2, 1), (1.4, 2, 1), (1.6, 2, 2),
                                                       (2.0, 2, 2), (7.9, 4, 4), (3.2, 8, 3)])
 def test_threads_are_the_free_cores_rounded_between_one_and_the_maximum(free, max_threads, want):

@@ -16,12 +16,11 @@ container limited to some of the host's CPUs, load on the others counts as free.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["CoreShare", "threads_for", "usable_cores", "MIN_WINDOW_S"]
+__all__ = ["CoreShare", "threads_for", "MIN_WINDOW_S"]
 
 #: Windows shorter than this (seconds) keep the previous answer: too few clock ticks to judge.
 MIN_WINDOW_S = 0.2
@@ -58,10 +57,16 @@ class CoreShare:
         self.available = self._stat.is_file() and self._self_stat.is_file()
         if self.available:
             self._last = self._read()
+            self.available = self._last is not None
 
-    def _read(self) -> tuple[int, int, int, float]:
-        busy, total, cpus = _system_ticks(self._stat.read_text())
-        return busy, total, _process_ticks(self._self_stat.read_text()), float(cpus)
+    def _read(self) -> Optional[tuple[int, int, int, float]]:
+        """(busy, total, this process's ticks, CPU count), or None where the files cannot be read or parsed
+        (the thread count is a tuning: it must never cost a cloud)."""
+        try:
+            busy, total, cpus = _system_ticks(self._stat.read_text())
+            return busy, total, _process_ticks(self._self_stat.read_text()), float(cpus)
+        except (OSError, ValueError, IndexError):
+            return None
 
     def free_cores(self) -> Optional[float]:
         """Cores (0..CPU count) that processes other than this one did not use since the last call;
@@ -71,7 +76,10 @@ class CoreShare:
         now = time.monotonic()
         if self._answer is not None and now - self._answered_at < MIN_WINDOW_S:
             return self._answer
-        busy, total, mine, cpus = self._read()
+        reading = self._read()
+        if reading is None:
+            return self._answer
+        busy, total, mine, cpus = reading
         d_busy, d_total, d_mine = busy - self._last[0], total - self._last[1], mine - self._last[2]
         if d_total <= 0:
             return self._answer
@@ -86,11 +94,3 @@ def threads_for(free_cores: Optional[float], max_threads: int) -> Optional[int]:
     if free_cores is None:
         return None
     return max(1, min(int(max_threads), int(round(free_cores))))
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity where the OS tells it, else the CPU count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1

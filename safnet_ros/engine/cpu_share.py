@@ -54,10 +54,13 @@ class CoreShare:
         self._last: Optional[tuple[int, int, int, float]] = None
         self._answer: Optional[float] = None
         self._answered_at = 0.0
-        self.available = self._stat.is_file() and self._self_stat.is_file()
-        if self.available:
+        if self._stat.is_file() and self._self_stat.is_file():
             self._last = self._read()
-            self.available = self._last is not None
+
+    @property
+    def available(self) -> bool:
+        """Whether ``/proc`` could be read at the start (else :meth:`free_cores` is always None)."""
+        return self._last is not None
 
     def _read(self) -> Optional[tuple[int, int, int, float]]:
         """(busy, total, this process's ticks, CPU count), or None where the files cannot be read or parsed
@@ -71,7 +74,7 @@ class CoreShare:
     def free_cores(self) -> Optional[float]:
         """Cores (0..CPU count) that processes other than this one did not use since the last call;
         None without ``/proc``. A window under :data:`MIN_WINDOW_S` returns the previous answer."""
-        if not self.available or self._last is None:
+        if self._last is None:
             return None
         now = time.monotonic()
         if self._answer is not None and now - self._answered_at < MIN_WINDOW_S:

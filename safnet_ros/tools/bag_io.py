@@ -46,7 +46,6 @@ CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 TF_MESSAGE = "tf2_msgs/msg/TFMessage"
 MARKER_ARRAY = "visualization_msgs/msg/MarkerArray"
-CLOCK = "rosgraph_msgs/msg/Clock"
 
 # Default topics and frames of a converted scene.
 COLOR_TOPIC = "/camera/color/image_raw"
@@ -188,10 +187,6 @@ def transform_stamped(matrix: np.ndarray, parent: str, child: str, ns: int) -> A
 def tf_message(transforms: Sequence[Any]) -> Any:
     """tf2_msgs/TFMessage holding the given TransformStamped messages."""
     return _T[TF_MESSAGE](transforms=list(transforms))
-
-
-def clock_message(ns: int) -> Any:
-    return _T[CLOCK](clock=stamp(ns))
 
 
 def image_message(pixels: np.ndarray, encoding: str, ns: int, frame_id: str) -> Any:

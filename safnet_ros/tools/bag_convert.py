@@ -1,62 +1,8 @@
 """ScanNet scene folder -> rosbag2 (mcap or sqlite3), written with rosbags: no ROS install needed.
 
-What the bag holds (docs/bags.md has the full table):
-
-======================================  ===========================  =====================================
-topic                                   type                         content
-======================================  ===========================  =====================================
-``/camera/color/image_raw``             sensor_msgs/Image            rgb8, frame ``camera_color_optical_frame``
-``/camera/depth/image_rect_raw``        sensor_msgs/Image            16UC1 millimetres, registered to colour
-``/camera/color/camera_info``           sensor_msgs/CameraInfo       size of the images above, K of the depth
-``/tf``                                 tf2_msgs/TFMessage           ``map`` -> ``camera_link`` per frame
-``/tf_static``                          tf2_msgs/TFMessage           ``camera_link`` -> optical (transient local)
-``/points``                             sensor_msgs/PointCloud2      mesh vertices in the camera's frustum
-======================================  ===========================  =====================================
-
-With ``compressed`` (``--compressed``) the images go out as image_transport's
-compressed topics instead of the raw ones, as a driver's ``/compressed``
-topics are recorded: ``/camera/color/image_raw/compressed``
-(sensor_msgs/CompressedImage, the scene's own JPEG bytes as they are when the
-colour keeps its size, else encoded once at JPEG quality 90) and
-``/camera/depth/image_rect_raw/compressedDepth`` (``16UC1; compressedDepth
-png``: a 12-byte ConfigHeader then a 16-bit PNG of millimetres); layouts in
-safnet_ros/ros/compressed.py.  A 1296x968 frame is then ~0.5 MB instead of
-6.3 MB, which DDS delivers whole at 30 Hz (the node's
-``image_transport:=compressed``).
-
-With ``second_camera`` (``--second-camera SEC``) a second camera of the same
-scene is written too: at each stamp t it shows the frame written SEC seconds
-later (wrapping around at the end of the recording), on
-``/camera2/color/image_raw``, ``/camera2/depth/image_rect_raw`` and
-``/camera2/color/camera_info`` in frame ``camera2_color_optical_frame``, with
-its own ``map`` -> ``camera2_link`` on ``/tf`` and ``camera2_link`` -> optical
-on ``/tf_static``.  ``/points`` then holds the vertices in either camera's
-frustum (a LiDAR sees around), so the two cameras look at different parts of
-each cloud.
-
-Decisions:
-
-* **Frame ``map`` is the axis-aligned scene frame**: the poses and the mesh
-  vertices both get the scene's ``axisAlignment`` (identity when the scene has
-  none), so the floor is z = 0 and walls follow the axes in RViz, and points and
-  poses stay consistent.  The matrix is stored in the bag's custom data
-  (``safnet.axis_alignment``) so ground truth can be matched.
-* **Registration**: colour and depth cover the same field of view (ScanNet's
-  registered streams), so depth is resampled to the output size by nearest
-  neighbour (no depth is ever interpolated); the output size is the colour
-  size, or ``resize``.  CameraInfo's K is the depth intrinsics scaled to the
-  output size (what the 3D back-projection uses, as the engine does).
-* **Stamps**: the recorded colour timestamps (relative to the first written
-  frame, starting at :data:`START_NS`); a frame whose timestamp does not
-  increase gets the previous stamp plus its frame-id gap at 30 Hz (counted in
-  ``stamps_synthesised``).  With ``rate`` every stamp is synthesised: frame id /
-  rate.
-* Frames whose pose is not finite (ScanNet's -inf: tracking lost) are skipped
-  and counted; ``skip=N`` keeps every N-th frame id.
-* Memory: one decoded frame at a time, plus the mesh vertices for ``/points``.
-* The bag is written into a hidden ``.NAME.safnet-new-PID`` folder beside the
-  output and swapped in when complete (:func:`safnet_ros.output_dir.staged_folder`),
-  so a killed run never leaves a complete-looking bag.
+Topics, frames, QoS and the design decisions (``map`` is the axis-aligned scene
+frame, registration, stamps, skipped frames, the second camera, compressed
+images, staging): docs/bags.md, ``safnet bag convert``.
 """
 from __future__ import annotations
 
@@ -75,7 +21,7 @@ from tqdm import tqdm
 from safnet_ros import output_dir as od
 from safnet_ros.data.scannet import ScanNetScene
 from safnet_ros.data.sens import COLOR_JPEG
-from safnet_ros.errors import ConfigError, MissingDataError
+from safnet_ros.errors import MissingDataError
 from safnet_ros.geometry.camera import project, resize_nearest, scale_intrinsics
 from safnet_ros.ros.compressed import COLOR_JPEG_FORMAT, compressed_topics, encode_color, encode_depth_mm
 from safnet_ros.tools import bag_io as bio
@@ -186,22 +132,14 @@ def convert_scene(
     the recorded ones; skip keeps every ``skip``-th frame id; resize (w, h) sets
     the image size (default: the colour size); cloud_rate (Hz, 0 = no cloud)
     and max_range (metres) shape ``/points``; second_camera (seconds, > 0)
-    adds the second camera of the module docstring, that many seconds of
-    frames ahead of the first; compressed writes image_transport's compressed
-    image topics instead of the raw ones.  An existing ``out`` raises
-    ConfigError unless ``overwrite``; missing scene parts raise one
-    MissingDataError naming them.
+    adds a second camera that many seconds of frames ahead of the first;
+    compressed writes image_transport's compressed image topics instead of
+    the raw ones (both: docs/bags.md).  The ranges are the CLI's (checked by
+    argparse).  An existing ``out`` raises ConfigError unless ``overwrite``;
+    missing scene parts raise one MissingDataError naming them.
     """
     started = time.perf_counter()
     plugin = bio.bag_storage_plugin(storage)
-    if skip < 1:
-        raise ConfigError(f"skip must be >= 1, got {skip}")
-    if rate is not None and not rate > 0:
-        raise ConfigError(f"rate must be positive, got {rate}")
-    if cloud_rate < 0 or not max_range > MIN_RANGE_M:
-        raise ConfigError(f"cloud rate must be >= 0 and max range > {MIN_RANGE_M} m, got {cloud_rate}, {max_range}")
-    if second_camera is not None and not (second_camera > 0 and np.isfinite(second_camera)):
-        raise ConfigError(f"second camera offset must be a positive number of seconds, got {second_camera}")
     out = od.claim(out, "bag convert", overwrite=overwrite, inputs=[scene_dir], what="output bag")
     scene = open_scene(scene_dir, need_mesh=cloud_rate > 0)
     source = scene.frames
@@ -223,10 +161,10 @@ def convert_scene(
         with od.output_lock(out, "output bag"), od.staged_folder(out, "bag convert", settings, create=False,
                                                                           overwrite=overwrite) as tmp, \
                 Writer(tmp, version=9, storage_plugin=plugin) as writer:
-            conns = _add_connections(writer, with_points=cloud_rate > 0, second_camera=second_camera is not None,
-                                     compressed=compressed)
-            _write_frames(writer, conns, source, _FrameSettings(align, K, out_wh, rate, skip, cloud_rate, max_range,
-                                                                second_camera, compressed),
+            cameras = CAMERAS if second_camera is not None else CAMERAS[:1]
+            conns = _add_connections(writer, cameras, with_points=cloud_rate > 0, compressed=compressed)
+            _write_frames(writer, conns, source, cameras, _FrameSettings(align, K, out_wh, rate, skip, cloud_rate,
+                                                                         max_range, second_camera, compressed),
                           cloud_xyz, cloud_rgb, summary, progress)
             writer.set_custom_data("safnet.source_scene", scene.name)
             writer.set_custom_data("safnet.axis_alignment", " ".join(repr(v) for v in summary.axis_alignment))
@@ -239,24 +177,24 @@ def convert_scene(
     return summary
 
 
-def image_topics(color_topic: str, depth_topic: str, compressed: bool) -> tuple[str, str]:
-    """The colour and depth topics a bag holds: the raw ones, or image_transport's compressed ones."""
-    return compressed_topics(color_topic, depth_topic) if compressed else (color_topic, depth_topic)
+#: The bag's cameras: (colour, depth, camera_info topic, link frame, optical frame); the second is
+#: ``--second-camera``'s.
+CAMERAS = (
+    (bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC, bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME),
+    (bio.CAMERA2_COLOR_TOPIC, bio.CAMERA2_DEPTH_TOPIC, bio.CAMERA2_INFO_TOPIC, bio.CAMERA2_LINK_FRAME,
+     bio.CAMERA2_OPTICAL_FRAME),
+)
 
 
-def _add_connections(writer: Any, with_points: bool, second_camera: bool = False,
-                     compressed: bool = False) -> dict[str, Any]:
+def _add_connections(writer: Any, cameras: tuple, with_points: bool, compressed: bool) -> dict[str, Any]:
     """The bag's connections by topic, with the QoS profiles they offer (``/tf_static`` transient local).
 
     With ``compressed`` the image connections are image_transport's compressed topics, still keyed by
     the raw topic names (what :func:`_write_camera` is given)."""
     image = bio.COMPRESSED_IMAGE if compressed else bio.IMAGE
-    cameras = [(bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC)]
-    if second_camera:
-        cameras.append((bio.CAMERA2_COLOR_TOPIC, bio.CAMERA2_DEPTH_TOPIC, bio.CAMERA2_INFO_TOPIC))
     topics = []  # (key, topic, type, qos)
-    for color, depth, info in cameras:
-        color_out, depth_out = image_topics(color, depth, compressed)
+    for color, depth, info, _link, _optical in cameras:
+        color_out, depth_out = compressed_topics(color, depth) if compressed else (color, depth)
         topics += [(color, color_out, image, bio.DEFAULT_QOS), (depth, depth_out, image, bio.DEFAULT_QOS),
                    (info, info, bio.CAMERA_INFO, bio.DEFAULT_QOS)]
     topics += [(t, t, bio.TF_MESSAGE, q) for t, q in ((bio.TF_TOPIC, bio.make_qos(100)),
@@ -283,7 +221,7 @@ class _FrameSettings:
 
 
 class FrameStamper:
-    """Bag stamps (int ns) for frames in id order (see the module docstring).
+    """Bag stamps (int ns) for frames in id order (docs/bags.md, "Stamps").
 
     ``rate`` given: ``START_NS + (id - first id) / rate``. Otherwise the
     recorded timestamps relative to the first frame's; a stamp that would not
@@ -352,10 +290,10 @@ def _compressed_images(source: Any, frame: Any, cfg: _FrameSettings) -> tuple[tu
 
 
 def _write_camera(write: Any, conns: dict[str, Any], cfg: _FrameSettings, frame: Any, ns: int,
-                  topics: tuple[str, str, str], frames: tuple[str, str], optical_to_link: np.ndarray,
-                  source: Any = None) -> np.ndarray:
-    """One camera's TF (map -> link), colour, depth and camera_info at ``ns``; returns its (4, 4) optical pose."""
-    link, optical = frames
+                  camera: tuple[str, ...], optical_to_link: np.ndarray, source: Any) -> np.ndarray:
+    """One camera (of :data:`CAMERAS`): its TF (map -> link), colour, depth and camera_info at ``ns``;
+    returns its (4, 4) optical pose."""
+    *topics, link, optical = camera
     pose = cfg.align @ frame.camera_to_world
     pose[:3, :3] = bio.orthonormalize(pose[:3, :3])  # float32 poses are not exactly rigid; TF needs a rotation
     write(conns[bio.TF_TOPIC], ns, bio.serialize(bio.tf_message(
@@ -371,7 +309,7 @@ def _write_camera(write: Any, conns: dict[str, Any], cfg: _FrameSettings, frame:
     return pose
 
 
-def _write_frames(writer: Any, conns: dict[str, Any], source: Any, cfg: _FrameSettings,
+def _write_frames(writer: Any, conns: dict[str, Any], source: Any, cameras: tuple, cfg: _FrameSettings,
                   cloud_xyz: Optional[np.ndarray], cloud_rgb: Optional[np.ndarray],
                   summary: ConvertSummary, progress: bool) -> None:
     """The frame loop of :func:`convert_scene`: one decoded frame in memory at a time."""
@@ -399,20 +337,14 @@ def _write_frames(writer: Any, conns: dict[str, Any], source: Any, cfg: _FrameSe
         frame = source.get(i)
         ns = stamper(i, frame.timestamp_us)
         if summary.frames_written == 0:
-            statics = [bio.transform_stamped(bio.LINK_TO_OPTICAL, bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME, ns)]
-            if camera2_of:
-                statics.append(bio.transform_stamped(bio.LINK_TO_OPTICAL, bio.CAMERA2_LINK_FRAME,
-                                                     bio.CAMERA2_OPTICAL_FRAME, ns))
+            statics = [bio.transform_stamped(bio.LINK_TO_OPTICAL, link, optical, ns)
+                       for *_topics, link, optical in cameras]
             write(conns[bio.TF_STATIC_TOPIC], ns, bio.serialize(bio.tf_message(statics)))
-        pose = _write_camera(write, conns, cfg, frame, ns, (bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC),
-                             (bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME), optical_to_link, source)
+        poses = [_write_camera(write, conns, cfg, frame, ns, cameras[0], optical_to_link, source)]
         del frame
-        poses = [pose]
         if camera2_of:  # the frame `offset` ahead, published now as the second camera (decoded again)
-            poses.append(_write_camera(
-                write, conns, cfg, source.get(camera2_of[i]), ns,
-                (bio.CAMERA2_COLOR_TOPIC, bio.CAMERA2_DEPTH_TOPIC, bio.CAMERA2_INFO_TOPIC),
-                (bio.CAMERA2_LINK_FRAME, bio.CAMERA2_OPTICAL_FRAME), optical_to_link, source))
+            poses.append(_write_camera(write, conns, cfg, source.get(camera2_of[i]), ns, cameras[1],
+                                       optical_to_link, source))
         if cloud_xyz is not None and (last_cloud_ns is None or ns - last_cloud_ns >= cloud_period - 1000):
             pts = frustum_cloud_any(cloud_xyz, cloud_rgb, cfg.K, poses, cfg.out_wh, cfg.max_range)
             write(conns[bio.POINTS_TOPIC], ns, bio.serialize(bio.pointcloud_message(pts, ns, bio.MAP_FRAME)))

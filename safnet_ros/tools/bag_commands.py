@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range, size_wh
 
@@ -155,18 +154,13 @@ def run_segment_bag(args: argparse.Namespace) -> int:
         check_output_file(args.map, "--map file")
         od.check_separate(args.map, [args.bag], "--map file")
         check_overwritable(args.map, "--map file")  # never over a file that is not a safnet map
-    with od.output_lock(args.out_bag, "output bag"):
-        guarded_segment_bag(args, segment_bag, topics)
+    with od.output_lock(args.out_bag, "output bag"):  # segment_bag keeps to docs/reliability.md's output rules
+        summary = segment_bag(
+            args.bag, args.out_bag, model=args.model, device=args.device, num_views=args.num_views, topics=topics,
+            max_views=args.max_views, storage=args.storage, overwrite=args.overwrite,
+            progress=not args.quiet and sys.stderr.isatty(), map_path=args.map, map_voxel_size=args.map_voxel_size,
+            map_max_voxels=args.map_max_voxels, map_fusion=args.map_fusion, map_smoothing=args.map_smoothing,
+            map_smoothing_cell=args.map_smoothing_cell, precision=args.precision, outside_views=args.outside_views,
+        )
+        print("\n".join(summary.lines()))
     return 0
-
-
-def guarded_segment_bag(args: argparse.Namespace, segment_bag: Any, topics: Any) -> None:
-    """Run ``segment_bag`` (which keeps to the output-folder rules of docs/reliability.md and marks OUT_BAG)."""
-    summary = segment_bag(
-        args.bag, args.out_bag, model=args.model, device=args.device, num_views=args.num_views, topics=topics,
-        max_views=args.max_views, storage=args.storage, overwrite=args.overwrite,
-        progress=not args.quiet and sys.stderr.isatty(), map_path=args.map, map_voxel_size=args.map_voxel_size,
-        map_max_voxels=args.map_max_voxels, map_fusion=args.map_fusion, map_smoothing=args.map_smoothing,
-        map_smoothing_cell=args.map_smoothing_cell, precision=args.precision, outside_views=args.outside_views,
-    )
-    print("\n".join(summary.lines()))

@@ -1,30 +1,10 @@
 """``safnet segment-bag``: the node's pipeline run offline over a whole rosbag2 (batch evaluation, CI).
 
-The node's own parts, without rclpy or DDS, deterministic and as fast as the
-model allows:
-
-1. the bag's ``/tf`` and ``/tf_static`` are read first into the node's
-   :class:`~safnet_ros.ros.tf_tree.TfTree` (a lookup outside the recorded span
-   raises extrapolation, as the node's buffer does);
-2. colour, depth and camera_info are read in time order and paired by stamp
-   (nearest within ``slop``); each pair goes through the node's
-   :class:`~safnet_ros.engine.pipeline.SegmentationPipeline`: the stamp
-   interval is judged first, then the camera pose at the depth stamp, and a
-   keyframe only is decoded (:func:`safnet_ros.ros.codecs.decode_rgbd`) and
-   kept as a view;
-3. every cloud is brought into the fixed frame and segmented with the views
-   buffered so far; the node's ``~/labeled_cloud`` and ``~/similarity_markers``
-   messages are written at the cloud's receive time under the node's topic
-   names (:data:`~safnet_ros.tools.bag_io.LABELED_CLOUD_TOPIC`,
-   :data:`~safnet_ros.tools.bag_io.MARKERS_TOPIC`), so config/safnet.rviz shows
-   the output bag played back;
-4. with ``map_path`` (``--map MAP.ply``) every segmented cloud is fused into a
-   :class:`~safnet_ros.mapping.SemanticVoxelMap` (the node's map, same rule
-   and settings), saved to the PLY at the end (docs/ros_node.md).
-
-Latency per cloud is the wall time from the decoded cloud to its encoded
-output (mostly the model).  Frames and clouds that cannot be used (no pose at
-their stamp, no matching image) are counted, never dropped silently.
+The node's own parts (TF tree, codecs, :class:`~safnet_ros.engine.pipeline.SegmentationPipeline`,
+semantic map) without rclpy or DDS, deterministic; what it reads, does and
+writes: docs/bags.md, ``safnet segment-bag``.  Frames and clouds that cannot be
+used (no pose at their stamp, no matching image) are counted, never dropped
+silently.
 """
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
 """The chain of ``safnet demo``: synthetic scene -> rosbag2 -> the ROS 2 node -> votes, map, PLY, PNG, mIoU.
 
-:mod:`safnet_ros.tools.demo_command` is the command (its options, and the
-description of the stages, the transport, the scoring and ``--offline``); this
-module runs it: :func:`make_scene`, :func:`replay_through_node` (the bag played
-into a :class:`~safnet_ros.ros.segment_node.SegmentNode` over rclpy/DDS),
-:func:`accumulate` and :func:`score_map` (votes per mesh vertex, the node's
-semantic map), :func:`write_outputs` and :func:`print_summary`;
-:func:`run_offline` is ``--offline`` (the Segmenter over the whole mesh).
+The command, its options and the design of the chain: :mod:`safnet_ros.tools.demo_command`.
 """
 from __future__ import annotations
 
@@ -174,8 +168,7 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
         bar.update(1)
 
     # DDS on a loaded 2-core machine can deliver a transform after its cloud: wait longer than live
-    extra, parameters = parameters, {"tf_timeout": TF_TIMEOUT_S, "warm_up": False}
-    parameters.update(extra or {})
+    parameters = {"tf_timeout": TF_TIMEOUT_S, "warm_up": False, **(parameters or {})}
     if map_path is not None:  # the node writes maps only inside its map_directory, fixed at start
         parameters["map_directory"] = str(Path(map_path).resolve().parent)
     try:
@@ -250,14 +243,21 @@ def second_camera_block(one: ReplayResult, two: ReplayResult, offset_s: float, o
             "gain_share": b["evidence_share"] - a["evidence_share"]}
 
 
+def _clouds_in(replay: ReplayResult, fixed_frame: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(xyz (M, 3) metres, structured array) of every labelled cloud in ``fixed_frame``, in stamp order.
+
+    The listener has no TF: a cloud in another frame cannot be placed in the scene.
+    """
+    return [(np.stack([arr["x"], arr["y"], arr["z"]], axis=1), arr)
+            for _stamp, frame_id, arr in sorted(replay.clouds, key=lambda c: c[0])
+            if frame_id.lstrip("/") == fixed_frame]
+
+
 def single_cloud_vertex_labels(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map") -> list[np.ndarray]:
     """Per labelled cloud (in stamp order), the label it gave each scene vertex: (V,) int64, -1 where it gave none."""
     votes = VertexVotes(scene.xyz, NUM_CLASSES)  # its KD-tree over distinct vertex positions is reused
     out = []
-    for _stamp, frame_id, arr in sorted(replay.clouds, key=lambda c: c[0]):
-        if frame_id.lstrip("/") != fixed_frame:
-            continue
-        xyz = np.stack([arr["x"], arr["y"], arr["z"]], axis=1)
+    for xyz, arr in _clouds_in(replay, fixed_frame):
         labels = arr["label"].astype(np.int64)
         position = votes.positions_of(xyz)
         ok = (position >= 0) & (labels < NUM_CLASSES)
@@ -335,14 +335,10 @@ def _wait_until_settled(node: Any, result: ReplayResult, lock: threading.Lock, p
 def accumulate(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map") -> tuple[VertexVotes, int]:
     """Votes per scene vertex from the labelled clouds; returns (votes, clouds left out for their frame)."""
     votes = VertexVotes(scene.xyz, NUM_CLASSES)
-    wrong_frame = 0
-    for _stamp, frame_id, arr in sorted(replay.clouds, key=lambda c: c[0]):
-        if frame_id.lstrip("/") != fixed_frame:
-            wrong_frame += 1  # the listener has no TF: such a cloud cannot be placed in the scene
-            continue
-        xyz = np.stack([arr["x"], arr["y"], arr["z"]], axis=1)
+    clouds = _clouds_in(replay, fixed_frame)
+    for xyz, arr in clouds:
         votes.add(xyz, arr["label"], arr["similarity"] if "similarity" in arr.dtype.names else None)
-    return votes, wrong_frame
+    return votes, len(replay.clouds) - len(clouds)
 
 
 # ----------------------------------------------------------------------------- scoring and outputs
@@ -379,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cloud_rate is None:
         args.cloud_rate = 4.0 if args.fast else 2.0
     check_arguments(frames, args.rate, args.cloud_rate)
-    if args.offline and getattr(args, "second_camera", None) is not None:
+    if args.offline and args.second_camera is not None:
         raise ConfigError("--second-camera needs the bag and the node: it cannot be combined with --offline")
     progress = not args.no_progress
     out = check_output_dir(args.out, "demo output folder")  # a regular file there: refused before any work
@@ -421,7 +417,7 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
     """Stages 2-6 of the default chain (module docstring); returns the summary."""
     bag = out / f"{scene.name}.mcap_bag"
     _stage(2, f"converting it to a rosbag2 (mcap, /points at {args.cloud_rate} Hz): {bag}")
-    second = getattr(args, "second_camera", None)
+    second = args.second_camera
     conv = convert_scene(scene.path, bag, storage="mcap", cloud_rate=args.cloud_rate, overwrite=True,
                          progress=progress, second_camera=second)
     seg = _load_segmenter(args, 3)
@@ -450,8 +446,6 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
     summary = score_labels(scene.truth, labels)
     # the vote's ties go to the lower class index (wall, floor, cabinet, bed, chair ...): how much that decides
     random_ties = [score_labels(scene.truth, votes.labels(ties="random", seed=s))["miou"] for s in range(5)]
-    summary["vote_tied_vertices"] = int(votes.tied().sum())
-    summary["miou_random_ties"] = float(np.mean(random_ties))
     map_block, map_labels = score_map(scene, replay, single_cloud_vertex_labels(scene, replay))
     _stage(6, "writing the labelled PLY and rendering the PNG")
     ply_path, png_path = write_outputs(out, scene, labels, votes.similarity(),
@@ -479,8 +473,8 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
         "points_unmatched": votes.points_unmatched,
         "points_not_segmented": votes.points_not_segmented,
         **_result_fields(seg, summary),
-        "vote_tied_vertices": summary["vote_tied_vertices"],
-        "miou_random_ties": summary["miou_random_ties"],
+        "vote_tied_vertices": int(votes.tied().sum()),
+        "miou_random_ties": float(np.mean(random_ties)),
         "single_cloud_miou_mean": map_block["single_cloud_miou_mean"],
         "map": map_block,
         "latency_mean_s": float(lat.mean()) if lat.size else float("nan"),

@@ -1,57 +1,27 @@
 """``safnet demo`` (``make demo``): a synthetic scene through a rosbag2 and the real ROS 2 node.
 
-Default chain (6 stages, one ``[demo] k/6`` line each)::
+The six stages, the outputs and the options: README.md, "What `make demo`
+does". Decisions a reader of :mod:`safnet_ros.tools.demo` needs:
 
-    synthetic ScanNet scene ─▶ rosbag2 (mcap, safnet bag convert) ─▶ BagPlayer ──rclpy/DDS (loopback)──▶
-    SegmentNode (shipped model) ─▶ ~/labeled_cloud ─▶ votes per mesh vertex ─▶ labelled PLY, PNG, mIoU
-
-* Transport is real: the player, the node and a listener are three rclpy nodes
-  of one process talking over DDS restricted to this machine
-  (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and a private ``ROS_DOMAIN_ID``
-  are set when unset, before rclpy starts).  Transforms reach the node on
-  ``/tf`` and ``/tf_static`` (tf2_msgs/TFMessage, generated at setup where no
-  ROS 2 install has it); the player and the node pick that path by one shared
-  test (:mod:`safnet_ros.ros.tf_path`), reported in the summary.
-* The bag's ``/points`` are mesh vertices in the camera's frustum, in ``map``
-  (the axis-aligned scene frame).  Each labelled point is matched back to its
-  scene vertex by nearest neighbour within 1 mm
-  (:mod:`safnet_ros.tools.vertex_votes`); a vertex
-  takes the majority of the labels it received.  Points farther than that, and
-  clouds not in ``map``, are counted and left out (never silently).
-* Scoring is over the vertices that received a label (coverage = those / all).
-* The semantic map: the node fuses every labelled cloud into its voxel map
-  (docs/ros_node.md); after the replay the demo saves it through the node's
-  real ``~/save_map`` service (``<scene>_map.ply``), transfers its labels to the
-  scene vertices (nearest voxel within one voxel edge) and scores them the
-  same way: ``summary.json`` → ``"map"``, beside the mean single-cloud mIoU
-  (each labelled cloud scored alone on the vertices it labelled) and the
-  per-vertex majority vote above. The PNG has a "semantic map" column.
-* Latency is measured from the moment the listener receives a ``/points``
-  cloud to the moment it receives the labelled cloud with the same stamp (DDS
-  both ways, queueing and inference included); the node's own diagnostics
-  window mean is reported beside it.
-* The bag is played slower than real time (``--rate``, default 0.25) so that a
-  2-core CPU segments every cloud; clouds the node still drops are counted.
-  The model runs once on a few vertices before the replay (torch's first call
-  costs seconds), and the node's ``tf_timeout`` is 1 s instead of 0.1 s: on a
-  loaded machine DDS may deliver a transform after the cloud stamped with it.
-  The Segmenter has the node's default settings (:data:`safnet_ros.tools.demo.NODE_SEGMENTER_SETTINGS`).
-
-``--second-camera [SEC]`` (default 3 s) converts the scene with a second camera
-(``safnet bag convert --second-camera``: the frame SEC ahead on ``/camera2/...``)
-and replays the bag twice: once with the first camera only (the run scored and
-rendered as above), once with both (node parameter ``cameras: [camera,
-camera2]``). The summary gives, for both runs, the share of the labelled points
-with image evidence (non-zero ``similarity`` on ``~/labeled_cloud``) and the
-views kept, and the gain (``summary.json`` -> ``"second_camera"``). The bag's
-``/points`` then hold the vertices in either camera's frustum, so the scored
-run's coverage and mIoU are not those of the plain demo (whose bag has one camera).
-
-``--offline`` runs the same scene and scoring without bag or node: the
-Segmenter over the whole mesh with every 5th frame as a candidate view.
-
-With no ``--model`` the shipped default model is used; when none is shipped an
-untrained model runs, its labels are meaningless and every output says so.
+* Player, node and listener are three rclpy nodes of one process over DDS kept
+  on loopback in a private ``ROS_DOMAIN_ID`` (both set when unset, before
+  rclpy starts); transforms take the player's and the node's shared path
+  (:mod:`safnet_ros.ros.tf_path`).
+* A labelled point is matched to its scene vertex within 1 mm
+  (:mod:`safnet_ros.tools.vertex_votes`); points farther than that, and clouds
+  not in ``map``, are counted and left out, never silently.  Scores are over
+  the vertices that received a label (coverage = those / all).
+* Latency runs from the listener receiving a ``/points`` cloud to it receiving
+  the labelled cloud with the same stamp (DDS both ways, queueing and
+  inference); the node's diagnostics window mean is reported beside it.
+* The bag plays slower than real time (``--rate``) so that 2 CPU cores segment
+  every cloud; the model is warmed up before the replay (torch's first call
+  costs seconds), and the node's ``tf_timeout`` is 1 s: on a loaded machine
+  DDS may deliver a transform after the cloud stamped with it.  The Segmenter
+  has the node's defaults (:data:`safnet_ros.tools.demo.NODE_SEGMENTER_SETTINGS`).
+* ``--second-camera``: the bag's ``/points`` cover both cameras' frustums, so
+  the scored (first-camera) run's coverage and mIoU are not the plain demo's.
+* ``--offline``: the Segmenter over the whole mesh, every 5th frame a candidate view.
 """
 from __future__ import annotations
 

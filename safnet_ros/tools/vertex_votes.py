@@ -87,11 +87,6 @@ class VertexVotes:
             self.similarity_sum += np.bincount(v[ok], weights=s[ok], minlength=p)
             self.similarity_n += np.bincount(v[ok], minlength=p)
 
-    @property
-    def labelled(self) -> np.ndarray:
-        """(N,) bool: vertices that received at least one label."""
-        return self.per_vertex(self.counts.sum(axis=1) > 0)
-
     def labels(self, ties: str = "lowest", seed: int = 0) -> np.ndarray:
         """(N,) int64 majority class per vertex; -1 where none was received.
 

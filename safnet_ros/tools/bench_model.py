@@ -1,39 +1,19 @@
-"""``safnet bench model``: forward latency and peak memory of SAFNet vs PointNet++.
+"""``safnet bench model``: forward latency and peak memory of SAFNet vs PointNet++ (docs/benchmarks.md).
 
-For every preset x number of points x number of views it times the full model's
-forward pass (eval mode, ``torch.inference_mode``) on a synthetic chunk whose
-views are ``W x H`` (160 x 120) and fully valid (M = V * H * W back-projected
-pixels), and the PointNet++ baseline of the same preset on the same points.
-
-* Latency: the median of ``--repeats`` runs after ``--warmup`` runs, milliseconds
-  (on CUDA each run is synchronised). Also the median process CPU time per run
-  (``time.process_time``): with ``--threads 1`` it is the latency the run would
-  have on an idle core, which matters on a shared machine where other processes
-  inflate wall times (the load average is printed with the table).
-* Peak memory, over the warm-up and timed runs (activations and workspace; the
-  weights and the input are allocated before): on CUDA
-  ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` minus
-  the memory allocated before. On the CPU the growth of the process's peak
-  resident set: freed heap memory is first returned to the OS (glibc
-  ``malloc_trim``), then Linux ``VmHWM`` (``/proc/self/status``) is reset by
-  writing ``5`` to ``/proc/self/clear_refs`` and read after the runs, minus the
-  resident set at that moment; where that is unavailable, ``resource.getrusage``'s
-  ``ru_maxrss`` (lifetime peak, so later rows may read 0).
-
-The chunk: P sampled on a floor, two walls and a box inside a 1.5 x 1.5 m chunk,
-Q sampled on the same surfaces with 5 mm noise; labels are irrelevant here.
-
-``--profile`` adds, per row, the median time of each stage of the SAFNet forward
-(:mod:`safnet_ros.model.stages`: 2D net, FPS, neighbour search, SA MLPs, FP MLPs,
-2D->3D aggregation, GSM, CSM, fusion, and the rest), measured in separate runs
-after the timed ones, and of PointNet++'s.
-
-``--precision fp32,bf16`` times every row at each precision (both models under
-the same ``torch.autocast``; ``auto`` = what the node would pick on this machine).
+For every preset x points x views x ``--precision`` it times the full model's
+forward pass (eval mode, ``torch.inference_mode``, both models under the same
+``torch.autocast``) on :func:`synthetic_bench_batch`, and the PointNet++
+baseline of the same preset on the same points: the median wall time of
+``--repeats`` runs after ``--warmup`` (synchronised on CUDA), the median
+process CPU time (with ``--threads 1``, the latency on an idle core: other
+processes inflate wall times on a shared machine) and the peak memory of
+activations and workspace (:func:`_measure`).  ``--profile`` adds the median
+time of each stage of the forward (:mod:`safnet_ros.model.stages`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -96,7 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------- input
 def synthetic_bench_batch(num_points: int, num_views: int, height: int, width: int, device: Any, seed: int = 0):
-    """A :class:`ChunkBatch` (B = 1) of ``num_points`` points and ``num_views`` views."""
+    """A :class:`ChunkBatch` (B = 1) of ``num_points`` points and ``num_views`` fully valid views.
+
+    P sampled on a floor, two walls and a box inside a 1.5 x 1.5 m chunk, Q (M = V * H * W
+    back-projected pixels) on the same surfaces with 5 mm noise; labels are irrelevant here.
+    """
     g = torch.Generator().manual_seed(seed)
 
     def on_surfaces(n: int) -> "torch.Tensor":
@@ -129,50 +113,47 @@ def synthetic_bench_batch(num_points: int, num_views: int, height: int, width: i
 
 
 # ---------------------------------------------------------------------- measuring
+def _status_kb(key: str) -> int:
+    """A ``kB`` field of /proc/self/status (0 when absent)."""
+    with open("/proc/self/status") as f:
+        return next((int(line.split()[1]) for line in f if line.startswith(key + ":")), 0)
+
+
+def _max_rss() -> int:
+    """The process's lifetime peak resident set, bytes (``ru_maxrss``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class _CpuPeak:
-    """Peak RSS growth (bytes) of this process around a block of work."""
+    """Peak RSS growth (bytes) of this process around a block of work.
 
-    def __init__(self) -> None:
-        self.proc = os.path.exists("/proc/self/clear_refs") and os.path.exists("/proc/self/status")
-
-    @staticmethod
-    def _status_kb(key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        return 0
-
-    @staticmethod
-    def _trim() -> None:
-        """Give memory freed by earlier rows back to the OS (glibc), so it is not
-        counted as this row's floor or reused invisibly."""
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    Freed heap memory is first returned to the OS (glibc ``malloc_trim``: memory of
+    earlier rows is neither this row's floor nor reused invisibly), then Linux
+    ``VmHWM`` is reset (``5`` into /proc/self/clear_refs) and read after the work,
+    minus the RSS at the start.  Where that is unavailable, ``ru_maxrss`` (a
+    lifetime peak, so later rows may read 0).
+    """
 
     def start(self) -> None:
-        self._trim()
-        if self.proc:
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")  # resets VmHWM to the current RSS
-            except OSError:
-                self.proc = False
-        if self.proc:
-            self.base = self._status_kb("VmRSS") * 1024
-        else:
-            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            self.base, self.proc = _status_kb("VmRSS") * 1024, True
+        except OSError:
+            self.base, self.proc = _max_rss(), False
 
     def stop(self) -> int:
-        if self.proc:
-            return max(0, self._status_kb("VmHWM") * 1024 - self.base)
-        return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base)
+        return max(0, (_status_kb("VmHWM") * 1024 if self.proc else _max_rss()) - self.base)
 
 
 def _measure(fn: Callable[[], Any], device: Any, repeats: int, warmup: int) -> tuple[float, int, float]:
-    """(median wall ms, peak bytes, median process CPU ms) of ``fn``."""
+    """(median wall ms, peak bytes, median process CPU ms) of ``fn``.
+
+    Peak bytes over the warm-up and timed runs (the weights and the input are allocated before): on CUDA
+    ``torch.cuda.max_memory_allocated`` minus the memory allocated before, on the CPU :class:`_CpuPeak`.
+    """
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -220,10 +201,8 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
               repeats: int = 5, warmup: int = 1, height: int = 120, width: int = 160,
               threads: int = 2, profile: bool = False, precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
     """Run the grid; returns ``{"machine": {...}, "rows": [...]}`` (one row per preset x points x views x
-    precision)."""
+    precision).  Counts are in the CLI's ranges (argparse checks them)."""
     malloc_tuned = tune_cpu_allocator()  # what the CLI, the node and Segmenter run with
-    if repeats < 1 or warmup < 0:
-        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -245,19 +224,17 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
                         pn_by_precision[precision] = _measure(lambda b=batch, m=baseline: m(b), dev, repeats, warmup)
                     pn_ms, pn_mem, pn_cpu = pn_by_precision[precision]
                     ms, mem, cpu = _measure(lambda b=batch, m=model: m(b), dev, repeats, warmup)
+                    stages = {}
                     if profile:
-                        stages = _profile(lambda b=batch, m=model: m(b), dev, repeats)
-                        pn_stages = _profile(lambda b=batch, m=baseline: m(b), dev, repeats)
+                        stages = {"safnet_stages_ms": _profile(lambda b=batch, m=model: m(b), dev, repeats),
+                                  "pointnet2_stages_ms": _profile(lambda b=batch, m=baseline: m(b), dev, repeats)}
                 rows.append({
                     "preset": name, "points": n, "views": v, "precision": precision, "q_points": v * height * width,
                     "safnet_ms": round(ms, 1), "pointnet2_ms": round(pn_ms, 1),
                     "ratio": round(ms / pn_ms, 2) if pn_ms else None,
                     "safnet_peak_mb": round(mem / 2**20, 1), "pointnet2_peak_mb": round(pn_mem / 2**20, 1),
-                    "safnet_cpu_ms": round(cpu, 1), "pointnet2_cpu_ms": round(pn_cpu, 1),
+                    "safnet_cpu_ms": round(cpu, 1), "pointnet2_cpu_ms": round(pn_cpu, 1), **stages,
                 })
-                if profile:
-                    rows[-1]["safnet_stages_ms"] = stages
-                    rows[-1]["pointnet2_stages_ms"] = pn_stages
                 del batch
         del model, baseline
     machine = {

@@ -1,34 +1,17 @@
 """``safnet bench soak``: loop a bag through the real segmentation node and watch memory, latency and drops.
 
-The soak proves the node can run for a long time on a robot: a rosbag2 (by
-default a small synthetic scene converted once, frames and clouds at
-``--rate`` Hz) is replayed in a loop by :class:`~safnet_ros.ros.bag_player.BagPlayer`
-and fed, over real DDS in this process, to a
-:class:`~safnet_ros.ros.segment_node.SegmentNode`. Every loop makes time jump
-back, so the node must clear its buffers and carry on.
-
-Measured:
-
-* RSS (``VmRSS`` of ``/proc/self/status``, MiB) every ``--sample-period``
-  seconds; the slope (MiB per minute) is a least-squares line over the second
-  half of the run (the first half includes warm-up: allocator pools, caches);
-* latency (cloud received to labeled cloud published, seconds) of every
-  labeled cloud, from the node's ``last_timings``: p50 / p90 / p99;
-* the node's counters: clouds received, segmented, dropped (newest wins),
-  decode errors, TF failures, time jumps, worker errors;
-* the node's semantic map (on by default): voxels at every sample, the most it
-  ever held after an update (``map_peak_voxels``, never above
-  ``--map-max-voxels``), voxels evicted, clears (one per bag loop: time jumps
-  back) and the mean update time.
-
-It prints a table (or JSON with ``--json``) and writes ``soak.json`` and
-``soak_rss.png`` (RSS over time) into ``--out``.
+A rosbag2 (by default a small synthetic scene converted once, frames and clouds
+at ``--rate`` Hz) is replayed in a loop by :class:`~safnet_ros.ros.bag_player.BagPlayer`
+into a :class:`~safnet_ros.ros.segment_node.SegmentNode` over real DDS in this
+process; every loop makes time jump back, so the node must clear its buffers
+and carry on.  :class:`SoakReport` holds what is measured; it is printed as a
+table (or JSON with ``--json``) and written with the RSS plot into ``--out``
+(docs/benchmarks.md, "Soak").
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import threading
@@ -43,7 +26,6 @@ from matplotlib.figure import Figure
 
 from safnet_ros import output_dir as od
 from safnet_ros.engine.inference import Segmenter
-from safnet_ros.errors import ConfigError
 from safnet_ros.ros.params import SPECS  # the node's parameter table: plain data, no rclpy
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.tools import bag_io as bio
@@ -105,7 +87,13 @@ def growing_share(times_s: list[float], rss_mib: list[float], step_mib: float = 
 
 @dataclass
 class SoakReport:
-    """What a soak run measured (times in seconds, memory in MiB)."""
+    """What a soak run measured (times in seconds, memory in MiB).
+
+    ``samples``: (time, RSS) every ``--sample-period``; the slope is over the second half of the run
+    (the first includes warm-up: allocator pools, caches).  Latency: cloud received to labelled cloud
+    published, from the node's ``last_timings``.  ``map_peak_voxels``: the most the node's semantic map
+    held after an update (never above ``map_max_voxels``); ``map_clears``: one per bag loop.
+    """
 
     minutes: float
     bag: str
@@ -195,19 +183,14 @@ def soak(
     bag or model.
     """
     from safnet_ros.ros.bag_session import BagSession  # noqa: PLC0415 - rclpy outside ros/: loaded when a soak runs, not when tools import this module
-    if not minutes > 0:
-        raise ConfigError(f"minutes must be positive, got {minutes}")
-    if not rate > 0:
-        raise ConfigError(f"rate must be positive, got {rate}")
     if bag is not None:  # a broken bag is named now, not found by the player thread after the run
         with bio.bag_reader(bio.require_bag(bag)):
             pass
     torch.set_num_threads(2)
     say = log or (lambda line: None)
-    tmp = None
-    try:
+    with tempfile.TemporaryDirectory(prefix="safnet_soak_", ignore_cleanup_errors=True) as tmp_dir:
         if bag is None:
-            tmp = Path(tempfile.mkdtemp(prefix="safnet_soak_"))
+            tmp = Path(tmp_dir)
             say(f"converting a synthetic scene to a bag at {rate:g} Hz in {tmp}")
             bag = make_synthetic_bag(tmp / "bag", rate_hz=rate)
         segmenter = Segmenter.from_checkpoint(model or None, device=device, num_views=3, chunk_stride=1.5,
@@ -268,9 +251,6 @@ def soak(
                 stop.set()  # the player stops publishing before the session destroys its node
                 if player_thread is not None:
                     player_thread.join(timeout=10.0)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     rss = [r for _, r in report.samples]
     if rss:

@@ -3,8 +3,8 @@
 Rows are the two views; columns are the predicted classes (ScanNet colours),
 the ground truth when given, and a similarity heat map (S in [0, 1+]: where the
 image features were trusted). Points without a prediction (a negative label,
-e.g. never seen by the node) are drawn light grey, and so is an unknown S. Points are splatted far-to-near so nearer points
-cover farther ones, which is what a viewer expects of a 3D scene.
+e.g. never seen by the node) are drawn light grey, and so is an unknown S.
+Points are splatted far-to-near so nearer points cover farther ones.
 
 Figures are drawn with matplotlib's object API (``Figure``, Agg on save), not
 pyplot: no global backend switch, no figure registry to close.
@@ -84,8 +84,7 @@ def render_cloud_png(
     labels_title: the first column's title.
     """
     xyz = np.asarray(xyz, dtype=np.float64)
-    keep = np.isfinite(xyz).all(axis=1)
-    idx = np.flatnonzero(keep)
+    idx = np.flatnonzero(np.isfinite(xyz).all(axis=1))
     if len(idx) > max_points:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_points, replace=False))
     xyz = xyz[idx]
@@ -96,11 +95,8 @@ def render_cloud_png(
         columns.append(("ground truth", label_colors(np.asarray(truth)[idx])))
     if similarity is not None:
         sim = np.asarray(similarity, dtype=np.float64)[idx]
-        cmap = colormaps["inferno"]
-        finite = np.isfinite(sim)
-        norm = np.clip(np.where(finite, sim, 0.0), 0.0, 1.0)
-        rgba = cmap(norm)
-        rgba[~finite] = (*UNLABELLED_COLOR, 1.0)
+        rgba = colormaps["inferno"](np.clip(np.nan_to_num(sim), 0.0, 1.0))
+        rgba[~np.isfinite(sim)] = (*UNLABELLED_COLOR, 1.0)
         columns.append(("similarity S (2D weight)", rgba[:, :3]))
 
     uv, depth = _perspective(xyz)
@@ -120,9 +116,7 @@ def render_cloud_png(
             ax = axes[r, c]
             ax.scatter(coords[order, 0], coords[order, 1], c=colors[order], s=size, marker="s",
                        linewidths=0, rasterized=True)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(aspect="equal", xticks=[], yticks=[])
             ax.set_title(f"{cname} — {vname}", fontsize=10)
     present = np.unique(np.asarray(labels)[idx])
     if truth is not None:
@@ -184,31 +178,26 @@ def render_moved_similarity_png(
         order = np.flatnonzero(show)[np.argsort(xyz[show, 2])]
         ax_map.scatter(xyz[order, 0], xyz[order, 1], c=cmap(np.clip(sim[order], 0, 1)), s=16, marker="o",
                        edgecolors="cyan", linewidths=0.5, rasterized=True)
-        ax_map.set_xlim(lo[0], hi[0])
-        ax_map.set_ylim(lo[1], hi[1])
+        ax_map.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]))
         sm = ScalarMappable(cmap="inferno", norm=Normalize(0.0, 1.0))
         fig.colorbar(sm, ax=ax_map, fraction=0.046, pad=0.02, label="S (2D weight)")
     else:
         ax_map.text(0.5, 0.5, "no moved vertex with an S", ha="center", va="center", transform=ax_map.transAxes)
-    ax_map.set_aspect("equal")
+    ax_map.set(aspect="equal", xlabel="x (m)", ylabel="y (m)")
     ax_map.set_title(map_title, fontsize=10)
-    ax_map.set_xlabel("x (m)")
-    ax_map.set_ylabel("y (m)")
     if histograms is None:
         histograms = [(name, sim[m & np.isfinite(sim)]) for name, m in groups]
-    names = [name for name, _v in histograms]
-    arrays = [np.asarray(v, dtype=np.float64) for _n, v in histograms]
-    values = [v[np.isfinite(v)] for v in arrays]
-    top = max([float(np.max(v)) for v in values if len(v)] + [1.0])
+    values = [(name, np.asarray(v, dtype=np.float64)) for name, v in histograms]
+    values = [(name, v[np.isfinite(v)]) for name, v in values]
+    top = max([float(np.max(v)) for _n, v in values if len(v)] + [1.0])
     bins = np.linspace(0.0, max(1.2, top), 31)
-    for name, v in zip(names, values):
+    for name, v in values:
         if len(v):
             ax_hist.hist(v, bins=bins, density=True, histtype="step", linewidth=1.8,
                          label=f"{name}: mean {v.mean():.2f} ({len(v):,} {unit})")
-    ax_hist.set_xlabel("S")
-    ax_hist.set_ylabel("density (each group sums to 1)")
+    ax_hist.set(xlabel="S", ylabel="density (each group sums to 1)")
     ax_hist.set_title(f"S per group of {unit}", fontsize=10)
-    if any(len(v) for v in values):
+    if any(len(v) for _n, v in values):
         ax_hist.legend(fontsize=8, loc="upper left")
     ax_hist.grid(alpha=0.3)
     if title:

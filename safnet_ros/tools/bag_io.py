@@ -1,19 +1,12 @@
 """rosbag2 files with rosbags: open, read, write, serialise, and what is bag-specific (topics, QoS, staging).
 
 Messages are rosbags' dataclasses from one typestore (:data:`TYPESTORE`, ROS 2
-Kilted definitions, which match the ROS message wheels byte for byte).  They
-are decoded with the node's own codecs (:mod:`safnet_ros.ros.codecs`, which are
-duck-typed), and the node's messages are written through
-:func:`to_bag_message`.  No rclpy import.
-
-Conventions (docs/bags.md):
-
-* stamps are int nanoseconds; a ``builtin_interfaces/Time`` is built from them;
-* colour ``rgb8``, depth ``16UC1`` millimetres (0 = no return), little endian,
-  no row padding;
-* transforms are 4x4 float64 ``T_parent_child`` (maps points in the child frame
-  into the parent frame); quaternions are (x, y, z, w);
-* point clouds are little endian, ``height == 1``.
+Kilted definitions, which match the ROS message wheels byte for byte), decoded
+with the node's duck-typed codecs (:mod:`safnet_ros.ros.codecs`); the node's
+messages are written through :func:`to_bag_message`.  No rclpy import.  Stamps
+are int nanoseconds; transforms are 4x4 float64 ``T_parent_child`` (child-frame
+points into the parent frame); images and clouds are little endian, without
+row padding, clouds ``height == 1`` (layouts: docs/bags.md).
 """
 from __future__ import annotations
 
@@ -155,13 +148,10 @@ def orthonormalize(rot: np.ndarray) -> np.ndarray:
 
 
 def to_bag_message(msg: Any) -> Any:
-    """The rosbags dataclass of an rclpy message (same fields, converted recursively), to write into a bag.
+    """The rosbags dataclass of a ROS wheels' message (same fields, converted recursively), to write into a bag.
 
-    Lets ``segment-bag`` write exactly what the node publishes: the labelled
-    cloud of :func:`safnet_ros.ros.codecs.make_labeled_cloud`, the markers of
-    :func:`safnet_ros.ros.markers.similarity_markers` (the message classes are
-    the ROS wheels'; no rclpy is imported).  Primitive sequences become numpy
-    arrays, as rosbags holds them.
+    Lets ``segment-bag`` write exactly what the node publishes.  Primitive
+    sequences become numpy arrays, as rosbags holds them.
     """
     cls = type(msg)
     fields = {}

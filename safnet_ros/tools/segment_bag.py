@@ -99,14 +99,11 @@ def with_compressed_images(connections: list[Any], topics: BagTopics) -> BagTopi
 
 
 def check_topics(connections: list[Any], topics: BagTopics, bag: str | os.PathLike) -> None:
-    """Refuse a bag whose topics cannot be used: one error line naming the topics.
+    """Refuse a bag whose topics cannot be used, in one error line (docs/bags.md, "Bad input").
 
-    DataFormatError for a topic recorded with another message type,
-    MissingDataError listing every required topic the bag lacks.
-
-    tf_static is optional, but when present it must be a TFMessage like ``/tf``
-    (a TF topic of another type is refused, not skipped: the poses would be
-    silently incomplete).
+    DataFormatError for a topic recorded with another message type (``tf_static`` included: it is
+    optional, but skipping it would leave the poses silently incomplete), MissingDataError listing
+    every required topic the bag lacks.
     """
     types: dict[str, set[str]] = {}
     for c in connections:
@@ -186,17 +183,11 @@ def segment_bag(
 ) -> SegmentBagSummary:
     """Segment every cloud of ``bag`` with the views seen so far; write the results into ``out_bag``.
 
-    model: checkpoint (None = the shipped default, or an untrained lite model
-    with a warning); segmenter: an already built Segmenter (overrides model,
-    device, num_views); max_views: keyframes kept (the node's
-    buffer_max_views); chunk_stride, max_points, precision, outside_views: as
-    the node's parameters;
-    slop: seconds between a paired colour and depth stamp.  A bag without the
-    required topics raises one MissingDataError listing them; an existing
-    ``out_bag`` raises ConfigError unless ``overwrite``.  map_path: also fuse
-    every cloud into a semantic voxel map (``map_voxel_size`` m,
-    ``map_max_voxels``, ``map_fusion``, read with ``map_smoothing`` over
-    ``map_smoothing_cell`` m) saved there at the end.
+    The keywords are ``safnet segment-bag``'s options (docs/bags.md; ``map_path`` is ``--map``) and,
+    for chunk_stride and max_points, the node's parameters; segmenter: an already built Segmenter
+    (overrides model, device, num_views and those); slop: seconds between a paired colour and depth
+    stamp.  A bag without the required topics raises one MissingDataError listing them; an existing
+    ``out_bag`` raises ConfigError unless ``overwrite``.
     """
     topics = topics if topics is not None else BagTopics()
     started = time.perf_counter()
@@ -321,7 +312,7 @@ def _segment_cloud(msg: Any, ns: int, tf: TfTree, fixed_frame: str, pipeline: Se
     writer.write(conns[0], ns, bio.serialize_message(codecs.labeled_cloud(out.xyz, out.result, msg.header)))
     summary.latencies_s.append(time.perf_counter() - t0)
     header = codecs.make_header(frame_id=fixed_frame, stamp=msg.header.stamp)
-    # serialised from arrays, as the node publishes them (~2 ms instead of ~140 ms per 25k-point cloud)
+    # serialised from arrays, as the node publishes them (building the message field by field is slow)
     writer.write(conns[1], ns, similarity_markers_cdr(bio.serialize_message, header, out.world, out.result.s,
                                                       views=out.used_views))
     summary.clouds += 1

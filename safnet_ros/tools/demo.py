@@ -151,7 +151,6 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
     result = ReplayResult(backends=compat.backends())
     lock = threading.Lock()
     points_seen: dict[int, float] = {}
-    bar = tqdm(total=expected_clouds, desc="labelled clouds", unit="cloud", disable=not progress, leave=False)
 
     def on_points(msg: Any) -> None:
         with lock:
@@ -171,34 +170,32 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
     parameters = {"tf_timeout": TF_TIMEOUT_S, "warm_up": False, **(parameters or {})}
     if map_path is not None:  # the node writes maps only inside its map_directory, fixed at start
         parameters["map_directory"] = str(Path(map_path).resolve().parent)
-    try:
-        with BagSession(segmenter, parameters, executor_threads=4, name="safnet_demo") as session:
-            node = session.node
-            listener = session.helper_node("listener")
-            session.subscribe_clouds(listener, f"/{node.get_name()}/labeled_cloud", on_labeled)
-            session.subscribe_clouds(listener, bio.POINTS_TOPIC, on_points)
-            player = (session.player(bag, rate=rate, wait_for_subscribers=10.0) if topics is None else
-                      BagPlayer(session.helper_node("player"), bag, rate=rate, wait_for_subscribers=10.0,
-                                topics=topics))
-            t0 = time.monotonic()
-            summary = player.run()
-            result.play_s = time.monotonic() - t0
-            result.published = dict(summary.published)
-            _wait_until_settled(node, result, lock, summary.published.get(bio.POINTS_TOPIC, 0), settle_s, timeout_s)
-            snap = node.stats.snapshot(len(node.buffer), node.buffer.nbytes, node.device)
-            result.node_counters = dict(snap.counters)
-            result.node_latency_mean_s = float(snap.latency_mean)
-            result.node_last_timings = dict(node.last_timings)
-            if map_path is not None:
-                result.map_saved_via = session.save_map(Path(map_path))
-                sm = node.semantic_map
-                result.map_ply = str(map_path)
-                result.map_voxels = len(sm)
-                result.map_update_ms_mean = sm.update_ms_mean()
-                result.map_fusion = sm.settings.fusion
-                result.map_voxel_size = sm.settings.voxel_size
-    finally:
-        bar.close()
+    with tqdm(total=expected_clouds, desc="labelled clouds", unit="cloud", disable=not progress, leave=False) as bar, \
+            BagSession(segmenter, parameters, executor_threads=4, name="safnet_demo") as session:
+        node = session.node
+        listener = session.helper_node("listener")
+        session.subscribe_clouds(listener, f"/{node.get_name()}/labeled_cloud", on_labeled)
+        session.subscribe_clouds(listener, bio.POINTS_TOPIC, on_points)
+        player = (session.player(bag, rate=rate, wait_for_subscribers=10.0) if topics is None else
+                  BagPlayer(session.helper_node("player"), bag, rate=rate, wait_for_subscribers=10.0,
+                            topics=topics))
+        t0 = time.monotonic()
+        summary = player.run()
+        result.play_s = time.monotonic() - t0
+        result.published = dict(summary.published)
+        _wait_until_settled(node, result, lock, summary.published.get(bio.POINTS_TOPIC, 0), settle_s, timeout_s)
+        snap = node.stats.snapshot(len(node.buffer), node.buffer.nbytes, node.device)
+        result.node_counters = dict(snap.counters)
+        result.node_latency_mean_s = float(snap.latency_mean)
+        result.node_last_timings = dict(node.last_timings)
+        if map_path is not None:
+            result.map_saved_via = session.save_map(Path(map_path))
+            sm = node.semantic_map
+            result.map_ply = str(map_path)
+            result.map_voxels = len(sm)
+            result.map_update_ms_mean = sm.update_ms_mean()
+            result.map_fusion = sm.settings.fusion
+            result.map_voxel_size = sm.settings.voxel_size
     return result
 
 
@@ -414,7 +411,7 @@ def _load_segmenter(args: argparse.Namespace, stage: int) -> Segmenter:
 
 
 def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progress: bool) -> dict:
-    """Stages 2-6 of the default chain (module docstring); returns the summary."""
+    """Stages 2-6 of the default chain (README.md, "What `make demo` does"); returns the summary."""
     bag = out / f"{scene.name}.mcap_bag"
     _stage(2, f"converting it to a rosbag2 (mcap, /points at {args.cloud_rate} Hz): {bag}")
     second = args.second_camera
@@ -452,7 +449,6 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
                                        _title(scene, summary, seg.untrained, "bag + ROS 2 node")
                                        + f"; semantic map {100 * map_block['miou']:.1f}%",
                                        map_labels=map_labels)
-    c = replay.node_counters
     lat = np.asarray(replay.latencies_s, dtype=np.float64)
     return {
         **_scene_fields("bag+node", scene),
@@ -468,7 +464,7 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
         "tf_backend": replay.backends,
         "labeled_clouds_received": len(replay.clouds),
         "clouds_not_in_map": wrong_frame,
-        "node_counters": c,
+        "node_counters": replay.node_counters,
         "points_matched": votes.points_matched,
         "points_unmatched": votes.points_unmatched,
         "points_not_segmented": votes.points_not_segmented,
@@ -573,8 +569,7 @@ def print_summary(r: dict) -> None:
     if "map" in r:
         m = r["map"]
         w(f"  semantic map     {m['voxels']} voxels of {m['voxel_size']} m ({m['fusion']}, smoothing "
-          f"{m.get('smoothing', 0):g}): mIoU {100 * m['miou']:.1f} % ({100 * m.get('miou_unsmoothed', m['miou']):.1f} % "
-          f"voxel by voxel), "
+          f"{m['smoothing']:g}): mIoU {100 * m['miou']:.1f} % ({100 * m['miou_unsmoothed']:.1f} % voxel by voxel), "
           f"OA {100 * m['oa']:.1f} %, coverage {100 * m['coverage']:.1f} %, {m['update_ms_mean']:.1f} ms per update; "
           f"single clouds: mean mIoU {100 * m['single_cloud_miou_mean']:.1f} % over {m['single_clouds_scored']}, "
           f"the map on the same vertices {100 * m['map_on_cloud_vertices_miou_mean']:.1f} %\n")
@@ -583,7 +578,7 @@ def print_summary(r: dict) -> None:
         w(f"  !! model         {UNTRAINED_NOTE}\n")
     if r["mode"] == "bag+node":
         w(f"  latency          {1000 * r['latency_mean_s']:.0f} ms mean, "
-          f"{1000 * r.get('latency_median_s', float('nan')):.0f} ms median, {1000 * r['latency_max_s']:.0f} ms max "
+          f"{1000 * r['latency_median_s']:.0f} ms median, {1000 * r['latency_max_s']:.0f} ms max "
           f"(cloud in -> labelled cloud out, over DDS, {r['latency_clouds']} clouds); node diagnostics window "
           f"mean {1000 * r['node_latency_window_mean_s']:.0f} ms\n")
     else:

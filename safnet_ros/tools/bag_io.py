@@ -72,12 +72,12 @@ LINK_TO_OPTICAL = np.array(
 _INFINITE = QosTime(sec=2147483647, nsec=4294967295)
 
 
-def make_qos(depth: int, *, transient_local: bool = False, reliable: bool = True) -> Qos:
-    """An offered QoS profile for a bag connection (keep last ``depth``)."""
+def make_qos(depth: int, *, transient_local: bool = False) -> Qos:
+    """An offered QoS profile for a bag connection (reliable, keep last ``depth``)."""
     return Qos(
         history=QosHistory.KEEP_LAST,
         depth=depth,
-        reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
+        reliability=QosReliability.RELIABLE,
         durability=QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE,
         deadline=_INFINITE,
         lifespan=_INFINITE,

@@ -129,13 +129,12 @@ def ros_environment() -> dict[str, str]:
 
 
 def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds: int, progress: bool,
-                        settle_s: float = 5.0, timeout_s: float = 300.0,
                         map_path: Optional[Path] = None, parameters: Optional[dict[str, Any]] = None,
                         topics: Optional[list[str]] = None) -> ReplayResult:
     """Play ``bag`` into a :class:`SegmentNode` over rclpy/DDS and collect its ``~/labeled_cloud``.
 
     Returns once every published cloud is accounted for (segmented or dropped)
-    and received, or nothing changed for ``settle_s`` after the bag ended.
+    and received, or nothing changed for a while after the bag ended (:func:`_wait_until_settled`).
     map_path: save the node's semantic map there (its ``~/save_map`` service).
     parameters: more node parameters (e.g. ``cameras``); topics: play only
     these bag topics (default all).
@@ -183,7 +182,7 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
         summary = player.run()
         result.play_s = time.monotonic() - t0
         result.published = dict(summary.published)
-        _wait_until_settled(node, result, lock, summary.published.get(bio.POINTS_TOPIC, 0), settle_s, timeout_s)
+        _wait_until_settled(node, result, lock, summary.published.get(bio.POINTS_TOPIC, 0))
         snap = node.stats.snapshot(len(node.buffer), node.buffer.nbytes, node.device)
         result.node_counters = dict(snap.counters)
         result.node_latency_mean_s = float(snap.latency_mean)
@@ -240,21 +239,21 @@ def second_camera_block(one: ReplayResult, two: ReplayResult, offset_s: float, o
             "gain_share": b["evidence_share"] - a["evidence_share"]}
 
 
-def _clouds_in(replay: ReplayResult, fixed_frame: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(xyz (M, 3) metres, structured array) of every labelled cloud in ``fixed_frame``, in stamp order.
+def _clouds_in_map(replay: ReplayResult) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(xyz (M, 3) metres, structured array) of every labelled cloud in ``map``, in stamp order.
 
     The listener has no TF: a cloud in another frame cannot be placed in the scene.
     """
     return [(np.stack([arr["x"], arr["y"], arr["z"]], axis=1), arr)
             for _stamp, frame_id, arr in sorted(replay.clouds, key=lambda c: c[0])
-            if frame_id.lstrip("/") == fixed_frame]
+            if frame_id.lstrip("/") == bio.MAP_FRAME]
 
 
-def single_cloud_vertex_labels(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map") -> list[np.ndarray]:
+def single_cloud_vertex_labels(scene: DemoScene, replay: ReplayResult) -> list[np.ndarray]:
     """Per labelled cloud (in stamp order), the label it gave each scene vertex: (V,) int64, -1 where it gave none."""
     votes = VertexVotes(scene.xyz, NUM_CLASSES)  # its KD-tree over distinct vertex positions is reused
     out = []
-    for xyz, arr in _clouds_in(replay, fixed_frame):
+    for xyz, arr in _clouds_in_map(replay):
         labels = arr["label"].astype(np.int64)
         position = votes.positions_of(xyz)
         ok = (position >= 0) & (labels < NUM_CLASSES)
@@ -303,7 +302,7 @@ def score_map(scene: DemoScene, replay: ReplayResult, clouds: list[np.ndarray]) 
 
 
 def _wait_until_settled(node: Any, result: ReplayResult, lock: threading.Lock, published: int,
-                        settle_s: float, timeout_s: float) -> None:
+                        settle_s: float = 5.0, timeout_s: float = 300.0) -> None:
     """Block until every published cloud is segmented or dropped and every labelled cloud received.
 
     A cloud the node took but has not finished keeps the wait going (up to
@@ -329,10 +328,10 @@ def _wait_until_settled(node: Any, result: ReplayResult, lock: threading.Lock, p
         time.sleep(0.05)
 
 
-def accumulate(scene: DemoScene, replay: ReplayResult, fixed_frame: str = "map") -> tuple[VertexVotes, int]:
+def accumulate(scene: DemoScene, replay: ReplayResult) -> tuple[VertexVotes, int]:
     """Votes per scene vertex from the labelled clouds; returns (votes, clouds left out for their frame)."""
     votes = VertexVotes(scene.xyz, NUM_CLASSES)
-    clouds = _clouds_in(replay, fixed_frame)
+    clouds = _clouds_in_map(replay)
     for xyz, arr in clouds:
         votes.add(xyz, arr["label"], arr["similarity"] if "similarity" in arr.dtype.names else None)
     return votes, len(replay.clouds) - len(clouds)

@@ -37,6 +37,13 @@ JPEG_QUALITY = 90
 #: Largest gap between consecutive recorded frame stamps taken as real (1 hour); beyond it the
 #: stamp is corrupt and synthesised like a repeated one.
 MAX_STAMP_GAP_NS = 3600 * 10**9
+#: The bag's cameras: (colour, depth, camera_info topic, link frame, optical frame); the second is
+#: ``--second-camera``'s.
+CAMERAS = (
+    (bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC, bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME),
+    (bio.CAMERA2_COLOR_TOPIC, bio.CAMERA2_DEPTH_TOPIC, bio.CAMERA2_INFO_TOPIC, bio.CAMERA2_LINK_FRAME,
+     bio.CAMERA2_OPTICAL_FRAME),
+)
 
 
 @dataclass
@@ -88,10 +95,10 @@ def registered_frame(color: np.ndarray, depth_m: np.ndarray, out_wh: tuple[int, 
 
 
 def frustum_mask(xyz: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray, wh: tuple[int, int],
-                 max_range: float, min_range: float = MIN_RANGE_M) -> np.ndarray:
-    """(N,) bool: points (N, 3) world metres that project into the image with min_range < z <= max_range."""
+                 max_range: float) -> np.ndarray:
+    """(N,) bool: points (N, 3) world metres that project into the image with MIN_RANGE_M < z <= max_range."""
     _, z, in_image = project(xyz, K, camera_to_world, wh)
-    return in_image & (z > min_range) & (z <= max_range)
+    return in_image & (z > MIN_RANGE_M) & (z <= max_range)
 
 
 def open_scene(scene_dir: str | os.PathLike, need_mesh: bool):
@@ -177,15 +184,6 @@ def convert_scene(
     return summary
 
 
-#: The bag's cameras: (colour, depth, camera_info topic, link frame, optical frame); the second is
-#: ``--second-camera``'s.
-CAMERAS = (
-    (bio.COLOR_TOPIC, bio.DEPTH_TOPIC, bio.CAMERA_INFO_TOPIC, bio.CAMERA_LINK_FRAME, bio.OPTICAL_FRAME),
-    (bio.CAMERA2_COLOR_TOPIC, bio.CAMERA2_DEPTH_TOPIC, bio.CAMERA2_INFO_TOPIC, bio.CAMERA2_LINK_FRAME,
-     bio.CAMERA2_OPTICAL_FRAME),
-)
-
-
 def _add_connections(writer: Any, cameras: tuple, with_points: bool, compressed: bool) -> dict[str, Any]:
     """The bag's connections by topic, with the QoS profiles they offer (``/tf_static`` transient local).
 
@@ -221,13 +219,8 @@ class _FrameSettings:
 
 
 class FrameStamper:
-    """Bag stamps (int ns) for frames in id order (docs/bags.md, "Stamps").
-
-    ``rate`` given: ``START_NS + (id - first id) / rate``. Otherwise the
-    recorded timestamps relative to the first frame's; a stamp that would not
-    increase becomes the previous one plus the id gap at 30 Hz (counted in
-    ``synthesised``).
-    """
+    """Bag stamps (int ns) for frames in id order (docs/bags.md, "Stamps"); ``synthesised`` counts the
+    recorded stamps replaced."""
 
     def __init__(self, rate: Optional[float] = None):
         self.rate = rate

@@ -67,8 +67,7 @@ def rss_slope_mib_per_min(times_s: list[float], rss_mib: list[float]) -> float:
     t, r = _second_half(times_s, rss_mib)
     if len(t) < 2 or np.ptp(t) <= 0:
         return float("nan")
-    slope_per_s = np.polyfit(t, r, 1)[0]
-    return float(slope_per_s * 60.0)
+    return float(np.polyfit(t, r, 1)[0] * 60.0)  # MiB/s -> MiB/min
 
 
 def growing_share(times_s: list[float], rss_mib: list[float], step_mib: float = 0.25) -> float:
@@ -269,8 +268,7 @@ def plot_rss(report: SoakReport, path: Path) -> Path:
     fig = Figure(figsize=(7, 3.5))  # matplotlib's object API: no pyplot state, no backend to choose
     ax = fig.add_subplot()
     ax.plot(t, r, marker=".", lw=1)
-    ax.set_xlabel("time (min)")
-    ax.set_ylabel("RSS (MiB)")
+    ax.set(xlabel="time (min)", ylabel="RSS (MiB)")
     ax.set_title(f"safnet soak: {report.counters.get('clouds_segmented', 0)} clouds, "
                  f"slope {report.rss_slope_mib_per_min:+.2f} MiB/min (2nd half)")
     ax.grid(True, alpha=0.3)

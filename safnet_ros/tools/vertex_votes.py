@@ -1,11 +1,9 @@
-"""Labelled clouds voted per mesh vertex, and the scoring of per-vertex labels: the demo's yardstick.
+"""Labelled clouds voted per mesh vertex: the demo's yardstick.
 
 :class:`VertexVotes` matches each labelled point back to the scene vertex it
 came from (nearest distinct position within :data:`MATCH_TOLERANCE_M`) and
-counts the labels every vertex received; :func:`score` turns per-vertex labels
-into mIoU / OA over the labelled vertices and the coverage, with the metrics
-code of ``safnet eval``. Used by ``safnet demo`` for the majority vote, the
-single clouds and the map scored on the same vertices.
+counts the labels every vertex received; ``safnet demo`` scores the majority
+vote with :func:`safnet_ros.mapping.score.score_labels`.
 """
 from __future__ import annotations
 

@@ -242,19 +242,11 @@ def benchmark(presets: Sequence[str], points: Sequence[int], views: Sequence[int
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "image_size": [width, height], "repeats": repeats, "warmup": warmup,
         "memory": "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS growth (VmHWM)",
-        "load_average": _load_average(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],  # others' work inflates wall times
         "kdtree": neighbors.KDTREE_LIBRARY if dev.type == "cpu" else "torch (cdist + topk)",
         "malloc_tuned": malloc_tuned,
     }
     return {"machine": machine, "rows": rows}
-
-
-def _load_average() -> list[float] | None:
-    """1/5/15-minute load averages (others' work on a shared machine inflates wall times)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
 
 
 def format_table(result: dict[str, Any]) -> str:

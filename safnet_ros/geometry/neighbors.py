@@ -5,17 +5,13 @@ One interface, two implementations picked by the tensor's device:
 * ``"torch"`` (default for CUDA tensors): blocks of queries against all references
   with :func:`torch.cdist` + :func:`torch.topk`, so memory stays bounded
   (``block_rows x M <= _MAX_BLOCK_ELEMENTS`` distances at a time).
-* ``"kdtree"`` (default for CPU tensors): a KD-tree per batch element, queried with
-  all cores. A dense ``N x M`` distance matrix on the CPU is far too slow for
-  scene-sized clouds (8.8 s for 25k x 100k points against 0.05 s). The tree is
-  pykdtree's where it is installed (a requirement of the pip install; faster than
-  scipy here, 2 cores: ``knn`` of 25k points into 57.6k, k = 8, 25 ms against
-  37 ms; ``ball_query`` of 25k into 25k, k = 8, 17 ms against 28 ms) and :class:`scipy.spatial.cKDTree` otherwise
-  (a ROS install without pykdtree); ``SAFNET_KDTREE=scipy`` or ``pykdtree``
-  forces one. Both search exactly, in float64, so they return the same
-  neighbours (tested).
-  Farthest point sampling has no tree; under this backend it runs the same loop
-  as the torch path in numpy (same arithmetic, same indices, 10x less overhead).
+* ``"kdtree"`` (default for CPU tensors; a dense distance matrix is far too slow
+  there): a KD-tree per batch element, queried with all cores. The tree is
+  pykdtree's where it is installed (faster; docs/model.md) and
+  :class:`scipy.spatial.cKDTree` otherwise; ``SAFNET_KDTREE=scipy`` or
+  ``pykdtree`` forces one. Both search exactly, in float64, so they return the
+  same neighbours. Farthest point sampling runs the torch path's loop in numpy
+  (same arithmetic, same indices, less per-call overhead).
 
 The backend can be forced with the ``backend=`` keyword or the environment variable
 ``SAFNET_NEIGHBORS_BACKEND`` (``auto`` | ``torch`` | ``kdtree``), which is how the
@@ -88,19 +84,16 @@ _MAX_BLOCK_ELEMENTS = 64 * 1024 * 1024
 
 # --------------------------------------------------------------------------- helpers
 def gather(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Batched gather: ``values (B, M, C)`` at ``idx (B, N, k)`` -> ``(B, N, k, C)``.
+    """Batched row lookup: ``values (B, M, C)`` at ``idx (B, ...)`` long in ``[0, M)`` -> ``(B, ..., C)``.
 
-    Differentiable w.r.t. ``values``. ``idx`` must lie in ``[0, M)``.
-
-    One ``index_select`` over the flattened ``(B * M, C)`` rows (the batch offset
-    added to the indices): the same values as ``torch.gather`` with an expanded
-    index, several times faster on a CPU (6 ms against 31 ms for 75k x 64 rows).
+    Differentiable w.r.t. ``values``. One ``index_select`` over the flattened
+    ``(B * M, C)`` rows: the values of ``torch.gather`` with an expanded index,
+    several times faster on a CPU.
     """
     batch, rows, channels = values.shape
-    _, n, k = idx.shape
-    offset = (torch.arange(batch, device=idx.device) * rows).view(batch, 1, 1)
+    offset = (torch.arange(batch, device=idx.device) * rows).view(batch, *([1] * (idx.dim() - 1)))
     flat = values.reshape(batch * rows, channels).index_select(0, (idx + offset).reshape(-1))
-    return flat.view(batch, n, k, channels)
+    return flat.view(*idx.shape, channels)
 
 
 def _resolve_backend(device: torch.device, backend: Optional[str]) -> str:
@@ -226,9 +219,8 @@ def _tree_query(ref: np.ndarray, query: np.ndarray, k: int, upper_bound: float) 
         local = local.astype(np.int64).reshape(n, k)
         hit = local < m
         return hit, np.where(hit, local, 0)
-    # Unbalanced, non-compact nodes: about 2x faster to build and 15-25 % faster
-    # to query on scan-like clouds (scipy's sliding-midpoint rule); the search is
-    # exact either way, so the neighbours are the same.
+    # Unbalanced, non-compact nodes: faster to build and query on scan-like clouds;
+    # the search is exact either way.
     tree = cKDTree(ref, balanced_tree=False, compact_nodes=False)
     dist, local = tree.query(query, k=k, distance_upper_bound=upper_bound, workers=-1)
     hit = np.isfinite(dist.reshape(n, k))
@@ -382,9 +374,7 @@ def farthest_point_sample(
     index 0 everywhere.
 
     Backends: a torch loop (CUDA; ``backend="torch"``) and the same loop in numpy
-    for CPU tensors; both do the same float32 arithmetic in the same order and
-    return the same indices. open3d's C++ FPS was measured at 3.8 s for
-    25k -> 2048 here and returns points, not indices; the numpy loop takes 0.05 s.
+    for CPU tensors: the same float32 arithmetic in the same order, the same indices.
 
     Returns:
         ``(B, m)`` long.
@@ -454,13 +444,8 @@ def interpolate_rows(values: torch.Tensor, idx: torch.Tensor, weight: torch.Tens
     """Weighted sum of rows, channels last: ``values (B, m, C)`` at ``idx (B, n, k)``
     with ``weight (B, n, k)`` -> ``(B, n, C)``, summed over the k slots in order.
 
-    Differentiable w.r.t. ``values`` (the interpolation of :func:`three_nn_interpolate`
-    without the transposes, for callers that keep features channels last).
-
-    One row lookup and one multiply-add per slot into a ``(B * n, C)`` output, never
-    the ``(B, n, k, C)`` gathered rows and their weighted copy: 16 ms against 56-62 ms
-    alone for 25k x 3 rows of 128 channels on a CPU, 8 ms less in a 25k-point lite
-    forward (its last FP level); the same sum up to float rounding (a few 1e-7).
+    Differentiable w.r.t. ``values``. One row lookup and one multiply-add per slot
+    into a ``(B * n, C)`` output: the ``(B, n, k, C)`` gathered rows are never built.
     """
     batch, rows, channels = values.shape
     _, n, k = idx.shape
@@ -485,9 +470,7 @@ def three_nn_interpolate(
 ) -> torch.Tensor:
     """Inverse-distance interpolation of features from the 3 nearest known points.
 
-    Weights as :func:`three_nn_weights` (``1 / (d + 1e-8)``, normalised; fewer than
-    3 valid known points: only those count; none: output 0). The weights carry no
-    gradient (as in PointNet++); the features do.
+    Weights as :func:`three_nn_weights` (no gradient); the features carry one.
 
     Args:
         unknown: ``(B, n, 3)`` metres, where features are wanted.

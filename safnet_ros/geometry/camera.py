@@ -15,9 +15,8 @@ Conventions (see docs/dev/interfaces.md):
   ``fx' = fx s`` and ``cx' = (cx + 0.5) s - 0.5`` (same for y). :func:`resize_nearest`
   samples source pixel ``floor((j + 0.5) / s)`` for target pixel ``j``: the source pixel
   whose area contains the target pixel's centre. The two agree, so a pixel read from
-  a resized depth/label image matches the ray of the scaled K within half a source pixel.
-  (The simpler ``cx' = cx s`` is off by ``0.5 (1 - s)`` target pixels: 0.44 px for
-  1296 -> 160, i.e. about 3.5 source pixels.)
+  a resized depth/label image matches the ray of the scaled K within half a source pixel
+  (the simpler ``cx' = cx s`` is off by ``0.5 (1 - s)`` target pixels).
 
 Bad camera input (K zero/singular/non-finite, non-finite pose, wrong shapes) raises
 :class:`~safnet_ros.errors.DataFormatError` with ``path=None``; bad parameters (tolerances,
@@ -25,7 +24,6 @@ depth range, stride, sizes) raise :class:`~safnet_ros.errors.ConfigError`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -33,7 +31,6 @@ import numpy as np
 from safnet_ros.errors import ConfigError, DataFormatError
 
 __all__ = [
-    "Intrinsics",
     "check_intrinsics",
     "check_pose",
     "scale_intrinsics",
@@ -47,36 +44,6 @@ __all__ = [
 
 #: Points closer to the camera plane than this (metres) are never "in the image".
 MIN_PROJECT_Z = 1e-6
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics in pixels, with the image size they belong to (width, height)."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-
-    @classmethod
-    def from_matrix(cls, K, wh: Sequence[int]) -> "Intrinsics":
-        K = check_intrinsics(K)
-        return cls(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), int(wh[0]), int(wh[1]))
-
-    @property
-    def K(self) -> np.ndarray:
-        """(3, 3) float64 matrix."""
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-
-    @property
-    def wh(self) -> tuple[int, int]:
-        return (self.width, self.height)
-
-    def scaled(self, wh: Sequence[int]) -> "Intrinsics":
-        """The same camera at image size ``wh`` (see :func:`scale_intrinsics`)."""
-        return Intrinsics.from_matrix(scale_intrinsics(self.K, self.wh, wh), wh)
 
 
 def check_intrinsics(K) -> np.ndarray:

@@ -90,7 +90,8 @@ def save_map(path: str | os.PathLike, snap: MapSnapshot, frame_id: str = "map") 
     return path
 
 
-def _comment_value(comments: list[str], key: str) -> Optional[str]:
+def comment_value(comments: list[str], key: str) -> Optional[str]:
+    """The first word after ``key`` in the PLY header comments ``comment KEY VALUE``; None when absent."""
     for c in comments:
         words = c.split()
         if len(words) >= 2 and words[0] == key:
@@ -123,20 +124,20 @@ def load_map(path: str | os.PathLike, voxel_size: Optional[float] = None, max_vo
         raise DataFormatError(path, f"not a semantic map PLY: vertex properties {', '.join(missing)} are missing "
                                     f"(it has {', '.join(names) or 'none'})")
     if voxel_size is None:
-        text = _comment_value(data.comments, "voxel_size")
+        text = comment_value(data.comments, "voxel_size")
         if text is None:
             raise DataFormatError(path, "no 'comment voxel_size ...' line: pass the voxel size explicitly")
         try:
             voxel_size = float(text)
         except ValueError:
             raise DataFormatError(path, f"voxel_size comment {text!r} is not a number") from None
-    fusion = fusion or _comment_value(data.comments, "fusion") or "count"
+    fusion = fusion or comment_value(data.comments, "fusion") or "count"
     if fusion not in FUSION_RULES:
         raise DataFormatError(path, f"fusion rule {fusion!r} is not one of {', '.join(FUSION_RULES)}")
     readout = {}
     for key, given, default in (("smoothing", smoothing, 0.0), ("smoothing_cell", smoothing_cell, DEFAULT_CELL_M)):
         if given is None:
-            text = _comment_value(data.comments, key)
+            text = comment_value(data.comments, key)
             try:
                 given = default if text is None else float(text)
             except ValueError:

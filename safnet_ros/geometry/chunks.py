@@ -269,11 +269,6 @@ class VoteAccumulator:
             np.add.at(self.hard, (idx, np.argmax(s, axis=1)), 1)
 
     @property
-    def voted(self) -> np.ndarray:
-        """(N,) bool: points with at least one prediction."""
-        return self.counts > 0
-
-    @property
     def num_unvoted(self) -> int:
         """Number of points that no chunk predicted (they get IGNORE_INDEX)."""
         return int(np.count_nonzero(self.counts == 0))

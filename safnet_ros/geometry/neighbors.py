@@ -121,11 +121,6 @@ def _check_clouds(query: torch.Tensor, ref: torch.Tensor, ref_mask: Optional[tor
         raise ValueError(f"ref_mask must be {tuple(ref.shape[:2])}, got {tuple(ref_mask.shape)}")
 
 
-def _check_k(k: int) -> None:
-    if int(k) < 1:
-        raise ConfigError(f"number of neighbours k must be >= 1, got {k}")
-
-
 def _pair_distance(query: torch.Tensor, ref: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Euclidean distance ``(B, N, k)`` between each query point and ``ref`` at ``idx``.
 
@@ -227,6 +222,19 @@ def _tree_query(ref: np.ndarray, query: np.ndarray, k: int, upper_bound: float) 
     return hit, np.where(hit, local.reshape(n, k), 0)
 
 
+def _search(query: torch.Tensor, ref: torch.Tensor, k: int, ref_mask: Optional[torch.Tensor],
+            backend: Optional[str], query_mask: Optional[torch.Tensor], upper_bound: float = float("inf")
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked inputs, then ``(found, idx)`` of the backend's search (see :func:`_search_torch`)."""
+    _check_clouds(query, ref, ref_mask)
+    if int(k) < 1:
+        raise ConfigError(f"number of neighbours k must be >= 1, got {k}")
+    with torch.no_grad():
+        if _resolve_backend(query.device, backend) == "torch":
+            return _search_torch(query, ref, int(k), ref_mask)
+        return _search_kdtree(query, ref, int(k), ref_mask, upper_bound, query_mask)
+
+
 # --------------------------------------------------------------------------- public API
 def knn(
     query: torch.Tensor,
@@ -254,20 +262,10 @@ def knn(
         coordinates; ``idx (B, N, k)`` long into ``ref``. Slots with no valid
         reference left hold ``dist = +inf`` and ``idx = 0``.
     """
-    _check_clouds(query, ref, ref_mask)
-    _check_k(k)
-    k = int(k)
-    with torch.no_grad():
-        if _resolve_backend(query.device, backend) == "torch":
-            found, idx = _search_torch(query, ref, k, ref_mask)
-        else:
-            found, idx = _search_kdtree(query, ref, k, ref_mask, query_mask=query_mask)
+    found, idx = _search(query, ref, k, ref_mask, backend, query_mask)
     if ref.shape[1] == 0:
-        dist = query.new_full(idx.shape, float("inf"))
-        return dist, idx
-    dist = _pair_distance(query, ref, idx)
-    dist = dist.masked_fill(~found, float("inf"))
-    return dist, idx
+        return query.new_full(idx.shape, float("inf")), idx
+    return _pair_distance(query, ref, idx).masked_fill(~found, float("inf")), idx
 
 
 def ball_query(
@@ -290,19 +288,11 @@ def ball_query(
         first; invalid slots repeat the first valid index of that row (0 when the
         neighbourhood is empty), so gathering with ``idx`` is always safe.
     """
-    _check_clouds(query, ref, ref_mask)
-    _check_k(k)
     if not radius > 0:
         raise ConfigError(f"ball query radius must be > 0 metres, got {radius}")
-    k = int(k)
+    # The KD-tree's bound is slightly larger; the exact radius test below decides.
+    found, idx = _search(query, ref, k, ref_mask, backend, query_mask, float(radius) * (1 + 1e-5) + 1e-9)
     with torch.no_grad():
-        if _resolve_backend(query.device, backend) == "torch":
-            found, idx = _search_torch(query, ref, k, ref_mask)
-        else:
-            # Slightly larger bound; the exact radius test below decides.
-            found, idx = _search_kdtree(
-                query, ref, k, ref_mask, upper_bound=float(radius) * (1 + 1e-5) + 1e-9, query_mask=query_mask
-            )
         if ref.shape[1] == 0:
             return idx, found
         dist = _pair_distance(query.detach(), ref.detach(), idx)

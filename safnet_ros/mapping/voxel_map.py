@@ -388,17 +388,13 @@ class SemanticVoxelMap:
         """(V, 3) float32 voxel centres, metres."""
         return key_centres(self._sorted()[1], self.voxel_size)
 
-    def _readout(self) -> np.ndarray:
+    def _readout(self, evidence: Optional["MapEvidence"] = None) -> np.ndarray:
         """(V, C) float32 class distributions as read (smoothed when ``smoothing`` > 0), in key order.
 
-        Computed once per map version (and again when ``smoothing`` or
-        ``smoothing_cell`` is changed on the object).
+        Cached per :meth:`_read_state`; ``evidence``: this map's current copy when the caller has one.
         """
-        return self._readout_of(self.evidence() if self._readout_state != self._read_state() else None)
-
-    def _readout_of(self, evidence: Optional["MapEvidence"]) -> np.ndarray:
-        """The cached read-out, computed from ``evidence`` (this map's current copy) when the cache is stale."""
-        if evidence is not None and self._readout_state != evidence.state:
+        if self._readout_state != self._read_state():
+            evidence = evidence or self.evidence()
             self._readout_dist, self._readout_state = evidence.read(), evidence.state
         return self._readout_dist
 
@@ -424,8 +420,7 @@ class SemanticVoxelMap:
         Under the lock: a copy of the evidence (:meth:`evidence`) and the
         cached read-out when it is current. A stale read-out is computed with the
         lock released, so that the thread fusing clouds is not held up by the
-        smoothing of a large map (0.2-0.5 s at 360k voxels,
-        docs/benchmarks.md), and handed back to the map's cache when the map
+        smoothing of a large map, and handed back to the map's cache when the map
         has not changed meanwhile.
         """
         with lock:
@@ -450,15 +445,11 @@ class SemanticVoxelMap:
         """(V,) int64 points fused into each voxel."""
         return self._obs[self._sorted()[0]]
 
-    def confidence(self, labels: Optional[np.ndarray] = None) -> np.ndarray:
-        """(V,) float32 in [0, 1]: the read distribution's value at the label.
-
-        Without smoothing that is, for the count rule, the winner's mean
-        probability over the voxel's points and, for the log rule, its posterior.
-        """
+    def confidence(self) -> np.ndarray:
+        """(V,) float32 in [0, 1]: the read distribution's value at the label (without smoothing: for
+        the count rule the winner's mean probability over the voxel's points, for the log rule its posterior)."""
         dist = self._readout()
-        lab = self.labels() if labels is None else labels
-        return dist[np.arange(len(dist)), lab].astype(np.float32)
+        return dist[np.arange(len(dist)), self.labels()].astype(np.float32)
 
     def probabilities(self) -> np.ndarray:
         """(V, C) float32 class distribution per voxel as read: its fused evidence normalised, blended
@@ -468,7 +459,7 @@ class SemanticVoxelMap:
     def snapshot(self, with_scores: bool = False) -> MapSnapshot:
         """A consistent copy of the map (take it under the owner's lock, or use :meth:`snapshot_outside`)."""
         evidence = self.evidence()
-        return evidence.snapshot(self._readout_of(evidence), with_scores=with_scores)
+        return evidence.snapshot(self._readout(evidence), with_scores=with_scores)
 
     # ------------------------------------------------------------------ restoring
     def load_voxels(self, centres: np.ndarray, scores: np.ndarray, observations: np.ndarray) -> None:

@@ -137,17 +137,7 @@ class SafnetConfig:
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown SAFNet preset {name!r}; choose one of {PRESETS}")
-        values: dict[str, Any] = {"preset_name": name}
-        if name == "lite":
-            values.update(_LITE)
-        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown SAFNet config field(s): {', '.join(unknown)}")
-        values.update(overrides)
-        config = cls(**values)
-        config.normalise()
-        config.validate()
-        return config
+        return cls.from_dict({"preset_name": name, **(_LITE if name == "lite" else {}), **overrides})
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -159,8 +149,7 @@ class SafnetConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a SAFNet config must be a mapping, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"unknown SAFNet config field(s): {', '.join(unknown)}")
         try:

@@ -458,18 +458,9 @@ def three_nn_interpolate(
     *,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
-    """Inverse-distance interpolation of features from the 3 nearest known points.
-
-    Weights as :func:`three_nn_weights` (no gradient); the features carry one.
-
-    Args:
-        unknown: ``(B, n, 3)`` metres, where features are wanted.
-        known: ``(B, m, 3)`` metres.
-        known_feats: ``(B, C, m)``.
-        known_mask: ``(B, m)`` bool, ``False`` = padding.
-
-    Returns:
-        ``(B, C, n)``.
+    """Inverse-distance interpolation of ``known_feats (B, C, m)`` at ``known (B, m, 3)`` onto
+    ``unknown (B, n, 3)`` (metres) -> ``(B, C, n)``. Weights and ``known_mask`` as
+    :func:`three_nn_weights` (no gradient); the features carry one.
     """
     if known_feats.dim() != 3 or known_feats.shape[0] != known.shape[0] or known_feats.shape[2] != known.shape[1]:
         raise ValueError(

@@ -123,26 +123,25 @@ def load_map(path: str | os.PathLike, voxel_size: Optional[float] = None, max_vo
     if missing:
         raise DataFormatError(path, f"not a semantic map PLY: vertex properties {', '.join(missing)} are missing "
                                     f"(it has {', '.join(names) or 'none'})")
-    if voxel_size is None:
-        text = comment_value(data.comments, "voxel_size")
-        if text is None:
-            raise DataFormatError(path, "no 'comment voxel_size ...' line: pass the voxel size explicitly")
+
+    def number(key: str, given: Optional[float], default: Optional[float]) -> Optional[float]:
+        """``given``, else the file's ``comment KEY VALUE``, else ``default``."""
+        text = comment_value(data.comments, key)
+        if given is not None or text is None:
+            return default if given is None else given
         try:
-            voxel_size = float(text)
+            return float(text)
         except ValueError:
-            raise DataFormatError(path, f"voxel_size comment {text!r} is not a number") from None
+            raise DataFormatError(path, f"{key} comment {text!r} is not a number") from None
+
+    voxel_size = number("voxel_size", voxel_size, None)
+    if voxel_size is None:
+        raise DataFormatError(path, "no 'comment voxel_size ...' line: pass the voxel size explicitly")
     fusion = fusion or comment_value(data.comments, "fusion") or "count"
     if fusion not in FUSION_RULES:
         raise DataFormatError(path, f"fusion rule {fusion!r} is not one of {', '.join(FUSION_RULES)}")
-    readout = {}
-    for key, given, default in (("smoothing", smoothing, 0.0), ("smoothing_cell", smoothing_cell, DEFAULT_CELL_M)):
-        if given is None:
-            text = comment_value(data.comments, key)
-            try:
-                given = default if text is None else float(text)
-            except ValueError:
-                raise DataFormatError(path, f"{key} comment {text!r} is not a number") from None
-        readout[key] = given
+    readout = {"smoothing": number("smoothing", smoothing, 0.0),
+               "smoothing_cell": number("smoothing_cell", smoothing_cell, DEFAULT_CELL_M)}
     centres = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
     classes = nyu40_to_class(v["label"]).astype(np.int64)
     confidence = v["confidence"].astype(np.float64)

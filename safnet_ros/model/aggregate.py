@@ -94,25 +94,18 @@ class Aggregate2D(nn.Module):
         neighbours: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         q_index: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """
+        """F2D ``(B, N, mlp[-1])``, channels last; zero for points without any valid Q point.
+
         Args:
-            points: ``(B, N, 3)`` metres.
-            q_points: ``(B, M, 3)`` metres, M >= 1.
-            q_feats: ``(B, R, C)`` feature rows; Q point j's feature is row
-                ``q_index[b, j]`` (or row j when ``q_index`` is None, R = M). Passing
-                the flattened pixel grid with ``q_index = q_pixel`` avoids building
-                the (B, M, C) per-Q-point features at all.
+            points: ``(B, N, 3)``; q_points: ``(B, M, 3)``, M >= 1 (metres).
+            q_feats: ``(B, R, C)`` feature rows: Q point j's is row ``q_index[b, j]``
+                (``q_index (B, M)`` long; row j when None), so the flattened pixel grid
+                with ``q_index = q_pixel`` is never expanded per Q point.
             q_mask: ``(B, M)`` bool, False = padding.
-            neighbours: optional precomputed ``(dist (B, N, >=k), idx (B, N, >=k))`` of
-                :func:`knn` (P -> Q, ascending); only the first k slots are used.
-            q_index: ``(B, M)`` long row of each Q point in ``q_feats``.
+            neighbours: optional precomputed ``knn(P, Q, >= k)`` ``(dist, idx)``.
 
-        Returns:
-            ``(B, N, mlp[-1])`` (channels last); zero for points without any valid Q point.
-
-        The first layer ``W [F, dxyz, |dxyz|^2]`` is computed as ``W_F F + W_g [dxyz,
-        |dxyz|^2]`` with ``W_F F`` applied to the feature rows *before* the lookup
-        (same result, the wide 64-channel rows are never gathered).
+        The first layer is computed as ``W_F F + W_g [dxyz, |dxyz|^2]`` with ``W_F F``
+        applied to the feature rows before the lookup (docs/model.md, step 3).
         """
         if neighbours is None:
             neighbours = knn(points, q_points, self.k, q_mask)

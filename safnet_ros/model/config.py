@@ -67,10 +67,7 @@ class SafnetConfig:
     agg_k: int = 3
     agg_mlp: tuple[int, ...] = (64, 64, 64)
 
-    # Neighbourhoods N_P(i): up to k points within radius. N_Q(i): nq_mode "knn" = the k
-    # nearest Q points, no radius (the authors'; never empty while the chunk has Q);
-    # "ball" = up to k Q points within radius (empty for uncovered points: S_con then
-    # compares with the single nearest Q point).
+    # Neighbourhoods N_P(i) (up to k points within radius) and N_Q(i) (nq_mode: docs/model.md step 2).
     k: int = 64
     radius: float = 0.15
     nq_mode: str = "knn"
@@ -107,9 +104,7 @@ class SafnetConfig:
     # Fusion head.
     channel_attention: bool = True
     se_reduction: int = 4
-    # Our extension (docs/design.md §1.7): F2D is also weighted by a learnt gate of the 2D
-    # net's confidence (largest softmax probability) at the pixels each point gathers from.
-    confidence_gate: bool = False
+    confidence_gate: bool = False  # our extension: F2D weighted by the 2D net's confidence (design.md §1.8)
     head_mlp: tuple[int, ...] = (192, 192, 192)
     dropout: float = 0.5
 
@@ -120,10 +115,7 @@ class SafnetConfig:
     w_3d: float = 0.8
     w_unproj: float = 0.8
     unproj_radius: float = 0.05  # r': a Q point takes the label of the nearest P point within r'
-    # L_2Dunp on the 2D net's own logits at the Q pixels; with the 2D net frozen
-    # (stage 3d) its last decoder stage (up1) and classifier are fine-tuned by it
-    # (train.lr_2d_scale x the lr), so the 2D features the fusion uses change.
-    unproj_finetune_2d: bool = True
+    unproj_finetune_2d: bool = True  # stage 3d: L_2Dunp fine-tunes the 2D net's up1 + classifier (model.md step 8)
 
     extra: dict = field(default_factory=dict)  # free-form notes kept with checkpoints
 

@@ -92,6 +92,19 @@ def _check_wh(wh, name: str) -> tuple[int, int]:
     return w, h
 
 
+def _depth_image(depth) -> np.ndarray:
+    d = np.asarray(depth)
+    if d.ndim != 2:
+        raise DataFormatError(None, f"depth image must be (H, W), got shape {d.shape}")
+    return d
+
+
+def _valid_depth(z: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
+    """Bool mask of measured depths: finite, ``> 0`` (0 = no measurement) and within ``[min_depth, max_depth]``."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(z) & (z > 0) & (z >= min_depth) & (z <= max_depth)
+
+
 def scale_intrinsics(K, from_wh: Sequence[int], to_wh: Sequence[int]) -> np.ndarray:
     """Intrinsics (3, 3) float64 of the same camera with its image resized from ``from_wh`` to ``to_wh``.
 
@@ -170,19 +183,14 @@ def backproject(
     H*W), in row-major pixel order, so ``features.reshape(H*W, C)[pixel_index]`` gathers
     each point's pixel feature.
     """
-    d = np.asarray(depth)
-    if d.ndim != 2:
-        raise DataFormatError(None, f"depth image must be (H, W), got shape {d.shape}")
+    d = _depth_image(depth)
     if not (0.0 <= min_depth <= max_depth):
         raise ConfigError(f"need 0 <= min_depth <= max_depth, got {min_depth}, {max_depth}")
     T = check_pose(camera_to_world)
     h, w = d.shape
     rays, pix = pixel_rays(K, (w, h), stride)
     z = d[:: int(stride), :: int(stride)].astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        valid = np.isfinite(z) & (z >= min_depth) & (z <= max_depth)
-    if min_depth == 0.0:
-        valid &= z > 0.0
+    valid = _valid_depth(z, min_depth, max_depth)
     cam = rays[valid] * z[valid][:, None]
     world = cam @ T[:3, :3].T + T[:3, 3]
     return world.astype(np.float32), pix[valid]
@@ -245,16 +253,12 @@ def visible(
     """
     if not tol >= 0:
         raise ConfigError(f"tol must be >= 0, got {tol}")
-    d = np.asarray(depth)
-    if d.ndim != 2:
-        raise DataFormatError(None, f"depth image must be (H, W), got shape {d.shape}")
+    d = _depth_image(depth)
     h, w = d.shape
     uv, z, in_image = project(points, K, camera_to_world, (w, h))
     idx = nearest_pixel(uv, in_image, (w, h))
     out = np.zeros(len(z), dtype=bool)
     sel = np.flatnonzero(in_image)
     dz = d.reshape(-1)[idx[sel]].astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(dz) & (dz >= min_depth) & (dz <= max_depth) & (dz > 0) & (np.abs(dz - z[sel]) <= tol)
-    out[sel] = ok
+    out[sel] = _valid_depth(dz, min_depth, max_depth) & (np.abs(dz - z[sel]) <= tol)
     return out

@@ -214,12 +214,8 @@ class KeyIndex:
             self._slot_of_row = grown
 
     def _rebuild(self, need: int) -> None:
-        """Re-insert the live keys into a fresh table with room for ``need`` keys (drops tombstones).
-
-        A table that filled with tombstones within CHURN_INSERTS inserts of its last rebuild
-        (a full map evicting and inserting a large share every cloud) is doubled, at most
-        CHURN_GROWTH times beyond its capacity's size, so that rebuilds stay rare there too.
-        """
+        """Re-insert the live keys into a fresh table with room for ``need`` keys (drops tombstones;
+        doubles a table that churned, see the module docstring)."""
         keys, rows = self.items()
         bits = max(self._bits, _bits_for(need))
         if (self._inserts_since_rebuild < CHURN_INSERTS and bits == self._bits

@@ -70,9 +70,7 @@ def find_neighbourhoods(
     Args:
         points: ``(B, N, 3)`` metres (finite); ``point_mask (B, N)`` False = excluded.
         q_points: ``(B, M, 3)`` metres, M >= 1; ``q_mask (B, M)`` False = padding.
-        nq_mode: ``"ball"``: N_Q(i) = the k nearest Q points closer than ``radius``
-            (empty for a point no view sees); ``"knn"``: the k nearest valid Q points,
-            no radius (the authors' N_Q; empty only when the chunk has no Q point).
+        nq_mode: ``"ball"`` or ``"knn"`` (docs/model.md, "Data flow", step 2).
     """
     kk = max(int(k), int(knn_k)) if with_balls else int(knn_k)
     # Excluded points (padding of a batch of chunks) need no neighbours: not searched.

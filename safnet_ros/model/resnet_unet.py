@@ -152,21 +152,14 @@ class ResNetEncoder(nn.Module):
         return [stem, l1, l2, l3, l4]
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
 class _UpStage(nn.Module):
     """x2 transposed-conv upsampling, concat with the skip map, 3x3 conv + BN + ReLU."""
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, skip_channels, 2, stride=2)
-        self.fuse = _conv_bn_relu(2 * skip_channels, out_channels)
+        self.fuse = nn.Sequential(nn.Conv2d(2 * skip_channels, out_channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat([self.up(deep), skip], dim=1))
@@ -175,14 +168,8 @@ class _UpStage(nn.Module):
 class ResNetUNet(nn.Module):
     """ResNet encoder + UNet decoder: per-pixel features and 2D class logits.
 
-    Args:
-        depth: 18 or 34 (BasicBlock ResNets).
-        feat_dim: channels of the output feature map (64 in the paper).
-        num_classes: classes of the 1x1 classifier (20 for ScanNet).
-        stem_stride: 1 (full-resolution stem, paper) or 2 (torchvision stem + final
-            bilinear upsampling, cheaper).
-        width: base width of the encoder (64 = torchvision; the decoder scales with it).
-
+    ``depth`` 18 or 34, ``stem_stride`` 1 or 2 (module docstring), ``width`` the
+    encoder's base width (the decoder scales with it).
     ``forward(images (B, 3, H, W) normalised)`` -> ``(features (B, feat_dim, H, W),
     logits (B, num_classes, H, W))`` for any H, W >= 1.
     """

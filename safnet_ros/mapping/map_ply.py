@@ -24,6 +24,7 @@ renamed into place, so a failed save never leaves a half-written map.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -82,10 +83,8 @@ def save_map(path: str | os.PathLike, snap: MapSnapshot, frame_id: str = "map") 
         write_ply(tmp, map_vertex_array(snap), None, comments=comments)
         os.replace(tmp, path)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise MapSaveError(f"{path}: cannot save the map: {exc.strerror or exc}") from None
     return path
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from safnet_ros.geometry.neighbors import gather, knn
-from safnet_ros.model.folded_norm import bn_relu, linear_bn_relu
+from safnet_ros.model.folded_norm import SafeBatchNorm, bn_relu, linear_bn_relu
 
 __all__ = ["Aggregate2D", "PointMLP"]
 
@@ -22,9 +21,8 @@ class PointMLP(nn.Module):
     """Shared MLP on channels-last features ``(..., C_in)`` -> ``(..., widths[-1])``.
 
     Each layer is Linear (no bias) + BatchNorm over all leading positions + ReLU:
-    the maths of 1x1 convolutions with BN, channels last (docs/model.md). A single
-    row in training mode is normalised with the running statistics; in eval mode
-    each BN is folded into its linear layer (:mod:`safnet_ros.model.folded_norm`).
+    the maths of 1x1 convolutions with BN, channels last (docs/model.md). In eval
+    mode each BN is folded into its linear layer (:mod:`safnet_ros.model.folded_norm`).
     """
 
     def __init__(self, in_channels: int, widths: Sequence[int]):
@@ -33,7 +31,7 @@ class PointMLP(nn.Module):
         self.norms = nn.ModuleList()
         for width in widths:
             self.linears.append(nn.Linear(in_channels, int(width), bias=False))
-            self.norms.append(nn.BatchNorm1d(int(width)))
+            self.norms.append(SafeBatchNorm(int(width)))
             in_channels = int(width)
         self.out_channels = in_channels
 
@@ -58,15 +56,10 @@ class PointMLP(nn.Module):
         x = pre.reshape(-1, pre.shape[-1])
         if not self.training:  # inference: every BN folded into its linear layer
             return self._eval_rest(bn_relu(x, self.norms[0])).view(*lead, self.out_channels)
-        single = x.shape[0] <= 1  # no batch statistics from one row
         for i, norm in enumerate(self.norms):
             if i > 0:
                 x = self.linears[i](x)
-            if single:
-                x = F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
-            else:
-                x = norm(x)
-            x = torch.relu_(x)
+            x = torch.relu_(norm(x))
         return x.view(*lead, self.out_channels)
 
 

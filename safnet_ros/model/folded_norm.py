@@ -1,4 +1,4 @@
-"""Batch norm folded into the linear layer before it, for inference.
+"""Batch norm for the shared MLPs: :class:`SafeBatchNorm`, folded into the linear layer before it for inference.
 
 In eval mode a BatchNorm is a fixed per-channel affine map,
 ``BN(y) = y * scale + shift`` with ``scale = gamma / sqrt(running_var + eps)`` and
@@ -20,7 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["folded_scale_shift", "linear_bn_relu", "bn_relu"]
+__all__ = ["SafeBatchNorm", "folded_scale_shift", "linear_bn_relu", "bn_relu"]
+
+
+class SafeBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm for ``(B, C, ...)`` or rows ``(R, C)`` that normalises with its running statistics
+    when a training batch holds a single value per channel (batch statistics of one value are undefined)."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected (B, C, ...) input, got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() // max(x.shape[1], 1) <= 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
 
 
 def folded_scale_shift(norm: nn.modules.batchnorm._BatchNorm) -> Optional[tuple[torch.Tensor, torch.Tensor]]:

@@ -10,7 +10,7 @@ The modules (and so the state_dict) are the usual 1x1 Conv2d / Conv1d + BN + ReL
 they are evaluated channels last as ``F.linear`` on their weights (docs/model.md).
 A level never asks for more centroids than the points it receives
 (``min(npoint, N)``), so any N >= 1 works; a BN with a single value per channel
-normalises with its running statistics (:class:`_SafeBatchNorm`).
+normalises with its running statistics (:class:`~safnet_ros.model.folded_norm.SafeBatchNorm`).
 """
 from __future__ import annotations
 
@@ -27,25 +27,10 @@ from safnet_ros.geometry.neighbors import (
     interpolate_rows,
     three_nn_weights,
 )
-from safnet_ros.model.folded_norm import bn_relu, linear_bn_relu
+from safnet_ros.model.folded_norm import SafeBatchNorm, bn_relu, linear_bn_relu
 from safnet_ros.model.stages import stage
 
 __all__ = ["PointNet2SSG", "SetAbstraction", "FeaturePropagation"]
-
-
-class _SafeBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm for (B, C, ...) that falls back to running stats when B * ... == 1."""
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"expected (B, C, ...) input, got {tuple(x.shape)}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.numel() // max(x.shape[1], 1) <= 1:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-            )
-        return super().forward(x)
 
 
 def _shared_mlp(in_channels: int, widths: Sequence[int], dims: int) -> nn.Sequential:
@@ -54,7 +39,7 @@ def _shared_mlp(in_channels: int, widths: Sequence[int], dims: int) -> nn.Sequen
     conv = nn.Conv2d if dims == 2 else nn.Conv1d
     layers: list[nn.Module] = []
     for width in widths:
-        layers += [conv(in_channels, width, 1, bias=False), _SafeBatchNorm(width), nn.ReLU(inplace=True)]
+        layers += [conv(in_channels, width, 1, bias=False), SafeBatchNorm(width), nn.ReLU(inplace=True)]
         in_channels = width
     return nn.Sequential(*layers)
 

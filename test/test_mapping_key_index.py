@@ -10,17 +10,20 @@ def test_lookups_inserts_and_removals_match_a_dict():
     rng = np.random.default_rng(0)
     index = KeyIndex(capacity=256)  # small on purpose: the table has to grow and rebuild
     reference: dict[int, int] = {}
+    next_row = 0
     for _ in range(200):
         keys = np.unique(rng.integers(0, 5000, 300))
         rows = index.lookup(keys)
         expected = np.array([reference.get(int(k), -1) for k in keys])
         np.testing.assert_array_equal(rows, expected)
         new = keys[rows < 0]
-        new_rows = rng.integers(0, 10**6, len(new))
+        new_rows = rng.permutation(np.arange(next_row, next_row + len(new)))  # distinct row numbers
+        next_row += len(new)
         index.insert(new, new_rows)
         reference.update(zip(new.tolist(), new_rows.tolist()))
         gone = rng.choice(keys, len(keys) // 3, replace=False)
-        assert index.remove(gone) == sum(int(k) in reference for k in gone)
+        gone_rows = index.lookup(gone)
+        assert index.remove_rows(gone_rows[gone_rows >= 0]) == sum(int(k) in reference for k in gone)
         for k in gone.tolist():
             reference.pop(k, None)
         assert len(index) == len(reference)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from safnet_ros.errors import ConfigError, ModelLoadError
+from safnet_ros.model.config import SafnetConfig
 from safnet_ros.model.fusion import Dropout
 from safnet_ros.model.pointnet2 import PointNet2SSG
 from safnet_ros.model.resnet_unet import ResNetEncoder, ResNetUNet, load_torchvision_resnet, upsample_2x
@@ -181,10 +182,11 @@ def test_dropout_keeps_one_minus_p_of_the_activations_scaled_and_is_the_identity
 
 
 def test_resnet_unet_bad_config():
-    with pytest.raises(ConfigError):
-        ResNetUNet(50)
-    with pytest.raises(ConfigError):
-        ResNetUNet(34, stem_stride=4)
+    """The config, where the 2D net's settings arrive, refuses what the net cannot build."""
+    with pytest.raises(ConfigError, match="resnet_depth"):
+        SafnetConfig.preset("lite", resnet_depth=50)
+    with pytest.raises(ConfigError, match="stem_stride"):
+        SafnetConfig.preset("lite", stem_stride=4)
 
 
 def _colour_regions(seed: int, h: int = 32, w: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,10 +273,10 @@ def test_pointnet2_rejects_bad_input():
         net(torch.rand(1, 10, 3), None)
     with pytest.raises(ValueError):
         net(torch.rand(1, 0, 3), torch.rand(1, 3, 0))
-    with pytest.raises(ConfigError):
-        PointNet2SSG(out_channels=64)
-    with pytest.raises(ConfigError):
-        PointNet2SSG(npoints=(10, 5), radii=(0.1,))
+    with pytest.raises(ConfigError, match="last FP MLP"):  # the layout is checked by the config
+        SafnetConfig.preset("lite", feat_3d=64)
+    with pytest.raises(ConfigError, match="same length"):
+        SafnetConfig.preset("lite", pn_npoints=(10, 5), pn_radii=(0.1,))
 
 
 def _plane_and_sphere(seed: int, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,10 +380,10 @@ def test_pointnet2_channels_last_equals_conv_reference(in_channels):
     grad_ref = torch.autograd.grad(ref.square().mean(), net.sa[0].mlp[0].weight)[0]
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-4)
-    # single levels keep their channels-first interface
+    # single levels run channels last
     with torch.no_grad():
-        centroids, pooled = net.eval().sa[0](xyz, feats)
-    assert pooled.shape == (2, SMALL["mlps"][0][-1], SMALL["npoints"][0]) and centroids.shape == (2, 64, 3)
+        centroids, pooled = net.eval().sa[0](xyz, None if feats is None else feats.transpose(1, 2))
+    assert pooled.shape == (2, SMALL["npoints"][0], SMALL["mlps"][0][-1]) and centroids.shape == (2, 64, 3)
 
 
 def test_pointnet2_state_dict_keeps_conv_layout():

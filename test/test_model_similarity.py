@@ -198,7 +198,7 @@ def test_csm_mapping_equals_the_plain_formulation(train):
     csm = ContextualSimilarity(point_width=16, oe_width=24, mlp=(32, 32), out_channels=32, radius=R)
     g = torch.Generator().manual_seed(5)
     for mod in csm.modules():
-        if isinstance(mod, torch.nn.BatchNorm1d):
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
             c = mod.num_features
             mod.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
             mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)

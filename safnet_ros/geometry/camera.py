@@ -15,9 +15,8 @@ Conventions (see docs/dev/interfaces.md):
   ``fx' = fx s`` and ``cx' = (cx + 0.5) s - 0.5`` (same for y). :func:`resize_nearest`
   samples source pixel ``floor((j + 0.5) / s)`` for target pixel ``j``: the source pixel
   whose area contains the target pixel's centre. The two agree, so a pixel read from
-  a resized depth/label image matches the ray of the scaled K within half a source pixel.
-  (The simpler ``cx' = cx s`` is off by ``0.5 (1 - s)`` target pixels: 0.44 px for
-  1296 -> 160, i.e. about 3.5 source pixels.)
+  a resized depth/label image matches the ray of the scaled K within half a source pixel
+  (the simpler ``cx' = cx s`` is off by ``0.5 (1 - s)`` target pixels).
 
 Bad camera input (K zero/singular/non-finite, non-finite pose, wrong shapes) raises
 :class:`~safnet_ros.errors.DataFormatError` with ``path=None``; bad parameters (tolerances,
@@ -25,7 +24,6 @@ depth range, stride, sizes) raise :class:`~safnet_ros.errors.ConfigError`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -33,7 +31,6 @@ import numpy as np
 from safnet_ros.errors import ConfigError, DataFormatError
 
 __all__ = [
-    "Intrinsics",
     "check_intrinsics",
     "check_pose",
     "scale_intrinsics",
@@ -47,36 +44,6 @@ __all__ = [
 
 #: Points closer to the camera plane than this (metres) are never "in the image".
 MIN_PROJECT_Z = 1e-6
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics in pixels, with the image size they belong to (width, height)."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-
-    @classmethod
-    def from_matrix(cls, K, wh: Sequence[int]) -> "Intrinsics":
-        K = check_intrinsics(K)
-        return cls(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), int(wh[0]), int(wh[1]))
-
-    @property
-    def K(self) -> np.ndarray:
-        """(3, 3) float64 matrix."""
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-
-    @property
-    def wh(self) -> tuple[int, int]:
-        return (self.width, self.height)
-
-    def scaled(self, wh: Sequence[int]) -> "Intrinsics":
-        """The same camera at image size ``wh`` (see :func:`scale_intrinsics`)."""
-        return Intrinsics.from_matrix(scale_intrinsics(self.K, self.wh, wh), wh)
 
 
 def check_intrinsics(K) -> np.ndarray:
@@ -123,6 +90,19 @@ def _check_wh(wh, name: str) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise ConfigError(f"{name} must be positive, got {(w, h)}")
     return w, h
+
+
+def _depth_image(depth) -> np.ndarray:
+    d = np.asarray(depth)
+    if d.ndim != 2:
+        raise DataFormatError(None, f"depth image must be (H, W), got shape {d.shape}")
+    return d
+
+
+def _valid_depth(z: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
+    """Bool mask of measured depths: finite, ``> 0`` (0 = no measurement) and within ``[min_depth, max_depth]``."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(z) & (z > 0) & (z >= min_depth) & (z <= max_depth)
 
 
 def scale_intrinsics(K, from_wh: Sequence[int], to_wh: Sequence[int]) -> np.ndarray:
@@ -203,19 +183,14 @@ def backproject(
     H*W), in row-major pixel order, so ``features.reshape(H*W, C)[pixel_index]`` gathers
     each point's pixel feature.
     """
-    d = np.asarray(depth)
-    if d.ndim != 2:
-        raise DataFormatError(None, f"depth image must be (H, W), got shape {d.shape}")
+    d = _depth_image(depth)
     if not (0.0 <= min_depth <= max_depth):
         raise ConfigError(f"need 0 <= min_depth <= max_depth, got {min_depth}, {max_depth}")
     T = check_pose(camera_to_world)
     h, w = d.shape
     rays, pix = pixel_rays(K, (w, h), stride)
     z = d[:: int(stride), :: int(stride)].astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        valid = np.isfinite(z) & (z >= min_depth) & (z <= max_depth)
-    if min_depth == 0.0:
-        valid &= z > 0.0
+    valid = _valid_depth(z, min_depth, max_depth)
     cam = rays[valid] * z[valid][:, None]
     world = cam @ T[:3, :3].T + T[:3, 3]
     return world.astype(np.float32), pix[valid]
@@ -278,16 +253,12 @@ def visible(
     """
     if not tol >= 0:
         raise ConfigError(f"tol must be >= 0, got {tol}")
-    d = np.asarray(depth)
-    if d.ndim != 2:
-        raise DataFormatError(None, f"depth image must be (H, W), got shape {d.shape}")
+    d = _depth_image(depth)
     h, w = d.shape
     uv, z, in_image = project(points, K, camera_to_world, (w, h))
     idx = nearest_pixel(uv, in_image, (w, h))
     out = np.zeros(len(z), dtype=bool)
     sel = np.flatnonzero(in_image)
     dz = d.reshape(-1)[idx[sel]].astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(dz) & (dz >= min_depth) & (dz <= max_depth) & (dz > 0) & (np.abs(dz - z[sel]) <= tol)
-    out[sel] = ok
+    out[sel] = _valid_depth(dz, min_depth, max_depth) & (np.abs(dz - z[sel]) <= tol)
     return out

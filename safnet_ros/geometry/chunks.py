@@ -4,10 +4,9 @@ docs/design.md §2.5 / the paper (after MVPNet): the network sees chunks of 1.5 
 with the full height of the room; at test time chunks overlap with a 0.5 m stride
 and each point's prediction is a vote over the chunks containing it.
 
-* :func:`chunk_grid` tiles the cloud for inference and guarantees that **every point
-  lies in at least one returned chunk** (see its docstring for how small chunks are
-  handled).
-* :func:`random_chunk` / :func:`sample_points` draw training chunks.
+* :func:`chunk_grid` tiles the cloud for inference: **every point lies in at least
+  one returned chunk**;
+* :func:`random_chunk` / :func:`sample_points` draw training chunks;
 * :class:`VoteAccumulator` sums per-point class scores over the chunks.
 """
 from __future__ import annotations
@@ -267,11 +266,6 @@ class VoteAccumulator:
         self.counts += added
         if self.hard is not None:
             np.add.at(self.hard, (idx, np.argmax(s, axis=1)), 1)
-
-    @property
-    def voted(self) -> np.ndarray:
-        """(N,) bool: points with at least one prediction."""
-        return self.counts > 0
 
     @property
     def num_unvoted(self) -> int:

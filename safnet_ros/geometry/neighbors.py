@@ -5,17 +5,13 @@ One interface, two implementations picked by the tensor's device:
 * ``"torch"`` (default for CUDA tensors): blocks of queries against all references
   with :func:`torch.cdist` + :func:`torch.topk`, so memory stays bounded
   (``block_rows x M <= _MAX_BLOCK_ELEMENTS`` distances at a time).
-* ``"kdtree"`` (default for CPU tensors): a KD-tree per batch element, queried with
-  all cores. A dense ``N x M`` distance matrix on the CPU is far too slow for
-  scene-sized clouds (8.8 s for 25k x 100k points against 0.05 s). The tree is
-  pykdtree's where it is installed (a requirement of the pip install; faster than
-  scipy here, 2 cores: ``knn`` of 25k points into 57.6k, k = 8, 25 ms against
-  37 ms; ``ball_query`` of 25k into 25k, k = 8, 17 ms against 28 ms) and :class:`scipy.spatial.cKDTree` otherwise
-  (a ROS install without pykdtree); ``SAFNET_KDTREE=scipy`` or ``pykdtree``
-  forces one. Both search exactly, in float64, so they return the same
-  neighbours (tested).
-  Farthest point sampling has no tree; under this backend it runs the same loop
-  as the torch path in numpy (same arithmetic, same indices, 10x less overhead).
+* ``"kdtree"`` (default for CPU tensors; a dense distance matrix is far too slow
+  there): a KD-tree per batch element, queried with all cores. The tree is
+  pykdtree's where it is installed (faster; docs/model.md) and
+  :class:`scipy.spatial.cKDTree` otherwise; ``SAFNET_KDTREE=scipy`` or
+  ``pykdtree`` forces one. Both search exactly, in float64, so they return the
+  same neighbours. Farthest point sampling runs the torch path's loop in numpy
+  (same arithmetic, same indices, less per-call overhead).
 
 The backend can be forced with the ``backend=`` keyword or the environment variable
 ``SAFNET_NEIGHBORS_BACKEND`` (``auto`` | ``torch`` | ``kdtree``), which is how the
@@ -88,19 +84,16 @@ _MAX_BLOCK_ELEMENTS = 64 * 1024 * 1024
 
 # --------------------------------------------------------------------------- helpers
 def gather(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Batched gather: ``values (B, M, C)`` at ``idx (B, N, k)`` -> ``(B, N, k, C)``.
+    """Batched row lookup: ``values (B, M, C)`` at ``idx (B, ...)`` long in ``[0, M)`` -> ``(B, ..., C)``.
 
-    Differentiable w.r.t. ``values``. ``idx`` must lie in ``[0, M)``.
-
-    One ``index_select`` over the flattened ``(B * M, C)`` rows (the batch offset
-    added to the indices): the same values as ``torch.gather`` with an expanded
-    index, several times faster on a CPU (6 ms against 31 ms for 75k x 64 rows).
+    Differentiable w.r.t. ``values``. One ``index_select`` over the flattened
+    ``(B * M, C)`` rows: the values of ``torch.gather`` with an expanded index,
+    several times faster on a CPU.
     """
     batch, rows, channels = values.shape
-    _, n, k = idx.shape
-    offset = (torch.arange(batch, device=idx.device) * rows).view(batch, 1, 1)
+    offset = (torch.arange(batch, device=idx.device) * rows).view(batch, *([1] * (idx.dim() - 1)))
     flat = values.reshape(batch * rows, channels).index_select(0, (idx + offset).reshape(-1))
-    return flat.view(batch, n, k, channels)
+    return flat.view(*idx.shape, channels)
 
 
 def _resolve_backend(device: torch.device, backend: Optional[str]) -> str:
@@ -126,11 +119,6 @@ def _check_clouds(query: torch.Tensor, ref: torch.Tensor, ref_mask: Optional[tor
         raise ValueError(f"batch sizes differ: query {query.shape[0]}, ref {ref.shape[0]}")
     if ref_mask is not None and tuple(ref_mask.shape) != tuple(ref.shape[:2]):
         raise ValueError(f"ref_mask must be {tuple(ref.shape[:2])}, got {tuple(ref_mask.shape)}")
-
-
-def _check_k(k: int) -> None:
-    if int(k) < 1:
-        raise ConfigError(f"number of neighbours k must be >= 1, got {k}")
 
 
 def _pair_distance(query: torch.Tensor, ref: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -226,13 +214,25 @@ def _tree_query(ref: np.ndarray, query: np.ndarray, k: int, upper_bound: float) 
         local = local.astype(np.int64).reshape(n, k)
         hit = local < m
         return hit, np.where(hit, local, 0)
-    # Unbalanced, non-compact nodes: about 2x faster to build and 15-25 % faster
-    # to query on scan-like clouds (scipy's sliding-midpoint rule); the search is
-    # exact either way, so the neighbours are the same.
+    # Unbalanced, non-compact nodes: faster to build and query on scan-like clouds;
+    # the search is exact either way.
     tree = cKDTree(ref, balanced_tree=False, compact_nodes=False)
     dist, local = tree.query(query, k=k, distance_upper_bound=upper_bound, workers=-1)
     hit = np.isfinite(dist.reshape(n, k))
     return hit, np.where(hit, local.reshape(n, k), 0)
+
+
+def _search(query: torch.Tensor, ref: torch.Tensor, k: int, ref_mask: Optional[torch.Tensor],
+            backend: Optional[str], query_mask: Optional[torch.Tensor], upper_bound: float = float("inf")
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked inputs, then ``(found, idx)`` of the backend's search (see :func:`_search_torch`)."""
+    _check_clouds(query, ref, ref_mask)
+    if int(k) < 1:
+        raise ConfigError(f"number of neighbours k must be >= 1, got {k}")
+    with torch.no_grad():
+        if _resolve_backend(query.device, backend) == "torch":
+            return _search_torch(query, ref, int(k), ref_mask)
+        return _search_kdtree(query, ref, int(k), ref_mask, upper_bound, query_mask)
 
 
 # --------------------------------------------------------------------------- public API
@@ -262,20 +262,10 @@ def knn(
         coordinates; ``idx (B, N, k)`` long into ``ref``. Slots with no valid
         reference left hold ``dist = +inf`` and ``idx = 0``.
     """
-    _check_clouds(query, ref, ref_mask)
-    _check_k(k)
-    k = int(k)
-    with torch.no_grad():
-        if _resolve_backend(query.device, backend) == "torch":
-            found, idx = _search_torch(query, ref, k, ref_mask)
-        else:
-            found, idx = _search_kdtree(query, ref, k, ref_mask, query_mask=query_mask)
+    found, idx = _search(query, ref, k, ref_mask, backend, query_mask)
     if ref.shape[1] == 0:
-        dist = query.new_full(idx.shape, float("inf"))
-        return dist, idx
-    dist = _pair_distance(query, ref, idx)
-    dist = dist.masked_fill(~found, float("inf"))
-    return dist, idx
+        return query.new_full(idx.shape, float("inf")), idx
+    return _pair_distance(query, ref, idx).masked_fill(~found, float("inf")), idx
 
 
 def ball_query(
@@ -298,19 +288,11 @@ def ball_query(
         first; invalid slots repeat the first valid index of that row (0 when the
         neighbourhood is empty), so gathering with ``idx`` is always safe.
     """
-    _check_clouds(query, ref, ref_mask)
-    _check_k(k)
     if not radius > 0:
         raise ConfigError(f"ball query radius must be > 0 metres, got {radius}")
-    k = int(k)
+    # The KD-tree's bound is slightly larger; the exact radius test below decides.
+    found, idx = _search(query, ref, k, ref_mask, backend, query_mask, float(radius) * (1 + 1e-5) + 1e-9)
     with torch.no_grad():
-        if _resolve_backend(query.device, backend) == "torch":
-            found, idx = _search_torch(query, ref, k, ref_mask)
-        else:
-            # Slightly larger bound; the exact radius test below decides.
-            found, idx = _search_kdtree(
-                query, ref, k, ref_mask, upper_bound=float(radius) * (1 + 1e-5) + 1e-9, query_mask=query_mask
-            )
         if ref.shape[1] == 0:
             return idx, found
         dist = _pair_distance(query.detach(), ref.detach(), idx)
@@ -382,9 +364,7 @@ def farthest_point_sample(
     index 0 everywhere.
 
     Backends: a torch loop (CUDA; ``backend="torch"``) and the same loop in numpy
-    for CPU tensors; both do the same float32 arithmetic in the same order and
-    return the same indices. open3d's C++ FPS was measured at 3.8 s for
-    25k -> 2048 here and returns points, not indices; the numpy loop takes 0.05 s.
+    for CPU tensors: the same float32 arithmetic in the same order, the same indices.
 
     Returns:
         ``(B, m)`` long.
@@ -454,13 +434,8 @@ def interpolate_rows(values: torch.Tensor, idx: torch.Tensor, weight: torch.Tens
     """Weighted sum of rows, channels last: ``values (B, m, C)`` at ``idx (B, n, k)``
     with ``weight (B, n, k)`` -> ``(B, n, C)``, summed over the k slots in order.
 
-    Differentiable w.r.t. ``values`` (the interpolation of :func:`three_nn_interpolate`
-    without the transposes, for callers that keep features channels last).
-
-    One row lookup and one multiply-add per slot into a ``(B * n, C)`` output, never
-    the ``(B, n, k, C)`` gathered rows and their weighted copy: 16 ms against 56-62 ms
-    alone for 25k x 3 rows of 128 channels on a CPU, 8 ms less in a 25k-point lite
-    forward (its last FP level); the same sum up to float rounding (a few 1e-7).
+    Differentiable w.r.t. ``values``. One row lookup and one multiply-add per slot
+    into a ``(B * n, C)`` output: the ``(B, n, k, C)`` gathered rows are never built.
     """
     batch, rows, channels = values.shape
     _, n, k = idx.shape
@@ -483,20 +458,9 @@ def three_nn_interpolate(
     *,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
-    """Inverse-distance interpolation of features from the 3 nearest known points.
-
-    Weights as :func:`three_nn_weights` (``1 / (d + 1e-8)``, normalised; fewer than
-    3 valid known points: only those count; none: output 0). The weights carry no
-    gradient (as in PointNet++); the features do.
-
-    Args:
-        unknown: ``(B, n, 3)`` metres, where features are wanted.
-        known: ``(B, m, 3)`` metres.
-        known_feats: ``(B, C, m)``.
-        known_mask: ``(B, m)`` bool, ``False`` = padding.
-
-    Returns:
-        ``(B, C, n)``.
+    """Inverse-distance interpolation of ``known_feats (B, C, m)`` at ``known (B, m, 3)`` onto
+    ``unknown (B, n, 3)`` (metres) -> ``(B, C, n)``. Weights and ``known_mask`` as
+    :func:`three_nn_weights` (no gradient); the features carry one.
     """
     if known_feats.dim() != 3 or known_feats.shape[0] != known.shape[0] or known_feats.shape[2] != known.shape[1]:
         raise ValueError(

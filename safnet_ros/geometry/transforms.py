@@ -86,13 +86,8 @@ def transform_from_quat(t, q) -> np.ndarray:
 def invert_transform(T) -> np.ndarray:
     """Inverse of rigid transforms (..., 4, 4): ``[R^T, -R^T t]`` (exact for rotations, no solve)."""
     T = _as_float(T, "transform", (4, 4))
-    R = T[..., :3, :3]
-    Rt = np.swapaxes(R, -1, -2)
-    out = np.zeros_like(T)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -np.einsum("...ij,...j->...i", Rt, T[..., :3, 3])
-    out[..., 3, 3] = 1.0
-    return out
+    Rt = np.swapaxes(T[..., :3, :3], -1, -2)
+    return make_transform(Rt, -np.einsum("...ij,...j->...i", Rt, T[..., :3, 3]))
 
 
 def apply_transform(T, points) -> np.ndarray:

@@ -2,27 +2,18 @@
 
 docs/design.md §2.5 (after MVPNet): a point is *covered* by a frame when a pixel of that frame
 back-projects within ``tol`` = 0.1 m of it; per chunk, up to k frames are chosen
-greedily, each time the frame covering the most not-yet-covered base points
-(MVPNet samples 2000 base points per chunk).
+greedily, each time the frame covering the most not-yet-covered base points.
 
 Two ways to compute coverage (:func:`coverage_matrix`, ``method=``):
 
 * ``"projection"`` (default, fast): the depth test of
-  :func:`safnet_ros.geometry.camera.visible`: project the point, read the depth of
-  its nearest pixel, accept when ``|depth - z| <= tol``. The nearest pixel's
+  :func:`safnet_ros.geometry.camera.visible` on the point's nearest pixel, whose
   back-projected point lies on the point's own viewing ray up to half a pixel
-  (``0.5 z / f`` metres sideways: 1 cm at 3 m for 160x120 images), and its distance
-  along the ray is ``|depth - z|`` (times ``|ray|`` >= 1), so on smooth surfaces the
-  two criteria agree. They differ only near the tolerance boundary and at depth
-  discontinuities/grazing surfaces and just outside the image border, where a
-  *neighbouring* pixel may back-project within tol while the nearest one does not
-  or does not exist (the depth test says no), or the sideways offset pushes the true
-  distance just over tol (the depth test says yes). On the ray-cast room of
-  test/test_geometry_views.py the two agree on ~98% of (view, point) pairs and
-  every disagreement is a point the depth test rejects.
+  sideways, so on smooth surfaces the two criteria agree. They differ near the
+  tolerance boundary, at depth discontinuities, grazing surfaces and the image
+  border, where a *neighbouring* pixel may be within tol while the nearest one is not.
 * ``"kdtree"`` (exact, slower): back-project every valid pixel and ask a KD-tree
-  (scipy cKDTree) for the nearest one within ``tol``. Used by the tests to check
-  the approximation.
+  for the nearest one within ``tol``. Used by the tests to check the approximation.
 """
 from __future__ import annotations
 
@@ -88,13 +79,6 @@ def coverage_matrix(
     return out
 
 
-def _check_coverage(coverage) -> np.ndarray:
-    cov = np.asarray(coverage)
-    if cov.ndim != 2:
-        raise ConfigError(f"coverage must be a (V, N) matrix, got shape {cov.shape}")
-    return cov.astype(bool, copy=False)
-
-
 def greedy_select(coverage, k: int) -> list[int]:
     """Greedy view selection: up to ``k`` view indices into ``coverage`` (V, N) bool.
 
@@ -103,7 +87,10 @@ def greedy_select(coverage, k: int) -> list[int]:
     (so a view that covers nothing is never chosen). The first pick is the best
     single view, and the union is at least (1 - 1/e) of the best k-view union.
     """
-    cov = _check_coverage(coverage)
+    cov = np.asarray(coverage)
+    if cov.ndim != 2:
+        raise ConfigError(f"coverage must be a (V, N) matrix, got shape {cov.shape}")
+    cov = cov.astype(bool, copy=False)
     V, N = cov.shape
     chosen: list[int] = []
     if V == 0 or N == 0 or k <= 0:

@@ -60,7 +60,7 @@ def run_score(args: argparse.Namespace) -> int:
     result["map"] = str(args.map)
     result["scene"] = str(args.scene_dir)
     if args.json:
-        from safnet_ros.tools.demo import json_safe
+        from safnet_ros.json_out import json_safe
 
         print(json.dumps(json_safe(result)))
         return 0

@@ -25,12 +25,8 @@ def pack_keys(ijk: np.ndarray) -> np.ndarray:
 
 def unpack_keys(keys: np.ndarray) -> np.ndarray:
     """(N,) int64 keys -> (N, 3) int64 grid coordinates."""
-    keys = np.asarray(keys, np.int64)
-    out = np.empty((len(keys), 3), np.int64)
-    out[:, 0] = (keys >> (2 * _BITS)) & _MASK
-    out[:, 1] = (keys >> _BITS) & _MASK
-    out[:, 2] = keys & _MASK
-    return out - _OFFSET
+    shifts = np.array([2 * _BITS, _BITS, 0], np.int64)
+    return ((np.asarray(keys, np.int64)[:, None] >> shifts) & _MASK) - _OFFSET
 
 
 class KeySums(NamedTuple):

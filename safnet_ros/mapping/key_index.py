@@ -1,33 +1,24 @@
 """A vectorised hash index from int64 voxel keys to int64 rows (open addressing, linear probing).
 
-The semantic map looks up every voxel of a cloud (~25k keys) in an index of up
-to ``max_voxels`` keys once per cloud. A sorted index pays O(V) work whenever
-new keys join it (the previous design merged a 100k-key delta level into the
-main array every few clouds: 30-50 ms spikes at 476k voxels); this table does
-O(cloud) work per lookup, insert and removal, with numpy operations over the
-whole batch of keys and no per-key Python loop.
+The semantic map looks up every voxel of a cloud (~25k keys) in an index of up to
+``max_voxels`` keys once per cloud: this table does O(cloud) work per lookup,
+insert and removal (a sorted index pays O(V) whenever new keys join it), with numpy
+operations over the whole batch of keys and no per-key Python loop.
 
-Layout: ``table_keys`` (S,) int64 and ``table_rows`` (S,) int64, S a power of
-two kept at least twice the number of occupied slots. Keys must be >= 0 (the
-map's packed keys are); :data:`EMPTY` (-1) marks a free slot and
-:data:`TOMBSTONE` (-2) a removed key, which lookups probe past and inserts
-reuse. When live keys plus tombstones pass :data:`MAX_LOAD` of the table it is
-rebuilt (grown when the live keys alone need it, and doubled once when
-tombstones filled it within :data:`CHURN_INSERTS` inserts: a full map that
-evicts and inserts 40 % of itself every cloud would otherwise rebuild every
-few clouds). Rows are small non-negative
-integers (the map's row numbers): the index remembers the slot of each row, so
-that :meth:`KeyIndex.remove_rows` frees slots without probing.
+Layout: ``_keys`` (S,) int64 and ``_rows`` (S,) int64, S a power of two kept at
+least twice the number of occupied slots. Keys must be >= 0; :data:`EMPTY` (-1)
+marks a free slot and :data:`TOMBSTONE` (-2) a removed key, which lookups probe
+past and inserts reuse. When live keys plus tombstones pass :data:`MAX_LOAD` of
+the table it is rebuilt (grown when the live keys need it, and doubled once when
+tombstones filled it within :data:`CHURN_INSERTS` inserts: a full map that evicts
+and inserts 40 % of itself every cloud would otherwise rebuild every few clouds).
+Rows are the map's row numbers (distinct, >= 0): the index remembers the slot of
+each row, so that :meth:`KeyIndex.remove_rows` frees slots without probing.
 
-Hash: Fibonacci hashing (the key times 2^64 / phi, top bits), which spreads
-the map's spatially coherent keys evenly over the table.
-
-Every probing round handles all the keys still probing with a few numpy
-calls. A lookup also returns, for each absent key, the first free slot of its probe
-sequence (a tombstone, else the empty slot that ended it), where
-:meth:`KeyIndex.insert` can put it without probing again (only a key of the
-same batch that took that slot first sends it on); reusing tombstones keeps
-rebuilds rare when a full map evicts and inserts every cloud.
+Hash: Fibonacci hashing (the key times 2^64 / phi, top bits), which spreads the
+map's spatially coherent keys evenly. A lookup also returns, for each absent key,
+the first free slot of its probe sequence, where :meth:`KeyIndex.insert` can put
+it without probing again.
 """
 from __future__ import annotations
 
@@ -193,13 +184,6 @@ class KeyIndex:
             slots[pending] = (np.compress(left, s) + 1) & mask
         self._live += len(keys)
 
-    def remove(self, keys: np.ndarray) -> int:
-        """Remove the keys that are present (N,) int64; returns how many were."""
-        if self._live == 0:
-            return 0
-        slots, _ = self._probe(np.asarray(keys, np.int64))
-        return self._free_slots(np.unique(slots[slots >= 0]))  # a key given twice is removed once
-
     def remove_rows(self, rows: np.ndarray) -> int:
         """Remove the keys stored with these distinct rows (N,) int64, by the remembered slot of each row: no probing.
 
@@ -230,12 +214,8 @@ class KeyIndex:
             self._slot_of_row = grown
 
     def _rebuild(self, need: int) -> None:
-        """Re-insert the live keys into a fresh table with room for ``need`` keys (drops tombstones).
-
-        A table that filled with tombstones within CHURN_INSERTS inserts of its last rebuild
-        (a full map evicting and inserting a large share every cloud) is doubled, at most
-        CHURN_GROWTH times beyond its capacity's size, so that rebuilds stay rare there too.
-        """
+        """Re-insert the live keys into a fresh table with room for ``need`` keys (drops tombstones;
+        doubles a table that churned, see the module docstring)."""
         keys, rows = self.items()
         bits = max(self._bits, _bits_for(need))
         if (self._inserts_since_rebuild < CHURN_INSERTS and bits == self._bits

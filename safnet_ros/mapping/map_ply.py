@@ -24,6 +24,7 @@ renamed into place, so a failed save never leaves a half-written map.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -82,15 +83,14 @@ def save_map(path: str | os.PathLike, snap: MapSnapshot, frame_id: str = "map") 
         write_ply(tmp, map_vertex_array(snap), None, comments=comments)
         os.replace(tmp, path)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise MapSaveError(f"{path}: cannot save the map: {exc.strerror or exc}") from None
     return path
 
 
-def _comment_value(comments: list[str], key: str) -> Optional[str]:
+def comment_value(comments: list[str], key: str) -> Optional[str]:
+    """The first word after ``key`` in the PLY header comments ``comment KEY VALUE``; None when absent."""
     for c in comments:
         words = c.split()
         if len(words) >= 2 and words[0] == key:
@@ -122,26 +122,25 @@ def load_map(path: str | os.PathLike, voxel_size: Optional[float] = None, max_vo
     if missing:
         raise DataFormatError(path, f"not a semantic map PLY: vertex properties {', '.join(missing)} are missing "
                                     f"(it has {', '.join(names) or 'none'})")
-    if voxel_size is None:
-        text = _comment_value(data.comments, "voxel_size")
-        if text is None:
-            raise DataFormatError(path, "no 'comment voxel_size ...' line: pass the voxel size explicitly")
+
+    def number(key: str, given: Optional[float], default: Optional[float]) -> Optional[float]:
+        """``given``, else the file's ``comment KEY VALUE``, else ``default``."""
+        text = comment_value(data.comments, key)
+        if given is not None or text is None:
+            return default if given is None else given
         try:
-            voxel_size = float(text)
+            return float(text)
         except ValueError:
-            raise DataFormatError(path, f"voxel_size comment {text!r} is not a number") from None
-    fusion = fusion or _comment_value(data.comments, "fusion") or "count"
+            raise DataFormatError(path, f"{key} comment {text!r} is not a number") from None
+
+    voxel_size = number("voxel_size", voxel_size, None)
+    if voxel_size is None:
+        raise DataFormatError(path, "no 'comment voxel_size ...' line: pass the voxel size explicitly")
+    fusion = fusion or comment_value(data.comments, "fusion") or "count"
     if fusion not in FUSION_RULES:
         raise DataFormatError(path, f"fusion rule {fusion!r} is not one of {', '.join(FUSION_RULES)}")
-    readout = {}
-    for key, given, default in (("smoothing", smoothing, 0.0), ("smoothing_cell", smoothing_cell, DEFAULT_CELL_M)):
-        if given is None:
-            text = _comment_value(data.comments, key)
-            try:
-                given = default if text is None else float(text)
-            except ValueError:
-                raise DataFormatError(path, f"{key} comment {text!r} is not a number") from None
-        readout[key] = given
+    readout = {"smoothing": number("smoothing", smoothing, 0.0),
+               "smoothing_cell": number("smoothing_cell", smoothing_cell, DEFAULT_CELL_M)}
     centres = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
     classes = nyu40_to_class(v["label"]).astype(np.int64)
     confidence = v["confidence"].astype(np.float64)

@@ -1,22 +1,11 @@
 """Where the node may write and read its maps: one directory, fixed when the node starts.
 
 A peer on the DDS domain can call ``~/save_map`` and ``~/load_map`` and may set
-the run-time parameter ``map_save_path``; none of that may make the node write
-outside the directory it was started with, or overwrite a file that is not one
-of its maps. :class:`MapStore` is that rule (no rclpy here):
-
-* the directory (``map_directory``; default ``$ROS_HOME/safnet_maps``, else
-  ``~/.ros/safnet_maps``) is made absolute with ``~`` expanded once, at start;
-* :meth:`MapStore.resolve` turns a requested name into a path inside it
-  (``..`` and symbolic links resolved; anything that ends up outside is
-  refused), ending in ``.ply``;
-* :meth:`MapStore.save` overwrites an existing file only when it is one of our
-  map PLYs (:func:`is_map_file`: the ``safnet_ros semantic voxel map`` header
-  comment), and writes atomically (temp file + rename, both in the directory);
-* :meth:`MapStore.load` reads a map from the directory and checks that it was
-  saved in the node's fixed frame.
-
-docs/reliability.md ("Security: what a DDS peer can do") lists the guarantees.
+``map_save_path``; none of that may make the node write outside the directory it
+was started with, or overwrite a file that is not one of its maps.
+:class:`MapStore` is that rule (no rclpy here); docs/reliability.md ("Security:
+what a DDS peer can do") lists the guarantees. Saves are atomic (temp file +
+rename in the directory) and overwrite only our map PLYs (:func:`is_map_file`).
 """
 from __future__ import annotations
 
@@ -26,7 +15,7 @@ from typing import Optional
 
 from safnet_ros.data.ply import read_ply_comments
 from safnet_ros.errors import DataFormatError, SafnetError
-from safnet_ros.mapping.map_ply import MAGIC_COMMENT, MapSaveError, load_map, save_map
+from safnet_ros.mapping.map_ply import MAGIC_COMMENT, MapSaveError, comment_value, load_map, save_map
 from safnet_ros.mapping.voxel_map import MapSnapshot, SemanticVoxelMap
 
 #: Sub-folder of $ROS_HOME (or ~/.ros) that holds the node's maps by default.
@@ -46,7 +35,6 @@ def default_map_directory() -> Path:
 
 def is_map_file(path: str | os.PathLike) -> bool:
     """True when ``path`` is a regular file whose PLY header says it is a safnet semantic voxel map."""
-
     p = Path(path)
     if p.is_symlink() or not p.is_file():
         return False
@@ -58,12 +46,7 @@ def is_map_file(path: str | os.PathLike) -> bool:
 
 def map_frame(path: str | os.PathLike) -> Optional[str]:
     """The ``comment frame ...`` of a map PLY (None when the file has none)."""
-
-    for c in read_ply_comments(path):
-        words = c.split()
-        if len(words) >= 2 and words[0] == "frame":
-            return words[1]
-    return None
+    return comment_value(read_ply_comments(path), "frame")
 
 
 def check_overwritable(path: str | os.PathLike, what: str = "map file") -> None:

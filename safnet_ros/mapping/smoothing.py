@@ -9,22 +9,9 @@ distribution of the voxels around it::
 ``m_v`` is the mean of ``p`` over the other voxels that share one of two
 coarse cells with v: cells of ``cell`` voxels per edge, and a second grid of
 the same cells shifted by half a cell on every axis, so that no voxel sits at
-the border of both (a voxel near a cell face of one grid is inside a cell of
-the other). It is a one-step, box-kernel version of the spatial smoothing term
-of a dense CRF (as SemanticFusion applies to its map): a voxel changes class
-only where the neighbourhood's margin for another class outweighs its own
-margin (with weight 1 the two count equally), so stray, uncertain voxels take
-the class around them, while a confident voxel in a mixed neighbourhood, a
-voxel alone, and every voxel at weight 0 keep their own.
-
-Why: most surface voxels of a map receive one or two points, and a
-network's per-point errors are scattered (a few desk points on a chair, a
-stray class on a wall). docs/ros_node.md ("Read-out smoothing, measured") measures
-it on held-out rooms: +2.4 / +1.1 mIoU and +0.6 / +0.7 OA points over the
-unsmoothed map on two sets of rooms.
-
-Cost: two sorts of the V coarse keys and two sparse (cells x V) products per
-read-out, O(V log V), no per-voxel Python loop; the map caches the result per version.
+the border of both. Why, and what it gains: docs/ros_node.md ("Read-out
+smoothing"). Cost: two sorts of the V coarse keys and two sparse (cells x V)
+products per read-out, no per-voxel Python loop.
 """
 from __future__ import annotations
 

@@ -1,52 +1,21 @@
 """A semantic voxel map in the fixed frame that fuses per-point class probabilities over time.
 
-Each occupied voxel (edge ``voxel_size`` metres, keyed by its integer grid
-coordinates ``floor(p / voxel_size)``) keeps
+docs/ros_node.md ("The semantic map") describes the fusion rules, the read-out
+smoothing and the bounded memory, and why counts are the default. Each occupied
+voxel (keyed by its grid coordinates ``floor(p / voxel_size)``) keeps
 
-* ``scores`` (C,) float32: the fused class evidence, by one of two rules
-  (:data:`FUSION_RULES`):
-
-  - ``"count"`` (default): confidence-weighted counts. Every point adds its
-    probability vector, so a voxel holds the sum of the probabilities of the
-    points that fell in it (a soft vote, the same rule the Segmenter uses
-    between overlapping chunks). Label = argmax; confidence = the mean
-    probability of the winning class (``scores[label] / observations``).
-  - ``"log"``: log-probability sums (naive Bayes over the observations).
-    Every point adds ``log(max(p, LOG_FLOOR))``; rows are kept normalised so
-    that their maximum is 0 and clamped at ``LOG_CLAMP`` below it (like the
-    clamping of occupancy log-odds: a voxel can still change its mind after a
-    long run of one class). Label = argmax; confidence = the posterior of the
-    winning class, ``1 / sum(exp(scores))``.
-
-  Measured on the demo scene (docs/ros_node.md, "The semantic map") counts
-  score 0.1-0.2 mIoU points higher at every voxel size, so they are the
-  default. A likely reason: the network's errors repeat between clouds that
-  see a surface from similar poses, which the log rule (assuming independent
-  observations) turns into certainty, and a few confidently wrong points in a
-  voxel (at class boundaries) veto its right class.
+* ``scores`` (C,) float32, the fused evidence by one of :data:`FUSION_RULES`:
+  ``"count"`` sums the points' probability vectors (label = argmax, confidence =
+  the winner's mean probability); ``"log"`` sums ``log(max(p, LOG_FLOOR))``, rows
+  kept at max 0 and clamped at ``LOG_CLAMP`` (confidence = the winner's posterior);
 * ``observations`` (int64): how many points were fused into it.
 
-Reading (labels, confidence, probabilities) blends each voxel's distribution
-with the mean of its neighbourhood's (``smoothing`` weight, ``smoothing_cell``
-metres; :mod:`~safnet_ros.mapping.smoothing`), once per map version; the
-stored evidence is never changed by it, so a saved map restores exactly and
-can be read with any smoothing.
-
-Bounded memory: at most ``max_voxels`` voxels. When an update would exceed it,
-the voxels farthest from the latest sensor position are evicted first (down to
-``(1 - evict_fraction) * max_voxels``, 90 % by default, so that a full map
-does not pay the partial sort on every cloud; evicted rows are reused, never
-moved); the voxels of the cloud being fused go last (a cloud with more voxels
-than ``max_voxels`` keeps those nearest to the sensor).
-
-Everything is vectorised: one sort of the cloud's voxel keys, one
-sparse (voxels x points) membership matrix times the probability rows, and lookups and inserts in
-a hash index of the keys (:class:`~safnet_ros.mapping.key_index.KeyIndex`:
-O(cloud) work per update, whatever the map's size); no per-point Python loop.
-Readers get the voxels in key order (sorted once per map version). Points
-with a non-finite coordinate or a non-finite / all-zero probability row never
-enter the map (counted in ``points_rejected``). Not
-thread safe: the node's map component guards it with a lock.
+Reading blends each voxel's distribution with its neighbourhood's
+(:mod:`~safnet_ros.mapping.smoothing`) once per map version; the stored evidence
+is never changed by it. Evicted rows are reused, never moved. Points with a
+non-finite coordinate or a non-finite / all-zero probability row never enter the
+map (``points_rejected``). Not thread safe: the node's map component guards it
+with a lock.
 """
 from __future__ import annotations
 
@@ -104,7 +73,6 @@ class IntegrateStats:
 
     points_used: int = 0
     points_rejected: int = 0  # NaN/inf coordinates or probabilities, all-zero rows, outside the key range
-    voxels_updated: int = 0
     voxels_new: int = 0
     voxels_evicted: int = 0
     seconds: float = 0.0
@@ -256,24 +224,14 @@ class SemanticVoxelMap:
 
     def _reserve(self, rows: int) -> None:
         """Room for ``rows`` rows: max_voxels rows at once (np.empty: pages are only touched as rows fill)."""
-        cap = len(self._keys)
-        if rows <= cap:
+        if rows <= len(self._keys):
             return
         new_cap = max(rows, self.max_voxels)
-        keys = np.empty(new_cap, np.int64)
-        centres = np.empty((new_cap, 3), np.float64)
-        centre_sq = np.empty(new_cap, np.float64)
-        scores = np.empty((new_cap, self.num_classes), np.float32)
-        obs = np.empty(new_cap, np.int64)
-        alive = np.zeros(new_cap, bool)
-        keys[: self._hi] = self._keys[: self._hi]
-        centres[: self._hi] = self._centres[: self._hi]
-        centre_sq[: self._hi] = self._centre_sq[: self._hi]
-        scores[: self._hi] = self._scores[: self._hi]
-        obs[: self._hi] = self._obs[: self._hi]
-        alive[: self._hi] = self._alive[: self._hi]
-        self._keys, self._centres, self._scores, self._obs, self._alive = keys, centres, scores, obs, alive
-        self._centre_sq = centre_sq
+        for name in ("_keys", "_centres", "_centre_sq", "_scores", "_obs", "_alive"):
+            old = getattr(self, name)
+            grown = (np.zeros if name == "_alive" else np.empty)((new_cap, *old.shape[1:]), old.dtype)
+            grown[: self._hi] = old[: self._hi]
+            setattr(self, name, grown)
 
     # ------------------------------------------------------------------ fusion
     def integrate(self, points: np.ndarray, probabilities: np.ndarray,
@@ -333,7 +291,6 @@ class SemanticVoxelMap:
         self._obs[rows] += np.take(counts, seen)
         if self.fusion == "log":
             self._normalise_log(rows)
-        stats.voxels_updated = int(len(seen))
 
         # new voxels: make room (evicting far voxels, never this cloud's), then insert
         new = np.flatnonzero(~found)
@@ -387,27 +344,15 @@ class SemanticVoxelMap:
             self._normalise_log(rows)
         self._index.insert(keys, rows, *(hints or ()))
 
-    def _sort_for_reading(self) -> None:
-        """Sort the live voxels by key once per map version (readers see a stable, ordered map)."""
-        if self._order_version == self.version:
-            return
-        rows = np.flatnonzero(self._alive[: self._hi])
-        keys = self._keys[rows]
-        order = np.argsort(keys, kind="stable")
-        self._order_rows, self._order_keys = rows[order], keys[order]
-        self._order_version = self.version
-
-    @property
-    def _sorted_keys(self) -> np.ndarray:
-        """(V,) every live key, ascending."""
-        self._sort_for_reading()
-        return self._order_keys
-
-    @property
-    def _sorted_rows(self) -> np.ndarray:
-        """(V,) the row of each key of :attr:`_sorted_keys`."""
-        self._sort_for_reading()
-        return self._order_rows
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (V,), keys (V,)) of the live voxels in ascending key order, sorted once per map version."""
+        if self._order_version != self.version:
+            rows = np.flatnonzero(self._alive[: self._hi])
+            keys = self._keys[rows]
+            order = np.argsort(keys, kind="stable")
+            self._order_rows, self._order_keys = rows[order], keys[order]
+            self._order_version = self.version
+        return self._order_rows, self._order_keys
 
     def _evict(self, count: int, protect: np.ndarray) -> int:
         """Drop the ``count`` voxels farthest from the last sensor origin (rows in ``protect`` last).
@@ -441,19 +386,15 @@ class SemanticVoxelMap:
     # ------------------------------------------------------------------ reading
     def centres(self) -> np.ndarray:
         """(V, 3) float32 voxel centres, metres."""
-        return key_centres(self._sorted_keys, self.voxel_size)
+        return key_centres(self._sorted()[1], self.voxel_size)
 
-    def _readout(self) -> np.ndarray:
+    def _readout(self, evidence: Optional["MapEvidence"] = None) -> np.ndarray:
         """(V, C) float32 class distributions as read (smoothed when ``smoothing`` > 0), in key order.
 
-        Computed once per map version (and again when ``smoothing`` or
-        ``smoothing_cell`` is changed on the object).
+        Cached per :meth:`_read_state`; ``evidence``: this map's current copy when the caller has one.
         """
-        return self._readout_of(self.evidence() if self._readout_state != self._read_state() else None)
-
-    def _readout_of(self, evidence: Optional["MapEvidence"]) -> np.ndarray:
-        """The cached read-out, computed from ``evidence`` (this map's current copy) when the cache is stale."""
-        if evidence is not None and self._readout_state != evidence.state:
+        if self._readout_state != self._read_state():
+            evidence = evidence or self.evidence()
             self._readout_dist, self._readout_state = evidence.read(), evidence.state
         return self._readout_dist
 
@@ -467,8 +408,8 @@ class SemanticVoxelMap:
         Costs a sort per map version and an O(V C) copy; the read-out itself
         (normalising and smoothing, the costly part) is left to the copy.
         """
-        rows = self._sorted_rows
-        return MapEvidence(keys=self._sorted_keys.copy(), scores=np.take(self._scores, rows, axis=0),
+        rows, keys = self._sorted()
+        return MapEvidence(keys=keys.copy(), scores=np.take(self._scores, rows, axis=0),
                            observations=np.take(self._obs, rows), voxel_size=self.voxel_size,
                            fusion=self.fusion, smoothing=self.smoothing, smoothing_cell=self.smoothing_cell,
                            version=self.version)
@@ -479,8 +420,7 @@ class SemanticVoxelMap:
         Under the lock: a copy of the evidence (:meth:`evidence`) and the
         cached read-out when it is current. A stale read-out is computed with the
         lock released, so that the thread fusing clouds is not held up by the
-        smoothing of a large map (0.2-0.5 s at 360k voxels,
-        docs/benchmarks.md), and handed back to the map's cache when the map
+        smoothing of a large map, and handed back to the map's cache when the map
         has not changed meanwhile.
         """
         with lock:
@@ -503,17 +443,13 @@ class SemanticVoxelMap:
 
     def observations(self) -> np.ndarray:
         """(V,) int64 points fused into each voxel."""
-        return self._obs[self._sorted_rows]
+        return self._obs[self._sorted()[0]]
 
-    def confidence(self, labels: Optional[np.ndarray] = None) -> np.ndarray:
-        """(V,) float32 in [0, 1]: the read distribution's value at the label.
-
-        Without smoothing that is, for the count rule, the winner's mean
-        probability over the voxel's points and, for the log rule, its posterior.
-        """
+    def confidence(self) -> np.ndarray:
+        """(V,) float32 in [0, 1]: the read distribution's value at the label (without smoothing: for
+        the count rule the winner's mean probability over the voxel's points, for the log rule its posterior)."""
         dist = self._readout()
-        lab = self.labels() if labels is None else labels
-        return dist[np.arange(len(dist)), lab].astype(np.float32)
+        return dist[np.arange(len(dist)), self.labels()].astype(np.float32)
 
     def probabilities(self) -> np.ndarray:
         """(V, C) float32 class distribution per voxel as read: its fused evidence normalised, blended
@@ -523,7 +459,7 @@ class SemanticVoxelMap:
     def snapshot(self, with_scores: bool = False) -> MapSnapshot:
         """A consistent copy of the map (take it under the owner's lock, or use :meth:`snapshot_outside`)."""
         evidence = self.evidence()
-        return evidence.snapshot(self._readout_of(evidence), with_scores=with_scores)
+        return evidence.snapshot(self._readout(evidence), with_scores=with_scores)
 
     # ------------------------------------------------------------------ restoring
     def load_voxels(self, centres: np.ndarray, scores: np.ndarray, observations: np.ndarray) -> None:

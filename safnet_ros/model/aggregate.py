@@ -1,34 +1,27 @@
-"""2D features onto 3D points, as MVPNet does (docs/design.md §1.3).
+"""2D features onto 3D points, as MVPNet does (docs/design.md §1.3, docs/model.md step 3).
 
-For every input point p_i take its k = 3 nearest back-projected pixels q_j in Q,
-build ``[F(q_j), q_j - p_i, |q_j - p_i|^2]`` (C + 4 channels), run a shared MLP
-(64, 64, 64) with BN + ReLU on every (point, neighbour) pair and sum over the
-neighbours: F2D ``(B, 64, N)``. Q padding is never a neighbour; a point with no
-valid Q at all gets F2D = 0.
+Per input point: its k = 3 nearest valid Q points, ``[F(q), q - p, |q - p|^2]``,
+a shared MLP with BN + ReLU, summed over the neighbours: F2D ``(B, N, C')``;
+a point with no valid Q point at all gets F2D = 0.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from safnet_ros.geometry.neighbors import knn
-from safnet_ros.model.folded_norm import bn_relu, linear_bn_relu
+from safnet_ros.geometry.neighbors import gather, knn
+from safnet_ros.model.folded_norm import SafeBatchNorm, bn_relu, linear_bn_relu
 
-__all__ = ["Aggregate2D", "PointMLP", "take_rows"]
+__all__ = ["Aggregate2D", "PointMLP"]
 
 
 class PointMLP(nn.Module):
     """Shared MLP on channels-last features ``(..., C_in)`` -> ``(..., widths[-1])``.
 
-    Each layer is Linear (no bias) + BatchNorm over all leading positions + ReLU
-    (a single row in training mode is normalised with the running statistics,
-    batch statistics of one value being undefined):
-    the same maths as the usual 1x1 convolutions with BN, but channels-last
-    matrix products are about 2x faster than ``conv1d`` with kernel 1 on a CPU
-    (measured: 40 ms against 100 ms for 25k x 192 -> 192 on 2 cores). In eval
+    Each layer is Linear (no bias) + BatchNorm over all leading positions + ReLU:
+    the maths of 1x1 convolutions with BN, channels last (docs/model.md). In eval
     mode each BN is folded into its linear layer (:mod:`safnet_ros.model.folded_norm`).
     """
 
@@ -38,7 +31,7 @@ class PointMLP(nn.Module):
         self.norms = nn.ModuleList()
         for width in widths:
             self.linears.append(nn.Linear(in_channels, int(width), bias=False))
-            self.norms.append(nn.BatchNorm1d(int(width)))
+            self.norms.append(SafeBatchNorm(int(width)))
             in_channels = int(width)
         self.out_channels = in_channels
 
@@ -63,29 +56,11 @@ class PointMLP(nn.Module):
         x = pre.reshape(-1, pre.shape[-1])
         if not self.training:  # inference: every BN folded into its linear layer
             return self._eval_rest(bn_relu(x, self.norms[0])).view(*lead, self.out_channels)
-        single = x.shape[0] <= 1  # no batch statistics from one row
         for i, norm in enumerate(self.norms):
             if i > 0:
                 x = self.linears[i](x)
-            if single:
-                x = F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
-            else:
-                x = norm(x)
-            x = torch.relu_(x)
+            x = torch.relu_(norm(x))
         return x.view(*lead, self.out_channels)
-
-
-def take_rows(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Batched row lookup ``values (B, R, C)`` at ``idx (B, ...)`` -> ``(B, ..., C)``.
-
-    The same result as :func:`safnet_ros.geometry.neighbors.gather` but through one
-    ``index_select`` on the flattened rows, several times faster on a CPU than
-    ``torch.gather`` with an expanded index (31 ms against 6 ms for 75k x 64).
-    """
-    batch, rows, channels = values.shape
-    offset = (torch.arange(batch, device=idx.device) * rows).view(batch, *([1] * (idx.dim() - 1)))
-    flat = values.reshape(batch * rows, channels).index_select(0, (idx + offset).reshape(-1))
-    return flat.view(*idx.shape, channels)
 
 
 class Aggregate2D(nn.Module):
@@ -112,38 +87,31 @@ class Aggregate2D(nn.Module):
         neighbours: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         q_index: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """
+        """F2D ``(B, N, mlp[-1])``, channels last; zero for points without any valid Q point.
+
         Args:
-            points: ``(B, N, 3)`` metres.
-            q_points: ``(B, M, 3)`` metres, M >= 1.
-            q_feats: ``(B, R, C)`` feature rows; Q point j's feature is row
-                ``q_index[b, j]`` (or row j when ``q_index`` is None, R = M). Passing
-                the flattened pixel grid with ``q_index = q_pixel`` avoids building
-                the (B, M, C) per-Q-point features at all.
+            points: ``(B, N, 3)``; q_points: ``(B, M, 3)``, M >= 1 (metres).
+            q_feats: ``(B, R, C)`` feature rows: Q point j's is row ``q_index[b, j]``
+                (``q_index (B, M)`` long; row j when None), so the flattened pixel grid
+                with ``q_index = q_pixel`` is never expanded per Q point.
             q_mask: ``(B, M)`` bool, False = padding.
-            neighbours: optional precomputed ``(dist (B, N, >=k), idx (B, N, >=k))`` of
-                :func:`knn` (P -> Q, ascending); only the first k slots are used.
-            q_index: ``(B, M)`` long row of each Q point in ``q_feats``.
+            neighbours: optional precomputed ``knn(P, Q, >= k)`` ``(dist, idx)``.
 
-        Returns:
-            ``(B, N, mlp[-1])`` (channels last); zero for points without any valid Q point.
-
-        The first layer ``W [F, dxyz, |dxyz|^2]`` is computed as ``W_F F + W_g [dxyz,
-        |dxyz|^2]`` with ``W_F F`` applied to the feature rows *before* the lookup
-        (same result, the wide 64-channel rows are never gathered).
+        The first layer is computed as ``W_F F + W_g [dxyz, |dxyz|^2]`` with ``W_F F``
+        applied to the feature rows before the lookup (docs/model.md, step 3).
         """
         if neighbours is None:
             neighbours = knn(points, q_points, self.k, q_mask)
         dist, idx = neighbours[0][..., : self.k], neighbours[1][..., : self.k]
         found = torch.isfinite(dist)  # (B, N, k)
-        offset = take_rows(q_points, idx) - points.unsqueeze(2)  # (B, N, k, 3)
+        offset = gather(q_points, idx) - points.unsqueeze(2)  # (B, N, k, 3)
         offset = offset.masked_fill(~found.unsqueeze(-1), 0.0)
         geometry = torch.cat([offset, (offset * offset).sum(-1, keepdim=True)], dim=-1)  # (B, N, k, 4)
         weight = self.mlp.linears[0].weight  # (W0, C + 4)
         channels = weight.shape[1] - 4
         projected = q_feats @ weight[:, :channels].t()  # (B, R, W0)
-        rows = idx if q_index is None else take_rows(q_index.unsqueeze(-1), idx).squeeze(-1)
-        pre = take_rows(projected, rows) + geometry @ weight[:, channels:].t()
+        rows = idx if q_index is None else gather(q_index.unsqueeze(-1), idx).squeeze(-1)
+        pre = gather(projected, rows) + geometry @ weight[:, channels:].t()
         y = self.mlp.from_first_linear(pre)  # (B, N, k, C')
         if bool(found.all()):
             return y.sum(dim=2)

@@ -1,10 +1,4 @@
-"""The model's input and output containers (docs/dev/interfaces.md, "Model batch").
-
-:class:`ChunkBatch` holds one or more chunks: the input cloud P, the views'
-images and their back-projected pixels Q (with, per Q point, the index of its
-pixel in that sample's flattened ``V*H*W`` grid). :class:`SafnetOutput` holds
-the per-point logits and similarities plus the auxiliary logits the losses need.
-"""
+"""The model's input and output containers (docs/dev/interfaces.md, "Model batch")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -56,10 +50,6 @@ class ChunkBatch:
     @property
     def batch_size(self) -> int:
         return int(self.points.shape[0])
-
-    @property
-    def num_points(self) -> int:
-        return int(self.points.shape[1])
 
 
 @dataclass

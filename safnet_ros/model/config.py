@@ -1,19 +1,13 @@
 """SAFNet configuration: one dataclass, two presets, the Table III switches.
 
-* ``paper``: the numbers of docs/design.md §1 (ResNet34 stride-1 stem, K = 64, PointNet++
-  2048/512/128/32 centroids, CSM MLP (64, 64, 64) + linear 64, FC (192, 192, 192, 20),
-  lambda = 0.2 / 0.8 / 0.8, the authors' a/b initial values).
+* ``paper``: the numbers of docs/design.md §1.
 * ``lite``: a smaller model for real time on a CPU (docs/model.md lists every
   difference and why).
 
-``variant`` selects the model built by :func:`safnet_ros.model.safnet.build_model`:
-``"safnet"`` (the full model, subject to the switches), ``"pointnet2"`` (3D only),
-``"project2d"`` (2D only: the 2D logits of the nearest back-projected pixel) and
-``"concat"`` (eq. 1: late fusion by concatenation, no similarity, no reweighting).
-
-A config survives ``to_dict`` / ``from_dict`` (tuples become lists in JSON and
-are turned back); :meth:`SafnetConfig.validate` raises :class:`ConfigError` for
-any out-of-range or inconsistent value.
+``variant`` selects the model :func:`safnet_ros.model.safnet.build_model` builds
+(docs/model.md, "Switches and variants"). A config survives ``to_dict`` /
+``from_dict``; :meth:`SafnetConfig.validate` raises :class:`ConfigError` for any
+out-of-range or inconsistent value.
 """
 from __future__ import annotations
 
@@ -40,10 +34,8 @@ MAX_POINTS = 1_000_000
 FLOAT_FIELDS: tuple[str, ...] = ("radius", "a1", "a2", "b1", "b2", "a3", "a4", "b3", "dropout", "w_2d", "w_3d",
                                  "w_unproj", "unproj_radius")
 
-#: The model layout this code builds. Layout 1 (checkpoints before issue 14, no
-#: ``layout`` key): CSM fed x_i in chunk metres and unscaled offsets, its
-#: attributes entered PointNet++ without a gain, N_Q was a radius ball, and
-#: L_2Dunp trained a separate ``unproj_head`` that no prediction used.
+#: The model layout this code builds (layout 1, checkpoints without a ``layout`` key:
+#: docs/model.md, "Checkpoint layouts").
 LAYOUT = 2
 #: The values of the new keys that reproduce a layout-1 model without CSM
 #: (:func:`safnet_ros.model.safnet.load_checkpoint` converts such checkpoints; a
@@ -75,10 +67,7 @@ class SafnetConfig:
     agg_k: int = 3
     agg_mlp: tuple[int, ...] = (64, 64, 64)
 
-    # Neighbourhoods N_P(i): up to k points within radius. N_Q(i): nq_mode "knn" = the k
-    # nearest Q points, no radius (the authors'; never empty while the chunk has Q);
-    # "ball" = up to k Q points within radius (empty for uncovered points: S_con then
-    # compares with the single nearest Q point).
+    # Neighbourhoods N_P(i) (up to k points within radius) and N_Q(i) (nq_mode: docs/model.md step 2).
     k: int = 64
     radius: float = 0.15
     nq_mode: str = "knn"
@@ -115,9 +104,7 @@ class SafnetConfig:
     # Fusion head.
     channel_attention: bool = True
     se_reduction: int = 4
-    # Our extension (docs/design.md §1.7): F2D is also weighted by a learnt gate of the 2D
-    # net's confidence (largest softmax probability) at the pixels each point gathers from.
-    confidence_gate: bool = False
+    confidence_gate: bool = False  # our extension: F2D weighted by the 2D net's confidence (design.md §1.8)
     head_mlp: tuple[int, ...] = (192, 192, 192)
     dropout: float = 0.5
 
@@ -128,10 +115,7 @@ class SafnetConfig:
     w_3d: float = 0.8
     w_unproj: float = 0.8
     unproj_radius: float = 0.05  # r': a Q point takes the label of the nearest P point within r'
-    # L_2Dunp on the 2D net's own logits at the Q pixels; with the 2D net frozen
-    # (stage 3d) its last decoder stage (up1) and classifier are fine-tuned by it
-    # (train.lr_2d_scale x the lr), so the 2D features the fusion uses change.
-    unproj_finetune_2d: bool = True
+    unproj_finetune_2d: bool = True  # stage 3d: L_2Dunp fine-tunes the 2D net's up1 + classifier (model.md step 8)
 
     extra: dict = field(default_factory=dict)  # free-form notes kept with checkpoints
 
@@ -145,17 +129,7 @@ class SafnetConfig:
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown SAFNet preset {name!r}; choose one of {PRESETS}")
-        values: dict[str, Any] = {"preset_name": name}
-        if name == "lite":
-            values.update(_LITE)
-        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown SAFNet config field(s): {', '.join(unknown)}")
-        values.update(overrides)
-        config = cls(**values)
-        config.normalise()
-        config.validate()
-        return config
+        return cls.from_dict({"preset_name": name, **(_LITE if name == "lite" else {}), **overrides})
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -167,8 +141,7 @@ class SafnetConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a SAFNet config must be a mapping, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"unknown SAFNet config field(s): {', '.join(unknown)}")
         try:
@@ -186,19 +159,18 @@ class SafnetConfig:
             ConfigError: a value that is not a (nested) list of numbers where one is needed.
         """
         def number(name: str, v: Any, kind: type) -> Any:
-            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            x = None
+            if not isinstance(v, bool) and isinstance(v, (int, float, str)):
+                try:
+                    x = float(v)
+                except (ValueError, OverflowError):
+                    pass
+            if x is None or (kind is int and not (math.isfinite(x) and x.is_integer())):
                 raise ConfigError(f"SAFNet config ({self.preset_name}): {name} is malformed: must be "
                                   f"{'an integer' if kind is int else 'a number'}, got {str(v)[:60]!r}")
-            try:
-                x = float(v)
-                if kind is int:
-                    if not (math.isfinite(x) and x.is_integer()):
-                        raise ValueError(v)
-                    return int(v) if isinstance(v, int) else int(x)
+            if kind is float:
                 return x
-            except (TypeError, ValueError, OverflowError):
-                raise ConfigError(f"SAFNet config ({self.preset_name}): {name} is malformed: must be "
-                                  f"{'an integer' if kind is int else 'a number'}, got {str(v)[:60]!r}") from None
+            return int(v) if isinstance(v, int) else int(x)
 
         def seq(name: str, v: Any) -> tuple:
             if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__"):
@@ -244,13 +216,12 @@ class SafnetConfig:
         need(self.csm_centre in CSM_CENTRES, f"csm_centre must be one of {CSM_CENTRES}, got {self.csm_centre!r}")
         need(self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}")
         need(self.preset_name in PRESETS, f"preset_name must be one of {PRESETS}, got {self.preset_name!r}")
-        need(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
+        need(2 <= self.num_classes <= MAX_CLASSES, f"num_classes must be in [2, {MAX_CLASSES}], got {self.num_classes}")
         need(self.resnet_depth in (18, 34), f"resnet_depth must be 18 or 34, got {self.resnet_depth}")
         need(self.stem_stride in (1, 2), f"stem_stride must be 1 or 2, got {self.stem_stride}")
         for name in FLOAT_FIELDS:
             need(math.isfinite(getattr(self, name)), f"{name} must be a finite number, got {getattr(self, name)}")
         need(all(math.isfinite(r) for r in self.pn_radii), f"pn_radii must be finite, got {self.pn_radii}")
-        need(self.num_classes <= MAX_CLASSES, f"num_classes must be <= {MAX_CLASSES}, got {self.num_classes}")
         need(8 <= self.resnet_width <= MAX_WIDTH, f"resnet_width must be in [8, {MAX_WIDTH}], got {self.resnet_width}")
         for name in ("feat_2d", "feat_3d", "csm_point_width", "csm_oe_width", "csm_out"):
             need(1 <= getattr(self, name) <= MAX_WIDTH, f"{name} must be in [1, {MAX_WIDTH}], got {getattr(self, name)}")
@@ -258,29 +229,23 @@ class SafnetConfig:
         need(1 <= self.k <= MAX_NEIGHBOURS, f"k (neighbourhood size) must be in [1, {MAX_NEIGHBOURS}], got {self.k}")
         need(1 <= self.pn_nsample <= MAX_NEIGHBOURS,
              f"pn_nsample must be in [1, {MAX_NEIGHBOURS}], got {self.pn_nsample}")
-        need(self.gsm_block <= MAX_POINTS, f"gsm_block must be <= {MAX_POINTS}, got {self.gsm_block}")
+        need(1 <= self.gsm_block <= MAX_POINTS, f"gsm_block must be in [1, {MAX_POINTS}], got {self.gsm_block}")
         need(len(self.pn_npoints) <= 8 and max(self.pn_npoints, default=1) <= MAX_POINTS,
              f"pn_npoints: at most 8 levels of <= {MAX_POINTS} centroids, got {self.pn_npoints}")
         for name in ("agg_mlp", "csm_mlp", "head_mlp"):
             widths = getattr(self, name)
-            need(len(widths) <= 16 and max(widths, default=1) <= MAX_WIDTH,
-                 f"{name}: at most 16 layers of width <= {MAX_WIDTH}, got {widths}")
+            need(1 <= len(widths) <= 16 and 1 <= min(widths) and max(widths) <= MAX_WIDTH,
+                 f"{name}: 1 to 16 layers of width in [1, {MAX_WIDTH}], got {widths}")
         for name in ("pn_mlps", "pn_fp_mlps"):
-            need(all(len(m) <= 16 and max(m, default=1) <= MAX_WIDTH for m in getattr(self, name)),
-                 f"{name}: at most 16 layers of width <= {MAX_WIDTH} per level, got {getattr(self, name)}")
+            need(all(1 <= len(m) <= 16 and 1 <= min(m) and max(m) <= MAX_WIDTH for m in getattr(self, name)),
+                 f"{name}: 1 to 16 layers of width in [1, {MAX_WIDTH}] per level, got {getattr(self, name)}")
         need(0 < self.radius <= 5.0, f"radius must be in (0, 5] metres, got {self.radius}")
         need(0 < self.unproj_radius <= 5.0, f"unproj_radius must be in (0, 5] metres, got {self.unproj_radius}")
         need(self.a1 != 0 and self.a2 != 0, "a1 and a2 must be non-zero (they divide distances)")
-        need(self.gsm_block >= 1, "gsm_block must be >= 1")
-        for name in ("agg_mlp", "csm_mlp", "head_mlp"):
-            widths = getattr(self, name)
-            need(len(widths) >= 1 and min(widths) >= 1, f"{name} needs >= 1 positive widths, got {widths}")
-        need(min(self.csm_point_width, self.csm_oe_width, self.csm_out) >= 1, "CSM widths must be >= 1")
         levels = len(self.pn_npoints)
         need(levels >= 1 and len(self.pn_radii) == len(self.pn_mlps) == len(self.pn_fp_mlps) == levels,
              "pn_npoints, pn_radii, pn_mlps and pn_fp_mlps must have the same length >= 1")
-        need(min(self.pn_npoints) >= 1 and min(self.pn_radii) > 0 and self.pn_nsample >= 1,
-             "PointNet++ centroids, radii and nsample must be positive")
+        need(min(self.pn_npoints) >= 1 and min(self.pn_radii) > 0, "PointNet++ centroids and radii must be positive")
         need(self.pn_fp_mlps[-1][-1] == self.feat_3d,
              f"the last FP MLP must end with feat_3d={self.feat_3d}, got {self.pn_fp_mlps[-1]}")
         need(self.se_reduction >= 1, "se_reduction must be >= 1")

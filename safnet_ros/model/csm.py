@@ -1,47 +1,18 @@
 """Contextual similarity module (CSM, eqs. 6-8): the mapping M, f_P, f_Q and S_con.
 
-The mapping M turns a neighbourhood N(i) (points x_j around a centre x_i) into a
-per-centre vector. Both parts the paper names are there, side by side:
+The maths (enrichment, eq. 7's per-neighbour sum, the orientation-encoding
+convolution, the MLP, the linear layer) and why the centre term carries no
+absolute position: docs/model.md ("Data flow", step 5) and docs/design.md §1.6.
+Implementation choices:
 
-1. **Enrichment** (eq. 6 and "(B,C,N,K) to (B,K(C+4),N)"): every neighbour x_j
-   becomes ``e_ij = [c(x_i), (x_j - x_i) / r, |x_j - x_i| / r]``. Offsets and
-   distances are divided by the neighbourhood radius r, so they are O(1); the
-   centre term c(x_i) carries no absolute position (layout 2, see "Centre term"):
-   ``centre="height"`` (default) gives the height alone, ``(z - 1.5 m) / 1.5 m``
-   (1 channel); ``centre="xyz"`` gives ``(x / 0.75 m, y / 0.75 m, (z - 1.5 m) / 1.5 m)``
-   in chunk coordinates (3 channels).
-2. **Per-neighbour sum** (eq. 7): ``sum_j sigma(W [x_i, f_c(x_i, x_j)] + b)`` over the
-   valid neighbours, with one shared linear layer W (7 -> ``point_width``) and
-   ReLU as sigma, literally as eq. 7 (no BN inside; the MLP after it has BN).
-   W is applied as ``W_c x_i + W_r [x_j - x_i, |x_j - x_i|]`` so the centre part is
-   computed once per centre. The sum is divided by the constant K so its scale
-   does not depend on K (a constant factor: still a sum, which keeps the density
-   information that a mean would drop).
-3. **Orientation-encoding convolution** (PointSIFT): for each of the 8 octants
-   around x_i, the nearest neighbour of N(i) in that octant (an empty octant
-   takes the centre itself, i.e. ``[x_i, 0, 0]``); their enriched vectors form a
-   2x2x2 cube that is convolved with kernel 2 along x, then y, then z (three
-   convolutions, BN + ReLU after each) down to one ``oe_width`` vector. The cube's
-   cells are stored with x the fastest axis (then y, then z), so the two cells each
-   convolution pairs are adjacent in memory and every step is a reshape view.
-4. The concatenation [sum, OE] goes through the shared MLP (64, 64, 64) with BN +
-   ReLU: this 64-d output is M(N(i)), the per-point attribute fed to PointNet++
-   (3 + 64 = 67 input channels) when computed on N_P(i).
-5. A linear layer (64 -> 64) gives the contextual feature f.
-
-The same M and linear are applied to N_P(i) and N_Q(i), both centred on p_i, in
-ONE pass (the two sets are stacked along the point axis), so batch normalisation
-sees the same statistics for both and identical neighbourhoods give identical
-features: S_con = cosine(f_P, f_Q) is then exactly 1. ``S_con = 0`` where N_Q(i)
-is empty (nothing to compare with; with ``nq_mode="knn"``, the default, N_Q(i) is
-never empty while the chunk has Q points).
-
-Centre term (why layout 2): layout 1 fed x_i in chunk metres (xy +-0.75 m, z 0-3 m)
-beside offsets of ~0.035 m, so at initialisation the x_i term had ~300x the
-variance of the offset term and M(N_P) mostly encoded where the point sat in a
-randomly rotated chunk (issue 14). With height only, M(N_P) is invariant to
-translating the chunk in xy (tested); the offsets keep their orientation (the
-PointSIFT octants are orientation-dependent by design).
+* eq. 7's W is applied as ``W_c c(x_i) + W_r [x_j - x_i, |x_j - x_i|] / r``, so the
+  centre part is computed once per centre;
+* the orientation-encoding cube's cells are stored with x the fastest axis (then y,
+  then z): the two cells each convolution pairs are adjacent, so every step is a
+  reshape view;
+* N_P(i) and N_Q(i) go through M in ONE pass (stacked along the point axis), so
+  batch normalisation sees the same statistics for both and identical
+  neighbourhoods give S_con = 1 exactly.
 """
 from __future__ import annotations
 
@@ -52,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from safnet_ros.model.aggregate import PointMLP, take_rows
+from safnet_ros.geometry.neighbors import gather
+from safnet_ros.model.aggregate import PointMLP
 
 __all__ = ["ContextualSimilarity", "octant_neighbours", "CENTRE_MODES", "centre_features"]
 
@@ -150,15 +122,13 @@ class ContextualSimilarity(nn.Module):
         ``valid (B,N,K)`` -> ``(B, N, mlp[-1])`` (channels last)."""
         k = idx.shape[-1]
         # in place on the fresh lookup (no (B, N, K, 3) temporaries; the same arithmetic)
-        rel = take_rows(cloud, idx).sub_(centres.unsqueeze(2)).mul_(self.inv_radius)  # (B, N, K, 3), units of r
+        rel = gather(cloud, idx).sub_(centres.unsqueeze(2)).mul_(self.inv_radius)  # (B, N, K, 3), units of r
         rel = rel.masked_fill_(~valid.unsqueeze(-1), 0.0)
         rel4 = torch.cat([rel, torch.linalg.vector_norm(rel, dim=-1, keepdim=True)], dim=-1)  # (B, N, K, 4)
 
-        # Eq. 7: W [x_i, x_j - x_i, |x_j - x_i|] + b, split as W_c x_i (once per centre)
-        # + W_r [x_j - x_i, |x_j - x_i|] (per neighbour); channels-last matmuls.
-        # On a CPU this elementwise work on (B, N, K, W) rows is slower in bf16 than in fp32
-        # (no bf16 vector arithmetic besides dot products: 87 against 59 ms for a 25k-point
-        # chunk), so it stays fp32 under autocast; the MLP after it takes autocast's precision.
+        # Eq. 7 as W_c x_i (once per centre) + W_r [x_j - x_i, |x_j - x_i|] (per neighbour).
+        # fp32 under CPU autocast: without bf16 vector arithmetic this elementwise work is
+        # slower in bf16; the MLP after it takes autocast's precision.
         with torch.autocast("cpu", enabled=False) if rel4.device.type == "cpu" else nullcontext():
             per_neighbour = self.point_rel(rel4)  # (B, N, K, W)
             centre = centre_features(centres, self.centre)  # (B, N, Cc)
@@ -169,7 +139,7 @@ class ContextualSimilarity(nn.Module):
                 summed = per_neighbour.mul_(valid.unsqueeze(-1).to(per_neighbour.dtype)).sum(dim=2) / k
 
         slot, present = octant_neighbours(rel, valid)  # (B, N, 8)
-        cells = take_rows(rel4.flatten(0, 1), slot.flatten(0, 1))  # (B*N, 8, 4)
+        cells = gather(rel4.flatten(0, 1), slot.flatten(0, 1))  # (B*N, 8, 4)
         cells = cells.view(*slot.shape, 4) * present.unsqueeze(-1).to(rel4.dtype)  # empty octant: the centre
         oriented = self._orientation_encoding(centre, cells)  # (B, N, oe)
 
@@ -191,9 +161,8 @@ class ContextualSimilarity(nn.Module):
         centre_w = weight[:, 0:cc] + weight[:, ci:ci + cc]
         cell_w = torch.cat([weight[:, cc:ci], weight[:, ci + cc:2 * ci]], dim=1)  # (oe, 8)
         pairs = cells.reshape(batch, n, 4, 8)  # the 4 pairs along x: cells (2r, 2r + 1)
-        pre = torch.nn.functional.linear(pairs, cell_w)  # (B, N, 4, oe)
-        # added in place (the matmul's own output): a broadcast add into a new tensor is ~5x slower on a CPU
-        pre = pre.add_(torch.nn.functional.linear(centres, centre_w).unsqueeze(2))
+        pre = F.linear(pairs, cell_w)  # (B, N, 4, oe)
+        pre = pre.add_(F.linear(centres, centre_w).unsqueeze(2))  # in place: a broadcast add is slower
         x = first.from_first_linear(pre)  # (B, N, 4, oe)
         return self.oe[2](self.oe[1](x)).squeeze(2)
 

@@ -1,14 +1,7 @@
 """Fusion: channel attention on each modality and the FC head (eq. 2, eq. 10).
 
-* :class:`ChannelAttention` is a squeeze-excitation block over points: the
-  features ``(B, N, C)`` are averaged over the valid points of each sample
-  (squeeze), a 1x1 ``C -> C / r`` + ReLU + ``C / r -> C`` + sigmoid gives one
-  weight per channel (excitation) that scales every point's features.
-* :class:`FusionHead` is the FC (192, 192, 192, 20) classifier: shared linear
-  layers (channels last) with BN + ReLU after the first three layers and dropout (0.5) after the third.
-* :class:`ConfidenceGate` (our extension, ``confidence_gate``; docs/design.md §1.7):
-  a learnt, monotone weight of F2D from the 2D net's own confidence at the pixels a
-  point gathers from, so the fusion can lean on F3D where the image is unsure.
+docs/design.md §1.8 states the method and our confidence gate; docs/model.md step 7
+how they are wired.
 """
 from __future__ import annotations
 
@@ -25,11 +18,9 @@ __all__ = ["ChannelAttention", "ConfidenceGate", "Dropout", "FusionHead", "pixel
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose mask is drawn with ``torch.rand`` on a CPU.
 
-    The same function and distribution (each element kept with probability
-    ``1 - p``, kept ones scaled by ``1 / (1 - p)``), but CPU ``bernoulli_`` takes
-    about three times as long as ``rand`` and a compare: forward and backward of
-    the lite head's ``(2, 4096, 128)`` training activations take 6.7 ms here
-    against 15.6 ms for ``nn.Dropout``. Other devices use the fused kernel.
+    The same distribution (each element kept with probability ``1 - p``, kept
+    ones scaled by ``1 / (1 - p)``); CPU ``bernoulli_`` is about three times as
+    slow as ``rand`` and a compare. Other devices use the fused kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,8 +46,7 @@ class ChannelAttention(nn.Module):
             pooled = x.mean(dim=1)
         else:
             w = mask.to(x.dtype)
-            # (B, 1, N) @ (B, N, C): the masked sum as one bmm (einsum picks a layout that is
-            # 7x slower for a batch of chunks on a CPU: 5.7 ms against 0.8 ms at 9 x 2744 x 128)
+            # (B, 1, N) @ (B, N, C): the masked sum as one bmm (einsum is far slower on a CPU)
             pooled = torch.bmm(w.unsqueeze(1), x).squeeze(1) / w.sum(1, keepdim=True).clamp_min(1.0)
         return x * self.excite(pooled).unsqueeze(1)
 
@@ -87,13 +77,11 @@ def pixel_confidence(logits: torch.Tensor) -> torch.Tensor:
 class ConfidenceGate(nn.Module):
     """``g = sigmoid(w * c + b)``: a weight in (0, 1) per point from its 2D confidence ``c``.
 
-    Two learnt scalars. At initialisation ``w = 0`` and ``b = 4`` (g = 0.98 for every
-    point), so a model started from weights trained without the gate begins where it
-    was; training moves ``w`` and ``b`` as far as the 2D net's confidence predicts
-    whether its features help. They are stored divided by :attr:`SCALE`: Adam moves a
-    parameter by about the learning rate per step (5e-4), which would leave a gate
-    that needs ``w`` of order 10 where it started; the scale is a learning-rate
-    multiplier that needs no optimiser change. ``forward(c (B, N)) -> g (B, N)``.
+    Two learnt scalars, ``w = 0`` and ``b = 4`` at initialisation (g = 0.98: a model
+    trained without the gate begins where it was). They are stored divided by
+    :attr:`SCALE`, a learning-rate multiplier: Adam moves a parameter by about the
+    learning rate (5e-4) per step, and the gate needs ``w`` of order 10.
+    ``forward(c (B, N)) -> g (B, N)``.
     """
 
     SCALE = 50.0

@@ -1,28 +1,13 @@
 """Neighbourhoods N_P(i), N_Q(i) and the geometric similarity module (GSM, eqs. 3-5).
 
-For every input point p_i (docs/design.md §1.5):
-
-* N_P(i): up to K nearest points of P within radius r (p_i itself included);
-* N_Q(i): up to K nearest points of Q within r, centred on p_i.
-
-Forward search (eq. 3): every p_j in N_P(i) looks up its nearest point in *all*
-of Q (one ``knn(P, Q, 1)`` for the whole cloud, shared by all neighbourhoods);
-``S_P2Q = exp(-mean(d_F) / a1) + b1``.
-
-Backward search (eq. 4): every q_j in N_Q(i) looks up its nearest point in N_P(i)
-(pairwise distances inside the two neighbourhoods, ``(N, Kq, Kp)`` in blocks of
-``block`` points); when N_Q(i) is empty, the nearest point of Q to p_i is the
-single starting point. ``S_Q2P = exp(-mean(d_B) / a2) + b2``.
-
-``S_geo = a3 * S_P2Q + a4 * S_Q2P + b3`` (eq. 5). All seven scalars are learnable
-:class:`nn.Parameter` with the authors' initial values. a1, a2 divide distances:
-they are used as ``max(|a|, 1e-3)`` metres, so they stay positive whatever the
-optimiser does while the parameter still receives a gradient.
-
-Switches: forward off drops ``a3 * S_P2Q``; backward off drops ``a4 * S_Q2P``;
-both off make S_geo the constant 1. A sample with no valid Q point at all gets
-S_geo = 0 (its 2D features carry no information; the model then reduces to the
-3D path). Distances carry no gradient (coordinates are inputs); the scalars do.
+The method: docs/design.md §1.4-1.5; this code: docs/model.md ("Data flow",
+steps 2 and 4). The forward search shares one ``knn(P, Q)`` over all of Q between
+every neighbourhood; the backward search computes the pairwise distances inside
+the two neighbourhoods in blocks of ``block`` points. a1, a2 divide distances:
+they are used as ``max(|a|, 1e-3)`` metres. Switches: forward off drops
+``a3 * S_P2Q``, backward off drops ``a4 * S_Q2P``, both off make S_geo the
+constant 1. A sample with no valid Q point gets S_geo = 0. Distances carry no
+gradient; the seven scalars do.
 """
 from __future__ import annotations
 
@@ -32,8 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from safnet_ros.geometry.neighbors import ball_query, knn
-from safnet_ros.model.aggregate import take_rows
+from safnet_ros.geometry.neighbors import ball_query, gather, knn
 
 __all__ = ["Neighbourhoods", "find_neighbourhoods", "GeometricSimilarity"]
 
@@ -86,9 +70,7 @@ def find_neighbourhoods(
     Args:
         points: ``(B, N, 3)`` metres (finite); ``point_mask (B, N)`` False = excluded.
         q_points: ``(B, M, 3)`` metres, M >= 1; ``q_mask (B, M)`` False = padding.
-        nq_mode: ``"ball"``: N_Q(i) = the k nearest Q points closer than ``radius``
-            (empty for a point no view sees); ``"knn"``: the k nearest valid Q points,
-            no radius (the authors' N_Q; empty only when the chunk has no Q point).
+        nq_mode: ``"ball"`` or ``"knn"`` (docs/model.md, "Data flow", step 2).
     """
     kk = max(int(k), int(knn_k)) if with_balls else int(knn_k)
     # Excluded points (padding of a batch of chunks) need no neighbours: not searched.
@@ -125,8 +107,8 @@ def backward_distances(
     with torch.no_grad():
         for start in range(0, n, block):
             sl = slice(start, start + block)
-            qs = take_rows(q_points, nb.q_idx[:, sl])  # (B, n', Kq, 3)
-            ps = take_rows(points, nb.p_idx[:, sl])  # (B, n', Kp, 3)
+            qs = gather(q_points, nb.q_idx[:, sl])  # (B, n', Kq, 3)
+            ps = gather(points, nb.p_idx[:, sl])  # (B, n', Kp, 3)
             d = torch.cdist(qs.flatten(0, 1), ps.flatten(0, 1))  # (B*n', Kq, Kp)
             d = d.view(batch, -1, kq, ps.shape[2])
             d = d.masked_fill(~nb.p_valid[:, sl].unsqueeze(2), float("inf"))
@@ -175,7 +157,7 @@ class GeometricSimilarity(nn.Module):
         """Eq. 3: ``(B, N)``."""
         d_nearest = nb.nearest_q_dist  # (B, N)
         d_nearest = torch.where(torch.isfinite(d_nearest), d_nearest, torch.zeros_like(d_nearest))
-        d_f = take_rows(d_nearest.unsqueeze(-1), nb.p_idx).squeeze(-1)  # (B, N, Kp)
+        d_f = gather(d_nearest.unsqueeze(-1), nb.p_idx).squeeze(-1)  # (B, N, Kp)
         mean_d = _masked_mean(d_f, nb.p_valid)
         return torch.exp(-mean_d / self._scale(self.a1)) + self.b1
 

@@ -1,21 +1,11 @@
 """SAFNet's training loss (eq. 11): L = L_fusion + 0.2 L_2D + 0.8 L_3D + 0.8 L_2Dunp.
 
-* L_fusion: cross-entropy of the fused per-point logits.
-* L_3D: the auxiliary classifier on F3D (switch ``aux_losses``).
-* L_2D: the 2D net's logits on its images, only while the 2D net is trained
-  (``freeze_2d`` False) and the batch has ``image_labels`` (switch ``aux_losses``).
-* L_2Dunp: the 2D net's own logits at the pixels of the back-projected points Q,
-  each Q point labelled with the nearest input point within r' (``unproj_radius``);
-  Q points without such a point, padding, Q points the model did not use
-  (``output.q_valid``) and invalid input points are ignored (switch ``unproj_loss``).
-  In stage 3d it trains the 2D net's last decoder stage and classifier
-  (``unproj_finetune_2d``), so it changes the 2D features the fusion uses.
-
-Every term is a cross-entropy with ``ignore_index = IGNORE_INDEX`` (255), weighted
-per class when ``class_weights`` (``(C,)``, e.g. log-frequency weights from
-:mod:`safnet_ros.data.class_weights`) is given (then the weighted mean: sum of
-w_label * CE over sum of w_label); a term with no labelled element is an exact 0
-that still keeps the graph (never NaN).
+The terms, their switches and the class weights: docs/model.md ("Losses") and
+docs/design.md §1.9. Every term is a cross-entropy with ``ignore_index =
+IGNORE_INDEX`` (255), class-weighted when ``class_weights (C,)`` is given (the
+weighted mean); a term with no labelled element is an exact 0 that still keeps
+the graph (never NaN). L_2Dunp ignores Q points the model did not use
+(``output.q_valid``) and invalid input points.
 """
 from __future__ import annotations
 

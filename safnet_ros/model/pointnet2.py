@@ -1,26 +1,16 @@
 """3D branch of SAFNet: PointNet++ single-scale grouping (SSG) for segmentation.
 
-The MVPNet / PointNet++ ScanNet setting: four set-abstraction (SA) levels with
-2048/512/128/32 centroids, radii 0.1/0.2/0.4/0.8 m and 32 neighbours, then four
-feature-propagation (FP) levels back to the input points, 128-d output per point.
+The MVPNet / PointNet++ ScanNet setting (docs/design.md §1.7): four set-abstraction
+(SA) levels (farthest point sampling, :func:`ball_query` grouping of the
+``nsample`` nearest points within the radius, shared MLP, max pool), then four
+feature-propagation (FP) levels (inverse-distance 3-NN interpolation, skip
+concatenation, shared MLP) back to the input points.
 
-* SA: farthest point sampling picks the centroids, :func:`ball_query` groups up to
-  ``nsample`` nearest points within the radius (sorted by distance, see
-  :mod:`safnet_ros.geometry.neighbors`), each neighbour gets its xyz relative to the
-  centroid (+ its features), a shared MLP (1x1 Conv2d + BN + ReLU) and a max pool
-  over the neighbourhood.
-* Inside, features are kept channels last (``(B, N, C)`` rows) and the 1x1
-  convolutions run as ``F.linear`` on their own weights (same parameters and
-  state_dict as the conv modules, about 2x faster on a CPU).
-* FP: inverse-distance 3-NN interpolation from the coarser level, concatenation
-  with the finer level's features (skip link), shared MLP (1x1 Conv1d + BN + ReLU).
-
-Small clouds: a level never asks for more centroids than the points it receives
-(``min(npoint, N)``), so any N >= 1 works, N = 1 included.
-
-Batch norm with a single value per channel (e.g. one point at a level, batch 1)
-cannot compute batch statistics; :class:`_SafeBatchNorm` then normalises with
-its running statistics instead of raising deep inside torch.
+The modules (and so the state_dict) are the usual 1x1 Conv2d / Conv1d + BN + ReLU;
+they are evaluated channels last as ``F.linear`` on their weights (docs/model.md).
+A level never asks for more centroids than the points it receives
+(``min(npoint, N)``), so any N >= 1 works; a BN with a single value per channel
+normalises with its running statistics (:class:`~safnet_ros.model.folded_norm.SafeBatchNorm`).
 """
 from __future__ import annotations
 
@@ -30,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from safnet_ros.errors import ConfigError
 from safnet_ros.geometry.neighbors import (
     ball_query,
     farthest_point_sample,
@@ -38,37 +27,19 @@ from safnet_ros.geometry.neighbors import (
     interpolate_rows,
     three_nn_weights,
 )
-from safnet_ros.model.folded_norm import bn_relu, linear_bn_relu
+from safnet_ros.model.folded_norm import SafeBatchNorm, bn_relu, linear_bn_relu
 from safnet_ros.model.stages import stage
 
 __all__ = ["PointNet2SSG", "SetAbstraction", "FeaturePropagation"]
 
 
-class _SafeBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm for (B, C, ...) that falls back to running stats when B * ... == 1."""
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"expected (B, C, ...) input, got {tuple(x.shape)}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.numel() // max(x.shape[1], 1) <= 1:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-            )
-        return super().forward(x)
-
-
 def _shared_mlp(in_channels: int, widths: Sequence[int], dims: int) -> nn.Sequential:
-    """1x1 conv (``dims`` = 1 or 2) + BN + ReLU per width.
-
-    The modules (and so the state_dict keys and shapes) are those of the usual
-    PointNet++ code; :func:`_run_rows` evaluates them channels last.
-    """
+    """1x1 conv (``dims`` = 1 or 2) + BN + ReLU per width (the usual PointNet++ modules and
+    state_dict); :func:`_run_rows` evaluates them channels last."""
     conv = nn.Conv2d if dims == 2 else nn.Conv1d
     layers: list[nn.Module] = []
     for width in widths:
-        layers += [conv(in_channels, width, 1, bias=False), _SafeBatchNorm(width), nn.ReLU(inplace=True)]
+        layers += [conv(in_channels, width, 1, bias=False), SafeBatchNorm(width), nn.ReLU(inplace=True)]
         in_channels = width
     return nn.Sequential(*layers)
 
@@ -81,13 +52,10 @@ def _conv_matrix(conv: nn.Module) -> torch.Tensor:
 def _run_rows(mlp: nn.Sequential, x: torch.Tensor, first_done: bool = False) -> torch.Tensor:
     """A :func:`_shared_mlp` on channels-last rows ``x (R, C_in)`` -> ``(R, C_out)``.
 
-    The same maths as the 1x1 convolutions on ``(B, C, ...)``: a kernel-1 conv is a
-    matrix product per position, and BN over all positions of a channel is BN over
-    the rows. Channels-last ``F.linear`` is about 2x faster than ``conv1d`` /
-    ``_slow_conv2d_forward`` with kernel 1 on a CPU. ``first_done``: ``x`` already
-    is the first layer's matrix product (``(R, widths[0])``), as
-    :class:`FeaturePropagation` computes it piecewise. In eval mode each BN is
-    folded into its matrix product (:mod:`safnet_ros.model.folded_norm`).
+    A kernel-1 conv is a matrix product per position and BN over all positions of a
+    channel is BN over the rows. ``first_done``: ``x`` already is the first layer's
+    matrix product (``(R, widths[0])``), computed piecewise by the caller. In eval
+    mode each BN is folded into its matrix product (:mod:`safnet_ros.model.folded_norm`).
     """
     for i in range(0, len(mlp), 3):
         conv, norm = mlp[i], mlp[i + 1]
@@ -99,46 +67,30 @@ def _run_rows(mlp: nn.Sequential, x: torch.Tensor, first_done: bool = False) -> 
 
 
 class SetAbstraction(nn.Module):
-    """One SA level: FPS centroids, ball-query grouping, shared MLP, max pool.
-
-    ``forward(xyz (B, N, 3) metres, features (B, C, N) | None)`` ->
-    ``(centroids (B, m, 3), features (B, mlp[-1], m))`` with ``m = min(npoint, N)``;
-    :meth:`forward_rows` is the same with channels-last features ``(B, N, C)``.
-    """
+    """One SA level: FPS centroids, ball-query grouping, shared MLP, max pool."""
 
     def __init__(self, npoint: int, radius: float, nsample: int, in_channels: int, mlp: Sequence[int]):
         super().__init__()
         self.npoint = int(npoint)
         self.radius = float(radius)
         self.nsample = int(nsample)
-        self.in_channels = int(in_channels)
-        self.out_channels = int(mlp[-1])
         self.mlp = _shared_mlp(in_channels + 3, mlp, dims=2)
 
     def forward(
-        self, xyz: torch.Tensor, features: Optional[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        centroids, pooled = self.forward_rows(xyz, None if features is None else features.transpose(1, 2))
-        return centroids, pooled.transpose(1, 2)
-
-    def forward_rows(
         self, xyz: torch.Tensor, features: Optional[torch.Tensor], mask: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``xyz (B, N, 3)``, ``features (B, N, C) | None`` -> ``(centroids (B, m, 3),
-        features (B, m, mlp[-1]))``, channels last.
+        """``xyz (B, N, 3)`` metres, ``features (B, N, C) | None`` -> ``(centroids (B, m, 3),
+        features (B, m, mlp[-1]))`` with ``m = min(npoint, N)``, channels last.
 
         ``mask (B, N)`` bool (None: all valid): False rows (padding of a batch of
         chunks of different sizes) are never a centroid or a neighbour. A sample
         with n valid rows gets its ``min(npoint, n)`` centroids first; the slots
         after them repeat its first centroid (see :meth:`centroid_mask`).
         """
-        given = 0 if features is None else features.shape[-1]
-        if given != self.in_channels:
-            raise ValueError(f"SA level takes {self.in_channels} feature channels, got {given}")
         m = min(self.npoint, xyz.shape[1])
         with stage("fps"):
             centre_idx = farthest_point_sample(xyz, m, mask)  # (B, m)
-        centroids = gather(xyz, centre_idx.unsqueeze(-1)).squeeze(2)  # (B, m, 3)
+        centroids = gather(xyz, centre_idx)  # (B, m, 3)
         with stage("neighbours"):
             idx, _ = ball_query(centroids, xyz, self.radius, self.nsample, mask,
                                 query_mask=self.centroid_mask(mask, m))  # (B, m, k)
@@ -170,10 +122,6 @@ class SetAbstraction(nn.Module):
 class FeaturePropagation(nn.Module):
     """One FP level: 3-NN inverse-distance interpolation + skip concat + shared MLP.
 
-    ``forward(fine_xyz (B, n, 3), coarse_xyz (B, m, 3), fine_feats (B, C1, n) | None,
-    coarse_feats (B, C2, m))`` -> ``(B, mlp[-1], n)``; :meth:`forward_rows` is the
-    same with channels-last features.
-
     The first layer ``W [interp(F2), F1]`` is computed as ``interp(W_2 F2) + W_1 F1``:
     interpolation is linear, so ``W_2`` is applied to the m coarse rows before the
     interpolation instead of to the n interpolated rows (n >> m), and the
@@ -182,8 +130,6 @@ class FeaturePropagation(nn.Module):
 
     def __init__(self, in_channels: int, mlp: Sequence[int]):
         super().__init__()
-        self.in_channels = int(in_channels)
-        self.out_channels = int(mlp[-1])
         self.mlp = _shared_mlp(in_channels, mlp, dims=1)
 
     def forward(
@@ -192,27 +138,14 @@ class FeaturePropagation(nn.Module):
         coarse_xyz: torch.Tensor,
         fine_feats: Optional[torch.Tensor],
         coarse_feats: torch.Tensor,
-    ) -> torch.Tensor:
-        out = self.forward_rows(fine_xyz, coarse_xyz, None if fine_feats is None else fine_feats.transpose(1, 2),
-                                coarse_feats.transpose(1, 2))
-        return out.transpose(1, 2)
-
-    def forward_rows(
-        self,
-        fine_xyz: torch.Tensor,
-        coarse_xyz: torch.Tensor,
-        fine_feats: Optional[torch.Tensor],
-        coarse_feats: torch.Tensor,
         coarse_mask: Optional[torch.Tensor] = None,
         fine_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """``fine_feats (B, n, C1) | None``, ``coarse_feats (B, m, C2)`` -> ``(B, n, mlp[-1])``;
+        """``fine_xyz (B, n, 3)``, ``coarse_xyz (B, m, 3)``, ``fine_feats (B, n, C1) | None``,
+        ``coarse_feats (B, m, C2)`` -> ``(B, n, mlp[-1])``, channels last;
         ``coarse_mask (B, m)`` bool: the coarse rows that may be interpolated from (None: all);
         ``fine_mask (B, n)``: the fine rows whose output matters (the others get no neighbours)."""
         coarse_channels = coarse_feats.shape[-1]
-        fine_channels = 0 if fine_feats is None else fine_feats.shape[-1]
-        if coarse_channels + fine_channels != self.in_channels:
-            raise ValueError(f"FP level takes {self.in_channels} channels, got {coarse_channels} + {fine_channels}")
         weight = _conv_matrix(self.mlp[0])  # (W0, C2 + C1)
         with stage("neighbours"):
             idx, w = three_nn_weights(fine_xyz, coarse_xyz, coarse_mask, query_mask=fine_mask)  # (B, n, 3)
@@ -231,7 +164,7 @@ class PointNet2SSG(nn.Module):
         in_channels: per-point features besides xyz (64 from the CSM, 0 for xyz only).
         npoints, radii (metres), nsample, mlps: the four SA levels.
         fp_mlps: the four FP levels, coarsest first.
-        out_channels: must equal ``fp_mlps[-1][-1]`` (checked).
+        out_channels: ``fp_mlps[-1][-1]`` (:meth:`SafnetConfig.validate` checks the layout).
 
     ``forward(xyz (B, N, 3) metres, features (B, in_channels, N) | None)`` ->
     ``(B, out_channels, N)``.
@@ -249,20 +182,6 @@ class PointNet2SSG(nn.Module):
     ):
         super().__init__()
         levels = len(npoints)
-        if not (len(radii) == len(mlps) == len(fp_mlps) == levels) or levels == 0:
-            raise ConfigError(
-                "PointNet2SSG needs as many radii, mlps and fp_mlps as npoints,"
-                f" got {len(npoints)}, {len(radii)}, {len(mlps)}, {len(fp_mlps)}"
-            )
-        if in_channels < 0 or nsample < 1 or min(npoints) < 1 or min(radii) <= 0:
-            raise ConfigError(
-                f"bad PointNet2SSG setting: in_channels={in_channels}, nsample={nsample},"
-                f" npoints={tuple(npoints)}, radii={tuple(radii)}"
-            )
-        if any(len(w) == 0 for w in list(mlps) + list(fp_mlps)):
-            raise ConfigError("every SA/FP MLP needs at least one layer")
-        if fp_mlps[-1][-1] != out_channels:
-            raise ConfigError(f"out_channels={out_channels} but the last FP MLP ends with {fp_mlps[-1][-1]}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.sa = nn.ModuleList()
@@ -300,7 +219,7 @@ class PointNet2SSG(nn.Module):
         level_xyz, level_feats = [xyz], [None if features is None else features.transpose(1, 2)]
         level_mask = [mask]
         for sa in self.sa:
-            new_xyz, new_feats = sa.forward_rows(level_xyz[-1], level_feats[-1], level_mask[-1])
+            new_xyz, new_feats = sa(level_xyz[-1], level_feats[-1], level_mask[-1])
             level_xyz.append(new_xyz)
             level_feats.append(new_feats)
             level_mask.append(sa.centroid_mask(level_mask[-1], new_xyz.shape[1]))
@@ -308,6 +227,6 @@ class PointNet2SSG(nn.Module):
         levels = len(self.sa)
         for i, fp in enumerate(self.fp):
             fine = levels - 1 - i
-            deep = fp.forward_rows(level_xyz[fine], level_xyz[fine + 1], level_feats[fine], deep,
-                                   level_mask[fine + 1], level_mask[fine])
+            deep = fp(level_xyz[fine], level_xyz[fine + 1], level_feats[fine], deep, level_mask[fine + 1],
+                      level_mask[fine])
         return deep.transpose(1, 2)  # (B, C, N): a view of the channels-last rows

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from safnet_ros.errors import ConfigError, ModelLoadError
+from safnet_ros.errors import ModelLoadError
 from safnet_ros.io_boundary import load_torch_file
 
 __all__ = [
@@ -56,11 +56,8 @@ class _BilinearUpsample2x(torch.autograd.Function):
     The interpolation's gradient is a fixed stride-2 filter: input pixel ``k``
     collects output pixels ``2k-1 .. 2k+2`` with weights ``(1, 3, 3, 1) / 4`` along
     each axis, and the output's edge clamping is the same filter over the
-    gradient padded by replicating its edge rows and columns. Computed as one
-    depthwise convolution, forward and backward take 34 ms at bf16 here against
-    55 ms with torch's own ``upsample_bilinear2d_backward``, and about the same at
-    fp32 (the lite preset's stage-3d fine-tuning of the 2D tail: 6 maps of 64 x 64 x 80,
-    one thread).
+    gradient padded by replicating its edge rows and columns: one depthwise
+    convolution, faster at bf16 than torch's ``upsample_bilinear2d_backward``.
     """
 
     @staticmethod
@@ -83,11 +80,6 @@ def upsample_2x(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad and x.device.type == "cpu" and torch.is_grad_enabled():
         return _BilinearUpsample2x.apply(x)
     return F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=False)
-
-
-def stage_channels(width: int = 64) -> tuple[int, int, int, int]:
-    """Channels of the four ResNet stages for base ``width`` (64 = torchvision)."""
-    return (width, 2 * width, 4 * width, 8 * width)
 
 
 class BasicBlock(nn.Module):
@@ -125,16 +117,9 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, depth: int = 34, stem_stride: int = 2, width: int = 64):
         super().__init__()
-        if depth not in RESNET_LAYERS:
-            raise ConfigError(f"ResNet depth must be one of {sorted(RESNET_LAYERS)}, got {depth}")
-        if stem_stride not in (1, 2):
-            raise ConfigError(f"stem_stride must be 1 or 2, got {stem_stride}")
-        if width < 8:
-            raise ConfigError(f"ResNet base width must be >= 8, got {width}")
         self.depth = depth
-        self.stem_stride = stem_stride
         self.width = width
-        self.channels = stage_channels(width)
+        self.channels = (width, 2 * width, 4 * width, 8 * width)
         self.conv1 = nn.Conv2d(3, width, 7, stride=stem_stride, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -167,21 +152,14 @@ class ResNetEncoder(nn.Module):
         return [stem, l1, l2, l3, l4]
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
 class _UpStage(nn.Module):
     """x2 transposed-conv upsampling, concat with the skip map, 3x3 conv + BN + ReLU."""
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, skip_channels, 2, stride=2)
-        self.fuse = _conv_bn_relu(2 * skip_channels, out_channels)
+        self.fuse = nn.Sequential(nn.Conv2d(2 * skip_channels, out_channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat([self.up(deep), skip], dim=1))
@@ -190,14 +168,8 @@ class _UpStage(nn.Module):
 class ResNetUNet(nn.Module):
     """ResNet encoder + UNet decoder: per-pixel features and 2D class logits.
 
-    Args:
-        depth: 18 or 34 (BasicBlock ResNets).
-        feat_dim: channels of the output feature map (64 in the paper).
-        num_classes: classes of the 1x1 classifier (20 for ScanNet).
-        stem_stride: 1 (full-resolution stem, paper) or 2 (torchvision stem + final
-            bilinear upsampling, cheaper).
-        width: base width of the encoder (64 = torchvision; the decoder scales with it).
-
+    ``depth`` 18 or 34, ``stem_stride`` 1 or 2 (module docstring), ``width`` the
+    encoder's base width (the decoder scales with it).
     ``forward(images (B, 3, H, W) normalised)`` -> ``(features (B, feat_dim, H, W),
     logits (B, num_classes, H, W))`` for any H, W >= 1.
     """
@@ -205,10 +177,6 @@ class ResNetUNet(nn.Module):
     def __init__(self, depth: int = 34, feat_dim: int = 64, num_classes: int = 20, stem_stride: int = 1,
                  width: int = 64):
         super().__init__()
-        if feat_dim < 1 or num_classes < 1:
-            raise ConfigError(f"feat_dim and num_classes must be >= 1, got {feat_dim}, {num_classes}")
-        self.feat_dim = feat_dim
-        self.num_classes = num_classes
         self.stem_stride = stem_stride
         self.encoder = ResNetEncoder(depth, stem_stride, width)
         c1, c2, c3, c4 = self.encoder.channels
@@ -217,11 +185,6 @@ class ResNetUNet(nn.Module):
         self.up2 = _UpStage(c2, c1, c1)  # -> H/2s
         self.up1 = _UpStage(c1, c1, feat_dim)  # -> H/s (stem resolution)
         self.classifier = nn.Conv2d(feat_dim, num_classes, 1)
-
-    @property
-    def total_stride(self) -> int:
-        """Input sizes are padded to a multiple of this (16 * stem_stride)."""
-        return 16 * self.stem_stride
 
     #: The parameters :meth:`forward` with ``tail_only_grad`` lets train (name prefixes).
     TAIL_PREFIXES: tuple[str, ...] = ("up1.", "classifier.")
@@ -233,14 +196,12 @@ class ResNetUNet(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         height, width = images.shape[-2:]
-        step = self.total_stride
+        step = 16 * self.stem_stride  # the total stride
         pad_h, pad_w = (-height) % step, (-width) % step
         x = F.pad(images, (0, pad_w, 0, pad_h)) if (pad_h or pad_w) else images
         if CPU_CHANNELS_LAST and x.device.type == "cpu" and not self.training:
-            # Channels-last (NHWC) is oneDNN's native layout: every convolution then
-            # skips two layout reorders (measured: 3 views of 160 x 120, lite, one
-            # thread, 66 -> 39 ms). The output equals the NCHW one to float rounding.
-            # Training is left in NCHW (forward + backward measured 3 % slower in NHWC).
+            # NHWC is oneDNN's native layout: no layout reorders around each convolution
+            # (docs/model.md). Training stays NCHW (slower in NHWC).
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not tail_only_grad):
             stem, l1, l2, l3, l4 = self.encoder(x)

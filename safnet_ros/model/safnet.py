@@ -1,27 +1,15 @@
 """The assembled SAFNet model, its baselines, and checkpoint files.
 
 :func:`build_model` turns a :class:`SafnetConfig` into a :class:`SafnetModel`; the
-``variant`` picks the full model or a baseline, all through the same
-``forward(batch: ChunkBatch) -> SafnetOutput``:
+``variant`` picks the full model or a baseline (``safnet``, ``pointnet2``,
+``project2d``, ``concat``: docs/model.md, "Switches and variants"), all through
+the same ``forward(batch: ChunkBatch) -> SafnetOutput``.
 
-* ``safnet``: 2D net -> 3-NN aggregation (F2D); GSM and CSM -> ``S = S_geo * S_con``;
-  PointNet++ on [xyz, M(N_P)] (F3D); ``F2D' = S * F2D``; channel attention on each
-  modality; concat -> FC head. Each Table III switch removes exactly its part.
-* ``pointnet2``: PointNet++ on xyz -> the same head (3D only).
-* ``project2d``: the 2D net's logits at the pixel of the nearest Q point (2D only).
-* ``concat``: eq. 1 late fusion, [F2D, F3D] -> head, no similarity, no reweighting.
-
-Bad input (docs/model.md "Defined behaviour on bad input"):
-
-* points with a non-finite coordinate are excluded from every neighbourhood and
-  from PointNet++'s sampling, grouping and interpolation (a mask; their rows hold
-  a stand-in, a valid point of the same chunk), and get all-zero logits (uniform)
-  and S = 0; the loss ignores them. This is also how a batch of chunks of
-  different sizes is padded: with non-finite rows, each chunk's valid points get
-  what they get alone;
-* Q points with a non-finite coordinate or a ``q_pixel`` outside ``[0, V*H*W)``
-  count as padding; a chunk without any valid Q point (M = 0, V = 0 or all masked)
-  runs with F2D = 0 and S = 0, i.e. the 3D path alone decides.
+Bad input is defined in docs/model.md ("Defined behaviour on bad input"). Points
+with a non-finite coordinate are masked out of every neighbourhood and of
+PointNet++ (their rows hold a stand-in, a valid point of the same chunk); that is
+also how a batch of chunks of different sizes is padded. Q points with a
+non-finite coordinate or a ``q_pixel`` outside ``[0, V*H*W)`` count as padding.
 """
 from __future__ import annotations
 
@@ -34,7 +22,7 @@ from torch import nn
 from safnet_ros.errors import ConfigError, ModelLoadError
 from safnet_ros.geometry.neighbors import gather
 from safnet_ros.io_boundary import load_torch_file
-from safnet_ros.model.aggregate import Aggregate2D, take_rows
+from safnet_ros.model.aggregate import Aggregate2D
 from safnet_ros.model.batch import ChunkBatch, SafnetOutput
 from safnet_ros.model.config import LEGACY_LAYOUT, SafnetConfig, json_ready
 from safnet_ros.model.csm import ContextualSimilarity
@@ -153,10 +141,8 @@ class SafnetModel(nn.Module):
         """``images (B, V, 3, H, W)`` -> (pixel features (B, V*H*W, C), logits (B, V, K, H, W)).
 
         ``used`` (B, V) bool: the views that have back-projected points. The 2D
-        net runs on those only and the others get zero features and logits (a
-        blank view, padding a chunk with fewer views than V, has no Q point that
-        could gather them, and its labels are all ignored), which saves the
-        2D forward of every blank slot when training mixes view counts.
+        net runs on those only; the others (blank views padding a chunk with fewer
+        views than V: no Q point gathers them) get zero features and logits.
         """
         b, v, _, h, w = images.shape
         if v == 0:
@@ -286,15 +272,12 @@ class SafnetModel(nn.Module):
             else:
                 f3d_fused = f3d
             logits = self.head(torch.cat([f2d_weighted, f3d_fused], dim=-1))
+        has_views = batch.q_points.shape[1] > 0
         out = SafnetOutput(
-            logits, s_geo, s_con, s,
-            logits_3d=self.aux3d(f3d),
-            logits_2d=self._aux_2d(logits_2d),
-            logits_unproj=self._unproj(logits_2d, q_pixel) if batch.q_points.shape[1] > 0 else None,
+            logits, s_geo, s_con, s, logits_3d=self.aux3d(f3d), logits_2d=self._aux_2d(logits_2d),
+            logits_unproj=self._unproj(logits_2d, q_pixel) if has_views else None,
+            q_valid=q_mask if has_views else None, nearest_q_dist=nb.nearest_q_dist,
         )
-        if batch.q_points.shape[1] > 0:
-            out.q_valid = q_mask
-        out.nearest_q_dist = nb.nearest_q_dist
         return self._finish(out, valid)
 
     def _project2d(self, points: torch.Tensor, data: _Sanitised, q_mask: torch.Tensor,
@@ -305,9 +288,7 @@ class SafnetModel(nn.Module):
             return points.new_zeros(b, n, self.config.num_classes), points.new_full((b, n), float("inf"))
         nb = find_neighbourhoods(points, data.q_points, None, q_mask, 1, self.config.radius, 1, with_balls=False)
         pixel = gather(data.q_pixel.unsqueeze(-1), nb.q_knn_idx[..., :1]).view(b, n)
-        # (B or 1, V*H*W, K): a table of batch 1 is shared by every sample
-        flat = pixel_rows(logits_2d)
-        logits = take_rows(flat, pixel)
+        logits = gather(pixel_rows(logits_2d), pixel)  # a table of batch 1 serves every sample
         return logits * torch.isfinite(nb.nearest_q_dist).unsqueeze(-1).to(logits.dtype), nb.nearest_q_dist
 
     def _point_confidence(self, logits_2d: torch.Tensor, q_pixel: torch.Tensor, q_dist: torch.Tensor,
@@ -319,10 +300,9 @@ class SafnetModel(nn.Module):
         ``q_dist / q_idx (B, N, >= agg_k)`` the P -> Q search (inf distance: no neighbour).
         """
         k = self.config.agg_k
-        flat = pixel_rows(logits_2d)
-        conf_q = pixel_confidence(take_rows(flat, q_pixel))  # (B, M)
+        conf_q = pixel_confidence(gather(pixel_rows(logits_2d), q_pixel))  # (B, M)
         found = torch.isfinite(q_dist[..., :k])
-        conf = take_rows(conf_q.unsqueeze(-1), q_idx[..., :k]).squeeze(-1) * found
+        conf = gather(conf_q.unsqueeze(-1), q_idx[..., :k]).squeeze(-1) * found
         return conf.sum(-1) / found.sum(-1).clamp_min(1)
 
     def _aux_2d(self, logits_2d: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -334,8 +314,7 @@ class SafnetModel(nn.Module):
         fine-tunes its tail (:attr:`finetunes_2d_tail`); otherwise the term is skipped."""
         if not self.training or not self.config.unproj_loss or logits_2d is None or not logits_2d.requires_grad:
             return None
-        flat = pixel_rows(logits_2d)
-        return take_rows(flat, q_pixel)
+        return gather(pixel_rows(logits_2d), q_pixel)
 
     @staticmethod
     def _finish(out: SafnetOutput, valid: torch.Tensor) -> SafnetOutput:
@@ -403,14 +382,11 @@ def read_checkpoint_payload(path: Union[str, os.PathLike], map_location: Union[s
 
 
 def _convert_layout1(path: str, stored: dict, state: Any) -> tuple[dict, Any]:
-    """A layout-1 checkpoint (written before issue 14; no ``layout`` key) as layout 2.
+    """A layout-1 checkpoint (no ``layout`` key) as layout 2 (docs/model.md, "Checkpoint layouts").
 
-    Without CSM the conversion is exact: the new keys take their layout-1 meaning
-    (:data:`~safnet_ros.model.config.LEGACY_LAYOUT`: N_Q a radius ball, no attribute
-    gain, no 2D fine-tuning) and the weights of the old separate L_2Dunp classifier
-    (``unproj_head.*``), which no prediction used, are dropped. With CSM it cannot
-    be: layout 1 fed the CSM x_i in chunk metres with unscaled offsets and PointNet++
-    took the attributes without a gain, so the weights would be silently mis-read.
+    Without CSM the conversion is exact (:data:`~safnet_ros.model.config.LEGACY_LAYOUT`,
+    and the unused ``unproj_head.*`` weights dropped); with CSM the weights would be
+    silently mis-read.
 
     Raises:
         ModelLoadError: a layout-1 checkpoint of the full SAFNet (CSM on).

@@ -6,12 +6,9 @@ accumulates its *exclusive* wall time: time spent in a stage nested inside anoth
 (e.g. the neighbour search inside a PointNet++ level) counts for the inner stage
 only, so the stages add up to at most the forward's time and "the rest" is what
 no stage covers. On CUDA each boundary synchronises the device (profiling only),
-so the times are those of the kernels, not of their launches.
-
-Stage names used by the model (:data:`STAGES`): ``2d_net``, ``fps``,
-``neighbours`` (kNN, ball query, 3-NN of every module), ``sa_mlp``, ``fp_mlp``,
-``aggregate`` (2D features onto points), ``gsm``, ``csm``, ``fusion`` (channel
-attention and the head).
+so the times are those of the kernels, not of their launches. The stage names
+are :data:`STAGES` (``neighbours``: kNN, ball query and 3-NN of every module;
+``fusion``: channel attention and the head).
 """
 from __future__ import annotations
 

@@ -1,43 +1,12 @@
-"""``safnet_segment``: the ROS 2 node that labels point clouds with SAFNet (docs/ros_node.md).
+"""``safnet_segment``: the ROS 2 lifecycle node that labels point clouds with SAFNet.
 
-A thin ROS adapter over :class:`safnet_ros.engine.pipeline.SegmentationPipeline`
-(the pipeline ``safnet segment-bag`` runs offline too). Data flow::
-
-    rgb, depth, camera_info ──ApproximateTimeSynchronizer──▶ _on_frames: stamp interval ─▶ TF(stamp) ─▶
-        (keyframes only) decode + resize once ─▶ ViewBuffer
-    (one subscriber triple and synchroniser per camera of the ``cameras`` parameter, all into one buffer)
-    cloud ──▶ _on_cloud ──▶ LatestMailbox (one slot, newest wins, drops counted)
-                                  │ worker thread (off the executor)
-                                  ▼
-           decode ─ TF(stamp) into fixed_frame ─ Segmenter.segment(points, buffered views)
-                                  ▼
-       ~/labeled_cloud (cloud's frame and stamp), /diagnostics
-                                  ▼ (after publishing)
-           semantic map (ros/semantic_map_component.py): ~/semantic_map, ~/save_map, ~/clear_map
-           marker thread (newest cloud wins): ~/similarity_markers
-
-Callbacks never block: a synchronised frame is first judged by its stamp (too
-soon after the last kept view: dropped undecoded), then by its pose, looked up
-with a zero timeout; a frame whose transform has not arrived yet waits,
-undecoded, in a short pending list retried by a timer until the transforms'
-own stamps run ``tf_timeout`` past it.  Transforms are received on their own
-thread (the TF listener's ``spin_thread``, drop-in and tf2_ros alike), so image
-work on the executor never delays them.  Only the worker thread may wait (up
-to ``tf_timeout``) for a cloud's transform.  Undecodable messages, missing
-transforms and replaced clouds are skipped with a throttled warning and counted
-on /diagnostics. Time going back is judged per input (frames of each camera,
-clouds: each against its own newest stamp) and on the ROS clock under sim time
-(:mod:`safnet_ros.ros.time_jumps`): it clears the view buffer, the pending
-frames and the map; the TF buffer clears itself when the clock that feeds it
-jumps back.
-
-A lifecycle node (rclpy.lifecycle): the constructor declares and checks the
-parameters (:mod:`safnet_ros.ros.params`); ``configure`` loads the model,
-warms it up and makes the TF buffer and the publishers; ``activate`` creates
-the subscriptions, timers and the worker; ``deactivate`` releases them again
-and ``cleanup`` drops the model and the TF buffer. With ``autostart`` (the
-default) the constructor drives the node to active itself, so ``ros2 run`` and
-the launch file work without a manager.
+A thin ROS adapter over :class:`safnet_ros.engine.pipeline.SegmentationPipeline` (which ``safnet
+segment-bag`` runs offline too). Callbacks never block: a synchronised RGB-D set (one synchroniser per
+camera) is judged by its stamp, then by its pose looked up with a zero timeout (a set whose transform
+has not arrived waits, undecoded, for timer retries), and only a keyframe is decoded into the view
+buffer. Clouds go through a newest-wins mailbox to one worker thread, the only one that may wait for a
+transform; a marker thread draws the similarity markers. Threads, lifecycle, TF and time jumps:
+docs/ros_node.md ("Lifecycle", "Threads: what runs where", "TF: three paths, one test").
 """
 from __future__ import annotations
 
@@ -94,8 +63,7 @@ NODE_NAME = "safnet_segment"
 WARN_PERIOD_S = 5.0
 #: Frames waiting for their transform at most (undecoded messages; the oldest gives way).
 MAX_PENDING_FRAMES = 16
-#: Seconds between retries of the frames waiting for their transforms (steady clock). The timer runs
-#: only while a frame waits: always running, it woke an idle node's executor 50 times a second.
+#: Seconds between retries of the frames waiting for their transforms (steady clock; runs only while one waits).
 RETRY_PERIOD_S = 0.02
 #: A frame whose camera frame TF does not know at all waits this many tf_timeout (wall time) ...
 UNKNOWN_FRAME_WAITS = 10
@@ -224,11 +192,7 @@ class SegmentNode(LifecycleNode):
         self.label_info: Optional[label_info.LabelInfoPublisher] = None
         self._max_points_warned = False
         self.tf_listener: Any = None  # tf2_ros.TransformListener or the drop-in, on its own thread
-        self.sub_rgb: Any = None  # message_filters.Subscriber or the drop-in
-        self.sub_depth: Any = None
-        self.sub_info: Any = None
-        self.sync: Any = None
-        #: (camera name, (rgb, depth, info) subscribers, synchroniser) per camera ('' = the single camera)
+        #: per camera ('' = the single one): (its name, (rgb, depth, info) subscribers, synchroniser)
         self.camera_inputs: list[tuple[str, tuple[Any, Any, Any], Any]] = []
         self.cameras: list[str] = []  # the ``cameras`` parameter ([] = one camera on rgb_topic & co.)
         self._camera_errors: list[str] = []
@@ -279,8 +243,6 @@ class SegmentNode(LifecycleNode):
         if not self.fixed_frame:
             errors.errors.append("parameter 'fixed_frame' = '' must not be empty")
             self.fixed_frame = "map"  # only so the other checks can run: the node does not start
-        with errors.check():
-            label_info.check_label_space(p("label_ids"))
         with errors.check(f"parameter 'device' = {p('device')!r}: "):
             resolve_node_device(p("device"), False)  # its spelling, before any model is loaded
         self._probabilities = p("probabilities")
@@ -396,14 +358,7 @@ class SegmentNode(LifecycleNode):
         )
 
     def _create_outputs(self) -> None:
-        """Publishers and the map's services, at configure; released at cleanup (:meth:`_destroy_outputs`).
-
-        As in Nav2's lifecycle nodes, outputs live from configure to cleanup
-        and only publish while the node is active (the worker and the timers
-        that publish run only then). So a deactivate -> activate cycle never
-        destroys and recreates DDS entities under the same names, which Fast DDS
-        does not always match again within one process (rclcpp#1175).
-        """
+        """Publishers and the map's services, from configure to cleanup (why: docs/ros_node.md, "Lifecycle")."""
         out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)  # outputs: reliable
         self.pub_cloud = self.create_publisher(PointCloud2, "~/labeled_cloud", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "~/similarity_markers", out_qos)
@@ -430,20 +385,17 @@ class SegmentNode(LifecycleNode):
             self.tf_buffer, self, spin_thread=True,
             fallback_topic=p("tf_fallback_topic"), fallback_static_topic=p("tf_fallback_static_topic"),
         )
-        # Inputs: sensor-data QoS (best effort, keep last 5), passed explicitly to the filters.
-        sensor_qos = qos_profile_sensor_data
-        # one subscriber triple and synchroniser per camera, each calling _on_frames with its name
+        # inputs: sensor-data QoS (best effort, keep last 5), passed explicitly to the filters
         self.camera_inputs = []
         image_type = CompressedImage if p("image_transport") == "compressed" else Image
-        for camera, (rgb_topic, depth_topic, info_topic) in self.camera_topics().items():
-            subs = (compat.Subscriber(self, image_type, rgb_topic, qos_profile=sensor_qos),
-                    compat.Subscriber(self, image_type, depth_topic, qos_profile=sensor_qos),
-                    compat.Subscriber(self, CameraInfo, info_topic, qos_profile=sensor_qos))
+        for camera, topics in self.camera_topics().items():
+            subs = tuple(compat.Subscriber(self, msg_type, topic, qos_profile=qos_profile_sensor_data)
+                         for msg_type, topic in zip((image_type, image_type, CameraInfo), topics))
             sync = compat.ApproximateTimeSynchronizer(list(subs), p("sync_queue_size"), p("sync_slop"))
-            sync.registerCallback(lambda rgb, depth, info, _camera=camera: self._on_frames(rgb, depth, info, _camera))
+            sync.registerCallback(self._on_frames, camera)
             self.camera_inputs.append((camera, subs, sync))
-        _, (self.sub_rgb, self.sub_depth, self.sub_info), self.sync = self.camera_inputs[0]
-        self.sub_cloud = self.create_subscription(PointCloud2, p("cloud_topic"), self._on_cloud, sensor_qos)
+        self.sub_cloud = self.create_subscription(PointCloud2, p("cloud_topic"), self._on_cloud,
+                                                  qos_profile_sensor_data)
 
     def _destroy_inputs(self) -> None:
         """Undo :meth:`_create_inputs`."""
@@ -451,7 +403,6 @@ class SegmentNode(LifecycleNode):
             for sub in subs:  # message_filters.Subscriber and the drop-in: destroy their subscription
                 self.destroy_subscription(sub.sub)
         self.camera_inputs = []
-        self.sub_rgb = self.sub_depth = self.sub_info = self.sync = None
         if self.sub_cloud is not None:
             self.destroy_subscription(self.sub_cloud)
             self.sub_cloud = None
@@ -530,12 +481,10 @@ class SegmentNode(LifecycleNode):
         return []
 
     def _declare_parameters(self) -> list[str]:
-        """Declare every parameter of :mod:`safnet_ros.ros.params`; returns one line per given value of the
-        wrong type or out of range (``_setup`` raises them together as one ParameterError).
+        """Declare every parameter of :mod:`safnet_ros.ros.params`; returns one line per bad given value.
 
-        Each is declared with dynamic typing first, so that a value of any type given on the command line
-        or in a params file reaches :func:`~safnet_ros.ros.params.check_value`, then gets its real
-        descriptor (type, range, read-only) through the public ``set_descriptor``.
+        Declared with dynamic typing first, so that a value of any type reaches
+        :func:`~safnet_ros.ros.params.check_value`; then ``set_descriptor`` gives the real type and range.
         """
         errors: list[str] = list(self._camera_errors)
         camera_specs = [Param(name, default, f"{name.rsplit('.', 1)[1]} of camera {name.split('.')[1]}")
@@ -599,20 +548,12 @@ class SegmentNode(LifecycleNode):
             self.get_logger().info(note)
         elif note:
             self.get_logger().warning(note)
-        max_points = int(self._param("max_points"))
+        p = self._param  # values of the declared types (check_value)
         segmenter = Segmenter.from_checkpoint(
-            self._param("model") or None,
-            device=device,
-            preset=self._param("preset") or None,
-            num_views=int(self._param("num_views")),
-            chunk_size=float(self._param("chunk_size")),
-            chunk_stride=float(self._param("chunk_stride")),
-            max_points=max_points if max_points > 0 else None,
-            voxel_size=float(self._param("voxel_size")),
-            crop_margin=float(self._param("crop_margin")),
-            precision=str(self._param("precision")),
-            outside_views=str(self._param("outside_views")),
-            batch_points=int(self._param("batch_points")),
+            p("model") or None, device=device, preset=p("preset") or None, num_views=p("num_views"),
+            chunk_size=p("chunk_size"), chunk_stride=p("chunk_stride"), max_points=p("max_points") or None,
+            voxel_size=p("voxel_size"), crop_margin=p("crop_margin"), precision=p("precision"),
+            outside_views=p("outside_views"), batch_points=p("batch_points"),
         )
         if segmenter.untrained:
             self.get_logger().warning(
@@ -660,11 +601,9 @@ class SegmentNode(LifecycleNode):
         return compat.transform_to_matrix(tf)
 
     def _transforms_passed(self, frame: _PendingFrame) -> bool:
-        """Whether to give up on a frame without its pose: the transforms of its chain have run
-        ``tf_timeout`` past its stamp (their stamps, not wall time, so a late TF thread or a busy
-        executor never times a frame out); or, for a camera frame TF does not know at all (no stamps
-        to judge by), :data:`UNKNOWN_FRAME_WAITS` x ``tf_timeout`` (at least :data:`UNKNOWN_FRAME_MIN_WAIT_S`)
-        of wall time."""
+        """Whether to give up on a frame without its pose: its chain's transforms (their stamps, not wall
+        time) have run ``tf_timeout`` past its stamp, or TF has not heard of its frame for
+        :data:`UNKNOWN_FRAME_WAITS` x ``tf_timeout`` (at least :data:`UNKNOWN_FRAME_MIN_WAIT_S`) of wall time."""
         timeout_s = float(self._param("tf_timeout"))
         try:
             latest = self.tf_buffer.lookup_transform(self.fixed_frame, frame.frame_id, Time())
@@ -674,8 +613,7 @@ class SegmentNode(LifecycleNode):
 
     # ------------------------------------------------------------------ views (executor thread)
     def _on_frames(self, rgb: Image, depth: Image, info: CameraInfo, camera: str = "") -> None:
-        """A synchronised set of ``camera`` ('' = the single camera; runs under the filter's lock): timed
-        for /diagnostics' frame cost."""
+        """A synchronised set of ``camera`` ('' = the single one), timed for /diagnostics' frame cost."""
         start = time.perf_counter()
         try:
             self._take_frames(rgb, depth, info, camera)
@@ -701,9 +639,8 @@ class SegmentNode(LifecycleNode):
         self._try_add_view(_PendingFrame(rgb, depth, info, frame_id, stamp_ns, camera, time.monotonic()))
 
     def _pending_covers(self, stamp_ns: int, camera: str) -> bool:
-        """Whether a frame of ``camera`` already waits for its transform less than the keyframe interval
-        before ``stamp_ns``: it is this interval's candidate, so a 30 Hz stream whose /tf lags does not
-        fill the pending list with frames the keyframe interval would drop anyway."""
+        """Whether a frame of ``camera`` less than the keyframe interval before ``stamp_ns`` already waits
+        for its transform (it is this interval's candidate: a lagging /tf must not fill the pending list)."""
         interval_ns = int(self.pipeline.buffer.policy.min_interval * 1e9)
         with self._pending_lock:
             return any(f.camera == camera and 0 <= stamp_ns - f.stamp_ns < interval_ns for f in self._pending)
@@ -742,10 +679,8 @@ class SegmentNode(LifecycleNode):
         return False
 
     def _retry_pending(self) -> None:
-        """The frames waiting for their transforms, oldest first. A camera's frames are judged in stamp
-        order: behind one of its frames that still waits, its newer ones wait too. /tf is received on its
-        own thread, so transforms can arrive part-way through this loop; trying the newer frames then
-        would make one of them the keyframe and every older one too old to be a keyframe."""
+        """The frames waiting for their transforms, oldest first; behind a camera's frame that still waits,
+        its newer ones wait too (transforms arriving part-way through must not make a newer one the keyframe)."""
         with self._pending_lock:
             frames = list(self._pending)
             self._pending.clear()
@@ -867,17 +802,13 @@ class SegmentNode(LifecycleNode):
             **{f"segment_{k}_s": float(v) for k, v in out.result.timings.items()},
         }
         if self._param("publish_markers") and self.pub_markers.get_subscription_count() > 0:
-            # drawn by the marker thread: building and serialising ~10^4 marker points holds the GIL
-            # for 0.05-0.2 s, which on this thread would delay the next cloud (it showed as queued_s)
-            self._marker_box.put((msg.header.stamp, out))
+            self._marker_box.put((msg.header.stamp, out))  # drawn by the marker thread: never delays a cloud
         self.pipeline.update_map(out, stamp=msg.header.stamp)  # after publishing: no latency
         return cloud
 
     def _draw(self) -> None:
-        """The marker thread: ~/similarity_markers of the newest segmented cloud (an older one not drawn
-        yet is replaced: markers are for the eye, the labelled cloud is the output). It draws while the
-        worker is idle, and publishes them serialised (ros/markers.py: ~2 ms for a 25k-point cloud
-        instead of ~75 ms of per-point message objects holding the GIL)."""
+        """The marker thread: ~/similarity_markers of the newest segmented cloud (an older one not drawn yet
+        is replaced), drawn while the worker is idle and published serialised (ros/markers.py)."""
         while not self._stop.is_set():
             item = self._marker_box.take(timeout=0.1)
             if item is None:
@@ -976,9 +907,7 @@ def main(args: Optional[list[str]] = None) -> int:
             node.get_logger().info(f"Fast DDS profile: {profile}")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        # rclpy's spin() can raise RCLError when SIGINT shuts the context down as it builds its wait
-        # set (exit 1 with a traceback on Ctrl-C); spin_resilient ends quietly there (ros/spin.py)
-        spin_resilient(executor, node.context)
+        spin_resilient(executor, node.context)  # ends quietly on Ctrl-C (ros/spin.py)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

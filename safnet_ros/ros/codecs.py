@@ -1,31 +1,11 @@
-"""numpy views over ROS 2 sensor messages: PointCloud2, Image, CameraInfo.
+"""numpy views over ROS 2 sensor messages: PointCloud2, Image, CameraInfo (table: docs/ros_compat.md).
 
-Decoding never loops over points or pixels in Python: a structured dtype is
-built from the message's fields (offsets, ``point_step``, ``is_bigendian``) and
-``np.frombuffer`` / ``np.ndarray(buffer=...)`` lays it over ``msg.data``; row
-padding (``row_step`` / ``step``) becomes an array stride.  Encoding fills one
-structured array and hands its bytes to the message in one copy.
-
-Conventions (docs/design.md §3.3, §3.7):
-
-* Output clouds are little endian, ``height == 1``; the node's labelled cloud
-  has x, y, z (float32), ``rgb`` (float32 holding packed ``0x00RRGGBB``),
-  ``label`` (uint16), ``confidence`` and ``similarity`` (float32).
-* Colour: :func:`image_to_array` returns pixels in the message's own channel
-  order ("passthrough", like cv_bridge); :func:`image_to_rgb` converts
-  bgr8 / rgba8 / bgra8 / mono8 (and the 16-bit colour encodings) to RGB uint8,
-  which is what the node wants.
-* Depth: ``16UC1`` / ``mono16`` are millimetres, ``32FC1`` metres;
-  :func:`depth_to_metres` returns float32 metres with 0 marking invalid pixels.
-
-Decoders are duck-typed: they read rclpy messages and rosbags' deserialised
-ones alike (``safnet segment-bag`` decodes the bag with them), and this module
-imports no rclpy.
-
-Every malformed message raises :class:`~safnet_ros.errors.MessageDecodeError`
-with a message that says which field is wrong and why; bad arrays handed to the
-encoders raise :class:`MessageEncodeError`.  Arrays returned by the decoders may
-be read-only views over ``msg.data``: copy them before writing.
+Decoding never loops over points or pixels in Python: a structured dtype built from the message's
+fields is laid over ``msg.data``, row padding becoming an array stride; encoding fills one structured
+array and hands its bytes to the message in one copy. Decoders are duck-typed (rclpy and rosbags
+messages alike; this module imports no rclpy) and may return read-only views over ``msg.data``: copy
+them before writing. A malformed message raises :class:`~safnet_ros.errors.MessageDecodeError` naming
+the field; bad arrays given to the encoders raise :class:`MessageEncodeError`.
 """
 from __future__ import annotations
 
@@ -46,48 +26,19 @@ from safnet_ros.geometry.camera import scale_intrinsics
 from safnet_ros.ros.compressed import compressed_depth_to_metres, compressed_to_rgb, is_compressed
 
 __all__ = [
-    "MessageDecodeError",
-    "MessageEncodeError",
-    "DecodedXYZ",
-    "POINTFIELD_DTYPES",
-    "LABELED_CLOUD_DTYPE",
-    "pointcloud_dtype",
-    "pointcloud2_to_array",
-    "pointcloud2_to_xyz",
-    "array_to_pointcloud2",
-    "fields_from_dtype",
-    "make_labeled_cloud",
-    "labeled_cloud",
-    "labeled_cloud_dtype",
-    "probability_columns",
-    "structured_to_pointcloud2",
-    "pack_rgb",
-    "unpack_rgb",
-    "image_encoding_info",
-    "image_to_array",
-    "image_to_rgb",
-    "depth_to_metres",
-    "array_to_image",
-    "camera_info_to_K",
-    "RGBDFrame",
-    "camera_frame_id",
-    "decode_rgbd",
-    "stamp_to_ns",
-    "ns_to_stamp",
-    "make_header",
+    "MessageDecodeError", "MessageEncodeError", "DecodedXYZ", "POINTFIELD_DTYPES", "LABELED_CLOUD_DTYPE",
+    "pointcloud_dtype", "pointcloud2_to_array", "pointcloud2_to_xyz", "array_to_pointcloud2", "fields_from_dtype",
+    "make_labeled_cloud", "labeled_cloud", "labeled_cloud_dtype", "probability_columns",
+    "structured_to_pointcloud2", "pack_rgb", "unpack_rgb", "image_encoding_info", "image_to_array", "image_to_rgb",
+    "depth_to_metres", "array_to_image", "camera_info_to_K", "RGBDFrame", "camera_frame_id", "decode_rgbd",
+    "stamp_to_ns", "ns_to_stamp", "make_header",
 ]
 
 
 # PointField.datatype -> numpy type code (without byte order).
 POINTFIELD_DTYPES: dict[int, str] = {
-    PointField.INT8: "i1",
-    PointField.UINT8: "u1",
-    PointField.INT16: "i2",
-    PointField.UINT16: "u2",
-    PointField.INT32: "i4",
-    PointField.UINT32: "u4",
-    PointField.FLOAT32: "f4",
-    PointField.FLOAT64: "f8",
+    PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
+    PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8",
 }
 _DTYPE_TO_POINTFIELD: dict[str, int] = {code: dt for dt, code in POINTFIELD_DTYPES.items()}
 
@@ -319,13 +270,8 @@ def pointcloud2_to_xyz(msg: Any, skip_nans: bool = True) -> DecodedXYZ:
     # one strided copy when x, y, z are adjacent fields of one type, else one per field
     xyz = np.array(structured_to_unstructured(_cloud_view(msg, xyz_dtype), dtype=np.float32))
     n = xyz.shape[0]
-    if not skip_nans:
-        return DecodedXYZ(xyz, np.arange(n, dtype=np.int64), n)
-    finite = np.isfinite(xyz).all(axis=1)
-    if finite.all():
-        return DecodedXYZ(xyz, np.arange(n, dtype=np.int64), n)
-    index = np.flatnonzero(finite).astype(np.int64)
-    return DecodedXYZ(xyz[index], index, n)
+    index = np.flatnonzero(np.isfinite(xyz).all(axis=1)) if skip_nans else np.arange(n)
+    return DecodedXYZ(xyz if len(index) == n else xyz[index], index.astype(np.int64), n)
 
 
 def fields_from_dtype(dtype: np.dtype) -> list[PointField]:
@@ -428,23 +374,19 @@ def labeled_cloud_dtype(probabilities: str = "none") -> np.dtype:
     and their probabilities; 48 bytes. all: + one float32 per class
     (``p_wall`` at 28 ... ``p_otherfurniture`` at 104, class-index order); 108 bytes.
     """
-    base = LABELED_CLOUD_DTYPE
-    names, formats, offsets = list(base.names), [base.fields[n][0] for n in base.names], \
-        [base.fields[n][1] for n in base.names]
     if probabilities == "none":
-        return base
+        return LABELED_CLOUD_DTYPE
     if probabilities == "top3":
-        names += ["p_label1", "p_label2", "p_label3", "p1", "p2", "p3"]
-        formats += ["<u2"] * 3 + ["<f4"] * 3
-        offsets += [28, 30, 32, 36, 40, 44]
-        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": 48})
-    if probabilities == "all":
-        per_class = _class_field_names()
-        names += list(per_class)
-        formats += ["<f4"] * len(per_class)
-        offsets += [28 + 4 * k for k in range(len(per_class))]
-        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": 28 + 4 * len(per_class)})
-    raise MessageEncodeError(f"probabilities must be none, top3 or all, got {probabilities!r}")
+        extra = zip(["p_label1", "p_label2", "p_label3", "p1", "p2", "p3"], ["<u2"] * 3 + ["<f4"] * 3,
+                    [28, 30, 32, 36, 40, 44])
+    elif probabilities == "all":
+        extra = ((name, "<f4", 28 + 4 * k) for k, name in enumerate(_class_field_names()))
+    else:
+        raise MessageEncodeError(f"probabilities must be none, top3 or all, got {probabilities!r}")
+    base = [(name, *LABELED_CLOUD_DTYPE.fields[name]) for name in LABELED_CLOUD_DTYPE.names]
+    names, formats, offsets = zip(*base, *extra)
+    return np.dtype({"names": list(names), "formats": list(formats), "offsets": list(offsets),
+                     "itemsize": offsets[-1] + 4})
 
 
 def probability_columns(probs: np.ndarray, segmented: np.ndarray, probabilities: str) -> dict[str, np.ndarray]:
@@ -546,13 +488,8 @@ def make_labeled_cloud(
         if col.shape != (n,):
             raise MessageEncodeError(f"{name} must have {n} entries, got shape {col.shape}")
         cloud[name] = col
-    cloud["x"] = xyz[:, 0]
-    cloud["y"] = xyz[:, 1]
-    cloud["z"] = xyz[:, 2]
-    cloud["rgb"] = rgb
-    cloud["label"] = labels
-    cloud["confidence"] = confidence
-    cloud["similarity"] = similarity
+    cloud["x"], cloud["y"], cloud["z"] = xyz.T
+    cloud["rgb"], cloud["label"], cloud["confidence"], cloud["similarity"] = rgb, labels, confidence, similarity
     return structured_to_pointcloud2(cloud, header, frame_id=frame_id, stamp=stamp)
 
 

@@ -32,23 +32,10 @@ def _duration_ns(duration: Any) -> int:
 
 
 class FallbackBuffer:
-    """tf2_ros.Buffer drop-in: a thread-safe tree of time-stamped transforms.
-
-    ``set_transform`` / ``set_transform_static`` store geometry_msgs
-    TransformStamped (T_parent_child: header.frame_id = parent,
-    child_frame_id = child); each child has one parent (a new parent replaces
-    the child's history).  Dynamic links keep ``cache_time`` (default 10 s)
-    behind their newest stamp; data older than that is rejected (counted in
-    ``num_rejected``, like tf2's TF_OLD_DATA), so when a bag loops the caller
-    must :meth:`clear`; given ``node=``, the buffer does that itself
-    when the node's ROS clock (``/clock`` under sim time) jumps back, as
-    tf2_ros' Buffer does.  ``lookup_transform(target, source, time)``
-    returns T_target_source (maps points in ``source`` into ``target``),
-    interpolating each link between its two bracketing stamps (linear
-    translation, quaternion slerp) and chaining links through the common
-    ancestor; ``time`` zero means the latest time that every link has data.
-    A positive ``timeout`` waits (wall clock) for data to arrive — never do
-    that inside an executor callback.
+    """tf2_ros.Buffer drop-in: a thread-safe tree of time-stamped transforms (docs/ros_compat.md, "What the
+    drop-in Buffer does"). Dynamic links keep ``cache_time`` (default 10 s) behind their newest stamp; given
+    ``node=`` it clears itself when the node's ROS clock jumps back, as tf2_ros' Buffer does. A positive
+    lookup ``timeout`` waits (wall clock) for data: never inside an executor callback.
     """
 
     def __init__(self, cache_time: Any = None, node: Any = None) -> None:
@@ -56,7 +43,6 @@ class FallbackBuffer:
         self.node = node
         self._cond = threading.Condition(threading.RLock())
         self._tree = TfTree(self.cache_ns)
-        self.num_clock_jumps = 0
         self._jump_handle = None
         if node is not None:  # as tf2_ros.Buffer(node=...): clear when the node's ROS clock jumps back
             self._jump_handle = node.get_clock().create_jump_callback(
@@ -71,7 +57,6 @@ class FallbackBuffer:
     def _on_clock_jump(self, jump: Any) -> None:
         """The node's clock jumped back at least 1 s, or switched to/from ROS time: forget dynamic data."""
         if jump.delta.nanoseconds < 0 or "ACTIVATED" in str(jump.clock_change):
-            self.num_clock_jumps += 1
             self.clear()
 
     def close(self) -> None:
@@ -97,11 +82,7 @@ class FallbackBuffer:
             return added
 
     def clear(self) -> None:
-        """Forget every dynamic transform (call when time jumps back, e.g. a looping bag).
-
-        Static transforms stay, as in tf2 (they are valid at every time and a
-        transient-local topic would not send them again).
-        """
+        """Forget every dynamic transform (time jumped back, e.g. a looping bag); static ones stay, as in tf2."""
         with self._cond:
             self._tree.clear()
 
@@ -124,9 +105,8 @@ class FallbackBuffer:
                         raise
                     self._cond.wait(remaining)
 
-    def lookup_transform(
-        self, target_frame: str, source_frame: str, time: Any, timeout: Any = None
-    ) -> TransformStamped:
+    def lookup_transform(self, target_frame: str, source_frame: str, time: Any,
+                         timeout: Any = None) -> TransformStamped:
         """TransformStamped T_target_source at ``time`` (rclpy Time, builtin Time, int ns; zero = latest).
 
         Raises LookupException, ConnectivityException, ExtrapolationException,
@@ -135,14 +115,8 @@ class FallbackBuffer:
         stamp, matrix = self._wait_lookup(target_frame, source_frame, time, timeout)
         return matrix_to_transform(matrix, strip_frame(target_frame), strip_frame(source_frame), stamp=stamp)
 
-    def can_transform(
-        self,
-        target_frame: str,
-        source_frame: str,
-        time: Any,
-        timeout: Any = None,
-        return_debug_tuple: bool = False,
-    ) -> bool | tuple[bool, str]:
+    def can_transform(self, target_frame: str, source_frame: str, time: Any, timeout: Any = None,
+                      return_debug_tuple: bool = False) -> bool | tuple[bool, str]:
         """Whether :meth:`lookup_transform` would succeed (optionally with the reason why not)."""
         try:
             self._wait_lookup(target_frame, source_frame, time, timeout)

@@ -1,24 +1,10 @@
 """Replay a rosbag2 through rclpy with its recorded timing and /clock: ``ros2 bag play`` for pip installs.
 
-The bag is read with rosbags; each message's raw CDR bytes go straight into
-``rclpy.serialization.deserialize_message`` with the rclpy message class of the
-connection's type, so no field is copied by hand.
-
-``/tf`` and ``/tf_static`` hold ``tf2_msgs/TFMessage``.  Whether they go out as
-recorded is decided by the one test the node uses too,
-:func:`safnet_ros.ros.tf_path.active_tf_path`: where TFMessage imports (a ROS 2
-install, or this machine after ``make venv`` generated it) they are published
-as they are, on ``/tf`` and ``/tf_static`` (transient local).  Only on the last
-resort path (no TFMessage, or ``tf_fallback=True``) every transform of a
-TFMessage is published as a ``geometry_msgs/TransformStamped`` on the fallback
-topics the drop-in listener then reads (``/safnet/transforms``; static ones
-on ``/safnet/transforms_static``, reliable and transient local).  On a ROS 2
-install ``ros2 bag play BAG --clock`` does the same job.
-
-Timing: message ``k`` goes out at ``(t_k - t_0) / rate`` seconds after the
-start (bag receive times); ``/clock`` carries the bag time before every message
-and every ``clock_period`` seconds while waiting.  With ``loop`` the bag starts
-again at its end (time jumps back, as ``ros2 bag play --loop`` does).
+Each message's raw CDR bytes (read with rosbags) go straight into ``deserialize_message`` with the
+rclpy class of its type. Message ``k`` goes out ``(t_k - t_0) / rate`` seconds after the start;
+``/clock`` carries the bag time before every message and every ``clock_period`` while waiting. /tf
+goes out as recorded, or as TransformStamped on the fallback topics where the active TF path
+(:func:`safnet_ros.ros.tf_path.active_tf_path`) has no TFMessage. Details: docs/bags.md, "safnet bag play".
 """
 from __future__ import annotations
 
@@ -31,7 +17,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import rclpy
-from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped
 from rclpy._rclpy_pybind11 import RMWError
 from rclpy.exceptions import InvalidTopicNameException
@@ -40,6 +25,7 @@ from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 
 from safnet_ros.errors import ConfigError, MessageDecodeError, MissingDataError
+from safnet_ros.ros.codecs import ns_to_stamp
 from safnet_ros.ros.dds_profile import use_large_data_profile
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC, reliable_qos
@@ -47,10 +33,6 @@ from safnet_ros.tools import bag_io as bio
 
 _TF_TOPICS = (bio.TF_TOPIC, bio.TF_STATIC_TOPIC)
 
-
-def tf2_msgs_available() -> bool:
-    """True when the active TF path carries tf2_msgs/TFMessage on /tf (:mod:`safnet_ros.ros.tf_path`)."""
-    return active_tf_path().uses_tf_topics
 
 
 def rclpy_message_class(msgtype: str) -> Any:
@@ -99,32 +81,18 @@ class BagPlayer:
     folder; rate: speed factor (> 0); loop: start again at the end; topics:
     only these bag topics (default all); clock: publish rosgraph_msgs/Clock on
     ``/clock``; tf_fallback: None = as the active TF path says (only when
-    tf2_msgs/TFMessage is missing);
-    wait_for_subscribers: seconds to wait, before the first message, until
-    every publisher of a volatile topic has a subscriber (discovery takes a
-    moment; 0 = no wait; latched topics reach late subscribers anyway), then
-    ``discovery_settle`` seconds more: DDS discovery completes on the
-    publisher's side first, and a best-effort message sent before the
-    subscriber's side has matched the publisher is dropped (measured: replaying
-    the 18-frame test bag right after the subscription counts turned non-zero
-    lost up to 10 frames in 3 of 6 runs; after 1 s, none in 6).
+    tf2_msgs/TFMessage is missing); wait_for_subscribers: seconds to wait,
+    before the first message, until every publisher of a volatile topic has a
+    subscriber (0 = no wait), then ``discovery_settle`` seconds more: discovery
+    completes on the publisher's side first, and a best-effort message sent
+    before the subscriber's side has matched is dropped.
     """
 
-    def __init__(
-        self,
-        node: Any,
-        bag_path: str | Path,
-        rate: float = 1.0,
-        loop: bool = False,
-        topics: Optional[Sequence[str]] = None,
-        clock: bool = True,
-        tf_fallback: Optional[bool] = None,
-        fallback_topic: str = DEFAULT_TF_TOPIC,
-        fallback_static_topic: str = DEFAULT_TF_STATIC_TOPIC,
-        wait_for_subscribers: float = 0.0,
-        clock_period: float = 0.05,
-        discovery_settle: float = 0.5,
-    ) -> None:
+    def __init__(self, node: Any, bag_path: str | Path, rate: float = 1.0, loop: bool = False,
+                 topics: Optional[Sequence[str]] = None, clock: bool = True, tf_fallback: Optional[bool] = None,
+                 fallback_topic: str = DEFAULT_TF_TOPIC, fallback_static_topic: str = DEFAULT_TF_STATIC_TOPIC,
+                 wait_for_subscribers: float = 0.0, clock_period: float = 0.05,
+                 discovery_settle: float = 0.5) -> None:
         if not rate > 0:
             raise ConfigError(f"rate must be positive, got {rate}")
         self.node = node
@@ -134,7 +102,7 @@ class BagPlayer:
         self.loop = loop
         self.topics = set(topics) if topics else None
         self.clock = clock
-        self.tf_fallback = (not tf2_msgs_available()) if tf_fallback is None else tf_fallback
+        self.tf_fallback = (not active_tf_path().uses_tf_topics) if tf_fallback is None else tf_fallback
         self.fallback_topic = fallback_topic
         self.fallback_static_topic = fallback_static_topic
         self.wait_for_subscribers = wait_for_subscribers
@@ -206,8 +174,7 @@ class BagPlayer:
     def _publish_clock(self, bag_ns: int) -> None:
         if self._clock_pub is None:
             return
-        sec, nanosec = divmod(int(bag_ns), 1_000_000_000)
-        self._clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nanosec)))
+        self._clock_pub.publish(Clock(clock=ns_to_stamp(bag_ns)))
         self.summary.clock_messages += 1
         self._last_clock_wall = time.monotonic()
 
@@ -218,17 +185,16 @@ class BagPlayer:
             except MessageDecodeError as exc:
                 self._undecodable(topic, msgtype, exc)
                 return
-            for t in tf.transforms:
-                route.publisher.publish(deserialize_message(bio.serialize(t), route.msg_class))
-                self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
-            return
-        try:
-            msg = deserialize_message(raw, route.msg_class)
-        except RMWError as exc:
-            self._undecodable(topic, msgtype, exc)
-            return
-        route.publisher.publish(msg)
-        self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
+            msgs = [deserialize_message(bio.serialize(t), route.msg_class) for t in tf.transforms]
+        else:
+            try:
+                msgs = [deserialize_message(raw, route.msg_class)]
+            except RMWError as exc:
+                self._undecodable(topic, msgtype, exc)
+                return
+        for msg in msgs:
+            route.publisher.publish(msg)
+            self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
 
     def _undecodable(self, topic: str, msgtype: str, exc: Exception) -> None:
         """One broken message must not end the replay: count it, warn once per topic."""

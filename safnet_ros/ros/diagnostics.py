@@ -1,17 +1,7 @@
-"""The node's health on ``/diagnostics`` (diagnostic_msgs/DiagnosticArray).
+"""The node's health on ``/diagnostics`` (diagnostic_msgs/DiagnosticArray; keys and levels: docs/ros_node.md).
 
-:class:`NodeStats` gathers counters and latencies from the node's threads
-(executor callbacks and the inference worker) under one lock;
-:func:`stats_to_diagnostics` turns a snapshot into one DiagnosticStatus, so
-``rqt_runtime_monitor`` / ``ros2 topic echo /diagnostics`` show:
-
-latency (last / mean / max over the window, cloud received to labeled cloud
-published, seconds), rate (labeled clouds per second over the window), drops
-(clouds replaced in the latest-wins mailbox), buffer size (views, MiB), device,
-decode errors, TF failures, views offered/kept, time jumps, worker errors.
-
-Level: OK; WARN when, since the previous report, messages were undecodable,
-transforms were missing or clouds were dropped; ERROR when the worker raised.
+:class:`NodeStats` gathers counters and latencies from the node's threads under one lock;
+:func:`stats_to_diagnostics` turns a snapshot into one DiagnosticStatus.
 """
 from __future__ import annotations
 
@@ -70,7 +60,6 @@ class NodeStats:
         self._latencies: deque[tuple[float, float]] = deque()  # (when, seconds)
         self._last_latency = float("nan")
         self._reported: dict[str, int] = dict(self.counters)
-        self._ever_error = False
         self._frame_costs: deque[float] = deque(maxlen=1000)  # seconds per synchronised-frame callback
 
     def count(self, name: str, n: int = 1) -> None:

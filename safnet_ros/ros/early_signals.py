@@ -1,12 +1,8 @@
 """Ctrl-C or SIGTERM while the node's process is still importing Python modules: one line, exit status 0.
 
-``python -m safnet_ros.ros.segment_node`` and ``ros2 run safnet_ros segment_node`` spend their first
-second importing numpy, rclpy and the package before ``main`` runs; a signal there would otherwise be a
-KeyboardInterrupt traceback (SIGINT) or death by signal (SIGTERM). The package's ``__init__`` installs
-:func:`exit_early` for both signals when the process is the node (judged from ``sys.orig_argv``);
-nothing exists yet that could be left behind (no ROS context, no file), so it writes the line and ends
-the process. ``main`` hands the signals back to the normal shutdown path (ros/shutdown.py) before
-``rclpy.init``. No rclpy here: this runs for every import of the package.
+The package's ``__init__`` installs :func:`exit_early` for both signals when the process is the node;
+nothing exists yet that could be left behind, so it writes the line and ends the process. ``main``
+hands the signals back to ros/shutdown.py before ``rclpy.init``. No rclpy: this runs on every import.
 """
 from __future__ import annotations
 

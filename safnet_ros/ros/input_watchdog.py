@@ -1,24 +1,10 @@
-"""Silent inputs on /diagnostics: a mis-wired node must not look healthy.
+"""Silent inputs on /diagnostics: a mis-wired node must not look healthy (docs/ros_node.md, "/diagnostics").
 
-A node whose cloud topic is remapped to nowhere, whose camera never delivers
-a synchronised (rgb, depth, camera_info) set, or whose clouds never find a
-transform into ``fixed_frame`` publishes nothing and raises no error. This
-watchdog turns that silence into a WARN on /diagnostics (and a throttled
-warning in the log) naming the input, its topic and how long it has been
-silent, once ``input_timeout`` seconds passed without it.
-
-It reads the node's own counters (:class:`~safnet_ros.ros.diagnostics.NodeStats`),
-so it needs no hook in the callbacks:
-
-- ``cloud``: ``clouds_received`` grew;
-- ``rgbd``: ``frames_synced`` grew (a matched set, whatever happened next);
-  with several cameras (the ``cameras`` parameter) one input ``rgbd.N`` per
-  camera N, judged by ``frames_synced.N``, so the silent camera is named;
-- ``transform``: a cloud or view found its pose (``clouds_segmented``,
-  ``views_kept``, ``views_not_keyframe`` grew). Judged only while clouds or
-  sets arrive: without any input the missing input is the news.
-
-The clock starts at activation; ``input_timeout`` 0 turns the watchdog off.
+A cloud topic remapped to nowhere, a camera that never delivers a synchronised set or clouds that never
+find a transform raise no error; after ``input_timeout`` seconds (0 = off) without an input this turns
+the silence into a WARN naming it. It reads the node's own counters (:data:`EVIDENCE`; one ``rgbd.N``
+input per camera N of ``cameras``), so it needs no hook in the callbacks. ``transform`` is judged only
+while clouds or sets arrive: without any input, the missing input is the news.
 """
 from __future__ import annotations
 

@@ -1,15 +1,6 @@
 """A segmentation node fed by a bag in one process: what ``safnet demo`` and ``safnet bench soak`` run.
 
-:class:`BagSession` owns a private rclpy context with a
-:class:`~safnet_ros.ros.segment_node.SegmentNode` subscribed to the bag topics
-of :mod:`safnet_ros.tools.bag_io`, any helper nodes the caller asks for
-(listeners, service clients, the player's node), and one executor spun by a
-:func:`~safnet_ros.ros.spin.spin_resilient` thread. Leaving the ``with`` block
-stops the executor, waits for its thread (no callback may still run when the
-nodes go), destroys the nodes and shuts the context down, in that order.
-
-The tools outside ``ros/`` drive the node through this module and never
-import rclpy themselves.
+The tools outside ``ros/`` drive the node through this module and never import rclpy themselves.
 """
 from __future__ import annotations
 
@@ -32,7 +23,9 @@ from safnet_ros.tools import bag_io as bio
 
 
 class BagSession:
-    """A SegmentNode on the bag topics plus helper nodes, spun in a thread (use as a context manager).
+    """A SegmentNode on the bag topics plus helper nodes in a private context, spun by one
+    :func:`~safnet_ros.ros.spin.spin_resilient` thread (use as a context manager; leaving it stops the
+    executor and waits for its thread before the nodes go).
 
     segmenter: the Segmenter the node runs; parameters: extra node parameters
     by name (they override the bag topics and ``use_sim_time`` set here);

@@ -1,16 +1,9 @@
 """Parameters given to the node that it does not declare: a WARN naming each and the closest known name.
 
-rclpy ignores an override for a parameter nobody declares, so ``-p cloud_topc:=/lidar/points`` (a typo)
-silently leaves the node on its default topic. This module reads what the user gave, from the command
-line's ``--ros-args`` sections (``-p``/``--param name:=value`` and ``--params-file FILE``, the way ``ros2
-run`` and launch_ros pass them), and compares the names with the node's declared parameters
-(``Node.list_parameters``, public API). Each unknown name draws one warning with the closest declared name
-(difflib); all of them are reported at once, at start-up, before the model loads.
-
-Which arguments: the node's own ``cli_args`` and the process's global arguments, which are ``sys.argv``
-unless :func:`set_global_args` recorded the list given to ``rclpy.init`` (the node's ``main`` does).
-Parameter files are read as rcl reads them: the top-level keys are node names or patterns (``/**``,
-``/*/name``, ``name``) matched against the node's full name, their ``ros__parameters`` flattened with dots.
+rclpy ignores an override nobody declares, so ``-p cloud_topc:=...`` (a typo) would silently leave the
+node on its default. The names given in the ``--ros-args`` sections (``-p`` and ``--params-file``, read
+as rcl reads them) of the node's ``cli_args`` and the global arguments (``sys.argv``, or the list
+:func:`set_global_args` recorded for ``rclpy.init``) are compared with the declared ones at start-up.
 """
 from __future__ import annotations
 

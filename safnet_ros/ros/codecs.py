@@ -312,13 +312,8 @@ def _packed_le(columns: Mapping[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-def array_to_pointcloud2(
-    points: np.ndarray | Mapping[str, Any],
-    header: Header | None = None,
-    *,
-    frame_id: str | None = None,
-    stamp: Any = None,
-) -> PointCloud2:
+def array_to_pointcloud2(points: np.ndarray | Mapping[str, Any], header: Header | None = None, *,
+                         frame_id: str | None = None, stamp: Any = None) -> PointCloud2:
     """PointCloud2 (little endian, height 1, packed fields) from a structured array or a dict of columns.
 
     Columns are ``(N,)`` (count 1) or ``(N, k)`` (count k) of int8..uint32,
@@ -436,19 +431,10 @@ def structured_to_pointcloud2(points: np.ndarray, header: Header | None = None, 
                        row_step=step * n, is_dense=dense, data=_to_byte_array(points))
 
 
-def make_labeled_cloud(
-    xyz: np.ndarray,
-    labels: np.ndarray,
-    colors: np.ndarray,
-    confidence: np.ndarray,
-    similarity: np.ndarray,
-    header: Header | None = None,
-    *,
-    frame_id: str | None = None,
-    stamp: Any = None,
-    extra: Mapping[str, np.ndarray] | None = None,
-    probabilities: str = "none",
-) -> PointCloud2:
+def make_labeled_cloud(xyz: np.ndarray, labels: np.ndarray, colors: np.ndarray, confidence: np.ndarray,
+                       similarity: np.ndarray, header: Header | None = None, *, frame_id: str | None = None,
+                       stamp: Any = None, extra: Mapping[str, np.ndarray] | None = None,
+                       probabilities: str = "none") -> PointCloud2:
     """The node's output PointCloud2 (docs/design.md §3.7), :data:`LABELED_CLOUD_DTYPE` layout, 28 bytes a point.
 
     xyz (N,3) metres; labels (N,) ints 0..65535 (stored uint16); colors either
@@ -616,14 +602,8 @@ def depth_to_metres(msg: Any) -> np.ndarray:
     return raw.astype(np.float32) * np.float32(0.001)
 
 
-def array_to_image(
-    arr: np.ndarray,
-    encoding: str,
-    header: Header | None = None,
-    *,
-    frame_id: str | None = None,
-    stamp: Any = None,
-) -> Image:
+def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None, *, frame_id: str | None = None,
+                   stamp: Any = None) -> Image:
     """sensor_msgs/Image (little endian, no row padding) from ``(H, W)`` / ``(H, W, C)`` pixels.
 
     The array's dtype must match the encoding (uint8 for rgb8, uint16 for

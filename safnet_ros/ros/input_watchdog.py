@@ -106,12 +106,11 @@ def mark_silent(status: DiagnosticStatus, silences: list[Silence]) -> None:
 
 
 def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str,
-                    camera_topics: Optional[dict[str, tuple[str, ...]]] = None) -> dict[str, str]:
+                    camera_topics: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """Words naming each input of the node: its resolved topics and the transform's target frame.
 
-    camera_topics: camera name -> its (rgb, depth, camera_info) topics, as the node's ``camera_topics()``
-    gives them ({'': ...} or None = the single camera of the ``*_topic`` parameters: input ``rgbd``;
-    else one input ``rgbd.N`` per camera N).
+    camera_topics: the node's ``camera_topics()`` ({'': ...}: the single camera, input ``rgbd``; else one
+    input ``rgbd.N`` per camera N).
     """
     def resolve(name: str) -> str:
         try:
@@ -119,8 +118,6 @@ def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str,
         except Exception:  # noqa: BLE001 - an unresolvable name is shown as given
             return name
 
-    if camera_topics is None:
-        camera_topics = {"": (str(param("rgb_topic")), str(param("depth_topic")), str(param("camera_info_topic")))}
     out = {"cloud": f"on {resolve(str(param('cloud_topic')))}"}
     for camera, topics in camera_topics.items():
         out[f"rgbd.{camera}" if camera else "rgbd"] = "on " + ", ".join(resolve(str(t)) for t in topics)

@@ -42,8 +42,6 @@ class StreamTimeJumps:
         newest = detector.newest
         return newest if detector.check(stamp_s) else None
 
-    def newest(self, stream: str) -> Optional[float]:
-        return self._detectors[stream].newest
 
     def reset(self) -> None:
         """Forget every stream's newest stamp (a new activation starts a new timeline)."""

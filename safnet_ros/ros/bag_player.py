@@ -2,7 +2,7 @@
 
 Each message's raw CDR bytes (read with rosbags) go straight into ``deserialize_message`` with the
 rclpy class of its type. Message ``k`` goes out ``(t_k - t_0) / rate`` seconds after the start;
-``/clock`` carries the bag time before every message and every ``clock_period`` while waiting. /tf
+``/clock`` carries the bag time before every message and every :data:`CLOCK_PERIOD_S` while waiting. /tf
 goes out as recorded, or as TransformStamped on the fallback topics where the active TF path
 (:func:`safnet_ros.ros.tf_path.active_tf_path`) has no TFMessage. Details: docs/bags.md, "safnet bag play".
 """
@@ -32,6 +32,10 @@ from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC, 
 from safnet_ros.tools import bag_io as bio
 
 _TF_TOPICS = (bio.TF_TOPIC, bio.TF_STATIC_TOPIC)
+#: Seconds between /clock messages while waiting for the next message.
+CLOCK_PERIOD_S = 0.05
+#: Seconds waited once every volatile topic has a subscriber (see BagPlayer's wait_for_subscribers).
+DISCOVERY_SETTLE_S = 0.5
 
 
 
@@ -83,16 +87,14 @@ class BagPlayer:
     ``/clock``; tf_fallback: None = as the active TF path says (only when
     tf2_msgs/TFMessage is missing); wait_for_subscribers: seconds to wait,
     before the first message, until every publisher of a volatile topic has a
-    subscriber (0 = no wait), then ``discovery_settle`` seconds more: discovery
+    subscriber (0 = no wait), then :data:`DISCOVERY_SETTLE_S` more: discovery
     completes on the publisher's side first, and a best-effort message sent
     before the subscriber's side has matched is dropped.
     """
 
     def __init__(self, node: Any, bag_path: str | Path, rate: float = 1.0, loop: bool = False,
                  topics: Optional[Sequence[str]] = None, clock: bool = True, tf_fallback: Optional[bool] = None,
-                 fallback_topic: str = DEFAULT_TF_TOPIC, fallback_static_topic: str = DEFAULT_TF_STATIC_TOPIC,
-                 wait_for_subscribers: float = 0.0, clock_period: float = 0.05,
-                 discovery_settle: float = 0.5) -> None:
+                 wait_for_subscribers: float = 0.0) -> None:
         if not rate > 0:
             raise ConfigError(f"rate must be positive, got {rate}")
         self.node = node
@@ -103,11 +105,7 @@ class BagPlayer:
         self.topics = set(topics) if topics else None
         self.clock = clock
         self.tf_fallback = (not active_tf_path().uses_tf_topics) if tf_fallback is None else tf_fallback
-        self.fallback_topic = fallback_topic
-        self.fallback_static_topic = fallback_static_topic
         self.wait_for_subscribers = wait_for_subscribers
-        self.discovery_settle = max(0.0, float(discovery_settle))
-        self.clock_period = clock_period
         self.summary = PlaySummary()
         self._routes: dict[int, _Route] = {}
         self._clock_pub = None
@@ -130,7 +128,7 @@ class BagPlayer:
             latched = bio.is_transient_local(conn.ext.offered_qos_profiles)
             if conn.msgtype == bio.TF_MESSAGE and self.tf_fallback:
                 static = conn.topic == bio.TF_STATIC_TOPIC or latched
-                out_topic = self.fallback_static_topic if static else self.fallback_topic
+                out_topic = DEFAULT_TF_STATIC_TOPIC if static else DEFAULT_TF_TOPIC
                 key = (out_topic, static)
                 if key not in by_topic:
                     by_topic[key] = self.node.create_publisher(
@@ -165,7 +163,7 @@ class BagPlayer:
         deadline = time.monotonic() + self.wait_for_subscribers
         while time.monotonic() < deadline and not stop.is_set():
             if all(p.get_subscription_count() > 0 for p in pubs):
-                stop.wait(self.discovery_settle)  # the subscribers' side of discovery
+                stop.wait(DISCOVERY_SETTLE_S)  # the subscribers' side of discovery
                 return
             stop.wait(0.02)
 
@@ -211,9 +209,9 @@ class BagPlayer:
             remaining = wall_target - now
             if remaining <= 0:
                 return
-            if self._clock_pub is not None and now - self._last_clock_wall >= self.clock_period:
+            if self._clock_pub is not None and now - self._last_clock_wall >= CLOCK_PERIOD_S:
                 self._publish_clock(first_ns + int((now - wall_start) * self.rate * 1e9))
-            stop.wait(min(remaining, self.clock_period))
+            stop.wait(min(remaining, CLOCK_PERIOD_S))
 
     def run(self, stop_event: Optional[threading.Event] = None) -> PlaySummary:
         """Publish the bag (again and again with ``loop``) until its end or ``stop_event`` is set."""

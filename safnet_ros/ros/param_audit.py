@@ -29,9 +29,6 @@ def set_global_args(args: Optional[Sequence[str]]) -> None:
     _global_args = None if args is None else list(args)
 
 
-def global_args() -> list[str]:
-    return list(sys.argv if _global_args is None else _global_args)
-
 
 def ros_args(argv: Iterable[str]) -> list[str]:
     """The tokens inside ``--ros-args ... [--]`` sections of ``argv``, in order."""
@@ -125,7 +122,7 @@ def warn_undeclared(node: Any, cli_args: Optional[Sequence[str]] = None,
     undeclared names are reported even when a bad value stops the node right after).
     """
     declared = list(node.list_parameters([], 0).names) + list(will_declare)
-    argv = global_args() + list(cli_args or [])
+    argv = list(sys.argv if _global_args is None else _global_args) + list(cli_args or [])
     lines = []
     for name, where, close in undeclared(given_parameters(argv, node.get_fully_qualified_name()), declared):
         hint = f"; did you mean '{close}'?" if close else ""
@@ -155,5 +152,5 @@ class ParameterErrors:
             raise error_type("; ".join(self.errors))
 
 
-__all__ = ["ParameterErrors", "set_global_args", "global_args", "ros_args", "node_pattern_matches", "params_file_names",
+__all__ = ["ParameterErrors", "set_global_args", "ros_args", "node_pattern_matches", "params_file_names",
            "given_parameters", "undeclared", "warn_undeclared"]

@@ -540,10 +540,7 @@ class SegmentNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _load_segmenter(self) -> Segmenter:
-        try:
-            device, note = resolve_node_device(self._param("device"), torch.cuda.is_available())
-        except ConfigError as exc:
-            raise ParameterError(f"parameter 'device' = {self._param('device')!r}: {exc}") from None
+        device, note = resolve_node_device(self._param("device"), torch.cuda.is_available())  # spelling: _setup
         if note and self._param("device").strip().lower() == "auto":
             self.get_logger().info(note)
         elif note:

@@ -1,17 +1,8 @@
-"""Every parameter of the ``safnet_segment`` node, in one table (the semantic map's included).
+"""Every parameter of the ``safnet_segment`` node, in one table (the semantic map's included; no rclpy).
 
-Each :class:`Param` has its name, default (which fixes its type), range or
-choices, description and whether it may change while the node runs.  The node
-declares its parameters from :data:`PARAMETERS` and checks every value with
-:func:`check_value`; ``config/segment.yaml`` and the parameter table of
-``docs/ros_node.md`` are generated from it, and a test fails when they drift::
-
-    python -m safnet_ros.ros.params --yaml > config/segment.yaml
-    python -m safnet_ros.ros.params --markdown   # the rows between the params markers of docs/ros_node.md
-    python -m safnet_ros.ros.params --write      # both files in place
-
-Adding a parameter is one entry here (plus the code that reads it).  No rclpy
-import: the table is plain data.
+The node declares its parameters from :data:`PARAMETERS` and checks every value with :func:`check_value`;
+``config/segment.yaml`` and the table of ``docs/ros_node.md`` are generated from it (a test fails when they
+drift): ``python -m safnet_ros.ros.params --write``. Adding a parameter is one entry here.
 """
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
 """A tree of time-stamped transforms, looked up at any stamp (numpy only, no rclpy).
 
-The one TF implementation of the package: the node's drop-in ``tf2_ros.Buffer``
-(:mod:`safnet_ros.ros.tf_buffer`, fed from ``/tf``) and ``safnet segment-bag``
-(fed from the bag's ``/tf``) both hold a :class:`TfTree`.  Each child frame
-has one parent (a later transform with another parent replaces the link, as
-tf2 does).  A lookup interpolates each link between its two bracketing
-samples (linear translation, quaternion slerp), chains links through the
-common ancestor, and raises the tf2 exceptions below outside the recorded
-span (extrapolation, never clamping).  Transforms are ``T_parent_child``:
-they map points in the child frame into the parent frame; quaternions are
-(x, y, z, w).  Not thread-safe: the caller locks.
+The one TF implementation of the package: the node's drop-in ``tf2_ros.Buffer`` (:mod:`safnet_ros.ros.tf_buffer`)
+and ``safnet segment-bag`` both hold a :class:`TfTree`. Transforms are ``T_parent_child`` (child-frame points
+into the parent frame), quaternions (x, y, z, w); lookups behave as docs/ros_compat.md, "What the drop-in
+Buffer does", tells. Not thread-safe: the caller locks.
 """
 from __future__ import annotations
 

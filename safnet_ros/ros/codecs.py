@@ -209,12 +209,8 @@ def _cloud_view(msg: Any, dtype: np.dtype) -> np.ndarray:
 
 
 def pointcloud2_to_array(msg: Any) -> np.ndarray:
-    """All points of a PointCloud2 as a structured array ``(height*width,)``, row-major.
-
-    Field names, types and offsets are the message's; big-endian clouds give
-    big-endian fields (numpy reads them correctly).  Row padding
-    (``row_step > width*point_step``) is skipped.  May be a read-only view.
-    """
+    """All points of a PointCloud2 as a structured array ``(height*width,)``, row-major, with the message's
+    fields, offsets and byte order; row padding skipped. May be a read-only view."""
     dtype = pointcloud_dtype(msg.fields, msg.point_step, bool(msg.is_bigendian))
     return _cloud_view(msg, dtype)
 
@@ -361,14 +357,8 @@ def _class_field_names() -> tuple[str, ...]:
 
 
 def labeled_cloud_dtype(probabilities: str = "none") -> np.dtype:
-    """The labelled cloud's point layout for a ``probabilities`` mode (docs/ros_node.md).
-
-    none: :data:`LABELED_CLOUD_DTYPE` (28 bytes). top3: + ``p_label1 p_label2
-    p_label3`` uint16 (offsets 28, 30, 32; 255 = not segmented) and ``p1 p2 p3``
-    float32 (36, 40, 44): the three most probable classes, most probable first,
-    and their probabilities; 48 bytes. all: + one float32 per class
-    (``p_wall`` at 28 ... ``p_otherfurniture`` at 104, class-index order); 108 bytes.
-    """
+    """The labelled cloud's point layout for a ``probabilities`` mode: :data:`LABELED_CLOUD_DTYPE` plus, for
+    top3 / all, the fields of docs/ros_node.md, "Probability fields on ~/labeled_cloud"."""
     if probabilities == "none":
         return LABELED_CLOUD_DTYPE
     if probabilities == "top3":
@@ -435,7 +425,7 @@ def make_labeled_cloud(xyz: np.ndarray, labels: np.ndarray, colors: np.ndarray, 
                        similarity: np.ndarray, header: Header | None = None, *, frame_id: str | None = None,
                        stamp: Any = None, extra: Mapping[str, np.ndarray] | None = None,
                        probabilities: str = "none") -> PointCloud2:
-    """The node's output PointCloud2 (docs/design.md §3.7), :data:`LABELED_CLOUD_DTYPE` layout, 28 bytes a point.
+    """The node's output PointCloud2 (docs/design.md §3.7), :data:`LABELED_CLOUD_DTYPE` layout.
 
     xyz (N,3) metres; labels (N,) ints 0..65535 (stored uint16); colors either
     (N,3) uint8 RGB or (N,) packed rgb (float32 bits or uint32 ``0x00RRGGBB``);
@@ -486,8 +476,7 @@ def labeled_cloud(xyz: np.ndarray, result: Any, header: Any, probabilities: str 
     xyz (N, 3) metres in the cloud's own frame; result: a SegmentResult
     (labels, confidence, s, and probs/segmented for ``probabilities`` top3 /
     all); header: the input cloud's (frame and stamp are kept); label_ids: the
-    ``label`` field's id space, ``index`` (0..19, 255 = not labelled) or
-    ``nyu40`` (0 = not labelled, as in saved PLY files).
+    ``label`` field's id space, ``index`` or ``nyu40`` (:mod:`safnet_ros.ros.label_info`).
     """
     labels = np.asarray(result.labels)
     mode = probabilities if result.probs is not None else "none"
@@ -670,15 +659,11 @@ def camera_frame_id(depth: Any, info: Any) -> str:
 def decode_rgbd(rgb: Any, depth: Any, info: Any) -> RGBDFrame:
     """Decode a synchronised colour Image, depth Image and CameraInfo (the node's and segment-bag's one path).
 
-    The images may be sensor_msgs/CompressedImage instead (colour JPEG/PNG, depth compressedDepth).
-
-    Colour to RGB (any of :func:`image_to_rgb`'s encodings), depth to metres,
-    K from the CameraInfo, rescaled to the depth image when the CameraInfo's
-    width/height differ from it.  MessageDecodeError for a malformed message,
-    an image of width or height 0, an unusable K, or a depth image without any
-    valid (> 0) pixel (a view with no depth covers nothing).
+    The images may be CompressedImage instead. Colour to RGB, depth to metres, K from the CameraInfo,
+    rescaled to the depth image when the CameraInfo's width/height differ from it. MessageDecodeError for a
+    malformed message, an image of width or height 0, an unusable K, or a depth image without any valid
+    (> 0) pixel (a view with no depth covers nothing).
     """
-    # sensor_msgs/CompressedImage too (image_transport's compressed / compressedDepth, ros/compressed.py)
     color = compressed_to_rgb(rgb) if is_compressed(rgb) else image_to_rgb(rgb)
     depth_m = compressed_depth_to_metres(depth) if is_compressed(depth) else depth_to_metres(depth)
     for name, pixels in (("colour", color), ("depth", depth_m)):

@@ -276,10 +276,9 @@ def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[
                                + (f"; Fast DDS profile {profile}" if profile else ""))
         try:
             summary = player.run(stop)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # run() noted "stopped by Ctrl-C"
             stop.set()
             summary = player.summary
-            summary.stopped = "stopped by Ctrl-C"
         if stop.is_set() and summary.stopped == "stopped":
             summary.stopped = "stopped by a signal"
         print("\n".join(summary.lines()))

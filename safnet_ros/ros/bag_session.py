@@ -17,6 +17,7 @@ from sensor_msgs.msg import PointCloud2
 from safnet_ros.errors import SafnetError
 from safnet_ros.ros.bag_player import BagPlayer
 from safnet_ros.ros.segment_node import SegmentNode
+from safnet_ros.ros.semantic_map_component import trigger_type
 from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_topics import reliable_qos
 from safnet_ros.tools import bag_io as bio
@@ -113,17 +114,16 @@ class BagSession:
         while sm.clouds_integrated < node.stats.get("clouds_segmented") and time.monotonic() < deadline:
             time.sleep(0.02)
         node.set_parameters([Parameter("map_save_path", value=str(path))])
-        try:
-            from std_srvs.srv import Trigger  # noqa: PLC0415 - std_srvs is optional (the except below)
-        except Exception:  # noqa: BLE001 - the wheel (or its type support) is missing
+        trigger = trigger_type()
+        if trigger is None:
             sm.save(path)
             return "the node's map component (std_srvs not installed)"
         client_node = self.helper_node("map_client")
-        client = client_node.create_client(Trigger, f"/{node.get_name()}/save_map")
+        client = client_node.create_client(trigger, f"/{node.get_name()}/save_map")
         try:
             if not client.wait_for_service(timeout_sec=10.0):
                 raise SafnetError("the node offers no ~/save_map service")
-            future = client.call_async(Trigger.Request())
+            future = client.call_async(trigger.Request())
             while not future.done() and time.monotonic() < deadline:
                 time.sleep(0.02)
             response = future.result() if future.done() else None

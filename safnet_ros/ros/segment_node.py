@@ -881,7 +881,6 @@ def main(args: Optional[list[str]] = None) -> int:
     shutdown.install_sigterm()  # SIGTERM stops start-up as SIGINT does
     param_audit.set_global_args(args)  # what rclpy.init parses, for the undeclared-parameter warning
     rclpy.init(args=args)
-    node = None
     try:
         try:
             node = SegmentNode()
@@ -890,14 +889,10 @@ def main(args: Optional[list[str]] = None) -> int:
                 raise
             shutdown.quietly(rclpy.try_shutdown)
             return shutdown.exit_line(NODE_NAME, "starting")
-    except (ParameterError, ParameterException) as exc:
+    except (ParameterException, SafnetError) as exc:  # ParameterError is a SafnetError
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
-        return 2
-    except SafnetError as exc:
-        get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 1
+        return 2 if isinstance(exc, (ParameterError, ParameterException)) else 1
     executor: Optional[SingleThreadedExecutor] = None
     try:  # from here on a signal means "running": one line, exit 0
         if profile:

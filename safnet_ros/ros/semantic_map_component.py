@@ -22,7 +22,7 @@ from sensor_msgs.msg import PointCloud2
 
 from safnet_ros.data.labels import class_colors, encode_label_ids
 from safnet_ros.errors import ConfigError, SafnetError
-from safnet_ros.mapping import FUSION_RULES, MapSnapshot, SemanticVoxelMap
+from safnet_ros.mapping import MapSnapshot, SemanticVoxelMap
 from safnet_ros.mapping.map_ply import save_map
 from safnet_ros.mapping.map_store import MapStore
 from safnet_ros.mapping.voxel_map import IntegrateStats
@@ -47,7 +47,7 @@ class MapSettings:
     label_ids: str = "index"
 
 
-def _trigger_type() -> Any:
+def trigger_type() -> Any:
     """std_srvs/Trigger, or None where the std_srvs wheel is not installed."""
     try:
         from std_srvs.srv import Trigger  # noqa: PLC0415 - std_srvs is optional (the except below)
@@ -108,7 +108,7 @@ class SemanticMapComponent:
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_map = node.create_publisher(PointCloud2, "~/semantic_map", latched)
-        trigger = _trigger_type()
+        trigger = trigger_type()
         if trigger is None:
             node.get_logger().warning("std_srvs is not installed (pip install ros-std-srvs): ~/save_map and "
                                       "~/clear_map are not offered; the map is still published")
@@ -329,4 +329,4 @@ def semantic_map_cloud(snap: MapSnapshot, frame_id: str, stamp: Any = None, labe
     return codecs.structured_to_pointcloud2(arr, frame_id=frame_id, stamp=stamp)
 
 
-__all__ = ["MapSettings", "SEMANTIC_MAP_DTYPE", "SemanticMapComponent", "semantic_map_cloud", "FUSION_RULES"]
+__all__ = ["MapSettings", "SEMANTIC_MAP_DTYPE", "SemanticMapComponent", "semantic_map_cloud", "trigger_type"]

@@ -34,7 +34,10 @@ from test_ros_node import (  # noqa: E402
 from safnet_ros.data.labels import IGNORE_INDEX  # noqa: E402
 from safnet_ros.ros import codecs, compat  # noqa: E402
 from safnet_ros.ros.segment_node import SegmentNode, main  # noqa: E402
-from safnet_ros.ros.tf_path import TFMESSAGE_TYPE_HASH, active_tf_path, tf_message_class  # noqa: E402
+from safnet_ros.ros.tf_path import active_tf_path, tf_message_class  # noqa: E402
+
+#: The type hash (RIHS01) of ROS 2's tf2_msgs/msg/TFMessage (Jazzy, Kilted): the generated type must equal it.
+TFMESSAGE_TYPE_HASH = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
 
 pytestmark = pytest.mark.ros
 

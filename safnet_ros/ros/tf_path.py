@@ -14,11 +14,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-TF_TOPIC = "/tf"
-TF_STATIC_TOPIC = "/tf_static"
-#: The type hash (RIHS01) of ROS 2's tf2_msgs/msg/TFMessage (Jazzy, Kilted): the generated type must equal it.
-TFMESSAGE_TYPE_HASH = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
-
 TF2_ROS = "tf2_ros"
 TF2_MSGS = "tf2_msgs"
 FALLBACK = "fallback"
@@ -91,4 +86,4 @@ def missing_tf2_ros_warning() -> Optional[str]:
 
 
 __all__ = ["TfPath", "active_tf_path", "tf_message_class", "ros_distro_sourced", "missing_tf2_ros_warning",
-           "TF_TOPIC", "TF_STATIC_TOPIC", "TFMESSAGE_TYPE_HASH", "TF2_ROS", "TF2_MSGS", "FALLBACK"]
+           "TF2_ROS", "TF2_MSGS", "FALLBACK"]

@@ -67,11 +67,9 @@ class FallbackTransformListener:
             node = self._own_node
         self.node = node
         tfm = self.tf_message  # TFMessage: tf2's static depth 100; one TransformStamped a message: 1000
-        self.tf_sub = node.create_subscription(tfm or TransformStamped, topic,
-                                               self.tf_callback if tfm else self.callback,
+        self.tf_sub = node.create_subscription(tfm or TransformStamped, topic, self.callback,
                                                qos or reliable_qos(100, False))
-        self.tf_static_sub = node.create_subscription(tfm or TransformStamped, static_topic,
-                                                      self.tf_static_callback if tfm else self.static_callback,
+        self.tf_static_sub = node.create_subscription(tfm or TransformStamped, static_topic, self.static_callback,
                                                       static_qos or reliable_qos(100 if tfm else 1000, True))
         if spin_thread:
             self._executor = SingleThreadedExecutor(context=node.context)
@@ -83,19 +81,13 @@ class FallbackTransformListener:
         with contextlib.suppress(Exception):  # context shut down under us: the thread just ends
             spin_resilient(self._executor, self._executor.context)
 
-    def callback(self, msg: TransformStamped) -> None:
-        self.buffer.set_transform(msg, "default_authority")
-
-    def static_callback(self, msg: TransformStamped) -> None:
-        self.buffer.set_transform_static(msg, "default_authority")
-
-    def tf_callback(self, msg: Any) -> None:
-        """A TFMessage on /tf: every transform it holds."""
-        for transform in msg.transforms:
+    def callback(self, msg: Any) -> None:
+        """A TFMessage (every transform it holds) or a TransformStamped."""
+        for transform in getattr(msg, "transforms", (msg,)):
             self.buffer.set_transform(transform, "default_authority")
 
-    def tf_static_callback(self, msg: Any) -> None:
-        for transform in msg.transforms:
+    def static_callback(self, msg: Any) -> None:
+        for transform in getattr(msg, "transforms", (msg,)):
             self.buffer.set_transform_static(transform, "default_authority")
 
     def unregister(self) -> None:

@@ -102,17 +102,6 @@ def given_parameters(argv: Iterable[str], fqn: str) -> dict[str, str]:
     return given
 
 
-def undeclared(given: dict[str, str], declared: Iterable[str]) -> list[tuple[str, str, Optional[str]]]:
-    """(name, where given, closest declared name or None) for each given name the node does not declare."""
-    known = sorted(set(declared))
-    out = []
-    for name, where in given.items():
-        if name in known or name.startswith(_IGNORED_PREFIXES):
-            continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        out.append((name, where, close[0] if close else None))
-    return out
-
 
 def warn_undeclared(node: Any, cli_args: Optional[Sequence[str]] = None,
                     will_declare: Iterable[str] = ()) -> list[str]:
@@ -121,14 +110,16 @@ def warn_undeclared(node: Any, cli_args: Optional[Sequence[str]] = None,
     will_declare: names the node is about to declare (so the check can run before they are, and
     undeclared names are reported even when a bad value stops the node right after).
     """
-    declared = list(node.list_parameters([], 0).names) + list(will_declare)
+    known = sorted({*node.list_parameters([], 0).names, *will_declare})
     argv = list(sys.argv if _global_args is None else _global_args) + list(cli_args or [])
     lines = []
-    for name, where, close in undeclared(given_parameters(argv, node.get_fully_qualified_name()), declared):
-        hint = f"; did you mean '{close}'?" if close else ""
+    for name, where in given_parameters(argv, node.get_fully_qualified_name()).items():
+        if name in known or name.startswith(_IGNORED_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
         lines.append(f"parameter '{name}' ({where}) is not a parameter of this node and is ignored{hint}")
-    for line in lines:
-        node.get_logger().warning(line)
+        node.get_logger().warning(lines[-1])
     return lines
 
 
@@ -153,4 +144,4 @@ class ParameterErrors:
 
 
 __all__ = ["ParameterErrors", "set_global_args", "ros_args", "node_pattern_matches", "params_file_names",
-           "given_parameters", "undeclared", "warn_undeclared"]
+           "given_parameters", "warn_undeclared"]

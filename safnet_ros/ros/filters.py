@@ -82,24 +82,17 @@ class FallbackApproximateTimeSynchronizer(FallbackSimpleFilter):
         self.allow_headerless = bool(allow_headerless)
         self.reset = bool(reset)
         self.lock = threading.RLock()
-        self.num_dropped = 0
-        self.num_emitted = 0
-        self.num_headerless = 0
-        self.num_resets = 0
-        #: per input: (stamp ns, message) sorted by stamp
-        self.queues: list[list[tuple[int, Any]]] = []
-        self._arrival: list[dict[int, int]] = []  # per input: stamp -> arrival number (tie order)
+        self.num_dropped = self.num_emitted = self.num_headerless = self.num_resets = 0
         self._next_arrival = itertools.count()
-        self._latest: list[int | None] = []
-        self.input_connections: list[int] = []
         self.connectInput(fs)
 
     def connectInput(self, fs: Sequence[Any]) -> None:  # noqa: N802 (ROS name)
         """Listen to the filters ``fs`` (one queue each, in order)."""
         with self.lock:
-            self.queues = [[] for _ in fs]
-            self._arrival = [{} for _ in fs]
-            self._latest = [None for _ in fs]
+            #: per input: (stamp ns, message) sorted by stamp
+            self.queues: list[list[tuple[int, Any]]] = [[] for _ in fs]
+            self._arrival: list[dict[int, int]] = [{} for _ in fs]  # per input: stamp -> arrival number (ties)
+            self._latest: list[int | None] = [None for _ in fs]
             self.input_connections = [f.registerCallback(self.add, i) for i, f in enumerate(fs)]
 
     def _stamp(self, msg: Any) -> int | None:

@@ -249,12 +249,9 @@ class SegmentNode(LifecycleNode):
         with errors.check():  # ConfigError for bad map_* values: a parameter error (exit 2)
             self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)
         errors.raise_if_any(ParameterError)
-        self.buffer = ViewBuffer(
-            max_views=p("buffer_max_views"),
-            max_mb=p("buffer_max_mb"),
-            policy=self._policy_from_params(),
-            jump_tolerance=float("inf"),  # the node judges jumps itself, per input stream
-        )
+        # jump_tolerance inf: the node judges time jumps itself, per input stream
+        self.buffer = ViewBuffer(max_views=p("buffer_max_views"), max_mb=p("buffer_max_mb"),
+                                 policy=self._policy_from_params(), jump_tolerance=float("inf"))
         self._jumps = StreamTimeJumps(("frames", "clouds", *(f"frames.{c}" for c in self.cameras)),
                                       p("time_jump_tolerance"))
         if p("gil_switch_interval") > 0:
@@ -512,11 +509,9 @@ class SegmentNode(LifecycleNode):
         def get(n: str) -> Any:
             return overrides[n] if overrides and n in overrides else self._param(n)
 
-        return KeyframePolicy(
-            min_translation=float(get("keyframe_min_translation")),
-            min_rotation_deg=float(get("keyframe_min_rotation_deg")),
-            min_interval=float(get("keyframe_min_interval")),
-        )
+        return KeyframePolicy(min_translation=get("keyframe_min_translation"),
+                              min_rotation_deg=get("keyframe_min_rotation_deg"),
+                              min_interval=get("keyframe_min_interval"))
 
     def _on_set_parameters(self, params: Sequence[Any]) -> SetParametersResult:
         """Validate and apply run-time parameters (read-only ones are refused by rclpy itself)."""
@@ -526,9 +521,8 @@ class SegmentNode(LifecycleNode):
                 if name in SPECS:
                     check_value(SPECS[name], value)
             policy = self._policy_from_params(changes)
-            self.buffer.set_limits(
-                max_views=changes.get("buffer_max_views"), max_mb=changes.get("buffer_max_mb"), policy=policy
-            )
+            self.buffer.set_limits(max_views=changes.get("buffer_max_views"), max_mb=changes.get("buffer_max_mb"),
+                                   policy=policy)
             if "time_jump_tolerance" in changes:
                 self._jumps.tolerance = float(changes["time_jump_tolerance"])
                 if self._clock_jumps is not None:  # active: watch the clock with the new threshold

@@ -78,11 +78,8 @@ def missing_tf2_ros_warning() -> Optional[str]:
     """The WARN line for a sourced ROS 2 install without tf2_ros's Python package, else None."""
     if not ros_distro_sourced() or _importable("tf2_ros"):
         return None
-    path = active_tf_path()
-    return (
-        "a ROS 2 install is sourced but 'import tf2_ros' fails: install the Python tf2 package "
-        f"tf2_ros_py (apt: ros-$ROS_DISTRO-tf2-ros-py; rosdep key tf2_ros_py). Using the {path.describe()}"
-    )
+    return ("a ROS 2 install is sourced but 'import tf2_ros' fails: install the Python tf2 package tf2_ros_py "
+            f"(apt: ros-$ROS_DISTRO-tf2-ros-py; rosdep key tf2_ros_py). Using the {active_tf_path().describe()}")
 
 
 __all__ = ["TfPath", "active_tf_path", "tf_message_class", "ros_distro_sourced", "missing_tf2_ros_warning",

@@ -38,7 +38,6 @@ CLOCK_PERIOD_S = 0.05
 DISCOVERY_SETTLE_S = 0.5
 
 
-
 def rclpy_message_class(msgtype: str) -> Any:
     """The rclpy message class of ``pkg/msg/Name``; ImportError when its package is not installed."""
     pkg, kind, name = msgtype.split("/")
@@ -126,30 +125,25 @@ class BagPlayer:
             if self.topics and conn.topic not in self.topics:
                 continue
             latched = bio.is_transient_local(conn.ext.offered_qos_profiles)
-            if conn.msgtype == bio.TF_MESSAGE and self.tf_fallback:
-                static = conn.topic == bio.TF_STATIC_TOPIC or latched
-                out_topic = DEFAULT_TF_STATIC_TOPIC if static else DEFAULT_TF_TOPIC
-                key = (out_topic, static)
-                if key not in by_topic:
-                    by_topic[key] = self.node.create_publisher(
-                        TransformStamped, out_topic, reliable_qos(1000 if static else 100, static))
-                self._routes[conn.id] = _Route(by_topic[key], TransformStamped, out_topic, True, static)
-                wanted.append(conn)
-                continue
-            try:
-                cls = rclpy_message_class(conn.msgtype)
-            except (ImportError, AttributeError, ValueError):
-                self.summary.skipped_topics[conn.topic] = f"no Python messages for {conn.msgtype} here"
-                continue
-            key = (conn.topic, latched)
-            if key not in by_topic:
-                depth = 1000 if latched else (100 if conn.topic in _TF_TOPICS else 10)
+            split_tf = conn.msgtype == bio.TF_MESSAGE and self.tf_fallback
+            if split_tf:  # one TransformStamped per transform, on the fallback topics
+                latched = conn.topic == bio.TF_STATIC_TOPIC or latched
+                cls, out_topic = TransformStamped, DEFAULT_TF_STATIC_TOPIC if latched else DEFAULT_TF_TOPIC
+            else:
                 try:
-                    by_topic[key] = self.node.create_publisher(cls, conn.topic, reliable_qos(depth, latched))
+                    cls, out_topic = rclpy_message_class(conn.msgtype), conn.topic
+                except (ImportError, AttributeError, ValueError):
+                    self.summary.skipped_topics[conn.topic] = f"no Python messages for {conn.msgtype} here"
+                    continue
+            key = (out_topic, latched)
+            if key not in by_topic:
+                depth = 1000 if latched else (100 if split_tf or conn.topic in _TF_TOPICS else 10)
+                try:
+                    by_topic[key] = self.node.create_publisher(cls, out_topic, reliable_qos(depth, latched))
                 except InvalidTopicNameException:  # a bag from another tool may hold any string as a name
                     self.summary.skipped_topics[conn.topic] = "not a valid ROS 2 topic name"
                     continue
-            self._routes[conn.id] = _Route(by_topic[key], cls, conn.topic, False, latched)
+            self._routes[conn.id] = _Route(by_topic[key], cls, out_topic, split_tf, latched)
             wanted.append(conn)
         if self.clock:
             self._clock_pub = self.node.create_publisher(Clock, "/clock", reliable_qos(10, False))

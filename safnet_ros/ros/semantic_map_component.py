@@ -134,10 +134,10 @@ class SemanticMapComponent:
     def destroy(self) -> None:
         """Destroy what :meth:`create` made (the map itself is kept: a reconfigured node goes on with it)."""
         self.stop_publishing()
-        node, self._node = self._node, None
-        if node is None:
+        if self._node is None:
             return
-        self._save_on_shutdown(node)
+        self._save_on_shutdown()
+        node, self._node = self._node, None
         for srv in (self.srv_save, self.srv_clear, self.srv_load):
             if srv is not None:
                 node.destroy_service(srv)
@@ -241,12 +241,11 @@ class SemanticMapComponent:
         self._initial_map_loaded = True
         self._logger.info(f"semantic map loaded from {self.settings.load_file}: {n} voxels")
 
-    def _save_on_shutdown(self, node: Any) -> None:
+    def _save_on_shutdown(self) -> None:
         if not self.settings.save_on_shutdown or len(self.map) == 0:
             return
         try:
-            name = str(node.get_parameter("map_save_path").value)
-            written = self.save_named(name)
+            written = self.save_named(self._save_path_name())
         except Exception as exc:  # noqa: BLE001 - shutting down: report, never raise
             self._logger.warning(f"map_save_on_shutdown: the map was not saved: {exc}")
             return
@@ -275,10 +274,7 @@ class SemanticMapComponent:
                             lambda: f"saved {len(self.map)} voxels to {self.save_named(name)}")
 
     def _on_clear(self, request: Any, response: Any) -> Any:
-        n = self.clear("~/clear_map called")
-        response.success = True
-        response.message = f"cleared {n} voxels"
-        return response
+        return self._answer(response, "~/clear_map", lambda: f"cleared {self.clear('~/clear_map called')} voxels")
 
     # ------------------------------------------------------------------ health
     def diagnostics(self) -> dict[str, str]:

@@ -252,7 +252,6 @@ class BagPlayer:
 def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Sequence[str]] = None,
               clock: bool = True, wait_for_subscribers: float = 2.0) -> int:
     """The ``safnet bag play`` command: an rclpy node that plays the bag until its end or Ctrl-C."""
-    # Full-size frames need a larger Fast DDS shared-memory segment than the default (ros/dds_profile.py)
     profile = use_large_data_profile()
     # Our own SIGTERM handling: rclpy's would shut the context down under the publishing
     # loop (an RCLError traceback); here SIGTERM stops the replay like Ctrl-C.

@@ -223,7 +223,6 @@ class SegmentNode(LifecycleNode):
         self.last_timings: dict[str, float] = {}
         self.device = "cpu"
         try:
-            # a WARN per parameter given but not declared, naming the closest known one (ros/param_audit.py)
             self.cameras = self._declare_cameras()  # first: the per-camera parameters depend on it
             param_audit.warn_undeclared(self, node_kwargs.get("cli_args"),
                                         [spec.name for spec in PARAMETERS] + list(camera_parameters(self.cameras)))
@@ -321,7 +320,6 @@ class SegmentNode(LifecycleNode):
         if self._param("warm_up"):
             self.get_logger().info(f"model warmed up in {segmenter.warm_up():.2f} s")
         self.pipeline = SegmentationPipeline(segmenter, self.buffer, self.semantic_map)
-        # TF: the real tf2_ros where installed, else the drop-in (given node=, both clear on a clock jump back)
         self.tf_buffer = compat.Buffer(cache_time=Duration(seconds=30.0), node=self)
         self._create_outputs()
 
@@ -330,7 +328,6 @@ class SegmentNode(LifecycleNode):
         self._jumps.reset()  # a new activation: each stream starts a new timeline
         self._create_inputs()
         self.semantic_map.start_publishing()
-        # silent inputs turn /diagnostics to WARN (ros/input_watchdog.py)
         self.input_watchdog = input_watchdog.InputWatchdog(
             p("input_timeout"), input_watchdog.describe_inputs(self, p, self.fixed_frame, self.camera_topics()),
             dict(self.stats.counters), evidence=input_watchdog.camera_evidence(self.cameras))
@@ -850,7 +847,6 @@ class SegmentNode(LifecycleNode):
             snap, grown, self.get_clock().now().to_msg(), name=f"{self.get_name()}: segmentation",
             hardware_id=self.device,
         )
-        # WARN naming the silent inputs (ros/input_watchdog.py)
         input_watchdog.check(self, self.input_watchdog, snap.counters, msg.status[0], WARN_PERIOD_S)
         self.pub_diag.publish(msg)
 

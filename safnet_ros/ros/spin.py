@@ -24,9 +24,7 @@ def spin_resilient(executor: Any, context: Any = None, period_s: float = 0.1) ->
             continue  # an entity was destroyed while the wait set was built: the next round leaves it out
         except (ExternalShutdownException, ShutdownException, KeyboardInterrupt):
             return
-        except RCLError:
-            # SIGINT shut the context down while the executor built its wait set ("the given context is
-            # not valid"): a normal shutdown. With the context still valid it is a real error.
+        except RCLError:  # a real error only while the context is still valid
             if rclpy.ok(context=context):
                 raise
             return

@@ -318,7 +318,6 @@ def array_to_pointcloud2(points: np.ndarray | Mapping[str, Any], header: Header 
     if isinstance(points, np.ndarray):
         if points.dtype.names is None:
             raise MessageEncodeError(f"points must be a structured array or a dict of columns, got {points.dtype}")
-        fields_from_dtype(points.dtype)  # validates the field types
         packed = _packed_le({name: points[name] for name in points.dtype.names})
     elif isinstance(points, Mapping):
         packed = _packed_le(points)
@@ -450,22 +449,18 @@ def make_labeled_cloud(xyz: np.ndarray, labels: np.ndarray, colors: np.ndarray, 
         rgb = colors.astype(np.uint32).view(np.float32)
     else:
         raise MessageEncodeError(f"colors must be (N,3) uint8 or (N,) packed rgb, got {colors.dtype} {colors.shape}")
-    for name, col in (("colors", rgb), ("confidence", confidence), ("similarity", similarity)):
+    dtype, extra = labeled_cloud_dtype(probabilities), dict(extra or {})
+    extra_names = [name for name in dtype.names if name not in LABELED_CLOUD_DTYPE.names]
+    if sorted(extra) != sorted(extra_names):
+        raise MessageEncodeError(f"probabilities {probabilities!r} needs the columns {extra_names}, got {sorted(extra)}")
+    for name, col in (("colors", rgb), ("confidence", confidence), ("similarity", similarity), *extra.items()):
         if np.shape(col) != (n,):
             raise MessageEncodeError(f"{name} must have {n} entries, got shape {np.shape(col)}")
-    dtype = labeled_cloud_dtype(probabilities)
     cloud = np.zeros(n, dtype=dtype)
-    extra_names = [name for name in dtype.names if name not in LABELED_CLOUD_DTYPE.names]
-    if sorted(extra or {}) != sorted(extra_names):
-        raise MessageEncodeError(f"probabilities {probabilities!r} needs the columns {extra_names}, "
-                                 f"got {sorted(extra or {})}")
-    for name in extra_names:
-        col = np.asarray(extra[name])
-        if col.shape != (n,):
-            raise MessageEncodeError(f"{name} must have {n} entries, got shape {col.shape}")
-        cloud[name] = col
     cloud["x"], cloud["y"], cloud["z"] = xyz.T
     cloud["rgb"], cloud["label"], cloud["confidence"], cloud["similarity"] = rgb, labels, confidence, similarity
+    for name, col in extra.items():
+        cloud[name] = col
     return structured_to_pointcloud2(cloud, header, frame_id=frame_id, stamp=stamp)
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import importlib
 from typing import Any, Optional
 
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
 from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, LABEL_SPACES, NUM_CLASSES, NYU40_IDS
 from safnet_ros.errors import ConfigError
+from safnet_ros.ros.tf_topics import reliable_qos
 
 #: Id of a point that was not labelled, per label space.
 UNLABELLED_ID: dict[str, int] = {"index": IGNORE_INDEX, "nyu40": 0}
@@ -57,8 +57,8 @@ def make_label_info(space: str, header: Any = None) -> Any:
     return msg
 
 
-#: Transient local and reliable: subscribers that come later still get the one message.
-LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: Transient local and reliable, depth 1: subscribers that come later still get the latest message.
+LATCHED_QOS = reliable_qos(1, True)
 
 
 class LabelInfoPublisher:

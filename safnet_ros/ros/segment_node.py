@@ -30,7 +30,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import serialize_message
 from rclpy.subscription import Subscription
 from rclpy.time import Time
@@ -53,6 +53,7 @@ from safnet_ros.ros.params import PARAMETERS, SPECS, Param, ParameterError, came
 from safnet_ros.ros.semantic_map_component import SemanticMapComponent
 from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_path import missing_tf2_ros_warning
+from safnet_ros.ros.tf_topics import reliable_qos
 from safnet_ros.ros.time_jumps import StreamTimeJumps, watch_clock_jumps
 
 __all__ = ["NODE_NAME", "PARAMETERS", "ParameterError", "SegmentNode", "LatestMailbox", "main",
@@ -353,7 +354,7 @@ class SegmentNode(LifecycleNode):
 
     def _create_outputs(self) -> None:
         """Publishers and the map's services, from configure to cleanup (why: docs/ros_node.md, "Lifecycle")."""
-        out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)  # outputs: reliable
+        out_qos = reliable_qos(5, False)  # outputs: reliable, volatile, keep last 5
         self.pub_cloud = self.create_publisher(PointCloud2, "~/labeled_cloud", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "~/similarity_markers", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)

@@ -17,7 +17,6 @@ from typing import Any, Optional
 import numpy as np
 from rclpy.clock import Clock, ClockType
 from rclpy.logging import get_logger
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 
 from safnet_ros.data.labels import class_colors, encode_label_ids
@@ -27,6 +26,7 @@ from safnet_ros.mapping.map_ply import save_map
 from safnet_ros.mapping.map_store import MapStore
 from safnet_ros.mapping.voxel_map import IntegrateStats
 from safnet_ros.ros import codecs
+from safnet_ros.ros.label_info import LATCHED_QOS
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,7 @@ class SemanticMapComponent:
             return
         self._load_initial_map()
         self._node = node
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.pub_map = node.create_publisher(PointCloud2, "~/semantic_map", latched)
+        self.pub_map = node.create_publisher(PointCloud2, "~/semantic_map", LATCHED_QOS)
         trigger = trigger_type()
         if trigger is None:
             node.get_logger().warning("std_srvs is not installed (pip install ros-std-srvs): ~/save_map and "

@@ -522,7 +522,7 @@ class SegmentNode(LifecycleNode):
             self.buffer.set_limits(max_views=changes.get("buffer_max_views"), max_mb=changes.get("buffer_max_mb"),
                                    policy=policy)
             if "time_jump_tolerance" in changes:
-                self._jumps.tolerance = float(changes["time_jump_tolerance"])
+                self._jumps.set_tolerance(changes["time_jump_tolerance"])
                 if self._clock_jumps is not None:  # active: watch the clock with the new threshold
                     self._clock_jumps.unregister()
                     self._clock_jumps = watch_clock_jumps(self, float(changes["time_jump_tolerance"]),

@@ -160,10 +160,6 @@ class _PendingFrame:
     first_try: float = 0.0  # time.monotonic() of the first pose lookup
     waiting: bool = False  # set aside once already (counted in frames_waiting_tf)
 
-    @property
-    def stamp_s(self) -> float:
-        return self.stamp_ns / 1e9
-
     def decode(self) -> codecs.RGBDFrame:
         return codecs.decode_rgbd(self.rgb, self.depth, self.info)
 
@@ -655,7 +651,7 @@ class SegmentNode(LifecycleNode):
             self._tf_failed("an RGB-D frame", frame.frame_id, exc)
             return False
         try:
-            outcome = self.pipeline.offer_frame(frame.stamp_s, pose, frame.decode, frame.camera)
+            outcome = self.pipeline.offer_frame(frame.stamp_ns / 1e9, pose, frame.decode, frame.camera)
         except SafnetError as exc:  # undecodable messages, unusable K or image shapes
             self._decode_failed(exc)
             return False

@@ -31,10 +31,16 @@ def install() -> None:
         signal.signal(signal.SIGTERM, exit_early)
 
 
-def exit_early(signum: int, frame: Any) -> None:
-    print("[INFO] [safnet_segment]: shutdown requested (SIGINT/SIGTERM) while loading Python modules: exiting",
+def exit_line(node_name: str, stage: str) -> int:
+    """Write the one line of a requested shutdown during ``stage``; returns exit status 0. Printed: a ROS
+    logger would add rcl's "Failed to publish log message to rosout" (the context is shut down)."""
+    print(f"[INFO] [{node_name}]: shutdown requested (SIGINT/SIGTERM) while {stage}: exiting",
           file=sys.stderr, flush=True)
-    os._exit(0)
+    return 0
 
 
-__all__ = ["NODE_MODULE", "node_program", "install", "exit_early"]
+def exit_early(signum: int, frame: Any) -> None:
+    os._exit(exit_line("safnet_segment", "loading Python modules"))
+
+
+__all__ = ["NODE_MODULE", "node_program", "install", "exit_line", "exit_early"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -18,6 +17,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 
 from safnet_ros.ros import early_signals
+from safnet_ros.ros.early_signals import exit_line
 
 #: What each transition step of the node does (by the step method's name), for the log.
 _STEP_WORDS: dict[str, tuple[str, str]] = {
@@ -38,13 +38,6 @@ def requested(context: Any = None, exc: Optional[BaseException] = None) -> bool:
     except Exception:  # noqa: BLE001 - a context that cannot even answer is a shut-down one
         return True
 
-
-def exit_line(node_name: str, stage: str) -> int:
-    """Write the one line of a requested shutdown during ``stage``; returns exit status 0. Printed: a ROS
-    logger would add rcl's "Failed to publish log message to rosout" (the context is shut down)."""
-    print(f"[INFO] [{node_name}]: shutdown requested (SIGINT/SIGTERM) while {stage}: exiting",
-          file=sys.stderr, flush=True)
-    return 0
 
 
 def install_sigterm() -> None:

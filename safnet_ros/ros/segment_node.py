@@ -343,10 +343,8 @@ class SegmentNode(LifecycleNode):
         self._worker.start()
         self._marker_thread = threading.Thread(target=self._draw, name="safnet_segment_markers", daemon=True)
         self._marker_thread.start()
-        self.get_logger().info(
-            f"safnet_segment active: device {self.device}, fixed frame '{self.fixed_frame}', "
-            f"cloud '{self.sub_cloud.topic_name}', {compat.backends()}"
-        )
+        self.get_logger().info(f"safnet_segment active: device {self.device}, fixed frame '{self.fixed_frame}', "
+                               f"cloud '{self.sub_cloud.topic_name}', {compat.backends()}")
 
     def _create_outputs(self) -> None:
         """Publishers and the map's services, from configure to cleanup (why: docs/ros_node.md, "Lifecycle")."""
@@ -541,10 +539,9 @@ class SegmentNode(LifecycleNode):
             outside_views=p("outside_views"), batch_points=p("batch_points"),
         )
         if segmenter.untrained:
-            self.get_logger().warning(
-                "NO TRAINED MODEL: parameter 'model' is empty and no model is shipped; using an UNTRAINED "
-                "SAFNet — its labels are meaningless. Set 'model' to a checkpoint file."
-            )
+            self.get_logger().warning("NO TRAINED MODEL: parameter 'model' is empty and no model is shipped; "
+                                      "using an UNTRAINED SAFNet — its labels are meaningless. Set 'model' to a "
+                                      "checkpoint file.")
         return segmenter
 
     # ------------------------------------------------------------------ time
@@ -568,10 +565,8 @@ class SegmentNode(LifecycleNode):
         if self._mailbox.clear():
             self.stats.count("clouds_dropped")
         self.semantic_map.clear()
-        self.get_logger().info(
-            f"time jumped back ({why}; bag loop?): view buffer, pending frames and the semantic map cleared",
-            throttle_duration_sec=WARN_PERIOD_S,
-        )
+        self.get_logger().info(f"time jumped back ({why}; bag loop?): view buffer, pending frames and the semantic "
+                               "map cleared", throttle_duration_sec=WARN_PERIOD_S)
 
     def _lookup_pose(self, frame_id: str, stamp_msg: Any, timeout_s: float) -> np.ndarray:
         """(4, 4) T_fixed_frame at the stamp; raises compat.TransformException subclasses."""
@@ -697,10 +692,8 @@ class SegmentNode(LifecycleNode):
 
     def _tf_failed(self, what: str, frame_id: str, exc: Exception) -> None:
         self.stats.count("tf_failures")
-        self.get_logger().warning(
-            f"skipping {what}: no transform '{frame_id}' -> '{self.fixed_frame}': {exc}",
-            throttle_duration_sec=WARN_PERIOD_S,
-        )
+        self.get_logger().warning(f"skipping {what}: no transform '{frame_id}' -> '{self.fixed_frame}': {exc}",
+                                  throttle_duration_sec=WARN_PERIOD_S)
 
     # ------------------------------------------------------------------ clouds
     def _on_cloud(self, msg: PointCloud2) -> None:
@@ -709,10 +702,8 @@ class SegmentNode(LifecycleNode):
         self._note_stamp("clouds", codecs.stamp_to_ns(msg.header.stamp) / 1e9)
         if self._mailbox.put((msg, time.monotonic())):
             self.stats.count("clouds_dropped")
-            self.get_logger().warning(
-                "inference is slower than the cloud rate: dropped a cloud (newest wins)",
-                throttle_duration_sec=WARN_PERIOD_S,
-            )
+            self.get_logger().warning("inference is slower than the cloud rate: dropped a cloud (newest wins)",
+                                      throttle_duration_sec=WARN_PERIOD_S)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -729,9 +720,8 @@ class SegmentNode(LifecycleNode):
                 self.process_cloud(msg, received)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
                 self.stats.count("worker_errors")
-                self.get_logger().error(
-                    f"segmentation of a cloud failed: {type(exc).__name__}: {exc}", throttle_duration_sec=WARN_PERIOD_S
-                )
+                self.get_logger().error(f"segmentation of a cloud failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=WARN_PERIOD_S)
 
     def _choose_threads(self) -> None:
         """torch threads of this (the worker) thread for the next cloud: ``threads``, or with 0 the cores

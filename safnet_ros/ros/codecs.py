@@ -151,10 +151,8 @@ def pointcloud_dtype(fields: Sequence[Any], point_step: int, is_bigendian: bool)
             raise MessageDecodeError(f"{what}: field {name!r} appears twice")
         code = POINTFIELD_DTYPES.get(int(field.datatype))
         if code is None:
-            raise MessageDecodeError(
-                f"{what}: field {name!r} has unsupported datatype {int(field.datatype)} "
-                f"(PointField types are 1..8)"
-            )
+            raise MessageDecodeError(f"{what}: field {name!r} has unsupported datatype {int(field.datatype)} "
+                                     f"(PointField types are 1..8)")
         offset = _as_int(field.offset, f"field {name!r} offset", what)
         count = _as_int(field.count, f"field {name!r} count", what)
         if count < 1:

@@ -46,15 +46,11 @@ def label_info_class() -> Optional[Any]:
         return None
 
 
-def make_label_info(space: str, header: Any = None) -> Any:
+def make_label_info(space: str, header: Any) -> Any:
     """A LabelInfo message for ``space`` (requires vision_msgs)."""
     msgs = importlib.import_module("vision_msgs.msg")
-    msg = msgs.LabelInfo()
-    if header is not None:
-        msg.header = header
-    msg.class_map = [msgs.VisionClass(class_id=i, class_name=name) for i, name in class_map(space)]
-    msg.threshold = float(THRESHOLD)
-    return msg
+    return msgs.LabelInfo(header=header, threshold=float(THRESHOLD), class_map=[
+        msgs.VisionClass(class_id=i, class_name=name) for i, name in class_map(space)])
 
 
 #: Transient local and reliable, depth 1: subscribers that come later still get the latest message.

@@ -197,7 +197,7 @@ class BagPlayer:
                                            f"deserialise ({' '.join(str(exc).split())[:120]}); skipped")
 
     def _wait_until(self, wall_target: float, wall_start: float, first_ns: int, stop: threading.Event) -> None:
-        """Sleep until ``wall_target`` (monotonic seconds), keeping /clock moving every clock_period."""
+        """Sleep until ``wall_target`` (monotonic seconds), keeping /clock moving every CLOCK_PERIOD_S."""
         while not stop.is_set():
             now = time.monotonic()
             remaining = wall_target - now

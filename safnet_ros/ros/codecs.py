@@ -94,7 +94,8 @@ def _as_int(value: Any, name: str, what: str) -> int:
 
 
 def stamp_to_ns(stamp: Any) -> int:
-    """Nanoseconds from a builtin_interfaces/Time, an rclpy Time, an int (ns) or a float (seconds)."""
+    """Nanoseconds from a builtin_interfaces/Time or Duration, an rclpy Time or Duration, an int (ns) or a
+    float (seconds); None is 0."""
     if stamp is None:
         return 0
     if hasattr(stamp, "nanosec") and hasattr(stamp, "sec"):

@@ -20,17 +20,6 @@ from safnet_ros.ros.tf_tree import FallbackTransformException, TfTree, strip_fra
 from safnet_ros.ros.transforms import matrix_to_transform
 
 
-def _duration_ns(duration: Any) -> int:
-    """Nanoseconds of an rclpy Duration, a builtin_interfaces/Duration, seconds (float) or None (0)."""
-    if duration is None:
-        return 0
-    if hasattr(duration, "nanoseconds"):
-        return int(duration.nanoseconds)
-    if hasattr(duration, "sec") and hasattr(duration, "nanosec"):
-        return int(duration.sec) * 1_000_000_000 + int(duration.nanosec)
-    return int(round(float(duration) * 1e9))
-
-
 class FallbackBuffer:
     """tf2_ros.Buffer drop-in: a thread-safe tree of time-stamped transforms (docs/ros_compat.md, "What the
     drop-in Buffer does"). Dynamic links keep ``cache_time`` (default 10 s) behind their newest stamp; given
@@ -39,7 +28,7 @@ class FallbackBuffer:
     """
 
     def __init__(self, cache_time: Any = None, node: Any = None) -> None:
-        self.cache_ns = _duration_ns(cache_time) if cache_time is not None else 10 * 1_000_000_000
+        self.cache_ns = stamp_to_ns(cache_time) if cache_time is not None else 10 * 1_000_000_000
         self.node = node
         self._cond = threading.Condition(threading.RLock())
         self._tree = TfTree(self.cache_ns)
@@ -94,7 +83,7 @@ class FallbackBuffer:
 
     def _wait_lookup(self, target: str, source: str, time_: Any, timeout: Any) -> tuple[int, np.ndarray]:
         stamp = stamp_to_ns(time_)
-        deadline = time.monotonic() + _duration_ns(timeout) / 1e9
+        deadline = time.monotonic() + stamp_to_ns(timeout) / 1e9
         with self._cond:
             while True:
                 try:

@@ -90,13 +90,11 @@ class SemanticMapComponent:
         def p(name: str) -> Any:
             return node.get_parameter(name).value
 
-        settings = MapSettings(enable=bool(p("map_enable")), voxel_size=p("map_voxel_size"),
-                               max_voxels=p("map_max_voxels"), fusion=str(p("map_fusion")),
-                               smoothing=p("map_smoothing"), smoothing_cell=p("map_smoothing_cell"),
-                               publish_rate=p("map_publish_rate"), save_path=str(p("map_save_path")),
-                               directory=str(p("map_directory")), load_file=str(p("map_file")),
-                               save_on_shutdown=bool(p("map_save_on_shutdown")),
-                               label_ids=str(p("label_ids")))
+        settings = MapSettings(  # values of the declared types (params.check_value)
+            enable=p("map_enable"), voxel_size=p("map_voxel_size"), max_voxels=p("map_max_voxels"),
+            fusion=p("map_fusion"), smoothing=p("map_smoothing"), smoothing_cell=p("map_smoothing_cell"),
+            publish_rate=p("map_publish_rate"), save_path=p("map_save_path"), directory=p("map_directory"),
+            load_file=p("map_file"), save_on_shutdown=p("map_save_on_shutdown"), label_ids=p("label_ids"))
         return cls(settings, fixed_frame, node.get_logger())
 
     def create(self, node: Any) -> None:

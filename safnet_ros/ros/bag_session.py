@@ -82,12 +82,11 @@ class BagSession:
             rclpy.try_shutdown(context=self.context)
 
     # ------------------------------------------------------------------ helpers
-    def helper_node(self, suffix: str, spin: bool = True) -> Any:
-        """A plain rclpy node ``<name>_<suffix>`` in the session's context (spun by its executor if ``spin``)."""
+    def helper_node(self, suffix: str) -> Any:
+        """A plain rclpy node ``<name>_<suffix>`` in the session's context, spun by its executor."""
         node = rclpy.create_node(f"{self.name}_{suffix}", context=self.context)
         self._helpers.append(node)
-        if spin:
-            self.executor.add_node(node)
+        self.executor.add_node(node)
         return node
 
     def subscribe_clouds(self, helper: Any, topic: str, callback: Any, depth: int = 50) -> Any:

@@ -56,16 +56,17 @@ class FallbackBuffer:
 
     # ---------------------------------------------------------------- writing
     def set_transform(self, transform: TransformStamped, authority: str) -> bool:
-        """Store a dynamic transform; False (and ``num_rejected`` + 1) when it is invalid or too old."""
-        return self._set(transform, authority, static=False)
+        """Store a dynamic transform (``authority`` is not kept); False (and ``num_rejected`` + 1) when it is
+        invalid or too old."""
+        return self._set(transform, static=False)
 
     def set_transform_static(self, transform: TransformStamped, authority: str) -> bool:
         """Store a transform valid at every time."""
-        return self._set(transform, authority, static=True)
+        return self._set(transform, static=True)
 
-    def _set(self, transform: TransformStamped, authority: str, static: bool) -> bool:
+    def _set(self, transform: TransformStamped, static: bool) -> bool:
         with self._cond:
-            added = self._tree.add(transform, static, authority)
+            added = self._tree.add(transform, static)
             if added:
                 self._cond.notify_all()
             return added

@@ -54,12 +54,11 @@ def strip_frame(frame_id: str) -> str:
 class _Link:
     """History of one child frame's transform to its parent (T_parent_child), sorted by stamp (ns)."""
 
-    __slots__ = ("parent", "static", "stamps", "translations", "rotations", "authority")
+    __slots__ = ("parent", "static", "stamps", "translations", "rotations")
 
-    def __init__(self, parent: str, static: bool, authority: str) -> None:
+    def __init__(self, parent: str, static: bool) -> None:
         self.parent = parent
         self.static = static
-        self.authority = authority
         self.stamps: list[int] = []
         self.translations: list[np.ndarray] = []
         self.rotations: list[np.ndarray] = []
@@ -111,7 +110,7 @@ class TfTree:
         self.links: dict[str, _Link] = {}
         self.num_rejected = 0
 
-    def add(self, transform: Any, static: bool, authority: str = "") -> bool:
+    def add(self, transform: Any, static: bool) -> bool:
         """Store one geometry_msgs/TransformStamped (rclpy or rosbags message); False (counted in
         ``num_rejected``) for a malformed, self-parented or too old one (tf2's TF_OLD_DATA)."""
         parent = strip_frame(transform.header.frame_id)
@@ -127,7 +126,7 @@ class TfTree:
         stamp = int(transform.header.stamp.sec) * 1_000_000_000 + int(transform.header.stamp.nanosec)
         link = self.links.get(child)
         if link is None or link.parent != parent or link.static != static:
-            link = self.links[child] = _Link(parent, static, authority)
+            link = self.links[child] = _Link(parent, static)
         elif (not static and self.cache_ns is not None and link.stamps
               and stamp < link.stamps[-1] - self.cache_ns):
             self.num_rejected += 1

@@ -526,7 +526,7 @@ class SegmentNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _load_segmenter(self) -> Segmenter:
-        device, note = resolve_node_device(self._param("device"), torch.cuda.is_available())  # spelling: _setup
+        device, note = resolve_node_device(self._param("device"), torch.cuda.is_available())  # checked in _setup
         if note and self._param("device").strip().lower() == "auto":
             self.get_logger().info(note)
         elif note:
@@ -593,7 +593,8 @@ class SegmentNode(LifecycleNode):
 
     # ------------------------------------------------------------------ views (executor thread)
     def _on_frames(self, rgb: Image, depth: Image, info: CameraInfo, camera: str = "") -> None:
-        """A synchronised set of ``camera`` ('' = the single one), timed for /diagnostics' frame cost."""
+        """A synchronised set of ``camera`` ('' = the single one; runs under the filter's lock), timed for
+        /diagnostics' frame cost."""
         start = time.perf_counter()
         try:
             self._take_frames(rgb, depth, info, camera)

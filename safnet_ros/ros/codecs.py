@@ -366,8 +366,8 @@ def labeled_cloud_dtype(probabilities: str = "none") -> np.dtype:
         extra = ((name, "<f4", 28 + 4 * k) for k, name in enumerate(_class_field_names()))
     else:
         raise MessageEncodeError(f"probabilities must be none, top3 or all, got {probabilities!r}")
-    base = [(name, *LABELED_CLOUD_DTYPE.fields[name]) for name in LABELED_CLOUD_DTYPE.names]
-    names, formats, offsets = zip(*base, *extra)
+    rows = [(name, *LABELED_CLOUD_DTYPE.fields[name]) for name in LABELED_CLOUD_DTYPE.names]  # (name, dtype, offset)
+    names, formats, offsets = zip(*rows, *extra)
     return np.dtype({"names": list(names), "formats": list(formats), "offsets": list(offsets),
                      "itemsize": offsets[-1] + 4})
 

@@ -45,7 +45,6 @@ class FallbackSubscriber(FallbackSimpleFilter):
         super().__init__()
         self.node = node
         self.topic = topic
-        self.msg_type = msg_type
         self.sub = node.create_subscription(msg_type, topic, self.callback, qos_profile, **kwargs)
 
     def callback(self, msg: Any) -> None:

@@ -32,10 +32,9 @@ def camera_evidence(cameras: list[str]) -> dict[str, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class Silence:
-    """One input that has been silent for ``seconds`` (since activation or its last arrival)."""
+    """One silent input: its name and the words naming it and how long it has been silent."""
 
     name: str
-    seconds: float
     text: str
 
 
@@ -87,8 +86,8 @@ class InputWatchdog:
             what = {"cloud": "no PointCloud2", "rgbd": "no synchronised RGB-D set",
                     "transform": "no transform"}[kind] + (f" from camera '{camera}'" if camera else "")
             when = "since the last one" if self._ever[name] else "since activation"
-            out.append(Silence(name, seconds, f"{what} {self.describe.get(name, '')} for {seconds:.0f} s ({when})"
-                                              .replace("  ", " ")))
+            out.append(Silence(name, f"{what} {self.describe.get(name, '')} for {seconds:.0f} s ({when})"
+                                     .replace("  ", " ")))
         return out
 
 

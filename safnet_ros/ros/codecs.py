@@ -256,14 +256,11 @@ def pointcloud2_to_xyz(msg: Any, skip_nans: bool = True) -> DecodedXYZ:
     missing = [c for c in "xyz" if c not in names]
     if missing:
         raise MessageDecodeError(f"{what}: no {'/'.join(missing)} field (fields: {list(names)})")
-    parts = [full.fields[c] for c in "xyz"]  # (dtype, offset)
-    for c, (dt, _) in zip("xyz", parts):
-        if dt.shape != ():
-            raise MessageDecodeError(f"{what}: field {c!r} has count {dt.shape[0]}, expected 1")
-    xyz_dtype = np.dtype({"names": ["x", "y", "z"], "formats": [p[0] for p in parts],
-                          "offsets": [p[1] for p in parts], "itemsize": full.itemsize})
-    # one strided copy when x, y, z are adjacent fields of one type, else one per field
-    xyz = np.array(structured_to_unstructured(_cloud_view(msg, xyz_dtype), dtype=np.float32))
+    for c in "xyz":
+        if full[c].shape != ():
+            raise MessageDecodeError(f"{what}: field {c!r} has count {full[c].shape[0]}, expected 1")
+    # x, y, z only (offsets and point_step kept): one strided copy when they are adjacent fields of one type
+    xyz = np.array(structured_to_unstructured(_cloud_view(msg, full[["x", "y", "z"]]), dtype=np.float32))
     n = xyz.shape[0]
     index = np.flatnonzero(np.isfinite(xyz).all(axis=1)) if skip_nans else np.arange(n)
     return DecodedXYZ(xyz if len(index) == n else xyz[index], index.astype(np.int64), n)

@@ -1,24 +1,10 @@
 """Replay a rosbag2 through rclpy with its recorded timing and /clock: ``ros2 bag play`` for pip installs.
 
-The bag is read with rosbags; each message's raw CDR bytes go straight into
-``rclpy.serialization.deserialize_message`` with the rclpy message class of the
-connection's type, so no field is copied by hand.
-
-``/tf`` and ``/tf_static`` hold ``tf2_msgs/TFMessage``.  Whether they go out as
-recorded is decided by the one test the node uses too,
-:func:`safnet_ros.ros.tf_path.active_tf_path`: where TFMessage imports (a ROS 2
-install, or this machine after ``make venv`` generated it) they are published
-as they are, on ``/tf`` and ``/tf_static`` (transient local).  Only on the last
-resort path (no TFMessage, or ``tf_fallback=True``) every transform of a
-TFMessage is published as a ``geometry_msgs/TransformStamped`` on the fallback
-topics the drop-in listener then reads (``/safnet/transforms``; static ones
-on ``/safnet/transforms_static``, reliable and transient local).  On a ROS 2
-install ``ros2 bag play BAG --clock`` does the same job.
-
-Timing: message ``k`` goes out at ``(t_k - t_0) / rate`` seconds after the
-start (bag receive times); ``/clock`` carries the bag time before every message
-and every ``clock_period`` seconds while waiting.  With ``loop`` the bag starts
-again at its end (time jumps back, as ``ros2 bag play --loop`` does).
+Each message's raw CDR bytes (read with rosbags) go straight into ``deserialize_message`` with the
+rclpy class of its type. Message ``k`` goes out ``(t_k - t_0) / rate`` seconds after the start;
+``/clock`` carries the bag time before every message and every :data:`CLOCK_PERIOD_S` while waiting. /tf
+goes out as recorded, or as TransformStamped on the fallback topics where the active TF path
+(:func:`safnet_ros.ros.tf_path.active_tf_path`) has no TFMessage. Details: docs/bags.md, "safnet bag play".
 """
 from __future__ import annotations
 
@@ -31,7 +17,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import rclpy
-from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped
 from rclpy._rclpy_pybind11 import RMWError
 from rclpy.exceptions import InvalidTopicNameException
@@ -40,17 +25,17 @@ from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 
 from safnet_ros.errors import ConfigError, MessageDecodeError, MissingDataError
+from safnet_ros.ros.codecs import ns_to_stamp
 from safnet_ros.ros.dds_profile import use_large_data_profile
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.ros.tf_topics import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC, reliable_qos
 from safnet_ros.tools import bag_io as bio
 
 _TF_TOPICS = (bio.TF_TOPIC, bio.TF_STATIC_TOPIC)
-
-
-def tf2_msgs_available() -> bool:
-    """True when the active TF path carries tf2_msgs/TFMessage on /tf (:mod:`safnet_ros.ros.tf_path`)."""
-    return active_tf_path().uses_tf_topics
+#: Seconds between /clock messages while waiting for the next message.
+CLOCK_PERIOD_S = 0.05
+#: Seconds waited once every volatile topic has a subscriber (see BagPlayer's wait_for_subscribers).
+DISCOVERY_SETTLE_S = 0.5
 
 
 def rclpy_message_class(msgtype: str) -> Any:
@@ -99,32 +84,16 @@ class BagPlayer:
     folder; rate: speed factor (> 0); loop: start again at the end; topics:
     only these bag topics (default all); clock: publish rosgraph_msgs/Clock on
     ``/clock``; tf_fallback: None = as the active TF path says (only when
-    tf2_msgs/TFMessage is missing);
-    wait_for_subscribers: seconds to wait, before the first message, until
-    every publisher of a volatile topic has a subscriber (discovery takes a
-    moment; 0 = no wait; latched topics reach late subscribers anyway), then
-    ``discovery_settle`` seconds more: DDS discovery completes on the
-    publisher's side first, and a best-effort message sent before the
-    subscriber's side has matched the publisher is dropped (measured: replaying
-    the 18-frame test bag right after the subscription counts turned non-zero
-    lost up to 10 frames in 3 of 6 runs; after 1 s, none in 6).
+    tf2_msgs/TFMessage is missing); wait_for_subscribers: seconds to wait,
+    before the first message, until every publisher of a volatile topic has a
+    subscriber (0 = no wait), then :data:`DISCOVERY_SETTLE_S` more: discovery
+    completes on the publisher's side first, and a best-effort message sent
+    before the subscriber's side has matched is dropped.
     """
 
-    def __init__(
-        self,
-        node: Any,
-        bag_path: str | Path,
-        rate: float = 1.0,
-        loop: bool = False,
-        topics: Optional[Sequence[str]] = None,
-        clock: bool = True,
-        tf_fallback: Optional[bool] = None,
-        fallback_topic: str = DEFAULT_TF_TOPIC,
-        fallback_static_topic: str = DEFAULT_TF_STATIC_TOPIC,
-        wait_for_subscribers: float = 0.0,
-        clock_period: float = 0.05,
-        discovery_settle: float = 0.5,
-    ) -> None:
+    def __init__(self, node: Any, bag_path: str | Path, rate: float = 1.0, loop: bool = False,
+                 topics: Optional[Sequence[str]] = None, clock: bool = True, tf_fallback: Optional[bool] = None,
+                 wait_for_subscribers: float = 0.0) -> None:
         if not rate > 0:
             raise ConfigError(f"rate must be positive, got {rate}")
         self.node = node
@@ -134,12 +103,8 @@ class BagPlayer:
         self.loop = loop
         self.topics = set(topics) if topics else None
         self.clock = clock
-        self.tf_fallback = (not tf2_msgs_available()) if tf_fallback is None else tf_fallback
-        self.fallback_topic = fallback_topic
-        self.fallback_static_topic = fallback_static_topic
+        self.tf_fallback = (not active_tf_path().uses_tf_topics) if tf_fallback is None else tf_fallback
         self.wait_for_subscribers = wait_for_subscribers
-        self.discovery_settle = max(0.0, float(discovery_settle))
-        self.clock_period = clock_period
         self.summary = PlaySummary()
         self._routes: dict[int, _Route] = {}
         self._clock_pub = None
@@ -160,30 +125,25 @@ class BagPlayer:
             if self.topics and conn.topic not in self.topics:
                 continue
             latched = bio.is_transient_local(conn.ext.offered_qos_profiles)
-            if conn.msgtype == bio.TF_MESSAGE and self.tf_fallback:
-                static = conn.topic == bio.TF_STATIC_TOPIC or latched
-                out_topic = self.fallback_static_topic if static else self.fallback_topic
-                key = (out_topic, static)
-                if key not in by_topic:
-                    by_topic[key] = self.node.create_publisher(
-                        TransformStamped, out_topic, reliable_qos(1000 if static else 100, static))
-                self._routes[conn.id] = _Route(by_topic[key], TransformStamped, out_topic, True, static)
-                wanted.append(conn)
-                continue
-            try:
-                cls = rclpy_message_class(conn.msgtype)
-            except (ImportError, AttributeError, ValueError):
-                self.summary.skipped_topics[conn.topic] = f"no Python messages for {conn.msgtype} here"
-                continue
-            key = (conn.topic, latched)
-            if key not in by_topic:
-                depth = 1000 if latched else (100 if conn.topic in _TF_TOPICS else 10)
+            split_tf = conn.msgtype == bio.TF_MESSAGE and self.tf_fallback
+            if split_tf:  # one TransformStamped per transform, on the fallback topics
+                latched = conn.topic == bio.TF_STATIC_TOPIC or latched
+                cls, out_topic = TransformStamped, DEFAULT_TF_STATIC_TOPIC if latched else DEFAULT_TF_TOPIC
+            else:
                 try:
-                    by_topic[key] = self.node.create_publisher(cls, conn.topic, reliable_qos(depth, latched))
+                    cls, out_topic = rclpy_message_class(conn.msgtype), conn.topic
+                except (ImportError, AttributeError, ValueError):
+                    self.summary.skipped_topics[conn.topic] = f"no Python messages for {conn.msgtype} here"
+                    continue
+            key = (out_topic, latched)
+            if key not in by_topic:
+                depth = 1000 if latched else (100 if split_tf or conn.topic in _TF_TOPICS else 10)
+                try:
+                    by_topic[key] = self.node.create_publisher(cls, out_topic, reliable_qos(depth, latched))
                 except InvalidTopicNameException:  # a bag from another tool may hold any string as a name
                     self.summary.skipped_topics[conn.topic] = "not a valid ROS 2 topic name"
                     continue
-            self._routes[conn.id] = _Route(by_topic[key], cls, conn.topic, False, latched)
+            self._routes[conn.id] = _Route(by_topic[key], cls, out_topic, split_tf, latched)
             wanted.append(conn)
         if self.clock:
             self._clock_pub = self.node.create_publisher(Clock, "/clock", reliable_qos(10, False))
@@ -197,7 +157,7 @@ class BagPlayer:
         deadline = time.monotonic() + self.wait_for_subscribers
         while time.monotonic() < deadline and not stop.is_set():
             if all(p.get_subscription_count() > 0 for p in pubs):
-                stop.wait(self.discovery_settle)  # the subscribers' side of discovery
+                stop.wait(DISCOVERY_SETTLE_S)  # the subscribers' side of discovery
                 return
             stop.wait(0.02)
 
@@ -206,8 +166,7 @@ class BagPlayer:
     def _publish_clock(self, bag_ns: int) -> None:
         if self._clock_pub is None:
             return
-        sec, nanosec = divmod(int(bag_ns), 1_000_000_000)
-        self._clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nanosec)))
+        self._clock_pub.publish(Clock(clock=ns_to_stamp(bag_ns)))
         self.summary.clock_messages += 1
         self._last_clock_wall = time.monotonic()
 
@@ -218,17 +177,16 @@ class BagPlayer:
             except MessageDecodeError as exc:
                 self._undecodable(topic, msgtype, exc)
                 return
-            for t in tf.transforms:
-                route.publisher.publish(deserialize_message(bio.serialize(t), route.msg_class))
-                self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
-            return
-        try:
-            msg = deserialize_message(raw, route.msg_class)
-        except RMWError as exc:
-            self._undecodable(topic, msgtype, exc)
-            return
-        route.publisher.publish(msg)
-        self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
+            msgs = [deserialize_message(bio.serialize(t), route.msg_class) for t in tf.transforms]
+        else:
+            try:
+                msgs = [deserialize_message(raw, route.msg_class)]
+            except RMWError as exc:
+                self._undecodable(topic, msgtype, exc)
+                return
+        for msg in msgs:
+            route.publisher.publish(msg)
+            self.summary.published[route.out_topic] = self.summary.published.get(route.out_topic, 0) + 1
 
     def _undecodable(self, topic: str, msgtype: str, exc: Exception) -> None:
         """One broken message must not end the replay: count it, warn once per topic."""
@@ -239,15 +197,15 @@ class BagPlayer:
                                            f"deserialise ({' '.join(str(exc).split())[:120]}); skipped")
 
     def _wait_until(self, wall_target: float, wall_start: float, first_ns: int, stop: threading.Event) -> None:
-        """Sleep until ``wall_target`` (monotonic seconds), keeping /clock moving every clock_period."""
+        """Sleep until ``wall_target`` (monotonic seconds), keeping /clock moving every CLOCK_PERIOD_S."""
         while not stop.is_set():
             now = time.monotonic()
             remaining = wall_target - now
             if remaining <= 0:
                 return
-            if self._clock_pub is not None and now - self._last_clock_wall >= self.clock_period:
+            if self._clock_pub is not None and now - self._last_clock_wall >= CLOCK_PERIOD_S:
                 self._publish_clock(first_ns + int((now - wall_start) * self.rate * 1e9))
-            stop.wait(min(remaining, self.clock_period))
+            stop.wait(min(remaining, CLOCK_PERIOD_S))
 
     def run(self, stop_event: Optional[threading.Event] = None) -> PlaySummary:
         """Publish the bag (again and again with ``loop``) until its end or ``stop_event`` is set."""
@@ -294,7 +252,6 @@ class BagPlayer:
 def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[Sequence[str]] = None,
               clock: bool = True, wait_for_subscribers: float = 2.0) -> int:
     """The ``safnet bag play`` command: an rclpy node that plays the bag until its end or Ctrl-C."""
-    # Full-size frames need a larger Fast DDS shared-memory segment than the default (ros/dds_profile.py)
     profile = use_large_data_profile()
     # Our own SIGTERM handling: rclpy's would shut the context down under the publishing
     # loop (an RCLError traceback); here SIGTERM stops the replay like Ctrl-C.
@@ -312,10 +269,9 @@ def play_main(bag: str, rate: float = 1.0, loop: bool = False, topics: Optional[
                                + (f"; Fast DDS profile {profile}" if profile else ""))
         try:
             summary = player.run(stop)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # run() noted "stopped by Ctrl-C"
             stop.set()
             summary = player.summary
-            summary.stopped = "stopped by Ctrl-C"
         if stop.is_set() and summary.stopped == "stopped":
             summary.stopped = "stopped by a signal"
         print("\n".join(summary.lines()))

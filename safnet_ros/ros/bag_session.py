@@ -1,15 +1,6 @@
 """A segmentation node fed by a bag in one process: what ``safnet demo`` and ``safnet bench soak`` run.
 
-:class:`BagSession` owns a private rclpy context with a
-:class:`~safnet_ros.ros.segment_node.SegmentNode` subscribed to the bag topics
-of :mod:`safnet_ros.tools.bag_io`, any helper nodes the caller asks for
-(listeners, service clients, the player's node), and one executor spun by a
-:func:`~safnet_ros.ros.spin.spin_resilient` thread. Leaving the ``with`` block
-stops the executor, waits for its thread (no callback may still run when the
-nodes go), destroys the nodes and shuts the context down, in that order.
-
-The tools outside ``ros/`` drive the node through this module and never
-import rclpy themselves.
+The tools outside ``ros/`` drive the node through this module and never import rclpy themselves.
 """
 from __future__ import annotations
 
@@ -26,13 +17,16 @@ from sensor_msgs.msg import PointCloud2
 from safnet_ros.errors import SafnetError
 from safnet_ros.ros.bag_player import BagPlayer
 from safnet_ros.ros.segment_node import SegmentNode
+from safnet_ros.ros.semantic_map_component import trigger_type
 from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_topics import reliable_qos
 from safnet_ros.tools import bag_io as bio
 
 
 class BagSession:
-    """A SegmentNode on the bag topics plus helper nodes, spun in a thread (use as a context manager).
+    """A SegmentNode on the bag topics plus helper nodes in a private context, spun by one
+    :func:`~safnet_ros.ros.spin.spin_resilient` thread (use as a context manager; leaving it stops the
+    executor and waits for its thread before the nodes go).
 
     segmenter: the Segmenter the node runs; parameters: extra node parameters
     by name (they override the bag topics and ``use_sim_time`` set here);
@@ -88,12 +82,11 @@ class BagSession:
             rclpy.try_shutdown(context=self.context)
 
     # ------------------------------------------------------------------ helpers
-    def helper_node(self, suffix: str, spin: bool = True) -> Any:
-        """A plain rclpy node ``<name>_<suffix>`` in the session's context (spun by its executor if ``spin``)."""
+    def helper_node(self, suffix: str) -> Any:
+        """A plain rclpy node ``<name>_<suffix>`` in the session's context, spun by its executor."""
         node = rclpy.create_node(f"{self.name}_{suffix}", context=self.context)
         self._helpers.append(node)
-        if spin:
-            self.executor.add_node(node)
+        self.executor.add_node(node)
         return node
 
     def subscribe_clouds(self, helper: Any, topic: str, callback: Any, depth: int = 50) -> Any:
@@ -120,17 +113,16 @@ class BagSession:
         while sm.clouds_integrated < node.stats.get("clouds_segmented") and time.monotonic() < deadline:
             time.sleep(0.02)
         node.set_parameters([Parameter("map_save_path", value=str(path))])
-        try:
-            from std_srvs.srv import Trigger  # noqa: PLC0415 - std_srvs is optional (the except below)
-        except Exception:  # noqa: BLE001 - the wheel (or its type support) is missing
+        trigger = trigger_type()
+        if trigger is None:
             sm.save(path)
             return "the node's map component (std_srvs not installed)"
         client_node = self.helper_node("map_client")
-        client = client_node.create_client(Trigger, f"/{node.get_name()}/save_map")
+        client = client_node.create_client(trigger, f"/{node.get_name()}/save_map")
         try:
             if not client.wait_for_service(timeout_sec=10.0):
                 raise SafnetError("the node offers no ~/save_map service")
-            future = client.call_async(Trigger.Request())
+            future = client.call_async(trigger.Request())
             while not future.done() and time.monotonic() < deadline:
                 time.sleep(0.02)
             response = future.result() if future.done() else None

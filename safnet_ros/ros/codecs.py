@@ -1,31 +1,11 @@
-"""numpy views over ROS 2 sensor messages: PointCloud2, Image, CameraInfo.
+"""numpy views over ROS 2 sensor messages: PointCloud2, Image, CameraInfo (table: docs/ros_compat.md).
 
-Decoding never loops over points or pixels in Python: a structured dtype is
-built from the message's fields (offsets, ``point_step``, ``is_bigendian``) and
-``np.frombuffer`` / ``np.ndarray(buffer=...)`` lays it over ``msg.data``; row
-padding (``row_step`` / ``step``) becomes an array stride.  Encoding fills one
-structured array and hands its bytes to the message in one copy.
-
-Conventions (docs/design.md §3.3, §3.7):
-
-* Output clouds are little endian, ``height == 1``; the node's labelled cloud
-  has x, y, z (float32), ``rgb`` (float32 holding packed ``0x00RRGGBB``),
-  ``label`` (uint16), ``confidence`` and ``similarity`` (float32).
-* Colour: :func:`image_to_array` returns pixels in the message's own channel
-  order ("passthrough", like cv_bridge); :func:`image_to_rgb` converts
-  bgr8 / rgba8 / bgra8 / mono8 (and the 16-bit colour encodings) to RGB uint8,
-  which is what the node wants.
-* Depth: ``16UC1`` / ``mono16`` are millimetres, ``32FC1`` metres;
-  :func:`depth_to_metres` returns float32 metres with 0 marking invalid pixels.
-
-Decoders are duck-typed: they read rclpy messages and rosbags' deserialised
-ones alike (``safnet segment-bag`` decodes the bag with them), and this module
-imports no rclpy.
-
-Every malformed message raises :class:`~safnet_ros.errors.MessageDecodeError`
-with a message that says which field is wrong and why; bad arrays handed to the
-encoders raise :class:`MessageEncodeError`.  Arrays returned by the decoders may
-be read-only views over ``msg.data``: copy them before writing.
+Decoding never loops over points or pixels in Python: a structured dtype built from the message's
+fields is laid over ``msg.data``, row padding becoming an array stride; encoding fills one structured
+array and hands its bytes to the message in one copy. Decoders are duck-typed (rclpy and rosbags
+messages alike; this module imports no rclpy) and may return read-only views over ``msg.data``: copy
+them before writing. A malformed message raises :class:`~safnet_ros.errors.MessageDecodeError` naming
+the field; bad arrays given to the encoders raise :class:`MessageEncodeError`.
 """
 from __future__ import annotations
 
@@ -46,48 +26,19 @@ from safnet_ros.geometry.camera import scale_intrinsics
 from safnet_ros.ros.compressed import compressed_depth_to_metres, compressed_to_rgb, is_compressed
 
 __all__ = [
-    "MessageDecodeError",
-    "MessageEncodeError",
-    "DecodedXYZ",
-    "POINTFIELD_DTYPES",
-    "LABELED_CLOUD_DTYPE",
-    "pointcloud_dtype",
-    "pointcloud2_to_array",
-    "pointcloud2_to_xyz",
-    "array_to_pointcloud2",
-    "fields_from_dtype",
-    "make_labeled_cloud",
-    "labeled_cloud",
-    "labeled_cloud_dtype",
-    "probability_columns",
-    "structured_to_pointcloud2",
-    "pack_rgb",
-    "unpack_rgb",
-    "image_encoding_info",
-    "image_to_array",
-    "image_to_rgb",
-    "depth_to_metres",
-    "array_to_image",
-    "camera_info_to_K",
-    "RGBDFrame",
-    "camera_frame_id",
-    "decode_rgbd",
-    "stamp_to_ns",
-    "ns_to_stamp",
-    "make_header",
+    "MessageDecodeError", "MessageEncodeError", "DecodedXYZ", "POINTFIELD_DTYPES", "LABELED_CLOUD_DTYPE",
+    "pointcloud_dtype", "pointcloud2_to_array", "pointcloud2_to_xyz", "array_to_pointcloud2", "fields_from_dtype",
+    "make_labeled_cloud", "labeled_cloud", "labeled_cloud_dtype", "probability_columns",
+    "structured_to_pointcloud2", "pack_rgb", "unpack_rgb", "image_encoding_info", "image_to_array", "image_to_rgb",
+    "depth_to_metres", "array_to_image", "camera_info_to_K", "RGBDFrame", "camera_frame_id", "decode_rgbd",
+    "stamp_to_ns", "ns_to_stamp", "make_header",
 ]
 
 
 # PointField.datatype -> numpy type code (without byte order).
 POINTFIELD_DTYPES: dict[int, str] = {
-    PointField.INT8: "i1",
-    PointField.UINT8: "u1",
-    PointField.INT16: "i2",
-    PointField.UINT16: "u2",
-    PointField.INT32: "i4",
-    PointField.UINT32: "u4",
-    PointField.FLOAT32: "f4",
-    PointField.FLOAT64: "f8",
+    PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
+    PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8",
 }
 _DTYPE_TO_POINTFIELD: dict[str, int] = {code: dt for dt, code in POINTFIELD_DTYPES.items()}
 
@@ -143,7 +94,8 @@ def _as_int(value: Any, name: str, what: str) -> int:
 
 
 def stamp_to_ns(stamp: Any) -> int:
-    """Nanoseconds from a builtin_interfaces/Time, an rclpy Time, an int (ns) or a float (seconds)."""
+    """Nanoseconds from a builtin_interfaces/Time or Duration, an rclpy Time or Duration, an int (ns) or a
+    float (seconds); None is 0."""
     if stamp is None:
         return 0
     if hasattr(stamp, "nanosec") and hasattr(stamp, "sec"):
@@ -200,10 +152,8 @@ def pointcloud_dtype(fields: Sequence[Any], point_step: int, is_bigendian: bool)
             raise MessageDecodeError(f"{what}: field {name!r} appears twice")
         code = POINTFIELD_DTYPES.get(int(field.datatype))
         if code is None:
-            raise MessageDecodeError(
-                f"{what}: field {name!r} has unsupported datatype {int(field.datatype)} "
-                f"(PointField types are 1..8)"
-            )
+            raise MessageDecodeError(f"{what}: field {name!r} has unsupported datatype {int(field.datatype)} "
+                                     f"(PointField types are 1..8)")
         offset = _as_int(field.offset, f"field {name!r} offset", what)
         count = _as_int(field.count, f"field {name!r} count", what)
         if count < 1:
@@ -258,12 +208,8 @@ def _cloud_view(msg: Any, dtype: np.dtype) -> np.ndarray:
 
 
 def pointcloud2_to_array(msg: Any) -> np.ndarray:
-    """All points of a PointCloud2 as a structured array ``(height*width,)``, row-major.
-
-    Field names, types and offsets are the message's; big-endian clouds give
-    big-endian fields (numpy reads them correctly).  Row padding
-    (``row_step > width*point_step``) is skipped.  May be a read-only view.
-    """
+    """All points of a PointCloud2 as a structured array ``(height*width,)``, row-major, with the message's
+    fields, offsets and byte order; row padding skipped. May be a read-only view."""
     dtype = pointcloud_dtype(msg.fields, msg.point_step, bool(msg.is_bigendian))
     return _cloud_view(msg, dtype)
 
@@ -310,22 +256,14 @@ def pointcloud2_to_xyz(msg: Any, skip_nans: bool = True) -> DecodedXYZ:
     missing = [c for c in "xyz" if c not in names]
     if missing:
         raise MessageDecodeError(f"{what}: no {'/'.join(missing)} field (fields: {list(names)})")
-    parts = [full.fields[c] for c in "xyz"]  # (dtype, offset)
-    for c, (dt, _) in zip("xyz", parts):
-        if dt.shape != ():
-            raise MessageDecodeError(f"{what}: field {c!r} has count {dt.shape[0]}, expected 1")
-    xyz_dtype = np.dtype({"names": ["x", "y", "z"], "formats": [p[0] for p in parts],
-                          "offsets": [p[1] for p in parts], "itemsize": full.itemsize})
-    # one strided copy when x, y, z are adjacent fields of one type, else one per field
-    xyz = np.array(structured_to_unstructured(_cloud_view(msg, xyz_dtype), dtype=np.float32))
+    for c in "xyz":
+        if full[c].shape != ():
+            raise MessageDecodeError(f"{what}: field {c!r} has count {full[c].shape[0]}, expected 1")
+    # x, y, z only (offsets and point_step kept): one strided copy when they are adjacent fields of one type
+    xyz = np.array(structured_to_unstructured(_cloud_view(msg, full[["x", "y", "z"]]), dtype=np.float32))
     n = xyz.shape[0]
-    if not skip_nans:
-        return DecodedXYZ(xyz, np.arange(n, dtype=np.int64), n)
-    finite = np.isfinite(xyz).all(axis=1)
-    if finite.all():
-        return DecodedXYZ(xyz, np.arange(n, dtype=np.int64), n)
-    index = np.flatnonzero(finite).astype(np.int64)
-    return DecodedXYZ(xyz[index], index, n)
+    index = np.flatnonzero(np.isfinite(xyz).all(axis=1)) if skip_nans else np.arange(n)
+    return DecodedXYZ(xyz if len(index) == n else xyz[index], index.astype(np.int64), n)
 
 
 def fields_from_dtype(dtype: np.dtype) -> list[PointField]:
@@ -366,13 +304,8 @@ def _packed_le(columns: Mapping[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-def array_to_pointcloud2(
-    points: np.ndarray | Mapping[str, Any],
-    header: Header | None = None,
-    *,
-    frame_id: str | None = None,
-    stamp: Any = None,
-) -> PointCloud2:
+def array_to_pointcloud2(points: np.ndarray | Mapping[str, Any], header: Header | None = None, *,
+                         frame_id: str | None = None, stamp: Any = None) -> PointCloud2:
     """PointCloud2 (little endian, height 1, packed fields) from a structured array or a dict of columns.
 
     Columns are ``(N,)`` (count 1) or ``(N, k)`` (count k) of int8..uint32,
@@ -381,7 +314,6 @@ def array_to_pointcloud2(
     if isinstance(points, np.ndarray):
         if points.dtype.names is None:
             raise MessageEncodeError(f"points must be a structured array or a dict of columns, got {points.dtype}")
-        fields_from_dtype(points.dtype)  # validates the field types
         packed = _packed_le({name: points[name] for name in points.dtype.names})
     elif isinstance(points, Mapping):
         packed = _packed_le(points)
@@ -420,31 +352,21 @@ def _class_field_names() -> tuple[str, ...]:
 
 
 def labeled_cloud_dtype(probabilities: str = "none") -> np.dtype:
-    """The labelled cloud's point layout for a ``probabilities`` mode (docs/ros_node.md).
-
-    none: :data:`LABELED_CLOUD_DTYPE` (28 bytes). top3: + ``p_label1 p_label2
-    p_label3`` uint16 (offsets 28, 30, 32; 255 = not segmented) and ``p1 p2 p3``
-    float32 (36, 40, 44): the three most probable classes, most probable first,
-    and their probabilities; 48 bytes. all: + one float32 per class
-    (``p_wall`` at 28 ... ``p_otherfurniture`` at 104, class-index order); 108 bytes.
-    """
-    base = LABELED_CLOUD_DTYPE
-    names, formats, offsets = list(base.names), [base.fields[n][0] for n in base.names], \
-        [base.fields[n][1] for n in base.names]
+    """The labelled cloud's point layout for a ``probabilities`` mode: :data:`LABELED_CLOUD_DTYPE` plus, for
+    top3 / all, the fields of docs/ros_node.md, "Probability fields on ~/labeled_cloud"."""
     if probabilities == "none":
-        return base
+        return LABELED_CLOUD_DTYPE
     if probabilities == "top3":
-        names += ["p_label1", "p_label2", "p_label3", "p1", "p2", "p3"]
-        formats += ["<u2"] * 3 + ["<f4"] * 3
-        offsets += [28, 30, 32, 36, 40, 44]
-        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": 48})
-    if probabilities == "all":
-        per_class = _class_field_names()
-        names += list(per_class)
-        formats += ["<f4"] * len(per_class)
-        offsets += [28 + 4 * k for k in range(len(per_class))]
-        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": 28 + 4 * len(per_class)})
-    raise MessageEncodeError(f"probabilities must be none, top3 or all, got {probabilities!r}")
+        extra = zip(["p_label1", "p_label2", "p_label3", "p1", "p2", "p3"], ["<u2"] * 3 + ["<f4"] * 3,
+                    [28, 30, 32, 36, 40, 44])
+    elif probabilities == "all":
+        extra = ((name, "<f4", 28 + 4 * k) for k, name in enumerate(_class_field_names()))
+    else:
+        raise MessageEncodeError(f"probabilities must be none, top3 or all, got {probabilities!r}")
+    rows = [(name, *LABELED_CLOUD_DTYPE.fields[name]) for name in LABELED_CLOUD_DTYPE.names]  # (name, dtype, offset)
+    names, formats, offsets = zip(*rows, *extra)
+    return np.dtype({"names": list(names), "formats": list(formats), "offsets": list(offsets),
+                     "itemsize": offsets[-1] + 4})
 
 
 def probability_columns(probs: np.ndarray, segmented: np.ndarray, probabilities: str) -> dict[str, np.ndarray]:
@@ -494,20 +416,11 @@ def structured_to_pointcloud2(points: np.ndarray, header: Header | None = None, 
                        row_step=step * n, is_dense=dense, data=_to_byte_array(points))
 
 
-def make_labeled_cloud(
-    xyz: np.ndarray,
-    labels: np.ndarray,
-    colors: np.ndarray,
-    confidence: np.ndarray,
-    similarity: np.ndarray,
-    header: Header | None = None,
-    *,
-    frame_id: str | None = None,
-    stamp: Any = None,
-    extra: Mapping[str, np.ndarray] | None = None,
-    probabilities: str = "none",
-) -> PointCloud2:
-    """The node's output PointCloud2 (docs/design.md §3.7), :data:`LABELED_CLOUD_DTYPE` layout, 28 bytes a point.
+def make_labeled_cloud(xyz: np.ndarray, labels: np.ndarray, colors: np.ndarray, confidence: np.ndarray,
+                       similarity: np.ndarray, header: Header | None = None, *, frame_id: str | None = None,
+                       stamp: Any = None, extra: Mapping[str, np.ndarray] | None = None,
+                       probabilities: str = "none") -> PointCloud2:
+    """The node's output PointCloud2 (docs/design.md §3.7), :data:`LABELED_CLOUD_DTYPE` layout.
 
     xyz (N,3) metres; labels (N,) ints 0..65535 (stored uint16); colors either
     (N,3) uint8 RGB or (N,) packed rgb (float32 bits or uint32 ``0x00RRGGBB``);
@@ -532,27 +445,18 @@ def make_labeled_cloud(
         rgb = colors.astype(np.uint32).view(np.float32)
     else:
         raise MessageEncodeError(f"colors must be (N,3) uint8 or (N,) packed rgb, got {colors.dtype} {colors.shape}")
-    for name, col in (("colors", rgb), ("confidence", confidence), ("similarity", similarity)):
+    dtype, extra = labeled_cloud_dtype(probabilities), dict(extra or {})
+    extra_names = [name for name in dtype.names if name not in LABELED_CLOUD_DTYPE.names]
+    if sorted(extra) != sorted(extra_names):
+        raise MessageEncodeError(f"probabilities {probabilities!r} needs the columns {extra_names}, got {sorted(extra)}")
+    for name, col in (("colors", rgb), ("confidence", confidence), ("similarity", similarity), *extra.items()):
         if np.shape(col) != (n,):
             raise MessageEncodeError(f"{name} must have {n} entries, got shape {np.shape(col)}")
-    dtype = labeled_cloud_dtype(probabilities)
     cloud = np.zeros(n, dtype=dtype)
-    extra_names = [name for name in dtype.names if name not in LABELED_CLOUD_DTYPE.names]
-    if sorted(extra or {}) != sorted(extra_names):
-        raise MessageEncodeError(f"probabilities {probabilities!r} needs the columns {extra_names}, "
-                                 f"got {sorted(extra or {})}")
-    for name in extra_names:
-        col = np.asarray(extra[name])
-        if col.shape != (n,):
-            raise MessageEncodeError(f"{name} must have {n} entries, got shape {col.shape}")
+    cloud["x"], cloud["y"], cloud["z"] = xyz.T
+    cloud["rgb"], cloud["label"], cloud["confidence"], cloud["similarity"] = rgb, labels, confidence, similarity
+    for name, col in extra.items():
         cloud[name] = col
-    cloud["x"] = xyz[:, 0]
-    cloud["y"] = xyz[:, 1]
-    cloud["z"] = xyz[:, 2]
-    cloud["rgb"] = rgb
-    cloud["label"] = labels
-    cloud["confidence"] = confidence
-    cloud["similarity"] = similarity
     return structured_to_pointcloud2(cloud, header, frame_id=frame_id, stamp=stamp)
 
 
@@ -563,8 +467,7 @@ def labeled_cloud(xyz: np.ndarray, result: Any, header: Any, probabilities: str 
     xyz (N, 3) metres in the cloud's own frame; result: a SegmentResult
     (labels, confidence, s, and probs/segmented for ``probabilities`` top3 /
     all); header: the input cloud's (frame and stamp are kept); label_ids: the
-    ``label`` field's id space, ``index`` (0..19, 255 = not labelled) or
-    ``nyu40`` (0 = not labelled, as in saved PLY files).
+    ``label`` field's id space, ``index`` or ``nyu40`` (:mod:`safnet_ros.ros.label_info`).
     """
     labels = np.asarray(result.labels)
     mode = probabilities if result.probs is not None else "none"
@@ -679,14 +582,8 @@ def depth_to_metres(msg: Any) -> np.ndarray:
     return raw.astype(np.float32) * np.float32(0.001)
 
 
-def array_to_image(
-    arr: np.ndarray,
-    encoding: str,
-    header: Header | None = None,
-    *,
-    frame_id: str | None = None,
-    stamp: Any = None,
-) -> Image:
+def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None, *, frame_id: str | None = None,
+                   stamp: Any = None) -> Image:
     """sensor_msgs/Image (little endian, no row padding) from ``(H, W)`` / ``(H, W, C)`` pixels.
 
     The array's dtype must match the encoding (uint8 for rgb8, uint16 for
@@ -753,15 +650,11 @@ def camera_frame_id(depth: Any, info: Any) -> str:
 def decode_rgbd(rgb: Any, depth: Any, info: Any) -> RGBDFrame:
     """Decode a synchronised colour Image, depth Image and CameraInfo (the node's and segment-bag's one path).
 
-    The images may be sensor_msgs/CompressedImage instead (colour JPEG/PNG, depth compressedDepth).
-
-    Colour to RGB (any of :func:`image_to_rgb`'s encodings), depth to metres,
-    K from the CameraInfo, rescaled to the depth image when the CameraInfo's
-    width/height differ from it.  MessageDecodeError for a malformed message,
-    an image of width or height 0, an unusable K, or a depth image without any
-    valid (> 0) pixel (a view with no depth covers nothing).
+    The images may be CompressedImage instead. Colour to RGB, depth to metres, K from the CameraInfo,
+    rescaled to the depth image when the CameraInfo's width/height differ from it. MessageDecodeError for a
+    malformed message, an image of width or height 0, an unusable K, or a depth image without any valid
+    (> 0) pixel (a view with no depth covers nothing).
     """
-    # sensor_msgs/CompressedImage too (image_transport's compressed / compressedDepth, ros/compressed.py)
     color = compressed_to_rgb(rgb) if is_compressed(rgb) else image_to_rgb(rgb)
     depth_m = compressed_depth_to_metres(depth) if is_compressed(depth) else depth_to_metres(depth)
     for name, pixels in (("colour", color), ("depth", depth_m)):

@@ -1,35 +1,10 @@
-"""The ROS 2 Python libraries the node needs, real where installed, else small drop-ins.
+"""The ROS 2 Python libraries the node needs, real where installed, else small drop-ins (docs/ros_compat.md).
 
-A full ROS 2 install has ``message_filters``, ``tf2_ros`` (from the
-``tf2_ros_py`` package); a pip-only
-machine (ours: rclpy and message wheels, docs/design.md §3) has none of them.  This
-module imports each real library where it can and otherwise binds the same
-public names to a drop-in with the same call shape.  It only binds; each
-drop-in lives in its own module:
-
-=====================  ==========================================  ======================================
-name here              real library                                drop-in module
-=====================  ==========================================  ======================================
-Subscriber,            ``message_filters``                         :mod:`~safnet_ros.ros.filters`
-ApproximateTime-
-Synchronizer,
-TimeSynchronizer
-Buffer                 ``tf2_ros``                                 :mod:`~safnet_ros.ros.tf_buffer`
-the tf2 exceptions     ``tf2_ros``                                 :mod:`~safnet_ros.ros.tf_tree`
-TransformListener,     ``tf2_ros`` (``/tf``, ``/tf_static``)       :mod:`~safnet_ros.ros.tf_topics`
-TransformBroadcaster,                                              (``/tf`` with tf2_msgs/TFMessage where
-StaticTransform-                                                   it imports, else TransformStamped on
-Broadcaster                                                        ``/safnet/transforms``:
-                                                                   :mod:`~safnet_ros.ros.tf_path`)
-transform_to_matrix,   (no ROS equivalent)                         :mod:`~safnet_ros.ros.transforms`
-matrix_to_transform
-=====================  ==========================================  ======================================
-
-``HAVE_TF2`` and ``HAVE_MESSAGE_FILTERS`` say which path was taken (:func:`backends` gives one
-line for the node's log).  Setting ``SAFNET_FORCE_ROS_FALLBACK=1`` before the
-import uses the drop-ins even where the real libraries exist (for testing).
-The ``Fallback*`` classes are always importable from here too.  See
-docs/ros_compat.md.
+Binds the public names of ``message_filters`` and ``tf2_ros`` to the real library where it imports
+(and ``SAFNET_FORCE_ROS_FALLBACK=1`` is not set), else to the drop-in with the same call shape
+(:mod:`~safnet_ros.ros.filters`, :mod:`~safnet_ros.ros.tf_buffer`, :mod:`~safnet_ros.ros.tf_tree`,
+:mod:`~safnet_ros.ros.tf_topics`); ``HAVE_MESSAGE_FILTERS`` and ``HAVE_TF2`` say which. The
+``Fallback*`` classes are always importable from here too.
 """
 from __future__ import annotations
 
@@ -89,21 +64,11 @@ HAVE_TF2, (Buffer, TransformListener, TransformBroadcaster, StaticTransformBroad
                FallbackTimeoutException))
 
 
-def make_transform_listener(
-    buffer: Any,
-    node: Any,
-    *,
-    spin_thread: bool = False,
-    fallback_topic: str = DEFAULT_TF_TOPIC,
-    fallback_static_topic: str = DEFAULT_TF_STATIC_TOPIC,
-) -> Any:
-    """The listener of the active TF path (:func:`safnet_ros.ros.tf_path.active_tf_path`).
-
-    tf2_ros' TransformListener (``/tf``, ``/tf_static``) where tf2_ros exists;
-    else the drop-in on ``/tf`` and ``/tf_static`` where tf2_msgs/TFMessage
-    imports; else (last resort) the drop-in on the fallback TransformStamped
-    topics.
-    """
+def make_transform_listener(buffer: Any, node: Any, *, spin_thread: bool = False,
+                            fallback_topic: str = DEFAULT_TF_TOPIC,
+                            fallback_static_topic: str = DEFAULT_TF_STATIC_TOPIC) -> Any:
+    """The listener of the active TF path (:func:`safnet_ros.ros.tf_path.active_tf_path`): tf2_ros' where it
+    exists, else the drop-in on /tf (TFMessage) or, last resort, on the fallback TransformStamped topics."""
     path = active_tf_path()
     if HAVE_TF2 and path.name == "tf2_ros":
         return TransformListener(buffer, node, spin_thread=spin_thread)

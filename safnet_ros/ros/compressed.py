@@ -1,34 +1,14 @@
 """sensor_msgs/CompressedImage as image_transport sends it: JPEG / PNG colour and compressedDepth PNG depth.
 
-A real camera driver publishes its images three ways at once (image_transport):
-``<topic>`` (raw sensor_msgs/Image), ``<topic>/compressed`` (JPEG or PNG, the
-compressed_image_transport plugin) and, for depth, ``<topic>/compressedDepth``
-(the compressed_depth_image_transport plugin).  A 1296x968 RGB frame is 3.8 MB
-raw but ~300 KB as JPEG: at 30 Hz the compressed topics cost a small machine
-far less to receive, which leaves the CPU to inference (docs/benchmarks.md,
-"Real-size stream"), so the node can subscribe to them
-(``image_transport:=compressed``, docs/ros_node.md).
+Layouts as the image_transport_plugins write them (docs/ros_node.md, "Compressed images"): colour
+``<topic>/compressed`` holds a complete JPEG or PNG file (a standard image: it decodes to RGB as it
+stands), ``format`` ``"jpeg"`` / ``"png"`` or ``"<encoding>; <jpeg|png> compressed <bgr8|...>"``; depth
+``<topic>/compressedDepth`` holds a 12-byte ConfigHeader then a 16-bit PNG, ``format``
+``"<16UC1|32FC1>; compressedDepth[ png]"`` (the ``rvl`` variant is not supported).
 
-Layouts, as the image_transport_plugins C++ code writes them:
-
-* **Colour** (``<topic>/compressed``): ``data`` is a complete JPEG or PNG file;
-  ``format`` is ``"jpeg"`` / ``"png"`` or image_transport's
-  ``"<encoding>; <jpeg|png> compressed <bgr8|mono8|...>"``.  The file itself is a
-  standard image (the plugin hands OpenCV BGR pixels, which OpenCV writes as a
-  normal colour file), so it decodes to RGB as it stands.
-* **Depth** (``<topic>/compressedDepth``): ``format`` is
-  ``"<16UC1|32FC1>; compressedDepth png"`` (older publishers: ``"...;
-  compressedDepth"``); ``data`` is a 12-byte ConfigHeader (int32 ``format``,
-  float32 ``depthParam[2]``, little endian) followed by a 16-bit single-channel
-  PNG.  16UC1: the PNG holds millimetres (0 = no return).  32FC1: the PNG holds
-  quantised inverse depth ``q``; metres = ``depthParam[0] / (q - depthParam[1])``,
-  ``q == 0`` = no return.  The ``rvl`` variant is not supported.
-
-Decoders return what :mod:`safnet_ros.ros.codecs` returns for raw images
-((H, W, 3) uint8 RGB; (H, W) float32 metres with 0 = invalid) and raise
-:class:`~safnet_ros.errors.MessageDecodeError` with one line saying what is
-wrong; encoders (for bags and tests) raise :class:`MessageEncodeError`.  They
-are duck-typed (rclpy and rosbags messages alike) and import no rclpy.
+Decoders return what :mod:`safnet_ros.ros.codecs` returns for raw images and raise
+:class:`~safnet_ros.errors.MessageDecodeError` in one line; the encoders (bags, tests) raise
+:class:`MessageEncodeError`. Duck-typed (rclpy and rosbags messages alike); no rclpy.
 """
 from __future__ import annotations
 
@@ -41,20 +21,9 @@ from PIL import Image, UnidentifiedImageError
 
 from safnet_ros.errors import MessageDecodeError, MessageEncodeError
 
-__all__ = [
-    "COMPRESSED_SUFFIX",
-    "COMPRESSED_DEPTH_SUFFIX",
-    "COLOR_JPEG_FORMAT",
-    "COLOR_PNG_FORMAT",
-    "DEPTH_PNG_FORMAT",
-    "CONFIG_HEADER",
-    "is_compressed",
-    "compressed_topics",
-    "compressed_to_rgb",
-    "compressed_depth_to_metres",
-    "encode_color",
-    "encode_depth_mm",
-]
+__all__ = ["COMPRESSED_SUFFIX", "COMPRESSED_DEPTH_SUFFIX", "COLOR_JPEG_FORMAT", "COLOR_PNG_FORMAT", "DEPTH_PNG_FORMAT",
+           "CONFIG_HEADER", "is_compressed", "compressed_topics", "compressed_to_rgb", "compressed_depth_to_metres",
+           "encode_color", "encode_depth_mm"]
 
 #: image_transport's topic suffixes: ``<base>/compressed`` and ``<base>/compressedDepth``.
 COMPRESSED_SUFFIX = "compressed"
@@ -165,9 +134,8 @@ def _depth_layout(fmt: str, what: str) -> str:
 def compressed_depth_to_metres(msg: Any) -> np.ndarray:
     """A compressedDepth sensor_msgs/CompressedImage as ``(H, W)`` float32 metres; 0 marks invalid pixels.
 
-    16UC1: the PNG's millimetres / 1000.  32FC1: inverse-depth dequantisation
-    with the header's depthParam (see the module docstring); non-finite or
-    non-positive depths become 0.
+    16UC1: the PNG's millimetres / 1000.  32FC1: the PNG holds quantised inverse depth ``q``, metres =
+    ``depthParam[0] / (q - depthParam[1])`` (q == 0: no return); non-finite or non-positive depths become 0.
     """
     what = "CompressedImage (compressedDepth)"
     encoding = _depth_layout(str(msg.format), what)

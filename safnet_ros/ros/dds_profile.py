@@ -1,20 +1,8 @@
-"""The Fast DDS profile for full-size RGB-D streams (``config/fastdds_large_data.xml``).
-
-Fast DDS, ROS 2's default middleware, moves messages between processes of one
-host through a shared-memory segment per participant, 512 KiB by default. Full-
-size frames (a 1296x968 JPEG and a 640x480 PNG depth, ~0.65 MB; raw, 4.4 MB) do
-not fit beside the ones readers still hold, so on a loaded machine the writer
-recycles buffers before the readers took them: images and clouds are lost, and a
-reliable ``/tf`` sample lost this way holds back every later transform until the
-writer's next heartbeat (every 3 s). The shipped profile gives a participant a
-16 MiB segment (docs/ros_node.md, "Full-size camera streams"; measured in
-docs/benchmarks.md, "Real-size stream").
-
-What matters is the profile of the process that *writes* the large messages:
-the camera driver (or a bag player) for the inputs, the node for its labelled
-clouds. Fast DDS reads ``FASTDDS_DEFAULT_PROFILES_FILE`` when a process creates
-its participant (``rclpy.init``), so :func:`use_large_data_profile` must run
-before that.
+"""The Fast DDS profile for full-size RGB-D streams (``config/fastdds_large_data.xml``: a 16 MiB
+shared-memory segment per participant instead of 512 KiB; why: docs/ros_node.md, "Full-size camera
+streams"). It matters in the process that *writes* the large messages. Fast DDS reads
+``FASTDDS_DEFAULT_PROFILES_FILE`` when ``rclpy.init`` creates the participant, so
+:func:`use_large_data_profile` must run before that.
 """
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""One log line at configure naming the device SAFNet runs on: the GPU's name and memory, or the CPU.
-
-docs/gpu.md tells how to get a CUDA build of torch (x86 and Jetson); this line is how a user sees that it
-worked, e.g. ``inference device: cuda:0 = NVIDIA H100 80GB HBM3, 79.1 GiB (torch 2.x+cu12y, CUDA 12.y)``.
-"""
+"""One log line at configure naming the device SAFNet runs on (the GPU's name and memory, or the CPU):
+how a user sees that a CUDA build of torch (docs/gpu.md) works."""
 from __future__ import annotations
 
 import os

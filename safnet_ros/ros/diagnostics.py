@@ -1,17 +1,7 @@
-"""The node's health on ``/diagnostics`` (diagnostic_msgs/DiagnosticArray).
+"""The node's health on ``/diagnostics`` (diagnostic_msgs/DiagnosticArray; keys and levels: docs/ros_node.md).
 
-:class:`NodeStats` gathers counters and latencies from the node's threads
-(executor callbacks and the inference worker) under one lock;
-:func:`stats_to_diagnostics` turns a snapshot into one DiagnosticStatus, so
-``rqt_runtime_monitor`` / ``ros2 topic echo /diagnostics`` show:
-
-latency (last / mean / max over the window, cloud received to labeled cloud
-published, seconds), rate (labeled clouds per second over the window), drops
-(clouds replaced in the latest-wins mailbox), buffer size (views, MiB), device,
-decode errors, TF failures, views offered/kept, time jumps, worker errors.
-
-Level: OK; WARN when, since the previous report, messages were undecodable,
-transforms were missing or clouds were dropped; ERROR when the worker raised.
+:class:`NodeStats` gathers counters and latencies from the node's threads under one lock;
+:func:`stats_to_diagnostics` turns a snapshot into one DiagnosticStatus.
 """
 from __future__ import annotations
 
@@ -70,7 +60,6 @@ class NodeStats:
         self._latencies: deque[tuple[float, float]] = deque()  # (when, seconds)
         self._last_latency = float("nan")
         self._reported: dict[str, int] = dict(self.counters)
-        self._ever_error = False
         self._frame_costs: deque[float] = deque(maxlen=1000)  # seconds per synchronised-frame callback
 
     def count(self, name: str, n: int = 1) -> None:
@@ -117,14 +106,10 @@ class NodeStats:
             else:
                 rate = 0.0
             return StatsSnapshot(
-                counters=dict(self.counters),
-                latency_last=self._last_latency,
+                counters=dict(self.counters), latency_last=self._last_latency,
                 latency_mean=sum(lat) / len(lat) if lat else float("nan"),
-                latency_max=max(lat) if lat else float("nan"),
-                rate_hz=rate,
-                buffer_views=int(buffer_views),
-                buffer_mib=buffer_bytes / (1024.0 * 1024.0),
-                device=str(device),
+                latency_max=max(lat) if lat else float("nan"), rate_hz=rate, buffer_views=int(buffer_views),
+                buffer_mib=buffer_bytes / (1024.0 * 1024.0), device=str(device),
                 extra={**self._frame_report_locked(), **{k: str(v) for k, v in (extra or {}).items()}},
             )
 
@@ -159,18 +144,11 @@ def stats_to_diagnostics(snap: StatsSnapshot, grown: dict[str, int], stamp: Any,
             if status.level == DiagnosticStatus.OK:
                 status.level = DiagnosticStatus.WARN
     status.message = "; ".join(problems) if problems else "segmenting"
-    values = [
-        ("latency_last_s", _fmt(snap.latency_last)),
-        ("latency_mean_s", _fmt(snap.latency_mean)),
-        ("latency_max_s", _fmt(snap.latency_max)),
-        ("rate_hz", _fmt(snap.rate_hz, 3)),
-        ("buffer_views", str(snap.buffer_views)),
-        ("buffer_mib", _fmt(snap.buffer_mib, 2)),
-        ("device", snap.device),
-    ]
-    values += [(key, str(value)) for key, value in snap.counters.items()]
-    values += list(snap.extra.items())
-    status.values = [KeyValue(key=k, value=v) for k, v in values]
+    values = {"latency_last_s": _fmt(snap.latency_last), "latency_mean_s": _fmt(snap.latency_mean),
+              "latency_max_s": _fmt(snap.latency_max), "rate_hz": _fmt(snap.rate_hz, 3),
+              "buffer_views": str(snap.buffer_views), "buffer_mib": _fmt(snap.buffer_mib, 2), "device": snap.device,
+              **{key: str(value) for key, value in snap.counters.items()}, **snap.extra}
+    status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
     msg = DiagnosticArray(status=[status])
     msg.header.stamp = stamp
     return msg

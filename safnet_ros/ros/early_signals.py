@@ -1,12 +1,8 @@
 """Ctrl-C or SIGTERM while the node's process is still importing Python modules: one line, exit status 0.
 
-``python -m safnet_ros.ros.segment_node`` and ``ros2 run safnet_ros segment_node`` spend their first
-second importing numpy, rclpy and the package before ``main`` runs; a signal there would otherwise be a
-KeyboardInterrupt traceback (SIGINT) or death by signal (SIGTERM). The package's ``__init__`` installs
-:func:`exit_early` for both signals when the process is the node (judged from ``sys.orig_argv``);
-nothing exists yet that could be left behind (no ROS context, no file), so it writes the line and ends
-the process. ``main`` hands the signals back to the normal shutdown path (ros/shutdown.py) before
-``rclpy.init``. No rclpy here: this runs for every import of the package.
+The package's ``__init__`` installs :func:`exit_early` for both signals when the process is the node;
+nothing exists yet that could be left behind, so it writes the line and ends the process. ``main``
+hands the signals back to ros/shutdown.py before ``rclpy.init``. No rclpy: this runs on every import.
 """
 from __future__ import annotations
 
@@ -35,10 +31,16 @@ def install() -> None:
         signal.signal(signal.SIGTERM, exit_early)
 
 
-def exit_early(signum: int, frame: Any) -> None:
-    print("[INFO] [safnet_segment]: shutdown requested (SIGINT/SIGTERM) while loading Python modules: exiting",
+def exit_line(node_name: str, stage: str) -> int:
+    """Write the one line of a requested shutdown during ``stage``; returns exit status 0. Printed: a ROS
+    logger would add rcl's "Failed to publish log message to rosout" (the context is shut down)."""
+    print(f"[INFO] [{node_name}]: shutdown requested (SIGINT/SIGTERM) while {stage}: exiting",
           file=sys.stderr, flush=True)
-    os._exit(0)
+    return 0
 
 
-__all__ = ["NODE_MODULE", "node_program", "install", "exit_early"]
+def exit_early(signum: int, frame: Any) -> None:
+    os._exit(exit_line("safnet_segment", "loading Python modules"))
+
+
+__all__ = ["NODE_MODULE", "node_program", "install", "exit_line", "exit_early"]

@@ -45,7 +45,6 @@ class FallbackSubscriber(FallbackSimpleFilter):
         super().__init__()
         self.node = node
         self.topic = topic
-        self.msg_type = msg_type
         self.sub = node.create_subscription(msg_type, topic, self.callback, qos_profile, **kwargs)
 
     def callback(self, msg: Any) -> None:
@@ -64,40 +63,14 @@ class FallbackSubscriber(FallbackSimpleFilter):
 class FallbackApproximateTimeSynchronizer(FallbackSimpleFilter):
     """message_filters.ApproximateTimeSynchronizer: match messages whose stamps lie within ``slop``.
 
-    The policy of ROS 2's Python ``message_filters`` (Jazzy, Kilted), so a set
-    is emitted here exactly when the real filter would emit it:
-
-    * one queue per input keyed by stamp, at most ``queue_size`` messages (the
-      oldest stamp is dropped); a second message with the same stamp on one
-      input replaces the first;
-    * only the message that just arrived anchors a search: from every other
-      input the messages within ``slop`` of it (``|dt| <= slop``) are ordered
-      by their distance to it (ties: the one that arrived first), and the
-      combinations are tried in that order (input order, the first input
-      varying slowest);
-    * the first combination whose spread is **strictly** below ``slop``
-      (``max - min < slop``) is emitted (callback ``cb(msg_0, ...,
-      msg_{n-1}, *args)`` in input order) and its members leave their queues;
-      **older unmatched messages stay** (until the queue bound pushes them
-      out), so a late partner can still match them. ``slop`` 0 never matches.
-
-    Dropped messages (queue bound, replaced stamps, headerless) are counted in
-    ``num_dropped``, emitted sets in ``num_emitted``.  Thread safe: ``add``
-    runs under ``self.lock`` and so do the callbacks (docs/design.md §3.5: callbacks must
-    only enqueue work and return).  Headerless messages are stamped with the
-    wall clock when ``allow_headerless`` is True, else dropped and counted in
-    ``num_headerless``.  ``reset=True`` (a safnet extra; off like the real
-    filter) clears the queues when an input's time jumps back (a bag looping).
+    Emits exactly the sets ROS 2's Python ``message_filters`` (Jazzy, Kilted) emits; the policy, the
+    counters and ``reset`` (a safnet extra: clear the queues when an input's stamps go back):
+    docs/ros_compat.md, "message_filters drop-in". Thread safe: ``add`` and the callbacks run under
+    ``self.lock``. Headerless messages are stamped with the wall clock when ``allow_headerless``.
     """
 
-    def __init__(
-        self,
-        fs: Sequence[Any],
-        queue_size: int,
-        slop: float,
-        allow_headerless: bool = False,
-        reset: bool = False,
-    ) -> None:
+    def __init__(self, fs: Sequence[Any], queue_size: int, slop: float, allow_headerless: bool = False,
+                 reset: bool = False) -> None:
         super().__init__()
         if int(queue_size) < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -108,24 +81,17 @@ class FallbackApproximateTimeSynchronizer(FallbackSimpleFilter):
         self.allow_headerless = bool(allow_headerless)
         self.reset = bool(reset)
         self.lock = threading.RLock()
-        self.num_dropped = 0
-        self.num_emitted = 0
-        self.num_headerless = 0
-        self.num_resets = 0
-        #: per input: (stamp ns, message) sorted by stamp
-        self.queues: list[list[tuple[int, Any]]] = []
-        self._arrival: list[dict[int, int]] = []  # per input: stamp -> arrival number (tie order)
+        self.num_dropped = self.num_emitted = self.num_headerless = self.num_resets = 0
         self._next_arrival = itertools.count()
-        self._latest: list[int | None] = []
-        self.input_connections: list[int] = []
         self.connectInput(fs)
 
     def connectInput(self, fs: Sequence[Any]) -> None:  # noqa: N802 (ROS name)
         """Listen to the filters ``fs`` (one queue each, in order)."""
         with self.lock:
-            self.queues = [[] for _ in fs]
-            self._arrival = [{} for _ in fs]
-            self._latest = [None for _ in fs]
+            #: per input: (stamp ns, message) sorted by stamp
+            self.queues: list[list[tuple[int, Any]]] = [[] for _ in fs]
+            self._arrival: list[dict[int, int]] = [{} for _ in fs]  # per input: stamp -> arrival number (ties)
+            self._latest: list[int | None] = [None for _ in fs]
             self.input_connections = [f.registerCallback(self.add, i) for i, f in enumerate(fs)]
 
     def _stamp(self, msg: Any) -> int | None:

@@ -1,24 +1,10 @@
-"""Silent inputs on /diagnostics: a mis-wired node must not look healthy.
+"""Silent inputs on /diagnostics: a mis-wired node must not look healthy (docs/ros_node.md, "/diagnostics").
 
-A node whose cloud topic is remapped to nowhere, whose camera never delivers
-a synchronised (rgb, depth, camera_info) set, or whose clouds never find a
-transform into ``fixed_frame`` publishes nothing and raises no error. This
-watchdog turns that silence into a WARN on /diagnostics (and a throttled
-warning in the log) naming the input, its topic and how long it has been
-silent, once ``input_timeout`` seconds passed without it.
-
-It reads the node's own counters (:class:`~safnet_ros.ros.diagnostics.NodeStats`),
-so it needs no hook in the callbacks:
-
-- ``cloud``: ``clouds_received`` grew;
-- ``rgbd``: ``frames_synced`` grew (a matched set, whatever happened next);
-  with several cameras (the ``cameras`` parameter) one input ``rgbd.N`` per
-  camera N, judged by ``frames_synced.N``, so the silent camera is named;
-- ``transform``: a cloud or view found its pose (``clouds_segmented``,
-  ``views_kept``, ``views_not_keyframe`` grew). Judged only while clouds or
-  sets arrive: without any input the missing input is the news.
-
-The clock starts at activation; ``input_timeout`` 0 turns the watchdog off.
+A cloud topic remapped to nowhere, a camera that never delivers a synchronised set or clouds that never
+find a transform raise no error; after ``input_timeout`` seconds (0 = off) without an input this turns
+the silence into a WARN naming it. It reads the node's own counters (:data:`EVIDENCE`; one ``rgbd.N``
+input per camera N of ``cameras``), so it needs no hook in the callbacks. ``transform`` is judged only
+while clouds or sets arrive: without any input, the missing input is the news.
 """
 from __future__ import annotations
 
@@ -46,10 +32,9 @@ def camera_evidence(cameras: list[str]) -> dict[str, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class Silence:
-    """One input that has been silent for ``seconds`` (since activation or its last arrival)."""
+    """One silent input: its name and the words naming it and how long it has been silent."""
 
     name: str
-    seconds: float
     text: str
 
 
@@ -101,8 +86,8 @@ class InputWatchdog:
             what = {"cloud": "no PointCloud2", "rgbd": "no synchronised RGB-D set",
                     "transform": "no transform"}[kind] + (f" from camera '{camera}'" if camera else "")
             when = "since the last one" if self._ever[name] else "since activation"
-            out.append(Silence(name, seconds, f"{what} {self.describe.get(name, '')} for {seconds:.0f} s ({when})"
-                                              .replace("  ", " ")))
+            out.append(Silence(name, f"{what} {self.describe.get(name, '')} for {seconds:.0f} s ({when})"
+                                     .replace("  ", " ")))
         return out
 
 
@@ -120,12 +105,11 @@ def mark_silent(status: DiagnosticStatus, silences: list[Silence]) -> None:
 
 
 def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str,
-                    camera_topics: Optional[dict[str, tuple[str, ...]]] = None) -> dict[str, str]:
+                    camera_topics: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """Words naming each input of the node: its resolved topics and the transform's target frame.
 
-    camera_topics: camera name -> its (rgb, depth, camera_info) topics, as the node's ``camera_topics()``
-    gives them ({'': ...} or None = the single camera of the ``*_topic`` parameters: input ``rgbd``;
-    else one input ``rgbd.N`` per camera N).
+    camera_topics: the node's ``camera_topics()`` ({'': ...}: the single camera, input ``rgbd``; else one
+    input ``rgbd.N`` per camera N).
     """
     def resolve(name: str) -> str:
         try:
@@ -133,8 +117,6 @@ def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str,
         except Exception:  # noqa: BLE001 - an unresolvable name is shown as given
             return name
 
-    if camera_topics is None:
-        camera_topics = {"": (str(param("rgb_topic")), str(param("depth_topic")), str(param("camera_info_topic")))}
     out = {"cloud": f"on {resolve(str(param('cloud_topic')))}"}
     for camera, topics in camera_topics.items():
         out[f"rgbd.{camera}" if camera else "rgbd"] = "on " + ", ".join(resolve(str(t)) for t in topics)

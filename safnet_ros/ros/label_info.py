@@ -1,30 +1,21 @@
 """What the node's label ids mean: the latched ``~/label_info`` (vision_msgs/msg/LabelInfo) and ``label_ids``.
 
-``label_ids`` picks the id space of every label the node publishes (docs/ros_node.md, "Labels"):
-
-- ``index`` (default): class indices 0..19 of the 20 ScanNet classes in nyu40-id order (wall = 0 ...
-  otherfurniture = 19), 255 = not labelled. What the model outputs and the training labels use.
-- ``nyu40``: the classes' nyu40 ids (wall = 1 ... otherfurniture = 39), 0 = not labelled; the ids of
-  ScanNet's ``.labels.ply`` and of the PLY files ``~/save_map`` writes, so the topic, the map and the
-  saved files then carry the same numbers.
-
-``~/label_info`` is published once at configure with transient-local durability (a late subscriber gets
-it, like a latched topic): ``class_map`` lists every id the node writes, the unlabelled one included, and
-``threshold`` is 0.0 because the node applies none (every segmented point gets its most probable class;
-its confidence is a field of ``~/labeled_cloud``). The message type is ROS 2's vision_msgs, or the
-project's own copy generated at setup from interfaces/vision_msgs (scripts/build_tf2_msgs.sh), whose type
-hash equals ROS 2's; where neither imports the topic is left out with one log line.
+``label_ids`` picks the id space of every label the node publishes: ``index`` (class indices 0..19, 255 =
+not labelled) or ``nyu40`` (0 = not labelled, as in the saved PLY files); docs/ros_node.md. ``~/label_info``
+lists every id written, the unlabelled one included, with ``threshold`` 0 (the node applies none). Its
+type is ROS 2's vision_msgs or the copy generated at setup (scripts/build_tf2_msgs.sh, same type hash);
+where neither imports the topic is left out with one log line.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any, Optional
 
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
 from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, LABEL_SPACES, NUM_CLASSES, NYU40_IDS
 from safnet_ros.errors import ConfigError
+from safnet_ros.ros.tf_topics import reliable_qos
 
 #: Id of a point that was not labelled, per label space.
 UNLABELLED_ID: dict[str, int] = {"index": IGNORE_INDEX, "nyu40": 0}
@@ -55,19 +46,15 @@ def label_info_class() -> Optional[Any]:
         return None
 
 
-def make_label_info(space: str, header: Any = None) -> Any:
+def make_label_info(space: str, header: Any) -> Any:
     """A LabelInfo message for ``space`` (requires vision_msgs)."""
     msgs = importlib.import_module("vision_msgs.msg")
-    msg = msgs.LabelInfo()
-    if header is not None:
-        msg.header = header
-    msg.class_map = [msgs.VisionClass(class_id=i, class_name=name) for i, name in class_map(space)]
-    msg.threshold = float(THRESHOLD)
-    return msg
+    return msgs.LabelInfo(header=header, threshold=float(THRESHOLD), class_map=[
+        msgs.VisionClass(class_id=i, class_name=name) for i, name in class_map(space)])
 
 
-#: Transient local and reliable: subscribers that come later still get the one message.
-LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: Transient local and reliable, depth 1: subscribers that come later still get the latest message.
+LATCHED_QOS = reliable_qos(1, True)
 
 
 class LabelInfoPublisher:

@@ -1,26 +1,11 @@
-"""RViz markers for the node: similarity-coloured points and camera frustums.
+"""RViz markers for the node: similarity-coloured points and camera frustums (docs/ros_node.md, "Markers").
 
-``similarity_markers(...)`` returns one visualization_msgs/MarkerArray:
-
-* ``DELETEALL`` first (so frustums of views no longer used disappear);
-* namespace ``similarity``, id 0: a POINTS marker with every ``stride``-th
-  segmented point, coloured by S, S_geo or S_con through a blue-cyan-green-
-  yellow-red ramp over a fixed range per source (:data:`SIMILARITY_RANGES`), so
-  colours mean the same thing from cloud to cloud; points with no value (not
-  segmented) are left out;
-* namespace ``frustums``, id i: a LINE_LIST pyramid per view used (camera
-  centre to the four image corners at ``frustum_depth`` metres, plus the
-  far rectangle).
-
-Marker messages hold one geometry_msgs/Point per point, so building them costs
-a Python object per point (and converting them for DDS another pass): ~75 ms
-for the 6k points of a 25k-point cloud at ``stride`` 4, holding the GIL.
-``similarity_markers_cdr(...)`` gives the same MarkerArray already serialised
-(CDR, for ``Publisher.publish(bytes)``), its points and colours written as
-arrays into the bytes of a one-point template: ~1 ms, byte for byte what
-serialising ``similarity_markers(...)`` gives (tested). ``stride`` (parameter
-``marker_stride``) and ``max_points`` bound the size, and the node skips the
-markers when nobody subscribes.
+``similarity_markers(...)`` returns one MarkerArray: ``DELETEALL``, a POINTS marker (namespace
+``similarity``) of every ``stride``-th segmented point coloured over a fixed range per source
+(:data:`SIMILARITY_RANGES`, so colours mean the same from cloud to cloud), and a LINE_LIST frustum per
+view (namespace ``frustums``). A Marker holds one Python object per point, so
+``similarity_markers_cdr(...)`` writes the points and colours as arrays into the CDR bytes of a
+one-point template instead: byte for byte what serialising ``similarity_markers(...)`` gives (tested).
 """
 from __future__ import annotations
 
@@ -116,17 +101,9 @@ def _marker_array(header: Header, xyz: np.ndarray, rgb: np.ndarray, point_size: 
     return out
 
 
-def similarity_markers(
-    header: Header,
-    points: np.ndarray,
-    similarity: np.ndarray,
-    source: str = "s",
-    stride: int = 4,
-    max_points: int = 20000,
-    point_size: float = 0.02,
-    views: Sequence[Any] = (),
-    frustum_depth: float = 0.4,
-) -> MarkerArray:
+def similarity_markers(header: Header, points: np.ndarray, similarity: np.ndarray, source: str = "s", stride: int = 4,
+                       max_points: int = 20000, point_size: float = 0.02, views: Sequence[Any] = (),
+                       frustum_depth: float = 0.4) -> MarkerArray:
     """The MarkerArray described in the module docstring.
 
     header: frame and stamp for every marker (``points`` and the views' poses
@@ -144,18 +121,9 @@ _SENTINEL_RGB = np.array([[1.17549435e-38 * 3, -1.17549435e-38 * 5, 1.17549435e-
 _CDR_LE = b"\x00\x01"  # the encapsulation header of little-endian CDR
 
 
-def similarity_markers_cdr(
-    serialize: Callable[[Any], bytes],
-    header: Header,
-    points: np.ndarray,
-    similarity: np.ndarray,
-    source: str = "s",
-    stride: int = 4,
-    max_points: int = 20000,
-    point_size: float = 0.02,
-    views: Sequence[Any] = (),
-    frustum_depth: float = 0.4,
-) -> bytes:
+def similarity_markers_cdr(serialize: Callable[[Any], bytes], header: Header, points: np.ndarray,
+                           similarity: np.ndarray, source: str = "s", stride: int = 4, max_points: int = 20000,
+                           point_size: float = 0.02, views: Sequence[Any] = (), frustum_depth: float = 0.4) -> bytes:
     """:func:`similarity_markers` serialised, for ``Publisher.publish(bytes)``; ``serialize`` is
     ``rclpy.serialization.serialize_message`` (passed in: this module needs no rclpy).
 

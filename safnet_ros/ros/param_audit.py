@@ -1,16 +1,9 @@
 """Parameters given to the node that it does not declare: a WARN naming each and the closest known name.
 
-rclpy ignores an override for a parameter nobody declares, so ``-p cloud_topc:=/lidar/points`` (a typo)
-silently leaves the node on its default topic. This module reads what the user gave, from the command
-line's ``--ros-args`` sections (``-p``/``--param name:=value`` and ``--params-file FILE``, the way ``ros2
-run`` and launch_ros pass them), and compares the names with the node's declared parameters
-(``Node.list_parameters``, public API). Each unknown name draws one warning with the closest declared name
-(difflib); all of them are reported at once, at start-up, before the model loads.
-
-Which arguments: the node's own ``cli_args`` and the process's global arguments, which are ``sys.argv``
-unless :func:`set_global_args` recorded the list given to ``rclpy.init`` (the node's ``main`` does).
-Parameter files are read as rcl reads them: the top-level keys are node names or patterns (``/**``,
-``/*/name``, ``name``) matched against the node's full name, their ``ros__parameters`` flattened with dots.
+rclpy ignores an override nobody declares, so ``-p cloud_topc:=...`` (a typo) would silently leave the
+node on its default. The names given in the ``--ros-args`` sections (``-p`` and ``--params-file``, read
+as rcl reads them) of the node's ``cli_args`` and the global arguments (``sys.argv``, or the list
+:func:`set_global_args` recorded for ``rclpy.init``) are compared with the declared ones at start-up.
 """
 from __future__ import annotations
 
@@ -35,9 +28,6 @@ def set_global_args(args: Optional[Sequence[str]]) -> None:
     global _global_args
     _global_args = None if args is None else list(args)
 
-
-def global_args() -> list[str]:
-    return list(sys.argv if _global_args is None else _global_args)
 
 
 def ros_args(argv: Iterable[str]) -> list[str]:
@@ -112,17 +102,6 @@ def given_parameters(argv: Iterable[str], fqn: str) -> dict[str, str]:
     return given
 
 
-def undeclared(given: dict[str, str], declared: Iterable[str]) -> list[tuple[str, str, Optional[str]]]:
-    """(name, where given, closest declared name or None) for each given name the node does not declare."""
-    known = sorted(set(declared))
-    out = []
-    for name, where in given.items():
-        if name in known or name.startswith(_IGNORED_PREFIXES):
-            continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        out.append((name, where, close[0] if close else None))
-    return out
-
 
 def warn_undeclared(node: Any, cli_args: Optional[Sequence[str]] = None,
                     will_declare: Iterable[str] = ()) -> list[str]:
@@ -131,14 +110,16 @@ def warn_undeclared(node: Any, cli_args: Optional[Sequence[str]] = None,
     will_declare: names the node is about to declare (so the check can run before they are, and
     undeclared names are reported even when a bad value stops the node right after).
     """
-    declared = list(node.list_parameters([], 0).names) + list(will_declare)
-    argv = global_args() + list(cli_args or [])
+    known = sorted({*node.list_parameters([], 0).names, *will_declare})
+    argv = list(sys.argv if _global_args is None else _global_args) + list(cli_args or [])
     lines = []
-    for name, where, close in undeclared(given_parameters(argv, node.get_fully_qualified_name()), declared):
-        hint = f"; did you mean '{close}'?" if close else ""
+    for name, where in given_parameters(argv, node.get_fully_qualified_name()).items():
+        if name in known or name.startswith(_IGNORED_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
         lines.append(f"parameter '{name}' ({where}) is not a parameter of this node and is ignored{hint}")
-    for line in lines:
-        node.get_logger().warning(line)
+        node.get_logger().warning(lines[-1])
     return lines
 
 
@@ -162,5 +143,5 @@ class ParameterErrors:
             raise error_type("; ".join(self.errors))
 
 
-__all__ = ["ParameterErrors", "set_global_args", "global_args", "ros_args", "node_pattern_matches", "params_file_names",
-           "given_parameters", "undeclared", "warn_undeclared"]
+__all__ = ["ParameterErrors", "set_global_args", "ros_args", "node_pattern_matches", "params_file_names",
+           "given_parameters", "warn_undeclared"]

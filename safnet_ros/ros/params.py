@@ -1,17 +1,8 @@
-"""Every parameter of the ``safnet_segment`` node, in one table (the semantic map's included).
+"""Every parameter of the ``safnet_segment`` node, in one table (the semantic map's included; no rclpy).
 
-Each :class:`Param` has its name, default (which fixes its type), range or
-choices, description and whether it may change while the node runs.  The node
-declares its parameters from :data:`PARAMETERS` and checks every value with
-:func:`check_value`; ``config/segment.yaml`` and the parameter table of
-``docs/ros_node.md`` are generated from it, and a test fails when they drift::
-
-    python -m safnet_ros.ros.params --yaml > config/segment.yaml
-    python -m safnet_ros.ros.params --markdown   # the rows between the params markers of docs/ros_node.md
-    python -m safnet_ros.ros.params --write      # both files in place
-
-Adding a parameter is one entry here (plus the code that reads it).  No rclpy
-import: the table is plain data.
+The node declares its parameters from :data:`PARAMETERS` and checks every value with :func:`check_value`;
+``config/segment.yaml`` and the table of ``docs/ros_node.md`` are generated from it (a test fails when they
+drift): ``python -m safnet_ros.ros.params --write``. Adding a parameter is one entry here.
 """
 from __future__ import annotations
 
@@ -87,20 +78,16 @@ PARAMETERS: tuple[Param, ...] = (
     P("image_transport", "raw", "How the images arrive (image_transport's names): raw = sensor_msgs/Image on "
       "rgb_topic and depth_topic; compressed = sensor_msgs/CompressedImage on <rgb_topic>/compressed (JPEG or "
       "PNG) and <depth_topic>/compressedDepth (16UC1/32FC1 PNG), decoded only for frames kept as views. For "
-      "every camera of 'cameras' alike. Full-size frames at 30 Hz cost the node far less to receive compressed "
-      "(docs/benchmarks.md, 'Real-size stream').",
-      choices=("raw", "compressed")),
+      "every camera of 'cameras' alike.", choices=("raw", "compressed")),
     P("model", "", "Model checkpoint file; '' = the shipped default model models/safnet_lite_synth.pt "
       "(docs/model_card.md; an untrained lite model with a loud warning where it is missing)."),
     P("device", "auto", "auto | cpu | cuda[:N]. auto = CUDA when present, else the CPU (one log line); cuda "
       "requested but absent = the CPU with a warning."),
     P("preset", "", "Expected model preset (lite | paper); '' = whatever the checkpoint holds. A checkpoint of "
       "another preset is refused."),
-    P("precision", "auto", "Inference precision: auto = bf16 on a CUDA device with bf16, fp32 elsewhere (on a "
-      "CPU, even with AVX512-BF16, a live stream came back slower at bf16: docs/benchmarks.md) | fp32 | bf16 "
-      "(torch.autocast; labels agree with fp32 on >= 99 % of points) | fp16 (CUDA only). The startup log names "
-      "the one in use.",
-      choices=("auto", "fp32", "bf16", "fp16")),
+    P("precision", "auto", "Inference precision: auto = bf16 on a CUDA device with bf16, fp32 elsewhere (CPU "
+      "timings: docs/benchmarks.md) | fp32 | bf16 (torch.autocast) | fp16 (CUDA only). The startup log names "
+      "the one in use.", choices=("auto", "fp32", "bf16", "fp16")),
     P("outside_views", "3d", "Points no view covers (beyond the views plus crop_margin: a 360-degree LiDAR "
       "scan): 3d = labelled by the 3D branch alone, similarity 0 | ignore = published with label 255 (not "
       "labelled).", choices=("ignore", "3d")),

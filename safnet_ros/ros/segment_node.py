@@ -1,43 +1,12 @@
-"""``safnet_segment``: the ROS 2 node that labels point clouds with SAFNet (docs/ros_node.md).
+"""``safnet_segment``: the ROS 2 lifecycle node that labels point clouds with SAFNet.
 
-A thin ROS adapter over :class:`safnet_ros.engine.pipeline.SegmentationPipeline`
-(the pipeline ``safnet segment-bag`` runs offline too). Data flow::
-
-    rgb, depth, camera_info ──ApproximateTimeSynchronizer──▶ _on_frames: stamp interval ─▶ TF(stamp) ─▶
-        (keyframes only) decode + resize once ─▶ ViewBuffer
-    (one subscriber triple and synchroniser per camera of the ``cameras`` parameter, all into one buffer)
-    cloud ──▶ _on_cloud ──▶ LatestMailbox (one slot, newest wins, drops counted)
-                                  │ worker thread (off the executor)
-                                  ▼
-           decode ─ TF(stamp) into fixed_frame ─ Segmenter.segment(points, buffered views)
-                                  ▼
-       ~/labeled_cloud (cloud's frame and stamp), /diagnostics
-                                  ▼ (after publishing)
-           semantic map (ros/semantic_map_component.py): ~/semantic_map, ~/save_map, ~/clear_map
-           marker thread (newest cloud wins): ~/similarity_markers
-
-Callbacks never block: a synchronised frame is first judged by its stamp (too
-soon after the last kept view: dropped undecoded), then by its pose, looked up
-with a zero timeout; a frame whose transform has not arrived yet waits,
-undecoded, in a short pending list retried by a timer until the transforms'
-own stamps run ``tf_timeout`` past it.  Transforms are received on their own
-thread (the TF listener's ``spin_thread``, drop-in and tf2_ros alike), so image
-work on the executor never delays them.  Only the worker thread may wait (up
-to ``tf_timeout``) for a cloud's transform.  Undecodable messages, missing
-transforms and replaced clouds are skipped with a throttled warning and counted
-on /diagnostics. Time going back is judged per input (frames of each camera,
-clouds: each against its own newest stamp) and on the ROS clock under sim time
-(:mod:`safnet_ros.ros.time_jumps`): it clears the view buffer, the pending
-frames and the map; the TF buffer clears itself when the clock that feeds it
-jumps back.
-
-A lifecycle node (rclpy.lifecycle): the constructor declares and checks the
-parameters (:mod:`safnet_ros.ros.params`); ``configure`` loads the model,
-warms it up and makes the TF buffer and the publishers; ``activate`` creates
-the subscriptions, timers and the worker; ``deactivate`` releases them again
-and ``cleanup`` drops the model and the TF buffer. With ``autostart`` (the
-default) the constructor drives the node to active itself, so ``ros2 run`` and
-the launch file work without a manager.
+A thin ROS adapter over :class:`safnet_ros.engine.pipeline.SegmentationPipeline` (which ``safnet
+segment-bag`` runs offline too). Callbacks never block: a synchronised RGB-D set (one synchroniser per
+camera) is judged by its stamp, then by its pose looked up with a zero timeout (a set whose transform
+has not arrived waits, undecoded, for timer retries), and only a keyframe is decoded into the view
+buffer. Clouds go through a newest-wins mailbox to one worker thread, the only one that may wait for a
+transform; a marker thread draws the similarity markers. Threads, lifecycle, TF and time jumps:
+docs/ros_node.md ("Lifecycle", "Threads: what runs where", "TF: three paths, one test").
 """
 from __future__ import annotations
 
@@ -61,7 +30,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import serialize_message
 from rclpy.subscription import Subscription
 from rclpy.time import Time
@@ -84,6 +53,7 @@ from safnet_ros.ros.params import PARAMETERS, SPECS, Param, ParameterError, came
 from safnet_ros.ros.semantic_map_component import SemanticMapComponent
 from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_path import missing_tf2_ros_warning
+from safnet_ros.ros.tf_topics import reliable_qos
 from safnet_ros.ros.time_jumps import StreamTimeJumps, watch_clock_jumps
 
 __all__ = ["NODE_NAME", "PARAMETERS", "ParameterError", "SegmentNode", "LatestMailbox", "main",
@@ -94,8 +64,7 @@ NODE_NAME = "safnet_segment"
 WARN_PERIOD_S = 5.0
 #: Frames waiting for their transform at most (undecoded messages; the oldest gives way).
 MAX_PENDING_FRAMES = 16
-#: Seconds between retries of the frames waiting for their transforms (steady clock). The timer runs
-#: only while a frame waits: always running, it woke an idle node's executor 50 times a second.
+#: Seconds between retries of the frames waiting for their transforms (steady clock; runs only while one waits).
 RETRY_PERIOD_S = 0.02
 #: A frame whose camera frame TF does not know at all waits this many tf_timeout (wall time) ...
 UNKNOWN_FRAME_WAITS = 10
@@ -191,10 +160,6 @@ class _PendingFrame:
     first_try: float = 0.0  # time.monotonic() of the first pose lookup
     waiting: bool = False  # set aside once already (counted in frames_waiting_tf)
 
-    @property
-    def stamp_s(self) -> float:
-        return self.stamp_ns / 1e9
-
     def decode(self) -> codecs.RGBDFrame:
         return codecs.decode_rgbd(self.rgb, self.depth, self.info)
 
@@ -224,11 +189,7 @@ class SegmentNode(LifecycleNode):
         self.label_info: Optional[label_info.LabelInfoPublisher] = None
         self._max_points_warned = False
         self.tf_listener: Any = None  # tf2_ros.TransformListener or the drop-in, on its own thread
-        self.sub_rgb: Any = None  # message_filters.Subscriber or the drop-in
-        self.sub_depth: Any = None
-        self.sub_info: Any = None
-        self.sync: Any = None
-        #: (camera name, (rgb, depth, info) subscribers, synchroniser) per camera ('' = the single camera)
+        #: per camera ('' = the single one): (its name, (rgb, depth, info) subscribers, synchroniser)
         self.camera_inputs: list[tuple[str, tuple[Any, Any, Any], Any]] = []
         self.cameras: list[str] = []  # the ``cameras`` parameter ([] = one camera on rgb_topic & co.)
         self._camera_errors: list[str] = []
@@ -259,7 +220,6 @@ class SegmentNode(LifecycleNode):
         self.last_timings: dict[str, float] = {}
         self.device = "cpu"
         try:
-            # a WARN per parameter given but not declared, naming the closest known one (ros/param_audit.py)
             self.cameras = self._declare_cameras()  # first: the per-camera parameters depend on it
             param_audit.warn_undeclared(self, node_kwargs.get("cli_args"),
                                         [spec.name for spec in PARAMETERS] + list(camera_parameters(self.cameras)))
@@ -279,20 +239,15 @@ class SegmentNode(LifecycleNode):
         if not self.fixed_frame:
             errors.errors.append("parameter 'fixed_frame' = '' must not be empty")
             self.fixed_frame = "map"  # only so the other checks can run: the node does not start
-        with errors.check():
-            label_info.check_label_space(p("label_ids"))
         with errors.check(f"parameter 'device' = {p('device')!r}: "):
             resolve_node_device(p("device"), False)  # its spelling, before any model is loaded
         self._probabilities = p("probabilities")
         with errors.check():  # ConfigError for bad map_* values: a parameter error (exit 2)
             self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)
         errors.raise_if_any(ParameterError)
-        self.buffer = ViewBuffer(
-            max_views=p("buffer_max_views"),
-            max_mb=p("buffer_max_mb"),
-            policy=self._policy_from_params(),
-            jump_tolerance=float("inf"),  # the node judges jumps itself, per input stream
-        )
+        # jump_tolerance inf: the node judges time jumps itself, per input stream
+        self.buffer = ViewBuffer(max_views=p("buffer_max_views"), max_mb=p("buffer_max_mb"),
+                                 policy=self._policy_from_params(), jump_tolerance=float("inf"))
         self._jumps = StreamTimeJumps(("frames", "clouds", *(f"frames.{c}" for c in self.cameras)),
                                       p("time_jump_tolerance"))
         if p("gil_switch_interval") > 0:
@@ -362,7 +317,6 @@ class SegmentNode(LifecycleNode):
         if self._param("warm_up"):
             self.get_logger().info(f"model warmed up in {segmenter.warm_up():.2f} s")
         self.pipeline = SegmentationPipeline(segmenter, self.buffer, self.semantic_map)
-        # TF: the real tf2_ros where installed, else the drop-in (given node=, both clear on a clock jump back)
         self.tf_buffer = compat.Buffer(cache_time=Duration(seconds=30.0), node=self)
         self._create_outputs()
 
@@ -371,7 +325,6 @@ class SegmentNode(LifecycleNode):
         self._jumps.reset()  # a new activation: each stream starts a new timeline
         self._create_inputs()
         self.semantic_map.start_publishing()
-        # silent inputs turn /diagnostics to WARN (ros/input_watchdog.py)
         self.input_watchdog = input_watchdog.InputWatchdog(
             p("input_timeout"), input_watchdog.describe_inputs(self, p, self.fixed_frame, self.camera_topics()),
             dict(self.stats.counters), evidence=input_watchdog.camera_evidence(self.cameras))
@@ -390,21 +343,12 @@ class SegmentNode(LifecycleNode):
         self._worker.start()
         self._marker_thread = threading.Thread(target=self._draw, name="safnet_segment_markers", daemon=True)
         self._marker_thread.start()
-        self.get_logger().info(
-            f"safnet_segment active: device {self.device}, fixed frame '{self.fixed_frame}', "
-            f"cloud '{self.sub_cloud.topic_name}', {compat.backends()}"
-        )
+        self.get_logger().info(f"safnet_segment active: device {self.device}, fixed frame '{self.fixed_frame}', "
+                               f"cloud '{self.sub_cloud.topic_name}', {compat.backends()}")
 
     def _create_outputs(self) -> None:
-        """Publishers and the map's services, at configure; released at cleanup (:meth:`_destroy_outputs`).
-
-        As in Nav2's lifecycle nodes, outputs live from configure to cleanup
-        and only publish while the node is active (the worker and the timers
-        that publish run only then). So a deactivate -> activate cycle never
-        destroys and recreates DDS entities under the same names, which Fast DDS
-        does not always match again within one process (rclcpp#1175).
-        """
-        out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)  # outputs: reliable
+        """Publishers and the map's services, from configure to cleanup (why: docs/ros_node.md, "Lifecycle")."""
+        out_qos = reliable_qos(5, False)  # outputs: reliable, volatile, keep last 5
         self.pub_cloud = self.create_publisher(PointCloud2, "~/labeled_cloud", out_qos)
         self.pub_markers = self.create_publisher(MarkerArray, "~/similarity_markers", out_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -430,20 +374,17 @@ class SegmentNode(LifecycleNode):
             self.tf_buffer, self, spin_thread=True,
             fallback_topic=p("tf_fallback_topic"), fallback_static_topic=p("tf_fallback_static_topic"),
         )
-        # Inputs: sensor-data QoS (best effort, keep last 5), passed explicitly to the filters.
-        sensor_qos = qos_profile_sensor_data
-        # one subscriber triple and synchroniser per camera, each calling _on_frames with its name
+        # inputs: sensor-data QoS (best effort, keep last 5), passed explicitly to the filters
         self.camera_inputs = []
         image_type = CompressedImage if p("image_transport") == "compressed" else Image
-        for camera, (rgb_topic, depth_topic, info_topic) in self.camera_topics().items():
-            subs = (compat.Subscriber(self, image_type, rgb_topic, qos_profile=sensor_qos),
-                    compat.Subscriber(self, image_type, depth_topic, qos_profile=sensor_qos),
-                    compat.Subscriber(self, CameraInfo, info_topic, qos_profile=sensor_qos))
+        for camera, topics in self.camera_topics().items():
+            subs = tuple(compat.Subscriber(self, msg_type, topic, qos_profile=qos_profile_sensor_data)
+                         for msg_type, topic in zip((image_type, image_type, CameraInfo), topics))
             sync = compat.ApproximateTimeSynchronizer(list(subs), p("sync_queue_size"), p("sync_slop"))
-            sync.registerCallback(lambda rgb, depth, info, _camera=camera: self._on_frames(rgb, depth, info, _camera))
+            sync.registerCallback(self._on_frames, camera)
             self.camera_inputs.append((camera, subs, sync))
-        _, (self.sub_rgb, self.sub_depth, self.sub_info), self.sync = self.camera_inputs[0]
-        self.sub_cloud = self.create_subscription(PointCloud2, p("cloud_topic"), self._on_cloud, sensor_qos)
+        self.sub_cloud = self.create_subscription(PointCloud2, p("cloud_topic"), self._on_cloud,
+                                                  qos_profile_sensor_data)
 
     def _destroy_inputs(self) -> None:
         """Undo :meth:`_create_inputs`."""
@@ -451,7 +392,6 @@ class SegmentNode(LifecycleNode):
             for sub in subs:  # message_filters.Subscriber and the drop-in: destroy their subscription
                 self.destroy_subscription(sub.sub)
         self.camera_inputs = []
-        self.sub_rgb = self.sub_depth = self.sub_info = self.sync = None
         if self.sub_cloud is not None:
             self.destroy_subscription(self.sub_cloud)
             self.sub_cloud = None
@@ -530,12 +470,10 @@ class SegmentNode(LifecycleNode):
         return []
 
     def _declare_parameters(self) -> list[str]:
-        """Declare every parameter of :mod:`safnet_ros.ros.params`; returns one line per given value of the
-        wrong type or out of range (``_setup`` raises them together as one ParameterError).
+        """Declare every parameter of :mod:`safnet_ros.ros.params`; returns one line per bad given value.
 
-        Each is declared with dynamic typing first, so that a value of any type given on the command line
-        or in a params file reaches :func:`~safnet_ros.ros.params.check_value`, then gets its real
-        descriptor (type, range, read-only) through the public ``set_descriptor``.
+        Declared with dynamic typing first, so that a value of any type reaches
+        :func:`~safnet_ros.ros.params.check_value`; then ``set_descriptor`` gives the real type and range.
         """
         errors: list[str] = list(self._camera_errors)
         camera_specs = [Param(name, default, f"{name.rsplit('.', 1)[1]} of camera {name.split('.')[1]}")
@@ -563,11 +501,9 @@ class SegmentNode(LifecycleNode):
         def get(n: str) -> Any:
             return overrides[n] if overrides and n in overrides else self._param(n)
 
-        return KeyframePolicy(
-            min_translation=float(get("keyframe_min_translation")),
-            min_rotation_deg=float(get("keyframe_min_rotation_deg")),
-            min_interval=float(get("keyframe_min_interval")),
-        )
+        return KeyframePolicy(min_translation=get("keyframe_min_translation"),
+                              min_rotation_deg=get("keyframe_min_rotation_deg"),
+                              min_interval=get("keyframe_min_interval"))
 
     def _on_set_parameters(self, params: Sequence[Any]) -> SetParametersResult:
         """Validate and apply run-time parameters (read-only ones are refused by rclpy itself)."""
@@ -577,11 +513,10 @@ class SegmentNode(LifecycleNode):
                 if name in SPECS:
                     check_value(SPECS[name], value)
             policy = self._policy_from_params(changes)
-            self.buffer.set_limits(
-                max_views=changes.get("buffer_max_views"), max_mb=changes.get("buffer_max_mb"), policy=policy
-            )
+            self.buffer.set_limits(max_views=changes.get("buffer_max_views"), max_mb=changes.get("buffer_max_mb"),
+                                   policy=policy)
             if "time_jump_tolerance" in changes:
-                self._jumps.tolerance = float(changes["time_jump_tolerance"])
+                self._jumps.set_tolerance(changes["time_jump_tolerance"])
                 if self._clock_jumps is not None:  # active: watch the clock with the new threshold
                     self._clock_jumps.unregister()
                     self._clock_jumps = watch_clock_jumps(self, float(changes["time_jump_tolerance"]),
@@ -591,34 +526,22 @@ class SegmentNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _load_segmenter(self) -> Segmenter:
-        try:
-            device, note = resolve_node_device(self._param("device"), torch.cuda.is_available())
-        except ConfigError as exc:
-            raise ParameterError(f"parameter 'device' = {self._param('device')!r}: {exc}") from None
+        device, note = resolve_node_device(self._param("device"), torch.cuda.is_available())  # checked in _setup
         if note and self._param("device").strip().lower() == "auto":
             self.get_logger().info(note)
         elif note:
             self.get_logger().warning(note)
-        max_points = int(self._param("max_points"))
+        p = self._param  # values of the declared types (check_value)
         segmenter = Segmenter.from_checkpoint(
-            self._param("model") or None,
-            device=device,
-            preset=self._param("preset") or None,
-            num_views=int(self._param("num_views")),
-            chunk_size=float(self._param("chunk_size")),
-            chunk_stride=float(self._param("chunk_stride")),
-            max_points=max_points if max_points > 0 else None,
-            voxel_size=float(self._param("voxel_size")),
-            crop_margin=float(self._param("crop_margin")),
-            precision=str(self._param("precision")),
-            outside_views=str(self._param("outside_views")),
-            batch_points=int(self._param("batch_points")),
+            p("model") or None, device=device, preset=p("preset") or None, num_views=p("num_views"),
+            chunk_size=p("chunk_size"), chunk_stride=p("chunk_stride"), max_points=p("max_points") or None,
+            voxel_size=p("voxel_size"), crop_margin=p("crop_margin"), precision=p("precision"),
+            outside_views=p("outside_views"), batch_points=p("batch_points"),
         )
         if segmenter.untrained:
-            self.get_logger().warning(
-                "NO TRAINED MODEL: parameter 'model' is empty and no model is shipped; using an UNTRAINED "
-                "SAFNet — its labels are meaningless. Set 'model' to a checkpoint file."
-            )
+            self.get_logger().warning("NO TRAINED MODEL: parameter 'model' is empty and no model is shipped; "
+                                      "using an UNTRAINED SAFNet — its labels are meaningless. Set 'model' to a "
+                                      "checkpoint file.")
         return segmenter
 
     # ------------------------------------------------------------------ time
@@ -642,10 +565,8 @@ class SegmentNode(LifecycleNode):
         if self._mailbox.clear():
             self.stats.count("clouds_dropped")
         self.semantic_map.clear()
-        self.get_logger().info(
-            f"time jumped back ({why}; bag loop?): view buffer, pending frames and the semantic map cleared",
-            throttle_duration_sec=WARN_PERIOD_S,
-        )
+        self.get_logger().info(f"time jumped back ({why}; bag loop?): view buffer, pending frames and the semantic "
+                               "map cleared", throttle_duration_sec=WARN_PERIOD_S)
 
     def _lookup_pose(self, frame_id: str, stamp_msg: Any, timeout_s: float) -> np.ndarray:
         """(4, 4) T_fixed_frame at the stamp; raises compat.TransformException subclasses."""
@@ -660,11 +581,9 @@ class SegmentNode(LifecycleNode):
         return compat.transform_to_matrix(tf)
 
     def _transforms_passed(self, frame: _PendingFrame) -> bool:
-        """Whether to give up on a frame without its pose: the transforms of its chain have run
-        ``tf_timeout`` past its stamp (their stamps, not wall time, so a late TF thread or a busy
-        executor never times a frame out); or, for a camera frame TF does not know at all (no stamps
-        to judge by), :data:`UNKNOWN_FRAME_WAITS` x ``tf_timeout`` (at least :data:`UNKNOWN_FRAME_MIN_WAIT_S`)
-        of wall time."""
+        """Whether to give up on a frame without its pose: its chain's transforms (their stamps, not wall
+        time) have run ``tf_timeout`` past its stamp, or TF has not heard of its frame for
+        :data:`UNKNOWN_FRAME_WAITS` x ``tf_timeout`` (at least :data:`UNKNOWN_FRAME_MIN_WAIT_S`) of wall time."""
         timeout_s = float(self._param("tf_timeout"))
         try:
             latest = self.tf_buffer.lookup_transform(self.fixed_frame, frame.frame_id, Time())
@@ -674,8 +593,8 @@ class SegmentNode(LifecycleNode):
 
     # ------------------------------------------------------------------ views (executor thread)
     def _on_frames(self, rgb: Image, depth: Image, info: CameraInfo, camera: str = "") -> None:
-        """A synchronised set of ``camera`` ('' = the single camera; runs under the filter's lock): timed
-        for /diagnostics' frame cost."""
+        """A synchronised set of ``camera`` ('' = the single one; runs under the filter's lock), timed for
+        /diagnostics' frame cost."""
         start = time.perf_counter()
         try:
             self._take_frames(rgb, depth, info, camera)
@@ -701,9 +620,8 @@ class SegmentNode(LifecycleNode):
         self._try_add_view(_PendingFrame(rgb, depth, info, frame_id, stamp_ns, camera, time.monotonic()))
 
     def _pending_covers(self, stamp_ns: int, camera: str) -> bool:
-        """Whether a frame of ``camera`` already waits for its transform less than the keyframe interval
-        before ``stamp_ns``: it is this interval's candidate, so a 30 Hz stream whose /tf lags does not
-        fill the pending list with frames the keyframe interval would drop anyway."""
+        """Whether a frame of ``camera`` less than the keyframe interval before ``stamp_ns`` already waits
+        for its transform (it is this interval's candidate: a lagging /tf must not fill the pending list)."""
         interval_ns = int(self.pipeline.buffer.policy.min_interval * 1e9)
         with self._pending_lock:
             return any(f.camera == camera and 0 <= stamp_ns - f.stamp_ns < interval_ns for f in self._pending)
@@ -729,7 +647,7 @@ class SegmentNode(LifecycleNode):
             self._tf_failed("an RGB-D frame", frame.frame_id, exc)
             return False
         try:
-            outcome = self.pipeline.offer_frame(frame.stamp_s, pose, frame.decode, frame.camera)
+            outcome = self.pipeline.offer_frame(frame.stamp_ns / 1e9, pose, frame.decode, frame.camera)
         except SafnetError as exc:  # undecodable messages, unusable K or image shapes
             self._decode_failed(exc)
             return False
@@ -742,10 +660,8 @@ class SegmentNode(LifecycleNode):
         return False
 
     def _retry_pending(self) -> None:
-        """The frames waiting for their transforms, oldest first. A camera's frames are judged in stamp
-        order: behind one of its frames that still waits, its newer ones wait too. /tf is received on its
-        own thread, so transforms can arrive part-way through this loop; trying the newer frames then
-        would make one of them the keyframe and every older one too old to be a keyframe."""
+        """The frames waiting for their transforms, oldest first; behind a camera's frame that still waits,
+        its newer ones wait too (transforms arriving part-way through must not make a newer one the keyframe)."""
         with self._pending_lock:
             frames = list(self._pending)
             self._pending.clear()
@@ -777,10 +693,8 @@ class SegmentNode(LifecycleNode):
 
     def _tf_failed(self, what: str, frame_id: str, exc: Exception) -> None:
         self.stats.count("tf_failures")
-        self.get_logger().warning(
-            f"skipping {what}: no transform '{frame_id}' -> '{self.fixed_frame}': {exc}",
-            throttle_duration_sec=WARN_PERIOD_S,
-        )
+        self.get_logger().warning(f"skipping {what}: no transform '{frame_id}' -> '{self.fixed_frame}': {exc}",
+                                  throttle_duration_sec=WARN_PERIOD_S)
 
     # ------------------------------------------------------------------ clouds
     def _on_cloud(self, msg: PointCloud2) -> None:
@@ -789,10 +703,8 @@ class SegmentNode(LifecycleNode):
         self._note_stamp("clouds", codecs.stamp_to_ns(msg.header.stamp) / 1e9)
         if self._mailbox.put((msg, time.monotonic())):
             self.stats.count("clouds_dropped")
-            self.get_logger().warning(
-                "inference is slower than the cloud rate: dropped a cloud (newest wins)",
-                throttle_duration_sec=WARN_PERIOD_S,
-            )
+            self.get_logger().warning("inference is slower than the cloud rate: dropped a cloud (newest wins)",
+                                      throttle_duration_sec=WARN_PERIOD_S)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -809,9 +721,8 @@ class SegmentNode(LifecycleNode):
                 self.process_cloud(msg, received)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
                 self.stats.count("worker_errors")
-                self.get_logger().error(
-                    f"segmentation of a cloud failed: {type(exc).__name__}: {exc}", throttle_duration_sec=WARN_PERIOD_S
-                )
+                self.get_logger().error(f"segmentation of a cloud failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=WARN_PERIOD_S)
 
     def _choose_threads(self) -> None:
         """torch threads of this (the worker) thread for the next cloud: ``threads``, or with 0 the cores
@@ -867,17 +778,13 @@ class SegmentNode(LifecycleNode):
             **{f"segment_{k}_s": float(v) for k, v in out.result.timings.items()},
         }
         if self._param("publish_markers") and self.pub_markers.get_subscription_count() > 0:
-            # drawn by the marker thread: building and serialising ~10^4 marker points holds the GIL
-            # for 0.05-0.2 s, which on this thread would delay the next cloud (it showed as queued_s)
-            self._marker_box.put((msg.header.stamp, out))
+            self._marker_box.put((msg.header.stamp, out))  # drawn by the marker thread: never delays a cloud
         self.pipeline.update_map(out, stamp=msg.header.stamp)  # after publishing: no latency
         return cloud
 
     def _draw(self) -> None:
-        """The marker thread: ~/similarity_markers of the newest segmented cloud (an older one not drawn
-        yet is replaced: markers are for the eye, the labelled cloud is the output). It draws while the
-        worker is idle, and publishes them serialised (ros/markers.py: ~2 ms for a 25k-point cloud
-        instead of ~75 ms of per-point message objects holding the GIL)."""
+        """The marker thread: ~/similarity_markers of the newest segmented cloud (an older one not drawn yet
+        is replaced), drawn while the worker is idle and published serialised (ros/markers.py)."""
         while not self._stop.is_set():
             item = self._marker_box.take(timeout=0.1)
             if item is None:
@@ -928,7 +835,6 @@ class SegmentNode(LifecycleNode):
             snap, grown, self.get_clock().now().to_msg(), name=f"{self.get_name()}: segmentation",
             hardware_id=self.device,
         )
-        # WARN naming the silent inputs (ros/input_watchdog.py)
         input_watchdog.check(self, self.input_watchdog, snap.counters, msg.status[0], WARN_PERIOD_S)
         self.pub_diag.publish(msg)
 
@@ -953,7 +859,6 @@ def main(args: Optional[list[str]] = None) -> int:
     shutdown.install_sigterm()  # SIGTERM stops start-up as SIGINT does
     param_audit.set_global_args(args)  # what rclpy.init parses, for the undeclared-parameter warning
     rclpy.init(args=args)
-    node = None
     try:
         try:
             node = SegmentNode()
@@ -962,23 +867,17 @@ def main(args: Optional[list[str]] = None) -> int:
                 raise
             shutdown.quietly(rclpy.try_shutdown)
             return shutdown.exit_line(NODE_NAME, "starting")
-    except (ParameterError, ParameterException) as exc:
+    except (ParameterException, SafnetError) as exc:  # ParameterError is a SafnetError
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
-        return 2
-    except SafnetError as exc:
-        get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 1
+        return 2 if isinstance(exc, (ParameterError, ParameterException)) else 1
     executor: Optional[SingleThreadedExecutor] = None
     try:  # from here on a signal means "running": one line, exit 0
         if profile:
             node.get_logger().info(f"Fast DDS profile: {profile}")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        # rclpy's spin() can raise RCLError when SIGINT shuts the context down as it builds its wait
-        # set (exit 1 with a traceback on Ctrl-C); spin_resilient ends quietly there (ros/spin.py)
-        spin_resilient(executor, node.context)
+        spin_resilient(executor, node.context)  # ends quietly on Ctrl-C (ros/spin.py)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

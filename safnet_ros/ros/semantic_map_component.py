@@ -1,40 +1,10 @@
 """The segment node's semantic map: every labelled cloud fused into one voxel map, published, saved, cleared.
 
-:class:`SemanticMapComponent` owns a :class:`~safnet_ros.mapping.SemanticVoxelMap`
-(no rclpy in there) and the ROS side of it; the node only
-
-* reads its settings at start (:meth:`SemanticMapComponent.from_node`, which
-  refuses bad values with one ConfigError line),
-* calls :meth:`create` / :meth:`destroy` where it creates and destroys its
-  publishers (a lifecycle node: configure / cleanup), and
-  :meth:`start_publishing` / :meth:`stop_publishing` at activate / deactivate
-  (the services answer in every configured state: a deactivated node can
-  still save or clear its map),
-* hands it every segmented cloud (:meth:`integrate`, worker thread, after the
-  labelled cloud is out: the map never adds latency to ``~/labeled_cloud``),
-* clears it when time jumps back (:meth:`clear`) and adds
-  :meth:`diagnostics` to ``/diagnostics``.
-
-ROS interface (names relative to the node):
-
-* ``~/semantic_map`` sensor_msgs/PointCloud2 in ``fixed_frame``, one point per
-  voxel centre: x y z float32, rgb float32 (packed class colour), label uint16
-  (class index 0..19), confidence float32, observations uint32 (28 bytes a
-  point, little endian); reliable, transient local, depth 1 (a late RViz gets
-  the latest map); published at ``map_publish_rate`` Hz when the map changed.
-* ``~/save_map`` (std_srvs/Trigger): writes the map PLY to ``map_save_path``
-  (run-time parameter: a file name inside ``map_directory``, which is fixed at
-  start; mapping/map_store.py); ``success`` false with the reason (a path
-  leading outside the directory, an existing file that is not a map, an
-  unwritable folder, ...) and the node keeps running.
-* ``~/load_map`` (std_srvs/Trigger): replaces the map by ``map_save_path``
-  (inside ``map_directory``); ``map_file`` loads a map at configure and
-  ``map_save_on_shutdown`` saves it at cleanup/shutdown.
-* ``~/clear_map`` (std_srvs/Trigger): forgets every voxel.
-
-Threads: the worker integrates, the executor publishes and serves; one lock
-guards the map; it is held only to copy the map's evidence, and both the
-read-out (smoothing) and the (costly) message are computed outside it.
+:class:`SemanticMapComponent` owns a :class:`~safnet_ros.mapping.SemanticVoxelMap` (no rclpy in there)
+and its ROS side: ``~/semantic_map`` and the ``~/save_map``, ``~/load_map``, ``~/clear_map`` services
+(std_srvs/Trigger), which answer in every configured state. Topics, layout and behaviour:
+docs/ros_node.md, "The semantic map". Threads: the worker integrates, the executor publishes and
+serves; one lock guards the map, held only to copy its evidence (read-out and message are built outside).
 """
 from __future__ import annotations
 
@@ -46,16 +16,17 @@ from typing import Any, Optional
 
 import numpy as np
 from rclpy.clock import Clock, ClockType
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.logging import get_logger
 from sensor_msgs.msg import PointCloud2
 
 from safnet_ros.data.labels import class_colors, encode_label_ids
 from safnet_ros.errors import ConfigError, SafnetError
-from safnet_ros.mapping import FUSION_RULES, MapSnapshot, SemanticVoxelMap
+from safnet_ros.mapping import MapSnapshot, SemanticVoxelMap
 from safnet_ros.mapping.map_ply import save_map
 from safnet_ros.mapping.map_store import MapStore
 from safnet_ros.mapping.voxel_map import IntegrateStats
 from safnet_ros.ros import codecs
+from safnet_ros.ros.label_info import LATCHED_QOS
 
 
 @dataclass(frozen=True)
@@ -76,7 +47,7 @@ class MapSettings:
     label_ids: str = "index"
 
 
-def _trigger_type() -> Any:
+def trigger_type() -> Any:
     """std_srvs/Trigger, or None where the std_srvs wheel is not installed."""
     try:
         from std_srvs.srv import Trigger  # noqa: PLC0415 - std_srvs is optional (the except below)
@@ -94,12 +65,11 @@ class SemanticMapComponent:
         self.map = SemanticVoxelMap(voxel_size=settings.voxel_size, max_voxels=settings.max_voxels,
                                     fusion=settings.fusion, smoothing=settings.smoothing,
                                     smoothing_cell=settings.smoothing_cell)
-        self._logger = logger
+        self._logger = logger if logger is not None else get_logger("safnet_semantic_map")
         self._lock = threading.Lock()
         self._update_s: deque[float] = deque(maxlen=200)
         self.clouds_integrated = 0
         self.clears = 0
-        self.saves = 0
         self.save_failures = 0
         self._published_version = -1
         self._last_stamp: Any = None
@@ -120,13 +90,11 @@ class SemanticMapComponent:
         def p(name: str) -> Any:
             return node.get_parameter(name).value
 
-        settings = MapSettings(enable=bool(p("map_enable")), voxel_size=p("map_voxel_size"),
-                               max_voxels=p("map_max_voxels"), fusion=str(p("map_fusion")),
-                               smoothing=p("map_smoothing"), smoothing_cell=p("map_smoothing_cell"),
-                               publish_rate=p("map_publish_rate"), save_path=str(p("map_save_path")),
-                               directory=str(p("map_directory")), load_file=str(p("map_file")),
-                               save_on_shutdown=bool(p("map_save_on_shutdown")),
-                               label_ids=str(p("label_ids")))
+        settings = MapSettings(  # values of the declared types (params.check_value)
+            enable=p("map_enable"), voxel_size=p("map_voxel_size"), max_voxels=p("map_max_voxels"),
+            fusion=p("map_fusion"), smoothing=p("map_smoothing"), smoothing_cell=p("map_smoothing_cell"),
+            publish_rate=p("map_publish_rate"), save_path=p("map_save_path"), directory=p("map_directory"),
+            load_file=p("map_file"), save_on_shutdown=p("map_save_on_shutdown"), label_ids=p("label_ids"))
         return cls(settings, fixed_frame, node.get_logger())
 
     def create(self, node: Any) -> None:
@@ -135,10 +103,8 @@ class SemanticMapComponent:
             return
         self._load_initial_map()
         self._node = node
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.pub_map = node.create_publisher(PointCloud2, "~/semantic_map", latched)
-        trigger = _trigger_type()
+        self.pub_map = node.create_publisher(PointCloud2, "~/semantic_map", LATCHED_QOS)
+        trigger = trigger_type()
         if trigger is None:
             node.get_logger().warning("std_srvs is not installed (pip install ros-std-srvs): ~/save_map and "
                                       "~/clear_map are not offered; the map is still published")
@@ -164,10 +130,10 @@ class SemanticMapComponent:
     def destroy(self) -> None:
         """Destroy what :meth:`create` made (the map itself is kept: a reconfigured node goes on with it)."""
         self.stop_publishing()
-        node, self._node = self._node, None
-        if node is None:
+        if self._node is None:
             return
-        self._save_on_shutdown(node)
+        self._save_on_shutdown()
+        node, self._node = self._node, None
         for srv in (self.srv_save, self.srv_clear, self.srv_load):
             if srv is not None:
                 node.destroy_service(srv)
@@ -196,7 +162,7 @@ class SemanticMapComponent:
             n = len(self.map)
             self.map.clear()
             self.clears += 1
-        if reason and self._logger is not None:
+        if reason:
             self._logger.info(f"semantic map cleared ({n} voxels): {reason}")
         return n
 
@@ -209,14 +175,15 @@ class SemanticMapComponent:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the map PLY; returns the path written. SafnetError (MapSaveError) with the reason."""
-        snap = self.snapshot(with_scores=True)
+        return self._save(lambda snap: save_map(path, snap, frame_id=self.fixed_frame))
+
+    def _save(self, write: Any) -> str:
+        """``write(snapshot with scores)``, counting a SafnetError in ``save_failures``."""
         try:
-            out = save_map(path, snap, frame_id=self.fixed_frame)
+            return str(write(self.snapshot(with_scores=True)))
         except SafnetError:
             self.save_failures += 1
             raise
-        self.saves += 1
-        return str(out)
 
     # ------------------------------------------------------------------ ROS callbacks
     def publish(self, force: bool = False) -> bool:
@@ -243,14 +210,7 @@ class SemanticMapComponent:
 
     def save_named(self, name: str) -> str:
         """Save the map as ``name`` inside the map directory (MapStore rules); returns the path written."""
-        snap = self.snapshot(with_scores=True)
-        try:
-            out = self.store.save(snap, name, frame_id=self.fixed_frame)
-        except SafnetError:
-            self.save_failures += 1
-            raise
-        self.saves += 1
-        return str(out)
+        return self._save(lambda snap: self.store.save(snap, name, frame_id=self.fixed_frame))
 
     def load(self, name: str, anywhere: bool = False) -> int:
         """Replace the map by the saved map ``name`` (inside the map directory unless ``anywhere``);
@@ -275,21 +235,17 @@ class SemanticMapComponent:
         except SafnetError as exc:
             raise ConfigError(f"parameter 'map_file': {exc}") from None
         self._initial_map_loaded = True
-        if self._logger is not None:
-            self._logger.info(f"semantic map loaded from {self.settings.load_file}: {n} voxels")
+        self._logger.info(f"semantic map loaded from {self.settings.load_file}: {n} voxels")
 
-    def _save_on_shutdown(self, node: Any) -> None:
+    def _save_on_shutdown(self) -> None:
         if not self.settings.save_on_shutdown or len(self.map) == 0:
             return
         try:
-            name = str(node.get_parameter("map_save_path").value)
-            written = self.save_named(name)
+            written = self.save_named(self._save_path_name())
         except Exception as exc:  # noqa: BLE001 - shutting down: report, never raise
-            if self._logger is not None:
-                self._logger.warning(f"map_save_on_shutdown: the map was not saved: {exc}")
+            self._logger.warning(f"map_save_on_shutdown: the map was not saved: {exc}")
             return
-        if self._logger is not None:
-            self._logger.info(f"map_save_on_shutdown: saved {len(self.map)} voxels to {written}")
+        self._logger.info(f"map_save_on_shutdown: saved {len(self.map)} voxels to {written}")
 
     def _answer(self, response: Any, service: str, action: Any) -> Any:
         """Fill a Trigger ``response`` from ``action()`` (its success message), or from the SafnetError it
@@ -300,8 +256,7 @@ class SemanticMapComponent:
         except SafnetError as exc:
             response.success = False
             response.message = str(exc)
-            if self._logger is not None:
-                self._logger.warning(f"{service} failed: {exc}")
+            self._logger.warning(f"{service} failed: {exc}")
         return response
 
     def _on_load(self, request: Any, response: Any) -> Any:
@@ -311,18 +266,11 @@ class SemanticMapComponent:
 
     def _on_save(self, request: Any, response: Any) -> Any:
         name = self._save_path_name()
-
-        def save() -> str:
-            written = self.save_named(name)
-            return f"saved {len(self.map)} voxels to {written}"
-
-        return self._answer(response, "~/save_map", save)
+        return self._answer(response, "~/save_map",
+                            lambda: f"saved {len(self.map)} voxels to {self.save_named(name)}")
 
     def _on_clear(self, request: Any, response: Any) -> Any:
-        n = self.clear("~/clear_map called")
-        response.success = True
-        response.message = f"cleared {n} voxels"
-        return response
+        return self._answer(response, "~/clear_map", lambda: f"cleared {self.clear('~/clear_map called')} voxels")
 
     # ------------------------------------------------------------------ health
     def diagnostics(self) -> dict[str, str]:
@@ -373,4 +321,4 @@ def semantic_map_cloud(snap: MapSnapshot, frame_id: str, stamp: Any = None, labe
     return codecs.structured_to_pointcloud2(arr, frame_id=frame_id, stamp=stamp)
 
 
-__all__ = ["MapSettings", "SEMANTIC_MAP_DTYPE", "SemanticMapComponent", "semantic_map_cloud", "FUSION_RULES"]
+__all__ = ["MapSettings", "SEMANTIC_MAP_DTYPE", "SemanticMapComponent", "semantic_map_cloud", "trigger_type"]

@@ -1,24 +1,14 @@
 """Clean start and stop of the node: Ctrl-C or SIGTERM at any moment is one line and exit status 0.
 
-rclpy's signal handler (installed by ``rclpy.init``) answers SIGINT and SIGTERM
-by shutting the context down; for SIGINT it then raises Python's
-KeyboardInterrupt as well. A signal that arrives while the node is still being
-built (model loading, warm-up, creating publishers) therefore surfaces as
-whatever the constructor was doing when the context went away:
-KeyboardInterrupt, ``RCLError: ... context is invalid`` from the next
-``create_publisher``, or a failed lifecycle transition. None of them is an
-error the user should see: the user asked the node to stop.
-
-:func:`requested` tells that case apart (the context is no longer ok, or the
-exception is a KeyboardInterrupt), and :func:`exit_line` writes the one line.
-:func:`log_transition` logs each lifecycle transition with its outcome and
-duration (docs/ros_node.md, "Lifecycle").
+rclpy's signal handler shuts the context down (and for SIGINT raises KeyboardInterrupt), so a signal
+during start-up surfaces as whatever the constructor was doing: KeyboardInterrupt, ``RCLError: ...
+context is invalid``, or a failed transition. :func:`requested` tells that case apart and
+:func:`exit_line` writes the one line. :func:`log_transition` logs each lifecycle transition.
 """
 from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -27,6 +17,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 
 from safnet_ros.ros import early_signals
+from safnet_ros.ros.early_signals import exit_line
 
 #: What each transition step of the node does (by the step method's name), for the log.
 _STEP_WORDS: dict[str, tuple[str, str]] = {
@@ -48,25 +39,10 @@ def requested(context: Any = None, exc: Optional[BaseException] = None) -> bool:
         return True
 
 
-def exit_line(node_name: str, stage: str) -> int:
-    """Write the one line of a requested shutdown during ``stage`` and return exit status 0.
-
-    Printed, not logged: the context is shut down, and a ROS logger of the
-    node's name would add rcl's "Failed to publish log message to rosout".
-    """
-    print(f"[INFO] [{node_name}]: shutdown requested (SIGINT/SIGTERM) while {stage}: exiting",
-          file=sys.stderr, flush=True)
-    return 0
-
 
 def install_sigterm() -> None:
-    """Make SIGTERM interrupt the main thread as SIGINT does (call before ``rclpy.init``).
-
-    rclpy's handler shuts the context down on either signal and then calls the
-    handler that was installed before it: Python's for SIGINT raises
-    KeyboardInterrupt, so a long model load or warm-up stops at once; for
-    SIGTERM there is none, and start-up would run on against a dead context.
-    """
+    """Make SIGTERM interrupt the main thread as SIGINT does (call before ``rclpy.init``): rclpy's handler
+    then calls it, so a long model load stops at once instead of running on against a dead context."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)
         if signal.getsignal(signal.SIGINT) is early_signals.exit_early:  # back to Python's Ctrl-C
@@ -84,11 +60,8 @@ def quietly(action: Callable[[], Any]) -> None:
 
 
 def log_transition(node: Any, step: Callable[[], Any], run: Callable[[], Any]) -> Any:
-    """Run one lifecycle step (``node._configure`` ...), logging its start, outcome and duration.
-
-    ``run`` performs the step and returns the TransitionCallbackReturn; a
-    FAILURE is logged as such (the reason is logged by the node itself).
-    """
+    """Run one lifecycle step (``node._configure`` ...) through ``run`` (which returns the
+    TransitionCallbackReturn), logging its start, outcome and duration."""
     name = getattr(step, "__name__", str(step))
     doing, done = _STEP_WORDS.get(name, (name.strip("_"), name.strip("_") + " done"))
     logger = node.get_logger()

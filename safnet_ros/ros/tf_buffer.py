@@ -20,43 +20,18 @@ from safnet_ros.ros.tf_tree import FallbackTransformException, TfTree, strip_fra
 from safnet_ros.ros.transforms import matrix_to_transform
 
 
-def _duration_ns(duration: Any) -> int:
-    """Nanoseconds of an rclpy Duration, a builtin_interfaces/Duration, seconds (float) or None (0)."""
-    if duration is None:
-        return 0
-    if hasattr(duration, "nanoseconds"):
-        return int(duration.nanoseconds)
-    if hasattr(duration, "sec") and hasattr(duration, "nanosec"):
-        return int(duration.sec) * 1_000_000_000 + int(duration.nanosec)
-    return int(round(float(duration) * 1e9))
-
-
 class FallbackBuffer:
-    """tf2_ros.Buffer drop-in: a thread-safe tree of time-stamped transforms.
-
-    ``set_transform`` / ``set_transform_static`` store geometry_msgs
-    TransformStamped (T_parent_child: header.frame_id = parent,
-    child_frame_id = child); each child has one parent (a new parent replaces
-    the child's history).  Dynamic links keep ``cache_time`` (default 10 s)
-    behind their newest stamp; data older than that is rejected (counted in
-    ``num_rejected``, like tf2's TF_OLD_DATA), so when a bag loops the caller
-    must :meth:`clear`; given ``node=``, the buffer does that itself
-    when the node's ROS clock (``/clock`` under sim time) jumps back, as
-    tf2_ros' Buffer does.  ``lookup_transform(target, source, time)``
-    returns T_target_source (maps points in ``source`` into ``target``),
-    interpolating each link between its two bracketing stamps (linear
-    translation, quaternion slerp) and chaining links through the common
-    ancestor; ``time`` zero means the latest time that every link has data.
-    A positive ``timeout`` waits (wall clock) for data to arrive — never do
-    that inside an executor callback.
+    """tf2_ros.Buffer drop-in: a thread-safe tree of time-stamped transforms (docs/ros_compat.md, "What the
+    drop-in Buffer does"). Dynamic links keep ``cache_time`` (default 10 s) behind their newest stamp; given
+    ``node=`` it clears itself when the node's ROS clock jumps back, as tf2_ros' Buffer does. A positive
+    lookup ``timeout`` waits (wall clock) for data: never inside an executor callback.
     """
 
     def __init__(self, cache_time: Any = None, node: Any = None) -> None:
-        self.cache_ns = _duration_ns(cache_time) if cache_time is not None else 10 * 1_000_000_000
+        self.cache_ns = stamp_to_ns(cache_time) if cache_time is not None else 10 * 1_000_000_000
         self.node = node
         self._cond = threading.Condition(threading.RLock())
         self._tree = TfTree(self.cache_ns)
-        self.num_clock_jumps = 0
         self._jump_handle = None
         if node is not None:  # as tf2_ros.Buffer(node=...): clear when the node's ROS clock jumps back
             self._jump_handle = node.get_clock().create_jump_callback(
@@ -71,7 +46,6 @@ class FallbackBuffer:
     def _on_clock_jump(self, jump: Any) -> None:
         """The node's clock jumped back at least 1 s, or switched to/from ROS time: forget dynamic data."""
         if jump.delta.nanoseconds < 0 or "ACTIVATED" in str(jump.clock_change):
-            self.num_clock_jumps += 1
             self.clear()
 
     def close(self) -> None:
@@ -82,26 +56,23 @@ class FallbackBuffer:
 
     # ---------------------------------------------------------------- writing
     def set_transform(self, transform: TransformStamped, authority: str) -> bool:
-        """Store a dynamic transform; False (and ``num_rejected`` + 1) when it is invalid or too old."""
-        return self._set(transform, authority, static=False)
+        """Store a dynamic transform (``authority`` is not kept); False (and ``num_rejected`` + 1) when it is
+        invalid or too old."""
+        return self._set(transform, static=False)
 
     def set_transform_static(self, transform: TransformStamped, authority: str) -> bool:
         """Store a transform valid at every time."""
-        return self._set(transform, authority, static=True)
+        return self._set(transform, static=True)
 
-    def _set(self, transform: TransformStamped, authority: str, static: bool) -> bool:
+    def _set(self, transform: TransformStamped, static: bool) -> bool:
         with self._cond:
-            added = self._tree.add(transform, static, authority)
+            added = self._tree.add(transform, static)
             if added:
                 self._cond.notify_all()
             return added
 
     def clear(self) -> None:
-        """Forget every dynamic transform (call when time jumps back, e.g. a looping bag).
-
-        Static transforms stay, as in tf2 (they are valid at every time and a
-        transient-local topic would not send them again).
-        """
+        """Forget every dynamic transform (time jumped back, e.g. a looping bag); static ones stay, as in tf2."""
         with self._cond:
             self._tree.clear()
 
@@ -113,7 +84,7 @@ class FallbackBuffer:
 
     def _wait_lookup(self, target: str, source: str, time_: Any, timeout: Any) -> tuple[int, np.ndarray]:
         stamp = stamp_to_ns(time_)
-        deadline = time.monotonic() + _duration_ns(timeout) / 1e9
+        deadline = time.monotonic() + stamp_to_ns(timeout) / 1e9
         with self._cond:
             while True:
                 try:
@@ -124,9 +95,8 @@ class FallbackBuffer:
                         raise
                     self._cond.wait(remaining)
 
-    def lookup_transform(
-        self, target_frame: str, source_frame: str, time: Any, timeout: Any = None
-    ) -> TransformStamped:
+    def lookup_transform(self, target_frame: str, source_frame: str, time: Any,
+                         timeout: Any = None) -> TransformStamped:
         """TransformStamped T_target_source at ``time`` (rclpy Time, builtin Time, int ns; zero = latest).
 
         Raises LookupException, ConnectivityException, ExtrapolationException,
@@ -135,14 +105,8 @@ class FallbackBuffer:
         stamp, matrix = self._wait_lookup(target_frame, source_frame, time, timeout)
         return matrix_to_transform(matrix, strip_frame(target_frame), strip_frame(source_frame), stamp=stamp)
 
-    def can_transform(
-        self,
-        target_frame: str,
-        source_frame: str,
-        time: Any,
-        timeout: Any = None,
-        return_debug_tuple: bool = False,
-    ) -> bool | tuple[bool, str]:
+    def can_transform(self, target_frame: str, source_frame: str, time: Any, timeout: Any = None,
+                      return_debug_tuple: bool = False) -> bool | tuple[bool, str]:
         """Whether :meth:`lookup_transform` would succeed (optionally with the reason why not)."""
         try:
             self._wait_lookup(target_frame, source_frame, time, timeout)

@@ -1,28 +1,10 @@
 """Which way transforms travel in this process: the one test the node and every tool share.
 
-Three paths, best first:
-
-==============  ============================  ====================================================
-name            when                          what carries the transforms
-==============  ============================  ====================================================
-``tf2_ros``     ``import tf2_ros`` works      the real ``tf2_ros`` Buffer and TransformListener on
-                (a full ROS 2 install)        ``/tf`` and ``/tf_static`` (``tf2_msgs/TFMessage``)
-``tf2_msgs``    no tf2_ros, but               the drop-in buffer, listening like tf2_ros on ``/tf``
-                ``tf2_msgs.msg.TFMessage``    and ``/tf_static`` (transient local): a minimal ROS
-                imports                       install, or this machine after scripts/setup_env.sh
-                                              generated TFMessage (scripts/build_tf2_msgs.sh)
-``fallback``    neither (last resort)         one ``geometry_msgs/TransformStamped`` per message on
-                                              ``/safnet/transforms`` and
-                                              ``/safnet/transforms_static`` (node parameters
-                                              ``tf_fallback_topic``, ``tf_fallback_static_topic``)
-==============  ============================  ====================================================
-
-The node (:func:`safnet_ros.ros.compat.make_transform_listener`), ``safnet bag
-play`` (:class:`~safnet_ros.ros.bag_player.BagPlayer`), ``safnet segment-bag``,
-the demo and the soak all call :func:`active_tf_path`, so a publisher and a
-listener in one install always agree.  ``SAFNET_FORCE_ROS_FALLBACK=1`` (the
-library drop-ins even where tf2_ros exists) leaves the ``tf2_msgs`` path when
-TFMessage imports; ``SAFNET_TF_PATH=fallback`` forces the last resort (tests).
+Three paths, best first: ``tf2_ros`` (it imports), ``tf2_msgs`` (the drop-in buffer on /tf where
+TFMessage imports) and ``fallback`` (TransformStamped on /safnet/transforms); the table and the
+environment switches (``SAFNET_TF_PATH``, ``SAFNET_FORCE_ROS_FALLBACK``): docs/ros_compat.md, "TF:
+three paths, one test". The node, ``safnet bag play``, ``safnet segment-bag``, the demo and the soak all
+call :func:`active_tf_path`, so a publisher and a listener of one install always agree.
 """
 from __future__ import annotations
 
@@ -31,11 +13,6 @@ import importlib
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
-
-TF_TOPIC = "/tf"
-TF_STATIC_TOPIC = "/tf_static"
-#: The type hash (RIHS01) of ROS 2's tf2_msgs/msg/TFMessage (Jazzy, Kilted): the generated type must equal it.
-TFMESSAGE_TYPE_HASH = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
 
 TF2_ROS = "tf2_ros"
 TF2_MSGS = "tf2_msgs"
@@ -101,12 +78,9 @@ def missing_tf2_ros_warning() -> Optional[str]:
     """The WARN line for a sourced ROS 2 install without tf2_ros's Python package, else None."""
     if not ros_distro_sourced() or _importable("tf2_ros"):
         return None
-    path = active_tf_path()
-    return (
-        "a ROS 2 install is sourced but 'import tf2_ros' fails: install the Python tf2 package "
-        f"tf2_ros_py (apt: ros-$ROS_DISTRO-tf2-ros-py; rosdep key tf2_ros_py). Using the {path.describe()}"
-    )
+    return ("a ROS 2 install is sourced but 'import tf2_ros' fails: install the Python tf2 package tf2_ros_py "
+            f"(apt: ros-$ROS_DISTRO-tf2-ros-py; rosdep key tf2_ros_py). Using the {active_tf_path().describe()}")
 
 
 __all__ = ["TfPath", "active_tf_path", "tf_message_class", "ros_distro_sourced", "missing_tf2_ros_warning",
-           "TF_TOPIC", "TF_STATIC_TOPIC", "TFMESSAGE_TYPE_HASH", "TF2_ROS", "TF2_MSGS", "FALLBACK"]
+           "TF2_ROS", "TF2_MSGS", "FALLBACK"]

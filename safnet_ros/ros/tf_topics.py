@@ -1,12 +1,9 @@
 """Drop-ins for ``tf2_ros``' TransformListener and broadcasters: the topics that feed a buffer.
 
-Two wire formats, chosen by :func:`safnet_ros.ros.tf_path.active_tf_path`:
-
-* ``tf2_msgs/TFMessage`` on ``/tf`` and ``/tf_static`` (transient local), as
-  tf2_ros does, wherever the TFMessage type imports (a ROS 2 install, or the
-  one generated at setup by scripts/build_tf2_msgs.sh);
-* the last resort without it: one ``geometry_msgs/TransformStamped`` per
-  message on ``/safnet/transforms`` and ``/safnet/transforms_static``.
+Two wire formats, chosen by :func:`safnet_ros.ros.tf_path.active_tf_path`: ``tf2_msgs/TFMessage`` on
+``/tf`` and ``/tf_static`` as tf2_ros does, or (last resort, no TFMessage) one
+``geometry_msgs/TransformStamped`` per message on the fallback topics. Topics and QoS:
+docs/ros_compat.md, "TF: three paths, one test".
 """
 from __future__ import annotations
 
@@ -27,12 +24,7 @@ from safnet_ros.ros.tf_path import active_tf_path
 
 
 def reliable_qos(depth: int, latched: bool) -> QoSProfile:
-    """Reliable keep-last ``depth``; ``latched``: transient local (late joiners get the last messages).
-
-    The depths used here: /tf 100 (volatile); tf2_ros' static listener 100 and
-    its ``/tf_static`` publisher 1 (one TFMessage holds every static
-    transform); the last-resort static topic 1000 (one message per transform).
-    """
+    """Reliable keep-last ``depth``; ``latched``: transient local (late joiners get the last messages)."""
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
@@ -49,31 +41,15 @@ _USE_ACTIVE = object()  # default of ``tf_message``: decide by the active TF pat
 class FallbackTransformListener:
     """tf2_ros.TransformListener drop-in: feeds a buffer from the transform topics.
 
-    With ``tf_message`` (the ``tf2_msgs.msg.TFMessage`` class; by default the
-    one of the active TF path, :mod:`safnet_ros.ros.tf_path`) it listens like
-    tf2_ros: ``TFMessage`` on ``/tf`` (reliable, volatile, depth 100) and on
-    ``/tf_static`` (reliable, transient local, depth 100), ``topic`` and
-    ``static_topic`` unused.  Without it (``tf_message=None``: the last resort)
-    dynamic transforms come one geometry_msgs/TransformStamped per message on
-    ``topic`` (default ``/safnet/transforms``) and static ones on
-    ``static_topic`` (default ``/safnet/transforms_static``, transient local so
-    late joiners get them).  With ``spin_thread=True`` the subscriptions live
-    on an internal node spun by a daemon thread; otherwise the caller's
-    executor spins ``node``.
+    With ``tf_message`` (the TFMessage class; by default the active TF path's) it listens like tf2_ros on
+    /tf and /tf_static, ``topic`` and ``static_topic`` unused; with ``tf_message=None`` (the last resort) on
+    TransformStamped ``topic`` and the transient-local ``static_topic``. With ``spin_thread=True`` the
+    subscriptions live on an internal node spun by a daemon thread; otherwise the caller spins ``node``.
     """
 
-    def __init__(
-        self,
-        buffer: Any,
-        node: Any,
-        *,
-        spin_thread: bool = False,
-        qos: QoSProfile | None = None,
-        static_qos: QoSProfile | None = None,
-        topic: str = DEFAULT_TF_TOPIC,
-        static_topic: str = DEFAULT_TF_STATIC_TOPIC,
-        tf_message: Any = _USE_ACTIVE,
-    ) -> None:
+    def __init__(self, buffer: Any, node: Any, *, spin_thread: bool = False, qos: QoSProfile | None = None,
+                 static_qos: QoSProfile | None = None, topic: str = DEFAULT_TF_TOPIC,
+                 static_topic: str = DEFAULT_TF_STATIC_TOPIC, tf_message: Any = _USE_ACTIVE) -> None:
         self.buffer = buffer
         self.tf_message = _default_tf_message() if tf_message is _USE_ACTIVE else tf_message
         if self.tf_message is not None:
@@ -90,16 +66,11 @@ class FallbackTransformListener:
             )
             node = self._own_node
         self.node = node
-        if self.tf_message is not None:
-            self.tf_sub = node.create_subscription(self.tf_message, topic, self.tf_callback,
-                                                   qos or reliable_qos(100, False))
-            self.tf_static_sub = node.create_subscription(
-                self.tf_message, static_topic, self.tf_static_callback, static_qos or reliable_qos(100, True))
-        else:
-            self.tf_sub = node.create_subscription(TransformStamped, topic, self.callback,
-                                                   qos or reliable_qos(100, False))
-            self.tf_static_sub = node.create_subscription(
-                TransformStamped, static_topic, self.static_callback, static_qos or reliable_qos(1000, True))
+        tfm = self.tf_message  # TFMessage: tf2's static depth 100; one TransformStamped a message: 1000
+        self.tf_sub = node.create_subscription(tfm or TransformStamped, topic, self.callback,
+                                               qos or reliable_qos(100, False))
+        self.tf_static_sub = node.create_subscription(tfm or TransformStamped, static_topic, self.static_callback,
+                                                      static_qos or reliable_qos(100 if tfm else 1000, True))
         if spin_thread:
             self._executor = SingleThreadedExecutor(context=node.context)
             self._executor.add_node(node)
@@ -110,19 +81,13 @@ class FallbackTransformListener:
         with contextlib.suppress(Exception):  # context shut down under us: the thread just ends
             spin_resilient(self._executor, self._executor.context)
 
-    def callback(self, msg: TransformStamped) -> None:
-        self.buffer.set_transform(msg, "default_authority")
-
-    def static_callback(self, msg: TransformStamped) -> None:
-        self.buffer.set_transform_static(msg, "default_authority")
-
-    def tf_callback(self, msg: Any) -> None:
-        """A TFMessage on /tf: every transform it holds."""
-        for transform in msg.transforms:
+    def callback(self, msg: Any) -> None:
+        """A TFMessage (every transform it holds) or a TransformStamped."""
+        for transform in getattr(msg, "transforms", (msg,)):
             self.buffer.set_transform(transform, "default_authority")
 
-    def tf_static_callback(self, msg: Any) -> None:
-        for transform in msg.transforms:
+    def static_callback(self, msg: Any) -> None:
+        for transform in getattr(msg, "transforms", (msg,)):
             self.buffer.set_transform_static(transform, "default_authority")
 
     def unregister(self) -> None:

@@ -1,15 +1,9 @@
 """A tree of time-stamped transforms, looked up at any stamp (numpy only, no rclpy).
 
-The one TF implementation of the package: the node's drop-in ``tf2_ros.Buffer``
-(:mod:`safnet_ros.ros.tf_buffer`, fed from ``/tf``) and ``safnet segment-bag``
-(fed from the bag's ``/tf``) both hold a :class:`TfTree`.  Each child frame
-has one parent (a later transform with another parent replaces the link, as
-tf2 does).  A lookup interpolates each link between its two bracketing
-samples (linear translation, quaternion slerp), chains links through the
-common ancestor, and raises the tf2 exceptions below outside the recorded
-span (extrapolation, never clamping).  Transforms are ``T_parent_child``:
-they map points in the child frame into the parent frame; quaternions are
-(x, y, z, w).  Not thread-safe: the caller locks.
+The one TF implementation of the package: the node's drop-in ``tf2_ros.Buffer`` (:mod:`safnet_ros.ros.tf_buffer`)
+and ``safnet segment-bag`` both hold a :class:`TfTree`. Transforms are ``T_parent_child`` (child-frame points
+into the parent frame), quaternions (x, y, z, w); lookups behave as docs/ros_compat.md, "What the drop-in
+Buffer does", tells. Not thread-safe: the caller locks.
 """
 from __future__ import annotations
 
@@ -60,12 +54,11 @@ def strip_frame(frame_id: str) -> str:
 class _Link:
     """History of one child frame's transform to its parent (T_parent_child), sorted by stamp (ns)."""
 
-    __slots__ = ("parent", "static", "stamps", "translations", "rotations", "authority")
+    __slots__ = ("parent", "static", "stamps", "translations", "rotations")
 
-    def __init__(self, parent: str, static: bool, authority: str) -> None:
+    def __init__(self, parent: str, static: bool) -> None:
         self.parent = parent
         self.static = static
-        self.authority = authority
         self.stamps: list[int] = []
         self.translations: list[np.ndarray] = []
         self.rotations: list[np.ndarray] = []
@@ -117,7 +110,7 @@ class TfTree:
         self.links: dict[str, _Link] = {}
         self.num_rejected = 0
 
-    def add(self, transform: Any, static: bool, authority: str = "") -> bool:
+    def add(self, transform: Any, static: bool) -> bool:
         """Store one geometry_msgs/TransformStamped (rclpy or rosbags message); False (counted in
         ``num_rejected``) for a malformed, self-parented or too old one (tf2's TF_OLD_DATA)."""
         parent = strip_frame(transform.header.frame_id)
@@ -133,7 +126,7 @@ class TfTree:
         stamp = int(transform.header.stamp.sec) * 1_000_000_000 + int(transform.header.stamp.nanosec)
         link = self.links.get(child)
         if link is None or link.parent != parent or link.static != static:
-            link = self.links[child] = _Link(parent, static, authority)
+            link = self.links[child] = _Link(parent, static)
         elif (not static and self.cache_ns is not None and link.stamps
               and stamp < link.stamps[-1] - self.cache_ns):
             self.num_rejected += 1

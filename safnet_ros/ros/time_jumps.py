@@ -9,7 +9,6 @@ tf2's Buffer also listens to.
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
@@ -24,26 +23,17 @@ class StreamTimeJumps:
 
     def __init__(self, streams: Iterable[str], tolerance: float):
         self._detectors = {name: TimeJumpDetector(tolerance) for name in streams}
-        self._lock = threading.Lock()
 
-    @property
-    def tolerance(self) -> float:
-        return next(iter(self._detectors.values())).tolerance
-
-    @tolerance.setter
-    def tolerance(self, value: float) -> None:
-        with self._lock:
-            for detector in self._detectors.values():
-                detector.tolerance = float(value)
+    def set_tolerance(self, seconds: float) -> None:
+        """The tolerance of every stream (run-time parameter ``time_jump_tolerance``)."""
+        for detector in self._detectors.values():
+            detector.tolerance = float(seconds)
 
     def check(self, stream: str, stamp_s: float) -> Optional[float]:
         """The stream's previous newest stamp when ``stamp_s`` went back beyond the tolerance, else None."""
         detector = self._detectors[stream]
         newest = detector.newest
         return newest if detector.check(stamp_s) else None
-
-    def newest(self, stream: str) -> Optional[float]:
-        return self._detectors[stream].newest
 
     def reset(self) -> None:
         """Forget every stream's newest stamp (a new activation starts a new timeline)."""

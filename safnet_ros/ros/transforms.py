@@ -23,9 +23,8 @@ def transform_to_matrix(transform: Any) -> np.ndarray:
     return transform_from_quat([tf.translation.x, tf.translation.y, tf.translation.z], q)
 
 
-def matrix_to_transform(
-    matrix: np.ndarray, frame_id: str = "", child_frame_id: str = "", stamp: Any = None
-) -> TransformStamped:
+def matrix_to_transform(matrix: np.ndarray, frame_id: str = "", child_frame_id: str = "",
+                        stamp: Any = None) -> TransformStamped:
     """TransformStamped (parent ``frame_id``, child ``child_frame_id``) from a (4,4) rigid transform.
 
     Raises MessageEncodeError when the matrix is not finite or its rotation
@@ -37,7 +36,6 @@ def matrix_to_transform(
     r = m[:3, :3]
     if not np.allclose(r @ r.T, np.eye(3), atol=1e-4) or np.linalg.det(r) < 0:
         raise MessageEncodeError("transform's (3, 3) block is not a rotation")
-    q = matrix_to_quat(r)
     out = TransformStamped()
     out.header.frame_id = frame_id
     out.child_frame_id = child_frame_id
@@ -45,5 +43,5 @@ def matrix_to_transform(
         out.header.stamp = ns_to_stamp(stamp_to_ns(stamp))
     out.transform.translation.x, out.transform.translation.y, out.transform.translation.z = map(float, m[:3, 3])
     rot = out.transform.rotation
-    rot.x, rot.y, rot.z, rot.w = map(float, q)
+    rot.x, rot.y, rot.z, rot.w = map(float, matrix_to_quat(r))
     return out

@@ -70,18 +70,10 @@ class LazyCommands(argparse._SubParsersAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def register_group(
-    sub: argparse._SubParsersAction,
-    name: str,
-    help_text: str,
-    commands: Sequence[tuple[str, str, str]],
-) -> None:
-    """Add ``safnet NAME SUBCOMMAND``: one subcommand per (subcommand, module, help).
-
-    Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``; its
-    docstring becomes the subcommand's description. A module is imported only
-    when its subcommand is chosen (:class:`LazyCommands`).
-    """
+def register_group(sub: argparse._SubParsersAction, name: str, help_text: str,
+                   commands: Sequence[tuple[str, str, str]]) -> None:
+    """Add ``safnet NAME SUBCOMMAND``: one lazily imported command (:class:`LazyCommands`) per
+    (subcommand, module, help)."""
     group = sub.add_parser(name, help=help_text)
     gsub = group.add_subparsers(dest=f"{name}_command", metavar=f"{name.upper()}_COMMAND", action=LazyCommands)
     gsub.required = True
@@ -122,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SafnetError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # a wrapped message may hold newlines
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -139,11 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug of ours: keep the traceback, ask for a report
         return _report_bug(exc)
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message of a SafnetError on one line (a wrapped third-party message may hold newlines)."""
-    return " ".join(str(exc).split())
 
 
 def _report_bug(exc: BaseException) -> int:

@@ -87,16 +87,12 @@ def prepare_view(
     if depth.ndim != 2:
         raise ConfigError(f"depth image must be (H, W), got {depth.shape}")
     depth_wh = (depth.shape[1], depth.shape[0])
-    K = scale_intrinsics(np.asarray(K_depth, dtype=np.float64)[:3, :3], depth_wh, wh)
-    out_labels = None
-    if labels is not None:
-        out_labels = resize_nearest(np.asarray(labels), wh).astype(np.int64)
     return PosedView(
         color=_resize_color(np.asarray(color, dtype=np.uint8), wh),
         depth=resize_nearest(np.asarray(depth, dtype=np.float32), wh),
-        K=K,
+        K=scale_intrinsics(np.asarray(K_depth, dtype=np.float64)[:3, :3], depth_wh, wh),
         camera_to_world=np.asarray(camera_to_world, dtype=np.float64),
-        labels=out_labels,
+        labels=None if labels is None else resize_nearest(np.asarray(labels), wh).astype(np.int64),
         stamp=stamp,
     )
 
@@ -230,13 +226,10 @@ def build_chunk_sample(
 
     if views:
         images = normalize_images(np.stack([v.color for v in views]))
-        if all(v.labels is not None for v in views):
-            image_labels = np.stack([v.labels for v in views]).astype(np.int64)
-        else:
-            image_labels = None
     else:
         images = np.zeros((0, 3, h, w), np.float32)
-        image_labels = None
+    labelled = bool(views) and all(v.labels is not None for v in views)
+    image_labels = np.stack([v.labels for v in views]).astype(np.int64) if labelled else None
 
     return ChunkSample(
         points=points - shift,

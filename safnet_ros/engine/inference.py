@@ -83,10 +83,7 @@ def default_model_path() -> Optional[Path]:
         candidates.append(Path(get_package_share_directory("safnet_ros")) / "models" / DEFAULT_MODEL_NAME)
     except Exception:  # noqa: BLE001 - ament_index is optional
         pass
-    for path in candidates:
-        if path.is_file():
-            return path
-    return None
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -385,14 +382,12 @@ class Segmenter:
         self._backprojected.clear()
 
     def warm_up(self, points: int = 2000) -> float:
-        """Segment a small synthetic scene once; returns the seconds it took.
+        """Segment ``points`` points on a wall 2 m in front of one view once; returns the seconds it took.
 
-        The first forward of a process pays one-time costs (oneDNN picks and
-        compiles its convolution kernels, lazy imports, CUDA context and kernels)
-        that can be several times a normal forward. Paying them here, before data
-        flows, keeps them out of the first real cloud's latency; in the node, a
-        stalled first cloud would also starve the executor and lose sensor frames.
-        The scene: ``points`` points on a wall 2 m in front of one 160 x 120 view.
+        The first forward of a process pays one-time costs (oneDNN kernel choice,
+        lazy imports, the CUDA context) of several normal forwards: paid here, they
+        stay out of the first real cloud's latency (which, in the node, would also
+        starve the executor and lose sensor frames).
         """
         t0 = time.perf_counter()
         w, h = NET_IMAGE_WH
@@ -527,14 +522,13 @@ class Segmenter:
               coverage: Optional[np.ndarray], result: SegmentResult) -> tuple[np.ndarray, np.ndarray]:
         """Step 3: (coverage (V, K) bool of the working points, inside (K,) bool: within
         the covered points' box plus ``crop_margin``; all True when no view covers any)."""
-        if views:
-            if coverage is not None:
-                cov = np.asarray(coverage, bool)[:, work_index]
-            else:
-                cov = coverage_matrix(work, [(v.depth, v.K, v.camera_to_world) for v in views], tol=self.coverage_tol)
-        else:
+        if not views:
             cov = np.zeros((0, len(work)), bool)
-        covered = cov.any(axis=0) if len(views) else np.zeros(len(work), bool)
+        elif coverage is not None:
+            cov = np.asarray(coverage, bool)[:, work_index]
+        else:
+            cov = coverage_matrix(work, [(v.depth, v.K, v.camera_to_world) for v in views], tol=self.coverage_tol)
+        covered = cov.any(axis=0)
         if not covered.any():
             if views:
                 result.warnings.append("no view covers the cloud: segmented 3D-only")

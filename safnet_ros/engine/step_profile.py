@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import torch
 
-from safnet_ros.model.stages import StageTimes, record_stages
+from safnet_ros.model.stages import record_stages
 
 __all__ = ["PHASES", "StepProfile"]
 
@@ -47,14 +47,11 @@ class StepProfile:
         if name == "forward":
             with record_stages(self.sync_cuda) as times:
                 yield
-            self._add_stages(times)
+            for stage, seconds in times.seconds.items():
+                self.stages[stage] = self.stages.get(stage, 0.0) + seconds
         else:
             yield
         self.phases[name] += self._now() - start
-
-    def _add_stages(self, times: StageTimes) -> None:
-        for stage, seconds in times.seconds.items():
-            self.stages[stage] = self.stages.get(stage, 0.0) + seconds
 
     def end_step(self, chunks: int) -> None:
         """Count one finished step of ``chunks`` training samples (chunks or image crops)."""

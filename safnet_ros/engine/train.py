@@ -340,7 +340,6 @@ def _load_2d_into(model: nn.Module, path: Path) -> None:
             from exc
     for p in model.net2d.parameters():
         p.requires_grad_(False)
-    del src
 
 
 def init_from_checkpoint(model: nn.Module, path: Path) -> dict[str, int]:
@@ -374,7 +373,6 @@ def init_from_checkpoint(model: nn.Module, path: Path) -> dict[str, int]:
                 counts["widened"] += 1
             else:
                 counts["fresh"] += 1
-    del src
     return counts
 
 

@@ -312,11 +312,12 @@ def build_data(cfg: TrainConfig, dist_info: DistInfo) -> DataParts:
 
 
 def _to_device(batch, device: torch.device, stage: str):
+    """(the step module's inputs on ``device``, the chunk infos (stage 3d) or None, the batch size)."""
     if stage == "2d":
         images, labels = batch
-        return (images.to(device, non_blocking=True), labels.to(device, non_blocking=True)), None
+        return (images.to(device, non_blocking=True), labels.to(device, non_blocking=True)), None, len(images)
     chunk_batch, infos = batch
-    return (chunk_batch.to(device),), infos
+    return (chunk_batch.to(device),), infos, chunk_batch.batch_size
 
 
 # --------------------------------------------------------------------------- build: model
@@ -624,7 +625,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
             batch = next(batches, None)
             if batch is None:
                 break
-            inputs, infos = _to_device(batch, device, stage)
+            inputs, infos, n = _to_device(batch, device, stage)
         with _phase(run, "forward"), autocast_context(cfg.train.amp, device):
             loss, logits, labels = run.runner(*inputs)
         if not _all_finite(loss, dist_info):
@@ -640,7 +641,6 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         with _phase(run, "optimizer"):
             run.scaler.step(run.opt)
             run.scaler.update()
-        n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
         if run.profile is not None:
             run.profile.end_step(n)
         value = float(loss.detach())
@@ -680,10 +680,9 @@ def validate(run: Run) -> dict[str, Any]:
         for step, batch in enumerate(run.data.val_loader):
             if max_batches and step >= max_batches:
                 break
-            inputs, _ = _to_device(batch, device, stage)
+            inputs, _, n = _to_device(batch, device, stage)
             with autocast_context(run.cfg.train.amp, device):
                 loss, logits, labels = module(*inputs)
-            n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
             sums[0] += float(loss) * n
             sums[1] += n
             conf.add(logits.float(), labels)

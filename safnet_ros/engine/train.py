@@ -339,8 +339,6 @@ def _load_2d_into(model: nn.Module, path: Path) -> None:
     except RuntimeError as exc:
         raise ModelLoadError(f"{path}: its 2D net does not fit this config: {' '.join(str(exc).split())[:300]}") \
             from exc
-    for p in model.net2d.parameters():
-        p.requires_grad_(False)
 
 
 def init_from_checkpoint(model: nn.Module, path: Path) -> dict[str, int]:
@@ -392,12 +390,10 @@ def build_model(cfg: TrainConfig, dist_info: DistInfo) -> ModelParts:
         init = resolve(cfg, cfg.init_2d)
         if init is not None:
             _load_2d_into(model, init)
-        else:
-            for p in model.net2d.parameters():
-                p.requires_grad_(False)
-            if dist_info.is_main and init_from is None:
-                print("warning: stage 3d without init_2d: the frozen 2D net keeps its random weights",
-                      file=sys.stderr)
+        elif dist_info.is_main and init_from is None:
+            print("warning: stage 3d without init_2d: the frozen 2D net keeps its random weights", file=sys.stderr)
+        for p in model.net2d.parameters():
+            p.requires_grad_(False)
     tail_2d: list = []
     if cfg.stage == "3d" and getattr(model, "finetunes_2d_tail", False):
         tail_2d = model.tail_2d_parameters()

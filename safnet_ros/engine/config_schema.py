@@ -171,6 +171,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: Rule kinds that are one type check: (the type, what the error says is expected).
+_TYPE_KINDS = {"bool": (bool, "true or false"), "str": (str, "a string"), "mapping": (Mapping, "a mapping (key: value)")}
+
+
 def check_value(key: str, value: Any, rule: Rule) -> Any:
     """``value`` normalised for ``rule`` (ints, floats), or ConfigError naming ``key``."""
     if value is None:
@@ -182,23 +186,16 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{key} must be {expected}, got {_short(value)}")
 
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if kind == "str":
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
+    if kind in _TYPE_KINDS:
+        expected_type, expected = _TYPE_KINDS[kind]
+        if not isinstance(value, expected_type):
+            raise bad(expected)
+        return dict(value) if kind == "mapping" else value
     if kind == "choice":
         if isinstance(value, (bool, list, dict)) or value not in rule.choices:
             raise bad("one of " + ", ".join(repr(c) for c in rule.choices if c is not None)
                       + (" or null" if rule.nullable else ""))
         return value
-    if kind == "mapping":
-        if not isinstance(value, Mapping):
-            raise bad("a mapping (key: value)")
-        return dict(value)
     if kind == "size":
         if (not isinstance(value, (list, tuple)) or len(value) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):

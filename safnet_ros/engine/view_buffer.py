@@ -109,9 +109,7 @@ class TimeJumpDetector:
 class ViewBuffer:
     """Bounded, keyframe-filtered store of :class:`PosedView` (see the module docstring).
 
-    Views must carry ``stamp`` (seconds) and a camera-to-world pose in one
-    fixed frame. :meth:`views` returns a snapshot list, oldest first, that the
-    caller may use while other threads keep offering.
+    Views must carry ``stamp`` (seconds) and a camera-to-world pose in one fixed frame.
     """
 
     def __init__(

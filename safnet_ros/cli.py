@@ -1,16 +1,12 @@
 """The ``safnet`` command: one entry point, subcommands registered per sub-package.
 
 Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``. A
-command is a module with ``add_arguments(parser)`` and ``run(args) -> int``; it
-is registered by name (:meth:`LazyCommands.add_command`) and imported only when
-it is chosen, so ``safnet --help`` and ``safnet data --help`` import no command
-module (no numpy, torch or open3d) and the modules import what they need at the
-top. A :class:`~safnet_ros.errors.SafnetError`
-becomes one ``error: ...`` line and exit status 2, never a traceback; so does an
-argparse range error (safnet_ros.validation), an operating-system refusal naming a
-file (permission, no space, a file where a folder is needed) and running out of
-memory. Any other exception is a bug of ours: its traceback is kept and a line
-asks for a report (exit status 1).
+command module is imported only when its command is chosen
+(:class:`LazyCommands`), so ``safnet --help`` imports no numpy, torch or open3d.
+Bad input (a :class:`~safnet_ros.errors.SafnetError`, an argparse range error,
+an operating-system refusal naming a file, running out of memory) is one
+``error: ...`` line and exit status 2, never a traceback; any other exception is
+a bug of ours: its traceback is kept and a line asks for a report (exit status 1).
 """
 from __future__ import annotations
 

@@ -1,23 +1,16 @@
 """Keep freed tensor memory in the process for reuse (glibc ``malloc`` tuning).
 
-A SAFNet forward allocates dozens of 5-25 MB tensors. glibc serves a block above
-its mmap threshold with a fresh ``mmap``, unmaps it when freed and trims free
-memory off the heap, so every forward page-faults (and zero-fills) them again.
-:func:`tune_cpu_allocator` raises the mmap threshold to 32 MiB (glibc's largest)
-and the trim threshold to 512 MiB with ``mallopt``, so freed blocks stay and are
-reused, and caps glibc at one arena (``M_ARENA_MAX``): a worker thread on an
-arena of its own (64 MiB mmap'd heaps that the thresholds do not keep) would
-fault its temporaries in again. The price is resident memory: the process keeps
-its peak working set.
-
-**Tune before other threads exist.** ``M_ARENA_MAX`` only stops new arenas, and
-the threads numpy and torch start at import have arenas of their own, so the
-node program tunes as the first thing ``import safnet_ros.ros`` does and the
-``safnet`` CLI before it imports a command. Figures: docs/benchmarks.md.
-
-``SAFNET_MALLOC_TUNING=0`` leaves malloc alone, and so does a user's
-``GLIBC_TUNABLES`` or ``MALLOC_*_`` setting (their choice wins); without glibc's
-``mallopt`` (macOS, musl) it does nothing and returns False.
+:func:`tune_cpu_allocator` raises glibc's mmap threshold to 32 MiB (its largest)
+and its trim threshold to 512 MiB with ``mallopt``, so a forward's large freed
+temporaries stay in the heap instead of being page-faulted (and zero-filled) in
+again by the next forward, and caps glibc at one arena (``M_ARENA_MAX``), so a
+worker thread gets no arena of its own that keeps nothing. The price is
+resident memory: the peak working set stays. **Tune before other threads
+exist**: ``M_ARENA_MAX`` only stops new arenas, so the node program tunes as the
+first thing ``import safnet_ros.ros`` does and the ``safnet`` CLI before it
+imports a command (docs/ros_node.md, docs/benchmarks.md). ``SAFNET_MALLOC_TUNING=0``
+or a user's own ``GLIBC_TUNABLES`` / ``MALLOC_*_`` setting leaves malloc alone;
+without glibc's ``mallopt`` (macOS, musl) it does nothing and returns False.
 """
 from __future__ import annotations
 

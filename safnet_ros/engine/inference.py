@@ -336,35 +336,34 @@ class Segmenter:
             while len(cache) > self.feature_cache_size:
                 cache.popitem(last=False)
 
-    def _encoded(self, views: Sequence[PosedView], keys: Sequence[str]) -> Optional[list[tuple]]:
-        """Cached (features (H*W, C), logits (K, H, W)) of each view, encoding the missing
-        ones in one 2D forward; None for a model without a 2D branch."""
+    def _encoded(self, views: Sequence[PosedView], keys: Sequence[str]
+                 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The views' cached 2D features (1, V*H*W, C) and logits (1, V, K, H, W), encoding the
+        missing ones in one 2D forward; (None, None) for a model without a 2D branch."""
         if not hasattr(self.model, "encode_views"):
-            return None
+            return None, None
         missing = {k: v for k, v in zip(keys, views) if k not in self._features}
         if missing:
             images = torch.from_numpy(normalize_images(np.stack([v.color for v in missing.values()])))
             with torch.no_grad(), autocast_context(self.precision, self.device):
                 feats, logits = self.model.encode_views(images.to(self.device))
             if feats is None:
-                return None
+                return None, None
             for i, key in enumerate(missing):
                 self._features[key] = (feats[i], logits[i])
         for key in keys:
             self._features.move_to_end(key)
-        return [self._features[k] for k in keys]
+        cached = [self._features[k] for k in keys]
+        features = torch.cat([f for f, _ in cached]).unsqueeze(0)
+        return features, torch.stack([lg for _, lg in cached]).unsqueeze(0)
 
     def _view_features(self, views: Sequence[PosedView]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Cached 2D features of ``views``: ((1, V*H*W, C), (1, V, K, H, W)) or (None, None)."""
         if not views:
             return None, None
-        cached = self._encoded(views, [view_key(v) for v in views])
+        tables = self._encoded(views, [view_key(v) for v in views])
         self._evict()
-        if cached is None:
-            return None, None
-        feats = torch.cat([f for f, _ in cached]).unsqueeze(0)
-        logits = torch.stack([lg for _, lg in cached]).unsqueeze(0)
-        return feats, logits
+        return tables
 
     def _backprojection(self, view: PosedView, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The view's back-projected pixels: (points (M, 3) float32 world, pixel (M,) int64, the
@@ -444,7 +443,8 @@ class Segmenter:
             if views[v].wh != (w, h):
                 raise ConfigError(f"view of size {views[v].wh} in a batch of {(w, h)} images")
         pixels = w * h
-        encoded = self._encoded([views[v] for v in used], [keys[v] for v in used]) if used else None
+        features, logits = (self._encoded([views[v] for v in used], [keys[v] for v in used]) if used
+                            else (None, None))
         n_max = max(len(p.index) for p in parts)
         b = len(parts)
         p_np = np.full((b, n_max, 3), np.nan, np.float32)
@@ -474,10 +474,9 @@ class Segmenter:
             q_points=torch.from_numpy(q_np).to(dev),
             q_mask=torch.from_numpy(mask_np).to(dev),
             q_pixel=torch.from_numpy(pix_np).to(dev),
+            pixel_features=features,
+            pixel_logits=logits,
         )
-        if encoded is not None:
-            batch.pixel_features = torch.cat([f for f, _ in encoded]).unsqueeze(0)
-            batch.pixel_logits = torch.stack([lg for _, lg in encoded]).unsqueeze(0)
         with autocast_context(self.precision, self.device):
             out = self.model(batch)
         return [self._outputs(out, i, len(part.index)) for i, part in enumerate(parts)]

@@ -151,7 +151,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
         raise ConfigError(f"{p}: the {what} is {kind}, not a folder")
     probe = p if kind == "a folder" else p.parent
     for parent in [probe, *probe.parents]:
-        pk = path_kind(parent) if str(parent) else "a folder"
+        pk = path_kind(parent)
         if pk is None:
             continue
         if pk != "a folder":
@@ -168,5 +168,5 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
     kind = path_kind(p)
     if kind == "a folder":
         raise ConfigError(f"{p}: the {what} is a folder")
-    check_output_dir(p.parent if str(p.parent) else ".", f"folder of the {what}")
+    check_output_dir(p.parent, f"folder of the {what}")
     return p

@@ -259,7 +259,7 @@ def from_mapping(cls: type, data: Any, path: str = "") -> Any:
     for name, f in known.items():
         if name not in data:
             continue
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+        if dataclasses.is_dataclass(f.default_factory):  # a section (MISSING is not a dataclass)
             values[name] = from_mapping(f.default_factory, data[name], f"{path}{name}.")
         else:
             values[name] = check_value(f"{path}{name}", data[name], f.metadata["rule"])

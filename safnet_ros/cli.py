@@ -1,16 +1,12 @@
 """The ``safnet`` command: one entry point, subcommands registered per sub-package.
 
 Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``. A
-command is a module with ``add_arguments(parser)`` and ``run(args) -> int``; it
-is registered by name (:meth:`LazyCommands.add_command`) and imported only when
-it is chosen, so ``safnet --help`` and ``safnet data --help`` import no command
-module (no numpy, torch or open3d) and the modules import what they need at the
-top. A :class:`~safnet_ros.errors.SafnetError`
-becomes one ``error: ...`` line and exit status 2, never a traceback; so does an
-argparse range error (safnet_ros.validation), an operating-system refusal naming a
-file (permission, no space, a file where a folder is needed) and running out of
-memory. Any other exception is a bug of ours: its traceback is kept and a line
-asks for a report (exit status 1).
+command module is imported only when its command is chosen
+(:class:`LazyCommands`), so ``safnet --help`` imports no numpy, torch or open3d.
+Bad input (a :class:`~safnet_ros.errors.SafnetError`, an argparse range error,
+an operating-system refusal naming a file, running out of memory) is one
+``error: ...`` line and exit status 2, never a traceback; any other exception is
+a bug of ours: its traceback is kept and a line asks for a report (exit status 1).
 """
 from __future__ import annotations
 
@@ -70,18 +66,10 @@ class LazyCommands(argparse._SubParsersAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def register_group(
-    sub: argparse._SubParsersAction,
-    name: str,
-    help_text: str,
-    commands: Sequence[tuple[str, str, str]],
-) -> None:
-    """Add ``safnet NAME SUBCOMMAND``: one subcommand per (subcommand, module, help).
-
-    Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``; its
-    docstring becomes the subcommand's description. A module is imported only
-    when its subcommand is chosen (:class:`LazyCommands`).
-    """
+def register_group(sub: argparse._SubParsersAction, name: str, help_text: str,
+                   commands: Sequence[tuple[str, str, str]]) -> None:
+    """Add ``safnet NAME SUBCOMMAND``: one lazily imported command (:class:`LazyCommands`) per
+    (subcommand, module, help)."""
     group = sub.add_parser(name, help=help_text)
     gsub = group.add_subparsers(dest=f"{name}_command", metavar=f"{name.upper()}_COMMAND", action=LazyCommands)
     gsub.required = True
@@ -122,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SafnetError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # a wrapped message may hold newlines
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -139,11 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug of ours: keep the traceback, ask for a report
         return _report_bug(exc)
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message of a SafnetError on one line (a wrapped third-party message may hold newlines)."""
-    return " ".join(str(exc).split())
 
 
 def _report_bug(exc: BaseException) -> int:

@@ -20,7 +20,6 @@ class DataFormatError(SafnetError, ValueError):
 
     def __init__(self, path: str | os.PathLike | None, problem: str):
         self.path = None if path is None else os.fspath(path)
-        self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 

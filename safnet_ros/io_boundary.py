@@ -1,16 +1,12 @@
 """Our I/O boundary: third-party reader errors become one error naming the file.
 
 Readers we do not own (rosbags, PyYAML, json, torch.load, PIL, sqlite3, zipfile)
-raise their own exception types on a broken file: ``ReaderError``,
-``YAMLError``, ``UnicodeDecodeError``, ``UnpicklingError``, ``struct.error``.
-:func:`reading` turns exactly those (a fixed list, not ``Exception``) into a
+raise their own exception types on a broken file. :func:`reading` turns exactly
+those (a fixed list, not ``Exception``) into a
 :class:`~safnet_ros.errors.DataFormatError` naming the file, so the CLI prints
-one ``error:`` line. Anything else (our own bugs) passes through untouched and
-reaches the CLI's bug-report handler with its traceback.
-
-:func:`load_torch_file` is the one place that unpickles torch files: always
-``weights_only=True`` (a file cannot run code when loaded), and a file that is
-not a torch archive at all is "not a safnet checkpoint", in one line.
+one ``error:`` line; anything else (our own bugs) reaches the CLI's bug report.
+:func:`load_torch_file` is the one place that unpickles torch files, always
+with ``weights_only=True``.
 """
 from __future__ import annotations
 

@@ -1,23 +1,12 @@
 """The one place that guards output folders: never delete or overwrite what we did not write.
 
-Every command that writes an output folder (``data preprocess``, ``data synth``,
-``bag convert``, ``segment-bag``, ``eval --out``) goes through here:
-
-* :func:`write_mark` leaves a small manifest ``.safnet-output.json`` in what it
-  wrote: the command, the package version, its settings and the files it wrote.
-  A folder is *ours* only when it carries that mark and holds nothing besides
-  the files listed in it (:func:`check_replaceable`).
-* :func:`check_separate` refuses an output inside an input, or an input inside
-  the output (symlinks resolved), before any work.
-* :func:`claim` is the check made before any work: an existing non-empty output
-  is refused without ``--overwrite``; with it, only a folder that is ours may be
-  replaced (never a raw scene, a bag we did not write or a user's files).
-* :func:`output_lock` keeps a second run off the same output (an ``flock`` on a
-  hidden file beside it, released by the kernel when a process dies).
-* :func:`staged_folder` builds the new result beside the old one and swaps it in
-  at the end, so an interrupt leaves the old result whole and no mix of both.
-
-The rules, as a table, are in docs/reliability.md ("Output folders").
+Every command that writes an output folder goes through here. A folder is *ours*
+only when it carries our manifest (:func:`write_mark`) and holds nothing it does
+not list (:func:`check_replaceable`). :func:`claim` makes the checks before any
+work, :func:`output_lock` keeps a second run off the same output, and
+:func:`staged_folder` builds the new result beside the old one and swaps it in
+at the end, so an interrupt leaves the old result whole and no mix of both.
+The rules, as a table: docs/reliability.md ("Output folders").
 """
 from __future__ import annotations
 
@@ -103,7 +92,6 @@ _UNMARKED_LAYOUTS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
 def written_before_marks(folder: Path, command: str) -> bool:
     """True when ``folder`` (no mark) holds exactly what ``command`` wrote before outputs were marked:
     only its file names (no sub-folders), and for bags a metadata.yaml naming our topics or data."""
-
     if command in _UNMARKED_DATASETS:
         return _dataset_before_marks(folder, command)
     layout = _UNMARKED_LAYOUTS.get(command)
@@ -135,7 +123,6 @@ _UNMARKED_DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
 def _dataset_before_marks(folder: Path, command: str) -> bool:
     """An unmarked dataset folder of ``command``: its proof file, its own top-level files, and
     sub-folders that are its scenes (a preprocessed scene's meta.json, or a synth scene's .synth.json)."""
-
     proof, patterns = _UNMARKED_DATASETS[command]
     if not (folder / proof).is_file():
         return False
@@ -219,7 +206,6 @@ def claim(out: str | os.PathLike, command: str, *, overwrite: bool, inputs: Iter
       ``incremental`` (the command then replaces only its own sub-folders).
     Creates nothing; returns ``out`` as a Path.
     """
-
     p = check_output_dir(out, what)
     check_separate(p, inputs, what)
     if is_empty(p):
@@ -250,7 +236,6 @@ def output_lock(out: str | os.PathLike, what: str = "output folder") -> Iterator
     The lock is an ``flock`` on the hidden file ``.<name>.safnet-lock`` beside ``out`` (so a
     swap of ``out`` itself does not move it); the kernel releases it when a process dies.
     """
-
     check_output_dir(out, what)  # a regular file in the way is named before anything is created
     p = Path(os.path.abspath(os.fspath(out)))
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -308,23 +293,12 @@ def replace_folder(new: Path, final: Path, old: Optional[Path] = None) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def swap_in(new: Path, out: Path, command: Optional[str], overwrite: bool = True) -> None:
-    """Replace ``out`` by the complete folder ``new``: the old one (checked again, just before: it
-    may only be replaced with ``overwrite`` and when ours) is renamed aside, ``new`` renamed in,
-    then the old one deleted."""
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not is_empty(out):
-        if not overwrite:
-            raise ConfigError(f"{out}: appeared while this run was writing (another run?); not replaced")
-        check_replaceable(out, command)
-    replace_folder(new, out)
-
-
 @contextlib.contextmanager
 def staged_folder(out: str | os.PathLike, command: str, settings: Optional[dict[str, Any]] = None,
                   create: bool = True, overwrite: bool = False) -> Iterator[Path]:
     """Yield a folder beside ``out`` to build the result in; on success mark it and swap it in for
-    ``out`` (:func:`swap_in`); on any exception or Ctrl-C delete it and leave ``out`` whole.
+    ``out`` (:func:`replace_folder`; ``out`` is checked again just before: it may only be replaced
+    with ``overwrite`` and when ours); on any exception or Ctrl-C delete it and leave ``out`` whole.
 
     The yielded folder is ``.<name>.safnet-new-<pid>/<name>`` (hidden parent, same name as ``out``,
     so writers that name files after their folder, like rosbag2, name them as for ``out``).
@@ -344,6 +318,10 @@ def staged_folder(out: str | os.PathLike, command: str, settings: Optional[dict[
         if not new.is_dir():
             raise ConfigError(f"{out}: nothing was written")
         write_mark(new, command, settings)
-        swap_in(new, out, command, overwrite)
+        if (out.exists() or out.is_symlink()) and not is_empty(out):
+            if not overwrite:
+                raise ConfigError(f"{out}: appeared while this run was writing (another run?); not replaced")
+            check_replaceable(out, command)
+        replace_folder(new, out)
     finally:
         shutil.rmtree(holder, ignore_errors=True)

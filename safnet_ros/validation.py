@@ -94,7 +94,6 @@ def int_list(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[st
     return parse
 
 
-#: Device names accepted by ``--device`` (``cuda:N`` too).
 def device_name(text: str) -> str:
     """argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
     t = str(text).strip().lower()
@@ -104,22 +103,15 @@ def device_name(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- paths
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISREG, "a regular file"))
 
 
 def path_kind(path: str | os.PathLike) -> Optional[str]:
     """What ``path`` is ("a folder", "a regular file", "a FIFO (named pipe)", ...), None when absent."""
     try:
-        return _kind(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
+        return next((name for is_kind, name in _KINDS if is_kind(mode)), "not a regular file")
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
@@ -159,7 +151,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
         raise ConfigError(f"{p}: the {what} is {kind}, not a folder")
     probe = p if kind == "a folder" else p.parent
     for parent in [probe, *probe.parents]:
-        pk = path_kind(parent) if str(parent) else "a folder"
+        pk = path_kind(parent)
         if pk is None:
             continue
         if pk != "a folder":
@@ -176,5 +168,5 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
     kind = path_kind(p)
     if kind == "a folder":
         raise ConfigError(f"{p}: the {what} is a folder")
-    check_output_dir(p.parent if str(p.parent) else ".", f"folder of the {what}")
+    check_output_dir(p.parent, f"folder of the {what}")
     return p

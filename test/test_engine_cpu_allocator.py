@@ -55,10 +55,10 @@ def test_tuned_malloc_reuses_freed_tensors_instead_of_faulting_them_in_again():
 
 def test_user_malloc_settings_and_the_switch_win(monkeypatch):
     monkeypatch.setenv(cpu_allocator.ENV_SWITCH, "off")
-    assert cpu_allocator._apply() is False
+    assert cpu_allocator.tune_cpu_allocator.__wrapped__() is False  # uncached
     monkeypatch.setenv(cpu_allocator.ENV_SWITCH, "1")
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000")
-    assert cpu_allocator._apply() is False
+    assert cpu_allocator.tune_cpu_allocator.__wrapped__() is False  # uncached
 
 
 

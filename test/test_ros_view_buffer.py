@@ -69,8 +69,8 @@ def test_zero_motion_thresholds_keep_every_view_past_the_interval():
 def test_decide_matches_offer_without_counting():
     buf = ViewBuffer(policy=KeyframePolicy(0.1, 0.0, 0.0))
     buf.offer(make_view(0.0))
-    assert not buf.decide(1.0, make_view(1.0, x=0.01).camera_to_world).keep
-    assert buf.decide(1.0, make_view(1.0, x=0.2).camera_to_world).keep
+    assert not buf.decide(1.0, make_view(1.0, x=0.01).camera_to_world)
+    assert buf.decide(1.0, make_view(1.0, x=0.2).camera_to_world)
     assert buf.stats.offered == 1
 
 
@@ -155,7 +155,6 @@ def test_bad_policy_raises_config_error():
 def test_time_jump_detector_tolerates_small_reorders():
     det = TimeJumpDetector(tolerance=0.5)
     assert [det.check(t) for t in (1.0, 2.0, 1.7, 2.5, 0.5, 0.6)] == [False, False, False, False, True, False]
-    assert det.jumps == 1
 
 
 def test_concurrent_offers_and_snapshots_stay_within_bounds():

@@ -10,11 +10,11 @@ import torch
 import yaml
 
 from safnet_ros.cli import main
+from safnet_ros.engine.inference import autocast_context
 from safnet_ros.engine.train import (
     DistInfo,
     Run,
     TrainingDivergedError,
-    autocast,
     build_data,
     build_model,
     build_optimizer,
@@ -174,7 +174,7 @@ def test_a_bf16_training_step_lowers_the_loss(pre_root, stage):
     parts.module.train()
     losses = []
     for _ in range(6):
-        with autocast("bf16", info.device):
+        with autocast_context("bf16", info.device):
             loss, logits, _labels = parts.module(*inputs)
         losses.append(float(loss.detach()))
         opt.zero_grad()
@@ -183,7 +183,7 @@ def test_a_bf16_training_step_lowers_the_loss(pre_root, stage):
     assert all(np.isfinite(losses))
     assert min(losses[-2:]) < losses[0], losses
     if stage == "2d":
-        with autocast("bf16", info.device):
+        with autocast_context("bf16", info.device):
             _, raw = parts.model.net2d(inputs[0])
         assert raw.dtype == torch.bfloat16  # autocast did run the convolutions in bf16
 

@@ -87,16 +87,12 @@ def prepare_view(
     if depth.ndim != 2:
         raise ConfigError(f"depth image must be (H, W), got {depth.shape}")
     depth_wh = (depth.shape[1], depth.shape[0])
-    K = scale_intrinsics(np.asarray(K_depth, dtype=np.float64)[:3, :3], depth_wh, wh)
-    out_labels = None
-    if labels is not None:
-        out_labels = resize_nearest(np.asarray(labels), wh).astype(np.int64)
     return PosedView(
         color=_resize_color(np.asarray(color, dtype=np.uint8), wh),
         depth=resize_nearest(np.asarray(depth, dtype=np.float32), wh),
-        K=K,
+        K=scale_intrinsics(np.asarray(K_depth, dtype=np.float64)[:3, :3], depth_wh, wh),
         camera_to_world=np.asarray(camera_to_world, dtype=np.float64),
-        labels=out_labels,
+        labels=None if labels is None else resize_nearest(np.asarray(labels), wh).astype(np.int64),
         stamp=stamp,
     )
 
@@ -171,9 +167,8 @@ def chunk_box(points: np.ndarray, q_margin: float = DEFAULT_Q_MARGIN) -> Optiona
 def in_box(q_rows: np.ndarray, box: Optional[np.ndarray]) -> np.ndarray:
     """(M,) bool: the Q points inside ``box`` (:func:`chunk_box`; None: none is).
 
-    ``q_rows (3, M)``: the points as three contiguous coordinate rows. Six compares on
-    contiguous rows take ~15 us for 19,200 points against ~1 ms for the same test
-    on ``(M, 3)`` rows, and a cloud's batch makes one test per chunk and view.
+    ``q_rows (3, M)``: the points as three contiguous coordinate rows, which is
+    far faster than a test on ``(M, 3)`` rows (docs/benchmarks.md).
     """
     if box is None:
         return np.zeros(q_rows.shape[1], bool)
@@ -231,13 +226,10 @@ def build_chunk_sample(
 
     if views:
         images = normalize_images(np.stack([v.color for v in views]))
-        if all(v.labels is not None for v in views):
-            image_labels = np.stack([v.labels for v in views]).astype(np.int64)
-        else:
-            image_labels = None
     else:
         images = np.zeros((0, 3, h, w), np.float32)
-        image_labels = None
+    labelled = bool(views) and all(v.labels is not None for v in views)
+    image_labels = np.stack([v.labels for v in views]).astype(np.int64) if labelled else None
 
     return ChunkSample(
         points=points - shift,
@@ -250,13 +242,25 @@ def build_chunk_sample(
     )
 
 
+def pad_q(q_points: Sequence[np.ndarray], q_pixel: Sequence[np.ndarray]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Q points (M_i, 3) and pixels (M_i,) of B chunks padded to the largest M (1 at least):
+    (B, M, 3) float32, (B, M) int64 and the (B, M) bool ``q_mask``, False on the padding. Padding
+    coordinates are far away (1e4 m) so they can never be a neighbour even without the mask."""
+    m = max(1, max(len(q) for q in q_points))
+    points = np.full((len(q_points), m, 3), 1e4, dtype=np.float32)
+    pixel = np.zeros((len(q_points), m), dtype=np.int64)
+    mask = np.zeros((len(q_points), m), dtype=bool)
+    for i, (q, pix) in enumerate(zip(q_points, q_pixel)):
+        points[i, :len(q)], pixel[i, :len(q)], mask[i, :len(q)] = q, pix, True
+    return points, pixel, mask
+
+
 def collate(samples: Sequence[ChunkSample], device: str = "cpu"):
-    """Stack samples into a :class:`~safnet_ros.model.batch.ChunkBatch`.
+    """Stack samples into a :class:`~safnet_ros.model.batch.ChunkBatch`, Q padded by :func:`pad_q`.
 
     All samples must have the same number of points N and of views V (the
     trainer samples a fixed N per chunk; the node batches one cloud at a time).
-    Q is padded to the largest M with ``q_mask`` False; padding coordinates are
-    far away (1e4 m) so they can never be a neighbour even without the mask.
     """
     import torch  # noqa: PLC0415 - torch only for collation: preprocess's spawned workers import this module without it
 
@@ -268,16 +272,7 @@ def collate(samples: Sequence[ChunkSample], device: str = "cpu"):
     v = {s.images.shape[0] for s in samples}
     if len(n) != 1 or len(v) != 1:
         raise ConfigError(f"samples differ in points {sorted(n)} or views {sorted(v)}")
-    bsz = len(samples)
-    m = max(1, max(s.q_points.shape[0] for s in samples))
-    q_points = np.full((bsz, m, 3), 1e4, dtype=np.float32)
-    q_pixel = np.zeros((bsz, m), dtype=np.int64)
-    q_mask = np.zeros((bsz, m), dtype=bool)
-    for i, s in enumerate(samples):
-        k = s.q_points.shape[0]
-        q_points[i, :k] = s.q_points
-        q_pixel[i, :k] = s.q_pixel
-        q_mask[i, :k] = True
+    q_points, q_pixel, q_mask = pad_q([s.q_points for s in samples], [s.q_pixel for s in samples])
 
     def t(x):
         return torch.from_numpy(np.ascontiguousarray(x)).to(device)

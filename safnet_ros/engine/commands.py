@@ -45,11 +45,6 @@ def register(sub: LazyCommands) -> None:
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
     parser.set_defaults(func=run_train)
-    register_eval(sub)
-
-
-def register_eval(sub: LazyCommands) -> None:
-    """``safnet eval``: whole-scene evaluation (safnet_ros.engine.evaluate, docs/evaluation.md), imported on use."""
     sub.add_command("eval", "safnet_ros.engine.evaluate",
                     "evaluate checkpoints on preprocessed scenes (Table I, Table III, Fig. 5)",
                     add_arguments="add_eval_arguments", run="run_eval")

@@ -1,17 +1,11 @@
 """The training config as a typed dataclass tree, loaded and checked in one pass.
 
-:class:`TrainConfig` holds one dataclass per YAML section (``data``, ``model``,
-``train``, ``images``, ``chunks``, ``camera``), as :class:`SafnetConfig` holds the
-model's. Each field carries its rule (type, range, allowed values) in its
-``metadata``; :func:`from_mapping` builds the tree from the YAML mapping and
-raises one :class:`ConfigError` line naming the dotted key for an unknown key
-(listing the known ones at its level) or a bad value (saying what is accepted).
-Every float must be finite. :func:`load_yaml_config` reads a file with
-``yaml.safe_load`` after refusing aliases (``*name``: an alias bomb of a few
-hundred bytes would otherwise expand into gigabytes) and files over 1 MiB.
-
-Adding a key is one line in its section's dataclass; docs/training.md lists
-every key.
+:class:`TrainConfig` holds one dataclass per YAML section, each field's rule
+(type, range, allowed values) in its ``metadata``; :func:`from_mapping` raises one
+:class:`ConfigError` line naming the dotted key of an unknown key or a bad value.
+:func:`load_yaml_config` refuses YAML aliases (an alias bomb of a few hundred
+bytes would expand into gigabytes) and files over 1 MiB. Adding a key is one
+line in its section's dataclass; docs/training.md lists every key.
 """
 from __future__ import annotations
 
@@ -101,12 +95,8 @@ class TrainSection:
     val_every: int = _f(1, "int", 1, 100_000)
     max_val_batches: int = _f(0, "int", 0, BIG)
     find_unused_parameters: bool = _f(True, "bool")
-    # autocast precision; fp16 on CUDA only (with a GradScaler). bf16 by default: 1.3-1.7x faster stage-3d steps
-    # on this CPU (AVX512-BF16), the same loss (docs/training.md); use fp32 on a CPU without native bf16.
-    amp: str = _choice("bf16", *AMP_MODES)
-    # print and write (OUT/profile.json) where each step's time goes: data, forward per model stage, backward,
-    # optimizer, and chunks/s. On CUDA each boundary synchronises, so leave it off for real runs.
-    profile: bool = _f(False, "bool")
+    amp: str = _choice("bf16", *AMP_MODES)  # autocast; fp16 on CUDA only (docs/training.md: why bf16)
+    profile: bool = _f(False, "bool")  # OUT/profile.json: where each step's time goes (engine/step_profile.py)
 
 
 @dataclass
@@ -119,9 +109,7 @@ class ImagesSection:  # stage 2d
 @dataclass
 class ChunksSection:  # stage 3d
     num_points: int = _f(8192, "int", 1, 10_000_000)
-    # An int k: every chunk gets k view slots; [lo, hi]: each training chunk draws its count from lo..hi
-    # (0 = 3D only), validation uses hi. Normalised to the int ``views`` (= hi) and ``min_views`` (= lo).
-    views: Any = _f(3, "views", 0, 5)
+    views: Any = _f(3, "views", 0, 5)  # k, or [lo, hi] per training chunk (then views = hi, min_views = lo)
     min_views: Optional[int] = _f(None, "int", 0, 5, nullable=True)
     size: float = _f(1.5, "float", 0.0, 1000.0, lo_open=True)
     chunks_per_scene: int = _f(8, "int", 1, 1_000_000)
@@ -183,6 +171,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: Rule kinds that are one type check: (the type, what the error says is expected).
+_TYPE_KINDS = {"bool": (bool, "true or false"), "str": (str, "a string"), "mapping": (Mapping, "a mapping (key: value)")}
+
+
 def check_value(key: str, value: Any, rule: Rule) -> Any:
     """``value`` normalised for ``rule`` (ints, floats), or ConfigError naming ``key``."""
     if value is None:
@@ -194,23 +186,16 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{key} must be {expected}, got {_short(value)}")
 
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if kind == "str":
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
+    if kind in _TYPE_KINDS:
+        expected_type, expected = _TYPE_KINDS[kind]
+        if not isinstance(value, expected_type):
+            raise bad(expected)
+        return dict(value) if kind == "mapping" else value
     if kind == "choice":
         if isinstance(value, (bool, list, dict)) or value not in rule.choices:
             raise bad("one of " + ", ".join(repr(c) for c in rule.choices if c is not None)
                       + (" or null" if rule.nullable else ""))
         return value
-    if kind == "mapping":
-        if not isinstance(value, Mapping):
-            raise bad("a mapping (key: value)")
-        return dict(value)
     if kind == "size":
         if (not isinstance(value, (list, tuple)) or len(value) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
@@ -256,10 +241,6 @@ def check_value(key: str, value: Any, rule: Rule) -> Any:
     return value
 
 
-def _user_fields(cls: type) -> list[dataclasses.Field]:
-    return [f for f in fields(cls) if not f.metadata.get("internal")]
-
-
 def from_mapping(cls: type, data: Any, path: str = "") -> Any:
     """An instance of dataclass ``cls`` from ``data`` (a mapping), every value checked.
 
@@ -269,7 +250,7 @@ def from_mapping(cls: type, data: Any, path: str = "") -> Any:
     where = path[:-1] if path else "the training config"
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping (key: value), got {_short(data)}")
-    known = {f.name: f for f in _user_fields(cls)}
+    known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
     for key in data:
         if key not in known:
             raise ConfigError(f"unknown training config key {path + str(key)!r}; known keys"
@@ -278,7 +259,7 @@ def from_mapping(cls: type, data: Any, path: str = "") -> Any:
     for name, f in known.items():
         if name not in data:
             continue
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+        if dataclasses.is_dataclass(f.default_factory):  # a section (MISSING is not a dataclass)
             values[name] = from_mapping(f.default_factory, data[name], f"{path}{name}.")
         else:
             values[name] = check_value(f"{path}{name}", data[name], f.metadata["rule"])

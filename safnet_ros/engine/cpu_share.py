@@ -1,18 +1,14 @@
 """How many torch threads the inference worker should use: the cores other processes leave free.
 
 torch's CPU kernels (and pykdtree's queries) run on OpenMP teams whose idle
-threads spin between parallel regions. When another process keeps a core busy
-(SLAM, drivers, a bag player), a two-thread team on a two-core robot waits at
-every barrier for the thread that is not scheduled. Replaying the 16 clouds of a
-real-size stream through :class:`~safnet_ros.engine.inference.Segmenter` with one
-core kept busy took 6.6-8.3 s at 2 threads and 3.0-3.7 s at 1; on a quiet
-machine 2 threads are faster (docs/benchmarks.md, "Threads under load").
-
+threads spin between parallel regions, so while another process keeps a core
+busy, a two-thread team on a two-core robot waits at every barrier for the
+thread that is not scheduled (docs/benchmarks.md, "Threads under load").
 :class:`CoreShare` reads the system's and this process's CPU time from Linux's
 ``/proc`` between two clouds; :func:`threads_for` turns the cores the others
-left free into a thread count. Elsewhere (no ``/proc``) it returns None and the
-caller keeps torch's default. ``/proc/stat`` counts the whole machine: in a
-container limited to some of the host's CPUs, load on the others counts as free.
+left free into a thread count. Without ``/proc`` it returns None and the caller
+keeps torch's default. ``/proc/stat`` counts the whole machine: in a container
+limited to some of the host's CPUs, load on the others counts as free.
 """
 from __future__ import annotations
 

@@ -2,33 +2,11 @@
 
 For every model (``--model``, repeatable) and every number of test views
 (``--views 1,3,5``), each scene of the split is segmented whole by
-:class:`~safnet_ros.engine.inference.Segmenter` (1.5 m chunks at ``--stride``,
-up to k views per chunk chosen greedily from all of the scene's frames, the
-probabilities of overlapping chunks averaged) and one
+:class:`~safnet_ros.engine.inference.Segmenter` and one
 :class:`~safnet_ros.engine.metrics.ConfusionMatrix` per (model, views) is
 accumulated over all points of all scenes (ScanNet's benchmark definition).
-
-Outputs (``--out DIR``): ``per_class.csv`` (one row per model x views: mIoU, OA
-and the IoU of every class in Table I's order), ``confusion_<model>_v<k>.png``
-(row-normalised), ``views_sweep.png`` (Fig. 5: mIoU against test views, one
-line per model) and ``eval.json`` (what ``--json`` prints). ``--ablation``
-prints the models as the rows of Table III (the switches each checkpoint was
-trained with, from its config, and mIoU); it only tabulates the checkpoints it
-is given: Table III needs one separately trained model per row.
-``eval.json`` also has ``accuracy_by_view_distance``: per number of views, the
-accuracy of points binned by how far the nearest back-projected pixel of their
-chunks' views was (< 5 cm ... >= 50 cm, "no view"): where 2D evidence helps,
-and how a model copes where it is missing (Fig. 5's question, per point), and
-``per_scene_confusion``: each scene's own confusion matrix per number of views
-(pooled, the reported ones), so reports can score subsets of rooms or resample them.
-
-Bad input is counted and reported, never silently dropped: scenes that are not
-complete (a killed ``safnet data preprocess``) or not preprocessed at all are
-skipped with their reason; a scene without any frame is segmented 3D-only;
-chunks that got no view, points whose truth is outside the 20 classes (ignored
-by the metric) and points left unsegmented (false negatives) are counted. A
-missing or corrupt checkpoint is a :class:`ModelLoadError` naming the file, a
-split with nothing to evaluate a :class:`MissingDataError`.
+Bad input is counted and reported, never silently dropped. What it computes,
+its outputs, the JSON object and the bad-input rules: docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -139,13 +117,10 @@ def find_eval_scenes(root: str | Path, split: Optional[str], max_scenes: Optiona
 
 
 def scene_coverage(scene) -> Optional[np.ndarray]:
-    """(F, N) bool coverage of all N points by the F frames of a preprocessed scene.
+    """(F, N) bool coverage of all N points by the F frames of a preprocessed scene; None without frames.
 
-    Preprocessing stores the table for base points only (all points, or a random
-    subset of ``--coverage-points``). Base points get their stored column; any
-    other point takes the column of its nearest base point (a point is seen by a
-    frame when its neighbour 1-2 cm away is, at the 0.1 m coverage tolerance).
-    None when the scene has no frame.
+    The stored table covers base points only: any other point takes the column of
+    its nearest base point (docs/evaluation.md, "What it computes").
     """
     F = scene.num_frames
     if F == 0:
@@ -393,12 +368,8 @@ def evaluate(models: Sequence[str | Path], root: str | Path, split: Optional[str
     All checkpoints are loaded first (a bad one fails before any work). Each
     scene's frames and coverage are read once and shared by all models.
     Returns the per-model results and the scene list (with skipped scenes).
-    ``precision``: ``fp32`` | ``bf16`` | ``fp16`` (CUDA only), the Segmenter's autocast.
-    ``camera_effects``: ``off``; ``real``: every test view degraded as a real camera
-    might (:data:`~safnet_ros.data.augment.REAL_CAMERA_TEST`: exposure, white balance,
-    noise, blur, JPEG, vignetting, depth holes); or one name of
-    :data:`~safnet_ros.data.augment.EFFECT_GROUPS`: that effect alone at the same
-    strength. The same draw for every model and run.
+    ``precision``: the Segmenter's; ``camera_effects``: one of :data:`CAMERA_EFFECTS`
+    (``--camera-effects`` in docs/evaluation.md).
     """
     if camera_effects not in CAMERA_EFFECTS:
         raise ConfigError(f"--camera-effects must be one of {CAMERA_EFFECTS}, got {camera_effects!r}")

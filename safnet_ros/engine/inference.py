@@ -7,33 +7,25 @@ segmentation, the evaluator and the demo:
 2. beyond ``max_points`` the cloud is voxel-downsampled (voxel grown until it
    fits) and predictions are copied back to every point of a voxel;
 3. the cloud is cropped to what the views cover plus ``crop_margin``. Points
-   outside (a 360° LiDAR scan around a camera) are, with ``outside_views="3d"``
-   (default), chunked on their own and labelled by the 3D branch alone, as a
-   chunk without views is (S = 0, ``SegmentResult.outside_views`` True); such a
-   3D-only chunk of fewer than ``min_3d_chunk_points`` points (default: the
-   model's first-level centroid count, ``pn_npoints[0]``) is merged into the
-   chunk with the nearest centre that has that many (all into the fullest when
-   none has: :func:`~safnet_ros.geometry.chunks.chunk_grid`), because below that
-   count PointNet++ takes every point as a centroid and a chunk of a few hundred
-   points costs as much as a full one (the thin strips around the views' box
-   were a fifth of the node's forward); with
-   ``"ignore"`` they are not segmented (``segmented`` False). When no view
-   covers any point (a camera stream that stopped) the whole cloud is segmented
-   3D-only;
+   outside are, with ``outside_views="3d"`` (default), chunked on their own and
+   labelled by the 3D branch alone (S = 0, ``SegmentResult.outside_views``);
+   such a chunk under ``min_3d_chunk_points`` (default ``pn_npoints[0]``:
+   below it PointNet++ takes every point as a centroid, and a small chunk costs
+   as much as a full one) is merged into its nearest full one
+   (:func:`~safnet_ros.geometry.chunks.chunk_grid`). With ``"ignore"`` they are
+   not segmented. When no view covers any point the whole cloud is 3D-only;
 4. the kept points are cut into ``chunk_size`` squares in xy at ``chunk_stride``
-   (docs/design.md §2.5: 1.5 m, stride 0.5 m offline); each chunk gets up to
-   ``num_views`` views chosen greedily by coverage, and chunks of more than
-   ``max_chunk_points`` are split into random disjoint parts;
-5. the parts go through the model in batches of at most ``batch_points``
-   points (padded to the batch's largest part; the padding is masked out, so a
-   part gets what it gets alone), each view back-projected and its 2D features
-   computed once per cloud and cached by a content key (:func:`view_key`). A
-   batch that runs out of (GPU) memory is split in two; a single part is split
-   in two and retried, and ``max_chunk_points`` is halved for the rest of the
-   run (down to ``min_oom_chunk_points``, below which a SafnetError is raised);
-6. per-point class probabilities are averaged over overlapping chunks (the
-   vote), and so are the similarities S, S_geo and S_con, and copied back to
-   every input point.
+   (docs/design.md §2.5); each chunk gets up to ``num_views`` views chosen
+   greedily by coverage, and chunks of more than ``max_chunk_points`` are split
+   into random disjoint parts;
+5. the parts go through the model in padded, masked batches of at most
+   ``batch_points`` points (a part gets what it gets alone), each view
+   back-projected and encoded once per cloud and cached by :func:`view_key`. A
+   batch that runs out of memory is split in two; a single part is split and
+   ``max_chunk_points`` halved for the rest of the run (down to
+   ``min_oom_chunk_points``, below which a SafnetError is raised);
+6. per-point class probabilities and the similarities S, S_geo, S_con are
+   averaged over overlapping chunks (the vote) and copied back to every input point.
 """
 from __future__ import annotations
 
@@ -58,6 +50,7 @@ from safnet_ros.engine.batching import (
     collate,
     in_box,
     normalize_images,
+    pad_q,
     prepare_view,
     view_key,
 )
@@ -90,10 +83,7 @@ def default_model_path() -> Optional[Path]:
         candidates.append(Path(get_package_share_directory("safnet_ros")) / "models" / DEFAULT_MODEL_NAME)
     except Exception:  # noqa: BLE001 - ament_index is optional
         pass
-    for path in candidates:
-        if path.is_file():
-            return path
-    return None
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -154,10 +144,8 @@ class SegmentResult:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for torch's CUDA out-of-memory error and RuntimeErrors that report running out of memory."""
-    oom_type = getattr(torch.cuda, "OutOfMemoryError", None) or getattr(torch, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 def voxel_downsample(points: np.ndarray, voxel: float, max_points: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -184,11 +172,8 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def check_precision(precision: str, device: torch.device) -> str:
     """``precision`` resolved for ``device``: ``fp32``, ``bf16`` or ``fp16``; ConfigError if it cannot run there.
 
-    ``auto`` is bf16 on a CUDA device that has it and fp32 elsewhere: on this
-    development CPU (AVX512-BF16) bf16 takes 0.9x the time of fp32 for one 25k-point
-    cloud segmented again and again, but the stream of ``make demo`` came back
-    slower (median latency 366 and 586 ms against 241 and 256 ms at fp32;
-    docs/benchmarks.md). ``fp16`` autocast is for CUDA only.
+    ``auto`` is bf16 on a CUDA device that has it and fp32 elsewhere (on a CPU, bf16
+    made the node's stream slower: docs/ros_node.md). ``fp16`` autocast is for CUDA only.
     """
     value = str(precision).strip().lower()
     if value not in PRECISIONS:
@@ -238,18 +223,12 @@ class _Accumulator:
 
 
 class Segmenter:
-    """Runs a SAFNet model over whole clouds with posed views (see module docstring).
+    """Runs a SAFNet model over whole clouds with posed views (the steps: module docstring).
 
-    ``batch_chunks`` (default True): the chunks of a cloud go through the model
-    together, in batches of at most ``batch_points`` points (padded to the largest
-    chunk of the batch, the padding masked out), with each view back-projected and
-    encoded once per cloud; False runs one forward per chunk (the reference path,
-    same outputs). ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA
-    only) via :func:`torch.autocast`, or ``auto`` (:func:`check_precision`: bf16
-    where it is faster, else fp32; ``self.precision`` holds the resolved value). ``outside_views``: ``3d`` (default) labels the
-    points beyond the views plus ``crop_margin`` from the 3D branch alone (as a
-    chunk without views; similarity 0, ``SegmentResult.outside_views`` True),
-    ``ignore`` leaves them unlabelled (IGNORE_INDEX, ``segmented`` False).
+    ``batch_chunks`` False runs one forward per chunk instead of batches (the
+    reference path, same outputs). ``precision``: :func:`check_precision`
+    (``self.precision`` holds the resolved value). ``outside_views``: ``3d`` or
+    ``ignore`` (module docstring, step 3).
     """
 
     def __init__(
@@ -350,10 +329,6 @@ class Segmenter:
         return cls(model, config, dev, **kwargs)
 
     # ---------------------------------------------------------------- per-view caches
-    def _autocast(self):
-        """The forward's precision context (a no-op at fp32)."""
-        return autocast_context(self.precision, self.device)
-
     def _evict(self) -> None:
         """Least recently used views out, down to ``feature_cache_size`` (after a call
         has collected every view it needs, so a call never loses its own views)."""
@@ -361,41 +336,34 @@ class Segmenter:
             while len(cache) > self.feature_cache_size:
                 cache.popitem(last=False)
 
-    def _encoded(self, views: Sequence[PosedView], keys: Sequence[str]) -> Optional[list[tuple]]:
-        """Cached (features (H*W, C), logits (K, H, W)) of each view, encoding the missing
-        ones in one 2D forward; None for a model without a 2D branch."""
+    def _encoded(self, views: Sequence[PosedView], keys: Sequence[str]
+                 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The views' cached 2D features (1, V*H*W, C) and logits (1, V, K, H, W), encoding the
+        missing ones in one 2D forward; (None, None) for a model without a 2D branch."""
         if not hasattr(self.model, "encode_views"):
-            return None
+            return None, None
         missing = {k: v for k, v in zip(keys, views) if k not in self._features}
         if missing:
             images = torch.from_numpy(normalize_images(np.stack([v.color for v in missing.values()])))
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), autocast_context(self.precision, self.device):
                 feats, logits = self.model.encode_views(images.to(self.device))
             if feats is None:
-                return None
+                return None, None
             for i, key in enumerate(missing):
                 self._features[key] = (feats[i], logits[i])
         for key in keys:
             self._features.move_to_end(key)
-        return [self._features[k] for k in keys]
+        cached = [self._features[k] for k in keys]
+        features = torch.cat([f for f, _ in cached]).unsqueeze(0)
+        return features, torch.stack([lg for _, lg in cached]).unsqueeze(0)
 
     def _view_features(self, views: Sequence[PosedView]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Cached 2D features of ``views``: ((1, V*H*W, C), (1, V, K, H, W)) or (None, None).
-
-        The cache holds at most ``feature_cache_size`` views (least recently used
-        first out); eviction runs after this call has collected every view it
-        needs, so a call never loses its own views (a whole ScanNet scene has
-        thousands of frames: issue 14).
-        """
+        """Cached 2D features of ``views``: ((1, V*H*W, C), (1, V, K, H, W)) or (None, None)."""
         if not views:
             return None, None
-        cached = self._encoded(views, [view_key(v) for v in views])
+        tables = self._encoded(views, [view_key(v) for v in views])
         self._evict()
-        if cached is None:
-            return None, None
-        feats = torch.cat([f for f, _ in cached]).unsqueeze(0)
-        logits = torch.stack([lg for _, lg in cached]).unsqueeze(0)
-        return feats, logits
+        return tables
 
     def _backprojection(self, view: PosedView, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The view's back-projected pixels: (points (M, 3) float32 world, pixel (M,) int64, the
@@ -413,14 +381,12 @@ class Segmenter:
         self._backprojected.clear()
 
     def warm_up(self, points: int = 2000) -> float:
-        """Segment a small synthetic scene once; returns the seconds it took.
+        """Segment ``points`` points on a wall 2 m in front of one view once; returns the seconds it took.
 
-        The first forward of a process pays one-time costs (oneDNN picks and
-        compiles its convolution kernels, lazy imports, CUDA context and kernels)
-        that can be several times a normal forward. Paying them here, before data
-        flows, keeps them out of the first real cloud's latency; in the node, a
-        stalled first cloud would also starve the executor and lose sensor frames.
-        The scene: ``points`` points on a wall 2 m in front of one 160 x 120 view.
+        The first forward of a process pays one-time costs (oneDNN kernel choice,
+        lazy imports, the CUDA context) of several normal forwards: paid here, they
+        stay out of the first real cloud's latency (which, in the node, would also
+        starve the executor and lose sensor frames).
         """
         t0 = time.perf_counter()
         w, h = NET_IMAGE_WH
@@ -455,7 +421,7 @@ class Segmenter:
         sample = build_chunk_sample(points, views, center_xy=center_xy)
         batch = collate([sample], device=str(self.device))
         batch.pixel_features, batch.pixel_logits = self._view_features(views)
-        with self._autocast():
+        with autocast_context(self.precision, self.device):
             out = self.model(batch)
         return self._outputs(out, 0, len(points))
 
@@ -477,7 +443,8 @@ class Segmenter:
             if views[v].wh != (w, h):
                 raise ConfigError(f"view of size {views[v].wh} in a batch of {(w, h)} images")
         pixels = w * h
-        encoded = self._encoded([views[v] for v in used], [keys[v] for v in used]) if used else None
+        features, logits = (self._encoded([views[v] for v in used], [keys[v] for v in used]) if used
+                            else (None, None))
         n_max = max(len(p.index) for p in parts)
         b = len(parts)
         p_np = np.full((b, n_max, 3), np.nan, np.float32)
@@ -499,12 +466,7 @@ class Segmenter:
             else:
                 q_list.append(np.zeros((0, 3), np.float32))
                 pix_list.append(np.zeros(0, np.int64))
-        m = max(1, max(len(q) for q in q_list))
-        q_np = np.full((b, m, 3), 1e4, np.float32)
-        pix_np = np.zeros((b, m), np.int64)
-        mask_np = np.zeros((b, m), bool)
-        for i, (q, pix) in enumerate(zip(q_list, pix_list)):
-            q_np[i, :len(q)], pix_np[i, :len(q)], mask_np[i, :len(q)] = q, pix, True
+        q_np, pix_np, mask_np = pad_q(q_list, pix_list)
         dev = self.device
         batch = ChunkBatch(
             points=torch.from_numpy(p_np).to(dev),
@@ -512,11 +474,10 @@ class Segmenter:
             q_points=torch.from_numpy(q_np).to(dev),
             q_mask=torch.from_numpy(mask_np).to(dev),
             q_pixel=torch.from_numpy(pix_np).to(dev),
+            pixel_features=features,
+            pixel_logits=logits,
         )
-        if encoded is not None:
-            batch.pixel_features = torch.cat([f for f, _ in encoded]).unsqueeze(0)
-            batch.pixel_logits = torch.stack([lg for _, lg in encoded]).unsqueeze(0)
-        with self._autocast():
+        with autocast_context(self.precision, self.device):
             out = self.model(batch)
         return [self._outputs(out, i, len(part.index)) for i, part in enumerate(parts)]
 
@@ -560,14 +521,13 @@ class Segmenter:
               coverage: Optional[np.ndarray], result: SegmentResult) -> tuple[np.ndarray, np.ndarray]:
         """Step 3: (coverage (V, K) bool of the working points, inside (K,) bool: within
         the covered points' box plus ``crop_margin``; all True when no view covers any)."""
-        if views:
-            if coverage is not None:
-                cov = np.asarray(coverage, bool)[:, work_index]
-            else:
-                cov = coverage_matrix(work, [(v.depth, v.K, v.camera_to_world) for v in views], tol=self.coverage_tol)
-        else:
+        if not views:
             cov = np.zeros((0, len(work)), bool)
-        covered = cov.any(axis=0) if len(views) else np.zeros(len(work), bool)
+        elif coverage is not None:
+            cov = np.asarray(coverage, bool)[:, work_index]
+        else:
+            cov = coverage_matrix(work, [(v.depth, v.K, v.camera_to_world) for v in views], tol=self.coverage_tol)
+        covered = cov.any(axis=0)
         if not covered.any():
             if views:
                 result.warnings.append("no view covers the cloud: segmented 3D-only")

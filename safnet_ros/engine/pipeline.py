@@ -1,20 +1,13 @@
 """The segmentation pipeline the node and ``safnet segment-bag`` both drive (ROS-free).
 
-The caller decodes messages and looks up poses (the node from ``/tf``, the bag
-from its recorded ``/tf``, both through :mod:`safnet_ros.ros.tf_tree`); the
-pipeline owns what happens next, so the two cannot drift apart:
-
-* frames: the keyframe decision, in the cheap order — stamp interval first
-  (:meth:`SegmentationPipeline.frame_due`, before a frame is decoded or its
-  pose looked up), then the pose (:meth:`~SegmentationPipeline.offer_frame`) —
-  and only a frame that passes both is decoded and resized, once, into a
-  network-size :class:`~safnet_ros.engine.batching.PosedView` kept by the
-  :class:`~safnet_ros.engine.view_buffer.ViewBuffer`;
-* clouds: brought into the fixed frame and segmented by the
-  :class:`~safnet_ros.engine.inference.Segmenter` with the buffered views
-  (:meth:`~SegmentationPipeline.segment_cloud`);
-* the semantic map: each segmented cloud's per-point class probabilities
-  fused into it (:meth:`~SegmentationPipeline.update_map`).
+The caller decodes messages and looks up poses (through
+:mod:`safnet_ros.ros.tf_tree`); the pipeline owns the rest, so the two cannot
+drift apart: the keyframe decision in the cheap order (the stamp interval in
+:meth:`~SegmentationPipeline.frame_due` before a frame is decoded or its pose
+looked up, then the pose in :meth:`~SegmentationPipeline.offer_frame`), one
+decode and resize of each keyframe into the
+:class:`~safnet_ros.engine.view_buffer.ViewBuffer`, the segmentation of each
+cloud in the fixed frame and the fusion of its probabilities into the semantic map.
 """
 from __future__ import annotations
 
@@ -78,8 +71,7 @@ class SegmentationPipeline:
     def frame_due(self, stamp_s: float, camera: str = "") -> bool:
         """Whether a frame of ``camera`` at ``stamp_s`` is far enough in time from that camera's last kept
         view to become a keyframe (the policy's ``min_interval``); False = drop it before decoding or
-        looking up its pose. Each camera is judged on its own, so several cameras never suppress each
-        other's keyframes."""
+        looking up its pose."""
         last = self.buffer.last(camera)
         return last is None or stamp_s - last.stamp >= self.buffer.policy.min_interval
 
@@ -93,7 +85,7 @@ class SegmentationPipeline:
         image); called only for a keyframe. Its errors (MessageDecodeError, ...) and prepare_view's
         SafnetError for unusable shapes propagate to the caller, which counts them.
         """
-        if not self.buffer.decide(stamp_s, pose, camera).keep:
+        if not self.buffer.decide(stamp_s, pose, camera):
             return NOT_KEYFRAME
         color, depth, K = decode()
         view = prepare_view(color, depth, K, pose, stamp=stamp_s)

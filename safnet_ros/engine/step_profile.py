@@ -1,12 +1,9 @@
 """Where a training step's time goes (``train.profile: true``): data, forward (per model stage), backward, optimizer.
 
 The trainer wraps each part of a step in :meth:`StepProfile.phase`; the forward
-also records the model's own stages (:mod:`safnet_ros.model.stages`: 2D net,
-FPS, neighbour searches, MLPs, GSM, CSM, fusion). On CUDA every boundary
-synchronises the device, so the figures are kernel times (profiling costs a
-little speed; leave it off for real runs). At the end of training the trainer
-prints :meth:`StepProfile.table` and writes :meth:`StepProfile.to_dict` to
-``OUT/profile.json``.
+also records the model's own stages (:mod:`safnet_ros.model.stages`). On CUDA
+every boundary synchronises the device, so the figures are kernel times. What a
+run prints and writes: docs/training.md ("Where a step's time goes").
 """
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
-from safnet_ros.model.stages import StageTimes, record_stages
+from safnet_ros.model.stages import record_stages
 
 __all__ = ["PHASES", "StepProfile"]
 
@@ -47,14 +44,11 @@ class StepProfile:
         if name == "forward":
             with record_stages(self.sync_cuda) as times:
                 yield
-            self._add_stages(times)
+            for stage, seconds in times.seconds.items():
+                self.stages[stage] = self.stages.get(stage, 0.0) + seconds
         else:
             yield
         self.phases[name] += self._now() - start
-
-    def _add_stages(self, times: StageTimes) -> None:
-        for stage, seconds in times.seconds.items():
-            self.stages[stage] = self.stages.get(stage, 0.0) + seconds
 
     def end_step(self, chunks: int) -> None:
         """Count one finished step of ``chunks`` training samples (chunks or image crops)."""

@@ -1,30 +1,12 @@
 """Training of SAFNet in two stages, on one process or many (torch.distributed).
 
-* stage ``2d``: the ResNet-UNet alone on the preprocessed 160 x 120 frames
-  (SGD, lr 0.005, random crop + horizontal flip + real-camera appearance,
-  cross-entropy with ignore).
-* stage ``3d``: the 3D branch, similarity modules and fusion head with the 2D net
-  loaded from the stage-2d checkpoint and frozen (run under no_grad; its BN in
-  eval mode). Adam lr 1e-3, divided by ``lr_gamma`` every ``lr_step_epochs``
-  epochs (docs/design.md §1.10: 10x every 40 epochs, 150 epochs), random
-  ``num_points``-point chunks with 0-5 greedily chosen views, augmentation.
-
-The run is built and driven as torchvision's segmentation reference and
-Pointcept's Trainer do it: :func:`build_data`, :func:`build_model`,
-:func:`build_optimizer`, then per epoch :func:`train_one_epoch`,
-:func:`validate` and :func:`save_state`.
-
-Every epoch writes ``OUT/checkpoints/epoch_XXX.pt`` (a model checkpoint that
-:func:`safnet_ros.model.safnet.load_checkpoint` reads), ``OUT/model_last.pt``,
-``OUT/checkpoints/train_state.pt`` (optimizer, scheduler, epoch, the config:
-what ``--resume`` needs and checks), a row of ``OUT/metrics.csv`` and
-TensorBoard scalars under ``OUT/tensorboard``. A run folder that holds
-checkpoints is refused without ``--resume`` or ``--overwrite``. Under
-``torchrun`` (WORLD_SIZE > 1) it runs DDP: nccl on GPUs, gloo on CPU; rank 0
-writes the files and shows the tqdm bar.
-
-The YAML config is :class:`~safnet_ros.engine.config_schema.TrainConfig`
-(docs/training.md lists every key).
+Stage ``2d`` trains the 2D net alone; stage ``3d`` the rest, with the 2D net
+loaded from the stage-2d checkpoint and frozen. The run is built as
+torchvision's segmentation reference and Pointcept's Trainer do it:
+:func:`build_data`, :func:`build_model`, :func:`build_optimizer`, then per
+epoch :func:`train_one_epoch`, :func:`validate` and :func:`save_state`. Under
+``torchrun`` (WORLD_SIZE > 1) it runs DDP; rank 0 writes the files.
+The config keys, the stages and the run folder: docs/training.md.
 """
 from __future__ import annotations
 
@@ -54,6 +36,7 @@ from safnet_ros.data.augment import CameraAugment
 from safnet_ros.data.class_weights import load_class_weights
 from safnet_ros.data.dataset import ChunkDataset, ImageDataset, collate_chunks, list_scenes
 from safnet_ros.engine.config_schema import TrainConfig, from_mapping, load_yaml_config, merge, parse_sets
+from safnet_ros.engine.inference import autocast_context
 from safnet_ros.engine.step_profile import StepProfile
 from safnet_ros.errors import ConfigError, MissingDataError, ModelLoadError, SafnetError
 from safnet_ros.io_boundary import load_torch_file
@@ -107,10 +90,7 @@ def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any], sets: Seque
         source = "training config"
     else:
         p = require_file(path_or_dict, "training config")
-        try:
-            raw = load_yaml_config(p)
-        except ConfigError as exc:
-            raise ConfigError(str(exc)) from None
+        raw = load_yaml_config(p)
         raw = {} if raw is None else raw
         base_dir = p.parent
         source = str(p)
@@ -167,19 +147,13 @@ def model_config(cfg: TrainConfig) -> SafnetConfig:
         raise ConfigError(f"model.overrides: {exc}") from None
 
 
-def autocast(amp: str, device: torch.device):
-    """The autocast context of ``train.amp`` on ``device`` (fp32: none)."""
-    if amp == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 # --------------------------------------------------------------------------- distributed
 @dataclass
 class DistInfo:
+    """This process's place in the process group and its device."""
+
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: Any = "cpu"
     initialised_here: bool = False
 
@@ -200,18 +174,13 @@ def setup_distributed(device_pref: str, init_method: Optional[str] = None, rank:
     use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
     if device_pref == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda was asked for but torch sees no GPU")
+    device = torch.device("cuda", local % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
     if use_cuda:
-        torch.cuda.set_device(local % torch.cuda.device_count())
-        device = torch.device("cuda", local % torch.cuda.device_count())
-    else:
-        device = torch.device("cpu")
-    info = DistInfo(rank=rk, world_size=ws, local_rank=local, device=device)
+        torch.cuda.set_device(device)
+    info = DistInfo(rank=rk, world_size=ws, device=device)
     if ws > 1 and not dist.is_initialized():
-        backend = "nccl" if use_cuda else "gloo"
-        kwargs: dict[str, Any] = {"backend": backend, "rank": rk, "world_size": ws}
-        if init_method:
-            kwargs["init_method"] = init_method
-        dist.init_process_group(**kwargs)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=init_method or None,
+                                rank=rk, world_size=ws)
         info.initialised_here = True
     return info
 
@@ -343,11 +312,12 @@ def build_data(cfg: TrainConfig, dist_info: DistInfo) -> DataParts:
 
 
 def _to_device(batch, device: torch.device, stage: str):
+    """(the step module's inputs on ``device``, the chunk infos (stage 3d) or None, the batch size)."""
     if stage == "2d":
         images, labels = batch
-        return (images.to(device, non_blocking=True), labels.to(device, non_blocking=True)), None
+        return (images.to(device, non_blocking=True), labels.to(device, non_blocking=True)), None, len(images)
     chunk_batch, infos = batch
-    return (chunk_batch.to(device),), infos
+    return (chunk_batch.to(device),), infos, chunk_batch.batch_size
 
 
 # --------------------------------------------------------------------------- build: model
@@ -369,9 +339,6 @@ def _load_2d_into(model: nn.Module, path: Path) -> None:
     except RuntimeError as exc:
         raise ModelLoadError(f"{path}: its 2D net does not fit this config: {' '.join(str(exc).split())[:300]}") \
             from exc
-    for p in model.net2d.parameters():
-        p.requires_grad_(False)
-    del src
 
 
 def init_from_checkpoint(model: nn.Module, path: Path) -> dict[str, int]:
@@ -405,7 +372,6 @@ def init_from_checkpoint(model: nn.Module, path: Path) -> dict[str, int]:
                 counts["widened"] += 1
             else:
                 counts["fresh"] += 1
-    del src
     return counts
 
 
@@ -424,12 +390,10 @@ def build_model(cfg: TrainConfig, dist_info: DistInfo) -> ModelParts:
         init = resolve(cfg, cfg.init_2d)
         if init is not None:
             _load_2d_into(model, init)
-        else:
-            for p in model.net2d.parameters():
-                p.requires_grad_(False)
-            if dist_info.is_main and init_from is None:
-                print("warning: stage 3d without init_2d: the frozen 2D net keeps its random weights",
-                      file=sys.stderr)
+        elif dist_info.is_main and init_from is None:
+            print("warning: stage 3d without init_2d: the frozen 2D net keeps its random weights", file=sys.stderr)
+        for p in model.net2d.parameters():
+            p.requires_grad_(False)
     tail_2d: list = []
     if cfg.stage == "3d" and getattr(model, "finetunes_2d_tail", False):
         tail_2d = model.tail_2d_parameters()
@@ -513,10 +477,6 @@ def prepare_output(out_dir: Path, resume: bool, overwrite: bool, is_main: bool) 
             d.rmdir()
 
 
-def _write_manifest(out_dir: Path) -> None:
-    (out_dir / MANIFEST).write_text(json.dumps({"command": "safnet train", "version": __version__}) + "\n")
-
-
 # --------------------------------------------------------------------------- resume
 def _flatten(d: Mapping[str, Any], path: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -574,7 +534,6 @@ def restore_state(cfg: TrainConfig, out_dir: Path, parts: ModelParts, opt, sched
     state_path = out_dir / "checkpoints" / "train_state.pt"
     if not state_path.is_file():
         raise MissingDataError(state_path, "training state to resume from")
-    # weights_only: the state holds tensors, numbers and dicts only, and a hostile file cannot run code
     state = load_torch_file(state_path, what="safnet training state")
     _check_state(state, state_path, cfg.stage)
     if isinstance(state.get("config"), dict):
@@ -624,18 +583,9 @@ class Run:
         return self.cfg.stage
 
 
-class _NoProfile:
-    """StepProfile's calls as no-ops (train.profile off)."""
-
-    @contextlib.contextmanager
-    def phase(self, name: str):
-        yield
-
-    def end_step(self, chunks: int) -> None:
-        pass
-
-
-_NO_PROFILE = _NoProfile()
+def _phase(run: Run, name: str):
+    """The :class:`StepProfile` phase ``name`` (a no-op with ``train.profile`` off)."""
+    return run.profile.phase(name) if run.profile is not None else contextlib.nullcontext()
 
 
 def _all_finite(loss: torch.Tensor, dist_info: DistInfo) -> bool:
@@ -665,15 +615,14 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         bar = tqdm(total=total, desc=f"{stage} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
                    file=sys.stderr, leave=False)
     lr = run.opt.param_groups[0]["lr"]
-    prof = run.profile if run.profile is not None else _NO_PROFILE
     batches = iter(loader)
     for step in range(total):
-        with prof.phase("data"):
+        with _phase(run, "data"):
             batch = next(batches, None)
             if batch is None:
                 break
-            inputs, infos = _to_device(batch, device, stage)
-        with prof.phase("forward"), autocast(cfg.train.amp, device):
+            inputs, infos, n = _to_device(batch, device, stage)
+        with _phase(run, "forward"), autocast_context(cfg.train.amp, device):
             loss, logits, labels = run.runner(*inputs)
         if not _all_finite(loss, dist_info):
             if bar is not None:
@@ -683,13 +632,13 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
                 f"batch {step + 1}): stopped, nothing of this epoch was saved (lower train.lr, use train.amp: "
                 "fp32, or check model.overrides and the data)")
         run.opt.zero_grad(set_to_none=True)
-        with prof.phase("backward"):
+        with _phase(run, "backward"):
             run.scaler.scale(loss).backward()
-        with prof.phase("optimizer"):
+        with _phase(run, "optimizer"):
             run.scaler.step(run.opt)
             run.scaler.update()
-        n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
-        prof.end_step(n)
+        if run.profile is not None:
+            run.profile.end_step(n)
         value = float(loss.detach())
         sums[0] += value * n
         sums[1] += n
@@ -727,10 +676,9 @@ def validate(run: Run) -> dict[str, Any]:
         for step, batch in enumerate(run.data.val_loader):
             if max_batches and step >= max_batches:
                 break
-            inputs, _ = _to_device(batch, device, stage)
-            with autocast(run.cfg.train.amp, device):
+            inputs, _, n = _to_device(batch, device, stage)
+            with autocast_context(run.cfg.train.amp, device):
                 loss, logits, labels = module(*inputs)
-            n = inputs[0].batch_size if stage == "3d" else inputs[0].shape[0]
             sums[0] += float(loss) * n
             sums[1] += n
             conf.add(logits.float(), labels)
@@ -818,9 +766,7 @@ def train(config: str | os.PathLike | Mapping[str, Any] | TrainConfig, out: Opti
             return _run_training(cfg, out_dir, resume, dist_info, progress)
     finally:
         if dist_info.initialised_here:
-            # _run_training has returned, so the DDP wrapper and everything else that
-            # holds the group is released before the group goes (a rank whose DDP
-            # reducer outlived the group could abort at exit).
+            # the DDP wrapper goes before the group (a DDP reducer that outlives it can abort at exit)
             gc.collect()
             dist.destroy_process_group()
 
@@ -854,8 +800,8 @@ def _run_training(cfg: TrainConfig, out_dir: Path, resume: bool, dist_info: Dist
               global_step=global_step, profile=StepProfile(dist_info.device) if cfg.train.profile else None)
     if dist_info.is_main:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        _write_manifest(out_dir)
-        _write_used_config(out_dir, cfg)
+        (out_dir / MANIFEST).write_text(json.dumps({"command": "safnet train", "version": __version__}) + "\n")
+        (out_dir / "config_used.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         _trim_csv(out_dir / "metrics.csv", start_epoch)
         run.writer = _open_writer(out_dir, start_epoch)
     result = TrainResult(out=out_dir)
@@ -868,8 +814,7 @@ def _run_training(cfg: TrainConfig, out_dir: Path, resume: bool, dist_info: Dist
         print(run.profile.table(), file=sys.stderr)
         (out_dir / "profile.json").write_text(json.dumps(run.profile.to_dict(), indent=2))
     if dist_info.initialised_here and dist_info.world_size > 1:
-        # Every rank finishes its last collective before any tears the group down: a rank
-        # that destroyed gloo while its peer was still talking aborted the peer (1 run in 14).
+        # every rank finishes its last collective before any tears the group down
         dist.barrier()
     return result
 
@@ -932,11 +877,6 @@ def _trim_csv(path: Path, first_epoch: int) -> None:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         w.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in keep)
-
-
-def _write_used_config(out_dir: Path, cfg: TrainConfig) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config_used.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def spawn_worker(rank: int, world_size: int, init_method: str, config: Any, out: str, resume: bool) -> None:

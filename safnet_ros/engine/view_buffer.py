@@ -1,28 +1,13 @@
 """A rolling buffer of posed RGB-D views for streaming segmentation (the ROS node, bag replay).
 
-Views arrive far faster (30 Hz) than clouds are segmented, and consecutive
-frames see almost the same thing, so the buffer keeps *keyframes* only:
-
-* **keyframe policy** — a view is kept when at least ``min_interval`` seconds
-  have passed since the last kept view of the same camera AND the camera has
-  moved at least ``min_translation`` metres OR turned at least
-  ``min_rotation_deg`` degrees from it. A motion threshold of 0 switches that
-  criterion off; with both at 0 every view that passes the time test is kept.
-  The first view of each camera is always kept. Views of several cameras
-  (:attr:`PosedView.camera`) share the buffer and its bounds, but each camera
-  is judged against its own last view, so that one camera's keyframes never
-  suppress another's.
-* **count bound** — at most ``max_views`` views; the oldest is evicted first.
-* **memory bound** — the views' arrays (colour, depth, labels, K, pose) take at
-  most ``max_mb`` MiB; the oldest are evicted until the new view fits, and a
-  single view larger than the whole bound is refused (counted).
-* **time jumping back** — a view stamped more than ``jump_tolerance`` seconds
-  before the newest stamp seen (a bag that loops) clears the buffer first (its
-  views belong to another run of time), then goes through the policy.
-
-Pure python + numpy (no rclpy), thread safe: the node's sync callback offers
-views from the executor thread while the inference worker takes snapshots.
-Every refusal is counted in :attr:`ViewBuffer.stats`.
+Views arrive far faster (30 Hz) than clouds are segmented and consecutive frames
+see almost the same thing, so the buffer keeps *keyframes* only, each camera
+judged against its own last kept view, within a count and a memory bound (the
+oldest evicted first); a view stamped more than ``jump_tolerance`` seconds
+before the newest stamp seen (a bag that loops) clears it first. The rules:
+docs/ros_node.md, "The view buffer". Pure python + numpy (no rclpy), thread
+safe: the node's sync callback offers views while the inference worker takes
+snapshots. Every refusal is counted in :attr:`ViewBuffer.stats`.
 """
 from __future__ import annotations
 
@@ -42,11 +27,10 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class KeyframePolicy:
-    """When a new view is worth keeping (see the module docstring).
-
-    min_translation: metres of camera-centre motion; min_rotation_deg: degrees
-    of camera rotation (angle of R_last^T R_new); min_interval: seconds since
-    the last kept view (by message stamp).
+    """When a new view is worth keeping: ``min_interval`` seconds (message stamps) since the
+    camera's last kept view and, unless both are 0, ``min_translation`` metres of camera-centre
+    motion or ``min_rotation_deg`` degrees of rotation (angle of R_last^T R_new) from it; a
+    threshold of 0 switches its criterion off. The first view of each camera is always kept.
     """
 
     min_translation: float = 0.05
@@ -73,11 +57,8 @@ def pose_delta(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def view_nbytes(view: PosedView) -> int:
     """Bytes held by one view's arrays (colour, depth, labels, K, pose)."""
-    total = 0
-    for arr in (view.color, view.depth, view.labels, view.K, view.camera_to_world):
-        if arr is not None:
-            total += int(np.asarray(arr).nbytes)
-    return total
+    arrays = (view.color, view.depth, view.labels, view.K, view.camera_to_world)
+    return sum(int(np.asarray(a).nbytes) for a in arrays if a is not None)
 
 
 @dataclass
@@ -94,15 +75,6 @@ class ViewBufferStats:
     clears: int = 0
     time_jumps: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class _Decision:
-    keep: bool
-    reason: str = ""
-
 
 class TimeJumpDetector:
     """Notices time going backwards (a looping bag) in a stream of stamps.
@@ -118,14 +90,12 @@ class TimeJumpDetector:
             raise ConfigError(f"time jump tolerance must be >= 0 seconds (inf: never), got {tolerance}")
         self.tolerance = float(tolerance)
         self.newest: Optional[float] = None
-        self.jumps = 0
         self._lock = threading.Lock()
 
     def check(self, stamp: float) -> bool:
         with self._lock:
             if self.newest is not None and stamp < self.newest - self.tolerance:
                 self.newest = float(stamp)
-                self.jumps += 1
                 return True
             if self.newest is None or stamp > self.newest:
                 self.newest = float(stamp)
@@ -139,9 +109,7 @@ class TimeJumpDetector:
 class ViewBuffer:
     """Bounded, keyframe-filtered store of :class:`PosedView` (see the module docstring).
 
-    Views must carry ``stamp`` (seconds) and a camera-to-world pose in one
-    fixed frame. :meth:`views` returns a snapshot list, oldest first, that the
-    caller may use while other threads keep offering.
+    Views must carry ``stamp`` (seconds) and a camera-to-world pose in one fixed frame.
     """
 
     def __init__(
@@ -151,18 +119,12 @@ class ViewBuffer:
         policy: KeyframePolicy = KeyframePolicy(),
         jump_tolerance: float = 1.0,
     ):
-        if int(max_views) < 1:
-            raise ConfigError(f"buffer max_views must be >= 1, got {max_views}")
-        if not math.isfinite(max_mb) or max_mb <= 0:
-            raise ConfigError(f"buffer max_mb must be > 0, got {max_mb}")
-        self.max_views = int(max_views)
-        self.max_bytes = int(max_mb * MIB)
-        self.policy = policy
         self._jumps = TimeJumpDetector(jump_tolerance)
         self._views: deque[tuple[PosedView, int]] = deque()
         self._nbytes = 0
         self._lock = threading.Lock()
         self.stats = ViewBufferStats()
+        self.set_limits(max_views, max_mb, policy)  # checks and sets max_views, max_bytes and policy
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -191,7 +153,7 @@ class ViewBuffer:
                 return view
         return None
 
-    def decide(self, stamp: float, camera_to_world: np.ndarray, camera: str = "") -> _Decision:
+    def decide(self, stamp: float, camera_to_world: np.ndarray, camera: str = "") -> bool:
         """Whether a view of ``camera`` at ``stamp`` with this pose would pass the keyframe policy now.
 
         Lets a caller skip the costly resize of frames the buffer would refuse.
@@ -200,19 +162,17 @@ class ViewBuffer:
         with self._lock:
             return self._decide_locked(stamp, camera_to_world, camera)
 
-    def _decide_locked(self, stamp: float, camera_to_world: np.ndarray, camera: str = "") -> _Decision:
+    def _decide_locked(self, stamp: float, camera_to_world: np.ndarray, camera: str = "") -> bool:
         last = self._last_locked(camera)
         if last is None:
-            return _Decision(True)
-        dt = stamp - last.stamp
-        if dt < self.policy.min_interval:
-            return _Decision(False, f"{dt:.3f} s since the last kept view < {self.policy.min_interval} s")
+            return True
+        policy = self.policy
+        if stamp - last.stamp < policy.min_interval:
+            return False
+        if policy.min_translation <= 0 and policy.min_rotation_deg <= 0:
+            return True
         moved, turned = pose_delta(last.camera_to_world, camera_to_world)
-        if self.policy.min_translation <= 0 and self.policy.min_rotation_deg <= 0:
-            return _Decision(True)
-        if moved >= self.policy.min_translation > 0 or turned >= self.policy.min_rotation_deg > 0:
-            return _Decision(True)
-        return _Decision(False, f"moved {moved:.3f} m and turned {turned:.1f} deg: below the keyframe thresholds")
+        return moved >= policy.min_translation > 0 or turned >= policy.min_rotation_deg > 0
 
     # ------------------------------------------------------------------ updates
     def offer(self, view: PosedView) -> bool:
@@ -232,7 +192,7 @@ class ViewBuffer:
             if self._jumps.check(stamp):
                 self.stats.time_jumps += 1
                 self._clear_locked()
-            if not self._decide_locked(stamp, pose, view.camera).keep:
+            if not self._decide_locked(stamp, pose, view.camera):
                 self.stats.not_keyframe += 1
                 return False
             size = view_nbytes(view)

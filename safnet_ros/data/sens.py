@@ -338,11 +338,6 @@ class SensReader:
         return self._poses
 
     @property
-    def timestamps(self) -> np.ndarray:
-        """(F, 2) uint64 colour and depth timestamps in microseconds."""
-        return self._meta[:, :2]
-
-    @property
     def valid_indices(self) -> list[int]:
         """Indices of the frames whose pose is finite, ascending."""
         return np.flatnonzero(self._valid).tolist()

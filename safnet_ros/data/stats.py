@@ -217,25 +217,15 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
     return out
 
 
-def view_depth_disagreement(xyz: np.ndarray, views: list, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """How often the views see through each vertex: (seen (N,), disagree (N,)) int64 counts
-    (the column sums of :func:`view_sightings`).
-
-    A vertex (N, 3) metres, aligned frame, is seen by a view when it projects
-    inside the image in front of the camera onto valid depth; the view
-    disagrees when that depth lies more than ``tolerance`` metres *beyond*
-    the vertex: the camera saw free space where the mesh has a surface (the
-    object moved away, or the pose is off). A nearer depth is left out: it is
-    mostly plain occlusion. This is the 2D-3D mismatch that S is meant to
-    detect, measured directly.
-    """
-    seen, through = view_sightings(xyz, views, tolerance)
-    return seen.sum(axis=0, dtype=np.int64), through.sum(axis=0, dtype=np.int64)
-
-
 def view_sightings(xyz: np.ndarray, views: list, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """(seen (V, N) bool, sees_through (V, N) bool): which view sees which vertex (N, 3) metres, and which
-    of those sightings find depth more than ``tolerance`` metres beyond it (see view_depth_disagreement)."""
+    """(seen (V, N) bool, sees_through (V, N) bool): which view sees which vertex (N, 3) metres, aligned frame.
+
+    A view sees a vertex when it projects inside the image in front of the camera
+    onto valid depth; it sees *through* it when that depth lies more than
+    ``tolerance`` metres beyond the vertex: free space where the mesh has a surface
+    (the object moved away, or the pose is off). A nearer depth is mostly plain
+    occlusion and is left out. This is the 2D-3D mismatch S is meant to detect.
+    """
     xyz = np.asarray(xyz, np.float64)
     seen = np.zeros((len(views), len(xyz)), bool)
     through = np.zeros((len(views), len(xyz)), bool)

@@ -118,8 +118,8 @@ class Room:
     """A generated room: its size, objects (aligned frame) and placement in the world.
 
     ``world_from_aligned`` (4, 4) maps aligned coordinates to the world frame
-    the mesh and the poses are written in; ``light`` (3,) is the point light in
-    the aligned frame.
+    the mesh and the poses are written in; ``lights`` (L, 3) are the ceiling
+    lights in the aligned frame, ``light_intensity`` (L,) their strengths.
     """
 
     width: float
@@ -127,8 +127,6 @@ class Room:
     height: float
     objects: list[SceneObject]
     world_from_aligned: np.ndarray
-    light: np.ndarray
-    palette: dict[str, Material] = field(default_factory=dict)
     room_type: str = "studio"
     lights: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     light_intensity: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -480,7 +478,7 @@ def generate_room(rng: np.random.Generator, max_rotation_deg: float = 15.0,
                                   for _ in range(max(0, lights - 1))]
     light_pos = np.array([[x, y, H - 0.15] for x, y in lamp_xy]).reshape(-1, 3)
     intensity = rng.uniform(0.6, 1.0, size=len(light_pos)) * (1.6 / math.sqrt(max(len(light_pos), 1)))
-    return Room(W, D, H, objects, world, np.array([W / 2, D / 2, H - 0.1]), mats, room_type, light_pos, intensity)
+    return Room(W, D, H, objects, world, room_type, light_pos, intensity)
 
 
 def _extras(L: _Layout, mats: dict[str, Material], locals_: dict) -> None:

@@ -45,12 +45,9 @@ from typing import Callable, Optional
 
 from safnet_ros import output_dir as od
 from safnet_ros.data.synth import writer
-from safnet_ros.data.synth.rooms import CATEGORY_NYU40
+from safnet_ros.data.synth.rooms import CATEGORY_NYU40, ROOM_TYPES
 from safnet_ros.errors import ConfigError
 from safnet_ros.validation import float_range, int_range, size_wh
-
-#: Room types of ``--room-types`` (kept here so ``--help`` needs no heavy import).
-ROOM_TYPES = ("bedroom", "office", "living", "kitchen", "bathroom", "studio")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -53,6 +53,7 @@ from safnet_ros.data.synth.perturb import (
 )
 from safnet_ros.data.synth.rooms import (
     CATEGORY_NYU40,
+    ROOM_TYPES,
     SHELL_CATEGORIES,
     WALL_HUNG,
     Room,
@@ -65,10 +66,6 @@ from safnet_ros.errors import ConfigError, DataFormatError
 
 #: Upper bound of --scenes per call (scene names are seed * 100 + i).
 MAX_SCENES = 100
-
-
-#: Room types (class mixes) a scene can draw from; "studio" holds all 20 benchmark classes.
-ROOM_TYPES: tuple[str, ...] = ("bedroom", "office", "living", "kitchen", "bathroom", "studio")
 
 
 @dataclass
@@ -285,12 +282,17 @@ def draw_room(seed: int, index: int, cfg: SynthConfig) -> Room:
     return generate_room(rng["layout"], cfg.max_rotation_deg, room_types=cfg.room_types, lights=cfg.lights)
 
 
-def moved_count(room: Room, amount: float) -> int:
-    """How many objects ``--moved-objects`` moves in ``room`` (fraction of the movable ones, or a count)."""
+def moved_count(room: Room, amount: float, name: str) -> int:
+    """How many objects ``--moved-objects`` moves in ``room`` (a fraction of the movable ones, or a count);
+    ConfigError when the count is more than the room of scene ``name`` has."""
     movable = sum(1 for o in room.objects if o.movable)
     if amount <= 0 or movable == 0:
         return 0
-    return int(math.floor(amount)) if amount >= 1 else max(1, int(round(amount * movable)))
+    count = int(math.floor(amount)) if amount >= 1 else max(1, int(round(amount * movable)))
+    if count > movable:
+        raise ConfigError(f"--moved-objects {amount:g} is more than the {movable} movable objects of "
+                          f"{name} (a {room.room_type})")
+    return count
 
 
 def _scene_states(room: Room, frame_objects_final: list, moved: list[dict], frames: int,
@@ -373,14 +375,9 @@ def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: Synth
     world = room.world_from_aligned
     lighting = Lighting(light_position=room.lights @ world[:3, :3].T + world[:3, 3],
                         intensity=room.light_intensity)
-    n_moved = moved_count(room, cfg.moved_objects)
-    movable = sum(1 for o in room.objects if o.movable)
-    if n_moved > movable:
-        raise ConfigError(f"--moved-objects {cfg.moved_objects:g}: the {room.room_type} room of {name} has only "
-                          f"{movable} movable objects")
 
     # The scene states the camera sees: objects move partway through the scan.
-    final_aligned, moved = move_objects(rng["moves"], room, n_moved)
+    final_aligned, moved = move_objects(rng["moves"], room, moved_count(room, cfg.moved_objects, name))
     states_aligned, state_of_frame = _scene_states(room, final_aligned, moved, cfg.frames, rng["moves"])
     states = [to_world(room, objs) for objs in states_aligned]
     state_meshes = [build_scene_mesh(objs, None) for objs in states]
@@ -453,12 +450,8 @@ def generate_dataset(out: str | Path, scenes: int, seed: int, cfg: SynthConfig, 
             p = root / n
             if p.exists() and (not p.is_dir() or any(p.iterdir())):
                 raise ConfigError(f"{p} already exists and is not empty (pass --overwrite to replace it)")
-    for i, n in enumerate(names):
-        room = draw_room(seed, i, cfg)
-        movable = sum(1 for o in room.objects if o.movable)
-        if moved_count(room, cfg.moved_objects) > movable:
-            raise ConfigError(f"--moved-objects {cfg.moved_objects:g} is more than the {movable} movable objects of "
-                              f"{n} (a {room.room_type})")
+    for i, n in enumerate(names):  # fail before the first scene is generated, not at the last
+        moved_count(draw_room(seed, i, cfg), cfg.moved_objects, n)
     root.mkdir(parents=True, exist_ok=True)
     summaries = []
     for i in range(scenes):

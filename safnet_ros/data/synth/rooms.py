@@ -73,6 +73,8 @@ ROOM_ZONES: dict[str, frozenset[str]] = {
     "studio": frozenset({"bath", "vanity", "kitchen", "bed", "curtains", "living", "shelf", "cabinet", "office",
                          "trash", "dining"}),
 }
+#: Room types (class mixes) a scene can draw from; "studio" holds all 20 benchmark classes.
+ROOM_TYPES: tuple[str, ...] = tuple(ROOM_ZONES)
 
 
 @dataclass

@@ -1,29 +1,9 @@
-"""Preprocess ScanNet-format scenes into compact arrays for training and evaluation.
+"""``safnet data preprocess ROOT OUT``: ScanNet-format scenes -> compact arrays for training and evaluation.
 
-``safnet data preprocess ROOT OUT`` reads every scene under ROOT (a ScanNet root
-with ``scans/``, or scene folders directly under ROOT as ``safnet data synth``
-writes them) and writes, per scene, a folder ``OUT/<scene>/``:
-
-* ``points.npy`` (N, 3) float32 metres, axis-aligned (scene.txt's axisAlignment M);
-  ``colors.npy`` (N, 3) uint8; ``labels.npy`` (N,) uint8 class index 0..19, 255 ignored;
-* ``color.npy`` (F, 120, 160, 3) uint8 RGB (bilinear); ``depth.npy`` (F, 120, 160)
-  uint16 millimetres (nearest); ``label2d.npy`` (F, 120, 160) uint8 class indices
-  (ScanNet's label-filt images when present, else ray-cast from the labelled mesh);
-  ``poses.npy`` (F, 4, 4) float32 camera-to-world, axis-aligned (M @ pose);
-  ``frame_ids.npy`` (F,) int32 original frame numbers;
-* ``coverage_bits.npy`` (F, ceil(Nb / 8)) uint8, np.packbits of the (F, Nb) table
-  "frame f sees base point b" (a pixel back-projects within 0.1 m of it, the test
-  of :func:`safnet_ros.geometry.views.coverage_matrix`), ``coverage_index.npy`` (Nb,)
-  int64 indices of the base points into ``points`` (all points, or a random subset
-  when the scene has more than ``--coverage-points``);
-* ``meta.json`` (written last): intrinsics K (3, 3) at 160 x 120, counts, sources.
-
-Only frames with a finite pose are kept (the others are counted). A scene is
-built in a hidden temporary folder and renamed into place when complete, so a
-killed run leaves nothing that looks complete; a rerun skips finished scenes and
-redoes the rest. Scenes with no usable frame are written with F = 0 (3D-only)
-and reported. The split lists and label map of ROOT are copied to OUT, and
-``OUT/preprocess_summary.json`` records what was done, skipped and failed.
+The files written per scene (``OUT/<scene>/``), their shapes and the rules
+(frames kept, 2D labels, coverage table, resumable runs): docs/training.md §1.
+A scene is built in a hidden temporary folder and renamed into place when
+complete (``meta.json`` with ``complete`` true, written last).
 """
 from __future__ import annotations
 

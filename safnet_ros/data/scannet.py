@@ -1,18 +1,9 @@
 """ScanNet scene folders: mesh, labels, axis alignment, RGB-D frames, label map, splits.
 
-A scene folder ``sceneXXXX_YY/`` holds ``sceneXXXX_YY.sens`` (the RGB-D
-recording), ``sceneXXXX_YY_vh_clean_2.ply`` (mesh, +Z up),
-``sceneXXXX_YY_vh_clean_2.labels.ply`` (per-vertex nyu40 ``label``),
-``sceneXXXX_YY.txt`` (``axisAlignment = 16 floats``, row-major, p' = M [x y z 1]^T)
-and optionally ``.aggregation.json`` and ``_vh_clean_2.0.010000.segs.json``.
-
-Frames come from the ``.sens`` file when it exists, else from the common
-exported layout in the scene folder (``color/{i}.jpg``, ``depth/{i}.png``
-uint16 millimetres, ``pose/{i}.txt`` 4x4 camera-to-world,
-``intrinsic/{intrinsic,extrinsic}_{color,depth}.txt`` 4x4), which
-:func:`export_frames` writes. Both are a :class:`FrameSource`: frame ids,
-valid ids (finite pose), intrinsics and lazily decoded :class:`Frame` objects.
-Poses are in the mesh's original (not axis-aligned) frame, as ScanNet stores them.
+File names and formats: docs/design.md §2.1-2.3. Frames come from the ``.sens``
+file when it exists, else from the exported layout in the scene folder (which
+:func:`export_frames` writes); both are a :class:`FrameSource`. Poses are in the
+mesh's original (not axis-aligned) frame, as ScanNet stores them.
 """
 from __future__ import annotations
 

@@ -1,27 +1,8 @@
-"""ScanNet ``.sens`` (version 4) reader and writer.
-
-A ``.sens`` file is one RGB-D recording: a header (sensor name, colour/depth
-intrinsics and extrinsics, image sizes, compression types, depth shift, frame
-count) followed by frames, each a camera-to-world pose, two timestamps and the
-compressed colour (JPEG) and depth (zlib of little-endian uint16) payloads.
-Byte layout (little-endian, see docs/design.md §2.2)::
-
-    uint32 version (= 4)
-    uint64 name length, name bytes
-    float32[16] x 4   intrinsic_color, extrinsic_color, intrinsic_depth, extrinsic_depth (row-major 4x4)
-    int32  color compression (2 = jpeg), int32 depth compression (1 = zlib_ushort)
-    uint32 color width, color height, depth width, depth height
-    float32 depth shift (1000 = millimetres)
-    uint64 frame count
-    per frame: float32[16] camera_to_world, uint64 color timestamp, uint64 depth
-               timestamp (microseconds), uint64 color bytes, uint64 depth bytes,
-               colour payload, depth payload
+"""ScanNet ``.sens`` (version 4) reader and writer; byte layout: docs/design.md §2.2.
 
 Recordings hold thousands of frames, so :class:`SensReader` only indexes the
 frame offsets (reading each 96-byte frame header and seeking past the payloads)
-and decodes one frame at a time on request. Poses of lost tracking are ``-inf``;
-:attr:`SensReader.valid_indices` leaves those frames out and
-:attr:`SensReader.num_invalid_poses` counts them.
+and decodes one frame at a time on request. Poses of lost tracking are ``-inf``.
 """
 from __future__ import annotations
 

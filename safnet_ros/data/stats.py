@@ -1,30 +1,8 @@
 """``safnet data stats SCENE_DIR [--json]``: how much a scene looks like a ScanNet scan (the realism table).
 
-What it measures, on the scene as written (mesh, labels, ``.sens`` frames at
-their recorded poses; heights in the axis-aligned frame, floor at the lowest
-vertex):
-
-- mesh: vertices, faces, edge length percentiles (vertex spacing), and the
-  *wall density CV*: the coefficient of variation over wall vertices (nyu40 1)
-  of the local vertex density ``k / (pi r_k^2)`` (``r_k`` the distance to the
-  6th nearest wall vertex). A regular grid gives ~0.1, a decimated scan more;
-- seen: the share of annotated vertices (label != 0) that at least one valid
-  frame sees (the depth test of :func:`safnet_ros.geometry.camera.visible`,
-  0.1 m), the mean share one frame sees, and the share of all vertices more
-  than 2 m above the floor that some frame sees;
-- chunks: over the 1.5 m x 1.5 m (full height) chunks of the training
-  pipeline, the share of up to 2000 base points all frames cover, and what the
-  best 1, 3 and 5 greedy views cover, as a fraction of all frames' coverage
-  (``best1_over_all``: ScanNet-like scans need several views per chunk);
-- frames: valid poses, the valid depth share, the mean and median distance of
-  back-projected depth (every 4th pixel) to the mesh; image statistics at
-  160 x 120 (mean gradient magnitude and colour std of grey levels in 0..255);
-- labels: the share of each nyu40 id, of unannotated (0) and of all ignored
-  vertices (outside the 20 benchmark classes), the ceiling (22);
-- moved: vertices on objects that moved during the scan (from the generator's
-  ``<name>.synth_vertex_moved.npy`` sidecar, when present); with ``--model``,
-  the similarity S of that model on moved against static vertices (the
-  mismatch GSM/CSM exist to detect: S should be lower on moved objects).
+What it measures (``--model``: S on moved against static vertices, view by
+view too): docs/synthetic_data.md. Heights are in the axis-aligned frame, the
+floor at the lowest vertex; frames are used at their recorded poses.
 """
 from __future__ import annotations
 
@@ -107,7 +85,7 @@ def image_stats(color: np.ndarray) -> tuple[float, float]:
 
 
 def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> dict[str, Any]:
-    """The realism figures of one scene (see the module docstring), as a dict."""
+    """The realism figures of one scene (docs/synthetic_data.md), as a dict."""
     import open3d as o3d  # noqa: PLC0415 - open3d (not a ROS dependency) only for the mesh table; the similarity functions here run without it
 
     if frame_step < 1:

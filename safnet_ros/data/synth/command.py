@@ -1,39 +1,8 @@
-"""Generate synthetic furnished rooms in ScanNet's raw on-disk format, made the way ScanNet scans are.
+"""``safnet data synth OUT``: synthetic furnished rooms in ScanNet's raw on-disk format, made the way
+ScanNet scans are.
 
-Each scene OUT/sceneXXXX_00/ (XXXX = (seed*100 + i) mod 10000) holds what a
-ScanNet scan holds: sceneXXXX_00.sens (JPEG colour + zlib depth in mm, recorded
-poses camera-to-world, -inf where tracking was lost, 30 Hz timestamps),
-_vh_clean_2.ply (binary, xyz + RGBA + faces), _vh_clean_2.labels.ply (per-vertex
-nyu40 label, 0 = unannotated), .aggregation.json, _vh_clean_2.0.010000.segs.json
-and sceneXXXX_00.txt, whose axisAlignment maps the mesh (the room turned by up
-to --max-rotation degrees about z and shifted) back to the axis-aligned room.
-OUT also gets scannetv2-labels.combined.tsv and scannetv2_train.txt /
-scannetv2_val.txt (every 5th scene to val; --split NAME puts all in one list).
-
-How a scene is made (defaults): a room of a type drawn from --room-types
-(bedroom, office, living, kitchen, bathroom: real class mixes; studio: all 20
-benchmark classes), with ceiling (nyu40 22) and objects outside the benchmark
-(night stand, clothes, books, props, television, towel, bag, whiteboard), lit
-by --lights ceiling lights, is scanned along a handheld path in free space
-(--trajectory scan: loops at varying distance from the walls, vertical sweeps
-to the upper walls and the floor by the walls, inward views, close passes of
-furniture). --moved-objects objects move partway through the scan. Frames get
-structured-light depth (--depth-model), a colour-depth shift (--color-shift),
-auto-exposure (--exposure) and noise; poses get correlated error, drift and
-lost-tracking bursts. The labelled mesh is fused from the valid frames' depth
-at the recorded poses (--mesh tsdf, open3d TSDF), decimated to --vertex-spacing
-and labelled from the exact scene (ambiguous or unexplained vertices: 0), so
-every vertex was seen by some frame and frames disagree with the mesh locally.
-Every mismatch knob turns off with 0 (or --mesh exact, --trajectory loop,
---depth-model gaussian) for tests that need exactness.
-
-Our own ground truth sits beside: sceneXXXX_00.synth.json (settings, room
-type, moved objects with their frame, lost frames, colour shift),
-sceneXXXX_00.synth_true_poses.npy (render poses) and
-sceneXXXX_00.synth_vertex_moved.npy (1 per mesh vertex on a moved object).
-Same seed and settings -> same bytes. `safnet data stats SCENE` prints how
-ScanNet-like a scene is. A default room (300 frames, 320x240) takes about 30 s
-of CPU time.
+How a scene is made, what each knob does and the files written beside
+ScanNet's: docs/synthetic_data.md. Same seed and settings -> same bytes.
 """
 from __future__ import annotations
 

@@ -1,15 +1,6 @@
 """Generate synthetic ScanNet scenes: layout -> scan trajectory -> rendered frames -> fused mesh -> files.
 
-A scene is made the way a ScanNet scan is: a furnished room of a drawn type
-(:mod:`.rooms`) is scanned along a handheld path in free space
-(:mod:`.trajectory`); each frame is rendered from its true pose in the scene
-state of that moment (objects move partway through), with a structured-light
-depth model, colour-depth misregistration, exposure changes and colour noise
-(:mod:`.perturb`), and written with its *recorded* pose (correlated error,
-drift, lost-tracking bursts as -inf). The valid frames are fused at the recorded
-poses into a TSDF (:mod:`.fusion`, open3d), whose mesh is extracted, cleaned,
-decimated and labelled from the exact scene: that is ``_vh_clean_2.ply``.
-``mesh="exact"`` instead writes the exact scene as a regular grid (tests).
+The steps, and why each is made the way a ScanNet scan is: docs/synthetic_data.md.
 A scene is written into ``OUT/.<name>.partial`` and renamed when complete.
 
 Randomness: scene ``i`` of seed ``s`` draws from ``SeedSequence([s, i])`` spawned
@@ -369,7 +360,7 @@ def generate_scene(out: Path, seed: int, index: int, cfg: SynthConfig, overwrite
 
 
 def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: SynthConfig) -> dict:
-    """Generate scene ``name`` into ``scene_dir`` (see the module docstring); returns its summary."""
+    """Generate scene ``name`` into ``scene_dir``; returns its summary."""
     rng = _streams(seed, index)
     room = generate_room(rng["layout"], cfg.max_rotation_deg, room_types=cfg.room_types, lights=cfg.lights)
     world = room.world_from_aligned

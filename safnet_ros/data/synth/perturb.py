@@ -1,17 +1,6 @@
 """The paper's 2D-3D mismatch knobs: sensor noise, pose errors, moved objects, lost tracking.
 
 All functions take a ``numpy.random.Generator`` and are deterministic given it.
-
-- :func:`noisy_depth`: Gaussian depth noise growing with depth,
-  ``sigma(z) = noise * (1 + (z / 2 m)^2)``, plus dropout holes like a structured
-  light sensor (grazing-angle pixels, smooth blobs and speckle).
-- :func:`recorded_poses`: what the tracker "recorded" vs the pose used to
-  render: per-frame jitter (rotation and translation, in the camera frame) and an
-  accumulated random-walk drift along the trajectory (translation and yaw).
-- :func:`invalid_frames`: frames whose pose is written as ``-inf`` (lost
-  tracking, in short bursts as in ScanNet).
-- :func:`move_objects`: movable furniture displaced between the scanned mesh and
-  the frames (the mesh keeps the original placement).
 """
 from __future__ import annotations
 
@@ -32,7 +21,7 @@ def noisy_depth(rng: np.random.Generator, depth: np.ndarray, incidence: np.ndarr
                 dropout: float) -> np.ndarray:
     """Sensor-like depth (H, W) float32 metres from a clean z-depth image (0 = no return).
 
-    ``noise`` is the std in metres at 0 m (see module docstring); ``dropout`` the
+    ``noise`` is the std in metres at 0 m, ``sigma(z) = noise * (1 + (z / 2 m)^2)``; ``dropout`` the
     fraction of pixels lost in random blobs/speckle, with grazing-angle pixels
     (|cos| < 0.12) dropped as well whenever ``dropout > 0``.
     """

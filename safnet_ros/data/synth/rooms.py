@@ -17,14 +17,10 @@ with random sizes and positions:
 - middle: dining table with chairs.
 
 The room type (:data:`ROOM_ZONES`) picks the zones, so rooms have class mixes
-like real ones; a "studio" has every zone and so all 20 benchmark classes
-(wall 1, floor 2, cabinet 3, bed 4, chair 5, sofa 6, table 7, door 8, window
-9, bookshelf 10, picture 11, counter 12, desk 14, curtain 16, refrigerator 24,
-shower curtain 28, toilet 33, sink 34, bathtub 36, otherfurniture 39). Every
-room also holds classes the benchmark ignores (ceiling 22, pillow 18, lamp 35,
-box 29, night stand 32, clothes 21, books 23, television 25, towel 27, bag 37,
-whiteboard 30, other props 40). The ceiling is the last object and, as in a
-real scan, part of the scanned mesh where the camera saw it.
+like real ones; a "studio" has every zone and so all 20 benchmark classes. Every
+room also holds classes the benchmark ignores (:data:`CATEGORY_NYU40`). The
+ceiling is the last object and, as in a real scan, part of the scanned mesh
+where the camera saw it.
 
 The scanned room is then placed in the world by a rotation about z and a
 translation (:attr:`Room.world_from_aligned`), like a raw ScanNet scan; the

@@ -17,9 +17,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["CameraAugment", "REAL_CAMERA_TEST", "EFFECT_GROUPS", "camera_test_settings", "single_effect_test", "camera_augment", "degrade_view_arrays", "exposure", "white_balance", "sensor_noise", "motion_blur",
-           "defocus_blur", "vignetting", "jpeg", "depth_edge_holes", "depth_appearance_holes", "luminance"]
-
 
 @dataclass(frozen=True)
 class CameraAugment:
@@ -156,17 +153,16 @@ def depth_edge_holes(depth: np.ndarray, threshold: float) -> np.ndarray:
     the mixed pixels the other); pixels beside an invalid (0) pixel are not edges.
     """
     d = depth.astype(np.float32)
+
+    def jump(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (np.abs(a - b) > threshold * np.minimum(a, b)) & (a > 0) & (b > 0)
+
     holes = np.zeros(d.shape, bool)
-    for axis in (0, 1):
-        a = np.take(d, np.arange(d.shape[axis] - 1), axis=axis)
-        b = np.take(d, np.arange(1, d.shape[axis]), axis=axis)
-        jump = (np.abs(a - b) > threshold * np.minimum(a, b)) & (a > 0) & (b > 0)
-        lo = [slice(None)] * 2
-        hi = [slice(None)] * 2
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        holes[tuple(lo)] |= jump
-        holes[tuple(hi)] |= jump
+    down, right = jump(d[:-1], d[1:]), jump(d[:, :-1], d[:, 1:])
+    holes[:-1] |= down
+    holes[1:] |= down
+    holes[:, :-1] |= right
+    holes[:, 1:] |= right
     return holes
 
 

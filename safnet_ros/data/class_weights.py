@@ -14,9 +14,6 @@ import numpy as np
 from safnet_ros.data.dataset import list_scenes
 from safnet_ros.data.labels import IGNORE_INDEX
 
-__all__ = ["CLASS_WEIGHTS_FILE", "label_counts", "log_frequency_weights", "write_class_weights",
-           "load_class_weights"]
-
 CLASS_WEIGHTS_FILE = "class_weights.json"
 LOG_OFFSET = 1.2  # w_c = 1 / ln(LOG_OFFSET + f_c), MVPNet's ScanNet value
 

@@ -166,16 +166,9 @@ class SensFrames(FrameSource):
     def indices(self) -> list[int]:
         return list(range(len(self.reader)))
 
-    def __len__(self) -> int:
-        return len(self.reader)
-
     @property
     def valid_indices(self) -> list[int]:
         return list(self._valid)
-
-    @property
-    def num_invalid(self) -> int:
-        return self.reader.num_invalid_poses
 
     def camera_to_world(self, i: int) -> np.ndarray:
         return self.reader.poses[i].astype(np.float64)
@@ -487,15 +480,13 @@ def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir
             (out / "color" / f"{i}.jpg").write_bytes(f.color_bytes)
             raw = f.decode_depth()
             pose = f.camera_to_world
-            shift = source.depth_shift
         else:
             frame = source.get(i)
             Image.fromarray(frame.color).save(out / "color" / f"{i}.jpg", quality=95)
             raw = frame.depth * np.float32(source.depth_shift)
             pose = frame.camera_to_world
-            shift = source.depth_shift
-        if shift != 1000.0:
-            raw = np.round(np.asarray(raw, np.float64) * (1000.0 / shift))
+        if source.depth_shift != 1000.0:
+            raw = np.round(np.asarray(raw, np.float64) * (1000.0 / source.depth_shift))
         mm = np.clip(np.round(raw), 0, 65535).astype(np.uint16)
         Image.fromarray(mm).save(out / "depth" / f"{i}.png")
         _write_matrix(out / "pose" / f"{i}.txt", pose)

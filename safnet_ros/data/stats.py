@@ -26,6 +26,7 @@ from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
 from safnet_ros.geometry.camera import backproject, nearest_pixel, project, visible
 from safnet_ros.geometry.transforms import apply_transform
 from safnet_ros.geometry.views import greedy_select
+from safnet_ros.json_out import json_safe
 from safnet_ros.tools.render import render_cloud_png, render_moved_similarity_png
 
 #: Chunk size (metres) and base points per chunk, as training and evaluation use them (docs/design.md §2.5).
@@ -426,22 +427,7 @@ def run(args: argparse.Namespace) -> int:
         stats["moved_similarity"] = moved_similarity(args.scene, args.model, args.view_step, args.device, args.png,
                                                      args.chunk_stride, per_view=args.per_view)
     if args.json:  # strict JSON: a figure without data is null, never a bare NaN
-        print(json.dumps(_finite_or_none(stats), indent=1, allow_nan=False))
+        print(json.dumps(json_safe(stats), indent=1, allow_nan=False))
     else:
         print(format_table(stats))
     return 0
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """``obj`` with every NaN or infinite float (numpy ones too) replaced by None, recursively."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return _finite_or_none(obj.tolist())
-    return obj

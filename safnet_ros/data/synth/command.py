@@ -10,7 +10,7 @@ import argparse
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from safnet_ros import output_dir as od
 from safnet_ros.data.synth import writer
@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # open3d's OpenMP threads otherwise spin and starve numpy on small machines.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset  # noqa: PLC0415 - generate loads open3d: safnet data synth --help stays light (test_cli_lazy)
+    from safnet_ros.data.synth.generate import SynthConfig  # noqa: PLC0415 - generate loads open3d: safnet data synth --help stays light (test_cli_lazy)
 
     if args.split is not None and (not args.split or any(c in args.split for c in "/\\ \t")):
         raise ConfigError(f"--split must be a plain name, got {args.split!r}")
@@ -113,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
         depth_model=args.depth_model, max_depth=args.max_depth, pose_noise_corr=args.pose_noise_corr,
         color_shift=args.color_shift, exposure=args.exposure, color_noise=args.color_noise, lights=args.lights,
     )
-    summaries = generate_guarded(args.out, args.scenes, args.seed, cfg, split=args.split, overwrite=args.overwrite,
-                                 generate_dataset=generate_dataset)
+    summaries = generate_guarded(args.out, args.scenes, args.seed, cfg, split=args.split, overwrite=args.overwrite)
     for s in summaries:
         moved = f", {len(s['moved_objects'])} objects moved" if s["moved_objects"] else ""
         lost = f", {len(s['invalid_frames'])} lost poses" if s["invalid_frames"] else ""
@@ -143,16 +142,17 @@ def _scene_owner_problem(folder: Path) -> Optional[str]:
     return "was not written by `safnet data synth`"
 
 
-def generate_guarded(out: str | os.PathLike, scenes: int, seed: int, cfg, split: Optional[str], overwrite: bool,
-                     generate_dataset: Callable) -> list[dict]:
-    """``generate_dataset`` under the output-folder rules (docs/reliability.md, "Output folders").
+def generate_guarded(out: str | os.PathLike, scenes: int, seed: int, cfg, split: Optional[str],
+                     overwrite: bool) -> list[dict]:
+    """:func:`~safnet_ros.data.synth.generate.generate_dataset` under the output-folder rules (docs/reliability.md,
+    "Output folders").
 
     OUT is new, empty, or an earlier ``data synth`` output (several seeds share one OUT); it is locked
     for the run. Scenes are generated into a hidden folder inside OUT and each is swapped in for the
     scene folder of the same name only when complete: an interrupt leaves the old scenes whole. An
     existing scene folder is replaced only with ``overwrite`` and only when ``data synth`` wrote it.
     """
-    from safnet_ros.data.synth.generate import scene_name  # noqa: PLC0415 - generate loads open3d: safnet data synth --help stays light (test_cli_lazy)
+    from safnet_ros.data.synth.generate import generate_dataset, scene_name  # noqa: PLC0415 - generate loads open3d: safnet data synth --help stays light (test_cli_lazy)
     root = Path(out)
     with od.output_lock(root, "synthetic-data folder"):
         od.claim(root, "data synth", overwrite=overwrite, incremental=True, what="synthetic-data folder")

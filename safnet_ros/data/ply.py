@@ -447,9 +447,13 @@ def write_ply(path: str | os.PathLike, vertex: np.ndarray, faces: np.ndarray | N
         f.writelines([("\n".join(lines) + "\n").encode("ascii"), *body])
 
 
-def scannet_vertex_array(xyz: np.ndarray, rgb: np.ndarray | None = None, labels: np.ndarray | None = None,
-                         alpha: int = 255) -> np.ndarray:
-    """Structured vertex array with ScanNet's fields: x y z f4, red green blue alpha u1, [label u2]."""
+def write_scannet_mesh(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray | None, faces: np.ndarray | None,
+                       labels: np.ndarray | None = None) -> None:
+    """Write a ScanNet ``_vh_clean_2.ply`` (labels None) or ``.labels.ply`` (labels = (N,) nyu40 ids).
+
+    xyz (N, 3) metres, rgb (N, 3) uint8 (None: black), faces (F, 3) int vertex indices. Vertex
+    fields as ScanNet's: x y z f4, red green blue alpha (255) u1, [label u2].
+    """
     xyz = np.asarray(xyz, dtype=np.float32)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
         raise DataFormatError(None, f"xyz must be (N, 3), got {xyz.shape}")
@@ -464,7 +468,7 @@ def scannet_vertex_array(xyz: np.ndarray, rgb: np.ndarray | None = None, labels:
     if rgb.shape != (n, 3):
         raise DataFormatError(None, f"rgb must be ({n}, 3), got {rgb.shape}")
     v["red"], v["green"], v["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    v["alpha"] = alpha
+    v["alpha"] = 255
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (n,):
@@ -472,16 +476,7 @@ def scannet_vertex_array(xyz: np.ndarray, rgb: np.ndarray | None = None, labels:
         if labels.size and (labels.min() < 0 or labels.max() > 65535):
             raise DataFormatError(None, "labels must fit in uint16 (0..65535)")
         v["label"] = labels
-    return v
-
-
-def write_scannet_mesh(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, faces: np.ndarray | None,
-                       labels: np.ndarray | None = None) -> None:
-    """Write a ScanNet ``_vh_clean_2.ply`` (labels None) or ``.labels.ply`` (labels = (N,) nyu40 ids).
-
-    xyz (N, 3) metres, rgb (N, 3) uint8, faces (F, 3) int vertex indices.
-    """
-    write_ply(path, scannet_vertex_array(xyz, rgb, labels), faces)
+    write_ply(path, v, faces)
 
 
 def _vertex(data: PlyData, path: str) -> np.ndarray:

@@ -278,13 +278,8 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
         xyz, rgb, faces = scene.load_mesh()
         xyz = apply_transform(M, xyz).astype(np.float32)
         has_labels = scene.labels_path.is_file()
-        if has_labels:
-            nyu40 = scene.load_nyu40()
-            if len(nyu40) != len(xyz):
-                raise DataFormatError(scene.labels_path, f"has {len(nyu40)} vertices, the mesh has {len(xyz)}")
-            labels = nyu40_to_class(nyu40)
-        else:
-            labels = np.full(len(xyz), IGNORE_INDEX, np.uint8)
+        # load_nyu40 refuses labels that do not fit the mesh
+        labels = nyu40_to_class(scene.load_nyu40()) if has_labels else np.full(len(xyz), IGNORE_INDEX, np.uint8)
         np.save(tmp / "points.npy", xyz)
         np.save(tmp / "colors.npy", np.asarray(rgb, np.uint8))
         np.save(tmp / "labels.npy", labels)
@@ -317,8 +312,7 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
             if filt is not None and id_map:
                 label_source = "label-filt"
                 lut = np.zeros(max(id_map) + 1, np.int64)
-                for k, v in id_map.items():
-                    lut[k] = v
+                lut[list(id_map)] = list(id_map.values())
             elif has_labels and len(faces):
                 label_source = "mesh-raycast"
             renderer = MeshLabelRenderer(xyz, faces, labels) if label_source == "mesh-raycast" else None
@@ -358,8 +352,6 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
                     zf.close()
             if not frame_ids:
                 no_frames_reason = "no frame with a valid pose and readable images"
-            else:
-                K_net = np.asarray(K_net, np.float64)
 
         F = len(frame_ids)
         color_a = np.stack(colors) if F else np.zeros((0, h, w, 3), np.uint8)

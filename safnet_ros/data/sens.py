@@ -323,6 +323,11 @@ class SensReader:
         """Indices of the frames whose pose is finite, ascending."""
         return np.flatnonzero(self._valid).tolist()
 
+    @property
+    def num_invalid_poses(self) -> int:
+        """How many frames have a non-finite (lost tracking) pose."""
+        return int((~self._valid).sum())
+
     def _check_index(self, i: int) -> int:
         n = len(self)
         j = int(i) + n if int(i) < 0 else int(i)

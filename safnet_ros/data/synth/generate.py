@@ -225,16 +225,14 @@ def _color_at_depth(color: np.ndarray, depth_size: tuple[int, int]) -> np.ndarra
 
 
 def _write_frames(path: Path, renderers: list, state_of_frame: np.ndarray, true_poses: np.ndarray,
-                  recorded: np.ndarray, cfg: SynthConfig, rng: np.random.Generator, sensor: dict, desc: str,
-                  fusion: TSDFFusion | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  recorded: np.ndarray, K_color: np.ndarray, K_depth: np.ndarray, cfg: SynthConfig,
+                  rng: np.random.Generator, sensor: dict, desc: str, fusion: TSDFFusion | None = None) -> None:
     """Render every frame from its true pose (in its scene state) and append it with its recorded pose to the
     ``.sens``; integrate it into ``fusion`` (when given) at the recorded pose, as a reconstruction would.
 
-    ``sensor``: ``gains`` (F, 3) exposure/white balance, ``shift`` (dx, dy) colour pixels.
-    Returns (K_color, K_depth), both (3, 3).
+    ``K_color``, ``K_depth`` (3, 3) at ``cfg``'s image sizes; ``sensor``: ``gains`` (F, 3) exposure/white
+    balance, ``shift`` (dx, dy) colour pixels.
     """
-    K_color = render.pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg)
-    K_depth = depth_intrinsics(K_color, cfg.color_size, cfg.depth_size)
     cw, ch = cfg.color_size
     frames = range(len(true_poses))
     if cfg.progress:
@@ -264,7 +262,6 @@ def _write_frames(path: Path, renderers: list, state_of_frame: np.ndarray, true_
             sens.write_frame(recorded[i], color8, depth_mm, stamp, stamp)
             if fusion is not None:
                 fusion.integrate(_color_at_depth(color8, cfg.depth_size), depth_mm, recorded[i])
-    return K_color, K_depth
 
 
 def draw_room(seed: int, index: int, cfg: SynthConfig) -> Room:
@@ -385,12 +382,12 @@ def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: Synth
     shift_px = cfg.color_shift * cfg.color_size[0] / 320.0
     sensor = {"gains": exposure_gains(srng, cfg.frames, cfg.exposure),
               "shift": (shift_px * math.cos(angle), shift_px * math.sin(angle))}
-    fusion = None
-    if cfg.mesh == "tsdf":
-        K_depth = depth_intrinsics(render.pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg), cfg.color_size, cfg.depth_size)
-        fusion = TSDFFusion(cfg.tsdf_voxel, K_depth, cfg.depth_size, max_depth=cfg.max_depth + 0.5)
-    K_color, K_depth = _write_frames(scene_dir / f"{name}.sens", renderers, state_of_frame, true_poses, recorded,
-                                     cfg, rng["frames"], sensor, name, fusion)
+    K_color = render.pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg)
+    K_depth = depth_intrinsics(K_color, cfg.color_size, cfg.depth_size)
+    fusion = (TSDFFusion(cfg.tsdf_voxel, K_depth, cfg.depth_size, max_depth=cfg.max_depth + 0.5)
+              if cfg.mesh == "tsdf" else None)
+    _write_frames(scene_dir / f"{name}.sens", renderers, state_of_frame, true_poses, recorded, K_color, K_depth,
+                  cfg, rng["frames"], sensor, name, fusion)
 
     objects = states[0]
     moved_ids = {int(m["objectId"]) for m in moved}

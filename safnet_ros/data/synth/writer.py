@@ -1,14 +1,6 @@
-"""ScanNet scene-folder files of a synthetic scene (besides the ``.sens``).
-
-Writes, in ScanNet's shapes: ``<name>_vh_clean_2.ply`` and ``.labels.ply``
-(through :func:`safnet_ros.data.ply.write_scannet_mesh`),
-``<name>.aggregation.json`` (segGroups with id/objectId/segments/label),
-``<name>_vh_clean_2.0.010000.segs.json`` (one segment id per vertex),
-``<name>.txt`` (``axisAlignment = ...`` and the camera lines ScanNet has), plus
-our own ``<name>.synth.json`` (generator settings and ground truth of the
-perturbations) and ``<name>.synth_true_poses.npy`` (F, 4, 4) float64, the
-poses the frames were rendered from. Dataset-level files: the label map
-(:func:`safnet_ros.data.scannet.write_label_map`) and split lists.
+"""The files of a synthetic scene besides the ``.sens``, in ScanNet's shapes (meshes, segmentation,
+``<name>.txt``), our ground truth beside them (``<name>.synth.json``, ``<name>.synth_true_poses.npy``)
+and the dataset-level label map and split lists.
 """
 from __future__ import annotations
 
@@ -27,16 +19,12 @@ SEGS_PARAMS = {"kThresh": "0.0001", "segMinVerts": "20", "minPoints": "750", "ma
                "thinThresh": "0.05", "flatThresh": "0.001", "minLength": "0.02", "maxLength": "1"}
 
 
-def label_colors(nyu40: np.ndarray) -> np.ndarray:
-    """(N,) nyu40 ids -> (N, 3) uint8 colours of ``.labels.ply`` (benchmark palette; ignored ids black)."""
-    return class_colors(nyu40_to_class(nyu40))
-
-
 def write_meshes(scene_dir: Path, name: str, xyz: np.ndarray, rgb: np.ndarray, faces: np.ndarray,
                  nyu40: np.ndarray) -> None:
-    """``_vh_clean_2.ply`` (xyz, RGBA, faces) and ``_vh_clean_2.labels.ply`` (same geometry, label colours, label)."""
+    """``_vh_clean_2.ply`` (xyz, RGBA, faces) and ``_vh_clean_2.labels.ply`` (same geometry, the benchmark
+    palette's colours with ignored ids black, label)."""
     write_scannet_mesh(scene_dir / f"{name}_vh_clean_2.ply", xyz, rgb, faces)
-    write_scannet_mesh(scene_dir / f"{name}_vh_clean_2.labels.ply", xyz, label_colors(nyu40), faces,
+    write_scannet_mesh(scene_dir / f"{name}_vh_clean_2.labels.ply", xyz, class_colors(nyu40_to_class(nyu40)), faces,
                        labels=nyu40.astype(np.uint16))
 
 

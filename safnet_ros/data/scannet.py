@@ -88,10 +88,6 @@ class FrameSource(abc.ABC):
         """Ids of the frames whose pose is finite (tracking not lost)."""
 
     @abc.abstractmethod
-    def camera_to_world(self, i: int) -> np.ndarray:
-        """(4, 4) float64 pose of frame ``i`` without decoding its images."""
-
-    @abc.abstractmethod
     def get(self, i: int) -> Frame:
         """Decode frame ``i``."""
 
@@ -149,9 +145,7 @@ class SensFrames(FrameSource):
         self.intrinsic_depth = h.intrinsic_depth[:3, :3].astype(np.float64)
         self.extrinsic_color = h.extrinsic_color.astype(np.float64)
         self.extrinsic_depth = h.extrinsic_depth.astype(np.float64)
-        self.depth_shift = float(h.depth_shift)
-        if not (self.depth_shift > 0 and math.isfinite(self.depth_shift)):
-            raise DataFormatError(self.path, f"depth shift is {self.depth_shift}; must be positive")
+        self.depth_shift = float(h.depth_shift)  # read_header refuses an implausible one
         if h.color_compression not in (COLOR_JPEG, COLOR_PNG, COLOR_RAW):
             raise DataFormatError(self.path, f"colour compression {h.color_compression} is unknown "
                                              "(supported: 0 raw, 1 png, 2 jpeg)")
@@ -169,9 +163,6 @@ class SensFrames(FrameSource):
     @property
     def valid_indices(self) -> list[int]:
         return list(self._valid)
-
-    def camera_to_world(self, i: int) -> np.ndarray:
-        return self.reader.poses[i].astype(np.float64)
 
     def get(self, i: int) -> Frame:
         f = self.reader.frame(i)
@@ -281,14 +272,9 @@ class ExportedFrames(FrameSource):
     def valid_indices(self) -> list[int]:
         return list(self._valid)
 
-    def camera_to_world(self, i: int) -> np.ndarray:
-        try:
-            return self._poses[int(i)].copy()
-        except KeyError:
-            raise IndexError(f"{self.root}: no frame {i}") from None
-
     def get(self, i: int) -> Frame:
-        pose = self.camera_to_world(i)
+        if int(i) not in self._poses:
+            raise IndexError(f"{self.root}: no frame {i}")
         cpath, dpath = self.color_path(i), self.depth_path(i)
         color = _open_image(cpath, "colour image", lambda img: np.asarray(img.convert("RGB")))
         raw = _open_image(dpath, "depth image", np.asarray)
@@ -299,7 +285,7 @@ class ExportedFrames(FrameSource):
             if (pixels.shape[1], pixels.shape[0]) != (w, h):
                 raise DataFormatError(p, f"image is {pixels.shape[1]}x{pixels.shape[0]}, other frames are {w}x{h}")
         depth = raw.astype(np.float32) / np.float32(self.depth_shift)
-        return Frame(index=int(i), color=color, depth=depth, camera_to_world=pose, timestamp_us=0)
+        return Frame(index=int(i), color=color, depth=depth, camera_to_world=self._poses[int(i)].copy())
 
 
 def read_axis_alignment(path: str | os.PathLike) -> np.ndarray:

@@ -121,12 +121,6 @@ def settings_change(scene_out: Path, settings: dict[str, Any]) -> Optional[str]:
     return ", ".join(diff) or None
 
 
-def _swap_scene(tmp: Path, final: Path) -> None:
-    """Put the finished ``tmp`` in place of ``final`` (checked replaceable): the old folder is moved
-    aside first and deleted last, so an interrupt leaves the old scene or the new one, whole."""
-    od.replace_folder(tmp, final, old=final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}")
-
-
 def scene_is_complete(scene_out: Path) -> bool:
     """True when ``scene_out`` holds a finished scene (meta.json with ``complete`` true)."""
     meta = scene_out / "meta.json"
@@ -259,7 +253,8 @@ def preprocess_scene(scene_dir: str, out_dir: str, options: dict[str, Any]) -> d
         problem = scene_folder_problem(final)  # again, just before: it may have changed meanwhile
         if problem is not None:
             raise SafnetError(f"{final} {problem}: not replaced")
-        _swap_scene(tmp, final)
+        # the old folder is moved aside first and deleted last: an interrupt leaves one scene, whole
+        od.replace_folder(tmp, final, old=final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}")
     except Exception as exc:  # one bad scene must not end a multi-hour run: report it, go on
         record["status"] = "failed"
         kind = "" if isinstance(exc, SafnetError) else " (unexpected; please report)"
@@ -462,90 +457,81 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
         raise ConfigError("--split: empty; give a split name such as train, or a split-list path")
     root_p, out_p = require_dir(root, "ScanNet root folder"), Path(out)
     with od.output_lock(out_p, "preprocessing output folder"):
-        return _preprocess_locked(root_p, out_p, workers=workers, split=split, scenes=scenes,
-                                  frame_step=frame_step, max_frames=max_frames, coverage_points=coverage_points,
-                                  seed=seed, overwrite=overwrite, progress=progress)
-
-
-def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Optional[str],
-                       scenes: Optional[Sequence[str]], frame_step: int, max_frames: int, coverage_points: int,
-                       seed: int, overwrite: bool, progress: bool) -> dict[str, Any]:
-    """:func:`preprocess` while holding the lock of OUT."""
-    # OUT: new, empty, or written by an earlier `safnet data preprocess` (scenes are added or redone);
-    # never the raw root, inside it, or holding it (symlinks resolved)
-    od.claim(out_p, "data preprocess", overwrite=overwrite, inputs=[root_p], incremental=True,
-             what="preprocessing output folder")
-    todo, missing = select_scenes(root_p, split, scenes)
-    unknown = [n for n in (scenes or ()) if n not in {s.name for s in todo}]
-    if unknown:  # a typo in --scenes must not shrink the run silently
-        raise ConfigError(f"--scenes {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: no such scene "
-                          f"under {root_p}{f' in split {split!r}' if split else ''}")
-    if not todo:
-        what = (f"none of the {len(missing)} scene(s) of split {split!r} is here "
-                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" if split
-                else "no scene folders here (sceneXXXX_YY/, or folders with <name>.sens or <name>_vh_clean_2.ply)")
-        raise DataFormatError(root_p, f"nothing to preprocess: {what}")
-    od.check_separate(out_p, [s.resolve() for s in todo], "preprocessing output folder")
-    out_p.mkdir(parents=True, exist_ok=True)
-    if od.read_mark(out_p) is None:
-        od.write_mark(out_p, "data preprocess", {"root": str(root_p.resolve())}, files=[])
-    for stale in out_p.glob(f"{TMP_PREFIX}*"):  # left by a killed run of ours (we hold OUT's lock)
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-    base = root_p / "scans" if (root_p / "scans").is_dir() else root_p
-    label_map = next((p for p in (root_p / LABEL_MAP_FILE, base / LABEL_MAP_FILE) if p.is_file()), None)
-    for name in SPLIT_FILES + (LABEL_MAP_FILE,):
-        src = root_p / name
-        if src.is_file():
-            shutil.copyfile(src, out_p / name)
-    options = {"frame_step": frame_step, "max_frames": max_frames, "coverage_points": coverage_points,
-               "seed": seed, "overwrite": overwrite, "label_map": str(label_map) if label_map else None}
-    start = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    args = [(str(s), str(out_p), options) for s in todo]
-    bar = tqdm(total=len(args), desc="preprocess", unit="scene", file=sys.stderr, disable=not progress)
-    if workers == 1 or len(args) <= 1:
-        for a in args:
-            results.append(preprocess_scene(*a))
-            bar.update(1)
-    else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for r in pool.imap_unordered(_star_preprocess, args):
-                results.append(r)
+        # OUT: new, empty, or written by an earlier `safnet data preprocess` (scenes are added or redone);
+        # never the raw root, inside it, or holding it (symlinks resolved)
+        od.claim(out_p, "data preprocess", overwrite=overwrite, inputs=[root_p], incremental=True,
+                 what="preprocessing output folder")
+        todo, missing = select_scenes(root_p, split, scenes)
+        unknown = [n for n in (scenes or ()) if n not in {s.name for s in todo}]
+        if unknown:  # a typo in --scenes must not shrink the run silently
+            raise ConfigError(f"--scenes {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: no such scene "
+                              f"under {root_p}{f' in split {split!r}' if split else ''}")
+        if not todo:
+            what = (f"none of the {len(missing)} scene(s) of split {split!r} is here "
+                    f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" if split
+                    else "no scene folders here (sceneXXXX_YY/, or folders with <name>.sens or <name>_vh_clean_2.ply)")
+            raise DataFormatError(root_p, f"nothing to preprocess: {what}")
+        od.check_separate(out_p, [s.resolve() for s in todo], "preprocessing output folder")
+        out_p.mkdir(parents=True, exist_ok=True)
+        if od.read_mark(out_p) is None:
+            od.write_mark(out_p, "data preprocess", {"root": str(root_p.resolve())}, files=[])
+        for stale in out_p.glob(f"{TMP_PREFIX}*"):  # left by a killed run of ours (we hold OUT's lock)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        base = root_p / "scans" if (root_p / "scans").is_dir() else root_p
+        label_map = next((p for p in (root_p / LABEL_MAP_FILE, base / LABEL_MAP_FILE) if p.is_file()), None)
+        for name in SPLIT_FILES + (LABEL_MAP_FILE,):
+            src = root_p / name
+            if src.is_file():
+                shutil.copyfile(src, out_p / name)
+        options = {"frame_step": frame_step, "max_frames": max_frames, "coverage_points": coverage_points,
+                   "seed": seed, "overwrite": overwrite, "label_map": str(label_map) if label_map else None}
+        start = time.perf_counter()
+        results: list[dict[str, Any]] = []
+        args = [(str(s), str(out_p), options) for s in todo]
+        bar = tqdm(total=len(args), desc="preprocess", unit="scene", file=sys.stderr, disable=not progress)
+        if workers == 1 or len(args) <= 1:
+            for a in args:
+                results.append(preprocess_scene(*a))
                 bar.update(1)
-    bar.close()
-    results.sort(key=lambda r: r["scene"])
-    summary = {
-        "root": str(root_p),
-        "out": str(out_p),
-        "scenes": len(results),
-        "done": sum(r["status"] == "done" for r in results),
-        "skipped": sum(r["status"] == "skipped" for r in results),
-        "failed": {r["scene"]: r["reason"] for r in results if r["status"] == "failed"},
-        "not_found": missing,
-        "no_frames": {r["scene"]: r["no_frames_reason"] for r in results if r.get("no_frames_reason")},
-        "redone": {r["scene"]: r["redone"] for r in results if r.get("redone")},
-        "invalid_frames": sum(r.get("invalid_frames", 0) for r in results),
-        "unreadable_frames": sum(r.get("unreadable_frames", 0) for r in results),
-        "empty_depth_frames": sum(r.get("empty_depth_frames", 0) for r in results),
-        "frames": sum(r.get("frames", 0) for r in results),
-        "seconds": round(time.perf_counter() - start, 2),
-        "per_scene": results,
-    }
-    from safnet_ros.data.class_weights import write_class_weights  # noqa: PLC0415 - cycle: class_weights -> dataset -> here
+        else:
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for r in pool.imap_unordered(_star_preprocess, args):
+                    results.append(r)
+                    bar.update(1)
+        bar.close()
+        results.sort(key=lambda r: r["scene"])
+        summary = {
+            "root": str(root_p),
+            "out": str(out_p),
+            "scenes": len(results),
+            "done": sum(r["status"] == "done" for r in results),
+            "skipped": sum(r["status"] == "skipped" for r in results),
+            "failed": {r["scene"]: r["reason"] for r in results if r["status"] == "failed"},
+            "not_found": missing,
+            "no_frames": {r["scene"]: r["no_frames_reason"] for r in results if r.get("no_frames_reason")},
+            "redone": {r["scene"]: r["redone"] for r in results if r.get("redone")},
+            "invalid_frames": sum(r.get("invalid_frames", 0) for r in results),
+            "unreadable_frames": sum(r.get("unreadable_frames", 0) for r in results),
+            "empty_depth_frames": sum(r.get("empty_depth_frames", 0) for r in results),
+            "frames": sum(r.get("frames", 0) for r in results),
+            "seconds": round(time.perf_counter() - start, 2),
+            "per_scene": results,
+        }
+        from safnet_ros.data.class_weights import write_class_weights  # noqa: PLC0415 - cycle: class_weights -> dataset -> here
 
-    try:  # the cross-entropy's class weights (train.class_weights): from the training split
-        weights_file = write_class_weights(out_p, "train")
-        summary["class_weights"] = str(weights_file) if weights_file else None
-    except (OSError, ValueError) as exc:  # e.g. a train-split scene that failed: the trainer recomputes
-        summary["class_weights"] = f"not written: {exc}"
-    (out_p / "preprocess_summary.json").write_text(json.dumps(summary, indent=1))
-    if summary["failed"] and not summary["done"] and not summary["skipped"]:
-        name, reason = next(iter(summary["failed"].items()))
-        more = f" (and {len(summary['failed']) - 1} more scene(s); see {out_p / 'preprocess_summary.json'})" \
-            if len(summary["failed"]) > 1 else ""
-        raise SafnetError(f"no scene could be preprocessed: {name}: {reason}{more}")
-    return summary
+        try:  # the cross-entropy's class weights (train.class_weights): from the training split
+            weights_file = write_class_weights(out_p, "train")
+            summary["class_weights"] = str(weights_file) if weights_file else None
+        except (OSError, ValueError) as exc:  # e.g. a train-split scene that failed: the trainer recomputes
+            summary["class_weights"] = f"not written: {exc}"
+        (out_p / "preprocess_summary.json").write_text(json.dumps(summary, indent=1))
+        if summary["failed"] and not summary["done"] and not summary["skipped"]:
+            name, reason = next(iter(summary["failed"].items()))
+            more = f" (and {len(summary['failed']) - 1} more scene(s); see {out_p / 'preprocess_summary.json'})" \
+                if len(summary["failed"]) > 1 else ""
+            raise SafnetError(f"no scene could be preprocessed: {name}: {reason}{more}")
+        return summary
 
 
 def _star_preprocess(a: tuple) -> dict[str, Any]:

@@ -107,8 +107,8 @@ class SensFrame:
     """One recorded frame, payloads still compressed until ``decode_*`` is called.
 
     ``camera_to_world`` is (4, 4) float32 (``-inf`` everywhere when tracking was
-    lost); timestamps are microseconds. The trailing fields (with defaults) carry
-    what decoding needs from the header and the file name for error messages.
+    lost); timestamps are microseconds. The trailing fields carry what decoding
+    needs from the header and the file name for error messages.
     """
 
     index: int
@@ -117,11 +117,11 @@ class SensFrame:
     depth_timestamp: int
     color_bytes: bytes
     depth_bytes: bytes
-    color_compression: int = COLOR_JPEG
-    depth_compression: int = DEPTH_ZLIB_USHORT
-    color_size: tuple[int, int] | None = None
-    depth_size: tuple[int, int] | None = None
-    path: str | None = field(default=None, repr=False)
+    color_compression: int
+    depth_compression: int
+    color_size: tuple[int, int]
+    depth_size: tuple[int, int]
+    path: str = field(repr=False)
 
     @property
     def pose_valid(self) -> bool:
@@ -135,8 +135,6 @@ class SensFrame:
 
     def decode_depth(self) -> np.ndarray:
         """Decode the depth payload to (Hd, Wd) uint16 raw values (metres = raw / depth_shift)."""
-        if self.depth_size is None:
-            raise DataFormatError(self.path, f"frame {self.index}: depth size unknown, cannot decode")
         return decode_depth(self.depth_bytes, self.depth_compression, self.depth_size,
                             path=self.path, index=self.index)
 

@@ -27,6 +27,7 @@ from safnet_ros.data.sens import (
     COLOR_RAW,
     DEPTH_RAW_USHORT,
     DEPTH_ZLIB_USHORT,
+    Closeable,
     SensReader,
     decode_color,
     valid_pose_mask,
@@ -61,7 +62,7 @@ class Frame:
     timestamp_us: int = 0
 
 
-class FrameSource(abc.ABC):
+class FrameSource(Closeable, abc.ABC):
     """RGB-D frames of one scene, decoded one at a time.
 
     Frame ids (:attr:`indices`) are the ``.sens`` frame numbers (or the file
@@ -106,12 +107,6 @@ class FrameSource(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a source holds files
         """Release open files (no-op by default)."""
-
-    def __enter__(self) -> FrameSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 #: Largest image side accepted from a scene's header (ScanNet colour is 1296 x 968).
@@ -341,7 +336,7 @@ def read_scene_meta(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
-class ScanNetScene:
+class ScanNetScene(Closeable):
     """One ScanNet scene folder (``sceneXXXX_YY/``); files are read on demand.
 
     Raises MissingDataError when the folder does not exist; the individual
@@ -427,12 +422,6 @@ class ScanNetScene:
         if self._frames is not None:
             self._frames.close()
             self._frames = None
-
-    def __enter__(self) -> ScanNetScene:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir: str | os.PathLike,

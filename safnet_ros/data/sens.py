@@ -14,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, Self, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -66,6 +66,16 @@ def valid_pose_mask(poses: np.ndarray) -> np.ndarray:
     gram = np.einsum("fji,fjk->fik", r, r)
     ortho = np.abs(gram - np.eye(3)).max(axis=(1, 2)) <= POSE_ORTHONORMAL_TOL
     return finite & ortho & (np.linalg.det(r) > 0)
+
+
+class Closeable:
+    """``with obj:`` calls ``obj.close()`` on the way out (the class defines ``close``)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
@@ -227,7 +237,7 @@ def read_header(f: BinaryIO, path: str) -> SensHeader:
                       depth_shift=float(shift), num_frames=int(count))
 
 
-class SensReader:
+class SensReader(Closeable):
     """Lazy reader of a ScanNet ``.sens`` file.
 
     Opening reads the header and indexes every frame (pose, timestamps, payload
@@ -365,12 +375,6 @@ class SensReader:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> SensReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __del__(self) -> None:  # pragma: no cover - best effort
         with contextlib.suppress(Exception):
             self.close()
@@ -402,7 +406,7 @@ def encode_depth_zlib(depth: np.ndarray, level: int = 6) -> bytes:
     return zlib.compress(np.ascontiguousarray(depth, dtype="<u2").tobytes(), level)
 
 
-class SensWriter:
+class SensWriter(Closeable):
     """Write a ScanNet ``.sens`` v4 file: JPEG colour, zlib depth.
 
     The header is written at once with a frame count of 0 and patched on
@@ -468,9 +472,3 @@ class SensWriter:
         self._file.write(_COUNT.pack(self.num_frames))
         self._file.close()
         self._file = None
-
-    def __enter__(self) -> SensWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

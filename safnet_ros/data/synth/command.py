@@ -14,7 +14,7 @@ from typing import Optional
 
 from safnet_ros import output_dir as od
 from safnet_ros.data.synth import writer
-from safnet_ros.data.synth.rooms import CATEGORY_NYU40, ROOM_TYPES
+from safnet_ros.data.synth.rooms import ROOM_TYPES
 from safnet_ros.errors import ConfigError
 from safnet_ros.validation import float_range, int_range, size_wh
 
@@ -190,8 +190,7 @@ def generate_guarded(out: str | os.PathLike, scenes: int, seed: int, cfg, split:
                 _swap(stage / n, root / n)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        writer.write_label_map_file(root, dict(CATEGORY_NYU40))
-        writer.write_splits(root, names, split)
+        writer.write_dataset_files(root, names, split)
     return summaries
 
 

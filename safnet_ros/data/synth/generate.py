@@ -43,7 +43,6 @@ from safnet_ros.data.synth.perturb import (
     structured_light_depth,
 )
 from safnet_ros.data.synth.rooms import (
-    CATEGORY_NYU40,
     ROOM_TYPES,
     SHELL_CATEGORIES,
     WALL_HUNG,
@@ -448,6 +447,5 @@ def generate_dataset(out: str | Path, scenes: int, seed: int, cfg: SynthConfig, 
         except BaseException:  # incl. Ctrl-C and MemoryError: leave no half-written scene behind
             shutil.rmtree(root / names[i], ignore_errors=True)
             raise
-    writer.write_label_map_file(root, dict(CATEGORY_NYU40))
-    writer.write_splits(root, names, split)
+    writer.write_dataset_files(root, names, split)
     return summaries

@@ -13,6 +13,7 @@ import numpy as np
 from safnet_ros.data.labels import class_colors, nyu40_to_class
 from safnet_ros.data.ply import write_scannet_mesh
 from safnet_ros.data.scannet import write_label_map
+from safnet_ros.data.synth.rooms import CATEGORY_NYU40
 
 #: ScanNet's over-segmentation parameters as they appear in ``segs.json``.
 SEGS_PARAMS = {"kThresh": "0.0001", "segMinVerts": "20", "minPoints": "750", "maxPoints": "5000",
@@ -82,11 +83,10 @@ def write_synth_meta(scene_dir: Path, name: str, meta: dict, true_poses: np.ndar
     np.save(scene_dir / f"{name}.synth_true_poses.npy", np.asarray(true_poses, dtype=np.float64))
 
 
-def write_label_map_file(out: Path, mapping: dict[str, int]) -> Path:
-    """``OUT/scannetv2-labels.combined.tsv`` through the shared writer."""
-    path = out / "scannetv2-labels.combined.tsv"
-    write_label_map(path, mapping)
-    return path
+def write_dataset_files(out: Path, names: list[str], split: str | None) -> None:
+    """``OUT/scannetv2-labels.combined.tsv`` (every category the generator uses) and the split lists."""
+    write_label_map(out / "scannetv2-labels.combined.tsv", CATEGORY_NYU40)
+    write_splits(out, names, split)
 
 
 def write_splits(out: Path, names: list[str], split: str | None) -> dict[str, list[str]]:

@@ -308,12 +308,8 @@ class ChunkDataset:
     (seed, epoch, index) so DDP ranks and dataloader workers never repeat each
     other and a run is reproducible (call :meth:`set_epoch` each epoch).
 
-    ``min_views`` (training only; None = ``num_views``): each chunk draws how
-    many views it gets uniformly from ``min_views..num_views`` and the rest of
-    its ``num_views`` slots are blank, so one model sees well-matched chunks
-    and chunks whose points lie far from any view (Fig. 5's test cases); 0 trains
-    the 3D-only path as well.
-
+    ``min_views`` (training only; None = ``num_views``): each chunk draws how many
+    views it gets from ``min_views..num_views``, the other slots blank (docs/training.md).
     ``camera`` (training only; None = off): real-camera appearance of each view's
     colour and depth (:mod:`safnet_ros.data.augment`), after the rigid motion.
     """

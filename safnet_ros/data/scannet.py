@@ -133,7 +133,6 @@ class SensFrames(FrameSource):
         self.path = Path(path)
         self.reader = SensReader(path)
         h = self.reader.header
-        self.header = h
         self.color_size = h.color_size
         self.depth_size = h.depth_size
         self.intrinsic_color = h.intrinsic_color[:3, :3].astype(np.float64)
@@ -449,7 +448,7 @@ def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir
     _write_matrix(out / "intrinsic" / "extrinsic_depth.txt", source.extrinsic_depth)
     count = 0
     for i in source.indices[::every]:
-        if isinstance(source, SensFrames) and source.header.color_compression == COLOR_JPEG:
+        if isinstance(source, SensFrames) and source.reader.header.color_compression == COLOR_JPEG:
             f = source.reader.frame(i)
             decode_color(f.color_bytes, COLOR_JPEG, None, path=source.path, index=i)  # validate first
             (out / "color" / f"{i}.jpg").write_bytes(f.color_bytes)

@@ -1,8 +1,6 @@
 """ScanNet ``.sens`` (version 4) reader and writer; byte layout: docs/design.md §2.2.
 
-Recordings hold thousands of frames, so :class:`SensReader` only indexes the
-frame offsets (reading each 96-byte frame header and seeking past the payloads)
-and decodes one frame at a time on request. Poses of lost tracking are ``-inf``.
+Poses of lost tracking are ``-inf``.
 """
 from __future__ import annotations
 

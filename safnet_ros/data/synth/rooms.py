@@ -28,7 +28,6 @@ scene's ``axisAlignment`` is the inverse of that transform.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -158,11 +157,7 @@ def _cyl(x: float, y: float, z0: float, dx: float, dy: float, h: float, mat: Mat
 def _place(parts: list[Part], x: float, y: float, yaw: float) -> list[Part]:
     """Object-local parts -> room (aligned) frame: rotate by ``yaw`` about z, then move to (x, y)."""
     r = rot_z(yaw)
-    out = []
-    for p in parts:
-        c = r @ p.center + np.array([x, y, 0.0])
-        out.append(replace(p, center=c, yaw=p.yaw + yaw))
-    return out
+    return [replace(p, center=r @ p.center + np.array([x, y, 0.0]), yaw=p.yaw + yaw) for p in parts]
 
 
 def _hollow_box(x: float, y: float, z0: float, sx: float, sy: float, sz: float, wall: float,
@@ -543,19 +538,13 @@ def move_object(obj: SceneObject, dx: float, dy: float, dyaw: float) -> SceneObj
     fp = footprint(obj)
     c = np.array([(fp[0] + fp[2]) / 2, (fp[1] + fp[3]) / 2, 0.0])
     r = rot_z(dyaw)
-    parts = [replace(p, center=r @ (p.center - c) + c + np.array([dx, dy, 0.0]), yaw=p.yaw + dyaw) for p in obj.parts]
-    moved = copy.copy(obj)
-    moved.parts = parts
-    return moved
+    return replace(obj, parts=[replace(p, center=r @ (p.center - c) + c + np.array([dx, dy, 0.0]), yaw=p.yaw + dyaw)
+                               for p in obj.parts])
 
 
 def to_world(room: Room, objects: list[SceneObject]) -> list[SceneObject]:
     """Copies of ``objects`` with parts expressed in the world frame (``room.world_from_aligned``)."""
     m = room.world_from_aligned
     yaw = math.atan2(m[1, 0], m[0, 0])
-    out = []
-    for obj in objects:
-        o = copy.copy(obj)
-        o.parts = [replace(p, center=m[:3, :3] @ p.center + m[:3, 3], yaw=p.yaw + yaw) for p in obj.parts]
-        out.append(o)
-    return out
+    return [replace(obj, parts=[replace(p, center=m[:3, :3] @ p.center + m[:3, 3], yaw=p.yaw + yaw) for p in obj.parts])
+            for obj in objects]

@@ -221,8 +221,8 @@ def scan_trajectory(rng: np.random.Generator, width: float, depth: float, height
     k = 1.8
     c, sn = np.tanh(k * np.cos(phi)) / math.tanh(k), np.tanh(k * np.sin(phi)) / math.tanh(k)
 
-    def at(inset: np.ndarray, rows=slice(None)) -> np.ndarray:
-        return np.stack([width / 2 + c[rows] * (width / 2 - inset), depth / 2 + sn[rows] * (depth / 2 - inset)], -1)
+    def at(inset: np.ndarray) -> np.ndarray:
+        return np.stack([width / 2 + c * (width / 2 - inset), depth / 2 + sn * (depth / 2 - inset)], -1)
 
     cand = np.arange(0.4, max_inset + 1e-9, GRID_CELL)
     pts = np.stack([width / 2 + c[:, None] * (width / 2 - cand[None, :]),

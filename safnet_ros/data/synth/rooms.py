@@ -445,11 +445,9 @@ def generate_room(rng: np.random.Generator, max_rotation_deg: float = 15.0,
     # --- shell: walls (with holes behind doors/windows/pictures), floor, ceiling ----
     wall_specs = {"S": (W / 2, 0.0, 0.0, W), "N": (W / 2, D, math.pi, W),
                   "W": (0.0, D / 2, -math.pi / 2, D), "E": (W, D / 2, math.pi / 2, D)}
-    shell: list[SceneObject] = []
-    for name, (x, y, yaw, length) in wall_specs.items():
-        part = Part("box", np.array([x, y, H / 2]), np.array([length, 0.0, H]), mats["wall"], yaw, ("+y",),
-                    tuple(L.wall_holes[name]))
-        shell.append(SceneObject(0, "wall", [part]))
+    shell = [SceneObject(0, "wall", [Part("box", np.array([x, y, H / 2]), np.array([length, 0.0, H]), mats["wall"],
+                                          yaw, ("+y",), tuple(L.wall_holes[name]))])
+             for name, (x, y, yaw, length) in wall_specs.items()]
     shell.append(SceneObject(0, "floor", [Part("box", np.array([W / 2, D / 2, 0.0]), np.array([W, D, 0.0]),
                                                mats["floor"], 0.0, ("+z",))]))
     ceiling = SceneObject(0, "ceiling", [Part("box", np.array([W / 2, D / 2, H]), np.array([W, D, 0.0]),

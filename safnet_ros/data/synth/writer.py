@@ -41,13 +41,8 @@ def write_segmentation(scene_dir: Path, name: str, segment: np.ndarray, vertex_o
                                   "segIndices": [int(s) for s in segment]})
     seg_ids, first = np.unique(segment, return_index=True)
     seg_object = vertex_object[first]
-    groups = []
-    for obj_id, category in enumerate(categories):
-        segs = seg_ids[seg_object == obj_id]
-        if len(segs) == 0:
-            continue
-        groups.append({"id": obj_id, "objectId": obj_id, "segments": [int(s) for s in segs],
-                       "label": category})
+    groups = [{"id": k, "objectId": k, "segments": [int(s) for s in seg_ids[seg_object == k]], "label": category}
+              for k, category in enumerate(categories) if (seg_object == k).any()]
     _dump(scene_dir / f"{name}.aggregation.json",
           {"sceneId": f"scannet.{name}", "appId": "Aggregator.v2", "segGroups": groups,
            "segmentsFile": f"scannet.{segs_file}"})

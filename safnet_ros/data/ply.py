@@ -358,25 +358,23 @@ def _faces_from(face: np.ndarray | None, path: str) -> np.ndarray | None:
     return np.concatenate(tris).astype(np.int32) if tris else np.empty((0, 3), np.int32)
 
 
-def _read_header(path: str | os.PathLike, limit: int) -> tuple:
-    """The parsed header of a PLY file, reading at most ``limit`` bytes (DataFormatError when the file
-    is not a PLY; MissingDataError when absent)."""
+def _ply_bytes(path: str | os.PathLike, limit: int = -1) -> tuple[bytes, str]:
+    """(the first ``limit`` bytes (-1: all) of a PLY file, its path); MissingDataError when it is absent."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingDataError(path, "PLY file")
     with open(path, "rb") as f:
-        head = f.read(limit)
-    return _parse_header(head, path)
+        return f.read(limit), path
 
 
 def read_ply_comments(path: str | os.PathLike, limit: int = 65536) -> list[str]:
     """The header comments of a PLY file, reading at most ``limit`` bytes."""
-    return _read_header(path, limit)[2]
+    return _parse_header(*_ply_bytes(path, limit))[2]
 
 
 def read_ply_counts(path: str | os.PathLike, limit: int = 65536) -> dict[str, int]:
     """Element name -> declared count from the header of a PLY file (reads at most ``limit`` bytes)."""
-    return {e.name: e.count for e in _read_header(path, limit)[1]}
+    return {e.name: e.count for e in _parse_header(*_ply_bytes(path, limit))[1]}
 
 
 def read_ply(path: str | os.PathLike) -> PlyData:
@@ -386,10 +384,7 @@ def read_ply(path: str | os.PathLike) -> PlyData:
     (naming the file) for a missing ``ply`` magic, an unknown format or type, or
     a truncated body (with expected and found bytes).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MissingDataError(path, "PLY file")
-    data = Path(path).read_bytes()
+    data, path = _ply_bytes(path)
     fmt, elements, comments, offset = _parse_header(data, path)
     if fmt == "ascii":
         arrays = _read_ascii(data[offset:], elements, path)

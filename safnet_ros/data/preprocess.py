@@ -413,11 +413,9 @@ def coverage_bits(base_xyz, depth_mm, K, poses, tol: float = COVERAGE_TOL, block
     return out
 
 
-def unpack_coverage(bits, columns, num_base: Optional[int] = None):
+def unpack_coverage(bits, columns):
     """(F, len(columns)) bool: the coverage of the base points ``columns`` (indices into the base set)."""
     cols = np.asarray(columns, dtype=np.int64)
-    if num_base is not None and len(cols) and (cols.min() < 0 or cols.max() >= num_base):
-        raise IndexError("coverage column out of range")
     byte = np.asarray(bits)[:, cols >> 3]
     return ((byte >> (7 - (cols & 7)).astype(np.uint8)) & 1).astype(bool)
 

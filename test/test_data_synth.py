@@ -25,7 +25,7 @@ from safnet_ros.data.labels import NYU40_IDS
 from safnet_ros.data.ply import read_mesh, read_vertex_labels
 from safnet_ros.data.scannet import ScanNetScene, read_label_map, read_split
 from safnet_ros.data.sens import SensReader
-from safnet_ros.data.stats import class_matched_similarity, scene_stats, view_depth_disagreement
+from safnet_ros.data.stats import class_matched_similarity, scene_stats, view_sightings
 from safnet_ros.data.synth import fusion
 from safnet_ros.data.synth.generate import (
     SynthConfig,
@@ -537,16 +537,16 @@ def test_every_layout_has_all_classes_inside_the_room(seed: int):
     np.testing.assert_allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-12)
 
 
-def test_view_depth_disagreement_counts_views_that_see_beyond_a_vertex():
+def test_view_sightings_count_views_that_see_beyond_a_vertex():
     """A camera at the origin looking down +z at a wall 2 m away: a vertex on the wall agrees, one floating at
     1.5 m (the wall seen 0.5 m beyond it: free space where the mesh has a surface) disagrees, one behind the wall
     (occluded: the depth is nearer) is seen but does not count as a disagreement, one outside the image is unseen."""
     K = np.array([[50.0, 0, 40], [0, 50.0, 30], [0, 0, 1]])
     view = SimpleNamespace(camera_to_world=np.eye(4), K=K, depth=np.full((60, 80), 2.0, np.float32))
     xyz = np.array([[0.0, 0.0, 2.0], [0.1, 0.0, 1.5], [0.0, 0.1, 2.5], [10.0, 0.0, 1.0]])
-    seen, disagree = view_depth_disagreement(xyz, [view, view])
-    np.testing.assert_array_equal(seen, [2, 2, 2, 0])
-    np.testing.assert_array_equal(disagree, [0, 2, 0, 0])
+    seen, through = view_sightings(xyz, [view, view])
+    np.testing.assert_array_equal(seen.sum(axis=0), [2, 2, 2, 0])
+    np.testing.assert_array_equal(through.sum(axis=0), [0, 2, 0, 0])
 
 
 def test_class_matched_similarity_weights_static_vertices_by_the_moved_class_mix():

@@ -2,27 +2,8 @@
 
 :func:`camera_augment` takes one frame, colour ``(H, W, 3) uint8`` and optionally
 depth ``(H, W) float32`` metres, and returns both changed as a real camera would
-change them. Each effect is applied with probability ``settings.prob`` at a
-strength drawn uniformly up to its knob (the ``camera`` section of the training
-config, docs/training.md):
-
-* **exposure**: one gain ``2**u``, ``u ~ U(-exposure, exposure)``, on the whole image;
-* **white balance**: red and blue gains ``1 + U(-wb, wb)`` against green;
-* **sensor noise**: shot + read noise, std ``s * sqrt(0.25 + x)`` of full scale (x in [0, 1]);
-* **motion blur**: a straight streak of up to ``motion_blur`` pixels at a random angle;
-* **defocus blur**: a disc of radius up to ``defocus_blur`` pixels;
-* **vignetting**: darkening ``1 - v * r**2`` towards the corners (r = 1 at a corner);
-* **JPEG artefacts**: an encode/decode at a quality drawn from ``jpeg_quality..95``;
-* **depth holes** (depth 0 = invalid, as the sensors write): pixels next to a relative
-  depth jump above ``depth_edge_holes`` (both sides of an occluding edge), and pixels
-  whose surface is dark (luminance < ``depth_dark_holes``: it absorbs the projector's
-  infrared) or shiny (luminance > ``depth_shiny_holes``: a specular highlight).
-
-The depth holes are decided from the frame's own colour before the photometric
-effects (the surface's appearance, not the camera's exposure, makes a hole) and
-from its own depth, so colour and depth stay one consistent frame; geometric
-augmentation (crop, flip, rigid motion) is done by the datasets on both. Every
-effect is whole-array numpy / scipy.ndimage work (no per-pixel Python).
+change them. The effects, their order and the knobs (the ``camera`` section of
+the training config): docs/training.md ("Real-camera appearance").
 """
 from __future__ import annotations
 
@@ -35,9 +16,6 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-
-__all__ = ["CameraAugment", "REAL_CAMERA_TEST", "EFFECT_GROUPS", "camera_test_settings", "single_effect_test", "camera_augment", "degrade_view_arrays", "exposure", "white_balance", "sensor_noise", "motion_blur",
-           "defocus_blur", "vignetting", "jpeg", "depth_edge_holes", "depth_appearance_holes", "luminance"]
 
 
 @dataclass(frozen=True)
@@ -175,17 +153,16 @@ def depth_edge_holes(depth: np.ndarray, threshold: float) -> np.ndarray:
     the mixed pixels the other); pixels beside an invalid (0) pixel are not edges.
     """
     d = depth.astype(np.float32)
+
+    def jump(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (np.abs(a - b) > threshold * np.minimum(a, b)) & (a > 0) & (b > 0)
+
     holes = np.zeros(d.shape, bool)
-    for axis in (0, 1):
-        a = np.take(d, np.arange(d.shape[axis] - 1), axis=axis)
-        b = np.take(d, np.arange(1, d.shape[axis]), axis=axis)
-        jump = (np.abs(a - b) > threshold * np.minimum(a, b)) & (a > 0) & (b > 0)
-        lo = [slice(None)] * 2
-        hi = [slice(None)] * 2
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        holes[tuple(lo)] |= jump
-        holes[tuple(hi)] |= jump
+    down, right = jump(d[:-1], d[1:]), jump(d[:, :-1], d[:, 1:])
+    holes[:-1] |= down
+    holes[1:] |= down
+    holes[:, :-1] |= right
+    holes[:, 1:] |= right
     return holes
 
 
@@ -200,7 +177,7 @@ def camera_augment(color: np.ndarray, depth: Optional[np.ndarray], rng: np.rando
                    settings: CameraAugment) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """``(color (H, W, 3) uint8, depth (H, W) float32 metres or None)`` as a real camera would give them.
 
-    The inputs are not modified. See the module docstring for the effects and their order.
+    The inputs are not modified. The effects and their order: docs/training.md.
     """
     s = settings
     if s.prob <= 0:  # off: no random draw either, so the caller's stream is that of a run without it

@@ -1,13 +1,6 @@
-"""Class weights of the cross-entropy from the training split's label frequencies.
+"""Class weights of the cross-entropy, ``w_c = 1 / ln(1.2 + f_c)`` from the training split's label frequencies.
 
-MVPNet and the SAFNet authors weight the per-point cross-entropy by
-``w_c = 1 / ln(1.2 + f_c)``, ``f_c`` the fraction of labelled points of class c
-in the training split: frequent classes (wall, floor) get ~1.4, rare ones ~5.5.
-
-``safnet data preprocess`` writes ``OUT/class_weights.json`` for the ``train``
-split of OUT (when OUT has that split list); the trainer reads it when
-``train.class_weights`` is on, or computes the same from the scenes' ``labels.npy``
-when the file is absent or was made for another split or class count.
+Where they are written and when the trainer uses them: docs/training.md ("Class weights").
 """
 from __future__ import annotations
 
@@ -20,9 +13,6 @@ import numpy as np
 
 from safnet_ros.data.dataset import list_scenes
 from safnet_ros.data.labels import IGNORE_INDEX
-
-__all__ = ["CLASS_WEIGHTS_FILE", "label_counts", "log_frequency_weights", "write_class_weights",
-           "load_class_weights"]
 
 CLASS_WEIGHTS_FILE = "class_weights.json"
 LOG_OFFSET = 1.2  # w_c = 1 / ln(LOG_OFFSET + f_c), MVPNet's ScanNet value

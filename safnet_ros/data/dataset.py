@@ -1,17 +1,8 @@
 """torch Datasets over the output of ``safnet data preprocess``.
 
-* :class:`PreprocessedScene`: one scene folder, arrays memory-mapped (points,
-  labels, 160 x 120 frames, poses, the packed coverage table).
-* :class:`ImageDataset` (stage ``2d``): every kept frame of the scenes, with a
-  random crop and a horizontal flip when training; yields
-  ``(image (3, h, w) float32 ImageNet-normalised, labels (h, w) int64)``.
-* :class:`ChunkDataset` (stage ``3d``): random 1.5 x 1.5 m (full height) chunks
-  of ``num_points`` points, augmented (rotation about z, mirror, colour jitter on
-  the images), with up to ``num_views`` views chosen greedily from the coverage
-  table (most not-yet-covered base points first, docs/design.md §2.5). Yields
-  ``(ChunkSample, info)`` where ``info["views"]`` is how many real views the chunk
-  got; missing views are blank (no pixels, so no Q points) so that every sample of
-  a batch has the same V and a chunk without views is decided by the 3D path.
+:class:`PreprocessedScene` (one scene folder, arrays memory-mapped),
+:class:`ImageDataset` (stage ``2d``: frames) and :class:`ChunkDataset` (stage
+``3d``: chunks with greedily chosen views, docs/design.md §2.5).
 """
 from __future__ import annotations
 
@@ -317,12 +308,8 @@ class ChunkDataset:
     (seed, epoch, index) so DDP ranks and dataloader workers never repeat each
     other and a run is reproducible (call :meth:`set_epoch` each epoch).
 
-    ``min_views`` (training only; None = ``num_views``): each chunk draws how
-    many views it gets uniformly from ``min_views..num_views`` and the rest of
-    its ``num_views`` slots are blank, so one model sees well-matched chunks
-    and chunks whose points lie far from any view (Fig. 5's test cases); 0 trains
-    the 3D-only path as well.
-
+    ``min_views`` (training only; None = ``num_views``): each chunk draws how many
+    views it gets from ``min_views..num_views``, the other slots blank (docs/training.md).
     ``camera`` (training only; None = off): real-camera appearance of each view's
     colour and depth (:mod:`safnet_ros.data.augment`), after the rigid motion.
     """

@@ -17,7 +17,7 @@ import numpy as np
 
 from safnet_ros.data.labels import CLASS_NAMES, NYU40_IDS
 from safnet_ros.data.scannet import ExportedFrames, ScanNetScene
-from safnet_ros.errors import DataFormatError, MissingDataError
+from safnet_ros.errors import MissingDataError
 from safnet_ros.json_out import json_safe
 
 
@@ -67,10 +67,7 @@ def scene_info(scene_dir: str) -> dict[str, Any]:
         }
         hist: dict[str, int] = {}
         if info["label_file"]:
-            nyu40 = scene.load_nyu40()
-            if len(nyu40) != len(xyz):
-                raise DataFormatError(scene.labels_path, f"has {len(nyu40)} vertices but the mesh "
-                                                         f"{scene.mesh_path.name} has {len(xyz)}")
+            nyu40 = scene.load_nyu40()  # refuses labels that do not fit the mesh
             counts = np.bincount(nyu40.astype(np.int64), minlength=max(NYU40_IDS) + 1)
             hist = {str(i): int(counts[i]) for i in NYU40_IDS if counts[i] > 0}
             info["labelled_points"] = int(sum(hist.values()))

@@ -358,25 +358,23 @@ def _faces_from(face: np.ndarray | None, path: str) -> np.ndarray | None:
     return np.concatenate(tris).astype(np.int32) if tris else np.empty((0, 3), np.int32)
 
 
-def _read_header(path: str | os.PathLike, limit: int) -> tuple:
-    """The parsed header of a PLY file, reading at most ``limit`` bytes (DataFormatError when the file
-    is not a PLY; MissingDataError when absent)."""
+def _ply_bytes(path: str | os.PathLike, limit: int = -1) -> tuple[bytes, str]:
+    """(the first ``limit`` bytes (-1: all) of a PLY file, its path); MissingDataError when it is absent."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingDataError(path, "PLY file")
     with open(path, "rb") as f:
-        head = f.read(limit)
-    return _parse_header(head, path)
+        return f.read(limit), path
 
 
 def read_ply_comments(path: str | os.PathLike, limit: int = 65536) -> list[str]:
     """The header comments of a PLY file, reading at most ``limit`` bytes."""
-    return _read_header(path, limit)[2]
+    return _parse_header(*_ply_bytes(path, limit))[2]
 
 
 def read_ply_counts(path: str | os.PathLike, limit: int = 65536) -> dict[str, int]:
     """Element name -> declared count from the header of a PLY file (reads at most ``limit`` bytes)."""
-    return {e.name: e.count for e in _read_header(path, limit)[1]}
+    return {e.name: e.count for e in _parse_header(*_ply_bytes(path, limit))[1]}
 
 
 def read_ply(path: str | os.PathLike) -> PlyData:
@@ -386,10 +384,7 @@ def read_ply(path: str | os.PathLike) -> PlyData:
     (naming the file) for a missing ``ply`` magic, an unknown format or type, or
     a truncated body (with expected and found bytes).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MissingDataError(path, "PLY file")
-    data = Path(path).read_bytes()
+    data, path = _ply_bytes(path)
     fmt, elements, comments, offset = _parse_header(data, path)
     if fmt == "ascii":
         arrays = _read_ascii(data[offset:], elements, path)
@@ -447,9 +442,13 @@ def write_ply(path: str | os.PathLike, vertex: np.ndarray, faces: np.ndarray | N
         f.writelines([("\n".join(lines) + "\n").encode("ascii"), *body])
 
 
-def scannet_vertex_array(xyz: np.ndarray, rgb: np.ndarray | None = None, labels: np.ndarray | None = None,
-                         alpha: int = 255) -> np.ndarray:
-    """Structured vertex array with ScanNet's fields: x y z f4, red green blue alpha u1, [label u2]."""
+def write_scannet_mesh(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray | None, faces: np.ndarray | None,
+                       labels: np.ndarray | None = None) -> None:
+    """Write a ScanNet ``_vh_clean_2.ply`` (labels None) or ``.labels.ply`` (labels = (N,) nyu40 ids).
+
+    xyz (N, 3) metres, rgb (N, 3) uint8 (None: black), faces (F, 3) int vertex indices. Vertex
+    fields as ScanNet's: x y z f4, red green blue alpha (255) u1, [label u2].
+    """
     xyz = np.asarray(xyz, dtype=np.float32)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
         raise DataFormatError(None, f"xyz must be (N, 3), got {xyz.shape}")
@@ -464,7 +463,7 @@ def scannet_vertex_array(xyz: np.ndarray, rgb: np.ndarray | None = None, labels:
     if rgb.shape != (n, 3):
         raise DataFormatError(None, f"rgb must be ({n}, 3), got {rgb.shape}")
     v["red"], v["green"], v["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    v["alpha"] = alpha
+    v["alpha"] = 255
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (n,):
@@ -472,16 +471,7 @@ def scannet_vertex_array(xyz: np.ndarray, rgb: np.ndarray | None = None, labels:
         if labels.size and (labels.min() < 0 or labels.max() > 65535):
             raise DataFormatError(None, "labels must fit in uint16 (0..65535)")
         v["label"] = labels
-    return v
-
-
-def write_scannet_mesh(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, faces: np.ndarray | None,
-                       labels: np.ndarray | None = None) -> None:
-    """Write a ScanNet ``_vh_clean_2.ply`` (labels None) or ``.labels.ply`` (labels = (N,) nyu40 ids).
-
-    xyz (N, 3) metres, rgb (N, 3) uint8, faces (F, 3) int vertex indices.
-    """
-    write_ply(path, scannet_vertex_array(xyz, rgb, labels), faces)
+    write_ply(path, v, faces)
 
 
 def _vertex(data: PlyData, path: str) -> np.ndarray:

@@ -1,29 +1,9 @@
-"""Preprocess ScanNet-format scenes into compact arrays for training and evaluation.
+"""``safnet data preprocess ROOT OUT``: ScanNet-format scenes -> compact arrays for training and evaluation.
 
-``safnet data preprocess ROOT OUT`` reads every scene under ROOT (a ScanNet root
-with ``scans/``, or scene folders directly under ROOT as ``safnet data synth``
-writes them) and writes, per scene, a folder ``OUT/<scene>/``:
-
-* ``points.npy`` (N, 3) float32 metres, axis-aligned (scene.txt's axisAlignment M);
-  ``colors.npy`` (N, 3) uint8; ``labels.npy`` (N,) uint8 class index 0..19, 255 ignored;
-* ``color.npy`` (F, 120, 160, 3) uint8 RGB (bilinear); ``depth.npy`` (F, 120, 160)
-  uint16 millimetres (nearest); ``label2d.npy`` (F, 120, 160) uint8 class indices
-  (ScanNet's label-filt images when present, else ray-cast from the labelled mesh);
-  ``poses.npy`` (F, 4, 4) float32 camera-to-world, axis-aligned (M @ pose);
-  ``frame_ids.npy`` (F,) int32 original frame numbers;
-* ``coverage_bits.npy`` (F, ceil(Nb / 8)) uint8, np.packbits of the (F, Nb) table
-  "frame f sees base point b" (a pixel back-projects within 0.1 m of it, the test
-  of :func:`safnet_ros.geometry.views.coverage_matrix`), ``coverage_index.npy`` (Nb,)
-  int64 indices of the base points into ``points`` (all points, or a random subset
-  when the scene has more than ``--coverage-points``);
-* ``meta.json`` (written last): intrinsics K (3, 3) at 160 x 120, counts, sources.
-
-Only frames with a finite pose are kept (the others are counted). A scene is
-built in a hidden temporary folder and renamed into place when complete, so a
-killed run leaves nothing that looks complete; a rerun skips finished scenes and
-redoes the rest. Scenes with no usable frame are written with F = 0 (3D-only)
-and reported. The split lists and label map of ROOT are copied to OUT, and
-``OUT/preprocess_summary.json`` records what was done, skipped and failed.
+The files written per scene (``OUT/<scene>/``), their shapes and the rules
+(frames kept, 2D labels, coverage table, resumable runs): docs/training.md §1.
+A scene is built in a hidden temporary folder and renamed into place when
+complete (``meta.json`` with ``complete`` true, written last).
 """
 from __future__ import annotations
 
@@ -139,12 +119,6 @@ def settings_change(scene_out: Path, settings: dict[str, Any]) -> Optional[str]:
         return "made before settings were recorded"
     diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
     return ", ".join(diff) or None
-
-
-def _swap_scene(tmp: Path, final: Path) -> None:
-    """Put the finished ``tmp`` in place of ``final`` (checked replaceable): the old folder is moved
-    aside first and deleted last, so an interrupt leaves the old scene or the new one, whole."""
-    od.replace_folder(tmp, final, old=final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}")
 
 
 def scene_is_complete(scene_out: Path) -> bool:
@@ -279,7 +253,8 @@ def preprocess_scene(scene_dir: str, out_dir: str, options: dict[str, Any]) -> d
         problem = scene_folder_problem(final)  # again, just before: it may have changed meanwhile
         if problem is not None:
             raise SafnetError(f"{final} {problem}: not replaced")
-        _swap_scene(tmp, final)
+        # the old folder is moved aside first and deleted last: an interrupt leaves one scene, whole
+        od.replace_folder(tmp, final, old=final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}")
     except Exception as exc:  # one bad scene must not end a multi-hour run: report it, go on
         record["status"] = "failed"
         kind = "" if isinstance(exc, SafnetError) else " (unexpected; please report)"
@@ -298,13 +273,8 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
         xyz, rgb, faces = scene.load_mesh()
         xyz = apply_transform(M, xyz).astype(np.float32)
         has_labels = scene.labels_path.is_file()
-        if has_labels:
-            nyu40 = scene.load_nyu40()
-            if len(nyu40) != len(xyz):
-                raise DataFormatError(scene.labels_path, f"has {len(nyu40)} vertices, the mesh has {len(xyz)}")
-            labels = nyu40_to_class(nyu40)
-        else:
-            labels = np.full(len(xyz), IGNORE_INDEX, np.uint8)
+        # load_nyu40 refuses labels that do not fit the mesh
+        labels = nyu40_to_class(scene.load_nyu40()) if has_labels else np.full(len(xyz), IGNORE_INDEX, np.uint8)
         np.save(tmp / "points.npy", xyz)
         np.save(tmp / "colors.npy", np.asarray(rgb, np.uint8))
         np.save(tmp / "labels.npy", labels)
@@ -337,8 +307,7 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
             if filt is not None and id_map:
                 label_source = "label-filt"
                 lut = np.zeros(max(id_map) + 1, np.int64)
-                for k, v in id_map.items():
-                    lut[k] = v
+                lut[list(id_map)] = list(id_map.values())
             elif has_labels and len(faces):
                 label_source = "mesh-raycast"
             renderer = MeshLabelRenderer(xyz, faces, labels) if label_source == "mesh-raycast" else None
@@ -378,8 +347,6 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
                     zf.close()
             if not frame_ids:
                 no_frames_reason = "no frame with a valid pose and readable images"
-            else:
-                K_net = np.asarray(K_net, np.float64)
 
         F = len(frame_ids)
         color_a = np.stack(colors) if F else np.zeros((0, h, w, 3), np.uint8)
@@ -446,11 +413,9 @@ def coverage_bits(base_xyz, depth_mm, K, poses, tol: float = COVERAGE_TOL, block
     return out
 
 
-def unpack_coverage(bits, columns, num_base: Optional[int] = None):
+def unpack_coverage(bits, columns):
     """(F, len(columns)) bool: the coverage of the base points ``columns`` (indices into the base set)."""
     cols = np.asarray(columns, dtype=np.int64)
-    if num_base is not None and len(cols) and (cols.min() < 0 or cols.max() >= num_base):
-        raise IndexError("coverage column out of range")
     byte = np.asarray(bits)[:, cols >> 3]
     return ((byte >> (7 - (cols & 7)).astype(np.uint8)) & 1).astype(bool)
 
@@ -490,90 +455,81 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
         raise ConfigError("--split: empty; give a split name such as train, or a split-list path")
     root_p, out_p = require_dir(root, "ScanNet root folder"), Path(out)
     with od.output_lock(out_p, "preprocessing output folder"):
-        return _preprocess_locked(root_p, out_p, workers=workers, split=split, scenes=scenes,
-                                  frame_step=frame_step, max_frames=max_frames, coverage_points=coverage_points,
-                                  seed=seed, overwrite=overwrite, progress=progress)
-
-
-def _preprocess_locked(root_p: Path, out_p: Path, *, workers: int, split: Optional[str],
-                       scenes: Optional[Sequence[str]], frame_step: int, max_frames: int, coverage_points: int,
-                       seed: int, overwrite: bool, progress: bool) -> dict[str, Any]:
-    """:func:`preprocess` while holding the lock of OUT."""
-    # OUT: new, empty, or written by an earlier `safnet data preprocess` (scenes are added or redone);
-    # never the raw root, inside it, or holding it (symlinks resolved)
-    od.claim(out_p, "data preprocess", overwrite=overwrite, inputs=[root_p], incremental=True,
-             what="preprocessing output folder")
-    todo, missing = select_scenes(root_p, split, scenes)
-    unknown = [n for n in (scenes or ()) if n not in {s.name for s in todo}]
-    if unknown:  # a typo in --scenes must not shrink the run silently
-        raise ConfigError(f"--scenes {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: no such scene "
-                          f"under {root_p}{f' in split {split!r}' if split else ''}")
-    if not todo:
-        what = (f"none of the {len(missing)} scene(s) of split {split!r} is here "
-                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" if split
-                else "no scene folders here (sceneXXXX_YY/, or folders with <name>.sens or <name>_vh_clean_2.ply)")
-        raise DataFormatError(root_p, f"nothing to preprocess: {what}")
-    od.check_separate(out_p, [s.resolve() for s in todo], "preprocessing output folder")
-    out_p.mkdir(parents=True, exist_ok=True)
-    if od.read_mark(out_p) is None:
-        od.write_mark(out_p, "data preprocess", {"root": str(root_p.resolve())}, files=[])
-    for stale in out_p.glob(f"{TMP_PREFIX}*"):  # left by a killed run of ours (we hold OUT's lock)
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-    base = root_p / "scans" if (root_p / "scans").is_dir() else root_p
-    label_map = next((p for p in (root_p / LABEL_MAP_FILE, base / LABEL_MAP_FILE) if p.is_file()), None)
-    for name in SPLIT_FILES + (LABEL_MAP_FILE,):
-        src = root_p / name
-        if src.is_file():
-            shutil.copyfile(src, out_p / name)
-    options = {"frame_step": frame_step, "max_frames": max_frames, "coverage_points": coverage_points,
-               "seed": seed, "overwrite": overwrite, "label_map": str(label_map) if label_map else None}
-    start = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    args = [(str(s), str(out_p), options) for s in todo]
-    bar = tqdm(total=len(args), desc="preprocess", unit="scene", file=sys.stderr, disable=not progress)
-    if workers == 1 or len(args) <= 1:
-        for a in args:
-            results.append(preprocess_scene(*a))
-            bar.update(1)
-    else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for r in pool.imap_unordered(_star_preprocess, args):
-                results.append(r)
+        # OUT: new, empty, or written by an earlier `safnet data preprocess` (scenes are added or redone);
+        # never the raw root, inside it, or holding it (symlinks resolved)
+        od.claim(out_p, "data preprocess", overwrite=overwrite, inputs=[root_p], incremental=True,
+                 what="preprocessing output folder")
+        todo, missing = select_scenes(root_p, split, scenes)
+        unknown = [n for n in (scenes or ()) if n not in {s.name for s in todo}]
+        if unknown:  # a typo in --scenes must not shrink the run silently
+            raise ConfigError(f"--scenes {' '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: no such scene "
+                              f"under {root_p}{f' in split {split!r}' if split else ''}")
+        if not todo:
+            what = (f"none of the {len(missing)} scene(s) of split {split!r} is here "
+                    f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" if split
+                    else "no scene folders here (sceneXXXX_YY/, or folders with <name>.sens or <name>_vh_clean_2.ply)")
+            raise DataFormatError(root_p, f"nothing to preprocess: {what}")
+        od.check_separate(out_p, [s.resolve() for s in todo], "preprocessing output folder")
+        out_p.mkdir(parents=True, exist_ok=True)
+        if od.read_mark(out_p) is None:
+            od.write_mark(out_p, "data preprocess", {"root": str(root_p.resolve())}, files=[])
+        for stale in out_p.glob(f"{TMP_PREFIX}*"):  # left by a killed run of ours (we hold OUT's lock)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        base = root_p / "scans" if (root_p / "scans").is_dir() else root_p
+        label_map = next((p for p in (root_p / LABEL_MAP_FILE, base / LABEL_MAP_FILE) if p.is_file()), None)
+        for name in SPLIT_FILES + (LABEL_MAP_FILE,):
+            src = root_p / name
+            if src.is_file():
+                shutil.copyfile(src, out_p / name)
+        options = {"frame_step": frame_step, "max_frames": max_frames, "coverage_points": coverage_points,
+                   "seed": seed, "overwrite": overwrite, "label_map": str(label_map) if label_map else None}
+        start = time.perf_counter()
+        results: list[dict[str, Any]] = []
+        args = [(str(s), str(out_p), options) for s in todo]
+        bar = tqdm(total=len(args), desc="preprocess", unit="scene", file=sys.stderr, disable=not progress)
+        if workers == 1 or len(args) <= 1:
+            for a in args:
+                results.append(preprocess_scene(*a))
                 bar.update(1)
-    bar.close()
-    results.sort(key=lambda r: r["scene"])
-    summary = {
-        "root": str(root_p),
-        "out": str(out_p),
-        "scenes": len(results),
-        "done": sum(r["status"] == "done" for r in results),
-        "skipped": sum(r["status"] == "skipped" for r in results),
-        "failed": {r["scene"]: r["reason"] for r in results if r["status"] == "failed"},
-        "not_found": missing,
-        "no_frames": {r["scene"]: r["no_frames_reason"] for r in results if r.get("no_frames_reason")},
-        "redone": {r["scene"]: r["redone"] for r in results if r.get("redone")},
-        "invalid_frames": sum(r.get("invalid_frames", 0) for r in results),
-        "unreadable_frames": sum(r.get("unreadable_frames", 0) for r in results),
-        "empty_depth_frames": sum(r.get("empty_depth_frames", 0) for r in results),
-        "frames": sum(r.get("frames", 0) for r in results),
-        "seconds": round(time.perf_counter() - start, 2),
-        "per_scene": results,
-    }
-    from safnet_ros.data.class_weights import write_class_weights  # noqa: PLC0415 - cycle: class_weights -> dataset -> here
+        else:
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for r in pool.imap_unordered(_star_preprocess, args):
+                    results.append(r)
+                    bar.update(1)
+        bar.close()
+        results.sort(key=lambda r: r["scene"])
+        summary = {
+            "root": str(root_p),
+            "out": str(out_p),
+            "scenes": len(results),
+            "done": sum(r["status"] == "done" for r in results),
+            "skipped": sum(r["status"] == "skipped" for r in results),
+            "failed": {r["scene"]: r["reason"] for r in results if r["status"] == "failed"},
+            "not_found": missing,
+            "no_frames": {r["scene"]: r["no_frames_reason"] for r in results if r.get("no_frames_reason")},
+            "redone": {r["scene"]: r["redone"] for r in results if r.get("redone")},
+            "invalid_frames": sum(r.get("invalid_frames", 0) for r in results),
+            "unreadable_frames": sum(r.get("unreadable_frames", 0) for r in results),
+            "empty_depth_frames": sum(r.get("empty_depth_frames", 0) for r in results),
+            "frames": sum(r.get("frames", 0) for r in results),
+            "seconds": round(time.perf_counter() - start, 2),
+            "per_scene": results,
+        }
+        from safnet_ros.data.class_weights import write_class_weights  # noqa: PLC0415 - cycle: class_weights -> dataset -> here
 
-    try:  # the cross-entropy's class weights (train.class_weights): from the training split
-        weights_file = write_class_weights(out_p, "train")
-        summary["class_weights"] = str(weights_file) if weights_file else None
-    except (OSError, ValueError) as exc:  # e.g. a train-split scene that failed: the trainer recomputes
-        summary["class_weights"] = f"not written: {exc}"
-    (out_p / "preprocess_summary.json").write_text(json.dumps(summary, indent=1))
-    if summary["failed"] and not summary["done"] and not summary["skipped"]:
-        name, reason = next(iter(summary["failed"].items()))
-        more = f" (and {len(summary['failed']) - 1} more scene(s); see {out_p / 'preprocess_summary.json'})" \
-            if len(summary["failed"]) > 1 else ""
-        raise SafnetError(f"no scene could be preprocessed: {name}: {reason}{more}")
-    return summary
+        try:  # the cross-entropy's class weights (train.class_weights): from the training split
+            weights_file = write_class_weights(out_p, "train")
+            summary["class_weights"] = str(weights_file) if weights_file else None
+        except (OSError, ValueError) as exc:  # e.g. a train-split scene that failed: the trainer recomputes
+            summary["class_weights"] = f"not written: {exc}"
+        (out_p / "preprocess_summary.json").write_text(json.dumps(summary, indent=1))
+        if summary["failed"] and not summary["done"] and not summary["skipped"]:
+            name, reason = next(iter(summary["failed"].items()))
+            more = f" (and {len(summary['failed']) - 1} more scene(s); see {out_p / 'preprocess_summary.json'})" \
+                if len(summary["failed"]) > 1 else ""
+            raise SafnetError(f"no scene could be preprocessed: {name}: {reason}{more}")
+        return summary
 
 
 def _star_preprocess(a: tuple) -> dict[str, Any]:

@@ -1,18 +1,9 @@
 """ScanNet scene folders: mesh, labels, axis alignment, RGB-D frames, label map, splits.
 
-A scene folder ``sceneXXXX_YY/`` holds ``sceneXXXX_YY.sens`` (the RGB-D
-recording), ``sceneXXXX_YY_vh_clean_2.ply`` (mesh, +Z up),
-``sceneXXXX_YY_vh_clean_2.labels.ply`` (per-vertex nyu40 ``label``),
-``sceneXXXX_YY.txt`` (``axisAlignment = 16 floats``, row-major, p' = M [x y z 1]^T)
-and optionally ``.aggregation.json`` and ``_vh_clean_2.0.010000.segs.json``.
-
-Frames come from the ``.sens`` file when it exists, else from the common
-exported layout in the scene folder (``color/{i}.jpg``, ``depth/{i}.png``
-uint16 millimetres, ``pose/{i}.txt`` 4x4 camera-to-world,
-``intrinsic/{intrinsic,extrinsic}_{color,depth}.txt`` 4x4), which
-:func:`export_frames` writes. Both are a :class:`FrameSource`: frame ids,
-valid ids (finite pose), intrinsics and lazily decoded :class:`Frame` objects.
-Poses are in the mesh's original (not axis-aligned) frame, as ScanNet stores them.
+File names and formats: docs/design.md §2.1-2.3. Frames come from the ``.sens``
+file when it exists, else from the exported layout in the scene folder (which
+:func:`export_frames` writes); both are a :class:`FrameSource`. Poses are in the
+mesh's original (not axis-aligned) frame, as ScanNet stores them.
 """
 from __future__ import annotations
 
@@ -36,6 +27,7 @@ from safnet_ros.data.sens import (
     COLOR_RAW,
     DEPTH_RAW_USHORT,
     DEPTH_ZLIB_USHORT,
+    Closeable,
     SensReader,
     decode_color,
     valid_pose_mask,
@@ -70,7 +62,7 @@ class Frame:
     timestamp_us: int = 0
 
 
-class FrameSource(abc.ABC):
+class FrameSource(Closeable, abc.ABC):
     """RGB-D frames of one scene, decoded one at a time.
 
     Frame ids (:attr:`indices`) are the ``.sens`` frame numbers (or the file
@@ -97,10 +89,6 @@ class FrameSource(abc.ABC):
         """Ids of the frames whose pose is finite (tracking not lost)."""
 
     @abc.abstractmethod
-    def camera_to_world(self, i: int) -> np.ndarray:
-        """(4, 4) float64 pose of frame ``i`` without decoding its images."""
-
-    @abc.abstractmethod
     def get(self, i: int) -> Frame:
         """Decode frame ``i``."""
 
@@ -119,12 +107,6 @@ class FrameSource(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a source holds files
         """Release open files (no-op by default)."""
-
-    def __enter__(self) -> FrameSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 #: Largest image side accepted from a scene's header (ScanNet colour is 1296 x 968).
@@ -151,16 +133,13 @@ class SensFrames(FrameSource):
         self.path = Path(path)
         self.reader = SensReader(path)
         h = self.reader.header
-        self.header = h
         self.color_size = h.color_size
         self.depth_size = h.depth_size
         self.intrinsic_color = h.intrinsic_color[:3, :3].astype(np.float64)
         self.intrinsic_depth = h.intrinsic_depth[:3, :3].astype(np.float64)
         self.extrinsic_color = h.extrinsic_color.astype(np.float64)
         self.extrinsic_depth = h.extrinsic_depth.astype(np.float64)
-        self.depth_shift = float(h.depth_shift)
-        if not (self.depth_shift > 0 and math.isfinite(self.depth_shift)):
-            raise DataFormatError(self.path, f"depth shift is {self.depth_shift}; must be positive")
+        self.depth_shift = float(h.depth_shift)  # read_header refuses an implausible one
         if h.color_compression not in (COLOR_JPEG, COLOR_PNG, COLOR_RAW):
             raise DataFormatError(self.path, f"colour compression {h.color_compression} is unknown "
                                              "(supported: 0 raw, 1 png, 2 jpeg)")
@@ -175,19 +154,9 @@ class SensFrames(FrameSource):
     def indices(self) -> list[int]:
         return list(range(len(self.reader)))
 
-    def __len__(self) -> int:
-        return len(self.reader)
-
     @property
     def valid_indices(self) -> list[int]:
         return list(self._valid)
-
-    @property
-    def num_invalid(self) -> int:
-        return self.reader.num_invalid_poses
-
-    def camera_to_world(self, i: int) -> np.ndarray:
-        return self.reader.poses[i].astype(np.float64)
 
     def get(self, i: int) -> Frame:
         f = self.reader.frame(i)
@@ -297,14 +266,9 @@ class ExportedFrames(FrameSource):
     def valid_indices(self) -> list[int]:
         return list(self._valid)
 
-    def camera_to_world(self, i: int) -> np.ndarray:
-        try:
-            return self._poses[int(i)].copy()
-        except KeyError:
-            raise IndexError(f"{self.root}: no frame {i}") from None
-
     def get(self, i: int) -> Frame:
-        pose = self.camera_to_world(i)
+        if int(i) not in self._poses:
+            raise IndexError(f"{self.root}: no frame {i}")
         cpath, dpath = self.color_path(i), self.depth_path(i)
         color = _open_image(cpath, "colour image", lambda img: np.asarray(img.convert("RGB")))
         raw = _open_image(dpath, "depth image", np.asarray)
@@ -315,7 +279,7 @@ class ExportedFrames(FrameSource):
             if (pixels.shape[1], pixels.shape[0]) != (w, h):
                 raise DataFormatError(p, f"image is {pixels.shape[1]}x{pixels.shape[0]}, other frames are {w}x{h}")
         depth = raw.astype(np.float32) / np.float32(self.depth_shift)
-        return Frame(index=int(i), color=color, depth=depth, camera_to_world=pose, timestamp_us=0)
+        return Frame(index=int(i), color=color, depth=depth, camera_to_world=self._poses[int(i)].copy())
 
 
 def read_axis_alignment(path: str | os.PathLike) -> np.ndarray:
@@ -371,7 +335,7 @@ def read_scene_meta(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
-class ScanNetScene:
+class ScanNetScene(Closeable):
     """One ScanNet scene folder (``sceneXXXX_YY/``); files are read on demand.
 
     Raises MissingDataError when the folder does not exist; the individual
@@ -458,12 +422,6 @@ class ScanNetScene:
             self._frames.close()
             self._frames = None
 
-    def __enter__(self) -> ScanNetScene:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir: str | os.PathLike,
                   every: int = 1) -> int:
@@ -490,21 +448,19 @@ def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir
     _write_matrix(out / "intrinsic" / "extrinsic_depth.txt", source.extrinsic_depth)
     count = 0
     for i in source.indices[::every]:
-        if isinstance(source, SensFrames) and source.header.color_compression == COLOR_JPEG:
+        if isinstance(source, SensFrames) and source.reader.header.color_compression == COLOR_JPEG:
             f = source.reader.frame(i)
             decode_color(f.color_bytes, COLOR_JPEG, None, path=source.path, index=i)  # validate first
             (out / "color" / f"{i}.jpg").write_bytes(f.color_bytes)
             raw = f.decode_depth()
             pose = f.camera_to_world
-            shift = source.depth_shift
         else:
             frame = source.get(i)
             Image.fromarray(frame.color).save(out / "color" / f"{i}.jpg", quality=95)
             raw = frame.depth * np.float32(source.depth_shift)
             pose = frame.camera_to_world
-            shift = source.depth_shift
-        if shift != 1000.0:
-            raw = np.round(np.asarray(raw, np.float64) * (1000.0 / shift))
+        if source.depth_shift != 1000.0:
+            raw = np.round(np.asarray(raw, np.float64) * (1000.0 / source.depth_shift))
         mm = np.clip(np.round(raw), 0, 65535).astype(np.uint16)
         Image.fromarray(mm).save(out / "depth" / f"{i}.png")
         _write_matrix(out / "pose" / f"{i}.txt", pose)

@@ -1,27 +1,6 @@
-"""ScanNet ``.sens`` (version 4) reader and writer.
+"""ScanNet ``.sens`` (version 4) reader and writer; byte layout: docs/design.md §2.2.
 
-A ``.sens`` file is one RGB-D recording: a header (sensor name, colour/depth
-intrinsics and extrinsics, image sizes, compression types, depth shift, frame
-count) followed by frames, each a camera-to-world pose, two timestamps and the
-compressed colour (JPEG) and depth (zlib of little-endian uint16) payloads.
-Byte layout (little-endian, see docs/design.md §2.2)::
-
-    uint32 version (= 4)
-    uint64 name length, name bytes
-    float32[16] x 4   intrinsic_color, extrinsic_color, intrinsic_depth, extrinsic_depth (row-major 4x4)
-    int32  color compression (2 = jpeg), int32 depth compression (1 = zlib_ushort)
-    uint32 color width, color height, depth width, depth height
-    float32 depth shift (1000 = millimetres)
-    uint64 frame count
-    per frame: float32[16] camera_to_world, uint64 color timestamp, uint64 depth
-               timestamp (microseconds), uint64 color bytes, uint64 depth bytes,
-               colour payload, depth payload
-
-Recordings hold thousands of frames, so :class:`SensReader` only indexes the
-frame offsets (reading each 96-byte frame header and seeking past the payloads)
-and decodes one frame at a time on request. Poses of lost tracking are ``-inf``;
-:attr:`SensReader.valid_indices` leaves those frames out and
-:attr:`SensReader.num_invalid_poses` counts them.
+Poses of lost tracking are ``-inf``.
 """
 from __future__ import annotations
 
@@ -33,7 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, Self, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -87,6 +66,16 @@ def valid_pose_mask(poses: np.ndarray) -> np.ndarray:
     return finite & ortho & (np.linalg.det(r) > 0)
 
 
+class Closeable:
+    """``with obj:`` calls ``obj.close()`` on the way out (the class defines ``close``)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
 class SensHeader:
     """Everything before the first frame of a ``.sens`` file.
@@ -126,8 +115,8 @@ class SensFrame:
     """One recorded frame, payloads still compressed until ``decode_*`` is called.
 
     ``camera_to_world`` is (4, 4) float32 (``-inf`` everywhere when tracking was
-    lost); timestamps are microseconds. The trailing fields (with defaults) carry
-    what decoding needs from the header and the file name for error messages.
+    lost); timestamps are microseconds. The trailing fields carry what decoding
+    needs from the header and the file name for error messages.
     """
 
     index: int
@@ -136,11 +125,11 @@ class SensFrame:
     depth_timestamp: int
     color_bytes: bytes
     depth_bytes: bytes
-    color_compression: int = COLOR_JPEG
-    depth_compression: int = DEPTH_ZLIB_USHORT
-    color_size: tuple[int, int] | None = None
-    depth_size: tuple[int, int] | None = None
-    path: str | None = field(default=None, repr=False)
+    color_compression: int
+    depth_compression: int
+    color_size: tuple[int, int]
+    depth_size: tuple[int, int]
+    path: str = field(repr=False)
 
     @property
     def pose_valid(self) -> bool:
@@ -154,8 +143,6 @@ class SensFrame:
 
     def decode_depth(self) -> np.ndarray:
         """Decode the depth payload to (Hd, Wd) uint16 raw values (metres = raw / depth_shift)."""
-        if self.depth_size is None:
-            raise DataFormatError(self.path, f"frame {self.index}: depth size unknown, cannot decode")
         return decode_depth(self.depth_bytes, self.depth_compression, self.depth_size,
                             path=self.path, index=self.index)
 
@@ -248,7 +235,7 @@ def read_header(f: BinaryIO, path: str) -> SensHeader:
                       depth_shift=float(shift), num_frames=int(count))
 
 
-class SensReader:
+class SensReader(Closeable):
     """Lazy reader of a ScanNet ``.sens`` file.
 
     Opening reads the header and indexes every frame (pose, timestamps, payload
@@ -338,11 +325,6 @@ class SensReader:
         return self._poses
 
     @property
-    def timestamps(self) -> np.ndarray:
-        """(F, 2) uint64 colour and depth timestamps in microseconds."""
-        return self._meta[:, :2]
-
-    @property
     def valid_indices(self) -> list[int]:
         """Indices of the frames whose pose is finite, ascending."""
         return np.flatnonzero(self._valid).tolist()
@@ -391,12 +373,6 @@ class SensReader:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> SensReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __del__(self) -> None:  # pragma: no cover - best effort
         with contextlib.suppress(Exception):
             self.close()
@@ -428,7 +404,7 @@ def encode_depth_zlib(depth: np.ndarray, level: int = 6) -> bytes:
     return zlib.compress(np.ascontiguousarray(depth, dtype="<u2").tobytes(), level)
 
 
-class SensWriter:
+class SensWriter(Closeable):
     """Write a ScanNet ``.sens`` v4 file: JPEG colour, zlib depth.
 
     The header is written at once with a frame count of 0 and patched on
@@ -494,9 +470,3 @@ class SensWriter:
         self._file.write(_COUNT.pack(self.num_frames))
         self._file.close()
         self._file = None
-
-    def __enter__(self) -> SensWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

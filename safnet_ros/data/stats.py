@@ -1,30 +1,8 @@
 """``safnet data stats SCENE_DIR [--json]``: how much a scene looks like a ScanNet scan (the realism table).
 
-What it measures, on the scene as written (mesh, labels, ``.sens`` frames at
-their recorded poses; heights in the axis-aligned frame, floor at the lowest
-vertex):
-
-- mesh: vertices, faces, edge length percentiles (vertex spacing), and the
-  *wall density CV*: the coefficient of variation over wall vertices (nyu40 1)
-  of the local vertex density ``k / (pi r_k^2)`` (``r_k`` the distance to the
-  6th nearest wall vertex). A regular grid gives ~0.1, a decimated scan more;
-- seen: the share of annotated vertices (label != 0) that at least one valid
-  frame sees (the depth test of :func:`safnet_ros.geometry.camera.visible`,
-  0.1 m), the mean share one frame sees, and the share of all vertices more
-  than 2 m above the floor that some frame sees;
-- chunks: over the 1.5 m x 1.5 m (full height) chunks of the training
-  pipeline, the share of up to 2000 base points all frames cover, and what the
-  best 1, 3 and 5 greedy views cover, as a fraction of all frames' coverage
-  (``best1_over_all``: ScanNet-like scans need several views per chunk);
-- frames: valid poses, the valid depth share, the mean and median distance of
-  back-projected depth (every 4th pixel) to the mesh; image statistics at
-  160 x 120 (mean gradient magnitude and colour std of grey levels in 0..255);
-- labels: the share of each nyu40 id, of unannotated (0) and of all ignored
-  vertices (outside the 20 benchmark classes), the ceiling (22);
-- moved: vertices on objects that moved during the scan (from the generator's
-  ``<name>.synth_vertex_moved.npy`` sidecar, when present); with ``--model``,
-  the similarity S of that model on moved against static vertices (the
-  mismatch GSM/CSM exist to detect: S should be lower on moved objects).
+What it measures (``--model``: S on moved against static vertices, view by
+view too): docs/synthetic_data.md. Heights are in the axis-aligned frame, the
+floor at the lowest vertex; frames are used at their recorded poses.
 """
 from __future__ import annotations
 
@@ -48,6 +26,7 @@ from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
 from safnet_ros.geometry.camera import backproject, nearest_pixel, project, visible
 from safnet_ros.geometry.transforms import apply_transform
 from safnet_ros.geometry.views import greedy_select
+from safnet_ros.json_out import json_safe
 from safnet_ros.tools.render import render_cloud_png, render_moved_similarity_png
 
 #: Chunk size (metres) and base points per chunk, as training and evaluation use them (docs/design.md §2.5).
@@ -107,7 +86,7 @@ def image_stats(color: np.ndarray) -> tuple[float, float]:
 
 
 def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> dict[str, Any]:
-    """The realism figures of one scene (see the module docstring), as a dict."""
+    """The realism figures of one scene (docs/synthetic_data.md), as a dict."""
     import open3d as o3d  # noqa: PLC0415 - open3d (not a ROS dependency) only for the mesh table; the similarity functions here run without it
 
     if frame_step < 1:
@@ -217,25 +196,15 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
     return out
 
 
-def view_depth_disagreement(xyz: np.ndarray, views: list, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """How often the views see through each vertex: (seen (N,), disagree (N,)) int64 counts
-    (the column sums of :func:`view_sightings`).
-
-    A vertex (N, 3) metres, aligned frame, is seen by a view when it projects
-    inside the image in front of the camera onto valid depth; the view
-    disagrees when that depth lies more than ``tolerance`` metres *beyond*
-    the vertex: the camera saw free space where the mesh has a surface (the
-    object moved away, or the pose is off). A nearer depth is left out: it is
-    mostly plain occlusion. This is the 2D-3D mismatch that S is meant to
-    detect, measured directly.
-    """
-    seen, through = view_sightings(xyz, views, tolerance)
-    return seen.sum(axis=0, dtype=np.int64), through.sum(axis=0, dtype=np.int64)
-
-
 def view_sightings(xyz: np.ndarray, views: list, tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """(seen (V, N) bool, sees_through (V, N) bool): which view sees which vertex (N, 3) metres, and which
-    of those sightings find depth more than ``tolerance`` metres beyond it (see view_depth_disagreement)."""
+    """(seen (V, N) bool, sees_through (V, N) bool): which view sees which vertex (N, 3) metres, aligned frame.
+
+    A view sees a vertex when it projects inside the image in front of the camera
+    onto valid depth; it sees *through* it when that depth lies more than
+    ``tolerance`` metres beyond the vertex: free space where the mesh has a surface
+    (the object moved away, or the pose is off). A nearer depth is mostly plain
+    occlusion and is left out. This is the 2D-3D mismatch S is meant to detect.
+    """
     xyz = np.asarray(xyz, np.float64)
     seen = np.zeros((len(views), len(xyz)), bool)
     through = np.zeros((len(views), len(xyz)), bool)
@@ -458,22 +427,7 @@ def run(args: argparse.Namespace) -> int:
         stats["moved_similarity"] = moved_similarity(args.scene, args.model, args.view_step, args.device, args.png,
                                                      args.chunk_stride, per_view=args.per_view)
     if args.json:  # strict JSON: a figure without data is null, never a bare NaN
-        print(json.dumps(_finite_or_none(stats), indent=1, allow_nan=False))
+        print(json.dumps(json_safe(stats), indent=1, allow_nan=False))
     else:
         print(format_table(stats))
     return 0
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """``obj`` with every NaN or infinite float (numpy ones too) replaced by None, recursively."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return _finite_or_none(obj.tolist())
-    return obj

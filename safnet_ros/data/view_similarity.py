@@ -1,14 +1,10 @@
 """S view by view: the model's similarity for each (vertex, view) sighting, with that view alone.
 
-In use, S pools the back-projected points of all of a chunk's views: one view
-that still sees a moved object in place gives its vertices their neighbours
-back, so S over moved vertices stays high even where other views see through
-them (docs/synthetic_data.md, "Similarity on moved objects"). To see whether
-each frame's mismatch with the mesh is visible to the model, this module runs
-the Segmenter once per view, with that view as the only one (the Segmenter
-crops the cloud to what the view covers), and keeps S of every vertex the
-view sees: a (views, vertices) matrix of sightings. Used by
-``safnet data stats --model`` (:func:`safnet_ros.data.stats.moved_similarity`).
+In use, S pools the back-projected points of all of a chunk's views, so one view
+that still sees a moved object in place hides the others' mismatch
+(docs/synthetic_data.md). Here the Segmenter runs once per view, with that view
+as the only one, and keeps S of every vertex the view sees: a (views, vertices)
+matrix of sightings, for ``safnet data stats --model``.
 """
 from __future__ import annotations
 

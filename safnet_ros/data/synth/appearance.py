@@ -292,7 +292,7 @@ _KIND_FUNCS = (_plain, _wood, _fabric, _picture, _window, _door, _tile, _planks,
 
 @dataclass
 class Lighting:
-    """Ambient + point lights under the ceiling (world metres), plus mild vignetting in images.
+    """Ambient + point lights under the ceiling (world metres).
 
     ``light_position`` is (3,) for one light or (L, 3); ``intensity`` (L,) scales
     each light's diffuse term (default 1 each).

@@ -1,39 +1,8 @@
-"""Generate synthetic furnished rooms in ScanNet's raw on-disk format, made the way ScanNet scans are.
+"""``safnet data synth OUT``: synthetic furnished rooms in ScanNet's raw on-disk format, made the way
+ScanNet scans are.
 
-Each scene OUT/sceneXXXX_00/ (XXXX = (seed*100 + i) mod 10000) holds what a
-ScanNet scan holds: sceneXXXX_00.sens (JPEG colour + zlib depth in mm, recorded
-poses camera-to-world, -inf where tracking was lost, 30 Hz timestamps),
-_vh_clean_2.ply (binary, xyz + RGBA + faces), _vh_clean_2.labels.ply (per-vertex
-nyu40 label, 0 = unannotated), .aggregation.json, _vh_clean_2.0.010000.segs.json
-and sceneXXXX_00.txt, whose axisAlignment maps the mesh (the room turned by up
-to --max-rotation degrees about z and shifted) back to the axis-aligned room.
-OUT also gets scannetv2-labels.combined.tsv and scannetv2_train.txt /
-scannetv2_val.txt (every 5th scene to val; --split NAME puts all in one list).
-
-How a scene is made (defaults): a room of a type drawn from --room-types
-(bedroom, office, living, kitchen, bathroom: real class mixes; studio: all 20
-benchmark classes), with ceiling (nyu40 22) and objects outside the benchmark
-(night stand, clothes, books, props, television, towel, bag, whiteboard), lit
-by --lights ceiling lights, is scanned along a handheld path in free space
-(--trajectory scan: loops at varying distance from the walls, vertical sweeps
-to the upper walls and the floor by the walls, inward views, close passes of
-furniture). --moved-objects objects move partway through the scan. Frames get
-structured-light depth (--depth-model), a colour-depth shift (--color-shift),
-auto-exposure (--exposure) and noise; poses get correlated error, drift and
-lost-tracking bursts. The labelled mesh is fused from the valid frames' depth
-at the recorded poses (--mesh tsdf, open3d TSDF), decimated to --vertex-spacing
-and labelled from the exact scene (ambiguous or unexplained vertices: 0), so
-every vertex was seen by some frame and frames disagree with the mesh locally.
-Every mismatch knob turns off with 0 (or --mesh exact, --trajectory loop,
---depth-model gaussian) for tests that need exactness.
-
-Our own ground truth sits beside: sceneXXXX_00.synth.json (settings, room
-type, moved objects with their frame, lost frames, colour shift),
-sceneXXXX_00.synth_true_poses.npy (render poses) and
-sceneXXXX_00.synth_vertex_moved.npy (1 per mesh vertex on a moved object).
-Same seed and settings -> same bytes. `safnet data stats SCENE` prints how
-ScanNet-like a scene is. A default room (300 frames, 320x240) takes about 30 s
-of CPU time.
+How a scene is made, what each knob does and the files written beside
+ScanNet's: docs/synthetic_data.md. Same seed and settings -> same bytes.
 """
 from __future__ import annotations
 
@@ -41,16 +10,13 @@ import argparse
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from safnet_ros import output_dir as od
 from safnet_ros.data.synth import writer
-from safnet_ros.data.synth.rooms import CATEGORY_NYU40
+from safnet_ros.data.synth.rooms import ROOM_TYPES
 from safnet_ros.errors import ConfigError
 from safnet_ros.validation import float_range, int_range, size_wh
-
-#: Room types of ``--room-types`` (kept here so ``--help`` needs no heavy import).
-ROOM_TYPES = ("bedroom", "office", "living", "kitchen", "bathroom", "studio")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # open3d's OpenMP threads otherwise spin and starve numpy on small machines.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from safnet_ros.data.synth.generate import SynthConfig, generate_dataset  # noqa: PLC0415 - generate loads open3d: safnet data synth --help stays light (test_cli_lazy)
+    from safnet_ros.data.synth.generate import SynthConfig  # noqa: PLC0415 - generate loads open3d: safnet data synth --help stays light (test_cli_lazy)
 
     if args.split is not None and (not args.split or any(c in args.split for c in "/\\ \t")):
         raise ConfigError(f"--split must be a plain name, got {args.split!r}")
@@ -147,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
         depth_model=args.depth_model, max_depth=args.max_depth, pose_noise_corr=args.pose_noise_corr,
         color_shift=args.color_shift, exposure=args.exposure, color_noise=args.color_noise, lights=args.lights,
     )
-    summaries = generate_guarded(args.out, args.scenes, args.seed, cfg, split=args.split, overwrite=args.overwrite,
-                                 generate_dataset=generate_dataset)
+    summaries = generate_guarded(args.out, args.scenes, args.seed, cfg, split=args.split, overwrite=args.overwrite)
     for s in summaries:
         moved = f", {len(s['moved_objects'])} objects moved" if s["moved_objects"] else ""
         lost = f", {len(s['invalid_frames'])} lost poses" if s["invalid_frames"] else ""
@@ -177,16 +142,17 @@ def _scene_owner_problem(folder: Path) -> Optional[str]:
     return "was not written by `safnet data synth`"
 
 
-def generate_guarded(out: str | os.PathLike, scenes: int, seed: int, cfg, split: Optional[str], overwrite: bool,
-                     generate_dataset: Callable) -> list[dict]:
-    """``generate_dataset`` under the output-folder rules (docs/reliability.md, "Output folders").
+def generate_guarded(out: str | os.PathLike, scenes: int, seed: int, cfg, split: Optional[str],
+                     overwrite: bool) -> list[dict]:
+    """:func:`~safnet_ros.data.synth.generate.generate_dataset` under the output-folder rules (docs/reliability.md,
+    "Output folders").
 
     OUT is new, empty, or an earlier ``data synth`` output (several seeds share one OUT); it is locked
     for the run. Scenes are generated into a hidden folder inside OUT and each is swapped in for the
     scene folder of the same name only when complete: an interrupt leaves the old scenes whole. An
     existing scene folder is replaced only with ``overwrite`` and only when ``data synth`` wrote it.
     """
-    from safnet_ros.data.synth.generate import scene_name  # noqa: PLC0415 - generate loads open3d: safnet data synth --help stays light (test_cli_lazy)
+    from safnet_ros.data.synth.generate import generate_dataset, scene_name  # noqa: PLC0415 - generate loads open3d: safnet data synth --help stays light (test_cli_lazy)
     root = Path(out)
     with od.output_lock(root, "synthetic-data folder"):
         od.claim(root, "data synth", overwrite=overwrite, incremental=True, what="synthetic-data folder")
@@ -224,8 +190,7 @@ def generate_guarded(out: str | os.PathLike, scenes: int, seed: int, cfg, split:
                 _swap(stage / n, root / n)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        writer.write_label_map_file(root, dict(CATEGORY_NYU40))
-        writer.write_splits(root, names, split)
+        writer.write_dataset_files(root, names, split)
     return summaries
 
 

@@ -3,17 +3,7 @@
 ScanNet's ``_vh_clean_2.ply`` is fused from the very depth frames of the
 ``.sens`` at the recorded poses (BundleFusion), extracted by marching cubes,
 cleaned and decimated; annotators then paint labels on it. We do the same with
-open3d's TSDF integration (the tensor :class:`open3d.t.geometry.VoxelBlockGrid`):
-
-- :class:`TSDFFusion` integrates every valid frame (noisy depth in mm, colour,
-  recorded pose) and extracts a coloured triangle mesh;
-- :func:`clean_and_decimate` drops tiny floating pieces and decimates it by
-  quadric edge collapse, so vertex spacing follows detail (flat walls get
-  coarse, edges keep their vertices), as in a decimated scan;
-- :func:`transfer_labels` gives each vertex the object of the nearest exact
-  surface of the scene (in every state the scene had: objects move during the
-  scan) and 0 (unannotated) where no exact surface is near or the states
-  disagree.
+open3d's TSDF integration (docs/synthetic_data.md, step 4).
 """
 from __future__ import annotations
 

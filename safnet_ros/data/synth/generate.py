@@ -1,15 +1,6 @@
 """Generate synthetic ScanNet scenes: layout -> scan trajectory -> rendered frames -> fused mesh -> files.
 
-A scene is made the way a ScanNet scan is: a furnished room of a drawn type
-(:mod:`.rooms`) is scanned along a handheld path in free space
-(:mod:`.trajectory`); each frame is rendered from its true pose in the scene
-state of that moment (objects move partway through), with a structured-light
-depth model, colour-depth misregistration, exposure changes and colour noise
-(:mod:`.perturb`), and written with its *recorded* pose (correlated error,
-drift, lost-tracking bursts as -inf). The valid frames are fused at the recorded
-poses into a TSDF (:mod:`.fusion`, open3d), whose mesh is extracted, cleaned,
-decimated and labelled from the exact scene: that is ``_vh_clean_2.ply``.
-``mesh="exact"`` instead writes the exact scene as a regular grid (tests).
+The steps, and why each is made the way a ScanNet scan is: docs/synthetic_data.md.
 A scene is written into ``OUT/.<name>.partial`` and renamed when complete.
 
 Randomness: scene ``i`` of seed ``s`` draws from ``SeedSequence([s, i])`` spawned
@@ -52,7 +43,7 @@ from safnet_ros.data.synth.perturb import (
     structured_light_depth,
 )
 from safnet_ros.data.synth.rooms import (
-    CATEGORY_NYU40,
+    ROOM_TYPES,
     SHELL_CATEGORIES,
     WALL_HUNG,
     Room,
@@ -65,10 +56,6 @@ from safnet_ros.errors import ConfigError, DataFormatError
 
 #: Upper bound of --scenes per call (scene names are seed * 100 + i).
 MAX_SCENES = 100
-
-
-#: Room types (class mixes) a scene can draw from; "studio" holds all 20 benchmark classes.
-ROOM_TYPES: tuple[str, ...] = ("bedroom", "office", "living", "kitchen", "bathroom", "studio")
 
 
 @dataclass
@@ -237,16 +224,14 @@ def _color_at_depth(color: np.ndarray, depth_size: tuple[int, int]) -> np.ndarra
 
 
 def _write_frames(path: Path, renderers: list, state_of_frame: np.ndarray, true_poses: np.ndarray,
-                  recorded: np.ndarray, cfg: SynthConfig, rng: np.random.Generator, sensor: dict, desc: str,
-                  fusion: TSDFFusion | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  recorded: np.ndarray, K_color: np.ndarray, K_depth: np.ndarray, cfg: SynthConfig,
+                  rng: np.random.Generator, sensor: dict, desc: str, fusion: TSDFFusion | None = None) -> None:
     """Render every frame from its true pose (in its scene state) and append it with its recorded pose to the
     ``.sens``; integrate it into ``fusion`` (when given) at the recorded pose, as a reconstruction would.
 
-    ``sensor``: ``gains`` (F, 3) exposure/white balance, ``shift`` (dx, dy) colour pixels.
-    Returns (K_color, K_depth), both (3, 3).
+    ``K_color``, ``K_depth`` (3, 3) at ``cfg``'s image sizes; ``sensor``: ``gains`` (F, 3) exposure/white
+    balance, ``shift`` (dx, dy) colour pixels.
     """
-    K_color = render.pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg)
-    K_depth = depth_intrinsics(K_color, cfg.color_size, cfg.depth_size)
     cw, ch = cfg.color_size
     frames = range(len(true_poses))
     if cfg.progress:
@@ -276,7 +261,6 @@ def _write_frames(path: Path, renderers: list, state_of_frame: np.ndarray, true_
             sens.write_frame(recorded[i], color8, depth_mm, stamp, stamp)
             if fusion is not None:
                 fusion.integrate(_color_at_depth(color8, cfg.depth_size), depth_mm, recorded[i])
-    return K_color, K_depth
 
 
 def draw_room(seed: int, index: int, cfg: SynthConfig) -> Room:
@@ -285,12 +269,17 @@ def draw_room(seed: int, index: int, cfg: SynthConfig) -> Room:
     return generate_room(rng["layout"], cfg.max_rotation_deg, room_types=cfg.room_types, lights=cfg.lights)
 
 
-def moved_count(room: Room, amount: float) -> int:
-    """How many objects ``--moved-objects`` moves in ``room`` (fraction of the movable ones, or a count)."""
+def moved_count(room: Room, amount: float, name: str) -> int:
+    """How many objects ``--moved-objects`` moves in ``room`` (a fraction of the movable ones, or a count);
+    ConfigError when the count is more than the room of scene ``name`` has."""
     movable = sum(1 for o in room.objects if o.movable)
     if amount <= 0 or movable == 0:
         return 0
-    return int(math.floor(amount)) if amount >= 1 else max(1, int(round(amount * movable)))
+    count = int(math.floor(amount)) if amount >= 1 else max(1, int(round(amount * movable)))
+    if count > movable:
+        raise ConfigError(f"--moved-objects {amount:g} is more than the {movable} movable objects of "
+                          f"{name} (a {room.room_type})")
+    return count
 
 
 def _scene_states(room: Room, frame_objects_final: list, moved: list[dict], frames: int,
@@ -367,20 +356,15 @@ def generate_scene(out: Path, seed: int, index: int, cfg: SynthConfig, overwrite
 
 
 def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: SynthConfig) -> dict:
-    """Generate scene ``name`` into ``scene_dir`` (see the module docstring); returns its summary."""
+    """Generate scene ``name`` into ``scene_dir``; returns its summary."""
     rng = _streams(seed, index)
     room = generate_room(rng["layout"], cfg.max_rotation_deg, room_types=cfg.room_types, lights=cfg.lights)
     world = room.world_from_aligned
     lighting = Lighting(light_position=room.lights @ world[:3, :3].T + world[:3, 3],
                         intensity=room.light_intensity)
-    n_moved = moved_count(room, cfg.moved_objects)
-    movable = sum(1 for o in room.objects if o.movable)
-    if n_moved > movable:
-        raise ConfigError(f"--moved-objects {cfg.moved_objects:g}: the {room.room_type} room of {name} has only "
-                          f"{movable} movable objects")
 
     # The scene states the camera sees: objects move partway through the scan.
-    final_aligned, moved = move_objects(rng["moves"], room, n_moved)
+    final_aligned, moved = move_objects(rng["moves"], room, moved_count(room, cfg.moved_objects, name))
     states_aligned, state_of_frame = _scene_states(room, final_aligned, moved, cfg.frames, rng["moves"])
     states = [to_world(room, objs) for objs in states_aligned]
     state_meshes = [build_scene_mesh(objs, None) for objs in states]
@@ -397,12 +381,12 @@ def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: Synth
     shift_px = cfg.color_shift * cfg.color_size[0] / 320.0
     sensor = {"gains": exposure_gains(srng, cfg.frames, cfg.exposure),
               "shift": (shift_px * math.cos(angle), shift_px * math.sin(angle))}
-    fusion = None
-    if cfg.mesh == "tsdf":
-        K_depth = depth_intrinsics(render.pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg), cfg.color_size, cfg.depth_size)
-        fusion = TSDFFusion(cfg.tsdf_voxel, K_depth, cfg.depth_size, max_depth=cfg.max_depth + 0.5)
-    K_color, K_depth = _write_frames(scene_dir / f"{name}.sens", renderers, state_of_frame, true_poses, recorded,
-                                     cfg, rng["frames"], sensor, name, fusion)
+    K_color = render.pinhole(*cfg.color_size, hfov_deg=cfg.hfov_deg)
+    K_depth = depth_intrinsics(K_color, cfg.color_size, cfg.depth_size)
+    fusion = (TSDFFusion(cfg.tsdf_voxel, K_depth, cfg.depth_size, max_depth=cfg.max_depth + 0.5)
+              if cfg.mesh == "tsdf" else None)
+    _write_frames(scene_dir / f"{name}.sens", renderers, state_of_frame, true_poses, recorded, K_color, K_depth,
+                  cfg, rng["frames"], sensor, name, fusion)
 
     objects = states[0]
     moved_ids = {int(m["objectId"]) for m in moved}
@@ -453,12 +437,8 @@ def generate_dataset(out: str | Path, scenes: int, seed: int, cfg: SynthConfig, 
             p = root / n
             if p.exists() and (not p.is_dir() or any(p.iterdir())):
                 raise ConfigError(f"{p} already exists and is not empty (pass --overwrite to replace it)")
-    for i, n in enumerate(names):
-        room = draw_room(seed, i, cfg)
-        movable = sum(1 for o in room.objects if o.movable)
-        if moved_count(room, cfg.moved_objects) > movable:
-            raise ConfigError(f"--moved-objects {cfg.moved_objects:g} is more than the {movable} movable objects of "
-                              f"{n} (a {room.room_type})")
+    for i, n in enumerate(names):  # fail before the first scene is generated, not at the last
+        moved_count(draw_room(seed, i, cfg), cfg.moved_objects, n)
     root.mkdir(parents=True, exist_ok=True)
     summaries = []
     for i in range(scenes):
@@ -467,6 +447,5 @@ def generate_dataset(out: str | Path, scenes: int, seed: int, cfg: SynthConfig, 
         except BaseException:  # incl. Ctrl-C and MemoryError: leave no half-written scene behind
             shutil.rmtree(root / names[i], ignore_errors=True)
             raise
-    writer.write_label_map_file(root, dict(CATEGORY_NYU40))
-    writer.write_splits(root, names, split)
+    writer.write_dataset_files(root, names, split)
     return summaries

@@ -1,17 +1,6 @@
 """The paper's 2D-3D mismatch knobs: sensor noise, pose errors, moved objects, lost tracking.
 
 All functions take a ``numpy.random.Generator`` and are deterministic given it.
-
-- :func:`noisy_depth`: Gaussian depth noise growing with depth,
-  ``sigma(z) = noise * (1 + (z / 2 m)^2)``, plus dropout holes like a structured
-  light sensor (grazing-angle pixels, smooth blobs and speckle).
-- :func:`recorded_poses`: what the tracker "recorded" vs the pose used to
-  render: per-frame jitter (rotation and translation, in the camera frame) and an
-  accumulated random-walk drift along the trajectory (translation and yaw).
-- :func:`invalid_frames`: frames whose pose is written as ``-inf`` (lost
-  tracking, in short bursts as in ScanNet).
-- :func:`move_objects`: movable furniture displaced between the scanned mesh and
-  the frames (the mesh keeps the original placement).
 """
 from __future__ import annotations
 
@@ -22,7 +11,7 @@ from scipy.signal import lfilter
 from scipy.spatial.transform import Rotation
 from scipy.special import ndtri
 
-from safnet_ros.data.synth.rooms import Room, SceneObject, footprint, move_object
+from safnet_ros.data.synth.rooms import SHELL_CATEGORIES, Room, SceneObject, footprint, move_object
 
 #: Yaw drift per metre of translation drift (degrees per metre): --pose-drift 0.05 -> 0.25 deg.
 YAW_DRIFT_DEG_PER_M = 5.0
@@ -32,7 +21,7 @@ def noisy_depth(rng: np.random.Generator, depth: np.ndarray, incidence: np.ndarr
                 dropout: float) -> np.ndarray:
     """Sensor-like depth (H, W) float32 metres from a clean z-depth image (0 = no return).
 
-    ``noise`` is the std in metres at 0 m (see module docstring); ``dropout`` the
+    ``noise`` is the std in metres at 0 m, ``sigma(z) = noise * (1 + (z / 2 m)^2)``; ``dropout`` the
     fraction of pixels lost in random blobs/speckle, with grazing-angle pixels
     (|cos| < 0.12) dropped as well whenever ``dropout > 0``.
     """
@@ -42,17 +31,19 @@ def noisy_depth(rng: np.random.Generator, depth: np.ndarray, incidence: np.ndarr
         sigma = noise * (1.0 + (out / 2.0) ** 2)
         out += rng.standard_normal((h, w), dtype=np.float32) * sigma.astype(np.float32)
     if dropout > 0:
-        holes = incidence < 0.12
-        # Smooth blobs: a coarse random field, upsampled, thresholded to ~3/4 of the dropout fraction.
-        gh, gw = max(2, h // 12), max(2, w // 12)
-        field = rng.standard_normal((gh, gw)).astype(np.float32)
-        big = _upsample_bilinear(field, h, w) + 0.35 * rng.standard_normal((h, w), dtype=np.float32)
-        # big ~ N(0, 1 + 0.35^2): threshold at the normal quantile instead of sorting the image.
-        holes |= big > float(ndtri(1.0 - 0.75 * dropout)) * math.sqrt(1.0 + 0.35 ** 2)
-        holes |= rng.uniform(size=(h, w)) < 0.25 * dropout
-        out[holes] = 0.0
+        out[(incidence < 0.12) | _random_holes(rng, h, w, dropout)] = 0.0
     out[(depth <= 0) | (out <= 0)] = 0.0
     return out
+
+
+def _random_holes(rng: np.random.Generator, h: int, w: int, dropout: float) -> np.ndarray:
+    """(h, w) bool: about ``dropout`` of the pixels, 3/4 in smooth blobs and 1/4 as speckle."""
+    # Blobs: a coarse random field, upsampled, with pixel noise: ~ N(0, 1 + 0.35^2), so thresholding at
+    # the normal quantile drops ~3/4 of the dropout fraction without sorting the image.
+    field = rng.standard_normal((max(2, h // 12), max(2, w // 12))).astype(np.float32)
+    big = _upsample_bilinear(field, h, w) + 0.35 * rng.standard_normal((h, w), dtype=np.float32)
+    holes = big > float(ndtri(1.0 - 0.75 * dropout)) * math.sqrt(1.0 + 0.35 ** 2)
+    return holes | (rng.uniform(size=(h, w)) < 0.25 * dropout)
 
 
 def _upsample_bilinear(field: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -68,11 +59,6 @@ def _upsample_bilinear(field: np.ndarray, h: int, w: int) -> np.ndarray:
     x0, x1, wx = axis(w, gw)
     rows = field[y0] * (1 - wy)[:, None] + field[y1] * wy[:, None]
     return rows[:, x0] * (1 - wx)[None, :] + rows[:, x1] * wx[None, :]
-
-
-def _rotvec_to_matrix(rv: np.ndarray) -> np.ndarray:
-    """(N, 3) rotation vectors (radians) -> (N, 3, 3) rotation matrices."""
-    return Rotation.from_rotvec(rv).as_matrix()
 
 
 def correlated_noise(rng: np.random.Generator, n: int, dims: int, corr_frames: float) -> np.ndarray:
@@ -107,7 +93,7 @@ def recorded_poses(rng: np.random.Generator, poses: np.ndarray, noise_m: float, 
         rv = n6[:, :3] * math.radians(noise_deg)
         dt = n6[:, 3:] * noise_m
         jitter = np.tile(np.eye(4), (f, 1, 1))
-        jitter[:, :3, :3] = _rotvec_to_matrix(rv)
+        jitter[:, :3, :3] = Rotation.from_rotvec(rv).as_matrix()
         jitter[:, :3, 3] = dt
         out = np.einsum("fij,fjk->fik", out, jitter)
     if drift_m > 0:
@@ -118,7 +104,7 @@ def recorded_poses(rng: np.random.Generator, poses: np.ndarray, noise_m: float, 
         rz = np.zeros((f, 3))
         rz[:, 2] = walk_yaw
         out = out.copy()
-        out[:, :3, :3] = np.einsum("fij,fjk->fik", _rotvec_to_matrix(rz), out[:, :3, :3])
+        out[:, :3, :3] = np.einsum("fij,fjk->fik", Rotation.from_rotvec(rz).as_matrix(), out[:, :3, :3])
         out[:, :3, 3] += walk_t
     return out
 
@@ -142,28 +128,23 @@ def invalid_frames(rng: np.random.Generator, frames: int, fraction: float) -> np
     return mask
 
 
-def move_objects(rng: np.random.Generator, room: Room, amount: float) -> tuple[list[SceneObject], list[dict]]:
-    """Displace movable objects (aligned frame) for the frames; the mesh keeps the originals.
+def move_objects(rng: np.random.Generator, room: Room, count: int) -> tuple[list[SceneObject], list[dict]]:
+    """Displace ``count`` movable objects (aligned frame) for the frames; the mesh keeps the originals.
 
-    ``amount`` < 1 is a fraction of the movable objects (at least one when > 0),
-    >= 1 a count. Each chosen object is shifted 0.3-0.8 m and turned up to
-    ~30 degrees where it stays inside the room and clear of other objects'
-    footprints (40 tries, otherwise it stays put). Returns the objects as seen
-    by the camera and a record per moved object (objectId, category, dx, dy,
-    dyaw in the aligned frame).
+    Each chosen object is shifted 0.3-0.8 m and turned up to ~30 degrees where
+    it stays inside the room and clear of other objects' footprints (40 tries,
+    otherwise it stays put). Returns the objects as seen by the camera and a
+    record per moved object (objectId, category, dx, dy, dyaw in the aligned frame).
     """
     objects = list(room.objects)
     movable = [i for i, o in enumerate(objects) if o.movable]
-    if amount <= 0 or not movable:
+    if count <= 0 or not movable:
         return objects, []
-    n = int(math.floor(amount)) if amount >= 1 else max(1, int(round(amount * len(movable))))
-    n = min(n, len(movable))
-    chosen = [movable[int(k)] for k in rng.permutation(len(movable))[:n]]
-    shell = {"wall", "floor", "ceiling"}
+    chosen = [movable[int(k)] for k in rng.permutation(len(movable))[:count]]
     moved: list[dict] = []
     margin = 0.05
     for i in sorted(chosen):
-        others = [footprint(o) for k, o in enumerate(objects) if k != i and o.category not in shell]
+        others = [footprint(o) for k, o in enumerate(objects) if k != i and o.category not in SHELL_CATEGORIES]
         for _ in range(40):
             dist = float(rng.uniform(0.3, 0.8))
             ang = float(rng.uniform(0, 2 * math.pi))
@@ -238,12 +219,7 @@ def structured_light_depth(rng: np.random.Generator, depth: np.ndarray, incidenc
         # Dark surfaces absorb the projected pattern.
         if luminance is not None:
             holes |= u < np.clip((0.12 - luminance) / 0.12, 0.0, 1.0) * 0.8
-        # Random blobs and speckle.
-        gh, gw = max(2, h // 12), max(2, w // 12)
-        field = rng.standard_normal((gh, gw)).astype(np.float32)
-        big = _upsample_bilinear(field, h, w) + 0.35 * rng.standard_normal((h, w), dtype=np.float32)
-        holes |= big > float(ndtri(1.0 - 0.75 * dropout)) * math.sqrt(1.0 + 0.35 ** 2)
-        holes |= rng.uniform(size=(h, w)) < 0.25 * dropout
+        holes |= _random_holes(rng, h, w, dropout)
     out[holes | ~valid | (out <= 0)] = 0.0
     return out
 

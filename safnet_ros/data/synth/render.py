@@ -7,8 +7,8 @@ our back-projection uses). Because that direction has camera z = 1, open3d's
 hit distance (in units of the direction length) *is* the z-depth.
 
 Colour = procedural albedo at the hit point (:func:`appearance.albedo`) times
-Lambert lighting (:func:`appearance.shade`), with mild vignetting and sensor
-noise; everything is vectorised over the frame's pixels.
+Lambert lighting (:func:`appearance.shade`), with mild vignetting; everything
+is vectorised over the frame's pixels.
 """
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ import open3d as o3d
 
 from safnet_ros.data.synth.appearance import Lighting, MaterialTable, albedo, shade
 from safnet_ros.data.synth.meshes import SceneMesh
+
+#: Darkening of the image corners (1 - VIGNETTING * r^2 / 2, r = 1 at the middle of the left/right edge).
+VIGNETTING = 0.22
 
 
 def pinhole(width: int, height: int, hfov_deg: float = 58.0) -> np.ndarray:
@@ -53,11 +56,10 @@ class Renderer:
     ``table`` its per-part materials and frames, ``lighting`` in world metres.
     """
 
-    def __init__(self, mesh: SceneMesh, table: MaterialTable, lighting: Lighting, nthreads: int = 0):
+    def __init__(self, mesh: SceneMesh, table: MaterialTable, lighting: Lighting):
         self.table = table
         self.lighting = lighting
         self.face_part = mesh.face_part
-        self.nthreads = nthreads
         self.scene = o3d.t.geometry.RaycastingScene()
         tmesh = o3d.t.geometry.TriangleMesh()
         tmesh.vertex.positions = o3d.core.Tensor(mesh.vertices.astype(np.float32))
@@ -78,7 +80,7 @@ class Renderer:
         np.multiply(dirs_cam[:, 0:1], R[:, 0], out=dirs)
         dirs += dirs_cam[:, 1:2] * R[:, 1]
         dirs += dirs_cam[:, 2:3] * R[:, 2]
-        out = self.scene.cast_rays(o3d.core.Tensor(rays), nthreads=self.nthreads)
+        out = self.scene.cast_rays(o3d.core.Tensor(rays))
         t_hit = out["t_hit"].numpy()
         prim = out["primitive_ids"].numpy()
         normals = out["primitive_normals"].numpy()
@@ -95,38 +97,34 @@ class Renderer:
         return DepthRender(depth.reshape(h, w), inc.reshape(h, w))
 
     def render_rgbd(self, camera_to_world: np.ndarray, K_color: np.ndarray, color_size: tuple[int, int],
-                    K_depth: np.ndarray, depth_size: tuple[int, int], noise: np.ndarray | None = None,
-                    ) -> tuple[np.ndarray, DepthRender]:
-        """Colour (as :meth:`render_color`) and depth (as :meth:`render_depth`); one ray cast when the
-        depth camera equals the colour camera (same intrinsics and size)."""
+                    K_depth: np.ndarray, depth_size: tuple[int, int]) -> tuple[np.ndarray, DepthRender]:
+        """Colour (Hc, Wc, 3) float32 in 0..1 and depth of one pose; one ray cast when the depth camera
+        equals the colour camera (same intrinsics and size)."""
         cast = self._cast(camera_to_world, K_color, color_size)
-        color = self._color_from_cast(camera_to_world, color_size, *cast, noise=noise)
-        if tuple(color_size) == tuple(depth_size) and np.allclose(K_color, K_depth):
-            depth_cast = cast
-        else:
-            depth_cast = self._cast(camera_to_world, K_depth, depth_size)
-        d = self._depth_from_cast(depth_size, depth_cast[0], depth_cast[1], depth_cast[3])
-        prim = depth_cast[2]
-        hit = np.isfinite(depth_cast[1])
+        color = self._color_from_cast(camera_to_world, color_size, *cast)
+        if tuple(color_size) != tuple(depth_size) or not np.allclose(K_color, K_depth):
+            cast = self._cast(camera_to_world, K_depth, depth_size)
+        dirs, t_hit, prim, normals = cast
+        d = self._depth_from_cast(depth_size, dirs, t_hit, normals)
+        hit = np.isfinite(t_hit)
         glass = np.zeros(len(prim), dtype=bool)
         if hit.any():
             glass[hit] = self.table.emissive[self.face_part[prim[hit]]]
         d.glass = glass.reshape(depth_size[1], depth_size[0])
         return color, d
 
-    def _vignette(self, size: tuple[int, int], strength: float) -> np.ndarray:
-        key = ("vignette", tuple(size), strength)
+    def _vignette(self, size: tuple[int, int]) -> np.ndarray:
+        key = ("vignette", tuple(size))
         v = self._ray_cache.get(key)
         if v is None:
             w, h = size
             u = (np.arange(w) - w / 2.0) / (w / 2.0)
             y = (np.arange(h) - h / 2.0) / (w / 2.0)
             r2 = y[:, None] ** 2 + u[None, :] ** 2
-            v = self._ray_cache[key] = (1.0 - strength * r2 / 2.0).astype(np.float32)[:, :, None]
+            v = self._ray_cache[key] = (1.0 - VIGNETTING * r2 / 2.0).astype(np.float32)[:, :, None]
         return v
 
-    def _color_from_cast(self, camera_to_world, size, dirs, t_hit, prim, normals, noise=None,
-                         vignetting: float = 0.22) -> np.ndarray:
+    def _color_from_cast(self, camera_to_world, size, dirs, t_hit, prim, normals) -> np.ndarray:
         w, h = size
         hit = np.isfinite(t_hit)
         all_hit = bool(hit.all())
@@ -140,8 +138,5 @@ class Renderer:
             base = albedo(self.table, part, pts, nrm)
             rgb[sel] = shade(base, self.table.emissive[part], pts, nrm, self.lighting)
         rgb = rgb.reshape(h, w, 3)
-        if vignetting:
-            rgb *= self._vignette(size, vignetting)
-        if noise is not None:
-            rgb += noise
+        rgb *= self._vignette(size)
         return np.clip(rgb, 0.0, 1.0, out=rgb)

@@ -17,14 +17,10 @@ with random sizes and positions:
 - middle: dining table with chairs.
 
 The room type (:data:`ROOM_ZONES`) picks the zones, so rooms have class mixes
-like real ones; a "studio" has every zone and so all 20 benchmark classes
-(wall 1, floor 2, cabinet 3, bed 4, chair 5, sofa 6, table 7, door 8, window
-9, bookshelf 10, picture 11, counter 12, desk 14, curtain 16, refrigerator 24,
-shower curtain 28, toilet 33, sink 34, bathtub 36, otherfurniture 39). Every
-room also holds classes the benchmark ignores (ceiling 22, pillow 18, lamp 35,
-box 29, night stand 32, clothes 21, books 23, television 25, towel 27, bag 37,
-whiteboard 30, other props 40). The ceiling is the last object and, as in a
-real scan, part of the scanned mesh where the camera saw it.
+like real ones; a "studio" has every zone and so all 20 benchmark classes. Every
+room also holds classes the benchmark ignores (:data:`CATEGORY_NYU40`). The
+ceiling is the last object and, as in a real scan, part of the scanned mesh
+where the camera saw it.
 
 The scanned room is then placed in the world by a rotation about z and a
 translation (:attr:`Room.world_from_aligned`), like a raw ScanNet scan; the
@@ -32,7 +28,6 @@ scene's ``axisAlignment`` is the inverse of that transform.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -73,6 +68,8 @@ ROOM_ZONES: dict[str, frozenset[str]] = {
     "studio": frozenset({"bath", "vanity", "kitchen", "bed", "curtains", "living", "shelf", "cabinet", "office",
                          "trash", "dining"}),
 }
+#: Room types (class mixes) a scene can draw from; "studio" holds all 20 benchmark classes.
+ROOM_TYPES: tuple[str, ...] = tuple(ROOM_ZONES)
 
 
 @dataclass
@@ -118,8 +115,8 @@ class Room:
     """A generated room: its size, objects (aligned frame) and placement in the world.
 
     ``world_from_aligned`` (4, 4) maps aligned coordinates to the world frame
-    the mesh and the poses are written in; ``light`` (3,) is the point light in
-    the aligned frame.
+    the mesh and the poses are written in; ``lights`` (L, 3) are the ceiling
+    lights in the aligned frame, ``light_intensity`` (L,) their strengths.
     """
 
     width: float
@@ -127,8 +124,6 @@ class Room:
     height: float
     objects: list[SceneObject]
     world_from_aligned: np.ndarray
-    light: np.ndarray
-    palette: dict[str, Material] = field(default_factory=dict)
     room_type: str = "studio"
     lights: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     light_intensity: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -162,11 +157,7 @@ def _cyl(x: float, y: float, z0: float, dx: float, dy: float, h: float, mat: Mat
 def _place(parts: list[Part], x: float, y: float, yaw: float) -> list[Part]:
     """Object-local parts -> room (aligned) frame: rotate by ``yaw`` about z, then move to (x, y)."""
     r = rot_z(yaw)
-    out = []
-    for p in parts:
-        c = r @ p.center + np.array([x, y, 0.0])
-        out.append(replace(p, center=c, yaw=p.yaw + yaw))
-    return out
+    return [replace(p, center=r @ p.center + np.array([x, y, 0.0]), yaw=p.yaw + yaw) for p in parts]
 
 
 def _hollow_box(x: float, y: float, z0: float, sx: float, sy: float, sz: float, wall: float,
@@ -454,11 +445,9 @@ def generate_room(rng: np.random.Generator, max_rotation_deg: float = 15.0,
     # --- shell: walls (with holes behind doors/windows/pictures), floor, ceiling ----
     wall_specs = {"S": (W / 2, 0.0, 0.0, W), "N": (W / 2, D, math.pi, W),
                   "W": (0.0, D / 2, -math.pi / 2, D), "E": (W, D / 2, math.pi / 2, D)}
-    shell: list[SceneObject] = []
-    for name, (x, y, yaw, length) in wall_specs.items():
-        part = Part("box", np.array([x, y, H / 2]), np.array([length, 0.0, H]), mats["wall"], yaw, ("+y",),
-                    tuple(L.wall_holes[name]))
-        shell.append(SceneObject(0, "wall", [part]))
+    shell = [SceneObject(0, "wall", [Part("box", np.array([x, y, H / 2]), np.array([length, 0.0, H]), mats["wall"],
+                                          yaw, ("+y",), tuple(L.wall_holes[name]))])
+             for name, (x, y, yaw, length) in wall_specs.items()]
     shell.append(SceneObject(0, "floor", [Part("box", np.array([W / 2, D / 2, 0.0]), np.array([W, D, 0.0]),
                                                mats["floor"], 0.0, ("+z",))]))
     ceiling = SceneObject(0, "ceiling", [Part("box", np.array([W / 2, D / 2, H]), np.array([W, D, 0.0]),
@@ -480,7 +469,7 @@ def generate_room(rng: np.random.Generator, max_rotation_deg: float = 15.0,
                                   for _ in range(max(0, lights - 1))]
     light_pos = np.array([[x, y, H - 0.15] for x, y in lamp_xy]).reshape(-1, 3)
     intensity = rng.uniform(0.6, 1.0, size=len(light_pos)) * (1.6 / math.sqrt(max(len(light_pos), 1)))
-    return Room(W, D, H, objects, world, np.array([W / 2, D / 2, H - 0.1]), mats, room_type, light_pos, intensity)
+    return Room(W, D, H, objects, world, room_type, light_pos, intensity)
 
 
 def _extras(L: _Layout, mats: dict[str, Material], locals_: dict) -> None:
@@ -547,19 +536,13 @@ def move_object(obj: SceneObject, dx: float, dy: float, dyaw: float) -> SceneObj
     fp = footprint(obj)
     c = np.array([(fp[0] + fp[2]) / 2, (fp[1] + fp[3]) / 2, 0.0])
     r = rot_z(dyaw)
-    parts = [replace(p, center=r @ (p.center - c) + c + np.array([dx, dy, 0.0]), yaw=p.yaw + dyaw) for p in obj.parts]
-    moved = copy.copy(obj)
-    moved.parts = parts
-    return moved
+    return replace(obj, parts=[replace(p, center=r @ (p.center - c) + c + np.array([dx, dy, 0.0]), yaw=p.yaw + dyaw)
+                               for p in obj.parts])
 
 
 def to_world(room: Room, objects: list[SceneObject]) -> list[SceneObject]:
     """Copies of ``objects`` with parts expressed in the world frame (``room.world_from_aligned``)."""
     m = room.world_from_aligned
     yaw = math.atan2(m[1, 0], m[0, 0])
-    out = []
-    for obj in objects:
-        o = copy.copy(obj)
-        o.parts = [replace(p, center=m[:3, :3] @ p.center + m[:3, 3], yaw=p.yaw + yaw) for p in obj.parts]
-        out.append(o)
-    return out
+    return [replace(obj, parts=[replace(p, center=m[:3, :3] @ p.center + m[:3, 3], yaw=p.yaw + yaw) for p in obj.parts])
+            for obj in objects]

@@ -1,25 +1,8 @@
-"""Camera paths through a room: a handheld scan in free space, and the older outward loop.
+"""Camera paths through a room: a handheld scan in free space (:func:`scan_trajectory`, ``--trajectory
+scan``) and the older outward loop (:func:`handheld_trajectory`, ``--trajectory loop``).
 
-:func:`scan_trajectory` (the default, ``--trajectory scan``) is how a person
-scans a furnished room for ScanNet: it walks the free floor (a grid of cells
-clear of walls and furniture footprints; detours around furniture are shortest
-paths on it) on loops at varying distance from the walls, with vertical
-sweeps, sideways sway, inward views and close passes of furniture; see its
-docstring.
-
-:func:`handheld_trajectory` (``--trajectory loop``): the camera walks a
-rounded-rectangle loop at least 1.3 m inside the walls (28 % of the room's
-size from each wall), at 1.2-1.7 m height, looking outwards at the walls and the furniture along them
-with a slow sideways sway (so it also glances along the walls and into the
-middle of the room), pitched down 13-37 degrees, with a little roll and hand
-jitter. All motion is smooth (sums of low-frequency sinusoids of the loop
-angle) and deterministic given the generator.
-
-Speed along the loop sets how much consecutive frames overlap: by default the
-``frames`` frames cover exactly one loop; ``overlap`` in (0, 1) instead makes the
-view direction advance ``(1 - overlap)`` of the horizontal field of view per
-frame (0.98 -> 2 % new content per frame; lower values give sparser, faster
-scans that may loop several times).
+Both are deterministic given the generator and return (frames, 4, 4) camera-to-world
+poses in the room's aligned frame ``[0, W] x [0, D]``.
 """
 from __future__ import annotations
 
@@ -51,10 +34,14 @@ def look_at_pose(position: np.ndarray, yaw: float, pitch: float, roll: float = 0
 
 def handheld_trajectory(rng: np.random.Generator, width: float, depth: float, frames: int,
                         overlap: float | None = None, hfov_deg: float = 58.0, margin: float = 1.3) -> np.ndarray:
-    """(frames, 4, 4) camera-to-world poses in the room's aligned frame ``[0, W] x [0, D]``.
+    """The outward loop: (frames, 4, 4) camera-to-world poses in the room's aligned frame.
 
-    See the module docstring for the motion model; ``margin`` is the distance
-    of the loop from the walls in metres.
+    The camera walks a rounded-rectangle loop at least ``margin`` metres (and 28 %
+    of the room's size) inside the walls, at 1.2-1.7 m height, looking outwards
+    with a slow sideways sway, pitched down 13-37 degrees, with a little roll and
+    hand jitter; all motion is smooth (low-frequency sinusoids of the loop angle).
+    By default the frames cover one loop; ``overlap`` in (0, 1) instead advances
+    the view ``(1 - overlap)`` of the horizontal field of view per frame.
     """
     if frames <= 0:
         return np.zeros((0, 4, 4))
@@ -205,19 +192,11 @@ def scan_trajectory(rng: np.random.Generator, width: float, depth: float, height
                     frames_per_loop: int = 300) -> np.ndarray:
     """(frames, 4, 4) camera-to-world poses of a handheld scan of a furnished room (aligned frame).
 
-    The way a person scans a room for ScanNet: the camera is carried around the
-    room in free space (:func:`free_space`: never inside or over furniture) on
-    loops whose distance from the walls varies (0.6-2.2 m; one loop per
-    ``frames_per_loop`` frames, later loops on other distances), with
-    - vertical sweeps (pitch from 35 degrees up to 60 down) that see the upper
-      walls, the ceiling edge and the floor near the walls,
-    - sideways sway, so it looks along the walls as well as at them,
-    - inward-facing episodes that look across the room at its middle,
-    - close passes: where the path passes within 1.5 m of a piece of furniture
-      (``targets`` (K, 3): its centre, aligned frame), the view turns to it,
-    - hand motion: height 1.2-1.7 m, roll of a few degrees, smooth positional
-      and angular jitter.
-    ``footprints`` (K', 4) are the obstacles ``[xmin, ymin, xmax, ymax]``.
+    The way a person scans a room for ScanNet (docs/synthetic_data.md, step 2):
+    loops in free space (:func:`free_space`) at varying distance from the walls,
+    one per ``frames_per_loop`` frames, with vertical sweeps, sideways sway,
+    inward views and close passes of furniture (``targets`` (K, 3): its centre,
+    aligned frame). ``footprints`` (K', 4) are the obstacles ``[xmin, ymin, xmax, ymax]``.
     Raises ValueError when the room has no free space for the walk.
     """
     if frames <= 0:
@@ -242,8 +221,8 @@ def scan_trajectory(rng: np.random.Generator, width: float, depth: float, height
     k = 1.8
     c, sn = np.tanh(k * np.cos(phi)) / math.tanh(k), np.tanh(k * np.sin(phi)) / math.tanh(k)
 
-    def at(inset: np.ndarray, rows=slice(None)) -> np.ndarray:
-        return np.stack([width / 2 + c[rows] * (width / 2 - inset), depth / 2 + sn[rows] * (depth / 2 - inset)], -1)
+    def at(inset: np.ndarray) -> np.ndarray:
+        return np.stack([width / 2 + c * (width / 2 - inset), depth / 2 + sn * (depth / 2 - inset)], -1)
 
     cand = np.arange(0.4, max_inset + 1e-9, GRID_CELL)
     pts = np.stack([width / 2 + c[:, None] * (width / 2 - cand[None, :]),

@@ -1,14 +1,6 @@
-"""ScanNet scene-folder files of a synthetic scene (besides the ``.sens``).
-
-Writes, in ScanNet's shapes: ``<name>_vh_clean_2.ply`` and ``.labels.ply``
-(through :func:`safnet_ros.data.ply.write_scannet_mesh`),
-``<name>.aggregation.json`` (segGroups with id/objectId/segments/label),
-``<name>_vh_clean_2.0.010000.segs.json`` (one segment id per vertex),
-``<name>.txt`` (``axisAlignment = ...`` and the camera lines ScanNet has), plus
-our own ``<name>.synth.json`` (generator settings and ground truth of the
-perturbations) and ``<name>.synth_true_poses.npy`` (F, 4, 4) float64, the
-poses the frames were rendered from. Dataset-level files: the label map
-(:func:`safnet_ros.data.scannet.write_label_map`) and split lists.
+"""The files of a synthetic scene besides the ``.sens``, in ScanNet's shapes (meshes, segmentation,
+``<name>.txt``), our ground truth beside them (``<name>.synth.json``, ``<name>.synth_true_poses.npy``)
+and the dataset-level label map and split lists.
 """
 from __future__ import annotations
 
@@ -21,22 +13,19 @@ import numpy as np
 from safnet_ros.data.labels import class_colors, nyu40_to_class
 from safnet_ros.data.ply import write_scannet_mesh
 from safnet_ros.data.scannet import write_label_map
+from safnet_ros.data.synth.rooms import CATEGORY_NYU40
 
 #: ScanNet's over-segmentation parameters as they appear in ``segs.json``.
 SEGS_PARAMS = {"kThresh": "0.0001", "segMinVerts": "20", "minPoints": "750", "maxPoints": "5000",
                "thinThresh": "0.05", "flatThresh": "0.001", "minLength": "0.02", "maxLength": "1"}
 
 
-def label_colors(nyu40: np.ndarray) -> np.ndarray:
-    """(N,) nyu40 ids -> (N, 3) uint8 colours of ``.labels.ply`` (benchmark palette; ignored ids black)."""
-    return class_colors(nyu40_to_class(nyu40))
-
-
 def write_meshes(scene_dir: Path, name: str, xyz: np.ndarray, rgb: np.ndarray, faces: np.ndarray,
                  nyu40: np.ndarray) -> None:
-    """``_vh_clean_2.ply`` (xyz, RGBA, faces) and ``_vh_clean_2.labels.ply`` (same geometry, label colours, label)."""
+    """``_vh_clean_2.ply`` (xyz, RGBA, faces) and ``_vh_clean_2.labels.ply`` (same geometry, the benchmark
+    palette's colours with ignored ids black, label)."""
     write_scannet_mesh(scene_dir / f"{name}_vh_clean_2.ply", xyz, rgb, faces)
-    write_scannet_mesh(scene_dir / f"{name}_vh_clean_2.labels.ply", xyz, label_colors(nyu40), faces,
+    write_scannet_mesh(scene_dir / f"{name}_vh_clean_2.labels.ply", xyz, class_colors(nyu40_to_class(nyu40)), faces,
                        labels=nyu40.astype(np.uint16))
 
 
@@ -52,13 +41,8 @@ def write_segmentation(scene_dir: Path, name: str, segment: np.ndarray, vertex_o
                                   "segIndices": [int(s) for s in segment]})
     seg_ids, first = np.unique(segment, return_index=True)
     seg_object = vertex_object[first]
-    groups = []
-    for obj_id, category in enumerate(categories):
-        segs = seg_ids[seg_object == obj_id]
-        if len(segs) == 0:
-            continue
-        groups.append({"id": obj_id, "objectId": obj_id, "segments": [int(s) for s in segs],
-                       "label": category})
+    groups = [{"id": k, "objectId": k, "segments": [int(s) for s in seg_ids[seg_object == k]], "label": category}
+              for k, category in enumerate(categories) if (seg_object == k).any()]
     _dump(scene_dir / f"{name}.aggregation.json",
           {"sceneId": f"scannet.{name}", "appId": "Aggregator.v2", "segGroups": groups,
            "segmentsFile": f"scannet.{segs_file}"})
@@ -94,11 +78,10 @@ def write_synth_meta(scene_dir: Path, name: str, meta: dict, true_poses: np.ndar
     np.save(scene_dir / f"{name}.synth_true_poses.npy", np.asarray(true_poses, dtype=np.float64))
 
 
-def write_label_map_file(out: Path, mapping: dict[str, int]) -> Path:
-    """``OUT/scannetv2-labels.combined.tsv`` through the shared writer."""
-    path = out / "scannetv2-labels.combined.tsv"
-    write_label_map(path, mapping)
-    return path
+def write_dataset_files(out: Path, names: list[str], split: str | None) -> None:
+    """``OUT/scannetv2-labels.combined.tsv`` (every category the generator uses) and the split lists."""
+    write_label_map(out / "scannetv2-labels.combined.tsv", CATEGORY_NYU40)
+    write_splits(out, names, split)
 
 
 def write_splits(out: Path, names: list[str], split: str | None) -> dict[str, list[str]]:

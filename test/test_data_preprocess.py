@@ -326,3 +326,9 @@ def test_bad_scenes_are_counted_not_fatal(synth_root, tmp_path, capsys):
     assert f"failed: {second}" in text and f"no frames (3D-only): {first}" in text
     assert scene_is_complete(tmp_path / "out" / first) and not (tmp_path / "out" / second).exists()
     assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("text", ["[]", "3", "not json", '{"complete": false}'])
+def test_a_meta_json_that_is_not_a_finished_scene_is_not_complete(tmp_path, text):
+    (tmp_path / "meta.json").write_text(text)
+    assert not scene_is_complete(tmp_path)

@@ -128,7 +128,7 @@ def scene_is_complete(scene_out: Path) -> bool:
         return False
     try:
         return bool(json.loads(meta.read_text()).get("complete"))
-    except (ValueError, OSError):
+    except (ValueError, OSError, AttributeError):  # not JSON, unreadable, not an object
         return False
 
 

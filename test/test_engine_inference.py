@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from safnet_ros.data.labels import IGNORE_INDEX
+from safnet_ros.engine import inference
 from safnet_ros.engine.batching import PosedView, build_chunk_sample, chunk_box, collate, in_box, near_chunk
 from safnet_ros.engine.inference import Segmenter, _Part, voxel_downsample
 from safnet_ros.errors import ModelLoadError
@@ -337,3 +338,30 @@ def test_the_q_points_near_a_chunk_are_those_in_its_grown_bounding_box():
     assert np.array_equal(near_chunk(q, chunk, 0.3), expected)
     assert chunk_box(np.full((3, 3), np.nan, np.float32)) is None
     assert not near_chunk(q, np.full((3, 3), np.nan, np.float32)).any()
+
+
+def test_views_prepared_between_clouds_are_not_encoded_again_and_change_nothing(monkeypatch):
+    """The node's idle work: views prepared before a cloud give that cloud the labels it would get
+    without preparing, and the cloud runs no 2D pass and no back-projection for them."""
+    from safnet_ros.engine.pipeline import KEPT, SegmentationPipeline
+    from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
+
+    pts, views = _two_rooms_views()
+    reference = _lite_segmenter(chunk_stride=0.5).segment(pts, views)
+    seg = _lite_segmenter(chunk_stride=0.5)
+    pipeline = SegmentationPipeline(seg, ViewBuffer(max_views=10, policy=KeyframePolicy(0.0, 0.0, 0.0)))
+    for i, view in enumerate(views):
+        frame = (view.color, view.depth, view.K)
+        assert pipeline.offer_frame(float(i), view.camera_to_world, lambda f=frame: f) == KEPT
+    calls, backprojected = [], []
+    seg.model.net2d.register_forward_hook(lambda *_: calls.append(1))
+    assert pipeline.prepare_new_views(limit=1) == 1 and len(seg._backprojected) == 1
+    assert pipeline.prepare_new_views(limit=5) == 1 and pipeline.prepare_new_views() == 0
+    assert len(calls) == 2 and len(seg._features) == len(seg._backprojected) == 2
+    original = inference.backproject_views
+    monkeypatch.setattr(inference, "backproject_views", lambda v: backprojected.append(1) or original(v))
+    out = pipeline.segment_cloud(pts, np.eye(4)).result
+    assert len(calls) == 2 and backprojected == []  # both views were ready
+    assert out.views_used == reference.views_used == [0, 1]
+    np.testing.assert_array_equal(out.labels, reference.labels)
+    np.testing.assert_allclose(out.probs, reference.probs, atol=1e-6)

@@ -343,10 +343,14 @@ def test_labeled_cloud_matches_offline_segmentation(harness, model_path):
     h = harness
     base = h.base_stamp()
     h.node.buffer.clear()
+    prepared = h.node.stats.get("views_prepared_idle")
     sent = h.publish_views(base)
     if not wait_until(lambda: len(h.node.buffer) == 3, 10.0):  # best effort: resend once
         sent = h.publish_views(base)
     assert wait_until(lambda: len(h.node.buffer) == 3, 10.0), h.node.stats.counters
+    # The idle worker encodes and back-projects the kept views before any cloud needs them
+    # (the labels below must still equal the offline run's, which prepared nothing).
+    assert wait_until(lambda: h.node.stats.get("views_prepared_idle") >= prepared + 3, 10.0), h.node.stats.counters
     cloud_t = base + 1.2
     msg, local = lidar_cloud(0.2, cloud_t)
     h.pub_cloud.publish(msg)

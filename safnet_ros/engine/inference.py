@@ -375,6 +375,26 @@ class Segmenter:
         self._backprojected.move_to_end(key)
         return found
 
+    def prepare_views(self, views: Sequence[PosedView]) -> int:
+        """Encode and back-project those of ``views`` not cached yet (one 2D forward), so that a cloud
+        using them later finds their 2D features and pixels ready; returns how many it prepared.
+
+        The node calls it for newly kept keyframes while no cloud waits: per-view work then runs
+        between clouds instead of inside the next cloud's latency. Its outputs are the ones
+        :meth:`segment` would compute, so labels do not change.
+        """
+        if self.num_views <= 0 or not views:
+            return 0
+        keys = [view_key(v) for v in views]
+        todo = [(k, v) for k, v in zip(keys, views) if k not in self._features or k not in self._backprojected]
+        if not todo:
+            return 0
+        self._encoded([v for _, v in todo], [k for k, _ in todo])
+        for key, view in todo:
+            self._backprojection(view, key)
+        self._evict()
+        return len(todo)
+
     def clear_cache(self) -> None:
         """Forget cached 2D features and back-projections (e.g. after the model changed)."""
         self._features.clear()

@@ -8,10 +8,13 @@ looked up, then the pose in :meth:`~SegmentationPipeline.offer_frame`), one
 decode and resize of each keyframe into the
 :class:`~safnet_ros.engine.view_buffer.ViewBuffer`, the segmentation of each
 cloud in the fixed frame and the fusion of its probabilities into the semantic map.
+Newly kept views wait in a queue for :meth:`~SegmentationPipeline.prepare_new_views`, which the
+node's worker runs while no cloud waits.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -66,6 +69,9 @@ class SegmentationPipeline:
         self.segmenter = segmenter
         self.buffer = buffer
         self.semantic_map = semantic_map
+        # Views kept since the last prepare_new_views (deque: appended by the frame thread, taken by the
+        # segmenting one); bounded, the oldest would have left the buffer first.
+        self._new_views: deque[PosedView] = deque(maxlen=64)
 
     # ------------------------------------------------------------------ frames
     def frame_due(self, stamp_s: float, camera: str = "") -> bool:
@@ -90,7 +96,23 @@ class SegmentationPipeline:
         color, depth, K = decode()
         view = prepare_view(color, depth, K, pose, stamp=stamp_s)
         view.camera = camera
-        return KEPT if self.buffer.offer(view) else REFUSED
+        if not self.buffer.offer(view):
+            return REFUSED
+        self._new_views.append(view)
+        return KEPT
+
+    def prepare_new_views(self, limit: int = 2) -> int:
+        """Encode and back-project up to ``limit`` of the views kept since the last call (oldest first;
+        the segmenter's ``prepare_views``), so that the next cloud finds them ready; returns how many
+        views it took. Call it on the thread that segments, while no cloud waits."""
+        prepare = getattr(self.segmenter, "prepare_views", None)
+        batch = []
+        while self._new_views and len(batch) < limit:
+            batch.append(self._new_views.popleft())
+        if prepare is None or not batch:
+            return 0
+        prepare(batch)
+        return len(batch)
 
     # ------------------------------------------------------------------ clouds
     def segment_cloud(self, xyz: np.ndarray, T_fixed_cloud: np.ndarray) -> CloudOutput:

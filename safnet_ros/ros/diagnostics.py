@@ -22,6 +22,7 @@ COUNTERS: dict[str, str] = {
     "frames_synced": "matched (rgb, depth, camera_info) sets",
     "views_kept": "views added to the buffer",
     "views_not_keyframe": "views refused by the keyframe policy",
+    "views_prepared_idle": "kept views encoded and back-projected by the worker while no cloud waited",
     "decode_errors": "messages that could not be decoded (skipped)",
     "tf_failures": "clouds or views skipped for a missing transform",
     "frames_waiting_tf": "frames set aside until their transform arrives (retried by a timer)",

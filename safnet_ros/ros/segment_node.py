@@ -710,6 +710,8 @@ class SegmentNode(LifecycleNode):
         while not self._stop.is_set():
             item = self._mailbox.take(timeout=0.0)
             if item is None:
+                if self._prepare_new_views():
+                    continue
                 self._worker_idle.set()
                 item = self._mailbox.take(timeout=0.1)
                 if item is None:
@@ -723,6 +725,22 @@ class SegmentNode(LifecycleNode):
                 self.stats.count("worker_errors")
                 self.get_logger().error(f"segmentation of a cloud failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=WARN_PERIOD_S)
+
+    def _prepare_new_views(self) -> int:
+        """While no cloud waits: 2D features and back-projection of up to two newly kept views, so that the
+        next cloud does not pay for them (a cloud that meets many new views kept the worker longest)."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return 0
+        try:
+            prepared = pipeline.prepare_new_views()
+        except Exception as exc:  # noqa: BLE001 - the cloud that uses the view will report the problem
+            self.get_logger().warning(f"preparing a view failed: {type(exc).__name__}: {exc}",
+                                      throttle_duration_sec=WARN_PERIOD_S)
+            return 0
+        if prepared:
+            self.stats.count("views_prepared_idle", prepared)
+        return prepared
 
     def _choose_threads(self) -> None:
         """torch threads of this (the worker) thread for the next cloud: ``threads``, or with 0 the cores

@@ -29,7 +29,6 @@ def set_global_args(args: Optional[Sequence[str]]) -> None:
     _global_args = None if args is None else list(args)
 
 
-
 def ros_args(argv: Iterable[str]) -> list[str]:
     """The tokens inside ``--ros-args ... [--]`` sections of ``argv``, in order."""
     out: list[str] = []
@@ -100,7 +99,6 @@ def given_parameters(argv: Iterable[str], fqn: str) -> dict[str, str]:
             for name in params_file_names(nxt, fqn):
                 given.setdefault(name, f"--params-file {nxt}")
     return given
-
 
 
 def warn_undeclared(node: Any, cli_args: Optional[Sequence[str]] = None,

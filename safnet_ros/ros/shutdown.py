@@ -39,7 +39,6 @@ def requested(context: Any = None, exc: Optional[BaseException] = None) -> bool:
         return True
 
 
-
 def install_sigterm() -> None:
     """Make SIGTERM interrupt the main thread as SIGINT does (call before ``rclpy.init``): rclpy's handler
     then calls it, so a long model load stops at once instead of running on against a dead context."""

@@ -630,19 +630,17 @@ class SegmentNode(LifecycleNode):
         """Offer a frame at its pose; a frame whose transform has not arrived yet is set aside for retries
         (returns True then)."""
         try:
-            pose = self._lookup_pose(frame.frame_id, frame.depth.header.stamp, 0.0)
-        except (compat.ExtrapolationException, compat.LookupException) as exc:
-            if not self._transforms_passed(frame):
-                if not frame.waiting:
-                    frame.waiting = True
-                    self.stats.count("frames_waiting_tf")
-                self._set_aside(frame)
-                return True
-            try:  # once more: /tf (its own thread) may have brought them since the first lookup
+            try:
                 pose = self._lookup_pose(frame.frame_id, frame.depth.header.stamp, 0.0)
-            except compat.TransformException:
-                self._tf_failed("an RGB-D frame", frame.frame_id, exc)
-                return False
+            except (compat.ExtrapolationException, compat.LookupException):
+                if not self._transforms_passed(frame):
+                    if not frame.waiting:
+                        frame.waiting = True
+                        self.stats.count("frames_waiting_tf")
+                    self._set_aside(frame)
+                    return True
+                # once more: /tf (its own thread) may have brought them since the first lookup
+                pose = self._lookup_pose(frame.frame_id, frame.depth.header.stamp, 0.0)
         except compat.TransformException as exc:
             self._tf_failed("an RGB-D frame", frame.frame_id, exc)
             return False
@@ -853,7 +851,7 @@ class SegmentNode(LifecycleNode):
             snap, grown, self.get_clock().now().to_msg(), name=f"{self.get_name()}: segmentation",
             hardware_id=self.device,
         )
-        input_watchdog.check(self, self.input_watchdog, snap.counters, msg.status[0], WARN_PERIOD_S)
+        self.input_watchdog.check(snap.counters, msg.status[0], self.get_logger(), WARN_PERIOD_S)
         self.pub_diag.publish(msg)
 
     # ------------------------------------------------------------------ shutdown

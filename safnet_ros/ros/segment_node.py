@@ -846,11 +846,8 @@ class SegmentNode(LifecycleNode):
                                    extra={"fixed_frame": self.fixed_frame, "backends": compat.backends(),
                                           **self.semantic_map.diagnostics(),
                                           **{f"last_{k}": f"{v:.4f}" for k, v in self.last_timings.items()}})
-        grown = self.stats.new_since_last_report(("worker_errors", "decode_errors", "tf_failures", "clouds_dropped"))
-        msg = stats_to_diagnostics(
-            snap, grown, self.get_clock().now().to_msg(), name=f"{self.get_name()}: segmentation",
-            hardware_id=self.device,
-        )
+        msg = stats_to_diagnostics(snap, self.stats.new_since_last_report(), self.get_clock().now().to_msg(),
+                                   name=f"{self.get_name()}: segmentation", hardware_id=self.device)
         self.input_watchdog.check(snap.counters, msg.status[0], self.get_logger(), WARN_PERIOD_S)
         self.pub_diag.publish(msg)
 

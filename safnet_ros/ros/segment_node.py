@@ -232,19 +232,23 @@ class SegmentNode(LifecycleNode):
 
     def _setup(self) -> None:
         """Parameters, the view buffer and the map (no ROS entity besides the lifecycle services)."""
-        # every bad parameter is noted and all are raised together, in one line (ros/param_audit.py)
-        errors = param_audit.ParameterErrors(self._declare_parameters())
+        errors = self._declare_parameters()  # every bad parameter: all are raised together, in one line
         p = self._param
         self.fixed_frame = str(p("fixed_frame")).lstrip("/")
         if not self.fixed_frame:
-            errors.errors.append("parameter 'fixed_frame' = '' must not be empty")
+            errors.append("parameter 'fixed_frame' = '' must not be empty")
             self.fixed_frame = "map"  # only so the other checks can run: the node does not start
-        with errors.check(f"parameter 'device' = {p('device')!r}: "):
+        try:
             resolve_node_device(p("device"), False)  # its spelling, before any model is loaded
+        except ConfigError as exc:
+            errors.append(f"parameter 'device' = {p('device')!r}: {exc}")
         self._probabilities = p("probabilities")
-        with errors.check():  # ConfigError for bad map_* values: a parameter error (exit 2)
+        try:
             self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)
-        errors.raise_if_any(ParameterError)
+        except ConfigError as exc:  # bad map_* values: a parameter error (exit 2)
+            errors.append(str(exc))
+        if errors:
+            raise ParameterError("; ".join(errors))
         # jump_tolerance inf: the node judges time jumps itself, per input stream
         self.buffer = ViewBuffer(max_views=p("buffer_max_views"), max_mb=p("buffer_max_mb"),
                                  policy=self._policy_from_params(), jump_tolerance=float("inf"))

@@ -136,15 +136,13 @@ def stats_to_diagnostics(snap: StatsSnapshot, grown: dict[str, int], stamp: Any,
     """
     status = DiagnosticStatus(name=name, hardware_id=hardware_id, level=DiagnosticStatus.OK)
     problems = []
-    if grown.get("worker_errors", 0):
-        status.level = DiagnosticStatus.ERROR
-        problems.append(f"{grown['worker_errors']} worker errors")
-    for key, what in (("decode_errors", "undecodable messages"), ("tf_failures", "missing transforms"),
-                      ("clouds_dropped", "dropped clouds")):
+    for key, what, level in (("worker_errors", "worker errors", DiagnosticStatus.ERROR),
+                             ("decode_errors", "undecodable messages", DiagnosticStatus.WARN),
+                             ("tf_failures", "missing transforms", DiagnosticStatus.WARN),
+                             ("clouds_dropped", "dropped clouds", DiagnosticStatus.WARN)):
         if grown.get(key, 0):
             problems.append(f"{grown[key]} {what}")
-            if status.level == DiagnosticStatus.OK:
-                status.level = DiagnosticStatus.WARN
+            status.level = max(status.level, level)
     status.message = "; ".join(problems) if problems else "segmenting"
     values = {"latency_last_s": _fmt(snap.latency_last), "latency_mean_s": _fmt(snap.latency_mean),
               "latency_max_s": _fmt(snap.latency_max), "rate_hz": _fmt(snap.rate_hz, 3),

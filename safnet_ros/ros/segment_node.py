@@ -452,9 +452,7 @@ class SegmentNode(LifecycleNode):
         if not self.cameras:
             topics = {"": (p("rgb_topic"), p("depth_topic"), p("camera_info_topic"))}
         else:
-            topics = {name: tuple(p(f"cameras.{name}.{suffix}") for suffix in ("rgb_topic", "depth_topic",
-                                                                               "camera_info_topic"))
-                      for name in self.cameras}
+            topics = {name: tuple(map(p, camera_parameters([name]))) for name in self.cameras}  # in that order
         if p("image_transport") == "compressed":
             topics = {name: (*compressed_topics(rgb, depth), info) for name, (rgb, depth, info) in topics.items()}
         return topics

@@ -41,7 +41,7 @@ from visualization_msgs.msg import MarkerArray
 from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
 from safnet_ros.engine.cpu_share import CoreShare, threads_for
 from safnet_ros.engine.inference import Segmenter
-from safnet_ros.engine.pipeline import KEPT, NOT_KEYFRAME, CloudOutput, SegmentationPipeline, transform_points
+from safnet_ros.engine.pipeline import KEPT, NOT_KEYFRAME, CloudOutput, SegmentationPipeline
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, MessageDecodeError, SafnetError
 from safnet_ros.ros import codecs, compat, device_report, input_watchdog, label_info, param_audit, shutdown
@@ -57,7 +57,7 @@ from safnet_ros.ros.tf_topics import reliable_qos
 from safnet_ros.ros.time_jumps import StreamTimeJumps, watch_clock_jumps
 
 __all__ = ["NODE_NAME", "PARAMETERS", "ParameterError", "SegmentNode", "LatestMailbox", "main",
-           "resolve_node_device", "transform_points"]
+           "resolve_node_device"]
 
 NODE_NAME = "safnet_segment"
 #: Throttle period of repeated warnings (seconds).

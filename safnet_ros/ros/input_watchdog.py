@@ -107,7 +107,7 @@ class InputWatchdog:
         status.values = list(status.values) + [KeyValue(key="silent_inputs", value=names)]
 
 
-def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str,
+def describe_inputs(node: Any, cloud_topic: str, fixed_frame: str,
                     camera_topics: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """Words naming each input of the node: its resolved topics and the transform's target frame.
 
@@ -120,7 +120,7 @@ def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str,
         except Exception:  # noqa: BLE001 - an unresolvable name is shown as given
             return name
 
-    out = {"cloud": f"on {resolve(str(param('cloud_topic')))}"}
+    out = {"cloud": f"on {resolve(cloud_topic)}"}
     for camera, topics in camera_topics.items():
         out[f"rgbd.{camera}" if camera else "rgbd"] = "on " + ", ".join(resolve(str(t)) for t in topics)
     out["transform"] = f"from the clouds' or camera's frame into '{fixed_frame}' (TF)"

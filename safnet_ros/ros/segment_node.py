@@ -330,7 +330,8 @@ class SegmentNode(LifecycleNode):
         self._create_inputs()
         self.semantic_map.start_publishing()
         self.input_watchdog = input_watchdog.InputWatchdog(
-            p("input_timeout"), input_watchdog.describe_inputs(self, p, self.fixed_frame, self.camera_topics()),
+            p("input_timeout"), input_watchdog.describe_inputs(self, p("cloud_topic"), self.fixed_frame,
+                                                               self.camera_topics()),
             dict(self.stats.counters), evidence=input_watchdog.camera_evidence(self.cameras))
         # Timers on the steady clock: they must tick with use_sim_time and no /clock too.
         steady = Clock(clock_type=ClockType.STEADY_TIME)

@@ -453,7 +453,7 @@ class SegmentNode(LifecycleNode):
         if not self.cameras:
             topics = {"": (p("rgb_topic"), p("depth_topic"), p("camera_info_topic"))}
         else:
-            topics = {name: tuple(map(p, camera_parameters([name]))) for name in self.cameras}  # in that order
+            topics = {name: tuple(map(p, camera_parameters([name]))) for name in self.cameras}
         if p("image_transport") == "compressed":
             topics = {name: (*compressed_topics(rgb, depth), info) for name, (rgb, depth, info) in topics.items()}
         return topics

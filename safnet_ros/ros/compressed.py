@@ -53,8 +53,8 @@ def compressed_topics(rgb_topic: str, depth_topic: str) -> tuple[str, str]:
 
 
 def message_bytes(data: Any, what: str) -> np.ndarray:
-    """``msg.data`` (array.array('B'), bytes, memoryview, uint8 ndarray or list) as a flat uint8 array
-    (these decoders' and :mod:`safnet_ros.ros.codecs`')."""
+    """``msg.data`` (array.array('B'), bytes, memoryview, uint8 ndarray or list) as a flat uint8 array: how
+    these decoders and those of :mod:`safnet_ros.ros.codecs` read every message's bytes."""
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
             raise MessageDecodeError(f"{what}: data must be uint8 bytes, got dtype {data.dtype}")

@@ -496,8 +496,6 @@ class SegmentNode(LifecycleNode):
         return errors
 
     def _param(self, name: str) -> Any:
-        if name == "cameras":  # declared without a value when none is given
-            return list(self.cameras)
         return self.get_parameter(name).value
 
     def _policy_from_params(self, overrides: Optional[dict] = None) -> KeyframePolicy:

@@ -255,8 +255,8 @@ def test_node_with_compressed_image_transport_under_a_namespace_keeps_views_and_
     from safnet_ros.ros.segment_node import SegmentNode
 
     decoded: list[int] = []
-    real_decode = codecs.compressed_to_rgb
-    monkeypatch.setattr(codecs, "compressed_to_rgb", lambda msg: decoded.append(1) or real_decode(msg))
+    monkeypatch.setattr(codecs.compressed, "compressed_to_rgb",
+                        lambda msg: decoded.append(1) or compressed_to_rgb(msg))
     _, msgs = _read(bags[1])
     color_t, depth_t = compressed_topics(bio.COLOR_TOPIC, bio.DEPTH_TOPIC)
     segmenter = Segmenter.from_checkpoint(None, device="cpu", num_views=3, chunk_stride=1.5, max_points=3000)

@@ -35,9 +35,10 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from safnet_ros.data.labels import IGNORE_INDEX, class_colors  # noqa: E402
 from safnet_ros.engine.batching import prepare_view  # noqa: E402
+from safnet_ros.engine.pipeline import transform_points  # noqa: E402
 from safnet_ros.ros import codecs, compat  # noqa: E402
 from safnet_ros.ros.diagnostics import diagnostics_values  # noqa: E402
-from safnet_ros.ros.segment_node import PARAMETERS, SegmentNode, transform_points  # noqa: E402
+from safnet_ros.ros.segment_node import PARAMETERS, SegmentNode  # noqa: E402
 from safnet_ros.ros.spin import spin_resilient  # noqa: E402
 
 pytestmark = pytest.mark.ros

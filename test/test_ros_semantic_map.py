@@ -26,11 +26,11 @@ from test_ros_node import (  # noqa: E402
 
 from safnet_ros.data.labels import IGNORE_INDEX  # noqa: E402
 from safnet_ros.engine.batching import prepare_view  # noqa: E402
+from safnet_ros.engine.pipeline import transform_points  # noqa: E402
 from safnet_ros.mapping import SemanticVoxelMap  # noqa: E402
 from safnet_ros.mapping.map_ply import load_map  # noqa: E402
 from safnet_ros.ros import codecs  # noqa: E402
 from safnet_ros.ros.diagnostics import diagnostics_values  # noqa: E402
-from safnet_ros.ros.segment_node import transform_points  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

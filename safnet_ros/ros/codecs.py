@@ -23,7 +23,7 @@ from std_msgs.msg import Header
 from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, class_colors, encode_label_ids
 from safnet_ros.errors import DataFormatError, MessageDecodeError, MessageEncodeError
 from safnet_ros.geometry.camera import scale_intrinsics
-from safnet_ros.ros.compressed import compressed_depth_to_metres, compressed_to_rgb, is_compressed
+from safnet_ros.ros import compressed
 
 __all__ = [
     "MessageDecodeError", "MessageEncodeError", "DecodedXYZ", "POINTFIELD_DTYPES", "LABELED_CLOUD_DTYPE",
@@ -54,26 +54,6 @@ LABELED_CLOUD_DTYPE = np.dtype(
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _data_bytes(data: Any, what: str) -> np.ndarray:
-    """``msg.data`` (array.array('B'), bytes, memoryview, uint8 ndarray or list) as a flat uint8 array."""
-    if isinstance(data, np.ndarray):
-        if data.dtype != np.uint8:
-            raise MessageDecodeError(f"{what}: data must be uint8 bytes, got dtype {data.dtype}")
-        return data.reshape(-1)
-    if isinstance(data, (bytes, bytearray, memoryview, array.array)):
-        try:
-            return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-        except (TypeError, ValueError) as exc:
-            raise MessageDecodeError(f"{what}: data is not a byte buffer ({exc})") from None
-    try:
-        out = np.asarray(data)
-        if out.size and (out.dtype.kind not in "ui" or out.min() < 0 or out.max() > 255):
-            raise ValueError("values outside 0..255")
-        return out.astype(np.uint8).reshape(-1)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise MessageDecodeError(f"{what}: data is not a sequence of bytes ({exc})") from None
 
 
 def _to_byte_array(arr: np.ndarray) -> array.array:
@@ -181,7 +161,7 @@ def _cloud_view(msg: Any, dtype: np.dtype) -> np.ndarray:
     width = _as_int(msg.width, "width", what)
     point_step = _as_int(msg.point_step, "point_step", what)
     row_step = _as_int(msg.row_step, "row_step", what)
-    buf = _data_bytes(msg.data, what)
+    buf = compressed.message_bytes(msg.data, what)
     n = height * width
     row_bytes = width * point_step
     if height and row_step < row_bytes:
@@ -518,7 +498,7 @@ def image_to_array(msg: Any) -> np.ndarray:
     height = _as_int(msg.height, "height", what)
     width = _as_int(msg.width, "width", what)
     step = _as_int(msg.step, "step", what)
-    buf = _data_bytes(msg.data, what)
+    buf = compressed.message_bytes(msg.data, what)
     pixel = base.itemsize * channels
     row = width * pixel
     if height and step < row:
@@ -655,8 +635,9 @@ def decode_rgbd(rgb: Any, depth: Any, info: Any) -> RGBDFrame:
     malformed message, an image of width or height 0, an unusable K, or a depth image without any valid
     (> 0) pixel (a view with no depth covers nothing).
     """
-    color = compressed_to_rgb(rgb) if is_compressed(rgb) else image_to_rgb(rgb)
-    depth_m = compressed_depth_to_metres(depth) if is_compressed(depth) else depth_to_metres(depth)
+    color = compressed.compressed_to_rgb(rgb) if compressed.is_compressed(rgb) else image_to_rgb(rgb)
+    depth_m = (compressed.compressed_depth_to_metres(depth) if compressed.is_compressed(depth)
+               else depth_to_metres(depth))
     for name, pixels in (("colour", color), ("depth", depth_m)):
         if pixels.shape[0] == 0 or pixels.shape[1] == 0:  # a valid message, but no view to keep
             raise MessageDecodeError(f"{name} Image is {pixels.shape[1]}x{pixels.shape[0]} (no pixels)")

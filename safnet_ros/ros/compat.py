@@ -72,10 +72,8 @@ def make_transform_listener(buffer: Any, node: Any, *, spin_thread: bool = False
     path = active_tf_path()
     if HAVE_TF2 and path.name == "tf2_ros":
         return TransformListener(buffer, node, spin_thread=spin_thread)
-    return FallbackTransformListener(
-        buffer, node, spin_thread=spin_thread, topic=fallback_topic, static_topic=fallback_static_topic,
-        tf_message=path.tf_message if path.uses_tf_topics else None,
-    )
+    return FallbackTransformListener(buffer, node, spin_thread=spin_thread, topic=fallback_topic,
+                                     static_topic=fallback_static_topic, tf_message=path.tf_message)
 
 
 def backends() -> str:

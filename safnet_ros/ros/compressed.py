@@ -12,6 +12,7 @@ Decoders return what :mod:`safnet_ros.ros.codecs` returns for raw images and rai
 """
 from __future__ import annotations
 
+import array
 import io
 import struct
 from typing import Any
@@ -51,19 +52,25 @@ def compressed_topics(rgb_topic: str, depth_topic: str) -> tuple[str, str]:
     return f"{rgb_topic.rstrip('/')}/{COMPRESSED_SUFFIX}", f"{depth_topic.rstrip('/')}/{COMPRESSED_DEPTH_SUFFIX}"
 
 
-def _payload(msg: Any, what: str) -> bytes:
-    """``msg.data`` (array.array, bytes, memoryview, uint8 ndarray or list of ints) as bytes."""
-    data = msg.data
+def message_bytes(data: Any, what: str) -> np.ndarray:
+    """``msg.data`` (array.array('B'), bytes, memoryview, uint8 ndarray or list) as a flat uint8 array: how
+    these decoders and those of :mod:`safnet_ros.ros.codecs` read every message's bytes."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise MessageDecodeError(f"{what}: data must be uint8 bytes, got dtype {data.dtype}")
+        return data.reshape(-1)
+    if isinstance(data, (bytes, bytearray, memoryview, array.array)):
+        try:
+            return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        except (TypeError, ValueError) as exc:
+            raise MessageDecodeError(f"{what}: data is not a byte buffer ({exc})") from None
     try:
-        if isinstance(data, np.ndarray):
-            if data.dtype != np.uint8:
-                raise TypeError(f"dtype {data.dtype}")
-            return data.tobytes()
-        if isinstance(data, (bytes, bytearray, memoryview)) or hasattr(data, "tobytes"):
-            return bytes(memoryview(data).cast("B"))
-        return bytes(data)
-    except (TypeError, ValueError) as exc:
-        raise MessageDecodeError(f"{what}: data is not a byte buffer ({exc})") from None
+        out = np.asarray(data)
+        if out.size and (out.dtype.kind not in "ui" or out.min() < 0 or out.max() > 255):
+            raise ValueError("values outside 0..255")
+        return out.astype(np.uint8).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MessageDecodeError(f"{what}: data is not a sequence of bytes ({exc})") from None
 
 
 def _open_image(payload: bytes, what: str) -> Image.Image:
@@ -98,7 +105,7 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
     what = "CompressedImage"
     fmt = str(msg.format)
     codec = _color_codec(fmt, what)
-    payload = _payload(msg, what)
+    payload = message_bytes(msg.data, what).tobytes()
     magic = _JPEG_MAGIC if codec == "jpeg" else _PNG_MAGIC
     if not payload.startswith(magic):
         raise MessageDecodeError(f"{what}: format {fmt!r} but the {len(payload)} data bytes are not a "
@@ -139,7 +146,7 @@ def compressed_depth_to_metres(msg: Any) -> np.ndarray:
     """
     what = "CompressedImage (compressedDepth)"
     encoding = _depth_layout(str(msg.format), what)
-    payload = _payload(msg, what)
+    payload = message_bytes(msg.data, what).tobytes()
     if len(payload) <= CONFIG_HEADER.size:
         raise MessageDecodeError(f"{what}: data holds {len(payload)} bytes; a {CONFIG_HEADER.size}-byte "
                                  "ConfigHeader and a PNG are needed")

@@ -34,6 +34,9 @@ COUNTERS: dict[str, str] = {
     "oom_retries": "chunk forwards retried in smaller parts after running out of memory",
 }
 
+#: Seconds of latencies behind latency_* and rate_hz on /diagnostics.
+LATENCY_WINDOW_S = 10.0
+
 
 @dataclass
 class StatsSnapshot:
@@ -51,11 +54,9 @@ class StatsSnapshot:
 
 
 class NodeStats:
-    """Thread-safe counters and a sliding window of latencies (seconds) for the node."""
+    """Thread-safe counters and a sliding window of latencies (:data:`LATENCY_WINDOW_S`) for the node."""
 
-    def __init__(self, window_s: float = 10.0, clock: Any = time.monotonic):
-        self.window_s = float(window_s)
-        self._clock = clock
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counters: dict[str, int] = {name: 0 for name in COUNTERS}
         self._latencies: deque[tuple[float, float]] = deque()  # (when, seconds)
@@ -73,7 +74,7 @@ class NodeStats:
 
     def add_latency(self, seconds: float) -> None:
         """One labeled cloud published ``seconds`` after its cloud arrived."""
-        now = self._clock()
+        now = time.monotonic()
         with self._lock:
             self._latencies.append((now, float(seconds)))
             self._last_latency = float(seconds)
@@ -93,11 +94,11 @@ class NodeStats:
                 "views_kept_per_frame": _fmt(kept / synced if synced else float("nan"), 3)}
 
     def _trim(self, now: float) -> None:
-        while self._latencies and self._latencies[0][0] < now - self.window_s:
+        while self._latencies and self._latencies[0][0] < now - LATENCY_WINDOW_S:
             self._latencies.popleft()
 
     def snapshot(self, buffer_views: int, buffer_bytes: int, device: str, extra: Optional[dict] = None) -> StatsSnapshot:
-        now = self._clock()
+        now = time.monotonic()
         with self._lock:
             self._trim(now)
             lat = [s for _, s in self._latencies]
@@ -114,10 +115,10 @@ class NodeStats:
                 extra={**self._frame_report_locked(), **{k: str(v) for k, v in (extra or {}).items()}},
             )
 
-    def new_since_last_report(self, names: tuple[str, ...]) -> dict[str, int]:
-        """How much each counter grew since the previous call (for the WARN level)."""
+    def new_since_last_report(self) -> dict[str, int]:
+        """How much each counter grew since the previous call (for the WARN and ERROR levels)."""
         with self._lock:
-            grown = {n: self.counters.get(n, 0) - self._reported.get(n, 0) for n in names}
+            grown = {n: count - self._reported.get(n, 0) for n, count in self.counters.items()}
             self._reported = dict(self.counters)
             return grown
 
@@ -135,15 +136,13 @@ def stats_to_diagnostics(snap: StatsSnapshot, grown: dict[str, int], stamp: Any,
     """
     status = DiagnosticStatus(name=name, hardware_id=hardware_id, level=DiagnosticStatus.OK)
     problems = []
-    if grown.get("worker_errors", 0):
-        status.level = DiagnosticStatus.ERROR
-        problems.append(f"{grown['worker_errors']} worker errors")
-    for key, what in (("decode_errors", "undecodable messages"), ("tf_failures", "missing transforms"),
-                      ("clouds_dropped", "dropped clouds")):
+    for key, what, level in (("worker_errors", "worker errors", DiagnosticStatus.ERROR),
+                             ("decode_errors", "undecodable messages", DiagnosticStatus.WARN),
+                             ("tf_failures", "missing transforms", DiagnosticStatus.WARN),
+                             ("clouds_dropped", "dropped clouds", DiagnosticStatus.WARN)):
         if grown.get(key, 0):
             problems.append(f"{grown[key]} {what}")
-            if status.level == DiagnosticStatus.OK:
-                status.level = DiagnosticStatus.WARN
+            status.level = max(status.level, level)
     status.message = "; ".join(problems) if problems else "segmenting"
     values = {"latency_last_s": _fmt(snap.latency_last), "latency_mean_s": _fmt(snap.latency_mean),
               "latency_max_s": _fmt(snap.latency_max), "rate_hz": _fmt(snap.rate_hz, 3),

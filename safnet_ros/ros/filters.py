@@ -151,14 +151,12 @@ class FallbackApproximateTimeSynchronizer(FallbackSimpleFilter):
             arrival = self._arrival[j]
             near.sort(key=lambda k: (abs(queue[k][0] - stamp), arrival[queue[k][0]]))
             choices.append(near)
+        anchor_pos = next(k for k, (s, _) in enumerate(self.queues[anchor]) if s == stamp)
         for combo in itertools.product(*choices):
-            members = list(combo)
-            stamps = [self.queues[j][k][0] for j, k in zip((j for j in range(len(self.queues)) if j != anchor),
-                                                          members)]
-            if max(stamps + [stamp]) - min(stamps + [stamp]) >= self.slop_ns:
+            members = [*combo[:anchor], anchor_pos, *combo[anchor:]]  # per input: a position in its queue
+            stamps = [self.queues[j][k][0] for j, k in enumerate(members)]
+            if max(stamps) - min(stamps) >= self.slop_ns:
                 continue
-            anchor_pos = next(k for k, (s, _) in enumerate(self.queues[anchor]) if s == stamp)
-            members.insert(anchor, anchor_pos)
             msgs = [self.queues[j][k][1] for j, k in enumerate(members)]
             for j, k in enumerate(members):
                 s, _ = self.queues[j].pop(k)

@@ -90,21 +90,24 @@ class InputWatchdog:
                                      .replace("  ", " ")))
         return out
 
+    def check(self, counters: dict[str, int], status: DiagnosticStatus, logger: Any,
+              warn_period_s: float) -> None:
+        """The node's hook at each /diagnostics: :meth:`observe` the counters, raise ``status`` to at least
+        WARN with the silent inputs first in its message (and in its ``silent_inputs`` value), log them."""
+        self.observe(counters)
+        silences = self.silent()
+        if silences:
+            words = "; ".join(s.text for s in silences)
+            if status.level < DiagnosticStatus.WARN:
+                status.level = DiagnosticStatus.WARN
+                status.message = ""
+            status.message = f"{words}; {status.message}" if status.message else words
+            logger.warning(words, throttle_duration_sec=warn_period_s)
+        names = ",".join(s.name for s in silences)
+        status.values = list(status.values) + [KeyValue(key="silent_inputs", value=names)]
 
-def mark_silent(status: DiagnosticStatus, silences: list[Silence]) -> None:
-    """Raise ``status`` to at least WARN and put the silent inputs first in its message."""
-    if not silences:
-        status.values = list(status.values) + [KeyValue(key="silent_inputs", value="")]
-        return
-    if status.level < DiagnosticStatus.WARN:
-        status.level = DiagnosticStatus.WARN
-        status.message = ""
-    words = "; ".join(s.text for s in silences)
-    status.message = f"{words}; {status.message}" if status.message else words
-    status.values = list(status.values) + [KeyValue(key="silent_inputs", value=",".join(s.name for s in silences))]
 
-
-def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str,
+def describe_inputs(node: Any, cloud_topic: str, fixed_frame: str,
                     camera_topics: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """Words naming each input of the node: its resolved topics and the transform's target frame.
 
@@ -117,23 +120,11 @@ def describe_inputs(node: Any, param: Callable[[str], Any], fixed_frame: str,
         except Exception:  # noqa: BLE001 - an unresolvable name is shown as given
             return name
 
-    out = {"cloud": f"on {resolve(str(param('cloud_topic')))}"}
+    out = {"cloud": f"on {resolve(cloud_topic)}"}
     for camera, topics in camera_topics.items():
         out[f"rgbd.{camera}" if camera else "rgbd"] = "on " + ", ".join(resolve(str(t)) for t in topics)
     out["transform"] = f"from the clouds' or camera's frame into '{fixed_frame}' (TF)"
     return out
 
 
-def check(node: Any, watchdog: Optional[InputWatchdog], counters: dict[str, int], status: DiagnosticStatus,
-          warn_period_s: float = 5.0) -> None:
-    """The node's hook: observe the counters, mark ``status`` and log the silent inputs (throttled)."""
-    if watchdog is None:
-        return
-    watchdog.observe(counters)
-    silences = watchdog.silent()
-    mark_silent(status, silences)
-    if silences:
-        node.get_logger().warning("; ".join(s.text for s in silences), throttle_duration_sec=warn_period_s)
-
-
-__all__ = ["EVIDENCE", "camera_evidence", "InputWatchdog", "Silence", "mark_silent", "describe_inputs", "check"]
+__all__ = ["EVIDENCE", "camera_evidence", "InputWatchdog", "Silence", "describe_inputs"]

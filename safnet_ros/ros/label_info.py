@@ -13,29 +13,18 @@ from typing import Any, Optional
 
 from std_msgs.msg import Header
 
-from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, LABEL_SPACES, NUM_CLASSES, NYU40_IDS
-from safnet_ros.errors import ConfigError
+from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, NYU40_IDS
 from safnet_ros.ros.tf_topics import reliable_qos
 
 #: Id of a point that was not labelled, per label space.
 UNLABELLED_ID: dict[str, int] = {"index": IGNORE_INDEX, "nyu40": 0}
-#: Name given to the unlabelled id in ``class_map``.
-UNLABELLED_NAME = "unlabeled"
-#: The node applies no confidence threshold.
-THRESHOLD = 0.0
-
-
-def check_label_space(space: str) -> str:
-    """``space`` when it is one of :data:`LABEL_SPACES`; ConfigError naming the allowed values otherwise."""
-    if space not in LABEL_SPACES:
-        raise ConfigError(f"parameter 'label_ids' = {space!r} is not allowed: one of {list(LABEL_SPACES)}")
-    return space
 
 
 def class_map(space: str) -> list[tuple[int, str]]:
-    """(id, name) of every id written in ``space``: the 20 classes, then the unlabelled id."""
-    ids = range(NUM_CLASSES) if check_label_space(space) == "index" else NYU40_IDS
-    return [(int(i), name) for i, name in zip(ids, CLASS_NAMES)] + [(UNLABELLED_ID[space], UNLABELLED_NAME)]
+    """(id, name) of every id written in ``space`` (a checked ``label_ids`` value): the 20 classes, then
+    the unlabelled id."""
+    ids = range(NUM_CLASSES) if space == "index" else NYU40_IDS
+    return [(int(i), name) for i, name in zip(ids, CLASS_NAMES)] + [(UNLABELLED_ID[space], "unlabeled")]
 
 
 def label_info_class() -> Optional[Any]:
@@ -44,13 +33,6 @@ def label_info_class() -> Optional[Any]:
         return importlib.import_module("vision_msgs.msg").LabelInfo
     except (ImportError, AttributeError):
         return None
-
-
-def make_label_info(space: str, header: Any) -> Any:
-    """A LabelInfo message for ``space`` (requires vision_msgs)."""
-    msgs = importlib.import_module("vision_msgs.msg")
-    return msgs.LabelInfo(header=header, threshold=float(THRESHOLD), class_map=[
-        msgs.VisionClass(class_id=i, class_name=name) for i, name in class_map(space)])
 
 
 #: Transient local and reliable, depth 1: subscribers that come later still get the latest message.
@@ -62,7 +44,6 @@ class LabelInfoPublisher:
 
     def __init__(self, node: Any, space: str, frame_id: str = "") -> None:
         self.node = node
-        self.space = check_label_space(space)
         self.publisher: Any = None
         cls = label_info_class()
         if cls is None:
@@ -71,7 +52,9 @@ class LabelInfoPublisher:
             return
         self.publisher = node.create_publisher(cls, "~/label_info", LATCHED_QOS)
         header = Header(stamp=node.get_clock().now().to_msg(), frame_id=frame_id)
-        self.publisher.publish(make_label_info(self.space, header))
+        vision_class = importlib.import_module("vision_msgs.msg").VisionClass
+        self.publisher.publish(cls(header=header, threshold=0.0, class_map=[  # the node applies no threshold
+            vision_class(class_id=i, class_name=name) for i, name in class_map(space)]))
 
     def destroy(self) -> None:
         if self.publisher is not None:
@@ -79,5 +62,4 @@ class LabelInfoPublisher:
             self.publisher = None
 
 
-__all__ = ["LABEL_SPACES", "UNLABELLED_ID", "THRESHOLD", "check_label_space", "class_map",
-           "label_info_class", "make_label_info", "LATCHED_QOS", "LabelInfoPublisher"]
+__all__ = ["UNLABELLED_ID", "class_map", "label_info_class", "LATCHED_QOS", "LabelInfoPublisher"]

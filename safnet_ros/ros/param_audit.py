@@ -10,12 +10,9 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import yaml
-
-from safnet_ros.errors import ConfigError
 
 _global_args: Optional[list[str]] = None
 
@@ -27,7 +24,6 @@ def set_global_args(args: Optional[Sequence[str]]) -> None:
     """Record the argument list given to ``rclpy.init`` (None = ``sys.argv``)."""
     global _global_args
     _global_args = None if args is None else list(args)
-
 
 
 def ros_args(argv: Iterable[str]) -> list[str]:
@@ -102,7 +98,6 @@ def given_parameters(argv: Iterable[str], fqn: str) -> dict[str, str]:
     return given
 
 
-
 def warn_undeclared(node: Any, cli_args: Optional[Sequence[str]] = None,
                     will_declare: Iterable[str] = ()) -> list[str]:
     """Warn once per parameter given to ``node`` that it does not declare; returns the warnings.
@@ -123,25 +118,5 @@ def warn_undeclared(node: Any, cli_args: Optional[Sequence[str]] = None,
     return lines
 
 
-class ParameterErrors:
-    """Collects every bad parameter of a start-up, so that all of them are reported in one line."""
-
-    def __init__(self, errors: Iterable[str] = ()) -> None:
-        self.errors = list(errors)
-
-    @contextmanager
-    def check(self, prefix: str = "") -> Iterator[None]:
-        """Run one check; a ConfigError (ParameterError included) is noted instead of raised."""
-        try:
-            yield
-        except ConfigError as exc:
-            self.errors.append(f"{prefix}{exc}")
-
-    def raise_if_any(self, error_type: type) -> None:
-        """Raise ``error_type`` with every noted problem, joined by '; '."""
-        if self.errors:
-            raise error_type("; ".join(self.errors))
-
-
-__all__ = ["ParameterErrors", "set_global_args", "ros_args", "node_pattern_matches", "params_file_names",
+__all__ = ["set_global_args", "ros_args", "node_pattern_matches", "params_file_names",
            "given_parameters", "warn_undeclared"]

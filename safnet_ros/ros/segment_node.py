@@ -41,7 +41,7 @@ from visualization_msgs.msg import MarkerArray
 from safnet_ros.engine.cpu_allocator import tune_cpu_allocator
 from safnet_ros.engine.cpu_share import CoreShare, threads_for
 from safnet_ros.engine.inference import Segmenter
-from safnet_ros.engine.pipeline import KEPT, NOT_KEYFRAME, CloudOutput, SegmentationPipeline, transform_points
+from safnet_ros.engine.pipeline import KEPT, NOT_KEYFRAME, CloudOutput, SegmentationPipeline
 from safnet_ros.engine.view_buffer import KeyframePolicy, ViewBuffer
 from safnet_ros.errors import ConfigError, MessageDecodeError, SafnetError
 from safnet_ros.ros import codecs, compat, device_report, input_watchdog, label_info, param_audit, shutdown
@@ -57,7 +57,7 @@ from safnet_ros.ros.tf_topics import reliable_qos
 from safnet_ros.ros.time_jumps import StreamTimeJumps, watch_clock_jumps
 
 __all__ = ["NODE_NAME", "PARAMETERS", "ParameterError", "SegmentNode", "LatestMailbox", "main",
-           "resolve_node_device", "transform_points"]
+           "resolve_node_device"]
 
 NODE_NAME = "safnet_segment"
 #: Throttle period of repeated warnings (seconds).
@@ -232,19 +232,23 @@ class SegmentNode(LifecycleNode):
 
     def _setup(self) -> None:
         """Parameters, the view buffer and the map (no ROS entity besides the lifecycle services)."""
-        # every bad parameter is noted and all are raised together, in one line (ros/param_audit.py)
-        errors = param_audit.ParameterErrors(self._declare_parameters())
+        errors = self._declare_parameters()  # every bad parameter: all are raised together, in one line
         p = self._param
         self.fixed_frame = str(p("fixed_frame")).lstrip("/")
         if not self.fixed_frame:
-            errors.errors.append("parameter 'fixed_frame' = '' must not be empty")
+            errors.append("parameter 'fixed_frame' = '' must not be empty")
             self.fixed_frame = "map"  # only so the other checks can run: the node does not start
-        with errors.check(f"parameter 'device' = {p('device')!r}: "):
+        try:
             resolve_node_device(p("device"), False)  # its spelling, before any model is loaded
+        except ConfigError as exc:
+            errors.append(f"parameter 'device' = {p('device')!r}: {exc}")
         self._probabilities = p("probabilities")
-        with errors.check():  # ConfigError for bad map_* values: a parameter error (exit 2)
+        try:
             self.semantic_map = SemanticMapComponent.from_node(self, self.fixed_frame)
-        errors.raise_if_any(ParameterError)
+        except ConfigError as exc:  # bad map_* values: a parameter error (exit 2)
+            errors.append(str(exc))
+        if errors:
+            raise ParameterError("; ".join(errors))
         # jump_tolerance inf: the node judges time jumps itself, per input stream
         self.buffer = ViewBuffer(max_views=p("buffer_max_views"), max_mb=p("buffer_max_mb"),
                                  policy=self._policy_from_params(), jump_tolerance=float("inf"))
@@ -326,7 +330,8 @@ class SegmentNode(LifecycleNode):
         self._create_inputs()
         self.semantic_map.start_publishing()
         self.input_watchdog = input_watchdog.InputWatchdog(
-            p("input_timeout"), input_watchdog.describe_inputs(self, p, self.fixed_frame, self.camera_topics()),
+            p("input_timeout"), input_watchdog.describe_inputs(self, p("cloud_topic"), self.fixed_frame,
+                                                               self.camera_topics()),
             dict(self.stats.counters), evidence=input_watchdog.camera_evidence(self.cameras))
         # Timers on the steady clock: they must tick with use_sim_time and no /clock too.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -448,9 +453,7 @@ class SegmentNode(LifecycleNode):
         if not self.cameras:
             topics = {"": (p("rgb_topic"), p("depth_topic"), p("camera_info_topic"))}
         else:
-            topics = {name: tuple(p(f"cameras.{name}.{suffix}") for suffix in ("rgb_topic", "depth_topic",
-                                                                               "camera_info_topic"))
-                      for name in self.cameras}
+            topics = {name: tuple(map(p, camera_parameters([name]))) for name in self.cameras}
         if p("image_transport") == "compressed":
             topics = {name: (*compressed_topics(rgb, depth), info) for name, (rgb, depth, info) in topics.items()}
         return topics
@@ -493,8 +496,6 @@ class SegmentNode(LifecycleNode):
         return errors
 
     def _param(self, name: str) -> Any:
-        if name == "cameras":  # declared without a value when none is given
-            return list(self.cameras)
         return self.get_parameter(name).value
 
     def _policy_from_params(self, overrides: Optional[dict] = None) -> KeyframePolicy:
@@ -630,19 +631,17 @@ class SegmentNode(LifecycleNode):
         """Offer a frame at its pose; a frame whose transform has not arrived yet is set aside for retries
         (returns True then)."""
         try:
-            pose = self._lookup_pose(frame.frame_id, frame.depth.header.stamp, 0.0)
-        except (compat.ExtrapolationException, compat.LookupException) as exc:
-            if not self._transforms_passed(frame):
-                if not frame.waiting:
-                    frame.waiting = True
-                    self.stats.count("frames_waiting_tf")
-                self._set_aside(frame)
-                return True
-            try:  # once more: /tf (its own thread) may have brought them since the first lookup
+            try:
                 pose = self._lookup_pose(frame.frame_id, frame.depth.header.stamp, 0.0)
-            except compat.TransformException:
-                self._tf_failed("an RGB-D frame", frame.frame_id, exc)
-                return False
+            except (compat.ExtrapolationException, compat.LookupException):
+                if not self._transforms_passed(frame):
+                    if not frame.waiting:
+                        frame.waiting = True
+                        self.stats.count("frames_waiting_tf")
+                    self._set_aside(frame)
+                    return True
+                # once more: /tf (its own thread) may have brought them since the first lookup
+                pose = self._lookup_pose(frame.frame_id, frame.depth.header.stamp, 0.0)
         except compat.TransformException as exc:
             self._tf_failed("an RGB-D frame", frame.frame_id, exc)
             return False
@@ -848,12 +847,9 @@ class SegmentNode(LifecycleNode):
                                    extra={"fixed_frame": self.fixed_frame, "backends": compat.backends(),
                                           **self.semantic_map.diagnostics(),
                                           **{f"last_{k}": f"{v:.4f}" for k, v in self.last_timings.items()}})
-        grown = self.stats.new_since_last_report(("worker_errors", "decode_errors", "tf_failures", "clouds_dropped"))
-        msg = stats_to_diagnostics(
-            snap, grown, self.get_clock().now().to_msg(), name=f"{self.get_name()}: segmentation",
-            hardware_id=self.device,
-        )
-        input_watchdog.check(self, self.input_watchdog, snap.counters, msg.status[0], WARN_PERIOD_S)
+        msg = stats_to_diagnostics(snap, self.stats.new_since_last_report(), self.get_clock().now().to_msg(),
+                                   name=f"{self.get_name()}: segmentation", hardware_id=self.device)
+        self.input_watchdog.check(snap.counters, msg.status[0], self.get_logger(), WARN_PERIOD_S)
         self.pub_diag.publish(msg)
 
     # ------------------------------------------------------------------ shutdown

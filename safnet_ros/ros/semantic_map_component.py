@@ -31,20 +31,21 @@ from safnet_ros.ros.label_info import LATCHED_QOS
 
 @dataclass(frozen=True)
 class MapSettings:
-    """The map parameters (each checked against the node's parameter table, :mod:`safnet_ros.ros.params`)."""
+    """The map parameters, read by :meth:`SemanticMapComponent.from_node` (defaults, ranges and meaning: the
+    node's parameter table, :mod:`safnet_ros.ros.params`)."""
 
-    enable: bool = True
-    voxel_size: float = 0.04
-    max_voxels: int = 500_000
-    fusion: str = "count"
-    smoothing: float = 1.0
-    smoothing_cell: float = 0.16
-    publish_rate: float = 1.0
-    save_path: str = "safnet_map.ply"
-    directory: str = ""
-    load_file: str = ""
-    save_on_shutdown: bool = False
-    label_ids: str = "index"
+    enable: bool
+    voxel_size: float
+    max_voxels: int
+    fusion: str
+    smoothing: float
+    smoothing_cell: float
+    publish_rate: float
+    save_path: str
+    directory: str
+    load_file: str
+    save_on_shutdown: bool
+    label_ids: str
 
 
 def trigger_type() -> Any:
@@ -186,14 +187,14 @@ class SemanticMapComponent:
             raise
 
     # ------------------------------------------------------------------ ROS callbacks
-    def publish(self, force: bool = False) -> bool:
-        """Publish ~/semantic_map when the map changed since the last time (or ``force``); True when sent."""
+    def publish(self) -> bool:
+        """Publish ~/semantic_map when the map changed since the last time; True when sent."""
         pub = self.pub_map
         if pub is None:
             return False
         with self._lock:
             version = self.map.version
-            if version == self._published_version and not force:
+            if version == self._published_version:
                 return False
             stamp = self._last_stamp
         snap = self.snapshot()  # a cloud fused meanwhile is in it too; the next tick then republishes

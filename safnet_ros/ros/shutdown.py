@@ -39,7 +39,6 @@ def requested(context: Any = None, exc: Optional[BaseException] = None) -> bool:
         return True
 
 
-
 def install_sigterm() -> None:
     """Make SIGTERM interrupt the main thread as SIGINT does (call before ``rclpy.init``): rclpy's handler
     then calls it, so a long model load stops at once instead of running on against a dead context."""
@@ -60,23 +59,21 @@ def quietly(action: Callable[[], Any]) -> None:
 
 
 def log_transition(node: Any, step: Callable[[], Any], run: Callable[[], Any]) -> Any:
-    """Run one lifecycle step (``node._configure`` ...) through ``run`` (which returns the
-    TransitionCallbackReturn), logging its start, outcome and duration."""
-    name = getattr(step, "__name__", str(step))
-    doing, done = _STEP_WORDS.get(name, (name.strip("_"), name.strip("_") + " done"))
+    """Run one lifecycle step (``node._configure`` ..., a name of :data:`_STEP_WORDS`) through ``run``
+    (which returns the TransitionCallbackReturn), logging its start, outcome and duration."""
+    doing, done = _STEP_WORDS[step.__name__]
     logger = node.get_logger()
     logger.info(f"lifecycle: {doing}")
     start = time.monotonic()
     result = run()
-    label = getattr(result, "name", str(result))
-    if label != "SUCCESS" and requested(getattr(node, "context", None)):
+    if result.name != "SUCCESS" and requested(node.context):
         # the step failed because the context went away (Ctrl-C, SIGTERM): not an error, stop starting
         raise KeyboardInterrupt(f"shutdown requested while {doing}")
     seconds = time.monotonic() - start
-    if label == "SUCCESS":
+    if result.name == "SUCCESS":
         logger.info(f"lifecycle: {done} after {seconds:.2f} s")
     else:
-        logger.warning(f"lifecycle: {doing} failed ({label}) after {seconds:.2f} s")
+        logger.warning(f"lifecycle: {doing} failed ({result.name}) after {seconds:.2f} s")
     return result
 
 

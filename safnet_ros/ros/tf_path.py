@@ -31,13 +31,13 @@ class TfPath:
         """True when transforms travel on /tf and /tf_static as tf2_msgs/TFMessage."""
         return self.name in (TF2_ROS, TF2_MSGS)
 
-    def describe(self, fallback_topic: str = "/safnet/transforms") -> str:
+    def describe(self) -> str:
         """One line for logs and reports."""
         if self.name == TF2_ROS:
             return "tf2_ros on /tf, /tf_static"
         if self.name == TF2_MSGS:
             return "safnet drop-in buffer on /tf, /tf_static (tf2_msgs/TFMessage; no tf2_ros)"
-        return f"safnet drop-in buffer on {fallback_topic} (geometry_msgs/TransformStamped; no tf2_msgs)"
+        return "safnet drop-in buffer on /safnet/transforms (geometry_msgs/TransformStamped; no tf2_msgs)"
 
 
 def _importable(module: str) -> bool:
@@ -56,11 +56,6 @@ def tf_message_class() -> Optional[Any]:
         return None
 
 
-def ros_distro_sourced() -> bool:
-    """True when a ROS 2 install is sourced (ROS_DISTRO or AMENT_PREFIX_PATH set)."""
-    return bool(os.environ.get("ROS_DISTRO") or os.environ.get("AMENT_PREFIX_PATH"))
-
-
 @functools.lru_cache(maxsize=1)
 def active_tf_path() -> TfPath:
     """The TF path of this process (see the module docstring); decided once."""
@@ -75,12 +70,13 @@ def active_tf_path() -> TfPath:
 
 
 def missing_tf2_ros_warning() -> Optional[str]:
-    """The WARN line for a sourced ROS 2 install without tf2_ros's Python package, else None."""
-    if not ros_distro_sourced() or _importable("tf2_ros"):
+    """The WARN line for a sourced ROS 2 install (ROS_DISTRO or AMENT_PREFIX_PATH set) without tf2_ros's
+    Python package, else None."""
+    if not (os.environ.get("ROS_DISTRO") or os.environ.get("AMENT_PREFIX_PATH")) or _importable("tf2_ros"):
         return None
     return ("a ROS 2 install is sourced but 'import tf2_ros' fails: install the Python tf2 package tf2_ros_py "
             f"(apt: ros-$ROS_DISTRO-tf2-ros-py; rosdep key tf2_ros_py). Using the {active_tf_path().describe()}")
 
 
-__all__ = ["TfPath", "active_tf_path", "tf_message_class", "ros_distro_sourced", "missing_tf2_ros_warning",
+__all__ = ["TfPath", "active_tf_path", "tf_message_class", "missing_tf2_ros_warning",
            "TF2_ROS", "TF2_MSGS", "FALLBACK"]

@@ -29,13 +29,7 @@ def reliable_qos(depth: int, latched: bool) -> QoSProfile:
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
 
-def _default_tf_message() -> Any:
-    """TFMessage when the active TF path carries it (see safnet_ros.ros.tf_path), else None."""
-    path = active_tf_path()
-    return path.tf_message if path.uses_tf_topics else None
-
-
-_USE_ACTIVE = object()  # default of ``tf_message``: decide by the active TF path
+_USE_ACTIVE = object()  # default of ``tf_message``: the active TF path's TFMessage (None on the last resort)
 
 
 class FallbackTransformListener:
@@ -51,7 +45,7 @@ class FallbackTransformListener:
                  static_qos: QoSProfile | None = None, topic: str = DEFAULT_TF_TOPIC,
                  static_topic: str = DEFAULT_TF_STATIC_TOPIC, tf_message: Any = _USE_ACTIVE) -> None:
         self.buffer = buffer
-        self.tf_message = _default_tf_message() if tf_message is _USE_ACTIVE else tf_message
+        self.tf_message = active_tf_path().tf_message if tf_message is _USE_ACTIVE else tf_message
         if self.tf_message is not None:
             topic, static_topic = "/tf", "/tf_static"
         self.topic = topic
@@ -115,18 +109,20 @@ class FallbackTransformBroadcaster:
     ``topic`` (``/safnet/transforms``).
     """
 
-    #: (tf2 topic, its QoS depth and latching, the last-resort topic's): the static broadcaster's differ.
-    _TF_TOPIC, _TF_QOS, _FALLBACK_QOS = "/tf", (100, False), (100, False)
+    #: tf2's topic and its QoS (depth, latched), then the last resort's: the static broadcaster's differ.
+    _TF_TOPIC, _TF_QOS = "/tf", (100, False)
+    _FALLBACK_TOPIC, _FALLBACK_QOS = DEFAULT_TF_TOPIC, (100, False)
 
-    def __init__(self, node: Any, qos: QoSProfile | None = None, topic: str = DEFAULT_TF_TOPIC,
+    def __init__(self, node: Any, qos: QoSProfile | None = None, topic: str | None = None,
                  tf_message: Any = _USE_ACTIVE) -> None:
         self.node = node
-        self.tf_message = _default_tf_message() if tf_message is _USE_ACTIVE else tf_message
+        self.tf_message = active_tf_path().tf_message if tf_message is _USE_ACTIVE else tf_message
         self._latched: dict[str, TransformStamped] = {}
         if self.tf_message is not None:
             self.pub_tf = node.create_publisher(self.tf_message, self._TF_TOPIC, qos or reliable_qos(*self._TF_QOS))
         else:
-            self.pub_tf = node.create_publisher(TransformStamped, topic, qos or reliable_qos(*self._FALLBACK_QOS))
+            self.pub_tf = node.create_publisher(TransformStamped, topic or self._FALLBACK_TOPIC,
+                                                qos or reliable_qos(*self._FALLBACK_QOS))
 
     def _tf_batch(self, items: list[TransformStamped]) -> list[TransformStamped]:
         """The transforms of the next TFMessage."""
@@ -150,11 +146,8 @@ class FallbackStaticTransformBroadcaster(FallbackTransformBroadcaster):
     ``topic`` (``/safnet/transforms_static``).
     """
 
-    _TF_TOPIC, _TF_QOS, _FALLBACK_QOS = "/tf_static", (1, True), (1000, True)
-
-    def __init__(self, node: Any, qos: QoSProfile | None = None, topic: str = DEFAULT_TF_STATIC_TOPIC,
-                 tf_message: Any = _USE_ACTIVE) -> None:
-        super().__init__(node, qos, topic, tf_message)
+    _TF_TOPIC, _TF_QOS = "/tf_static", (1, True)
+    _FALLBACK_TOPIC, _FALLBACK_QOS = DEFAULT_TF_STATIC_TOPIC, (1000, True)
 
     def _tf_batch(self, items: list[TransformStamped]) -> list[TransformStamped]:
         for item in items:

@@ -16,6 +16,7 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from safnet_ros.errors import SafnetError
 from safnet_ros.geometry.transforms import invert_transform, transform_from_quat
+from safnet_ros.ros.codecs import stamp_to_ns
 
 
 class FallbackTransformException(SafnetError):
@@ -123,7 +124,7 @@ class TfTree:
                 and np.isfinite(rotation).all() and norm > 1e-6):
             self.num_rejected += 1
             return False
-        stamp = int(transform.header.stamp.sec) * 1_000_000_000 + int(transform.header.stamp.nanosec)
+        stamp = stamp_to_ns(transform.header.stamp)
         link = self.links.get(child)
         if link is None or link.parent != parent or link.static != static:
             link = self.links[child] = _Link(parent, static)

@@ -37,6 +37,7 @@ from safnet_ros.data.class_weights import load_class_weights
 from safnet_ros.data.dataset import ChunkDataset, ImageDataset, collate_chunks, list_scenes
 from safnet_ros.engine.config_schema import TrainConfig, from_mapping, load_yaml_config, merge, parse_sets
 from safnet_ros.engine.inference import autocast_context
+from safnet_ros.engine.metrics import ConfusionMatrix
 from safnet_ros.engine.step_profile import StepProfile
 from safnet_ros.errors import ConfigError, MissingDataError, ModelLoadError, SafnetError
 from safnet_ros.io_boundary import load_torch_file
@@ -186,38 +187,30 @@ def setup_distributed(device_pref: str, init_method: Optional[str] = None, rank:
 
 
 def all_reduce_sum(values: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
-    """Sum a float64 tensor over the processes (no-op on one process)."""
+    """Sum a tensor over the processes, in place (no-op on one process)."""
     if dist_info.world_size > 1:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
 # --------------------------------------------------------------------------- metrics
-class Confusion:
-    """Running confusion matrix over labelled points/pixels (torch, on the batch's device)."""
+def _add_confusion(counts: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Add argmax(logits (n, K)) against labels (n,) to the (K, K) int64 ``counts`` on their device, so
+    no step waits for the host (labels outside 0..K-1 are ignored)."""
+    k = counts.shape[0]
+    ok = (labels >= 0) & (labels < k)
+    counts += torch.bincount(labels[ok] * k + logits.argmax(-1)[ok], minlength=k * k).view(k, k)
 
-    def __init__(self, num_classes: int, device):
-        self.k = num_classes
-        self.m = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """logits (n, K), labels (n,) (labels outside 0..K-1 are ignored)."""
-        ok = (labels >= 0) & (labels < self.k)
-        pred = logits.argmax(-1)[ok]
-        gt = labels[ok]
-        self.m += torch.bincount(gt * self.k + pred, minlength=self.k * self.k).view(self.k, self.k).double()
-
-    def summary(self) -> tuple[float, float]:
-        """(overall accuracy, mean IoU over the classes that occur in labels or predictions)."""
-        m = self.m
-        total = float(m.sum())
-        if total == 0:
-            return float("nan"), float("nan")
-        tp = m.diag()
-        union = m.sum(0) + m.sum(1) - tp
-        present = union > 0
-        iou = (tp[present] / union[present]).mean()
-        return float(tp.sum()) / total, float(iou)
+def _epoch_metrics(sums: torch.Tensor, counts: torch.Tensor, dist_info: DistInfo
+                   ) -> tuple[float, float, float]:
+    """Sum ``sums`` (loss * n, n, ...) and the confusion ``counts`` over the processes, in place; returns
+    (mean loss, overall accuracy, mIoU), the last two as :class:`~safnet_ros.engine.metrics.ConfusionMatrix`
+    defines them."""
+    all_reduce_sum(sums, dist_info)
+    cm = ConfusionMatrix(len(counts))
+    cm.square[:] = all_reduce_sum(counts, dist_info).cpu().numpy()
+    return float(sums[0] / max(1.0, float(sums[1]))), cm.overall_accuracy(), cm.miou()
 
 
 # --------------------------------------------------------------------------- the per-stage step modules
@@ -605,7 +598,8 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         run.data.train_sampler.set_epoch(epoch)
     run.runner.train()
     run.parts.model.train()
-    conf = Confusion(run.parts.mconfig.num_classes, device)
+    k = run.parts.mconfig.num_classes
+    counts = torch.zeros(k, k, dtype=torch.int64, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, n, no-view chunks
     max_steps = cfg.train.max_steps_per_epoch or math.inf
     loader = run.data.train_loader
@@ -644,7 +638,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         sums[1] += n
         if infos is not None and cfg.chunks.views > 0:
             sums[2] += sum(1 for i in infos if i["views"] == 0)
-        conf.add(logits.float(), labels)
+        _add_confusion(counts, logits, labels)
         run.global_step += 1
         if run.writer is not None:
             run.writer.add_scalar(f"{stage}/loss_step", value, run.global_step)
@@ -654,11 +648,9 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
     if bar is not None:
         bar.close()
     run.sched.step()
-    all_reduce_sum(sums, dist_info)
-    all_reduce_sum(conf.m, dist_info)
-    acc, miou = conf.summary()
-    return {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": float(sums[0] / max(1.0, float(sums[1]))),
-            "train_acc": acc, "train_miou": miou, "val_loss": "", "val_acc": "", "val_miou": "",
+    loss, acc, miou = _epoch_metrics(sums, counts, dist_info)
+    return {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": loss, "train_acc": acc,
+            "train_miou": miou, "val_loss": "", "val_acc": "", "val_miou": "",
             "steps": min(total, len(loader)), "samples": int(sums[1]), "chunks_without_views": int(sums[2])}
 
 
@@ -668,7 +660,8 @@ def validate(run: Run) -> dict[str, Any]:
     device = dist_info.device
     run.runner.eval()
     run.parts.model.eval()
-    conf = Confusion(run.parts.mconfig.num_classes, device)
+    k = run.parts.mconfig.num_classes
+    counts = torch.zeros(k, k, dtype=torch.int64, device=device)
     sums = torch.zeros(2, dtype=torch.float64, device=device)
     module = run.parts.module  # not the DDP wrapper: no gradient sync in evaluation
     max_batches = run.cfg.train.max_val_batches
@@ -681,11 +674,9 @@ def validate(run: Run) -> dict[str, Any]:
                 loss, logits, labels = module(*inputs)
             sums[0] += float(loss) * n
             sums[1] += n
-            conf.add(logits.float(), labels)
-    all_reduce_sum(sums, dist_info)
-    all_reduce_sum(conf.m, dist_info)
-    acc, miou = conf.summary()
-    return {"val_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_acc": acc, "val_miou": miou}
+            _add_confusion(counts, logits, labels)
+    loss, acc, miou = _epoch_metrics(sums, counts, dist_info)
+    return {"val_loss": loss, "val_acc": acc, "val_miou": miou}
 
 
 def non_finite_weights(model: nn.Module) -> list[str]:

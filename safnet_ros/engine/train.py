@@ -700,7 +700,7 @@ def save_state(run: Run, epoch: int, row: Mapping[str, Any]) -> Path:
              "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))}}
     save_checkpoint(ckpt, run.parts.model, run.parts.mconfig, extra=extra)
     save_checkpoint(run.out_dir / "model_last.pt", run.parts.model, run.parts.mconfig, extra=extra)
-    _append_csv(run.out_dir / "metrics.csv", row)
+    _write_csv(run.out_dir / "metrics.csv", [row])
     state_path = ckpt_dir / "train_state.pt"
     tmp = state_path.with_suffix(".tmp")
     torch.save({"epoch": epoch, "global_step": run.global_step, "checkpoint": f"checkpoints/{ckpt.name}",
@@ -846,13 +846,13 @@ def _fit(run: Run, start_epoch: int, progress: bool, result: TrainResult) -> Non
 
 
 # --------------------------------------------------------------------------- files
-def _append_csv(path: Path, row: Mapping[str, Any]) -> None:
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new:
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], mode: str = "a") -> None:
+    """Append (``mode`` "a") or write ("w") the :data:`CSV_FIELDS` of ``rows``; a new file gets the header."""
+    with open(path, mode, newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if f.tell() == 0:
             w.writeheader()
-        w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        w.writerows(rows)
 
 
 def _trim_csv(path: Path, first_epoch: int) -> None:
@@ -864,10 +864,7 @@ def _trim_csv(path: Path, first_epoch: int) -> None:
     keep = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) < first_epoch]
     if len(keep) == len(rows):
         return
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        w.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in keep)
+    _write_csv(path, keep, "w")
 
 
 def spawn_worker(rank: int, world_size: int, init_method: str, config: Any, out: str, resume: bool) -> None:

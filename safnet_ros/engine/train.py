@@ -50,7 +50,7 @@ from safnet_ros.validation import check_output_dir, require_file
 
 __all__ = ["TrainConfig", "load_config", "parse_sets", "train", "TrainResult", "TrainingDivergedError",
            "build_data", "build_model", "build_optimizer", "train_one_epoch", "validate", "save_state",
-           "init_from_checkpoint", "spawn_worker", "DEFAULTS"]
+           "init_from_checkpoint", "DEFAULTS"]
 
 #: The default value of every key, as a plain nested dict (docs, tests).
 DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
@@ -866,9 +866,3 @@ def _trim_csv(path: Path, first_epoch: int) -> None:
         return
     _write_csv(path, keep, "w")
 
-
-def spawn_worker(rank: int, world_size: int, init_method: str, config: Any, out: str, resume: bool) -> None:
-    """``torch.multiprocessing.spawn`` target: process ``rank`` of a ``world_size`` DDP run of :func:`train`
-    joining through ``init_method`` (e.g. ``file:///tmp/rdv``); the CPU test of the DDP path uses it."""
-    torch.set_num_threads(1)
-    train(config, out, resume, rank=rank, world_size=world_size, init_method=init_method, progress=False)

@@ -7,7 +7,15 @@ import torch
 
 from safnet_ros.data.labels import IGNORE_INDEX
 from safnet_ros.engine import inference
-from safnet_ros.engine.batching import PosedView, build_chunk_sample, chunk_box, collate, in_box, near_chunk
+from safnet_ros.engine.batching import (
+    PosedView,
+    build_chunk_sample,
+    chunk_box,
+    collate,
+    in_box,
+    near_chunk,
+    view_key,
+)
 from safnet_ros.engine.inference import Segmenter, _Part, voxel_downsample
 from safnet_ros.errors import ModelLoadError
 
@@ -167,7 +175,7 @@ def test_cached_view_features_equal_running_the_2d_net_and_are_reused():
     batch = collate([build_chunk_sample(pts, views)])
     with torch.no_grad():
         direct = seg.model(batch)
-        batch.pixel_features, batch.pixel_logits = seg._view_features(views)
+        batch.pixel_features, batch.pixel_logits = seg._encoded(views, [view_key(v) for v in views])
         cached = seg.model(batch)
     torch.testing.assert_close(cached.logits, direct.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cached.s, direct.s)

@@ -357,14 +357,6 @@ class Segmenter:
         features = torch.cat([f for f, _ in cached]).unsqueeze(0)
         return features, torch.stack([lg for _, lg in cached]).unsqueeze(0)
 
-    def _view_features(self, views: Sequence[PosedView]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Cached 2D features of ``views``: ((1, V*H*W, C), (1, V, K, H, W)) or (None, None)."""
-        if not views:
-            return None, None
-        tables = self._encoded(views, [view_key(v) for v in views])
-        self._evict()
-        return tables
-
     def _backprojection(self, view: PosedView, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The view's back-projected pixels: (points (M, 3) float32 world, pixel (M,) int64, the
         points again as coordinate rows (3, M) for :func:`in_box`)."""
@@ -440,7 +432,8 @@ class Segmenter:
         """
         sample = build_chunk_sample(points, views, center_xy=center_xy)
         batch = collate([sample], device=str(self.device))
-        batch.pixel_features, batch.pixel_logits = self._view_features(views)
+        if views:
+            batch.pixel_features, batch.pixel_logits = self._encoded(views, [view_key(v) for v in views])
         with autocast_context(self.precision, self.device):
             out = self.model(batch)
         return self._outputs(out, 0, len(points))
@@ -655,7 +648,6 @@ class Segmenter:
         result.confidence[target] = np.where(voted[src], work_conf[src], 0.0)
         result.s[target], result.s_geo[target], result.s_con[target] = work_sims[:, src]
         result.segmented[target] = voted[src]
-        result.outside_views = np.zeros(n, bool)
         result.outside_views[target] = outside[src] & voted[src]
         result.view_distance = np.full(n, np.nan, np.float32)
         result.view_distance[target] = np.where(voted[src], acc.nearest_view[src], np.float32(np.nan))

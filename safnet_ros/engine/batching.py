@@ -277,19 +277,17 @@ def collate(samples: Sequence[ChunkSample], device: str = "cpu"):
     def t(x):
         return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
-    labels = None
-    if all(s.labels is not None for s in samples):
-        labels = t(np.stack([s.labels for s in samples]))
-    image_labels = None
-    if all(s.image_labels is not None for s in samples):
-        image_labels = t(np.stack([s.image_labels for s in samples]))
+    def stacked(name: str):  # None unless every sample has the array
+        arrays = [getattr(s, name) for s in samples]
+        return None if any(a is None for a in arrays) else t(np.stack(arrays))
+
     return ChunkBatch(
-        points=t(np.stack([s.points for s in samples])),
-        images=t(np.stack([s.images for s in samples])),
+        points=stacked("points"),
+        images=stacked("images"),
         q_points=t(q_points),
         q_mask=t(q_mask),
         q_pixel=t(q_pixel),
-        labels=labels,
-        image_labels=image_labels,
+        labels=stacked("labels"),
+        image_labels=stacked("image_labels"),
     )
 

@@ -558,7 +558,7 @@ def format_counts(results: Sequence[ModelResult], found: EvalScenes) -> str:
 MAX_VIEWS = 64
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", required=True, metavar="CHECKPOINT",
                         help="checkpoint to evaluate; repeat to compare models (e.g. safnet, concat, "
                              "pointnet2) in one table and one views-sweep plot")
@@ -593,7 +593,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.split is not None and not args.split.strip():  # '' must not mean "every scene"

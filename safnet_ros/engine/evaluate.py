@@ -130,13 +130,12 @@ def scene_coverage(scene) -> Optional[np.ndarray]:
     n, nb = len(points), len(base)
     if nb == 0:
         return np.zeros((F, n), bool)
-    folder = getattr(scene, "dir", None) or getattr(scene, "name", "")
     if base.min() < 0 or base.max() >= n:  # a corrupt or foreign table: name the file, not an IndexError
-        raise DataFormatError(Path(str(folder)) / "coverage_index.npy",
+        raise DataFormatError(scene.dir / "coverage_index.npy",
                               f"indices {int(base.min())}..{int(base.max())} lie outside the scene's {n} points")
     bits = np.asarray(scene.coverage_bits)
     if bits.ndim != 2 or bits.shape[0] != F or bits.shape[1] < (nb + 7) // 8:
-        raise DataFormatError(Path(str(folder)) / "coverage_bits.npy",
+        raise DataFormatError(scene.dir / "coverage_bits.npy",
                               f"shape {bits.shape}, expected ({F}, {(nb + 7) // 8}) for {F} frames x {nb} base points")
     if nb == n and np.array_equal(base, np.arange(n)):
         return unpack_coverage(scene.coverage_bits, np.arange(n))
@@ -288,7 +287,7 @@ def load_segmenter(path: str | Path, device: str = "auto", stride: float = 0.5, 
         raise ModelLoadError("no model given: pass --model CHECKPOINT")
     kwargs.setdefault("crop_margin", math.inf)  # evaluate every point, not only what the views cover
     segmenter = Segmenter.from_checkpoint(str(path), device=device, chunk_stride=stride, max_points=None, **kwargs)
-    classes = getattr(getattr(segmenter, "config", None), "num_classes", NUM_CLASSES)
+    classes = segmenter.config.num_classes
     if classes != NUM_CLASSES:  # the scores would not fit the benchmark's classes: name the file and setting
         raise ModelLoadError(f"{path}: the checkpoint has num_classes {classes}; evaluation scores the "
                              f"{NUM_CLASSES} ScanNet benchmark classes (train with model.num_classes {NUM_CLASSES})")
@@ -334,7 +333,7 @@ def evaluate_scene(segmenter, scene, views_list: Sequence[int], cms: dict[int, C
     stats = []
     # A 3D-only model ignores the views it is given (only the crop to the covered
     # region uses them, the same for every k >= 1): segment once for all k >= 1.
-    reuse = not getattr(segmenter.config, "uses_2d", True)
+    reuse = not segmenter.config.uses_2d
     done: dict = {}  # (k, or "has views" for a 3D-only model) -> (result, seconds)
     for k in views_list:
         key = k > 0 if reuse else k

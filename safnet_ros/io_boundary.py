@@ -69,9 +69,7 @@ def reading(path: str | os.PathLike, what: str = "file", *extra: type[BaseExcept
         yield
     except SafnetError:
         raise
-    except OSError as exc:
-        raise as_data_error(path, what, exc) from exc
-    except reader_errors(*extra) as exc:
+    except (OSError, *reader_errors(*extra)) as exc:
         raise as_data_error(path, what, exc) from exc
 
 

@@ -203,6 +203,24 @@ def _two_rooms_views() -> tuple[np.ndarray, list[PosedView]]:
     return _room(3000, seed=3), views
 
 
+def _per_part_reference(seg: Segmenter) -> Segmenter:
+    """``seg`` with one forward per part, each built by build_chunk_sample and collate (the trainer's
+    sample path) instead of the padded batch: the reference the batched forward must match."""
+    def run_parts(work, views, keys, parts):
+        outputs = []
+        for part in parts:
+            pv = [views[v] for v in part.views]
+            batch = collate([build_chunk_sample(work[part.index], pv, center_xy=part.center)])
+            if pv:
+                batch.pixel_features, batch.pixel_logits = seg._encoded(pv, [keys[v] for v in part.views])
+            with torch.no_grad():
+                outputs.append(seg._outputs(seg.model(batch), 0, len(part.index)))
+        return outputs
+
+    seg._run_batch = run_parts
+    return seg
+
+
 @pytest.mark.parametrize("batch_points", [60000, 2500])
 def test_batched_chunks_give_the_per_chunk_outputs(batch_points):
     """All chunks in one padded forward (or several, by point budget) = one forward per chunk:
@@ -211,7 +229,7 @@ def test_batched_chunks_give_the_per_chunk_outputs(batch_points):
     pts, views = _two_rooms_views()
     far = np.c_[np.random.default_rng(1).uniform(6, 9, (400, 2)), np.zeros(400)].astype(np.float32)
     pts = np.concatenate([pts, far])
-    ref_seg = _lite_segmenter(chunk_stride=0.5, crop_margin=0.2, batch_chunks=False)
+    ref_seg = _per_part_reference(_lite_segmenter(chunk_stride=0.5, crop_margin=0.2))
     seg = _lite_segmenter(chunk_stride=0.5, crop_margin=0.2, batch_points=batch_points)
     batches = []
     run_batch = seg._run_batch

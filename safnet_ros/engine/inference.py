@@ -45,9 +45,7 @@ from safnet_ros.engine.batching import (
     NET_IMAGE_WH,
     PosedView,
     backproject_views,
-    build_chunk_sample,
     chunk_box,
-    collate,
     in_box,
     normalize_images,
     pad_q,
@@ -225,10 +223,8 @@ class _Accumulator:
 class Segmenter:
     """Runs a SAFNet model over whole clouds with posed views (the steps: module docstring).
 
-    ``batch_chunks`` False runs one forward per chunk instead of batches (the
-    reference path, same outputs). ``precision``: :func:`check_precision`
-    (``self.precision`` holds the resolved value). ``outside_views``: ``3d`` or
-    ``ignore`` (module docstring, step 3).
+    ``precision``: :func:`check_precision` (``self.precision`` holds the resolved
+    value). ``outside_views``: ``3d`` or ``ignore`` (module docstring, step 3).
     """
 
     def __init__(
@@ -248,7 +244,6 @@ class Segmenter:
         min_oom_chunk_points: int = 512,
         coverage_tol: float = 0.1,
         seed: int = 0,
-        batch_chunks: bool = True,
         batch_points: int = 60000,
         precision: str = "fp32",
         outside_views: str = "3d",
@@ -281,7 +276,6 @@ class Segmenter:
         self.min_oom_chunk_points = max(1, int(min_oom_chunk_points))
         self.coverage_tol = float(coverage_tol)
         self.seed = int(seed)
-        self.batch_chunks = bool(batch_chunks)
         self.batch_points = int(batch_points)
         self.outside_views = str(outside_views)
         self.untrained = False
@@ -425,23 +419,10 @@ class Segmenter:
         return probs, sims, view_dist
 
     @torch.no_grad()
-    def _run_chunk(self, points: np.ndarray, views: Sequence[PosedView], center_xy: np.ndarray):
-        """Forward one chunk part alone (the reference path, ``batch_chunks=False``).
-
-        Returns probs (n, C), sims (3, n) (s, s_geo, s_con), view_distance (n,) numpy.
-        """
-        sample = build_chunk_sample(points, views, center_xy=center_xy)
-        batch = collate([sample], device=str(self.device))
-        if views:
-            batch.pixel_features, batch.pixel_logits = self._encoded(views, [view_key(v) for v in views])
-        with autocast_context(self.precision, self.device):
-            out = self.model(batch)
-        return self._outputs(out, 0, len(points))
-
-    @torch.no_grad()
     def _run_batch(self, work: np.ndarray, views: Sequence[PosedView], keys: Sequence[str],
                    parts: Sequence[_Part]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Forward several chunk parts as one padded batch; outputs as :meth:`_run_chunk`'s, per part.
+        """Forward several chunk parts as one padded batch: per part, probs (n, C), sims (3, n) (s, s_geo,
+        s_con) and view_distance (n,) numpy.
 
         P is padded with non-finite rows (the model masks them out); Q is each
         part's chosen views' back-projection near the part (as
@@ -585,8 +566,6 @@ class Segmenter:
         points, so a small part waits for a batch of small parts). Parts with views
         and 3D-only parts never share a batch: a 3D-only part in a batch with views
         would pay for the batch's Q points (the CSM maps N_Q of every row)."""
-        if not self.batch_chunks:
-            return [[p] for p in parts]
         batches: list[list[_Part]] = []
         for group in ([p for p in parts if p.views], [p for p in parts if not p.views]):
             start = len(batches)
@@ -609,11 +588,7 @@ class Segmenter:
         while pending:
             batch = pending.pop()
             try:
-                if self.batch_chunks:
-                    outputs = self._run_batch(work, views, keys, batch)
-                else:
-                    part = batch[0]
-                    outputs = [self._run_chunk(work[part.index], [views[v] for v in part.views], part.center)]
+                outputs = self._run_batch(work, views, keys, batch)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
                 if not is_out_of_memory(exc):
                     raise

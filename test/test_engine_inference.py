@@ -13,7 +13,6 @@ from safnet_ros.engine.batching import (
     chunk_box,
     collate,
     in_box,
-    near_chunk,
     view_key,
 )
 from safnet_ros.engine.inference import Segmenter, _Part, voxel_downsample
@@ -361,9 +360,8 @@ def test_the_q_points_near_a_chunk_are_those_in_its_grown_bounding_box():
     near = in_box(np.ascontiguousarray(q.T), box)
     assert np.array_equal(near, expected) and near[:2].all() and not near[2:4].any()
     assert 0 < near.sum() < len(q)
-    assert np.array_equal(near_chunk(q, chunk, 0.3), expected)
     assert chunk_box(np.full((3, 3), np.nan, np.float32)) is None
-    assert not near_chunk(q, np.full((3, 3), np.nan, np.float32)).any()
+    assert not in_box(np.ascontiguousarray(q.T), None).any()
 
 
 def test_views_prepared_between_clouds_are_not_encoded_again_and_change_nothing(monkeypatch):

@@ -48,7 +48,7 @@ class LazyCommands(argparse._SubParsersAction):
         self._pending: dict[str, tuple[argparse.ArgumentParser, str]] = {}
 
     def add_command(self, name: str, module_name: str, help_text: str) -> argparse.ArgumentParser:
-        """Register ``name`` for ``module_name`` (which defines ``add_arguments(parser)`` and ``run(args)``)."""
+        """Register ``name`` for ``module_name`` (it defines ``add_arguments(parser)`` and ``run(args)``)."""
         parser = self.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
         self._pending[name] = (parser, module_name)
         return parser

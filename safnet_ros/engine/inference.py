@@ -487,8 +487,6 @@ class Segmenter:
                 f"out of memory on {self.device} even for a chunk of {len(pidx)} points "
                 f"(floor min_oom_chunk_points={self.min_oom_chunk_points}): {exc}"
             ) from exc
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
         self.max_chunk_points = min(self.max_chunk_points, smaller)
         result.oom_retries += 1
         message = (f"out of memory on {self.device} for a chunk of {len(pidx)} points: retrying in parts of "
@@ -592,12 +590,12 @@ class Segmenter:
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
                 if not is_out_of_memory(exc):
                     raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
                 if len(batch) > 1:
                     self.batch_points = max(1, min(self.batch_points, sum(len(p.index) for p in batch) // 2))
                     half = len(batch) // 2
                     pending += [batch[:half], batch[half:]]
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
                     continue
                 part = batch[0]
                 pending += [[_Part(p, part.views, part.center)]

@@ -254,9 +254,7 @@ class ThreeDStep(nn.Module):
 # --------------------------------------------------------------------------- build: data
 @dataclass
 class DataParts:
-    train_set: Any
     train_loader: DataLoader
-    train_sampler: Optional[DistributedSampler]
     val_loader: Optional[DataLoader]
 
 
@@ -282,26 +280,22 @@ def _datasets(cfg: TrainConfig):
     return train_set, val_set
 
 
-def _loader(dataset, cfg: TrainConfig, dist_info: DistInfo, shuffle: bool):
+def _loader(dataset, cfg: TrainConfig, dist_info: DistInfo, shuffle: bool) -> DataLoader:
     sampler = None
     if dist_info.world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                      shuffle=shuffle, seed=cfg.seed, drop_last=False)
-    gen = torch.Generator()
-    gen.manual_seed(cfg.seed + dist_info.rank)
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
-                        sampler=sampler, num_workers=cfg.train.num_workers, generator=gen,
-                        collate_fn=collate_chunks if cfg.stage == "3d" else None, drop_last=False,
-                        persistent_workers=False)
-    return loader, sampler
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=cfg.train.num_workers,
+                      generator=torch.Generator().manual_seed(cfg.seed + dist_info.rank),
+                      collate_fn=collate_chunks if cfg.stage == "3d" else None)
 
 
 def build_data(cfg: TrainConfig, dist_info: DistInfo) -> DataParts:
-    """The training and validation datasets and loaders of the config's stage."""
+    """The training and validation loaders of the config's stage (under DDP with a DistributedSampler)."""
     train_set, val_set = _datasets(cfg)
-    train_loader, train_sampler = _loader(train_set, cfg, dist_info, shuffle=True)
-    val_loader = _loader(val_set, cfg, dist_info, shuffle=False)[0] if val_set is not None else None
-    return DataParts(train_set, train_loader, train_sampler, val_loader)
+    return DataParts(_loader(train_set, cfg, dist_info, shuffle=True),
+                     _loader(val_set, cfg, dist_info, shuffle=False) if val_set is not None else None)
 
 
 def _to_device(batch, device: torch.device, stage: str):
@@ -593,16 +587,16 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
     training columns. Raises TrainingDivergedError at the first non-finite loss, naming the step."""
     cfg, dist_info, stage = run.cfg, run.dist_info, run.stage
     device = dist_info.device
-    run.data.train_set.set_epoch(epoch)
-    if run.data.train_sampler is not None:
-        run.data.train_sampler.set_epoch(epoch)
+    loader = run.data.train_loader
+    loader.dataset.set_epoch(epoch)
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
     run.runner.train()
     run.parts.model.train()
     k = run.parts.mconfig.num_classes
     counts = torch.zeros(k, k, dtype=torch.int64, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, n, no-view chunks
     max_steps = cfg.train.max_steps_per_epoch or math.inf
-    loader = run.data.train_loader
     total = min(len(loader), max_steps)
     bar = None
     if progress and dist_info.is_main:

@@ -598,10 +598,8 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, n, no-view chunks
     max_steps = cfg.train.max_steps_per_epoch or math.inf
     total = min(len(loader), max_steps)
-    bar = None
-    if progress and dist_info.is_main:
-        bar = tqdm(total=total, desc=f"{stage} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
-                   file=sys.stderr, leave=False)
+    bar = tqdm(total=total, desc=f"{stage} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+               file=sys.stderr, leave=False, disable=not (progress and dist_info.is_main))
     lr = run.opt.param_groups[0]["lr"]
     batches = iter(loader)
     for step in range(total):
@@ -613,8 +611,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         with _phase(run, "forward"), autocast_context(cfg.train.amp, device):
             loss, logits, labels = run.runner(*inputs)
         if not _all_finite(loss, dist_info):
-            if bar is not None:
-                bar.close()
+            bar.close()
             raise TrainingDivergedError(
                 f"training loss is {float(loss.detach())} at step {run.global_step + 1} (epoch {epoch + 1}, "
                 f"batch {step + 1}): stopped, nothing of this epoch was saved (lower train.lr, use train.amp: "
@@ -636,11 +633,9 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         run.global_step += 1
         if run.writer is not None:
             run.writer.add_scalar(f"{stage}/loss_step", value, run.global_step)
-        if bar is not None:
-            bar.set_postfix(loss=f"{value:.3f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.set_postfix(loss=f"{value:.3f}")
+        bar.update(1)
+    bar.close()
     run.sched.step()
     loss, acc, miou = _epoch_metrics(sums, counts, dist_info)
     return {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": loss, "train_acc": acc,

@@ -242,7 +242,6 @@ class Segmenter:
         min_chunk_points: int = 32,
         min_3d_chunk_points: Optional[int] = None,
         min_oom_chunk_points: int = 512,
-        coverage_tol: float = 0.1,
         seed: int = 0,
         batch_points: int = 60000,
         precision: str = "fp32",
@@ -274,7 +273,6 @@ class Segmenter:
             min_3d_chunk_points = int(npoints[0])
         self.min_3d_chunk_points = max(self.min_chunk_points, int(min_3d_chunk_points))
         self.min_oom_chunk_points = max(1, int(min_oom_chunk_points))
-        self.coverage_tol = float(coverage_tol)
         self.seed = int(seed)
         self.batch_points = int(batch_points)
         self.outside_views = str(outside_views)
@@ -518,7 +516,7 @@ class Segmenter:
         elif coverage is not None:
             cov = np.asarray(coverage, bool)[:, work_index]
         else:
-            cov = coverage_matrix(work, [(v.depth, v.K, v.camera_to_world) for v in views], tol=self.coverage_tol)
+            cov = coverage_matrix(work, [(v.depth, v.K, v.camera_to_world) for v in views])
         covered = cov.any(axis=0)
         if not covered.any():
             if views:

@@ -3,10 +3,8 @@
 Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``. A
 command module is imported only when its command is chosen
 (:class:`LazyCommands`), so ``safnet --help`` imports no numpy, torch or open3d.
-Bad input (a :class:`~safnet_ros.errors.SafnetError`, an argparse range error,
-an operating-system refusal naming a file, running out of memory) is one
-``error: ...`` line and exit status 2, never a traceback; any other exception is
-a bug of ours: its traceback is kept and a line asks for a report (exit status 1).
+Bad input is one ``error: ...`` line and exit status 2; any other exception is a bug of
+ours: its traceback and a line asking for a report, exit status 1 (docs/reliability.md, section 6).
 """
 from __future__ import annotations
 

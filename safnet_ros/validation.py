@@ -1,13 +1,6 @@
-"""Checks at the boundary: argparse types with ranges, and path checks before long work.
-
-Every ``safnet`` argument that takes a number uses one of the types here, so an
-absurd value (``--width 0``, ``--rate 1e-300``, ``--frames 10**12``, ``nan``)
-ends in argparse's one ``error:`` line and exit status 2 before any work starts.
-The path checks tell a folder from a regular file, a FIFO or a device, so
-"missing" is only said of what is really missing, and an output folder that is a
-regular file is refused up front, not after an hour of work.
-
-Nothing here imports torch, numpy or open3d: ``safnet --help`` stays instant.
+"""Checks at the boundary: argparse types with ranges, and path checks before long work
+(docs/reliability.md, section 6). Nothing here imports torch, numpy or open3d: ``safnet --help``
+stays instant.
 """
 from __future__ import annotations
 

@@ -274,12 +274,8 @@ def _num(x: float) -> Optional[float]:
 
 # --------------------------------------------------------------------------- evaluation
 def load_segmenter(path: str | Path, device: str = "auto", stride: float = 0.5, **kwargs):
-    """A :class:`Segmenter` for checkpoint ``path`` set up for offline evaluation.
-
-    Whole scenes: no downsampling (``max_points=None``) and no crop to what the
-    views cover (``crop_margin=inf``): every point is segmented, chunks that no
-    frame sees by the 3D path alone (and counted), as ScanNet's benchmark
-    scores every point.
+    """A :class:`Segmenter` for checkpoint ``path`` set up for offline evaluation: whole scenes, no
+    downsampling (``max_points=None``) and no crop (``crop_margin=inf``), as docs/evaluation.md says.
 
     Raises ModelLoadError naming the file when it is missing or corrupt.
     """

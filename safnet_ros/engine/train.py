@@ -344,7 +344,7 @@ def init_from_checkpoint(model: nn.Module, path: Path) -> dict[str, int]:
     source = src.state_dict()
     target = model.state_dict()
     widen = set()
-    if getattr(model, "attr_gain", None) is not None and model.net3d is not None:
+    if model.attr_gain is not None and model.net3d is not None:
         widen = {"net3d.sa.0.mlp.0.weight", f"net3d.fp.{len(model.net3d.fp) - 1}.mlp.0.weight"}
     counts = {"copied": 0, "widened": 0, "fresh": 0}
     with torch.no_grad():
@@ -382,7 +382,7 @@ def build_model(cfg: TrainConfig, dist_info: DistInfo) -> ModelParts:
         for p in model.net2d.parameters():
             p.requires_grad_(False)
     tail_2d: list = []
-    if cfg.stage == "3d" and getattr(model, "finetunes_2d_tail", False):
+    if cfg.stage == "3d" and model.finetunes_2d_tail:
         tail_2d = model.tail_2d_parameters()
         for p in tail_2d:
             p.requires_grad_(True)
@@ -793,7 +793,7 @@ def _run_training(cfg: TrainConfig, out_dir: Path, resume: bool, dist_info: Dist
     if run.profile is not None and dist_info.is_main:
         print(run.profile.table(), file=sys.stderr)
         (out_dir / "profile.json").write_text(json.dumps(run.profile.to_dict(), indent=2))
-    if dist_info.initialised_here and dist_info.world_size > 1:
+    if dist_info.initialised_here:
         # every rank finishes its last collective before any tears the group down
         dist.barrier()
     return result

@@ -3,10 +3,8 @@
 Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``. A
 command module is imported only when its command is chosen
 (:class:`LazyCommands`), so ``safnet --help`` imports no numpy, torch or open3d.
-Bad input (a :class:`~safnet_ros.errors.SafnetError`, an argparse range error,
-an operating-system refusal naming a file, running out of memory) is one
-``error: ...`` line and exit status 2, never a traceback; any other exception is
-a bug of ours: its traceback is kept and a line asks for a report (exit status 1).
+Bad input is one ``error: ...`` line and exit status 2; any other exception is a bug of
+ours: its traceback and a line asking for a report, exit status 1 (docs/reliability.md, section 6).
 """
 from __future__ import annotations
 
@@ -45,24 +43,23 @@ class LazyCommands(argparse._SubParsersAction):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._pending: dict[str, tuple[argparse.ArgumentParser, str, str, str]] = {}
+        self._pending: dict[str, tuple[argparse.ArgumentParser, str]] = {}
 
-    def add_command(self, name: str, module_name: str, help_text: str, add_arguments: str = "add_arguments",
-                    run: str = "run") -> argparse.ArgumentParser:
-        """Register ``name`` for ``module_name``; ``add_arguments`` / ``run``: the module's function names."""
+    def add_command(self, name: str, module_name: str, help_text: str) -> argparse.ArgumentParser:
+        """Register ``name`` for ``module_name`` (it defines ``add_arguments(parser)`` and ``run(args)``)."""
         parser = self.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
-        self._pending[name] = (parser, module_name, add_arguments, run)
+        self._pending[name] = (parser, module_name)
         return parser
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Sequence[str],
                  option_string: str | None = None) -> None:
         pending = self._pending.pop(values[0], None) if values else None
         if pending is not None:
-            command_parser, module_name, add_arguments, run = pending
+            command_parser, module_name = pending
             module = importlib.import_module(module_name)
             command_parser.description = module.__doc__
-            getattr(module, add_arguments)(command_parser)
-            command_parser.set_defaults(func=getattr(module, run))
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(func=module.run)
         super().__call__(parser, namespace, values, option_string)
 
 

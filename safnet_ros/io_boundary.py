@@ -1,12 +1,7 @@
-"""Our I/O boundary: third-party reader errors become one error naming the file.
-
-Readers we do not own (rosbags, PyYAML, json, torch.load, PIL, sqlite3, zipfile)
-raise their own exception types on a broken file. :func:`reading` turns exactly
-those (a fixed list, not ``Exception``) into a
-:class:`~safnet_ros.errors.DataFormatError` naming the file, so the CLI prints
-one ``error:`` line; anything else (our own bugs) reaches the CLI's bug report.
-:func:`load_torch_file` is the one place that unpickles torch files, always
-with ``weights_only=True``.
+"""Our I/O boundary: third-party reader errors become one error naming the file (docs/reliability.md,
+section 6). :func:`reading` turns the malformed-file errors of readers we do not own (a fixed list, not
+``Exception``) into a :class:`~safnet_ros.errors.DataFormatError`; :func:`load_torch_file` is the one
+place that unpickles torch files, always with ``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -69,9 +64,7 @@ def reading(path: str | os.PathLike, what: str = "file", *extra: type[BaseExcept
         yield
     except SafnetError:
         raise
-    except OSError as exc:
-        raise as_data_error(path, what, exc) from exc
-    except reader_errors(*extra) as exc:
+    except (OSError, *reader_errors(*extra)) as exc:
         raise as_data_error(path, what, exc) from exc
 
 

@@ -1,13 +1,6 @@
-"""Checks at the boundary: argparse types with ranges, and path checks before long work.
-
-Every ``safnet`` argument that takes a number uses one of the types here, so an
-absurd value (``--width 0``, ``--rate 1e-300``, ``--frames 10**12``, ``nan``)
-ends in argparse's one ``error:`` line and exit status 2 before any work starts.
-The path checks tell a folder from a regular file, a FIFO or a device, so
-"missing" is only said of what is really missing, and an output folder that is a
-regular file is refused up front, not after an hour of work.
-
-Nothing here imports torch, numpy or open3d: ``safnet --help`` stays instant.
+"""Checks at the boundary: argparse types with ranges, and path checks before long work
+(docs/reliability.md, section 6). Nothing here imports torch, numpy or open3d: ``safnet --help``
+stays instant.
 """
 from __future__ import annotations
 
@@ -49,15 +42,15 @@ def int_range(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[s
     return parse
 
 
-def float_range(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False,
-                allow_inf: bool = False) -> Callable[[str], float]:
-    """argparse type: a finite float in [lo, hi] (``(lo, hi]`` when ``lo_open``); NaN is always refused."""
+def float_range(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False
+                ) -> Callable[[str], float]:
+    """argparse type: a finite float in [lo, hi] (``(lo, hi]`` when ``lo_open``)."""
     def parse(text: str) -> float:
         try:
             value = float(str(text).strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         below = lo is not None and (value <= lo if lo_open else value < lo)
         if below or (hi is not None and value > hi):
@@ -67,8 +60,8 @@ def float_range(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_op
     return parse
 
 
-def size_wh(text: str, max_side: int = MAX_IMAGE_SIDE) -> tuple[int, int]:
-    """argparse type: ``WxH`` -> (w, h), both in 1..max_side pixels."""
+def size_wh(text: str) -> tuple[int, int]:
+    """argparse type: ``WxH`` -> (w, h), both in 1..MAX_IMAGE_SIDE pixels."""
     w, sep, h = str(text).lower().strip().partition("x")
     try:
         if not sep:
@@ -76,8 +69,8 @@ def size_wh(text: str, max_side: int = MAX_IMAGE_SIDE) -> tuple[int, int]:
         wh = (int(w), int(h))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must be WxH (e.g. 160x120), got {text!r}") from None
-    if not all(1 <= v <= max_side for v in wh):
-        raise argparse.ArgumentTypeError(f"size sides must be 1..{max_side} pixels, got {text!r}")
+    if not all(1 <= v <= MAX_IMAGE_SIDE for v in wh):
+        raise argparse.ArgumentTypeError(f"size sides must be 1..{MAX_IMAGE_SIDE} pixels, got {text!r}")
     return wh
 
 

@@ -314,7 +314,7 @@ def test_labels_name_ablations_and_tell_same_named_checkpoints_apart():
 
 def test_scene_with_more_frames_than_the_feature_cache_holds(data, models):
     """Issue 14: the 2D-feature cache (LRU) evicted views needed by the same call
-    (KeyError in Segmenter._view_features) on any scene with more frames than it
+    (a KeyError) on any scene with more frames than it
     holds. With a cache of 2 views and 5 views per chunk, the evaluation must run
     and give the labels of a cache that never evicts."""
     from safnet_ros.data.dataset import PreprocessedScene

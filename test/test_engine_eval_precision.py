@@ -42,15 +42,15 @@ def test_precision_reaches_the_segmenter(checkpoint, tmp_path, monkeypatch, prec
     with pytest.raises(MissingDataError):  # no scenes here: the segmenters are built first
         main_args = ["eval", "--model", str(checkpoint), "--data", str(tmp_path / "data"), "--device", "cpu",
                      "--precision", precision, "--no-progress", "--out", str(tmp_path / "o")]
-        ev.run_eval(_parse(main_args))
+        ev.run(_parse(main_args))
     assert [s.precision for s in built] == [precision]
 
 
 def _parse(argv: list[str]):
     import argparse
 
-    from safnet_ros.engine.evaluate import add_eval_arguments
+    from safnet_ros.engine.evaluate import add_arguments
 
     parser = argparse.ArgumentParser()
-    add_eval_arguments(parser.add_subparsers(dest="cmd").add_parser("eval"))
+    add_arguments(parser.add_subparsers(dest="cmd").add_parser("eval"))
     return parser.parse_args(argv)

@@ -7,7 +7,14 @@ import torch
 
 from safnet_ros.data.labels import IGNORE_INDEX
 from safnet_ros.engine import inference
-from safnet_ros.engine.batching import PosedView, build_chunk_sample, chunk_box, collate, in_box, near_chunk
+from safnet_ros.engine.batching import (
+    PosedView,
+    build_chunk_sample,
+    chunk_box,
+    collate,
+    in_box,
+    view_key,
+)
 from safnet_ros.engine.inference import Segmenter, _Part, voxel_downsample
 from safnet_ros.errors import ModelLoadError
 
@@ -167,7 +174,7 @@ def test_cached_view_features_equal_running_the_2d_net_and_are_reused():
     batch = collate([build_chunk_sample(pts, views)])
     with torch.no_grad():
         direct = seg.model(batch)
-        batch.pixel_features, batch.pixel_logits = seg._view_features(views)
+        batch.pixel_features, batch.pixel_logits = seg._encoded(views, [view_key(v) for v in views])
         cached = seg.model(batch)
     torch.testing.assert_close(cached.logits, direct.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cached.s, direct.s)
@@ -195,6 +202,24 @@ def _two_rooms_views() -> tuple[np.ndarray, list[PosedView]]:
     return _room(3000, seed=3), views
 
 
+def _per_part_reference(seg: Segmenter) -> Segmenter:
+    """``seg`` with one forward per part, each built by build_chunk_sample and collate (the trainer's
+    sample path) instead of the padded batch: the reference the batched forward must match."""
+    def run_parts(work, views, keys, parts):
+        outputs = []
+        for part in parts:
+            pv = [views[v] for v in part.views]
+            batch = collate([build_chunk_sample(work[part.index], pv, center_xy=part.center)])
+            if pv:
+                batch.pixel_features, batch.pixel_logits = seg._encoded(pv, [keys[v] for v in part.views])
+            with torch.no_grad():
+                outputs.append(seg._outputs(seg.model(batch), 0, len(part.index)))
+        return outputs
+
+    seg._run_batch = run_parts
+    return seg
+
+
 @pytest.mark.parametrize("batch_points", [60000, 2500])
 def test_batched_chunks_give_the_per_chunk_outputs(batch_points):
     """All chunks in one padded forward (or several, by point budget) = one forward per chunk:
@@ -203,7 +228,7 @@ def test_batched_chunks_give_the_per_chunk_outputs(batch_points):
     pts, views = _two_rooms_views()
     far = np.c_[np.random.default_rng(1).uniform(6, 9, (400, 2)), np.zeros(400)].astype(np.float32)
     pts = np.concatenate([pts, far])
-    ref_seg = _lite_segmenter(chunk_stride=0.5, crop_margin=0.2, batch_chunks=False)
+    ref_seg = _per_part_reference(_lite_segmenter(chunk_stride=0.5, crop_margin=0.2))
     seg = _lite_segmenter(chunk_stride=0.5, crop_margin=0.2, batch_points=batch_points)
     batches = []
     run_batch = seg._run_batch
@@ -335,9 +360,8 @@ def test_the_q_points_near_a_chunk_are_those_in_its_grown_bounding_box():
     near = in_box(np.ascontiguousarray(q.T), box)
     assert np.array_equal(near, expected) and near[:2].all() and not near[2:4].any()
     assert 0 < near.sum() < len(q)
-    assert np.array_equal(near_chunk(q, chunk, 0.3), expected)
     assert chunk_box(np.full((3, 3), np.nan, np.float32)) is None
-    assert not near_chunk(q, np.full((3, 3), np.nan, np.float32)).any()
+    assert not in_box(np.ascontiguousarray(q.T), None).any()
 
 
 def test_views_prepared_between_clouds_are_not_encoded_again_and_change_nothing(monkeypatch):

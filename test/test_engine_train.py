@@ -277,19 +277,26 @@ def test_shipped_configs_load():
     assert (c3.chunks.min_views, c3.chunks.views) == (0, 5)  # issue 28: 0-5 views per training chunk
 
 
+def _ddp_worker(rank: int, world_size: int, init_method: str, config, out: str) -> None:
+    """``mp.spawn`` target: process ``rank`` of a ``world_size`` DDP run of ``train`` joining through
+    ``init_method``."""
+    from safnet_ros.engine.train import train
+
+    torch.set_num_threads(1)
+    train(config, out, rank=rank, world_size=world_size, init_method=init_method, progress=False)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(pre_root, tmp_path):
     """Two CPU processes, gloo, file:// rendezvous: one synchronised step of stage 3d."""
     import torch.multiprocessing as mp
-
-    from safnet_ros.engine.train import spawn_worker
 
     cfg = _cfg(pre_root, "3d")
     cfg["chunks"]["chunks_per_scene"] = 2
     cfg["train"]["batch_size"] = 1
     init = f"file://{tmp_path / 'rendezvous'}"
     out = tmp_path / "ddp"
-    mp.spawn(spawn_worker, args=(2, init, cfg, str(out), False), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, init, cfg, str(out)), nprocs=2, join=True)
     rows = _csv(out / "metrics.csv")
     assert len(rows) == 1
     assert int(rows[0]["samples"]) == 2  # one chunk per rank, summed over both ranks

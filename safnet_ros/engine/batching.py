@@ -183,12 +183,6 @@ def in_box(q_rows: np.ndarray, box: Optional[np.ndarray]) -> np.ndarray:
     return inside
 
 
-def near_chunk(q_points: np.ndarray, points: np.ndarray, q_margin: float = DEFAULT_Q_MARGIN) -> np.ndarray:
-    """(M,) bool: the Q points (M, 3) within ``q_margin`` metres of the bounding box of the
-    finite chunk points (N, 3), the only ones that can be a neighbour of a chunk point."""
-    return in_box(np.ascontiguousarray(q_points.T), chunk_box(points, q_margin))
-
-
 def build_chunk_sample(
     points: np.ndarray,
     views: Sequence[PosedView],
@@ -221,7 +215,7 @@ def build_chunk_sample(
     shift = np.array([center_xy[0], center_xy[1], 0.0], dtype=np.float32)
 
     q_points, q_pixel = backproject_views(views)
-    near = near_chunk(q_points, points, q_margin)
+    near = in_box(np.ascontiguousarray(q_points.T), chunk_box(points, q_margin))  # the possible neighbours
     q_points, q_pixel = q_points[near], q_pixel[near]
 
     if views:
@@ -277,19 +271,17 @@ def collate(samples: Sequence[ChunkSample], device: str = "cpu"):
     def t(x):
         return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
-    labels = None
-    if all(s.labels is not None for s in samples):
-        labels = t(np.stack([s.labels for s in samples]))
-    image_labels = None
-    if all(s.image_labels is not None for s in samples):
-        image_labels = t(np.stack([s.image_labels for s in samples]))
+    def stacked(name: str):  # None unless every sample has the array
+        arrays = [getattr(s, name) for s in samples]
+        return None if any(a is None for a in arrays) else t(np.stack(arrays))
+
     return ChunkBatch(
-        points=t(np.stack([s.points for s in samples])),
-        images=t(np.stack([s.images for s in samples])),
+        points=stacked("points"),
+        images=stacked("images"),
         q_points=t(q_points),
         q_mask=t(q_mask),
         q_pixel=t(q_pixel),
-        labels=labels,
-        image_labels=image_labels,
+        labels=stacked("labels"),
+        image_labels=stacked("image_labels"),
     )
 

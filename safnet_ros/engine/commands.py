@@ -46,5 +46,4 @@ def register(sub: LazyCommands) -> None:
     add_train_arguments(parser)
     parser.set_defaults(func=run_train)
     sub.add_command("eval", "safnet_ros.engine.evaluate",
-                    "evaluate checkpoints on preprocessed scenes (Table I, Table III, Fig. 5)",
-                    add_arguments="add_eval_arguments", run="run_eval")
+                    "evaluate checkpoints on preprocessed scenes (Table I, Table III, Fig. 5)")

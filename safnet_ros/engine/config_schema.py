@@ -300,12 +300,10 @@ def parse_yaml_text(text: str, what: str) -> Any:
 
 
 def load_yaml_config(path: str | os.PathLike) -> Any:
-    """The parsed YAML of a training config file (size-capped, no aliases)."""
+    """The parsed YAML of a training config file (a regular file, :func:`~safnet_ros.validation.require_file`
+    checked; size-capped, no aliases)."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError:
-        size = 0
+    size = p.stat().st_size
     if size > MAX_CONFIG_BYTES:
         raise DataFormatError(p, f"is {size} bytes: a training config is a few kB (limit {MAX_CONFIG_BYTES})")
     return parse_yaml_text(read_text(p, "training config"), str(p))

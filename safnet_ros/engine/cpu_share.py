@@ -53,11 +53,6 @@ class CoreShare:
         if self._stat.is_file() and self._self_stat.is_file():
             self._last = self._read()
 
-    @property
-    def available(self) -> bool:
-        """Whether ``/proc`` could be read at the start (else :meth:`free_cores` is always None)."""
-        return self._last is not None
-
     def _read(self) -> Optional[tuple[int, int, int, float]]:
         """(busy, total, this process's ticks, CPU count), or None where the files cannot be read or parsed
         (the thread count is a tuning: it must never cost a cloud)."""

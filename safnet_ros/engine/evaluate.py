@@ -130,13 +130,12 @@ def scene_coverage(scene) -> Optional[np.ndarray]:
     n, nb = len(points), len(base)
     if nb == 0:
         return np.zeros((F, n), bool)
-    folder = getattr(scene, "dir", None) or getattr(scene, "name", "")
     if base.min() < 0 or base.max() >= n:  # a corrupt or foreign table: name the file, not an IndexError
-        raise DataFormatError(Path(str(folder)) / "coverage_index.npy",
+        raise DataFormatError(scene.dir / "coverage_index.npy",
                               f"indices {int(base.min())}..{int(base.max())} lie outside the scene's {n} points")
     bits = np.asarray(scene.coverage_bits)
     if bits.ndim != 2 or bits.shape[0] != F or bits.shape[1] < (nb + 7) // 8:
-        raise DataFormatError(Path(str(folder)) / "coverage_bits.npy",
+        raise DataFormatError(scene.dir / "coverage_bits.npy",
                               f"shape {bits.shape}, expected ({F}, {(nb + 7) // 8}) for {F} frames x {nb} base points")
     if nb == n and np.array_equal(base, np.arange(n)):
         return unpack_coverage(scene.coverage_bits, np.arange(n))
@@ -275,12 +274,8 @@ def _num(x: float) -> Optional[float]:
 
 # --------------------------------------------------------------------------- evaluation
 def load_segmenter(path: str | Path, device: str = "auto", stride: float = 0.5, **kwargs):
-    """A :class:`Segmenter` for checkpoint ``path`` set up for offline evaluation.
-
-    Whole scenes: no downsampling (``max_points=None``) and no crop to what the
-    views cover (``crop_margin=inf``): every point is segmented, chunks that no
-    frame sees by the 3D path alone (and counted), as ScanNet's benchmark
-    scores every point.
+    """A :class:`Segmenter` for checkpoint ``path`` set up for offline evaluation: whole scenes, no
+    downsampling (``max_points=None``) and no crop (``crop_margin=inf``), as docs/evaluation.md says.
 
     Raises ModelLoadError naming the file when it is missing or corrupt.
     """
@@ -288,7 +283,7 @@ def load_segmenter(path: str | Path, device: str = "auto", stride: float = 0.5, 
         raise ModelLoadError("no model given: pass --model CHECKPOINT")
     kwargs.setdefault("crop_margin", math.inf)  # evaluate every point, not only what the views cover
     segmenter = Segmenter.from_checkpoint(str(path), device=device, chunk_stride=stride, max_points=None, **kwargs)
-    classes = getattr(getattr(segmenter, "config", None), "num_classes", NUM_CLASSES)
+    classes = segmenter.config.num_classes
     if classes != NUM_CLASSES:  # the scores would not fit the benchmark's classes: name the file and setting
         raise ModelLoadError(f"{path}: the checkpoint has num_classes {classes}; evaluation scores the "
                              f"{NUM_CLASSES} ScanNet benchmark classes (train with model.num_classes {NUM_CLASSES})")
@@ -334,7 +329,7 @@ def evaluate_scene(segmenter, scene, views_list: Sequence[int], cms: dict[int, C
     stats = []
     # A 3D-only model ignores the views it is given (only the crop to the covered
     # region uses them, the same for every k >= 1): segment once for all k >= 1.
-    reuse = not getattr(segmenter.config, "uses_2d", True)
+    reuse = not segmenter.config.uses_2d
     done: dict = {}  # (k, or "has views" for a 3D-only model) -> (result, seconds)
     for k in views_list:
         key = k > 0 if reuse else k
@@ -558,7 +553,7 @@ def format_counts(results: Sequence[ModelResult], found: EvalScenes) -> str:
 MAX_VIEWS = 64
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", required=True, metavar="CHECKPOINT",
                         help="checkpoint to evaluate; repeat to compare models (e.g. safnet, concat, "
                              "pointnet2) in one table and one views-sweep plot")
@@ -593,7 +588,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.split is not None and not args.split.strip():  # '' must not mean "every scene"

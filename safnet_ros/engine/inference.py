@@ -45,9 +45,7 @@ from safnet_ros.engine.batching import (
     NET_IMAGE_WH,
     PosedView,
     backproject_views,
-    build_chunk_sample,
     chunk_box,
-    collate,
     in_box,
     normalize_images,
     pad_q,
@@ -225,10 +223,8 @@ class _Accumulator:
 class Segmenter:
     """Runs a SAFNet model over whole clouds with posed views (the steps: module docstring).
 
-    ``batch_chunks`` False runs one forward per chunk instead of batches (the
-    reference path, same outputs). ``precision``: :func:`check_precision`
-    (``self.precision`` holds the resolved value). ``outside_views``: ``3d`` or
-    ``ignore`` (module docstring, step 3).
+    ``precision``: :func:`check_precision` (``self.precision`` holds the resolved
+    value). ``outside_views``: ``3d`` or ``ignore`` (module docstring, step 3).
     """
 
     def __init__(
@@ -246,9 +242,7 @@ class Segmenter:
         min_chunk_points: int = 32,
         min_3d_chunk_points: Optional[int] = None,
         min_oom_chunk_points: int = 512,
-        coverage_tol: float = 0.1,
         seed: int = 0,
-        batch_chunks: bool = True,
         batch_points: int = 60000,
         precision: str = "fp32",
         outside_views: str = "3d",
@@ -279,9 +273,7 @@ class Segmenter:
             min_3d_chunk_points = int(npoints[0])
         self.min_3d_chunk_points = max(self.min_chunk_points, int(min_3d_chunk_points))
         self.min_oom_chunk_points = max(1, int(min_oom_chunk_points))
-        self.coverage_tol = float(coverage_tol)
         self.seed = int(seed)
-        self.batch_chunks = bool(batch_chunks)
         self.batch_points = int(batch_points)
         self.outside_views = str(outside_views)
         self.untrained = False
@@ -357,14 +349,6 @@ class Segmenter:
         features = torch.cat([f for f, _ in cached]).unsqueeze(0)
         return features, torch.stack([lg for _, lg in cached]).unsqueeze(0)
 
-    def _view_features(self, views: Sequence[PosedView]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Cached 2D features of ``views``: ((1, V*H*W, C), (1, V, K, H, W)) or (None, None)."""
-        if not views:
-            return None, None
-        tables = self._encoded(views, [view_key(v) for v in views])
-        self._evict()
-        return tables
-
     def _backprojection(self, view: PosedView, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The view's back-projected pixels: (points (M, 3) float32 world, pixel (M,) int64, the
         points again as coordinate rows (3, M) for :func:`in_box`)."""
@@ -433,22 +417,10 @@ class Segmenter:
         return probs, sims, view_dist
 
     @torch.no_grad()
-    def _run_chunk(self, points: np.ndarray, views: Sequence[PosedView], center_xy: np.ndarray):
-        """Forward one chunk part alone (the reference path, ``batch_chunks=False``).
-
-        Returns probs (n, C), sims (3, n) (s, s_geo, s_con), view_distance (n,) numpy.
-        """
-        sample = build_chunk_sample(points, views, center_xy=center_xy)
-        batch = collate([sample], device=str(self.device))
-        batch.pixel_features, batch.pixel_logits = self._view_features(views)
-        with autocast_context(self.precision, self.device):
-            out = self.model(batch)
-        return self._outputs(out, 0, len(points))
-
-    @torch.no_grad()
     def _run_batch(self, work: np.ndarray, views: Sequence[PosedView], keys: Sequence[str],
                    parts: Sequence[_Part]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Forward several chunk parts as one padded batch; outputs as :meth:`_run_chunk`'s, per part.
+        """Forward several chunk parts as one padded batch: per part, probs (n, C), sims (3, n) (s, s_geo,
+        s_con) and view_distance (n,) numpy.
 
         P is padded with non-finite rows (the model masks them out); Q is each
         part's chosen views' back-projection near the part (as
@@ -513,8 +485,6 @@ class Segmenter:
                 f"out of memory on {self.device} even for a chunk of {len(pidx)} points "
                 f"(floor min_oom_chunk_points={self.min_oom_chunk_points}): {exc}"
             ) from exc
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
         self.max_chunk_points = min(self.max_chunk_points, smaller)
         result.oom_retries += 1
         message = (f"out of memory on {self.device} for a chunk of {len(pidx)} points: retrying in parts of "
@@ -546,7 +516,7 @@ class Segmenter:
         elif coverage is not None:
             cov = np.asarray(coverage, bool)[:, work_index]
         else:
-            cov = coverage_matrix(work, [(v.depth, v.K, v.camera_to_world) for v in views], tol=self.coverage_tol)
+            cov = coverage_matrix(work, [(v.depth, v.K, v.camera_to_world) for v in views])
         covered = cov.any(axis=0)
         if not covered.any():
             if views:
@@ -592,8 +562,6 @@ class Segmenter:
         points, so a small part waits for a batch of small parts). Parts with views
         and 3D-only parts never share a batch: a 3D-only part in a batch with views
         would pay for the batch's Q points (the CSM maps N_Q of every row)."""
-        if not self.batch_chunks:
-            return [[p] for p in parts]
         batches: list[list[_Part]] = []
         for group in ([p for p in parts if p.views], [p for p in parts if not p.views]):
             start = len(batches)
@@ -616,20 +584,16 @@ class Segmenter:
         while pending:
             batch = pending.pop()
             try:
-                if self.batch_chunks:
-                    outputs = self._run_batch(work, views, keys, batch)
-                else:
-                    part = batch[0]
-                    outputs = [self._run_chunk(work[part.index], [views[v] for v in part.views], part.center)]
+                outputs = self._run_batch(work, views, keys, batch)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
                 if not is_out_of_memory(exc):
                     raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
                 if len(batch) > 1:
                     self.batch_points = max(1, min(self.batch_points, sum(len(p.index) for p in batch) // 2))
                     half = len(batch) // 2
                     pending += [batch[:half], batch[half:]]
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
                     continue
                 part = batch[0]
                 pending += [[_Part(p, part.views, part.center)]
@@ -655,7 +619,6 @@ class Segmenter:
         result.confidence[target] = np.where(voted[src], work_conf[src], 0.0)
         result.s[target], result.s_geo[target], result.s_con[target] = work_sims[:, src]
         result.segmented[target] = voted[src]
-        result.outside_views = np.zeros(n, bool)
         result.outside_views[target] = outside[src] & voted[src]
         result.view_distance = np.full(n, np.nan, np.float32)
         result.view_distance[target] = np.where(voted[src], acc.nearest_view[src], np.float32(np.nan))

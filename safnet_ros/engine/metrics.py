@@ -1,11 +1,7 @@
-"""Segmentation metrics as ScanNet's benchmark defines them (docs/design.md §2.6).
+"""Segmentation metrics as ScanNet's benchmark defines them (docs/design.md §2.6, docs/evaluation.md).
 
-IoU = TP / (TP + FP + FN) per class over all points of all scenes, from one
-accumulated confusion matrix; mIoU is the mean over the 20 classes. Points whose
-ground truth is IGNORE_INDEX (or any id outside 0..19) do not count. A point
-that was not predicted (prediction IGNORE_INDEX) while its truth is a class
-counts as a false negative of that class, so unsegmented points lower the score
-instead of vanishing from it.
+One accumulated confusion matrix; points whose truth is outside 0..19 do not count, and a point
+without a prediction is a false negative of its class, so unsegmented points lower the score.
 """
 from __future__ import annotations
 

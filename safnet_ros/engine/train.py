@@ -37,6 +37,7 @@ from safnet_ros.data.class_weights import load_class_weights
 from safnet_ros.data.dataset import ChunkDataset, ImageDataset, collate_chunks, list_scenes
 from safnet_ros.engine.config_schema import TrainConfig, from_mapping, load_yaml_config, merge, parse_sets
 from safnet_ros.engine.inference import autocast_context
+from safnet_ros.engine.metrics import ConfusionMatrix
 from safnet_ros.engine.step_profile import StepProfile
 from safnet_ros.errors import ConfigError, MissingDataError, ModelLoadError, SafnetError
 from safnet_ros.io_boundary import load_torch_file
@@ -49,7 +50,7 @@ from safnet_ros.validation import check_output_dir, require_file
 
 __all__ = ["TrainConfig", "load_config", "parse_sets", "train", "TrainResult", "TrainingDivergedError",
            "build_data", "build_model", "build_optimizer", "train_one_epoch", "validate", "save_state",
-           "init_from_checkpoint", "spawn_worker", "DEFAULTS"]
+           "init_from_checkpoint", "DEFAULTS"]
 
 #: The default value of every key, as a plain nested dict (docs, tests).
 DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
@@ -186,38 +187,30 @@ def setup_distributed(device_pref: str, init_method: Optional[str] = None, rank:
 
 
 def all_reduce_sum(values: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
-    """Sum a float64 tensor over the processes (no-op on one process)."""
+    """Sum a tensor over the processes, in place (no-op on one process)."""
     if dist_info.world_size > 1:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
 # --------------------------------------------------------------------------- metrics
-class Confusion:
-    """Running confusion matrix over labelled points/pixels (torch, on the batch's device)."""
+def _add_confusion(counts: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Add argmax(logits (n, K)) against labels (n,) to the (K, K) int64 ``counts`` on their device, so
+    no step waits for the host (labels outside 0..K-1 are ignored)."""
+    k = counts.shape[0]
+    ok = (labels >= 0) & (labels < k)
+    counts += torch.bincount(labels[ok] * k + logits.argmax(-1)[ok], minlength=k * k).view(k, k)
 
-    def __init__(self, num_classes: int, device):
-        self.k = num_classes
-        self.m = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """logits (n, K), labels (n,) (labels outside 0..K-1 are ignored)."""
-        ok = (labels >= 0) & (labels < self.k)
-        pred = logits.argmax(-1)[ok]
-        gt = labels[ok]
-        self.m += torch.bincount(gt * self.k + pred, minlength=self.k * self.k).view(self.k, self.k).double()
-
-    def summary(self) -> tuple[float, float]:
-        """(overall accuracy, mean IoU over the classes that occur in labels or predictions)."""
-        m = self.m
-        total = float(m.sum())
-        if total == 0:
-            return float("nan"), float("nan")
-        tp = m.diag()
-        union = m.sum(0) + m.sum(1) - tp
-        present = union > 0
-        iou = (tp[present] / union[present]).mean()
-        return float(tp.sum()) / total, float(iou)
+def _epoch_metrics(sums: torch.Tensor, counts: torch.Tensor, dist_info: DistInfo
+                   ) -> tuple[float, float, float]:
+    """Sum ``sums`` (loss * n, n, ...) and the confusion ``counts`` over the processes, in place; returns
+    (mean loss, overall accuracy, mIoU), the last two as :class:`~safnet_ros.engine.metrics.ConfusionMatrix`
+    defines them."""
+    all_reduce_sum(sums, dist_info)
+    cm = ConfusionMatrix(len(counts))
+    cm.square[:] = all_reduce_sum(counts, dist_info).cpu().numpy()
+    return float(sums[0] / max(1.0, float(sums[1]))), cm.overall_accuracy(), cm.miou()
 
 
 # --------------------------------------------------------------------------- the per-stage step modules
@@ -261,9 +254,7 @@ class ThreeDStep(nn.Module):
 # --------------------------------------------------------------------------- build: data
 @dataclass
 class DataParts:
-    train_set: Any
     train_loader: DataLoader
-    train_sampler: Optional[DistributedSampler]
     val_loader: Optional[DataLoader]
 
 
@@ -289,26 +280,22 @@ def _datasets(cfg: TrainConfig):
     return train_set, val_set
 
 
-def _loader(dataset, cfg: TrainConfig, dist_info: DistInfo, shuffle: bool):
+def _loader(dataset, cfg: TrainConfig, dist_info: DistInfo, shuffle: bool) -> DataLoader:
     sampler = None
     if dist_info.world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                      shuffle=shuffle, seed=cfg.seed, drop_last=False)
-    gen = torch.Generator()
-    gen.manual_seed(cfg.seed + dist_info.rank)
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
-                        sampler=sampler, num_workers=cfg.train.num_workers, generator=gen,
-                        collate_fn=collate_chunks if cfg.stage == "3d" else None, drop_last=False,
-                        persistent_workers=False)
-    return loader, sampler
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=cfg.train.num_workers,
+                      generator=torch.Generator().manual_seed(cfg.seed + dist_info.rank),
+                      collate_fn=collate_chunks if cfg.stage == "3d" else None)
 
 
 def build_data(cfg: TrainConfig, dist_info: DistInfo) -> DataParts:
-    """The training and validation datasets and loaders of the config's stage."""
+    """The training and validation loaders of the config's stage (under DDP with a DistributedSampler)."""
     train_set, val_set = _datasets(cfg)
-    train_loader, train_sampler = _loader(train_set, cfg, dist_info, shuffle=True)
-    val_loader = _loader(val_set, cfg, dist_info, shuffle=False)[0] if val_set is not None else None
-    return DataParts(train_set, train_loader, train_sampler, val_loader)
+    return DataParts(_loader(train_set, cfg, dist_info, shuffle=True),
+                     _loader(val_set, cfg, dist_info, shuffle=False) if val_set is not None else None)
 
 
 def _to_device(batch, device: torch.device, stage: str):
@@ -357,7 +344,7 @@ def init_from_checkpoint(model: nn.Module, path: Path) -> dict[str, int]:
     source = src.state_dict()
     target = model.state_dict()
     widen = set()
-    if getattr(model, "attr_gain", None) is not None and model.net3d is not None:
+    if model.attr_gain is not None and model.net3d is not None:
         widen = {"net3d.sa.0.mlp.0.weight", f"net3d.fp.{len(model.net3d.fp) - 1}.mlp.0.weight"}
     counts = {"copied": 0, "widened": 0, "fresh": 0}
     with torch.no_grad():
@@ -395,7 +382,7 @@ def build_model(cfg: TrainConfig, dist_info: DistInfo) -> ModelParts:
         for p in model.net2d.parameters():
             p.requires_grad_(False)
     tail_2d: list = []
-    if cfg.stage == "3d" and getattr(model, "finetunes_2d_tail", False):
+    if cfg.stage == "3d" and model.finetunes_2d_tail:
         tail_2d = model.tail_2d_parameters()
         for p in tail_2d:
             p.requires_grad_(True)
@@ -600,20 +587,19 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
     training columns. Raises TrainingDivergedError at the first non-finite loss, naming the step."""
     cfg, dist_info, stage = run.cfg, run.dist_info, run.stage
     device = dist_info.device
-    run.data.train_set.set_epoch(epoch)
-    if run.data.train_sampler is not None:
-        run.data.train_sampler.set_epoch(epoch)
+    loader = run.data.train_loader
+    loader.dataset.set_epoch(epoch)
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
     run.runner.train()
     run.parts.model.train()
-    conf = Confusion(run.parts.mconfig.num_classes, device)
+    k = run.parts.mconfig.num_classes
+    counts = torch.zeros(k, k, dtype=torch.int64, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, n, no-view chunks
     max_steps = cfg.train.max_steps_per_epoch or math.inf
-    loader = run.data.train_loader
     total = min(len(loader), max_steps)
-    bar = None
-    if progress and dist_info.is_main:
-        bar = tqdm(total=total, desc=f"{stage} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
-                   file=sys.stderr, leave=False)
+    bar = tqdm(total=total, desc=f"{stage} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+               file=sys.stderr, leave=False, disable=not (progress and dist_info.is_main))
     lr = run.opt.param_groups[0]["lr"]
     batches = iter(loader)
     for step in range(total):
@@ -625,8 +611,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         with _phase(run, "forward"), autocast_context(cfg.train.amp, device):
             loss, logits, labels = run.runner(*inputs)
         if not _all_finite(loss, dist_info):
-            if bar is not None:
-                bar.close()
+            bar.close()
             raise TrainingDivergedError(
                 f"training loss is {float(loss.detach())} at step {run.global_step + 1} (epoch {epoch + 1}, "
                 f"batch {step + 1}): stopped, nothing of this epoch was saved (lower train.lr, use train.amp: "
@@ -644,21 +629,17 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
         sums[1] += n
         if infos is not None and cfg.chunks.views > 0:
             sums[2] += sum(1 for i in infos if i["views"] == 0)
-        conf.add(logits.float(), labels)
+        _add_confusion(counts, logits, labels)
         run.global_step += 1
         if run.writer is not None:
             run.writer.add_scalar(f"{stage}/loss_step", value, run.global_step)
-        if bar is not None:
-            bar.set_postfix(loss=f"{value:.3f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.set_postfix(loss=f"{value:.3f}")
+        bar.update(1)
+    bar.close()
     run.sched.step()
-    all_reduce_sum(sums, dist_info)
-    all_reduce_sum(conf.m, dist_info)
-    acc, miou = conf.summary()
-    return {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": float(sums[0] / max(1.0, float(sums[1]))),
-            "train_acc": acc, "train_miou": miou, "val_loss": "", "val_acc": "", "val_miou": "",
+    loss, acc, miou = _epoch_metrics(sums, counts, dist_info)
+    return {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": loss, "train_acc": acc,
+            "train_miou": miou, "val_loss": "", "val_acc": "", "val_miou": "",
             "steps": min(total, len(loader)), "samples": int(sums[1]), "chunks_without_views": int(sums[2])}
 
 
@@ -668,7 +649,8 @@ def validate(run: Run) -> dict[str, Any]:
     device = dist_info.device
     run.runner.eval()
     run.parts.model.eval()
-    conf = Confusion(run.parts.mconfig.num_classes, device)
+    k = run.parts.mconfig.num_classes
+    counts = torch.zeros(k, k, dtype=torch.int64, device=device)
     sums = torch.zeros(2, dtype=torch.float64, device=device)
     module = run.parts.module  # not the DDP wrapper: no gradient sync in evaluation
     max_batches = run.cfg.train.max_val_batches
@@ -681,11 +663,9 @@ def validate(run: Run) -> dict[str, Any]:
                 loss, logits, labels = module(*inputs)
             sums[0] += float(loss) * n
             sums[1] += n
-            conf.add(logits.float(), labels)
-    all_reduce_sum(sums, dist_info)
-    all_reduce_sum(conf.m, dist_info)
-    acc, miou = conf.summary()
-    return {"val_loss": float(sums[0] / max(1.0, float(sums[1]))), "val_acc": acc, "val_miou": miou}
+            _add_confusion(counts, logits, labels)
+    loss, acc, miou = _epoch_metrics(sums, counts, dist_info)
+    return {"val_loss": loss, "val_acc": acc, "val_miou": miou}
 
 
 def non_finite_weights(model: nn.Module) -> list[str]:
@@ -709,7 +689,7 @@ def save_state(run: Run, epoch: int, row: Mapping[str, Any]) -> Path:
              "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))}}
     save_checkpoint(ckpt, run.parts.model, run.parts.mconfig, extra=extra)
     save_checkpoint(run.out_dir / "model_last.pt", run.parts.model, run.parts.mconfig, extra=extra)
-    _append_csv(run.out_dir / "metrics.csv", row)
+    _write_csv(run.out_dir / "metrics.csv", [row])
     state_path = ckpt_dir / "train_state.pt"
     tmp = state_path.with_suffix(".tmp")
     torch.save({"epoch": epoch, "global_step": run.global_step, "checkpoint": f"checkpoints/{ckpt.name}",
@@ -813,7 +793,7 @@ def _run_training(cfg: TrainConfig, out_dir: Path, resume: bool, dist_info: Dist
     if run.profile is not None and dist_info.is_main:
         print(run.profile.table(), file=sys.stderr)
         (out_dir / "profile.json").write_text(json.dumps(run.profile.to_dict(), indent=2))
-    if dist_info.initialised_here and dist_info.world_size > 1:
+    if dist_info.initialised_here:
         # every rank finishes its last collective before any tears the group down
         dist.barrier()
     return result
@@ -855,13 +835,13 @@ def _fit(run: Run, start_epoch: int, progress: bool, result: TrainResult) -> Non
 
 
 # --------------------------------------------------------------------------- files
-def _append_csv(path: Path, row: Mapping[str, Any]) -> None:
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new:
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], mode: str = "a") -> None:
+    """Append (``mode`` "a") or write ("w") the :data:`CSV_FIELDS` of ``rows``; a new file gets the header."""
+    with open(path, mode, newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if f.tell() == 0:
             w.writeheader()
-        w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        w.writerows(rows)
 
 
 def _trim_csv(path: Path, first_epoch: int) -> None:
@@ -873,14 +853,5 @@ def _trim_csv(path: Path, first_epoch: int) -> None:
     keep = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) < first_epoch]
     if len(keep) == len(rows):
         return
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        w.writerows({k: r.get(k, "") for k in CSV_FIELDS} for r in keep)
+    _write_csv(path, keep, "w")
 
-
-def spawn_worker(rank: int, world_size: int, init_method: str, config: Any, out: str, resume: bool) -> None:
-    """``torch.multiprocessing.spawn`` target: process ``rank`` of a ``world_size`` DDP run of :func:`train`
-    joining through ``init_method`` (e.g. ``file:///tmp/rdv``); the CPU test of the DDP path uses it."""
-    torch.set_num_threads(1)
-    train(config, out, resume, rank=rank, world_size=world_size, init_method=init_method, progress=False)

@@ -1,13 +1,9 @@
 """A rolling buffer of posed RGB-D views for streaming segmentation (the ROS node, bag replay).
 
-Views arrive far faster (30 Hz) than clouds are segmented and consecutive frames
-see almost the same thing, so the buffer keeps *keyframes* only, each camera
-judged against its own last kept view, within a count and a memory bound (the
-oldest evicted first); a view stamped more than ``jump_tolerance`` seconds
-before the newest stamp seen (a bag that loops) clears it first. The rules:
-docs/ros_node.md, "The view buffer". Pure python + numpy (no rclpy), thread
-safe: the node's sync callback offers views while the inference worker takes
-snapshots. Every refusal is counted in :attr:`ViewBuffer.stats`.
+Views arrive far faster (30 Hz) than clouds are segmented and consecutive frames see almost the
+same thing, so the buffer keeps *keyframes* only, within a count and a memory bound; a view stamped
+more than ``jump_tolerance`` seconds before the newest seen (a bag that loops) clears it first.
+The rules: docs/ros_node.md, "The view buffer". Pure python + numpy (no rclpy), thread safe.
 """
 from __future__ import annotations
 

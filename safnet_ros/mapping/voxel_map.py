@@ -102,11 +102,6 @@ class MapSnapshot:
         return len(self.labels)
 
 
-def key_centres(keys: np.ndarray, voxel_size: float) -> np.ndarray:
-    """(V, 3) float32 centres, metres, of the voxels with packed grid ``keys`` (V,)."""
-    return ((unpack_keys(keys) + 0.5) * voxel_size).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class MapEvidence:
     """The stored evidence of a map at one version, in key order (V voxels), readable without the map.
@@ -155,7 +150,7 @@ class MapEvidence:
         dist = self.read() if dist is None else dist
         labels = np.argmax(dist, axis=1).astype(np.int64)
         return MapSnapshot(
-            centres=key_centres(self.keys, self.voxel_size), labels=labels,
+            centres=((unpack_keys(self.keys) + 0.5) * self.voxel_size).astype(np.float32), labels=labels,
             confidence=dist[np.arange(len(dist)), labels].astype(np.float32), observations=self.observations,
             voxel_size=self.voxel_size, fusion=self.fusion, scores=self.scores if with_scores else None,
             smoothing=self.smoothing, smoothing_cell=self.smoothing_cell)
@@ -384,20 +379,6 @@ class SemanticVoxelMap:
         return count
 
     # ------------------------------------------------------------------ reading
-    def centres(self) -> np.ndarray:
-        """(V, 3) float32 voxel centres, metres."""
-        return key_centres(self._sorted()[1], self.voxel_size)
-
-    def _readout(self, evidence: Optional["MapEvidence"] = None) -> np.ndarray:
-        """(V, C) float32 class distributions as read (smoothed when ``smoothing`` > 0), in key order.
-
-        Cached per :meth:`_read_state`; ``evidence``: this map's current copy when the caller has one.
-        """
-        if self._readout_state != self._read_state():
-            evidence = evidence or self.evidence()
-            self._readout_dist, self._readout_state = evidence.read(), evidence.state
-        return self._readout_dist
-
     def _read_state(self) -> tuple:
         """What the read-out depends on: (version, smoothing, smoothing_cell)."""
         return (self.version, self.smoothing, self.smoothing_cell)
@@ -437,29 +418,15 @@ class SemanticVoxelMap:
         """Drop the cached read-out, so that the next reader computes it again (for timing it)."""
         self._readout_state = None
 
-    def labels(self) -> np.ndarray:
-        """(V,) int64 class index per voxel: argmax of :meth:`probabilities` (ties: the lower index)."""
-        return np.argmax(self._readout(), axis=1).astype(np.int64)
-
-    def observations(self) -> np.ndarray:
-        """(V,) int64 points fused into each voxel."""
-        return self._obs[self._sorted()[0]]
-
-    def confidence(self) -> np.ndarray:
-        """(V,) float32 in [0, 1]: the read distribution's value at the label (without smoothing: for
-        the count rule the winner's mean probability over the voxel's points, for the log rule its posterior)."""
-        dist = self._readout()
-        return dist[np.arange(len(dist)), self.labels()].astype(np.float32)
-
-    def probabilities(self) -> np.ndarray:
-        """(V, C) float32 class distribution per voxel as read: its fused evidence normalised, blended
-        with its neighbourhood's when ``smoothing`` > 0 (rows sum to 1; labels are their argmax)."""
-        return self._readout().copy()
-
     def snapshot(self, with_scores: bool = False) -> MapSnapshot:
-        """A consistent copy of the map (take it under the owner's lock, or use :meth:`snapshot_outside`)."""
+        """A consistent copy of the map (take it under the owner's lock, or use :meth:`snapshot_outside`).
+
+        The read-out (:meth:`MapEvidence.read`, the costly part) is cached per :meth:`_read_state`.
+        """
         evidence = self.evidence()
-        return evidence.snapshot(self._readout(evidence), with_scores=with_scores)
+        if self._readout_state != evidence.state:
+            self._readout_dist, self._readout_state = evidence.read(), evidence.state
+        return evidence.snapshot(self._readout_dist, with_scores=with_scores)
 
     # ------------------------------------------------------------------ restoring
     def load_voxels(self, centres: np.ndarray, scores: np.ndarray, observations: np.ndarray) -> None:

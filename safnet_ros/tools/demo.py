@@ -117,8 +117,6 @@ class ReplayResult:
     map_saved_via: str = ""
     map_voxels: int = 0
     map_update_ms_mean: float = float("nan")
-    map_fusion: str = ""
-    map_voxel_size: float = float("nan")
 
 
 def ros_environment() -> dict[str, str]:
@@ -193,8 +191,6 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
             result.map_ply = str(map_path)
             result.map_voxels = len(sm)
             result.map_update_ms_mean = sm.update_ms_mean()
-            result.map_fusion = sm.settings.fusion
-            result.map_voxel_size = sm.settings.voxel_size
     return result
 
 
@@ -290,8 +286,8 @@ def score_map(scene: DemoScene, replay: ReplayResult, clouds: list[np.ndarray]) 
     block = {
         "miou": s["miou"], "oa": s["oa"], "coverage": s["coverage"], "voxels": len(snap),
         "update_ms_mean": replay.map_update_ms_mean, "miou_all_vertices": s["miou_all_vertices"],
-        "labelled_vertices": s["labelled_vertices"], "per_class": s["per_class"], "fusion": replay.map_fusion,
-        "voxel_size": replay.map_voxel_size, "ply": replay.map_ply, "saved_via": replay.map_saved_via,
+        "labelled_vertices": s["labelled_vertices"], "per_class": s["per_class"], "fusion": snap.fusion,
+        "voxel_size": snap.voxel_size, "ply": replay.map_ply, "saved_via": replay.map_saved_via,
         "smoothing": snap.smoothing, "smoothing_cell": snap.smoothing_cell,
         "miou_unsmoothed": unsmoothed["miou"], "oa_unsmoothed": unsmoothed["oa"],
         "single_cloud_miou_mean": float(np.mean(single)) if single else float("nan"),

@@ -48,25 +48,6 @@ LOG_CLAMP = -60.0
 MAX_VOXEL_SIZE = 10.0
 
 
-def check_settings(voxel_size: float, max_voxels: int, fusion: str, evict_fraction: float = 0.1,
-                   smoothing: float = DEFAULT_WEIGHT, smoothing_cell: float = DEFAULT_CELL_M) -> None:
-    """ConfigError naming the setting for a voxel size outside (0, 10] m, max_voxels < 1, an unknown rule,
-    a smoothing weight outside [0, 100] or a smoothing cell outside (0, 100] m."""
-    try:
-        vs = float(voxel_size)
-    except (TypeError, ValueError):
-        raise ConfigError(f"map voxel size must be a number of metres, got {voxel_size!r}") from None
-    if not (np.isfinite(vs) and 0.0 < vs <= MAX_VOXEL_SIZE):
-        raise ConfigError(f"map voxel size must be in (0, {MAX_VOXEL_SIZE:g}] metres, got {voxel_size}")
-    if isinstance(max_voxels, bool) or not isinstance(max_voxels, (int, np.integer)) or int(max_voxels) < 1:
-        raise ConfigError(f"map max_voxels must be an integer >= 1, got {max_voxels!r}")
-    if fusion not in FUSION_RULES:
-        raise ConfigError(f"map fusion rule must be one of {', '.join(FUSION_RULES)}, got {fusion!r}")
-    if not 0.0 <= float(evict_fraction) < 1.0:
-        raise ConfigError(f"map evict_fraction must be in [0, 1), got {evict_fraction}")
-    check_smoothing(smoothing, smoothing_cell)
-
-
 @dataclass
 class IntegrateStats:
     """What one :meth:`SemanticVoxelMap.integrate` did."""
@@ -126,20 +107,16 @@ class MapEvidence:
         """(version, smoothing, smoothing_cell): what a read-out of this copy is valid for."""
         return (self.version, self.smoothing, self.smoothing_cell)
 
-    def own_distributions(self) -> np.ndarray:
-        """(V, C) float32 each voxel's own fused class distribution (rows sum to 1)."""
-        s = self.scores.copy()
-        if self.fusion == "count":
-            s /= np.maximum(s.sum(axis=1, keepdims=True), np.float32(1e-12))
-            return s
-        s -= s.max(axis=1, keepdims=True)  # log rule: a softmax of the (clamped) log sums
-        np.exp(s, out=s)
-        s /= s.sum(axis=1, keepdims=True)
-        return s
-
     def read(self) -> np.ndarray:
-        """(V, C) float32 class distributions as read: own distributions, smoothed when ``smoothing`` > 0."""
-        dist = self.own_distributions()
+        """(V, C) float32 class distributions as read: each voxel's own fused distribution (rows sum to 1),
+        blended with its neighbourhood's when ``smoothing`` > 0."""
+        dist = self.scores.copy()
+        if self.fusion == "count":
+            dist /= np.maximum(dist.sum(axis=1, keepdims=True), np.float32(1e-12))
+        else:  # log rule: a softmax of the (clamped) log sums
+            dist -= dist.max(axis=1, keepdims=True)
+            np.exp(dist, out=dist)
+            dist /= dist.sum(axis=1, keepdims=True)
         if self.smoothing > 0 and len(dist):
             dist = neighbourhood_blend(unpack_keys(self.keys), dist,
                                        cell_voxels(self.smoothing_cell, self.voxel_size), self.smoothing)
@@ -170,7 +147,19 @@ class SemanticVoxelMap:
     def __init__(self, voxel_size: float = 0.04, max_voxels: int = 500_000, fusion: str = "count",
                  num_classes: int = NUM_CLASSES, evict_fraction: float = 0.1,
                  smoothing: float = DEFAULT_WEIGHT, smoothing_cell: float = DEFAULT_CELL_M):
-        check_settings(voxel_size, max_voxels, fusion, evict_fraction, smoothing, smoothing_cell)
+        try:
+            vs = float(voxel_size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"map voxel size must be a number of metres, got {voxel_size!r}") from None
+        if not (np.isfinite(vs) and 0.0 < vs <= MAX_VOXEL_SIZE):
+            raise ConfigError(f"map voxel size must be in (0, {MAX_VOXEL_SIZE:g}] metres, got {voxel_size}")
+        if isinstance(max_voxels, bool) or not isinstance(max_voxels, (int, np.integer)) or max_voxels < 1:
+            raise ConfigError(f"map max_voxels must be an integer >= 1, got {max_voxels!r}")
+        if fusion not in FUSION_RULES:
+            raise ConfigError(f"map fusion rule must be one of {', '.join(FUSION_RULES)}, got {fusion!r}")
+        if not 0.0 <= float(evict_fraction) < 1.0:
+            raise ConfigError(f"map evict_fraction must be in [0, 1), got {evict_fraction}")
+        check_smoothing(smoothing, smoothing_cell)
         if int(num_classes) < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         self.voxel_size = float(voxel_size)

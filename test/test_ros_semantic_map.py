@@ -177,7 +177,7 @@ def test_node_keeps_running_after_a_failed_save_and_time_jump_clears_the_map(map
     h.pub_cloud.publish(msg)
     assert h.wait_cloud(past) is not None
     assert wait_until(lambda: sm.clouds_integrated > before, 30.0)
-    assert sm.clears == clears + 1 and sm.map.updates >= 1
+    assert sm.clears == clears + 1 and len(sm.map) > 0
     diag = h.diagnostics.wait_for(lambda m: "map_voxels" in diagnostics_values(m)
                                   and int(diagnostics_values(m)["map_clouds_integrated"]) > before, 30.0)
     assert diag is not None

@@ -171,7 +171,6 @@ class SemanticVoxelMap:
         self.smoothing_cell = float(smoothing_cell)
         self.points_rejected = 0
         self.voxels_evicted = 0
-        self.updates = 0
         #: most voxels the map ever held after an update (never above max_voxels)
         self.peak_voxels = 0
         self.clear()
@@ -290,7 +289,6 @@ class SemanticVoxelMap:
             self._insert(np.take(ukeys, new), np.take(contrib, new, axis=0), np.take(counts, new),
                          hints.select(new), grid=np.take(ijk, first_point, axis=0))
             stats.voxels_new = int(len(new))
-        self.updates += 1
         self.version += 1
         self.peak_voxels = max(self.peak_voxels, self._n)
         stats.seconds = time.perf_counter() - t0

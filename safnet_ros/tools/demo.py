@@ -245,9 +245,9 @@ def _clouds_in_map(replay: ReplayResult) -> list[tuple[np.ndarray, np.ndarray]]:
             if frame_id.lstrip("/") == bio.MAP_FRAME]
 
 
-def single_cloud_vertex_labels(scene: DemoScene, replay: ReplayResult) -> list[np.ndarray]:
-    """Per labelled cloud (in stamp order), the label it gave each scene vertex: (V,) int64, -1 where it gave none."""
-    votes = VertexVotes(scene.xyz, NUM_CLASSES)  # its KD-tree over distinct vertex positions is reused
+def single_cloud_vertex_labels(votes: VertexVotes, replay: ReplayResult) -> list[np.ndarray]:
+    """Per labelled cloud (in stamp order), the label it gave each scene vertex: (V,) int64, -1 where none;
+    points are matched to vertices by ``votes`` (:func:`accumulate`'s: one KD-tree for both)."""
     out = []
     for xyz, arr in _clouds_in_map(replay):
         labels = arr["label"].astype(np.int64)
@@ -438,7 +438,7 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
     summary = score_labels(scene.truth, labels)
     # the vote's ties go to the lower class index (wall, floor, cabinet, bed, chair ...): how much that decides
     random_ties = [score_labels(scene.truth, votes.labels(ties="random", seed=s))["miou"] for s in range(5)]
-    map_block, map_labels = score_map(scene, replay, single_cloud_vertex_labels(scene, replay))
+    map_block, map_labels = score_map(scene, replay, single_cloud_vertex_labels(votes, replay))
     _stage(6, "writing the labelled PLY and rendering the PNG")
     ply_path, png_path = write_outputs(out, scene, labels, votes.similarity(),
                                        _title(scene, summary, seg.untrained, "bag + ROS 2 node")

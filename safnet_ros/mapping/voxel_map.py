@@ -349,9 +349,8 @@ class SemanticVoxelMap:
             return 0
         hi = self._hi
         origin = np.asarray(self.last_sensor_origin, np.float64)
-        # squared distances of every row (no gather) as |c|^2 - 2 c.o + |o|^2: one float64 matrix-vector
-        # product over the stored centres instead of an (hi, 3) difference and einsum (~4x less time).
-        # float64: at 50 km from the origin float32 would round this by hundreds of m^2
+        # squared distances of every row as |c|^2 - 2 c.o + |o|^2: one matrix-vector product, no (hi, 3)
+        # difference; float64: at 50 km from the origin float32 would round this by hundreds of m^2
         d = self._centre_sq[:hi] - 2.0 * (self._centres[:hi] @ origin) + float(origin @ origin)
         np.maximum(d, 0.0, out=d)  # rounding can still dip a hair below 0: keep the markers below every row
         if len(protect):

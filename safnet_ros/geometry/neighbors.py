@@ -355,10 +355,7 @@ def farthest_point_sample(
     index). When ``m`` exceeds the number of valid points, all of them are
     returned first and the remaining slots repeat the first sample. Padded points
     (``mask`` False) are never chosen; a batch element with no valid point gets
-    index 0 everywhere.
-
-    Backends: a torch loop (CUDA; ``backend="torch"``) and the same loop in numpy
-    for CPU tensors: the same float32 arithmetic in the same order, the same indices.
+    index 0 everywhere. Backends: the module docstring.
 
     Returns:
         ``(B, m)`` long.

@@ -45,7 +45,7 @@ def test_segment_bag_writes_the_map_and_map_score_scores_it(scene_and_bag, tmp_p
             if conn.topic == bio.LABELED_CLOUD_TOPIC:
                 arr = bio.pointcloud_to_array(bio.deserialize(raw, conn.msgtype))
                 segmented += int((arr["label"] != IGNORE_INDEX).sum())
-    assert segmented > 0 and int(vmap.observations().sum()) == segmented
+    assert segmented > 0 and int(vmap.snapshot().observations.sum()) == segmented
 
     assert main(["map", "score", str(map_path), str(scene), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -32,13 +32,13 @@ def test_an_uncertain_stray_voxel_takes_its_neighbourhoods_class_and_smoothing_0
     for weight, expect in ((0.0, 7), (1.0, 2)):
         m = SemanticVoxelMap(voxel_size=0.04, smoothing=weight)
         m.integrate(pts, p)
-        c = m.centres()
-        k = np.flatnonzero(np.all(np.abs(c - pts[stray]) < 1e-6, axis=1))[0]
-        assert m.labels()[k] == expect
-        assert (np.delete(m.labels(), k) == 2).all()
-        np.testing.assert_allclose(m.probabilities().sum(axis=1), 1.0, rtol=1e-5)
-        np.testing.assert_array_equal(m.labels(), m.probabilities().argmax(axis=1))
-        np.testing.assert_allclose(m.confidence(), m.probabilities().max(axis=1), rtol=1e-6)
+        snap, dist = m.snapshot(), m.evidence().read()
+        k = np.flatnonzero(np.all(np.abs(snap.centres - pts[stray]) < 1e-6, axis=1))[0]
+        assert snap.labels[k] == expect
+        assert (np.delete(snap.labels, k) == 2).all()
+        np.testing.assert_allclose(dist.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(snap.labels, dist.argmax(axis=1))
+        np.testing.assert_allclose(snap.confidence, dist.max(axis=1), rtol=1e-6)
 
 
 def test_a_confident_voxel_in_a_mixed_neighbourhood_keeps_its_class_and_a_lone_voxel_is_untouched():
@@ -48,11 +48,12 @@ def test_a_confident_voxel_in_a_mixed_neighbourhood_keeps_its_class_and_a_lone_v
     m = SemanticVoxelMap(voxel_size=0.04)
     m.integrate(pts, probs(labels, 0.95))
     order = np.lexsort(pts.T[::-1])
-    assert (m.labels() == labels[order]).all()
+    assert (m.snapshot().labels == labels[order]).all()
     lone = SemanticVoxelMap(voxel_size=0.04)
     lone.integrate(np.array([[5.0, 5.0, 5.0]]), probs([9], 0.3))
-    assert lone.labels().tolist() == [9]
-    np.testing.assert_allclose(lone.confidence(), [0.3], rtol=1e-5)
+    snap = lone.snapshot()
+    assert snap.labels.tolist() == [9]
+    np.testing.assert_allclose(snap.confidence, [0.3], rtol=1e-5)
 
 
 def test_the_blend_is_the_mean_over_the_two_staggered_cells_as_documented():
@@ -82,8 +83,8 @@ def test_the_saved_map_keeps_its_smoothing_and_an_older_file_reads_without(tmp_p
     path = save_map(tmp_path / "m.ply", m.snapshot(with_scores=True))
     back = load_map(path)
     assert (back.smoothing, back.smoothing_cell) == (2.0, 0.2)
-    np.testing.assert_array_equal(back.labels(), m.labels())
-    assert (back.labels() == 2).all()  # every stray 11 smoothed away
+    np.testing.assert_array_equal(back.snapshot().labels, m.snapshot().labels)
+    assert (back.snapshot().labels == 2).all()  # every stray 11 smoothed away
     # a file written before read-out smoothing existed has no smoothing comment: its labels are kept
     text = path.read_bytes()
     head, body = text.split(b"end_header\n", 1)
@@ -91,8 +92,9 @@ def test_the_saved_map_keeps_its_smoothing_and_an_older_file_reads_without(tmp_p
     old = tmp_path / "old.ply"
     old.write_bytes(head + b"end_header\n" + body)
     raw = load_map(old)
-    assert raw.smoothing == 0.0 and (raw.labels() == 11).sum() == (labels == 11).sum()
-    assert load_map(old, smoothing=2.0, smoothing_cell=0.2).labels().tolist() == back.labels().tolist()
+    assert raw.smoothing == 0.0 and (raw.snapshot().labels == 11).sum() == (labels == 11).sum()
+    again = load_map(old, smoothing=2.0, smoothing_cell=0.2)
+    assert (again.snapshot().labels == back.snapshot().labels).all()
 
 
 @pytest.mark.parametrize("fusion", ["count", "log"])
@@ -100,11 +102,14 @@ def test_reading_is_cached_per_version_and_follows_updates(fusion):
     pts = plane(6)
     m = SemanticVoxelMap(voxel_size=0.04, fusion=fusion)
     m.integrate(pts, probs(np.full(len(pts), 4), 0.8))
-    first = m.probabilities()
-    assert m._readout() is m._readout()  # no recomputation without a change
+    first = m.evidence().read()
+    m.snapshot()
+    cached = m._readout_dist
+    m.snapshot()
+    assert m._readout_dist is cached  # no recomputation without a change
     m.integrate(pts, probs(np.full(len(pts), 6), 0.99))
     m.integrate(pts, probs(np.full(len(pts), 6), 0.99))
-    assert (m.labels() == 6).all() and not np.allclose(first, m.probabilities())
+    assert (m.snapshot().labels == 6).all() and not np.allclose(first, m.evidence().read())
 
 
 def _mixed_map(fusion, smoothing=1.0, seed=0):
@@ -155,4 +160,5 @@ def test_the_smoothing_runs_with_the_lock_released_and_a_stale_read_out_is_not_c
     assert m._readout_state != m._read_state()  # that read-out is of an older version: not cached
     monkeypatch.setattr(voxel_map, "neighbourhood_blend", blend)
     fresh = m.snapshot_outside(lock)  # the next read sees the newer cloud
-    assert (fresh.labels == m.labels()).all() and (fresh.labels == 11).any() and not (before.labels == 11).any()
+    assert (fresh.labels == m.snapshot().labels).all()
+    assert (fresh.labels == 11).any() and not (before.labels == 11).any()

@@ -22,15 +22,17 @@ def test_points_of_one_voxel_fuse_into_it_and_its_label_is_the_evidence_winner()
     pts = np.array([[0.01, 0.02, 0.03], [0.05, 0.05, 0.05], [0.09, 0.01, 0.0], [0.15, 0.0, 0.0]])
     stats = m.integrate(pts, one_hot(np.array([3, 3, 5, 7])), sensor_origin=np.zeros(3))
     assert len(m) == 2 and stats.voxels_new == 2 and stats.points_used == 4
-    order = np.argsort(m.centres()[:, 0])
-    np.testing.assert_allclose(m.centres()[order], [[0.05, 0.05, 0.05], [0.15, 0.05, 0.05]], atol=1e-6)
-    assert m.labels()[order].tolist() == [3, 7]
-    assert m.observations()[order].tolist() == [3, 1]
+    snap = m.snapshot()
+    order = np.argsort(snap.centres[:, 0])
+    np.testing.assert_allclose(snap.centres[order], [[0.05, 0.05, 0.05], [0.15, 0.05, 0.05]], atol=1e-6)
+    assert snap.labels[order].tolist() == [3, 7]
+    assert snap.observations[order].tolist() == [3, 1]
     # count rule: mean probability of the winner over the voxel's points
-    np.testing.assert_allclose(m.confidence()[order][0], (0.9 + 0.9 + 0.1 / 19) / 3, rtol=1e-5)
+    np.testing.assert_allclose(snap.confidence[order][0], (0.9 + 0.9 + 0.1 / 19) / 3, rtol=1e-5)
     # a second cloud changes the first voxel's mind
     m.integrate(pts[:1].repeat(4, 0), one_hot(np.full(4, 5)))
-    assert m.labels()[np.argsort(m.centres()[:, 0])].tolist() == [5, 7]
+    snap = m.snapshot()
+    assert snap.labels[np.argsort(snap.centres[:, 0])].tolist() == [5, 7]
     assert len(m) == 2
 
 
@@ -42,12 +44,11 @@ def test_fusion_rules_agree_on_clear_evidence_and_confidence_is_a_probability(fu
     truth = (pts[:, 0] > 1).astype(int) + 2 * (pts[:, 1] > 1)
     noisy = np.where(rng.random(3000) < 0.3, rng.integers(0, NUM_CLASSES, 3000), truth)
     m.integrate(pts, one_hot(noisy, 0.7), sensor_origin=np.ones(3))
-    c = m.centres()
-    expect = (c[:, 0] > 1).astype(int) + 2 * (c[:, 1] > 1)
-    assert (m.labels() == expect).all()
-    conf = m.confidence()
-    assert ((conf > 0) & (conf <= 1)).all()
-    np.testing.assert_allclose(m.probabilities().sum(axis=1), 1.0, rtol=1e-5)
+    snap = m.snapshot()
+    expect = (snap.centres[:, 0] > 1).astype(int) + 2 * (snap.centres[:, 1] > 1)
+    assert (snap.labels == expect).all()
+    assert ((snap.confidence > 0) & (snap.confidence <= 1)).all()
+    np.testing.assert_allclose(m.evidence().read().sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_log_rule_stays_bounded_and_can_change_its_mind():
@@ -55,10 +56,10 @@ def test_log_rule_stays_bounded_and_can_change_its_mind():
     p = np.zeros((1, 3))
     for _ in range(200):
         m.integrate(p, one_hot(np.array([1]), 0.99))
-    assert m.labels().tolist() == [1] and np.isfinite(m._scores[:1]).all()
+    assert m.snapshot().labels.tolist() == [1] and np.isfinite(m._scores[:1]).all()
     for _ in range(60):
         m.integrate(p, one_hot(np.array([4]), 0.99))
-    assert m.labels().tolist() == [4]
+    assert m.snapshot().labels.tolist() == [4]
 
 
 def test_nan_points_and_bad_probability_rows_never_enter():
@@ -69,7 +70,7 @@ def test_nan_points_and_bad_probability_rows_never_enter():
     probs[4] = 0.0
     stats = m.integrate(pts, probs)
     assert stats.points_rejected == 5 and stats.points_used == 1 and len(m) == 1
-    assert np.isfinite(m.centres()).all() and m.points_rejected == 5
+    assert np.isfinite(m.snapshot().centres).all() and m.points_rejected == 5
     with pytest.raises(ConfigError, match="probabilities"):
         m.integrate(pts, probs[:, :3])
 
@@ -81,13 +82,13 @@ def test_max_voxels_bounds_the_map_and_evicts_farthest_from_the_sensor():
         pts = np.stack([x, np.zeros(10) + 0.5, np.zeros(10) + 0.5], 1)
         m.integrate(pts, one_hot(np.full(10, step % NUM_CLASSES)), sensor_origin=np.array([x.mean(), 0, 0]))
         assert len(m) <= 50
-    c = m.centres()
+    c = m.snapshot().centres
     assert c[:, 0].min() > 200 - 60  # only voxels near the sensor's latest position survive
     assert m.voxels_evicted > 0
     # a cloud bigger than the whole map keeps its voxels nearest the sensor
     pts = np.stack([np.arange(200) + 0.5, np.full(200, 5.5), np.full(200, 0.5)], 1)
     m.integrate(pts, one_hot(np.zeros(200, int)), sensor_origin=np.array([0.0, 5.0, 0.0]))
-    assert len(m) == 50 and m.centres()[:, 0].max() < 50
+    assert len(m) == 50 and m.snapshot().centres[:, 0].max() < 50
 
 
 def test_eviction_far_from_the_origin_keeps_every_row_distinct():
@@ -127,7 +128,7 @@ def test_clear_empties_the_map():
     m.integrate(np.zeros((3, 3)), one_hot(np.array([1, 2, 2])))
     v = m.version
     m.clear()
-    assert len(m) == 0 and m.version > v and m.labels().shape == (0,)
+    assert len(m) == 0 and m.version > v and m.snapshot().labels.shape == (0,)
 
 
 @pytest.mark.parametrize("fusion", ["count", "log"])
@@ -179,9 +180,10 @@ def test_a_map_from_another_tool_without_scores_loads_from_label_and_confidence(
     m.integrate(np.array([[0.0, 0, 0], [1.0, 0, 0]]), one_hot(np.array([4, 9]), 0.8))
     path = save_map(tmp_path / "map.ply", m.snapshot(with_scores=False))
     back = load_map(path)
-    order = np.argsort(back.centres()[:, 0])
-    assert back.labels()[order].tolist() == [4, 9]
-    np.testing.assert_allclose(back.confidence()[order], 0.8, rtol=1e-5)
+    snap = back.snapshot()
+    order = np.argsort(snap.centres[:, 0])
+    assert snap.labels[order].tolist() == [4, 9]
+    np.testing.assert_allclose(snap.confidence[order], 0.8, rtol=1e-5)
 
 
 def test_save_to_an_unwritable_place_fails_with_the_reason_and_leaves_nothing(tmp_path):

@@ -135,10 +135,11 @@ def test_map_is_published_latched_saved_and_cleared(map_harness, tmp_path):
     cloud = codecs.pointcloud2_to_array(msg)
     assert len(cloud) == len(ref_map) and cloud["observations"].sum() == ref.segmented.sum()
     mine = np.lexsort((cloud["z"], cloud["y"], cloud["x"]))
-    c = ref_map.centres()
+    ref_snap = ref_map.snapshot()
+    c = ref_snap.centres
     theirs = np.lexsort((c[:, 2], c[:, 1], c[:, 0]))
     np.testing.assert_allclose(np.stack([cloud["x"], cloud["y"], cloud["z"]], 1)[mine], c[theirs], atol=1e-4)
-    same = (cloud["label"][mine] == ref_map.labels()[theirs]).mean()
+    same = (cloud["label"][mine] == ref_snap.labels[theirs]).mean()
     assert same > 0.98, same  # float sums in another order may flip an exact tie
 
     # ~/save_map writes a PLY that loads back; a bad path is a failed response with the reason
@@ -176,7 +177,7 @@ def test_node_keeps_running_after_a_failed_save_and_time_jump_clears_the_map(map
     h.pub_cloud.publish(msg)
     assert h.wait_cloud(past) is not None
     assert wait_until(lambda: sm.clouds_integrated > before, 30.0)
-    assert sm.clears == clears + 1 and sm.map.updates >= 1
+    assert sm.clears == clears + 1 and len(sm.map) > 0
     diag = h.diagnostics.wait_for(lambda m: "map_voxels" in diagnostics_values(m)
                                   and int(diagnostics_values(m)["map_clouds_integrated"]) > before, 30.0)
     assert diag is not None

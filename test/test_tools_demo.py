@@ -246,9 +246,8 @@ def test_score_map_compares_the_map_with_each_cloud_on_that_cloud_s_vertices(tmp
         wrong = np.arange(40)[half][::4]
         labels[wrong] = 1 - truth[wrong]
         clouds.append(labels)
-    block, map_labels = score_map(SimpleNamespace(xyz=xyz, truth=truth),
-                                  SimpleNamespace(map_ply=str(ply), map_update_ms_mean=1.0, map_fusion="count",
-                                                  map_voxel_size=0.1, map_saved_via="test"), clouds)
+    replay = SimpleNamespace(map_ply=str(ply), map_update_ms_mean=1.0, map_saved_via="test")
+    block, map_labels = score_map(SimpleNamespace(xyz=xyz, truth=truth), replay, clouds)
     np.testing.assert_array_equal(map_labels, truth)
     assert block["map_on_cloud_vertices_miou_mean"] == pytest.approx(1.0)
     assert block["single_cloud_miou_mean"] < 0.8

@@ -245,17 +245,11 @@ def knn(
     backend: Optional[str] = None,
     query_mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k nearest reference points of every query point.
+    """The k nearest reference points (``ref (B, M, 3)``) of every query point (``query (B, N, 3)``);
+    k may exceed the number of valid refs. Masks and ``backend``: the module docstring.
 
-    Args:
-        query: ``(B, N, 3)`` metres.
-        ref: ``(B, M, 3)`` metres.
-        k: number of neighbours (may exceed the number of valid refs).
-        ref_mask: ``(B, M)`` bool, ``False`` = padding, never returned.
-        backend: ``"auto"`` (by device), ``"torch"`` or ``"kdtree"``.
-        query_mask: ``(B, N)`` bool, False = a query row whose result is not needed
-            (padding): the KD-tree skips it (it may then find nothing); the
-            torch path searches every row.
+    ``query_mask (B, N)`` bool, False = a query row whose result is not needed (padding):
+    the KD-tree skips it (it may then find nothing); the torch path searches every row.
 
     Returns:
         ``dist (B, N, k)`` Euclidean metres, ascending, differentiable w.r.t. the
@@ -361,10 +355,7 @@ def farthest_point_sample(
     index). When ``m`` exceeds the number of valid points, all of them are
     returned first and the remaining slots repeat the first sample. Padded points
     (``mask`` False) are never chosen; a batch element with no valid point gets
-    index 0 everywhere.
-
-    Backends: a torch loop (CUDA; ``backend="torch"``) and the same loop in numpy
-    for CPU tensors: the same float32 arithmetic in the same order, the same indices.
+    index 0 everywhere. Backends: the module docstring.
 
     Returns:
         ``(B, m)`` long.
@@ -409,16 +400,11 @@ def three_nn_weights(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The 3 nearest known points of every unknown point and their interpolation weights.
 
-    ``query_mask (B, n)``: unknown rows that need no result (weights 0 where skipped).
-
-    Weights ``w_j = 1 / (d_j + 1e-8)`` normalised to sum 1 (PointNet++ feature
-    propagation); with fewer than 3 valid known points only those count (the
-    missing slots have weight 0 and index 0), with none all weights are 0. No
+    ``unknown (B, n, 3)``, ``known (B, m, 3)`` (m >= 1), ``known_mask (B, m)``; ``query_mask (B, n)``:
+    unknown rows that need no result (weights 0 where skipped). Weights ``w_j = 1 / (d_j + 1e-8)``
+    normalised to sum 1 (PointNet++ feature propagation); with fewer than 3 valid known points only
+    those count (the missing slots have weight 0 and index 0), with none all weights are 0. No
     gradient (as in PointNet++).
-
-    Args:
-        unknown: ``(B, n, 3)`` metres; known: ``(B, m, 3)`` metres, m >= 1;
-        known_mask: ``(B, m)`` bool, ``False`` = padding.
 
     Returns:
         ``idx (B, n, 3)`` long into ``known`` and ``weight (B, n, 3)`` (dtype of ``known``).

@@ -22,7 +22,7 @@ it without probing again.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -118,12 +118,8 @@ class KeyIndex:
         return found, free
 
     # ------------------------------------------------------------------ queries
-    def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """(N,) int64 row of each key, -1 where absent. keys: (N,) int64 >= 0."""
-        return self.lookup_with_hints(keys)[0]
-
     def lookup_with_hints(self, keys: np.ndarray) -> tuple[np.ndarray, "InsertHints"]:
-        """(rows (N,) int64, -1 where absent; hints for inserting the absent ones with :meth:`insert`)."""
+        """Of keys (N,) int64 >= 0: (rows (N,) int64, -1 where absent; hints to :meth:`insert` those)."""
         keys = np.asarray(keys, np.int64)
         if self._live == 0 and self._tombs == 0:
             return np.full(len(keys), -1, np.int64), InsertHints(self._generation, self._slots(keys))
@@ -195,10 +191,6 @@ class KeyIndex:
         ok = slots >= 0
         slots, rows = slots[ok], rows[ok]
         slots = slots[np.take(self._rows, slots) == rows]  # the slot still holds that row
-        return self._free_slots(slots)
-
-    def _free_slots(self, slots: np.ndarray) -> int:
-        """Turn the given distinct occupied slots into tombstones."""
         self._slot_of_row[np.take(self._rows, slots)] = EMPTY
         self._keys[slots] = TOMBSTONE
         self._rows[slots] = EMPTY
@@ -227,12 +219,11 @@ class KeyIndex:
             self.insert(keys, rows)
 
 
-class InsertHints:
+class InsertHints(NamedTuple):
     """The first free slot of each looked-up key's probe sequence, valid for one table generation."""
 
-    def __init__(self, generation: int, slots: np.ndarray):
-        self.generation = generation
-        self.slots = slots  # (N,) int64, -1 for keys that were present
+    generation: int
+    slots: np.ndarray  # (N,) int64, -1 for keys that were present
 
     def select(self, which: np.ndarray) -> tuple[np.ndarray, int]:
         """(hints of the keys at positions ``which``, generation) for :meth:`KeyIndex.insert`."""

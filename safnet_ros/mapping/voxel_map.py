@@ -48,25 +48,6 @@ LOG_CLAMP = -60.0
 MAX_VOXEL_SIZE = 10.0
 
 
-def check_settings(voxel_size: float, max_voxels: int, fusion: str, evict_fraction: float = 0.1,
-                   smoothing: float = DEFAULT_WEIGHT, smoothing_cell: float = DEFAULT_CELL_M) -> None:
-    """ConfigError naming the setting for a voxel size outside (0, 10] m, max_voxels < 1, an unknown rule,
-    a smoothing weight outside [0, 100] or a smoothing cell outside (0, 100] m."""
-    try:
-        vs = float(voxel_size)
-    except (TypeError, ValueError):
-        raise ConfigError(f"map voxel size must be a number of metres, got {voxel_size!r}") from None
-    if not (np.isfinite(vs) and 0.0 < vs <= MAX_VOXEL_SIZE):
-        raise ConfigError(f"map voxel size must be in (0, {MAX_VOXEL_SIZE:g}] metres, got {voxel_size}")
-    if isinstance(max_voxels, bool) or not isinstance(max_voxels, (int, np.integer)) or int(max_voxels) < 1:
-        raise ConfigError(f"map max_voxels must be an integer >= 1, got {max_voxels!r}")
-    if fusion not in FUSION_RULES:
-        raise ConfigError(f"map fusion rule must be one of {', '.join(FUSION_RULES)}, got {fusion!r}")
-    if not 0.0 <= float(evict_fraction) < 1.0:
-        raise ConfigError(f"map evict_fraction must be in [0, 1), got {evict_fraction}")
-    check_smoothing(smoothing, smoothing_cell)
-
-
 @dataclass
 class IntegrateStats:
     """What one :meth:`SemanticVoxelMap.integrate` did."""
@@ -102,11 +83,6 @@ class MapSnapshot:
         return len(self.labels)
 
 
-def key_centres(keys: np.ndarray, voxel_size: float) -> np.ndarray:
-    """(V, 3) float32 centres, metres, of the voxels with packed grid ``keys`` (V,)."""
-    return ((unpack_keys(keys) + 0.5) * voxel_size).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class MapEvidence:
     """The stored evidence of a map at one version, in key order (V voxels), readable without the map.
@@ -131,20 +107,16 @@ class MapEvidence:
         """(version, smoothing, smoothing_cell): what a read-out of this copy is valid for."""
         return (self.version, self.smoothing, self.smoothing_cell)
 
-    def own_distributions(self) -> np.ndarray:
-        """(V, C) float32 each voxel's own fused class distribution (rows sum to 1)."""
-        s = self.scores.copy()
-        if self.fusion == "count":
-            s /= np.maximum(s.sum(axis=1, keepdims=True), np.float32(1e-12))
-            return s
-        s -= s.max(axis=1, keepdims=True)  # log rule: a softmax of the (clamped) log sums
-        np.exp(s, out=s)
-        s /= s.sum(axis=1, keepdims=True)
-        return s
-
     def read(self) -> np.ndarray:
-        """(V, C) float32 class distributions as read: own distributions, smoothed when ``smoothing`` > 0."""
-        dist = self.own_distributions()
+        """(V, C) float32 class distributions as read: each voxel's own fused distribution (rows sum to 1),
+        blended with its neighbourhood's when ``smoothing`` > 0."""
+        dist = self.scores.copy()
+        if self.fusion == "count":
+            dist /= np.maximum(dist.sum(axis=1, keepdims=True), np.float32(1e-12))
+        else:  # log rule: a softmax of the (clamped) log sums
+            dist -= dist.max(axis=1, keepdims=True)
+            np.exp(dist, out=dist)
+            dist /= dist.sum(axis=1, keepdims=True)
         if self.smoothing > 0 and len(dist):
             dist = neighbourhood_blend(unpack_keys(self.keys), dist,
                                        cell_voxels(self.smoothing_cell, self.voxel_size), self.smoothing)
@@ -155,7 +127,7 @@ class MapEvidence:
         dist = self.read() if dist is None else dist
         labels = np.argmax(dist, axis=1).astype(np.int64)
         return MapSnapshot(
-            centres=key_centres(self.keys, self.voxel_size), labels=labels,
+            centres=((unpack_keys(self.keys) + 0.5) * self.voxel_size).astype(np.float32), labels=labels,
             confidence=dist[np.arange(len(dist)), labels].astype(np.float32), observations=self.observations,
             voxel_size=self.voxel_size, fusion=self.fusion, scores=self.scores if with_scores else None,
             smoothing=self.smoothing, smoothing_cell=self.smoothing_cell)
@@ -175,7 +147,19 @@ class SemanticVoxelMap:
     def __init__(self, voxel_size: float = 0.04, max_voxels: int = 500_000, fusion: str = "count",
                  num_classes: int = NUM_CLASSES, evict_fraction: float = 0.1,
                  smoothing: float = DEFAULT_WEIGHT, smoothing_cell: float = DEFAULT_CELL_M):
-        check_settings(voxel_size, max_voxels, fusion, evict_fraction, smoothing, smoothing_cell)
+        try:
+            vs = float(voxel_size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"map voxel size must be a number of metres, got {voxel_size!r}") from None
+        if not (np.isfinite(vs) and 0.0 < vs <= MAX_VOXEL_SIZE):
+            raise ConfigError(f"map voxel size must be in (0, {MAX_VOXEL_SIZE:g}] metres, got {voxel_size}")
+        if isinstance(max_voxels, bool) or not isinstance(max_voxels, (int, np.integer)) or max_voxels < 1:
+            raise ConfigError(f"map max_voxels must be an integer >= 1, got {max_voxels!r}")
+        if fusion not in FUSION_RULES:
+            raise ConfigError(f"map fusion rule must be one of {', '.join(FUSION_RULES)}, got {fusion!r}")
+        if not 0.0 <= float(evict_fraction) < 1.0:
+            raise ConfigError(f"map evict_fraction must be in [0, 1), got {evict_fraction}")
+        check_smoothing(smoothing, smoothing_cell)
         if int(num_classes) < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         self.voxel_size = float(voxel_size)
@@ -187,7 +171,6 @@ class SemanticVoxelMap:
         self.smoothing_cell = float(smoothing_cell)
         self.points_rejected = 0
         self.voxels_evicted = 0
-        self.updates = 0
         #: most voxels the map ever held after an update (never above max_voxels)
         self.peak_voxels = 0
         self.clear()
@@ -306,7 +289,6 @@ class SemanticVoxelMap:
             self._insert(np.take(ukeys, new), np.take(contrib, new, axis=0), np.take(counts, new),
                          hints.select(new), grid=np.take(ijk, first_point, axis=0))
             stats.voxels_new = int(len(new))
-        self.updates += 1
         self.version += 1
         self.peak_voxels = max(self.peak_voxels, self._n)
         stats.seconds = time.perf_counter() - t0
@@ -367,9 +349,8 @@ class SemanticVoxelMap:
             return 0
         hi = self._hi
         origin = np.asarray(self.last_sensor_origin, np.float64)
-        # squared distances of every row (no gather) as |c|^2 - 2 c.o + |o|^2: one float64 matrix-vector
-        # product over the stored centres instead of an (hi, 3) difference and einsum (~4x less time).
-        # float64: at 50 km from the origin float32 would round this by hundreds of m^2
+        # squared distances of every row as |c|^2 - 2 c.o + |o|^2: one matrix-vector product, no (hi, 3)
+        # difference; float64: at 50 km from the origin float32 would round this by hundreds of m^2
         d = self._centre_sq[:hi] - 2.0 * (self._centres[:hi] @ origin) + float(origin @ origin)
         np.maximum(d, 0.0, out=d)  # rounding can still dip a hair below 0: keep the markers below every row
         if len(protect):
@@ -384,20 +365,6 @@ class SemanticVoxelMap:
         return count
 
     # ------------------------------------------------------------------ reading
-    def centres(self) -> np.ndarray:
-        """(V, 3) float32 voxel centres, metres."""
-        return key_centres(self._sorted()[1], self.voxel_size)
-
-    def _readout(self, evidence: Optional["MapEvidence"] = None) -> np.ndarray:
-        """(V, C) float32 class distributions as read (smoothed when ``smoothing`` > 0), in key order.
-
-        Cached per :meth:`_read_state`; ``evidence``: this map's current copy when the caller has one.
-        """
-        if self._readout_state != self._read_state():
-            evidence = evidence or self.evidence()
-            self._readout_dist, self._readout_state = evidence.read(), evidence.state
-        return self._readout_dist
-
     def _read_state(self) -> tuple:
         """What the read-out depends on: (version, smoothing, smoothing_cell)."""
         return (self.version, self.smoothing, self.smoothing_cell)
@@ -437,29 +404,15 @@ class SemanticVoxelMap:
         """Drop the cached read-out, so that the next reader computes it again (for timing it)."""
         self._readout_state = None
 
-    def labels(self) -> np.ndarray:
-        """(V,) int64 class index per voxel: argmax of :meth:`probabilities` (ties: the lower index)."""
-        return np.argmax(self._readout(), axis=1).astype(np.int64)
-
-    def observations(self) -> np.ndarray:
-        """(V,) int64 points fused into each voxel."""
-        return self._obs[self._sorted()[0]]
-
-    def confidence(self) -> np.ndarray:
-        """(V,) float32 in [0, 1]: the read distribution's value at the label (without smoothing: for
-        the count rule the winner's mean probability over the voxel's points, for the log rule its posterior)."""
-        dist = self._readout()
-        return dist[np.arange(len(dist)), self.labels()].astype(np.float32)
-
-    def probabilities(self) -> np.ndarray:
-        """(V, C) float32 class distribution per voxel as read: its fused evidence normalised, blended
-        with its neighbourhood's when ``smoothing`` > 0 (rows sum to 1; labels are their argmax)."""
-        return self._readout().copy()
-
     def snapshot(self, with_scores: bool = False) -> MapSnapshot:
-        """A consistent copy of the map (take it under the owner's lock, or use :meth:`snapshot_outside`)."""
+        """A consistent copy of the map (take it under the owner's lock, or use :meth:`snapshot_outside`).
+
+        The read-out (:meth:`MapEvidence.read`, the costly part) is cached per :meth:`_read_state`.
+        """
         evidence = self.evidence()
-        return evidence.snapshot(self._readout(evidence), with_scores=with_scores)
+        if self._readout_state != evidence.state:
+            self._readout_dist, self._readout_state = evidence.read(), evidence.state
+        return evidence.snapshot(self._readout_dist, with_scores=with_scores)
 
     # ------------------------------------------------------------------ restoring
     def load_voxels(self, centres: np.ndarray, scores: np.ndarray, observations: np.ndarray) -> None:

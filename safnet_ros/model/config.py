@@ -260,7 +260,6 @@ _LITE: dict[str, Any] = {
     "resnet_width": 32,
     "agg_mlp": (32, 64),
     "k": 8,
-    "radius": 0.15,
     "csm_point_width": 16,
     "csm_oe_width": 32,
     "csm_mlp": (32, 32, 32),

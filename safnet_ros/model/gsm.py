@@ -124,9 +124,8 @@ def backward_distances(
 class GeometricSimilarity(nn.Module):
     """GSM: per-point S_geo from the forward and backward neighbour searches.
 
-    ``forward(points (B,N,3), q_points (B,M,3), nb: Neighbourhoods)`` ->
-    ``(s_geo (B,N), parts)`` with ``parts = {"s_p2q": (B,N), "s_q2p": (B,N)}`` (the
-    terms that are switched on).
+    ``forward(points (B,N,3), q_points (B,M,3), nb: Neighbourhoods)`` -> ``s_geo (B,N)``
+    (eq. 5, of the terms :meth:`s_p2q` and :meth:`s_q2p` that are switched on).
     """
 
     def __init__(
@@ -167,19 +166,13 @@ class GeometricSimilarity(nn.Module):
         mean_d = _masked_mean(d_b, weight)
         return torch.exp(-mean_d / self._scale(self.a2)) + self.b2
 
-    def forward(
-        self, points: torch.Tensor, q_points: torch.Tensor, nb: Neighbourhoods
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts: dict[str, torch.Tensor] = {}
+    def forward(self, points: torch.Tensor, q_points: torch.Tensor, nb: Neighbourhoods) -> torch.Tensor:
         if not (self.use_forward or self.use_backward):
             s_geo = points.new_ones(points.shape[:2])
         else:
             s_geo = self.b3.expand(points.shape[:2])
             if self.use_forward:
-                parts["s_p2q"] = self.s_p2q(nb)
-                s_geo = s_geo + self.a3 * parts["s_p2q"]
+                s_geo = s_geo + self.a3 * self.s_p2q(nb)
             if self.use_backward:
-                parts["s_q2p"] = self.s_q2p(points, q_points, nb)
-                s_geo = s_geo + self.a4 * parts["s_q2p"]
-        s_geo = s_geo * nb.has_q.unsqueeze(1).to(s_geo.dtype)
-        return s_geo, parts
+                s_geo = s_geo + self.a4 * self.s_q2p(points, q_points, nb)
+        return s_geo * nb.has_q.unsqueeze(1).to(s_geo.dtype)

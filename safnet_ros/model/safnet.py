@@ -242,7 +242,7 @@ class SafnetModel(nn.Module):
         attr = None
         if self.gsm is not None:
             with stage("gsm"):
-                s_geo, _ = self.gsm(points, data.q_points, nb)
+                s_geo = self.gsm(points, data.q_points, nb)
         if self.csm is not None:
             q_valid = nb.q_valid
             if c.nq_mode == "ball":  # an empty ball: compare with the nearest Q point alone

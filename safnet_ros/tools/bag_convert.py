@@ -76,29 +76,16 @@ class ConvertSummary:
               f"{bio.COLOR_TOPIC} (wrapping)"] if self.camera2_offset_frames else [])
 
 
-def resize_color(color: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 RGB resized to ``wh`` bilinearly (PIL); unchanged at equal sizes."""
-    if (color.shape[1], color.shape[0]) == tuple(wh):
-        return np.ascontiguousarray(color)
-    return np.asarray(Image.fromarray(color).resize(tuple(wh), Image.BILINEAR))
-
-
-def depth_to_mm(depth_m: np.ndarray) -> np.ndarray:
-    """(H, W) float32 metres -> uint16 millimetres (rounded; 0 stays 0; beyond 65.535 m clipped)."""
-    d = np.nan_to_num(np.asarray(depth_m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    return np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)
-
-
 def registered_frame(color: np.ndarray, depth_m: np.ndarray, out_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The images a bag stores for one frame: (rgb (H,W,3) uint8, depth (H,W) uint16 mm) at ``out_wh``."""
-    return resize_color(color, out_wh), depth_to_mm(resize_nearest(depth_m, out_wh))
-
-
-def frustum_mask(xyz: np.ndarray, K: np.ndarray, camera_to_world: np.ndarray, wh: tuple[int, int],
-                 max_range: float) -> np.ndarray:
-    """(N,) bool: points (N, 3) world metres that project into the image with MIN_RANGE_M < z <= max_range."""
-    _, z, in_image = project(xyz, K, camera_to_world, wh)
-    return in_image & (z > MIN_RANGE_M) & (z <= max_range)
+    """The images a bag stores for one frame at ``out_wh``: rgb (H, W, 3) uint8 (bilinear, PIL; unchanged
+    at equal sizes) and depth (H, W) uint16 millimetres (nearest; rounded, non-finite as 0, clipped at
+    65.535 m)."""
+    if (color.shape[1], color.shape[0]) == tuple(out_wh):
+        rgb = np.ascontiguousarray(color)
+    else:
+        rgb = np.asarray(Image.fromarray(color).resize(tuple(out_wh), Image.BILINEAR))
+    d = np.nan_to_num(resize_nearest(depth_m, out_wh).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    return rgb, np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)
 
 
 def open_scene(scene_dir: str | os.PathLike, need_mesh: bool):
@@ -248,10 +235,11 @@ class FrameStamper:
 def frustum_cloud_any(xyz: np.ndarray, packed_rgb: np.ndarray, K: np.ndarray, poses: list[np.ndarray],
                       wh: tuple[int, int], max_range: float) -> np.ndarray:
     """(M,) :data:`bag_io.XYZRGB_DTYPE` points of ``xyz`` (N, 3) world metres inside any of the cameras'
-    frustums (each point once)."""
+    frustums, MIN_RANGE_M < camera depth <= max_range (each point once)."""
     inside = np.zeros(len(xyz), dtype=bool)
     for pose in poses:
-        inside |= frustum_mask(xyz, K, pose, wh, max_range)
+        _, z, in_image = project(xyz, K, pose, wh)
+        inside |= in_image & (z > MIN_RANGE_M) & (z <= max_range)
     pts = np.zeros(int(inside.sum()), dtype=bio.XYZRGB_DTYPE)
     sel = xyz[inside].astype(np.float32)
     pts["x"], pts["y"], pts["z"] = sel[:, 0], sel[:, 1], sel[:, 2]

@@ -24,7 +24,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from safnet_ros.errors import ConfigError, DataFormatError, MessageDecodeError
 from safnet_ros.io_boundary import as_data_error, load_yaml, reader_errors, reading
-from safnet_ros.ros.codecs import array_to_image, pointcloud2_to_array, structured_to_pointcloud2
+from safnet_ros.ros.codecs import array_to_image, make_header, pointcloud2_to_array, structured_to_pointcloud2
 from safnet_ros.ros.codecs import pack_rgb as pack_rgb  # bag_convert packs /points colours with it
 from safnet_ros.ros.transforms import matrix_to_transform
 from safnet_ros.validation import require_dir, require_file
@@ -102,14 +102,9 @@ def is_transient_local(profiles: Sequence[Qos]) -> bool:
 _T = TYPESTORE.types
 
 
-def stamp(ns: int) -> Any:
-    """builtin_interfaces/Time from int nanoseconds (>= 0)."""
-    sec, nanosec = divmod(int(ns), 1_000_000_000)
-    return _T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
-
-
 def header(ns: int, frame_id: str) -> Any:
-    return _T["std_msgs/msg/Header"](stamp=stamp(ns), frame_id=frame_id)
+    """std_msgs/Header stamped at int nanoseconds ``ns`` (>= 0)."""
+    return to_bag_message(make_header(frame_id=frame_id, stamp=int(ns)))
 
 
 def serialize(msg: Any) -> bytes:

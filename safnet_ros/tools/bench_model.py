@@ -113,10 +113,13 @@ def synthetic_bench_batch(num_points: int, num_views: int, height: int, width: i
 
 
 # ---------------------------------------------------------------------- measuring
-def _status_kb(key: str) -> int:
-    """A ``kB`` field of /proc/self/status (0 when absent)."""
-    with open("/proc/self/status") as f:
-        return next((int(line.split()[1]) for line in f if line.startswith(key + ":")), 0)
+def proc_status_kb(key: str) -> float:
+    """A ``kB`` field of /proc/self/status (NaN where the file or the field is absent)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next((float(line.split()[1]) for line in f if line.startswith(key + ":")), float("nan"))
+    except OSError:
+        return float("nan")
 
 
 def _max_rss() -> int:
@@ -140,12 +143,12 @@ class _CpuPeak:
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS
-            self.base, self.proc = _status_kb("VmRSS") * 1024, True
+            self.base, self.proc = proc_status_kb("VmRSS") * 1024, True
         except OSError:
             self.base, self.proc = _max_rss(), False
 
     def stop(self) -> int:
-        return max(0, (_status_kb("VmHWM") * 1024 if self.proc else _max_rss()) - self.base)
+        return max(0, (proc_status_kb("VmHWM") * 1024 if self.proc else _max_rss()) - self.base)
 
 
 def _measure(fn: Callable[[], Any], device: Any, repeats: int, warmup: int) -> tuple[float, int, float]:

@@ -117,8 +117,6 @@ class ReplayResult:
     map_saved_via: str = ""
     map_voxels: int = 0
     map_update_ms_mean: float = float("nan")
-    map_fusion: str = ""
-    map_voxel_size: float = float("nan")
 
 
 def ros_environment() -> dict[str, str]:
@@ -193,8 +191,6 @@ def replay_through_node(bag: Path, segmenter: Any, rate: float, expected_clouds:
             result.map_ply = str(map_path)
             result.map_voxels = len(sm)
             result.map_update_ms_mean = sm.update_ms_mean()
-            result.map_fusion = sm.settings.fusion
-            result.map_voxel_size = sm.settings.voxel_size
     return result
 
 
@@ -249,9 +245,9 @@ def _clouds_in_map(replay: ReplayResult) -> list[tuple[np.ndarray, np.ndarray]]:
             if frame_id.lstrip("/") == bio.MAP_FRAME]
 
 
-def single_cloud_vertex_labels(scene: DemoScene, replay: ReplayResult) -> list[np.ndarray]:
-    """Per labelled cloud (in stamp order), the label it gave each scene vertex: (V,) int64, -1 where it gave none."""
-    votes = VertexVotes(scene.xyz, NUM_CLASSES)  # its KD-tree over distinct vertex positions is reused
+def single_cloud_vertex_labels(votes: VertexVotes, replay: ReplayResult) -> list[np.ndarray]:
+    """Per labelled cloud (in stamp order), the label it gave each scene vertex: (V,) int64, -1 where none;
+    points are matched to vertices by ``votes`` (:func:`accumulate`'s: one KD-tree for both)."""
     out = []
     for xyz, arr in _clouds_in_map(replay):
         labels = arr["label"].astype(np.int64)
@@ -290,8 +286,8 @@ def score_map(scene: DemoScene, replay: ReplayResult, clouds: list[np.ndarray]) 
     block = {
         "miou": s["miou"], "oa": s["oa"], "coverage": s["coverage"], "voxels": len(snap),
         "update_ms_mean": replay.map_update_ms_mean, "miou_all_vertices": s["miou_all_vertices"],
-        "labelled_vertices": s["labelled_vertices"], "per_class": s["per_class"], "fusion": replay.map_fusion,
-        "voxel_size": replay.map_voxel_size, "ply": replay.map_ply, "saved_via": replay.map_saved_via,
+        "labelled_vertices": s["labelled_vertices"], "per_class": s["per_class"], "fusion": snap.fusion,
+        "voxel_size": snap.voxel_size, "ply": replay.map_ply, "saved_via": replay.map_saved_via,
         "smoothing": snap.smoothing, "smoothing_cell": snap.smoothing_cell,
         "miou_unsmoothed": unsmoothed["miou"], "oa_unsmoothed": unsmoothed["oa"],
         "single_cloud_miou_mean": float(np.mean(single)) if single else float("nan"),
@@ -442,7 +438,7 @@ def run_with_node(args: argparse.Namespace, out: Path, scene: DemoScene, progres
     summary = score_labels(scene.truth, labels)
     # the vote's ties go to the lower class index (wall, floor, cabinet, bed, chair ...): how much that decides
     random_ties = [score_labels(scene.truth, votes.labels(ties="random", seed=s))["miou"] for s in range(5)]
-    map_block, map_labels = score_map(scene, replay, single_cloud_vertex_labels(scene, replay))
+    map_block, map_labels = score_map(scene, replay, single_cloud_vertex_labels(votes, replay))
     _stage(6, "writing the labelled PLY and rendering the PNG")
     ply_path, png_path = write_outputs(out, scene, labels, votes.similarity(),
                                        _title(scene, summary, seg.untrained, "bag + ROS 2 node")

@@ -28,6 +28,7 @@ from safnet_ros.mapping.map_ply import save_map
 from safnet_ros.ros import codecs
 from safnet_ros.ros.compressed import compressed_topics
 from safnet_ros.ros.markers import similarity_markers_cdr
+from safnet_ros.ros.params import SPECS  # the node's parameter table: plain data, no rclpy
 from safnet_ros.ros.tf_tree import FallbackTransformException, TfTree
 from safnet_ros.tools import bag_io as bio
 
@@ -165,12 +166,8 @@ def segment_bag(
     max_views: int = 30,
     segmenter: Any = None,
     topics: Optional[BagTopics] = None,
-    fixed_frame: str = bio.MAP_FRAME,
-    chunk_stride: float = 1.5,
-    max_points: Optional[int] = 100_000,
     precision: str = "auto",
     outside_views: str = "3d",
-    slop: float = 0.05,
     storage: str = "mcap",
     overwrite: bool = False,
     progress: bool = True,
@@ -183,11 +180,11 @@ def segment_bag(
 ) -> SegmentBagSummary:
     """Segment every cloud of ``bag`` with the views seen so far; write the results into ``out_bag``.
 
-    The keywords are ``safnet segment-bag``'s options (docs/bags.md; ``map_path`` is ``--map``) and,
-    for chunk_stride and max_points, the node's parameters; segmenter: an already built Segmenter
-    (overrides model, device, num_views and those); slop: seconds between a paired colour and depth
-    stamp.  A bag without the required topics raises one MissingDataError listing them; an existing
-    ``out_bag`` raises ConfigError unless ``overwrite``.
+    The keywords are ``safnet segment-bag``'s options (docs/bags.md; ``map_path`` is ``--map``); the
+    chunk stride, max_points, sync_slop and fixed frame are the node's defaults. segmenter: an already
+    built Segmenter (overrides model, device, num_views, precision and outside_views).  A bag without
+    the required topics raises one MissingDataError listing them; an existing ``out_bag`` raises
+    ConfigError unless ``overwrite``.
     """
     topics = topics if topics is not None else BagTopics()
     started = time.perf_counter()
@@ -207,12 +204,13 @@ def segment_bag(
         check_topics(reader.connections, topics, bag)
         if segmenter is None:
             segmenter = Segmenter.from_checkpoint(model, device=device, num_views=num_views,
-                                                  chunk_stride=chunk_stride, max_points=max_points,
+                                                  chunk_stride=SPECS["chunk_stride"].default,
+                                                  max_points=SPECS["max_points"].default,
                                                   precision=precision, outside_views=outside_views)
         summary.untrained_model = bool(segmenter.untrained)
         tf = read_tf(reader, topics, bag)
         pipeline = SegmentationPipeline(segmenter, ViewBuffer(max_views=max_views, policy=KeyframePolicy()), vmap)
-        pairer = _FramePairer(int(slop * 1e9))
+        pairer = _FramePairer(int(SPECS["sync_slop"].default * 1e9))
         by_topic = {c.topic: c for c in reader.connections}
         wanted = [by_topic[t] for t in (topics.color, topics.depth, topics.camera_info, topics.points)]
         info: Any = None
@@ -236,7 +234,7 @@ def segment_bag(
                 if conn.topic == topics.camera_info:
                     info = msg
                     while waiting_for_info:  # pairs that came before the first camera_info
-                        _add_frame(waiting_for_info.popleft(), info, tf, fixed_frame, pipeline, summary)
+                        _add_frame(waiting_for_info.popleft(), info, tf, pipeline, summary)
                 elif conn.topic in (topics.color, topics.depth):
                     pair = pairer.add("color" if conn.topic == topics.color else "depth",
                                       codecs.stamp_to_ns(msg.header.stamp), msg)
@@ -245,11 +243,11 @@ def segment_bag(
                             summary.frames_no_camera_info += 1
                         waiting_for_info.append(pair)
                     elif pair is not None:
-                        _add_frame(pair, info, tf, fixed_frame, pipeline, summary)
+                        _add_frame(pair, info, tf, pipeline, summary)
                 else:
-                    _segment_cloud(msg, ns, tf, fixed_frame, pipeline, writer, (conn_cloud, conn_markers), summary)
+                    _segment_cloud(msg, ns, tf, pipeline, writer, (conn_cloud, conn_markers), summary)
     if vmap is not None:
-        summary.map_path = str(save_map(map_path, vmap.snapshot(with_scores=True), frame_id=fixed_frame))
+        summary.map_path = str(save_map(map_path, vmap.snapshot(with_scores=True), frame_id=bio.MAP_FRAME))
         summary.map_voxels = len(vmap)
     summary.frames_unpaired = pairer.unpaired
     summary.frames_no_camera_info += len(waiting_for_info)
@@ -269,8 +267,8 @@ def read_tf(reader: Any, topics: BagTopics, bag: str | os.PathLike) -> TfTree:
     return tf
 
 
-def _add_frame(pair: tuple[int, Any, Any], info: Any, tf: TfTree, fixed_frame: str,
-               pipeline: SegmentationPipeline, summary: SegmentBagSummary) -> None:
+def _add_frame(pair: tuple[int, Any, Any], info: Any, tf: TfTree, pipeline: SegmentationPipeline,
+               summary: SegmentBagSummary) -> None:
     """A paired colour/depth set through the node's frame path: stamp interval, pose, then decode if kept."""
     ns, cmsg, dmsg = pair
     summary.frames_paired += 1
@@ -279,7 +277,7 @@ def _add_frame(pair: tuple[int, Any, Any], info: Any, tf: TfTree, fixed_frame: s
         pipeline.buffer.stats.not_keyframe += 1
         return
     try:
-        pose = tf.lookup_matrix(fixed_frame, codecs.camera_frame_id(dmsg, info), ns)
+        pose = tf.lookup_matrix(bio.MAP_FRAME, codecs.camera_frame_id(dmsg, info), ns)
     except MessageDecodeError:
         summary.decode_errors += 1
         return
@@ -293,8 +291,8 @@ def _add_frame(pair: tuple[int, Any, Any], info: Any, tf: TfTree, fixed_frame: s
         summary.decode_errors += 1
 
 
-def _segment_cloud(msg: Any, ns: int, tf: TfTree, fixed_frame: str, pipeline: SegmentationPipeline,
-                   writer: Any, conns: tuple[Any, Any], summary: SegmentBagSummary) -> None:
+def _segment_cloud(msg: Any, ns: int, tf: TfTree, pipeline: SegmentationPipeline, writer: Any,
+                   conns: tuple[Any, Any], summary: SegmentBagSummary) -> None:
     """One cloud through the node's cloud path; its labelled cloud and markers written at ``ns``."""
     t0 = time.perf_counter()
     try:
@@ -303,7 +301,7 @@ def _segment_cloud(msg: Any, ns: int, tf: TfTree, fixed_frame: str, pipeline: Se
         summary.decode_errors += 1
         return
     try:
-        T = tf.lookup_matrix(fixed_frame, msg.header.frame_id, codecs.stamp_to_ns(msg.header.stamp))
+        T = tf.lookup_matrix(bio.MAP_FRAME, msg.header.frame_id, codecs.stamp_to_ns(msg.header.stamp))
     except FallbackTransformException:
         summary.clouds_no_pose += 1
         return
@@ -311,7 +309,7 @@ def _segment_cloud(msg: Any, ns: int, tf: TfTree, fixed_frame: str, pipeline: Se
     summary.clouds_3d_only += int(out.three_d_only)
     writer.write(conns[0], ns, bio.serialize_message(codecs.labeled_cloud(out.xyz, out.result, msg.header)))
     summary.latencies_s.append(time.perf_counter() - t0)
-    header = codecs.make_header(frame_id=fixed_frame, stamp=msg.header.stamp)
+    header = codecs.make_header(frame_id=bio.MAP_FRAME, stamp=msg.header.stamp)
     # serialised from arrays, as the node publishes them (building the message field by field is slow)
     writer.write(conns[1], ns, similarity_markers_cdr(bio.serialize_message, header, out.world, out.result.s,
                                                       views=out.used_views))

@@ -30,6 +30,7 @@ from safnet_ros.ros.params import SPECS  # the node's parameter table: plain dat
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.tools import bag_io as bio
 from safnet_ros.tools.bag_convert import convert_scene
+from safnet_ros.tools.bench_model import proc_status_kb
 from safnet_ros.validation import MAX_COUNT, device_name, float_range, int_range
 
 __all__ = ["add_arguments", "run", "soak", "SoakReport", "read_rss_mib", "rss_slope_mib_per_min", "growing_share",
@@ -41,15 +42,8 @@ REPORTED_COUNTERS = ("clouds_received", "clouds_segmented", "clouds_dropped", "d
 
 
 def read_rss_mib() -> float:
-    """This process's resident set size, MiB (``VmRSS`` from /proc/self/status; NaN where unavailable)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    return float("nan")
+    """This process's resident set size, MiB (``VmRSS``; NaN where unavailable)."""
+    return proc_status_kb("VmRSS") / 1024.0
 
 
 def _second_half(times_s: list[float], rss_mib: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -149,13 +143,13 @@ class SoakReport:
         return "\n".join(lines)
 
 
-def make_synthetic_bag(out: Path, rate_hz: float = 10.0, frames: int = 40, seed: int = 7) -> Path:
-    """Generate one small synthetic scene and convert it to a rosbag2 at ``out`` (frames and clouds at ``rate_hz``)."""
+def make_synthetic_bag(out: Path, rate_hz: float = 10.0) -> Path:
+    """Generate a small synthetic scene (40 frames), convert it to a rosbag2 at ``out`` at ``rate_hz``."""
     from safnet_ros.data.synth.generate import SynthConfig, generate_dataset  # noqa: PLC0415 - generate loads open3d, only for the synthetic bag (none with --bag)
     scenes = Path(out).parent / (Path(out).name + "_scene")
-    cfg = SynthConfig(frames=frames, color_size=(160, 120), depth_size=(160, 120), vertex_spacing=0.08,
+    cfg = SynthConfig(frames=40, color_size=(160, 120), depth_size=(160, 120), vertex_spacing=0.08,
                       progress=False)
-    (summary,) = generate_dataset(scenes, scenes=1, seed=seed, cfg=cfg)
+    (summary,) = generate_dataset(scenes, scenes=1, seed=7, cfg=cfg)
     convert_scene(scenes / summary["name"], out, rate=rate_hz, cloud_rate=rate_hz, progress=False, overwrite=True)
     return Path(out)
 
@@ -167,7 +161,6 @@ def soak(
     model: Optional[str] = None,
     device: str = "cpu",
     sample_period: float = 2.0,
-    max_points: int = 8000,
     log: Any = None,
     map_max_voxels: Optional[int] = None,
     map_enable: bool = True,
@@ -193,7 +186,7 @@ def soak(
             say(f"converting a synthetic scene to a bag at {rate:g} Hz in {tmp}")
             bag = make_synthetic_bag(tmp / "bag", rate_hz=rate)
         segmenter = Segmenter.from_checkpoint(model or None, device=device, num_views=3, chunk_stride=1.5,
-                                              max_points=max_points, precision=SPECS["precision"].default)
+                                              max_points=8000, precision=SPECS["precision"].default)
 
         report = SoakReport(minutes=float(minutes), bag=str(bag), rate_hz=float(rate), device=str(segmenter.device),
                             transforms=active_tf_path().describe())

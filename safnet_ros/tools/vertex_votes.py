@@ -29,7 +29,6 @@ class VertexVotes:
 
     vertices: np.ndarray
     num_classes: int
-    tolerance: float = MATCH_TOLERANCE_M
     counts: np.ndarray = field(init=False)
     similarity_sum: np.ndarray = field(init=False)
     similarity_n: np.ndarray = field(init=False)
@@ -54,12 +53,12 @@ class VertexVotes:
 
     def positions_of(self, xyz: np.ndarray) -> np.ndarray:
         """(M,) int64 index of the distinct position each point of ``xyz`` (M, 3) metres matches within
-        ``tolerance``; -1 for a point that matches none (or is not finite)."""
+        :data:`MATCH_TOLERANCE_M`; -1 for a point that matches none (or is not finite)."""
         xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
         out = np.full(len(xyz), -1, dtype=np.int64)
         finite = np.isfinite(xyz).all(axis=1)
         if finite.any():
-            dist, idx = self._tree.query(xyz[finite], distance_upper_bound=self.tolerance)
+            dist, idx = self._tree.query(xyz[finite], distance_upper_bound=MATCH_TOLERANCE_M)
             out[finite] = np.where(np.isfinite(dist), idx, -1)
         return out
 

@@ -99,20 +99,26 @@ def scene_folder_problem(scene_out: Path) -> Optional[str]:
         return f"holds files preprocessing does not write ({', '.join(foreign[:3])})"
     if "meta.json" not in names:  # only our arrays, no meta.json yet: our own half-written scene
         return None
-    try:
-        meta = json.loads((scene_out / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    meta = _read_meta(scene_out)
+    if meta is None:
         return "has a meta.json that is not ours (not readable JSON)"
     if not isinstance(meta, dict) or "format_version" not in meta or "scene" not in meta:
         return "has a meta.json preprocessing did not write"
     return None
 
 
+def _read_meta(scene_out: Path) -> Any:
+    """The parsed ``scene_out/meta.json``; None when it is absent, unreadable or not JSON."""
+    try:
+        return json.loads((scene_out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def settings_change(scene_out: Path, settings: dict[str, Any]) -> Optional[str]:
     """How the settings recorded in ``scene_out/meta.json`` differ from ``settings`` (None: same)."""
-    try:
-        meta = json.loads((scene_out / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    meta = _read_meta(scene_out)
+    if meta is None:
         return "no readable meta.json"
     old = meta.get("settings") if isinstance(meta, dict) else None
     if not isinstance(old, dict):
@@ -123,13 +129,8 @@ def settings_change(scene_out: Path, settings: dict[str, Any]) -> Optional[str]:
 
 def scene_is_complete(scene_out: Path) -> bool:
     """True when ``scene_out`` holds a finished scene (meta.json with ``complete`` true)."""
-    meta = scene_out / "meta.json"
-    if not meta.is_file():
-        return False
-    try:
-        return bool(json.loads(meta.read_text()).get("complete"))
-    except (ValueError, OSError, AttributeError):  # not JSON, unreadable, not an object
-        return False
+    meta = _read_meta(scene_out)
+    return isinstance(meta, dict) and bool(meta.get("complete"))
 
 
 def read_scannet_id_map(tsv: Path) -> dict[int, int]:
@@ -349,14 +350,12 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
                 no_frames_reason = "no frame with a valid pose and readable images"
 
         F = len(frame_ids)
-        color_a = np.stack(colors) if F else np.zeros((0, h, w, 3), np.uint8)
-        depth_a = np.stack(depths) if F else np.zeros((0, h, w), np.uint16)
-        pose_a = np.stack(poses) if F else np.zeros((0, 4, 4), np.float32)
-        label_a = np.stack(label_imgs) if F else np.zeros((0, h, w), np.uint8)
-        np.save(tmp / "color.npy", color_a)
+        depth_a = np.asarray(depths, np.uint16).reshape(F, h, w)
+        pose_a = np.asarray(poses, np.float32).reshape(F, 4, 4)
+        np.save(tmp / "color.npy", np.asarray(colors, np.uint8).reshape(F, h, w, 3))
         np.save(tmp / "depth.npy", depth_a)
         np.save(tmp / "poses.npy", pose_a)
-        np.save(tmp / "label2d.npy", label_a)
+        np.save(tmp / "label2d.npy", np.asarray(label_imgs, np.uint8).reshape(F, h, w))
         np.save(tmp / "frame_ids.npy", np.asarray(frame_ids, np.int32))
         del colors, depths, label_imgs
 
@@ -509,10 +508,8 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
             "not_found": missing,
             "no_frames": {r["scene"]: r["no_frames_reason"] for r in results if r.get("no_frames_reason")},
             "redone": {r["scene"]: r["redone"] for r in results if r.get("redone")},
-            "invalid_frames": sum(r.get("invalid_frames", 0) for r in results),
-            "unreadable_frames": sum(r.get("unreadable_frames", 0) for r in results),
-            "empty_depth_frames": sum(r.get("empty_depth_frames", 0) for r in results),
-            "frames": sum(r.get("frames", 0) for r in results),
+            **{k: sum(r.get(k, 0) for r in results)
+               for k in ("invalid_frames", "unreadable_frames", "empty_depth_frames", "frames")},
             "seconds": round(time.perf_counter() - start, 2),
             "per_scene": results,
         }
@@ -545,12 +542,9 @@ def run(args: argparse.Namespace) -> int:
           f"failed: {len(summary['failed'])}  not found: {len(summary['not_found'])}")
     print(f"frames kept: {summary['frames']}  invalid poses skipped: {summary['invalid_frames']}  "
           f"unreadable: {summary['unreadable_frames']}  empty depth: {summary['empty_depth_frames']}")
-    for name, reason in summary["no_frames"].items():
-        print(f"no frames (3D-only): {name}: {reason}")
-    for name, reason in summary["redone"].items():
-        print(f"redone: {name}: {reason}")
-    for name, reason in summary["failed"].items():
-        print(f"failed: {name}: {reason}")
+    for what, key in (("no frames (3D-only)", "no_frames"), ("redone", "redone"), ("failed", "failed")):
+        for name, reason in summary[key].items():
+            print(f"{what}: {name}: {reason}")
     for name in summary["not_found"]:
         print(f"not found: {name}")
     print(f"summary: {Path(args.out) / 'preprocess_summary.json'}  ({summary['seconds']} s)")

@@ -385,8 +385,6 @@ def format_table(s: dict[str, Any]) -> str:
     ms = s.get("moved_similarity")
     if ms:
         for key in ("moved", "static", "moved_unseen", "moved_chosen_through", "moved_chosen_sees"):
-            if key not in ms:
-                continue
             r = ms[key]
             what = {"moved_unseen": "moved vertices most views see through",
                     "moved_chosen_through": "moved vertices every chosen view sees through",
@@ -395,13 +393,13 @@ def format_table(s: dict[str, Any]) -> str:
                          f"{r['s_mean']:.3f} / {r['s_median']:.3f} over {r['vertices']} "
                          f"(S_geo {r['s_geo_mean']:.3f}, S_con {r['s_con_mean']:.3f})"
                          + (f"; nearest view pixel {r['view_distance_median_cm']:.1f} cm (median)"
-                            if math.isfinite(r.get("view_distance_median_cm", float("nan"))) else "")))
-        sc = ms.get("static_same_classes")
-        if sc and sc.get("moved_vertices"):
+                            if math.isfinite(r["view_distance_median_cm"]) else "")))
+        sc = ms["static_same_classes"]
+        if sc["moved_vertices"]:
             rows.append(("S, moved vs static of the same classes",
                          f"{sc['s_moved_mean']:.3f} vs {sc['s_mean']:.3f} (S_geo {sc['s_geo_moved_mean']:.3f} vs "
                          f"{sc['s_geo_mean']:.3f}; {', '.join(sc['classes'])})"))
-        pv = ms.get("per_view")
+        pv = ms.get("per_view")  # absent with --no-per-view
         if pv:
             for key, what in (("static", "static"), ("moved", "moved"), ("moved_in_place", "moved, seen in place"),
                               ("moved_through", "moved, seen through")):
@@ -413,10 +411,9 @@ def format_table(s: dict[str, Any]) -> str:
                 rows.append(("S view by view, moved vs static same classes",
                              f"{sc['s_moved_mean']:.3f} vs {sc['s_mean']:.3f} ({', '.join(sc['classes'])})"))
         for key in ("moved", "static"):
-            if "view_disagreement" in ms.get(key, {}):
-                rows.append((f"views seeing > 10 cm beyond, {key}", pct(ms[key]["view_disagreement"])
-                             + (f" (chosen views: {pct(ms[key]['chosen_view_disagreement'])})"
-                                if "chosen_view_disagreement" in ms[key] else "")))
+            r = ms[key]
+            rows.append((f"views seeing > 10 cm beyond, {key}",
+                         f"{pct(r['view_disagreement'])} (chosen views: {pct(r['chosen_view_disagreement'])})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"scene {s['scene']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
 

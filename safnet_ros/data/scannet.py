@@ -32,7 +32,7 @@ from safnet_ros.data.sens import (
     decode_color,
     valid_pose_mask,
 )
-from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+from safnet_ros.errors import DataFormatError, MissingDataError
 from safnet_ros.geometry.transforms import apply_transform
 from safnet_ros.io_boundary import read_text, reading
 from safnet_ros.validation import require_dir, require_file
@@ -423,20 +423,14 @@ class ScanNetScene(Closeable):
             self._frames = None
 
 
-def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir: str | os.PathLike,
-                  every: int = 1) -> int:
-    """Write every ``every``-th frame in the exported layout under ``out_dir``; returns the frame count.
+def export_frames(scene: ScanNetScene | str | os.PathLike, out_dir: str | os.PathLike) -> int:
+    """Write every frame of ``scene`` in the exported layout under ``out_dir``; returns the frame count.
 
     Colour JPEGs from a ``.sens`` are copied byte for byte; depth is written as
     uint16 millimetre PNG; poses (``-inf`` kept, so invalid frames stay invalid)
     and intrinsics/extrinsics as 4x4 text.
     """
-    if every < 1:
-        raise ConfigError(f"every must be >= 1, got {every}")
-    if isinstance(scene, FrameSource):
-        source = scene
-    else:
-        source = (scene if isinstance(scene, ScanNetScene) else ScanNetScene(scene)).frames
+    source = (scene if isinstance(scene, ScanNetScene) else ScanNetScene(scene)).frames
     out = Path(out_dir)
     for sub in ("color", "depth", "pose", "intrinsic"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -447,7 +441,7 @@ def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir
     _write_matrix(out / "intrinsic" / "extrinsic_color.txt", source.extrinsic_color)
     _write_matrix(out / "intrinsic" / "extrinsic_depth.txt", source.extrinsic_depth)
     count = 0
-    for i in source.indices[::every]:
+    for i in source.indices:
         if isinstance(source, SensFrames) and source.reader.header.color_compression == COLOR_JPEG:
             f = source.reader.frame(i)
             decode_color(f.color_bytes, COLOR_JPEG, None, path=source.path, index=i)  # validate first

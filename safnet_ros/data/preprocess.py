@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from safnet_ros import output_dir as od
-from safnet_ros.data.labels import IGNORE_INDEX, nyu40_to_class
+from safnet_ros.data.labels import IGNORE_INDEX, lookup, nyu40_to_class
 from safnet_ros.data.scannet import ScanNetScene, find_scenes, read_split, split_list_path
 from safnet_ros.engine.batching import prepare_view
 from safnet_ros.errors import ConfigError, DataFormatError, SafnetError
@@ -307,8 +307,9 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
                 "label_map") else {}
             if filt is not None and id_map:
                 label_source = "label-filt"
-                lut = np.zeros(max(id_map) + 1, np.int64)
+                lut = np.zeros(max(id_map) + 1, np.int64)  # ScanNet label id -> nyu40 id -> class index
                 lut[list(id_map)] = list(id_map.values())
+                lut = nyu40_to_class(lut)
             elif has_labels and len(faces):
                 label_source = "mesh-raycast"
             renderer = MeshLabelRenderer(xyz, faces, labels) if label_source == "mesh-raycast" else None
@@ -324,9 +325,7 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
                     if label_source == "label-filt":
                         ids = filt(i)
                         if ids is not None:
-                            ids = np.asarray(ids).astype(np.int64)
-                            ids = np.where((ids >= 0) & (ids < len(lut)), lut[np.clip(ids, 0, len(lut) - 1)], 0)
-                            raw_labels = nyu40_to_class(ids)
+                            raw_labels = lookup(lut, ids, IGNORE_INDEX)
                     view = prepare_view(frame.color, frame.depth, source.intrinsic_depth, pose, wh=wh,
                                         labels=raw_labels)
                     if not (view.depth > 0).any():

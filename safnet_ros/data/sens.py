@@ -320,11 +320,6 @@ class SensReader(Closeable):
         return int(self._poses.shape[0])
 
     @property
-    def poses(self) -> np.ndarray:
-        """(F, 4, 4) float32 camera-to-world of every frame (``-inf`` where tracking was lost)."""
-        return self._poses
-
-    @property
     def valid_indices(self) -> list[int]:
         """Indices of the frames whose pose is finite, ascending."""
         return np.flatnonzero(self._valid).tolist()

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -68,6 +68,7 @@ class FrameSource(Closeable, abc.ABC):
     Frame ids (:attr:`indices`) are the ``.sens`` frame numbers (or the file
     numbers of the exported layout); :meth:`get` takes such an id.
     ``color_size`` / ``depth_size`` are (w, h) pixels, intrinsics (3, 3) float64.
+    A subclass sets ``_ids`` (every frame id, ascending) and ``_valid`` (the valid ones).
     """
 
     color_size: tuple[int, int]
@@ -77,16 +78,18 @@ class FrameSource(Closeable, abc.ABC):
     extrinsic_color: np.ndarray
     extrinsic_depth: np.ndarray
     depth_shift: float
+    _ids: Sequence[int]
+    _valid: Sequence[int]
 
     @property
-    @abc.abstractmethod
     def indices(self) -> list[int]:
         """Every frame id, ascending."""
+        return list(self._ids)
 
     @property
-    @abc.abstractmethod
     def valid_indices(self) -> list[int]:
         """Ids of the frames whose pose is finite (tracking not lost)."""
+        return list(self._valid)
 
     @abc.abstractmethod
     def get(self, i: int) -> Frame:
@@ -148,15 +151,8 @@ class SensFrames(FrameSource):
                                              "(supported: 0 raw_ushort, 1 zlib_ushort)")
         check_camera(self.path, self.intrinsic_color, self.color_size, "colour")
         check_camera(self.path, self.intrinsic_depth, self.depth_size, "depth")
+        self._ids = range(len(self.reader))
         self._valid = self.reader.valid_indices
-
-    @property
-    def indices(self) -> list[int]:
-        return list(range(len(self.reader)))
-
-    @property
-    def valid_indices(self) -> list[int]:
-        return list(self._valid)
 
     def get(self, i: int) -> Frame:
         f = self.reader.frame(i)
@@ -257,14 +253,6 @@ class ExportedFrames(FrameSource):
 
     def depth_path(self, i: int) -> Path:
         return self.root / "depth" / f"{self._stems.get(int(i), str(i))}.png"
-
-    @property
-    def indices(self) -> list[int]:
-        return list(self._ids)
-
-    @property
-    def valid_indices(self) -> list[int]:
-        return list(self._valid)
 
     def get(self, i: int) -> Frame:
         if int(i) not in self._poses:

@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image
 from scipy.spatial import cKDTree
 
+from safnet_ros.data.dataset import SELECTION_BASE_POINTS
 from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, NYU40_IDS, nyu40_to_class
-from safnet_ros.data.preprocess import unpack_coverage
+from safnet_ros.data.preprocess import COVERAGE_TOL, unpack_coverage
 from safnet_ros.data.scannet import ScanNetScene
 from safnet_ros.data.view_similarity import sighting_groups, sighting_rows, similarity_per_view, vertex_mean
 from safnet_ros.engine.batching import prepare_view
@@ -29,10 +30,8 @@ from safnet_ros.geometry.views import greedy_select
 from safnet_ros.json_out import json_safe
 from safnet_ros.tools.render import render_cloud_png, render_moved_similarity_png
 
-#: Chunk size (metres) and base points per chunk, as training and evaluation use them (docs/design.md §2.5).
+#: Chunk size (metres), as training and evaluation use it (docs/design.md §2.5).
 CHUNK = 1.5
-BASE_POINTS = 2000
-COVER_TOL = 0.1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +113,7 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
         packed, dists, valid, grads, stds = [], [], [], [], []
         for i in indices:
             f = src.get(i)
-            packed.append(np.packbits(visible(xyz, f.depth, K, f.camera_to_world, tol=COVER_TOL)))
+            packed.append(np.packbits(visible(xyz, f.depth, K, f.camera_to_world, tol=COVERAGE_TOL)))
             valid.append(float((f.depth > 0).mean()))
             pts, _ = backproject(f.depth, K, f.camera_to_world, stride=4)
             if len(pts):
@@ -157,7 +156,7 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
         idx = np.flatnonzero(inv == c)
         if len(idx) < 200:
             continue
-        base = np.sort(rng.choice(idx, size=min(BASE_POINTS, len(idx)), replace=False))
+        base = np.sort(rng.choice(idx, size=min(SELECTION_BASE_POINTS, len(idx)), replace=False))
         cov = unpack_coverage(bits, base)
         total = cov.any(axis=0).sum()
         cover_all.append(total / len(base))

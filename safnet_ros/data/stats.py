@@ -90,8 +90,7 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
 
     if frame_step < 1:
         raise ConfigError(f"--frame-step must be >= 1, got {frame_step}")
-    scene = ScanNetScene(scene_dir)
-    try:
+    with ScanNetScene(scene_dir) as scene:
         xyz, _rgb, faces = scene.load_mesh()
         if len(faces) == 0:
             raise DataFormatError(scene.mesh_path, "the mesh has 0 faces: the realism table needs a triangle mesh "
@@ -121,8 +120,6 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
             g, sd = image_stats(f.color)
             grads.append(g)
             stds.append(sd)
-    finally:
-        scene.close()
     bits = np.stack(packed)  # (F, ceil(N / 8)) uint8: unpack_coverage(bits, columns) = who sees the columns
 
     # ---- mesh

@@ -162,7 +162,7 @@ class _FreeSpace:
             path.append(k)
             k = pred[k]
         path = np.array(path[::-1], dtype=np.int64)
-        return np.stack([self.xs[path // ny], self.ys[path % ny]], 1) if len(path) else np.zeros((0, 2))
+        return np.stack([self.xs[path // ny], self.ys[path % ny]], 1)
 
     def project(self, p: np.ndarray) -> np.ndarray:
         """Points in obstacles move to the nearest free cell centre; free points stay."""

@@ -29,7 +29,6 @@ from safnet_ros.data.sens import (
     DEPTH_ZLIB_USHORT,
     Closeable,
     SensReader,
-    decode_color,
     valid_pose_mask,
 )
 from safnet_ros.errors import DataFormatError, MissingDataError
@@ -432,7 +431,7 @@ def export_frames(scene: ScanNetScene | str | os.PathLike, out_dir: str | os.Pat
     for i in source.indices:
         if isinstance(source, SensFrames) and source.reader.header.color_compression == COLOR_JPEG:
             f = source.reader.frame(i)
-            decode_color(f.color_bytes, COLOR_JPEG, None, path=source.path, index=i)  # validate first
+            f.decode_color()  # validate first
             (out / "color" / f"{i}.jpg").write_bytes(f.color_bytes)
             raw = f.decode_depth()
             pose = f.camera_to_world

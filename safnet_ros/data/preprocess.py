@@ -76,8 +76,7 @@ SETTING_KEYS = ("frame_step", "max_frames", "coverage_points", "seed")
 # --------------------------------------------------------------------------- helpers
 def scene_settings(options: dict[str, Any]) -> dict[str, Any]:
     """The settings recorded in meta.json (and compared on a rerun): SETTING_KEYS, the image size, tolerance."""
-    out = {k: int(options.get(k, 0) or 0) for k in SETTING_KEYS}
-    out["frame_step"] = max(1, out["frame_step"])
+    out = {k: int(options[k]) for k in SETTING_KEYS}
     out.update(image_wh=list(IMAGE_WH), coverage_tol=COVERAGE_TOL, format_version=FORMAT_VERSION)
     return out
 
@@ -248,7 +247,7 @@ def preprocess_scene(scene_dir: str, out_dir: str, options: dict[str, Any]) -> d
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        record.update(_write_scene(scene_dir_p, tmp, {**options, "settings": settings}))
+        record.update(_write_scene(scene_dir_p, tmp, settings, options["label_map"]))
         problem = scene_folder_problem(final)  # again, just before: it may have changed meanwhile
         if problem is not None:
             raise SafnetError(f"{final} {problem}: not replaced")
@@ -263,7 +262,8 @@ def preprocess_scene(scene_dir: str, out_dir: str, options: dict[str, Any]) -> d
     return record
 
 
-def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[str, Any]:
+def _write_scene(scene_dir: Path, tmp: Path, settings: dict[str, Any],
+                 label_map: Optional[str]) -> dict[str, Any]:
     """Write every array of one scene into ``tmp`` (meta.json last); returns counts for the summary."""
     wh = IMAGE_WH
     w, h = wh
@@ -297,12 +297,11 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
         if source is not None:
             frames_in_source = len(source)
             counts["invalid_frames"] = int(source.num_invalid)
-            valid = list(source.valid_indices)[:: max(1, int(options.get("frame_step", 1)))]
-            if options.get("max_frames"):
-                valid = valid[: int(options["max_frames"])]
+            valid = source.valid_indices[:: settings["frame_step"]]
+            if settings["max_frames"]:
+                valid = valid[: settings["max_frames"]]
             filt, zf = _label_filt_source(scene_dir, scene.name)
-            id_map = read_scannet_id_map(Path(options["label_map"])) if filt is not None and options.get(
-                "label_map") else {}
+            id_map = read_scannet_id_map(Path(label_map)) if filt is not None and label_map else {}
             if filt is not None and id_map:
                 label_source = "label-filt"
                 lut = np.zeros(max(id_map) + 1, np.int64)  # ScanNet label id -> nyu40 id -> class index
@@ -357,8 +356,8 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
         del colors, depths, label_imgs
 
         # ---- coverage table
-        rng = np.random.default_rng(int(options.get("seed", 0)))
-        max_base = int(options.get("coverage_points", 0))
+        rng = np.random.default_rng(settings["seed"])
+        max_base = settings["coverage_points"]
         if max_base and len(xyz) > max_base:
             base = np.sort(rng.choice(len(xyz), max_base, replace=False)).astype(np.int64)
         else:
@@ -384,7 +383,7 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
             "coverage_points": int(len(base)),
             "coverage_tol": COVERAGE_TOL,
             "no_frames_reason": no_frames_reason,
-            "settings": options.get("settings") or scene_settings(options),
+            "settings": settings,
             **counts,
             "complete": True,
         }

@@ -152,4 +152,5 @@ def test_single_effect_test_conditions_turn_on_one_effect_only():
             assert not np.array_equal(out, color), name
             np.testing.assert_array_equal(out_depth, depth)
         assert all(getattr(settings, k) == getattr(A.REAL_CAMERA_TEST, k) for k in A.EFFECT_GROUPS[name])
-    assert A.camera_test_settings("jpeg").exposure == 0 and A.camera_test_settings("exposure").jpeg_quality == 0
+    assert A.camera_test_settings("jpeg").exposure == 0
+    assert A.camera_test_settings("exposure").jpeg_quality == 0

@@ -408,8 +408,8 @@ def format_table(s: dict[str, Any]) -> str:
                              f"{sc['s_moved_mean']:.3f} vs {sc['s_mean']:.3f} ({', '.join(sc['classes'])})"))
         for key in ("moved", "static"):
             r = ms[key]
-            rows.append((f"views seeing > 10 cm beyond, {key}",
-                         f"{pct(r['view_disagreement'])} (chosen views: {pct(r['chosen_view_disagreement'])})"))
+            rows.append((f"views seeing > 10 cm beyond, {key}", f"{pct(r['view_disagreement'])} "
+                         f"(chosen views: {pct(r['chosen_view_disagreement'])})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"scene {s['scene']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
 

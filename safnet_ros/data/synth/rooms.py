@@ -201,7 +201,8 @@ def table_parts(w: float, d: float, h: float, mat: Material) -> list[Part]:
 class _Layout:
     """Collects objects with increasing ids while the plan is laid out."""
 
-    def __init__(self, rng: np.random.Generator, width: float, depth: float, height: float, zones: frozenset[str]):
+    def __init__(self, rng: np.random.Generator, width: float, depth: float, height: float,
+                 zones: frozenset[str]):
         self.rng, self.W, self.D, self.H = rng, width, depth, height
         self.zones = zones
         self.objects: list[SceneObject] = []

@@ -352,9 +352,6 @@ class SensReader(Closeable):
                          color_compression=h.color_compression, depth_compression=h.depth_compression,
                          color_size=h.color_size, depth_size=h.depth_size, path=self.path)
 
-    def __getitem__(self, i: int) -> SensFrame:
-        return self.frame(i)
-
     def __iter__(self) -> Iterator[SensFrame]:
         """Yield every frame in order, one at a time (only one frame's bytes in memory)."""
         for i in range(len(self)):

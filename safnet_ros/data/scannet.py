@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -101,11 +101,6 @@ class FrameSource(Closeable, abc.ABC):
     def num_invalid(self) -> int:
         """How many frames have a non-finite pose (they are left out of ``valid_indices``)."""
         return len(self.indices) - len(self.valid_indices)
-
-    def __iter__(self) -> Iterator[Frame]:
-        """Yield the valid frames in order, one decoded frame at a time."""
-        for i in self.valid_indices:
-            yield self.get(i)
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a source holds files
         """Release open files (no-op by default)."""

@@ -143,7 +143,7 @@ def test_single_effect_test_conditions_turn_on_one_effect_only():
     depth = np.full((48, 64), 2.0, np.float32)
     depth[:, 40:] = 4.0
     for name in A.EFFECT_GROUPS:
-        settings = A.camera_test_settings(name)
+        settings = A.single_effect_test(name)
         out, out_depth = A.camera_augment(color, depth, np.random.default_rng(6), settings)
         if name == "depth_holes":
             np.testing.assert_array_equal(out, color)
@@ -152,5 +152,4 @@ def test_single_effect_test_conditions_turn_on_one_effect_only():
             assert not np.array_equal(out, color), name
             np.testing.assert_array_equal(out_depth, depth)
         assert all(getattr(settings, k) == getattr(A.REAL_CAMERA_TEST, k) for k in A.EFFECT_GROUPS[name])
-    assert A.camera_test_settings("jpeg").exposure == 0
-    assert A.camera_test_settings("exposure").jpeg_quality == 0
+    assert A.single_effect_test("jpeg").exposure == 0 and A.single_effect_test("exposure").jpeg_quality == 0

@@ -64,13 +64,18 @@ EFFECT_GROUPS: dict[str, tuple[str, ...]] = {
 
 def camera_test_settings(condition: str) -> Optional[CameraAugment]:
     """The settings of a ``safnet eval --camera-effects`` condition: None for ``off``,
-    :data:`REAL_CAMERA_TEST` for ``real``, and for an effect's name (a key of :data:`EFFECT_GROUPS`)
-    REAL_CAMERA_TEST with only that group's knobs left on: what one effect alone does to a model's views."""
+    :data:`REAL_CAMERA_TEST` for ``real``, :func:`single_effect_test` for an effect's name."""
     if condition == "off":
         return None
-    if condition == "real":
-        return REAL_CAMERA_TEST
-    keep = EFFECT_GROUPS[condition]
+    return REAL_CAMERA_TEST if condition == "real" else single_effect_test(condition)
+
+
+def single_effect_test(group: str) -> CameraAugment:
+    """:data:`REAL_CAMERA_TEST` with only the knobs of ``group`` (a key of :data:`EFFECT_GROUPS`) left on.
+
+    Scores what one effect alone does to a model's views, at the real-camera test strength.
+    """
+    keep = EFFECT_GROUPS[group]
     return dataclasses.replace(REAL_CAMERA_TEST, **{k: v for k, v in _KNOBS_OFF.items() if k not in keep})
 
 

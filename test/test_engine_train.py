@@ -55,7 +55,6 @@ def test_chunk_dataset_views_and_augmentation_are_consistent(pre_root):
     from scipy.spatial import cKDTree
 
     from safnet_ros.data.dataset import ChunkDataset, list_scenes
-    from safnet_ros.data.preprocess import unpack_coverage
     from safnet_ros.geometry.views import greedy_select
 
     scenes = list_scenes(pre_root, "train")
@@ -97,7 +96,7 @@ def test_chunk_dataset_views_and_augmentation_are_consistent(pre_root):
     # Without subsampling, selection equals greedy_select on the chunk's coverage columns.
     scene = scenes[0]
     idx = np.flatnonzero(np.abs(scene.points[:, 0] - np.median(scene.points[:, 0])) < 0.75)
-    expect = greedy_select(unpack_coverage(scene.coverage_bits, scene.base_positions(idx)), 3)
+    expect = greedy_select(scene.coverage(idx), 3)
     assert scene.select_views(idx, 3, max_base=10**9) == expect
 
 

@@ -141,6 +141,10 @@ class PreprocessedScene:
                 self._arrays["_covered"] = np.asarray(self.coverage_index)[any_frame.astype(bool)]
         return self._arrays["_covered"]
 
+    def coverage(self, point_index: np.ndarray) -> np.ndarray:
+        """(F, n) bool coverage of the base points among ``point_index``."""
+        return unpack_coverage(self.coverage_bits, self.base_positions(point_index))
+
     def select_views(self, point_index: np.ndarray, k: int, rng: Optional[np.random.Generator] = None,
                      max_base: int = SELECTION_BASE_POINTS) -> list[int]:
         """Up to ``k`` frames for the chunk ``point_index``: greedy by not-yet-covered base points.

@@ -192,11 +192,13 @@ class MeshLabelRenderer:
         self.o3d = o3d
 
     def render(self, K, camera_to_world, wh: tuple[int, int]):
-        """(H, W) uint8 class image for pose ``camera_to_world`` (4, 4) and intrinsics K (3, 3) at ``wh``.
-
-        Both must be checked first (valid_pose_mask, check_camera): degenerate rays never finish in open3d.
-        """
+        """(H, W) uint8 class image for pose ``camera_to_world`` (4, 4) and intrinsics K (3, 3) at ``wh``."""
         w, h = wh
+        R = np.asarray(camera_to_world, np.float64)[:3, :3]
+        if not (np.isfinite(camera_to_world).all() and np.isfinite(K).all() and abs(np.linalg.det(R)) > 1e-6
+                and K[0, 0] > 0 and K[1, 1] > 0):  # zero-direction rays would never finish in open3d
+            raise DataFormatError(None, "degenerate camera (singular rotation or zero/NaN intrinsics): "
+                                        "refusing to ray cast")
         u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
         d_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
         R, t = camera_to_world[:3, :3], camera_to_world[:3, 3]

@@ -54,7 +54,7 @@ _NYU40_TO_CLASS = np.full(256, IGNORE_INDEX, dtype=np.uint8)
 _NYU40_TO_CLASS[list(NYU40_IDS)] = np.arange(NUM_CLASSES, dtype=np.uint8)
 
 
-def _lookup(table: np.ndarray, ids: np.ndarray, default: Any) -> np.ndarray:
+def lookup(table: np.ndarray, ids: np.ndarray, default: Any) -> np.ndarray:
     """``table[ids]`` for ids in ``0..len(table) - 1``, ``default`` for any other id (shape: ids' + table rows')."""
     ids = np.asarray(ids).astype(np.int64)
     out = np.full(ids.shape + table.shape[1:], default, dtype=table.dtype)
@@ -68,12 +68,12 @@ def nyu40_to_class(nyu40: np.ndarray) -> np.ndarray:
 
     Ids outside 0..255 (corrupt files) are ignored too. Returns uint8, same shape.
     """
-    return _lookup(_NYU40_TO_CLASS, nyu40, IGNORE_INDEX)
+    return lookup(_NYU40_TO_CLASS, nyu40, IGNORE_INDEX)
 
 
 def class_to_nyu40(classes: np.ndarray) -> np.ndarray:
     """Map class indices 0..19 back to nyu40 ids; IGNORE_INDEX (or any other value) -> 0."""
-    return _lookup(np.asarray(NYU40_IDS, dtype=np.uint16), classes, 0)
+    return lookup(np.asarray(NYU40_IDS, dtype=np.uint16), classes, 0)
 
 
 #: Id spaces labels are written in: class indices (0..19, 255 = not labelled) or nyu40 ids (0 = not labelled).
@@ -91,4 +91,4 @@ def encode_label_ids(classes: np.ndarray, space: str = "index") -> np.ndarray:
 
 def class_colors(classes: np.ndarray) -> np.ndarray:
     """(N,) class indices -> (N, 3) uint8 RGB; ignored/unknown -> IGNORE_COLOR."""
-    return _lookup(CLASS_COLORS, classes, IGNORE_COLOR)
+    return lookup(CLASS_COLORS, classes, IGNORE_COLOR)

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from safnet_ros import output_dir as od
-from safnet_ros.data.labels import IGNORE_INDEX, nyu40_to_class
+from safnet_ros.data.labels import IGNORE_INDEX, lookup, nyu40_to_class
 from safnet_ros.data.scannet import ScanNetScene, find_scenes, read_split, split_list_path
 from safnet_ros.engine.batching import prepare_view
 from safnet_ros.errors import ConfigError, DataFormatError, SafnetError
@@ -76,8 +76,7 @@ SETTING_KEYS = ("frame_step", "max_frames", "coverage_points", "seed")
 # --------------------------------------------------------------------------- helpers
 def scene_settings(options: dict[str, Any]) -> dict[str, Any]:
     """The settings recorded in meta.json (and compared on a rerun): SETTING_KEYS, the image size, tolerance."""
-    out = {k: int(options.get(k, 0) or 0) for k in SETTING_KEYS}
-    out["frame_step"] = max(1, out["frame_step"])
+    out = {k: int(options[k]) for k in SETTING_KEYS}
     out.update(image_wh=list(IMAGE_WH), coverage_tol=COVERAGE_TOL, format_version=FORMAT_VERSION)
     return out
 
@@ -99,20 +98,26 @@ def scene_folder_problem(scene_out: Path) -> Optional[str]:
         return f"holds files preprocessing does not write ({', '.join(foreign[:3])})"
     if "meta.json" not in names:  # only our arrays, no meta.json yet: our own half-written scene
         return None
-    try:
-        meta = json.loads((scene_out / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    meta = _read_meta(scene_out)
+    if meta is None:
         return "has a meta.json that is not ours (not readable JSON)"
     if not isinstance(meta, dict) or "format_version" not in meta or "scene" not in meta:
         return "has a meta.json preprocessing did not write"
     return None
 
 
+def _read_meta(scene_out: Path) -> Any:
+    """The parsed ``scene_out/meta.json``; None when it is absent, unreadable or not JSON."""
+    try:
+        return json.loads((scene_out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def settings_change(scene_out: Path, settings: dict[str, Any]) -> Optional[str]:
     """How the settings recorded in ``scene_out/meta.json`` differ from ``settings`` (None: same)."""
-    try:
-        meta = json.loads((scene_out / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    meta = _read_meta(scene_out)
+    if meta is None:
         return "no readable meta.json"
     old = meta.get("settings") if isinstance(meta, dict) else None
     if not isinstance(old, dict):
@@ -123,13 +128,8 @@ def settings_change(scene_out: Path, settings: dict[str, Any]) -> Optional[str]:
 
 def scene_is_complete(scene_out: Path) -> bool:
     """True when ``scene_out`` holds a finished scene (meta.json with ``complete`` true)."""
-    meta = scene_out / "meta.json"
-    if not meta.is_file():
-        return False
-    try:
-        return bool(json.loads(meta.read_text()).get("complete"))
-    except (ValueError, OSError, AttributeError):  # not JSON, unreadable, not an object
-        return False
+    meta = _read_meta(scene_out)
+    return isinstance(meta, dict) and bool(meta.get("complete"))
 
 
 def read_scannet_id_map(tsv: Path) -> dict[int, int]:
@@ -249,7 +249,7 @@ def preprocess_scene(scene_dir: str, out_dir: str, options: dict[str, Any]) -> d
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        record.update(_write_scene(scene_dir_p, tmp, {**options, "settings": settings}))
+        record.update(_write_scene(scene_dir_p, tmp, settings, options["label_map"]))
         problem = scene_folder_problem(final)  # again, just before: it may have changed meanwhile
         if problem is not None:
             raise SafnetError(f"{final} {problem}: not replaced")
@@ -264,7 +264,8 @@ def preprocess_scene(scene_dir: str, out_dir: str, options: dict[str, Any]) -> d
     return record
 
 
-def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[str, Any]:
+def _write_scene(scene_dir: Path, tmp: Path, settings: dict[str, Any],
+                 label_map: Optional[str]) -> dict[str, Any]:
     """Write every array of one scene into ``tmp`` (meta.json last); returns counts for the summary."""
     wh = IMAGE_WH
     w, h = wh
@@ -298,16 +299,16 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
         if source is not None:
             frames_in_source = len(source)
             counts["invalid_frames"] = int(source.num_invalid)
-            valid = list(source.valid_indices)[:: max(1, int(options.get("frame_step", 1)))]
-            if options.get("max_frames"):
-                valid = valid[: int(options["max_frames"])]
+            valid = source.valid_indices[:: settings["frame_step"]]
+            if settings["max_frames"]:
+                valid = valid[: settings["max_frames"]]
             filt, zf = _label_filt_source(scene_dir, scene.name)
-            id_map = read_scannet_id_map(Path(options["label_map"])) if filt is not None and options.get(
-                "label_map") else {}
+            id_map = read_scannet_id_map(Path(label_map)) if filt is not None and label_map else {}
             if filt is not None and id_map:
                 label_source = "label-filt"
-                lut = np.zeros(max(id_map) + 1, np.int64)
+                lut = np.zeros(max(id_map) + 1, np.int64)  # ScanNet label id -> nyu40 id -> class index
                 lut[list(id_map)] = list(id_map.values())
+                lut = nyu40_to_class(lut)
             elif has_labels and len(faces):
                 label_source = "mesh-raycast"
             renderer = MeshLabelRenderer(xyz, faces, labels) if label_source == "mesh-raycast" else None
@@ -323,9 +324,7 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
                     if label_source == "label-filt":
                         ids = filt(i)
                         if ids is not None:
-                            ids = np.asarray(ids).astype(np.int64)
-                            ids = np.where((ids >= 0) & (ids < len(lut)), lut[np.clip(ids, 0, len(lut) - 1)], 0)
-                            raw_labels = nyu40_to_class(ids)
+                            raw_labels = lookup(lut, ids, IGNORE_INDEX)
                     view = prepare_view(frame.color, frame.depth, source.intrinsic_depth, pose, wh=wh,
                                         labels=raw_labels)
                     if not (view.depth > 0).any():
@@ -349,20 +348,18 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
                 no_frames_reason = "no frame with a valid pose and readable images"
 
         F = len(frame_ids)
-        color_a = np.stack(colors) if F else np.zeros((0, h, w, 3), np.uint8)
-        depth_a = np.stack(depths) if F else np.zeros((0, h, w), np.uint16)
-        pose_a = np.stack(poses) if F else np.zeros((0, 4, 4), np.float32)
-        label_a = np.stack(label_imgs) if F else np.zeros((0, h, w), np.uint8)
-        np.save(tmp / "color.npy", color_a)
+        depth_a = np.asarray(depths, np.uint16).reshape(F, h, w)
+        pose_a = np.asarray(poses, np.float32).reshape(F, 4, 4)
+        np.save(tmp / "color.npy", np.asarray(colors, np.uint8).reshape(F, h, w, 3))
         np.save(tmp / "depth.npy", depth_a)
         np.save(tmp / "poses.npy", pose_a)
-        np.save(tmp / "label2d.npy", label_a)
+        np.save(tmp / "label2d.npy", np.asarray(label_imgs, np.uint8).reshape(F, h, w))
         np.save(tmp / "frame_ids.npy", np.asarray(frame_ids, np.int32))
         del colors, depths, label_imgs
 
         # ---- coverage table
-        rng = np.random.default_rng(int(options.get("seed", 0)))
-        max_base = int(options.get("coverage_points", 0))
+        rng = np.random.default_rng(settings["seed"])
+        max_base = settings["coverage_points"]
         if max_base and len(xyz) > max_base:
             base = np.sort(rng.choice(len(xyz), max_base, replace=False)).astype(np.int64)
         else:
@@ -388,7 +385,7 @@ def _write_scene(scene_dir: Path, tmp: Path, options: dict[str, Any]) -> dict[st
             "coverage_points": int(len(base)),
             "coverage_tol": COVERAGE_TOL,
             "no_frames_reason": no_frames_reason,
-            "settings": options.get("settings") or scene_settings(options),
+            "settings": settings,
             **counts,
             "complete": True,
         }
@@ -509,10 +506,8 @@ def preprocess(root: str, out: str, *, workers: int = 1, split: Optional[str] = 
             "not_found": missing,
             "no_frames": {r["scene"]: r["no_frames_reason"] for r in results if r.get("no_frames_reason")},
             "redone": {r["scene"]: r["redone"] for r in results if r.get("redone")},
-            "invalid_frames": sum(r.get("invalid_frames", 0) for r in results),
-            "unreadable_frames": sum(r.get("unreadable_frames", 0) for r in results),
-            "empty_depth_frames": sum(r.get("empty_depth_frames", 0) for r in results),
-            "frames": sum(r.get("frames", 0) for r in results),
+            **{k: sum(r.get(k, 0) for r in results)
+               for k in ("invalid_frames", "unreadable_frames", "empty_depth_frames", "frames")},
             "seconds": round(time.perf_counter() - start, 2),
             "per_scene": results,
         }
@@ -545,12 +540,9 @@ def run(args: argparse.Namespace) -> int:
           f"failed: {len(summary['failed'])}  not found: {len(summary['not_found'])}")
     print(f"frames kept: {summary['frames']}  invalid poses skipped: {summary['invalid_frames']}  "
           f"unreadable: {summary['unreadable_frames']}  empty depth: {summary['empty_depth_frames']}")
-    for name, reason in summary["no_frames"].items():
-        print(f"no frames (3D-only): {name}: {reason}")
-    for name, reason in summary["redone"].items():
-        print(f"redone: {name}: {reason}")
-    for name, reason in summary["failed"].items():
-        print(f"failed: {name}: {reason}")
+    for what, key in (("no frames (3D-only)", "no_frames"), ("redone", "redone"), ("failed", "failed")):
+        for name, reason in summary[key].items():
+            print(f"{what}: {name}: {reason}")
     for name in summary["not_found"]:
         print(f"not found: {name}")
     print(f"summary: {Path(args.out) / 'preprocess_summary.json'}  ({summary['seconds']} s)")

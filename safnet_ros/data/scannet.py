@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -29,10 +29,9 @@ from safnet_ros.data.sens import (
     DEPTH_ZLIB_USHORT,
     Closeable,
     SensReader,
-    decode_color,
     valid_pose_mask,
 )
-from safnet_ros.errors import ConfigError, DataFormatError, MissingDataError
+from safnet_ros.errors import DataFormatError, MissingDataError
 from safnet_ros.geometry.transforms import apply_transform
 from safnet_ros.io_boundary import read_text, reading
 from safnet_ros.validation import require_dir, require_file
@@ -68,6 +67,7 @@ class FrameSource(Closeable, abc.ABC):
     Frame ids (:attr:`indices`) are the ``.sens`` frame numbers (or the file
     numbers of the exported layout); :meth:`get` takes such an id.
     ``color_size`` / ``depth_size`` are (w, h) pixels, intrinsics (3, 3) float64.
+    A subclass sets ``_ids`` (every frame id, ascending) and ``_valid`` (the valid ones).
     """
 
     color_size: tuple[int, int]
@@ -77,16 +77,18 @@ class FrameSource(Closeable, abc.ABC):
     extrinsic_color: np.ndarray
     extrinsic_depth: np.ndarray
     depth_shift: float
+    _ids: Sequence[int]
+    _valid: Sequence[int]
 
     @property
-    @abc.abstractmethod
     def indices(self) -> list[int]:
         """Every frame id, ascending."""
+        return list(self._ids)
 
     @property
-    @abc.abstractmethod
     def valid_indices(self) -> list[int]:
         """Ids of the frames whose pose is finite (tracking not lost)."""
+        return list(self._valid)
 
     @abc.abstractmethod
     def get(self, i: int) -> Frame:
@@ -99,11 +101,6 @@ class FrameSource(Closeable, abc.ABC):
     def num_invalid(self) -> int:
         """How many frames have a non-finite pose (they are left out of ``valid_indices``)."""
         return len(self.indices) - len(self.valid_indices)
-
-    def __iter__(self) -> Iterator[Frame]:
-        """Yield the valid frames in order, one decoded frame at a time."""
-        for i in self.valid_indices:
-            yield self.get(i)
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a source holds files
         """Release open files (no-op by default)."""
@@ -148,15 +145,8 @@ class SensFrames(FrameSource):
                                              "(supported: 0 raw_ushort, 1 zlib_ushort)")
         check_camera(self.path, self.intrinsic_color, self.color_size, "colour")
         check_camera(self.path, self.intrinsic_depth, self.depth_size, "depth")
+        self._ids = range(len(self.reader))
         self._valid = self.reader.valid_indices
-
-    @property
-    def indices(self) -> list[int]:
-        return list(range(len(self.reader)))
-
-    @property
-    def valid_indices(self) -> list[int]:
-        return list(self._valid)
 
     def get(self, i: int) -> Frame:
         f = self.reader.frame(i)
@@ -257,14 +247,6 @@ class ExportedFrames(FrameSource):
 
     def depth_path(self, i: int) -> Path:
         return self.root / "depth" / f"{self._stems.get(int(i), str(i))}.png"
-
-    @property
-    def indices(self) -> list[int]:
-        return list(self._ids)
-
-    @property
-    def valid_indices(self) -> list[int]:
-        return list(self._valid)
 
     def get(self, i: int) -> Frame:
         if int(i) not in self._poses:
@@ -423,20 +405,14 @@ class ScanNetScene(Closeable):
             self._frames = None
 
 
-def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir: str | os.PathLike,
-                  every: int = 1) -> int:
-    """Write every ``every``-th frame in the exported layout under ``out_dir``; returns the frame count.
+def export_frames(scene: ScanNetScene | str | os.PathLike, out_dir: str | os.PathLike) -> int:
+    """Write every frame of ``scene`` in the exported layout under ``out_dir``; returns the frame count.
 
     Colour JPEGs from a ``.sens`` are copied byte for byte; depth is written as
     uint16 millimetre PNG; poses (``-inf`` kept, so invalid frames stay invalid)
     and intrinsics/extrinsics as 4x4 text.
     """
-    if every < 1:
-        raise ConfigError(f"every must be >= 1, got {every}")
-    if isinstance(scene, FrameSource):
-        source = scene
-    else:
-        source = (scene if isinstance(scene, ScanNetScene) else ScanNetScene(scene)).frames
+    source = (scene if isinstance(scene, ScanNetScene) else ScanNetScene(scene)).frames
     out = Path(out_dir)
     for sub in ("color", "depth", "pose", "intrinsic"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -447,10 +423,10 @@ def export_frames(scene: ScanNetScene | FrameSource | str | os.PathLike, out_dir
     _write_matrix(out / "intrinsic" / "extrinsic_color.txt", source.extrinsic_color)
     _write_matrix(out / "intrinsic" / "extrinsic_depth.txt", source.extrinsic_depth)
     count = 0
-    for i in source.indices[::every]:
+    for i in source.indices:
         if isinstance(source, SensFrames) and source.reader.header.color_compression == COLOR_JPEG:
             f = source.reader.frame(i)
-            decode_color(f.color_bytes, COLOR_JPEG, None, path=source.path, index=i)  # validate first
+            f.decode_color()  # validate first
             (out / "color" / f"{i}.jpg").write_bytes(f.color_bytes)
             raw = f.decode_depth()
             pose = f.camera_to_world

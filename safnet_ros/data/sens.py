@@ -147,7 +147,7 @@ class SensFrame:
                             path=self.path, index=self.index)
 
 
-def decode_color(data: bytes, compression: int, size: tuple[int, int] | None,
+def decode_color(data: bytes, compression: int, size: tuple[int, int],
                  *, path: str | os.PathLike | None = None, index: int = -1) -> np.ndarray:
     """Colour payload -> (H, W, 3) uint8 RGB; ``size`` is the header's (w, h).
 
@@ -156,8 +156,6 @@ def decode_color(data: bytes, compression: int, size: tuple[int, int] | None,
     """
     where = f"frame {index}: colour"
     if compression == COLOR_RAW:
-        if size is None:
-            raise DataFormatError(path, f"{where} size unknown, cannot decode raw colour")
         w, h = size
         if len(data) != w * h * 3:
             raise DataFormatError(path, f"{where} raw payload is {len(data)} bytes, expected "
@@ -172,7 +170,7 @@ def decode_color(data: bytes, compression: int, size: tuple[int, int] | None,
             rgb = np.asarray(img.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise DataFormatError(path, f"{where} payload ({len(data)} bytes) does not decode: {exc}") from exc
-    if size is not None and (rgb.shape[1], rgb.shape[0]) != tuple(size):
+    if (rgb.shape[1], rgb.shape[0]) != tuple(size):
         raise DataFormatError(path, f"{where} image is {rgb.shape[1]}x{rgb.shape[0]}, "
                                     f"header says {size[0]}x{size[1]}")
     return rgb
@@ -320,11 +318,6 @@ class SensReader(Closeable):
         return int(self._poses.shape[0])
 
     @property
-    def poses(self) -> np.ndarray:
-        """(F, 4, 4) float32 camera-to-world of every frame (``-inf`` where tracking was lost)."""
-        return self._poses
-
-    @property
     def valid_indices(self) -> list[int]:
         """Indices of the frames whose pose is finite, ascending."""
         return np.flatnonzero(self._valid).tolist()
@@ -358,9 +351,6 @@ class SensReader(Closeable):
                          color_bytes=color, depth_bytes=depth,
                          color_compression=h.color_compression, depth_compression=h.depth_compression,
                          color_size=h.color_size, depth_size=h.depth_size, path=self.path)
-
-    def __getitem__(self, i: int) -> SensFrame:
-        return self.frame(i)
 
     def __iter__(self) -> Iterator[SensFrame]:
         """Yield every frame in order, one at a time (only one frame's bytes in memory)."""

@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image
 from scipy.spatial import cKDTree
 
+from safnet_ros.data.dataset import SELECTION_BASE_POINTS
 from safnet_ros.data.labels import CLASS_NAMES, IGNORE_INDEX, NYU40_IDS, nyu40_to_class
-from safnet_ros.data.preprocess import unpack_coverage
+from safnet_ros.data.preprocess import COVERAGE_TOL, unpack_coverage
 from safnet_ros.data.scannet import ScanNetScene
 from safnet_ros.data.view_similarity import sighting_groups, sighting_rows, similarity_per_view, vertex_mean
 from safnet_ros.engine.batching import prepare_view
@@ -29,10 +30,8 @@ from safnet_ros.geometry.views import greedy_select
 from safnet_ros.json_out import json_safe
 from safnet_ros.tools.render import render_cloud_png, render_moved_similarity_png
 
-#: Chunk size (metres) and base points per chunk, as training and evaluation use them (docs/design.md §2.5).
+#: Chunk size (metres), as training and evaluation use it (docs/design.md §2.5).
 CHUNK = 1.5
-BASE_POINTS = 2000
-COVER_TOL = 0.1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,8 +90,7 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
 
     if frame_step < 1:
         raise ConfigError(f"--frame-step must be >= 1, got {frame_step}")
-    scene = ScanNetScene(scene_dir)
-    try:
+    with ScanNetScene(scene_dir) as scene:
         xyz, _rgb, faces = scene.load_mesh()
         if len(faces) == 0:
             raise DataFormatError(scene.mesh_path, "the mesh has 0 faces: the realism table needs a triangle mesh "
@@ -114,7 +112,7 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
         packed, dists, valid, grads, stds = [], [], [], [], []
         for i in indices:
             f = src.get(i)
-            packed.append(np.packbits(visible(xyz, f.depth, K, f.camera_to_world, tol=COVER_TOL)))
+            packed.append(np.packbits(visible(xyz, f.depth, K, f.camera_to_world, tol=COVERAGE_TOL)))
             valid.append(float((f.depth > 0).mean()))
             pts, _ = backproject(f.depth, K, f.camera_to_world, stride=4)
             if len(pts):
@@ -122,8 +120,6 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
             g, sd = image_stats(f.color)
             grads.append(g)
             stds.append(sd)
-    finally:
-        scene.close()
     bits = np.stack(packed)  # (F, ceil(N / 8)) uint8: unpack_coverage(bits, columns) = who sees the columns
 
     # ---- mesh
@@ -157,7 +153,7 @@ def scene_stats(scene_dir: str | Path, frame_step: int = 1, seed: int = 0) -> di
         idx = np.flatnonzero(inv == c)
         if len(idx) < 200:
             continue
-        base = np.sort(rng.choice(idx, size=min(BASE_POINTS, len(idx)), replace=False))
+        base = np.sort(rng.choice(idx, size=min(SELECTION_BASE_POINTS, len(idx)), replace=False))
         cov = unpack_coverage(bits, base)
         total = cov.any(axis=0).sum()
         cover_all.append(total / len(base))
@@ -385,8 +381,6 @@ def format_table(s: dict[str, Any]) -> str:
     ms = s.get("moved_similarity")
     if ms:
         for key in ("moved", "static", "moved_unseen", "moved_chosen_through", "moved_chosen_sees"):
-            if key not in ms:
-                continue
             r = ms[key]
             what = {"moved_unseen": "moved vertices most views see through",
                     "moved_chosen_through": "moved vertices every chosen view sees through",
@@ -395,13 +389,13 @@ def format_table(s: dict[str, Any]) -> str:
                          f"{r['s_mean']:.3f} / {r['s_median']:.3f} over {r['vertices']} "
                          f"(S_geo {r['s_geo_mean']:.3f}, S_con {r['s_con_mean']:.3f})"
                          + (f"; nearest view pixel {r['view_distance_median_cm']:.1f} cm (median)"
-                            if math.isfinite(r.get("view_distance_median_cm", float("nan"))) else "")))
-        sc = ms.get("static_same_classes")
-        if sc and sc.get("moved_vertices"):
+                            if math.isfinite(r["view_distance_median_cm"]) else "")))
+        sc = ms["static_same_classes"]
+        if sc["moved_vertices"]:
             rows.append(("S, moved vs static of the same classes",
                          f"{sc['s_moved_mean']:.3f} vs {sc['s_mean']:.3f} (S_geo {sc['s_geo_moved_mean']:.3f} vs "
                          f"{sc['s_geo_mean']:.3f}; {', '.join(sc['classes'])})"))
-        pv = ms.get("per_view")
+        pv = ms.get("per_view")  # absent with --no-per-view
         if pv:
             for key, what in (("static", "static"), ("moved", "moved"), ("moved_in_place", "moved, seen in place"),
                               ("moved_through", "moved, seen through")):
@@ -413,10 +407,9 @@ def format_table(s: dict[str, Any]) -> str:
                 rows.append(("S view by view, moved vs static same classes",
                              f"{sc['s_moved_mean']:.3f} vs {sc['s_mean']:.3f} ({', '.join(sc['classes'])})"))
         for key in ("moved", "static"):
-            if "view_disagreement" in ms.get(key, {}):
-                rows.append((f"views seeing > 10 cm beyond, {key}", pct(ms[key]["view_disagreement"])
-                             + (f" (chosen views: {pct(ms[key]['chosen_view_disagreement'])})"
-                                if "chosen_view_disagreement" in ms[key] else "")))
+            r = ms[key]
+            rows.append((f"views seeing > 10 cm beyond, {key}", f"{pct(r['view_disagreement'])} "
+                         f"(chosen views: {pct(r['chosen_view_disagreement'])})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"scene {s['scene']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
 

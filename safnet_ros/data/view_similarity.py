@@ -90,5 +90,4 @@ def vertex_mean(s: np.ndarray) -> np.ndarray:
     s = np.asarray(s, dtype=np.float64)
     count = np.isfinite(s).sum(axis=0)
     total = np.where(np.isfinite(s), s, 0.0).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)

@@ -15,7 +15,7 @@ is no perfect class cue.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -294,24 +294,18 @@ _KIND_FUNCS = (_plain, _wood, _fabric, _picture, _window, _door, _tile, _planks,
 class Lighting:
     """Ambient + point lights under the ceiling (world metres).
 
-    ``light_position`` is (3,) for one light or (L, 3); ``intensity`` (L,) scales
-    each light's diffuse term (default 1 each).
+    ``light_position`` is (L, 3); ``intensity`` (L,) scales each light's diffuse term.
     """
 
-    light_position: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 2.5]))
-    ambient: float = 0.42
+    light_position: np.ndarray
+    intensity: np.ndarray
+    ambient: float = 0.3  # low, for contrast (shadows are not modelled, falloff is)
     diffuse: float = 0.7
     falloff: float = 0.04  # 1 / (1 + falloff * d^2)
-    intensity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.positions = np.asarray(self.light_position, dtype=np.float32).reshape(-1, 3)
-        if self.intensity is None or len(np.asarray(self.intensity).ravel()) == 0:
-            self.intensities = np.ones(len(self.positions), dtype=np.float32)
-        else:
-            self.intensities = np.asarray(self.intensity, dtype=np.float32).ravel()
-            # several lights: less ambient, more contrast (shadows are not modelled, falloff is)
-            self.ambient = min(self.ambient, 0.3)
+        self.intensities = np.asarray(self.intensity, dtype=np.float32).ravel()
 
 
 def shade(albedo_rgb: np.ndarray, emissive: np.ndarray, world: np.ndarray, normal: np.ndarray,

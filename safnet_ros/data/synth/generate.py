@@ -175,27 +175,22 @@ def depth_intrinsics(K_color: np.ndarray, color_size: tuple[int, int], depth_siz
     return K
 
 
-def _write_exact_mesh(scene_dir: Path, name: str, mesh_objects: list, cfg: SynthConfig, lighting: Lighting) -> tuple:
-    """``--mesh exact``: the dense grid mesh of the exact scene with lit vertex colours -> PLYs, segs, aggregation.
+def _exact_mesh(objects: list, cfg: SynthConfig, lighting: Lighting) -> tuple:
+    """``--mesh exact``: the dense grid mesh of the exact scene with lit vertex colours.
 
-    Returns (vertices (V, 3), per-vertex nyu40 ids (V,), per-vertex object index (V,), faces count).
+    Returns (vertices (V, 3), rgb (V, 3) uint8, faces (F, 3), segment ids (V,), object index (V,)).
     """
-    dense = build_scene_mesh(mesh_objects, cfg.vertex_spacing)
-    table = material_table(mesh_objects)
+    dense = build_scene_mesh(objects, cfg.vertex_spacing)
+    table = material_table(objects)
     base = albedo(table, dense.vertex_part, dense.vertices, dense.normals)
     rgb = to_uint8(shade(base, table.emissive[dense.vertex_part], dense.vertices, dense.normals, lighting))
-    nyu40 = np.array([o.nyu40 for o in mesh_objects], dtype=np.uint16)[dense.vertex_object]
-    writer.write_meshes(scene_dir, name, dense.vertices.astype(np.float32), rgb, dense.faces, nyu40)
-    writer.write_segmentation(scene_dir, name, dense.vertex_segment, dense.vertex_object,
-                              [o.category for o in mesh_objects])
-    return dense.vertices, nyu40, dense.vertex_object, len(dense.faces)
+    return dense.vertices, rgb, dense.faces, dense.vertex_segment, dense.vertex_object
 
 
-def _write_fused_mesh(scene_dir: Path, name: str, fusion: TSDFFusion, objects: list, state_meshes: list,
-                      cfg: SynthConfig) -> tuple:
-    """``--mesh tsdf``: the TSDF mesh, cleaned and decimated, labelled from the exact scene -> PLYs, segs, aggregation.
+def _fused_mesh(scene_dir: Path, fusion: TSDFFusion, state_meshes: list, cfg: SynthConfig) -> tuple:
+    """``--mesh tsdf``: the TSDF mesh, cleaned and decimated, labelled from the exact scene.
 
-    Returns (vertices (V, 3), per-vertex nyu40 ids (V,), per-vertex object index (V,), -1 unannotated, faces count).
+    Returns what :func:`_exact_mesh` returns; the object index is -1 on unannotated vertices.
     """
     if fusion.frames == 0:
         raise DataFormatError(scene_dir, "no frame has a valid pose: nothing to fuse into a mesh")
@@ -204,12 +199,7 @@ def _write_fused_mesh(scene_dir: Path, name: str, fusion: TSDFFusion, objects: l
     except ValueError as exc:
         raise DataFormatError(scene_dir, f"TSDF fusion of {fusion.frames} frames yields no surface ({exc})") from None
     vobj = transfer_labels(fused.vertices, state_meshes)
-    nyu_of_object = np.array([o.nyu40 for o in objects] + [0], dtype=np.uint16)
-    nyu40 = nyu_of_object[vobj]  # -1 -> the trailing 0
-    writer.write_meshes(scene_dir, name, fused.vertices.astype(np.float32), fused.colors, fused.faces, nyu40)
-    writer.write_segmentation(scene_dir, name, segment_ids(fused.vertices, fused.normals, vobj), vobj,
-                              [o.category for o in objects])
-    return fused.vertices, nyu40, vobj, len(fused.faces)
+    return fused.vertices, fused.colors, fused.faces, segment_ids(fused.vertices, fused.normals, vobj), vobj
 
 
 def _color_at_depth(color: np.ndarray, depth_size: tuple[int, int]) -> np.ndarray:
@@ -264,7 +254,7 @@ def _write_frames(path: Path, renderers: list, state_of_frame: np.ndarray, true_
 
 
 def draw_room(seed: int, index: int, cfg: SynthConfig) -> Room:
-    """The room of scene ``index`` of ``seed`` (deterministic; the same as :func:`generate_scene` lays out)."""
+    """The room of scene ``index`` of ``seed`` (deterministic; :func:`generate_scene` lays out this room)."""
     rng = _streams(seed, index)
     return generate_room(rng["layout"], cfg.max_rotation_deg, room_types=cfg.room_types, lights=cfg.lights)
 
@@ -358,7 +348,7 @@ def generate_scene(out: Path, seed: int, index: int, cfg: SynthConfig, overwrite
 def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: SynthConfig) -> dict:
     """Generate scene ``name`` into ``scene_dir``; returns its summary."""
     rng = _streams(seed, index)
-    room = generate_room(rng["layout"], cfg.max_rotation_deg, room_types=cfg.room_types, lights=cfg.lights)
+    room = draw_room(seed, index, cfg)
     world = room.world_from_aligned
     lighting = Lighting(light_position=room.lights @ world[:3, :3].T + world[:3, 3],
                         intensity=room.light_intensity)
@@ -391,9 +381,12 @@ def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: Synth
     objects = states[0]
     moved_ids = {int(m["objectId"]) for m in moved}
     if cfg.mesh == "tsdf":
-        vertices, nyu40, vobj, n_faces = _write_fused_mesh(scene_dir, name, fusion, objects, state_meshes, cfg)
+        vertices, rgb, faces, segments, vobj = _fused_mesh(scene_dir, fusion, state_meshes, cfg)
     else:
-        vertices, nyu40, vobj, n_faces = _write_exact_mesh(scene_dir, name, objects, cfg, lighting)
+        vertices, rgb, faces, segments, vobj = _exact_mesh(objects, cfg, lighting)
+    nyu40 = np.array([o.nyu40 for o in objects] + [0], dtype=np.uint16)[vobj]  # -1 -> the trailing 0
+    writer.write_meshes(scene_dir, name, vertices.astype(np.float32), rgb, faces, nyu40)
+    writer.write_segmentation(scene_dir, name, segments, vobj, [o.category for o in objects])
     vertex_moved = near_objects(vertices, state_meshes, moved_ids)
 
     writer.write_scene_txt(scene_dir, name, room.axis_alignment, K_color, K_depth, cfg.color_size,
@@ -403,7 +396,7 @@ def _generate_into(scene_dir: Path, name: str, seed: int, index: int, cfg: Synth
         "name": name, "seed": int(seed), "index": int(index), "room_type": room.room_type,
         "room_size_m": [room.width, room.depth, room.height],
         "world_from_aligned": world.tolist(),
-        "num_vertices": int(len(vertices)), "num_faces": int(n_faces),
+        "num_vertices": int(len(vertices)), "num_faces": int(len(faces)),
         "vertices_per_nyu40": {int(k): int(c) for k, c in zip(ids, counts)},
         "moved_objects": moved,
         "moved_vertices": int(vertex_moved.sum()),

@@ -48,10 +48,9 @@ class SceneMesh:
         return self.part_object[self.vertex_part]
 
 
-def _grid_cells(lu: float, lv: float, spacing: float | None) -> tuple[np.ndarray, np.ndarray]:
-    nu = 1 if spacing is None else max(1, math.ceil(lu / spacing - 1e-9))
-    nv = 1 if spacing is None else max(1, math.ceil(lv / spacing - 1e-9))
-    return np.linspace(-lu / 2, lu / 2, nu + 1), np.linspace(-lv / 2, lv / 2, nv + 1)
+def _divisions(length: float, spacing: float | None) -> int:
+    """Cells along ``length`` metres at most ``spacing`` long (one cell when ``spacing`` is None)."""
+    return 1 if spacing is None else max(1, math.ceil(length / spacing - 1e-9))
 
 
 def _box_face(part: Part, face: str, spacing: float | None,
@@ -60,7 +59,7 @@ def _box_face(part: Part, face: str, spacing: float | None,
     axis, sign = _FACE_AXIS[face]
     ua, va = _UV_AXES[axis]
     size = part.size
-    us, vs = _grid_cells(size[ua], size[va], spacing)
+    us, vs = (np.linspace(-size[k] / 2, size[k] / 2, _divisions(size[k], spacing) + 1) for k in (ua, va))
     nu, nv = len(us) - 1, len(vs) - 1
     uu, vv = np.meshgrid(us, vs, indexing="ij")  # (nu+1, nv+1)
     verts = np.zeros((uu.size, 3))
@@ -101,7 +100,7 @@ def _cylinder(part: Part, spacing: float | None):
     n = cylinder_segments(part)
     ang = np.arange(n) * (2 * math.pi / n)
     cs, sn = np.cos(ang), np.sin(ang)
-    nh = 1 if spacing is None else max(1, math.ceil(h / spacing - 1e-9))
+    nh = _divisions(h, spacing)
     zs = np.linspace(-h / 2, h / 2, nh + 1)
     # Side: (nh+1) rings of n vertices.
     verts = [np.stack([np.tile(rx * cs, nh + 1), np.tile(ry * sn, nh + 1), np.repeat(zs, n)], 1)]
@@ -121,7 +120,7 @@ def _cylinder(part: Part, spacing: float | None):
     for cap, z, sgn in (("+z", h / 2, 1.0), ("-z", -h / 2, -1.0)):
         if cap not in part.faces:
             continue
-        nr = 1 if spacing is None else max(1, math.ceil(max(rx, ry) / spacing - 1e-9))
+        nr = _divisions(max(rx, ry), spacing)
         fr = np.arange(1, nr + 1) / nr
         cv = np.concatenate([[[0.0, 0.0, z]], np.stack([np.outer(fr, rx * cs).ravel(), np.outer(fr, ry * sn).ravel(),
                                                        np.full(nr * n, z)], 1)])

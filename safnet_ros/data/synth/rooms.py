@@ -202,7 +202,7 @@ class _Layout:
     """Collects objects with increasing ids while the plan is laid out."""
 
     def __init__(self, rng: np.random.Generator, width: float, depth: float, height: float,
-                 zones: frozenset[str] | None = None):
+                 zones: frozenset[str]):
         self.rng, self.W, self.D, self.H = rng, width, depth, height
         self.zones = zones
         self.objects: list[SceneObject] = []
@@ -213,7 +213,7 @@ class _Layout:
 
     def wants(self, zone: str) -> bool:
         """Whether this room type furnishes ``zone`` ("always" and "clutter" are in every room)."""
-        return zone in ("always", "clutter") or self.zones is None or zone in self.zones
+        return zone in ("always", "clutter") or zone in self.zones
 
     def add(self, category: str, parts: list[Part], x: float, y: float, yaw: float, movable: bool = False,
             zone: str = "always") -> SceneObject | None:

@@ -80,20 +80,19 @@ FURNITURE_CLEARANCE = 0.3
 GRID_CELL = 0.04
 
 
-def free_space(width: float, depth: float, footprints: np.ndarray, cell: float = GRID_CELL,
-               wall_clearance: float = WALL_CLEARANCE,
-               furniture_clearance: float = FURNITURE_CLEARANCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def free_space(width: float, depth: float,
+               footprints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Free-space grid of a room for the camera holder: (free (nx, ny) bool, cell centres x (nx,), y (ny,)).
 
-    A cell is free when it lies ``wall_clearance`` inside the walls and
-    ``furniture_clearance`` outside every footprint ``[xmin, ymin, xmax, ymax]``
+    A GRID_CELL cell is free when it lies WALL_CLEARANCE inside the walls and
+    FURNITURE_CLEARANCE outside every footprint ``[xmin, ymin, xmax, ymax]``
     (K, 4) metres (aligned frame): the camera is never inside or over furniture.
     """
+    cell, wall, c = GRID_CELL, WALL_CLEARANCE, FURNITURE_CLEARANCE
     xs = np.arange(cell / 2, width, cell)
     ys = np.arange(cell / 2, depth, cell)
-    free = ((xs[:, None] > wall_clearance) & (xs[:, None] < width - wall_clearance)
-            & (ys[None, :] > wall_clearance) & (ys[None, :] < depth - wall_clearance))
-    c = furniture_clearance
+    free = ((xs[:, None] > wall) & (xs[:, None] < width - wall)
+            & (ys[None, :] > wall) & (ys[None, :] < depth - wall))
     for x0, y0, x1, y1 in np.asarray(footprints, dtype=np.float64).reshape(-1, 4):
         ix = (xs > x0 - c) & (xs < x1 + c)
         iy = (ys > y0 - c) & (ys < y1 + c)
@@ -162,7 +161,7 @@ class _FreeSpace:
             path.append(k)
             k = pred[k]
         path = np.array(path[::-1], dtype=np.int64)
-        return np.stack([self.xs[path // ny], self.ys[path % ny]], 1) if len(path) else np.zeros((0, 2))
+        return np.stack([self.xs[path // ny], self.ys[path % ny]], 1)
 
     def project(self, p: np.ndarray) -> np.ndarray:
         """Points in obstacles move to the nearest free cell centre; free points stay."""

@@ -79,20 +79,16 @@ def write_synth_meta(scene_dir: Path, name: str, meta: dict, true_poses: np.ndar
 
 
 def write_dataset_files(out: Path, names: list[str], split: str | None) -> None:
-    """``OUT/scannetv2-labels.combined.tsv`` (every category the generator uses) and the split lists."""
-    write_label_map(out / "scannetv2-labels.combined.tsv", CATEGORY_NYU40)
-    write_splits(out, names, split)
-
-
-def write_splits(out: Path, names: list[str], split: str | None) -> dict[str, list[str]]:
-    """Split lists ``OUT/scannetv2_<split>.txt``.
+    """``OUT/scannetv2-labels.combined.tsv`` (every category the generator uses) and the split lists
+    ``OUT/scannetv2_<split>.txt``.
 
     With ``split`` None every 5th scene of this run (index 4, 9, ...) goes to
     ``val`` and the rest to ``train`` (80/20, deterministic); otherwise all go to
     that split. Scenes listed by earlier runs in ``OUT/scannetv2_*.txt`` whose
     folders still exist are kept (so several seeds can share one OUT); this run's
-    names are moved to where this run puts them. Returns {split: names}.
+    names are moved to where this run puts them.
     """
+    write_label_map(out / "scannetv2-labels.combined.tsv", CATEGORY_NYU40)
     if split is None:
         new = {"train": [n for i, n in enumerate(names) if i % 5 != 4],
                "val": [n for i, n in enumerate(names) if i % 5 == 4]}
@@ -102,13 +98,11 @@ def write_splits(out: Path, names: list[str], split: str | None) -> dict[str, li
     lists: dict[str, list[str]] = {}
     for path in sorted(out.glob("scannetv2_*.txt")):
         key = path.name[len("scannetv2_"):-len(".txt")]
-        kept = [n for n in path.read_text().split() if n not in ours and (out / n).is_dir()]
-        lists[key] = kept
+        lists[key] = [n for n in path.read_text().split() if n not in ours and (out / n).is_dir()]
     for key, values in new.items():
         lists[key] = sorted(set(lists.get(key, [])) | set(values))
     for key, values in lists.items():
         (out / f"scannetv2_{key}.txt").write_text("".join(f"{n}\n" for n in values))
-    return lists
 
 
 def _fmt(v: float) -> str:

@@ -101,6 +101,11 @@ class SegmentationPipeline:
         self._new_views.append(view)
         return KEPT
 
+    def clear_views(self) -> None:
+        """Forget the buffered views and those still to be prepared (the time went back)."""
+        self.buffer.clear()
+        self._new_views.clear()
+
     def prepare_new_views(self, limit: int = 2) -> int:
         """Encode and back-project up to ``limit`` of the views kept since the last call (oldest first;
         the segmenter's ``prepare_views``), so that the next cloud finds them ready; returns how many

@@ -560,7 +560,7 @@ class SegmentNode(LifecycleNode):
     def _time_went_back(self, why: str) -> None:
         """Views and pending frames of the old timeline go; a queued cloud of it is dropped (counted)."""
         self.stats.count("time_jumps")
-        self.buffer.clear()
+        self.pipeline.clear_views()
         with self._pending_lock:
             self._pending.clear()
         if self._mailbox.clear():

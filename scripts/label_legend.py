@@ -5,7 +5,7 @@ its class index and its nyu40 id (docs/images/label_legend.png; docs/ros_node.md
 """
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -48,4 +48,6 @@ def draw_legend(out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(draw_legend(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT, help=f"PNG to write (default {DEFAULT_OUT})")
+    print(draw_legend(parser.parse_args().out))

@@ -389,6 +389,9 @@ def test_views_prepared_between_clouds_are_not_encoded_again_and_change_nothing(
     assert out.views_used == reference.views_used == [0, 1]
     np.testing.assert_array_equal(out.labels, reference.labels)
     np.testing.assert_allclose(out.probs, reference.probs, atol=1e-6)
+    again = (views[1].color, views[1].depth, views[1].K)  # the same content: already cached
+    assert pipeline.offer_frame(4.0, views[1].camera_to_world, lambda: again) == KEPT
+    assert pipeline.prepare_new_views() == 0 and len(calls) == 2
     moved = views[0].camera_to_world.copy()
     moved[0, 3] += 1.0
     assert pipeline.offer_frame(5.0, moved, lambda: (views[0].color, views[0].depth, views[0].K)) == KEPT

@@ -109,15 +109,17 @@ class SegmentationPipeline:
     def prepare_new_views(self, limit: int = 2) -> int:
         """Encode and back-project up to ``limit`` of the views kept since the last call (oldest first;
         the segmenter's ``prepare_views``), so that the next cloud finds them ready; returns how many
-        views it took. Call it on the thread that segments, while no cloud waits."""
+        it prepared (0 once none is left that needs it). Call it on the thread that segments, while no
+        cloud waits."""
         prepare = getattr(self.segmenter, "prepare_views", None)
-        batch = []
-        while self._new_views and len(batch) < limit:
-            batch.append(self._new_views.popleft())
-        if prepare is None or not batch:
+        if prepare is None:
+            self._new_views.clear()
             return 0
-        prepare(batch)
-        return len(batch)
+        while self._new_views:  # skip past views that need nothing
+            prepared = prepare([self._new_views.popleft() for _ in range(min(limit, len(self._new_views)))])
+            if prepared:
+                return prepared
+        return 0
 
     # ------------------------------------------------------------------ clouds
     def segment_cloud(self, xyz: np.ndarray, T_fixed_cloud: np.ndarray) -> CloudOutput:

@@ -373,7 +373,8 @@ def test_views_prepared_between_clouds_are_not_encoded_again_and_change_nothing(
     pts, views = _two_rooms_views()
     reference = _lite_segmenter(chunk_stride=0.5).segment(pts, views)
     seg = _lite_segmenter(chunk_stride=0.5)
-    pipeline = SegmentationPipeline(seg, ViewBuffer(max_views=10, policy=KeyframePolicy(0.0, 0.0, 0.0)))
+    pipeline = SegmentationPipeline(seg, ViewBuffer(max_views=10, policy=KeyframePolicy(0.0, 0.0, 0.0)),
+                                     prepare_idle=True)
     for i, view in enumerate(views):
         frame = (view.color, view.depth, view.K)
         assert pipeline.offer_frame(float(i), view.camera_to_world, lambda f=frame: f) == KEPT
@@ -397,3 +398,6 @@ def test_views_prepared_between_clouds_are_not_encoded_again_and_change_nothing(
     assert pipeline.offer_frame(5.0, moved, lambda: (views[0].color, views[0].depth, views[0].K)) == KEPT
     pipeline.clear_views()  # the time went back: nothing of the old timeline is prepared
     assert len(pipeline.buffer) == 0 and pipeline.prepare_new_views() == 0 and len(calls) == 2
+    offline = SegmentationPipeline(_lite_segmenter(), ViewBuffer(max_views=10))  # segment-bag: no idle time
+    assert offline.offer_frame(0.0, moved, lambda: (views[1].color, views[1].depth, views[1].K)) == KEPT
+    assert offline.prepare_new_views() == 0 and offline.segmenter._features == {}

@@ -62,13 +62,16 @@ class SegmentationPipeline:
     buffer: the keyframe buffer; semantic_map: anything with
     ``integrate(points, probabilities, sensor_origin=...)`` (a
     :class:`~safnet_ros.mapping.SemanticVoxelMap`, or the node's map
-    component), None = no map.
+    component), None = no map; prepare_idle: queue each kept view for :meth:`prepare_new_views` (the
+    node, whose worker has idle time between clouds; offline there is none).
     """
 
-    def __init__(self, segmenter: Any, buffer: ViewBuffer, semantic_map: Any = None) -> None:
+    def __init__(self, segmenter: Any, buffer: ViewBuffer, semantic_map: Any = None,
+                 prepare_idle: bool = False) -> None:
         self.segmenter = segmenter
         self.buffer = buffer
         self.semantic_map = semantic_map
+        self.prepare_idle = prepare_idle
         # Views kept since the last prepare_new_views (deque: appended by the frame thread, taken by the
         # segmenting one); bounded, the oldest would have left the buffer first.
         self._new_views: deque[PosedView] = deque(maxlen=64)
@@ -98,7 +101,8 @@ class SegmentationPipeline:
         view.camera = camera
         if not self.buffer.offer(view):
             return REFUSED
-        self._new_views.append(view)
+        if self.prepare_idle:
+            self._new_views.append(view)
         return KEPT
 
     def clear_views(self) -> None:

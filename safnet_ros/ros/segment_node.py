@@ -320,7 +320,7 @@ class SegmentNode(LifecycleNode):
         self.get_logger().info(f"{device_report.describe(self.device)}; precision {segmenter.precision}")
         if self._param("warm_up"):
             self.get_logger().info(f"model warmed up in {segmenter.warm_up():.2f} s")
-        self.pipeline = SegmentationPipeline(segmenter, self.buffer, self.semantic_map)
+        self.pipeline = SegmentationPipeline(segmenter, self.buffer, self.semantic_map, prepare_idle=True)
         self.tf_buffer = compat.Buffer(cache_time=Duration(seconds=30.0), node=self)
         self._create_outputs()
 

@@ -58,7 +58,8 @@ class CloudOutput:
 class SegmentationPipeline:
     """Keyframes -> view buffer -> Segmenter -> semantic map (see the module docstring).
 
-    segmenter: anything with ``segment(points (N, 3), views) -> SegmentResult``;
+    segmenter: anything with ``segment(points (N, 3), views) -> SegmentResult`` (and, with
+    ``prepare_idle``, ``prepare_views(views) -> int``: a :class:`~safnet_ros.engine.inference.Segmenter`);
     buffer: the keyframe buffer; semantic_map: anything with
     ``integrate(points, probabilities, sensor_origin=...)`` (a
     :class:`~safnet_ros.mapping.SemanticVoxelMap`, or the node's map
@@ -112,15 +113,12 @@ class SegmentationPipeline:
 
     def prepare_new_views(self, limit: int = 2) -> int:
         """Encode and back-project up to ``limit`` of the views kept since the last call (oldest first;
-        the segmenter's ``prepare_views``), so that the next cloud finds them ready; returns how many
+        :meth:`Segmenter.prepare_views <safnet_ros.engine.inference.Segmenter.prepare_views>`), so that the next cloud finds them ready; returns how many
         it prepared (0 once none is left that needs it). Call it on the thread that segments, while no
         cloud waits."""
-        prepare = getattr(self.segmenter, "prepare_views", None)
-        if prepare is None:
-            self._new_views.clear()
-            return 0
         while self._new_views:  # skip past views that need nothing
-            prepared = prepare([self._new_views.popleft() for _ in range(min(limit, len(self._new_views)))])
+            batch = [self._new_views.popleft() for _ in range(min(limit, len(self._new_views)))]
+            prepared = self.segmenter.prepare_views(batch)
             if prepared:
                 return prepared
         return 0

@@ -47,9 +47,10 @@ def test_tuned_malloc_reuses_freed_tensors_instead_of_faulting_them_in_again():
     tuned = _run_churn("1")
     assert plain["applied"] is False
     assert tuned["applied"] is True
-    # Untuned, every forward faults its large temporaries in again (measured ~7,100
-    # page faults per forward of this chunk); tuned, they are reused (~750).
-    assert plain["faults"] > 3000
+    # Untuned, every forward faults its large temporaries in again (measured 2,500-7,100
+    # page faults per forward of this chunk, depending on the machine's memory state);
+    # tuned, they are reused (~750). The floor only says the churn was seen at all.
+    assert plain["faults"] > 1000
     assert tuned["faults"] < plain["faults"] / 4
 
 

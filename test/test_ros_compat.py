@@ -544,3 +544,20 @@ def test_dds_tf_listener_fills_buffer(nodes, spin_thread):
                                    atol=1e-9)
     finally:
         listener.unregister()
+
+
+@pytest.mark.ros
+def test_dds_tf_listener_stops_its_thread_before_destroying_its_subscriptions(nodes):
+    """unregister() joins the listener's spin thread first: no wait set of that thread may still hold a
+    subscription while it is destroyed (a use-after-destroy race at shutdown otherwise)."""
+    make, _ = nodes
+    listener = FallbackTransformListener(FallbackBuffer(), make("tf_unregister"), spin_thread=True,
+                                         topic="/safnet_test/tf_unreg", static_topic="/safnet_test/tf_static_unreg")
+    thread, own_node = listener._thread, listener._own_node
+    alive_at_destroy = []
+    destroy = own_node.destroy_subscription
+    own_node.destroy_subscription = lambda sub: (alive_at_destroy.append(thread.is_alive()), destroy(sub))[1]
+    listener.unregister()
+    assert alive_at_destroy == [False, False]
+    assert listener._thread is None and listener.tf_sub is None
+    listener.unregister()  # idempotent

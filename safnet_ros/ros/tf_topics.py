@@ -85,17 +85,20 @@ class FallbackTransformListener:
             self.buffer.set_transform_static(transform, "default_authority")
 
     def unregister(self) -> None:
-        """Destroy the subscriptions (and the internal node and thread); idempotent."""
-        if self.tf_sub is not None:
-            self.node.destroy_subscription(self.tf_sub)
-            self.node.destroy_subscription(self.tf_static_sub)
-            self.tf_sub = self.tf_static_sub = None
+        """Stop the internal thread, then destroy the subscriptions (and the internal node); idempotent.
+
+        In that order, so that no wait set of the thread's executor still holds a subscription being
+        destroyed."""
         if self._executor is not None:
             self._executor.shutdown(timeout_sec=1.0)
             self._executor = None
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
+        if self.tf_sub is not None:
+            self.node.destroy_subscription(self.tf_sub)
+            self.node.destroy_subscription(self.tf_static_sub)
+            self.tf_sub = self.tf_static_sub = None
         if self._own_node is not None:
             self._own_node.destroy_node()
             self._own_node = None

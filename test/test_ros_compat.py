@@ -30,6 +30,7 @@ from safnet_ros.ros.compat import (
     matrix_to_transform,
     transform_to_matrix,
 )
+from safnet_ros.ros.tf_path import TF2_ROS, TfPath, tf_message_class
 
 S = 1_000_000_000  # ns per second
 
@@ -560,4 +561,64 @@ def test_dds_tf_listener_stops_its_thread_before_destroying_its_subscriptions(no
     listener.unregister()
     assert alive_at_destroy == [False, False]
     assert listener._thread is None and listener.tf_sub is None
+    listener.unregister()  # idempotent
+
+
+class _Tf2StyleListener:
+    """Stand-in with the behaviour of tf2_ros' TransformListener (ros2/geometry2, tf2_ros_py), which does
+    not import here: it subscribes to TFMessage on the node it is given; ``spin_thread=True`` adds that
+    node to an executor that a thread of its own spins; ``unregister()`` destroys the subscriptions."""
+
+    TOPIC = "/safnet_test/tf2_style"
+
+    def __init__(self, buffer, node, *, spin_thread=False):
+        self.buffer, self.node = buffer, node
+        self.tf_sub = node.create_subscription(tf_message_class(), self.TOPIC, self.callback, 100)
+        self.tf_static_sub = node.create_subscription(tf_message_class(), self.TOPIC + "_static", self.callback, 100)
+        if spin_thread:
+            self.executor = SingleThreadedExecutor(context=node.context)
+
+            def run():
+                self.executor.add_node(self.node)
+                self.executor.spin()
+                self.executor.remove_node(self.node)
+
+            self.dedicated_listener_thread = threading.Thread(target=run, daemon=True)
+            self.dedicated_listener_thread.start()
+
+    def callback(self, msg):
+        for transform in msg.transforms:
+            self.buffer.set_transform(transform, "default_authority")
+
+    def unregister(self):
+        self.node.destroy_subscription(self.tf_sub)
+        self.node.destroy_subscription(self.tf_static_sub)
+
+
+@pytest.mark.ros
+def test_the_real_tf2_listener_gets_a_node_and_a_thread_of_its_own(nodes, monkeypatch):
+    """tf2_ros given the node itself would add it to its thread's executor, and rclpy keeps a node in one
+    executor: the node's image callbacks would move to tf2_ros' thread, or /tf to the node's. The listener
+    the node makes gets a node of its own: /tf arrives while the node's executor is never spun."""
+    make, executor = nodes
+    monkeypatch.setattr(compat, "HAVE_TF2", True)
+    monkeypatch.setattr(compat, "TransformListener", _Tf2StyleListener)
+    monkeypatch.setattr(compat, "active_tf_path", lambda: TfPath(TF2_ROS, tf_message_class()))
+    caller, publisher = make("tf2_caller"), make("tf2_publisher")
+    buffer = FallbackBuffer()
+    listener = compat.make_transform_listener(buffer, caller, spin_thread=True)
+    inner = getattr(listener, "listener", listener)  # the tf2_ros listener, wrapped or not
+    try:
+        assert inner.node is not caller
+        pub = publisher.create_publisher(tf_message_class(), _Tf2StyleListener.TOPIC, 100)
+        msg = tf_message_class()(transforms=[matrix_to_transform(np.eye(4), "map", "odom", stamp=1.0)])
+        deadline = time.monotonic() + 5.0
+        while not buffer.can_transform("map", "odom", Time(seconds=1)) and time.monotonic() < deadline:
+            pub.publish(msg)  # nothing spins ``executor``: only tf2_ros' thread can deliver it
+            time.sleep(0.05)
+        assert buffer.can_transform("map", "odom", Time(seconds=1))
+        assert caller.executor is executor  # the node's own callbacks stay where the node program spins them
+    finally:
+        listener.unregister()
+    assert not inner.dedicated_listener_thread.is_alive() and listener.listener is None
     listener.unregister()  # idempotent

@@ -12,6 +12,8 @@ import importlib
 import os
 from typing import Any
 
+import rclpy
+
 from safnet_ros.ros.filters import (
     FallbackApproximateTimeSynchronizer,
     FallbackSimpleFilter,
@@ -64,14 +66,47 @@ HAVE_TF2, (Buffer, TransformListener, TransformBroadcaster, StaticTransformBroad
                FallbackTimeoutException))
 
 
+class Tf2ListenerThread:
+    """tf2_ros' TransformListener on a node of its own, spun by tf2_ros' own thread.
+
+    tf2_ros' ``spin_thread=True`` adds the node it is given to its thread's executor. rclpy keeps a node
+    in one executor at a time, so with the caller's node whichever executor adds it last takes all of
+    that node's callbacks: /tf ends up on the image callbacks' thread again (or the images on tf2_ros').
+    A node of its own (same context, no parameter services) keeps /tf on tf2_ros' thread. ``unregister``
+    stops that thread first, then destroys the subscriptions and the node.
+    """
+
+    def __init__(self, buffer: Any, context: Any) -> None:
+        self.node = rclpy.create_node(f"safnet_tf2_listener_{os.getpid()}_{id(self):x}", context=context,
+                                      start_parameter_services=False, enable_rosout=False)
+        self.listener = TransformListener(buffer, self.node, spin_thread=True)
+
+    def unregister(self) -> None:
+        """Idempotent."""
+        if self.listener is None:
+            return
+        executor = getattr(self.listener, "executor", None)  # tf2_ros' spin thread and its executor
+        thread = getattr(self.listener, "dedicated_listener_thread", None)
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+        if thread is not None:
+            thread.join(timeout=2.0)
+        self.listener.unregister()
+        self.listener = None
+        self.node.destroy_node()
+
+
 def make_transform_listener(buffer: Any, node: Any, *, spin_thread: bool = False,
                             fallback_topic: str = DEFAULT_TF_TOPIC,
                             fallback_static_topic: str = DEFAULT_TF_STATIC_TOPIC) -> Any:
     """The listener of the active TF path (:func:`safnet_ros.ros.tf_path.active_tf_path`): tf2_ros' where it
-    exists, else the drop-in on /tf (TFMessage) or, last resort, on the fallback TransformStamped topics."""
+    exists (with ``spin_thread``, on a node of its own: :class:`Tf2ListenerThread`), else the drop-in on
+    /tf (TFMessage) or, last resort, on the fallback TransformStamped topics."""
     path = active_tf_path()
     if HAVE_TF2 and path.name == "tf2_ros":
-        return TransformListener(buffer, node, spin_thread=spin_thread)
+        if spin_thread:
+            return Tf2ListenerThread(buffer, node.context)
+        return TransformListener(buffer, node)
     return FallbackTransformListener(buffer, node, spin_thread=spin_thread, topic=fallback_topic,
                                      static_topic=fallback_static_topic, tf_message=path.tf_message)
 
@@ -87,6 +122,7 @@ __all__ = [
     "HAVE_MESSAGE_FILTERS", "HAVE_TF2", "backends",
     "Subscriber", "ApproximateTimeSynchronizer", "TimeSynchronizer",
     "Buffer", "TransformListener", "TransformBroadcaster", "StaticTransformBroadcaster", "make_transform_listener",
+    "Tf2ListenerThread",
     "TransformException", "LookupException", "ConnectivityException", "ExtrapolationException",
     "InvalidArgumentException", "TimeoutException",
     "transform_to_matrix", "matrix_to_transform",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""S on moved objects against static surfaces, summed over scans: the issue-13 tables of docs/synthetic_data.md.
+"""S on moved objects against static surfaces, summed over scans: the moved-object tables of docs/synthetic_data.md.
 
 Reads the JSON that ``safnet data stats SCENE --model CKPT --json`` prints for
 each scan and sums the figures over scans:

@@ -17,7 +17,7 @@ mIoU with one). ``--per-class K`` adds per-class IoU at K views;
 draws Fig. 5: mean mIoU against test views, one line per row, the seeds as
 dots.
 
-From the eval JSONs' ``per_scene_confusion`` (safnet eval since session 8):
+From the eval JSONs' ``per_scene_confusion`` (written by safnet eval):
 
 * ``--scenes A,B,...`` recomputes every figure over those rooms only (their
   confusion rows pooled), e.g. to read an earlier, smaller test set from the

@@ -393,7 +393,7 @@ def _convert_layout1(path: str, stored: dict, state: Any) -> tuple[dict, Any]:
     """
     if stored.get("variant", "safnet") == "safnet" and stored.get("csm", True):
         raise ModelLoadError(
-            f"{path}: checkpoint of the old CSM layout (layout 1, written before issue 14): its CSM took x_i in "
+            f"{path}: checkpoint of the old CSM layout (layout 1): its CSM took x_i in "
             "chunk metres and offsets unscaled (now: height only and offsets / radius), its attributes entered "
             "PointNet++ without the zero-initialised gain, and N_Q was a radius ball (now the k nearest Q points); "
             "these weights cannot be converted: retrain it (docs/training.md)")

@@ -9,7 +9,9 @@ ours: its traceback and a line asking for a report, exit status 1 (docs/reliabil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 import traceback
 from typing import Sequence
@@ -106,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_cpu_allocator()  # freed tensor memory stays for reuse (safnet_ros.engine.cpu_allocator)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        return _stdout_closed()
     except SafnetError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # a wrapped message may hold newlines
         return 2
@@ -124,6 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug of ours: keep the traceback, ask for a report
         return _report_bug(exc)
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``safnet ... | head``): no message, exit status 1, as Python's own
+    recipe does; stdout goes to /dev/null so that the interpreter's last flush does not fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no real stdout (captured): nothing to do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 def _report_bug(exc: BaseException) -> int:

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +56,21 @@ def test_cli_json(tmp_path, capsys):
     assert info["nyu40_hist"] == {"1": 10, "5": 7, "39": 3}
     assert info["labelled_points"] == 20
     assert info["axis_aligned"] is True and info["label_file"] is True and info["frame_source"] == "sens"
+
+
+def test_a_reader_that_goes_away_is_not_a_bug(tmp_path):
+    """``safnet data info SCENE --json | head -c 0``: the pipe closes before safnet writes. No traceback, no
+    'internal error' line, exit status 1 (Python's convention for a closed stdout)."""
+    d = write_scene(tmp_path)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before safnet writes anything
+    repo = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-m", "safnet_ros.cli", "data", "info", str(d), "--json"],
+                          stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=repo))
+    os.close(write_end)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == ""
 
 
 def test_cli_missing_parts_is_one_error(tmp_path, capsys):

@@ -567,7 +567,8 @@ def test_dds_tf_listener_stops_its_thread_before_destroying_its_subscriptions(no
 class _Tf2StyleListener:
     """Stand-in with the behaviour of tf2_ros' TransformListener (ros2/geometry2, tf2_ros_py), which does
     not import here: it subscribes to TFMessage on the node it is given; ``spin_thread=True`` adds that
-    node to an executor that a thread of its own spins; ``unregister()`` destroys the subscriptions."""
+    node to a ``SingleThreadedExecutor()`` (no context given: the default context's, Humble to Rolling)
+    that a thread of its own spins; ``unregister()`` destroys the subscriptions."""
 
     TOPIC = "/safnet_test/tf2_style"
 
@@ -576,7 +577,7 @@ class _Tf2StyleListener:
         self.tf_sub = node.create_subscription(tf_message_class(), self.TOPIC, self.callback, 100)
         self.tf_static_sub = node.create_subscription(tf_message_class(), self.TOPIC + "_static", self.callback, 100)
         if spin_thread:
-            self.executor = SingleThreadedExecutor(context=node.context)
+            self.executor = SingleThreadedExecutor()  # tf2_ros: the default context, whatever the node's
 
             def run():
                 self.executor.add_node(self.node)
@@ -599,7 +600,9 @@ class _Tf2StyleListener:
 def test_the_real_tf2_listener_gets_a_node_and_a_thread_of_its_own(nodes, monkeypatch):
     """tf2_ros given the node itself would add it to its thread's executor, and rclpy keeps a node in one
     executor: the node's image callbacks would move to tf2_ros' thread, or /tf to the node's. The listener
-    the node makes gets a node of its own: /tf arrives while the node's executor is never spun."""
+    the node makes gets a node of its own: /tf arrives while the node's executor is never spun. And
+    tf2_ros' own thread spins an executor of the default context (raises here, where only the node's
+    context is initialised, as in BagSession): the thread is ours, in the node's context."""
     make, executor = nodes
     monkeypatch.setattr(compat, "HAVE_TF2", True)
     monkeypatch.setattr(compat, "TransformListener", _Tf2StyleListener)
@@ -618,7 +621,8 @@ def test_the_real_tf2_listener_gets_a_node_and_a_thread_of_its_own(nodes, monkey
             time.sleep(0.05)
         assert buffer.can_transform("map", "odom", Time(seconds=1))
         assert caller.executor is executor  # the node's own callbacks stay where the node program spins them
+        assert inner.node.executor.context is caller.context  # /tf spun in the node's context
     finally:
         listener.unregister()
-    assert not inner.dedicated_listener_thread.is_alive() and listener.listener is None
+    assert not listener.thread.is_alive() and listener.listener is None
     listener.unregister()  # idempotent

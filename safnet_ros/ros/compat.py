@@ -8,11 +8,14 @@ Binds the public names of ``message_filters`` and ``tf2_ros`` to the real librar
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import threading
 from typing import Any
 
 import rclpy
+from rclpy.executors import SingleThreadedExecutor
 
 from safnet_ros.ros.filters import (
     FallbackApproximateTimeSynchronizer,
@@ -20,6 +23,7 @@ from safnet_ros.ros.filters import (
     FallbackSubscriber,
     FallbackTimeSynchronizer,
 )
+from safnet_ros.ros.spin import spin_resilient
 from safnet_ros.ros.tf_buffer import FallbackBuffer
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.ros.tf_topics import (
@@ -67,30 +71,37 @@ HAVE_TF2, (Buffer, TransformListener, TransformBroadcaster, StaticTransformBroad
 
 
 class Tf2ListenerThread:
-    """tf2_ros' TransformListener on a node of its own, spun by tf2_ros' own thread.
+    """tf2_ros' TransformListener on a node of its own, spun by a thread of its own in that node's context.
 
-    tf2_ros' ``spin_thread=True`` adds the node it is given to its thread's executor. rclpy keeps a node
-    in one executor at a time, so with the caller's node whichever executor adds it last takes all of
-    that node's callbacks: /tf ends up on the image callbacks' thread again (or the images on tf2_ros').
-    A node of its own (same context, no parameter services) keeps /tf on tf2_ros' thread. ``unregister``
-    stops that thread first, then destroys the subscriptions and the node.
+    Not with the caller's node: rclpy keeps a node in one executor at a time, so whichever executor adds
+    it last takes all of that node's callbacks (/tf on the image callbacks' thread, or the images on the
+    listener's). And not with tf2_ros' ``spin_thread=True``: it adds the node to a
+    ``SingleThreadedExecutor()`` of the *default* context (ros2/geometry2,
+    tf2_ros_py/tf2_ros/transform_listener.py, Humble to Rolling), which raises where only a context of
+    the caller's own is initialised (``BagSession``: the demo, the soak). So tf2_ros only subscribes;
+    this node (same context, no parameter services) is spun here. ``unregister`` stops the thread first,
+    then destroys the subscriptions and the node.
     """
 
     def __init__(self, buffer: Any, context: Any) -> None:
         self.node = rclpy.create_node(f"safnet_tf2_listener_{os.getpid()}_{id(self):x}", context=context,
                                       start_parameter_services=False, enable_rosout=False)
-        self.listener = TransformListener(buffer, self.node, spin_thread=True)
+        self.listener = TransformListener(buffer, self.node)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, name="safnet_tf2_listener", daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        with contextlib.suppress(Exception):  # context shut down under us: the thread just ends
+            spin_resilient(self.executor, self.executor.context)
 
     def unregister(self) -> None:
         """Idempotent."""
         if self.listener is None:
             return
-        executor = getattr(self.listener, "executor", None)  # tf2_ros' spin thread and its executor
-        thread = getattr(self.listener, "dedicated_listener_thread", None)
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-        if thread is not None:
-            thread.join(timeout=2.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.thread.join(timeout=2.0)
         self.listener.unregister()
         self.listener = None
         self.node.destroy_node()
@@ -100,7 +111,7 @@ def make_transform_listener(buffer: Any, node: Any, *, spin_thread: bool = False
                             fallback_topic: str = DEFAULT_TF_TOPIC,
                             fallback_static_topic: str = DEFAULT_TF_STATIC_TOPIC) -> Any:
     """The listener of the active TF path (:func:`safnet_ros.ros.tf_path.active_tf_path`): tf2_ros' where it
-    exists (with ``spin_thread``, on a node of its own: :class:`Tf2ListenerThread`), else the drop-in on
+    exists (with ``spin_thread``, on a node and a thread of its own: :class:`Tf2ListenerThread`), else the drop-in on
     /tf (TFMessage) or, last resort, on the fallback TransformStamped topics."""
     path = active_tf_path()
     if HAVE_TF2 and path.name == "tf2_ros":

@@ -626,3 +626,35 @@ def test_the_real_tf2_listener_gets_a_node_and_a_thread_of_its_own(nodes, monkey
         listener.unregister()
     assert not listener.thread.is_alive() and listener.listener is None
     listener.unregister()  # idempotent
+
+
+class _Tf2StyleBuffer(FallbackBuffer):
+    """Stand-in with tf2's frame-id rules (ros2/geometry2 tf2/src/buffer_core.cpp, Humble to Rolling), which
+    does not import here: ``setTransform`` strips a leading '/' (``stripSlash``), but a lookup given one
+    raises InvalidArgumentException (``validateFrameId``: "in tf2 frame_ids cannot start with a '/'")."""
+
+    def lookup_transform(self, target_frame, source_frame, time, timeout=None):
+        if target_frame != source_frame:
+            for name, frame in (("target_frame", target_frame), ("source_frame", source_frame)):
+                if frame.startswith("/"):
+                    raise compat.FallbackInvalidArgumentException(
+                        f'Invalid argument "{frame}" passed to lookupTransform argument {name} - in tf2 '
+                        "frame_ids cannot start with a '/'")
+        return super().lookup_transform(target_frame, source_frame, time, timeout)
+
+
+def test_frame_ids_with_a_leading_slash_are_looked_up_as_tf2_allows():
+    """A ROS 1 style '/camera' header (a converted bag, an old driver): the drop-in strips it, tf2 refuses it
+    in a lookup. The node looks up the stripped name, so its poses do not depend on which buffer it has."""
+    from types import SimpleNamespace
+
+    from safnet_ros.ros.segment_node import SegmentNode, _PendingFrame
+
+    buffer = _Tf2StyleBuffer()
+    for t in (1.0, 2.0):
+        buffer.set_transform(matrix_to_transform(np.eye(4), "map", "camera", stamp=t), "test")
+    node = SimpleNamespace(fixed_frame="map", tf_buffer=buffer, _param=lambda name: 0.1)
+    pose = SegmentNode._lookup_pose(node, "/camera", ns_to_stamp(round(1.5 * S)), 0.0)
+    np.testing.assert_allclose(pose, np.eye(4))
+    frame = _PendingFrame(None, None, None, "/camera", round(1.0 * S), first_try=time.monotonic())
+    assert SegmentNode._transforms_passed(node, frame)  # judged by the transforms' stamps (2 s), not wall time

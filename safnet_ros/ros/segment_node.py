@@ -570,8 +570,10 @@ class SegmentNode(LifecycleNode):
                                "map cleared", throttle_duration_sec=WARN_PERIOD_S)
 
     def _lookup_pose(self, frame_id: str, stamp_msg: Any, timeout_s: float) -> np.ndarray:
-        """(4, 4) T_fixed_frame at the stamp; raises compat.TransformException subclasses."""
-        if frame_id.lstrip("/") == self.fixed_frame:
+        """(4, 4) T_fixed_frame at the stamp; raises compat.TransformException subclasses. A leading '/' (ROS 1
+        style) is dropped: tf2 stores '/a' as 'a' but refuses '/a' in a lookup (InvalidArgumentException)."""
+        frame_id = frame_id.lstrip("/")
+        if frame_id == self.fixed_frame:
             return np.eye(4)
         tf_buffer = self.tf_buffer
         if tf_buffer is None:
@@ -587,7 +589,7 @@ class SegmentNode(LifecycleNode):
         :data:`UNKNOWN_FRAME_WAITS` x ``tf_timeout`` (at least :data:`UNKNOWN_FRAME_MIN_WAIT_S`) of wall time."""
         timeout_s = float(self._param("tf_timeout"))
         try:
-            latest = self.tf_buffer.lookup_transform(self.fixed_frame, frame.frame_id, Time())
+            latest = self.tf_buffer.lookup_transform(self.fixed_frame, frame.frame_id.lstrip("/"), Time())
         except compat.TransformException:  # not there yet at all (e.g. right after a bag loop cleared TF)
             return time.monotonic() - frame.first_try > max(UNKNOWN_FRAME_MIN_WAIT_S, UNKNOWN_FRAME_WAITS * timeout_s)
         return codecs.stamp_to_ns(latest.header.stamp) - frame.stamp_ns > int(timeout_s * 1e9)

@@ -658,3 +658,21 @@ def test_frame_ids_with_a_leading_slash_are_looked_up_as_tf2_allows():
     np.testing.assert_allclose(pose, np.eye(4))
     frame = _PendingFrame(None, None, None, "/camera", round(1.0 * S), first_try=time.monotonic())
     assert SegmentNode._transforms_passed(node, frame)  # judged by the transforms' stamps (2 s), not wall time
+
+
+def test_a_clock_jump_back_clears_a_tf2_buffer_that_does_not_watch_the_clock():
+    """Humble's tf2_ros.Buffer(node=) only adds a service (ros2/geometry2 humble,
+    tf2_ros_py/tf2_ros/buffer.py; the clock jump callback came with Jazzy): after a bag loop it would keep
+    the old timeline and refuse the new one as TF_OLD_DATA. The node clears it on the jump it sees itself."""
+    from types import SimpleNamespace
+
+    from safnet_ros.ros.segment_node import SegmentNode
+    from safnet_ros.ros.time_jumps import StreamTimeJumps
+
+    buffer = _Tf2StyleBuffer()  # made without node=: watches no clock, as Humble's
+    buffer.set_transform(matrix_to_transform(np.eye(4), "map", "camera", stamp=100.0), "test")
+    went_back = []
+    node = SimpleNamespace(tf_buffer=buffer, _jumps=StreamTimeJumps(("frames",), 1.0),
+                           _time_went_back=went_back.append)
+    SegmentNode._on_clock_jump(node, 90.0)
+    assert went_back and not buffer.can_transform("map", "camera", Time(seconds=100))

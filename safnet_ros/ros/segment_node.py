@@ -553,8 +553,13 @@ class SegmentNode(LifecycleNode):
             self._time_went_back(f"{stream} stamped {newest - stamp_s:.3f} s before the newest {stream}")
 
     def _on_clock_jump(self, seconds_back: float) -> None:
-        """The ROS clock (/clock under sim time) jumped back; tf2's Buffer clears itself on the same jump."""
+        """The ROS clock (/clock under sim time) jumped back: the TF buffer's old timeline goes too. tf2_ros'
+        Buffer(node=) clears itself on a 1 s jump from Jazzy on, Humble's never does (ros2/geometry2
+        tf2_ros_py/tf2_ros/buffer.py): a bag loop would leave TF refusing the new timeline as TF_OLD_DATA."""
         self._jumps.reset()
+        tf_buffer = self.tf_buffer
+        if tf_buffer is not None:
+            tf_buffer.clear()
         self._time_went_back(f"the ROS clock jumped back {seconds_back:.3f} s")
 
     def _time_went_back(self, why: str) -> None:

@@ -676,3 +676,43 @@ def test_a_clock_jump_back_clears_a_tf2_buffer_that_does_not_watch_the_clock():
                            _time_went_back=went_back.append)
     SegmentNode._on_clock_jump(node, 90.0)
     assert went_back and not buffer.can_transform("map", "camera", Time(seconds=100))
+
+
+class _Tf2StyleNodeBuffer:
+    """Stand-in for what tf2_ros.Buffer(node=...) leaves on the node (ros2/geometry2
+    tf2_ros_py/tf2_ros/buffer.py): a ``tf2_frames`` service (``srv``; FrameGraph there, a Trigger here, as
+    tf2_msgs' service does not exist here) and, Jazzy on, a jump callback on the node's clock
+    (``jump_handle``); tf2_ros has nothing that removes either."""
+
+    def __init__(self, cache_time=None, node=None):
+        from rclpy.clock import JumpThreshold
+        from std_srvs.srv import Trigger
+
+        self.srv = node.create_service(Trigger, "tf2_frames", lambda request, response: response)
+        self.jump_handle = node.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1), on_clock_change=True),
+            post_callback=lambda jump: None)
+
+
+@pytest.mark.ros
+def test_cleanup_removes_what_the_tf2_buffer_left_on_the_node(ros_context, monkeypatch, tmp_path):
+    """configure -> cleanup -> configure (a lifecycle manager's reset) leaves one tf2_frames service, and the
+    old buffer's clock callback is gone."""
+    from rclpy.parameter import Parameter
+    from test_ros_node import tiny_checkpoint
+
+    from safnet_ros.ros.segment_node import SegmentNode
+
+    monkeypatch.setattr(compat, "Buffer", _Tf2StyleNodeBuffer)
+    node = SegmentNode(context=ros_context, parameter_overrides=[
+        Parameter("model", value=str(tiny_checkpoint(tmp_path / "tiny.pt"))), Parameter("device", value="cpu"),
+        Parameter("warm_up", value=False), Parameter("autostart", value=False)])
+    try:
+        node.trigger_configure()
+        first = node.tf_buffer
+        node.trigger_cleanup()
+        node.trigger_configure()
+        assert [s.srv_name.rsplit("/", 1)[-1] for s in node.services].count("tf2_frames") == 1
+        assert first.jump_handle._clock is None  # unregistered
+    finally:
+        node.destroy_node()

@@ -435,9 +435,16 @@ class SegmentNode(LifecycleNode):
         self._destroy_outputs()
         if self.buffer is not None:
             self.buffer.clear()
-        if isinstance(self.tf_buffer, compat.FallbackBuffer):
-            self.tf_buffer.close()  # stop watching the clock (tf2_ros' Buffer has nothing to close)
-        self.tf_buffer = None
+        tf_buffer, self.tf_buffer = self.tf_buffer, None
+        if isinstance(tf_buffer, compat.FallbackBuffer):
+            tf_buffer.close()  # stop watching the clock
+        elif tf_buffer is not None:  # tf2_ros.Buffer(node=self) has no close: it would leave its tf2_frames
+            # service (a second one at the next configure, answering for the old buffer) and, Jazzy on, its clock
+            # jump callback on this node
+            if getattr(tf_buffer, "srv", None) is not None:
+                self.destroy_service(tf_buffer.srv)
+            if getattr(tf_buffer, "jump_handle", None) is not None:
+                tf_buffer.jump_handle.unregister()
         self.segmenter = self.pipeline = None
 
     def _release_all(self) -> None:

@@ -52,6 +52,15 @@ def _full_namespace(context) -> str:
     return "/" + "/".join(parts) if parts else ""
 
 
+def _log_level_arguments(context, level: str) -> list[str]:
+    """``--log-level`` for the node's logger, which rcl names after the node's full namespace
+    ('robot1.safnet_segment' under /robot1: 'safnet_segment:=' alone does not reach it), and for
+    'safnet_segment' (the node program's own start-up lines)."""
+    namespace = _full_namespace(context).strip("/").replace("/", ".")
+    names = dict.fromkeys([f"{namespace}.safnet_segment" if namespace else "safnet_segment", "safnet_segment"])
+    return ["--ros-args", *[arg for name in names for arg in ("--log-level", f"{name}:={level}")]]
+
+
 def _segment_node(context, *args, **kwargs):
     """The node with params_file plus the non-empty overrides (evaluated at launch time)."""
     overrides = {
@@ -74,7 +83,7 @@ def _segment_node(context, *args, **kwargs):
             output="screen",
             emulate_tty=True,
             parameters=[LaunchConfiguration("params_file").perform(context), overrides],
-            arguments=["--ros-args", "--log-level", f"safnet_segment:={level}"],
+            arguments=_log_level_arguments(context, level),
             respawn=_flag(context, "respawn"),
             respawn_delay=float(LaunchConfiguration("respawn_delay").perform(context)),
         )

@@ -59,6 +59,40 @@ def test_the_rviz_temp_file_is_removed(tmp_path):
     assert "OnShutdown" in text and "atexit.register(remove_file" in text
 
 
+@pytest.mark.ros
+@pytest.mark.parametrize("namespace, pushed", [("", None), ("robot1", None), ("robot1", "fleet"), ("", "fleet")])
+def test_log_level_reaches_the_node_under_any_namespace(namespace, pushed):
+    """rcl names a node's logger after its namespace ('robot1.safnet_segment'): the launch file's
+    ``--log-level`` arguments must name that logger, or ``log_level:=debug namespace:=robot1`` does nothing."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.logging import LoggingSeverity
+
+    scope = _functions(LAUNCH, "_namespace", "_full_namespace", "_log_level_arguments")
+
+    class LaunchConfiguration:  # launch's, for the one argument the functions read
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context.launch_configurations[self.name]
+
+    scope["LaunchConfiguration"] = LaunchConfiguration
+    context = type("Context", (), {})()
+    context.launch_configurations = {"namespace": namespace, **({"ros_namespace": pushed} if pushed else {})}
+    full = "/" + "/".join(p for p in (pushed, namespace) if p)
+    args = scope["_log_level_arguments"](context, "debug")
+    ros = rclpy.Context()
+    rclpy.init(args=args, context=ros)
+    try:
+        node = rclpy.create_node("safnet_segment", namespace=full, context=ros)
+        assert node.get_logger().get_effective_level() == LoggingSeverity.DEBUG, node.get_logger().name
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ros)
+        for arg in args[2::2]:  # logger levels are the process's: back to inherited for the tests after
+            rclpy.logging.set_logger_level(arg.split(":=")[0], LoggingSeverity.UNSET)
+
+
 def test_nav2_launch_keeps_the_node_off_autostart_and_passes_every_argument():
     text = NAV2_LAUNCH.read_text()
     assert '"autostart": "false"' in text

@@ -71,6 +71,22 @@ def test_jpeg_colour_round_trip_is_within_jpeg_tolerance_and_png_is_exact():
     np.testing.assert_array_equal(out, np.repeat(grey[:, :, None], 3, axis=2))
 
 
+def test_colour_target_other_than_bgr_is_read_red_blue_swapped_as_compressed_image_transport_does():
+    """compressed_image_transport's subscriber (compressed_subscriber.cpp) decodes with cv::imdecode (a BGR
+    Mat) and reverts the colour transform only when the format says "compressed bgr": a producer that hands
+    its rgb8 buffer to cv::imencode and writes "rgb8; jpeg compressed rgb8" stores R in the file's blue."""
+    rgb = _photo()
+    file_pixels = np.ascontiguousarray(rgb[:, :, ::-1])  # cv::imencode takes channel 0 as blue
+    for fmt in ("rgb8; png compressed rgb8", "bgr8; png compressed rgb8", "rgba8; png compressed "):
+        np.testing.assert_array_equal(compressed_to_rgb(_msg(fmt, _png(file_pixels))), rgb, err_msg=fmt)
+    # the plugin's own "compressed bgr8", plain formats and grey images are standard files
+    for fmt in ("rgb8; png compressed bgr8", "bgra8; png compressed bgr8", "png", "rgb16; png compressed bgr16"):
+        np.testing.assert_array_equal(compressed_to_rgb(_msg(fmt, _png(rgb))), rgb, err_msg=fmt)
+    grey = rgb[:, :, 1].copy()
+    np.testing.assert_array_equal(compressed_to_rgb(_msg("mono8; png compressed ", _png(grey))),
+                                  np.repeat(grey[:, :, None], 3, axis=2))
+
+
 def test_depth_png_round_trip_is_exact_in_millimetres():
     mm = np.random.default_rng(0).integers(0, 9000, size=(60, 80)).astype(np.uint16)
     mm[:5] = 0  # no return

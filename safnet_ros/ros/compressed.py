@@ -40,6 +40,9 @@ _JPEG_MAGIC = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: PIL modes a colour file may decode to; each becomes RGB (alpha and palette resolved by PIL).
 _COLOR_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"}
+#: colour encodings whose ``"<encoding>; <codec> compressed <target>"`` file compressed_image_transport's
+#: subscriber reads as red/blue swapped unless ``<target>`` is bgr8 / bgr16 (its "compressed bgr" test).
+_SWAPPED_UNLESS_BGR = {"rgb8", "bgr8", "rgba8", "bgra8", "rgb16", "bgr16", "rgba16", "bgra16"}
 
 
 def is_compressed(msg: Any) -> bool:
@@ -101,6 +104,9 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
 
     JPEG or PNG as ``format`` says; the bytes must be of that kind.  Grey,
     palette and alpha images become RGB; 16-bit colour PNGs keep the high byte.
+    Channel order as compressed_image_transport's subscriber reads it: a
+    standard file for a plain format or ``... compressed bgr8``; red and blue
+    swapped for a colour encoding whose target is another (``rgb8; jpeg compressed rgb8``).
     """
     what = "CompressedImage"
     fmt = str(msg.format)
@@ -121,6 +127,9 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
     rgb = np.asarray(img)
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise MessageDecodeError(f"{what}: image is {rgb.shape[1]}x{rgb.shape[0]} (no pixels)")
+    encoding, _, target = fmt.partition(";")
+    if target and encoding in _SWAPPED_UNLESS_BGR and "compressed bgr" not in target:
+        rgb = rgb[:, :, ::-1]  # e.g. "rgb8; jpeg compressed rgb8": an RGB buffer given to cv::imencode as BGR
     return np.ascontiguousarray(rgb)
 
 

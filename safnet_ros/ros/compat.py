@@ -111,8 +111,8 @@ def make_transform_listener(buffer: Any, node: Any, *, spin_thread: bool = False
                             fallback_topic: str = DEFAULT_TF_TOPIC,
                             fallback_static_topic: str = DEFAULT_TF_STATIC_TOPIC) -> Any:
     """The listener of the active TF path (:func:`safnet_ros.ros.tf_path.active_tf_path`): tf2_ros' where it
-    exists (with ``spin_thread``, on a node and a thread of its own: :class:`Tf2ListenerThread`), else the drop-in on
-    /tf (TFMessage) or, last resort, on the fallback TransformStamped topics."""
+    exists (with ``spin_thread``, on a node and a thread of its own: :class:`Tf2ListenerThread`), else the
+    drop-in on /tf (TFMessage) or, last resort, on the fallback TransformStamped topics."""
     path = active_tf_path()
     if HAVE_TF2 and path.name == "tf2_ros":
         if spin_thread:

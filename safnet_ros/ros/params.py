@@ -160,7 +160,8 @@ PARAMETERS: tuple[Param, ...] = (
       "in fixed_frame, published on ~/semantic_map, with the ~/save_map and ~/clear_map services."),
     P("map_voxel_size", 0.04, "Voxel edge of the semantic map, metres.", low=0.0, high=10.0, low_open=True),
     P("map_max_voxels", 500000, "Most voxels the map keeps; beyond it the voxels farthest from the latest "
-      "cloud's sensor position are evicted (down to 90 %). With its index ~200 bytes a voxel: 500000 voxels ~ 97 MiB.",
+      "cloud's sensor position are evicted (down to 90 %). With its index ~200 bytes a voxel: "
+      "500000 voxels ~ 97 MiB.",
       low=1, high=1000000000),
     P("map_fusion", "count", "How a voxel fuses the probabilities of its points: count (probability sums: label "
       "= argmax, confidence = mean probability of the winner) | log (log-probability sums, clamped: confidence "

@@ -202,6 +202,38 @@ def test_tf_static_is_transient_local(mcap_bag):
     assert np.array_equal(np.array(custom["safnet.axis_alignment"].split(), float).reshape(4, 4), ALIGN)
 
 
+def assert_humble_reads(bag: Path) -> None:
+    """The bag's metadata.yaml (and a db3's topics table) as Humble's rosbag2 decodes them
+    (ros2/rosbag2 humble: rosbag2_storage metadata_io.cpp, rosbag2_transport qos.cpp): each topic's
+    ``offered_qos_profiles`` read ``as<std::string>()``, that string a YAML list of profiles whose
+    history, reliability, durability and liveliness are read ``as<int>()``."""
+    import sqlite3
+
+    import yaml
+
+    info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert isinstance(info["version"], int) and info["storage_identifier"] in ("mcap", "sqlite3")
+    file_keys = {"path", "starting_time", "duration", "message_count"}
+    assert info["relative_file_paths"] and all(set(f) >= file_keys for f in info["files"])
+    strings = [t["topic_metadata"]["offered_qos_profiles"] for t in info["topics_with_message_count"]]
+    for db in bag.glob("*.db3"):
+        with sqlite3.connect(db) as con:
+            strings += [row[0] for row in con.execute("SELECT offered_qos_profiles FROM topics")]
+    assert strings
+    for qos in strings:
+        assert isinstance(qos, str), f"offered_qos_profiles is {type(qos).__name__}, Humble reads a string"
+        for profile in yaml.safe_load(qos):
+            for key in ("history", "reliability", "durability", "liveliness", "depth"):
+                assert type(profile[key]) is int, f"{key}: {profile[key]!r} is not an integer enum"
+
+
+def test_bags_are_readable_by_humble(mcap_bag, scene_dir, tmp_path):
+    assert_humble_reads(mcap_bag)
+    sqlite = tmp_path / "humble_sqlite"
+    convert_scene(scene_dir, sqlite, storage="sqlite3", cloud_rate=0, progress=False)
+    assert_humble_reads(sqlite)
+
+
 def test_points_are_the_mesh_vertices_in_the_camera_frustum(scene_dir, mcap_bag):
     topics = read_bag(mcap_bag)
     (static,) = topics[bio.TF_STATIC_TOPIC]
@@ -476,6 +508,7 @@ def test_segment_bag_writes_labeled_clouds_and_markers(mcap_bag, segmenter, tmp_
     source = read_bag(mcap_bag)
     result = read_bag(out)
     assert set(result) == {bio.LABELED_CLOUD_TOPIC, bio.MARKERS_TOPIC}
+    assert_humble_reads(out)
     clouds = result[bio.LABELED_CLOUD_TOPIC]
     assert summary.clouds == len(clouds) == len(source[bio.POINTS_TOPIC]) == len(result[bio.MARKERS_TOPIC])
     assert summary.frames_paired == len(source[bio.COLOR_TOPIC]) and summary.frames_no_pose == 0

@@ -31,6 +31,11 @@ from safnet_ros.validation import require_dir, require_file
 
 #: One typestore for every bag we write and read (ROS 2 Kilted, the wheels' distribution).
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+#: metadata.yaml version of the bags we write. 8, not rosbags' latest 9: version 9 stores each
+#: topic's ``offered_qos_profiles`` as a YAML list, which Humble's rosbag2 (metadata version 5) reads
+#: as a string and fails on ("Exception on parsing info file"); Jazzy and later read version 8 as
+#: well (rosbag2_storage yaml.hpp / qos.cpp detect the integer QoS enums).
+BAG_VERSION = 8
 
 # Message type names (rosbags / rosbag2 spelling).
 IMAGE = "sensor_msgs/msg/Image"

@@ -234,6 +234,30 @@ def test_bags_are_readable_by_humble(mcap_bag, scene_dir, tmp_path):
     assert_humble_reads(sqlite)
 
 
+def test_tf_with_mixed_durability_offers_is_not_static(tmp_path):
+    """/tf recorded from a volatile and a transient-local publisher: ros2 bag play plays it volatile
+    (rosbag2_storage qos.cpp, adapt_offer_to_recorded_offers), and segment-bag keeps it time-varying."""
+    from rosbags.rosbag2 import Writer
+
+    from safnet_ros.tools.segment_bag import BagTopics, read_tf
+
+    bag = tmp_path / "mixed_tf"
+    with Writer(bag, version=bio.BAG_VERSION) as w:
+        conn = w.add_connection(bio.TF_TOPIC, bio.TF_MESSAGE, typestore=bio.TYPESTORE,
+                                offered_qos_profiles=[bio.make_qos(100), bio.STATIC_QOS])
+        for k, ns in enumerate((1_000_000_000, 2_000_000_000)):
+            m = np.eye(4)
+            m[0, 3] = float(k)
+            w.write(conn, ns, bio.serialize(bio.tf_message([bio.transform_stamped(m, "map", "base", ns)])))
+    with bio.bag_reader(bag) as reader:
+        (c,) = reader.connections
+        assert not bio.is_transient_local(c.ext.offered_qos_profiles)
+        tf = read_tf(reader, BagTopics(), bag)
+    assert tf.lookup_matrix("map", "base", 1_000_000_000)[0, 3] == 0.0
+    assert tf.lookup_matrix("map", "base", 2_000_000_000)[0, 3] == 1.0
+    assert not bio.is_transient_local([]) and bio.is_transient_local([bio.STATIC_QOS, bio.STATIC_QOS])
+
+
 def test_points_are_the_mesh_vertices_in_the_camera_frustum(scene_dir, mcap_bag):
     topics = read_bag(mcap_bag)
     (static,) = topics[bio.TF_STATIC_TOPIC]

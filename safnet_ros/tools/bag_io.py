@@ -98,8 +98,10 @@ DEFAULT_QOS = make_qos(10)
 
 
 def is_transient_local(profiles: Sequence[Qos]) -> bool:
-    """True when any offered profile of a connection is transient local (a latched topic)."""
-    return any(p.durability == QosDurability.TRANSIENT_LOCAL for p in profiles)
+    """True when every offered profile of a connection is transient local (a latched topic), as
+    ``ros2 bag play`` decides: publishers with mixed durabilities are played volatile (rosbag2_storage
+    qos.cpp, ``adapt_offer_to_recorded_offers``)."""
+    return bool(profiles) and all(p.durability == QosDurability.TRANSIENT_LOCAL for p in profiles)
 
 
 # ----------------------------------------------------------------------------- small types

@@ -463,6 +463,36 @@ def test_bag_play_rejects_unknown_topics_and_non_bags(mcap_bag, tmp_path):
         rclpy.shutdown(context=ctx)
 
 
+def test_bag_play_skips_the_second_type_of_a_topic(tmp_path):
+    """A topic recorded with two types (two connections): the first type is played, the other
+    skipped and named; publishing it through the first type's publisher raised TypeError."""
+    import rclpy
+    from rosbags.rosbag2 import Writer
+
+    from safnet_ros.ros.bag_player import BagPlayer
+
+    bag = tmp_path / "two_types"
+    with Writer(bag, version=bio.BAG_VERSION) as w:
+        qos = [bio.DEFAULT_QOS]
+        info, image = (w.add_connection("/cam", t, typestore=bio.TYPESTORE, offered_qos_profiles=qos)
+                       for t in (bio.CAMERA_INFO, bio.IMAGE))
+        for k in range(2):
+            ns = (k + 1) * 10_000_000
+            w.write(info, ns, bio.serialize(bio.camera_info_message(np.eye(3), (4, 3), ns, "cam")))
+            depth = bio.image_message(np.zeros((3, 4), np.uint16), "16UC1", ns, "cam")
+            w.write(image, ns + 1, bio.serialize(depth))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = rclpy.create_node("bag_player_two_types", context=ctx)
+        summary = BagPlayer(node, bag, clock=False).run()
+    finally:
+        rclpy.shutdown(context=ctx)
+    assert summary.published == {"/cam": 2} and summary.loops == 1
+    why = f"also recorded as {bio.CAMERA_INFO}, which is played"
+    assert summary.skipped_topics == {f"/cam ({bio.IMAGE})": why}
+
+
 # ----------------------------------------------------------------------------- segment-bag
 
 

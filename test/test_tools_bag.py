@@ -202,6 +202,62 @@ def test_tf_static_is_transient_local(mcap_bag):
     assert np.array_equal(np.array(custom["safnet.axis_alignment"].split(), float).reshape(4, 4), ALIGN)
 
 
+def assert_humble_reads(bag: Path) -> None:
+    """The bag's metadata.yaml (and a db3's topics table) as Humble's rosbag2 decodes them
+    (ros2/rosbag2 humble: rosbag2_storage metadata_io.cpp, rosbag2_transport qos.cpp): each topic's
+    ``offered_qos_profiles`` read ``as<std::string>()``, that string a YAML list of profiles whose
+    history, reliability, durability and liveliness are read ``as<int>()``."""
+    import sqlite3
+
+    import yaml
+
+    info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert isinstance(info["version"], int) and info["storage_identifier"] in ("mcap", "sqlite3")
+    file_keys = {"path", "starting_time", "duration", "message_count"}
+    assert info["relative_file_paths"] and all(set(f) >= file_keys for f in info["files"])
+    strings = [t["topic_metadata"]["offered_qos_profiles"] for t in info["topics_with_message_count"]]
+    for db in bag.glob("*.db3"):
+        with sqlite3.connect(db) as con:
+            strings += [row[0] for row in con.execute("SELECT offered_qos_profiles FROM topics")]
+    assert strings
+    for qos in strings:
+        assert isinstance(qos, str), f"offered_qos_profiles is {type(qos).__name__}, Humble reads a string"
+        for profile in yaml.safe_load(qos):
+            for key in ("history", "reliability", "durability", "liveliness", "depth"):
+                assert type(profile[key]) is int, f"{key}: {profile[key]!r} is not an integer enum"
+
+
+def test_bags_are_readable_by_humble(mcap_bag, scene_dir, tmp_path):
+    assert_humble_reads(mcap_bag)
+    sqlite = tmp_path / "humble_sqlite"
+    convert_scene(scene_dir, sqlite, storage="sqlite3", cloud_rate=0, progress=False)
+    assert_humble_reads(sqlite)
+
+
+def test_tf_with_mixed_durability_offers_is_not_static(tmp_path):
+    """/tf recorded from a volatile and a transient-local publisher: ros2 bag play plays it volatile
+    (rosbag2_storage qos.cpp, adapt_offer_to_recorded_offers), and segment-bag keeps it time-varying."""
+    from rosbags.rosbag2 import Writer
+
+    from safnet_ros.tools.segment_bag import BagTopics, read_tf
+
+    bag = tmp_path / "mixed_tf"
+    with Writer(bag, version=bio.BAG_VERSION) as w:
+        conn = w.add_connection(bio.TF_TOPIC, bio.TF_MESSAGE, typestore=bio.TYPESTORE,
+                                offered_qos_profiles=[bio.make_qos(100), bio.STATIC_QOS])
+        for k, ns in enumerate((1_000_000_000, 2_000_000_000)):
+            m = np.eye(4)
+            m[0, 3] = float(k)
+            w.write(conn, ns, bio.serialize(bio.tf_message([bio.transform_stamped(m, "map", "base", ns)])))
+    with bio.bag_reader(bag) as reader:
+        (c,) = reader.connections
+        assert not bio.is_transient_local(c.ext.offered_qos_profiles)
+        tf = read_tf(reader, BagTopics(), bag)
+    assert tf.lookup_matrix("map", "base", 1_000_000_000)[0, 3] == 0.0
+    assert tf.lookup_matrix("map", "base", 2_000_000_000)[0, 3] == 1.0
+    assert not bio.is_transient_local([]) and bio.is_transient_local([bio.STATIC_QOS, bio.STATIC_QOS])
+
+
 def test_points_are_the_mesh_vertices_in_the_camera_frustum(scene_dir, mcap_bag):
     topics = read_bag(mcap_bag)
     (static,) = topics[bio.TF_STATIC_TOPIC]
@@ -407,6 +463,36 @@ def test_bag_play_rejects_unknown_topics_and_non_bags(mcap_bag, tmp_path):
         rclpy.shutdown(context=ctx)
 
 
+def test_bag_play_skips_the_second_type_of_a_topic(tmp_path):
+    """A topic recorded with two types (two connections): the first type is played, the other
+    skipped and named; publishing it through the first type's publisher raised TypeError."""
+    import rclpy
+    from rosbags.rosbag2 import Writer
+
+    from safnet_ros.ros.bag_player import BagPlayer
+
+    bag = tmp_path / "two_types"
+    with Writer(bag, version=bio.BAG_VERSION) as w:
+        qos = [bio.DEFAULT_QOS]
+        info, image = (w.add_connection("/cam", t, typestore=bio.TYPESTORE, offered_qos_profiles=qos)
+                       for t in (bio.CAMERA_INFO, bio.IMAGE))
+        for k in range(2):
+            ns = (k + 1) * 10_000_000
+            w.write(info, ns, bio.serialize(bio.camera_info_message(np.eye(3), (4, 3), ns, "cam")))
+            depth = bio.image_message(np.zeros((3, 4), np.uint16), "16UC1", ns, "cam")
+            w.write(image, ns + 1, bio.serialize(depth))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = rclpy.create_node("bag_player_two_types", context=ctx)
+        summary = BagPlayer(node, bag, clock=False).run()
+    finally:
+        rclpy.shutdown(context=ctx)
+    assert summary.published == {"/cam": 2} and summary.loops == 1
+    why = f"also recorded as {bio.CAMERA_INFO}, which is played"
+    assert summary.skipped_topics == {f"/cam ({bio.IMAGE})": why}
+
+
 # ----------------------------------------------------------------------------- segment-bag
 
 
@@ -476,6 +562,7 @@ def test_segment_bag_writes_labeled_clouds_and_markers(mcap_bag, segmenter, tmp_
     source = read_bag(mcap_bag)
     result = read_bag(out)
     assert set(result) == {bio.LABELED_CLOUD_TOPIC, bio.MARKERS_TOPIC}
+    assert_humble_reads(out)
     clouds = result[bio.LABELED_CLOUD_TOPIC]
     assert summary.clouds == len(clouds) == len(source[bio.POINTS_TOPIC]) == len(result[bio.MARKERS_TOPIC])
     assert summary.frames_paired == len(source[bio.COLOR_TOPIC]) and summary.frames_no_pose == 0

@@ -121,8 +121,13 @@ class BagPlayer:
             missing = sorted(self.topics - known)
             if missing:
                 raise MissingDataError(self.bag_path, f"topics {missing} (the bag has {sorted(known)})")
+        first_type: dict[str, str] = {}
         for conn in connections:
             if self.topics and conn.topic not in self.topics:
+                continue
+            if first_type.setdefault(conn.topic, conn.msgtype) != conn.msgtype:  # a publisher has one type
+                self.summary.skipped_topics[f"{conn.topic} ({conn.msgtype})"] = (
+                    f"also recorded as {first_type[conn.topic]}, which is played")
                 continue
             latched = bio.is_transient_local(conn.ext.offered_qos_profiles)
             split_tf = conn.msgtype == bio.TF_MESSAGE and self.tf_fallback

@@ -154,7 +154,7 @@ def convert_scene(
         # built beside OUT and swapped in at the end (docs/reliability.md, "Output folders")
         with od.output_lock(out, "output bag"), od.staged_folder(out, "bag convert", settings, create=False,
                                                                           overwrite=overwrite) as tmp, \
-                Writer(tmp, version=9, storage_plugin=plugin) as writer:
+                Writer(tmp, version=bio.BAG_VERSION, storage_plugin=plugin) as writer:
             cameras = CAMERAS if second_camera is not None else CAMERAS[:1]
             conns = _add_connections(writer, cameras, with_points=cloud_rate > 0, compressed=compressed)
             _write_frames(writer, conns, source, cameras, _FrameSettings(align, K, out_wh, rate, skip, cloud_rate,

@@ -31,6 +31,11 @@ from safnet_ros.validation import require_dir, require_file
 
 #: One typestore for every bag we write and read (ROS 2 Kilted, the wheels' distribution).
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+#: metadata.yaml version of the bags we write. 8, not rosbags' latest 9: version 9 stores each
+#: topic's ``offered_qos_profiles`` as a YAML list, which Humble's rosbag2 (metadata version 5) reads
+#: as a string and fails on ("Exception on parsing info file"); Jazzy and later read version 8 as
+#: well (rosbag2_storage yaml.hpp / qos.cpp detect the integer QoS enums).
+BAG_VERSION = 8
 
 # Message type names (rosbags / rosbag2 spelling).
 IMAGE = "sensor_msgs/msg/Image"
@@ -93,8 +98,10 @@ DEFAULT_QOS = make_qos(10)
 
 
 def is_transient_local(profiles: Sequence[Qos]) -> bool:
-    """True when any offered profile of a connection is transient local (a latched topic)."""
-    return any(p.durability == QosDurability.TRANSIENT_LOCAL for p in profiles)
+    """True when every offered profile of a connection is transient local (a latched topic), as
+    ``ros2 bag play`` decides: publishers with mixed durabilities are played volatile (rosbag2_storage
+    qos.cpp, ``adapt_offer_to_recorded_offers``)."""
+    return bool(profiles) and all(p.durability == QosDurability.TRANSIENT_LOCAL for p in profiles)
 
 
 # ----------------------------------------------------------------------------- small types

@@ -219,7 +219,7 @@ def segment_bag(
         settings = {"bag": os.path.abspath(bag), "model": model, "num_views": num_views, "max_views": max_views,
                     "storage": storage, "map": None if map_path is None else str(map_path)}
         with od.staged_folder(out_bag, "segment-bag", settings, create=False, overwrite=overwrite) as tmp, \
-                Writer(tmp, version=9, storage_plugin=plugin) as writer:
+                Writer(tmp, version=bio.BAG_VERSION, storage_plugin=plugin) as writer:
             conn_cloud = writer.add_connection(bio.LABELED_CLOUD_TOPIC, bio.POINTCLOUD2, typestore=bio.TYPESTORE,
                                                offered_qos_profiles=[bio.DEFAULT_QOS])
             conn_markers = writer.add_connection(bio.MARKERS_TOPIC, bio.MARKER_ARRAY, typestore=bio.TYPESTORE,

@@ -554,13 +554,13 @@ def test_dds_tf_listener_stops_its_thread_before_destroying_its_subscriptions(no
     make, _ = nodes
     listener = FallbackTransformListener(FallbackBuffer(), make("tf_unregister"), spin_thread=True,
                                          topic="/safnet_test/tf_unreg", static_topic="/safnet_test/tf_static_unreg")
-    thread, own_node = listener._thread, listener._own_node
+    thread, own_node = listener._spun.thread, listener._spun.node
     alive_at_destroy = []
     destroy = own_node.destroy_subscription
     own_node.destroy_subscription = lambda sub: (alive_at_destroy.append(thread.is_alive()), destroy(sub))[1]
     listener.unregister()
     assert alive_at_destroy == [False, False]
-    assert listener._thread is None and listener.tf_sub is None
+    assert listener._spun is None and listener.tf_sub is None
     listener.unregister()  # idempotent
 
 
@@ -624,7 +624,7 @@ def test_the_real_tf2_listener_gets_a_node_and_a_thread_of_its_own(nodes, monkey
         assert inner.node.executor.context is caller.context  # /tf spun in the node's context
     finally:
         listener.unregister()
-    assert not listener.thread.is_alive() and listener.listener is None
+    assert not listener.spun.thread.is_alive() and listener.listener is None
     listener.unregister()  # idempotent
 
 

@@ -8,14 +8,9 @@ Binds the public names of ``message_filters`` and ``tf2_ros`` to the real librar
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import threading
 from typing import Any
-
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 
 from safnet_ros.ros.filters import (
     FallbackApproximateTimeSynchronizer,
@@ -23,7 +18,7 @@ from safnet_ros.ros.filters import (
     FallbackSubscriber,
     FallbackTimeSynchronizer,
 )
-from safnet_ros.ros.spin import spin_resilient
+from safnet_ros.ros.spin import NodeThread
 from safnet_ros.ros.tf_buffer import FallbackBuffer
 from safnet_ros.ros.tf_path import active_tf_path
 from safnet_ros.ros.tf_topics import (
@@ -79,32 +74,23 @@ class Tf2ListenerThread:
     ``SingleThreadedExecutor()`` of the *default* context (ros2/geometry2,
     tf2_ros_py/tf2_ros/transform_listener.py, Humble to Rolling), which raises where only a context of
     the caller's own is initialised (``BagSession``: the demo, the soak). So tf2_ros only subscribes;
-    this node (same context, no parameter services) is spun here. ``unregister`` stops the thread first,
+    this node (:class:`~safnet_ros.ros.spin.NodeThread`, in the caller's context) is spun here. ``unregister`` stops the thread first,
     then destroys the subscriptions and the node.
     """
 
     def __init__(self, buffer: Any, context: Any) -> None:
-        self.node = rclpy.create_node(f"safnet_tf2_listener_{os.getpid()}_{id(self):x}", context=context,
-                                      start_parameter_services=False, enable_rosout=False)
-        self.listener = TransformListener(buffer, self.node)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, name="safnet_tf2_listener", daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        with contextlib.suppress(Exception):  # context shut down under us: the thread just ends
-            spin_resilient(self.executor, self.executor.context)
+        self.spun = NodeThread(f"safnet_tf2_listener_{os.getpid()}_{id(self):x}", context)
+        self.listener = TransformListener(buffer, self.spun.node)
+        self.spun.start()
 
     def unregister(self) -> None:
         """Idempotent."""
         if self.listener is None:
             return
-        self.executor.shutdown(timeout_sec=1.0)
-        self.thread.join(timeout=2.0)
+        self.spun.stop()
         self.listener.unregister()
         self.listener = None
-        self.node.destroy_node()
+        self.spun.destroy()
 
 
 def make_transform_listener(buffer: Any, node: Any, *, spin_thread: bool = False,
@@ -122,6 +108,19 @@ def make_transform_listener(buffer: Any, node: Any, *, spin_thread: bool = False
                                      static_topic=fallback_static_topic, tf_message=path.tf_message)
 
 
+def release_buffer(buffer: Any, node: Any) -> None:
+    """Release what a TF ``buffer`` made with ``node=`` left on ``node`` (at the node's cleanup): the drop-in
+    stops watching the clock; tf2_ros' Buffer has no close, and would leave its ``tf2_frames`` service (a
+    second one at the next configure, answering for the old buffer) and, Jazzy on, its clock jump callback."""
+    if isinstance(buffer, FallbackBuffer):
+        buffer.close()
+        return
+    if getattr(buffer, "srv", None) is not None:
+        node.destroy_service(buffer.srv)
+    if getattr(buffer, "jump_handle", None) is not None:
+        buffer.jump_handle.unregister()
+
+
 def backends() -> str:
     """One line for the node's log: which libraries are real and which are drop-ins, and the TF path."""
     parts = [("message_filters", HAVE_MESSAGE_FILTERS), ("tf2_ros", HAVE_TF2)]
@@ -133,7 +132,7 @@ __all__ = [
     "HAVE_MESSAGE_FILTERS", "HAVE_TF2", "backends",
     "Subscriber", "ApproximateTimeSynchronizer", "TimeSynchronizer",
     "Buffer", "TransformListener", "TransformBroadcaster", "StaticTransformBroadcaster", "make_transform_listener",
-    "Tf2ListenerThread",
+    "Tf2ListenerThread", "release_buffer",
     "TransformException", "LookupException", "ConnectivityException", "ExtrapolationException",
     "InvalidArgumentException", "TimeoutException",
     "transform_to_matrix", "matrix_to_transform",

@@ -436,15 +436,8 @@ class SegmentNode(LifecycleNode):
         if self.buffer is not None:
             self.buffer.clear()
         tf_buffer, self.tf_buffer = self.tf_buffer, None
-        if isinstance(tf_buffer, compat.FallbackBuffer):
-            tf_buffer.close()  # stop watching the clock
-        elif tf_buffer is not None:  # tf2_ros.Buffer(node=self) has no close: it would leave its tf2_frames
-            # service (a second one at the next configure, answering for the old buffer) and, Jazzy on, its clock
-            # jump callback on this node
-            if getattr(tf_buffer, "srv", None) is not None:
-                self.destroy_service(tf_buffer.srv)
-            if getattr(tf_buffer, "jump_handle", None) is not None:
-                tf_buffer.jump_handle.unregister()
+        if tf_buffer is not None:
+            compat.release_buffer(tf_buffer, self)
         self.segmenter = self.pipeline = None
 
     def _release_all(self) -> None:

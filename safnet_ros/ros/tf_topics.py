@@ -7,19 +7,15 @@ docs/ros_compat.md, "TF: three paths, one test".
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from collections.abc import Iterable
 from typing import Any
 
-import rclpy
 from geometry_msgs.msg import TransformStamped
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from safnet_ros.ros.params import DEFAULT_TF_STATIC_TOPIC, DEFAULT_TF_TOPIC
-from safnet_ros.ros.spin import spin_resilient
+from safnet_ros.ros.spin import NodeThread
 from safnet_ros.ros.tf_path import active_tf_path
 
 
@@ -50,30 +46,18 @@ class FallbackTransformListener:
             topic, static_topic = "/tf", "/tf_static"
         self.topic = topic
         self.static_topic = static_topic
-        self._own_node = None
-        self._executor = None
-        self._thread = None
+        self._spun = None
         if spin_thread:
-            self._own_node = rclpy.create_node(
-                f"safnet_tf_listener_{os.getpid()}_{id(self):x}", context=node.context,
-                start_parameter_services=False,
-            )
-            node = self._own_node
+            self._spun = NodeThread(f"safnet_tf_listener_{os.getpid()}_{id(self):x}", node.context)
+            node = self._spun.node
         self.node = node
         tfm = self.tf_message  # TFMessage: tf2's static depth 100; one TransformStamped a message: 1000
         self.tf_sub = node.create_subscription(tfm or TransformStamped, topic, self.callback,
                                                qos or reliable_qos(100, False))
         self.tf_static_sub = node.create_subscription(tfm or TransformStamped, static_topic, self.static_callback,
                                                       static_qos or reliable_qos(100 if tfm else 1000, True))
-        if spin_thread:
-            self._executor = SingleThreadedExecutor(context=node.context)
-            self._executor.add_node(node)
-            self._thread = threading.Thread(target=self._spin, daemon=True)
-            self._thread.start()
-
-    def _spin(self) -> None:
-        with contextlib.suppress(Exception):  # context shut down under us: the thread just ends
-            spin_resilient(self._executor, self._executor.context)
+        if self._spun is not None:
+            self._spun.start()
 
     def callback(self, msg: Any) -> None:
         """A TFMessage (every transform it holds) or a TransformStamped."""
@@ -89,19 +73,15 @@ class FallbackTransformListener:
 
         In that order, so that no wait set of the thread's executor still holds a subscription being
         destroyed."""
-        if self._executor is not None:
-            self._executor.shutdown(timeout_sec=1.0)
-            self._executor = None
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
+        if self._spun is not None:
+            self._spun.stop()
         if self.tf_sub is not None:
             self.node.destroy_subscription(self.tf_sub)
             self.node.destroy_subscription(self.tf_static_sub)
             self.tf_sub = self.tf_static_sub = None
-        if self._own_node is not None:
-            self._own_node.destroy_node()
-            self._own_node = None
+        if self._spun is not None:
+            self._spun.destroy()
+            self._spun = None
 
 
 class FallbackTransformBroadcaster:
